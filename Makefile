@@ -1,0 +1,62 @@
+# pyvirtd developer entry points: make run | test | bench | gen | clean.
+# Everything the tests need is installed from here, so a fresh Debian 12
+# machine (and CI) needs nothing but `make test`.
+
+PYTHON ?= python3
+VENV := .venv
+PROTOCOL_JSON ?= ../shared/reference/libvirt-rpc.json
+PYTEST_ARGS ?=
+
+# Debian packages the tests need:
+#   libvirt-dev, pkg-config, gcc  build libvirt-python from source
+#   libvirt-clients               virsh and virt-admin, the reference clients
+#   libvirt-daemon                libvirtd, the reference daemon of the bench
+DEB_PACKAGES := libvirt-clients libvirt-dev libvirt-daemon pkg-config gcc
+
+# A Python without its C headers (Debian's own python3) needs python3-dev to
+# build libvirt-python; one without ensurepip needs python3-venv.
+PY_HAS_HEADERS = $(shell $(PYTHON) -c 'import os, sysconfig; print(int(os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))))' 2>/dev/null)
+PY_HAS_ENSUREPIP = $(shell $(PYTHON) -c 'import ensurepip; print(1)' 2>/dev/null)
+
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: deps venv run test bench gen clean
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES) \
+	         $(if $(filter 1,$(PY_HAS_HEADERS)),,python3-dev) \
+	         $(if $(filter 1,$(PY_HAS_ENSUREPIP)),,python3-venv); do \
+	    dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    $(SUDO) apt-get update -q && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.stamp
+
+# deps is order-only: it must run first (libvirt-python compiles against
+# libvirt-dev) but must not force a reinstall of the venv every time.
+$(VENV)/.stamp: pyproject.toml setup.py | deps
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+run: venv
+	$(VENV)/bin/pyvirtd --root $(CURDIR)/.pyvirtd
+
+test: deps venv
+	$(VENV)/bin/python -m pytest -q tests $(PYTEST_ARGS)
+
+bench: venv
+	$(VENV)/bin/python bench/run.py
+
+gen: venv
+	$(VENV)/bin/python tools/gen_protocol.py $(PROTOCOL_JSON) pyvirtd/rpc/_generated.py
+
+clean:
+	rm -rf $(VENV) .pyvirtd build *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

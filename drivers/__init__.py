@@ -1,0 +1,1 @@
+"""Hypervisor drivers, installed as the ``pyvirtd.drivers`` package; one subpackage each."""

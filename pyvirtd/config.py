@@ -1,0 +1,288 @@
+"""The daemon's YAML configuration, with libvirtd.conf's knob names and defaults.
+
+An admin who knows libvirtd.conf should find every knob under the same name
+with the same meaning; only the syntax is YAML (``true``/``false`` instead of
+``1``/``0``, lists as YAML lists). Unknown keys and wrong types are errors,
+never ignored, because a silently ignored typo in an auth or permission knob
+is a security hole.
+
+Validation is driven by the type hints of `Config`'s fields through one
+generic checker (`_check`), so adding a knob is one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+
+__all__ = ["Config", "ConfigError"]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names file and key."""
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """`Annotated` marker: a string that must fully match ``regex``."""
+
+    regex: str
+    description: str
+
+
+# A unix permission mode written as an octal string, as libvirtd.conf does.
+Mode = Annotated[str, Pattern(r"0?[0-7]{3}", "a quoted octal mode such as '0770'")]
+Auth = Literal["none", "sasl", "polkit"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The daemon's settings; every field is a libvirtd.conf knob.
+
+    ``None`` means "not set": the code that uses the knob picks the default
+    libvirtd would (e.g. ``key_file`` depends on system vs session mode). List
+    knobs where ``None`` and an empty list differ keep libvirt's meaning: no
+    check at all vs. nobody allowed.
+
+    Two defaults deliberately differ from Debian's libvirtd: ``listen_tls`` is
+    off (libvirtd turns it on but also requires ``--listen``; we have no such
+    second switch), and the unix auth knobs are ``none`` because pyvirtd has
+    no polkit support yet, which also makes the rw socket default to 0700.
+    """
+
+    # Network listeners.
+    listen_tls: bool = False
+    listen_tcp: bool = False
+    tls_port: str = "16514"
+    tcp_port: str = "16509"
+    listen_addr: str | None = None
+
+    # Unix sockets.
+    unix_sock_group: str | None = None
+    unix_sock_ro_perms: Mode = "0777"
+    unix_sock_rw_perms: Mode = "0700"
+    unix_sock_admin_perms: Mode = "0700"
+    unix_sock_dir: str | None = None
+
+    # Authentication and access control.
+    auth_unix_ro: Auth = "none"
+    auth_unix_rw: Auth = "none"
+    auth_tcp: Auth = "sasl"
+    auth_tls: Auth = "none"
+    tcp_min_ssf: int = 56
+    access_drivers: tuple[str, ...] = ()
+
+    # TLS and SASL.
+    key_file: str | None = None
+    cert_file: str | None = None
+    ca_file: str | None = None
+    crl_file: str | None = None
+    tls_no_sanity_certificate: bool = False
+    tls_no_verify_certificate: bool = False
+    tls_allowed_dn_list: tuple[str, ...] | None = None
+    tls_priority: str | None = None
+    sasl_allowed_username_list: tuple[str, ...] | None = None
+
+    # Processing limits.
+    max_clients: int = 5000
+    max_queued_clients: int = 1000
+    max_anonymous_clients: int = 20
+    min_workers: int = 5
+    max_workers: int = 20
+    prio_workers: int = 5
+    max_client_requests: int = 5
+    admin_min_workers: int = 1
+    admin_max_workers: int = 5
+    admin_max_clients: int = 5
+    admin_max_queued_clients: int = 5
+    admin_max_client_requests: int = 5
+
+    # Logging and auditing.
+    log_level: Literal[1, 2, 3, 4] = 3
+    log_filters: str = ""
+    log_outputs: str = ""
+    audit_level: Literal[0, 1, 2] = 1
+    audit_logging: bool = False
+
+    # Host identity.
+    host_uuid: str | None = None
+    host_uuid_source: Literal["smbios", "machine-id"] = "smbios"
+
+    # Keepalive.
+    keepalive_interval: int = 5
+    keepalive_count: int = 5
+    admin_keepalive_interval: int = 5
+    admin_keepalive_count: int = 5
+
+    # Misc.
+    ovs_timeout: int = 5
+    mdns_adv: bool = False
+    mdns_name: str | None = None
+
+    @classmethod
+    def load(cls, path: Path | None) -> Config:
+        """Read the YAML file at ``path``.
+
+        A missing file (or ``path=None``) gives the defaults, so a fresh
+        install runs without any configuration; a caller that requires the
+        file (an explicit ``--config``) must check that it exists. An empty
+        file also gives the defaults.
+
+        Raises:
+          ConfigError: the file is unreadable, is not YAML, is not a mapping,
+            or holds an unknown key or a value of the wrong type.
+        """
+        if path is None:
+            return cls()
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return cls()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        return cls.from_mapping({} if data is None else data, str(path))
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str) -> Config:
+        """Build a Config from parsed data; unset keys keep their defaults.
+
+        ``source`` names where the data came from and starts every error
+        message, so the admin knows which file to fix.
+
+        Raises:
+          ConfigError: ``data`` is not a mapping, or has an unknown key or a
+            value that does not fit the key's type.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"{source}: expected a mapping of keys to values, "
+                f"got {_kind(data)}"
+            )
+        hints = _hints()
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in hints:
+                raise ConfigError(f"{source}: unknown key {key!r}")
+            try:
+                values[key] = _check(hints[key], value)
+            except _Mismatch as exc:
+                raise ConfigError(
+                    f"{source}: key {key!r}: expected {exc.expected}, "
+                    f"got {value!r}"
+                ) from None
+        return cls(**values)
+
+
+def _hints() -> dict[str, Any]:
+    """Field name -> resolved type hint (``from __future__`` makes them strings)."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config, include_extras=True)
+    return {name: hints[name] for name in names}
+
+
+class _Mismatch(Exception):
+    """A value does not fit a type; carries the type's description."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+def _check(hint: Any, value: Any) -> Any:
+    """Return ``value`` converted to ``hint`` (lists become tuples), or raise.
+
+    Supports exactly the shapes `Config` uses: bool, int, str, None, unions,
+    Literal, ``tuple[T, ...]`` and ``Annotated[str, Pattern]``. bool is a
+    subclass of int in Python, so it is refused explicitly where an int is
+    wanted: ``max_clients: true`` is a mistake, not 1.
+    """
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *markers = typing.get_args(hint)
+        try:
+            value = _check(base, value)
+        except _Mismatch:
+            raise _Mismatch(_describe(hint)) from None
+        for marker in markers:
+            if isinstance(marker, Pattern) and not re.fullmatch(marker.regex, value):
+                raise _Mismatch(marker.description)
+        return value
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check(option, value)
+            except _Mismatch:
+                pass
+        raise _Mismatch(_describe(hint))
+    if origin is Literal:
+        for allowed in typing.get_args(hint):
+            if type(value) is type(allowed) and value == allowed:
+                return value
+        raise _Mismatch(_describe(hint))
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _Mismatch(_describe(hint))
+        (item,) = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        try:
+            return tuple(_check(item, v) for v in value)
+        except _Mismatch:
+            raise _Mismatch(_describe(hint)) from None
+    if hint is type(None):
+        if value is None:
+            return None
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint in (bool, str):
+        if isinstance(value, hint):
+            return value
+    else:
+        raise TypeError(f"config type {hint!r} is not supported by _check")
+    raise _Mismatch(_describe(hint))
+
+
+_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    str: "a string",
+    type(None): "null",
+}
+
+
+def _describe(hint: Any) -> str:
+    """Words for an admin, e.g. ``a string or null``, ``one of 'none', 'sasl'``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Annotated:
+        return next(
+            (m.description for m in args[1:] if isinstance(m, Pattern)),
+            _describe(args[0]),
+        )
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0]).removeprefix('a ')}s"
+    return _NAMES.get(hint, repr(hint))
+
+
+def _kind(value: Any) -> str:
+    """A YAML-ish name for the type of a top-level document."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{type(value).__name__} {value!r}"
