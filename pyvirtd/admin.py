@@ -1,0 +1,176 @@
+"""The admin program (virt-admin): servers, their clients and limits, logging.
+
+Served only on the admin socket.  Parameter names are libvirt-admin.h's
+(VIR_THREADPOOL_WORKERS_*, VIR_SERVER_CLIENTS_*, VIR_CLIENT_INFO_*), since
+virt-admin prints and sends them by name.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import pwd
+from typing import TYPE_CHECKING, Any
+
+from pyvirtd.errors import VirError, internal_error, invalid_arg
+from pyvirtd.remote import LIB_VERSION
+from pyvirtd.rpc import _generated as P
+
+if TYPE_CHECKING:
+    from pyvirtd.client import Client
+    from pyvirtd.daemon import Daemon, Server
+
+log = logging.getLogger(__name__)
+
+_INT, _UINT, _ULLONG, _BOOL, _STRING = (P.VIR_TYPED_PARAM_INT, P.VIR_TYPED_PARAM_UINT,
+                                        P.VIR_TYPED_PARAM_ULLONG, P.VIR_TYPED_PARAM_BOOLEAN,
+                                        P.VIR_TYPED_PARAM_STRING)
+
+
+def _param(name: str, kind: int, value: Any) -> Any:
+    return P.admin_typed_param(name, P.admin_typed_param_value(kind, value))
+
+
+def _admin_error(code: int, detail: str) -> VirError:
+    return VirError(code, detail, domain=P.VIR_FROM_ADMIN)
+
+
+class AdminProgram:
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+        self.log_outputs = ""
+        self.log_filters = ""
+
+    # ------------------------------------------------------------ connection
+    def connect_open(self, client: "Client", flags: int) -> None:
+        if client.program_state.get("admin_open"):
+            raise internal_error("connection already open")
+        client.program_state["admin_open"] = True
+
+    def connect_close(self, client: "Client") -> None:
+        client.program_state["admin_open"] = False
+
+    def connect_get_lib_version(self, client: "Client") -> int:
+        return LIB_VERSION
+
+    # --------------------------------------------------------------- servers
+    def _server(self, name: str) -> "Server":
+        server = self.daemon.servers.get(name)
+        if server is None:
+            raise _admin_error(P.VIR_ERR_NO_SERVER, f"no server with matching name '{name}'")
+        return server
+
+    def connect_list_servers(self, client: "Client", need_results: int, flags: int) -> tuple:
+        names = list(self.daemon.servers)
+        return [(n,) for n in names[:need_results]], len(names)
+
+    def connect_lookup_server(self, client: "Client", name: str, flags: int) -> tuple:
+        return (self._server(name).name,)
+
+    def server_get_threadpool_parameters(self, client: "Client", srv: Any, flags: int) -> list:
+        s = self._server(srv[0])
+        busy = s.dispatcher.workers.borrowed_tokens
+        return [_param("minWorkers", _UINT, s.min_workers),
+                _param("maxWorkers", _UINT, s.max_workers),
+                _param("nWorkers", _UINT, max(s.min_workers, busy)),
+                _param("freeWorkers", _UINT, max(s.min_workers, busy) - busy),
+                _param("prioWorkers", _UINT, s.prio_workers),
+                _param("jobQueueDepth", _UINT, 0)]
+
+    def server_set_threadpool_parameters(self, client: "Client", srv: Any, params: list,
+                                         flags: int) -> None:
+        s = self._server(srv[0])
+        values = {p.field: p.value.value for p in params}
+        unknown = set(values) - {"minWorkers", "maxWorkers", "prioWorkers"}
+        if unknown:
+            raise invalid_arg(f"parameter '{sorted(unknown)[0]}' not supported")
+        new_min = values.get("minWorkers", s.min_workers)
+        new_max = values.get("maxWorkers", s.max_workers)
+        if new_min > new_max or new_max < 1:
+            raise invalid_arg("minWorkers must not exceed maxWorkers, which must be positive")
+        s.min_workers, s.max_workers = new_min, new_max
+        s.prio_workers = values.get("prioWorkers", s.prio_workers)
+        s.dispatcher.workers.total_tokens = new_max
+
+    def server_get_client_limits(self, client: "Client", srv: Any, flags: int) -> list:
+        s = self._server(srv[0])
+        unauth = sum(1 for c in s.clients.values() if not c.authenticated)
+        return [_param("nclients_max", _UINT, s.max_clients),
+                _param("nclients", _UINT, len(s.clients)),
+                _param("nclients_unauth_max", _UINT, s.max_anonymous_clients),
+                _param("nclients_unauth", _UINT, unauth)]
+
+    def server_set_client_limits(self, client: "Client", srv: Any, params: list, flags: int) -> None:
+        s = self._server(srv[0])
+        values = {p.field: p.value.value for p in params}
+        new_max = values.get("nclients_max", s.max_clients)
+        new_unauth = values.get("nclients_unauth_max", s.max_anonymous_clients)
+        if new_unauth > new_max:
+            raise invalid_arg("nclients_unauth_max must not exceed nclients_max")
+        s.max_clients, s.max_anonymous_clients = new_max, new_unauth
+        s.slot_freed.unpark_all()
+
+    def server_update_tls_files(self, client: "Client", srv: Any, flags: int) -> None:
+        self._server(srv[0])
+
+    # --------------------------------------------------------------- clients
+    def _wire_client(self, s: "Server", c: "Client") -> tuple:
+        return ((s.name,), c.id, c.connected_at, c.transport)
+
+    def _client(self, clnt: Any) -> "Client":
+        s = self._server(clnt[0][0])
+        found = s.clients.get(clnt[1])
+        if found is None:
+            raise _admin_error(P.VIR_ERR_NO_CLIENT, f"No client with matching ID '{clnt[1]}'")
+        return found
+
+    def server_list_clients(self, client: "Client", srv: Any, need_results: int, flags: int) -> tuple:
+        s = self._server(srv[0])
+        clients = list(s.clients.values())
+        return [self._wire_client(s, c) for c in clients[:need_results]], len(clients)
+
+    def server_lookup_client(self, client: "Client", srv: Any, id: int, flags: int) -> tuple:
+        s = self._server(srv[0])
+        found = s.clients.get(id)
+        if found is None:
+            raise _admin_error(P.VIR_ERR_NO_CLIENT, f"No client with matching ID '{id}'")
+        return (self._wire_client(s, found),)
+
+    def client_get_info(self, client: "Client", clnt: Any, flags: int) -> list:
+        target = self._client(clnt)
+        params = [_param("readonly", _BOOL, int(target.readonly))]
+        ident = target.identity
+        if ident is not None:
+            params.append(_param("unix_user_id", _INT, ident.uid))
+            try:
+                params.append(_param("unix_user_name", _STRING, pwd.getpwuid(ident.uid).pw_name))
+            except KeyError:
+                pass
+            params.append(_param("unix_group_id", _INT, ident.gid))
+            try:
+                params.append(_param("unix_group_name", _STRING, grp.getgrgid(ident.gid).gr_name))
+            except KeyError:
+                pass
+            params.append(_param("unix_process_id", _INT, ident.pid))
+        return params
+
+    def client_close(self, client: "Client", clnt: Any, flags: int) -> None:
+        self._client(clnt).close()
+
+    # --------------------------------------------------------------- logging
+    def connect_get_logging_outputs(self, client: "Client", flags: int) -> tuple:
+        outputs = self.log_outputs or self.daemon.config.log_outputs or "1:stderr"
+        return outputs, len(outputs.split())
+
+    def connect_get_logging_filters(self, client: "Client", flags: int) -> tuple:
+        filters = self.log_filters or self.daemon.config.log_filters or None
+        return filters, len(filters.split()) if filters else 0
+
+    def connect_set_logging_outputs(self, client: "Client", outputs: str | None, flags: int) -> None:
+        self.log_outputs = outputs or ""
+
+    def connect_set_logging_filters(self, client: "Client", filters: str | None, flags: int) -> None:
+        self.log_filters = filters or ""
+
+    def connect_set_daemon_timeout(self, client: "Client", timeout: int, flags: int) -> None:
+        self.daemon.timeout = timeout

@@ -1,0 +1,228 @@
+"""One client connection: read packets, dispatch them, write replies and events.
+
+Each connection runs in its own nursery: a reader (the connection's main
+task), a writer that drains the outbox, and, once the client asks for it,
+a keepalive timer.  Calls whose handler is a coroutine run as child tasks, up
+to ``max_client_requests`` at once, so a slow call never holds up the next
+packet; a client that vanishes cancels only its own calls.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from pyvirtd.errors import ProtocolError
+from pyvirtd.rpc import frame
+
+if TYPE_CHECKING:
+    from pyvirtd.daemon import Daemon, Server
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 256 * 1024
+# Stop reading a client's requests while this many reply bytes wait to be
+# sent: a client that does not read its replies only stalls itself.
+OUTBOX_PAUSE = 4 * 1024 * 1024
+# A client whose queued output (mostly events) passes this is dropped rather
+# than letting it grow the daemon without bound.
+OUTBOX_LIMIT = 64 * 1024 * 1024
+
+KEEPALIVE_PROGRAM = 0x6B656570
+KEEPALIVE_PING, KEEPALIVE_PONG = 1, 2
+
+_client_ids = itertools.count(1)
+
+# src/remote/remote_protocol.x remote_auth_type / virClientTransport
+TRANSPORT_TCP, TRANSPORT_TLS, TRANSPORT_UNIX = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """Who is on the other end of a unix socket (SO_PEERCRED), for access control."""
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_identity(sock: socket.socket) -> PeerIdentity | None:
+    if sock.family != socket.AF_UNIX:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return PeerIdentity(*struct.unpack("3i", raw))
+
+
+class Client:
+    """State of one connected client and the tasks that serve it."""
+
+    def __init__(self, daemon: "Daemon", server: "Server", stream: trio.SocketStream,
+                 *, readonly: bool, transport: int, auth: int) -> None:
+        self.id = next(_client_ids)
+        self.daemon = daemon
+        self.server = server
+        self.stream = stream
+        self.readonly = readonly
+        self.transport = transport
+        self.auth = auth                      # REMOTE_AUTH_* configured on the socket
+        self.authenticated = auth == 0        # REMOTE_AUTH_NONE needs no steps
+        self.identity = peer_identity(stream.socket) if hasattr(stream, "socket") else None
+        self.connected_at = int(time.time())
+        self.conn: Any = None                 # the driver connection after CONNECT_OPEN
+        self.program_state: dict[str, Any] = {}   # per-program extras (events, admin)
+        self.close_callback = False
+        self.max_requests = server.max_client_requests
+        self._outbox = bytearray()
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._drained = trio.lowlevel.ParkingLot()
+        self._slots = trio.lowlevel.ParkingLot()
+        self.in_flight = 0
+        self._nursery: trio.Nursery | None = None
+        self._closing = False
+        # keepalive: started by CONNECT_SUPPORTS_FEATURE(PROGRAM_KEEPALIVE)
+        self.keepalive_interval = server.keepalive_interval
+        self.keepalive_count = server.keepalive_count
+        self._keepalive_started = False
+        self._last_rx = trio.current_time()
+        self._pings_unanswered = 0
+
+    # ---------------------------------------------------------------- output
+    def send(self, data: bytes | bytearray) -> None:
+        """Queue bytes for the client; never blocks."""
+        if self._closing:
+            return
+        self._outbox += data
+        if len(self._outbox) > OUTBOX_LIMIT:
+            log.warning("client %d: %d bytes unread, dropping it", self.id, len(self._outbox))
+            self.close()
+            return
+        self._writer_lot.unpark_all()
+
+    send_event = send
+
+    async def _writer(self) -> None:
+        stream = self.stream
+        try:
+            while True:
+                if not self._outbox:
+                    self._drained.unpark_all()
+                    await self._writer_lot.park()
+                    continue
+                data, self._outbox = self._outbox, bytearray()
+                await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.close()  # the peer is gone: stop reading too
+
+    # ---------------------------------------------------------------- input
+    async def run(self) -> None:
+        """Serve the client until it disconnects, breaks the protocol or is closed.
+
+        Whatever goes wrong here ends this client only; it never reaches the
+        daemon's accept loop.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                try:
+                    await self._reader()
+                except ProtocolError as exc:
+                    log.warning("client %d: protocol error, closing: %s", self.id, exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+                # let queued replies reach a client that is still listening
+                with trio.move_on_after(1):
+                    while self._outbox and not self._closing:
+                        await self._drained.park()
+                nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("client %d: unexpected failure, closing it", self.id)
+        finally:
+            self._closing = True
+            self.daemon.client_gone(self)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+
+    async def _reader(self) -> None:
+        reader = frame.FrameReader()
+        dispatch = self.server.dispatcher.dispatch
+        stream = self.stream
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            self._last_rx = trio.current_time()
+            self._pings_unanswered = 0
+            reader.feed(data)
+            for packet in reader.packets():
+                if packet.header.prog == KEEPALIVE_PROGRAM:
+                    self._keepalive_packet(packet)
+                    continue
+                await dispatch(self, packet)
+            while len(self._outbox) > OUTBOX_PAUSE:
+                await self._drained.park()
+
+    # ------------------------------------------------------- concurrent calls
+    async def start_call(self, call: Any, *args: Any) -> None:
+        """Run a coroutine-handled call as a child task, within the per-client limit."""
+        while self.in_flight >= self.max_requests:
+            await self._slots.park()
+        self.in_flight += 1
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_call, call, args)
+
+    async def _run_call(self, call: Any, args: tuple) -> None:
+        try:
+            await call(*args)
+        finally:
+            self.in_flight -= 1
+            self._slots.unpark()
+
+    # -------------------------------------------------------------- keepalive
+    def _keepalive_packet(self, packet: frame.Packet) -> None:
+        h = packet.header
+        if h.type != frame.MESSAGE:
+            return
+        if h.proc == KEEPALIVE_PING:
+            self.send(frame.build_raw(KEEPALIVE_PROGRAM, 1, KEEPALIVE_PONG,
+                                      frame.MESSAGE, 0, frame.OK))
+
+    def start_keepalive(self) -> None:
+        """Start pinging a silent client (after it said it understands keepalive)."""
+        if self._keepalive_started or self.keepalive_interval <= 0 or self._nursery is None:
+            return
+        self._keepalive_started = True
+        self._nursery.start_soon(self._keepalive)
+
+    async def _keepalive(self) -> None:
+        interval, count = self.keepalive_interval, self.keepalive_count
+        while True:
+            await trio.sleep_until(self._last_rx + interval * (self._pings_unanswered + 1))
+            idle = trio.current_time() - self._last_rx
+            if idle < interval * (self._pings_unanswered + 1):
+                continue
+            if self._pings_unanswered >= count:
+                log.warning("client %d: no keepalive response, closing", self.id)
+                self.close()
+                return
+            self._pings_unanswered += 1
+            self.send(frame.build_raw(KEEPALIVE_PROGRAM, 1, KEEPALIVE_PING,
+                                      frame.MESSAGE, 0, frame.OK))
+
+    # ----------------------------------------------------------------- close
+    def close(self) -> None:
+        """Disconnect the client (admin close, keepalive timeout, overflow)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()

@@ -1,0 +1,197 @@
+"""The daemon: its servers, their listening sockets, and the accept loops.
+
+Like libvirtd, pyvirtd runs two servers: ``libvirtd`` (the remote, qemu and
+lxc programs on the read-write and read-only sockets) and ``admin`` (the
+admin program on the admin socket).  Each has its own client limits, which
+the admin program can read and change at run time.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from pyvirtd.client import TRANSPORT_UNIX, Client
+from pyvirtd.config import Config
+from pyvirtd.dispatch import Dispatcher, Program
+from pyvirtd.driver import DriverContext, DriverRegistry
+from pyvirtd.paths import Paths
+
+log = logging.getLogger(__name__)
+
+AUTH_TYPES = {"none": 0, "sasl": 1, "polkit": 2}
+# Pause before retrying accept() after running out of file descriptors,
+# so that a burst of connections cannot spin the loop (trio does the same).
+ACCEPT_RETRY_SLEEP = 0.1
+ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+@dataclass(eq=False)
+class Server:
+    """One of the daemon's servers and the clients it serves now."""
+    name: str
+    dispatcher: Dispatcher
+    max_clients: int
+    max_anonymous_clients: int
+    max_client_requests: int
+    keepalive_interval: int
+    keepalive_count: int
+    min_workers: int
+    max_workers: int
+    prio_workers: int
+    clients: dict[int, Client] = field(default_factory=dict)
+    slot_freed: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+
+
+@dataclass(eq=False)
+class Listener:
+    sock: trio.socket.SocketType
+    server: Server
+    readonly: bool
+    auth: int
+    path: Path | None     # a unix socket file we created and must remove
+
+
+class Daemon:
+    """Everything one pyvirtd process serves."""
+
+    def __init__(self, config: Config, paths: Paths, *, privileged: bool,
+                 default_uri: str = "test:///default") -> None:
+        from pyvirtd.admin import AdminProgram
+        from pyvirtd.remote import PRE_AUTH, RemoteProgram
+
+        self.config = config
+        self.paths = paths
+        self.started_at = time.time()
+        self.drivers = DriverRegistry(DriverContext(config, paths, privileged), default_uri)
+        c = config
+        remote = RemoteProgram(self)
+        self.libvirtd = Server(
+            "libvirtd",
+            Dispatcher([Program("remote", remote, pre_auth=PRE_AUTH),
+                        Program("qemu", remote), Program("lxc", remote)], c.max_workers),
+            c.max_clients, c.max_anonymous_clients, c.max_client_requests,
+            c.keepalive_interval, c.keepalive_count, c.min_workers, c.max_workers, c.prio_workers)
+        self.admin = Server(
+            "admin", Dispatcher([Program("admin", AdminProgram(self))], c.admin_max_workers),
+            c.admin_max_clients, c.admin_max_clients, c.admin_max_client_requests,
+            c.admin_keepalive_interval, c.admin_keepalive_count,
+            c.admin_min_workers, c.admin_max_workers, 0)
+        self.servers = {s.name: s for s in (self.libvirtd, self.admin)}
+        self.listeners: list[Listener] = []
+        self.timeout = 0
+
+    # --------------------------------------------------------------- sockets
+    def add_unix_listener(self, path: Path, server: Server, *, readonly: bool,
+                          mode: int, auth: str = "none") -> None:
+        """Bind a unix socket: under a temporary name, chmod, then rename into place.
+
+        Clients never see a socket with the wrong permissions, and a stale
+        socket file from a crashed daemon is replaced atomically.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.bind(str(tmp))
+        os.chmod(tmp, mode)
+        group = self.config.unix_sock_group
+        if group:
+            import grp
+            os.chown(tmp, -1, grp.getgrnam(group).gr_gid)
+        raw.listen(self.config.max_queued_clients or socket.SOMAXCONN)
+        os.replace(tmp, path)
+        self.listeners.append(Listener(trio.socket.from_stdlib_socket(raw), server,
+                                       readonly, AUTH_TYPES[auth], path))
+
+    def add_inherited_listener(self, raw: socket.socket, server: Server, *,
+                               readonly: bool, auth: str = "none") -> None:
+        """Use a socket handed over by systemd; systemd owns its file."""
+        raw.setblocking(False)
+        self.listeners.append(Listener(trio.socket.from_stdlib_socket(raw), server,
+                                       readonly, AUTH_TYPES[auth], None))
+
+    def close_listeners(self) -> None:
+        for lst in self.listeners:
+            lst.sock.close()
+            if lst.path is not None:
+                try:
+                    lst.path.unlink()
+                except FileNotFoundError:
+                    pass
+        self.listeners.clear()
+
+    # ----------------------------------------------------------------- serve
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept clients on every listener until cancelled."""
+        await self.drivers.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                for lst in self.listeners:
+                    nursery.start_soon(self._accept_loop, lst, nursery)
+                task_status.started()
+        finally:
+            self.close_listeners()
+            with trio.CancelScope(shield=True):
+                await self.drivers.stop()
+
+    async def _accept_loop(self, lst: Listener, nursery: trio.Nursery) -> None:
+        server = lst.server
+        while True:
+            # at max_clients libvirtd stops accepting; newcomers wait in the backlog
+            while len(server.clients) >= server.max_clients:
+                await server.slot_freed.park()
+            try:
+                sock, _ = await lst.sock.accept()
+            except OSError as exc:
+                if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+                    log.error("accept failed (%s); retrying", exc)
+                    await trio.sleep(ACCEPT_RETRY_SLEEP)
+                    continue
+                raise
+            stream = trio.SocketStream(sock)
+            client = Client(self, server, stream, readonly=lst.readonly,
+                            transport=TRANSPORT_UNIX, auth=lst.auth)
+            server.clients[client.id] = client
+            log.debug("client %d connected to %s", client.id, server.name)
+            nursery.start_soon(client.run)
+
+    # --------------------------------------------------------------- clients
+    def close_driver_connection(self, client: Client) -> None:
+        conn, client.conn = client.conn, None
+        if conn is None:
+            return
+        conn.events.drop(client)
+        try:
+            conn.close()
+        except Exception:
+            log.exception("closing a driver connection failed")
+
+    def client_gone(self, client: Client) -> None:
+        """Clean up after a client, however it left (even without CONNECT_CLOSE)."""
+        self.close_driver_connection(client)
+        server = client.server
+        if server.clients.pop(client.id, None) is not None:
+            server.slot_freed.unpark()
+            log.debug("client %d left %s", client.id, server.name)
+
+    def reload(self, config: Config) -> None:
+        """Apply a re-read configuration's limits (SIGHUP); sockets stay as they are."""
+        self.config = config
+        for server, prefix in ((self.libvirtd, ""), (self.admin, "admin_")):
+            server.max_clients = getattr(config, prefix + "max_clients")
+            server.max_client_requests = getattr(config, prefix + "max_client_requests")
+            server.keepalive_interval = getattr(config, prefix + "keepalive_interval")
+            server.keepalive_count = getattr(config, prefix + "keepalive_count")
+            server.slot_freed.unpark_all()
+
+    def client_count(self) -> int:
+        return sum(len(s.clients) for s in self.servers.values())

@@ -1,0 +1,182 @@
+"""Route one call packet to its handler and turn the outcome into a reply.
+
+The order of checks mirrors libvirtd (src/rpc/virnetserverprogram.c): program,
+procedure, authentication, read-only, decoding, then the handler.  A handler
+is looked up by the procedure's snake_case name, first on the program object
+(procedures the daemon answers itself) and then on the client's driver
+connection; a driver that lacks the method answers VIR_ERR_NO_SUPPORT here,
+in this one place.  Handlers may be plain functions (run inline: the fast
+path) or coroutines (run as tasks, so slow calls overlap).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+import trio
+
+from pyvirtd.errors import VirError, internal_error, no_support, rpc_error
+from pyvirtd.rpc import _generated as P
+from pyvirtd.rpc import frame
+from pyvirtd.rpc.procedure import Procedure
+from pyvirtd.rpc.xdr import XdrError, decode
+
+if TYPE_CHECKING:
+    from pyvirtd.client import Client
+
+log = logging.getLogger(__name__)
+
+_CALL_TYPES = (frame.CALL, frame.CALL_WITH_FDS)
+
+# Words that libvirt's API names keep in capitals (virDomainGetXMLDesc).
+_API_WORDS = {"XML": "XML", "UUID": "UUID", "ID": "ID", "OS": "OS", "CPU": "CPU",
+              "MAC": "MAC", "IO": "IO", "PM": "PM", "FS": "FS", "NMI": "NMI"}
+
+
+def api_name(proc: Procedure) -> str:
+    """The public libvirt function behind a procedure, for error messages."""
+    words = [_API_WORDS.get(w, w.capitalize()) for w in proc.name.split("_")]
+    return "vir" + "".join(words)
+
+
+def _pack_error(value: Any, out: bytearray) -> None:
+    P.pack_remote_error(value, out)
+
+
+class Program:
+    """One RPC program served on a socket: its procedure table and handlers.
+
+    ``handlers`` is an object whose methods, named after procedures, take the
+    client first.  The qemu and lxc programs' method names carry their program
+    as a prefix (``qemu_domain_monitor_command``) so one driver class can serve
+    all three programs.
+    """
+
+    def __init__(self, name: str, handlers: Any, *,
+                 pre_auth: frozenset[str] = frozenset()) -> None:
+        self.name = name
+        self.prog, self.vers = P.PROGRAMS[name]
+        self.procedures = {p.number: p for p in P.PROCEDURES if p.program == name}
+        self.handlers = handlers
+        self.pre_auth = pre_auth
+        self._own: dict[str, tuple[Callable, bool]] = {}
+        for proc in self.procedures.values():
+            fn = getattr(handlers, proc.method, None)
+            if fn is not None:
+                self._own[proc.method] = (fn, inspect.iscoroutinefunction(fn))
+        self._driver_cache: dict[tuple[type, str], tuple[Callable | None, bool]] = {}
+
+    def resolve(self, client: "Client", proc: Procedure) -> tuple[Callable, bool, bool]:
+        """Find the handler: (function, is_coroutine, takes_client)."""
+        own = self._own.get(proc.method)
+        if own is not None:
+            return own[0], own[1], True
+        conn = client.conn
+        if conn is None:
+            raise internal_error("connection not open")
+        key = (type(conn), proc.method)
+        found = self._driver_cache.get(key)
+        if found is None:
+            fn = getattr(type(conn), proc.method, None)
+            found = self._driver_cache[key] = (fn, inspect.iscoroutinefunction(fn))
+        fn, is_async = found
+        if fn is None:
+            raise no_support(api_name(proc))
+        return fn, is_async, False
+
+
+class Dispatcher:
+    """Dispatches the packets of every client of one server (libvirtd or admin)."""
+
+    def __init__(self, programs: list[Program], max_workers: int) -> None:
+        self.programs = {(p.prog, p.vers): p for p in programs}
+        # libvirtd runs low-priority calls on max_workers threads; high-priority
+        # ones may always proceed so that they never queue behind slow calls.
+        self.workers = trio.CapacityLimiter(max_workers)
+
+    async def dispatch(self, client: "Client", packet: frame.Packet) -> None:
+        h = packet.header
+        program = self.programs.get((h.prog, h.vers))
+        if program is None:
+            if h.type in _CALL_TYPES:
+                self._reply_error(client, h, rpc_error(
+                    f"Cannot find program {h.prog} version {h.vers}"))
+            return
+        if h.type not in _CALL_TYPES:
+            stream = client.program_state.get("streams", {}).get(h.serial)
+            if stream is not None:
+                stream.packet(packet)
+            return
+        proc = program.procedures.get(h.proc)
+        if proc is None or proc.kind != "call":
+            self._reply_error(client, h, rpc_error(f"unknown procedure: {h.proc}"))
+            return
+        try:
+            if not client.authenticated and proc.method not in program.pre_auth:
+                raise rpc_error("authentication required")
+            if client.readonly and not proc.readonly_ok:
+                raise VirError(P.VIR_ERR_OPERATION_DENIED,
+                               f"read only access prevents {api_name(proc)}",
+                               domain=P.VIR_FROM_NONE)
+            if proc.unpack_args is not None:
+                try:
+                    args = decode(proc.unpack_args, packet.body)
+                except XdrError as exc:
+                    log.info("client %d: %s: bad payload: %s", client.id, proc.name, exc)
+                    raise rpc_error("Unable to decode message payload") from None
+            else:
+                args = ()
+            fn, is_async, takes_client = program.resolve(client, proc)
+            if not is_async:
+                result = fn(client, *args) if takes_client else fn(client.conn, *args)
+                self._reply(client, h, proc, result)
+                return
+        except VirError as err:
+            self._reply_error(client, h, err)
+            return
+        except Exception as exc:  # a handler bug: answer it, keep serving
+            log.exception("%s failed", proc.name)
+            self._reply_error(client, h, internal_error(f"{proc.name}: {exc}"))
+            return
+        target = client if takes_client else client.conn
+        await client.start_call(self._call_async, client, h, proc, fn, target, args)
+
+    async def _call_async(self, client: "Client", h: frame.Header, proc: Procedure,
+                          fn: Callable, target: Any, args: tuple) -> None:
+        try:
+            if proc.high_priority:
+                result = await fn(target, *args)
+            else:
+                async with self.workers:
+                    result = await fn(target, *args)
+        except VirError as err:
+            self._reply_error(client, h, err)
+            return
+        except Exception as exc:
+            log.exception("%s failed", proc.name)
+            self._reply_error(client, h, internal_error(f"{proc.name}: {exc}"))
+            return
+        self._reply(client, h, proc, result)
+
+    @staticmethod
+    def _reply(client: "Client", h: frame.Header, proc: Procedure, result: Any) -> None:
+        if proc.pack_ret is None:
+            data = frame.build(h.prog, h.vers, h.proc, frame.REPLY, h.serial, frame.OK)
+        else:
+            value = (result,) if proc.ret_fields == 1 else result
+            try:
+                data = frame.build(h.prog, h.vers, h.proc, frame.REPLY, h.serial, frame.OK,
+                                   proc.pack_ret, value)
+            except Exception as exc:  # a handler returned the wrong shape
+                log.exception("%s: cannot encode reply %r", proc.name, result)
+                Dispatcher._reply_error(client, h, internal_error(
+                    f"{proc.name}: cannot encode reply: {exc}"))
+                return
+        client.send(data)
+
+    @staticmethod
+    def _reply_error(client: "Client", h: frame.Header, err: VirError) -> None:
+        client.send(frame.build(h.prog, h.vers, h.proc, frame.REPLY, h.serial, frame.ERROR,
+                                _pack_error, err.remote_error()))

@@ -1,0 +1,153 @@
+"""The remote program's procedures that the daemon answers itself.
+
+Everything about the connection rather than a hypervisor lives here:
+authentication, CONNECT_OPEN/CLOSE, feature probes, keepalive, event callback
+registration and the close callback.  All other remote procedures go to the
+client's driver connection (see pyvirtd/dispatch.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pyvirtd.errors import VirError, internal_error
+from pyvirtd.rpc import _generated as P
+
+if TYPE_CHECKING:
+    from pyvirtd.client import Client
+    from pyvirtd.daemon import Daemon
+
+# The libvirt version pyvirtd speaks for (virsh prints it as the daemon's).
+LIB_VERSION = 9_000_000
+VIR_CONNECT_RO = 1
+
+# Procedures allowed before authentication (remote_daemon.c: needAuth = false).
+PRE_AUTH = frozenset({"auth_list", "auth_sasl_init", "auth_sasl_start",
+                      "auth_sasl_step", "auth_polkit"})
+
+# Features the daemon itself answers for (remoteDispatchConnectSupportsFeature).
+_DAEMON_FEATURES = {
+    P.VIR_DRV_FEATURE_PROGRAM_KEEPALIVE,
+    P.VIR_DRV_FEATURE_REMOTE_EVENT_CALLBACK,
+    P.VIR_DRV_FEATURE_REMOTE_CLOSE_CALLBACK,
+}
+
+
+def _bus(client: "Client") -> Any:
+    if client.conn is None:
+        raise internal_error("connection not open")
+    return client.conn.events
+
+
+class RemoteProgram:
+    """Handlers take the client first, then the call's XDR fields."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+
+    # ---------------------------------------------------------- authentication
+    def auth_list(self, client: "Client") -> list[int]:
+        return [client.auth]
+
+    def auth_polkit(self, client: "Client") -> int:
+        raise VirError(P.VIR_ERR_AUTH_FAILED, "client tried invalid PolicyKit init request",
+                       domain=P.VIR_FROM_REMOTE)
+
+    def auth_sasl_init(self, client: "Client") -> str:
+        raise VirError(P.VIR_ERR_AUTH_FAILED, "client tried invalid SASL init request",
+                       domain=P.VIR_FROM_REMOTE)
+
+    auth_sasl_start = auth_sasl_step = auth_sasl_init
+
+    # -------------------------------------------------------------- connection
+    def connect_open(self, client: "Client", name: str | None, flags: int) -> None:
+        if client.conn is not None:
+            raise internal_error("connection already open")
+        if client.readonly:
+            flags |= VIR_CONNECT_RO
+        if flags & VIR_CONNECT_RO:
+            client.readonly = True
+        client.conn = self.daemon.drivers.open(name, flags, client)
+
+    def connect_close(self, client: "Client") -> None:
+        self.daemon.close_driver_connection(client)
+
+    def connect_get_uri(self, client: "Client") -> str:
+        if client.conn is None:
+            raise internal_error("connection not open")
+        return client.conn.uri
+
+    def connect_get_lib_version(self, client: "Client") -> int:
+        return LIB_VERSION
+
+    def connect_supports_feature(self, client: "Client", feature: int, ) -> int:
+        if feature == P.VIR_DRV_FEATURE_PROGRAM_KEEPALIVE:
+            client.start_keepalive()
+            return 1
+        if feature in _DAEMON_FEATURES:
+            return 1
+        if feature == P.VIR_DRV_FEATURE_FD_PASSING:
+            return 1 if client.identity is not None else 0
+        conn = client.conn
+        probe = getattr(conn, "connect_supports_feature", None)
+        return int(probe(feature)) if probe is not None else 0
+
+    def connect_register_close_callback(self, client: "Client") -> None:
+        client.close_callback = True
+
+    def connect_unregister_close_callback(self, client: "Client") -> None:
+        client.close_callback = False
+
+    # ---------------------------------------------------------- domain events
+    def connect_domain_event_register(self, client: "Client") -> int:
+        _bus(client).register(client, "domain", P.VIR_DOMAIN_EVENT_ID_LIFECYCLE, legacy=True)
+        return 1
+
+    def connect_domain_event_deregister(self, client: "Client") -> int:
+        _bus(client).deregister_legacy(client, "domain", P.VIR_DOMAIN_EVENT_ID_LIFECYCLE)
+        return 1
+
+    def connect_domain_event_register_any(self, client: "Client", event_id: int) -> None:
+        _bus(client).register(client, "domain", event_id, legacy=True)
+
+    def connect_domain_event_deregister_any(self, client: "Client", event_id: int) -> None:
+        if not _bus(client).deregister_legacy(client, "domain", event_id):
+            raise internal_error(f"domain event {event_id} not registered")
+
+    def connect_domain_event_callback_register_any(self, client: "Client", event_id: int,
+                                                   dom: Any) -> int:
+        return _bus(client).register(client, "domain", event_id, dom)
+
+    def connect_domain_event_callback_deregister_any(self, client: "Client", callback_id: int) -> None:
+        self._deregister(client, "domain", callback_id)
+
+    # ------------------------------------------------------ other object events
+    def connect_network_event_register_any(self, client: "Client", event_id: int, net: Any) -> int:
+        return _bus(client).register(client, "network", event_id, net)
+
+    def connect_network_event_deregister_any(self, client: "Client", callback_id: int) -> None:
+        self._deregister(client, "network", callback_id)
+
+    def connect_storage_pool_event_register_any(self, client: "Client", event_id: int, pool: Any) -> int:
+        return _bus(client).register(client, "storage", event_id, pool)
+
+    def connect_storage_pool_event_deregister_any(self, client: "Client", callback_id: int) -> None:
+        self._deregister(client, "storage", callback_id)
+
+    def connect_node_device_event_register_any(self, client: "Client", event_id: int, dev: Any) -> int:
+        return _bus(client).register(client, "nodeDevice", event_id, dev)
+
+    def connect_node_device_event_deregister_any(self, client: "Client", callback_id: int) -> None:
+        self._deregister(client, "nodeDevice", callback_id)
+
+    def connect_secret_event_register_any(self, client: "Client", event_id: int, secret: Any) -> int:
+        return _bus(client).register(client, "secret", event_id, secret)
+
+    def connect_secret_event_deregister_any(self, client: "Client", callback_id: int) -> None:
+        self._deregister(client, "secret", callback_id)
+
+    @staticmethod
+    def _deregister(client: "Client", kind: str, callback_id: int) -> None:
+        if not _bus(client).deregister(client, kind, callback_id):
+            noun = {"nodeDevice": "node device", "storage": "storage pool"}.get(kind, kind)
+            raise internal_error(f"{noun} event callback {callback_id} not registered")

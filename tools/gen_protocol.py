@@ -1,0 +1,457 @@
+#!/usr/bin/env python3
+"""Generate pyvirtd/rpc/_generated.py from the libvirt protocol facts (libvirt-rpc.json).
+
+Usage: gen_protocol.py PROTOCOL_JSON OUTPUT_PY
+
+The JSON (../shared/reference/libvirt-rpc.json) stays outside the project; only
+the generated module is committed.  For every XDR struct and union the output
+has a namedtuple type plus ``pack_NAME(value, out)`` / ``unpack_NAME(buf, off)``
+functions.  Runs of fixed-size fields are folded into one precompiled
+``struct.Struct`` so that a typical call body costs one or two C calls; limits
+(string and list maxima) are checked on decode, where the input is untrusted.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# XDR primitive type -> struct format character.  char/short are widened to
+# 4 bytes by rpcgen (libvirt-rpc.md, section 2 "Gotcha").
+PRIMITIVE_FORMATS = {
+    "int": "i", "unsigned int": "I", "hyper": "q", "unsigned hyper": "Q",
+    "float": "f", "double": "d", "bool": "i",
+    "char": "i", "short": "i", "unsigned char": "I", "unsigned short": "I",
+}
+FORMAT_SIZES = {"i": 4, "I": 4, "q": 8, "Q": 8, "f": 4, "d": 8}
+BYTE_ELEMENTS = {"char", "unsigned char"}
+UNBOUNDED = 0xFFFFFFFF
+
+# Permissions that only look at state.  A procedure whose every ACL permission
+# is one of these is allowed on a read-only connection; libvirt refuses all
+# others with VIR_ERR_OPERATION_DENIED (virCheckReadOnlyGoto in src/libvirt-*.c).
+READ_ONLY_PERMISSIONS = re.compile(r"^(getattr|read|search_\w+)$")
+
+
+# ---------------------------------------------------------------- type model
+
+@dataclass(frozen=True)
+class Prim:
+    fmt: str
+
+
+@dataclass(frozen=True)
+class String:
+    max: int
+
+
+@dataclass(frozen=True)
+class Opaque:
+    size: int | None  # fixed size, or None for variable
+    max: int = UNBOUNDED
+
+
+@dataclass(frozen=True)
+class ByteArray:
+    """A char[] / char<> array: one 4-byte word per byte, exposed as ``bytes``."""
+    size: int | None
+    max: int = UNBOUNDED
+
+
+@dataclass(frozen=True)
+class Named:
+    name: str
+
+
+@dataclass(frozen=True)
+class Optional_:
+    inner: object
+
+
+@dataclass(frozen=True)
+class Array:
+    inner: object
+    size: int | None
+    max: int = UNBOUNDED
+
+
+class Model:
+    """Resolves the JSON's type names (typedefs, enums, structs) to the nodes above."""
+
+    def __init__(self, facts: dict) -> None:
+        self.facts = facts
+        self.enums = set(facts["enums"])
+        self.structs = facts["structs"]
+        self.unions = facts["unions"]
+        self.typedefs = facts["typedefs"]
+
+    def base(self, type_name: str):
+        if type_name in PRIMITIVE_FORMATS:
+            return Prim(PRIMITIVE_FORMATS[type_name])
+        if type_name in self.enums:
+            return Prim("i")
+        if type_name in self.structs or type_name in self.unions:
+            return Named(type_name)
+        if type_name in self.typedefs:
+            return self.field(self.typedefs[type_name])
+        raise KeyError(f"unknown XDR type {type_name!r}")
+
+    def field(self, f: dict):
+        """Resolve a field or typedef declaration (type plus array/optional marks)."""
+        t = f["type"]
+        array = f.get("array")
+        size = f.get("size_value")
+        limit = f.get("max_value", UNBOUNDED)
+        if t == "string":
+            node = String(limit)
+        elif t == "opaque":
+            node = Opaque(size if array == "fixed" else None, limit)
+        elif array and t in BYTE_ELEMENTS:
+            node = ByteArray(size if array == "fixed" else None, limit)
+        elif array:
+            node = Array(self.base(t), size if array == "fixed" else None, limit)
+        else:
+            node = self.base(t)
+        if f.get("optional"):
+            node = Optional_(node)
+        return node
+
+
+def py_name(name: str) -> str:
+    return name + "_" if keyword.iskeyword(name) else name
+
+
+# ------------------------------------------------------------ code emitter
+
+@dataclass
+class Emitter:
+    structs_used: dict[str, str] = field(default_factory=dict)
+    counter: int = 0
+
+    def tmp(self, stem: str = "t") -> str:
+        self.counter += 1
+        return f"_{stem}{self.counter}"
+
+    def struct_const(self, fmt: str) -> str:
+        name = "_S_" + fmt
+        self.structs_used[name] = ">" + fmt
+        return name
+
+    # ---- packing: append code that writes `expr` to `out`
+    def pack(self, node, expr: str, ind: str) -> list[str]:
+        if isinstance(node, Prim):
+            return [f"{ind}out += {self.struct_const(node.fmt)}.pack({expr})"]
+        if isinstance(node, String):
+            t = self.tmp("b")
+            return [f"{ind}{t} = {expr}.encode('utf-8', 'surrogateescape')",
+                    f"{ind}out += _U32.pack(len({t})); out += {t}; out += PAD[len({t}) & 3]"]
+        if isinstance(node, Opaque):
+            if node.size is not None:
+                pad = (-node.size) % 4
+                lines = [f"{ind}out += bytes({expr})[:{node.size}].ljust({node.size}, b'\\0')"]
+                if pad:
+                    lines.append(f"{ind}out += {bytes(pad)!r}")
+                return lines
+            t = self.tmp("b")
+            return [f"{ind}{t} = {expr}",
+                    f"{ind}out += _U32.pack(len({t})); out += {t}; out += PAD[len({t}) & 3]"]
+        if isinstance(node, ByteArray):
+            t = self.tmp("b")
+            if node.size is not None:
+                return [f"{ind}{t} = bytes({expr})[:{node.size}].ljust({node.size}, b'\\0')",
+                        f"{ind}out += struct.pack('>{node.size}I', *{t})"]
+            return [f"{ind}{t} = bytes({expr})",
+                    f"{ind}out += _U32.pack(len({t})); out += struct.pack('>%dI' % len({t}), *{t})"]
+        if isinstance(node, Named):
+            return [f"{ind}pack_{node.name}({expr}, out)"]
+        if isinstance(node, Optional_):
+            t = self.tmp()
+            return ([f"{ind}{t} = {expr}",
+                     f"{ind}if {t} is None:",
+                     f"{ind}    out += b'\\0\\0\\0\\0'",
+                     f"{ind}else:",
+                     f"{ind}    out += b'\\0\\0\\0\\1'"]
+                    + self.pack(node.inner, t, ind + "    "))
+        if isinstance(node, Array):
+            t = self.tmp()
+            lines = [f"{ind}{t} = {expr}"]
+            if node.size is None:
+                lines.append(f"{ind}out += _U32.pack(len({t}))")
+            if isinstance(node.inner, Prim):
+                fmt = node.inner.fmt
+                if node.size is None:
+                    lines.append(f"{ind}out += struct.pack('>%d{fmt}' % len({t}), *{t})")
+                else:
+                    lines.append(f"{ind}out += struct.pack('>{node.size}{fmt}', *{t})")
+                return lines
+            e = self.tmp("e")
+            lines.append(f"{ind}for {e} in {t}:")
+            lines += self.pack(node.inner, e, ind + "    ")
+            return lines
+        raise TypeError(node)
+
+    # ---- unpacking: code that sets `target` from `b` at offset `o`
+    def unpack(self, node, target: str, ind: str, what: str) -> list[str]:
+        if isinstance(node, Prim):
+            s = self.struct_const(node.fmt)
+            return [f"{ind}{target}, = {s}.unpack_from(b, o); o += {FORMAT_SIZES[node.fmt]}"]
+        if isinstance(node, String):
+            n, e = self.tmp("n"), self.tmp("end")
+            return [f"{ind}{n}, = _U32.unpack_from(b, o); o += 4",
+                    f"{ind}if {n} > {node.max}: raise XdrError('{what}: string of %d bytes exceeds {node.max}' % {n})",
+                    f"{ind}{e} = o + {n}",
+                    f"{ind}if {e} > len(b): raise XdrError('{what}: truncated string')",
+                    f"{ind}{target} = str(b[o:{e}], 'utf-8', 'surrogateescape'); o = {e} + (-{n} & 3)"]
+        if isinstance(node, Opaque):
+            if node.size is not None:
+                return [f"{ind}if o + {node.size} > len(b): raise XdrError('{what}: truncated')",
+                        f"{ind}{target} = bytes(b[o:o + {node.size}]); o += {node.size + (-node.size % 4)}"]
+            n = self.tmp("n")
+            return [f"{ind}{n}, = _U32.unpack_from(b, o); o += 4",
+                    f"{ind}if {n} > {node.max}: raise XdrError('{what}: %d bytes exceed {node.max}' % {n})",
+                    f"{ind}if o + {n} > len(b): raise XdrError('{what}: truncated')",
+                    f"{ind}{target} = bytes(b[o:o + {n}]); o += {n} + (-{n} & 3)"]
+        if isinstance(node, ByteArray):
+            if node.size is not None:
+                return [f"{ind}{target} = bytes(x & 0xFF for x in struct.unpack_from('>{node.size}i', b, o)); o += {4 * node.size}"]
+            n = self.tmp("n")
+            return [f"{ind}{n}, = _U32.unpack_from(b, o); o += 4",
+                    f"{ind}if {n} > {node.max}: raise XdrError('{what}: %d bytes exceed {node.max}' % {n})",
+                    f"{ind}{target} = bytes(x & 0xFF for x in struct.unpack_from('>%di' % {n}, b, o)); o += 4 * {n}"]
+        if isinstance(node, Named):
+            return [f"{ind}{target}, o = unpack_{node.name}(b, o)"]
+        if isinstance(node, Optional_):
+            flag = self.tmp("f")
+            return ([f"{ind}{flag}, = _U32.unpack_from(b, o); o += 4",
+                     f"{ind}if {flag} == 1:"]
+                    + self.unpack(node.inner, target, ind + "    ", what)
+                    + [f"{ind}elif {flag} == 0:",
+                       f"{ind}    {target} = None",
+                       f"{ind}else:",
+                       f"{ind}    raise XdrError('{what}: bad optional flag %d' % {flag})"])
+        if isinstance(node, Array):
+            lines = []
+            if node.size is None:
+                n = self.tmp("n")
+                lines += [f"{ind}{n}, = _U32.unpack_from(b, o); o += 4",
+                          f"{ind}if {n} > {node.max}: raise XdrError('{what}: %d items exceed {node.max}' % {n})",
+                          # every element takes at least 4 bytes: refuse counts the buffer cannot hold
+                          f"{ind}if 4 * {n} > len(b) - o: raise XdrError('{what}: truncated list')"]
+            else:
+                n = str(node.size)
+            if isinstance(node.inner, Prim):
+                fmt = node.inner.fmt
+                size = FORMAT_SIZES[fmt]
+                lines += [f"{ind}{target} = list(struct.unpack_from('>%d{fmt}' % {n}, b, o)); o += {size} * {n}"]
+                return lines
+            e = self.tmp("e")
+            lines += [f"{ind}{target} = []", f"{ind}for _ in range({n}):"]
+            lines += self.unpack(node.inner, e, ind + "    ", what)
+            lines += [f"{ind}    {target}.append({e})"]
+            return lines
+        raise TypeError(node)
+
+
+def fold_fields(model: Model, fields: list[dict]) -> list[tuple[list[int], object]]:
+    """Group consecutive fixed-size primitive fields so each run is one struct call."""
+    groups: list[tuple[list[int], object]] = []
+    for i, f in enumerate(fields):
+        node = model.field(f)
+        if isinstance(node, Prim) and groups and isinstance(groups[-1][1], str):
+            groups[-1][0].append(i)
+            groups[-1] = (groups[-1][0], groups[-1][1] + node.fmt)
+        elif isinstance(node, Prim):
+            groups.append(([i], node.fmt))
+        else:
+            groups.append(([i], node))
+    return groups
+
+
+def gen_struct(model: Model, em: Emitter, name: str, s: dict) -> list[str]:
+    fields = s["fields"]
+    names = [py_name(f["name"]) for f in fields]
+    out = [f"{name} = _nt({name!r}, {' '.join(names)!r})", ""]
+    # pack
+    out.append(f"def pack_{name}(v, out):")
+    body = []
+    for idx, node in fold_fields(model, fields):
+        if isinstance(node, str):
+            args = ", ".join(f"v[{i}]" for i in idx)
+            body.append(f"    out += {em.struct_const(node)}.pack({args})")
+        else:
+            body += em.pack(node, f"v[{idx[0]}]", "    ")
+    out += body or ["    pass"]
+    out.append("")
+    # unpack
+    out.append(f"def unpack_{name}(b, o):")
+    body = []
+    for idx, node in fold_fields(model, fields):
+        if isinstance(node, str):
+            targets = ", ".join(f"f{i}" for i in idx)
+            size = sum(FORMAT_SIZES[c] for c in node)
+            comma = "," if len(idx) == 1 else ""
+            body.append(f"    {targets}{comma} = {em.struct_const(node)}.unpack_from(b, o); o += {size}")
+        else:
+            body += em.unpack(node, f"f{idx[0]}", "    ", f"{name}.{fields[idx[0]]['name']}")
+    values = ", ".join(f"f{i}" for i in range(len(fields)))
+    body.append(f"    return _new({name}, ({values}{',' if len(fields) == 1 else ''})), o")
+    out += body
+    out.append("")
+    return out
+
+
+def gen_union(model: Model, em: Emitter, name: str, u: dict) -> list[str]:
+    disc = model.base(u["discriminant"]["type"])
+    assert isinstance(disc, Prim)
+    dfmt = em.struct_const(disc.fmt)
+    out = [f"{name} = _nt({name!r}, 'type value')", ""]
+    out.append(f"def pack_{name}(v, out):")
+    out.append(f"    d = v[0]; out += {dfmt}.pack(d)")
+    kw = "if"
+    for arm in u["arms"]:
+        cond = " or ".join(f"d == {c}" for c in arm["case_values"])
+        out.append(f"    {kw} {cond}:")
+        out += em.pack(model.field(arm), "v[1]", "        ") if arm.get("type") != "void" else ["        pass"]
+        kw = "elif"
+    out.append("    else:")
+    out.append(f"        raise XdrError('{name}: bad discriminant %r' % (d,))")
+    out.append("")
+    out.append(f"def unpack_{name}(b, o):")
+    out.append(f"    d, = {dfmt}.unpack_from(b, o); o += 4")
+    kw = "if"
+    for arm in u["arms"]:
+        cond = " or ".join(f"d == {c}" for c in arm["case_values"])
+        out.append(f"    {kw} {cond}:")
+        if arm.get("type") == "void":
+            out.append("        val = None")
+        else:
+            out += em.unpack(model.field(arm), "val", "        ", f"{name}.{arm['name']}")
+        kw = "elif"
+    out.append("    else:")
+    out.append(f"        raise XdrError('{name}: bad discriminant %d' % d)")
+    out.append(f"    return _new({name}, (d, val)), o")
+    out.append("")
+    return out
+
+
+def method_name(program: str, short_name: str) -> str:
+    """Handler name of a procedure: DOMAIN_GET_INFO -> domain_get_info.
+
+    The qemu and lxc programs reuse names that could meet remote's, so their
+    methods carry the program: QEMU DOMAIN_MONITOR_COMMAND -> qemu_domain_monitor_command.
+    """
+    name = short_name.lower()
+    return f"{program}_{name}" if program in ("qemu", "lxc") else name
+
+
+def gen_procedures(facts: dict) -> list[str]:
+    structs = facts["structs"]
+    out = ["PROCEDURES = ("]
+    for p in facts["procedures"]:
+        ann = p["annotations"]
+        acl = tuple(ann.get("acl", ()))
+        perms = [a.split(":", 1)[1] for a in acl if ":" in a]
+        readonly = all(READ_ONLY_PERMISSIONS.match(x) for x in perms)
+        fds = p.get("fd_passing") or {}
+        ret_fields = len(structs[p["ret"]]["fields"]) if p["ret"] else 0
+
+        def fn(kind: str, struct_name: str | None) -> str:
+            return f"{kind}_{struct_name}" if struct_name else "None"
+
+        out.append(
+            "    Procedure("
+            f"{p['program']!r}, {p['program_number']}, {p['number']}, {p['short_name']!r}, "
+            f"{method_name(p['program'], p['short_name'])!r}, {p['kind']!r}, "
+            f"{fn('unpack', p['args'])}, {fn('pack', p['args'])}, "
+            f"{fn('pack', p['ret'])}, {fn('unpack', p['ret'])}, {ret_fields}, "
+            f"{fn('pack', p['msg'])}, {fn('unpack', p['msg'])}, "
+            f"{p.get('priority') == 'high'}, {readonly}, {acl!r}, "
+            f"{tuple(ann.get('aclfilter', ()))!r}, {p.get('stream')!r}, "
+            f"{bool(fds.get('fds_in'))}, {bool(fds.get('fds_out'))}),")
+    out.append(")")
+    return out
+
+
+def gen_constants(facts: dict) -> list[str]:
+    out = ["# ---- constants (XDR constants, enums, and the C enums clients see)"]
+    seen: set[str] = set()
+
+    def const(name: str, value: int) -> None:
+        if name not in seen:
+            seen.add(name)
+            out.append(f"{name} = {value}")
+
+    for name, c in sorted(facts["constants"].items()):
+        const(name, c["value"])
+    for name, c in sorted(facts["external_constants"].items()):
+        const(name, c["value"])
+    for enum in facts["enums"].values():
+        for v in enum["values"]:
+            const(v["name"], v["value"])
+    for enum in facts["c_enums"].values():
+        for v in enum["values"]:
+            const(v["name"], v["value"])
+    out.append("")
+    out.append("# Event ids -> (callback procedure, legacy procedure) per object kind.")
+    out.append("EVENT_PROCEDURES = {")
+    for kind, events in facts["event_ids"].items():
+        items = ", ".join(
+            f"{e['event_id']}: ({e['callback_procedure']!r}, {e.get('legacy_procedure')!r})"
+            for e in events)
+        out.append(f"    {kind!r}: {{{items}}},")
+    out.append("}")
+    out.append("")
+    out.append("PROGRAMS = {")
+    for name, prog in facts["programs"].items():
+        out.append(f"    {name!r}: ({prog['program']}, {prog['version']}),")
+    out.append("}")
+    return out
+
+
+def generate(facts: dict) -> str:
+    model = Model(facts)
+    em = Emitter()
+    body: list[str] = []
+    for item in facts["definition_order"]:
+        kind, name = item["kind"], item["name"]
+        if kind == "struct":
+            body += gen_struct(model, em, name, facts["structs"][name])
+        elif kind == "union":
+            body += gen_union(model, em, name, facts["unions"][name])
+    header = [
+        f'"""libvirt {facts["libvirt_version"]} wire protocol: types, codecs and procedure table.',
+        "",
+        "Code generated by tools/gen_protocol.py from libvirt-rpc.json. DO NOT EDIT.",
+        "Regenerate with `make gen`.",
+        '"""',
+        "# fmt: off",
+        "# ruff: noqa",
+        "import struct",
+        "from collections import namedtuple as _nt",
+        "",
+        "from pyvirtd.rpc.xdr import PAD, U32 as _U32, XdrError",
+        "from pyvirtd.rpc.procedure import Procedure",
+        "",
+        "_new = tuple.__new__",
+        "",
+    ]
+    header += [f"{n} = struct.Struct({f!r})" for n, f in sorted(em.structs_used.items())]
+    header.append("")
+    return "\n".join(header + gen_constants(facts) + [""] + body + gen_procedures(facts)) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(__doc__.splitlines()[2], file=sys.stderr)
+        return 2
+    facts = json.loads(Path(argv[1]).read_text())
+    Path(argv[2]).write_text(generate(facts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
