@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from .domains import DomainMixin
 from .host import HostMixin
+from .interfaces import InterfaceMixin
+from .networks import NetworkMixin
+from .nodedevs import NodeDeviceMixin
+from .secrets import SecretMixin
 from .state import TestState
+from .storage import StorageMixin
 
 
-class TestConnection(HostMixin):
+class TestConnection(HostMixin, DomainMixin, NetworkMixin, StorageMixin, InterfaceMixin,
+                     NodeDeviceMixin, SecretMixin):
     """Methods are named after RPC procedures; see pyvirtd/driver/__init__.py."""
 
     def __init__(self, state: TestState, uri: str) -> None:

@@ -1,0 +1,7 @@
+"""Test driver: secrets (placeholder, being written)."""
+
+from __future__ import annotations
+
+
+class SecretMixin:
+    pass
