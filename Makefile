@@ -51,7 +51,7 @@ run: venv
 test: deps venv
 	$(VENV)/bin/python -m pytest -q tests $(PYTEST_ARGS)
 
-bench: venv
+bench: deps venv
 	$(VENV)/bin/python bench/run.py
 
 gen: venv
