@@ -9,6 +9,7 @@ packet; a client that vanishes cancels only its own calls.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import socket
@@ -83,9 +84,11 @@ class Client:
         self.max_requests = server.max_client_requests
         self._outbox = bytearray()
         self._writer_lot = trio.lowlevel.ParkingLot()
+        self._sending = False
         self._drained = trio.lowlevel.ParkingLot()
         self._slots = trio.lowlevel.ParkingLot()
         self.in_flight = 0
+        self._pending: collections.deque[tuple[Any, tuple]] = collections.deque()
         self._nursery: trio.Nursery | None = None
         self._closing = False
         # keepalive: started by CONNECT_SUPPORTS_FEATURE(PROGRAM_KEEPALIVE)
@@ -105,20 +108,34 @@ class Client:
             log.warning("client %d: %d bytes unread, dropping it", self.id, len(self._outbox))
             self.close()
             return
-        self._writer_lot.unpark_all()
+        if not self._sending:
+            self._writer_lot.unpark_all()
 
     send_event = send
 
+    async def _flush(self) -> None:
+        """Send everything queued; the caller must have checked ``not self._sending``.
+
+        The reader calls this itself after each batch of packets, which saves a
+        task switch per call on the common path; the writer task covers output
+        produced elsewhere (coroutine calls, events, keepalive).
+        """
+        self._sending = True
+        try:
+            while self._outbox:
+                data, self._outbox = self._outbox, bytearray()
+                await self.stream.send_all(data)
+        finally:
+            self._sending = False
+        self._drained.unpark_all()
+
     async def _writer(self) -> None:
-        stream = self.stream
         try:
             while True:
-                if not self._outbox:
-                    self._drained.unpark_all()
+                if not self._outbox or self._sending:
                     await self._writer_lot.park()
                     continue
-                data, self._outbox = self._outbox, bytearray()
-                await stream.send_all(data)
+                await self._flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.close()  # the peer is gone: stop reading too
 
@@ -168,14 +185,29 @@ class Client:
                     self._keepalive_packet(packet)
                     continue
                 await dispatch(self, packet)
+            if self._outbox and not self._sending:
+                await self._flush()
             while len(self._outbox) > OUTBOX_PAUSE:
                 await self._drained.park()
 
     # ------------------------------------------------------- concurrent calls
-    async def start_call(self, call: Any, *args: Any) -> None:
-        """Run a coroutine-handled call as a child task, within the per-client limit."""
-        while self.in_flight >= self.max_requests:
+    async def start_call(self, high_priority: bool, call: Any, *args: Any) -> None:
+        """Run a coroutine-handled call as a child task.
+
+        At most ``max_requests`` normal calls run at once; the next ones wait
+        in a queue of the same length, and only when that is full does the
+        reader stop reading.  High-priority calls (like keepalive, handled by
+        the reader itself) start at once, so they never wait behind slow ones.
+        """
+        assert self._nursery is not None
+        if high_priority or self.in_flight < self.max_requests:
+            self._spawn(call, args)
+            return
+        while len(self._pending) >= self.max_requests:
             await self._slots.park()
+        self._pending.append((call, args))
+
+    def _spawn(self, call: Any, args: tuple) -> None:
         self.in_flight += 1
         assert self._nursery is not None
         self._nursery.start_soon(self._run_call, call, args)
@@ -185,7 +217,9 @@ class Client:
             await call(*args)
         finally:
             self.in_flight -= 1
-            self._slots.unpark()
+            if self._pending and self.in_flight < self.max_requests:
+                self._spawn(*self._pending.popleft())
+                self._slots.unpark()
 
     # -------------------------------------------------------------- keepalive
     def _keepalive_packet(self, packet: frame.Packet) -> None:

@@ -141,7 +141,8 @@ class Dispatcher:
             self._reply_error(client, h, internal_error(f"{proc.name}: {exc}"))
             return
         target = client if takes_client else client.conn
-        await client.start_call(self._call_async, client, h, proc, fn, target, args)
+        await client.start_call(proc.high_priority, self._call_async, client, h, proc, fn, target,
+                                args)
 
     async def _call_async(self, client: "Client", h: frame.Header, proc: Procedure,
                           fn: Callable, target: Any, args: tuple) -> None:
