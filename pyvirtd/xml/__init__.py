@@ -57,3 +57,101 @@ def format_uuid(raw: bytes) -> str:
 
 def new_uuid() -> bytes:
     return _uuid.uuid4().bytes
+
+
+# --- Client definitions and libvirt's own serialisation -----------------------
+#
+# Object definitions (network, pool, volume, interface, node device, secret)
+# are reported by libvirt in a precise shape: a syntax error is
+# VIR_ERR_XML_DETAIL "(network_definition):LINE: MESSAGE" followed by the
+# offending line and a caret under the column (src/util/virxml.c
+# catchXMLError); a wrong root is VIR_ERR_XML_ERROR from VIR_FROM_XML.
+
+def parse_definition(text: str, root_tag: str, *, what: str, domain: int) -> etree._Element:
+    """Parse a client's ``<root_tag>`` definition; ``what`` names the document
+    in syntax errors (e.g. ``network_definition``)."""
+    try:
+        root = etree.fromstring(text.encode(), _PARSER)
+    except etree.XMLSyntaxError as exc:
+        entry = exc.error_log[0] if len(exc.error_log) else None
+        line = entry.line if entry else exc.lineno or 1
+        column = entry.column if entry else 1
+        msg = entry.message if entry else exc.msg
+        lines = text.splitlines()
+        if 1 <= line <= len(lines) and lines[line - 1]:
+            context = f"{lines[line - 1]}\n{'-' * max(column - 1, 0)}^"
+        else:
+            context = "(null)\n^"
+        raise VirError(P.VIR_ERR_XML_DETAIL, f"({what}):{line}: {msg}\n{context}",
+                       domain=domain) from None
+    if root.tag != root_tag:
+        raise VirError(P.VIR_ERR_XML_ERROR,
+                       f"expecting root element of '{root_tag}', not '{root.tag}'",
+                       domain=P.VIR_FROM_XML)
+    return root
+
+
+def missing_attr(attr: str, tag: str) -> VirError:
+    return VirError(P.VIR_ERR_XML_ERROR,
+                    f"Missing required attribute '{attr}' in element '{tag}'",
+                    domain=P.VIR_FROM_XML)
+
+
+def invalid_attr(attr: str, tag: str, value: str) -> VirError:
+    return VirError(P.VIR_ERR_XML_ERROR,
+                    f"Invalid value for attribute '{attr}' in element '{tag}': '{value}'.",
+                    domain=P.VIR_FROM_XML)
+
+
+_ESCAPES = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", "'": "&apos;", '"': "&quot;"})
+
+
+def escape(text: str) -> str:
+    """Escape text or an attribute value as libvirt's virBufferEscapeString does."""
+    return text.translate(_ESCAPES)
+
+
+def format_libvirt(elem: etree._Element, *, open_empty: frozenset[str] = frozenset(),
+                   indent: int = 0) -> str:
+    """Serialise ``elem`` as libvirt's formatters write XML.
+
+    Single-quoted attributes, two-space indentation, ``<tag/>`` for empty
+    elements, a final newline.  Tags in ``open_empty`` are written as an
+    open/close pair even when empty (libvirt's pool ``<source>`` is).
+    Comments and processing instructions are dropped.
+    """
+    out: list[str] = []
+    _format_into(out, elem, indent, open_empty)
+    return "".join(out)
+
+
+def _format_into(out: list[str], elem: etree._Element, level: int,
+                 open_empty: frozenset[str]) -> None:
+    pad = "  " * level
+    attrs = "".join(f" {_qname(k, elem)}='{escape(v)}'" for k, v in elem.attrib.items())
+    children = [c for c in elem if isinstance(c.tag, str)]
+    tag = _qname(elem.tag, elem)
+    text = (elem.text or "").strip() if children else (elem.text or "")
+    if not children:
+        if text:
+            out.append(f"{pad}<{tag}{attrs}>{escape(text)}</{tag}>\n")
+        elif elem.tag in open_empty:
+            out.append(f"{pad}<{tag}{attrs}>\n{pad}</{tag}>\n")
+        else:
+            out.append(f"{pad}<{tag}{attrs}/>\n")
+        return
+    out.append(f"{pad}<{tag}{attrs}>\n")
+    for child in children:
+        _format_into(out, child, level + 1, open_empty)
+    out.append(f"{pad}</{tag}>\n")
+
+
+def _qname(name: str, elem: etree._Element) -> str:
+    """``{uri}local`` back to ``prefix:local`` using the element's namespace map."""
+    if not name.startswith("{"):
+        return name
+    uri, local = name[1:].split("}", 1)
+    for prefix, ns in elem.nsmap.items():
+        if ns == uri and prefix:
+            return f"{prefix}:{local}"
+    return local
