@@ -1,11 +1,654 @@
-"""Test driver: domains (placeholder, being written)."""
+"""Test driver: domains (definition, lifecycle, listing, tuning, metadata).
+
+A `Domain` mirrors libvirt's virDomainObj: ``definition`` is the live
+definition while the domain runs (else the persistent one) and ``new_def`` the
+persistent configuration of a running persistent domain, which CONFIG-flagged
+changes and ``dumpxml --inactive`` use.  Error codes, domains (VIR_FROM_TEST
+vs VIR_FROM_DOMAIN) and wording follow libvirt's test driver as observed with
+``virsh -c test:///default`` (see the developers' notes).
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import domain as domxml
+from pyvirtd.xml import format_uuid
+
+from .state import TestState
+
+# Domain states and reasons (virDomainState, virDomain*Reason).
+NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)
+RUNNING_UNKNOWN, RUNNING_BOOTED, RUNNING_RESTORED, RUNNING_FROM_SNAPSHOT, RUNNING_UNPAUSED = 0, 1, 3, 4, 5
+PAUSED_USER, PAUSED_FROM_SNAPSHOT = 1, 7
+SHUTOFF_UNKNOWN, SHUTOFF_SHUTDOWN, SHUTOFF_DESTROYED, SHUTOFF_SAVED, SHUTOFF_FROM_SNAPSHOT = 0, 1, 2, 5, 7
+
+# Lifecycle events (virDomainEventType) and the details the test driver sends.
+EV_DEFINED, EV_UNDEFINED, EV_STARTED, EV_SUSPENDED, EV_RESUMED, EV_STOPPED, EV_SHUTDOWN = range(7)
+DEFINED_ADDED, DEFINED_UPDATED, DEFINED_RENAMED, DEFINED_FROM_SNAPSHOT = range(4)
+UNDEFINED_REMOVED, UNDEFINED_RENAMED = 0, 1
+STARTED_BOOTED, STARTED_RESTORED, STARTED_FROM_SNAPSHOT = 0, 2, 3
+SUSPENDED_PAUSED, SUSPENDED_FROM_SNAPSHOT = 0, 5
+RESUMED_UNPAUSED, RESUMED_FROM_SNAPSHOT = 0, 2
+STOPPED_SHUTDOWN, STOPPED_DESTROYED, STOPPED_SAVED, STOPPED_FROM_SNAPSHOT = 0, 1, 4, 6
+SHUTDOWN_FINISHED = 0
+
+# Flags (virDomainXMLFlags, virDomainModificationImpact, ...).
+XML_SECURE, XML_INACTIVE, XML_UPDATE_CPU, XML_MIGRATABLE = 1, 2, 4, 8
+AFFECT_LIVE, AFFECT_CONFIG = 1, 2
+VCPU_MAXIMUM, VCPU_GUEST = 4, 8
+MEM_MAXIMUM = 4
+UNDEFINE_MANAGED_SAVE, UNDEFINE_SNAPSHOTS_METADATA, UNDEFINE_NVRAM, UNDEFINE_KEEP_NVRAM = 1, 2, 4, 8
+UNDEFINE_CHECKPOINTS_METADATA = 16
+START_PAUSED, START_AUTODESTROY, START_BYPASS_CACHE, START_FORCE_BOOT, START_VALIDATE = 1, 2, 4, 8, 32
+METADATA_DESCRIPTION, METADATA_TITLE, METADATA_ELEMENT = 0, 1, 2
+DEFINE_VALIDATE = 1
+
+# What the test driver answers for a guest (testDomainGet*).
+SECURITY_LABEL = "libvirt-test"
+GUEST_HOSTNAME = "testhost"
+DEFAULT_ARCH = "i686"
+IFNAME_PREFIX = "testnet"
+SCHED_WEIGHT = 50
+
+
+def unsupported_flags(flags: int, function: str) -> VirError:
+    return VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_TEST,
+                    message=f"unsupported flags (0x{flags:x}) in function {function}")
+
+
+def check_flags(flags: int, allowed: int, function: str) -> None:
+    if flags & ~allowed:
+        raise unsupported_flags(flags & ~allowed, function)
+
+
+def not_running() -> VirError:
+    return VirError(P.VIR_ERR_OPERATION_INVALID, "domain is not running", domain=P.VIR_FROM_DOMAIN)
+
+
+@dataclass(eq=False)
+class Domain:
+    definition: domxml.DomainDef
+    persistent: bool = True
+    new_def: domxml.DomainDef | None = None
+    state: int = SHUTOFF
+    reason: int = SHUTOFF_UNKNOWN
+    id: int = -1
+    autostart: bool = False
+    managed_save: bool = False
+    snapshots: dict = field(default_factory=dict)     # name -> snapshots.Snapshot
+    current_snapshot: str | None = None
+    sched_weight: int = SCHED_WEIGHT
+    memtune: dict = field(default_factory=dict)
+    blkio_weight: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def uuid(self) -> bytes:
+        return self.definition.uuid
+
+    @property
+    def active(self) -> bool:
+        return self.state != SHUTOFF
+
+    @property
+    def persistent_def(self) -> domxml.DomainDef:
+        """The configuration that survives a shutdown."""
+        return self.new_def if self.new_def is not None else self.definition
+
+    def ref(self) -> Any:
+        return P.remote_nonnull_domain(self.name, self.uuid, self.id)
+
+    def set_state(self, state: int, reason: int) -> None:
+        self.state, self.reason = state, reason
+
+
+def new_definition(xml: str) -> domxml.DomainDef:
+    d = domxml.parse(xml)
+    domxml.fill_defaults(d, default_arch=DEFAULT_ARCH, ifname_prefix=IFNAME_PREFIX)
+    return d
+
+
+def load_domains(state: TestState, elements: list) -> None:
+    """The <domain> elements of a node file: persistent and running, like libvirt's."""
+    for elem in elements:
+        d = domxml.parse_element(elem)
+        domxml.fill_defaults(d, default_arch=DEFAULT_ARCH, ifname_prefix=IFNAME_PREFIX)
+        dom = Domain(d)
+        dom.set_state(RUNNING, RUNNING_UNKNOWN)
+        dom.id = state.allocate_domain_id()
+        dom.new_def = d.copy()
+        state.domains[d.name] = dom
+
 
 class DomainMixin:
-    pass
+    state: TestState
+
+    # -- lookups ----------------------------------------------------------
+
+    def _emit(self, dom: Domain, event: int, detail: int) -> None:
+        self.state.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_LIFECYCLE, dom.ref(), event, detail)
+
+    def _dom(self, ref: Any) -> Domain:
+        """The domain a client's handle names (found by uuid, as libvirt does)."""
+        for dom in self.state.domains.values():
+            if dom.uuid == bytes(ref.uuid):
+                return dom
+        raise VirError(P.VIR_ERR_NO_DOMAIN,
+                       f"no domain with matching uuid '{format_uuid(ref.uuid)}' ({ref.name})",
+                       domain=P.VIR_FROM_TEST)
+
+    def _active_dom(self, ref: Any) -> Domain:
+        dom = self._dom(ref)
+        if not dom.active:
+            raise not_running()
+        return dom
+
+    @staticmethod
+    def _not_found() -> VirError:
+        return VirError(P.VIR_ERR_NO_DOMAIN, domain=P.VIR_FROM_TEST)
+
+    def domain_lookup_by_name(self, name: str) -> Any:
+        dom = self.state.domains.get(name)
+        if dom is None:
+            raise self._not_found()
+        return dom.ref()
+
+    def domain_lookup_by_uuid(self, uuid: bytes) -> Any:
+        for dom in self.state.domains.values():
+            if dom.uuid == bytes(uuid):
+                return dom.ref()
+        raise self._not_found()
+
+    def domain_lookup_by_id(self, dom_id: int) -> Any:
+        for dom in self.state.domains.values():
+            if dom.active and dom.id == dom_id:
+                return dom.ref()
+        raise self._not_found()
+
+    # -- listing ----------------------------------------------------------
+
+    def _sorted_active(self) -> list[Domain]:
+        return sorted((d for d in self.state.domains.values() if d.active), key=lambda d: d.id)
+
+    def connect_num_of_domains(self) -> int:
+        return len(self._sorted_active())
+
+    def connect_list_domains(self, maxids: int) -> list[int]:
+        return [d.id for d in self._sorted_active()][:maxids]
+
+    def connect_num_of_defined_domains(self) -> int:
+        return sum(1 for d in self.state.domains.values() if not d.active)
+
+    def connect_list_defined_domains(self, maxnames: int) -> list[str]:
+        return [d.name for d in self.state.domains.values() if not d.active][:maxnames]
+
+    def connect_list_all_domains(self, need_results: int, flags: int) -> tuple:
+        doms = [d for d in self.state.domains.values() if _matches(d, flags)]
+        return ([d.ref() for d in doms] if need_results else [], len(doms))
+
+    # -- information ------------------------------------------------------
+
+    def domain_get_info(self, ref: Any) -> tuple:
+        dom = self._dom(ref)
+        d = dom.definition
+        return (dom.state, d.memory, d.current_memory, d.vcpus_current, time.time_ns())
+
+    def domain_get_state(self, ref: Any, flags: int) -> tuple:
+        check_flags(flags, 0, "testDomainGetState")
+        dom = self._dom(ref)
+        return (dom.state, dom.reason)
+
+    def domain_get_control_info(self, ref: Any, flags: int) -> tuple:
+        check_flags(flags, 0, "testDomainGetControlInfo")
+        dom = self._active_dom(ref)
+        return (0, 0, 0)
+
+    def domain_get_os_type(self, ref: Any) -> str:
+        self._dom(ref)
+        return "linux"
+
+    def domain_get_xml_desc(self, ref: Any, flags: int) -> str:
+        check_flags(flags, XML_SECURE | XML_INACTIVE | XML_UPDATE_CPU | XML_MIGRATABLE,
+                    "testDomainGetXMLDesc")
+        dom = self._dom(ref)
+        if flags & XML_INACTIVE:
+            return domxml.format(dom.persistent_def, secure=bool(flags & XML_SECURE))
+        return domxml.format(dom.definition, dom_id=dom.id if dom.active else None,
+                             secure=bool(flags & XML_SECURE))
+
+    def domain_is_active(self, ref: Any) -> int:
+        return int(self._dom(ref).active)
+
+    def domain_is_persistent(self, ref: Any) -> int:
+        return int(self._dom(ref).persistent)
+
+    def domain_is_updated(self, ref: Any) -> int:
+        self._dom(ref)
+        return 0
+
+    def domain_get_autostart(self, ref: Any) -> int:
+        return int(self._dom(ref).autostart)
+
+    def domain_set_autostart(self, ref: Any, autostart: int) -> None:
+        self._dom(ref).autostart = bool(autostart)
+
+    def domain_get_security_label(self, ref: Any) -> tuple:
+        dom = self._dom(ref)
+        if not dom.active:
+            return (b"", 0)
+        return (SECURITY_LABEL.encode() + b"\0", 1)
+
+    def domain_get_security_label_list(self, ref: Any) -> tuple:
+        label = self.domain_get_security_label(ref)
+        return ([P.remote_domain_get_security_label_ret(*label)], 1)
+
+    def domain_get_messages(self, ref: Any, flags: int) -> list[str]:
+        self._dom(ref)
+        return []
+
+    def domain_get_hostname(self, ref: Any, flags: int) -> str:
+        check_flags(flags, 0, "testDomainGetHostname")
+        self._active_dom(ref)
+        return GUEST_HOSTNAME
+
+    def domain_get_time(self, ref: Any, flags: int) -> tuple:
+        self._active_dom(ref)
+        return (627319920, 0)
+
+    def domain_set_time(self, ref: Any, seconds: int, nseconds: int, flags: int) -> None:
+        self._active_dom(ref)
+
+    # -- definition -------------------------------------------------------
+
+    def _add(self, new: domxml.DomainDef, *, live: bool) -> tuple[Domain, bool]:
+        """Put a definition into the object list (virDomainObjListAdd).
+
+        Returns the domain and whether it replaced an existing one.
+        """
+        by_uuid = next((d for d in self.state.domains.values() if d.uuid == new.uuid), None)
+        if by_uuid is not None:
+            if by_uuid.name != new.name:
+                raise VirError(P.VIR_ERR_OPERATION_FAILED,
+                               f"domain '{by_uuid.name}' is already defined with uuid {new.uuid_str}",
+                               domain=P.VIR_FROM_DOMAIN)
+            if live and by_uuid.active:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                               f"domain '{new.name}' is already active", domain=P.VIR_FROM_DOMAIN)
+            return by_uuid, True
+        existing = self.state.domains.get(new.name)
+        if existing is not None:
+            raise VirError(P.VIR_ERR_OPERATION_FAILED,
+                           f"domain '{new.name}' already exists with uuid {existing.definition.uuid_str}",
+                           domain=P.VIR_FROM_DOMAIN)
+        dom = Domain(new)
+        self.state.domains[new.name] = dom
+        return dom, False
+
+    def domain_define_xml(self, xml: str) -> Any:
+        return self.domain_define_xml_flags(xml, 0)
+
+    def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
+        check_flags(flags, DEFINE_VALIDATE, "testDomainDefineXMLFlags")
+        new = new_definition(xml)
+        dom, replaced = self._add(new, live=False)
+        if replaced:
+            if dom.active:
+                dom.new_def = new
+            else:
+                dom.definition = new
+        dom.persistent = True
+        self._emit(dom, EV_DEFINED, DEFINED_UPDATED if replaced else DEFINED_ADDED)
+        return dom.ref()
+
+    def domain_undefine(self, ref: Any) -> None:
+        self.domain_undefine_flags(ref, 0)
+
+    def domain_undefine_flags(self, ref: Any, flags: int) -> None:
+        check_flags(flags, UNDEFINE_MANAGED_SAVE | UNDEFINE_SNAPSHOTS_METADATA | UNDEFINE_NVRAM
+                    | UNDEFINE_KEEP_NVRAM | UNDEFINE_CHECKPOINTS_METADATA, "testDomainUndefineFlags")
+        dom = self._dom(ref)
+        if dom.managed_save:
+            if not flags & UNDEFINE_MANAGED_SAVE:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID, domain=P.VIR_FROM_TEST,
+                               message="Refusing to undefine while domain managed save image exists")
+            dom.managed_save = False
+        if dom.snapshots and not dom.active:
+            if not flags & UNDEFINE_SNAPSHOTS_METADATA:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                               f"cannot delete inactive domain with {len(dom.snapshots)} snapshots",
+                               domain=P.VIR_FROM_TEST)
+        if flags & UNDEFINE_SNAPSHOTS_METADATA:
+            dom.snapshots.clear()
+            dom.current_snapshot = None
+        self._emit(dom, EV_UNDEFINED, UNDEFINED_REMOVED)
+        dom.autostart = False
+        if dom.active:
+            dom.persistent = False
+            dom.new_def = None
+        else:
+            del self.state.domains[dom.name]
+
+    def domain_rename(self, ref: Any, new_name: str, flags: int) -> int:
+        check_flags(flags, 0, "testDomainRename")
+        dom = self._dom(ref)
+        if not dom.persistent:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot rename a transient domain",
+                           domain=P.VIR_FROM_TEST)
+        if dom.active:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain has to be shutoff before renaming",
+                           domain=P.VIR_FROM_TEST)
+        if new_name in self.state.domains:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                           f"domain with name '{new_name}' already exists", domain=P.VIR_FROM_DOMAIN)
+        self._emit(dom, EV_UNDEFINED, UNDEFINED_RENAMED)
+        del self.state.domains[dom.name]
+        dom.definition.name = new_name
+        self.state.domains[new_name] = dom
+        self._emit(dom, EV_DEFINED, DEFINED_RENAMED)
+        return 0
+
+    # -- lifecycle --------------------------------------------------------
+
+    def _start(self, dom: Domain, reason: int, detail: int) -> None:
+        if dom.persistent:
+            dom.new_def = dom.definition.copy()
+        dom.id = self.state.allocate_domain_id()
+        dom.set_state(RUNNING, reason)
+        self._emit(dom, EV_STARTED, detail)
+
+    def _stop(self, dom: Domain, reason: int, detail: int) -> None:
+        """Shut a domain off; a transient one goes away (testDomainShutdownState)."""
+        dom.set_state(SHUTOFF, reason)
+        dom.id = -1
+        if dom.new_def is not None:
+            dom.definition, dom.new_def = dom.new_def, None
+        self._emit(dom, EV_STOPPED, detail)
+        if not dom.persistent:
+            self.state.domains.pop(dom.name, None)
+
+    def domain_create(self, ref: Any) -> None:
+        self.domain_create_with_flags(ref, 0)
+
+    def domain_create_with_flags(self, ref: Any, flags: int) -> Any:
+        check_flags(flags, START_FORCE_BOOT, "testDomainCreateWithFlags")
+        dom = self._dom(ref)
+        if dom.active:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, f"Domain '{dom.name}' is already running",
+                           domain=P.VIR_FROM_TEST)
+        if dom.managed_save and not flags & START_FORCE_BOOT:
+            dom.managed_save = False
+            self._start(dom, RUNNING_BOOTED, STARTED_BOOTED)
+        else:
+            dom.managed_save = False
+            self._start(dom, RUNNING_BOOTED, STARTED_BOOTED)
+        return dom.ref()
+
+    def domain_create_xml(self, xml_desc: str, flags: int) -> Any:
+        check_flags(flags, START_VALIDATE, "testDomainCreateXML")
+        new = new_definition(xml_desc)
+        dom, replaced = self._add(new, live=True)
+        if replaced:
+            dom.definition = new
+        else:
+            dom.persistent = False
+        self._start(dom, RUNNING_BOOTED, STARTED_BOOTED)
+        return dom.ref()
+
+    def domain_destroy(self, ref: Any) -> None:
+        self.domain_destroy_flags(ref, 0)
+
+    def domain_destroy_flags(self, ref: Any, flags: int) -> None:
+        check_flags(flags, 1, "testDomainDestroyFlags")  # GRACEFUL changes nothing here
+        dom = self._active_dom(ref)
+        self._stop(dom, SHUTOFF_DESTROYED, STOPPED_DESTROYED)
+
+    def domain_shutdown(self, ref: Any) -> None:
+        self.domain_shutdown_flags(ref, 0)
+
+    def domain_shutdown_flags(self, ref: Any, flags: int) -> None:
+        check_flags(flags, 0x1f, "testDomainShutdownFlags")
+        dom = self._dom(ref)
+        if dom.state == SHUTOFF:
+            raise VirError(P.VIR_ERR_INTERNAL_ERROR, f"domain '{dom.name}' not running",
+                           domain=P.VIR_FROM_TEST)
+        self._stop(dom, SHUTOFF_SHUTDOWN, STOPPED_SHUTDOWN)
+
+    def domain_reboot(self, ref: Any, flags: int) -> None:
+        dom = self._active_dom(ref)
+        action = dom.definition.on_reboot
+        if action in ("destroy", "coredump-destroy"):
+            self._stop(dom, SHUTOFF_SHUTDOWN, STOPPED_SHUTDOWN)
+        else:
+            dom.set_state(RUNNING, RUNNING_BOOTED)
+
+    def domain_reset(self, ref: Any, flags: int) -> None:
+        check_flags(flags, 0, "testDomainReset")
+        self._active_dom(ref)
+
+    def domain_suspend(self, ref: Any) -> None:
+        dom = self._dom(ref)
+        if dom.state in (SHUTOFF, PAUSED):
+            raise VirError(P.VIR_ERR_INTERNAL_ERROR, f"domain '{dom.name}' not running",
+                           domain=P.VIR_FROM_TEST)
+        dom.set_state(PAUSED, PAUSED_USER)
+        self._emit(dom, EV_SUSPENDED, SUSPENDED_PAUSED)
+
+    def domain_resume(self, ref: Any) -> None:
+        dom = self._dom(ref)
+        if dom.state != PAUSED:
+            raise VirError(P.VIR_ERR_INTERNAL_ERROR, f"domain '{dom.name}' not paused",
+                           domain=P.VIR_FROM_TEST)
+        dom.set_state(RUNNING, RUNNING_UNPAUSED)
+        self._emit(dom, EV_RESUMED, RESUMED_UNPAUSED)
+
+    # -- managed save / save ----------------------------------------------
+
+    def domain_managed_save(self, ref: Any, flags: int) -> None:
+        check_flags(flags, 1 | 2 | 4, "testDomainManagedSave")  # BYPASS_CACHE, RUNNING, PAUSED
+        dom = self._active_dom(ref)
+        if not dom.persistent:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot do managed save for transient domain",
+                           domain=P.VIR_FROM_TEST)
+        self._stop(dom, SHUTOFF_SAVED, STOPPED_SAVED)
+        dom.managed_save = True
+
+    def domain_has_managed_save_image(self, ref: Any, flags: int) -> int:
+        check_flags(flags, 0, "testDomainHasManagedSaveImage")
+        return int(self._dom(ref).managed_save)
+
+    def domain_managed_save_remove(self, ref: Any, flags: int) -> None:
+        check_flags(flags, 0, "testDomainManagedSaveRemove")
+        self._dom(ref).managed_save = False
+
+    # -- memory and vCPUs -------------------------------------------------
+
+    def _defs_for(self, dom: Domain, flags: int) -> list[domxml.DomainDef]:
+        """The definitions a LIVE/CONFIG/CURRENT modification applies to."""
+        if not flags & (AFFECT_LIVE | AFFECT_CONFIG):
+            flags |= AFFECT_LIVE if dom.active else AFFECT_CONFIG
+        if flags & AFFECT_LIVE and not dom.active:
+            raise not_running()
+        if flags & AFFECT_CONFIG and not dom.persistent:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "transient domains do not have any "
+                           "persistent config", domain=P.VIR_FROM_DOMAIN)
+        defs = []
+        if flags & AFFECT_LIVE:
+            defs.append(dom.definition)
+        if flags & AFFECT_CONFIG:
+            defs.append(dom.persistent_def)
+        return defs
+
+    def domain_get_max_memory(self, ref: Any) -> int:
+        return self._dom(ref).definition.memory
+
+    def domain_set_max_memory(self, ref: Any, memory: int) -> None:
+        dom = self._dom(ref)
+        if dom.active:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                           "cannot resize the maximum memory on an active domain",
+                           domain=P.VIR_FROM_TEST)
+        d = dom.definition
+        d.memory = memory
+        d.current_memory = min(d.current_memory, memory)
+
+    def domain_set_memory(self, ref: Any, memory: int) -> None:
+        self.domain_set_memory_flags(ref, memory, AFFECT_LIVE)
+
+    def domain_set_memory_flags(self, ref: Any, memory: int, flags: int) -> None:
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | MEM_MAXIMUM, "testDomainSetMemoryFlags")
+        dom = self._dom(ref)
+        defs = self._defs_for(dom, flags)
+        if flags & MEM_MAXIMUM:
+            if flags & AFFECT_LIVE or (dom.active and not flags & AFFECT_CONFIG):
+                raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                               "cannot resize the maximum memory on an active domain",
+                               domain=P.VIR_FROM_TEST)
+            for d in defs:
+                d.memory = memory
+                d.current_memory = min(d.current_memory, memory)
+            return
+        for d in defs:
+            if memory > d.memory:
+                raise VirError(P.VIR_ERR_INVALID_ARG, "cannot set memory higher than max memory",
+                               domain=P.VIR_FROM_TEST)
+        for d in defs:
+            d.current_memory = memory
+
+    def domain_get_max_vcpus(self, ref: Any) -> int:
+        return self.domain_get_vcpus_flags(ref, AFFECT_LIVE | VCPU_MAXIMUM)
+
+    def domain_get_vcpus_flags(self, ref: Any, flags: int) -> int:
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM, "testDomainGetVcpusFlags")
+        dom = self._dom(ref)
+        if flags & AFFECT_LIVE and flags & AFFECT_CONFIG:
+            raise VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_DOMAIN,
+                           message="invalid argument: Flags 'affect-live' and 'affect-config' "
+                                   "are mutually exclusive")
+        d = self._defs_for(dom, flags)[0]
+        return d.vcpus if flags & VCPU_MAXIMUM else d.vcpus_current
+
+    def domain_set_vcpus(self, ref: Any, nvcpus: int) -> None:
+        self.domain_set_vcpus_flags(ref, nvcpus, AFFECT_LIVE)
+
+    def domain_set_vcpus_flags(self, ref: Any, nvcpus: int, flags: int) -> None:
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM, "testDomainSetVcpusFlags")
+        dom = self._dom(ref)
+        if nvcpus == 0:
+            raise VirError(P.VIR_ERR_INVALID_ARG, "argument unsupported: nvcpus",
+                           domain=P.VIR_FROM_DOMAIN)
+        if flags & VCPU_MAXIMUM and flags & AFFECT_LIVE:
+            raise VirError(P.VIR_ERR_INVALID_ARG, "Cannot change maximum vCPUs of a running domain",
+                           domain=P.VIR_FROM_TEST)
+        defs = self._defs_for(dom, flags)
+        for d in defs:
+            if not flags & VCPU_MAXIMUM and nvcpus > d.vcpus:
+                raise VirError(P.VIR_ERR_INVALID_ARG,
+                               f"requested cpu amount exceeds maximum ({nvcpus} > {d.vcpus})",
+                               domain=P.VIR_FROM_TEST)
+        for d in defs:
+            if flags & VCPU_MAXIMUM:
+                d.vcpus = nvcpus
+                d.vcpus_current = min(d.vcpus_current, nvcpus)
+            else:
+                d.vcpus_current = nvcpus
+
+    def domain_get_vcpus(self, ref: Any, maxinfo: int, maplen: int) -> tuple:
+        dom = self._active_dom(ref)
+        ncpus = self.state.cpu_map_size
+        now = time.time_ns() // 10000
+        infos, maps = [], bytearray()
+        for n in range(min(maxinfo, dom.definition.vcpus_current)):
+            infos.append(P.remote_vcpu_info(n, 1, now, self.state.node.cpus - 1))
+            cpumap = bytearray(maplen)
+            for cpu in range(min(ncpus, maplen * 8)):
+                cpumap[cpu // 8] |= 1 << (cpu % 8)
+            maps += cpumap
+        return (infos, bytes(maps))
+
+    def domain_get_vcpu_pin_info(self, ref: Any, ncpumaps: int, maplen: int, flags: int) -> tuple:
+        dom = self._dom(ref)
+        d = self._defs_for(dom, flags)[0]
+        ncpus = self.state.cpu_map_size
+        maps = bytearray()
+        for _ in range(min(ncpumaps, d.vcpus_current)):
+            cpumap = bytearray(maplen)
+            for cpu in range(min(ncpus, maplen * 8)):
+                cpumap[cpu // 8] |= 1 << (cpu % 8)
+            maps += cpumap
+        return (bytes(maps), min(ncpumaps, d.vcpus_current))
+
+    # -- scheduler and tuning ---------------------------------------------
+
+    def domain_get_scheduler_type(self, ref: Any) -> tuple:
+        self._dom(ref)
+        return ("fair", 1)
+
+    def domain_get_scheduler_parameters(self, ref: Any, nparams: int) -> list:
+        return self.domain_get_scheduler_parameters_flags(ref, nparams, 0)
+
+    def domain_get_scheduler_parameters_flags(self, ref: Any, nparams: int, flags: int) -> list:
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainGetSchedulerParametersFlags")
+        dom = self._dom(ref)
+        return [P.remote_typed_param("weight", P.remote_typed_param_value(
+            P.VIR_TYPED_PARAM_UINT, dom.sched_weight))][:nparams]
+
+    # -- metadata ---------------------------------------------------------
+
+    def domain_set_metadata(self, ref: Any, type_: int, metadata: str | None, key: str | None,
+                            uri: str | None, flags: int) -> None:
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainSetMetadata")
+        dom = self._dom(ref)
+        defs = self._defs_for(dom, flags)
+        for d in defs:
+            domxml.set_metadata(d, type_, metadata, key, uri)
+
+    def domain_get_metadata(self, ref: Any, type_: int, uri: str | None, flags: int) -> str:
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainGetMetadata")
+        dom = self._dom(ref)
+        d = self._defs_for(dom, flags)[0]
+        return domxml.get_metadata(d, type_, uri)
 
 
-def load_domains(state, elements) -> None:
-    pass
+def _matches(dom: Domain, flags: int) -> bool:
+    """One domain against virConnectListAllDomains' filter groups."""
+    def group(yes: int, no: int, value: bool) -> bool:
+        if flags & (yes | no) and not (flags & yes and value or flags & no and not value):
+            return False
+        return True
+
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_ACTIVE, P.VIR_CONNECT_LIST_DOMAINS_INACTIVE, dom.active):
+        return False
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_PERSISTENT, P.VIR_CONNECT_LIST_DOMAINS_TRANSIENT,
+                 dom.persistent):
+        return False
+    states = flags & (P.VIR_CONNECT_LIST_DOMAINS_RUNNING | P.VIR_CONNECT_LIST_DOMAINS_PAUSED
+                      | P.VIR_CONNECT_LIST_DOMAINS_SHUTOFF | P.VIR_CONNECT_LIST_DOMAINS_OTHER)
+    if states:
+        ok = (flags & P.VIR_CONNECT_LIST_DOMAINS_RUNNING and dom.state == RUNNING
+              or flags & P.VIR_CONNECT_LIST_DOMAINS_PAUSED and dom.state == PAUSED
+              or flags & P.VIR_CONNECT_LIST_DOMAINS_SHUTOFF and dom.state == SHUTOFF
+              or flags & P.VIR_CONNECT_LIST_DOMAINS_OTHER
+              and dom.state not in (RUNNING, PAUSED, SHUTOFF))
+        if not ok:
+            return False
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE, P.VIR_CONNECT_LIST_DOMAINS_NO_MANAGEDSAVE,
+                 dom.managed_save):
+        return False
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_AUTOSTART, P.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART,
+                 dom.autostart):
+        return False
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_HAS_SNAPSHOT, P.VIR_CONNECT_LIST_DOMAINS_NO_SNAPSHOT,
+                 bool(dom.snapshots)):
+        return False
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_HAS_CHECKPOINT, P.VIR_CONNECT_LIST_DOMAINS_NO_CHECKPOINT,
+                 False):
+        return False
+    return True

@@ -37,6 +37,9 @@ class TestState:
     secrets: dict[str, Any] = field(default_factory=dict)
     events: EventBus = field(default_factory=EventBus)
     next_domain_id: int = 1
+    # CPUs the test driver reports as present (NODE_GET_CPU_MAP) and online.
+    cpu_map_size: int = 8
+    cpu_online: tuple = (0, 2, 4)
 
     def allocate_domain_id(self) -> int:
         dom_id = self.next_domain_id

@@ -1,0 +1,528 @@
+"""Domain XML: parse a <domain> document into a `DomainDef` and format it back.
+
+The model keeps as typed fields what drivers read or change (name, uuid,
+memory, vCPUs, OS type, lifecycle actions, title/description/metadata) and
+keeps devices and other sub-trees as lxml elements, so a document round-trips
+without this module knowing every device.  Phases follow libvirt's
+(src/conf/domain_conf.c, domain_postparse.c): `parse` reads and validates what
+it models, `fill_defaults` adds what libvirt adds after parsing, `format`
+writes libvirt's layout (single-quoted attributes, two-space indentation,
+fixed element order, devices sorted by kind).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from xml.sax.saxutils import escape
+
+from lxml import etree
+
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import format_uuid, new_uuid, parse_uuid
+
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True,
+                          huge_tree=False, remove_comments=True)
+
+OS_TYPES = ("hvm", "xen", "linux", "exe", "uml")
+LIFECYCLE_ACTIONS = ("destroy", "restart", "preserve", "rename-restart",
+                     "coredump-destroy", "coredump-restart")
+
+# Scale of each memory unit libvirt accepts, in bytes (virScaleInteger).
+_UNITS = {"b": 1, "bytes": 1,
+          "kb": 10**3, "k": 2**10, "kib": 2**10,
+          "mb": 10**6, "m": 2**20, "mib": 2**20,
+          "gb": 10**9, "g": 2**30, "gib": 2**30,
+          "tb": 10**12, "t": 2**40, "tib": 2**40,
+          "pb": 10**15, "p": 2**50, "pib": 2**50,
+          "eb": 10**18, "e": 2**60, "eib": 2**60}
+
+# libvirt's output order of device kinds (virDomainDefFormatInternal).
+DEVICE_ORDER = ("emulator", "disk", "controller", "lease", "filesystem", "interface",
+                "smartcard", "serial", "parallel", "console", "channel", "input", "tpm",
+                "graphics", "sound", "audio", "video", "hostdev", "redirdev", "redirfilter",
+                "hub", "watchdog", "memballoon", "rng", "panic", "shmem", "memory", "iommu",
+                "vsock", "crypto")
+
+# Top-level elements kept verbatim, by where libvirt prints them relative to
+# the modelled ones.  Anything else unknown is dropped, as libvirt does.
+_RAW_BEFORE_VCPU = ("maxMemory", "blkiotune", "memtune", "memoryBacking")
+_RAW_AFTER_VCPU = ("iothreads", "cputune", "numatune", "resource", "sysinfo")
+_RAW_AFTER_OS = ("features", "cpu")
+_RAW_AFTER_LIFECYCLE = ("pm", "perf")
+_RAW_TAIL = ("seclabel", "keywrap", "launchSecurity")
+
+
+def _xml_err(detail: str) -> VirError:
+    return VirError(P.VIR_ERR_XML_ERROR, detail, domain=P.VIR_FROM_DOMAIN)
+
+
+@dataclass
+class DomainDef:
+    """One domain definition (a virDomainDef): the live or the persistent one."""
+    name: str
+    uuid: bytes
+    type: str = "test"
+    title: str | None = None
+    description: str | None = None
+    metadata: list = field(default_factory=list)        # children of <metadata>
+    memory: int = 0                                     # KiB, the maximum
+    current_memory: int = 0                             # KiB
+    vcpus: int = 1                                      # maximum
+    vcpus_current: int = 1
+    vcpu_placement: str = "static"
+    os_type: str = "hvm"
+    arch: str | None = None
+    machine: str | None = None
+    boot: list = field(default_factory=list)            # boot dev names
+    os_extra: list = field(default_factory=list)        # other <os> children
+    clock: etree._Element | None = None
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "destroy"
+    devices: list = field(default_factory=list)         # device elements
+    raw: dict = field(default_factory=dict)             # tag -> element, verbatim
+
+    def copy(self) -> "DomainDef":
+        return copy.deepcopy(self)
+
+    @property
+    def uuid_str(self) -> str:
+        return format_uuid(self.uuid)
+
+    def devices_of(self, tag: str) -> list:
+        return [d for d in self.devices if d.tag == tag]
+
+
+def _text(elem: etree._Element | None) -> str | None:
+    if elem is None or elem.text is None:
+        return None
+    return elem.text.strip()
+
+
+def parse_memory(elem: etree._Element, what: str) -> int:
+    """A scaled size element -> KiB, rounded up as libvirt does."""
+    text = _text(elem) or ""
+    unit = (elem.get("unit") or "KiB").lower()
+    scale = _UNITS.get(unit)
+    if scale is None:
+        raise VirError(P.VIR_ERR_INVALID_ARG, f"unknown suffix '{elem.get('unit')}'",
+                       domain=P.VIR_FROM_NONE)
+    try:
+        value = int(text, 10)
+        if value < 0:
+            raise ValueError
+    except ValueError:
+        raise _xml_err(f"Invalid value '{text}' for element or attribute '{what}'") from None
+    return (value * scale + 1023) // 1024
+
+
+def parse(text: str) -> DomainDef:
+    """Parse and validate a domain document; raises VirError with libvirt's wording."""
+    try:
+        root = etree.fromstring(text.encode(), _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise _syntax_error(text, exc) from None
+    if root.tag != "domain":
+        raise VirError(P.VIR_ERR_XML_ERROR, f"expecting root element of 'domain', not '{root.tag}'",
+                       domain=P.VIR_FROM_XML)
+    return parse_element(root)
+
+
+def _syntax_error(text: str, exc: etree.XMLSyntaxError) -> VirError:
+    """libxml2's error as libvirt reports it: location, message, the line and a caret."""
+    line_no = exc.lineno or 1
+    lines = text.split("\n")
+    col = (exc.position[1] if exc.position else 1) or 1
+    if exc.msg.startswith("Document is empty") or line_no > len(lines) or not text.strip():
+        context, caret = "(null)", "^"
+    else:
+        context = lines[line_no - 1]
+        caret = "-" * max(col - 1, 0) + "^"
+    msg = exc.msg
+    # lxml appends ", line N, column M"; libvirt shows libxml2's bare message.
+    if ", line " in msg:
+        msg = msg[:msg.rindex(", line ")]
+    return VirError(P.VIR_ERR_XML_DETAIL, f"(domain_definition):{line_no}: {msg}\n{context}\n{caret}",
+                    domain=P.VIR_FROM_DOMAIN, message=f"(domain_definition):{line_no}: {msg}\n{context}\n{caret}")
+
+
+def parse_element(root: etree._Element) -> DomainDef:
+    virt_type = root.get("type")
+    if not virt_type:
+        raise VirError(P.VIR_ERR_INTERNAL_ERROR, "missing domain type attribute",
+                       domain=P.VIR_FROM_DOMAIN)
+    name = _text(root.find("name"))
+    if not name:
+        raise VirError(P.VIR_ERR_NO_NAME, message="missing name information",
+                       domain=P.VIR_FROM_DOMAIN)
+    uuid_text = _text(root.find("uuid"))
+    uuid = parse_uuid(uuid_text, domain=P.VIR_FROM_DOMAIN) if uuid_text else new_uuid()
+    d = DomainDef(name=name, uuid=uuid, type=virt_type)
+    d.title = _text(root.find("title"))
+    if d.title is not None and "\n" in d.title:
+        raise _xml_err("Domain title can't contain newlines")
+    desc = root.find("description")
+    d.description = desc.text if desc is not None else None
+    meta = root.find("metadata")
+    if meta is not None:
+        d.metadata = [copy.deepcopy(c) for c in meta if isinstance(c.tag, str)]
+
+    mem = root.find("memory")
+    if mem is None:
+        raise _xml_err("Memory size must be specified via <memory> or in the <numa> configuration")
+    d.memory = parse_memory(mem, "./memory[1]")
+    cur = root.find("currentMemory")
+    d.current_memory = parse_memory(cur, "./currentMemory[1]") if cur is not None else d.memory
+    if d.current_memory > d.memory:
+        d.current_memory = d.memory
+
+    vcpu = root.find("vcpu")
+    if vcpu is not None:
+        try:
+            d.vcpus = int(_text(vcpu) or "1")
+        except ValueError:
+            raise _xml_err("maximum vcpus count must be an integer") from None
+        current = vcpu.get("current")
+        if current is not None:
+            try:
+                d.vcpus_current = int(current)
+            except ValueError:
+                raise _xml_err("current vcpus count must be an integer") from None
+            if d.vcpus_current > d.vcpus:
+                raise VirError(P.VIR_ERR_XML_ERROR,
+                               f"maxvcpus must not be less than current vcpus ({d.vcpus} < {d.vcpus_current})",
+                               domain=P.VIR_FROM_DOMAIN)
+        else:
+            d.vcpus_current = d.vcpus
+        d.vcpu_placement = vcpu.get("placement") or "static"
+
+    os_elem = root.find("os")
+    type_elem = os_elem.find("type") if os_elem is not None else None
+    os_type = _text(type_elem)
+    if not os_type:
+        raise _xml_err("an os <type> must be specified")
+    if os_type not in OS_TYPES:
+        raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, f"unknown OS type '{os_type}'",
+                       domain=P.VIR_FROM_DOMAIN)
+    d.os_type = os_type
+    d.arch = type_elem.get("arch")
+    d.machine = type_elem.get("machine")
+    for child in os_elem:
+        if child.tag == "boot" and child.get("dev"):
+            d.boot.append(child.get("dev"))
+        elif child.tag != "type" and isinstance(child.tag, str):
+            d.os_extra.append(copy.deepcopy(child))
+
+    clock = root.find("clock")
+    d.clock = copy.deepcopy(clock) if clock is not None else None
+    for tag in ("on_poweroff", "on_reboot", "on_crash"):
+        value = _text(root.find(tag))
+        if value is not None:
+            if value not in LIFECYCLE_ACTIONS:
+                raise _xml_err(f"Invalid {tag} value: '{value}'")
+            setattr(d, tag, value)
+
+    devices = root.find("devices")
+    if devices is not None:
+        d.devices = [copy.deepcopy(c) for c in devices if isinstance(c.tag, str)]
+    for tag in _RAW_BEFORE_VCPU + _RAW_AFTER_VCPU + _RAW_AFTER_OS + _RAW_AFTER_LIFECYCLE + _RAW_TAIL:
+        elem = root.find(tag)
+        if elem is not None:
+            d.raw[tag] = copy.deepcopy(elem)
+    return d
+
+
+# -- defaults ---------------------------------------------------------------
+
+def random_mac(prefix: str = "52:54:00") -> str:
+    return prefix + "".join(f":{random.randrange(256):02x}" for _ in range(3))
+
+
+def fill_defaults(d: DomainDef, *, default_arch: str, ifname_prefix: str | None = None) -> None:
+    """What libvirt adds after parsing: arch, boot device, MACs, consoles, video."""
+    if d.arch is None:
+        d.arch = default_arch
+    if not d.boot and d.os_type == "hvm":
+        d.boot = ["hd"]
+    if d.clock is None:
+        d.clock = etree.Element("clock", offset="utc")
+    for n, iface in enumerate(d.devices_of("interface")):
+        if iface.find("mac") is None:
+            iface.insert(0, etree.Element("mac", address=random_mac()))
+        if ifname_prefix and iface.find("target") is None:
+            target = etree.Element("target", dev=f"{ifname_prefix}{n}")
+            src = iface.find("source")
+            if src is not None:
+                src.addnext(target)
+            else:
+                iface.find("mac").addnext(target)
+    _console_defaults(d)
+    for gfx in d.devices_of("graphics"):
+        if gfx.get("type") in ("vnc", "spice") and gfx.get("port") == "-1" and not gfx.get("autoport"):
+            gfx.set("autoport", "yes")
+        if gfx.get("type") == "vnc" and gfx.find("listen") is None:
+            gfx.append(etree.Element("listen", type="address"))
+    if d.devices_of("graphics") and not d.devices_of("video"):
+        video = etree.Element("video")
+        etree.SubElement(video, "model", type="cirrus", vram="16384", heads="1", primary="yes")
+        d.devices.append(video)
+    for video in d.devices_of("video"):
+        model = video.find("model")
+        if model is not None and model.get("heads") is None and model.get("type") == "cirrus":
+            model.set("vram", model.get("vram") or "16384")
+            model.set("heads", "1")
+            model.set("primary", "yes")
+
+
+def _console_defaults(d: DomainDef) -> None:
+    """An hvm console with no serial port becomes serial port 0 plus its console alias."""
+    consoles = d.devices_of("console")
+    if not consoles or d.os_type != "hvm":
+        return
+    first = consoles[0]
+    target = first.find("target")
+    if target is None:
+        target = etree.SubElement(first, "target")
+    if target.get("type") in (None, "serial"):
+        target.set("type", "serial")
+        if target.get("port") is None:
+            target.set("port", "0")
+        if not d.devices_of("serial"):
+            serial = copy.deepcopy(first)
+            serial.tag = "serial"
+            st = serial.find("target")
+            del st.attrib["type"]
+            d.devices.append(serial)
+
+
+# -- formatting -------------------------------------------------------------
+
+def _q(value: str) -> str:
+    return escape(str(value), {"'": "&apos;"})
+
+
+def _elem_lines(elem: etree._Element, indent: int, out: list, always_open: bool = False) -> None:
+    """Serialise one element the way libvirt's virBuffer code does."""
+    pad = "  " * indent
+    tag = _qname(elem)
+    attrs = "".join(f" {_attr_name(elem, k)}='{_q(v)}'" for k, v in elem.attrib.items())
+    attrs += _ns_decls(elem)
+    children = [c for c in elem if isinstance(c.tag, str)]
+    text = elem.text if elem.text and elem.text.strip() else None
+    if children:
+        out.append(f"{pad}<{tag}{attrs}>")
+        for child in children:
+            _elem_lines(child, indent + 1, out)
+        out.append(f"{pad}</{tag}>")
+    elif text is not None:
+        out.append(f"{pad}<{tag}{attrs}>{escape(text)}</{tag}>")
+    elif always_open:
+        out.append(f"{pad}<{tag}{attrs}>")
+        out.append(f"{pad}</{tag}>")
+    else:
+        out.append(f"{pad}<{tag}{attrs}/>")
+
+
+def _qname(elem: etree._Element) -> str:
+    q = etree.QName(elem)
+    if q.namespace:
+        prefix = elem.prefix
+        return f"{prefix}:{q.localname}" if prefix else q.localname
+    return q.localname
+
+
+def _attr_name(elem: etree._Element, key: str) -> str:
+    q = etree.QName(key)
+    if q.namespace:
+        for prefix, uri in elem.nsmap.items():
+            if uri == q.namespace and prefix:
+                return f"{prefix}:{q.localname}"
+    return q.localname
+
+
+def _ns_decls(elem: etree._Element) -> str:
+    parent = elem.getparent()
+    parent_map = parent.nsmap if parent is not None else {}
+    decls = ""
+    for prefix, uri in elem.nsmap.items():
+        if parent_map.get(prefix) != uri:
+            decls += f" xmlns:{prefix}='{_q(uri)}'" if prefix else f" xmlns='{_q(uri)}'"
+    return decls
+
+
+def format(d: DomainDef, *, dom_id: int | None = None, secure: bool = True) -> str:
+    """The document libvirt prints for this definition (id only when running)."""
+    out: list[str] = []
+    id_attr = f" id='{dom_id}'" if dom_id is not None and dom_id >= 0 else ""
+    out.append(f"<domain type='{_q(d.type)}'{id_attr}>")
+    out.append(f"  <name>{escape(d.name)}</name>")
+    out.append(f"  <uuid>{d.uuid_str}</uuid>")
+    if d.title is not None:
+        out.append(f"  <title>{escape(d.title)}</title>")
+    if d.description is not None:
+        out.append(f"  <description>{escape(d.description)}</description>")
+    if d.metadata:
+        out.append("  <metadata>")
+        for elem in d.metadata:
+            # libvirt keeps metadata as libxml2 nodes and dumps them with
+            # libxml2's own serialiser: double quotes, namespace declarations kept.
+            text = _libxml_dump(elem)
+            out.extend("    " + line for line in text.split("\n"))
+        out.append("  </metadata>")
+    for tag in _RAW_BEFORE_VCPU:
+        if tag == "memoryBacking":
+            continue
+        if tag in d.raw:
+            _elem_lines(d.raw[tag], 1, out)
+        if tag == "maxMemory":
+            out.append(f"  <memory unit='KiB'>{d.memory}</memory>")
+            out.append(f"  <currentMemory unit='KiB'>{d.current_memory}</currentMemory>")
+    if "memoryBacking" in d.raw:
+        _elem_lines(d.raw["memoryBacking"], 1, out)
+    current = f" current='{d.vcpus_current}'" if d.vcpus_current != d.vcpus else ""
+    out.append(f"  <vcpu placement='{_q(d.vcpu_placement)}'{current}>{d.vcpus}</vcpu>")
+    for tag in _RAW_AFTER_VCPU:
+        if tag in d.raw:
+            _elem_lines(d.raw[tag], 1, out)
+    out.append("  <os>")
+    attrs = "".join(f" {k}='{_q(v)}'" for k, v in (("arch", d.arch), ("machine", d.machine)) if v)
+    out.append(f"    <type{attrs}>{d.os_type}</type>")
+    for elem in d.os_extra:
+        if elem.tag in ("loader", "nvram", "kernel", "initrd", "cmdline", "dtb", "init"):
+            _elem_lines(elem, 2, out)
+    for dev in d.boot:
+        out.append(f"    <boot dev='{_q(dev)}'/>")
+    for elem in d.os_extra:
+        if elem.tag not in ("loader", "nvram", "kernel", "initrd", "cmdline", "dtb", "init"):
+            _elem_lines(elem, 2, out)
+    out.append("  </os>")
+    for tag in _RAW_AFTER_OS:
+        if tag in d.raw:
+            _elem_lines(d.raw[tag], 1, out)
+    if d.clock is not None:
+        _elem_lines(d.clock, 1, out)
+    out.append(f"  <on_poweroff>{d.on_poweroff}</on_poweroff>")
+    out.append(f"  <on_reboot>{d.on_reboot}</on_reboot>")
+    out.append(f"  <on_crash>{d.on_crash}</on_crash>")
+    for tag in _RAW_AFTER_LIFECYCLE:
+        if tag in d.raw:
+            _elem_lines(d.raw[tag], 1, out)
+    out.append("  <devices>")
+    for dev in sorted_devices(d.devices):
+        _elem_lines(dev, 2, out)
+    out.append("  </devices>")
+    for tag in _RAW_TAIL:
+        if tag in d.raw and (secure or tag != "seclabel"):
+            _elem_lines(d.raw[tag], 1, out)
+    out.append("</domain>")
+    return "\n".join(out) + "\n"
+
+
+def sorted_devices(devices: list) -> list:
+    rank = {tag: i for i, tag in enumerate(DEVICE_ORDER)}
+    return sorted(devices, key=lambda e: rank.get(e.tag, len(rank)))
+
+
+def format_element(elem: etree._Element, indent: int = 0) -> str:
+    """Any element (a metadata child, a device) in libvirt's layout."""
+    out: list[str] = []
+    _elem_lines(elem, indent, out)
+    return "\n".join(out)
+
+
+def _libxml_dump(elem: etree._Element) -> str:
+    elem = copy.deepcopy(elem)
+    elem.tail = None
+    etree.indent(elem, space="  ")
+    return etree.tostring(elem, encoding="unicode")
+
+
+# -- metadata (virDomainSetMetadata / virDomainGetMetadata) -------------------
+
+METADATA_DESCRIPTION, METADATA_TITLE, METADATA_ELEMENT = 0, 1, 2
+
+
+def _no_metadata() -> VirError:
+    return VirError(P.VIR_ERR_NO_DOMAIN_METADATA, "Requested metadata element is not present",
+                    domain=P.VIR_FROM_DOMAIN)
+
+
+def get_metadata(d: DomainDef, kind: int, uri: str | None) -> str:
+    if kind == METADATA_DESCRIPTION:
+        if d.description is None:
+            raise _no_metadata()
+        return d.description
+    if kind == METADATA_TITLE:
+        if d.title is None:
+            raise _no_metadata()
+        return d.title
+    if kind == METADATA_ELEMENT:
+        if not uri:
+            raise VirError(P.VIR_ERR_INVALID_ARG, "uri", domain=P.VIR_FROM_DOMAIN)
+        for elem in d.metadata:
+            if etree.QName(elem).namespace == uri:
+                bare = _strip_namespace(elem, uri)
+                return _libxml_dump(bare)
+        raise _no_metadata()
+    raise VirError(P.VIR_ERR_INVALID_ARG, "unknown metadata type '%d'" % kind,
+                   domain=P.VIR_FROM_DOMAIN)
+
+
+def _strip_namespace(elem: etree._Element, uri: str) -> etree._Element:
+    """The element as the client gave it: without the namespace libvirt put on it."""
+    def strip(e: etree._Element) -> etree._Element:
+        q = etree.QName(e)
+        new = etree.Element(q.localname if q.namespace == uri else e.tag,
+                            {k: v for k, v in e.attrib.items()})
+        new.text = e.text
+        for child in e:
+            if isinstance(child.tag, str):
+                c = strip(child)
+                c.tail = child.tail
+                new.append(c)
+        return new
+    return strip(elem)
+
+
+def set_metadata(d: DomainDef, kind: int, metadata: str | None, key: str | None,
+                 uri: str | None) -> None:
+    if kind == METADATA_DESCRIPTION:
+        d.description = metadata if metadata else None
+    elif kind == METADATA_TITLE:
+        if metadata and "\n" in metadata:
+            raise VirError(P.VIR_ERR_INVALID_ARG, "Domain title can't contain newlines",
+                           domain=P.VIR_FROM_DOMAIN)
+        d.title = metadata if metadata else None
+    elif kind == METADATA_ELEMENT:
+        if not uri:
+            raise VirError(P.VIR_ERR_INVALID_ARG, "uri", domain=P.VIR_FROM_DOMAIN)
+        d.metadata = [e for e in d.metadata if etree.QName(e).namespace != uri]
+        if metadata:
+            if not key:
+                raise VirError(P.VIR_ERR_INVALID_ARG, "key", domain=P.VIR_FROM_DOMAIN)
+            try:
+                given = etree.fromstring(metadata.encode(), _PARSER)
+            except etree.XMLSyntaxError:
+                raise VirError(P.VIR_ERR_XML_ERROR, "(metadata_xml)", domain=P.VIR_FROM_XML) from None
+            d.metadata.append(_with_namespace(given, key, uri))
+    else:
+        raise VirError(P.VIR_ERR_INVALID_ARG, "unknown metadata type '%d'" % kind,
+                       domain=P.VIR_FROM_DOMAIN)
+
+
+def _with_namespace(elem: etree._Element, prefix: str, uri: str) -> etree._Element:
+    def put(e: etree._Element, nsmap: dict | None) -> etree._Element:
+        q = etree.QName(e)
+        tag = e.tag if q.namespace else f"{{{uri}}}{q.localname}"
+        new = etree.Element(tag, dict(e.attrib), nsmap=nsmap)
+        new.text = e.text
+        for child in e:
+            if isinstance(child.tag, str):
+                c = put(child, None)
+                c.tail = child.tail
+                new.append(c)
+        return new
+    return put(elem, {prefix: uri})
