@@ -60,9 +60,11 @@ class AdminProgram:
             raise _admin_error(P.VIR_ERR_NO_SERVER, f"no server with matching name '{name}'")
         return server
 
+    # `need_results` is a flag, not a count: set, the reply lists every item
+    # (adminDispatchConnectListServers / adminDispatchServerListClients).
     def connect_list_servers(self, client: "Client", need_results: int, flags: int) -> tuple:
         names = list(self.daemon.servers)
-        return [(n,) for n in names[:need_results]], len(names)
+        return [(n,) for n in names] if need_results else [], len(names)
 
     def connect_lookup_server(self, client: "Client", name: str, flags: int) -> tuple:
         return (self._server(name).name,)
@@ -127,7 +129,8 @@ class AdminProgram:
     def server_list_clients(self, client: "Client", srv: Any, need_results: int, flags: int) -> tuple:
         s = self._server(srv[0])
         clients = list(s.clients.values())
-        return [self._wire_client(s, c) for c in clients[:need_results]], len(clients)
+        listed = [self._wire_client(s, c) for c in clients] if need_results else []
+        return listed, len(clients)
 
     def server_lookup_client(self, client: "Client", srv: Any, id: int, flags: int) -> tuple:
         s = self._server(srv[0])
