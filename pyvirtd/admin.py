@@ -137,7 +137,7 @@ class AdminProgram:
         found = s.clients.get(id)
         if found is None:
             raise _admin_error(P.VIR_ERR_NO_CLIENT, f"No client with matching ID '{id}'")
-        return (self._wire_client(s, found),)
+        return self._wire_client(s, found)   # the reply's one field: a bare value
 
     def client_get_info(self, client: "Client", clnt: Any, flags: int) -> list:
         target = self._client(clnt)
