@@ -41,8 +41,8 @@ KEEPALIVE_PING, KEEPALIVE_PONG = 1, 2
 
 _client_ids = itertools.count(1)
 
-# src/remote/remote_protocol.x remote_auth_type / virClientTransport
-TRANSPORT_TCP, TRANSPORT_TLS, TRANSPORT_UNIX = 0, 1, 2
+# virClientTransport (include/libvirt/libvirt-admin.h), as virt-admin prints it
+TRANSPORT_UNIX, TRANSPORT_TCP, TRANSPORT_TLS = 0, 1, 2
 
 
 @dataclass(frozen=True)
