@@ -63,7 +63,7 @@ class AdminProgram:
     # `need_results` is a flag, not a count: set, the reply lists every item
     # (adminDispatchConnectListServers / adminDispatchServerListClients).
     def connect_list_servers(self, client: "Client", need_results: int, flags: int) -> tuple:
-        names = list(self.daemon.servers)
+        names = sorted(self.daemon.servers)   # libvirtd lists them by name: admin, libvirtd
         return [(n,) for n in names] if need_results else [], len(names)
 
     def connect_lookup_server(self, client: "Client", name: str, flags: int) -> tuple:
@@ -108,7 +108,9 @@ class AdminProgram:
         new_max = values.get("nclients_max", s.max_clients)
         new_unauth = values.get("nclients_unauth_max", s.max_anonymous_clients)
         if new_unauth > new_max:
-            raise invalid_arg("nclients_unauth_max must not exceed nclients_max")
+            # virNetServerSetClientLimits' wording, muddled as it is
+            raise invalid_arg("The overall maximum number of clients waiting for authentication "
+                              "must not be less than the overall maximum number of clients")
         s.max_clients, s.max_anonymous_clients = new_max, new_unauth
         s.slot_freed.unpark_all()
 
