@@ -70,10 +70,13 @@ def new_uuid() -> bytes:
 def parse_definition(text: str, root_tag: str, *, what: str, domain: int) -> etree._Element:
     """Parse a client's ``<root_tag>`` definition; ``what`` names the document
     in syntax errors (e.g. ``network_definition``)."""
+    # A parser of its own: a shared one accumulates earlier documents' errors.
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True)
     try:
-        root = etree.fromstring(text.encode(), _PARSER)
+        root = etree.fromstring(text.encode(), parser)
     except etree.XMLSyntaxError as exc:
-        entry = exc.error_log[0] if len(exc.error_log) else None
+        log = parser.error_log
+        entry = log[0] if len(log) else None
         line = entry.line if entry else exc.lineno or 1
         column = entry.column if entry else 1
         msg = entry.message if entry else exc.msg
@@ -82,8 +85,9 @@ def parse_definition(text: str, root_tag: str, *, what: str, domain: int) -> etr
             context = f"{lines[line - 1]}\n{'-' * max(column - 1, 0)}^"
         else:
             context = "(null)\n^"
-        raise VirError(P.VIR_ERR_XML_DETAIL, f"({what}):{line}: {msg}\n{context}",
-                       domain=domain) from None
+        # VIR_ERR_XML_DETAIL messages carry no prefix (virErrorMsg: "%s").
+        raise VirError(P.VIR_ERR_XML_DETAIL, domain=domain,
+                       message=f"({what}):{line}: {msg}\n{context}") from None
     if root.tag != root_tag:
         raise VirError(P.VIR_ERR_XML_ERROR,
                        f"expecting root element of '{root_tag}', not '{root.tag}'",
