@@ -8,11 +8,12 @@ from .interfaces import InterfaceMixin
 from .networks import NetworkMixin
 from .nodedevs import NodeDeviceMixin
 from .secrets import SecretMixin
+from .snapshots import SnapshotMixin
 from .state import TestState
 from .storage import StorageMixin
 
 
-class TestConnection(HostMixin, DomainMixin, NetworkMixin, StorageMixin, InterfaceMixin,
+class TestConnection(HostMixin, DomainMixin, SnapshotMixin, NetworkMixin, StorageMixin, InterfaceMixin,
                      NodeDeviceMixin, SecretMixin):
     """Methods are named after RPC procedures; see pyvirtd/driver/__init__.py."""
 
