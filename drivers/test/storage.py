@@ -1,11 +1,436 @@
-"""Test driver: storage (placeholder, being written)."""
+"""Test driver: storage pools and volumes.
+
+Nothing touches the disk.  Like libvirt's test driver every pool reports
+100 GiB of capacity; its allocation is the sum of its volumes' allocations.
+A volume lives at ``<pool target path>/<name>``, which is also its key.
+Building and deleting a pool only check its state.  Resize, wipe, upload
+and download are not implemented by the reference either, so those methods
+are absent (VIR_ERR_NO_SUPPORT).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import format_libvirt, format_uuid
+from pyvirtd.xml import storage as stxml
+
+from .networks import check_flags, filter_by_flags
+from .state import TestState
+
+# The test driver's fixed pool size (src/test/test_driver.c defaultPoolCap).
+POOL_CAPACITY = 100 * 1024 ** 3
+
+# virStoragePoolState.
+POOL_INACTIVE, POOL_RUNNING = 0, 2
+VOL_FILE = 0
+# virConnectListAllStoragePoolsFlags: the six state filters, then one bit per type.
+LIST_ALL_POOLS = (1 << 20) - 1
+TYPE_FLAG_BASE = 6
+
+# virStoragePoolEventLifecycleType.
+EV_DEFINED, EV_UNDEFINED, EV_STARTED, EV_STOPPED, EV_CREATED, EV_DELETED = range(6)
+
+# What find-storage-pool-sources reports for logical pools (test_driver.c).
+_LOGICAL_SOURCES = (("/dev/sda20", "testvg1"), ("/dev/sda21", "testvg2"))
+
+
+@dataclass(eq=False)
+class Pool:
+    definition: stxml.PoolDef
+    active: bool = False
+    persistent: bool = True
+    autostart: bool = False
+    new_def: stxml.PoolDef | None = None
+    volumes: dict[str, stxml.VolumeDef] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def uuid(self) -> bytes:
+        return self.definition.uuid
+
+    def ref(self) -> P.remote_nonnull_storage_pool:
+        return P.remote_nonnull_storage_pool(self.name, self.uuid)
+
+    def vol_ref(self, vol: stxml.VolumeDef) -> P.remote_nonnull_storage_vol:
+        return P.remote_nonnull_storage_vol(self.name, vol.name, vol.key)
+
+    @property
+    def allocation(self) -> int:
+        return sum(v.allocation for v in self.volumes.values())
+
+    def refresh_sizes(self) -> None:
+        alloc = self.allocation
+        self.definition.set_sizes(POOL_CAPACITY, alloc, POOL_CAPACITY - alloc)
+
+    def not_active(self) -> VirError:
+        return VirError(P.VIR_ERR_OPERATION_INVALID, f"storage pool '{self.name}' is not active",
+                        domain=P.VIR_FROM_TEST)
+
+    def is_active_error(self) -> VirError:
+        return VirError(P.VIR_ERR_OPERATION_INVALID, f"storage pool '{self.name}' is active",
+                        domain=P.VIR_FROM_TEST)
+
+
+def load_pools(state: TestState, elements: list[etree._Element]) -> None:
+    """Pools of a node file start active; their <volume> children become volumes."""
+    for elem in elements:
+        vols = elem.findall("volume")
+        for v in vols:
+            elem.remove(v)
+        pool = Pool(stxml.pool_from_element(elem), active=True)
+        for v in vols:
+            vol = stxml.volume_from_element(v, pool.definition.type)
+            vol.place(f"{pool.definition.target_path}/{vol.name}")
+            pool.volumes[vol.name] = vol
+        pool.refresh_sizes()
+        state.pools[pool.name] = pool
+
 
 class StorageMixin:
-    pass
+    state: TestState
 
+    # --- helpers --------------------------------------------------------------
 
-def load_pools(state, elements) -> None:
-    pass
+    def _pool(self, ref) -> Pool:
+        pool = self.state.pools.get(ref.name)
+        if pool is None or pool.uuid != bytes(ref.uuid):
+            for pool in self.state.pools.values():
+                if pool.uuid == bytes(ref.uuid):
+                    return pool
+            raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
+                           f"no storage pool with matching uuid '{format_uuid(ref.uuid)}' "
+                           f"({ref.name})", domain=P.VIR_FROM_TEST)
+        return pool
+
+    def _active_pool(self, ref) -> Pool:
+        pool = self._pool(ref)
+        if not pool.active:
+            raise pool.not_active()
+        return pool
+
+    def _vol(self, ref) -> tuple[Pool, stxml.VolumeDef]:
+        pool = self.state.pools.get(ref.pool)
+        if pool is None:
+            raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
+                           f"no storage pool with matching name '{ref.pool}'",
+                           domain=P.VIR_FROM_TEST)
+        if not pool.active:
+            raise pool.not_active()
+        vol = pool.volumes.get(ref.name)
+        if vol is None:
+            raise VirError(P.VIR_ERR_NO_STORAGE_VOL,
+                           f"no storage vol with matching name '{ref.name}'",
+                           domain=P.VIR_FROM_TEST)
+        return pool, vol
+
+    def _emit_pool(self, pool: Pool, event: int) -> None:
+        self.state.events.emit("storage", P.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, pool.ref(),
+                               event, 0)
+
+    # --- listing --------------------------------------------------------------
+
+    def connect_num_of_storage_pools(self) -> int:
+        return sum(1 for p in self.state.pools.values() if p.active)
+
+    def connect_list_storage_pools(self, maxnames: int) -> list[str]:
+        return [p.name for p in self.state.pools.values() if p.active][:maxnames]
+
+    def connect_num_of_defined_storage_pools(self) -> int:
+        return sum(1 for p in self.state.pools.values() if not p.active)
+
+    def connect_list_defined_storage_pools(self, maxnames: int) -> list[str]:
+        return [p.name for p in self.state.pools.values() if not p.active][:maxnames]
+
+    def connect_list_all_storage_pools(self, need_results: int, flags: int) -> tuple:
+        check_flags(flags, LIST_ALL_POOLS, "testConnectListAllStoragePools")
+        type_bits = flags >> TYPE_FLAG_BASE
+        pools = []
+        for p in self.state.pools.values():
+            if not filter_by_flags(flags, p.active, p.persistent, p.autostart):
+                continue
+            if type_bits and not type_bits & (1 << stxml.POOL_TYPES.index(p.definition.type)):
+                continue
+            pools.append(p.ref())
+        return (pools if need_results else [], len(pools))
+
+    def connect_find_storage_pool_sources(self, pool_type: str, src_spec: str | None,
+                                          flags: int) -> str:
+        check_flags(flags, 0, "testConnectFindStoragePoolSources")
+        sources = etree.Element("sources")
+        if pool_type == "logical":
+            for path, name in _LOGICAL_SOURCES:
+                src = etree.SubElement(sources, "source")
+                etree.SubElement(src, "device", path=path)
+                etree.SubElement(src, "name").text = name
+                etree.SubElement(src, "format", type="lvm2")
+        elif pool_type == "netfs":
+            host = None
+            if src_spec:
+                spec = etree.fromstring(src_spec.encode())
+                host = spec.find("host")
+            if host is None or not host.get("name"):
+                raise VirError(P.VIR_ERR_INVALID_ARG,
+                               "hostname must be specified for netfs sources",
+                               domain=P.VIR_FROM_TEST)
+            src = etree.SubElement(sources, "source")
+            etree.SubElement(src, "host", name=host.get("name"))
+            etree.SubElement(src, "dir", path="/somedir")
+            etree.SubElement(src, "format", type="auto")
+        else:
+            raise VirError(P.VIR_ERR_INTERNAL_ERROR, f"unknown storage pool type {pool_type}",
+                           domain=P.VIR_FROM_TEST)
+        return format_libvirt(sources)
+
+    # --- lookup ---------------------------------------------------------------
+
+    def storage_pool_lookup_by_name(self, name: str) -> P.remote_nonnull_storage_pool:
+        pool = self.state.pools.get(name)
+        if pool is None:
+            raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
+                           f"no storage pool with matching name '{name}'", domain=P.VIR_FROM_TEST)
+        return pool.ref()
+
+    def storage_pool_lookup_by_uuid(self, uuid: bytes) -> P.remote_nonnull_storage_pool:
+        for pool in self.state.pools.values():
+            if pool.uuid == bytes(uuid):
+                return pool.ref()
+        raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
+                       f"no storage pool with matching uuid '{format_uuid(uuid)}'",
+                       domain=P.VIR_FROM_TEST)
+
+    def storage_pool_lookup_by_volume(self, vol) -> P.remote_nonnull_storage_pool:
+        return self.storage_pool_lookup_by_name(vol.pool)
+
+    def storage_pool_lookup_by_target_path(self, path: str) -> P.remote_nonnull_storage_pool:
+        for pool in self.state.pools.values():
+            if pool.definition.target_path == path:
+                return pool.ref()
+        raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
+                       f"no storage pool with matching target path '{path}'",
+                       domain=P.VIR_FROM_TEST)
+
+    # --- pool definition ------------------------------------------------------
+
+    def _add_pool(self, pooldef: stxml.PoolDef, live: bool) -> Pool:
+        by_name = self.state.pools.get(pooldef.name)
+        for other in self.state.pools.values():
+            if other.uuid == pooldef.uuid and other.name != pooldef.name:
+                raise VirError(P.VIR_ERR_OPERATION_FAILED,
+                               f"pool '{other.name}' is already defined with uuid "
+                               f"{format_uuid(other.uuid)}", domain=P.VIR_FROM_STORAGE)
+        if by_name is not None and by_name.uuid != pooldef.uuid:
+            raise VirError(P.VIR_ERR_OPERATION_FAILED,
+                           f"pool '{by_name.name}' already exists with uuid "
+                           f"{format_uuid(by_name.uuid)}", domain=P.VIR_FROM_STORAGE)
+        if by_name is None:
+            pool = Pool(pooldef, active=live, persistent=not live)
+            self.state.pools[pool.name] = pool
+        else:
+            pool = by_name
+            if live:
+                if pool.active:
+                    raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                                   f"pool is already active as '{pool.name}'",
+                                   domain=P.VIR_FROM_STORAGE)
+                pool.definition, pool.active = pooldef, True
+            elif pool.active:
+                pool.new_def, pool.persistent = pooldef, True
+                return pool
+            else:
+                pool.definition, pool.persistent = pooldef, True
+        pool.refresh_sizes()
+        return pool
+
+    def storage_pool_define_xml(self, xml: str, flags: int) -> P.remote_nonnull_storage_pool:
+        check_flags(flags, 0, "testStoragePoolDefineXML")
+        pool = self._add_pool(stxml.parse_pool(xml), live=False)
+        self._emit_pool(pool, EV_DEFINED)
+        return pool.ref()
+
+    def storage_pool_create_xml(self, xml: str, flags: int) -> P.remote_nonnull_storage_pool:
+        check_flags(flags, 0, "testStoragePoolCreateXML")
+        pool = self._add_pool(stxml.parse_pool(xml), live=True)
+        self._emit_pool(pool, EV_STARTED)
+        return pool.ref()
+
+    def storage_pool_undefine(self, ref) -> None:
+        pool = self._pool(ref)
+        if pool.active:
+            raise pool.is_active_error()
+        del self.state.pools[pool.name]
+        self._emit_pool(pool, EV_UNDEFINED)
+
+    def storage_pool_get_xml_desc(self, ref, flags: int) -> str:
+        check_flags(flags, 0, "testStoragePoolGetXMLDesc")
+        return stxml.format_pool(self._pool(ref).definition)
+
+    # --- pool lifecycle -------------------------------------------------------
+
+    def storage_pool_build(self, ref, flags: int) -> None:
+        pool = self._pool(ref)
+        if pool.active:
+            raise pool.is_active_error()
+
+    def storage_pool_create(self, ref, flags: int) -> None:
+        check_flags(flags, 0, "testStoragePoolCreate")
+        pool = self._pool(ref)
+        if pool.active:
+            raise pool.is_active_error()
+        pool.active = True
+        pool.refresh_sizes()
+        self._emit_pool(pool, EV_STARTED)
+
+    def storage_pool_destroy(self, ref) -> None:
+        pool = self._pool(ref)
+        if not pool.active:
+            raise pool.not_active()
+        pool.active = False
+        if pool.new_def is not None:
+            pool.definition, pool.new_def = pool.new_def, None
+        self._emit_pool(pool, EV_STOPPED)
+        if not pool.persistent:
+            del self.state.pools[pool.name]
+
+    def storage_pool_delete(self, ref, flags: int) -> None:
+        pool = self._pool(ref)
+        if pool.active:
+            raise pool.is_active_error()
+        self._emit_pool(pool, EV_DELETED)
+
+    def storage_pool_refresh(self, ref, flags: int) -> None:
+        check_flags(flags, 0, "testStoragePoolRefresh")
+        pool = self._active_pool(ref)
+        self.state.events.emit("storage", P.VIR_STORAGE_POOL_EVENT_ID_REFRESH, pool.ref())
+
+    def storage_pool_get_info(self, ref) -> tuple:
+        pool = self._pool(ref)
+        alloc = pool.allocation
+        if not pool.active:
+            return (POOL_INACTIVE, POOL_CAPACITY, alloc, POOL_CAPACITY - alloc)
+        return (POOL_RUNNING, POOL_CAPACITY, alloc, POOL_CAPACITY - alloc)
+
+    def storage_pool_is_active(self, ref) -> int:
+        return int(self._pool(ref).active)
+
+    def storage_pool_is_persistent(self, ref) -> int:
+        return int(self._pool(ref).persistent)
+
+    def storage_pool_get_autostart(self, ref) -> int:
+        return int(self._pool(ref).autostart)
+
+    def storage_pool_set_autostart(self, ref, autostart: int) -> None:
+        pool = self._pool(ref)
+        if not pool.persistent:
+            raise VirError(P.VIR_ERR_INVALID_ARG, "pool has no config file",
+                           domain=P.VIR_FROM_TEST)
+        pool.autostart = bool(autostart)
+
+    # --- volumes of a pool ----------------------------------------------------
+
+    def storage_pool_num_of_volumes(self, ref) -> int:
+        return len(self._active_pool(ref).volumes)
+
+    def storage_pool_list_volumes(self, ref, maxnames: int) -> list[str]:
+        return list(self._active_pool(ref).volumes)[:maxnames]
+
+    def storage_pool_list_all_volumes(self, ref, need_results: int, flags: int) -> tuple:
+        check_flags(flags, 0, "testStoragePoolListAllVolumes")
+        pool = self._pool(ref)
+        if not pool.active:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "storage pool is not active",
+                           domain=P.VIR_FROM_TEST)
+        vols = [pool.vol_ref(v) for v in pool.volumes.values()]
+        return (vols if need_results else [], len(vols))
+
+    def _new_volume(self, pool: Pool, xml: str) -> stxml.VolumeDef:
+        vol = stxml.parse_volume(xml, pool.definition.type)
+        if vol.name in pool.volumes:
+            raise VirError(P.VIR_ERR_OPERATION_FAILED, "storage vol already exists",
+                           domain=P.VIR_FROM_TEST)
+        if vol.allocation > POOL_CAPACITY - pool.allocation:
+            raise VirError(P.VIR_ERR_INTERNAL_ERROR,
+                           f"Not enough free space in pool for volume '{vol.name}'",
+                           domain=P.VIR_FROM_TEST)
+        vol.place(f"{pool.definition.target_path}/{vol.name}")
+        return vol
+
+    def _add_volume(self, pool: Pool, vol: stxml.VolumeDef) -> P.remote_nonnull_storage_vol:
+        pool.volumes[vol.name] = vol
+        pool.refresh_sizes()
+        return pool.vol_ref(vol)
+
+    def storage_vol_create_xml(self, ref, xml: str, flags: int) -> P.remote_nonnull_storage_vol:
+        check_flags(flags, 0, "testStorageVolCreateXML")
+        pool = self._active_pool(ref)
+        return self._add_volume(pool, self._new_volume(pool, xml))
+
+    def storage_vol_create_xml_from(self, ref, xml: str, clone_ref, flags: int
+                                    ) -> P.remote_nonnull_storage_vol:
+        check_flags(flags, 0, "testStorageVolCreateXMLFrom")
+        pool = self._active_pool(ref)
+        vol = self._new_volume(pool, xml)
+        src_pool = self.state.pools.get(clone_ref.pool)
+        if src_pool is None or clone_ref.name not in src_pool.volumes:
+            raise VirError(P.VIR_ERR_NO_STORAGE_VOL,
+                           f"no storage vol with matching name '{clone_ref.name}'",
+                           domain=P.VIR_FROM_TEST)
+        return self._add_volume(pool, vol)
+
+    # --- volume lookup --------------------------------------------------------
+
+    def storage_vol_lookup_by_name(self, ref, name: str) -> P.remote_nonnull_storage_vol:
+        pool = self._active_pool(ref)
+        vol = pool.volumes.get(name)
+        if vol is None:
+            raise VirError(P.VIR_ERR_NO_STORAGE_VOL,
+                           f"no storage vol with matching name '{name}'", domain=P.VIR_FROM_TEST)
+        return pool.vol_ref(vol)
+
+    def _find_vol(self, attr: str, value: str, what: str) -> P.remote_nonnull_storage_vol:
+        for pool in self.state.pools.values():
+            if not pool.active:
+                continue
+            for vol in pool.volumes.values():
+                if getattr(vol, attr) == value:
+                    return pool.vol_ref(vol)
+        raise VirError(P.VIR_ERR_NO_STORAGE_VOL, f"no storage vol with matching {what} '{value}'",
+                       domain=P.VIR_FROM_TEST)
+
+    def storage_vol_lookup_by_key(self, key: str) -> P.remote_nonnull_storage_vol:
+        return self._find_vol("key", key, "key")
+
+    def storage_vol_lookup_by_path(self, path: str) -> P.remote_nonnull_storage_vol:
+        return self._find_vol("path", path, "path")
+
+    # --- volume operations ----------------------------------------------------
+
+    def storage_vol_get_info(self, ref) -> tuple:
+        _, vol = self._vol(ref)
+        return (VOL_FILE, vol.capacity, vol.allocation)
+
+    def storage_vol_get_info_flags(self, ref, flags: int) -> tuple:
+        check_flags(flags, 0, "testStorageVolGetInfoFlags")
+        return self.storage_vol_get_info(ref)
+
+    def storage_vol_get_xml_desc(self, ref, flags: int) -> str:
+        check_flags(flags, 0, "testStorageVolGetXMLDesc")
+        _, vol = self._vol(ref)
+        return stxml.format_volume(vol)
+
+    def storage_vol_get_path(self, ref) -> str:
+        _, vol = self._vol(ref)
+        return vol.path
+
+    def storage_vol_delete(self, ref, flags: int) -> None:
+        check_flags(flags, 0, "testStorageVolDelete")
+        pool, vol = self._vol(ref)
+        del pool.volumes[vol.name]
+        pool.refresh_sizes()
