@@ -57,7 +57,7 @@ class AdminProgram:
     def _server(self, name: str) -> "Server":
         server = self.daemon.servers.get(name)
         if server is None:
-            raise _admin_error(P.VIR_ERR_NO_SERVER, f"no server with matching name '{name}'")
+            raise _admin_error(P.VIR_ERR_NO_SERVER, f"No server named '{name}'")
         return server
 
     # `need_results` is a flag, not a count: set, the reply lists every item
