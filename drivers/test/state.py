@@ -36,6 +36,8 @@ class TestState:
     node_devices: dict[str, Any] = field(default_factory=dict)
     secrets: dict[str, Any] = field(default_factory=dict)
     events: EventBus = field(default_factory=EventBus)
+    # Interface definitions saved by INTERFACE_CHANGE_BEGIN (None: no transaction).
+    iface_backup: list | None = None
     next_domain_id: int = 1
     # CPUs the test driver reports as present (NODE_GET_CPU_MAP) and online.
     cpu_map_size: int = 8
