@@ -1,11 +1,165 @@
-"""Test driver: interfaces (placeholder, being written)."""
+"""Test driver: host interfaces, with libvirt's netcf-style change transactions.
+
+A transaction (iface-begin) snapshots the definitions; rollback restores that
+snapshot.  As in libvirt's test driver the snapshot keeps definitions only,
+so every interface comes back inactive after a rollback.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from lxml import etree
+
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import interface as ifxml
+
+from .networks import check_flags
+from .state import TestState
+
+# virConnectListAllInterfacesFlags.
+LIST_INACTIVE, LIST_ACTIVE = 1, 2
+
+
+@dataclass(eq=False)
+class Interface:
+    definition: ifxml.InterfaceDef
+    active: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def ref(self) -> P.remote_nonnull_interface:
+        return P.remote_nonnull_interface(self.name, self.definition.mac)
+
+
+def load_interfaces(state: TestState, elements: list[etree._Element]) -> None:
+    """Interfaces of a node file start active."""
+    for elem in elements:
+        ifdef = ifxml.from_element(elem)
+        state.interfaces[ifdef.name] = Interface(ifdef, active=True)
+
+
+def _invalid() -> VirError:
+    return VirError(P.VIR_ERR_OPERATION_INVALID, domain=P.VIR_FROM_TEST)
+
 
 class InterfaceMixin:
-    pass
+    state: TestState
 
+    def _iface(self, ref) -> Interface:
+        iface = self.state.interfaces.get(ref.name)
+        if iface is None:
+            raise VirError(P.VIR_ERR_NO_INTERFACE,
+                           f"no interface with matching name '{ref.name}'",
+                           domain=P.VIR_FROM_TEST)
+        return iface
 
-def load_interfaces(state, elements) -> None:
-    pass
+    # --- listing --------------------------------------------------------------
+
+    def connect_num_of_interfaces(self) -> int:
+        return sum(1 for i in self.state.interfaces.values() if i.active)
+
+    def connect_list_interfaces(self, maxnames: int) -> list[str]:
+        return [i.name for i in self.state.interfaces.values() if i.active][:maxnames]
+
+    def connect_num_of_defined_interfaces(self) -> int:
+        return sum(1 for i in self.state.interfaces.values() if not i.active)
+
+    def connect_list_defined_interfaces(self, maxnames: int) -> list[str]:
+        return [i.name for i in self.state.interfaces.values() if not i.active][:maxnames]
+
+    def connect_list_all_interfaces(self, need_results: int, flags: int) -> tuple:
+        check_flags(flags, LIST_INACTIVE | LIST_ACTIVE, "testConnectListAllInterfaces")
+        ifaces = [i.ref() for i in self.state.interfaces.values()
+                  if not flags & (LIST_ACTIVE | LIST_INACTIVE)
+                  or (flags & LIST_ACTIVE and i.active)
+                  or (flags & LIST_INACTIVE and not i.active)]
+        return (ifaces if need_results else [], len(ifaces))
+
+    # --- lookup ---------------------------------------------------------------
+
+    def interface_lookup_by_name(self, name: str) -> P.remote_nonnull_interface:
+        return self._iface(P.remote_nonnull_interface(name, "")).ref()
+
+    def interface_lookup_by_mac_string(self, mac: str) -> P.remote_nonnull_interface:
+        matches = [i for i in self.state.interfaces.values()
+                   if i.definition.mac.lower() == mac.lower()]
+        if not matches:
+            raise VirError(P.VIR_ERR_NO_INTERFACE, f"no interface with matching mac '{mac}'",
+                           domain=P.VIR_FROM_TEST)
+        if len(matches) > 1:
+            raise VirError(P.VIR_ERR_MULTIPLE_INTERFACES,
+                           "multiple interfaces with matching MAC address",
+                           domain=P.VIR_FROM_TEST)
+        return matches[0].ref()
+
+    # --- definition -----------------------------------------------------------
+
+    def interface_get_xml_desc(self, ref, flags: int) -> str:
+        check_flags(flags, 0, "testInterfaceGetXMLDesc")
+        return ifxml.format(self._iface(ref).definition)
+
+    def interface_define_xml(self, xml: str, flags: int) -> P.remote_nonnull_interface:
+        check_flags(flags, 0, "testInterfaceDefineXML")
+        ifdef = ifxml.parse(xml)
+        iface = self.state.interfaces.get(ifdef.name)
+        if iface is None:
+            iface = self.state.interfaces[ifdef.name] = Interface(ifdef)
+        else:
+            iface.definition = ifdef
+        return iface.ref()
+
+    def interface_undefine(self, ref) -> None:
+        iface = self._iface(ref)
+        del self.state.interfaces[iface.name]
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def interface_create(self, ref, flags: int) -> None:
+        check_flags(flags, 0, "testInterfaceCreate")
+        iface = self._iface(ref)
+        if iface.active:
+            raise _invalid()
+        iface.active = True
+
+    def interface_destroy(self, ref, flags: int) -> None:
+        check_flags(flags, 0, "testInterfaceDestroy")
+        iface = self._iface(ref)
+        if not iface.active:
+            raise _invalid()
+        iface.active = False
+
+    def interface_is_active(self, ref) -> int:
+        return int(self._iface(ref).active)
+
+    # --- transactions ---------------------------------------------------------
+
+    def interface_change_begin(self, flags: int) -> None:
+        check_flags(flags, 0, "testInterfaceChangeBegin")
+        if self.state.iface_backup is not None:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "there is another transaction running.",
+                           domain=P.VIR_FROM_TEST)
+        self.state.iface_backup = [i.definition.copy() for i in self.state.interfaces.values()]
+
+    def interface_change_commit(self, flags: int) -> None:
+        check_flags(flags, 0, "testInterfaceChangeCommit")
+        if self.state.iface_backup is None:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                           "no transaction running, nothing to be committed.",
+                           domain=P.VIR_FROM_TEST)
+        self.state.iface_backup = None
+
+    def interface_change_rollback(self, flags: int) -> None:
+        check_flags(flags, 0, "testInterfaceChangeRollback")
+        backup = self.state.iface_backup
+        if backup is None:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                           "no transaction running, nothing to rollback.",
+                           domain=P.VIR_FROM_TEST)
+        self.state.interfaces.clear()
+        for ifdef in backup:
+            self.state.interfaces[ifdef.name] = Interface(ifdef)
+        self.state.iface_backup = None
