@@ -92,8 +92,7 @@ class HostMixin:
     def node_get_cpu_stats(self, cpu_num: int, nparams: int, flags: int) -> tuple:
         if nparams == 0:
             return ([], len(CPU_STATS))
-        params = [P.remote_typed_param(name, P.remote_typed_param_value(P.VIR_TYPED_PARAM_ULLONG, v))
-                  for name, v in CPU_STATS[:nparams]]
+        params = [P.remote_node_get_cpu_stats(name, v) for name, v in CPU_STATS[:nparams]]
         return (params, len(params))
 
     def node_get_cpu_map(self, need_map: int, need_online: int, flags: int) -> tuple:

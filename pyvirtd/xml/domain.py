@@ -136,7 +136,8 @@ def _syntax_error(text: str, exc: etree.XMLSyntaxError) -> VirError:
     line_no = exc.lineno or 1
     lines = text.split("\n")
     col = (exc.position[1] if exc.position else 1) or 1
-    if exc.msg.startswith("Document is empty") or line_no > len(lines) or not text.strip():
+    # libvirt prints "(null)" when the error sits past the last line of input.
+    if line_no > len(lines) or not lines[line_no - 1].strip():
         context, caret = "(null)", "^"
     else:
         context = lines[line_no - 1]
