@@ -52,6 +52,8 @@ DEFINE_VALIDATE = 1
 SECURITY_LABEL = "libvirt-test"
 GUEST_HOSTNAME = "testhost"
 DEFAULT_ARCH = "i686"
+# Header of a save image (ours: a magic, the XML length, the XML).
+SAVE_MAGIC = b"pyvirtdTestGuestMagic"
 IFNAME_PREFIX = "testnet"
 SCHED_WEIGHT = 50
 
@@ -464,6 +466,45 @@ class DomainMixin:
     def domain_managed_save_remove(self, ref: Any, flags: int) -> None:
         check_flags(flags, 0, "testDomainManagedSaveRemove")
         self._dom(ref).managed_save = False
+
+    def domain_save(self, ref: Any, to: str) -> None:
+        self.domain_save_flags(ref, to, None, 0)
+
+    def domain_save_flags(self, ref: Any, to: str, dxml: str | None, flags: int) -> None:
+        check_flags(flags, 0, "testDomainSaveFlags")
+        dom = self._active_dom(ref)
+        text = domxml.format(dom.definition)
+        try:
+            with open(to, "wb") as f:
+                f.write(SAVE_MAGIC + len(text.encode()).to_bytes(4, "little") + text.encode())
+        except OSError as exc:
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR, domain=P.VIR_FROM_TEST,
+                           message=f"saving domain '{dom.name}' to '{to}': {exc.strerror}") from None
+        self._stop(dom, SHUTOFF_SAVED, STOPPED_SAVED)
+
+    def domain_restore(self, from_: str) -> None:
+        self.domain_restore_flags(from_, None, 0)
+
+    def domain_restore_flags(self, from_: str, dxml: str | None, flags: int) -> None:
+        check_flags(flags, 0, "testDomainRestoreFlags")
+        try:
+            with open(from_, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR, domain=P.VIR_FROM_TEST,
+                           message=f"cannot read domain image '{from_}': {exc.strerror}") from None
+        if not data.startswith(SAVE_MAGIC):
+            raise VirError(P.VIR_ERR_INTERNAL_ERROR, "mismatched header magic",
+                           domain=P.VIR_FROM_TEST)
+        size = int.from_bytes(data[len(SAVE_MAGIC):len(SAVE_MAGIC) + 4], "little")
+        body = data[len(SAVE_MAGIC) + 4:len(SAVE_MAGIC) + 4 + size].decode()
+        new = new_definition(body)
+        dom, replaced = self._add(new, live=True)
+        if replaced:
+            dom.definition = new
+        else:
+            dom.persistent = False
+        self._start(dom, RUNNING_RESTORED, STARTED_RESTORED)
 
     # -- memory and vCPUs -------------------------------------------------
 

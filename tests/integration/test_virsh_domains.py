@@ -181,6 +181,11 @@ SCENARIOS = {
     "managedsave_errors": "destroy test; managedsave test",
     "managedsave_undefine": "managedsave test; undefine test; echo M; "
                             "undefine test --managed-save; list --all",
+    # save / restore
+    "save_restore": "save test {tmp}/t.save; domstate test --reason; list --all; "
+                    "restore {tmp}/t.save; domstate test --reason; list",
+    "save_errors": "save test {tmp}/t.save --paused; restore {tmp}/t.save; domstate test --reason; "
+                   "restore {tmp}/nonexistent.save; destroy test; save test {tmp}/x.save",
     # metadata
     "desc_live": 'desc test --live "new description"; desc test; dumpxml test',
     "desc_title": 'desc test --title --live "new title"; desc test --title; list --title',
@@ -288,7 +293,7 @@ def normalise(text: str, uri: str) -> str:
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_virsh_same_as_reference(name: str, daemon, tmp_path: Path) -> None:
     files = _write_files(tmp_path)
-    commands = SCENARIOS[name].format(**files)
+    commands = SCENARIOS[name].format(tmp=tmp_path, **files)
     ours_uri = daemon.uri()
     ref = virsh(REFERENCE, commands)
     ours = virsh(ours_uri, commands)
