@@ -129,6 +129,10 @@ class Dispatcher:
                     raise rpc_error("Unable to decode message payload") from None
             else:
                 args = ()
+            if client.readonly and getattr(args, "flags", 0) & proc.readonly_deny_flags:
+                raise VirError(P.VIR_ERR_OPERATION_DENIED,
+                               f"read only access prevents {api_name(proc)}",
+                               domain=P.VIR_FROM_NONE)
             fn, is_async, takes_client = program.resolve(client, proc)
             if not is_async:
                 result = fn(client, *args) if takes_client else fn(client.conn, *args)

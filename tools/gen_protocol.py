@@ -36,6 +36,20 @@ UNBOUNDED = 0xFFFFFFFF
 # others with VIR_ERR_OPERATION_DENIED (virCheckReadOnlyGoto in src/libvirt-*.c).
 READ_ONLY_PERMISSIONS = re.compile(r"^(getattr|read|search_\w+)$")
 
+# A permission with a flag condition ("domain:read_secure:VIR_DOMAIN_XML_SECURE")
+# applies only when the call sets that flag.  libvirt refuses a read-only
+# connection on these flags alone, in the public API (virDomainGetXMLDesc "with
+# secure flag", virDomainGetVcpusFlags with VCPU_GUEST); other flag conditions
+# (VIR_DOMAIN_XML_MIGRATABLE) are left to the ACL and pass.  The JSON carries no
+# values for these public-header flags, hence the numbers here.
+READ_ONLY_DENIED_FLAGS = {
+    "VIR_DOMAIN_XML_SECURE": 1,
+    "VIR_DOMAIN_SNAPSHOT_XML_SECURE": 1,
+    "VIR_DOMAIN_CHECKPOINT_XML_SECURE": 1,
+    "VIR_DOMAIN_SAVE_IMAGE_XML_SECURE": 1,
+    "VIR_DOMAIN_VCPU_GUEST": 8,
+}
+
 
 # ---------------------------------------------------------------- type model
 
@@ -348,14 +362,35 @@ def method_name(program: str, short_name: str) -> str:
     return f"{program}_{name}" if program in ("qemu", "lxc") else name
 
 
+def read_only_access(acl: tuple[str, ...]) -> tuple[bool, int]:
+    """(allowed on a read-only connection, flags that still forbid it there).
+
+    ACL entries are "object:permission" or "object:permission:CONDITION".  A
+    condition that is a set of flags ("F1|F2") makes a non-read-only permission
+    matter only when the call sets one of those flags; negated ("!F") and
+    parameter conditions ("::source:VALUE") count as unconditional, to be safe.
+    """
+    allowed, deny_flags = True, 0
+    for entry in acl:
+        parts = entry.split(":", 2)
+        if len(parts) < 2 or READ_ONLY_PERMISSIONS.match(parts[1]):
+            continue
+        cond = parts[2] if len(parts) == 3 else ""
+        if cond and re.fullmatch(r"[A-Z0-9_]+(\|[A-Z0-9_]+)*", cond):
+            for flag in cond.split("|"):
+                deny_flags |= READ_ONLY_DENIED_FLAGS.get(flag, 0)
+        else:
+            allowed = False
+    return allowed, deny_flags
+
+
 def gen_procedures(facts: dict) -> list[str]:
     structs = facts["structs"]
     out = ["PROCEDURES = ("]
     for p in facts["procedures"]:
         ann = p["annotations"]
         acl = tuple(ann.get("acl", ()))
-        perms = [a.split(":", 1)[1] for a in acl if ":" in a]
-        readonly = all(READ_ONLY_PERMISSIONS.match(x) for x in perms)
+        readonly, readonly_deny_flags = read_only_access(acl)
         fds = p.get("fd_passing") or {}
         ret_fields = len(structs[p["ret"]]["fields"]) if p["ret"] else 0
 
@@ -371,7 +406,8 @@ def gen_procedures(facts: dict) -> list[str]:
             f"{fn('pack', p['msg'])}, {fn('unpack', p['msg'])}, "
             f"{p.get('priority') == 'high'}, {readonly}, {acl!r}, "
             f"{tuple(ann.get('aclfilter', ()))!r}, {p.get('stream')!r}, "
-            f"{bool(fds.get('fds_in'))}, {bool(fds.get('fds_out'))}),")
+            f"{bool(fds.get('fds_in'))}, {bool(fds.get('fds_out'))}"
+            + (f", {readonly_deny_flags}" if readonly_deny_flags else "") + "),")
     out.append(")")
     return out
 

@@ -29,3 +29,4 @@ class Procedure(NamedTuple):
     stream: Optional[str]   # 'read' (daemon -> client), 'write', or None
     fds_in: bool
     fds_out: bool
+    readonly_deny_flags: int = 0   # read-only connections may not set these flags
