@@ -450,11 +450,22 @@ def test_read_only_socket(shared, tmp_path: Path) -> None:
     assert "operation forbidden: read only access prevents virDomainDefineXML" in r.err
     r = virsh(ro, "nodeinfo")
     assert r.rc == 0 and "CPU(s):" in r.out
+    # reading a domain's XML is fine, unless it asks for secrets (libvirt:
+    # virDomainGetXMLDesc refuses VIR_DOMAIN_XML_SECURE on read-only connections)
+    r = virsh(ro, "dumpxml test")
+    assert r.rc == 0 and "<name>test</name>" in r.out, r.err
+    r = virsh(ro, "dumpxml --security-info test")
+    assert r.rc == 1 and "operation forbidden" in r.err
     conn = libvirt.open(ro)
     assert conn.getInfo()[2] > 0
     with pytest.raises(libvirt.libvirtError) as exc:
         conn.defineXML(DOMAIN_XML)
     assert exc.value.get_error_code() == libvirt.VIR_ERR_OPERATION_DENIED == 29
+    dom = conn.lookupByName("test")
+    assert "<name>test</name>" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+    with pytest.raises(libvirt.libvirtError) as exc:
+        dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+    assert exc.value.get_error_code() == libvirt.VIR_ERR_OPERATION_DENIED
     conn.close()
 
 

@@ -32,6 +32,32 @@ def test_generator_reproduces_committed_module(tmp_path: Path) -> None:
                     f"{first + 1}; regenerate with `make gen`")
 
 
+def _generator():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gen_protocol_ro", REPO / "tools" / "gen_protocol.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("acl, expected", [
+    ((), (True, 0)),                                               # AUTH_LIST
+    (("connect:getattr",), (True, 0)),
+    (("connect:search_domains", "domain:getattr"), (True, 0)),
+    (("domain:write",), (False, 0)),
+    # DOMAIN_GET_XML_DESC: only the secure flag is refused; migratable passes
+    (("domain:read", "domain:read_secure:VIR_DOMAIN_XML_SECURE",
+      "domain:read_secure:VIR_DOMAIN_XML_MIGRATABLE"), (True, 1)),
+    (("domain:read", "domain:write:VIR_DOMAIN_VCPU_GUEST"), (True, 8)),  # GET_VCPUS_FLAGS
+    # negated and parameter conditions count as unconditional
+    (("domain:read", "domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE"), (False, 0)),
+    (("domain:read", "domain:write::source:VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT"), (False, 0)),
+])
+def test_read_only_access(acl, expected) -> None:
+    assert _generator().read_only_access(acl) == expected
+
+
 def test_generator_usage_error() -> None:
     p = subprocess.run([sys.executable, str(REPO / "tools" / "gen_protocol.py")],
                        capture_output=True, text=True)
