@@ -363,3 +363,92 @@ def test_matches_reference(name: str, daemon, tmp_path: Path) -> None:
     assert _normalise(got.out, uri, known) == _normalise(ref.out, REFERENCE_URI, known)
     assert _normalise(got.err, uri, known) == _normalise(ref.err, REFERENCE_URI, known)
     assert got.rc == ref.rc
+
+
+# ---- secrets: the daemon's secret driver, checked against expected text ----------
+
+SECRET_XML = """<secret ephemeral='no' private='no'>
+  <uuid>aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee</uuid>
+  <usage type='volume'><volume>/var/lib/x.img</volume></usage>
+</secret>
+"""
+UUID_A = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+
+
+def test_secret_lifecycle(daemon, tmp_path: Path) -> None:
+    xml = tmp_path / "secret.xml"
+    xml.write_text(SECRET_XML)
+    got = virsh(daemon.uri(), _s(
+        f"secret-define {xml}", "secret-list", f"secret-dumpxml {UUID_A}",
+        f"secret-get-value {UUID_A}", f"secret-set-value {UUID_A} --base64 c2VjcmV0",
+        f"secret-get-value {UUID_A}", f"secret-undefine {UUID_A}", "secret-list",
+        f"secret-dumpxml {UUID_A}"))
+    # virsh ends each command's output with a blank line; "echo MARK" adds its own line.
+    assert got.out.split("MARK\n") == [
+        f"Secret {UUID_A} created\n\n",
+        " UUID                                   Usage\n"
+        "---------------------------------------------------------------\n"
+        f" {UUID_A}   volume /var/lib/x.img\n\n",
+        "<secret ephemeral='no' private='no'>\n"
+        f"  <uuid>{UUID_A}</uuid>\n"
+        "  <usage type='volume'>\n    <volume>/var/lib/x.img</volume>\n  </usage>\n"
+        "</secret>\n\n",
+        "\n",
+        "Secret value set\n\n",
+        "c2VjcmV0\n",
+        f"Secret {UUID_A} deleted\n\n",
+        " UUID   Usage\n---------------\n\n",
+        "\n",
+    ]
+    assert got.err == (
+        f"error: Secret not found: secret '{UUID_A}' does not have a value\n"
+        "error: Passing secret value as command-line argument is insecure!\n"
+        f"error: failed to get secret '{UUID_A}'\n"
+        f"error: Secret not found: no secret with matching uuid '{UUID_A}'\n")
+    assert got.rc == 1
+
+
+def test_secret_nova_lookups(daemon) -> None:
+    """nova looks secrets up by usage and branches on VIR_ERR_NO_SECRET."""
+    import libvirt
+    conn = libvirt.open(daemon.uri())
+    try:
+        with pytest.raises(libvirt.libvirtError) as exc:
+            conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_CEPH, "client.nova")
+        assert exc.value.get_error_code() == libvirt.VIR_ERR_NO_SECRET
+        sec = conn.secretDefineXML(
+            "<secret ephemeral='no' private='yes'><usage type='ceph'>"
+            "<name>client.nova</name></usage></secret>")
+        found = conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_CEPH, "client.nova")
+        assert found.UUIDString() == sec.UUIDString()
+        assert found.usageID() == "client.nova"
+        sec.setValue(b"key")
+        with pytest.raises(libvirt.libvirtError) as exc:
+            sec.value()
+        assert exc.value.get_error_code() == libvirt.VIR_ERR_INVALID_SECRET
+        assert [s.UUIDString() for s in conn.listAllSecrets()] == [sec.UUIDString()]
+        assert conn.numOfSecrets() == 1
+        with pytest.raises(libvirt.libvirtError) as exc:
+            conn.secretDefineXML("<secret><usage type='ceph'><name>client.nova</name>"
+                                 "</usage></secret>")
+        assert exc.value.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR
+        sec.undefine()
+        assert conn.listAllSecrets() == []
+    finally:
+        conn.close()
+
+
+def test_nodedev_nova_listing(daemon) -> None:
+    """nova lists PCI, net and vDPA devices with one flags word (131090)."""
+    import libvirt
+    conn = libvirt.open(daemon.uri())
+    try:
+        assert conn.listAllDevices(131090) == []
+        names = [d.name() for d in conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_SCSI_HOST)]
+        assert sorted(names) == ["scsi_host1", "scsi_host11", "scsi_host2"]
+        assert sorted(conn.listDevices("vports")) == ["scsi_host1", "scsi_host2"]
+        assert conn.numOfDevices(None) == 4
+        assert conn.nodeDeviceLookupByName("scsi_host11").parent() == "scsi_host1"
+        assert conn.nodeDeviceLookupByName("computer").parent() is None
+    finally:
+        conn.close()
