@@ -10,11 +10,12 @@ from .nodedevs import NodeDeviceMixin
 from .secrets import SecretMixin
 from .snapshots import SnapshotMixin
 from .state import TestState
+from .stats import StatsMixin
 from .storage import StorageMixin
 
 
 class TestConnection(HostMixin, DomainMixin, SnapshotMixin, NetworkMixin, StorageMixin, InterfaceMixin,
-                     NodeDeviceMixin, SecretMixin):
+                     NodeDeviceMixin, SecretMixin, StatsMixin):
     """Methods are named after RPC procedures; see pyvirtd/driver/__init__.py."""
 
     def __init__(self, state: TestState, uri: str) -> None:
