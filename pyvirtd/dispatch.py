@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
-from pyvirtd.errors import VirError, internal_error, no_support, rpc_error
+from pyvirtd.errors import VirError, internal_error, rpc_error
 from pyvirtd.rpc import _generated as P
 from pyvirtd.rpc import frame
 from pyvirtd.rpc.procedure import Procedure
@@ -40,6 +40,31 @@ def api_name(proc: Procedure) -> str:
     """The public libvirt function behind a procedure, for error messages."""
     words = [_API_WORDS.get(w, w.capitalize()) for w in proc.name.split("_")]
     return "vir" + "".join(words)
+
+
+def api_error_domain(proc: Procedure) -> int:
+    """The error domain (VIR_FROM_THIS) of the libvirt source file behind a procedure.
+
+    An unsupported call is reported by the public API wrapper (libvirt-domain.c,
+    libvirt-network.c, ...), so VIR_ERR_NO_SUPPORT carries that file's domain;
+    libvirt-host.c, libvirt-qemu.c and libvirt-domain.c all use VIR_FROM_DOMAIN.
+    """
+    name = proc.name
+    if proc.program == "admin":
+        return P.VIR_FROM_ADMIN
+    if "SNAPSHOT" in name:
+        return P.VIR_FROM_DOMAIN_SNAPSHOT
+    if "CHECKPOINT" in name:
+        return P.VIR_FROM_DOMAIN_CHECKPOINT
+    if not name.startswith("DOMAIN_"):
+        for word, domain in (("NWFILTER", P.VIR_FROM_NWFILTER), ("NETWORK", P.VIR_FROM_NETWORK),
+                             ("STORAGE", P.VIR_FROM_STORAGE), ("SECRET", P.VIR_FROM_SECRET),
+                             ("INTERFACE", P.VIR_FROM_INTERFACE), ("NODE_DEVICE", P.VIR_FROM_NODEDEV),
+                             ("NODE_NUM_OF_DEVICES", P.VIR_FROM_NODEDEV),
+                             ("NODE_LIST_DEVICES", P.VIR_FROM_NODEDEV)):
+            if word in name:
+                return domain
+    return P.VIR_FROM_DOMAIN
 
 
 def _pack_error(value: Any, out: bytearray) -> None:
@@ -84,7 +109,7 @@ class Program:
             found = self._driver_cache[key] = (fn, inspect.iscoroutinefunction(fn))
         fn, is_async = found
         if fn is None:
-            raise no_support(api_name(proc))
+            raise VirError(P.VIR_ERR_NO_SUPPORT, api_name(proc), domain=api_error_domain(proc))
         return fn, is_async, False
 
 
