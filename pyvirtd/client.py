@@ -187,8 +187,7 @@ class Client:
                 await dispatch(self, packet)
             if self._outbox and not self._sending:
                 await self._flush()
-            while len(self._outbox) > OUTBOX_PAUSE:
-                await self._drained.park()
+            await self.wait_writable()
 
     # ------------------------------------------------------- concurrent calls
     async def start_call(self, high_priority: bool, call: Any, *args: Any) -> None:
@@ -206,6 +205,16 @@ class Client:
         while len(self._pending) >= self.max_requests:
             await self._slots.park()
         self._pending.append((call, args))
+
+    def spawn_background(self, fn: Any, *args: Any) -> None:
+        """Run work that belongs to this client (stream relays); it ends with the client."""
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    async def wait_writable(self) -> None:
+        """Wait while too much output is queued for this client (producers' flow control)."""
+        while len(self._outbox) > OUTBOX_PAUSE and not self._closing:
+            await self._drained.park()
 
     def _spawn(self, call: Any, args: tuple) -> None:
         self.in_flight += 1

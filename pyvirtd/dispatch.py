@@ -22,6 +22,7 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.rpc import frame
 from pyvirtd.rpc.procedure import Procedure
 from pyvirtd.rpc.xdr import XdrError, decode
+from pyvirtd.stream import Stream
 
 if TYPE_CHECKING:
     from pyvirtd.client import Client
@@ -132,8 +133,9 @@ class Dispatcher:
             return
         if h.type not in _CALL_TYPES:
             stream = client.program_state.get("streams", {}).get(h.serial)
-            if stream is not None:
+            if stream is not None:   # data for a stream that has ended is dropped
                 stream.packet(packet)
+                await stream.wait_consumed()
             return
         proc = program.procedures.get(h.proc)
         if proc is None or proc.kind != "call":
@@ -154,6 +156,11 @@ class Dispatcher:
                     raise rpc_error("Unable to decode message payload") from None
             else:
                 args = ()
+            stream = None
+            if proc.stream is not None:
+                stream = Stream(client, h, proc.stream)
+                client.program_state.setdefault("streams", {})[h.serial] = stream
+                args = (stream, *args)
             if client.readonly and getattr(args, "flags", 0) & proc.readonly_deny_flags:
                 raise VirError(P.VIR_ERR_OPERATION_DENIED,
                                f"read only access prevents {api_name(proc)}",
@@ -161,21 +168,21 @@ class Dispatcher:
             fn, is_async, takes_client = program.resolve(client, proc)
             if not is_async:
                 result = fn(client, *args) if takes_client else fn(client.conn, *args)
-                self._reply(client, h, proc, result)
+                self._reply(client, h, proc, result, stream)
                 return
         except VirError as err:
-            self._reply_error(client, h, err)
+            self._reply_error(client, h, err, stream)
             return
         except Exception as exc:  # a handler bug: answer it, keep serving
             log.exception("%s failed", proc.name)
-            self._reply_error(client, h, internal_error(f"{proc.name}: {exc}"))
+            self._reply_error(client, h, internal_error(f"{proc.name}: {exc}"), stream)
             return
         target = client if takes_client else client.conn
         await client.start_call(proc.high_priority, self._call_async, client, h, proc, fn, target,
-                                args)
+                                args, stream)
 
     async def _call_async(self, client: "Client", h: frame.Header, proc: Procedure,
-                          fn: Callable, target: Any, args: tuple) -> None:
+                          fn: Callable, target: Any, args: tuple, stream: Stream | None) -> None:
         try:
             if proc.high_priority:
                 result = await fn(target, *args)
@@ -183,16 +190,17 @@ class Dispatcher:
                 async with self.workers:
                     result = await fn(target, *args)
         except VirError as err:
-            self._reply_error(client, h, err)
+            self._reply_error(client, h, err, stream)
             return
         except Exception as exc:
             log.exception("%s failed", proc.name)
-            self._reply_error(client, h, internal_error(f"{proc.name}: {exc}"))
+            self._reply_error(client, h, internal_error(f"{proc.name}: {exc}"), stream)
             return
-        self._reply(client, h, proc, result)
+        self._reply(client, h, proc, result, stream)
 
     @staticmethod
-    def _reply(client: "Client", h: frame.Header, proc: Procedure, result: Any) -> None:
+    def _reply(client: "Client", h: frame.Header, proc: Procedure, result: Any,
+               stream: Stream | None = None) -> None:
         if proc.pack_ret is None:
             data = frame.build(h.prog, h.vers, h.proc, frame.REPLY, h.serial, frame.OK)
         else:
@@ -203,11 +211,16 @@ class Dispatcher:
             except Exception as exc:  # a handler returned the wrong shape
                 log.exception("%s: cannot encode reply %r", proc.name, result)
                 Dispatcher._reply_error(client, h, internal_error(
-                    f"{proc.name}: cannot encode reply: {exc}"))
+                    f"{proc.name}: cannot encode reply: {exc}"), stream)
                 return
         client.send(data)
+        if stream is not None:
+            stream.start()   # its data must follow the reply, never precede it
 
     @staticmethod
-    def _reply_error(client: "Client", h: frame.Header, err: VirError) -> None:
+    def _reply_error(client: "Client", h: frame.Header, err: VirError,
+                     stream: Stream | None = None) -> None:
+        if stream is not None:
+            stream.discard()
         client.send(frame.build(h.prog, h.vers, h.proc, frame.REPLY, h.serial, frame.ERROR,
                                 _pack_error, err.remote_error()))
