@@ -260,6 +260,7 @@ def fill_defaults(d: DomainDef, *, default_arch: str, ifname_prefix: str | None 
                 src.addnext(target)
             else:
                 iface.find("mac").addnext(target)
+    _controller_indexes(d)
     _console_defaults(d)
     for gfx in d.devices_of("graphics"):
         if gfx.get("type") in ("vnc", "spice") and gfx.get("port") == "-1" and not gfx.get("autoport"):
@@ -276,6 +277,31 @@ def fill_defaults(d: DomainDef, *, default_arch: str, ifname_prefix: str | None 
             model.set("vram", model.get("vram") or "16384")
             model.set("heads", "1")
             model.set("primary", "yes")
+
+
+def _controller_indexes(d: DomainDef) -> None:
+    """Controllers without an index get one: a USB companion (ich9-uhciN) that of
+    the ich9-ehci1 before it, any other the lowest index unused by its type."""
+    used: dict[str, set[int]] = {}
+    for cont in d.devices_of("controller"):
+        if (idx := cont.get("index")) is not None and idx.isdigit():
+            used.setdefault(cont.get("type"), set()).add(int(idx))
+    ehci = None
+    for cont in d.devices_of("controller"):
+        kind, model = cont.get("type"), cont.get("model") or ""
+        if cont.get("index") is None:
+            if kind == "usb" and model.startswith("ich9-uhci") and ehci is not None:
+                idx = int(ehci.get("index"))
+            else:
+                taken = used.setdefault(kind, set())
+                idx = next(i for i in range(len(taken) + 1) if i not in taken)
+                taken.add(idx)
+            attrs = list(cont.attrib.items())
+            cont.attrib.clear()
+            for name, value in attrs[:1] + [("index", str(idx))] + attrs[1:]:
+                cont.set(name, value)
+        if kind == "usb" and model == "ich9-ehci1":
+            ehci = cont
 
 
 def _console_defaults(d: DomainDef) -> None:
