@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 #   libvirt-dev, pkg-config, gcc  build libvirt-python from source
 #   libvirt-clients               virsh and virt-admin, the reference clients
 #   libvirt-daemon                libvirtd, the reference daemon of the bench
-DEB_PACKAGES := libvirt-clients libvirt-dev libvirt-daemon pkg-config gcc
+#   virtinst                      virt-install, a client the integration tests drive
+DEB_PACKAGES := libvirt-clients libvirt-dev libvirt-daemon pkg-config gcc virtinst
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.
