@@ -141,6 +141,7 @@ class Dispatcher:
         if proc is None or proc.kind != "call":
             self._reply_error(client, h, rpc_error(f"unknown procedure: {h.proc}"))
             return
+        stream = None   # set before anything can fail: the error reply takes it
         try:
             if not client.authenticated and proc.method not in program.pre_auth:
                 raise rpc_error("authentication required")
@@ -156,15 +157,14 @@ class Dispatcher:
                     raise rpc_error("Unable to decode message payload") from None
             else:
                 args = ()
-            stream = None
-            if proc.stream is not None:
-                stream = Stream(client, h, proc.stream)
-                client.program_state.setdefault("streams", {})[h.serial] = stream
-                args = (stream, *args)
             if client.readonly and getattr(args, "flags", 0) & proc.readonly_deny_flags:
                 raise VirError(P.VIR_ERR_OPERATION_DENIED,
                                f"read only access prevents {api_name(proc)}",
                                domain=P.VIR_FROM_NONE)
+            if proc.stream is not None:
+                stream = Stream(client, h, proc.stream)
+                client.program_state.setdefault("streams", {})[h.serial] = stream
+                args = (stream, *args)
             fn, is_async, takes_client = program.resolve(client, proc)
             if not is_async:
                 result = fn(client, *args) if takes_client else fn(client.conn, *args)
