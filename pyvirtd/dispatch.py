@@ -93,25 +93,41 @@ class Program:
             fn = getattr(handlers, proc.method, None)
             if fn is not None:
                 self._own[proc.method] = (fn, inspect.iscoroutinefunction(fn))
-        self._driver_cache: dict[tuple[type, str], tuple[Callable | None, bool]] = {}
+        self._driver_cache: dict[tuple[type, str], tuple[Callable | None, bool, int]] = {}
 
-    def resolve(self, client: "Client", proc: Procedure) -> tuple[Callable, bool, bool]:
-        """Find the handler: (function, is_coroutine, takes_client)."""
+    def resolve(self, client: "Client", proc: Procedure) -> tuple[Callable, bool, Any]:
+        """Find the handler: (function, is_coroutine, the object it is called on).
+
+        Daemon-level handlers are called on the client.  Otherwise the driver
+        connection answers, or one of its ``subsystems`` (objects shared by
+        hypervisor drivers, such as the storage and network subsystems), the
+        first that has the method.
+        """
         own = self._own.get(proc.method)
         if own is not None:
-            return own[0], own[1], True
+            return own[0], own[1], client
         conn = client.conn
         if conn is None:
             raise internal_error("connection not open")
         key = (type(conn), proc.method)
         found = self._driver_cache.get(key)
         if found is None:
-            fn = getattr(type(conn), proc.method, None)
-            found = self._driver_cache[key] = (fn, inspect.iscoroutinefunction(fn))
-        fn, is_async = found
+            found = self._driver_cache[key] = self._lookup(conn, proc.method)
+        fn, is_async, index = found
         if fn is None:
             raise VirError(P.VIR_ERR_NO_SUPPORT, api_name(proc), domain=api_error_domain(proc))
-        return fn, is_async, False
+        return fn, is_async, conn if index < 0 else conn.subsystems[index]
+
+    @staticmethod
+    def _lookup(conn: Any, method: str) -> tuple[Callable | None, bool, int]:
+        fn = getattr(type(conn), method, None)
+        if fn is not None:
+            return fn, inspect.iscoroutinefunction(fn), -1
+        for index, sub in enumerate(getattr(conn, "subsystems", ())):
+            fn = getattr(type(sub), method, None)
+            if fn is not None:
+                return fn, inspect.iscoroutinefunction(fn), index
+        return None, False, -1
 
 
 class Dispatcher:
@@ -165,9 +181,9 @@ class Dispatcher:
                 stream = Stream(client, h, proc.stream)
                 client.program_state.setdefault("streams", {})[h.serial] = stream
                 args = (stream, *args)
-            fn, is_async, takes_client = program.resolve(client, proc)
+            fn, is_async, target = program.resolve(client, proc)
             if not is_async:
-                result = fn(client, *args) if takes_client else fn(client.conn, *args)
+                result = fn(target, *args)
                 self._reply(client, h, proc, result, stream)
                 return
         except VirError as err:
@@ -177,7 +193,6 @@ class Dispatcher:
             log.exception("%s failed", proc.name)
             self._reply_error(client, h, internal_error(f"{proc.name}: {exc}"), stream)
             return
-        target = client if takes_client else client.conn
         await client.start_call(proc.high_priority, self._call_async, client, h, proc, fn, target,
                                 args, stream)
 

@@ -11,7 +11,7 @@ that is not the daemon's own: see pyvirtd/driver/api.py for the methods.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 from urllib.parse import SplitResult, urlsplit
@@ -29,10 +29,19 @@ ENTRY_POINT_GROUP = "pyvirtd.drivers"
 
 @dataclass(frozen=True)
 class DriverContext:
-    """What a driver gets from the daemon."""
+    """What a driver gets from the daemon.
+
+    ``events`` is the daemon-wide bus that hypervisor drivers and the shared
+    subsystems (storage, network, secrets) emit on; ``shared`` holds those
+    subsystems, created once per daemon by whoever needs them first
+    (``ctx.shared.setdefault``-style, see e.g. pyvirtd/storage).  The test
+    driver keeps its own bus and objects per test state instead.
+    """
     config: Config
     paths: Paths
     privileged: bool        # --system: may touch the host; else --root/--session
+    events: EventBus = field(default_factory=EventBus)
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 class DriverConnection(Protocol):
@@ -41,10 +50,14 @@ class DriverConnection(Protocol):
     Methods are named after procedures (``domain_get_info``); they take the
     call's XDR fields in order and return the reply's fields (a bare value when
     the reply has one field).  They may be coroutines.  ``events`` is the bus
-    of the driver instance the connection talks to.
+    of the driver instance the connection talks to.  ``subsystems`` (optional)
+    are further objects whose methods answer what the connection itself
+    lacks: a hypervisor connection lists the daemon's storage, network and
+    secret subsystems there.
     """
     uri: str
     events: EventBus
+    subsystems: tuple[Any, ...]
 
     def close(self) -> None: ...
 
