@@ -1,0 +1,182 @@
+"""Start and stop the two daemons the bench compares: pyvirtd and Debian's libvirtd.
+
+Kept free of pytest so `make bench` runs without the test extras; the pyvirtd
+part mirrors ``start_daemon`` in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LIBVIRTD = Path("/usr/sbin/libvirtd")
+BENCH_USER = "pyvirtd-bench"
+
+
+@dataclass
+class Daemon:
+    name: str
+    proc: subprocess.Popen
+    root: Path
+    sock: Path
+    log_path: Path
+    pid: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def uri(self) -> str:
+        return f"test+unix:///default?socket={self.sock}"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def rss_kib(pid: int) -> int | None:
+    """VmRSS of a process in KiB, from /proc/PID/status."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int, split: bool = False):
+    """utime + stime of a process (all its threads), in seconds; (utime, stime) with split."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[0] is state (field 3); utime and stime are fields 14 and 15
+    tck = os.sysconf("SC_CLK_TCK")
+    if split:
+        return int(fields[11]) / tck, int(fields[12]) / tck
+    return (int(fields[11]) + int(fields[12])) / tck
+
+
+def _wait_connectable(d: Daemon, ready, timeout: float = 30) -> None:
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if d.proc.poll() is not None:
+            raise RuntimeError(f"{d.name} exited with {d.proc.returncode}:\n{d.log()}")
+        if d.sock.exists() and ready():
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(str(d.sock))
+                return
+            except OSError:
+                pass
+            finally:
+                s.close()
+        time.sleep(0.05)
+    d.stop()
+    raise RuntimeError(f"{d.name} did not start within {timeout}s:\n{d.log()}")
+
+
+def start_pyvirtd(root: Path, *extra: str, wrap: list[str] | None = None) -> Daemon:
+    """pyvirtd --root ROOT, waiting until its socket accepts connections.
+
+    ``wrap`` prefixes the interpreter command (e.g. a profiler); the process
+    started must still be the daemon's Python for RSS figures to mean anything.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "pyvirtd.cli", "--root", str(root), *extra]
+    if wrap:
+        args = [*wrap, *args]
+    log_path = root / "daemon.log"
+    logf = open(log_path, "wb")
+    proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
+    logf.close()
+    d = Daemon("pyvirtd", proc, root, root / "run" / "libvirt-sock", log_path, pid=proc.pid)
+    _wait_connectable(d, lambda: b"ready" in log_path.read_bytes())
+    return d
+
+
+def _ensure_user() -> tuple[int, int] | str:
+    """The throwaway unprivileged user libvirtd runs as (created when root)."""
+    try:
+        pw = pwd.getpwnam(BENCH_USER)
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        pass
+    if not shutil.which("useradd"):
+        return f"no user {BENCH_USER} and no useradd to create it"
+    r = subprocess.run(["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", BENCH_USER],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"useradd {BENCH_USER} failed: {r.stderr.strip()}"
+    pw = pwd.getpwnam(BENCH_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
+def start_libvirtd(root: Path) -> Daemon | str:
+    """Debian's libvirtd in session mode serving test:///default, or why not.
+
+    As root it runs as the unprivileged BENCH_USER (a root libvirtd would be
+    the system daemon and take /run/libvirt); otherwise as the current user.
+    Every XDG directory points into ROOT, so nothing outside it is touched.
+    ``--timeout 120`` makes a libvirtd orphaned by a crashed bench go away.
+    """
+    if not LIBVIRTD.exists():
+        return f"{LIBVIRTD} is not installed"
+    root.mkdir(parents=True, exist_ok=True)
+    kw: dict = {}
+    if os.geteuid() == 0:
+        ids = _ensure_user()
+        if isinstance(ids, str):
+            return ids
+        uid, gid = ids
+        for parent in root.resolve().parents:
+            if not os.stat(parent).st_mode & 0o001:
+                return f"{parent} is not searchable by {BENCH_USER} (chmod o+x it)"
+        os.chown(root, uid, gid)
+        os.chmod(root, 0o755)
+        kw = dict(user=uid, group=gid, extra_groups=[])
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(root),
+        "XDG_RUNTIME_DIR": str(root),
+        "XDG_CONFIG_HOME": str(root / "config"),
+        "XDG_CACHE_HOME": str(root / "cache"),
+        "XDG_DATA_HOME": str(root / "data"),
+        "LC_ALL": "C",
+    }
+    log_path = root / "libvirtd.log"
+    logf = open(log_path, "wb")
+    proc = subprocess.Popen([str(LIBVIRTD), "--timeout", "120"], stdout=logf,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env, cwd=root, **kw)
+    logf.close()
+    d = Daemon("libvirtd", proc, root, root / "libvirt" / "libvirt-sock", log_path, pid=proc.pid)
+    try:
+        _wait_connectable(d, lambda: True)
+    except RuntimeError as exc:
+        return str(exc)
+    return d
