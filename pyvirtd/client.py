@@ -185,6 +185,8 @@ class Client:
                     self._keepalive_packet(packet)
                     continue
                 await dispatch(self, packet)
+            if reader.error is not None:
+                raise reader.error
             if self._outbox and not self._sending:
                 await self._flush()
             await self.wait_writable()

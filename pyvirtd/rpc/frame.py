@@ -62,6 +62,7 @@ class FrameReader:
         # byte (virSocketSendFD).  Read without recvmsg, those bytes show up
         # in the stream and must be skipped to stay in frame.
         self._skip = 0
+        self._error: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
@@ -71,10 +72,28 @@ class FrameReader:
         self._buf += data
 
     def packets(self) -> list[Packet]:
+        """Every complete packet buffered so far.
+
+        A malformed packet raises ProtocolError, but only after the good
+        packets before it have been handed out (the next call raises), so a
+        valid call that shares a read with garbage is still answered, as
+        libvirtd answers it.
+        """
+        if self._error is not None:
+            raise self._error
+        out: list[Packet] = []
+        try:
+            self._parse(out)
+        except ProtocolError as exc:
+            if not out:
+                raise
+            self._error = exc
+        return out
+
+    def _parse(self, out: list[Packet]) -> None:
         buf = self._buf
         end = len(buf)
         pos = 0
-        out: list[Packet] = []
         while True:
             if self._skip:
                 n = min(self._skip, end - pos)
@@ -106,7 +125,11 @@ class FrameReader:
             self._skip = nfds
         if pos:
             del buf[:pos]
-        return out
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """The protocol error found after the packets last returned, if any."""
+        return self._error
 
 
 def build(prog: int, vers: int, proc: int, typ: int, serial: int, status: int,

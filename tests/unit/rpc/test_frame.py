@@ -268,3 +268,14 @@ def test_build_error_reply_round_trips_through_the_reader() -> None:
     (pkt,) = r.packets()
     assert pkt.header == frame.Header(0x20008086, 1, 9999, frame.REPLY, 5, frame.ERROR)
     assert P.unpack_remote_error(pkt.body, 0) == (err, len(pkt.body))
+
+
+def test_good_packet_before_garbage_is_still_delivered() -> None:
+    """libvirtd answers a valid call that shares a read with garbage; so do we."""
+    r = frame.FrameReader()
+    r.feed(FEATURE_CALL + words(3) + b"junk")
+    (pkt,) = r.packets()
+    assert pkt.header.proc == 60
+    assert isinstance(r.error, ProtocolError)
+    with pytest.raises(ProtocolError, match="shorter than a header"):
+        r.packets()
