@@ -120,3 +120,34 @@ class DriverRegistry:
             stop = getattr(driver, "stop", None)
             if stop is not None:
                 await stop()
+
+
+# Daemon-wide subsystems that hypervisor drivers share (as libvirtd's storage,
+# network and secret drivers serve every qemu:// and lxc:// connection).  Each
+# is a class taking the DriverContext; its methods are named after procedures.
+SUBSYSTEMS = (
+    ("storage", "pyvirtd.storage", "StorageSubsystem"),
+    ("network", "pyvirtd.network", "NetworkSubsystem"),
+    ("secret", "pyvirtd.secrets", "SecretSubsystem"),
+)
+
+
+def shared_subsystems(ctx: DriverContext) -> tuple[Any, ...]:
+    """The subsystems a hypervisor connection delegates to, created on first use.
+
+    A subsystem whose module is not there yet is skipped: its procedures then
+    answer VIR_ERR_NO_SUPPORT like any other missing method.
+    """
+    import importlib
+
+    found = []
+    for key, module, cls in SUBSYSTEMS:
+        sub = ctx.shared.get(key)
+        if sub is None:
+            try:
+                factory = getattr(importlib.import_module(module), cls)
+            except (ImportError, AttributeError):
+                continue
+            sub = ctx.shared[key] = factory(ctx)
+        found.append(sub)
+    return tuple(found)
