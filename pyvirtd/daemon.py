@@ -157,8 +157,9 @@ class Daemon:
                     await trio.sleep(ACCEPT_RETRY_SLEEP)
                     continue
                 raise
-            stream = trio.SocketStream(sock)
-            client = Client(self, server, stream, readonly=lst.readonly,
+            raw = socket.socket(fileno=sock.detach())
+            raw.setblocking(False)
+            client = Client(self, server, raw, readonly=lst.readonly,
                             transport=TRANSPORT_UNIX, auth=lst.auth)
             server.clients[client.id] = client
             log.debug("client %d connected to %s", client.id, server.name)
