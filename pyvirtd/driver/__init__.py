@@ -109,15 +109,21 @@ class DriverRegistry:
         return driver.open(uri, name, flags, client)
 
     async def start(self) -> None:
-        """Let drivers with state start it (autostart, reattach to guests)."""
-        for driver in self.drivers.values():
-            start = getattr(driver, "start", None)
+        """Let drivers with state start it (autostart, reattach to guests).
+
+        The shared subsystems the drivers created while loading (storage,
+        network, ...) start first: a driver's autostarted guest may need an
+        autostarted pool.
+        """
+        for obj in (*self.ctx.shared.values(), *self.drivers.values()):
+            start = getattr(obj, "start", None)
             if start is not None:
                 await start()
 
     async def stop(self) -> None:
-        for driver in self.drivers.values():
-            stop = getattr(driver, "stop", None)
+        """Stop the drivers, then the shared subsystems they use."""
+        for obj in (*self.drivers.values(), *self.ctx.shared.values()):
+            stop = getattr(obj, "stop", None)
             if stop is not None:
                 await stop()
 
