@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 #   libvirt-clients               virsh and virt-admin, the reference clients
 #   libvirt-daemon                libvirtd, the reference daemon of the bench
 #   virtinst                      virt-install, a client the integration tests drive
-DEB_PACKAGES := libvirt-clients libvirt-dev libvirt-daemon pkg-config gcc virtinst
+#   qemu-utils                    qemu-img, which the storage subsystem creates and inspects volumes with
+DEB_PACKAGES := libvirt-clients libvirt-dev libvirt-daemon pkg-config gcc virtinst qemu-utils
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.
