@@ -47,8 +47,10 @@ Events are pumped by an asyncio task into a trio memory channel per monitor.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -150,6 +152,11 @@ class Monitor:
         last: Exception | None = None
         with trio.move_on_after(timeout):
             while True:
+                # wait for the socket file quietly (qemu.qmp logs every failed attempt)
+                if not os.path.exists(path):
+                    last = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+                    await trio.sleep(CONNECT_RETRY)
+                    continue
                 client = await loop.run_aio_coroutine(_aio_new_client(path))
                 try:
                     await loop.run_aio_coroutine(client.connect(path))
