@@ -246,7 +246,9 @@ def fill_defaults(d: DomainDef, *, default_arch: str, ifname_prefix: str | None 
     """What libvirt adds after parsing: arch, boot device, MACs, consoles, video."""
     if d.arch is None:
         d.arch = default_arch
-    if not d.boot and d.os_type == "hvm":
+    # Per-device <boot order> replaces <os><boot dev> (virDomainDefParseBootOptions).
+    device_boot = any(dev.find("boot") is not None for dev in d.devices)
+    if not d.boot and d.os_type == "hvm" and not device_boot:
         d.boot = ["hd"]
     if d.clock is None:
         d.clock = etree.Element("clock", offset="utc")
@@ -328,7 +330,10 @@ def _console_defaults(d: DomainDef) -> None:
 # -- formatting -------------------------------------------------------------
 
 def _q(value: str) -> str:
-    return escape(str(value), {"'": "&apos;"})
+    value = str(value)
+    if "&" in value or "<" in value or ">" in value or "'" in value:
+        return escape(value, {"'": "&apos;"})
+    return value
 
 
 def _elem_lines(elem: etree._Element, indent: int, out: list, always_open: bool = False) -> None:
@@ -345,7 +350,9 @@ def _elem_lines(elem: etree._Element, indent: int, out: list, always_open: bool 
             _elem_lines(child, indent + 1, out)
         out.append(f"{pad}</{tag}>")
     elif text is not None:
-        out.append(f"{pad}<{tag}{attrs}>{escape(text)}</{tag}>")
+        if "&" in text or "<" in text or ">" in text:
+            text = escape(text)
+        out.append(f"{pad}<{tag}{attrs}>{text}</{tag}>")
     elif always_open:
         out.append(f"{pad}<{tag}{attrs}>")
         out.append(f"{pad}</{tag}>")
@@ -354,6 +361,8 @@ def _elem_lines(elem: etree._Element, indent: int, out: list, always_open: bool 
 
 
 def _qname(elem: etree._Element) -> str:
+    if elem.tag[0] != "{":
+        return elem.tag
     q = etree.QName(elem)
     if q.namespace:
         prefix = elem.prefix
@@ -362,6 +371,8 @@ def _qname(elem: etree._Element) -> str:
 
 
 def _attr_name(elem: etree._Element, key: str) -> str:
+    if key[0] != "{":
+        return key
     q = etree.QName(key)
     if q.namespace:
         for prefix, uri in elem.nsmap.items():
@@ -371,10 +382,13 @@ def _attr_name(elem: etree._Element, key: str) -> str:
 
 
 def _ns_decls(elem: etree._Element) -> str:
+    nsmap = elem.nsmap
+    if not nsmap:
+        return ""
     parent = elem.getparent()
     parent_map = parent.nsmap if parent is not None else {}
     decls = ""
-    for prefix, uri in elem.nsmap.items():
+    for prefix, uri in nsmap.items():
         if parent_map.get(prefix) != uri:
             decls += f" xmlns:{prefix}='{_q(uri)}'" if prefix else f" xmlns='{_q(uri)}'"
     return decls

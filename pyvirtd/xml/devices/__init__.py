@@ -1,0 +1,196 @@
+"""Typed models of domain devices, one module per kind, and the QEMU defaults pass.
+
+``DomainDef.devices`` stays a list of lxml elements (every driver shares it and
+unknown devices round-trip).  A driver that needs types calls::
+
+    devs = parse_devices(defn)                  # [Disk | Controller | ... | lxml element]
+    apply_defaults(defn, hypervisor="qemu")     # libvirt's post-parse for QEMU, in place
+    validate_devices(defn)                      # VirError on what QEMU cannot do
+
+Each model: ``Model.parse(elem)``, ``m.fill_defaults(ctx)``, ``m.validate()``,
+``m.to_element()``; ``Model.parse(m.to_element()) == m``.
+"""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from pyvirtd.xml.devices._base import Address, xml_error, unsupported
+from pyvirtd.xml.devices.chardev import GUEST_AGENT, Chardev, virtio_serial_address
+from pyvirtd.xml.devices.controller import Controller
+from pyvirtd.xml.devices.disk import Disk
+from pyvirtd.xml.devices.graphics import Graphics
+from pyvirtd.xml.devices.input import Input
+from pyvirtd.xml.devices.interface import Interface
+from pyvirtd.xml.devices.memballoon import Memballoon
+from pyvirtd.xml.devices.rng import Rng
+from pyvirtd.xml.devices.video import Video
+from pyvirtd.xml.devices.watchdog import Watchdog
+
+# element tag -> model class
+MODELS = {"disk": Disk, "controller": Controller, "interface": Interface, "serial": Chardev,
+          "console": Chardev, "channel": Chardev, "input": Input, "graphics": Graphics,
+          "video": Video, "memballoon": Memballoon, "rng": Rng, "watchdog": Watchdog}
+
+Device = (Disk | Controller | Interface | Chardev | Input | Graphics | Video | Memballoon | Rng
+          | Watchdog)
+
+__all__ = ["Address", "Chardev", "Controller", "Device", "Disk", "Graphics", "Input",
+           "Interface", "MODELS", "Memballoon", "Rng", "Video", "Watchdog", "apply_defaults",
+           "is_q35", "parse_device", "parse_devices", "validate_devices"]
+
+
+def parse_device(elem: etree._Element):
+    """One device element -> its model, or the element itself for kinds not modelled."""
+    model = MODELS.get(elem.tag)
+    return model.parse(elem) if model is not None else elem
+
+
+def parse_devices(defn) -> list:
+    return [parse_device(e) for e in defn.devices]
+
+
+def is_q35(machine: str | None) -> bool:
+    return bool(machine) and ("q35" in machine)
+
+
+def _ctx(defn, hypervisor: str) -> dict:
+    return {"hypervisor": hypervisor, "q35": is_q35(defn.machine), "machine": defn.machine}
+
+
+def apply_defaults(defn, *, hypervisor: str = "qemu") -> None:
+    """libvirt's post-parse for a QEMU x86 guest, in place on ``defn.devices``.
+
+    Per device: the model's fill_defaults (disk bus/driver/address, MACs, NIC
+    model, serial targets, ...).  Implicit devices, kept modest: the PCI root
+    (pci-root / pcie-root), USB controller 0, the q35 SATA controller, an IDE
+    controller for IDE disks, SCSI and virtio-serial controllers the devices
+    need, a ps2 mouse and keyboard, a virtio memballoon, the serial console
+    alias and its serial port, a video device when there is graphics.
+    """
+    ctx = _ctx(defn, hypervisor)
+    devs = parse_devices(defn)
+    conts = [d for d in devs if isinstance(d, Controller)]
+
+    def has_controller(kind: str, index: int | None = None) -> bool:
+        return any(c.type == kind and (index is None or c.index == index) for c in conts)
+
+    def add_controller(kind: str, index: int, model: str | None = None) -> None:
+        c = Controller(type=kind, index=index, model=model)
+        conts.append(c)
+        devs.append(c)
+
+    _assign_controller_indexes(conts)
+    for dev in devs:
+        if not isinstance(dev, etree._Element) and not isinstance(dev, Controller):
+            dev.fill_defaults(ctx)
+    disks = [d for d in devs if isinstance(d, Disk)]
+    if not has_controller("pci", 0):
+        add_controller("pci", 0)
+    if not has_controller("usb", 0):
+        add_controller("usb", 0)
+    if ctx["q35"] and not has_controller("sata", 0):
+        add_controller("sata", 0)
+    for bus, kind in (("ide", "ide"), ("sata", "sata"), ("scsi", "scsi")):
+        if kind == "ide" and ctx["q35"]:
+            continue
+        for disk in disks:
+            if disk.bus == bus and disk.address is not None and disk.address.type == "drive":
+                idx = disk.address.int("controller")
+                if not has_controller(kind, idx):
+                    add_controller(kind, idx)
+    _virtio_serial_defaults(devs, conts, add_controller)
+    _console_defaults(devs)
+    if not any(isinstance(d, Input) and d.bus == "ps2" and d.type == "mouse" for d in devs):
+        devs.append(Input(type="mouse", bus="ps2"))
+    if not any(isinstance(d, Input) and d.bus == "ps2" and d.type == "keyboard" for d in devs):
+        devs.append(Input(type="keyboard", bus="ps2"))
+    if not any(isinstance(d, Memballoon) for d in devs):
+        devs.append(Memballoon(model="virtio"))
+    if any(isinstance(d, Graphics) for d in devs) and not any(isinstance(d, Video) for d in devs):
+        devs.append(Video(model="default"))
+    for dev in devs:
+        if isinstance(dev, (Controller, Input, Memballoon, Video)):
+            dev.fill_defaults(ctx)
+    primary = [d for d in devs if isinstance(d, Video) and d.model != "none"]
+    if primary and not any(v.primary for v in primary) and len(primary) > 1:
+        primary[0].primary = True
+    defn.devices = [d if isinstance(d, etree._Element) else d.to_element() for d in devs]
+
+
+def _assign_controller_indexes(conts: list) -> None:
+    used: dict[str, set[int]] = {}
+    for c in conts:
+        if c.index is not None:
+            used.setdefault(c.type, set()).add(c.index)
+    for c in conts:
+        if c.index is None:
+            taken = used.setdefault(c.type, set())
+            c.index = next(i for i in range(len(taken) + 1) if i not in taken)
+            taken.add(c.index)
+
+
+def _virtio_serial_defaults(devs: list, conts: list, add_controller) -> None:
+    """Virtio channels and consoles get a virtio-serial port (from 1) on controller 0."""
+    virtio = [d for d in devs if isinstance(d, Chardev) and d.target_type == "virtio"
+              and d.kind in ("channel", "console")]
+    if not virtio:
+        return
+    if not any(c.type == "virtio-serial" for c in conts):
+        add_controller("virtio-serial", 0)
+    used = {d.address.int("port") for d in virtio if d.address is not None}
+    port = 1
+    for dev in virtio:
+        if dev.kind == "channel" and dev.address is None:
+            while port in used:
+                port += 1
+            dev.address = virtio_serial_address(port)
+            used.add(port)
+
+
+def _console_defaults(devs: list) -> None:
+    """A serial console is an alias of serial port 0: create the port if missing."""
+    consoles = [d for d in devs if isinstance(d, Chardev) and d.kind == "console"]
+    serials = [d for d in devs if isinstance(d, Chardev) and d.kind == "serial"]
+    for i, serial in enumerate(serials):
+        if serial.target_port is None:
+            serial.target_port = i
+    if consoles and consoles[0].target_type == "serial" and not serials:
+        first = consoles[0]
+        serial = Chardev(kind="serial", type=first.type, sources=[dict(s) for s in first.sources],
+                         protocol=first.protocol, target_port=first.target_port or 0)
+        serial.fill_defaults({})
+        devs.append(serial)
+    elif consoles and consoles[0].target_type == "serial" and serials:
+        first, port0 = consoles[0], serials[0]
+        # the console mirrors serial port 0 (virDomainDefAddConsoleCompat)
+        first.type, first.sources = port0.type, [dict(s) for s in port0.sources]
+        first.protocol, first.target_port = port0.protocol, port0.target_port
+
+
+def validate_devices(defn) -> None:
+    """What QEMU cannot do: unsupported kinds and values, duplicate targets, boot orders."""
+    ctx = _ctx(defn, "qemu")
+    seen_targets: set[str] = set()
+    orders: set[int] = set()
+    for dev in parse_devices(defn):
+        if isinstance(dev, etree._Element):
+            if dev.tag == "emulator":
+                continue
+            raise unsupported(f"device <{dev.tag}> is not supported by the QEMU driver")
+        if isinstance(dev, Watchdog):
+            dev.validate(ctx)
+        else:
+            dev.validate()
+        if isinstance(dev, Disk):
+            if dev.target in seen_targets:
+                raise xml_error(f"target '{dev.target}' duplicated for disk sources")
+            seen_targets.add(dev.target)
+        boot = getattr(dev, "boot", None)
+        if boot is not None:
+            if defn.boot:
+                raise xml_error("per-device boot elements cannot be used together with "
+                                "os/boot elements")
+            if boot in orders:
+                raise xml_error(f"boot order '{boot}' used for more than one device")
+            orders.add(boot)

@@ -1,0 +1,61 @@
+"""<rng>: virtio RNG backed by a host random device (virDomainRNGDef)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lxml import etree
+
+from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, set_attrs, sub,
+                                       unsupported, xml_error)
+
+MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
+BACKENDS = ("random", "egd", "builtin")
+DEFAULT_SOURCE = "/dev/urandom"
+
+
+@dataclass
+class Rng(DeviceBase):
+    model: str = "virtio"
+    backend: str = "random"
+    source: str | None = None             # random: host device path
+    rate_bytes: int | None = None
+    rate_period: int | None = None
+
+    @classmethod
+    def parse(cls, elem: etree._Element) -> "Rng":
+        if elem.get("model") is None:
+            raise xml_error("missing RNG device model")
+        r = cls(model=enum_attr(elem, "model", MODELS, what="RNG model"))
+        be = elem.find("backend")
+        if be is None:
+            raise xml_error("missing RNG device backend")
+        if be.get("model") is None:
+            raise xml_error("missing RNG device backend model")
+        r.backend = enum_attr(be, "model", BACKENDS, what="RNG backend model")
+        if r.backend == "random":
+            r.source = (be.text or "").strip() or None
+        rate = elem.find("rate")
+        if rate is not None:
+            r.rate_bytes = int_attr(rate, "bytes")
+            r.rate_period = int_attr(rate, "period")
+        r._parse_common(elem, ("backend", "rate"))
+        return r
+
+    def fill_defaults(self, ctx: dict | None = None) -> None:
+        if self.backend == "random" and self.source is None:
+            self.source = DEFAULT_SOURCE
+
+    def validate(self) -> None:
+        if self.backend == "egd":
+            raise unsupported("RNG backend 'egd' is not supported")
+        if self.backend == "random" and self.source not in ("/dev/random", "/dev/urandom",
+                                                            "/dev/hwrng"):
+            raise unsupported(f"file '{self.source}' is not a supported random source")
+
+    def to_element(self) -> etree._Element:
+        e = set_attrs(etree.Element("rng"), ("model", self.model))
+        if self.rate_bytes is not None:
+            sub(e, "rate", ("bytes", self.rate_bytes), ("period", self.rate_period))
+        sub(e, "backend", ("model", self.backend), text=self.source)
+        return self._format_common(e)

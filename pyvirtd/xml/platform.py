@@ -1,0 +1,215 @@
+"""Typed views of a domain's platform: <os> extras, <features>, <cpu>, <clock>, <iothreads>.
+
+``DomainDef`` keeps these as lxml elements (``os_extra``, ``raw['features']``,
+``raw['cpu']``, ``clock``, ``raw['iothreads']``) so every driver round-trips them;
+``platform(defn)`` reads them into the types below and refuses values libvirt
+refuses (VIR_ERR_XML_ERROR / VIR_ERR_CONFIG_UNSUPPORTED naming the element).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from pyvirtd.xml.devices._base import enum_attr, int_attr, unsupported, xml_error, yesno_attr
+
+BOOT_DEVS = ("fd", "cdrom", "hd", "network")
+CPU_MODES = ("custom", "host-model", "host-passthrough", "maximum")
+CPU_MATCH = ("minimum", "exact", "strict")
+FEATURE_POLICIES = ("force", "require", "optional", "disable", "forbid")
+CLOCK_OFFSETS = ("utc", "localtime", "variable", "timezone", "absolute")
+TIMER_NAMES = ("platform", "pit", "rtc", "hpet", "tsc", "kvmclock", "hypervclock", "armvtimer")
+TICK_POLICIES = ("delay", "catchup", "merge", "discard")
+# Features libvirt knows (virDomainFeature); pyvirtd's QEMU driver honours the first group.
+FEATURES_HONOURED = ("acpi", "apic", "pae", "vmport", "smm", "hap")
+FEATURES_KNOWN = FEATURES_HONOURED + (
+    "viridian", "privnet", "hyperv", "kvm", "pvspinlock", "capabilities", "pmu", "gic",
+    "ioapic", "hpt", "htm", "nested-hv", "msrs", "ccf-assist", "xen", "cfpc", "sbbc", "ibs",
+    "tcg", "async-teardown")
+
+
+@dataclass
+class OsConfig:
+    loader: str | None = None
+    loader_readonly: bool | None = None
+    loader_type: str | None = None        # rom / pflash
+    nvram: str | None = None
+    nvram_template: str | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    dtb: str | None = None
+    boot_menu: bool | None = None
+    boot_menu_timeout: int | None = None
+    bios_reboot_timeout: int | None = None
+    smbios_mode: str | None = None
+
+
+@dataclass
+class CpuFeature:
+    name: str
+    policy: str = "require"
+
+
+@dataclass
+class CpuConfig:
+    mode: str = "custom"
+    match: str | None = None
+    check: str | None = None
+    model: str | None = None
+    fallback: str | None = None
+    vendor: str | None = None
+    sockets: int | None = None
+    dies: int | None = None
+    cores: int | None = None
+    threads: int | None = None
+    features: list[CpuFeature] = field(default_factory=list)
+    migratable: bool | None = None
+
+
+@dataclass
+class Timer:
+    name: str
+    present: bool | None = None
+    tickpolicy: str | None = None
+
+
+@dataclass
+class ClockConfig:
+    offset: str = "utc"
+    adjustment: str | None = None
+    timezone: str | None = None
+    timers: list[Timer] = field(default_factory=list)
+
+
+@dataclass
+class Platform:
+    os: OsConfig
+    features: dict[str, etree._Element]   # name -> element (state='on'/'off' or children)
+    cpu: CpuConfig | None
+    clock: ClockConfig
+    iothreads: int = 0
+
+    def feature_on(self, name: str) -> bool | None:
+        """True when present (and not state='off'), False when state='off', None when absent."""
+        elem = self.features.get(name)
+        if elem is None:
+            return None
+        return elem.get("state", "on") != "off"
+
+
+def platform(defn) -> Platform:
+    """Read the platform parts of ``defn``; VirError on invalid values."""
+    return Platform(os=_parse_os(defn), features=_parse_features(defn.raw.get("features")),
+                    cpu=_parse_cpu(defn.raw.get("cpu")), clock=_parse_clock(defn.clock),
+                    iothreads=_parse_iothreads(defn.raw.get("iothreads")))
+
+
+def _parse_os(defn) -> OsConfig:
+    o = OsConfig()
+    for dev in defn.boot:
+        if dev not in BOOT_DEVS:
+            raise xml_error(f"unknown boot device '{dev}'")
+    for elem in defn.os_extra:
+        text = (elem.text or "").strip() or None
+        if elem.tag == "loader":
+            o.loader = text
+            o.loader_readonly = yesno_attr(elem, "readonly")
+            o.loader_type = enum_attr(elem, "type", ("rom", "pflash"), what="loader type")
+        elif elem.tag == "nvram":
+            o.nvram, o.nvram_template = text, elem.get("template")
+        elif elem.tag in ("kernel", "initrd", "cmdline", "dtb"):
+            setattr(o, elem.tag, elem.text if elem.tag == "cmdline" else text)
+        elif elem.tag == "bootmenu":
+            o.boot_menu = yesno_attr(elem, "enable")
+            o.boot_menu_timeout = int_attr(elem, "timeout")
+        elif elem.tag == "bios":
+            o.bios_reboot_timeout = int_attr(elem, "rebootTimeout", minimum=-1)
+        elif elem.tag == "smbios":
+            o.smbios_mode = enum_attr(elem, "mode", ("emulate", "host", "sysinfo"),
+                                      what="smbios mode")
+        elif elem.tag in ("init", "initarg", "initenv", "initdir", "inituser", "initgroup",
+                          "idmap", "acpi", "firmware"):
+            if elem.tag != "acpi":
+                raise unsupported(f"<os><{elem.tag}> is not supported for hvm guests")
+    if o.nvram and o.loader_type != "pflash":
+        raise xml_error("nvram requires a pflash loader (<loader type='pflash'>)")
+    if o.initrd and not o.kernel:
+        raise xml_error("initrd requires a kernel (<kernel>)")
+    return o
+
+
+def _parse_features(elem: etree._Element | None) -> dict:
+    feats: dict[str, etree._Element] = {}
+    if elem is None:
+        return feats
+    for child in elem:
+        if not isinstance(child.tag, str):
+            continue
+        if child.tag not in FEATURES_KNOWN:
+            raise xml_error(f"unexpected feature '{child.tag}'")
+        if child.get("state") is not None:
+            enum_attr(child, "state", ("on", "off"), what=f"value for attribute state of "
+                      f"feature '{child.tag}'")
+        feats[child.tag] = child
+    return feats
+
+
+def _parse_cpu(elem: etree._Element | None) -> CpuConfig | None:
+    if elem is None:
+        return None
+    c = CpuConfig(mode=enum_attr(elem, "mode", CPU_MODES, what="cpu mode", default="custom"),
+                  match=enum_attr(elem, "match", CPU_MATCH, what="cpu match"),
+                  check=enum_attr(elem, "check", ("none", "partial", "full"), what="cpu check"))
+    c.migratable = yesno_attr(elem, "migratable", onoff=True)
+    model = elem.find("model")
+    if model is not None:
+        c.model = (model.text or "").strip() or None
+        c.fallback = enum_attr(model, "fallback", ("allow", "forbid"), what="fallback")
+    vendor = elem.find("vendor")
+    if vendor is not None:
+        c.vendor = (vendor.text or "").strip()
+    topo = elem.find("topology")
+    if topo is not None:
+        for key in ("sockets", "dies", "cores", "threads"):
+            setattr(c, key, int_attr(topo, key, minimum=1))
+        if None in (c.sockets, c.cores, c.threads):
+            raise xml_error("Missing 'sockets', 'cores' or 'threads' attribute in CPU topology")
+    for feat in elem.findall("feature"):
+        name = feat.get("name")
+        if not name:
+            raise xml_error("Missing CPU feature name")
+        policy = enum_attr(feat, "policy", FEATURE_POLICIES, what="CPU feature policy",
+                           default="require")
+        c.features.append(CpuFeature(name, policy))
+    if c.mode == "custom" and c.model is None and c.features:
+        raise xml_error("Non-empty feature list specified without CPU model")
+    return c
+
+
+def _parse_clock(elem: etree._Element | None) -> ClockConfig:
+    if elem is None:
+        return ClockConfig()
+    c = ClockConfig(offset=enum_attr(elem, "offset", CLOCK_OFFSETS, what="clock offset",
+                                     default="utc"))
+    c.adjustment = elem.get("adjustment")
+    c.timezone = elem.get("timezone")
+    for t in elem.findall("timer"):
+        if t.get("name") is None:
+            raise xml_error("missing timer name")
+        c.timers.append(Timer(enum_attr(t, "name", TIMER_NAMES, what="timer name"),
+                              yesno_attr(t, "present"),
+                              enum_attr(t, "tickpolicy", TICK_POLICIES, what="timer tickpolicy")))
+    if c.offset == "timezone" and not c.timezone:
+        raise xml_error("missing timezone for clock offset 'timezone'")
+    return c
+
+
+def _parse_iothreads(elem: etree._Element | None) -> int:
+    if elem is None:
+        return 0
+    try:
+        return int((elem.text or "").strip())
+    except ValueError:
+        raise xml_error("invalid iothreads count") from None
