@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import virsh
+from tests.conftest import retry_on_hang, virsh
 
 pytestmark = pytest.mark.skipif(shutil.which("virsh") is None, reason="virsh not installed")
 
@@ -295,8 +295,8 @@ def test_virsh_same_as_reference(name: str, daemon, tmp_path: Path) -> None:
     files = _write_files(tmp_path)
     commands = SCENARIOS[name].format(tmp=tmp_path, **files)
     ours_uri = daemon.uri()
-    ref = virsh(REFERENCE, commands)
-    ours = virsh(ours_uri, commands)
+    ref = retry_on_hang(lambda: virsh(REFERENCE, commands))
+    ours = retry_on_hang(lambda: virsh(ours_uri, commands), on_hang=daemon.restart_fresh)
     assert normalise(ours.out, ours_uri) == normalise(ref.out, REFERENCE), "stdout differs"
     assert normalise(ours.err, ours_uri) == normalise(ref.err, REFERENCE), "stderr differs"
     assert ours.rc == ref.rc
