@@ -13,7 +13,9 @@ PYTEST_ARGS ?=
 #   libvirt-daemon                libvirtd, the reference daemon of the bench
 #   virtinst                      virt-install, a client the integration tests drive
 #   qemu-utils                    qemu-img, which the storage subsystem creates and inspects volumes with
-DEB_PACKAGES := libvirt-clients libvirt-dev libvirt-daemon pkg-config gcc virtinst qemu-utils
+#   qemu-system-x86, ovmf         the hypervisor the QEMU driver runs guests on, and UEFI firmware
+DEB_PACKAGES := libvirt-clients libvirt-dev libvirt-daemon pkg-config gcc virtinst qemu-utils \
+                qemu-system-x86 ovmf
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.
