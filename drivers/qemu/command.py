@@ -27,6 +27,8 @@ modified.  The argv:
   type user uses QEMU's slirp;
 * resolves <disk type='volume'> through ``resolve_volume(pool, volume) -> path``;
 * puts unix <channel>s without a path in ``channel_dir``/<target name>;
+* <link state='down'> is not on the command line: the driver sends QMP
+  ``set_link`` (name = the alias) before ``cont``, as libvirt does;
 * VNC with autoport asks QEMU to pick a free display (``-vnc ADDR:0,to=99``):
   the driver reads the port back with QMP ``query-vnc``.
 
@@ -552,8 +554,6 @@ def _interfaces(b: _Builder, ifaces: list[Interface], tap_fds: Mapping[int, int]
             raise _internal(f"no tap device for interface {i} (type '{iface.type}')")
         model = NIC_MODELS[iface.model or "rtl8139"]
         pairs: list[tuple[str, object]] = [("netdev", netdev), ("id", alias), ("mac", iface.mac)]
-        if iface.link_state == "down":
-            pairs.append(("link_state", "down"))
         if iface.mtu is not None and model.startswith("virtio"):
             pairs.append(("host_mtu", iface.mtu))
         pairs.append(("bootindex", iface.boot))
