@@ -1,0 +1,1 @@
+"""Storage backends, one module per pool type; base.py is the interface."""
