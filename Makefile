@@ -16,6 +16,7 @@ PYTEST_ARGS ?=
 #   qemu-system-x86, ovmf         the hypervisor the QEMU driver runs guests on, and UEFI firmware
 DEB_PACKAGES := libvirt-clients libvirt-dev libvirt-daemon pkg-config gcc virtinst qemu-utils \
                 qemu-system-x86 ovmf
+DEB_PACKAGES += dnsmasq-base
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.
