@@ -21,21 +21,17 @@ from pyvirtd.xml import format_uuid
 
 from .state import TestState
 
-# Domain states and reasons (virDomainState, virDomain*Reason).
-NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)
-RUNNING_UNKNOWN, RUNNING_BOOTED, RUNNING_RESTORED, RUNNING_FROM_SNAPSHOT, RUNNING_UNPAUSED = 0, 1, 3, 4, 5
-PAUSED_USER, PAUSED_FROM_SNAPSHOT = 1, 7
-SHUTOFF_UNKNOWN, SHUTOFF_SHUTDOWN, SHUTOFF_DESTROYED, SHUTOFF_SAVED, SHUTOFF_FROM_SNAPSHOT = 0, 1, 2, 5, 7
-
-# Lifecycle events (virDomainEventType) and the details the test driver sends.
-EV_DEFINED, EV_UNDEFINED, EV_STARTED, EV_SUSPENDED, EV_RESUMED, EV_STOPPED, EV_SHUTDOWN = range(7)
-DEFINED_ADDED, DEFINED_UPDATED, DEFINED_RENAMED, DEFINED_FROM_SNAPSHOT = range(4)
-UNDEFINED_REMOVED, UNDEFINED_RENAMED = 0, 1
-STARTED_BOOTED, STARTED_RESTORED, STARTED_FROM_SNAPSHOT = 0, 2, 3
-SUSPENDED_PAUSED, SUSPENDED_FROM_SNAPSHOT = 0, 5
-RESUMED_UNPAUSED, RESUMED_FROM_SNAPSHOT = 0, 2
-STOPPED_SHUTDOWN, STOPPED_DESTROYED, STOPPED_SAVED, STOPPED_FROM_SNAPSHOT = 0, 1, 4, 6
-SHUTDOWN_FINISHED = 0
+# States, reasons and lifecycle events are libvirt's enums, shared by every driver.
+from pyvirtd.driver.domains import (  # noqa: E402,F401  (re-exported to the test driver's modules)
+    CRASHED, EV_DEFINED, EV_RESUMED, EV_SHUTDOWN, EV_STARTED, EV_STOPPED, EV_SUSPENDED,
+    EV_UNDEFINED, BLOCKED, DEFINED_ADDED, DEFINED_FROM_SNAPSHOT, DEFINED_RENAMED, DEFINED_UPDATED,
+    NOSTATE, PAUSED, PAUSED_FROM_SNAPSHOT, PAUSED_USER, PMSUSPENDED, RESUMED_FROM_SNAPSHOT,
+    RESUMED_UNPAUSED, RUNNING, RUNNING_BOOTED, RUNNING_FROM_SNAPSHOT, RUNNING_RESTORED,
+    RUNNING_UNKNOWN, RUNNING_UNPAUSED, SHUTDOWN, SHUTDOWN_FINISHED, SHUTOFF, SHUTOFF_DESTROYED,
+    SHUTOFF_FROM_SNAPSHOT, SHUTOFF_SAVED, SHUTOFF_SHUTDOWN, SHUTOFF_UNKNOWN, STARTED_BOOTED,
+    STARTED_FROM_SNAPSHOT, STARTED_RESTORED, STOPPED_DESTROYED, STOPPED_FROM_SNAPSHOT,
+    STOPPED_SAVED, STOPPED_SHUTDOWN, SUSPENDED_FROM_SNAPSHOT, SUSPENDED_PAUSED,
+    UNDEFINED_REMOVED, UNDEFINED_RENAMED, find_for_add, matches_list_flags as _matches, not_running)
 
 # Flags (virDomainXMLFlags, virDomainModificationImpact, ...).
 XML_SECURE, XML_INACTIVE, XML_UPDATE_CPU, XML_MIGRATABLE = 1, 2, 4, 8
@@ -66,10 +62,6 @@ def unsupported_flags(flags: int, function: str) -> VirError:
 def check_flags(flags: int, allowed: int, function: str) -> None:
     if flags & ~allowed:
         raise unsupported_flags(flags & ~allowed, function)
-
-
-def not_running() -> VirError:
-    return VirError(P.VIR_ERR_OPERATION_INVALID, "domain is not running", domain=P.VIR_FROM_DOMAIN)
 
 
 @dataclass(eq=False)
@@ -275,21 +267,9 @@ class DomainMixin:
 
         Returns the domain and whether it replaced an existing one.
         """
-        by_uuid = next((d for d in self.state.domains.values() if d.uuid == new.uuid), None)
-        if by_uuid is not None:
-            if by_uuid.name != new.name:
-                raise VirError(P.VIR_ERR_OPERATION_FAILED,
-                               f"domain '{by_uuid.name}' is already defined with uuid {new.uuid_str}",
-                               domain=P.VIR_FROM_DOMAIN)
-            if live and by_uuid.active:
-                raise VirError(P.VIR_ERR_OPERATION_INVALID,
-                               f"domain '{new.name}' is already active", domain=P.VIR_FROM_DOMAIN)
-            return by_uuid, True
-        existing = self.state.domains.get(new.name)
+        existing = find_for_add(self.state.domains, new, live=live)
         if existing is not None:
-            raise VirError(P.VIR_ERR_OPERATION_FAILED,
-                           f"domain '{new.name}' already exists with uuid {existing.definition.uuid_str}",
-                           domain=P.VIR_FROM_DOMAIN)
+            return existing, True
         dom = Domain(new)
         self.state.domains[new.name] = dom
         return dom, False
@@ -709,40 +689,3 @@ class DomainMixin:
         dom = self._dom(ref)
         d = self._defs_for(dom, flags)[0]
         return domxml.get_metadata(d, type_, uri)
-
-
-def _matches(dom: Domain, flags: int) -> bool:
-    """One domain against virConnectListAllDomains' filter groups."""
-    def group(yes: int, no: int, value: bool) -> bool:
-        if flags & (yes | no) and not (flags & yes and value or flags & no and not value):
-            return False
-        return True
-
-    if not group(P.VIR_CONNECT_LIST_DOMAINS_ACTIVE, P.VIR_CONNECT_LIST_DOMAINS_INACTIVE, dom.active):
-        return False
-    if not group(P.VIR_CONNECT_LIST_DOMAINS_PERSISTENT, P.VIR_CONNECT_LIST_DOMAINS_TRANSIENT,
-                 dom.persistent):
-        return False
-    states = flags & (P.VIR_CONNECT_LIST_DOMAINS_RUNNING | P.VIR_CONNECT_LIST_DOMAINS_PAUSED
-                      | P.VIR_CONNECT_LIST_DOMAINS_SHUTOFF | P.VIR_CONNECT_LIST_DOMAINS_OTHER)
-    if states:
-        ok = (flags & P.VIR_CONNECT_LIST_DOMAINS_RUNNING and dom.state == RUNNING
-              or flags & P.VIR_CONNECT_LIST_DOMAINS_PAUSED and dom.state == PAUSED
-              or flags & P.VIR_CONNECT_LIST_DOMAINS_SHUTOFF and dom.state == SHUTOFF
-              or flags & P.VIR_CONNECT_LIST_DOMAINS_OTHER
-              and dom.state not in (RUNNING, PAUSED, SHUTOFF))
-        if not ok:
-            return False
-    if not group(P.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE, P.VIR_CONNECT_LIST_DOMAINS_NO_MANAGEDSAVE,
-                 dom.managed_save):
-        return False
-    if not group(P.VIR_CONNECT_LIST_DOMAINS_AUTOSTART, P.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART,
-                 dom.autostart):
-        return False
-    if not group(P.VIR_CONNECT_LIST_DOMAINS_HAS_SNAPSHOT, P.VIR_CONNECT_LIST_DOMAINS_NO_SNAPSHOT,
-                 bool(dom.snapshots)):
-        return False
-    if not group(P.VIR_CONNECT_LIST_DOMAINS_HAS_CHECKPOINT, P.VIR_CONNECT_LIST_DOMAINS_NO_CHECKPOINT,
-                 False):
-        return False
-    return True

@@ -1,0 +1,117 @@
+"""Domain facts every hypervisor driver shares: states, reasons, lifecycle events, listing filters.
+
+The numbers are libvirt's public enums (include/libvirt/libvirt-domain.h:
+virDomainState, virDomain*Reason, virDomainEventType and its detail enums);
+clients print them by number, so they must never drift between drivers.
+`matches_list_flags` is virConnectListAllDomains' filter
+(src/conf/virdomainobjlist.c: virDomainObjMatchFilter) over any object with
+``active``, ``persistent``, ``state``, ``managed_save``, ``autostart`` and
+``snapshots``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+
+# virDomainState
+NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)
+
+# virDomainRunningReason
+(RUNNING_UNKNOWN, RUNNING_BOOTED, RUNNING_MIGRATED, RUNNING_RESTORED, RUNNING_FROM_SNAPSHOT,
+ RUNNING_UNPAUSED, RUNNING_MIGRATION_CANCELED, RUNNING_SAVE_CANCELED, RUNNING_WAKEUP,
+ RUNNING_CRASHED, RUNNING_POSTCOPY) = range(11)
+# virDomainPausedReason
+(PAUSED_UNKNOWN, PAUSED_USER, PAUSED_MIGRATION, PAUSED_SAVE, PAUSED_DUMP, PAUSED_IOERROR,
+ PAUSED_WATCHDOG, PAUSED_FROM_SNAPSHOT, PAUSED_SHUTTING_DOWN, PAUSED_SNAPSHOT, PAUSED_CRASHED,
+ PAUSED_STARTING_UP, PAUSED_POSTCOPY, PAUSED_POSTCOPY_FAILED) = range(14)
+# virDomainShutdownReason
+SHUTDOWN_UNKNOWN, SHUTDOWN_USER = 0, 1
+# virDomainShutoffReason
+(SHUTOFF_UNKNOWN, SHUTOFF_SHUTDOWN, SHUTOFF_DESTROYED, SHUTOFF_CRASHED, SHUTOFF_MIGRATED,
+ SHUTOFF_SAVED, SHUTOFF_FAILED, SHUTOFF_FROM_SNAPSHOT, SHUTOFF_DAEMON) = range(9)
+# virDomainCrashedReason
+CRASHED_UNKNOWN, CRASHED_PANICKED = 0, 1
+
+# virDomainEventType and the details drivers send.
+(EV_DEFINED, EV_UNDEFINED, EV_STARTED, EV_SUSPENDED, EV_RESUMED, EV_STOPPED, EV_SHUTDOWN,
+ EV_PMSUSPENDED, EV_CRASHED) = range(9)
+DEFINED_ADDED, DEFINED_UPDATED, DEFINED_RENAMED, DEFINED_FROM_SNAPSHOT = range(4)
+UNDEFINED_REMOVED, UNDEFINED_RENAMED = 0, 1
+STARTED_BOOTED, STARTED_MIGRATED, STARTED_RESTORED, STARTED_FROM_SNAPSHOT, STARTED_WAKEUP = range(5)
+(SUSPENDED_PAUSED, SUSPENDED_MIGRATED, SUSPENDED_IOERROR, SUSPENDED_WATCHDOG, SUSPENDED_RESTORED,
+ SUSPENDED_FROM_SNAPSHOT, SUSPENDED_API_ERROR, SUSPENDED_POSTCOPY) = range(8)
+RESUMED_UNPAUSED, RESUMED_MIGRATED, RESUMED_FROM_SNAPSHOT = range(3)
+(STOPPED_SHUTDOWN, STOPPED_DESTROYED, STOPPED_CRASHED, STOPPED_MIGRATED, STOPPED_SAVED,
+ STOPPED_FAILED, STOPPED_FROM_SNAPSHOT) = range(7)
+SHUTDOWN_FINISHED, SHUTDOWN_GUEST, SHUTDOWN_HOST = range(3)
+CRASHED_EV_PANICKED = 0
+
+
+def not_running() -> VirError:
+    return VirError(P.VIR_ERR_OPERATION_INVALID, "domain is not running", domain=P.VIR_FROM_DOMAIN)
+
+
+def matches_list_flags(dom: Any, flags: int) -> bool:
+    """One domain against virConnectListAllDomains' filter groups."""
+    def group(yes: int, no: int, value: bool) -> bool:
+        if flags & (yes | no) and not (flags & yes and value or flags & no and not value):
+            return False
+        return True
+
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_ACTIVE, P.VIR_CONNECT_LIST_DOMAINS_INACTIVE, dom.active):
+        return False
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_PERSISTENT, P.VIR_CONNECT_LIST_DOMAINS_TRANSIENT,
+                 dom.persistent):
+        return False
+    states = flags & (P.VIR_CONNECT_LIST_DOMAINS_RUNNING | P.VIR_CONNECT_LIST_DOMAINS_PAUSED
+                      | P.VIR_CONNECT_LIST_DOMAINS_SHUTOFF | P.VIR_CONNECT_LIST_DOMAINS_OTHER)
+    if states:
+        ok = (flags & P.VIR_CONNECT_LIST_DOMAINS_RUNNING and dom.state == RUNNING
+              or flags & P.VIR_CONNECT_LIST_DOMAINS_PAUSED and dom.state == PAUSED
+              or flags & P.VIR_CONNECT_LIST_DOMAINS_SHUTOFF and dom.state == SHUTOFF
+              or flags & P.VIR_CONNECT_LIST_DOMAINS_OTHER
+              and dom.state not in (RUNNING, PAUSED, SHUTOFF))
+        if not ok:
+            return False
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE, P.VIR_CONNECT_LIST_DOMAINS_NO_MANAGEDSAVE,
+                 dom.managed_save):
+        return False
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_AUTOSTART, P.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART,
+                 dom.autostart):
+        return False
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_HAS_SNAPSHOT, P.VIR_CONNECT_LIST_DOMAINS_NO_SNAPSHOT,
+                 bool(dom.snapshots)):
+        return False
+    if not group(P.VIR_CONNECT_LIST_DOMAINS_HAS_CHECKPOINT, P.VIR_CONNECT_LIST_DOMAINS_NO_CHECKPOINT,
+                 False):
+        return False
+    return True
+
+
+def find_for_add(domains: Any, new: Any, *, live: bool) -> Any:
+    """The domain a new definition replaces, or None when it adds one (virDomainObjListAdd).
+
+    ``domains`` maps names to objects with ``name``, ``uuid``, ``active`` and
+    ``definition``.  Raises libvirt's errors for a uuid already used under
+    another name, a name already used with another uuid, and (``live``, i.e.
+    createXML/restore) a domain that is already running.
+    """
+    by_uuid = next((d for d in domains.values() if d.uuid == new.uuid), None)
+    if by_uuid is not None:
+        if by_uuid.name != new.name:
+            raise VirError(P.VIR_ERR_OPERATION_FAILED,
+                           f"domain '{by_uuid.name}' is already defined with uuid {new.uuid_str}",
+                           domain=P.VIR_FROM_DOMAIN)
+        if live and by_uuid.active:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                           f"domain '{new.name}' is already active", domain=P.VIR_FROM_DOMAIN)
+        return by_uuid
+    existing = domains.get(new.name)
+    if existing is not None:
+        raise VirError(P.VIR_ERR_OPERATION_FAILED,
+                       f"domain '{new.name}' already exists with uuid {existing.definition.uuid_str}",
+                       domain=P.VIR_FROM_DOMAIN)
+    return None
