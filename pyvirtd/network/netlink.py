@@ -1,0 +1,168 @@
+"""Netlink side of virtual networks, through pyroute2.
+
+Every function here is synchronous and opens its own netlink socket: callers
+run them with ``trio.to_thread.run_sync`` so the event loop never blocks.
+They act on the network namespace the daemon runs in.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import struct
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+# linux/if_tun.h
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+
+
+def _index(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def link_names() -> set[str]:
+    with IPRoute() as ipr:
+        return {link.get("ifname") for link in ipr.get_links()}
+
+
+def link_exists(ifname: str) -> bool:
+    with IPRoute() as ipr:
+        return _index(ipr, ifname) is not None
+
+
+def link_kind(ifname: str) -> str | None:
+    with IPRoute() as ipr:
+        idx = _index(ipr, ifname)
+        if idx is None:
+            return None
+        return ipr.get_links(idx)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+
+
+def create_bridge(name: str, *, mac: str | None, stp: bool, delay: int, mtu: int | None,
+                  addresses: list[tuple[str, int]]) -> None:
+    """Create (or complete) a bridge with its addresses and bring it up.
+
+    Idempotent: an existing bridge of that name is reused, addresses already
+    present are kept, so reconciliation can call it on a running network.
+    """
+    with IPRoute() as ipr:
+        idx = _index(ipr, name)
+        if idx is None:
+            # forward delay first, while STP is still off: the kernel refuses
+            # delays under 2 s on an STP bridge but keeps one set before.
+            ipr.link("add", ifname=name, kind="bridge", br_forward_delay=delay * 100)
+            idx = _index(ipr, name)
+            if stp:
+                ipr.link("set", index=idx, kind="bridge", br_stp_state=1)
+        settings = {}
+        if mac:
+            settings["address"] = mac
+        if mtu:
+            settings["mtu"] = mtu
+        if settings:
+            ipr.link("set", index=idx, **settings)
+        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx)}
+        for address, prefix in addresses:
+            if (address, prefix) in have:
+                continue
+            ip = ipaddress.ip_interface(f"{address}/{prefix}")
+            kwargs = {}
+            if ip.version == 4:
+                kwargs["broadcast"] = str(ip.network.broadcast_address)
+            ipr.addr("add", index=idx, address=address, prefixlen=prefix, **kwargs)
+        ipr.link("set", index=idx, state="up")
+
+
+def delete_link(name: str) -> bool:
+    with IPRoute() as ipr:
+        idx = _index(ipr, name)
+        if idx is None:
+            return False
+        try:
+            ipr.link("del", index=idx)
+        except NetlinkError as exc:
+            if exc.code != 19:   # ENODEV: gone meanwhile
+                raise
+        return True
+
+
+def add_route(dst: str, gateway: str, metric: int | None = None) -> None:
+    with IPRoute() as ipr:
+        kwargs = {"priority": metric} if metric else {}
+        try:
+            ipr.route("add", dst=dst, gateway=gateway, **kwargs)
+        except NetlinkError as exc:
+            if exc.code != 17:   # EEXIST: already there (reconciliation)
+                raise
+
+
+def route_collision(network: ipaddress._BaseNetwork, own_bridge: str | None) -> str | None:
+    """The interface whose route covers ``network`` (libvirt's route collision check)."""
+    family = 2 if network.version == 4 else 10
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
+        for route in ipr.get_routes(family=family, table=254):
+            dst = route.get("dst")
+            if dst is None or route["dst_len"] == 0:
+                continue
+            if route.get("gateway") is not None:
+                continue
+            try:
+                other = ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False)
+            except ValueError:
+                continue
+            if network.version == 6 and other.is_link_local:
+                continue
+            ifname = names.get(route.get("oif"))
+            if ifname == own_bridge:
+                continue
+            if other.overlaps(network):
+                return ifname or "?"
+    return None
+
+
+def set_forwarding(version: int) -> None:
+    path = ("/proc/sys/net/ipv4/ip_forward" if version == 4
+            else "/proc/sys/net/ipv6/conf/all/forwarding")
+    with open(path, "w") as f:
+        f.write("1\n")
+
+
+def open_tap(name: str, bridge: str, mac: str, mtu: int | None = None,
+             vnet_hdr: bool = True) -> tuple[str, int]:
+    """A tap device attached to ``bridge``; the caller owns the returned fd.
+
+    The tap is not persistent: it disappears when the last fd to it closes
+    (when QEMU exits), as libvirt's taps do.  ``name`` may hold ``%d``.
+    """
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+        ifr = struct.pack("16sH22x", name.encode(), flags)
+        res = fcntl.ioctl(fd, TUNSETIFF, ifr)
+        tap = res[:16].rstrip(b"\0").decode()
+        # the tap's own MAC must not be the guest's (libvirt: 0xFE first byte)
+        tap_mac = "fe" + mac[2:]
+        with IPRoute() as ipr:
+            idx = _index(ipr, tap)
+            br = _index(ipr, bridge)
+            if br is None:
+                raise OSError(19, f"bridge {bridge} does not exist")
+            settings = {"address": tap_mac, "master": br}
+            if mtu:
+                settings["mtu"] = mtu
+            else:
+                brmtu = ipr.get_links(br)[0].get("mtu")
+                if brmtu:
+                    settings["mtu"] = brmtu
+            ipr.link("set", index=idx, **settings)
+            ipr.link("set", index=idx, state="up")
+        return tap, fd
+    except BaseException:
+        os.close(fd)
+        raise
