@@ -293,7 +293,33 @@ def test_restart_leaves_network_running(lab):
     assert " 0% packet loss" in out, out
     assert lab.dnsmasq_pids() == pids          # no second dnsmasq
     assert lab.nft() == rules                  # no duplicate rules
-    assert lab.ask_outside() == "TIMEOUT"      # (no echo server: just still routed)
+
+
+def test_daemon_start_repairs_running_network_and_removes_leftovers(lab):
+    lab.define_and_start(nat_xml(), "nat1")
+    rules = lab.nft()
+    # damage: dnsmasq killed, our chains flushed, a stray chain of a network long gone
+    for pid in lab.dnsmasq_pids():
+        os.kill(pid, signal.SIGKILL)
+    lab.ns(lab.host, "nft", "flush", "chain", "inet", "pyvirtd", "n_virbr0_fwd")
+    lab.ns(lab.host, "nft", "add", "chain", "inet", "pyvirtd", "n_virbr7_fwd")
+    time.sleep(0.2)
+    assert lab.helper("startup") == ["nat1"]
+    assert len(lab.dnsmasq_pids()) == 1
+    assert lab.nft() == rules
+
+
+def test_bridge_mode_uses_existing_host_bridge(lab):
+    lab.ns(lab.host, "ip", "link", "add", "br-host", "type", "bridge")
+    f = lab.tmp / "hb.xml"
+    f.write_text("<network><name>hb</name><forward mode='bridge'/>"
+                 "<bridge name='br-host'/></network>")
+    assert lab.helper("define", f) == "hb"
+    assert lab.helper("start", "hb") is None
+    assert lab.helper("plug", "hb", "52:54:00:12:34:57")["master"] == "br-host"
+    assert lab.dnsmasq_pids() == [] and "pyvirtd" not in lab.nft()
+    lab.helper("destroy", "hb")
+    assert "br-host" in lab.links()   # not ours: left alone
 
 
 def test_net_update_static_host_applies_on_next_request(lab):
