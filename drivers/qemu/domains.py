@@ -1,0 +1,370 @@
+"""QEMU driver connection: domain procedures (lookups, listing, definitions, lifecycle).
+
+Methods are named after RPC procedures (see pyvirtd/dispatch.py).  Reads
+take no lock; every operation that changes a running guest holds that
+guest's lock (driver.QemuDomain.lock), like libvirt's per-domain job, so two
+guests never wait for each other.  Error codes, error domains and wording
+follow libvirt's QEMU driver (src/qemu/qemu_driver.c) as virsh prints them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import trio
+
+from pyvirtd.driver import domains as ds
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import domain as domxml
+from pyvirtd.xml import format_uuid
+
+from .driver import QemuDomain, QemuDriverState
+from .launch import new_definition
+
+# virDomainXMLFlags, virDomainCreateFlags, virDomainUndefineFlagsValues, ...
+XML_SECURE, XML_INACTIVE, XML_UPDATE_CPU, XML_MIGRATABLE = 1, 2, 4, 8
+START_PAUSED, START_AUTODESTROY, START_BYPASS_CACHE, START_FORCE_BOOT, START_VALIDATE = 1, 2, 4, 8, 16
+START_RESET_NVRAM = 32
+DEFINE_VALIDATE = 1
+UNDEFINE_ALL = 1 | 2 | 4 | 8 | 16 | 32 | 64
+DESTROY_GRACEFUL = 1
+SHUTDOWN_DEFAULT, SHUTDOWN_ACPI, SHUTDOWN_AGENT = 0, 1, 2
+RESET_FLAGS = 0
+
+
+def check_flags(flags: int, allowed: int, function: str) -> None:
+    """virCheckFlags: unknown flags are refused, naming the driver function."""
+    if flags & ~allowed:
+        raise VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_QEMU,
+                       message=f"unsupported flags (0x{flags & ~allowed:x}) in function {function}")
+
+
+class DomainMixin:
+    driver: QemuDriverState
+
+    # -- lookups ----------------------------------------------------------
+    def _dom(self, ref: Any) -> QemuDomain:
+        """The domain a client's handle names, by uuid (qemuDomainObjFromDomain)."""
+        uuid = bytes(ref.uuid)
+        for dom in self.driver.domains.values():
+            if dom.uuid == uuid:
+                return dom
+        raise VirError(P.VIR_ERR_NO_DOMAIN,
+                       f"no domain with matching uuid '{format_uuid(uuid)}' ({ref.name})",
+                       domain=P.VIR_FROM_QEMU)
+
+    def _active(self, ref: Any) -> QemuDomain:
+        dom = self._dom(ref)
+        if not dom.active:
+            raise ds.not_running()
+        return dom
+
+    def domain_lookup_by_name(self, name: str) -> Any:
+        dom = self.driver.domains.get(name)
+        if dom is None:
+            raise VirError(P.VIR_ERR_NO_DOMAIN, f"no domain with matching name '{name}'",
+                           domain=P.VIR_FROM_QEMU)
+        return dom.ref()
+
+    def domain_lookup_by_uuid(self, uuid: bytes) -> Any:
+        for dom in self.driver.domains.values():
+            if dom.uuid == bytes(uuid):
+                return dom.ref()
+        raise VirError(P.VIR_ERR_NO_DOMAIN, f"no domain with matching uuid '{format_uuid(uuid)}'",
+                       domain=P.VIR_FROM_QEMU)
+
+    def domain_lookup_by_id(self, dom_id: int) -> Any:
+        for dom in self.driver.domains.values():
+            if dom.active and dom.id == dom_id:
+                return dom.ref()
+        raise VirError(P.VIR_ERR_NO_DOMAIN, f"no domain with matching id {dom_id}",
+                       domain=P.VIR_FROM_QEMU)
+
+    # -- listing ----------------------------------------------------------
+    def _sorted_active(self) -> list[QemuDomain]:
+        return sorted((d for d in self.driver.domains.values() if d.active), key=lambda d: d.id)
+
+    def connect_num_of_domains(self) -> int:
+        return len(self._sorted_active())
+
+    def connect_list_domains(self, maxids: int) -> list[int]:
+        return [d.id for d in self._sorted_active()][:maxids]
+
+    def connect_num_of_defined_domains(self) -> int:
+        return sum(1 for d in self.driver.domains.values() if not d.active)
+
+    def connect_list_defined_domains(self, maxnames: int) -> list[str]:
+        return sorted(d.name for d in self.driver.domains.values() if not d.active)[:maxnames]
+
+    def connect_list_all_domains(self, need_results: int, flags: int) -> tuple:
+        doms = [d for d in self.driver.domains.values() if ds.matches_list_flags(d, flags)]
+        return ([d.ref() for d in doms] if need_results else [], len(doms))
+
+    # -- information ------------------------------------------------------
+    def domain_get_info(self, ref: Any) -> tuple:
+        dom = self._dom(ref)
+        d = dom.definition
+        return (dom.state, d.memory, d.current_memory, d.vcpus_current,
+                self.driver.cpu_time(dom) if dom.active else 0)
+
+    def domain_get_state(self, ref: Any, flags: int) -> tuple:
+        check_flags(flags, 0, "qemuDomainGetState")
+        dom = self._dom(ref)
+        return (dom.state, dom.reason)
+
+    def domain_get_control_info(self, ref: Any, flags: int) -> tuple:
+        check_flags(flags, 0, "qemuDomainGetControlInfo")
+        self._active(ref)
+        return (0, 0, 0)   # VIR_DOMAIN_CONTROL_OK: no job runs long enough to report
+
+    def domain_get_os_type(self, ref: Any) -> str:
+        return self._dom(ref).definition.os_type
+
+    def domain_get_max_memory(self, ref: Any) -> int:
+        return self._dom(ref).definition.memory
+
+    def domain_get_xml_desc(self, ref: Any, flags: int) -> str:
+        check_flags(flags, XML_SECURE | XML_INACTIVE | XML_UPDATE_CPU | XML_MIGRATABLE,
+                    "qemuDomainGetXMLDesc")
+        dom = self._dom(ref)
+        secure = bool(flags & XML_SECURE)
+        if flags & (XML_INACTIVE | XML_MIGRATABLE) or not dom.active:
+            return domxml.format(dom.persistent_def if flags & XML_INACTIVE else dom.definition,
+                                 secure=secure)
+        return domxml.format(dom.definition, dom_id=dom.id, secure=secure)
+
+    def domain_is_active(self, ref: Any) -> int:
+        return int(self._dom(ref).active)
+
+    def domain_is_persistent(self, ref: Any) -> int:
+        return int(self._dom(ref).persistent)
+
+    def domain_is_updated(self, ref: Any) -> int:
+        dom = self._dom(ref)
+        return int(dom.active and dom.new_def is not None
+                   and domxml.format(dom.new_def) != domxml.format(dom.definition))
+
+    def domain_get_autostart(self, ref: Any) -> int:
+        return int(self._dom(ref).autostart)
+
+    async def domain_set_autostart(self, ref: Any, autostart: int) -> None:
+        dom = self._dom(ref)
+        if not dom.persistent:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot set autostart for transient domain",
+                           domain=P.VIR_FROM_QEMU)
+        await trio.to_thread.run_sync(self.driver.store.set_autostart, dom.name, bool(autostart))
+        dom.autostart = bool(autostart)
+
+    def domain_has_managed_save_image(self, ref: Any, flags: int) -> int:
+        check_flags(flags, 0, "qemuDomainHasManagedSaveImage")
+        return int(self._dom(ref).managed_save)
+
+    def domain_snapshot_num(self, ref: Any, flags: int) -> int:
+        return len(self._dom(ref).snapshots)
+
+    def domain_list_all_snapshots(self, ref: Any, need_results: int, flags: int) -> tuple:
+        self._dom(ref)
+        return ([], 0)
+
+    def domain_get_security_label(self, ref: Any) -> tuple:
+        self._dom(ref)
+        return (b"", 0)     # no security driver: an empty label, not enforcing
+
+    def domain_get_security_label_list(self, ref: Any) -> tuple:
+        return ([P.remote_domain_get_security_label_ret(*self.domain_get_security_label(ref))], 1)
+
+    def domain_get_messages(self, ref: Any, flags: int) -> list[str]:
+        self._dom(ref)
+        return []
+
+    def domain_get_vcpus(self, ref: Any, maxinfo: int, maplen: int) -> tuple:
+        dom = self._active(ref)
+        ncpus = os.cpu_count() or 1
+        infos, maps = [], bytearray()
+        for n in range(min(maxinfo, dom.definition.vcpus_current)):
+            infos.append(P.remote_vcpu_info(n, 1, 0, -1))
+            cpumap = bytearray(maplen)
+            for cpu in range(min(ncpus, maplen * 8)):
+                cpumap[cpu // 8] |= 1 << (cpu % 8)
+            maps += cpumap
+        return (infos, bytes(maps))
+
+    # -- definition -------------------------------------------------------
+    async def domain_define_xml(self, xml: str) -> Any:
+        return await self.domain_define_xml_flags(xml, 0)
+
+    async def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
+        check_flags(flags, DEFINE_VALIDATE, "qemuDomainDefineXMLFlags")
+        drv = self.driver
+        new = new_definition(drv, xml)
+        existing = ds.find_for_add(drv.domains, new, live=False)
+        await drv.save_config(new)
+        if existing is None:
+            dom = drv.domains[new.name] = QemuDomain(new, persistent=True)
+        else:
+            dom = existing
+            if dom.active:
+                dom.new_def = new
+            else:
+                dom.definition = new
+        replaced = existing is not None and existing.persistent
+        dom.persistent = True
+        drv.emit(dom, ds.EV_DEFINED, ds.DEFINED_UPDATED if replaced else ds.DEFINED_ADDED)
+        return dom.ref()
+
+    async def domain_undefine(self, ref: Any) -> None:
+        await self.domain_undefine_flags(ref, 0)
+
+    async def domain_undefine_flags(self, ref: Any, flags: int) -> None:
+        check_flags(flags, UNDEFINE_ALL, "qemuDomainUndefineFlags")
+        drv = self.driver
+        dom = self._dom(ref)
+        if not dom.persistent:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot undefine transient domain",
+                           domain=P.VIR_FROM_QEMU)
+        async with dom.lock:
+            await trio.to_thread.run_sync(drv.store.delete_config, dom.name)
+            drv.emit(dom, ds.EV_UNDEFINED, ds.UNDEFINED_REMOVED)
+            dom.autostart = False
+            if dom.active:
+                dom.persistent = False
+                dom.new_def = None
+                await drv.save_status(dom)
+            else:
+                drv.domains.pop(dom.name, None)
+
+    # -- lifecycle --------------------------------------------------------
+    async def domain_create(self, ref: Any) -> Any:
+        return await self.domain_create_with_flags(ref, 0)
+
+    async def domain_create_with_flags(self, ref: Any, flags: int) -> Any:
+        check_flags(flags, START_PAUSED | START_AUTODESTROY | START_BYPASS_CACHE
+                    | START_FORCE_BOOT | START_RESET_NVRAM, "qemuDomainCreateWithFlags")
+        dom = self._dom(ref)
+        async with dom.lock:
+            if dom.active:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
+                               domain=P.VIR_FROM_QEMU)
+            await self.driver.start_domain(dom, paused=bool(flags & START_PAUSED))
+        return dom.ref()
+
+    async def domain_create_xml(self, xml_desc: str, flags: int) -> Any:
+        check_flags(flags, START_PAUSED | START_AUTODESTROY | START_BYPASS_CACHE
+                    | START_VALIDATE | START_RESET_NVRAM, "qemuDomainCreateXML")
+        drv = self.driver
+        new = new_definition(drv, xml_desc)
+        existing = ds.find_for_add(drv.domains, new, live=True)
+        dom = existing or QemuDomain(new, persistent=False)
+        if existing is None:
+            drv.domains[new.name] = dom
+        async with dom.lock:
+            if dom.active:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                               f"domain '{new.name}' is already active", domain=P.VIR_FROM_DOMAIN)
+            try:
+                await drv.start_domain(dom, paused=bool(flags & START_PAUSED), live_def=new)
+            except BaseException:
+                if existing is None and not dom.active:
+                    drv.domains.pop(new.name, None)
+                raise
+        return dom.ref()
+
+    async def domain_destroy(self, ref: Any) -> None:
+        await self.domain_destroy_flags(ref, 0)
+
+    async def domain_destroy_flags(self, ref: Any, flags: int) -> None:
+        check_flags(flags, DESTROY_GRACEFUL, "qemuDomainDestroyFlags")
+        dom = self._active(ref)
+        dom.being_destroyed = True   # before the lock: a pending shutdown must not win
+        async with dom.lock:
+            if not dom.active:
+                raise ds.not_running()
+            await self.driver.destroy_domain(dom, graceful=bool(flags & DESTROY_GRACEFUL))
+
+    async def domain_shutdown(self, ref: Any) -> None:
+        await self.domain_shutdown_flags(ref, 0)
+
+    async def domain_shutdown_flags(self, ref: Any, flags: int) -> None:
+        check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, "qemuDomainShutdownFlags")
+        dom = self._active(ref)
+        if flags == SHUTDOWN_AGENT:
+            raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
+                           domain=P.VIR_FROM_QEMU)
+        async with dom.lock:
+            if not dom.active or dom.monitor is None:
+                raise ds.not_running()
+            dom.fake_reboot = False
+            await dom.monitor.system_powerdown()
+
+    async def domain_reboot(self, ref: Any, flags: int) -> None:
+        check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, "qemuDomainReboot")
+        dom = self._active(ref)
+        if flags == SHUTDOWN_AGENT:
+            raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
+                           domain=P.VIR_FROM_QEMU)
+        async with dom.lock:
+            if not dom.active or dom.monitor is None:
+                raise ds.not_running()
+            # ACPI power button, then the SHUTDOWN event turns into a reset
+            # (qemuDomainRebootMonitor / qemuProcessFakeReboot)
+            dom.fake_reboot = True
+            await dom.monitor.system_powerdown()
+
+    async def domain_reset(self, ref: Any, flags: int) -> None:
+        check_flags(flags, RESET_FLAGS, "qemuDomainReset")
+        dom = self._active(ref)
+        async with dom.lock:
+            if not dom.active or dom.monitor is None:
+                raise ds.not_running()
+            await dom.monitor.system_reset()
+            dom.fake_reboot = False
+            if dom.state == ds.CRASHED:
+                dom.set_state(ds.PAUSED, ds.PAUSED_CRASHED)
+                await self.driver.save_status(dom)
+
+    async def domain_suspend(self, ref: Any) -> None:
+        dom = self._active(ref)
+        async with dom.lock:
+            if not dom.active or dom.monitor is None:
+                raise ds.not_running()
+            if dom.state == ds.PMSUSPENDED:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is pmsuspended",
+                               domain=P.VIR_FROM_QEMU)
+            if dom.state == ds.PAUSED:
+                return
+            dom.quiet_pause += 1
+            try:
+                await dom.monitor.stop()
+            except BaseException:
+                dom.quiet_pause -= 1
+                raise
+            dom.set_state(ds.PAUSED, ds.PAUSED_USER)
+            self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
+            await self.driver.save_status(dom)
+
+    async def domain_resume(self, ref: Any) -> None:
+        dom = self._active(ref)
+        async with dom.lock:
+            if not dom.active or dom.monitor is None:
+                raise ds.not_running()
+            if dom.state == ds.PMSUSPENDED:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is pmsuspended",
+                               domain=P.VIR_FROM_QEMU)
+            if dom.state != ds.PAUSED:
+                return
+            dom.quiet_pause += 1
+            try:
+                await dom.monitor.cont()
+            except BaseException:
+                dom.quiet_pause -= 1
+                raise
+            dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
+            self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
+            await self.driver.save_status(dom)
+
+    def domain_get_time(self, ref: Any, flags: int) -> tuple:
+        self._active(ref)
+        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
+                       domain=P.VIR_FROM_QEMU)

@@ -1,0 +1,501 @@
+"""State of the QEMU driver: its guests, their ids and locks, and what drives their lifecycle.
+
+One `QemuDriverState` per daemon holds every guest by name.  A guest's
+lifecycle operations (start, destroy, suspend, ...) hold that guest's own
+lock, so one slow guest never blocks another; reads (lists, info, XML) take
+no lock at all, because state only changes between awaits on the single trio
+thread.
+
+QEMU tells us what happened through QMP events, read by one watcher task per
+running guest (in the driver's own nursery, so it outlives the client call
+that started the guest).  The state and reason codes and the lifecycle
+events follow libvirt's QEMU driver (src/qemu/qemu_process.c):
+
+  QEMU event / fact        state (reason)             lifecycle event
+  started                  running (booted)           started/booted
+  STOP (not ours)          paused (unknown)           suspended/paused
+  RESUME (not ours)        running (unpaused)         resumed/unpaused
+  SHUTDOWN                 shutdown (unknown)         shutdown/finished|guest|host;
+                                                      then QEMU is told to quit
+  monitor EOF after SHUTDOWN   shut off (shutdown)    stopped/shutdown
+  destroy                  shut off (destroyed)       stopped/destroyed
+  monitor EOF otherwise    shut off (crashed)         stopped/failed
+  gone while pyvirtd was away  shut off (crashed)     stopped/failed
+  RESET                    (unchanged)                reboot
+
+Guests outlive the daemon: QEMU runs daemonized (process.py), the runtime
+status is persisted (status.py), `stop()` only detaches, and `start()`
+reattaches to every guest still running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from pyvirtd.driver import DriverContext
+from pyvirtd.driver import domains as ds
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import domain as domxml
+
+from . import process
+from .monitor import Monitor
+from .status import RuntimeStatus, StatusStore
+
+log = logging.getLogger(__name__)
+
+# How long a reattaching daemon waits for a running guest's monitor: it is
+# already listening, so anything slower means QEMU is wedged.
+REATTACH_MONITOR_TIMEOUT = 5.0
+# After SHUTDOWN, how long QEMU gets to quit before it is killed.
+QUIT_TIMEOUT = 5.0
+
+# QEMU's RunState when paused -> libvirt's paused reason (qemuMonitorJSONGetStatus).
+_PAUSED_REASONS = {"io-error": ds.PAUSED_IOERROR, "watchdog": ds.PAUSED_WATCHDOG,
+                   "shutdown": ds.PAUSED_SHUTTING_DOWN, "guest-panicked": ds.PAUSED_CRASHED,
+                   "prelaunch": ds.PAUSED_USER, "paused": ds.PAUSED_USER}
+
+
+@dataclass(eq=False)
+class QemuDomain:
+    """One guest (libvirt's virDomainObj + qemuDomainObjPrivate).
+
+    ``definition`` is the live definition while the guest runs, else the
+    persistent one; ``new_def`` the persistent one of a running persistent
+    guest.
+    """
+    definition: domxml.DomainDef
+    persistent: bool = True
+    new_def: domxml.DomainDef | None = None
+    state: int = ds.SHUTOFF
+    reason: int = ds.SHUTOFF_UNKNOWN
+    id: int = -1
+    autostart: bool = False
+    # runtime, while a QEMU runs
+    pid: int | None = None
+    monitor: Monitor | None = None
+    run: int = 0                    # generation of the current QEMU run
+    got_shutdown: bool = False      # QEMU reported SHUTDOWN in this run
+    being_destroyed: bool = False
+    fake_reboot: bool = False       # the next SHUTDOWN is a reboot (virDomainReboot)
+    quiet_pause: int = 0            # STOP/RESUME events caused by us, not to be reported
+    console: Any = None             # consoles.ConsoleSession holding the console, if any
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    # what the listing filters ask about
+    managed_save: bool = False
+    snapshots: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def uuid(self) -> bytes:
+        return self.definition.uuid
+
+    @property
+    def active(self) -> bool:
+        return self.state != ds.SHUTOFF
+
+    @property
+    def persistent_def(self) -> domxml.DomainDef:
+        return self.new_def if self.new_def is not None else self.definition
+
+    def ref(self) -> Any:
+        return P.remote_nonnull_domain(self.name, self.uuid, self.id)
+
+    def set_state(self, state: int, reason: int) -> None:
+        self.state, self.reason = state, reason
+
+
+class QemuDriverState:
+    """Every guest of the daemon's QEMU driver, and the tasks that watch them."""
+
+    def __init__(self, ctx: DriverContext, emulator: str) -> None:
+        self.ctx = ctx
+        self.events = ctx.events
+        self.emulator = emulator
+        self.store = StatusStore(ctx.paths)
+        self.domains: dict[str, QemuDomain] = {}
+        self.next_id = 1
+        self.caps: Any = None           # caps.QemuCaps, probed at start
+        self._nursery: trio.Nursery | None = None
+        self._done = trio.Event()
+        self._stopping = False
+
+    # ------------------------------------------------------------ daemon start/stop
+    async def start(self) -> None:
+        """Load definitions, reattach to running guests, then autostart (qemuStateInitialize)."""
+        from .caps import probe_all
+
+        await trio.to_thread.run_sync(self.store.ensure_dirs)
+        self.caps = await probe_all(str(self.store.cache_dir))
+        ready = trio.Event()
+        trio.lowlevel.spawn_system_task(self._service, ready, name="pyvirtd-qemu-driver")
+        await ready.wait()
+        for d in await trio.to_thread.run_sync(self.store.load_configs):
+            dom = QemuDomain(d, persistent=True)
+            dom.autostart = self.store.is_autostart(d.name)
+            self.domains[d.name] = dom
+        statuses = await trio.to_thread.run_sync(self.store.load_statuses)
+        # ids continue after the highest one still in use, as libvirt's do
+        self.next_id = max([st.id for st in statuses] + [0]) + 1
+        async with trio.open_nursery() as nursery:
+            for st in statuses:
+                nursery.start_soon(self._reattach, st)
+        for dom in list(self.domains.values()):
+            if dom.autostart and not dom.active:
+                await self._autostart(dom)
+
+    async def stop(self) -> None:
+        """Detach from every guest, leaving them running (the next daemon reattaches)."""
+        self._stopping = True
+        for dom in self.domains.values():
+            if dom.monitor is not None:
+                await dom.monitor.close()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+            await self._done.wait()
+
+    async def _service(self, ready: trio.Event) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                ready.set()
+                await trio.sleep_forever()
+        except trio.Cancelled:
+            raise
+        except Exception:  # a system task must never raise: it would end the daemon
+            log.exception("qemu driver service failed")
+        finally:
+            self._done.set()
+
+    def spawn(self, fn: Any, *args: Any) -> None:
+        assert self._nursery is not None, "driver not started"
+        self._nursery.start_soon(self._guarded, fn, *args)
+
+    @staticmethod
+    async def _guarded(fn: Any, *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("qemu driver task %s failed", getattr(fn, "__name__", fn))
+
+    async def _autostart(self, dom: QemuDomain) -> None:
+        try:
+            async with dom.lock:
+                if not dom.active:
+                    await self.start_domain(dom)
+        except VirError as exc:
+            log.error("failed to autostart VM '%s': %s", dom.name, exc)
+
+    # ------------------------------------------------------------------- helpers
+    def emit(self, dom: QemuDomain, event: int, detail: int) -> None:
+        self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_LIFECYCLE, dom.ref(), event, detail)
+
+    def allocate_id(self) -> int:
+        dom_id = self.next_id
+        self.next_id += 1
+        return dom_id
+
+    async def save_status(self, dom: QemuDomain) -> None:
+        if not dom.active or dom.pid is None:
+            return
+        st = RuntimeStatus(dom.name, dom.state, dom.reason, dom.pid, dom.id,
+                           str(self.store.monitor_path(dom.name)), dom.definition, dom.persistent)
+        await trio.to_thread.run_sync(self.store.save_status, st)
+
+    async def save_config(self, d: domxml.DomainDef) -> None:
+        await trio.to_thread.run_sync(self.store.save_config, d)
+
+    def binary_caps(self) -> Any:
+        if self.caps is None:
+            return None
+        return self.caps.binaries.get(self.emulator) or self.caps.binary_for("x86_64")
+
+    def machine_defaults(self) -> dict[str, str]:
+        """Machine alias -> canonical name, and "default" (command.py's machine_defaults)."""
+        bc = self.binary_caps()
+        if bc is None:
+            return {}
+        out = {m.alias: m.name for m in bc.machines if m.alias}
+        default = bc.default_machine()
+        if default:
+            out["default"] = default
+        return out
+
+    def canonical_machine(self, machine: str | None) -> str | None:
+        """What libvirt writes for <type machine=...>: the alias resolved ('pc' -> 'pc-i440fx-7.2')."""
+        defaults = self.machine_defaults()
+        if machine is None:
+            return defaults.get("default", machine)
+        return defaults.get(machine, machine)
+
+    def marker(self, dom: QemuDomain) -> str:
+        """What identifies this guest's QEMU in /proc/PID/cmdline (its uuid)."""
+        return dom.definition.uuid_str
+
+    def cpu_time(self, dom: QemuDomain) -> int:
+        """CPU time QEMU used, in ns (utime + stime of /proc/PID/stat)."""
+        if dom.pid is None:
+            return 0
+        try:
+            with open(f"/proc/{dom.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+    # ------------------------------------------------------------------- start
+    async def start_domain(self, dom: QemuDomain, *, paused: bool = False,
+                           live_def: domxml.DomainDef | None = None) -> None:
+        """Launch QEMU for ``dom`` (caller holds ``dom.lock``); qemuProcessStart.
+
+        ``live_def`` (createXML over a defined guest) runs instead of the
+        persistent definition, which comes back when the guest stops.
+        """
+        from .launch import build_argv, apply_runtime_info
+
+        if dom.active:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
+                           domain=P.VIR_FROM_QEMU)
+        persistent_def = dom.definition
+        live = (live_def or persistent_def).copy()
+        name = dom.name
+        monitor_path = self.store.monitor_path(name)
+        pid_path = self.store.pid_path(name)
+        argv = build_argv(self, live, monitor_path=str(monitor_path), pid_path=str(pid_path))
+        monitor_path.unlink(missing_ok=True)
+        pid = await process.launch(argv, log_path=str(self.store.log_path(name)),
+                                   pid_path=str(pid_path))
+        try:
+            mon = await Monitor.connect(str(monitor_path))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await process.terminate(pid, marker=live.uuid_str)
+            raise
+        try:
+            vnc_port = None
+            if any(g.get("type") == "vnc" for g in live.devices_of("graphics")):
+                vnc = await mon.query_vnc()
+                if vnc.get("service", "").isdigit():
+                    vnc_port = int(vnc["service"])
+            apply_runtime_info(live, await mon.query_chardev(), vnc_port)
+            if not paused:
+                dom.quiet_pause += 1
+                await mon.cont()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await mon.close()
+                await process.terminate(pid, marker=live.uuid_str)
+            raise
+        dom.run += 1
+        dom.pid, dom.monitor = pid, mon
+        dom.got_shutdown = dom.being_destroyed = dom.fake_reboot = False
+        if dom.persistent:
+            dom.new_def = persistent_def
+        dom.definition = live
+        dom.id = self.allocate_id()
+        dom.set_state(ds.PAUSED if paused else ds.RUNNING,
+                      ds.PAUSED_USER if paused else ds.RUNNING_BOOTED)
+        await self.save_status(dom)
+        self.emit(dom, ds.EV_STARTED, ds.STARTED_BOOTED)
+        if paused:
+            self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
+        self.spawn(self._watch, dom, dom.run, mon)
+
+    # -------------------------------------------------------------------- stop
+    def mark_stopped(self, dom: QemuDomain, run: int, reason: int, detail: int) -> bool:
+        """Record that run ``run`` of ``dom`` ended (qemuProcessStop); False if already done.
+
+        Synchronous on purpose: whichever of the destroyer and the watcher gets
+        here first wins, and the other finds the generation moved on.
+        """
+        if dom.run != run or not dom.active:
+            return False
+        dom.run += 1
+        dom.set_state(ds.SHUTOFF, reason)
+        dom.pid, dom.monitor = None, None
+        if dom.console is not None:
+            dom.console.close()
+        self.store.delete_status(dom.name)
+        self.emit(dom, ds.EV_STOPPED, detail)
+        dom.id = -1
+        if dom.new_def is not None:
+            dom.definition, dom.new_def = dom.new_def, None
+        if not dom.persistent:
+            self.domains.pop(dom.name, None)
+        return True
+
+    async def destroy_domain(self, dom: QemuDomain, *, graceful: bool = False,
+                             reason: int = ds.SHUTOFF_DESTROYED,
+                             detail: int = ds.STOPPED_DESTROYED) -> None:
+        """Kill QEMU (caller holds ``dom.lock``); qemuProcessKill + qemuProcessStop."""
+        run, pid, mon = dom.run, dom.pid, dom.monitor
+        dom.being_destroyed = True
+        try:
+            if pid is not None:
+                await process.terminate(pid, graceful, marker=self.marker(dom))
+        except BaseException:
+            dom.being_destroyed = False
+            raise
+        if mon is not None:
+            await mon.close()
+        self.mark_stopped(dom, run, reason, detail)
+
+    # ----------------------------------------------------------------- watching
+    async def _watch(self, dom: QemuDomain, run: int, mon: Monitor) -> None:
+        """Follow one QEMU run's events until its monitor closes."""
+        async for event in mon.events():
+            if dom.run != run:
+                return
+            try:
+                await self._on_event(dom, run, mon, event)
+            except VirError as exc:
+                log.warning("%s: handling %s: %s", dom.name, event.get("event"), exc)
+        if self._stopping or dom.run != run:
+            return   # the daemon is detaching, or the run was already wound up
+        if dom.pid is not None and not dom.being_destroyed and not dom.got_shutdown:
+            # the monitor went away: give the process a moment to be really gone
+            with trio.move_on_after(QUIT_TIMEOUT):
+                await process.wait_exit(dom.pid)
+        await mon.close()
+        if dom.being_destroyed:
+            self.mark_stopped(dom, run, ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
+        elif dom.got_shutdown:
+            self.mark_stopped(dom, run, ds.SHUTOFF_SHUTDOWN, ds.STOPPED_SHUTDOWN)
+        else:
+            log.warning("%s: QEMU exited unexpectedly", dom.name)
+            self.mark_stopped(dom, run, ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED)
+
+    async def _on_event(self, dom: QemuDomain, run: int, mon: Monitor, event: dict) -> None:
+        name = event.get("event")
+        data = event.get("data") or {}
+        if name == "STOP":
+            if dom.quiet_pause:
+                dom.quiet_pause -= 1
+            elif dom.state == ds.RUNNING and not dom.got_shutdown:
+                dom.set_state(ds.PAUSED, ds.PAUSED_UNKNOWN)
+                self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
+                await self.save_status(dom)
+        elif name == "RESUME":
+            if dom.quiet_pause:
+                dom.quiet_pause -= 1
+            elif dom.state == ds.PAUSED:
+                dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
+                self.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
+                await self.save_status(dom)
+        elif name == "SHUTDOWN":
+            await self._on_shutdown(dom, run, mon, data)
+        elif name == "RESET":
+            self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_REBOOT, dom.ref())
+        elif name == "GUEST_PANICKED":
+            await self._on_crash(dom, run, mon)
+
+    async def _on_shutdown(self, dom: QemuDomain, run: int, mon: Monitor, data: dict) -> None:
+        """qemuProcessHandleShutdown + qemuProcessShutdownOrReboot."""
+        guest = data.get("guest")
+        fake_reboot = dom.fake_reboot or dom.definition.on_poweroff == "restart"
+        if fake_reboot and (data.get("reason") != "host-signal"):
+            # reboot requested (or on_poweroff=restart): reset and carry on
+            dom.fake_reboot = False
+            dom.quiet_pause += 1   # QEMU pauses after SHUTDOWN (-no-shutdown)
+            self.emit(dom, ds.EV_SHUTDOWN, ds.SHUTDOWN_GUEST if guest else ds.SHUTDOWN_HOST)
+            await mon.system_reset()
+            dom.quiet_pause += 1
+            await mon.cont()
+            dom.set_state(ds.RUNNING, ds.RUNNING_BOOTED)
+            self.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
+            await self.save_status(dom)
+            return
+        dom.got_shutdown = True
+        dom.set_state(ds.SHUTDOWN, ds.SHUTDOWN_UNKNOWN)
+        detail = (ds.SHUTDOWN_GUEST if guest is True else
+                  ds.SHUTDOWN_HOST if guest is False else ds.SHUTDOWN_FINISHED)
+        self.emit(dom, ds.EV_SHUTDOWN, detail)
+        await self.save_status(dom)
+        # -no-shutdown keeps QEMU alive after the guest powered off: end it
+        self.spawn(self._finish_shutdown, dom, run, mon)
+
+    async def _finish_shutdown(self, dom: QemuDomain, run: int, mon: Monitor) -> None:
+        try:
+            await mon.quit()
+        except VirError:
+            pass
+        pid = dom.pid
+        if pid is not None and dom.run == run:
+            with trio.move_on_after(QUIT_TIMEOUT):
+                await process.wait_exit(pid)
+                return
+            await process.terminate(pid, marker=self.marker(dom))
+
+    async def _on_crash(self, dom: QemuDomain, run: int, mon: Monitor) -> None:
+        """GUEST_PANICKED: crashed (panicked), then on_crash (qemuProcessGuestPanicEvent)."""
+        dom.set_state(ds.CRASHED, ds.CRASHED_PANICKED)
+        self.emit(dom, ds.EV_CRASHED, ds.CRASHED_EV_PANICKED)
+        action = dom.definition.on_crash
+        if action in ("destroy", "coredump-destroy"):
+            async with dom.lock:
+                if dom.run == run:
+                    await self.destroy_domain(dom, reason=ds.SHUTOFF_CRASHED,
+                                              detail=ds.STOPPED_CRASHED)
+        elif action in ("restart", "coredump-restart"):
+            await mon.system_reset()
+            dom.quiet_pause += 1
+            await mon.cont()
+            dom.set_state(ds.RUNNING, ds.RUNNING_CRASHED)
+            await self.save_status(dom)
+        else:
+            await self.save_status(dom)
+
+    # ---------------------------------------------------------------- reattach
+    async def _reattach(self, st: RuntimeStatus) -> None:
+        """Take a guest over again after a daemon restart (qemuProcessReconnect)."""
+        dom = self.domains.get(st.name)
+        if dom is None:
+            dom = QemuDomain(st.definition, persistent=False)
+            self.domains[st.name] = dom
+        elif st.persistent:
+            dom.new_def = dom.definition
+        dom.definition = st.definition
+        dom.persistent = st.persistent and dom.new_def is not None
+        dom.id, dom.pid = st.id, st.pid
+        dom.set_state(st.state, st.reason)
+        dom.run += 1
+        run = dom.run
+        mon = None
+        if process.is_running(st.pid, self.marker(dom)):
+            try:
+                mon = await Monitor.connect(st.monitor, timeout=REATTACH_MONITOR_TIMEOUT)
+                running, status = await mon.query_status()
+            except VirError as exc:
+                log.warning("%s: cannot reconnect to QEMU: %s", dom.name, exc)
+                if mon is not None:
+                    await mon.close()
+                mon = None
+        if mon is None:
+            # QEMU died while we were away (or cannot be talked to): kill any
+            # remains so it can never run twice, and report it crashed.
+            await process.terminate(st.pid, marker=self.marker(dom))
+            log.warning("%s: QEMU is gone; marking the guest shut off (crashed)", dom.name)
+            self.mark_stopped(dom, run, ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED)
+            return
+        dom.monitor = mon
+        # catch up with what happened meanwhile (qemuProcessUpdateState)
+        if running and dom.state == ds.PAUSED:
+            dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
+            self.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
+        elif not running and dom.state == ds.RUNNING:
+            dom.set_state(ds.PAUSED, _PAUSED_REASONS.get(status, ds.PAUSED_UNKNOWN))
+            self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
+        await self.save_status(dom)
+        self.spawn(self._watch, dom, run, mon)
+        if status == "shutdown":   # the guest powered off while we were away
+            await self._on_shutdown(dom, run, mon, {})
+
