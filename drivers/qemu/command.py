@@ -25,7 +25,8 @@ modified.  The argv:
   ``tap_fds[i]`` is the fd for the i-th <interface> (the caller passes it to the
   child with ``pass_fds``); type ethernet without an fd uses ``ifname=<target dev>``;
   type user uses QEMU's slirp;
-* resolves <disk type='volume'> through ``resolve_volume(pool, volume) -> path``;
+* resolves <disk type='volume'> through ``resolve_volume(pool, volume)``, which
+  returns the path or ``(path, format)`` (format when the XML names none; raw otherwise);
 * puts unix <channel>s without a path in ``channel_dir``/<target name>;
 * <link state='down'> is not on the command line: the driver sends QMP
   ``set_link`` (name = the alias) before ``cont``, as libvirt does;
@@ -195,7 +196,7 @@ class _Builder:
 def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None = None,
                   tap_fds: Mapping[int, int] | None = None, channel_dir: str | None = None,
                   machine_defaults: Mapping[str, str] | None = None,
-                  resolve_volume: Callable[[str, str], str] | None = None,
+                  resolve_volume: Callable[[str, str], str | tuple[str, str]] | None = None,
                   daemonize: bool = True, name_marker: str | None = None) -> list[str]:
     """The argv that starts ``defn`` paused under QEMU (see the module docstring).
 
@@ -459,14 +460,16 @@ _CACHE = {  # libvirt cache mode -> (cache.direct, cache.no-flush, write-cache o
 
 
 def _disks(b: _Builder, disks: list[Disk],
-           resolve_volume: Callable[[str, str], str] | None) -> None:
+           resolve_volume: Callable[[str, str], str | tuple[str, str]] | None) -> None:
     for n, disk in enumerate(disks, start=1):
         alias = b.alias(disk)
         path = disk.path
         if disk.type == "volume":
             if resolve_volume is None:
                 raise _unsupported(f"disk '{disk.target}': storage volumes need a resolver")
-            path = resolve_volume(disk.pool, disk.volume)
+            resolved = resolve_volume(disk.pool, disk.volume)
+            path, fmt_name = (resolved, None) if isinstance(resolved, str) else resolved
+            disk.format = disk.format or fmt_name
         direct, no_flush, write_cache = _CACHE.get(disk.cache or "default")
         node = None
         if path is not None:

@@ -52,9 +52,8 @@ class Graphics(DeviceBase):
     def fill_defaults(self, ctx: dict | None = None) -> None:
         """port -1 means autoport; VNC and spice get an address <listen> (libvirt's post-parse)."""
         if self.type in ("vnc", "spice"):
-            if self.port is None or self.port == -1:
-                if self.autoport is None:
-                    self.autoport = True
+            if self.autoport is None:
+                self.autoport = self.port is None or self.port == -1
             if self.autoport and self.port is None:
                 self.port = -1
             if not self.listens:

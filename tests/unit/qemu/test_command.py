@@ -172,3 +172,15 @@ def test_qemu_accepts_argv(name: str, tmp_path: Path) -> None:
         proc.wait()
         for fd in fds.values():
             os.close(fd)
+
+
+def test_volume_disk_resolved_by_caller() -> None:
+    xml = _minimal("<disk type='volume'><source pool='default' volume='v.qcow2'/>"
+                   "<target dev='vda'/></disk>")
+    argv = build_command(domxml.parse(xml), binary=QEMU, monitor_path="/m",
+                         resolve_volume=lambda pool, vol: (f"/pools/{pool}/{vol}", "qcow2"))
+    assert any('"filename":"/pools/default/v.qcow2"' in a for a in argv)
+    assert any('"driver":"qcow2"' in a for a in argv)
+    with pytest.raises(VirError) as info:
+        build_command(domxml.parse(xml), binary=QEMU, monitor_path="/m")
+    assert info.value.code == P.VIR_ERR_CONFIG_UNSUPPORTED
