@@ -140,6 +140,8 @@ def device_alias(dev, counters: dict[str, int], q35: bool) -> str:
             Rng: "rng", Watchdog: "watchdog", Graphics: "graphics"}.get(type(dev))
     if isinstance(dev, Chardev):
         kind = dev.kind
+        if kind == "console" and dev.target_type in (None, "serial"):
+            return f"serial{dev.target_port or 0}"     # the alias of serial port 0
         if kind in ("serial", "console") and dev.target_port is not None:
             return f"{kind}{dev.target_port}"
     n = counters.get(kind, 0)
@@ -153,7 +155,7 @@ def assign_aliases(defn) -> None:
     counters: dict[str, int] = {}
     out = []
     for dev in devmod.parse_devices(defn):
-        if hasattr(dev, "alias"):
+        if hasattr(dev, "alias") and not isinstance(dev, Graphics):   # libvirt names no display
             dev.alias = device_alias(dev, counters, q35)
             dev = dev.to_element()
         out.append(dev)

@@ -184,3 +184,19 @@ def test_volume_disk_resolved_by_caller() -> None:
     with pytest.raises(VirError) as info:
         build_command(domxml.parse(xml), binary=QEMU, monitor_path="/m")
     assert info.value.code == P.VIR_ERR_CONFIG_UNSUPPORTED
+
+
+def test_assign_aliases_match_the_argv() -> None:
+    d = domxml.parse((DATA / "q35-full.xml").read_text())
+    from pyvirtd.xml import devices as devmod
+    from pyvirtd.drivers.qemu.command import assign_aliases
+    devmod.apply_defaults(d)
+    assign_aliases(d)
+    aliases = [e.find("alias").get("name") for e in d.devices if e.find("alias") is not None]
+    for name in ("virtio-disk0", "sata0-0-0", "net0", "net1", "serial0", "channel0", "input0",
+                 "video0", "watchdog0", "balloon0", "rng0", "usb", "pcie.0", "ide"):
+        assert name in aliases
+    console = d.devices_of("console")[0]
+    assert console.find("alias").get("name") == "serial0"
+    argv = _build(domxml.format(d))
+    assert _format_args(argv) == (DATA / "q35-full.args").read_text()
