@@ -50,6 +50,8 @@ from __future__ import annotations
 import json
 from typing import Callable, Mapping
 
+from lxml import etree
+
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
@@ -155,10 +157,12 @@ def assign_aliases(defn) -> None:
     counters: dict[str, int] = {}
     out = []
     for dev in devmod.parse_devices(defn):
-        if hasattr(dev, "alias") and not isinstance(dev, Graphics):   # libvirt names no display
+        if isinstance(dev, etree._Element):
+            out.append(dev)
+            continue
+        if not isinstance(dev, Graphics):          # libvirt gives a display no alias
             dev.alias = device_alias(dev, counters, q35)
-            dev = dev.to_element()
-        out.append(dev)
+        out.append(dev.to_element())
     defn.devices = out
 
 
