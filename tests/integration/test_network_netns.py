@@ -392,24 +392,53 @@ def _qemu_driver() -> bool:
     return any(ep.name == "qemu" for ep in entry_points(group="pyvirtd.drivers"))
 
 
+def _start_daemon(lab: Lab) -> subprocess.Popen:
+    sock = lab.root / "run" / "libvirt-sock"
+    sock.unlink(missing_ok=True)
+    daemon = subprocess.Popen(["ip", "netns", "exec", lab.host, str(REPO / ".venv/bin/pyvirtd"),
+                               "--root", str(lab.root)], stderr=subprocess.DEVNULL)
+    lab.procs.append(daemon)
+    for _ in range(200):
+        if sock.exists():
+            return daemon
+        time.sleep(0.05)
+    raise AssertionError("pyvirtd did not create its socket")
+
+
 @pytest.mark.skipif(not _qemu_driver(), reason="the QEMU driver (qemu:// URIs that delegate to "
                                                "the network subsystem) does not exist yet")
-def test_virsh_net_lifecycle_in_namespace(lab):
-    daemon = subprocess.Popen(["ip", "netns", "exec", lab.host, str(REPO / ".venv/bin/pyvirtd"),
-                               "--root", str(lab.root)], stderr=subprocess.PIPE)
-    lab.procs.append(daemon)
-    sock = lab.root / "run" / "libvirt-sock"
-    for _ in range(100):
-        if sock.exists():
-            break
-        time.sleep(0.1)
-    uri = f"qemu+unix:///session?socket={sock}"
+def test_virsh_nat_network_dhcp_veth_client_instead_of_guest(lab):
+    daemon = _start_daemon(lab)
+    uri = f"qemu+unix:///session?socket={lab.root / 'run' / 'libvirt-sock'}"
+
+    def virsh(*args, check=True):
+        return run("virsh", "-c", uri, *args, check=check)
+
     f = lab.tmp / "nat1.xml"
     f.write_text(nat_xml())
-    run("virsh", "-c", uri, "net-define", f)
-    run("virsh", "-c", uri, "net-start", "nat1")
+    virsh("net-define", f)
+    virsh("net-start", "nat1")
+    assert "virbr0" == virsh("net-info", "nat1").stdout.split("Bridge:")[1].split()[0]
     lab.attach_client("virbr0")
     ip = lab.dhcp()
-    assert ip in run("virsh", "-c", uri, "net-dhcp-leases", "nat1").stdout
-    run("virsh", "-c", uri, "net-destroy", "nat1")
+    assert ip in virsh("net-dhcp-leases", "nat1").stdout
+    pids, rules = lab.dnsmasq_pids(), lab.nft()
+
+    # daemon restart: the network keeps running, nothing is duplicated
+    daemon.terminate()
+    daemon.wait(timeout=10)
+    assert "virbr0" in lab.links()
+    _start_daemon(lab)
+    assert "nat1" in virsh("net-list", "--name").stdout
+    assert lab.dnsmasq_pids() == pids and lab.nft() == rules
+    lab.ns(lab.client, "busybox", "ping", "-c", "1", "-W", "2", "10.77.0.1")
+
+    virsh("net-update", "nat1", "add", "ip-dhcp-host",
+          "<host mac='52:54:00:aa:00:09' ip='10.77.0.9'/>", "--live", "--config")
+    assert "10.77.0.9" in virsh("net-dumpxml", "nat1", "--inactive").stdout
+
+    virsh("net-destroy", "nat1")
     assert "virbr0" not in lab.links()
+    assert lab.dnsmasq_pids() == [] and "pyvirtd" not in lab.nft()
+    err = virsh("net-start", "nosuch", check=False)
+    assert "Network not found: no network with matching name 'nosuch'" in err.stderr
