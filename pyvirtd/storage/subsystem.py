@@ -89,6 +89,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         self.files = PoolFiles(ctx.paths.state_dir, ctx.paths.run_dir)
         self.pools: dict[str, Pool] = {}
         self.backends = {name: cls() for name, cls in BACKENDS.items()}
+        self._load()
 
     # --------------------------------------------------------------- helpers
     def _backend(self, pool_type: str) -> Backend:
@@ -137,9 +138,10 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         await trio.to_thread.run_sync(fn, *args)
 
     # ------------------------------------------------------- daemon lifecycle
-    async def start(self) -> None:
-        """Load definitions, re-check pools that were active, autostart the rest."""
-        configs, statuses = await trio.to_thread.run_sync(self.files.load)
+    def _load(self) -> None:
+        """Read the definitions and live states (small local files: done at creation,
+        so pools are known even before `start` runs)."""
+        configs, statuses = self.files.load()
         for pdef, autostart in configs:
             if pdef.type not in self.backends:
                 log.error("pool '%s': no backend for type %s yet; not loaded", pdef.name, pdef.type)
@@ -155,7 +157,14 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
                 pool = self.pools[live.name] = Pool(live, self.backends[live.type])
             elif pool.uuid == live.uuid:
                 pool.new_def, pool.definition = pool.definition, live
-            pool.starting = True       # was active: re-check below
+            pool.starting = True       # was active: re-checked by start()
+
+    async def start(self) -> None:
+        """Re-check the pools that were active, autostart the others (daemon start).
+
+        Each pool is checked concurrently and given STARTUP_CHECK_SECONDS, so
+        one dead pool delays the daemon's start by that much at most.
+        """
         async with trio.open_nursery() as nursery:
             for pool in list(self.pools.values()):
                 nursery.start_soon(self._recheck, pool)
