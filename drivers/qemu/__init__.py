@@ -61,6 +61,9 @@ class QemuDriver:
             return "no qemu-system-* binary found"
         emulator = next((b for b in binaries if b.endswith("qemu-system-x86_64")), binaries[0])
         self.state = QemuDriverState(self.ctx, emulator)
+        # created now, not at the first open, so that their start() (repair,
+        # autostart, the default network) runs when the daemon starts
+        self.subsystems = shared_subsystems(self.ctx)
         return None
 
     async def start(self) -> None:
@@ -83,4 +86,4 @@ class QemuDriver:
                            f"unexpected QEMU URI path '{path}', try qemu:///session",
                            domain=P.VIR_FROM_QEMU)
         assert self.state is not None
-        return QemuConnection(self.state, f"qemu://{path}", shared_subsystems(self.ctx))
+        return QemuConnection(self.state, f"qemu://{path}", self.subsystems)
