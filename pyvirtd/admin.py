@@ -12,6 +12,7 @@ import logging
 import pwd
 from typing import TYPE_CHECKING, Any
 
+from pyvirtd import logsetup
 from pyvirtd.errors import VirError, internal_error, invalid_arg
 from pyvirtd.remote import LIB_VERSION
 from pyvirtd.rpc import _generated as P
@@ -38,8 +39,6 @@ def _admin_error(code: int, detail: str) -> VirError:
 class AdminProgram:
     def __init__(self, daemon: "Daemon") -> None:
         self.daemon = daemon
-        self.log_outputs = ""
-        self.log_filters = ""
 
     # ------------------------------------------------------------ connection
     def connect_open(self, client: "Client", flags: int) -> None:
@@ -164,18 +163,26 @@ class AdminProgram:
 
     # --------------------------------------------------------------- logging
     def connect_get_logging_outputs(self, client: "Client", flags: int) -> tuple:
-        outputs = self.log_outputs or self.daemon.config.log_outputs or "1:stderr"
+        outputs = self.daemon.log_outputs
         return outputs, len(outputs.split())
 
     def connect_get_logging_filters(self, client: "Client", flags: int) -> tuple:
-        filters = self.log_filters or self.daemon.config.log_filters or None
+        filters = self.daemon.log_filters or None
         return filters, len(filters.split()) if filters else 0
 
     def connect_set_logging_outputs(self, client: "Client", outputs: str | None, flags: int) -> None:
-        self.log_outputs = outputs or ""
+        try:
+            # an empty value restores the default output, as libvirtd does
+            self.daemon.set_logging(
+                outputs=outputs or f"{self.daemon.config.log_level}:stderr")
+        except logsetup.LogSettingError as exc:
+            raise invalid_arg(str(exc)) from None
 
     def connect_set_logging_filters(self, client: "Client", filters: str | None, flags: int) -> None:
-        self.log_filters = filters or ""
+        try:
+            self.daemon.set_logging(filters=filters or "")
+        except logsetup.LogSettingError as exc:
+            raise invalid_arg(str(exc)) from None
 
     def connect_set_daemon_timeout(self, client: "Client", timeout: int, flags: int) -> None:
         self.daemon.timeout = timeout

@@ -20,15 +20,13 @@ from pathlib import Path
 
 import trio
 
-from pyvirtd import __version__, systemd
+from pyvirtd import __version__, logsetup, systemd
 from pyvirtd.config import Config, ConfigError
 from pyvirtd.daemon import Daemon
 from pyvirtd.paths import Paths
 
 log = logging.getLogger("pyvirtd")
 
-# libvirtd.conf log_level: 1 debug, 2 info, 3 warning, 4 error
-_LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -153,13 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pyvirtd: {exc}", file=sys.stderr)
         return 2
-    level = logging.DEBUG if args.verbose else _LOG_LEVELS.get(config.log_level, logging.WARNING)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logsetup.configure(config.log_level, config.log_outputs, config.log_filters,
+                           verbose=args.verbose)
+    except logsetup.LogSettingError as exc:
+        print(f"pyvirtd: {config_path}: {exc}", file=sys.stderr)
+        return 2
     paths.ensure_dirs()
     if args.daemon:
         _daemonize()
     pid_file = args.pid_file or paths.pid_file
     daemon = Daemon(config, paths, privileged=privileged)
+    daemon.verbose = args.verbose
     try:
         _add_listeners(daemon, paths, config)
     except OSError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from pyvirtd import logsetup
 from pyvirtd.client import TRANSPORT_UNIX, Client
 from pyvirtd.config import Config
 from pyvirtd.dispatch import Dispatcher, Program
@@ -88,6 +89,10 @@ class Daemon:
         self.servers = {s.name: s for s in (self.libvirtd, self.admin)}
         self.listeners: list[Listener] = []
         self.timeout = 0
+        self.verbose = False
+        # what virt-admin daemon-log-outputs/-filters show and change
+        self.log_outputs = config.log_outputs or f"{config.log_level}:stderr"
+        self.log_filters = config.log_filters
 
     # --------------------------------------------------------------- sockets
     def add_unix_listener(self, path: Path, server: Server, *, readonly: bool,
@@ -184,9 +189,21 @@ class Daemon:
             server.slot_freed.unpark()
             log.debug("client %d left %s", client.id, server.name)
 
+    def set_logging(self, outputs: str | None = None, filters: str | None = None) -> None:
+        """Change log outputs/filters at run time; raises logsetup.LogSettingError."""
+        outputs = self.log_outputs if outputs is None else outputs
+        filters = self.log_filters if filters is None else filters
+        logsetup.configure(self.config.log_level, outputs, filters, verbose=self.verbose)
+        self.log_outputs, self.log_filters = outputs, filters
+
     def reload(self, config: Config) -> None:
-        """Apply a re-read configuration's limits (SIGHUP); sockets stay as they are."""
+        """Apply a re-read configuration's limits and logging (SIGHUP); sockets stay."""
         self.config = config
+        try:
+            self.set_logging(config.log_outputs or f"{config.log_level}:stderr",
+                             config.log_filters)
+        except logsetup.LogSettingError as exc:
+            log.error("keeping the old log settings: %s", exc)
         for server, prefix in ((self.libvirtd, ""), (self.admin, "admin_")):
             server.max_clients = getattr(config, prefix + "max_clients")
             server.max_client_requests = getattr(config, prefix + "max_client_requests")

@@ -143,3 +143,16 @@ def test_clients_info_and_set(daemon) -> None:
 def test_admin_server_lists_virt_admin_itself(daemon) -> None:
     out = ok(daemon, "srv-clients-list admin")
     assert len(re.findall(rf"^ \d+\s+unix\s+{STAMP}$", out, re.M)) == 1, out
+
+
+def test_log_outputs_and_filters_change_at_run_time(daemon, tmp_path) -> None:
+    assert "3:stderr" in ok(daemon, "daemon-log-outputs")
+    log_file = tmp_path / "debug.log"
+    ok(daemon, f"daemon-log-outputs --outputs '1:file:{log_file}'")
+    ok(daemon, "daemon-log-filters --filters '1:pyvirtd'")
+    assert str(log_file) in ok(daemon, "daemon-log-outputs")
+    assert "1:pyvirtd" in ok(daemon, "daemon-log-filters")
+    ok(daemon, "srv-list")  # a new admin client: the daemon logs it at debug level
+    assert "connected to admin" in log_file.read_text()
+    bad = admin(daemon, "daemon-log-outputs --outputs 'nonsense'")
+    assert bad.returncode != 0 and "invalid log output" in bad.stderr
