@@ -18,7 +18,7 @@ DEB_PACKAGES := libvirt-clients libvirt-dev libvirt-daemon pkg-config gcc virtin
                 qemu-system-x86 ovmf
 DEB_PACKAGES += dnsmasq-base
 DEB_PACKAGES += nftables
-DEB_PACKAGES += busybox
+DEB_PACKAGES += busybox-static
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.
