@@ -50,7 +50,7 @@ DEVICE_ORDER = ("emulator", "disk", "controller", "lease", "filesystem", "interf
 # the modelled ones.  Anything else unknown is dropped, as libvirt does.
 _RAW_BEFORE_VCPU = ("maxMemory", "blkiotune", "memtune", "memoryBacking")
 _RAW_AFTER_VCPU = ("iothreads", "cputune", "numatune", "resource", "sysinfo")
-_RAW_AFTER_OS = ("features", "cpu")
+_RAW_AFTER_OS = ("idmap", "features", "cpu")
 _RAW_AFTER_LIFECYCLE = ("pm", "perf")
 _RAW_TAIL = ("seclabel", "keywrap", "launchSecurity")
 
