@@ -36,7 +36,11 @@ kernel removes it when the last fd closes, i.e. when QEMU exits), gives it
 the guest MAC with first byte 0xFE, the bridge's MTU, and brings it up; it
 raises VirError (VIR_ERR_NO_NETWORK, VIR_ERR_OPERATION_INVALID "network 'X'
 is not active", VIR_ERR_CONFIG_UNSUPPORTED for modes without a bridge).
-``unplug_interface`` deletes the tap if it still exists; it never raises
+Containers get veth pairs instead: ``plug_veth(net_name, mac)`` (or the
+module-level ``plug_veth(bridge, mac)`` for interfaces of type bridge)
+returns the host end, already on the bridge, and the peer the LXC driver
+moves into the container.
+``unplug_interface`` deletes the tap (or veth) if it still exists; it never raises
 for a tap that is already gone.  ``bridge_of(net_name)`` gives the bridge.
 """
 
@@ -91,6 +95,21 @@ DEFAULT_NETWORK = """<network>
 async def _netlink(fn, *args, **kwargs):
     from . import netlink
     return await trio.to_thread.run_sync(lambda: getattr(netlink, fn)(*args, **kwargs))
+
+
+async def plug_veth(bridge: str, mac: str, *, mtu: int | None = None) -> tuple[str, str]:
+    """A veth pair for a container: (host end on ``bridge``, peer to move into the container).
+
+    For container interfaces of type bridge (and, through
+    ``NetworkSubsystem.plug_veth``, of type network); `unplug_interface`
+    removes it like a tap.  Raises VirError (VIR_ERR_SYSTEM_ERROR).
+    """
+    try:
+        return await _netlink("create_veth", bridge, mac, mtu)
+    except OSError as exc:
+        raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                       f"Failed to create veth device: {exc.strerror or exc}",
+                       domain=_FROM) from None
 
 
 def _check_flags(flags: int, allowed: int, function: str) -> None:
@@ -665,6 +684,11 @@ class NetworkSubsystem:
             raise VirError(P.VIR_ERR_SYSTEM_ERROR,
                            f"Unable to create tap device {tap_name}: {exc.strerror or exc}",
                            domain=_FROM) from None
+
+    async def plug_veth(self, net_name: str, mac: str, *,
+                        mtu: int | None = None) -> tuple[str, str]:
+        """A veth pair for a container interface on the network's bridge (see `plug_veth`)."""
+        return await plug_veth(self.bridge_of(net_name), mac, mtu=mtu)
 
     async def unplug_interface(self, tap_name: str) -> None:
         try:

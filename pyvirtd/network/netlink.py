@@ -166,3 +166,38 @@ def open_tap(name: str, bridge: str, mac: str, mtu: int | None = None,
     except BaseException:
         os.close(fd)
         raise
+
+
+def create_veth(bridge: str, mac: str, mtu: int | None = None,
+                host_pattern: str = "veth%d") -> tuple[str, str]:
+    """A veth pair for a container: the host end on ``bridge`` and up, the peer left for the container.
+
+    Returns (host end, peer).  The host end gets the first free name of
+    ``host_pattern`` (libvirt's vethN) and the guest MAC with first byte 0xFE;
+    the peer gets the guest MAC and a temporary name (vpeerN) that the
+    container renames once it has been moved into its namespace.  Deleting
+    either end, or the container's namespace going away, removes both.
+    """
+    with IPRoute() as ipr:
+        br = _index(ipr, bridge)
+        if br is None:
+            raise OSError(19, f"bridge {bridge} does not exist")
+        names = {link.get("ifname") for link in ipr.get_links()}
+        n = 0
+        while host_pattern % n in names or f"vpeer{n}" in names:
+            n += 1
+        host, peer = host_pattern % n, f"vpeer{n}"
+        ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "address": mac})
+        try:
+            idx = _index(ipr, host)
+            settings = {"address": "fe" + mac[2:], "master": br}
+            brmtu = mtu or ipr.get_links(br)[0].get("mtu")
+            if brmtu:
+                settings["mtu"] = brmtu
+                ipr.link("set", index=_index(ipr, peer), mtu=brmtu)
+            ipr.link("set", index=idx, **settings)
+            ipr.link("set", index=idx, state="up")
+        except BaseException:
+            ipr.link("del", ifname=host)
+            raise
+        return host, peer
