@@ -392,7 +392,8 @@ class QemuDriverState:
                 self.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
                 await self.save_status(dom)
         elif name == "SHUTDOWN":
-            await self._on_shutdown(dom, run, mon, data)
+            if not dom.being_destroyed:   # our own SIGTERM: destroy reports it, not this
+                await self._on_shutdown(dom, run, mon, data)
         elif name == "RESET":
             self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_REBOOT, dom.ref())
         elif name == "GUEST_PANICKED":

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 VIRT_TYPES = ("qemu", "kvm")
 HOST_ARCH = "x86_64"
+# qemu.conf's vnc_listen default, which command.py uses too
+DEFAULT_LISTEN = "127.0.0.1"
 
 
 def emulator_of(d: domxml.DomainDef) -> str | None:
@@ -86,11 +88,20 @@ def apply_runtime_info(live: domxml.DomainDef, ptys: dict[str, str], vnc_port: i
         _set_source_path(dev, path)
         if dev.tag == "console":
             dev.set("tty", path)
-    if vnc_port is not None:
-        for gfx in live.devices_of("graphics"):
-            if gfx.get("type") == "vnc" and gfx.get("autoport") == "yes":
-                gfx.set("port", str(vnc_port))
-                break
+    for gfx in live.devices_of("graphics"):
+        if gfx.get("type") != "vnc":
+            continue
+        if vnc_port is not None and gfx.get("autoport") == "yes":
+            gfx.set("port", str(vnc_port))
+        # the address QEMU was given (qemuProcessGraphicsSetupListen): libvirt's
+        # default vnc_listen when the definition named none
+        listen = gfx.find("listen")
+        if listen is None:
+            listen = etree.SubElement(gfx, "listen", type="address")
+        if listen.get("type") == "address" and not listen.get("address"):
+            listen.set("address", gfx.get("listen") or DEFAULT_LISTEN)
+        if listen.get("type") == "address" and not gfx.get("listen"):
+            gfx.set("listen", listen.get("address"))
 
 
 def _set_source_path(dev: Any, path: str) -> None:

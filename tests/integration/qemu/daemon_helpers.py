@@ -1,0 +1,137 @@
+"""Helpers for the QEMU driver's client tests: a pyvirtd serving qemu:///session, guests, cleanup.
+
+Every QEMU a test daemon starts has its monitor socket under the daemon's
+root, so `kill_guests` finds them all through /proc (whatever state the
+daemon or the test is in) and the fixtures call it even when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunningDaemon, start_daemon, stop_daemon, virsh
+
+KVM_OK = os.access("/dev/kvm", os.R_OK | os.W_OK)
+needs_qemu = pytest.mark.skipif(not os.access("/usr/bin/qemu-system-x86_64", os.X_OK),
+                                reason="qemu-system-x86_64 not installed")
+
+# A firmware-only guest: no disk, no OS, enough for the whole lifecycle.
+# KVM when usable (this host's nested KVM runs firmware fine), TCG otherwise.
+FIRMWARE_GUEST = """<domain type='{virt}'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='{machine}'>hvm</type>{bios}</os>
+  <on_poweroff>{on_poweroff}</on_poweroff>
+  <devices>
+    <serial type='pty'/>
+    <console type='pty'/>
+  </devices>
+</domain>
+"""
+
+
+def guest_xml(name: str, *, virt: str | None = None, machine: str = "q35", serial_bios: bool = False,
+              on_poweroff: str = "destroy") -> str:
+    return FIRMWARE_GUEST.format(name=name, virt=virt or ("kvm" if KVM_OK else "qemu"),
+                                 machine=machine, on_poweroff=on_poweroff,
+                                 bios="<bios useserial='yes'/>" if serial_bios else "")
+
+
+def qemu_uri(d: RunningDaemon) -> str:
+    return f"qemu+unix:///session?socket={d.sock}"
+
+
+def guest_pids(root: Path) -> list[int]:
+    """Every live QEMU whose command line points into ``root``."""
+    marker = str(root).encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and marker in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def kill_guests(root: Path) -> None:
+    for pid in guest_pids(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def guest_pid(root: Path, name: str) -> int:
+    return int((root / "run" / "qemu" / f"{name}.pid").read_text())
+
+
+def ok(uri: str, commands: str) -> str:
+    r = virsh(uri, commands)
+    assert r.rc == 0, f"virsh {commands!r} failed: {r.err}"
+    return r.out
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+class EventCollector:
+    """Domain lifecycle events, as a python-libvirt client on its own connection receives them."""
+
+    _loop_started = False
+
+    def __init__(self, uri: str) -> None:
+        import libvirt
+
+        EventCollector._start_loop()
+        self.conn = libvirt.open(uri)
+        self.events: list[tuple[str, int, int]] = []
+        self.cb = self.conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_event, None)
+
+    @classmethod
+    def _start_loop(cls) -> None:
+        import libvirt
+
+        if cls._loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, daemon=True).start()
+        cls._loop_started = True
+
+    def _on_event(self, conn, dom, event: int, detail: int, opaque) -> None:
+        self.events.append((dom.name(), event, detail))
+
+    def wait(self, expected: tuple[str, int, int], timeout: float = 10.0) -> None:
+        wait_for(lambda: expected in self.events, timeout)
+
+    def close(self) -> None:
+        try:
+            self.conn.domainEventDeregisterAny(self.cb)
+        finally:
+            self.conn.close()
+
+
+__all__ = ["EventCollector", "KVM_OK", "guest_pid", "guest_pids", "guest_xml", "kill_guests",
+           "needs_qemu", "ok", "qemu_uri", "start_daemon", "stop_daemon", "virsh", "wait_for"]
