@@ -243,6 +243,41 @@ class Client:
         while len(self._outbox) > OUTBOX_PAUSE and not self._closing:
             await self._drained.park()
 
+    async def send_fds(self, data: bytes | bytearray, fds: list[int]) -> None:
+        """Send one packet, then file descriptors, nothing in between (REPLY_WITH_FDS).
+
+        Each fd goes in its own sendmsg() with one dummy byte and an
+        SCM_RIGHTS message (libvirt's virSocketSendFD); the peer reads them
+        right after the packet that announced them, so the outbox is drained
+        first and other output waits until the last fd is sent.  Unix sockets
+        only; the caller keeps (and closes) its fds.
+        """
+        while self._sending:
+            await self._drained.park()
+        self._sending = True
+        sock = self.sock
+        try:
+            pending, self._outbox = self._outbox + data, bytearray()
+            view = memoryview(pending)
+            while view:
+                try:
+                    view = view[sock.send(view):]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+            for fd in fds:
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))]
+                while True:
+                    try:
+                        sock.sendmsg([b"\0"], rights)
+                        break
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(sock)
+        finally:
+            self._sending = False
+            self._drained.unpark_all()
+            if self._outbox:
+                self._writer_lot.unpark_all()
+
     def _spawn(self, call: Any, args: tuple) -> None:
         self.in_flight += 1
         assert self._nursery is not None

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import socket
 from typing import TYPE_CHECKING, Any, Callable
 
 import trio
@@ -66,6 +68,19 @@ def api_error_domain(proc: Procedure) -> int:
             if word in name:
                 return domain
     return P.VIR_FROM_DOMAIN
+
+
+class ReplyFds:
+    """What a handler returns to pass file descriptors back (LXC_PROC_DOMAIN_OPEN_NAMESPACE).
+
+    ``value`` is the reply as usual (None when the reply has no body); the
+    fds follow the REPLY_WITH_FDS packet on the socket and are closed here
+    once sent (or when the reply fails), so the handler hands them over.
+    """
+
+    def __init__(self, fds: list[int], value: Any = None) -> None:
+        self.fds = fds
+        self.value = value
 
 
 def _pack_error(value: Any, out: bytearray) -> None:
@@ -184,6 +199,9 @@ class Dispatcher:
             fn, is_async, target = program.resolve(client, proc)
             if not is_async:
                 result = fn(target, *args)
+                if isinstance(result, ReplyFds):
+                    await self._reply_fds(client, h, proc, result)
+                    return
                 self._reply(client, h, proc, result, stream)
                 return
         except VirError as err:
@@ -211,7 +229,28 @@ class Dispatcher:
             log.exception("%s failed", proc.name)
             self._reply_error(client, h, internal_error(f"{proc.name}: {exc}"), stream)
             return
+        if isinstance(result, ReplyFds):
+            await self._reply_fds(client, h, proc, result)
+            return
         self._reply(client, h, proc, result, stream)
+
+    @staticmethod
+    async def _reply_fds(client: "Client", h: frame.Header, proc: Procedure,
+                         result: ReplyFds) -> None:
+        """A REPLY_WITH_FDS: the fd count after the header, the body, then the fds themselves."""
+        try:
+            if client.sock.family != socket.AF_UNIX:
+                Dispatcher._reply_error(client, h, VirError(
+                    P.VIR_ERR_OPERATION_INVALID, "file descriptor passing needs a unix socket",
+                    domain=P.VIR_FROM_RPC))
+                return
+            value = (result.value,) if proc.ret_fields == 1 else result.value
+            data = frame.build(h.prog, h.vers, h.proc, frame.REPLY_WITH_FDS, h.serial, frame.OK,
+                               proc.pack_ret, value, nfds=len(result.fds))
+            await client.send_fds(data, result.fds)
+        finally:
+            for fd in result.fds:
+                os.close(fd)
 
     @staticmethod
     def _reply(client: "Client", h: frame.Header, proc: Procedure, result: Any,
