@@ -1,0 +1,503 @@
+"""State of the LXC driver: its containers, their controllers, and what drives their lifecycle.
+
+Each running container has a controller process (controller.py) that owns
+its namespaces, console pty and init; the driver talks to it over a unix
+socket (one JSON object per line) and follows it with one watcher task per
+container, in the driver's own nursery.  State, reasons and events follow
+libvirt's LXC driver (src/lxc/lxc_process.c):
+
+  fact                                 state (reason)          event
+  started                              running (booted)        started/booted
+  init exited (shutdown or by itself)  shut off (shutdown)     stopped/shutdown
+  destroy                              shut off (destroyed)    stopped/destroyed
+  init killed, controller gone         shut off (crashed)      stopped/failed
+
+Containers outlive the daemon: the controller is detached, the runtime
+status is persisted (status.py), `stop()` only detaches, and `start()`
+reconnects to every controller still there (and reports the others' end
+from the exit file they left, or as crashed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from lxml import etree
+
+from pyvirtd.driver import DriverContext
+from pyvirtd.driver import domains as ds
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import domain as domxml
+
+from . import cgroup, spec
+from .status import RuntimeStatus, StatusStore
+
+log = logging.getLogger(__name__)
+
+_FROM = P.VIR_FROM_LXC
+# How long a controller gets to set a container up and report back.
+START_TIMEOUT = 30.0
+# How long destroy waits for the controller to report init's end before killing it all.
+DESTROY_TIMEOUT = 10.0
+
+_EXIT_REASONS = {"shutdown": (ds.SHUTOFF_SHUTDOWN, ds.STOPPED_SHUTDOWN),
+                 "destroyed": (ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED),
+                 "crashed": (ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED)}
+
+
+@dataclass(eq=False)
+class LxcDomain:
+    """One container (virDomainObj + virLXCDomainObjPrivate)."""
+    definition: domxml.DomainDef
+    persistent: bool = True
+    new_def: domxml.DomainDef | None = None
+    state: int = ds.SHUTOFF
+    reason: int = ds.SHUTOFF_UNKNOWN
+    id: int = -1
+    autostart: bool = False
+    controller_pid: int | None = None
+    init_pid: int | None = None
+    cgroup: dict = field(default_factory=dict)
+    veths: list = field(default_factory=list)
+    link: Any = None                 # ControllerLink while connected
+    run: int = 0
+    stopped: trio.Event = field(default_factory=trio.Event)
+    console: Any = None
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    managed_save: bool = False
+    snapshots: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def uuid(self) -> bytes:
+        return self.definition.uuid
+
+    @property
+    def active(self) -> bool:
+        return self.state != ds.SHUTOFF
+
+    @property
+    def persistent_def(self) -> domxml.DomainDef:
+        return self.new_def if self.new_def is not None else self.definition
+
+    def ref(self) -> Any:
+        return P.remote_nonnull_domain(self.name, self.uuid, self.id)
+
+    def set_state(self, state: int, reason: int) -> None:
+        self.state, self.reason = state, reason
+
+
+class ControllerLink:
+    """The daemon's end of one controller socket."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self._buf = b""
+
+    @classmethod
+    async def connect(cls, path: str, timeout: float = 5.0) -> "ControllerLink":
+        with trio.fail_after(timeout):
+            return cls(await trio.open_unix_socket(path))
+
+    async def send(self, cmd: str) -> None:
+        await self.stream.send_all(json.dumps({"cmd": cmd}).encode() + b"\n")
+
+    async def receive(self) -> dict | None:
+        """The next message, or None at EOF."""
+        while b"\n" not in self._buf:
+            try:
+                data = await self.stream.receive_some(4096)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                return None
+            self._buf += data
+        line, self._buf = self._buf.split(b"\n", 1)
+        try:
+            return json.loads(line)
+        except ValueError:
+            return {}
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+def launch_controller(spec_path: str, log_path: str) -> dict:
+    """Start a controller and wait for its handshake (blocking: run in a thread).
+
+    The controller forks away at once, so the process started here exits
+    immediately and is reaped; the handshake arrives on a pipe.
+    """
+    r, w = os.pipe()
+    try:
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pyvirtd.drivers.lxc.controller", spec_path, str(w)],
+                pass_fds=[w], start_new_session=True, stdin=subprocess.DEVNULL,
+                stdout=logf, stderr=subprocess.STDOUT)
+        os.close(w)
+        w = -1
+        proc.wait()
+        data = b""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                return {"ok": False, "error": "timed out waiting for the container to start"}
+            chunk = os.read(r, 65536)
+            data += chunk
+            try:
+                return json.loads(data)
+            except ValueError:
+                if not chunk:
+                    return {"ok": False, "error": "the controller exited without a word; "
+                                                  f"see {log_path}"}
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+class LxcDriverState:
+    def __init__(self, ctx: DriverContext) -> None:
+        self.ctx = ctx
+        self.events = ctx.events
+        self.store = StatusStore(ctx.paths)
+        self.domains: dict[str, LxcDomain] = {}
+        self._nursery: trio.Nursery | None = None
+        self._done = trio.Event()
+        self._stopping = False
+
+    # ------------------------------------------------------------ daemon start/stop
+    async def start(self) -> None:
+        await trio.to_thread.run_sync(self.store.ensure_dirs)
+        ready = trio.Event()
+        trio.lowlevel.spawn_system_task(self._service, ready, name="pyvirtd-lxc-driver")
+        await ready.wait()
+        for d in await trio.to_thread.run_sync(self.store.load_configs):
+            dom = LxcDomain(d, persistent=True)
+            dom.autostart = self.store.is_autostart(d.name)
+            self.domains[d.name] = dom
+        for st in await trio.to_thread.run_sync(self.store.load_statuses):
+            await self._reattach(st)
+        for dom in list(self.domains.values()):
+            if dom.autostart and not dom.active:
+                try:
+                    async with dom.lock:
+                        if not dom.active:
+                            await self.start_domain(dom)
+                except VirError as exc:
+                    log.error("failed to autostart container '%s': %s", dom.name, exc)
+
+    async def stop(self) -> None:
+        """Detach from every container; they keep running."""
+        self._stopping = True
+        for dom in self.domains.values():
+            if dom.link is not None:
+                await dom.link.close()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+            await self._done.wait()
+
+    async def _service(self, ready: trio.Event) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                ready.set()
+                await trio.sleep_forever()
+        except trio.Cancelled:
+            raise
+        except Exception:
+            log.exception("lxc driver service failed")
+        finally:
+            self._done.set()
+
+    def spawn(self, fn: Any, *args: Any) -> None:
+        assert self._nursery is not None, "driver not started"
+        self._nursery.start_soon(self._guarded, fn, *args)
+
+    @staticmethod
+    async def _guarded(fn: Any, *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("lxc driver task %s failed", getattr(fn, "__name__", fn))
+
+    # ------------------------------------------------------------------- helpers
+    def emit(self, dom: LxcDomain, event: int, detail: int) -> None:
+        self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_LIFECYCLE, dom.ref(), event, detail)
+
+    async def save_status(self, dom: LxcDomain) -> None:
+        if not dom.active or dom.controller_pid is None:
+            return
+        st = RuntimeStatus(dom.name, dom.state, dom.reason, dom.controller_pid,
+                           dom.init_pid or 0, dom.persistent,
+                           domxml.format(dom.definition, dom_id=dom.id), dom.cgroup, dom.veths)
+        await trio.to_thread.run_sync(self.store.save_status, st)
+
+    async def save_config(self, d: domxml.DomainDef) -> None:
+        await trio.to_thread.run_sync(self.store.save_config, d)
+
+    def counters(self, dom: LxcDomain) -> dict[str, int]:
+        return cgroup.counters(dom.cgroup) if dom.active and dom.cgroup else {}
+
+    # ------------------------------------------------------------------- start
+    async def _plug(self, live: domxml.DomainDef) -> tuple[list[str], list[dict]]:
+        from pyvirtd import network
+
+        veths: list[str] = []
+        configs: list[dict] = []
+        try:
+            for i, iface in enumerate(live.devices_of("interface")):
+                mac = iface.find("mac").get("address")
+                src = iface.find("source")
+                kind = iface.get("type")
+                if kind == "network":
+                    sub = self.ctx.shared.get("network")
+                    if sub is None:
+                        raise VirError(P.VIR_ERR_NO_SUPPORT, "no network subsystem", domain=_FROM)
+                    host, peer = await sub.plug_veth(src.get("network"), mac)
+                elif kind == "bridge":
+                    host, peer = await network.plug_veth(src.get("bridge"), mac)
+                else:
+                    raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                                   f"Unsupported network type {kind}", domain=_FROM)
+                veths.append(host)
+                target = iface.find("target")
+                if target is None:
+                    target = etree.SubElement(iface, "target")
+                target.set("dev", host)
+                cfg = spec.interface_config(iface, i)
+                cfg["peer"] = peer
+                configs.append(cfg)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._unplug(veths)
+            raise
+        return veths, configs
+
+    async def _unplug(self, veths: list[str]) -> None:
+        from pyvirtd.network import _netlink
+
+        for veth in veths:
+            try:
+                await _netlink("delete_link", veth)
+            except Exception:
+                pass    # gone with the container's namespace
+
+    async def start_domain(self, dom: LxcDomain, *, live_def: domxml.DomainDef | None = None) -> None:
+        """Start the container's controller (caller holds ``dom.lock``); virLXCProcessStart."""
+        if dom.active:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "Domain is already running", domain=_FROM)
+        persistent_def = dom.definition
+        live = (live_def or persistent_def).copy()
+        spec.check_sources(live)
+        name = dom.name
+        store = self.store
+        for suffix in (".exit", ".sock"):
+            store.path(name, suffix).unlink(missing_ok=True)
+        paths = await trio.to_thread.run_sync(cgroup.machine_paths, name)
+        veths, ifaces = await self._plug(live)
+        try:
+            data = spec.build_spec(live, interfaces=ifaces, cgroup=paths,
+                                   socket=str(store.path(name, ".sock")),
+                                   exit_file=str(store.path(name, ".exit")))
+            spec_path = store.path(name, ".spec.json")
+            spec_path.write_text(json.dumps(data))
+            result = await trio.to_thread.run_sync(launch_controller, str(spec_path),
+                                                   str(store.path(name, ".log")))
+            if not result.get("ok"):
+                raise VirError(P.VIR_ERR_INTERNAL_ERROR,
+                               f"guest failed to start: {result.get('error', '').strip()}",
+                               domain=_FROM)
+            try:
+                link = await ControllerLink.connect(data["socket"])
+                hello = await link.receive()
+            except (OSError, trio.TooSlowError) as exc:
+                os.kill(result["init_pid"], signal.SIGKILL)
+                raise VirError(P.VIR_ERR_INTERNAL_ERROR,
+                               f"guest failed to start: cannot reach its controller: {exc}",
+                               domain=_FROM) from None
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._unplug(veths)
+            raise
+        _set_console(live, result["pty"])
+        dom.run += 1
+        dom.stopped = trio.Event()
+        dom.controller_pid, dom.init_pid = result["controller_pid"], result["init_pid"]
+        dom.cgroup, dom.veths, dom.link = paths, veths, link
+        if dom.persistent:
+            dom.new_def = persistent_def
+        dom.definition = live
+        dom.id = dom.controller_pid        # libvirt's LXC domain id is the controller's pid
+        dom.set_state(ds.RUNNING, ds.RUNNING_BOOTED)
+        await self.save_status(dom)
+        self.emit(dom, ds.EV_STARTED, ds.STARTED_BOOTED)
+        self.spawn(self._watch, dom, dom.run, link)
+
+    # -------------------------------------------------------------------- stop
+    def mark_stopped(self, dom: LxcDomain, run: int, reason: int, detail: int) -> bool:
+        if dom.run != run or not dom.active:
+            return False
+        dom.run += 1
+        dom.set_state(ds.SHUTOFF, reason)
+        dom.controller_pid = dom.init_pid = None
+        dom.link = None
+        if dom.console is not None:
+            dom.console.close()
+        self.store.delete_status(dom.name)
+        self.emit(dom, ds.EV_STOPPED, detail)
+        dom.id = -1
+        dom.stopped.set()
+        if dom.new_def is not None:
+            dom.definition, dom.new_def = dom.new_def, None
+        if not dom.persistent:
+            self.domains.pop(dom.name, None)
+        return True
+
+    async def _tidy(self, dom: LxcDomain, paths: dict, veths: list) -> None:
+        """What a controller that died uncleanly left: processes, cgroup, veths."""
+        def clean() -> None:
+            cgroup.kill_all(paths, signal.SIGKILL)
+            try:
+                cgroup.remove(paths)
+            except OSError as exc:
+                log.warning("%s: cannot remove cgroup: %s", dom.name, exc)
+        await trio.to_thread.run_sync(clean)
+        await self._unplug(veths)
+        self.store.path(dom.name, ".sock").unlink(missing_ok=True)
+
+    async def destroy_domain(self, dom: LxcDomain) -> None:
+        """SIGKILL to init through the controller (caller holds ``dom.lock``)."""
+        run, link = dom.run, dom.link
+        stopped = dom.stopped
+        sent = False
+        if link is not None:
+            try:
+                await link.send("destroy")
+                sent = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        if sent:
+            with trio.move_on_after(DESTROY_TIMEOUT):
+                await stopped.wait()
+        if dom.run == run and dom.active:
+            # the controller did not answer: end everything ourselves
+            for pid in (dom.init_pid, dom.controller_pid):
+                if _pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            paths, veths = dom.cgroup, dom.veths
+            self.mark_stopped(dom, run, ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
+            await self._tidy(dom, paths, veths)
+
+    async def shutdown_domain(self, dom: LxcDomain) -> None:
+        if dom.link is None:
+            raise ds.not_running()
+        await dom.link.send("shutdown")
+
+    # ----------------------------------------------------------------- watching
+    async def _watch(self, dom: LxcDomain, run: int, link: ControllerLink) -> None:
+        reason = None
+        while True:
+            msg = await link.receive()
+            if msg is None:
+                break
+            if msg.get("event") == "exit":
+                reason = msg.get("reason")
+        await link.close()
+        if self._stopping or dom.run != run:
+            return
+        if reason is None:
+            reason = await trio.to_thread.run_sync(self.store.read_exit, dom.name)
+        await self._ended(dom, run, reason)
+
+    async def _ended(self, dom: LxcDomain, run: int, reason: str | None) -> None:
+        paths, veths = dom.cgroup, dom.veths
+        if reason is None:
+            log.warning("%s: the container's controller went away", dom.name)
+        state_reason, detail = _EXIT_REASONS.get(reason or "crashed", _EXIT_REASONS["crashed"])
+        if self.mark_stopped(dom, run, state_reason, detail):
+            await self._tidy(dom, paths, veths)
+
+    # ---------------------------------------------------------------- reattach
+    async def _reattach(self, st: RuntimeStatus) -> None:
+        """Take a container over again after a daemon restart (virLXCProcessReconnectDomain)."""
+        try:
+            live = domxml.parse(st.xml)
+        except VirError as exc:
+            log.error("%s: unreadable live definition: %s", st.name, exc)
+            return
+        dom = self.domains.get(st.name)
+        if dom is None:
+            dom = LxcDomain(live, persistent=False)
+            self.domains[st.name] = dom
+        elif st.persistent:
+            dom.new_def = dom.definition
+        dom.definition = live
+        dom.persistent = st.persistent and dom.new_def is not None
+        dom.controller_pid, dom.init_pid = st.controller_pid, st.init_pid
+        dom.cgroup, dom.veths = st.cgroup, st.veths
+        dom.id = st.controller_pid
+        dom.set_state(st.state, st.reason)
+        dom.run += 1
+        dom.stopped = trio.Event()
+        run = dom.run
+        link = None
+        try:
+            link = await ControllerLink.connect(str(self.store.path(st.name, ".sock")))
+            hello = await link.receive()
+            if not hello or hello.get("init_pid") != st.init_pid:
+                raise OSError("unexpected controller")
+        except (OSError, trio.TooSlowError) as exc:
+            log.warning("%s: cannot reconnect to its controller: %s", st.name, exc)
+            if link is not None:
+                await link.close()
+            reason = await trio.to_thread.run_sync(self.store.read_exit, st.name)
+            if reason is None and _pid_alive(st.controller_pid):
+                os.kill(st.controller_pid, signal.SIGKILL)
+            await self._ended(dom, run, reason)
+            return
+        dom.link = link
+        self.spawn(self._watch, dom, run, link)
+
+
+def _set_console(d: domxml.DomainDef, pty: str) -> None:
+    """The first console's live form: type pty with the host-side path (as libvirt shows it)."""
+    for console in d.devices_of("console"):
+        if console.get("type") != "pty":
+            continue
+        console.set("tty", pty)
+        src = console.find("source")
+        if src is None:
+            src = etree.Element("source")
+            console.insert(0, src)
+        src.set("path", pty)
+        if console.find("alias") is None:
+            etree.SubElement(console, "alias", name="console0")
+        return

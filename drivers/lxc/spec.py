@@ -1,0 +1,174 @@
+"""From a container's domain definition to what its controller needs (a plain JSON "spec").
+
+`new_definition` parses, fills in libvirt's LXC defaults and validates
+(lxcDomainDefPostParse, virLXCDomainDefValidate): os type exe, init defaults
+to /sbin/init, a console of type pty with target type lxc.  `build_spec`
+turns the live definition into the controller's input, so the controller
+never needs the XML model.  Errors use libvirt's codes and wording where
+libvirt has them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lxml import etree
+
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import domain as domxml
+
+_FROM = P.VIR_FROM_LXC
+
+
+def new_definition(xml: str) -> domxml.DomainDef:
+    d = domxml.parse(xml)
+    if d.type != "lxc":
+        raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                       f"could not find capabilities for domaintype={d.type} ",
+                       domain=P.VIR_FROM_CAPABILITIES)
+    if d.os_type != "exe":
+        raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                       f"could not find capabilities for ostype={d.os_type} ",
+                       domain=P.VIR_FROM_CAPABILITIES)
+    domxml.fill_defaults(d, default_arch=os.uname().machine)
+    d.boot = []
+    if not any(e.tag == "init" for e in d.os_extra):
+        init = etree.Element("init")
+        init.text = "/sbin/init"
+        d.os_extra.insert(0, init)
+    if not d.devices_of("console"):
+        d.devices.append(etree.Element("console", type="pty"))
+    for port, console in enumerate(d.devices_of("console")):
+        if console.find("target") is None:
+            etree.SubElement(console, "target", type="lxc", port=str(port))
+    _root_filesystem(d)     # validates there is one
+    for i, iface in enumerate(d.devices_of("interface")):
+        if iface.get("type") not in ("bridge", "network", "ethernet"):
+            raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                           f"Unsupported network type {iface.get('type')}", domain=_FROM)
+    return d
+
+
+def _root_filesystem(d: domxml.DomainDef) -> etree._Element:
+    for fs in d.devices_of("filesystem"):
+        target = fs.find("target")
+        if target is not None and target.get("dir") == "/":
+            if fs.get("type", "mount") != "mount":
+                raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                               f"Unsupported filesystem type {fs.get('type')} for the root",
+                               domain=_FROM)
+            return fs
+    raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                   "No root filesystem: add <filesystem type='mount'> with <target dir='/'/>",
+                   domain=_FROM)
+
+
+def _kib(elem: etree._Element | None) -> int | None:
+    if elem is None:
+        return None
+    return domxml.parse_memory(elem, elem.tag)
+
+
+def limits(d: domxml.DomainDef) -> dict[str, int]:
+    out: dict[str, int] = {"memory": d.memory}
+    memtune = d.raw.get("memtune")
+    if memtune is not None:
+        for tag in ("hard_limit", "soft_limit", "swap_hard_limit"):
+            value = _kib(memtune.find(tag))
+            if value is not None:
+                out[tag] = value
+    cputune = d.raw.get("cputune")
+    if cputune is not None:
+        for tag in ("shares", "period", "quota"):
+            elem = cputune.find(tag)
+            if elem is not None and elem.text:
+                out[tag] = int(elem.text.strip())
+    return out
+
+
+def init_argv(d: domxml.DomainDef) -> tuple[list[str], dict[str, str], str | None]:
+    argv, env, initdir = [], {}, None
+    for e in d.os_extra:
+        text = (e.text or "").strip()
+        if e.tag == "init":
+            argv.insert(0, text)
+        elif e.tag == "initarg":
+            argv.append(text)
+        elif e.tag == "initenv" and e.get("name"):
+            env[e.get("name")] = e.text or ""
+        elif e.tag == "initdir":
+            initdir = text
+    return argv, env, initdir
+
+
+def idmap(d: domxml.DomainDef) -> dict[str, list] | None:
+    elem = d.raw.get("idmap")
+    if elem is None:
+        return None
+    out: dict[str, list] = {"uid": [], "gid": []}
+    for kind in ("uid", "gid"):
+        for m in elem.findall(kind):
+            out[kind].append([int(m.get("start")), int(m.get("target")), int(m.get("count"))])
+    return out
+
+
+def check_sources(d: domxml.DomainDef) -> None:
+    """Sources that must exist on the host before anything starts."""
+    for fs in d.devices_of("filesystem"):
+        if fs.get("type", "mount") != "mount":
+            continue
+        src = fs.find("source")
+        path = src.get("dir") if src is not None else None
+        if not path:
+            raise VirError(P.VIR_ERR_XML_ERROR, "missing source for filesystem",
+                           domain=P.VIR_FROM_DOMAIN)
+        if not os.path.isdir(path):
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                           f"Failed to access '{path}': No such file or directory", domain=_FROM)
+
+
+def build_spec(d: domxml.DomainDef, *, interfaces: list[dict], cgroup: dict[str, str],
+               socket: str, exit_file: str) -> dict[str, Any]:
+    root = _root_filesystem(d)
+    mounts = []
+    for fs in d.devices_of("filesystem"):
+        if fs is root:
+            continue
+        target = fs.find("target").get("dir")
+        kind = fs.get("type", "mount")
+        readonly = fs.find("readonly") is not None
+        if kind == "mount":
+            mounts.append({"type": "bind", "source": fs.find("source").get("dir"),
+                           "target": target, "readonly": readonly})
+        elif kind == "ram":
+            usage = fs.find("source").get("usage") if fs.find("source") is not None else None
+            unit = fs.find("source").get("units", "KiB") if usage else "KiB"
+            size = domxml.parse_memory(etree.fromstring(f"<u unit='{unit}'>{usage}</u>"), "usage") \
+                if usage else 65536
+            mounts.append({"type": "ram", "target": target, "usage_kib": size})
+        else:
+            raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                           f"Unexpected filesystem type {kind}", domain=_FROM)
+    argv, env, initdir = init_argv(d)
+    return {"name": d.name, "uuid": d.uuid_str, "hostname": d.name,
+            "root": {"source": root.find("source").get("dir"),
+                     "readonly": root.find("readonly") is not None},
+            "mounts": mounts, "init": argv, "env": env, "initdir": initdir,
+            "limits": limits(d), "cgroup": cgroup, "interfaces": interfaces,
+            "idmap": idmap(d), "socket": socket, "exit_file": exit_file}
+
+
+def interface_config(iface: etree._Element, index: int) -> dict[str, Any]:
+    """The container side of one <interface>: guest name, MAC, addresses, routes."""
+    guest = iface.find("guest")
+    cfg: dict[str, Any] = {"guest": guest.get("dev") if guest is not None and guest.get("dev")
+                           else f"eth{index}",
+                           "mac": iface.find("mac").get("address"), "ips": [], "routes": []}
+    for ip in iface.findall("ip"):
+        cfg["ips"].append(f"{ip.get('address')}/{ip.get('prefix') or 24}")
+    for route in iface.findall("route"):
+        cfg["routes"].append({"dest": f"{route.get('address')}/{route.get('prefix') or 0}",
+                              "gateway": route.get("gateway")})
+    return cfg
