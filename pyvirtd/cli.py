@@ -2,6 +2,12 @@
 
     pyvirtd [--root DIR | --system | --session] [-f FILE] [-l] [-t SECS]
             [-p FILE] [-d] [-v] [--version]
+    pyvirtd cert [--dir DIR] --hostname NAME...     (pyvirtd/commands.py)
+    pyvirtd sasl-user add|remove|list ...
+
+``-l``/``--listen`` turns on the network listeners that the configuration
+enables (``listen_tls`` on ``tls_port``, ``listen_tcp`` on ``tcp_port``, bound
+to ``listen_addr`` or every address), as libvirtd needs both too.
 
 Foreground by default.  SIGTERM and SIGINT shut down cleanly; SIGHUP reloads
 the configuration file.  Sockets handed over by systemd (LISTEN_FDS) are used
@@ -20,8 +26,9 @@ from pathlib import Path
 
 import trio
 
-from pyvirtd import __version__, logsetup, systemd
+from pyvirtd import __version__, commands, logsetup, systemd
 from pyvirtd.config import Config, ConfigError
+from pyvirtd.client import TRANSPORT_TCP, TRANSPORT_TLS
 from pyvirtd.daemon import Daemon
 from pyvirtd.paths import Paths
 
@@ -70,7 +77,7 @@ def _daemonize() -> None:
         os.dup2(fd, target)
 
 
-def _add_listeners(daemon: Daemon, paths: Paths, config: Config) -> None:
+def _add_listeners(daemon: Daemon, paths: Paths, config: Config, listen: bool) -> None:
     inherited = systemd.listen_fds()
     if inherited:
         for name, socks in inherited.items():
@@ -82,6 +89,12 @@ def _add_listeners(daemon: Daemon, paths: Paths, config: Config) -> None:
                     auth = config.auth_unix_ro if role == "ro" else config.auth_unix_rw
                     daemon.add_inherited_listener(raw, daemon.libvirtd, readonly=role == "ro",
                                                   auth=auth)
+                elif role in ("tcp", "tls"):
+                    tls = role == "tls"
+                    daemon.add_inherited_listener(
+                        raw, daemon.libvirtd, readonly=False,
+                        auth=config.auth_tls if tls else config.auth_tcp,
+                        transport=TRANSPORT_TLS if tls else TRANSPORT_TCP)
                 else:
                     log.warning("ignoring inherited %s socket: not supported yet", role)
         return
@@ -91,6 +104,16 @@ def _add_listeners(daemon: Daemon, paths: Paths, config: Config) -> None:
                              mode=int(config.unix_sock_ro_perms, 8), auth=config.auth_unix_ro)
     daemon.add_unix_listener(paths.sock_admin, daemon.admin, readonly=False,
                              mode=int(config.unix_sock_admin_perms, 8))
+    if listen:
+        # like libvirtd: network listeners need both --listen and listen_tls/listen_tcp
+        if config.listen_tls:
+            daemon.add_tcp_listeners(config.listen_addr, int(config.tls_port), daemon.libvirtd,
+                                     tls=True, auth=config.auth_tls)
+        if config.listen_tcp:
+            daemon.add_tcp_listeners(config.listen_addr, int(config.tcp_port), daemon.libvirtd,
+                                     tls=False, auth=config.auth_tcp)
+        if not (config.listen_tls or config.listen_tcp):
+            log.warning("--listen given but neither listen_tls nor listen_tcp is enabled")
 
 
 def _banner(paths: Paths) -> str:
@@ -143,6 +166,9 @@ def _reload(daemon: Daemon, config_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in commands.SUBCOMMANDS:
+        return commands.main(argv)
     args = parse_args(argv)
     paths, privileged = _paths(args)
     config_path = args.config or paths.config_file
@@ -164,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     daemon = Daemon(config, paths, privileged=privileged)
     daemon.verbose = args.verbose
     try:
-        _add_listeners(daemon, paths, config)
-    except OSError as exc:
+        _add_listeners(daemon, paths, config, args.listen)
+    except (OSError, ValueError) as exc:
         print(f"pyvirtd: cannot listen: {exc}", file=sys.stderr)
         return 1
     pid_file.parent.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,13 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
 from pyvirtd.errors import ProtocolError
 from pyvirtd.rpc import frame
+from pyvirtd.transport import ChannelError, PlainChannel
 
 if TYPE_CHECKING:
     from pyvirtd.daemon import Daemon, Server
@@ -37,6 +38,11 @@ OUTBOX_PAUSE = 4 * 1024 * 1024
 # A client whose queued output (mostly events) passes this is dropped rather
 # than letting it grow the daemon without bound.
 OUTBOX_LIMIT = 64 * 1024 * 1024
+
+# A client on a socket that requires authentication and has not completed it
+# after this long is dropped, so a stalled SASL exchange costs only its slot
+# for a bounded time (max_anonymous_clients bounds how many such slots exist).
+AUTH_TIMEOUT = 60
 
 KEEPALIVE_PROGRAM = 0x6B656570
 KEEPALIVE_PING, KEEPALIVE_PONG = 1, 2
@@ -69,15 +75,20 @@ class Client:
     """State of one connected client and the tasks that serve it."""
 
     def __init__(self, daemon: "Daemon", server: "Server", sock: socket.socket,
-                 *, readonly: bool, transport: int, auth: int) -> None:
+                 *, readonly: bool, transport: int, auth: int, channel: Any = None) -> None:
         self.id = next(_client_ids)
         self.daemon = daemon
         self.server = server
-        self.sock = sock          # non-blocking; read and written directly (see _reader)
+        self.sock = sock          # non-blocking; the raw socket trio waits on
+        # the byte channel read and written directly (see _reader): the plain
+        # socket's own methods, or TLS / the SASL layer (pyvirtd/transport.py)
+        self.channel = channel if channel is not None else PlainChannel(sock)
         self.readonly = readonly
         self.transport = transport
         self.auth = auth                      # REMOTE_AUTH_* configured on the socket
-        self.authenticated = auth == 0        # REMOTE_AUTH_NONE needs no steps
+        # REMOTE_AUTH_NONE needs no steps, but a TLS client counts as anonymous
+        # until its handshake and certificate check have passed (run())
+        self.authenticated = auth == 0 and self.channel.kind != "tls"
         self.identity = peer_identity(sock)
         self.connected_at = int(time.time())
         self.conn: Any = None                 # the driver connection after CONNECT_OPEN
@@ -123,16 +134,22 @@ class Client:
         produced elsewhere (coroutine calls, events, keepalive).
         """
         self._sending = True
-        sock = self.sock
+        sock, channel = self.sock, self.channel
         try:
             while self._outbox:
                 data, self._outbox = self._outbox, bytearray()
                 view = memoryview(data)
+                send = channel.send
                 while view:
                     try:
-                        view = view[sock.send(view):]
+                        view = view[send(view):]
                     except BlockingIOError:
                         await trio.lowlevel.wait_writable(sock)
+            while channel.buffered:      # TLS records the socket has not taken yet
+                try:
+                    channel.flush()
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
         finally:
             self._sending = False
         self._drained.unpark_all()
@@ -140,11 +157,11 @@ class Client:
     async def _writer(self) -> None:
         try:
             while True:
-                if not self._outbox or self._sending:
+                if (not self._outbox and not self.channel.buffered) or self._sending:
                     await self._writer_lot.park()
                     continue
                 await self._flush()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ChannelError):
             self.close()  # the peer is gone: stop reading too
 
     # ---------------------------------------------------------------- input
@@ -155,13 +172,25 @@ class Client:
         daemon's accept loop.
         """
         try:
+            try:
+                await self.channel.start()   # TLS handshake; nothing on a plain socket
+            except (ChannelError, trio.TooSlowError, OSError) as exc:
+                log.warning("client %d: refused during the handshake: %s", self.id,
+                         str(exc) or "timed out")
+                return
+            if self.channel.kind == "tls" and self.auth == 0:
+                self.set_authenticated()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
+                if not self.authenticated:
+                    nursery.start_soon(self._auth_deadline)
                 try:
                     await self._reader()
                 except ProtocolError as exc:
                     log.warning("client %d: protocol error, closing: %s", self.id, exc)
+                except ChannelError as exc:
+                    log.warning("client %d: %s, closing", self.id, exc)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
                 # let queued replies reach a client that is still listening
@@ -174,7 +203,7 @@ class Client:
         finally:
             self._closing = True
             self.daemon.client_gone(self)
-            self.sock.close()
+            self.channel.close()
 
     async def _reader(self) -> None:
         """Read and dispatch packets until EOF.
@@ -187,11 +216,15 @@ class Client:
         """
         reader = frame.FrameReader()
         dispatch = self.server.dispatcher.dispatch
-        sock = self.sock
+        sock, channel = self.sock, self.channel
+        recv = channel.recv
         streak = 0
         while True:
+            if self.channel is not channel:   # the SASL layer just took over
+                channel = self.channel
+                recv = channel.recv
             try:
-                data = sock.recv(RECEIVE_SIZE)
+                data = recv(RECEIVE_SIZE)
             except BlockingIOError:
                 streak = 0
                 await trio.lowlevel.wait_readable(sock)
@@ -322,6 +355,31 @@ class Client:
             self._pings_unanswered += 1
             self.send(frame.build_raw(KEEPALIVE_PROGRAM, 1, KEEPALIVE_PING,
                                       frame.MESSAGE, 0, frame.OK))
+
+    # -------------------------------------------------------- authentication
+    def set_authenticated(self) -> None:
+        """The client passed its auth step; frees an anonymous-client slot."""
+        self.authenticated = True
+        self.server.slot_freed.unpark_all()
+
+    def switch_channel(self, make: Callable[[Any, bytes], Any]) -> None:
+        """Put a layer over the byte channel (the SASL security layer).
+
+        Whatever is queued now (the reply to the final SASL step) still goes
+        out as it is: ``make(old_channel, queued_bytes)`` gets it to send ahead
+        of everything it encodes. The reader switches before its next read,
+        which is right because the peer sends encoded data only after it has
+        that reply.
+        """
+        queued, self._outbox = bytes(self._outbox), bytearray()
+        self.channel = make(self.channel, queued)
+        self._writer_lot.unpark_all()
+
+    async def _auth_deadline(self) -> None:
+        await trio.sleep(AUTH_TIMEOUT)
+        if not self.authenticated:
+            log.warning("client %d: not authenticated after %d s, closing", self.id, AUTH_TIMEOUT)
+            self.close()
 
     # ----------------------------------------------------------------- close
     def close(self) -> None:

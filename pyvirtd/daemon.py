@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from pyvirtd import logsetup
-from pyvirtd.client import TRANSPORT_UNIX, Client
+from pyvirtd.client import TRANSPORT_TCP, TRANSPORT_TLS, TRANSPORT_UNIX, Client
 from pyvirtd.config import Config
 from pyvirtd.dispatch import Dispatcher, Program
 from pyvirtd.driver import DriverContext, DriverRegistry
@@ -51,6 +51,10 @@ class Server:
     clients: dict[int, Client] = field(default_factory=dict)
     slot_freed: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
 
+    def anonymous(self) -> int:
+        """Clients that have not authenticated yet (max_anonymous_clients counts them)."""
+        return sum(1 for c in self.clients.values() if not c.authenticated)
+
 
 @dataclass(eq=False)
 class Listener:
@@ -59,6 +63,7 @@ class Listener:
     readonly: bool
     auth: int
     path: Path | None     # a unix socket file we created and must remove
+    transport: int = TRANSPORT_UNIX     # TCP listeners: TRANSPORT_TCP or TRANSPORT_TLS
 
 
 class Daemon:
@@ -89,6 +94,7 @@ class Daemon:
         self.servers = {s.name: s for s in (self.libvirtd, self.admin)}
         self.listeners: list[Listener] = []
         self.timeout = 0
+        self.tls: Any = None      # pyvirtd.auth.tls.TlsServer, once a TLS listener exists
         self.verbose = False
         # what virt-admin daemon-log-outputs/-filters show and change
         self.log_outputs = config.log_outputs or f"{config.log_level}:stderr"
@@ -118,11 +124,52 @@ class Daemon:
                                        readonly, AUTH_TYPES[auth], path))
 
     def add_inherited_listener(self, raw: socket.socket, server: Server, *,
-                               readonly: bool, auth: str = "none") -> None:
+                               readonly: bool, auth: str = "none",
+                               transport: int = TRANSPORT_UNIX) -> None:
         """Use a socket handed over by systemd; systemd owns its file."""
+        if transport == TRANSPORT_TLS:
+            self._ensure_tls()
         raw.setblocking(False)
         self.listeners.append(Listener(trio.socket.from_stdlib_socket(raw), server,
-                                       readonly, AUTH_TYPES[auth], None))
+                                       readonly, AUTH_TYPES[auth], None, transport))
+
+    def _ensure_tls(self) -> None:
+        if self.tls is None:
+            from pyvirtd.auth.tls import TlsServer
+            self.tls = TlsServer(self.config, self.paths)
+
+    def add_tcp_listeners(self, host: str | None, port: int, server: Server, *,
+                          tls: bool, auth: str) -> None:
+        """Listen on ``host`` (every address when None) for TCP or TLS clients.
+
+        Raises OSError when no address could be bound, ValueError when the
+        TLS certificates cannot be loaded.
+        """
+        if tls:
+            self._ensure_tls()
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
+                                   0, socket.AI_PASSIVE)
+        bound = 0
+        error: OSError | None = None
+        for family, type_, proto, _, addr in infos:
+            raw = socket.socket(family, type_, proto)
+            try:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                raw.bind(addr)
+                raw.listen(self.config.max_queued_clients or socket.SOMAXCONN)
+            except OSError as exc:
+                raw.close()
+                error = exc
+                continue
+            raw.setblocking(False)
+            self.listeners.append(Listener(
+                trio.socket.from_stdlib_socket(raw), server, False, AUTH_TYPES[auth], None,
+                TRANSPORT_TLS if tls else TRANSPORT_TCP))
+            bound += 1
+        if not bound:
+            raise error or OSError(f"no address to listen on for {host}:{port}")
 
     def close_listeners(self) -> None:
         for lst in self.listeners:
@@ -150,9 +197,14 @@ class Daemon:
 
     async def _accept_loop(self, lst: Listener, nursery: trio.Nursery) -> None:
         server = lst.server
+        # clients of this listener start unauthenticated (auth to do, or a TLS
+        # handshake first), so they count against max_anonymous_clients
+        anonymous = lst.auth != 0 or lst.transport == TRANSPORT_TLS
         while True:
-            # at max_clients libvirtd stops accepting; newcomers wait in the backlog
-            while len(server.clients) >= server.max_clients:
+            # at max_clients (or max_anonymous_clients) libvirtd stops
+            # accepting; newcomers wait in the backlog
+            while (len(server.clients) >= server.max_clients
+                   or (anonymous and server.anonymous() >= server.max_anonymous_clients)):
                 await server.slot_freed.park()
             try:
                 sock, _ = await lst.sock.accept()
@@ -164,8 +216,13 @@ class Daemon:
                 raise
             raw = socket.socket(fileno=sock.detach())
             raw.setblocking(False)
+            channel = None
+            if lst.transport == TRANSPORT_TLS:
+                channel = self.tls.channel(raw)
+            elif lst.transport == TRANSPORT_TCP:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = Client(self, server, raw, readonly=lst.readonly,
-                            transport=TRANSPORT_UNIX, auth=lst.auth)
+                            transport=lst.transport, auth=lst.auth, channel=channel)
             server.clients[client.id] = client
             log.debug("client %d connected to %s", client.id, server.name)
             nursery.start_soon(client.run)
@@ -186,7 +243,7 @@ class Daemon:
         self.close_driver_connection(client)
         server = client.server
         if server.clients.pop(client.id, None) is not None:
-            server.slot_freed.unpark()
+            server.slot_freed.unpark_all()
             log.debug("client %d left %s", client.id, server.name)
 
     def set_logging(self, outputs: str | None = None, filters: str | None = None) -> None:
@@ -197,13 +254,19 @@ class Daemon:
         self.log_outputs, self.log_filters = outputs, filters
 
     def reload(self, config: Config) -> None:
-        """Apply a re-read configuration's limits and logging (SIGHUP); sockets stay."""
+        """Apply a re-read configuration's limits, logging, TLS certificates (SIGHUP).
+
+        Sockets stay; TLS connections accepted afterwards use the new certificates.
+        """
         self.config = config
         try:
             self.set_logging(config.log_outputs or f"{config.log_level}:stderr",
                              config.log_filters)
         except logsetup.LogSettingError as exc:
             log.error("keeping the old log settings: %s", exc)
+        if self.tls is not None and self.tls.reload(config):
+            log.info("TLS certificates reloaded; new connections use them")
+        self.libvirtd.max_anonymous_clients = config.max_anonymous_clients
         for server, prefix in ((self.libvirtd, ""), (self.admin, "admin_")):
             server.max_clients = getattr(config, prefix + "max_clients")
             server.max_client_requests = getattr(config, prefix + "max_client_requests")

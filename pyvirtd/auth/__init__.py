@@ -1,0 +1,1 @@
+"""Authentication and access control: TLS client checks, SASL, polkit."""
