@@ -19,6 +19,11 @@ DEB_PACKAGES := libvirt-clients libvirt-dev libvirt-daemon pkg-config gcc virtin
 DEB_PACKAGES += dnsmasq-base
 DEB_PACKAGES += nftables
 DEB_PACKAGES += busybox-static
+# remote access (tests/integration/auth): libkrb5-dev builds the gssapi module;
+# a throw-away KDC (krb5-kdc, krb5-admin-server), kinit (krb5-user) and the
+# SASL client plugins libvirt clients use (SCRAM, GSSAPI)
+DEB_PACKAGES += libkrb5-dev krb5-kdc krb5-admin-server krb5-user \
+                libsasl2-modules libsasl2-modules-gssapi-mit
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.

@@ -83,6 +83,7 @@ class Client:
         # the byte channel read and written directly (see _reader): the plain
         # socket's own methods, or TLS / the SASL layer (pyvirtd/transport.py)
         self.channel = channel if channel is not None else PlainChannel(sock)
+        self._next_channel: Callable[[Any, bytes], Any] | None = None
         self.readonly = readonly
         self.transport = transport
         self.auth = auth                      # REMOTE_AUTH_* configured on the socket
@@ -220,8 +221,8 @@ class Client:
         recv = channel.recv
         streak = 0
         while True:
-            if self.channel is not channel:   # the SASL layer just took over
-                channel = self.channel
+            if self._next_channel is not None:   # the SASL layer takes over
+                channel = self._apply_channel()
                 recv = channel.recv
             try:
                 data = recv(RECEIVE_SIZE)
@@ -363,17 +364,23 @@ class Client:
         self.server.slot_freed.unpark_all()
 
     def switch_channel(self, make: Callable[[Any, bytes], Any]) -> None:
-        """Put a layer over the byte channel (the SASL security layer).
+        """Put a layer over the byte channel (the SASL security layer) after this reply.
 
-        Whatever is queued now (the reply to the final SASL step) still goes
-        out as it is: ``make(old_channel, queued_bytes)`` gets it to send ahead
-        of everything it encodes. The reader switches before its next read,
-        which is right because the peer sends encoded data only after it has
-        that reply.
+        Called by the handler of the final SASL step, before its reply is
+        queued. The reader applies it before its next read: by then the
+        reply is queued, and it still goes out as it is, because
+        ``make(old_channel, queued_bytes)`` gets those bytes to send ahead of
+        everything it encodes. The peer sends encoded data only after it has
+        that reply, so nothing it sent can have been read too early.
         """
+        self._next_channel = make
+
+    def _apply_channel(self) -> Any:
+        make, self._next_channel = self._next_channel, None
         queued, self._outbox = bytes(self._outbox), bytearray()
         self.channel = make(self.channel, queued)
         self._writer_lot.unpark_all()
+        return self.channel
 
     async def _auth_deadline(self) -> None:
         await trio.sleep(AUTH_TIMEOUT)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pyvirtd.client import TRANSPORT_TCP
 from pyvirtd.errors import VirError, internal_error
 from pyvirtd.rpc import _generated as P
 
 if TYPE_CHECKING:
     from pyvirtd.client import Client
     from pyvirtd.daemon import Daemon
+
+REMOTE_AUTH_NONE, REMOTE_AUTH_SASL, REMOTE_AUTH_POLKIT = 0, 1, 2
 
 # The libvirt version pyvirtd speaks for (virsh prints it as the daemon's).
 LIB_VERSION = 9_000_000
@@ -31,6 +34,12 @@ _DAEMON_FEATURES = {
     P.VIR_DRV_FEATURE_REMOTE_EVENT_CALLBACK,
     P.VIR_DRV_FEATURE_REMOTE_CLOSE_CALLBACK,
 }
+
+
+def _invalid(what: str) -> VirError:
+    # libvirtd's words (remote_daemon_dispatch.c)
+    return VirError(P.VIR_ERR_AUTH_FAILED, f"client tried invalid {what} request",
+                    domain=P.VIR_FROM_REMOTE)
 
 
 def _bus(client: "Client") -> Any:
@@ -53,11 +62,47 @@ class RemoteProgram:
         raise VirError(P.VIR_ERR_AUTH_FAILED, "client tried invalid PolicyKit init request",
                        domain=P.VIR_FROM_REMOTE)
 
+    # SASL (pyvirtd/auth/sasl.py); the session lives in program_state until done
     def auth_sasl_init(self, client: "Client") -> str:
-        raise VirError(P.VIR_ERR_AUTH_FAILED, "client tried invalid SASL init request",
-                       domain=P.VIR_FROM_REMOTE)
+        if client.auth != REMOTE_AUTH_SASL or client.authenticated:
+            raise _invalid("SASL init")
+        from pyvirtd.auth.sasl import SaslSession
+        session = client.program_state["sasl"] = SaslSession(client)
+        return ",".join(session.offered)
 
-    auth_sasl_start = auth_sasl_step = auth_sasl_init
+    def auth_sasl_start(self, client: "Client", mech: str, nil: int, data: bytes) -> tuple:
+        session = client.program_state.get("sasl")
+        if session is None or session.mech is not None:
+            raise _invalid("SASL start")
+        return self._sasl_result(client, session, session.start, mech, None if nil else data)
+
+    def auth_sasl_step(self, client: "Client", nil: int, data: bytes) -> tuple:
+        session = client.program_state.get("sasl")
+        if session is None or session.mech is None:
+            raise _invalid("SASL step")
+        return self._sasl_result(client, session, session.step, None if nil else data)
+
+    def _sasl_result(self, client: "Client", session: Any, fn: Any, *args: Any) -> tuple:
+        from pyvirtd.auth.sasl import SaslChannel, auth_failed
+        try:
+            complete, out = fn(*args)
+            if complete:
+                session.check_identity(self.daemon.config.sasl_allowed_username_list)
+                layer = session.mech.layer
+                if client.transport == TRANSPORT_TCP and layer is None:
+                    raise auth_failed("negotiation SSF too small for plain TCP")
+        except VirError:
+            client.program_state.pop("sasl", None)    # start over from AUTH_SASL_INIT
+            raise
+        if complete:
+            client.program_state.pop("sasl", None)
+            client.program_state["sasl_username"] = session.mech.username
+            client.set_authenticated()
+            if layer is not None:
+                ctx, encrypt, maxbuf = layer
+                client.switch_channel(
+                    lambda inner, queued: SaslChannel(inner, ctx, encrypt, maxbuf, queued))
+        return (1 if complete else 0, 1 if out is None else 0, out or b"")
 
     # -------------------------------------------------------------- connection
     def connect_open(self, client: "Client", name: str | None, flags: int) -> None:
