@@ -120,7 +120,8 @@ def capabilities_xml(qcaps: "QemuCaps", host_uuid: str | None = None) -> str:
         a = _sub(guest, "arch", name=arch)
         _sub(a, "wordsize", C._WORDSIZE.get(arch, 64))
         _sub(a, "emulator", b.path)
-        for m in b.machines:
+        # the default machine first, as libvirt lists it (virt-install takes the first)
+        for m in sorted(b.machines, key=lambda m: not m.default):
             if m.deprecated:
                 continue
             _sub(a, "machine", m.name, maxCpus=m.max_cpus)

@@ -288,6 +288,9 @@ def _machine(b: _Builder) -> None:
         if timer.name == "hpet" and timer.present is not None:
             pairs.append(("hpet", "on" if timer.present else "off"))
     o = plat.os
+    if o.bios_useserial:
+        # no graphics for the firmware: SeaBIOS then prints to the serial port
+        pairs.append(("graphics", "off"))
     if o.loader and o.loader_type == "pflash":
         b.add("-blockdev", _json({"driver": "file", "filename": o.loader,
                                   "node-name": "libvirt-pflash0-storage",
@@ -414,7 +417,7 @@ def _assign_bootindex(b: _Builder, devs: list) -> None:
 
 def _controllers(b: _Builder, conts: list[Controller]) -> None:
     for c in sorted(conts, key=lambda c: (c.type != "pci", c.index)):
-        b.controllers[(c.type, c.index)] = c
+        b.controllers.setdefault((c.type, c.index), c)
         alias = b.alias(c)
         if c.type == "pci":
             if c.index == 0:
@@ -435,11 +438,18 @@ def _controllers(b: _Builder, conts: list[Controller]) -> None:
             if c.model == "none":
                 continue
             pairs: list[tuple[str, object]] = []
-            if c.model and c.model.startswith("ich9-uhci"):
-                master = b.controllers.get(("usb", c.index))
-                pairs = [("masterbus", "usb.0" if c.index == 0 else f"usb{c.index}.0"),
-                         ("firstport", 2 * (int(c.model[-1]) - 1))]
-                alias = f"{alias}-uhci{c.model[-1]}" if master is not c else alias
+            master = next((x for x in c.extra if getattr(x, "tag", None) == "master"), None)
+            if master is None and c.model and c.model.startswith("ich9-uhci") \
+                    and b.controllers.get(("usb", c.index)) is not c:
+                master = etree.Element("master", startport=str(2 * (int(c.model[-1]) - 1)))
+            if master is not None:
+                # a companion of the EHCI controller with its index: it joins that
+                # controller's bus and has no id of its own (libvirt's
+                # qemuBuildUSBControllerDevProps); its live alias is the master's
+                b.add("-device", opts(_USB_MODELS[c.model], ("masterbus", f"{alias}.0"),
+                                      ("firstport", int(master.get("startport", "0"))),
+                                      *b.pci(c)))
+                continue
             if c.model in ("qemu-xhci", "nec-xhci") and c.ports:
                 pairs = [("p2", c.ports), ("p3", c.ports)]
             b.add("-device", opts(_USB_MODELS[c.model], *pairs, ("id", alias), *b.pci(c)))

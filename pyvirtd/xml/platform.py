@@ -43,6 +43,7 @@ class OsConfig:
     boot_menu: bool | None = None
     boot_menu_timeout: int | None = None
     bios_reboot_timeout: int | None = None
+    bios_useserial: bool | None = None     # <bios useserial='yes'>: SeaBIOS on the serial port
     smbios_mode: str | None = None
 
 
@@ -126,6 +127,7 @@ def _parse_os(defn) -> OsConfig:
             o.boot_menu_timeout = int_attr(elem, "timeout")
         elif elem.tag == "bios":
             o.bios_reboot_timeout = int_attr(elem, "rebootTimeout", minimum=-1)
+            o.bios_useserial = yesno_attr(elem, "useserial")
         elif elem.tag == "smbios":
             o.smbios_mode = enum_attr(elem, "mode", ("emulate", "host", "sysinfo"),
                                       what="smbios mode")
