@@ -166,7 +166,11 @@ class Emitter:
         if isinstance(node, Opaque):
             if node.size is not None:
                 pad = (-node.size) % 4
-                lines = [f"{ind}out += bytes({expr})[:{node.size}].ljust({node.size}, b'\\0')"]
+                t = self.tmp()
+                # the common case (exactly the right length) appends without copying
+                lines = [f"{ind}{t} = {expr}",
+                         f"{ind}out += {t} if len({t}) == {node.size} "
+                         f"else bytes({t})[:{node.size}].ljust({node.size}, b'\\0')"]
                 if pad:
                     lines.append(f"{ind}out += {bytes(pad)!r}")
                 return lines

@@ -99,7 +99,7 @@ class DomainMixin:
         return sorted(d.name for d in self.driver.domains.values() if not d.active)[:maxnames]
 
     def connect_list_all_domains(self, need_results: int, flags: int) -> tuple:
-        doms = [d for d in self.driver.domains.values() if ds.matches_list_flags(d, flags)]
+        doms = ds.filter_by_list_flags(self.driver.domains.values(), flags)
         return ([d.ref() for d in doms] if need_results else [], len(doms))
 
     # -- information ------------------------------------------------------

@@ -31,7 +31,8 @@ from pyvirtd.driver.domains import (  # noqa: E402,F401  (re-exported to the tes
     SHUTOFF_FROM_SNAPSHOT, SHUTOFF_SAVED, SHUTOFF_SHUTDOWN, SHUTOFF_UNKNOWN, STARTED_BOOTED,
     STARTED_FROM_SNAPSHOT, STARTED_RESTORED, STOPPED_DESTROYED, STOPPED_FROM_SNAPSHOT,
     STOPPED_SAVED, STOPPED_SHUTDOWN, SUSPENDED_FROM_SNAPSHOT, SUSPENDED_PAUSED,
-    UNDEFINED_REMOVED, UNDEFINED_RENAMED, find_for_add, matches_list_flags as _matches, not_running)
+    UNDEFINED_REMOVED, UNDEFINED_RENAMED, filter_by_list_flags, find_for_add,
+    matches_list_flags as _matches, not_running)
 
 # Flags (virDomainXMLFlags, virDomainModificationImpact, ...).
 XML_SECURE, XML_INACTIVE, XML_UPDATE_CPU, XML_MIGRATABLE = 1, 2, 4, 8
@@ -185,7 +186,7 @@ class DomainMixin:
         return [d.name for d in self.state.domains.values() if not d.active][:maxnames]
 
     def connect_list_all_domains(self, need_results: int, flags: int) -> tuple:
-        doms = [d for d in self.state.domains.values() if _matches(d, flags)]
+        doms = filter_by_list_flags(self.state.domains.values(), flags)
         return ([d.ref() for d in doms] if need_results else [], len(doms))
 
     # -- information ------------------------------------------------------

@@ -496,15 +496,16 @@ virNetMessageNonnullDomain = _nt('virNetMessageNonnullDomain', 'name uuid id')
 def pack_virNetMessageNonnullDomain(v, out):
     _b1 = v[0].encode('utf-8', 'surrogateescape')
     out += _U32.pack(len(_b1)); out += _b1; out += PAD[len(_b1) & 3]
-    out += bytes(v[1])[:16].ljust(16, b'\0')
+    _t2 = v[1]
+    out += _t2 if len(_t2) == 16 else bytes(_t2)[:16].ljust(16, b'\0')
     out += _S_i.pack(v[2])
 
 def unpack_virNetMessageNonnullDomain(b, o):
-    _n2, = _U32.unpack_from(b, o); o += 4
-    if _n2 > 4194304: raise XdrError('virNetMessageNonnullDomain.name: string of %d bytes exceeds 4194304' % _n2)
-    _end3 = o + _n2
-    if _end3 > len(b): raise XdrError('virNetMessageNonnullDomain.name: truncated string')
-    f0 = str(b[o:_end3], 'utf-8', 'surrogateescape'); o = _end3 + (-_n2 & 3)
+    _n3, = _U32.unpack_from(b, o); o += 4
+    if _n3 > 4194304: raise XdrError('virNetMessageNonnullDomain.name: string of %d bytes exceeds 4194304' % _n3)
+    _end4 = o + _n3
+    if _end4 > len(b): raise XdrError('virNetMessageNonnullDomain.name: truncated string')
+    f0 = str(b[o:_end4], 'utf-8', 'surrogateescape'); o = _end4 + (-_n3 & 3)
     if o + 16 > len(b): raise XdrError('virNetMessageNonnullDomain.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     f2, = _S_i.unpack_from(b, o); o += 4
@@ -513,16 +514,17 @@ def unpack_virNetMessageNonnullDomain(b, o):
 virNetMessageNonnullNetwork = _nt('virNetMessageNonnullNetwork', 'name uuid')
 
 def pack_virNetMessageNonnullNetwork(v, out):
-    _b4 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b4)); out += _b4; out += PAD[len(_b4) & 3]
-    out += bytes(v[1])[:16].ljust(16, b'\0')
+    _b5 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b5)); out += _b5; out += PAD[len(_b5) & 3]
+    _t6 = v[1]
+    out += _t6 if len(_t6) == 16 else bytes(_t6)[:16].ljust(16, b'\0')
 
 def unpack_virNetMessageNonnullNetwork(b, o):
-    _n5, = _U32.unpack_from(b, o); o += 4
-    if _n5 > 4194304: raise XdrError('virNetMessageNonnullNetwork.name: string of %d bytes exceeds 4194304' % _n5)
-    _end6 = o + _n5
-    if _end6 > len(b): raise XdrError('virNetMessageNonnullNetwork.name: truncated string')
-    f0 = str(b[o:_end6], 'utf-8', 'surrogateescape'); o = _end6 + (-_n5 & 3)
+    _n7, = _U32.unpack_from(b, o); o += 4
+    if _n7 > 4194304: raise XdrError('virNetMessageNonnullNetwork.name: string of %d bytes exceeds 4194304' % _n7)
+    _end8 = o + _n7
+    if _end8 > len(b): raise XdrError('virNetMessageNonnullNetwork.name: truncated string')
+    f0 = str(b[o:_end8], 'utf-8', 'surrogateescape'); o = _end8 + (-_n7 & 3)
     if o + 16 > len(b): raise XdrError('virNetMessageNonnullNetwork.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     return _new(virNetMessageNonnullNetwork, (f0, f1)), o
@@ -531,111 +533,111 @@ virNetMessageError = _nt('virNetMessageError', 'code domain message level dom st
 
 def pack_virNetMessageError(v, out):
     out += _S_ii.pack(v[0], v[1])
-    _t7 = v[2]
-    if _t7 is None:
-        out += b'\0\0\0\0'
-    else:
-        out += b'\0\0\0\1'
-        _b8 = _t7.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b8)); out += _b8; out += PAD[len(_b8) & 3]
-    out += _S_i.pack(v[3])
-    _t9 = v[4]
+    _t9 = v[2]
     if _t9 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        pack_virNetMessageNonnullDomain(_t9, out)
-    _t10 = v[5]
-    if _t10 is None:
+        _b10 = _t9.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b10)); out += _b10; out += PAD[len(_b10) & 3]
+    out += _S_i.pack(v[3])
+    _t11 = v[4]
+    if _t11 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b11 = _t10.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b11)); out += _b11; out += PAD[len(_b11) & 3]
-    _t12 = v[6]
+        pack_virNetMessageNonnullDomain(_t11, out)
+    _t12 = v[5]
     if _t12 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
         _b13 = _t12.encode('utf-8', 'surrogateescape')
         out += _U32.pack(len(_b13)); out += _b13; out += PAD[len(_b13) & 3]
-    _t14 = v[7]
+    _t14 = v[6]
     if _t14 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
         _b15 = _t14.encode('utf-8', 'surrogateescape')
         out += _U32.pack(len(_b15)); out += _b15; out += PAD[len(_b15) & 3]
-    out += _S_ii.pack(v[8], v[9])
-    _t16 = v[10]
+    _t16 = v[7]
     if _t16 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        pack_virNetMessageNonnullNetwork(_t16, out)
+        _b17 = _t16.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b17)); out += _b17; out += PAD[len(_b17) & 3]
+    out += _S_ii.pack(v[8], v[9])
+    _t18 = v[10]
+    if _t18 is None:
+        out += b'\0\0\0\0'
+    else:
+        out += b'\0\0\0\1'
+        pack_virNetMessageNonnullNetwork(_t18, out)
 
 def unpack_virNetMessageError(b, o):
     f0, f1 = _S_ii.unpack_from(b, o); o += 8
-    _f17, = _U32.unpack_from(b, o); o += 4
-    if _f17 == 1:
-        _n18, = _U32.unpack_from(b, o); o += 4
-        if _n18 > 4194304: raise XdrError('virNetMessageError.message: string of %d bytes exceeds 4194304' % _n18)
-        _end19 = o + _n18
-        if _end19 > len(b): raise XdrError('virNetMessageError.message: truncated string')
-        f2 = str(b[o:_end19], 'utf-8', 'surrogateescape'); o = _end19 + (-_n18 & 3)
-    elif _f17 == 0:
+    _f19, = _U32.unpack_from(b, o); o += 4
+    if _f19 == 1:
+        _n20, = _U32.unpack_from(b, o); o += 4
+        if _n20 > 4194304: raise XdrError('virNetMessageError.message: string of %d bytes exceeds 4194304' % _n20)
+        _end21 = o + _n20
+        if _end21 > len(b): raise XdrError('virNetMessageError.message: truncated string')
+        f2 = str(b[o:_end21], 'utf-8', 'surrogateescape'); o = _end21 + (-_n20 & 3)
+    elif _f19 == 0:
         f2 = None
     else:
-        raise XdrError('virNetMessageError.message: bad optional flag %d' % _f17)
+        raise XdrError('virNetMessageError.message: bad optional flag %d' % _f19)
     f3, = _S_i.unpack_from(b, o); o += 4
-    _f20, = _U32.unpack_from(b, o); o += 4
-    if _f20 == 1:
+    _f22, = _U32.unpack_from(b, o); o += 4
+    if _f22 == 1:
         f4, o = unpack_virNetMessageNonnullDomain(b, o)
-    elif _f20 == 0:
+    elif _f22 == 0:
         f4 = None
     else:
-        raise XdrError('virNetMessageError.dom: bad optional flag %d' % _f20)
-    _f21, = _U32.unpack_from(b, o); o += 4
-    if _f21 == 1:
-        _n22, = _U32.unpack_from(b, o); o += 4
-        if _n22 > 4194304: raise XdrError('virNetMessageError.str1: string of %d bytes exceeds 4194304' % _n22)
-        _end23 = o + _n22
-        if _end23 > len(b): raise XdrError('virNetMessageError.str1: truncated string')
-        f5 = str(b[o:_end23], 'utf-8', 'surrogateescape'); o = _end23 + (-_n22 & 3)
-    elif _f21 == 0:
+        raise XdrError('virNetMessageError.dom: bad optional flag %d' % _f22)
+    _f23, = _U32.unpack_from(b, o); o += 4
+    if _f23 == 1:
+        _n24, = _U32.unpack_from(b, o); o += 4
+        if _n24 > 4194304: raise XdrError('virNetMessageError.str1: string of %d bytes exceeds 4194304' % _n24)
+        _end25 = o + _n24
+        if _end25 > len(b): raise XdrError('virNetMessageError.str1: truncated string')
+        f5 = str(b[o:_end25], 'utf-8', 'surrogateescape'); o = _end25 + (-_n24 & 3)
+    elif _f23 == 0:
         f5 = None
     else:
-        raise XdrError('virNetMessageError.str1: bad optional flag %d' % _f21)
-    _f24, = _U32.unpack_from(b, o); o += 4
-    if _f24 == 1:
-        _n25, = _U32.unpack_from(b, o); o += 4
-        if _n25 > 4194304: raise XdrError('virNetMessageError.str2: string of %d bytes exceeds 4194304' % _n25)
-        _end26 = o + _n25
-        if _end26 > len(b): raise XdrError('virNetMessageError.str2: truncated string')
-        f6 = str(b[o:_end26], 'utf-8', 'surrogateescape'); o = _end26 + (-_n25 & 3)
-    elif _f24 == 0:
+        raise XdrError('virNetMessageError.str1: bad optional flag %d' % _f23)
+    _f26, = _U32.unpack_from(b, o); o += 4
+    if _f26 == 1:
+        _n27, = _U32.unpack_from(b, o); o += 4
+        if _n27 > 4194304: raise XdrError('virNetMessageError.str2: string of %d bytes exceeds 4194304' % _n27)
+        _end28 = o + _n27
+        if _end28 > len(b): raise XdrError('virNetMessageError.str2: truncated string')
+        f6 = str(b[o:_end28], 'utf-8', 'surrogateescape'); o = _end28 + (-_n27 & 3)
+    elif _f26 == 0:
         f6 = None
     else:
-        raise XdrError('virNetMessageError.str2: bad optional flag %d' % _f24)
-    _f27, = _U32.unpack_from(b, o); o += 4
-    if _f27 == 1:
-        _n28, = _U32.unpack_from(b, o); o += 4
-        if _n28 > 4194304: raise XdrError('virNetMessageError.str3: string of %d bytes exceeds 4194304' % _n28)
-        _end29 = o + _n28
-        if _end29 > len(b): raise XdrError('virNetMessageError.str3: truncated string')
-        f7 = str(b[o:_end29], 'utf-8', 'surrogateescape'); o = _end29 + (-_n28 & 3)
-    elif _f27 == 0:
+        raise XdrError('virNetMessageError.str2: bad optional flag %d' % _f26)
+    _f29, = _U32.unpack_from(b, o); o += 4
+    if _f29 == 1:
+        _n30, = _U32.unpack_from(b, o); o += 4
+        if _n30 > 4194304: raise XdrError('virNetMessageError.str3: string of %d bytes exceeds 4194304' % _n30)
+        _end31 = o + _n30
+        if _end31 > len(b): raise XdrError('virNetMessageError.str3: truncated string')
+        f7 = str(b[o:_end31], 'utf-8', 'surrogateescape'); o = _end31 + (-_n30 & 3)
+    elif _f29 == 0:
         f7 = None
     else:
-        raise XdrError('virNetMessageError.str3: bad optional flag %d' % _f27)
+        raise XdrError('virNetMessageError.str3: bad optional flag %d' % _f29)
     f8, f9 = _S_ii.unpack_from(b, o); o += 8
-    _f30, = _U32.unpack_from(b, o); o += 4
-    if _f30 == 1:
+    _f32, = _U32.unpack_from(b, o); o += 4
+    if _f32 == 1:
         f10, o = unpack_virNetMessageNonnullNetwork(b, o)
-    elif _f30 == 0:
+    elif _f32 == 0:
         f10 = None
     else:
-        raise XdrError('virNetMessageError.net: bad optional flag %d' % _f30)
+        raise XdrError('virNetMessageError.net: bad optional flag %d' % _f32)
     return _new(virNetMessageError, (f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10)), o
 
 virNetStreamHole = _nt('virNetStreamHole', 'length flags')
@@ -650,17 +652,18 @@ def unpack_virNetStreamHole(b, o):
 remote_nonnull_domain = _nt('remote_nonnull_domain', 'name uuid id')
 
 def pack_remote_nonnull_domain(v, out):
-    _b31 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b31)); out += _b31; out += PAD[len(_b31) & 3]
-    out += bytes(v[1])[:16].ljust(16, b'\0')
+    _b33 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b33)); out += _b33; out += PAD[len(_b33) & 3]
+    _t34 = v[1]
+    out += _t34 if len(_t34) == 16 else bytes(_t34)[:16].ljust(16, b'\0')
     out += _S_i.pack(v[2])
 
 def unpack_remote_nonnull_domain(b, o):
-    _n32, = _U32.unpack_from(b, o); o += 4
-    if _n32 > 4194304: raise XdrError('remote_nonnull_domain.name: string of %d bytes exceeds 4194304' % _n32)
-    _end33 = o + _n32
-    if _end33 > len(b): raise XdrError('remote_nonnull_domain.name: truncated string')
-    f0 = str(b[o:_end33], 'utf-8', 'surrogateescape'); o = _end33 + (-_n32 & 3)
+    _n35, = _U32.unpack_from(b, o); o += 4
+    if _n35 > 4194304: raise XdrError('remote_nonnull_domain.name: string of %d bytes exceeds 4194304' % _n35)
+    _end36 = o + _n35
+    if _end36 > len(b): raise XdrError('remote_nonnull_domain.name: truncated string')
+    f0 = str(b[o:_end36], 'utf-8', 'surrogateescape'); o = _end36 + (-_n35 & 3)
     if o + 16 > len(b): raise XdrError('remote_nonnull_domain.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     f2, = _S_i.unpack_from(b, o); o += 4
@@ -669,16 +672,17 @@ def unpack_remote_nonnull_domain(b, o):
 remote_nonnull_network = _nt('remote_nonnull_network', 'name uuid')
 
 def pack_remote_nonnull_network(v, out):
-    _b34 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b34)); out += _b34; out += PAD[len(_b34) & 3]
-    out += bytes(v[1])[:16].ljust(16, b'\0')
+    _b37 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b37)); out += _b37; out += PAD[len(_b37) & 3]
+    _t38 = v[1]
+    out += _t38 if len(_t38) == 16 else bytes(_t38)[:16].ljust(16, b'\0')
 
 def unpack_remote_nonnull_network(b, o):
-    _n35, = _U32.unpack_from(b, o); o += 4
-    if _n35 > 4194304: raise XdrError('remote_nonnull_network.name: string of %d bytes exceeds 4194304' % _n35)
-    _end36 = o + _n35
-    if _end36 > len(b): raise XdrError('remote_nonnull_network.name: truncated string')
-    f0 = str(b[o:_end36], 'utf-8', 'surrogateescape'); o = _end36 + (-_n35 & 3)
+    _n39, = _U32.unpack_from(b, o); o += 4
+    if _n39 > 4194304: raise XdrError('remote_nonnull_network.name: string of %d bytes exceeds 4194304' % _n39)
+    _end40 = o + _n39
+    if _end40 > len(b): raise XdrError('remote_nonnull_network.name: truncated string')
+    f0 = str(b[o:_end40], 'utf-8', 'surrogateescape'); o = _end40 + (-_n39 & 3)
     if o + 16 > len(b): raise XdrError('remote_nonnull_network.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     return _new(remote_nonnull_network, (f0, f1)), o
@@ -687,7 +691,8 @@ remote_nonnull_network_port = _nt('remote_nonnull_network_port', 'net uuid')
 
 def pack_remote_nonnull_network_port(v, out):
     pack_remote_nonnull_network(v[0], out)
-    out += bytes(v[1])[:16].ljust(16, b'\0')
+    _t41 = v[1]
+    out += _t41 if len(_t41) == 16 else bytes(_t41)[:16].ljust(16, b'\0')
 
 def unpack_remote_nonnull_network_port(b, o):
     f0, o = unpack_remote_nonnull_network(b, o)
@@ -698,16 +703,17 @@ def unpack_remote_nonnull_network_port(b, o):
 remote_nonnull_nwfilter = _nt('remote_nonnull_nwfilter', 'name uuid')
 
 def pack_remote_nonnull_nwfilter(v, out):
-    _b37 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b37)); out += _b37; out += PAD[len(_b37) & 3]
-    out += bytes(v[1])[:16].ljust(16, b'\0')
+    _b42 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b42)); out += _b42; out += PAD[len(_b42) & 3]
+    _t43 = v[1]
+    out += _t43 if len(_t43) == 16 else bytes(_t43)[:16].ljust(16, b'\0')
 
 def unpack_remote_nonnull_nwfilter(b, o):
-    _n38, = _U32.unpack_from(b, o); o += 4
-    if _n38 > 4194304: raise XdrError('remote_nonnull_nwfilter.name: string of %d bytes exceeds 4194304' % _n38)
-    _end39 = o + _n38
-    if _end39 > len(b): raise XdrError('remote_nonnull_nwfilter.name: truncated string')
-    f0 = str(b[o:_end39], 'utf-8', 'surrogateescape'); o = _end39 + (-_n38 & 3)
+    _n44, = _U32.unpack_from(b, o); o += 4
+    if _n44 > 4194304: raise XdrError('remote_nonnull_nwfilter.name: string of %d bytes exceeds 4194304' % _n44)
+    _end45 = o + _n44
+    if _end45 > len(b): raise XdrError('remote_nonnull_nwfilter.name: truncated string')
+    f0 = str(b[o:_end45], 'utf-8', 'surrogateescape'); o = _end45 + (-_n44 & 3)
     if o + 16 > len(b): raise XdrError('remote_nonnull_nwfilter.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     return _new(remote_nonnull_nwfilter, (f0, f1)), o
@@ -715,58 +721,59 @@ def unpack_remote_nonnull_nwfilter(b, o):
 remote_nonnull_nwfilter_binding = _nt('remote_nonnull_nwfilter_binding', 'portdev filtername')
 
 def pack_remote_nonnull_nwfilter_binding(v, out):
-    _b40 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b40)); out += _b40; out += PAD[len(_b40) & 3]
-    _b41 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b41)); out += _b41; out += PAD[len(_b41) & 3]
-
-def unpack_remote_nonnull_nwfilter_binding(b, o):
-    _n42, = _U32.unpack_from(b, o); o += 4
-    if _n42 > 4194304: raise XdrError('remote_nonnull_nwfilter_binding.portdev: string of %d bytes exceeds 4194304' % _n42)
-    _end43 = o + _n42
-    if _end43 > len(b): raise XdrError('remote_nonnull_nwfilter_binding.portdev: truncated string')
-    f0 = str(b[o:_end43], 'utf-8', 'surrogateescape'); o = _end43 + (-_n42 & 3)
-    _n44, = _U32.unpack_from(b, o); o += 4
-    if _n44 > 4194304: raise XdrError('remote_nonnull_nwfilter_binding.filtername: string of %d bytes exceeds 4194304' % _n44)
-    _end45 = o + _n44
-    if _end45 > len(b): raise XdrError('remote_nonnull_nwfilter_binding.filtername: truncated string')
-    f1 = str(b[o:_end45], 'utf-8', 'surrogateescape'); o = _end45 + (-_n44 & 3)
-    return _new(remote_nonnull_nwfilter_binding, (f0, f1)), o
-
-remote_nonnull_interface = _nt('remote_nonnull_interface', 'name mac')
-
-def pack_remote_nonnull_interface(v, out):
     _b46 = v[0].encode('utf-8', 'surrogateescape')
     out += _U32.pack(len(_b46)); out += _b46; out += PAD[len(_b46) & 3]
     _b47 = v[1].encode('utf-8', 'surrogateescape')
     out += _U32.pack(len(_b47)); out += _b47; out += PAD[len(_b47) & 3]
 
-def unpack_remote_nonnull_interface(b, o):
+def unpack_remote_nonnull_nwfilter_binding(b, o):
     _n48, = _U32.unpack_from(b, o); o += 4
-    if _n48 > 4194304: raise XdrError('remote_nonnull_interface.name: string of %d bytes exceeds 4194304' % _n48)
+    if _n48 > 4194304: raise XdrError('remote_nonnull_nwfilter_binding.portdev: string of %d bytes exceeds 4194304' % _n48)
     _end49 = o + _n48
-    if _end49 > len(b): raise XdrError('remote_nonnull_interface.name: truncated string')
+    if _end49 > len(b): raise XdrError('remote_nonnull_nwfilter_binding.portdev: truncated string')
     f0 = str(b[o:_end49], 'utf-8', 'surrogateescape'); o = _end49 + (-_n48 & 3)
     _n50, = _U32.unpack_from(b, o); o += 4
-    if _n50 > 4194304: raise XdrError('remote_nonnull_interface.mac: string of %d bytes exceeds 4194304' % _n50)
+    if _n50 > 4194304: raise XdrError('remote_nonnull_nwfilter_binding.filtername: string of %d bytes exceeds 4194304' % _n50)
     _end51 = o + _n50
-    if _end51 > len(b): raise XdrError('remote_nonnull_interface.mac: truncated string')
+    if _end51 > len(b): raise XdrError('remote_nonnull_nwfilter_binding.filtername: truncated string')
     f1 = str(b[o:_end51], 'utf-8', 'surrogateescape'); o = _end51 + (-_n50 & 3)
+    return _new(remote_nonnull_nwfilter_binding, (f0, f1)), o
+
+remote_nonnull_interface = _nt('remote_nonnull_interface', 'name mac')
+
+def pack_remote_nonnull_interface(v, out):
+    _b52 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b52)); out += _b52; out += PAD[len(_b52) & 3]
+    _b53 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b53)); out += _b53; out += PAD[len(_b53) & 3]
+
+def unpack_remote_nonnull_interface(b, o):
+    _n54, = _U32.unpack_from(b, o); o += 4
+    if _n54 > 4194304: raise XdrError('remote_nonnull_interface.name: string of %d bytes exceeds 4194304' % _n54)
+    _end55 = o + _n54
+    if _end55 > len(b): raise XdrError('remote_nonnull_interface.name: truncated string')
+    f0 = str(b[o:_end55], 'utf-8', 'surrogateescape'); o = _end55 + (-_n54 & 3)
+    _n56, = _U32.unpack_from(b, o); o += 4
+    if _n56 > 4194304: raise XdrError('remote_nonnull_interface.mac: string of %d bytes exceeds 4194304' % _n56)
+    _end57 = o + _n56
+    if _end57 > len(b): raise XdrError('remote_nonnull_interface.mac: truncated string')
+    f1 = str(b[o:_end57], 'utf-8', 'surrogateescape'); o = _end57 + (-_n56 & 3)
     return _new(remote_nonnull_interface, (f0, f1)), o
 
 remote_nonnull_storage_pool = _nt('remote_nonnull_storage_pool', 'name uuid')
 
 def pack_remote_nonnull_storage_pool(v, out):
-    _b52 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b52)); out += _b52; out += PAD[len(_b52) & 3]
-    out += bytes(v[1])[:16].ljust(16, b'\0')
+    _b58 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b58)); out += _b58; out += PAD[len(_b58) & 3]
+    _t59 = v[1]
+    out += _t59 if len(_t59) == 16 else bytes(_t59)[:16].ljust(16, b'\0')
 
 def unpack_remote_nonnull_storage_pool(b, o):
-    _n53, = _U32.unpack_from(b, o); o += 4
-    if _n53 > 4194304: raise XdrError('remote_nonnull_storage_pool.name: string of %d bytes exceeds 4194304' % _n53)
-    _end54 = o + _n53
-    if _end54 > len(b): raise XdrError('remote_nonnull_storage_pool.name: truncated string')
-    f0 = str(b[o:_end54], 'utf-8', 'surrogateescape'); o = _end54 + (-_n53 & 3)
+    _n60, = _U32.unpack_from(b, o); o += 4
+    if _n60 > 4194304: raise XdrError('remote_nonnull_storage_pool.name: string of %d bytes exceeds 4194304' % _n60)
+    _end61 = o + _n60
+    if _end61 > len(b): raise XdrError('remote_nonnull_storage_pool.name: truncated string')
+    f0 = str(b[o:_end61], 'utf-8', 'surrogateescape'); o = _end61 + (-_n60 & 3)
     if o + 16 > len(b): raise XdrError('remote_nonnull_storage_pool.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     return _new(remote_nonnull_storage_pool, (f0, f1)), o
@@ -774,93 +781,94 @@ def unpack_remote_nonnull_storage_pool(b, o):
 remote_nonnull_storage_vol = _nt('remote_nonnull_storage_vol', 'pool name key')
 
 def pack_remote_nonnull_storage_vol(v, out):
-    _b55 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b55)); out += _b55; out += PAD[len(_b55) & 3]
-    _b56 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b56)); out += _b56; out += PAD[len(_b56) & 3]
-    _b57 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b57)); out += _b57; out += PAD[len(_b57) & 3]
+    _b62 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b62)); out += _b62; out += PAD[len(_b62) & 3]
+    _b63 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b63)); out += _b63; out += PAD[len(_b63) & 3]
+    _b64 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b64)); out += _b64; out += PAD[len(_b64) & 3]
 
 def unpack_remote_nonnull_storage_vol(b, o):
-    _n58, = _U32.unpack_from(b, o); o += 4
-    if _n58 > 4194304: raise XdrError('remote_nonnull_storage_vol.pool: string of %d bytes exceeds 4194304' % _n58)
-    _end59 = o + _n58
-    if _end59 > len(b): raise XdrError('remote_nonnull_storage_vol.pool: truncated string')
-    f0 = str(b[o:_end59], 'utf-8', 'surrogateescape'); o = _end59 + (-_n58 & 3)
-    _n60, = _U32.unpack_from(b, o); o += 4
-    if _n60 > 4194304: raise XdrError('remote_nonnull_storage_vol.name: string of %d bytes exceeds 4194304' % _n60)
-    _end61 = o + _n60
-    if _end61 > len(b): raise XdrError('remote_nonnull_storage_vol.name: truncated string')
-    f1 = str(b[o:_end61], 'utf-8', 'surrogateescape'); o = _end61 + (-_n60 & 3)
-    _n62, = _U32.unpack_from(b, o); o += 4
-    if _n62 > 4194304: raise XdrError('remote_nonnull_storage_vol.key: string of %d bytes exceeds 4194304' % _n62)
-    _end63 = o + _n62
-    if _end63 > len(b): raise XdrError('remote_nonnull_storage_vol.key: truncated string')
-    f2 = str(b[o:_end63], 'utf-8', 'surrogateescape'); o = _end63 + (-_n62 & 3)
+    _n65, = _U32.unpack_from(b, o); o += 4
+    if _n65 > 4194304: raise XdrError('remote_nonnull_storage_vol.pool: string of %d bytes exceeds 4194304' % _n65)
+    _end66 = o + _n65
+    if _end66 > len(b): raise XdrError('remote_nonnull_storage_vol.pool: truncated string')
+    f0 = str(b[o:_end66], 'utf-8', 'surrogateescape'); o = _end66 + (-_n65 & 3)
+    _n67, = _U32.unpack_from(b, o); o += 4
+    if _n67 > 4194304: raise XdrError('remote_nonnull_storage_vol.name: string of %d bytes exceeds 4194304' % _n67)
+    _end68 = o + _n67
+    if _end68 > len(b): raise XdrError('remote_nonnull_storage_vol.name: truncated string')
+    f1 = str(b[o:_end68], 'utf-8', 'surrogateescape'); o = _end68 + (-_n67 & 3)
+    _n69, = _U32.unpack_from(b, o); o += 4
+    if _n69 > 4194304: raise XdrError('remote_nonnull_storage_vol.key: string of %d bytes exceeds 4194304' % _n69)
+    _end70 = o + _n69
+    if _end70 > len(b): raise XdrError('remote_nonnull_storage_vol.key: truncated string')
+    f2 = str(b[o:_end70], 'utf-8', 'surrogateescape'); o = _end70 + (-_n69 & 3)
     return _new(remote_nonnull_storage_vol, (f0, f1, f2)), o
 
 remote_nonnull_node_device = _nt('remote_nonnull_node_device', 'name')
 
 def pack_remote_nonnull_node_device(v, out):
-    _b64 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b64)); out += _b64; out += PAD[len(_b64) & 3]
+    _b71 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b71)); out += _b71; out += PAD[len(_b71) & 3]
 
 def unpack_remote_nonnull_node_device(b, o):
-    _n65, = _U32.unpack_from(b, o); o += 4
-    if _n65 > 4194304: raise XdrError('remote_nonnull_node_device.name: string of %d bytes exceeds 4194304' % _n65)
-    _end66 = o + _n65
-    if _end66 > len(b): raise XdrError('remote_nonnull_node_device.name: truncated string')
-    f0 = str(b[o:_end66], 'utf-8', 'surrogateescape'); o = _end66 + (-_n65 & 3)
+    _n72, = _U32.unpack_from(b, o); o += 4
+    if _n72 > 4194304: raise XdrError('remote_nonnull_node_device.name: string of %d bytes exceeds 4194304' % _n72)
+    _end73 = o + _n72
+    if _end73 > len(b): raise XdrError('remote_nonnull_node_device.name: truncated string')
+    f0 = str(b[o:_end73], 'utf-8', 'surrogateescape'); o = _end73 + (-_n72 & 3)
     return _new(remote_nonnull_node_device, (f0,)), o
 
 remote_nonnull_secret = _nt('remote_nonnull_secret', 'uuid usageType usageID')
 
 def pack_remote_nonnull_secret(v, out):
-    out += bytes(v[0])[:16].ljust(16, b'\0')
+    _t74 = v[0]
+    out += _t74 if len(_t74) == 16 else bytes(_t74)[:16].ljust(16, b'\0')
     out += _S_i.pack(v[1])
-    _b67 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b67)); out += _b67; out += PAD[len(_b67) & 3]
+    _b75 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b75)); out += _b75; out += PAD[len(_b75) & 3]
 
 def unpack_remote_nonnull_secret(b, o):
     if o + 16 > len(b): raise XdrError('remote_nonnull_secret.uuid: truncated')
     f0 = bytes(b[o:o + 16]); o += 16
     f1, = _S_i.unpack_from(b, o); o += 4
-    _n68, = _U32.unpack_from(b, o); o += 4
-    if _n68 > 4194304: raise XdrError('remote_nonnull_secret.usageID: string of %d bytes exceeds 4194304' % _n68)
-    _end69 = o + _n68
-    if _end69 > len(b): raise XdrError('remote_nonnull_secret.usageID: truncated string')
-    f2 = str(b[o:_end69], 'utf-8', 'surrogateescape'); o = _end69 + (-_n68 & 3)
+    _n76, = _U32.unpack_from(b, o); o += 4
+    if _n76 > 4194304: raise XdrError('remote_nonnull_secret.usageID: string of %d bytes exceeds 4194304' % _n76)
+    _end77 = o + _n76
+    if _end77 > len(b): raise XdrError('remote_nonnull_secret.usageID: truncated string')
+    f2 = str(b[o:_end77], 'utf-8', 'surrogateescape'); o = _end77 + (-_n76 & 3)
     return _new(remote_nonnull_secret, (f0, f1, f2)), o
 
 remote_nonnull_domain_checkpoint = _nt('remote_nonnull_domain_checkpoint', 'name dom')
 
 def pack_remote_nonnull_domain_checkpoint(v, out):
-    _b70 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b70)); out += _b70; out += PAD[len(_b70) & 3]
+    _b78 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b78)); out += _b78; out += PAD[len(_b78) & 3]
     pack_remote_nonnull_domain(v[1], out)
 
 def unpack_remote_nonnull_domain_checkpoint(b, o):
-    _n71, = _U32.unpack_from(b, o); o += 4
-    if _n71 > 4194304: raise XdrError('remote_nonnull_domain_checkpoint.name: string of %d bytes exceeds 4194304' % _n71)
-    _end72 = o + _n71
-    if _end72 > len(b): raise XdrError('remote_nonnull_domain_checkpoint.name: truncated string')
-    f0 = str(b[o:_end72], 'utf-8', 'surrogateescape'); o = _end72 + (-_n71 & 3)
+    _n79, = _U32.unpack_from(b, o); o += 4
+    if _n79 > 4194304: raise XdrError('remote_nonnull_domain_checkpoint.name: string of %d bytes exceeds 4194304' % _n79)
+    _end80 = o + _n79
+    if _end80 > len(b): raise XdrError('remote_nonnull_domain_checkpoint.name: truncated string')
+    f0 = str(b[o:_end80], 'utf-8', 'surrogateescape'); o = _end80 + (-_n79 & 3)
     f1, o = unpack_remote_nonnull_domain(b, o)
     return _new(remote_nonnull_domain_checkpoint, (f0, f1)), o
 
 remote_nonnull_domain_snapshot = _nt('remote_nonnull_domain_snapshot', 'name dom')
 
 def pack_remote_nonnull_domain_snapshot(v, out):
-    _b73 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b73)); out += _b73; out += PAD[len(_b73) & 3]
+    _b81 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b81)); out += _b81; out += PAD[len(_b81) & 3]
     pack_remote_nonnull_domain(v[1], out)
 
 def unpack_remote_nonnull_domain_snapshot(b, o):
-    _n74, = _U32.unpack_from(b, o); o += 4
-    if _n74 > 4194304: raise XdrError('remote_nonnull_domain_snapshot.name: string of %d bytes exceeds 4194304' % _n74)
-    _end75 = o + _n74
-    if _end75 > len(b): raise XdrError('remote_nonnull_domain_snapshot.name: truncated string')
-    f0 = str(b[o:_end75], 'utf-8', 'surrogateescape'); o = _end75 + (-_n74 & 3)
+    _n82, = _U32.unpack_from(b, o); o += 4
+    if _n82 > 4194304: raise XdrError('remote_nonnull_domain_snapshot.name: string of %d bytes exceeds 4194304' % _n82)
+    _end83 = o + _n82
+    if _end83 > len(b): raise XdrError('remote_nonnull_domain_snapshot.name: truncated string')
+    f0 = str(b[o:_end83], 'utf-8', 'surrogateescape'); o = _end83 + (-_n82 & 3)
     f1, o = unpack_remote_nonnull_domain(b, o)
     return _new(remote_nonnull_domain_snapshot, (f0, f1)), o
 
@@ -868,111 +876,111 @@ remote_error = _nt('remote_error', 'code domain message level dom str1 str2 str3
 
 def pack_remote_error(v, out):
     out += _S_ii.pack(v[0], v[1])
-    _t76 = v[2]
-    if _t76 is None:
+    _t84 = v[2]
+    if _t84 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b77 = _t76.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b77)); out += _b77; out += PAD[len(_b77) & 3]
+        _b85 = _t84.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b85)); out += _b85; out += PAD[len(_b85) & 3]
     out += _S_i.pack(v[3])
-    _t78 = v[4]
-    if _t78 is None:
+    _t86 = v[4]
+    if _t86 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        pack_remote_nonnull_domain(_t78, out)
-    _t79 = v[5]
-    if _t79 is None:
+        pack_remote_nonnull_domain(_t86, out)
+    _t87 = v[5]
+    if _t87 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b80 = _t79.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b80)); out += _b80; out += PAD[len(_b80) & 3]
-    _t81 = v[6]
-    if _t81 is None:
+        _b88 = _t87.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b88)); out += _b88; out += PAD[len(_b88) & 3]
+    _t89 = v[6]
+    if _t89 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b82 = _t81.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b82)); out += _b82; out += PAD[len(_b82) & 3]
-    _t83 = v[7]
-    if _t83 is None:
+        _b90 = _t89.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b90)); out += _b90; out += PAD[len(_b90) & 3]
+    _t91 = v[7]
+    if _t91 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b84 = _t83.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b84)); out += _b84; out += PAD[len(_b84) & 3]
+        _b92 = _t91.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b92)); out += _b92; out += PAD[len(_b92) & 3]
     out += _S_ii.pack(v[8], v[9])
-    _t85 = v[10]
-    if _t85 is None:
+    _t93 = v[10]
+    if _t93 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        pack_remote_nonnull_network(_t85, out)
+        pack_remote_nonnull_network(_t93, out)
 
 def unpack_remote_error(b, o):
     f0, f1 = _S_ii.unpack_from(b, o); o += 8
-    _f86, = _U32.unpack_from(b, o); o += 4
-    if _f86 == 1:
-        _n87, = _U32.unpack_from(b, o); o += 4
-        if _n87 > 4194304: raise XdrError('remote_error.message: string of %d bytes exceeds 4194304' % _n87)
-        _end88 = o + _n87
-        if _end88 > len(b): raise XdrError('remote_error.message: truncated string')
-        f2 = str(b[o:_end88], 'utf-8', 'surrogateescape'); o = _end88 + (-_n87 & 3)
-    elif _f86 == 0:
+    _f94, = _U32.unpack_from(b, o); o += 4
+    if _f94 == 1:
+        _n95, = _U32.unpack_from(b, o); o += 4
+        if _n95 > 4194304: raise XdrError('remote_error.message: string of %d bytes exceeds 4194304' % _n95)
+        _end96 = o + _n95
+        if _end96 > len(b): raise XdrError('remote_error.message: truncated string')
+        f2 = str(b[o:_end96], 'utf-8', 'surrogateescape'); o = _end96 + (-_n95 & 3)
+    elif _f94 == 0:
         f2 = None
     else:
-        raise XdrError('remote_error.message: bad optional flag %d' % _f86)
+        raise XdrError('remote_error.message: bad optional flag %d' % _f94)
     f3, = _S_i.unpack_from(b, o); o += 4
-    _f89, = _U32.unpack_from(b, o); o += 4
-    if _f89 == 1:
+    _f97, = _U32.unpack_from(b, o); o += 4
+    if _f97 == 1:
         f4, o = unpack_remote_nonnull_domain(b, o)
-    elif _f89 == 0:
+    elif _f97 == 0:
         f4 = None
     else:
-        raise XdrError('remote_error.dom: bad optional flag %d' % _f89)
-    _f90, = _U32.unpack_from(b, o); o += 4
-    if _f90 == 1:
-        _n91, = _U32.unpack_from(b, o); o += 4
-        if _n91 > 4194304: raise XdrError('remote_error.str1: string of %d bytes exceeds 4194304' % _n91)
-        _end92 = o + _n91
-        if _end92 > len(b): raise XdrError('remote_error.str1: truncated string')
-        f5 = str(b[o:_end92], 'utf-8', 'surrogateescape'); o = _end92 + (-_n91 & 3)
-    elif _f90 == 0:
+        raise XdrError('remote_error.dom: bad optional flag %d' % _f97)
+    _f98, = _U32.unpack_from(b, o); o += 4
+    if _f98 == 1:
+        _n99, = _U32.unpack_from(b, o); o += 4
+        if _n99 > 4194304: raise XdrError('remote_error.str1: string of %d bytes exceeds 4194304' % _n99)
+        _end100 = o + _n99
+        if _end100 > len(b): raise XdrError('remote_error.str1: truncated string')
+        f5 = str(b[o:_end100], 'utf-8', 'surrogateescape'); o = _end100 + (-_n99 & 3)
+    elif _f98 == 0:
         f5 = None
     else:
-        raise XdrError('remote_error.str1: bad optional flag %d' % _f90)
-    _f93, = _U32.unpack_from(b, o); o += 4
-    if _f93 == 1:
-        _n94, = _U32.unpack_from(b, o); o += 4
-        if _n94 > 4194304: raise XdrError('remote_error.str2: string of %d bytes exceeds 4194304' % _n94)
-        _end95 = o + _n94
-        if _end95 > len(b): raise XdrError('remote_error.str2: truncated string')
-        f6 = str(b[o:_end95], 'utf-8', 'surrogateescape'); o = _end95 + (-_n94 & 3)
-    elif _f93 == 0:
+        raise XdrError('remote_error.str1: bad optional flag %d' % _f98)
+    _f101, = _U32.unpack_from(b, o); o += 4
+    if _f101 == 1:
+        _n102, = _U32.unpack_from(b, o); o += 4
+        if _n102 > 4194304: raise XdrError('remote_error.str2: string of %d bytes exceeds 4194304' % _n102)
+        _end103 = o + _n102
+        if _end103 > len(b): raise XdrError('remote_error.str2: truncated string')
+        f6 = str(b[o:_end103], 'utf-8', 'surrogateescape'); o = _end103 + (-_n102 & 3)
+    elif _f101 == 0:
         f6 = None
     else:
-        raise XdrError('remote_error.str2: bad optional flag %d' % _f93)
-    _f96, = _U32.unpack_from(b, o); o += 4
-    if _f96 == 1:
-        _n97, = _U32.unpack_from(b, o); o += 4
-        if _n97 > 4194304: raise XdrError('remote_error.str3: string of %d bytes exceeds 4194304' % _n97)
-        _end98 = o + _n97
-        if _end98 > len(b): raise XdrError('remote_error.str3: truncated string')
-        f7 = str(b[o:_end98], 'utf-8', 'surrogateescape'); o = _end98 + (-_n97 & 3)
-    elif _f96 == 0:
+        raise XdrError('remote_error.str2: bad optional flag %d' % _f101)
+    _f104, = _U32.unpack_from(b, o); o += 4
+    if _f104 == 1:
+        _n105, = _U32.unpack_from(b, o); o += 4
+        if _n105 > 4194304: raise XdrError('remote_error.str3: string of %d bytes exceeds 4194304' % _n105)
+        _end106 = o + _n105
+        if _end106 > len(b): raise XdrError('remote_error.str3: truncated string')
+        f7 = str(b[o:_end106], 'utf-8', 'surrogateescape'); o = _end106 + (-_n105 & 3)
+    elif _f104 == 0:
         f7 = None
     else:
-        raise XdrError('remote_error.str3: bad optional flag %d' % _f96)
+        raise XdrError('remote_error.str3: bad optional flag %d' % _f104)
     f8, f9 = _S_ii.unpack_from(b, o); o += 8
-    _f99, = _U32.unpack_from(b, o); o += 4
-    if _f99 == 1:
+    _f107, = _U32.unpack_from(b, o); o += 4
+    if _f107 == 1:
         f10, o = unpack_remote_nonnull_network(b, o)
-    elif _f99 == 0:
+    elif _f107 == 0:
         f10 = None
     else:
-        raise XdrError('remote_error.net: bad optional flag %d' % _f99)
+        raise XdrError('remote_error.net: bad optional flag %d' % _f107)
     return _new(remote_error, (f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10)), o
 
 remote_vcpu_info = _nt('remote_vcpu_info', 'number state cpu_time cpu')
@@ -1001,8 +1009,8 @@ def pack_remote_typed_param_value(v, out):
     elif d == 6:
         out += _S_i.pack(v[1])
     elif d == 7:
-        _b100 = v[1].encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b100)); out += _b100; out += PAD[len(_b100) & 3]
+        _b108 = v[1].encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b108)); out += _b108; out += PAD[len(_b108) & 3]
     else:
         raise XdrError('remote_typed_param_value: bad discriminant %r' % (d,))
 
@@ -1021,11 +1029,11 @@ def unpack_remote_typed_param_value(b, o):
     elif d == 6:
         val, = _S_i.unpack_from(b, o); o += 4
     elif d == 7:
-        _n101, = _U32.unpack_from(b, o); o += 4
-        if _n101 > 4194304: raise XdrError('remote_typed_param_value.s: string of %d bytes exceeds 4194304' % _n101)
-        _end102 = o + _n101
-        if _end102 > len(b): raise XdrError('remote_typed_param_value.s: truncated string')
-        val = str(b[o:_end102], 'utf-8', 'surrogateescape'); o = _end102 + (-_n101 & 3)
+        _n109, = _U32.unpack_from(b, o); o += 4
+        if _n109 > 4194304: raise XdrError('remote_typed_param_value.s: string of %d bytes exceeds 4194304' % _n109)
+        _end110 = o + _n109
+        if _end110 > len(b): raise XdrError('remote_typed_param_value.s: truncated string')
+        val = str(b[o:_end110], 'utf-8', 'surrogateescape'); o = _end110 + (-_n109 & 3)
     else:
         raise XdrError('remote_typed_param_value: bad discriminant %d' % d)
     return _new(remote_typed_param_value, (d, val)), o
@@ -1033,91 +1041,91 @@ def unpack_remote_typed_param_value(b, o):
 remote_typed_param = _nt('remote_typed_param', 'field value')
 
 def pack_remote_typed_param(v, out):
-    _b103 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b103)); out += _b103; out += PAD[len(_b103) & 3]
+    _b111 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b111)); out += _b111; out += PAD[len(_b111) & 3]
     pack_remote_typed_param_value(v[1], out)
 
 def unpack_remote_typed_param(b, o):
-    _n104, = _U32.unpack_from(b, o); o += 4
-    if _n104 > 4194304: raise XdrError('remote_typed_param.field: string of %d bytes exceeds 4194304' % _n104)
-    _end105 = o + _n104
-    if _end105 > len(b): raise XdrError('remote_typed_param.field: truncated string')
-    f0 = str(b[o:_end105], 'utf-8', 'surrogateescape'); o = _end105 + (-_n104 & 3)
+    _n112, = _U32.unpack_from(b, o); o += 4
+    if _n112 > 4194304: raise XdrError('remote_typed_param.field: string of %d bytes exceeds 4194304' % _n112)
+    _end113 = o + _n112
+    if _end113 > len(b): raise XdrError('remote_typed_param.field: truncated string')
+    f0 = str(b[o:_end113], 'utf-8', 'surrogateescape'); o = _end113 + (-_n112 & 3)
     f1, o = unpack_remote_typed_param_value(b, o)
     return _new(remote_typed_param, (f0, f1)), o
 
 remote_node_get_cpu_stats = _nt('remote_node_get_cpu_stats', 'field value')
 
 def pack_remote_node_get_cpu_stats(v, out):
-    _b106 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b106)); out += _b106; out += PAD[len(_b106) & 3]
+    _b114 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b114)); out += _b114; out += PAD[len(_b114) & 3]
     out += _S_Q.pack(v[1])
 
 def unpack_remote_node_get_cpu_stats(b, o):
-    _n107, = _U32.unpack_from(b, o); o += 4
-    if _n107 > 4194304: raise XdrError('remote_node_get_cpu_stats.field: string of %d bytes exceeds 4194304' % _n107)
-    _end108 = o + _n107
-    if _end108 > len(b): raise XdrError('remote_node_get_cpu_stats.field: truncated string')
-    f0 = str(b[o:_end108], 'utf-8', 'surrogateescape'); o = _end108 + (-_n107 & 3)
+    _n115, = _U32.unpack_from(b, o); o += 4
+    if _n115 > 4194304: raise XdrError('remote_node_get_cpu_stats.field: string of %d bytes exceeds 4194304' % _n115)
+    _end116 = o + _n115
+    if _end116 > len(b): raise XdrError('remote_node_get_cpu_stats.field: truncated string')
+    f0 = str(b[o:_end116], 'utf-8', 'surrogateescape'); o = _end116 + (-_n115 & 3)
     f1, = _S_Q.unpack_from(b, o); o += 8
     return _new(remote_node_get_cpu_stats, (f0, f1)), o
 
 remote_node_get_memory_stats = _nt('remote_node_get_memory_stats', 'field value')
 
 def pack_remote_node_get_memory_stats(v, out):
-    _b109 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b109)); out += _b109; out += PAD[len(_b109) & 3]
+    _b117 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b117)); out += _b117; out += PAD[len(_b117) & 3]
     out += _S_Q.pack(v[1])
 
 def unpack_remote_node_get_memory_stats(b, o):
-    _n110, = _U32.unpack_from(b, o); o += 4
-    if _n110 > 4194304: raise XdrError('remote_node_get_memory_stats.field: string of %d bytes exceeds 4194304' % _n110)
-    _end111 = o + _n110
-    if _end111 > len(b): raise XdrError('remote_node_get_memory_stats.field: truncated string')
-    f0 = str(b[o:_end111], 'utf-8', 'surrogateescape'); o = _end111 + (-_n110 & 3)
+    _n118, = _U32.unpack_from(b, o); o += 4
+    if _n118 > 4194304: raise XdrError('remote_node_get_memory_stats.field: string of %d bytes exceeds 4194304' % _n118)
+    _end119 = o + _n118
+    if _end119 > len(b): raise XdrError('remote_node_get_memory_stats.field: truncated string')
+    f0 = str(b[o:_end119], 'utf-8', 'surrogateescape'); o = _end119 + (-_n118 & 3)
     f1, = _S_Q.unpack_from(b, o); o += 8
     return _new(remote_node_get_memory_stats, (f0, f1)), o
 
 remote_domain_disk_error = _nt('remote_domain_disk_error', 'disk error')
 
 def pack_remote_domain_disk_error(v, out):
-    _b112 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b112)); out += _b112; out += PAD[len(_b112) & 3]
+    _b120 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b120)); out += _b120; out += PAD[len(_b120) & 3]
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_disk_error(b, o):
-    _n113, = _U32.unpack_from(b, o); o += 4
-    if _n113 > 4194304: raise XdrError('remote_domain_disk_error.disk: string of %d bytes exceeds 4194304' % _n113)
-    _end114 = o + _n113
-    if _end114 > len(b): raise XdrError('remote_domain_disk_error.disk: truncated string')
-    f0 = str(b[o:_end114], 'utf-8', 'surrogateescape'); o = _end114 + (-_n113 & 3)
+    _n121, = _U32.unpack_from(b, o); o += 4
+    if _n121 > 4194304: raise XdrError('remote_domain_disk_error.disk: string of %d bytes exceeds 4194304' % _n121)
+    _end122 = o + _n121
+    if _end122 > len(b): raise XdrError('remote_domain_disk_error.disk: truncated string')
+    f0 = str(b[o:_end122], 'utf-8', 'surrogateescape'); o = _end122 + (-_n121 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_disk_error, (f0, f1)), o
 
 remote_connect_open_args = _nt('remote_connect_open_args', 'name flags')
 
 def pack_remote_connect_open_args(v, out):
-    _t115 = v[0]
-    if _t115 is None:
+    _t123 = v[0]
+    if _t123 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b116 = _t115.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b116)); out += _b116; out += PAD[len(_b116) & 3]
+        _b124 = _t123.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b124)); out += _b124; out += PAD[len(_b124) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_open_args(b, o):
-    _f117, = _U32.unpack_from(b, o); o += 4
-    if _f117 == 1:
-        _n118, = _U32.unpack_from(b, o); o += 4
-        if _n118 > 4194304: raise XdrError('remote_connect_open_args.name: string of %d bytes exceeds 4194304' % _n118)
-        _end119 = o + _n118
-        if _end119 > len(b): raise XdrError('remote_connect_open_args.name: truncated string')
-        f0 = str(b[o:_end119], 'utf-8', 'surrogateescape'); o = _end119 + (-_n118 & 3)
-    elif _f117 == 0:
+    _f125, = _U32.unpack_from(b, o); o += 4
+    if _f125 == 1:
+        _n126, = _U32.unpack_from(b, o); o += 4
+        if _n126 > 4194304: raise XdrError('remote_connect_open_args.name: string of %d bytes exceeds 4194304' % _n126)
+        _end127 = o + _n126
+        if _end127 > len(b): raise XdrError('remote_connect_open_args.name: truncated string')
+        f0 = str(b[o:_end127], 'utf-8', 'surrogateescape'); o = _end127 + (-_n126 & 3)
+    elif _f125 == 0:
         f0 = None
     else:
-        raise XdrError('remote_connect_open_args.name: bad optional flag %d' % _f117)
+        raise XdrError('remote_connect_open_args.name: bad optional flag %d' % _f125)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_open_args, (f0, f1)), o
 
@@ -1142,15 +1150,15 @@ def unpack_remote_connect_supports_feature_ret(b, o):
 remote_connect_get_type_ret = _nt('remote_connect_get_type_ret', 'type')
 
 def pack_remote_connect_get_type_ret(v, out):
-    _b120 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b120)); out += _b120; out += PAD[len(_b120) & 3]
+    _b128 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b128)); out += _b128; out += PAD[len(_b128) & 3]
 
 def unpack_remote_connect_get_type_ret(b, o):
-    _n121, = _U32.unpack_from(b, o); o += 4
-    if _n121 > 4194304: raise XdrError('remote_connect_get_type_ret.type: string of %d bytes exceeds 4194304' % _n121)
-    _end122 = o + _n121
-    if _end122 > len(b): raise XdrError('remote_connect_get_type_ret.type: truncated string')
-    f0 = str(b[o:_end122], 'utf-8', 'surrogateescape'); o = _end122 + (-_n121 & 3)
+    _n129, = _U32.unpack_from(b, o); o += 4
+    if _n129 > 4194304: raise XdrError('remote_connect_get_type_ret.type: string of %d bytes exceeds 4194304' % _n129)
+    _end130 = o + _n129
+    if _end130 > len(b): raise XdrError('remote_connect_get_type_ret.type: truncated string')
+    f0 = str(b[o:_end130], 'utf-8', 'surrogateescape'); o = _end130 + (-_n129 & 3)
     return _new(remote_connect_get_type_ret, (f0,)), o
 
 remote_connect_get_version_ret = _nt('remote_connect_get_version_ret', 'hv_ver')
@@ -1174,15 +1182,15 @@ def unpack_remote_connect_get_lib_version_ret(b, o):
 remote_connect_get_hostname_ret = _nt('remote_connect_get_hostname_ret', 'hostname')
 
 def pack_remote_connect_get_hostname_ret(v, out):
-    _b123 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b123)); out += _b123; out += PAD[len(_b123) & 3]
+    _b131 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b131)); out += _b131; out += PAD[len(_b131) & 3]
 
 def unpack_remote_connect_get_hostname_ret(b, o):
-    _n124, = _U32.unpack_from(b, o); o += 4
-    if _n124 > 4194304: raise XdrError('remote_connect_get_hostname_ret.hostname: string of %d bytes exceeds 4194304' % _n124)
-    _end125 = o + _n124
-    if _end125 > len(b): raise XdrError('remote_connect_get_hostname_ret.hostname: truncated string')
-    f0 = str(b[o:_end125], 'utf-8', 'surrogateescape'); o = _end125 + (-_n124 & 3)
+    _n132, = _U32.unpack_from(b, o); o += 4
+    if _n132 > 4194304: raise XdrError('remote_connect_get_hostname_ret.hostname: string of %d bytes exceeds 4194304' % _n132)
+    _end133 = o + _n132
+    if _end133 > len(b): raise XdrError('remote_connect_get_hostname_ret.hostname: truncated string')
+    f0 = str(b[o:_end133], 'utf-8', 'surrogateescape'); o = _end133 + (-_n132 & 3)
     return _new(remote_connect_get_hostname_ret, (f0,)), o
 
 remote_connect_get_sysinfo_args = _nt('remote_connect_get_sysinfo_args', 'flags')
@@ -1197,54 +1205,54 @@ def unpack_remote_connect_get_sysinfo_args(b, o):
 remote_connect_get_sysinfo_ret = _nt('remote_connect_get_sysinfo_ret', 'sysinfo')
 
 def pack_remote_connect_get_sysinfo_ret(v, out):
-    _b126 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b126)); out += _b126; out += PAD[len(_b126) & 3]
+    _b134 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b134)); out += _b134; out += PAD[len(_b134) & 3]
 
 def unpack_remote_connect_get_sysinfo_ret(b, o):
-    _n127, = _U32.unpack_from(b, o); o += 4
-    if _n127 > 4194304: raise XdrError('remote_connect_get_sysinfo_ret.sysinfo: string of %d bytes exceeds 4194304' % _n127)
-    _end128 = o + _n127
-    if _end128 > len(b): raise XdrError('remote_connect_get_sysinfo_ret.sysinfo: truncated string')
-    f0 = str(b[o:_end128], 'utf-8', 'surrogateescape'); o = _end128 + (-_n127 & 3)
+    _n135, = _U32.unpack_from(b, o); o += 4
+    if _n135 > 4194304: raise XdrError('remote_connect_get_sysinfo_ret.sysinfo: string of %d bytes exceeds 4194304' % _n135)
+    _end136 = o + _n135
+    if _end136 > len(b): raise XdrError('remote_connect_get_sysinfo_ret.sysinfo: truncated string')
+    f0 = str(b[o:_end136], 'utf-8', 'surrogateescape'); o = _end136 + (-_n135 & 3)
     return _new(remote_connect_get_sysinfo_ret, (f0,)), o
 
 remote_connect_get_uri_ret = _nt('remote_connect_get_uri_ret', 'uri')
 
 def pack_remote_connect_get_uri_ret(v, out):
-    _b129 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b129)); out += _b129; out += PAD[len(_b129) & 3]
+    _b137 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b137)); out += _b137; out += PAD[len(_b137) & 3]
 
 def unpack_remote_connect_get_uri_ret(b, o):
-    _n130, = _U32.unpack_from(b, o); o += 4
-    if _n130 > 4194304: raise XdrError('remote_connect_get_uri_ret.uri: string of %d bytes exceeds 4194304' % _n130)
-    _end131 = o + _n130
-    if _end131 > len(b): raise XdrError('remote_connect_get_uri_ret.uri: truncated string')
-    f0 = str(b[o:_end131], 'utf-8', 'surrogateescape'); o = _end131 + (-_n130 & 3)
+    _n138, = _U32.unpack_from(b, o); o += 4
+    if _n138 > 4194304: raise XdrError('remote_connect_get_uri_ret.uri: string of %d bytes exceeds 4194304' % _n138)
+    _end139 = o + _n138
+    if _end139 > len(b): raise XdrError('remote_connect_get_uri_ret.uri: truncated string')
+    f0 = str(b[o:_end139], 'utf-8', 'surrogateescape'); o = _end139 + (-_n138 & 3)
     return _new(remote_connect_get_uri_ret, (f0,)), o
 
 remote_connect_get_max_vcpus_args = _nt('remote_connect_get_max_vcpus_args', 'type')
 
 def pack_remote_connect_get_max_vcpus_args(v, out):
-    _t132 = v[0]
-    if _t132 is None:
+    _t140 = v[0]
+    if _t140 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b133 = _t132.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b133)); out += _b133; out += PAD[len(_b133) & 3]
+        _b141 = _t140.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b141)); out += _b141; out += PAD[len(_b141) & 3]
 
 def unpack_remote_connect_get_max_vcpus_args(b, o):
-    _f134, = _U32.unpack_from(b, o); o += 4
-    if _f134 == 1:
-        _n135, = _U32.unpack_from(b, o); o += 4
-        if _n135 > 4194304: raise XdrError('remote_connect_get_max_vcpus_args.type: string of %d bytes exceeds 4194304' % _n135)
-        _end136 = o + _n135
-        if _end136 > len(b): raise XdrError('remote_connect_get_max_vcpus_args.type: truncated string')
-        f0 = str(b[o:_end136], 'utf-8', 'surrogateescape'); o = _end136 + (-_n135 & 3)
-    elif _f134 == 0:
+    _f142, = _U32.unpack_from(b, o); o += 4
+    if _f142 == 1:
+        _n143, = _U32.unpack_from(b, o); o += 4
+        if _n143 > 4194304: raise XdrError('remote_connect_get_max_vcpus_args.type: string of %d bytes exceeds 4194304' % _n143)
+        _end144 = o + _n143
+        if _end144 > len(b): raise XdrError('remote_connect_get_max_vcpus_args.type: truncated string')
+        f0 = str(b[o:_end144], 'utf-8', 'surrogateescape'); o = _end144 + (-_n143 & 3)
+    elif _f142 == 0:
         f0 = None
     else:
-        raise XdrError('remote_connect_get_max_vcpus_args.type: bad optional flag %d' % _f134)
+        raise XdrError('remote_connect_get_max_vcpus_args.type: bad optional flag %d' % _f142)
     return _new(remote_connect_get_max_vcpus_args, (f0,)), o
 
 remote_connect_get_max_vcpus_ret = _nt('remote_connect_get_max_vcpus_ret', 'max_vcpus')
@@ -1259,8 +1267,8 @@ def unpack_remote_connect_get_max_vcpus_ret(b, o):
 remote_node_get_info_ret = _nt('remote_node_get_info_ret', 'model memory cpus mhz nodes sockets cores threads')
 
 def pack_remote_node_get_info_ret(v, out):
-    _b137 = bytes(v[0])[:32].ljust(32, b'\0')
-    out += struct.pack('>32I', *_b137)
+    _b145 = bytes(v[0])[:32].ljust(32, b'\0')
+    out += struct.pack('>32I', *_b145)
     out += _S_Qiiiiii.pack(v[1], v[2], v[3], v[4], v[5], v[6], v[7])
 
 def unpack_remote_node_get_info_ret(b, o):
@@ -1271,110 +1279,110 @@ def unpack_remote_node_get_info_ret(b, o):
 remote_connect_get_capabilities_ret = _nt('remote_connect_get_capabilities_ret', 'capabilities')
 
 def pack_remote_connect_get_capabilities_ret(v, out):
-    _b138 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b138)); out += _b138; out += PAD[len(_b138) & 3]
+    _b146 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b146)); out += _b146; out += PAD[len(_b146) & 3]
 
 def unpack_remote_connect_get_capabilities_ret(b, o):
-    _n139, = _U32.unpack_from(b, o); o += 4
-    if _n139 > 4194304: raise XdrError('remote_connect_get_capabilities_ret.capabilities: string of %d bytes exceeds 4194304' % _n139)
-    _end140 = o + _n139
-    if _end140 > len(b): raise XdrError('remote_connect_get_capabilities_ret.capabilities: truncated string')
-    f0 = str(b[o:_end140], 'utf-8', 'surrogateescape'); o = _end140 + (-_n139 & 3)
+    _n147, = _U32.unpack_from(b, o); o += 4
+    if _n147 > 4194304: raise XdrError('remote_connect_get_capabilities_ret.capabilities: string of %d bytes exceeds 4194304' % _n147)
+    _end148 = o + _n147
+    if _end148 > len(b): raise XdrError('remote_connect_get_capabilities_ret.capabilities: truncated string')
+    f0 = str(b[o:_end148], 'utf-8', 'surrogateescape'); o = _end148 + (-_n147 & 3)
     return _new(remote_connect_get_capabilities_ret, (f0,)), o
 
 remote_connect_get_domain_capabilities_args = _nt('remote_connect_get_domain_capabilities_args', 'emulatorbin arch machine virttype flags')
 
 def pack_remote_connect_get_domain_capabilities_args(v, out):
-    _t141 = v[0]
-    if _t141 is None:
+    _t149 = v[0]
+    if _t149 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b142 = _t141.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b142)); out += _b142; out += PAD[len(_b142) & 3]
-    _t143 = v[1]
-    if _t143 is None:
+        _b150 = _t149.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b150)); out += _b150; out += PAD[len(_b150) & 3]
+    _t151 = v[1]
+    if _t151 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b144 = _t143.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b144)); out += _b144; out += PAD[len(_b144) & 3]
-    _t145 = v[2]
-    if _t145 is None:
+        _b152 = _t151.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b152)); out += _b152; out += PAD[len(_b152) & 3]
+    _t153 = v[2]
+    if _t153 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b146 = _t145.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b146)); out += _b146; out += PAD[len(_b146) & 3]
-    _t147 = v[3]
-    if _t147 is None:
+        _b154 = _t153.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b154)); out += _b154; out += PAD[len(_b154) & 3]
+    _t155 = v[3]
+    if _t155 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b148 = _t147.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b148)); out += _b148; out += PAD[len(_b148) & 3]
+        _b156 = _t155.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b156)); out += _b156; out += PAD[len(_b156) & 3]
     out += _S_I.pack(v[4])
 
 def unpack_remote_connect_get_domain_capabilities_args(b, o):
-    _f149, = _U32.unpack_from(b, o); o += 4
-    if _f149 == 1:
-        _n150, = _U32.unpack_from(b, o); o += 4
-        if _n150 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.emulatorbin: string of %d bytes exceeds 4194304' % _n150)
-        _end151 = o + _n150
-        if _end151 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.emulatorbin: truncated string')
-        f0 = str(b[o:_end151], 'utf-8', 'surrogateescape'); o = _end151 + (-_n150 & 3)
-    elif _f149 == 0:
+    _f157, = _U32.unpack_from(b, o); o += 4
+    if _f157 == 1:
+        _n158, = _U32.unpack_from(b, o); o += 4
+        if _n158 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.emulatorbin: string of %d bytes exceeds 4194304' % _n158)
+        _end159 = o + _n158
+        if _end159 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.emulatorbin: truncated string')
+        f0 = str(b[o:_end159], 'utf-8', 'surrogateescape'); o = _end159 + (-_n158 & 3)
+    elif _f157 == 0:
         f0 = None
     else:
-        raise XdrError('remote_connect_get_domain_capabilities_args.emulatorbin: bad optional flag %d' % _f149)
-    _f152, = _U32.unpack_from(b, o); o += 4
-    if _f152 == 1:
-        _n153, = _U32.unpack_from(b, o); o += 4
-        if _n153 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.arch: string of %d bytes exceeds 4194304' % _n153)
-        _end154 = o + _n153
-        if _end154 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.arch: truncated string')
-        f1 = str(b[o:_end154], 'utf-8', 'surrogateescape'); o = _end154 + (-_n153 & 3)
-    elif _f152 == 0:
+        raise XdrError('remote_connect_get_domain_capabilities_args.emulatorbin: bad optional flag %d' % _f157)
+    _f160, = _U32.unpack_from(b, o); o += 4
+    if _f160 == 1:
+        _n161, = _U32.unpack_from(b, o); o += 4
+        if _n161 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.arch: string of %d bytes exceeds 4194304' % _n161)
+        _end162 = o + _n161
+        if _end162 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.arch: truncated string')
+        f1 = str(b[o:_end162], 'utf-8', 'surrogateescape'); o = _end162 + (-_n161 & 3)
+    elif _f160 == 0:
         f1 = None
     else:
-        raise XdrError('remote_connect_get_domain_capabilities_args.arch: bad optional flag %d' % _f152)
-    _f155, = _U32.unpack_from(b, o); o += 4
-    if _f155 == 1:
-        _n156, = _U32.unpack_from(b, o); o += 4
-        if _n156 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.machine: string of %d bytes exceeds 4194304' % _n156)
-        _end157 = o + _n156
-        if _end157 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.machine: truncated string')
-        f2 = str(b[o:_end157], 'utf-8', 'surrogateescape'); o = _end157 + (-_n156 & 3)
-    elif _f155 == 0:
+        raise XdrError('remote_connect_get_domain_capabilities_args.arch: bad optional flag %d' % _f160)
+    _f163, = _U32.unpack_from(b, o); o += 4
+    if _f163 == 1:
+        _n164, = _U32.unpack_from(b, o); o += 4
+        if _n164 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.machine: string of %d bytes exceeds 4194304' % _n164)
+        _end165 = o + _n164
+        if _end165 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.machine: truncated string')
+        f2 = str(b[o:_end165], 'utf-8', 'surrogateescape'); o = _end165 + (-_n164 & 3)
+    elif _f163 == 0:
         f2 = None
     else:
-        raise XdrError('remote_connect_get_domain_capabilities_args.machine: bad optional flag %d' % _f155)
-    _f158, = _U32.unpack_from(b, o); o += 4
-    if _f158 == 1:
-        _n159, = _U32.unpack_from(b, o); o += 4
-        if _n159 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.virttype: string of %d bytes exceeds 4194304' % _n159)
-        _end160 = o + _n159
-        if _end160 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.virttype: truncated string')
-        f3 = str(b[o:_end160], 'utf-8', 'surrogateescape'); o = _end160 + (-_n159 & 3)
-    elif _f158 == 0:
+        raise XdrError('remote_connect_get_domain_capabilities_args.machine: bad optional flag %d' % _f163)
+    _f166, = _U32.unpack_from(b, o); o += 4
+    if _f166 == 1:
+        _n167, = _U32.unpack_from(b, o); o += 4
+        if _n167 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.virttype: string of %d bytes exceeds 4194304' % _n167)
+        _end168 = o + _n167
+        if _end168 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.virttype: truncated string')
+        f3 = str(b[o:_end168], 'utf-8', 'surrogateescape'); o = _end168 + (-_n167 & 3)
+    elif _f166 == 0:
         f3 = None
     else:
-        raise XdrError('remote_connect_get_domain_capabilities_args.virttype: bad optional flag %d' % _f158)
+        raise XdrError('remote_connect_get_domain_capabilities_args.virttype: bad optional flag %d' % _f166)
     f4, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_get_domain_capabilities_args, (f0, f1, f2, f3, f4)), o
 
 remote_connect_get_domain_capabilities_ret = _nt('remote_connect_get_domain_capabilities_ret', 'capabilities')
 
 def pack_remote_connect_get_domain_capabilities_ret(v, out):
-    _b161 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b161)); out += _b161; out += PAD[len(_b161) & 3]
+    _b169 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b169)); out += _b169; out += PAD[len(_b169) & 3]
 
 def unpack_remote_connect_get_domain_capabilities_ret(b, o):
-    _n162, = _U32.unpack_from(b, o); o += 4
-    if _n162 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_ret.capabilities: string of %d bytes exceeds 4194304' % _n162)
-    _end163 = o + _n162
-    if _end163 > len(b): raise XdrError('remote_connect_get_domain_capabilities_ret.capabilities: truncated string')
-    f0 = str(b[o:_end163], 'utf-8', 'surrogateescape'); o = _end163 + (-_n162 & 3)
+    _n170, = _U32.unpack_from(b, o); o += 4
+    if _n170 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_ret.capabilities: string of %d bytes exceeds 4194304' % _n170)
+    _end171 = o + _n170
+    if _end171 > len(b): raise XdrError('remote_connect_get_domain_capabilities_ret.capabilities: truncated string')
+    f0 = str(b[o:_end171], 'utf-8', 'surrogateescape'); o = _end171 + (-_n170 & 3)
     return _new(remote_connect_get_domain_capabilities_ret, (f0,)), o
 
 remote_node_get_cpu_stats_args = _nt('remote_node_get_cpu_stats_args', 'cpuNum nparams flags')
@@ -1389,20 +1397,20 @@ def unpack_remote_node_get_cpu_stats_args(b, o):
 remote_node_get_cpu_stats_ret = _nt('remote_node_get_cpu_stats_ret', 'params nparams')
 
 def pack_remote_node_get_cpu_stats_ret(v, out):
-    _t164 = v[0]
-    out += _U32.pack(len(_t164))
-    for _e165 in _t164:
-        pack_remote_node_get_cpu_stats(_e165, out)
+    _t172 = v[0]
+    out += _U32.pack(len(_t172))
+    for _e173 in _t172:
+        pack_remote_node_get_cpu_stats(_e173, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_node_get_cpu_stats_ret(b, o):
-    _n166, = _U32.unpack_from(b, o); o += 4
-    if _n166 > 16: raise XdrError('remote_node_get_cpu_stats_ret.params: %d items exceed 16' % _n166)
-    if 4 * _n166 > len(b) - o: raise XdrError('remote_node_get_cpu_stats_ret.params: truncated list')
+    _n174, = _U32.unpack_from(b, o); o += 4
+    if _n174 > 16: raise XdrError('remote_node_get_cpu_stats_ret.params: %d items exceed 16' % _n174)
+    if 4 * _n174 > len(b) - o: raise XdrError('remote_node_get_cpu_stats_ret.params: truncated list')
     f0 = []
-    for _ in range(_n166):
-        _e167, o = unpack_remote_node_get_cpu_stats(b, o)
-        f0.append(_e167)
+    for _ in range(_n174):
+        _e175, o = unpack_remote_node_get_cpu_stats(b, o)
+        f0.append(_e175)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_node_get_cpu_stats_ret, (f0, f1)), o
 
@@ -1418,20 +1426,20 @@ def unpack_remote_node_get_memory_stats_args(b, o):
 remote_node_get_memory_stats_ret = _nt('remote_node_get_memory_stats_ret', 'params nparams')
 
 def pack_remote_node_get_memory_stats_ret(v, out):
-    _t168 = v[0]
-    out += _U32.pack(len(_t168))
-    for _e169 in _t168:
-        pack_remote_node_get_memory_stats(_e169, out)
+    _t176 = v[0]
+    out += _U32.pack(len(_t176))
+    for _e177 in _t176:
+        pack_remote_node_get_memory_stats(_e177, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_node_get_memory_stats_ret(b, o):
-    _n170, = _U32.unpack_from(b, o); o += 4
-    if _n170 > 16: raise XdrError('remote_node_get_memory_stats_ret.params: %d items exceed 16' % _n170)
-    if 4 * _n170 > len(b) - o: raise XdrError('remote_node_get_memory_stats_ret.params: truncated list')
+    _n178, = _U32.unpack_from(b, o); o += 4
+    if _n178 > 16: raise XdrError('remote_node_get_memory_stats_ret.params: %d items exceed 16' % _n178)
+    if 4 * _n178 > len(b) - o: raise XdrError('remote_node_get_memory_stats_ret.params: truncated list')
     f0 = []
-    for _ in range(_n170):
-        _e171, o = unpack_remote_node_get_memory_stats(b, o)
-        f0.append(_e171)
+    for _ in range(_n178):
+        _e179, o = unpack_remote_node_get_memory_stats(b, o)
+        f0.append(_e179)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_node_get_memory_stats_ret, (f0, f1)), o
 
@@ -1447,15 +1455,15 @@ def unpack_remote_node_get_cells_free_memory_args(b, o):
 remote_node_get_cells_free_memory_ret = _nt('remote_node_get_cells_free_memory_ret', 'cells')
 
 def pack_remote_node_get_cells_free_memory_ret(v, out):
-    _t172 = v[0]
-    out += _U32.pack(len(_t172))
-    out += struct.pack('>%dQ' % len(_t172), *_t172)
+    _t180 = v[0]
+    out += _U32.pack(len(_t180))
+    out += struct.pack('>%dQ' % len(_t180), *_t180)
 
 def unpack_remote_node_get_cells_free_memory_ret(b, o):
-    _n173, = _U32.unpack_from(b, o); o += 4
-    if _n173 > 1024: raise XdrError('remote_node_get_cells_free_memory_ret.cells: %d items exceed 1024' % _n173)
-    if 4 * _n173 > len(b) - o: raise XdrError('remote_node_get_cells_free_memory_ret.cells: truncated list')
-    f0 = list(struct.unpack_from('>%dQ' % _n173, b, o)); o += 8 * _n173
+    _n181, = _U32.unpack_from(b, o); o += 4
+    if _n181 > 1024: raise XdrError('remote_node_get_cells_free_memory_ret.cells: %d items exceed 1024' % _n181)
+    if 4 * _n181 > len(b) - o: raise XdrError('remote_node_get_cells_free_memory_ret.cells: truncated list')
+    f0 = list(struct.unpack_from('>%dQ' % _n181, b, o)); o += 8 * _n181
     return _new(remote_node_get_cells_free_memory_ret, (f0,)), o
 
 remote_node_get_free_memory_ret = _nt('remote_node_get_free_memory_ret', 'freeMem')
@@ -1479,16 +1487,16 @@ def unpack_remote_domain_get_scheduler_type_args(b, o):
 remote_domain_get_scheduler_type_ret = _nt('remote_domain_get_scheduler_type_ret', 'type nparams')
 
 def pack_remote_domain_get_scheduler_type_ret(v, out):
-    _b174 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b174)); out += _b174; out += PAD[len(_b174) & 3]
+    _b182 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b182)); out += _b182; out += PAD[len(_b182) & 3]
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_scheduler_type_ret(b, o):
-    _n175, = _U32.unpack_from(b, o); o += 4
-    if _n175 > 4194304: raise XdrError('remote_domain_get_scheduler_type_ret.type: string of %d bytes exceeds 4194304' % _n175)
-    _end176 = o + _n175
-    if _end176 > len(b): raise XdrError('remote_domain_get_scheduler_type_ret.type: truncated string')
-    f0 = str(b[o:_end176], 'utf-8', 'surrogateescape'); o = _end176 + (-_n175 & 3)
+    _n183, = _U32.unpack_from(b, o); o += 4
+    if _n183 > 4194304: raise XdrError('remote_domain_get_scheduler_type_ret.type: string of %d bytes exceeds 4194304' % _n183)
+    _end184 = o + _n183
+    if _end184 > len(b): raise XdrError('remote_domain_get_scheduler_type_ret.type: truncated string')
+    f0 = str(b[o:_end184], 'utf-8', 'surrogateescape'); o = _end184 + (-_n183 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_scheduler_type_ret, (f0, f1)), o
 
@@ -1506,19 +1514,19 @@ def unpack_remote_domain_get_scheduler_parameters_args(b, o):
 remote_domain_get_scheduler_parameters_ret = _nt('remote_domain_get_scheduler_parameters_ret', 'params')
 
 def pack_remote_domain_get_scheduler_parameters_ret(v, out):
-    _t177 = v[0]
-    out += _U32.pack(len(_t177))
-    for _e178 in _t177:
-        pack_remote_typed_param(_e178, out)
+    _t185 = v[0]
+    out += _U32.pack(len(_t185))
+    for _e186 in _t185:
+        pack_remote_typed_param(_e186, out)
 
 def unpack_remote_domain_get_scheduler_parameters_ret(b, o):
-    _n179, = _U32.unpack_from(b, o); o += 4
-    if _n179 > 16: raise XdrError('remote_domain_get_scheduler_parameters_ret.params: %d items exceed 16' % _n179)
-    if 4 * _n179 > len(b) - o: raise XdrError('remote_domain_get_scheduler_parameters_ret.params: truncated list')
+    _n187, = _U32.unpack_from(b, o); o += 4
+    if _n187 > 16: raise XdrError('remote_domain_get_scheduler_parameters_ret.params: %d items exceed 16' % _n187)
+    if 4 * _n187 > len(b) - o: raise XdrError('remote_domain_get_scheduler_parameters_ret.params: truncated list')
     f0 = []
-    for _ in range(_n179):
-        _e180, o = unpack_remote_typed_param(b, o)
-        f0.append(_e180)
+    for _ in range(_n187):
+        _e188, o = unpack_remote_typed_param(b, o)
+        f0.append(_e188)
     return _new(remote_domain_get_scheduler_parameters_ret, (f0,)), o
 
 remote_domain_get_scheduler_parameters_flags_args = _nt('remote_domain_get_scheduler_parameters_flags_args', 'dom nparams flags')
@@ -1535,60 +1543,60 @@ def unpack_remote_domain_get_scheduler_parameters_flags_args(b, o):
 remote_domain_get_scheduler_parameters_flags_ret = _nt('remote_domain_get_scheduler_parameters_flags_ret', 'params')
 
 def pack_remote_domain_get_scheduler_parameters_flags_ret(v, out):
-    _t181 = v[0]
-    out += _U32.pack(len(_t181))
-    for _e182 in _t181:
-        pack_remote_typed_param(_e182, out)
+    _t189 = v[0]
+    out += _U32.pack(len(_t189))
+    for _e190 in _t189:
+        pack_remote_typed_param(_e190, out)
 
 def unpack_remote_domain_get_scheduler_parameters_flags_ret(b, o):
-    _n183, = _U32.unpack_from(b, o); o += 4
-    if _n183 > 16: raise XdrError('remote_domain_get_scheduler_parameters_flags_ret.params: %d items exceed 16' % _n183)
-    if 4 * _n183 > len(b) - o: raise XdrError('remote_domain_get_scheduler_parameters_flags_ret.params: truncated list')
+    _n191, = _U32.unpack_from(b, o); o += 4
+    if _n191 > 16: raise XdrError('remote_domain_get_scheduler_parameters_flags_ret.params: %d items exceed 16' % _n191)
+    if 4 * _n191 > len(b) - o: raise XdrError('remote_domain_get_scheduler_parameters_flags_ret.params: truncated list')
     f0 = []
-    for _ in range(_n183):
-        _e184, o = unpack_remote_typed_param(b, o)
-        f0.append(_e184)
+    for _ in range(_n191):
+        _e192, o = unpack_remote_typed_param(b, o)
+        f0.append(_e192)
     return _new(remote_domain_get_scheduler_parameters_flags_ret, (f0,)), o
 
 remote_domain_set_scheduler_parameters_args = _nt('remote_domain_set_scheduler_parameters_args', 'dom params')
 
 def pack_remote_domain_set_scheduler_parameters_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t185 = v[1]
-    out += _U32.pack(len(_t185))
-    for _e186 in _t185:
-        pack_remote_typed_param(_e186, out)
+    _t193 = v[1]
+    out += _U32.pack(len(_t193))
+    for _e194 in _t193:
+        pack_remote_typed_param(_e194, out)
 
 def unpack_remote_domain_set_scheduler_parameters_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n187, = _U32.unpack_from(b, o); o += 4
-    if _n187 > 16: raise XdrError('remote_domain_set_scheduler_parameters_args.params: %d items exceed 16' % _n187)
-    if 4 * _n187 > len(b) - o: raise XdrError('remote_domain_set_scheduler_parameters_args.params: truncated list')
+    _n195, = _U32.unpack_from(b, o); o += 4
+    if _n195 > 16: raise XdrError('remote_domain_set_scheduler_parameters_args.params: %d items exceed 16' % _n195)
+    if 4 * _n195 > len(b) - o: raise XdrError('remote_domain_set_scheduler_parameters_args.params: truncated list')
     f1 = []
-    for _ in range(_n187):
-        _e188, o = unpack_remote_typed_param(b, o)
-        f1.append(_e188)
+    for _ in range(_n195):
+        _e196, o = unpack_remote_typed_param(b, o)
+        f1.append(_e196)
     return _new(remote_domain_set_scheduler_parameters_args, (f0, f1)), o
 
 remote_domain_set_scheduler_parameters_flags_args = _nt('remote_domain_set_scheduler_parameters_flags_args', 'dom params flags')
 
 def pack_remote_domain_set_scheduler_parameters_flags_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t189 = v[1]
-    out += _U32.pack(len(_t189))
-    for _e190 in _t189:
-        pack_remote_typed_param(_e190, out)
+    _t197 = v[1]
+    out += _U32.pack(len(_t197))
+    for _e198 in _t197:
+        pack_remote_typed_param(_e198, out)
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_set_scheduler_parameters_flags_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n191, = _U32.unpack_from(b, o); o += 4
-    if _n191 > 16: raise XdrError('remote_domain_set_scheduler_parameters_flags_args.params: %d items exceed 16' % _n191)
-    if 4 * _n191 > len(b) - o: raise XdrError('remote_domain_set_scheduler_parameters_flags_args.params: truncated list')
+    _n199, = _U32.unpack_from(b, o); o += 4
+    if _n199 > 16: raise XdrError('remote_domain_set_scheduler_parameters_flags_args.params: %d items exceed 16' % _n199)
+    if 4 * _n199 > len(b) - o: raise XdrError('remote_domain_set_scheduler_parameters_flags_args.params: truncated list')
     f1 = []
-    for _ in range(_n191):
-        _e192, o = unpack_remote_typed_param(b, o)
-        f1.append(_e192)
+    for _ in range(_n199):
+        _e200, o = unpack_remote_typed_param(b, o)
+        f1.append(_e200)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_set_scheduler_parameters_flags_args, (f0, f1, f2)), o
 
@@ -1596,21 +1604,21 @@ remote_domain_set_blkio_parameters_args = _nt('remote_domain_set_blkio_parameter
 
 def pack_remote_domain_set_blkio_parameters_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t193 = v[1]
-    out += _U32.pack(len(_t193))
-    for _e194 in _t193:
-        pack_remote_typed_param(_e194, out)
+    _t201 = v[1]
+    out += _U32.pack(len(_t201))
+    for _e202 in _t201:
+        pack_remote_typed_param(_e202, out)
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_set_blkio_parameters_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n195, = _U32.unpack_from(b, o); o += 4
-    if _n195 > 16: raise XdrError('remote_domain_set_blkio_parameters_args.params: %d items exceed 16' % _n195)
-    if 4 * _n195 > len(b) - o: raise XdrError('remote_domain_set_blkio_parameters_args.params: truncated list')
+    _n203, = _U32.unpack_from(b, o); o += 4
+    if _n203 > 16: raise XdrError('remote_domain_set_blkio_parameters_args.params: %d items exceed 16' % _n203)
+    if 4 * _n203 > len(b) - o: raise XdrError('remote_domain_set_blkio_parameters_args.params: truncated list')
     f1 = []
-    for _ in range(_n195):
-        _e196, o = unpack_remote_typed_param(b, o)
-        f1.append(_e196)
+    for _ in range(_n203):
+        _e204, o = unpack_remote_typed_param(b, o)
+        f1.append(_e204)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_set_blkio_parameters_args, (f0, f1, f2)), o
 
@@ -1628,20 +1636,20 @@ def unpack_remote_domain_get_blkio_parameters_args(b, o):
 remote_domain_get_blkio_parameters_ret = _nt('remote_domain_get_blkio_parameters_ret', 'params nparams')
 
 def pack_remote_domain_get_blkio_parameters_ret(v, out):
-    _t197 = v[0]
-    out += _U32.pack(len(_t197))
-    for _e198 in _t197:
-        pack_remote_typed_param(_e198, out)
+    _t205 = v[0]
+    out += _U32.pack(len(_t205))
+    for _e206 in _t205:
+        pack_remote_typed_param(_e206, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_blkio_parameters_ret(b, o):
-    _n199, = _U32.unpack_from(b, o); o += 4
-    if _n199 > 16: raise XdrError('remote_domain_get_blkio_parameters_ret.params: %d items exceed 16' % _n199)
-    if 4 * _n199 > len(b) - o: raise XdrError('remote_domain_get_blkio_parameters_ret.params: truncated list')
+    _n207, = _U32.unpack_from(b, o); o += 4
+    if _n207 > 16: raise XdrError('remote_domain_get_blkio_parameters_ret.params: %d items exceed 16' % _n207)
+    if 4 * _n207 > len(b) - o: raise XdrError('remote_domain_get_blkio_parameters_ret.params: truncated list')
     f0 = []
-    for _ in range(_n199):
-        _e200, o = unpack_remote_typed_param(b, o)
-        f0.append(_e200)
+    for _ in range(_n207):
+        _e208, o = unpack_remote_typed_param(b, o)
+        f0.append(_e208)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_blkio_parameters_ret, (f0, f1)), o
 
@@ -1649,21 +1657,21 @@ remote_domain_set_memory_parameters_args = _nt('remote_domain_set_memory_paramet
 
 def pack_remote_domain_set_memory_parameters_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t201 = v[1]
-    out += _U32.pack(len(_t201))
-    for _e202 in _t201:
-        pack_remote_typed_param(_e202, out)
+    _t209 = v[1]
+    out += _U32.pack(len(_t209))
+    for _e210 in _t209:
+        pack_remote_typed_param(_e210, out)
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_set_memory_parameters_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n203, = _U32.unpack_from(b, o); o += 4
-    if _n203 > 16: raise XdrError('remote_domain_set_memory_parameters_args.params: %d items exceed 16' % _n203)
-    if 4 * _n203 > len(b) - o: raise XdrError('remote_domain_set_memory_parameters_args.params: truncated list')
+    _n211, = _U32.unpack_from(b, o); o += 4
+    if _n211 > 16: raise XdrError('remote_domain_set_memory_parameters_args.params: %d items exceed 16' % _n211)
+    if 4 * _n211 > len(b) - o: raise XdrError('remote_domain_set_memory_parameters_args.params: truncated list')
     f1 = []
-    for _ in range(_n203):
-        _e204, o = unpack_remote_typed_param(b, o)
-        f1.append(_e204)
+    for _ in range(_n211):
+        _e212, o = unpack_remote_typed_param(b, o)
+        f1.append(_e212)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_set_memory_parameters_args, (f0, f1, f2)), o
 
@@ -1681,20 +1689,20 @@ def unpack_remote_domain_get_memory_parameters_args(b, o):
 remote_domain_get_memory_parameters_ret = _nt('remote_domain_get_memory_parameters_ret', 'params nparams')
 
 def pack_remote_domain_get_memory_parameters_ret(v, out):
-    _t205 = v[0]
-    out += _U32.pack(len(_t205))
-    for _e206 in _t205:
-        pack_remote_typed_param(_e206, out)
+    _t213 = v[0]
+    out += _U32.pack(len(_t213))
+    for _e214 in _t213:
+        pack_remote_typed_param(_e214, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_memory_parameters_ret(b, o):
-    _n207, = _U32.unpack_from(b, o); o += 4
-    if _n207 > 16: raise XdrError('remote_domain_get_memory_parameters_ret.params: %d items exceed 16' % _n207)
-    if 4 * _n207 > len(b) - o: raise XdrError('remote_domain_get_memory_parameters_ret.params: truncated list')
+    _n215, = _U32.unpack_from(b, o); o += 4
+    if _n215 > 16: raise XdrError('remote_domain_get_memory_parameters_ret.params: %d items exceed 16' % _n215)
+    if 4 * _n215 > len(b) - o: raise XdrError('remote_domain_get_memory_parameters_ret.params: truncated list')
     f0 = []
-    for _ in range(_n207):
-        _e208, o = unpack_remote_typed_param(b, o)
-        f0.append(_e208)
+    for _ in range(_n215):
+        _e216, o = unpack_remote_typed_param(b, o)
+        f0.append(_e216)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_memory_parameters_ret, (f0, f1)), o
 
@@ -1702,17 +1710,17 @@ remote_domain_block_resize_args = _nt('remote_domain_block_resize_args', 'dom di
 
 def pack_remote_domain_block_resize_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b209 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b209)); out += _b209; out += PAD[len(_b209) & 3]
+    _b217 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b217)); out += _b217; out += PAD[len(_b217) & 3]
     out += _S_QI.pack(v[2], v[3])
 
 def unpack_remote_domain_block_resize_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n210, = _U32.unpack_from(b, o); o += 4
-    if _n210 > 4194304: raise XdrError('remote_domain_block_resize_args.disk: string of %d bytes exceeds 4194304' % _n210)
-    _end211 = o + _n210
-    if _end211 > len(b): raise XdrError('remote_domain_block_resize_args.disk: truncated string')
-    f1 = str(b[o:_end211], 'utf-8', 'surrogateescape'); o = _end211 + (-_n210 & 3)
+    _n218, = _U32.unpack_from(b, o); o += 4
+    if _n218 > 4194304: raise XdrError('remote_domain_block_resize_args.disk: string of %d bytes exceeds 4194304' % _n218)
+    _end219 = o + _n218
+    if _end219 > len(b): raise XdrError('remote_domain_block_resize_args.disk: truncated string')
+    f1 = str(b[o:_end219], 'utf-8', 'surrogateescape'); o = _end219 + (-_n218 & 3)
     f2, f3 = _S_QI.unpack_from(b, o); o += 12
     return _new(remote_domain_block_resize_args, (f0, f1, f2, f3)), o
 
@@ -1720,21 +1728,21 @@ remote_domain_set_numa_parameters_args = _nt('remote_domain_set_numa_parameters_
 
 def pack_remote_domain_set_numa_parameters_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t212 = v[1]
-    out += _U32.pack(len(_t212))
-    for _e213 in _t212:
-        pack_remote_typed_param(_e213, out)
+    _t220 = v[1]
+    out += _U32.pack(len(_t220))
+    for _e221 in _t220:
+        pack_remote_typed_param(_e221, out)
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_set_numa_parameters_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n214, = _U32.unpack_from(b, o); o += 4
-    if _n214 > 16: raise XdrError('remote_domain_set_numa_parameters_args.params: %d items exceed 16' % _n214)
-    if 4 * _n214 > len(b) - o: raise XdrError('remote_domain_set_numa_parameters_args.params: truncated list')
+    _n222, = _U32.unpack_from(b, o); o += 4
+    if _n222 > 16: raise XdrError('remote_domain_set_numa_parameters_args.params: %d items exceed 16' % _n222)
+    if 4 * _n222 > len(b) - o: raise XdrError('remote_domain_set_numa_parameters_args.params: truncated list')
     f1 = []
-    for _ in range(_n214):
-        _e215, o = unpack_remote_typed_param(b, o)
-        f1.append(_e215)
+    for _ in range(_n222):
+        _e223, o = unpack_remote_typed_param(b, o)
+        f1.append(_e223)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_set_numa_parameters_args, (f0, f1, f2)), o
 
@@ -1752,20 +1760,20 @@ def unpack_remote_domain_get_numa_parameters_args(b, o):
 remote_domain_get_numa_parameters_ret = _nt('remote_domain_get_numa_parameters_ret', 'params nparams')
 
 def pack_remote_domain_get_numa_parameters_ret(v, out):
-    _t216 = v[0]
-    out += _U32.pack(len(_t216))
-    for _e217 in _t216:
-        pack_remote_typed_param(_e217, out)
+    _t224 = v[0]
+    out += _U32.pack(len(_t224))
+    for _e225 in _t224:
+        pack_remote_typed_param(_e225, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_numa_parameters_ret(b, o):
-    _n218, = _U32.unpack_from(b, o); o += 4
-    if _n218 > 16: raise XdrError('remote_domain_get_numa_parameters_ret.params: %d items exceed 16' % _n218)
-    if 4 * _n218 > len(b) - o: raise XdrError('remote_domain_get_numa_parameters_ret.params: truncated list')
+    _n226, = _U32.unpack_from(b, o); o += 4
+    if _n226 > 16: raise XdrError('remote_domain_get_numa_parameters_ret.params: %d items exceed 16' % _n226)
+    if 4 * _n226 > len(b) - o: raise XdrError('remote_domain_get_numa_parameters_ret.params: truncated list')
     f0 = []
-    for _ in range(_n218):
-        _e219, o = unpack_remote_typed_param(b, o)
-        f0.append(_e219)
+    for _ in range(_n226):
+        _e227, o = unpack_remote_typed_param(b, o)
+        f0.append(_e227)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_numa_parameters_ret, (f0, f1)), o
 
@@ -1773,21 +1781,21 @@ remote_domain_set_perf_events_args = _nt('remote_domain_set_perf_events_args', '
 
 def pack_remote_domain_set_perf_events_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t220 = v[1]
-    out += _U32.pack(len(_t220))
-    for _e221 in _t220:
-        pack_remote_typed_param(_e221, out)
+    _t228 = v[1]
+    out += _U32.pack(len(_t228))
+    for _e229 in _t228:
+        pack_remote_typed_param(_e229, out)
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_set_perf_events_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n222, = _U32.unpack_from(b, o); o += 4
-    if _n222 > 64: raise XdrError('remote_domain_set_perf_events_args.params: %d items exceed 64' % _n222)
-    if 4 * _n222 > len(b) - o: raise XdrError('remote_domain_set_perf_events_args.params: truncated list')
+    _n230, = _U32.unpack_from(b, o); o += 4
+    if _n230 > 64: raise XdrError('remote_domain_set_perf_events_args.params: %d items exceed 64' % _n230)
+    if 4 * _n230 > len(b) - o: raise XdrError('remote_domain_set_perf_events_args.params: truncated list')
     f1 = []
-    for _ in range(_n222):
-        _e223, o = unpack_remote_typed_param(b, o)
-        f1.append(_e223)
+    for _ in range(_n230):
+        _e231, o = unpack_remote_typed_param(b, o)
+        f1.append(_e231)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_set_perf_events_args, (f0, f1, f2)), o
 
@@ -1805,35 +1813,35 @@ def unpack_remote_domain_get_perf_events_args(b, o):
 remote_domain_get_perf_events_ret = _nt('remote_domain_get_perf_events_ret', 'params')
 
 def pack_remote_domain_get_perf_events_ret(v, out):
-    _t224 = v[0]
-    out += _U32.pack(len(_t224))
-    for _e225 in _t224:
-        pack_remote_typed_param(_e225, out)
+    _t232 = v[0]
+    out += _U32.pack(len(_t232))
+    for _e233 in _t232:
+        pack_remote_typed_param(_e233, out)
 
 def unpack_remote_domain_get_perf_events_ret(b, o):
-    _n226, = _U32.unpack_from(b, o); o += 4
-    if _n226 > 64: raise XdrError('remote_domain_get_perf_events_ret.params: %d items exceed 64' % _n226)
-    if 4 * _n226 > len(b) - o: raise XdrError('remote_domain_get_perf_events_ret.params: truncated list')
+    _n234, = _U32.unpack_from(b, o); o += 4
+    if _n234 > 64: raise XdrError('remote_domain_get_perf_events_ret.params: %d items exceed 64' % _n234)
+    if 4 * _n234 > len(b) - o: raise XdrError('remote_domain_get_perf_events_ret.params: truncated list')
     f0 = []
-    for _ in range(_n226):
-        _e227, o = unpack_remote_typed_param(b, o)
-        f0.append(_e227)
+    for _ in range(_n234):
+        _e235, o = unpack_remote_typed_param(b, o)
+        f0.append(_e235)
     return _new(remote_domain_get_perf_events_ret, (f0,)), o
 
 remote_domain_block_stats_args = _nt('remote_domain_block_stats_args', 'dom path')
 
 def pack_remote_domain_block_stats_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b228 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b228)); out += _b228; out += PAD[len(_b228) & 3]
+    _b236 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b236)); out += _b236; out += PAD[len(_b236) & 3]
 
 def unpack_remote_domain_block_stats_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n229, = _U32.unpack_from(b, o); o += 4
-    if _n229 > 4194304: raise XdrError('remote_domain_block_stats_args.path: string of %d bytes exceeds 4194304' % _n229)
-    _end230 = o + _n229
-    if _end230 > len(b): raise XdrError('remote_domain_block_stats_args.path: truncated string')
-    f1 = str(b[o:_end230], 'utf-8', 'surrogateescape'); o = _end230 + (-_n229 & 3)
+    _n237, = _U32.unpack_from(b, o); o += 4
+    if _n237 > 4194304: raise XdrError('remote_domain_block_stats_args.path: string of %d bytes exceeds 4194304' % _n237)
+    _end238 = o + _n237
+    if _end238 > len(b): raise XdrError('remote_domain_block_stats_args.path: truncated string')
+    f1 = str(b[o:_end238], 'utf-8', 'surrogateescape'); o = _end238 + (-_n237 & 3)
     return _new(remote_domain_block_stats_args, (f0, f1)), o
 
 remote_domain_block_stats_ret = _nt('remote_domain_block_stats_ret', 'rd_req rd_bytes wr_req wr_bytes errs')
@@ -1849,37 +1857,37 @@ remote_domain_block_stats_flags_args = _nt('remote_domain_block_stats_flags_args
 
 def pack_remote_domain_block_stats_flags_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b231 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b231)); out += _b231; out += PAD[len(_b231) & 3]
+    _b239 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b239)); out += _b239; out += PAD[len(_b239) & 3]
     out += _S_iI.pack(v[2], v[3])
 
 def unpack_remote_domain_block_stats_flags_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n232, = _U32.unpack_from(b, o); o += 4
-    if _n232 > 4194304: raise XdrError('remote_domain_block_stats_flags_args.path: string of %d bytes exceeds 4194304' % _n232)
-    _end233 = o + _n232
-    if _end233 > len(b): raise XdrError('remote_domain_block_stats_flags_args.path: truncated string')
-    f1 = str(b[o:_end233], 'utf-8', 'surrogateescape'); o = _end233 + (-_n232 & 3)
+    _n240, = _U32.unpack_from(b, o); o += 4
+    if _n240 > 4194304: raise XdrError('remote_domain_block_stats_flags_args.path: string of %d bytes exceeds 4194304' % _n240)
+    _end241 = o + _n240
+    if _end241 > len(b): raise XdrError('remote_domain_block_stats_flags_args.path: truncated string')
+    f1 = str(b[o:_end241], 'utf-8', 'surrogateescape'); o = _end241 + (-_n240 & 3)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_domain_block_stats_flags_args, (f0, f1, f2, f3)), o
 
 remote_domain_block_stats_flags_ret = _nt('remote_domain_block_stats_flags_ret', 'params nparams')
 
 def pack_remote_domain_block_stats_flags_ret(v, out):
-    _t234 = v[0]
-    out += _U32.pack(len(_t234))
-    for _e235 in _t234:
-        pack_remote_typed_param(_e235, out)
+    _t242 = v[0]
+    out += _U32.pack(len(_t242))
+    for _e243 in _t242:
+        pack_remote_typed_param(_e243, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_block_stats_flags_ret(b, o):
-    _n236, = _U32.unpack_from(b, o); o += 4
-    if _n236 > 16: raise XdrError('remote_domain_block_stats_flags_ret.params: %d items exceed 16' % _n236)
-    if 4 * _n236 > len(b) - o: raise XdrError('remote_domain_block_stats_flags_ret.params: truncated list')
+    _n244, = _U32.unpack_from(b, o); o += 4
+    if _n244 > 16: raise XdrError('remote_domain_block_stats_flags_ret.params: %d items exceed 16' % _n244)
+    if 4 * _n244 > len(b) - o: raise XdrError('remote_domain_block_stats_flags_ret.params: truncated list')
     f0 = []
-    for _ in range(_n236):
-        _e237, o = unpack_remote_typed_param(b, o)
-        f0.append(_e237)
+    for _ in range(_n244):
+        _e245, o = unpack_remote_typed_param(b, o)
+        f0.append(_e245)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_block_stats_flags_ret, (f0, f1)), o
 
@@ -1887,16 +1895,16 @@ remote_domain_interface_stats_args = _nt('remote_domain_interface_stats_args', '
 
 def pack_remote_domain_interface_stats_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b238 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b238)); out += _b238; out += PAD[len(_b238) & 3]
+    _b246 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b246)); out += _b246; out += PAD[len(_b246) & 3]
 
 def unpack_remote_domain_interface_stats_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n239, = _U32.unpack_from(b, o); o += 4
-    if _n239 > 4194304: raise XdrError('remote_domain_interface_stats_args.device: string of %d bytes exceeds 4194304' % _n239)
-    _end240 = o + _n239
-    if _end240 > len(b): raise XdrError('remote_domain_interface_stats_args.device: truncated string')
-    f1 = str(b[o:_end240], 'utf-8', 'surrogateescape'); o = _end240 + (-_n239 & 3)
+    _n247, = _U32.unpack_from(b, o); o += 4
+    if _n247 > 4194304: raise XdrError('remote_domain_interface_stats_args.device: string of %d bytes exceeds 4194304' % _n247)
+    _end248 = o + _n247
+    if _end248 > len(b): raise XdrError('remote_domain_interface_stats_args.device: truncated string')
+    f1 = str(b[o:_end248], 'utf-8', 'surrogateescape'); o = _end248 + (-_n247 & 3)
     return _new(remote_domain_interface_stats_args, (f0, f1)), o
 
 remote_domain_interface_stats_ret = _nt('remote_domain_interface_stats_ret', 'rx_bytes rx_packets rx_errs rx_drop tx_bytes tx_packets tx_errs tx_drop')
@@ -1912,28 +1920,28 @@ remote_domain_set_interface_parameters_args = _nt('remote_domain_set_interface_p
 
 def pack_remote_domain_set_interface_parameters_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b241 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b241)); out += _b241; out += PAD[len(_b241) & 3]
-    _t242 = v[2]
-    out += _U32.pack(len(_t242))
-    for _e243 in _t242:
-        pack_remote_typed_param(_e243, out)
+    _b249 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b249)); out += _b249; out += PAD[len(_b249) & 3]
+    _t250 = v[2]
+    out += _U32.pack(len(_t250))
+    for _e251 in _t250:
+        pack_remote_typed_param(_e251, out)
     out += _S_I.pack(v[3])
 
 def unpack_remote_domain_set_interface_parameters_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n244, = _U32.unpack_from(b, o); o += 4
-    if _n244 > 4194304: raise XdrError('remote_domain_set_interface_parameters_args.device: string of %d bytes exceeds 4194304' % _n244)
-    _end245 = o + _n244
-    if _end245 > len(b): raise XdrError('remote_domain_set_interface_parameters_args.device: truncated string')
-    f1 = str(b[o:_end245], 'utf-8', 'surrogateescape'); o = _end245 + (-_n244 & 3)
-    _n246, = _U32.unpack_from(b, o); o += 4
-    if _n246 > 16: raise XdrError('remote_domain_set_interface_parameters_args.params: %d items exceed 16' % _n246)
-    if 4 * _n246 > len(b) - o: raise XdrError('remote_domain_set_interface_parameters_args.params: truncated list')
+    _n252, = _U32.unpack_from(b, o); o += 4
+    if _n252 > 4194304: raise XdrError('remote_domain_set_interface_parameters_args.device: string of %d bytes exceeds 4194304' % _n252)
+    _end253 = o + _n252
+    if _end253 > len(b): raise XdrError('remote_domain_set_interface_parameters_args.device: truncated string')
+    f1 = str(b[o:_end253], 'utf-8', 'surrogateescape'); o = _end253 + (-_n252 & 3)
+    _n254, = _U32.unpack_from(b, o); o += 4
+    if _n254 > 16: raise XdrError('remote_domain_set_interface_parameters_args.params: %d items exceed 16' % _n254)
+    if 4 * _n254 > len(b) - o: raise XdrError('remote_domain_set_interface_parameters_args.params: truncated list')
     f2 = []
-    for _ in range(_n246):
-        _e247, o = unpack_remote_typed_param(b, o)
-        f2.append(_e247)
+    for _ in range(_n254):
+        _e255, o = unpack_remote_typed_param(b, o)
+        f2.append(_e255)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_set_interface_parameters_args, (f0, f1, f2, f3)), o
 
@@ -1941,37 +1949,37 @@ remote_domain_get_interface_parameters_args = _nt('remote_domain_get_interface_p
 
 def pack_remote_domain_get_interface_parameters_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b248 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b248)); out += _b248; out += PAD[len(_b248) & 3]
+    _b256 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b256)); out += _b256; out += PAD[len(_b256) & 3]
     out += _S_iI.pack(v[2], v[3])
 
 def unpack_remote_domain_get_interface_parameters_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n249, = _U32.unpack_from(b, o); o += 4
-    if _n249 > 4194304: raise XdrError('remote_domain_get_interface_parameters_args.device: string of %d bytes exceeds 4194304' % _n249)
-    _end250 = o + _n249
-    if _end250 > len(b): raise XdrError('remote_domain_get_interface_parameters_args.device: truncated string')
-    f1 = str(b[o:_end250], 'utf-8', 'surrogateescape'); o = _end250 + (-_n249 & 3)
+    _n257, = _U32.unpack_from(b, o); o += 4
+    if _n257 > 4194304: raise XdrError('remote_domain_get_interface_parameters_args.device: string of %d bytes exceeds 4194304' % _n257)
+    _end258 = o + _n257
+    if _end258 > len(b): raise XdrError('remote_domain_get_interface_parameters_args.device: truncated string')
+    f1 = str(b[o:_end258], 'utf-8', 'surrogateescape'); o = _end258 + (-_n257 & 3)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_domain_get_interface_parameters_args, (f0, f1, f2, f3)), o
 
 remote_domain_get_interface_parameters_ret = _nt('remote_domain_get_interface_parameters_ret', 'params nparams')
 
 def pack_remote_domain_get_interface_parameters_ret(v, out):
-    _t251 = v[0]
-    out += _U32.pack(len(_t251))
-    for _e252 in _t251:
-        pack_remote_typed_param(_e252, out)
+    _t259 = v[0]
+    out += _U32.pack(len(_t259))
+    for _e260 in _t259:
+        pack_remote_typed_param(_e260, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_interface_parameters_ret(b, o):
-    _n253, = _U32.unpack_from(b, o); o += 4
-    if _n253 > 16: raise XdrError('remote_domain_get_interface_parameters_ret.params: %d items exceed 16' % _n253)
-    if 4 * _n253 > len(b) - o: raise XdrError('remote_domain_get_interface_parameters_ret.params: truncated list')
+    _n261, = _U32.unpack_from(b, o); o += 4
+    if _n261 > 16: raise XdrError('remote_domain_get_interface_parameters_ret.params: %d items exceed 16' % _n261)
+    if 4 * _n261 > len(b) - o: raise XdrError('remote_domain_get_interface_parameters_ret.params: truncated list')
     f0 = []
-    for _ in range(_n253):
-        _e254, o = unpack_remote_typed_param(b, o)
-        f0.append(_e254)
+    for _ in range(_n261):
+        _e262, o = unpack_remote_typed_param(b, o)
+        f0.append(_e262)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_interface_parameters_ret, (f0, f1)), o
 
@@ -1998,50 +2006,50 @@ def unpack_remote_domain_memory_stat(b, o):
 remote_domain_memory_stats_ret = _nt('remote_domain_memory_stats_ret', 'stats')
 
 def pack_remote_domain_memory_stats_ret(v, out):
-    _t255 = v[0]
-    out += _U32.pack(len(_t255))
-    for _e256 in _t255:
-        pack_remote_domain_memory_stat(_e256, out)
+    _t263 = v[0]
+    out += _U32.pack(len(_t263))
+    for _e264 in _t263:
+        pack_remote_domain_memory_stat(_e264, out)
 
 def unpack_remote_domain_memory_stats_ret(b, o):
-    _n257, = _U32.unpack_from(b, o); o += 4
-    if _n257 > 1024: raise XdrError('remote_domain_memory_stats_ret.stats: %d items exceed 1024' % _n257)
-    if 4 * _n257 > len(b) - o: raise XdrError('remote_domain_memory_stats_ret.stats: truncated list')
+    _n265, = _U32.unpack_from(b, o); o += 4
+    if _n265 > 1024: raise XdrError('remote_domain_memory_stats_ret.stats: %d items exceed 1024' % _n265)
+    if 4 * _n265 > len(b) - o: raise XdrError('remote_domain_memory_stats_ret.stats: truncated list')
     f0 = []
-    for _ in range(_n257):
-        _e258, o = unpack_remote_domain_memory_stat(b, o)
-        f0.append(_e258)
+    for _ in range(_n265):
+        _e266, o = unpack_remote_domain_memory_stat(b, o)
+        f0.append(_e266)
     return _new(remote_domain_memory_stats_ret, (f0,)), o
 
 remote_domain_block_peek_args = _nt('remote_domain_block_peek_args', 'dom path offset size flags')
 
 def pack_remote_domain_block_peek_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b259 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b259)); out += _b259; out += PAD[len(_b259) & 3]
+    _b267 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b267)); out += _b267; out += PAD[len(_b267) & 3]
     out += _S_QII.pack(v[2], v[3], v[4])
 
 def unpack_remote_domain_block_peek_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n260, = _U32.unpack_from(b, o); o += 4
-    if _n260 > 4194304: raise XdrError('remote_domain_block_peek_args.path: string of %d bytes exceeds 4194304' % _n260)
-    _end261 = o + _n260
-    if _end261 > len(b): raise XdrError('remote_domain_block_peek_args.path: truncated string')
-    f1 = str(b[o:_end261], 'utf-8', 'surrogateescape'); o = _end261 + (-_n260 & 3)
+    _n268, = _U32.unpack_from(b, o); o += 4
+    if _n268 > 4194304: raise XdrError('remote_domain_block_peek_args.path: string of %d bytes exceeds 4194304' % _n268)
+    _end269 = o + _n268
+    if _end269 > len(b): raise XdrError('remote_domain_block_peek_args.path: truncated string')
+    f1 = str(b[o:_end269], 'utf-8', 'surrogateescape'); o = _end269 + (-_n268 & 3)
     f2, f3, f4 = _S_QII.unpack_from(b, o); o += 16
     return _new(remote_domain_block_peek_args, (f0, f1, f2, f3, f4)), o
 
 remote_domain_block_peek_ret = _nt('remote_domain_block_peek_ret', 'buffer')
 
 def pack_remote_domain_block_peek_ret(v, out):
-    _b262 = v[0]
-    out += _U32.pack(len(_b262)); out += _b262; out += PAD[len(_b262) & 3]
+    _b270 = v[0]
+    out += _U32.pack(len(_b270)); out += _b270; out += PAD[len(_b270) & 3]
 
 def unpack_remote_domain_block_peek_ret(b, o):
-    _n263, = _U32.unpack_from(b, o); o += 4
-    if _n263 > 4194304: raise XdrError('remote_domain_block_peek_ret.buffer: %d bytes exceed 4194304' % _n263)
-    if o + _n263 > len(b): raise XdrError('remote_domain_block_peek_ret.buffer: truncated')
-    f0 = bytes(b[o:o + _n263]); o += _n263 + (-_n263 & 3)
+    _n271, = _U32.unpack_from(b, o); o += 4
+    if _n271 > 4194304: raise XdrError('remote_domain_block_peek_ret.buffer: %d bytes exceed 4194304' % _n271)
+    if o + _n271 > len(b): raise XdrError('remote_domain_block_peek_ret.buffer: truncated')
+    f0 = bytes(b[o:o + _n271]); o += _n271 + (-_n271 & 3)
     return _new(remote_domain_block_peek_ret, (f0,)), o
 
 remote_domain_memory_peek_args = _nt('remote_domain_memory_peek_args', 'dom offset size flags')
@@ -2058,31 +2066,31 @@ def unpack_remote_domain_memory_peek_args(b, o):
 remote_domain_memory_peek_ret = _nt('remote_domain_memory_peek_ret', 'buffer')
 
 def pack_remote_domain_memory_peek_ret(v, out):
-    _b264 = v[0]
-    out += _U32.pack(len(_b264)); out += _b264; out += PAD[len(_b264) & 3]
+    _b272 = v[0]
+    out += _U32.pack(len(_b272)); out += _b272; out += PAD[len(_b272) & 3]
 
 def unpack_remote_domain_memory_peek_ret(b, o):
-    _n265, = _U32.unpack_from(b, o); o += 4
-    if _n265 > 4194304: raise XdrError('remote_domain_memory_peek_ret.buffer: %d bytes exceed 4194304' % _n265)
-    if o + _n265 > len(b): raise XdrError('remote_domain_memory_peek_ret.buffer: truncated')
-    f0 = bytes(b[o:o + _n265]); o += _n265 + (-_n265 & 3)
+    _n273, = _U32.unpack_from(b, o); o += 4
+    if _n273 > 4194304: raise XdrError('remote_domain_memory_peek_ret.buffer: %d bytes exceed 4194304' % _n273)
+    if o + _n273 > len(b): raise XdrError('remote_domain_memory_peek_ret.buffer: truncated')
+    f0 = bytes(b[o:o + _n273]); o += _n273 + (-_n273 & 3)
     return _new(remote_domain_memory_peek_ret, (f0,)), o
 
 remote_domain_get_block_info_args = _nt('remote_domain_get_block_info_args', 'dom path flags')
 
 def pack_remote_domain_get_block_info_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b266 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b266)); out += _b266; out += PAD[len(_b266) & 3]
+    _b274 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b274)); out += _b274; out += PAD[len(_b274) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_get_block_info_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n267, = _U32.unpack_from(b, o); o += 4
-    if _n267 > 4194304: raise XdrError('remote_domain_get_block_info_args.path: string of %d bytes exceeds 4194304' % _n267)
-    _end268 = o + _n267
-    if _end268 > len(b): raise XdrError('remote_domain_get_block_info_args.path: truncated string')
-    f1 = str(b[o:_end268], 'utf-8', 'surrogateescape'); o = _end268 + (-_n267 & 3)
+    _n275, = _U32.unpack_from(b, o); o += 4
+    if _n275 > 4194304: raise XdrError('remote_domain_get_block_info_args.path: string of %d bytes exceeds 4194304' % _n275)
+    _end276 = o + _n275
+    if _end276 > len(b): raise XdrError('remote_domain_get_block_info_args.path: truncated string')
+    f1 = str(b[o:_end276], 'utf-8', 'surrogateescape'); o = _end276 + (-_n275 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_get_block_info_args, (f0, f1, f2)), o
 
@@ -2107,15 +2115,15 @@ def unpack_remote_connect_list_domains_args(b, o):
 remote_connect_list_domains_ret = _nt('remote_connect_list_domains_ret', 'ids')
 
 def pack_remote_connect_list_domains_ret(v, out):
-    _t269 = v[0]
-    out += _U32.pack(len(_t269))
-    out += struct.pack('>%di' % len(_t269), *_t269)
+    _t277 = v[0]
+    out += _U32.pack(len(_t277))
+    out += struct.pack('>%di' % len(_t277), *_t277)
 
 def unpack_remote_connect_list_domains_ret(b, o):
-    _n270, = _U32.unpack_from(b, o); o += 4
-    if _n270 > 16384: raise XdrError('remote_connect_list_domains_ret.ids: %d items exceed 16384' % _n270)
-    if 4 * _n270 > len(b) - o: raise XdrError('remote_connect_list_domains_ret.ids: truncated list')
-    f0 = list(struct.unpack_from('>%di' % _n270, b, o)); o += 4 * _n270
+    _n278, = _U32.unpack_from(b, o); o += 4
+    if _n278 > 16384: raise XdrError('remote_connect_list_domains_ret.ids: %d items exceed 16384' % _n278)
+    if 4 * _n278 > len(b) - o: raise XdrError('remote_connect_list_domains_ret.ids: truncated list')
+    f0 = list(struct.unpack_from('>%di' % _n278, b, o)); o += 4 * _n278
     return _new(remote_connect_list_domains_ret, (f0,)), o
 
 remote_connect_num_of_domains_ret = _nt('remote_connect_num_of_domains_ret', 'num')
@@ -2130,16 +2138,16 @@ def unpack_remote_connect_num_of_domains_ret(b, o):
 remote_domain_create_xml_args = _nt('remote_domain_create_xml_args', 'xml_desc flags')
 
 def pack_remote_domain_create_xml_args(v, out):
-    _b271 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b271)); out += _b271; out += PAD[len(_b271) & 3]
+    _b279 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b279)); out += _b279; out += PAD[len(_b279) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_domain_create_xml_args(b, o):
-    _n272, = _U32.unpack_from(b, o); o += 4
-    if _n272 > 4194304: raise XdrError('remote_domain_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n272)
-    _end273 = o + _n272
-    if _end273 > len(b): raise XdrError('remote_domain_create_xml_args.xml_desc: truncated string')
-    f0 = str(b[o:_end273], 'utf-8', 'surrogateescape'); o = _end273 + (-_n272 & 3)
+    _n280, = _U32.unpack_from(b, o); o += 4
+    if _n280 > 4194304: raise XdrError('remote_domain_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n280)
+    _end281 = o + _n280
+    if _end281 > len(b): raise XdrError('remote_domain_create_xml_args.xml_desc: truncated string')
+    f0 = str(b[o:_end281], 'utf-8', 'surrogateescape'); o = _end281 + (-_n280 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_create_xml_args, (f0, f1)), o
 
@@ -2155,16 +2163,16 @@ def unpack_remote_domain_create_xml_ret(b, o):
 remote_domain_create_xml_with_files_args = _nt('remote_domain_create_xml_with_files_args', 'xml_desc flags')
 
 def pack_remote_domain_create_xml_with_files_args(v, out):
-    _b274 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b274)); out += _b274; out += PAD[len(_b274) & 3]
+    _b282 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b282)); out += _b282; out += PAD[len(_b282) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_domain_create_xml_with_files_args(b, o):
-    _n275, = _U32.unpack_from(b, o); o += 4
-    if _n275 > 4194304: raise XdrError('remote_domain_create_xml_with_files_args.xml_desc: string of %d bytes exceeds 4194304' % _n275)
-    _end276 = o + _n275
-    if _end276 > len(b): raise XdrError('remote_domain_create_xml_with_files_args.xml_desc: truncated string')
-    f0 = str(b[o:_end276], 'utf-8', 'surrogateescape'); o = _end276 + (-_n275 & 3)
+    _n283, = _U32.unpack_from(b, o); o += 4
+    if _n283 > 4194304: raise XdrError('remote_domain_create_xml_with_files_args.xml_desc: string of %d bytes exceeds 4194304' % _n283)
+    _end284 = o + _n283
+    if _end284 > len(b): raise XdrError('remote_domain_create_xml_with_files_args.xml_desc: truncated string')
+    f0 = str(b[o:_end284], 'utf-8', 'surrogateescape'); o = _end284 + (-_n283 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_create_xml_with_files_args, (f0, f1)), o
 
@@ -2198,7 +2206,8 @@ def unpack_remote_domain_lookup_by_id_ret(b, o):
 remote_domain_lookup_by_uuid_args = _nt('remote_domain_lookup_by_uuid_args', 'uuid')
 
 def pack_remote_domain_lookup_by_uuid_args(v, out):
-    out += bytes(v[0])[:16].ljust(16, b'\0')
+    _t285 = v[0]
+    out += _t285 if len(_t285) == 16 else bytes(_t285)[:16].ljust(16, b'\0')
 
 def unpack_remote_domain_lookup_by_uuid_args(b, o):
     if o + 16 > len(b): raise XdrError('remote_domain_lookup_by_uuid_args.uuid: truncated')
@@ -2217,15 +2226,15 @@ def unpack_remote_domain_lookup_by_uuid_ret(b, o):
 remote_domain_lookup_by_name_args = _nt('remote_domain_lookup_by_name_args', 'name')
 
 def pack_remote_domain_lookup_by_name_args(v, out):
-    _b277 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b277)); out += _b277; out += PAD[len(_b277) & 3]
+    _b286 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b286)); out += _b286; out += PAD[len(_b286) & 3]
 
 def unpack_remote_domain_lookup_by_name_args(b, o):
-    _n278, = _U32.unpack_from(b, o); o += 4
-    if _n278 > 4194304: raise XdrError('remote_domain_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n278)
-    _end279 = o + _n278
-    if _end279 > len(b): raise XdrError('remote_domain_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end279], 'utf-8', 'surrogateescape'); o = _end279 + (-_n278 & 3)
+    _n287, = _U32.unpack_from(b, o); o += 4
+    if _n287 > 4194304: raise XdrError('remote_domain_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n287)
+    _end288 = o + _n287
+    if _end288 > len(b): raise XdrError('remote_domain_lookup_by_name_args.name: truncated string')
+    f0 = str(b[o:_end288], 'utf-8', 'surrogateescape'); o = _end288 + (-_n287 & 3)
     return _new(remote_domain_lookup_by_name_args, (f0,)), o
 
 remote_domain_lookup_by_name_ret = _nt('remote_domain_lookup_by_name_ret', 'dom')
@@ -2340,15 +2349,15 @@ def unpack_remote_domain_get_os_type_args(b, o):
 remote_domain_get_os_type_ret = _nt('remote_domain_get_os_type_ret', 'type')
 
 def pack_remote_domain_get_os_type_ret(v, out):
-    _b280 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b280)); out += _b280; out += PAD[len(_b280) & 3]
+    _b289 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b289)); out += _b289; out += PAD[len(_b289) & 3]
 
 def unpack_remote_domain_get_os_type_ret(b, o):
-    _n281, = _U32.unpack_from(b, o); o += 4
-    if _n281 > 4194304: raise XdrError('remote_domain_get_os_type_ret.type: string of %d bytes exceeds 4194304' % _n281)
-    _end282 = o + _n281
-    if _end282 > len(b): raise XdrError('remote_domain_get_os_type_ret.type: truncated string')
-    f0 = str(b[o:_end282], 'utf-8', 'surrogateescape'); o = _end282 + (-_n281 & 3)
+    _n290, = _U32.unpack_from(b, o); o += 4
+    if _n290 > 4194304: raise XdrError('remote_domain_get_os_type_ret.type: string of %d bytes exceeds 4194304' % _n290)
+    _end291 = o + _n290
+    if _end291 > len(b): raise XdrError('remote_domain_get_os_type_ret.type: truncated string')
+    f0 = str(b[o:_end291], 'utf-8', 'surrogateescape'); o = _end291 + (-_n290 & 3)
     return _new(remote_domain_get_os_type_ret, (f0,)), o
 
 remote_domain_get_max_memory_args = _nt('remote_domain_get_max_memory_args', 'dom')
@@ -2435,51 +2444,51 @@ remote_domain_save_args = _nt('remote_domain_save_args', 'dom to')
 
 def pack_remote_domain_save_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b283 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b283)); out += _b283; out += PAD[len(_b283) & 3]
+    _b292 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b292)); out += _b292; out += PAD[len(_b292) & 3]
 
 def unpack_remote_domain_save_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n284, = _U32.unpack_from(b, o); o += 4
-    if _n284 > 4194304: raise XdrError('remote_domain_save_args.to: string of %d bytes exceeds 4194304' % _n284)
-    _end285 = o + _n284
-    if _end285 > len(b): raise XdrError('remote_domain_save_args.to: truncated string')
-    f1 = str(b[o:_end285], 'utf-8', 'surrogateescape'); o = _end285 + (-_n284 & 3)
+    _n293, = _U32.unpack_from(b, o); o += 4
+    if _n293 > 4194304: raise XdrError('remote_domain_save_args.to: string of %d bytes exceeds 4194304' % _n293)
+    _end294 = o + _n293
+    if _end294 > len(b): raise XdrError('remote_domain_save_args.to: truncated string')
+    f1 = str(b[o:_end294], 'utf-8', 'surrogateescape'); o = _end294 + (-_n293 & 3)
     return _new(remote_domain_save_args, (f0, f1)), o
 
 remote_domain_save_flags_args = _nt('remote_domain_save_flags_args', 'dom to dxml flags')
 
 def pack_remote_domain_save_flags_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b286 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b286)); out += _b286; out += PAD[len(_b286) & 3]
-    _t287 = v[2]
-    if _t287 is None:
+    _b295 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b295)); out += _b295; out += PAD[len(_b295) & 3]
+    _t296 = v[2]
+    if _t296 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b288 = _t287.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b288)); out += _b288; out += PAD[len(_b288) & 3]
+        _b297 = _t296.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b297)); out += _b297; out += PAD[len(_b297) & 3]
     out += _S_I.pack(v[3])
 
 def unpack_remote_domain_save_flags_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n289, = _U32.unpack_from(b, o); o += 4
-    if _n289 > 4194304: raise XdrError('remote_domain_save_flags_args.to: string of %d bytes exceeds 4194304' % _n289)
-    _end290 = o + _n289
-    if _end290 > len(b): raise XdrError('remote_domain_save_flags_args.to: truncated string')
-    f1 = str(b[o:_end290], 'utf-8', 'surrogateescape'); o = _end290 + (-_n289 & 3)
-    _f291, = _U32.unpack_from(b, o); o += 4
-    if _f291 == 1:
-        _n292, = _U32.unpack_from(b, o); o += 4
-        if _n292 > 4194304: raise XdrError('remote_domain_save_flags_args.dxml: string of %d bytes exceeds 4194304' % _n292)
-        _end293 = o + _n292
-        if _end293 > len(b): raise XdrError('remote_domain_save_flags_args.dxml: truncated string')
-        f2 = str(b[o:_end293], 'utf-8', 'surrogateescape'); o = _end293 + (-_n292 & 3)
-    elif _f291 == 0:
+    _n298, = _U32.unpack_from(b, o); o += 4
+    if _n298 > 4194304: raise XdrError('remote_domain_save_flags_args.to: string of %d bytes exceeds 4194304' % _n298)
+    _end299 = o + _n298
+    if _end299 > len(b): raise XdrError('remote_domain_save_flags_args.to: truncated string')
+    f1 = str(b[o:_end299], 'utf-8', 'surrogateescape'); o = _end299 + (-_n298 & 3)
+    _f300, = _U32.unpack_from(b, o); o += 4
+    if _f300 == 1:
+        _n301, = _U32.unpack_from(b, o); o += 4
+        if _n301 > 4194304: raise XdrError('remote_domain_save_flags_args.dxml: string of %d bytes exceeds 4194304' % _n301)
+        _end302 = o + _n301
+        if _end302 > len(b): raise XdrError('remote_domain_save_flags_args.dxml: truncated string')
+        f2 = str(b[o:_end302], 'utf-8', 'surrogateescape'); o = _end302 + (-_n301 & 3)
+    elif _f300 == 0:
         f2 = None
     else:
-        raise XdrError('remote_domain_save_flags_args.dxml: bad optional flag %d' % _f291)
+        raise XdrError('remote_domain_save_flags_args.dxml: bad optional flag %d' % _f300)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_save_flags_args, (f0, f1, f2, f3)), o
 
@@ -2487,142 +2496,142 @@ remote_domain_save_params_args = _nt('remote_domain_save_params_args', 'dom para
 
 def pack_remote_domain_save_params_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t294 = v[1]
-    out += _U32.pack(len(_t294))
-    for _e295 in _t294:
-        pack_remote_typed_param(_e295, out)
+    _t303 = v[1]
+    out += _U32.pack(len(_t303))
+    for _e304 in _t303:
+        pack_remote_typed_param(_e304, out)
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_save_params_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n296, = _U32.unpack_from(b, o); o += 4
-    if _n296 > 64: raise XdrError('remote_domain_save_params_args.params: %d items exceed 64' % _n296)
-    if 4 * _n296 > len(b) - o: raise XdrError('remote_domain_save_params_args.params: truncated list')
+    _n305, = _U32.unpack_from(b, o); o += 4
+    if _n305 > 64: raise XdrError('remote_domain_save_params_args.params: %d items exceed 64' % _n305)
+    if 4 * _n305 > len(b) - o: raise XdrError('remote_domain_save_params_args.params: truncated list')
     f1 = []
-    for _ in range(_n296):
-        _e297, o = unpack_remote_typed_param(b, o)
-        f1.append(_e297)
+    for _ in range(_n305):
+        _e306, o = unpack_remote_typed_param(b, o)
+        f1.append(_e306)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_save_params_args, (f0, f1, f2)), o
 
 remote_domain_restore_args = _nt('remote_domain_restore_args', 'from_')
 
 def pack_remote_domain_restore_args(v, out):
-    _b298 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b298)); out += _b298; out += PAD[len(_b298) & 3]
+    _b307 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b307)); out += _b307; out += PAD[len(_b307) & 3]
 
 def unpack_remote_domain_restore_args(b, o):
-    _n299, = _U32.unpack_from(b, o); o += 4
-    if _n299 > 4194304: raise XdrError('remote_domain_restore_args.from: string of %d bytes exceeds 4194304' % _n299)
-    _end300 = o + _n299
-    if _end300 > len(b): raise XdrError('remote_domain_restore_args.from: truncated string')
-    f0 = str(b[o:_end300], 'utf-8', 'surrogateescape'); o = _end300 + (-_n299 & 3)
+    _n308, = _U32.unpack_from(b, o); o += 4
+    if _n308 > 4194304: raise XdrError('remote_domain_restore_args.from: string of %d bytes exceeds 4194304' % _n308)
+    _end309 = o + _n308
+    if _end309 > len(b): raise XdrError('remote_domain_restore_args.from: truncated string')
+    f0 = str(b[o:_end309], 'utf-8', 'surrogateescape'); o = _end309 + (-_n308 & 3)
     return _new(remote_domain_restore_args, (f0,)), o
 
 remote_domain_restore_flags_args = _nt('remote_domain_restore_flags_args', 'from_ dxml flags')
 
 def pack_remote_domain_restore_flags_args(v, out):
-    _b301 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b301)); out += _b301; out += PAD[len(_b301) & 3]
-    _t302 = v[1]
-    if _t302 is None:
+    _b310 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b310)); out += _b310; out += PAD[len(_b310) & 3]
+    _t311 = v[1]
+    if _t311 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b303 = _t302.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b303)); out += _b303; out += PAD[len(_b303) & 3]
+        _b312 = _t311.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b312)); out += _b312; out += PAD[len(_b312) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_restore_flags_args(b, o):
-    _n304, = _U32.unpack_from(b, o); o += 4
-    if _n304 > 4194304: raise XdrError('remote_domain_restore_flags_args.from: string of %d bytes exceeds 4194304' % _n304)
-    _end305 = o + _n304
-    if _end305 > len(b): raise XdrError('remote_domain_restore_flags_args.from: truncated string')
-    f0 = str(b[o:_end305], 'utf-8', 'surrogateescape'); o = _end305 + (-_n304 & 3)
-    _f306, = _U32.unpack_from(b, o); o += 4
-    if _f306 == 1:
-        _n307, = _U32.unpack_from(b, o); o += 4
-        if _n307 > 4194304: raise XdrError('remote_domain_restore_flags_args.dxml: string of %d bytes exceeds 4194304' % _n307)
-        _end308 = o + _n307
-        if _end308 > len(b): raise XdrError('remote_domain_restore_flags_args.dxml: truncated string')
-        f1 = str(b[o:_end308], 'utf-8', 'surrogateescape'); o = _end308 + (-_n307 & 3)
-    elif _f306 == 0:
+    _n313, = _U32.unpack_from(b, o); o += 4
+    if _n313 > 4194304: raise XdrError('remote_domain_restore_flags_args.from: string of %d bytes exceeds 4194304' % _n313)
+    _end314 = o + _n313
+    if _end314 > len(b): raise XdrError('remote_domain_restore_flags_args.from: truncated string')
+    f0 = str(b[o:_end314], 'utf-8', 'surrogateescape'); o = _end314 + (-_n313 & 3)
+    _f315, = _U32.unpack_from(b, o); o += 4
+    if _f315 == 1:
+        _n316, = _U32.unpack_from(b, o); o += 4
+        if _n316 > 4194304: raise XdrError('remote_domain_restore_flags_args.dxml: string of %d bytes exceeds 4194304' % _n316)
+        _end317 = o + _n316
+        if _end317 > len(b): raise XdrError('remote_domain_restore_flags_args.dxml: truncated string')
+        f1 = str(b[o:_end317], 'utf-8', 'surrogateescape'); o = _end317 + (-_n316 & 3)
+    elif _f315 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_restore_flags_args.dxml: bad optional flag %d' % _f306)
+        raise XdrError('remote_domain_restore_flags_args.dxml: bad optional flag %d' % _f315)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_restore_flags_args, (f0, f1, f2)), o
 
 remote_domain_restore_params_args = _nt('remote_domain_restore_params_args', 'params flags')
 
 def pack_remote_domain_restore_params_args(v, out):
-    _t309 = v[0]
-    out += _U32.pack(len(_t309))
-    for _e310 in _t309:
-        pack_remote_typed_param(_e310, out)
+    _t318 = v[0]
+    out += _U32.pack(len(_t318))
+    for _e319 in _t318:
+        pack_remote_typed_param(_e319, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_domain_restore_params_args(b, o):
-    _n311, = _U32.unpack_from(b, o); o += 4
-    if _n311 > 64: raise XdrError('remote_domain_restore_params_args.params: %d items exceed 64' % _n311)
-    if 4 * _n311 > len(b) - o: raise XdrError('remote_domain_restore_params_args.params: truncated list')
+    _n320, = _U32.unpack_from(b, o); o += 4
+    if _n320 > 64: raise XdrError('remote_domain_restore_params_args.params: %d items exceed 64' % _n320)
+    if 4 * _n320 > len(b) - o: raise XdrError('remote_domain_restore_params_args.params: truncated list')
     f0 = []
-    for _ in range(_n311):
-        _e312, o = unpack_remote_typed_param(b, o)
-        f0.append(_e312)
+    for _ in range(_n320):
+        _e321, o = unpack_remote_typed_param(b, o)
+        f0.append(_e321)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_restore_params_args, (f0, f1)), o
 
 remote_domain_save_image_get_xml_desc_args = _nt('remote_domain_save_image_get_xml_desc_args', 'file flags')
 
 def pack_remote_domain_save_image_get_xml_desc_args(v, out):
-    _b313 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b313)); out += _b313; out += PAD[len(_b313) & 3]
+    _b322 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b322)); out += _b322; out += PAD[len(_b322) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_domain_save_image_get_xml_desc_args(b, o):
-    _n314, = _U32.unpack_from(b, o); o += 4
-    if _n314 > 4194304: raise XdrError('remote_domain_save_image_get_xml_desc_args.file: string of %d bytes exceeds 4194304' % _n314)
-    _end315 = o + _n314
-    if _end315 > len(b): raise XdrError('remote_domain_save_image_get_xml_desc_args.file: truncated string')
-    f0 = str(b[o:_end315], 'utf-8', 'surrogateescape'); o = _end315 + (-_n314 & 3)
+    _n323, = _U32.unpack_from(b, o); o += 4
+    if _n323 > 4194304: raise XdrError('remote_domain_save_image_get_xml_desc_args.file: string of %d bytes exceeds 4194304' % _n323)
+    _end324 = o + _n323
+    if _end324 > len(b): raise XdrError('remote_domain_save_image_get_xml_desc_args.file: truncated string')
+    f0 = str(b[o:_end324], 'utf-8', 'surrogateescape'); o = _end324 + (-_n323 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_save_image_get_xml_desc_args, (f0, f1)), o
 
 remote_domain_save_image_get_xml_desc_ret = _nt('remote_domain_save_image_get_xml_desc_ret', 'xml')
 
 def pack_remote_domain_save_image_get_xml_desc_ret(v, out):
-    _b316 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b316)); out += _b316; out += PAD[len(_b316) & 3]
+    _b325 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b325)); out += _b325; out += PAD[len(_b325) & 3]
 
 def unpack_remote_domain_save_image_get_xml_desc_ret(b, o):
-    _n317, = _U32.unpack_from(b, o); o += 4
-    if _n317 > 4194304: raise XdrError('remote_domain_save_image_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n317)
-    _end318 = o + _n317
-    if _end318 > len(b): raise XdrError('remote_domain_save_image_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end318], 'utf-8', 'surrogateescape'); o = _end318 + (-_n317 & 3)
+    _n326, = _U32.unpack_from(b, o); o += 4
+    if _n326 > 4194304: raise XdrError('remote_domain_save_image_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n326)
+    _end327 = o + _n326
+    if _end327 > len(b): raise XdrError('remote_domain_save_image_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end327], 'utf-8', 'surrogateescape'); o = _end327 + (-_n326 & 3)
     return _new(remote_domain_save_image_get_xml_desc_ret, (f0,)), o
 
 remote_domain_save_image_define_xml_args = _nt('remote_domain_save_image_define_xml_args', 'file dxml flags')
 
 def pack_remote_domain_save_image_define_xml_args(v, out):
-    _b319 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b319)); out += _b319; out += PAD[len(_b319) & 3]
-    _b320 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b320)); out += _b320; out += PAD[len(_b320) & 3]
+    _b328 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b328)); out += _b328; out += PAD[len(_b328) & 3]
+    _b329 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b329)); out += _b329; out += PAD[len(_b329) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_save_image_define_xml_args(b, o):
-    _n321, = _U32.unpack_from(b, o); o += 4
-    if _n321 > 4194304: raise XdrError('remote_domain_save_image_define_xml_args.file: string of %d bytes exceeds 4194304' % _n321)
-    _end322 = o + _n321
-    if _end322 > len(b): raise XdrError('remote_domain_save_image_define_xml_args.file: truncated string')
-    f0 = str(b[o:_end322], 'utf-8', 'surrogateescape'); o = _end322 + (-_n321 & 3)
-    _n323, = _U32.unpack_from(b, o); o += 4
-    if _n323 > 4194304: raise XdrError('remote_domain_save_image_define_xml_args.dxml: string of %d bytes exceeds 4194304' % _n323)
-    _end324 = o + _n323
-    if _end324 > len(b): raise XdrError('remote_domain_save_image_define_xml_args.dxml: truncated string')
-    f1 = str(b[o:_end324], 'utf-8', 'surrogateescape'); o = _end324 + (-_n323 & 3)
+    _n330, = _U32.unpack_from(b, o); o += 4
+    if _n330 > 4194304: raise XdrError('remote_domain_save_image_define_xml_args.file: string of %d bytes exceeds 4194304' % _n330)
+    _end331 = o + _n330
+    if _end331 > len(b): raise XdrError('remote_domain_save_image_define_xml_args.file: truncated string')
+    f0 = str(b[o:_end331], 'utf-8', 'surrogateescape'); o = _end331 + (-_n330 & 3)
+    _n332, = _U32.unpack_from(b, o); o += 4
+    if _n332 > 4194304: raise XdrError('remote_domain_save_image_define_xml_args.dxml: string of %d bytes exceeds 4194304' % _n332)
+    _end333 = o + _n332
+    if _end333 > len(b): raise XdrError('remote_domain_save_image_define_xml_args.dxml: truncated string')
+    f1 = str(b[o:_end333], 'utf-8', 'surrogateescape'); o = _end333 + (-_n332 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_save_image_define_xml_args, (f0, f1, f2)), o
 
@@ -2630,17 +2639,17 @@ remote_domain_core_dump_args = _nt('remote_domain_core_dump_args', 'dom to flags
 
 def pack_remote_domain_core_dump_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b325 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b325)); out += _b325; out += PAD[len(_b325) & 3]
+    _b334 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b334)); out += _b334; out += PAD[len(_b334) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_core_dump_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n326, = _U32.unpack_from(b, o); o += 4
-    if _n326 > 4194304: raise XdrError('remote_domain_core_dump_args.to: string of %d bytes exceeds 4194304' % _n326)
-    _end327 = o + _n326
-    if _end327 > len(b): raise XdrError('remote_domain_core_dump_args.to: truncated string')
-    f1 = str(b[o:_end327], 'utf-8', 'surrogateescape'); o = _end327 + (-_n326 & 3)
+    _n335, = _U32.unpack_from(b, o); o += 4
+    if _n335 > 4194304: raise XdrError('remote_domain_core_dump_args.to: string of %d bytes exceeds 4194304' % _n335)
+    _end336 = o + _n335
+    if _end336 > len(b): raise XdrError('remote_domain_core_dump_args.to: truncated string')
+    f1 = str(b[o:_end336], 'utf-8', 'surrogateescape'); o = _end336 + (-_n335 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_core_dump_args, (f0, f1, f2)), o
 
@@ -2648,17 +2657,17 @@ remote_domain_core_dump_with_format_args = _nt('remote_domain_core_dump_with_for
 
 def pack_remote_domain_core_dump_with_format_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b328 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b328)); out += _b328; out += PAD[len(_b328) & 3]
+    _b337 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b337)); out += _b337; out += PAD[len(_b337) & 3]
     out += _S_II.pack(v[2], v[3])
 
 def unpack_remote_domain_core_dump_with_format_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n329, = _U32.unpack_from(b, o); o += 4
-    if _n329 > 4194304: raise XdrError('remote_domain_core_dump_with_format_args.to: string of %d bytes exceeds 4194304' % _n329)
-    _end330 = o + _n329
-    if _end330 > len(b): raise XdrError('remote_domain_core_dump_with_format_args.to: truncated string')
-    f1 = str(b[o:_end330], 'utf-8', 'surrogateescape'); o = _end330 + (-_n329 & 3)
+    _n338, = _U32.unpack_from(b, o); o += 4
+    if _n338 > 4194304: raise XdrError('remote_domain_core_dump_with_format_args.to: string of %d bytes exceeds 4194304' % _n338)
+    _end339 = o + _n338
+    if _end339 > len(b): raise XdrError('remote_domain_core_dump_with_format_args.to: truncated string')
+    f1 = str(b[o:_end339], 'utf-8', 'surrogateescape'); o = _end339 + (-_n338 & 3)
     f2, f3 = _S_II.unpack_from(b, o); o += 8
     return _new(remote_domain_core_dump_with_format_args, (f0, f1, f2, f3)), o
 
@@ -2676,26 +2685,26 @@ def unpack_remote_domain_screenshot_args(b, o):
 remote_domain_screenshot_ret = _nt('remote_domain_screenshot_ret', 'mime')
 
 def pack_remote_domain_screenshot_ret(v, out):
-    _t331 = v[0]
-    if _t331 is None:
+    _t340 = v[0]
+    if _t340 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b332 = _t331.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b332)); out += _b332; out += PAD[len(_b332) & 3]
+        _b341 = _t340.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b341)); out += _b341; out += PAD[len(_b341) & 3]
 
 def unpack_remote_domain_screenshot_ret(b, o):
-    _f333, = _U32.unpack_from(b, o); o += 4
-    if _f333 == 1:
-        _n334, = _U32.unpack_from(b, o); o += 4
-        if _n334 > 4194304: raise XdrError('remote_domain_screenshot_ret.mime: string of %d bytes exceeds 4194304' % _n334)
-        _end335 = o + _n334
-        if _end335 > len(b): raise XdrError('remote_domain_screenshot_ret.mime: truncated string')
-        f0 = str(b[o:_end335], 'utf-8', 'surrogateescape'); o = _end335 + (-_n334 & 3)
-    elif _f333 == 0:
+    _f342, = _U32.unpack_from(b, o); o += 4
+    if _f342 == 1:
+        _n343, = _U32.unpack_from(b, o); o += 4
+        if _n343 > 4194304: raise XdrError('remote_domain_screenshot_ret.mime: string of %d bytes exceeds 4194304' % _n343)
+        _end344 = o + _n343
+        if _end344 > len(b): raise XdrError('remote_domain_screenshot_ret.mime: truncated string')
+        f0 = str(b[o:_end344], 'utf-8', 'surrogateescape'); o = _end344 + (-_n343 & 3)
+    elif _f342 == 0:
         f0 = None
     else:
-        raise XdrError('remote_domain_screenshot_ret.mime: bad optional flag %d' % _f333)
+        raise XdrError('remote_domain_screenshot_ret.mime: bad optional flag %d' % _f342)
     return _new(remote_domain_screenshot_ret, (f0,)), o
 
 remote_domain_get_xml_desc_args = _nt('remote_domain_get_xml_desc_args', 'dom flags')
@@ -2712,165 +2721,165 @@ def unpack_remote_domain_get_xml_desc_args(b, o):
 remote_domain_get_xml_desc_ret = _nt('remote_domain_get_xml_desc_ret', 'xml')
 
 def pack_remote_domain_get_xml_desc_ret(v, out):
-    _b336 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b336)); out += _b336; out += PAD[len(_b336) & 3]
+    _b345 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b345)); out += _b345; out += PAD[len(_b345) & 3]
 
 def unpack_remote_domain_get_xml_desc_ret(b, o):
-    _n337, = _U32.unpack_from(b, o); o += 4
-    if _n337 > 4194304: raise XdrError('remote_domain_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n337)
-    _end338 = o + _n337
-    if _end338 > len(b): raise XdrError('remote_domain_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end338], 'utf-8', 'surrogateescape'); o = _end338 + (-_n337 & 3)
+    _n346, = _U32.unpack_from(b, o); o += 4
+    if _n346 > 4194304: raise XdrError('remote_domain_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n346)
+    _end347 = o + _n346
+    if _end347 > len(b): raise XdrError('remote_domain_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end347], 'utf-8', 'surrogateescape'); o = _end347 + (-_n346 & 3)
     return _new(remote_domain_get_xml_desc_ret, (f0,)), o
 
 remote_domain_migrate_prepare_args = _nt('remote_domain_migrate_prepare_args', 'uri_in flags dname resource')
 
 def pack_remote_domain_migrate_prepare_args(v, out):
-    _t339 = v[0]
-    if _t339 is None:
+    _t348 = v[0]
+    if _t348 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b340 = _t339.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b340)); out += _b340; out += PAD[len(_b340) & 3]
+        _b349 = _t348.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b349)); out += _b349; out += PAD[len(_b349) & 3]
     out += _S_Q.pack(v[1])
-    _t341 = v[2]
-    if _t341 is None:
-        out += b'\0\0\0\0'
-    else:
-        out += b'\0\0\0\1'
-        _b342 = _t341.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b342)); out += _b342; out += PAD[len(_b342) & 3]
-    out += _S_Q.pack(v[3])
-
-def unpack_remote_domain_migrate_prepare_args(b, o):
-    _f343, = _U32.unpack_from(b, o); o += 4
-    if _f343 == 1:
-        _n344, = _U32.unpack_from(b, o); o += 4
-        if _n344 > 4194304: raise XdrError('remote_domain_migrate_prepare_args.uri_in: string of %d bytes exceeds 4194304' % _n344)
-        _end345 = o + _n344
-        if _end345 > len(b): raise XdrError('remote_domain_migrate_prepare_args.uri_in: truncated string')
-        f0 = str(b[o:_end345], 'utf-8', 'surrogateescape'); o = _end345 + (-_n344 & 3)
-    elif _f343 == 0:
-        f0 = None
-    else:
-        raise XdrError('remote_domain_migrate_prepare_args.uri_in: bad optional flag %d' % _f343)
-    f1, = _S_Q.unpack_from(b, o); o += 8
-    _f346, = _U32.unpack_from(b, o); o += 4
-    if _f346 == 1:
-        _n347, = _U32.unpack_from(b, o); o += 4
-        if _n347 > 4194304: raise XdrError('remote_domain_migrate_prepare_args.dname: string of %d bytes exceeds 4194304' % _n347)
-        _end348 = o + _n347
-        if _end348 > len(b): raise XdrError('remote_domain_migrate_prepare_args.dname: truncated string')
-        f2 = str(b[o:_end348], 'utf-8', 'surrogateescape'); o = _end348 + (-_n347 & 3)
-    elif _f346 == 0:
-        f2 = None
-    else:
-        raise XdrError('remote_domain_migrate_prepare_args.dname: bad optional flag %d' % _f346)
-    f3, = _S_Q.unpack_from(b, o); o += 8
-    return _new(remote_domain_migrate_prepare_args, (f0, f1, f2, f3)), o
-
-remote_domain_migrate_prepare_ret = _nt('remote_domain_migrate_prepare_ret', 'cookie uri_out')
-
-def pack_remote_domain_migrate_prepare_ret(v, out):
-    _b349 = v[0]
-    out += _U32.pack(len(_b349)); out += _b349; out += PAD[len(_b349) & 3]
-    _t350 = v[1]
+    _t350 = v[2]
     if _t350 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
         _b351 = _t350.encode('utf-8', 'surrogateescape')
         out += _U32.pack(len(_b351)); out += _b351; out += PAD[len(_b351) & 3]
+    out += _S_Q.pack(v[3])
+
+def unpack_remote_domain_migrate_prepare_args(b, o):
+    _f352, = _U32.unpack_from(b, o); o += 4
+    if _f352 == 1:
+        _n353, = _U32.unpack_from(b, o); o += 4
+        if _n353 > 4194304: raise XdrError('remote_domain_migrate_prepare_args.uri_in: string of %d bytes exceeds 4194304' % _n353)
+        _end354 = o + _n353
+        if _end354 > len(b): raise XdrError('remote_domain_migrate_prepare_args.uri_in: truncated string')
+        f0 = str(b[o:_end354], 'utf-8', 'surrogateescape'); o = _end354 + (-_n353 & 3)
+    elif _f352 == 0:
+        f0 = None
+    else:
+        raise XdrError('remote_domain_migrate_prepare_args.uri_in: bad optional flag %d' % _f352)
+    f1, = _S_Q.unpack_from(b, o); o += 8
+    _f355, = _U32.unpack_from(b, o); o += 4
+    if _f355 == 1:
+        _n356, = _U32.unpack_from(b, o); o += 4
+        if _n356 > 4194304: raise XdrError('remote_domain_migrate_prepare_args.dname: string of %d bytes exceeds 4194304' % _n356)
+        _end357 = o + _n356
+        if _end357 > len(b): raise XdrError('remote_domain_migrate_prepare_args.dname: truncated string')
+        f2 = str(b[o:_end357], 'utf-8', 'surrogateescape'); o = _end357 + (-_n356 & 3)
+    elif _f355 == 0:
+        f2 = None
+    else:
+        raise XdrError('remote_domain_migrate_prepare_args.dname: bad optional flag %d' % _f355)
+    f3, = _S_Q.unpack_from(b, o); o += 8
+    return _new(remote_domain_migrate_prepare_args, (f0, f1, f2, f3)), o
+
+remote_domain_migrate_prepare_ret = _nt('remote_domain_migrate_prepare_ret', 'cookie uri_out')
+
+def pack_remote_domain_migrate_prepare_ret(v, out):
+    _b358 = v[0]
+    out += _U32.pack(len(_b358)); out += _b358; out += PAD[len(_b358) & 3]
+    _t359 = v[1]
+    if _t359 is None:
+        out += b'\0\0\0\0'
+    else:
+        out += b'\0\0\0\1'
+        _b360 = _t359.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b360)); out += _b360; out += PAD[len(_b360) & 3]
 
 def unpack_remote_domain_migrate_prepare_ret(b, o):
-    _n352, = _U32.unpack_from(b, o); o += 4
-    if _n352 > 4194304: raise XdrError('remote_domain_migrate_prepare_ret.cookie: %d bytes exceed 4194304' % _n352)
-    if o + _n352 > len(b): raise XdrError('remote_domain_migrate_prepare_ret.cookie: truncated')
-    f0 = bytes(b[o:o + _n352]); o += _n352 + (-_n352 & 3)
-    _f353, = _U32.unpack_from(b, o); o += 4
-    if _f353 == 1:
-        _n354, = _U32.unpack_from(b, o); o += 4
-        if _n354 > 4194304: raise XdrError('remote_domain_migrate_prepare_ret.uri_out: string of %d bytes exceeds 4194304' % _n354)
-        _end355 = o + _n354
-        if _end355 > len(b): raise XdrError('remote_domain_migrate_prepare_ret.uri_out: truncated string')
-        f1 = str(b[o:_end355], 'utf-8', 'surrogateescape'); o = _end355 + (-_n354 & 3)
-    elif _f353 == 0:
+    _n361, = _U32.unpack_from(b, o); o += 4
+    if _n361 > 4194304: raise XdrError('remote_domain_migrate_prepare_ret.cookie: %d bytes exceed 4194304' % _n361)
+    if o + _n361 > len(b): raise XdrError('remote_domain_migrate_prepare_ret.cookie: truncated')
+    f0 = bytes(b[o:o + _n361]); o += _n361 + (-_n361 & 3)
+    _f362, = _U32.unpack_from(b, o); o += 4
+    if _f362 == 1:
+        _n363, = _U32.unpack_from(b, o); o += 4
+        if _n363 > 4194304: raise XdrError('remote_domain_migrate_prepare_ret.uri_out: string of %d bytes exceeds 4194304' % _n363)
+        _end364 = o + _n363
+        if _end364 > len(b): raise XdrError('remote_domain_migrate_prepare_ret.uri_out: truncated string')
+        f1 = str(b[o:_end364], 'utf-8', 'surrogateescape'); o = _end364 + (-_n363 & 3)
+    elif _f362 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_migrate_prepare_ret.uri_out: bad optional flag %d' % _f353)
+        raise XdrError('remote_domain_migrate_prepare_ret.uri_out: bad optional flag %d' % _f362)
     return _new(remote_domain_migrate_prepare_ret, (f0, f1)), o
 
 remote_domain_migrate_perform_args = _nt('remote_domain_migrate_perform_args', 'dom cookie uri flags dname resource')
 
 def pack_remote_domain_migrate_perform_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b356 = v[1]
-    out += _U32.pack(len(_b356)); out += _b356; out += PAD[len(_b356) & 3]
-    _b357 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b357)); out += _b357; out += PAD[len(_b357) & 3]
+    _b365 = v[1]
+    out += _U32.pack(len(_b365)); out += _b365; out += PAD[len(_b365) & 3]
+    _b366 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b366)); out += _b366; out += PAD[len(_b366) & 3]
     out += _S_Q.pack(v[3])
-    _t358 = v[4]
-    if _t358 is None:
+    _t367 = v[4]
+    if _t367 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b359 = _t358.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b359)); out += _b359; out += PAD[len(_b359) & 3]
+        _b368 = _t367.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b368)); out += _b368; out += PAD[len(_b368) & 3]
     out += _S_Q.pack(v[5])
 
 def unpack_remote_domain_migrate_perform_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n360, = _U32.unpack_from(b, o); o += 4
-    if _n360 > 4194304: raise XdrError('remote_domain_migrate_perform_args.cookie: %d bytes exceed 4194304' % _n360)
-    if o + _n360 > len(b): raise XdrError('remote_domain_migrate_perform_args.cookie: truncated')
-    f1 = bytes(b[o:o + _n360]); o += _n360 + (-_n360 & 3)
-    _n361, = _U32.unpack_from(b, o); o += 4
-    if _n361 > 4194304: raise XdrError('remote_domain_migrate_perform_args.uri: string of %d bytes exceeds 4194304' % _n361)
-    _end362 = o + _n361
-    if _end362 > len(b): raise XdrError('remote_domain_migrate_perform_args.uri: truncated string')
-    f2 = str(b[o:_end362], 'utf-8', 'surrogateescape'); o = _end362 + (-_n361 & 3)
+    _n369, = _U32.unpack_from(b, o); o += 4
+    if _n369 > 4194304: raise XdrError('remote_domain_migrate_perform_args.cookie: %d bytes exceed 4194304' % _n369)
+    if o + _n369 > len(b): raise XdrError('remote_domain_migrate_perform_args.cookie: truncated')
+    f1 = bytes(b[o:o + _n369]); o += _n369 + (-_n369 & 3)
+    _n370, = _U32.unpack_from(b, o); o += 4
+    if _n370 > 4194304: raise XdrError('remote_domain_migrate_perform_args.uri: string of %d bytes exceeds 4194304' % _n370)
+    _end371 = o + _n370
+    if _end371 > len(b): raise XdrError('remote_domain_migrate_perform_args.uri: truncated string')
+    f2 = str(b[o:_end371], 'utf-8', 'surrogateescape'); o = _end371 + (-_n370 & 3)
     f3, = _S_Q.unpack_from(b, o); o += 8
-    _f363, = _U32.unpack_from(b, o); o += 4
-    if _f363 == 1:
-        _n364, = _U32.unpack_from(b, o); o += 4
-        if _n364 > 4194304: raise XdrError('remote_domain_migrate_perform_args.dname: string of %d bytes exceeds 4194304' % _n364)
-        _end365 = o + _n364
-        if _end365 > len(b): raise XdrError('remote_domain_migrate_perform_args.dname: truncated string')
-        f4 = str(b[o:_end365], 'utf-8', 'surrogateescape'); o = _end365 + (-_n364 & 3)
-    elif _f363 == 0:
+    _f372, = _U32.unpack_from(b, o); o += 4
+    if _f372 == 1:
+        _n373, = _U32.unpack_from(b, o); o += 4
+        if _n373 > 4194304: raise XdrError('remote_domain_migrate_perform_args.dname: string of %d bytes exceeds 4194304' % _n373)
+        _end374 = o + _n373
+        if _end374 > len(b): raise XdrError('remote_domain_migrate_perform_args.dname: truncated string')
+        f4 = str(b[o:_end374], 'utf-8', 'surrogateescape'); o = _end374 + (-_n373 & 3)
+    elif _f372 == 0:
         f4 = None
     else:
-        raise XdrError('remote_domain_migrate_perform_args.dname: bad optional flag %d' % _f363)
+        raise XdrError('remote_domain_migrate_perform_args.dname: bad optional flag %d' % _f372)
     f5, = _S_Q.unpack_from(b, o); o += 8
     return _new(remote_domain_migrate_perform_args, (f0, f1, f2, f3, f4, f5)), o
 
 remote_domain_migrate_finish_args = _nt('remote_domain_migrate_finish_args', 'dname cookie uri flags')
 
 def pack_remote_domain_migrate_finish_args(v, out):
-    _b366 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b366)); out += _b366; out += PAD[len(_b366) & 3]
-    _b367 = v[1]
-    out += _U32.pack(len(_b367)); out += _b367; out += PAD[len(_b367) & 3]
-    _b368 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b368)); out += _b368; out += PAD[len(_b368) & 3]
+    _b375 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b375)); out += _b375; out += PAD[len(_b375) & 3]
+    _b376 = v[1]
+    out += _U32.pack(len(_b376)); out += _b376; out += PAD[len(_b376) & 3]
+    _b377 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b377)); out += _b377; out += PAD[len(_b377) & 3]
     out += _S_Q.pack(v[3])
 
 def unpack_remote_domain_migrate_finish_args(b, o):
-    _n369, = _U32.unpack_from(b, o); o += 4
-    if _n369 > 4194304: raise XdrError('remote_domain_migrate_finish_args.dname: string of %d bytes exceeds 4194304' % _n369)
-    _end370 = o + _n369
-    if _end370 > len(b): raise XdrError('remote_domain_migrate_finish_args.dname: truncated string')
-    f0 = str(b[o:_end370], 'utf-8', 'surrogateescape'); o = _end370 + (-_n369 & 3)
-    _n371, = _U32.unpack_from(b, o); o += 4
-    if _n371 > 4194304: raise XdrError('remote_domain_migrate_finish_args.cookie: %d bytes exceed 4194304' % _n371)
-    if o + _n371 > len(b): raise XdrError('remote_domain_migrate_finish_args.cookie: truncated')
-    f1 = bytes(b[o:o + _n371]); o += _n371 + (-_n371 & 3)
-    _n372, = _U32.unpack_from(b, o); o += 4
-    if _n372 > 4194304: raise XdrError('remote_domain_migrate_finish_args.uri: string of %d bytes exceeds 4194304' % _n372)
-    _end373 = o + _n372
-    if _end373 > len(b): raise XdrError('remote_domain_migrate_finish_args.uri: truncated string')
-    f2 = str(b[o:_end373], 'utf-8', 'surrogateescape'); o = _end373 + (-_n372 & 3)
+    _n378, = _U32.unpack_from(b, o); o += 4
+    if _n378 > 4194304: raise XdrError('remote_domain_migrate_finish_args.dname: string of %d bytes exceeds 4194304' % _n378)
+    _end379 = o + _n378
+    if _end379 > len(b): raise XdrError('remote_domain_migrate_finish_args.dname: truncated string')
+    f0 = str(b[o:_end379], 'utf-8', 'surrogateescape'); o = _end379 + (-_n378 & 3)
+    _n380, = _U32.unpack_from(b, o); o += 4
+    if _n380 > 4194304: raise XdrError('remote_domain_migrate_finish_args.cookie: %d bytes exceed 4194304' % _n380)
+    if o + _n380 > len(b): raise XdrError('remote_domain_migrate_finish_args.cookie: truncated')
+    f1 = bytes(b[o:o + _n380]); o += _n380 + (-_n380 & 3)
+    _n381, = _U32.unpack_from(b, o); o += 4
+    if _n381 > 4194304: raise XdrError('remote_domain_migrate_finish_args.uri: string of %d bytes exceeds 4194304' % _n381)
+    _end382 = o + _n381
+    if _end382 > len(b): raise XdrError('remote_domain_migrate_finish_args.uri: truncated string')
+    f2 = str(b[o:_end382], 'utf-8', 'surrogateescape'); o = _end382 + (-_n381 & 3)
     f3, = _S_Q.unpack_from(b, o); o += 8
     return _new(remote_domain_migrate_finish_args, (f0, f1, f2, f3)), o
 
@@ -2886,114 +2895,114 @@ def unpack_remote_domain_migrate_finish_ret(b, o):
 remote_domain_migrate_prepare2_args = _nt('remote_domain_migrate_prepare2_args', 'uri_in flags dname resource dom_xml')
 
 def pack_remote_domain_migrate_prepare2_args(v, out):
-    _t374 = v[0]
-    if _t374 is None:
+    _t383 = v[0]
+    if _t383 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b375 = _t374.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b375)); out += _b375; out += PAD[len(_b375) & 3]
+        _b384 = _t383.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b384)); out += _b384; out += PAD[len(_b384) & 3]
     out += _S_Q.pack(v[1])
-    _t376 = v[2]
-    if _t376 is None:
+    _t385 = v[2]
+    if _t385 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b377 = _t376.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b377)); out += _b377; out += PAD[len(_b377) & 3]
+        _b386 = _t385.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b386)); out += _b386; out += PAD[len(_b386) & 3]
     out += _S_Q.pack(v[3])
-    _b378 = v[4].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b378)); out += _b378; out += PAD[len(_b378) & 3]
+    _b387 = v[4].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b387)); out += _b387; out += PAD[len(_b387) & 3]
 
 def unpack_remote_domain_migrate_prepare2_args(b, o):
-    _f379, = _U32.unpack_from(b, o); o += 4
-    if _f379 == 1:
-        _n380, = _U32.unpack_from(b, o); o += 4
-        if _n380 > 4194304: raise XdrError('remote_domain_migrate_prepare2_args.uri_in: string of %d bytes exceeds 4194304' % _n380)
-        _end381 = o + _n380
-        if _end381 > len(b): raise XdrError('remote_domain_migrate_prepare2_args.uri_in: truncated string')
-        f0 = str(b[o:_end381], 'utf-8', 'surrogateescape'); o = _end381 + (-_n380 & 3)
-    elif _f379 == 0:
+    _f388, = _U32.unpack_from(b, o); o += 4
+    if _f388 == 1:
+        _n389, = _U32.unpack_from(b, o); o += 4
+        if _n389 > 4194304: raise XdrError('remote_domain_migrate_prepare2_args.uri_in: string of %d bytes exceeds 4194304' % _n389)
+        _end390 = o + _n389
+        if _end390 > len(b): raise XdrError('remote_domain_migrate_prepare2_args.uri_in: truncated string')
+        f0 = str(b[o:_end390], 'utf-8', 'surrogateescape'); o = _end390 + (-_n389 & 3)
+    elif _f388 == 0:
         f0 = None
     else:
-        raise XdrError('remote_domain_migrate_prepare2_args.uri_in: bad optional flag %d' % _f379)
+        raise XdrError('remote_domain_migrate_prepare2_args.uri_in: bad optional flag %d' % _f388)
     f1, = _S_Q.unpack_from(b, o); o += 8
-    _f382, = _U32.unpack_from(b, o); o += 4
-    if _f382 == 1:
-        _n383, = _U32.unpack_from(b, o); o += 4
-        if _n383 > 4194304: raise XdrError('remote_domain_migrate_prepare2_args.dname: string of %d bytes exceeds 4194304' % _n383)
-        _end384 = o + _n383
-        if _end384 > len(b): raise XdrError('remote_domain_migrate_prepare2_args.dname: truncated string')
-        f2 = str(b[o:_end384], 'utf-8', 'surrogateescape'); o = _end384 + (-_n383 & 3)
-    elif _f382 == 0:
+    _f391, = _U32.unpack_from(b, o); o += 4
+    if _f391 == 1:
+        _n392, = _U32.unpack_from(b, o); o += 4
+        if _n392 > 4194304: raise XdrError('remote_domain_migrate_prepare2_args.dname: string of %d bytes exceeds 4194304' % _n392)
+        _end393 = o + _n392
+        if _end393 > len(b): raise XdrError('remote_domain_migrate_prepare2_args.dname: truncated string')
+        f2 = str(b[o:_end393], 'utf-8', 'surrogateescape'); o = _end393 + (-_n392 & 3)
+    elif _f391 == 0:
         f2 = None
     else:
-        raise XdrError('remote_domain_migrate_prepare2_args.dname: bad optional flag %d' % _f382)
+        raise XdrError('remote_domain_migrate_prepare2_args.dname: bad optional flag %d' % _f391)
     f3, = _S_Q.unpack_from(b, o); o += 8
-    _n385, = _U32.unpack_from(b, o); o += 4
-    if _n385 > 4194304: raise XdrError('remote_domain_migrate_prepare2_args.dom_xml: string of %d bytes exceeds 4194304' % _n385)
-    _end386 = o + _n385
-    if _end386 > len(b): raise XdrError('remote_domain_migrate_prepare2_args.dom_xml: truncated string')
-    f4 = str(b[o:_end386], 'utf-8', 'surrogateescape'); o = _end386 + (-_n385 & 3)
+    _n394, = _U32.unpack_from(b, o); o += 4
+    if _n394 > 4194304: raise XdrError('remote_domain_migrate_prepare2_args.dom_xml: string of %d bytes exceeds 4194304' % _n394)
+    _end395 = o + _n394
+    if _end395 > len(b): raise XdrError('remote_domain_migrate_prepare2_args.dom_xml: truncated string')
+    f4 = str(b[o:_end395], 'utf-8', 'surrogateescape'); o = _end395 + (-_n394 & 3)
     return _new(remote_domain_migrate_prepare2_args, (f0, f1, f2, f3, f4)), o
 
 remote_domain_migrate_prepare2_ret = _nt('remote_domain_migrate_prepare2_ret', 'cookie uri_out')
 
 def pack_remote_domain_migrate_prepare2_ret(v, out):
-    _b387 = v[0]
-    out += _U32.pack(len(_b387)); out += _b387; out += PAD[len(_b387) & 3]
-    _t388 = v[1]
-    if _t388 is None:
+    _b396 = v[0]
+    out += _U32.pack(len(_b396)); out += _b396; out += PAD[len(_b396) & 3]
+    _t397 = v[1]
+    if _t397 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b389 = _t388.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b389)); out += _b389; out += PAD[len(_b389) & 3]
+        _b398 = _t397.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b398)); out += _b398; out += PAD[len(_b398) & 3]
 
 def unpack_remote_domain_migrate_prepare2_ret(b, o):
-    _n390, = _U32.unpack_from(b, o); o += 4
-    if _n390 > 4194304: raise XdrError('remote_domain_migrate_prepare2_ret.cookie: %d bytes exceed 4194304' % _n390)
-    if o + _n390 > len(b): raise XdrError('remote_domain_migrate_prepare2_ret.cookie: truncated')
-    f0 = bytes(b[o:o + _n390]); o += _n390 + (-_n390 & 3)
-    _f391, = _U32.unpack_from(b, o); o += 4
-    if _f391 == 1:
-        _n392, = _U32.unpack_from(b, o); o += 4
-        if _n392 > 4194304: raise XdrError('remote_domain_migrate_prepare2_ret.uri_out: string of %d bytes exceeds 4194304' % _n392)
-        _end393 = o + _n392
-        if _end393 > len(b): raise XdrError('remote_domain_migrate_prepare2_ret.uri_out: truncated string')
-        f1 = str(b[o:_end393], 'utf-8', 'surrogateescape'); o = _end393 + (-_n392 & 3)
-    elif _f391 == 0:
+    _n399, = _U32.unpack_from(b, o); o += 4
+    if _n399 > 4194304: raise XdrError('remote_domain_migrate_prepare2_ret.cookie: %d bytes exceed 4194304' % _n399)
+    if o + _n399 > len(b): raise XdrError('remote_domain_migrate_prepare2_ret.cookie: truncated')
+    f0 = bytes(b[o:o + _n399]); o += _n399 + (-_n399 & 3)
+    _f400, = _U32.unpack_from(b, o); o += 4
+    if _f400 == 1:
+        _n401, = _U32.unpack_from(b, o); o += 4
+        if _n401 > 4194304: raise XdrError('remote_domain_migrate_prepare2_ret.uri_out: string of %d bytes exceeds 4194304' % _n401)
+        _end402 = o + _n401
+        if _end402 > len(b): raise XdrError('remote_domain_migrate_prepare2_ret.uri_out: truncated string')
+        f1 = str(b[o:_end402], 'utf-8', 'surrogateescape'); o = _end402 + (-_n401 & 3)
+    elif _f400 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_migrate_prepare2_ret.uri_out: bad optional flag %d' % _f391)
+        raise XdrError('remote_domain_migrate_prepare2_ret.uri_out: bad optional flag %d' % _f400)
     return _new(remote_domain_migrate_prepare2_ret, (f0, f1)), o
 
 remote_domain_migrate_finish2_args = _nt('remote_domain_migrate_finish2_args', 'dname cookie uri flags retcode')
 
 def pack_remote_domain_migrate_finish2_args(v, out):
-    _b394 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b394)); out += _b394; out += PAD[len(_b394) & 3]
-    _b395 = v[1]
-    out += _U32.pack(len(_b395)); out += _b395; out += PAD[len(_b395) & 3]
-    _b396 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b396)); out += _b396; out += PAD[len(_b396) & 3]
+    _b403 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b403)); out += _b403; out += PAD[len(_b403) & 3]
+    _b404 = v[1]
+    out += _U32.pack(len(_b404)); out += _b404; out += PAD[len(_b404) & 3]
+    _b405 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b405)); out += _b405; out += PAD[len(_b405) & 3]
     out += _S_Qi.pack(v[3], v[4])
 
 def unpack_remote_domain_migrate_finish2_args(b, o):
-    _n397, = _U32.unpack_from(b, o); o += 4
-    if _n397 > 4194304: raise XdrError('remote_domain_migrate_finish2_args.dname: string of %d bytes exceeds 4194304' % _n397)
-    _end398 = o + _n397
-    if _end398 > len(b): raise XdrError('remote_domain_migrate_finish2_args.dname: truncated string')
-    f0 = str(b[o:_end398], 'utf-8', 'surrogateescape'); o = _end398 + (-_n397 & 3)
-    _n399, = _U32.unpack_from(b, o); o += 4
-    if _n399 > 4194304: raise XdrError('remote_domain_migrate_finish2_args.cookie: %d bytes exceed 4194304' % _n399)
-    if o + _n399 > len(b): raise XdrError('remote_domain_migrate_finish2_args.cookie: truncated')
-    f1 = bytes(b[o:o + _n399]); o += _n399 + (-_n399 & 3)
-    _n400, = _U32.unpack_from(b, o); o += 4
-    if _n400 > 4194304: raise XdrError('remote_domain_migrate_finish2_args.uri: string of %d bytes exceeds 4194304' % _n400)
-    _end401 = o + _n400
-    if _end401 > len(b): raise XdrError('remote_domain_migrate_finish2_args.uri: truncated string')
-    f2 = str(b[o:_end401], 'utf-8', 'surrogateescape'); o = _end401 + (-_n400 & 3)
+    _n406, = _U32.unpack_from(b, o); o += 4
+    if _n406 > 4194304: raise XdrError('remote_domain_migrate_finish2_args.dname: string of %d bytes exceeds 4194304' % _n406)
+    _end407 = o + _n406
+    if _end407 > len(b): raise XdrError('remote_domain_migrate_finish2_args.dname: truncated string')
+    f0 = str(b[o:_end407], 'utf-8', 'surrogateescape'); o = _end407 + (-_n406 & 3)
+    _n408, = _U32.unpack_from(b, o); o += 4
+    if _n408 > 4194304: raise XdrError('remote_domain_migrate_finish2_args.cookie: %d bytes exceed 4194304' % _n408)
+    if o + _n408 > len(b): raise XdrError('remote_domain_migrate_finish2_args.cookie: truncated')
+    f1 = bytes(b[o:o + _n408]); o += _n408 + (-_n408 & 3)
+    _n409, = _U32.unpack_from(b, o); o += 4
+    if _n409 > 4194304: raise XdrError('remote_domain_migrate_finish2_args.uri: string of %d bytes exceeds 4194304' % _n409)
+    _end410 = o + _n409
+    if _end410 > len(b): raise XdrError('remote_domain_migrate_finish2_args.uri: truncated string')
+    f2 = str(b[o:_end410], 'utf-8', 'surrogateescape'); o = _end410 + (-_n409 & 3)
     f3, f4 = _S_Qi.unpack_from(b, o); o += 12
     return _new(remote_domain_migrate_finish2_args, (f0, f1, f2, f3, f4)), o
 
@@ -3018,24 +3027,24 @@ def unpack_remote_connect_list_defined_domains_args(b, o):
 remote_connect_list_defined_domains_ret = _nt('remote_connect_list_defined_domains_ret', 'names')
 
 def pack_remote_connect_list_defined_domains_ret(v, out):
-    _t402 = v[0]
-    out += _U32.pack(len(_t402))
-    for _e403 in _t402:
-        _b404 = _e403.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b404)); out += _b404; out += PAD[len(_b404) & 3]
+    _t411 = v[0]
+    out += _U32.pack(len(_t411))
+    for _e412 in _t411:
+        _b413 = _e412.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b413)); out += _b413; out += PAD[len(_b413) & 3]
 
 def unpack_remote_connect_list_defined_domains_ret(b, o):
-    _n405, = _U32.unpack_from(b, o); o += 4
-    if _n405 > 16384: raise XdrError('remote_connect_list_defined_domains_ret.names: %d items exceed 16384' % _n405)
-    if 4 * _n405 > len(b) - o: raise XdrError('remote_connect_list_defined_domains_ret.names: truncated list')
+    _n414, = _U32.unpack_from(b, o); o += 4
+    if _n414 > 16384: raise XdrError('remote_connect_list_defined_domains_ret.names: %d items exceed 16384' % _n414)
+    if 4 * _n414 > len(b) - o: raise XdrError('remote_connect_list_defined_domains_ret.names: truncated list')
     f0 = []
-    for _ in range(_n405):
-        _n407, = _U32.unpack_from(b, o); o += 4
-        if _n407 > 4194304: raise XdrError('remote_connect_list_defined_domains_ret.names: string of %d bytes exceeds 4194304' % _n407)
-        _end408 = o + _n407
-        if _end408 > len(b): raise XdrError('remote_connect_list_defined_domains_ret.names: truncated string')
-        _e406 = str(b[o:_end408], 'utf-8', 'surrogateescape'); o = _end408 + (-_n407 & 3)
-        f0.append(_e406)
+    for _ in range(_n414):
+        _n416, = _U32.unpack_from(b, o); o += 4
+        if _n416 > 4194304: raise XdrError('remote_connect_list_defined_domains_ret.names: string of %d bytes exceeds 4194304' % _n416)
+        _end417 = o + _n416
+        if _end417 > len(b): raise XdrError('remote_connect_list_defined_domains_ret.names: truncated string')
+        _e415 = str(b[o:_end417], 'utf-8', 'surrogateescape'); o = _end417 + (-_n416 & 3)
+        f0.append(_e415)
     return _new(remote_connect_list_defined_domains_ret, (f0,)), o
 
 remote_connect_num_of_defined_domains_ret = _nt('remote_connect_num_of_defined_domains_ret', 'num')
@@ -3099,15 +3108,15 @@ def unpack_remote_domain_create_with_files_ret(b, o):
 remote_domain_define_xml_args = _nt('remote_domain_define_xml_args', 'xml')
 
 def pack_remote_domain_define_xml_args(v, out):
-    _b409 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b409)); out += _b409; out += PAD[len(_b409) & 3]
+    _b418 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b418)); out += _b418; out += PAD[len(_b418) & 3]
 
 def unpack_remote_domain_define_xml_args(b, o):
-    _n410, = _U32.unpack_from(b, o); o += 4
-    if _n410 > 4194304: raise XdrError('remote_domain_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n410)
-    _end411 = o + _n410
-    if _end411 > len(b): raise XdrError('remote_domain_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end411], 'utf-8', 'surrogateescape'); o = _end411 + (-_n410 & 3)
+    _n419, = _U32.unpack_from(b, o); o += 4
+    if _n419 > 4194304: raise XdrError('remote_domain_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n419)
+    _end420 = o + _n419
+    if _end420 > len(b): raise XdrError('remote_domain_define_xml_args.xml: truncated string')
+    f0 = str(b[o:_end420], 'utf-8', 'surrogateescape'); o = _end420 + (-_n419 & 3)
     return _new(remote_domain_define_xml_args, (f0,)), o
 
 remote_domain_define_xml_ret = _nt('remote_domain_define_xml_ret', 'dom')
@@ -3122,16 +3131,16 @@ def unpack_remote_domain_define_xml_ret(b, o):
 remote_domain_define_xml_flags_args = _nt('remote_domain_define_xml_flags_args', 'xml flags')
 
 def pack_remote_domain_define_xml_flags_args(v, out):
-    _b412 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b412)); out += _b412; out += PAD[len(_b412) & 3]
+    _b421 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b421)); out += _b421; out += PAD[len(_b421) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_domain_define_xml_flags_args(b, o):
-    _n413, = _U32.unpack_from(b, o); o += 4
-    if _n413 > 4194304: raise XdrError('remote_domain_define_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n413)
-    _end414 = o + _n413
-    if _end414 > len(b): raise XdrError('remote_domain_define_xml_flags_args.xml: truncated string')
-    f0 = str(b[o:_end414], 'utf-8', 'surrogateescape'); o = _end414 + (-_n413 & 3)
+    _n422, = _U32.unpack_from(b, o); o += 4
+    if _n422 > 4194304: raise XdrError('remote_domain_define_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n422)
+    _end423 = o + _n422
+    if _end423 > len(b): raise XdrError('remote_domain_define_xml_flags_args.xml: truncated string')
+    f0 = str(b[o:_end423], 'utf-8', 'surrogateescape'); o = _end423 + (-_n422 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_define_xml_flags_args, (f0, f1)), o
 
@@ -3180,18 +3189,18 @@ remote_domain_send_key_args = _nt('remote_domain_send_key_args', 'dom codeset ho
 def pack_remote_domain_send_key_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
     out += _S_II.pack(v[1], v[2])
-    _t415 = v[3]
-    out += _U32.pack(len(_t415))
-    out += struct.pack('>%dI' % len(_t415), *_t415)
+    _t424 = v[3]
+    out += _U32.pack(len(_t424))
+    out += struct.pack('>%dI' % len(_t424), *_t424)
     out += _S_I.pack(v[4])
 
 def unpack_remote_domain_send_key_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
     f1, f2 = _S_II.unpack_from(b, o); o += 8
-    _n416, = _U32.unpack_from(b, o); o += 4
-    if _n416 > 16: raise XdrError('remote_domain_send_key_args.keycodes: %d items exceed 16' % _n416)
-    if 4 * _n416 > len(b) - o: raise XdrError('remote_domain_send_key_args.keycodes: truncated list')
-    f3 = list(struct.unpack_from('>%dI' % _n416, b, o)); o += 4 * _n416
+    _n425, = _U32.unpack_from(b, o); o += 4
+    if _n425 > 16: raise XdrError('remote_domain_send_key_args.keycodes: %d items exceed 16' % _n425)
+    if 4 * _n425 > len(b) - o: raise XdrError('remote_domain_send_key_args.keycodes: truncated list')
+    f3 = list(struct.unpack_from('>%dI' % _n425, b, o)); o += 4 * _n425
     f4, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_send_key_args, (f0, f1, f2, f3, f4)), o
 
@@ -3253,16 +3262,16 @@ remote_domain_pin_vcpu_args = _nt('remote_domain_pin_vcpu_args', 'dom vcpu cpuma
 def pack_remote_domain_pin_vcpu_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
     out += _S_I.pack(v[1])
-    _b417 = v[2]
-    out += _U32.pack(len(_b417)); out += _b417; out += PAD[len(_b417) & 3]
+    _b426 = v[2]
+    out += _U32.pack(len(_b426)); out += _b426; out += PAD[len(_b426) & 3]
 
 def unpack_remote_domain_pin_vcpu_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
     f1, = _S_I.unpack_from(b, o); o += 4
-    _n418, = _U32.unpack_from(b, o); o += 4
-    if _n418 > 2048: raise XdrError('remote_domain_pin_vcpu_args.cpumap: %d bytes exceed 2048' % _n418)
-    if o + _n418 > len(b): raise XdrError('remote_domain_pin_vcpu_args.cpumap: truncated')
-    f2 = bytes(b[o:o + _n418]); o += _n418 + (-_n418 & 3)
+    _n427, = _U32.unpack_from(b, o); o += 4
+    if _n427 > 2048: raise XdrError('remote_domain_pin_vcpu_args.cpumap: %d bytes exceed 2048' % _n427)
+    if o + _n427 > len(b): raise XdrError('remote_domain_pin_vcpu_args.cpumap: truncated')
+    f2 = bytes(b[o:o + _n427]); o += _n427 + (-_n427 & 3)
     return _new(remote_domain_pin_vcpu_args, (f0, f1, f2)), o
 
 remote_domain_pin_vcpu_flags_args = _nt('remote_domain_pin_vcpu_flags_args', 'dom vcpu cpumap flags')
@@ -3270,17 +3279,17 @@ remote_domain_pin_vcpu_flags_args = _nt('remote_domain_pin_vcpu_flags_args', 'do
 def pack_remote_domain_pin_vcpu_flags_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
     out += _S_I.pack(v[1])
-    _b419 = v[2]
-    out += _U32.pack(len(_b419)); out += _b419; out += PAD[len(_b419) & 3]
+    _b428 = v[2]
+    out += _U32.pack(len(_b428)); out += _b428; out += PAD[len(_b428) & 3]
     out += _S_I.pack(v[3])
 
 def unpack_remote_domain_pin_vcpu_flags_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
     f1, = _S_I.unpack_from(b, o); o += 4
-    _n420, = _U32.unpack_from(b, o); o += 4
-    if _n420 > 2048: raise XdrError('remote_domain_pin_vcpu_flags_args.cpumap: %d bytes exceed 2048' % _n420)
-    if o + _n420 > len(b): raise XdrError('remote_domain_pin_vcpu_flags_args.cpumap: truncated')
-    f2 = bytes(b[o:o + _n420]); o += _n420 + (-_n420 & 3)
+    _n429, = _U32.unpack_from(b, o); o += 4
+    if _n429 > 2048: raise XdrError('remote_domain_pin_vcpu_flags_args.cpumap: %d bytes exceed 2048' % _n429)
+    if o + _n429 > len(b): raise XdrError('remote_domain_pin_vcpu_flags_args.cpumap: truncated')
+    f2 = bytes(b[o:o + _n429]); o += _n429 + (-_n429 & 3)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_pin_vcpu_flags_args, (f0, f1, f2, f3)), o
 
@@ -3298,15 +3307,15 @@ def unpack_remote_domain_get_vcpu_pin_info_args(b, o):
 remote_domain_get_vcpu_pin_info_ret = _nt('remote_domain_get_vcpu_pin_info_ret', 'cpumaps num')
 
 def pack_remote_domain_get_vcpu_pin_info_ret(v, out):
-    _b421 = v[0]
-    out += _U32.pack(len(_b421)); out += _b421; out += PAD[len(_b421) & 3]
+    _b430 = v[0]
+    out += _U32.pack(len(_b430)); out += _b430; out += PAD[len(_b430) & 3]
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_vcpu_pin_info_ret(b, o):
-    _n422, = _U32.unpack_from(b, o); o += 4
-    if _n422 > 8388608: raise XdrError('remote_domain_get_vcpu_pin_info_ret.cpumaps: %d bytes exceed 8388608' % _n422)
-    if o + _n422 > len(b): raise XdrError('remote_domain_get_vcpu_pin_info_ret.cpumaps: truncated')
-    f0 = bytes(b[o:o + _n422]); o += _n422 + (-_n422 & 3)
+    _n431, = _U32.unpack_from(b, o); o += 4
+    if _n431 > 8388608: raise XdrError('remote_domain_get_vcpu_pin_info_ret.cpumaps: %d bytes exceed 8388608' % _n431)
+    if o + _n431 > len(b): raise XdrError('remote_domain_get_vcpu_pin_info_ret.cpumaps: truncated')
+    f0 = bytes(b[o:o + _n431]); o += _n431 + (-_n431 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_vcpu_pin_info_ret, (f0, f1)), o
 
@@ -3314,16 +3323,16 @@ remote_domain_pin_emulator_args = _nt('remote_domain_pin_emulator_args', 'dom cp
 
 def pack_remote_domain_pin_emulator_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b423 = v[1]
-    out += _U32.pack(len(_b423)); out += _b423; out += PAD[len(_b423) & 3]
+    _b432 = v[1]
+    out += _U32.pack(len(_b432)); out += _b432; out += PAD[len(_b432) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_pin_emulator_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n424, = _U32.unpack_from(b, o); o += 4
-    if _n424 > 2048: raise XdrError('remote_domain_pin_emulator_args.cpumap: %d bytes exceed 2048' % _n424)
-    if o + _n424 > len(b): raise XdrError('remote_domain_pin_emulator_args.cpumap: truncated')
-    f1 = bytes(b[o:o + _n424]); o += _n424 + (-_n424 & 3)
+    _n433, = _U32.unpack_from(b, o); o += 4
+    if _n433 > 2048: raise XdrError('remote_domain_pin_emulator_args.cpumap: %d bytes exceed 2048' % _n433)
+    if o + _n433 > len(b): raise XdrError('remote_domain_pin_emulator_args.cpumap: truncated')
+    f1 = bytes(b[o:o + _n433]); o += _n433 + (-_n433 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_pin_emulator_args, (f0, f1, f2)), o
 
@@ -3341,15 +3350,15 @@ def unpack_remote_domain_get_emulator_pin_info_args(b, o):
 remote_domain_get_emulator_pin_info_ret = _nt('remote_domain_get_emulator_pin_info_ret', 'cpumaps ret')
 
 def pack_remote_domain_get_emulator_pin_info_ret(v, out):
-    _b425 = v[0]
-    out += _U32.pack(len(_b425)); out += _b425; out += PAD[len(_b425) & 3]
+    _b434 = v[0]
+    out += _U32.pack(len(_b434)); out += _b434; out += PAD[len(_b434) & 3]
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_emulator_pin_info_ret(b, o):
-    _n426, = _U32.unpack_from(b, o); o += 4
-    if _n426 > 8388608: raise XdrError('remote_domain_get_emulator_pin_info_ret.cpumaps: %d bytes exceed 8388608' % _n426)
-    if o + _n426 > len(b): raise XdrError('remote_domain_get_emulator_pin_info_ret.cpumaps: truncated')
-    f0 = bytes(b[o:o + _n426]); o += _n426 + (-_n426 & 3)
+    _n435, = _U32.unpack_from(b, o); o += 4
+    if _n435 > 8388608: raise XdrError('remote_domain_get_emulator_pin_info_ret.cpumaps: %d bytes exceed 8388608' % _n435)
+    if o + _n435 > len(b): raise XdrError('remote_domain_get_emulator_pin_info_ret.cpumaps: truncated')
+    f0 = bytes(b[o:o + _n435]); o += _n435 + (-_n435 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_emulator_pin_info_ret, (f0, f1)), o
 
@@ -3367,25 +3376,25 @@ def unpack_remote_domain_get_vcpus_args(b, o):
 remote_domain_get_vcpus_ret = _nt('remote_domain_get_vcpus_ret', 'info cpumaps')
 
 def pack_remote_domain_get_vcpus_ret(v, out):
-    _t427 = v[0]
-    out += _U32.pack(len(_t427))
-    for _e428 in _t427:
-        pack_remote_vcpu_info(_e428, out)
-    _b429 = v[1]
-    out += _U32.pack(len(_b429)); out += _b429; out += PAD[len(_b429) & 3]
+    _t436 = v[0]
+    out += _U32.pack(len(_t436))
+    for _e437 in _t436:
+        pack_remote_vcpu_info(_e437, out)
+    _b438 = v[1]
+    out += _U32.pack(len(_b438)); out += _b438; out += PAD[len(_b438) & 3]
 
 def unpack_remote_domain_get_vcpus_ret(b, o):
-    _n430, = _U32.unpack_from(b, o); o += 4
-    if _n430 > 16384: raise XdrError('remote_domain_get_vcpus_ret.info: %d items exceed 16384' % _n430)
-    if 4 * _n430 > len(b) - o: raise XdrError('remote_domain_get_vcpus_ret.info: truncated list')
+    _n439, = _U32.unpack_from(b, o); o += 4
+    if _n439 > 16384: raise XdrError('remote_domain_get_vcpus_ret.info: %d items exceed 16384' % _n439)
+    if 4 * _n439 > len(b) - o: raise XdrError('remote_domain_get_vcpus_ret.info: truncated list')
     f0 = []
-    for _ in range(_n430):
-        _e431, o = unpack_remote_vcpu_info(b, o)
-        f0.append(_e431)
-    _n432, = _U32.unpack_from(b, o); o += 4
-    if _n432 > 8388608: raise XdrError('remote_domain_get_vcpus_ret.cpumaps: %d bytes exceed 8388608' % _n432)
-    if o + _n432 > len(b): raise XdrError('remote_domain_get_vcpus_ret.cpumaps: truncated')
-    f1 = bytes(b[o:o + _n432]); o += _n432 + (-_n432 & 3)
+    for _ in range(_n439):
+        _e440, o = unpack_remote_vcpu_info(b, o)
+        f0.append(_e440)
+    _n441, = _U32.unpack_from(b, o); o += 4
+    if _n441 > 8388608: raise XdrError('remote_domain_get_vcpus_ret.cpumaps: %d bytes exceed 8388608' % _n441)
+    if o + _n441 > len(b): raise XdrError('remote_domain_get_vcpus_ret.cpumaps: truncated')
+    f1 = bytes(b[o:o + _n441]); o += _n441 + (-_n441 & 3)
     return _new(remote_domain_get_vcpus_ret, (f0, f1)), o
 
 remote_domain_get_max_vcpus_args = _nt('remote_domain_get_max_vcpus_args', 'dom')
@@ -3410,15 +3419,15 @@ remote_domain_iothread_info = _nt('remote_domain_iothread_info', 'iothread_id cp
 
 def pack_remote_domain_iothread_info(v, out):
     out += _S_I.pack(v[0])
-    _b433 = v[1]
-    out += _U32.pack(len(_b433)); out += _b433; out += PAD[len(_b433) & 3]
+    _b442 = v[1]
+    out += _U32.pack(len(_b442)); out += _b442; out += PAD[len(_b442) & 3]
 
 def unpack_remote_domain_iothread_info(b, o):
     f0, = _S_I.unpack_from(b, o); o += 4
-    _n434, = _U32.unpack_from(b, o); o += 4
-    if _n434 > 2048: raise XdrError('remote_domain_iothread_info.cpumap: %d bytes exceed 2048' % _n434)
-    if o + _n434 > len(b): raise XdrError('remote_domain_iothread_info.cpumap: truncated')
-    f1 = bytes(b[o:o + _n434]); o += _n434 + (-_n434 & 3)
+    _n443, = _U32.unpack_from(b, o); o += 4
+    if _n443 > 2048: raise XdrError('remote_domain_iothread_info.cpumap: %d bytes exceed 2048' % _n443)
+    if o + _n443 > len(b): raise XdrError('remote_domain_iothread_info.cpumap: truncated')
+    f1 = bytes(b[o:o + _n443]); o += _n443 + (-_n443 & 3)
     return _new(remote_domain_iothread_info, (f0, f1)), o
 
 remote_domain_get_iothread_info_args = _nt('remote_domain_get_iothread_info_args', 'dom flags')
@@ -3435,20 +3444,20 @@ def unpack_remote_domain_get_iothread_info_args(b, o):
 remote_domain_get_iothread_info_ret = _nt('remote_domain_get_iothread_info_ret', 'info ret')
 
 def pack_remote_domain_get_iothread_info_ret(v, out):
-    _t435 = v[0]
-    out += _U32.pack(len(_t435))
-    for _e436 in _t435:
-        pack_remote_domain_iothread_info(_e436, out)
+    _t444 = v[0]
+    out += _U32.pack(len(_t444))
+    for _e445 in _t444:
+        pack_remote_domain_iothread_info(_e445, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_domain_get_iothread_info_ret(b, o):
-    _n437, = _U32.unpack_from(b, o); o += 4
-    if _n437 > 16384: raise XdrError('remote_domain_get_iothread_info_ret.info: %d items exceed 16384' % _n437)
-    if 4 * _n437 > len(b) - o: raise XdrError('remote_domain_get_iothread_info_ret.info: truncated list')
+    _n446, = _U32.unpack_from(b, o); o += 4
+    if _n446 > 16384: raise XdrError('remote_domain_get_iothread_info_ret.info: %d items exceed 16384' % _n446)
+    if 4 * _n446 > len(b) - o: raise XdrError('remote_domain_get_iothread_info_ret.info: truncated list')
     f0 = []
-    for _ in range(_n437):
-        _e438, o = unpack_remote_domain_iothread_info(b, o)
-        f0.append(_e438)
+    for _ in range(_n446):
+        _e447, o = unpack_remote_domain_iothread_info(b, o)
+        f0.append(_e447)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_get_iothread_info_ret, (f0, f1)), o
 
@@ -3457,17 +3466,17 @@ remote_domain_pin_iothread_args = _nt('remote_domain_pin_iothread_args', 'dom io
 def pack_remote_domain_pin_iothread_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
     out += _S_I.pack(v[1])
-    _b439 = v[2]
-    out += _U32.pack(len(_b439)); out += _b439; out += PAD[len(_b439) & 3]
+    _b448 = v[2]
+    out += _U32.pack(len(_b448)); out += _b448; out += PAD[len(_b448) & 3]
     out += _S_I.pack(v[3])
 
 def unpack_remote_domain_pin_iothread_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
     f1, = _S_I.unpack_from(b, o); o += 4
-    _n440, = _U32.unpack_from(b, o); o += 4
-    if _n440 > 2048: raise XdrError('remote_domain_pin_iothread_args.cpumap: %d bytes exceed 2048' % _n440)
-    if o + _n440 > len(b): raise XdrError('remote_domain_pin_iothread_args.cpumap: truncated')
-    f2 = bytes(b[o:o + _n440]); o += _n440 + (-_n440 & 3)
+    _n449, = _U32.unpack_from(b, o); o += 4
+    if _n449 > 2048: raise XdrError('remote_domain_pin_iothread_args.cpumap: %d bytes exceed 2048' % _n449)
+    if o + _n449 > len(b): raise XdrError('remote_domain_pin_iothread_args.cpumap: truncated')
+    f2 = bytes(b[o:o + _n449]); o += _n449 + (-_n449 & 3)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_pin_iothread_args, (f0, f1, f2, f3)), o
 
@@ -3498,22 +3507,22 @@ remote_domain_set_iothread_params_args = _nt('remote_domain_set_iothread_params_
 def pack_remote_domain_set_iothread_params_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
     out += _S_I.pack(v[1])
-    _t441 = v[2]
-    out += _U32.pack(len(_t441))
-    for _e442 in _t441:
-        pack_remote_typed_param(_e442, out)
+    _t450 = v[2]
+    out += _U32.pack(len(_t450))
+    for _e451 in _t450:
+        pack_remote_typed_param(_e451, out)
     out += _S_I.pack(v[3])
 
 def unpack_remote_domain_set_iothread_params_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
     f1, = _S_I.unpack_from(b, o); o += 4
-    _n443, = _U32.unpack_from(b, o); o += 4
-    if _n443 > 64: raise XdrError('remote_domain_set_iothread_params_args.params: %d items exceed 64' % _n443)
-    if 4 * _n443 > len(b) - o: raise XdrError('remote_domain_set_iothread_params_args.params: truncated list')
+    _n452, = _U32.unpack_from(b, o); o += 4
+    if _n452 > 64: raise XdrError('remote_domain_set_iothread_params_args.params: %d items exceed 64' % _n452)
+    if 4 * _n452 > len(b) - o: raise XdrError('remote_domain_set_iothread_params_args.params: truncated list')
     f2 = []
-    for _ in range(_n443):
-        _e444, o = unpack_remote_typed_param(b, o)
-        f2.append(_e444)
+    for _ in range(_n452):
+        _e453, o = unpack_remote_typed_param(b, o)
+        f2.append(_e453)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_set_iothread_params_args, (f0, f1, f2, f3)), o
 
@@ -3529,14 +3538,14 @@ def unpack_remote_domain_get_security_label_args(b, o):
 remote_domain_get_security_label_ret = _nt('remote_domain_get_security_label_ret', 'label enforcing')
 
 def pack_remote_domain_get_security_label_ret(v, out):
-    _b445 = bytes(v[0])
-    out += _U32.pack(len(_b445)); out += struct.pack('>%dI' % len(_b445), *_b445)
+    _b454 = bytes(v[0])
+    out += _U32.pack(len(_b454)); out += struct.pack('>%dI' % len(_b454), *_b454)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_security_label_ret(b, o):
-    _n446, = _U32.unpack_from(b, o); o += 4
-    if _n446 > 4097: raise XdrError('remote_domain_get_security_label_ret.label: %d bytes exceed 4097' % _n446)
-    f0 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n446, b, o)); o += 4 * _n446
+    _n455, = _U32.unpack_from(b, o); o += 4
+    if _n455 > 4097: raise XdrError('remote_domain_get_security_label_ret.label: %d bytes exceed 4097' % _n455)
+    f0 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n455, b, o)); o += 4 * _n455
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_security_label_ret, (f0, f1)), o
 
@@ -3552,71 +3561,71 @@ def unpack_remote_domain_get_security_label_list_args(b, o):
 remote_domain_get_security_label_list_ret = _nt('remote_domain_get_security_label_list_ret', 'labels ret')
 
 def pack_remote_domain_get_security_label_list_ret(v, out):
-    _t447 = v[0]
-    out += _U32.pack(len(_t447))
-    for _e448 in _t447:
-        pack_remote_domain_get_security_label_ret(_e448, out)
+    _t456 = v[0]
+    out += _U32.pack(len(_t456))
+    for _e457 in _t456:
+        pack_remote_domain_get_security_label_ret(_e457, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_security_label_list_ret(b, o):
-    _n449, = _U32.unpack_from(b, o); o += 4
-    if _n449 > 64: raise XdrError('remote_domain_get_security_label_list_ret.labels: %d items exceed 64' % _n449)
-    if 4 * _n449 > len(b) - o: raise XdrError('remote_domain_get_security_label_list_ret.labels: truncated list')
+    _n458, = _U32.unpack_from(b, o); o += 4
+    if _n458 > 64: raise XdrError('remote_domain_get_security_label_list_ret.labels: %d items exceed 64' % _n458)
+    if 4 * _n458 > len(b) - o: raise XdrError('remote_domain_get_security_label_list_ret.labels: truncated list')
     f0 = []
-    for _ in range(_n449):
-        _e450, o = unpack_remote_domain_get_security_label_ret(b, o)
-        f0.append(_e450)
+    for _ in range(_n458):
+        _e459, o = unpack_remote_domain_get_security_label_ret(b, o)
+        f0.append(_e459)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_security_label_list_ret, (f0, f1)), o
 
 remote_node_get_security_model_ret = _nt('remote_node_get_security_model_ret', 'model doi')
 
 def pack_remote_node_get_security_model_ret(v, out):
-    _b451 = bytes(v[0])
-    out += _U32.pack(len(_b451)); out += struct.pack('>%dI' % len(_b451), *_b451)
-    _b452 = bytes(v[1])
-    out += _U32.pack(len(_b452)); out += struct.pack('>%dI' % len(_b452), *_b452)
+    _b460 = bytes(v[0])
+    out += _U32.pack(len(_b460)); out += struct.pack('>%dI' % len(_b460), *_b460)
+    _b461 = bytes(v[1])
+    out += _U32.pack(len(_b461)); out += struct.pack('>%dI' % len(_b461), *_b461)
 
 def unpack_remote_node_get_security_model_ret(b, o):
-    _n453, = _U32.unpack_from(b, o); o += 4
-    if _n453 > 257: raise XdrError('remote_node_get_security_model_ret.model: %d bytes exceed 257' % _n453)
-    f0 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n453, b, o)); o += 4 * _n453
-    _n454, = _U32.unpack_from(b, o); o += 4
-    if _n454 > 257: raise XdrError('remote_node_get_security_model_ret.doi: %d bytes exceed 257' % _n454)
-    f1 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n454, b, o)); o += 4 * _n454
+    _n462, = _U32.unpack_from(b, o); o += 4
+    if _n462 > 257: raise XdrError('remote_node_get_security_model_ret.model: %d bytes exceed 257' % _n462)
+    f0 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n462, b, o)); o += 4 * _n462
+    _n463, = _U32.unpack_from(b, o); o += 4
+    if _n463 > 257: raise XdrError('remote_node_get_security_model_ret.doi: %d bytes exceed 257' % _n463)
+    f1 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n463, b, o)); o += 4 * _n463
     return _new(remote_node_get_security_model_ret, (f0, f1)), o
 
 remote_domain_attach_device_args = _nt('remote_domain_attach_device_args', 'dom xml')
 
 def pack_remote_domain_attach_device_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b455 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b455)); out += _b455; out += PAD[len(_b455) & 3]
+    _b464 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b464)); out += _b464; out += PAD[len(_b464) & 3]
 
 def unpack_remote_domain_attach_device_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n456, = _U32.unpack_from(b, o); o += 4
-    if _n456 > 4194304: raise XdrError('remote_domain_attach_device_args.xml: string of %d bytes exceeds 4194304' % _n456)
-    _end457 = o + _n456
-    if _end457 > len(b): raise XdrError('remote_domain_attach_device_args.xml: truncated string')
-    f1 = str(b[o:_end457], 'utf-8', 'surrogateescape'); o = _end457 + (-_n456 & 3)
+    _n465, = _U32.unpack_from(b, o); o += 4
+    if _n465 > 4194304: raise XdrError('remote_domain_attach_device_args.xml: string of %d bytes exceeds 4194304' % _n465)
+    _end466 = o + _n465
+    if _end466 > len(b): raise XdrError('remote_domain_attach_device_args.xml: truncated string')
+    f1 = str(b[o:_end466], 'utf-8', 'surrogateescape'); o = _end466 + (-_n465 & 3)
     return _new(remote_domain_attach_device_args, (f0, f1)), o
 
 remote_domain_attach_device_flags_args = _nt('remote_domain_attach_device_flags_args', 'dom xml flags')
 
 def pack_remote_domain_attach_device_flags_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b458 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b458)); out += _b458; out += PAD[len(_b458) & 3]
+    _b467 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b467)); out += _b467; out += PAD[len(_b467) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_attach_device_flags_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n459, = _U32.unpack_from(b, o); o += 4
-    if _n459 > 4194304: raise XdrError('remote_domain_attach_device_flags_args.xml: string of %d bytes exceeds 4194304' % _n459)
-    _end460 = o + _n459
-    if _end460 > len(b): raise XdrError('remote_domain_attach_device_flags_args.xml: truncated string')
-    f1 = str(b[o:_end460], 'utf-8', 'surrogateescape'); o = _end460 + (-_n459 & 3)
+    _n468, = _U32.unpack_from(b, o); o += 4
+    if _n468 > 4194304: raise XdrError('remote_domain_attach_device_flags_args.xml: string of %d bytes exceeds 4194304' % _n468)
+    _end469 = o + _n468
+    if _end469 > len(b): raise XdrError('remote_domain_attach_device_flags_args.xml: truncated string')
+    f1 = str(b[o:_end469], 'utf-8', 'surrogateescape'); o = _end469 + (-_n468 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_attach_device_flags_args, (f0, f1, f2)), o
 
@@ -3624,33 +3633,33 @@ remote_domain_detach_device_args = _nt('remote_domain_detach_device_args', 'dom 
 
 def pack_remote_domain_detach_device_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b461 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b461)); out += _b461; out += PAD[len(_b461) & 3]
+    _b470 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b470)); out += _b470; out += PAD[len(_b470) & 3]
 
 def unpack_remote_domain_detach_device_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n462, = _U32.unpack_from(b, o); o += 4
-    if _n462 > 4194304: raise XdrError('remote_domain_detach_device_args.xml: string of %d bytes exceeds 4194304' % _n462)
-    _end463 = o + _n462
-    if _end463 > len(b): raise XdrError('remote_domain_detach_device_args.xml: truncated string')
-    f1 = str(b[o:_end463], 'utf-8', 'surrogateescape'); o = _end463 + (-_n462 & 3)
+    _n471, = _U32.unpack_from(b, o); o += 4
+    if _n471 > 4194304: raise XdrError('remote_domain_detach_device_args.xml: string of %d bytes exceeds 4194304' % _n471)
+    _end472 = o + _n471
+    if _end472 > len(b): raise XdrError('remote_domain_detach_device_args.xml: truncated string')
+    f1 = str(b[o:_end472], 'utf-8', 'surrogateescape'); o = _end472 + (-_n471 & 3)
     return _new(remote_domain_detach_device_args, (f0, f1)), o
 
 remote_domain_detach_device_flags_args = _nt('remote_domain_detach_device_flags_args', 'dom xml flags')
 
 def pack_remote_domain_detach_device_flags_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b464 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b464)); out += _b464; out += PAD[len(_b464) & 3]
+    _b473 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b473)); out += _b473; out += PAD[len(_b473) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_detach_device_flags_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n465, = _U32.unpack_from(b, o); o += 4
-    if _n465 > 4194304: raise XdrError('remote_domain_detach_device_flags_args.xml: string of %d bytes exceeds 4194304' % _n465)
-    _end466 = o + _n465
-    if _end466 > len(b): raise XdrError('remote_domain_detach_device_flags_args.xml: truncated string')
-    f1 = str(b[o:_end466], 'utf-8', 'surrogateescape'); o = _end466 + (-_n465 & 3)
+    _n474, = _U32.unpack_from(b, o); o += 4
+    if _n474 > 4194304: raise XdrError('remote_domain_detach_device_flags_args.xml: string of %d bytes exceeds 4194304' % _n474)
+    _end475 = o + _n474
+    if _end475 > len(b): raise XdrError('remote_domain_detach_device_flags_args.xml: truncated string')
+    f1 = str(b[o:_end475], 'utf-8', 'surrogateescape'); o = _end475 + (-_n474 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_detach_device_flags_args, (f0, f1, f2)), o
 
@@ -3658,17 +3667,17 @@ remote_domain_update_device_flags_args = _nt('remote_domain_update_device_flags_
 
 def pack_remote_domain_update_device_flags_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b467 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b467)); out += _b467; out += PAD[len(_b467) & 3]
+    _b476 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b476)); out += _b476; out += PAD[len(_b476) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_update_device_flags_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n468, = _U32.unpack_from(b, o); o += 4
-    if _n468 > 4194304: raise XdrError('remote_domain_update_device_flags_args.xml: string of %d bytes exceeds 4194304' % _n468)
-    _end469 = o + _n468
-    if _end469 > len(b): raise XdrError('remote_domain_update_device_flags_args.xml: truncated string')
-    f1 = str(b[o:_end469], 'utf-8', 'surrogateescape'); o = _end469 + (-_n468 & 3)
+    _n477, = _U32.unpack_from(b, o); o += 4
+    if _n477 > 4194304: raise XdrError('remote_domain_update_device_flags_args.xml: string of %d bytes exceeds 4194304' % _n477)
+    _end478 = o + _n477
+    if _end478 > len(b): raise XdrError('remote_domain_update_device_flags_args.xml: truncated string')
+    f1 = str(b[o:_end478], 'utf-8', 'surrogateescape'); o = _end478 + (-_n477 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_update_device_flags_args, (f0, f1, f2)), o
 
@@ -3676,17 +3685,17 @@ remote_domain_detach_device_alias_args = _nt('remote_domain_detach_device_alias_
 
 def pack_remote_domain_detach_device_alias_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b470 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b470)); out += _b470; out += PAD[len(_b470) & 3]
+    _b479 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b479)); out += _b479; out += PAD[len(_b479) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_detach_device_alias_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n471, = _U32.unpack_from(b, o); o += 4
-    if _n471 > 4194304: raise XdrError('remote_domain_detach_device_alias_args.alias: string of %d bytes exceeds 4194304' % _n471)
-    _end472 = o + _n471
-    if _end472 > len(b): raise XdrError('remote_domain_detach_device_alias_args.alias: truncated string')
-    f1 = str(b[o:_end472], 'utf-8', 'surrogateescape'); o = _end472 + (-_n471 & 3)
+    _n480, = _U32.unpack_from(b, o); o += 4
+    if _n480 > 4194304: raise XdrError('remote_domain_detach_device_alias_args.alias: string of %d bytes exceeds 4194304' % _n480)
+    _end481 = o + _n480
+    if _end481 > len(b): raise XdrError('remote_domain_detach_device_alias_args.alias: truncated string')
+    f1 = str(b[o:_end481], 'utf-8', 'surrogateescape'); o = _end481 + (-_n480 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_detach_device_alias_args, (f0, f1, f2)), o
 
@@ -3724,65 +3733,65 @@ remote_domain_set_metadata_args = _nt('remote_domain_set_metadata_args', 'dom ty
 def pack_remote_domain_set_metadata_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
     out += _S_i.pack(v[1])
-    _t473 = v[2]
-    if _t473 is None:
+    _t482 = v[2]
+    if _t482 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b474 = _t473.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b474)); out += _b474; out += PAD[len(_b474) & 3]
-    _t475 = v[3]
-    if _t475 is None:
+        _b483 = _t482.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b483)); out += _b483; out += PAD[len(_b483) & 3]
+    _t484 = v[3]
+    if _t484 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b476 = _t475.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b476)); out += _b476; out += PAD[len(_b476) & 3]
-    _t477 = v[4]
-    if _t477 is None:
+        _b485 = _t484.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b485)); out += _b485; out += PAD[len(_b485) & 3]
+    _t486 = v[4]
+    if _t486 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b478 = _t477.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b478)); out += _b478; out += PAD[len(_b478) & 3]
+        _b487 = _t486.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b487)); out += _b487; out += PAD[len(_b487) & 3]
     out += _S_I.pack(v[5])
 
 def unpack_remote_domain_set_metadata_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
     f1, = _S_i.unpack_from(b, o); o += 4
-    _f479, = _U32.unpack_from(b, o); o += 4
-    if _f479 == 1:
-        _n480, = _U32.unpack_from(b, o); o += 4
-        if _n480 > 4194304: raise XdrError('remote_domain_set_metadata_args.metadata: string of %d bytes exceeds 4194304' % _n480)
-        _end481 = o + _n480
-        if _end481 > len(b): raise XdrError('remote_domain_set_metadata_args.metadata: truncated string')
-        f2 = str(b[o:_end481], 'utf-8', 'surrogateescape'); o = _end481 + (-_n480 & 3)
-    elif _f479 == 0:
+    _f488, = _U32.unpack_from(b, o); o += 4
+    if _f488 == 1:
+        _n489, = _U32.unpack_from(b, o); o += 4
+        if _n489 > 4194304: raise XdrError('remote_domain_set_metadata_args.metadata: string of %d bytes exceeds 4194304' % _n489)
+        _end490 = o + _n489
+        if _end490 > len(b): raise XdrError('remote_domain_set_metadata_args.metadata: truncated string')
+        f2 = str(b[o:_end490], 'utf-8', 'surrogateescape'); o = _end490 + (-_n489 & 3)
+    elif _f488 == 0:
         f2 = None
     else:
-        raise XdrError('remote_domain_set_metadata_args.metadata: bad optional flag %d' % _f479)
-    _f482, = _U32.unpack_from(b, o); o += 4
-    if _f482 == 1:
-        _n483, = _U32.unpack_from(b, o); o += 4
-        if _n483 > 4194304: raise XdrError('remote_domain_set_metadata_args.key: string of %d bytes exceeds 4194304' % _n483)
-        _end484 = o + _n483
-        if _end484 > len(b): raise XdrError('remote_domain_set_metadata_args.key: truncated string')
-        f3 = str(b[o:_end484], 'utf-8', 'surrogateescape'); o = _end484 + (-_n483 & 3)
-    elif _f482 == 0:
+        raise XdrError('remote_domain_set_metadata_args.metadata: bad optional flag %d' % _f488)
+    _f491, = _U32.unpack_from(b, o); o += 4
+    if _f491 == 1:
+        _n492, = _U32.unpack_from(b, o); o += 4
+        if _n492 > 4194304: raise XdrError('remote_domain_set_metadata_args.key: string of %d bytes exceeds 4194304' % _n492)
+        _end493 = o + _n492
+        if _end493 > len(b): raise XdrError('remote_domain_set_metadata_args.key: truncated string')
+        f3 = str(b[o:_end493], 'utf-8', 'surrogateescape'); o = _end493 + (-_n492 & 3)
+    elif _f491 == 0:
         f3 = None
     else:
-        raise XdrError('remote_domain_set_metadata_args.key: bad optional flag %d' % _f482)
-    _f485, = _U32.unpack_from(b, o); o += 4
-    if _f485 == 1:
-        _n486, = _U32.unpack_from(b, o); o += 4
-        if _n486 > 4194304: raise XdrError('remote_domain_set_metadata_args.uri: string of %d bytes exceeds 4194304' % _n486)
-        _end487 = o + _n486
-        if _end487 > len(b): raise XdrError('remote_domain_set_metadata_args.uri: truncated string')
-        f4 = str(b[o:_end487], 'utf-8', 'surrogateescape'); o = _end487 + (-_n486 & 3)
-    elif _f485 == 0:
+        raise XdrError('remote_domain_set_metadata_args.key: bad optional flag %d' % _f491)
+    _f494, = _U32.unpack_from(b, o); o += 4
+    if _f494 == 1:
+        _n495, = _U32.unpack_from(b, o); o += 4
+        if _n495 > 4194304: raise XdrError('remote_domain_set_metadata_args.uri: string of %d bytes exceeds 4194304' % _n495)
+        _end496 = o + _n495
+        if _end496 > len(b): raise XdrError('remote_domain_set_metadata_args.uri: truncated string')
+        f4 = str(b[o:_end496], 'utf-8', 'surrogateescape'); o = _end496 + (-_n495 & 3)
+    elif _f494 == 0:
         f4 = None
     else:
-        raise XdrError('remote_domain_set_metadata_args.uri: bad optional flag %d' % _f485)
+        raise XdrError('remote_domain_set_metadata_args.uri: bad optional flag %d' % _f494)
     f5, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_set_metadata_args, (f0, f1, f2, f3, f4, f5)), o
 
@@ -3791,61 +3800,61 @@ remote_domain_get_metadata_args = _nt('remote_domain_get_metadata_args', 'dom ty
 def pack_remote_domain_get_metadata_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
     out += _S_i.pack(v[1])
-    _t488 = v[2]
-    if _t488 is None:
+    _t497 = v[2]
+    if _t497 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b489 = _t488.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b489)); out += _b489; out += PAD[len(_b489) & 3]
+        _b498 = _t497.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b498)); out += _b498; out += PAD[len(_b498) & 3]
     out += _S_I.pack(v[3])
 
 def unpack_remote_domain_get_metadata_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
     f1, = _S_i.unpack_from(b, o); o += 4
-    _f490, = _U32.unpack_from(b, o); o += 4
-    if _f490 == 1:
-        _n491, = _U32.unpack_from(b, o); o += 4
-        if _n491 > 4194304: raise XdrError('remote_domain_get_metadata_args.uri: string of %d bytes exceeds 4194304' % _n491)
-        _end492 = o + _n491
-        if _end492 > len(b): raise XdrError('remote_domain_get_metadata_args.uri: truncated string')
-        f2 = str(b[o:_end492], 'utf-8', 'surrogateescape'); o = _end492 + (-_n491 & 3)
-    elif _f490 == 0:
+    _f499, = _U32.unpack_from(b, o); o += 4
+    if _f499 == 1:
+        _n500, = _U32.unpack_from(b, o); o += 4
+        if _n500 > 4194304: raise XdrError('remote_domain_get_metadata_args.uri: string of %d bytes exceeds 4194304' % _n500)
+        _end501 = o + _n500
+        if _end501 > len(b): raise XdrError('remote_domain_get_metadata_args.uri: truncated string')
+        f2 = str(b[o:_end501], 'utf-8', 'surrogateescape'); o = _end501 + (-_n500 & 3)
+    elif _f499 == 0:
         f2 = None
     else:
-        raise XdrError('remote_domain_get_metadata_args.uri: bad optional flag %d' % _f490)
+        raise XdrError('remote_domain_get_metadata_args.uri: bad optional flag %d' % _f499)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_get_metadata_args, (f0, f1, f2, f3)), o
 
 remote_domain_get_metadata_ret = _nt('remote_domain_get_metadata_ret', 'metadata')
 
 def pack_remote_domain_get_metadata_ret(v, out):
-    _b493 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b493)); out += _b493; out += PAD[len(_b493) & 3]
+    _b502 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b502)); out += _b502; out += PAD[len(_b502) & 3]
 
 def unpack_remote_domain_get_metadata_ret(b, o):
-    _n494, = _U32.unpack_from(b, o); o += 4
-    if _n494 > 4194304: raise XdrError('remote_domain_get_metadata_ret.metadata: string of %d bytes exceeds 4194304' % _n494)
-    _end495 = o + _n494
-    if _end495 > len(b): raise XdrError('remote_domain_get_metadata_ret.metadata: truncated string')
-    f0 = str(b[o:_end495], 'utf-8', 'surrogateescape'); o = _end495 + (-_n494 & 3)
+    _n503, = _U32.unpack_from(b, o); o += 4
+    if _n503 > 4194304: raise XdrError('remote_domain_get_metadata_ret.metadata: string of %d bytes exceeds 4194304' % _n503)
+    _end504 = o + _n503
+    if _end504 > len(b): raise XdrError('remote_domain_get_metadata_ret.metadata: truncated string')
+    f0 = str(b[o:_end504], 'utf-8', 'surrogateescape'); o = _end504 + (-_n503 & 3)
     return _new(remote_domain_get_metadata_ret, (f0,)), o
 
 remote_domain_block_job_abort_args = _nt('remote_domain_block_job_abort_args', 'dom path flags')
 
 def pack_remote_domain_block_job_abort_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b496 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b496)); out += _b496; out += PAD[len(_b496) & 3]
+    _b505 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b505)); out += _b505; out += PAD[len(_b505) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_block_job_abort_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n497, = _U32.unpack_from(b, o); o += 4
-    if _n497 > 4194304: raise XdrError('remote_domain_block_job_abort_args.path: string of %d bytes exceeds 4194304' % _n497)
-    _end498 = o + _n497
-    if _end498 > len(b): raise XdrError('remote_domain_block_job_abort_args.path: truncated string')
-    f1 = str(b[o:_end498], 'utf-8', 'surrogateescape'); o = _end498 + (-_n497 & 3)
+    _n506, = _U32.unpack_from(b, o); o += 4
+    if _n506 > 4194304: raise XdrError('remote_domain_block_job_abort_args.path: string of %d bytes exceeds 4194304' % _n506)
+    _end507 = o + _n506
+    if _end507 > len(b): raise XdrError('remote_domain_block_job_abort_args.path: truncated string')
+    f1 = str(b[o:_end507], 'utf-8', 'surrogateescape'); o = _end507 + (-_n506 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_block_job_abort_args, (f0, f1, f2)), o
 
@@ -3853,17 +3862,17 @@ remote_domain_get_block_job_info_args = _nt('remote_domain_get_block_job_info_ar
 
 def pack_remote_domain_get_block_job_info_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b499 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b499)); out += _b499; out += PAD[len(_b499) & 3]
+    _b508 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b508)); out += _b508; out += PAD[len(_b508) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_get_block_job_info_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n500, = _U32.unpack_from(b, o); o += 4
-    if _n500 > 4194304: raise XdrError('remote_domain_get_block_job_info_args.path: string of %d bytes exceeds 4194304' % _n500)
-    _end501 = o + _n500
-    if _end501 > len(b): raise XdrError('remote_domain_get_block_job_info_args.path: truncated string')
-    f1 = str(b[o:_end501], 'utf-8', 'surrogateescape'); o = _end501 + (-_n500 & 3)
+    _n509, = _U32.unpack_from(b, o); o += 4
+    if _n509 > 4194304: raise XdrError('remote_domain_get_block_job_info_args.path: string of %d bytes exceeds 4194304' % _n509)
+    _end510 = o + _n509
+    if _end510 > len(b): raise XdrError('remote_domain_get_block_job_info_args.path: truncated string')
+    f1 = str(b[o:_end510], 'utf-8', 'surrogateescape'); o = _end510 + (-_n509 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_get_block_job_info_args, (f0, f1, f2)), o
 
@@ -3880,17 +3889,17 @@ remote_domain_block_job_set_speed_args = _nt('remote_domain_block_job_set_speed_
 
 def pack_remote_domain_block_job_set_speed_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b502 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b502)); out += _b502; out += PAD[len(_b502) & 3]
+    _b511 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b511)); out += _b511; out += PAD[len(_b511) & 3]
     out += _S_QI.pack(v[2], v[3])
 
 def unpack_remote_domain_block_job_set_speed_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n503, = _U32.unpack_from(b, o); o += 4
-    if _n503 > 4194304: raise XdrError('remote_domain_block_job_set_speed_args.path: string of %d bytes exceeds 4194304' % _n503)
-    _end504 = o + _n503
-    if _end504 > len(b): raise XdrError('remote_domain_block_job_set_speed_args.path: truncated string')
-    f1 = str(b[o:_end504], 'utf-8', 'surrogateescape'); o = _end504 + (-_n503 & 3)
+    _n512, = _U32.unpack_from(b, o); o += 4
+    if _n512 > 4194304: raise XdrError('remote_domain_block_job_set_speed_args.path: string of %d bytes exceeds 4194304' % _n512)
+    _end513 = o + _n512
+    if _end513 > len(b): raise XdrError('remote_domain_block_job_set_speed_args.path: truncated string')
+    f1 = str(b[o:_end513], 'utf-8', 'surrogateescape'); o = _end513 + (-_n512 & 3)
     f2, f3 = _S_QI.unpack_from(b, o); o += 12
     return _new(remote_domain_block_job_set_speed_args, (f0, f1, f2, f3)), o
 
@@ -3898,17 +3907,17 @@ remote_domain_block_pull_args = _nt('remote_domain_block_pull_args', 'dom path b
 
 def pack_remote_domain_block_pull_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b505 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b505)); out += _b505; out += PAD[len(_b505) & 3]
+    _b514 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b514)); out += _b514; out += PAD[len(_b514) & 3]
     out += _S_QI.pack(v[2], v[3])
 
 def unpack_remote_domain_block_pull_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n506, = _U32.unpack_from(b, o); o += 4
-    if _n506 > 4194304: raise XdrError('remote_domain_block_pull_args.path: string of %d bytes exceeds 4194304' % _n506)
-    _end507 = o + _n506
-    if _end507 > len(b): raise XdrError('remote_domain_block_pull_args.path: truncated string')
-    f1 = str(b[o:_end507], 'utf-8', 'surrogateescape'); o = _end507 + (-_n506 & 3)
+    _n515, = _U32.unpack_from(b, o); o += 4
+    if _n515 > 4194304: raise XdrError('remote_domain_block_pull_args.path: string of %d bytes exceeds 4194304' % _n515)
+    _end516 = o + _n515
+    if _end516 > len(b): raise XdrError('remote_domain_block_pull_args.path: truncated string')
+    f1 = str(b[o:_end516], 'utf-8', 'surrogateescape'); o = _end516 + (-_n515 & 3)
     f2, f3 = _S_QI.unpack_from(b, o); o += 12
     return _new(remote_domain_block_pull_args, (f0, f1, f2, f3)), o
 
@@ -3916,35 +3925,35 @@ remote_domain_block_rebase_args = _nt('remote_domain_block_rebase_args', 'dom pa
 
 def pack_remote_domain_block_rebase_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b508 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b508)); out += _b508; out += PAD[len(_b508) & 3]
-    _t509 = v[2]
-    if _t509 is None:
+    _b517 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b517)); out += _b517; out += PAD[len(_b517) & 3]
+    _t518 = v[2]
+    if _t518 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b510 = _t509.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b510)); out += _b510; out += PAD[len(_b510) & 3]
+        _b519 = _t518.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b519)); out += _b519; out += PAD[len(_b519) & 3]
     out += _S_QI.pack(v[3], v[4])
 
 def unpack_remote_domain_block_rebase_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n511, = _U32.unpack_from(b, o); o += 4
-    if _n511 > 4194304: raise XdrError('remote_domain_block_rebase_args.path: string of %d bytes exceeds 4194304' % _n511)
-    _end512 = o + _n511
-    if _end512 > len(b): raise XdrError('remote_domain_block_rebase_args.path: truncated string')
-    f1 = str(b[o:_end512], 'utf-8', 'surrogateescape'); o = _end512 + (-_n511 & 3)
-    _f513, = _U32.unpack_from(b, o); o += 4
-    if _f513 == 1:
-        _n514, = _U32.unpack_from(b, o); o += 4
-        if _n514 > 4194304: raise XdrError('remote_domain_block_rebase_args.base: string of %d bytes exceeds 4194304' % _n514)
-        _end515 = o + _n514
-        if _end515 > len(b): raise XdrError('remote_domain_block_rebase_args.base: truncated string')
-        f2 = str(b[o:_end515], 'utf-8', 'surrogateescape'); o = _end515 + (-_n514 & 3)
-    elif _f513 == 0:
+    _n520, = _U32.unpack_from(b, o); o += 4
+    if _n520 > 4194304: raise XdrError('remote_domain_block_rebase_args.path: string of %d bytes exceeds 4194304' % _n520)
+    _end521 = o + _n520
+    if _end521 > len(b): raise XdrError('remote_domain_block_rebase_args.path: truncated string')
+    f1 = str(b[o:_end521], 'utf-8', 'surrogateescape'); o = _end521 + (-_n520 & 3)
+    _f522, = _U32.unpack_from(b, o); o += 4
+    if _f522 == 1:
+        _n523, = _U32.unpack_from(b, o); o += 4
+        if _n523 > 4194304: raise XdrError('remote_domain_block_rebase_args.base: string of %d bytes exceeds 4194304' % _n523)
+        _end524 = o + _n523
+        if _end524 > len(b): raise XdrError('remote_domain_block_rebase_args.base: truncated string')
+        f2 = str(b[o:_end524], 'utf-8', 'surrogateescape'); o = _end524 + (-_n523 & 3)
+    elif _f522 == 0:
         f2 = None
     else:
-        raise XdrError('remote_domain_block_rebase_args.base: bad optional flag %d' % _f513)
+        raise XdrError('remote_domain_block_rebase_args.base: bad optional flag %d' % _f522)
     f3, f4 = _S_QI.unpack_from(b, o); o += 12
     return _new(remote_domain_block_rebase_args, (f0, f1, f2, f3, f4)), o
 
@@ -3952,35 +3961,35 @@ remote_domain_block_copy_args = _nt('remote_domain_block_copy_args', 'dom path d
 
 def pack_remote_domain_block_copy_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b516 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b516)); out += _b516; out += PAD[len(_b516) & 3]
-    _b517 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b517)); out += _b517; out += PAD[len(_b517) & 3]
-    _t518 = v[3]
-    out += _U32.pack(len(_t518))
-    for _e519 in _t518:
-        pack_remote_typed_param(_e519, out)
+    _b525 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b525)); out += _b525; out += PAD[len(_b525) & 3]
+    _b526 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b526)); out += _b526; out += PAD[len(_b526) & 3]
+    _t527 = v[3]
+    out += _U32.pack(len(_t527))
+    for _e528 in _t527:
+        pack_remote_typed_param(_e528, out)
     out += _S_I.pack(v[4])
 
 def unpack_remote_domain_block_copy_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n520, = _U32.unpack_from(b, o); o += 4
-    if _n520 > 4194304: raise XdrError('remote_domain_block_copy_args.path: string of %d bytes exceeds 4194304' % _n520)
-    _end521 = o + _n520
-    if _end521 > len(b): raise XdrError('remote_domain_block_copy_args.path: truncated string')
-    f1 = str(b[o:_end521], 'utf-8', 'surrogateescape'); o = _end521 + (-_n520 & 3)
-    _n522, = _U32.unpack_from(b, o); o += 4
-    if _n522 > 4194304: raise XdrError('remote_domain_block_copy_args.destxml: string of %d bytes exceeds 4194304' % _n522)
-    _end523 = o + _n522
-    if _end523 > len(b): raise XdrError('remote_domain_block_copy_args.destxml: truncated string')
-    f2 = str(b[o:_end523], 'utf-8', 'surrogateescape'); o = _end523 + (-_n522 & 3)
-    _n524, = _U32.unpack_from(b, o); o += 4
-    if _n524 > 16: raise XdrError('remote_domain_block_copy_args.params: %d items exceed 16' % _n524)
-    if 4 * _n524 > len(b) - o: raise XdrError('remote_domain_block_copy_args.params: truncated list')
+    _n529, = _U32.unpack_from(b, o); o += 4
+    if _n529 > 4194304: raise XdrError('remote_domain_block_copy_args.path: string of %d bytes exceeds 4194304' % _n529)
+    _end530 = o + _n529
+    if _end530 > len(b): raise XdrError('remote_domain_block_copy_args.path: truncated string')
+    f1 = str(b[o:_end530], 'utf-8', 'surrogateescape'); o = _end530 + (-_n529 & 3)
+    _n531, = _U32.unpack_from(b, o); o += 4
+    if _n531 > 4194304: raise XdrError('remote_domain_block_copy_args.destxml: string of %d bytes exceeds 4194304' % _n531)
+    _end532 = o + _n531
+    if _end532 > len(b): raise XdrError('remote_domain_block_copy_args.destxml: truncated string')
+    f2 = str(b[o:_end532], 'utf-8', 'surrogateescape'); o = _end532 + (-_n531 & 3)
+    _n533, = _U32.unpack_from(b, o); o += 4
+    if _n533 > 16: raise XdrError('remote_domain_block_copy_args.params: %d items exceed 16' % _n533)
+    if 4 * _n533 > len(b) - o: raise XdrError('remote_domain_block_copy_args.params: truncated list')
     f3 = []
-    for _ in range(_n524):
-        _e525, o = unpack_remote_typed_param(b, o)
-        f3.append(_e525)
+    for _ in range(_n533):
+        _e534, o = unpack_remote_typed_param(b, o)
+        f3.append(_e534)
     f4, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_block_copy_args, (f0, f1, f2, f3, f4)), o
 
@@ -3988,53 +3997,53 @@ remote_domain_block_commit_args = _nt('remote_domain_block_commit_args', 'dom di
 
 def pack_remote_domain_block_commit_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b526 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b526)); out += _b526; out += PAD[len(_b526) & 3]
-    _t527 = v[2]
-    if _t527 is None:
+    _b535 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b535)); out += _b535; out += PAD[len(_b535) & 3]
+    _t536 = v[2]
+    if _t536 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b528 = _t527.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b528)); out += _b528; out += PAD[len(_b528) & 3]
-    _t529 = v[3]
-    if _t529 is None:
+        _b537 = _t536.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b537)); out += _b537; out += PAD[len(_b537) & 3]
+    _t538 = v[3]
+    if _t538 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b530 = _t529.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b530)); out += _b530; out += PAD[len(_b530) & 3]
+        _b539 = _t538.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b539)); out += _b539; out += PAD[len(_b539) & 3]
     out += _S_QI.pack(v[4], v[5])
 
 def unpack_remote_domain_block_commit_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n531, = _U32.unpack_from(b, o); o += 4
-    if _n531 > 4194304: raise XdrError('remote_domain_block_commit_args.disk: string of %d bytes exceeds 4194304' % _n531)
-    _end532 = o + _n531
-    if _end532 > len(b): raise XdrError('remote_domain_block_commit_args.disk: truncated string')
-    f1 = str(b[o:_end532], 'utf-8', 'surrogateescape'); o = _end532 + (-_n531 & 3)
-    _f533, = _U32.unpack_from(b, o); o += 4
-    if _f533 == 1:
-        _n534, = _U32.unpack_from(b, o); o += 4
-        if _n534 > 4194304: raise XdrError('remote_domain_block_commit_args.base: string of %d bytes exceeds 4194304' % _n534)
-        _end535 = o + _n534
-        if _end535 > len(b): raise XdrError('remote_domain_block_commit_args.base: truncated string')
-        f2 = str(b[o:_end535], 'utf-8', 'surrogateescape'); o = _end535 + (-_n534 & 3)
-    elif _f533 == 0:
+    _n540, = _U32.unpack_from(b, o); o += 4
+    if _n540 > 4194304: raise XdrError('remote_domain_block_commit_args.disk: string of %d bytes exceeds 4194304' % _n540)
+    _end541 = o + _n540
+    if _end541 > len(b): raise XdrError('remote_domain_block_commit_args.disk: truncated string')
+    f1 = str(b[o:_end541], 'utf-8', 'surrogateescape'); o = _end541 + (-_n540 & 3)
+    _f542, = _U32.unpack_from(b, o); o += 4
+    if _f542 == 1:
+        _n543, = _U32.unpack_from(b, o); o += 4
+        if _n543 > 4194304: raise XdrError('remote_domain_block_commit_args.base: string of %d bytes exceeds 4194304' % _n543)
+        _end544 = o + _n543
+        if _end544 > len(b): raise XdrError('remote_domain_block_commit_args.base: truncated string')
+        f2 = str(b[o:_end544], 'utf-8', 'surrogateescape'); o = _end544 + (-_n543 & 3)
+    elif _f542 == 0:
         f2 = None
     else:
-        raise XdrError('remote_domain_block_commit_args.base: bad optional flag %d' % _f533)
-    _f536, = _U32.unpack_from(b, o); o += 4
-    if _f536 == 1:
-        _n537, = _U32.unpack_from(b, o); o += 4
-        if _n537 > 4194304: raise XdrError('remote_domain_block_commit_args.top: string of %d bytes exceeds 4194304' % _n537)
-        _end538 = o + _n537
-        if _end538 > len(b): raise XdrError('remote_domain_block_commit_args.top: truncated string')
-        f3 = str(b[o:_end538], 'utf-8', 'surrogateescape'); o = _end538 + (-_n537 & 3)
-    elif _f536 == 0:
+        raise XdrError('remote_domain_block_commit_args.base: bad optional flag %d' % _f542)
+    _f545, = _U32.unpack_from(b, o); o += 4
+    if _f545 == 1:
+        _n546, = _U32.unpack_from(b, o); o += 4
+        if _n546 > 4194304: raise XdrError('remote_domain_block_commit_args.top: string of %d bytes exceeds 4194304' % _n546)
+        _end547 = o + _n546
+        if _end547 > len(b): raise XdrError('remote_domain_block_commit_args.top: truncated string')
+        f3 = str(b[o:_end547], 'utf-8', 'surrogateescape'); o = _end547 + (-_n546 & 3)
+    elif _f545 == 0:
         f3 = None
     else:
-        raise XdrError('remote_domain_block_commit_args.top: bad optional flag %d' % _f536)
+        raise XdrError('remote_domain_block_commit_args.top: bad optional flag %d' % _f545)
     f4, f5 = _S_QI.unpack_from(b, o); o += 12
     return _new(remote_domain_block_commit_args, (f0, f1, f2, f3, f4, f5)), o
 
@@ -4042,28 +4051,28 @@ remote_domain_set_block_io_tune_args = _nt('remote_domain_set_block_io_tune_args
 
 def pack_remote_domain_set_block_io_tune_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b539 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b539)); out += _b539; out += PAD[len(_b539) & 3]
-    _t540 = v[2]
-    out += _U32.pack(len(_t540))
-    for _e541 in _t540:
-        pack_remote_typed_param(_e541, out)
+    _b548 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b548)); out += _b548; out += PAD[len(_b548) & 3]
+    _t549 = v[2]
+    out += _U32.pack(len(_t549))
+    for _e550 in _t549:
+        pack_remote_typed_param(_e550, out)
     out += _S_I.pack(v[3])
 
 def unpack_remote_domain_set_block_io_tune_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n542, = _U32.unpack_from(b, o); o += 4
-    if _n542 > 4194304: raise XdrError('remote_domain_set_block_io_tune_args.disk: string of %d bytes exceeds 4194304' % _n542)
-    _end543 = o + _n542
-    if _end543 > len(b): raise XdrError('remote_domain_set_block_io_tune_args.disk: truncated string')
-    f1 = str(b[o:_end543], 'utf-8', 'surrogateescape'); o = _end543 + (-_n542 & 3)
-    _n544, = _U32.unpack_from(b, o); o += 4
-    if _n544 > 32: raise XdrError('remote_domain_set_block_io_tune_args.params: %d items exceed 32' % _n544)
-    if 4 * _n544 > len(b) - o: raise XdrError('remote_domain_set_block_io_tune_args.params: truncated list')
+    _n551, = _U32.unpack_from(b, o); o += 4
+    if _n551 > 4194304: raise XdrError('remote_domain_set_block_io_tune_args.disk: string of %d bytes exceeds 4194304' % _n551)
+    _end552 = o + _n551
+    if _end552 > len(b): raise XdrError('remote_domain_set_block_io_tune_args.disk: truncated string')
+    f1 = str(b[o:_end552], 'utf-8', 'surrogateescape'); o = _end552 + (-_n551 & 3)
+    _n553, = _U32.unpack_from(b, o); o += 4
+    if _n553 > 32: raise XdrError('remote_domain_set_block_io_tune_args.params: %d items exceed 32' % _n553)
+    if 4 * _n553 > len(b) - o: raise XdrError('remote_domain_set_block_io_tune_args.params: truncated list')
     f2 = []
-    for _ in range(_n544):
-        _e545, o = unpack_remote_typed_param(b, o)
-        f2.append(_e545)
+    for _ in range(_n553):
+        _e554, o = unpack_remote_typed_param(b, o)
+        f2.append(_e554)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_set_block_io_tune_args, (f0, f1, f2, f3)), o
 
@@ -4071,48 +4080,48 @@ remote_domain_get_block_io_tune_args = _nt('remote_domain_get_block_io_tune_args
 
 def pack_remote_domain_get_block_io_tune_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t546 = v[1]
-    if _t546 is None:
+    _t555 = v[1]
+    if _t555 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b547 = _t546.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b547)); out += _b547; out += PAD[len(_b547) & 3]
+        _b556 = _t555.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b556)); out += _b556; out += PAD[len(_b556) & 3]
     out += _S_iI.pack(v[2], v[3])
 
 def unpack_remote_domain_get_block_io_tune_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _f548, = _U32.unpack_from(b, o); o += 4
-    if _f548 == 1:
-        _n549, = _U32.unpack_from(b, o); o += 4
-        if _n549 > 4194304: raise XdrError('remote_domain_get_block_io_tune_args.disk: string of %d bytes exceeds 4194304' % _n549)
-        _end550 = o + _n549
-        if _end550 > len(b): raise XdrError('remote_domain_get_block_io_tune_args.disk: truncated string')
-        f1 = str(b[o:_end550], 'utf-8', 'surrogateescape'); o = _end550 + (-_n549 & 3)
-    elif _f548 == 0:
+    _f557, = _U32.unpack_from(b, o); o += 4
+    if _f557 == 1:
+        _n558, = _U32.unpack_from(b, o); o += 4
+        if _n558 > 4194304: raise XdrError('remote_domain_get_block_io_tune_args.disk: string of %d bytes exceeds 4194304' % _n558)
+        _end559 = o + _n558
+        if _end559 > len(b): raise XdrError('remote_domain_get_block_io_tune_args.disk: truncated string')
+        f1 = str(b[o:_end559], 'utf-8', 'surrogateescape'); o = _end559 + (-_n558 & 3)
+    elif _f557 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_get_block_io_tune_args.disk: bad optional flag %d' % _f548)
+        raise XdrError('remote_domain_get_block_io_tune_args.disk: bad optional flag %d' % _f557)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_domain_get_block_io_tune_args, (f0, f1, f2, f3)), o
 
 remote_domain_get_block_io_tune_ret = _nt('remote_domain_get_block_io_tune_ret', 'params nparams')
 
 def pack_remote_domain_get_block_io_tune_ret(v, out):
-    _t551 = v[0]
-    out += _U32.pack(len(_t551))
-    for _e552 in _t551:
-        pack_remote_typed_param(_e552, out)
+    _t560 = v[0]
+    out += _U32.pack(len(_t560))
+    for _e561 in _t560:
+        pack_remote_typed_param(_e561, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_block_io_tune_ret(b, o):
-    _n553, = _U32.unpack_from(b, o); o += 4
-    if _n553 > 32: raise XdrError('remote_domain_get_block_io_tune_ret.params: %d items exceed 32' % _n553)
-    if 4 * _n553 > len(b) - o: raise XdrError('remote_domain_get_block_io_tune_ret.params: truncated list')
+    _n562, = _U32.unpack_from(b, o); o += 4
+    if _n562 > 32: raise XdrError('remote_domain_get_block_io_tune_ret.params: %d items exceed 32' % _n562)
+    if 4 * _n562 > len(b) - o: raise XdrError('remote_domain_get_block_io_tune_ret.params: truncated list')
     f0 = []
-    for _ in range(_n553):
-        _e554, o = unpack_remote_typed_param(b, o)
-        f0.append(_e554)
+    for _ in range(_n562):
+        _e563, o = unpack_remote_typed_param(b, o)
+        f0.append(_e563)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_block_io_tune_ret, (f0, f1)), o
 
@@ -4130,20 +4139,20 @@ def unpack_remote_domain_get_cpu_stats_args(b, o):
 remote_domain_get_cpu_stats_ret = _nt('remote_domain_get_cpu_stats_ret', 'params nparams')
 
 def pack_remote_domain_get_cpu_stats_ret(v, out):
-    _t555 = v[0]
-    out += _U32.pack(len(_t555))
-    for _e556 in _t555:
-        pack_remote_typed_param(_e556, out)
+    _t564 = v[0]
+    out += _U32.pack(len(_t564))
+    for _e565 in _t564:
+        pack_remote_typed_param(_e565, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_cpu_stats_ret(b, o):
-    _n557, = _U32.unpack_from(b, o); o += 4
-    if _n557 > 2048: raise XdrError('remote_domain_get_cpu_stats_ret.params: %d items exceed 2048' % _n557)
-    if 4 * _n557 > len(b) - o: raise XdrError('remote_domain_get_cpu_stats_ret.params: truncated list')
+    _n566, = _U32.unpack_from(b, o); o += 4
+    if _n566 > 2048: raise XdrError('remote_domain_get_cpu_stats_ret.params: %d items exceed 2048' % _n566)
+    if 4 * _n566 > len(b) - o: raise XdrError('remote_domain_get_cpu_stats_ret.params: truncated list')
     f0 = []
-    for _ in range(_n557):
-        _e558, o = unpack_remote_typed_param(b, o)
-        f0.append(_e558)
+    for _ in range(_n566):
+        _e567, o = unpack_remote_typed_param(b, o)
+        f0.append(_e567)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_cpu_stats_ret, (f0, f1)), o
 
@@ -4161,15 +4170,15 @@ def unpack_remote_domain_get_hostname_args(b, o):
 remote_domain_get_hostname_ret = _nt('remote_domain_get_hostname_ret', 'hostname')
 
 def pack_remote_domain_get_hostname_ret(v, out):
-    _b559 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b559)); out += _b559; out += PAD[len(_b559) & 3]
+    _b568 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b568)); out += _b568; out += PAD[len(_b568) & 3]
 
 def unpack_remote_domain_get_hostname_ret(b, o):
-    _n560, = _U32.unpack_from(b, o); o += 4
-    if _n560 > 4194304: raise XdrError('remote_domain_get_hostname_ret.hostname: string of %d bytes exceeds 4194304' % _n560)
-    _end561 = o + _n560
-    if _end561 > len(b): raise XdrError('remote_domain_get_hostname_ret.hostname: truncated string')
-    f0 = str(b[o:_end561], 'utf-8', 'surrogateescape'); o = _end561 + (-_n560 & 3)
+    _n569, = _U32.unpack_from(b, o); o += 4
+    if _n569 > 4194304: raise XdrError('remote_domain_get_hostname_ret.hostname: string of %d bytes exceeds 4194304' % _n569)
+    _end570 = o + _n569
+    if _end570 > len(b): raise XdrError('remote_domain_get_hostname_ret.hostname: truncated string')
+    f0 = str(b[o:_end570], 'utf-8', 'surrogateescape'); o = _end570 + (-_n569 & 3)
     return _new(remote_domain_get_hostname_ret, (f0,)), o
 
 remote_connect_num_of_networks_ret = _nt('remote_connect_num_of_networks_ret', 'num')
@@ -4193,24 +4202,24 @@ def unpack_remote_connect_list_networks_args(b, o):
 remote_connect_list_networks_ret = _nt('remote_connect_list_networks_ret', 'names')
 
 def pack_remote_connect_list_networks_ret(v, out):
-    _t562 = v[0]
-    out += _U32.pack(len(_t562))
-    for _e563 in _t562:
-        _b564 = _e563.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b564)); out += _b564; out += PAD[len(_b564) & 3]
+    _t571 = v[0]
+    out += _U32.pack(len(_t571))
+    for _e572 in _t571:
+        _b573 = _e572.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b573)); out += _b573; out += PAD[len(_b573) & 3]
 
 def unpack_remote_connect_list_networks_ret(b, o):
-    _n565, = _U32.unpack_from(b, o); o += 4
-    if _n565 > 16384: raise XdrError('remote_connect_list_networks_ret.names: %d items exceed 16384' % _n565)
-    if 4 * _n565 > len(b) - o: raise XdrError('remote_connect_list_networks_ret.names: truncated list')
+    _n574, = _U32.unpack_from(b, o); o += 4
+    if _n574 > 16384: raise XdrError('remote_connect_list_networks_ret.names: %d items exceed 16384' % _n574)
+    if 4 * _n574 > len(b) - o: raise XdrError('remote_connect_list_networks_ret.names: truncated list')
     f0 = []
-    for _ in range(_n565):
-        _n567, = _U32.unpack_from(b, o); o += 4
-        if _n567 > 4194304: raise XdrError('remote_connect_list_networks_ret.names: string of %d bytes exceeds 4194304' % _n567)
-        _end568 = o + _n567
-        if _end568 > len(b): raise XdrError('remote_connect_list_networks_ret.names: truncated string')
-        _e566 = str(b[o:_end568], 'utf-8', 'surrogateescape'); o = _end568 + (-_n567 & 3)
-        f0.append(_e566)
+    for _ in range(_n574):
+        _n576, = _U32.unpack_from(b, o); o += 4
+        if _n576 > 4194304: raise XdrError('remote_connect_list_networks_ret.names: string of %d bytes exceeds 4194304' % _n576)
+        _end577 = o + _n576
+        if _end577 > len(b): raise XdrError('remote_connect_list_networks_ret.names: truncated string')
+        _e575 = str(b[o:_end577], 'utf-8', 'surrogateescape'); o = _end577 + (-_n576 & 3)
+        f0.append(_e575)
     return _new(remote_connect_list_networks_ret, (f0,)), o
 
 remote_connect_num_of_defined_networks_ret = _nt('remote_connect_num_of_defined_networks_ret', 'num')
@@ -4234,30 +4243,31 @@ def unpack_remote_connect_list_defined_networks_args(b, o):
 remote_connect_list_defined_networks_ret = _nt('remote_connect_list_defined_networks_ret', 'names')
 
 def pack_remote_connect_list_defined_networks_ret(v, out):
-    _t569 = v[0]
-    out += _U32.pack(len(_t569))
-    for _e570 in _t569:
-        _b571 = _e570.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b571)); out += _b571; out += PAD[len(_b571) & 3]
+    _t578 = v[0]
+    out += _U32.pack(len(_t578))
+    for _e579 in _t578:
+        _b580 = _e579.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b580)); out += _b580; out += PAD[len(_b580) & 3]
 
 def unpack_remote_connect_list_defined_networks_ret(b, o):
-    _n572, = _U32.unpack_from(b, o); o += 4
-    if _n572 > 16384: raise XdrError('remote_connect_list_defined_networks_ret.names: %d items exceed 16384' % _n572)
-    if 4 * _n572 > len(b) - o: raise XdrError('remote_connect_list_defined_networks_ret.names: truncated list')
+    _n581, = _U32.unpack_from(b, o); o += 4
+    if _n581 > 16384: raise XdrError('remote_connect_list_defined_networks_ret.names: %d items exceed 16384' % _n581)
+    if 4 * _n581 > len(b) - o: raise XdrError('remote_connect_list_defined_networks_ret.names: truncated list')
     f0 = []
-    for _ in range(_n572):
-        _n574, = _U32.unpack_from(b, o); o += 4
-        if _n574 > 4194304: raise XdrError('remote_connect_list_defined_networks_ret.names: string of %d bytes exceeds 4194304' % _n574)
-        _end575 = o + _n574
-        if _end575 > len(b): raise XdrError('remote_connect_list_defined_networks_ret.names: truncated string')
-        _e573 = str(b[o:_end575], 'utf-8', 'surrogateescape'); o = _end575 + (-_n574 & 3)
-        f0.append(_e573)
+    for _ in range(_n581):
+        _n583, = _U32.unpack_from(b, o); o += 4
+        if _n583 > 4194304: raise XdrError('remote_connect_list_defined_networks_ret.names: string of %d bytes exceeds 4194304' % _n583)
+        _end584 = o + _n583
+        if _end584 > len(b): raise XdrError('remote_connect_list_defined_networks_ret.names: truncated string')
+        _e582 = str(b[o:_end584], 'utf-8', 'surrogateescape'); o = _end584 + (-_n583 & 3)
+        f0.append(_e582)
     return _new(remote_connect_list_defined_networks_ret, (f0,)), o
 
 remote_network_lookup_by_uuid_args = _nt('remote_network_lookup_by_uuid_args', 'uuid')
 
 def pack_remote_network_lookup_by_uuid_args(v, out):
-    out += bytes(v[0])[:16].ljust(16, b'\0')
+    _t585 = v[0]
+    out += _t585 if len(_t585) == 16 else bytes(_t585)[:16].ljust(16, b'\0')
 
 def unpack_remote_network_lookup_by_uuid_args(b, o):
     if o + 16 > len(b): raise XdrError('remote_network_lookup_by_uuid_args.uuid: truncated')
@@ -4276,15 +4286,15 @@ def unpack_remote_network_lookup_by_uuid_ret(b, o):
 remote_network_lookup_by_name_args = _nt('remote_network_lookup_by_name_args', 'name')
 
 def pack_remote_network_lookup_by_name_args(v, out):
-    _b576 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b576)); out += _b576; out += PAD[len(_b576) & 3]
+    _b586 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b586)); out += _b586; out += PAD[len(_b586) & 3]
 
 def unpack_remote_network_lookup_by_name_args(b, o):
-    _n577, = _U32.unpack_from(b, o); o += 4
-    if _n577 > 4194304: raise XdrError('remote_network_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n577)
-    _end578 = o + _n577
-    if _end578 > len(b): raise XdrError('remote_network_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end578], 'utf-8', 'surrogateescape'); o = _end578 + (-_n577 & 3)
+    _n587, = _U32.unpack_from(b, o); o += 4
+    if _n587 > 4194304: raise XdrError('remote_network_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n587)
+    _end588 = o + _n587
+    if _end588 > len(b): raise XdrError('remote_network_lookup_by_name_args.name: truncated string')
+    f0 = str(b[o:_end588], 'utf-8', 'surrogateescape'); o = _end588 + (-_n587 & 3)
     return _new(remote_network_lookup_by_name_args, (f0,)), o
 
 remote_network_lookup_by_name_ret = _nt('remote_network_lookup_by_name_ret', 'net')
@@ -4299,15 +4309,15 @@ def unpack_remote_network_lookup_by_name_ret(b, o):
 remote_network_create_xml_args = _nt('remote_network_create_xml_args', 'xml')
 
 def pack_remote_network_create_xml_args(v, out):
-    _b579 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b579)); out += _b579; out += PAD[len(_b579) & 3]
+    _b589 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b589)); out += _b589; out += PAD[len(_b589) & 3]
 
 def unpack_remote_network_create_xml_args(b, o):
-    _n580, = _U32.unpack_from(b, o); o += 4
-    if _n580 > 4194304: raise XdrError('remote_network_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n580)
-    _end581 = o + _n580
-    if _end581 > len(b): raise XdrError('remote_network_create_xml_args.xml: truncated string')
-    f0 = str(b[o:_end581], 'utf-8', 'surrogateescape'); o = _end581 + (-_n580 & 3)
+    _n590, = _U32.unpack_from(b, o); o += 4
+    if _n590 > 4194304: raise XdrError('remote_network_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n590)
+    _end591 = o + _n590
+    if _end591 > len(b): raise XdrError('remote_network_create_xml_args.xml: truncated string')
+    f0 = str(b[o:_end591], 'utf-8', 'surrogateescape'); o = _end591 + (-_n590 & 3)
     return _new(remote_network_create_xml_args, (f0,)), o
 
 remote_network_create_xml_ret = _nt('remote_network_create_xml_ret', 'net')
@@ -4322,16 +4332,16 @@ def unpack_remote_network_create_xml_ret(b, o):
 remote_network_create_xml_flags_args = _nt('remote_network_create_xml_flags_args', 'xml flags')
 
 def pack_remote_network_create_xml_flags_args(v, out):
-    _b582 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b582)); out += _b582; out += PAD[len(_b582) & 3]
+    _b592 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b592)); out += _b592; out += PAD[len(_b592) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_network_create_xml_flags_args(b, o):
-    _n583, = _U32.unpack_from(b, o); o += 4
-    if _n583 > 4194304: raise XdrError('remote_network_create_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n583)
-    _end584 = o + _n583
-    if _end584 > len(b): raise XdrError('remote_network_create_xml_flags_args.xml: truncated string')
-    f0 = str(b[o:_end584], 'utf-8', 'surrogateescape'); o = _end584 + (-_n583 & 3)
+    _n593, = _U32.unpack_from(b, o); o += 4
+    if _n593 > 4194304: raise XdrError('remote_network_create_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n593)
+    _end594 = o + _n593
+    if _end594 > len(b): raise XdrError('remote_network_create_xml_flags_args.xml: truncated string')
+    f0 = str(b[o:_end594], 'utf-8', 'surrogateescape'); o = _end594 + (-_n593 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_network_create_xml_flags_args, (f0, f1)), o
 
@@ -4347,15 +4357,15 @@ def unpack_remote_network_create_xml_flags_ret(b, o):
 remote_network_define_xml_args = _nt('remote_network_define_xml_args', 'xml')
 
 def pack_remote_network_define_xml_args(v, out):
-    _b585 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b585)); out += _b585; out += PAD[len(_b585) & 3]
+    _b595 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b595)); out += _b595; out += PAD[len(_b595) & 3]
 
 def unpack_remote_network_define_xml_args(b, o):
-    _n586, = _U32.unpack_from(b, o); o += 4
-    if _n586 > 4194304: raise XdrError('remote_network_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n586)
-    _end587 = o + _n586
-    if _end587 > len(b): raise XdrError('remote_network_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end587], 'utf-8', 'surrogateescape'); o = _end587 + (-_n586 & 3)
+    _n596, = _U32.unpack_from(b, o); o += 4
+    if _n596 > 4194304: raise XdrError('remote_network_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n596)
+    _end597 = o + _n596
+    if _end597 > len(b): raise XdrError('remote_network_define_xml_args.xml: truncated string')
+    f0 = str(b[o:_end597], 'utf-8', 'surrogateescape'); o = _end597 + (-_n596 & 3)
     return _new(remote_network_define_xml_args, (f0,)), o
 
 remote_network_define_xml_ret = _nt('remote_network_define_xml_ret', 'net')
@@ -4370,16 +4380,16 @@ def unpack_remote_network_define_xml_ret(b, o):
 remote_network_define_xml_flags_args = _nt('remote_network_define_xml_flags_args', 'xml flags')
 
 def pack_remote_network_define_xml_flags_args(v, out):
-    _b588 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b588)); out += _b588; out += PAD[len(_b588) & 3]
+    _b598 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b598)); out += _b598; out += PAD[len(_b598) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_network_define_xml_flags_args(b, o):
-    _n589, = _U32.unpack_from(b, o); o += 4
-    if _n589 > 4194304: raise XdrError('remote_network_define_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n589)
-    _end590 = o + _n589
-    if _end590 > len(b): raise XdrError('remote_network_define_xml_flags_args.xml: truncated string')
-    f0 = str(b[o:_end590], 'utf-8', 'surrogateescape'); o = _end590 + (-_n589 & 3)
+    _n599, = _U32.unpack_from(b, o); o += 4
+    if _n599 > 4194304: raise XdrError('remote_network_define_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n599)
+    _end600 = o + _n599
+    if _end600 > len(b): raise XdrError('remote_network_define_xml_flags_args.xml: truncated string')
+    f0 = str(b[o:_end600], 'utf-8', 'surrogateescape'); o = _end600 + (-_n599 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_network_define_xml_flags_args, (f0, f1)), o
 
@@ -4406,18 +4416,18 @@ remote_network_update_args = _nt('remote_network_update_args', 'net command sect
 def pack_remote_network_update_args(v, out):
     pack_remote_nonnull_network(v[0], out)
     out += _S_IIi.pack(v[1], v[2], v[3])
-    _b591 = v[4].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b591)); out += _b591; out += PAD[len(_b591) & 3]
+    _b601 = v[4].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b601)); out += _b601; out += PAD[len(_b601) & 3]
     out += _S_I.pack(v[5])
 
 def unpack_remote_network_update_args(b, o):
     f0, o = unpack_remote_nonnull_network(b, o)
     f1, f2, f3 = _S_IIi.unpack_from(b, o); o += 12
-    _n592, = _U32.unpack_from(b, o); o += 4
-    if _n592 > 4194304: raise XdrError('remote_network_update_args.xml: string of %d bytes exceeds 4194304' % _n592)
-    _end593 = o + _n592
-    if _end593 > len(b): raise XdrError('remote_network_update_args.xml: truncated string')
-    f4 = str(b[o:_end593], 'utf-8', 'surrogateescape'); o = _end593 + (-_n592 & 3)
+    _n602, = _U32.unpack_from(b, o); o += 4
+    if _n602 > 4194304: raise XdrError('remote_network_update_args.xml: string of %d bytes exceeds 4194304' % _n602)
+    _end603 = o + _n602
+    if _end603 > len(b): raise XdrError('remote_network_update_args.xml: truncated string')
+    f4 = str(b[o:_end603], 'utf-8', 'surrogateescape'); o = _end603 + (-_n602 & 3)
     f5, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_network_update_args, (f0, f1, f2, f3, f4, f5)), o
 
@@ -4453,15 +4463,15 @@ def unpack_remote_network_get_xml_desc_args(b, o):
 remote_network_get_xml_desc_ret = _nt('remote_network_get_xml_desc_ret', 'xml')
 
 def pack_remote_network_get_xml_desc_ret(v, out):
-    _b594 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b594)); out += _b594; out += PAD[len(_b594) & 3]
+    _b604 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b604)); out += _b604; out += PAD[len(_b604) & 3]
 
 def unpack_remote_network_get_xml_desc_ret(b, o):
-    _n595, = _U32.unpack_from(b, o); o += 4
-    if _n595 > 4194304: raise XdrError('remote_network_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n595)
-    _end596 = o + _n595
-    if _end596 > len(b): raise XdrError('remote_network_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end596], 'utf-8', 'surrogateescape'); o = _end596 + (-_n595 & 3)
+    _n605, = _U32.unpack_from(b, o); o += 4
+    if _n605 > 4194304: raise XdrError('remote_network_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n605)
+    _end606 = o + _n605
+    if _end606 > len(b): raise XdrError('remote_network_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end606], 'utf-8', 'surrogateescape'); o = _end606 + (-_n605 & 3)
     return _new(remote_network_get_xml_desc_ret, (f0,)), o
 
 remote_network_get_bridge_name_args = _nt('remote_network_get_bridge_name_args', 'net')
@@ -4476,15 +4486,15 @@ def unpack_remote_network_get_bridge_name_args(b, o):
 remote_network_get_bridge_name_ret = _nt('remote_network_get_bridge_name_ret', 'name')
 
 def pack_remote_network_get_bridge_name_ret(v, out):
-    _b597 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b597)); out += _b597; out += PAD[len(_b597) & 3]
+    _b607 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b607)); out += _b607; out += PAD[len(_b607) & 3]
 
 def unpack_remote_network_get_bridge_name_ret(b, o):
-    _n598, = _U32.unpack_from(b, o); o += 4
-    if _n598 > 4194304: raise XdrError('remote_network_get_bridge_name_ret.name: string of %d bytes exceeds 4194304' % _n598)
-    _end599 = o + _n598
-    if _end599 > len(b): raise XdrError('remote_network_get_bridge_name_ret.name: truncated string')
-    f0 = str(b[o:_end599], 'utf-8', 'surrogateescape'); o = _end599 + (-_n598 & 3)
+    _n608, = _U32.unpack_from(b, o); o += 4
+    if _n608 > 4194304: raise XdrError('remote_network_get_bridge_name_ret.name: string of %d bytes exceeds 4194304' % _n608)
+    _end609 = o + _n608
+    if _end609 > len(b): raise XdrError('remote_network_get_bridge_name_ret.name: truncated string')
+    f0 = str(b[o:_end609], 'utf-8', 'surrogateescape'); o = _end609 + (-_n608 & 3)
     return _new(remote_network_get_bridge_name_ret, (f0,)), o
 
 remote_network_get_autostart_args = _nt('remote_network_get_autostart_args', 'net')
@@ -4537,30 +4547,31 @@ def unpack_remote_connect_list_nwfilters_args(b, o):
 remote_connect_list_nwfilters_ret = _nt('remote_connect_list_nwfilters_ret', 'names')
 
 def pack_remote_connect_list_nwfilters_ret(v, out):
-    _t600 = v[0]
-    out += _U32.pack(len(_t600))
-    for _e601 in _t600:
-        _b602 = _e601.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b602)); out += _b602; out += PAD[len(_b602) & 3]
+    _t610 = v[0]
+    out += _U32.pack(len(_t610))
+    for _e611 in _t610:
+        _b612 = _e611.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b612)); out += _b612; out += PAD[len(_b612) & 3]
 
 def unpack_remote_connect_list_nwfilters_ret(b, o):
-    _n603, = _U32.unpack_from(b, o); o += 4
-    if _n603 > 16384: raise XdrError('remote_connect_list_nwfilters_ret.names: %d items exceed 16384' % _n603)
-    if 4 * _n603 > len(b) - o: raise XdrError('remote_connect_list_nwfilters_ret.names: truncated list')
+    _n613, = _U32.unpack_from(b, o); o += 4
+    if _n613 > 16384: raise XdrError('remote_connect_list_nwfilters_ret.names: %d items exceed 16384' % _n613)
+    if 4 * _n613 > len(b) - o: raise XdrError('remote_connect_list_nwfilters_ret.names: truncated list')
     f0 = []
-    for _ in range(_n603):
-        _n605, = _U32.unpack_from(b, o); o += 4
-        if _n605 > 4194304: raise XdrError('remote_connect_list_nwfilters_ret.names: string of %d bytes exceeds 4194304' % _n605)
-        _end606 = o + _n605
-        if _end606 > len(b): raise XdrError('remote_connect_list_nwfilters_ret.names: truncated string')
-        _e604 = str(b[o:_end606], 'utf-8', 'surrogateescape'); o = _end606 + (-_n605 & 3)
-        f0.append(_e604)
+    for _ in range(_n613):
+        _n615, = _U32.unpack_from(b, o); o += 4
+        if _n615 > 4194304: raise XdrError('remote_connect_list_nwfilters_ret.names: string of %d bytes exceeds 4194304' % _n615)
+        _end616 = o + _n615
+        if _end616 > len(b): raise XdrError('remote_connect_list_nwfilters_ret.names: truncated string')
+        _e614 = str(b[o:_end616], 'utf-8', 'surrogateescape'); o = _end616 + (-_n615 & 3)
+        f0.append(_e614)
     return _new(remote_connect_list_nwfilters_ret, (f0,)), o
 
 remote_nwfilter_lookup_by_uuid_args = _nt('remote_nwfilter_lookup_by_uuid_args', 'uuid')
 
 def pack_remote_nwfilter_lookup_by_uuid_args(v, out):
-    out += bytes(v[0])[:16].ljust(16, b'\0')
+    _t617 = v[0]
+    out += _t617 if len(_t617) == 16 else bytes(_t617)[:16].ljust(16, b'\0')
 
 def unpack_remote_nwfilter_lookup_by_uuid_args(b, o):
     if o + 16 > len(b): raise XdrError('remote_nwfilter_lookup_by_uuid_args.uuid: truncated')
@@ -4579,15 +4590,15 @@ def unpack_remote_nwfilter_lookup_by_uuid_ret(b, o):
 remote_nwfilter_lookup_by_name_args = _nt('remote_nwfilter_lookup_by_name_args', 'name')
 
 def pack_remote_nwfilter_lookup_by_name_args(v, out):
-    _b607 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b607)); out += _b607; out += PAD[len(_b607) & 3]
+    _b618 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b618)); out += _b618; out += PAD[len(_b618) & 3]
 
 def unpack_remote_nwfilter_lookup_by_name_args(b, o):
-    _n608, = _U32.unpack_from(b, o); o += 4
-    if _n608 > 4194304: raise XdrError('remote_nwfilter_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n608)
-    _end609 = o + _n608
-    if _end609 > len(b): raise XdrError('remote_nwfilter_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end609], 'utf-8', 'surrogateescape'); o = _end609 + (-_n608 & 3)
+    _n619, = _U32.unpack_from(b, o); o += 4
+    if _n619 > 4194304: raise XdrError('remote_nwfilter_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n619)
+    _end620 = o + _n619
+    if _end620 > len(b): raise XdrError('remote_nwfilter_lookup_by_name_args.name: truncated string')
+    f0 = str(b[o:_end620], 'utf-8', 'surrogateescape'); o = _end620 + (-_n619 & 3)
     return _new(remote_nwfilter_lookup_by_name_args, (f0,)), o
 
 remote_nwfilter_lookup_by_name_ret = _nt('remote_nwfilter_lookup_by_name_ret', 'nwfilter')
@@ -4602,15 +4613,15 @@ def unpack_remote_nwfilter_lookup_by_name_ret(b, o):
 remote_nwfilter_define_xml_args = _nt('remote_nwfilter_define_xml_args', 'xml')
 
 def pack_remote_nwfilter_define_xml_args(v, out):
-    _b610 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b610)); out += _b610; out += PAD[len(_b610) & 3]
+    _b621 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b621)); out += _b621; out += PAD[len(_b621) & 3]
 
 def unpack_remote_nwfilter_define_xml_args(b, o):
-    _n611, = _U32.unpack_from(b, o); o += 4
-    if _n611 > 4194304: raise XdrError('remote_nwfilter_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n611)
-    _end612 = o + _n611
-    if _end612 > len(b): raise XdrError('remote_nwfilter_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end612], 'utf-8', 'surrogateescape'); o = _end612 + (-_n611 & 3)
+    _n622, = _U32.unpack_from(b, o); o += 4
+    if _n622 > 4194304: raise XdrError('remote_nwfilter_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n622)
+    _end623 = o + _n622
+    if _end623 > len(b): raise XdrError('remote_nwfilter_define_xml_args.xml: truncated string')
+    f0 = str(b[o:_end623], 'utf-8', 'surrogateescape'); o = _end623 + (-_n622 & 3)
     return _new(remote_nwfilter_define_xml_args, (f0,)), o
 
 remote_nwfilter_define_xml_ret = _nt('remote_nwfilter_define_xml_ret', 'nwfilter')
@@ -4625,16 +4636,16 @@ def unpack_remote_nwfilter_define_xml_ret(b, o):
 remote_nwfilter_define_xml_flags_args = _nt('remote_nwfilter_define_xml_flags_args', 'xml flags')
 
 def pack_remote_nwfilter_define_xml_flags_args(v, out):
-    _b613 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b613)); out += _b613; out += PAD[len(_b613) & 3]
+    _b624 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b624)); out += _b624; out += PAD[len(_b624) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_nwfilter_define_xml_flags_args(b, o):
-    _n614, = _U32.unpack_from(b, o); o += 4
-    if _n614 > 4194304: raise XdrError('remote_nwfilter_define_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n614)
-    _end615 = o + _n614
-    if _end615 > len(b): raise XdrError('remote_nwfilter_define_xml_flags_args.xml: truncated string')
-    f0 = str(b[o:_end615], 'utf-8', 'surrogateescape'); o = _end615 + (-_n614 & 3)
+    _n625, = _U32.unpack_from(b, o); o += 4
+    if _n625 > 4194304: raise XdrError('remote_nwfilter_define_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n625)
+    _end626 = o + _n625
+    if _end626 > len(b): raise XdrError('remote_nwfilter_define_xml_flags_args.xml: truncated string')
+    f0 = str(b[o:_end626], 'utf-8', 'surrogateescape'); o = _end626 + (-_n625 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_nwfilter_define_xml_flags_args, (f0, f1)), o
 
@@ -4670,15 +4681,15 @@ def unpack_remote_nwfilter_get_xml_desc_args(b, o):
 remote_nwfilter_get_xml_desc_ret = _nt('remote_nwfilter_get_xml_desc_ret', 'xml')
 
 def pack_remote_nwfilter_get_xml_desc_ret(v, out):
-    _b616 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b616)); out += _b616; out += PAD[len(_b616) & 3]
+    _b627 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b627)); out += _b627; out += PAD[len(_b627) & 3]
 
 def unpack_remote_nwfilter_get_xml_desc_ret(b, o):
-    _n617, = _U32.unpack_from(b, o); o += 4
-    if _n617 > 4194304: raise XdrError('remote_nwfilter_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n617)
-    _end618 = o + _n617
-    if _end618 > len(b): raise XdrError('remote_nwfilter_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end618], 'utf-8', 'surrogateescape'); o = _end618 + (-_n617 & 3)
+    _n628, = _U32.unpack_from(b, o); o += 4
+    if _n628 > 4194304: raise XdrError('remote_nwfilter_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n628)
+    _end629 = o + _n628
+    if _end629 > len(b): raise XdrError('remote_nwfilter_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end629], 'utf-8', 'surrogateescape'); o = _end629 + (-_n628 & 3)
     return _new(remote_nwfilter_get_xml_desc_ret, (f0,)), o
 
 remote_connect_num_of_interfaces_ret = _nt('remote_connect_num_of_interfaces_ret', 'num')
@@ -4702,24 +4713,24 @@ def unpack_remote_connect_list_interfaces_args(b, o):
 remote_connect_list_interfaces_ret = _nt('remote_connect_list_interfaces_ret', 'names')
 
 def pack_remote_connect_list_interfaces_ret(v, out):
-    _t619 = v[0]
-    out += _U32.pack(len(_t619))
-    for _e620 in _t619:
-        _b621 = _e620.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b621)); out += _b621; out += PAD[len(_b621) & 3]
+    _t630 = v[0]
+    out += _U32.pack(len(_t630))
+    for _e631 in _t630:
+        _b632 = _e631.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b632)); out += _b632; out += PAD[len(_b632) & 3]
 
 def unpack_remote_connect_list_interfaces_ret(b, o):
-    _n622, = _U32.unpack_from(b, o); o += 4
-    if _n622 > 16384: raise XdrError('remote_connect_list_interfaces_ret.names: %d items exceed 16384' % _n622)
-    if 4 * _n622 > len(b) - o: raise XdrError('remote_connect_list_interfaces_ret.names: truncated list')
+    _n633, = _U32.unpack_from(b, o); o += 4
+    if _n633 > 16384: raise XdrError('remote_connect_list_interfaces_ret.names: %d items exceed 16384' % _n633)
+    if 4 * _n633 > len(b) - o: raise XdrError('remote_connect_list_interfaces_ret.names: truncated list')
     f0 = []
-    for _ in range(_n622):
-        _n624, = _U32.unpack_from(b, o); o += 4
-        if _n624 > 4194304: raise XdrError('remote_connect_list_interfaces_ret.names: string of %d bytes exceeds 4194304' % _n624)
-        _end625 = o + _n624
-        if _end625 > len(b): raise XdrError('remote_connect_list_interfaces_ret.names: truncated string')
-        _e623 = str(b[o:_end625], 'utf-8', 'surrogateescape'); o = _end625 + (-_n624 & 3)
-        f0.append(_e623)
+    for _ in range(_n633):
+        _n635, = _U32.unpack_from(b, o); o += 4
+        if _n635 > 4194304: raise XdrError('remote_connect_list_interfaces_ret.names: string of %d bytes exceeds 4194304' % _n635)
+        _end636 = o + _n635
+        if _end636 > len(b): raise XdrError('remote_connect_list_interfaces_ret.names: truncated string')
+        _e634 = str(b[o:_end636], 'utf-8', 'surrogateescape'); o = _end636 + (-_n635 & 3)
+        f0.append(_e634)
     return _new(remote_connect_list_interfaces_ret, (f0,)), o
 
 remote_connect_num_of_defined_interfaces_ret = _nt('remote_connect_num_of_defined_interfaces_ret', 'num')
@@ -4743,38 +4754,38 @@ def unpack_remote_connect_list_defined_interfaces_args(b, o):
 remote_connect_list_defined_interfaces_ret = _nt('remote_connect_list_defined_interfaces_ret', 'names')
 
 def pack_remote_connect_list_defined_interfaces_ret(v, out):
-    _t626 = v[0]
-    out += _U32.pack(len(_t626))
-    for _e627 in _t626:
-        _b628 = _e627.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b628)); out += _b628; out += PAD[len(_b628) & 3]
+    _t637 = v[0]
+    out += _U32.pack(len(_t637))
+    for _e638 in _t637:
+        _b639 = _e638.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b639)); out += _b639; out += PAD[len(_b639) & 3]
 
 def unpack_remote_connect_list_defined_interfaces_ret(b, o):
-    _n629, = _U32.unpack_from(b, o); o += 4
-    if _n629 > 16384: raise XdrError('remote_connect_list_defined_interfaces_ret.names: %d items exceed 16384' % _n629)
-    if 4 * _n629 > len(b) - o: raise XdrError('remote_connect_list_defined_interfaces_ret.names: truncated list')
+    _n640, = _U32.unpack_from(b, o); o += 4
+    if _n640 > 16384: raise XdrError('remote_connect_list_defined_interfaces_ret.names: %d items exceed 16384' % _n640)
+    if 4 * _n640 > len(b) - o: raise XdrError('remote_connect_list_defined_interfaces_ret.names: truncated list')
     f0 = []
-    for _ in range(_n629):
-        _n631, = _U32.unpack_from(b, o); o += 4
-        if _n631 > 4194304: raise XdrError('remote_connect_list_defined_interfaces_ret.names: string of %d bytes exceeds 4194304' % _n631)
-        _end632 = o + _n631
-        if _end632 > len(b): raise XdrError('remote_connect_list_defined_interfaces_ret.names: truncated string')
-        _e630 = str(b[o:_end632], 'utf-8', 'surrogateescape'); o = _end632 + (-_n631 & 3)
-        f0.append(_e630)
+    for _ in range(_n640):
+        _n642, = _U32.unpack_from(b, o); o += 4
+        if _n642 > 4194304: raise XdrError('remote_connect_list_defined_interfaces_ret.names: string of %d bytes exceeds 4194304' % _n642)
+        _end643 = o + _n642
+        if _end643 > len(b): raise XdrError('remote_connect_list_defined_interfaces_ret.names: truncated string')
+        _e641 = str(b[o:_end643], 'utf-8', 'surrogateescape'); o = _end643 + (-_n642 & 3)
+        f0.append(_e641)
     return _new(remote_connect_list_defined_interfaces_ret, (f0,)), o
 
 remote_interface_lookup_by_name_args = _nt('remote_interface_lookup_by_name_args', 'name')
 
 def pack_remote_interface_lookup_by_name_args(v, out):
-    _b633 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b633)); out += _b633; out += PAD[len(_b633) & 3]
+    _b644 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b644)); out += _b644; out += PAD[len(_b644) & 3]
 
 def unpack_remote_interface_lookup_by_name_args(b, o):
-    _n634, = _U32.unpack_from(b, o); o += 4
-    if _n634 > 4194304: raise XdrError('remote_interface_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n634)
-    _end635 = o + _n634
-    if _end635 > len(b): raise XdrError('remote_interface_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end635], 'utf-8', 'surrogateescape'); o = _end635 + (-_n634 & 3)
+    _n645, = _U32.unpack_from(b, o); o += 4
+    if _n645 > 4194304: raise XdrError('remote_interface_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n645)
+    _end646 = o + _n645
+    if _end646 > len(b): raise XdrError('remote_interface_lookup_by_name_args.name: truncated string')
+    f0 = str(b[o:_end646], 'utf-8', 'surrogateescape'); o = _end646 + (-_n645 & 3)
     return _new(remote_interface_lookup_by_name_args, (f0,)), o
 
 remote_interface_lookup_by_name_ret = _nt('remote_interface_lookup_by_name_ret', 'iface')
@@ -4789,15 +4800,15 @@ def unpack_remote_interface_lookup_by_name_ret(b, o):
 remote_interface_lookup_by_mac_string_args = _nt('remote_interface_lookup_by_mac_string_args', 'mac')
 
 def pack_remote_interface_lookup_by_mac_string_args(v, out):
-    _b636 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b636)); out += _b636; out += PAD[len(_b636) & 3]
+    _b647 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b647)); out += _b647; out += PAD[len(_b647) & 3]
 
 def unpack_remote_interface_lookup_by_mac_string_args(b, o):
-    _n637, = _U32.unpack_from(b, o); o += 4
-    if _n637 > 4194304: raise XdrError('remote_interface_lookup_by_mac_string_args.mac: string of %d bytes exceeds 4194304' % _n637)
-    _end638 = o + _n637
-    if _end638 > len(b): raise XdrError('remote_interface_lookup_by_mac_string_args.mac: truncated string')
-    f0 = str(b[o:_end638], 'utf-8', 'surrogateescape'); o = _end638 + (-_n637 & 3)
+    _n648, = _U32.unpack_from(b, o); o += 4
+    if _n648 > 4194304: raise XdrError('remote_interface_lookup_by_mac_string_args.mac: string of %d bytes exceeds 4194304' % _n648)
+    _end649 = o + _n648
+    if _end649 > len(b): raise XdrError('remote_interface_lookup_by_mac_string_args.mac: truncated string')
+    f0 = str(b[o:_end649], 'utf-8', 'surrogateescape'); o = _end649 + (-_n648 & 3)
     return _new(remote_interface_lookup_by_mac_string_args, (f0,)), o
 
 remote_interface_lookup_by_mac_string_ret = _nt('remote_interface_lookup_by_mac_string_ret', 'iface')
@@ -4823,30 +4834,30 @@ def unpack_remote_interface_get_xml_desc_args(b, o):
 remote_interface_get_xml_desc_ret = _nt('remote_interface_get_xml_desc_ret', 'xml')
 
 def pack_remote_interface_get_xml_desc_ret(v, out):
-    _b639 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b639)); out += _b639; out += PAD[len(_b639) & 3]
+    _b650 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b650)); out += _b650; out += PAD[len(_b650) & 3]
 
 def unpack_remote_interface_get_xml_desc_ret(b, o):
-    _n640, = _U32.unpack_from(b, o); o += 4
-    if _n640 > 4194304: raise XdrError('remote_interface_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n640)
-    _end641 = o + _n640
-    if _end641 > len(b): raise XdrError('remote_interface_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end641], 'utf-8', 'surrogateescape'); o = _end641 + (-_n640 & 3)
+    _n651, = _U32.unpack_from(b, o); o += 4
+    if _n651 > 4194304: raise XdrError('remote_interface_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n651)
+    _end652 = o + _n651
+    if _end652 > len(b): raise XdrError('remote_interface_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end652], 'utf-8', 'surrogateescape'); o = _end652 + (-_n651 & 3)
     return _new(remote_interface_get_xml_desc_ret, (f0,)), o
 
 remote_interface_define_xml_args = _nt('remote_interface_define_xml_args', 'xml flags')
 
 def pack_remote_interface_define_xml_args(v, out):
-    _b642 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b642)); out += _b642; out += PAD[len(_b642) & 3]
+    _b653 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b653)); out += _b653; out += PAD[len(_b653) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_interface_define_xml_args(b, o):
-    _n643, = _U32.unpack_from(b, o); o += 4
-    if _n643 > 4194304: raise XdrError('remote_interface_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n643)
-    _end644 = o + _n643
-    if _end644 > len(b): raise XdrError('remote_interface_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end644], 'utf-8', 'surrogateescape'); o = _end644 + (-_n643 & 3)
+    _n654, = _U32.unpack_from(b, o); o += 4
+    if _n654 > 4194304: raise XdrError('remote_interface_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n654)
+    _end655 = o + _n654
+    if _end655 > len(b): raise XdrError('remote_interface_define_xml_args.xml: truncated string')
+    f0 = str(b[o:_end655], 'utf-8', 'surrogateescape'); o = _end655 + (-_n654 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_interface_define_xml_args, (f0, f1)), o
 
@@ -4920,92 +4931,92 @@ def unpack_remote_interface_change_rollback_args(b, o):
 remote_auth_list_ret = _nt('remote_auth_list_ret', 'types')
 
 def pack_remote_auth_list_ret(v, out):
-    _t645 = v[0]
-    out += _U32.pack(len(_t645))
-    out += struct.pack('>%di' % len(_t645), *_t645)
+    _t656 = v[0]
+    out += _U32.pack(len(_t656))
+    out += struct.pack('>%di' % len(_t656), *_t656)
 
 def unpack_remote_auth_list_ret(b, o):
-    _n646, = _U32.unpack_from(b, o); o += 4
-    if _n646 > 20: raise XdrError('remote_auth_list_ret.types: %d items exceed 20' % _n646)
-    if 4 * _n646 > len(b) - o: raise XdrError('remote_auth_list_ret.types: truncated list')
-    f0 = list(struct.unpack_from('>%di' % _n646, b, o)); o += 4 * _n646
+    _n657, = _U32.unpack_from(b, o); o += 4
+    if _n657 > 20: raise XdrError('remote_auth_list_ret.types: %d items exceed 20' % _n657)
+    if 4 * _n657 > len(b) - o: raise XdrError('remote_auth_list_ret.types: truncated list')
+    f0 = list(struct.unpack_from('>%di' % _n657, b, o)); o += 4 * _n657
     return _new(remote_auth_list_ret, (f0,)), o
 
 remote_auth_sasl_init_ret = _nt('remote_auth_sasl_init_ret', 'mechlist')
 
 def pack_remote_auth_sasl_init_ret(v, out):
-    _b647 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b647)); out += _b647; out += PAD[len(_b647) & 3]
+    _b658 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b658)); out += _b658; out += PAD[len(_b658) & 3]
 
 def unpack_remote_auth_sasl_init_ret(b, o):
-    _n648, = _U32.unpack_from(b, o); o += 4
-    if _n648 > 4194304: raise XdrError('remote_auth_sasl_init_ret.mechlist: string of %d bytes exceeds 4194304' % _n648)
-    _end649 = o + _n648
-    if _end649 > len(b): raise XdrError('remote_auth_sasl_init_ret.mechlist: truncated string')
-    f0 = str(b[o:_end649], 'utf-8', 'surrogateescape'); o = _end649 + (-_n648 & 3)
+    _n659, = _U32.unpack_from(b, o); o += 4
+    if _n659 > 4194304: raise XdrError('remote_auth_sasl_init_ret.mechlist: string of %d bytes exceeds 4194304' % _n659)
+    _end660 = o + _n659
+    if _end660 > len(b): raise XdrError('remote_auth_sasl_init_ret.mechlist: truncated string')
+    f0 = str(b[o:_end660], 'utf-8', 'surrogateescape'); o = _end660 + (-_n659 & 3)
     return _new(remote_auth_sasl_init_ret, (f0,)), o
 
 remote_auth_sasl_start_args = _nt('remote_auth_sasl_start_args', 'mech nil data')
 
 def pack_remote_auth_sasl_start_args(v, out):
-    _b650 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b650)); out += _b650; out += PAD[len(_b650) & 3]
+    _b661 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b661)); out += _b661; out += PAD[len(_b661) & 3]
     out += _S_i.pack(v[1])
-    _b651 = bytes(v[2])
-    out += _U32.pack(len(_b651)); out += struct.pack('>%dI' % len(_b651), *_b651)
+    _b662 = bytes(v[2])
+    out += _U32.pack(len(_b662)); out += struct.pack('>%dI' % len(_b662), *_b662)
 
 def unpack_remote_auth_sasl_start_args(b, o):
-    _n652, = _U32.unpack_from(b, o); o += 4
-    if _n652 > 4194304: raise XdrError('remote_auth_sasl_start_args.mech: string of %d bytes exceeds 4194304' % _n652)
-    _end653 = o + _n652
-    if _end653 > len(b): raise XdrError('remote_auth_sasl_start_args.mech: truncated string')
-    f0 = str(b[o:_end653], 'utf-8', 'surrogateescape'); o = _end653 + (-_n652 & 3)
+    _n663, = _U32.unpack_from(b, o); o += 4
+    if _n663 > 4194304: raise XdrError('remote_auth_sasl_start_args.mech: string of %d bytes exceeds 4194304' % _n663)
+    _end664 = o + _n663
+    if _end664 > len(b): raise XdrError('remote_auth_sasl_start_args.mech: truncated string')
+    f0 = str(b[o:_end664], 'utf-8', 'surrogateescape'); o = _end664 + (-_n663 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
-    _n654, = _U32.unpack_from(b, o); o += 4
-    if _n654 > 65536: raise XdrError('remote_auth_sasl_start_args.data: %d bytes exceed 65536' % _n654)
-    f2 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n654, b, o)); o += 4 * _n654
+    _n665, = _U32.unpack_from(b, o); o += 4
+    if _n665 > 65536: raise XdrError('remote_auth_sasl_start_args.data: %d bytes exceed 65536' % _n665)
+    f2 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n665, b, o)); o += 4 * _n665
     return _new(remote_auth_sasl_start_args, (f0, f1, f2)), o
 
 remote_auth_sasl_start_ret = _nt('remote_auth_sasl_start_ret', 'complete nil data')
 
 def pack_remote_auth_sasl_start_ret(v, out):
     out += _S_ii.pack(v[0], v[1])
-    _b655 = bytes(v[2])
-    out += _U32.pack(len(_b655)); out += struct.pack('>%dI' % len(_b655), *_b655)
+    _b666 = bytes(v[2])
+    out += _U32.pack(len(_b666)); out += struct.pack('>%dI' % len(_b666), *_b666)
 
 def unpack_remote_auth_sasl_start_ret(b, o):
     f0, f1 = _S_ii.unpack_from(b, o); o += 8
-    _n656, = _U32.unpack_from(b, o); o += 4
-    if _n656 > 65536: raise XdrError('remote_auth_sasl_start_ret.data: %d bytes exceed 65536' % _n656)
-    f2 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n656, b, o)); o += 4 * _n656
+    _n667, = _U32.unpack_from(b, o); o += 4
+    if _n667 > 65536: raise XdrError('remote_auth_sasl_start_ret.data: %d bytes exceed 65536' % _n667)
+    f2 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n667, b, o)); o += 4 * _n667
     return _new(remote_auth_sasl_start_ret, (f0, f1, f2)), o
 
 remote_auth_sasl_step_args = _nt('remote_auth_sasl_step_args', 'nil data')
 
 def pack_remote_auth_sasl_step_args(v, out):
     out += _S_i.pack(v[0])
-    _b657 = bytes(v[1])
-    out += _U32.pack(len(_b657)); out += struct.pack('>%dI' % len(_b657), *_b657)
+    _b668 = bytes(v[1])
+    out += _U32.pack(len(_b668)); out += struct.pack('>%dI' % len(_b668), *_b668)
 
 def unpack_remote_auth_sasl_step_args(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
-    _n658, = _U32.unpack_from(b, o); o += 4
-    if _n658 > 65536: raise XdrError('remote_auth_sasl_step_args.data: %d bytes exceed 65536' % _n658)
-    f1 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n658, b, o)); o += 4 * _n658
+    _n669, = _U32.unpack_from(b, o); o += 4
+    if _n669 > 65536: raise XdrError('remote_auth_sasl_step_args.data: %d bytes exceed 65536' % _n669)
+    f1 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n669, b, o)); o += 4 * _n669
     return _new(remote_auth_sasl_step_args, (f0, f1)), o
 
 remote_auth_sasl_step_ret = _nt('remote_auth_sasl_step_ret', 'complete nil data')
 
 def pack_remote_auth_sasl_step_ret(v, out):
     out += _S_ii.pack(v[0], v[1])
-    _b659 = bytes(v[2])
-    out += _U32.pack(len(_b659)); out += struct.pack('>%dI' % len(_b659), *_b659)
+    _b670 = bytes(v[2])
+    out += _U32.pack(len(_b670)); out += struct.pack('>%dI' % len(_b670), *_b670)
 
 def unpack_remote_auth_sasl_step_ret(b, o):
     f0, f1 = _S_ii.unpack_from(b, o); o += 8
-    _n660, = _U32.unpack_from(b, o); o += 4
-    if _n660 > 65536: raise XdrError('remote_auth_sasl_step_ret.data: %d bytes exceed 65536' % _n660)
-    f2 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n660, b, o)); o += 4 * _n660
+    _n671, = _U32.unpack_from(b, o); o += 4
+    if _n671 > 65536: raise XdrError('remote_auth_sasl_step_ret.data: %d bytes exceed 65536' % _n671)
+    f2 = bytes(x & 0xFF for x in struct.unpack_from('>%di' % _n671, b, o)); o += 4 * _n671
     return _new(remote_auth_sasl_step_ret, (f0, f1, f2)), o
 
 remote_auth_polkit_ret = _nt('remote_auth_polkit_ret', 'complete')
@@ -5038,24 +5049,24 @@ def unpack_remote_connect_list_storage_pools_args(b, o):
 remote_connect_list_storage_pools_ret = _nt('remote_connect_list_storage_pools_ret', 'names')
 
 def pack_remote_connect_list_storage_pools_ret(v, out):
-    _t661 = v[0]
-    out += _U32.pack(len(_t661))
-    for _e662 in _t661:
-        _b663 = _e662.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b663)); out += _b663; out += PAD[len(_b663) & 3]
+    _t672 = v[0]
+    out += _U32.pack(len(_t672))
+    for _e673 in _t672:
+        _b674 = _e673.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b674)); out += _b674; out += PAD[len(_b674) & 3]
 
 def unpack_remote_connect_list_storage_pools_ret(b, o):
-    _n664, = _U32.unpack_from(b, o); o += 4
-    if _n664 > 16384: raise XdrError('remote_connect_list_storage_pools_ret.names: %d items exceed 16384' % _n664)
-    if 4 * _n664 > len(b) - o: raise XdrError('remote_connect_list_storage_pools_ret.names: truncated list')
+    _n675, = _U32.unpack_from(b, o); o += 4
+    if _n675 > 16384: raise XdrError('remote_connect_list_storage_pools_ret.names: %d items exceed 16384' % _n675)
+    if 4 * _n675 > len(b) - o: raise XdrError('remote_connect_list_storage_pools_ret.names: truncated list')
     f0 = []
-    for _ in range(_n664):
-        _n666, = _U32.unpack_from(b, o); o += 4
-        if _n666 > 4194304: raise XdrError('remote_connect_list_storage_pools_ret.names: string of %d bytes exceeds 4194304' % _n666)
-        _end667 = o + _n666
-        if _end667 > len(b): raise XdrError('remote_connect_list_storage_pools_ret.names: truncated string')
-        _e665 = str(b[o:_end667], 'utf-8', 'surrogateescape'); o = _end667 + (-_n666 & 3)
-        f0.append(_e665)
+    for _ in range(_n675):
+        _n677, = _U32.unpack_from(b, o); o += 4
+        if _n677 > 4194304: raise XdrError('remote_connect_list_storage_pools_ret.names: string of %d bytes exceeds 4194304' % _n677)
+        _end678 = o + _n677
+        if _end678 > len(b): raise XdrError('remote_connect_list_storage_pools_ret.names: truncated string')
+        _e676 = str(b[o:_end678], 'utf-8', 'surrogateescape'); o = _end678 + (-_n677 & 3)
+        f0.append(_e676)
     return _new(remote_connect_list_storage_pools_ret, (f0,)), o
 
 remote_connect_num_of_defined_storage_pools_ret = _nt('remote_connect_num_of_defined_storage_pools_ret', 'num')
@@ -5079,78 +5090,79 @@ def unpack_remote_connect_list_defined_storage_pools_args(b, o):
 remote_connect_list_defined_storage_pools_ret = _nt('remote_connect_list_defined_storage_pools_ret', 'names')
 
 def pack_remote_connect_list_defined_storage_pools_ret(v, out):
-    _t668 = v[0]
-    out += _U32.pack(len(_t668))
-    for _e669 in _t668:
-        _b670 = _e669.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b670)); out += _b670; out += PAD[len(_b670) & 3]
+    _t679 = v[0]
+    out += _U32.pack(len(_t679))
+    for _e680 in _t679:
+        _b681 = _e680.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b681)); out += _b681; out += PAD[len(_b681) & 3]
 
 def unpack_remote_connect_list_defined_storage_pools_ret(b, o):
-    _n671, = _U32.unpack_from(b, o); o += 4
-    if _n671 > 16384: raise XdrError('remote_connect_list_defined_storage_pools_ret.names: %d items exceed 16384' % _n671)
-    if 4 * _n671 > len(b) - o: raise XdrError('remote_connect_list_defined_storage_pools_ret.names: truncated list')
+    _n682, = _U32.unpack_from(b, o); o += 4
+    if _n682 > 16384: raise XdrError('remote_connect_list_defined_storage_pools_ret.names: %d items exceed 16384' % _n682)
+    if 4 * _n682 > len(b) - o: raise XdrError('remote_connect_list_defined_storage_pools_ret.names: truncated list')
     f0 = []
-    for _ in range(_n671):
-        _n673, = _U32.unpack_from(b, o); o += 4
-        if _n673 > 4194304: raise XdrError('remote_connect_list_defined_storage_pools_ret.names: string of %d bytes exceeds 4194304' % _n673)
-        _end674 = o + _n673
-        if _end674 > len(b): raise XdrError('remote_connect_list_defined_storage_pools_ret.names: truncated string')
-        _e672 = str(b[o:_end674], 'utf-8', 'surrogateescape'); o = _end674 + (-_n673 & 3)
-        f0.append(_e672)
+    for _ in range(_n682):
+        _n684, = _U32.unpack_from(b, o); o += 4
+        if _n684 > 4194304: raise XdrError('remote_connect_list_defined_storage_pools_ret.names: string of %d bytes exceeds 4194304' % _n684)
+        _end685 = o + _n684
+        if _end685 > len(b): raise XdrError('remote_connect_list_defined_storage_pools_ret.names: truncated string')
+        _e683 = str(b[o:_end685], 'utf-8', 'surrogateescape'); o = _end685 + (-_n684 & 3)
+        f0.append(_e683)
     return _new(remote_connect_list_defined_storage_pools_ret, (f0,)), o
 
 remote_connect_find_storage_pool_sources_args = _nt('remote_connect_find_storage_pool_sources_args', 'type srcSpec flags')
 
 def pack_remote_connect_find_storage_pool_sources_args(v, out):
-    _b675 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b675)); out += _b675; out += PAD[len(_b675) & 3]
-    _t676 = v[1]
-    if _t676 is None:
+    _b686 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b686)); out += _b686; out += PAD[len(_b686) & 3]
+    _t687 = v[1]
+    if _t687 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b677 = _t676.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b677)); out += _b677; out += PAD[len(_b677) & 3]
+        _b688 = _t687.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b688)); out += _b688; out += PAD[len(_b688) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_connect_find_storage_pool_sources_args(b, o):
-    _n678, = _U32.unpack_from(b, o); o += 4
-    if _n678 > 4194304: raise XdrError('remote_connect_find_storage_pool_sources_args.type: string of %d bytes exceeds 4194304' % _n678)
-    _end679 = o + _n678
-    if _end679 > len(b): raise XdrError('remote_connect_find_storage_pool_sources_args.type: truncated string')
-    f0 = str(b[o:_end679], 'utf-8', 'surrogateescape'); o = _end679 + (-_n678 & 3)
-    _f680, = _U32.unpack_from(b, o); o += 4
-    if _f680 == 1:
-        _n681, = _U32.unpack_from(b, o); o += 4
-        if _n681 > 4194304: raise XdrError('remote_connect_find_storage_pool_sources_args.srcSpec: string of %d bytes exceeds 4194304' % _n681)
-        _end682 = o + _n681
-        if _end682 > len(b): raise XdrError('remote_connect_find_storage_pool_sources_args.srcSpec: truncated string')
-        f1 = str(b[o:_end682], 'utf-8', 'surrogateescape'); o = _end682 + (-_n681 & 3)
-    elif _f680 == 0:
+    _n689, = _U32.unpack_from(b, o); o += 4
+    if _n689 > 4194304: raise XdrError('remote_connect_find_storage_pool_sources_args.type: string of %d bytes exceeds 4194304' % _n689)
+    _end690 = o + _n689
+    if _end690 > len(b): raise XdrError('remote_connect_find_storage_pool_sources_args.type: truncated string')
+    f0 = str(b[o:_end690], 'utf-8', 'surrogateescape'); o = _end690 + (-_n689 & 3)
+    _f691, = _U32.unpack_from(b, o); o += 4
+    if _f691 == 1:
+        _n692, = _U32.unpack_from(b, o); o += 4
+        if _n692 > 4194304: raise XdrError('remote_connect_find_storage_pool_sources_args.srcSpec: string of %d bytes exceeds 4194304' % _n692)
+        _end693 = o + _n692
+        if _end693 > len(b): raise XdrError('remote_connect_find_storage_pool_sources_args.srcSpec: truncated string')
+        f1 = str(b[o:_end693], 'utf-8', 'surrogateescape'); o = _end693 + (-_n692 & 3)
+    elif _f691 == 0:
         f1 = None
     else:
-        raise XdrError('remote_connect_find_storage_pool_sources_args.srcSpec: bad optional flag %d' % _f680)
+        raise XdrError('remote_connect_find_storage_pool_sources_args.srcSpec: bad optional flag %d' % _f691)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_find_storage_pool_sources_args, (f0, f1, f2)), o
 
 remote_connect_find_storage_pool_sources_ret = _nt('remote_connect_find_storage_pool_sources_ret', 'xml')
 
 def pack_remote_connect_find_storage_pool_sources_ret(v, out):
-    _b683 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b683)); out += _b683; out += PAD[len(_b683) & 3]
+    _b694 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b694)); out += _b694; out += PAD[len(_b694) & 3]
 
 def unpack_remote_connect_find_storage_pool_sources_ret(b, o):
-    _n684, = _U32.unpack_from(b, o); o += 4
-    if _n684 > 4194304: raise XdrError('remote_connect_find_storage_pool_sources_ret.xml: string of %d bytes exceeds 4194304' % _n684)
-    _end685 = o + _n684
-    if _end685 > len(b): raise XdrError('remote_connect_find_storage_pool_sources_ret.xml: truncated string')
-    f0 = str(b[o:_end685], 'utf-8', 'surrogateescape'); o = _end685 + (-_n684 & 3)
+    _n695, = _U32.unpack_from(b, o); o += 4
+    if _n695 > 4194304: raise XdrError('remote_connect_find_storage_pool_sources_ret.xml: string of %d bytes exceeds 4194304' % _n695)
+    _end696 = o + _n695
+    if _end696 > len(b): raise XdrError('remote_connect_find_storage_pool_sources_ret.xml: truncated string')
+    f0 = str(b[o:_end696], 'utf-8', 'surrogateescape'); o = _end696 + (-_n695 & 3)
     return _new(remote_connect_find_storage_pool_sources_ret, (f0,)), o
 
 remote_storage_pool_lookup_by_uuid_args = _nt('remote_storage_pool_lookup_by_uuid_args', 'uuid')
 
 def pack_remote_storage_pool_lookup_by_uuid_args(v, out):
-    out += bytes(v[0])[:16].ljust(16, b'\0')
+    _t697 = v[0]
+    out += _t697 if len(_t697) == 16 else bytes(_t697)[:16].ljust(16, b'\0')
 
 def unpack_remote_storage_pool_lookup_by_uuid_args(b, o):
     if o + 16 > len(b): raise XdrError('remote_storage_pool_lookup_by_uuid_args.uuid: truncated')
@@ -5169,15 +5181,15 @@ def unpack_remote_storage_pool_lookup_by_uuid_ret(b, o):
 remote_storage_pool_lookup_by_name_args = _nt('remote_storage_pool_lookup_by_name_args', 'name')
 
 def pack_remote_storage_pool_lookup_by_name_args(v, out):
-    _b686 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b686)); out += _b686; out += PAD[len(_b686) & 3]
+    _b698 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b698)); out += _b698; out += PAD[len(_b698) & 3]
 
 def unpack_remote_storage_pool_lookup_by_name_args(b, o):
-    _n687, = _U32.unpack_from(b, o); o += 4
-    if _n687 > 4194304: raise XdrError('remote_storage_pool_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n687)
-    _end688 = o + _n687
-    if _end688 > len(b): raise XdrError('remote_storage_pool_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end688], 'utf-8', 'surrogateescape'); o = _end688 + (-_n687 & 3)
+    _n699, = _U32.unpack_from(b, o); o += 4
+    if _n699 > 4194304: raise XdrError('remote_storage_pool_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n699)
+    _end700 = o + _n699
+    if _end700 > len(b): raise XdrError('remote_storage_pool_lookup_by_name_args.name: truncated string')
+    f0 = str(b[o:_end700], 'utf-8', 'surrogateescape'); o = _end700 + (-_n699 & 3)
     return _new(remote_storage_pool_lookup_by_name_args, (f0,)), o
 
 remote_storage_pool_lookup_by_name_ret = _nt('remote_storage_pool_lookup_by_name_ret', 'pool')
@@ -5210,15 +5222,15 @@ def unpack_remote_storage_pool_lookup_by_volume_ret(b, o):
 remote_storage_pool_lookup_by_target_path_args = _nt('remote_storage_pool_lookup_by_target_path_args', 'path')
 
 def pack_remote_storage_pool_lookup_by_target_path_args(v, out):
-    _b689 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b689)); out += _b689; out += PAD[len(_b689) & 3]
+    _b701 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b701)); out += _b701; out += PAD[len(_b701) & 3]
 
 def unpack_remote_storage_pool_lookup_by_target_path_args(b, o):
-    _n690, = _U32.unpack_from(b, o); o += 4
-    if _n690 > 4194304: raise XdrError('remote_storage_pool_lookup_by_target_path_args.path: string of %d bytes exceeds 4194304' % _n690)
-    _end691 = o + _n690
-    if _end691 > len(b): raise XdrError('remote_storage_pool_lookup_by_target_path_args.path: truncated string')
-    f0 = str(b[o:_end691], 'utf-8', 'surrogateescape'); o = _end691 + (-_n690 & 3)
+    _n702, = _U32.unpack_from(b, o); o += 4
+    if _n702 > 4194304: raise XdrError('remote_storage_pool_lookup_by_target_path_args.path: string of %d bytes exceeds 4194304' % _n702)
+    _end703 = o + _n702
+    if _end703 > len(b): raise XdrError('remote_storage_pool_lookup_by_target_path_args.path: truncated string')
+    f0 = str(b[o:_end703], 'utf-8', 'surrogateescape'); o = _end703 + (-_n702 & 3)
     return _new(remote_storage_pool_lookup_by_target_path_args, (f0,)), o
 
 remote_storage_pool_lookup_by_target_path_ret = _nt('remote_storage_pool_lookup_by_target_path_ret', 'pool')
@@ -5233,16 +5245,16 @@ def unpack_remote_storage_pool_lookup_by_target_path_ret(b, o):
 remote_storage_pool_create_xml_args = _nt('remote_storage_pool_create_xml_args', 'xml flags')
 
 def pack_remote_storage_pool_create_xml_args(v, out):
-    _b692 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b692)); out += _b692; out += PAD[len(_b692) & 3]
+    _b704 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b704)); out += _b704; out += PAD[len(_b704) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_storage_pool_create_xml_args(b, o):
-    _n693, = _U32.unpack_from(b, o); o += 4
-    if _n693 > 4194304: raise XdrError('remote_storage_pool_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n693)
-    _end694 = o + _n693
-    if _end694 > len(b): raise XdrError('remote_storage_pool_create_xml_args.xml: truncated string')
-    f0 = str(b[o:_end694], 'utf-8', 'surrogateescape'); o = _end694 + (-_n693 & 3)
+    _n705, = _U32.unpack_from(b, o); o += 4
+    if _n705 > 4194304: raise XdrError('remote_storage_pool_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n705)
+    _end706 = o + _n705
+    if _end706 > len(b): raise XdrError('remote_storage_pool_create_xml_args.xml: truncated string')
+    f0 = str(b[o:_end706], 'utf-8', 'surrogateescape'); o = _end706 + (-_n705 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_storage_pool_create_xml_args, (f0, f1)), o
 
@@ -5258,16 +5270,16 @@ def unpack_remote_storage_pool_create_xml_ret(b, o):
 remote_storage_pool_define_xml_args = _nt('remote_storage_pool_define_xml_args', 'xml flags')
 
 def pack_remote_storage_pool_define_xml_args(v, out):
-    _b695 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b695)); out += _b695; out += PAD[len(_b695) & 3]
+    _b707 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b707)); out += _b707; out += PAD[len(_b707) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_storage_pool_define_xml_args(b, o):
-    _n696, = _U32.unpack_from(b, o); o += 4
-    if _n696 > 4194304: raise XdrError('remote_storage_pool_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n696)
-    _end697 = o + _n696
-    if _end697 > len(b): raise XdrError('remote_storage_pool_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end697], 'utf-8', 'surrogateescape'); o = _end697 + (-_n696 & 3)
+    _n708, = _U32.unpack_from(b, o); o += 4
+    if _n708 > 4194304: raise XdrError('remote_storage_pool_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n708)
+    _end709 = o + _n708
+    if _end709 > len(b): raise XdrError('remote_storage_pool_define_xml_args.xml: truncated string')
+    f0 = str(b[o:_end709], 'utf-8', 'surrogateescape'); o = _end709 + (-_n708 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_storage_pool_define_xml_args, (f0, f1)), o
 
@@ -5356,15 +5368,15 @@ def unpack_remote_storage_pool_get_xml_desc_args(b, o):
 remote_storage_pool_get_xml_desc_ret = _nt('remote_storage_pool_get_xml_desc_ret', 'xml')
 
 def pack_remote_storage_pool_get_xml_desc_ret(v, out):
-    _b698 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b698)); out += _b698; out += PAD[len(_b698) & 3]
+    _b710 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b710)); out += _b710; out += PAD[len(_b710) & 3]
 
 def unpack_remote_storage_pool_get_xml_desc_ret(b, o):
-    _n699, = _U32.unpack_from(b, o); o += 4
-    if _n699 > 4194304: raise XdrError('remote_storage_pool_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n699)
-    _end700 = o + _n699
-    if _end700 > len(b): raise XdrError('remote_storage_pool_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end700], 'utf-8', 'surrogateescape'); o = _end700 + (-_n699 & 3)
+    _n711, = _U32.unpack_from(b, o); o += 4
+    if _n711 > 4194304: raise XdrError('remote_storage_pool_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n711)
+    _end712 = o + _n711
+    if _end712 > len(b): raise XdrError('remote_storage_pool_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end712], 'utf-8', 'surrogateescape'); o = _end712 + (-_n711 & 3)
     return _new(remote_storage_pool_get_xml_desc_ret, (f0,)), o
 
 remote_storage_pool_get_info_args = _nt('remote_storage_pool_get_info_args', 'pool')
@@ -5446,40 +5458,40 @@ def unpack_remote_storage_pool_list_volumes_args(b, o):
 remote_storage_pool_list_volumes_ret = _nt('remote_storage_pool_list_volumes_ret', 'names')
 
 def pack_remote_storage_pool_list_volumes_ret(v, out):
-    _t701 = v[0]
-    out += _U32.pack(len(_t701))
-    for _e702 in _t701:
-        _b703 = _e702.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b703)); out += _b703; out += PAD[len(_b703) & 3]
+    _t713 = v[0]
+    out += _U32.pack(len(_t713))
+    for _e714 in _t713:
+        _b715 = _e714.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b715)); out += _b715; out += PAD[len(_b715) & 3]
 
 def unpack_remote_storage_pool_list_volumes_ret(b, o):
-    _n704, = _U32.unpack_from(b, o); o += 4
-    if _n704 > 16384: raise XdrError('remote_storage_pool_list_volumes_ret.names: %d items exceed 16384' % _n704)
-    if 4 * _n704 > len(b) - o: raise XdrError('remote_storage_pool_list_volumes_ret.names: truncated list')
+    _n716, = _U32.unpack_from(b, o); o += 4
+    if _n716 > 16384: raise XdrError('remote_storage_pool_list_volumes_ret.names: %d items exceed 16384' % _n716)
+    if 4 * _n716 > len(b) - o: raise XdrError('remote_storage_pool_list_volumes_ret.names: truncated list')
     f0 = []
-    for _ in range(_n704):
-        _n706, = _U32.unpack_from(b, o); o += 4
-        if _n706 > 4194304: raise XdrError('remote_storage_pool_list_volumes_ret.names: string of %d bytes exceeds 4194304' % _n706)
-        _end707 = o + _n706
-        if _end707 > len(b): raise XdrError('remote_storage_pool_list_volumes_ret.names: truncated string')
-        _e705 = str(b[o:_end707], 'utf-8', 'surrogateescape'); o = _end707 + (-_n706 & 3)
-        f0.append(_e705)
+    for _ in range(_n716):
+        _n718, = _U32.unpack_from(b, o); o += 4
+        if _n718 > 4194304: raise XdrError('remote_storage_pool_list_volumes_ret.names: string of %d bytes exceeds 4194304' % _n718)
+        _end719 = o + _n718
+        if _end719 > len(b): raise XdrError('remote_storage_pool_list_volumes_ret.names: truncated string')
+        _e717 = str(b[o:_end719], 'utf-8', 'surrogateescape'); o = _end719 + (-_n718 & 3)
+        f0.append(_e717)
     return _new(remote_storage_pool_list_volumes_ret, (f0,)), o
 
 remote_storage_vol_lookup_by_name_args = _nt('remote_storage_vol_lookup_by_name_args', 'pool name')
 
 def pack_remote_storage_vol_lookup_by_name_args(v, out):
     pack_remote_nonnull_storage_pool(v[0], out)
-    _b708 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b708)); out += _b708; out += PAD[len(_b708) & 3]
+    _b720 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b720)); out += _b720; out += PAD[len(_b720) & 3]
 
 def unpack_remote_storage_vol_lookup_by_name_args(b, o):
     f0, o = unpack_remote_nonnull_storage_pool(b, o)
-    _n709, = _U32.unpack_from(b, o); o += 4
-    if _n709 > 4194304: raise XdrError('remote_storage_vol_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n709)
-    _end710 = o + _n709
-    if _end710 > len(b): raise XdrError('remote_storage_vol_lookup_by_name_args.name: truncated string')
-    f1 = str(b[o:_end710], 'utf-8', 'surrogateescape'); o = _end710 + (-_n709 & 3)
+    _n721, = _U32.unpack_from(b, o); o += 4
+    if _n721 > 4194304: raise XdrError('remote_storage_vol_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n721)
+    _end722 = o + _n721
+    if _end722 > len(b): raise XdrError('remote_storage_vol_lookup_by_name_args.name: truncated string')
+    f1 = str(b[o:_end722], 'utf-8', 'surrogateescape'); o = _end722 + (-_n721 & 3)
     return _new(remote_storage_vol_lookup_by_name_args, (f0, f1)), o
 
 remote_storage_vol_lookup_by_name_ret = _nt('remote_storage_vol_lookup_by_name_ret', 'vol')
@@ -5494,15 +5506,15 @@ def unpack_remote_storage_vol_lookup_by_name_ret(b, o):
 remote_storage_vol_lookup_by_key_args = _nt('remote_storage_vol_lookup_by_key_args', 'key')
 
 def pack_remote_storage_vol_lookup_by_key_args(v, out):
-    _b711 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b711)); out += _b711; out += PAD[len(_b711) & 3]
+    _b723 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b723)); out += _b723; out += PAD[len(_b723) & 3]
 
 def unpack_remote_storage_vol_lookup_by_key_args(b, o):
-    _n712, = _U32.unpack_from(b, o); o += 4
-    if _n712 > 4194304: raise XdrError('remote_storage_vol_lookup_by_key_args.key: string of %d bytes exceeds 4194304' % _n712)
-    _end713 = o + _n712
-    if _end713 > len(b): raise XdrError('remote_storage_vol_lookup_by_key_args.key: truncated string')
-    f0 = str(b[o:_end713], 'utf-8', 'surrogateescape'); o = _end713 + (-_n712 & 3)
+    _n724, = _U32.unpack_from(b, o); o += 4
+    if _n724 > 4194304: raise XdrError('remote_storage_vol_lookup_by_key_args.key: string of %d bytes exceeds 4194304' % _n724)
+    _end725 = o + _n724
+    if _end725 > len(b): raise XdrError('remote_storage_vol_lookup_by_key_args.key: truncated string')
+    f0 = str(b[o:_end725], 'utf-8', 'surrogateescape'); o = _end725 + (-_n724 & 3)
     return _new(remote_storage_vol_lookup_by_key_args, (f0,)), o
 
 remote_storage_vol_lookup_by_key_ret = _nt('remote_storage_vol_lookup_by_key_ret', 'vol')
@@ -5517,15 +5529,15 @@ def unpack_remote_storage_vol_lookup_by_key_ret(b, o):
 remote_storage_vol_lookup_by_path_args = _nt('remote_storage_vol_lookup_by_path_args', 'path')
 
 def pack_remote_storage_vol_lookup_by_path_args(v, out):
-    _b714 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b714)); out += _b714; out += PAD[len(_b714) & 3]
+    _b726 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b726)); out += _b726; out += PAD[len(_b726) & 3]
 
 def unpack_remote_storage_vol_lookup_by_path_args(b, o):
-    _n715, = _U32.unpack_from(b, o); o += 4
-    if _n715 > 4194304: raise XdrError('remote_storage_vol_lookup_by_path_args.path: string of %d bytes exceeds 4194304' % _n715)
-    _end716 = o + _n715
-    if _end716 > len(b): raise XdrError('remote_storage_vol_lookup_by_path_args.path: truncated string')
-    f0 = str(b[o:_end716], 'utf-8', 'surrogateescape'); o = _end716 + (-_n715 & 3)
+    _n727, = _U32.unpack_from(b, o); o += 4
+    if _n727 > 4194304: raise XdrError('remote_storage_vol_lookup_by_path_args.path: string of %d bytes exceeds 4194304' % _n727)
+    _end728 = o + _n727
+    if _end728 > len(b): raise XdrError('remote_storage_vol_lookup_by_path_args.path: truncated string')
+    f0 = str(b[o:_end728], 'utf-8', 'surrogateescape'); o = _end728 + (-_n727 & 3)
     return _new(remote_storage_vol_lookup_by_path_args, (f0,)), o
 
 remote_storage_vol_lookup_by_path_ret = _nt('remote_storage_vol_lookup_by_path_ret', 'vol')
@@ -5541,17 +5553,17 @@ remote_storage_vol_create_xml_args = _nt('remote_storage_vol_create_xml_args', '
 
 def pack_remote_storage_vol_create_xml_args(v, out):
     pack_remote_nonnull_storage_pool(v[0], out)
-    _b717 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b717)); out += _b717; out += PAD[len(_b717) & 3]
+    _b729 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b729)); out += _b729; out += PAD[len(_b729) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_storage_vol_create_xml_args(b, o):
     f0, o = unpack_remote_nonnull_storage_pool(b, o)
-    _n718, = _U32.unpack_from(b, o); o += 4
-    if _n718 > 4194304: raise XdrError('remote_storage_vol_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n718)
-    _end719 = o + _n718
-    if _end719 > len(b): raise XdrError('remote_storage_vol_create_xml_args.xml: truncated string')
-    f1 = str(b[o:_end719], 'utf-8', 'surrogateescape'); o = _end719 + (-_n718 & 3)
+    _n730, = _U32.unpack_from(b, o); o += 4
+    if _n730 > 4194304: raise XdrError('remote_storage_vol_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n730)
+    _end731 = o + _n730
+    if _end731 > len(b): raise XdrError('remote_storage_vol_create_xml_args.xml: truncated string')
+    f1 = str(b[o:_end731], 'utf-8', 'surrogateescape'); o = _end731 + (-_n730 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_storage_vol_create_xml_args, (f0, f1, f2)), o
 
@@ -5568,18 +5580,18 @@ remote_storage_vol_create_xml_from_args = _nt('remote_storage_vol_create_xml_fro
 
 def pack_remote_storage_vol_create_xml_from_args(v, out):
     pack_remote_nonnull_storage_pool(v[0], out)
-    _b720 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b720)); out += _b720; out += PAD[len(_b720) & 3]
+    _b732 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b732)); out += _b732; out += PAD[len(_b732) & 3]
     pack_remote_nonnull_storage_vol(v[2], out)
     out += _S_I.pack(v[3])
 
 def unpack_remote_storage_vol_create_xml_from_args(b, o):
     f0, o = unpack_remote_nonnull_storage_pool(b, o)
-    _n721, = _U32.unpack_from(b, o); o += 4
-    if _n721 > 4194304: raise XdrError('remote_storage_vol_create_xml_from_args.xml: string of %d bytes exceeds 4194304' % _n721)
-    _end722 = o + _n721
-    if _end722 > len(b): raise XdrError('remote_storage_vol_create_xml_from_args.xml: truncated string')
-    f1 = str(b[o:_end722], 'utf-8', 'surrogateescape'); o = _end722 + (-_n721 & 3)
+    _n733, = _U32.unpack_from(b, o); o += 4
+    if _n733 > 4194304: raise XdrError('remote_storage_vol_create_xml_from_args.xml: string of %d bytes exceeds 4194304' % _n733)
+    _end734 = o + _n733
+    if _end734 > len(b): raise XdrError('remote_storage_vol_create_xml_from_args.xml: truncated string')
+    f1 = str(b[o:_end734], 'utf-8', 'surrogateescape'); o = _end734 + (-_n733 & 3)
     f2, o = unpack_remote_nonnull_storage_vol(b, o)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_storage_vol_create_xml_from_args, (f0, f1, f2, f3)), o
@@ -5640,15 +5652,15 @@ def unpack_remote_storage_vol_get_xml_desc_args(b, o):
 remote_storage_vol_get_xml_desc_ret = _nt('remote_storage_vol_get_xml_desc_ret', 'xml')
 
 def pack_remote_storage_vol_get_xml_desc_ret(v, out):
-    _b723 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b723)); out += _b723; out += PAD[len(_b723) & 3]
+    _b735 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b735)); out += _b735; out += PAD[len(_b735) & 3]
 
 def unpack_remote_storage_vol_get_xml_desc_ret(b, o):
-    _n724, = _U32.unpack_from(b, o); o += 4
-    if _n724 > 4194304: raise XdrError('remote_storage_vol_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n724)
-    _end725 = o + _n724
-    if _end725 > len(b): raise XdrError('remote_storage_vol_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end725], 'utf-8', 'surrogateescape'); o = _end725 + (-_n724 & 3)
+    _n736, = _U32.unpack_from(b, o); o += 4
+    if _n736 > 4194304: raise XdrError('remote_storage_vol_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n736)
+    _end737 = o + _n736
+    if _end737 > len(b): raise XdrError('remote_storage_vol_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end737], 'utf-8', 'surrogateescape'); o = _end737 + (-_n736 & 3)
     return _new(remote_storage_vol_get_xml_desc_ret, (f0,)), o
 
 remote_storage_vol_get_info_args = _nt('remote_storage_vol_get_info_args', 'vol')
@@ -5701,15 +5713,15 @@ def unpack_remote_storage_vol_get_path_args(b, o):
 remote_storage_vol_get_path_ret = _nt('remote_storage_vol_get_path_ret', 'name')
 
 def pack_remote_storage_vol_get_path_ret(v, out):
-    _b726 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b726)); out += _b726; out += PAD[len(_b726) & 3]
+    _b738 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b738)); out += _b738; out += PAD[len(_b738) & 3]
 
 def unpack_remote_storage_vol_get_path_ret(b, o):
-    _n727, = _U32.unpack_from(b, o); o += 4
-    if _n727 > 4194304: raise XdrError('remote_storage_vol_get_path_ret.name: string of %d bytes exceeds 4194304' % _n727)
-    _end728 = o + _n727
-    if _end728 > len(b): raise XdrError('remote_storage_vol_get_path_ret.name: truncated string')
-    f0 = str(b[o:_end728], 'utf-8', 'surrogateescape'); o = _end728 + (-_n727 & 3)
+    _n739, = _U32.unpack_from(b, o); o += 4
+    if _n739 > 4194304: raise XdrError('remote_storage_vol_get_path_ret.name: string of %d bytes exceeds 4194304' % _n739)
+    _end740 = o + _n739
+    if _end740 > len(b): raise XdrError('remote_storage_vol_get_path_ret.name: truncated string')
+    f0 = str(b[o:_end740], 'utf-8', 'surrogateescape'); o = _end740 + (-_n739 & 3)
     return _new(remote_storage_vol_get_path_ret, (f0,)), o
 
 remote_storage_vol_resize_args = _nt('remote_storage_vol_resize_args', 'vol capacity flags')
@@ -5726,27 +5738,27 @@ def unpack_remote_storage_vol_resize_args(b, o):
 remote_node_num_of_devices_args = _nt('remote_node_num_of_devices_args', 'cap flags')
 
 def pack_remote_node_num_of_devices_args(v, out):
-    _t729 = v[0]
-    if _t729 is None:
+    _t741 = v[0]
+    if _t741 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b730 = _t729.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b730)); out += _b730; out += PAD[len(_b730) & 3]
+        _b742 = _t741.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b742)); out += _b742; out += PAD[len(_b742) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_node_num_of_devices_args(b, o):
-    _f731, = _U32.unpack_from(b, o); o += 4
-    if _f731 == 1:
-        _n732, = _U32.unpack_from(b, o); o += 4
-        if _n732 > 4194304: raise XdrError('remote_node_num_of_devices_args.cap: string of %d bytes exceeds 4194304' % _n732)
-        _end733 = o + _n732
-        if _end733 > len(b): raise XdrError('remote_node_num_of_devices_args.cap: truncated string')
-        f0 = str(b[o:_end733], 'utf-8', 'surrogateescape'); o = _end733 + (-_n732 & 3)
-    elif _f731 == 0:
+    _f743, = _U32.unpack_from(b, o); o += 4
+    if _f743 == 1:
+        _n744, = _U32.unpack_from(b, o); o += 4
+        if _n744 > 4194304: raise XdrError('remote_node_num_of_devices_args.cap: string of %d bytes exceeds 4194304' % _n744)
+        _end745 = o + _n744
+        if _end745 > len(b): raise XdrError('remote_node_num_of_devices_args.cap: truncated string')
+        f0 = str(b[o:_end745], 'utf-8', 'surrogateescape'); o = _end745 + (-_n744 & 3)
+    elif _f743 == 0:
         f0 = None
     else:
-        raise XdrError('remote_node_num_of_devices_args.cap: bad optional flag %d' % _f731)
+        raise XdrError('remote_node_num_of_devices_args.cap: bad optional flag %d' % _f743)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_num_of_devices_args, (f0, f1)), o
 
@@ -5762,65 +5774,65 @@ def unpack_remote_node_num_of_devices_ret(b, o):
 remote_node_list_devices_args = _nt('remote_node_list_devices_args', 'cap maxnames flags')
 
 def pack_remote_node_list_devices_args(v, out):
-    _t734 = v[0]
-    if _t734 is None:
+    _t746 = v[0]
+    if _t746 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b735 = _t734.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b735)); out += _b735; out += PAD[len(_b735) & 3]
+        _b747 = _t746.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b747)); out += _b747; out += PAD[len(_b747) & 3]
     out += _S_iI.pack(v[1], v[2])
 
 def unpack_remote_node_list_devices_args(b, o):
-    _f736, = _U32.unpack_from(b, o); o += 4
-    if _f736 == 1:
-        _n737, = _U32.unpack_from(b, o); o += 4
-        if _n737 > 4194304: raise XdrError('remote_node_list_devices_args.cap: string of %d bytes exceeds 4194304' % _n737)
-        _end738 = o + _n737
-        if _end738 > len(b): raise XdrError('remote_node_list_devices_args.cap: truncated string')
-        f0 = str(b[o:_end738], 'utf-8', 'surrogateescape'); o = _end738 + (-_n737 & 3)
-    elif _f736 == 0:
+    _f748, = _U32.unpack_from(b, o); o += 4
+    if _f748 == 1:
+        _n749, = _U32.unpack_from(b, o); o += 4
+        if _n749 > 4194304: raise XdrError('remote_node_list_devices_args.cap: string of %d bytes exceeds 4194304' % _n749)
+        _end750 = o + _n749
+        if _end750 > len(b): raise XdrError('remote_node_list_devices_args.cap: truncated string')
+        f0 = str(b[o:_end750], 'utf-8', 'surrogateescape'); o = _end750 + (-_n749 & 3)
+    elif _f748 == 0:
         f0 = None
     else:
-        raise XdrError('remote_node_list_devices_args.cap: bad optional flag %d' % _f736)
+        raise XdrError('remote_node_list_devices_args.cap: bad optional flag %d' % _f748)
     f1, f2 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_node_list_devices_args, (f0, f1, f2)), o
 
 remote_node_list_devices_ret = _nt('remote_node_list_devices_ret', 'names')
 
 def pack_remote_node_list_devices_ret(v, out):
-    _t739 = v[0]
-    out += _U32.pack(len(_t739))
-    for _e740 in _t739:
-        _b741 = _e740.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b741)); out += _b741; out += PAD[len(_b741) & 3]
+    _t751 = v[0]
+    out += _U32.pack(len(_t751))
+    for _e752 in _t751:
+        _b753 = _e752.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b753)); out += _b753; out += PAD[len(_b753) & 3]
 
 def unpack_remote_node_list_devices_ret(b, o):
-    _n742, = _U32.unpack_from(b, o); o += 4
-    if _n742 > 65536: raise XdrError('remote_node_list_devices_ret.names: %d items exceed 65536' % _n742)
-    if 4 * _n742 > len(b) - o: raise XdrError('remote_node_list_devices_ret.names: truncated list')
+    _n754, = _U32.unpack_from(b, o); o += 4
+    if _n754 > 65536: raise XdrError('remote_node_list_devices_ret.names: %d items exceed 65536' % _n754)
+    if 4 * _n754 > len(b) - o: raise XdrError('remote_node_list_devices_ret.names: truncated list')
     f0 = []
-    for _ in range(_n742):
-        _n744, = _U32.unpack_from(b, o); o += 4
-        if _n744 > 4194304: raise XdrError('remote_node_list_devices_ret.names: string of %d bytes exceeds 4194304' % _n744)
-        _end745 = o + _n744
-        if _end745 > len(b): raise XdrError('remote_node_list_devices_ret.names: truncated string')
-        _e743 = str(b[o:_end745], 'utf-8', 'surrogateescape'); o = _end745 + (-_n744 & 3)
-        f0.append(_e743)
+    for _ in range(_n754):
+        _n756, = _U32.unpack_from(b, o); o += 4
+        if _n756 > 4194304: raise XdrError('remote_node_list_devices_ret.names: string of %d bytes exceeds 4194304' % _n756)
+        _end757 = o + _n756
+        if _end757 > len(b): raise XdrError('remote_node_list_devices_ret.names: truncated string')
+        _e755 = str(b[o:_end757], 'utf-8', 'surrogateescape'); o = _end757 + (-_n756 & 3)
+        f0.append(_e755)
     return _new(remote_node_list_devices_ret, (f0,)), o
 
 remote_node_device_lookup_by_name_args = _nt('remote_node_device_lookup_by_name_args', 'name')
 
 def pack_remote_node_device_lookup_by_name_args(v, out):
-    _b746 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b746)); out += _b746; out += PAD[len(_b746) & 3]
+    _b758 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b758)); out += _b758; out += PAD[len(_b758) & 3]
 
 def unpack_remote_node_device_lookup_by_name_args(b, o):
-    _n747, = _U32.unpack_from(b, o); o += 4
-    if _n747 > 4194304: raise XdrError('remote_node_device_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n747)
-    _end748 = o + _n747
-    if _end748 > len(b): raise XdrError('remote_node_device_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end748], 'utf-8', 'surrogateescape'); o = _end748 + (-_n747 & 3)
+    _n759, = _U32.unpack_from(b, o); o += 4
+    if _n759 > 4194304: raise XdrError('remote_node_device_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n759)
+    _end760 = o + _n759
+    if _end760 > len(b): raise XdrError('remote_node_device_lookup_by_name_args.name: truncated string')
+    f0 = str(b[o:_end760], 'utf-8', 'surrogateescape'); o = _end760 + (-_n759 & 3)
     return _new(remote_node_device_lookup_by_name_args, (f0,)), o
 
 remote_node_device_lookup_by_name_ret = _nt('remote_node_device_lookup_by_name_ret', 'dev')
@@ -5835,23 +5847,23 @@ def unpack_remote_node_device_lookup_by_name_ret(b, o):
 remote_node_device_lookup_scsi_host_by_wwn_args = _nt('remote_node_device_lookup_scsi_host_by_wwn_args', 'wwnn wwpn flags')
 
 def pack_remote_node_device_lookup_scsi_host_by_wwn_args(v, out):
-    _b749 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b749)); out += _b749; out += PAD[len(_b749) & 3]
-    _b750 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b750)); out += _b750; out += PAD[len(_b750) & 3]
+    _b761 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b761)); out += _b761; out += PAD[len(_b761) & 3]
+    _b762 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b762)); out += _b762; out += PAD[len(_b762) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_node_device_lookup_scsi_host_by_wwn_args(b, o):
-    _n751, = _U32.unpack_from(b, o); o += 4
-    if _n751 > 4194304: raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwnn: string of %d bytes exceeds 4194304' % _n751)
-    _end752 = o + _n751
-    if _end752 > len(b): raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwnn: truncated string')
-    f0 = str(b[o:_end752], 'utf-8', 'surrogateescape'); o = _end752 + (-_n751 & 3)
-    _n753, = _U32.unpack_from(b, o); o += 4
-    if _n753 > 4194304: raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwpn: string of %d bytes exceeds 4194304' % _n753)
-    _end754 = o + _n753
-    if _end754 > len(b): raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwpn: truncated string')
-    f1 = str(b[o:_end754], 'utf-8', 'surrogateescape'); o = _end754 + (-_n753 & 3)
+    _n763, = _U32.unpack_from(b, o); o += 4
+    if _n763 > 4194304: raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwnn: string of %d bytes exceeds 4194304' % _n763)
+    _end764 = o + _n763
+    if _end764 > len(b): raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwnn: truncated string')
+    f0 = str(b[o:_end764], 'utf-8', 'surrogateescape'); o = _end764 + (-_n763 & 3)
+    _n765, = _U32.unpack_from(b, o); o += 4
+    if _n765 > 4194304: raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwpn: string of %d bytes exceeds 4194304' % _n765)
+    _end766 = o + _n765
+    if _end766 > len(b): raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwpn: truncated string')
+    f1 = str(b[o:_end766], 'utf-8', 'surrogateescape'); o = _end766 + (-_n765 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_lookup_scsi_host_by_wwn_args, (f0, f1, f2)), o
 
@@ -5867,84 +5879,84 @@ def unpack_remote_node_device_lookup_scsi_host_by_wwn_ret(b, o):
 remote_node_device_get_xml_desc_args = _nt('remote_node_device_get_xml_desc_args', 'name flags')
 
 def pack_remote_node_device_get_xml_desc_args(v, out):
-    _b755 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b755)); out += _b755; out += PAD[len(_b755) & 3]
+    _b767 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b767)); out += _b767; out += PAD[len(_b767) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_node_device_get_xml_desc_args(b, o):
-    _n756, = _U32.unpack_from(b, o); o += 4
-    if _n756 > 4194304: raise XdrError('remote_node_device_get_xml_desc_args.name: string of %d bytes exceeds 4194304' % _n756)
-    _end757 = o + _n756
-    if _end757 > len(b): raise XdrError('remote_node_device_get_xml_desc_args.name: truncated string')
-    f0 = str(b[o:_end757], 'utf-8', 'surrogateescape'); o = _end757 + (-_n756 & 3)
+    _n768, = _U32.unpack_from(b, o); o += 4
+    if _n768 > 4194304: raise XdrError('remote_node_device_get_xml_desc_args.name: string of %d bytes exceeds 4194304' % _n768)
+    _end769 = o + _n768
+    if _end769 > len(b): raise XdrError('remote_node_device_get_xml_desc_args.name: truncated string')
+    f0 = str(b[o:_end769], 'utf-8', 'surrogateescape'); o = _end769 + (-_n768 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_get_xml_desc_args, (f0, f1)), o
 
 remote_node_device_get_xml_desc_ret = _nt('remote_node_device_get_xml_desc_ret', 'xml')
 
 def pack_remote_node_device_get_xml_desc_ret(v, out):
-    _b758 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b758)); out += _b758; out += PAD[len(_b758) & 3]
+    _b770 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b770)); out += _b770; out += PAD[len(_b770) & 3]
 
 def unpack_remote_node_device_get_xml_desc_ret(b, o):
-    _n759, = _U32.unpack_from(b, o); o += 4
-    if _n759 > 4194304: raise XdrError('remote_node_device_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n759)
-    _end760 = o + _n759
-    if _end760 > len(b): raise XdrError('remote_node_device_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end760], 'utf-8', 'surrogateescape'); o = _end760 + (-_n759 & 3)
+    _n771, = _U32.unpack_from(b, o); o += 4
+    if _n771 > 4194304: raise XdrError('remote_node_device_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n771)
+    _end772 = o + _n771
+    if _end772 > len(b): raise XdrError('remote_node_device_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end772], 'utf-8', 'surrogateescape'); o = _end772 + (-_n771 & 3)
     return _new(remote_node_device_get_xml_desc_ret, (f0,)), o
 
 remote_node_device_get_parent_args = _nt('remote_node_device_get_parent_args', 'name')
 
 def pack_remote_node_device_get_parent_args(v, out):
-    _b761 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b761)); out += _b761; out += PAD[len(_b761) & 3]
+    _b773 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b773)); out += _b773; out += PAD[len(_b773) & 3]
 
 def unpack_remote_node_device_get_parent_args(b, o):
-    _n762, = _U32.unpack_from(b, o); o += 4
-    if _n762 > 4194304: raise XdrError('remote_node_device_get_parent_args.name: string of %d bytes exceeds 4194304' % _n762)
-    _end763 = o + _n762
-    if _end763 > len(b): raise XdrError('remote_node_device_get_parent_args.name: truncated string')
-    f0 = str(b[o:_end763], 'utf-8', 'surrogateescape'); o = _end763 + (-_n762 & 3)
+    _n774, = _U32.unpack_from(b, o); o += 4
+    if _n774 > 4194304: raise XdrError('remote_node_device_get_parent_args.name: string of %d bytes exceeds 4194304' % _n774)
+    _end775 = o + _n774
+    if _end775 > len(b): raise XdrError('remote_node_device_get_parent_args.name: truncated string')
+    f0 = str(b[o:_end775], 'utf-8', 'surrogateescape'); o = _end775 + (-_n774 & 3)
     return _new(remote_node_device_get_parent_args, (f0,)), o
 
 remote_node_device_get_parent_ret = _nt('remote_node_device_get_parent_ret', 'parentName')
 
 def pack_remote_node_device_get_parent_ret(v, out):
-    _t764 = v[0]
-    if _t764 is None:
+    _t776 = v[0]
+    if _t776 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b765 = _t764.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b765)); out += _b765; out += PAD[len(_b765) & 3]
+        _b777 = _t776.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b777)); out += _b777; out += PAD[len(_b777) & 3]
 
 def unpack_remote_node_device_get_parent_ret(b, o):
-    _f766, = _U32.unpack_from(b, o); o += 4
-    if _f766 == 1:
-        _n767, = _U32.unpack_from(b, o); o += 4
-        if _n767 > 4194304: raise XdrError('remote_node_device_get_parent_ret.parentName: string of %d bytes exceeds 4194304' % _n767)
-        _end768 = o + _n767
-        if _end768 > len(b): raise XdrError('remote_node_device_get_parent_ret.parentName: truncated string')
-        f0 = str(b[o:_end768], 'utf-8', 'surrogateescape'); o = _end768 + (-_n767 & 3)
-    elif _f766 == 0:
+    _f778, = _U32.unpack_from(b, o); o += 4
+    if _f778 == 1:
+        _n779, = _U32.unpack_from(b, o); o += 4
+        if _n779 > 4194304: raise XdrError('remote_node_device_get_parent_ret.parentName: string of %d bytes exceeds 4194304' % _n779)
+        _end780 = o + _n779
+        if _end780 > len(b): raise XdrError('remote_node_device_get_parent_ret.parentName: truncated string')
+        f0 = str(b[o:_end780], 'utf-8', 'surrogateescape'); o = _end780 + (-_n779 & 3)
+    elif _f778 == 0:
         f0 = None
     else:
-        raise XdrError('remote_node_device_get_parent_ret.parentName: bad optional flag %d' % _f766)
+        raise XdrError('remote_node_device_get_parent_ret.parentName: bad optional flag %d' % _f778)
     return _new(remote_node_device_get_parent_ret, (f0,)), o
 
 remote_node_device_num_of_caps_args = _nt('remote_node_device_num_of_caps_args', 'name')
 
 def pack_remote_node_device_num_of_caps_args(v, out):
-    _b769 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b769)); out += _b769; out += PAD[len(_b769) & 3]
+    _b781 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b781)); out += _b781; out += PAD[len(_b781) & 3]
 
 def unpack_remote_node_device_num_of_caps_args(b, o):
-    _n770, = _U32.unpack_from(b, o); o += 4
-    if _n770 > 4194304: raise XdrError('remote_node_device_num_of_caps_args.name: string of %d bytes exceeds 4194304' % _n770)
-    _end771 = o + _n770
-    if _end771 > len(b): raise XdrError('remote_node_device_num_of_caps_args.name: truncated string')
-    f0 = str(b[o:_end771], 'utf-8', 'surrogateescape'); o = _end771 + (-_n770 & 3)
+    _n782, = _U32.unpack_from(b, o); o += 4
+    if _n782 > 4194304: raise XdrError('remote_node_device_num_of_caps_args.name: string of %d bytes exceeds 4194304' % _n782)
+    _end783 = o + _n782
+    if _end783 > len(b): raise XdrError('remote_node_device_num_of_caps_args.name: truncated string')
+    f0 = str(b[o:_end783], 'utf-8', 'surrogateescape'); o = _end783 + (-_n782 & 3)
     return _new(remote_node_device_num_of_caps_args, (f0,)), o
 
 remote_node_device_num_of_caps_ret = _nt('remote_node_device_num_of_caps_ret', 'num')
@@ -5959,131 +5971,131 @@ def unpack_remote_node_device_num_of_caps_ret(b, o):
 remote_node_device_list_caps_args = _nt('remote_node_device_list_caps_args', 'name maxnames')
 
 def pack_remote_node_device_list_caps_args(v, out):
-    _b772 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b772)); out += _b772; out += PAD[len(_b772) & 3]
+    _b784 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b784)); out += _b784; out += PAD[len(_b784) & 3]
     out += _S_i.pack(v[1])
 
 def unpack_remote_node_device_list_caps_args(b, o):
-    _n773, = _U32.unpack_from(b, o); o += 4
-    if _n773 > 4194304: raise XdrError('remote_node_device_list_caps_args.name: string of %d bytes exceeds 4194304' % _n773)
-    _end774 = o + _n773
-    if _end774 > len(b): raise XdrError('remote_node_device_list_caps_args.name: truncated string')
-    f0 = str(b[o:_end774], 'utf-8', 'surrogateescape'); o = _end774 + (-_n773 & 3)
+    _n785, = _U32.unpack_from(b, o); o += 4
+    if _n785 > 4194304: raise XdrError('remote_node_device_list_caps_args.name: string of %d bytes exceeds 4194304' % _n785)
+    _end786 = o + _n785
+    if _end786 > len(b): raise XdrError('remote_node_device_list_caps_args.name: truncated string')
+    f0 = str(b[o:_end786], 'utf-8', 'surrogateescape'); o = _end786 + (-_n785 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_node_device_list_caps_args, (f0, f1)), o
 
 remote_node_device_list_caps_ret = _nt('remote_node_device_list_caps_ret', 'names')
 
 def pack_remote_node_device_list_caps_ret(v, out):
-    _t775 = v[0]
-    out += _U32.pack(len(_t775))
-    for _e776 in _t775:
-        _b777 = _e776.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b777)); out += _b777; out += PAD[len(_b777) & 3]
+    _t787 = v[0]
+    out += _U32.pack(len(_t787))
+    for _e788 in _t787:
+        _b789 = _e788.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b789)); out += _b789; out += PAD[len(_b789) & 3]
 
 def unpack_remote_node_device_list_caps_ret(b, o):
-    _n778, = _U32.unpack_from(b, o); o += 4
-    if _n778 > 65536: raise XdrError('remote_node_device_list_caps_ret.names: %d items exceed 65536' % _n778)
-    if 4 * _n778 > len(b) - o: raise XdrError('remote_node_device_list_caps_ret.names: truncated list')
+    _n790, = _U32.unpack_from(b, o); o += 4
+    if _n790 > 65536: raise XdrError('remote_node_device_list_caps_ret.names: %d items exceed 65536' % _n790)
+    if 4 * _n790 > len(b) - o: raise XdrError('remote_node_device_list_caps_ret.names: truncated list')
     f0 = []
-    for _ in range(_n778):
-        _n780, = _U32.unpack_from(b, o); o += 4
-        if _n780 > 4194304: raise XdrError('remote_node_device_list_caps_ret.names: string of %d bytes exceeds 4194304' % _n780)
-        _end781 = o + _n780
-        if _end781 > len(b): raise XdrError('remote_node_device_list_caps_ret.names: truncated string')
-        _e779 = str(b[o:_end781], 'utf-8', 'surrogateescape'); o = _end781 + (-_n780 & 3)
-        f0.append(_e779)
+    for _ in range(_n790):
+        _n792, = _U32.unpack_from(b, o); o += 4
+        if _n792 > 4194304: raise XdrError('remote_node_device_list_caps_ret.names: string of %d bytes exceeds 4194304' % _n792)
+        _end793 = o + _n792
+        if _end793 > len(b): raise XdrError('remote_node_device_list_caps_ret.names: truncated string')
+        _e791 = str(b[o:_end793], 'utf-8', 'surrogateescape'); o = _end793 + (-_n792 & 3)
+        f0.append(_e791)
     return _new(remote_node_device_list_caps_ret, (f0,)), o
 
 remote_node_device_dettach_args = _nt('remote_node_device_dettach_args', 'name')
 
 def pack_remote_node_device_dettach_args(v, out):
-    _b782 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b782)); out += _b782; out += PAD[len(_b782) & 3]
+    _b794 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b794)); out += _b794; out += PAD[len(_b794) & 3]
 
 def unpack_remote_node_device_dettach_args(b, o):
-    _n783, = _U32.unpack_from(b, o); o += 4
-    if _n783 > 4194304: raise XdrError('remote_node_device_dettach_args.name: string of %d bytes exceeds 4194304' % _n783)
-    _end784 = o + _n783
-    if _end784 > len(b): raise XdrError('remote_node_device_dettach_args.name: truncated string')
-    f0 = str(b[o:_end784], 'utf-8', 'surrogateescape'); o = _end784 + (-_n783 & 3)
+    _n795, = _U32.unpack_from(b, o); o += 4
+    if _n795 > 4194304: raise XdrError('remote_node_device_dettach_args.name: string of %d bytes exceeds 4194304' % _n795)
+    _end796 = o + _n795
+    if _end796 > len(b): raise XdrError('remote_node_device_dettach_args.name: truncated string')
+    f0 = str(b[o:_end796], 'utf-8', 'surrogateescape'); o = _end796 + (-_n795 & 3)
     return _new(remote_node_device_dettach_args, (f0,)), o
 
 remote_node_device_detach_flags_args = _nt('remote_node_device_detach_flags_args', 'name driverName flags')
 
 def pack_remote_node_device_detach_flags_args(v, out):
-    _b785 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b785)); out += _b785; out += PAD[len(_b785) & 3]
-    _t786 = v[1]
-    if _t786 is None:
+    _b797 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b797)); out += _b797; out += PAD[len(_b797) & 3]
+    _t798 = v[1]
+    if _t798 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b787 = _t786.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b787)); out += _b787; out += PAD[len(_b787) & 3]
+        _b799 = _t798.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b799)); out += _b799; out += PAD[len(_b799) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_node_device_detach_flags_args(b, o):
-    _n788, = _U32.unpack_from(b, o); o += 4
-    if _n788 > 4194304: raise XdrError('remote_node_device_detach_flags_args.name: string of %d bytes exceeds 4194304' % _n788)
-    _end789 = o + _n788
-    if _end789 > len(b): raise XdrError('remote_node_device_detach_flags_args.name: truncated string')
-    f0 = str(b[o:_end789], 'utf-8', 'surrogateescape'); o = _end789 + (-_n788 & 3)
-    _f790, = _U32.unpack_from(b, o); o += 4
-    if _f790 == 1:
-        _n791, = _U32.unpack_from(b, o); o += 4
-        if _n791 > 4194304: raise XdrError('remote_node_device_detach_flags_args.driverName: string of %d bytes exceeds 4194304' % _n791)
-        _end792 = o + _n791
-        if _end792 > len(b): raise XdrError('remote_node_device_detach_flags_args.driverName: truncated string')
-        f1 = str(b[o:_end792], 'utf-8', 'surrogateescape'); o = _end792 + (-_n791 & 3)
-    elif _f790 == 0:
+    _n800, = _U32.unpack_from(b, o); o += 4
+    if _n800 > 4194304: raise XdrError('remote_node_device_detach_flags_args.name: string of %d bytes exceeds 4194304' % _n800)
+    _end801 = o + _n800
+    if _end801 > len(b): raise XdrError('remote_node_device_detach_flags_args.name: truncated string')
+    f0 = str(b[o:_end801], 'utf-8', 'surrogateescape'); o = _end801 + (-_n800 & 3)
+    _f802, = _U32.unpack_from(b, o); o += 4
+    if _f802 == 1:
+        _n803, = _U32.unpack_from(b, o); o += 4
+        if _n803 > 4194304: raise XdrError('remote_node_device_detach_flags_args.driverName: string of %d bytes exceeds 4194304' % _n803)
+        _end804 = o + _n803
+        if _end804 > len(b): raise XdrError('remote_node_device_detach_flags_args.driverName: truncated string')
+        f1 = str(b[o:_end804], 'utf-8', 'surrogateescape'); o = _end804 + (-_n803 & 3)
+    elif _f802 == 0:
         f1 = None
     else:
-        raise XdrError('remote_node_device_detach_flags_args.driverName: bad optional flag %d' % _f790)
+        raise XdrError('remote_node_device_detach_flags_args.driverName: bad optional flag %d' % _f802)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_detach_flags_args, (f0, f1, f2)), o
 
 remote_node_device_re_attach_args = _nt('remote_node_device_re_attach_args', 'name')
 
 def pack_remote_node_device_re_attach_args(v, out):
-    _b793 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b793)); out += _b793; out += PAD[len(_b793) & 3]
+    _b805 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b805)); out += _b805; out += PAD[len(_b805) & 3]
 
 def unpack_remote_node_device_re_attach_args(b, o):
-    _n794, = _U32.unpack_from(b, o); o += 4
-    if _n794 > 4194304: raise XdrError('remote_node_device_re_attach_args.name: string of %d bytes exceeds 4194304' % _n794)
-    _end795 = o + _n794
-    if _end795 > len(b): raise XdrError('remote_node_device_re_attach_args.name: truncated string')
-    f0 = str(b[o:_end795], 'utf-8', 'surrogateescape'); o = _end795 + (-_n794 & 3)
+    _n806, = _U32.unpack_from(b, o); o += 4
+    if _n806 > 4194304: raise XdrError('remote_node_device_re_attach_args.name: string of %d bytes exceeds 4194304' % _n806)
+    _end807 = o + _n806
+    if _end807 > len(b): raise XdrError('remote_node_device_re_attach_args.name: truncated string')
+    f0 = str(b[o:_end807], 'utf-8', 'surrogateescape'); o = _end807 + (-_n806 & 3)
     return _new(remote_node_device_re_attach_args, (f0,)), o
 
 remote_node_device_reset_args = _nt('remote_node_device_reset_args', 'name')
 
 def pack_remote_node_device_reset_args(v, out):
-    _b796 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b796)); out += _b796; out += PAD[len(_b796) & 3]
+    _b808 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b808)); out += _b808; out += PAD[len(_b808) & 3]
 
 def unpack_remote_node_device_reset_args(b, o):
-    _n797, = _U32.unpack_from(b, o); o += 4
-    if _n797 > 4194304: raise XdrError('remote_node_device_reset_args.name: string of %d bytes exceeds 4194304' % _n797)
-    _end798 = o + _n797
-    if _end798 > len(b): raise XdrError('remote_node_device_reset_args.name: truncated string')
-    f0 = str(b[o:_end798], 'utf-8', 'surrogateescape'); o = _end798 + (-_n797 & 3)
+    _n809, = _U32.unpack_from(b, o); o += 4
+    if _n809 > 4194304: raise XdrError('remote_node_device_reset_args.name: string of %d bytes exceeds 4194304' % _n809)
+    _end810 = o + _n809
+    if _end810 > len(b): raise XdrError('remote_node_device_reset_args.name: truncated string')
+    f0 = str(b[o:_end810], 'utf-8', 'surrogateescape'); o = _end810 + (-_n809 & 3)
     return _new(remote_node_device_reset_args, (f0,)), o
 
 remote_node_device_create_xml_args = _nt('remote_node_device_create_xml_args', 'xml_desc flags')
 
 def pack_remote_node_device_create_xml_args(v, out):
-    _b799 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b799)); out += _b799; out += PAD[len(_b799) & 3]
+    _b811 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b811)); out += _b811; out += PAD[len(_b811) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_node_device_create_xml_args(b, o):
-    _n800, = _U32.unpack_from(b, o); o += 4
-    if _n800 > 4194304: raise XdrError('remote_node_device_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n800)
-    _end801 = o + _n800
-    if _end801 > len(b): raise XdrError('remote_node_device_create_xml_args.xml_desc: truncated string')
-    f0 = str(b[o:_end801], 'utf-8', 'surrogateescape'); o = _end801 + (-_n800 & 3)
+    _n812, = _U32.unpack_from(b, o); o += 4
+    if _n812 > 4194304: raise XdrError('remote_node_device_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n812)
+    _end813 = o + _n812
+    if _end813 > len(b): raise XdrError('remote_node_device_create_xml_args.xml_desc: truncated string')
+    f0 = str(b[o:_end813], 'utf-8', 'surrogateescape'); o = _end813 + (-_n812 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_create_xml_args, (f0, f1)), o
 
@@ -6099,30 +6111,30 @@ def unpack_remote_node_device_create_xml_ret(b, o):
 remote_node_device_destroy_args = _nt('remote_node_device_destroy_args', 'name')
 
 def pack_remote_node_device_destroy_args(v, out):
-    _b802 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b802)); out += _b802; out += PAD[len(_b802) & 3]
+    _b814 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b814)); out += _b814; out += PAD[len(_b814) & 3]
 
 def unpack_remote_node_device_destroy_args(b, o):
-    _n803, = _U32.unpack_from(b, o); o += 4
-    if _n803 > 4194304: raise XdrError('remote_node_device_destroy_args.name: string of %d bytes exceeds 4194304' % _n803)
-    _end804 = o + _n803
-    if _end804 > len(b): raise XdrError('remote_node_device_destroy_args.name: truncated string')
-    f0 = str(b[o:_end804], 'utf-8', 'surrogateescape'); o = _end804 + (-_n803 & 3)
+    _n815, = _U32.unpack_from(b, o); o += 4
+    if _n815 > 4194304: raise XdrError('remote_node_device_destroy_args.name: string of %d bytes exceeds 4194304' % _n815)
+    _end816 = o + _n815
+    if _end816 > len(b): raise XdrError('remote_node_device_destroy_args.name: truncated string')
+    f0 = str(b[o:_end816], 'utf-8', 'surrogateescape'); o = _end816 + (-_n815 & 3)
     return _new(remote_node_device_destroy_args, (f0,)), o
 
 remote_node_device_define_xml_args = _nt('remote_node_device_define_xml_args', 'xml_desc flags')
 
 def pack_remote_node_device_define_xml_args(v, out):
-    _b805 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b805)); out += _b805; out += PAD[len(_b805) & 3]
+    _b817 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b817)); out += _b817; out += PAD[len(_b817) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_node_device_define_xml_args(b, o):
-    _n806, = _U32.unpack_from(b, o); o += 4
-    if _n806 > 4194304: raise XdrError('remote_node_device_define_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n806)
-    _end807 = o + _n806
-    if _end807 > len(b): raise XdrError('remote_node_device_define_xml_args.xml_desc: truncated string')
-    f0 = str(b[o:_end807], 'utf-8', 'surrogateescape'); o = _end807 + (-_n806 & 3)
+    _n818, = _U32.unpack_from(b, o); o += 4
+    if _n818 > 4194304: raise XdrError('remote_node_device_define_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n818)
+    _end819 = o + _n818
+    if _end819 > len(b): raise XdrError('remote_node_device_define_xml_args.xml_desc: truncated string')
+    f0 = str(b[o:_end819], 'utf-8', 'surrogateescape'); o = _end819 + (-_n818 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_define_xml_args, (f0, f1)), o
 
@@ -6138,47 +6150,47 @@ def unpack_remote_node_device_define_xml_ret(b, o):
 remote_node_device_undefine_args = _nt('remote_node_device_undefine_args', 'name flags')
 
 def pack_remote_node_device_undefine_args(v, out):
-    _b808 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b808)); out += _b808; out += PAD[len(_b808) & 3]
+    _b820 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b820)); out += _b820; out += PAD[len(_b820) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_node_device_undefine_args(b, o):
-    _n809, = _U32.unpack_from(b, o); o += 4
-    if _n809 > 4194304: raise XdrError('remote_node_device_undefine_args.name: string of %d bytes exceeds 4194304' % _n809)
-    _end810 = o + _n809
-    if _end810 > len(b): raise XdrError('remote_node_device_undefine_args.name: truncated string')
-    f0 = str(b[o:_end810], 'utf-8', 'surrogateescape'); o = _end810 + (-_n809 & 3)
+    _n821, = _U32.unpack_from(b, o); o += 4
+    if _n821 > 4194304: raise XdrError('remote_node_device_undefine_args.name: string of %d bytes exceeds 4194304' % _n821)
+    _end822 = o + _n821
+    if _end822 > len(b): raise XdrError('remote_node_device_undefine_args.name: truncated string')
+    f0 = str(b[o:_end822], 'utf-8', 'surrogateescape'); o = _end822 + (-_n821 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_undefine_args, (f0, f1)), o
 
 remote_node_device_create_args = _nt('remote_node_device_create_args', 'name flags')
 
 def pack_remote_node_device_create_args(v, out):
-    _b811 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b811)); out += _b811; out += PAD[len(_b811) & 3]
+    _b823 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b823)); out += _b823; out += PAD[len(_b823) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_node_device_create_args(b, o):
-    _n812, = _U32.unpack_from(b, o); o += 4
-    if _n812 > 4194304: raise XdrError('remote_node_device_create_args.name: string of %d bytes exceeds 4194304' % _n812)
-    _end813 = o + _n812
-    if _end813 > len(b): raise XdrError('remote_node_device_create_args.name: truncated string')
-    f0 = str(b[o:_end813], 'utf-8', 'surrogateescape'); o = _end813 + (-_n812 & 3)
+    _n824, = _U32.unpack_from(b, o); o += 4
+    if _n824 > 4194304: raise XdrError('remote_node_device_create_args.name: string of %d bytes exceeds 4194304' % _n824)
+    _end825 = o + _n824
+    if _end825 > len(b): raise XdrError('remote_node_device_create_args.name: truncated string')
+    f0 = str(b[o:_end825], 'utf-8', 'surrogateescape'); o = _end825 + (-_n824 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_create_args, (f0, f1)), o
 
 remote_node_device_get_autostart_args = _nt('remote_node_device_get_autostart_args', 'name')
 
 def pack_remote_node_device_get_autostart_args(v, out):
-    _b814 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b814)); out += _b814; out += PAD[len(_b814) & 3]
+    _b826 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b826)); out += _b826; out += PAD[len(_b826) & 3]
 
 def unpack_remote_node_device_get_autostart_args(b, o):
-    _n815, = _U32.unpack_from(b, o); o += 4
-    if _n815 > 4194304: raise XdrError('remote_node_device_get_autostart_args.name: string of %d bytes exceeds 4194304' % _n815)
-    _end816 = o + _n815
-    if _end816 > len(b): raise XdrError('remote_node_device_get_autostart_args.name: truncated string')
-    f0 = str(b[o:_end816], 'utf-8', 'surrogateescape'); o = _end816 + (-_n815 & 3)
+    _n827, = _U32.unpack_from(b, o); o += 4
+    if _n827 > 4194304: raise XdrError('remote_node_device_get_autostart_args.name: string of %d bytes exceeds 4194304' % _n827)
+    _end828 = o + _n827
+    if _end828 > len(b): raise XdrError('remote_node_device_get_autostart_args.name: truncated string')
+    f0 = str(b[o:_end828], 'utf-8', 'surrogateescape'); o = _end828 + (-_n827 & 3)
     return _new(remote_node_device_get_autostart_args, (f0,)), o
 
 remote_node_device_get_autostart_ret = _nt('remote_node_device_get_autostart_ret', 'autostart')
@@ -6193,31 +6205,31 @@ def unpack_remote_node_device_get_autostart_ret(b, o):
 remote_node_device_set_autostart_args = _nt('remote_node_device_set_autostart_args', 'name autostart')
 
 def pack_remote_node_device_set_autostart_args(v, out):
-    _b817 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b817)); out += _b817; out += PAD[len(_b817) & 3]
+    _b829 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b829)); out += _b829; out += PAD[len(_b829) & 3]
     out += _S_i.pack(v[1])
 
 def unpack_remote_node_device_set_autostart_args(b, o):
-    _n818, = _U32.unpack_from(b, o); o += 4
-    if _n818 > 4194304: raise XdrError('remote_node_device_set_autostart_args.name: string of %d bytes exceeds 4194304' % _n818)
-    _end819 = o + _n818
-    if _end819 > len(b): raise XdrError('remote_node_device_set_autostart_args.name: truncated string')
-    f0 = str(b[o:_end819], 'utf-8', 'surrogateescape'); o = _end819 + (-_n818 & 3)
+    _n830, = _U32.unpack_from(b, o); o += 4
+    if _n830 > 4194304: raise XdrError('remote_node_device_set_autostart_args.name: string of %d bytes exceeds 4194304' % _n830)
+    _end831 = o + _n830
+    if _end831 > len(b): raise XdrError('remote_node_device_set_autostart_args.name: truncated string')
+    f0 = str(b[o:_end831], 'utf-8', 'surrogateescape'); o = _end831 + (-_n830 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_node_device_set_autostart_args, (f0, f1)), o
 
 remote_node_device_is_persistent_args = _nt('remote_node_device_is_persistent_args', 'name')
 
 def pack_remote_node_device_is_persistent_args(v, out):
-    _b820 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b820)); out += _b820; out += PAD[len(_b820) & 3]
+    _b832 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b832)); out += _b832; out += PAD[len(_b832) & 3]
 
 def unpack_remote_node_device_is_persistent_args(b, o):
-    _n821, = _U32.unpack_from(b, o); o += 4
-    if _n821 > 4194304: raise XdrError('remote_node_device_is_persistent_args.name: string of %d bytes exceeds 4194304' % _n821)
-    _end822 = o + _n821
-    if _end822 > len(b): raise XdrError('remote_node_device_is_persistent_args.name: truncated string')
-    f0 = str(b[o:_end822], 'utf-8', 'surrogateescape'); o = _end822 + (-_n821 & 3)
+    _n833, = _U32.unpack_from(b, o); o += 4
+    if _n833 > 4194304: raise XdrError('remote_node_device_is_persistent_args.name: string of %d bytes exceeds 4194304' % _n833)
+    _end834 = o + _n833
+    if _end834 > len(b): raise XdrError('remote_node_device_is_persistent_args.name: truncated string')
+    f0 = str(b[o:_end834], 'utf-8', 'surrogateescape'); o = _end834 + (-_n833 & 3)
     return _new(remote_node_device_is_persistent_args, (f0,)), o
 
 remote_node_device_is_persistent_ret = _nt('remote_node_device_is_persistent_ret', 'persistent')
@@ -6232,15 +6244,15 @@ def unpack_remote_node_device_is_persistent_ret(b, o):
 remote_node_device_is_active_args = _nt('remote_node_device_is_active_args', 'name')
 
 def pack_remote_node_device_is_active_args(v, out):
-    _b823 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b823)); out += _b823; out += PAD[len(_b823) & 3]
+    _b835 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b835)); out += _b835; out += PAD[len(_b835) & 3]
 
 def unpack_remote_node_device_is_active_args(b, o):
-    _n824, = _U32.unpack_from(b, o); o += 4
-    if _n824 > 4194304: raise XdrError('remote_node_device_is_active_args.name: string of %d bytes exceeds 4194304' % _n824)
-    _end825 = o + _n824
-    if _end825 > len(b): raise XdrError('remote_node_device_is_active_args.name: truncated string')
-    f0 = str(b[o:_end825], 'utf-8', 'surrogateescape'); o = _end825 + (-_n824 & 3)
+    _n836, = _U32.unpack_from(b, o); o += 4
+    if _n836 > 4194304: raise XdrError('remote_node_device_is_active_args.name: string of %d bytes exceeds 4194304' % _n836)
+    _end837 = o + _n836
+    if _end837 > len(b): raise XdrError('remote_node_device_is_active_args.name: truncated string')
+    f0 = str(b[o:_end837], 'utf-8', 'surrogateescape'); o = _end837 + (-_n836 & 3)
     return _new(remote_node_device_is_active_args, (f0,)), o
 
 remote_node_device_is_active_ret = _nt('remote_node_device_is_active_ret', 'active')
@@ -6295,75 +6307,75 @@ def unpack_remote_domain_event_callback_lifecycle_msg(b, o):
 remote_connect_domain_xml_from_native_args = _nt('remote_connect_domain_xml_from_native_args', 'nativeFormat nativeConfig flags')
 
 def pack_remote_connect_domain_xml_from_native_args(v, out):
-    _b826 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b826)); out += _b826; out += PAD[len(_b826) & 3]
-    _b827 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b827)); out += _b827; out += PAD[len(_b827) & 3]
+    _b838 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b838)); out += _b838; out += PAD[len(_b838) & 3]
+    _b839 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b839)); out += _b839; out += PAD[len(_b839) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_connect_domain_xml_from_native_args(b, o):
-    _n828, = _U32.unpack_from(b, o); o += 4
-    if _n828 > 4194304: raise XdrError('remote_connect_domain_xml_from_native_args.nativeFormat: string of %d bytes exceeds 4194304' % _n828)
-    _end829 = o + _n828
-    if _end829 > len(b): raise XdrError('remote_connect_domain_xml_from_native_args.nativeFormat: truncated string')
-    f0 = str(b[o:_end829], 'utf-8', 'surrogateescape'); o = _end829 + (-_n828 & 3)
-    _n830, = _U32.unpack_from(b, o); o += 4
-    if _n830 > 4194304: raise XdrError('remote_connect_domain_xml_from_native_args.nativeConfig: string of %d bytes exceeds 4194304' % _n830)
-    _end831 = o + _n830
-    if _end831 > len(b): raise XdrError('remote_connect_domain_xml_from_native_args.nativeConfig: truncated string')
-    f1 = str(b[o:_end831], 'utf-8', 'surrogateescape'); o = _end831 + (-_n830 & 3)
+    _n840, = _U32.unpack_from(b, o); o += 4
+    if _n840 > 4194304: raise XdrError('remote_connect_domain_xml_from_native_args.nativeFormat: string of %d bytes exceeds 4194304' % _n840)
+    _end841 = o + _n840
+    if _end841 > len(b): raise XdrError('remote_connect_domain_xml_from_native_args.nativeFormat: truncated string')
+    f0 = str(b[o:_end841], 'utf-8', 'surrogateescape'); o = _end841 + (-_n840 & 3)
+    _n842, = _U32.unpack_from(b, o); o += 4
+    if _n842 > 4194304: raise XdrError('remote_connect_domain_xml_from_native_args.nativeConfig: string of %d bytes exceeds 4194304' % _n842)
+    _end843 = o + _n842
+    if _end843 > len(b): raise XdrError('remote_connect_domain_xml_from_native_args.nativeConfig: truncated string')
+    f1 = str(b[o:_end843], 'utf-8', 'surrogateescape'); o = _end843 + (-_n842 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_domain_xml_from_native_args, (f0, f1, f2)), o
 
 remote_connect_domain_xml_from_native_ret = _nt('remote_connect_domain_xml_from_native_ret', 'domainXml')
 
 def pack_remote_connect_domain_xml_from_native_ret(v, out):
-    _b832 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b832)); out += _b832; out += PAD[len(_b832) & 3]
+    _b844 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b844)); out += _b844; out += PAD[len(_b844) & 3]
 
 def unpack_remote_connect_domain_xml_from_native_ret(b, o):
-    _n833, = _U32.unpack_from(b, o); o += 4
-    if _n833 > 4194304: raise XdrError('remote_connect_domain_xml_from_native_ret.domainXml: string of %d bytes exceeds 4194304' % _n833)
-    _end834 = o + _n833
-    if _end834 > len(b): raise XdrError('remote_connect_domain_xml_from_native_ret.domainXml: truncated string')
-    f0 = str(b[o:_end834], 'utf-8', 'surrogateescape'); o = _end834 + (-_n833 & 3)
+    _n845, = _U32.unpack_from(b, o); o += 4
+    if _n845 > 4194304: raise XdrError('remote_connect_domain_xml_from_native_ret.domainXml: string of %d bytes exceeds 4194304' % _n845)
+    _end846 = o + _n845
+    if _end846 > len(b): raise XdrError('remote_connect_domain_xml_from_native_ret.domainXml: truncated string')
+    f0 = str(b[o:_end846], 'utf-8', 'surrogateescape'); o = _end846 + (-_n845 & 3)
     return _new(remote_connect_domain_xml_from_native_ret, (f0,)), o
 
 remote_connect_domain_xml_to_native_args = _nt('remote_connect_domain_xml_to_native_args', 'nativeFormat domainXml flags')
 
 def pack_remote_connect_domain_xml_to_native_args(v, out):
-    _b835 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b835)); out += _b835; out += PAD[len(_b835) & 3]
-    _b836 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b836)); out += _b836; out += PAD[len(_b836) & 3]
+    _b847 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b847)); out += _b847; out += PAD[len(_b847) & 3]
+    _b848 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b848)); out += _b848; out += PAD[len(_b848) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_connect_domain_xml_to_native_args(b, o):
-    _n837, = _U32.unpack_from(b, o); o += 4
-    if _n837 > 4194304: raise XdrError('remote_connect_domain_xml_to_native_args.nativeFormat: string of %d bytes exceeds 4194304' % _n837)
-    _end838 = o + _n837
-    if _end838 > len(b): raise XdrError('remote_connect_domain_xml_to_native_args.nativeFormat: truncated string')
-    f0 = str(b[o:_end838], 'utf-8', 'surrogateescape'); o = _end838 + (-_n837 & 3)
-    _n839, = _U32.unpack_from(b, o); o += 4
-    if _n839 > 4194304: raise XdrError('remote_connect_domain_xml_to_native_args.domainXml: string of %d bytes exceeds 4194304' % _n839)
-    _end840 = o + _n839
-    if _end840 > len(b): raise XdrError('remote_connect_domain_xml_to_native_args.domainXml: truncated string')
-    f1 = str(b[o:_end840], 'utf-8', 'surrogateescape'); o = _end840 + (-_n839 & 3)
+    _n849, = _U32.unpack_from(b, o); o += 4
+    if _n849 > 4194304: raise XdrError('remote_connect_domain_xml_to_native_args.nativeFormat: string of %d bytes exceeds 4194304' % _n849)
+    _end850 = o + _n849
+    if _end850 > len(b): raise XdrError('remote_connect_domain_xml_to_native_args.nativeFormat: truncated string')
+    f0 = str(b[o:_end850], 'utf-8', 'surrogateescape'); o = _end850 + (-_n849 & 3)
+    _n851, = _U32.unpack_from(b, o); o += 4
+    if _n851 > 4194304: raise XdrError('remote_connect_domain_xml_to_native_args.domainXml: string of %d bytes exceeds 4194304' % _n851)
+    _end852 = o + _n851
+    if _end852 > len(b): raise XdrError('remote_connect_domain_xml_to_native_args.domainXml: truncated string')
+    f1 = str(b[o:_end852], 'utf-8', 'surrogateescape'); o = _end852 + (-_n851 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_domain_xml_to_native_args, (f0, f1, f2)), o
 
 remote_connect_domain_xml_to_native_ret = _nt('remote_connect_domain_xml_to_native_ret', 'nativeConfig')
 
 def pack_remote_connect_domain_xml_to_native_ret(v, out):
-    _b841 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b841)); out += _b841; out += PAD[len(_b841) & 3]
+    _b853 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b853)); out += _b853; out += PAD[len(_b853) & 3]
 
 def unpack_remote_connect_domain_xml_to_native_ret(b, o):
-    _n842, = _U32.unpack_from(b, o); o += 4
-    if _n842 > 4194304: raise XdrError('remote_connect_domain_xml_to_native_ret.nativeConfig: string of %d bytes exceeds 4194304' % _n842)
-    _end843 = o + _n842
-    if _end843 > len(b): raise XdrError('remote_connect_domain_xml_to_native_ret.nativeConfig: truncated string')
-    f0 = str(b[o:_end843], 'utf-8', 'surrogateescape'); o = _end843 + (-_n842 & 3)
+    _n854, = _U32.unpack_from(b, o); o += 4
+    if _n854 > 4194304: raise XdrError('remote_connect_domain_xml_to_native_ret.nativeConfig: string of %d bytes exceeds 4194304' % _n854)
+    _end855 = o + _n854
+    if _end855 > len(b): raise XdrError('remote_connect_domain_xml_to_native_ret.nativeConfig: truncated string')
+    f0 = str(b[o:_end855], 'utf-8', 'surrogateescape'); o = _end855 + (-_n854 & 3)
     return _new(remote_connect_domain_xml_to_native_ret, (f0,)), o
 
 remote_connect_num_of_secrets_ret = _nt('remote_connect_num_of_secrets_ret', 'num')
@@ -6387,30 +6399,31 @@ def unpack_remote_connect_list_secrets_args(b, o):
 remote_connect_list_secrets_ret = _nt('remote_connect_list_secrets_ret', 'uuids')
 
 def pack_remote_connect_list_secrets_ret(v, out):
-    _t844 = v[0]
-    out += _U32.pack(len(_t844))
-    for _e845 in _t844:
-        _b846 = _e845.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b846)); out += _b846; out += PAD[len(_b846) & 3]
+    _t856 = v[0]
+    out += _U32.pack(len(_t856))
+    for _e857 in _t856:
+        _b858 = _e857.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b858)); out += _b858; out += PAD[len(_b858) & 3]
 
 def unpack_remote_connect_list_secrets_ret(b, o):
-    _n847, = _U32.unpack_from(b, o); o += 4
-    if _n847 > 16384: raise XdrError('remote_connect_list_secrets_ret.uuids: %d items exceed 16384' % _n847)
-    if 4 * _n847 > len(b) - o: raise XdrError('remote_connect_list_secrets_ret.uuids: truncated list')
+    _n859, = _U32.unpack_from(b, o); o += 4
+    if _n859 > 16384: raise XdrError('remote_connect_list_secrets_ret.uuids: %d items exceed 16384' % _n859)
+    if 4 * _n859 > len(b) - o: raise XdrError('remote_connect_list_secrets_ret.uuids: truncated list')
     f0 = []
-    for _ in range(_n847):
-        _n849, = _U32.unpack_from(b, o); o += 4
-        if _n849 > 4194304: raise XdrError('remote_connect_list_secrets_ret.uuids: string of %d bytes exceeds 4194304' % _n849)
-        _end850 = o + _n849
-        if _end850 > len(b): raise XdrError('remote_connect_list_secrets_ret.uuids: truncated string')
-        _e848 = str(b[o:_end850], 'utf-8', 'surrogateescape'); o = _end850 + (-_n849 & 3)
-        f0.append(_e848)
+    for _ in range(_n859):
+        _n861, = _U32.unpack_from(b, o); o += 4
+        if _n861 > 4194304: raise XdrError('remote_connect_list_secrets_ret.uuids: string of %d bytes exceeds 4194304' % _n861)
+        _end862 = o + _n861
+        if _end862 > len(b): raise XdrError('remote_connect_list_secrets_ret.uuids: truncated string')
+        _e860 = str(b[o:_end862], 'utf-8', 'surrogateescape'); o = _end862 + (-_n861 & 3)
+        f0.append(_e860)
     return _new(remote_connect_list_secrets_ret, (f0,)), o
 
 remote_secret_lookup_by_uuid_args = _nt('remote_secret_lookup_by_uuid_args', 'uuid')
 
 def pack_remote_secret_lookup_by_uuid_args(v, out):
-    out += bytes(v[0])[:16].ljust(16, b'\0')
+    _t863 = v[0]
+    out += _t863 if len(_t863) == 16 else bytes(_t863)[:16].ljust(16, b'\0')
 
 def unpack_remote_secret_lookup_by_uuid_args(b, o):
     if o + 16 > len(b): raise XdrError('remote_secret_lookup_by_uuid_args.uuid: truncated')
@@ -6429,16 +6442,16 @@ def unpack_remote_secret_lookup_by_uuid_ret(b, o):
 remote_secret_define_xml_args = _nt('remote_secret_define_xml_args', 'xml flags')
 
 def pack_remote_secret_define_xml_args(v, out):
-    _b851 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b851)); out += _b851; out += PAD[len(_b851) & 3]
+    _b864 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b864)); out += _b864; out += PAD[len(_b864) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_secret_define_xml_args(b, o):
-    _n852, = _U32.unpack_from(b, o); o += 4
-    if _n852 > 4194304: raise XdrError('remote_secret_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n852)
-    _end853 = o + _n852
-    if _end853 > len(b): raise XdrError('remote_secret_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end853], 'utf-8', 'surrogateescape'); o = _end853 + (-_n852 & 3)
+    _n865, = _U32.unpack_from(b, o); o += 4
+    if _n865 > 4194304: raise XdrError('remote_secret_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n865)
+    _end866 = o + _n865
+    if _end866 > len(b): raise XdrError('remote_secret_define_xml_args.xml: truncated string')
+    f0 = str(b[o:_end866], 'utf-8', 'surrogateescape'); o = _end866 + (-_n865 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_secret_define_xml_args, (f0, f1)), o
 
@@ -6465,31 +6478,31 @@ def unpack_remote_secret_get_xml_desc_args(b, o):
 remote_secret_get_xml_desc_ret = _nt('remote_secret_get_xml_desc_ret', 'xml')
 
 def pack_remote_secret_get_xml_desc_ret(v, out):
-    _b854 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b854)); out += _b854; out += PAD[len(_b854) & 3]
+    _b867 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b867)); out += _b867; out += PAD[len(_b867) & 3]
 
 def unpack_remote_secret_get_xml_desc_ret(b, o):
-    _n855, = _U32.unpack_from(b, o); o += 4
-    if _n855 > 4194304: raise XdrError('remote_secret_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n855)
-    _end856 = o + _n855
-    if _end856 > len(b): raise XdrError('remote_secret_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end856], 'utf-8', 'surrogateescape'); o = _end856 + (-_n855 & 3)
+    _n868, = _U32.unpack_from(b, o); o += 4
+    if _n868 > 4194304: raise XdrError('remote_secret_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n868)
+    _end869 = o + _n868
+    if _end869 > len(b): raise XdrError('remote_secret_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end869], 'utf-8', 'surrogateescape'); o = _end869 + (-_n868 & 3)
     return _new(remote_secret_get_xml_desc_ret, (f0,)), o
 
 remote_secret_set_value_args = _nt('remote_secret_set_value_args', 'secret value flags')
 
 def pack_remote_secret_set_value_args(v, out):
     pack_remote_nonnull_secret(v[0], out)
-    _b857 = v[1]
-    out += _U32.pack(len(_b857)); out += _b857; out += PAD[len(_b857) & 3]
+    _b870 = v[1]
+    out += _U32.pack(len(_b870)); out += _b870; out += PAD[len(_b870) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_secret_set_value_args(b, o):
     f0, o = unpack_remote_nonnull_secret(b, o)
-    _n858, = _U32.unpack_from(b, o); o += 4
-    if _n858 > 65536: raise XdrError('remote_secret_set_value_args.value: %d bytes exceed 65536' % _n858)
-    if o + _n858 > len(b): raise XdrError('remote_secret_set_value_args.value: truncated')
-    f1 = bytes(b[o:o + _n858]); o += _n858 + (-_n858 & 3)
+    _n871, = _U32.unpack_from(b, o); o += 4
+    if _n871 > 65536: raise XdrError('remote_secret_set_value_args.value: %d bytes exceed 65536' % _n871)
+    if o + _n871 > len(b): raise XdrError('remote_secret_set_value_args.value: truncated')
+    f1 = bytes(b[o:o + _n871]); o += _n871 + (-_n871 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_secret_set_value_args, (f0, f1, f2)), o
 
@@ -6507,14 +6520,14 @@ def unpack_remote_secret_get_value_args(b, o):
 remote_secret_get_value_ret = _nt('remote_secret_get_value_ret', 'value')
 
 def pack_remote_secret_get_value_ret(v, out):
-    _b859 = v[0]
-    out += _U32.pack(len(_b859)); out += _b859; out += PAD[len(_b859) & 3]
+    _b872 = v[0]
+    out += _U32.pack(len(_b872)); out += _b872; out += PAD[len(_b872) & 3]
 
 def unpack_remote_secret_get_value_ret(b, o):
-    _n860, = _U32.unpack_from(b, o); o += 4
-    if _n860 > 65536: raise XdrError('remote_secret_get_value_ret.value: %d bytes exceed 65536' % _n860)
-    if o + _n860 > len(b): raise XdrError('remote_secret_get_value_ret.value: truncated')
-    f0 = bytes(b[o:o + _n860]); o += _n860 + (-_n860 & 3)
+    _n873, = _U32.unpack_from(b, o); o += 4
+    if _n873 > 65536: raise XdrError('remote_secret_get_value_ret.value: %d bytes exceed 65536' % _n873)
+    if o + _n873 > len(b): raise XdrError('remote_secret_get_value_ret.value: truncated')
+    f0 = bytes(b[o:o + _n873]); o += _n873 + (-_n873 & 3)
     return _new(remote_secret_get_value_ret, (f0,)), o
 
 remote_secret_undefine_args = _nt('remote_secret_undefine_args', 'secret')
@@ -6530,16 +6543,16 @@ remote_secret_lookup_by_usage_args = _nt('remote_secret_lookup_by_usage_args', '
 
 def pack_remote_secret_lookup_by_usage_args(v, out):
     out += _S_i.pack(v[0])
-    _b861 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b861)); out += _b861; out += PAD[len(_b861) & 3]
+    _b874 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b874)); out += _b874; out += PAD[len(_b874) & 3]
 
 def unpack_remote_secret_lookup_by_usage_args(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
-    _n862, = _U32.unpack_from(b, o); o += 4
-    if _n862 > 4194304: raise XdrError('remote_secret_lookup_by_usage_args.usageID: string of %d bytes exceeds 4194304' % _n862)
-    _end863 = o + _n862
-    if _end863 > len(b): raise XdrError('remote_secret_lookup_by_usage_args.usageID: truncated string')
-    f1 = str(b[o:_end863], 'utf-8', 'surrogateescape'); o = _end863 + (-_n862 & 3)
+    _n875, = _U32.unpack_from(b, o); o += 4
+    if _n875 > 4194304: raise XdrError('remote_secret_lookup_by_usage_args.usageID: string of %d bytes exceeds 4194304' % _n875)
+    _end876 = o + _n875
+    if _end876 > len(b): raise XdrError('remote_secret_lookup_by_usage_args.usageID: truncated string')
+    f1 = str(b[o:_end876], 'utf-8', 'surrogateescape'); o = _end876 + (-_n875 & 3)
     return _new(remote_secret_lookup_by_usage_args, (f0, f1)), o
 
 remote_secret_lookup_by_usage_ret = _nt('remote_secret_lookup_by_usage_ret', 'secret')
@@ -6555,36 +6568,36 @@ remote_domain_migrate_prepare_tunnel_args = _nt('remote_domain_migrate_prepare_t
 
 def pack_remote_domain_migrate_prepare_tunnel_args(v, out):
     out += _S_Q.pack(v[0])
-    _t864 = v[1]
-    if _t864 is None:
+    _t877 = v[1]
+    if _t877 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b865 = _t864.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b865)); out += _b865; out += PAD[len(_b865) & 3]
+        _b878 = _t877.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b878)); out += _b878; out += PAD[len(_b878) & 3]
     out += _S_Q.pack(v[2])
-    _b866 = v[3].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b866)); out += _b866; out += PAD[len(_b866) & 3]
+    _b879 = v[3].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b879)); out += _b879; out += PAD[len(_b879) & 3]
 
 def unpack_remote_domain_migrate_prepare_tunnel_args(b, o):
     f0, = _S_Q.unpack_from(b, o); o += 8
-    _f867, = _U32.unpack_from(b, o); o += 4
-    if _f867 == 1:
-        _n868, = _U32.unpack_from(b, o); o += 4
-        if _n868 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel_args.dname: string of %d bytes exceeds 4194304' % _n868)
-        _end869 = o + _n868
-        if _end869 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel_args.dname: truncated string')
-        f1 = str(b[o:_end869], 'utf-8', 'surrogateescape'); o = _end869 + (-_n868 & 3)
-    elif _f867 == 0:
+    _f880, = _U32.unpack_from(b, o); o += 4
+    if _f880 == 1:
+        _n881, = _U32.unpack_from(b, o); o += 4
+        if _n881 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel_args.dname: string of %d bytes exceeds 4194304' % _n881)
+        _end882 = o + _n881
+        if _end882 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel_args.dname: truncated string')
+        f1 = str(b[o:_end882], 'utf-8', 'surrogateescape'); o = _end882 + (-_n881 & 3)
+    elif _f880 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_migrate_prepare_tunnel_args.dname: bad optional flag %d' % _f867)
+        raise XdrError('remote_domain_migrate_prepare_tunnel_args.dname: bad optional flag %d' % _f880)
     f2, = _S_Q.unpack_from(b, o); o += 8
-    _n870, = _U32.unpack_from(b, o); o += 4
-    if _n870 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel_args.dom_xml: string of %d bytes exceeds 4194304' % _n870)
-    _end871 = o + _n870
-    if _end871 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel_args.dom_xml: truncated string')
-    f3 = str(b[o:_end871], 'utf-8', 'surrogateescape'); o = _end871 + (-_n870 & 3)
+    _n883, = _U32.unpack_from(b, o); o += 4
+    if _n883 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel_args.dom_xml: string of %d bytes exceeds 4194304' % _n883)
+    _end884 = o + _n883
+    if _end884 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel_args.dom_xml: truncated string')
+    f3 = str(b[o:_end884], 'utf-8', 'surrogateescape'); o = _end884 + (-_n883 & 3)
     return _new(remote_domain_migrate_prepare_tunnel_args, (f0, f1, f2, f3)), o
 
 remote_connect_is_secure_ret = _nt('remote_connect_is_secure_ret', 'secure')
@@ -6743,16 +6756,16 @@ def unpack_remote_interface_is_active_ret(b, o):
 remote_connect_compare_cpu_args = _nt('remote_connect_compare_cpu_args', 'xml flags')
 
 def pack_remote_connect_compare_cpu_args(v, out):
-    _b872 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b872)); out += _b872; out += PAD[len(_b872) & 3]
+    _b885 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b885)); out += _b885; out += PAD[len(_b885) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_compare_cpu_args(b, o):
-    _n873, = _U32.unpack_from(b, o); o += 4
-    if _n873 > 4194304: raise XdrError('remote_connect_compare_cpu_args.xml: string of %d bytes exceeds 4194304' % _n873)
-    _end874 = o + _n873
-    if _end874 > len(b): raise XdrError('remote_connect_compare_cpu_args.xml: truncated string')
-    f0 = str(b[o:_end874], 'utf-8', 'surrogateescape'); o = _end874 + (-_n873 & 3)
+    _n886, = _U32.unpack_from(b, o); o += 4
+    if _n886 > 4194304: raise XdrError('remote_connect_compare_cpu_args.xml: string of %d bytes exceeds 4194304' % _n886)
+    _end887 = o + _n886
+    if _end887 > len(b): raise XdrError('remote_connect_compare_cpu_args.xml: truncated string')
+    f0 = str(b[o:_end887], 'utf-8', 'surrogateescape'); o = _end887 + (-_n886 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_compare_cpu_args, (f0, f1)), o
 
@@ -6768,40 +6781,40 @@ def unpack_remote_connect_compare_cpu_ret(b, o):
 remote_connect_baseline_cpu_args = _nt('remote_connect_baseline_cpu_args', 'xmlCPUs flags')
 
 def pack_remote_connect_baseline_cpu_args(v, out):
-    _t875 = v[0]
-    out += _U32.pack(len(_t875))
-    for _e876 in _t875:
-        _b877 = _e876.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b877)); out += _b877; out += PAD[len(_b877) & 3]
+    _t888 = v[0]
+    out += _U32.pack(len(_t888))
+    for _e889 in _t888:
+        _b890 = _e889.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b890)); out += _b890; out += PAD[len(_b890) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_baseline_cpu_args(b, o):
-    _n878, = _U32.unpack_from(b, o); o += 4
-    if _n878 > 256: raise XdrError('remote_connect_baseline_cpu_args.xmlCPUs: %d items exceed 256' % _n878)
-    if 4 * _n878 > len(b) - o: raise XdrError('remote_connect_baseline_cpu_args.xmlCPUs: truncated list')
+    _n891, = _U32.unpack_from(b, o); o += 4
+    if _n891 > 256: raise XdrError('remote_connect_baseline_cpu_args.xmlCPUs: %d items exceed 256' % _n891)
+    if 4 * _n891 > len(b) - o: raise XdrError('remote_connect_baseline_cpu_args.xmlCPUs: truncated list')
     f0 = []
-    for _ in range(_n878):
-        _n880, = _U32.unpack_from(b, o); o += 4
-        if _n880 > 4194304: raise XdrError('remote_connect_baseline_cpu_args.xmlCPUs: string of %d bytes exceeds 4194304' % _n880)
-        _end881 = o + _n880
-        if _end881 > len(b): raise XdrError('remote_connect_baseline_cpu_args.xmlCPUs: truncated string')
-        _e879 = str(b[o:_end881], 'utf-8', 'surrogateescape'); o = _end881 + (-_n880 & 3)
-        f0.append(_e879)
+    for _ in range(_n891):
+        _n893, = _U32.unpack_from(b, o); o += 4
+        if _n893 > 4194304: raise XdrError('remote_connect_baseline_cpu_args.xmlCPUs: string of %d bytes exceeds 4194304' % _n893)
+        _end894 = o + _n893
+        if _end894 > len(b): raise XdrError('remote_connect_baseline_cpu_args.xmlCPUs: truncated string')
+        _e892 = str(b[o:_end894], 'utf-8', 'surrogateescape'); o = _end894 + (-_n893 & 3)
+        f0.append(_e892)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_baseline_cpu_args, (f0, f1)), o
 
 remote_connect_baseline_cpu_ret = _nt('remote_connect_baseline_cpu_ret', 'cpu')
 
 def pack_remote_connect_baseline_cpu_ret(v, out):
-    _b882 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b882)); out += _b882; out += PAD[len(_b882) & 3]
+    _b895 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b895)); out += _b895; out += PAD[len(_b895) & 3]
 
 def unpack_remote_connect_baseline_cpu_ret(b, o):
-    _n883, = _U32.unpack_from(b, o); o += 4
-    if _n883 > 4194304: raise XdrError('remote_connect_baseline_cpu_ret.cpu: string of %d bytes exceeds 4194304' % _n883)
-    _end884 = o + _n883
-    if _end884 > len(b): raise XdrError('remote_connect_baseline_cpu_ret.cpu: truncated string')
-    f0 = str(b[o:_end884], 'utf-8', 'surrogateescape'); o = _end884 + (-_n883 & 3)
+    _n896, = _U32.unpack_from(b, o); o += 4
+    if _n896 > 4194304: raise XdrError('remote_connect_baseline_cpu_ret.cpu: string of %d bytes exceeds 4194304' % _n896)
+    _end897 = o + _n896
+    if _end897 > len(b): raise XdrError('remote_connect_baseline_cpu_ret.cpu: truncated string')
+    f0 = str(b[o:_end897], 'utf-8', 'surrogateescape'); o = _end897 + (-_n896 & 3)
     return _new(remote_connect_baseline_cpu_ret, (f0,)), o
 
 remote_domain_get_job_info_args = _nt('remote_domain_get_job_info_args', 'dom')
@@ -6837,20 +6850,20 @@ remote_domain_get_job_stats_ret = _nt('remote_domain_get_job_stats_ret', 'type p
 
 def pack_remote_domain_get_job_stats_ret(v, out):
     out += _S_i.pack(v[0])
-    _t885 = v[1]
-    out += _U32.pack(len(_t885))
-    for _e886 in _t885:
-        pack_remote_typed_param(_e886, out)
+    _t898 = v[1]
+    out += _U32.pack(len(_t898))
+    for _e899 in _t898:
+        pack_remote_typed_param(_e899, out)
 
 def unpack_remote_domain_get_job_stats_ret(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
-    _n887, = _U32.unpack_from(b, o); o += 4
-    if _n887 > 64: raise XdrError('remote_domain_get_job_stats_ret.params: %d items exceed 64' % _n887)
-    if 4 * _n887 > len(b) - o: raise XdrError('remote_domain_get_job_stats_ret.params: truncated list')
+    _n900, = _U32.unpack_from(b, o); o += 4
+    if _n900 > 64: raise XdrError('remote_domain_get_job_stats_ret.params: %d items exceed 64' % _n900)
+    if 4 * _n900 > len(b) - o: raise XdrError('remote_domain_get_job_stats_ret.params: truncated list')
     f1 = []
-    for _ in range(_n887):
-        _e888, o = unpack_remote_typed_param(b, o)
-        f1.append(_e888)
+    for _ in range(_n900):
+        _e901, o = unpack_remote_typed_param(b, o)
+        f1.append(_e901)
     return _new(remote_domain_get_job_stats_ret, (f0, f1)), o
 
 remote_domain_abort_job_args = _nt('remote_domain_abort_job_args', 'dom')
@@ -6988,22 +7001,22 @@ remote_connect_domain_event_callback_register_any_args = _nt('remote_connect_dom
 
 def pack_remote_connect_domain_event_callback_register_any_args(v, out):
     out += _S_i.pack(v[0])
-    _t889 = v[1]
-    if _t889 is None:
+    _t902 = v[1]
+    if _t902 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        pack_remote_nonnull_domain(_t889, out)
+        pack_remote_nonnull_domain(_t902, out)
 
 def unpack_remote_connect_domain_event_callback_register_any_args(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
-    _f890, = _U32.unpack_from(b, o); o += 4
-    if _f890 == 1:
+    _f903, = _U32.unpack_from(b, o); o += 4
+    if _f903 == 1:
         f1, o = unpack_remote_nonnull_domain(b, o)
-    elif _f890 == 0:
+    elif _f903 == 0:
         f1 = None
     else:
-        raise XdrError('remote_connect_domain_event_callback_register_any_args.dom: bad optional flag %d' % _f890)
+        raise XdrError('remote_connect_domain_event_callback_register_any_args.dom: bad optional flag %d' % _f903)
     return _new(remote_connect_domain_event_callback_register_any_args, (f0, f1)), o
 
 remote_connect_domain_event_callback_register_any_ret = _nt('remote_connect_domain_event_callback_register_any_ret', 'callbackID')
@@ -7092,24 +7105,24 @@ remote_domain_event_io_error_msg = _nt('remote_domain_event_io_error_msg', 'dom 
 
 def pack_remote_domain_event_io_error_msg(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b891 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b891)); out += _b891; out += PAD[len(_b891) & 3]
-    _b892 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b892)); out += _b892; out += PAD[len(_b892) & 3]
+    _b904 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b904)); out += _b904; out += PAD[len(_b904) & 3]
+    _b905 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b905)); out += _b905; out += PAD[len(_b905) & 3]
     out += _S_i.pack(v[3])
 
 def unpack_remote_domain_event_io_error_msg(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n893, = _U32.unpack_from(b, o); o += 4
-    if _n893 > 4194304: raise XdrError('remote_domain_event_io_error_msg.srcPath: string of %d bytes exceeds 4194304' % _n893)
-    _end894 = o + _n893
-    if _end894 > len(b): raise XdrError('remote_domain_event_io_error_msg.srcPath: truncated string')
-    f1 = str(b[o:_end894], 'utf-8', 'surrogateescape'); o = _end894 + (-_n893 & 3)
-    _n895, = _U32.unpack_from(b, o); o += 4
-    if _n895 > 4194304: raise XdrError('remote_domain_event_io_error_msg.devAlias: string of %d bytes exceeds 4194304' % _n895)
-    _end896 = o + _n895
-    if _end896 > len(b): raise XdrError('remote_domain_event_io_error_msg.devAlias: truncated string')
-    f2 = str(b[o:_end896], 'utf-8', 'surrogateescape'); o = _end896 + (-_n895 & 3)
+    _n906, = _U32.unpack_from(b, o); o += 4
+    if _n906 > 4194304: raise XdrError('remote_domain_event_io_error_msg.srcPath: string of %d bytes exceeds 4194304' % _n906)
+    _end907 = o + _n906
+    if _end907 > len(b): raise XdrError('remote_domain_event_io_error_msg.srcPath: truncated string')
+    f1 = str(b[o:_end907], 'utf-8', 'surrogateescape'); o = _end907 + (-_n906 & 3)
+    _n908, = _U32.unpack_from(b, o); o += 4
+    if _n908 > 4194304: raise XdrError('remote_domain_event_io_error_msg.devAlias: string of %d bytes exceeds 4194304' % _n908)
+    _end909 = o + _n908
+    if _end909 > len(b): raise XdrError('remote_domain_event_io_error_msg.devAlias: truncated string')
+    f2 = str(b[o:_end909], 'utf-8', 'surrogateescape'); o = _end909 + (-_n908 & 3)
     f3, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_event_io_error_msg, (f0, f1, f2, f3)), o
 
@@ -7128,32 +7141,32 @@ remote_domain_event_io_error_reason_msg = _nt('remote_domain_event_io_error_reas
 
 def pack_remote_domain_event_io_error_reason_msg(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b897 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b897)); out += _b897; out += PAD[len(_b897) & 3]
-    _b898 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b898)); out += _b898; out += PAD[len(_b898) & 3]
+    _b910 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b910)); out += _b910; out += PAD[len(_b910) & 3]
+    _b911 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b911)); out += _b911; out += PAD[len(_b911) & 3]
     out += _S_i.pack(v[3])
-    _b899 = v[4].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b899)); out += _b899; out += PAD[len(_b899) & 3]
+    _b912 = v[4].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b912)); out += _b912; out += PAD[len(_b912) & 3]
 
 def unpack_remote_domain_event_io_error_reason_msg(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n900, = _U32.unpack_from(b, o); o += 4
-    if _n900 > 4194304: raise XdrError('remote_domain_event_io_error_reason_msg.srcPath: string of %d bytes exceeds 4194304' % _n900)
-    _end901 = o + _n900
-    if _end901 > len(b): raise XdrError('remote_domain_event_io_error_reason_msg.srcPath: truncated string')
-    f1 = str(b[o:_end901], 'utf-8', 'surrogateescape'); o = _end901 + (-_n900 & 3)
-    _n902, = _U32.unpack_from(b, o); o += 4
-    if _n902 > 4194304: raise XdrError('remote_domain_event_io_error_reason_msg.devAlias: string of %d bytes exceeds 4194304' % _n902)
-    _end903 = o + _n902
-    if _end903 > len(b): raise XdrError('remote_domain_event_io_error_reason_msg.devAlias: truncated string')
-    f2 = str(b[o:_end903], 'utf-8', 'surrogateescape'); o = _end903 + (-_n902 & 3)
+    _n913, = _U32.unpack_from(b, o); o += 4
+    if _n913 > 4194304: raise XdrError('remote_domain_event_io_error_reason_msg.srcPath: string of %d bytes exceeds 4194304' % _n913)
+    _end914 = o + _n913
+    if _end914 > len(b): raise XdrError('remote_domain_event_io_error_reason_msg.srcPath: truncated string')
+    f1 = str(b[o:_end914], 'utf-8', 'surrogateescape'); o = _end914 + (-_n913 & 3)
+    _n915, = _U32.unpack_from(b, o); o += 4
+    if _n915 > 4194304: raise XdrError('remote_domain_event_io_error_reason_msg.devAlias: string of %d bytes exceeds 4194304' % _n915)
+    _end916 = o + _n915
+    if _end916 > len(b): raise XdrError('remote_domain_event_io_error_reason_msg.devAlias: truncated string')
+    f2 = str(b[o:_end916], 'utf-8', 'surrogateescape'); o = _end916 + (-_n915 & 3)
     f3, = _S_i.unpack_from(b, o); o += 4
-    _n904, = _U32.unpack_from(b, o); o += 4
-    if _n904 > 4194304: raise XdrError('remote_domain_event_io_error_reason_msg.reason: string of %d bytes exceeds 4194304' % _n904)
-    _end905 = o + _n904
-    if _end905 > len(b): raise XdrError('remote_domain_event_io_error_reason_msg.reason: truncated string')
-    f4 = str(b[o:_end905], 'utf-8', 'surrogateescape'); o = _end905 + (-_n904 & 3)
+    _n917, = _U32.unpack_from(b, o); o += 4
+    if _n917 > 4194304: raise XdrError('remote_domain_event_io_error_reason_msg.reason: string of %d bytes exceeds 4194304' % _n917)
+    _end918 = o + _n917
+    if _end918 > len(b): raise XdrError('remote_domain_event_io_error_reason_msg.reason: truncated string')
+    f4 = str(b[o:_end918], 'utf-8', 'surrogateescape'); o = _end918 + (-_n917 & 3)
     return _new(remote_domain_event_io_error_reason_msg, (f0, f1, f2, f3, f4)), o
 
 remote_domain_event_callback_io_error_reason_msg = _nt('remote_domain_event_callback_io_error_reason_msg', 'callbackID msg')
@@ -7171,44 +7184,44 @@ remote_domain_event_graphics_address = _nt('remote_domain_event_graphics_address
 
 def pack_remote_domain_event_graphics_address(v, out):
     out += _S_i.pack(v[0])
-    _b906 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b906)); out += _b906; out += PAD[len(_b906) & 3]
-    _b907 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b907)); out += _b907; out += PAD[len(_b907) & 3]
+    _b919 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b919)); out += _b919; out += PAD[len(_b919) & 3]
+    _b920 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b920)); out += _b920; out += PAD[len(_b920) & 3]
 
 def unpack_remote_domain_event_graphics_address(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
-    _n908, = _U32.unpack_from(b, o); o += 4
-    if _n908 > 4194304: raise XdrError('remote_domain_event_graphics_address.node: string of %d bytes exceeds 4194304' % _n908)
-    _end909 = o + _n908
-    if _end909 > len(b): raise XdrError('remote_domain_event_graphics_address.node: truncated string')
-    f1 = str(b[o:_end909], 'utf-8', 'surrogateescape'); o = _end909 + (-_n908 & 3)
-    _n910, = _U32.unpack_from(b, o); o += 4
-    if _n910 > 4194304: raise XdrError('remote_domain_event_graphics_address.service: string of %d bytes exceeds 4194304' % _n910)
-    _end911 = o + _n910
-    if _end911 > len(b): raise XdrError('remote_domain_event_graphics_address.service: truncated string')
-    f2 = str(b[o:_end911], 'utf-8', 'surrogateescape'); o = _end911 + (-_n910 & 3)
+    _n921, = _U32.unpack_from(b, o); o += 4
+    if _n921 > 4194304: raise XdrError('remote_domain_event_graphics_address.node: string of %d bytes exceeds 4194304' % _n921)
+    _end922 = o + _n921
+    if _end922 > len(b): raise XdrError('remote_domain_event_graphics_address.node: truncated string')
+    f1 = str(b[o:_end922], 'utf-8', 'surrogateescape'); o = _end922 + (-_n921 & 3)
+    _n923, = _U32.unpack_from(b, o); o += 4
+    if _n923 > 4194304: raise XdrError('remote_domain_event_graphics_address.service: string of %d bytes exceeds 4194304' % _n923)
+    _end924 = o + _n923
+    if _end924 > len(b): raise XdrError('remote_domain_event_graphics_address.service: truncated string')
+    f2 = str(b[o:_end924], 'utf-8', 'surrogateescape'); o = _end924 + (-_n923 & 3)
     return _new(remote_domain_event_graphics_address, (f0, f1, f2)), o
 
 remote_domain_event_graphics_identity = _nt('remote_domain_event_graphics_identity', 'type name')
 
 def pack_remote_domain_event_graphics_identity(v, out):
-    _b912 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b912)); out += _b912; out += PAD[len(_b912) & 3]
-    _b913 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b913)); out += _b913; out += PAD[len(_b913) & 3]
+    _b925 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b925)); out += _b925; out += PAD[len(_b925) & 3]
+    _b926 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b926)); out += _b926; out += PAD[len(_b926) & 3]
 
 def unpack_remote_domain_event_graphics_identity(b, o):
-    _n914, = _U32.unpack_from(b, o); o += 4
-    if _n914 > 4194304: raise XdrError('remote_domain_event_graphics_identity.type: string of %d bytes exceeds 4194304' % _n914)
-    _end915 = o + _n914
-    if _end915 > len(b): raise XdrError('remote_domain_event_graphics_identity.type: truncated string')
-    f0 = str(b[o:_end915], 'utf-8', 'surrogateescape'); o = _end915 + (-_n914 & 3)
-    _n916, = _U32.unpack_from(b, o); o += 4
-    if _n916 > 4194304: raise XdrError('remote_domain_event_graphics_identity.name: string of %d bytes exceeds 4194304' % _n916)
-    _end917 = o + _n916
-    if _end917 > len(b): raise XdrError('remote_domain_event_graphics_identity.name: truncated string')
-    f1 = str(b[o:_end917], 'utf-8', 'surrogateescape'); o = _end917 + (-_n916 & 3)
+    _n927, = _U32.unpack_from(b, o); o += 4
+    if _n927 > 4194304: raise XdrError('remote_domain_event_graphics_identity.type: string of %d bytes exceeds 4194304' % _n927)
+    _end928 = o + _n927
+    if _end928 > len(b): raise XdrError('remote_domain_event_graphics_identity.type: truncated string')
+    f0 = str(b[o:_end928], 'utf-8', 'surrogateescape'); o = _end928 + (-_n927 & 3)
+    _n929, = _U32.unpack_from(b, o); o += 4
+    if _n929 > 4194304: raise XdrError('remote_domain_event_graphics_identity.name: string of %d bytes exceeds 4194304' % _n929)
+    _end930 = o + _n929
+    if _end930 > len(b): raise XdrError('remote_domain_event_graphics_identity.name: truncated string')
+    f1 = str(b[o:_end930], 'utf-8', 'surrogateescape'); o = _end930 + (-_n929 & 3)
     return _new(remote_domain_event_graphics_identity, (f0, f1)), o
 
 remote_domain_event_graphics_msg = _nt('remote_domain_event_graphics_msg', 'dom phase local remote authScheme subject')
@@ -7218,30 +7231,30 @@ def pack_remote_domain_event_graphics_msg(v, out):
     out += _S_i.pack(v[1])
     pack_remote_domain_event_graphics_address(v[2], out)
     pack_remote_domain_event_graphics_address(v[3], out)
-    _b918 = v[4].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b918)); out += _b918; out += PAD[len(_b918) & 3]
-    _t919 = v[5]
-    out += _U32.pack(len(_t919))
-    for _e920 in _t919:
-        pack_remote_domain_event_graphics_identity(_e920, out)
+    _b931 = v[4].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b931)); out += _b931; out += PAD[len(_b931) & 3]
+    _t932 = v[5]
+    out += _U32.pack(len(_t932))
+    for _e933 in _t932:
+        pack_remote_domain_event_graphics_identity(_e933, out)
 
 def unpack_remote_domain_event_graphics_msg(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
     f1, = _S_i.unpack_from(b, o); o += 4
     f2, o = unpack_remote_domain_event_graphics_address(b, o)
     f3, o = unpack_remote_domain_event_graphics_address(b, o)
-    _n921, = _U32.unpack_from(b, o); o += 4
-    if _n921 > 4194304: raise XdrError('remote_domain_event_graphics_msg.authScheme: string of %d bytes exceeds 4194304' % _n921)
-    _end922 = o + _n921
-    if _end922 > len(b): raise XdrError('remote_domain_event_graphics_msg.authScheme: truncated string')
-    f4 = str(b[o:_end922], 'utf-8', 'surrogateescape'); o = _end922 + (-_n921 & 3)
-    _n923, = _U32.unpack_from(b, o); o += 4
-    if _n923 > 20: raise XdrError('remote_domain_event_graphics_msg.subject: %d items exceed 20' % _n923)
-    if 4 * _n923 > len(b) - o: raise XdrError('remote_domain_event_graphics_msg.subject: truncated list')
+    _n934, = _U32.unpack_from(b, o); o += 4
+    if _n934 > 4194304: raise XdrError('remote_domain_event_graphics_msg.authScheme: string of %d bytes exceeds 4194304' % _n934)
+    _end935 = o + _n934
+    if _end935 > len(b): raise XdrError('remote_domain_event_graphics_msg.authScheme: truncated string')
+    f4 = str(b[o:_end935], 'utf-8', 'surrogateescape'); o = _end935 + (-_n934 & 3)
+    _n936, = _U32.unpack_from(b, o); o += 4
+    if _n936 > 20: raise XdrError('remote_domain_event_graphics_msg.subject: %d items exceed 20' % _n936)
+    if 4 * _n936 > len(b) - o: raise XdrError('remote_domain_event_graphics_msg.subject: truncated list')
     f5 = []
-    for _ in range(_n923):
-        _e924, o = unpack_remote_domain_event_graphics_identity(b, o)
-        f5.append(_e924)
+    for _ in range(_n936):
+        _e937, o = unpack_remote_domain_event_graphics_identity(b, o)
+        f5.append(_e937)
     return _new(remote_domain_event_graphics_msg, (f0, f1, f2, f3, f4, f5)), o
 
 remote_domain_event_callback_graphics_msg = _nt('remote_domain_event_callback_graphics_msg', 'callbackID msg')
@@ -7259,17 +7272,17 @@ remote_domain_event_block_job_msg = _nt('remote_domain_event_block_job_msg', 'do
 
 def pack_remote_domain_event_block_job_msg(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b925 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b925)); out += _b925; out += PAD[len(_b925) & 3]
+    _b938 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b938)); out += _b938; out += PAD[len(_b938) & 3]
     out += _S_ii.pack(v[2], v[3])
 
 def unpack_remote_domain_event_block_job_msg(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n926, = _U32.unpack_from(b, o); o += 4
-    if _n926 > 4194304: raise XdrError('remote_domain_event_block_job_msg.path: string of %d bytes exceeds 4194304' % _n926)
-    _end927 = o + _n926
-    if _end927 > len(b): raise XdrError('remote_domain_event_block_job_msg.path: truncated string')
-    f1 = str(b[o:_end927], 'utf-8', 'surrogateescape'); o = _end927 + (-_n926 & 3)
+    _n939, = _U32.unpack_from(b, o); o += 4
+    if _n939 > 4194304: raise XdrError('remote_domain_event_block_job_msg.path: string of %d bytes exceeds 4194304' % _n939)
+    _end940 = o + _n939
+    if _end940 > len(b): raise XdrError('remote_domain_event_block_job_msg.path: truncated string')
+    f1 = str(b[o:_end940], 'utf-8', 'surrogateescape'); o = _end940 + (-_n939 & 3)
     f2, f3 = _S_ii.unpack_from(b, o); o += 8
     return _new(remote_domain_event_block_job_msg, (f0, f1, f2, f3)), o
 
@@ -7288,53 +7301,53 @@ remote_domain_event_disk_change_msg = _nt('remote_domain_event_disk_change_msg',
 
 def pack_remote_domain_event_disk_change_msg(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t928 = v[1]
-    if _t928 is None:
+    _t941 = v[1]
+    if _t941 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b929 = _t928.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b929)); out += _b929; out += PAD[len(_b929) & 3]
-    _t930 = v[2]
-    if _t930 is None:
+        _b942 = _t941.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b942)); out += _b942; out += PAD[len(_b942) & 3]
+    _t943 = v[2]
+    if _t943 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b931 = _t930.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b931)); out += _b931; out += PAD[len(_b931) & 3]
-    _b932 = v[3].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b932)); out += _b932; out += PAD[len(_b932) & 3]
+        _b944 = _t943.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b944)); out += _b944; out += PAD[len(_b944) & 3]
+    _b945 = v[3].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b945)); out += _b945; out += PAD[len(_b945) & 3]
     out += _S_i.pack(v[4])
 
 def unpack_remote_domain_event_disk_change_msg(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _f933, = _U32.unpack_from(b, o); o += 4
-    if _f933 == 1:
-        _n934, = _U32.unpack_from(b, o); o += 4
-        if _n934 > 4194304: raise XdrError('remote_domain_event_disk_change_msg.oldSrcPath: string of %d bytes exceeds 4194304' % _n934)
-        _end935 = o + _n934
-        if _end935 > len(b): raise XdrError('remote_domain_event_disk_change_msg.oldSrcPath: truncated string')
-        f1 = str(b[o:_end935], 'utf-8', 'surrogateescape'); o = _end935 + (-_n934 & 3)
-    elif _f933 == 0:
+    _f946, = _U32.unpack_from(b, o); o += 4
+    if _f946 == 1:
+        _n947, = _U32.unpack_from(b, o); o += 4
+        if _n947 > 4194304: raise XdrError('remote_domain_event_disk_change_msg.oldSrcPath: string of %d bytes exceeds 4194304' % _n947)
+        _end948 = o + _n947
+        if _end948 > len(b): raise XdrError('remote_domain_event_disk_change_msg.oldSrcPath: truncated string')
+        f1 = str(b[o:_end948], 'utf-8', 'surrogateescape'); o = _end948 + (-_n947 & 3)
+    elif _f946 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_event_disk_change_msg.oldSrcPath: bad optional flag %d' % _f933)
-    _f936, = _U32.unpack_from(b, o); o += 4
-    if _f936 == 1:
-        _n937, = _U32.unpack_from(b, o); o += 4
-        if _n937 > 4194304: raise XdrError('remote_domain_event_disk_change_msg.newSrcPath: string of %d bytes exceeds 4194304' % _n937)
-        _end938 = o + _n937
-        if _end938 > len(b): raise XdrError('remote_domain_event_disk_change_msg.newSrcPath: truncated string')
-        f2 = str(b[o:_end938], 'utf-8', 'surrogateescape'); o = _end938 + (-_n937 & 3)
-    elif _f936 == 0:
+        raise XdrError('remote_domain_event_disk_change_msg.oldSrcPath: bad optional flag %d' % _f946)
+    _f949, = _U32.unpack_from(b, o); o += 4
+    if _f949 == 1:
+        _n950, = _U32.unpack_from(b, o); o += 4
+        if _n950 > 4194304: raise XdrError('remote_domain_event_disk_change_msg.newSrcPath: string of %d bytes exceeds 4194304' % _n950)
+        _end951 = o + _n950
+        if _end951 > len(b): raise XdrError('remote_domain_event_disk_change_msg.newSrcPath: truncated string')
+        f2 = str(b[o:_end951], 'utf-8', 'surrogateescape'); o = _end951 + (-_n950 & 3)
+    elif _f949 == 0:
         f2 = None
     else:
-        raise XdrError('remote_domain_event_disk_change_msg.newSrcPath: bad optional flag %d' % _f936)
-    _n939, = _U32.unpack_from(b, o); o += 4
-    if _n939 > 4194304: raise XdrError('remote_domain_event_disk_change_msg.devAlias: string of %d bytes exceeds 4194304' % _n939)
-    _end940 = o + _n939
-    if _end940 > len(b): raise XdrError('remote_domain_event_disk_change_msg.devAlias: truncated string')
-    f3 = str(b[o:_end940], 'utf-8', 'surrogateescape'); o = _end940 + (-_n939 & 3)
+        raise XdrError('remote_domain_event_disk_change_msg.newSrcPath: bad optional flag %d' % _f949)
+    _n952, = _U32.unpack_from(b, o); o += 4
+    if _n952 > 4194304: raise XdrError('remote_domain_event_disk_change_msg.devAlias: string of %d bytes exceeds 4194304' % _n952)
+    _end953 = o + _n952
+    if _end953 > len(b): raise XdrError('remote_domain_event_disk_change_msg.devAlias: truncated string')
+    f3 = str(b[o:_end953], 'utf-8', 'surrogateescape'); o = _end953 + (-_n952 & 3)
     f4, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_event_disk_change_msg, (f0, f1, f2, f3, f4)), o
 
@@ -7353,17 +7366,17 @@ remote_domain_event_tray_change_msg = _nt('remote_domain_event_tray_change_msg',
 
 def pack_remote_domain_event_tray_change_msg(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b941 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b941)); out += _b941; out += PAD[len(_b941) & 3]
+    _b954 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b954)); out += _b954; out += PAD[len(_b954) & 3]
     out += _S_i.pack(v[2])
 
 def unpack_remote_domain_event_tray_change_msg(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n942, = _U32.unpack_from(b, o); o += 4
-    if _n942 > 4194304: raise XdrError('remote_domain_event_tray_change_msg.devAlias: string of %d bytes exceeds 4194304' % _n942)
-    _end943 = o + _n942
-    if _end943 > len(b): raise XdrError('remote_domain_event_tray_change_msg.devAlias: truncated string')
-    f1 = str(b[o:_end943], 'utf-8', 'surrogateescape'); o = _end943 + (-_n942 & 3)
+    _n955, = _U32.unpack_from(b, o); o += 4
+    if _n955 > 4194304: raise XdrError('remote_domain_event_tray_change_msg.devAlias: string of %d bytes exceeds 4194304' % _n955)
+    _end956 = o + _n955
+    if _end956 > len(b): raise XdrError('remote_domain_event_tray_change_msg.devAlias: truncated string')
+    f1 = str(b[o:_end956], 'utf-8', 'surrogateescape'); o = _end956 + (-_n955 & 3)
     f2, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_event_tray_change_msg, (f0, f1, f2)), o
 
@@ -7516,43 +7529,43 @@ def unpack_remote_domain_managed_save_get_xml_desc_args(b, o):
 remote_domain_managed_save_get_xml_desc_ret = _nt('remote_domain_managed_save_get_xml_desc_ret', 'xml')
 
 def pack_remote_domain_managed_save_get_xml_desc_ret(v, out):
-    _b944 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b944)); out += _b944; out += PAD[len(_b944) & 3]
+    _b957 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b957)); out += _b957; out += PAD[len(_b957) & 3]
 
 def unpack_remote_domain_managed_save_get_xml_desc_ret(b, o):
-    _n945, = _U32.unpack_from(b, o); o += 4
-    if _n945 > 4194304: raise XdrError('remote_domain_managed_save_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n945)
-    _end946 = o + _n945
-    if _end946 > len(b): raise XdrError('remote_domain_managed_save_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end946], 'utf-8', 'surrogateescape'); o = _end946 + (-_n945 & 3)
+    _n958, = _U32.unpack_from(b, o); o += 4
+    if _n958 > 4194304: raise XdrError('remote_domain_managed_save_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n958)
+    _end959 = o + _n958
+    if _end959 > len(b): raise XdrError('remote_domain_managed_save_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end959], 'utf-8', 'surrogateescape'); o = _end959 + (-_n958 & 3)
     return _new(remote_domain_managed_save_get_xml_desc_ret, (f0,)), o
 
 remote_domain_managed_save_define_xml_args = _nt('remote_domain_managed_save_define_xml_args', 'dom dxml flags')
 
 def pack_remote_domain_managed_save_define_xml_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t947 = v[1]
-    if _t947 is None:
+    _t960 = v[1]
+    if _t960 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b948 = _t947.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b948)); out += _b948; out += PAD[len(_b948) & 3]
+        _b961 = _t960.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b961)); out += _b961; out += PAD[len(_b961) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_managed_save_define_xml_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _f949, = _U32.unpack_from(b, o); o += 4
-    if _f949 == 1:
-        _n950, = _U32.unpack_from(b, o); o += 4
-        if _n950 > 4194304: raise XdrError('remote_domain_managed_save_define_xml_args.dxml: string of %d bytes exceeds 4194304' % _n950)
-        _end951 = o + _n950
-        if _end951 > len(b): raise XdrError('remote_domain_managed_save_define_xml_args.dxml: truncated string')
-        f1 = str(b[o:_end951], 'utf-8', 'surrogateescape'); o = _end951 + (-_n950 & 3)
-    elif _f949 == 0:
+    _f962, = _U32.unpack_from(b, o); o += 4
+    if _f962 == 1:
+        _n963, = _U32.unpack_from(b, o); o += 4
+        if _n963 > 4194304: raise XdrError('remote_domain_managed_save_define_xml_args.dxml: string of %d bytes exceeds 4194304' % _n963)
+        _end964 = o + _n963
+        if _end964 > len(b): raise XdrError('remote_domain_managed_save_define_xml_args.dxml: truncated string')
+        f1 = str(b[o:_end964], 'utf-8', 'surrogateescape'); o = _end964 + (-_n963 & 3)
+    elif _f962 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_managed_save_define_xml_args.dxml: bad optional flag %d' % _f949)
+        raise XdrError('remote_domain_managed_save_define_xml_args.dxml: bad optional flag %d' % _f962)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_managed_save_define_xml_args, (f0, f1, f2)), o
 
@@ -7560,17 +7573,17 @@ remote_domain_snapshot_create_xml_args = _nt('remote_domain_snapshot_create_xml_
 
 def pack_remote_domain_snapshot_create_xml_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b952 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b952)); out += _b952; out += PAD[len(_b952) & 3]
+    _b965 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b965)); out += _b965; out += PAD[len(_b965) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_snapshot_create_xml_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n953, = _U32.unpack_from(b, o); o += 4
-    if _n953 > 4194304: raise XdrError('remote_domain_snapshot_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n953)
-    _end954 = o + _n953
-    if _end954 > len(b): raise XdrError('remote_domain_snapshot_create_xml_args.xml_desc: truncated string')
-    f1 = str(b[o:_end954], 'utf-8', 'surrogateescape'); o = _end954 + (-_n953 & 3)
+    _n966, = _U32.unpack_from(b, o); o += 4
+    if _n966 > 4194304: raise XdrError('remote_domain_snapshot_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n966)
+    _end967 = o + _n966
+    if _end967 > len(b): raise XdrError('remote_domain_snapshot_create_xml_args.xml_desc: truncated string')
+    f1 = str(b[o:_end967], 'utf-8', 'surrogateescape'); o = _end967 + (-_n966 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_snapshot_create_xml_args, (f0, f1, f2)), o
 
@@ -7597,15 +7610,15 @@ def unpack_remote_domain_snapshot_get_xml_desc_args(b, o):
 remote_domain_snapshot_get_xml_desc_ret = _nt('remote_domain_snapshot_get_xml_desc_ret', 'xml')
 
 def pack_remote_domain_snapshot_get_xml_desc_ret(v, out):
-    _b955 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b955)); out += _b955; out += PAD[len(_b955) & 3]
+    _b968 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b968)); out += _b968; out += PAD[len(_b968) & 3]
 
 def unpack_remote_domain_snapshot_get_xml_desc_ret(b, o):
-    _n956, = _U32.unpack_from(b, o); o += 4
-    if _n956 > 4194304: raise XdrError('remote_domain_snapshot_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n956)
-    _end957 = o + _n956
-    if _end957 > len(b): raise XdrError('remote_domain_snapshot_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end957], 'utf-8', 'surrogateescape'); o = _end957 + (-_n956 & 3)
+    _n969, = _U32.unpack_from(b, o); o += 4
+    if _n969 > 4194304: raise XdrError('remote_domain_snapshot_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n969)
+    _end970 = o + _n969
+    if _end970 > len(b): raise XdrError('remote_domain_snapshot_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end970], 'utf-8', 'surrogateescape'); o = _end970 + (-_n969 & 3)
     return _new(remote_domain_snapshot_get_xml_desc_ret, (f0,)), o
 
 remote_domain_snapshot_num_args = _nt('remote_domain_snapshot_num_args', 'dom flags')
@@ -7642,24 +7655,24 @@ def unpack_remote_domain_snapshot_list_names_args(b, o):
 remote_domain_snapshot_list_names_ret = _nt('remote_domain_snapshot_list_names_ret', 'names')
 
 def pack_remote_domain_snapshot_list_names_ret(v, out):
-    _t958 = v[0]
-    out += _U32.pack(len(_t958))
-    for _e959 in _t958:
-        _b960 = _e959.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b960)); out += _b960; out += PAD[len(_b960) & 3]
+    _t971 = v[0]
+    out += _U32.pack(len(_t971))
+    for _e972 in _t971:
+        _b973 = _e972.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b973)); out += _b973; out += PAD[len(_b973) & 3]
 
 def unpack_remote_domain_snapshot_list_names_ret(b, o):
-    _n961, = _U32.unpack_from(b, o); o += 4
-    if _n961 > 16384: raise XdrError('remote_domain_snapshot_list_names_ret.names: %d items exceed 16384' % _n961)
-    if 4 * _n961 > len(b) - o: raise XdrError('remote_domain_snapshot_list_names_ret.names: truncated list')
+    _n974, = _U32.unpack_from(b, o); o += 4
+    if _n974 > 16384: raise XdrError('remote_domain_snapshot_list_names_ret.names: %d items exceed 16384' % _n974)
+    if 4 * _n974 > len(b) - o: raise XdrError('remote_domain_snapshot_list_names_ret.names: truncated list')
     f0 = []
-    for _ in range(_n961):
-        _n963, = _U32.unpack_from(b, o); o += 4
-        if _n963 > 4194304: raise XdrError('remote_domain_snapshot_list_names_ret.names: string of %d bytes exceeds 4194304' % _n963)
-        _end964 = o + _n963
-        if _end964 > len(b): raise XdrError('remote_domain_snapshot_list_names_ret.names: truncated string')
-        _e962 = str(b[o:_end964], 'utf-8', 'surrogateescape'); o = _end964 + (-_n963 & 3)
-        f0.append(_e962)
+    for _ in range(_n974):
+        _n976, = _U32.unpack_from(b, o); o += 4
+        if _n976 > 4194304: raise XdrError('remote_domain_snapshot_list_names_ret.names: string of %d bytes exceeds 4194304' % _n976)
+        _end977 = o + _n976
+        if _end977 > len(b): raise XdrError('remote_domain_snapshot_list_names_ret.names: truncated string')
+        _e975 = str(b[o:_end977], 'utf-8', 'surrogateescape'); o = _end977 + (-_n976 & 3)
+        f0.append(_e975)
     return _new(remote_domain_snapshot_list_names_ret, (f0,)), o
 
 remote_domain_list_all_snapshots_args = _nt('remote_domain_list_all_snapshots_args', 'dom need_results flags')
@@ -7676,20 +7689,20 @@ def unpack_remote_domain_list_all_snapshots_args(b, o):
 remote_domain_list_all_snapshots_ret = _nt('remote_domain_list_all_snapshots_ret', 'snapshots ret')
 
 def pack_remote_domain_list_all_snapshots_ret(v, out):
-    _t965 = v[0]
-    out += _U32.pack(len(_t965))
-    for _e966 in _t965:
-        pack_remote_nonnull_domain_snapshot(_e966, out)
+    _t978 = v[0]
+    out += _U32.pack(len(_t978))
+    for _e979 in _t978:
+        pack_remote_nonnull_domain_snapshot(_e979, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_list_all_snapshots_ret(b, o):
-    _n967, = _U32.unpack_from(b, o); o += 4
-    if _n967 > 16384: raise XdrError('remote_domain_list_all_snapshots_ret.snapshots: %d items exceed 16384' % _n967)
-    if 4 * _n967 > len(b) - o: raise XdrError('remote_domain_list_all_snapshots_ret.snapshots: truncated list')
+    _n980, = _U32.unpack_from(b, o); o += 4
+    if _n980 > 16384: raise XdrError('remote_domain_list_all_snapshots_ret.snapshots: %d items exceed 16384' % _n980)
+    if 4 * _n980 > len(b) - o: raise XdrError('remote_domain_list_all_snapshots_ret.snapshots: truncated list')
     f0 = []
-    for _ in range(_n967):
-        _e968, o = unpack_remote_nonnull_domain_snapshot(b, o)
-        f0.append(_e968)
+    for _ in range(_n980):
+        _e981, o = unpack_remote_nonnull_domain_snapshot(b, o)
+        f0.append(_e981)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_list_all_snapshots_ret, (f0, f1)), o
 
@@ -7727,24 +7740,24 @@ def unpack_remote_domain_snapshot_list_children_names_args(b, o):
 remote_domain_snapshot_list_children_names_ret = _nt('remote_domain_snapshot_list_children_names_ret', 'names')
 
 def pack_remote_domain_snapshot_list_children_names_ret(v, out):
-    _t969 = v[0]
-    out += _U32.pack(len(_t969))
-    for _e970 in _t969:
-        _b971 = _e970.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b971)); out += _b971; out += PAD[len(_b971) & 3]
+    _t982 = v[0]
+    out += _U32.pack(len(_t982))
+    for _e983 in _t982:
+        _b984 = _e983.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b984)); out += _b984; out += PAD[len(_b984) & 3]
 
 def unpack_remote_domain_snapshot_list_children_names_ret(b, o):
-    _n972, = _U32.unpack_from(b, o); o += 4
-    if _n972 > 16384: raise XdrError('remote_domain_snapshot_list_children_names_ret.names: %d items exceed 16384' % _n972)
-    if 4 * _n972 > len(b) - o: raise XdrError('remote_domain_snapshot_list_children_names_ret.names: truncated list')
+    _n985, = _U32.unpack_from(b, o); o += 4
+    if _n985 > 16384: raise XdrError('remote_domain_snapshot_list_children_names_ret.names: %d items exceed 16384' % _n985)
+    if 4 * _n985 > len(b) - o: raise XdrError('remote_domain_snapshot_list_children_names_ret.names: truncated list')
     f0 = []
-    for _ in range(_n972):
-        _n974, = _U32.unpack_from(b, o); o += 4
-        if _n974 > 4194304: raise XdrError('remote_domain_snapshot_list_children_names_ret.names: string of %d bytes exceeds 4194304' % _n974)
-        _end975 = o + _n974
-        if _end975 > len(b): raise XdrError('remote_domain_snapshot_list_children_names_ret.names: truncated string')
-        _e973 = str(b[o:_end975], 'utf-8', 'surrogateescape'); o = _end975 + (-_n974 & 3)
-        f0.append(_e973)
+    for _ in range(_n985):
+        _n987, = _U32.unpack_from(b, o); o += 4
+        if _n987 > 4194304: raise XdrError('remote_domain_snapshot_list_children_names_ret.names: string of %d bytes exceeds 4194304' % _n987)
+        _end988 = o + _n987
+        if _end988 > len(b): raise XdrError('remote_domain_snapshot_list_children_names_ret.names: truncated string')
+        _e986 = str(b[o:_end988], 'utf-8', 'surrogateescape'); o = _end988 + (-_n987 & 3)
+        f0.append(_e986)
     return _new(remote_domain_snapshot_list_children_names_ret, (f0,)), o
 
 remote_domain_snapshot_list_all_children_args = _nt('remote_domain_snapshot_list_all_children_args', 'snapshot need_results flags')
@@ -7761,20 +7774,20 @@ def unpack_remote_domain_snapshot_list_all_children_args(b, o):
 remote_domain_snapshot_list_all_children_ret = _nt('remote_domain_snapshot_list_all_children_ret', 'snapshots ret')
 
 def pack_remote_domain_snapshot_list_all_children_ret(v, out):
-    _t976 = v[0]
-    out += _U32.pack(len(_t976))
-    for _e977 in _t976:
-        pack_remote_nonnull_domain_snapshot(_e977, out)
+    _t989 = v[0]
+    out += _U32.pack(len(_t989))
+    for _e990 in _t989:
+        pack_remote_nonnull_domain_snapshot(_e990, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_snapshot_list_all_children_ret(b, o):
-    _n978, = _U32.unpack_from(b, o); o += 4
-    if _n978 > 16384: raise XdrError('remote_domain_snapshot_list_all_children_ret.snapshots: %d items exceed 16384' % _n978)
-    if 4 * _n978 > len(b) - o: raise XdrError('remote_domain_snapshot_list_all_children_ret.snapshots: truncated list')
+    _n991, = _U32.unpack_from(b, o); o += 4
+    if _n991 > 16384: raise XdrError('remote_domain_snapshot_list_all_children_ret.snapshots: %d items exceed 16384' % _n991)
+    if 4 * _n991 > len(b) - o: raise XdrError('remote_domain_snapshot_list_all_children_ret.snapshots: truncated list')
     f0 = []
-    for _ in range(_n978):
-        _e979, o = unpack_remote_nonnull_domain_snapshot(b, o)
-        f0.append(_e979)
+    for _ in range(_n991):
+        _e992, o = unpack_remote_nonnull_domain_snapshot(b, o)
+        f0.append(_e992)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_snapshot_list_all_children_ret, (f0, f1)), o
 
@@ -7782,17 +7795,17 @@ remote_domain_snapshot_lookup_by_name_args = _nt('remote_domain_snapshot_lookup_
 
 def pack_remote_domain_snapshot_lookup_by_name_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b980 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b980)); out += _b980; out += PAD[len(_b980) & 3]
+    _b993 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b993)); out += _b993; out += PAD[len(_b993) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_snapshot_lookup_by_name_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n981, = _U32.unpack_from(b, o); o += 4
-    if _n981 > 4194304: raise XdrError('remote_domain_snapshot_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n981)
-    _end982 = o + _n981
-    if _end982 > len(b): raise XdrError('remote_domain_snapshot_lookup_by_name_args.name: truncated string')
-    f1 = str(b[o:_end982], 'utf-8', 'surrogateescape'); o = _end982 + (-_n981 & 3)
+    _n994, = _U32.unpack_from(b, o); o += 4
+    if _n994 > 4194304: raise XdrError('remote_domain_snapshot_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n994)
+    _end995 = o + _n994
+    if _end995 > len(b): raise XdrError('remote_domain_snapshot_lookup_by_name_args.name: truncated string')
+    f1 = str(b[o:_end995], 'utf-8', 'surrogateescape'); o = _end995 + (-_n994 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_snapshot_lookup_by_name_args, (f0, f1, f2)), o
 
@@ -7931,28 +7944,28 @@ remote_domain_open_console_args = _nt('remote_domain_open_console_args', 'dom de
 
 def pack_remote_domain_open_console_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t983 = v[1]
-    if _t983 is None:
+    _t996 = v[1]
+    if _t996 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b984 = _t983.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b984)); out += _b984; out += PAD[len(_b984) & 3]
+        _b997 = _t996.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b997)); out += _b997; out += PAD[len(_b997) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_open_console_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _f985, = _U32.unpack_from(b, o); o += 4
-    if _f985 == 1:
-        _n986, = _U32.unpack_from(b, o); o += 4
-        if _n986 > 4194304: raise XdrError('remote_domain_open_console_args.dev_name: string of %d bytes exceeds 4194304' % _n986)
-        _end987 = o + _n986
-        if _end987 > len(b): raise XdrError('remote_domain_open_console_args.dev_name: truncated string')
-        f1 = str(b[o:_end987], 'utf-8', 'surrogateescape'); o = _end987 + (-_n986 & 3)
-    elif _f985 == 0:
+    _f998, = _U32.unpack_from(b, o); o += 4
+    if _f998 == 1:
+        _n999, = _U32.unpack_from(b, o); o += 4
+        if _n999 > 4194304: raise XdrError('remote_domain_open_console_args.dev_name: string of %d bytes exceeds 4194304' % _n999)
+        _end1000 = o + _n999
+        if _end1000 > len(b): raise XdrError('remote_domain_open_console_args.dev_name: truncated string')
+        f1 = str(b[o:_end1000], 'utf-8', 'surrogateescape'); o = _end1000 + (-_n999 & 3)
+    elif _f998 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_open_console_args.dev_name: bad optional flag %d' % _f985)
+        raise XdrError('remote_domain_open_console_args.dev_name: bad optional flag %d' % _f998)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_open_console_args, (f0, f1, f2)), o
 
@@ -7960,28 +7973,28 @@ remote_domain_open_channel_args = _nt('remote_domain_open_channel_args', 'dom na
 
 def pack_remote_domain_open_channel_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t988 = v[1]
-    if _t988 is None:
+    _t1001 = v[1]
+    if _t1001 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b989 = _t988.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b989)); out += _b989; out += PAD[len(_b989) & 3]
+        _b1002 = _t1001.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1002)); out += _b1002; out += PAD[len(_b1002) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_open_channel_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _f990, = _U32.unpack_from(b, o); o += 4
-    if _f990 == 1:
-        _n991, = _U32.unpack_from(b, o); o += 4
-        if _n991 > 4194304: raise XdrError('remote_domain_open_channel_args.name: string of %d bytes exceeds 4194304' % _n991)
-        _end992 = o + _n991
-        if _end992 > len(b): raise XdrError('remote_domain_open_channel_args.name: truncated string')
-        f1 = str(b[o:_end992], 'utf-8', 'surrogateescape'); o = _end992 + (-_n991 & 3)
-    elif _f990 == 0:
+    _f1003, = _U32.unpack_from(b, o); o += 4
+    if _f1003 == 1:
+        _n1004, = _U32.unpack_from(b, o); o += 4
+        if _n1004 > 4194304: raise XdrError('remote_domain_open_channel_args.name: string of %d bytes exceeds 4194304' % _n1004)
+        _end1005 = o + _n1004
+        if _end1005 > len(b): raise XdrError('remote_domain_open_channel_args.name: truncated string')
+        f1 = str(b[o:_end1005], 'utf-8', 'surrogateescape'); o = _end1005 + (-_n1004 & 3)
+    elif _f1003 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_open_channel_args.name: bad optional flag %d' % _f990)
+        raise XdrError('remote_domain_open_channel_args.name: bad optional flag %d' % _f1003)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_open_channel_args, (f0, f1, f2)), o
 
@@ -8031,376 +8044,376 @@ remote_domain_migrate_begin3_args = _nt('remote_domain_migrate_begin3_args', 'do
 
 def pack_remote_domain_migrate_begin3_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t993 = v[1]
-    if _t993 is None:
+    _t1006 = v[1]
+    if _t1006 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b994 = _t993.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b994)); out += _b994; out += PAD[len(_b994) & 3]
+        _b1007 = _t1006.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1007)); out += _b1007; out += PAD[len(_b1007) & 3]
     out += _S_Q.pack(v[2])
-    _t995 = v[3]
-    if _t995 is None:
+    _t1008 = v[3]
+    if _t1008 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b996 = _t995.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b996)); out += _b996; out += PAD[len(_b996) & 3]
+        _b1009 = _t1008.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1009)); out += _b1009; out += PAD[len(_b1009) & 3]
     out += _S_Q.pack(v[4])
 
 def unpack_remote_domain_migrate_begin3_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _f997, = _U32.unpack_from(b, o); o += 4
-    if _f997 == 1:
-        _n998, = _U32.unpack_from(b, o); o += 4
-        if _n998 > 4194304: raise XdrError('remote_domain_migrate_begin3_args.xmlin: string of %d bytes exceeds 4194304' % _n998)
-        _end999 = o + _n998
-        if _end999 > len(b): raise XdrError('remote_domain_migrate_begin3_args.xmlin: truncated string')
-        f1 = str(b[o:_end999], 'utf-8', 'surrogateescape'); o = _end999 + (-_n998 & 3)
-    elif _f997 == 0:
+    _f1010, = _U32.unpack_from(b, o); o += 4
+    if _f1010 == 1:
+        _n1011, = _U32.unpack_from(b, o); o += 4
+        if _n1011 > 4194304: raise XdrError('remote_domain_migrate_begin3_args.xmlin: string of %d bytes exceeds 4194304' % _n1011)
+        _end1012 = o + _n1011
+        if _end1012 > len(b): raise XdrError('remote_domain_migrate_begin3_args.xmlin: truncated string')
+        f1 = str(b[o:_end1012], 'utf-8', 'surrogateescape'); o = _end1012 + (-_n1011 & 3)
+    elif _f1010 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_migrate_begin3_args.xmlin: bad optional flag %d' % _f997)
+        raise XdrError('remote_domain_migrate_begin3_args.xmlin: bad optional flag %d' % _f1010)
     f2, = _S_Q.unpack_from(b, o); o += 8
-    _f1000, = _U32.unpack_from(b, o); o += 4
-    if _f1000 == 1:
-        _n1001, = _U32.unpack_from(b, o); o += 4
-        if _n1001 > 4194304: raise XdrError('remote_domain_migrate_begin3_args.dname: string of %d bytes exceeds 4194304' % _n1001)
-        _end1002 = o + _n1001
-        if _end1002 > len(b): raise XdrError('remote_domain_migrate_begin3_args.dname: truncated string')
-        f3 = str(b[o:_end1002], 'utf-8', 'surrogateescape'); o = _end1002 + (-_n1001 & 3)
-    elif _f1000 == 0:
+    _f1013, = _U32.unpack_from(b, o); o += 4
+    if _f1013 == 1:
+        _n1014, = _U32.unpack_from(b, o); o += 4
+        if _n1014 > 4194304: raise XdrError('remote_domain_migrate_begin3_args.dname: string of %d bytes exceeds 4194304' % _n1014)
+        _end1015 = o + _n1014
+        if _end1015 > len(b): raise XdrError('remote_domain_migrate_begin3_args.dname: truncated string')
+        f3 = str(b[o:_end1015], 'utf-8', 'surrogateescape'); o = _end1015 + (-_n1014 & 3)
+    elif _f1013 == 0:
         f3 = None
     else:
-        raise XdrError('remote_domain_migrate_begin3_args.dname: bad optional flag %d' % _f1000)
+        raise XdrError('remote_domain_migrate_begin3_args.dname: bad optional flag %d' % _f1013)
     f4, = _S_Q.unpack_from(b, o); o += 8
     return _new(remote_domain_migrate_begin3_args, (f0, f1, f2, f3, f4)), o
 
 remote_domain_migrate_begin3_ret = _nt('remote_domain_migrate_begin3_ret', 'cookie_out xml')
 
 def pack_remote_domain_migrate_begin3_ret(v, out):
-    _b1003 = v[0]
-    out += _U32.pack(len(_b1003)); out += _b1003; out += PAD[len(_b1003) & 3]
-    _b1004 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1004)); out += _b1004; out += PAD[len(_b1004) & 3]
+    _b1016 = v[0]
+    out += _U32.pack(len(_b1016)); out += _b1016; out += PAD[len(_b1016) & 3]
+    _b1017 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1017)); out += _b1017; out += PAD[len(_b1017) & 3]
 
 def unpack_remote_domain_migrate_begin3_ret(b, o):
-    _n1005, = _U32.unpack_from(b, o); o += 4
-    if _n1005 > 4194304: raise XdrError('remote_domain_migrate_begin3_ret.cookie_out: %d bytes exceed 4194304' % _n1005)
-    if o + _n1005 > len(b): raise XdrError('remote_domain_migrate_begin3_ret.cookie_out: truncated')
-    f0 = bytes(b[o:o + _n1005]); o += _n1005 + (-_n1005 & 3)
-    _n1006, = _U32.unpack_from(b, o); o += 4
-    if _n1006 > 4194304: raise XdrError('remote_domain_migrate_begin3_ret.xml: string of %d bytes exceeds 4194304' % _n1006)
-    _end1007 = o + _n1006
-    if _end1007 > len(b): raise XdrError('remote_domain_migrate_begin3_ret.xml: truncated string')
-    f1 = str(b[o:_end1007], 'utf-8', 'surrogateescape'); o = _end1007 + (-_n1006 & 3)
+    _n1018, = _U32.unpack_from(b, o); o += 4
+    if _n1018 > 4194304: raise XdrError('remote_domain_migrate_begin3_ret.cookie_out: %d bytes exceed 4194304' % _n1018)
+    if o + _n1018 > len(b): raise XdrError('remote_domain_migrate_begin3_ret.cookie_out: truncated')
+    f0 = bytes(b[o:o + _n1018]); o += _n1018 + (-_n1018 & 3)
+    _n1019, = _U32.unpack_from(b, o); o += 4
+    if _n1019 > 4194304: raise XdrError('remote_domain_migrate_begin3_ret.xml: string of %d bytes exceeds 4194304' % _n1019)
+    _end1020 = o + _n1019
+    if _end1020 > len(b): raise XdrError('remote_domain_migrate_begin3_ret.xml: truncated string')
+    f1 = str(b[o:_end1020], 'utf-8', 'surrogateescape'); o = _end1020 + (-_n1019 & 3)
     return _new(remote_domain_migrate_begin3_ret, (f0, f1)), o
 
 remote_domain_migrate_prepare3_args = _nt('remote_domain_migrate_prepare3_args', 'cookie_in uri_in flags dname resource dom_xml')
 
 def pack_remote_domain_migrate_prepare3_args(v, out):
-    _b1008 = v[0]
-    out += _U32.pack(len(_b1008)); out += _b1008; out += PAD[len(_b1008) & 3]
-    _t1009 = v[1]
-    if _t1009 is None:
+    _b1021 = v[0]
+    out += _U32.pack(len(_b1021)); out += _b1021; out += PAD[len(_b1021) & 3]
+    _t1022 = v[1]
+    if _t1022 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1010 = _t1009.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1010)); out += _b1010; out += PAD[len(_b1010) & 3]
+        _b1023 = _t1022.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1023)); out += _b1023; out += PAD[len(_b1023) & 3]
     out += _S_Q.pack(v[2])
-    _t1011 = v[3]
-    if _t1011 is None:
-        out += b'\0\0\0\0'
-    else:
-        out += b'\0\0\0\1'
-        _b1012 = _t1011.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1012)); out += _b1012; out += PAD[len(_b1012) & 3]
-    out += _S_Q.pack(v[4])
-    _b1013 = v[5].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1013)); out += _b1013; out += PAD[len(_b1013) & 3]
-
-def unpack_remote_domain_migrate_prepare3_args(b, o):
-    _n1014, = _U32.unpack_from(b, o); o += 4
-    if _n1014 > 4194304: raise XdrError('remote_domain_migrate_prepare3_args.cookie_in: %d bytes exceed 4194304' % _n1014)
-    if o + _n1014 > len(b): raise XdrError('remote_domain_migrate_prepare3_args.cookie_in: truncated')
-    f0 = bytes(b[o:o + _n1014]); o += _n1014 + (-_n1014 & 3)
-    _f1015, = _U32.unpack_from(b, o); o += 4
-    if _f1015 == 1:
-        _n1016, = _U32.unpack_from(b, o); o += 4
-        if _n1016 > 4194304: raise XdrError('remote_domain_migrate_prepare3_args.uri_in: string of %d bytes exceeds 4194304' % _n1016)
-        _end1017 = o + _n1016
-        if _end1017 > len(b): raise XdrError('remote_domain_migrate_prepare3_args.uri_in: truncated string')
-        f1 = str(b[o:_end1017], 'utf-8', 'surrogateescape'); o = _end1017 + (-_n1016 & 3)
-    elif _f1015 == 0:
-        f1 = None
-    else:
-        raise XdrError('remote_domain_migrate_prepare3_args.uri_in: bad optional flag %d' % _f1015)
-    f2, = _S_Q.unpack_from(b, o); o += 8
-    _f1018, = _U32.unpack_from(b, o); o += 4
-    if _f1018 == 1:
-        _n1019, = _U32.unpack_from(b, o); o += 4
-        if _n1019 > 4194304: raise XdrError('remote_domain_migrate_prepare3_args.dname: string of %d bytes exceeds 4194304' % _n1019)
-        _end1020 = o + _n1019
-        if _end1020 > len(b): raise XdrError('remote_domain_migrate_prepare3_args.dname: truncated string')
-        f3 = str(b[o:_end1020], 'utf-8', 'surrogateescape'); o = _end1020 + (-_n1019 & 3)
-    elif _f1018 == 0:
-        f3 = None
-    else:
-        raise XdrError('remote_domain_migrate_prepare3_args.dname: bad optional flag %d' % _f1018)
-    f4, = _S_Q.unpack_from(b, o); o += 8
-    _n1021, = _U32.unpack_from(b, o); o += 4
-    if _n1021 > 4194304: raise XdrError('remote_domain_migrate_prepare3_args.dom_xml: string of %d bytes exceeds 4194304' % _n1021)
-    _end1022 = o + _n1021
-    if _end1022 > len(b): raise XdrError('remote_domain_migrate_prepare3_args.dom_xml: truncated string')
-    f5 = str(b[o:_end1022], 'utf-8', 'surrogateescape'); o = _end1022 + (-_n1021 & 3)
-    return _new(remote_domain_migrate_prepare3_args, (f0, f1, f2, f3, f4, f5)), o
-
-remote_domain_migrate_prepare3_ret = _nt('remote_domain_migrate_prepare3_ret', 'cookie_out uri_out')
-
-def pack_remote_domain_migrate_prepare3_ret(v, out):
-    _b1023 = v[0]
-    out += _U32.pack(len(_b1023)); out += _b1023; out += PAD[len(_b1023) & 3]
-    _t1024 = v[1]
+    _t1024 = v[3]
     if _t1024 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
         _b1025 = _t1024.encode('utf-8', 'surrogateescape')
         out += _U32.pack(len(_b1025)); out += _b1025; out += PAD[len(_b1025) & 3]
+    out += _S_Q.pack(v[4])
+    _b1026 = v[5].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1026)); out += _b1026; out += PAD[len(_b1026) & 3]
 
-def unpack_remote_domain_migrate_prepare3_ret(b, o):
-    _n1026, = _U32.unpack_from(b, o); o += 4
-    if _n1026 > 4194304: raise XdrError('remote_domain_migrate_prepare3_ret.cookie_out: %d bytes exceed 4194304' % _n1026)
-    if o + _n1026 > len(b): raise XdrError('remote_domain_migrate_prepare3_ret.cookie_out: truncated')
-    f0 = bytes(b[o:o + _n1026]); o += _n1026 + (-_n1026 & 3)
-    _f1027, = _U32.unpack_from(b, o); o += 4
-    if _f1027 == 1:
-        _n1028, = _U32.unpack_from(b, o); o += 4
-        if _n1028 > 4194304: raise XdrError('remote_domain_migrate_prepare3_ret.uri_out: string of %d bytes exceeds 4194304' % _n1028)
-        _end1029 = o + _n1028
-        if _end1029 > len(b): raise XdrError('remote_domain_migrate_prepare3_ret.uri_out: truncated string')
-        f1 = str(b[o:_end1029], 'utf-8', 'surrogateescape'); o = _end1029 + (-_n1028 & 3)
-    elif _f1027 == 0:
+def unpack_remote_domain_migrate_prepare3_args(b, o):
+    _n1027, = _U32.unpack_from(b, o); o += 4
+    if _n1027 > 4194304: raise XdrError('remote_domain_migrate_prepare3_args.cookie_in: %d bytes exceed 4194304' % _n1027)
+    if o + _n1027 > len(b): raise XdrError('remote_domain_migrate_prepare3_args.cookie_in: truncated')
+    f0 = bytes(b[o:o + _n1027]); o += _n1027 + (-_n1027 & 3)
+    _f1028, = _U32.unpack_from(b, o); o += 4
+    if _f1028 == 1:
+        _n1029, = _U32.unpack_from(b, o); o += 4
+        if _n1029 > 4194304: raise XdrError('remote_domain_migrate_prepare3_args.uri_in: string of %d bytes exceeds 4194304' % _n1029)
+        _end1030 = o + _n1029
+        if _end1030 > len(b): raise XdrError('remote_domain_migrate_prepare3_args.uri_in: truncated string')
+        f1 = str(b[o:_end1030], 'utf-8', 'surrogateescape'); o = _end1030 + (-_n1029 & 3)
+    elif _f1028 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_migrate_prepare3_ret.uri_out: bad optional flag %d' % _f1027)
+        raise XdrError('remote_domain_migrate_prepare3_args.uri_in: bad optional flag %d' % _f1028)
+    f2, = _S_Q.unpack_from(b, o); o += 8
+    _f1031, = _U32.unpack_from(b, o); o += 4
+    if _f1031 == 1:
+        _n1032, = _U32.unpack_from(b, o); o += 4
+        if _n1032 > 4194304: raise XdrError('remote_domain_migrate_prepare3_args.dname: string of %d bytes exceeds 4194304' % _n1032)
+        _end1033 = o + _n1032
+        if _end1033 > len(b): raise XdrError('remote_domain_migrate_prepare3_args.dname: truncated string')
+        f3 = str(b[o:_end1033], 'utf-8', 'surrogateescape'); o = _end1033 + (-_n1032 & 3)
+    elif _f1031 == 0:
+        f3 = None
+    else:
+        raise XdrError('remote_domain_migrate_prepare3_args.dname: bad optional flag %d' % _f1031)
+    f4, = _S_Q.unpack_from(b, o); o += 8
+    _n1034, = _U32.unpack_from(b, o); o += 4
+    if _n1034 > 4194304: raise XdrError('remote_domain_migrate_prepare3_args.dom_xml: string of %d bytes exceeds 4194304' % _n1034)
+    _end1035 = o + _n1034
+    if _end1035 > len(b): raise XdrError('remote_domain_migrate_prepare3_args.dom_xml: truncated string')
+    f5 = str(b[o:_end1035], 'utf-8', 'surrogateescape'); o = _end1035 + (-_n1034 & 3)
+    return _new(remote_domain_migrate_prepare3_args, (f0, f1, f2, f3, f4, f5)), o
+
+remote_domain_migrate_prepare3_ret = _nt('remote_domain_migrate_prepare3_ret', 'cookie_out uri_out')
+
+def pack_remote_domain_migrate_prepare3_ret(v, out):
+    _b1036 = v[0]
+    out += _U32.pack(len(_b1036)); out += _b1036; out += PAD[len(_b1036) & 3]
+    _t1037 = v[1]
+    if _t1037 is None:
+        out += b'\0\0\0\0'
+    else:
+        out += b'\0\0\0\1'
+        _b1038 = _t1037.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1038)); out += _b1038; out += PAD[len(_b1038) & 3]
+
+def unpack_remote_domain_migrate_prepare3_ret(b, o):
+    _n1039, = _U32.unpack_from(b, o); o += 4
+    if _n1039 > 4194304: raise XdrError('remote_domain_migrate_prepare3_ret.cookie_out: %d bytes exceed 4194304' % _n1039)
+    if o + _n1039 > len(b): raise XdrError('remote_domain_migrate_prepare3_ret.cookie_out: truncated')
+    f0 = bytes(b[o:o + _n1039]); o += _n1039 + (-_n1039 & 3)
+    _f1040, = _U32.unpack_from(b, o); o += 4
+    if _f1040 == 1:
+        _n1041, = _U32.unpack_from(b, o); o += 4
+        if _n1041 > 4194304: raise XdrError('remote_domain_migrate_prepare3_ret.uri_out: string of %d bytes exceeds 4194304' % _n1041)
+        _end1042 = o + _n1041
+        if _end1042 > len(b): raise XdrError('remote_domain_migrate_prepare3_ret.uri_out: truncated string')
+        f1 = str(b[o:_end1042], 'utf-8', 'surrogateescape'); o = _end1042 + (-_n1041 & 3)
+    elif _f1040 == 0:
+        f1 = None
+    else:
+        raise XdrError('remote_domain_migrate_prepare3_ret.uri_out: bad optional flag %d' % _f1040)
     return _new(remote_domain_migrate_prepare3_ret, (f0, f1)), o
 
 remote_domain_migrate_prepare_tunnel3_args = _nt('remote_domain_migrate_prepare_tunnel3_args', 'cookie_in flags dname resource dom_xml')
 
 def pack_remote_domain_migrate_prepare_tunnel3_args(v, out):
-    _b1030 = v[0]
-    out += _U32.pack(len(_b1030)); out += _b1030; out += PAD[len(_b1030) & 3]
+    _b1043 = v[0]
+    out += _U32.pack(len(_b1043)); out += _b1043; out += PAD[len(_b1043) & 3]
     out += _S_Q.pack(v[1])
-    _t1031 = v[2]
-    if _t1031 is None:
+    _t1044 = v[2]
+    if _t1044 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1032 = _t1031.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1032)); out += _b1032; out += PAD[len(_b1032) & 3]
+        _b1045 = _t1044.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1045)); out += _b1045; out += PAD[len(_b1045) & 3]
     out += _S_Q.pack(v[3])
-    _b1033 = v[4].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1033)); out += _b1033; out += PAD[len(_b1033) & 3]
+    _b1046 = v[4].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1046)); out += _b1046; out += PAD[len(_b1046) & 3]
 
 def unpack_remote_domain_migrate_prepare_tunnel3_args(b, o):
-    _n1034, = _U32.unpack_from(b, o); o += 4
-    if _n1034 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_args.cookie_in: %d bytes exceed 4194304' % _n1034)
-    if o + _n1034 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_args.cookie_in: truncated')
-    f0 = bytes(b[o:o + _n1034]); o += _n1034 + (-_n1034 & 3)
+    _n1047, = _U32.unpack_from(b, o); o += 4
+    if _n1047 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_args.cookie_in: %d bytes exceed 4194304' % _n1047)
+    if o + _n1047 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_args.cookie_in: truncated')
+    f0 = bytes(b[o:o + _n1047]); o += _n1047 + (-_n1047 & 3)
     f1, = _S_Q.unpack_from(b, o); o += 8
-    _f1035, = _U32.unpack_from(b, o); o += 4
-    if _f1035 == 1:
-        _n1036, = _U32.unpack_from(b, o); o += 4
-        if _n1036 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dname: string of %d bytes exceeds 4194304' % _n1036)
-        _end1037 = o + _n1036
-        if _end1037 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dname: truncated string')
-        f2 = str(b[o:_end1037], 'utf-8', 'surrogateescape'); o = _end1037 + (-_n1036 & 3)
-    elif _f1035 == 0:
+    _f1048, = _U32.unpack_from(b, o); o += 4
+    if _f1048 == 1:
+        _n1049, = _U32.unpack_from(b, o); o += 4
+        if _n1049 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dname: string of %d bytes exceeds 4194304' % _n1049)
+        _end1050 = o + _n1049
+        if _end1050 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dname: truncated string')
+        f2 = str(b[o:_end1050], 'utf-8', 'surrogateescape'); o = _end1050 + (-_n1049 & 3)
+    elif _f1048 == 0:
         f2 = None
     else:
-        raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dname: bad optional flag %d' % _f1035)
+        raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dname: bad optional flag %d' % _f1048)
     f3, = _S_Q.unpack_from(b, o); o += 8
-    _n1038, = _U32.unpack_from(b, o); o += 4
-    if _n1038 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dom_xml: string of %d bytes exceeds 4194304' % _n1038)
-    _end1039 = o + _n1038
-    if _end1039 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dom_xml: truncated string')
-    f4 = str(b[o:_end1039], 'utf-8', 'surrogateescape'); o = _end1039 + (-_n1038 & 3)
+    _n1051, = _U32.unpack_from(b, o); o += 4
+    if _n1051 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dom_xml: string of %d bytes exceeds 4194304' % _n1051)
+    _end1052 = o + _n1051
+    if _end1052 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dom_xml: truncated string')
+    f4 = str(b[o:_end1052], 'utf-8', 'surrogateescape'); o = _end1052 + (-_n1051 & 3)
     return _new(remote_domain_migrate_prepare_tunnel3_args, (f0, f1, f2, f3, f4)), o
 
 remote_domain_migrate_prepare_tunnel3_ret = _nt('remote_domain_migrate_prepare_tunnel3_ret', 'cookie_out')
 
 def pack_remote_domain_migrate_prepare_tunnel3_ret(v, out):
-    _b1040 = v[0]
-    out += _U32.pack(len(_b1040)); out += _b1040; out += PAD[len(_b1040) & 3]
+    _b1053 = v[0]
+    out += _U32.pack(len(_b1053)); out += _b1053; out += PAD[len(_b1053) & 3]
 
 def unpack_remote_domain_migrate_prepare_tunnel3_ret(b, o):
-    _n1041, = _U32.unpack_from(b, o); o += 4
-    if _n1041 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_ret.cookie_out: %d bytes exceed 4194304' % _n1041)
-    if o + _n1041 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_ret.cookie_out: truncated')
-    f0 = bytes(b[o:o + _n1041]); o += _n1041 + (-_n1041 & 3)
+    _n1054, = _U32.unpack_from(b, o); o += 4
+    if _n1054 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_ret.cookie_out: %d bytes exceed 4194304' % _n1054)
+    if o + _n1054 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_ret.cookie_out: truncated')
+    f0 = bytes(b[o:o + _n1054]); o += _n1054 + (-_n1054 & 3)
     return _new(remote_domain_migrate_prepare_tunnel3_ret, (f0,)), o
 
 remote_domain_migrate_perform3_args = _nt('remote_domain_migrate_perform3_args', 'dom xmlin cookie_in dconnuri uri flags dname resource')
 
 def pack_remote_domain_migrate_perform3_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t1042 = v[1]
-    if _t1042 is None:
+    _t1055 = v[1]
+    if _t1055 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1043 = _t1042.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1043)); out += _b1043; out += PAD[len(_b1043) & 3]
-    _b1044 = v[2]
-    out += _U32.pack(len(_b1044)); out += _b1044; out += PAD[len(_b1044) & 3]
-    _t1045 = v[3]
-    if _t1045 is None:
+        _b1056 = _t1055.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1056)); out += _b1056; out += PAD[len(_b1056) & 3]
+    _b1057 = v[2]
+    out += _U32.pack(len(_b1057)); out += _b1057; out += PAD[len(_b1057) & 3]
+    _t1058 = v[3]
+    if _t1058 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1046 = _t1045.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1046)); out += _b1046; out += PAD[len(_b1046) & 3]
-    _t1047 = v[4]
-    if _t1047 is None:
+        _b1059 = _t1058.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1059)); out += _b1059; out += PAD[len(_b1059) & 3]
+    _t1060 = v[4]
+    if _t1060 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1048 = _t1047.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1048)); out += _b1048; out += PAD[len(_b1048) & 3]
+        _b1061 = _t1060.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1061)); out += _b1061; out += PAD[len(_b1061) & 3]
     out += _S_Q.pack(v[5])
-    _t1049 = v[6]
-    if _t1049 is None:
+    _t1062 = v[6]
+    if _t1062 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1050 = _t1049.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1050)); out += _b1050; out += PAD[len(_b1050) & 3]
+        _b1063 = _t1062.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1063)); out += _b1063; out += PAD[len(_b1063) & 3]
     out += _S_Q.pack(v[7])
 
 def unpack_remote_domain_migrate_perform3_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _f1051, = _U32.unpack_from(b, o); o += 4
-    if _f1051 == 1:
-        _n1052, = _U32.unpack_from(b, o); o += 4
-        if _n1052 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.xmlin: string of %d bytes exceeds 4194304' % _n1052)
-        _end1053 = o + _n1052
-        if _end1053 > len(b): raise XdrError('remote_domain_migrate_perform3_args.xmlin: truncated string')
-        f1 = str(b[o:_end1053], 'utf-8', 'surrogateescape'); o = _end1053 + (-_n1052 & 3)
-    elif _f1051 == 0:
+    _f1064, = _U32.unpack_from(b, o); o += 4
+    if _f1064 == 1:
+        _n1065, = _U32.unpack_from(b, o); o += 4
+        if _n1065 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.xmlin: string of %d bytes exceeds 4194304' % _n1065)
+        _end1066 = o + _n1065
+        if _end1066 > len(b): raise XdrError('remote_domain_migrate_perform3_args.xmlin: truncated string')
+        f1 = str(b[o:_end1066], 'utf-8', 'surrogateescape'); o = _end1066 + (-_n1065 & 3)
+    elif _f1064 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_migrate_perform3_args.xmlin: bad optional flag %d' % _f1051)
-    _n1054, = _U32.unpack_from(b, o); o += 4
-    if _n1054 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.cookie_in: %d bytes exceed 4194304' % _n1054)
-    if o + _n1054 > len(b): raise XdrError('remote_domain_migrate_perform3_args.cookie_in: truncated')
-    f2 = bytes(b[o:o + _n1054]); o += _n1054 + (-_n1054 & 3)
-    _f1055, = _U32.unpack_from(b, o); o += 4
-    if _f1055 == 1:
-        _n1056, = _U32.unpack_from(b, o); o += 4
-        if _n1056 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.dconnuri: string of %d bytes exceeds 4194304' % _n1056)
-        _end1057 = o + _n1056
-        if _end1057 > len(b): raise XdrError('remote_domain_migrate_perform3_args.dconnuri: truncated string')
-        f3 = str(b[o:_end1057], 'utf-8', 'surrogateescape'); o = _end1057 + (-_n1056 & 3)
-    elif _f1055 == 0:
+        raise XdrError('remote_domain_migrate_perform3_args.xmlin: bad optional flag %d' % _f1064)
+    _n1067, = _U32.unpack_from(b, o); o += 4
+    if _n1067 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.cookie_in: %d bytes exceed 4194304' % _n1067)
+    if o + _n1067 > len(b): raise XdrError('remote_domain_migrate_perform3_args.cookie_in: truncated')
+    f2 = bytes(b[o:o + _n1067]); o += _n1067 + (-_n1067 & 3)
+    _f1068, = _U32.unpack_from(b, o); o += 4
+    if _f1068 == 1:
+        _n1069, = _U32.unpack_from(b, o); o += 4
+        if _n1069 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.dconnuri: string of %d bytes exceeds 4194304' % _n1069)
+        _end1070 = o + _n1069
+        if _end1070 > len(b): raise XdrError('remote_domain_migrate_perform3_args.dconnuri: truncated string')
+        f3 = str(b[o:_end1070], 'utf-8', 'surrogateescape'); o = _end1070 + (-_n1069 & 3)
+    elif _f1068 == 0:
         f3 = None
     else:
-        raise XdrError('remote_domain_migrate_perform3_args.dconnuri: bad optional flag %d' % _f1055)
-    _f1058, = _U32.unpack_from(b, o); o += 4
-    if _f1058 == 1:
-        _n1059, = _U32.unpack_from(b, o); o += 4
-        if _n1059 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.uri: string of %d bytes exceeds 4194304' % _n1059)
-        _end1060 = o + _n1059
-        if _end1060 > len(b): raise XdrError('remote_domain_migrate_perform3_args.uri: truncated string')
-        f4 = str(b[o:_end1060], 'utf-8', 'surrogateescape'); o = _end1060 + (-_n1059 & 3)
-    elif _f1058 == 0:
+        raise XdrError('remote_domain_migrate_perform3_args.dconnuri: bad optional flag %d' % _f1068)
+    _f1071, = _U32.unpack_from(b, o); o += 4
+    if _f1071 == 1:
+        _n1072, = _U32.unpack_from(b, o); o += 4
+        if _n1072 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.uri: string of %d bytes exceeds 4194304' % _n1072)
+        _end1073 = o + _n1072
+        if _end1073 > len(b): raise XdrError('remote_domain_migrate_perform3_args.uri: truncated string')
+        f4 = str(b[o:_end1073], 'utf-8', 'surrogateescape'); o = _end1073 + (-_n1072 & 3)
+    elif _f1071 == 0:
         f4 = None
     else:
-        raise XdrError('remote_domain_migrate_perform3_args.uri: bad optional flag %d' % _f1058)
+        raise XdrError('remote_domain_migrate_perform3_args.uri: bad optional flag %d' % _f1071)
     f5, = _S_Q.unpack_from(b, o); o += 8
-    _f1061, = _U32.unpack_from(b, o); o += 4
-    if _f1061 == 1:
-        _n1062, = _U32.unpack_from(b, o); o += 4
-        if _n1062 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.dname: string of %d bytes exceeds 4194304' % _n1062)
-        _end1063 = o + _n1062
-        if _end1063 > len(b): raise XdrError('remote_domain_migrate_perform3_args.dname: truncated string')
-        f6 = str(b[o:_end1063], 'utf-8', 'surrogateescape'); o = _end1063 + (-_n1062 & 3)
-    elif _f1061 == 0:
+    _f1074, = _U32.unpack_from(b, o); o += 4
+    if _f1074 == 1:
+        _n1075, = _U32.unpack_from(b, o); o += 4
+        if _n1075 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.dname: string of %d bytes exceeds 4194304' % _n1075)
+        _end1076 = o + _n1075
+        if _end1076 > len(b): raise XdrError('remote_domain_migrate_perform3_args.dname: truncated string')
+        f6 = str(b[o:_end1076], 'utf-8', 'surrogateescape'); o = _end1076 + (-_n1075 & 3)
+    elif _f1074 == 0:
         f6 = None
     else:
-        raise XdrError('remote_domain_migrate_perform3_args.dname: bad optional flag %d' % _f1061)
+        raise XdrError('remote_domain_migrate_perform3_args.dname: bad optional flag %d' % _f1074)
     f7, = _S_Q.unpack_from(b, o); o += 8
     return _new(remote_domain_migrate_perform3_args, (f0, f1, f2, f3, f4, f5, f6, f7)), o
 
 remote_domain_migrate_perform3_ret = _nt('remote_domain_migrate_perform3_ret', 'cookie_out')
 
 def pack_remote_domain_migrate_perform3_ret(v, out):
-    _b1064 = v[0]
-    out += _U32.pack(len(_b1064)); out += _b1064; out += PAD[len(_b1064) & 3]
+    _b1077 = v[0]
+    out += _U32.pack(len(_b1077)); out += _b1077; out += PAD[len(_b1077) & 3]
 
 def unpack_remote_domain_migrate_perform3_ret(b, o):
-    _n1065, = _U32.unpack_from(b, o); o += 4
-    if _n1065 > 4194304: raise XdrError('remote_domain_migrate_perform3_ret.cookie_out: %d bytes exceed 4194304' % _n1065)
-    if o + _n1065 > len(b): raise XdrError('remote_domain_migrate_perform3_ret.cookie_out: truncated')
-    f0 = bytes(b[o:o + _n1065]); o += _n1065 + (-_n1065 & 3)
+    _n1078, = _U32.unpack_from(b, o); o += 4
+    if _n1078 > 4194304: raise XdrError('remote_domain_migrate_perform3_ret.cookie_out: %d bytes exceed 4194304' % _n1078)
+    if o + _n1078 > len(b): raise XdrError('remote_domain_migrate_perform3_ret.cookie_out: truncated')
+    f0 = bytes(b[o:o + _n1078]); o += _n1078 + (-_n1078 & 3)
     return _new(remote_domain_migrate_perform3_ret, (f0,)), o
 
 remote_domain_migrate_finish3_args = _nt('remote_domain_migrate_finish3_args', 'dname cookie_in dconnuri uri flags cancelled')
 
 def pack_remote_domain_migrate_finish3_args(v, out):
-    _b1066 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1066)); out += _b1066; out += PAD[len(_b1066) & 3]
-    _b1067 = v[1]
-    out += _U32.pack(len(_b1067)); out += _b1067; out += PAD[len(_b1067) & 3]
-    _t1068 = v[2]
-    if _t1068 is None:
+    _b1079 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1079)); out += _b1079; out += PAD[len(_b1079) & 3]
+    _b1080 = v[1]
+    out += _U32.pack(len(_b1080)); out += _b1080; out += PAD[len(_b1080) & 3]
+    _t1081 = v[2]
+    if _t1081 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1069 = _t1068.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1069)); out += _b1069; out += PAD[len(_b1069) & 3]
-    _t1070 = v[3]
-    if _t1070 is None:
+        _b1082 = _t1081.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1082)); out += _b1082; out += PAD[len(_b1082) & 3]
+    _t1083 = v[3]
+    if _t1083 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1071 = _t1070.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1071)); out += _b1071; out += PAD[len(_b1071) & 3]
+        _b1084 = _t1083.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1084)); out += _b1084; out += PAD[len(_b1084) & 3]
     out += _S_Qi.pack(v[4], v[5])
 
 def unpack_remote_domain_migrate_finish3_args(b, o):
-    _n1072, = _U32.unpack_from(b, o); o += 4
-    if _n1072 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.dname: string of %d bytes exceeds 4194304' % _n1072)
-    _end1073 = o + _n1072
-    if _end1073 > len(b): raise XdrError('remote_domain_migrate_finish3_args.dname: truncated string')
-    f0 = str(b[o:_end1073], 'utf-8', 'surrogateescape'); o = _end1073 + (-_n1072 & 3)
-    _n1074, = _U32.unpack_from(b, o); o += 4
-    if _n1074 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.cookie_in: %d bytes exceed 4194304' % _n1074)
-    if o + _n1074 > len(b): raise XdrError('remote_domain_migrate_finish3_args.cookie_in: truncated')
-    f1 = bytes(b[o:o + _n1074]); o += _n1074 + (-_n1074 & 3)
-    _f1075, = _U32.unpack_from(b, o); o += 4
-    if _f1075 == 1:
-        _n1076, = _U32.unpack_from(b, o); o += 4
-        if _n1076 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.dconnuri: string of %d bytes exceeds 4194304' % _n1076)
-        _end1077 = o + _n1076
-        if _end1077 > len(b): raise XdrError('remote_domain_migrate_finish3_args.dconnuri: truncated string')
-        f2 = str(b[o:_end1077], 'utf-8', 'surrogateescape'); o = _end1077 + (-_n1076 & 3)
-    elif _f1075 == 0:
+    _n1085, = _U32.unpack_from(b, o); o += 4
+    if _n1085 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.dname: string of %d bytes exceeds 4194304' % _n1085)
+    _end1086 = o + _n1085
+    if _end1086 > len(b): raise XdrError('remote_domain_migrate_finish3_args.dname: truncated string')
+    f0 = str(b[o:_end1086], 'utf-8', 'surrogateescape'); o = _end1086 + (-_n1085 & 3)
+    _n1087, = _U32.unpack_from(b, o); o += 4
+    if _n1087 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.cookie_in: %d bytes exceed 4194304' % _n1087)
+    if o + _n1087 > len(b): raise XdrError('remote_domain_migrate_finish3_args.cookie_in: truncated')
+    f1 = bytes(b[o:o + _n1087]); o += _n1087 + (-_n1087 & 3)
+    _f1088, = _U32.unpack_from(b, o); o += 4
+    if _f1088 == 1:
+        _n1089, = _U32.unpack_from(b, o); o += 4
+        if _n1089 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.dconnuri: string of %d bytes exceeds 4194304' % _n1089)
+        _end1090 = o + _n1089
+        if _end1090 > len(b): raise XdrError('remote_domain_migrate_finish3_args.dconnuri: truncated string')
+        f2 = str(b[o:_end1090], 'utf-8', 'surrogateescape'); o = _end1090 + (-_n1089 & 3)
+    elif _f1088 == 0:
         f2 = None
     else:
-        raise XdrError('remote_domain_migrate_finish3_args.dconnuri: bad optional flag %d' % _f1075)
-    _f1078, = _U32.unpack_from(b, o); o += 4
-    if _f1078 == 1:
-        _n1079, = _U32.unpack_from(b, o); o += 4
-        if _n1079 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.uri: string of %d bytes exceeds 4194304' % _n1079)
-        _end1080 = o + _n1079
-        if _end1080 > len(b): raise XdrError('remote_domain_migrate_finish3_args.uri: truncated string')
-        f3 = str(b[o:_end1080], 'utf-8', 'surrogateescape'); o = _end1080 + (-_n1079 & 3)
-    elif _f1078 == 0:
+        raise XdrError('remote_domain_migrate_finish3_args.dconnuri: bad optional flag %d' % _f1088)
+    _f1091, = _U32.unpack_from(b, o); o += 4
+    if _f1091 == 1:
+        _n1092, = _U32.unpack_from(b, o); o += 4
+        if _n1092 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.uri: string of %d bytes exceeds 4194304' % _n1092)
+        _end1093 = o + _n1092
+        if _end1093 > len(b): raise XdrError('remote_domain_migrate_finish3_args.uri: truncated string')
+        f3 = str(b[o:_end1093], 'utf-8', 'surrogateescape'); o = _end1093 + (-_n1092 & 3)
+    elif _f1091 == 0:
         f3 = None
     else:
-        raise XdrError('remote_domain_migrate_finish3_args.uri: bad optional flag %d' % _f1078)
+        raise XdrError('remote_domain_migrate_finish3_args.uri: bad optional flag %d' % _f1091)
     f4, f5 = _S_Qi.unpack_from(b, o); o += 12
     return _new(remote_domain_migrate_finish3_args, (f0, f1, f2, f3, f4, f5)), o
 
@@ -8408,31 +8421,31 @@ remote_domain_migrate_finish3_ret = _nt('remote_domain_migrate_finish3_ret', 'do
 
 def pack_remote_domain_migrate_finish3_ret(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1081 = v[1]
-    out += _U32.pack(len(_b1081)); out += _b1081; out += PAD[len(_b1081) & 3]
+    _b1094 = v[1]
+    out += _U32.pack(len(_b1094)); out += _b1094; out += PAD[len(_b1094) & 3]
 
 def unpack_remote_domain_migrate_finish3_ret(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1082, = _U32.unpack_from(b, o); o += 4
-    if _n1082 > 4194304: raise XdrError('remote_domain_migrate_finish3_ret.cookie_out: %d bytes exceed 4194304' % _n1082)
-    if o + _n1082 > len(b): raise XdrError('remote_domain_migrate_finish3_ret.cookie_out: truncated')
-    f1 = bytes(b[o:o + _n1082]); o += _n1082 + (-_n1082 & 3)
+    _n1095, = _U32.unpack_from(b, o); o += 4
+    if _n1095 > 4194304: raise XdrError('remote_domain_migrate_finish3_ret.cookie_out: %d bytes exceed 4194304' % _n1095)
+    if o + _n1095 > len(b): raise XdrError('remote_domain_migrate_finish3_ret.cookie_out: truncated')
+    f1 = bytes(b[o:o + _n1095]); o += _n1095 + (-_n1095 & 3)
     return _new(remote_domain_migrate_finish3_ret, (f0, f1)), o
 
 remote_domain_migrate_confirm3_args = _nt('remote_domain_migrate_confirm3_args', 'dom cookie_in flags cancelled')
 
 def pack_remote_domain_migrate_confirm3_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1083 = v[1]
-    out += _U32.pack(len(_b1083)); out += _b1083; out += PAD[len(_b1083) & 3]
+    _b1096 = v[1]
+    out += _U32.pack(len(_b1096)); out += _b1096; out += PAD[len(_b1096) & 3]
     out += _S_Qi.pack(v[2], v[3])
 
 def unpack_remote_domain_migrate_confirm3_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1084, = _U32.unpack_from(b, o); o += 4
-    if _n1084 > 4194304: raise XdrError('remote_domain_migrate_confirm3_args.cookie_in: %d bytes exceed 4194304' % _n1084)
-    if o + _n1084 > len(b): raise XdrError('remote_domain_migrate_confirm3_args.cookie_in: truncated')
-    f1 = bytes(b[o:o + _n1084]); o += _n1084 + (-_n1084 & 3)
+    _n1097, = _U32.unpack_from(b, o); o += 4
+    if _n1097 > 4194304: raise XdrError('remote_domain_migrate_confirm3_args.cookie_in: %d bytes exceed 4194304' % _n1097)
+    if o + _n1097 > len(b): raise XdrError('remote_domain_migrate_confirm3_args.cookie_in: truncated')
+    f1 = bytes(b[o:o + _n1097]); o += _n1097 + (-_n1097 & 3)
     f2, f3 = _S_Qi.unpack_from(b, o); o += 12
     return _new(remote_domain_migrate_confirm3_args, (f0, f1, f2, f3)), o
 
@@ -8532,20 +8545,20 @@ def unpack_remote_domain_get_disk_errors_args(b, o):
 remote_domain_get_disk_errors_ret = _nt('remote_domain_get_disk_errors_ret', 'errors nerrors')
 
 def pack_remote_domain_get_disk_errors_ret(v, out):
-    _t1085 = v[0]
-    out += _U32.pack(len(_t1085))
-    for _e1086 in _t1085:
-        pack_remote_domain_disk_error(_e1086, out)
+    _t1098 = v[0]
+    out += _U32.pack(len(_t1098))
+    for _e1099 in _t1098:
+        pack_remote_domain_disk_error(_e1099, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_get_disk_errors_ret(b, o):
-    _n1087, = _U32.unpack_from(b, o); o += 4
-    if _n1087 > 256: raise XdrError('remote_domain_get_disk_errors_ret.errors: %d items exceed 256' % _n1087)
-    if 4 * _n1087 > len(b) - o: raise XdrError('remote_domain_get_disk_errors_ret.errors: truncated list')
+    _n1100, = _U32.unpack_from(b, o); o += 4
+    if _n1100 > 256: raise XdrError('remote_domain_get_disk_errors_ret.errors: %d items exceed 256' % _n1100)
+    if 4 * _n1100 > len(b) - o: raise XdrError('remote_domain_get_disk_errors_ret.errors: truncated list')
     f0 = []
-    for _ in range(_n1087):
-        _e1088, o = unpack_remote_domain_disk_error(b, o)
-        f0.append(_e1088)
+    for _ in range(_n1100):
+        _e1101, o = unpack_remote_domain_disk_error(b, o)
+        f0.append(_e1101)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_disk_errors_ret, (f0, f1)), o
 
@@ -8561,20 +8574,20 @@ def unpack_remote_connect_list_all_domains_args(b, o):
 remote_connect_list_all_domains_ret = _nt('remote_connect_list_all_domains_ret', 'domains ret')
 
 def pack_remote_connect_list_all_domains_ret(v, out):
-    _t1089 = v[0]
-    out += _U32.pack(len(_t1089))
-    for _e1090 in _t1089:
-        pack_remote_nonnull_domain(_e1090, out)
+    _t1102 = v[0]
+    out += _U32.pack(len(_t1102))
+    for _e1103 in _t1102:
+        pack_remote_nonnull_domain(_e1103, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_list_all_domains_ret(b, o):
-    _n1091, = _U32.unpack_from(b, o); o += 4
-    if _n1091 > 16384: raise XdrError('remote_connect_list_all_domains_ret.domains: %d items exceed 16384' % _n1091)
-    if 4 * _n1091 > len(b) - o: raise XdrError('remote_connect_list_all_domains_ret.domains: truncated list')
+    _n1104, = _U32.unpack_from(b, o); o += 4
+    if _n1104 > 16384: raise XdrError('remote_connect_list_all_domains_ret.domains: %d items exceed 16384' % _n1104)
+    if 4 * _n1104 > len(b) - o: raise XdrError('remote_connect_list_all_domains_ret.domains: truncated list')
     f0 = []
-    for _ in range(_n1091):
-        _e1092, o = unpack_remote_nonnull_domain(b, o)
-        f0.append(_e1092)
+    for _ in range(_n1104):
+        _e1105, o = unpack_remote_nonnull_domain(b, o)
+        f0.append(_e1105)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_list_all_domains_ret, (f0, f1)), o
 
@@ -8590,20 +8603,20 @@ def unpack_remote_connect_list_all_storage_pools_args(b, o):
 remote_connect_list_all_storage_pools_ret = _nt('remote_connect_list_all_storage_pools_ret', 'pools ret')
 
 def pack_remote_connect_list_all_storage_pools_ret(v, out):
-    _t1093 = v[0]
-    out += _U32.pack(len(_t1093))
-    for _e1094 in _t1093:
-        pack_remote_nonnull_storage_pool(_e1094, out)
+    _t1106 = v[0]
+    out += _U32.pack(len(_t1106))
+    for _e1107 in _t1106:
+        pack_remote_nonnull_storage_pool(_e1107, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_list_all_storage_pools_ret(b, o):
-    _n1095, = _U32.unpack_from(b, o); o += 4
-    if _n1095 > 16384: raise XdrError('remote_connect_list_all_storage_pools_ret.pools: %d items exceed 16384' % _n1095)
-    if 4 * _n1095 > len(b) - o: raise XdrError('remote_connect_list_all_storage_pools_ret.pools: truncated list')
+    _n1108, = _U32.unpack_from(b, o); o += 4
+    if _n1108 > 16384: raise XdrError('remote_connect_list_all_storage_pools_ret.pools: %d items exceed 16384' % _n1108)
+    if 4 * _n1108 > len(b) - o: raise XdrError('remote_connect_list_all_storage_pools_ret.pools: truncated list')
     f0 = []
-    for _ in range(_n1095):
-        _e1096, o = unpack_remote_nonnull_storage_pool(b, o)
-        f0.append(_e1096)
+    for _ in range(_n1108):
+        _e1109, o = unpack_remote_nonnull_storage_pool(b, o)
+        f0.append(_e1109)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_list_all_storage_pools_ret, (f0, f1)), o
 
@@ -8621,20 +8634,20 @@ def unpack_remote_storage_pool_list_all_volumes_args(b, o):
 remote_storage_pool_list_all_volumes_ret = _nt('remote_storage_pool_list_all_volumes_ret', 'vols ret')
 
 def pack_remote_storage_pool_list_all_volumes_ret(v, out):
-    _t1097 = v[0]
-    out += _U32.pack(len(_t1097))
-    for _e1098 in _t1097:
-        pack_remote_nonnull_storage_vol(_e1098, out)
+    _t1110 = v[0]
+    out += _U32.pack(len(_t1110))
+    for _e1111 in _t1110:
+        pack_remote_nonnull_storage_vol(_e1111, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_storage_pool_list_all_volumes_ret(b, o):
-    _n1099, = _U32.unpack_from(b, o); o += 4
-    if _n1099 > 16384: raise XdrError('remote_storage_pool_list_all_volumes_ret.vols: %d items exceed 16384' % _n1099)
-    if 4 * _n1099 > len(b) - o: raise XdrError('remote_storage_pool_list_all_volumes_ret.vols: truncated list')
+    _n1112, = _U32.unpack_from(b, o); o += 4
+    if _n1112 > 16384: raise XdrError('remote_storage_pool_list_all_volumes_ret.vols: %d items exceed 16384' % _n1112)
+    if 4 * _n1112 > len(b) - o: raise XdrError('remote_storage_pool_list_all_volumes_ret.vols: truncated list')
     f0 = []
-    for _ in range(_n1099):
-        _e1100, o = unpack_remote_nonnull_storage_vol(b, o)
-        f0.append(_e1100)
+    for _ in range(_n1112):
+        _e1113, o = unpack_remote_nonnull_storage_vol(b, o)
+        f0.append(_e1113)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_storage_pool_list_all_volumes_ret, (f0, f1)), o
 
@@ -8650,20 +8663,20 @@ def unpack_remote_connect_list_all_networks_args(b, o):
 remote_connect_list_all_networks_ret = _nt('remote_connect_list_all_networks_ret', 'nets ret')
 
 def pack_remote_connect_list_all_networks_ret(v, out):
-    _t1101 = v[0]
-    out += _U32.pack(len(_t1101))
-    for _e1102 in _t1101:
-        pack_remote_nonnull_network(_e1102, out)
+    _t1114 = v[0]
+    out += _U32.pack(len(_t1114))
+    for _e1115 in _t1114:
+        pack_remote_nonnull_network(_e1115, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_list_all_networks_ret(b, o):
-    _n1103, = _U32.unpack_from(b, o); o += 4
-    if _n1103 > 16384: raise XdrError('remote_connect_list_all_networks_ret.nets: %d items exceed 16384' % _n1103)
-    if 4 * _n1103 > len(b) - o: raise XdrError('remote_connect_list_all_networks_ret.nets: truncated list')
+    _n1116, = _U32.unpack_from(b, o); o += 4
+    if _n1116 > 16384: raise XdrError('remote_connect_list_all_networks_ret.nets: %d items exceed 16384' % _n1116)
+    if 4 * _n1116 > len(b) - o: raise XdrError('remote_connect_list_all_networks_ret.nets: truncated list')
     f0 = []
-    for _ in range(_n1103):
-        _e1104, o = unpack_remote_nonnull_network(b, o)
-        f0.append(_e1104)
+    for _ in range(_n1116):
+        _e1117, o = unpack_remote_nonnull_network(b, o)
+        f0.append(_e1117)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_list_all_networks_ret, (f0, f1)), o
 
@@ -8679,20 +8692,20 @@ def unpack_remote_connect_list_all_interfaces_args(b, o):
 remote_connect_list_all_interfaces_ret = _nt('remote_connect_list_all_interfaces_ret', 'ifaces ret')
 
 def pack_remote_connect_list_all_interfaces_ret(v, out):
-    _t1105 = v[0]
-    out += _U32.pack(len(_t1105))
-    for _e1106 in _t1105:
-        pack_remote_nonnull_interface(_e1106, out)
+    _t1118 = v[0]
+    out += _U32.pack(len(_t1118))
+    for _e1119 in _t1118:
+        pack_remote_nonnull_interface(_e1119, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_list_all_interfaces_ret(b, o):
-    _n1107, = _U32.unpack_from(b, o); o += 4
-    if _n1107 > 16384: raise XdrError('remote_connect_list_all_interfaces_ret.ifaces: %d items exceed 16384' % _n1107)
-    if 4 * _n1107 > len(b) - o: raise XdrError('remote_connect_list_all_interfaces_ret.ifaces: truncated list')
+    _n1120, = _U32.unpack_from(b, o); o += 4
+    if _n1120 > 16384: raise XdrError('remote_connect_list_all_interfaces_ret.ifaces: %d items exceed 16384' % _n1120)
+    if 4 * _n1120 > len(b) - o: raise XdrError('remote_connect_list_all_interfaces_ret.ifaces: truncated list')
     f0 = []
-    for _ in range(_n1107):
-        _e1108, o = unpack_remote_nonnull_interface(b, o)
-        f0.append(_e1108)
+    for _ in range(_n1120):
+        _e1121, o = unpack_remote_nonnull_interface(b, o)
+        f0.append(_e1121)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_list_all_interfaces_ret, (f0, f1)), o
 
@@ -8708,20 +8721,20 @@ def unpack_remote_connect_list_all_node_devices_args(b, o):
 remote_connect_list_all_node_devices_ret = _nt('remote_connect_list_all_node_devices_ret', 'devices ret')
 
 def pack_remote_connect_list_all_node_devices_ret(v, out):
-    _t1109 = v[0]
-    out += _U32.pack(len(_t1109))
-    for _e1110 in _t1109:
-        pack_remote_nonnull_node_device(_e1110, out)
+    _t1122 = v[0]
+    out += _U32.pack(len(_t1122))
+    for _e1123 in _t1122:
+        pack_remote_nonnull_node_device(_e1123, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_list_all_node_devices_ret(b, o):
-    _n1111, = _U32.unpack_from(b, o); o += 4
-    if _n1111 > 65536: raise XdrError('remote_connect_list_all_node_devices_ret.devices: %d items exceed 65536' % _n1111)
-    if 4 * _n1111 > len(b) - o: raise XdrError('remote_connect_list_all_node_devices_ret.devices: truncated list')
+    _n1124, = _U32.unpack_from(b, o); o += 4
+    if _n1124 > 65536: raise XdrError('remote_connect_list_all_node_devices_ret.devices: %d items exceed 65536' % _n1124)
+    if 4 * _n1124 > len(b) - o: raise XdrError('remote_connect_list_all_node_devices_ret.devices: truncated list')
     f0 = []
-    for _ in range(_n1111):
-        _e1112, o = unpack_remote_nonnull_node_device(b, o)
-        f0.append(_e1112)
+    for _ in range(_n1124):
+        _e1125, o = unpack_remote_nonnull_node_device(b, o)
+        f0.append(_e1125)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_list_all_node_devices_ret, (f0, f1)), o
 
@@ -8737,20 +8750,20 @@ def unpack_remote_connect_list_all_nwfilters_args(b, o):
 remote_connect_list_all_nwfilters_ret = _nt('remote_connect_list_all_nwfilters_ret', 'filters ret')
 
 def pack_remote_connect_list_all_nwfilters_ret(v, out):
-    _t1113 = v[0]
-    out += _U32.pack(len(_t1113))
-    for _e1114 in _t1113:
-        pack_remote_nonnull_nwfilter(_e1114, out)
+    _t1126 = v[0]
+    out += _U32.pack(len(_t1126))
+    for _e1127 in _t1126:
+        pack_remote_nonnull_nwfilter(_e1127, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_list_all_nwfilters_ret(b, o):
-    _n1115, = _U32.unpack_from(b, o); o += 4
-    if _n1115 > 16384: raise XdrError('remote_connect_list_all_nwfilters_ret.filters: %d items exceed 16384' % _n1115)
-    if 4 * _n1115 > len(b) - o: raise XdrError('remote_connect_list_all_nwfilters_ret.filters: truncated list')
+    _n1128, = _U32.unpack_from(b, o); o += 4
+    if _n1128 > 16384: raise XdrError('remote_connect_list_all_nwfilters_ret.filters: %d items exceed 16384' % _n1128)
+    if 4 * _n1128 > len(b) - o: raise XdrError('remote_connect_list_all_nwfilters_ret.filters: truncated list')
     f0 = []
-    for _ in range(_n1115):
-        _e1116, o = unpack_remote_nonnull_nwfilter(b, o)
-        f0.append(_e1116)
+    for _ in range(_n1128):
+        _e1129, o = unpack_remote_nonnull_nwfilter(b, o)
+        f0.append(_e1129)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_list_all_nwfilters_ret, (f0, f1)), o
 
@@ -8766,40 +8779,40 @@ def unpack_remote_connect_list_all_secrets_args(b, o):
 remote_connect_list_all_secrets_ret = _nt('remote_connect_list_all_secrets_ret', 'secrets ret')
 
 def pack_remote_connect_list_all_secrets_ret(v, out):
-    _t1117 = v[0]
-    out += _U32.pack(len(_t1117))
-    for _e1118 in _t1117:
-        pack_remote_nonnull_secret(_e1118, out)
+    _t1130 = v[0]
+    out += _U32.pack(len(_t1130))
+    for _e1131 in _t1130:
+        pack_remote_nonnull_secret(_e1131, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_list_all_secrets_ret(b, o):
-    _n1119, = _U32.unpack_from(b, o); o += 4
-    if _n1119 > 16384: raise XdrError('remote_connect_list_all_secrets_ret.secrets: %d items exceed 16384' % _n1119)
-    if 4 * _n1119 > len(b) - o: raise XdrError('remote_connect_list_all_secrets_ret.secrets: truncated list')
+    _n1132, = _U32.unpack_from(b, o); o += 4
+    if _n1132 > 16384: raise XdrError('remote_connect_list_all_secrets_ret.secrets: %d items exceed 16384' % _n1132)
+    if 4 * _n1132 > len(b) - o: raise XdrError('remote_connect_list_all_secrets_ret.secrets: truncated list')
     f0 = []
-    for _ in range(_n1119):
-        _e1120, o = unpack_remote_nonnull_secret(b, o)
-        f0.append(_e1120)
+    for _ in range(_n1132):
+        _e1133, o = unpack_remote_nonnull_secret(b, o)
+        f0.append(_e1133)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_list_all_secrets_ret, (f0, f1)), o
 
 remote_node_set_memory_parameters_args = _nt('remote_node_set_memory_parameters_args', 'params flags')
 
 def pack_remote_node_set_memory_parameters_args(v, out):
-    _t1121 = v[0]
-    out += _U32.pack(len(_t1121))
-    for _e1122 in _t1121:
-        pack_remote_typed_param(_e1122, out)
+    _t1134 = v[0]
+    out += _U32.pack(len(_t1134))
+    for _e1135 in _t1134:
+        pack_remote_typed_param(_e1135, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_node_set_memory_parameters_args(b, o):
-    _n1123, = _U32.unpack_from(b, o); o += 4
-    if _n1123 > 64: raise XdrError('remote_node_set_memory_parameters_args.params: %d items exceed 64' % _n1123)
-    if 4 * _n1123 > len(b) - o: raise XdrError('remote_node_set_memory_parameters_args.params: truncated list')
+    _n1136, = _U32.unpack_from(b, o); o += 4
+    if _n1136 > 64: raise XdrError('remote_node_set_memory_parameters_args.params: %d items exceed 64' % _n1136)
+    if 4 * _n1136 > len(b) - o: raise XdrError('remote_node_set_memory_parameters_args.params: truncated list')
     f0 = []
-    for _ in range(_n1123):
-        _e1124, o = unpack_remote_typed_param(b, o)
-        f0.append(_e1124)
+    for _ in range(_n1136):
+        _e1137, o = unpack_remote_typed_param(b, o)
+        f0.append(_e1137)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_set_memory_parameters_args, (f0, f1)), o
 
@@ -8815,20 +8828,20 @@ def unpack_remote_node_get_memory_parameters_args(b, o):
 remote_node_get_memory_parameters_ret = _nt('remote_node_get_memory_parameters_ret', 'params nparams')
 
 def pack_remote_node_get_memory_parameters_ret(v, out):
-    _t1125 = v[0]
-    out += _U32.pack(len(_t1125))
-    for _e1126 in _t1125:
-        pack_remote_typed_param(_e1126, out)
+    _t1138 = v[0]
+    out += _U32.pack(len(_t1138))
+    for _e1139 in _t1138:
+        pack_remote_typed_param(_e1139, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_node_get_memory_parameters_ret(b, o):
-    _n1127, = _U32.unpack_from(b, o); o += 4
-    if _n1127 > 64: raise XdrError('remote_node_get_memory_parameters_ret.params: %d items exceed 64' % _n1127)
-    if 4 * _n1127 > len(b) - o: raise XdrError('remote_node_get_memory_parameters_ret.params: truncated list')
+    _n1140, = _U32.unpack_from(b, o); o += 4
+    if _n1140 > 64: raise XdrError('remote_node_get_memory_parameters_ret.params: %d items exceed 64' % _n1140)
+    if 4 * _n1140 > len(b) - o: raise XdrError('remote_node_get_memory_parameters_ret.params: truncated list')
     f0 = []
-    for _ in range(_n1127):
-        _e1128, o = unpack_remote_typed_param(b, o)
-        f0.append(_e1128)
+    for _ in range(_n1140):
+        _e1141, o = unpack_remote_typed_param(b, o)
+        f0.append(_e1141)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_node_get_memory_parameters_ret, (f0, f1)), o
 
@@ -8844,15 +8857,15 @@ def unpack_remote_node_get_cpu_map_args(b, o):
 remote_node_get_cpu_map_ret = _nt('remote_node_get_cpu_map_ret', 'cpumap online ret')
 
 def pack_remote_node_get_cpu_map_ret(v, out):
-    _b1129 = v[0]
-    out += _U32.pack(len(_b1129)); out += _b1129; out += PAD[len(_b1129) & 3]
+    _b1142 = v[0]
+    out += _U32.pack(len(_b1142)); out += _b1142; out += PAD[len(_b1142) & 3]
     out += _S_Ii.pack(v[1], v[2])
 
 def unpack_remote_node_get_cpu_map_ret(b, o):
-    _n1130, = _U32.unpack_from(b, o); o += 4
-    if _n1130 > 2048: raise XdrError('remote_node_get_cpu_map_ret.cpumap: %d bytes exceed 2048' % _n1130)
-    if o + _n1130 > len(b): raise XdrError('remote_node_get_cpu_map_ret.cpumap: truncated')
-    f0 = bytes(b[o:o + _n1130]); o += _n1130 + (-_n1130 & 3)
+    _n1143, = _U32.unpack_from(b, o); o += 4
+    if _n1143 > 2048: raise XdrError('remote_node_get_cpu_map_ret.cpumap: %d bytes exceed 2048' % _n1143)
+    if o + _n1143 > len(b): raise XdrError('remote_node_get_cpu_map_ret.cpumap: truncated')
+    f0 = bytes(b[o:o + _n1143]); o += _n1143 + (-_n1143 & 3)
     f1, f2 = _S_Ii.unpack_from(b, o); o += 8
     return _new(remote_node_get_cpu_map_ret, (f0, f1, f2)), o
 
@@ -8860,28 +8873,28 @@ remote_domain_fstrim_args = _nt('remote_domain_fstrim_args', 'dom mountPoint min
 
 def pack_remote_domain_fstrim_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t1131 = v[1]
-    if _t1131 is None:
+    _t1144 = v[1]
+    if _t1144 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1132 = _t1131.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1132)); out += _b1132; out += PAD[len(_b1132) & 3]
+        _b1145 = _t1144.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1145)); out += _b1145; out += PAD[len(_b1145) & 3]
     out += _S_QI.pack(v[2], v[3])
 
 def unpack_remote_domain_fstrim_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _f1133, = _U32.unpack_from(b, o); o += 4
-    if _f1133 == 1:
-        _n1134, = _U32.unpack_from(b, o); o += 4
-        if _n1134 > 4194304: raise XdrError('remote_domain_fstrim_args.mountPoint: string of %d bytes exceeds 4194304' % _n1134)
-        _end1135 = o + _n1134
-        if _end1135 > len(b): raise XdrError('remote_domain_fstrim_args.mountPoint: truncated string')
-        f1 = str(b[o:_end1135], 'utf-8', 'surrogateescape'); o = _end1135 + (-_n1134 & 3)
-    elif _f1133 == 0:
+    _f1146, = _U32.unpack_from(b, o); o += 4
+    if _f1146 == 1:
+        _n1147, = _U32.unpack_from(b, o); o += 4
+        if _n1147 > 4194304: raise XdrError('remote_domain_fstrim_args.mountPoint: string of %d bytes exceeds 4194304' % _n1147)
+        _end1148 = o + _n1147
+        if _end1148 > len(b): raise XdrError('remote_domain_fstrim_args.mountPoint: truncated string')
+        f1 = str(b[o:_end1148], 'utf-8', 'surrogateescape'); o = _end1148 + (-_n1147 & 3)
+    elif _f1146 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_fstrim_args.mountPoint: bad optional flag %d' % _f1133)
+        raise XdrError('remote_domain_fstrim_args.mountPoint: bad optional flag %d' % _f1146)
     f2, f3 = _S_QI.unpack_from(b, o); o += 12
     return _new(remote_domain_fstrim_args, (f0, f1, f2, f3)), o
 
@@ -8920,104 +8933,47 @@ remote_domain_migrate_begin3_params_args = _nt('remote_domain_migrate_begin3_par
 
 def pack_remote_domain_migrate_begin3_params_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t1136 = v[1]
-    out += _U32.pack(len(_t1136))
-    for _e1137 in _t1136:
-        pack_remote_typed_param(_e1137, out)
+    _t1149 = v[1]
+    out += _U32.pack(len(_t1149))
+    for _e1150 in _t1149:
+        pack_remote_typed_param(_e1150, out)
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_migrate_begin3_params_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1138, = _U32.unpack_from(b, o); o += 4
-    if _n1138 > 64: raise XdrError('remote_domain_migrate_begin3_params_args.params: %d items exceed 64' % _n1138)
-    if 4 * _n1138 > len(b) - o: raise XdrError('remote_domain_migrate_begin3_params_args.params: truncated list')
+    _n1151, = _U32.unpack_from(b, o); o += 4
+    if _n1151 > 64: raise XdrError('remote_domain_migrate_begin3_params_args.params: %d items exceed 64' % _n1151)
+    if 4 * _n1151 > len(b) - o: raise XdrError('remote_domain_migrate_begin3_params_args.params: truncated list')
     f1 = []
-    for _ in range(_n1138):
-        _e1139, o = unpack_remote_typed_param(b, o)
-        f1.append(_e1139)
+    for _ in range(_n1151):
+        _e1152, o = unpack_remote_typed_param(b, o)
+        f1.append(_e1152)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_migrate_begin3_params_args, (f0, f1, f2)), o
 
 remote_domain_migrate_begin3_params_ret = _nt('remote_domain_migrate_begin3_params_ret', 'cookie_out xml')
 
 def pack_remote_domain_migrate_begin3_params_ret(v, out):
-    _b1140 = v[0]
-    out += _U32.pack(len(_b1140)); out += _b1140; out += PAD[len(_b1140) & 3]
-    _b1141 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1141)); out += _b1141; out += PAD[len(_b1141) & 3]
+    _b1153 = v[0]
+    out += _U32.pack(len(_b1153)); out += _b1153; out += PAD[len(_b1153) & 3]
+    _b1154 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1154)); out += _b1154; out += PAD[len(_b1154) & 3]
 
 def unpack_remote_domain_migrate_begin3_params_ret(b, o):
-    _n1142, = _U32.unpack_from(b, o); o += 4
-    if _n1142 > 4194304: raise XdrError('remote_domain_migrate_begin3_params_ret.cookie_out: %d bytes exceed 4194304' % _n1142)
-    if o + _n1142 > len(b): raise XdrError('remote_domain_migrate_begin3_params_ret.cookie_out: truncated')
-    f0 = bytes(b[o:o + _n1142]); o += _n1142 + (-_n1142 & 3)
-    _n1143, = _U32.unpack_from(b, o); o += 4
-    if _n1143 > 4194304: raise XdrError('remote_domain_migrate_begin3_params_ret.xml: string of %d bytes exceeds 4194304' % _n1143)
-    _end1144 = o + _n1143
-    if _end1144 > len(b): raise XdrError('remote_domain_migrate_begin3_params_ret.xml: truncated string')
-    f1 = str(b[o:_end1144], 'utf-8', 'surrogateescape'); o = _end1144 + (-_n1143 & 3)
+    _n1155, = _U32.unpack_from(b, o); o += 4
+    if _n1155 > 4194304: raise XdrError('remote_domain_migrate_begin3_params_ret.cookie_out: %d bytes exceed 4194304' % _n1155)
+    if o + _n1155 > len(b): raise XdrError('remote_domain_migrate_begin3_params_ret.cookie_out: truncated')
+    f0 = bytes(b[o:o + _n1155]); o += _n1155 + (-_n1155 & 3)
+    _n1156, = _U32.unpack_from(b, o); o += 4
+    if _n1156 > 4194304: raise XdrError('remote_domain_migrate_begin3_params_ret.xml: string of %d bytes exceeds 4194304' % _n1156)
+    _end1157 = o + _n1156
+    if _end1157 > len(b): raise XdrError('remote_domain_migrate_begin3_params_ret.xml: truncated string')
+    f1 = str(b[o:_end1157], 'utf-8', 'surrogateescape'); o = _end1157 + (-_n1156 & 3)
     return _new(remote_domain_migrate_begin3_params_ret, (f0, f1)), o
 
 remote_domain_migrate_prepare3_params_args = _nt('remote_domain_migrate_prepare3_params_args', 'params cookie_in flags')
 
 def pack_remote_domain_migrate_prepare3_params_args(v, out):
-    _t1145 = v[0]
-    out += _U32.pack(len(_t1145))
-    for _e1146 in _t1145:
-        pack_remote_typed_param(_e1146, out)
-    _b1147 = v[1]
-    out += _U32.pack(len(_b1147)); out += _b1147; out += PAD[len(_b1147) & 3]
-    out += _S_I.pack(v[2])
-
-def unpack_remote_domain_migrate_prepare3_params_args(b, o):
-    _n1148, = _U32.unpack_from(b, o); o += 4
-    if _n1148 > 64: raise XdrError('remote_domain_migrate_prepare3_params_args.params: %d items exceed 64' % _n1148)
-    if 4 * _n1148 > len(b) - o: raise XdrError('remote_domain_migrate_prepare3_params_args.params: truncated list')
-    f0 = []
-    for _ in range(_n1148):
-        _e1149, o = unpack_remote_typed_param(b, o)
-        f0.append(_e1149)
-    _n1150, = _U32.unpack_from(b, o); o += 4
-    if _n1150 > 4194304: raise XdrError('remote_domain_migrate_prepare3_params_args.cookie_in: %d bytes exceed 4194304' % _n1150)
-    if o + _n1150 > len(b): raise XdrError('remote_domain_migrate_prepare3_params_args.cookie_in: truncated')
-    f1 = bytes(b[o:o + _n1150]); o += _n1150 + (-_n1150 & 3)
-    f2, = _S_I.unpack_from(b, o); o += 4
-    return _new(remote_domain_migrate_prepare3_params_args, (f0, f1, f2)), o
-
-remote_domain_migrate_prepare3_params_ret = _nt('remote_domain_migrate_prepare3_params_ret', 'cookie_out uri_out')
-
-def pack_remote_domain_migrate_prepare3_params_ret(v, out):
-    _b1151 = v[0]
-    out += _U32.pack(len(_b1151)); out += _b1151; out += PAD[len(_b1151) & 3]
-    _t1152 = v[1]
-    if _t1152 is None:
-        out += b'\0\0\0\0'
-    else:
-        out += b'\0\0\0\1'
-        _b1153 = _t1152.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1153)); out += _b1153; out += PAD[len(_b1153) & 3]
-
-def unpack_remote_domain_migrate_prepare3_params_ret(b, o):
-    _n1154, = _U32.unpack_from(b, o); o += 4
-    if _n1154 > 4194304: raise XdrError('remote_domain_migrate_prepare3_params_ret.cookie_out: %d bytes exceed 4194304' % _n1154)
-    if o + _n1154 > len(b): raise XdrError('remote_domain_migrate_prepare3_params_ret.cookie_out: truncated')
-    f0 = bytes(b[o:o + _n1154]); o += _n1154 + (-_n1154 & 3)
-    _f1155, = _U32.unpack_from(b, o); o += 4
-    if _f1155 == 1:
-        _n1156, = _U32.unpack_from(b, o); o += 4
-        if _n1156 > 4194304: raise XdrError('remote_domain_migrate_prepare3_params_ret.uri_out: string of %d bytes exceeds 4194304' % _n1156)
-        _end1157 = o + _n1156
-        if _end1157 > len(b): raise XdrError('remote_domain_migrate_prepare3_params_ret.uri_out: truncated string')
-        f1 = str(b[o:_end1157], 'utf-8', 'surrogateescape'); o = _end1157 + (-_n1156 & 3)
-    elif _f1155 == 0:
-        f1 = None
-    else:
-        raise XdrError('remote_domain_migrate_prepare3_params_ret.uri_out: bad optional flag %d' % _f1155)
-    return _new(remote_domain_migrate_prepare3_params_ret, (f0, f1)), o
-
-remote_domain_migrate_prepare_tunnel3_params_args = _nt('remote_domain_migrate_prepare_tunnel3_params_args', 'params cookie_in flags')
-
-def pack_remote_domain_migrate_prepare_tunnel3_params_args(v, out):
     _t1158 = v[0]
     out += _U32.pack(len(_t1158))
     for _e1159 in _t1158:
@@ -9026,116 +8982,173 @@ def pack_remote_domain_migrate_prepare_tunnel3_params_args(v, out):
     out += _U32.pack(len(_b1160)); out += _b1160; out += PAD[len(_b1160) & 3]
     out += _S_I.pack(v[2])
 
-def unpack_remote_domain_migrate_prepare_tunnel3_params_args(b, o):
+def unpack_remote_domain_migrate_prepare3_params_args(b, o):
     _n1161, = _U32.unpack_from(b, o); o += 4
-    if _n1161 > 64: raise XdrError('remote_domain_migrate_prepare_tunnel3_params_args.params: %d items exceed 64' % _n1161)
-    if 4 * _n1161 > len(b) - o: raise XdrError('remote_domain_migrate_prepare_tunnel3_params_args.params: truncated list')
+    if _n1161 > 64: raise XdrError('remote_domain_migrate_prepare3_params_args.params: %d items exceed 64' % _n1161)
+    if 4 * _n1161 > len(b) - o: raise XdrError('remote_domain_migrate_prepare3_params_args.params: truncated list')
     f0 = []
     for _ in range(_n1161):
         _e1162, o = unpack_remote_typed_param(b, o)
         f0.append(_e1162)
     _n1163, = _U32.unpack_from(b, o); o += 4
-    if _n1163 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_params_args.cookie_in: %d bytes exceed 4194304' % _n1163)
-    if o + _n1163 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_params_args.cookie_in: truncated')
+    if _n1163 > 4194304: raise XdrError('remote_domain_migrate_prepare3_params_args.cookie_in: %d bytes exceed 4194304' % _n1163)
+    if o + _n1163 > len(b): raise XdrError('remote_domain_migrate_prepare3_params_args.cookie_in: truncated')
     f1 = bytes(b[o:o + _n1163]); o += _n1163 + (-_n1163 & 3)
+    f2, = _S_I.unpack_from(b, o); o += 4
+    return _new(remote_domain_migrate_prepare3_params_args, (f0, f1, f2)), o
+
+remote_domain_migrate_prepare3_params_ret = _nt('remote_domain_migrate_prepare3_params_ret', 'cookie_out uri_out')
+
+def pack_remote_domain_migrate_prepare3_params_ret(v, out):
+    _b1164 = v[0]
+    out += _U32.pack(len(_b1164)); out += _b1164; out += PAD[len(_b1164) & 3]
+    _t1165 = v[1]
+    if _t1165 is None:
+        out += b'\0\0\0\0'
+    else:
+        out += b'\0\0\0\1'
+        _b1166 = _t1165.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1166)); out += _b1166; out += PAD[len(_b1166) & 3]
+
+def unpack_remote_domain_migrate_prepare3_params_ret(b, o):
+    _n1167, = _U32.unpack_from(b, o); o += 4
+    if _n1167 > 4194304: raise XdrError('remote_domain_migrate_prepare3_params_ret.cookie_out: %d bytes exceed 4194304' % _n1167)
+    if o + _n1167 > len(b): raise XdrError('remote_domain_migrate_prepare3_params_ret.cookie_out: truncated')
+    f0 = bytes(b[o:o + _n1167]); o += _n1167 + (-_n1167 & 3)
+    _f1168, = _U32.unpack_from(b, o); o += 4
+    if _f1168 == 1:
+        _n1169, = _U32.unpack_from(b, o); o += 4
+        if _n1169 > 4194304: raise XdrError('remote_domain_migrate_prepare3_params_ret.uri_out: string of %d bytes exceeds 4194304' % _n1169)
+        _end1170 = o + _n1169
+        if _end1170 > len(b): raise XdrError('remote_domain_migrate_prepare3_params_ret.uri_out: truncated string')
+        f1 = str(b[o:_end1170], 'utf-8', 'surrogateescape'); o = _end1170 + (-_n1169 & 3)
+    elif _f1168 == 0:
+        f1 = None
+    else:
+        raise XdrError('remote_domain_migrate_prepare3_params_ret.uri_out: bad optional flag %d' % _f1168)
+    return _new(remote_domain_migrate_prepare3_params_ret, (f0, f1)), o
+
+remote_domain_migrate_prepare_tunnel3_params_args = _nt('remote_domain_migrate_prepare_tunnel3_params_args', 'params cookie_in flags')
+
+def pack_remote_domain_migrate_prepare_tunnel3_params_args(v, out):
+    _t1171 = v[0]
+    out += _U32.pack(len(_t1171))
+    for _e1172 in _t1171:
+        pack_remote_typed_param(_e1172, out)
+    _b1173 = v[1]
+    out += _U32.pack(len(_b1173)); out += _b1173; out += PAD[len(_b1173) & 3]
+    out += _S_I.pack(v[2])
+
+def unpack_remote_domain_migrate_prepare_tunnel3_params_args(b, o):
+    _n1174, = _U32.unpack_from(b, o); o += 4
+    if _n1174 > 64: raise XdrError('remote_domain_migrate_prepare_tunnel3_params_args.params: %d items exceed 64' % _n1174)
+    if 4 * _n1174 > len(b) - o: raise XdrError('remote_domain_migrate_prepare_tunnel3_params_args.params: truncated list')
+    f0 = []
+    for _ in range(_n1174):
+        _e1175, o = unpack_remote_typed_param(b, o)
+        f0.append(_e1175)
+    _n1176, = _U32.unpack_from(b, o); o += 4
+    if _n1176 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_params_args.cookie_in: %d bytes exceed 4194304' % _n1176)
+    if o + _n1176 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_params_args.cookie_in: truncated')
+    f1 = bytes(b[o:o + _n1176]); o += _n1176 + (-_n1176 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_migrate_prepare_tunnel3_params_args, (f0, f1, f2)), o
 
 remote_domain_migrate_prepare_tunnel3_params_ret = _nt('remote_domain_migrate_prepare_tunnel3_params_ret', 'cookie_out')
 
 def pack_remote_domain_migrate_prepare_tunnel3_params_ret(v, out):
-    _b1164 = v[0]
-    out += _U32.pack(len(_b1164)); out += _b1164; out += PAD[len(_b1164) & 3]
+    _b1177 = v[0]
+    out += _U32.pack(len(_b1177)); out += _b1177; out += PAD[len(_b1177) & 3]
 
 def unpack_remote_domain_migrate_prepare_tunnel3_params_ret(b, o):
-    _n1165, = _U32.unpack_from(b, o); o += 4
-    if _n1165 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_params_ret.cookie_out: %d bytes exceed 4194304' % _n1165)
-    if o + _n1165 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_params_ret.cookie_out: truncated')
-    f0 = bytes(b[o:o + _n1165]); o += _n1165 + (-_n1165 & 3)
+    _n1178, = _U32.unpack_from(b, o); o += 4
+    if _n1178 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_params_ret.cookie_out: %d bytes exceed 4194304' % _n1178)
+    if o + _n1178 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_params_ret.cookie_out: truncated')
+    f0 = bytes(b[o:o + _n1178]); o += _n1178 + (-_n1178 & 3)
     return _new(remote_domain_migrate_prepare_tunnel3_params_ret, (f0,)), o
 
 remote_domain_migrate_perform3_params_args = _nt('remote_domain_migrate_perform3_params_args', 'dom dconnuri params cookie_in flags')
 
 def pack_remote_domain_migrate_perform3_params_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t1166 = v[1]
-    if _t1166 is None:
+    _t1179 = v[1]
+    if _t1179 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1167 = _t1166.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1167)); out += _b1167; out += PAD[len(_b1167) & 3]
-    _t1168 = v[2]
-    out += _U32.pack(len(_t1168))
-    for _e1169 in _t1168:
-        pack_remote_typed_param(_e1169, out)
-    _b1170 = v[3]
-    out += _U32.pack(len(_b1170)); out += _b1170; out += PAD[len(_b1170) & 3]
+        _b1180 = _t1179.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1180)); out += _b1180; out += PAD[len(_b1180) & 3]
+    _t1181 = v[2]
+    out += _U32.pack(len(_t1181))
+    for _e1182 in _t1181:
+        pack_remote_typed_param(_e1182, out)
+    _b1183 = v[3]
+    out += _U32.pack(len(_b1183)); out += _b1183; out += PAD[len(_b1183) & 3]
     out += _S_I.pack(v[4])
 
 def unpack_remote_domain_migrate_perform3_params_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _f1171, = _U32.unpack_from(b, o); o += 4
-    if _f1171 == 1:
-        _n1172, = _U32.unpack_from(b, o); o += 4
-        if _n1172 > 4194304: raise XdrError('remote_domain_migrate_perform3_params_args.dconnuri: string of %d bytes exceeds 4194304' % _n1172)
-        _end1173 = o + _n1172
-        if _end1173 > len(b): raise XdrError('remote_domain_migrate_perform3_params_args.dconnuri: truncated string')
-        f1 = str(b[o:_end1173], 'utf-8', 'surrogateescape'); o = _end1173 + (-_n1172 & 3)
-    elif _f1171 == 0:
+    _f1184, = _U32.unpack_from(b, o); o += 4
+    if _f1184 == 1:
+        _n1185, = _U32.unpack_from(b, o); o += 4
+        if _n1185 > 4194304: raise XdrError('remote_domain_migrate_perform3_params_args.dconnuri: string of %d bytes exceeds 4194304' % _n1185)
+        _end1186 = o + _n1185
+        if _end1186 > len(b): raise XdrError('remote_domain_migrate_perform3_params_args.dconnuri: truncated string')
+        f1 = str(b[o:_end1186], 'utf-8', 'surrogateescape'); o = _end1186 + (-_n1185 & 3)
+    elif _f1184 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_migrate_perform3_params_args.dconnuri: bad optional flag %d' % _f1171)
-    _n1174, = _U32.unpack_from(b, o); o += 4
-    if _n1174 > 64: raise XdrError('remote_domain_migrate_perform3_params_args.params: %d items exceed 64' % _n1174)
-    if 4 * _n1174 > len(b) - o: raise XdrError('remote_domain_migrate_perform3_params_args.params: truncated list')
+        raise XdrError('remote_domain_migrate_perform3_params_args.dconnuri: bad optional flag %d' % _f1184)
+    _n1187, = _U32.unpack_from(b, o); o += 4
+    if _n1187 > 64: raise XdrError('remote_domain_migrate_perform3_params_args.params: %d items exceed 64' % _n1187)
+    if 4 * _n1187 > len(b) - o: raise XdrError('remote_domain_migrate_perform3_params_args.params: truncated list')
     f2 = []
-    for _ in range(_n1174):
-        _e1175, o = unpack_remote_typed_param(b, o)
-        f2.append(_e1175)
-    _n1176, = _U32.unpack_from(b, o); o += 4
-    if _n1176 > 4194304: raise XdrError('remote_domain_migrate_perform3_params_args.cookie_in: %d bytes exceed 4194304' % _n1176)
-    if o + _n1176 > len(b): raise XdrError('remote_domain_migrate_perform3_params_args.cookie_in: truncated')
-    f3 = bytes(b[o:o + _n1176]); o += _n1176 + (-_n1176 & 3)
+    for _ in range(_n1187):
+        _e1188, o = unpack_remote_typed_param(b, o)
+        f2.append(_e1188)
+    _n1189, = _U32.unpack_from(b, o); o += 4
+    if _n1189 > 4194304: raise XdrError('remote_domain_migrate_perform3_params_args.cookie_in: %d bytes exceed 4194304' % _n1189)
+    if o + _n1189 > len(b): raise XdrError('remote_domain_migrate_perform3_params_args.cookie_in: truncated')
+    f3 = bytes(b[o:o + _n1189]); o += _n1189 + (-_n1189 & 3)
     f4, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_migrate_perform3_params_args, (f0, f1, f2, f3, f4)), o
 
 remote_domain_migrate_perform3_params_ret = _nt('remote_domain_migrate_perform3_params_ret', 'cookie_out')
 
 def pack_remote_domain_migrate_perform3_params_ret(v, out):
-    _b1177 = v[0]
-    out += _U32.pack(len(_b1177)); out += _b1177; out += PAD[len(_b1177) & 3]
+    _b1190 = v[0]
+    out += _U32.pack(len(_b1190)); out += _b1190; out += PAD[len(_b1190) & 3]
 
 def unpack_remote_domain_migrate_perform3_params_ret(b, o):
-    _n1178, = _U32.unpack_from(b, o); o += 4
-    if _n1178 > 4194304: raise XdrError('remote_domain_migrate_perform3_params_ret.cookie_out: %d bytes exceed 4194304' % _n1178)
-    if o + _n1178 > len(b): raise XdrError('remote_domain_migrate_perform3_params_ret.cookie_out: truncated')
-    f0 = bytes(b[o:o + _n1178]); o += _n1178 + (-_n1178 & 3)
+    _n1191, = _U32.unpack_from(b, o); o += 4
+    if _n1191 > 4194304: raise XdrError('remote_domain_migrate_perform3_params_ret.cookie_out: %d bytes exceed 4194304' % _n1191)
+    if o + _n1191 > len(b): raise XdrError('remote_domain_migrate_perform3_params_ret.cookie_out: truncated')
+    f0 = bytes(b[o:o + _n1191]); o += _n1191 + (-_n1191 & 3)
     return _new(remote_domain_migrate_perform3_params_ret, (f0,)), o
 
 remote_domain_migrate_finish3_params_args = _nt('remote_domain_migrate_finish3_params_args', 'params cookie_in flags cancelled')
 
 def pack_remote_domain_migrate_finish3_params_args(v, out):
-    _t1179 = v[0]
-    out += _U32.pack(len(_t1179))
-    for _e1180 in _t1179:
-        pack_remote_typed_param(_e1180, out)
-    _b1181 = v[1]
-    out += _U32.pack(len(_b1181)); out += _b1181; out += PAD[len(_b1181) & 3]
+    _t1192 = v[0]
+    out += _U32.pack(len(_t1192))
+    for _e1193 in _t1192:
+        pack_remote_typed_param(_e1193, out)
+    _b1194 = v[1]
+    out += _U32.pack(len(_b1194)); out += _b1194; out += PAD[len(_b1194) & 3]
     out += _S_Ii.pack(v[2], v[3])
 
 def unpack_remote_domain_migrate_finish3_params_args(b, o):
-    _n1182, = _U32.unpack_from(b, o); o += 4
-    if _n1182 > 64: raise XdrError('remote_domain_migrate_finish3_params_args.params: %d items exceed 64' % _n1182)
-    if 4 * _n1182 > len(b) - o: raise XdrError('remote_domain_migrate_finish3_params_args.params: truncated list')
+    _n1195, = _U32.unpack_from(b, o); o += 4
+    if _n1195 > 64: raise XdrError('remote_domain_migrate_finish3_params_args.params: %d items exceed 64' % _n1195)
+    if 4 * _n1195 > len(b) - o: raise XdrError('remote_domain_migrate_finish3_params_args.params: truncated list')
     f0 = []
-    for _ in range(_n1182):
-        _e1183, o = unpack_remote_typed_param(b, o)
-        f0.append(_e1183)
-    _n1184, = _U32.unpack_from(b, o); o += 4
-    if _n1184 > 4194304: raise XdrError('remote_domain_migrate_finish3_params_args.cookie_in: %d bytes exceed 4194304' % _n1184)
-    if o + _n1184 > len(b): raise XdrError('remote_domain_migrate_finish3_params_args.cookie_in: truncated')
-    f1 = bytes(b[o:o + _n1184]); o += _n1184 + (-_n1184 & 3)
+    for _ in range(_n1195):
+        _e1196, o = unpack_remote_typed_param(b, o)
+        f0.append(_e1196)
+    _n1197, = _U32.unpack_from(b, o); o += 4
+    if _n1197 > 4194304: raise XdrError('remote_domain_migrate_finish3_params_args.cookie_in: %d bytes exceed 4194304' % _n1197)
+    if o + _n1197 > len(b): raise XdrError('remote_domain_migrate_finish3_params_args.cookie_in: truncated')
+    f1 = bytes(b[o:o + _n1197]); o += _n1197 + (-_n1197 & 3)
     f2, f3 = _S_Ii.unpack_from(b, o); o += 8
     return _new(remote_domain_migrate_finish3_params_args, (f0, f1, f2, f3)), o
 
@@ -9143,42 +9156,42 @@ remote_domain_migrate_finish3_params_ret = _nt('remote_domain_migrate_finish3_pa
 
 def pack_remote_domain_migrate_finish3_params_ret(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1185 = v[1]
-    out += _U32.pack(len(_b1185)); out += _b1185; out += PAD[len(_b1185) & 3]
+    _b1198 = v[1]
+    out += _U32.pack(len(_b1198)); out += _b1198; out += PAD[len(_b1198) & 3]
 
 def unpack_remote_domain_migrate_finish3_params_ret(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1186, = _U32.unpack_from(b, o); o += 4
-    if _n1186 > 4194304: raise XdrError('remote_domain_migrate_finish3_params_ret.cookie_out: %d bytes exceed 4194304' % _n1186)
-    if o + _n1186 > len(b): raise XdrError('remote_domain_migrate_finish3_params_ret.cookie_out: truncated')
-    f1 = bytes(b[o:o + _n1186]); o += _n1186 + (-_n1186 & 3)
+    _n1199, = _U32.unpack_from(b, o); o += 4
+    if _n1199 > 4194304: raise XdrError('remote_domain_migrate_finish3_params_ret.cookie_out: %d bytes exceed 4194304' % _n1199)
+    if o + _n1199 > len(b): raise XdrError('remote_domain_migrate_finish3_params_ret.cookie_out: truncated')
+    f1 = bytes(b[o:o + _n1199]); o += _n1199 + (-_n1199 & 3)
     return _new(remote_domain_migrate_finish3_params_ret, (f0, f1)), o
 
 remote_domain_migrate_confirm3_params_args = _nt('remote_domain_migrate_confirm3_params_args', 'dom params cookie_in flags cancelled')
 
 def pack_remote_domain_migrate_confirm3_params_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t1187 = v[1]
-    out += _U32.pack(len(_t1187))
-    for _e1188 in _t1187:
-        pack_remote_typed_param(_e1188, out)
-    _b1189 = v[2]
-    out += _U32.pack(len(_b1189)); out += _b1189; out += PAD[len(_b1189) & 3]
+    _t1200 = v[1]
+    out += _U32.pack(len(_t1200))
+    for _e1201 in _t1200:
+        pack_remote_typed_param(_e1201, out)
+    _b1202 = v[2]
+    out += _U32.pack(len(_b1202)); out += _b1202; out += PAD[len(_b1202) & 3]
     out += _S_Ii.pack(v[3], v[4])
 
 def unpack_remote_domain_migrate_confirm3_params_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1190, = _U32.unpack_from(b, o); o += 4
-    if _n1190 > 64: raise XdrError('remote_domain_migrate_confirm3_params_args.params: %d items exceed 64' % _n1190)
-    if 4 * _n1190 > len(b) - o: raise XdrError('remote_domain_migrate_confirm3_params_args.params: truncated list')
+    _n1203, = _U32.unpack_from(b, o); o += 4
+    if _n1203 > 64: raise XdrError('remote_domain_migrate_confirm3_params_args.params: %d items exceed 64' % _n1203)
+    if 4 * _n1203 > len(b) - o: raise XdrError('remote_domain_migrate_confirm3_params_args.params: truncated list')
     f1 = []
-    for _ in range(_n1190):
-        _e1191, o = unpack_remote_typed_param(b, o)
-        f1.append(_e1191)
-    _n1192, = _U32.unpack_from(b, o); o += 4
-    if _n1192 > 4194304: raise XdrError('remote_domain_migrate_confirm3_params_args.cookie_in: %d bytes exceed 4194304' % _n1192)
-    if o + _n1192 > len(b): raise XdrError('remote_domain_migrate_confirm3_params_args.cookie_in: truncated')
-    f2 = bytes(b[o:o + _n1192]); o += _n1192 + (-_n1192 & 3)
+    for _ in range(_n1203):
+        _e1204, o = unpack_remote_typed_param(b, o)
+        f1.append(_e1204)
+    _n1205, = _U32.unpack_from(b, o); o += 4
+    if _n1205 > 4194304: raise XdrError('remote_domain_migrate_confirm3_params_args.cookie_in: %d bytes exceed 4194304' % _n1205)
+    if o + _n1205 > len(b): raise XdrError('remote_domain_migrate_confirm3_params_args.cookie_in: truncated')
+    f2 = bytes(b[o:o + _n1205]); o += _n1205 + (-_n1205 & 3)
     f3, f4 = _S_Ii.unpack_from(b, o); o += 8
     return _new(remote_domain_migrate_confirm3_params_args, (f0, f1, f2, f3, f4)), o
 
@@ -9186,16 +9199,16 @@ remote_domain_event_device_removed_msg = _nt('remote_domain_event_device_removed
 
 def pack_remote_domain_event_device_removed_msg(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1193 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1193)); out += _b1193; out += PAD[len(_b1193) & 3]
+    _b1206 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1206)); out += _b1206; out += PAD[len(_b1206) & 3]
 
 def unpack_remote_domain_event_device_removed_msg(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1194, = _U32.unpack_from(b, o); o += 4
-    if _n1194 > 4194304: raise XdrError('remote_domain_event_device_removed_msg.devAlias: string of %d bytes exceeds 4194304' % _n1194)
-    _end1195 = o + _n1194
-    if _end1195 > len(b): raise XdrError('remote_domain_event_device_removed_msg.devAlias: truncated string')
-    f1 = str(b[o:_end1195], 'utf-8', 'surrogateescape'); o = _end1195 + (-_n1194 & 3)
+    _n1207, = _U32.unpack_from(b, o); o += 4
+    if _n1207 > 4194304: raise XdrError('remote_domain_event_device_removed_msg.devAlias: string of %d bytes exceeds 4194304' % _n1207)
+    _end1208 = o + _n1207
+    if _end1208 > len(b): raise XdrError('remote_domain_event_device_removed_msg.devAlias: truncated string')
+    f1 = str(b[o:_end1208], 'utf-8', 'surrogateescape'); o = _end1208 + (-_n1207 & 3)
     return _new(remote_domain_event_device_removed_msg, (f0, f1)), o
 
 remote_domain_event_callback_device_removed_msg = _nt('remote_domain_event_callback_device_removed_msg', 'callbackID msg')
@@ -9214,18 +9227,18 @@ remote_domain_event_block_job_2_msg = _nt('remote_domain_event_block_job_2_msg',
 def pack_remote_domain_event_block_job_2_msg(v, out):
     out += _S_i.pack(v[0])
     pack_remote_nonnull_domain(v[1], out)
-    _b1196 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1196)); out += _b1196; out += PAD[len(_b1196) & 3]
+    _b1209 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1209)); out += _b1209; out += PAD[len(_b1209) & 3]
     out += _S_ii.pack(v[3], v[4])
 
 def unpack_remote_domain_event_block_job_2_msg(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
     f1, o = unpack_remote_nonnull_domain(b, o)
-    _n1197, = _U32.unpack_from(b, o); o += 4
-    if _n1197 > 4194304: raise XdrError('remote_domain_event_block_job_2_msg.dst: string of %d bytes exceeds 4194304' % _n1197)
-    _end1198 = o + _n1197
-    if _end1198 > len(b): raise XdrError('remote_domain_event_block_job_2_msg.dst: truncated string')
-    f2 = str(b[o:_end1198], 'utf-8', 'surrogateescape'); o = _end1198 + (-_n1197 & 3)
+    _n1210, = _U32.unpack_from(b, o); o += 4
+    if _n1210 > 4194304: raise XdrError('remote_domain_event_block_job_2_msg.dst: string of %d bytes exceeds 4194304' % _n1210)
+    _end1211 = o + _n1210
+    if _end1211 > len(b): raise XdrError('remote_domain_event_block_job_2_msg.dst: truncated string')
+    f2 = str(b[o:_end1211], 'utf-8', 'surrogateescape'); o = _end1211 + (-_n1210 & 3)
     f3, f4 = _S_ii.unpack_from(b, o); o += 8
     return _new(remote_domain_event_block_job_2_msg, (f0, f1, f2, f3, f4)), o
 
@@ -9234,36 +9247,36 @@ remote_domain_event_block_threshold_msg = _nt('remote_domain_event_block_thresho
 def pack_remote_domain_event_block_threshold_msg(v, out):
     out += _S_i.pack(v[0])
     pack_remote_nonnull_domain(v[1], out)
-    _b1199 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1199)); out += _b1199; out += PAD[len(_b1199) & 3]
-    _t1200 = v[3]
-    if _t1200 is None:
+    _b1212 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1212)); out += _b1212; out += PAD[len(_b1212) & 3]
+    _t1213 = v[3]
+    if _t1213 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1201 = _t1200.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1201)); out += _b1201; out += PAD[len(_b1201) & 3]
+        _b1214 = _t1213.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1214)); out += _b1214; out += PAD[len(_b1214) & 3]
     out += _S_QQ.pack(v[4], v[5])
 
 def unpack_remote_domain_event_block_threshold_msg(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
     f1, o = unpack_remote_nonnull_domain(b, o)
-    _n1202, = _U32.unpack_from(b, o); o += 4
-    if _n1202 > 4194304: raise XdrError('remote_domain_event_block_threshold_msg.dev: string of %d bytes exceeds 4194304' % _n1202)
-    _end1203 = o + _n1202
-    if _end1203 > len(b): raise XdrError('remote_domain_event_block_threshold_msg.dev: truncated string')
-    f2 = str(b[o:_end1203], 'utf-8', 'surrogateescape'); o = _end1203 + (-_n1202 & 3)
-    _f1204, = _U32.unpack_from(b, o); o += 4
-    if _f1204 == 1:
-        _n1205, = _U32.unpack_from(b, o); o += 4
-        if _n1205 > 4194304: raise XdrError('remote_domain_event_block_threshold_msg.path: string of %d bytes exceeds 4194304' % _n1205)
-        _end1206 = o + _n1205
-        if _end1206 > len(b): raise XdrError('remote_domain_event_block_threshold_msg.path: truncated string')
-        f3 = str(b[o:_end1206], 'utf-8', 'surrogateescape'); o = _end1206 + (-_n1205 & 3)
-    elif _f1204 == 0:
+    _n1215, = _U32.unpack_from(b, o); o += 4
+    if _n1215 > 4194304: raise XdrError('remote_domain_event_block_threshold_msg.dev: string of %d bytes exceeds 4194304' % _n1215)
+    _end1216 = o + _n1215
+    if _end1216 > len(b): raise XdrError('remote_domain_event_block_threshold_msg.dev: truncated string')
+    f2 = str(b[o:_end1216], 'utf-8', 'surrogateescape'); o = _end1216 + (-_n1215 & 3)
+    _f1217, = _U32.unpack_from(b, o); o += 4
+    if _f1217 == 1:
+        _n1218, = _U32.unpack_from(b, o); o += 4
+        if _n1218 > 4194304: raise XdrError('remote_domain_event_block_threshold_msg.path: string of %d bytes exceeds 4194304' % _n1218)
+        _end1219 = o + _n1218
+        if _end1219 > len(b): raise XdrError('remote_domain_event_block_threshold_msg.path: truncated string')
+        f3 = str(b[o:_end1219], 'utf-8', 'surrogateescape'); o = _end1219 + (-_n1218 & 3)
+    elif _f1217 == 0:
         f3 = None
     else:
-        raise XdrError('remote_domain_event_block_threshold_msg.path: bad optional flag %d' % _f1204)
+        raise XdrError('remote_domain_event_block_threshold_msg.path: bad optional flag %d' % _f1217)
     f4, f5 = _S_QQ.unpack_from(b, o); o += 16
     return _new(remote_domain_event_block_threshold_msg, (f0, f1, f2, f3, f4, f5)), o
 
@@ -9272,21 +9285,21 @@ remote_domain_event_callback_tunable_msg = _nt('remote_domain_event_callback_tun
 def pack_remote_domain_event_callback_tunable_msg(v, out):
     out += _S_i.pack(v[0])
     pack_remote_nonnull_domain(v[1], out)
-    _t1207 = v[2]
-    out += _U32.pack(len(_t1207))
-    for _e1208 in _t1207:
-        pack_remote_typed_param(_e1208, out)
+    _t1220 = v[2]
+    out += _U32.pack(len(_t1220))
+    for _e1221 in _t1220:
+        pack_remote_typed_param(_e1221, out)
 
 def unpack_remote_domain_event_callback_tunable_msg(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
     f1, o = unpack_remote_nonnull_domain(b, o)
-    _n1209, = _U32.unpack_from(b, o); o += 4
-    if _n1209 > 2048: raise XdrError('remote_domain_event_callback_tunable_msg.params: %d items exceed 2048' % _n1209)
-    if 4 * _n1209 > len(b) - o: raise XdrError('remote_domain_event_callback_tunable_msg.params: truncated list')
+    _n1222, = _U32.unpack_from(b, o); o += 4
+    if _n1222 > 2048: raise XdrError('remote_domain_event_callback_tunable_msg.params: %d items exceed 2048' % _n1222)
+    if 4 * _n1222 > len(b) - o: raise XdrError('remote_domain_event_callback_tunable_msg.params: truncated list')
     f2 = []
-    for _ in range(_n1209):
-        _e1210, o = unpack_remote_typed_param(b, o)
-        f2.append(_e1210)
+    for _ in range(_n1222):
+        _e1223, o = unpack_remote_typed_param(b, o)
+        f2.append(_e1223)
     return _new(remote_domain_event_callback_tunable_msg, (f0, f1, f2)), o
 
 remote_domain_event_callback_device_added_msg = _nt('remote_domain_event_callback_device_added_msg', 'callbackID dom devAlias')
@@ -9294,17 +9307,17 @@ remote_domain_event_callback_device_added_msg = _nt('remote_domain_event_callbac
 def pack_remote_domain_event_callback_device_added_msg(v, out):
     out += _S_i.pack(v[0])
     pack_remote_nonnull_domain(v[1], out)
-    _b1211 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1211)); out += _b1211; out += PAD[len(_b1211) & 3]
+    _b1224 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1224)); out += _b1224; out += PAD[len(_b1224) & 3]
 
 def unpack_remote_domain_event_callback_device_added_msg(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
     f1, o = unpack_remote_nonnull_domain(b, o)
-    _n1212, = _U32.unpack_from(b, o); o += 4
-    if _n1212 > 4194304: raise XdrError('remote_domain_event_callback_device_added_msg.devAlias: string of %d bytes exceeds 4194304' % _n1212)
-    _end1213 = o + _n1212
-    if _end1213 > len(b): raise XdrError('remote_domain_event_callback_device_added_msg.devAlias: truncated string')
-    f2 = str(b[o:_end1213], 'utf-8', 'surrogateescape'); o = _end1213 + (-_n1212 & 3)
+    _n1225, = _U32.unpack_from(b, o); o += 4
+    if _n1225 > 4194304: raise XdrError('remote_domain_event_callback_device_added_msg.devAlias: string of %d bytes exceeds 4194304' % _n1225)
+    _end1226 = o + _n1225
+    if _end1226 > len(b): raise XdrError('remote_domain_event_callback_device_added_msg.devAlias: truncated string')
+    f2 = str(b[o:_end1226], 'utf-8', 'surrogateescape'); o = _end1226 + (-_n1225 & 3)
     return _new(remote_domain_event_callback_device_added_msg, (f0, f1, f2)), o
 
 remote_connect_event_connection_closed_msg = _nt('remote_connect_event_connection_closed_msg', 'reason')
@@ -9319,41 +9332,41 @@ def unpack_remote_connect_event_connection_closed_msg(b, o):
 remote_connect_get_cpu_model_names_args = _nt('remote_connect_get_cpu_model_names_args', 'arch need_results flags')
 
 def pack_remote_connect_get_cpu_model_names_args(v, out):
-    _b1214 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1214)); out += _b1214; out += PAD[len(_b1214) & 3]
+    _b1227 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1227)); out += _b1227; out += PAD[len(_b1227) & 3]
     out += _S_iI.pack(v[1], v[2])
 
 def unpack_remote_connect_get_cpu_model_names_args(b, o):
-    _n1215, = _U32.unpack_from(b, o); o += 4
-    if _n1215 > 4194304: raise XdrError('remote_connect_get_cpu_model_names_args.arch: string of %d bytes exceeds 4194304' % _n1215)
-    _end1216 = o + _n1215
-    if _end1216 > len(b): raise XdrError('remote_connect_get_cpu_model_names_args.arch: truncated string')
-    f0 = str(b[o:_end1216], 'utf-8', 'surrogateescape'); o = _end1216 + (-_n1215 & 3)
+    _n1228, = _U32.unpack_from(b, o); o += 4
+    if _n1228 > 4194304: raise XdrError('remote_connect_get_cpu_model_names_args.arch: string of %d bytes exceeds 4194304' % _n1228)
+    _end1229 = o + _n1228
+    if _end1229 > len(b): raise XdrError('remote_connect_get_cpu_model_names_args.arch: truncated string')
+    f0 = str(b[o:_end1229], 'utf-8', 'surrogateescape'); o = _end1229 + (-_n1228 & 3)
     f1, f2 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_connect_get_cpu_model_names_args, (f0, f1, f2)), o
 
 remote_connect_get_cpu_model_names_ret = _nt('remote_connect_get_cpu_model_names_ret', 'models ret')
 
 def pack_remote_connect_get_cpu_model_names_ret(v, out):
-    _t1217 = v[0]
-    out += _U32.pack(len(_t1217))
-    for _e1218 in _t1217:
-        _b1219 = _e1218.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1219)); out += _b1219; out += PAD[len(_b1219) & 3]
+    _t1230 = v[0]
+    out += _U32.pack(len(_t1230))
+    for _e1231 in _t1230:
+        _b1232 = _e1231.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1232)); out += _b1232; out += PAD[len(_b1232) & 3]
     out += _S_i.pack(v[1])
 
 def unpack_remote_connect_get_cpu_model_names_ret(b, o):
-    _n1220, = _U32.unpack_from(b, o); o += 4
-    if _n1220 > 8192: raise XdrError('remote_connect_get_cpu_model_names_ret.models: %d items exceed 8192' % _n1220)
-    if 4 * _n1220 > len(b) - o: raise XdrError('remote_connect_get_cpu_model_names_ret.models: truncated list')
+    _n1233, = _U32.unpack_from(b, o); o += 4
+    if _n1233 > 8192: raise XdrError('remote_connect_get_cpu_model_names_ret.models: %d items exceed 8192' % _n1233)
+    if 4 * _n1233 > len(b) - o: raise XdrError('remote_connect_get_cpu_model_names_ret.models: truncated list')
     f0 = []
-    for _ in range(_n1220):
-        _n1222, = _U32.unpack_from(b, o); o += 4
-        if _n1222 > 4194304: raise XdrError('remote_connect_get_cpu_model_names_ret.models: string of %d bytes exceeds 4194304' % _n1222)
-        _end1223 = o + _n1222
-        if _end1223 > len(b): raise XdrError('remote_connect_get_cpu_model_names_ret.models: truncated string')
-        _e1221 = str(b[o:_end1223], 'utf-8', 'surrogateescape'); o = _end1223 + (-_n1222 & 3)
-        f0.append(_e1221)
+    for _ in range(_n1233):
+        _n1235, = _U32.unpack_from(b, o); o += 4
+        if _n1235 > 4194304: raise XdrError('remote_connect_get_cpu_model_names_ret.models: string of %d bytes exceeds 4194304' % _n1235)
+        _end1236 = o + _n1235
+        if _end1236 > len(b): raise XdrError('remote_connect_get_cpu_model_names_ret.models: truncated string')
+        _e1234 = str(b[o:_end1236], 'utf-8', 'surrogateescape'); o = _end1236 + (-_n1235 & 3)
+        f0.append(_e1234)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_connect_get_cpu_model_names_ret, (f0, f1)), o
 
@@ -9361,22 +9374,22 @@ remote_connect_network_event_register_any_args = _nt('remote_connect_network_eve
 
 def pack_remote_connect_network_event_register_any_args(v, out):
     out += _S_i.pack(v[0])
-    _t1224 = v[1]
-    if _t1224 is None:
+    _t1237 = v[1]
+    if _t1237 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        pack_remote_nonnull_network(_t1224, out)
+        pack_remote_nonnull_network(_t1237, out)
 
 def unpack_remote_connect_network_event_register_any_args(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
-    _f1225, = _U32.unpack_from(b, o); o += 4
-    if _f1225 == 1:
+    _f1238, = _U32.unpack_from(b, o); o += 4
+    if _f1238 == 1:
         f1, o = unpack_remote_nonnull_network(b, o)
-    elif _f1225 == 0:
+    elif _f1238 == 0:
         f1 = None
     else:
-        raise XdrError('remote_connect_network_event_register_any_args.net: bad optional flag %d' % _f1225)
+        raise XdrError('remote_connect_network_event_register_any_args.net: bad optional flag %d' % _f1238)
     return _new(remote_connect_network_event_register_any_args, (f0, f1)), o
 
 remote_connect_network_event_register_any_ret = _nt('remote_connect_network_event_register_any_ret', 'callbackID')
@@ -9414,22 +9427,22 @@ remote_connect_storage_pool_event_register_any_args = _nt('remote_connect_storag
 
 def pack_remote_connect_storage_pool_event_register_any_args(v, out):
     out += _S_i.pack(v[0])
-    _t1226 = v[1]
-    if _t1226 is None:
+    _t1239 = v[1]
+    if _t1239 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        pack_remote_nonnull_storage_pool(_t1226, out)
+        pack_remote_nonnull_storage_pool(_t1239, out)
 
 def unpack_remote_connect_storage_pool_event_register_any_args(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
-    _f1227, = _U32.unpack_from(b, o); o += 4
-    if _f1227 == 1:
+    _f1240, = _U32.unpack_from(b, o); o += 4
+    if _f1240 == 1:
         f1, o = unpack_remote_nonnull_storage_pool(b, o)
-    elif _f1227 == 0:
+    elif _f1240 == 0:
         f1 = None
     else:
-        raise XdrError('remote_connect_storage_pool_event_register_any_args.pool: bad optional flag %d' % _f1227)
+        raise XdrError('remote_connect_storage_pool_event_register_any_args.pool: bad optional flag %d' % _f1240)
     return _new(remote_connect_storage_pool_event_register_any_args, (f0, f1)), o
 
 remote_connect_storage_pool_event_register_any_ret = _nt('remote_connect_storage_pool_event_register_any_ret', 'callbackID')
@@ -9478,22 +9491,22 @@ remote_connect_node_device_event_register_any_args = _nt('remote_connect_node_de
 
 def pack_remote_connect_node_device_event_register_any_args(v, out):
     out += _S_i.pack(v[0])
-    _t1228 = v[1]
-    if _t1228 is None:
+    _t1241 = v[1]
+    if _t1241 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        pack_remote_nonnull_node_device(_t1228, out)
+        pack_remote_nonnull_node_device(_t1241, out)
 
 def unpack_remote_connect_node_device_event_register_any_args(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
-    _f1229, = _U32.unpack_from(b, o); o += 4
-    if _f1229 == 1:
+    _f1242, = _U32.unpack_from(b, o); o += 4
+    if _f1242 == 1:
         f1, o = unpack_remote_nonnull_node_device(b, o)
-    elif _f1229 == 0:
+    elif _f1242 == 0:
         f1 = None
     else:
-        raise XdrError('remote_connect_node_device_event_register_any_args.dev: bad optional flag %d' % _f1229)
+        raise XdrError('remote_connect_node_device_event_register_any_args.dev: bad optional flag %d' % _f1242)
     return _new(remote_connect_node_device_event_register_any_args, (f0, f1)), o
 
 remote_connect_node_device_event_register_any_ret = _nt('remote_connect_node_device_event_register_any_ret', 'callbackID')
@@ -9542,26 +9555,26 @@ remote_domain_fsfreeze_args = _nt('remote_domain_fsfreeze_args', 'dom mountpoint
 
 def pack_remote_domain_fsfreeze_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t1230 = v[1]
-    out += _U32.pack(len(_t1230))
-    for _e1231 in _t1230:
-        _b1232 = _e1231.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1232)); out += _b1232; out += PAD[len(_b1232) & 3]
+    _t1243 = v[1]
+    out += _U32.pack(len(_t1243))
+    for _e1244 in _t1243:
+        _b1245 = _e1244.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1245)); out += _b1245; out += PAD[len(_b1245) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_fsfreeze_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1233, = _U32.unpack_from(b, o); o += 4
-    if _n1233 > 256: raise XdrError('remote_domain_fsfreeze_args.mountpoints: %d items exceed 256' % _n1233)
-    if 4 * _n1233 > len(b) - o: raise XdrError('remote_domain_fsfreeze_args.mountpoints: truncated list')
+    _n1246, = _U32.unpack_from(b, o); o += 4
+    if _n1246 > 256: raise XdrError('remote_domain_fsfreeze_args.mountpoints: %d items exceed 256' % _n1246)
+    if 4 * _n1246 > len(b) - o: raise XdrError('remote_domain_fsfreeze_args.mountpoints: truncated list')
     f1 = []
-    for _ in range(_n1233):
-        _n1235, = _U32.unpack_from(b, o); o += 4
-        if _n1235 > 4194304: raise XdrError('remote_domain_fsfreeze_args.mountpoints: string of %d bytes exceeds 4194304' % _n1235)
-        _end1236 = o + _n1235
-        if _end1236 > len(b): raise XdrError('remote_domain_fsfreeze_args.mountpoints: truncated string')
-        _e1234 = str(b[o:_end1236], 'utf-8', 'surrogateescape'); o = _end1236 + (-_n1235 & 3)
-        f1.append(_e1234)
+    for _ in range(_n1246):
+        _n1248, = _U32.unpack_from(b, o); o += 4
+        if _n1248 > 4194304: raise XdrError('remote_domain_fsfreeze_args.mountpoints: string of %d bytes exceeds 4194304' % _n1248)
+        _end1249 = o + _n1248
+        if _end1249 > len(b): raise XdrError('remote_domain_fsfreeze_args.mountpoints: truncated string')
+        _e1247 = str(b[o:_end1249], 'utf-8', 'surrogateescape'); o = _end1249 + (-_n1248 & 3)
+        f1.append(_e1247)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_fsfreeze_args, (f0, f1, f2)), o
 
@@ -9578,26 +9591,26 @@ remote_domain_fsthaw_args = _nt('remote_domain_fsthaw_args', 'dom mountpoints fl
 
 def pack_remote_domain_fsthaw_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t1237 = v[1]
-    out += _U32.pack(len(_t1237))
-    for _e1238 in _t1237:
-        _b1239 = _e1238.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1239)); out += _b1239; out += PAD[len(_b1239) & 3]
+    _t1250 = v[1]
+    out += _U32.pack(len(_t1250))
+    for _e1251 in _t1250:
+        _b1252 = _e1251.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1252)); out += _b1252; out += PAD[len(_b1252) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_fsthaw_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1240, = _U32.unpack_from(b, o); o += 4
-    if _n1240 > 256: raise XdrError('remote_domain_fsthaw_args.mountpoints: %d items exceed 256' % _n1240)
-    if 4 * _n1240 > len(b) - o: raise XdrError('remote_domain_fsthaw_args.mountpoints: truncated list')
+    _n1253, = _U32.unpack_from(b, o); o += 4
+    if _n1253 > 256: raise XdrError('remote_domain_fsthaw_args.mountpoints: %d items exceed 256' % _n1253)
+    if 4 * _n1253 > len(b) - o: raise XdrError('remote_domain_fsthaw_args.mountpoints: truncated list')
     f1 = []
-    for _ in range(_n1240):
-        _n1242, = _U32.unpack_from(b, o); o += 4
-        if _n1242 > 4194304: raise XdrError('remote_domain_fsthaw_args.mountpoints: string of %d bytes exceeds 4194304' % _n1242)
-        _end1243 = o + _n1242
-        if _end1243 > len(b): raise XdrError('remote_domain_fsthaw_args.mountpoints: truncated string')
-        _e1241 = str(b[o:_end1243], 'utf-8', 'surrogateescape'); o = _end1243 + (-_n1242 & 3)
-        f1.append(_e1241)
+    for _ in range(_n1253):
+        _n1255, = _U32.unpack_from(b, o); o += 4
+        if _n1255 > 4194304: raise XdrError('remote_domain_fsthaw_args.mountpoints: string of %d bytes exceeds 4194304' % _n1255)
+        _end1256 = o + _n1255
+        if _end1256 > len(b): raise XdrError('remote_domain_fsthaw_args.mountpoints: truncated string')
+        _e1254 = str(b[o:_end1256], 'utf-8', 'surrogateescape'); o = _end1256 + (-_n1255 & 3)
+        f1.append(_e1254)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_fsthaw_args, (f0, f1, f2)), o
 
@@ -9613,53 +9626,53 @@ def unpack_remote_domain_fsthaw_ret(b, o):
 remote_node_get_free_pages_args = _nt('remote_node_get_free_pages_args', 'pages startCell cellCount flags')
 
 def pack_remote_node_get_free_pages_args(v, out):
-    _t1244 = v[0]
-    out += _U32.pack(len(_t1244))
-    out += struct.pack('>%dI' % len(_t1244), *_t1244)
+    _t1257 = v[0]
+    out += _U32.pack(len(_t1257))
+    out += struct.pack('>%dI' % len(_t1257), *_t1257)
     out += _S_iII.pack(v[1], v[2], v[3])
 
 def unpack_remote_node_get_free_pages_args(b, o):
-    _n1245, = _U32.unpack_from(b, o); o += 4
-    if _n1245 > 1024: raise XdrError('remote_node_get_free_pages_args.pages: %d items exceed 1024' % _n1245)
-    if 4 * _n1245 > len(b) - o: raise XdrError('remote_node_get_free_pages_args.pages: truncated list')
-    f0 = list(struct.unpack_from('>%dI' % _n1245, b, o)); o += 4 * _n1245
+    _n1258, = _U32.unpack_from(b, o); o += 4
+    if _n1258 > 1024: raise XdrError('remote_node_get_free_pages_args.pages: %d items exceed 1024' % _n1258)
+    if 4 * _n1258 > len(b) - o: raise XdrError('remote_node_get_free_pages_args.pages: truncated list')
+    f0 = list(struct.unpack_from('>%dI' % _n1258, b, o)); o += 4 * _n1258
     f1, f2, f3 = _S_iII.unpack_from(b, o); o += 12
     return _new(remote_node_get_free_pages_args, (f0, f1, f2, f3)), o
 
 remote_node_get_free_pages_ret = _nt('remote_node_get_free_pages_ret', 'counts')
 
 def pack_remote_node_get_free_pages_ret(v, out):
-    _t1246 = v[0]
-    out += _U32.pack(len(_t1246))
-    out += struct.pack('>%dQ' % len(_t1246), *_t1246)
+    _t1259 = v[0]
+    out += _U32.pack(len(_t1259))
+    out += struct.pack('>%dQ' % len(_t1259), *_t1259)
 
 def unpack_remote_node_get_free_pages_ret(b, o):
-    _n1247, = _U32.unpack_from(b, o); o += 4
-    if _n1247 > 1024: raise XdrError('remote_node_get_free_pages_ret.counts: %d items exceed 1024' % _n1247)
-    if 4 * _n1247 > len(b) - o: raise XdrError('remote_node_get_free_pages_ret.counts: truncated list')
-    f0 = list(struct.unpack_from('>%dQ' % _n1247, b, o)); o += 8 * _n1247
+    _n1260, = _U32.unpack_from(b, o); o += 4
+    if _n1260 > 1024: raise XdrError('remote_node_get_free_pages_ret.counts: %d items exceed 1024' % _n1260)
+    if 4 * _n1260 > len(b) - o: raise XdrError('remote_node_get_free_pages_ret.counts: truncated list')
+    f0 = list(struct.unpack_from('>%dQ' % _n1260, b, o)); o += 8 * _n1260
     return _new(remote_node_get_free_pages_ret, (f0,)), o
 
 remote_node_alloc_pages_args = _nt('remote_node_alloc_pages_args', 'pageSizes pageCounts startCell cellCount flags')
 
 def pack_remote_node_alloc_pages_args(v, out):
-    _t1248 = v[0]
-    out += _U32.pack(len(_t1248))
-    out += struct.pack('>%dI' % len(_t1248), *_t1248)
-    _t1249 = v[1]
-    out += _U32.pack(len(_t1249))
-    out += struct.pack('>%dQ' % len(_t1249), *_t1249)
+    _t1261 = v[0]
+    out += _U32.pack(len(_t1261))
+    out += struct.pack('>%dI' % len(_t1261), *_t1261)
+    _t1262 = v[1]
+    out += _U32.pack(len(_t1262))
+    out += struct.pack('>%dQ' % len(_t1262), *_t1262)
     out += _S_iII.pack(v[2], v[3], v[4])
 
 def unpack_remote_node_alloc_pages_args(b, o):
-    _n1250, = _U32.unpack_from(b, o); o += 4
-    if _n1250 > 1024: raise XdrError('remote_node_alloc_pages_args.pageSizes: %d items exceed 1024' % _n1250)
-    if 4 * _n1250 > len(b) - o: raise XdrError('remote_node_alloc_pages_args.pageSizes: truncated list')
-    f0 = list(struct.unpack_from('>%dI' % _n1250, b, o)); o += 4 * _n1250
-    _n1251, = _U32.unpack_from(b, o); o += 4
-    if _n1251 > 1024: raise XdrError('remote_node_alloc_pages_args.pageCounts: %d items exceed 1024' % _n1251)
-    if 4 * _n1251 > len(b) - o: raise XdrError('remote_node_alloc_pages_args.pageCounts: truncated list')
-    f1 = list(struct.unpack_from('>%dQ' % _n1251, b, o)); o += 8 * _n1251
+    _n1263, = _U32.unpack_from(b, o); o += 4
+    if _n1263 > 1024: raise XdrError('remote_node_alloc_pages_args.pageSizes: %d items exceed 1024' % _n1263)
+    if 4 * _n1263 > len(b) - o: raise XdrError('remote_node_alloc_pages_args.pageSizes: truncated list')
+    f0 = list(struct.unpack_from('>%dI' % _n1263, b, o)); o += 4 * _n1263
+    _n1264, = _U32.unpack_from(b, o); o += 4
+    if _n1264 > 1024: raise XdrError('remote_node_alloc_pages_args.pageCounts: %d items exceed 1024' % _n1264)
+    if 4 * _n1264 > len(b) - o: raise XdrError('remote_node_alloc_pages_args.pageCounts: truncated list')
+    f1 = list(struct.unpack_from('>%dQ' % _n1264, b, o)); o += 8 * _n1264
     f2, f3, f4 = _S_iII.unpack_from(b, o); o += 12
     return _new(remote_node_alloc_pages_args, (f0, f1, f2, f3, f4)), o
 
@@ -9675,146 +9688,146 @@ def unpack_remote_node_alloc_pages_ret(b, o):
 remote_network_dhcp_lease = _nt('remote_network_dhcp_lease', 'iface expirytime type mac iaid ipaddr prefix hostname clientid')
 
 def pack_remote_network_dhcp_lease(v, out):
-    _b1252 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1252)); out += _b1252; out += PAD[len(_b1252) & 3]
+    _b1265 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1265)); out += _b1265; out += PAD[len(_b1265) & 3]
     out += _S_qi.pack(v[1], v[2])
-    _t1253 = v[3]
-    if _t1253 is None:
+    _t1266 = v[3]
+    if _t1266 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1254 = _t1253.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1254)); out += _b1254; out += PAD[len(_b1254) & 3]
-    _t1255 = v[4]
-    if _t1255 is None:
+        _b1267 = _t1266.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1267)); out += _b1267; out += PAD[len(_b1267) & 3]
+    _t1268 = v[4]
+    if _t1268 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1256 = _t1255.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1256)); out += _b1256; out += PAD[len(_b1256) & 3]
-    _b1257 = v[5].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1257)); out += _b1257; out += PAD[len(_b1257) & 3]
+        _b1269 = _t1268.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1269)); out += _b1269; out += PAD[len(_b1269) & 3]
+    _b1270 = v[5].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1270)); out += _b1270; out += PAD[len(_b1270) & 3]
     out += _S_I.pack(v[6])
-    _t1258 = v[7]
-    if _t1258 is None:
+    _t1271 = v[7]
+    if _t1271 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1259 = _t1258.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1259)); out += _b1259; out += PAD[len(_b1259) & 3]
-    _t1260 = v[8]
-    if _t1260 is None:
+        _b1272 = _t1271.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1272)); out += _b1272; out += PAD[len(_b1272) & 3]
+    _t1273 = v[8]
+    if _t1273 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1261 = _t1260.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1261)); out += _b1261; out += PAD[len(_b1261) & 3]
+        _b1274 = _t1273.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1274)); out += _b1274; out += PAD[len(_b1274) & 3]
 
 def unpack_remote_network_dhcp_lease(b, o):
-    _n1262, = _U32.unpack_from(b, o); o += 4
-    if _n1262 > 4194304: raise XdrError('remote_network_dhcp_lease.iface: string of %d bytes exceeds 4194304' % _n1262)
-    _end1263 = o + _n1262
-    if _end1263 > len(b): raise XdrError('remote_network_dhcp_lease.iface: truncated string')
-    f0 = str(b[o:_end1263], 'utf-8', 'surrogateescape'); o = _end1263 + (-_n1262 & 3)
+    _n1275, = _U32.unpack_from(b, o); o += 4
+    if _n1275 > 4194304: raise XdrError('remote_network_dhcp_lease.iface: string of %d bytes exceeds 4194304' % _n1275)
+    _end1276 = o + _n1275
+    if _end1276 > len(b): raise XdrError('remote_network_dhcp_lease.iface: truncated string')
+    f0 = str(b[o:_end1276], 'utf-8', 'surrogateescape'); o = _end1276 + (-_n1275 & 3)
     f1, f2 = _S_qi.unpack_from(b, o); o += 12
-    _f1264, = _U32.unpack_from(b, o); o += 4
-    if _f1264 == 1:
-        _n1265, = _U32.unpack_from(b, o); o += 4
-        if _n1265 > 4194304: raise XdrError('remote_network_dhcp_lease.mac: string of %d bytes exceeds 4194304' % _n1265)
-        _end1266 = o + _n1265
-        if _end1266 > len(b): raise XdrError('remote_network_dhcp_lease.mac: truncated string')
-        f3 = str(b[o:_end1266], 'utf-8', 'surrogateescape'); o = _end1266 + (-_n1265 & 3)
-    elif _f1264 == 0:
+    _f1277, = _U32.unpack_from(b, o); o += 4
+    if _f1277 == 1:
+        _n1278, = _U32.unpack_from(b, o); o += 4
+        if _n1278 > 4194304: raise XdrError('remote_network_dhcp_lease.mac: string of %d bytes exceeds 4194304' % _n1278)
+        _end1279 = o + _n1278
+        if _end1279 > len(b): raise XdrError('remote_network_dhcp_lease.mac: truncated string')
+        f3 = str(b[o:_end1279], 'utf-8', 'surrogateescape'); o = _end1279 + (-_n1278 & 3)
+    elif _f1277 == 0:
         f3 = None
     else:
-        raise XdrError('remote_network_dhcp_lease.mac: bad optional flag %d' % _f1264)
-    _f1267, = _U32.unpack_from(b, o); o += 4
-    if _f1267 == 1:
-        _n1268, = _U32.unpack_from(b, o); o += 4
-        if _n1268 > 4194304: raise XdrError('remote_network_dhcp_lease.iaid: string of %d bytes exceeds 4194304' % _n1268)
-        _end1269 = o + _n1268
-        if _end1269 > len(b): raise XdrError('remote_network_dhcp_lease.iaid: truncated string')
-        f4 = str(b[o:_end1269], 'utf-8', 'surrogateescape'); o = _end1269 + (-_n1268 & 3)
-    elif _f1267 == 0:
+        raise XdrError('remote_network_dhcp_lease.mac: bad optional flag %d' % _f1277)
+    _f1280, = _U32.unpack_from(b, o); o += 4
+    if _f1280 == 1:
+        _n1281, = _U32.unpack_from(b, o); o += 4
+        if _n1281 > 4194304: raise XdrError('remote_network_dhcp_lease.iaid: string of %d bytes exceeds 4194304' % _n1281)
+        _end1282 = o + _n1281
+        if _end1282 > len(b): raise XdrError('remote_network_dhcp_lease.iaid: truncated string')
+        f4 = str(b[o:_end1282], 'utf-8', 'surrogateescape'); o = _end1282 + (-_n1281 & 3)
+    elif _f1280 == 0:
         f4 = None
     else:
-        raise XdrError('remote_network_dhcp_lease.iaid: bad optional flag %d' % _f1267)
-    _n1270, = _U32.unpack_from(b, o); o += 4
-    if _n1270 > 4194304: raise XdrError('remote_network_dhcp_lease.ipaddr: string of %d bytes exceeds 4194304' % _n1270)
-    _end1271 = o + _n1270
-    if _end1271 > len(b): raise XdrError('remote_network_dhcp_lease.ipaddr: truncated string')
-    f5 = str(b[o:_end1271], 'utf-8', 'surrogateescape'); o = _end1271 + (-_n1270 & 3)
+        raise XdrError('remote_network_dhcp_lease.iaid: bad optional flag %d' % _f1280)
+    _n1283, = _U32.unpack_from(b, o); o += 4
+    if _n1283 > 4194304: raise XdrError('remote_network_dhcp_lease.ipaddr: string of %d bytes exceeds 4194304' % _n1283)
+    _end1284 = o + _n1283
+    if _end1284 > len(b): raise XdrError('remote_network_dhcp_lease.ipaddr: truncated string')
+    f5 = str(b[o:_end1284], 'utf-8', 'surrogateescape'); o = _end1284 + (-_n1283 & 3)
     f6, = _S_I.unpack_from(b, o); o += 4
-    _f1272, = _U32.unpack_from(b, o); o += 4
-    if _f1272 == 1:
-        _n1273, = _U32.unpack_from(b, o); o += 4
-        if _n1273 > 4194304: raise XdrError('remote_network_dhcp_lease.hostname: string of %d bytes exceeds 4194304' % _n1273)
-        _end1274 = o + _n1273
-        if _end1274 > len(b): raise XdrError('remote_network_dhcp_lease.hostname: truncated string')
-        f7 = str(b[o:_end1274], 'utf-8', 'surrogateescape'); o = _end1274 + (-_n1273 & 3)
-    elif _f1272 == 0:
+    _f1285, = _U32.unpack_from(b, o); o += 4
+    if _f1285 == 1:
+        _n1286, = _U32.unpack_from(b, o); o += 4
+        if _n1286 > 4194304: raise XdrError('remote_network_dhcp_lease.hostname: string of %d bytes exceeds 4194304' % _n1286)
+        _end1287 = o + _n1286
+        if _end1287 > len(b): raise XdrError('remote_network_dhcp_lease.hostname: truncated string')
+        f7 = str(b[o:_end1287], 'utf-8', 'surrogateescape'); o = _end1287 + (-_n1286 & 3)
+    elif _f1285 == 0:
         f7 = None
     else:
-        raise XdrError('remote_network_dhcp_lease.hostname: bad optional flag %d' % _f1272)
-    _f1275, = _U32.unpack_from(b, o); o += 4
-    if _f1275 == 1:
-        _n1276, = _U32.unpack_from(b, o); o += 4
-        if _n1276 > 4194304: raise XdrError('remote_network_dhcp_lease.clientid: string of %d bytes exceeds 4194304' % _n1276)
-        _end1277 = o + _n1276
-        if _end1277 > len(b): raise XdrError('remote_network_dhcp_lease.clientid: truncated string')
-        f8 = str(b[o:_end1277], 'utf-8', 'surrogateescape'); o = _end1277 + (-_n1276 & 3)
-    elif _f1275 == 0:
+        raise XdrError('remote_network_dhcp_lease.hostname: bad optional flag %d' % _f1285)
+    _f1288, = _U32.unpack_from(b, o); o += 4
+    if _f1288 == 1:
+        _n1289, = _U32.unpack_from(b, o); o += 4
+        if _n1289 > 4194304: raise XdrError('remote_network_dhcp_lease.clientid: string of %d bytes exceeds 4194304' % _n1289)
+        _end1290 = o + _n1289
+        if _end1290 > len(b): raise XdrError('remote_network_dhcp_lease.clientid: truncated string')
+        f8 = str(b[o:_end1290], 'utf-8', 'surrogateescape'); o = _end1290 + (-_n1289 & 3)
+    elif _f1288 == 0:
         f8 = None
     else:
-        raise XdrError('remote_network_dhcp_lease.clientid: bad optional flag %d' % _f1275)
+        raise XdrError('remote_network_dhcp_lease.clientid: bad optional flag %d' % _f1288)
     return _new(remote_network_dhcp_lease, (f0, f1, f2, f3, f4, f5, f6, f7, f8)), o
 
 remote_network_get_dhcp_leases_args = _nt('remote_network_get_dhcp_leases_args', 'net mac need_results flags')
 
 def pack_remote_network_get_dhcp_leases_args(v, out):
     pack_remote_nonnull_network(v[0], out)
-    _t1278 = v[1]
-    if _t1278 is None:
+    _t1291 = v[1]
+    if _t1291 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1279 = _t1278.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1279)); out += _b1279; out += PAD[len(_b1279) & 3]
+        _b1292 = _t1291.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1292)); out += _b1292; out += PAD[len(_b1292) & 3]
     out += _S_iI.pack(v[2], v[3])
 
 def unpack_remote_network_get_dhcp_leases_args(b, o):
     f0, o = unpack_remote_nonnull_network(b, o)
-    _f1280, = _U32.unpack_from(b, o); o += 4
-    if _f1280 == 1:
-        _n1281, = _U32.unpack_from(b, o); o += 4
-        if _n1281 > 4194304: raise XdrError('remote_network_get_dhcp_leases_args.mac: string of %d bytes exceeds 4194304' % _n1281)
-        _end1282 = o + _n1281
-        if _end1282 > len(b): raise XdrError('remote_network_get_dhcp_leases_args.mac: truncated string')
-        f1 = str(b[o:_end1282], 'utf-8', 'surrogateescape'); o = _end1282 + (-_n1281 & 3)
-    elif _f1280 == 0:
+    _f1293, = _U32.unpack_from(b, o); o += 4
+    if _f1293 == 1:
+        _n1294, = _U32.unpack_from(b, o); o += 4
+        if _n1294 > 4194304: raise XdrError('remote_network_get_dhcp_leases_args.mac: string of %d bytes exceeds 4194304' % _n1294)
+        _end1295 = o + _n1294
+        if _end1295 > len(b): raise XdrError('remote_network_get_dhcp_leases_args.mac: truncated string')
+        f1 = str(b[o:_end1295], 'utf-8', 'surrogateescape'); o = _end1295 + (-_n1294 & 3)
+    elif _f1293 == 0:
         f1 = None
     else:
-        raise XdrError('remote_network_get_dhcp_leases_args.mac: bad optional flag %d' % _f1280)
+        raise XdrError('remote_network_get_dhcp_leases_args.mac: bad optional flag %d' % _f1293)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_network_get_dhcp_leases_args, (f0, f1, f2, f3)), o
 
 remote_network_get_dhcp_leases_ret = _nt('remote_network_get_dhcp_leases_ret', 'leases ret')
 
 def pack_remote_network_get_dhcp_leases_ret(v, out):
-    _t1283 = v[0]
-    out += _U32.pack(len(_t1283))
-    for _e1284 in _t1283:
-        pack_remote_network_dhcp_lease(_e1284, out)
+    _t1296 = v[0]
+    out += _U32.pack(len(_t1296))
+    for _e1297 in _t1296:
+        pack_remote_network_dhcp_lease(_e1297, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_network_get_dhcp_leases_ret(b, o):
-    _n1285, = _U32.unpack_from(b, o); o += 4
-    if _n1285 > 65536: raise XdrError('remote_network_get_dhcp_leases_ret.leases: %d items exceed 65536' % _n1285)
-    if 4 * _n1285 > len(b) - o: raise XdrError('remote_network_get_dhcp_leases_ret.leases: truncated list')
+    _n1298, = _U32.unpack_from(b, o); o += 4
+    if _n1298 > 65536: raise XdrError('remote_network_get_dhcp_leases_ret.leases: %d items exceed 65536' % _n1298)
+    if 4 * _n1298 > len(b) - o: raise XdrError('remote_network_get_dhcp_leases_ret.leases: truncated list')
     f0 = []
-    for _ in range(_n1285):
-        _e1286, o = unpack_remote_network_dhcp_lease(b, o)
-        f0.append(_e1286)
+    for _ in range(_n1298):
+        _e1299, o = unpack_remote_network_dhcp_lease(b, o)
+        f0.append(_e1299)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_network_get_dhcp_leases_ret, (f0, f1)), o
 
@@ -9822,39 +9835,39 @@ remote_domain_stats_record = _nt('remote_domain_stats_record', 'dom params')
 
 def pack_remote_domain_stats_record(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t1287 = v[1]
-    out += _U32.pack(len(_t1287))
-    for _e1288 in _t1287:
-        pack_remote_typed_param(_e1288, out)
+    _t1300 = v[1]
+    out += _U32.pack(len(_t1300))
+    for _e1301 in _t1300:
+        pack_remote_typed_param(_e1301, out)
 
 def unpack_remote_domain_stats_record(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1289, = _U32.unpack_from(b, o); o += 4
-    if _n1289 > 262144: raise XdrError('remote_domain_stats_record.params: %d items exceed 262144' % _n1289)
-    if 4 * _n1289 > len(b) - o: raise XdrError('remote_domain_stats_record.params: truncated list')
+    _n1302, = _U32.unpack_from(b, o); o += 4
+    if _n1302 > 262144: raise XdrError('remote_domain_stats_record.params: %d items exceed 262144' % _n1302)
+    if 4 * _n1302 > len(b) - o: raise XdrError('remote_domain_stats_record.params: truncated list')
     f1 = []
-    for _ in range(_n1289):
-        _e1290, o = unpack_remote_typed_param(b, o)
-        f1.append(_e1290)
+    for _ in range(_n1302):
+        _e1303, o = unpack_remote_typed_param(b, o)
+        f1.append(_e1303)
     return _new(remote_domain_stats_record, (f0, f1)), o
 
 remote_connect_get_all_domain_stats_args = _nt('remote_connect_get_all_domain_stats_args', 'doms stats flags')
 
 def pack_remote_connect_get_all_domain_stats_args(v, out):
-    _t1291 = v[0]
-    out += _U32.pack(len(_t1291))
-    for _e1292 in _t1291:
-        pack_remote_nonnull_domain(_e1292, out)
+    _t1304 = v[0]
+    out += _U32.pack(len(_t1304))
+    for _e1305 in _t1304:
+        pack_remote_nonnull_domain(_e1305, out)
     out += _S_II.pack(v[1], v[2])
 
 def unpack_remote_connect_get_all_domain_stats_args(b, o):
-    _n1293, = _U32.unpack_from(b, o); o += 4
-    if _n1293 > 16384: raise XdrError('remote_connect_get_all_domain_stats_args.doms: %d items exceed 16384' % _n1293)
-    if 4 * _n1293 > len(b) - o: raise XdrError('remote_connect_get_all_domain_stats_args.doms: truncated list')
+    _n1306, = _U32.unpack_from(b, o); o += 4
+    if _n1306 > 16384: raise XdrError('remote_connect_get_all_domain_stats_args.doms: %d items exceed 16384' % _n1306)
+    if 4 * _n1306 > len(b) - o: raise XdrError('remote_connect_get_all_domain_stats_args.doms: truncated list')
     f0 = []
-    for _ in range(_n1293):
-        _e1294, o = unpack_remote_nonnull_domain(b, o)
-        f0.append(_e1294)
+    for _ in range(_n1306):
+        _e1307, o = unpack_remote_nonnull_domain(b, o)
+        f0.append(_e1307)
     f1, f2 = _S_II.unpack_from(b, o); o += 8
     return _new(remote_connect_get_all_domain_stats_args, (f0, f1, f2)), o
 
@@ -9874,63 +9887,63 @@ def unpack_remote_domain_event_callback_agent_lifecycle_msg(b, o):
 remote_connect_get_all_domain_stats_ret = _nt('remote_connect_get_all_domain_stats_ret', 'retStats')
 
 def pack_remote_connect_get_all_domain_stats_ret(v, out):
-    _t1295 = v[0]
-    out += _U32.pack(len(_t1295))
-    for _e1296 in _t1295:
-        pack_remote_domain_stats_record(_e1296, out)
+    _t1308 = v[0]
+    out += _U32.pack(len(_t1308))
+    for _e1309 in _t1308:
+        pack_remote_domain_stats_record(_e1309, out)
 
 def unpack_remote_connect_get_all_domain_stats_ret(b, o):
-    _n1297, = _U32.unpack_from(b, o); o += 4
-    if _n1297 > 16384: raise XdrError('remote_connect_get_all_domain_stats_ret.retStats: %d items exceed 16384' % _n1297)
-    if 4 * _n1297 > len(b) - o: raise XdrError('remote_connect_get_all_domain_stats_ret.retStats: truncated list')
+    _n1310, = _U32.unpack_from(b, o); o += 4
+    if _n1310 > 16384: raise XdrError('remote_connect_get_all_domain_stats_ret.retStats: %d items exceed 16384' % _n1310)
+    if 4 * _n1310 > len(b) - o: raise XdrError('remote_connect_get_all_domain_stats_ret.retStats: truncated list')
     f0 = []
-    for _ in range(_n1297):
-        _e1298, o = unpack_remote_domain_stats_record(b, o)
-        f0.append(_e1298)
+    for _ in range(_n1310):
+        _e1311, o = unpack_remote_domain_stats_record(b, o)
+        f0.append(_e1311)
     return _new(remote_connect_get_all_domain_stats_ret, (f0,)), o
 
 remote_domain_fsinfo = _nt('remote_domain_fsinfo', 'mountpoint name fstype dev_aliases')
 
 def pack_remote_domain_fsinfo(v, out):
-    _b1299 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1299)); out += _b1299; out += PAD[len(_b1299) & 3]
-    _b1300 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1300)); out += _b1300; out += PAD[len(_b1300) & 3]
-    _b1301 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1301)); out += _b1301; out += PAD[len(_b1301) & 3]
-    _t1302 = v[3]
-    out += _U32.pack(len(_t1302))
-    for _e1303 in _t1302:
-        _b1304 = _e1303.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1304)); out += _b1304; out += PAD[len(_b1304) & 3]
+    _b1312 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1312)); out += _b1312; out += PAD[len(_b1312) & 3]
+    _b1313 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1313)); out += _b1313; out += PAD[len(_b1313) & 3]
+    _b1314 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1314)); out += _b1314; out += PAD[len(_b1314) & 3]
+    _t1315 = v[3]
+    out += _U32.pack(len(_t1315))
+    for _e1316 in _t1315:
+        _b1317 = _e1316.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1317)); out += _b1317; out += PAD[len(_b1317) & 3]
 
 def unpack_remote_domain_fsinfo(b, o):
-    _n1305, = _U32.unpack_from(b, o); o += 4
-    if _n1305 > 4194304: raise XdrError('remote_domain_fsinfo.mountpoint: string of %d bytes exceeds 4194304' % _n1305)
-    _end1306 = o + _n1305
-    if _end1306 > len(b): raise XdrError('remote_domain_fsinfo.mountpoint: truncated string')
-    f0 = str(b[o:_end1306], 'utf-8', 'surrogateescape'); o = _end1306 + (-_n1305 & 3)
-    _n1307, = _U32.unpack_from(b, o); o += 4
-    if _n1307 > 4194304: raise XdrError('remote_domain_fsinfo.name: string of %d bytes exceeds 4194304' % _n1307)
-    _end1308 = o + _n1307
-    if _end1308 > len(b): raise XdrError('remote_domain_fsinfo.name: truncated string')
-    f1 = str(b[o:_end1308], 'utf-8', 'surrogateescape'); o = _end1308 + (-_n1307 & 3)
-    _n1309, = _U32.unpack_from(b, o); o += 4
-    if _n1309 > 4194304: raise XdrError('remote_domain_fsinfo.fstype: string of %d bytes exceeds 4194304' % _n1309)
-    _end1310 = o + _n1309
-    if _end1310 > len(b): raise XdrError('remote_domain_fsinfo.fstype: truncated string')
-    f2 = str(b[o:_end1310], 'utf-8', 'surrogateescape'); o = _end1310 + (-_n1309 & 3)
-    _n1311, = _U32.unpack_from(b, o); o += 4
-    if _n1311 > 256: raise XdrError('remote_domain_fsinfo.dev_aliases: %d items exceed 256' % _n1311)
-    if 4 * _n1311 > len(b) - o: raise XdrError('remote_domain_fsinfo.dev_aliases: truncated list')
+    _n1318, = _U32.unpack_from(b, o); o += 4
+    if _n1318 > 4194304: raise XdrError('remote_domain_fsinfo.mountpoint: string of %d bytes exceeds 4194304' % _n1318)
+    _end1319 = o + _n1318
+    if _end1319 > len(b): raise XdrError('remote_domain_fsinfo.mountpoint: truncated string')
+    f0 = str(b[o:_end1319], 'utf-8', 'surrogateescape'); o = _end1319 + (-_n1318 & 3)
+    _n1320, = _U32.unpack_from(b, o); o += 4
+    if _n1320 > 4194304: raise XdrError('remote_domain_fsinfo.name: string of %d bytes exceeds 4194304' % _n1320)
+    _end1321 = o + _n1320
+    if _end1321 > len(b): raise XdrError('remote_domain_fsinfo.name: truncated string')
+    f1 = str(b[o:_end1321], 'utf-8', 'surrogateescape'); o = _end1321 + (-_n1320 & 3)
+    _n1322, = _U32.unpack_from(b, o); o += 4
+    if _n1322 > 4194304: raise XdrError('remote_domain_fsinfo.fstype: string of %d bytes exceeds 4194304' % _n1322)
+    _end1323 = o + _n1322
+    if _end1323 > len(b): raise XdrError('remote_domain_fsinfo.fstype: truncated string')
+    f2 = str(b[o:_end1323], 'utf-8', 'surrogateescape'); o = _end1323 + (-_n1322 & 3)
+    _n1324, = _U32.unpack_from(b, o); o += 4
+    if _n1324 > 256: raise XdrError('remote_domain_fsinfo.dev_aliases: %d items exceed 256' % _n1324)
+    if 4 * _n1324 > len(b) - o: raise XdrError('remote_domain_fsinfo.dev_aliases: truncated list')
     f3 = []
-    for _ in range(_n1311):
-        _n1313, = _U32.unpack_from(b, o); o += 4
-        if _n1313 > 4194304: raise XdrError('remote_domain_fsinfo.dev_aliases: string of %d bytes exceeds 4194304' % _n1313)
-        _end1314 = o + _n1313
-        if _end1314 > len(b): raise XdrError('remote_domain_fsinfo.dev_aliases: truncated string')
-        _e1312 = str(b[o:_end1314], 'utf-8', 'surrogateescape'); o = _end1314 + (-_n1313 & 3)
-        f3.append(_e1312)
+    for _ in range(_n1324):
+        _n1326, = _U32.unpack_from(b, o); o += 4
+        if _n1326 > 4194304: raise XdrError('remote_domain_fsinfo.dev_aliases: string of %d bytes exceeds 4194304' % _n1326)
+        _end1327 = o + _n1326
+        if _end1327 > len(b): raise XdrError('remote_domain_fsinfo.dev_aliases: truncated string')
+        _e1325 = str(b[o:_end1327], 'utf-8', 'surrogateescape'); o = _end1327 + (-_n1326 & 3)
+        f3.append(_e1325)
     return _new(remote_domain_fsinfo, (f0, f1, f2, f3)), o
 
 remote_domain_get_fsinfo_args = _nt('remote_domain_get_fsinfo_args', 'dom flags')
@@ -9947,20 +9960,20 @@ def unpack_remote_domain_get_fsinfo_args(b, o):
 remote_domain_get_fsinfo_ret = _nt('remote_domain_get_fsinfo_ret', 'info ret')
 
 def pack_remote_domain_get_fsinfo_ret(v, out):
-    _t1315 = v[0]
-    out += _U32.pack(len(_t1315))
-    for _e1316 in _t1315:
-        pack_remote_domain_fsinfo(_e1316, out)
+    _t1328 = v[0]
+    out += _U32.pack(len(_t1328))
+    for _e1329 in _t1328:
+        pack_remote_domain_fsinfo(_e1329, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_domain_get_fsinfo_ret(b, o):
-    _n1317, = _U32.unpack_from(b, o); o += 4
-    if _n1317 > 256: raise XdrError('remote_domain_get_fsinfo_ret.info: %d items exceed 256' % _n1317)
-    if 4 * _n1317 > len(b) - o: raise XdrError('remote_domain_get_fsinfo_ret.info: truncated list')
+    _n1330, = _U32.unpack_from(b, o); o += 4
+    if _n1330 > 256: raise XdrError('remote_domain_get_fsinfo_ret.info: %d items exceed 256' % _n1330)
+    if 4 * _n1330 > len(b) - o: raise XdrError('remote_domain_get_fsinfo_ret.info: truncated list')
     f0 = []
-    for _ in range(_n1317):
-        _e1318, o = unpack_remote_domain_fsinfo(b, o)
-        f0.append(_e1318)
+    for _ in range(_n1330):
+        _e1331, o = unpack_remote_domain_fsinfo(b, o)
+        f0.append(_e1331)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_get_fsinfo_ret, (f0, f1)), o
 
@@ -9968,61 +9981,61 @@ remote_domain_ip_addr = _nt('remote_domain_ip_addr', 'type addr prefix')
 
 def pack_remote_domain_ip_addr(v, out):
     out += _S_i.pack(v[0])
-    _b1319 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1319)); out += _b1319; out += PAD[len(_b1319) & 3]
+    _b1332 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1332)); out += _b1332; out += PAD[len(_b1332) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_ip_addr(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
-    _n1320, = _U32.unpack_from(b, o); o += 4
-    if _n1320 > 4194304: raise XdrError('remote_domain_ip_addr.addr: string of %d bytes exceeds 4194304' % _n1320)
-    _end1321 = o + _n1320
-    if _end1321 > len(b): raise XdrError('remote_domain_ip_addr.addr: truncated string')
-    f1 = str(b[o:_end1321], 'utf-8', 'surrogateescape'); o = _end1321 + (-_n1320 & 3)
+    _n1333, = _U32.unpack_from(b, o); o += 4
+    if _n1333 > 4194304: raise XdrError('remote_domain_ip_addr.addr: string of %d bytes exceeds 4194304' % _n1333)
+    _end1334 = o + _n1333
+    if _end1334 > len(b): raise XdrError('remote_domain_ip_addr.addr: truncated string')
+    f1 = str(b[o:_end1334], 'utf-8', 'surrogateescape'); o = _end1334 + (-_n1333 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_ip_addr, (f0, f1, f2)), o
 
 remote_domain_interface = _nt('remote_domain_interface', 'name hwaddr addrs')
 
 def pack_remote_domain_interface(v, out):
-    _b1322 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1322)); out += _b1322; out += PAD[len(_b1322) & 3]
-    _t1323 = v[1]
-    if _t1323 is None:
+    _b1335 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1335)); out += _b1335; out += PAD[len(_b1335) & 3]
+    _t1336 = v[1]
+    if _t1336 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1324 = _t1323.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1324)); out += _b1324; out += PAD[len(_b1324) & 3]
-    _t1325 = v[2]
-    out += _U32.pack(len(_t1325))
-    for _e1326 in _t1325:
-        pack_remote_domain_ip_addr(_e1326, out)
+        _b1337 = _t1336.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1337)); out += _b1337; out += PAD[len(_b1337) & 3]
+    _t1338 = v[2]
+    out += _U32.pack(len(_t1338))
+    for _e1339 in _t1338:
+        pack_remote_domain_ip_addr(_e1339, out)
 
 def unpack_remote_domain_interface(b, o):
-    _n1327, = _U32.unpack_from(b, o); o += 4
-    if _n1327 > 4194304: raise XdrError('remote_domain_interface.name: string of %d bytes exceeds 4194304' % _n1327)
-    _end1328 = o + _n1327
-    if _end1328 > len(b): raise XdrError('remote_domain_interface.name: truncated string')
-    f0 = str(b[o:_end1328], 'utf-8', 'surrogateescape'); o = _end1328 + (-_n1327 & 3)
-    _f1329, = _U32.unpack_from(b, o); o += 4
-    if _f1329 == 1:
-        _n1330, = _U32.unpack_from(b, o); o += 4
-        if _n1330 > 4194304: raise XdrError('remote_domain_interface.hwaddr: string of %d bytes exceeds 4194304' % _n1330)
-        _end1331 = o + _n1330
-        if _end1331 > len(b): raise XdrError('remote_domain_interface.hwaddr: truncated string')
-        f1 = str(b[o:_end1331], 'utf-8', 'surrogateescape'); o = _end1331 + (-_n1330 & 3)
-    elif _f1329 == 0:
+    _n1340, = _U32.unpack_from(b, o); o += 4
+    if _n1340 > 4194304: raise XdrError('remote_domain_interface.name: string of %d bytes exceeds 4194304' % _n1340)
+    _end1341 = o + _n1340
+    if _end1341 > len(b): raise XdrError('remote_domain_interface.name: truncated string')
+    f0 = str(b[o:_end1341], 'utf-8', 'surrogateescape'); o = _end1341 + (-_n1340 & 3)
+    _f1342, = _U32.unpack_from(b, o); o += 4
+    if _f1342 == 1:
+        _n1343, = _U32.unpack_from(b, o); o += 4
+        if _n1343 > 4194304: raise XdrError('remote_domain_interface.hwaddr: string of %d bytes exceeds 4194304' % _n1343)
+        _end1344 = o + _n1343
+        if _end1344 > len(b): raise XdrError('remote_domain_interface.hwaddr: truncated string')
+        f1 = str(b[o:_end1344], 'utf-8', 'surrogateescape'); o = _end1344 + (-_n1343 & 3)
+    elif _f1342 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_interface.hwaddr: bad optional flag %d' % _f1329)
-    _n1332, = _U32.unpack_from(b, o); o += 4
-    if _n1332 > 2048: raise XdrError('remote_domain_interface.addrs: %d items exceed 2048' % _n1332)
-    if 4 * _n1332 > len(b) - o: raise XdrError('remote_domain_interface.addrs: truncated list')
+        raise XdrError('remote_domain_interface.hwaddr: bad optional flag %d' % _f1342)
+    _n1345, = _U32.unpack_from(b, o); o += 4
+    if _n1345 > 2048: raise XdrError('remote_domain_interface.addrs: %d items exceed 2048' % _n1345)
+    if 4 * _n1345 > len(b) - o: raise XdrError('remote_domain_interface.addrs: truncated list')
     f2 = []
-    for _ in range(_n1332):
-        _e1333, o = unpack_remote_domain_ip_addr(b, o)
-        f2.append(_e1333)
+    for _ in range(_n1345):
+        _e1346, o = unpack_remote_domain_ip_addr(b, o)
+        f2.append(_e1346)
     return _new(remote_domain_interface, (f0, f1, f2)), o
 
 remote_domain_interface_addresses_args = _nt('remote_domain_interface_addresses_args', 'dom source flags')
@@ -10039,65 +10052,65 @@ def unpack_remote_domain_interface_addresses_args(b, o):
 remote_domain_interface_addresses_ret = _nt('remote_domain_interface_addresses_ret', 'ifaces')
 
 def pack_remote_domain_interface_addresses_ret(v, out):
-    _t1334 = v[0]
-    out += _U32.pack(len(_t1334))
-    for _e1335 in _t1334:
-        pack_remote_domain_interface(_e1335, out)
+    _t1347 = v[0]
+    out += _U32.pack(len(_t1347))
+    for _e1348 in _t1347:
+        pack_remote_domain_interface(_e1348, out)
 
 def unpack_remote_domain_interface_addresses_ret(b, o):
-    _n1336, = _U32.unpack_from(b, o); o += 4
-    if _n1336 > 2048: raise XdrError('remote_domain_interface_addresses_ret.ifaces: %d items exceed 2048' % _n1336)
-    if 4 * _n1336 > len(b) - o: raise XdrError('remote_domain_interface_addresses_ret.ifaces: truncated list')
+    _n1349, = _U32.unpack_from(b, o); o += 4
+    if _n1349 > 2048: raise XdrError('remote_domain_interface_addresses_ret.ifaces: %d items exceed 2048' % _n1349)
+    if 4 * _n1349 > len(b) - o: raise XdrError('remote_domain_interface_addresses_ret.ifaces: truncated list')
     f0 = []
-    for _ in range(_n1336):
-        _e1337, o = unpack_remote_domain_interface(b, o)
-        f0.append(_e1337)
+    for _ in range(_n1349):
+        _e1350, o = unpack_remote_domain_interface(b, o)
+        f0.append(_e1350)
     return _new(remote_domain_interface_addresses_ret, (f0,)), o
 
 remote_domain_set_user_password_args = _nt('remote_domain_set_user_password_args', 'dom user password flags')
 
 def pack_remote_domain_set_user_password_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t1338 = v[1]
-    if _t1338 is None:
+    _t1351 = v[1]
+    if _t1351 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1339 = _t1338.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1339)); out += _b1339; out += PAD[len(_b1339) & 3]
-    _t1340 = v[2]
-    if _t1340 is None:
+        _b1352 = _t1351.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1352)); out += _b1352; out += PAD[len(_b1352) & 3]
+    _t1353 = v[2]
+    if _t1353 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1341 = _t1340.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1341)); out += _b1341; out += PAD[len(_b1341) & 3]
+        _b1354 = _t1353.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1354)); out += _b1354; out += PAD[len(_b1354) & 3]
     out += _S_I.pack(v[3])
 
 def unpack_remote_domain_set_user_password_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _f1342, = _U32.unpack_from(b, o); o += 4
-    if _f1342 == 1:
-        _n1343, = _U32.unpack_from(b, o); o += 4
-        if _n1343 > 4194304: raise XdrError('remote_domain_set_user_password_args.user: string of %d bytes exceeds 4194304' % _n1343)
-        _end1344 = o + _n1343
-        if _end1344 > len(b): raise XdrError('remote_domain_set_user_password_args.user: truncated string')
-        f1 = str(b[o:_end1344], 'utf-8', 'surrogateescape'); o = _end1344 + (-_n1343 & 3)
-    elif _f1342 == 0:
+    _f1355, = _U32.unpack_from(b, o); o += 4
+    if _f1355 == 1:
+        _n1356, = _U32.unpack_from(b, o); o += 4
+        if _n1356 > 4194304: raise XdrError('remote_domain_set_user_password_args.user: string of %d bytes exceeds 4194304' % _n1356)
+        _end1357 = o + _n1356
+        if _end1357 > len(b): raise XdrError('remote_domain_set_user_password_args.user: truncated string')
+        f1 = str(b[o:_end1357], 'utf-8', 'surrogateescape'); o = _end1357 + (-_n1356 & 3)
+    elif _f1355 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_set_user_password_args.user: bad optional flag %d' % _f1342)
-    _f1345, = _U32.unpack_from(b, o); o += 4
-    if _f1345 == 1:
-        _n1346, = _U32.unpack_from(b, o); o += 4
-        if _n1346 > 4194304: raise XdrError('remote_domain_set_user_password_args.password: string of %d bytes exceeds 4194304' % _n1346)
-        _end1347 = o + _n1346
-        if _end1347 > len(b): raise XdrError('remote_domain_set_user_password_args.password: truncated string')
-        f2 = str(b[o:_end1347], 'utf-8', 'surrogateescape'); o = _end1347 + (-_n1346 & 3)
-    elif _f1345 == 0:
+        raise XdrError('remote_domain_set_user_password_args.user: bad optional flag %d' % _f1355)
+    _f1358, = _U32.unpack_from(b, o); o += 4
+    if _f1358 == 1:
+        _n1359, = _U32.unpack_from(b, o); o += 4
+        if _n1359 > 4194304: raise XdrError('remote_domain_set_user_password_args.password: string of %d bytes exceeds 4194304' % _n1359)
+        _end1360 = o + _n1359
+        if _end1360 > len(b): raise XdrError('remote_domain_set_user_password_args.password: truncated string')
+        f2 = str(b[o:_end1360], 'utf-8', 'surrogateescape'); o = _end1360 + (-_n1359 & 3)
+    elif _f1358 == 0:
         f2 = None
     else:
-        raise XdrError('remote_domain_set_user_password_args.password: bad optional flag %d' % _f1345)
+        raise XdrError('remote_domain_set_user_password_args.password: bad optional flag %d' % _f1358)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_set_user_password_args, (f0, f1, f2, f3)), o
 
@@ -10105,28 +10118,28 @@ remote_domain_rename_args = _nt('remote_domain_rename_args', 'dom new_name flags
 
 def pack_remote_domain_rename_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t1348 = v[1]
-    if _t1348 is None:
+    _t1361 = v[1]
+    if _t1361 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1349 = _t1348.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1349)); out += _b1349; out += PAD[len(_b1349) & 3]
+        _b1362 = _t1361.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1362)); out += _b1362; out += PAD[len(_b1362) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_rename_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _f1350, = _U32.unpack_from(b, o); o += 4
-    if _f1350 == 1:
-        _n1351, = _U32.unpack_from(b, o); o += 4
-        if _n1351 > 4194304: raise XdrError('remote_domain_rename_args.new_name: string of %d bytes exceeds 4194304' % _n1351)
-        _end1352 = o + _n1351
-        if _end1352 > len(b): raise XdrError('remote_domain_rename_args.new_name: truncated string')
-        f1 = str(b[o:_end1352], 'utf-8', 'surrogateescape'); o = _end1352 + (-_n1351 & 3)
-    elif _f1350 == 0:
+    _f1363, = _U32.unpack_from(b, o); o += 4
+    if _f1363 == 1:
+        _n1364, = _U32.unpack_from(b, o); o += 4
+        if _n1364 > 4194304: raise XdrError('remote_domain_rename_args.new_name: string of %d bytes exceeds 4194304' % _n1364)
+        _end1365 = o + _n1364
+        if _end1365 > len(b): raise XdrError('remote_domain_rename_args.new_name: truncated string')
+        f1 = str(b[o:_end1365], 'utf-8', 'surrogateescape'); o = _end1365 + (-_n1364 & 3)
+    elif _f1363 == 0:
         f1 = None
     else:
-        raise XdrError('remote_domain_rename_args.new_name: bad optional flag %d' % _f1350)
+        raise XdrError('remote_domain_rename_args.new_name: bad optional flag %d' % _f1363)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_rename_args, (f0, f1, f2)), o
 
@@ -10157,21 +10170,21 @@ remote_domain_event_callback_job_completed_msg = _nt('remote_domain_event_callba
 def pack_remote_domain_event_callback_job_completed_msg(v, out):
     out += _S_i.pack(v[0])
     pack_remote_nonnull_domain(v[1], out)
-    _t1353 = v[2]
-    out += _U32.pack(len(_t1353))
-    for _e1354 in _t1353:
-        pack_remote_typed_param(_e1354, out)
+    _t1366 = v[2]
+    out += _U32.pack(len(_t1366))
+    for _e1367 in _t1366:
+        pack_remote_typed_param(_e1367, out)
 
 def unpack_remote_domain_event_callback_job_completed_msg(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
     f1, o = unpack_remote_nonnull_domain(b, o)
-    _n1355, = _U32.unpack_from(b, o); o += 4
-    if _n1355 > 64: raise XdrError('remote_domain_event_callback_job_completed_msg.params: %d items exceed 64' % _n1355)
-    if 4 * _n1355 > len(b) - o: raise XdrError('remote_domain_event_callback_job_completed_msg.params: truncated list')
+    _n1368, = _U32.unpack_from(b, o); o += 4
+    if _n1368 > 64: raise XdrError('remote_domain_event_callback_job_completed_msg.params: %d items exceed 64' % _n1368)
+    if 4 * _n1368 > len(b) - o: raise XdrError('remote_domain_event_callback_job_completed_msg.params: truncated list')
     f2 = []
-    for _ in range(_n1355):
-        _e1356, o = unpack_remote_typed_param(b, o)
-        f2.append(_e1356)
+    for _ in range(_n1368):
+        _e1369, o = unpack_remote_typed_param(b, o)
+        f2.append(_e1369)
     return _new(remote_domain_event_callback_job_completed_msg, (f0, f1, f2)), o
 
 remote_domain_migrate_start_post_copy_args = _nt('remote_domain_migrate_start_post_copy_args', 'dom flags')
@@ -10190,17 +10203,17 @@ remote_domain_event_callback_device_removal_failed_msg = _nt('remote_domain_even
 def pack_remote_domain_event_callback_device_removal_failed_msg(v, out):
     out += _S_i.pack(v[0])
     pack_remote_nonnull_domain(v[1], out)
-    _b1357 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1357)); out += _b1357; out += PAD[len(_b1357) & 3]
+    _b1370 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1370)); out += _b1370; out += PAD[len(_b1370) & 3]
 
 def unpack_remote_domain_event_callback_device_removal_failed_msg(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
     f1, o = unpack_remote_nonnull_domain(b, o)
-    _n1358, = _U32.unpack_from(b, o); o += 4
-    if _n1358 > 4194304: raise XdrError('remote_domain_event_callback_device_removal_failed_msg.devAlias: string of %d bytes exceeds 4194304' % _n1358)
-    _end1359 = o + _n1358
-    if _end1359 > len(b): raise XdrError('remote_domain_event_callback_device_removal_failed_msg.devAlias: truncated string')
-    f2 = str(b[o:_end1359], 'utf-8', 'surrogateescape'); o = _end1359 + (-_n1358 & 3)
+    _n1371, = _U32.unpack_from(b, o); o += 4
+    if _n1371 > 4194304: raise XdrError('remote_domain_event_callback_device_removal_failed_msg.devAlias: string of %d bytes exceeds 4194304' % _n1371)
+    _end1372 = o + _n1371
+    if _end1372 > len(b): raise XdrError('remote_domain_event_callback_device_removal_failed_msg.devAlias: truncated string')
+    f2 = str(b[o:_end1372], 'utf-8', 'surrogateescape'); o = _end1372 + (-_n1371 & 3)
     return _new(remote_domain_event_callback_device_removal_failed_msg, (f0, f1, f2)), o
 
 remote_domain_get_guest_vcpus_args = _nt('remote_domain_get_guest_vcpus_args', 'dom flags')
@@ -10217,36 +10230,36 @@ def unpack_remote_domain_get_guest_vcpus_args(b, o):
 remote_domain_get_guest_vcpus_ret = _nt('remote_domain_get_guest_vcpus_ret', 'params')
 
 def pack_remote_domain_get_guest_vcpus_ret(v, out):
-    _t1360 = v[0]
-    out += _U32.pack(len(_t1360))
-    for _e1361 in _t1360:
-        pack_remote_typed_param(_e1361, out)
+    _t1373 = v[0]
+    out += _U32.pack(len(_t1373))
+    for _e1374 in _t1373:
+        pack_remote_typed_param(_e1374, out)
 
 def unpack_remote_domain_get_guest_vcpus_ret(b, o):
-    _n1362, = _U32.unpack_from(b, o); o += 4
-    if _n1362 > 64: raise XdrError('remote_domain_get_guest_vcpus_ret.params: %d items exceed 64' % _n1362)
-    if 4 * _n1362 > len(b) - o: raise XdrError('remote_domain_get_guest_vcpus_ret.params: truncated list')
+    _n1375, = _U32.unpack_from(b, o); o += 4
+    if _n1375 > 64: raise XdrError('remote_domain_get_guest_vcpus_ret.params: %d items exceed 64' % _n1375)
+    if 4 * _n1375 > len(b) - o: raise XdrError('remote_domain_get_guest_vcpus_ret.params: truncated list')
     f0 = []
-    for _ in range(_n1362):
-        _e1363, o = unpack_remote_typed_param(b, o)
-        f0.append(_e1363)
+    for _ in range(_n1375):
+        _e1376, o = unpack_remote_typed_param(b, o)
+        f0.append(_e1376)
     return _new(remote_domain_get_guest_vcpus_ret, (f0,)), o
 
 remote_domain_set_guest_vcpus_args = _nt('remote_domain_set_guest_vcpus_args', 'dom cpumap state flags')
 
 def pack_remote_domain_set_guest_vcpus_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1364 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1364)); out += _b1364; out += PAD[len(_b1364) & 3]
+    _b1377 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1377)); out += _b1377; out += PAD[len(_b1377) & 3]
     out += _S_iI.pack(v[2], v[3])
 
 def unpack_remote_domain_set_guest_vcpus_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1365, = _U32.unpack_from(b, o); o += 4
-    if _n1365 > 4194304: raise XdrError('remote_domain_set_guest_vcpus_args.cpumap: string of %d bytes exceeds 4194304' % _n1365)
-    _end1366 = o + _n1365
-    if _end1366 > len(b): raise XdrError('remote_domain_set_guest_vcpus_args.cpumap: truncated string')
-    f1 = str(b[o:_end1366], 'utf-8', 'surrogateescape'); o = _end1366 + (-_n1365 & 3)
+    _n1378, = _U32.unpack_from(b, o); o += 4
+    if _n1378 > 4194304: raise XdrError('remote_domain_set_guest_vcpus_args.cpumap: string of %d bytes exceeds 4194304' % _n1378)
+    _end1379 = o + _n1378
+    if _end1379 > len(b): raise XdrError('remote_domain_set_guest_vcpus_args.cpumap: truncated string')
+    f1 = str(b[o:_end1379], 'utf-8', 'surrogateescape'); o = _end1379 + (-_n1378 & 3)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_domain_set_guest_vcpus_args, (f0, f1, f2, f3)), o
 
@@ -10254,17 +10267,17 @@ remote_domain_set_vcpu_args = _nt('remote_domain_set_vcpu_args', 'dom cpumap sta
 
 def pack_remote_domain_set_vcpu_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1367 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1367)); out += _b1367; out += PAD[len(_b1367) & 3]
+    _b1380 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1380)); out += _b1380; out += PAD[len(_b1380) & 3]
     out += _S_iI.pack(v[2], v[3])
 
 def unpack_remote_domain_set_vcpu_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1368, = _U32.unpack_from(b, o); o += 4
-    if _n1368 > 4194304: raise XdrError('remote_domain_set_vcpu_args.cpumap: string of %d bytes exceeds 4194304' % _n1368)
-    _end1369 = o + _n1368
-    if _end1369 > len(b): raise XdrError('remote_domain_set_vcpu_args.cpumap: truncated string')
-    f1 = str(b[o:_end1369], 'utf-8', 'surrogateescape'); o = _end1369 + (-_n1368 & 3)
+    _n1381, = _U32.unpack_from(b, o); o += 4
+    if _n1381 > 4194304: raise XdrError('remote_domain_set_vcpu_args.cpumap: string of %d bytes exceeds 4194304' % _n1381)
+    _end1382 = o + _n1381
+    if _end1382 > len(b): raise XdrError('remote_domain_set_vcpu_args.cpumap: truncated string')
+    f1 = str(b[o:_end1382], 'utf-8', 'surrogateescape'); o = _end1382 + (-_n1381 & 3)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_domain_set_vcpu_args, (f0, f1, f2, f3)), o
 
@@ -10274,29 +10287,29 @@ def pack_remote_domain_event_callback_metadata_change_msg(v, out):
     out += _S_i.pack(v[0])
     pack_remote_nonnull_domain(v[1], out)
     out += _S_i.pack(v[2])
-    _t1370 = v[3]
-    if _t1370 is None:
+    _t1383 = v[3]
+    if _t1383 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1371 = _t1370.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1371)); out += _b1371; out += PAD[len(_b1371) & 3]
+        _b1384 = _t1383.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1384)); out += _b1384; out += PAD[len(_b1384) & 3]
 
 def unpack_remote_domain_event_callback_metadata_change_msg(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
     f1, o = unpack_remote_nonnull_domain(b, o)
     f2, = _S_i.unpack_from(b, o); o += 4
-    _f1372, = _U32.unpack_from(b, o); o += 4
-    if _f1372 == 1:
-        _n1373, = _U32.unpack_from(b, o); o += 4
-        if _n1373 > 4194304: raise XdrError('remote_domain_event_callback_metadata_change_msg.nsuri: string of %d bytes exceeds 4194304' % _n1373)
-        _end1374 = o + _n1373
-        if _end1374 > len(b): raise XdrError('remote_domain_event_callback_metadata_change_msg.nsuri: truncated string')
-        f3 = str(b[o:_end1374], 'utf-8', 'surrogateescape'); o = _end1374 + (-_n1373 & 3)
-    elif _f1372 == 0:
+    _f1385, = _U32.unpack_from(b, o); o += 4
+    if _f1385 == 1:
+        _n1386, = _U32.unpack_from(b, o); o += 4
+        if _n1386 > 4194304: raise XdrError('remote_domain_event_callback_metadata_change_msg.nsuri: string of %d bytes exceeds 4194304' % _n1386)
+        _end1387 = o + _n1386
+        if _end1387 > len(b): raise XdrError('remote_domain_event_callback_metadata_change_msg.nsuri: truncated string')
+        f3 = str(b[o:_end1387], 'utf-8', 'surrogateescape'); o = _end1387 + (-_n1386 & 3)
+    elif _f1385 == 0:
         f3 = None
     else:
-        raise XdrError('remote_domain_event_callback_metadata_change_msg.nsuri: bad optional flag %d' % _f1372)
+        raise XdrError('remote_domain_event_callback_metadata_change_msg.nsuri: bad optional flag %d' % _f1385)
     return _new(remote_domain_event_callback_metadata_change_msg, (f0, f1, f2, f3)), o
 
 remote_domain_event_memory_failure_msg = _nt('remote_domain_event_memory_failure_msg', 'callbackID dom recipient action flags')
@@ -10316,22 +10329,22 @@ remote_connect_secret_event_register_any_args = _nt('remote_connect_secret_event
 
 def pack_remote_connect_secret_event_register_any_args(v, out):
     out += _S_i.pack(v[0])
-    _t1375 = v[1]
-    if _t1375 is None:
+    _t1388 = v[1]
+    if _t1388 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        pack_remote_nonnull_secret(_t1375, out)
+        pack_remote_nonnull_secret(_t1388, out)
 
 def unpack_remote_connect_secret_event_register_any_args(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
-    _f1376, = _U32.unpack_from(b, o); o += 4
-    if _f1376 == 1:
+    _f1389, = _U32.unpack_from(b, o); o += 4
+    if _f1389 == 1:
         f1, o = unpack_remote_nonnull_secret(b, o)
-    elif _f1376 == 0:
+    elif _f1389 == 0:
         f1 = None
     else:
-        raise XdrError('remote_connect_secret_event_register_any_args.secret: bad optional flag %d' % _f1376)
+        raise XdrError('remote_connect_secret_event_register_any_args.secret: bad optional flag %d' % _f1389)
     return _new(remote_connect_secret_event_register_any_args, (f0, f1)), o
 
 remote_connect_secret_event_register_any_ret = _nt('remote_connect_secret_event_register_any_ret', 'callbackID')
@@ -10380,17 +10393,17 @@ remote_domain_set_block_threshold_args = _nt('remote_domain_set_block_threshold_
 
 def pack_remote_domain_set_block_threshold_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1377 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1377)); out += _b1377; out += PAD[len(_b1377) & 3]
+    _b1390 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1390)); out += _b1390; out += PAD[len(_b1390) & 3]
     out += _S_QI.pack(v[2], v[3])
 
 def unpack_remote_domain_set_block_threshold_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1378, = _U32.unpack_from(b, o); o += 4
-    if _n1378 > 4194304: raise XdrError('remote_domain_set_block_threshold_args.dev: string of %d bytes exceeds 4194304' % _n1378)
-    _end1379 = o + _n1378
-    if _end1379 > len(b): raise XdrError('remote_domain_set_block_threshold_args.dev: truncated string')
-    f1 = str(b[o:_end1379], 'utf-8', 'surrogateescape'); o = _end1379 + (-_n1378 & 3)
+    _n1391, = _U32.unpack_from(b, o); o += 4
+    if _n1391 > 4194304: raise XdrError('remote_domain_set_block_threshold_args.dev: string of %d bytes exceeds 4194304' % _n1391)
+    _end1392 = o + _n1391
+    if _end1392 > len(b): raise XdrError('remote_domain_set_block_threshold_args.dev: truncated string')
+    f1 = str(b[o:_end1392], 'utf-8', 'surrogateescape'); o = _end1392 + (-_n1391 & 3)
     f2, f3 = _S_QI.unpack_from(b, o); o += 12
     return _new(remote_domain_set_block_threshold_args, (f0, f1, f2, f3)), o
 
@@ -10408,88 +10421,88 @@ def unpack_remote_domain_set_lifecycle_action_args(b, o):
 remote_connect_compare_hypervisor_cpu_args = _nt('remote_connect_compare_hypervisor_cpu_args', 'emulator arch machine virttype xmlCPU flags')
 
 def pack_remote_connect_compare_hypervisor_cpu_args(v, out):
-    _t1380 = v[0]
-    if _t1380 is None:
+    _t1393 = v[0]
+    if _t1393 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1381 = _t1380.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1381)); out += _b1381; out += PAD[len(_b1381) & 3]
-    _t1382 = v[1]
-    if _t1382 is None:
+        _b1394 = _t1393.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1394)); out += _b1394; out += PAD[len(_b1394) & 3]
+    _t1395 = v[1]
+    if _t1395 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1383 = _t1382.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1383)); out += _b1383; out += PAD[len(_b1383) & 3]
-    _t1384 = v[2]
-    if _t1384 is None:
+        _b1396 = _t1395.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1396)); out += _b1396; out += PAD[len(_b1396) & 3]
+    _t1397 = v[2]
+    if _t1397 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1385 = _t1384.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1385)); out += _b1385; out += PAD[len(_b1385) & 3]
-    _t1386 = v[3]
-    if _t1386 is None:
+        _b1398 = _t1397.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1398)); out += _b1398; out += PAD[len(_b1398) & 3]
+    _t1399 = v[3]
+    if _t1399 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1387 = _t1386.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1387)); out += _b1387; out += PAD[len(_b1387) & 3]
-    _b1388 = v[4].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1388)); out += _b1388; out += PAD[len(_b1388) & 3]
+        _b1400 = _t1399.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1400)); out += _b1400; out += PAD[len(_b1400) & 3]
+    _b1401 = v[4].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1401)); out += _b1401; out += PAD[len(_b1401) & 3]
     out += _S_I.pack(v[5])
 
 def unpack_remote_connect_compare_hypervisor_cpu_args(b, o):
-    _f1389, = _U32.unpack_from(b, o); o += 4
-    if _f1389 == 1:
-        _n1390, = _U32.unpack_from(b, o); o += 4
-        if _n1390 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.emulator: string of %d bytes exceeds 4194304' % _n1390)
-        _end1391 = o + _n1390
-        if _end1391 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.emulator: truncated string')
-        f0 = str(b[o:_end1391], 'utf-8', 'surrogateescape'); o = _end1391 + (-_n1390 & 3)
-    elif _f1389 == 0:
+    _f1402, = _U32.unpack_from(b, o); o += 4
+    if _f1402 == 1:
+        _n1403, = _U32.unpack_from(b, o); o += 4
+        if _n1403 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.emulator: string of %d bytes exceeds 4194304' % _n1403)
+        _end1404 = o + _n1403
+        if _end1404 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.emulator: truncated string')
+        f0 = str(b[o:_end1404], 'utf-8', 'surrogateescape'); o = _end1404 + (-_n1403 & 3)
+    elif _f1402 == 0:
         f0 = None
     else:
-        raise XdrError('remote_connect_compare_hypervisor_cpu_args.emulator: bad optional flag %d' % _f1389)
-    _f1392, = _U32.unpack_from(b, o); o += 4
-    if _f1392 == 1:
-        _n1393, = _U32.unpack_from(b, o); o += 4
-        if _n1393 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.arch: string of %d bytes exceeds 4194304' % _n1393)
-        _end1394 = o + _n1393
-        if _end1394 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.arch: truncated string')
-        f1 = str(b[o:_end1394], 'utf-8', 'surrogateescape'); o = _end1394 + (-_n1393 & 3)
-    elif _f1392 == 0:
+        raise XdrError('remote_connect_compare_hypervisor_cpu_args.emulator: bad optional flag %d' % _f1402)
+    _f1405, = _U32.unpack_from(b, o); o += 4
+    if _f1405 == 1:
+        _n1406, = _U32.unpack_from(b, o); o += 4
+        if _n1406 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.arch: string of %d bytes exceeds 4194304' % _n1406)
+        _end1407 = o + _n1406
+        if _end1407 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.arch: truncated string')
+        f1 = str(b[o:_end1407], 'utf-8', 'surrogateescape'); o = _end1407 + (-_n1406 & 3)
+    elif _f1405 == 0:
         f1 = None
     else:
-        raise XdrError('remote_connect_compare_hypervisor_cpu_args.arch: bad optional flag %d' % _f1392)
-    _f1395, = _U32.unpack_from(b, o); o += 4
-    if _f1395 == 1:
-        _n1396, = _U32.unpack_from(b, o); o += 4
-        if _n1396 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.machine: string of %d bytes exceeds 4194304' % _n1396)
-        _end1397 = o + _n1396
-        if _end1397 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.machine: truncated string')
-        f2 = str(b[o:_end1397], 'utf-8', 'surrogateescape'); o = _end1397 + (-_n1396 & 3)
-    elif _f1395 == 0:
+        raise XdrError('remote_connect_compare_hypervisor_cpu_args.arch: bad optional flag %d' % _f1405)
+    _f1408, = _U32.unpack_from(b, o); o += 4
+    if _f1408 == 1:
+        _n1409, = _U32.unpack_from(b, o); o += 4
+        if _n1409 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.machine: string of %d bytes exceeds 4194304' % _n1409)
+        _end1410 = o + _n1409
+        if _end1410 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.machine: truncated string')
+        f2 = str(b[o:_end1410], 'utf-8', 'surrogateescape'); o = _end1410 + (-_n1409 & 3)
+    elif _f1408 == 0:
         f2 = None
     else:
-        raise XdrError('remote_connect_compare_hypervisor_cpu_args.machine: bad optional flag %d' % _f1395)
-    _f1398, = _U32.unpack_from(b, o); o += 4
-    if _f1398 == 1:
-        _n1399, = _U32.unpack_from(b, o); o += 4
-        if _n1399 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.virttype: string of %d bytes exceeds 4194304' % _n1399)
-        _end1400 = o + _n1399
-        if _end1400 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.virttype: truncated string')
-        f3 = str(b[o:_end1400], 'utf-8', 'surrogateescape'); o = _end1400 + (-_n1399 & 3)
-    elif _f1398 == 0:
+        raise XdrError('remote_connect_compare_hypervisor_cpu_args.machine: bad optional flag %d' % _f1408)
+    _f1411, = _U32.unpack_from(b, o); o += 4
+    if _f1411 == 1:
+        _n1412, = _U32.unpack_from(b, o); o += 4
+        if _n1412 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.virttype: string of %d bytes exceeds 4194304' % _n1412)
+        _end1413 = o + _n1412
+        if _end1413 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.virttype: truncated string')
+        f3 = str(b[o:_end1413], 'utf-8', 'surrogateescape'); o = _end1413 + (-_n1412 & 3)
+    elif _f1411 == 0:
         f3 = None
     else:
-        raise XdrError('remote_connect_compare_hypervisor_cpu_args.virttype: bad optional flag %d' % _f1398)
-    _n1401, = _U32.unpack_from(b, o); o += 4
-    if _n1401 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.xmlCPU: string of %d bytes exceeds 4194304' % _n1401)
-    _end1402 = o + _n1401
-    if _end1402 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.xmlCPU: truncated string')
-    f4 = str(b[o:_end1402], 'utf-8', 'surrogateescape'); o = _end1402 + (-_n1401 & 3)
+        raise XdrError('remote_connect_compare_hypervisor_cpu_args.virttype: bad optional flag %d' % _f1411)
+    _n1414, = _U32.unpack_from(b, o); o += 4
+    if _n1414 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.xmlCPU: string of %d bytes exceeds 4194304' % _n1414)
+    _end1415 = o + _n1414
+    if _end1415 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.xmlCPU: truncated string')
+    f4 = str(b[o:_end1415], 'utf-8', 'surrogateescape'); o = _end1415 + (-_n1414 & 3)
     f5, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_compare_hypervisor_cpu_args, (f0, f1, f2, f3, f4, f5)), o
 
@@ -10505,112 +10518,112 @@ def unpack_remote_connect_compare_hypervisor_cpu_ret(b, o):
 remote_connect_baseline_hypervisor_cpu_args = _nt('remote_connect_baseline_hypervisor_cpu_args', 'emulator arch machine virttype xmlCPUs flags')
 
 def pack_remote_connect_baseline_hypervisor_cpu_args(v, out):
-    _t1403 = v[0]
-    if _t1403 is None:
+    _t1416 = v[0]
+    if _t1416 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1404 = _t1403.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1404)); out += _b1404; out += PAD[len(_b1404) & 3]
-    _t1405 = v[1]
-    if _t1405 is None:
+        _b1417 = _t1416.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1417)); out += _b1417; out += PAD[len(_b1417) & 3]
+    _t1418 = v[1]
+    if _t1418 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1406 = _t1405.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1406)); out += _b1406; out += PAD[len(_b1406) & 3]
-    _t1407 = v[2]
-    if _t1407 is None:
+        _b1419 = _t1418.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1419)); out += _b1419; out += PAD[len(_b1419) & 3]
+    _t1420 = v[2]
+    if _t1420 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1408 = _t1407.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1408)); out += _b1408; out += PAD[len(_b1408) & 3]
-    _t1409 = v[3]
-    if _t1409 is None:
+        _b1421 = _t1420.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1421)); out += _b1421; out += PAD[len(_b1421) & 3]
+    _t1422 = v[3]
+    if _t1422 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1410 = _t1409.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1410)); out += _b1410; out += PAD[len(_b1410) & 3]
-    _t1411 = v[4]
-    out += _U32.pack(len(_t1411))
-    for _e1412 in _t1411:
-        _b1413 = _e1412.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1413)); out += _b1413; out += PAD[len(_b1413) & 3]
+        _b1423 = _t1422.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1423)); out += _b1423; out += PAD[len(_b1423) & 3]
+    _t1424 = v[4]
+    out += _U32.pack(len(_t1424))
+    for _e1425 in _t1424:
+        _b1426 = _e1425.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1426)); out += _b1426; out += PAD[len(_b1426) & 3]
     out += _S_I.pack(v[5])
 
 def unpack_remote_connect_baseline_hypervisor_cpu_args(b, o):
-    _f1414, = _U32.unpack_from(b, o); o += 4
-    if _f1414 == 1:
-        _n1415, = _U32.unpack_from(b, o); o += 4
-        if _n1415 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.emulator: string of %d bytes exceeds 4194304' % _n1415)
-        _end1416 = o + _n1415
-        if _end1416 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.emulator: truncated string')
-        f0 = str(b[o:_end1416], 'utf-8', 'surrogateescape'); o = _end1416 + (-_n1415 & 3)
-    elif _f1414 == 0:
+    _f1427, = _U32.unpack_from(b, o); o += 4
+    if _f1427 == 1:
+        _n1428, = _U32.unpack_from(b, o); o += 4
+        if _n1428 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.emulator: string of %d bytes exceeds 4194304' % _n1428)
+        _end1429 = o + _n1428
+        if _end1429 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.emulator: truncated string')
+        f0 = str(b[o:_end1429], 'utf-8', 'surrogateescape'); o = _end1429 + (-_n1428 & 3)
+    elif _f1427 == 0:
         f0 = None
     else:
-        raise XdrError('remote_connect_baseline_hypervisor_cpu_args.emulator: bad optional flag %d' % _f1414)
-    _f1417, = _U32.unpack_from(b, o); o += 4
-    if _f1417 == 1:
-        _n1418, = _U32.unpack_from(b, o); o += 4
-        if _n1418 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.arch: string of %d bytes exceeds 4194304' % _n1418)
-        _end1419 = o + _n1418
-        if _end1419 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.arch: truncated string')
-        f1 = str(b[o:_end1419], 'utf-8', 'surrogateescape'); o = _end1419 + (-_n1418 & 3)
-    elif _f1417 == 0:
+        raise XdrError('remote_connect_baseline_hypervisor_cpu_args.emulator: bad optional flag %d' % _f1427)
+    _f1430, = _U32.unpack_from(b, o); o += 4
+    if _f1430 == 1:
+        _n1431, = _U32.unpack_from(b, o); o += 4
+        if _n1431 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.arch: string of %d bytes exceeds 4194304' % _n1431)
+        _end1432 = o + _n1431
+        if _end1432 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.arch: truncated string')
+        f1 = str(b[o:_end1432], 'utf-8', 'surrogateescape'); o = _end1432 + (-_n1431 & 3)
+    elif _f1430 == 0:
         f1 = None
     else:
-        raise XdrError('remote_connect_baseline_hypervisor_cpu_args.arch: bad optional flag %d' % _f1417)
-    _f1420, = _U32.unpack_from(b, o); o += 4
-    if _f1420 == 1:
-        _n1421, = _U32.unpack_from(b, o); o += 4
-        if _n1421 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.machine: string of %d bytes exceeds 4194304' % _n1421)
-        _end1422 = o + _n1421
-        if _end1422 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.machine: truncated string')
-        f2 = str(b[o:_end1422], 'utf-8', 'surrogateescape'); o = _end1422 + (-_n1421 & 3)
-    elif _f1420 == 0:
+        raise XdrError('remote_connect_baseline_hypervisor_cpu_args.arch: bad optional flag %d' % _f1430)
+    _f1433, = _U32.unpack_from(b, o); o += 4
+    if _f1433 == 1:
+        _n1434, = _U32.unpack_from(b, o); o += 4
+        if _n1434 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.machine: string of %d bytes exceeds 4194304' % _n1434)
+        _end1435 = o + _n1434
+        if _end1435 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.machine: truncated string')
+        f2 = str(b[o:_end1435], 'utf-8', 'surrogateescape'); o = _end1435 + (-_n1434 & 3)
+    elif _f1433 == 0:
         f2 = None
     else:
-        raise XdrError('remote_connect_baseline_hypervisor_cpu_args.machine: bad optional flag %d' % _f1420)
-    _f1423, = _U32.unpack_from(b, o); o += 4
-    if _f1423 == 1:
-        _n1424, = _U32.unpack_from(b, o); o += 4
-        if _n1424 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.virttype: string of %d bytes exceeds 4194304' % _n1424)
-        _end1425 = o + _n1424
-        if _end1425 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.virttype: truncated string')
-        f3 = str(b[o:_end1425], 'utf-8', 'surrogateescape'); o = _end1425 + (-_n1424 & 3)
-    elif _f1423 == 0:
+        raise XdrError('remote_connect_baseline_hypervisor_cpu_args.machine: bad optional flag %d' % _f1433)
+    _f1436, = _U32.unpack_from(b, o); o += 4
+    if _f1436 == 1:
+        _n1437, = _U32.unpack_from(b, o); o += 4
+        if _n1437 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.virttype: string of %d bytes exceeds 4194304' % _n1437)
+        _end1438 = o + _n1437
+        if _end1438 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.virttype: truncated string')
+        f3 = str(b[o:_end1438], 'utf-8', 'surrogateescape'); o = _end1438 + (-_n1437 & 3)
+    elif _f1436 == 0:
         f3 = None
     else:
-        raise XdrError('remote_connect_baseline_hypervisor_cpu_args.virttype: bad optional flag %d' % _f1423)
-    _n1426, = _U32.unpack_from(b, o); o += 4
-    if _n1426 > 256: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.xmlCPUs: %d items exceed 256' % _n1426)
-    if 4 * _n1426 > len(b) - o: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.xmlCPUs: truncated list')
+        raise XdrError('remote_connect_baseline_hypervisor_cpu_args.virttype: bad optional flag %d' % _f1436)
+    _n1439, = _U32.unpack_from(b, o); o += 4
+    if _n1439 > 256: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.xmlCPUs: %d items exceed 256' % _n1439)
+    if 4 * _n1439 > len(b) - o: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.xmlCPUs: truncated list')
     f4 = []
-    for _ in range(_n1426):
-        _n1428, = _U32.unpack_from(b, o); o += 4
-        if _n1428 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.xmlCPUs: string of %d bytes exceeds 4194304' % _n1428)
-        _end1429 = o + _n1428
-        if _end1429 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.xmlCPUs: truncated string')
-        _e1427 = str(b[o:_end1429], 'utf-8', 'surrogateescape'); o = _end1429 + (-_n1428 & 3)
-        f4.append(_e1427)
+    for _ in range(_n1439):
+        _n1441, = _U32.unpack_from(b, o); o += 4
+        if _n1441 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.xmlCPUs: string of %d bytes exceeds 4194304' % _n1441)
+        _end1442 = o + _n1441
+        if _end1442 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.xmlCPUs: truncated string')
+        _e1440 = str(b[o:_end1442], 'utf-8', 'surrogateescape'); o = _end1442 + (-_n1441 & 3)
+        f4.append(_e1440)
     f5, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_baseline_hypervisor_cpu_args, (f0, f1, f2, f3, f4, f5)), o
 
 remote_connect_baseline_hypervisor_cpu_ret = _nt('remote_connect_baseline_hypervisor_cpu_ret', 'cpu')
 
 def pack_remote_connect_baseline_hypervisor_cpu_ret(v, out):
-    _b1430 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1430)); out += _b1430; out += PAD[len(_b1430) & 3]
+    _b1443 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1443)); out += _b1443; out += PAD[len(_b1443) & 3]
 
 def unpack_remote_connect_baseline_hypervisor_cpu_ret(b, o):
-    _n1431, = _U32.unpack_from(b, o); o += 4
-    if _n1431 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_ret.cpu: string of %d bytes exceeds 4194304' % _n1431)
-    _end1432 = o + _n1431
-    if _end1432 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_ret.cpu: truncated string')
-    f0 = str(b[o:_end1432], 'utf-8', 'surrogateescape'); o = _end1432 + (-_n1431 & 3)
+    _n1444, = _U32.unpack_from(b, o); o += 4
+    if _n1444 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_ret.cpu: string of %d bytes exceeds 4194304' % _n1444)
+    _end1445 = o + _n1444
+    if _end1445 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_ret.cpu: truncated string')
+    f0 = str(b[o:_end1445], 'utf-8', 'surrogateescape'); o = _end1445 + (-_n1444 & 3)
     return _new(remote_connect_baseline_hypervisor_cpu_ret, (f0,)), o
 
 remote_node_get_sev_info_args = _nt('remote_node_get_sev_info_args', 'nparams flags')
@@ -10625,20 +10638,20 @@ def unpack_remote_node_get_sev_info_args(b, o):
 remote_node_get_sev_info_ret = _nt('remote_node_get_sev_info_ret', 'params nparams')
 
 def pack_remote_node_get_sev_info_ret(v, out):
-    _t1433 = v[0]
-    out += _U32.pack(len(_t1433))
-    for _e1434 in _t1433:
-        pack_remote_typed_param(_e1434, out)
+    _t1446 = v[0]
+    out += _U32.pack(len(_t1446))
+    for _e1447 in _t1446:
+        pack_remote_typed_param(_e1447, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_node_get_sev_info_ret(b, o):
-    _n1435, = _U32.unpack_from(b, o); o += 4
-    if _n1435 > 64: raise XdrError('remote_node_get_sev_info_ret.params: %d items exceed 64' % _n1435)
-    if 4 * _n1435 > len(b) - o: raise XdrError('remote_node_get_sev_info_ret.params: truncated list')
+    _n1448, = _U32.unpack_from(b, o); o += 4
+    if _n1448 > 64: raise XdrError('remote_node_get_sev_info_ret.params: %d items exceed 64' % _n1448)
+    if 4 * _n1448 > len(b) - o: raise XdrError('remote_node_get_sev_info_ret.params: truncated list')
     f0 = []
-    for _ in range(_n1435):
-        _e1436, o = unpack_remote_typed_param(b, o)
-        f0.append(_e1436)
+    for _ in range(_n1448):
+        _e1449, o = unpack_remote_typed_param(b, o)
+        f0.append(_e1449)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_node_get_sev_info_ret, (f0, f1)), o
 
@@ -10656,55 +10669,55 @@ def unpack_remote_domain_get_launch_security_info_args(b, o):
 remote_domain_get_launch_security_info_ret = _nt('remote_domain_get_launch_security_info_ret', 'params')
 
 def pack_remote_domain_get_launch_security_info_ret(v, out):
-    _t1437 = v[0]
-    out += _U32.pack(len(_t1437))
-    for _e1438 in _t1437:
-        pack_remote_typed_param(_e1438, out)
+    _t1450 = v[0]
+    out += _U32.pack(len(_t1450))
+    for _e1451 in _t1450:
+        pack_remote_typed_param(_e1451, out)
 
 def unpack_remote_domain_get_launch_security_info_ret(b, o):
-    _n1439, = _U32.unpack_from(b, o); o += 4
-    if _n1439 > 64: raise XdrError('remote_domain_get_launch_security_info_ret.params: %d items exceed 64' % _n1439)
-    if 4 * _n1439 > len(b) - o: raise XdrError('remote_domain_get_launch_security_info_ret.params: truncated list')
+    _n1452, = _U32.unpack_from(b, o); o += 4
+    if _n1452 > 64: raise XdrError('remote_domain_get_launch_security_info_ret.params: %d items exceed 64' % _n1452)
+    if 4 * _n1452 > len(b) - o: raise XdrError('remote_domain_get_launch_security_info_ret.params: truncated list')
     f0 = []
-    for _ in range(_n1439):
-        _e1440, o = unpack_remote_typed_param(b, o)
-        f0.append(_e1440)
+    for _ in range(_n1452):
+        _e1453, o = unpack_remote_typed_param(b, o)
+        f0.append(_e1453)
     return _new(remote_domain_get_launch_security_info_ret, (f0,)), o
 
 remote_domain_set_launch_security_state_args = _nt('remote_domain_set_launch_security_state_args', 'dom params flags')
 
 def pack_remote_domain_set_launch_security_state_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _t1441 = v[1]
-    out += _U32.pack(len(_t1441))
-    for _e1442 in _t1441:
-        pack_remote_typed_param(_e1442, out)
+    _t1454 = v[1]
+    out += _U32.pack(len(_t1454))
+    for _e1455 in _t1454:
+        pack_remote_typed_param(_e1455, out)
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_set_launch_security_state_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1443, = _U32.unpack_from(b, o); o += 4
-    if _n1443 > 64: raise XdrError('remote_domain_set_launch_security_state_args.params: %d items exceed 64' % _n1443)
-    if 4 * _n1443 > len(b) - o: raise XdrError('remote_domain_set_launch_security_state_args.params: truncated list')
+    _n1456, = _U32.unpack_from(b, o); o += 4
+    if _n1456 > 64: raise XdrError('remote_domain_set_launch_security_state_args.params: %d items exceed 64' % _n1456)
+    if 4 * _n1456 > len(b) - o: raise XdrError('remote_domain_set_launch_security_state_args.params: truncated list')
     f1 = []
-    for _ in range(_n1443):
-        _e1444, o = unpack_remote_typed_param(b, o)
-        f1.append(_e1444)
+    for _ in range(_n1456):
+        _e1457, o = unpack_remote_typed_param(b, o)
+        f1.append(_e1457)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_set_launch_security_state_args, (f0, f1, f2)), o
 
 remote_nwfilter_binding_lookup_by_port_dev_args = _nt('remote_nwfilter_binding_lookup_by_port_dev_args', 'name')
 
 def pack_remote_nwfilter_binding_lookup_by_port_dev_args(v, out):
-    _b1445 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1445)); out += _b1445; out += PAD[len(_b1445) & 3]
+    _b1458 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1458)); out += _b1458; out += PAD[len(_b1458) & 3]
 
 def unpack_remote_nwfilter_binding_lookup_by_port_dev_args(b, o):
-    _n1446, = _U32.unpack_from(b, o); o += 4
-    if _n1446 > 4194304: raise XdrError('remote_nwfilter_binding_lookup_by_port_dev_args.name: string of %d bytes exceeds 4194304' % _n1446)
-    _end1447 = o + _n1446
-    if _end1447 > len(b): raise XdrError('remote_nwfilter_binding_lookup_by_port_dev_args.name: truncated string')
-    f0 = str(b[o:_end1447], 'utf-8', 'surrogateescape'); o = _end1447 + (-_n1446 & 3)
+    _n1459, = _U32.unpack_from(b, o); o += 4
+    if _n1459 > 4194304: raise XdrError('remote_nwfilter_binding_lookup_by_port_dev_args.name: string of %d bytes exceeds 4194304' % _n1459)
+    _end1460 = o + _n1459
+    if _end1460 > len(b): raise XdrError('remote_nwfilter_binding_lookup_by_port_dev_args.name: truncated string')
+    f0 = str(b[o:_end1460], 'utf-8', 'surrogateescape'); o = _end1460 + (-_n1459 & 3)
     return _new(remote_nwfilter_binding_lookup_by_port_dev_args, (f0,)), o
 
 remote_nwfilter_binding_lookup_by_port_dev_ret = _nt('remote_nwfilter_binding_lookup_by_port_dev_ret', 'nwfilter')
@@ -10719,16 +10732,16 @@ def unpack_remote_nwfilter_binding_lookup_by_port_dev_ret(b, o):
 remote_nwfilter_binding_create_xml_args = _nt('remote_nwfilter_binding_create_xml_args', 'xml flags')
 
 def pack_remote_nwfilter_binding_create_xml_args(v, out):
-    _b1448 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1448)); out += _b1448; out += PAD[len(_b1448) & 3]
+    _b1461 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1461)); out += _b1461; out += PAD[len(_b1461) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_remote_nwfilter_binding_create_xml_args(b, o):
-    _n1449, = _U32.unpack_from(b, o); o += 4
-    if _n1449 > 4194304: raise XdrError('remote_nwfilter_binding_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n1449)
-    _end1450 = o + _n1449
-    if _end1450 > len(b): raise XdrError('remote_nwfilter_binding_create_xml_args.xml: truncated string')
-    f0 = str(b[o:_end1450], 'utf-8', 'surrogateescape'); o = _end1450 + (-_n1449 & 3)
+    _n1462, = _U32.unpack_from(b, o); o += 4
+    if _n1462 > 4194304: raise XdrError('remote_nwfilter_binding_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n1462)
+    _end1463 = o + _n1462
+    if _end1463 > len(b): raise XdrError('remote_nwfilter_binding_create_xml_args.xml: truncated string')
+    f0 = str(b[o:_end1463], 'utf-8', 'surrogateescape'); o = _end1463 + (-_n1462 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_nwfilter_binding_create_xml_args, (f0, f1)), o
 
@@ -10764,15 +10777,15 @@ def unpack_remote_nwfilter_binding_get_xml_desc_args(b, o):
 remote_nwfilter_binding_get_xml_desc_ret = _nt('remote_nwfilter_binding_get_xml_desc_ret', 'xml')
 
 def pack_remote_nwfilter_binding_get_xml_desc_ret(v, out):
-    _b1451 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1451)); out += _b1451; out += PAD[len(_b1451) & 3]
+    _b1464 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1464)); out += _b1464; out += PAD[len(_b1464) & 3]
 
 def unpack_remote_nwfilter_binding_get_xml_desc_ret(b, o):
-    _n1452, = _U32.unpack_from(b, o); o += 4
-    if _n1452 > 4194304: raise XdrError('remote_nwfilter_binding_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1452)
-    _end1453 = o + _n1452
-    if _end1453 > len(b): raise XdrError('remote_nwfilter_binding_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end1453], 'utf-8', 'surrogateescape'); o = _end1453 + (-_n1452 & 3)
+    _n1465, = _U32.unpack_from(b, o); o += 4
+    if _n1465 > 4194304: raise XdrError('remote_nwfilter_binding_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1465)
+    _end1466 = o + _n1465
+    if _end1466 > len(b): raise XdrError('remote_nwfilter_binding_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end1466], 'utf-8', 'surrogateescape'); o = _end1466 + (-_n1465 & 3)
     return _new(remote_nwfilter_binding_get_xml_desc_ret, (f0,)), o
 
 remote_connect_list_all_nwfilter_bindings_args = _nt('remote_connect_list_all_nwfilter_bindings_args', 'need_results flags')
@@ -10787,20 +10800,20 @@ def unpack_remote_connect_list_all_nwfilter_bindings_args(b, o):
 remote_connect_list_all_nwfilter_bindings_ret = _nt('remote_connect_list_all_nwfilter_bindings_ret', 'bindings ret')
 
 def pack_remote_connect_list_all_nwfilter_bindings_ret(v, out):
-    _t1454 = v[0]
-    out += _U32.pack(len(_t1454))
-    for _e1455 in _t1454:
-        pack_remote_nonnull_nwfilter_binding(_e1455, out)
+    _t1467 = v[0]
+    out += _U32.pack(len(_t1467))
+    for _e1468 in _t1467:
+        pack_remote_nonnull_nwfilter_binding(_e1468, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_list_all_nwfilter_bindings_ret(b, o):
-    _n1456, = _U32.unpack_from(b, o); o += 4
-    if _n1456 > 16384: raise XdrError('remote_connect_list_all_nwfilter_bindings_ret.bindings: %d items exceed 16384' % _n1456)
-    if 4 * _n1456 > len(b) - o: raise XdrError('remote_connect_list_all_nwfilter_bindings_ret.bindings: truncated list')
+    _n1469, = _U32.unpack_from(b, o); o += 4
+    if _n1469 > 16384: raise XdrError('remote_connect_list_all_nwfilter_bindings_ret.bindings: %d items exceed 16384' % _n1469)
+    if 4 * _n1469 > len(b) - o: raise XdrError('remote_connect_list_all_nwfilter_bindings_ret.bindings: truncated list')
     f0 = []
-    for _ in range(_n1456):
-        _e1457, o = unpack_remote_nonnull_nwfilter_binding(b, o)
-        f0.append(_e1457)
+    for _ in range(_n1469):
+        _e1470, o = unpack_remote_nonnull_nwfilter_binding(b, o)
+        f0.append(_e1470)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_list_all_nwfilter_bindings_ret, (f0, f1)), o
 
@@ -10816,15 +10829,15 @@ def unpack_remote_connect_get_storage_pool_capabilities_args(b, o):
 remote_connect_get_storage_pool_capabilities_ret = _nt('remote_connect_get_storage_pool_capabilities_ret', 'capabilities')
 
 def pack_remote_connect_get_storage_pool_capabilities_ret(v, out):
-    _b1458 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1458)); out += _b1458; out += PAD[len(_b1458) & 3]
+    _b1471 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1471)); out += _b1471; out += PAD[len(_b1471) & 3]
 
 def unpack_remote_connect_get_storage_pool_capabilities_ret(b, o):
-    _n1459, = _U32.unpack_from(b, o); o += 4
-    if _n1459 > 4194304: raise XdrError('remote_connect_get_storage_pool_capabilities_ret.capabilities: string of %d bytes exceeds 4194304' % _n1459)
-    _end1460 = o + _n1459
-    if _end1460 > len(b): raise XdrError('remote_connect_get_storage_pool_capabilities_ret.capabilities: truncated string')
-    f0 = str(b[o:_end1460], 'utf-8', 'surrogateescape'); o = _end1460 + (-_n1459 & 3)
+    _n1472, = _U32.unpack_from(b, o); o += 4
+    if _n1472 > 4194304: raise XdrError('remote_connect_get_storage_pool_capabilities_ret.capabilities: string of %d bytes exceeds 4194304' % _n1472)
+    _end1473 = o + _n1472
+    if _end1473 > len(b): raise XdrError('remote_connect_get_storage_pool_capabilities_ret.capabilities: truncated string')
+    f0 = str(b[o:_end1473], 'utf-8', 'surrogateescape'); o = _end1473 + (-_n1472 & 3)
     return _new(remote_connect_get_storage_pool_capabilities_ret, (f0,)), o
 
 remote_network_list_all_ports_args = _nt('remote_network_list_all_ports_args', 'network need_results flags')
@@ -10841,20 +10854,20 @@ def unpack_remote_network_list_all_ports_args(b, o):
 remote_network_list_all_ports_ret = _nt('remote_network_list_all_ports_ret', 'ports ret')
 
 def pack_remote_network_list_all_ports_ret(v, out):
-    _t1461 = v[0]
-    out += _U32.pack(len(_t1461))
-    for _e1462 in _t1461:
-        pack_remote_nonnull_network_port(_e1462, out)
+    _t1474 = v[0]
+    out += _U32.pack(len(_t1474))
+    for _e1475 in _t1474:
+        pack_remote_nonnull_network_port(_e1475, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_network_list_all_ports_ret(b, o):
-    _n1463, = _U32.unpack_from(b, o); o += 4
-    if _n1463 > 16384: raise XdrError('remote_network_list_all_ports_ret.ports: %d items exceed 16384' % _n1463)
-    if 4 * _n1463 > len(b) - o: raise XdrError('remote_network_list_all_ports_ret.ports: truncated list')
+    _n1476, = _U32.unpack_from(b, o); o += 4
+    if _n1476 > 16384: raise XdrError('remote_network_list_all_ports_ret.ports: %d items exceed 16384' % _n1476)
+    if 4 * _n1476 > len(b) - o: raise XdrError('remote_network_list_all_ports_ret.ports: truncated list')
     f0 = []
-    for _ in range(_n1463):
-        _e1464, o = unpack_remote_nonnull_network_port(b, o)
-        f0.append(_e1464)
+    for _ in range(_n1476):
+        _e1477, o = unpack_remote_nonnull_network_port(b, o)
+        f0.append(_e1477)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_network_list_all_ports_ret, (f0, f1)), o
 
@@ -10862,7 +10875,8 @@ remote_network_port_lookup_by_uuid_args = _nt('remote_network_port_lookup_by_uui
 
 def pack_remote_network_port_lookup_by_uuid_args(v, out):
     pack_remote_nonnull_network(v[0], out)
-    out += bytes(v[1])[:16].ljust(16, b'\0')
+    _t1478 = v[1]
+    out += _t1478 if len(_t1478) == 16 else bytes(_t1478)[:16].ljust(16, b'\0')
 
 def unpack_remote_network_port_lookup_by_uuid_args(b, o):
     f0, o = unpack_remote_nonnull_network(b, o)
@@ -10883,17 +10897,17 @@ remote_network_port_create_xml_args = _nt('remote_network_port_create_xml_args',
 
 def pack_remote_network_port_create_xml_args(v, out):
     pack_remote_nonnull_network(v[0], out)
-    _b1465 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1465)); out += _b1465; out += PAD[len(_b1465) & 3]
+    _b1479 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1479)); out += _b1479; out += PAD[len(_b1479) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_network_port_create_xml_args(b, o):
     f0, o = unpack_remote_nonnull_network(b, o)
-    _n1466, = _U32.unpack_from(b, o); o += 4
-    if _n1466 > 4194304: raise XdrError('remote_network_port_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n1466)
-    _end1467 = o + _n1466
-    if _end1467 > len(b): raise XdrError('remote_network_port_create_xml_args.xml: truncated string')
-    f1 = str(b[o:_end1467], 'utf-8', 'surrogateescape'); o = _end1467 + (-_n1466 & 3)
+    _n1480, = _U32.unpack_from(b, o); o += 4
+    if _n1480 > 4194304: raise XdrError('remote_network_port_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n1480)
+    _end1481 = o + _n1480
+    if _end1481 > len(b): raise XdrError('remote_network_port_create_xml_args.xml: truncated string')
+    f1 = str(b[o:_end1481], 'utf-8', 'surrogateescape'); o = _end1481 + (-_n1480 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_network_port_create_xml_args, (f0, f1, f2)), o
 
@@ -10910,21 +10924,21 @@ remote_network_port_set_parameters_args = _nt('remote_network_port_set_parameter
 
 def pack_remote_network_port_set_parameters_args(v, out):
     pack_remote_nonnull_network_port(v[0], out)
-    _t1468 = v[1]
-    out += _U32.pack(len(_t1468))
-    for _e1469 in _t1468:
-        pack_remote_typed_param(_e1469, out)
+    _t1482 = v[1]
+    out += _U32.pack(len(_t1482))
+    for _e1483 in _t1482:
+        pack_remote_typed_param(_e1483, out)
     out += _S_I.pack(v[2])
 
 def unpack_remote_network_port_set_parameters_args(b, o):
     f0, o = unpack_remote_nonnull_network_port(b, o)
-    _n1470, = _U32.unpack_from(b, o); o += 4
-    if _n1470 > 16: raise XdrError('remote_network_port_set_parameters_args.params: %d items exceed 16' % _n1470)
-    if 4 * _n1470 > len(b) - o: raise XdrError('remote_network_port_set_parameters_args.params: truncated list')
+    _n1484, = _U32.unpack_from(b, o); o += 4
+    if _n1484 > 16: raise XdrError('remote_network_port_set_parameters_args.params: %d items exceed 16' % _n1484)
+    if 4 * _n1484 > len(b) - o: raise XdrError('remote_network_port_set_parameters_args.params: truncated list')
     f1 = []
-    for _ in range(_n1470):
-        _e1471, o = unpack_remote_typed_param(b, o)
-        f1.append(_e1471)
+    for _ in range(_n1484):
+        _e1485, o = unpack_remote_typed_param(b, o)
+        f1.append(_e1485)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_network_port_set_parameters_args, (f0, f1, f2)), o
 
@@ -10942,20 +10956,20 @@ def unpack_remote_network_port_get_parameters_args(b, o):
 remote_network_port_get_parameters_ret = _nt('remote_network_port_get_parameters_ret', 'params nparams')
 
 def pack_remote_network_port_get_parameters_ret(v, out):
-    _t1472 = v[0]
-    out += _U32.pack(len(_t1472))
-    for _e1473 in _t1472:
-        pack_remote_typed_param(_e1473, out)
+    _t1486 = v[0]
+    out += _U32.pack(len(_t1486))
+    for _e1487 in _t1486:
+        pack_remote_typed_param(_e1487, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_network_port_get_parameters_ret(b, o):
-    _n1474, = _U32.unpack_from(b, o); o += 4
-    if _n1474 > 16: raise XdrError('remote_network_port_get_parameters_ret.params: %d items exceed 16' % _n1474)
-    if 4 * _n1474 > len(b) - o: raise XdrError('remote_network_port_get_parameters_ret.params: truncated list')
+    _n1488, = _U32.unpack_from(b, o); o += 4
+    if _n1488 > 16: raise XdrError('remote_network_port_get_parameters_ret.params: %d items exceed 16' % _n1488)
+    if 4 * _n1488 > len(b) - o: raise XdrError('remote_network_port_get_parameters_ret.params: truncated list')
     f0 = []
-    for _ in range(_n1474):
-        _e1475, o = unpack_remote_typed_param(b, o)
-        f0.append(_e1475)
+    for _ in range(_n1488):
+        _e1489, o = unpack_remote_typed_param(b, o)
+        f0.append(_e1489)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_network_port_get_parameters_ret, (f0, f1)), o
 
@@ -10973,15 +10987,15 @@ def unpack_remote_network_port_get_xml_desc_args(b, o):
 remote_network_port_get_xml_desc_ret = _nt('remote_network_port_get_xml_desc_ret', 'xml')
 
 def pack_remote_network_port_get_xml_desc_ret(v, out):
-    _b1476 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1476)); out += _b1476; out += PAD[len(_b1476) & 3]
+    _b1490 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1490)); out += _b1490; out += PAD[len(_b1490) & 3]
 
 def unpack_remote_network_port_get_xml_desc_ret(b, o):
-    _n1477, = _U32.unpack_from(b, o); o += 4
-    if _n1477 > 4194304: raise XdrError('remote_network_port_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1477)
-    _end1478 = o + _n1477
-    if _end1478 > len(b): raise XdrError('remote_network_port_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end1478], 'utf-8', 'surrogateescape'); o = _end1478 + (-_n1477 & 3)
+    _n1491, = _U32.unpack_from(b, o); o += 4
+    if _n1491 > 4194304: raise XdrError('remote_network_port_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1491)
+    _end1492 = o + _n1491
+    if _end1492 > len(b): raise XdrError('remote_network_port_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end1492], 'utf-8', 'surrogateescape'); o = _end1492 + (-_n1491 & 3)
     return _new(remote_network_port_get_xml_desc_ret, (f0,)), o
 
 remote_network_port_delete_args = _nt('remote_network_port_delete_args', 'port flags')
@@ -10999,17 +11013,17 @@ remote_domain_checkpoint_create_xml_args = _nt('remote_domain_checkpoint_create_
 
 def pack_remote_domain_checkpoint_create_xml_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1479 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1479)); out += _b1479; out += PAD[len(_b1479) & 3]
+    _b1493 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1493)); out += _b1493; out += PAD[len(_b1493) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_checkpoint_create_xml_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1480, = _U32.unpack_from(b, o); o += 4
-    if _n1480 > 4194304: raise XdrError('remote_domain_checkpoint_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n1480)
-    _end1481 = o + _n1480
-    if _end1481 > len(b): raise XdrError('remote_domain_checkpoint_create_xml_args.xml_desc: truncated string')
-    f1 = str(b[o:_end1481], 'utf-8', 'surrogateescape'); o = _end1481 + (-_n1480 & 3)
+    _n1494, = _U32.unpack_from(b, o); o += 4
+    if _n1494 > 4194304: raise XdrError('remote_domain_checkpoint_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n1494)
+    _end1495 = o + _n1494
+    if _end1495 > len(b): raise XdrError('remote_domain_checkpoint_create_xml_args.xml_desc: truncated string')
+    f1 = str(b[o:_end1495], 'utf-8', 'surrogateescape'); o = _end1495 + (-_n1494 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_checkpoint_create_xml_args, (f0, f1, f2)), o
 
@@ -11036,15 +11050,15 @@ def unpack_remote_domain_checkpoint_get_xml_desc_args(b, o):
 remote_domain_checkpoint_get_xml_desc_ret = _nt('remote_domain_checkpoint_get_xml_desc_ret', 'xml')
 
 def pack_remote_domain_checkpoint_get_xml_desc_ret(v, out):
-    _b1482 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1482)); out += _b1482; out += PAD[len(_b1482) & 3]
+    _b1496 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1496)); out += _b1496; out += PAD[len(_b1496) & 3]
 
 def unpack_remote_domain_checkpoint_get_xml_desc_ret(b, o):
-    _n1483, = _U32.unpack_from(b, o); o += 4
-    if _n1483 > 4194304: raise XdrError('remote_domain_checkpoint_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1483)
-    _end1484 = o + _n1483
-    if _end1484 > len(b): raise XdrError('remote_domain_checkpoint_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end1484], 'utf-8', 'surrogateescape'); o = _end1484 + (-_n1483 & 3)
+    _n1497, = _U32.unpack_from(b, o); o += 4
+    if _n1497 > 4194304: raise XdrError('remote_domain_checkpoint_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1497)
+    _end1498 = o + _n1497
+    if _end1498 > len(b): raise XdrError('remote_domain_checkpoint_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end1498], 'utf-8', 'surrogateescape'); o = _end1498 + (-_n1497 & 3)
     return _new(remote_domain_checkpoint_get_xml_desc_ret, (f0,)), o
 
 remote_domain_list_all_checkpoints_args = _nt('remote_domain_list_all_checkpoints_args', 'dom need_results flags')
@@ -11061,20 +11075,20 @@ def unpack_remote_domain_list_all_checkpoints_args(b, o):
 remote_domain_list_all_checkpoints_ret = _nt('remote_domain_list_all_checkpoints_ret', 'checkpoints ret')
 
 def pack_remote_domain_list_all_checkpoints_ret(v, out):
-    _t1485 = v[0]
-    out += _U32.pack(len(_t1485))
-    for _e1486 in _t1485:
-        pack_remote_nonnull_domain_checkpoint(_e1486, out)
+    _t1499 = v[0]
+    out += _U32.pack(len(_t1499))
+    for _e1500 in _t1499:
+        pack_remote_nonnull_domain_checkpoint(_e1500, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_list_all_checkpoints_ret(b, o):
-    _n1487, = _U32.unpack_from(b, o); o += 4
-    if _n1487 > 16384: raise XdrError('remote_domain_list_all_checkpoints_ret.checkpoints: %d items exceed 16384' % _n1487)
-    if 4 * _n1487 > len(b) - o: raise XdrError('remote_domain_list_all_checkpoints_ret.checkpoints: truncated list')
+    _n1501, = _U32.unpack_from(b, o); o += 4
+    if _n1501 > 16384: raise XdrError('remote_domain_list_all_checkpoints_ret.checkpoints: %d items exceed 16384' % _n1501)
+    if 4 * _n1501 > len(b) - o: raise XdrError('remote_domain_list_all_checkpoints_ret.checkpoints: truncated list')
     f0 = []
-    for _ in range(_n1487):
-        _e1488, o = unpack_remote_nonnull_domain_checkpoint(b, o)
-        f0.append(_e1488)
+    for _ in range(_n1501):
+        _e1502, o = unpack_remote_nonnull_domain_checkpoint(b, o)
+        f0.append(_e1502)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_list_all_checkpoints_ret, (f0, f1)), o
 
@@ -11092,20 +11106,20 @@ def unpack_remote_domain_checkpoint_list_all_children_args(b, o):
 remote_domain_checkpoint_list_all_children_ret = _nt('remote_domain_checkpoint_list_all_children_ret', 'checkpoints ret')
 
 def pack_remote_domain_checkpoint_list_all_children_ret(v, out):
-    _t1489 = v[0]
-    out += _U32.pack(len(_t1489))
-    for _e1490 in _t1489:
-        pack_remote_nonnull_domain_checkpoint(_e1490, out)
+    _t1503 = v[0]
+    out += _U32.pack(len(_t1503))
+    for _e1504 in _t1503:
+        pack_remote_nonnull_domain_checkpoint(_e1504, out)
     out += _S_i.pack(v[1])
 
 def unpack_remote_domain_checkpoint_list_all_children_ret(b, o):
-    _n1491, = _U32.unpack_from(b, o); o += 4
-    if _n1491 > 16384: raise XdrError('remote_domain_checkpoint_list_all_children_ret.checkpoints: %d items exceed 16384' % _n1491)
-    if 4 * _n1491 > len(b) - o: raise XdrError('remote_domain_checkpoint_list_all_children_ret.checkpoints: truncated list')
+    _n1505, = _U32.unpack_from(b, o); o += 4
+    if _n1505 > 16384: raise XdrError('remote_domain_checkpoint_list_all_children_ret.checkpoints: %d items exceed 16384' % _n1505)
+    if 4 * _n1505 > len(b) - o: raise XdrError('remote_domain_checkpoint_list_all_children_ret.checkpoints: truncated list')
     f0 = []
-    for _ in range(_n1491):
-        _e1492, o = unpack_remote_nonnull_domain_checkpoint(b, o)
-        f0.append(_e1492)
+    for _ in range(_n1505):
+        _e1506, o = unpack_remote_nonnull_domain_checkpoint(b, o)
+        f0.append(_e1506)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_checkpoint_list_all_children_ret, (f0, f1)), o
 
@@ -11113,17 +11127,17 @@ remote_domain_checkpoint_lookup_by_name_args = _nt('remote_domain_checkpoint_loo
 
 def pack_remote_domain_checkpoint_lookup_by_name_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1493 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1493)); out += _b1493; out += PAD[len(_b1493) & 3]
+    _b1507 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1507)); out += _b1507; out += PAD[len(_b1507) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_checkpoint_lookup_by_name_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1494, = _U32.unpack_from(b, o); o += 4
-    if _n1494 > 4194304: raise XdrError('remote_domain_checkpoint_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n1494)
-    _end1495 = o + _n1494
-    if _end1495 > len(b): raise XdrError('remote_domain_checkpoint_lookup_by_name_args.name: truncated string')
-    f1 = str(b[o:_end1495], 'utf-8', 'surrogateescape'); o = _end1495 + (-_n1494 & 3)
+    _n1508, = _U32.unpack_from(b, o); o += 4
+    if _n1508 > 4194304: raise XdrError('remote_domain_checkpoint_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n1508)
+    _end1509 = o + _n1508
+    if _end1509 > len(b): raise XdrError('remote_domain_checkpoint_lookup_by_name_args.name: truncated string')
+    f1 = str(b[o:_end1509], 'utf-8', 'surrogateescape'); o = _end1509 + (-_n1508 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_checkpoint_lookup_by_name_args, (f0, f1, f2)), o
 
@@ -11181,38 +11195,38 @@ def unpack_remote_domain_get_guest_info_args(b, o):
 remote_domain_get_guest_info_ret = _nt('remote_domain_get_guest_info_ret', 'params')
 
 def pack_remote_domain_get_guest_info_ret(v, out):
-    _t1496 = v[0]
-    out += _U32.pack(len(_t1496))
-    for _e1497 in _t1496:
-        pack_remote_typed_param(_e1497, out)
+    _t1510 = v[0]
+    out += _U32.pack(len(_t1510))
+    for _e1511 in _t1510:
+        pack_remote_typed_param(_e1511, out)
 
 def unpack_remote_domain_get_guest_info_ret(b, o):
-    _n1498, = _U32.unpack_from(b, o); o += 4
-    if _n1498 > 2048: raise XdrError('remote_domain_get_guest_info_ret.params: %d items exceed 2048' % _n1498)
-    if 4 * _n1498 > len(b) - o: raise XdrError('remote_domain_get_guest_info_ret.params: truncated list')
+    _n1512, = _U32.unpack_from(b, o); o += 4
+    if _n1512 > 2048: raise XdrError('remote_domain_get_guest_info_ret.params: %d items exceed 2048' % _n1512)
+    if 4 * _n1512 > len(b) - o: raise XdrError('remote_domain_get_guest_info_ret.params: truncated list')
     f0 = []
-    for _ in range(_n1498):
-        _e1499, o = unpack_remote_typed_param(b, o)
-        f0.append(_e1499)
+    for _ in range(_n1512):
+        _e1513, o = unpack_remote_typed_param(b, o)
+        f0.append(_e1513)
     return _new(remote_domain_get_guest_info_ret, (f0,)), o
 
 remote_connect_set_identity_args = _nt('remote_connect_set_identity_args', 'params flags')
 
 def pack_remote_connect_set_identity_args(v, out):
-    _t1500 = v[0]
-    out += _U32.pack(len(_t1500))
-    for _e1501 in _t1500:
-        pack_remote_typed_param(_e1501, out)
+    _t1514 = v[0]
+    out += _U32.pack(len(_t1514))
+    for _e1515 in _t1514:
+        pack_remote_typed_param(_e1515, out)
     out += _S_I.pack(v[1])
 
 def unpack_remote_connect_set_identity_args(b, o):
-    _n1502, = _U32.unpack_from(b, o); o += 4
-    if _n1502 > 20: raise XdrError('remote_connect_set_identity_args.params: %d items exceed 20' % _n1502)
-    if 4 * _n1502 > len(b) - o: raise XdrError('remote_connect_set_identity_args.params: truncated list')
+    _n1516, = _U32.unpack_from(b, o); o += 4
+    if _n1516 > 20: raise XdrError('remote_connect_set_identity_args.params: %d items exceed 20' % _n1516)
+    if 4 * _n1516 > len(b) - o: raise XdrError('remote_connect_set_identity_args.params: truncated list')
     f0 = []
-    for _ in range(_n1502):
-        _e1503, o = unpack_remote_typed_param(b, o)
-        f0.append(_e1503)
+    for _ in range(_n1516):
+        _e1517, o = unpack_remote_typed_param(b, o)
+        f0.append(_e1517)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_set_identity_args, (f0, f1)), o
 
@@ -11240,35 +11254,35 @@ remote_domain_backup_begin_args = _nt('remote_domain_backup_begin_args', 'dom ba
 
 def pack_remote_domain_backup_begin_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1504 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1504)); out += _b1504; out += PAD[len(_b1504) & 3]
-    _t1505 = v[2]
-    if _t1505 is None:
+    _b1518 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1518)); out += _b1518; out += PAD[len(_b1518) & 3]
+    _t1519 = v[2]
+    if _t1519 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1506 = _t1505.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1506)); out += _b1506; out += PAD[len(_b1506) & 3]
+        _b1520 = _t1519.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1520)); out += _b1520; out += PAD[len(_b1520) & 3]
     out += _S_I.pack(v[3])
 
 def unpack_remote_domain_backup_begin_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1507, = _U32.unpack_from(b, o); o += 4
-    if _n1507 > 4194304: raise XdrError('remote_domain_backup_begin_args.backup_xml: string of %d bytes exceeds 4194304' % _n1507)
-    _end1508 = o + _n1507
-    if _end1508 > len(b): raise XdrError('remote_domain_backup_begin_args.backup_xml: truncated string')
-    f1 = str(b[o:_end1508], 'utf-8', 'surrogateescape'); o = _end1508 + (-_n1507 & 3)
-    _f1509, = _U32.unpack_from(b, o); o += 4
-    if _f1509 == 1:
-        _n1510, = _U32.unpack_from(b, o); o += 4
-        if _n1510 > 4194304: raise XdrError('remote_domain_backup_begin_args.checkpoint_xml: string of %d bytes exceeds 4194304' % _n1510)
-        _end1511 = o + _n1510
-        if _end1511 > len(b): raise XdrError('remote_domain_backup_begin_args.checkpoint_xml: truncated string')
-        f2 = str(b[o:_end1511], 'utf-8', 'surrogateescape'); o = _end1511 + (-_n1510 & 3)
-    elif _f1509 == 0:
+    _n1521, = _U32.unpack_from(b, o); o += 4
+    if _n1521 > 4194304: raise XdrError('remote_domain_backup_begin_args.backup_xml: string of %d bytes exceeds 4194304' % _n1521)
+    _end1522 = o + _n1521
+    if _end1522 > len(b): raise XdrError('remote_domain_backup_begin_args.backup_xml: truncated string')
+    f1 = str(b[o:_end1522], 'utf-8', 'surrogateescape'); o = _end1522 + (-_n1521 & 3)
+    _f1523, = _U32.unpack_from(b, o); o += 4
+    if _f1523 == 1:
+        _n1524, = _U32.unpack_from(b, o); o += 4
+        if _n1524 > 4194304: raise XdrError('remote_domain_backup_begin_args.checkpoint_xml: string of %d bytes exceeds 4194304' % _n1524)
+        _end1525 = o + _n1524
+        if _end1525 > len(b): raise XdrError('remote_domain_backup_begin_args.checkpoint_xml: truncated string')
+        f2 = str(b[o:_end1525], 'utf-8', 'surrogateescape'); o = _end1525 + (-_n1524 & 3)
+    elif _f1523 == 0:
         f2 = None
     else:
-        raise XdrError('remote_domain_backup_begin_args.checkpoint_xml: bad optional flag %d' % _f1509)
+        raise XdrError('remote_domain_backup_begin_args.checkpoint_xml: bad optional flag %d' % _f1523)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_backup_begin_args, (f0, f1, f2, f3)), o
 
@@ -11286,89 +11300,89 @@ def unpack_remote_domain_backup_get_xml_desc_args(b, o):
 remote_domain_backup_get_xml_desc_ret = _nt('remote_domain_backup_get_xml_desc_ret', 'xml')
 
 def pack_remote_domain_backup_get_xml_desc_ret(v, out):
-    _b1512 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1512)); out += _b1512; out += PAD[len(_b1512) & 3]
+    _b1526 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1526)); out += _b1526; out += PAD[len(_b1526) & 3]
 
 def unpack_remote_domain_backup_get_xml_desc_ret(b, o):
-    _n1513, = _U32.unpack_from(b, o); o += 4
-    if _n1513 > 4194304: raise XdrError('remote_domain_backup_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1513)
-    _end1514 = o + _n1513
-    if _end1514 > len(b): raise XdrError('remote_domain_backup_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end1514], 'utf-8', 'surrogateescape'); o = _end1514 + (-_n1513 & 3)
+    _n1527, = _U32.unpack_from(b, o); o += 4
+    if _n1527 > 4194304: raise XdrError('remote_domain_backup_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1527)
+    _end1528 = o + _n1527
+    if _end1528 > len(b): raise XdrError('remote_domain_backup_get_xml_desc_ret.xml: truncated string')
+    f0 = str(b[o:_end1528], 'utf-8', 'surrogateescape'); o = _end1528 + (-_n1527 & 3)
     return _new(remote_domain_backup_get_xml_desc_ret, (f0,)), o
 
 remote_domain_authorized_ssh_keys_get_args = _nt('remote_domain_authorized_ssh_keys_get_args', 'dom user flags')
 
 def pack_remote_domain_authorized_ssh_keys_get_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1515 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1515)); out += _b1515; out += PAD[len(_b1515) & 3]
+    _b1529 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1529)); out += _b1529; out += PAD[len(_b1529) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_authorized_ssh_keys_get_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1516, = _U32.unpack_from(b, o); o += 4
-    if _n1516 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_get_args.user: string of %d bytes exceeds 4194304' % _n1516)
-    _end1517 = o + _n1516
-    if _end1517 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_get_args.user: truncated string')
-    f1 = str(b[o:_end1517], 'utf-8', 'surrogateescape'); o = _end1517 + (-_n1516 & 3)
+    _n1530, = _U32.unpack_from(b, o); o += 4
+    if _n1530 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_get_args.user: string of %d bytes exceeds 4194304' % _n1530)
+    _end1531 = o + _n1530
+    if _end1531 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_get_args.user: truncated string')
+    f1 = str(b[o:_end1531], 'utf-8', 'surrogateescape'); o = _end1531 + (-_n1530 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_authorized_ssh_keys_get_args, (f0, f1, f2)), o
 
 remote_domain_authorized_ssh_keys_get_ret = _nt('remote_domain_authorized_ssh_keys_get_ret', 'keys')
 
 def pack_remote_domain_authorized_ssh_keys_get_ret(v, out):
-    _t1518 = v[0]
-    out += _U32.pack(len(_t1518))
-    for _e1519 in _t1518:
-        _b1520 = _e1519.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1520)); out += _b1520; out += PAD[len(_b1520) & 3]
+    _t1532 = v[0]
+    out += _U32.pack(len(_t1532))
+    for _e1533 in _t1532:
+        _b1534 = _e1533.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1534)); out += _b1534; out += PAD[len(_b1534) & 3]
 
 def unpack_remote_domain_authorized_ssh_keys_get_ret(b, o):
-    _n1521, = _U32.unpack_from(b, o); o += 4
-    if _n1521 > 2048: raise XdrError('remote_domain_authorized_ssh_keys_get_ret.keys: %d items exceed 2048' % _n1521)
-    if 4 * _n1521 > len(b) - o: raise XdrError('remote_domain_authorized_ssh_keys_get_ret.keys: truncated list')
+    _n1535, = _U32.unpack_from(b, o); o += 4
+    if _n1535 > 2048: raise XdrError('remote_domain_authorized_ssh_keys_get_ret.keys: %d items exceed 2048' % _n1535)
+    if 4 * _n1535 > len(b) - o: raise XdrError('remote_domain_authorized_ssh_keys_get_ret.keys: truncated list')
     f0 = []
-    for _ in range(_n1521):
-        _n1523, = _U32.unpack_from(b, o); o += 4
-        if _n1523 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_get_ret.keys: string of %d bytes exceeds 4194304' % _n1523)
-        _end1524 = o + _n1523
-        if _end1524 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_get_ret.keys: truncated string')
-        _e1522 = str(b[o:_end1524], 'utf-8', 'surrogateescape'); o = _end1524 + (-_n1523 & 3)
-        f0.append(_e1522)
+    for _ in range(_n1535):
+        _n1537, = _U32.unpack_from(b, o); o += 4
+        if _n1537 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_get_ret.keys: string of %d bytes exceeds 4194304' % _n1537)
+        _end1538 = o + _n1537
+        if _end1538 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_get_ret.keys: truncated string')
+        _e1536 = str(b[o:_end1538], 'utf-8', 'surrogateescape'); o = _end1538 + (-_n1537 & 3)
+        f0.append(_e1536)
     return _new(remote_domain_authorized_ssh_keys_get_ret, (f0,)), o
 
 remote_domain_authorized_ssh_keys_set_args = _nt('remote_domain_authorized_ssh_keys_set_args', 'dom user keys flags')
 
 def pack_remote_domain_authorized_ssh_keys_set_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1525 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1525)); out += _b1525; out += PAD[len(_b1525) & 3]
-    _t1526 = v[2]
-    out += _U32.pack(len(_t1526))
-    for _e1527 in _t1526:
-        _b1528 = _e1527.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1528)); out += _b1528; out += PAD[len(_b1528) & 3]
+    _b1539 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1539)); out += _b1539; out += PAD[len(_b1539) & 3]
+    _t1540 = v[2]
+    out += _U32.pack(len(_t1540))
+    for _e1541 in _t1540:
+        _b1542 = _e1541.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1542)); out += _b1542; out += PAD[len(_b1542) & 3]
     out += _S_I.pack(v[3])
 
 def unpack_remote_domain_authorized_ssh_keys_set_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1529, = _U32.unpack_from(b, o); o += 4
-    if _n1529 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_set_args.user: string of %d bytes exceeds 4194304' % _n1529)
-    _end1530 = o + _n1529
-    if _end1530 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_set_args.user: truncated string')
-    f1 = str(b[o:_end1530], 'utf-8', 'surrogateescape'); o = _end1530 + (-_n1529 & 3)
-    _n1531, = _U32.unpack_from(b, o); o += 4
-    if _n1531 > 2048: raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: %d items exceed 2048' % _n1531)
-    if 4 * _n1531 > len(b) - o: raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: truncated list')
+    _n1543, = _U32.unpack_from(b, o); o += 4
+    if _n1543 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_set_args.user: string of %d bytes exceeds 4194304' % _n1543)
+    _end1544 = o + _n1543
+    if _end1544 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_set_args.user: truncated string')
+    f1 = str(b[o:_end1544], 'utf-8', 'surrogateescape'); o = _end1544 + (-_n1543 & 3)
+    _n1545, = _U32.unpack_from(b, o); o += 4
+    if _n1545 > 2048: raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: %d items exceed 2048' % _n1545)
+    if 4 * _n1545 > len(b) - o: raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: truncated list')
     f2 = []
-    for _ in range(_n1531):
-        _n1533, = _U32.unpack_from(b, o); o += 4
-        if _n1533 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: string of %d bytes exceeds 4194304' % _n1533)
-        _end1534 = o + _n1533
-        if _end1534 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: truncated string')
-        _e1532 = str(b[o:_end1534], 'utf-8', 'surrogateescape'); o = _end1534 + (-_n1533 & 3)
-        f2.append(_e1532)
+    for _ in range(_n1545):
+        _n1547, = _U32.unpack_from(b, o); o += 4
+        if _n1547 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: string of %d bytes exceeds 4194304' % _n1547)
+        _end1548 = o + _n1547
+        if _end1548 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: truncated string')
+        _e1546 = str(b[o:_end1548], 'utf-8', 'surrogateescape'); o = _end1548 + (-_n1547 & 3)
+        f2.append(_e1546)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_authorized_ssh_keys_set_args, (f0, f1, f2, f3)), o
 
@@ -11386,24 +11400,24 @@ def unpack_remote_domain_get_messages_args(b, o):
 remote_domain_get_messages_ret = _nt('remote_domain_get_messages_ret', 'msgs')
 
 def pack_remote_domain_get_messages_ret(v, out):
-    _t1535 = v[0]
-    out += _U32.pack(len(_t1535))
-    for _e1536 in _t1535:
-        _b1537 = _e1536.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1537)); out += _b1537; out += PAD[len(_b1537) & 3]
+    _t1549 = v[0]
+    out += _U32.pack(len(_t1549))
+    for _e1550 in _t1549:
+        _b1551 = _e1550.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1551)); out += _b1551; out += PAD[len(_b1551) & 3]
 
 def unpack_remote_domain_get_messages_ret(b, o):
-    _n1538, = _U32.unpack_from(b, o); o += 4
-    if _n1538 > 2048: raise XdrError('remote_domain_get_messages_ret.msgs: %d items exceed 2048' % _n1538)
-    if 4 * _n1538 > len(b) - o: raise XdrError('remote_domain_get_messages_ret.msgs: truncated list')
+    _n1552, = _U32.unpack_from(b, o); o += 4
+    if _n1552 > 2048: raise XdrError('remote_domain_get_messages_ret.msgs: %d items exceed 2048' % _n1552)
+    if 4 * _n1552 > len(b) - o: raise XdrError('remote_domain_get_messages_ret.msgs: truncated list')
     f0 = []
-    for _ in range(_n1538):
-        _n1540, = _U32.unpack_from(b, o); o += 4
-        if _n1540 > 4194304: raise XdrError('remote_domain_get_messages_ret.msgs: string of %d bytes exceeds 4194304' % _n1540)
-        _end1541 = o + _n1540
-        if _end1541 > len(b): raise XdrError('remote_domain_get_messages_ret.msgs: truncated string')
-        _e1539 = str(b[o:_end1541], 'utf-8', 'surrogateescape'); o = _end1541 + (-_n1540 & 3)
-        f0.append(_e1539)
+    for _ in range(_n1552):
+        _n1554, = _U32.unpack_from(b, o); o += 4
+        if _n1554 > 4194304: raise XdrError('remote_domain_get_messages_ret.msgs: string of %d bytes exceeds 4194304' % _n1554)
+        _end1555 = o + _n1554
+        if _end1555 > len(b): raise XdrError('remote_domain_get_messages_ret.msgs: truncated string')
+        _e1553 = str(b[o:_end1555], 'utf-8', 'surrogateescape'); o = _end1555 + (-_n1554 & 3)
+        f0.append(_e1553)
     return _new(remote_domain_get_messages_ret, (f0,)), o
 
 remote_domain_start_dirty_rate_calc_args = _nt('remote_domain_start_dirty_rate_calc_args', 'dom seconds flags')
@@ -11422,18 +11436,18 @@ remote_domain_event_memory_device_size_change_msg = _nt('remote_domain_event_mem
 def pack_remote_domain_event_memory_device_size_change_msg(v, out):
     out += _S_i.pack(v[0])
     pack_remote_nonnull_domain(v[1], out)
-    _b1542 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1542)); out += _b1542; out += PAD[len(_b1542) & 3]
+    _b1556 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1556)); out += _b1556; out += PAD[len(_b1556) & 3]
     out += _S_Q.pack(v[3])
 
 def unpack_remote_domain_event_memory_device_size_change_msg(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
     f1, o = unpack_remote_nonnull_domain(b, o)
-    _n1543, = _U32.unpack_from(b, o); o += 4
-    if _n1543 > 4194304: raise XdrError('remote_domain_event_memory_device_size_change_msg.alias: string of %d bytes exceeds 4194304' % _n1543)
-    _end1544 = o + _n1543
-    if _end1544 > len(b): raise XdrError('remote_domain_event_memory_device_size_change_msg.alias: truncated string')
-    f2 = str(b[o:_end1544], 'utf-8', 'surrogateescape'); o = _end1544 + (-_n1543 & 3)
+    _n1557, = _U32.unpack_from(b, o); o += 4
+    if _n1557 > 4194304: raise XdrError('remote_domain_event_memory_device_size_change_msg.alias: string of %d bytes exceeds 4194304' % _n1557)
+    _end1558 = o + _n1557
+    if _end1558 > len(b): raise XdrError('remote_domain_event_memory_device_size_change_msg.alias: truncated string')
+    f2 = str(b[o:_end1558], 'utf-8', 'surrogateescape'); o = _end1558 + (-_n1557 & 3)
     f3, = _S_Q.unpack_from(b, o); o += 8
     return _new(remote_domain_event_memory_device_size_change_msg, (f0, f1, f2, f3)), o
 
@@ -11441,17 +11455,17 @@ remote_domain_fd_associate_args = _nt('remote_domain_fd_associate_args', 'dom na
 
 def pack_remote_domain_fd_associate_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1545 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1545)); out += _b1545; out += PAD[len(_b1545) & 3]
+    _b1559 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1559)); out += _b1559; out += PAD[len(_b1559) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_remote_domain_fd_associate_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1546, = _U32.unpack_from(b, o); o += 4
-    if _n1546 > 4194304: raise XdrError('remote_domain_fd_associate_args.name: string of %d bytes exceeds 4194304' % _n1546)
-    _end1547 = o + _n1546
-    if _end1547 > len(b): raise XdrError('remote_domain_fd_associate_args.name: truncated string')
-    f1 = str(b[o:_end1547], 'utf-8', 'surrogateescape'); o = _end1547 + (-_n1546 & 3)
+    _n1560, = _U32.unpack_from(b, o); o += 4
+    if _n1560 > 4194304: raise XdrError('remote_domain_fd_associate_args.name: string of %d bytes exceeds 4194304' % _n1560)
+    _end1561 = o + _n1560
+    if _end1561 > len(b): raise XdrError('remote_domain_fd_associate_args.name: truncated string')
+    f1 = str(b[o:_end1561], 'utf-8', 'surrogateescape'); o = _end1561 + (-_n1560 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_fd_associate_args, (f0, f1, f2)), o
 
@@ -11459,32 +11473,32 @@ qemu_domain_monitor_command_args = _nt('qemu_domain_monitor_command_args', 'dom 
 
 def pack_qemu_domain_monitor_command_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1548 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1548)); out += _b1548; out += PAD[len(_b1548) & 3]
+    _b1562 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1562)); out += _b1562; out += PAD[len(_b1562) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_qemu_domain_monitor_command_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1549, = _U32.unpack_from(b, o); o += 4
-    if _n1549 > 4194304: raise XdrError('qemu_domain_monitor_command_args.cmd: string of %d bytes exceeds 4194304' % _n1549)
-    _end1550 = o + _n1549
-    if _end1550 > len(b): raise XdrError('qemu_domain_monitor_command_args.cmd: truncated string')
-    f1 = str(b[o:_end1550], 'utf-8', 'surrogateescape'); o = _end1550 + (-_n1549 & 3)
+    _n1563, = _U32.unpack_from(b, o); o += 4
+    if _n1563 > 4194304: raise XdrError('qemu_domain_monitor_command_args.cmd: string of %d bytes exceeds 4194304' % _n1563)
+    _end1564 = o + _n1563
+    if _end1564 > len(b): raise XdrError('qemu_domain_monitor_command_args.cmd: truncated string')
+    f1 = str(b[o:_end1564], 'utf-8', 'surrogateescape'); o = _end1564 + (-_n1563 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(qemu_domain_monitor_command_args, (f0, f1, f2)), o
 
 qemu_domain_monitor_command_ret = _nt('qemu_domain_monitor_command_ret', 'result')
 
 def pack_qemu_domain_monitor_command_ret(v, out):
-    _b1551 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1551)); out += _b1551; out += PAD[len(_b1551) & 3]
+    _b1565 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1565)); out += _b1565; out += PAD[len(_b1565) & 3]
 
 def unpack_qemu_domain_monitor_command_ret(b, o):
-    _n1552, = _U32.unpack_from(b, o); o += 4
-    if _n1552 > 4194304: raise XdrError('qemu_domain_monitor_command_ret.result: string of %d bytes exceeds 4194304' % _n1552)
-    _end1553 = o + _n1552
-    if _end1553 > len(b): raise XdrError('qemu_domain_monitor_command_ret.result: truncated string')
-    f0 = str(b[o:_end1553], 'utf-8', 'surrogateescape'); o = _end1553 + (-_n1552 & 3)
+    _n1566, = _U32.unpack_from(b, o); o += 4
+    if _n1566 > 4194304: raise XdrError('qemu_domain_monitor_command_ret.result: string of %d bytes exceeds 4194304' % _n1566)
+    _end1567 = o + _n1566
+    if _end1567 > len(b): raise XdrError('qemu_domain_monitor_command_ret.result: truncated string')
+    f0 = str(b[o:_end1567], 'utf-8', 'surrogateescape'); o = _end1567 + (-_n1566 & 3)
     return _new(qemu_domain_monitor_command_ret, (f0,)), o
 
 qemu_domain_attach_args = _nt('qemu_domain_attach_args', 'pid_value flags')
@@ -11509,82 +11523,82 @@ qemu_domain_agent_command_args = _nt('qemu_domain_agent_command_args', 'dom cmd 
 
 def pack_qemu_domain_agent_command_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1554 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1554)); out += _b1554; out += PAD[len(_b1554) & 3]
+    _b1568 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1568)); out += _b1568; out += PAD[len(_b1568) & 3]
     out += _S_iI.pack(v[2], v[3])
 
 def unpack_qemu_domain_agent_command_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1555, = _U32.unpack_from(b, o); o += 4
-    if _n1555 > 4194304: raise XdrError('qemu_domain_agent_command_args.cmd: string of %d bytes exceeds 4194304' % _n1555)
-    _end1556 = o + _n1555
-    if _end1556 > len(b): raise XdrError('qemu_domain_agent_command_args.cmd: truncated string')
-    f1 = str(b[o:_end1556], 'utf-8', 'surrogateescape'); o = _end1556 + (-_n1555 & 3)
+    _n1569, = _U32.unpack_from(b, o); o += 4
+    if _n1569 > 4194304: raise XdrError('qemu_domain_agent_command_args.cmd: string of %d bytes exceeds 4194304' % _n1569)
+    _end1570 = o + _n1569
+    if _end1570 > len(b): raise XdrError('qemu_domain_agent_command_args.cmd: truncated string')
+    f1 = str(b[o:_end1570], 'utf-8', 'surrogateescape'); o = _end1570 + (-_n1569 & 3)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(qemu_domain_agent_command_args, (f0, f1, f2, f3)), o
 
 qemu_domain_agent_command_ret = _nt('qemu_domain_agent_command_ret', 'result')
 
 def pack_qemu_domain_agent_command_ret(v, out):
-    _t1557 = v[0]
-    if _t1557 is None:
+    _t1571 = v[0]
+    if _t1571 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1558 = _t1557.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1558)); out += _b1558; out += PAD[len(_b1558) & 3]
+        _b1572 = _t1571.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1572)); out += _b1572; out += PAD[len(_b1572) & 3]
 
 def unpack_qemu_domain_agent_command_ret(b, o):
-    _f1559, = _U32.unpack_from(b, o); o += 4
-    if _f1559 == 1:
-        _n1560, = _U32.unpack_from(b, o); o += 4
-        if _n1560 > 4194304: raise XdrError('qemu_domain_agent_command_ret.result: string of %d bytes exceeds 4194304' % _n1560)
-        _end1561 = o + _n1560
-        if _end1561 > len(b): raise XdrError('qemu_domain_agent_command_ret.result: truncated string')
-        f0 = str(b[o:_end1561], 'utf-8', 'surrogateescape'); o = _end1561 + (-_n1560 & 3)
-    elif _f1559 == 0:
+    _f1573, = _U32.unpack_from(b, o); o += 4
+    if _f1573 == 1:
+        _n1574, = _U32.unpack_from(b, o); o += 4
+        if _n1574 > 4194304: raise XdrError('qemu_domain_agent_command_ret.result: string of %d bytes exceeds 4194304' % _n1574)
+        _end1575 = o + _n1574
+        if _end1575 > len(b): raise XdrError('qemu_domain_agent_command_ret.result: truncated string')
+        f0 = str(b[o:_end1575], 'utf-8', 'surrogateescape'); o = _end1575 + (-_n1574 & 3)
+    elif _f1573 == 0:
         f0 = None
     else:
-        raise XdrError('qemu_domain_agent_command_ret.result: bad optional flag %d' % _f1559)
+        raise XdrError('qemu_domain_agent_command_ret.result: bad optional flag %d' % _f1573)
     return _new(qemu_domain_agent_command_ret, (f0,)), o
 
 qemu_connect_domain_monitor_event_register_args = _nt('qemu_connect_domain_monitor_event_register_args', 'dom event flags')
 
 def pack_qemu_connect_domain_monitor_event_register_args(v, out):
-    _t1562 = v[0]
-    if _t1562 is None:
+    _t1576 = v[0]
+    if _t1576 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        pack_remote_nonnull_domain(_t1562, out)
-    _t1563 = v[1]
-    if _t1563 is None:
+        pack_remote_nonnull_domain(_t1576, out)
+    _t1577 = v[1]
+    if _t1577 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1564 = _t1563.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1564)); out += _b1564; out += PAD[len(_b1564) & 3]
+        _b1578 = _t1577.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1578)); out += _b1578; out += PAD[len(_b1578) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_qemu_connect_domain_monitor_event_register_args(b, o):
-    _f1565, = _U32.unpack_from(b, o); o += 4
-    if _f1565 == 1:
+    _f1579, = _U32.unpack_from(b, o); o += 4
+    if _f1579 == 1:
         f0, o = unpack_remote_nonnull_domain(b, o)
-    elif _f1565 == 0:
+    elif _f1579 == 0:
         f0 = None
     else:
-        raise XdrError('qemu_connect_domain_monitor_event_register_args.dom: bad optional flag %d' % _f1565)
-    _f1566, = _U32.unpack_from(b, o); o += 4
-    if _f1566 == 1:
-        _n1567, = _U32.unpack_from(b, o); o += 4
-        if _n1567 > 4194304: raise XdrError('qemu_connect_domain_monitor_event_register_args.event: string of %d bytes exceeds 4194304' % _n1567)
-        _end1568 = o + _n1567
-        if _end1568 > len(b): raise XdrError('qemu_connect_domain_monitor_event_register_args.event: truncated string')
-        f1 = str(b[o:_end1568], 'utf-8', 'surrogateescape'); o = _end1568 + (-_n1567 & 3)
-    elif _f1566 == 0:
+        raise XdrError('qemu_connect_domain_monitor_event_register_args.dom: bad optional flag %d' % _f1579)
+    _f1580, = _U32.unpack_from(b, o); o += 4
+    if _f1580 == 1:
+        _n1581, = _U32.unpack_from(b, o); o += 4
+        if _n1581 > 4194304: raise XdrError('qemu_connect_domain_monitor_event_register_args.event: string of %d bytes exceeds 4194304' % _n1581)
+        _end1582 = o + _n1581
+        if _end1582 > len(b): raise XdrError('qemu_connect_domain_monitor_event_register_args.event: truncated string')
+        f1 = str(b[o:_end1582], 'utf-8', 'surrogateescape'); o = _end1582 + (-_n1581 & 3)
+    elif _f1580 == 0:
         f1 = None
     else:
-        raise XdrError('qemu_connect_domain_monitor_event_register_args.event: bad optional flag %d' % _f1566)
+        raise XdrError('qemu_connect_domain_monitor_event_register_args.event: bad optional flag %d' % _f1580)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(qemu_connect_domain_monitor_event_register_args, (f0, f1, f2)), o
 
@@ -11611,69 +11625,69 @@ qemu_domain_monitor_event_msg = _nt('qemu_domain_monitor_event_msg', 'callbackID
 def pack_qemu_domain_monitor_event_msg(v, out):
     out += _S_i.pack(v[0])
     pack_remote_nonnull_domain(v[1], out)
-    _b1569 = v[2].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1569)); out += _b1569; out += PAD[len(_b1569) & 3]
+    _b1583 = v[2].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1583)); out += _b1583; out += PAD[len(_b1583) & 3]
     out += _S_qI.pack(v[3], v[4])
-    _t1570 = v[5]
-    if _t1570 is None:
+    _t1584 = v[5]
+    if _t1584 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1571 = _t1570.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1571)); out += _b1571; out += PAD[len(_b1571) & 3]
+        _b1585 = _t1584.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1585)); out += _b1585; out += PAD[len(_b1585) & 3]
 
 def unpack_qemu_domain_monitor_event_msg(b, o):
     f0, = _S_i.unpack_from(b, o); o += 4
     f1, o = unpack_remote_nonnull_domain(b, o)
-    _n1572, = _U32.unpack_from(b, o); o += 4
-    if _n1572 > 4194304: raise XdrError('qemu_domain_monitor_event_msg.event: string of %d bytes exceeds 4194304' % _n1572)
-    _end1573 = o + _n1572
-    if _end1573 > len(b): raise XdrError('qemu_domain_monitor_event_msg.event: truncated string')
-    f2 = str(b[o:_end1573], 'utf-8', 'surrogateescape'); o = _end1573 + (-_n1572 & 3)
+    _n1586, = _U32.unpack_from(b, o); o += 4
+    if _n1586 > 4194304: raise XdrError('qemu_domain_monitor_event_msg.event: string of %d bytes exceeds 4194304' % _n1586)
+    _end1587 = o + _n1586
+    if _end1587 > len(b): raise XdrError('qemu_domain_monitor_event_msg.event: truncated string')
+    f2 = str(b[o:_end1587], 'utf-8', 'surrogateescape'); o = _end1587 + (-_n1586 & 3)
     f3, f4 = _S_qI.unpack_from(b, o); o += 12
-    _f1574, = _U32.unpack_from(b, o); o += 4
-    if _f1574 == 1:
-        _n1575, = _U32.unpack_from(b, o); o += 4
-        if _n1575 > 4194304: raise XdrError('qemu_domain_monitor_event_msg.details: string of %d bytes exceeds 4194304' % _n1575)
-        _end1576 = o + _n1575
-        if _end1576 > len(b): raise XdrError('qemu_domain_monitor_event_msg.details: truncated string')
-        f5 = str(b[o:_end1576], 'utf-8', 'surrogateescape'); o = _end1576 + (-_n1575 & 3)
-    elif _f1574 == 0:
+    _f1588, = _U32.unpack_from(b, o); o += 4
+    if _f1588 == 1:
+        _n1589, = _U32.unpack_from(b, o); o += 4
+        if _n1589 > 4194304: raise XdrError('qemu_domain_monitor_event_msg.details: string of %d bytes exceeds 4194304' % _n1589)
+        _end1590 = o + _n1589
+        if _end1590 > len(b): raise XdrError('qemu_domain_monitor_event_msg.details: truncated string')
+        f5 = str(b[o:_end1590], 'utf-8', 'surrogateescape'); o = _end1590 + (-_n1589 & 3)
+    elif _f1588 == 0:
         f5 = None
     else:
-        raise XdrError('qemu_domain_monitor_event_msg.details: bad optional flag %d' % _f1574)
+        raise XdrError('qemu_domain_monitor_event_msg.details: bad optional flag %d' % _f1588)
     return _new(qemu_domain_monitor_event_msg, (f0, f1, f2, f3, f4, f5)), o
 
 qemu_domain_monitor_command_with_files_args = _nt('qemu_domain_monitor_command_with_files_args', 'dom cmd flags')
 
 def pack_qemu_domain_monitor_command_with_files_args(v, out):
     pack_remote_nonnull_domain(v[0], out)
-    _b1577 = v[1].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1577)); out += _b1577; out += PAD[len(_b1577) & 3]
+    _b1591 = v[1].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1591)); out += _b1591; out += PAD[len(_b1591) & 3]
     out += _S_I.pack(v[2])
 
 def unpack_qemu_domain_monitor_command_with_files_args(b, o):
     f0, o = unpack_remote_nonnull_domain(b, o)
-    _n1578, = _U32.unpack_from(b, o); o += 4
-    if _n1578 > 4194304: raise XdrError('qemu_domain_monitor_command_with_files_args.cmd: string of %d bytes exceeds 4194304' % _n1578)
-    _end1579 = o + _n1578
-    if _end1579 > len(b): raise XdrError('qemu_domain_monitor_command_with_files_args.cmd: truncated string')
-    f1 = str(b[o:_end1579], 'utf-8', 'surrogateescape'); o = _end1579 + (-_n1578 & 3)
+    _n1592, = _U32.unpack_from(b, o); o += 4
+    if _n1592 > 4194304: raise XdrError('qemu_domain_monitor_command_with_files_args.cmd: string of %d bytes exceeds 4194304' % _n1592)
+    _end1593 = o + _n1592
+    if _end1593 > len(b): raise XdrError('qemu_domain_monitor_command_with_files_args.cmd: truncated string')
+    f1 = str(b[o:_end1593], 'utf-8', 'surrogateescape'); o = _end1593 + (-_n1592 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(qemu_domain_monitor_command_with_files_args, (f0, f1, f2)), o
 
 qemu_domain_monitor_command_with_files_ret = _nt('qemu_domain_monitor_command_with_files_ret', 'result')
 
 def pack_qemu_domain_monitor_command_with_files_ret(v, out):
-    _b1580 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1580)); out += _b1580; out += PAD[len(_b1580) & 3]
+    _b1594 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1594)); out += _b1594; out += PAD[len(_b1594) & 3]
 
 def unpack_qemu_domain_monitor_command_with_files_ret(b, o):
-    _n1581, = _U32.unpack_from(b, o); o += 4
-    if _n1581 > 4194304: raise XdrError('qemu_domain_monitor_command_with_files_ret.result: string of %d bytes exceeds 4194304' % _n1581)
-    _end1582 = o + _n1581
-    if _end1582 > len(b): raise XdrError('qemu_domain_monitor_command_with_files_ret.result: truncated string')
-    f0 = str(b[o:_end1582], 'utf-8', 'surrogateescape'); o = _end1582 + (-_n1581 & 3)
+    _n1595, = _U32.unpack_from(b, o); o += 4
+    if _n1595 > 4194304: raise XdrError('qemu_domain_monitor_command_with_files_ret.result: string of %d bytes exceeds 4194304' % _n1595)
+    _end1596 = o + _n1595
+    if _end1596 > len(b): raise XdrError('qemu_domain_monitor_command_with_files_ret.result: truncated string')
+    f0 = str(b[o:_end1596], 'utf-8', 'surrogateescape'); o = _end1596 + (-_n1595 & 3)
     return _new(qemu_domain_monitor_command_with_files_ret, (f0,)), o
 
 lxc_domain_open_namespace_args = _nt('lxc_domain_open_namespace_args', 'dom flags')
@@ -11704,8 +11718,8 @@ def pack_admin_typed_param_value(v, out):
     elif d == 6:
         out += _S_i.pack(v[1])
     elif d == 7:
-        _b1583 = v[1].encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1583)); out += _b1583; out += PAD[len(_b1583) & 3]
+        _b1597 = v[1].encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1597)); out += _b1597; out += PAD[len(_b1597) & 3]
     else:
         raise XdrError('admin_typed_param_value: bad discriminant %r' % (d,))
 
@@ -11724,11 +11738,11 @@ def unpack_admin_typed_param_value(b, o):
     elif d == 6:
         val, = _S_i.unpack_from(b, o); o += 4
     elif d == 7:
-        _n1584, = _U32.unpack_from(b, o); o += 4
-        if _n1584 > 4194304: raise XdrError('admin_typed_param_value.s: string of %d bytes exceeds 4194304' % _n1584)
-        _end1585 = o + _n1584
-        if _end1585 > len(b): raise XdrError('admin_typed_param_value.s: truncated string')
-        val = str(b[o:_end1585], 'utf-8', 'surrogateescape'); o = _end1585 + (-_n1584 & 3)
+        _n1598, = _U32.unpack_from(b, o); o += 4
+        if _n1598 > 4194304: raise XdrError('admin_typed_param_value.s: string of %d bytes exceeds 4194304' % _n1598)
+        _end1599 = o + _n1598
+        if _end1599 > len(b): raise XdrError('admin_typed_param_value.s: truncated string')
+        val = str(b[o:_end1599], 'utf-8', 'surrogateescape'); o = _end1599 + (-_n1598 & 3)
     else:
         raise XdrError('admin_typed_param_value: bad discriminant %d' % d)
     return _new(admin_typed_param_value, (d, val)), o
@@ -11736,31 +11750,31 @@ def unpack_admin_typed_param_value(b, o):
 admin_typed_param = _nt('admin_typed_param', 'field value')
 
 def pack_admin_typed_param(v, out):
-    _b1586 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1586)); out += _b1586; out += PAD[len(_b1586) & 3]
+    _b1600 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1600)); out += _b1600; out += PAD[len(_b1600) & 3]
     pack_admin_typed_param_value(v[1], out)
 
 def unpack_admin_typed_param(b, o):
-    _n1587, = _U32.unpack_from(b, o); o += 4
-    if _n1587 > 4194304: raise XdrError('admin_typed_param.field: string of %d bytes exceeds 4194304' % _n1587)
-    _end1588 = o + _n1587
-    if _end1588 > len(b): raise XdrError('admin_typed_param.field: truncated string')
-    f0 = str(b[o:_end1588], 'utf-8', 'surrogateescape'); o = _end1588 + (-_n1587 & 3)
+    _n1601, = _U32.unpack_from(b, o); o += 4
+    if _n1601 > 4194304: raise XdrError('admin_typed_param.field: string of %d bytes exceeds 4194304' % _n1601)
+    _end1602 = o + _n1601
+    if _end1602 > len(b): raise XdrError('admin_typed_param.field: truncated string')
+    f0 = str(b[o:_end1602], 'utf-8', 'surrogateescape'); o = _end1602 + (-_n1601 & 3)
     f1, o = unpack_admin_typed_param_value(b, o)
     return _new(admin_typed_param, (f0, f1)), o
 
 admin_nonnull_server = _nt('admin_nonnull_server', 'name')
 
 def pack_admin_nonnull_server(v, out):
-    _b1589 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1589)); out += _b1589; out += PAD[len(_b1589) & 3]
+    _b1603 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1603)); out += _b1603; out += PAD[len(_b1603) & 3]
 
 def unpack_admin_nonnull_server(b, o):
-    _n1590, = _U32.unpack_from(b, o); o += 4
-    if _n1590 > 4194304: raise XdrError('admin_nonnull_server.name: string of %d bytes exceeds 4194304' % _n1590)
-    _end1591 = o + _n1590
-    if _end1591 > len(b): raise XdrError('admin_nonnull_server.name: truncated string')
-    f0 = str(b[o:_end1591], 'utf-8', 'surrogateescape'); o = _end1591 + (-_n1590 & 3)
+    _n1604, = _U32.unpack_from(b, o); o += 4
+    if _n1604 > 4194304: raise XdrError('admin_nonnull_server.name: string of %d bytes exceeds 4194304' % _n1604)
+    _end1605 = o + _n1604
+    if _end1605 > len(b): raise XdrError('admin_nonnull_server.name: truncated string')
+    f0 = str(b[o:_end1605], 'utf-8', 'surrogateescape'); o = _end1605 + (-_n1604 & 3)
     return _new(admin_nonnull_server, (f0,)), o
 
 admin_nonnull_client = _nt('admin_nonnull_client', 'srv id timestamp transport')
@@ -11804,36 +11818,36 @@ def unpack_admin_connect_list_servers_args(b, o):
 admin_connect_list_servers_ret = _nt('admin_connect_list_servers_ret', 'servers ret')
 
 def pack_admin_connect_list_servers_ret(v, out):
-    _t1592 = v[0]
-    out += _U32.pack(len(_t1592))
-    for _e1593 in _t1592:
-        pack_admin_nonnull_server(_e1593, out)
+    _t1606 = v[0]
+    out += _U32.pack(len(_t1606))
+    for _e1607 in _t1606:
+        pack_admin_nonnull_server(_e1607, out)
     out += _S_I.pack(v[1])
 
 def unpack_admin_connect_list_servers_ret(b, o):
-    _n1594, = _U32.unpack_from(b, o); o += 4
-    if _n1594 > 16384: raise XdrError('admin_connect_list_servers_ret.servers: %d items exceed 16384' % _n1594)
-    if 4 * _n1594 > len(b) - o: raise XdrError('admin_connect_list_servers_ret.servers: truncated list')
+    _n1608, = _U32.unpack_from(b, o); o += 4
+    if _n1608 > 16384: raise XdrError('admin_connect_list_servers_ret.servers: %d items exceed 16384' % _n1608)
+    if 4 * _n1608 > len(b) - o: raise XdrError('admin_connect_list_servers_ret.servers: truncated list')
     f0 = []
-    for _ in range(_n1594):
-        _e1595, o = unpack_admin_nonnull_server(b, o)
-        f0.append(_e1595)
+    for _ in range(_n1608):
+        _e1609, o = unpack_admin_nonnull_server(b, o)
+        f0.append(_e1609)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(admin_connect_list_servers_ret, (f0, f1)), o
 
 admin_connect_lookup_server_args = _nt('admin_connect_lookup_server_args', 'name flags')
 
 def pack_admin_connect_lookup_server_args(v, out):
-    _b1596 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1596)); out += _b1596; out += PAD[len(_b1596) & 3]
+    _b1610 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1610)); out += _b1610; out += PAD[len(_b1610) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_admin_connect_lookup_server_args(b, o):
-    _n1597, = _U32.unpack_from(b, o); o += 4
-    if _n1597 > 4194304: raise XdrError('admin_connect_lookup_server_args.name: string of %d bytes exceeds 4194304' % _n1597)
-    _end1598 = o + _n1597
-    if _end1598 > len(b): raise XdrError('admin_connect_lookup_server_args.name: truncated string')
-    f0 = str(b[o:_end1598], 'utf-8', 'surrogateescape'); o = _end1598 + (-_n1597 & 3)
+    _n1611, = _U32.unpack_from(b, o); o += 4
+    if _n1611 > 4194304: raise XdrError('admin_connect_lookup_server_args.name: string of %d bytes exceeds 4194304' % _n1611)
+    _end1612 = o + _n1611
+    if _end1612 > len(b): raise XdrError('admin_connect_lookup_server_args.name: truncated string')
+    f0 = str(b[o:_end1612], 'utf-8', 'surrogateescape'); o = _end1612 + (-_n1611 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(admin_connect_lookup_server_args, (f0, f1)), o
 
@@ -11860,40 +11874,40 @@ def unpack_admin_server_get_threadpool_parameters_args(b, o):
 admin_server_get_threadpool_parameters_ret = _nt('admin_server_get_threadpool_parameters_ret', 'params')
 
 def pack_admin_server_get_threadpool_parameters_ret(v, out):
-    _t1599 = v[0]
-    out += _U32.pack(len(_t1599))
-    for _e1600 in _t1599:
-        pack_admin_typed_param(_e1600, out)
+    _t1613 = v[0]
+    out += _U32.pack(len(_t1613))
+    for _e1614 in _t1613:
+        pack_admin_typed_param(_e1614, out)
 
 def unpack_admin_server_get_threadpool_parameters_ret(b, o):
-    _n1601, = _U32.unpack_from(b, o); o += 4
-    if _n1601 > 32: raise XdrError('admin_server_get_threadpool_parameters_ret.params: %d items exceed 32' % _n1601)
-    if 4 * _n1601 > len(b) - o: raise XdrError('admin_server_get_threadpool_parameters_ret.params: truncated list')
+    _n1615, = _U32.unpack_from(b, o); o += 4
+    if _n1615 > 32: raise XdrError('admin_server_get_threadpool_parameters_ret.params: %d items exceed 32' % _n1615)
+    if 4 * _n1615 > len(b) - o: raise XdrError('admin_server_get_threadpool_parameters_ret.params: truncated list')
     f0 = []
-    for _ in range(_n1601):
-        _e1602, o = unpack_admin_typed_param(b, o)
-        f0.append(_e1602)
+    for _ in range(_n1615):
+        _e1616, o = unpack_admin_typed_param(b, o)
+        f0.append(_e1616)
     return _new(admin_server_get_threadpool_parameters_ret, (f0,)), o
 
 admin_server_set_threadpool_parameters_args = _nt('admin_server_set_threadpool_parameters_args', 'srv params flags')
 
 def pack_admin_server_set_threadpool_parameters_args(v, out):
     pack_admin_nonnull_server(v[0], out)
-    _t1603 = v[1]
-    out += _U32.pack(len(_t1603))
-    for _e1604 in _t1603:
-        pack_admin_typed_param(_e1604, out)
+    _t1617 = v[1]
+    out += _U32.pack(len(_t1617))
+    for _e1618 in _t1617:
+        pack_admin_typed_param(_e1618, out)
     out += _S_I.pack(v[2])
 
 def unpack_admin_server_set_threadpool_parameters_args(b, o):
     f0, o = unpack_admin_nonnull_server(b, o)
-    _n1605, = _U32.unpack_from(b, o); o += 4
-    if _n1605 > 32: raise XdrError('admin_server_set_threadpool_parameters_args.params: %d items exceed 32' % _n1605)
-    if 4 * _n1605 > len(b) - o: raise XdrError('admin_server_set_threadpool_parameters_args.params: truncated list')
+    _n1619, = _U32.unpack_from(b, o); o += 4
+    if _n1619 > 32: raise XdrError('admin_server_set_threadpool_parameters_args.params: %d items exceed 32' % _n1619)
+    if 4 * _n1619 > len(b) - o: raise XdrError('admin_server_set_threadpool_parameters_args.params: truncated list')
     f1 = []
-    for _ in range(_n1605):
-        _e1606, o = unpack_admin_typed_param(b, o)
-        f1.append(_e1606)
+    for _ in range(_n1619):
+        _e1620, o = unpack_admin_typed_param(b, o)
+        f1.append(_e1620)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(admin_server_set_threadpool_parameters_args, (f0, f1, f2)), o
 
@@ -11911,20 +11925,20 @@ def unpack_admin_server_list_clients_args(b, o):
 admin_server_list_clients_ret = _nt('admin_server_list_clients_ret', 'clients ret')
 
 def pack_admin_server_list_clients_ret(v, out):
-    _t1607 = v[0]
-    out += _U32.pack(len(_t1607))
-    for _e1608 in _t1607:
-        pack_admin_nonnull_client(_e1608, out)
+    _t1621 = v[0]
+    out += _U32.pack(len(_t1621))
+    for _e1622 in _t1621:
+        pack_admin_nonnull_client(_e1622, out)
     out += _S_I.pack(v[1])
 
 def unpack_admin_server_list_clients_ret(b, o):
-    _n1609, = _U32.unpack_from(b, o); o += 4
-    if _n1609 > 16384: raise XdrError('admin_server_list_clients_ret.clients: %d items exceed 16384' % _n1609)
-    if 4 * _n1609 > len(b) - o: raise XdrError('admin_server_list_clients_ret.clients: truncated list')
+    _n1623, = _U32.unpack_from(b, o); o += 4
+    if _n1623 > 16384: raise XdrError('admin_server_list_clients_ret.clients: %d items exceed 16384' % _n1623)
+    if 4 * _n1623 > len(b) - o: raise XdrError('admin_server_list_clients_ret.clients: truncated list')
     f0 = []
-    for _ in range(_n1609):
-        _e1610, o = unpack_admin_nonnull_client(b, o)
-        f0.append(_e1610)
+    for _ in range(_n1623):
+        _e1624, o = unpack_admin_nonnull_client(b, o)
+        f0.append(_e1624)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(admin_server_list_clients_ret, (f0, f1)), o
 
@@ -11962,19 +11976,19 @@ def unpack_admin_client_get_info_args(b, o):
 admin_client_get_info_ret = _nt('admin_client_get_info_ret', 'params')
 
 def pack_admin_client_get_info_ret(v, out):
-    _t1611 = v[0]
-    out += _U32.pack(len(_t1611))
-    for _e1612 in _t1611:
-        pack_admin_typed_param(_e1612, out)
+    _t1625 = v[0]
+    out += _U32.pack(len(_t1625))
+    for _e1626 in _t1625:
+        pack_admin_typed_param(_e1626, out)
 
 def unpack_admin_client_get_info_ret(b, o):
-    _n1613, = _U32.unpack_from(b, o); o += 4
-    if _n1613 > 64: raise XdrError('admin_client_get_info_ret.params: %d items exceed 64' % _n1613)
-    if 4 * _n1613 > len(b) - o: raise XdrError('admin_client_get_info_ret.params: truncated list')
+    _n1627, = _U32.unpack_from(b, o); o += 4
+    if _n1627 > 64: raise XdrError('admin_client_get_info_ret.params: %d items exceed 64' % _n1627)
+    if 4 * _n1627 > len(b) - o: raise XdrError('admin_client_get_info_ret.params: truncated list')
     f0 = []
-    for _ in range(_n1613):
-        _e1614, o = unpack_admin_typed_param(b, o)
-        f0.append(_e1614)
+    for _ in range(_n1627):
+        _e1628, o = unpack_admin_typed_param(b, o)
+        f0.append(_e1628)
     return _new(admin_client_get_info_ret, (f0,)), o
 
 admin_client_close_args = _nt('admin_client_close_args', 'clnt flags')
@@ -12002,40 +12016,40 @@ def unpack_admin_server_get_client_limits_args(b, o):
 admin_server_get_client_limits_ret = _nt('admin_server_get_client_limits_ret', 'params')
 
 def pack_admin_server_get_client_limits_ret(v, out):
-    _t1615 = v[0]
-    out += _U32.pack(len(_t1615))
-    for _e1616 in _t1615:
-        pack_admin_typed_param(_e1616, out)
+    _t1629 = v[0]
+    out += _U32.pack(len(_t1629))
+    for _e1630 in _t1629:
+        pack_admin_typed_param(_e1630, out)
 
 def unpack_admin_server_get_client_limits_ret(b, o):
-    _n1617, = _U32.unpack_from(b, o); o += 4
-    if _n1617 > 32: raise XdrError('admin_server_get_client_limits_ret.params: %d items exceed 32' % _n1617)
-    if 4 * _n1617 > len(b) - o: raise XdrError('admin_server_get_client_limits_ret.params: truncated list')
+    _n1631, = _U32.unpack_from(b, o); o += 4
+    if _n1631 > 32: raise XdrError('admin_server_get_client_limits_ret.params: %d items exceed 32' % _n1631)
+    if 4 * _n1631 > len(b) - o: raise XdrError('admin_server_get_client_limits_ret.params: truncated list')
     f0 = []
-    for _ in range(_n1617):
-        _e1618, o = unpack_admin_typed_param(b, o)
-        f0.append(_e1618)
+    for _ in range(_n1631):
+        _e1632, o = unpack_admin_typed_param(b, o)
+        f0.append(_e1632)
     return _new(admin_server_get_client_limits_ret, (f0,)), o
 
 admin_server_set_client_limits_args = _nt('admin_server_set_client_limits_args', 'srv params flags')
 
 def pack_admin_server_set_client_limits_args(v, out):
     pack_admin_nonnull_server(v[0], out)
-    _t1619 = v[1]
-    out += _U32.pack(len(_t1619))
-    for _e1620 in _t1619:
-        pack_admin_typed_param(_e1620, out)
+    _t1633 = v[1]
+    out += _U32.pack(len(_t1633))
+    for _e1634 in _t1633:
+        pack_admin_typed_param(_e1634, out)
     out += _S_I.pack(v[2])
 
 def unpack_admin_server_set_client_limits_args(b, o):
     f0, o = unpack_admin_nonnull_server(b, o)
-    _n1621, = _U32.unpack_from(b, o); o += 4
-    if _n1621 > 32: raise XdrError('admin_server_set_client_limits_args.params: %d items exceed 32' % _n1621)
-    if 4 * _n1621 > len(b) - o: raise XdrError('admin_server_set_client_limits_args.params: truncated list')
+    _n1635, = _U32.unpack_from(b, o); o += 4
+    if _n1635 > 32: raise XdrError('admin_server_set_client_limits_args.params: %d items exceed 32' % _n1635)
+    if 4 * _n1635 > len(b) - o: raise XdrError('admin_server_set_client_limits_args.params: truncated list')
     f1 = []
-    for _ in range(_n1621):
-        _e1622, o = unpack_admin_typed_param(b, o)
-        f1.append(_e1622)
+    for _ in range(_n1635):
+        _e1636, o = unpack_admin_typed_param(b, o)
+        f1.append(_e1636)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(admin_server_set_client_limits_args, (f0, f1, f2)), o
 
@@ -12062,16 +12076,16 @@ def unpack_admin_connect_get_logging_outputs_args(b, o):
 admin_connect_get_logging_outputs_ret = _nt('admin_connect_get_logging_outputs_ret', 'outputs noutputs')
 
 def pack_admin_connect_get_logging_outputs_ret(v, out):
-    _b1623 = v[0].encode('utf-8', 'surrogateescape')
-    out += _U32.pack(len(_b1623)); out += _b1623; out += PAD[len(_b1623) & 3]
+    _b1637 = v[0].encode('utf-8', 'surrogateescape')
+    out += _U32.pack(len(_b1637)); out += _b1637; out += PAD[len(_b1637) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_admin_connect_get_logging_outputs_ret(b, o):
-    _n1624, = _U32.unpack_from(b, o); o += 4
-    if _n1624 > 4194304: raise XdrError('admin_connect_get_logging_outputs_ret.outputs: string of %d bytes exceeds 4194304' % _n1624)
-    _end1625 = o + _n1624
-    if _end1625 > len(b): raise XdrError('admin_connect_get_logging_outputs_ret.outputs: truncated string')
-    f0 = str(b[o:_end1625], 'utf-8', 'surrogateescape'); o = _end1625 + (-_n1624 & 3)
+    _n1638, = _U32.unpack_from(b, o); o += 4
+    if _n1638 > 4194304: raise XdrError('admin_connect_get_logging_outputs_ret.outputs: string of %d bytes exceeds 4194304' % _n1638)
+    _end1639 = o + _n1638
+    if _end1639 > len(b): raise XdrError('admin_connect_get_logging_outputs_ret.outputs: truncated string')
+    f0 = str(b[o:_end1639], 'utf-8', 'surrogateescape'); o = _end1639 + (-_n1638 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(admin_connect_get_logging_outputs_ret, (f0, f1)), o
 
@@ -12087,81 +12101,81 @@ def unpack_admin_connect_get_logging_filters_args(b, o):
 admin_connect_get_logging_filters_ret = _nt('admin_connect_get_logging_filters_ret', 'filters nfilters')
 
 def pack_admin_connect_get_logging_filters_ret(v, out):
-    _t1626 = v[0]
-    if _t1626 is None:
+    _t1640 = v[0]
+    if _t1640 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1627 = _t1626.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1627)); out += _b1627; out += PAD[len(_b1627) & 3]
+        _b1641 = _t1640.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1641)); out += _b1641; out += PAD[len(_b1641) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_admin_connect_get_logging_filters_ret(b, o):
-    _f1628, = _U32.unpack_from(b, o); o += 4
-    if _f1628 == 1:
-        _n1629, = _U32.unpack_from(b, o); o += 4
-        if _n1629 > 4194304: raise XdrError('admin_connect_get_logging_filters_ret.filters: string of %d bytes exceeds 4194304' % _n1629)
-        _end1630 = o + _n1629
-        if _end1630 > len(b): raise XdrError('admin_connect_get_logging_filters_ret.filters: truncated string')
-        f0 = str(b[o:_end1630], 'utf-8', 'surrogateescape'); o = _end1630 + (-_n1629 & 3)
-    elif _f1628 == 0:
+    _f1642, = _U32.unpack_from(b, o); o += 4
+    if _f1642 == 1:
+        _n1643, = _U32.unpack_from(b, o); o += 4
+        if _n1643 > 4194304: raise XdrError('admin_connect_get_logging_filters_ret.filters: string of %d bytes exceeds 4194304' % _n1643)
+        _end1644 = o + _n1643
+        if _end1644 > len(b): raise XdrError('admin_connect_get_logging_filters_ret.filters: truncated string')
+        f0 = str(b[o:_end1644], 'utf-8', 'surrogateescape'); o = _end1644 + (-_n1643 & 3)
+    elif _f1642 == 0:
         f0 = None
     else:
-        raise XdrError('admin_connect_get_logging_filters_ret.filters: bad optional flag %d' % _f1628)
+        raise XdrError('admin_connect_get_logging_filters_ret.filters: bad optional flag %d' % _f1642)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(admin_connect_get_logging_filters_ret, (f0, f1)), o
 
 admin_connect_set_logging_outputs_args = _nt('admin_connect_set_logging_outputs_args', 'outputs flags')
 
 def pack_admin_connect_set_logging_outputs_args(v, out):
-    _t1631 = v[0]
-    if _t1631 is None:
+    _t1645 = v[0]
+    if _t1645 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1632 = _t1631.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1632)); out += _b1632; out += PAD[len(_b1632) & 3]
+        _b1646 = _t1645.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1646)); out += _b1646; out += PAD[len(_b1646) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_admin_connect_set_logging_outputs_args(b, o):
-    _f1633, = _U32.unpack_from(b, o); o += 4
-    if _f1633 == 1:
-        _n1634, = _U32.unpack_from(b, o); o += 4
-        if _n1634 > 4194304: raise XdrError('admin_connect_set_logging_outputs_args.outputs: string of %d bytes exceeds 4194304' % _n1634)
-        _end1635 = o + _n1634
-        if _end1635 > len(b): raise XdrError('admin_connect_set_logging_outputs_args.outputs: truncated string')
-        f0 = str(b[o:_end1635], 'utf-8', 'surrogateescape'); o = _end1635 + (-_n1634 & 3)
-    elif _f1633 == 0:
+    _f1647, = _U32.unpack_from(b, o); o += 4
+    if _f1647 == 1:
+        _n1648, = _U32.unpack_from(b, o); o += 4
+        if _n1648 > 4194304: raise XdrError('admin_connect_set_logging_outputs_args.outputs: string of %d bytes exceeds 4194304' % _n1648)
+        _end1649 = o + _n1648
+        if _end1649 > len(b): raise XdrError('admin_connect_set_logging_outputs_args.outputs: truncated string')
+        f0 = str(b[o:_end1649], 'utf-8', 'surrogateescape'); o = _end1649 + (-_n1648 & 3)
+    elif _f1647 == 0:
         f0 = None
     else:
-        raise XdrError('admin_connect_set_logging_outputs_args.outputs: bad optional flag %d' % _f1633)
+        raise XdrError('admin_connect_set_logging_outputs_args.outputs: bad optional flag %d' % _f1647)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(admin_connect_set_logging_outputs_args, (f0, f1)), o
 
 admin_connect_set_logging_filters_args = _nt('admin_connect_set_logging_filters_args', 'filters flags')
 
 def pack_admin_connect_set_logging_filters_args(v, out):
-    _t1636 = v[0]
-    if _t1636 is None:
+    _t1650 = v[0]
+    if _t1650 is None:
         out += b'\0\0\0\0'
     else:
         out += b'\0\0\0\1'
-        _b1637 = _t1636.encode('utf-8', 'surrogateescape')
-        out += _U32.pack(len(_b1637)); out += _b1637; out += PAD[len(_b1637) & 3]
+        _b1651 = _t1650.encode('utf-8', 'surrogateescape')
+        out += _U32.pack(len(_b1651)); out += _b1651; out += PAD[len(_b1651) & 3]
     out += _S_I.pack(v[1])
 
 def unpack_admin_connect_set_logging_filters_args(b, o):
-    _f1638, = _U32.unpack_from(b, o); o += 4
-    if _f1638 == 1:
-        _n1639, = _U32.unpack_from(b, o); o += 4
-        if _n1639 > 4194304: raise XdrError('admin_connect_set_logging_filters_args.filters: string of %d bytes exceeds 4194304' % _n1639)
-        _end1640 = o + _n1639
-        if _end1640 > len(b): raise XdrError('admin_connect_set_logging_filters_args.filters: truncated string')
-        f0 = str(b[o:_end1640], 'utf-8', 'surrogateescape'); o = _end1640 + (-_n1639 & 3)
-    elif _f1638 == 0:
+    _f1652, = _U32.unpack_from(b, o); o += 4
+    if _f1652 == 1:
+        _n1653, = _U32.unpack_from(b, o); o += 4
+        if _n1653 > 4194304: raise XdrError('admin_connect_set_logging_filters_args.filters: string of %d bytes exceeds 4194304' % _n1653)
+        _end1654 = o + _n1653
+        if _end1654 > len(b): raise XdrError('admin_connect_set_logging_filters_args.filters: truncated string')
+        f0 = str(b[o:_end1654], 'utf-8', 'surrogateescape'); o = _end1654 + (-_n1653 & 3)
+    elif _f1652 == 0:
         f0 = None
     else:
-        raise XdrError('admin_connect_set_logging_filters_args.filters: bad optional flag %d' % _f1638)
+        raise XdrError('admin_connect_set_logging_filters_args.filters: bad optional flag %d' % _f1652)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(admin_connect_set_logging_filters_args, (f0, f1)), o
 
