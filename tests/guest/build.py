@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""The tiny bootable test guest: Debian's kernel and a busybox-static initramfs.
+
+    python3 tests/guest/build.py [--cache DIR] [--force]    # prints the paths as JSON
+
+or, from a test::
+
+    from tests.guest.build import ensure_guest
+    g = ensure_guest()          # TinyGuest(kernel=..., initrd=..., cmdline=..., version=...)
+
+Nothing is installed on the host.  The kernel comes from a kernel already in
+/boot when there is one, otherwise from Debian's ``linux-image-amd64``: the
+package it depends on (``linux-image-<version>-amd64``) is fetched with
+``apt-get download`` and unpacked with ``dpkg-deb -x`` into the cache.  The
+initramfs (newc cpio, gzip) is written here in Python and holds:
+
+* ``/bin/busybox`` (busybox-static, which ``make deps`` installs) and an
+  ``/init`` that mounts proc/sys/dev, loads a handful of modules (Debian
+  builds the ACPI button, evdev and the NIC drivers as modules), starts
+  busybox ``acpid`` so that the ACPI power button runs ``poweroff -f``,
+  brings ``eth0`` up with ``udhcpc`` when there is one, prints
+  ``GUEST READY`` on the serial console and then runs a shell there
+  (prompt ``guest# ``; an exiting shell is started again);
+* the modules those need, with their dependencies (read from each module's
+  ``depends=`` modinfo, since the package ships no modules.dep).
+
+Lines the guest prints for tests to wait for::
+
+    GUEST IP <address>        udhcpc got a lease on eth0
+    GUEST NO LEASE            udhcpc gave up (it keeps trying in the background)
+    GUEST READY               boot finished, the shell follows
+    GUEST POWER BUTTON        acpid saw the power button; poweroff -f follows
+
+Everything is cached under ``.cache/guest/`` in the checkout (git-ignored),
+in a directory named after the kernel version and a hash of what goes into
+the initramfs, so a changed init builds a new one and an unchanged one is
+reused.  A lock file serialises concurrent builders.  The first build
+downloads ~70 MB and takes about 10 s here; later calls return at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+DEFAULT_CACHE = REPO / ".cache" / "guest"
+BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+
+# Modules the guest loads, in this order (each after its dependencies).
+MODULES = ("button", "evdev", "virtio_pci", "virtio_net", "e1000", "8139cp", "8139too")
+
+# The kernel command line a domain definition should use (<cmdline>).
+CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin /var/run
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts
+mount -t devpts devpts /dev/pts
+while read -r m; do insmod "/lib/modules/$m.ko" 2>/dev/null; done < /etc/modules
+hostname tinyguest
+ip link set lo up
+# acpid reads the power button from /dev/input/event*: wait for evdev's nodes
+i=0
+while [ ! -e /dev/input/event0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+acpid -c /etc/acpi -l /tmp/acpid.log
+if [ -e /sys/class/net/eth0 ]; then
+    ip link set eth0 up
+    udhcpc -i eth0 -s /etc/udhcpc.sh -t 30 -T 1 -b -x hostname:tinyguest -F tinyguest \
+        || echo "GUEST NO LEASE"
+fi
+echo "GUEST READY"
+while true; do
+    setsid cttyhack sh -l
+    sleep 1
+done
+"""
+
+POWER_BUTTON = """#!/bin/sh
+echo "GUEST POWER BUTTON" > /dev/console
+poweroff -f
+"""
+
+UDHCPC_SCRIPT = r"""#!/bin/sh
+case "$1" in
+  deconfig)
+    ip addr flush dev "$interface"
+    ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+    echo "GUEST IP $ip" > /dev/console
+    ;;
+esac
+exit 0
+"""
+
+PROFILE = """export PS1='guest# '
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+"""
+
+
+@dataclass
+class TinyGuest:
+    kernel: str
+    initrd: str
+    cmdline: str
+    version: str
+
+
+# ---------------------------------------------------------------- the kernel
+
+def _host_kernel() -> tuple[str, Path, Path] | None:
+    """A kernel in /boot with its modules in /lib/modules: (version, vmlinuz, modules dir)."""
+    for vmlinuz in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True):
+        version = vmlinuz[len("/boot/vmlinuz-"):]
+        moddir = Path("/lib/modules") / version
+        if os.access(vmlinuz, os.R_OK) and moddir.is_dir():
+            return version, Path(vmlinuz), moddir
+    return None
+
+
+def _debian_kernel_package() -> str:
+    """The versioned package linux-image-amd64 depends on (linux-image-6.1.0-N-amd64)."""
+    out = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True,
+                         text=True, check=True).stdout
+    for line in out.splitlines():
+        m = re.match(r"\s*Depends:\s*(linux-image-\S+)", line)
+        if m:
+            return m.group(1)
+    raise RuntimeError(f"cannot tell which kernel linux-image-amd64 depends on:\n{out}")
+
+
+def _debian_kernel_deb(cache: Path) -> tuple[str, Path]:
+    """(version, the .deb of linux-image-VERSION), fetched once with apt-get download."""
+    dl = cache / "download"
+    have = sorted(dl.glob("linux-image-*.deb"))
+    if have:   # fetched before: no apt-cache call (it costs a second or two)
+        return have[-1].name.split("_")[0][len("linux-image-"):], have[-1]
+    pkg = _debian_kernel_package()
+    dl.mkdir(parents=True, exist_ok=True)
+    os.chmod(dl, 0o755)
+    debs = sorted(dl.glob(f"{pkg}_*.deb"))
+    if not debs:
+        subprocess.run(["apt-get", "download", "-q", pkg], cwd=dl, check=True,
+                       capture_output=True)
+        debs = sorted(dl.glob(f"{pkg}_*.deb"))
+    return pkg[len("linux-image-"):], debs[-1]
+
+
+def _extract_deb(deb: Path, into: Path) -> tuple[Path, Path]:
+    """dpkg-deb -x: (vmlinuz, modules dir) of the unpacked package."""
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], check=True)
+    vmlinuz = next(iter(sorted((into / "boot").glob("vmlinuz-*"))))
+    version = vmlinuz.name[len("vmlinuz-"):]
+    return vmlinuz, into / "lib" / "modules" / version
+
+
+# ------------------------------------------------------------- the modules
+
+def _module_index(moddir: Path) -> dict[str, Path]:
+    index = {}
+    for path in moddir.rglob("*.ko"):
+        index[path.name[:-3].replace("-", "_")] = path
+    return index
+
+
+def _depends(path: Path) -> list[str]:
+    m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", path.read_bytes())
+    if not m or not m.group(1):
+        return []
+    return [d.decode().replace("-", "_") for d in m.group(1).split(b",") if d]
+
+
+def _module_closure(moddir: Path, wanted: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """The wanted modules and their dependencies, each after what it needs."""
+    index = _module_index(moddir)
+    order: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        name = name.replace("-", "_")
+        if name in seen:
+            return
+        seen.add(name)
+        path = index.get(name)
+        if path is None:
+            return   # built into this kernel
+        for dep in _depends(path):
+            visit(dep)
+        order.append((name, path))
+
+    for name in wanted:
+        visit(name)
+    return order
+
+
+# ------------------------------------------------------------- the initramfs
+
+class Cpio:
+    """A newc ("070701") cpio archive written in memory."""
+
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+        self.ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
+               nlink: int = 1) -> None:
+        namez = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08x}" for v in (
+            self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(namez), 0))
+        self.ino += 1
+        self.buf.write(hdr.encode() + namez)
+        self.buf.write(b"\0" * (-(110 + len(namez)) % 4))
+        self.buf.write(data)
+        self.buf.write(b"\0" * (-len(data) % 4))
+
+    def dir(self, name: str) -> None:
+        self._entry(name, 0o040755, nlink=2)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, 0o100000 | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, 0o120777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
+        self._entry(name, 0o020000 | mode, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return self.buf.getvalue()
+
+
+def _busybox() -> Path:
+    for cand in BUSYBOX_CANDIDATES:
+        p = Path(cand)
+        if p.is_file():
+            # a dynamically linked busybox cannot run in an initramfs without libc
+            head = p.read_bytes()
+            if b"ld-linux" not in head[:8192] and b"/lib64/ld-" not in head:
+                return p
+    raise RuntimeError("no static busybox found (apt-get install busybox-static, or make deps)")
+
+
+def _initramfs(busybox: Path, modules: list[tuple[str, Path]]) -> bytes:
+    c = Cpio()
+    for d in ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules",
+              "proc", "sys", "tmp", "root"):
+        c.dir(d)
+    c.chardev("dev/console", 5, 1)
+    c.chardev("dev/null", 1, 3, 0o666)
+    c.file("bin/busybox", busybox.read_bytes(), 0o755)
+    c.symlink("bin/sh", "busybox")
+    c.file("init", INIT.encode(), 0o755)
+    c.file("etc/acpi/PWRF/00000080", POWER_BUTTON.encode(), 0o755)
+    c.file("etc/udhcpc.sh", UDHCPC_SCRIPT.encode(), 0o755)
+    c.file("etc/profile", PROFILE.encode())
+    c.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    c.file("etc/group", b"root:x:0:\n")
+    c.file("etc/modules", "".join(f"{name}\n" for name, _ in modules).encode())
+    for name, path in modules:
+        c.file(f"lib/modules/{name}.ko", path.read_bytes())
+    return gzip.compress(c.finish(), compresslevel=6, mtime=0)
+
+
+# --------------------------------------------------------------------- main
+
+def _recipe_hash(busybox: Path) -> str:
+    h = hashlib.sha256()
+    for part in (INIT, POWER_BUTTON, UDHCPC_SCRIPT, PROFILE, " ".join(MODULES)):
+        h.update(part.encode() + b"\0")
+    st = busybox.stat()
+    h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:12]
+
+
+def ensure_guest(cache: Path | str | None = None, force: bool = False) -> TinyGuest:
+    """Build the guest unless the cache already holds it; returns its paths."""
+    cache = Path(cache) if cache else DEFAULT_CACHE
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        busybox = _busybox()
+        host = _host_kernel()
+        deb = None
+        if host:
+            version, vmlinuz, moddir = host
+        else:
+            version, deb = _debian_kernel_deb(cache)
+        out = cache / f"{version}-{_recipe_hash(busybox)}"
+        info_path = out / "guest.json"
+        if info_path.exists() and not force:
+            return TinyGuest(**json.loads(info_path.read_text()))
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        tmp = Path(tempfile.mkdtemp(prefix="extract-", dir=cache))
+        try:
+            if deb is not None:   # only the kernel and a few modules are kept
+                vmlinuz, moddir = _extract_deb(deb, tmp)
+            modules = _module_closure(moddir, MODULES)
+            shutil.copy2(vmlinuz, out / "vmlinuz")
+            (out / "initrd.gz").write_bytes(_initramfs(busybox, modules))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        guest = TinyGuest(kernel=str(out / "vmlinuz"), initrd=str(out / "initrd.gz"),
+                          cmdline=CMDLINE, version=version)
+        part = info_path.with_suffix(".tmp")
+        part.write_text(json.dumps(asdict(guest), indent=2))
+        os.replace(part, info_path)
+        return guest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="cache directory")
+    ap.add_argument("--force", action="store_true", help="rebuild the initramfs")
+    args = ap.parse_args(argv)
+    print(json.dumps(asdict(ensure_guest(args.cache, args.force)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
