@@ -18,6 +18,9 @@ DEB_PACKAGES := libvirt-clients libvirt-dev libvirt-daemon pkg-config gcc virtin
                 qemu-system-x86 ovmf
 DEB_PACKAGES += dnsmasq-base
 DEB_PACKAGES += nftables
+# busybox-static: the network tests' DHCP client, the LXC tests' container root, and the
+# userland of the tiny test guest's initramfs (tests/guest/build.py; its kernel is
+# fetched with apt-get download into .cache/guest/, not installed)
 DEB_PACKAGES += busybox-static
 # remote access (tests/integration/auth): libkrb5-dev builds the gssapi module;
 # a throw-away KDC (krb5-kdc, krb5-admin-server), kinit (krb5-user) and the
