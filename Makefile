@@ -27,6 +27,9 @@ DEB_PACKAGES += busybox-static
 # SASL client plugins libvirt clients use (SCRAM, GSSAPI)
 DEB_PACKAGES += libkrb5-dev krb5-kdc krb5-admin-server krb5-user \
                 libsasl2-modules libsasl2-modules-gssapi-mit
+# polkit tests: polkitd on a private system bus (dbus-daemon, dbus-send), in its
+# own mount namespace (unshare, from util-linux)
+DEB_PACKAGES += polkitd dbus-daemon dbus-bin util-linux
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.

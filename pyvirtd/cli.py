@@ -187,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.daemon:
         _daemonize()
     pid_file = args.pid_file or paths.pid_file
-    daemon = Daemon(config, paths, privileged=privileged)
+    try:
+        daemon = Daemon(config, paths, privileged=privileged)
+    except ValueError as exc:
+        print(f"pyvirtd: {config_path}: {exc}", file=sys.stderr)
+        return 2
     daemon.verbose = args.verbose
     try:
         _add_listeners(daemon, paths, config, args.listen)

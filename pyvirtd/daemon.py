@@ -92,6 +92,13 @@ class Daemon:
             c.admin_keepalive_interval, c.admin_keepalive_count,
             c.admin_min_workers, c.admin_max_workers, 0)
         self.servers = {s.name: s for s in (self.libvirtd, self.admin)}
+        unknown = set(c.access_drivers) - {"polkit", "none"}
+        if unknown:
+            raise ValueError(f"access_drivers: unknown {', '.join(sorted(unknown))} "
+                             "(known: polkit, none)")
+        if "polkit" in c.access_drivers:   # per-API checks (pyvirtd/auth/polkit.py)
+            from pyvirtd.auth.polkit import PolkitAccess
+            self.libvirtd.dispatcher.access = PolkitAccess()
         self.listeners: list[Listener] = []
         self.timeout = 0
         self.tls: Any = None      # pyvirtd.auth.tls.TlsServer, once a TLS listener exists

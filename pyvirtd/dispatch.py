@@ -153,6 +153,8 @@ class Dispatcher:
         # libvirtd runs low-priority calls on max_workers threads; high-priority
         # ones may always proceed so that they never queue behind slow calls.
         self.workers = trio.CapacityLimiter(max_workers)
+        # the access control driver (pyvirtd/auth/polkit.py), when configured
+        self.access: Any = None
 
     async def dispatch(self, client: "Client", packet: frame.Packet) -> None:
         h = packet.header
@@ -197,6 +199,8 @@ class Dispatcher:
                 client.program_state.setdefault("streams", {})[h.serial] = stream
                 args = (stream, *args)
             fn, is_async, target = program.resolve(client, proc)
+            if self.access is not None and self.access.applies(proc):  # access_drivers: [polkit]
+                fn, is_async = self.access.guard(client, proc, fn, is_async, args), True
             if not is_async:
                 result = fn(target, *args)
                 if isinstance(result, ReplyFds):

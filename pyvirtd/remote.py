@@ -56,11 +56,20 @@ class RemoteProgram:
 
     # ---------------------------------------------------------- authentication
     def auth_list(self, client: "Client") -> list[int]:
+        # root on a polkit socket needs no check (remoteDispatchAuthList)
+        if (client.auth == REMOTE_AUTH_POLKIT and not client.authenticated
+                and client.identity is not None and client.identity.uid == 0):
+            client.set_authenticated()
+            return [REMOTE_AUTH_NONE]
         return [client.auth]
 
-    def auth_polkit(self, client: "Client") -> int:
-        raise VirError(P.VIR_ERR_AUTH_FAILED, "client tried invalid PolicyKit init request",
-                       domain=P.VIR_FROM_REMOTE)
+    async def auth_polkit(self, client: "Client") -> int:
+        if client.auth != REMOTE_AUTH_POLKIT or client.authenticated:
+            raise _invalid("PolicyKit init")
+        from pyvirtd.auth.polkit import auth_unix
+        await auth_unix(client)        # VirError(AUTH_FAILED) when polkit says no
+        client.set_authenticated()
+        return 1
 
     # SASL (pyvirtd/auth/sasl.py); the session lives in program_state until done
     def auth_sasl_init(self, client: "Client") -> str:
