@@ -35,7 +35,11 @@ Everything is cached under ``.cache/guest/`` in the checkout (git-ignored),
 in a directory named after the kernel version and a hash of what goes into
 the initramfs, so a changed init builds a new one and an unchanged one is
 reused.  A lock file serialises concurrent builders.  The first build
-downloads ~70 MB and takes about 10 s here; later calls return at once.
+downloads ~70 MB and takes about 15 s here; later calls return at once.
+
+The kernel handed to QEMU is the ELF vmlinux unpacked from Debian's bzImage
+(QEMU boots it through its PVH entry point, skipping the decompressor that
+is slow under TCG); a kernel that cannot be unpacked is used as it is.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import re
 import shutil
@@ -62,6 +67,9 @@ BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 # Modules the guest loads, in this order (each after its dependencies).
 MODULES = ("button", "evdev", "virtio_pci", "virtio_net", "e1000", "8139cp", "8139too")
+
+# Bumped when what the build makes changes in a way the hash below cannot see.
+RECIPE = "2: PVH vmlinux"
 
 # The kernel command line a domain definition should use (<cmdline>).
 CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
@@ -172,6 +180,25 @@ def _extract_deb(deb: Path, into: Path) -> tuple[Path, Path]:
     vmlinuz = next(iter(sorted((into / "boot").glob("vmlinuz-*"))))
     version = vmlinuz.name[len("vmlinuz-"):]
     return vmlinuz, into / "lib" / "modules" / version
+
+
+def _pvh_vmlinux(vmlinuz: Path) -> bytes | None:
+    """The uncompressed ELF kernel inside a bzImage, for QEMU's PVH direct boot.
+
+    Under TCG, decompressing an 8 MB bzImage costs the guest about 6 s; an
+    ELF vmlinux with a PVH note (Debian's kernels have CONFIG_PVH) starts at
+    once, so a boot to GUEST READY takes ~4 s instead of ~10 s.  None when
+    the payload is not xz (Debian's is) or the result has no ELF header.
+    """
+    data = vmlinuz.read_bytes()
+    at = data.find(b"\xfd7zXZ\x00")
+    if at < 0:
+        return None
+    try:
+        elf = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[at:])
+    except lzma.LZMAError:
+        return None
+    return elf if elf[:4] == b"\x7fELF" and b"Xen" in elf else None
 
 
 # ------------------------------------------------------------- the modules
@@ -286,7 +313,7 @@ def _initramfs(busybox: Path, modules: list[tuple[str, Path]]) -> bytes:
 
 def _recipe_hash(busybox: Path) -> str:
     h = hashlib.sha256()
-    for part in (INIT, POWER_BUTTON, UDHCPC_SCRIPT, PROFILE, " ".join(MODULES)):
+    for part in (RECIPE, INIT, POWER_BUTTON, UDHCPC_SCRIPT, PROFILE, " ".join(MODULES)):
         h.update(part.encode() + b"\0")
     st = busybox.stat()
     h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
@@ -317,11 +344,16 @@ def ensure_guest(cache: Path | str | None = None, force: bool = False) -> TinyGu
             if deb is not None:   # only the kernel and a few modules are kept
                 vmlinuz, moddir = _extract_deb(deb, tmp)
             modules = _module_closure(moddir, MODULES)
-            shutil.copy2(vmlinuz, out / "vmlinuz")
+            elf = _pvh_vmlinux(vmlinuz)
+            kernel = out / ("vmlinux" if elf else "vmlinuz")
+            if elf:
+                kernel.write_bytes(elf)
+            else:
+                shutil.copy2(vmlinuz, kernel)
             (out / "initrd.gz").write_bytes(_initramfs(busybox, modules))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        guest = TinyGuest(kernel=str(out / "vmlinuz"), initrd=str(out / "initrd.gz"),
+        guest = TinyGuest(kernel=str(kernel), initrd=str(out / "initrd.gz"),
                           cmdline=CMDLINE, version=version)
         part = info_path.with_suffix(".tmp")
         part.write_text(json.dumps(asdict(guest), indent=2))
