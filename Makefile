@@ -22,6 +22,8 @@ DEB_PACKAGES += nftables
 # userland of the tiny test guest's initramfs (tests/guest/build.py; its kernel is
 # fetched with apt-get download into .cache/guest/, not installed)
 DEB_PACKAGES += busybox-static
+# debootstrap builds the lab VM's Debian image (tools/lab/build.py; tests/lab/)
+DEB_PACKAGES += debootstrap
 # remote access (tests/integration/auth): libkrb5-dev builds the gssapi module;
 # a throw-away KDC (krb5-kdc, krb5-admin-server), kinit (krb5-user) and the
 # SASL client plugins libvirt clients use (SCRAM, GSSAPI)
