@@ -32,6 +32,8 @@ DEB_PACKAGES += libkrb5-dev krb5-kdc krb5-admin-server krb5-user \
 # polkit tests: polkitd on a private system bus (dbus-daemon, dbus-send), in its
 # own mount namespace (unshare, from util-linux)
 DEB_PACKAGES += polkitd dbus-daemon dbus-bin util-linux
+# mDNS test: two network namespaces joined by a veth pair
+DEB_PACKAGES += iproute2
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.

@@ -102,6 +102,7 @@ class Daemon:
         self.listeners: list[Listener] = []
         self.timeout = 0
         self.tls: Any = None      # pyvirtd.auth.tls.TlsServer, once a TLS listener exists
+        self.network_ports: dict[int, int] = {}   # TRANSPORT_TCP/TLS -> port (for mDNS)
         self.verbose = False
         # what virt-admin daemon-log-outputs/-filters show and change
         self.log_outputs = config.log_outputs or f"{config.log_level}:stderr"
@@ -177,6 +178,7 @@ class Daemon:
             bound += 1
         if not bound:
             raise error or OSError(f"no address to listen on for {host}:{port}")
+        self.network_ports[TRANSPORT_TLS if tls else TRANSPORT_TCP] = port
 
     def close_listeners(self) -> None:
         for lst in self.listeners:
@@ -196,6 +198,11 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 for lst in self.listeners:
                     nursery.start_soon(self._accept_loop, lst, nursery)
+                port = self.network_ports.get(TRANSPORT_TCP) or self.network_ports.get(TRANSPORT_TLS)
+                if self.config.mdns_adv and port:
+                    from pyvirtd import mdns
+                    nursery.start_soon(mdns.advertise, self.config.mdns_name or mdns.default_name(),
+                                       port, self.config.listen_addr)
                 task_status.started()
         finally:
             self.close_listeners()
