@@ -8,37 +8,19 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
+from pyvirtd import hostinfo
+from pyvirtd.cpubaseline import BASELINE_EXPAND_FEATURES, cpu_baseline
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import capabilities
 
 from .driver import QemuDriverState
 
 # With no security driver, libvirt reports the model "none" with DOI "0".
 SECURITY_MODEL, SECURITY_DOI = "none", "0"
-
-
-def _meminfo_kib(key: str) -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _cpu_mhz() -> int:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("cpu MHz"):
-                    return int(float(line.split(":")[1]))
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 class HostMixin:
@@ -90,30 +72,74 @@ class HostMixin:
         return self._caps().domain_capabilities_xml(emulatorbin, arch, machine, virttype)
 
     def connect_get_cpu_model_names(self, arch: str, need_results: int, flags: int) -> tuple:
-        bc = self._caps().binary_for(arch)
-        models = sorted({c.name for defs in (bc.cpu_defs.values() if bc else ()) for c in defs})
+        # virCPUGetModels: the models of libvirt's CPU map for the arch, as qemu's driver answers
+        models = capabilities.cpu_models(arch)
         return (models if need_results else [], len(models))
 
+    def connect_baseline_cpu(self, xml_cpus: list[str], flags: int) -> str:
+        allowed = BASELINE_EXPAND_FEATURES | 2     # VIR_CONNECT_BASELINE_CPU_MIGRATABLE
+        if flags & ~allowed:
+            raise VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_QEMU,
+                           message=f"unsupported flags (0x{flags & ~allowed:x}) "
+                                   "in function qemuConnectBaselineCPU")
+        return cpu_baseline(xml_cpus, expand=bool(flags & BASELINE_EXPAND_FEATURES))
+
+    # -- the host (read from /proc and /sys on every call, see pyvirtd/hostinfo.py)
     def node_get_info(self) -> tuple:
-        cpus = os.cpu_count() or 1
-        return (os.uname().machine.encode(), _meminfo_kib("MemTotal"), cpus, _cpu_mhz(),
-                1, 1, cpus, 1)
+        return hostinfo.node_info()
 
     def node_get_free_memory(self) -> int:
-        return _meminfo_kib("MemAvailable") * 1024
+        return hostinfo.free_memory()
 
     def node_get_cells_free_memory(self, start_cell: int, maxcells: int) -> list[int]:
-        if start_cell != 0 or maxcells < 1:
-            raise VirError(P.VIR_ERR_INTERNAL_ERROR,
-                           f"start cell {start_cell} out of range (0-0)", domain=P.VIR_FROM_NONE)
-        return [_meminfo_kib("MemFree") * 1024]
+        return hostinfo.cells_free_memory(start_cell, maxcells)
 
     def node_get_cpu_map(self, need_map: int, need_online: int, flags: int) -> tuple:
-        cpus = os.cpu_count() or 1
-        cpumap = bytearray((cpus + 7) // 8)
-        for cpu in range(cpus):
-            cpumap[cpu // 8] |= 1 << (cpu % 8)
-        return (bytes(cpumap) if need_map else b"", cpus if need_online else 0, cpus)
+        size, online = hostinfo.cpu_map()
+        return (hostinfo.cpumap_bytes(online, size) if need_map else b"",
+                len(online) if need_online else 0, size)
+
+    def node_get_cpu_stats(self, cpu_num: int, nparams: int, flags: int) -> tuple:
+        stats = hostinfo.cpu_stats(cpu_num)
+        if nparams == 0:
+            return ([], len(stats))
+        return ([P.remote_node_get_cpu_stats(k, v) for k, v in stats[:nparams]],
+                min(nparams, len(stats)))
+
+    def node_get_memory_stats(self, nparams: int, cell_num: int, flags: int) -> tuple:
+        stats = hostinfo.memory_stats(cell_num)
+        if nparams == 0:
+            return ([], len(stats))
+        return ([P.remote_node_get_memory_stats(k, v) for k, v in stats[:nparams]],
+                min(nparams, len(stats)))
+
+    def node_get_free_pages(self, pages: list[int], start_cell: int, cell_count: int,
+                            flags: int) -> list[int]:
+        """Free pages per cell and page size (KiB): base pages from MemFree, huge pages
+        from sysfs (virNumaGetPageInfo)."""
+        cells = hostinfo.numa_nodes() or [0]
+        if start_cell < 0 or start_cell + cell_count - 1 > max(cells):
+            raise VirError(P.VIR_ERR_INVALID_ARG,
+                           f"start_cell {start_cell} out of range (0-{max(cells)})",
+                           domain=P.VIR_FROM_NONE)
+        base = os.sysconf("SC_PAGE_SIZE") // 1024
+        out = []
+        for cell in range(start_cell, start_cell + cell_count):
+            node = Path(f"/sys/devices/system/node/node{cell}")
+            mem = hostinfo.meminfo(node / "meminfo") if node.exists() else hostinfo.meminfo()
+            for size in pages:
+                if size == base:
+                    out.append(mem.get("MemFree", 0) // base)
+                    continue
+                hp = (node if node.exists() else Path("/sys/kernel/mm")) / "hugepages" / \
+                    f"hugepages-{size}kB" / "free_hugepages"
+                try:
+                    out.append(int(hp.read_text()))
+                except (OSError, ValueError):
+                    raise VirError(P.VIR_ERR_INVALID_ARG,
+                                   f"page size {size} is not available on node {cell}",
+                                   domain=P.VIR_FROM_NONE) from None
+        return out
 
     def node_get_security_model(self) -> tuple:
         return (SECURITY_MODEL.encode() + b"\0", SECURITY_DOI.encode() + b"\0")
