@@ -75,6 +75,7 @@ test: deps venv
 
 bench: deps venv
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/tls.py
 
 gen: venv
 	$(VENV)/bin/python tools/gen_protocol.py $(PROTOCOL_JSON) pyvirtd/rpc/_generated.py

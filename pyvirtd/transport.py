@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Raw bytes read from the socket at once under TLS; TLS records are <= 16 KiB.
 RAW_RECEIVE = 256 * 1024
+# The most plaintext one TLS record carries (RFC 8446 §5.1).
+TLS_RECORD_MAX = 16 * 1024
 # Plaintext handed to SSLObject.write() at once: a few records, so a large
 # reply does not sit encrypted in memory long before the socket takes it.
 TLS_WRITE_CHUNK = 64 * 1024
@@ -141,12 +143,27 @@ class TlsChannel:
 
     def flush(self) -> None:
         """Push queued ciphertext to the socket; BlockingIOError if it is full."""
+        if not self._pending:         # the common case: straight from the BIO
+            if not self._out.pending:
+                return
+            data = self._out.read()
+            try:
+                n = self.sock.send(data)
+            except BlockingIOError:
+                n = 0
+            if n == len(data):
+                return
+            self._pending += memoryview(data)[n:]
+            raise BlockingIOError
         self._collect()
         while self._pending:
             n = self.sock.send(self._pending)
             del self._pending[:n]
 
     def recv(self, n: int) -> bytes:
+        # SSLObject.read(n) allocates n bytes up front and returns at most one
+        # record (<= 16 KiB) anyway, so ask for a record's worth
+        n = min(n, TLS_RECORD_MAX)
         while True:
             try:
                 return self._ssl.read(n)
