@@ -52,14 +52,15 @@ class Config:
     knobs where ``None`` and an empty list differ keep libvirt's meaning: no
     check at all vs. nobody allowed.
 
-    Two defaults deliberately differ from Debian's libvirtd: ``listen_tls`` is
-    off (libvirtd turns it on but also requires ``--listen``; we have no such
-    second switch), and the unix auth knobs are ``none`` because pyvirtd has
-    no polkit support yet, which also makes the rw socket default to 0700.
+    One default deliberately differs from Debian's libvirtd: the unix auth
+    knobs are ``none`` rather than ``polkit``, because polkit needs a running
+    polkitd that knows libvirt's actions, which most pyvirtd hosts lack; this
+    also makes the rw socket default to 0700. As with libvirtd, ``listen_tls``
+    is on but takes effect only with ``--listen``.
     """
 
     # Network listeners.
-    listen_tls: bool = False
+    listen_tls: bool = True
     listen_tcp: bool = False
     tls_port: str = "16514"
     tcp_port: str = "16509"

@@ -19,7 +19,7 @@ INT_KEYS = [f.name for f in dataclasses.fields(Config) if f.type == "int"]
 
 def test_defaults_match_libvirtd() -> None:
     c = Config()
-    assert (c.listen_tls, c.listen_tcp) == (False, False)
+    assert (c.listen_tls, c.listen_tcp) == (True, False)   # both need --listen too
     assert (c.tls_port, c.tcp_port) == ("16514", "16509")
     assert (c.unix_sock_ro_perms, c.unix_sock_rw_perms) == ("0777", "0700")
     assert c.unix_sock_admin_perms == "0700"
