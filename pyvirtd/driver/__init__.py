@@ -135,6 +135,7 @@ SUBSYSTEMS = (
     ("storage", "pyvirtd.storage", "StorageSubsystem"),
     ("network", "pyvirtd.network", "NetworkSubsystem"),
     ("secret", "pyvirtd.secrets", "SecretSubsystem"),
+    ("nodedev", "pyvirtd.nodedev", "NodeDeviceSubsystem"),
 )
 
 

@@ -237,3 +237,26 @@ def test_host_facts(guest):
         assert "<model fallback='forbid'>Haswell</model>" in base
     finally:
         conn.close()
+
+
+def test_host_node_devices(guest):
+    """A minimal node device view of the host from sysfs (what virt-manager and nova list)."""
+    uri, _, _ = guest
+    names = ok(uri, "nodedev-list").split()
+    assert "computer" in names
+    nets = sorted(i for i in os.listdir("/sys/class/net") if i != "lo")
+    listed = ok(uri, "nodedev-list --cap net").split()
+    assert sorted(n.split("_")[1] for n in listed) == sorted(nets)
+    pci = sorted(os.listdir("/sys/bus/pci/devices")) if os.path.isdir("/sys/bus/pci/devices") else []
+    assert len(ok(uri, "nodedev-list --cap pci").split()) == len(pci)
+    if nets:
+        xml = ok(uri, f"nodedev-dumpxml {listed[0]}")
+        mac = Path(f"/sys/class/net/{nets[0]}/address").read_text().strip()
+        assert f"<interface>{nets[0]}</interface>" in xml and f"<address>{mac}</address>" in xml
+    if pci:
+        dom, bus, rest = pci[0].split(":")
+        xml = ok(uri, f"nodedev-dumpxml pci_{dom}_{bus}_{rest.replace('.', '_')}")
+        vendor = Path(f"/sys/bus/pci/devices/{pci[0]}/vendor").read_text().strip()
+        assert f"<vendor id='{vendor}'/>" in xml
+    r = virsh(uri, "nodedev-dumpxml nosuch")
+    assert r.rc != 0 and "no node device with matching name 'nosuch'" in r.err
