@@ -34,6 +34,9 @@ DEB_PACKAGES += libkrb5-dev krb5-kdc krb5-admin-server krb5-user \
 DEB_PACKAGES += polkitd dbus-daemon dbus-bin util-linux
 # mDNS test: two network namespaces joined by a veth pair
 DEB_PACKAGES += iproute2
+# virt-manager under Xvfb (tests/integration/qemu/test_virt_manager.py): its own dbus
+# session, a screenshot with ImageMagick's import
+DEB_PACKAGES += virt-manager xvfb imagemagick dbus-x11
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.
