@@ -41,9 +41,24 @@ class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin):
         self.uri = uri
         self.events = driver.events
         self.subsystems = subsystems
+        # guests this connection started with VIR_DOMAIN_START_AUTODESTROY: (domain, run)
+        self.autodestroy: list[tuple[Any, int]] = []
 
     def close(self) -> None:
-        pass
+        """The client went away (CONNECT_CLOSE or not): destroy its autodestroy guests.
+
+        As libvirt's qemuProcessAutoDestroy: only the QEMU run that this connection
+        started, reported shut off (destroyed) with a stopped/destroyed event; a
+        transient guest goes away with it.  The destroy runs in the driver's own
+        task group, since close() is called while the client is being torn down.
+        An autodestroy mark does not survive a daemon restart (libvirt's does not
+        either: the connection it belonged to is gone by then, and a reattached
+        guest keeps running).
+        """
+        marked, self.autodestroy = self.autodestroy, []
+        for dom, run in marked:
+            if dom.run == run and dom.active:
+                self.driver.spawn(self.driver.autodestroy_domain, dom, run)
 
 
 class QemuDriver:

@@ -9,7 +9,6 @@ follow libvirt's QEMU driver (src/qemu/qemu_driver.c) as virsh prints them.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import trio
@@ -103,12 +102,6 @@ class DomainMixin:
         return ([d.ref() for d in doms] if need_results else [], len(doms))
 
     # -- information ------------------------------------------------------
-    def domain_get_info(self, ref: Any) -> tuple:
-        dom = self._dom(ref)
-        d = dom.definition
-        return (dom.state, d.memory, d.current_memory, d.vcpus_current,
-                self.driver.cpu_time(dom) if dom.active else 0)
-
     def domain_get_state(self, ref: Any, flags: int) -> tuple:
         check_flags(flags, 0, "qemuDomainGetState")
         dom = self._dom(ref)
@@ -179,18 +172,6 @@ class DomainMixin:
         self._dom(ref)
         return []
 
-    def domain_get_vcpus(self, ref: Any, maxinfo: int, maplen: int) -> tuple:
-        dom = self._active(ref)
-        ncpus = os.cpu_count() or 1
-        infos, maps = [], bytearray()
-        for n in range(min(maxinfo, dom.definition.vcpus_current)):
-            infos.append(P.remote_vcpu_info(n, 1, 0, -1))
-            cpumap = bytearray(maplen)
-            for cpu in range(min(ncpus, maplen * 8)):
-                cpumap[cpu // 8] |= 1 << (cpu % 8)
-            maps += cpumap
-        return (infos, bytes(maps))
-
     # -- definition -------------------------------------------------------
     async def domain_define_xml(self, xml: str) -> Any:
         return await self.domain_define_xml_flags(xml, 0)
@@ -248,6 +229,8 @@ class DomainMixin:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
                                domain=P.VIR_FROM_QEMU)
             await self.driver.start_domain(dom, paused=bool(flags & START_PAUSED))
+            if flags & START_AUTODESTROY:
+                self._autodestroy_add(dom)
         return dom.ref()
 
     async def domain_create_xml(self, xml_desc: str, flags: int) -> Any:
@@ -269,7 +252,14 @@ class DomainMixin:
                 if existing is None and not dom.active:
                     drv.domains.pop(new.name, None)
                 raise
+            if flags & START_AUTODESTROY:
+                self._autodestroy_add(dom)
         return dom.ref()
+
+    def _autodestroy_add(self, dom: QemuDomain) -> None:
+        """VIR_DOMAIN_START_AUTODESTROY: this run of ``dom`` ends with this connection
+        (qemuProcessAutoDestroyAdd); see QemuConnection.close."""
+        self.autodestroy.append((dom, dom.run))   # type: ignore[attr-defined]
 
     async def domain_destroy(self, ref: Any) -> None:
         await self.domain_destroy_flags(ref, 0)

@@ -349,6 +349,16 @@ class QemuDriverState:
             await mon.close()
         self.mark_stopped(dom, run, reason, detail)
 
+    async def autodestroy_domain(self, dom: QemuDomain, run: int) -> None:
+        """Destroy run ``run`` of ``dom``: the connection that started it closed."""
+        if dom.run != run or not dom.active:
+            return
+        log.info("%s: autodestroy: the connection that started it closed", dom.name)
+        dom.being_destroyed = True   # as domain_destroy: a pending shutdown must not win
+        async with dom.lock:
+            if dom.run == run and dom.active:
+                await self.destroy_domain(dom)
+
     # ----------------------------------------------------------------- watching
     async def _watch(self, dom: QemuDomain, run: int, mon: Monitor) -> None:
         """Follow one QEMU run's events until its monitor closes."""
