@@ -20,7 +20,8 @@ events follow libvirt's QEMU driver (src/qemu/qemu_process.c):
   monitor EOF after SHUTDOWN   shut off (shutdown)    stopped/shutdown
   destroy                  shut off (destroyed)       stopped/destroyed
   monitor EOF otherwise    shut off (crashed)         stopped/failed
-  gone while pyvirtd was away  shut off (crashed)     stopped/failed
+  gone while pyvirtd was away  shut off (crashed)     stopped/failed, held until
+                                                      the first client registers
   RESET                    (unchanged)                reboot
 
 Guests outlive the daemon: QEMU runs daemonized (process.py), the runtime
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 # How long a reattaching daemon waits for a running guest's monitor: it is
 # already listening, so anything slower means QEMU is wedged.
 REATTACH_MONITOR_TIMEOUT = 5.0
+# How long the events of guests found dead at daemon start wait for a first listener.
+HELD_EVENTS_TIMEOUT = 300.0
 # After SHUTDOWN, how long QEMU gets to quit before it is killed.
 QUIT_TIMEOUT = 5.0
 
@@ -127,6 +130,8 @@ class QemuDriverState:
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
         self._stopping = False
+        # lifecycle events of guests found dead at daemon start, held for the first listener
+        self._held_events: list[tuple[Any, int, int]] = []
 
     # ------------------------------------------------------------ daemon start/stop
     async def start(self) -> None:
@@ -148,6 +153,8 @@ class QemuDriverState:
         async with trio.open_nursery() as nursery:
             for st in statuses:
                 nursery.start_soon(self._reattach, st)
+        if self._held_events:
+            self.spawn(self._deliver_held_events)
         for dom in list(self.domains.values()):
             if dom.autostart and not dom.active:
                 await self._autostart(dom)
@@ -311,7 +318,8 @@ class QemuDriverState:
         self.spawn(self._watch, dom, dom.run, mon)
 
     # -------------------------------------------------------------------- stop
-    def mark_stopped(self, dom: QemuDomain, run: int, reason: int, detail: int) -> bool:
+    def mark_stopped(self, dom: QemuDomain, run: int, reason: int, detail: int,
+                     hold_event: bool = False) -> bool:
         """Record that run ``run`` of ``dom`` ended (qemuProcessStop); False if already done.
 
         Synchronous on purpose: whichever of the destroyer and the watcher gets
@@ -325,7 +333,10 @@ class QemuDriverState:
         if dom.console is not None:
             dom.console.close()
         self.store.delete_status(dom.name)
-        self.emit(dom, ds.EV_STOPPED, detail)
+        if hold_event:
+            self._held_events.append((dom.ref(), ds.EV_STOPPED, detail))
+        else:
+            self.emit(dom, ds.EV_STOPPED, detail)
         dom.id = -1
         if dom.new_def is not None:
             dom.definition, dom.new_def = dom.new_def, None
@@ -465,6 +476,26 @@ class QemuDriverState:
         else:
             await self.save_status(dom)
 
+    async def _deliver_held_events(self) -> None:
+        """Emit the stopped/failed events of guests found dead at start, once a client listens.
+
+        libvirt emits them during its reconnect at daemon start, before any
+        client can be connected, so nobody ever receives them.  Here they are
+        held and emitted once, when the first client registers for domain
+        events (a client that reconnects after a restart, such as nova or
+        virt-manager, does that first); after HELD_EVENTS_TIMEOUT they are
+        dropped.  Clients registering later learn the state from the listing.
+        """
+        with trio.move_on_after(HELD_EVENTS_TIMEOUT):
+            while not self.events.has_listeners("domain"):
+                await trio.sleep(0.1)
+            await trio.sleep(0.2)     # let a client finish registering its callbacks
+            held, self._held_events = self._held_events, []
+            for ref, event, detail in held:
+                self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_LIFECYCLE, ref, event, detail)
+            return
+        self._held_events = []
+
     # ---------------------------------------------------------------- reattach
     async def _reattach(self, st: RuntimeStatus) -> None:
         """Take a guest over again after a daemon restart (qemuProcessReconnect)."""
@@ -495,7 +526,7 @@ class QemuDriverState:
             # remains so it can never run twice, and report it crashed.
             await process.terminate(st.pid, marker=self.marker(dom))
             log.warning("%s: QEMU is gone; marking the guest shut off (crashed)", dom.name)
-            self.mark_stopped(dom, run, ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED)
+            self.mark_stopped(dom, run, ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED, hold_event=True)
             return
         dom.monitor = mon
         # catch up with what happened meanwhile (qemuProcessUpdateState)

@@ -102,3 +102,40 @@ def test_guests_survive_kill9_and_are_reattached(root, tmp_path):
         virsh(uri, "destroy keep; destroy held; destroy lost")
         stop_daemon(d)
     assert not guest_pids(root)
+
+
+def test_guest_found_dead_at_restart_is_announced_to_the_first_listener(root, tmp_path):
+    """The stopped/failed event of a guest whose QEMU died while no daemon ran is held
+    until a client registers for domain events (libvirt emits it before anyone can
+    listen), then delivered once."""
+    import libvirt
+
+    from daemon_helpers import EventCollector
+
+    d = start_daemon(root)
+    uri = qemu_uri(d)
+    (tmp_path / "gone.xml").write_text(guest_xml("gone"))
+    ok(uri, f"define {tmp_path / 'gone.xml'}")
+    ok(uri, "start gone")
+    kill9(d)
+    os.kill(guest_pid(root, "gone"), signal.SIGKILL)
+
+    d = start_daemon(root)
+    try:
+        uri = qemu_uri(d)
+        assert ok(uri, "domstate gone --reason").strip() == "shut off (crashed)"
+        first = EventCollector(uri)
+        try:
+            first.wait(("gone", libvirt.VIR_DOMAIN_EVENT_STOPPED,
+                        libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED), timeout=5)
+        finally:
+            first.close()
+        later = EventCollector(uri)       # delivered once, not replayed to later clients
+        try:
+            import time
+            time.sleep(0.5)
+            assert not later.events
+        finally:
+            later.close()
+    finally:
+        stop_daemon(d)
