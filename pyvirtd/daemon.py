@@ -198,7 +198,8 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 for lst in self.listeners:
                     nursery.start_soon(self._accept_loop, lst, nursery)
-                port = self.network_ports.get(TRANSPORT_TCP) or self.network_ports.get(TRANSPORT_TLS)
+                ports = self.network_ports
+                port = ports.get(TRANSPORT_TCP) or ports.get(TRANSPORT_TLS)
                 if self.config.mdns_adv and port:
                     from pyvirtd import mdns
                     nursery.start_soon(mdns.advertise, self.config.mdns_name or mdns.default_name(),

@@ -54,7 +54,8 @@ class TlsServer:
             if config.tls_priority:
                 ctx.set_ciphers(config.tls_priority)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self.error = f"cannot load TLS certificates ({files.cert}, {files.key}, {files.ca}): {exc}"
+            self.error = (f"cannot load TLS certificates ({files.cert}, {files.key}, "
+                          f"{files.ca}): {exc}")
             log.error("%s", self.error)
             return False
         self.context, self.files = ctx, files

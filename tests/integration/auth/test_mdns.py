@@ -76,7 +76,8 @@ def test_browser_in_other_namespace_finds_daemon(namespaces, tmp_path: Path) -> 
     root = tmp_path / "d"
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "pyvirtd.yaml").write_text(
-        f"listen_tcp: true\ntcp_port: '{port}'\nlisten_addr: 10.231.0.1\nauth_tcp: none\n"
+        f"listen_tls: false\nlisten_tcp: true\ntcp_port: '{port}'\n"
+        "listen_addr: 10.231.0.1\nauth_tcp: none\n"
         f"mdns_adv: true\nmdns_name: {name}\n")
     log = open(tmp_path / "daemon.log", "wb")
     daemon = subprocess.Popen(["ip", "netns", "exec", a, sys.executable, "-m", "pyvirtd.cli",

@@ -147,8 +147,9 @@ def start(world: Path, polkit: Polkit, name: str, config: str):
 
 def virsh_as(user: str | None, world: Path, uri: str, commands: str):
     import pwd
-    env = {"HOME": str(world / "home"), "XDG_CACHE_HOME": str(world / "home" / user if user else "root"),
-           "XDG_CONFIG_HOME": str(world / "home" / (user or "root"))}
+    own = world / "home" / (user or "root")
+    env = {"HOME": str(world / "home"), "XDG_CACHE_HOME": str(own / "cache"),
+           "XDG_CONFIG_HOME": str(own / "config")}
     uid = pwd.getpwnam(user).pw_uid if user else None
     return run(["virsh", "-c", uri, commands], env=env, user=uid)
 

@@ -149,8 +149,8 @@ def test_scram_not_offered_on_plain_tcp(tmp_path: Path) -> None:
     root = tmp_path / "d"
     add_user(root, "alice", "wonderland")
     port = free_port()
-    d = listening_daemon(root, f"listen_tcp: true\ntcp_port: '{port}'\nlisten_addr: 127.0.0.1\n",
-                         port)
+    d = listening_daemon(root, f"listen_tls: false\nlisten_tcp: true\ntcp_port: '{port}'\n"
+                               "listen_addr: 127.0.0.1\n", port)
     try:
         env = {"LIBVIRT_AUTH_FILE": str(auth_file(tmp_path / "a.conf", "alice", "wonderland"))}
         r = run(["virsh", "-c", f"test+tcp://localhost:{port}/default", "list"], env=env)
@@ -230,7 +230,7 @@ def gssapi_daemon(tmp_path_factory, kdc):
     saved = dict(os.environ)
     os.environ.update(KRB5_CONFIG=str(kdc.conf), KRB5RCACHETYPE="none")
     try:
-        d = listening_daemon(root, f"listen_tcp: true\ntcp_port: '{port}'\n"
+        d = listening_daemon(root, f"listen_tls: false\nlisten_tcp: true\ntcp_port: '{port}'\n"
                                    "listen_addr: 127.0.0.1\n"
                                    f"sasl_allowed_username_list: ['alice@{REALM}']\n", port)
     finally:
