@@ -156,6 +156,18 @@ class AdminProgram:
             except KeyError:
                 pass
             params.append(_param("unix_process_id", _INT, ident.pid))
+        else:     # TCP/TLS: the peer's address, as libvirt formats it ("IP;port")
+            try:
+                host, port = target.sock.getpeername()[:2]
+                params.append(_param("sock_addr", _STRING, f"{host};{port}"))
+            except OSError:
+                pass
+        sasl_user = target.program_state.get("sasl_username")
+        if sasl_user:
+            params.append(_param("sasl_user_name", _STRING, sasl_user))
+        dname = getattr(target.channel, "peer_dn", None)
+        if dname:
+            params.append(_param("tls_x509_dname", _STRING, dname))
         return params
 
     def client_close(self, client: "Client", clnt: Any, flags: int) -> None:

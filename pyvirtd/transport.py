@@ -106,6 +106,10 @@ class TlsChannel:
             der = self._ssl.getpeercert(binary_form=True)
             if self._check is not None:
                 self._check(cert, der)
+            if der is not None:       # for virt-admin client-info (tls_x509_dname)
+                from cryptography import x509
+                from pyvirtd.certs import libvirt_dn
+                self.peer_dn = libvirt_dn(x509.load_der_x509_certificate(der).subject)
             cipher = self._ssl.cipher()
             self.key_bits = cipher[2] if cipher else 0
             self._ssl.write(TLS_CONFIRM)

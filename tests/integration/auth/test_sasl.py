@@ -274,3 +274,22 @@ def test_gssapi_without_ticket_refused(kdc, gssapi_daemon, tmp_path: Path) -> No
     env = dict(kdc.env, KRB5CCNAME=f"FILE:{tmp_path}/none")
     r = run(["virsh", "-c", f"test+tcp://localhost:{gssapi_daemon.port}/default", "list"], env=env)
     assert r.returncode != 0
+
+
+def test_admin_client_info_shows_sasl_user(scram_daemon) -> None:
+    code = ("import libvirt, subprocess, sys\n"
+            "def cb(creds, _):\n"
+            "    for c in creds:\n"
+            "        c[4] = 'alice' if c[0] == libvirt.VIR_CRED_AUTHNAME else 'wonderland'\n"
+            "    return 0\n"
+            "c = libvirt.openAuth(sys.argv[1], [[libvirt.VIR_CRED_AUTHNAME,"
+            " libvirt.VIR_CRED_PASSPHRASE], cb, None], 0)\n"
+            "out = subprocess.run(['virt-admin', '-c', sys.argv[2], 'srv-clients-list libvirtd'],"
+            " capture_output=True, text=True).stdout\n"
+            "for line in out.splitlines():\n"
+            "    if line.strip()[:1].isdigit():\n"
+            "        print(subprocess.run(['virt-admin', '-c', sys.argv[2], 'client-info libvirtd '"
+            " + line.split()[0]], capture_output=True, text=True).stdout)\n")
+    r = run([sys.executable, "-c", code, scram_daemon.uri(), scram_daemon.admin_uri])
+    assert r.returncode == 0, r.stderr
+    assert "sasl_user_name" in r.stdout and "alice" in r.stdout, r.stdout

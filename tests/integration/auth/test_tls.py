@@ -204,3 +204,17 @@ def test_sighup_reloads_certificates(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
     finally:
         stop_daemon(d)
+
+
+def test_admin_client_info_shows_tls_identity(tls_daemon, pki: Path) -> None:
+    libvirt = pytest.importorskip("libvirt")
+    conn = libvirt.open(uri(tls_daemon.port, pki))
+    try:
+        r = run(["virt-admin", "-c", tls_daemon.admin_uri, "srv-clients-list libvirtd"])
+        ids = [line.split()[0] for line in r.stdout.splitlines() if line.strip()[:1].isdigit()]
+        infos = [run(["virt-admin", "-c", tls_daemon.admin_uri,
+                      f"client-info libvirtd {i}"]).stdout for i in ids]
+        assert any("tls_x509_dname" in i and "CN=pyvirtd-client" in i and "sock_addr" in i
+                   for i in infos), infos
+    finally:
+        conn.close()
