@@ -263,6 +263,21 @@ def test_gssapi_python_libvirt(kdc, gssapi_daemon) -> None:
     assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
 
 
+def test_gssapi_layer_large_messages(kdc, gssapi_daemon) -> None:
+    """~1 MiB each way through the wrapped stream: many tokens, split reads."""
+    env = kdc.kinit("alice", "alicepw")
+    code = ("import libvirt, sys\n"
+            "c = libvirt.open(sys.argv[1])\n"
+            "t = 'y' * (1024 * 1024)\n"
+            "d = c.defineXML(\"<domain type='test'><name>big</name><description>\" + t +"
+            " \"</description><memory>8192</memory><os><type>hvm</type></os></domain>\")\n"
+            "print(t in d.XMLDesc())\n"
+            "d.undefine()\n")
+    r = run([sys.executable, "-c", code, f"test+tcp://localhost:{gssapi_daemon.port}/default"],
+            env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
+
+
 def test_gssapi_user_not_allowed(kdc, gssapi_daemon) -> None:
     env = kdc.kinit("mallory", "mallorypw")
     r = run(["virsh", "-c", f"test+tcp://localhost:{gssapi_daemon.port}/default", "list"], env=env)

@@ -218,3 +218,20 @@ def test_admin_client_info_shows_tls_identity(tls_daemon, pki: Path) -> None:
                    for i in infos), infos
     finally:
         conn.close()
+
+
+def test_large_messages_both_ways(tls_daemon, pki: Path) -> None:
+    """A ~2 MiB definition up and its XML back: many TLS records, partial sends."""
+    libvirt = pytest.importorskip("libvirt")
+    text = "x" * (2 * 1024 * 1024)
+    xml = (f"<domain type='test'><name>big</name><description>{text}</description>"
+           "<memory>8192</memory><os><type>hvm</type></os></domain>")
+    conn = libvirt.open(uri(tls_daemon.port, pki))
+    try:
+        dom = conn.defineXML(xml)
+        try:
+            assert text in dom.XMLDesc()
+        finally:
+            dom.undefine()
+    finally:
+        conn.close()
