@@ -87,7 +87,11 @@ class Polkit:
             ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
             env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.address),
             stdout=open(base / "polkitd.log", "wb"), stderr=subprocess.STDOUT)
-        self._wait_for_name()
+        try:
+            self._wait_for_name()
+        except BaseException:
+            self.stop()          # leave no bus or polkitd behind
+            raise
 
     def _wait_for_name(self) -> None:
         env = {"DBUS_SYSTEM_BUS_ADDRESS": self.address}
