@@ -51,13 +51,15 @@ class TlsServer:
                 if files.crl is not None:
                     ctx.load_verify_locations(cafile=str(files.crl))
                     ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-            if config.tls_priority:
-                ctx.set_ciphers(config.tls_priority)
         except (OSError, ssl.SSLError, ValueError) as exc:
             self.error = (f"cannot load TLS certificates ({files.cert}, {files.key}, "
                           f"{files.ca}): {exc}")
             log.error("%s", self.error)
             return False
+        if config.tls_priority:
+            # a GnuTLS priority string ("NORMAL:-VERS-TLS1.0"): OpenSSL has no
+            # equivalent syntax, so Python's defaults (TLS 1.2+) stay in force
+            log.warning("tls_priority %r is GnuTLS syntax and is not applied", config.tls_priority)
         self.context, self.files = ctx, files
         self.no_verify = config.tls_no_verify_certificate
         self.allowed_dns = config.tls_allowed_dn_list

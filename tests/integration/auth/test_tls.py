@@ -235,3 +235,33 @@ def test_large_messages_both_ways(tls_daemon, pki: Path) -> None:
             dom.undefine()
     finally:
         conn.close()
+
+
+def test_revoked_cert_refused(tmp_path: Path) -> None:
+    """A client certificate listed in the CRL (cacrl.pem) is refused; others still work."""
+    from cryptography.hazmat.primitives import hashes
+    pki = make_pki(tmp_path / "pki")
+    ca, ca_key = load_ca(pki)
+    key = certs._new_key()
+    revoked = certs.make_certificate(certs._name("pyvirtd-client", "pyvirtd"), key, ca.subject,
+                                     ca_key, client=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+           .last_update(now - datetime.timedelta(hours=1))
+           .next_update(now + datetime.timedelta(days=1))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder()
+                                    .serial_number(revoked.serial_number)
+                                    .revocation_date(now - datetime.timedelta(minutes=5)).build())
+           .sign(ca_key, hashes.SHA256()))
+    root = tmp_path / "d"
+    shutil.copytree(pki, root / "etc" / "pki")
+    (root / "etc" / "pki" / "cacrl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    port = free_port()
+    d = listening_daemon(root, f"listen_tls: true\ntls_port: '{port}'\nlisten_addr: 127.0.0.1\n",
+                         port)
+    try:
+        bad = client_dir(tmp_path, "revoked", pki, revoked, key)
+        assert isinstance(raw_confirm(port, bad), str)
+        assert raw_confirm(port, pki) == b"\x01"
+    finally:
+        stop_daemon(d)
