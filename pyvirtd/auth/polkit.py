@@ -85,6 +85,11 @@ def object_details(obj: str, value: Any) -> dict[str, str]:
     return {}
 
 
+# the details key prefix of an object's name (viraccessdriverpolkit.c)
+_NAME_PREFIX = {"domain": "domain", "network": "network", "storage_pool": "pool",
+                "nwfilter": "nwfilter", "interface": "interface", "node_device": "node_device"}
+
+
 def _xml_details(obj: str, xml: str) -> dict[str, str] | None:
     """Name and UUID from a definition about to be created (define/create XML)."""
     from lxml import etree
@@ -93,8 +98,7 @@ def _xml_details(obj: str, xml: str) -> dict[str, str] | None:
     except Exception:
         return None                       # the driver reports the parse error
     name, uuid = root.findtext("name") or "", root.findtext("uuid") or ""
-    prefix = {"domain": "domain", "network": "network", "storage_pool": "pool",
-              "nwfilter": "nwfilter"}.get(obj)
+    prefix = _NAME_PREFIX.get(obj)
     return {f"{prefix}_name": name, f"{prefix}_uuid": uuid} if prefix else None
 
 
@@ -293,9 +297,18 @@ class PolkitAccess:
         ident = client.identity
         obj, perm = proc.aclfilter[0].split(":")[:2]
         struct_name = _OBJECT_TYPES.get(obj)
-        if not isinstance(result, tuple) or struct_name is None:
-            return result
         base = self._base(client)
+        prefix = _NAME_PREFIX.get(obj)
+        if isinstance(result, list) and prefix and all(isinstance(n, str) for n in result):
+            # the older name lists (CONNECT_LIST_DEFINED_DOMAINS, LIST_NETWORKS...):
+            # rules see the name only
+            if ident is None:
+                return []
+            keep = await check_authorization(ident.pid, ident.uid, [
+                (action_id(obj, perm), dict(base, **{f"{prefix}_name": n})) for n in result])
+            return [n for n, k in zip(result, keep) if k]
+        if not isinstance(result, tuple) or struct_name is None:
+            return result     # id lists and counts are not filtered (yet)
         out = list(result)
         for i, field in enumerate(out):
             if not isinstance(field, (list, tuple)) or not field \
