@@ -27,6 +27,9 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.storage.backends.base import Backend
 from pyvirtd.storage.backends.dir import DirBackend
 from pyvirtd.storage.backends.fs import FsBackend
+from pyvirtd.storage.backends.iscsi import IscsiBackend
+from pyvirtd.storage.backends.logical import LogicalBackend
+from pyvirtd.storage.backends.netfs import NetfsBackend
 from pyvirtd.storage.pool import Pool, PoolFiles
 from pyvirtd.storage.transfer import TransferProcedures
 from pyvirtd.storage.volumes import VolumeProcedures
@@ -36,8 +39,9 @@ from pyvirtd.xml import storage as stxml
 log = logging.getLogger(__name__)
 _FROM = P.VIR_FROM_STORAGE
 
-# Backends by pool type.  logical, netfs and iscsi come with the lab VM.
-BACKENDS: dict[str, type[Backend]] = {"dir": DirBackend, "fs": FsBackend}
+# Backends by pool type (logical, netfs and iscsi are tested in the lab VM, tests/lab/).
+BACKENDS: dict[str, type[Backend]] = {"dir": DirBackend, "fs": FsBackend, "netfs": NetfsBackend,
+                                      "logical": LogicalBackend, "iscsi": IscsiBackend}
 
 # virConnectListAllStoragePoolsFlags: six state filters, then one bit per pool type.
 LIST_INACTIVE, LIST_ACTIVE, LIST_PERSISTENT, LIST_TRANSIENT, LIST_AUTOSTART, LIST_NO_AUTOSTART = (
@@ -489,8 +493,20 @@ def _same_source(a: stxml.PoolDef, b: stxml.PoolDef) -> bool:
         return False
     if a.type == "dir":
         return a.target_path == b.target_path
-    if a.type in ("fs", "netfs", "logical", "disk"):
+    if a.type == "netfs":
+        return _hosts(a) == _hosts(b) and bool(_hosts(a)) and (
+            a.tree.find("source/dir") is not None and b.tree.find("source/dir") is not None
+            and a.tree.find("source/dir").get("path") == b.tree.find("source/dir").get("path"))
+    if a.type == "logical" and a.tree.findtext("source/name") == b.tree.findtext("source/name"):
+        return True
+    if a.type in ("fs", "logical", "disk", "iscsi"):
         da = {d.get("path") for d in a.tree.findall("source/device")}
         db = {d.get("path") for d in b.tree.findall("source/device")}
-        return bool(da & db)      # netfs (host + dir), iscsi (host + IQN): with their backends
+        if a.type == "iscsi":        # the same target IQN on the same portal
+            return bool(da & db) and _hosts(a) == _hosts(b)
+        return bool(da & db)
     return False
+
+
+def _hosts(pdef: stxml.PoolDef) -> set[tuple[str | None, str | None]]:
+    return {(h.get("name"), h.get("port")) for h in pdef.tree.findall("source/host")}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from typing import TYPE_CHECKING
 
 import trio
@@ -36,6 +37,14 @@ SPARSE_STREAM = 1
 # Bytes moved per thread call: many stream chunks, so the thread hand-off
 # costs little next to the copying.
 IO_BATCH = 16 * STREAM_CHUNK
+
+
+def _data_size(fd: int) -> int:
+    """The bytes a volume holds: a file's size, or a block device's (whose st_size is 0)."""
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    return st.st_size
 
 
 def _read_piece(fd: int, pos: int, end: int, sparse: bool) -> tuple[str, int | bytes]:
@@ -158,7 +167,7 @@ class TransferProcedures:
     async def _download(self: "StorageSubsystem", stream: Stream, pool: "Pool", vol: "Volume",
                         fd: int, pos: int, length: int, sparse: bool) -> None:
         try:
-            size = (await pool.io(os.fstat, fd)).st_size
+            size = await pool.io(_data_size, fd)
             end = min(size, pos + length) if length else size
             while pos < end:
                 try:

@@ -17,12 +17,13 @@ a backend lacking the callback, so a backend implements only what it does:
     data             open_vol (for upload and download streams)
     discovery        find_sources
 
-Later backends and what they map to (not implemented yet, lab VM):
-``logical`` (vgcreate/vgchange/lvs --reportformat json/lvcreate/lvremove;
+Backends: ``dir`` and ``fs`` (tested on the host), ``logical``
+(vgcreate/vgchange/lvs --reportformat json/lvcreate/lvremove/lvresize;
 volumes are block devices, so `open_vol` is the default), ``netfs`` (the
 ``fs`` backend with mount.nfs and ``find_sources`` via showmount) and
-``iscsi`` (iscsiadm login/logout in start/stop, LUNs as read-only-created
-volumes: ``create_vol`` stays unsupported).
+``iscsi`` (iscsiadm login/logout in start/stop, LUNs as volumes that cannot
+be created: ``create_vol`` stays unsupported); those three are tested in
+the lab VM (tests/lab/).
 """
 
 from __future__ import annotations

@@ -66,9 +66,9 @@ async def test_bad_definitions(sub: StorageSubsystem, tmp_path: Path) -> None:
                  "operation failed: Storage source conflict with pool: 'a'",
                  sub.storage_pool_define_xml(pool_xml("b", tmp_path / "x"), 0))
     await raises(P.VIR_ERR_INTERNAL_ERROR,
-                 "internal error: missing backend for pool type 5 (iscsi)",
+                 "internal error: missing backend for pool type 4 (disk)",
                  sub.storage_pool_define_xml(
-                     "<pool type='iscsi'><name>i</name><target><path>/dev</path></target></pool>",
+                     "<pool type='disk'><name>i</name><target><path>/dev</path></target></pool>",
                      0))
 
 
