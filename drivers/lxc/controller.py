@@ -161,6 +161,7 @@ class Controller:
             if os.read(go_r, 2) != b"go":
                 os._exit(1)
             os.close(go_r)
+            _oom_score_adj(0)
             from .container import become_init
             for fd in (self.cont_master, self.host_master, self.host_slave):
                 os.close(fd)
@@ -349,6 +350,14 @@ class Controller:
             log.warning("removing cgroup: %s", exc)
 
 
+def _oom_score_adj(value: int) -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as exc:
+        log.warning("cannot set oom_score_adj: %s", exc)
+
+
 def main(argv: list[str]) -> int:
     spec_path, handshake_fd = argv[0], int(argv[1])
     os.set_inheritable(handshake_fd, False)   # init must not keep the daemon waiting
@@ -360,6 +369,10 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     ns.prctl(ns.PR_SET_CHILD_SUBREAPER, 1)
+    # The controller sits in the container's memory cgroup (virsh lxc-enter-namespace
+    # checks every controller's placement), so a container over its limit must
+    # never get the OOM killer to pick the controller; init goes back to 0.
+    _oom_score_adj(-1000)
     ctrl = Controller(spec)
     try:
         ctrl.start()
