@@ -1,0 +1,320 @@
+"""The LXC driver end to end: virsh and python-libvirt against a pyvirtd running as root.
+
+Each test gets a daemon inside a test-made network namespace (so the bridge a
+container's veth joins is the test's, not the host's) and a busybox-static
+tree as container root.  Teardown destroys every container through the
+daemon, then kills any controller or container process left, removes their
+cgroups, the namespace and the daemon, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+BUSYBOX = "/bin/busybox"
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="containers need root"),
+    pytest.mark.skipif(not shutil.which("virsh"), reason="virsh not installed"),
+]
+
+
+def _static_busybox() -> bool:
+    try:
+        out = subprocess.run(["file", "-L", BUSYBOX], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        return os.path.exists(BUSYBOX)
+    return "statically linked" in out
+
+
+INIT = """#!/bin/sh
+trap 'echo init-got-term; exit 0' TERM
+echo init-up
+while true; do /bin/sh -i </dev/console >/dev/console 2>&1; done &
+while true; do wait; done
+"""
+
+
+def make_root(path: Path) -> Path:
+    """A container root: busybox-static and its applets, an init that exits on SIGTERM."""
+    for d in ("bin", "sbin", "etc", "tmp", "proc", "sys", "dev"):
+        (path / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy(BUSYBOX, path / "bin/busybox")
+    for applet in ("sh", "ls", "cat", "echo", "sleep", "ping", "ip", "hostname", "dd", "mount"):
+        (path / "bin" / applet).symlink_to("busybox")
+    (path / "sbin/init").write_text(INIT)
+    (path / "sbin/init").chmod(0o755)
+    return path
+
+
+def container_xml(name: str, root: Path, *, memory_mib: int = 64, extra: str = "") -> str:
+    return f"""<domain type='lxc'>
+  <name>{name}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <os><type>exe</type><init>/sbin/init</init></os>
+  <devices>
+    <filesystem type='mount'><source dir='{root}'/><target dir='/'/></filesystem>
+    {extra}
+    <console type='pty'/>
+  </devices>
+</domain>
+"""
+
+
+def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
+
+
+class Lab:
+    """A pyvirtd serving lxc:/// inside network namespace ``ns``, and its cleanup."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.ns = f"pvlxc{os.getpid() % 10000}{uuidlib.uuid4().hex[:4]}"
+        self.root_dir = tmp / "pyvirtd"
+        self.proc: subprocess.Popen | None = None
+        run("ip", "netns", "add", self.ns)
+        self.ns_exec("ip", "link", "set", "lo", "up")
+
+    def ns_exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run("ip", "netns", "exec", self.ns, *argv, check=check)
+
+    @property
+    def sock(self) -> Path:
+        return self.root_dir / "run" / "libvirt-sock"
+
+    @property
+    def uri(self) -> str:
+        return f"lxc+unix:///system?socket={self.sock}"
+
+    def start_daemon(self) -> None:
+        self.root_dir.mkdir(exist_ok=True)
+        log = open(self.root_dir / "daemon.log", "ab")
+        self.proc = subprocess.Popen(
+            # nsenter, not ip netns exec: that one remounts /sys and hides the cgroups
+            ["nsenter", f"--net=/run/netns/{self.ns}", sys.executable, "-m", "pyvirtd.cli",
+             "--root", str(self.root_dir)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log())
+            if self.sock.exists() and "ready" in self.log():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"pyvirtd did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        path = self.root_dir / "daemon.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill9(self) -> None:
+        # nsenter execs, so the Popen pid is pyvirtd itself
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.sock.unlink(missing_ok=True)
+        (self.root_dir / "run" / "libvirt-sock-ro").unlink(missing_ok=True)
+
+    def virsh(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        env = dict(os.environ, LC_ALL="C")
+        p = subprocess.run(["virsh", "-c", self.uri, *args], capture_output=True, text=True,
+                           env=env, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"virsh {args} failed: {p.stderr}\n{self.log()}")
+        return p
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                out = self.virsh("list", "--name", check=False, timeout=20).stdout.split()
+                for name in out:
+                    self.virsh("destroy", name, check=False, timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._kill_leftovers()
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+    def _kill_leftovers(self) -> None:
+        """Controllers and containers a failed test left behind, and their cgroups."""
+        import json
+        from pyvirtd.drivers.lxc import cgroup
+        run_dir = self.root_dir / "run" / "lxc"
+        for status in run_dir.glob("*.json") if run_dir.is_dir() else ():
+            if status.name.endswith(".spec.json"):
+                spec = json.loads(status.read_text())
+                paths = spec.get("cgroup") or {}
+                cgroup.kill_all(paths, signal.SIGKILL)
+                try:
+                    cgroup.remove(paths, timeout=5)
+                except OSError:
+                    pass
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    if not _static_busybox():
+        pytest.skip("busybox-static not installed (make deps)")
+    lab = Lab(tmp_path)
+    try:
+        lab.start_daemon()
+        yield lab
+    finally:
+        lab.close()
+
+
+def _console_expect(dom, conn, send: bytes, expect: bytes, timeout: float = 10) -> bytes:
+    """Write to the console through a python-libvirt stream and read until ``expect``."""
+    st = conn.newStream(0)
+    dom.openConsole(None, st, 0)
+    got = bytearray()
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                data = st.recv(4096)
+            except Exception:
+                return
+            if not isinstance(data, bytes) or not data:
+                return
+            got.extend(data)
+            if expect in got:
+                done.set()
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    st.send(send)
+    done.wait(timeout)
+    # finish, not abort: pyvirtd does not answer a client's abort yet, and
+    # python-libvirt's virStreamAbort waits for that answer
+    closer = threading.Thread(target=lambda: _quietly(st.finish), daemon=True)
+    closer.start()
+    closer.join(5)
+    return bytes(got)
+
+
+def _quietly(fn) -> None:
+    try:
+        fn()
+    except Exception:
+        pass
+
+
+def test_container_lifecycle_console_enter_memory_limit(lab, tmp_path):
+    import libvirt
+
+    root = make_root(tmp_path / "root1")
+    xml = tmp_path / "c1.xml"
+    xml.write_text(container_xml("c1", root, memory_mib=64))
+    lab.virsh("define", str(xml))
+    lab.virsh("start", "c1")
+    assert lab.virsh("domstate", "--reason", "c1").stdout.strip() == "running (booted)"
+    assert "c1" in lab.virsh("list", "--name").stdout.split()
+
+    conn = libvirt.open(lab.uri)
+    try:
+        dom = conn.lookupByName("c1")
+        assert dom.OSType() == "exe"
+        out = _console_expect(dom, conn, b"echo hello-$((6*7)); hostname\n", b"hello-42")
+        assert b"hello-42" in out, out
+        # the file written inside shows up in the root on the host
+        p = lab.virsh("lxc-enter-namespace", "c1", "/bin/sh", "-c",
+                      "echo written-inside > /tmp/marker; hostname")
+        assert p.stdout.strip() == "c1"
+        assert (root / "tmp/marker").read_text() == "written-inside\n"
+        # 100 MiB in one buffer in a 64 MiB container: the OOM killer ends it
+        p = lab.virsh("lxc-enter-namespace", "c1", "/bin/sh", "-c",
+                      "dd if=/dev/zero of=/dev/null bs=100M count=1; echo rc=$?")
+        assert "rc=137" in p.stdout, p.stdout + p.stderr
+        assert "hard_limit     : 65536" in lab.virsh("memtune", "c1").stdout
+        assert "state.state=1" in lab.virsh("domstats", "c1").stdout
+        # shutdown signals init, whose trap ends it
+        lab.virsh("shutdown", "c1")
+        deadline = time.monotonic() + 10
+        while dom.isActive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert dom.state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN]
+    finally:
+        conn.close()
+    lab.virsh("start", "c1")
+    lab.virsh("destroy", "c1")
+    assert lab.virsh("domstate", "--reason", "c1").stdout.strip() == "shut off (destroyed)"
+    lab.virsh("undefine", "c1")
+    assert "c1" not in lab.virsh("list", "--all", "--name").stdout.split()
+    assert not list((lab.root_dir / "run" / "lxc").glob("c1.*"))
+
+
+def test_veth_on_bridge_pings_host_side(lab, tmp_path):
+    lab.ns_exec("ip", "link", "add", "br0", "type", "bridge")
+    lab.ns_exec("ip", "addr", "add", "10.99.0.1/24", "dev", "br0")
+    lab.ns_exec("ip", "link", "set", "br0", "up")
+    root = make_root(tmp_path / "root2")
+    iface = ("<interface type='bridge'><source bridge='br0'/>"
+             "<ip address='10.99.0.2' prefix='24'/><guest dev='eth0'/></interface>")
+    xml = tmp_path / "c2.xml"
+    xml.write_text(container_xml("c2", root, extra=iface))
+    lab.virsh("create", str(xml))
+    dumped = lab.virsh("dumpxml", "c2").stdout
+    assert "<target dev='veth" in dumped
+    p = lab.virsh("lxc-enter-namespace", "c2", "/bin/sh", "-c",
+                  "ip -o addr show eth0; ping -c 2 -W 2 10.99.0.1")
+    assert "10.99.0.2/24" in p.stdout
+    assert "2 packets received" in p.stdout, p.stdout
+    lab.virsh("destroy", "c2")
+    # a transient container is gone, and so is its veth
+    assert "c2" not in lab.virsh("list", "--all", "--name").stdout.split()
+    assert "veth" not in lab.ns_exec("ip", "-o", "link").stdout
+
+
+def test_kill9_restart_keeps_container_running_and_controllable(lab, tmp_path):
+    root = make_root(tmp_path / "root3")
+    xml = tmp_path / "c3.xml"
+    xml.write_text(container_xml("c3", root))
+    lab.virsh("define", str(xml))
+    lab.virsh("start", "c3")
+    dom_id = lab.virsh("domid", "c3").stdout.strip()
+    lab.kill9()
+    lab.start_daemon()
+    assert lab.virsh("domstate", "--reason", "c3").stdout.strip() == "running (booted)"
+    assert lab.virsh("domid", "c3").stdout.strip() == dom_id
+    p = lab.virsh("lxc-enter-namespace", "c3", "/bin/sh", "-c", "echo still-here")
+    assert p.stdout.strip() == "still-here"
+    lab.virsh("destroy", "c3")
+    assert lab.virsh("domstate", "--reason", "c3").stdout.strip() == "shut off (destroyed)"
+    lab.virsh("undefine", "c3")
+
+
+def test_errors_bad_xml_and_missing_root(lab, tmp_path):
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<domain type='lxc'><name>x</name>")
+    p = lab.virsh("define", str(bad), check=False)
+    assert p.returncode != 0 and "Premature end of data in tag domain" in p.stderr
+    hvm = tmp_path / "hvm.xml"
+    hvm.write_text(container_xml("x", tmp_path).replace("<type>exe</type>", "<type>hvm</type>"))
+    p = lab.virsh("define", str(hvm), check=False)
+    assert p.returncode != 0 and "ostype=hvm" in p.stderr
+    noroot = tmp_path / "noroot.xml"
+    noroot.write_text(container_xml("nr", tmp_path / "does-not-exist"))
+    lab.virsh("define", str(noroot))
+    p = lab.virsh("start", "nr", check=False)
+    assert p.returncode != 0
+    assert f"Failed to access '{tmp_path / 'does-not-exist'}'" in p.stderr
+    assert lab.virsh("domstate", "nr").stdout.strip() == "shut off"
+    lab.virsh("undefine", "nr")
