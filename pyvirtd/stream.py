@@ -10,7 +10,8 @@ serial flow one or both ways (libvirt-rpc.md section 8):
 - finish: the side that is done sends an empty STREAM / OK, and the daemon
   answers (or confirms) with an empty STREAM / OK;
 - abort: STREAM / ERROR, with a remote_error body from the daemon or an empty
-  body from the client.
+  body from the client, which the daemon answers with STREAM / ERROR
+  ("stream aborted at client request") as libvirtd does.
 
 The dispatcher creates a `Stream` before calling the driver method, which
 receives it as its first argument and hands the work over with
@@ -153,7 +154,10 @@ class Stream:
             self.aborted = True
             if self._scope is not None:
                 self._scope.cancel()
-            self._close()
+            # the client waits for an answer to its abort: libvirtd's is an
+            # error (daemonStreamHandleAbort)
+            self.abort(VirError(P.VIR_ERR_RPC, "stream aborted at client request",
+                                domain=P.VIR_FROM_STREAMS))
         self._arrived.unpark_all()
 
     @property
