@@ -136,6 +136,10 @@ class Controller:
     def _child(self, go_r: int, pid_w: int, err_w: int, cont_slave: int) -> None:
         """The short-lived child: make the namespaces, fork init, report its pid, exit."""
         try:
+            # imported here, in the short-lived child: the controller stays small, and
+            # inside a user namespace the host's Python files may not all be readable
+            import pyroute2  # noqa: F401
+            from . import container  # noqa: F401
             flags = ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC | ns.CLONE_NEWPID
             if self.spec.get("netns", True):
                 flags |= ns.CLONE_NEWNET
