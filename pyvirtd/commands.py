@@ -7,6 +7,7 @@ They run instead of the daemon when the first argument names one of them, so
     pyvirtd sasl-user [--root DIR | --system | --session | --file FILE] add NAME
     pyvirtd sasl-user [...] remove NAME
     pyvirtd sasl-user [...] list
+    pyvirtd polkit-policy > /usr/share/polkit-1/actions/org.pyvirtd.policy
 
 ``sasl-user add`` reads the password from the terminal, or from the first
 line of standard input when that is not a terminal.
@@ -20,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("cert", "sasl-user")
+SUBCOMMANDS = ("cert", "sasl-user", "polkit-policy")
 
 
 def _cert(args: argparse.Namespace) -> int:
@@ -95,5 +96,12 @@ def main(argv: list[str]) -> int:
     act.add_parser("remove").add_argument("name")
     act.add_parser("list")
 
+    sub.add_parser("polkit-policy",
+                   help="print polkit action definitions for every permission checked")
+
     args = p.parse_args(argv)
+    if args.command == "polkit-policy":
+        from pyvirtd.auth.polkit import policy_xml
+        sys.stdout.write(policy_xml())
+        return 0
     return _cert(args) if args.command == "cert" else _sasl_user(args)

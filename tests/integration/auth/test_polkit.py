@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,13 +61,14 @@ class Polkit:
     """dbus-daemon + polkitd, both stopped by stop()."""
 
     def __init__(self, base: Path) -> None:
-        from pyvirtd.auth.polkit import policy_xml
         self.base = base
         base.mkdir(mode=0o755)
         for sub in ("rules", "actions"):
             (base / sub).mkdir(mode=0o755)
         (base / "rules" / "50-pyvirtd-test.rules").write_text(RULES)
-        (base / "actions" / "org.pyvirtd.policy").write_text(policy_xml())
+        policy = run([sys.executable, "-m", "pyvirtd.cli", "polkit-policy"])
+        assert policy.returncode == 0, policy.stderr
+        (base / "actions" / "org.pyvirtd.policy").write_text(policy.stdout)
         for f in (base / "rules").iterdir():
             f.chmod(0o644)
         (base / "actions" / "org.pyvirtd.policy").chmod(0o644)
