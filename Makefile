@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV := .venv
 PROTOCOL_JSON ?= ../shared/reference/libvirt-rpc.json
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= tests
 
 # Debian packages the tests need:
 #   libvirt-dev, pkg-config, gcc  build libvirt-python from source
@@ -74,7 +74,7 @@ run: venv
 	$(VENV)/bin/pyvirtd --root $(CURDIR)/.pyvirtd
 
 test: deps venv
-	$(VENV)/bin/python -m pytest -q tests $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 bench: deps venv
 	$(VENV)/bin/python bench/run.py
