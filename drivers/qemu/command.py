@@ -238,7 +238,11 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
                            ("server", "on"), ("wait", "off")))
     b.add("-mon", "chardev=charmonitor,id=monitor,mode=control")
     _clock(b)
-    if defn.on_reboot == "destroy":
+    # -no-reboot turns every reset (ours too) into a power-off, so libvirt uses
+    # it only when no action needs QEMU to survive one (qemuProcessPrepareAllowReboot);
+    # otherwise the driver stops a guest that resets itself with on_reboot=destroy
+    if (defn.on_reboot == "destroy" and defn.on_poweroff == "destroy"
+            and defn.on_crash in ("destroy", "coredump-destroy")):
         b.add("-no-reboot")
     b.add("-no-shutdown")
     _boot(b)

@@ -308,7 +308,7 @@ class DomainMixin:
         async with dom.lock:
             if not dom.active or dom.monitor is None:
                 raise ds.not_running()
-            await dom.monitor.system_reset()
+            await self.driver.system_reset(dom, dom.monitor)
             dom.fake_reboot = False
             if dom.state == ds.CRASHED:
                 dom.set_state(ds.PAUSED, ds.PAUSED_CRASHED)
@@ -358,3 +358,29 @@ class DomainMixin:
         self._active(ref)
         raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
                        domain=P.VIR_FROM_QEMU)
+
+    # -- interfaces -------------------------------------------------------
+    async def domain_interface_addresses(self, ref: Any, source: int, flags: int) -> list:
+        """virsh domifaddr: --source lease (the networks' DHCP leases) or arp; agent needs one."""
+        from . import interfaces
+
+        check_flags(flags, 0, "qemuDomainInterfaceAddresses")
+        dom = self._active(ref)
+        if source == interfaces.SRC_LEASE:
+            return interfaces.interface_addresses(self.driver, dom)
+        if source == interfaces.SRC_ARP:
+            try:
+                table = await trio.to_thread.run_sync(_read_text, "/proc/net/arp")
+            except OSError:
+                table = ""
+            return interfaces.arp_addresses(dom, table)
+        if source == interfaces.SRC_AGENT:
+            raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
+                           domain=P.VIR_FROM_QEMU)
+        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                       f"Unknown IP address data source {source}", domain=P.VIR_FROM_QEMU)
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()

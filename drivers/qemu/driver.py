@@ -58,6 +58,13 @@ HELD_EVENTS_TIMEOUT = 300.0
 # After SHUTDOWN, how long QEMU gets to quit before it is killed.
 QUIT_TIMEOUT = 5.0
 
+# After a reset that we asked for, SeaBIOS resets the machine once more
+# itself (it finds its POST already done), which QEMU reports as a guest
+# RESET, about 0.1 s after ours under TCG: one within this many seconds of
+# ours is the firmware's, not the guest OS rebooting (and must not trigger
+# on_reboot=destroy); no OS boots and reboots that fast.
+FIRMWARE_RESET_WINDOW = 2.0
+
 # QEMU's RunState when paused -> libvirt's paused reason (qemuMonitorJSONGetStatus).
 _PAUSED_REASONS = {"io-error": ds.PAUSED_IOERROR, "watchdog": ds.PAUSED_WATCHDOG,
                    "shutdown": ds.PAUSED_SHUTTING_DOWN, "guest-panicked": ds.PAUSED_CRASHED,
@@ -87,6 +94,7 @@ class QemuDomain:
     being_destroyed: bool = False
     fake_reboot: bool = False       # the next SHUTDOWN is a reboot (virDomainReboot)
     quiet_pause: int = 0            # STOP/RESUME events caused by us, not to be reported
+    own_reset_at: float = 0.0       # when we last sent system_reset (trio clock)
     console: Any = None             # consoles.ConsoleSession holding the console, if any
     lock: trio.Lock = field(default_factory=trio.Lock)
     # what the listing filters ask about
@@ -267,6 +275,7 @@ class QemuDriverState:
         ``live_def`` (createXML over a defined guest) runs instead of the
         persistent definition, which comes back when the guest stops.
         """
+        from . import interfaces
         from .launch import build_argv, apply_runtime_info
 
         if dom.active:
@@ -277,15 +286,27 @@ class QemuDriverState:
         name = dom.name
         monitor_path = self.store.monitor_path(name)
         pid_path = self.store.pid_path(name)
-        argv = build_argv(self, live, monitor_path=str(monitor_path), pid_path=str(pid_path))
-        monitor_path.unlink(missing_ok=True)
-        pid = await process.launch(argv, log_path=str(self.store.log_path(name)),
-                                   pid_path=str(pid_path))
+        # taps for interfaces of type network/bridge; QEMU gets their fds
+        taps, tap_fds = await interfaces.plug_all(self, dom, live)
+        try:
+            argv = build_argv(self, live, monitor_path=str(monitor_path), pid_path=str(pid_path),
+                              tap_fds=tap_fds)
+            monitor_path.unlink(missing_ok=True)
+            try:
+                pid = await process.launch(argv, log_path=str(self.store.log_path(name)),
+                                           pid_path=str(pid_path), pass_fds=tap_fds.values())
+            finally:
+                interfaces.close_fds(tap_fds)   # QEMU holds its own copies now
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await interfaces.unplug_all(self, taps)
+            raise
         try:
             mon = await Monitor.connect(str(monitor_path))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await process.terminate(pid, marker=live.uuid_str)
+                await interfaces.unplug_all(self, taps)
             raise
         try:
             vnc_port = None
@@ -301,6 +322,7 @@ class QemuDriverState:
             with trio.CancelScope(shield=True):
                 await mon.close()
                 await process.terminate(pid, marker=live.uuid_str)
+                await interfaces.unplug_all(self, taps)
             raise
         dom.run += 1
         dom.pid, dom.monitor = pid, mon
@@ -327,9 +349,14 @@ class QemuDriverState:
         """
         if dom.run != run or not dom.active:
             return False
+        from . import interfaces
+
         dom.run += 1
         dom.set_state(ds.SHUTOFF, reason)
         dom.pid, dom.monitor = None, None
+        plugged = interfaces.plugged(dom.definition)
+        if plugged:   # QEMU's exit usually took them already (non-persistent taps)
+            self.spawn(interfaces.unplug_all, self, plugged)
         if dom.console is not None:
             dom.console.close()
         self.store.delete_status(dom.name)
@@ -413,23 +440,33 @@ class QemuDriverState:
                 self.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
                 await self.save_status(dom)
         elif name == "SHUTDOWN":
-            if not dom.being_destroyed:   # our own SIGTERM: destroy reports it, not this
+            # not our own SIGTERM (destroy reports it) nor the SHUTDOWN that our
+            # `quit` after a guest power-off causes (libvirt: "Ignoring repeated
+            # SHUTDOWN event")
+            if not dom.being_destroyed and not dom.got_shutdown:
                 await self._on_shutdown(dom, run, mon, data)
         elif name == "RESET":
             self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_REBOOT, dom.ref())
+            if (data.get("guest") and dom.definition.on_reboot in ("destroy", "preserve")
+                    and trio.current_time() - dom.own_reset_at > FIRMWARE_RESET_WINDOW):
+                await self._on_guest_reboot_destroy(dom, run)
         elif name == "GUEST_PANICKED":
             await self._on_crash(dom, run, mon)
 
     async def _on_shutdown(self, dom: QemuDomain, run: int, mon: Monitor, data: dict) -> None:
         """qemuProcessHandleShutdown + qemuProcessShutdownOrReboot."""
         guest = data.get("guest")
-        fake_reboot = dom.fake_reboot or dom.definition.on_poweroff == "restart"
+        # with on_reboot=destroy QEMU runs with -no-reboot and reports a guest
+        # reboot as SHUTDOWN (guest-reset): that is no power-off to restart from
+        guest_reset = data.get("reason") == "guest-reset"
+        fake_reboot = dom.fake_reboot or (dom.definition.on_poweroff == "restart"
+                                          and not guest_reset)
         if fake_reboot and (data.get("reason") != "host-signal"):
             # reboot requested (or on_poweroff=restart): reset and carry on
             dom.fake_reboot = False
             dom.quiet_pause += 1   # QEMU pauses after SHUTDOWN (-no-shutdown)
             self.emit(dom, ds.EV_SHUTDOWN, ds.SHUTDOWN_GUEST if guest else ds.SHUTDOWN_HOST)
-            await mon.system_reset()
+            await self.system_reset(dom, mon)
             dom.quiet_pause += 1
             await mon.cont()
             dom.set_state(ds.RUNNING, ds.RUNNING_BOOTED)
@@ -457,6 +494,20 @@ class QemuDriverState:
                 return
             await process.terminate(pid, marker=self.marker(dom))
 
+    async def system_reset(self, dom: QemuDomain, mon: Monitor) -> None:
+        """QMP system_reset, remembered so that the firmware's own reset that
+        follows is not taken for the guest rebooting."""
+        dom.own_reset_at = trio.current_time()
+        await mon.system_reset()
+
+    async def _on_guest_reboot_destroy(self, dom: QemuDomain, run: int) -> None:
+        """The guest reset itself and on_reboot says destroy (qemuProcessHandleReset):
+        shut off (destroyed).  libvirt itself queues no lifecycle event here; pyvirtd
+        emits stopped/destroyed so that clients see the guest go."""
+        async with dom.lock:
+            if dom.run == run and dom.active:
+                await self.destroy_domain(dom)
+
     async def _on_crash(self, dom: QemuDomain, run: int, mon: Monitor) -> None:
         """GUEST_PANICKED: crashed (panicked), then on_crash (qemuProcessGuestPanicEvent)."""
         dom.set_state(ds.CRASHED, ds.CRASHED_PANICKED)
@@ -468,7 +519,7 @@ class QemuDriverState:
                     await self.destroy_domain(dom, reason=ds.SHUTOFF_CRASHED,
                                               detail=ds.STOPPED_CRASHED)
         elif action in ("restart", "coredump-restart"):
-            await mon.system_reset()
+            await self.system_reset(dom, mon)
             dom.quiet_pause += 1
             await mon.cont()
             dom.set_state(ds.RUNNING, ds.RUNNING_CRASHED)

@@ -60,9 +60,9 @@ def new_definition(state: "QemuDriverState", xml: str) -> domxml.DomainDef:
 
 
 def build_argv(state: "QemuDriverState", live: domxml.DomainDef, *, monitor_path: str,
-               pid_path: str) -> list[str]:
+               pid_path: str, tap_fds: dict[int, int] | None = None) -> list[str]:
     return build_command(live, binary=emulator_of(live) or state.emulator,
-                         monitor_path=monitor_path, pid_path=pid_path,
+                         monitor_path=monitor_path, pid_path=pid_path, tap_fds=tap_fds,
                          machine_defaults=state.machine_defaults(),
                          name_marker=live.uuid_str)
 

@@ -117,12 +117,14 @@ def _failure(text: str) -> VirError:
 
 async def launch(argv: Sequence[str], *, log_path: str, pid_path: str,
                  timeout: float = LAUNCH_TIMEOUT, env: dict[str, str] | None = None,
-                 cwd: str | None = None) -> int:
+                 cwd: str | None = None, pass_fds: Sequence[int] = ()) -> int:
     """Start QEMU daemonized; return the guest process's pid.
 
     ``argv[0]`` is the emulator.  A stale pidfile is removed first; one whose
     QEMU still runs is left, so QEMU refuses to start ("Cannot lock pid file"),
     which is the protection we want against starting a guest twice.
+    ``pass_fds`` stay open in QEMU under the same numbers (tap fds for
+    ``-netdev tap,fd=N``); the caller still owns and closes its own copies.
     On failure or timeout nothing is left running and VirError is raised with
     QEMU's own stderr text.  Cancellation kills the start-up process and any
     daemonized child it already produced.
@@ -141,7 +143,8 @@ async def launch(argv: Sequence[str], *, log_path: str, pid_path: str,
         try:
             with trio.move_on_after(timeout):
                 proc = await trio.run_process(full, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                              check=False, env=env, cwd=cwd)
+                                              check=False, env=env, cwd=cwd,
+                                              pass_fds=tuple(pass_fds))
                 rc = proc.returncode
         except OSError as exc:   # the emulator binary itself cannot be run
             raise _err(P.VIR_ERR_INTERNAL_ERROR,

@@ -72,7 +72,7 @@ MODULES = ("button", "evdev", "virtio_pci", "virtio_net", "e1000", "8139cp", "81
 RECIPE = "2: PVH vmlinux"
 
 # The kernel command line a domain definition should use (<cmdline>).
-CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
+CMDLINE = "console=ttyS0 panic=-1 loglevel=6"   # 6: the boot banner, not every driver
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin /var/run
@@ -313,7 +313,7 @@ def _initramfs(busybox: Path, modules: list[tuple[str, Path]]) -> bytes:
 
 def _recipe_hash(busybox: Path) -> str:
     h = hashlib.sha256()
-    for part in (RECIPE, INIT, POWER_BUTTON, UDHCPC_SCRIPT, PROFILE, " ".join(MODULES)):
+    for part in (RECIPE, CMDLINE, INIT, POWER_BUTTON, UDHCPC_SCRIPT, PROFILE, " ".join(MODULES)):
         h.update(part.encode() + b"\0")
     st = busybox.stat()
     h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
