@@ -30,16 +30,43 @@ class Daemon:
     log_path: Path
     pid: int = 0
     notes: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)
+    popen_kw: dict = field(default_factory=dict)
 
     @property
     def uri(self) -> str:
         return f"test+unix:///default?socket={self.sock}"
+
+    @property
+    def session_uri(self) -> str:
+        """qemu:///session on this daemon: QEMU guests, storage pools, networks."""
+        return f"qemu+unix:///session?socket={self.sock}"
+
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) the daemon runs as when it is not the bench's own user."""
+        if "user" in self.popen_kw:
+            return self.popen_kw["user"], self.popen_kw["group"]
+        return None
 
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def kill9(self) -> None:
+        """SIGKILL the daemon (its children, e.g. QEMU guests, keep running)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def respawn(self) -> None:
+        """Start the daemon again with the same command line; returns at once."""
+        logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, **self.popen_kw)
+        logf.close()
+        self.pid = self.proc.pid
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -114,7 +141,8 @@ def start_pyvirtd(root: Path, *extra: str, wrap: list[str] | None = None) -> Dae
     logf = open(log_path, "wb")
     proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
     logf.close()
-    d = Daemon("pyvirtd", proc, root, root / "run" / "libvirt-sock", log_path, pid=proc.pid)
+    d = Daemon("pyvirtd", proc, root, root / "run" / "libvirt-sock", log_path, pid=proc.pid,
+               argv=args, popen_kw=dict(cwd=REPO))
     _wait_connectable(d, lambda: b"ready" in log_path.read_bytes())
     return d
 
@@ -170,13 +198,46 @@ def start_libvirtd(root: Path) -> Daemon | str:
     }
     log_path = root / "libvirtd.log"
     logf = open(log_path, "wb")
-    proc = subprocess.Popen([str(LIBVIRTD), "--timeout", "120"], stdout=logf,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    argv = [str(LIBVIRTD), "--timeout", "120"]
+    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, cwd=root, **kw)
     logf.close()
-    d = Daemon("libvirtd", proc, root, root / "libvirt" / "libvirt-sock", log_path, pid=proc.pid)
+    d = Daemon("libvirtd", proc, root, root / "libvirt" / "libvirt-sock", log_path, pid=proc.pid,
+               argv=argv, popen_kw=dict(env=env, cwd=root, **kw))
     try:
         _wait_connectable(d, lambda: True)
     except RuntimeError as exc:
         return str(exc)
     return d
+
+
+def kill_marked(marker: str, needle: bytes = b"", environ: bool = False) -> list[int]:
+    """SIGKILL every process whose command line holds ``needle`` and ``marker`` (a temp path).
+
+    The sections' cleanup: guests (QEMU), dnsmasq and the like a daemon left behind
+    in the bench's temp dir, whatever state the daemon or the bench is in.  With
+    ``environ`` the marker may be in the environment instead (libvirtd's virtlogd,
+    whose XDG_RUNTIME_DIR is in the temp dir).
+    """
+    killed = []
+    mark = marker.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        where = cmdline
+        if environ and mark not in cmdline:
+            try:
+                where = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+        if mark in where and needle in cmdline:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return killed
