@@ -6,9 +6,14 @@ the ratios compare daemons, not runs.  libvirtd is skipped, with the reason
 printed, when /usr/sbin/libvirtd is missing or cannot be started.
 
     .venv/bin/python bench/run.py [--quick] [--json FILE] [--duration S]
-                                  [--no-libvirtd] [--keep]
+                                  [--no-libvirtd] [--keep] [--only test,qemu,storage,network]
+                                  [--skip SECTIONS]
 
-Figures:
+Sections (all by default): test (below), qemu (bench/qemu.py), storage
+(bench/storage.py), network (bench/network.py); each module's docstring says what
+it measures and what libvirtd cannot do here.
+
+Figures of the test section:
   connect+close        libvirt.open(uri) + close(), per op
   getVersion           CONNECT_GET_VERSION round trip, one client
   listAllDomains(200)  CONNECT_LIST_ALL_DOMAINS with 200 extra domains defined
@@ -35,6 +40,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from daemons import Daemon, cpu_seconds, rss_kib, start_libvirtd, start_pyvirtd  # noqa: E402
+from report import render_table  # noqa: E402
+
+SECTIONS = ("test", "qemu", "storage", "network")
 
 N_DOMAINS = 200
 CLIENT_COUNTS = (1, 8, 64)
@@ -233,17 +241,7 @@ def build_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
 
 
 def render(results: dict) -> str:
-    rows = build_rows(results)
-    head = ("measurement", "pyvirtd", "libvirtd", "ratio", "target")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
-    lines = []
-    fmt = lambda r: "| " + " | ".join(  # noqa: E731
-        (c.ljust(widths[i]) if i == 0 or i == 4 else c.rjust(widths[i])) for i, c in enumerate(r)) + " |"
-    lines.append(fmt(head))
-    lines.append("|" + "|".join("-" * (w + 2) if i in (0, 4) else "-" * (w + 1) + ":"
-                               for i, w in enumerate(widths)) + "|")
-    lines.extend(fmt(r) for r in rows)
-    return "\n".join(lines)
+    return render_table(build_rows(results))
 
 
 def machine_info() -> dict:
@@ -271,29 +269,34 @@ def parse_args(argv=None):
     p.add_argument("--clients", type=str, help="comma-separated client counts (default 1,8,64)")
     p.add_argument("--no-libvirtd", action="store_true", help="measure pyvirtd only")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (daemon logs)")
-    return p.parse_args(argv)
+    p.add_argument("--only", type=str, metavar="SECTIONS",
+                   help=f"comma-separated sections to run, of {','.join(SECTIONS)}")
+    p.add_argument("--skip", type=str, metavar="SECTIONS", help="comma-separated sections to leave out")
+    args = p.parse_args(argv)
+    only = args.only.split(",") if args.only else list(SECTIONS)
+    skip = args.skip.split(",") if args.skip else []
+    bad = [x for x in only + skip if x not in SECTIONS]
+    if bad:
+        p.error(f"unknown section(s) {','.join(bad)}; sections are {','.join(SECTIONS)}")
+    args.sections = [x for x in SECTIONS if x in only and x not in skip]
+    return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def test_section(args, results: dict, tmp: Path) -> None:
+    """The test:///default figures (pyvirtd and libvirtd at once, interleaved)."""
     quick = args.quick
     duration = args.duration or (1.0 if quick else 2.0)
-    counts = tuple(int(x) for x in args.clients.split(",")) if args.clients else CLIENT_COUNTS
+    counts = results["client_counts"]
     n_connect = 50 if quick else 300
     n_rt = 2000 if quick else 20000
     n_list = 50 if quick else 300
     n_xml = 500 if quick else 5000
     reps = 2 if quick else 6
     tput_reps = 1 if quick else 3
-    started = time.monotonic()
 
     from workers import Pool
 
-    tmp = Path(tempfile.mkdtemp(prefix="pyvirtd-bench-"))
-    os.chmod(tmp, 0o755)
     daemons: list[Daemon] = []
-    results: dict = {"machine": machine_info(), "loadavg_start": os.getloadavg()[0], "quick": quick, "duration_s": duration,
-                     "client_counts": list(counts), "daemons": {}, "skipped": {}}
     pool = None
     conns: dict = {}
     try:
@@ -399,6 +402,37 @@ def main(argv=None) -> int:
             pool.close()
         for d in daemons:
             d.stop()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    duration = args.duration or (1.0 if args.quick else 2.0)
+    counts = tuple(int(x) for x in args.clients.split(",")) if args.clients else CLIENT_COUNTS
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="pyvirtd-bench-"))
+    os.chmod(tmp, 0o755)
+    results: dict = {"machine": machine_info(), "loadavg_start": os.getloadavg()[0], "quick": args.quick,
+                     "duration_s": duration, "client_counts": list(counts), "sections_run": args.sections,
+                     "daemons": {}, "skipped": {}, "sections": {}}
+    try:
+        if "test" in args.sections:
+            print("== test driver (test:///default)", flush=True)
+            test_section(args, results, tmp)
+        for name in args.sections:
+            if name == "test":
+                continue
+            print(f"== {name}", flush=True)
+            module = __import__(name)
+            t = time.monotonic()
+            try:
+                sec = module.run(tmp, args.quick, not args.no_libvirtd)
+            except Exception as exc:   # one section failing must not hide the others
+                import traceback
+                traceback.print_exc()
+                sec = {"rows": [], "skipped": {name: f"error: {type(exc).__name__}: {exc}"}, "data": {}}
+            sec["elapsed_s"] = round(time.monotonic() - t, 1)
+            results["sections"][name] = sec
+    finally:
         if args.keep:
             print(f"kept {tmp}")
         else:
@@ -408,10 +442,20 @@ def main(argv=None) -> int:
     results["loadavg_end"] = os.getloadavg()[0]
     m = results["machine"]
     print()
-    print(f"pyvirtd vs libvirtd, test:///default, python-libvirt {m['libvirt_client']} client; "
+    print(f"pyvirtd vs libvirtd, python-libvirt {m['libvirt_client']} client; "
           f"{m['nproc']} x {m['cpu']}, Python {m['python']}, {m['date']}")
-    print(render(results))
-    print("ratio = pyvirtd / libvirtd (times: lower is better; calls/s: higher is better)")
+    if "test" in args.sections:
+        print("\ntest:///default")
+        print(render(results))
+    titles = {"qemu": "QEMU (qemu:///session, KVM)", "storage": "storage (dir pools, qemu:///session)",
+              "network": "network (in a network namespace)"}
+    for name, sec in results["sections"].items():
+        print(f"\n{titles.get(name, name)} ({sec['elapsed_s']} s)")
+        if sec["rows"]:
+            print(render_table(sec["rows"]))
+        for k, v in sec["skipped"].items():
+            results["skipped"][k] = v
+    print("\nratio = pyvirtd / libvirtd (times: lower is better; calls/s, MiB/s: higher is better)")
     if results["skipped"]:
         for k, v in results["skipped"].items():
             print(f"{k} skipped: {v.splitlines()[0] if v else v}")
