@@ -57,15 +57,8 @@ _EXIT_REASONS = {"shutdown": (ds.SHUTOFF_SHUTDOWN, ds.STOPPED_SHUTDOWN),
 
 
 @dataclass(eq=False)
-class LxcDomain:
+class LxcDomain(ds.DomainObject):
     """One container (virDomainObj + virLXCDomainObjPrivate)."""
-    definition: domxml.DomainDef
-    persistent: bool = True
-    new_def: domxml.DomainDef | None = None
-    state: int = ds.SHUTOFF
-    reason: int = ds.SHUTOFF_UNKNOWN
-    id: int = -1
-    autostart: bool = False
     controller_pid: int | None = None
     init_pid: int | None = None
     cgroup: dict = field(default_factory=dict)
@@ -75,30 +68,6 @@ class LxcDomain:
     stopped: trio.Event = field(default_factory=trio.Event)
     console: Any = None
     lock: trio.Lock = field(default_factory=trio.Lock)
-    managed_save: bool = False
-    snapshots: dict = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def uuid(self) -> bytes:
-        return self.definition.uuid
-
-    @property
-    def active(self) -> bool:
-        return self.state != ds.SHUTOFF
-
-    @property
-    def persistent_def(self) -> domxml.DomainDef:
-        return self.new_def if self.new_def is not None else self.definition
-
-    def ref(self) -> Any:
-        return P.remote_nonnull_domain(self.name, self.uuid, self.id)
-
-    def set_state(self, state: int, reason: int) -> None:
-        self.state, self.reason = state, reason
 
 
 class ControllerLink:

@@ -72,20 +72,8 @@ _PAUSED_REASONS = {"io-error": ds.PAUSED_IOERROR, "watchdog": ds.PAUSED_WATCHDOG
 
 
 @dataclass(eq=False)
-class QemuDomain:
-    """One guest (libvirt's virDomainObj + qemuDomainObjPrivate).
-
-    ``definition`` is the live definition while the guest runs, else the
-    persistent one; ``new_def`` the persistent one of a running persistent
-    guest.
-    """
-    definition: domxml.DomainDef
-    persistent: bool = True
-    new_def: domxml.DomainDef | None = None
-    state: int = ds.SHUTOFF
-    reason: int = ds.SHUTOFF_UNKNOWN
-    id: int = -1
-    autostart: bool = False
+class QemuDomain(ds.DomainObject):
+    """One guest (libvirt's virDomainObj + qemuDomainObjPrivate)."""
     # runtime, while a QEMU runs
     pid: int | None = None
     monitor: Monitor | None = None
@@ -97,31 +85,6 @@ class QemuDomain:
     own_reset_at: float = 0.0       # when we last sent system_reset (trio clock)
     console: Any = None             # consoles.ConsoleSession holding the console, if any
     lock: trio.Lock = field(default_factory=trio.Lock)
-    # what the listing filters ask about
-    managed_save: bool = False
-    snapshots: dict = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def uuid(self) -> bytes:
-        return self.definition.uuid
-
-    @property
-    def active(self) -> bool:
-        return self.state != ds.SHUTOFF
-
-    @property
-    def persistent_def(self) -> domxml.DomainDef:
-        return self.new_def if self.new_def is not None else self.definition
-
-    def ref(self) -> Any:
-        return P.remote_nonnull_domain(self.name, self.uuid, self.id)
-
-    def set_state(self, state: int, reason: int) -> None:
-        self.state, self.reason = state, reason
 
 
 class QemuDriverState:

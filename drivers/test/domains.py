@@ -31,7 +31,7 @@ from pyvirtd.driver.domains import (  # noqa: E402,F401  (re-exported to the tes
     SHUTOFF_FROM_SNAPSHOT, SHUTOFF_SAVED, SHUTOFF_SHUTDOWN, SHUTOFF_UNKNOWN, STARTED_BOOTED,
     STARTED_FROM_SNAPSHOT, STARTED_RESTORED, STOPPED_DESTROYED, STOPPED_FROM_SNAPSHOT,
     STOPPED_SAVED, STOPPED_SHUTDOWN, SUSPENDED_FROM_SNAPSHOT, SUSPENDED_PAUSED,
-    UNDEFINED_REMOVED, UNDEFINED_RENAMED, filter_by_list_flags, find_for_add,
+    UNDEFINED_REMOVED, UNDEFINED_RENAMED, DomainObject, filter_by_list_flags, find_for_add,
     matches_list_flags as _matches, not_running)
 
 # Flags (virDomainXMLFlags, virDomainModificationImpact, ...).
@@ -66,43 +66,11 @@ def check_flags(flags: int, allowed: int, function: str) -> None:
 
 
 @dataclass(eq=False)
-class Domain:
-    definition: domxml.DomainDef
-    persistent: bool = True
-    new_def: domxml.DomainDef | None = None
-    state: int = SHUTOFF
-    reason: int = SHUTOFF_UNKNOWN
-    id: int = -1
-    autostart: bool = False
-    managed_save: bool = False
-    snapshots: dict = field(default_factory=dict)     # name -> snapshots.Snapshot
+class Domain(DomainObject):
     current_snapshot: str | None = None
     sched_weight: int = SCHED_WEIGHT
     memtune: dict = field(default_factory=dict)
     blkio_weight: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def uuid(self) -> bytes:
-        return self.definition.uuid
-
-    @property
-    def active(self) -> bool:
-        return self.state != SHUTOFF
-
-    @property
-    def persistent_def(self) -> domxml.DomainDef:
-        """The configuration that survives a shutdown."""
-        return self.new_def if self.new_def is not None else self.definition
-
-    def ref(self) -> Any:
-        return P.remote_nonnull_domain(self.name, self.uuid, self.id)
-
-    def set_state(self, state: int, reason: int) -> None:
-        self.state, self.reason = state, reason
 
 
 def new_definition(xml: str) -> domxml.DomainDef:

@@ -11,10 +11,14 @@ clients print them by number, so they must never drift between drivers.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
+
+if TYPE_CHECKING:
+    from pyvirtd.xml.domain import DomainDef
 
 # virDomainState
 NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)
@@ -141,3 +145,46 @@ def find_for_add(domains: Any, new: Any, *, live: bool) -> Any:
                        f"domain '{new.name}' already exists with uuid {existing.definition.uuid_str}",
                        domain=P.VIR_FROM_DOMAIN)
     return None
+
+
+@dataclass(eq=False)
+class DomainObject:
+    """What every driver keeps per domain (libvirt's virDomainObj).
+
+    ``definition`` is the live definition while the domain runs, else the
+    persistent one; ``new_def`` holds the persistent one of a running
+    persistent domain.  Drivers subclass it with their runtime fields.
+    """
+    definition: "DomainDef"
+    persistent: bool = True
+    new_def: "DomainDef | None" = None
+    state: int = SHUTOFF
+    reason: int = SHUTOFF_UNKNOWN
+    id: int = -1
+    autostart: bool = False
+    # what the listing filters ask about
+    managed_save: bool = False
+    snapshots: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def uuid(self) -> bytes:
+        return self.definition.uuid
+
+    @property
+    def active(self) -> bool:
+        return self.state != SHUTOFF
+
+    @property
+    def persistent_def(self) -> "DomainDef":
+        """The configuration that survives a shutdown."""
+        return self.new_def if self.new_def is not None else self.definition
+
+    def ref(self) -> Any:
+        return P.remote_nonnull_domain(self.name, self.uuid, self.id)
+
+    def set_state(self, state: int, reason: int) -> None:
+        self.state, self.reason = state, reason
