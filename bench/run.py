@@ -9,7 +9,7 @@ printed, when /usr/sbin/libvirtd is missing or cannot be started.
                                   [--no-libvirtd] [--keep] [--only test,qemu,storage,network]
                                   [--skip SECTIONS]
 
-Sections (all by default): test (below), qemu (bench/qemu.py), storage
+Sections (all by default): test (below), qemu (bench/section_qemu.py), storage
 (bench/storage.py), network (bench/network.py); each module's docstring says what
 it measures and what libvirtd cannot do here.
 
@@ -422,7 +422,9 @@ def main(argv=None) -> int:
             if name == "test":
                 continue
             print(f"== {name}", flush=True)
-            module = __import__(name)
+            # section modules carry a prefix: a bench/section_qemu.py would shadow the
+            # qemu.qmp package for anything run from this folder
+            module = __import__(f"section_{name}")
             t = time.monotonic()
             try:
                 sec = module.run(tmp, args.quick, not args.no_libvirtd)

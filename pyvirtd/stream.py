@@ -87,9 +87,13 @@ class Stream:
         if self.closed:
             return
         view = memoryview(data)
+        h = self.header
+        send = self.client.send
         for start in range(0, len(view), frame.STREAM_CHUNK):
-            self.client.send(self._packet(frame.STREAM, frame.CONTINUE,
-                                          bytes(view[start:start + frame.STREAM_CHUNK])))
+            piece = view[start:start + frame.STREAM_CHUNK]
+            send(frame.head(h.prog, h.vers, h.proc, frame.STREAM, h.serial, frame.CONTINUE,
+                            len(piece)))
+            send(piece)   # appended to the outbox as it is: one copy, not three
 
     def send_hole(self, length: int) -> None:
         if not self.closed:
@@ -139,7 +143,7 @@ class Stream:
             length, _flags = _HOLE.unpack_from(packet.body)
             self._queue.append(Hole(length))
         elif h.status == frame.CONTINUE:
-            data = bytes(packet.body)
+            data = packet.body.obj   # the bytes FrameReader copied the body into
             if data:
                 self._queue.append(data)
                 self._queued_bytes += len(data)

@@ -118,8 +118,10 @@ class FrameReader:
                 if nfds > NUM_FDS_MAX:
                     raise ProtocolError(f"{nfds} file descriptors exceed {NUM_FDS_MAX}")
                 body_start += 4
-            # copy the body out: the buffer is compacted below
-            body = memoryview(bytes(buf[body_start:pos + length]))
+            # copy the body out (once: a bytearray slice would copy twice); the
+            # buffer is compacted below, so no view of it may outlive this loop
+            with memoryview(buf) as whole:
+                body = memoryview(whole[body_start:pos + length].tobytes())
             out.append(Packet(Header(prog, vers, proc, typ, serial, status), body, nfds))
             pos += length
             self._skip = nfds
@@ -143,6 +145,17 @@ def build(prog: int, vers: int, proc: int, typ: int, serial: int, status: int,
         pack(value, out)
     _PACKET_HEAD.pack_into(out, 0, len(out), prog, vers, proc, typ, serial, status)
     return out
+
+
+def head(prog: int, vers: int, proc: int, typ: int, serial: int, status: int,
+         body_len: int) -> bytes:
+    """The length word and header of a packet whose body of ``body_len`` bytes follows.
+
+    Lets large raw bodies (stream data) be queued as they are, without being
+    copied into one packet first.
+    """
+    return _PACKET_HEAD.pack(LENGTH_SIZE + HEADER_SIZE + body_len,
+                             prog, vers, proc, typ, serial, status)
 
 
 def build_raw(prog: int, vers: int, proc: int, typ: int, serial: int, status: int,
