@@ -116,10 +116,13 @@ def _add_listeners(daemon: Daemon, paths: Paths, config: Config, listen: bool) -
             log.warning("--listen given but neither listen_tls nor listen_tcp is enabled")
 
 
-def _banner(paths: Paths) -> str:
+def _banner(paths: Paths, privileged: bool) -> str:
     rw, ro, admin = paths.sock_rw, paths.sock_ro, paths.sock_admin
+    qemu = "system" if privileged else "session"
     return (f"pyvirtd {__version__} ready\n"
             f"  virsh -c 'test+unix:///default?socket={rw}' list --all\n"
+            f"  virsh -c 'qemu+unix:///{qemu}?socket={rw}' list --all\n"
+            f"  virsh -c 'lxc+unix:///system?socket={rw}' list --all\n"
             f"  virsh -c 'test+unix:///default?socket={ro}' list --all   (read-only)\n"
             f"  virt-admin -c 'libvirtd+unix:///system?socket={admin}' srv-list\n")
 
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(f"{os.getpid()}\n")
     try:
-        trio.run(_run, daemon, config_path, args.timeout, _banner(paths))
+        trio.run(_run, daemon, config_path, args.timeout, _banner(paths, privileged))
     except KeyboardInterrupt:
         pass
     finally:
