@@ -19,7 +19,21 @@ phase() { echo "$(cut -d' ' -f1 /proc/uptime) $*" >>/lab/phases; echo "=== $*"; 
 # (in the background, while the services start; see tests/lab/install_wheels.py)
 phase venv
 python3 -m venv --without-pip --system-site-packages /opt/venv
-/opt/venv/bin/python /src/tests/lab/install_wheels.py /lab/wheels/*.whl >/tmp/install.log 2>&1 &
+# then start pyvirtd (the inside tests adopt it: LAB_DAEMON_ROOT) and compile
+# what pytest imports, while the services come up: under TCG, Python's start-up
+# and the QEMU driver's capability probe take tens of seconds each
+SITE=$(python3 -c 'import sysconfig; print(sysconfig.get_paths(vars={"base": "/opt/venv", "platbase": "/opt/venv"})["purelib"])')
+export LAB_DAEMON_ROOT=/tmp/lab-daemon
+(
+    /opt/venv/bin/python /src/tests/lab/install_wheels.py /lab/wheels/*.whl || exit 1
+    mkdir -p $LAB_DAEMON_ROOT
+    cd / && setsid /opt/venv/bin/python -m pyvirtd.cli --root $LAB_DAEMON_ROOT \
+        >$LAB_DAEMON_ROOT/daemon.log 2>&1 </dev/null &
+    echo $! >$LAB_DAEMON_ROOT/pid
+    for pkg in _pytest pytest pluggy pytest_trio iniconfig packaging; do
+        /opt/venv/bin/python -m compileall -q "$SITE/$pkg" >/dev/null
+    done
+) >/tmp/install.log 2>&1 &
 INSTALL=$!
 
 phase services
@@ -28,9 +42,11 @@ for m in dm_mod dm_snapshot dm_thin_pool iscsi_tcp sd_mod nfsd nfs nfsv3 nfsv4; 
 done
 mkdir -p /run/udev /run/lvm /run/lock/lvm /var/lib/nfs/rpc_pipefs /run/rpcbind
 /lib/systemd/systemd-udevd --daemon
-udevadm trigger --action=add >/dev/null 2>&1
+udevadm trigger --action=add --subsystem-match=block >/dev/null 2>&1
 udevadm settle --timeout=30
 
+# the iSCSI target and the NFS server come up side by side (each takes seconds under TCG)
+(
 # iSCSI target: tgtd on loopback, two file-backed LUNs
 IQN=iqn.2024-01.lab.pyvirtd:store
 mkdir -p /var/lib/lab
@@ -43,7 +59,9 @@ tgtadm --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store /
 tgtadm --lld iscsi --mode logicalunit --op new --tid 1 --lun 2 --backing-store /var/lib/lab/lun2.img
 tgtadm --lld iscsi --mode target --op bind --tid 1 --initiator-address ALL
 iscsid
-
+) &
+ISCSI=$!
+(
 # NFS server: two exports (one for the lifecycle test, one for the dead-server case)
 mkdir -p /srv/nfs/a /srv/nfs/b
 cat >/etc/exports <<'EOF'
@@ -60,6 +78,10 @@ rpc.statd --no-notify
 exportfs -ra
 rpc.mountd
 rpc.nfsd 4
+) &
+NFS=$!
+wait $ISCSI $NFS
+phase "services up"
 
 wait $INSTALL || { cat /tmp/install.log; echo "installing the wheels failed"; exit 3; }
 phase installed
@@ -71,7 +93,7 @@ cp -r /src/tests /src/pyproject.toml /tmp/work/
 cd /tmp/work
 ARGS=$(cat /lab/args 2>/dev/null || echo tests/lab/inside)
 LAB_GUEST=1 timeout "${LAB_TEST_TIMEOUT:-400}" \
-    /opt/venv/bin/python -m pytest -p no:cacheprovider -v -rA $ARGS \
+    /opt/venv/bin/python -m pytest -p no:cacheprovider -v -rA --durations=0 $ARGS \
     --junitxml=/lab/junit.xml >/lab/pytest.log 2>&1
 rc=$?
 phase "done rc=$rc"

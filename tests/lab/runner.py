@@ -137,7 +137,10 @@ def ensure_image(log=print) -> dict[str, Path]:
         except subprocess.TimeoutExpired:
             rc = "timeout"
     if rc != 0:
-        tail = _tail(logpath.read_text(errors="replace"), 6)
+        text = logpath.read_text(errors="replace")
+        # debootstrap's own errors ("E: Failed getting release file ...") say it best
+        errors = [line for line in text.splitlines() if line.startswith(("E:", "W:"))]
+        tail = "\n".join(errors[-4:]) if errors else _tail(text, 6)
         raise LabUnavailable(f"the lab image could not be built (exit {rc}; {logpath}):\n{tail}")
     log(f"lab image built in {time.monotonic() - t0:.0f} s")
     return files

@@ -7,6 +7,8 @@ because the image carries qemu-system-x86, though no guest runs here.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, RunningDaemon, stop_daemon, virsh
+from tests.conftest import REPO, RunningDaemon, VirshResult, stop_daemon
 
 IQN = "iqn.2024-01.lab.pyvirtd:store"     # tests/lab/guest_job.sh's target
 
@@ -43,8 +45,15 @@ class Lab:
         self.daemon = daemon
         self.uri = daemon.uri("qemu:///session")
 
-    def virsh(self, commands: str, timeout: float = 60):
-        return virsh(self.uri, commands, timeout=timeout)
+    def virsh(self, commands: str, timeout: float = 120) -> VirshResult:
+        """One virsh invocation.  Not tests.conftest.virsh: its 10 s exit-hang
+        guard (a virsh bug after save/managedsave) would interrupt a batch of
+        LVM commands under TCG, which can take longer than that."""
+        env = dict(os.environ, LC_ALL="C", LANG="C")
+        env.pop("LIBVIRT_DEFAULT_URI", None)
+        p = subprocess.run(["virsh", "-c", self.uri, commands], capture_output=True,
+                           text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+        return VirshResult(p.returncode, p.stdout, p.stderr)
 
     def ok(self, commands: str) -> str:
         r = self.virsh(commands)
@@ -57,9 +66,59 @@ class Lab:
         return r.err
 
 
+class Adopted:
+    """A daemon the job script started (a Popen look-alike for RunningDaemon)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                self.returncode = -1
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout or 3600)
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.1)
+        return self.returncode
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+
+def adopt_daemon(root: Path, timeout: float = 120) -> RunningDaemon:
+    """The pyvirtd tests/lab/guest_job.sh started while the services came up."""
+    pidfile = root / "pid"
+    deadline = time.monotonic() + timeout
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    d = RunningDaemon(root, Adopted(int(pidfile.read_text())))
+    while time.monotonic() < deadline:
+        if d.proc.poll() is not None:
+            raise RuntimeError(f"pyvirtd exited:\n{d.log()}")
+        if d.sock.exists() and b"ready" in (root / "daemon.log").read_bytes():
+            return d
+        time.sleep(0.1)
+    raise RuntimeError(f"pyvirtd did not start:\n{d.log()}")
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):
-    d = start_daemon(tmp_path_factory.mktemp("pyvirtd"))
+    adopted = os.environ.get("LAB_DAEMON_ROOT")
+    if adopted:
+        d = adopt_daemon(Path(adopted))
+    else:
+        d = start_daemon(tmp_path_factory.mktemp("pyvirtd"))
     yield Lab(d)
     stop_daemon(d)
     print(d.log()[-4000:])

@@ -23,10 +23,11 @@ def test_iscsi_pool_lifecycle(lab) -> None:
     listing = lab.ok("vol-list lun")
     assert f" unit:0:0:1   {BY_PATH}-lun-1" in listing, listing
     assert f" unit:0:0:2   {BY_PATH}-lun-2" in listing, listing
-    info = lab.ok("vol-info unit:0:0:1 --pool lun")
-    assert "Type:           block" in info and "Capacity:       64.00 MiB" in info
-    assert "Capacity:       32.00 MiB" in lab.ok(f"vol-info --vol {BY_PATH}-lun-2")
-    assert "Capacity:       96.00 MiB" in lab.ok("pool-info lun")
+    info = lab.ok("vol-info unit:0:0:1 --pool lun; echo ==; "
+                  f"vol-info --vol {BY_PATH}-lun-2; echo ==; pool-info lun").split("==")
+    assert "Type:           block" in info[0] and "Capacity:       64.00 MiB" in info[0]
+    assert "Capacity:       32.00 MiB" in info[1]
+    assert "Capacity:       96.00 MiB" in info[2]
     assert "storage pool does not support volume creation" in lab.fails(
         "vol-create-as lun new 1M")
     assert "storage pool does not support vol deletion" in lab.fails(
@@ -40,7 +41,6 @@ def test_iscsi_pool_lifecycle(lab) -> None:
     with open("/var/lib/lab/lun2.img", "rb") as f:
         assert f.read(len(data)) == data
 
-    lab.ok("pool-refresh lun")
-    assert "Pool lun destroyed" in lab.ok("pool-destroy lun")
+    assert "Pool lun destroyed" in lab.ok("pool-refresh lun; pool-destroy lun")
     assert IQN not in sh("iscsiadm", "--mode", "session", check=False)
     assert "Pool lun has been undefined" in lab.ok("pool-undefine lun")

@@ -25,26 +25,23 @@ def test_netfs_pool_lifecycle(lab) -> None:
     assert "Pool nfsa defined" in lab.ok(
         "pool-define-as nfsa netfs --source-host 127.0.0.1 --source-path /srv/nfs/a "
         "--source-format nfs --target /mnt/nfsa")
-    assert "Pool nfsa built" in lab.ok("pool-build nfsa")
-    assert os.path.isdir("/mnt/nfsa")
-    assert "Pool nfsa started" in lab.ok("pool-start nfsa")
+    out = lab.ok("pool-build nfsa; pool-start nfsa")
+    assert "Pool nfsa built" in out and "Pool nfsa started" in out
     where = mounted("/mnt/nfsa")
     assert where is not None and where.startswith("127.0.0.1:/srv/nfs/a nfs"), where
 
-    assert "Vol v1 created" in lab.ok("vol-create-as nfsa v1 8M --format qcow2")
-    lab.ok("vol-create-as nfsa v2 4M")
+    out = lab.ok("vol-create-as nfsa v1 8M --format qcow2; vol-create-as nfsa v2 4M; "
+                 "vol-list nfsa; vol-info v1 --pool nfsa; vol-dumpxml v1 --pool nfsa")
+    assert "Vol v1 created" in out
     assert os.path.exists("/srv/nfs/a/v1") and os.path.exists("/srv/nfs/a/v2")   # server side
-    listing = lab.ok("vol-list nfsa")
-    assert " v1     /mnt/nfsa/v1" in listing and " v2     /mnt/nfsa/v2" in listing
-    info = lab.ok("vol-info v1 --pool nfsa")
-    assert "Type:           file" in info and "Capacity:       8.00 MiB" in info
-    assert "<format type='qcow2'/>" in lab.ok("vol-dumpxml v1 --pool nfsa")
+    assert " v1     /mnt/nfsa/v1" in out and " v2     /mnt/nfsa/v2" in out
+    assert "Type:           file" in out and "Capacity:       8.00 MiB" in out
+    assert "<format type='qcow2'/>" in out
 
     # a file made on the server shows up after a refresh
     with open("/srv/nfs/a/fromserver", "wb") as f:
         f.truncate(1024 * 1024)
-    lab.ok("pool-refresh nfsa")
-    assert "fromserver" in lab.ok("vol-list nfsa")
+    assert "fromserver" in lab.ok("pool-refresh nfsa; vol-list nfsa")
 
     assert "Vol v1 deleted" in lab.ok("vol-delete v1 --pool nfsa")
     assert not os.path.exists("/srv/nfs/a/v1")
