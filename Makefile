@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV := .venv
 PROTOCOL_JSON ?= ../shared/reference/libvirt-rpc.json
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= tests
 
 # Debian packages the tests need:
 #   libvirt-dev, pkg-config, gcc  build libvirt-python from source
@@ -32,6 +32,11 @@ DEB_PACKAGES += libkrb5-dev krb5-kdc krb5-admin-server krb5-user \
 # polkit tests: polkitd on a private system bus (dbus-daemon, dbus-send), in its
 # own mount namespace (unshare, from util-linux)
 DEB_PACKAGES += polkitd dbus-daemon dbus-bin util-linux
+# mDNS test: two network namespaces joined by a veth pair
+DEB_PACKAGES += iproute2
+# virt-manager under Xvfb (tests/integration/qemu/test_virt_manager.py): its own dbus
+# session, a screenshot with ImageMagick's import
+DEB_PACKAGES += virt-manager xvfb imagemagick dbus-x11
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.
@@ -69,10 +74,11 @@ run: venv
 	$(VENV)/bin/pyvirtd --root $(CURDIR)/.pyvirtd
 
 test: deps venv
-	$(VENV)/bin/python -m pytest -q tests $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 bench: deps venv
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/tls.py
 
 gen: venv
 	$(VENV)/bin/python tools/gen_protocol.py $(PROTOCOL_JSON) pyvirtd/rpc/_generated.py
