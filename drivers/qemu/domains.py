@@ -182,16 +182,7 @@ class DomainMixin:
         new = new_definition(drv, xml)
         existing = ds.find_for_add(drv.domains, new, live=False)
         await drv.save_config(new)
-        if existing is None:
-            dom = drv.domains[new.name] = QemuDomain(new, persistent=True)
-        else:
-            dom = existing
-            if dom.active:
-                dom.new_def = new
-            else:
-                dom.definition = new
-        replaced = existing is not None and existing.persistent
-        dom.persistent = True
+        dom, replaced = ds.install_definition(drv.domains, new, existing, QemuDomain)
         drv.emit(dom, ds.EV_DEFINED, ds.DEFINED_UPDATED if replaced else ds.DEFINED_ADDED)
         return dom.ref()
 
@@ -205,16 +196,7 @@ class DomainMixin:
         if not dom.persistent:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot undefine transient domain",
                            domain=P.VIR_FROM_QEMU)
-        async with dom.lock:
-            await trio.to_thread.run_sync(drv.store.delete_config, dom.name)
-            drv.emit(dom, ds.EV_UNDEFINED, ds.UNDEFINED_REMOVED)
-            dom.autostart = False
-            if dom.active:
-                dom.persistent = False
-                dom.new_def = None
-                await drv.save_status(dom)
-            else:
-                drv.domains.pop(dom.name, None)
+        await ds.undefine(drv, dom)
 
     # -- lifecycle --------------------------------------------------------
     async def domain_create(self, ref: Any) -> Any:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
+import trio
+
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
@@ -188,3 +190,41 @@ class DomainObject:
 
     def set_state(self, state: int, reason: int) -> None:
         self.state, self.reason = state, reason
+
+
+def install_definition(domains: dict, new: "DomainDef", existing: Any,
+                       make: Any) -> tuple[Any, bool]:
+    """Make ``new`` a domain's persistent definition (the define path of virDomainObjListAdd).
+
+    ``existing`` is what `find_for_add` found (or None); ``make(defn, persistent=True)``
+    builds the driver's domain object for a new name.  A running domain keeps
+    its live definition and gets ``new`` as the next one.  Returns the domain
+    and whether a persistent definition was replaced (DEFINED_UPDATED).
+    """
+    if existing is None:
+        dom = domains[new.name] = make(new, persistent=True)
+    elif existing.active:
+        dom, dom.new_def = existing, new
+    else:
+        dom, dom.definition = existing, new
+    replaced = existing is not None and existing.persistent
+    dom.persistent = True
+    return dom, replaced
+
+
+async def undefine(drv: Any, dom: Any) -> None:
+    """Forget a domain's persistent definition; a running one lives on as transient.
+
+    ``drv`` is a driver state with ``domains``, ``store.delete_config``,
+    ``emit`` and ``save_status`` (the QEMU and LXC drivers).
+    """
+    async with dom.lock:
+        await trio.to_thread.run_sync(drv.store.delete_config, dom.name)
+        drv.emit(dom, EV_UNDEFINED, UNDEFINED_REMOVED)
+        dom.autostart = False
+        if dom.active:
+            dom.persistent = False
+            dom.new_def = None
+            await drv.save_status(dom)
+        else:
+            drv.domains.pop(dom.name, None)
