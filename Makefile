@@ -37,6 +37,8 @@ DEB_PACKAGES += iproute2
 # virt-manager under Xvfb (tests/integration/qemu/test_virt_manager.py): its own dbus
 # session, a screenshot with ImageMagick's import
 DEB_PACKAGES += virt-manager xvfb imagemagick dbus-x11
+# make bench's network section: the libvirtd it compares with writes its rules with iptables
+DEB_PACKAGES += iptables
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.

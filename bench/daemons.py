@@ -42,6 +42,11 @@ class Daemon:
         """qemu:///session on this daemon: QEMU guests, storage pools, networks."""
         return f"qemu+unix:///session?socket={self.sock}"
 
+    @property
+    def system_uri(self) -> str:
+        """qemu:///system on this daemon (a root daemon's networks, pools, guests)."""
+        return f"qemu+unix:///system?socket={self.sock}"
+
     def owner(self) -> tuple[int, int] | None:
         """(uid, gid) the daemon runs as when it is not the bench's own user."""
         if "user" in self.popen_kw:
@@ -240,4 +245,82 @@ def kill_marked(marker: str, needle: bytes = b"", environ: bool = False) -> list
                 killed.append(int(entry))
             except ProcessLookupError:
                 pass
+    return killed
+
+
+# The extra users a root libvirtd looks up at start (qemu.conf's user and
+# swtpm_user, the network driver's dnsmasq user); Debian's libvirt-daemon-system
+# creates them, but the bench installs only libvirt-daemon.
+_SYSTEM_USERS = (("libvirt-qemu", 64055), ("libvirt-dnsmasq", 64056))
+_SYSTEM_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt", "/var/cache/libvirt",
+                "/var/log/libvirt")
+
+
+def start_system_libvirtd(root: Path, netns: str) -> Daemon | str:
+    """Debian's libvirtd as root (qemu:///system), fenced off from the host, or why not.
+
+    A root libvirtd is the system daemon: its state lives in fixed places
+    (/run/libvirt, /var/lib/libvirt, /etc/libvirt, ...).  It runs here in a
+    private mount namespace where each of those is a bind mount of a directory
+    under ROOT, and in the network namespace NETNS, so the bridges, firewall
+    rules and dnsmasq it makes stay there.  /etc/passwd and /etc/group are
+    overlaid the same way with the users it expects.  Its socket is reached
+    from outside at ROOT/run/libvirt-sock (a unix socket path works across
+    mount namespaces).
+    """
+    if not LIBVIRTD.exists():
+        return f"{LIBVIRTD} is not installed"
+    if os.geteuid() != 0:
+        return "a system libvirtd needs root"
+    if not shutil.which("unshare"):
+        return "unshare (util-linux) is not installed"
+    root.mkdir(parents=True, exist_ok=True)
+    passwd = Path("/etc/passwd").read_text()
+    group = Path("/etc/group").read_text()
+    for name, uid in _SYSTEM_USERS:
+        if f"\n{name}:" not in "\n" + passwd:
+            passwd += f"{name}:x:{uid}:{uid}::/var/lib/libvirt:/usr/sbin/nologin\n"
+        if f"\n{name}:" not in "\n" + group:
+            group += f"{name}:x:{uid}:\n"
+    (root / "passwd").write_text(passwd)
+    (root / "group").write_text(group)
+    mounts = []
+    for target in _SYSTEM_DIRS:
+        src = root / target.strip("/").replace("/", "-")
+        src.mkdir(exist_ok=True)
+        mounts.append(f"mkdir -p {target} && mount --bind {src} {target}")
+    mounts += [f"mount --bind {root}/passwd /etc/passwd", f"mount --bind {root}/group /etc/group"]
+    script = " && ".join(["mount --make-rprivate /", *mounts,
+                          f"exec {LIBVIRTD} --timeout 300"])
+    argv = ["ip", "netns", "exec", netns, "unshare", "-m", "sh", "-c", script]
+    log_path = root / "libvirtd.log"
+    logf = open(log_path, "wb")
+    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            cwd=root)
+    logf.close()
+    d = Daemon("libvirtd", proc, root, root / "run-libvirt" / "libvirt-sock", log_path,
+               pid=proc.pid, argv=argv, popen_kw=dict(cwd=root))
+    try:
+        _wait_connectable(d, lambda: True)
+    except RuntimeError as exc:
+        return str(exc)
+    return d
+
+
+def kill_netns(netns: str) -> list[int]:
+    """SIGKILL every process inside network namespace NETNS (its daemons, dnsmasq)."""
+    try:
+        target = os.stat(f"/run/netns/{netns}").st_ino
+    except OSError:
+        return []
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == target:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+        except OSError:
+            pass
     return killed

@@ -1,15 +1,16 @@
 """Network section of `make bench`: net-start + net-destroy of an isolated network with DHCP.
 
-pyvirtd runs as root inside a network namespace the section makes (`ip netns exec`),
-so the bridge, its address, the firewall rules and dnsmasq all live there and
-nothing touches the host's network.  Measured with python-libvirt: network.create()
-(bridge + address + rules + dnsmasq) and network.destroy(), N times each.
+Each daemon runs as root inside a network namespace of its own that the
+section makes, so the bridge, its address, the firewall rules and dnsmasq all
+live there and nothing touches the host's network.  pyvirtd runs as
+`pyvirtd --root DIR`; Debian's libvirtd runs as the system daemon fenced off
+in a private mount namespace as well (daemons.start_system_libvirtd), since
+only a root libvirtd may create bridges.  Measured with python-libvirt:
+network.create() (bridge + address + rules + dnsmasq) and network.destroy(),
+N times each (qemu:///session on pyvirtd --root, qemu:///system on libvirtd).
 
-libvirtd is not measured: in session mode, as the unprivileged bench user, its
-network driver cannot create a bridge ("error creating bridge interface ...:
-Operation not permitted"), and a root libvirtd would be the system daemon (it
-would take /run/libvirt and /etc/libvirt, and Debian's libvirt 9.0 also wants
-iptables and a libvirt-dnsmasq user, neither installed here).
+libvirt 9.0 writes its rules with iptables (Debian's iptables-nft); pyvirtd
+writes one nftables table.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from daemons import Daemon, kill_marked, start_pyvirtd
+from daemons import Daemon, kill_netns, start_pyvirtd, start_system_libvirtd
 from report import row
 
 NET_XML = """<network>
@@ -33,8 +34,62 @@ NET_XML = """<network>
 </network>
 """
 
-LIBVIRTD_REASON = ("session libvirtd (unprivileged) cannot create a bridge; "
-                   "a root libvirtd would be the host's system daemon")
+
+def _measure(uri: str, n: int) -> dict:
+    """Median start/destroy times of NET_XML over N rounds, after one warm-up."""
+    import libvirt
+    conn = libvirt.open(uri)
+    net = None
+    try:
+        net = conn.networkDefineXML(NET_XML)
+        net.create()
+        net.destroy()
+        starts, destroys = [], []
+        for _ in range(n):
+            t = time.perf_counter()
+            net.create()
+            t1 = time.perf_counter()
+            net.destroy()
+            t2 = time.perf_counter()
+            starts.append(t1 - t)
+            destroys.append(t2 - t1)
+        return {"start_ms": statistics.median(starts) * 1000,
+                "destroy_ms": statistics.median(destroys) * 1000,
+                "total_ms": statistics.median([a + b for a, b in zip(starts, destroys)]) * 1000}
+    finally:
+        if net is not None:
+            try:
+                if net.isActive():
+                    net.destroy()
+                net.undefine()
+            except libvirt.libvirtError:
+                pass
+        conn.close()
+
+
+def _one(name: str, base: Path, n: int, res: dict, log) -> None:
+    """Start daemon NAME in a fresh network namespace, measure, tear everything down."""
+    ns = f"pyvirtd-bench-{name}-{os.getpid()}"
+    d: Daemon | str | None = None
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        if name == "pyvirtd":
+            d = start_pyvirtd(base / name, wrap=["ip", "netns", "exec", ns])
+        else:
+            d = start_system_libvirtd(base / name, ns)
+        if isinstance(d, str):
+            res["skipped"][f"{name} (network)"] = d
+            return
+        uri = d.session_uri if name == "pyvirtd" else d.system_uri
+        data = res["data"][name] = _measure(uri, n)
+        log(f"  {name:8} net-start p50 {data['start_ms']:.1f} ms, net-destroy p50 "
+            f"{data['destroy_ms']:.1f} ms (n={n}, in netns {ns})")
+    finally:
+        if isinstance(d, Daemon):
+            d.stop()
+        kill_netns(ns)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def run(tmp: Path, quick: bool, with_libvirtd: bool, log=print) -> dict:
@@ -49,55 +104,18 @@ def run(tmp: Path, quick: bool, with_libvirtd: bool, log=print) -> dict:
         if not shutil.which(tool):
             res["skipped"]["network"] = f"{tool} is not installed"
             return res
-    if with_libvirtd:
-        res["skipped"]["libvirtd (network)"] = LIBVIRTD_REASON
     n = 3 if quick else 10
     base = tmp / "network"
     base.mkdir()
-    ns = f"pyvirtd-bench-{os.getpid()}"
-    d: Daemon | None = None
-    conn = net = None
-    try:
-        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
-        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
-        d = start_pyvirtd(base / "pyvirtd", wrap=["ip", "netns", "exec", ns])
-        conn = libvirt.open(d.session_uri)
-        net = conn.networkDefineXML(NET_XML)
-        net.create()            # warm-up
-        net.destroy()
-        starts, destroys = [], []
-        for _ in range(n):
-            t = time.perf_counter()
-            net.create()
-            t1 = time.perf_counter()
-            net.destroy()
-            t2 = time.perf_counter()
-            starts.append(t1 - t)
-            destroys.append(t2 - t1)
-        data = res["data"]["pyvirtd"] = {
-            "start_ms": statistics.median(starts) * 1000,
-            "destroy_ms": statistics.median(destroys) * 1000,
-            "total_ms": statistics.median([a + b for a, b in zip(starts, destroys)]) * 1000}
-        log(f"  pyvirtd  net-start p50 {data['start_ms']:.1f} ms, net-destroy p50 "
-            f"{data['destroy_ms']:.1f} ms (n={n}, in netns {ns})")
-    finally:
-        if net is not None:
-            try:
-                if net.isActive():
-                    net.destroy()
-                net.undefine()
-            except libvirt.libvirtError:
-                pass
-        if conn is not None:
-            conn.close()
-        if d is not None:
-            d.stop()
-        kill_marked(str(base), b"dnsmasq")
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-    lv = "n/a" if with_libvirtd else "not run"
-    py = res["data"].get("pyvirtd", {})
-    res["rows"] += [row("net-start isolated+DHCP, ms (median)", py.get("start_ms"), lv),
-                    row("net-destroy, ms (median)", py.get("destroy_ms"), lv),
-                    row("net-start + net-destroy, ms (median)", py.get("total_ms"), lv)]
+    _one("pyvirtd", base, n, res, log)
+    if with_libvirtd:
+        _one("libvirtd", base, n, res, log)
+    py, lv = res["data"].get("pyvirtd", {}), res["data"].get("libvirtd", {})
+    missing = "n/a" if with_libvirtd else "not run"
+    res["rows"] += [row("net-start isolated+DHCP, ms (median)", py.get("start_ms"),
+                        lv.get("start_ms", missing)),
+                    row("net-destroy, ms (median)", py.get("destroy_ms"),
+                        lv.get("destroy_ms", missing)),
+                    row("net-start + net-destroy, ms (median)", py.get("total_ms"),
+                        lv.get("total_ms", missing), max_ratio=1)]
     return res
