@@ -153,6 +153,37 @@ def counters(paths: dict[str, str]) -> dict[str, int]:
     return out
 
 
+def set_frozen(paths: dict[str, str], frozen: bool, timeout: float = 5.0) -> bool:
+    """Freeze or thaw every process of the group; whether it got there in time.
+
+    v1 writes ``freezer.state`` (FROZEN/THAWED) and reads it back, since a
+    group reports FREEZING until its last task stops; v2 writes ``cgroup.freeze``
+    and reads the ``frozen`` line of ``cgroup.events``.
+    """
+    if "unified" in paths:
+        d = Path(paths["unified"])
+        _write(d / "cgroup.freeze", "1" if frozen else "0")
+        want = f"frozen {int(frozen)}"
+        done = lambda: want in (d / "cgroup.events").read_text().splitlines()  # noqa: E731
+    else:
+        state = Path(paths["freezer"]) / "freezer.state"
+        want = "FROZEN" if frozen else "THAWED"
+        _write(state, want)
+        done = lambda: state.read_text().strip() == want  # noqa: E731
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def is_frozen(paths: dict[str, str]) -> bool:
+    if "unified" in paths:
+        return "frozen 1" in (read(paths, "unified", "cgroup.events") or "").splitlines()
+    return read(paths, "freezer", "freezer.state") == "FROZEN"
+
+
 def kill_all(paths: dict[str, str], sig: int = 9) -> None:
     """Signal every process left in the group (a controller that died uncleanly)."""
     for d in paths.values():
@@ -167,6 +198,9 @@ def kill_all(paths: dict[str, str], sig: int = 9) -> None:
                 os.kill(int(pid), sig)
             except (ProcessLookupError, ValueError):
                 pass
+    if paths.get("freezer") and is_frozen(paths):
+        # a frozen v1 group holds even SIGKILL back until it thaws
+        set_frozen(paths, False)
 
 
 def remove(paths: dict[str, str], timeout: float = 5.0) -> None:

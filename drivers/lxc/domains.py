@@ -256,6 +256,51 @@ class DomainMixin:
                 raise ds.not_running()
             await self.driver.shutdown_domain(dom)
 
+    async def domain_suspend(self, ref: Any) -> None:
+        """Freeze the container's cgroup (lxcDomainSuspend); already paused is fine."""
+        dom = self._active(ref)
+        async with dom.lock:
+            if not dom.active:
+                raise ds.not_running()
+            if dom.state == ds.PAUSED:
+                return
+            if not await self._freeze(dom, True):
+                raise VirError(P.VIR_ERR_OPERATION_FAILED, "Suspend operation failed",
+                               domain=_FROM)
+            dom.set_state(ds.PAUSED, ds.PAUSED_USER)
+            self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
+            await self.driver.save_status(dom)
+
+    async def domain_resume(self, ref: Any) -> None:
+        """Thaw the container's cgroup (lxcDomainResume)."""
+        dom = self._active(ref)
+        async with dom.lock:
+            if not dom.active:
+                raise ds.not_running()
+            if dom.state == ds.RUNNING:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
+                               domain=_FROM)
+            if not await self._freeze(dom, False):
+                raise VirError(P.VIR_ERR_OPERATION_FAILED, "Resume operation failed",
+                               domain=_FROM)
+            dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
+            self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
+            await self.driver.save_status(dom)
+
+    @staticmethod
+    async def _freeze(dom: LxcDomain, frozen: bool) -> bool:
+        """Whether the freezer got the whole container there; a half-frozen one is thawed."""
+        def change() -> bool:
+            try:
+                if cgroup.set_frozen(dom.cgroup, frozen):
+                    return True
+                if frozen:
+                    cgroup.set_frozen(dom.cgroup, False)
+            except (OSError, KeyError):
+                pass
+            return False
+        return await trio.to_thread.run_sync(change)
+
     # -- console
     def domain_open_console(self, stream: Stream, ref: Any, dev_name: str | None, flags: int) -> None:
         check_flags(flags, CONSOLE_FORCE | CONSOLE_SAFE, "lxcDomainOpenConsole")

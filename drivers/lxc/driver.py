@@ -367,6 +367,9 @@ class LxcDriverState:
         run, link = dom.run, dom.link
         stopped = dom.stopped
         sent = False
+        if dom.state == ds.PAUSED:
+            # a frozen (v1) container would hold its SIGKILL back
+            await trio.to_thread.run_sync(cgroup.set_frozen, dom.cgroup, False)
         if link is not None:
             try:
                 await link.send("destroy")
@@ -440,9 +443,12 @@ class LxcDriverState:
         link = None
         try:
             link = await ControllerLink.connect(str(self.store.path(st.name, ".sock")))
-            hello = await link.receive()
-            if not hello or hello.get("init_pid") != st.init_pid:
-                raise OSError("unexpected controller")
+            # a suspended container's controller is frozen with it (it lives in the
+            # container's cgroup, as libvirt_lxc does): its hello comes after resume
+            if st.state != ds.PAUSED:
+                hello = await link.receive()
+                if not hello or hello.get("init_pid") != st.init_pid:
+                    raise OSError("unexpected controller")
         except (OSError, trio.TooSlowError) as exc:
             log.warning("%s: cannot reconnect to its controller: %s", st.name, exc)
             if link is not None:

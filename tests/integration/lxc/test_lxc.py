@@ -318,3 +318,81 @@ def test_errors_bad_xml_and_missing_root(lab, tmp_path):
     assert f"Failed to access '{tmp_path / 'does-not-exist'}'" in p.stderr
     assert lab.virsh("domstate", "nr").stdout.strip() == "shut off"
     lab.virsh("undefine", "nr")
+
+
+def _tick(lab, name: str) -> str:
+    """The counter the container's ticker last wrote (read from inside)."""
+    return lab.virsh("lxc-enter-namespace", name, "/bin/cat", "/tmp/tick").stdout.strip()
+
+
+def test_suspend_resume_freezes_the_container_and_survives_restart(lab, tmp_path):
+    import libvirt
+
+    root = make_root(tmp_path / "root5")
+    (root / "sbin/init").write_text(
+        "#!/bin/sh\ni=0\nwhile true; do i=$((i+1)); echo $i > /tmp/tick; sleep 0.05; done\n")
+    xml = tmp_path / "c5.xml"
+    xml.write_text(container_xml("c5", root))
+    lab.virsh("define", str(xml))
+    lab.virsh("start", "c5")
+    libvirt.virEventRegisterDefaultImpl()     # before the connection opens
+    conn = libvirt.open(lab.uri)
+    events: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            libvirt.virEventRunDefaultImpl()
+
+    cb = conn.domainEventRegisterAny(
+        None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+        lambda _c, _d, event, detail, _o: events.append((event, detail)), None)
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        lab.virsh("suspend", "c5")
+        assert lab.virsh("domstate", "--reason", "c5").stdout.strip() == "paused (user)"
+        frozen = (root / "tmp/tick").read_text()
+        time.sleep(0.5)
+        assert (root / "tmp/tick").read_text() == frozen    # the ticker stands still
+        # suspending a paused container is no error; resuming a running one is
+        lab.virsh("suspend", "c5")
+        # the daemon's restart keeps the container paused
+        lab.kill9()
+        lab.start_daemon()
+        assert lab.virsh("domstate", "--reason", "c5").stdout.strip() == "paused (user)"
+        conn.close()
+        conn = libvirt.open(lab.uri)
+        cb = conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+            lambda _c, _d, event, detail, _o: events.append((event, detail)), None)
+        lab.virsh("resume", "c5")
+        assert lab.virsh("domstate", "--reason", "c5").stdout.strip() == "running (unpaused)"
+        deadline = time.monotonic() + 10
+        while (root / "tmp/tick").read_text() == frozen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (root / "tmp/tick").read_text() != frozen
+        p = lab.virsh("resume", "c5", check=False)
+        assert p.returncode != 0 and "domain is already running" in p.stderr, p.stderr
+        # a paused container is destroyed at once (SIGKILL is not held back by the freezer)
+        lab.virsh("suspend", "c5")
+        lab.virsh("destroy", "c5", timeout=20)
+        assert lab.virsh("domstate", "--reason", "c5").stdout.strip() == "shut off (destroyed)"
+        p = lab.virsh("suspend", "c5", check=False)
+        assert p.returncode != 0 and "domain is not running" in p.stderr, p.stderr
+        deadline = time.monotonic() + 10
+        while len(events) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        try:
+            conn.domainEventDeregisterAny(cb)
+        except libvirt.libvirtError:
+            pass
+        conn.close()
+    # the second suspend was a no-op: no event for it
+    E = libvirt
+    assert events == [(E.VIR_DOMAIN_EVENT_SUSPENDED, E.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED),
+                      (E.VIR_DOMAIN_EVENT_RESUMED, E.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED),
+                      (E.VIR_DOMAIN_EVENT_SUSPENDED, E.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED),
+                      (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)], events
