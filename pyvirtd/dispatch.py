@@ -200,7 +200,7 @@ class Dispatcher:
                 args = (stream, *args)
             fn, is_async, target = program.resolve(client, proc)
             if self.access is not None and self.access.applies(proc):  # access_drivers: [polkit]
-                fn, is_async = self.access.guard(client, proc, fn, is_async, args), True
+                fn, is_async = self.access.guard(client, proc, fn, is_async, args, program), True
             if not is_async:
                 result = fn(target, *args)
                 if isinstance(result, ReplyFds):

@@ -11,7 +11,8 @@ Both ask polkitd's ``CheckAuthorization`` on the system bus (through
   annotations of its procedure (libvirt's ``@acl``), e.g. ``domain:getattr`` ->
   ``org.libvirt.api.domain.getattr`` with the object's attributes as details
   (``connect_driver``, ``domain_name``, ``domain_uuid``, ...), and list results
-  are filtered by their ``aclfilter`` (src/access/viraccessdriverpolkit.c).
+  are filtered by their ``aclfilter`` (src/access/viraccessdriverpolkit.c), the
+  running domains' id list and the ``NUM_OF_*`` counts included.
   Only unix-socket clients have a process identity; libvirt's polkit access
   driver denies every other client, and so does this one.
 
@@ -36,6 +37,9 @@ UNIX_MONITOR = "org.libvirt.unix.monitor"
 
 # connect_driver as libvirt's drivers name themselves (virConnectDriver.name)
 _DRIVER_NAMES = {"test": "Test", "qemu": "QEMU", "lxc": "LXC"}
+_BY_NAME = {p.name: p for p in P.PROCEDURES if p is not None and p.program == "remote"}
+# the "max" argument of a LIST_* call made to count: above every REMOTE_*_LIST_MAX
+_LIST_ALL = 65536
 
 # ACL object -> the remote_nonnull_* struct that carries it, and how its
 # fields become polkit details (viraccessdriverpolkit.c)
@@ -198,18 +202,21 @@ class PolkitAccess:
         auth calls, CONNECT_CLOSE, ...; they keep their own path)."""
         return any(":" in acl for acl in proc.acl)
 
-    def guard(self, client: Any, proc: Any, fn: Any, is_async: bool, decoded: Any) -> Any:
+    def guard(self, client: Any, proc: Any, fn: Any, is_async: bool, decoded: Any,
+              program: Any) -> Any:
         """The handler wrapped in the checks; always a coroutine function.
 
         ``decoded`` is the call's argument struct (its fields name the object
         and the flags); the wrapper is called with it spread out, as handlers are.
+        ``program`` (pyvirtd/dispatch.Program) resolves the other procedures that
+        filtering counts and id lists needs.
         """
         async def checked(target: Any, *args: Any) -> Any:
             await self.check_call(client, proc, decoded)
             result = fn(target, *args)
             if is_async:
                 result = await result
-            return await self.check_result(client, proc, decoded, result)
+            return await self.check_result(client, proc, decoded, result, program)
         return checked
 
     async def check_call(self, client: Any, proc: Any, args: Any) -> None:
@@ -218,7 +225,8 @@ class PolkitAccess:
             return
         await self._require(client, requests)
 
-    async def check_result(self, client: Any, proc: Any, args: Any, result: Any) -> Any:
+    async def check_result(self, client: Any, proc: Any, args: Any, result: Any,
+                           program: Any = None) -> Any:
         """After the call: lookups (the object is known only now), then aclfilter."""
         if self._object_in_args(proc, args) is None and not proc.aclfilter:
             objs = [v for v in _flatten(result) if type(v).__name__ in _OBJECT_TYPES.values()]
@@ -233,6 +241,10 @@ class PolkitAccess:
                                      dict(self._base(client), **object_details(obj, objs[0]))))
                 await self._require(client, reqs)
         if proc.aclfilter:
+            if program is not None and proc.name == "CONNECT_LIST_DOMAINS":
+                return await self._filter_ids(client, proc, result, program)
+            if program is not None and "_NUM_OF_" in proc.name:
+                return await self._filter_count(client, proc, args, result, program)
             return await self._filter(client, proc, result)
         return result
 
@@ -292,6 +304,45 @@ class PolkitAccess:
                 log.info("polkit denied %s %s to uid %d", action, details, ident.uid)
                 raise _denied(action)
 
+    @staticmethod
+    async def _call(client: Any, program: Any, proc: Any, args: list) -> Any:
+        fn, is_async, target = program.resolve(client, proc)
+        result = fn(target, *args)
+        return await result if is_async else result
+
+    async def _filter_count(self, client: Any, proc: Any, args: Any, count: int,
+                            program: Any) -> int:
+        """A NUM_OF_* answer counts only what the client may see: the length of
+        the matching LIST_* answer after its filter (libvirt's NumOf...CheckACL)."""
+        list_proc = _BY_NAME.get(proc.name.replace("_NUM_OF_", "_LIST_"))
+        if list_proc is None:
+            return count
+        given = dict(zip(args._fields, args)) if hasattr(args, "_fields") else {}
+        wanted = getattr(P, f"remote_{list_proc.method}_args")._fields
+        listed = await self._call(client, program, list_proc,
+                                  [given.get(f, _LIST_ALL) for f in wanted])
+        if list_proc.name == "CONNECT_LIST_DOMAINS":
+            return len(await self._filter_ids(client, list_proc, listed, program))
+        return len(await self._filter(client, list_proc, listed))
+
+    async def _filter_ids(self, client: Any, proc: Any, ids: list[int], program: Any) -> list:
+        """The running domains' ids the client may see (the rules see name and uuid)."""
+        ident = client.identity
+        if ident is None or not ids:
+            return []
+        lookup = _BY_NAME["DOMAIN_LOOKUP_BY_ID"]
+        found = []
+        for dom_id in ids:
+            try:
+                found.append((dom_id, await self._call(client, program, lookup, [dom_id])))
+            except VirError:
+                pass                       # gone since it was listed
+        obj, perm = proc.aclfilter[0].split(":")[:2]
+        base = self._base(client)
+        keep = await check_authorization(ident.pid, ident.uid, [
+            (action_id(obj, perm), dict(base, **object_details(obj, dom))) for _, dom in found])
+        return [dom_id for (dom_id, _), k in zip(found, keep) if k]
+
     async def _filter(self, client: Any, proc: Any, result: Any) -> Any:
         """Drop the objects of a list result the client may not see (aclfilter)."""
         ident = client.identity
@@ -308,7 +359,7 @@ class PolkitAccess:
                 (action_id(obj, perm), dict(base, **{f"{prefix}_name": n})) for n in result])
             return [n for n, k in zip(result, keep) if k]
         if not isinstance(result, tuple) or struct_name is None:
-            return result     # id lists and counts are not filtered (yet)
+            return result
         out = list(result)
         for i, field in enumerate(out):
             if not isinstance(field, (list, tuple)) or not field \

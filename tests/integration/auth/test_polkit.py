@@ -211,3 +211,56 @@ def test_acl_denies_object(acl_daemon, world) -> None:
     r = virsh_as(ALLOWED, world, acl_daemon.uri(), "dominfo hidden")
     assert r.returncode != 0      # virsh words it "failed to get domain" after its lookups
     assert "hidden" in r.stderr
+
+
+def _counts(uri: str, user: str | None) -> list:
+    """numOfDomains, listDomainsID, numOfDefinedDomains, listDefinedDomains as USER sees them.
+
+    Asked from a forked child that drops to USER first (polkit judges the
+    connecting process); the venv's interpreter may not be executable by USER.
+    """
+    import json
+    import pwd
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                              # the child: never returns
+        code = 1
+        try:
+            os.close(r)
+            if user:
+                pw = pwd.getpwnam(user)
+                os.setgroups([])
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
+            import libvirt
+            c = libvirt.open(uri)
+            out = [c.numOfDomains(), c.listDomainsID(), c.numOfDefinedDomains(),
+                   c.listDefinedDomains()]
+            os.write(w, json.dumps(out).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and data, f"child failed ({status})"
+    return json.loads(data)
+
+
+def test_acl_filters_counts_and_ids(acl_daemon, world) -> None:
+    """The older calls (domain ids, NUM_OF_* counts) hide what the list calls hide."""
+    uri = acl_daemon.uri()
+    test_id = virsh_as(None, world, uri, "domid test").stdout.strip()
+    test_id = int(test_id)
+    # hidden defined, not running: only root counts it among the defined ones
+    assert _counts(uri, None) == [1, [test_id], 1, ["hidden"]]
+    assert _counts(uri, ALLOWED) == [1, [test_id], 0, []]
+    r = virsh_as(None, world, uri, "start hidden")
+    assert r.returncode == 0, r.stderr
+    try:
+        hidden_id = int(virsh_as(None, world, uri, "domid hidden").stdout)
+        assert _counts(uri, None) == [2, sorted([test_id, hidden_id]), 0, []]
+        assert _counts(uri, ALLOWED) == [1, [test_id], 0, []]
+    finally:
+        virsh_as(None, world, uri, "destroy hidden")
