@@ -17,7 +17,6 @@ from pyvirtd.driver import domains as ds
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
-from pyvirtd.xml import format_uuid
 
 from .driver import QemuDomain, QemuDriverState
 from .launch import new_definition
@@ -40,66 +39,9 @@ def check_flags(flags: int, allowed: int, function: str) -> None:
                        message=f"unsupported flags (0x{flags & ~allowed:x}) in function {function}")
 
 
-class DomainMixin:
+class DomainMixin(ds.DomainLookups):
     driver: QemuDriverState
-
-    # -- lookups ----------------------------------------------------------
-    def _dom(self, ref: Any) -> QemuDomain:
-        """The domain a client's handle names, by uuid (qemuDomainObjFromDomain)."""
-        uuid = bytes(ref.uuid)
-        for dom in self.driver.domains.values():
-            if dom.uuid == uuid:
-                return dom
-        raise VirError(P.VIR_ERR_NO_DOMAIN,
-                       f"no domain with matching uuid '{format_uuid(uuid)}' ({ref.name})",
-                       domain=P.VIR_FROM_QEMU)
-
-    def _active(self, ref: Any) -> QemuDomain:
-        dom = self._dom(ref)
-        if not dom.active:
-            raise ds.not_running()
-        return dom
-
-    def domain_lookup_by_name(self, name: str) -> Any:
-        dom = self.driver.domains.get(name)
-        if dom is None:
-            raise VirError(P.VIR_ERR_NO_DOMAIN, f"no domain with matching name '{name}'",
-                           domain=P.VIR_FROM_QEMU)
-        return dom.ref()
-
-    def domain_lookup_by_uuid(self, uuid: bytes) -> Any:
-        for dom in self.driver.domains.values():
-            if dom.uuid == bytes(uuid):
-                return dom.ref()
-        raise VirError(P.VIR_ERR_NO_DOMAIN, f"no domain with matching uuid '{format_uuid(uuid)}'",
-                       domain=P.VIR_FROM_QEMU)
-
-    def domain_lookup_by_id(self, dom_id: int) -> Any:
-        for dom in self.driver.domains.values():
-            if dom.active and dom.id == dom_id:
-                return dom.ref()
-        raise VirError(P.VIR_ERR_NO_DOMAIN, f"no domain with matching id {dom_id}",
-                       domain=P.VIR_FROM_QEMU)
-
-    # -- listing ----------------------------------------------------------
-    def _sorted_active(self) -> list[QemuDomain]:
-        return sorted((d for d in self.driver.domains.values() if d.active), key=lambda d: d.id)
-
-    def connect_num_of_domains(self) -> int:
-        return len(self._sorted_active())
-
-    def connect_list_domains(self, maxids: int) -> list[int]:
-        return [d.id for d in self._sorted_active()][:maxids]
-
-    def connect_num_of_defined_domains(self) -> int:
-        return sum(1 for d in self.driver.domains.values() if not d.active)
-
-    def connect_list_defined_domains(self, maxnames: int) -> list[str]:
-        return sorted(d.name for d in self.driver.domains.values() if not d.active)[:maxnames]
-
-    def connect_list_all_domains(self, need_results: int, flags: int) -> tuple:
-        doms = ds.filter_by_list_flags(self.driver.domains.values(), flags)
-        return ([d.ref() for d in doms] if need_results else [], len(doms))
+    error_domain = P.VIR_FROM_QEMU
 
     # -- information ------------------------------------------------------
     def domain_get_state(self, ref: Any, flags: int) -> tuple:

@@ -18,6 +18,7 @@ import trio
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import format_uuid
 
 if TYPE_CHECKING:
     from pyvirtd.xml.domain import DomainDef
@@ -228,3 +229,66 @@ async def undefine(drv: Any, dom: Any) -> None:
             await drv.save_status(dom)
         else:
             drv.domains.pop(dom.name, None)
+
+
+class DomainLookups:
+    """Lookups and listings of a driver connection whose state keeps ``domains``
+    (name -> DomainObject): the part of a domain mixin the QEMU and LXC drivers
+    share.  ``error_domain`` is the VIR_FROM_* their "no domain" errors carry.
+    """
+    driver: Any
+    error_domain: int = P.VIR_FROM_DOMAIN
+
+    def _no_domain(self, message: str) -> VirError:
+        return VirError(P.VIR_ERR_NO_DOMAIN, message, domain=self.error_domain)
+
+    def _dom(self, ref: Any) -> Any:
+        """The domain a client's handle names, by uuid (qemuDomainObjFromDomain)."""
+        uuid = bytes(ref.uuid)
+        for dom in self.driver.domains.values():
+            if dom.uuid == uuid:
+                return dom
+        raise self._no_domain(f"no domain with matching uuid '{format_uuid(uuid)}' ({ref.name})")
+
+    def _active(self, ref: Any) -> Any:
+        dom = self._dom(ref)
+        if not dom.active:
+            raise not_running()
+        return dom
+
+    def domain_lookup_by_name(self, name: str) -> Any:
+        dom = self.driver.domains.get(name)
+        if dom is None:
+            raise self._no_domain(f"no domain with matching name '{name}'")
+        return dom.ref()
+
+    def domain_lookup_by_uuid(self, uuid: bytes) -> Any:
+        for dom in self.driver.domains.values():
+            if dom.uuid == bytes(uuid):
+                return dom.ref()
+        raise self._no_domain(f"no domain with matching uuid '{format_uuid(uuid)}'")
+
+    def domain_lookup_by_id(self, dom_id: int) -> Any:
+        for dom in self.driver.domains.values():
+            if dom.active and dom.id == dom_id:
+                return dom.ref()
+        raise self._no_domain(f"no domain with matching id {dom_id}")
+
+    def _sorted_active(self) -> list[Any]:
+        return sorted((d for d in self.driver.domains.values() if d.active), key=lambda d: d.id)
+
+    def connect_num_of_domains(self) -> int:
+        return len(self._sorted_active())
+
+    def connect_list_domains(self, maxids: int) -> list[int]:
+        return [d.id for d in self._sorted_active()][:maxids]
+
+    def connect_num_of_defined_domains(self) -> int:
+        return sum(1 for d in self.driver.domains.values() if not d.active)
+
+    def connect_list_defined_domains(self, maxnames: int) -> list[str]:
+        return sorted(d.name for d in self.driver.domains.values() if not d.active)[:maxnames]
+
+    def connect_list_all_domains(self, need_results: int, flags: int) -> tuple:
+        doms = filter_by_list_flags(self.driver.domains.values(), flags)
+        return ([d.ref() for d in doms] if need_results else [], len(doms))
