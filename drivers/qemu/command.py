@@ -55,8 +55,8 @@ from lxml import etree
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
-from pyvirtd.xml.devices import (Chardev, Controller, Disk, Graphics, Input, Interface,
-                                 Memballoon, Rng, Video, Watchdog)
+from pyvirtd.xml.devices import (Audio, Chardev, Controller, Disk, Graphics, Input, Interface,
+                                 Memballoon, Redirdev, Rng, Sound, Video, Watchdog)
 from pyvirtd.xml.devices.input import QEMU_DEVICES as INPUT_DEVICES
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 from pyvirtd.xml.devices.video import PRIMARY as VIDEO_PRIMARY, SECONDARY as VIDEO_SECONDARY
@@ -139,7 +139,8 @@ def device_alias(dev, counters: dict[str, int], q35: bool) -> str:
             return "pcie.0" if q35 else "pci.0"
         return dev.qemu_id
     kind = {Interface: "net", Input: "input", Video: "video", Memballoon: "balloon",
-            Rng: "rng", Watchdog: "watchdog", Graphics: "graphics"}.get(type(dev))
+            Rng: "rng", Watchdog: "watchdog", Graphics: "graphics", Sound: "sound",
+            Redirdev: "redir"}.get(type(dev))
     if isinstance(dev, Chardev):
         kind = dev.kind
         if kind == "console" and dev.target_type in (None, "serial"):
@@ -160,7 +161,7 @@ def assign_aliases(defn) -> None:
         if isinstance(dev, etree._Element):
             out.append(dev)
             continue
-        if not isinstance(dev, Graphics):          # libvirt gives a display no alias
+        if not isinstance(dev, (Graphics, Audio)):  # libvirt gives these no alias
             dev.alias = device_alias(dev, counters, q35)
         out.append(dev.to_element())
     defn.devices = out
@@ -174,6 +175,7 @@ class _Builder:
         self.argv: list[str] = []
         self.counters: dict[str, int] = {}
         self.controllers: dict[tuple[str, int], Controller] = {}
+        self.audiodev: str | None = None     # the -audiodev id displays and sound cards use
 
     def add(self, *args: str) -> None:
         self.argv.extend(args)
@@ -255,8 +257,15 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     for dev in devs:
         if isinstance(dev, Input):
             _input(b, dev)
+    _audio(b, [d for d in devs if isinstance(d, Audio)])
     _graphics(b, [d for d in devs if isinstance(d, Graphics)])
+    for dev in devs:
+        if isinstance(dev, Sound):
+            _sound(b, dev)
     _video(b, [d for d in devs if isinstance(d, Video)])
+    for dev in devs:
+        if isinstance(dev, Redirdev):
+            _redirdev(b, dev)
     for dev in devs:
         if isinstance(dev, Watchdog):
             _watchdog(b, dev)
@@ -591,6 +600,8 @@ def _chardev_backend(dev: Chardev, chardev_id: str, channel_dir: str | None) -> 
         return opts("pty", ("id", chardev_id))
     if dev.type == "null":
         return opts("null", ("id", chardev_id))
+    if dev.type == "spicevmc":
+        return opts("spicevmc", ("id", chardev_id), ("name", "vdagent"))
     if dev.type == "file":
         return opts("file", ("id", chardev_id), ("path", src["path"]),
                     ("append", {"on": "on", "off": "off"}.get(src.get("append"))))
@@ -662,7 +673,6 @@ def _graphics(b: _Builder, gfx: list[Graphics]) -> None:
     if not gfx:
         b.add("-display", "none")
         return
-    b.add("-audiodev", opts("none", ("id", "audio1")))
     for g in gfx:
         addr = g.listen_address or "127.0.0.1"
         if g.type == "vnc":
@@ -680,16 +690,73 @@ def _graphics(b: _Builder, gfx: list[Graphics]) -> None:
                 pairs = []
             if g.passwd is not None:
                 pairs.append(("password", "on"))   # set through QMP set_password
-            pairs.append(("audiodev", "audio1"))
+            if b.audiodev is not None:
+                pairs.append(("audiodev", b.audiodev))
             b.add("-vnc", ",".join([quote(spec), *(f"{k}={quote(v)}" for k, v in pairs)]))
         else:
-            pairs = [("port", None if g.autoport or g.port in (None, -1) else g.port),
+            pairs = [("port", g.port if g.port and g.port > 0 else None),
                      ("tls-port", g.tls_port if g.tls_port and g.tls_port > 0 else None),
-                     ("addr", addr), ("disable-ticketing", "on" if g.passwd is None else None),
-                     ("seamless-migration", "on")]
-            if g.autoport or g.port in (None, -1):
-                raise _unsupported("spice autoport needs a port chosen by the driver")
+                     ("addr", addr), ("disable-ticketing", "on" if g.passwd is None else None)]
+            for elem in g.extra:          # <image compression=.../> and its kin
+                if getattr(elem, "tag", None) in _SPICE_TUNING and elem.get("compression"):
+                    pairs.append((_SPICE_TUNING[elem.tag], elem.get("compression")))
+            pairs.append(("seamless-migration", "on"))
+            if g.port in (None, -1):
+                raise _internal("spice autoport needs a port chosen by the driver")
             b.add("-spice", opts(None, *pairs))
+
+
+_SPICE_TUNING = {"image": "image-compression", "jpeg": "jpeg-wan-compression",
+                 "zlib": "zlib-glz-wan-compression", "playback": "playback-compression"}
+_AUDIO_DRIVERS = {"none": "none", "spice": "spice", "file": "wav"}
+
+
+def _audio(b: _Builder, audios: list[Audio]) -> None:
+    """-audiodev per <audio>; displays and sound cards play to the first one.
+
+    A guest defined before <audio> was modelled has none: it keeps the silent
+    backend QEMU got for its display then."""
+    if not audios and any(isinstance(d, Graphics) for d in devmod.parse_devices(b.defn)):
+        audios = [Audio(id=1, type="none")]
+    for a in audios:
+        b.add("-audiodev", _json({"id": f"audio{a.id}", "driver": _AUDIO_DRIVERS[a.type],
+                                  **({"path": a.path} if a.type == "file" and a.path else {})}))
+    b.audiodev = f"audio{audios[0].id}" if audios else None
+
+
+# libvirt's sound model -> QEMU's device (HDA controllers get codec devices)
+_SOUND_DEVICES = {"ich6": "intel-hda", "ich7": "intel-hda", "ich9": "ich9-intel-hda",
+                  "ac97": "AC97", "es1370": "ES1370", "sb16": "sb16", "usb": "usb-audio"}
+_HDA_CODECS = {"duplex": "hda-duplex", "micro": "hda-micro", "output": "hda-output"}
+
+
+def _sound(b: _Builder, dev: Sound) -> None:
+    alias = b.alias(dev)
+    audiodev = f"audio{dev.audio_id}" if dev.audio_id is not None else b.audiodev
+    hda = dev.model in ("ich6", "ich7", "ich9")
+    pairs: list[tuple[str, object]] = [("id", alias)]
+    if not hda:
+        pairs.append(("audiodev", audiodev))
+    where = [("bus", "usb.0")] if dev.model == "usb" else b.pci(dev)
+    b.add("-device", opts(_SOUND_DEVICES[dev.model], *pairs, *where))
+    if not hda:
+        return
+    for cad, codec in enumerate(dev.codecs or ["duplex"]):
+        b.add("-device", opts(_HDA_CODECS[codec], ("id", f"{alias}-codec{cad}"),
+                              ("bus", f"{alias}.0"), ("cad", cad), ("audiodev", audiodev)))
+
+
+def _redirdev(b: _Builder, dev: Redirdev) -> None:
+    alias = b.alias(dev)
+    if dev.type == "spicevmc":
+        backend = opts("spicevmc", ("id", f"char{alias}"), ("name", "usbredir"))
+    else:
+        src = dev.sources[0] if dev.sources else {}
+        backend = opts("socket", ("id", f"char{alias}"), ("host", src.get("host") or "127.0.0.1"),
+                       ("port", src.get("service")))
+    b.add("-chardev", backend)
+    b.add("-device", opts("usb-redir", ("chardev", f"char{alias}"), ("id", alias),
+                          ("bus", "usb.0")))
 
 
 def _host(addr: str) -> str:

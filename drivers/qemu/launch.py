@@ -3,13 +3,17 @@
 `new_definition` is what DOMAIN_DEFINE_XML / DOMAIN_CREATE_XML do with the
 client's document before storing it (libvirt's parse + post-parse for the
 QEMU driver: arch, emulator, canonical machine type, implicit devices).
-`build_argv` hands a live definition to command.py; `apply_runtime_info`
+`build_argv` completes a live definition with what libvirt decides at start
+(`prepare_live`: unix channel paths, SPICE ports) and hands it to
+command.py; `apply_runtime_info`
 writes what only the running QEMU knows (device aliases, pty paths, the VNC
 port) into the live definition that `dumpxml` shows.
 """
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
@@ -28,6 +32,8 @@ VIRT_TYPES = ("qemu", "kvm")
 HOST_ARCH = "x86_64"
 # qemu.conf's vnc_listen default, which command.py uses too
 DEFAULT_LISTEN = "127.0.0.1"
+# qemu.conf's remote_display_port_min/max: where autoport SPICE displays go
+DISPLAY_PORTS = range(5900, 65536)
 
 
 def emulator_of(d: domxml.DomainDef) -> str | None:
@@ -61,10 +67,67 @@ def new_definition(state: "QemuDriverState", xml: str) -> domxml.DomainDef:
 
 def build_argv(state: "QemuDriverState", live: domxml.DomainDef, *, monitor_path: str,
                pid_path: str, tap_fds: dict[int, int] | None = None) -> list[str]:
+    prepare_live(state, live)
     return build_command(live, binary=emulator_of(live) or state.emulator,
                          monitor_path=monitor_path, pid_path=pid_path, tap_fds=tap_fds,
                          machine_defaults=state.machine_defaults(),
                          name_marker=live.uuid_str)
+
+
+def prepare_live(state: "QemuDriverState", live: domxml.DomainDef) -> None:
+    """What libvirt writes into a live definition before QEMU starts
+    (qemuProcessPrepareDomain): a socket path for each unix channel that names
+    none, under the run directory, and a free port for each SPICE display with
+    autoport (QEMU, unlike for VNC, cannot pick one itself)."""
+    channel_dir = state.store.run_dir / "channel" / f"domain-{live.name[:20]}"
+    for dev in live.devices_of("channel"):
+        src, tgt = dev.find("source"), dev.find("target")
+        if dev.get("type") != "unix" or tgt is None or not tgt.get("name"):
+            continue
+        if src is None:
+            src = etree.SubElement(dev, "source", mode="bind")
+        if not src.get("path"):
+            channel_dir.mkdir(parents=True, exist_ok=True)
+            src.set("path", str(channel_dir / tgt.get("name")))
+    taken = _display_ports_in_use(state)
+    for gfx in live.devices_of("graphics"):
+        if gfx.get("type") == "spice" and gfx.get("autoport", "yes") == "yes" \
+                and gfx.get("port") in (None, "-1", "0"):
+            port = _free_port(gfx.get("listen") or DEFAULT_LISTEN, taken)
+            gfx.set("port", str(port))
+            taken.add(port)
+
+
+def _display_ports_in_use(state: "QemuDriverState") -> set[int]:
+    taken = set()
+    for dom in state.domains.values():
+        if not dom.active:
+            continue
+        for gfx in dom.definition.devices_of("graphics"):
+            for attr in ("port", "tlsPort"):
+                if (gfx.get(attr) or "").isdigit():
+                    taken.add(int(gfx.get(attr)))
+    return taken
+
+
+def _free_port(addr: str, taken: set[int]) -> int:
+    """The lowest display port nobody listens on (virPortAllocatorAcquire)."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    for port in DISPLAY_PORTS:
+        if port in taken:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((addr, port))
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue
+                raise VirError(P.VIR_ERR_INTERNAL_ERROR,
+                               f"Unable to find an unused port for SPICE: {exc}",
+                               domain=P.VIR_FROM_QEMU) from None
+            return port
+    raise VirError(P.VIR_ERR_INTERNAL_ERROR, "Unable to find an unused port in range "
+                   "'display' (5900-65535)", domain=P.VIR_FROM_QEMU)
 
 
 def apply_runtime_info(live: domxml.DomainDef, ptys: dict[str, str], vnc_port: int | None = None) -> None:
@@ -89,9 +152,9 @@ def apply_runtime_info(live: domxml.DomainDef, ptys: dict[str, str], vnc_port: i
         if dev.tag == "console":
             dev.set("tty", path)
     for gfx in live.devices_of("graphics"):
-        if gfx.get("type") != "vnc":
+        if gfx.get("type") not in ("vnc", "spice"):
             continue
-        if vnc_port is not None and gfx.get("autoport") == "yes":
+        if gfx.get("type") == "vnc" and vnc_port is not None and gfx.get("autoport") == "yes":
             gfx.set("port", str(vnc_port))
         # the address QEMU was given (qemuProcessGraphicsSetupListen): libvirt's
         # default vnc_listen when the definition named none

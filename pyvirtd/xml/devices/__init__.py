@@ -16,6 +16,7 @@ from __future__ import annotations
 from lxml import etree
 
 from pyvirtd.xml.devices._base import Address, xml_error, unsupported
+from pyvirtd.xml.devices.audio import Audio
 from pyvirtd.xml.devices.chardev import GUEST_AGENT, Chardev, virtio_serial_address
 from pyvirtd.xml.devices.controller import Controller
 from pyvirtd.xml.devices.disk import Disk
@@ -23,21 +24,24 @@ from pyvirtd.xml.devices.graphics import Graphics
 from pyvirtd.xml.devices.input import Input
 from pyvirtd.xml.devices.interface import Interface
 from pyvirtd.xml.devices.memballoon import Memballoon
+from pyvirtd.xml.devices.redirdev import Redirdev
 from pyvirtd.xml.devices.rng import Rng
+from pyvirtd.xml.devices.sound import Sound
 from pyvirtd.xml.devices.video import Video
 from pyvirtd.xml.devices.watchdog import Watchdog
 
 # element tag -> model class
 MODELS = {"disk": Disk, "controller": Controller, "interface": Interface, "serial": Chardev,
           "console": Chardev, "channel": Chardev, "input": Input, "graphics": Graphics,
-          "video": Video, "memballoon": Memballoon, "rng": Rng, "watchdog": Watchdog}
+          "video": Video, "memballoon": Memballoon, "rng": Rng, "watchdog": Watchdog,
+          "sound": Sound, "redirdev": Redirdev, "audio": Audio}
 
 Device = (Disk | Controller | Interface | Chardev | Input | Graphics | Video | Memballoon | Rng
-          | Watchdog)
+          | Watchdog | Sound | Redirdev | Audio)
 
-__all__ = ["Address", "Chardev", "Controller", "Device", "Disk", "Graphics", "Input",
-           "Interface", "MODELS", "Memballoon", "Rng", "Video", "Watchdog", "apply_defaults",
-           "is_q35", "parse_device", "parse_devices", "validate_devices"]
+__all__ = ["Address", "Audio", "Chardev", "Controller", "Device", "Disk", "Graphics", "Input",
+           "Interface", "MODELS", "Memballoon", "Redirdev", "Rng", "Sound", "Video", "Watchdog",
+           "apply_defaults", "is_q35", "parse_device", "parse_devices", "validate_devices"]
 
 
 def parse_device(elem: etree._Element):
@@ -109,13 +113,27 @@ def apply_defaults(defn, *, hypervisor: str = "qemu") -> None:
         devs.append(Memballoon(model="virtio"))
     if any(isinstance(d, Graphics) for d in devs) and not any(isinstance(d, Video) for d in devs):
         devs.append(Video(model="default"))
+    _audio_defaults(devs)
     for dev in devs:
         if isinstance(dev, (Controller, Input, Memballoon, Video)):
             dev.fill_defaults(ctx)
     primary = [d for d in devs if isinstance(d, Video) and d.model != "none"]
-    if primary and not any(v.primary for v in primary) and len(primary) > 1:
+    if primary and not any(v.primary for v in primary):
         primary[0].primary = True
     defn.devices = [d if isinstance(d, etree._Element) else d.to_element() for d in devs]
+
+
+def _audio_defaults(devs: list) -> None:
+    """A guest with a display or a sound card gets an audio backend (id 1) when it
+    names none: SPICE's own with SPICE graphics, else the silent one
+    (qemuDomainDefAddDefaultAudioBackend with qemu.conf's defaults).  Sound cards
+    without an <audio id> play to the first backend; libvirt does not write
+    that id into the XML."""
+    graphics = [d for d in devs if isinstance(d, Graphics)]
+    if not any(isinstance(d, Audio) for d in devs) and (
+            graphics or any(isinstance(d, Sound) for d in devs)):
+        spice = any(g.type == "spice" for g in graphics)
+        devs.append(Audio(id=1, type="spice" if spice else "none"))
 
 
 def _assign_controller_indexes(conts: list) -> None:

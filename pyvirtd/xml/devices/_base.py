@@ -138,6 +138,9 @@ class DeviceBase:
     # Children handled by DeviceBase itself.
     _COMMON = ("alias", "address")
 
+    def fill_defaults(self, ctx: dict | None = None) -> None:
+        """libvirt's post-parse defaults for this device; most kinds have none."""
+
     def _parse_common(self, elem: etree._Element, modelled: Iterable[str]) -> None:
         known = set(modelled) | set(self._COMMON)
         for child in elem:

@@ -11,7 +11,7 @@ from pyvirtd.xml.devices._base import (Address, DeviceBase, enum_attr, int_attr,
 
 SOURCE_TYPES = ("null", "vc", "pty", "dev", "file", "pipe", "stdio", "udp", "tcp", "unix",
                 "spicevmc", "spiceport", "nmdm", "qemu-vdagent", "dbus")
-SUPPORTED_SOURCES = ("null", "pty", "file", "tcp", "unix", "udp")
+SUPPORTED_SOURCES = ("null", "pty", "file", "tcp", "unix", "udp", "spicevmc")
 TARGET_TYPES = {
     "serial": ("isa-serial", "usb-serial", "pci-serial", "spapr-vio-serial", "system-serial",
                "sclp-serial", "isa-debug"),
@@ -22,6 +22,7 @@ TARGET_TYPES = {
 SERIAL_MODELS = {"isa-serial": "isa-serial", "usb-serial": "usb-serial",
                  "pci-serial": "pci-serial"}
 GUEST_AGENT = "org.qemu.guest_agent.0"
+SPICE_AGENT = "com.redhat.spice.0"
 
 
 @dataclass
@@ -88,6 +89,9 @@ class Chardev(DeviceBase):
             self.sources[0] = {"mode": "bind", **self.sources[0]}
         if self.type == "tcp" and self.protocol is None:
             self.protocol = "raw"
+        if (self.kind == "channel" and self.type == "spicevmc" and self.target_type == "virtio"
+                and not self.target_name):
+            self.target_name = SPICE_AGENT     # the SPICE agent's channel
 
     def validate(self) -> None:
         if self.type not in SUPPORTED_SOURCES:

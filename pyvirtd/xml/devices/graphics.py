@@ -54,7 +54,11 @@ class Graphics(DeviceBase):
         if self.type in ("vnc", "spice"):
             if self.autoport is None:
                 self.autoport = self.port is None or self.port == -1
-            if self.autoport and self.port is None:
+            if self.type == "spice" and self.autoport:
+                # libvirt keeps no placeholder ports for an autoport SPICE display
+                self.port = None if self.port == -1 else self.port
+                self.tls_port = None if self.tls_port == -1 else self.tls_port
+            elif self.autoport and self.port is None:
                 self.port = -1
             if not self.listens:
                 self.listens.append({"type": "address", **({"address": self.listen}

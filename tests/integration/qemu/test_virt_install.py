@@ -70,3 +70,63 @@ def test_virt_install_reports_qemu_failure(daemon):
     assert "999" in r.stderr, r.stderr     # QEMU's own complaint about the CPU count
     assert not guest_pids(daemon.root)
     virsh(uri, "undefine vi2")
+
+
+def _spice_link_reply(port: int) -> bytes:
+    """The start of a SPICE server's answer to a client's link message for the main channel."""
+    import socket
+    import struct
+    body = struct.pack("<IBBIIII", 0, 1, 0, 0, 0, 18, 18)   # connection id, main channel, no caps
+    header = b"REDQ" + struct.pack("<III", 2, 2, len(body))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(header + body)
+        return s.recv(16)
+
+
+@pytest.fixture
+def short_daemon():
+    """A daemon whose root has a short path: a guest's unix channel sockets live
+    below it, and a socket path must stay under 108 bytes (pytest's tmp_path
+    alone takes 70)."""
+    import tempfile
+    from pathlib import Path
+    root = Path(tempfile.mkdtemp(prefix="pv"))
+    d = start_daemon(root / "d")
+    try:
+        yield d
+    finally:
+        stop_daemon(d)
+        kill_guests(root / "d")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_virt_install_desktop_defaults(short_daemon):
+    """What virt-install (and virt-manager's new-VM wizard) makes by default for a
+    desktop OS: q35, SPICE display with its agent channel and USB redirection, an
+    HDA sound card, a guest agent channel, a USB tablet, virtio RNG."""
+    daemon = short_daemon
+    uri = qemu_uri(daemon)
+    env = dict(os.environ, LC_ALL="C", LANG="C", HOME=os.environ.get("HOME", "/root"))
+    r = subprocess.run(
+        ["virt-install", "--connect", uri, "--name", "vi3", "--memory", "64", "--vcpus", "1",
+         "--disk", "none", "--import", "--osinfo", "debian11", "--noautoconsole",
+         *(["--virt-type", "kvm", "--cpu", "qemu64,disable=svm"] if KVM_OK
+           else ["--virt-type", "qemu"])],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ok(uri, "domstate vi3").strip() == "running"
+    xml = ok(uri, "dumpxml vi3")
+    for piece in ("<graphics type='spice'", "<sound model='ich9'>", "<audio id='1' type='spice'/>",
+                  "<channel type='spicevmc'>", "name='com.redhat.spice.0'",
+                  "<redirdev bus='usb' type='spicevmc'>", "name='org.qemu.guest_agent.0'",
+                  "<input type='tablet' bus='usb'>", "machine='pc-q35-"):
+        assert piece in xml, piece
+    port = int(re.search(r"<graphics type='spice' port='(\d+)'", xml).group(1))
+    assert port >= 5900
+    assert _spice_link_reply(port).startswith(b"REDQ")     # QEMU's SPICE server answers
+    assert ok(uri, "domdisplay vi3").startswith(f"spice://")
+    agent = re.search(r"<source mode='bind' path='([^']+org\.qemu\.guest_agent\.0)'/>", xml)
+    assert agent and os.path.exists(agent.group(1))         # QEMU listens on the agent socket
+    ok(uri, "destroy vi3")
+    ok(uri, "undefine vi3")
+    assert not guest_pids(daemon.root)

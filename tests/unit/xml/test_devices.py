@@ -42,6 +42,7 @@ INVALID = {
     "input-bad-bus": (XML, "unknown input bus type 'serial'"),
     "memballoon-no-model": (XML, "balloon memory model must be specified"),
     "rng-bad-backend": (XML, "unknown RNG backend model 'lava-lamp'"),
+    "sound-bad-model": (XML, "unknown sound model 'kazoo'"),
     "video-bad-model": (XML, "unknown video model 'hologram'"),
     "watchdog-bad-action": (XML, "unknown watchdog action 'explode'"),
 }
