@@ -284,6 +284,10 @@ def start_system_libvirtd(root: Path, netns: str) -> Daemon | str:
             group += f"{name}:x:{uid}:\n"
     (root / "passwd").write_text(passwd)
     (root / "group").write_text(group)
+    etc = root / "etc-libvirt"
+    etc.mkdir(exist_ok=True)
+    # QEMU (the capabilities probe too) as root: the fenced directories are root's
+    (etc / "qemu.conf").write_text('user = "root"\ngroup = "root"\n')
     mounts = []
     for target in _SYSTEM_DIRS:
         src = root / target.strip("/").replace("/", "-")

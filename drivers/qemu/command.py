@@ -183,6 +183,14 @@ class _Builder:
     def alias(self, dev) -> str:
         return device_alias(dev, self.counters, self.q35)
 
+    def usb(self, dev) -> list[tuple[str, object]]:
+        """bus=/port= for a device on a USB bus (its <address type='usb'>, or bus 0)."""
+        a = dev.address
+        if a is None or a.type != "usb":
+            return [("bus", "usb.0")]
+        bus = a.int("bus")
+        return [("bus", f"usb{bus}.0" if bus else "usb.0"), ("port", a.attrs.get("port"))]
+
     def pci(self, dev) -> list[tuple[str, object]]:
         """bus=/addr= for a device with a PCI <address>; nothing lets QEMU place it."""
         a = dev.address
@@ -665,7 +673,7 @@ def _input(b: _Builder, dev: Input) -> None:
     alias = b.alias(dev)
     if driver is None:
         return                     # ps2 mouse / keyboard: part of the PC
-    pairs = [("bus", "usb.0")] if dev.bus == "usb" else b.pci(dev)
+    pairs = b.usb(dev) if dev.bus == "usb" else b.pci(dev)
     b.add("-device", opts(driver, ("id", alias), *pairs))
 
 
@@ -712,12 +720,8 @@ _AUDIO_DRIVERS = {"none": "none", "spice": "spice", "file": "wav"}
 
 
 def _audio(b: _Builder, audios: list[Audio]) -> None:
-    """-audiodev per <audio>; displays and sound cards play to the first one.
-
-    A guest defined before <audio> was modelled has none: it keeps the silent
-    backend QEMU got for its display then."""
-    if not audios and any(isinstance(d, Graphics) for d in devmod.parse_devices(b.defn)):
-        audios = [Audio(id=1, type="none")]
+    """-audiodev per <audio> (apply_defaults adds one to every guest); displays and
+    sound cards play to the first one."""
     for a in audios:
         b.add("-audiodev", _json({"id": f"audio{a.id}", "driver": _AUDIO_DRIVERS[a.type],
                                   **({"path": a.path} if a.type == "file" and a.path else {})}))
@@ -737,7 +741,7 @@ def _sound(b: _Builder, dev: Sound) -> None:
     pairs: list[tuple[str, object]] = [("id", alias)]
     if not hda:
         pairs.append(("audiodev", audiodev))
-    where = [("bus", "usb.0")] if dev.model == "usb" else b.pci(dev)
+    where = b.usb(dev) if dev.model == "usb" else b.pci(dev)
     b.add("-device", opts(_SOUND_DEVICES[dev.model], *pairs, *where))
     if not hda:
         return
@@ -756,7 +760,7 @@ def _redirdev(b: _Builder, dev: Redirdev) -> None:
                        ("port", src.get("service")))
     b.add("-chardev", backend)
     b.add("-device", opts("usb-redir", ("chardev", f"char{alias}"), ("id", alias),
-                          ("bus", "usb.0")))
+                          *b.usb(dev)))
 
 
 def _host(addr: str) -> str:

@@ -32,6 +32,7 @@ VIRT_TYPES = ("qemu", "kvm")
 HOST_ARCH = "x86_64"
 # qemu.conf's vnc_listen default, which command.py uses too
 DEFAULT_LISTEN = "127.0.0.1"
+GENERATED_IFNAMES = ("vnet", "macvtap", "macvlan")
 # qemu.conf's remote_display_port_min/max: where autoport SPICE displays go
 DISPLAY_PORTS = range(5900, 65536)
 
@@ -60,6 +61,22 @@ def new_definition(state: "QemuDriverState", xml: str) -> domxml.DomainDef:
         elem.text = state.emulator
         d.devices.insert(0, elem)
     d.machine = state.canonical_machine(d.machine)
+    for iface in d.devices_of("interface"):
+        # names of the kind the driver generates are not kept (libvirt's
+        # VIR_NET_GENERATED_*_PREFIX): the tap gets a fresh one at start
+        target = iface.find("target")
+        if target is not None and (target.get("dev") or "").startswith(GENERATED_IFNAMES):
+            iface.remove(target)
+    cpu = d.raw.get("cpu")
+    if cpu is not None and cpu.get("mode") in ("host-passthrough", "maximum") \
+            and cpu.get("check") is None:
+        cpu.set("check", "none")     # nothing to check a CPU QEMU takes as it is against
+    if "cpu" not in d.raw and d.arch == HOST_ARCH:
+        # QEMU's default CPU for x86 machines, written down as libvirt does
+        # (qemuDomainDefSetDefaultCPU)
+        d.raw["cpu"] = etree.fromstring(
+            "<cpu mode='custom' match='exact' check='none'>"
+            "<model fallback='forbid'>qemu64</model></cpu>")
     devmod.apply_defaults(d, hypervisor="qemu")
     devmod.validate_devices(d)
     return d

@@ -268,7 +268,9 @@ def fill_defaults(d: DomainDef, *, default_arch: str, ifname_prefix: str | None 
         if gfx.get("type") in ("vnc", "spice") and gfx.get("port") == "-1" and not gfx.get("autoport"):
             gfx.set("autoport", "yes")
         if gfx.get("type") == "vnc" and gfx.find("listen") is None:
-            gfx.append(etree.Element("listen", type="address"))
+            listen = etree.SubElement(gfx, "listen", type="address")
+            if gfx.get("listen"):
+                listen.set("address", gfx.get("listen"))
     if d.devices_of("graphics") and not d.devices_of("video"):
         video = etree.Element("video")
         etree.SubElement(video, "model", type="cirrus", vram="16384", heads="1", primary="yes")

@@ -24,6 +24,7 @@ from pyvirtd.xml.devices.graphics import Graphics
 from pyvirtd.xml.devices.input import Input
 from pyvirtd.xml.devices.interface import Interface
 from pyvirtd.xml.devices.memballoon import Memballoon
+from pyvirtd.xml.devices.pci import assign_pc, assign_q35
 from pyvirtd.xml.devices.redirdev import Redirdev
 from pyvirtd.xml.devices.rng import Rng
 from pyvirtd.xml.devices.sound import Sound
@@ -70,7 +71,8 @@ def apply_defaults(defn, *, hypervisor: str = "qemu") -> None:
     (pci-root / pcie-root), USB controller 0, the q35 SATA controller, an IDE
     controller for IDE disks, SCSI and virtio-serial controllers the devices
     need, a ps2 mouse and keyboard, a virtio memballoon, the serial console
-    alias and its serial port, a video device when there is graphics.
+    alias and its serial port, a video device when there is graphics, an
+    audio backend.  On the pc machine, PCI addresses (pci.py).
     """
     ctx = _ctx(defn, hypervisor)
     devs = parse_devices(defn)
@@ -79,23 +81,26 @@ def apply_defaults(defn, *, hypervisor: str = "qemu") -> None:
     def has_controller(kind: str, index: int | None = None) -> bool:
         return any(c.type == kind and (index is None or c.index == index) for c in conts)
 
-    def add_controller(kind: str, index: int, model: str | None = None) -> None:
+    def add_controller(kind: str, index: int, model: str | None = None) -> Controller:
         c = Controller(type=kind, index=index, model=model)
         conts.append(c)
         devs.append(c)
+        return c
 
+    _order_disks(devs)
     _assign_controller_indexes(conts)
     for dev in devs:
         if not isinstance(dev, etree._Element) and not isinstance(dev, Controller):
             dev.fill_defaults(ctx)
     disks = [d for d in devs if isinstance(d, Disk)]
-    if not has_controller("pci", 0):
-        add_controller("pci", 0)
+    # in libvirt's order: the USB controller, q35's SATA, then the PCI root
     if not has_controller("usb", 0):
         add_controller("usb", 0)
     if ctx["q35"] and not has_controller("sata", 0):
         add_controller("sata", 0)
-    for bus, kind in (("ide", "ide"), ("sata", "sata"), ("scsi", "scsi")):
+    if not has_controller("pci", 0):
+        add_controller("pci", 0)
+    for bus, kind in (("scsi", "scsi"), ("ide", "ide"), ("sata", "sata")):   # libvirt's order
         if kind == "ide" and ctx["q35"]:
             continue
         for disk in disks:
@@ -104,6 +109,7 @@ def apply_defaults(defn, *, hypervisor: str = "qemu") -> None:
                 if not has_controller(kind, idx):
                     add_controller(kind, idx)
     _virtio_serial_defaults(devs, conts, add_controller)
+    _root_port_defaults(conts)
     _console_defaults(devs)
     if not any(isinstance(d, Input) and d.bus == "ps2" and d.type == "mouse" for d in devs):
         devs.append(Input(type="mouse", bus="ps2"))
@@ -120,19 +126,72 @@ def apply_defaults(defn, *, hypervisor: str = "qemu") -> None:
     primary = [d for d in devs if isinstance(d, Video) and d.model != "none"]
     if primary and not any(v.primary for v in primary):
         primary[0].primary = True
+    if hypervisor == "qemu":
+        _assign_usb_ports(devs)
+    if hypervisor == "qemu" and ctx["q35"]:
+        assign_q35(devs, add_controller)
+        _root_port_defaults(conts)
+        for c in conts:
+            c.fill_defaults(ctx)
+    elif hypervisor == "qemu":
+        assign_pc(devs)
     defn.devices = [d if isinstance(d, etree._Element) else d.to_element() for d in devs]
 
 
+def _assign_usb_ports(devs: list) -> None:
+    """USB devices without an address get the next port of USB bus 0, in libvirt's
+    order (virDomainUSBDeviceDefForeach: disks, inputs, sound cards, redirected
+    devices), after the ports the XML already names."""
+    has_usb = any(isinstance(c, Controller) and c.type == "usb" and c.model != "none"
+                  for c in devs)
+    if not has_usb:
+        return
+    wanted = [*[d for d in devs if isinstance(d, Disk) and d.bus == "usb"],
+              *[d for d in devs if isinstance(d, Input) and d.bus == "usb"],
+              *[d for d in devs if isinstance(d, Sound) and d.model == "usb"],
+              *[d for d in devs if isinstance(d, Redirdev)]]
+    taken = {d.address.attrs.get("port") for d in wanted
+             if d.address is not None and d.address.type == "usb"}
+    port = 1
+    for dev in wanted:
+        if dev.address is not None:
+            continue
+        while str(port) in taken:
+            port += 1
+        dev.address = Address("usb", {"bus": "0", "port": str(port)})
+        taken.add(str(port))
+
+
+def _order_disks(devs: list) -> None:
+    """Disks in libvirt's order (virDomainDiskInsert, as each is parsed): each goes
+    after the last disk on its bus with a lower index, or before the first with
+    a higher one; a disk on a bus of its own goes last.  The bus is the one the
+    XML names (a disk without one shares the "unknown" bus with the others,
+    as in libvirt, whose post-parse picks buses later).  The other devices keep
+    their places."""
+    slots = [i for i, d in enumerate(devs) if isinstance(d, Disk)]
+    ordered: list = []
+    for disk in (devs[i] for i in slots):
+        at = -1
+        for n in range(len(ordered) - 1, -1, -1):
+            other = ordered[n]
+            if other.bus == disk.bus and other.index > disk.index:
+                at = n
+            elif other.bus == disk.bus and at == -1:
+                at = n + 1
+        ordered.insert(len(ordered) if at == -1 else at, disk)
+    for i, disk in zip(slots, ordered):
+        devs[i] = disk
+
+
 def _audio_defaults(devs: list) -> None:
-    """A guest with a display or a sound card gets an audio backend (id 1) when it
-    names none: SPICE's own with SPICE graphics, else the silent one
+    """A guest gets an audio backend (id 1) when it names none, display or not:
+    SPICE's own with SPICE graphics, else the silent one
     (qemuDomainDefAddDefaultAudioBackend with qemu.conf's defaults).  Sound cards
     without an <audio id> play to the first backend; libvirt does not write
     that id into the XML."""
-    graphics = [d for d in devs if isinstance(d, Graphics)]
-    if not any(isinstance(d, Audio) for d in devs) and (
-            graphics or any(isinstance(d, Sound) for d in devs)):
-        spice = any(g.type == "spice" for g in graphics)
+    if not any(isinstance(d, Audio) for d in devs):
+        spice = any(isinstance(g, Graphics) and g.type == "spice" for g in devs)
         devs.append(Audio(id=1, type="spice" if spice else "none"))
 
 
@@ -166,13 +225,45 @@ def _virtio_serial_defaults(devs: list, conts: list, add_controller) -> None:
             used.add(port)
 
 
+def _root_port_defaults(conts: list) -> None:
+    """pcie-root-ports get chassis = index and port numbers from 0x10 up, in index
+    order (libvirt derives the port from the slot/function it puts the root
+    port at: 0x10 is 00:02.0, 0x11 is 00:02.1, ...)."""
+    ports = sorted((c for c in conts if c.type == "pci" and c.model == "pcie-root-port"),
+                   key=lambda c: c.index)
+    used = {int(c.target["port"], 0) for c in ports if c.target and "port" in c.target}
+    nxt = 0x10
+    for c in ports:
+        given = dict(c.target or {})
+        a = c.address
+        if "port" not in given and a is not None and a.type == "pci" and a.int("bus") == 0:
+            given["port"] = f"0x{a.int('slot') * 8 + a.int('function'):x}"
+        if "port" not in given:
+            while nxt in used:
+                nxt += 1
+            given["port"] = f"0x{nxt:x}"
+            used.add(nxt)
+        c.target = {"chassis": given.pop("chassis", str(c.index)), "port": given.pop("port"),
+                    **given}
+
+
 def _console_defaults(devs: list) -> None:
-    """A serial console is an alias of serial port 0: create the port if missing."""
+    """A serial console is an alias of serial port 0: create the port if missing,
+    and a guest with serial ports but no console gets one on port 0
+    (virDomainDefAddConsoleCompat)."""
     consoles = [d for d in devs if isinstance(d, Chardev) and d.kind == "console"]
     serials = [d for d in devs if isinstance(d, Chardev) and d.kind == "serial"]
     for i, serial in enumerate(serials):
         if serial.target_port is None:
             serial.target_port = i
+    if serials and not consoles:
+        port0 = next((s for s in serials if s.target_port == 0), None)
+        if port0 is not None:
+            console = Chardev(kind="console", type=port0.type,
+                              sources=[dict(s) for s in port0.sources], protocol=port0.protocol,
+                              target_type="serial", target_port=0)
+            devs.append(console)
+            consoles.append(console)
     if consoles and consoles[0].target_type == "serial" and not serials:
         first = consoles[0]
         serial = Chardev(kind="serial", type=first.type, sources=[dict(s) for s in first.sources],

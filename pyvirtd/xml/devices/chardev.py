@@ -87,6 +87,9 @@ class Chardev(DeviceBase):
                 self.target_port = 0
         if self.type == "unix" and self.sources and "mode" not in self.sources[0]:
             self.sources[0] = {"mode": "bind", **self.sources[0]}
+        if (self.type == "unix" and len(self.sources) == 1 and not self.sources[0].get("path")
+                and self.sources[0].get("mode") == "bind"):
+            self.sources = []     # nothing to say until the driver picks the path at start
         if self.type == "tcp" and self.protocol is None:
             self.protocol = "raw"
         if (self.kind == "channel" and self.type == "spicevmc" and self.target_type == "virtio"

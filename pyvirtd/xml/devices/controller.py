@@ -109,8 +109,11 @@ class Controller(DeviceBase):
                 self.model = "pcie-root" if q35 else "pci-root"
         if self.type == "pci" and self.model in PCI_MODEL_NAMES and self.model_name is None:
             self.model_name = PCI_MODEL_NAMES[self.model]
-        if self.type == "usb" and self.model == "qemu-xhci" and self.ports is None:
-            self.ports = 15
+        if (self.type == "usb" and self.model in ("ich9-uhci1", "ich9-uhci2", "ich9-uhci3")
+                and not any(getattr(x, "tag", None) == "master" for x in self.extra)):
+            # a companion of the EHCI with its index: its first port on that bus
+            first = 2 * (int(self.model[-1]) - 1)
+            self.extra.insert(0, etree.Element("master", startport=str(first)))
 
     def validate(self) -> None:
         if self.index is None:

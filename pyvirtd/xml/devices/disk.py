@@ -172,10 +172,10 @@ class Disk(DeviceBase):
             set_attrs(src, *(self.source_extra or {}).items())
             src.extend(copy.deepcopy(c) for c in self.source_children)
         sub(e, "target", ("dev", self.target), ("bus", self.bus), ("tray", self.tray))
-        if self.boot is not None:
-            sub(e, "boot", ("order", self.boot))
         if self.readonly:
             etree.SubElement(e, "readonly")
         if self.shareable:
             etree.SubElement(e, "shareable")
+        if self.boot is not None:          # with the device info, after the disk's own
+            sub(e, "boot", ("order", self.boot))
         return self._format_common(e)

@@ -11,7 +11,7 @@ from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, set_attr
 
 MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
 BACKENDS = ("random", "egd", "builtin")
-DEFAULT_SOURCE = "/dev/urandom"
+DEFAULT_SOURCE = "/dev/random"      # libvirt 9.0's default for backend random
 
 
 @dataclass
