@@ -215,3 +215,44 @@ def test_vol_create_validate_accepts_valid_volume(daemon):
         assert_valid(vol.XMLDesc(), "storagevol")
     finally:
         conn.close()
+
+
+def test_session_subsystems_validate(daemon, tmp_path):
+    """qemu:///session's networks and storage (pyvirtd/network, pyvirtd/storage)
+    refuse invalid documents under --validate with libvirt's message, and what
+    they write validates against both schemas."""
+    uri = daemon.uri("qemu:///session")
+    target = tmp_path / "pool"
+    target.mkdir()
+    files = {
+        "net-bad": "<network><name>n1</name><bogus/></network>\n",
+        "pool-bad": f"<pool type='dir'><name>p</name><target><path>{target}</path></target>"
+                    "<bogus/></pool>\n",
+        "vol-bad": "<volume><name>v.img</name><capacity>1</capacity><bogus/><target/></volume>\n",
+        "net": "<network><name>isolated</name><bridge name='pvbr9'/>"
+               "<ip address='10.9.9.1' prefix='24'/></network>\n",
+        "pool": f"<pool type='dir'><name>p</name><target><path>{target}</path></target></pool>\n",
+        "vol": VOLUME,
+    }
+    for name, text in files.items():
+        (tmp_path / f"{name}.xml").write_text(text)
+    expected = {
+        "net-define": "Element network has extra content: bogus",
+        "pool-define": "Element pool has extra content: bogus",
+    }
+    for verb, line in expected.items():
+        r = virsh(uri, f"{verb} {tmp_path}/{verb.split('-')[0]}-bad.xml --validate")
+        assert r.rc == 1 and line in r.err, r
+        assert "XML document failed to validate against schema" in r.err
+    for cmd in (f"net-define {tmp_path}/net.xml --validate", f"pool-define {tmp_path}/pool.xml "
+                "--validate", "pool-start p", f"vol-create p {tmp_path}/vol.xml --validate"):
+        r = virsh(uri, cmd)
+        assert r.rc == 0, (cmd, r)
+    r = virsh(uri, f"vol-create p {tmp_path}/vol-bad.xml --validate")
+    assert r.rc == 1 and "XML document failed to validate against schema" in r.err
+    assert "Element volume failed to validate content" in r.err
+    for cmd, kind in (("net-dumpxml isolated", "network"), ("pool-dumpxml p", "storagepool"),
+                      ("vol-dumpxml --pool p disk1.qcow2", "storagevol")):
+        r = virsh(uri, cmd)
+        assert r.rc == 0, r
+        assert_valid(r.out, kind)
