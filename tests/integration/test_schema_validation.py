@@ -143,6 +143,15 @@ CASES = {
     "vol-create-bad-attribute": (VOL_CREATE, "<volume><name>v.img</name>"
                                  "<capacity unit='parsecs'>1</capacity><target/></volume>\n",
                                  "invalid"),
+    "snapshot-bad-attribute": ("snapshot-create test {path} --validate",
+                               "<domainsnapshot><name>s2</name><memory snapshot='warp'/>"
+                               "</domainsnapshot>\n", "invalid"),
+    "snapshot-unknown-element": ("snapshot-create test {path} --validate",
+                                 "<domainsnapshot><name>s3</name><bogus/></domainsnapshot>\n",
+                                 "invalid"),
+    "snapshot-valid": ("snapshot-create test {path} --validate",
+                       "<domainsnapshot><name>s1</name><description>x</description>"
+                       "</domainsnapshot>\n", "valid"),
     "define-valid": (DEFINE, MINIMAL.format(name="ok1", extra=""), "valid"),
     "create-valid": (CREATE, MINIMAL.format(name="ok2", extra=""), "valid"),
     "net-define-valid": (NET_DEFINE, RICH_NETWORK, "valid"),

@@ -45,8 +45,15 @@ def test_domain_corpus_validates_against_both_schemas(path: Path) -> None:
         assert libvirt_errors(root, "domain") is None
 
 
+SNAPSHOT = ("<domainsnapshot><name>s1</name><state>running</state>"
+            "<creationTime>1700000000</creationTime><memory snapshot='internal'/>"
+            "<disks><disk name='vda' snapshot='internal'/></disks>"
+            + (DATA / "xml2xml/domain/in/test-default.xml").read_text()
+            + "<active>0</active></domainsnapshot>")
+
+
 @pytest.mark.parametrize("text,kind", [(NETWORK, "network"), (POOL, "storagepool"),
-                                       (VOLUME, "storagevol")])
+                                       (VOLUME, "storagevol"), (SNAPSHOT, "domainsnapshot")])
 def test_object_documents_validate_against_both_schemas(text: str, kind: str) -> None:
     assert schema.errors(parse(text), kind) is None
     assert libvirt_errors(parse(text), kind) is None
