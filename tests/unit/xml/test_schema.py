@@ -52,8 +52,16 @@ SNAPSHOT = ("<domainsnapshot><name>s1</name><state>running</state>"
             + "<active>0</active></domainsnapshot>")
 
 
+BOND = ("<interface type='bond' name='bond0'><start mode='none'/>"
+        "<protocol family='ipv6'><autoconf/></protocol><bond mode='active-backup'>"
+        "<miimon freq='100' updelay='10' carrier='ioctl'/>"
+        "<interface type='ethernet' name='eth1'><mac address='52:54:00:00:00:01'/></interface>"
+        "<interface type='ethernet' name='eth2'/></bond></interface>")
+
+
 @pytest.mark.parametrize("text,kind", [(NETWORK, "network"), (POOL, "storagepool"),
-                                       (VOLUME, "storagevol"), (SNAPSHOT, "domainsnapshot")])
+                                       (VOLUME, "storagevol"), (SNAPSHOT, "domainsnapshot"),
+                                       (BOND, "interface")])
 def test_object_documents_validate_against_both_schemas(text: str, kind: str) -> None:
     assert schema.errors(parse(text), kind) is None
     assert libvirt_errors(parse(text), kind) is None
