@@ -286,3 +286,18 @@ def test_session_subsystems_validate(daemon, tmp_path):
         r = virsh(uri, cmd)
         assert r.rc == 0, r
         assert_valid(r.out, kind)
+
+
+def test_secret_define_validate(daemon, tmp_path):
+    """libvirt's test driver has no secrets: libvirt's secret driver is the reference
+    (it takes VIR_SECRET_DEFINE_VALIDATE and checks secret.rng)."""
+    bad, good = tmp_path / "bad.xml", tmp_path / "good.xml"
+    bad.write_text("<secret ephemeral='no'><usage type='ceph'><volume>/x</volume></usage>"
+                   "</secret>\n")
+    good.write_text("<secret ephemeral='no'><usage type='ceph'><name>pool</name></usage>"
+                    "</secret>\n")
+    r = virsh(daemon.uri(), f"secret-define {bad} --validate")
+    assert r.rc == 1 and "XML document failed to validate against schema" in r.err, r
+    assert "usage" in r.err
+    r = virsh(daemon.uri(), f"secret-define {good} --validate")
+    assert r.rc == 0 and "created" in r.out, r

@@ -52,6 +52,9 @@ SNAPSHOT = ("<domainsnapshot><name>s1</name><state>running</state>"
             + "<active>0</active></domainsnapshot>")
 
 
+SECRET = ("<secret ephemeral='no' private='yes'><uuid>0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f</uuid>"
+          "<description>iSCSI login</description><usage type='iscsi'><target>libvirtiscsi</target>"
+          "</usage></secret>")
 BOND = ("<interface type='bond' name='bond0'><start mode='none'/>"
         "<protocol family='ipv6'><autoconf/></protocol><bond mode='active-backup'>"
         "<miimon freq='100' updelay='10' carrier='ioctl'/>"
@@ -61,7 +64,7 @@ BOND = ("<interface type='bond' name='bond0'><start mode='none'/>"
 
 @pytest.mark.parametrize("text,kind", [(NETWORK, "network"), (POOL, "storagepool"),
                                        (VOLUME, "storagevol"), (SNAPSHOT, "domainsnapshot"),
-                                       (BOND, "interface")])
+                                       (BOND, "interface"), (SECRET, "secret")])
 def test_object_documents_validate_against_both_schemas(text: str, kind: str) -> None:
     assert schema.errors(parse(text), kind) is None
     assert libvirt_errors(parse(text), kind) is None
@@ -140,6 +143,8 @@ def test_invalid_device_corpus_refused_where_libvirts_schema_refuses(path: Path)
     ("<network><name>n1</name><forward mode='warp'/></network>", "network", None),
     ("<pool type='dir'><name>p1</name><target><path>relative</path></target></pool>",
      "storagepool", None),
+    ("<secret><usage type='ceph'><volume>/x</volume></usage></secret>", "secret", None),
+    ("<secret ephemeral='maybe'/>", "secret", None),
 ])
 def test_invalid_objects_refused(text: str, kind: str, expected: list[str] | None) -> None:
     theirs = libvirt_errors(parse(text), kind)
