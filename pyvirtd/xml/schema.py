@@ -25,8 +25,8 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
 # Document kinds that have a schema, by their file name in schemas/.
-SCHEMAS = ("domain", "domainsnapshot", "interface", "network", "secret", "storagepool",
-           "storagevol")
+SCHEMAS = ("domain", "domainsnapshot", "interface", "network", "nodedev", "secret",
+           "storagepool", "storagevol")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 

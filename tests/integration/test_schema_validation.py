@@ -23,7 +23,8 @@ pytestmark = pytest.mark.skipif(not (LIBVIRT_SCHEMAS / "domain.rng").exists(),
 
 # Our schema for each document kind (None: pyvirtd accepts no such input).
 KINDS = {"domain": "domain", "network": "network", "storagepool": "storagepool",
-         "storagevol": "storagevol", "interface": "interface", "capability": None}
+         "storagevol": "storagevol", "interface": "interface", "nodedev": "nodedev",
+         "capability": None}
 
 
 def assert_valid(xml: str, kind: str) -> None:
@@ -106,9 +107,12 @@ def test_emitted_xml_validates_against_both_schemas(daemon):
         for iface in conn.listAllInterfaces():
             assert_valid(iface.XMLDesc(), "interface")
             seen["interface"] += 1
+        for dev in conn.listAllDevices():
+            assert_valid(dev.XMLDesc(), "nodedev")
+            seen["nodedev"] += 1
         assert_valid(conn.getCapabilities(), "capability")
         assert seen["domain"] >= 3 and seen["network"] >= 2 and seen["storagepool"] >= 2
-        assert seen["storagevol"] >= 1 and seen["interface"] >= 1
+        assert seen["storagevol"] >= 1 and seen["interface"] >= 1 and seen["nodedev"] >= 4
     finally:
         conn.close()
 
@@ -169,6 +173,19 @@ CASES = {
                            "<protocol family='ipv4'><dhcp/></protocol><bridge stp='off'>"
                            "<interface type='ethernet' name='eth9'/></bridge></interface>\n",
                            "valid"),
+    "nodedev-create-unknown-element": ("nodedev-create {path} --validate", """<device>
+  <name>vhba</name>
+  <parent>scsi_host1</parent>
+  <capability type='scsi_host'>
+    <host>5</host>
+    <capability type='fc_host'>
+      <wwnn>2000000012341299</wwnn>
+      <wwpn>1000000012341299</wwpn>
+    </capability>
+  </capability>
+  <bogus/>
+</device>
+""", "invalid"),
     "define-valid": (DEFINE, MINIMAL.format(name="ok1", extra=""), "valid"),
     "create-valid": (CREATE, MINIMAL.format(name="ok2", extra=""), "valid"),
     "net-define-valid": (NET_DEFINE, RICH_NETWORK, "valid"),
@@ -301,3 +318,14 @@ def test_secret_define_validate(daemon, tmp_path):
     assert "usage" in r.err
     r = virsh(daemon.uri(), f"secret-define {good} --validate")
     assert r.rc == 0 and "created" in r.out, r
+
+
+def test_nodedev_create_validate_accepts_a_vhba(daemon, tmp_path):
+    """A vHBA definition without <host> (the kernel picks it): valid for pyvirtd's
+    schema, which unlike libvirt 9.0's does not require <host> on creation."""
+    vhba = tmp_path / "vhba.xml"
+    vhba.write_text("<device><parent>scsi_host1</parent><capability type='scsi_host'>"
+                    "<capability type='fc_host'><wwnn>2000000012341299</wwnn>"
+                    "<wwpn>1000000012341299</wwpn></capability></capability></device>\n")
+    r = virsh(daemon.uri(), f"nodedev-create {vhba} --validate")
+    assert r.rc == 0 and "created from" in r.out, r
