@@ -37,6 +37,69 @@ def parse(text: str) -> etree._Element:
     return etree.fromstring(text.encode())
 
 
+# A container as the LXC driver's clients write it and as it prints it running.
+LXC_DOMAINS = {
+    "lxc-input": """<domain type='lxc'>
+  <name>c2</name>
+  <memory unit='MiB'>64</memory>
+  <os><type>exe</type><init>/sbin/init</init></os>
+  <devices>
+    <filesystem type='mount'><source dir='/srv/root'/><target dir='/'/></filesystem>
+    <interface type='bridge'><source bridge='br0'/>
+      <ip address='10.99.0.2' prefix='24'/><guest dev='eth0'/></interface>
+    <console type='pty'/>
+  </devices>
+</domain>""",
+    "lxc-live": """<domain type='lxc' id='4242'>
+  <name>c2</name>
+  <uuid>6f4b8e2a-3a1c-4c4e-9d55-6c2f1e0b7a10</uuid>
+  <memory unit='KiB'>65536</memory>
+  <currentMemory unit='KiB'>65536</currentMemory>
+  <vcpu placement='static'>1</vcpu>
+  <resource><partition>/machine</partition></resource>
+  <os>
+    <type arch='x86_64'>exe</type>
+    <init>/sbin/init</init>
+    <initarg>--verbose</initarg>
+    <initenv name='LANG'>C</initenv>
+  </os>
+  <idmap><uid start='0' target='100000' count='65536'/><gid start='0' target='100000' count='65536'/></idmap>
+  <features><privnet/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/lib/libvirt/libvirt_lxc</emulator>
+    <filesystem type='mount' accessmode='passthrough'>
+      <source dir='/srv/root'/>
+      <target dir='/'/>
+    </filesystem>
+    <interface type='bridge'>
+      <mac address='52:54:00:12:34:56'/>
+      <source bridge='br0'/>
+      <ip address='10.99.0.2' family='ipv4' prefix='24'/>
+      <target dev='veth0'/>
+      <guest dev='eth0'/>
+    </interface>
+    <console type='pty' tty='/dev/pts/5'>
+      <source path='/dev/pts/5'/>
+      <target type='lxc' port='0'/>
+      <alias name='console0'/>
+    </console>
+  </devices>
+  <seclabel type='none'/>
+</domain>""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(LXC_DOMAINS))
+def test_lxc_domains_validate_against_both_schemas(name: str) -> None:
+    root = parse(LXC_DOMAINS[name])
+    assert libvirt_errors(root, "domain") is None
+    assert schema.errors(root, "domain") is None
+
+
 @pytest.mark.parametrize("path", DOMAIN_FILES, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
 def test_domain_corpus_validates_against_both_schemas(path: Path) -> None:
     root = etree.parse(str(path)).getroot()
