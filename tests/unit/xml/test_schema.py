@@ -21,9 +21,11 @@ from tests.unit.xml.test_object_xml import NETWORK, POOL, VOLUME
 DATA = Path(__file__).resolve().parents[2] / "data"
 LIBVIRT_SCHEMAS = Path("/usr/share/libvirt/schemas")
 
-# Valid domain documents: the xml2xml inputs and outputs, the xml2argv inputs.
+# Valid domain documents: the xml2xml inputs and outputs, the xml2argv inputs,
+# and schema/domain (what libvirt's QEMU tests and virt-manager write, for
+# parts pyvirtd keeps verbatim: tuning, firmware, bridges, SPICE, metadata).
 DOMAIN_FILES = sorted([*DATA.glob("xml2xml/*/in/*.xml"), *DATA.glob("xml2xml/*/out/*.xml"),
-                       *DATA.glob("xml2argv/*.xml")])
+                       *DATA.glob("xml2argv/*.xml"), *DATA.glob("schema/domain/*.xml")])
 # libvirt 9.0's schema predates <watchdog model='itco'> (libvirt 9.1).
 NEWER_THAN_LIBVIRT_9_0 = {"ovmf.xml"}
 
