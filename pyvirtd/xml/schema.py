@@ -25,9 +25,10 @@ from lxml import etree
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
-# Document kinds that have a schema, by their file name in schemas/.
-SCHEMAS = ("domain", "domainsnapshot", "interface", "network", "nodedev", "secret",
-           "storagepool", "storagevol")
+# Document kinds that have a schema, by their file name in schemas/ (capability
+# and domaincaps are output only: the tests check what the drivers print).
+SCHEMAS = ("capability", "domain", "domaincaps", "domainsnapshot", "interface", "network",
+           "nodedev", "secret", "storagepool", "storagevol")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 

@@ -127,6 +127,7 @@ def test_running_guest_xml_validates(running_guest):
 
 def test_qemu_capabilities_validate(running_guest):
     uri, _ = running_guest
-    assert_valid(ok(uri, "capabilities"), "capability", None)
-    assert_valid(ok(uri, "domcapabilities"), "domaincaps", None)
-    assert_valid(ok(uri, "domcapabilities --machine q35 --virttype qemu"), "domaincaps", None)
+    assert_valid(ok(uri, "capabilities"), "capability", "capability")
+    assert_valid(ok(uri, "domcapabilities"), "domaincaps", "domaincaps")
+    assert_valid(ok(uri, "domcapabilities --machine q35 --virttype qemu"), "domaincaps",
+                 "domaincaps")
