@@ -27,7 +27,8 @@ from .spec import new_definition
 
 _FROM = P.VIR_FROM_LXC
 XML_SECURE, XML_INACTIVE = 1, 2
-START_PAUSED, START_AUTODESTROY = 1, 2
+START_PAUSED, START_AUTODESTROY, START_VALIDATE = 1, 2, 16
+DEFINE_VALIDATE = 1
 UNDEFINE_ALL = 1 | 2 | 4 | 8 | 16 | 32 | 64
 SHUTDOWN_INITCTL, SHUTDOWN_SIGNAL = 4, 8
 AFFECT_LIVE, AFFECT_CONFIG = 1, 2
@@ -126,9 +127,9 @@ class DomainMixin(ds.DomainLookups):
         return await self.domain_define_xml_flags(xml, 0)
 
     async def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
-        check_flags(flags, 1, "lxcDomainDefineXMLFlags")
+        check_flags(flags, DEFINE_VALIDATE, "lxcDomainDefineXMLFlags")
         drv = self.driver
-        new = new_definition(xml)
+        new = new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=False)
         await drv.save_config(new)
         dom, replaced = ds.install_definition(drv.domains, new, existing, LxcDomain)
@@ -159,9 +160,9 @@ class DomainMixin(ds.DomainLookups):
         return dom.ref()
 
     async def domain_create_xml(self, xml_desc: str, flags: int) -> Any:
-        check_flags(flags, START_AUTODESTROY | 16, "lxcDomainCreateXMLWithFiles")
+        check_flags(flags, START_AUTODESTROY | START_VALIDATE, "lxcDomainCreateXMLWithFiles")
         drv = self.driver
-        new = new_definition(xml_desc)
+        new = new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=True)
         dom = existing or LxcDomain(new, persistent=False)
         if existing is None:

@@ -22,8 +22,8 @@ from pyvirtd.xml import domain as domxml
 _FROM = P.VIR_FROM_LXC
 
 
-def new_definition(xml: str) -> domxml.DomainDef:
-    d = domxml.parse(xml)
+def new_definition(xml: str, *, validate_schema: bool = False) -> domxml.DomainDef:
+    d = domxml.parse(xml, validate_schema=validate_schema)
     if d.type != "lxc":
         raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                        f"could not find capabilities for domaintype={d.type} ",

@@ -121,7 +121,7 @@ class DomainMixin(ds.DomainLookups):
     async def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
         check_flags(flags, DEFINE_VALIDATE, "qemuDomainDefineXMLFlags")
         drv = self.driver
-        new = new_definition(drv, xml)
+        new = new_definition(drv, xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=False)
         await drv.save_config(new)
         dom, replaced = ds.install_definition(drv.domains, new, existing, QemuDomain)
@@ -161,7 +161,7 @@ class DomainMixin(ds.DomainLookups):
         check_flags(flags, START_PAUSED | START_AUTODESTROY | START_BYPASS_CACHE
                     | START_VALIDATE | START_RESET_NVRAM, "qemuDomainCreateXML")
         drv = self.driver
-        new = new_definition(drv, xml_desc)
+        new = new_definition(drv, xml_desc, validate_schema=bool(flags & START_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=True)
         dom = existing or QemuDomain(new, persistent=False)
         if existing is None:

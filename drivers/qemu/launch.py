@@ -44,9 +44,10 @@ def emulator_of(d: domxml.DomainDef) -> str | None:
     return None
 
 
-def new_definition(state: "QemuDriverState", xml: str) -> domxml.DomainDef:
+def new_definition(state: "QemuDriverState", xml: str, *,
+                   validate_schema: bool = False) -> domxml.DomainDef:
     """Parse a client's domain XML and fill in what libvirt's QEMU driver adds."""
-    d = domxml.parse(xml)
+    d = domxml.parse(xml, validate_schema=validate_schema)
     if d.type not in VIRT_TYPES:
         raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                        f"Emulator '{emulator_of(d) or state.emulator}' does not support "

@@ -41,7 +41,7 @@ VCPU_MAXIMUM, VCPU_GUEST = 4, 8
 MEM_MAXIMUM = 4
 UNDEFINE_MANAGED_SAVE, UNDEFINE_SNAPSHOTS_METADATA, UNDEFINE_NVRAM, UNDEFINE_KEEP_NVRAM = 1, 2, 4, 8
 UNDEFINE_CHECKPOINTS_METADATA = 16
-START_PAUSED, START_AUTODESTROY, START_BYPASS_CACHE, START_FORCE_BOOT, START_VALIDATE = 1, 2, 4, 8, 32
+START_PAUSED, START_AUTODESTROY, START_BYPASS_CACHE, START_FORCE_BOOT, START_VALIDATE = 1, 2, 4, 8, 16
 METADATA_DESCRIPTION, METADATA_TITLE, METADATA_ELEMENT = 0, 1, 2
 DEFINE_VALIDATE = 1
 
@@ -73,8 +73,8 @@ class Domain(DomainObject):
     blkio_weight: int = 0
 
 
-def new_definition(xml: str) -> domxml.DomainDef:
-    d = domxml.parse(xml)
+def new_definition(xml: str, *, validate_schema: bool = False) -> domxml.DomainDef:
+    d = domxml.parse(xml, validate_schema=validate_schema)
     domxml.fill_defaults(d, default_arch=DEFAULT_ARCH, ifname_prefix=IFNAME_PREFIX)
     return d
 
@@ -248,7 +248,7 @@ class DomainMixin:
 
     def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
         check_flags(flags, DEFINE_VALIDATE, "testDomainDefineXMLFlags")
-        new = new_definition(xml)
+        new = new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         dom, replaced = self._add(new, live=False)
         if replaced:
             if dom.active:
@@ -341,7 +341,7 @@ class DomainMixin:
 
     def domain_create_xml(self, xml_desc: str, flags: int) -> Any:
         check_flags(flags, START_VALIDATE, "testDomainCreateXML")
-        new = new_definition(xml_desc)
+        new = new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
         dom, replaced = self._add(new, live=True)
         if replaced:
             dom.definition = new

@@ -20,6 +20,7 @@ from .state import TestState
 
 # virConnectListAllInterfacesFlags.
 LIST_INACTIVE, LIST_ACTIVE = 1, 2
+DEFINE_VALIDATE = 1     # VIR_INTERFACE_DEFINE_VALIDATE
 
 
 @dataclass(eq=False)
@@ -103,8 +104,8 @@ class InterfaceMixin:
         return ifxml.format(self._iface(ref).definition)
 
     def interface_define_xml(self, xml: str, flags: int) -> P.remote_nonnull_interface:
-        check_flags(flags, 0, "testInterfaceDefineXML")
-        ifdef = ifxml.parse(xml)
+        check_flags(flags, DEFINE_VALIDATE, "testInterfaceDefineXML")
+        ifdef = ifxml.parse(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         iface = self.state.interfaces.get(ifdef.name)
         if iface is None:
             iface = self.state.interfaces[ifdef.name] = Interface(ifdef)

@@ -29,6 +29,7 @@ LIST_AUTOSTART, LIST_NO_AUTOSTART = 16, 32
 LIST_ALL = 63
 # virNetworkUpdateFlags.
 UPDATE_AFFECT_LIVE, UPDATE_AFFECT_CONFIG = 1, 2
+NETWORK_VALIDATE = 1     # VIR_NETWORK_DEFINE_VALIDATE == VIR_NETWORK_CREATE_VALIDATE
 
 
 def unsupported_flags(flags: int, function: str) -> VirError:
@@ -180,8 +181,8 @@ class NetworkMixin:
         return self.network_define_xml_flags(xml, 0)
 
     def network_define_xml_flags(self, xml: str, flags: int) -> P.remote_nonnull_network:
-        check_flags(flags, 0, "testNetworkDefineXMLFlags")
-        net = self._add_network(netxml.parse(xml), live=False)
+        check_flags(flags, NETWORK_VALIDATE, "testNetworkDefineXMLFlags")
+        net = self._add_network(netxml.parse(xml, validate_schema=bool(flags & NETWORK_VALIDATE)), live=False)
         self._emit_network(net, P.VIR_NETWORK_EVENT_DEFINED)
         return net.ref()
 
@@ -189,8 +190,8 @@ class NetworkMixin:
         return self.network_create_xml_flags(xml, 0)
 
     def network_create_xml_flags(self, xml: str, flags: int) -> P.remote_nonnull_network:
-        check_flags(flags, 0, "testNetworkCreateXMLFlags")
-        net = self._add_network(netxml.parse(xml), live=True)
+        check_flags(flags, NETWORK_VALIDATE, "testNetworkCreateXMLFlags")
+        net = self._add_network(netxml.parse(xml, validate_schema=bool(flags & NETWORK_VALIDATE)), live=True)
         self._emit_network(net, P.VIR_NETWORK_EVENT_STARTED)
         return net.ref()
 

@@ -24,6 +24,7 @@ from .state import TestState
 LIST_ALL_CAPS = (1 << 22) - 1
 # virNodeDeviceEventLifecycleType.
 EV_CREATED, EV_DELETED = 0, 1
+CREATE_VALIDATE = 1     # VIR_NODE_DEVICE_CREATE_XML_VALIDATE
 # What the mocked vHBA creation copies and calls the new device (test_driver.c).
 VHBA_TEMPLATE, VHBA_NAME = "scsi_host11", "scsi_host12"
 
@@ -102,8 +103,8 @@ class NodeDeviceMixin:
     # --- vHBA create/destroy --------------------------------------------------
 
     def node_device_create_xml(self, xml: str, flags: int) -> P.remote_nonnull_node_device:
-        check_flags(flags, 0, "testNodeDeviceCreateXML")
-        devdef = ndxml.parse(xml)
+        check_flags(flags, CREATE_VALIDATE, "testNodeDeviceCreateXML")
+        devdef = ndxml.parse(xml, validate_schema=bool(flags & CREATE_VALIDATE))
         wwns = devdef.wwns()
         if wwns is None:
             raise _internal("Device is not a fibre channel HBA")

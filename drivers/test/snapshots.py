@@ -17,6 +17,7 @@ from lxml import etree
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
+from pyvirtd.xml import schema
 
 from .domains import (EV_STARTED, EV_STOPPED, EV_SUSPENDED, PAUSED, PAUSED_FROM_SNAPSHOT,
                       RUNNING, RUNNING_FROM_SNAPSHOT, SHUTOFF, SHUTOFF_FROM_SNAPSHOT,
@@ -72,7 +73,8 @@ class Snapshot:
         return "\n".join(lines) + "\n"
 
 
-def _parse_snapshot_xml(text: str) -> tuple[str | None, str | None]:
+def _parse_snapshot_xml(text: str, *, validate_schema: bool = False
+                        ) -> tuple[str | None, str | None]:
     try:
         root = etree.fromstring(text.encode(), etree.XMLParser(resolve_entities=False,
                                                                 no_network=True))
@@ -83,6 +85,8 @@ def _parse_snapshot_xml(text: str) -> tuple[str | None, str | None]:
         raise VirError(P.VIR_ERR_XML_ERROR,
                        f"expecting root element of 'domainsnapshot', not '{root.tag}'",
                        domain=P.VIR_FROM_XML)
+    if validate_schema:
+        schema.validate(root, "domainsnapshot")
     name = root.findtext("name")
     desc = root.findtext("description")
     return (name.strip() if name else None), desc
@@ -108,7 +112,7 @@ class SnapshotMixin:
         check_flags(flags, CREATE_REDEFINE | CREATE_CURRENT | CREATE_NO_METADATA | CREATE_HALT
                     | CREATE_ATOMIC | CREATE_VALIDATE, "testDomainSnapshotCreateXML")
         dom = self._dom(ref)
-        name, desc = _parse_snapshot_xml(xml_desc)
+        name, desc = _parse_snapshot_xml(xml_desc, validate_schema=bool(flags & CREATE_VALIDATE))
         now = int(time.time())
         name = name or str(now)
         if name in dom.snapshots:

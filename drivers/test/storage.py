@@ -28,6 +28,8 @@ POOL_CAPACITY = 100 * 1024 ** 3
 # virStoragePoolState.
 POOL_INACTIVE, POOL_RUNNING = 0, 2
 VOL_FILE = 0
+POOL_DEFINE_VALIDATE = 1
+VOL_CREATE_VALIDATE = 4
 # virConnectListAllStoragePoolsFlags: the six state filters, then one bit per type.
 LIST_ALL_POOLS = (1 << 20) - 1
 TYPE_FLAG_BASE = 6
@@ -250,8 +252,9 @@ class StorageMixin:
         return pool
 
     def storage_pool_define_xml(self, xml: str, flags: int) -> P.remote_nonnull_storage_pool:
-        check_flags(flags, 0, "testStoragePoolDefineXML")
-        pool = self._add_pool(stxml.parse_pool(xml), live=False)
+        check_flags(flags, POOL_DEFINE_VALIDATE, "testStoragePoolDefineXML")
+        pool = self._add_pool(stxml.parse_pool(
+            xml, validate_schema=bool(flags & POOL_DEFINE_VALIDATE)), live=False)
         self._emit_pool(pool, EV_DEFINED)
         return pool.ref()
 
@@ -350,8 +353,8 @@ class StorageMixin:
         vols = [pool.vol_ref(v) for v in pool.volumes.values()]
         return (vols if need_results else [], len(vols))
 
-    def _new_volume(self, pool: Pool, xml: str) -> stxml.VolumeDef:
-        vol = stxml.parse_volume(xml, pool.definition.type)
+    def _new_volume(self, pool: Pool, xml: str, validate_schema: bool = False) -> stxml.VolumeDef:
+        vol = stxml.parse_volume(xml, pool.definition.type, validate_schema=validate_schema)
         if vol.name in pool.volumes:
             raise VirError(P.VIR_ERR_OPERATION_FAILED, "storage vol already exists",
                            domain=P.VIR_FROM_TEST)
@@ -368,9 +371,10 @@ class StorageMixin:
         return pool.vol_ref(vol)
 
     def storage_vol_create_xml(self, ref, xml: str, flags: int) -> P.remote_nonnull_storage_vol:
-        check_flags(flags, 0, "testStorageVolCreateXML")
+        check_flags(flags, VOL_CREATE_VALIDATE, "testStorageVolCreateXML")
         pool = self._active_pool(ref)
-        return self._add_volume(pool, self._new_volume(pool, xml))
+        return self._add_volume(pool, self._new_volume(
+            pool, xml, validate_schema=bool(flags & VOL_CREATE_VALIDATE)))
 
     def storage_vol_create_xml_from(self, ref, xml: str, clone_ref, flags: int
                                     ) -> P.remote_nonnull_storage_vol:

@@ -440,7 +440,7 @@ class NetworkSubsystem:
         _check_flags(flags, DEFINE_VALIDATE, "networkDefineXMLFlags")
         async with self._lock:
             self._load()
-            netdef = netxml.parse(xml)
+            netdef = netxml.parse(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
             await self._fill_in(netdef)
             net = self._add(netdef, live=False)
             self._save_config(netdef)
@@ -454,7 +454,7 @@ class NetworkSubsystem:
         _check_flags(flags, CREATE_VALIDATE, "networkCreateXMLFlags")
         async with self._lock:
             self._load()
-            netdef = netxml.parse(xml)
+            netdef = netxml.parse(xml, validate_schema=bool(flags & CREATE_VALIDATE))
             await self._fill_in(netdef)
             existed = netdef.name in self.networks
             net = self._add(netdef, live=True)

@@ -306,7 +306,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
 
     async def storage_pool_define_xml(self, xml: str, flags: int) -> P.remote_nonnull_storage_pool:
         check_flags(flags, DEFINE_VALIDATE, "storagePoolDefineXML")
-        pdef = stxml.parse_pool(xml)
+        pdef = stxml.parse_pool(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         backend = self._backend(pdef.type)
         same = self._check_duplicates(pdef)
         pdef.set_sizes(0, 0, 0)

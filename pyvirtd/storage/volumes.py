@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 _FROM = P.VIR_FROM_STORAGE
 
+# virStorageVolCreateFlags' schema check (the other create flags come from the backends)
+VOL_CREATE_VALIDATE = 4
 # virStorageVolDeleteFlags / virStorageVolInfoFlags
 DELETE_ZEROED, DELETE_WITH_SNAPSHOTS = 1, 2
 GET_PHYSICAL = 1
@@ -156,9 +158,10 @@ class VolumeProcedures:
         return found
 
     # ----------------------------------------------------------------- create
-    def _new_volume(self: "StorageSubsystem", pool: Pool, xml: str) -> tuple[stxml.VolumeDef,
-                                                                             Volume]:
-        voldef = stxml.parse_volume(xml, pool.type)
+    def _new_volume(self: "StorageSubsystem", pool: Pool, xml: str, flags: int = 0
+                    ) -> tuple[stxml.VolumeDef, Volume]:
+        voldef = stxml.parse_volume(xml, pool.type,
+                                    validate_schema=bool(flags & VOL_CREATE_VALIDATE))
         if voldef.name in pool.volumes:
             raise VirError(P.VIR_ERR_STORAGE_VOL_EXIST, domain=_FROM,
                            message=f"storage volume '{voldef.name}' exists already")
@@ -205,10 +208,10 @@ class VolumeProcedures:
         return fresh
 
     async def storage_vol_create_xml(self: "StorageSubsystem", ref, xml: str, flags: int):
-        _check_flags(flags, VOL_CREATE_PREALLOC_METADATA | VOL_CREATE_REFLINK,
+        _check_flags(flags, VOL_CREATE_PREALLOC_METADATA | VOL_CREATE_REFLINK | VOL_CREATE_VALIDATE,
                      "storageVolCreateXML")
         pool = self._active_pool(ref)
-        voldef, vol = self._new_volume(pool, xml)
+        voldef, vol = self._new_volume(pool, xml, flags)
         await self._backing(pool, voldef, vol)
         if voldef.name in pool.volumes:     # created meanwhile
             raise VirError(P.VIR_ERR_STORAGE_VOL_EXIST, domain=_FROM,
@@ -219,7 +222,7 @@ class VolumeProcedures:
 
     async def storage_vol_create_xml_from(self: "StorageSubsystem", ref, xml: str, clone_ref,
                                           flags: int):
-        _check_flags(flags, VOL_CREATE_PREALLOC_METADATA | VOL_CREATE_REFLINK,
+        _check_flags(flags, VOL_CREATE_PREALLOC_METADATA | VOL_CREATE_REFLINK | VOL_CREATE_VALIDATE,
                      "storageVolCreateXMLFrom")
         pool = self._active_pool(ref)
         src_pool = self.pools.get(clone_ref.pool)
@@ -234,7 +237,7 @@ class VolumeProcedures:
         if source.building:
             raise VirError(P.VIR_ERR_OPERATION_INVALID,
                            f"volume '{source.name}' is still being allocated.", domain=_FROM)
-        voldef, vol = self._new_volume(pool, xml)
+        voldef, vol = self._new_volume(pool, xml, flags)
         # the clone is at least as big as its source (storageVolCreateXMLFrom)
         vol.capacity = max(vol.capacity, source.capacity)
         await self._backing(pool, voldef, vol)

@@ -21,7 +21,7 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_uuid, new_uuid, parse_uuid
+from pyvirtd.xml import format_uuid, new_uuid, parse_uuid, schema
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True,
                           huge_tree=False, remove_comments=True)
@@ -119,8 +119,12 @@ def parse_memory(elem: etree._Element, what: str) -> int:
     return (value * scale + 1023) // 1024
 
 
-def parse(text: str) -> DomainDef:
-    """Parse and validate a domain document; raises VirError with libvirt's wording."""
+def parse(text: str, *, validate_schema: bool = False) -> DomainDef:
+    """Parse and validate a domain document; raises VirError with libvirt's wording.
+
+    ``validate_schema`` (the VALIDATE flags of define and create) checks the
+    document against schemas/domain.rng first, as libvirt does right after
+    reading the root element."""
     try:
         root = etree.fromstring(text.encode(), _PARSER)
     except etree.XMLSyntaxError as exc:
@@ -128,6 +132,8 @@ def parse(text: str) -> DomainDef:
     if root.tag != "domain":
         raise VirError(P.VIR_ERR_XML_ERROR, f"expecting root element of 'domain', not '{root.tag}'",
                        domain=P.VIR_FROM_XML)
+    if validate_schema:
+        schema.validate(root, "domain")
     return parse_element(root)
 
 

@@ -15,7 +15,7 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_libvirt, invalid_attr, missing_attr, parse_definition
+from pyvirtd.xml import format_libvirt, invalid_attr, missing_attr, parse_definition, schema
 
 _FROM = P.VIR_FROM_INTERFACE
 
@@ -44,8 +44,11 @@ class InterfaceDef:
         return InterfaceDef(copy.deepcopy(self.tree))
 
 
-def parse(text: str) -> InterfaceDef:
+def parse(text: str, *, validate_schema: bool = False) -> InterfaceDef:
+    """A client's <interface>; ``validate_schema`` checks it against schemas/interface.rng."""
     root = parse_definition(text, "interface", what="interface_definition", domain=_FROM)
+    if validate_schema:
+        schema.validate(root, "interface")
     return from_element(root)
 
 

@@ -17,7 +17,7 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_libvirt, format_uuid, new_uuid, parse_definition
+from pyvirtd.xml import format_libvirt, format_uuid, new_uuid, parse_definition, schema
 
 _FROM = P.VIR_FROM_NETWORK
 
@@ -80,9 +80,12 @@ class NetworkDef:
         return NetworkDef(copy.deepcopy(self.tree))
 
 
-def parse(text: str) -> NetworkDef:
-    """Parse a client's <network> definition (VIR_ERR_XML_* / VIR_ERR_NO_NAME on error)."""
+def parse(text: str, *, validate_schema: bool = False) -> NetworkDef:
+    """Parse a client's <network> definition (VIR_ERR_XML_* / VIR_ERR_NO_NAME on error);
+    ``validate_schema`` checks it against schemas/network.rng first."""
     root = parse_definition(text, "network", what="network_definition", domain=_FROM)
+    if validate_schema:
+        schema.validate(root, "network")
     return from_element(root)
 
 

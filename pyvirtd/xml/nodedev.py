@@ -14,7 +14,7 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_libvirt, parse_definition
+from pyvirtd.xml import format_libvirt, parse_definition, schema
 
 _FROM = P.VIR_FROM_NODEDEV
 
@@ -80,8 +80,11 @@ class NodeDeviceDef:
         return NodeDeviceDef(copy.deepcopy(self.tree))
 
 
-def parse(text: str) -> NodeDeviceDef:
+def parse(text: str, *, validate_schema: bool = False) -> NodeDeviceDef:
+    """A client's <device> to create; ``validate_schema`` checks it against schemas/nodedev.rng."""
     root = parse_definition(text, "device", what="node_device_definition", domain=_FROM)
+    if validate_schema:
+        schema.validate(root, "nodedev")
     return from_element(root, creating=True)
 
 

@@ -8,7 +8,8 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_libvirt, format_uuid, new_uuid, parse_definition, parse_uuid
+from pyvirtd.xml import (format_libvirt, format_uuid, new_uuid, parse_definition, parse_uuid,
+                         schema)
 
 _FROM = P.VIR_FROM_SECRET
 
@@ -40,8 +41,11 @@ def _bool_attr(root: etree._Element, attr: str) -> bool:
     return value == "yes"
 
 
-def parse(text: str) -> SecretDef:
+def parse(text: str, *, validate_schema: bool = False) -> SecretDef:
+    """A client's <secret>; ``validate_schema`` checks it against schemas/secret.rng."""
     root = parse_definition(text, "secret", what="secret_definition", domain=_FROM)
+    if validate_schema:
+        schema.validate(root, "secret")
     ephemeral = _bool_attr(root, "ephemeral")
     private = _bool_attr(root, "private")
     uuid_text = root.findtext("uuid")

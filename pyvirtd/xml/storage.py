@@ -19,7 +19,7 @@ from lxml import etree
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import (format_libvirt, format_uuid, invalid_attr, missing_attr, new_uuid,
-                         parse_definition, parse_uuid)
+                         parse_definition, parse_uuid, schema)
 
 _FROM = P.VIR_FROM_STORAGE
 
@@ -123,8 +123,11 @@ class PoolDef:
         return PoolDef(copy.deepcopy(self.tree))
 
 
-def parse_pool(text: str) -> PoolDef:
+def parse_pool(text: str, *, validate_schema: bool = False) -> PoolDef:
+    """A client's <pool>; ``validate_schema`` checks it against schemas/storagepool.rng."""
     root = parse_definition(text, "pool", what="storage_pool_definition", domain=_FROM)
+    if validate_schema:
+        schema.validate(root, "storagepool")
     return pool_from_element(root)
 
 
@@ -239,8 +242,11 @@ class VolumeDef:
         return VolumeDef(copy.deepcopy(self.tree))
 
 
-def parse_volume(text: str, pool_type: str) -> VolumeDef:
+def parse_volume(text: str, pool_type: str, *, validate_schema: bool = False) -> VolumeDef:
+    """A client's <volume>; ``validate_schema`` checks it against schemas/storagevol.rng."""
     root = parse_definition(text, "volume", what="storage_volume_definition", domain=_FROM)
+    if validate_schema:
+        schema.validate(root, "storagevol")
     return volume_from_element(root, pool_type)
 
 
