@@ -32,15 +32,19 @@ type network, as libvirt's qemuDomainInterfaceAddresses -> virDomainNetDHCPInter
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import uuid
 from typing import TYPE_CHECKING, Any
 
+import trio
 from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
+from pyvirtd.xml import networkport as portxml
 
 if TYPE_CHECKING:
     from .driver import QemuDomain, QemuDriverState
@@ -117,19 +121,21 @@ async def plug_all(state: "QemuDriverState", dom: "QemuDomain",
             _check_mac_unique(state, dom, where, mac)
             mtu_elem = iface.find("mtu")
             mtu = int(mtu_elem.get("size")) if mtu_elem is not None else None
+            bridge = where[1]
             if where[0] == "network":
-                sub = _network(state)
-                tap, fd = await sub.plug_interface(where[1], mac, tap_name=_tap_name(iface),
-                                                   mtu=mtu)
-                bridge = sub.bridge_of(where[1])
-                iface.find("source").set("bridge", bridge)
-            else:
-                try:
-                    tap, fd = await _netlink("open_tap", _tap_name(iface), where[1], mac, mtu, True)
-                except OSError as exc:
-                    raise VirError(P.VIR_ERR_SYSTEM_ERROR,
-                                   f"Unable to add bridge {where[1]} port {_tap_name(iface)}: "
-                                   f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
+                port = await _network(state).create_port(where[1], _port_request(live, iface))
+                _show_port(iface, port)
+                if port.plug_type not in ("network", "bridge"):
+                    raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                                   f"Unsupported network type {port.plug_type} of network "
+                                   f"'{where[1]}'", domain=P.VIR_FROM_QEMU)
+                bridge = port.plug.get("bridge")
+            try:
+                tap, fd = await _netlink("open_tap", _tap_name(iface), bridge, mac, mtu, True)
+            except OSError as exc:
+                raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                               f"Unable to add bridge {bridge} port {_tap_name(iface)}: "
+                               f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
             taps.append((tap, mac))
             fds[i] = fd
             target = iface.find("target")
@@ -147,9 +153,52 @@ async def plug_all(state: "QemuDriverState", dom: "QemuDomain",
             target.set("dev", tap)
     except BaseException:
         close_fds(fds)
-        await unplug_all(state, taps)
+        with trio.CancelScope(shield=True):
+            await unplug_all(state, taps, live)
         raise
     return taps, fds
+
+
+def _port_request(live: domxml.DomainDef, iface: etree._Element) -> portxml.PortDef:
+    """The port a guest NIC asks its network for (virDomainNetDefToNetworkPort)."""
+    src = iface.find("source")
+    bw = iface.find("bandwidth")
+    verbatim = [copy.deepcopy(e) for e in (iface.find("virtualport"), iface.find("vlan"))
+                if e is not None]
+    return portxml.PortDef(
+        uuid=uuid.uuid4().bytes, owner_name=live.name, owner_uuid=live.uuid, mac=_mac(iface),
+        group=src.get("portgroup"),
+        bandwidth=portxml.parse_bandwidth(bw) if bw is not None else None,
+        trust_guest_rx=iface.get("trustGuestRxFilters"), verbatim=verbatim)
+
+
+def _show_port(iface: etree._Element, port: portxml.PortDef) -> None:
+    """The live <source>: network, portgroup, portid, then where the port is plugged."""
+    src = iface.find("source")
+    attrs = dict(src.attrib)
+    src.attrib.clear()
+    for key in ("network", "portgroup"):
+        if key in attrs:
+            src.set(key, attrs.pop(key))
+    src.set("portid", port.uuid_str)
+    if port.plug_type in ("network", "bridge"):
+        src.set("bridge", port.plug.get("bridge"))
+    elif port.plug_type == "direct":
+        src.set("dev", port.plug.get("dev"))
+        src.set("mode", port.plug.get("mode"))
+    for key, value in attrs.items():
+        if key not in ("portid", "bridge", "dev", "mode"):
+            src.set(key, value)
+
+
+def ports(live: domxml.DomainDef) -> list[tuple[str, bytes]]:
+    """(network, port uuid) of each network port a running guest's live definition holds."""
+    out = []
+    for iface in live.devices_of("interface"):
+        src = iface.find("source")
+        if src is not None and src.get("network") and src.get("portid"):
+            out.append((src.get("network"), uuid.UUID(src.get("portid")).bytes))
+    return out
 
 
 def close_fds(fds: dict[int, int]) -> None:
@@ -193,15 +242,24 @@ def _delete_own_tap(tap: str, mac: str) -> None:
                 raise
 
 
-async def unplug_all(state: "QemuDriverState", taps: list[tuple[str, str]]) -> None:
-    """Remove a guest's taps (never raises; a tap already gone with QEMU's fds is fine)."""
-    import trio
+async def unplug_all(state: "QemuDriverState", taps: list[tuple[str, str]],
+                     live: domxml.DomainDef | None = None) -> None:
+    """Remove a guest's taps and, given its live definition, give back its network ports.
 
+    Never raises: a tap already gone with QEMU's fds, or a port gone with its
+    network, is fine.
+    """
     for tap, mac in taps:
         try:
             await trio.to_thread.run_sync(_delete_own_tap, tap, mac)
         except Exception:
             log.exception("removing tap %s", tap)
+    sub = state.ctx.shared.get("network")
+    for net_name, port_uuid in ports(live) if live is not None and sub is not None else ():
+        try:
+            await sub.delete_port(net_name, port_uuid)
+        except Exception:
+            log.exception("releasing port of network %s", net_name)
 
 
 # DOMAIN_INTERFACE_ADDRESSES
