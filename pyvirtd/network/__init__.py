@@ -11,8 +11,11 @@ isolated): a bridge (virbrN allocated as libvirt does) with the network's
 addresses and static routes (pyroute2, `netlink`); a dnsmasq with generated
 configuration for DHCP and DNS (`dnsmasq`); base chains in pyvirtd's own
 nftables table ``inet pyvirtd`` (`firewall`).  Mode ``bridge`` uses an
-existing host bridge and runs nothing.  Modes vepa/private/passthrough are
-accepted and tracked but their macvtap interfaces are not implemented yet.
+existing host bridge and runs nothing.  Modes vepa/private/passthrough (and
+bridge without a bridge) are a pool of host devices: guests get macvtaps on
+them through their network ports (`ports`).  IPv6 addresses get router
+advertisements from dnsmasq (SLAAC for an <ip> without <dhcp>, DHCPv6 for
+one with a range).
 
 Files: persistent definitions ``state_dir/network/NAME.xml`` (autostart:
 ``state_dir/network/autostart/NAME.xml`` links to them); live status of a

@@ -66,6 +66,7 @@ def create_bridge(name: str, *, mac: str | None, stp: bool, delay: int, mtu: int
             settings["mtu"] = mtu
         if settings:
             ipr.link("set", index=idx, **settings)
+        set_ipv6_sysctls(name, any(":" in address for address, _prefix in addresses))
         have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx)}
         for address, prefix in addresses:
             if (address, prefix) in have:
@@ -76,6 +77,19 @@ def create_bridge(name: str, *, mac: str | None, stp: bool, delay: int, mtu: int
                 kwargs["broadcast"] = str(ip.network.broadcast_address)
             ipr.addr("add", index=idx, address=address, prefixlen=prefix, **kwargs)
         ipr.link("set", index=idx, state="up")
+
+
+def set_ipv6_sysctls(bridge: str, ipv6: bool) -> None:
+    """libvirt's networkSetIPv6Sysctls: IPv6 on the bridge only if the network
+    has IPv6 addresses, and never autoconfiguration from router
+    advertisements (guests must not be able to steer the host)."""
+    base = f"/proc/sys/net/ipv6/conf/{bridge}"
+    if not os.path.exists(base):   # IPv6 disabled in this kernel or namespace
+        return
+    for key, value in (("disable_ipv6", "0" if ipv6 else "1"), ("accept_ra", "0"),
+                       ("autoconf", "0")):
+        with open(f"{base}/{key}", "w") as f:
+            f.write(value + "\n")
 
 
 def delete_link(name: str) -> bool:
@@ -307,3 +321,4 @@ def delete_macvtap(name: str, mac: str, saved_macs: str) -> None:
                 with open(saved) as f:
                     ipr.link("set", index=parent, address=f.read().strip())
                 os.unlink(saved)
+
