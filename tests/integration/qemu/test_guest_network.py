@@ -39,6 +39,10 @@ _n = itertools.count()
 NAT = """<network>
   <name>nat1</name>
   <forward mode='nat'/>
+  <domain name='nat1.test' localOnly='yes'/>
+  <dns>
+    <host ip='10.77.0.50'><hostname>web</hostname><hostname>www.example.test</hostname></host>
+  </dns>
   <ip address='10.77.0.1' netmask='255.255.255.0'>
     <dhcp><range start='10.77.0.100' end='10.77.0.150'/></dhcp>
   </ip>
@@ -219,6 +223,25 @@ def test_nat_guest_reaches_gateway_and_outside(uri, lab, nat_guest):
     rx = int(re.search(rf"{tap} rx_bytes (\d+)", stats).group(1))
     tx = int(re.search(rf"{tap} tx_bytes (\d+)", stats).group(1))
     assert rx > 0 and tx > 0, stats
+
+
+def test_nat_guest_resolves_dns_hosts_of_its_network(uri, lab, nat_guest):
+    """The network's dnsmasq answers the guest's queries with its <dns><host> entries."""
+    nat_guest.wait(r"GUEST IP", timeout=30)
+    # a short name gets the network's domain (expand-hosts); another name of the host
+    for name in ("web.nat1.test", "www.example.test"):
+        m = nat_guest.run(f"nslookup {name} 10.77.0.1",
+                          rf"Name:\s+{re.escape(name)}\s+Address:?\s+([\d.]+)", timeout=30)
+        assert m.group(1) == "10.77.0.50"
+    # the network's own domain is answered locally (localOnly): unknown names do not exist
+    nat_guest.run("nslookup nosuch.nat1.test 10.77.0.1", r"can't find nosuch\.nat1\.test",
+                  timeout=30)
+    # a host added live is answered at once (net-update reloads dnsmasq)
+    ok(uri, "net-update nat1 add dns-host \"<host ip='10.77.0.51'><hostname>db</hostname>"
+            "</host>\" --live")
+    m = nat_guest.run("nslookup db.nat1.test 10.77.0.1",
+                      r"Name:\s+db\.nat1\.test\s+Address:?\s+([\d.]+)", timeout=30)
+    assert m.group(1) == "10.77.0.51"
 
 
 def test_mac_in_use_on_the_network_is_refused(uri, lab, nat_guest, guest_files):
