@@ -545,6 +545,8 @@ class QemuDriverState:
             self.mark_stopped(dom, run, ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED, hold_event=True)
             return
         dom.monitor = mon
+        from . import interfaces
+        await interfaces.reclaim_ports(self, dom.definition)
         # catch up with what happened meanwhile (qemuProcessUpdateState)
         if running and dom.state == ds.PAUSED:
             dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)

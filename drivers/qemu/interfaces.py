@@ -241,6 +241,33 @@ def _show_port(iface: etree._Element, port: portxml.PortDef) -> None:
             src.set(key, value)
 
 
+async def reclaim_ports(state: "QemuDriverState", live: domxml.DomainDef) -> None:
+    """After a daemon restart, make sure the network still knows each port the guest
+    holds (libvirt's virDomainNetNotifyActualDevice: a port lost with a restarted
+    network is created again, as plugged, with VIR_NETWORK_PORT_CREATE_RECLAIM)."""
+    sub = state.ctx.shared.get("network")
+    if sub is None:
+        return
+    for iface in live.devices_of("interface"):
+        src = iface.find("source")
+        if src is None or not src.get("network") or not src.get("portid"):
+            continue
+        port = _port_request(live, iface)
+        port.uuid = uuid.UUID(src.get("portid")).bytes
+        kind = iface.get("type")
+        if kind == "direct":
+            port.plug = etree.Element("plug", type="direct", dev=src.get("dev", ""),
+                                      mode=src.get("mode", "vepa"))
+        else:
+            port.plug = etree.Element("plug", type="bridge" if kind == "bridge" else "network",
+                                      bridge=src.get("bridge", ""))
+        try:
+            await sub.create_port(src.get("network"), port, reclaim=True)
+        except VirError as exc:
+            log.warning("%s: port %s of network %s not reclaimed: %s", live.name,
+                        src.get("portid"), src.get("network"), exc.message)
+
+
 def ports(live: domxml.DomainDef) -> list[tuple[str, bytes]]:
     """(network, port uuid) of each network port a running guest's live definition holds."""
     out = []

@@ -7,7 +7,8 @@ has no macvtap driver the guest must fail to start with libvirt's error
 and leave nothing behind (no macvtap, no network port); where it has one,
 the guest gets a macvtap in the right mode on the right parent, removed at
 destroy (also run in the lab VM, tests/lab).  A parent the kernel refuses
-(lo is no Ethernet device) takes the same error path on any kernel.
+(lo is no Ethernet device) takes the same error path on any kernel.  The
+last test follows a guest's network port across daemon restarts.
 """
 
 from __future__ import annotations
@@ -173,3 +174,36 @@ def test_guest_on_a_macvtap_network_gets_a_port_and_a_macvtap(lab, mode):
         assert lab.ns(lab.host, "cat", "/sys/class/net/up0/address").stdout.strip() == up0_mac
     finally:
         virsh(lab.uri, "destroy d3; undefine d3; net-destroy pool2; net-undefine pool2")
+
+
+def test_guest_port_survives_daemon_restarts_and_is_reclaimed(lab):
+    """Ports are run state: a restarted daemon keeps them, and one lost with a
+    restarted network is taken back (RECLAIM) when the daemon reattaches the guest."""
+    from tests.conftest import stop_daemon
+
+    path = lab.root.parent / "portnet.xml"
+    path.write_text("<network><name>portnet</name>"
+                    "<ip address='10.66.0.1' netmask='255.255.255.0'/></network>")
+    ok(lab.uri, f"net-define {path}; net-start portnet")
+    define(lab, "d4", f"<interface type='network'><mac address='{MAC}'/>"
+                      f"<source network='portnet'/><model type='virtio'/></interface>")
+    try:
+        ok(lab.uri, "start d4 --paused")
+        portid = re.search(r"portid='([0-9a-f-]+)'", ok(lab.uri, "dumpxml d4")).group(1)
+        port_xml = ok(lab.uri, f"net-port-dumpxml portnet {portid}")
+
+        stop_daemon(lab.daemon)
+        lab.uri = lab.start_daemon()
+        assert ok(lab.uri, "net-port-list portnet --uuid").split() == [portid]
+
+        ok(lab.uri, "net-destroy portnet; net-start portnet")
+        assert ok(lab.uri, "net-port-list portnet --uuid").split() == []
+        stop_daemon(lab.daemon)
+        lab.uri = lab.start_daemon()
+        assert ok(lab.uri, "net-port-list portnet --uuid").split() == [portid]
+        assert ok(lab.uri, f"net-port-dumpxml portnet {portid}") == port_xml
+
+        ok(lab.uri, "destroy d4")
+        wait_for(lambda: ok(lab.uri, "net-port-list portnet --uuid").split() == [], timeout=10)
+    finally:
+        virsh(lab.uri, "destroy d4; undefine d4; net-destroy portnet; net-undefine portnet")
