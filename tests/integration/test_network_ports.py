@@ -15,7 +15,8 @@ import uuid as uuidlib
 import libvirt
 import pytest
 
-from test_network_netns import Lab, _qemu_driver, _start_daemon, nat_xml, pytestmark, run  # noqa: F401
+from test_network_netns import (Lab, _qemu_driver, _start_daemon, lab, nat_xml,  # noqa: F401
+                                pytestmark, run)
 
 pytestmark = [*pytestmark, pytest.mark.skipif(not _qemu_driver(), reason="no QEMU driver")]
 
@@ -28,15 +29,6 @@ PORT_XML = f"""<networkport>
   <bandwidth><inbound average='1000' peak='5000' burst='1024'/><outbound average='128'/></bandwidth>
   <rxfilters trustGuest='yes'/>
 </networkport>"""
-
-
-@pytest.fixture
-def lab(tmp_path):
-    lab = Lab(tmp_path)
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 class Virsh:
