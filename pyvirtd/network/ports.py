@@ -24,10 +24,13 @@ NETWORK_PORT_* / NETWORK_LIST_ALL_PORTS procedures, plus, for drivers::
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
@@ -124,8 +127,6 @@ class PortsMixin:
 
     def _allocate(self, net: "Network", port: portxml.PortDef) -> None:
         """networkAllocatePort: fill in QoS/vlan/rx filters from the portgroup and the plug."""
-        from lxml import etree
-
         netdef = net.definition
         tree = netdef.tree
         groups = tree.findall("portgroup")
@@ -138,7 +139,6 @@ class PortsMixin:
             if vlan is None:
                 vlan = tree.find("vlan")
             if vlan is not None:
-                import copy
                 port.verbatim.append(copy.deepcopy(vlan))
         if port.trust_guest_rx is None:
             port.trust_guest_rx = (group.get("trustGuestRxFilters") if group is not None else None) \
@@ -168,7 +168,7 @@ class PortsMixin:
                 etree.SubElement(plug, "driver", name=drv.get("name"))
             etree.SubElement(plug, "address", type="pci", **{
                 k: free.get(k) for k in ("domain", "bus", "slot", "function") if free.get(k)})
-            plug = portxml._canonical_plug(plug)
+            plug = portxml.canonical_plug(plug)
         elif mode == "bridge" and netdef.bridge:
             plug = etree.Element("plug", type="bridge", bridge=netdef.bridge)
             self._copy_mac_table_manager(tree, plug)

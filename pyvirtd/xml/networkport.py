@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import re
+import uuid as uuidlib
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -87,9 +88,8 @@ class PortDef:
 
 
 def _uuid(text: str | None) -> bytes:
-    import uuid as _u
     try:
-        return _u.UUID(text.strip()).bytes
+        return uuidlib.UUID(text.strip()).bytes
     except (ValueError, AttributeError):
         raise _err(f"Unable to parse UUID '{text}'") from None
 
@@ -139,7 +139,8 @@ def _tristate(elem: etree._Element, attr: str) -> str | None:
     return value
 
 
-def _canonical_plug(plug: etree._Element) -> etree._Element | None:
+def canonical_plug(plug: etree._Element) -> etree._Element | None:
+    """A <plug> checked and in libvirt's shape (attribute order, PCI address form)."""
     ptype = plug.get("type")
     if ptype is None or ptype == "none":
         return None
@@ -222,7 +223,7 @@ def parse(text: str) -> PortDef:
                    group=root.findtext("group") or None,
                    bandwidth=parse_bandwidth(bw_elem) if bw_elem is not None else None,
                    trust_guest_rx=_tristate(rx, "trustGuest") if rx is not None else None,
-                   plug=_canonical_plug(plug) if plug is not None else None,
+                   plug=canonical_plug(plug) if plug is not None else None,
                    verbatim=verbatim)
 
 
