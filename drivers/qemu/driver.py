@@ -262,14 +262,14 @@ class QemuDriverState:
                 interfaces.close_fds(tap_fds)   # QEMU holds its own copies now
         except BaseException:
             with trio.CancelScope(shield=True):
-                await interfaces.unplug_all(self, taps)
+                await interfaces.unplug_all(self, taps, live)
             raise
         try:
             mon = await Monitor.connect(str(monitor_path))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await process.terminate(pid, marker=live.uuid_str)
-                await interfaces.unplug_all(self, taps)
+                await interfaces.unplug_all(self, taps, live)
             raise
         try:
             vnc_port = None
@@ -285,7 +285,7 @@ class QemuDriverState:
             with trio.CancelScope(shield=True):
                 await mon.close()
                 await process.terminate(pid, marker=live.uuid_str)
-                await interfaces.unplug_all(self, taps)
+                await interfaces.unplug_all(self, taps, live)
             raise
         dom.run += 1
         dom.pid, dom.monitor = pid, mon
@@ -318,8 +318,10 @@ class QemuDriverState:
         dom.set_state(ds.SHUTOFF, reason)
         dom.pid, dom.monitor = None, None
         plugged = interfaces.plugged(dom.definition)
-        if plugged:   # QEMU's exit usually took them already (non-persistent taps)
-            self.spawn(interfaces.unplug_all, self, plugged)
+        if plugged or interfaces.ports(dom.definition):
+            # QEMU's exit usually took the taps already (non-persistent taps);
+            # the network ports are given back here
+            self.spawn(interfaces.unplug_all, self, plugged, dom.definition)
         if dom.console is not None:
             dom.console.close()
         self.store.delete_status(dom.name)
@@ -543,6 +545,8 @@ class QemuDriverState:
             self.mark_stopped(dom, run, ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED, hold_event=True)
             return
         dom.monitor = mon
+        from . import interfaces
+        await interfaces.reclaim_ports(self, dom.definition)
         # catch up with what happened meanwhile (qemuProcessUpdateState)
         if running and dom.state == ds.PAUSED:
             dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)

@@ -1,28 +1,37 @@
-"""Guest network interfaces of the QEMU driver: taps for type network and bridge, their addresses.
+"""Guest network interfaces of the QEMU driver: taps, macvtaps, network ports, addresses.
 
-Starting a guest (qemuProcessStart -> qemuInterfaceBridgeConnect):
+Starting a guest (qemuProcessStart -> qemuInterfaceBridgeConnect /
+qemuInterfaceDirectConnect):
 
     taps, fds = await plug_all(state, dom, live)
-        # for the i-th <interface> of type network: a tap from the network
-        # subsystem (NetworkSubsystem.plug_interface) on the network's bridge;
-        # of type bridge: a tap on that host bridge.  fds maps the interface's
-        # index to the open tap fd, which build_command turns into
+        # for the i-th <interface> of type network: a port on the network
+        # (NetworkSubsystem.create_port, libvirt >= 5.5) says how to plug
+        # it: a tap on the network's bridge, or for a macvtap-mode network
+        # (forward bridge/vepa/private/passthrough without a bridge) a
+        # macvtap on the device of its pool the port got; of type bridge: a
+        # tap on that host bridge; of type direct: a macvtap on <source dev>
+        # in <source mode>.  fds maps the interface's index to the open tap
+        # (or /dev/tapN) fd, which build_command turns into
         # ``-netdev tap,fd=N`` and process.launch passes to QEMU (pass_fds).
-        # The live definition gets <target dev='vnetN'/> (and, for type
-        # network, the bridge on <source>), as libvirt's live XML has them.
+        # The live definition gets <target dev='vnetN'/> ('macvtapN') and,
+        # for type network, <source network=.. portid=.. bridge=..> (or
+        # dev=.. mode=.. with type='direct'), as libvirt's live XML has them.
     close_fds(fds)                      # once QEMU holds its own copies
-    await unplug_all(state, taps)       # [(tap, mac)]; when the guest stops
-                                        # (plugged(live) lists them again);
-                                        # the kernel also drops a tap with
-                                        # its last fd, i.e. when QEMU exits
+    await unplug_all(state, taps, live) # [(tap, mac)]; when the guest stops
+                                        # (plugged(live) lists them again):
+                                        # deletes taps and macvtaps (the
+                                        # kernel drops a tap, not a macvtap,
+                                        # with its last fd) and gives the
+                                        # network ports back
 
-Taps are named ``vnet%d`` unless the definition names one that does not
-start with ``vnet`` or ``macvtap`` (libvirt ignores those, as auto-generated
-names of a previous run).  A MAC already used by another running guest of
-this driver on the same network or bridge is refused before anything is made.
-Types user and ethernet (a tap made by someone else) need nothing here;
-direct (macvtap) is not implemented and is refused with libvirt's wording for
-an unsupported type.
+Taps are named ``vnet%d`` (macvtaps ``macvtap%d``) unless the definition
+names one that does not start with ``vnet`` or ``macvtap`` (libvirt ignores
+those, as auto-generated names of a previous run).  A MAC already used by
+another running guest of this driver on the same network or bridge is
+refused before anything is made.  Types user and ethernet (a tap made by
+someone else) need nothing here.  Without the kernel's macvtap driver a
+direct NIC fails as libvirt's does: "error creating macvtap interface
+macvtap0@DEV (MAC): Operation not supported".
 
 `interface_addresses` answers DOMAIN_INTERFACE_ADDRESSES with
 VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE: the DHCP leases that the
@@ -32,15 +41,19 @@ type network, as libvirt's qemuDomainInterfaceAddresses -> virDomainNetDHCPInter
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import uuid
 from typing import TYPE_CHECKING, Any
 
+import trio
 from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
+from pyvirtd.xml import networkport as portxml
 
 if TYPE_CHECKING:
     from .driver import QemuDomain, QemuDriverState
@@ -48,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TAP_PATTERN = "vnet%d"
+MACVTAP_PATTERN = "macvtap%d"
 _AUTO_PREFIXES = ("vnet", "macvtap")
 
 
@@ -106,31 +120,48 @@ async def plug_all(state: "QemuDriverState", dom: "QemuDomain",
     try:
         for i, iface in enumerate(live.devices_of("interface")):
             kind = iface.get("type")
-            if kind == "direct":
-                raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
-                               "Unsupported network type direct (macvtap is not available)",
-                               domain=P.VIR_FROM_QEMU)
             where = _attachment(iface)
-            if where is None:
+            if where is None and kind != "direct":
                 continue
             mac = _mac(iface)
-            _check_mac_unique(state, dom, where, mac)
             mtu_elem = iface.find("mtu")
             mtu = int(mtu_elem.get("size")) if mtu_elem is not None else None
-            if where[0] == "network":
-                sub = _network(state)
-                tap, fd = await sub.plug_interface(where[1], mac, tap_name=_tap_name(iface),
-                                                   mtu=mtu)
-                bridge = sub.bridge_of(where[1])
-                iface.find("source").set("bridge", bridge)
+            if kind == "direct":
+                src = iface.find("source")
+                tap, fd = await _open_macvtap(state, iface, src.get("dev"),
+                                              src.get("mode", "vepa"), mac)
+                taps.append((tap, mac))
             else:
-                try:
-                    tap, fd = await _netlink("open_tap", _tap_name(iface), where[1], mac, mtu, True)
-                except OSError as exc:
-                    raise VirError(P.VIR_ERR_SYSTEM_ERROR,
-                                   f"Unable to add bridge {where[1]} port {_tap_name(iface)}: "
-                                   f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
-            taps.append((tap, mac))
+                _check_mac_unique(state, dom, where, mac)
+                bridge = where[1]
+                plug = None
+                if where[0] == "network":
+                    port = await _network(state).create_port(where[1], _port_request(live, iface))
+                    _show_port(iface, port)   # portid first: a failure below releases it
+                    plug = port.plug_type
+                    if plug == "hostdev-pci":
+                        raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                                       f"Unsupported network type hostdev-pci of network "
+                                       f"'{where[1]}'", domain=P.VIR_FROM_QEMU)
+                    if plug == "direct":
+                        # the live XML shows the actual type, as libvirt's does
+                        iface.set("type", "direct")
+                        tap, fd = await _open_macvtap(state, iface, port.plug.get("dev"),
+                                                      port.plug.get("mode"), mac)
+                        taps.append((tap, mac))
+                    else:
+                        if plug == "bridge":
+                            iface.set("type", "bridge")
+                        bridge = port.plug.get("bridge")
+                if plug != "direct":
+                    try:
+                        tap, fd = await _netlink("open_tap", _tap_name(iface), bridge, mac,
+                                                 mtu, True)
+                    except OSError as exc:
+                        raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                                       f"Unable to add bridge {bridge} port {_tap_name(iface)}: "
+                                       f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
+                    taps.append((tap, mac))
             fds[i] = fd
             target = iface.find("target")
             if target is None:
@@ -147,9 +178,104 @@ async def plug_all(state: "QemuDriverState", dom: "QemuDomain",
             target.set("dev", tap)
     except BaseException:
         close_fds(fds)
-        await unplug_all(state, taps)
+        with trio.CancelScope(shield=True):
+            await unplug_all(state, taps, live)
         raise
     return taps, fds
+
+
+def saved_macs(state: "QemuDriverState") -> str:
+    """Where passthrough parents' own MACs wait to be put back."""
+    return str(state.store.run_dir / "netdev")
+
+
+async def _open_macvtap(state: "QemuDriverState", iface: etree._Element, dev: str, mode: str,
+                        mac: str) -> tuple[str, int]:
+    """A macvtap on host device ``dev`` for a direct NIC (virNetDevMacVLanCreateWithVPortProfile)."""
+    from pyvirtd.network import _netlink
+
+    name = _tap_name(iface)
+    if name == TAP_PATTERN:
+        name = MACVTAP_PATTERN
+    try:
+        return await _netlink("open_macvtap", name, dev, mode, mac, saved_macs(state))
+    except OSError as exc:
+        if exc.errno == 19 and exc.strerror and exc.strerror.startswith("Unable"):
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR, exc.strerror, domain=P.VIR_FROM_NET) from None
+        # libvirt names the macvtap it tried (macvtapN) in the message
+        tried = exc.filename or name.replace("%d", "0")
+        raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                       f"error creating macvtap interface {tried}@{dev} ({mac}): "
+                       f"{exc.strerror or exc}", domain=P.VIR_FROM_NET) from None
+
+
+def _port_request(live: domxml.DomainDef, iface: etree._Element) -> portxml.PortDef:
+    """The port a guest NIC asks its network for (virDomainNetDefToNetworkPort)."""
+    src = iface.find("source")
+    bw = iface.find("bandwidth")
+    verbatim = [copy.deepcopy(e) for e in (iface.find("virtualport"), iface.find("vlan"))
+                if e is not None]
+    return portxml.PortDef(
+        uuid=uuid.uuid4().bytes, owner_name=live.name, owner_uuid=live.uuid, mac=_mac(iface),
+        group=src.get("portgroup"),
+        bandwidth=portxml.parse_bandwidth(bw) if bw is not None else None,
+        trust_guest_rx=iface.get("trustGuestRxFilters"), verbatim=verbatim)
+
+
+def _show_port(iface: etree._Element, port: portxml.PortDef) -> None:
+    """The live <source>: network, portgroup, portid, then where the port is plugged."""
+    src = iface.find("source")
+    attrs = dict(src.attrib)
+    src.attrib.clear()
+    for key in ("network", "portgroup"):
+        if key in attrs:
+            src.set(key, attrs.pop(key))
+    src.set("portid", port.uuid_str)
+    if port.plug_type in ("network", "bridge"):
+        src.set("bridge", port.plug.get("bridge"))
+    elif port.plug_type == "direct":
+        src.set("dev", port.plug.get("dev"))
+        src.set("mode", port.plug.get("mode"))
+    for key, value in attrs.items():
+        if key not in ("portid", "bridge", "dev", "mode"):
+            src.set(key, value)
+
+
+async def reclaim_ports(state: "QemuDriverState", live: domxml.DomainDef) -> None:
+    """After a daemon restart, make sure the network still knows each port the guest
+    holds (libvirt's virDomainNetNotifyActualDevice: a port lost with a restarted
+    network is created again, as plugged, with VIR_NETWORK_PORT_CREATE_RECLAIM)."""
+    sub = state.ctx.shared.get("network")
+    if sub is None:
+        return
+    for iface in live.devices_of("interface"):
+        src = iface.find("source")
+        if src is None or not src.get("network") or not src.get("portid"):
+            continue
+        port = _port_request(live, iface)
+        port.uuid = uuid.UUID(src.get("portid")).bytes
+        kind = iface.get("type")
+        if kind == "direct":
+            port.plug = etree.Element("plug", type="direct", dev=src.get("dev", ""),
+                                      mode=src.get("mode", "vepa"))
+        else:
+            port.plug = etree.Element("plug", type="bridge" if kind == "bridge" else "network",
+                                      bridge=src.get("bridge", ""))
+        try:
+            await sub.create_port(src.get("network"), port, reclaim=True)
+        except VirError as exc:
+            log.warning("%s: port %s of network %s not reclaimed: %s", live.name,
+                        src.get("portid"), src.get("network"), exc.message)
+
+
+def ports(live: domxml.DomainDef) -> list[tuple[str, bytes]]:
+    """(network, port uuid) of each network port a running guest's live definition holds."""
+    out = []
+    for iface in live.devices_of("interface"):
+        src = iface.find("source")
+        if src is not None and src.get("network") and src.get("portid"):
+            out.append((src.get("network"), uuid.UUID(src.get("portid")).bytes))
+    return out
 
 
 def close_fds(fds: dict[int, int]) -> None:
@@ -165,12 +291,17 @@ def plugged(live: domxml.DomainDef) -> list[tuple[str, str]]:
     """(tap, guest MAC) of each tap a running guest's live definition says it has."""
     out = []
     for iface in live.devices_of("interface"):
-        if _attachment(iface) is None:
+        if _attachment(iface) is None and iface.get("type") != "direct":
             continue
         target = iface.find("target")
         if target is not None and target.get("dev"):
             out.append((target.get("dev"), _mac(iface)))
     return out
+
+
+def _is_macvtap(name: str) -> bool:
+    from pyvirtd.network import netlink
+    return netlink.link_kind(name) == "macvtap"
 
 
 def _delete_own_tap(tap: str, mac: str) -> None:
@@ -193,15 +324,29 @@ def _delete_own_tap(tap: str, mac: str) -> None:
                 raise
 
 
-async def unplug_all(state: "QemuDriverState", taps: list[tuple[str, str]]) -> None:
-    """Remove a guest's taps (never raises; a tap already gone with QEMU's fds is fine)."""
-    import trio
+async def unplug_all(state: "QemuDriverState", taps: list[tuple[str, str]],
+                     live: domxml.DomainDef | None = None) -> None:
+    """Remove a guest's taps and, given its live definition, give back its network ports.
+
+    Never raises: a tap already gone with QEMU's fds, or a port gone with its
+    network, is fine.
+    """
+    from pyvirtd.network import netlink
 
     for tap, mac in taps:
         try:
-            await trio.to_thread.run_sync(_delete_own_tap, tap, mac)
+            if await trio.to_thread.run_sync(_is_macvtap, tap):
+                await trio.to_thread.run_sync(netlink.delete_macvtap, tap, mac, saved_macs(state))
+            else:
+                await trio.to_thread.run_sync(_delete_own_tap, tap, mac)
         except Exception:
             log.exception("removing tap %s", tap)
+    sub = state.ctx.shared.get("network")
+    for net_name, port_uuid in ports(live) if live is not None and sub is not None else ():
+        try:
+            await sub.delete_port(net_name, port_uuid)
+        except Exception:
+            log.exception("releasing port of network %s", net_name)
 
 
 # DOMAIN_INTERFACE_ADDRESSES

@@ -136,6 +136,7 @@ SUBSYSTEMS = (
     ("network", "pyvirtd.network", "NetworkSubsystem"),
     ("secret", "pyvirtd.secrets", "SecretSubsystem"),
     ("nodedev", "pyvirtd.nodedev", "NodeDeviceSubsystem"),
+    ("interface", "pyvirtd.host_interfaces", "HostInterfaceSubsystem"),
 )
 
 

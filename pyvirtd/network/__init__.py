@@ -11,8 +11,11 @@ isolated): a bridge (virbrN allocated as libvirt does) with the network's
 addresses and static routes (pyroute2, `netlink`); a dnsmasq with generated
 configuration for DHCP and DNS (`dnsmasq`); base chains in pyvirtd's own
 nftables table ``inet pyvirtd`` (`firewall`).  Mode ``bridge`` uses an
-existing host bridge and runs nothing.  Modes vepa/private/passthrough are
-accepted and tracked but their macvtap interfaces are not implemented yet.
+existing host bridge and runs nothing.  Modes vepa/private/passthrough (and
+bridge without a bridge) are a pool of host devices: guests get macvtaps on
+them through their network ports (`ports`).  IPv6 addresses get router
+advertisements from dnsmasq (SLAAC for an <ip> without <dhcp>, DHCPv6 for
+one with a range).
 
 Files: persistent definitions ``state_dir/network/NAME.xml`` (autostart:
 ``state_dir/network/autostart/NAME.xml`` links to them); live status of a
@@ -51,7 +54,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -63,6 +66,7 @@ from pyvirtd.xml import format_uuid
 from pyvirtd.xml import network as netxml
 
 from . import dnsmasq, firewall
+from .ports import PortsMixin
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +139,7 @@ class Network:
     persistent: bool = True
     autostart: bool = False
     new_def: netxml.NetworkDef | None = None   # persistent config of a running network
+    ports: dict = field(default_factory=dict)  # uuid bytes -> networkport.PortDef (running only)
 
     @property
     def name(self) -> str:
@@ -197,7 +202,7 @@ def validate(netdef: netxml.NetworkDef) -> None:
                        f"was specified", domain=_FROM)
 
 
-class NetworkSubsystem:
+class NetworkSubsystem(PortsMixin):
     """Daemon-wide virtual networks (libvirt's network driver)."""
 
     def __init__(self, ctx) -> None:
@@ -252,6 +257,9 @@ class NetworkSubsystem:
                     net.new_def = net.definition
                 net.definition = live
                 net.active = True
+        for net in self.networks.values():
+            if net.active:
+                self._load_ports(net)
 
     # --------------------------------------------------------------- lookups
     def _net(self, ref) -> Network:
@@ -324,8 +332,21 @@ class NetworkSubsystem:
     def network_get_xml_desc(self, ref, flags: int) -> str:
         _check_flags(flags, XML_INACTIVE, "networkGetXMLDesc")
         net = self._net(ref)
-        netdef = net.config() if flags & XML_INACTIVE else net.definition
-        return netxml.format(netdef)
+        if flags & XML_INACTIVE or not net.active or not net.ports:
+            return netxml.format(net.config() if flags & XML_INACTIVE else net.definition)
+        # the live XML counts the ports (libvirt: connections='N' on <network>
+        # and on each <forward><interface> in use)
+        live = net.definition.copy()
+        counts = self.live_connections(net)
+        attrs = dict(live.tree.attrib)
+        live.tree.attrib.clear()
+        live.tree.set("connections", str(counts[None]))
+        for key, value in attrs.items():
+            live.tree.set(key, value)
+        for iface in live.tree.findall("forward/interface"):
+            if counts.get(iface.get("dev")):
+                iface.set("connections", str(counts[iface.get("dev")]))
+        return netxml.format(live)
 
     def network_is_active(self, ref) -> int:
         return int(self._net(ref).active)
@@ -586,6 +607,7 @@ class NetworkSubsystem:
                         raise
                     log.exception("network %s: teardown step failed", net.name)
             dnsmasq.remove_files(files)
+        self._delete_all_ports(net)
         self._status_path(net.name).unlink(missing_ok=True)
         net.active = False
         if not net.persistent:

@@ -109,11 +109,15 @@ def write_config(files: Files, tree, bridge: str) -> None:
         lines.append("no-resolv")
     hosts = []
     leases = 0
+    ipv6 = False
     for ip in tree.findall("ip"):
         dhcp = ip.find("dhcp")
-        if dhcp is None:
-            continue
         iface = ip_interface(ip)
+        ipv6 |= iface.version == 6
+        if dhcp is None:
+            if iface.version == 6:   # router advertisements only: SLAAC
+                lines.append(f"dhcp-range={iface.network.network_address},ra-only")
+            continue
         for rng in dhcp.findall("range"):
             start, end = rng.get("start"), rng.get("end")
             lease = rng.find("lease")
@@ -133,14 +137,14 @@ def write_config(files: Files, tree, bridge: str) -> None:
             hosts.append(",".join(f for f in fields if f))
             if not dhcp.findall("range"):
                 lines.append(f"dhcp-range={host.get('ip')},static")
-        if iface.version == 6:
-            lines.append("enable-ra")
     if leases or hosts:
         lines += ["dhcp-no-override", "dhcp-authoritative",
                   f"dhcp-lease-max={max(leases, 1)}",
                   f"dhcp-leasefile={files.leases}"]
     lines.append(f"dhcp-hostsfile={files.path('hostsfile')}")
     lines.append(f"addn-hosts={files.path('addnhosts')}")
+    if ipv6:   # dnsmasq sends the router advertisements (libvirt's radvd replacement)
+        lines.append("enable-ra")
     files.dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(files.path("hostsfile"), "".join(h + "\n" for h in hosts))
     addn = []

@@ -66,6 +66,7 @@ def create_bridge(name: str, *, mac: str | None, stp: bool, delay: int, mtu: int
             settings["mtu"] = mtu
         if settings:
             ipr.link("set", index=idx, **settings)
+        set_ipv6_sysctls(name, any(":" in address for address, _prefix in addresses))
         have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx)}
         for address, prefix in addresses:
             if (address, prefix) in have:
@@ -76,6 +77,19 @@ def create_bridge(name: str, *, mac: str | None, stp: bool, delay: int, mtu: int
                 kwargs["broadcast"] = str(ip.network.broadcast_address)
             ipr.addr("add", index=idx, address=address, prefixlen=prefix, **kwargs)
         ipr.link("set", index=idx, state="up")
+
+
+def set_ipv6_sysctls(bridge: str, ipv6: bool) -> None:
+    """libvirt's networkSetIPv6Sysctls: IPv6 on the bridge only if the network
+    has IPv6 addresses, and never autoconfiguration from router
+    advertisements (guests must not be able to steer the host)."""
+    base = f"/proc/sys/net/ipv6/conf/{bridge}"
+    if not os.path.exists(base):   # IPv6 disabled in this kernel or namespace
+        return
+    for key, value in (("disable_ipv6", "0" if ipv6 else "1"), ("accept_ra", "0"),
+                       ("autoconf", "0")):
+        with open(f"{base}/{key}", "w") as f:
+            f.write(value + "\n")
 
 
 def delete_link(name: str) -> bool:
@@ -201,3 +215,110 @@ def create_veth(bridge: str, mac: str, mtu: int | None = None,
             ipr.link("del", ifname=host)
             raise
         return host, peer
+
+
+# linux/if_tun.h: read a tap's flags back (macvtap takes IFF_VNET_HDR through TUNSETIFF)
+TUNGETIFF = 0x800454D2
+# the kernel's macvlan modes, by libvirt's names for them (virNetDevMacVLanMode)
+MACVTAP_MODES = {"private": "private", "vepa": "vepa", "bridge": "bridge",
+                 "passthrough": "passthru"}
+
+
+def _open_macvtap_device(name: str, index: int, vnet_hdr: bool) -> int:
+    """Open /dev/tapN of a macvtap (udev or devtmpfs names it after the ifindex).
+
+    The node appears a moment after the link: wait for it as libvirt's
+    virNetDevMacVLanTapOpen does, and make it from sysfs if no one does.
+    """
+    import time
+
+    path = f"/dev/tap{index}"
+    for _ in range(50):
+        if os.path.exists(path):
+            break
+        time.sleep(0.02)
+    else:
+        with open(f"/sys/class/net/{name}/macvtap/tap{index}/dev") as f:
+            major, minor = (int(x) for x in f.read().strip().split(":"))
+        os.mknod(path, 0o600 | 0o020000, os.makedev(major, minor))
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if vnet_hdr:
+            res = fcntl.ioctl(fd, TUNGETIFF, struct.pack("16sH22x", b"", 0))
+            flags = struct.unpack("16sH22x", res)[1]
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", b"", flags | IFF_VNET_HDR))
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_macvtap(name: str, parent: str, mode: str, mac: str, saved_macs: str,
+                 vnet_hdr: bool = True) -> tuple[str, int]:
+    """A macvtap on ``parent`` in ``mode`` with the guest's MAC, up, and its open tap fd.
+
+    ``name`` may hold ``%d`` (the first free macvtapN).  Unlike a tap, the
+    link outlives the fd: the caller deletes it (`delete_macvtap`) when the
+    guest stops.  In passthrough mode the macvtap takes its parent's MAC, so
+    the parent first gets the guest's, as libvirt does; its own MAC is kept
+    in ``saved_macs``/PARENT.mac until `delete_macvtap` puts it back.
+    Raises OSError: ENODEV for a missing parent, the kernel's errno when it
+    cannot make a macvtap (EOPNOTSUPP without the macvtap driver).
+    """
+    with IPRoute() as ipr:
+        pidx = _index(ipr, parent)
+        if pidx is None:
+            raise OSError(19, f"Unable to get index for interface {parent}: No such device")
+        if mode == "passthrough":
+            saved = os.path.join(saved_macs, f"{parent}.mac")
+            if not os.path.exists(saved):
+                os.makedirs(saved_macs, exist_ok=True)
+                with open(saved, "w") as f:
+                    f.write(ipr.get_links(pidx)[0].get_attr("IFLA_ADDRESS"))
+            ipr.link("set", index=pidx, address=mac)
+        if "%d" in name:
+            names = {link.get("ifname") for link in ipr.get_links()}
+            n = 0
+            while name % n in names:
+                n += 1
+            name = name % n
+        try:
+            ipr.link("add", ifname=name, kind="macvtap", link=pidx,
+                     macvtap_mode=MACVTAP_MODES[mode], address=mac)
+        except NetlinkError as exc:
+            raise OSError(exc.code, os.strerror(exc.code), name) from None
+        try:
+            idx = _index(ipr, name)
+            ipr.link("set", index=idx, state="up")
+            return name, _open_macvtap_device(name, idx, vnet_hdr)
+        except BaseException:
+            ipr.link("del", index=_index(ipr, name))
+            raise
+
+
+def delete_macvtap(name: str, mac: str, saved_macs: str) -> None:
+    """Delete a guest's macvtap if it still is the one made for ``mac``; give a
+    passthrough parent its own MAC back."""
+    with IPRoute() as ipr:
+        idx = _index(ipr, name)
+        if idx is None:
+            return
+        link = ipr.get_links(idx)[0]
+        info = link.get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "macvtap" or \
+                (link.get_attr("IFLA_ADDRESS") or "").lower() != mac:
+            return
+        parent = link.get_attr("IFLA_LINK")
+        try:
+            ipr.link("del", index=idx)
+        except NetlinkError as exc:
+            if exc.code != 19:
+                raise
+        if parent:
+            pname = ipr.get_links(parent)[0].get_attr("IFLA_IFNAME")
+            saved = os.path.join(saved_macs, f"{pname}.mac")
+            if os.path.exists(saved):
+                with open(saved) as f:
+                    ipr.link("set", index=parent, address=f.read().strip())
+                os.unlink(saved)
+

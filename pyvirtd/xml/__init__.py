@@ -67,9 +67,11 @@ def new_uuid() -> bytes:
 # offending line and a caret under the column (src/util/virxml.c
 # catchXMLError); a wrong root is VIR_ERR_XML_ERROR from VIR_FROM_XML.
 
-def parse_definition(text: str, root_tag: str, *, what: str, domain: int) -> etree._Element:
+def parse_definition(text: str, root_tag: str | None, *, what: str,
+                     domain: int) -> etree._Element:
     """Parse a client's ``<root_tag>`` definition; ``what`` names the document
-    in syntax errors (e.g. ``network_definition``)."""
+    in syntax errors (e.g. ``network_definition``).  With ``root_tag`` None the
+    caller checks the root itself (its error differs per document type)."""
     # A parser of its own: a shared one accumulates earlier documents' errors.
     parser = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True)
     try:
@@ -88,7 +90,7 @@ def parse_definition(text: str, root_tag: str, *, what: str, domain: int) -> etr
         # VIR_ERR_XML_DETAIL messages carry no prefix (virErrorMsg: "%s").
         raise VirError(P.VIR_ERR_XML_DETAIL, domain=domain,
                        message=f"({what}):{line}: {msg}\n{context}") from None
-    if root.tag != root_tag:
+    if root_tag is not None and root.tag != root_tag:
         raise VirError(P.VIR_ERR_XML_ERROR,
                        f"expecting root element of '{root_tag}', not '{root.tag}'",
                        domain=P.VIR_FROM_XML)

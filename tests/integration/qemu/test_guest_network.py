@@ -39,6 +39,10 @@ _n = itertools.count()
 NAT = """<network>
   <name>nat1</name>
   <forward mode='nat'/>
+  <domain name='nat1.test' localOnly='yes'/>
+  <dns>
+    <host ip='10.77.0.50'><hostname>web</hostname><hostname>www.example.test</hostname></host>
+  </dns>
   <ip address='10.77.0.1' netmask='255.255.255.0'>
     <dhcp><range start='10.77.0.100' end='10.77.0.150'/></dhcp>
   </ip>
@@ -191,8 +195,17 @@ def test_nat_guest_gets_a_lease_and_is_listed(uri, lab, nat_guest):
     tap = m.group(1)
     assert lab.links()[tap] == "virbr0"
     xml = ok(uri, "dumpxml g1")
-    assert f"<target dev='{tap}'/>" in xml and "bridge='virbr0'" in xml
-    assert f"<target dev='{tap}'" not in ok(uri, "dumpxml g1 --inactive")
+    assert f"<target dev='{tap}'/>" in xml
+    # the NIC holds a port on its network (libvirt >= 5.5), shown on <source>
+    m = re.search(r"<source network='nat1' portid='([0-9a-f-]{36})' bridge='virbr0'/>", xml)
+    assert m, xml
+    portid = m.group(1)
+    assert ok(uri, "net-port-list nat1 --uuid").split() == [portid]
+    port = ok(uri, f"net-port-dumpxml nat1 {portid}")
+    assert "<name>g1</name>" in port and f"<mac address='{MAC1}'/>" in port
+    assert "<plug type='network' bridge='virbr0'/>" in port
+    inactive = ok(uri, "dumpxml g1 --inactive")
+    assert f"<target dev='{tap}'" not in inactive and "portid" not in inactive
     # the lease, from the network and from the guest's side
     leases = ok(uri, "net-dhcp-leases nat1")
     assert re.search(MAC1 + r"\s+ipv4\s+" + re.escape(ip) + r"/24\s+tinyguest", leases), leases
@@ -212,6 +225,25 @@ def test_nat_guest_reaches_gateway_and_outside(uri, lab, nat_guest):
     assert rx > 0 and tx > 0, stats
 
 
+def test_nat_guest_resolves_dns_hosts_of_its_network(uri, lab, nat_guest):
+    """The network's dnsmasq answers the guest's queries with its <dns><host> entries."""
+    nat_guest.wait(r"GUEST IP", timeout=30)
+    # a short name gets the network's domain (expand-hosts); another name of the host
+    for name in ("web.nat1.test", "www.example.test"):
+        m = nat_guest.run(f"nslookup {name} 10.77.0.1",
+                          rf"Name:\s+{re.escape(name)}\s+Address:?\s+([\d.]+)", timeout=30)
+        assert m.group(1) == "10.77.0.50"
+    # the network's own domain is answered locally (localOnly): unknown names do not exist
+    nat_guest.run("nslookup nosuch.nat1.test 10.77.0.1", r"can't find nosuch\.nat1\.test",
+                  timeout=30)
+    # a host added live is answered at once (net-update reloads dnsmasq)
+    ok(uri, "net-update nat1 add dns-host \"<host ip='10.77.0.51'><hostname>db</hostname>"
+            "</host>\" --live")
+    m = nat_guest.run("nslookup db.nat1.test 10.77.0.1",
+                      r"Name:\s+db\.nat1\.test\s+Address:?\s+([\d.]+)", timeout=30)
+    assert m.group(1) == "10.77.0.51"
+
+
 def test_mac_in_use_on_the_network_is_refused(uri, lab, nat_guest, guest_files):
     path = lab.root.parent / "dup.xml"
     path.write_text(tiny_xml("dup", guest_files, interfaces=nic("network", "nat1", MAC1)))
@@ -222,6 +254,7 @@ def test_mac_in_use_on_the_network_is_refused(uri, lab, nat_guest, guest_files):
         assert r.rc != 0
         assert f"MAC address '{MAC1}' is already in use on network 'nat1' by domain 'g1'" in r.err
         assert set(lab.links()) == before            # no tap left behind
+        assert len(ok(uri, "net-port-list nat1 --uuid").split()) == 1   # g1's port only
         assert "shut off" in ok(uri, "domstate dup")
     finally:
         virsh(uri, "undefine dup")
@@ -250,9 +283,12 @@ def test_isolated_network_and_bridge(uri, lab, guest_files):
         con.run("ping -c 2 -W 3 10.79.0.1", r"2 packets received", timeout=30)
         assert ip in ok(uri, "net-dhcp-leases iso1")
 
-        # destroying the guest removes its taps
+        assert len(ok(uri, "net-port-list iso1 --uuid").split()) == 1
+
+        # destroying the guest removes its taps and gives its port back
         ok(uri, "destroy g3")
         wait_for(lambda: not {t for t, _k, _s in taps} & set(lab.links()), timeout=10)
+        wait_for(lambda: ok(uri, "net-port-list iso1 --uuid").split() == [], timeout=10)
     finally:
         con.close()
         virsh(uri, "destroy g3; undefine g3")
