@@ -100,7 +100,12 @@ async def vcpu_threads(dom: QemuDomain) -> list[tuple[int, int]]:
 
 
 def _disks(dom: QemuDomain) -> list:
-    return [d for d in devmod.parse_devices(dom.definition) if isinstance(d, devmod.Disk)]
+    """The guest's disks; a volume disk of a running guest carries its pool's path."""
+    disks = [d for d in devmod.parse_devices(dom.definition) if isinstance(d, devmod.Disk)]
+    for disk in disks:
+        if disk.type == "volume" and disk.path is None:
+            disk.path = dom.volume_paths.get(disk.target)
+    return disks
 
 
 def _interfaces(dom: QemuDomain) -> list:
