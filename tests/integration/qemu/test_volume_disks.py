@@ -160,3 +160,30 @@ def test_volume_disk_errors(uri, daemon, pool, tmp_path, name, disks, message, c
     assert "shut off" in ok(uri, f"domstate {name}")
     assert not guest_pids(daemon.root)
     ok(uri, f"undefine {name}")
+
+
+def test_volume_disk_after_a_daemon_restart(tmp_path):
+    """A restarted daemon resolves a running guest's volume disks again (as
+    libvirt's qemuProcessReconnect does): block info still finds the file."""
+    import signal
+
+    root = tmp_path / "pyvirtd"
+    d = start_daemon(root)
+    try:
+        uri = qemu_uri(d)
+        ok(uri, f"pool-define-as keep dir --target {tmp_path / 'keep'}; pool-build keep; "
+                "pool-start keep; vol-create-as keep d.img 3M")
+        _define(uri, tmp_path, "survivor", disk_xml("keep", "d.img"))
+        ok(uri, "start survivor --paused")
+        assert re.search(rf"Capacity:\s+{3 * MiB}\b", ok(uri, "domblkinfo survivor vda"))
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        d = start_daemon(root)
+        uri = qemu_uri(d)
+        assert "paused" in ok(uri, "domstate survivor")
+        assert re.search(rf"Capacity:\s+{3 * MiB}\b", ok(uri, "domblkinfo survivor vda"))
+        assert re.search(r"^\s*vda\s+d\.img\s*$", ok(uri, "domblklist survivor"), re.M)
+        ok(uri, "destroy survivor")
+    finally:
+        stop_daemon(d)
+        kill_guests(root)
