@@ -58,8 +58,9 @@ def _storage(state: QemuDriverState) -> Any:
 
 
 def volume_disks(defn: domxml.DomainDef) -> list[devmod.Disk]:
+    """The volume disks that name a volume (an empty cdrom of that type has nothing to resolve)."""
     return [d for d in devmod.parse_devices(defn)
-            if isinstance(d, devmod.Disk) and d.type == "volume"]
+            if isinstance(d, devmod.Disk) and d.type == "volume" and d.pool]
 
 
 async def resolve_disk(state: QemuDriverState, disk: devmod.Disk) -> VolumeSource:
@@ -115,7 +116,7 @@ async def resolve_all(state: QemuDriverState,
 def set_live_formats(live: domxml.DomainDef) -> None:
     """Volume disks without a format run as raw, and their live XML says so (as libvirtd's)."""
     for elem in live.devices_of("disk"):
-        if elem.get("type") != "volume":
+        if elem.get("type") != "volume" or elem.find("source") is None:
             continue
         drv = elem.find("driver")
         if drv is None:
