@@ -307,6 +307,11 @@ class StatsMixin:
         check_flags(flags, 0, "qemuDomainGetBlockInfo")
         dom = self._dom(ref)
         disk = self._disk(dom, path)
+        if not disk.path and disk.type == "volume":
+            # an inactive guest's volume disk is resolved only at start; libvirt then
+            # finds no storage backend for the untranslated source
+            raise _err(P.VIR_ERR_INTERNAL_ERROR, "missing storage backend for "
+                       "'volume' storage", P.VIR_FROM_STORAGE)
         if not disk.path:
             raise _err(P.VIR_ERR_INVALID_ARG, f"disk '{disk.target}' does not currently have a "
                        "source assigned")

@@ -187,3 +187,24 @@ def test_volume_disk_after_a_daemon_restart(tmp_path):
     finally:
         stop_daemon(d)
         kill_guests(root)
+
+
+def test_block_info_of_an_inactive_guests_volume_disk(uri, daemon, pool, tmp_path):
+    """Resolved only at start: libvirtd 9.0 answers block info of a shut-off guest's
+    volume disk with its storage code's internal error."""
+    import libvirt
+
+    virsh(uri, "vol-create-as guests data.img 1M")
+    _define(uri, tmp_path, "idle", disk_xml("guests", "data.img"))
+    r = virsh(uri, "domblkinfo idle vda")
+    assert r.rc == 1
+    assert r.err == "error: internal error: missing storage backend for 'volume' storage\n"
+    conn = libvirt.open(uri)
+    try:
+        with pytest.raises(libvirt.libvirtError) as info:
+            conn.lookupByName("idle").blockInfo("vda")
+        assert info.value.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR
+        assert info.value.get_error_domain() == libvirt.VIR_FROM_STORAGE
+    finally:
+        conn.close()
+    ok(uri, "undefine idle")
