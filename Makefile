@@ -22,6 +22,9 @@ DEB_PACKAGES += nftables
 # userland of the tiny test guest's initramfs (tests/guest/build.py; its kernel is
 # fetched with apt-get download into .cache/guest/, not installed)
 DEB_PACKAGES += busybox-static
+# e2fsprogs: mke2fs -d makes the root image a test guest boots from a storage volume,
+# debugfs reads it back (tests/integration/qemu/test_volume_disks.py)
+DEB_PACKAGES += e2fsprogs
 # debootstrap builds the lab VM's Debian image (tools/lab/build.py; tests/lab/)
 DEB_PACKAGES += debootstrap
 # remote access (tests/integration/auth): libkrb5-dev builds the gssapi module;

@@ -10,7 +10,9 @@ between the daemons.  Measured:
   vol-download   the same volume back into a local file: SPARSE_STREAM and
                  stream.sparseRecvAll(); checked equal to the source once
   1,000 volumes  a pool whose dir holds 1,000 small raw files: pool.refresh() and
-                 pool.listAllVolumes(), timed separately
+                 pool.listAllVolumes(), timed separately; then what `virsh vol-list`
+                 asks for the same pool (listAllVolumes, then each volume's path:
+                 1,001 calls; see client-traces.md), timed as a whole
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def run(tmp: Path, quick: bool, with_libvirtd: bool, log=print) -> dict:
         down = {n: [] for n in names}
         refresh = {n: [] for n in names}
         listing = {n: [] for n in names}
+        vol_list = {n: [] for n in names}
         counts = {}
         for i in range(max(n_xfer, n_list)):
             for n in (names if i % 2 == 0 else names[::-1]):
@@ -212,6 +215,11 @@ def run(tmp: Path, quick: bool, with_libvirtd: bool, log=print) -> dict:
                     refresh[n].append(t1 - t)
                     listing[n].append(t2 - t1)
                     counts[n] = len(vols)
+                    t = time.perf_counter()
+                    paths = [v.path() for v in s.many.listAllVolumes(0)]
+                    vol_list[n].append(time.perf_counter() - t)
+                    if len(paths) != N_VOLS:
+                        raise RuntimeError(f"{n}: vol-list's calls gave {len(paths)} paths")
         for n in names:
             if counts[n] != N_VOLS:
                 raise RuntimeError(f"{n}: listAllVolumes returned {counts[n]} volumes, not {N_VOLS}")
@@ -222,11 +230,13 @@ def run(tmp: Path, quick: bool, with_libvirtd: bool, log=print) -> dict:
                        "refresh_ms": statistics.median(refresh[n]) * 1000,
                        "list_ms": statistics.median(listing[n]) * 1000,
                        "refresh_list_ms": statistics.median(
-                           [a + b for a, b in zip(refresh[n], listing[n])]) * 1000}
+                           [a + b for a, b in zip(refresh[n], listing[n])]) * 1000,
+                       "vol_list_ms": statistics.median(vol_list[n]) * 1000}
             r = data[n]
             log(f"  {n:<8} upload {r['upload_mib_s']:.0f} MiB/s, download {r['download_mib_s']:.0f} MiB/s "
                 f"(1 GiB, 256 MiB of data; runs {r['upload_runs_s']} / {r['download_runs_s']} s); "
-                f"{N_VOLS} vols: refresh {r['refresh_ms']:.1f} ms, listAllVolumes {r['list_ms']:.1f} ms")
+                f"{N_VOLS} vols: refresh {r['refresh_ms']:.1f} ms, listAllVolumes {r['list_ms']:.1f} ms, "
+                f"vol-list's calls {r['vol_list_ms']:.1f} ms")
     finally:
         for s in sides.values():
             s.close()
@@ -250,4 +260,6 @@ def run(tmp: Path, quick: bool, with_libvirtd: bool, log=print) -> dict:
                     val("libvirtd", "list_ms")))
     rows.append(row(f"refresh + listAllVolumes, {N_VOLS:,} vols, ms", val("pyvirtd", "refresh_list_ms"),
                     val("libvirtd", "refresh_list_ms")))
+    rows.append(row(f"vol-list's calls (list + {N_VOLS:,} paths), ms", val("pyvirtd", "vol_list_ms"),
+                    val("libvirtd", "vol_list_ms")))
     return res

@@ -26,7 +26,8 @@ modified.  The argv:
   child with ``pass_fds``); type ethernet without an fd uses ``ifname=<target dev>``;
   type user uses QEMU's slirp;
 * resolves <disk type='volume'> through ``resolve_volume(pool, volume)``, which
-  returns the path or ``(path, format)`` (format when the XML names none; raw otherwise);
+  returns a `VolumeSource` (the path, whether it is a block device, and a format
+  used when the XML names none; raw otherwise);
 * puts unix <channel>s without a path in ``channel_dir``/<target name>;
 * <link state='down'> is not on the command line: the driver sends QMP
   ``set_link`` (name = the alias) before ``cont``, as libvirt does;
@@ -48,6 +49,7 @@ definition.  Disk i (0-based, document order) has the block nodes
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from lxml import etree
@@ -84,6 +86,14 @@ _BOOT_DEV_MATCH = {"hd": lambda d: isinstance(d, Disk) and d.device == "disk",
                    "cdrom": lambda d: isinstance(d, Disk) and d.device == "cdrom",
                    "network": lambda d: isinstance(d, Interface),
                    "fd": lambda d: False}
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """What a <disk type='volume'> stands for once its pool resolved it."""
+    path: str
+    block: bool = False          # a block device (logical volume, iSCSI LUN): host_device
+    format: str | None = None    # used when the disk's <driver> names none (then raw)
 
 
 def _unsupported(detail: str) -> VirError:
@@ -212,7 +222,7 @@ class _Builder:
 def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None = None,
                   tap_fds: Mapping[int, int] | None = None, channel_dir: str | None = None,
                   machine_defaults: Mapping[str, str] | None = None,
-                  resolve_volume: Callable[[str, str], str | tuple[str, str]] | None = None,
+                  resolve_volume: Callable[[str, str], VolumeSource] | None = None,
                   daemonize: bool = True, name_marker: str | None = None) -> list[str]:
     """The argv that starts ``defn`` paused under QEMU (see the module docstring).
 
@@ -497,7 +507,7 @@ _CACHE = {  # libvirt cache mode -> (cache.direct, cache.no-flush, write-cache o
 
 
 def _disks(b: _Builder, disks: list[Disk],
-           resolve_volume: Callable[[str, str], str | tuple[str, str]] | None) -> None:
+           resolve_volume: Callable[[str, str], VolumeSource] | None) -> None:
     for n, disk in enumerate(disks, start=1):
         alias = b.alias(disk)
         path = disk.path
@@ -505,12 +515,14 @@ def _disks(b: _Builder, disks: list[Disk],
             if resolve_volume is None:
                 raise _unsupported(f"disk '{disk.target}': storage volumes need a resolver")
             resolved = resolve_volume(disk.pool, disk.volume)
-            path, fmt_name = (resolved, None) if isinstance(resolved, str) else resolved
-            disk.format = disk.format or fmt_name
+            path, block = resolved.path, resolved.block
+            disk.format = disk.format or resolved.format
+        else:
+            block = disk.type == "block"
         direct, no_flush, write_cache = _CACHE.get(disk.cache or "default")
         node = None
         if path is not None:
-            storage: dict = {"driver": "host_device" if disk.type == "block" else "file",
+            storage: dict = {"driver": "host_device" if block else "file",
                              "filename": path, "node-name": f"libvirt-{n}-storage"}
             if direct is not None:
                 storage["cache"] = {"direct": direct, "no-flush": no_flush}

@@ -84,6 +84,9 @@ class QemuDomain(ds.DomainObject):
     quiet_pause: int = 0            # STOP/RESUME events caused by us, not to be reported
     own_reset_at: float = 0.0       # when we last sent system_reset (trio clock)
     console: Any = None             # consoles.ConsoleSession holding the console, if any
+    # host paths of the volume disks of the current run, by target (what
+    # block info and stats read; the live XML keeps only pool and volume)
+    volume_paths: dict[str, str] = field(default_factory=dict)
     lock: trio.Lock = field(default_factory=trio.Lock)
 
 
@@ -238,7 +241,7 @@ class QemuDriverState:
         ``live_def`` (createXML over a defined guest) runs instead of the
         persistent definition, which comes back when the guest stops.
         """
-        from . import interfaces
+        from . import interfaces, volumes
         from .launch import build_argv, apply_runtime_info
 
         if dom.active:
@@ -249,11 +252,14 @@ class QemuDriverState:
         name = dom.name
         monitor_path = self.store.monitor_path(name)
         pid_path = self.store.pid_path(name)
+        # <disk type='volume'>: their pools say which files or devices they are
+        sources = await volumes.resolve_all(self, live)
+        volumes.set_live_formats(live)
         # taps for interfaces of type network/bridge; QEMU gets their fds
         taps, tap_fds = await interfaces.plug_all(self, dom, live)
         try:
             argv = build_argv(self, live, monitor_path=str(monitor_path), pid_path=str(pid_path),
-                              tap_fds=tap_fds)
+                              tap_fds=tap_fds, volumes=sources)
             monitor_path.unlink(missing_ok=True)
             try:
                 pid = await process.launch(argv, log_path=str(self.store.log_path(name)),
@@ -293,6 +299,7 @@ class QemuDriverState:
         if dom.persistent:
             dom.new_def = persistent_def
         dom.definition = live
+        dom.volume_paths = volumes.paths_by_target(live, sources)
         dom.id = self.allocate_id()
         dom.set_state(ds.PAUSED if paused else ds.RUNNING,
                       ds.PAUSED_USER if paused else ds.RUNNING_BOOTED)
@@ -317,6 +324,7 @@ class QemuDriverState:
         dom.run += 1
         dom.set_state(ds.SHUTOFF, reason)
         dom.pid, dom.monitor = None, None
+        dom.volume_paths = {}
         plugged = interfaces.plugged(dom.definition)
         if plugged or interfaces.ports(dom.definition):
             # QEMU's exit usually took the taps already (non-persistent taps);
@@ -547,6 +555,8 @@ class QemuDriverState:
         dom.monitor = mon
         from . import interfaces
         await interfaces.reclaim_ports(self, dom.definition)
+        from . import volumes
+        dom.volume_paths = await volumes.paths_after_restart(self, dom.definition)
         # catch up with what happened meanwhile (qemuProcessUpdateState)
         if running and dom.state == ds.PAUSED:
             dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from lxml import etree
 
@@ -23,7 +23,7 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 
-from .command import assign_aliases, build_command
+from .command import VolumeSource, assign_aliases, build_command
 
 if TYPE_CHECKING:
     from .driver import QemuDriverState
@@ -84,11 +84,15 @@ def new_definition(state: "QemuDriverState", xml: str, *,
 
 
 def build_argv(state: "QemuDriverState", live: domxml.DomainDef, *, monitor_path: str,
-               pid_path: str, tap_fds: dict[int, int] | None = None) -> list[str]:
+               pid_path: str, tap_fds: dict[int, int] | None = None,
+               volumes: Mapping[tuple[str, str], VolumeSource] | None = None) -> list[str]:
+    """The argv of ``live``; ``volumes`` holds its volume disks, resolved beforehand
+    (volumes.resolve_all) because resolving waits for storage and argv building must not."""
     prepare_live(state, live)
     return build_command(live, binary=emulator_of(live) or state.emulator,
                          monitor_path=monitor_path, pid_path=pid_path, tap_fds=tap_fds,
                          machine_defaults=state.machine_defaults(),
+                         resolve_volume=lambda pool, vol: (volumes or {})[(pool, vol)],
                          name_marker=live.uuid_str)
 
 

@@ -100,7 +100,12 @@ async def vcpu_threads(dom: QemuDomain) -> list[tuple[int, int]]:
 
 
 def _disks(dom: QemuDomain) -> list:
-    return [d for d in devmod.parse_devices(dom.definition) if isinstance(d, devmod.Disk)]
+    """The guest's disks; a volume disk of a running guest carries its pool's path."""
+    disks = [d for d in devmod.parse_devices(dom.definition) if isinstance(d, devmod.Disk)]
+    for disk in disks:
+        if disk.type == "volume" and disk.path is None:
+            disk.path = dom.volume_paths.get(disk.target)
+    return disks
 
 
 def _interfaces(dom: QemuDomain) -> list:
@@ -302,6 +307,11 @@ class StatsMixin:
         check_flags(flags, 0, "qemuDomainGetBlockInfo")
         dom = self._dom(ref)
         disk = self._disk(dom, path)
+        if not disk.path and disk.type == "volume":
+            # an inactive guest's volume disk is resolved only at start; libvirt then
+            # finds no storage backend for the untranslated source
+            raise _err(P.VIR_ERR_INTERNAL_ERROR, "missing storage backend for "
+                       "'volume' storage", P.VIR_FROM_STORAGE)
         if not disk.path:
             raise _err(P.VIR_ERR_INVALID_ARG, f"disk '{disk.target}' does not currently have a "
                        "source assigned")

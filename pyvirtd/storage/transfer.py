@@ -6,6 +6,12 @@ flag a download finds the file's holes with SEEK_DATA/SEEK_HOLE and sends
 them as STREAM_HOLE packets, and an upload punches the holes it receives
 (the bytes there read back as zeroes, whatever the volume held before).
 All reads, writes and seeks run on the pool's threads, a few MiB per call.
+
+An upload is confirmed once its data is written, not synced: libvirtd 9.0
+neither fsyncs nor fdatasyncs an uploaded volume (strace of its storage
+stream), and an fsync here cost 120-145 ms of a 0.4-0.7 s sparse 1 GiB
+upload (256 MiB of data) on this machine's disk.  The kernel writes the
+pages back as usual; a guest or a download reads them from the page cache.
 """
 
 from __future__ import annotations
@@ -156,7 +162,6 @@ class TransferProcedures:
                     pos = await pool.io(_write, fd, pos, pieces, end)
                 except OSError as e:
                     raise system_error(e, f"Unable to write to '{vol.path}'") from None
-            await pool.io(os.fsync, fd)
         except BaseException:
             log.warning("upload to volume '%s' of pool '%s' did not complete: the volume "
                         "holds partial data", vol.name, pool.name)

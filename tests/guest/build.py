@@ -24,12 +24,22 @@ initramfs (newc cpio, gzip) is written here in Python and holds:
 * the modules those need, with their dependencies (read from each module's
   ``depends=`` modinfo, since the package ships no modules.dep).
 
+With ``root=/dev/vdX`` on the kernel command line, ``/init`` instead loads
+virtio_blk and ext4, mounts that disk and ``switch_root``s into it, running
+its ``/init``; `make_root_image` makes such a disk (busybox and an init that
+mounts proc/sys/dev and runs the same shell, prompt ``guest# ``).  Without
+``root=`` nothing changes: those modules are in the initramfs, not loaded.
+
 Lines the guest prints for tests to wait for::
 
     GUEST IP <address>        udhcpc got a lease on eth0
     GUEST NO LEASE            udhcpc gave up (it keeps trying in the background)
     GUEST READY               boot finished, the shell follows
     GUEST POWER BUTTON        acpid saw the power button; poweroff -f follows
+    GUEST ROOT <device>       root= was mounted; switch_root follows
+    GUEST ROOT FAILED         root= could not be mounted (or has no /init): the
+                              initramfs boots on as without root=
+    GUEST ROOTFS READY        the root image's /init ran; its shell follows
 
 Everything is cached under ``.cache/guest/`` in the checkout (git-ignored),
 in a directory named after the kernel version and a hash of what goes into
@@ -67,6 +77,9 @@ BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 # Modules the guest loads, in this order (each after its dependencies).
 MODULES = ("button", "evdev", "virtio_pci", "virtio_net", "e1000", "8139cp", "8139too")
+# Modules loaded only to mount a root disk (root=... on the kernel command line):
+# ext4 checksums its metadata with crc32c (a soft dependency modinfo does not list).
+ROOT_MODULES = ("crc32c_generic", "virtio_blk", "ext4")
 
 # Bumped when what the build makes changes in a way the hash below cannot see.
 RECIPE = "2: PVH vmlinux"
@@ -83,6 +96,22 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts
 while read -r m; do insmod "/lib/modules/$m.ko" 2>/dev/null; done < /etc/modules
+root=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in root=*) root="${arg#root=}" ;; esac
+done
+if [ -n "$root" ]; then
+    while read -r m; do insmod "/lib/modules/$m.ko" 2>/dev/null; done < /etc/modules-root
+    i=0
+    while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    mkdir -p /newroot
+    if mount -t ext4 "$root" /newroot && [ -x /newroot/init ]; then
+        echo "GUEST ROOT $root"
+        umount /dev/pts /dev /sys /proc 2>/dev/null
+        exec switch_root /newroot /init
+    fi
+    echo "GUEST ROOT FAILED"
+fi
 hostname tinyguest
 ip link set lo up
 # acpid reads the power button from /dev/input/event*: wait for evdev's nodes
@@ -123,6 +152,24 @@ exit 0
 
 PROFILE = """export PS1='guest# '
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+"""
+
+# /init of a root file system made by make_root_image: mounts what a shell
+# needs, says so, and runs a shell on the console like the initramfs does.
+ROOT_INIT = r"""#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts
+mount -t devpts devpts /dev/pts
+hostname rootguest
+echo "GUEST ROOTFS READY"
+while true; do
+    setsid cttyhack sh -l
+    sleep 1
+done
 """
 
 
@@ -288,7 +335,8 @@ def _busybox() -> Path:
     raise RuntimeError("no static busybox found (apt-get install busybox-static, or make deps)")
 
 
-def _initramfs(busybox: Path, modules: list[tuple[str, Path]]) -> bytes:
+def _initramfs(busybox: Path, modules: list[tuple[str, Path]],
+               root_modules: list[tuple[str, Path]]) -> bytes:
     c = Cpio()
     for d in ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules",
               "proc", "sys", "tmp", "root"):
@@ -304,7 +352,8 @@ def _initramfs(busybox: Path, modules: list[tuple[str, Path]]) -> bytes:
     c.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     c.file("etc/group", b"root:x:0:\n")
     c.file("etc/modules", "".join(f"{name}\n" for name, _ in modules).encode())
-    for name, path in modules:
+    c.file("etc/modules-root", "".join(f"{name}\n" for name, _ in root_modules).encode())
+    for name, path in modules + root_modules:
         c.file(f"lib/modules/{name}.ko", path.read_bytes())
     return gzip.compress(c.finish(), compresslevel=6, mtime=0)
 
@@ -313,7 +362,8 @@ def _initramfs(busybox: Path, modules: list[tuple[str, Path]]) -> bytes:
 
 def _recipe_hash(busybox: Path) -> str:
     h = hashlib.sha256()
-    for part in (RECIPE, CMDLINE, INIT, POWER_BUTTON, UDHCPC_SCRIPT, PROFILE, " ".join(MODULES)):
+    for part in (RECIPE, CMDLINE, INIT, POWER_BUTTON, UDHCPC_SCRIPT, PROFILE, " ".join(MODULES),
+                 " ".join(ROOT_MODULES)):
         h.update(part.encode() + b"\0")
     st = busybox.stat()
     h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
@@ -344,13 +394,16 @@ def ensure_guest(cache: Path | str | None = None, force: bool = False) -> TinyGu
             if deb is not None:   # only the kernel and a few modules are kept
                 vmlinuz, moddir = _extract_deb(deb, tmp)
             modules = _module_closure(moddir, MODULES)
+            have = {name for name, _ in modules}
+            root_modules = [m for m in _module_closure(moddir, MODULES + ROOT_MODULES)
+                            if m[0] not in have]
             elf = _pvh_vmlinux(vmlinuz)
             kernel = out / ("vmlinux" if elf else "vmlinuz")
             if elf:
                 kernel.write_bytes(elf)
             else:
                 shutil.copy2(vmlinuz, kernel)
-            (out / "initrd.gz").write_bytes(_initramfs(busybox, modules))
+            (out / "initrd.gz").write_bytes(_initramfs(busybox, modules, root_modules))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         guest = TinyGuest(kernel=str(kernel), initrd=str(out / "initrd.gz"),
@@ -359,6 +412,34 @@ def ensure_guest(cache: Path | str | None = None, force: bool = False) -> TinyGu
         part.write_text(json.dumps(asdict(guest), indent=2))
         os.replace(part, info_path)
         return guest
+
+
+def make_root_image(path: Path | str, files: dict[str, bytes] | None = None,
+                    size_mib: int = 16) -> None:
+    """An ext4 image at ``path`` that the guest boots into with ``root=/dev/vdX``.
+
+    It holds busybox, ROOT_INIT as /init, the shell profile and ``files``
+    (path inside the image -> content).  ``mke2fs -d`` (e2fsprogs) fills it
+    from a directory, so no loop device or mount is needed.
+    """
+    tree = Path(tempfile.mkdtemp(prefix="rootfs-"))
+    try:
+        for d in ("bin", "etc", "dev", "proc", "sys", "tmp", "root"):
+            (tree / d).mkdir()
+        shutil.copy2(_busybox(), tree / "bin" / "busybox")
+        (tree / "bin" / "sh").symlink_to("busybox")
+        (tree / "init").write_text(ROOT_INIT)
+        (tree / "init").chmod(0o755)
+        (tree / "etc" / "profile").write_text(PROFILE)
+        (tree / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        for name, data in (files or {}).items():
+            dest = tree / name.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "tinyroot", "-d", str(tree),
+                        str(path), f"{size_mib}M"], check=True, capture_output=True)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

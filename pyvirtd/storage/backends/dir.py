@@ -77,6 +77,11 @@ def probe_format(path: str) -> str:
             head = f.read(_PROBE_BYTES)
     except OSError:
         return "raw"
+    return format_of(head)
+
+
+def format_of(head: bytes) -> str:
+    """The image format the first bytes of a file announce (raw when none)."""
     for offset, magic, fmt in _MAGICS:
         if head[offset:offset + len(magic)] == magic:
             if fmt == "qcow2" and head[4:8] == b"\x00\x00\x00\x01":
@@ -96,12 +101,15 @@ def stat_volume(name: str, path: str) -> tuple[Volume, str] | None:
         return None
     try:
         st = os.fstat(fd)
+        # the header from the same open file: one open per volume, not two
+        # (a refresh of a pool with 1,000 volumes opens each once)
+        head = _read_head(fd) if stmod.S_ISREG(st.st_mode) else b""
     finally:
         os.close(fd)
     if stmod.S_ISDIR(st.st_mode):
         vtype, fmt = VOL_DIR, "dir"
     elif stmod.S_ISREG(st.st_mode):
-        vtype, fmt = VOL_FILE, probe_format(path)
+        vtype, fmt = VOL_FILE, format_of(head)
     else:
         return None
     vol = Volume(name=name, path=path, key=path, type=vtype, format=fmt,
@@ -110,6 +118,13 @@ def stat_volume(name: str, path: str) -> tuple[Volume, str] | None:
                  times=tuple(divmod(ns, 10 ** 9) for ns in (st.st_atime_ns, st.st_mtime_ns,
                                                             st.st_ctime_ns)))
     return vol, fmt
+
+
+def _read_head(fd: int) -> bytes:
+    try:
+        return os.pread(fd, _PROBE_BYTES, 0)
+    except OSError:
+        return b""          # unreadable: probed as raw, as probe_format does
 
 
 def _scan(path: str) -> tuple[os.statvfs_result, os.stat_result, list[tuple[Volume, str]]]:

@@ -4,7 +4,8 @@
   the calling test module is skipped when it cannot be built here.
 * `tiny_xml(...)`: a TCG domain (this host's KVM cannot run a Linux kernel)
   booting that kernel directly, 128 MiB, one vCPU, ACPI on (the power button
-  needs it), serial console on a pty.
+  needs it), serial console on a pty; optionally disks and more kernel
+  arguments (``root=/dev/vda`` boots into a disk made by make_root_image).
 * `Console`: the guest's serial console over a python-libvirt stream (what
   `virsh console` uses), read by libvirt's event loop into a buffer the test
   can wait on, and written to like a keyboard.
@@ -38,6 +39,7 @@ TINY = """<domain type='qemu'>
   <on_poweroff>{on_poweroff}</on_poweroff>
   <on_reboot>{on_reboot}</on_reboot>
   <devices>
+    {disks}
     {interfaces}
     <serial type='pty'/>
     <console type='pty'/>
@@ -57,9 +59,12 @@ def tiny_guest():
 
 
 def tiny_xml(name: str, guest, *, on_poweroff: str = "destroy", on_reboot: str = "restart",
-             interfaces: str = "") -> str:
-    return TINY.format(name=name, kernel=guest.kernel, initrd=guest.initrd, cmdline=guest.cmdline,
-                       on_poweroff=on_poweroff, on_reboot=on_reboot, interfaces=interfaces)
+             interfaces: str = "", disks: str = "", cmdline_extra: str = "") -> str:
+    """``cmdline_extra`` is appended to the kernel command line (e.g. ``root=/dev/vda``)."""
+    cmdline = f"{guest.cmdline} {cmdline_extra}".strip()
+    return TINY.format(name=name, kernel=guest.kernel, initrd=guest.initrd, cmdline=cmdline,
+                       on_poweroff=on_poweroff, on_reboot=on_reboot, interfaces=interfaces,
+                       disks=disks)
 
 
 class Console:

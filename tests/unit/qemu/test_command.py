@@ -23,7 +23,7 @@ import pytest
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
-from pyvirtd.drivers.qemu.command import build_command, quote
+from pyvirtd.drivers.qemu.command import VolumeSource, build_command, quote
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "xml2argv"
 QEMU = "/usr/bin/qemu-system-x86_64"
@@ -179,9 +179,15 @@ def test_volume_disk_resolved_by_caller() -> None:
     xml = _minimal("<disk type='volume'><source pool='default' volume='v.qcow2'/>"
                    "<target dev='vda'/></disk>")
     argv = build_command(domxml.parse(xml), binary=QEMU, monitor_path="/m",
-                         resolve_volume=lambda pool, vol: (f"/pools/{pool}/{vol}", "qcow2"))
-    assert any('"filename":"/pools/default/v.qcow2"' in a for a in argv)
+                         resolve_volume=lambda pool, vol: VolumeSource(f"/pools/{pool}/{vol}",
+                                                                      format="qcow2"))
+    assert any('"driver":"file","filename":"/pools/default/v.qcow2"' in a for a in argv)
     assert any('"driver":"qcow2"' in a for a in argv)
+    # a block volume (an LV, an iSCSI LUN) is a host device; no format means raw
+    argv = build_command(domxml.parse(xml), binary=QEMU, monitor_path="/m",
+                         resolve_volume=lambda pool, vol: VolumeSource("/dev/vg/lv", block=True))
+    assert any('"driver":"host_device","filename":"/dev/vg/lv"' in a for a in argv)
+    assert any('"driver":"raw"' in a for a in argv)
     with pytest.raises(VirError) as info:
         build_command(domxml.parse(xml), binary=QEMU, monitor_path="/m")
     assert info.value.code == P.VIR_ERR_CONFIG_UNSUPPORTED
