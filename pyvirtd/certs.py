@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pyvirtd.paths import Paths
+from pyvirtd.files import write_atomic
 
 SYSTEM_CA_DIR = Path("/etc/pki/CA")
 SYSTEM_PKI_DIR = Path("/etc/pki/libvirt")
@@ -117,15 +117,6 @@ def make_certificate(subject: x509.Name, key, issuer: x509.Name, issuer_key, *,
     return b.sign(issuer_key, hashes.SHA256())
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
 
 @dataclass(frozen=True)
 class Layout:
@@ -163,8 +154,8 @@ def generate(layout: Layout, hostnames: list[str], *, org: str = "pyvirtd",
         ca_key = _new_key()
         ca_name = _name(f"{org} CA", org)
         ca_cert = make_certificate(ca_name, ca_key, ca_name, ca_key, ca=True, days=days)
-        _write(layout.cakey, _key_pem(ca_key), 0o600)
-        _write(layout.cacert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(layout.cakey, _key_pem(ca_key), 0o600)
+        write_atomic(layout.cacert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
         written += [layout.cacert, layout.cakey]
     server_key = _new_key()
     server = make_certificate(_name(hostnames[0], org), server_key, ca_cert.subject, ca_key,
@@ -172,10 +163,10 @@ def generate(layout: Layout, hostnames: list[str], *, org: str = "pyvirtd",
     client_key = _new_key()
     client = make_certificate(_name(client_cn, org), client_key, ca_cert.subject, ca_key,
                               client=True, days=days)
-    _write(layout.serverkey, _key_pem(server_key), 0o600)
-    _write(layout.servercert, server.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(layout.clientkey, _key_pem(client_key), 0o600)
-    _write(layout.clientcert, client.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(layout.serverkey, _key_pem(server_key), 0o600)
+    write_atomic(layout.servercert, server.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(layout.clientkey, _key_pem(client_key), 0o600)
+    write_atomic(layout.clientcert, client.public_bytes(serialization.Encoding.PEM), 0o644)
     return written + [layout.servercert, layout.serverkey, layout.clientcert, layout.clientkey]
 
 

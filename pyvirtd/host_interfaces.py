@@ -16,7 +16,6 @@ Names are listed in name order (udev's order is its sysfs path order).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 

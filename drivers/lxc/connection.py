@@ -6,7 +6,6 @@ import os
 import socket
 from typing import Any
 
-from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
 from .domains import DomainMixin

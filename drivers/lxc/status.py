@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pyvirtd.errors import VirError
+from pyvirtd.files import write_atomic
 from pyvirtd.paths import Paths
 from pyvirtd.xml import domain as domxml
 
@@ -42,18 +41,6 @@ class RuntimeStatus:
     cgroup: dict = field(default_factory=dict)
     veths: list = field(default_factory=list)   # host ends, removed when the container stops
 
-
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Replace ``path`` so a crash leaves the old or the new content, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 class StatusStore:

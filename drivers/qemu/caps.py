@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from typing import Any
 import trio
 
 from pyvirtd.errors import VirError
+from pyvirtd.files import write_atomic
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml.capabilities import X86_MODELS
 
@@ -307,14 +307,8 @@ def _read_cache(cache_dir: str, path: str, key: str) -> BinaryCaps | None:
 
 
 def _write_cache(cache_dir: str, path: str, key: str, caps: BinaryCaps) -> None:
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    target = _cache_file(cache_dir, path)
-    tmp = target.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"key": key, "caps": caps.to_json()}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    write_atomic(_cache_file(cache_dir, path),
+                 json.dumps({"key": key, "caps": caps.to_json()}), 0o644)
 
 
 async def probe_all(cache_dir: str, binaries: list[str] | None = None) -> "QemuCaps":

@@ -383,7 +383,7 @@ def _smp(b: _Builder) -> None:
     if cpu is not None and cpu.sockets:
         if cpu.sockets * (cpu.dies or 1) * cpu.cores * cpu.threads != d.vcpus:
             raise VirError(P.VIR_ERR_XML_ERROR,
-                           f"Maximum CPUs greater than topology limit", domain=P.VIR_FROM_DOMAIN)
+                           "Maximum CPUs greater than topology limit", domain=P.VIR_FROM_DOMAIN)
         pairs += [("sockets", cpu.sockets), ("dies", cpu.dies or 1), ("cores", cpu.cores),
                   ("threads", cpu.threads)]
     else:

@@ -25,14 +25,13 @@ Everything here is blocking file I/O: the driver calls it through
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.files import write_atomic
 from pyvirtd.paths import Paths
 from pyvirtd.xml import domain as domxml
 
@@ -53,29 +52,6 @@ class RuntimeStatus:
     definition: domxml.DomainDef      # the live definition
     persistent: bool
 
-
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``text`` so that a crash leaves the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        data = text.encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class StatusStore:

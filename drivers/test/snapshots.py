@@ -19,7 +19,7 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import schema
 
-from .domains import (EV_STARTED, EV_STOPPED, EV_SUSPENDED, PAUSED, PAUSED_FROM_SNAPSHOT,
+from .domains import (EV_SUSPENDED, PAUSED, PAUSED_FROM_SNAPSHOT,
                       RUNNING, RUNNING_FROM_SNAPSHOT, SHUTOFF, SHUTOFF_FROM_SNAPSHOT,
                       STARTED_FROM_SNAPSHOT, STOPPED_FROM_SNAPSHOT, SUSPENDED_FROM_SNAPSHOT,
                       Domain, check_flags)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pyvirtd.errors import VirError
+from pyvirtd.files import write_atomic
 from pyvirtd.paths import Paths
 from pyvirtd.rpc import _generated as P
 
@@ -77,12 +78,7 @@ class ScramUsers:
             return {}
 
     def _save(self, users: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(users, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(users, indent=1, sort_keys=True))
 
     def names(self) -> list[str]:
         return sorted(self._load())

@@ -61,6 +61,7 @@ import trio
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.files import write_atomic
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
 from pyvirtd.xml import network as netxml
@@ -121,15 +122,6 @@ def _check_flags(flags: int, allowed: int, function: str) -> None:
         raise VirError(P.VIR_ERR_INVALID_ARG, domain=_FROM,
                        message=f"unsupported flags (0x{flags & ~allowed:x}) in function {function}")
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass(eq=False)
@@ -225,10 +217,10 @@ class NetworkSubsystem(PortsMixin):
         return dnsmasq.Files(self.status_dir, name)
 
     def _save_config(self, netdef: netxml.NetworkDef) -> None:
-        _atomic_write(self._config_path(netdef.name), netxml.format(netdef))
+        write_atomic(self._config_path(netdef.name), netxml.format(netdef))
 
     def _save_status(self, net: Network) -> None:
-        _atomic_write(self._status_path(net.name), netxml.format(net.definition))
+        write_atomic(self._status_path(net.name), netxml.format(net.definition))
 
     def _load(self) -> None:
         """Read persistent definitions and live status (once)."""

@@ -27,6 +27,7 @@ from pathlib import Path
 import trio
 
 from pyvirtd.errors import VirError
+from pyvirtd.files import write_atomic
 from pyvirtd.rpc import _generated as P
 
 BINARY = "dnsmasq"
@@ -62,11 +63,6 @@ class Files:
     def leases(self) -> Path:
         return self.path("leases")
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def needs_dnsmasq(tree) -> bool:
@@ -146,14 +142,14 @@ def write_config(files: Files, tree, bridge: str) -> None:
     if ipv6:   # dnsmasq sends the router advertisements (libvirt's radvd replacement)
         lines.append("enable-ra")
     files.dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(files.path("hostsfile"), "".join(h + "\n" for h in hosts))
+    write_atomic(files.path("hostsfile"), "".join(h + "\n" for h in hosts), 0o644, sync=False)
     addn = []
     for host in [] if dns is None else dns.findall("host"):
         names = [h.text for h in host.findall("hostname") if h.text]
         if host.get("ip") and names:
             addn.append(f"{host.get('ip')}\t{' '.join(names)}")
-    _atomic_write(files.path("addnhosts"), "".join(a + "\n" for a in addn))
-    _atomic_write(files.conf, "\n".join(lines) + "\n")
+    write_atomic(files.path("addnhosts"), "".join(a + "\n" for a in addn), 0o644, sync=False)
+    write_atomic(files.conf, "\n".join(lines) + "\n", 0o644, sync=False)
 
 
 def ip_interface(ip) -> ipaddress._BaseAddress:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.files import write_atomic
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
 from pyvirtd.xml import networkport as portxml
@@ -103,8 +104,7 @@ class PortsMixin:
             net.ports[port.uuid] = port
 
     def _save_port(self, net: "Network", port: portxml.PortDef) -> None:
-        from . import _atomic_write
-        _atomic_write(self._ports_dir(net.name) / f"{port.uuid_str}.xml", portxml.format(port))
+        write_atomic(self._ports_dir(net.name) / f"{port.uuid_str}.xml", portxml.format(port))
 
     def _delete_all_ports(self, net: "Network") -> None:
         """virNetworkObjDeleteAllPorts: the network stopped, its ports go with it."""

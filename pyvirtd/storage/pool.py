@@ -13,7 +13,6 @@ directory), so a crash leaves the old definition or the new one.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -21,6 +20,7 @@ from typing import Any, Callable, TypeVar
 import trio
 
 from pyvirtd.errors import VirError
+from pyvirtd.files import write_atomic
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage.backends.base import Backend, Volume
 from pyvirtd.xml import storage as stxml
@@ -129,23 +129,6 @@ def set_target_perms(pdef: stxml.PoolDef, perms: tuple[int, int, int]) -> None:
 
 
 # --- files --------------------------------------------------------------------
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: temp file, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def remove_quiet(path: Path) -> None:

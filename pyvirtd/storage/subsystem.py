@@ -15,7 +15,6 @@ the calls on that pool and nothing else.
 from __future__ import annotations
 
 import logging
-import os
 from importlib import resources
 
 import trio

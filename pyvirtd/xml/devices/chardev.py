@@ -100,7 +100,7 @@ class Chardev(DeviceBase):
         if self.type not in SUPPORTED_SOURCES:
             raise unsupported(f"character device type '{self.type}' is not supported")
         if self.type in ("file",) and not self.path:
-            raise xml_error(f"Missing source path attribute for char device")
+            raise xml_error("Missing source path attribute for char device")
         if self.type == "tcp" and not (self.sources and self.sources[0].get("service")):
             raise xml_error("Missing source service attribute for char device")
         if self.kind == "channel" and self.target_type == "virtio" and not self.target_name:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, set_attrs, sub,
+from pyvirtd.xml.devices._base import (DeviceBase, int_attr, set_attrs, sub,
                                        unsupported, xml_error)
 
 TYPES = ("ide", "fdc", "scsi", "sata", "virtio-serial", "ccid", "usb", "pci", "xenbus", "isa")

@@ -151,7 +151,7 @@ class Disk(DeviceBase):
         if self.io == "native" and self.cache not in ("none", "directsync"):
             raise unsupported("native I/O needs either no disk cache or directsync cache mode")
         if self.iothread is not None and self.bus != "virtio":
-            raise unsupported(f"IOThreads only available for virtio pci and virtio ccw disk")
+            raise unsupported("IOThreads only available for virtio pci and virtio ccw disk")
 
     def to_element(self) -> etree._Element:
         e = set_attrs(etree.Element("disk"), ("type", self.type), ("device", self.device))

@@ -72,7 +72,7 @@ class Interface(DeviceBase):
             if i.model is None:
                 raise xml_error("missing type attribute in interface model")
             if not re.match(r"^[a-zA-Z0-9_\-]+$", i.model):
-                raise xml_error(f"Model name contains invalid characters")
+                raise xml_error("Model name contains invalid characters")
         drv = elem.find("driver")
         if drv is not None:
             i.driver = dict(drv.attrib)

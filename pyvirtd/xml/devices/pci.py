@@ -27,7 +27,6 @@ when the definition named no root ports.
 
 from __future__ import annotations
 
-from lxml import etree
 
 from pyvirtd.xml.devices._base import Address
 from pyvirtd.xml.devices.controller import Controller

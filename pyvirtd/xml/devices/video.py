@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from pyvirtd.xml.devices._base import (DeviceBase, int_attr, set_attrs, sub, unsupported,
+from pyvirtd.xml.devices._base import (DeviceBase, int_attr, sub, unsupported,
                                        xml_error, yesno, yesno_attr)
 
 MODELS = ("default", "vga", "cirrus", "vmvga", "xen", "vbox", "qxl", "parallels", "virtio",
