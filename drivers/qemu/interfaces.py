@@ -99,57 +99,67 @@ def _tap_name(iface: etree._Element) -> str:
 async def plug_all(state: "QemuDriverState", dom: "QemuDomain",
                    live: domxml.DomainDef) -> tuple[list[tuple[str, str]], dict[int, int]]:
     """Make the taps of ``live``'s interfaces; on failure nothing is left behind."""
-    from pyvirtd.network import _netlink
-
     taps: list[tuple[str, str]] = []
     fds: dict[int, int] = {}
     try:
         for i, iface in enumerate(live.devices_of("interface")):
-            kind = iface.get("type")
-            if kind == "direct":
-                raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
-                               "Unsupported network type direct (macvtap is not available)",
-                               domain=P.VIR_FROM_QEMU)
-            where = _attachment(iface)
-            if where is None:
-                continue
-            mac = _mac(iface)
-            _check_mac_unique(state, dom, where, mac)
-            mtu_elem = iface.find("mtu")
-            mtu = int(mtu_elem.get("size")) if mtu_elem is not None else None
-            if where[0] == "network":
-                sub = _network(state)
-                tap, fd = await sub.plug_interface(where[1], mac, tap_name=_tap_name(iface),
-                                                   mtu=mtu)
-                bridge = sub.bridge_of(where[1])
-                iface.find("source").set("bridge", bridge)
-            else:
-                try:
-                    tap, fd = await _netlink("open_tap", _tap_name(iface), where[1], mac, mtu, True)
-                except OSError as exc:
-                    raise VirError(P.VIR_ERR_SYSTEM_ERROR,
-                                   f"Unable to add bridge {where[1]} port {_tap_name(iface)}: "
-                                   f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
-            taps.append((tap, mac))
-            fds[i] = fd
-            target = iface.find("target")
-            if target is None:
-                target = etree.Element("target")
-                # after <source> (or <mac>), where libvirt prints it
-                anchor = iface.find("source")
-                if anchor is None:
-                    anchor = iface.find("mac")
-                if anchor is not None:
-                    anchor.addnext(target)
-                else:
-                    iface.insert(0, target)
-            target.attrib.clear()
-            target.set("dev", tap)
+            made = await plug_one(state, dom, iface)
+            if made is not None:
+                tap, mac, fd = made
+                taps.append((tap, mac))
+                fds[i] = fd
     except BaseException:
         close_fds(fds)
         await unplug_all(state, taps)
         raise
     return taps, fds
+
+
+async def plug_one(state: "QemuDriverState", dom: "QemuDomain",
+                   iface: etree._Element) -> tuple[str, str, int] | None:
+    """The tap of one <interface> (start or hotplug): (tap, mac, open fd), or None
+    when its type needs none.  ``iface`` gets <target dev> (and the network's
+    bridge on <source>), as libvirt's live XML has them."""
+    from pyvirtd.network import _netlink
+
+    kind = iface.get("type")
+    if kind == "direct":
+        raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                       "Unsupported network type direct (macvtap is not available)",
+                       domain=P.VIR_FROM_QEMU)
+    where = _attachment(iface)
+    if where is None:
+        return None
+    mac = _mac(iface)
+    _check_mac_unique(state, dom, where, mac)
+    mtu_elem = iface.find("mtu")
+    mtu = int(mtu_elem.get("size")) if mtu_elem is not None else None
+    if where[0] == "network":
+        sub = _network(state)
+        tap, fd = await sub.plug_interface(where[1], mac, tap_name=_tap_name(iface), mtu=mtu)
+        bridge = sub.bridge_of(where[1])
+        iface.find("source").set("bridge", bridge)
+    else:
+        try:
+            tap, fd = await _netlink("open_tap", _tap_name(iface), where[1], mac, mtu, True)
+        except OSError as exc:
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                           f"Unable to add bridge {where[1]} port {_tap_name(iface)}: "
+                           f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
+    target = iface.find("target")
+    if target is None:
+        target = etree.Element("target")
+        # after <source> (or <mac>), where libvirt prints it
+        anchor = iface.find("source")
+        if anchor is None:
+            anchor = iface.find("mac")
+        if anchor is not None:
+            anchor.addnext(target)
+        else:
+            iface.insert(0, target)
+    target.attrib.clear()
+    target.set("dev", tap)
+    return tap, mac, fd
 
 
 def close_fds(fds: dict[int, int]) -> None:

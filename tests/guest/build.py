@@ -16,7 +16,8 @@ initramfs (newc cpio, gzip) is written here in Python and holds:
 
 * ``/bin/busybox`` (busybox-static, which ``make deps`` installs) and an
   ``/init`` that mounts proc/sys/dev, loads a handful of modules (Debian
-  builds the ACPI button, evdev and the NIC drivers as modules), starts
+  builds the ACPI button, evdev, the NIC, virtio disk and SCSI, i6300esb
+  watchdog and balloon drivers as modules), starts
   busybox ``acpid`` so that the ACPI power button runs ``poweroff -f``,
   brings ``eth0`` up with ``udhcpc`` when there is one, prints
   ``GUEST READY`` on the serial console and then runs a shell there
@@ -66,7 +67,9 @@ DEFAULT_CACHE = REPO / ".cache" / "guest"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 # Modules the guest loads, in this order (each after its dependencies).
-MODULES = ("button", "evdev", "virtio_pci", "virtio_net", "e1000", "8139cp", "8139too")
+MODULES = ("button", "evdev", "virtio_pci", "virtio_net", "e1000", "8139cp", "8139too",
+           # hotplugged disks (virtio and SCSI), the i6300esb watchdog, the balloon
+           "virtio_blk", "virtio_scsi", "sd_mod", "i6300esb", "virtio_balloon")
 
 # Bumped when what the build makes changes in a way the hash below cannot see.
 RECIPE = "2: PVH vmlinux"

@@ -1,0 +1,304 @@
+"""Device hotplug on a guest that really boots: disks and NICs in and out, seen by the guest.
+
+The guest is the tiny one of tests/guest/build.py (TCG, q35) with three
+pcie-root-ports to take hotplugged PCI devices (as libvirt, pyvirtd never
+plugs into pcie.0) and a virtio-scsi controller.  pyvirtd runs inside a
+network namespace this module makes (test_guest_network's Lab), so the
+bridge a hotplugged NIC joins is the test's own.  The guest's kernel must
+see what is plugged: the tests read /sys over the serial console.
+
+Events are checked as two separate python-libvirt connections receive
+them (every registered client must get each one).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+import pytest
+
+from daemon_helpers import EventCollector, needs_qemu, ok, virsh, wait_for
+from guest_helpers import PROMPT, Console, tiny_guest, tiny_xml
+from test_guest_network import Lab
+
+pytestmark = [needs_qemu,
+              pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")]
+
+EXTRA = """<controller type='pci' index='1' model='pcie-root-port'/>
+    <controller type='pci' index='2' model='pcie-root-port'/>
+    <controller type='pci' index='3' model='pcie-root-port'/>
+    <controller type='scsi' index='0' model='virtio-scsi'/>"""
+BRIDGE = "brhp"
+MAC = "52:54:00:5a:00:01"
+
+
+class DeviceEvents:
+    """DEVICE_ADDED / DEVICE_REMOVED / DEVICE_REMOVAL_FAILED as one client receives them."""
+
+    def __init__(self, uri: str) -> None:
+        import libvirt
+
+        EventCollector._start_loop()
+        self.conn = libvirt.open(uri)
+        self.events: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+        self.cbs = [self.conn.domainEventRegisterAny(None, ev, self._cb(kind), None)
+                    for ev, kind in ((libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, "added"),
+                                     (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, "removed"),
+                                     (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
+                                      "failed"))]
+
+    def _cb(self, kind: str):
+        def on_event(conn, dom, alias, opaque) -> None:
+            with self._lock:
+                self.events.append((dom.name(), kind, alias))
+        return on_event
+
+    def wait(self, expected: tuple[str, str, str], timeout: float = 30.0) -> None:
+        wait_for(lambda: expected in self.events, timeout)
+
+    def close(self) -> None:
+        cbs, self.cbs = self.cbs, []
+        if not cbs:
+            return
+        for cb in cbs:
+            try:
+                self.conn.domainEventDeregisterAny(cb)
+            except Exception:
+                pass
+        self.conn.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab = Lab(tmp_path_factory.mktemp("hotplug"))
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="module")
+def uri(lab):
+    uri = lab.start_daemon()
+    lab.ns(lab.host, "ip", "link", "add", BRIDGE, "type", "bridge")
+    lab.ns(lab.host, "ip", "link", "set", BRIDGE, "up")
+    return uri
+
+
+@pytest.fixture(scope="module")
+def events(uri):
+    evs = [DeviceEvents(uri), DeviceEvents(uri)]
+    try:
+        yield evs
+    finally:
+        for ev in evs:
+            ev.close()
+
+
+@pytest.fixture(scope="module")
+def guest(uri, lab, events):
+    path = lab.root.parent / "hp1.xml"
+    path.write_text(tiny_xml("hp1", tiny_guest(), interfaces=EXTRA))
+    ok(uri, f"define {path}")
+    ok(uri, "start hp1 --paused")
+    con = Console(uri, "hp1")
+    ok(uri, "resume hp1")
+    con.wait("GUEST READY", timeout=90)
+    con.wait(re.escape(PROMPT))
+    try:
+        yield con
+    finally:
+        con.close()
+        virsh(uri, "destroy hp1; undefine hp1")
+
+
+def image(lab, name: str, size_mib: int = 8) -> str:
+    path = lab.root.parent / name
+    with open(path, "wb") as f:
+        f.truncate(size_mib << 20)
+    return str(path)
+
+
+def sys_block(con: Console) -> dict[str, str]:
+    """The guest's block devices and their sizes in sectors (its own names: the first
+    virtio disk it sees is vda, whatever the target in the XML says)."""
+    m = con.run("echo BLK:$(for b in /sys/block/*; do echo ${b##*/}=$(cat $b/size); done):END",
+                r"BLK:([^:\n]*):END")
+    return dict(item.split("=", 1) for item in m.group(1).split() if "=" in item)
+
+
+def new_disks(con: Console, before: dict[str, str]) -> list[str]:
+    """Block devices the guest has now and did not have in ``before``, with the size
+    of our 8 MiB test images (16384 sectors)."""
+    return [name for name, size in sys_block(con).items()
+            if name not in before and size == "16384"]
+
+
+def wait_guest(con: Console, predicate, timeout: float = 30.0) -> None:
+    wait_for(lambda: predicate(), timeout=timeout, interval=0.5)
+
+
+def both(events, expected) -> None:
+    for ev in events:
+        ev.wait(expected)
+
+
+# -- disks --------------------------------------------------------------------------
+
+def test_virtio_disk_attach_and_detach_live(uri, lab, guest, events):
+    img = image(lab, "vdb.img")
+    before = sys_block(guest)
+    assert "Disk attached successfully" in ok(uri, f"attach-disk hp1 {img} vdb --targetbus virtio")
+    both(events, ("hp1", "added", "virtio-disk1"))
+    wait_guest(guest, lambda: len(new_disks(guest, before)) == 1)
+    assert new_disks(guest, before)[0].startswith("vd")
+    live = ok(uri, "dumpxml hp1")
+    disk = re.search(r"<disk type='file' device='disk'>.*?</disk>",
+                     live[live.index(img) - 200:], re.S).group(0)
+    assert "<alias name='virtio-disk1'/>" in disk
+    assert re.search(r"<address type='pci' domain='0x0000' bus='0x0[123]'", disk)
+    assert img not in ok(uri, "dumpxml hp1 --inactive")     # --current on a running guest: live only
+    assert "vdb" in ok(uri, "domblklist hp1")
+
+    # the same target again is refused, with libvirt's words
+    r = virsh(uri, f"attach-disk hp1 {img} vdb --targetbus virtio")
+    assert r.rc != 0 and "target vdb already exists" in r.err
+
+    assert "Disk detached successfully" in ok(uri, "detach-disk hp1 vdb")
+    both(events, ("hp1", "removed", "virtio-disk1"))
+    wait_guest(guest, lambda: not new_disks(guest, before))
+    assert img not in ok(uri, "dumpxml hp1")
+
+
+def test_scsi_disk_attach_and_detach_live(uri, lab, guest, events):
+    img = image(lab, "sda.img")
+    before = sys_block(guest)
+    ok(uri, f"attach-disk hp1 {img} sda --targetbus scsi")
+    both(events, ("hp1", "added", "scsi0-0-0-0"))
+    wait_guest(guest, lambda: len(new_disks(guest, before)) == 1)
+    assert new_disks(guest, before)[0].startswith("sd")
+    ok(uri, "detach-disk hp1 sda")
+    both(events, ("hp1", "removed", "scsi0-0-0-0"))     # no guest ack needed on SCSI
+    wait_guest(guest, lambda: not new_disks(guest, before))
+
+
+def test_config_only_and_errors(uri, lab, guest):
+    import libvirt
+
+    img = image(lab, "vdc.img")
+    ok(uri, f"attach-disk hp1 {img} vdc --config")
+    assert img in ok(uri, "dumpxml hp1 --inactive")
+    assert img not in ok(uri, "dumpxml hp1")
+    r = virsh(uri, f"attach-disk hp1 {img} vdc --config")
+    assert r.rc != 0 and "target vdc already exists" in r.err
+    ok(uri, "detach-disk hp1 vdc --config")
+    assert img not in ok(uri, "dumpxml hp1 --inactive")
+
+    conn = libvirt.open(uri)
+    try:
+        dom = conn.lookupByName("hp1")
+        xml = f"<disk type='file'><source file='{img}'/><target dev='vdz'/></disk>"
+        with pytest.raises(libvirt.libvirtError) as exc:
+            dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        assert exc.value.get_error_code() == libvirt.VIR_ERR_DEVICE_MISSING
+        assert "disk vdz not found" in str(exc.value)
+        with pytest.raises(libvirt.libvirtError) as exc:
+            dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        assert "no target device vdz" in str(exc.value)
+        with pytest.raises(libvirt.libvirtError) as exc:
+            dom.attachDeviceFlags("<watchdog model='i6300esb'/>", libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        assert exc.value.get_error_code() == libvirt.VIR_ERR_OPERATION_UNSUPPORTED
+        assert "live attach of device 'watchdog' is not supported" in str(exc.value)
+        with pytest.raises(libvirt.libvirtError) as exc:
+            dom.detachDeviceAlias("nosuch0", libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        assert exc.value.get_error_code() == libvirt.VIR_ERR_DEVICE_MISSING
+    finally:
+        conn.close()
+
+
+def test_live_flag_on_inactive_and_config_on_transient(uri, lab):
+    img = image(lab, "vdd.img")
+    path = lab.root.parent / "hpoff.xml"
+    path.write_text(tiny_xml("hpoff", tiny_guest()))
+    ok(uri, f"define {path}")
+    try:
+        r = virsh(uri, f"attach-disk hpoff {img} vdd --live")
+        assert r.rc != 0 and "domain is not running" in r.err
+        # no flag is virDomainAttachDevice, which means --live, as libvirt's
+        r = virsh(uri, f"attach-disk hpoff {img} vdd")
+        assert r.rc != 0 and "domain is not running" in r.err
+        ok(uri, f"attach-disk hpoff {img} vdd --current")  # on a shut off guest: its config
+        assert img in ok(uri, "dumpxml hpoff")
+    finally:
+        virsh(uri, "undefine hpoff")
+    path.write_text(tiny_xml("hptr", tiny_guest()))
+    ok(uri, f"create {path}")
+    try:
+        r = virsh(uri, f"attach-disk hptr {img} vdd --config")
+        assert r.rc != 0 and "transient domains do not have any persistent config" in r.err
+    finally:
+        virsh(uri, "destroy hptr")
+
+
+# -- interfaces ----------------------------------------------------------------------
+
+def test_bridge_interface_attach_and_detach_live(uri, lab, guest, events):
+    assert "Interface attached successfully" in ok(
+        uri, f"attach-interface hp1 bridge {BRIDGE} --model virtio --mac {MAC}")
+    both(events, ("hp1", "added", "net0"))
+    wait_guest(guest, lambda: guest.run("echo NET:$(ls /sys/class/net | grep eth):END",
+                                        r"NET:(\w*):END").group(1) == "eth0")
+    tap = re.search(r"(vnet\d+)\s+bridge\s+" + BRIDGE, ok(uri, "domiflist hp1")).group(1)
+    assert lab.links()[tap] == BRIDGE                 # the tap QEMU got over QMP is on the bridge
+    guest.run(f"cat /sys/class/net/eth0/address", re.escape(MAC))
+
+    assert "Interface detached successfully" in ok(uri, f"detach-interface hp1 bridge --mac {MAC}")
+    both(events, ("hp1", "removed", "net0"))
+    wait_for(lambda: tap not in lab.links(), timeout=10)
+    assert MAC not in ok(uri, "dumpxml hp1")
+    r = virsh(uri, f"detach-interface hp1 bridge --mac {MAC}")
+    assert r.rc != 0
+
+
+def test_user_interface_and_detach_by_alias(uri, guest, events):
+    ok(uri, "attach-interface hp1 user --model virtio")
+    both(events, ("hp1", "added", "net0"))
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        conn.lookupByName("hp1").detachDeviceAlias("net0", libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    finally:
+        conn.close()
+    both(events, ("hp1", "removed", "net0"))
+    wait_for(lambda: "net0" not in ok(uri, "dumpxml hp1"), timeout=10)
+
+
+# -- restart --------------------------------------------------------------------------
+
+def test_hotplugged_disk_survives_daemon_restart(uri, lab, guest, events):
+    img = image(lab, "vde.img")
+    before = sys_block(guest)
+    ok(uri, f"attach-disk hp1 {img} vde --targetbus virtio")
+    wait_guest(guest, lambda: len(new_disks(guest, before)) == 1)
+    guest.close()
+    for ev in events:
+        ev.close()
+    from tests.conftest import stop_daemon
+
+    stop_daemon(lab.daemon)
+    uri2 = lab.start_daemon()
+    assert uri2 == uri
+    assert img in ok(uri, "dumpxml hp1")               # the restarted daemon knows the disk
+    con = Console(uri, "hp1")
+    try:
+        con.send("\n")
+        con.wait(re.escape(PROMPT))
+        ok(uri, "detach-disk hp1 vde")
+        wait_guest(con, lambda: not new_disks(con, before))
+        wait_for(lambda: img not in ok(uri, "dumpxml hp1"), timeout=10)
+    finally:
+        con.close()
