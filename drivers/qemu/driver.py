@@ -85,6 +85,8 @@ class QemuDomain(ds.DomainObject):
     own_reset_at: float = 0.0       # when we last sent system_reset (trio clock)
     console: Any = None             # consoles.ConsoleSession holding the console, if any
     lock: trio.Lock = field(default_factory=trio.Lock)
+    # device_del sent, DEVICE_DELETED not seen yet: alias -> hotplug.Unplug
+    unplugging: dict[str, Any] = field(default_factory=dict)
 
 
 class QemuDriverState:
@@ -415,6 +417,10 @@ class QemuDriverState:
                 await self._on_guest_reboot_destroy(dom, run)
         elif name == "GUEST_PANICKED":
             await self._on_crash(dom, run, mon)
+        else:   # watchdog, I/O errors, graphics, hotplug, ... (guest_events.py)
+            from . import guest_events
+
+            await guest_events.handle(self, dom, name, data)
 
     async def _on_shutdown(self, dom: QemuDomain, run: int, mon: Monitor, data: dict) -> None:
         """qemuProcessHandleShutdown + qemuProcessShutdownOrReboot."""

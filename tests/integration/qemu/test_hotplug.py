@@ -264,13 +264,16 @@ def test_bridge_interface_attach_and_detach_live(uri, lab, guest, events):
 
 
 def test_user_interface_and_detach_by_alias(uri, guest, events):
-    ok(uri, "attach-interface hp1 user --model virtio")
-    both(events, ("hp1", "added", "net0"))
     import libvirt
 
     conn = libvirt.open(uri)
     try:
-        conn.lookupByName("hp1").detachDeviceAlias("net0", libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        dom = conn.lookupByName("hp1")
+        dom.attachDeviceFlags("<interface type='user'><model type='virtio'/></interface>",
+                              libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        both(events, ("hp1", "added", "net0"))
+        assert "<interface type='user'>" in dom.XMLDesc(0)
+        dom.detachDeviceAlias("net0", libvirt.VIR_DOMAIN_AFFECT_LIVE)   # returns at once
     finally:
         conn.close()
     both(events, ("hp1", "removed", "net0"))
