@@ -516,7 +516,24 @@ def _disks(b: _Builder, disks: list[Disk],
         pairs += [("drive", node), ("id", alias), ("bootindex", disk.boot)]
         if write_cache is not None and disk.device == "disk":
             pairs.append(("write-cache", "on" if write_cache else "off"))
+        pairs += error_policy_props(disk)
         b.add("-device", opts(pairs[0][1], *pairs[1:]))
+
+
+def error_policy_props(disk: Disk) -> list[tuple[str, object]]:
+    """werror/rerror of a disk's device from <driver error_policy/rerror_policy>.
+
+    As qemuBuildDiskDeviceProps: libvirt's "enospace" is QEMU's "enospc",
+    which QEMU knows for writes only; otherwise rerror follows error_policy.
+    None given leaves QEMU's defaults (werror=enospc, rerror=report).
+    """
+    if disk.device == "cdrom" or disk.bus == "usb":
+        return []                  # read-only media / usb-storage have no such properties
+    werror = {"enospace": "enospc"}.get(disk.error_policy or "", disk.error_policy)
+    rerror = disk.rerror_policy
+    if rerror is None and werror not in (None, "enospc"):
+        rerror = werror
+    return [("werror", werror), ("rerror", rerror)]
 
 
 def _disk_bus(b: _Builder, disk: Disk) -> list[tuple[str, object]]:

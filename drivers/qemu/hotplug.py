@@ -49,7 +49,7 @@ from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 from pyvirtd.xml.platform import platform
 
 from . import interfaces
-from .command import _Builder, _disk_bus, device_alias
+from .command import _Builder, _disk_bus, device_alias, error_policy_props
 
 if TYPE_CHECKING:
     from .driver import QemuDomain, QemuDriverState
@@ -281,7 +281,8 @@ async def attach_disk_live(state: "QemuDriverState", dom: "QemuDomain",
                                 "driver": fmt or "raw", "file": storage})
         added.append(node)
         pairs = _disk_bus(b, disk)
-        await mon.device_add(_props([*pairs, ("drive", node), ("id", alias)]))
+        await mon.device_add(_props([*pairs, ("drive", node), ("id", alias),
+                                     *error_policy_props(disk)]))
     except BaseException:
         with trio.CancelScope(shield=True):
             for name in reversed(added):

@@ -37,7 +37,7 @@ pytestmark = needs_qemu
 SUSPENDED, SUSPENDED_IOERROR, SUSPENDED_WATCHDOG = 3, 2, 3
 RESUMED, RESUMED_UNPAUSED = 4, 0
 WATCHDOG_PAUSE = 1
-IO_ERROR_PAUSE = 1
+IO_ERROR_PAUSE, IO_ERROR_REPORT = 1, 2
 PHASE_CONNECT, PHASE_INITIALIZE, PHASE_DISCONNECT = 0, 1, 2
 FAMILY_IPV4 = 0
 
@@ -232,21 +232,38 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_io_error_enospc_pauses(uri, clients, small_tmpfs, tmp_path):
+@pytest.mark.parametrize("policy", [None, "report"])
+def test_io_error_enospc(uri, clients, small_tmpfs, tmp_path, policy):
+    """No error_policy: QEMU's default for writes (enospc) stops the guest; report
+    hands the error to the guest, which keeps running."""
+    name = f"io{policy or 'default'}"
     img = small_tmpfs / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "64M"], check=True)
-    disk = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+    attr = f" error_policy='{policy}'" if policy else ""
+    disk = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'{attr}/>"
             f"<source file='{img}'/><target dev='vda' bus='virtio'/></disk>")
-    con = boot(uri, "io1", tiny_xml("io1", tiny_guest(), interfaces=disk), tmp_path / "io1.xml")
+    con = boot(uri, name, tiny_xml(name, tiny_guest(), interfaces=disk), tmp_path / "io.xml")
     try:
+        if policy:
+            assert f"error_policy='{policy}'" in ok(uri, f"dumpxml {name}")
         # 32 MiB of data into a qcow2 image on a 4 MiB tmpfs
         con.send("dd if=/dev/urandom of=/dev/vda bs=1M count=32 conv=fsync\n")
-        want_io = (str(img), "virtio-disk0", IO_ERROR_PAUSE)
+        action = IO_ERROR_REPORT if policy == "report" else IO_ERROR_PAUSE
+        want_io = (str(img), "virtio-disk0", action)
         for c in clients:
-            wait_for(lambda: want_io in c.of("io1", "io"), timeout=90)
-            assert (*want_io, "enospc") in c.of("io1", "io-reason")
-            wait_for(lambda: (SUSPENDED, SUSPENDED_IOERROR) in c.of("io1", "lifecycle"))
-        assert reason(uri, "io1") == "paused (I/O error)"
+            wait_for(lambda: want_io in c.of(name, "io"), timeout=90)
+            # QEMU sends "nospace" only for a disk whose policies can stop the guest
+            # (blk_iostatus_is_enabled); libvirt's reason is "enospc" only with it
+            assert (*want_io, "" if policy == "report" else "enospc") in c.of(name, "io-reason")
+        if policy == "report":
+            con.wait(re.escape(PROMPT), since=0)
+            con.run("echo still-$((40+2))", r"still-42")     # the guest runs on
+            assert reason(uri, name) == "running (unpaused)"
+            assert not [e for e in clients[0].of(name, "lifecycle") if e == (SUSPENDED, SUSPENDED_IOERROR)]
+        else:
+            for c in clients:
+                wait_for(lambda: (SUSPENDED, SUSPENDED_IOERROR) in c.of(name, "lifecycle"))
+            assert reason(uri, name) == "paused (I/O error)"
     finally:
         con.close()
-        virsh(uri, "destroy io1; undefine io1")
+        virsh(uri, f"destroy {name}; undefine {name}")
