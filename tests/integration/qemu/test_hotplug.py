@@ -243,6 +243,27 @@ def test_live_flag_on_inactive_and_config_on_transient(uri, lab):
         virsh(uri, "destroy hptr")
 
 
+def test_detach_pending_until_the_guest_lets_go(uri, lab, guest, events):
+    """A paused guest cannot acknowledge a PCI unplug: the detach returns after libvirt's
+    5 s with the removal pending, which completes once the guest runs again."""
+    img = image(lab, "vdf.img")
+    before = sys_block(guest)
+    ok(uri, f"attach-disk hp1 {img} vdf --targetbus virtio")
+    wait_guest(guest, lambda: len(new_disks(guest, before)) == 1)
+    alias = re.search(r"<alias name='(virtio-disk\d+)'/>",
+                      ok(uri, "dumpxml hp1").split(img, 1)[1]).group(1)
+    ok(uri, "suspend hp1")
+    try:
+        assert "Disk detached successfully" in ok(uri, "detach-disk hp1 vdf")
+        assert img in ok(uri, "dumpxml hp1")                  # still there: pending
+        assert ("hp1", "removed", alias) not in events[0].events
+    finally:
+        ok(uri, "resume hp1")
+    both(events, ("hp1", "removed", alias))
+    assert img not in ok(uri, "dumpxml hp1")
+    wait_guest(guest, lambda: not new_disks(guest, before))
+
+
 # -- interfaces ----------------------------------------------------------------------
 
 def test_bridge_interface_attach_and_detach_live(uri, lab, guest, events):
@@ -261,6 +282,30 @@ def test_bridge_interface_attach_and_detach_live(uri, lab, guest, events):
     assert MAC not in ok(uri, "dumpxml hp1")
     r = virsh(uri, f"detach-interface hp1 bridge --mac {MAC}")
     assert r.rc != 0
+
+
+def test_network_interface_attach_and_detach_live(uri, lab, guest, events):
+    net = lab.root.parent / "hpnet.xml"
+    net.write_text("<network><name>hpnet</name><bridge name='virbrhp'/>"
+                   "<ip address='10.81.0.1' netmask='255.255.255.0'/></network>")
+    ok(uri, f"net-create {net}")
+    try:
+        mac = "52:54:00:5a:00:02"
+        ok(uri, f"attach-interface hp1 network hpnet --model virtio --mac {mac}")
+        both(events, ("hp1", "added", "net0"))
+        tap = re.search(r"(vnet\d+)\s+network\s+hpnet", ok(uri, "domiflist hp1")).group(1)
+        assert lab.links()[tap] == "virbrhp"
+        wait_guest(guest, lambda: guest.run("echo NET:$(ls /sys/class/net | grep eth):END",
+                                            r"NET:(\w*):END").group(1) == "eth0")
+        # the guest's NIC works: it reaches the network's gateway through the tap
+        # (the first echoes may go while the new bridge port still learns)
+        guest.run("ip addr add 10.81.0.2/24 dev eth0 && ip link set eth0 up", re.escape(PROMPT))
+        guest.run("ping -c 5 -W 3 10.81.0.1", r" [1-5] packets received", timeout=40)
+        ok(uri, f"detach-interface hp1 network --mac {mac}")
+        both(events, ("hp1", "removed", "net0"))
+        wait_for(lambda: tap not in lab.links(), timeout=10)
+    finally:
+        virsh(uri, "net-destroy hpnet")
 
 
 def test_user_interface_and_detach_by_alias(uri, guest, events):
