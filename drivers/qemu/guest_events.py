@@ -15,7 +15,7 @@ qemuMonitorJSONHandle*:
     / _DISCONNECTED            disconnect, local and remote address, auth
                                scheme, subject: x509dname, saslUsername)
   BALLOON_CHANGE {actual}      BALLOON_CHANGE (KiB)                           <currentMemory> follows
-  TRAY_MOVED {id, tray-open}   TRAY_CHANGE (devAlias, open 0 / close 1)       <target tray=...>
+  DEVICE_TRAY_MOVED {id, ...}  TRAY_CHANGE (devAlias, open 0 / close 1)       <target tray=...>
   DEVICE_DELETED               DEVICE_REMOVED (hotplug.on_device_deleted)
   DEVICE_UNPLUG_GUEST_ERROR    DEVICE_REMOVAL_FAILED
 """
@@ -59,7 +59,7 @@ async def handle(state: "QemuDriverState", dom: "QemuDomain", name: str, data: d
         _graphics(state, dom, name, data)
     elif name == "BALLOON_CHANGE":
         await _balloon_change(state, dom, data)
-    elif name == "TRAY_MOVED":
+    elif name == "DEVICE_TRAY_MOVED":
         await _tray_moved(state, dom, data)
     elif name == "DEVICE_DELETED":
         await hotplug.on_device_deleted(state, dom, data)

@@ -1,7 +1,8 @@
 """Device hotplug of the QEMU driver: attach and detach disks and NICs (qemu_hotplug.c).
 
 Procedures (HotplugMixin, on the connection): DOMAIN_ATTACH_DEVICE(_FLAGS),
-DOMAIN_DETACH_DEVICE(_FLAGS), DOMAIN_DETACH_DEVICE_ALIAS.  The flags are
+DOMAIN_DETACH_DEVICE(_FLAGS), DOMAIN_DETACH_DEVICE_ALIAS, and
+DOMAIN_UPDATE_DEVICE_FLAGS for the media of a CD-ROM (virsh change-media).  The flags are
 libvirt's virDomainDeviceModifyFlags: --live changes the running QEMU and its
 live definition, --config the persistent definition, --current (0) whichever
 the guest's state means; the plain ATTACH/DETACH_DEVICE calls mean --live.
@@ -23,6 +24,12 @@ backend is removed (``blockdev-del`` / ``netdev_del`` and the tap), the
 device leaves the live definition and DEVICE_REMOVED is emitted.  A guest
 that refuses (DEVICE_UNPLUG_GUEST_ERROR) gets DEVICE_REMOVAL_FAILED.
 DETACH_DEVICE_ALIAS does not wait at all, as libvirt's.
+
+A media change follows qemuDomainChangeMediaBlockdev: the new image's nodes
+are added, then ``blockdev-open-tray`` (forced with VIR_DOMAIN_DEVICE_MODIFY_FORCE),
+``blockdev-remove-medium``, ``blockdev-insert-medium`` and
+``blockdev-close-tray``; the old nodes go last.  QEMU reports the tray moving
+(DEVICE_TRAY_MOVED, guest_events.py: TRAY_CHANGE events).
 
 The live definition is persisted (status.py) after every change, so a
 restarted daemon knows the hotplugged devices.
@@ -262,34 +269,16 @@ async def attach_disk_live(state: "QemuDriverState", dom: "QemuDomain",
         addr = _pci_address(live)
         if addr is not None:
             disk.address = devmod.Address("pci", {k: v for k, v in addr.items() if k != "type"})
-    path, fmt = disk.path, disk.format
-    if disk.type == "volume":
-        path, vol_fmt = _resolve_volume(state, disk)
-        fmt = fmt or vol_fmt
     alias = device_alias(disk, {}, b.q35)
     if find_by_alias(live, alias) is not None:
         raise _err(P.VIR_ERR_OPERATION_FAILED, f"target {disk.target} already exists")
-    n = await _next_node_index(mon)
-    storage, node = f"libvirt-{n}-storage", f"libvirt-{n}-format"
-    added: list[str] = []
+    nodes = await _add_nodes(state, mon, disk, disk.readonly)
     try:
-        await mon.blockdev_add({"driver": "host_device" if disk.type == "block" else "file",
-                                "filename": path, "node-name": storage,
-                                "auto-read-only": True, "discard": "unmap"})
-        added.append(storage)
-        await mon.blockdev_add({"node-name": node, "read-only": disk.readonly,
-                                "driver": fmt or "raw", "file": storage})
-        added.append(node)
-        pairs = _disk_bus(b, disk)
-        await mon.device_add(_props([*pairs, ("drive", node), ("id", alias),
+        await mon.device_add(_props([*_disk_bus(b, disk), ("drive", nodes[-1]), ("id", alias),
                                      *error_policy_props(disk)]))
     except BaseException:
         with trio.CancelScope(shield=True):
-            for name in reversed(added):
-                try:
-                    await mon.blockdev_del(name)
-                except VirError as exc:
-                    log.warning("%s: undoing blockdev-add %s: %s", dom.name, name, exc)
+            await _del_nodes(mon, nodes)
         raise
     disk.alias = alias
     _insert(live, disk.to_element())
@@ -461,6 +450,71 @@ def on_unplug_guest_error(state: "QemuDriverState", dom: "QemuDomain", data: dic
     state.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, dom.ref(), alias)
 
 
+# -- media change -------------------------------------------------------------------
+
+async def _add_nodes(state: "QemuDriverState", mon: Any, disk: Disk,
+                     read_only: bool) -> list[str]:
+    """blockdev-add the image of ``disk``: [storage, format] node names (format last)."""
+    path, fmt = disk.path, disk.format
+    if disk.type == "volume":
+        path, vol_fmt = _resolve_volume(state, disk)
+        fmt = fmt or vol_fmt
+    n = await _next_node_index(mon)
+    storage, node = f"libvirt-{n}-storage", f"libvirt-{n}-format"
+    await mon.blockdev_add({"driver": "host_device" if disk.type == "block" else "file",
+                            "filename": path, "node-name": storage,
+                            "auto-read-only": True, "discard": "unmap"})
+    try:
+        await mon.blockdev_add({"node-name": node, "read-only": read_only,
+                                "driver": fmt or "raw", "file": storage})
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await _del_nodes(mon, [storage])
+        raise
+    return [storage, node]
+
+
+async def _del_nodes(mon: Any, nodes: list[str]) -> None:
+    """blockdev-del, format nodes before the storage under them; failures only logged."""
+    for node in sorted(nodes, key=lambda n: not n.endswith("-format")):
+        try:
+            await mon.blockdev_del(node)
+        except VirError as exc:
+            log.warning("blockdev-del %s: %s", node, exc)
+
+
+async def change_media_live(state: "QemuDriverState", dom: "QemuDomain",
+                            elem: etree._Element, force: bool) -> None:
+    """A CD-ROM's new medium, or none (eject), in the running QEMU (qemuDomainChangeDiskLive)."""
+    live, mon = dom.definition, dom.monitor
+    new = Disk.parse(elem)
+    old_elem = find_disk(live, new.target)
+    if old_elem is None:
+        raise _err(P.VIR_ERR_INTERNAL_ERROR,
+                   f"No disk with bus '{new.bus}' and target '{new.target}'")
+    old = Disk.parse(old_elem)
+    if old.device not in ("cdrom", "floppy"):
+        raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
+                   f"disk device '{old.device}' does not support changing its media")
+    alias = old.alias or ""
+    old_nodes = await _disk_nodes(mon, alias)
+    new_nodes = await _add_nodes(state, mon, new, True) if (new.path or new.volume) else []
+    try:
+        await mon.execute("blockdev-open-tray", {"id": alias, "force": force})
+        await mon.execute("blockdev-remove-medium", {"id": alias})
+        if new_nodes:
+            await mon.execute("blockdev-insert-medium", {"id": alias, "node-name": new_nodes[-1]})
+        if new.tray != "open":
+            await mon.execute("blockdev-close-tray", {"id": alias})
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await _del_nodes(mon, new_nodes)
+        raise
+    await _del_nodes(mon, old_nodes)
+    new.alias, new.address = old.alias, old.address
+    live.devices[live.devices.index(old_elem)] = new.to_element()
+
+
 # -- the procedures ------------------------------------------------------------------
 
 class HotplugMixin:
@@ -494,6 +548,38 @@ class HotplugMixin:
                                f"live attach of device '{_type_name(elem.tag)}' is not supported")
                 await state.save_status(dom)
                 state.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, dom.ref(), alias)
+            if new_config is not None:
+                await _save_config(state, dom, new_config)
+
+    async def domain_update_device_flags(self, ref: Any, xml: str, flags: int) -> None:
+        """Only a CD-ROM's (or floppy's) media can change, as libvirt's QEMU driver allows."""
+        from .domains import check_flags
+
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | DEVICE_MODIFY_FORCE,
+                    "qemuDomainUpdateDeviceFlags")
+        state = self.driver
+        dom = self._dom(ref)            # type: ignore[attr-defined]
+        async with dom.lock:
+            live, config = modification_impact(dom, flags & ~DEVICE_MODIFY_FORCE)
+            new_config = None
+            if config:
+                new_config = dom.persistent_def.copy()
+                elem = parse_device(xml, new_config)
+                if elem.tag != "disk":
+                    raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
+                               f"persistent update of device '{_type_name(elem.tag)}' is not "
+                               f"supported")
+                old = find_disk(new_config, _target(elem))
+                if old is None:
+                    raise _err(P.VIR_ERR_INVALID_ARG, f"target {_target(elem)} doesn't exist.")
+                new_config.devices[new_config.devices.index(old)] = elem
+            if live:
+                elem = parse_device(xml, dom.definition)
+                if elem.tag != "disk":
+                    raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
+                               f"live update of device '{_type_name(elem.tag)}' is not supported")
+                await change_media_live(state, dom, elem, bool(flags & DEVICE_MODIFY_FORCE))
+                await state.save_status(dom)
             if new_config is not None:
                 await _save_config(state, dom, new_config)
 

@@ -29,8 +29,10 @@ pytestmark = [needs_qemu,
 EXTRA = """<controller type='pci' index='1' model='pcie-root-port'/>
     <controller type='pci' index='2' model='pcie-root-port'/>
     <controller type='pci' index='3' model='pcie-root-port'/>
-    <controller type='scsi' index='0' model='virtio-scsi'/>"""
+    <controller type='scsi' index='0' model='virtio-scsi'/>
+    <disk type='file' device='cdrom'><target dev='sdb' bus='sata'/></disk>"""
 BRIDGE = "brhp"
+TRAY_OPEN, TRAY_CLOSE = 0, 1
 MAC = "52:54:00:5a:00:01"
 
 
@@ -48,12 +50,13 @@ class DeviceEvents:
                     for ev, kind in ((libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, "added"),
                                      (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, "removed"),
                                      (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
-                                      "failed"))]
+                                      "failed"),
+                                     (libvirt.VIR_DOMAIN_EVENT_ID_TRAY_CHANGE, "tray"))]
 
     def _cb(self, kind: str):
-        def on_event(conn, dom, alias, opaque) -> None:
-            with self._lock:
-                self.events.append((dom.name(), kind, alias))
+        def on_event(conn, dom, alias, *rest) -> None:
+            with self._lock:          # rest: (opaque,) or, for a tray, (reason, opaque)
+                self.events.append((dom.name(), kind, alias, *rest[:-1]))
         return on_event
 
     def wait(self, expected: tuple[str, str, str], timeout: float = 30.0) -> None:
@@ -262,6 +265,45 @@ def test_detach_pending_until_the_guest_lets_go(uri, lab, guest, events):
     both(events, ("hp1", "removed", alias))
     assert img not in ok(uri, "dumpxml hp1")
     wait_guest(guest, lambda: not new_disks(guest, before))
+
+
+# -- CD-ROM media ------------------------------------------------------------------------
+
+def media(lab, name: str, label: str) -> str:
+    """A 1 MiB image starting with ``label``, which the guest reads back from /dev/sr0."""
+    path = lab.root.parent / name
+    path.write_bytes(label.encode().ljust(1 << 20, b"\0"))
+    return str(path)
+
+
+def read_cdrom(con: Console) -> str:
+    return con.run("echo CD:$(dd if=/dev/sr0 bs=2048 count=1 2>/dev/null | head -c 15):END",
+                   r"CD:([\w-]*):END").group(1)
+
+
+def test_cdrom_media_change(uri, lab, guest, events):
+    one, two = media(lab, "one.iso", "PYVIRTD-MEDIA-1"), media(lab, "two.iso", "PYVIRTD-MEDIA-2")
+    guest.run("load-on-demand", "MODULES LOADED")         # ahci + sr_mod: the guest sees sr0
+    wait_guest(guest, lambda: guest.run("echo SR:$(ls /sys/block | grep sr):END",
+                                        r"SR:(\w*):END").group(1) == "sr0")
+    n = len(events[0].events)
+    assert "Successfully inserted media" in ok(uri, f"change-media hp1 sdb {one} --insert")
+    # (the guest's first read after a change may only learn that the medium changed)
+    wait_guest(guest, lambda: read_cdrom(guest) == "PYVIRTD-MEDIA-1")
+    assert one in ok(uri, "dumpxml hp1") and one not in ok(uri, "dumpxml hp1 --inactive")
+    for ev in events:           # QEMU moved the tray: open, then closed again
+        wait_for(lambda: [e for e in ev.events[n:] if e[1] == "tray"] ==
+                 [("hp1", "tray", "sata0-0-1", TRAY_OPEN), ("hp1", "tray", "sata0-0-1", TRAY_CLOSE)])
+
+    assert "Successfully updated media" in ok(uri, f"change-media hp1 sdb {two} --update")
+    wait_guest(guest, lambda: read_cdrom(guest) == "PYVIRTD-MEDIA-2")
+    assert "Successfully ejected media" in ok(uri, "change-media hp1 sdb --eject")
+    live = ok(uri, "dumpxml hp1")
+    assert two not in live and "<alias name='sata0-0-1'/>" in live
+    wait_guest(guest, lambda: read_cdrom(guest) == "")
+
+    r = virsh(uri, f"change-media hp1 vdz {one} --insert")
+    assert r.rc != 0
 
 
 # -- interfaces ----------------------------------------------------------------------
