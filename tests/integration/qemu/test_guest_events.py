@@ -63,6 +63,8 @@ class Collector:
             reg(None, libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
                 lambda c, d, path, alias, action, reason, o:
                 self._add(d, "io-reason", path, alias, action, reason), None),
+            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE,
+                lambda c, d, actual, o: self._add(d, "balloon", actual), None),
             reg(None, libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS,
                 lambda c, d, phase, local, remote, auth, subject, o:
                 self._add(d, "graphics", phase, local, remote, auth, subject), None),
@@ -215,6 +217,27 @@ def test_watchdog_pause(uri, daemon, clients, tmp_path):
     finally:
         con.close()
         virsh(uri, "destroy wd1; undefine wd1")
+
+
+# -- balloon -------------------------------------------------------------------------
+
+def test_setmem_balloon_change(uri, clients, tmp_path):
+    con = boot(uri, "bal1", tiny_xml("bal1", tiny_guest()), tmp_path / "bal1.xml")
+    try:
+        assert "<memballoon model='virtio'>" in ok(uri, "dumpxml bal1")
+        ok(uri, "setmem bal1 96M --live")
+        # the guest's virtio_balloon gave 32 MiB back; QEMU reported it as it went
+        for c in clients:
+            wait_for(lambda: c.of("bal1", "balloon")[-1:] == [(96 * 1024,)], timeout=60)
+        assert "<currentMemory unit='KiB'>98304</currentMemory>" in ok(uri, "dumpxml bal1")
+        assert re.search(r"Used memory:\s+98304 KiB", ok(uri, "dominfo bal1"))
+        assert "<currentMemory unit='KiB'>131072</currentMemory>" in \
+            ok(uri, "dumpxml bal1 --inactive")
+        r = virsh(uri, "setmem bal1 1G --live")
+        assert r.rc != 0 and "cannot set memory higher than max memory" in r.err
+    finally:
+        con.close()
+        virsh(uri, "destroy bal1; undefine bal1")
 
 
 # -- I/O error -------------------------------------------------------------------------
