@@ -547,6 +547,10 @@ def _disk_bus(b: _Builder, disk: Disk) -> list[tuple[str, object]]:
                 raise _unsupported(f"Disk iothread '{disk.iothread}' not defined in iothreadid")
             pairs.append(("iothread", f"iothread{disk.iothread}"))
         return pairs
+    if disk.bus == "usb":          # no drive address: the device goes on the USB bus
+        if cd:
+            raise _unsupported("CD-ROMs on USB are not supported")
+        return [("driver", "usb-storage"), ("bus", "usb.0"), ("removable", None)]
     ctl, bus, unit = a.int("controller"), a.int("bus"), a.int("unit")
     if disk.bus == "ide":
         if b.q35:
@@ -572,10 +576,6 @@ def _disk_bus(b: _Builder, disk: Disk) -> list[tuple[str, object]]:
         else:
             pairs += [("scsi-id", unit)]
         return pairs
-    if disk.bus == "usb":
-        if cd:
-            raise _unsupported("CD-ROMs on USB are not supported")
-        return [("driver", "usb-storage"), ("bus", "usb.0"), ("removable", None)]
     raise _unsupported(f"disk bus '{disk.bus}' is not supported")
 
 

@@ -111,6 +111,9 @@ def guest(uri, lab, events):
     ok(uri, "resume hp1")
     con.wait("GUEST READY", timeout=90)
     con.wait(re.escape(PROMPT))
+    # kernel messages about plugged devices would land in the middle of the
+    # tests' own output lines on this console
+    con.run("dmesg -n 1", re.escape(PROMPT))
     try:
         yield con
     finally:
@@ -144,6 +147,14 @@ def wait_guest(con: Console, predicate, timeout: float = 30.0) -> None:
     wait_for(lambda: predicate(), timeout=timeout, interval=0.5)
 
 
+def wait_new_disk(con: Console, before: dict[str, str]) -> str:
+    """The one disk the guest has gained since ``before`` (see new_disks)."""
+    found: list[str] = []
+    wait_guest(con, lambda: len(found.__setitem__(slice(None), new_disks(con, before)) or found)
+               == 1)
+    return found[0]
+
+
 def both(events, expected) -> None:
     for ev in events:
         ev.wait(expected)
@@ -156,8 +167,7 @@ def test_virtio_disk_attach_and_detach_live(uri, lab, guest, events):
     before = sys_block(guest)
     assert "Disk attached successfully" in ok(uri, f"attach-disk hp1 {img} vdb --targetbus virtio")
     both(events, ("hp1", "added", "virtio-disk1"))
-    wait_guest(guest, lambda: len(new_disks(guest, before)) == 1)
-    assert new_disks(guest, before)[0].startswith("vd")
+    assert wait_new_disk(guest, before).startswith("vd")
     live = ok(uri, "dumpxml hp1")
     disk = re.search(r"<disk type='file' device='disk'>.*?</disk>",
                      live[live.index(img) - 200:], re.S).group(0)
@@ -181,10 +191,21 @@ def test_scsi_disk_attach_and_detach_live(uri, lab, guest, events):
     before = sys_block(guest)
     ok(uri, f"attach-disk hp1 {img} sda --targetbus scsi")
     both(events, ("hp1", "added", "scsi0-0-0-0"))
-    wait_guest(guest, lambda: len(new_disks(guest, before)) == 1)
-    assert new_disks(guest, before)[0].startswith("sd")
+    assert wait_new_disk(guest, before).startswith("sd")
     ok(uri, "detach-disk hp1 sda")
     both(events, ("hp1", "removed", "scsi0-0-0-0"))     # no guest ack needed on SCSI
+    wait_guest(guest, lambda: not new_disks(guest, before))
+
+
+def test_usb_disk_attach_and_detach_live(uri, lab, guest, events):
+    guest.run("load-on-demand", "MODULES LOADED")         # xhci_pci + usb_storage
+    img = image(lab, "sdc.img")
+    before = sys_block(guest)
+    ok(uri, f"attach-disk hp1 {img} sdc --targetbus usb")
+    both(events, ("hp1", "added", "usb-disk2"))
+    wait_new_disk(guest, before)
+    ok(uri, "detach-disk hp1 sdc")
+    both(events, ("hp1", "removed", "usb-disk2"))
     wait_guest(guest, lambda: not new_disks(guest, before))
 
 
@@ -252,7 +273,7 @@ def test_detach_pending_until_the_guest_lets_go(uri, lab, guest, events):
     img = image(lab, "vdf.img")
     before = sys_block(guest)
     ok(uri, f"attach-disk hp1 {img} vdf --targetbus virtio")
-    wait_guest(guest, lambda: len(new_disks(guest, before)) == 1)
+    wait_new_disk(guest, before)
     alias = re.search(r"<alias name='(virtio-disk\d+)'/>",
                       ok(uri, "dumpxml hp1").split(img, 1)[1]).group(1)
     ok(uri, "suspend hp1")
@@ -373,7 +394,7 @@ def test_hotplugged_disk_survives_daemon_restart(uri, lab, guest, events):
     img = image(lab, "vde.img")
     before = sys_block(guest)
     ok(uri, f"attach-disk hp1 {img} vde --targetbus virtio")
-    wait_guest(guest, lambda: len(new_disks(guest, before)) == 1)
+    wait_new_disk(guest, before)
     guest.close()
     for ev in events:
         ev.close()

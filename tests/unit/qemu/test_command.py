@@ -201,3 +201,11 @@ def test_assign_aliases_match_the_argv() -> None:
     assert console.find("alias").get("name") == "serial0"
     argv = _build(domxml.format(d))
     assert _format_args(argv) == (DATA / "q35-full.args").read_text()
+
+
+def test_usb_disk_goes_on_the_usb_bus() -> None:
+    argv = build_command(domxml.parse(_minimal(
+        "<disk type='file'><source file='/x.img'/><target dev='sda' bus='usb'/></disk>")),
+        binary=QEMU, monitor_path="/m")
+    assert any(a.startswith("usb-storage,bus=usb.0,drive=libvirt-1-format,id=usb-disk0")
+               for a in argv)
