@@ -36,7 +36,8 @@ pytestmark = needs_qemu
 # virDomainEventType / details and the event codes, as libvirt numbers them
 SUSPENDED, SUSPENDED_IOERROR, SUSPENDED_WATCHDOG = 3, 2, 3
 RESUMED, RESUMED_UNPAUSED = 4, 0
-WATCHDOG_PAUSE = 1
+WATCHDOG_PAUSE, WATCHDOG_RESET, WATCHDOG_POWEROFF = 1, 2, 3
+STOPPED, STOPPED_FAILED = 5, 5
 IO_ERROR_PAUSE, IO_ERROR_REPORT = 1, 2
 PHASE_CONNECT, PHASE_INITIALIZE, PHASE_DISCONNECT = 0, 1, 2
 FAMILY_IPV4 = 0
@@ -56,6 +57,8 @@ class Collector:
         self.cbs = [
             reg(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                 lambda c, d, ev, detail, o: self._add(d, "lifecycle", ev, detail), None),
+            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT,
+                lambda c, d, o: self._add(d, "reboot"), None),
             reg(None, libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG,
                 lambda c, d, action, o: self._add(d, "watchdog", action), None),
             reg(None, libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR,
@@ -217,6 +220,37 @@ def test_watchdog_pause(uri, daemon, clients, tmp_path):
     finally:
         con.close()
         virsh(uri, "destroy wd1; undefine wd1")
+
+
+@pytest.mark.parametrize("action", ["reset", "poweroff"])
+def test_watchdog_reset_and_poweroff(uri, daemon, clients, tmp_path, action):
+    """reset: the guest reboots (REBOOT event) and keeps running; poweroff: QEMU exits
+    without a SHUTDOWN event, which libvirt (and pyvirtd) report as shut off (crashed)."""
+    name = f"wd{action}"
+    xml = tiny_xml(name, tiny_guest()).replace(
+        "<devices>", f"<devices><watchdog model='i6300esb' action='{action}'/>")
+    con = boot(uri, name, xml, tmp_path / f"{name}.xml")
+    try:
+        assert f"-watchdog-action\0{action}\0".encode() in \
+            Path(f"/proc/{guest_pid(daemon.root, name)}/cmdline").read_bytes()
+        at = con.mark()
+        con.run("watchdog -T 2 -t 3600 -F /dev/watchdog &", re.escape(PROMPT))
+        code = WATCHDOG_RESET if action == "reset" else WATCHDOG_POWEROFF
+        for c in clients:
+            wait_for(lambda: c.of(name, "watchdog") == [(code,)], timeout=60)
+        if action == "reset":
+            con.wait("Linux version", since=at, timeout=90)  # booted again
+            con.wait("GUEST READY", since=at, timeout=90)
+            for c in clients:
+                wait_for(lambda: c.of(name, "reboot"))
+            assert reason(uri, name).startswith("running")
+        else:
+            for c in clients:
+                wait_for(lambda: (STOPPED, STOPPED_FAILED) in c.of(name, "lifecycle"))
+            assert reason(uri, name) == "shut off (crashed)"
+    finally:
+        con.close()
+        virsh(uri, f"destroy {name}; undefine {name}")
 
 
 # -- balloon -------------------------------------------------------------------------
