@@ -324,6 +324,9 @@ class QemuDriverState:
             self.spawn(interfaces.unplug_all, self, plugged)
         if dom.console is not None:
             dom.console.close()
+        for pending in dom.unplugging.values():   # no DEVICE_DELETED will come now
+            pending.done.set()
+        dom.unplugging.clear()
         self.store.delete_status(dom.name)
         if hold_event:
             self._held_events.append((dom.ref(), ds.EV_STOPPED, detail))

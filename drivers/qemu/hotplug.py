@@ -405,11 +405,7 @@ async def on_device_deleted(state: "QemuDriverState", dom: "QemuDomain", data: d
             if elem.tag == "disk":
                 nodes = pending.nodes if pending is not None and pending.nodes else \
                     await _nodes_by_file(mon, Disk.parse(elem).path)
-                for node in nodes:
-                    try:
-                        await mon.blockdev_del(node)
-                    except VirError as exc:
-                        log.warning("%s: blockdev-del %s: %s", dom.name, node, exc)
+                await _del_nodes(mon, nodes)
             elif elem.tag == "interface":
                 try:
                     await mon.netdev_del(f"host{alias}")
@@ -428,14 +424,13 @@ async def on_device_deleted(state: "QemuDriverState", dom: "QemuDomain", data: d
 
 
 async def _nodes_by_file(mon: Any, path: str | None) -> list[str]:
-    """Our block nodes opened on ``path`` (format nodes first): after a daemon restart
+    """Our block nodes opened on ``path``: after a daemon restart
     nothing recorded which nodes a pending removal left behind."""
     if not path:
         return []
     nodes = await mon.execute("query-named-block-nodes", {"flat": True})
-    ours = [n["node-name"] for n in nodes
+    return [n["node-name"] for n in nodes
             if n.get("file") == path and _NODE_RE.match(n.get("node-name", ""))]
-    return sorted(ours, key=lambda n: not n.endswith("-format"))
 
 
 def on_unplug_guest_error(state: "QemuDriverState", dom: "QemuDomain", data: dict) -> None:

@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from daemon_helpers import EventCollector, needs_qemu, ok, virsh, wait_for
+from daemon_helpers import EventCollector, guest_pid, needs_qemu, ok, virsh, wait_for
 from guest_helpers import PROMPT, Console, tiny_guest, tiny_xml
 from test_guest_network import Lab
 
@@ -155,6 +155,18 @@ def wait_new_disk(con: Console, before: dict[str, str]) -> str:
     return found[0]
 
 
+def qemu_files(lab, name: str) -> set[str]:
+    """The files the guest's QEMU holds open: a detached disk's image must be gone."""
+    pid = guest_pid(lab.root, name)
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
 def both(events, expected) -> None:
     for ev in events:
         ev.wait(expected)
@@ -175,6 +187,7 @@ def test_virtio_disk_attach_and_detach_live(uri, lab, guest, events):
     assert re.search(r"<address type='pci' domain='0x0000' bus='0x0[123]'", disk)
     assert img not in ok(uri, "dumpxml hp1 --inactive")     # --current on a running guest: live only
     assert "vdb" in ok(uri, "domblklist hp1")
+    assert img in qemu_files(lab, "hp1")
 
     # the same target again is refused, with libvirt's words
     r = virsh(uri, f"attach-disk hp1 {img} vdb --targetbus virtio")
@@ -184,6 +197,7 @@ def test_virtio_disk_attach_and_detach_live(uri, lab, guest, events):
     both(events, ("hp1", "removed", "virtio-disk1"))
     wait_guest(guest, lambda: not new_disks(guest, before))
     assert img not in ok(uri, "dumpxml hp1")
+    assert img not in qemu_files(lab, "hp1")          # blockdev-del closed the image
 
 
 def test_scsi_disk_attach_and_detach_live(uri, lab, guest, events):
@@ -411,5 +425,7 @@ def test_hotplugged_disk_survives_daemon_restart(uri, lab, guest, events):
         ok(uri, "detach-disk hp1 vde")
         wait_guest(con, lambda: not new_disks(con, before))
         wait_for(lambda: img not in ok(uri, "dumpxml hp1"), timeout=10)
+        # the new daemon found the nodes to delete without any record of them
+        assert img not in qemu_files(lab, "hp1")
     finally:
         con.close()
