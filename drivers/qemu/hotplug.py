@@ -41,7 +41,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 from lxml import etree
@@ -513,117 +513,114 @@ async def change_media_live(state: "QemuDriverState", dom: "QemuDomain",
 # -- the procedures ------------------------------------------------------------------
 
 class HotplugMixin:
-    """DOMAIN_ATTACH_DEVICE*, DOMAIN_DETACH_DEVICE* (qemuDomainAttachDeviceFlags, ...)."""
+    """DOMAIN_ATTACH_DEVICE*, DOMAIN_DETACH_DEVICE*, DOMAIN_UPDATE_DEVICE_FLAGS."""
     driver: "QemuDriverState"
+
+    async def _modify(self, ref: Any, flags: int, allowed: int, function: str,
+                      on_config: Callable[[domxml.DomainDef], None],
+                      on_live: Callable[["QemuDomain"], Awaitable[None]]) -> None:
+        """The frame of every device procedure (qemuDomain*DeviceFlags): flags checked,
+        the guest's lock held, the config change prepared first and saved only after the
+        live one succeeded, so a failed live change leaves the config as it was."""
+        from .domains import check_flags
+
+        check_flags(flags, allowed, function)
+        dom = self._dom(ref)            # type: ignore[attr-defined]
+        async with dom.lock:
+            live, config = modification_impact(dom, flags & (AFFECT_LIVE | AFFECT_CONFIG))
+            new_config = dom.persistent_def.copy() if config else None
+            if new_config is not None:
+                on_config(new_config)
+            if live:
+                await on_live(dom)
+                await self.driver.save_status(dom)
+            if new_config is not None:
+                await _save_config(self.driver, dom, new_config)
 
     async def domain_attach_device(self, ref: Any, xml: str) -> None:
         await self.domain_attach_device_flags(ref, xml, AFFECT_LIVE)
 
     async def domain_attach_device_flags(self, ref: Any, xml: str, flags: int) -> None:
-        from .domains import check_flags
-
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainAttachDeviceFlags")
         state = self.driver
-        dom = self._dom(ref)            # type: ignore[attr-defined]
-        async with dom.lock:
-            live, config = modification_impact(dom, flags)
-            new_config = None
-            if config:
-                new_config = dom.persistent_def.copy()
-                elem = parse_device(xml, new_config)
-                _attach_config(new_config, elem)
-            if live:
-                elem = parse_device(xml, dom.definition)
-                if elem.tag == "disk":
-                    alias = await attach_disk_live(state, dom, elem)
-                elif elem.tag == "interface":
-                    alias = await attach_interface_live(state, dom, elem)
-                else:
-                    raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
-                               f"live attach of device '{_type_name(elem.tag)}' is not supported")
-                await state.save_status(dom)
-                state.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, dom.ref(), alias)
-            if new_config is not None:
-                await _save_config(state, dom, new_config)
+
+        def on_config(defn: domxml.DomainDef) -> None:
+            _attach_config(defn, parse_device(xml, defn))
+
+        async def on_live(dom: "QemuDomain") -> None:
+            elem = parse_device(xml, dom.definition)
+            if elem.tag == "disk":
+                alias = await attach_disk_live(state, dom, elem)
+            elif elem.tag == "interface":
+                alias = await attach_interface_live(state, dom, elem)
+            else:
+                raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
+                           f"live attach of device '{_type_name(elem.tag)}' is not supported")
+            state.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, dom.ref(), alias)
+
+        await self._modify(ref, flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainAttachDeviceFlags",
+                           on_config, on_live)
 
     async def domain_update_device_flags(self, ref: Any, xml: str, flags: int) -> None:
         """Only a CD-ROM's (or floppy's) media can change, as libvirt's QEMU driver allows."""
-        from .domains import check_flags
-
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | DEVICE_MODIFY_FORCE,
-                    "qemuDomainUpdateDeviceFlags")
         state = self.driver
-        dom = self._dom(ref)            # type: ignore[attr-defined]
-        async with dom.lock:
-            live, config = modification_impact(dom, flags & ~DEVICE_MODIFY_FORCE)
-            new_config = None
-            if config:
-                new_config = dom.persistent_def.copy()
-                elem = parse_device(xml, new_config)
-                if elem.tag != "disk":
-                    raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
-                               f"persistent update of device '{_type_name(elem.tag)}' is not "
-                               f"supported")
-                old = find_disk(new_config, _target(elem))
-                if old is None:
-                    raise _err(P.VIR_ERR_INVALID_ARG, f"target {_target(elem)} doesn't exist.")
-                new_config.devices[new_config.devices.index(old)] = elem
-            if live:
-                elem = parse_device(xml, dom.definition)
-                if elem.tag != "disk":
-                    raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
-                               f"live update of device '{_type_name(elem.tag)}' is not supported")
-                await change_media_live(state, dom, elem, bool(flags & DEVICE_MODIFY_FORCE))
-                await state.save_status(dom)
-            if new_config is not None:
-                await _save_config(state, dom, new_config)
+
+        def on_config(defn: domxml.DomainDef) -> None:
+            elem = parse_device(xml, defn)
+            if elem.tag != "disk":
+                raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
+                           f"persistent update of device '{_type_name(elem.tag)}' is not "
+                           f"supported")
+            old = find_disk(defn, _target(elem))
+            if old is None:
+                raise _err(P.VIR_ERR_INVALID_ARG, f"target {_target(elem)} doesn't exist.")
+            defn.devices[defn.devices.index(old)] = elem
+
+        async def on_live(dom: "QemuDomain") -> None:
+            elem = parse_device(xml, dom.definition)
+            if elem.tag != "disk":
+                raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
+                           f"live update of device '{_type_name(elem.tag)}' is not supported")
+            await change_media_live(state, dom, elem, bool(flags & DEVICE_MODIFY_FORCE))
+
+        await self._modify(ref, flags, AFFECT_LIVE | AFFECT_CONFIG | DEVICE_MODIFY_FORCE,
+                           "qemuDomainUpdateDeviceFlags", on_config, on_live)
 
     async def domain_detach_device(self, ref: Any, xml: str) -> None:
         await self.domain_detach_device_flags(ref, xml, AFFECT_LIVE)
 
     async def domain_detach_device_flags(self, ref: Any, xml: str, flags: int) -> None:
-        from .domains import check_flags
-
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainDetachDeviceFlags")
         state = self.driver
-        dom = self._dom(ref)            # type: ignore[attr-defined]
-        async with dom.lock:
-            live, config = modification_impact(dom, flags)
-            new_config = None
-            if config:
-                new_config = dom.persistent_def.copy()
-                match = parse_device(xml, new_config)
-                new_config.devices.remove(_find_config(new_config, match))
-            if live:
-                match = parse_device(xml, dom.definition)
-                elem = _find_live(dom.definition, match)
-                await request_removal(state, dom, elem, wait=True)
-            if new_config is not None:
-                await _save_config(state, dom, new_config)
+
+        def on_config(defn: domxml.DomainDef) -> None:
+            defn.devices.remove(_find_config(defn, parse_device(xml, defn)))
+
+        async def on_live(dom: "QemuDomain") -> None:
+            elem = _find_live(dom.definition, parse_device(xml, dom.definition))
+            await request_removal(state, dom, elem, wait=True)
+
+        await self._modify(ref, flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainDetachDeviceFlags",
+                           on_config, on_live)
 
     async def domain_detach_device_alias(self, ref: Any, alias: str, flags: int) -> None:
-        from .domains import check_flags
-
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainDetachDeviceAlias")
+        """Asynchronous: QEMU is asked and the call returns (DEVICE_REMOVED follows)."""
         state = self.driver
-        dom = self._dom(ref)            # type: ignore[attr-defined]
-        async with dom.lock:
-            live, config = modification_impact(dom, flags)
-            new_config = None
-            if config:
-                new_config = dom.persistent_def.copy()
-                found = find_by_alias(new_config, alias)
-                if found is None:
-                    raise _err(P.VIR_ERR_DEVICE_MISSING, f"no device found with alias {alias}")
-                new_config.devices.remove(found)
-            if live:
-                elem = find_by_alias(dom.definition, alias)
-                if elem is None:
-                    raise _err(P.VIR_ERR_DEVICE_MISSING, f"no device found with alias {alias}")
-                _check_detachable(elem)
-                await request_removal(state, dom, elem, wait=False)
-            if new_config is not None:
-                await _save_config(state, dom, new_config)
+
+        def find(defn: domxml.DomainDef) -> etree._Element:
+            found = find_by_alias(defn, alias)
+            if found is None:
+                raise _err(P.VIR_ERR_DEVICE_MISSING, f"no device found with alias {alias}")
+            return found
+
+        def on_config(defn: domxml.DomainDef) -> None:
+            defn.devices.remove(find(defn))
+
+        async def on_live(dom: "QemuDomain") -> None:
+            elem = find(dom.definition)
+            _check_detachable(elem)
+            await request_removal(state, dom, elem, wait=False)
+
+        await self._modify(ref, flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainDetachDeviceAlias",
+                           on_config, on_live)
 
 
 def _attach_config(defn: domxml.DomainDef, elem: etree._Element) -> None:

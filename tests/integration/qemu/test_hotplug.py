@@ -257,6 +257,30 @@ def test_config_only_and_errors(uri, lab, guest):
         conn.close()
 
 
+def test_persistent_volume_disk(uri, lab, guest, events):
+    """--persistent (live and config) with a disk from a storage pool (type='volume')."""
+    pool = lab.root.parent / "hppool"
+    pool.mkdir(exist_ok=True)
+    ok(uri, f"pool-create-as hppool dir --target {pool}")
+    try:
+        ok(uri, "vol-create-as hppool v1.qcow2 8M --format qcow2")
+        xml = lab.root.parent / "voldisk.xml"
+        xml.write_text("<disk type='volume' device='disk'><source pool='hppool' volume='v1.qcow2'/>"
+                       "<target dev='vdg' bus='virtio'/></disk>")
+        before = sys_block(guest)
+        assert "Device attached successfully" in ok(uri, f"attach-device hp1 {xml} --persistent")
+        assert wait_new_disk(guest, before).startswith("vd")     # 8 MiB, as qcow2's virtual size
+        for flags in ("", "--inactive"):
+            assert "volume='v1.qcow2'" in ok(uri, f"dumpxml hp1 {flags}")
+        assert str(pool / "v1.qcow2") in qemu_files(lab, "hp1")
+        assert "Device detached successfully" in ok(uri, f"detach-device hp1 {xml} --persistent")
+        wait_guest(guest, lambda: not new_disks(guest, before))
+        for flags in ("", "--inactive"):
+            assert "v1.qcow2" not in ok(uri, f"dumpxml hp1 {flags}")
+    finally:
+        virsh(uri, "pool-destroy hppool")
+
+
 def test_live_flag_on_inactive_and_config_on_transient(uri, lab):
     img = image(lab, "vdd.img")
     path = lab.root.parent / "hpoff.xml"
