@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import (EventCollector, guest_pid, guest_xml, kill_guests, needs_qemu, ok,
+from daemon_helpers import (guest_pid, guest_xml, kill_guests, needs_qemu, ok,
                             qemu_uri, start_daemon, stop_daemon, virsh, wait_for)
-from guest_helpers import PROMPT, Console, tiny_guest, tiny_xml
+from guest_helpers import PROMPT, Console, EventLog, tiny_guest, tiny_xml
 
 pytestmark = needs_qemu
 
@@ -43,51 +43,16 @@ PHASE_CONNECT, PHASE_INITIALIZE, PHASE_DISCONNECT = 0, 1, 2
 FAMILY_IPV4 = 0
 
 
-class Collector:
-    """The events one client registered for, as (name, kind, fields...) tuples."""
+def collector(uri: str) -> EventLog:
+    import libvirt
 
-    def __init__(self, uri: str) -> None:
-        import libvirt
-
-        EventCollector._start_loop()
-        self.conn = libvirt.open(uri)
-        self.events: list[tuple] = []
-        self._lock = threading.Lock()
-        reg = self.conn.domainEventRegisterAny
-        self.cbs = [
-            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                lambda c, d, ev, detail, o: self._add(d, "lifecycle", ev, detail), None),
-            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT,
-                lambda c, d, o: self._add(d, "reboot"), None),
-            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG,
-                lambda c, d, action, o: self._add(d, "watchdog", action), None),
-            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR,
-                lambda c, d, path, alias, action, o: self._add(d, "io", path, alias, action), None),
-            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
-                lambda c, d, path, alias, action, reason, o:
-                self._add(d, "io-reason", path, alias, action, reason), None),
-            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE,
-                lambda c, d, actual, o: self._add(d, "balloon", actual), None),
-            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS,
-                lambda c, d, phase, local, remote, auth, subject, o:
-                self._add(d, "graphics", phase, local, remote, auth, subject), None),
-        ]
-
-    def _add(self, dom, *fields) -> None:
-        with self._lock:
-            self.events.append((dom.name(), *fields))
-
-    def of(self, name: str, kind: str) -> list[tuple]:
-        with self._lock:
-            return [e[2:] for e in self.events if e[0] == name and e[1] == kind]
-
-    def close(self) -> None:
-        for cb in self.cbs:
-            try:
-                self.conn.domainEventDeregisterAny(cb)
-            except Exception:
-                pass
-        self.conn.close()
+    return EventLog(uri, {"lifecycle": libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                          "reboot": libvirt.VIR_DOMAIN_EVENT_ID_REBOOT,
+                          "watchdog": libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG,
+                          "io": libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR,
+                          "io-reason": libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
+                          "balloon": libvirt.VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE,
+                          "graphics": libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS})
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +73,7 @@ def uri(daemon):
 
 @pytest.fixture(scope="module")
 def clients(uri):
-    cs = [Collector(uri), Collector(uri)]
+    cs = [collector(uri), collector(uri)]
     try:
         yield cs
     finally:
