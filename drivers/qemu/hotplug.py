@@ -56,7 +56,7 @@ from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 from pyvirtd.xml.platform import platform
 
 from . import interfaces
-from .command import _Builder, _disk_bus, device_alias, error_policy_props
+from .command import _SCSI_MODELS, _Builder, _disk_bus, device_alias, error_policy_props
 
 if TYPE_CHECKING:
     from .driver import QemuDomain, QemuDriverState
@@ -200,7 +200,7 @@ def _pci_address(live: domxml.DomainDef) -> dict[str, str] | None:
     used = set()
     for dev in live.devices:
         a = dev.find("address")
-        if a is not None and a.get("type") == "pci" and dev.tag != "controller":
+        if a is not None and a.get("type") == "pci":
             used.add(int(a.get("bus", "0"), 0))
     for c in live.devices_of("controller"):
         if c.get("type") == "pci" and c.get("model") == "pcie-root-port":
@@ -262,9 +262,8 @@ async def attach_disk_live(state: "QemuDriverState", dom: "QemuDomain",
     if disk.bus == "scsi":
         ctl = disk.address.int("controller") if disk.address is not None else 0
         if ("scsi", ctl) not in b.controllers:
-            raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
-                       f"disk '{disk.target}' needs SCSI controller {ctl}: hotplug the controller "
-                       f"first")
+            await _attach_scsi_controller(dom, ctl)
+            b = _builder(live)
     if disk.bus == "virtio":
         addr = _pci_address(live)
         if addr is not None:
@@ -283,6 +282,22 @@ async def attach_disk_live(state: "QemuDriverState", dom: "QemuDomain",
     disk.alias = alias
     _insert(live, disk.to_element())
     return alias
+
+
+async def _attach_scsi_controller(dom: "QemuDomain", index: int) -> None:
+    """The SCSI controller a hotplugged SCSI disk needs, hotplugged first with the
+    default model (qemuDomainFindOrCreateSCSIDiskController)."""
+    live = dom.definition
+    cont = Controller(type="scsi", index=index)
+    cont.fill_defaults({"hypervisor": "qemu", "q35": devmod.is_q35(live.machine)})
+    cont.alias = cont.qemu_id
+    props: dict = {"driver": _SCSI_MODELS[cont.model], "id": cont.alias}
+    addr = _pci_address(live)
+    if addr is not None:
+        cont.address = devmod.Address("pci", {k: v for k, v in addr.items() if k != "type"})
+        props.update(bus=f"pci.{int(addr['bus'], 0)}", addr="0x0")
+    await dom.monitor.device_add(props)
+    _insert(live, cont.to_element())
 
 
 def _next_net_alias(live: domxml.DomainDef) -> str:

@@ -72,9 +72,9 @@ MODULES = ("button", "evdev", "virtio_pci", "virtio_net", "e1000", "8139cp", "81
            # hotplugged disks (virtio and SCSI), the i6300esb watchdog, the balloon
            "virtio_blk", "virtio_scsi", "sd_mod", "i6300esb", "virtio_balloon")
 # Modules packed but loaded only when a test asks (``load-on-demand`` in the
-# guest's shell): the SATA CD-ROM's and USB storage's, since probing the q35 AHCI and
-# the XHCI controller costs every boot.
-ON_DEMAND = ("ahci", "sr_mod", "xhci_pci", "usb_storage")
+# guest's shell): the SATA CD-ROM's, USB storage's and the LSI SCSI controller's,
+# since probing the q35 AHCI and the XHCI controller costs every boot.
+ON_DEMAND = ("ahci", "sr_mod", "xhci_pci", "usb_storage", "sym53c8xx")
 
 # Bumped when what the build makes changes in a way the hash below cannot see.
 RECIPE = "2: PVH vmlinux"
