@@ -382,6 +382,9 @@ class QemuDriverState:
             with trio.move_on_after(QUIT_TIMEOUT):
                 await process.wait_exit(dom.pid)
         await mon.close()
+        if mon.error is not None:   # not a hang-up: libvirt's monitor error event
+            log.warning("%s: QEMU monitor error: %s", dom.name, mon.error)
+            self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_CONTROL_ERROR, dom.ref())
         if dom.being_destroyed:
             self.mark_stopped(dom, run, ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
         elif dom.got_shutdown:

@@ -18,6 +18,8 @@ Contract (used by the driver):
                                                           #  closes (QEMU exited or mon.close())
     await mon.close()                                     # idempotent, never raises
     mon.closed                                            # True once the connection is gone
+    mon.error                                             # after close: what broke the stream,
+                                                          # None when QEMU just hung up
 
 Typed helpers, one per command the driver needs:
     query_status() -> (running: bool, status: str)      cont(), stop(), system_powerdown(),
@@ -139,6 +141,9 @@ class Monitor:
         self._send, self._recv = trio.open_memory_channel(EVENT_BUFFER)
         self._pump: asyncio.Task | None = None
         self._closed = False
+        # why the connection broke, when it was not QEMU hanging up (a garbled
+        # stream, a socket error): libvirt's monitor error (qemuProcessHandleMonitorError)
+        self.error: Exception | None = None
         # the greeting as QEMU sent it: {"QMP": {"version": {...}, "capabilities": [...]}}
         self.greeting: dict = dict(client.greeting._raw) if client.greeting else {}
 
@@ -195,6 +200,8 @@ class Monitor:
                 await self._loop.run_aio_coroutine(_aio_disconnect(self._client))
         except Exception as exc:  # EOFError after quit, ECONNRESET: the peer is gone anyway
             log.debug("QMP %s: disconnect: %r", self.path, exc)
+            if not isinstance(exc, (EOFError, ConnectionResetError, BrokenPipeError)):
+                self.error = exc
         self._send.close()
 
     async def __aenter__(self) -> "Monitor":
