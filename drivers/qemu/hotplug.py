@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import trio
 from lxml import etree
 
-from pyvirtd.driver import domains as ds
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod

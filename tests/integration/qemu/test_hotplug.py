@@ -365,7 +365,7 @@ def test_bridge_interface_attach_and_detach_live(uri, lab, guest, events):
                                         r"NET:(\w*):END").group(1) == "eth0")
     tap = re.search(r"(vnet\d+)\s+bridge\s+" + BRIDGE, ok(uri, "domiflist hp1")).group(1)
     assert lab.links()[tap] == BRIDGE                 # the tap QEMU got over QMP is on the bridge
-    guest.run(f"cat /sys/class/net/eth0/address", re.escape(MAC))
+    guest.run("cat /sys/class/net/eth0/address", re.escape(MAC))
 
     assert "Interface detached successfully" in ok(uri, f"detach-interface hp1 bridge --mac {MAC}")
     both(events, ("hp1", "removed", "net0"))
