@@ -35,7 +35,8 @@ class BalloonMixin:
         await self.domain_set_memory_flags(ref, memory, AFFECT_LIVE)
 
     async def domain_set_max_memory(self, ref: Any, memory: int) -> None:
-        await self.domain_set_memory_flags(ref, memory, AFFECT_LIVE | MEM_MAXIMUM)
+        # --current, as qemuDomainSetMaxMemory: the config of a shut off guest
+        await self.domain_set_memory_flags(ref, memory, MEM_MAXIMUM)
 
     async def domain_set_memory_flags(self, ref: Any, memory: int, flags: int) -> None:
         """``memory`` in KiB; libvirt's checks and messages (qemuDomainSetMemoryFlags)."""

@@ -236,6 +236,10 @@ def test_setmem_balloon_change(uri, clients, tmp_path):
             ok(uri, "dumpxml bal1 --inactive")
         r = virsh(uri, "setmem bal1 1G --live")
         assert r.rc != 0 and "cannot set memory higher than max memory" in r.err
+        r = virsh(uri, "setmaxmem bal1 256M")
+        assert r.rc != 0 and "cannot resize the maximum memory on an active domain" in r.err
+        ok(uri, "setmaxmem bal1 256M --config")
+        assert "<memory unit='KiB'>262144</memory>" in ok(uri, "dumpxml bal1 --inactive")
     finally:
         con.close()
         virsh(uri, "destroy bal1; undefine bal1")
