@@ -24,16 +24,19 @@ from pyvirtd.driver import DriverContext, shared_subsystems
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
+from .balloon import BalloonMixin
 from .console import ConsoleMixin
 from .domains import DomainMixin
 from .driver import QemuDriverState
 from .host import HostMixin
+from .hotplug import HotplugMixin
 from .stats import StatsMixin
 
 log = logging.getLogger(__name__)
 
 
-class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin):
+class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
+                     BalloonMixin):
     """One client's qemu:// connection; methods are named after RPC procedures."""
 
     def __init__(self, driver: QemuDriverState, uri: str, subsystems: tuple[Any, ...]) -> None:

@@ -545,7 +545,24 @@ def _disks(b: _Builder, disks: list[Disk],
         pairs += [("drive", node), ("id", alias), ("bootindex", disk.boot)]
         if write_cache is not None and disk.device == "disk":
             pairs.append(("write-cache", "on" if write_cache else "off"))
+        pairs += error_policy_props(disk)
         b.add("-device", opts(pairs[0][1], *pairs[1:]))
+
+
+def error_policy_props(disk: Disk) -> list[tuple[str, object]]:
+    """werror/rerror of a disk's device from <driver error_policy/rerror_policy>.
+
+    As qemuBuildDiskDeviceProps: libvirt's "enospace" is QEMU's "enospc",
+    which QEMU knows for writes only; otherwise rerror follows error_policy.
+    None given leaves QEMU's defaults (werror=enospc, rerror=report).
+    """
+    if disk.device == "cdrom" or disk.bus == "usb":
+        return []                  # read-only media / usb-storage have no such properties
+    werror = {"enospace": "enospc"}.get(disk.error_policy or "", disk.error_policy)
+    rerror = disk.rerror_policy
+    if rerror is None and werror not in (None, "enospc"):
+        rerror = werror
+    return [("werror", werror), ("rerror", rerror)]
 
 
 def _disk_bus(b: _Builder, disk: Disk) -> list[tuple[str, object]]:
@@ -559,6 +576,10 @@ def _disk_bus(b: _Builder, disk: Disk) -> list[tuple[str, object]]:
                 raise _unsupported(f"Disk iothread '{disk.iothread}' not defined in iothreadid")
             pairs.append(("iothread", f"iothread{disk.iothread}"))
         return pairs
+    if disk.bus == "usb":          # no drive address: the device goes on the USB bus
+        if cd:
+            raise _unsupported("CD-ROMs on USB are not supported")
+        return [("driver", "usb-storage"), ("bus", "usb.0"), ("removable", None)]
     ctl, bus, unit = a.int("controller"), a.int("bus"), a.int("unit")
     if disk.bus == "ide":
         if b.q35:
@@ -584,10 +605,6 @@ def _disk_bus(b: _Builder, disk: Disk) -> list[tuple[str, object]]:
         else:
             pairs += [("scsi-id", unit)]
         return pairs
-    if disk.bus == "usb":
-        if cd:
-            raise _unsupported("CD-ROMs on USB are not supported")
-        return [("driver", "usb-storage"), ("bus", "usb.0"), ("removable", None)]
     raise _unsupported(f"disk bus '{disk.bus}' is not supported")
 
 

@@ -88,6 +88,8 @@ class QemuDomain(ds.DomainObject):
     # block info and stats read; the live XML keeps only pool and volume)
     volume_paths: dict[str, str] = field(default_factory=dict)
     lock: trio.Lock = field(default_factory=trio.Lock)
+    # device_del sent, DEVICE_DELETED not seen yet: alias -> hotplug.Unplug
+    unplugging: dict[str, Any] = field(default_factory=dict)
 
 
 class QemuDriverState:
@@ -268,14 +270,14 @@ class QemuDriverState:
                 interfaces.close_fds(tap_fds)   # QEMU holds its own copies now
         except BaseException:
             with trio.CancelScope(shield=True):
-                await interfaces.unplug_all(self, taps, live)
+                await interfaces.unplug_all(self, taps, live.devices_of("interface"))
             raise
         try:
             mon = await Monitor.connect(str(monitor_path))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await process.terminate(pid, marker=live.uuid_str)
-                await interfaces.unplug_all(self, taps, live)
+                await interfaces.unplug_all(self, taps, live.devices_of("interface"))
             raise
         try:
             vnc_port = None
@@ -291,7 +293,7 @@ class QemuDriverState:
             with trio.CancelScope(shield=True):
                 await mon.close()
                 await process.terminate(pid, marker=live.uuid_str)
-                await interfaces.unplug_all(self, taps, live)
+                await interfaces.unplug_all(self, taps, live.devices_of("interface"))
             raise
         dom.run += 1
         dom.pid, dom.monitor = pid, mon
@@ -326,12 +328,15 @@ class QemuDriverState:
         dom.pid, dom.monitor = None, None
         dom.volume_paths = {}
         plugged = interfaces.plugged(dom.definition)
-        if plugged or interfaces.ports(dom.definition):
+        if plugged or interfaces.ports(dom.definition.devices_of("interface")):
             # QEMU's exit usually took the taps already (non-persistent taps);
             # the network ports are given back here
             self.spawn(interfaces.unplug_all, self, plugged, dom.definition)
         if dom.console is not None:
             dom.console.close()
+        for pending in dom.unplugging.values():   # no DEVICE_DELETED will come now
+            pending.done.set()
+        dom.unplugging.clear()
         self.store.delete_status(dom.name)
         if hold_event:
             self._held_events.append((dom.ref(), ds.EV_STOPPED, detail))
@@ -387,6 +392,9 @@ class QemuDriverState:
             with trio.move_on_after(QUIT_TIMEOUT):
                 await process.wait_exit(dom.pid)
         await mon.close()
+        if mon.error is not None:   # not a hang-up: libvirt's monitor error event
+            log.warning("%s: QEMU monitor error: %s", dom.name, mon.error)
+            self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_CONTROL_ERROR, dom.ref())
         if dom.being_destroyed:
             self.mark_stopped(dom, run, ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
         elif dom.got_shutdown:
@@ -425,6 +433,10 @@ class QemuDriverState:
                 await self._on_guest_reboot_destroy(dom, run)
         elif name == "GUEST_PANICKED":
             await self._on_crash(dom, run, mon)
+        else:   # watchdog, I/O errors, graphics, hotplug, ... (guest_events.py)
+            from . import guest_events
+
+            await guest_events.handle(self, dom, name, data)
 
     async def _on_shutdown(self, dom: QemuDomain, run: int, mon: Monitor, data: dict) -> None:
         """qemuProcessHandleShutdown + qemuProcessShutdownOrReboot."""

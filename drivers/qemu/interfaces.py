@@ -17,7 +17,7 @@ qemuInterfaceDirectConnect):
         # for type network, <source network=.. portid=.. bridge=..> (or
         # dev=.. mode=.. with type='direct'), as libvirt's live XML has them.
     close_fds(fds)                      # once QEMU holds its own copies
-    await unplug_all(state, taps, live) # [(tap, mac)]; when the guest stops
+    await unplug_all(state, taps, live.devices_of("interface"))  # when the guest stops
                                         # (plugged(live) lists them again):
                                         # deletes taps and macvtaps (the
                                         # kernel drops a tap, not a macvtap,
@@ -45,7 +45,7 @@ import copy
 import logging
 import os
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import trio
 from lxml import etree
@@ -113,75 +113,83 @@ def _tap_name(iface: etree._Element) -> str:
 async def plug_all(state: "QemuDriverState", dom: "QemuDomain",
                    live: domxml.DomainDef) -> tuple[list[tuple[str, str]], dict[int, int]]:
     """Make the taps of ``live``'s interfaces; on failure nothing is left behind."""
-    from pyvirtd.network import _netlink
-
     taps: list[tuple[str, str]] = []
     fds: dict[int, int] = {}
     try:
         for i, iface in enumerate(live.devices_of("interface")):
-            kind = iface.get("type")
-            where = _attachment(iface)
-            if where is None and kind != "direct":
-                continue
-            mac = _mac(iface)
-            mtu_elem = iface.find("mtu")
-            mtu = int(mtu_elem.get("size")) if mtu_elem is not None else None
-            if kind == "direct":
-                src = iface.find("source")
-                tap, fd = await _open_macvtap(state, iface, src.get("dev"),
-                                              src.get("mode", "vepa"), mac)
+            made = await plug_one(state, dom, iface, live)
+            if made is not None:
+                tap, mac, fd = made
                 taps.append((tap, mac))
-            else:
-                _check_mac_unique(state, dom, where, mac)
-                bridge = where[1]
-                plug = None
-                if where[0] == "network":
-                    port = await _network(state).create_port(where[1], _port_request(live, iface))
-                    _show_port(iface, port)   # portid first: a failure below releases it
-                    plug = port.plug_type
-                    if plug == "hostdev-pci":
-                        raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
-                                       f"Unsupported network type hostdev-pci of network "
-                                       f"'{where[1]}'", domain=P.VIR_FROM_QEMU)
-                    if plug == "direct":
-                        # the live XML shows the actual type, as libvirt's does
-                        iface.set("type", "direct")
-                        tap, fd = await _open_macvtap(state, iface, port.plug.get("dev"),
-                                                      port.plug.get("mode"), mac)
-                        taps.append((tap, mac))
-                    else:
-                        if plug == "bridge":
-                            iface.set("type", "bridge")
-                        bridge = port.plug.get("bridge")
-                if plug != "direct":
-                    try:
-                        tap, fd = await _netlink("open_tap", _tap_name(iface), bridge, mac,
-                                                 mtu, True)
-                    except OSError as exc:
-                        raise VirError(P.VIR_ERR_SYSTEM_ERROR,
-                                       f"Unable to add bridge {bridge} port {_tap_name(iface)}: "
-                                       f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
-                    taps.append((tap, mac))
-            fds[i] = fd
-            target = iface.find("target")
-            if target is None:
-                target = etree.Element("target")
-                # after <source> (or <mac>), where libvirt prints it
-                anchor = iface.find("source")
-                if anchor is None:
-                    anchor = iface.find("mac")
-                if anchor is not None:
-                    anchor.addnext(target)
-                else:
-                    iface.insert(0, target)
-            target.attrib.clear()
-            target.set("dev", tap)
+                fds[i] = fd
     except BaseException:
         close_fds(fds)
         with trio.CancelScope(shield=True):
-            await unplug_all(state, taps, live)
+            await unplug_all(state, taps, live.devices_of("interface"))
         raise
     return taps, fds
+
+
+async def plug_one(state: "QemuDriverState", dom: "QemuDomain", iface: etree._Element,
+                   live: domxml.DomainDef) -> tuple[str, str, int] | None:
+    """The tap or macvtap of one <interface> (at start or hotplug): (device, mac,
+    open fd), or None when its type needs none.  A NIC on a network takes a port
+    there first.  ``iface`` gets <target dev> and the port's <source> attributes,
+    as libvirt's live XML has them; on failure the caller gives the port back
+    (unplug_all with the interface)."""
+    kind = iface.get("type")
+    where = _attachment(iface)
+    if where is None and kind != "direct":
+        return None
+    mac = _mac(iface)
+    mtu_elem = iface.find("mtu")
+    mtu = int(mtu_elem.get("size")) if mtu_elem is not None else None
+    if kind == "direct":
+        src = iface.find("source")
+        tap, fd = await _open_macvtap(state, iface, src.get("dev"), src.get("mode", "vepa"), mac)
+        return _show_target(iface, tap, mac, fd)
+    _check_mac_unique(state, dom, where, mac)
+    bridge = where[1]
+    if where[0] == "network":
+        port = await _network(state).create_port(where[1], _port_request(live, iface))
+        _show_port(iface, port)   # portid first: a failure below releases it
+        if port.plug_type == "hostdev-pci":
+            raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                           f"Unsupported network type hostdev-pci of network '{where[1]}'",
+                           domain=P.VIR_FROM_QEMU)
+        if port.plug_type == "direct":
+            iface.set("type", "direct")   # the live XML shows the actual type, as libvirt's
+            tap, fd = await _open_macvtap(state, iface, port.plug.get("dev"),
+                                          port.plug.get("mode"), mac)
+            return _show_target(iface, tap, mac, fd)
+        if port.plug_type == "bridge":
+            iface.set("type", "bridge")
+        bridge = port.plug.get("bridge")
+    from pyvirtd.network import _netlink
+    try:
+        tap, fd = await _netlink("open_tap", _tap_name(iface), bridge, mac, mtu, True)
+    except OSError as exc:
+        raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                       f"Unable to add bridge {bridge} port {_tap_name(iface)}: "
+                       f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
+    return _show_target(iface, tap, mac, fd)
+
+
+def _show_target(iface: etree._Element, tap: str, mac: str, fd: int) -> tuple[str, str, int]:
+    """<target dev=TAP> after <source> (or <mac>), where libvirt prints it."""
+    target = iface.find("target")
+    if target is None:
+        target = etree.Element("target")
+        anchor = iface.find("source")
+        if anchor is None:
+            anchor = iface.find("mac")
+        if anchor is not None:
+            anchor.addnext(target)
+        else:
+            iface.insert(0, target)
+    target.attrib.clear()
+    target.set("dev", tap)
+    return tap, mac, fd
 
 
 def saved_macs(state: "QemuDriverState") -> str:
@@ -268,10 +276,10 @@ async def reclaim_ports(state: "QemuDriverState", live: domxml.DomainDef) -> Non
                         src.get("portid"), src.get("network"), exc.message)
 
 
-def ports(live: domxml.DomainDef) -> list[tuple[str, bytes]]:
-    """(network, port uuid) of each network port a running guest's live definition holds."""
+def ports(ifaces: Iterable[etree._Element]) -> list[tuple[str, bytes]]:
+    """(network, port uuid) of each network port these live <interface>s hold."""
     out = []
-    for iface in live.devices_of("interface"):
+    for iface in ifaces:
         src = iface.find("source")
         if src is not None and src.get("network") and src.get("portid"):
             out.append((src.get("network"), uuid.UUID(src.get("portid")).bytes))
@@ -325,8 +333,9 @@ def _delete_own_tap(tap: str, mac: str) -> None:
 
 
 async def unplug_all(state: "QemuDriverState", taps: list[tuple[str, str]],
-                     live: domxml.DomainDef | None = None) -> None:
-    """Remove a guest's taps and, given its live definition, give back its network ports.
+                     ifaces: Iterable[etree._Element] = ()) -> None:
+    """Remove a guest's taps and give back the network ports of ``ifaces`` (its live
+    <interface>s: all of them when it stops, one on a hot-unplug).
 
     Never raises: a tap already gone with QEMU's fds, or a port gone with its
     network, is fine.
@@ -342,7 +351,7 @@ async def unplug_all(state: "QemuDriverState", taps: list[tuple[str, str]],
         except Exception:
             log.exception("removing tap %s", tap)
     sub = state.ctx.shared.get("network")
-    for net_name, port_uuid in ports(live) if live is not None and sub is not None else ():
+    for net_name, port_uuid in ports(ifaces) if sub is not None else ():
         try:
             await sub.delete_port(net_name, port_uuid)
         except Exception:

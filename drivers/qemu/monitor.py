@@ -18,6 +18,8 @@ Contract (used by the driver):
                                                           #  closes (QEMU exited or mon.close())
     await mon.close()                                     # idempotent, never raises
     mon.closed                                            # True once the connection is gone
+    mon.error                                             # after close: what broke the stream,
+                                                          # None when QEMU just hung up
 
 Typed helpers, one per command the driver needs:
     query_status() -> (running: bool, status: str)      cont(), stop(), system_powerdown(),
@@ -27,6 +29,9 @@ Typed helpers, one per command the driver needs:
     query_blockstats() -> [dict], query_vnc() -> dict, human_monitor_command(cmdline) -> str,
     query_kvm() -> (present, enabled), query_version() -> (major, minor, micro, package),
     query_name() -> str | None.
+Hotplug (hotplug.py): device_add(props), device_del(id), blockdev_add(props),
+    blockdev_del(node), netdev_add(props), netdev_del(id), getfd(fd, name) (passes
+    an open fd over the socket, SCM_RIGHTS), query_block_nodes() -> [node names].
 
 Errors (all VirError, domain VIR_FROM_QEMU), worded as libvirt's qemu_monitor_json.c:
     a QMP error reply      -> VIR_ERR_INTERNAL_ERROR "unable to execute QEMU command 'X': <desc>"
@@ -136,6 +141,9 @@ class Monitor:
         self._send, self._recv = trio.open_memory_channel(EVENT_BUFFER)
         self._pump: asyncio.Task | None = None
         self._closed = False
+        # why the connection broke, when it was not QEMU hanging up (a garbled
+        # stream, a socket error): libvirt's monitor error (qemuProcessHandleMonitorError)
+        self.error: Exception | None = None
         # the greeting as QEMU sent it: {"QMP": {"version": {...}, "capabilities": [...]}}
         self.greeting: dict = dict(client.greeting._raw) if client.greeting else {}
 
@@ -192,6 +200,8 @@ class Monitor:
                 await self._loop.run_aio_coroutine(_aio_disconnect(self._client))
         except Exception as exc:  # EOFError after quit, ECONNRESET: the peer is gone anyway
             log.debug("QMP %s: disconnect: %r", self.path, exc)
+            if not isinstance(exc, (EOFError, ConnectionResetError, BrokenPipeError)):
+                self.error = exc
         self._send.close()
 
     async def __aenter__(self) -> "Monitor":
@@ -352,10 +362,59 @@ class Monitor:
     async def query_name(self) -> str | None:
         return (await self.execute("query-name")).get("name")
 
+    # -- hotplug ---------------------------------------------------------------
+
+    async def device_add(self, props: dict) -> None:
+        await self.execute("device_add", props)
+
+    async def device_del(self, dev_id: str) -> None:
+        """Ask for the device's removal; QEMU's DEVICE_DELETED event says when it is gone."""
+        await self.execute("device_del", {"id": dev_id})
+
+    async def blockdev_add(self, props: dict) -> None:
+        await self.execute("blockdev-add", props)
+
+    async def blockdev_del(self, node_name: str) -> None:
+        await self.execute("blockdev-del", {"node-name": node_name})
+
+    async def netdev_add(self, props: dict) -> None:
+        await self.execute("netdev_add", props)
+
+    async def netdev_del(self, netdev_id: str) -> None:
+        await self.execute("netdev_del", {"id": netdev_id})
+
+    async def getfd(self, fd: int, name: str) -> None:
+        """Hand QEMU a copy of ``fd`` under ``name`` (SCM_RIGHTS, then ``getfd``).
+
+        The fd rides on a byte sent just before the command, so both go out
+        from the asyncio side back to back; the caller still owns ``fd``.
+        """
+        if self._closed:
+            raise _eof()
+        try:
+            await self._loop.run_aio_coroutine(_aio_getfd(self._client, fd, name))
+        except ExecuteError as exc:
+            raise _err(P.VIR_ERR_INTERNAL_ERROR,
+                       f"unable to execute QEMU command 'getfd': {exc.error.error.desc}") from exc
+        except (ExecInterruptedError, StateError, EOFError, ConnectionError) as exc:
+            raise _eof() from exc
+        except (QMPError, OSError) as exc:
+            raise _err(P.VIR_ERR_INTERNAL_ERROR, f"unable to pass fd to QEMU: {exc}") from exc
+
+    async def query_block_nodes(self) -> list[str]:
+        """The node names of every block node QEMU has (query-named-block-nodes)."""
+        return [n["node-name"] for n in await self.execute("query-named-block-nodes",
+                                                           {"flat": True})]
+
 
 async def _aio_new_client(path: str) -> QMPClient:
     # built on the asyncio side so its primitives bind to that loop
     return QMPClient(f"qmp:{path}")
+
+
+async def _aio_getfd(client: QMPClient, fd: int, name: str) -> None:
+    client.send_fd_scm(fd)
+    await client.execute("getfd", {"fdname": name})
 
 
 async def _aio_disconnect(client: QMPClient) -> None:

@@ -16,7 +16,9 @@ initramfs (newc cpio, gzip) is written here in Python and holds:
 
 * ``/bin/busybox`` (busybox-static, which ``make deps`` installs) and an
   ``/init`` that mounts proc/sys/dev, loads a handful of modules (Debian
-  builds the ACPI button, evdev and the NIC drivers as modules), starts
+  builds the ACPI button, evdev, the NIC, virtio disk and SCSI, i6300esb
+  watchdog and balloon drivers as modules; the SATA CD-ROM's come in too,
+  loaded by ``load-on-demand``), starts
   busybox ``acpid`` so that the ACPI power button runs ``poweroff -f``,
   brings ``eth0`` up with ``udhcpc`` when there is one, prints
   ``GUEST READY`` on the serial console and then runs a shell there
@@ -76,10 +78,16 @@ DEFAULT_CACHE = REPO / ".cache" / "guest"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 # Modules the guest loads, in this order (each after its dependencies).
-MODULES = ("button", "evdev", "virtio_pci", "virtio_net", "e1000", "8139cp", "8139too")
+MODULES = ("button", "evdev", "virtio_pci", "virtio_net", "e1000", "8139cp", "8139too",
+           # hotplugged disks (virtio and SCSI), the i6300esb watchdog, the balloon
+           "virtio_blk", "virtio_scsi", "sd_mod", "i6300esb", "virtio_balloon")
 # Modules loaded only to mount a root disk (root=... on the kernel command line):
 # ext4 checksums its metadata with crc32c (a soft dependency modinfo does not list).
 ROOT_MODULES = ("crc32c_generic", "virtio_blk", "ext4")
+# Modules packed but loaded only when a test asks (``load-on-demand`` in the
+# guest's shell): the SATA CD-ROM's, USB storage's and the LSI SCSI controller's,
+# since probing the q35 AHCI and the XHCI controller costs every boot.
+ON_DEMAND = ("ahci", "sr_mod", "xhci_pci", "usb_storage", "sym53c8xx")
 
 # Bumped when what the build makes changes in a way the hash below cannot see.
 RECIPE = "2: PVH vmlinux"
@@ -335,8 +343,15 @@ def _busybox() -> Path:
     raise RuntimeError("no static busybox found (apt-get install busybox-static, or make deps)")
 
 
+LOAD_ON_DEMAND = """#!/bin/sh
+while read -r m; do insmod "/lib/modules/$m.ko" 2>/dev/null; done < /etc/modules-on-demand
+echo "MODULES LOADED"
+"""
+
+
 def _initramfs(busybox: Path, modules: list[tuple[str, Path]],
-               root_modules: list[tuple[str, Path]]) -> bytes:
+               root_modules: list[tuple[str, Path]] = (),
+               on_demand: list[tuple[str, Path]] = ()) -> bytes:
     c = Cpio()
     for d in ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules",
               "proc", "sys", "tmp", "root"):
@@ -353,7 +368,12 @@ def _initramfs(busybox: Path, modules: list[tuple[str, Path]],
     c.file("etc/group", b"root:x:0:\n")
     c.file("etc/modules", "".join(f"{name}\n" for name, _ in modules).encode())
     c.file("etc/modules-root", "".join(f"{name}\n" for name, _ in root_modules).encode())
-    for name, path in modules + root_modules:
+    loaded = {name for name, _ in modules} | {name for name, _ in root_modules}
+    on_demand = [(n, p) for n, p in on_demand if n not in loaded]
+    c.file("etc/modules-on-demand", "".join(f"{name}\n" for name, _ in on_demand).encode())
+    c.file("bin/load-on-demand", LOAD_ON_DEMAND.encode(), 0o755)
+    modules = list(modules) + list(root_modules) + on_demand
+    for name, path in modules:
         c.file(f"lib/modules/{name}.ko", path.read_bytes())
     return gzip.compress(c.finish(), compresslevel=6, mtime=0)
 
@@ -363,7 +383,7 @@ def _initramfs(busybox: Path, modules: list[tuple[str, Path]],
 def _recipe_hash(busybox: Path) -> str:
     h = hashlib.sha256()
     for part in (RECIPE, CMDLINE, INIT, POWER_BUTTON, UDHCPC_SCRIPT, PROFILE, " ".join(MODULES),
-                 " ".join(ROOT_MODULES)):
+                 " ".join(ROOT_MODULES), " ".join(ON_DEMAND), LOAD_ON_DEMAND):
         h.update(part.encode() + b"\0")
     st = busybox.stat()
     h.update(f"{st.st_size}:{int(st.st_mtime)}".encode())
@@ -397,13 +417,14 @@ def ensure_guest(cache: Path | str | None = None, force: bool = False) -> TinyGu
             have = {name for name, _ in modules}
             root_modules = [m for m in _module_closure(moddir, MODULES + ROOT_MODULES)
                             if m[0] not in have]
+            on_demand = _module_closure(moddir, ON_DEMAND)
             elf = _pvh_vmlinux(vmlinuz)
             kernel = out / ("vmlinux" if elf else "vmlinuz")
             if elf:
                 kernel.write_bytes(elf)
             else:
                 shutil.copy2(vmlinuz, kernel)
-            (out / "initrd.gz").write_bytes(_initramfs(busybox, modules, root_modules))
+            (out / "initrd.gz").write_bytes(_initramfs(busybox, modules, root_modules, on_demand))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         guest = TinyGuest(kernel=str(kernel), initrd=str(out / "initrd.gz"),

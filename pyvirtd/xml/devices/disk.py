@@ -18,6 +18,9 @@ BUSES = ("ide", "fdc", "scsi", "virtio", "xen", "usb", "uml", "sata", "sd")
 CACHE_MODES = ("default", "none", "writethrough", "writeback", "directsync", "unsafe")
 IO_MODES = ("default", "native", "threads", "io_uring")
 DISCARD = ("default", "unmap", "ignore")
+# <driver error_policy> / rerror_policy (virDomainDiskErrorPolicy); enospace only for writes
+ERROR_POLICIES = ("default", "stop", "report", "ignore", "enospace")
+RERROR_POLICIES = ("default", "stop", "report", "ignore")
 # Image formats QEMU opens with a format node of the same name.
 FORMATS = ("raw", "qcow2", "qcow", "qed", "vmdk", "vpc", "vdi", "vhdx", "cloop", "dmg",
            "parallels", "luks", "bochs")
@@ -44,6 +47,14 @@ def disk_index(dev: str) -> int | None:
     return index - 1
 
 
+def _policy(drv: etree._Element, name: str, values: tuple[str, ...]) -> str | None:
+    """An error policy attribute; libvirt 9 (virXMLPropEnum, nonzero) refuses 'default' too."""
+    value = drv.get(name)
+    if value is not None and (value not in values or value == "default"):
+        raise xml_error(f"Invalid value for attribute '{name}' in element 'driver': '{value}'.")
+    return value
+
+
 @dataclass
 class Disk(DeviceBase):
     type: str = "file"
@@ -54,6 +65,8 @@ class Disk(DeviceBase):
     driver_name: str | None = None
     format: str | None = None
     cache: str | None = None
+    error_policy: str | None = None         # what QEMU does on a write error (werror)
+    rerror_policy: str | None = None        # ... on a read error (rerror)
     io: str | None = None
     discard: str | None = None
     iothread: int | None = None
@@ -77,6 +90,8 @@ class Disk(DeviceBase):
             if d.format is not None and d.format not in FORMATS:
                 raise xml_error(f"unknown driver format value '{d.format}'")
             d.cache = enum_attr(drv, "cache", CACHE_MODES, what="disk cache mode")
+            d.error_policy = _policy(drv, "error_policy", ERROR_POLICIES)
+            d.rerror_policy = _policy(drv, "rerror_policy", RERROR_POLICIES)
             d.io = enum_attr(drv, "io", IO_MODES, what="disk io mode")
             d.discard = enum_attr(drv, "discard", DISCARD, what="disk discard mode")
             d.iothread = int_attr(drv, "iothread", minimum=1)
@@ -156,10 +171,12 @@ class Disk(DeviceBase):
     def to_element(self) -> etree._Element:
         e = set_attrs(etree.Element("disk"), ("type", self.type), ("device", self.device))
         if any(v is not None for v in (self.driver_name, self.format, self.cache, self.io,
-                                         self.discard, self.iothread)):
+                                         self.discard, self.iothread, self.error_policy,
+                                         self.rerror_policy)):
             sub(e, "driver", ("name", self.driver_name), ("type", self.format),
-                ("cache", self.cache), ("io", self.io), ("discard", self.discard),
-                ("iothread", self.iothread))
+                ("cache", self.cache), ("error_policy", self.error_policy),
+                ("rerror_policy", self.rerror_policy), ("io", self.io),
+                ("discard", self.discard), ("iothread", self.iothread))
         if (self.path is not None or self.volume is not None or self.source_extra
                 or self.source_children):
             src = etree.SubElement(e, "source")

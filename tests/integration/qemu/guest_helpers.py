@@ -10,6 +10,7 @@
   `virsh console` uses), read by libvirt's event loop into a buffer the test
   can wait on, and written to like a keyboard.
 * `Events`: lifecycle and reboot events as another client receives them.
+* `EventLog`: any domain events, as (domain, kind, fields...) tuples.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 
 import pytest
 
-from daemon_helpers import EventCollector
+from daemon_helpers import EventCollector, wait_for
 
 # the serial console's prompt, as the guest's /etc/profile sets it
 PROMPT = "guest# "
@@ -183,3 +184,46 @@ class Events(EventCollector):
         except Exception:
             pass
         super().close()
+
+
+class EventLog:
+    """Domain events of the kinds asked for, as one python-libvirt client receives them.
+
+    ``kinds`` maps a name of the test's choosing to a VIR_DOMAIN_EVENT_ID_*; each
+    event is kept as (domain name, kind, the callback's fields...).
+    """
+
+    def __init__(self, uri: str, kinds: dict[str, int]) -> None:
+        import libvirt
+
+        EventCollector._start_loop()
+        self.conn = libvirt.open(uri)
+        self.events: list[tuple] = []
+        self._lock = threading.Lock()
+        self.cbs = [self.conn.domainEventRegisterAny(None, event_id, self._callback(kind), None)
+                    for kind, event_id in kinds.items()]
+
+    def _callback(self, kind: str):
+        def on_event(conn, dom, *fields) -> None:     # the last field is the opaque
+            with self._lock:
+                self.events.append((dom.name(), kind, *fields[:-1]))
+        return on_event
+
+    def of(self, name: str, kind: str) -> list[tuple]:
+        """The fields of ``name``'s events of ``kind``, in order."""
+        with self._lock:
+            return [e[2:] for e in self.events if e[0] == name and e[1] == kind]
+
+    def wait(self, expected: tuple, timeout: float = 30.0) -> None:
+        wait_for(lambda: expected in self.events, timeout)
+
+    def close(self) -> None:
+        cbs, self.cbs = self.cbs, []
+        if not cbs:
+            return
+        for cb in cbs:
+            try:
+                self.conn.domainEventDeregisterAny(cb)
+            except Exception:
+                pass
+        self.conn.close()

@@ -30,7 +30,7 @@ QEMU = "/usr/bin/qemu-system-x86_64"
 CASES = sorted(p.stem for p in DATA.glob("*.xml"))
 # Cases whose argv QEMU runs here; tcg-kernel needs a real kernel image.
 RUNNABLE = ["kvm-minimal", "q35-full", "pc-ide-scsi", "ovmf", "pc-usb2-biosserial",
-            "q35-spice-desktop"]
+            "q35-spice-desktop", "disk-error-policy"]
 # Per-case tap fds given to build_command in the golden tests.
 GOLDEN_TAP_FDS = {0: 40, 1: 41, 2: 42}
 
@@ -207,3 +207,11 @@ def test_assign_aliases_match_the_argv() -> None:
     assert console.find("alias").get("name") == "serial0"
     argv = _build(domxml.format(d))
     assert _format_args(argv) == (DATA / "q35-full.args").read_text()
+
+
+def test_usb_disk_goes_on_the_usb_bus() -> None:
+    argv = build_command(domxml.parse(_minimal(
+        "<disk type='file'><source file='/x.img'/><target dev='sda' bus='usb'/></disk>")),
+        binary=QEMU, monitor_path="/m")
+    assert any(a.startswith("usb-storage,bus=usb.0,drive=libvirt-1-format,id=usb-disk0")
+               for a in argv)

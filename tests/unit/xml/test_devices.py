@@ -33,6 +33,7 @@ INVALID = {
     "controller-bad-model": (XML, "Unknown model type 'ohci-2000'"),
     "disk-bad-bus": (XML, "unknown disk bus type 'floppy'"),
     "disk-bad-cache": (XML, "unknown disk cache mode 'sometimes'"),
+    "disk-bad-error-policy": (XML, "Invalid value for attribute 'error_policy' in element 'driver': 'panic'."),
     "disk-bad-name": (XML, "Unknown disk name 'xyz0' and no address specified"),
     "disk-no-target": (NOTGT, "/a"),
     "graphics-bad-type": (XML, "unknown graphics device type 'telepathy'"),
