@@ -191,23 +191,38 @@ def find_by_alias(defn: domxml.DomainDef, alias: str) -> etree._Element | None:
 
 # -- PCI placement --------------------------------------------------------------
 
-def _pci_address(live: domxml.DomainDef) -> dict[str, str] | None:
-    """Where a hotplugged PCI device goes: a free pcie-root-port on q35 (None on pc:
-    QEMU picks a slot on pci.0, which takes hotplug through ACPI)."""
-    if not devmod.is_q35(live.machine):
-        return None
-    used = set()
+def _pci_address(live: domxml.DomainDef) -> dict[str, str]:
+    """Where a hotplugged PCI device goes, as libvirt's address allocation puts it:
+    a free pcie-root-port on q35 (pcie.0 cannot take hotplugged devices), the
+    lowest free slot of pci.0 on pc."""
+    used: set[tuple[int, int]] = set()
     for dev in live.devices:
         a = dev.find("address")
         if a is not None and a.get("type") == "pci":
-            used.add(int(a.get("bus", "0"), 0))
+            used.add((int(a.get("bus", "0"), 0), int(a.get("slot", "0"), 0)))
+    if not devmod.is_q35(live.machine):
+        taken = {slot for bus, slot in used if bus == 0} | {0, 1}
+        if any(v.find("model") is None or v.find("model").get("type") != "none"
+               for v in live.devices_of("video")):
+            taken.add(2)                  # the primary video's, used or not
+        slot = next((n for n in range(3, 32) if n not in taken), None)
+        if slot is None:
+            raise _err(P.VIR_ERR_INTERNAL_ERROR, "No more available PCI slots")
+        return {"type": "pci", "domain": "0x0000", "bus": "0x00", "slot": f"0x{slot:02x}",
+                "function": "0x0"}
     for c in live.devices_of("controller"):
         if c.get("type") == "pci" and c.get("model") == "pcie-root-port":
             index = int(c.get("index", "0"))
-            if index not in used:
+            if index not in {bus for bus, _ in used}:
                 return {"type": "pci", "domain": "0x0000", "bus": f"0x{index:02x}",
                         "slot": "0x00", "function": "0x0"}
     raise _err(P.VIR_ERR_INTERNAL_ERROR, "No more available PCI slots")
+
+
+def _pci_props(addr: dict[str, str]) -> dict[str, str]:
+    """device_add's bus= and addr= for an address from _pci_address."""
+    bus = int(addr["bus"], 0)
+    return {"bus": f"pci.{bus}", "addr": f"0x{int(addr['slot'], 0):x}"}
 
 
 def _set_address(elem: etree._Element, attrs: dict[str, str]) -> None:
@@ -263,10 +278,9 @@ async def attach_disk_live(state: "QemuDriverState", dom: "QemuDomain",
         if ("scsi", ctl) not in b.controllers:
             await _attach_scsi_controller(dom, ctl)
             b = _builder(live)
-    if disk.bus == "virtio":
+    if disk.bus == "virtio" and disk.address is None:
         addr = _pci_address(live)
-        if addr is not None:
-            disk.address = devmod.Address("pci", {k: v for k, v in addr.items() if k != "type"})
+        disk.address = devmod.Address("pci", {k: v for k, v in addr.items() if k != "type"})
     alias = device_alias(disk, {}, b.q35)
     if find_by_alias(live, alias) is not None:
         raise _err(P.VIR_ERR_OPERATION_FAILED, f"target {disk.target} already exists")
@@ -292,9 +306,8 @@ async def _attach_scsi_controller(dom: "QemuDomain", index: int) -> None:
     cont.alias = cont.qemu_id
     props: dict = {"driver": _SCSI_MODELS[cont.model], "id": cont.alias}
     addr = _pci_address(live)
-    if addr is not None:
-        cont.address = devmod.Address("pci", {k: v for k, v in addr.items() if k != "type"})
-        props.update(bus=f"pci.{int(addr['bus'], 0)}", addr="0x0")
+    cont.address = devmod.Address("pci", {k: v for k, v in addr.items() if k != "type"})
+    props.update(_pci_props(addr))
     await dom.monitor.device_add(props)
     _insert(live, cont.to_element())
 
@@ -343,7 +356,7 @@ async def attach_interface_live(state: "QemuDriverState", dom: "QemuDomain",
         if model == "usb-net":
             props["bus"] = "usb.0"
         elif addr is not None:
-            props.update(bus=f"pci.{int(addr['bus'], 0)}", addr="0x0")
+            props.update(_pci_props(addr))
         if iface.mtu is not None and model.startswith("virtio"):
             props["host_mtu"] = iface.mtu
         await mon.device_add(props)

@@ -1,8 +1,9 @@
 """Device hotplug on a guest that really boots: disks and NICs in and out, seen by the guest.
 
-The guest is the tiny one of tests/guest/build.py (TCG, q35) with three
-pcie-root-ports to take hotplugged PCI devices (as libvirt, pyvirtd never
-plugs into pcie.0) and a virtio-scsi controller.  pyvirtd runs inside a
+The guest is the tiny one of tests/guest/build.py (TCG, q35) with six
+pcie-root-ports: its USB and SCSI controllers and balloon take three at
+definition (libvirt's address assignment), the other three take hotplugged
+PCI devices (as libvirt, pyvirtd never plugs into pcie.0).  pyvirtd runs inside a
 network namespace this module makes (test_guest_network's Lab), so the
 bridge a hotplugged NIC joins is the test's own.  The guest's kernel must
 see what is plugged: the tests read /sys over the serial console.
@@ -28,6 +29,9 @@ pytestmark = [needs_qemu,
 EXTRA = """<controller type='pci' index='1' model='pcie-root-port'/>
     <controller type='pci' index='2' model='pcie-root-port'/>
     <controller type='pci' index='3' model='pcie-root-port'/>
+    <controller type='pci' index='4' model='pcie-root-port'/>
+    <controller type='pci' index='5' model='pcie-root-port'/>
+    <controller type='pci' index='6' model='pcie-root-port'/>
     <controller type='scsi' index='0' model='virtio-scsi'/>
     <disk type='file' device='cdrom'><target dev='sdb' bus='sata'/></disk>"""
 BRIDGE = "brhp"
@@ -154,7 +158,7 @@ def test_virtio_disk_attach_and_detach_live(uri, lab, guest, events):
     disk = re.search(r"<disk type='file' device='disk'>.*?</disk>",
                      live[live.index(img) - 200:], re.S).group(0)
     assert "<alias name='virtio-disk1'/>" in disk
-    assert re.search(r"<address type='pci' domain='0x0000' bus='0x0[123]'", disk)
+    assert re.search(r"<address type='pci' domain='0x0000' bus='0x0[456]'", disk)
     assert img not in ok(uri, "dumpxml hp1 --inactive")     # --current on a running guest: live only
     assert "vdb" in ok(uri, "domblklist hp1")
     assert img in qemu_files(lab, "hp1")
