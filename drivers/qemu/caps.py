@@ -34,7 +34,7 @@ import tempfile
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -43,7 +43,10 @@ from pyvirtd.files import write_atomic
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml.capabilities import X86_MODELS
 
-from .monitor import Monitor
+if TYPE_CHECKING:
+    # imported where it is used: QMP (asyncio, trio-asyncio, qemu.qmp) takes
+    # memory a daemon with no QEMU guest to talk to does not need
+    from .monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +189,7 @@ async def _probe_accel(path: str, accel: str, tmp: str) -> dict:
                     await proc.wait()
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(exited)
+                from .monitor import Monitor
                 mon = await Monitor.connect(sock, timeout=PROBE_TIMEOUT)
                 nursery.cancel_scope.cancel()
         except VirError:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -45,8 +45,12 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
 from . import process
-from .monitor import Monitor
 from .status import RuntimeStatus, StatusStore
+
+if TYPE_CHECKING:
+    # imported where it is used: QMP (asyncio, trio-asyncio, qemu.qmp) takes
+    # memory a daemon with no QEMU guest to talk to does not need
+    from .monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +277,7 @@ class QemuDriverState:
                 await interfaces.unplug_all(self, taps, live.devices_of("interface"))
             raise
         try:
+            from .monitor import Monitor
             mon = await Monitor.connect(str(monitor_path))
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -550,6 +555,7 @@ class QemuDriverState:
         mon = None
         if process.is_running(st.pid, self.marker(dom)):
             try:
+                from .monitor import Monitor
                 mon = await Monitor.connect(st.monitor, timeout=REATTACH_MONITOR_TIMEOUT)
                 running, status = await mon.query_status()
             except VirError as exc:
