@@ -336,7 +336,8 @@ class QemuDriverState:
         if plugged or interfaces.ports(dom.definition.devices_of("interface")):
             # QEMU's exit usually took the taps already (non-persistent taps);
             # the network ports are given back here
-            self.spawn(interfaces.unplug_all, self, plugged, dom.definition)
+            self.spawn(interfaces.unplug_all, self, plugged,
+                       dom.definition.devices_of("interface"))
         if dom.console is not None:
             dom.console.close()
         for pending in dom.unplugging.values():   # no DEVICE_DELETED will come now

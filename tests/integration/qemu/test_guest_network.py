@@ -244,6 +244,26 @@ def test_nat_guest_resolves_dns_hosts_of_its_network(uri, lab, nat_guest):
     assert m.group(1) == "10.77.0.51"
 
 
+def test_net_update_static_host_is_the_guests_next_lease(uri, lab, nat_guest):
+    """net-update adds a DHCP host for the guest's MAC; its next DHCP exchange gets that address."""
+    nat_guest.wait(r"GUEST IP", timeout=30)
+    host = f"<host mac='{MAC1}' name='fixed' ip='10.77.0.60'/>"
+    ok(uri, f'net-update nat1 add ip-dhcp-host "{host}" --live --config')
+    try:
+        assert "10.77.0.60" in ok(uri, "net-dumpxml nat1")
+        # the background udhcpc goes; a new one asks afresh (dnsmasq refuses the old address)
+        m = nat_guest.run("killall udhcpc; udhcpc -i eth0 -s /etc/udhcpc.sh -n -q -t 5 -T 2 "
+                          "-x hostname:tinyguest -F tinyguest", r"GUEST IP (10\.77\.0\.\d+)",
+                          timeout=60)
+        assert m.group(1) == "10.77.0.60"
+        nat_guest.run("ip -4 -o addr show eth0", r"inet 10\.77\.0\.60/24")
+        nat_guest.run("ping -c 2 -W 3 10.77.0.1", r"2 packets received", timeout=30)
+        wait_for(lambda: re.search(MAC1 + r"\s+ipv4\s+10\.77\.0\.60/24",
+                                   ok(uri, "net-dhcp-leases nat1")), timeout=10)
+    finally:
+        ok(uri, f'net-update nat1 delete ip-dhcp-host "{host}" --live --config')
+
+
 def test_mac_in_use_on_the_network_is_refused(uri, lab, nat_guest, guest_files):
     path = lab.root.parent / "dup.xml"
     path.write_text(tiny_xml("dup", guest_files, interfaces=nic("network", "nat1", MAC1)))
@@ -292,3 +312,45 @@ def test_isolated_network_and_bridge(uri, lab, guest_files):
     finally:
         con.close()
         virsh(uri, "destroy g3; undefine g3")
+
+
+def _ruleset(lab: Lab) -> str:
+    return lab.ns(lab.host, "nft", "-s", "list", "table", "inet", "pyvirtd").stdout  # no counters
+
+
+def _dnsmasqs(lab: Lab) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
+        except OSError:
+            continue
+        if b"dnsmasq" in cmd.split(b"\0")[0] and str(lab.root).encode() in cmd \
+                and b"nat1" in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def test_daemon_restart_keeps_guest_connectivity(uri, lab, nat_guest):
+    """pyvirtd stops and starts again while the guest pings its gateway: not one echo
+    is lost, and the network comes back as it was: the same rules, the same dnsmasq.
+    (Last in the module: the console session of nat_guest ends with the daemon.)"""
+    nat_guest.wait(r"GUEST IP", timeout=30)
+    rules, dnsmasq = _ruleset(lab), _dnsmasqs(lab)
+    assert len(dnsmasq) == 1
+    nat_guest.run("ping -c 12 -W 2 10.77.0.1 > /tmp/ping.out 2>&1 &", re.escape(PROMPT))
+    time.sleep(2)
+    stop_daemon(lab.daemon)
+    time.sleep(2)                              # the guest keeps pinging meanwhile
+    lab.start_daemon()
+    assert "running" in ok(uri, "domstate g1")
+    con = Console(uri, "g1")
+    try:
+        con.send("\n")
+        con.wait(re.escape(PROMPT), timeout=30)
+        con.run("sleep 12; cat /tmp/ping.out", r"12 packets transmitted, 12 packets received",
+                timeout=60)
+    finally:
+        con.close()
+    assert _ruleset(lab) == rules              # reconciled, nothing added twice
+    assert _dnsmasqs(lab) == dnsmasq           # the same dnsmasq serves on
