@@ -79,7 +79,7 @@ run: venv
 	$(VENV)/bin/pyvirtd --root $(CURDIR)/.pyvirtd
 
 test: deps venv
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 bench: deps venv
 	$(VENV)/bin/python bench/run.py
