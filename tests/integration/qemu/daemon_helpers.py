@@ -135,3 +135,25 @@ class EventCollector:
 
 __all__ = ["EventCollector", "KVM_OK", "guest_pid", "guest_pids", "guest_xml", "kill_guests",
            "needs_qemu", "ok", "qemu_uri", "start_daemon", "stop_daemon", "virsh", "wait_for"]
+
+
+def module_daemon(name: str):
+    """A module-scoped ``daemon`` fixture: one pyvirtd for all the module's tests,
+    its guests killed at the end whatever happened.  Use as
+    ``daemon = module_daemon("qemu-console")``."""
+    @pytest.fixture(scope="module")
+    def daemon(tmp_path_factory):
+        root = tmp_path_factory.mktemp(name) / "pyvirtd"
+        d = start_daemon(root)
+        try:
+            yield d
+        finally:
+            stop_daemon(d)
+            kill_guests(root)
+    return daemon
+
+
+@pytest.fixture(scope="module")
+def module_uri(daemon) -> str:
+    """qemu:///session on the module's daemon (``uri = module_uri`` in a module)."""
+    return qemu_uri(daemon)

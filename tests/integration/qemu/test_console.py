@@ -16,20 +16,12 @@ import time
 
 import pytest
 
-from daemon_helpers import guest_xml, kill_guests, needs_qemu, ok, qemu_uri, start_daemon, stop_daemon, virsh
+from daemon_helpers import guest_xml, module_daemon, needs_qemu, ok, qemu_uri, virsh
 
 pytestmark = needs_qemu
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qemu-console") / "pyvirtd"
-    d = start_daemon(root)
-    try:
-        yield d
-    finally:
-        stop_daemon(d)
-        kill_guests(root)
+daemon = module_daemon("qemu-console")
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import re
 
 import pytest
 
-from daemon_helpers import (guest_pids, kill_guests, needs_qemu, ok, qemu_uri, start_daemon,
-                            stop_daemon, virsh, wait_for)
+from daemon_helpers import (guest_pids, module_daemon, module_uri, needs_qemu, ok,
+                            virsh, wait_for)
 from guest_helpers import PROMPT, Console, Events, tiny_guest, tiny_xml
 
 pytestmark = needs_qemu
@@ -33,20 +33,9 @@ def guest_files():
     return tiny_guest()
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qemu-guest-boot") / "pyvirtd"
-    d = start_daemon(root)
-    try:
-        yield d
-    finally:
-        stop_daemon(d)
-        kill_guests(root)
+daemon = module_daemon("qemu-guest-boot")
 
-
-@pytest.fixture(scope="module")
-def uri(daemon):
-    return qemu_uri(daemon)
+uri = module_uri
 
 
 @pytest.fixture(scope="module")

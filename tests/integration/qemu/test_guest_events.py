@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import (guest_pid, guest_xml, kill_guests, needs_qemu, ok,
-                            qemu_uri, start_daemon, stop_daemon, virsh, wait_for)
+from daemon_helpers import (guest_pid, guest_xml, module_daemon, module_uri,
+                            needs_qemu, ok, virsh, wait_for)
 from guest_helpers import PROMPT, Console, EventLog, tiny_guest, tiny_xml
 
 pytestmark = needs_qemu
@@ -57,20 +57,9 @@ def collector(uri: str) -> EventLog:
                           "control-error": libvirt.VIR_DOMAIN_EVENT_ID_CONTROL_ERROR})
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qemu-events") / "pyvirtd"
-    d = start_daemon(root)
-    try:
-        yield d
-    finally:
-        stop_daemon(d)
-        kill_guests(root)
+daemon = module_daemon("qemu-events")
 
-
-@pytest.fixture(scope="module")
-def uri(daemon):
-    return qemu_uri(daemon)
+uri = module_uri
 
 
 @pytest.fixture(scope="module")

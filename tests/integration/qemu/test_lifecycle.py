@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 
-import pytest
 
-from daemon_helpers import (EventCollector, guest_pid, guest_pids, guest_xml, kill_guests,
-                             needs_qemu, ok, qemu_uri, start_daemon, stop_daemon, virsh, wait_for)
+from daemon_helpers import (EventCollector, guest_pid, guest_pids, guest_xml, module_daemon,
+                            module_uri, needs_qemu, ok, virsh, wait_for)
 
 pytestmark = needs_qemu
 
@@ -21,20 +20,9 @@ DEFINED, UNDEFINED, STARTED, SUSPENDED, RESUMED, STOPPED = 0, 1, 2, 3, 4, 5
 STOPPED_DESTROYED, STOPPED_FAILED = 1, 5
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qemu-lifecycle") / "pyvirtd"
-    d = start_daemon(root)
-    try:
-        yield d
-    finally:
-        stop_daemon(d)
-        kill_guests(root)
+daemon = module_daemon("qemu-lifecycle")
 
-
-@pytest.fixture(scope="module")
-def uri(daemon):
-    return qemu_uri(daemon)
+uri = module_uri
 
 
 def write(tmp_path, name: str, text: str) -> str:

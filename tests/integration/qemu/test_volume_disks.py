@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from daemon_helpers import guest_pids, kill_guests, needs_qemu, ok, qemu_uri, start_daemon, stop_daemon, virsh
+from daemon_helpers import guest_pids, kill_guests, module_daemon, module_uri, needs_qemu, ok, qemu_uri, start_daemon, stop_daemon, virsh
 from guest_helpers import PROMPT, Console, tiny_guest, tiny_xml
 
 pytestmark = [needs_qemu,
@@ -42,20 +42,9 @@ UNBOOTED = """<domain type='qemu'>
 """
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    root = tmp_path_factory.mktemp("volume-disks") / "pyvirtd"
-    d = start_daemon(root)
-    try:
-        yield d
-    finally:
-        stop_daemon(d)
-        kill_guests(root)
+daemon = module_daemon("volume-disks")
 
-
-@pytest.fixture(scope="module")
-def uri(daemon):
-    return qemu_uri(daemon)
+uri = module_uri
 
 
 @pytest.fixture(scope="module")
