@@ -264,7 +264,8 @@ def start_system_libvirtd(root: Path, netns: str) -> Daemon | str:
     private mount namespace where each of those is a bind mount of a directory
     under ROOT, and in the network namespace NETNS, so the bridges, firewall
     rules and dnsmasq it makes stay there.  /etc/passwd and /etc/group are
-    overlaid the same way with the users it expects.  Its socket is reached
+    overlaid the same way with the users it expects, and its pid file is its
+    own (/run/libvirtd.pid would clash with a host's libvirtd).  Its socket is reached
     from outside at ROOT/run/libvirt-sock (a unix socket path works across
     mount namespaces).
     """
@@ -295,7 +296,7 @@ def start_system_libvirtd(root: Path, netns: str) -> Daemon | str:
         mounts.append(f"mkdir -p {target} && mount --bind {src} {target}")
     mounts += [f"mount --bind {root}/passwd /etc/passwd", f"mount --bind {root}/group /etc/group"]
     script = " && ".join(["mount --make-rprivate /", *mounts,
-                          f"exec {LIBVIRTD} --timeout 300"])
+                          f"exec {LIBVIRTD} --timeout 300 --pid-file {root}/libvirtd.pid"])
     argv = ["ip", "netns", "exec", netns, "unshare", "-m", "sh", "-c", script]
     log_path = root / "libvirtd.log"
     logf = open(log_path, "wb")
