@@ -88,22 +88,32 @@ def inside_test_ids() -> list[str]:
     return ids
 
 
+# how bad an outcome is, when the variants of a parametrized inside test differ
+_RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+
+
 def parse_junit(path: Path) -> dict[str, tuple[str, str]]:
-    """{module::name: (passed|failed|skipped|error, message)} from a junit file."""
+    """{module::name: (passed|failed|skipped|error, message)} from a junit file.
+
+    The variants of a parametrized test (name[param]) count as one: the worst
+    outcome, with the message of the variant that had it.
+    """
     out: dict[str, tuple[str, str]] = {}
     if not path.exists():
         return out
     for case in ET.parse(path).getroot().iter("testcase"):
         module = case.get("classname", "").rsplit(".", 1)[-1]
-        key = f"{module}::{case.get('name')}"
+        name = case.get("name", "")
+        key = f"{module}::{name.split('[', 1)[0]}"
         outcome, text = "passed", ""
         for tag in ("failure", "error", "skipped"):
             elem = case.find(tag)
             if elem is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                text = (elem.get("message") or "") + "\n" + (elem.text or "")
+                text = f"{name}: " + (elem.get("message") or "") + "\n" + (elem.text or "")
                 break
-        out[key] = (outcome, text)
+        if key not in out or _RANK[outcome] > _RANK[out[key][0]]:
+            out[key] = (outcome, text)
     return out
 
 
@@ -191,7 +201,7 @@ def prepare_wheels(dest: Path) -> None:
         for name in ("pyproject.toml", "setup.py", "README.md"):
             if (REPO / name).exists():
                 shutil.copy(REPO / name, src)
-        for name in ("pyvirtd", "drivers"):
+        for name in ("pyvirtd", "drivers", "schemas"):
             shutil.copytree(REPO / name, Path(src) / name,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         _run([*pip, "wheel", "-q", "--no-deps", "-w", str(dest), src], "pip wheel of pyvirtd")
