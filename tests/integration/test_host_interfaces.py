@@ -12,6 +12,7 @@ bonding driver: those types are exercised in the lab VM, tests/lab.)
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -37,6 +38,11 @@ def lab(tmp_path):
         lab.ns(host, "ip", "link", "set", "vnet0", "master", "br0")
         lab.ns(host, "ip", "link", "set", "br0", "up")
         lab.ns(host, "ip", "link", "add", "vdown", "type", "veth", "peer", "name", "vdown1")
+        # the bridge is active (operstate up) once it has noticed its port's carrier
+        for _ in range(200):
+            if lab.ns(host, "cat", "/sys/class/net/br0/operstate").stdout.strip() == "up":
+                break
+            time.sleep(0.05)
         yield lab
     finally:
         lab.close()
@@ -55,11 +61,6 @@ def test_virsh_iface_list_dumpxml_mac_name(lab):
                 for m in re.finditer(r"^ (\S+)\s+(active|inactive)\s+(\S+)$", out, re.M)}
 
     up0_mac = lab.ns(lab.host, "cat", "/sys/class/net/up0/address").stdout.strip()
-    # wait until the bridge has its carrier (operstate up) before comparing
-    for _ in range(100):
-        if lab.ns(lab.host, "cat", "/sys/class/net/br0/operstate").stdout.strip() == "up":
-            break
-        run("sleep", "0.05")
     everything = listing("--all")
     # ve0 and vnet0 are bridge ports, vnet0 also a tap: neither is listed;
     # lo's operstate is "unknown", so it is inactive
