@@ -22,8 +22,8 @@ import trio
 from pyvirtd.errors import VirError, internal_error, rpc_error
 from pyvirtd.rpc import _generated as P
 from pyvirtd.rpc import frame
-from pyvirtd.rpc.procedure import Procedure
-from pyvirtd.rpc.xdr import XdrError, decode
+from pyvirtd.rpc.procedure import ArgLimit, Procedure
+from pyvirtd.rpc.xdr import XdrError, XdrStringError, decode
 from pyvirtd.stream import Stream
 
 if TYPE_CHECKING:
@@ -83,6 +83,27 @@ class ReplyFds:
         self.value = value
 
 
+def check_arg_limits(args: Any, limits: tuple[ArgLimit, ...]) -> None:
+    """Refuse client-chosen sizes before any handler allocates by them.
+
+    A negative count or one whose product with its partner exceeds libvirt's
+    REMOTE_*_MAX would make a handler build a reply of gigabytes in the event
+    loop; libvirt refuses these calls in its dispatcher, and so do we.
+    """
+    for limit in limits:
+        total = 1
+        for name in limit.fields:
+            value = getattr(args, name)
+            if isinstance(value, list):
+                value = len(value)
+            if value < 0:
+                raise VirError(P.VIR_ERR_INVALID_ARG, f"{name} must not be negative",
+                               domain=P.VIR_FROM_RPC)
+            total *= value
+        if total > limit.limit:
+            raise VirError(limit.code, limit.message, domain=P.VIR_FROM_RPC)
+
+
 def _pack_error(value: Any, out: bytearray) -> None:
     P.pack_remote_error(value, out)
 
@@ -101,6 +122,8 @@ class Program:
         self.name = name
         self.prog, self.vers = P.PROGRAMS[name]
         self.procedures = {p.number: p for p in P.PROCEDURES if p.program == name}
+        self.arg_limits = {number: limits for (program, number), limits in P.ARG_LIMITS.items()
+                           if program == name}
         self.handlers = handlers
         self.pre_auth = pre_auth
         self._own: dict[str, tuple[Callable, bool]] = {}
@@ -185,11 +208,17 @@ class Dispatcher:
             if proc.unpack_args is not None:
                 try:
                     args = decode(proc.unpack_args, packet.body)
+                except XdrStringError:
+                    raise VirError(P.VIR_ERR_INVALID_ARG, "string is not valid UTF-8",
+                                   domain=P.VIR_FROM_RPC) from None
                 except XdrError as exc:
                     log.info("client %d: %s: bad payload: %s", client.id, proc.name, exc)
                     raise rpc_error("Unable to decode message payload") from None
             else:
                 args = ()
+            limits = program.arg_limits.get(h.proc)
+            if limits is not None:
+                check_arg_limits(args, limits)
             if client.readonly and getattr(args, "flags", 0) & proc.readonly_deny_flags:
                 raise VirError(P.VIR_ERR_OPERATION_DENIED,
                                f"read only access prevents {api_name(proc)}",
@@ -270,6 +299,12 @@ class Dispatcher:
                 log.exception("%s: cannot encode reply %r", proc.name, result)
                 Dispatcher._reply_error(client, h, internal_error(
                     f"{proc.name}: cannot encode reply: {exc}"), stream)
+                return
+            if len(data) > frame.LENGTH_SIZE + frame.MESSAGE_MAX:
+                # the peer would drop the connection on it; libvirt's encoder refuses it too
+                log.warning("%s: reply of %d bytes exceeds the message limit", proc.name, len(data))
+                Dispatcher._reply_error(client, h, rpc_error("Unable to encode message payload"),
+                                        stream)
                 return
         client.send(data)
         if stream is not None:

@@ -223,7 +223,7 @@ class Emitter:
                     f"{ind}if {n} > {node.max}: raise XdrError('{what}: string of %d bytes exceeds {node.max}' % {n})",
                     f"{ind}{e} = o + {n}",
                     f"{ind}if {e} > len(b): raise XdrError('{what}: truncated string')",
-                    f"{ind}{target} = str(b[o:{e}], 'utf-8', 'surrogateescape'); o = {e} + (-{n} & 3)"]
+                    f"{ind}{target} = str(b[o:{e}], 'utf-8'); o = {e} + (-{n} & 3)"]
         if isinstance(node, Opaque):
             if node.size is not None:
                 return [f"{ind}if o + {node.size} > len(b): raise XdrError('{what}: truncated')",
@@ -416,6 +416,77 @@ def gen_procedures(facts: dict) -> list[str]:
     return out
 
 
+# Sizes a client chooses and the daemon allocates by (libvirt checks them in
+# src/remote/remote_daemon_dispatch.c before it allocates).  Most follow from
+# the names: a ``max*`` count or ``nparams`` is bounded by the first array of
+# the reply it fills.  These are the ones the names do not give: products of
+# two fields, and bounds taken from another array.  (fields, limit constant,
+# message); a list-valued field counts by its length.
+EXTRA_ARG_LIMITS = {
+    "DOMAIN_GET_VCPUS": [(("maxinfo", "maplen"), "REMOTE_CPUMAPS_MAX",
+                          "maxinfo * maplen > REMOTE_CPUMAPS_MAX")],
+    "DOMAIN_GET_VCPU_PIN_INFO": [(("ncpumaps",), "REMOTE_VCPUINFO_MAX",
+                                  "ncpumaps > REMOTE_VCPUINFO_MAX"),
+                                 (("ncpumaps", "maplen"), "REMOTE_CPUMAPS_MAX",
+                                  "maxinfo * maplen > REMOTE_CPUMAPS_MAX")],
+    "DOMAIN_GET_EMULATOR_PIN_INFO": [(("maplen",), "REMOTE_CPUMAPS_MAX",
+                                      "maplen > REMOTE_CPUMAPS_MAX")],
+    "DOMAIN_GET_CPU_STATS": [(("ncpus",), "REMOTE_DOMAIN_GET_CPU_STATS_NCPUS_MAX",
+                              "ncpus too large"),
+                             (("nparams", "ncpus"), "REMOTE_DOMAIN_GET_CPU_STATS_MAX",
+                              "nparams * ncpus too large")],
+    "NODE_GET_FREE_PAGES": [(("pages", "cellCount"), "REMOTE_NODE_MAX_CELLS",
+                             "the result won't fit")],
+    "DOMAIN_BLOCK_PEEK": [(("size",), "REMOTE_DOMAIN_BLOCK_PEEK_BUFFER_MAX",
+                           "size > maximum buffer size")],
+    "DOMAIN_MEMORY_PEEK": [(("size",), "REMOTE_DOMAIN_MEMORY_PEEK_BUFFER_MAX",
+                            "size > maximum buffer size")],
+}
+COUNT_FIELD = re.compile(r"^(max[A-Za-z]*|nparams)$")
+
+
+def arg_limits(facts: dict, p: dict) -> list[tuple[tuple[str, ...], int, str, str]]:
+    """The bounds on one call's client-chosen sizes: (fields, limit, error code, message).
+
+    libvirt's generated dispatchers answer VIR_ERR_RPC ("maxnames >
+    REMOTE_DOMAIN_LIST_MAX"); its hand-written ones VIR_ERR_INTERNAL_ERROR
+    ("nparams too large"), so the code follows the procedure's @generate.
+    """
+    if p["kind"] != "call" or not p["args"] or not p["ret"]:
+        return []
+    structs, consts = facts["structs"], facts["constants"]
+    generated = p["annotations"].get("generate") in ("both", "server")
+    code = "VIR_ERR_RPC" if generated else "VIR_ERR_INTERNAL_ERROR"
+    arrays = [f for f in structs[p["ret"]]["fields"] if f.get("array") == "variable"]
+    out = []
+    for f in structs[p["args"]]["fields"]:
+        if "array" in f or f["type"] not in ("int", "unsigned int") or not arrays:
+            continue
+        name = f["name"]
+        if not COUNT_FIELD.match(name):
+            continue
+        limit = arrays[0]["max"]
+        message = "nparams too large" if name == "nparams" else f"{name} > {limit}"
+        out.append(((name,), consts[limit]["value"], code, message))
+    for fields, limit, message in EXTRA_ARG_LIMITS.get(p["short_name"], ()):
+        out.append((fields, consts[limit]["value"], "VIR_ERR_INTERNAL_ERROR", message))
+    return out
+
+
+def gen_arg_limits(facts: dict) -> list[str]:
+    out = ["# Client-chosen sizes, checked before a handler runs: (program, procedure) ->",
+           "# ArgLimit(fields, limit, code, message); see tools/gen_protocol.py arg_limits().",
+           "ARG_LIMITS = {"]
+    for p in facts["procedures"]:
+        limits = arg_limits(facts, p)
+        if limits:
+            items = ", ".join(f"ArgLimit({fields!r}, {limit}, {code}, {message!r})"
+                              for fields, limit, code, message in limits)
+            out.append(f"    ({p['program']!r}, {p['number']}): ({items},),")
+    out.append("}")
+    return out
+
+
 def gen_constants(facts: dict) -> list[str]:
     out = ["# ---- constants (XDR constants, enums, and the C enums clients see)"]
     seen: set[str] = set()
@@ -474,14 +545,15 @@ def generate(facts: dict) -> str:
         "from collections import namedtuple as _nt",
         "",
         "from pyvirtd.rpc.xdr import PAD, U32 as _U32, XdrError",
-        "from pyvirtd.rpc.procedure import Procedure",
+        "from pyvirtd.rpc.procedure import ArgLimit, Procedure",
         "",
         "_new = tuple.__new__",
         "",
     ]
     header += [f"{n} = struct.Struct({f!r})" for n, f in sorted(em.structs_used.items())]
     header.append("")
-    return "\n".join(header + gen_constants(facts) + [""] + body + gen_procedures(facts)) + "\n"
+    return "\n".join(header + gen_constants(facts) + [""] + body + gen_procedures(facts)
+                     + [""] + gen_arg_limits(facts)) + "\n"
 
 
 def main(argv: list[str]) -> int:

@@ -9,7 +9,7 @@ import struct
 from collections import namedtuple as _nt
 
 from pyvirtd.rpc.xdr import PAD, U32 as _U32, XdrError
-from pyvirtd.rpc.procedure import Procedure
+from pyvirtd.rpc.procedure import ArgLimit, Procedure
 
 _new = tuple.__new__
 
@@ -505,7 +505,7 @@ def unpack_virNetMessageNonnullDomain(b, o):
     if _n3 > 4194304: raise XdrError('virNetMessageNonnullDomain.name: string of %d bytes exceeds 4194304' % _n3)
     _end4 = o + _n3
     if _end4 > len(b): raise XdrError('virNetMessageNonnullDomain.name: truncated string')
-    f0 = str(b[o:_end4], 'utf-8', 'surrogateescape'); o = _end4 + (-_n3 & 3)
+    f0 = str(b[o:_end4], 'utf-8'); o = _end4 + (-_n3 & 3)
     if o + 16 > len(b): raise XdrError('virNetMessageNonnullDomain.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     f2, = _S_i.unpack_from(b, o); o += 4
@@ -524,7 +524,7 @@ def unpack_virNetMessageNonnullNetwork(b, o):
     if _n7 > 4194304: raise XdrError('virNetMessageNonnullNetwork.name: string of %d bytes exceeds 4194304' % _n7)
     _end8 = o + _n7
     if _end8 > len(b): raise XdrError('virNetMessageNonnullNetwork.name: truncated string')
-    f0 = str(b[o:_end8], 'utf-8', 'surrogateescape'); o = _end8 + (-_n7 & 3)
+    f0 = str(b[o:_end8], 'utf-8'); o = _end8 + (-_n7 & 3)
     if o + 16 > len(b): raise XdrError('virNetMessageNonnullNetwork.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     return _new(virNetMessageNonnullNetwork, (f0, f1)), o
@@ -584,7 +584,7 @@ def unpack_virNetMessageError(b, o):
         if _n20 > 4194304: raise XdrError('virNetMessageError.message: string of %d bytes exceeds 4194304' % _n20)
         _end21 = o + _n20
         if _end21 > len(b): raise XdrError('virNetMessageError.message: truncated string')
-        f2 = str(b[o:_end21], 'utf-8', 'surrogateescape'); o = _end21 + (-_n20 & 3)
+        f2 = str(b[o:_end21], 'utf-8'); o = _end21 + (-_n20 & 3)
     elif _f19 == 0:
         f2 = None
     else:
@@ -603,7 +603,7 @@ def unpack_virNetMessageError(b, o):
         if _n24 > 4194304: raise XdrError('virNetMessageError.str1: string of %d bytes exceeds 4194304' % _n24)
         _end25 = o + _n24
         if _end25 > len(b): raise XdrError('virNetMessageError.str1: truncated string')
-        f5 = str(b[o:_end25], 'utf-8', 'surrogateescape'); o = _end25 + (-_n24 & 3)
+        f5 = str(b[o:_end25], 'utf-8'); o = _end25 + (-_n24 & 3)
     elif _f23 == 0:
         f5 = None
     else:
@@ -614,7 +614,7 @@ def unpack_virNetMessageError(b, o):
         if _n27 > 4194304: raise XdrError('virNetMessageError.str2: string of %d bytes exceeds 4194304' % _n27)
         _end28 = o + _n27
         if _end28 > len(b): raise XdrError('virNetMessageError.str2: truncated string')
-        f6 = str(b[o:_end28], 'utf-8', 'surrogateescape'); o = _end28 + (-_n27 & 3)
+        f6 = str(b[o:_end28], 'utf-8'); o = _end28 + (-_n27 & 3)
     elif _f26 == 0:
         f6 = None
     else:
@@ -625,7 +625,7 @@ def unpack_virNetMessageError(b, o):
         if _n30 > 4194304: raise XdrError('virNetMessageError.str3: string of %d bytes exceeds 4194304' % _n30)
         _end31 = o + _n30
         if _end31 > len(b): raise XdrError('virNetMessageError.str3: truncated string')
-        f7 = str(b[o:_end31], 'utf-8', 'surrogateescape'); o = _end31 + (-_n30 & 3)
+        f7 = str(b[o:_end31], 'utf-8'); o = _end31 + (-_n30 & 3)
     elif _f29 == 0:
         f7 = None
     else:
@@ -663,7 +663,7 @@ def unpack_remote_nonnull_domain(b, o):
     if _n35 > 4194304: raise XdrError('remote_nonnull_domain.name: string of %d bytes exceeds 4194304' % _n35)
     _end36 = o + _n35
     if _end36 > len(b): raise XdrError('remote_nonnull_domain.name: truncated string')
-    f0 = str(b[o:_end36], 'utf-8', 'surrogateescape'); o = _end36 + (-_n35 & 3)
+    f0 = str(b[o:_end36], 'utf-8'); o = _end36 + (-_n35 & 3)
     if o + 16 > len(b): raise XdrError('remote_nonnull_domain.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     f2, = _S_i.unpack_from(b, o); o += 4
@@ -682,7 +682,7 @@ def unpack_remote_nonnull_network(b, o):
     if _n39 > 4194304: raise XdrError('remote_nonnull_network.name: string of %d bytes exceeds 4194304' % _n39)
     _end40 = o + _n39
     if _end40 > len(b): raise XdrError('remote_nonnull_network.name: truncated string')
-    f0 = str(b[o:_end40], 'utf-8', 'surrogateescape'); o = _end40 + (-_n39 & 3)
+    f0 = str(b[o:_end40], 'utf-8'); o = _end40 + (-_n39 & 3)
     if o + 16 > len(b): raise XdrError('remote_nonnull_network.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     return _new(remote_nonnull_network, (f0, f1)), o
@@ -713,7 +713,7 @@ def unpack_remote_nonnull_nwfilter(b, o):
     if _n44 > 4194304: raise XdrError('remote_nonnull_nwfilter.name: string of %d bytes exceeds 4194304' % _n44)
     _end45 = o + _n44
     if _end45 > len(b): raise XdrError('remote_nonnull_nwfilter.name: truncated string')
-    f0 = str(b[o:_end45], 'utf-8', 'surrogateescape'); o = _end45 + (-_n44 & 3)
+    f0 = str(b[o:_end45], 'utf-8'); o = _end45 + (-_n44 & 3)
     if o + 16 > len(b): raise XdrError('remote_nonnull_nwfilter.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     return _new(remote_nonnull_nwfilter, (f0, f1)), o
@@ -731,12 +731,12 @@ def unpack_remote_nonnull_nwfilter_binding(b, o):
     if _n48 > 4194304: raise XdrError('remote_nonnull_nwfilter_binding.portdev: string of %d bytes exceeds 4194304' % _n48)
     _end49 = o + _n48
     if _end49 > len(b): raise XdrError('remote_nonnull_nwfilter_binding.portdev: truncated string')
-    f0 = str(b[o:_end49], 'utf-8', 'surrogateescape'); o = _end49 + (-_n48 & 3)
+    f0 = str(b[o:_end49], 'utf-8'); o = _end49 + (-_n48 & 3)
     _n50, = _U32.unpack_from(b, o); o += 4
     if _n50 > 4194304: raise XdrError('remote_nonnull_nwfilter_binding.filtername: string of %d bytes exceeds 4194304' % _n50)
     _end51 = o + _n50
     if _end51 > len(b): raise XdrError('remote_nonnull_nwfilter_binding.filtername: truncated string')
-    f1 = str(b[o:_end51], 'utf-8', 'surrogateescape'); o = _end51 + (-_n50 & 3)
+    f1 = str(b[o:_end51], 'utf-8'); o = _end51 + (-_n50 & 3)
     return _new(remote_nonnull_nwfilter_binding, (f0, f1)), o
 
 remote_nonnull_interface = _nt('remote_nonnull_interface', 'name mac')
@@ -752,12 +752,12 @@ def unpack_remote_nonnull_interface(b, o):
     if _n54 > 4194304: raise XdrError('remote_nonnull_interface.name: string of %d bytes exceeds 4194304' % _n54)
     _end55 = o + _n54
     if _end55 > len(b): raise XdrError('remote_nonnull_interface.name: truncated string')
-    f0 = str(b[o:_end55], 'utf-8', 'surrogateescape'); o = _end55 + (-_n54 & 3)
+    f0 = str(b[o:_end55], 'utf-8'); o = _end55 + (-_n54 & 3)
     _n56, = _U32.unpack_from(b, o); o += 4
     if _n56 > 4194304: raise XdrError('remote_nonnull_interface.mac: string of %d bytes exceeds 4194304' % _n56)
     _end57 = o + _n56
     if _end57 > len(b): raise XdrError('remote_nonnull_interface.mac: truncated string')
-    f1 = str(b[o:_end57], 'utf-8', 'surrogateescape'); o = _end57 + (-_n56 & 3)
+    f1 = str(b[o:_end57], 'utf-8'); o = _end57 + (-_n56 & 3)
     return _new(remote_nonnull_interface, (f0, f1)), o
 
 remote_nonnull_storage_pool = _nt('remote_nonnull_storage_pool', 'name uuid')
@@ -773,7 +773,7 @@ def unpack_remote_nonnull_storage_pool(b, o):
     if _n60 > 4194304: raise XdrError('remote_nonnull_storage_pool.name: string of %d bytes exceeds 4194304' % _n60)
     _end61 = o + _n60
     if _end61 > len(b): raise XdrError('remote_nonnull_storage_pool.name: truncated string')
-    f0 = str(b[o:_end61], 'utf-8', 'surrogateescape'); o = _end61 + (-_n60 & 3)
+    f0 = str(b[o:_end61], 'utf-8'); o = _end61 + (-_n60 & 3)
     if o + 16 > len(b): raise XdrError('remote_nonnull_storage_pool.uuid: truncated')
     f1 = bytes(b[o:o + 16]); o += 16
     return _new(remote_nonnull_storage_pool, (f0, f1)), o
@@ -793,17 +793,17 @@ def unpack_remote_nonnull_storage_vol(b, o):
     if _n65 > 4194304: raise XdrError('remote_nonnull_storage_vol.pool: string of %d bytes exceeds 4194304' % _n65)
     _end66 = o + _n65
     if _end66 > len(b): raise XdrError('remote_nonnull_storage_vol.pool: truncated string')
-    f0 = str(b[o:_end66], 'utf-8', 'surrogateescape'); o = _end66 + (-_n65 & 3)
+    f0 = str(b[o:_end66], 'utf-8'); o = _end66 + (-_n65 & 3)
     _n67, = _U32.unpack_from(b, o); o += 4
     if _n67 > 4194304: raise XdrError('remote_nonnull_storage_vol.name: string of %d bytes exceeds 4194304' % _n67)
     _end68 = o + _n67
     if _end68 > len(b): raise XdrError('remote_nonnull_storage_vol.name: truncated string')
-    f1 = str(b[o:_end68], 'utf-8', 'surrogateescape'); o = _end68 + (-_n67 & 3)
+    f1 = str(b[o:_end68], 'utf-8'); o = _end68 + (-_n67 & 3)
     _n69, = _U32.unpack_from(b, o); o += 4
     if _n69 > 4194304: raise XdrError('remote_nonnull_storage_vol.key: string of %d bytes exceeds 4194304' % _n69)
     _end70 = o + _n69
     if _end70 > len(b): raise XdrError('remote_nonnull_storage_vol.key: truncated string')
-    f2 = str(b[o:_end70], 'utf-8', 'surrogateescape'); o = _end70 + (-_n69 & 3)
+    f2 = str(b[o:_end70], 'utf-8'); o = _end70 + (-_n69 & 3)
     return _new(remote_nonnull_storage_vol, (f0, f1, f2)), o
 
 remote_nonnull_node_device = _nt('remote_nonnull_node_device', 'name')
@@ -817,7 +817,7 @@ def unpack_remote_nonnull_node_device(b, o):
     if _n72 > 4194304: raise XdrError('remote_nonnull_node_device.name: string of %d bytes exceeds 4194304' % _n72)
     _end73 = o + _n72
     if _end73 > len(b): raise XdrError('remote_nonnull_node_device.name: truncated string')
-    f0 = str(b[o:_end73], 'utf-8', 'surrogateescape'); o = _end73 + (-_n72 & 3)
+    f0 = str(b[o:_end73], 'utf-8'); o = _end73 + (-_n72 & 3)
     return _new(remote_nonnull_node_device, (f0,)), o
 
 remote_nonnull_secret = _nt('remote_nonnull_secret', 'uuid usageType usageID')
@@ -837,7 +837,7 @@ def unpack_remote_nonnull_secret(b, o):
     if _n76 > 4194304: raise XdrError('remote_nonnull_secret.usageID: string of %d bytes exceeds 4194304' % _n76)
     _end77 = o + _n76
     if _end77 > len(b): raise XdrError('remote_nonnull_secret.usageID: truncated string')
-    f2 = str(b[o:_end77], 'utf-8', 'surrogateescape'); o = _end77 + (-_n76 & 3)
+    f2 = str(b[o:_end77], 'utf-8'); o = _end77 + (-_n76 & 3)
     return _new(remote_nonnull_secret, (f0, f1, f2)), o
 
 remote_nonnull_domain_checkpoint = _nt('remote_nonnull_domain_checkpoint', 'name dom')
@@ -852,7 +852,7 @@ def unpack_remote_nonnull_domain_checkpoint(b, o):
     if _n79 > 4194304: raise XdrError('remote_nonnull_domain_checkpoint.name: string of %d bytes exceeds 4194304' % _n79)
     _end80 = o + _n79
     if _end80 > len(b): raise XdrError('remote_nonnull_domain_checkpoint.name: truncated string')
-    f0 = str(b[o:_end80], 'utf-8', 'surrogateescape'); o = _end80 + (-_n79 & 3)
+    f0 = str(b[o:_end80], 'utf-8'); o = _end80 + (-_n79 & 3)
     f1, o = unpack_remote_nonnull_domain(b, o)
     return _new(remote_nonnull_domain_checkpoint, (f0, f1)), o
 
@@ -868,7 +868,7 @@ def unpack_remote_nonnull_domain_snapshot(b, o):
     if _n82 > 4194304: raise XdrError('remote_nonnull_domain_snapshot.name: string of %d bytes exceeds 4194304' % _n82)
     _end83 = o + _n82
     if _end83 > len(b): raise XdrError('remote_nonnull_domain_snapshot.name: truncated string')
-    f0 = str(b[o:_end83], 'utf-8', 'surrogateescape'); o = _end83 + (-_n82 & 3)
+    f0 = str(b[o:_end83], 'utf-8'); o = _end83 + (-_n82 & 3)
     f1, o = unpack_remote_nonnull_domain(b, o)
     return _new(remote_nonnull_domain_snapshot, (f0, f1)), o
 
@@ -927,7 +927,7 @@ def unpack_remote_error(b, o):
         if _n95 > 4194304: raise XdrError('remote_error.message: string of %d bytes exceeds 4194304' % _n95)
         _end96 = o + _n95
         if _end96 > len(b): raise XdrError('remote_error.message: truncated string')
-        f2 = str(b[o:_end96], 'utf-8', 'surrogateescape'); o = _end96 + (-_n95 & 3)
+        f2 = str(b[o:_end96], 'utf-8'); o = _end96 + (-_n95 & 3)
     elif _f94 == 0:
         f2 = None
     else:
@@ -946,7 +946,7 @@ def unpack_remote_error(b, o):
         if _n99 > 4194304: raise XdrError('remote_error.str1: string of %d bytes exceeds 4194304' % _n99)
         _end100 = o + _n99
         if _end100 > len(b): raise XdrError('remote_error.str1: truncated string')
-        f5 = str(b[o:_end100], 'utf-8', 'surrogateescape'); o = _end100 + (-_n99 & 3)
+        f5 = str(b[o:_end100], 'utf-8'); o = _end100 + (-_n99 & 3)
     elif _f98 == 0:
         f5 = None
     else:
@@ -957,7 +957,7 @@ def unpack_remote_error(b, o):
         if _n102 > 4194304: raise XdrError('remote_error.str2: string of %d bytes exceeds 4194304' % _n102)
         _end103 = o + _n102
         if _end103 > len(b): raise XdrError('remote_error.str2: truncated string')
-        f6 = str(b[o:_end103], 'utf-8', 'surrogateescape'); o = _end103 + (-_n102 & 3)
+        f6 = str(b[o:_end103], 'utf-8'); o = _end103 + (-_n102 & 3)
     elif _f101 == 0:
         f6 = None
     else:
@@ -968,7 +968,7 @@ def unpack_remote_error(b, o):
         if _n105 > 4194304: raise XdrError('remote_error.str3: string of %d bytes exceeds 4194304' % _n105)
         _end106 = o + _n105
         if _end106 > len(b): raise XdrError('remote_error.str3: truncated string')
-        f7 = str(b[o:_end106], 'utf-8', 'surrogateescape'); o = _end106 + (-_n105 & 3)
+        f7 = str(b[o:_end106], 'utf-8'); o = _end106 + (-_n105 & 3)
     elif _f104 == 0:
         f7 = None
     else:
@@ -1033,7 +1033,7 @@ def unpack_remote_typed_param_value(b, o):
         if _n109 > 4194304: raise XdrError('remote_typed_param_value.s: string of %d bytes exceeds 4194304' % _n109)
         _end110 = o + _n109
         if _end110 > len(b): raise XdrError('remote_typed_param_value.s: truncated string')
-        val = str(b[o:_end110], 'utf-8', 'surrogateescape'); o = _end110 + (-_n109 & 3)
+        val = str(b[o:_end110], 'utf-8'); o = _end110 + (-_n109 & 3)
     else:
         raise XdrError('remote_typed_param_value: bad discriminant %d' % d)
     return _new(remote_typed_param_value, (d, val)), o
@@ -1050,7 +1050,7 @@ def unpack_remote_typed_param(b, o):
     if _n112 > 4194304: raise XdrError('remote_typed_param.field: string of %d bytes exceeds 4194304' % _n112)
     _end113 = o + _n112
     if _end113 > len(b): raise XdrError('remote_typed_param.field: truncated string')
-    f0 = str(b[o:_end113], 'utf-8', 'surrogateescape'); o = _end113 + (-_n112 & 3)
+    f0 = str(b[o:_end113], 'utf-8'); o = _end113 + (-_n112 & 3)
     f1, o = unpack_remote_typed_param_value(b, o)
     return _new(remote_typed_param, (f0, f1)), o
 
@@ -1066,7 +1066,7 @@ def unpack_remote_node_get_cpu_stats(b, o):
     if _n115 > 4194304: raise XdrError('remote_node_get_cpu_stats.field: string of %d bytes exceeds 4194304' % _n115)
     _end116 = o + _n115
     if _end116 > len(b): raise XdrError('remote_node_get_cpu_stats.field: truncated string')
-    f0 = str(b[o:_end116], 'utf-8', 'surrogateescape'); o = _end116 + (-_n115 & 3)
+    f0 = str(b[o:_end116], 'utf-8'); o = _end116 + (-_n115 & 3)
     f1, = _S_Q.unpack_from(b, o); o += 8
     return _new(remote_node_get_cpu_stats, (f0, f1)), o
 
@@ -1082,7 +1082,7 @@ def unpack_remote_node_get_memory_stats(b, o):
     if _n118 > 4194304: raise XdrError('remote_node_get_memory_stats.field: string of %d bytes exceeds 4194304' % _n118)
     _end119 = o + _n118
     if _end119 > len(b): raise XdrError('remote_node_get_memory_stats.field: truncated string')
-    f0 = str(b[o:_end119], 'utf-8', 'surrogateescape'); o = _end119 + (-_n118 & 3)
+    f0 = str(b[o:_end119], 'utf-8'); o = _end119 + (-_n118 & 3)
     f1, = _S_Q.unpack_from(b, o); o += 8
     return _new(remote_node_get_memory_stats, (f0, f1)), o
 
@@ -1098,7 +1098,7 @@ def unpack_remote_domain_disk_error(b, o):
     if _n121 > 4194304: raise XdrError('remote_domain_disk_error.disk: string of %d bytes exceeds 4194304' % _n121)
     _end122 = o + _n121
     if _end122 > len(b): raise XdrError('remote_domain_disk_error.disk: truncated string')
-    f0 = str(b[o:_end122], 'utf-8', 'surrogateescape'); o = _end122 + (-_n121 & 3)
+    f0 = str(b[o:_end122], 'utf-8'); o = _end122 + (-_n121 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_disk_error, (f0, f1)), o
 
@@ -1121,7 +1121,7 @@ def unpack_remote_connect_open_args(b, o):
         if _n126 > 4194304: raise XdrError('remote_connect_open_args.name: string of %d bytes exceeds 4194304' % _n126)
         _end127 = o + _n126
         if _end127 > len(b): raise XdrError('remote_connect_open_args.name: truncated string')
-        f0 = str(b[o:_end127], 'utf-8', 'surrogateescape'); o = _end127 + (-_n126 & 3)
+        f0 = str(b[o:_end127], 'utf-8'); o = _end127 + (-_n126 & 3)
     elif _f125 == 0:
         f0 = None
     else:
@@ -1158,7 +1158,7 @@ def unpack_remote_connect_get_type_ret(b, o):
     if _n129 > 4194304: raise XdrError('remote_connect_get_type_ret.type: string of %d bytes exceeds 4194304' % _n129)
     _end130 = o + _n129
     if _end130 > len(b): raise XdrError('remote_connect_get_type_ret.type: truncated string')
-    f0 = str(b[o:_end130], 'utf-8', 'surrogateescape'); o = _end130 + (-_n129 & 3)
+    f0 = str(b[o:_end130], 'utf-8'); o = _end130 + (-_n129 & 3)
     return _new(remote_connect_get_type_ret, (f0,)), o
 
 remote_connect_get_version_ret = _nt('remote_connect_get_version_ret', 'hv_ver')
@@ -1190,7 +1190,7 @@ def unpack_remote_connect_get_hostname_ret(b, o):
     if _n132 > 4194304: raise XdrError('remote_connect_get_hostname_ret.hostname: string of %d bytes exceeds 4194304' % _n132)
     _end133 = o + _n132
     if _end133 > len(b): raise XdrError('remote_connect_get_hostname_ret.hostname: truncated string')
-    f0 = str(b[o:_end133], 'utf-8', 'surrogateescape'); o = _end133 + (-_n132 & 3)
+    f0 = str(b[o:_end133], 'utf-8'); o = _end133 + (-_n132 & 3)
     return _new(remote_connect_get_hostname_ret, (f0,)), o
 
 remote_connect_get_sysinfo_args = _nt('remote_connect_get_sysinfo_args', 'flags')
@@ -1213,7 +1213,7 @@ def unpack_remote_connect_get_sysinfo_ret(b, o):
     if _n135 > 4194304: raise XdrError('remote_connect_get_sysinfo_ret.sysinfo: string of %d bytes exceeds 4194304' % _n135)
     _end136 = o + _n135
     if _end136 > len(b): raise XdrError('remote_connect_get_sysinfo_ret.sysinfo: truncated string')
-    f0 = str(b[o:_end136], 'utf-8', 'surrogateescape'); o = _end136 + (-_n135 & 3)
+    f0 = str(b[o:_end136], 'utf-8'); o = _end136 + (-_n135 & 3)
     return _new(remote_connect_get_sysinfo_ret, (f0,)), o
 
 remote_connect_get_uri_ret = _nt('remote_connect_get_uri_ret', 'uri')
@@ -1227,7 +1227,7 @@ def unpack_remote_connect_get_uri_ret(b, o):
     if _n138 > 4194304: raise XdrError('remote_connect_get_uri_ret.uri: string of %d bytes exceeds 4194304' % _n138)
     _end139 = o + _n138
     if _end139 > len(b): raise XdrError('remote_connect_get_uri_ret.uri: truncated string')
-    f0 = str(b[o:_end139], 'utf-8', 'surrogateescape'); o = _end139 + (-_n138 & 3)
+    f0 = str(b[o:_end139], 'utf-8'); o = _end139 + (-_n138 & 3)
     return _new(remote_connect_get_uri_ret, (f0,)), o
 
 remote_connect_get_max_vcpus_args = _nt('remote_connect_get_max_vcpus_args', 'type')
@@ -1248,7 +1248,7 @@ def unpack_remote_connect_get_max_vcpus_args(b, o):
         if _n143 > 4194304: raise XdrError('remote_connect_get_max_vcpus_args.type: string of %d bytes exceeds 4194304' % _n143)
         _end144 = o + _n143
         if _end144 > len(b): raise XdrError('remote_connect_get_max_vcpus_args.type: truncated string')
-        f0 = str(b[o:_end144], 'utf-8', 'surrogateescape'); o = _end144 + (-_n143 & 3)
+        f0 = str(b[o:_end144], 'utf-8'); o = _end144 + (-_n143 & 3)
     elif _f142 == 0:
         f0 = None
     else:
@@ -1287,7 +1287,7 @@ def unpack_remote_connect_get_capabilities_ret(b, o):
     if _n147 > 4194304: raise XdrError('remote_connect_get_capabilities_ret.capabilities: string of %d bytes exceeds 4194304' % _n147)
     _end148 = o + _n147
     if _end148 > len(b): raise XdrError('remote_connect_get_capabilities_ret.capabilities: truncated string')
-    f0 = str(b[o:_end148], 'utf-8', 'surrogateescape'); o = _end148 + (-_n147 & 3)
+    f0 = str(b[o:_end148], 'utf-8'); o = _end148 + (-_n147 & 3)
     return _new(remote_connect_get_capabilities_ret, (f0,)), o
 
 remote_connect_get_domain_capabilities_args = _nt('remote_connect_get_domain_capabilities_args', 'emulatorbin arch machine virttype flags')
@@ -1330,7 +1330,7 @@ def unpack_remote_connect_get_domain_capabilities_args(b, o):
         if _n158 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.emulatorbin: string of %d bytes exceeds 4194304' % _n158)
         _end159 = o + _n158
         if _end159 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.emulatorbin: truncated string')
-        f0 = str(b[o:_end159], 'utf-8', 'surrogateescape'); o = _end159 + (-_n158 & 3)
+        f0 = str(b[o:_end159], 'utf-8'); o = _end159 + (-_n158 & 3)
     elif _f157 == 0:
         f0 = None
     else:
@@ -1341,7 +1341,7 @@ def unpack_remote_connect_get_domain_capabilities_args(b, o):
         if _n161 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.arch: string of %d bytes exceeds 4194304' % _n161)
         _end162 = o + _n161
         if _end162 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.arch: truncated string')
-        f1 = str(b[o:_end162], 'utf-8', 'surrogateescape'); o = _end162 + (-_n161 & 3)
+        f1 = str(b[o:_end162], 'utf-8'); o = _end162 + (-_n161 & 3)
     elif _f160 == 0:
         f1 = None
     else:
@@ -1352,7 +1352,7 @@ def unpack_remote_connect_get_domain_capabilities_args(b, o):
         if _n164 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.machine: string of %d bytes exceeds 4194304' % _n164)
         _end165 = o + _n164
         if _end165 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.machine: truncated string')
-        f2 = str(b[o:_end165], 'utf-8', 'surrogateescape'); o = _end165 + (-_n164 & 3)
+        f2 = str(b[o:_end165], 'utf-8'); o = _end165 + (-_n164 & 3)
     elif _f163 == 0:
         f2 = None
     else:
@@ -1363,7 +1363,7 @@ def unpack_remote_connect_get_domain_capabilities_args(b, o):
         if _n167 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_args.virttype: string of %d bytes exceeds 4194304' % _n167)
         _end168 = o + _n167
         if _end168 > len(b): raise XdrError('remote_connect_get_domain_capabilities_args.virttype: truncated string')
-        f3 = str(b[o:_end168], 'utf-8', 'surrogateescape'); o = _end168 + (-_n167 & 3)
+        f3 = str(b[o:_end168], 'utf-8'); o = _end168 + (-_n167 & 3)
     elif _f166 == 0:
         f3 = None
     else:
@@ -1382,7 +1382,7 @@ def unpack_remote_connect_get_domain_capabilities_ret(b, o):
     if _n170 > 4194304: raise XdrError('remote_connect_get_domain_capabilities_ret.capabilities: string of %d bytes exceeds 4194304' % _n170)
     _end171 = o + _n170
     if _end171 > len(b): raise XdrError('remote_connect_get_domain_capabilities_ret.capabilities: truncated string')
-    f0 = str(b[o:_end171], 'utf-8', 'surrogateescape'); o = _end171 + (-_n170 & 3)
+    f0 = str(b[o:_end171], 'utf-8'); o = _end171 + (-_n170 & 3)
     return _new(remote_connect_get_domain_capabilities_ret, (f0,)), o
 
 remote_node_get_cpu_stats_args = _nt('remote_node_get_cpu_stats_args', 'cpuNum nparams flags')
@@ -1496,7 +1496,7 @@ def unpack_remote_domain_get_scheduler_type_ret(b, o):
     if _n183 > 4194304: raise XdrError('remote_domain_get_scheduler_type_ret.type: string of %d bytes exceeds 4194304' % _n183)
     _end184 = o + _n183
     if _end184 > len(b): raise XdrError('remote_domain_get_scheduler_type_ret.type: truncated string')
-    f0 = str(b[o:_end184], 'utf-8', 'surrogateescape'); o = _end184 + (-_n183 & 3)
+    f0 = str(b[o:_end184], 'utf-8'); o = _end184 + (-_n183 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_get_scheduler_type_ret, (f0, f1)), o
 
@@ -1720,7 +1720,7 @@ def unpack_remote_domain_block_resize_args(b, o):
     if _n218 > 4194304: raise XdrError('remote_domain_block_resize_args.disk: string of %d bytes exceeds 4194304' % _n218)
     _end219 = o + _n218
     if _end219 > len(b): raise XdrError('remote_domain_block_resize_args.disk: truncated string')
-    f1 = str(b[o:_end219], 'utf-8', 'surrogateescape'); o = _end219 + (-_n218 & 3)
+    f1 = str(b[o:_end219], 'utf-8'); o = _end219 + (-_n218 & 3)
     f2, f3 = _S_QI.unpack_from(b, o); o += 12
     return _new(remote_domain_block_resize_args, (f0, f1, f2, f3)), o
 
@@ -1841,7 +1841,7 @@ def unpack_remote_domain_block_stats_args(b, o):
     if _n237 > 4194304: raise XdrError('remote_domain_block_stats_args.path: string of %d bytes exceeds 4194304' % _n237)
     _end238 = o + _n237
     if _end238 > len(b): raise XdrError('remote_domain_block_stats_args.path: truncated string')
-    f1 = str(b[o:_end238], 'utf-8', 'surrogateescape'); o = _end238 + (-_n237 & 3)
+    f1 = str(b[o:_end238], 'utf-8'); o = _end238 + (-_n237 & 3)
     return _new(remote_domain_block_stats_args, (f0, f1)), o
 
 remote_domain_block_stats_ret = _nt('remote_domain_block_stats_ret', 'rd_req rd_bytes wr_req wr_bytes errs')
@@ -1867,7 +1867,7 @@ def unpack_remote_domain_block_stats_flags_args(b, o):
     if _n240 > 4194304: raise XdrError('remote_domain_block_stats_flags_args.path: string of %d bytes exceeds 4194304' % _n240)
     _end241 = o + _n240
     if _end241 > len(b): raise XdrError('remote_domain_block_stats_flags_args.path: truncated string')
-    f1 = str(b[o:_end241], 'utf-8', 'surrogateescape'); o = _end241 + (-_n240 & 3)
+    f1 = str(b[o:_end241], 'utf-8'); o = _end241 + (-_n240 & 3)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_domain_block_stats_flags_args, (f0, f1, f2, f3)), o
 
@@ -1904,7 +1904,7 @@ def unpack_remote_domain_interface_stats_args(b, o):
     if _n247 > 4194304: raise XdrError('remote_domain_interface_stats_args.device: string of %d bytes exceeds 4194304' % _n247)
     _end248 = o + _n247
     if _end248 > len(b): raise XdrError('remote_domain_interface_stats_args.device: truncated string')
-    f1 = str(b[o:_end248], 'utf-8', 'surrogateescape'); o = _end248 + (-_n247 & 3)
+    f1 = str(b[o:_end248], 'utf-8'); o = _end248 + (-_n247 & 3)
     return _new(remote_domain_interface_stats_args, (f0, f1)), o
 
 remote_domain_interface_stats_ret = _nt('remote_domain_interface_stats_ret', 'rx_bytes rx_packets rx_errs rx_drop tx_bytes tx_packets tx_errs tx_drop')
@@ -1934,7 +1934,7 @@ def unpack_remote_domain_set_interface_parameters_args(b, o):
     if _n252 > 4194304: raise XdrError('remote_domain_set_interface_parameters_args.device: string of %d bytes exceeds 4194304' % _n252)
     _end253 = o + _n252
     if _end253 > len(b): raise XdrError('remote_domain_set_interface_parameters_args.device: truncated string')
-    f1 = str(b[o:_end253], 'utf-8', 'surrogateescape'); o = _end253 + (-_n252 & 3)
+    f1 = str(b[o:_end253], 'utf-8'); o = _end253 + (-_n252 & 3)
     _n254, = _U32.unpack_from(b, o); o += 4
     if _n254 > 16: raise XdrError('remote_domain_set_interface_parameters_args.params: %d items exceed 16' % _n254)
     if 4 * _n254 > len(b) - o: raise XdrError('remote_domain_set_interface_parameters_args.params: truncated list')
@@ -1959,7 +1959,7 @@ def unpack_remote_domain_get_interface_parameters_args(b, o):
     if _n257 > 4194304: raise XdrError('remote_domain_get_interface_parameters_args.device: string of %d bytes exceeds 4194304' % _n257)
     _end258 = o + _n257
     if _end258 > len(b): raise XdrError('remote_domain_get_interface_parameters_args.device: truncated string')
-    f1 = str(b[o:_end258], 'utf-8', 'surrogateescape'); o = _end258 + (-_n257 & 3)
+    f1 = str(b[o:_end258], 'utf-8'); o = _end258 + (-_n257 & 3)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_domain_get_interface_parameters_args, (f0, f1, f2, f3)), o
 
@@ -2035,7 +2035,7 @@ def unpack_remote_domain_block_peek_args(b, o):
     if _n268 > 4194304: raise XdrError('remote_domain_block_peek_args.path: string of %d bytes exceeds 4194304' % _n268)
     _end269 = o + _n268
     if _end269 > len(b): raise XdrError('remote_domain_block_peek_args.path: truncated string')
-    f1 = str(b[o:_end269], 'utf-8', 'surrogateescape'); o = _end269 + (-_n268 & 3)
+    f1 = str(b[o:_end269], 'utf-8'); o = _end269 + (-_n268 & 3)
     f2, f3, f4 = _S_QII.unpack_from(b, o); o += 16
     return _new(remote_domain_block_peek_args, (f0, f1, f2, f3, f4)), o
 
@@ -2090,7 +2090,7 @@ def unpack_remote_domain_get_block_info_args(b, o):
     if _n275 > 4194304: raise XdrError('remote_domain_get_block_info_args.path: string of %d bytes exceeds 4194304' % _n275)
     _end276 = o + _n275
     if _end276 > len(b): raise XdrError('remote_domain_get_block_info_args.path: truncated string')
-    f1 = str(b[o:_end276], 'utf-8', 'surrogateescape'); o = _end276 + (-_n275 & 3)
+    f1 = str(b[o:_end276], 'utf-8'); o = _end276 + (-_n275 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_get_block_info_args, (f0, f1, f2)), o
 
@@ -2147,7 +2147,7 @@ def unpack_remote_domain_create_xml_args(b, o):
     if _n280 > 4194304: raise XdrError('remote_domain_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n280)
     _end281 = o + _n280
     if _end281 > len(b): raise XdrError('remote_domain_create_xml_args.xml_desc: truncated string')
-    f0 = str(b[o:_end281], 'utf-8', 'surrogateescape'); o = _end281 + (-_n280 & 3)
+    f0 = str(b[o:_end281], 'utf-8'); o = _end281 + (-_n280 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_create_xml_args, (f0, f1)), o
 
@@ -2172,7 +2172,7 @@ def unpack_remote_domain_create_xml_with_files_args(b, o):
     if _n283 > 4194304: raise XdrError('remote_domain_create_xml_with_files_args.xml_desc: string of %d bytes exceeds 4194304' % _n283)
     _end284 = o + _n283
     if _end284 > len(b): raise XdrError('remote_domain_create_xml_with_files_args.xml_desc: truncated string')
-    f0 = str(b[o:_end284], 'utf-8', 'surrogateescape'); o = _end284 + (-_n283 & 3)
+    f0 = str(b[o:_end284], 'utf-8'); o = _end284 + (-_n283 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_create_xml_with_files_args, (f0, f1)), o
 
@@ -2234,7 +2234,7 @@ def unpack_remote_domain_lookup_by_name_args(b, o):
     if _n287 > 4194304: raise XdrError('remote_domain_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n287)
     _end288 = o + _n287
     if _end288 > len(b): raise XdrError('remote_domain_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end288], 'utf-8', 'surrogateescape'); o = _end288 + (-_n287 & 3)
+    f0 = str(b[o:_end288], 'utf-8'); o = _end288 + (-_n287 & 3)
     return _new(remote_domain_lookup_by_name_args, (f0,)), o
 
 remote_domain_lookup_by_name_ret = _nt('remote_domain_lookup_by_name_ret', 'dom')
@@ -2357,7 +2357,7 @@ def unpack_remote_domain_get_os_type_ret(b, o):
     if _n290 > 4194304: raise XdrError('remote_domain_get_os_type_ret.type: string of %d bytes exceeds 4194304' % _n290)
     _end291 = o + _n290
     if _end291 > len(b): raise XdrError('remote_domain_get_os_type_ret.type: truncated string')
-    f0 = str(b[o:_end291], 'utf-8', 'surrogateescape'); o = _end291 + (-_n290 & 3)
+    f0 = str(b[o:_end291], 'utf-8'); o = _end291 + (-_n290 & 3)
     return _new(remote_domain_get_os_type_ret, (f0,)), o
 
 remote_domain_get_max_memory_args = _nt('remote_domain_get_max_memory_args', 'dom')
@@ -2453,7 +2453,7 @@ def unpack_remote_domain_save_args(b, o):
     if _n293 > 4194304: raise XdrError('remote_domain_save_args.to: string of %d bytes exceeds 4194304' % _n293)
     _end294 = o + _n293
     if _end294 > len(b): raise XdrError('remote_domain_save_args.to: truncated string')
-    f1 = str(b[o:_end294], 'utf-8', 'surrogateescape'); o = _end294 + (-_n293 & 3)
+    f1 = str(b[o:_end294], 'utf-8'); o = _end294 + (-_n293 & 3)
     return _new(remote_domain_save_args, (f0, f1)), o
 
 remote_domain_save_flags_args = _nt('remote_domain_save_flags_args', 'dom to dxml flags')
@@ -2477,14 +2477,14 @@ def unpack_remote_domain_save_flags_args(b, o):
     if _n298 > 4194304: raise XdrError('remote_domain_save_flags_args.to: string of %d bytes exceeds 4194304' % _n298)
     _end299 = o + _n298
     if _end299 > len(b): raise XdrError('remote_domain_save_flags_args.to: truncated string')
-    f1 = str(b[o:_end299], 'utf-8', 'surrogateescape'); o = _end299 + (-_n298 & 3)
+    f1 = str(b[o:_end299], 'utf-8'); o = _end299 + (-_n298 & 3)
     _f300, = _U32.unpack_from(b, o); o += 4
     if _f300 == 1:
         _n301, = _U32.unpack_from(b, o); o += 4
         if _n301 > 4194304: raise XdrError('remote_domain_save_flags_args.dxml: string of %d bytes exceeds 4194304' % _n301)
         _end302 = o + _n301
         if _end302 > len(b): raise XdrError('remote_domain_save_flags_args.dxml: truncated string')
-        f2 = str(b[o:_end302], 'utf-8', 'surrogateescape'); o = _end302 + (-_n301 & 3)
+        f2 = str(b[o:_end302], 'utf-8'); o = _end302 + (-_n301 & 3)
     elif _f300 == 0:
         f2 = None
     else:
@@ -2525,7 +2525,7 @@ def unpack_remote_domain_restore_args(b, o):
     if _n308 > 4194304: raise XdrError('remote_domain_restore_args.from: string of %d bytes exceeds 4194304' % _n308)
     _end309 = o + _n308
     if _end309 > len(b): raise XdrError('remote_domain_restore_args.from: truncated string')
-    f0 = str(b[o:_end309], 'utf-8', 'surrogateescape'); o = _end309 + (-_n308 & 3)
+    f0 = str(b[o:_end309], 'utf-8'); o = _end309 + (-_n308 & 3)
     return _new(remote_domain_restore_args, (f0,)), o
 
 remote_domain_restore_flags_args = _nt('remote_domain_restore_flags_args', 'from_ dxml flags')
@@ -2547,14 +2547,14 @@ def unpack_remote_domain_restore_flags_args(b, o):
     if _n313 > 4194304: raise XdrError('remote_domain_restore_flags_args.from: string of %d bytes exceeds 4194304' % _n313)
     _end314 = o + _n313
     if _end314 > len(b): raise XdrError('remote_domain_restore_flags_args.from: truncated string')
-    f0 = str(b[o:_end314], 'utf-8', 'surrogateescape'); o = _end314 + (-_n313 & 3)
+    f0 = str(b[o:_end314], 'utf-8'); o = _end314 + (-_n313 & 3)
     _f315, = _U32.unpack_from(b, o); o += 4
     if _f315 == 1:
         _n316, = _U32.unpack_from(b, o); o += 4
         if _n316 > 4194304: raise XdrError('remote_domain_restore_flags_args.dxml: string of %d bytes exceeds 4194304' % _n316)
         _end317 = o + _n316
         if _end317 > len(b): raise XdrError('remote_domain_restore_flags_args.dxml: truncated string')
-        f1 = str(b[o:_end317], 'utf-8', 'surrogateescape'); o = _end317 + (-_n316 & 3)
+        f1 = str(b[o:_end317], 'utf-8'); o = _end317 + (-_n316 & 3)
     elif _f315 == 0:
         f1 = None
     else:
@@ -2594,7 +2594,7 @@ def unpack_remote_domain_save_image_get_xml_desc_args(b, o):
     if _n323 > 4194304: raise XdrError('remote_domain_save_image_get_xml_desc_args.file: string of %d bytes exceeds 4194304' % _n323)
     _end324 = o + _n323
     if _end324 > len(b): raise XdrError('remote_domain_save_image_get_xml_desc_args.file: truncated string')
-    f0 = str(b[o:_end324], 'utf-8', 'surrogateescape'); o = _end324 + (-_n323 & 3)
+    f0 = str(b[o:_end324], 'utf-8'); o = _end324 + (-_n323 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_save_image_get_xml_desc_args, (f0, f1)), o
 
@@ -2609,7 +2609,7 @@ def unpack_remote_domain_save_image_get_xml_desc_ret(b, o):
     if _n326 > 4194304: raise XdrError('remote_domain_save_image_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n326)
     _end327 = o + _n326
     if _end327 > len(b): raise XdrError('remote_domain_save_image_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end327], 'utf-8', 'surrogateescape'); o = _end327 + (-_n326 & 3)
+    f0 = str(b[o:_end327], 'utf-8'); o = _end327 + (-_n326 & 3)
     return _new(remote_domain_save_image_get_xml_desc_ret, (f0,)), o
 
 remote_domain_save_image_define_xml_args = _nt('remote_domain_save_image_define_xml_args', 'file dxml flags')
@@ -2626,12 +2626,12 @@ def unpack_remote_domain_save_image_define_xml_args(b, o):
     if _n330 > 4194304: raise XdrError('remote_domain_save_image_define_xml_args.file: string of %d bytes exceeds 4194304' % _n330)
     _end331 = o + _n330
     if _end331 > len(b): raise XdrError('remote_domain_save_image_define_xml_args.file: truncated string')
-    f0 = str(b[o:_end331], 'utf-8', 'surrogateescape'); o = _end331 + (-_n330 & 3)
+    f0 = str(b[o:_end331], 'utf-8'); o = _end331 + (-_n330 & 3)
     _n332, = _U32.unpack_from(b, o); o += 4
     if _n332 > 4194304: raise XdrError('remote_domain_save_image_define_xml_args.dxml: string of %d bytes exceeds 4194304' % _n332)
     _end333 = o + _n332
     if _end333 > len(b): raise XdrError('remote_domain_save_image_define_xml_args.dxml: truncated string')
-    f1 = str(b[o:_end333], 'utf-8', 'surrogateescape'); o = _end333 + (-_n332 & 3)
+    f1 = str(b[o:_end333], 'utf-8'); o = _end333 + (-_n332 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_save_image_define_xml_args, (f0, f1, f2)), o
 
@@ -2649,7 +2649,7 @@ def unpack_remote_domain_core_dump_args(b, o):
     if _n335 > 4194304: raise XdrError('remote_domain_core_dump_args.to: string of %d bytes exceeds 4194304' % _n335)
     _end336 = o + _n335
     if _end336 > len(b): raise XdrError('remote_domain_core_dump_args.to: truncated string')
-    f1 = str(b[o:_end336], 'utf-8', 'surrogateescape'); o = _end336 + (-_n335 & 3)
+    f1 = str(b[o:_end336], 'utf-8'); o = _end336 + (-_n335 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_core_dump_args, (f0, f1, f2)), o
 
@@ -2667,7 +2667,7 @@ def unpack_remote_domain_core_dump_with_format_args(b, o):
     if _n338 > 4194304: raise XdrError('remote_domain_core_dump_with_format_args.to: string of %d bytes exceeds 4194304' % _n338)
     _end339 = o + _n338
     if _end339 > len(b): raise XdrError('remote_domain_core_dump_with_format_args.to: truncated string')
-    f1 = str(b[o:_end339], 'utf-8', 'surrogateescape'); o = _end339 + (-_n338 & 3)
+    f1 = str(b[o:_end339], 'utf-8'); o = _end339 + (-_n338 & 3)
     f2, f3 = _S_II.unpack_from(b, o); o += 8
     return _new(remote_domain_core_dump_with_format_args, (f0, f1, f2, f3)), o
 
@@ -2700,7 +2700,7 @@ def unpack_remote_domain_screenshot_ret(b, o):
         if _n343 > 4194304: raise XdrError('remote_domain_screenshot_ret.mime: string of %d bytes exceeds 4194304' % _n343)
         _end344 = o + _n343
         if _end344 > len(b): raise XdrError('remote_domain_screenshot_ret.mime: truncated string')
-        f0 = str(b[o:_end344], 'utf-8', 'surrogateescape'); o = _end344 + (-_n343 & 3)
+        f0 = str(b[o:_end344], 'utf-8'); o = _end344 + (-_n343 & 3)
     elif _f342 == 0:
         f0 = None
     else:
@@ -2729,7 +2729,7 @@ def unpack_remote_domain_get_xml_desc_ret(b, o):
     if _n346 > 4194304: raise XdrError('remote_domain_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n346)
     _end347 = o + _n346
     if _end347 > len(b): raise XdrError('remote_domain_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end347], 'utf-8', 'surrogateescape'); o = _end347 + (-_n346 & 3)
+    f0 = str(b[o:_end347], 'utf-8'); o = _end347 + (-_n346 & 3)
     return _new(remote_domain_get_xml_desc_ret, (f0,)), o
 
 remote_domain_migrate_prepare_args = _nt('remote_domain_migrate_prepare_args', 'uri_in flags dname resource')
@@ -2759,7 +2759,7 @@ def unpack_remote_domain_migrate_prepare_args(b, o):
         if _n353 > 4194304: raise XdrError('remote_domain_migrate_prepare_args.uri_in: string of %d bytes exceeds 4194304' % _n353)
         _end354 = o + _n353
         if _end354 > len(b): raise XdrError('remote_domain_migrate_prepare_args.uri_in: truncated string')
-        f0 = str(b[o:_end354], 'utf-8', 'surrogateescape'); o = _end354 + (-_n353 & 3)
+        f0 = str(b[o:_end354], 'utf-8'); o = _end354 + (-_n353 & 3)
     elif _f352 == 0:
         f0 = None
     else:
@@ -2771,7 +2771,7 @@ def unpack_remote_domain_migrate_prepare_args(b, o):
         if _n356 > 4194304: raise XdrError('remote_domain_migrate_prepare_args.dname: string of %d bytes exceeds 4194304' % _n356)
         _end357 = o + _n356
         if _end357 > len(b): raise XdrError('remote_domain_migrate_prepare_args.dname: truncated string')
-        f2 = str(b[o:_end357], 'utf-8', 'surrogateescape'); o = _end357 + (-_n356 & 3)
+        f2 = str(b[o:_end357], 'utf-8'); o = _end357 + (-_n356 & 3)
     elif _f355 == 0:
         f2 = None
     else:
@@ -2803,7 +2803,7 @@ def unpack_remote_domain_migrate_prepare_ret(b, o):
         if _n363 > 4194304: raise XdrError('remote_domain_migrate_prepare_ret.uri_out: string of %d bytes exceeds 4194304' % _n363)
         _end364 = o + _n363
         if _end364 > len(b): raise XdrError('remote_domain_migrate_prepare_ret.uri_out: truncated string')
-        f1 = str(b[o:_end364], 'utf-8', 'surrogateescape'); o = _end364 + (-_n363 & 3)
+        f1 = str(b[o:_end364], 'utf-8'); o = _end364 + (-_n363 & 3)
     elif _f362 == 0:
         f1 = None
     else:
@@ -2838,7 +2838,7 @@ def unpack_remote_domain_migrate_perform_args(b, o):
     if _n370 > 4194304: raise XdrError('remote_domain_migrate_perform_args.uri: string of %d bytes exceeds 4194304' % _n370)
     _end371 = o + _n370
     if _end371 > len(b): raise XdrError('remote_domain_migrate_perform_args.uri: truncated string')
-    f2 = str(b[o:_end371], 'utf-8', 'surrogateescape'); o = _end371 + (-_n370 & 3)
+    f2 = str(b[o:_end371], 'utf-8'); o = _end371 + (-_n370 & 3)
     f3, = _S_Q.unpack_from(b, o); o += 8
     _f372, = _U32.unpack_from(b, o); o += 4
     if _f372 == 1:
@@ -2846,7 +2846,7 @@ def unpack_remote_domain_migrate_perform_args(b, o):
         if _n373 > 4194304: raise XdrError('remote_domain_migrate_perform_args.dname: string of %d bytes exceeds 4194304' % _n373)
         _end374 = o + _n373
         if _end374 > len(b): raise XdrError('remote_domain_migrate_perform_args.dname: truncated string')
-        f4 = str(b[o:_end374], 'utf-8', 'surrogateescape'); o = _end374 + (-_n373 & 3)
+        f4 = str(b[o:_end374], 'utf-8'); o = _end374 + (-_n373 & 3)
     elif _f372 == 0:
         f4 = None
     else:
@@ -2870,7 +2870,7 @@ def unpack_remote_domain_migrate_finish_args(b, o):
     if _n378 > 4194304: raise XdrError('remote_domain_migrate_finish_args.dname: string of %d bytes exceeds 4194304' % _n378)
     _end379 = o + _n378
     if _end379 > len(b): raise XdrError('remote_domain_migrate_finish_args.dname: truncated string')
-    f0 = str(b[o:_end379], 'utf-8', 'surrogateescape'); o = _end379 + (-_n378 & 3)
+    f0 = str(b[o:_end379], 'utf-8'); o = _end379 + (-_n378 & 3)
     _n380, = _U32.unpack_from(b, o); o += 4
     if _n380 > 4194304: raise XdrError('remote_domain_migrate_finish_args.cookie: %d bytes exceed 4194304' % _n380)
     if o + _n380 > len(b): raise XdrError('remote_domain_migrate_finish_args.cookie: truncated')
@@ -2879,7 +2879,7 @@ def unpack_remote_domain_migrate_finish_args(b, o):
     if _n381 > 4194304: raise XdrError('remote_domain_migrate_finish_args.uri: string of %d bytes exceeds 4194304' % _n381)
     _end382 = o + _n381
     if _end382 > len(b): raise XdrError('remote_domain_migrate_finish_args.uri: truncated string')
-    f2 = str(b[o:_end382], 'utf-8', 'surrogateescape'); o = _end382 + (-_n381 & 3)
+    f2 = str(b[o:_end382], 'utf-8'); o = _end382 + (-_n381 & 3)
     f3, = _S_Q.unpack_from(b, o); o += 8
     return _new(remote_domain_migrate_finish_args, (f0, f1, f2, f3)), o
 
@@ -2921,7 +2921,7 @@ def unpack_remote_domain_migrate_prepare2_args(b, o):
         if _n389 > 4194304: raise XdrError('remote_domain_migrate_prepare2_args.uri_in: string of %d bytes exceeds 4194304' % _n389)
         _end390 = o + _n389
         if _end390 > len(b): raise XdrError('remote_domain_migrate_prepare2_args.uri_in: truncated string')
-        f0 = str(b[o:_end390], 'utf-8', 'surrogateescape'); o = _end390 + (-_n389 & 3)
+        f0 = str(b[o:_end390], 'utf-8'); o = _end390 + (-_n389 & 3)
     elif _f388 == 0:
         f0 = None
     else:
@@ -2933,7 +2933,7 @@ def unpack_remote_domain_migrate_prepare2_args(b, o):
         if _n392 > 4194304: raise XdrError('remote_domain_migrate_prepare2_args.dname: string of %d bytes exceeds 4194304' % _n392)
         _end393 = o + _n392
         if _end393 > len(b): raise XdrError('remote_domain_migrate_prepare2_args.dname: truncated string')
-        f2 = str(b[o:_end393], 'utf-8', 'surrogateescape'); o = _end393 + (-_n392 & 3)
+        f2 = str(b[o:_end393], 'utf-8'); o = _end393 + (-_n392 & 3)
     elif _f391 == 0:
         f2 = None
     else:
@@ -2943,7 +2943,7 @@ def unpack_remote_domain_migrate_prepare2_args(b, o):
     if _n394 > 4194304: raise XdrError('remote_domain_migrate_prepare2_args.dom_xml: string of %d bytes exceeds 4194304' % _n394)
     _end395 = o + _n394
     if _end395 > len(b): raise XdrError('remote_domain_migrate_prepare2_args.dom_xml: truncated string')
-    f4 = str(b[o:_end395], 'utf-8', 'surrogateescape'); o = _end395 + (-_n394 & 3)
+    f4 = str(b[o:_end395], 'utf-8'); o = _end395 + (-_n394 & 3)
     return _new(remote_domain_migrate_prepare2_args, (f0, f1, f2, f3, f4)), o
 
 remote_domain_migrate_prepare2_ret = _nt('remote_domain_migrate_prepare2_ret', 'cookie uri_out')
@@ -2970,7 +2970,7 @@ def unpack_remote_domain_migrate_prepare2_ret(b, o):
         if _n401 > 4194304: raise XdrError('remote_domain_migrate_prepare2_ret.uri_out: string of %d bytes exceeds 4194304' % _n401)
         _end402 = o + _n401
         if _end402 > len(b): raise XdrError('remote_domain_migrate_prepare2_ret.uri_out: truncated string')
-        f1 = str(b[o:_end402], 'utf-8', 'surrogateescape'); o = _end402 + (-_n401 & 3)
+        f1 = str(b[o:_end402], 'utf-8'); o = _end402 + (-_n401 & 3)
     elif _f400 == 0:
         f1 = None
     else:
@@ -2993,7 +2993,7 @@ def unpack_remote_domain_migrate_finish2_args(b, o):
     if _n406 > 4194304: raise XdrError('remote_domain_migrate_finish2_args.dname: string of %d bytes exceeds 4194304' % _n406)
     _end407 = o + _n406
     if _end407 > len(b): raise XdrError('remote_domain_migrate_finish2_args.dname: truncated string')
-    f0 = str(b[o:_end407], 'utf-8', 'surrogateescape'); o = _end407 + (-_n406 & 3)
+    f0 = str(b[o:_end407], 'utf-8'); o = _end407 + (-_n406 & 3)
     _n408, = _U32.unpack_from(b, o); o += 4
     if _n408 > 4194304: raise XdrError('remote_domain_migrate_finish2_args.cookie: %d bytes exceed 4194304' % _n408)
     if o + _n408 > len(b): raise XdrError('remote_domain_migrate_finish2_args.cookie: truncated')
@@ -3002,7 +3002,7 @@ def unpack_remote_domain_migrate_finish2_args(b, o):
     if _n409 > 4194304: raise XdrError('remote_domain_migrate_finish2_args.uri: string of %d bytes exceeds 4194304' % _n409)
     _end410 = o + _n409
     if _end410 > len(b): raise XdrError('remote_domain_migrate_finish2_args.uri: truncated string')
-    f2 = str(b[o:_end410], 'utf-8', 'surrogateescape'); o = _end410 + (-_n409 & 3)
+    f2 = str(b[o:_end410], 'utf-8'); o = _end410 + (-_n409 & 3)
     f3, f4 = _S_Qi.unpack_from(b, o); o += 12
     return _new(remote_domain_migrate_finish2_args, (f0, f1, f2, f3, f4)), o
 
@@ -3043,7 +3043,7 @@ def unpack_remote_connect_list_defined_domains_ret(b, o):
         if _n416 > 4194304: raise XdrError('remote_connect_list_defined_domains_ret.names: string of %d bytes exceeds 4194304' % _n416)
         _end417 = o + _n416
         if _end417 > len(b): raise XdrError('remote_connect_list_defined_domains_ret.names: truncated string')
-        _e415 = str(b[o:_end417], 'utf-8', 'surrogateescape'); o = _end417 + (-_n416 & 3)
+        _e415 = str(b[o:_end417], 'utf-8'); o = _end417 + (-_n416 & 3)
         f0.append(_e415)
     return _new(remote_connect_list_defined_domains_ret, (f0,)), o
 
@@ -3116,7 +3116,7 @@ def unpack_remote_domain_define_xml_args(b, o):
     if _n419 > 4194304: raise XdrError('remote_domain_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n419)
     _end420 = o + _n419
     if _end420 > len(b): raise XdrError('remote_domain_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end420], 'utf-8', 'surrogateescape'); o = _end420 + (-_n419 & 3)
+    f0 = str(b[o:_end420], 'utf-8'); o = _end420 + (-_n419 & 3)
     return _new(remote_domain_define_xml_args, (f0,)), o
 
 remote_domain_define_xml_ret = _nt('remote_domain_define_xml_ret', 'dom')
@@ -3140,7 +3140,7 @@ def unpack_remote_domain_define_xml_flags_args(b, o):
     if _n422 > 4194304: raise XdrError('remote_domain_define_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n422)
     _end423 = o + _n422
     if _end423 > len(b): raise XdrError('remote_domain_define_xml_flags_args.xml: truncated string')
-    f0 = str(b[o:_end423], 'utf-8', 'surrogateescape'); o = _end423 + (-_n422 & 3)
+    f0 = str(b[o:_end423], 'utf-8'); o = _end423 + (-_n422 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_define_xml_flags_args, (f0, f1)), o
 
@@ -3608,7 +3608,7 @@ def unpack_remote_domain_attach_device_args(b, o):
     if _n465 > 4194304: raise XdrError('remote_domain_attach_device_args.xml: string of %d bytes exceeds 4194304' % _n465)
     _end466 = o + _n465
     if _end466 > len(b): raise XdrError('remote_domain_attach_device_args.xml: truncated string')
-    f1 = str(b[o:_end466], 'utf-8', 'surrogateescape'); o = _end466 + (-_n465 & 3)
+    f1 = str(b[o:_end466], 'utf-8'); o = _end466 + (-_n465 & 3)
     return _new(remote_domain_attach_device_args, (f0, f1)), o
 
 remote_domain_attach_device_flags_args = _nt('remote_domain_attach_device_flags_args', 'dom xml flags')
@@ -3625,7 +3625,7 @@ def unpack_remote_domain_attach_device_flags_args(b, o):
     if _n468 > 4194304: raise XdrError('remote_domain_attach_device_flags_args.xml: string of %d bytes exceeds 4194304' % _n468)
     _end469 = o + _n468
     if _end469 > len(b): raise XdrError('remote_domain_attach_device_flags_args.xml: truncated string')
-    f1 = str(b[o:_end469], 'utf-8', 'surrogateescape'); o = _end469 + (-_n468 & 3)
+    f1 = str(b[o:_end469], 'utf-8'); o = _end469 + (-_n468 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_attach_device_flags_args, (f0, f1, f2)), o
 
@@ -3642,7 +3642,7 @@ def unpack_remote_domain_detach_device_args(b, o):
     if _n471 > 4194304: raise XdrError('remote_domain_detach_device_args.xml: string of %d bytes exceeds 4194304' % _n471)
     _end472 = o + _n471
     if _end472 > len(b): raise XdrError('remote_domain_detach_device_args.xml: truncated string')
-    f1 = str(b[o:_end472], 'utf-8', 'surrogateescape'); o = _end472 + (-_n471 & 3)
+    f1 = str(b[o:_end472], 'utf-8'); o = _end472 + (-_n471 & 3)
     return _new(remote_domain_detach_device_args, (f0, f1)), o
 
 remote_domain_detach_device_flags_args = _nt('remote_domain_detach_device_flags_args', 'dom xml flags')
@@ -3659,7 +3659,7 @@ def unpack_remote_domain_detach_device_flags_args(b, o):
     if _n474 > 4194304: raise XdrError('remote_domain_detach_device_flags_args.xml: string of %d bytes exceeds 4194304' % _n474)
     _end475 = o + _n474
     if _end475 > len(b): raise XdrError('remote_domain_detach_device_flags_args.xml: truncated string')
-    f1 = str(b[o:_end475], 'utf-8', 'surrogateescape'); o = _end475 + (-_n474 & 3)
+    f1 = str(b[o:_end475], 'utf-8'); o = _end475 + (-_n474 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_detach_device_flags_args, (f0, f1, f2)), o
 
@@ -3677,7 +3677,7 @@ def unpack_remote_domain_update_device_flags_args(b, o):
     if _n477 > 4194304: raise XdrError('remote_domain_update_device_flags_args.xml: string of %d bytes exceeds 4194304' % _n477)
     _end478 = o + _n477
     if _end478 > len(b): raise XdrError('remote_domain_update_device_flags_args.xml: truncated string')
-    f1 = str(b[o:_end478], 'utf-8', 'surrogateescape'); o = _end478 + (-_n477 & 3)
+    f1 = str(b[o:_end478], 'utf-8'); o = _end478 + (-_n477 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_update_device_flags_args, (f0, f1, f2)), o
 
@@ -3695,7 +3695,7 @@ def unpack_remote_domain_detach_device_alias_args(b, o):
     if _n480 > 4194304: raise XdrError('remote_domain_detach_device_alias_args.alias: string of %d bytes exceeds 4194304' % _n480)
     _end481 = o + _n480
     if _end481 > len(b): raise XdrError('remote_domain_detach_device_alias_args.alias: truncated string')
-    f1 = str(b[o:_end481], 'utf-8', 'surrogateescape'); o = _end481 + (-_n480 & 3)
+    f1 = str(b[o:_end481], 'utf-8'); o = _end481 + (-_n480 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_detach_device_alias_args, (f0, f1, f2)), o
 
@@ -3765,7 +3765,7 @@ def unpack_remote_domain_set_metadata_args(b, o):
         if _n489 > 4194304: raise XdrError('remote_domain_set_metadata_args.metadata: string of %d bytes exceeds 4194304' % _n489)
         _end490 = o + _n489
         if _end490 > len(b): raise XdrError('remote_domain_set_metadata_args.metadata: truncated string')
-        f2 = str(b[o:_end490], 'utf-8', 'surrogateescape'); o = _end490 + (-_n489 & 3)
+        f2 = str(b[o:_end490], 'utf-8'); o = _end490 + (-_n489 & 3)
     elif _f488 == 0:
         f2 = None
     else:
@@ -3776,7 +3776,7 @@ def unpack_remote_domain_set_metadata_args(b, o):
         if _n492 > 4194304: raise XdrError('remote_domain_set_metadata_args.key: string of %d bytes exceeds 4194304' % _n492)
         _end493 = o + _n492
         if _end493 > len(b): raise XdrError('remote_domain_set_metadata_args.key: truncated string')
-        f3 = str(b[o:_end493], 'utf-8', 'surrogateescape'); o = _end493 + (-_n492 & 3)
+        f3 = str(b[o:_end493], 'utf-8'); o = _end493 + (-_n492 & 3)
     elif _f491 == 0:
         f3 = None
     else:
@@ -3787,7 +3787,7 @@ def unpack_remote_domain_set_metadata_args(b, o):
         if _n495 > 4194304: raise XdrError('remote_domain_set_metadata_args.uri: string of %d bytes exceeds 4194304' % _n495)
         _end496 = o + _n495
         if _end496 > len(b): raise XdrError('remote_domain_set_metadata_args.uri: truncated string')
-        f4 = str(b[o:_end496], 'utf-8', 'surrogateescape'); o = _end496 + (-_n495 & 3)
+        f4 = str(b[o:_end496], 'utf-8'); o = _end496 + (-_n495 & 3)
     elif _f494 == 0:
         f4 = None
     else:
@@ -3818,7 +3818,7 @@ def unpack_remote_domain_get_metadata_args(b, o):
         if _n500 > 4194304: raise XdrError('remote_domain_get_metadata_args.uri: string of %d bytes exceeds 4194304' % _n500)
         _end501 = o + _n500
         if _end501 > len(b): raise XdrError('remote_domain_get_metadata_args.uri: truncated string')
-        f2 = str(b[o:_end501], 'utf-8', 'surrogateescape'); o = _end501 + (-_n500 & 3)
+        f2 = str(b[o:_end501], 'utf-8'); o = _end501 + (-_n500 & 3)
     elif _f499 == 0:
         f2 = None
     else:
@@ -3837,7 +3837,7 @@ def unpack_remote_domain_get_metadata_ret(b, o):
     if _n503 > 4194304: raise XdrError('remote_domain_get_metadata_ret.metadata: string of %d bytes exceeds 4194304' % _n503)
     _end504 = o + _n503
     if _end504 > len(b): raise XdrError('remote_domain_get_metadata_ret.metadata: truncated string')
-    f0 = str(b[o:_end504], 'utf-8', 'surrogateescape'); o = _end504 + (-_n503 & 3)
+    f0 = str(b[o:_end504], 'utf-8'); o = _end504 + (-_n503 & 3)
     return _new(remote_domain_get_metadata_ret, (f0,)), o
 
 remote_domain_block_job_abort_args = _nt('remote_domain_block_job_abort_args', 'dom path flags')
@@ -3854,7 +3854,7 @@ def unpack_remote_domain_block_job_abort_args(b, o):
     if _n506 > 4194304: raise XdrError('remote_domain_block_job_abort_args.path: string of %d bytes exceeds 4194304' % _n506)
     _end507 = o + _n506
     if _end507 > len(b): raise XdrError('remote_domain_block_job_abort_args.path: truncated string')
-    f1 = str(b[o:_end507], 'utf-8', 'surrogateescape'); o = _end507 + (-_n506 & 3)
+    f1 = str(b[o:_end507], 'utf-8'); o = _end507 + (-_n506 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_block_job_abort_args, (f0, f1, f2)), o
 
@@ -3872,7 +3872,7 @@ def unpack_remote_domain_get_block_job_info_args(b, o):
     if _n509 > 4194304: raise XdrError('remote_domain_get_block_job_info_args.path: string of %d bytes exceeds 4194304' % _n509)
     _end510 = o + _n509
     if _end510 > len(b): raise XdrError('remote_domain_get_block_job_info_args.path: truncated string')
-    f1 = str(b[o:_end510], 'utf-8', 'surrogateescape'); o = _end510 + (-_n509 & 3)
+    f1 = str(b[o:_end510], 'utf-8'); o = _end510 + (-_n509 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_get_block_job_info_args, (f0, f1, f2)), o
 
@@ -3899,7 +3899,7 @@ def unpack_remote_domain_block_job_set_speed_args(b, o):
     if _n512 > 4194304: raise XdrError('remote_domain_block_job_set_speed_args.path: string of %d bytes exceeds 4194304' % _n512)
     _end513 = o + _n512
     if _end513 > len(b): raise XdrError('remote_domain_block_job_set_speed_args.path: truncated string')
-    f1 = str(b[o:_end513], 'utf-8', 'surrogateescape'); o = _end513 + (-_n512 & 3)
+    f1 = str(b[o:_end513], 'utf-8'); o = _end513 + (-_n512 & 3)
     f2, f3 = _S_QI.unpack_from(b, o); o += 12
     return _new(remote_domain_block_job_set_speed_args, (f0, f1, f2, f3)), o
 
@@ -3917,7 +3917,7 @@ def unpack_remote_domain_block_pull_args(b, o):
     if _n515 > 4194304: raise XdrError('remote_domain_block_pull_args.path: string of %d bytes exceeds 4194304' % _n515)
     _end516 = o + _n515
     if _end516 > len(b): raise XdrError('remote_domain_block_pull_args.path: truncated string')
-    f1 = str(b[o:_end516], 'utf-8', 'surrogateescape'); o = _end516 + (-_n515 & 3)
+    f1 = str(b[o:_end516], 'utf-8'); o = _end516 + (-_n515 & 3)
     f2, f3 = _S_QI.unpack_from(b, o); o += 12
     return _new(remote_domain_block_pull_args, (f0, f1, f2, f3)), o
 
@@ -3942,14 +3942,14 @@ def unpack_remote_domain_block_rebase_args(b, o):
     if _n520 > 4194304: raise XdrError('remote_domain_block_rebase_args.path: string of %d bytes exceeds 4194304' % _n520)
     _end521 = o + _n520
     if _end521 > len(b): raise XdrError('remote_domain_block_rebase_args.path: truncated string')
-    f1 = str(b[o:_end521], 'utf-8', 'surrogateescape'); o = _end521 + (-_n520 & 3)
+    f1 = str(b[o:_end521], 'utf-8'); o = _end521 + (-_n520 & 3)
     _f522, = _U32.unpack_from(b, o); o += 4
     if _f522 == 1:
         _n523, = _U32.unpack_from(b, o); o += 4
         if _n523 > 4194304: raise XdrError('remote_domain_block_rebase_args.base: string of %d bytes exceeds 4194304' % _n523)
         _end524 = o + _n523
         if _end524 > len(b): raise XdrError('remote_domain_block_rebase_args.base: truncated string')
-        f2 = str(b[o:_end524], 'utf-8', 'surrogateescape'); o = _end524 + (-_n523 & 3)
+        f2 = str(b[o:_end524], 'utf-8'); o = _end524 + (-_n523 & 3)
     elif _f522 == 0:
         f2 = None
     else:
@@ -3977,12 +3977,12 @@ def unpack_remote_domain_block_copy_args(b, o):
     if _n529 > 4194304: raise XdrError('remote_domain_block_copy_args.path: string of %d bytes exceeds 4194304' % _n529)
     _end530 = o + _n529
     if _end530 > len(b): raise XdrError('remote_domain_block_copy_args.path: truncated string')
-    f1 = str(b[o:_end530], 'utf-8', 'surrogateescape'); o = _end530 + (-_n529 & 3)
+    f1 = str(b[o:_end530], 'utf-8'); o = _end530 + (-_n529 & 3)
     _n531, = _U32.unpack_from(b, o); o += 4
     if _n531 > 4194304: raise XdrError('remote_domain_block_copy_args.destxml: string of %d bytes exceeds 4194304' % _n531)
     _end532 = o + _n531
     if _end532 > len(b): raise XdrError('remote_domain_block_copy_args.destxml: truncated string')
-    f2 = str(b[o:_end532], 'utf-8', 'surrogateescape'); o = _end532 + (-_n531 & 3)
+    f2 = str(b[o:_end532], 'utf-8'); o = _end532 + (-_n531 & 3)
     _n533, = _U32.unpack_from(b, o); o += 4
     if _n533 > 16: raise XdrError('remote_domain_block_copy_args.params: %d items exceed 16' % _n533)
     if 4 * _n533 > len(b) - o: raise XdrError('remote_domain_block_copy_args.params: truncated list')
@@ -4021,14 +4021,14 @@ def unpack_remote_domain_block_commit_args(b, o):
     if _n540 > 4194304: raise XdrError('remote_domain_block_commit_args.disk: string of %d bytes exceeds 4194304' % _n540)
     _end541 = o + _n540
     if _end541 > len(b): raise XdrError('remote_domain_block_commit_args.disk: truncated string')
-    f1 = str(b[o:_end541], 'utf-8', 'surrogateescape'); o = _end541 + (-_n540 & 3)
+    f1 = str(b[o:_end541], 'utf-8'); o = _end541 + (-_n540 & 3)
     _f542, = _U32.unpack_from(b, o); o += 4
     if _f542 == 1:
         _n543, = _U32.unpack_from(b, o); o += 4
         if _n543 > 4194304: raise XdrError('remote_domain_block_commit_args.base: string of %d bytes exceeds 4194304' % _n543)
         _end544 = o + _n543
         if _end544 > len(b): raise XdrError('remote_domain_block_commit_args.base: truncated string')
-        f2 = str(b[o:_end544], 'utf-8', 'surrogateescape'); o = _end544 + (-_n543 & 3)
+        f2 = str(b[o:_end544], 'utf-8'); o = _end544 + (-_n543 & 3)
     elif _f542 == 0:
         f2 = None
     else:
@@ -4039,7 +4039,7 @@ def unpack_remote_domain_block_commit_args(b, o):
         if _n546 > 4194304: raise XdrError('remote_domain_block_commit_args.top: string of %d bytes exceeds 4194304' % _n546)
         _end547 = o + _n546
         if _end547 > len(b): raise XdrError('remote_domain_block_commit_args.top: truncated string')
-        f3 = str(b[o:_end547], 'utf-8', 'surrogateescape'); o = _end547 + (-_n546 & 3)
+        f3 = str(b[o:_end547], 'utf-8'); o = _end547 + (-_n546 & 3)
     elif _f545 == 0:
         f3 = None
     else:
@@ -4065,7 +4065,7 @@ def unpack_remote_domain_set_block_io_tune_args(b, o):
     if _n551 > 4194304: raise XdrError('remote_domain_set_block_io_tune_args.disk: string of %d bytes exceeds 4194304' % _n551)
     _end552 = o + _n551
     if _end552 > len(b): raise XdrError('remote_domain_set_block_io_tune_args.disk: truncated string')
-    f1 = str(b[o:_end552], 'utf-8', 'surrogateescape'); o = _end552 + (-_n551 & 3)
+    f1 = str(b[o:_end552], 'utf-8'); o = _end552 + (-_n551 & 3)
     _n553, = _U32.unpack_from(b, o); o += 4
     if _n553 > 32: raise XdrError('remote_domain_set_block_io_tune_args.params: %d items exceed 32' % _n553)
     if 4 * _n553 > len(b) - o: raise XdrError('remote_domain_set_block_io_tune_args.params: truncated list')
@@ -4097,7 +4097,7 @@ def unpack_remote_domain_get_block_io_tune_args(b, o):
         if _n558 > 4194304: raise XdrError('remote_domain_get_block_io_tune_args.disk: string of %d bytes exceeds 4194304' % _n558)
         _end559 = o + _n558
         if _end559 > len(b): raise XdrError('remote_domain_get_block_io_tune_args.disk: truncated string')
-        f1 = str(b[o:_end559], 'utf-8', 'surrogateescape'); o = _end559 + (-_n558 & 3)
+        f1 = str(b[o:_end559], 'utf-8'); o = _end559 + (-_n558 & 3)
     elif _f557 == 0:
         f1 = None
     else:
@@ -4178,7 +4178,7 @@ def unpack_remote_domain_get_hostname_ret(b, o):
     if _n569 > 4194304: raise XdrError('remote_domain_get_hostname_ret.hostname: string of %d bytes exceeds 4194304' % _n569)
     _end570 = o + _n569
     if _end570 > len(b): raise XdrError('remote_domain_get_hostname_ret.hostname: truncated string')
-    f0 = str(b[o:_end570], 'utf-8', 'surrogateescape'); o = _end570 + (-_n569 & 3)
+    f0 = str(b[o:_end570], 'utf-8'); o = _end570 + (-_n569 & 3)
     return _new(remote_domain_get_hostname_ret, (f0,)), o
 
 remote_connect_num_of_networks_ret = _nt('remote_connect_num_of_networks_ret', 'num')
@@ -4218,7 +4218,7 @@ def unpack_remote_connect_list_networks_ret(b, o):
         if _n576 > 4194304: raise XdrError('remote_connect_list_networks_ret.names: string of %d bytes exceeds 4194304' % _n576)
         _end577 = o + _n576
         if _end577 > len(b): raise XdrError('remote_connect_list_networks_ret.names: truncated string')
-        _e575 = str(b[o:_end577], 'utf-8', 'surrogateescape'); o = _end577 + (-_n576 & 3)
+        _e575 = str(b[o:_end577], 'utf-8'); o = _end577 + (-_n576 & 3)
         f0.append(_e575)
     return _new(remote_connect_list_networks_ret, (f0,)), o
 
@@ -4259,7 +4259,7 @@ def unpack_remote_connect_list_defined_networks_ret(b, o):
         if _n583 > 4194304: raise XdrError('remote_connect_list_defined_networks_ret.names: string of %d bytes exceeds 4194304' % _n583)
         _end584 = o + _n583
         if _end584 > len(b): raise XdrError('remote_connect_list_defined_networks_ret.names: truncated string')
-        _e582 = str(b[o:_end584], 'utf-8', 'surrogateescape'); o = _end584 + (-_n583 & 3)
+        _e582 = str(b[o:_end584], 'utf-8'); o = _end584 + (-_n583 & 3)
         f0.append(_e582)
     return _new(remote_connect_list_defined_networks_ret, (f0,)), o
 
@@ -4294,7 +4294,7 @@ def unpack_remote_network_lookup_by_name_args(b, o):
     if _n587 > 4194304: raise XdrError('remote_network_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n587)
     _end588 = o + _n587
     if _end588 > len(b): raise XdrError('remote_network_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end588], 'utf-8', 'surrogateescape'); o = _end588 + (-_n587 & 3)
+    f0 = str(b[o:_end588], 'utf-8'); o = _end588 + (-_n587 & 3)
     return _new(remote_network_lookup_by_name_args, (f0,)), o
 
 remote_network_lookup_by_name_ret = _nt('remote_network_lookup_by_name_ret', 'net')
@@ -4317,7 +4317,7 @@ def unpack_remote_network_create_xml_args(b, o):
     if _n590 > 4194304: raise XdrError('remote_network_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n590)
     _end591 = o + _n590
     if _end591 > len(b): raise XdrError('remote_network_create_xml_args.xml: truncated string')
-    f0 = str(b[o:_end591], 'utf-8', 'surrogateescape'); o = _end591 + (-_n590 & 3)
+    f0 = str(b[o:_end591], 'utf-8'); o = _end591 + (-_n590 & 3)
     return _new(remote_network_create_xml_args, (f0,)), o
 
 remote_network_create_xml_ret = _nt('remote_network_create_xml_ret', 'net')
@@ -4341,7 +4341,7 @@ def unpack_remote_network_create_xml_flags_args(b, o):
     if _n593 > 4194304: raise XdrError('remote_network_create_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n593)
     _end594 = o + _n593
     if _end594 > len(b): raise XdrError('remote_network_create_xml_flags_args.xml: truncated string')
-    f0 = str(b[o:_end594], 'utf-8', 'surrogateescape'); o = _end594 + (-_n593 & 3)
+    f0 = str(b[o:_end594], 'utf-8'); o = _end594 + (-_n593 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_network_create_xml_flags_args, (f0, f1)), o
 
@@ -4365,7 +4365,7 @@ def unpack_remote_network_define_xml_args(b, o):
     if _n596 > 4194304: raise XdrError('remote_network_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n596)
     _end597 = o + _n596
     if _end597 > len(b): raise XdrError('remote_network_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end597], 'utf-8', 'surrogateescape'); o = _end597 + (-_n596 & 3)
+    f0 = str(b[o:_end597], 'utf-8'); o = _end597 + (-_n596 & 3)
     return _new(remote_network_define_xml_args, (f0,)), o
 
 remote_network_define_xml_ret = _nt('remote_network_define_xml_ret', 'net')
@@ -4389,7 +4389,7 @@ def unpack_remote_network_define_xml_flags_args(b, o):
     if _n599 > 4194304: raise XdrError('remote_network_define_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n599)
     _end600 = o + _n599
     if _end600 > len(b): raise XdrError('remote_network_define_xml_flags_args.xml: truncated string')
-    f0 = str(b[o:_end600], 'utf-8', 'surrogateescape'); o = _end600 + (-_n599 & 3)
+    f0 = str(b[o:_end600], 'utf-8'); o = _end600 + (-_n599 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_network_define_xml_flags_args, (f0, f1)), o
 
@@ -4427,7 +4427,7 @@ def unpack_remote_network_update_args(b, o):
     if _n602 > 4194304: raise XdrError('remote_network_update_args.xml: string of %d bytes exceeds 4194304' % _n602)
     _end603 = o + _n602
     if _end603 > len(b): raise XdrError('remote_network_update_args.xml: truncated string')
-    f4 = str(b[o:_end603], 'utf-8', 'surrogateescape'); o = _end603 + (-_n602 & 3)
+    f4 = str(b[o:_end603], 'utf-8'); o = _end603 + (-_n602 & 3)
     f5, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_network_update_args, (f0, f1, f2, f3, f4, f5)), o
 
@@ -4471,7 +4471,7 @@ def unpack_remote_network_get_xml_desc_ret(b, o):
     if _n605 > 4194304: raise XdrError('remote_network_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n605)
     _end606 = o + _n605
     if _end606 > len(b): raise XdrError('remote_network_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end606], 'utf-8', 'surrogateescape'); o = _end606 + (-_n605 & 3)
+    f0 = str(b[o:_end606], 'utf-8'); o = _end606 + (-_n605 & 3)
     return _new(remote_network_get_xml_desc_ret, (f0,)), o
 
 remote_network_get_bridge_name_args = _nt('remote_network_get_bridge_name_args', 'net')
@@ -4494,7 +4494,7 @@ def unpack_remote_network_get_bridge_name_ret(b, o):
     if _n608 > 4194304: raise XdrError('remote_network_get_bridge_name_ret.name: string of %d bytes exceeds 4194304' % _n608)
     _end609 = o + _n608
     if _end609 > len(b): raise XdrError('remote_network_get_bridge_name_ret.name: truncated string')
-    f0 = str(b[o:_end609], 'utf-8', 'surrogateescape'); o = _end609 + (-_n608 & 3)
+    f0 = str(b[o:_end609], 'utf-8'); o = _end609 + (-_n608 & 3)
     return _new(remote_network_get_bridge_name_ret, (f0,)), o
 
 remote_network_get_autostart_args = _nt('remote_network_get_autostart_args', 'net')
@@ -4563,7 +4563,7 @@ def unpack_remote_connect_list_nwfilters_ret(b, o):
         if _n615 > 4194304: raise XdrError('remote_connect_list_nwfilters_ret.names: string of %d bytes exceeds 4194304' % _n615)
         _end616 = o + _n615
         if _end616 > len(b): raise XdrError('remote_connect_list_nwfilters_ret.names: truncated string')
-        _e614 = str(b[o:_end616], 'utf-8', 'surrogateescape'); o = _end616 + (-_n615 & 3)
+        _e614 = str(b[o:_end616], 'utf-8'); o = _end616 + (-_n615 & 3)
         f0.append(_e614)
     return _new(remote_connect_list_nwfilters_ret, (f0,)), o
 
@@ -4598,7 +4598,7 @@ def unpack_remote_nwfilter_lookup_by_name_args(b, o):
     if _n619 > 4194304: raise XdrError('remote_nwfilter_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n619)
     _end620 = o + _n619
     if _end620 > len(b): raise XdrError('remote_nwfilter_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end620], 'utf-8', 'surrogateescape'); o = _end620 + (-_n619 & 3)
+    f0 = str(b[o:_end620], 'utf-8'); o = _end620 + (-_n619 & 3)
     return _new(remote_nwfilter_lookup_by_name_args, (f0,)), o
 
 remote_nwfilter_lookup_by_name_ret = _nt('remote_nwfilter_lookup_by_name_ret', 'nwfilter')
@@ -4621,7 +4621,7 @@ def unpack_remote_nwfilter_define_xml_args(b, o):
     if _n622 > 4194304: raise XdrError('remote_nwfilter_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n622)
     _end623 = o + _n622
     if _end623 > len(b): raise XdrError('remote_nwfilter_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end623], 'utf-8', 'surrogateescape'); o = _end623 + (-_n622 & 3)
+    f0 = str(b[o:_end623], 'utf-8'); o = _end623 + (-_n622 & 3)
     return _new(remote_nwfilter_define_xml_args, (f0,)), o
 
 remote_nwfilter_define_xml_ret = _nt('remote_nwfilter_define_xml_ret', 'nwfilter')
@@ -4645,7 +4645,7 @@ def unpack_remote_nwfilter_define_xml_flags_args(b, o):
     if _n625 > 4194304: raise XdrError('remote_nwfilter_define_xml_flags_args.xml: string of %d bytes exceeds 4194304' % _n625)
     _end626 = o + _n625
     if _end626 > len(b): raise XdrError('remote_nwfilter_define_xml_flags_args.xml: truncated string')
-    f0 = str(b[o:_end626], 'utf-8', 'surrogateescape'); o = _end626 + (-_n625 & 3)
+    f0 = str(b[o:_end626], 'utf-8'); o = _end626 + (-_n625 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_nwfilter_define_xml_flags_args, (f0, f1)), o
 
@@ -4689,7 +4689,7 @@ def unpack_remote_nwfilter_get_xml_desc_ret(b, o):
     if _n628 > 4194304: raise XdrError('remote_nwfilter_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n628)
     _end629 = o + _n628
     if _end629 > len(b): raise XdrError('remote_nwfilter_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end629], 'utf-8', 'surrogateescape'); o = _end629 + (-_n628 & 3)
+    f0 = str(b[o:_end629], 'utf-8'); o = _end629 + (-_n628 & 3)
     return _new(remote_nwfilter_get_xml_desc_ret, (f0,)), o
 
 remote_connect_num_of_interfaces_ret = _nt('remote_connect_num_of_interfaces_ret', 'num')
@@ -4729,7 +4729,7 @@ def unpack_remote_connect_list_interfaces_ret(b, o):
         if _n635 > 4194304: raise XdrError('remote_connect_list_interfaces_ret.names: string of %d bytes exceeds 4194304' % _n635)
         _end636 = o + _n635
         if _end636 > len(b): raise XdrError('remote_connect_list_interfaces_ret.names: truncated string')
-        _e634 = str(b[o:_end636], 'utf-8', 'surrogateescape'); o = _end636 + (-_n635 & 3)
+        _e634 = str(b[o:_end636], 'utf-8'); o = _end636 + (-_n635 & 3)
         f0.append(_e634)
     return _new(remote_connect_list_interfaces_ret, (f0,)), o
 
@@ -4770,7 +4770,7 @@ def unpack_remote_connect_list_defined_interfaces_ret(b, o):
         if _n642 > 4194304: raise XdrError('remote_connect_list_defined_interfaces_ret.names: string of %d bytes exceeds 4194304' % _n642)
         _end643 = o + _n642
         if _end643 > len(b): raise XdrError('remote_connect_list_defined_interfaces_ret.names: truncated string')
-        _e641 = str(b[o:_end643], 'utf-8', 'surrogateescape'); o = _end643 + (-_n642 & 3)
+        _e641 = str(b[o:_end643], 'utf-8'); o = _end643 + (-_n642 & 3)
         f0.append(_e641)
     return _new(remote_connect_list_defined_interfaces_ret, (f0,)), o
 
@@ -4785,7 +4785,7 @@ def unpack_remote_interface_lookup_by_name_args(b, o):
     if _n645 > 4194304: raise XdrError('remote_interface_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n645)
     _end646 = o + _n645
     if _end646 > len(b): raise XdrError('remote_interface_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end646], 'utf-8', 'surrogateescape'); o = _end646 + (-_n645 & 3)
+    f0 = str(b[o:_end646], 'utf-8'); o = _end646 + (-_n645 & 3)
     return _new(remote_interface_lookup_by_name_args, (f0,)), o
 
 remote_interface_lookup_by_name_ret = _nt('remote_interface_lookup_by_name_ret', 'iface')
@@ -4808,7 +4808,7 @@ def unpack_remote_interface_lookup_by_mac_string_args(b, o):
     if _n648 > 4194304: raise XdrError('remote_interface_lookup_by_mac_string_args.mac: string of %d bytes exceeds 4194304' % _n648)
     _end649 = o + _n648
     if _end649 > len(b): raise XdrError('remote_interface_lookup_by_mac_string_args.mac: truncated string')
-    f0 = str(b[o:_end649], 'utf-8', 'surrogateescape'); o = _end649 + (-_n648 & 3)
+    f0 = str(b[o:_end649], 'utf-8'); o = _end649 + (-_n648 & 3)
     return _new(remote_interface_lookup_by_mac_string_args, (f0,)), o
 
 remote_interface_lookup_by_mac_string_ret = _nt('remote_interface_lookup_by_mac_string_ret', 'iface')
@@ -4842,7 +4842,7 @@ def unpack_remote_interface_get_xml_desc_ret(b, o):
     if _n651 > 4194304: raise XdrError('remote_interface_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n651)
     _end652 = o + _n651
     if _end652 > len(b): raise XdrError('remote_interface_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end652], 'utf-8', 'surrogateescape'); o = _end652 + (-_n651 & 3)
+    f0 = str(b[o:_end652], 'utf-8'); o = _end652 + (-_n651 & 3)
     return _new(remote_interface_get_xml_desc_ret, (f0,)), o
 
 remote_interface_define_xml_args = _nt('remote_interface_define_xml_args', 'xml flags')
@@ -4857,7 +4857,7 @@ def unpack_remote_interface_define_xml_args(b, o):
     if _n654 > 4194304: raise XdrError('remote_interface_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n654)
     _end655 = o + _n654
     if _end655 > len(b): raise XdrError('remote_interface_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end655], 'utf-8', 'surrogateescape'); o = _end655 + (-_n654 & 3)
+    f0 = str(b[o:_end655], 'utf-8'); o = _end655 + (-_n654 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_interface_define_xml_args, (f0, f1)), o
 
@@ -4953,7 +4953,7 @@ def unpack_remote_auth_sasl_init_ret(b, o):
     if _n659 > 4194304: raise XdrError('remote_auth_sasl_init_ret.mechlist: string of %d bytes exceeds 4194304' % _n659)
     _end660 = o + _n659
     if _end660 > len(b): raise XdrError('remote_auth_sasl_init_ret.mechlist: truncated string')
-    f0 = str(b[o:_end660], 'utf-8', 'surrogateescape'); o = _end660 + (-_n659 & 3)
+    f0 = str(b[o:_end660], 'utf-8'); o = _end660 + (-_n659 & 3)
     return _new(remote_auth_sasl_init_ret, (f0,)), o
 
 remote_auth_sasl_start_args = _nt('remote_auth_sasl_start_args', 'mech nil data')
@@ -4970,7 +4970,7 @@ def unpack_remote_auth_sasl_start_args(b, o):
     if _n663 > 4194304: raise XdrError('remote_auth_sasl_start_args.mech: string of %d bytes exceeds 4194304' % _n663)
     _end664 = o + _n663
     if _end664 > len(b): raise XdrError('remote_auth_sasl_start_args.mech: truncated string')
-    f0 = str(b[o:_end664], 'utf-8', 'surrogateescape'); o = _end664 + (-_n663 & 3)
+    f0 = str(b[o:_end664], 'utf-8'); o = _end664 + (-_n663 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
     _n665, = _U32.unpack_from(b, o); o += 4
     if _n665 > 65536: raise XdrError('remote_auth_sasl_start_args.data: %d bytes exceed 65536' % _n665)
@@ -5065,7 +5065,7 @@ def unpack_remote_connect_list_storage_pools_ret(b, o):
         if _n677 > 4194304: raise XdrError('remote_connect_list_storage_pools_ret.names: string of %d bytes exceeds 4194304' % _n677)
         _end678 = o + _n677
         if _end678 > len(b): raise XdrError('remote_connect_list_storage_pools_ret.names: truncated string')
-        _e676 = str(b[o:_end678], 'utf-8', 'surrogateescape'); o = _end678 + (-_n677 & 3)
+        _e676 = str(b[o:_end678], 'utf-8'); o = _end678 + (-_n677 & 3)
         f0.append(_e676)
     return _new(remote_connect_list_storage_pools_ret, (f0,)), o
 
@@ -5106,7 +5106,7 @@ def unpack_remote_connect_list_defined_storage_pools_ret(b, o):
         if _n684 > 4194304: raise XdrError('remote_connect_list_defined_storage_pools_ret.names: string of %d bytes exceeds 4194304' % _n684)
         _end685 = o + _n684
         if _end685 > len(b): raise XdrError('remote_connect_list_defined_storage_pools_ret.names: truncated string')
-        _e683 = str(b[o:_end685], 'utf-8', 'surrogateescape'); o = _end685 + (-_n684 & 3)
+        _e683 = str(b[o:_end685], 'utf-8'); o = _end685 + (-_n684 & 3)
         f0.append(_e683)
     return _new(remote_connect_list_defined_storage_pools_ret, (f0,)), o
 
@@ -5129,14 +5129,14 @@ def unpack_remote_connect_find_storage_pool_sources_args(b, o):
     if _n689 > 4194304: raise XdrError('remote_connect_find_storage_pool_sources_args.type: string of %d bytes exceeds 4194304' % _n689)
     _end690 = o + _n689
     if _end690 > len(b): raise XdrError('remote_connect_find_storage_pool_sources_args.type: truncated string')
-    f0 = str(b[o:_end690], 'utf-8', 'surrogateescape'); o = _end690 + (-_n689 & 3)
+    f0 = str(b[o:_end690], 'utf-8'); o = _end690 + (-_n689 & 3)
     _f691, = _U32.unpack_from(b, o); o += 4
     if _f691 == 1:
         _n692, = _U32.unpack_from(b, o); o += 4
         if _n692 > 4194304: raise XdrError('remote_connect_find_storage_pool_sources_args.srcSpec: string of %d bytes exceeds 4194304' % _n692)
         _end693 = o + _n692
         if _end693 > len(b): raise XdrError('remote_connect_find_storage_pool_sources_args.srcSpec: truncated string')
-        f1 = str(b[o:_end693], 'utf-8', 'surrogateescape'); o = _end693 + (-_n692 & 3)
+        f1 = str(b[o:_end693], 'utf-8'); o = _end693 + (-_n692 & 3)
     elif _f691 == 0:
         f1 = None
     else:
@@ -5155,7 +5155,7 @@ def unpack_remote_connect_find_storage_pool_sources_ret(b, o):
     if _n695 > 4194304: raise XdrError('remote_connect_find_storage_pool_sources_ret.xml: string of %d bytes exceeds 4194304' % _n695)
     _end696 = o + _n695
     if _end696 > len(b): raise XdrError('remote_connect_find_storage_pool_sources_ret.xml: truncated string')
-    f0 = str(b[o:_end696], 'utf-8', 'surrogateescape'); o = _end696 + (-_n695 & 3)
+    f0 = str(b[o:_end696], 'utf-8'); o = _end696 + (-_n695 & 3)
     return _new(remote_connect_find_storage_pool_sources_ret, (f0,)), o
 
 remote_storage_pool_lookup_by_uuid_args = _nt('remote_storage_pool_lookup_by_uuid_args', 'uuid')
@@ -5189,7 +5189,7 @@ def unpack_remote_storage_pool_lookup_by_name_args(b, o):
     if _n699 > 4194304: raise XdrError('remote_storage_pool_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n699)
     _end700 = o + _n699
     if _end700 > len(b): raise XdrError('remote_storage_pool_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end700], 'utf-8', 'surrogateescape'); o = _end700 + (-_n699 & 3)
+    f0 = str(b[o:_end700], 'utf-8'); o = _end700 + (-_n699 & 3)
     return _new(remote_storage_pool_lookup_by_name_args, (f0,)), o
 
 remote_storage_pool_lookup_by_name_ret = _nt('remote_storage_pool_lookup_by_name_ret', 'pool')
@@ -5230,7 +5230,7 @@ def unpack_remote_storage_pool_lookup_by_target_path_args(b, o):
     if _n702 > 4194304: raise XdrError('remote_storage_pool_lookup_by_target_path_args.path: string of %d bytes exceeds 4194304' % _n702)
     _end703 = o + _n702
     if _end703 > len(b): raise XdrError('remote_storage_pool_lookup_by_target_path_args.path: truncated string')
-    f0 = str(b[o:_end703], 'utf-8', 'surrogateescape'); o = _end703 + (-_n702 & 3)
+    f0 = str(b[o:_end703], 'utf-8'); o = _end703 + (-_n702 & 3)
     return _new(remote_storage_pool_lookup_by_target_path_args, (f0,)), o
 
 remote_storage_pool_lookup_by_target_path_ret = _nt('remote_storage_pool_lookup_by_target_path_ret', 'pool')
@@ -5254,7 +5254,7 @@ def unpack_remote_storage_pool_create_xml_args(b, o):
     if _n705 > 4194304: raise XdrError('remote_storage_pool_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n705)
     _end706 = o + _n705
     if _end706 > len(b): raise XdrError('remote_storage_pool_create_xml_args.xml: truncated string')
-    f0 = str(b[o:_end706], 'utf-8', 'surrogateescape'); o = _end706 + (-_n705 & 3)
+    f0 = str(b[o:_end706], 'utf-8'); o = _end706 + (-_n705 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_storage_pool_create_xml_args, (f0, f1)), o
 
@@ -5279,7 +5279,7 @@ def unpack_remote_storage_pool_define_xml_args(b, o):
     if _n708 > 4194304: raise XdrError('remote_storage_pool_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n708)
     _end709 = o + _n708
     if _end709 > len(b): raise XdrError('remote_storage_pool_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end709], 'utf-8', 'surrogateescape'); o = _end709 + (-_n708 & 3)
+    f0 = str(b[o:_end709], 'utf-8'); o = _end709 + (-_n708 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_storage_pool_define_xml_args, (f0, f1)), o
 
@@ -5376,7 +5376,7 @@ def unpack_remote_storage_pool_get_xml_desc_ret(b, o):
     if _n711 > 4194304: raise XdrError('remote_storage_pool_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n711)
     _end712 = o + _n711
     if _end712 > len(b): raise XdrError('remote_storage_pool_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end712], 'utf-8', 'surrogateescape'); o = _end712 + (-_n711 & 3)
+    f0 = str(b[o:_end712], 'utf-8'); o = _end712 + (-_n711 & 3)
     return _new(remote_storage_pool_get_xml_desc_ret, (f0,)), o
 
 remote_storage_pool_get_info_args = _nt('remote_storage_pool_get_info_args', 'pool')
@@ -5474,7 +5474,7 @@ def unpack_remote_storage_pool_list_volumes_ret(b, o):
         if _n718 > 4194304: raise XdrError('remote_storage_pool_list_volumes_ret.names: string of %d bytes exceeds 4194304' % _n718)
         _end719 = o + _n718
         if _end719 > len(b): raise XdrError('remote_storage_pool_list_volumes_ret.names: truncated string')
-        _e717 = str(b[o:_end719], 'utf-8', 'surrogateescape'); o = _end719 + (-_n718 & 3)
+        _e717 = str(b[o:_end719], 'utf-8'); o = _end719 + (-_n718 & 3)
         f0.append(_e717)
     return _new(remote_storage_pool_list_volumes_ret, (f0,)), o
 
@@ -5491,7 +5491,7 @@ def unpack_remote_storage_vol_lookup_by_name_args(b, o):
     if _n721 > 4194304: raise XdrError('remote_storage_vol_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n721)
     _end722 = o + _n721
     if _end722 > len(b): raise XdrError('remote_storage_vol_lookup_by_name_args.name: truncated string')
-    f1 = str(b[o:_end722], 'utf-8', 'surrogateescape'); o = _end722 + (-_n721 & 3)
+    f1 = str(b[o:_end722], 'utf-8'); o = _end722 + (-_n721 & 3)
     return _new(remote_storage_vol_lookup_by_name_args, (f0, f1)), o
 
 remote_storage_vol_lookup_by_name_ret = _nt('remote_storage_vol_lookup_by_name_ret', 'vol')
@@ -5514,7 +5514,7 @@ def unpack_remote_storage_vol_lookup_by_key_args(b, o):
     if _n724 > 4194304: raise XdrError('remote_storage_vol_lookup_by_key_args.key: string of %d bytes exceeds 4194304' % _n724)
     _end725 = o + _n724
     if _end725 > len(b): raise XdrError('remote_storage_vol_lookup_by_key_args.key: truncated string')
-    f0 = str(b[o:_end725], 'utf-8', 'surrogateescape'); o = _end725 + (-_n724 & 3)
+    f0 = str(b[o:_end725], 'utf-8'); o = _end725 + (-_n724 & 3)
     return _new(remote_storage_vol_lookup_by_key_args, (f0,)), o
 
 remote_storage_vol_lookup_by_key_ret = _nt('remote_storage_vol_lookup_by_key_ret', 'vol')
@@ -5537,7 +5537,7 @@ def unpack_remote_storage_vol_lookup_by_path_args(b, o):
     if _n727 > 4194304: raise XdrError('remote_storage_vol_lookup_by_path_args.path: string of %d bytes exceeds 4194304' % _n727)
     _end728 = o + _n727
     if _end728 > len(b): raise XdrError('remote_storage_vol_lookup_by_path_args.path: truncated string')
-    f0 = str(b[o:_end728], 'utf-8', 'surrogateescape'); o = _end728 + (-_n727 & 3)
+    f0 = str(b[o:_end728], 'utf-8'); o = _end728 + (-_n727 & 3)
     return _new(remote_storage_vol_lookup_by_path_args, (f0,)), o
 
 remote_storage_vol_lookup_by_path_ret = _nt('remote_storage_vol_lookup_by_path_ret', 'vol')
@@ -5563,7 +5563,7 @@ def unpack_remote_storage_vol_create_xml_args(b, o):
     if _n730 > 4194304: raise XdrError('remote_storage_vol_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n730)
     _end731 = o + _n730
     if _end731 > len(b): raise XdrError('remote_storage_vol_create_xml_args.xml: truncated string')
-    f1 = str(b[o:_end731], 'utf-8', 'surrogateescape'); o = _end731 + (-_n730 & 3)
+    f1 = str(b[o:_end731], 'utf-8'); o = _end731 + (-_n730 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_storage_vol_create_xml_args, (f0, f1, f2)), o
 
@@ -5591,7 +5591,7 @@ def unpack_remote_storage_vol_create_xml_from_args(b, o):
     if _n733 > 4194304: raise XdrError('remote_storage_vol_create_xml_from_args.xml: string of %d bytes exceeds 4194304' % _n733)
     _end734 = o + _n733
     if _end734 > len(b): raise XdrError('remote_storage_vol_create_xml_from_args.xml: truncated string')
-    f1 = str(b[o:_end734], 'utf-8', 'surrogateescape'); o = _end734 + (-_n733 & 3)
+    f1 = str(b[o:_end734], 'utf-8'); o = _end734 + (-_n733 & 3)
     f2, o = unpack_remote_nonnull_storage_vol(b, o)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_storage_vol_create_xml_from_args, (f0, f1, f2, f3)), o
@@ -5660,7 +5660,7 @@ def unpack_remote_storage_vol_get_xml_desc_ret(b, o):
     if _n736 > 4194304: raise XdrError('remote_storage_vol_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n736)
     _end737 = o + _n736
     if _end737 > len(b): raise XdrError('remote_storage_vol_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end737], 'utf-8', 'surrogateescape'); o = _end737 + (-_n736 & 3)
+    f0 = str(b[o:_end737], 'utf-8'); o = _end737 + (-_n736 & 3)
     return _new(remote_storage_vol_get_xml_desc_ret, (f0,)), o
 
 remote_storage_vol_get_info_args = _nt('remote_storage_vol_get_info_args', 'vol')
@@ -5721,7 +5721,7 @@ def unpack_remote_storage_vol_get_path_ret(b, o):
     if _n739 > 4194304: raise XdrError('remote_storage_vol_get_path_ret.name: string of %d bytes exceeds 4194304' % _n739)
     _end740 = o + _n739
     if _end740 > len(b): raise XdrError('remote_storage_vol_get_path_ret.name: truncated string')
-    f0 = str(b[o:_end740], 'utf-8', 'surrogateescape'); o = _end740 + (-_n739 & 3)
+    f0 = str(b[o:_end740], 'utf-8'); o = _end740 + (-_n739 & 3)
     return _new(remote_storage_vol_get_path_ret, (f0,)), o
 
 remote_storage_vol_resize_args = _nt('remote_storage_vol_resize_args', 'vol capacity flags')
@@ -5754,7 +5754,7 @@ def unpack_remote_node_num_of_devices_args(b, o):
         if _n744 > 4194304: raise XdrError('remote_node_num_of_devices_args.cap: string of %d bytes exceeds 4194304' % _n744)
         _end745 = o + _n744
         if _end745 > len(b): raise XdrError('remote_node_num_of_devices_args.cap: truncated string')
-        f0 = str(b[o:_end745], 'utf-8', 'surrogateescape'); o = _end745 + (-_n744 & 3)
+        f0 = str(b[o:_end745], 'utf-8'); o = _end745 + (-_n744 & 3)
     elif _f743 == 0:
         f0 = None
     else:
@@ -5790,7 +5790,7 @@ def unpack_remote_node_list_devices_args(b, o):
         if _n749 > 4194304: raise XdrError('remote_node_list_devices_args.cap: string of %d bytes exceeds 4194304' % _n749)
         _end750 = o + _n749
         if _end750 > len(b): raise XdrError('remote_node_list_devices_args.cap: truncated string')
-        f0 = str(b[o:_end750], 'utf-8', 'surrogateescape'); o = _end750 + (-_n749 & 3)
+        f0 = str(b[o:_end750], 'utf-8'); o = _end750 + (-_n749 & 3)
     elif _f748 == 0:
         f0 = None
     else:
@@ -5817,7 +5817,7 @@ def unpack_remote_node_list_devices_ret(b, o):
         if _n756 > 4194304: raise XdrError('remote_node_list_devices_ret.names: string of %d bytes exceeds 4194304' % _n756)
         _end757 = o + _n756
         if _end757 > len(b): raise XdrError('remote_node_list_devices_ret.names: truncated string')
-        _e755 = str(b[o:_end757], 'utf-8', 'surrogateescape'); o = _end757 + (-_n756 & 3)
+        _e755 = str(b[o:_end757], 'utf-8'); o = _end757 + (-_n756 & 3)
         f0.append(_e755)
     return _new(remote_node_list_devices_ret, (f0,)), o
 
@@ -5832,7 +5832,7 @@ def unpack_remote_node_device_lookup_by_name_args(b, o):
     if _n759 > 4194304: raise XdrError('remote_node_device_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n759)
     _end760 = o + _n759
     if _end760 > len(b): raise XdrError('remote_node_device_lookup_by_name_args.name: truncated string')
-    f0 = str(b[o:_end760], 'utf-8', 'surrogateescape'); o = _end760 + (-_n759 & 3)
+    f0 = str(b[o:_end760], 'utf-8'); o = _end760 + (-_n759 & 3)
     return _new(remote_node_device_lookup_by_name_args, (f0,)), o
 
 remote_node_device_lookup_by_name_ret = _nt('remote_node_device_lookup_by_name_ret', 'dev')
@@ -5858,12 +5858,12 @@ def unpack_remote_node_device_lookup_scsi_host_by_wwn_args(b, o):
     if _n763 > 4194304: raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwnn: string of %d bytes exceeds 4194304' % _n763)
     _end764 = o + _n763
     if _end764 > len(b): raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwnn: truncated string')
-    f0 = str(b[o:_end764], 'utf-8', 'surrogateescape'); o = _end764 + (-_n763 & 3)
+    f0 = str(b[o:_end764], 'utf-8'); o = _end764 + (-_n763 & 3)
     _n765, = _U32.unpack_from(b, o); o += 4
     if _n765 > 4194304: raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwpn: string of %d bytes exceeds 4194304' % _n765)
     _end766 = o + _n765
     if _end766 > len(b): raise XdrError('remote_node_device_lookup_scsi_host_by_wwn_args.wwpn: truncated string')
-    f1 = str(b[o:_end766], 'utf-8', 'surrogateescape'); o = _end766 + (-_n765 & 3)
+    f1 = str(b[o:_end766], 'utf-8'); o = _end766 + (-_n765 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_lookup_scsi_host_by_wwn_args, (f0, f1, f2)), o
 
@@ -5888,7 +5888,7 @@ def unpack_remote_node_device_get_xml_desc_args(b, o):
     if _n768 > 4194304: raise XdrError('remote_node_device_get_xml_desc_args.name: string of %d bytes exceeds 4194304' % _n768)
     _end769 = o + _n768
     if _end769 > len(b): raise XdrError('remote_node_device_get_xml_desc_args.name: truncated string')
-    f0 = str(b[o:_end769], 'utf-8', 'surrogateescape'); o = _end769 + (-_n768 & 3)
+    f0 = str(b[o:_end769], 'utf-8'); o = _end769 + (-_n768 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_get_xml_desc_args, (f0, f1)), o
 
@@ -5903,7 +5903,7 @@ def unpack_remote_node_device_get_xml_desc_ret(b, o):
     if _n771 > 4194304: raise XdrError('remote_node_device_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n771)
     _end772 = o + _n771
     if _end772 > len(b): raise XdrError('remote_node_device_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end772], 'utf-8', 'surrogateescape'); o = _end772 + (-_n771 & 3)
+    f0 = str(b[o:_end772], 'utf-8'); o = _end772 + (-_n771 & 3)
     return _new(remote_node_device_get_xml_desc_ret, (f0,)), o
 
 remote_node_device_get_parent_args = _nt('remote_node_device_get_parent_args', 'name')
@@ -5917,7 +5917,7 @@ def unpack_remote_node_device_get_parent_args(b, o):
     if _n774 > 4194304: raise XdrError('remote_node_device_get_parent_args.name: string of %d bytes exceeds 4194304' % _n774)
     _end775 = o + _n774
     if _end775 > len(b): raise XdrError('remote_node_device_get_parent_args.name: truncated string')
-    f0 = str(b[o:_end775], 'utf-8', 'surrogateescape'); o = _end775 + (-_n774 & 3)
+    f0 = str(b[o:_end775], 'utf-8'); o = _end775 + (-_n774 & 3)
     return _new(remote_node_device_get_parent_args, (f0,)), o
 
 remote_node_device_get_parent_ret = _nt('remote_node_device_get_parent_ret', 'parentName')
@@ -5938,7 +5938,7 @@ def unpack_remote_node_device_get_parent_ret(b, o):
         if _n779 > 4194304: raise XdrError('remote_node_device_get_parent_ret.parentName: string of %d bytes exceeds 4194304' % _n779)
         _end780 = o + _n779
         if _end780 > len(b): raise XdrError('remote_node_device_get_parent_ret.parentName: truncated string')
-        f0 = str(b[o:_end780], 'utf-8', 'surrogateescape'); o = _end780 + (-_n779 & 3)
+        f0 = str(b[o:_end780], 'utf-8'); o = _end780 + (-_n779 & 3)
     elif _f778 == 0:
         f0 = None
     else:
@@ -5956,7 +5956,7 @@ def unpack_remote_node_device_num_of_caps_args(b, o):
     if _n782 > 4194304: raise XdrError('remote_node_device_num_of_caps_args.name: string of %d bytes exceeds 4194304' % _n782)
     _end783 = o + _n782
     if _end783 > len(b): raise XdrError('remote_node_device_num_of_caps_args.name: truncated string')
-    f0 = str(b[o:_end783], 'utf-8', 'surrogateescape'); o = _end783 + (-_n782 & 3)
+    f0 = str(b[o:_end783], 'utf-8'); o = _end783 + (-_n782 & 3)
     return _new(remote_node_device_num_of_caps_args, (f0,)), o
 
 remote_node_device_num_of_caps_ret = _nt('remote_node_device_num_of_caps_ret', 'num')
@@ -5980,7 +5980,7 @@ def unpack_remote_node_device_list_caps_args(b, o):
     if _n785 > 4194304: raise XdrError('remote_node_device_list_caps_args.name: string of %d bytes exceeds 4194304' % _n785)
     _end786 = o + _n785
     if _end786 > len(b): raise XdrError('remote_node_device_list_caps_args.name: truncated string')
-    f0 = str(b[o:_end786], 'utf-8', 'surrogateescape'); o = _end786 + (-_n785 & 3)
+    f0 = str(b[o:_end786], 'utf-8'); o = _end786 + (-_n785 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_node_device_list_caps_args, (f0, f1)), o
 
@@ -6003,7 +6003,7 @@ def unpack_remote_node_device_list_caps_ret(b, o):
         if _n792 > 4194304: raise XdrError('remote_node_device_list_caps_ret.names: string of %d bytes exceeds 4194304' % _n792)
         _end793 = o + _n792
         if _end793 > len(b): raise XdrError('remote_node_device_list_caps_ret.names: truncated string')
-        _e791 = str(b[o:_end793], 'utf-8', 'surrogateescape'); o = _end793 + (-_n792 & 3)
+        _e791 = str(b[o:_end793], 'utf-8'); o = _end793 + (-_n792 & 3)
         f0.append(_e791)
     return _new(remote_node_device_list_caps_ret, (f0,)), o
 
@@ -6018,7 +6018,7 @@ def unpack_remote_node_device_dettach_args(b, o):
     if _n795 > 4194304: raise XdrError('remote_node_device_dettach_args.name: string of %d bytes exceeds 4194304' % _n795)
     _end796 = o + _n795
     if _end796 > len(b): raise XdrError('remote_node_device_dettach_args.name: truncated string')
-    f0 = str(b[o:_end796], 'utf-8', 'surrogateescape'); o = _end796 + (-_n795 & 3)
+    f0 = str(b[o:_end796], 'utf-8'); o = _end796 + (-_n795 & 3)
     return _new(remote_node_device_dettach_args, (f0,)), o
 
 remote_node_device_detach_flags_args = _nt('remote_node_device_detach_flags_args', 'name driverName flags')
@@ -6040,14 +6040,14 @@ def unpack_remote_node_device_detach_flags_args(b, o):
     if _n800 > 4194304: raise XdrError('remote_node_device_detach_flags_args.name: string of %d bytes exceeds 4194304' % _n800)
     _end801 = o + _n800
     if _end801 > len(b): raise XdrError('remote_node_device_detach_flags_args.name: truncated string')
-    f0 = str(b[o:_end801], 'utf-8', 'surrogateescape'); o = _end801 + (-_n800 & 3)
+    f0 = str(b[o:_end801], 'utf-8'); o = _end801 + (-_n800 & 3)
     _f802, = _U32.unpack_from(b, o); o += 4
     if _f802 == 1:
         _n803, = _U32.unpack_from(b, o); o += 4
         if _n803 > 4194304: raise XdrError('remote_node_device_detach_flags_args.driverName: string of %d bytes exceeds 4194304' % _n803)
         _end804 = o + _n803
         if _end804 > len(b): raise XdrError('remote_node_device_detach_flags_args.driverName: truncated string')
-        f1 = str(b[o:_end804], 'utf-8', 'surrogateescape'); o = _end804 + (-_n803 & 3)
+        f1 = str(b[o:_end804], 'utf-8'); o = _end804 + (-_n803 & 3)
     elif _f802 == 0:
         f1 = None
     else:
@@ -6066,7 +6066,7 @@ def unpack_remote_node_device_re_attach_args(b, o):
     if _n806 > 4194304: raise XdrError('remote_node_device_re_attach_args.name: string of %d bytes exceeds 4194304' % _n806)
     _end807 = o + _n806
     if _end807 > len(b): raise XdrError('remote_node_device_re_attach_args.name: truncated string')
-    f0 = str(b[o:_end807], 'utf-8', 'surrogateescape'); o = _end807 + (-_n806 & 3)
+    f0 = str(b[o:_end807], 'utf-8'); o = _end807 + (-_n806 & 3)
     return _new(remote_node_device_re_attach_args, (f0,)), o
 
 remote_node_device_reset_args = _nt('remote_node_device_reset_args', 'name')
@@ -6080,7 +6080,7 @@ def unpack_remote_node_device_reset_args(b, o):
     if _n809 > 4194304: raise XdrError('remote_node_device_reset_args.name: string of %d bytes exceeds 4194304' % _n809)
     _end810 = o + _n809
     if _end810 > len(b): raise XdrError('remote_node_device_reset_args.name: truncated string')
-    f0 = str(b[o:_end810], 'utf-8', 'surrogateescape'); o = _end810 + (-_n809 & 3)
+    f0 = str(b[o:_end810], 'utf-8'); o = _end810 + (-_n809 & 3)
     return _new(remote_node_device_reset_args, (f0,)), o
 
 remote_node_device_create_xml_args = _nt('remote_node_device_create_xml_args', 'xml_desc flags')
@@ -6095,7 +6095,7 @@ def unpack_remote_node_device_create_xml_args(b, o):
     if _n812 > 4194304: raise XdrError('remote_node_device_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n812)
     _end813 = o + _n812
     if _end813 > len(b): raise XdrError('remote_node_device_create_xml_args.xml_desc: truncated string')
-    f0 = str(b[o:_end813], 'utf-8', 'surrogateescape'); o = _end813 + (-_n812 & 3)
+    f0 = str(b[o:_end813], 'utf-8'); o = _end813 + (-_n812 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_create_xml_args, (f0, f1)), o
 
@@ -6119,7 +6119,7 @@ def unpack_remote_node_device_destroy_args(b, o):
     if _n815 > 4194304: raise XdrError('remote_node_device_destroy_args.name: string of %d bytes exceeds 4194304' % _n815)
     _end816 = o + _n815
     if _end816 > len(b): raise XdrError('remote_node_device_destroy_args.name: truncated string')
-    f0 = str(b[o:_end816], 'utf-8', 'surrogateescape'); o = _end816 + (-_n815 & 3)
+    f0 = str(b[o:_end816], 'utf-8'); o = _end816 + (-_n815 & 3)
     return _new(remote_node_device_destroy_args, (f0,)), o
 
 remote_node_device_define_xml_args = _nt('remote_node_device_define_xml_args', 'xml_desc flags')
@@ -6134,7 +6134,7 @@ def unpack_remote_node_device_define_xml_args(b, o):
     if _n818 > 4194304: raise XdrError('remote_node_device_define_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n818)
     _end819 = o + _n818
     if _end819 > len(b): raise XdrError('remote_node_device_define_xml_args.xml_desc: truncated string')
-    f0 = str(b[o:_end819], 'utf-8', 'surrogateescape'); o = _end819 + (-_n818 & 3)
+    f0 = str(b[o:_end819], 'utf-8'); o = _end819 + (-_n818 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_define_xml_args, (f0, f1)), o
 
@@ -6159,7 +6159,7 @@ def unpack_remote_node_device_undefine_args(b, o):
     if _n821 > 4194304: raise XdrError('remote_node_device_undefine_args.name: string of %d bytes exceeds 4194304' % _n821)
     _end822 = o + _n821
     if _end822 > len(b): raise XdrError('remote_node_device_undefine_args.name: truncated string')
-    f0 = str(b[o:_end822], 'utf-8', 'surrogateescape'); o = _end822 + (-_n821 & 3)
+    f0 = str(b[o:_end822], 'utf-8'); o = _end822 + (-_n821 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_undefine_args, (f0, f1)), o
 
@@ -6175,7 +6175,7 @@ def unpack_remote_node_device_create_args(b, o):
     if _n824 > 4194304: raise XdrError('remote_node_device_create_args.name: string of %d bytes exceeds 4194304' % _n824)
     _end825 = o + _n824
     if _end825 > len(b): raise XdrError('remote_node_device_create_args.name: truncated string')
-    f0 = str(b[o:_end825], 'utf-8', 'surrogateescape'); o = _end825 + (-_n824 & 3)
+    f0 = str(b[o:_end825], 'utf-8'); o = _end825 + (-_n824 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_node_device_create_args, (f0, f1)), o
 
@@ -6190,7 +6190,7 @@ def unpack_remote_node_device_get_autostart_args(b, o):
     if _n827 > 4194304: raise XdrError('remote_node_device_get_autostart_args.name: string of %d bytes exceeds 4194304' % _n827)
     _end828 = o + _n827
     if _end828 > len(b): raise XdrError('remote_node_device_get_autostart_args.name: truncated string')
-    f0 = str(b[o:_end828], 'utf-8', 'surrogateescape'); o = _end828 + (-_n827 & 3)
+    f0 = str(b[o:_end828], 'utf-8'); o = _end828 + (-_n827 & 3)
     return _new(remote_node_device_get_autostart_args, (f0,)), o
 
 remote_node_device_get_autostart_ret = _nt('remote_node_device_get_autostart_ret', 'autostart')
@@ -6214,7 +6214,7 @@ def unpack_remote_node_device_set_autostart_args(b, o):
     if _n830 > 4194304: raise XdrError('remote_node_device_set_autostart_args.name: string of %d bytes exceeds 4194304' % _n830)
     _end831 = o + _n830
     if _end831 > len(b): raise XdrError('remote_node_device_set_autostart_args.name: truncated string')
-    f0 = str(b[o:_end831], 'utf-8', 'surrogateescape'); o = _end831 + (-_n830 & 3)
+    f0 = str(b[o:_end831], 'utf-8'); o = _end831 + (-_n830 & 3)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_node_device_set_autostart_args, (f0, f1)), o
 
@@ -6229,7 +6229,7 @@ def unpack_remote_node_device_is_persistent_args(b, o):
     if _n833 > 4194304: raise XdrError('remote_node_device_is_persistent_args.name: string of %d bytes exceeds 4194304' % _n833)
     _end834 = o + _n833
     if _end834 > len(b): raise XdrError('remote_node_device_is_persistent_args.name: truncated string')
-    f0 = str(b[o:_end834], 'utf-8', 'surrogateescape'); o = _end834 + (-_n833 & 3)
+    f0 = str(b[o:_end834], 'utf-8'); o = _end834 + (-_n833 & 3)
     return _new(remote_node_device_is_persistent_args, (f0,)), o
 
 remote_node_device_is_persistent_ret = _nt('remote_node_device_is_persistent_ret', 'persistent')
@@ -6252,7 +6252,7 @@ def unpack_remote_node_device_is_active_args(b, o):
     if _n836 > 4194304: raise XdrError('remote_node_device_is_active_args.name: string of %d bytes exceeds 4194304' % _n836)
     _end837 = o + _n836
     if _end837 > len(b): raise XdrError('remote_node_device_is_active_args.name: truncated string')
-    f0 = str(b[o:_end837], 'utf-8', 'surrogateescape'); o = _end837 + (-_n836 & 3)
+    f0 = str(b[o:_end837], 'utf-8'); o = _end837 + (-_n836 & 3)
     return _new(remote_node_device_is_active_args, (f0,)), o
 
 remote_node_device_is_active_ret = _nt('remote_node_device_is_active_ret', 'active')
@@ -6318,12 +6318,12 @@ def unpack_remote_connect_domain_xml_from_native_args(b, o):
     if _n840 > 4194304: raise XdrError('remote_connect_domain_xml_from_native_args.nativeFormat: string of %d bytes exceeds 4194304' % _n840)
     _end841 = o + _n840
     if _end841 > len(b): raise XdrError('remote_connect_domain_xml_from_native_args.nativeFormat: truncated string')
-    f0 = str(b[o:_end841], 'utf-8', 'surrogateescape'); o = _end841 + (-_n840 & 3)
+    f0 = str(b[o:_end841], 'utf-8'); o = _end841 + (-_n840 & 3)
     _n842, = _U32.unpack_from(b, o); o += 4
     if _n842 > 4194304: raise XdrError('remote_connect_domain_xml_from_native_args.nativeConfig: string of %d bytes exceeds 4194304' % _n842)
     _end843 = o + _n842
     if _end843 > len(b): raise XdrError('remote_connect_domain_xml_from_native_args.nativeConfig: truncated string')
-    f1 = str(b[o:_end843], 'utf-8', 'surrogateescape'); o = _end843 + (-_n842 & 3)
+    f1 = str(b[o:_end843], 'utf-8'); o = _end843 + (-_n842 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_domain_xml_from_native_args, (f0, f1, f2)), o
 
@@ -6338,7 +6338,7 @@ def unpack_remote_connect_domain_xml_from_native_ret(b, o):
     if _n845 > 4194304: raise XdrError('remote_connect_domain_xml_from_native_ret.domainXml: string of %d bytes exceeds 4194304' % _n845)
     _end846 = o + _n845
     if _end846 > len(b): raise XdrError('remote_connect_domain_xml_from_native_ret.domainXml: truncated string')
-    f0 = str(b[o:_end846], 'utf-8', 'surrogateescape'); o = _end846 + (-_n845 & 3)
+    f0 = str(b[o:_end846], 'utf-8'); o = _end846 + (-_n845 & 3)
     return _new(remote_connect_domain_xml_from_native_ret, (f0,)), o
 
 remote_connect_domain_xml_to_native_args = _nt('remote_connect_domain_xml_to_native_args', 'nativeFormat domainXml flags')
@@ -6355,12 +6355,12 @@ def unpack_remote_connect_domain_xml_to_native_args(b, o):
     if _n849 > 4194304: raise XdrError('remote_connect_domain_xml_to_native_args.nativeFormat: string of %d bytes exceeds 4194304' % _n849)
     _end850 = o + _n849
     if _end850 > len(b): raise XdrError('remote_connect_domain_xml_to_native_args.nativeFormat: truncated string')
-    f0 = str(b[o:_end850], 'utf-8', 'surrogateescape'); o = _end850 + (-_n849 & 3)
+    f0 = str(b[o:_end850], 'utf-8'); o = _end850 + (-_n849 & 3)
     _n851, = _U32.unpack_from(b, o); o += 4
     if _n851 > 4194304: raise XdrError('remote_connect_domain_xml_to_native_args.domainXml: string of %d bytes exceeds 4194304' % _n851)
     _end852 = o + _n851
     if _end852 > len(b): raise XdrError('remote_connect_domain_xml_to_native_args.domainXml: truncated string')
-    f1 = str(b[o:_end852], 'utf-8', 'surrogateescape'); o = _end852 + (-_n851 & 3)
+    f1 = str(b[o:_end852], 'utf-8'); o = _end852 + (-_n851 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_domain_xml_to_native_args, (f0, f1, f2)), o
 
@@ -6375,7 +6375,7 @@ def unpack_remote_connect_domain_xml_to_native_ret(b, o):
     if _n854 > 4194304: raise XdrError('remote_connect_domain_xml_to_native_ret.nativeConfig: string of %d bytes exceeds 4194304' % _n854)
     _end855 = o + _n854
     if _end855 > len(b): raise XdrError('remote_connect_domain_xml_to_native_ret.nativeConfig: truncated string')
-    f0 = str(b[o:_end855], 'utf-8', 'surrogateescape'); o = _end855 + (-_n854 & 3)
+    f0 = str(b[o:_end855], 'utf-8'); o = _end855 + (-_n854 & 3)
     return _new(remote_connect_domain_xml_to_native_ret, (f0,)), o
 
 remote_connect_num_of_secrets_ret = _nt('remote_connect_num_of_secrets_ret', 'num')
@@ -6415,7 +6415,7 @@ def unpack_remote_connect_list_secrets_ret(b, o):
         if _n861 > 4194304: raise XdrError('remote_connect_list_secrets_ret.uuids: string of %d bytes exceeds 4194304' % _n861)
         _end862 = o + _n861
         if _end862 > len(b): raise XdrError('remote_connect_list_secrets_ret.uuids: truncated string')
-        _e860 = str(b[o:_end862], 'utf-8', 'surrogateescape'); o = _end862 + (-_n861 & 3)
+        _e860 = str(b[o:_end862], 'utf-8'); o = _end862 + (-_n861 & 3)
         f0.append(_e860)
     return _new(remote_connect_list_secrets_ret, (f0,)), o
 
@@ -6451,7 +6451,7 @@ def unpack_remote_secret_define_xml_args(b, o):
     if _n865 > 4194304: raise XdrError('remote_secret_define_xml_args.xml: string of %d bytes exceeds 4194304' % _n865)
     _end866 = o + _n865
     if _end866 > len(b): raise XdrError('remote_secret_define_xml_args.xml: truncated string')
-    f0 = str(b[o:_end866], 'utf-8', 'surrogateescape'); o = _end866 + (-_n865 & 3)
+    f0 = str(b[o:_end866], 'utf-8'); o = _end866 + (-_n865 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_secret_define_xml_args, (f0, f1)), o
 
@@ -6486,7 +6486,7 @@ def unpack_remote_secret_get_xml_desc_ret(b, o):
     if _n868 > 4194304: raise XdrError('remote_secret_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n868)
     _end869 = o + _n868
     if _end869 > len(b): raise XdrError('remote_secret_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end869], 'utf-8', 'surrogateescape'); o = _end869 + (-_n868 & 3)
+    f0 = str(b[o:_end869], 'utf-8'); o = _end869 + (-_n868 & 3)
     return _new(remote_secret_get_xml_desc_ret, (f0,)), o
 
 remote_secret_set_value_args = _nt('remote_secret_set_value_args', 'secret value flags')
@@ -6552,7 +6552,7 @@ def unpack_remote_secret_lookup_by_usage_args(b, o):
     if _n875 > 4194304: raise XdrError('remote_secret_lookup_by_usage_args.usageID: string of %d bytes exceeds 4194304' % _n875)
     _end876 = o + _n875
     if _end876 > len(b): raise XdrError('remote_secret_lookup_by_usage_args.usageID: truncated string')
-    f1 = str(b[o:_end876], 'utf-8', 'surrogateescape'); o = _end876 + (-_n875 & 3)
+    f1 = str(b[o:_end876], 'utf-8'); o = _end876 + (-_n875 & 3)
     return _new(remote_secret_lookup_by_usage_args, (f0, f1)), o
 
 remote_secret_lookup_by_usage_ret = _nt('remote_secret_lookup_by_usage_ret', 'secret')
@@ -6587,7 +6587,7 @@ def unpack_remote_domain_migrate_prepare_tunnel_args(b, o):
         if _n881 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel_args.dname: string of %d bytes exceeds 4194304' % _n881)
         _end882 = o + _n881
         if _end882 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel_args.dname: truncated string')
-        f1 = str(b[o:_end882], 'utf-8', 'surrogateescape'); o = _end882 + (-_n881 & 3)
+        f1 = str(b[o:_end882], 'utf-8'); o = _end882 + (-_n881 & 3)
     elif _f880 == 0:
         f1 = None
     else:
@@ -6597,7 +6597,7 @@ def unpack_remote_domain_migrate_prepare_tunnel_args(b, o):
     if _n883 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel_args.dom_xml: string of %d bytes exceeds 4194304' % _n883)
     _end884 = o + _n883
     if _end884 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel_args.dom_xml: truncated string')
-    f3 = str(b[o:_end884], 'utf-8', 'surrogateescape'); o = _end884 + (-_n883 & 3)
+    f3 = str(b[o:_end884], 'utf-8'); o = _end884 + (-_n883 & 3)
     return _new(remote_domain_migrate_prepare_tunnel_args, (f0, f1, f2, f3)), o
 
 remote_connect_is_secure_ret = _nt('remote_connect_is_secure_ret', 'secure')
@@ -6765,7 +6765,7 @@ def unpack_remote_connect_compare_cpu_args(b, o):
     if _n886 > 4194304: raise XdrError('remote_connect_compare_cpu_args.xml: string of %d bytes exceeds 4194304' % _n886)
     _end887 = o + _n886
     if _end887 > len(b): raise XdrError('remote_connect_compare_cpu_args.xml: truncated string')
-    f0 = str(b[o:_end887], 'utf-8', 'surrogateescape'); o = _end887 + (-_n886 & 3)
+    f0 = str(b[o:_end887], 'utf-8'); o = _end887 + (-_n886 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_compare_cpu_args, (f0, f1)), o
 
@@ -6798,7 +6798,7 @@ def unpack_remote_connect_baseline_cpu_args(b, o):
         if _n893 > 4194304: raise XdrError('remote_connect_baseline_cpu_args.xmlCPUs: string of %d bytes exceeds 4194304' % _n893)
         _end894 = o + _n893
         if _end894 > len(b): raise XdrError('remote_connect_baseline_cpu_args.xmlCPUs: truncated string')
-        _e892 = str(b[o:_end894], 'utf-8', 'surrogateescape'); o = _end894 + (-_n893 & 3)
+        _e892 = str(b[o:_end894], 'utf-8'); o = _end894 + (-_n893 & 3)
         f0.append(_e892)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_baseline_cpu_args, (f0, f1)), o
@@ -6814,7 +6814,7 @@ def unpack_remote_connect_baseline_cpu_ret(b, o):
     if _n896 > 4194304: raise XdrError('remote_connect_baseline_cpu_ret.cpu: string of %d bytes exceeds 4194304' % _n896)
     _end897 = o + _n896
     if _end897 > len(b): raise XdrError('remote_connect_baseline_cpu_ret.cpu: truncated string')
-    f0 = str(b[o:_end897], 'utf-8', 'surrogateescape'); o = _end897 + (-_n896 & 3)
+    f0 = str(b[o:_end897], 'utf-8'); o = _end897 + (-_n896 & 3)
     return _new(remote_connect_baseline_cpu_ret, (f0,)), o
 
 remote_domain_get_job_info_args = _nt('remote_domain_get_job_info_args', 'dom')
@@ -7117,12 +7117,12 @@ def unpack_remote_domain_event_io_error_msg(b, o):
     if _n906 > 4194304: raise XdrError('remote_domain_event_io_error_msg.srcPath: string of %d bytes exceeds 4194304' % _n906)
     _end907 = o + _n906
     if _end907 > len(b): raise XdrError('remote_domain_event_io_error_msg.srcPath: truncated string')
-    f1 = str(b[o:_end907], 'utf-8', 'surrogateescape'); o = _end907 + (-_n906 & 3)
+    f1 = str(b[o:_end907], 'utf-8'); o = _end907 + (-_n906 & 3)
     _n908, = _U32.unpack_from(b, o); o += 4
     if _n908 > 4194304: raise XdrError('remote_domain_event_io_error_msg.devAlias: string of %d bytes exceeds 4194304' % _n908)
     _end909 = o + _n908
     if _end909 > len(b): raise XdrError('remote_domain_event_io_error_msg.devAlias: truncated string')
-    f2 = str(b[o:_end909], 'utf-8', 'surrogateescape'); o = _end909 + (-_n908 & 3)
+    f2 = str(b[o:_end909], 'utf-8'); o = _end909 + (-_n908 & 3)
     f3, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_event_io_error_msg, (f0, f1, f2, f3)), o
 
@@ -7155,18 +7155,18 @@ def unpack_remote_domain_event_io_error_reason_msg(b, o):
     if _n913 > 4194304: raise XdrError('remote_domain_event_io_error_reason_msg.srcPath: string of %d bytes exceeds 4194304' % _n913)
     _end914 = o + _n913
     if _end914 > len(b): raise XdrError('remote_domain_event_io_error_reason_msg.srcPath: truncated string')
-    f1 = str(b[o:_end914], 'utf-8', 'surrogateescape'); o = _end914 + (-_n913 & 3)
+    f1 = str(b[o:_end914], 'utf-8'); o = _end914 + (-_n913 & 3)
     _n915, = _U32.unpack_from(b, o); o += 4
     if _n915 > 4194304: raise XdrError('remote_domain_event_io_error_reason_msg.devAlias: string of %d bytes exceeds 4194304' % _n915)
     _end916 = o + _n915
     if _end916 > len(b): raise XdrError('remote_domain_event_io_error_reason_msg.devAlias: truncated string')
-    f2 = str(b[o:_end916], 'utf-8', 'surrogateescape'); o = _end916 + (-_n915 & 3)
+    f2 = str(b[o:_end916], 'utf-8'); o = _end916 + (-_n915 & 3)
     f3, = _S_i.unpack_from(b, o); o += 4
     _n917, = _U32.unpack_from(b, o); o += 4
     if _n917 > 4194304: raise XdrError('remote_domain_event_io_error_reason_msg.reason: string of %d bytes exceeds 4194304' % _n917)
     _end918 = o + _n917
     if _end918 > len(b): raise XdrError('remote_domain_event_io_error_reason_msg.reason: truncated string')
-    f4 = str(b[o:_end918], 'utf-8', 'surrogateescape'); o = _end918 + (-_n917 & 3)
+    f4 = str(b[o:_end918], 'utf-8'); o = _end918 + (-_n917 & 3)
     return _new(remote_domain_event_io_error_reason_msg, (f0, f1, f2, f3, f4)), o
 
 remote_domain_event_callback_io_error_reason_msg = _nt('remote_domain_event_callback_io_error_reason_msg', 'callbackID msg')
@@ -7195,12 +7195,12 @@ def unpack_remote_domain_event_graphics_address(b, o):
     if _n921 > 4194304: raise XdrError('remote_domain_event_graphics_address.node: string of %d bytes exceeds 4194304' % _n921)
     _end922 = o + _n921
     if _end922 > len(b): raise XdrError('remote_domain_event_graphics_address.node: truncated string')
-    f1 = str(b[o:_end922], 'utf-8', 'surrogateescape'); o = _end922 + (-_n921 & 3)
+    f1 = str(b[o:_end922], 'utf-8'); o = _end922 + (-_n921 & 3)
     _n923, = _U32.unpack_from(b, o); o += 4
     if _n923 > 4194304: raise XdrError('remote_domain_event_graphics_address.service: string of %d bytes exceeds 4194304' % _n923)
     _end924 = o + _n923
     if _end924 > len(b): raise XdrError('remote_domain_event_graphics_address.service: truncated string')
-    f2 = str(b[o:_end924], 'utf-8', 'surrogateescape'); o = _end924 + (-_n923 & 3)
+    f2 = str(b[o:_end924], 'utf-8'); o = _end924 + (-_n923 & 3)
     return _new(remote_domain_event_graphics_address, (f0, f1, f2)), o
 
 remote_domain_event_graphics_identity = _nt('remote_domain_event_graphics_identity', 'type name')
@@ -7216,12 +7216,12 @@ def unpack_remote_domain_event_graphics_identity(b, o):
     if _n927 > 4194304: raise XdrError('remote_domain_event_graphics_identity.type: string of %d bytes exceeds 4194304' % _n927)
     _end928 = o + _n927
     if _end928 > len(b): raise XdrError('remote_domain_event_graphics_identity.type: truncated string')
-    f0 = str(b[o:_end928], 'utf-8', 'surrogateescape'); o = _end928 + (-_n927 & 3)
+    f0 = str(b[o:_end928], 'utf-8'); o = _end928 + (-_n927 & 3)
     _n929, = _U32.unpack_from(b, o); o += 4
     if _n929 > 4194304: raise XdrError('remote_domain_event_graphics_identity.name: string of %d bytes exceeds 4194304' % _n929)
     _end930 = o + _n929
     if _end930 > len(b): raise XdrError('remote_domain_event_graphics_identity.name: truncated string')
-    f1 = str(b[o:_end930], 'utf-8', 'surrogateescape'); o = _end930 + (-_n929 & 3)
+    f1 = str(b[o:_end930], 'utf-8'); o = _end930 + (-_n929 & 3)
     return _new(remote_domain_event_graphics_identity, (f0, f1)), o
 
 remote_domain_event_graphics_msg = _nt('remote_domain_event_graphics_msg', 'dom phase local remote authScheme subject')
@@ -7247,7 +7247,7 @@ def unpack_remote_domain_event_graphics_msg(b, o):
     if _n934 > 4194304: raise XdrError('remote_domain_event_graphics_msg.authScheme: string of %d bytes exceeds 4194304' % _n934)
     _end935 = o + _n934
     if _end935 > len(b): raise XdrError('remote_domain_event_graphics_msg.authScheme: truncated string')
-    f4 = str(b[o:_end935], 'utf-8', 'surrogateescape'); o = _end935 + (-_n934 & 3)
+    f4 = str(b[o:_end935], 'utf-8'); o = _end935 + (-_n934 & 3)
     _n936, = _U32.unpack_from(b, o); o += 4
     if _n936 > 20: raise XdrError('remote_domain_event_graphics_msg.subject: %d items exceed 20' % _n936)
     if 4 * _n936 > len(b) - o: raise XdrError('remote_domain_event_graphics_msg.subject: truncated list')
@@ -7282,7 +7282,7 @@ def unpack_remote_domain_event_block_job_msg(b, o):
     if _n939 > 4194304: raise XdrError('remote_domain_event_block_job_msg.path: string of %d bytes exceeds 4194304' % _n939)
     _end940 = o + _n939
     if _end940 > len(b): raise XdrError('remote_domain_event_block_job_msg.path: truncated string')
-    f1 = str(b[o:_end940], 'utf-8', 'surrogateescape'); o = _end940 + (-_n939 & 3)
+    f1 = str(b[o:_end940], 'utf-8'); o = _end940 + (-_n939 & 3)
     f2, f3 = _S_ii.unpack_from(b, o); o += 8
     return _new(remote_domain_event_block_job_msg, (f0, f1, f2, f3)), o
 
@@ -7327,7 +7327,7 @@ def unpack_remote_domain_event_disk_change_msg(b, o):
         if _n947 > 4194304: raise XdrError('remote_domain_event_disk_change_msg.oldSrcPath: string of %d bytes exceeds 4194304' % _n947)
         _end948 = o + _n947
         if _end948 > len(b): raise XdrError('remote_domain_event_disk_change_msg.oldSrcPath: truncated string')
-        f1 = str(b[o:_end948], 'utf-8', 'surrogateescape'); o = _end948 + (-_n947 & 3)
+        f1 = str(b[o:_end948], 'utf-8'); o = _end948 + (-_n947 & 3)
     elif _f946 == 0:
         f1 = None
     else:
@@ -7338,7 +7338,7 @@ def unpack_remote_domain_event_disk_change_msg(b, o):
         if _n950 > 4194304: raise XdrError('remote_domain_event_disk_change_msg.newSrcPath: string of %d bytes exceeds 4194304' % _n950)
         _end951 = o + _n950
         if _end951 > len(b): raise XdrError('remote_domain_event_disk_change_msg.newSrcPath: truncated string')
-        f2 = str(b[o:_end951], 'utf-8', 'surrogateescape'); o = _end951 + (-_n950 & 3)
+        f2 = str(b[o:_end951], 'utf-8'); o = _end951 + (-_n950 & 3)
     elif _f949 == 0:
         f2 = None
     else:
@@ -7347,7 +7347,7 @@ def unpack_remote_domain_event_disk_change_msg(b, o):
     if _n952 > 4194304: raise XdrError('remote_domain_event_disk_change_msg.devAlias: string of %d bytes exceeds 4194304' % _n952)
     _end953 = o + _n952
     if _end953 > len(b): raise XdrError('remote_domain_event_disk_change_msg.devAlias: truncated string')
-    f3 = str(b[o:_end953], 'utf-8', 'surrogateescape'); o = _end953 + (-_n952 & 3)
+    f3 = str(b[o:_end953], 'utf-8'); o = _end953 + (-_n952 & 3)
     f4, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_event_disk_change_msg, (f0, f1, f2, f3, f4)), o
 
@@ -7376,7 +7376,7 @@ def unpack_remote_domain_event_tray_change_msg(b, o):
     if _n955 > 4194304: raise XdrError('remote_domain_event_tray_change_msg.devAlias: string of %d bytes exceeds 4194304' % _n955)
     _end956 = o + _n955
     if _end956 > len(b): raise XdrError('remote_domain_event_tray_change_msg.devAlias: truncated string')
-    f1 = str(b[o:_end956], 'utf-8', 'surrogateescape'); o = _end956 + (-_n955 & 3)
+    f1 = str(b[o:_end956], 'utf-8'); o = _end956 + (-_n955 & 3)
     f2, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_domain_event_tray_change_msg, (f0, f1, f2)), o
 
@@ -7537,7 +7537,7 @@ def unpack_remote_domain_managed_save_get_xml_desc_ret(b, o):
     if _n958 > 4194304: raise XdrError('remote_domain_managed_save_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n958)
     _end959 = o + _n958
     if _end959 > len(b): raise XdrError('remote_domain_managed_save_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end959], 'utf-8', 'surrogateescape'); o = _end959 + (-_n958 & 3)
+    f0 = str(b[o:_end959], 'utf-8'); o = _end959 + (-_n958 & 3)
     return _new(remote_domain_managed_save_get_xml_desc_ret, (f0,)), o
 
 remote_domain_managed_save_define_xml_args = _nt('remote_domain_managed_save_define_xml_args', 'dom dxml flags')
@@ -7561,7 +7561,7 @@ def unpack_remote_domain_managed_save_define_xml_args(b, o):
         if _n963 > 4194304: raise XdrError('remote_domain_managed_save_define_xml_args.dxml: string of %d bytes exceeds 4194304' % _n963)
         _end964 = o + _n963
         if _end964 > len(b): raise XdrError('remote_domain_managed_save_define_xml_args.dxml: truncated string')
-        f1 = str(b[o:_end964], 'utf-8', 'surrogateescape'); o = _end964 + (-_n963 & 3)
+        f1 = str(b[o:_end964], 'utf-8'); o = _end964 + (-_n963 & 3)
     elif _f962 == 0:
         f1 = None
     else:
@@ -7583,7 +7583,7 @@ def unpack_remote_domain_snapshot_create_xml_args(b, o):
     if _n966 > 4194304: raise XdrError('remote_domain_snapshot_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n966)
     _end967 = o + _n966
     if _end967 > len(b): raise XdrError('remote_domain_snapshot_create_xml_args.xml_desc: truncated string')
-    f1 = str(b[o:_end967], 'utf-8', 'surrogateescape'); o = _end967 + (-_n966 & 3)
+    f1 = str(b[o:_end967], 'utf-8'); o = _end967 + (-_n966 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_snapshot_create_xml_args, (f0, f1, f2)), o
 
@@ -7618,7 +7618,7 @@ def unpack_remote_domain_snapshot_get_xml_desc_ret(b, o):
     if _n969 > 4194304: raise XdrError('remote_domain_snapshot_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n969)
     _end970 = o + _n969
     if _end970 > len(b): raise XdrError('remote_domain_snapshot_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end970], 'utf-8', 'surrogateescape'); o = _end970 + (-_n969 & 3)
+    f0 = str(b[o:_end970], 'utf-8'); o = _end970 + (-_n969 & 3)
     return _new(remote_domain_snapshot_get_xml_desc_ret, (f0,)), o
 
 remote_domain_snapshot_num_args = _nt('remote_domain_snapshot_num_args', 'dom flags')
@@ -7671,7 +7671,7 @@ def unpack_remote_domain_snapshot_list_names_ret(b, o):
         if _n976 > 4194304: raise XdrError('remote_domain_snapshot_list_names_ret.names: string of %d bytes exceeds 4194304' % _n976)
         _end977 = o + _n976
         if _end977 > len(b): raise XdrError('remote_domain_snapshot_list_names_ret.names: truncated string')
-        _e975 = str(b[o:_end977], 'utf-8', 'surrogateescape'); o = _end977 + (-_n976 & 3)
+        _e975 = str(b[o:_end977], 'utf-8'); o = _end977 + (-_n976 & 3)
         f0.append(_e975)
     return _new(remote_domain_snapshot_list_names_ret, (f0,)), o
 
@@ -7756,7 +7756,7 @@ def unpack_remote_domain_snapshot_list_children_names_ret(b, o):
         if _n987 > 4194304: raise XdrError('remote_domain_snapshot_list_children_names_ret.names: string of %d bytes exceeds 4194304' % _n987)
         _end988 = o + _n987
         if _end988 > len(b): raise XdrError('remote_domain_snapshot_list_children_names_ret.names: truncated string')
-        _e986 = str(b[o:_end988], 'utf-8', 'surrogateescape'); o = _end988 + (-_n987 & 3)
+        _e986 = str(b[o:_end988], 'utf-8'); o = _end988 + (-_n987 & 3)
         f0.append(_e986)
     return _new(remote_domain_snapshot_list_children_names_ret, (f0,)), o
 
@@ -7805,7 +7805,7 @@ def unpack_remote_domain_snapshot_lookup_by_name_args(b, o):
     if _n994 > 4194304: raise XdrError('remote_domain_snapshot_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n994)
     _end995 = o + _n994
     if _end995 > len(b): raise XdrError('remote_domain_snapshot_lookup_by_name_args.name: truncated string')
-    f1 = str(b[o:_end995], 'utf-8', 'surrogateescape'); o = _end995 + (-_n994 & 3)
+    f1 = str(b[o:_end995], 'utf-8'); o = _end995 + (-_n994 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_snapshot_lookup_by_name_args, (f0, f1, f2)), o
 
@@ -7961,7 +7961,7 @@ def unpack_remote_domain_open_console_args(b, o):
         if _n999 > 4194304: raise XdrError('remote_domain_open_console_args.dev_name: string of %d bytes exceeds 4194304' % _n999)
         _end1000 = o + _n999
         if _end1000 > len(b): raise XdrError('remote_domain_open_console_args.dev_name: truncated string')
-        f1 = str(b[o:_end1000], 'utf-8', 'surrogateescape'); o = _end1000 + (-_n999 & 3)
+        f1 = str(b[o:_end1000], 'utf-8'); o = _end1000 + (-_n999 & 3)
     elif _f998 == 0:
         f1 = None
     else:
@@ -7990,7 +7990,7 @@ def unpack_remote_domain_open_channel_args(b, o):
         if _n1004 > 4194304: raise XdrError('remote_domain_open_channel_args.name: string of %d bytes exceeds 4194304' % _n1004)
         _end1005 = o + _n1004
         if _end1005 > len(b): raise XdrError('remote_domain_open_channel_args.name: truncated string')
-        f1 = str(b[o:_end1005], 'utf-8', 'surrogateescape'); o = _end1005 + (-_n1004 & 3)
+        f1 = str(b[o:_end1005], 'utf-8'); o = _end1005 + (-_n1004 & 3)
     elif _f1003 == 0:
         f1 = None
     else:
@@ -8069,7 +8069,7 @@ def unpack_remote_domain_migrate_begin3_args(b, o):
         if _n1011 > 4194304: raise XdrError('remote_domain_migrate_begin3_args.xmlin: string of %d bytes exceeds 4194304' % _n1011)
         _end1012 = o + _n1011
         if _end1012 > len(b): raise XdrError('remote_domain_migrate_begin3_args.xmlin: truncated string')
-        f1 = str(b[o:_end1012], 'utf-8', 'surrogateescape'); o = _end1012 + (-_n1011 & 3)
+        f1 = str(b[o:_end1012], 'utf-8'); o = _end1012 + (-_n1011 & 3)
     elif _f1010 == 0:
         f1 = None
     else:
@@ -8081,7 +8081,7 @@ def unpack_remote_domain_migrate_begin3_args(b, o):
         if _n1014 > 4194304: raise XdrError('remote_domain_migrate_begin3_args.dname: string of %d bytes exceeds 4194304' % _n1014)
         _end1015 = o + _n1014
         if _end1015 > len(b): raise XdrError('remote_domain_migrate_begin3_args.dname: truncated string')
-        f3 = str(b[o:_end1015], 'utf-8', 'surrogateescape'); o = _end1015 + (-_n1014 & 3)
+        f3 = str(b[o:_end1015], 'utf-8'); o = _end1015 + (-_n1014 & 3)
     elif _f1013 == 0:
         f3 = None
     else:
@@ -8106,7 +8106,7 @@ def unpack_remote_domain_migrate_begin3_ret(b, o):
     if _n1019 > 4194304: raise XdrError('remote_domain_migrate_begin3_ret.xml: string of %d bytes exceeds 4194304' % _n1019)
     _end1020 = o + _n1019
     if _end1020 > len(b): raise XdrError('remote_domain_migrate_begin3_ret.xml: truncated string')
-    f1 = str(b[o:_end1020], 'utf-8', 'surrogateescape'); o = _end1020 + (-_n1019 & 3)
+    f1 = str(b[o:_end1020], 'utf-8'); o = _end1020 + (-_n1019 & 3)
     return _new(remote_domain_migrate_begin3_ret, (f0, f1)), o
 
 remote_domain_migrate_prepare3_args = _nt('remote_domain_migrate_prepare3_args', 'cookie_in uri_in flags dname resource dom_xml')
@@ -8144,7 +8144,7 @@ def unpack_remote_domain_migrate_prepare3_args(b, o):
         if _n1029 > 4194304: raise XdrError('remote_domain_migrate_prepare3_args.uri_in: string of %d bytes exceeds 4194304' % _n1029)
         _end1030 = o + _n1029
         if _end1030 > len(b): raise XdrError('remote_domain_migrate_prepare3_args.uri_in: truncated string')
-        f1 = str(b[o:_end1030], 'utf-8', 'surrogateescape'); o = _end1030 + (-_n1029 & 3)
+        f1 = str(b[o:_end1030], 'utf-8'); o = _end1030 + (-_n1029 & 3)
     elif _f1028 == 0:
         f1 = None
     else:
@@ -8156,7 +8156,7 @@ def unpack_remote_domain_migrate_prepare3_args(b, o):
         if _n1032 > 4194304: raise XdrError('remote_domain_migrate_prepare3_args.dname: string of %d bytes exceeds 4194304' % _n1032)
         _end1033 = o + _n1032
         if _end1033 > len(b): raise XdrError('remote_domain_migrate_prepare3_args.dname: truncated string')
-        f3 = str(b[o:_end1033], 'utf-8', 'surrogateescape'); o = _end1033 + (-_n1032 & 3)
+        f3 = str(b[o:_end1033], 'utf-8'); o = _end1033 + (-_n1032 & 3)
     elif _f1031 == 0:
         f3 = None
     else:
@@ -8166,7 +8166,7 @@ def unpack_remote_domain_migrate_prepare3_args(b, o):
     if _n1034 > 4194304: raise XdrError('remote_domain_migrate_prepare3_args.dom_xml: string of %d bytes exceeds 4194304' % _n1034)
     _end1035 = o + _n1034
     if _end1035 > len(b): raise XdrError('remote_domain_migrate_prepare3_args.dom_xml: truncated string')
-    f5 = str(b[o:_end1035], 'utf-8', 'surrogateescape'); o = _end1035 + (-_n1034 & 3)
+    f5 = str(b[o:_end1035], 'utf-8'); o = _end1035 + (-_n1034 & 3)
     return _new(remote_domain_migrate_prepare3_args, (f0, f1, f2, f3, f4, f5)), o
 
 remote_domain_migrate_prepare3_ret = _nt('remote_domain_migrate_prepare3_ret', 'cookie_out uri_out')
@@ -8193,7 +8193,7 @@ def unpack_remote_domain_migrate_prepare3_ret(b, o):
         if _n1041 > 4194304: raise XdrError('remote_domain_migrate_prepare3_ret.uri_out: string of %d bytes exceeds 4194304' % _n1041)
         _end1042 = o + _n1041
         if _end1042 > len(b): raise XdrError('remote_domain_migrate_prepare3_ret.uri_out: truncated string')
-        f1 = str(b[o:_end1042], 'utf-8', 'surrogateescape'); o = _end1042 + (-_n1041 & 3)
+        f1 = str(b[o:_end1042], 'utf-8'); o = _end1042 + (-_n1041 & 3)
     elif _f1040 == 0:
         f1 = None
     else:
@@ -8229,7 +8229,7 @@ def unpack_remote_domain_migrate_prepare_tunnel3_args(b, o):
         if _n1049 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dname: string of %d bytes exceeds 4194304' % _n1049)
         _end1050 = o + _n1049
         if _end1050 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dname: truncated string')
-        f2 = str(b[o:_end1050], 'utf-8', 'surrogateescape'); o = _end1050 + (-_n1049 & 3)
+        f2 = str(b[o:_end1050], 'utf-8'); o = _end1050 + (-_n1049 & 3)
     elif _f1048 == 0:
         f2 = None
     else:
@@ -8239,7 +8239,7 @@ def unpack_remote_domain_migrate_prepare_tunnel3_args(b, o):
     if _n1051 > 4194304: raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dom_xml: string of %d bytes exceeds 4194304' % _n1051)
     _end1052 = o + _n1051
     if _end1052 > len(b): raise XdrError('remote_domain_migrate_prepare_tunnel3_args.dom_xml: truncated string')
-    f4 = str(b[o:_end1052], 'utf-8', 'surrogateescape'); o = _end1052 + (-_n1051 & 3)
+    f4 = str(b[o:_end1052], 'utf-8'); o = _end1052 + (-_n1051 & 3)
     return _new(remote_domain_migrate_prepare_tunnel3_args, (f0, f1, f2, f3, f4)), o
 
 remote_domain_migrate_prepare_tunnel3_ret = _nt('remote_domain_migrate_prepare_tunnel3_ret', 'cookie_out')
@@ -8300,7 +8300,7 @@ def unpack_remote_domain_migrate_perform3_args(b, o):
         if _n1065 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.xmlin: string of %d bytes exceeds 4194304' % _n1065)
         _end1066 = o + _n1065
         if _end1066 > len(b): raise XdrError('remote_domain_migrate_perform3_args.xmlin: truncated string')
-        f1 = str(b[o:_end1066], 'utf-8', 'surrogateescape'); o = _end1066 + (-_n1065 & 3)
+        f1 = str(b[o:_end1066], 'utf-8'); o = _end1066 + (-_n1065 & 3)
     elif _f1064 == 0:
         f1 = None
     else:
@@ -8315,7 +8315,7 @@ def unpack_remote_domain_migrate_perform3_args(b, o):
         if _n1069 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.dconnuri: string of %d bytes exceeds 4194304' % _n1069)
         _end1070 = o + _n1069
         if _end1070 > len(b): raise XdrError('remote_domain_migrate_perform3_args.dconnuri: truncated string')
-        f3 = str(b[o:_end1070], 'utf-8', 'surrogateescape'); o = _end1070 + (-_n1069 & 3)
+        f3 = str(b[o:_end1070], 'utf-8'); o = _end1070 + (-_n1069 & 3)
     elif _f1068 == 0:
         f3 = None
     else:
@@ -8326,7 +8326,7 @@ def unpack_remote_domain_migrate_perform3_args(b, o):
         if _n1072 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.uri: string of %d bytes exceeds 4194304' % _n1072)
         _end1073 = o + _n1072
         if _end1073 > len(b): raise XdrError('remote_domain_migrate_perform3_args.uri: truncated string')
-        f4 = str(b[o:_end1073], 'utf-8', 'surrogateescape'); o = _end1073 + (-_n1072 & 3)
+        f4 = str(b[o:_end1073], 'utf-8'); o = _end1073 + (-_n1072 & 3)
     elif _f1071 == 0:
         f4 = None
     else:
@@ -8338,7 +8338,7 @@ def unpack_remote_domain_migrate_perform3_args(b, o):
         if _n1075 > 4194304: raise XdrError('remote_domain_migrate_perform3_args.dname: string of %d bytes exceeds 4194304' % _n1075)
         _end1076 = o + _n1075
         if _end1076 > len(b): raise XdrError('remote_domain_migrate_perform3_args.dname: truncated string')
-        f6 = str(b[o:_end1076], 'utf-8', 'surrogateescape'); o = _end1076 + (-_n1075 & 3)
+        f6 = str(b[o:_end1076], 'utf-8'); o = _end1076 + (-_n1075 & 3)
     elif _f1074 == 0:
         f6 = None
     else:
@@ -8387,7 +8387,7 @@ def unpack_remote_domain_migrate_finish3_args(b, o):
     if _n1085 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.dname: string of %d bytes exceeds 4194304' % _n1085)
     _end1086 = o + _n1085
     if _end1086 > len(b): raise XdrError('remote_domain_migrate_finish3_args.dname: truncated string')
-    f0 = str(b[o:_end1086], 'utf-8', 'surrogateescape'); o = _end1086 + (-_n1085 & 3)
+    f0 = str(b[o:_end1086], 'utf-8'); o = _end1086 + (-_n1085 & 3)
     _n1087, = _U32.unpack_from(b, o); o += 4
     if _n1087 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.cookie_in: %d bytes exceed 4194304' % _n1087)
     if o + _n1087 > len(b): raise XdrError('remote_domain_migrate_finish3_args.cookie_in: truncated')
@@ -8398,7 +8398,7 @@ def unpack_remote_domain_migrate_finish3_args(b, o):
         if _n1089 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.dconnuri: string of %d bytes exceeds 4194304' % _n1089)
         _end1090 = o + _n1089
         if _end1090 > len(b): raise XdrError('remote_domain_migrate_finish3_args.dconnuri: truncated string')
-        f2 = str(b[o:_end1090], 'utf-8', 'surrogateescape'); o = _end1090 + (-_n1089 & 3)
+        f2 = str(b[o:_end1090], 'utf-8'); o = _end1090 + (-_n1089 & 3)
     elif _f1088 == 0:
         f2 = None
     else:
@@ -8409,7 +8409,7 @@ def unpack_remote_domain_migrate_finish3_args(b, o):
         if _n1092 > 4194304: raise XdrError('remote_domain_migrate_finish3_args.uri: string of %d bytes exceeds 4194304' % _n1092)
         _end1093 = o + _n1092
         if _end1093 > len(b): raise XdrError('remote_domain_migrate_finish3_args.uri: truncated string')
-        f3 = str(b[o:_end1093], 'utf-8', 'surrogateescape'); o = _end1093 + (-_n1092 & 3)
+        f3 = str(b[o:_end1093], 'utf-8'); o = _end1093 + (-_n1092 & 3)
     elif _f1091 == 0:
         f3 = None
     else:
@@ -8890,7 +8890,7 @@ def unpack_remote_domain_fstrim_args(b, o):
         if _n1147 > 4194304: raise XdrError('remote_domain_fstrim_args.mountPoint: string of %d bytes exceeds 4194304' % _n1147)
         _end1148 = o + _n1147
         if _end1148 > len(b): raise XdrError('remote_domain_fstrim_args.mountPoint: truncated string')
-        f1 = str(b[o:_end1148], 'utf-8', 'surrogateescape'); o = _end1148 + (-_n1147 & 3)
+        f1 = str(b[o:_end1148], 'utf-8'); o = _end1148 + (-_n1147 & 3)
     elif _f1146 == 0:
         f1 = None
     else:
@@ -8968,7 +8968,7 @@ def unpack_remote_domain_migrate_begin3_params_ret(b, o):
     if _n1156 > 4194304: raise XdrError('remote_domain_migrate_begin3_params_ret.xml: string of %d bytes exceeds 4194304' % _n1156)
     _end1157 = o + _n1156
     if _end1157 > len(b): raise XdrError('remote_domain_migrate_begin3_params_ret.xml: truncated string')
-    f1 = str(b[o:_end1157], 'utf-8', 'surrogateescape'); o = _end1157 + (-_n1156 & 3)
+    f1 = str(b[o:_end1157], 'utf-8'); o = _end1157 + (-_n1156 & 3)
     return _new(remote_domain_migrate_begin3_params_ret, (f0, f1)), o
 
 remote_domain_migrate_prepare3_params_args = _nt('remote_domain_migrate_prepare3_params_args', 'params cookie_in flags')
@@ -9021,7 +9021,7 @@ def unpack_remote_domain_migrate_prepare3_params_ret(b, o):
         if _n1169 > 4194304: raise XdrError('remote_domain_migrate_prepare3_params_ret.uri_out: string of %d bytes exceeds 4194304' % _n1169)
         _end1170 = o + _n1169
         if _end1170 > len(b): raise XdrError('remote_domain_migrate_prepare3_params_ret.uri_out: truncated string')
-        f1 = str(b[o:_end1170], 'utf-8', 'surrogateescape'); o = _end1170 + (-_n1169 & 3)
+        f1 = str(b[o:_end1170], 'utf-8'); o = _end1170 + (-_n1169 & 3)
     elif _f1168 == 0:
         f1 = None
     else:
@@ -9094,7 +9094,7 @@ def unpack_remote_domain_migrate_perform3_params_args(b, o):
         if _n1185 > 4194304: raise XdrError('remote_domain_migrate_perform3_params_args.dconnuri: string of %d bytes exceeds 4194304' % _n1185)
         _end1186 = o + _n1185
         if _end1186 > len(b): raise XdrError('remote_domain_migrate_perform3_params_args.dconnuri: truncated string')
-        f1 = str(b[o:_end1186], 'utf-8', 'surrogateescape'); o = _end1186 + (-_n1185 & 3)
+        f1 = str(b[o:_end1186], 'utf-8'); o = _end1186 + (-_n1185 & 3)
     elif _f1184 == 0:
         f1 = None
     else:
@@ -9208,7 +9208,7 @@ def unpack_remote_domain_event_device_removed_msg(b, o):
     if _n1207 > 4194304: raise XdrError('remote_domain_event_device_removed_msg.devAlias: string of %d bytes exceeds 4194304' % _n1207)
     _end1208 = o + _n1207
     if _end1208 > len(b): raise XdrError('remote_domain_event_device_removed_msg.devAlias: truncated string')
-    f1 = str(b[o:_end1208], 'utf-8', 'surrogateescape'); o = _end1208 + (-_n1207 & 3)
+    f1 = str(b[o:_end1208], 'utf-8'); o = _end1208 + (-_n1207 & 3)
     return _new(remote_domain_event_device_removed_msg, (f0, f1)), o
 
 remote_domain_event_callback_device_removed_msg = _nt('remote_domain_event_callback_device_removed_msg', 'callbackID msg')
@@ -9238,7 +9238,7 @@ def unpack_remote_domain_event_block_job_2_msg(b, o):
     if _n1210 > 4194304: raise XdrError('remote_domain_event_block_job_2_msg.dst: string of %d bytes exceeds 4194304' % _n1210)
     _end1211 = o + _n1210
     if _end1211 > len(b): raise XdrError('remote_domain_event_block_job_2_msg.dst: truncated string')
-    f2 = str(b[o:_end1211], 'utf-8', 'surrogateescape'); o = _end1211 + (-_n1210 & 3)
+    f2 = str(b[o:_end1211], 'utf-8'); o = _end1211 + (-_n1210 & 3)
     f3, f4 = _S_ii.unpack_from(b, o); o += 8
     return _new(remote_domain_event_block_job_2_msg, (f0, f1, f2, f3, f4)), o
 
@@ -9265,14 +9265,14 @@ def unpack_remote_domain_event_block_threshold_msg(b, o):
     if _n1215 > 4194304: raise XdrError('remote_domain_event_block_threshold_msg.dev: string of %d bytes exceeds 4194304' % _n1215)
     _end1216 = o + _n1215
     if _end1216 > len(b): raise XdrError('remote_domain_event_block_threshold_msg.dev: truncated string')
-    f2 = str(b[o:_end1216], 'utf-8', 'surrogateescape'); o = _end1216 + (-_n1215 & 3)
+    f2 = str(b[o:_end1216], 'utf-8'); o = _end1216 + (-_n1215 & 3)
     _f1217, = _U32.unpack_from(b, o); o += 4
     if _f1217 == 1:
         _n1218, = _U32.unpack_from(b, o); o += 4
         if _n1218 > 4194304: raise XdrError('remote_domain_event_block_threshold_msg.path: string of %d bytes exceeds 4194304' % _n1218)
         _end1219 = o + _n1218
         if _end1219 > len(b): raise XdrError('remote_domain_event_block_threshold_msg.path: truncated string')
-        f3 = str(b[o:_end1219], 'utf-8', 'surrogateescape'); o = _end1219 + (-_n1218 & 3)
+        f3 = str(b[o:_end1219], 'utf-8'); o = _end1219 + (-_n1218 & 3)
     elif _f1217 == 0:
         f3 = None
     else:
@@ -9317,7 +9317,7 @@ def unpack_remote_domain_event_callback_device_added_msg(b, o):
     if _n1225 > 4194304: raise XdrError('remote_domain_event_callback_device_added_msg.devAlias: string of %d bytes exceeds 4194304' % _n1225)
     _end1226 = o + _n1225
     if _end1226 > len(b): raise XdrError('remote_domain_event_callback_device_added_msg.devAlias: truncated string')
-    f2 = str(b[o:_end1226], 'utf-8', 'surrogateescape'); o = _end1226 + (-_n1225 & 3)
+    f2 = str(b[o:_end1226], 'utf-8'); o = _end1226 + (-_n1225 & 3)
     return _new(remote_domain_event_callback_device_added_msg, (f0, f1, f2)), o
 
 remote_connect_event_connection_closed_msg = _nt('remote_connect_event_connection_closed_msg', 'reason')
@@ -9341,7 +9341,7 @@ def unpack_remote_connect_get_cpu_model_names_args(b, o):
     if _n1228 > 4194304: raise XdrError('remote_connect_get_cpu_model_names_args.arch: string of %d bytes exceeds 4194304' % _n1228)
     _end1229 = o + _n1228
     if _end1229 > len(b): raise XdrError('remote_connect_get_cpu_model_names_args.arch: truncated string')
-    f0 = str(b[o:_end1229], 'utf-8', 'surrogateescape'); o = _end1229 + (-_n1228 & 3)
+    f0 = str(b[o:_end1229], 'utf-8'); o = _end1229 + (-_n1228 & 3)
     f1, f2 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_connect_get_cpu_model_names_args, (f0, f1, f2)), o
 
@@ -9365,7 +9365,7 @@ def unpack_remote_connect_get_cpu_model_names_ret(b, o):
         if _n1235 > 4194304: raise XdrError('remote_connect_get_cpu_model_names_ret.models: string of %d bytes exceeds 4194304' % _n1235)
         _end1236 = o + _n1235
         if _end1236 > len(b): raise XdrError('remote_connect_get_cpu_model_names_ret.models: truncated string')
-        _e1234 = str(b[o:_end1236], 'utf-8', 'surrogateescape'); o = _end1236 + (-_n1235 & 3)
+        _e1234 = str(b[o:_end1236], 'utf-8'); o = _end1236 + (-_n1235 & 3)
         f0.append(_e1234)
     f1, = _S_i.unpack_from(b, o); o += 4
     return _new(remote_connect_get_cpu_model_names_ret, (f0, f1)), o
@@ -9573,7 +9573,7 @@ def unpack_remote_domain_fsfreeze_args(b, o):
         if _n1248 > 4194304: raise XdrError('remote_domain_fsfreeze_args.mountpoints: string of %d bytes exceeds 4194304' % _n1248)
         _end1249 = o + _n1248
         if _end1249 > len(b): raise XdrError('remote_domain_fsfreeze_args.mountpoints: truncated string')
-        _e1247 = str(b[o:_end1249], 'utf-8', 'surrogateescape'); o = _end1249 + (-_n1248 & 3)
+        _e1247 = str(b[o:_end1249], 'utf-8'); o = _end1249 + (-_n1248 & 3)
         f1.append(_e1247)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_fsfreeze_args, (f0, f1, f2)), o
@@ -9609,7 +9609,7 @@ def unpack_remote_domain_fsthaw_args(b, o):
         if _n1255 > 4194304: raise XdrError('remote_domain_fsthaw_args.mountpoints: string of %d bytes exceeds 4194304' % _n1255)
         _end1256 = o + _n1255
         if _end1256 > len(b): raise XdrError('remote_domain_fsthaw_args.mountpoints: truncated string')
-        _e1254 = str(b[o:_end1256], 'utf-8', 'surrogateescape'); o = _end1256 + (-_n1255 & 3)
+        _e1254 = str(b[o:_end1256], 'utf-8'); o = _end1256 + (-_n1255 & 3)
         f1.append(_e1254)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_fsthaw_args, (f0, f1, f2)), o
@@ -9728,7 +9728,7 @@ def unpack_remote_network_dhcp_lease(b, o):
     if _n1275 > 4194304: raise XdrError('remote_network_dhcp_lease.iface: string of %d bytes exceeds 4194304' % _n1275)
     _end1276 = o + _n1275
     if _end1276 > len(b): raise XdrError('remote_network_dhcp_lease.iface: truncated string')
-    f0 = str(b[o:_end1276], 'utf-8', 'surrogateescape'); o = _end1276 + (-_n1275 & 3)
+    f0 = str(b[o:_end1276], 'utf-8'); o = _end1276 + (-_n1275 & 3)
     f1, f2 = _S_qi.unpack_from(b, o); o += 12
     _f1277, = _U32.unpack_from(b, o); o += 4
     if _f1277 == 1:
@@ -9736,7 +9736,7 @@ def unpack_remote_network_dhcp_lease(b, o):
         if _n1278 > 4194304: raise XdrError('remote_network_dhcp_lease.mac: string of %d bytes exceeds 4194304' % _n1278)
         _end1279 = o + _n1278
         if _end1279 > len(b): raise XdrError('remote_network_dhcp_lease.mac: truncated string')
-        f3 = str(b[o:_end1279], 'utf-8', 'surrogateescape'); o = _end1279 + (-_n1278 & 3)
+        f3 = str(b[o:_end1279], 'utf-8'); o = _end1279 + (-_n1278 & 3)
     elif _f1277 == 0:
         f3 = None
     else:
@@ -9747,7 +9747,7 @@ def unpack_remote_network_dhcp_lease(b, o):
         if _n1281 > 4194304: raise XdrError('remote_network_dhcp_lease.iaid: string of %d bytes exceeds 4194304' % _n1281)
         _end1282 = o + _n1281
         if _end1282 > len(b): raise XdrError('remote_network_dhcp_lease.iaid: truncated string')
-        f4 = str(b[o:_end1282], 'utf-8', 'surrogateescape'); o = _end1282 + (-_n1281 & 3)
+        f4 = str(b[o:_end1282], 'utf-8'); o = _end1282 + (-_n1281 & 3)
     elif _f1280 == 0:
         f4 = None
     else:
@@ -9756,7 +9756,7 @@ def unpack_remote_network_dhcp_lease(b, o):
     if _n1283 > 4194304: raise XdrError('remote_network_dhcp_lease.ipaddr: string of %d bytes exceeds 4194304' % _n1283)
     _end1284 = o + _n1283
     if _end1284 > len(b): raise XdrError('remote_network_dhcp_lease.ipaddr: truncated string')
-    f5 = str(b[o:_end1284], 'utf-8', 'surrogateescape'); o = _end1284 + (-_n1283 & 3)
+    f5 = str(b[o:_end1284], 'utf-8'); o = _end1284 + (-_n1283 & 3)
     f6, = _S_I.unpack_from(b, o); o += 4
     _f1285, = _U32.unpack_from(b, o); o += 4
     if _f1285 == 1:
@@ -9764,7 +9764,7 @@ def unpack_remote_network_dhcp_lease(b, o):
         if _n1286 > 4194304: raise XdrError('remote_network_dhcp_lease.hostname: string of %d bytes exceeds 4194304' % _n1286)
         _end1287 = o + _n1286
         if _end1287 > len(b): raise XdrError('remote_network_dhcp_lease.hostname: truncated string')
-        f7 = str(b[o:_end1287], 'utf-8', 'surrogateescape'); o = _end1287 + (-_n1286 & 3)
+        f7 = str(b[o:_end1287], 'utf-8'); o = _end1287 + (-_n1286 & 3)
     elif _f1285 == 0:
         f7 = None
     else:
@@ -9775,7 +9775,7 @@ def unpack_remote_network_dhcp_lease(b, o):
         if _n1289 > 4194304: raise XdrError('remote_network_dhcp_lease.clientid: string of %d bytes exceeds 4194304' % _n1289)
         _end1290 = o + _n1289
         if _end1290 > len(b): raise XdrError('remote_network_dhcp_lease.clientid: truncated string')
-        f8 = str(b[o:_end1290], 'utf-8', 'surrogateescape'); o = _end1290 + (-_n1289 & 3)
+        f8 = str(b[o:_end1290], 'utf-8'); o = _end1290 + (-_n1289 & 3)
     elif _f1288 == 0:
         f8 = None
     else:
@@ -9803,7 +9803,7 @@ def unpack_remote_network_get_dhcp_leases_args(b, o):
         if _n1294 > 4194304: raise XdrError('remote_network_get_dhcp_leases_args.mac: string of %d bytes exceeds 4194304' % _n1294)
         _end1295 = o + _n1294
         if _end1295 > len(b): raise XdrError('remote_network_get_dhcp_leases_args.mac: truncated string')
-        f1 = str(b[o:_end1295], 'utf-8', 'surrogateescape'); o = _end1295 + (-_n1294 & 3)
+        f1 = str(b[o:_end1295], 'utf-8'); o = _end1295 + (-_n1294 & 3)
     elif _f1293 == 0:
         f1 = None
     else:
@@ -9922,17 +9922,17 @@ def unpack_remote_domain_fsinfo(b, o):
     if _n1318 > 4194304: raise XdrError('remote_domain_fsinfo.mountpoint: string of %d bytes exceeds 4194304' % _n1318)
     _end1319 = o + _n1318
     if _end1319 > len(b): raise XdrError('remote_domain_fsinfo.mountpoint: truncated string')
-    f0 = str(b[o:_end1319], 'utf-8', 'surrogateescape'); o = _end1319 + (-_n1318 & 3)
+    f0 = str(b[o:_end1319], 'utf-8'); o = _end1319 + (-_n1318 & 3)
     _n1320, = _U32.unpack_from(b, o); o += 4
     if _n1320 > 4194304: raise XdrError('remote_domain_fsinfo.name: string of %d bytes exceeds 4194304' % _n1320)
     _end1321 = o + _n1320
     if _end1321 > len(b): raise XdrError('remote_domain_fsinfo.name: truncated string')
-    f1 = str(b[o:_end1321], 'utf-8', 'surrogateescape'); o = _end1321 + (-_n1320 & 3)
+    f1 = str(b[o:_end1321], 'utf-8'); o = _end1321 + (-_n1320 & 3)
     _n1322, = _U32.unpack_from(b, o); o += 4
     if _n1322 > 4194304: raise XdrError('remote_domain_fsinfo.fstype: string of %d bytes exceeds 4194304' % _n1322)
     _end1323 = o + _n1322
     if _end1323 > len(b): raise XdrError('remote_domain_fsinfo.fstype: truncated string')
-    f2 = str(b[o:_end1323], 'utf-8', 'surrogateescape'); o = _end1323 + (-_n1322 & 3)
+    f2 = str(b[o:_end1323], 'utf-8'); o = _end1323 + (-_n1322 & 3)
     _n1324, = _U32.unpack_from(b, o); o += 4
     if _n1324 > 256: raise XdrError('remote_domain_fsinfo.dev_aliases: %d items exceed 256' % _n1324)
     if 4 * _n1324 > len(b) - o: raise XdrError('remote_domain_fsinfo.dev_aliases: truncated list')
@@ -9942,7 +9942,7 @@ def unpack_remote_domain_fsinfo(b, o):
         if _n1326 > 4194304: raise XdrError('remote_domain_fsinfo.dev_aliases: string of %d bytes exceeds 4194304' % _n1326)
         _end1327 = o + _n1326
         if _end1327 > len(b): raise XdrError('remote_domain_fsinfo.dev_aliases: truncated string')
-        _e1325 = str(b[o:_end1327], 'utf-8', 'surrogateescape'); o = _end1327 + (-_n1326 & 3)
+        _e1325 = str(b[o:_end1327], 'utf-8'); o = _end1327 + (-_n1326 & 3)
         f3.append(_e1325)
     return _new(remote_domain_fsinfo, (f0, f1, f2, f3)), o
 
@@ -9991,7 +9991,7 @@ def unpack_remote_domain_ip_addr(b, o):
     if _n1333 > 4194304: raise XdrError('remote_domain_ip_addr.addr: string of %d bytes exceeds 4194304' % _n1333)
     _end1334 = o + _n1333
     if _end1334 > len(b): raise XdrError('remote_domain_ip_addr.addr: truncated string')
-    f1 = str(b[o:_end1334], 'utf-8', 'surrogateescape'); o = _end1334 + (-_n1333 & 3)
+    f1 = str(b[o:_end1334], 'utf-8'); o = _end1334 + (-_n1333 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_ip_addr, (f0, f1, f2)), o
 
@@ -10017,14 +10017,14 @@ def unpack_remote_domain_interface(b, o):
     if _n1340 > 4194304: raise XdrError('remote_domain_interface.name: string of %d bytes exceeds 4194304' % _n1340)
     _end1341 = o + _n1340
     if _end1341 > len(b): raise XdrError('remote_domain_interface.name: truncated string')
-    f0 = str(b[o:_end1341], 'utf-8', 'surrogateescape'); o = _end1341 + (-_n1340 & 3)
+    f0 = str(b[o:_end1341], 'utf-8'); o = _end1341 + (-_n1340 & 3)
     _f1342, = _U32.unpack_from(b, o); o += 4
     if _f1342 == 1:
         _n1343, = _U32.unpack_from(b, o); o += 4
         if _n1343 > 4194304: raise XdrError('remote_domain_interface.hwaddr: string of %d bytes exceeds 4194304' % _n1343)
         _end1344 = o + _n1343
         if _end1344 > len(b): raise XdrError('remote_domain_interface.hwaddr: truncated string')
-        f1 = str(b[o:_end1344], 'utf-8', 'surrogateescape'); o = _end1344 + (-_n1343 & 3)
+        f1 = str(b[o:_end1344], 'utf-8'); o = _end1344 + (-_n1343 & 3)
     elif _f1342 == 0:
         f1 = None
     else:
@@ -10095,7 +10095,7 @@ def unpack_remote_domain_set_user_password_args(b, o):
         if _n1356 > 4194304: raise XdrError('remote_domain_set_user_password_args.user: string of %d bytes exceeds 4194304' % _n1356)
         _end1357 = o + _n1356
         if _end1357 > len(b): raise XdrError('remote_domain_set_user_password_args.user: truncated string')
-        f1 = str(b[o:_end1357], 'utf-8', 'surrogateescape'); o = _end1357 + (-_n1356 & 3)
+        f1 = str(b[o:_end1357], 'utf-8'); o = _end1357 + (-_n1356 & 3)
     elif _f1355 == 0:
         f1 = None
     else:
@@ -10106,7 +10106,7 @@ def unpack_remote_domain_set_user_password_args(b, o):
         if _n1359 > 4194304: raise XdrError('remote_domain_set_user_password_args.password: string of %d bytes exceeds 4194304' % _n1359)
         _end1360 = o + _n1359
         if _end1360 > len(b): raise XdrError('remote_domain_set_user_password_args.password: truncated string')
-        f2 = str(b[o:_end1360], 'utf-8', 'surrogateescape'); o = _end1360 + (-_n1359 & 3)
+        f2 = str(b[o:_end1360], 'utf-8'); o = _end1360 + (-_n1359 & 3)
     elif _f1358 == 0:
         f2 = None
     else:
@@ -10135,7 +10135,7 @@ def unpack_remote_domain_rename_args(b, o):
         if _n1364 > 4194304: raise XdrError('remote_domain_rename_args.new_name: string of %d bytes exceeds 4194304' % _n1364)
         _end1365 = o + _n1364
         if _end1365 > len(b): raise XdrError('remote_domain_rename_args.new_name: truncated string')
-        f1 = str(b[o:_end1365], 'utf-8', 'surrogateescape'); o = _end1365 + (-_n1364 & 3)
+        f1 = str(b[o:_end1365], 'utf-8'); o = _end1365 + (-_n1364 & 3)
     elif _f1363 == 0:
         f1 = None
     else:
@@ -10213,7 +10213,7 @@ def unpack_remote_domain_event_callback_device_removal_failed_msg(b, o):
     if _n1371 > 4194304: raise XdrError('remote_domain_event_callback_device_removal_failed_msg.devAlias: string of %d bytes exceeds 4194304' % _n1371)
     _end1372 = o + _n1371
     if _end1372 > len(b): raise XdrError('remote_domain_event_callback_device_removal_failed_msg.devAlias: truncated string')
-    f2 = str(b[o:_end1372], 'utf-8', 'surrogateescape'); o = _end1372 + (-_n1371 & 3)
+    f2 = str(b[o:_end1372], 'utf-8'); o = _end1372 + (-_n1371 & 3)
     return _new(remote_domain_event_callback_device_removal_failed_msg, (f0, f1, f2)), o
 
 remote_domain_get_guest_vcpus_args = _nt('remote_domain_get_guest_vcpus_args', 'dom flags')
@@ -10259,7 +10259,7 @@ def unpack_remote_domain_set_guest_vcpus_args(b, o):
     if _n1378 > 4194304: raise XdrError('remote_domain_set_guest_vcpus_args.cpumap: string of %d bytes exceeds 4194304' % _n1378)
     _end1379 = o + _n1378
     if _end1379 > len(b): raise XdrError('remote_domain_set_guest_vcpus_args.cpumap: truncated string')
-    f1 = str(b[o:_end1379], 'utf-8', 'surrogateescape'); o = _end1379 + (-_n1378 & 3)
+    f1 = str(b[o:_end1379], 'utf-8'); o = _end1379 + (-_n1378 & 3)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_domain_set_guest_vcpus_args, (f0, f1, f2, f3)), o
 
@@ -10277,7 +10277,7 @@ def unpack_remote_domain_set_vcpu_args(b, o):
     if _n1381 > 4194304: raise XdrError('remote_domain_set_vcpu_args.cpumap: string of %d bytes exceeds 4194304' % _n1381)
     _end1382 = o + _n1381
     if _end1382 > len(b): raise XdrError('remote_domain_set_vcpu_args.cpumap: truncated string')
-    f1 = str(b[o:_end1382], 'utf-8', 'surrogateescape'); o = _end1382 + (-_n1381 & 3)
+    f1 = str(b[o:_end1382], 'utf-8'); o = _end1382 + (-_n1381 & 3)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(remote_domain_set_vcpu_args, (f0, f1, f2, f3)), o
 
@@ -10305,7 +10305,7 @@ def unpack_remote_domain_event_callback_metadata_change_msg(b, o):
         if _n1386 > 4194304: raise XdrError('remote_domain_event_callback_metadata_change_msg.nsuri: string of %d bytes exceeds 4194304' % _n1386)
         _end1387 = o + _n1386
         if _end1387 > len(b): raise XdrError('remote_domain_event_callback_metadata_change_msg.nsuri: truncated string')
-        f3 = str(b[o:_end1387], 'utf-8', 'surrogateescape'); o = _end1387 + (-_n1386 & 3)
+        f3 = str(b[o:_end1387], 'utf-8'); o = _end1387 + (-_n1386 & 3)
     elif _f1385 == 0:
         f3 = None
     else:
@@ -10403,7 +10403,7 @@ def unpack_remote_domain_set_block_threshold_args(b, o):
     if _n1391 > 4194304: raise XdrError('remote_domain_set_block_threshold_args.dev: string of %d bytes exceeds 4194304' % _n1391)
     _end1392 = o + _n1391
     if _end1392 > len(b): raise XdrError('remote_domain_set_block_threshold_args.dev: truncated string')
-    f1 = str(b[o:_end1392], 'utf-8', 'surrogateescape'); o = _end1392 + (-_n1391 & 3)
+    f1 = str(b[o:_end1392], 'utf-8'); o = _end1392 + (-_n1391 & 3)
     f2, f3 = _S_QI.unpack_from(b, o); o += 12
     return _new(remote_domain_set_block_threshold_args, (f0, f1, f2, f3)), o
 
@@ -10460,7 +10460,7 @@ def unpack_remote_connect_compare_hypervisor_cpu_args(b, o):
         if _n1403 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.emulator: string of %d bytes exceeds 4194304' % _n1403)
         _end1404 = o + _n1403
         if _end1404 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.emulator: truncated string')
-        f0 = str(b[o:_end1404], 'utf-8', 'surrogateescape'); o = _end1404 + (-_n1403 & 3)
+        f0 = str(b[o:_end1404], 'utf-8'); o = _end1404 + (-_n1403 & 3)
     elif _f1402 == 0:
         f0 = None
     else:
@@ -10471,7 +10471,7 @@ def unpack_remote_connect_compare_hypervisor_cpu_args(b, o):
         if _n1406 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.arch: string of %d bytes exceeds 4194304' % _n1406)
         _end1407 = o + _n1406
         if _end1407 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.arch: truncated string')
-        f1 = str(b[o:_end1407], 'utf-8', 'surrogateescape'); o = _end1407 + (-_n1406 & 3)
+        f1 = str(b[o:_end1407], 'utf-8'); o = _end1407 + (-_n1406 & 3)
     elif _f1405 == 0:
         f1 = None
     else:
@@ -10482,7 +10482,7 @@ def unpack_remote_connect_compare_hypervisor_cpu_args(b, o):
         if _n1409 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.machine: string of %d bytes exceeds 4194304' % _n1409)
         _end1410 = o + _n1409
         if _end1410 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.machine: truncated string')
-        f2 = str(b[o:_end1410], 'utf-8', 'surrogateescape'); o = _end1410 + (-_n1409 & 3)
+        f2 = str(b[o:_end1410], 'utf-8'); o = _end1410 + (-_n1409 & 3)
     elif _f1408 == 0:
         f2 = None
     else:
@@ -10493,7 +10493,7 @@ def unpack_remote_connect_compare_hypervisor_cpu_args(b, o):
         if _n1412 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.virttype: string of %d bytes exceeds 4194304' % _n1412)
         _end1413 = o + _n1412
         if _end1413 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.virttype: truncated string')
-        f3 = str(b[o:_end1413], 'utf-8', 'surrogateescape'); o = _end1413 + (-_n1412 & 3)
+        f3 = str(b[o:_end1413], 'utf-8'); o = _end1413 + (-_n1412 & 3)
     elif _f1411 == 0:
         f3 = None
     else:
@@ -10502,7 +10502,7 @@ def unpack_remote_connect_compare_hypervisor_cpu_args(b, o):
     if _n1414 > 4194304: raise XdrError('remote_connect_compare_hypervisor_cpu_args.xmlCPU: string of %d bytes exceeds 4194304' % _n1414)
     _end1415 = o + _n1414
     if _end1415 > len(b): raise XdrError('remote_connect_compare_hypervisor_cpu_args.xmlCPU: truncated string')
-    f4 = str(b[o:_end1415], 'utf-8', 'surrogateescape'); o = _end1415 + (-_n1414 & 3)
+    f4 = str(b[o:_end1415], 'utf-8'); o = _end1415 + (-_n1414 & 3)
     f5, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_compare_hypervisor_cpu_args, (f0, f1, f2, f3, f4, f5)), o
 
@@ -10560,7 +10560,7 @@ def unpack_remote_connect_baseline_hypervisor_cpu_args(b, o):
         if _n1428 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.emulator: string of %d bytes exceeds 4194304' % _n1428)
         _end1429 = o + _n1428
         if _end1429 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.emulator: truncated string')
-        f0 = str(b[o:_end1429], 'utf-8', 'surrogateescape'); o = _end1429 + (-_n1428 & 3)
+        f0 = str(b[o:_end1429], 'utf-8'); o = _end1429 + (-_n1428 & 3)
     elif _f1427 == 0:
         f0 = None
     else:
@@ -10571,7 +10571,7 @@ def unpack_remote_connect_baseline_hypervisor_cpu_args(b, o):
         if _n1431 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.arch: string of %d bytes exceeds 4194304' % _n1431)
         _end1432 = o + _n1431
         if _end1432 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.arch: truncated string')
-        f1 = str(b[o:_end1432], 'utf-8', 'surrogateescape'); o = _end1432 + (-_n1431 & 3)
+        f1 = str(b[o:_end1432], 'utf-8'); o = _end1432 + (-_n1431 & 3)
     elif _f1430 == 0:
         f1 = None
     else:
@@ -10582,7 +10582,7 @@ def unpack_remote_connect_baseline_hypervisor_cpu_args(b, o):
         if _n1434 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.machine: string of %d bytes exceeds 4194304' % _n1434)
         _end1435 = o + _n1434
         if _end1435 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.machine: truncated string')
-        f2 = str(b[o:_end1435], 'utf-8', 'surrogateescape'); o = _end1435 + (-_n1434 & 3)
+        f2 = str(b[o:_end1435], 'utf-8'); o = _end1435 + (-_n1434 & 3)
     elif _f1433 == 0:
         f2 = None
     else:
@@ -10593,7 +10593,7 @@ def unpack_remote_connect_baseline_hypervisor_cpu_args(b, o):
         if _n1437 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.virttype: string of %d bytes exceeds 4194304' % _n1437)
         _end1438 = o + _n1437
         if _end1438 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.virttype: truncated string')
-        f3 = str(b[o:_end1438], 'utf-8', 'surrogateescape'); o = _end1438 + (-_n1437 & 3)
+        f3 = str(b[o:_end1438], 'utf-8'); o = _end1438 + (-_n1437 & 3)
     elif _f1436 == 0:
         f3 = None
     else:
@@ -10607,7 +10607,7 @@ def unpack_remote_connect_baseline_hypervisor_cpu_args(b, o):
         if _n1441 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_args.xmlCPUs: string of %d bytes exceeds 4194304' % _n1441)
         _end1442 = o + _n1441
         if _end1442 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_args.xmlCPUs: truncated string')
-        _e1440 = str(b[o:_end1442], 'utf-8', 'surrogateescape'); o = _end1442 + (-_n1441 & 3)
+        _e1440 = str(b[o:_end1442], 'utf-8'); o = _end1442 + (-_n1441 & 3)
         f4.append(_e1440)
     f5, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_connect_baseline_hypervisor_cpu_args, (f0, f1, f2, f3, f4, f5)), o
@@ -10623,7 +10623,7 @@ def unpack_remote_connect_baseline_hypervisor_cpu_ret(b, o):
     if _n1444 > 4194304: raise XdrError('remote_connect_baseline_hypervisor_cpu_ret.cpu: string of %d bytes exceeds 4194304' % _n1444)
     _end1445 = o + _n1444
     if _end1445 > len(b): raise XdrError('remote_connect_baseline_hypervisor_cpu_ret.cpu: truncated string')
-    f0 = str(b[o:_end1445], 'utf-8', 'surrogateescape'); o = _end1445 + (-_n1444 & 3)
+    f0 = str(b[o:_end1445], 'utf-8'); o = _end1445 + (-_n1444 & 3)
     return _new(remote_connect_baseline_hypervisor_cpu_ret, (f0,)), o
 
 remote_node_get_sev_info_args = _nt('remote_node_get_sev_info_args', 'nparams flags')
@@ -10717,7 +10717,7 @@ def unpack_remote_nwfilter_binding_lookup_by_port_dev_args(b, o):
     if _n1459 > 4194304: raise XdrError('remote_nwfilter_binding_lookup_by_port_dev_args.name: string of %d bytes exceeds 4194304' % _n1459)
     _end1460 = o + _n1459
     if _end1460 > len(b): raise XdrError('remote_nwfilter_binding_lookup_by_port_dev_args.name: truncated string')
-    f0 = str(b[o:_end1460], 'utf-8', 'surrogateescape'); o = _end1460 + (-_n1459 & 3)
+    f0 = str(b[o:_end1460], 'utf-8'); o = _end1460 + (-_n1459 & 3)
     return _new(remote_nwfilter_binding_lookup_by_port_dev_args, (f0,)), o
 
 remote_nwfilter_binding_lookup_by_port_dev_ret = _nt('remote_nwfilter_binding_lookup_by_port_dev_ret', 'nwfilter')
@@ -10741,7 +10741,7 @@ def unpack_remote_nwfilter_binding_create_xml_args(b, o):
     if _n1462 > 4194304: raise XdrError('remote_nwfilter_binding_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n1462)
     _end1463 = o + _n1462
     if _end1463 > len(b): raise XdrError('remote_nwfilter_binding_create_xml_args.xml: truncated string')
-    f0 = str(b[o:_end1463], 'utf-8', 'surrogateescape'); o = _end1463 + (-_n1462 & 3)
+    f0 = str(b[o:_end1463], 'utf-8'); o = _end1463 + (-_n1462 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_nwfilter_binding_create_xml_args, (f0, f1)), o
 
@@ -10785,7 +10785,7 @@ def unpack_remote_nwfilter_binding_get_xml_desc_ret(b, o):
     if _n1465 > 4194304: raise XdrError('remote_nwfilter_binding_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1465)
     _end1466 = o + _n1465
     if _end1466 > len(b): raise XdrError('remote_nwfilter_binding_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end1466], 'utf-8', 'surrogateescape'); o = _end1466 + (-_n1465 & 3)
+    f0 = str(b[o:_end1466], 'utf-8'); o = _end1466 + (-_n1465 & 3)
     return _new(remote_nwfilter_binding_get_xml_desc_ret, (f0,)), o
 
 remote_connect_list_all_nwfilter_bindings_args = _nt('remote_connect_list_all_nwfilter_bindings_args', 'need_results flags')
@@ -10837,7 +10837,7 @@ def unpack_remote_connect_get_storage_pool_capabilities_ret(b, o):
     if _n1472 > 4194304: raise XdrError('remote_connect_get_storage_pool_capabilities_ret.capabilities: string of %d bytes exceeds 4194304' % _n1472)
     _end1473 = o + _n1472
     if _end1473 > len(b): raise XdrError('remote_connect_get_storage_pool_capabilities_ret.capabilities: truncated string')
-    f0 = str(b[o:_end1473], 'utf-8', 'surrogateescape'); o = _end1473 + (-_n1472 & 3)
+    f0 = str(b[o:_end1473], 'utf-8'); o = _end1473 + (-_n1472 & 3)
     return _new(remote_connect_get_storage_pool_capabilities_ret, (f0,)), o
 
 remote_network_list_all_ports_args = _nt('remote_network_list_all_ports_args', 'network need_results flags')
@@ -10907,7 +10907,7 @@ def unpack_remote_network_port_create_xml_args(b, o):
     if _n1480 > 4194304: raise XdrError('remote_network_port_create_xml_args.xml: string of %d bytes exceeds 4194304' % _n1480)
     _end1481 = o + _n1480
     if _end1481 > len(b): raise XdrError('remote_network_port_create_xml_args.xml: truncated string')
-    f1 = str(b[o:_end1481], 'utf-8', 'surrogateescape'); o = _end1481 + (-_n1480 & 3)
+    f1 = str(b[o:_end1481], 'utf-8'); o = _end1481 + (-_n1480 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_network_port_create_xml_args, (f0, f1, f2)), o
 
@@ -10995,7 +10995,7 @@ def unpack_remote_network_port_get_xml_desc_ret(b, o):
     if _n1491 > 4194304: raise XdrError('remote_network_port_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1491)
     _end1492 = o + _n1491
     if _end1492 > len(b): raise XdrError('remote_network_port_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end1492], 'utf-8', 'surrogateescape'); o = _end1492 + (-_n1491 & 3)
+    f0 = str(b[o:_end1492], 'utf-8'); o = _end1492 + (-_n1491 & 3)
     return _new(remote_network_port_get_xml_desc_ret, (f0,)), o
 
 remote_network_port_delete_args = _nt('remote_network_port_delete_args', 'port flags')
@@ -11023,7 +11023,7 @@ def unpack_remote_domain_checkpoint_create_xml_args(b, o):
     if _n1494 > 4194304: raise XdrError('remote_domain_checkpoint_create_xml_args.xml_desc: string of %d bytes exceeds 4194304' % _n1494)
     _end1495 = o + _n1494
     if _end1495 > len(b): raise XdrError('remote_domain_checkpoint_create_xml_args.xml_desc: truncated string')
-    f1 = str(b[o:_end1495], 'utf-8', 'surrogateescape'); o = _end1495 + (-_n1494 & 3)
+    f1 = str(b[o:_end1495], 'utf-8'); o = _end1495 + (-_n1494 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_checkpoint_create_xml_args, (f0, f1, f2)), o
 
@@ -11058,7 +11058,7 @@ def unpack_remote_domain_checkpoint_get_xml_desc_ret(b, o):
     if _n1497 > 4194304: raise XdrError('remote_domain_checkpoint_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1497)
     _end1498 = o + _n1497
     if _end1498 > len(b): raise XdrError('remote_domain_checkpoint_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end1498], 'utf-8', 'surrogateescape'); o = _end1498 + (-_n1497 & 3)
+    f0 = str(b[o:_end1498], 'utf-8'); o = _end1498 + (-_n1497 & 3)
     return _new(remote_domain_checkpoint_get_xml_desc_ret, (f0,)), o
 
 remote_domain_list_all_checkpoints_args = _nt('remote_domain_list_all_checkpoints_args', 'dom need_results flags')
@@ -11137,7 +11137,7 @@ def unpack_remote_domain_checkpoint_lookup_by_name_args(b, o):
     if _n1508 > 4194304: raise XdrError('remote_domain_checkpoint_lookup_by_name_args.name: string of %d bytes exceeds 4194304' % _n1508)
     _end1509 = o + _n1508
     if _end1509 > len(b): raise XdrError('remote_domain_checkpoint_lookup_by_name_args.name: truncated string')
-    f1 = str(b[o:_end1509], 'utf-8', 'surrogateescape'); o = _end1509 + (-_n1508 & 3)
+    f1 = str(b[o:_end1509], 'utf-8'); o = _end1509 + (-_n1508 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_checkpoint_lookup_by_name_args, (f0, f1, f2)), o
 
@@ -11271,14 +11271,14 @@ def unpack_remote_domain_backup_begin_args(b, o):
     if _n1521 > 4194304: raise XdrError('remote_domain_backup_begin_args.backup_xml: string of %d bytes exceeds 4194304' % _n1521)
     _end1522 = o + _n1521
     if _end1522 > len(b): raise XdrError('remote_domain_backup_begin_args.backup_xml: truncated string')
-    f1 = str(b[o:_end1522], 'utf-8', 'surrogateescape'); o = _end1522 + (-_n1521 & 3)
+    f1 = str(b[o:_end1522], 'utf-8'); o = _end1522 + (-_n1521 & 3)
     _f1523, = _U32.unpack_from(b, o); o += 4
     if _f1523 == 1:
         _n1524, = _U32.unpack_from(b, o); o += 4
         if _n1524 > 4194304: raise XdrError('remote_domain_backup_begin_args.checkpoint_xml: string of %d bytes exceeds 4194304' % _n1524)
         _end1525 = o + _n1524
         if _end1525 > len(b): raise XdrError('remote_domain_backup_begin_args.checkpoint_xml: truncated string')
-        f2 = str(b[o:_end1525], 'utf-8', 'surrogateescape'); o = _end1525 + (-_n1524 & 3)
+        f2 = str(b[o:_end1525], 'utf-8'); o = _end1525 + (-_n1524 & 3)
     elif _f1523 == 0:
         f2 = None
     else:
@@ -11308,7 +11308,7 @@ def unpack_remote_domain_backup_get_xml_desc_ret(b, o):
     if _n1527 > 4194304: raise XdrError('remote_domain_backup_get_xml_desc_ret.xml: string of %d bytes exceeds 4194304' % _n1527)
     _end1528 = o + _n1527
     if _end1528 > len(b): raise XdrError('remote_domain_backup_get_xml_desc_ret.xml: truncated string')
-    f0 = str(b[o:_end1528], 'utf-8', 'surrogateescape'); o = _end1528 + (-_n1527 & 3)
+    f0 = str(b[o:_end1528], 'utf-8'); o = _end1528 + (-_n1527 & 3)
     return _new(remote_domain_backup_get_xml_desc_ret, (f0,)), o
 
 remote_domain_authorized_ssh_keys_get_args = _nt('remote_domain_authorized_ssh_keys_get_args', 'dom user flags')
@@ -11325,7 +11325,7 @@ def unpack_remote_domain_authorized_ssh_keys_get_args(b, o):
     if _n1530 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_get_args.user: string of %d bytes exceeds 4194304' % _n1530)
     _end1531 = o + _n1530
     if _end1531 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_get_args.user: truncated string')
-    f1 = str(b[o:_end1531], 'utf-8', 'surrogateescape'); o = _end1531 + (-_n1530 & 3)
+    f1 = str(b[o:_end1531], 'utf-8'); o = _end1531 + (-_n1530 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_authorized_ssh_keys_get_args, (f0, f1, f2)), o
 
@@ -11348,7 +11348,7 @@ def unpack_remote_domain_authorized_ssh_keys_get_ret(b, o):
         if _n1537 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_get_ret.keys: string of %d bytes exceeds 4194304' % _n1537)
         _end1538 = o + _n1537
         if _end1538 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_get_ret.keys: truncated string')
-        _e1536 = str(b[o:_end1538], 'utf-8', 'surrogateescape'); o = _end1538 + (-_n1537 & 3)
+        _e1536 = str(b[o:_end1538], 'utf-8'); o = _end1538 + (-_n1537 & 3)
         f0.append(_e1536)
     return _new(remote_domain_authorized_ssh_keys_get_ret, (f0,)), o
 
@@ -11371,7 +11371,7 @@ def unpack_remote_domain_authorized_ssh_keys_set_args(b, o):
     if _n1543 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_set_args.user: string of %d bytes exceeds 4194304' % _n1543)
     _end1544 = o + _n1543
     if _end1544 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_set_args.user: truncated string')
-    f1 = str(b[o:_end1544], 'utf-8', 'surrogateescape'); o = _end1544 + (-_n1543 & 3)
+    f1 = str(b[o:_end1544], 'utf-8'); o = _end1544 + (-_n1543 & 3)
     _n1545, = _U32.unpack_from(b, o); o += 4
     if _n1545 > 2048: raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: %d items exceed 2048' % _n1545)
     if 4 * _n1545 > len(b) - o: raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: truncated list')
@@ -11381,7 +11381,7 @@ def unpack_remote_domain_authorized_ssh_keys_set_args(b, o):
         if _n1547 > 4194304: raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: string of %d bytes exceeds 4194304' % _n1547)
         _end1548 = o + _n1547
         if _end1548 > len(b): raise XdrError('remote_domain_authorized_ssh_keys_set_args.keys: truncated string')
-        _e1546 = str(b[o:_end1548], 'utf-8', 'surrogateescape'); o = _end1548 + (-_n1547 & 3)
+        _e1546 = str(b[o:_end1548], 'utf-8'); o = _end1548 + (-_n1547 & 3)
         f2.append(_e1546)
     f3, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_authorized_ssh_keys_set_args, (f0, f1, f2, f3)), o
@@ -11416,7 +11416,7 @@ def unpack_remote_domain_get_messages_ret(b, o):
         if _n1554 > 4194304: raise XdrError('remote_domain_get_messages_ret.msgs: string of %d bytes exceeds 4194304' % _n1554)
         _end1555 = o + _n1554
         if _end1555 > len(b): raise XdrError('remote_domain_get_messages_ret.msgs: truncated string')
-        _e1553 = str(b[o:_end1555], 'utf-8', 'surrogateescape'); o = _end1555 + (-_n1554 & 3)
+        _e1553 = str(b[o:_end1555], 'utf-8'); o = _end1555 + (-_n1554 & 3)
         f0.append(_e1553)
     return _new(remote_domain_get_messages_ret, (f0,)), o
 
@@ -11447,7 +11447,7 @@ def unpack_remote_domain_event_memory_device_size_change_msg(b, o):
     if _n1557 > 4194304: raise XdrError('remote_domain_event_memory_device_size_change_msg.alias: string of %d bytes exceeds 4194304' % _n1557)
     _end1558 = o + _n1557
     if _end1558 > len(b): raise XdrError('remote_domain_event_memory_device_size_change_msg.alias: truncated string')
-    f2 = str(b[o:_end1558], 'utf-8', 'surrogateescape'); o = _end1558 + (-_n1557 & 3)
+    f2 = str(b[o:_end1558], 'utf-8'); o = _end1558 + (-_n1557 & 3)
     f3, = _S_Q.unpack_from(b, o); o += 8
     return _new(remote_domain_event_memory_device_size_change_msg, (f0, f1, f2, f3)), o
 
@@ -11465,7 +11465,7 @@ def unpack_remote_domain_fd_associate_args(b, o):
     if _n1560 > 4194304: raise XdrError('remote_domain_fd_associate_args.name: string of %d bytes exceeds 4194304' % _n1560)
     _end1561 = o + _n1560
     if _end1561 > len(b): raise XdrError('remote_domain_fd_associate_args.name: truncated string')
-    f1 = str(b[o:_end1561], 'utf-8', 'surrogateescape'); o = _end1561 + (-_n1560 & 3)
+    f1 = str(b[o:_end1561], 'utf-8'); o = _end1561 + (-_n1560 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(remote_domain_fd_associate_args, (f0, f1, f2)), o
 
@@ -11483,7 +11483,7 @@ def unpack_qemu_domain_monitor_command_args(b, o):
     if _n1563 > 4194304: raise XdrError('qemu_domain_monitor_command_args.cmd: string of %d bytes exceeds 4194304' % _n1563)
     _end1564 = o + _n1563
     if _end1564 > len(b): raise XdrError('qemu_domain_monitor_command_args.cmd: truncated string')
-    f1 = str(b[o:_end1564], 'utf-8', 'surrogateescape'); o = _end1564 + (-_n1563 & 3)
+    f1 = str(b[o:_end1564], 'utf-8'); o = _end1564 + (-_n1563 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(qemu_domain_monitor_command_args, (f0, f1, f2)), o
 
@@ -11498,7 +11498,7 @@ def unpack_qemu_domain_monitor_command_ret(b, o):
     if _n1566 > 4194304: raise XdrError('qemu_domain_monitor_command_ret.result: string of %d bytes exceeds 4194304' % _n1566)
     _end1567 = o + _n1566
     if _end1567 > len(b): raise XdrError('qemu_domain_monitor_command_ret.result: truncated string')
-    f0 = str(b[o:_end1567], 'utf-8', 'surrogateescape'); o = _end1567 + (-_n1566 & 3)
+    f0 = str(b[o:_end1567], 'utf-8'); o = _end1567 + (-_n1566 & 3)
     return _new(qemu_domain_monitor_command_ret, (f0,)), o
 
 qemu_domain_attach_args = _nt('qemu_domain_attach_args', 'pid_value flags')
@@ -11533,7 +11533,7 @@ def unpack_qemu_domain_agent_command_args(b, o):
     if _n1569 > 4194304: raise XdrError('qemu_domain_agent_command_args.cmd: string of %d bytes exceeds 4194304' % _n1569)
     _end1570 = o + _n1569
     if _end1570 > len(b): raise XdrError('qemu_domain_agent_command_args.cmd: truncated string')
-    f1 = str(b[o:_end1570], 'utf-8', 'surrogateescape'); o = _end1570 + (-_n1569 & 3)
+    f1 = str(b[o:_end1570], 'utf-8'); o = _end1570 + (-_n1569 & 3)
     f2, f3 = _S_iI.unpack_from(b, o); o += 8
     return _new(qemu_domain_agent_command_args, (f0, f1, f2, f3)), o
 
@@ -11555,7 +11555,7 @@ def unpack_qemu_domain_agent_command_ret(b, o):
         if _n1574 > 4194304: raise XdrError('qemu_domain_agent_command_ret.result: string of %d bytes exceeds 4194304' % _n1574)
         _end1575 = o + _n1574
         if _end1575 > len(b): raise XdrError('qemu_domain_agent_command_ret.result: truncated string')
-        f0 = str(b[o:_end1575], 'utf-8', 'surrogateescape'); o = _end1575 + (-_n1574 & 3)
+        f0 = str(b[o:_end1575], 'utf-8'); o = _end1575 + (-_n1574 & 3)
     elif _f1573 == 0:
         f0 = None
     else:
@@ -11594,7 +11594,7 @@ def unpack_qemu_connect_domain_monitor_event_register_args(b, o):
         if _n1581 > 4194304: raise XdrError('qemu_connect_domain_monitor_event_register_args.event: string of %d bytes exceeds 4194304' % _n1581)
         _end1582 = o + _n1581
         if _end1582 > len(b): raise XdrError('qemu_connect_domain_monitor_event_register_args.event: truncated string')
-        f1 = str(b[o:_end1582], 'utf-8', 'surrogateescape'); o = _end1582 + (-_n1581 & 3)
+        f1 = str(b[o:_end1582], 'utf-8'); o = _end1582 + (-_n1581 & 3)
     elif _f1580 == 0:
         f1 = None
     else:
@@ -11643,7 +11643,7 @@ def unpack_qemu_domain_monitor_event_msg(b, o):
     if _n1586 > 4194304: raise XdrError('qemu_domain_monitor_event_msg.event: string of %d bytes exceeds 4194304' % _n1586)
     _end1587 = o + _n1586
     if _end1587 > len(b): raise XdrError('qemu_domain_monitor_event_msg.event: truncated string')
-    f2 = str(b[o:_end1587], 'utf-8', 'surrogateescape'); o = _end1587 + (-_n1586 & 3)
+    f2 = str(b[o:_end1587], 'utf-8'); o = _end1587 + (-_n1586 & 3)
     f3, f4 = _S_qI.unpack_from(b, o); o += 12
     _f1588, = _U32.unpack_from(b, o); o += 4
     if _f1588 == 1:
@@ -11651,7 +11651,7 @@ def unpack_qemu_domain_monitor_event_msg(b, o):
         if _n1589 > 4194304: raise XdrError('qemu_domain_monitor_event_msg.details: string of %d bytes exceeds 4194304' % _n1589)
         _end1590 = o + _n1589
         if _end1590 > len(b): raise XdrError('qemu_domain_monitor_event_msg.details: truncated string')
-        f5 = str(b[o:_end1590], 'utf-8', 'surrogateescape'); o = _end1590 + (-_n1589 & 3)
+        f5 = str(b[o:_end1590], 'utf-8'); o = _end1590 + (-_n1589 & 3)
     elif _f1588 == 0:
         f5 = None
     else:
@@ -11672,7 +11672,7 @@ def unpack_qemu_domain_monitor_command_with_files_args(b, o):
     if _n1592 > 4194304: raise XdrError('qemu_domain_monitor_command_with_files_args.cmd: string of %d bytes exceeds 4194304' % _n1592)
     _end1593 = o + _n1592
     if _end1593 > len(b): raise XdrError('qemu_domain_monitor_command_with_files_args.cmd: truncated string')
-    f1 = str(b[o:_end1593], 'utf-8', 'surrogateescape'); o = _end1593 + (-_n1592 & 3)
+    f1 = str(b[o:_end1593], 'utf-8'); o = _end1593 + (-_n1592 & 3)
     f2, = _S_I.unpack_from(b, o); o += 4
     return _new(qemu_domain_monitor_command_with_files_args, (f0, f1, f2)), o
 
@@ -11687,7 +11687,7 @@ def unpack_qemu_domain_monitor_command_with_files_ret(b, o):
     if _n1595 > 4194304: raise XdrError('qemu_domain_monitor_command_with_files_ret.result: string of %d bytes exceeds 4194304' % _n1595)
     _end1596 = o + _n1595
     if _end1596 > len(b): raise XdrError('qemu_domain_monitor_command_with_files_ret.result: truncated string')
-    f0 = str(b[o:_end1596], 'utf-8', 'surrogateescape'); o = _end1596 + (-_n1595 & 3)
+    f0 = str(b[o:_end1596], 'utf-8'); o = _end1596 + (-_n1595 & 3)
     return _new(qemu_domain_monitor_command_with_files_ret, (f0,)), o
 
 lxc_domain_open_namespace_args = _nt('lxc_domain_open_namespace_args', 'dom flags')
@@ -11742,7 +11742,7 @@ def unpack_admin_typed_param_value(b, o):
         if _n1598 > 4194304: raise XdrError('admin_typed_param_value.s: string of %d bytes exceeds 4194304' % _n1598)
         _end1599 = o + _n1598
         if _end1599 > len(b): raise XdrError('admin_typed_param_value.s: truncated string')
-        val = str(b[o:_end1599], 'utf-8', 'surrogateescape'); o = _end1599 + (-_n1598 & 3)
+        val = str(b[o:_end1599], 'utf-8'); o = _end1599 + (-_n1598 & 3)
     else:
         raise XdrError('admin_typed_param_value: bad discriminant %d' % d)
     return _new(admin_typed_param_value, (d, val)), o
@@ -11759,7 +11759,7 @@ def unpack_admin_typed_param(b, o):
     if _n1601 > 4194304: raise XdrError('admin_typed_param.field: string of %d bytes exceeds 4194304' % _n1601)
     _end1602 = o + _n1601
     if _end1602 > len(b): raise XdrError('admin_typed_param.field: truncated string')
-    f0 = str(b[o:_end1602], 'utf-8', 'surrogateescape'); o = _end1602 + (-_n1601 & 3)
+    f0 = str(b[o:_end1602], 'utf-8'); o = _end1602 + (-_n1601 & 3)
     f1, o = unpack_admin_typed_param_value(b, o)
     return _new(admin_typed_param, (f0, f1)), o
 
@@ -11774,7 +11774,7 @@ def unpack_admin_nonnull_server(b, o):
     if _n1604 > 4194304: raise XdrError('admin_nonnull_server.name: string of %d bytes exceeds 4194304' % _n1604)
     _end1605 = o + _n1604
     if _end1605 > len(b): raise XdrError('admin_nonnull_server.name: truncated string')
-    f0 = str(b[o:_end1605], 'utf-8', 'surrogateescape'); o = _end1605 + (-_n1604 & 3)
+    f0 = str(b[o:_end1605], 'utf-8'); o = _end1605 + (-_n1604 & 3)
     return _new(admin_nonnull_server, (f0,)), o
 
 admin_nonnull_client = _nt('admin_nonnull_client', 'srv id timestamp transport')
@@ -11847,7 +11847,7 @@ def unpack_admin_connect_lookup_server_args(b, o):
     if _n1611 > 4194304: raise XdrError('admin_connect_lookup_server_args.name: string of %d bytes exceeds 4194304' % _n1611)
     _end1612 = o + _n1611
     if _end1612 > len(b): raise XdrError('admin_connect_lookup_server_args.name: truncated string')
-    f0 = str(b[o:_end1612], 'utf-8', 'surrogateescape'); o = _end1612 + (-_n1611 & 3)
+    f0 = str(b[o:_end1612], 'utf-8'); o = _end1612 + (-_n1611 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(admin_connect_lookup_server_args, (f0, f1)), o
 
@@ -12085,7 +12085,7 @@ def unpack_admin_connect_get_logging_outputs_ret(b, o):
     if _n1638 > 4194304: raise XdrError('admin_connect_get_logging_outputs_ret.outputs: string of %d bytes exceeds 4194304' % _n1638)
     _end1639 = o + _n1638
     if _end1639 > len(b): raise XdrError('admin_connect_get_logging_outputs_ret.outputs: truncated string')
-    f0 = str(b[o:_end1639], 'utf-8', 'surrogateescape'); o = _end1639 + (-_n1638 & 3)
+    f0 = str(b[o:_end1639], 'utf-8'); o = _end1639 + (-_n1638 & 3)
     f1, = _S_I.unpack_from(b, o); o += 4
     return _new(admin_connect_get_logging_outputs_ret, (f0, f1)), o
 
@@ -12117,7 +12117,7 @@ def unpack_admin_connect_get_logging_filters_ret(b, o):
         if _n1643 > 4194304: raise XdrError('admin_connect_get_logging_filters_ret.filters: string of %d bytes exceeds 4194304' % _n1643)
         _end1644 = o + _n1643
         if _end1644 > len(b): raise XdrError('admin_connect_get_logging_filters_ret.filters: truncated string')
-        f0 = str(b[o:_end1644], 'utf-8', 'surrogateescape'); o = _end1644 + (-_n1643 & 3)
+        f0 = str(b[o:_end1644], 'utf-8'); o = _end1644 + (-_n1643 & 3)
     elif _f1642 == 0:
         f0 = None
     else:
@@ -12144,7 +12144,7 @@ def unpack_admin_connect_set_logging_outputs_args(b, o):
         if _n1648 > 4194304: raise XdrError('admin_connect_set_logging_outputs_args.outputs: string of %d bytes exceeds 4194304' % _n1648)
         _end1649 = o + _n1648
         if _end1649 > len(b): raise XdrError('admin_connect_set_logging_outputs_args.outputs: truncated string')
-        f0 = str(b[o:_end1649], 'utf-8', 'surrogateescape'); o = _end1649 + (-_n1648 & 3)
+        f0 = str(b[o:_end1649], 'utf-8'); o = _end1649 + (-_n1648 & 3)
     elif _f1647 == 0:
         f0 = None
     else:
@@ -12171,7 +12171,7 @@ def unpack_admin_connect_set_logging_filters_args(b, o):
         if _n1653 > 4194304: raise XdrError('admin_connect_set_logging_filters_args.filters: string of %d bytes exceeds 4194304' % _n1653)
         _end1654 = o + _n1653
         if _end1654 > len(b): raise XdrError('admin_connect_set_logging_filters_args.filters: truncated string')
-        f0 = str(b[o:_end1654], 'utf-8', 'surrogateescape'); o = _end1654 + (-_n1653 & 3)
+        f0 = str(b[o:_end1654], 'utf-8'); o = _end1654 + (-_n1653 & 3)
     elif _f1652 == 0:
         f0 = None
     else:
@@ -12662,3 +12662,46 @@ PROCEDURES = (
     Procedure('admin', 110102160, 18, 'SERVER_UPDATE_TLS_FILES', 'server_update_tls_files', 'call', unpack_admin_server_update_tls_files_args, pack_admin_server_update_tls_files_args, None, None, 0, None, None, False, True, (), (), None, False, False),
     Procedure('admin', 110102160, 19, 'CONNECT_SET_DAEMON_TIMEOUT', 'connect_set_daemon_timeout', 'call', unpack_admin_connect_set_daemon_timeout_args, pack_admin_connect_set_daemon_timeout_args, None, None, 0, None, None, False, True, (), (), None, False, False),
 )
+
+# Client-chosen sizes, checked before a handler runs: (program, procedure) ->
+# ArgLimit(fields, limit, code, message); see tools/gen_protocol.py arg_limits().
+ARG_LIMITS = {
+    ('remote', 20): (ArgLimit(('maxinfo',), 16384, VIR_ERR_INTERNAL_ERROR, 'maxinfo > REMOTE_VCPUINFO_MAX'), ArgLimit(('maxinfo', 'maplen'), 8388608, VIR_ERR_INTERNAL_ERROR, 'maxinfo * maplen > REMOTE_CPUMAPS_MAX'),),
+    ('remote', 21): (ArgLimit(('maxnames',), 16384, VIR_ERR_RPC, 'maxnames > REMOTE_DOMAIN_LIST_MAX'),),
+    ('remote', 36): (ArgLimit(('maxnames',), 16384, VIR_ERR_RPC, 'maxnames > REMOTE_NETWORK_LIST_MAX'),),
+    ('remote', 37): (ArgLimit(('maxids',), 16384, VIR_ERR_RPC, 'maxids > REMOTE_DOMAIN_LIST_MAX'),),
+    ('remote', 38): (ArgLimit(('maxnames',), 16384, VIR_ERR_RPC, 'maxnames > REMOTE_NETWORK_LIST_MAX'),),
+    ('remote', 57): (ArgLimit(('nparams',), 16, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 72): (ArgLimit(('maxnames',), 16384, VIR_ERR_RPC, 'maxnames > REMOTE_STORAGE_POOL_LIST_MAX'),),
+    ('remote', 74): (ArgLimit(('maxnames',), 16384, VIR_ERR_RPC, 'maxnames > REMOTE_STORAGE_POOL_LIST_MAX'),),
+    ('remote', 92): (ArgLimit(('maxnames',), 16384, VIR_ERR_RPC, 'maxnames > REMOTE_STORAGE_VOL_LIST_MAX'),),
+    ('remote', 101): (ArgLimit(('maxcells',), 1024, VIR_ERR_RPC, 'maxcells > REMOTE_NODE_MAX_CELLS'),),
+    ('remote', 103): (ArgLimit(('size',), 4194304, VIR_ERR_INTERNAL_ERROR, 'size > maximum buffer size'),),
+    ('remote', 104): (ArgLimit(('size',), 4194304, VIR_ERR_INTERNAL_ERROR, 'size > maximum buffer size'),),
+    ('remote', 112): (ArgLimit(('maxnames',), 65536, VIR_ERR_RPC, 'maxnames > REMOTE_NODE_DEVICE_LIST_MAX'),),
+    ('remote', 117): (ArgLimit(('maxnames',), 65536, VIR_ERR_RPC, 'maxnames > REMOTE_NODE_DEVICE_CAPS_LIST_MAX'),),
+    ('remote', 127): (ArgLimit(('maxnames',), 16384, VIR_ERR_RPC, 'maxnames > REMOTE_INTERFACE_LIST_MAX'),),
+    ('remote', 138): (ArgLimit(('maxnames',), 16384, VIR_ERR_RPC, 'maxnames > REMOTE_INTERFACE_LIST_MAX'),),
+    ('remote', 140): (ArgLimit(('maxuuids',), 16384, VIR_ERR_RPC, 'maxuuids > REMOTE_SECRET_LIST_MAX'),),
+    ('remote', 159): (ArgLimit(('maxStats',), 1024, VIR_ERR_INTERNAL_ERROR, 'maxStats > REMOTE_DOMAIN_MEMORY_STATS_MAX'),),
+    ('remote', 179): (ArgLimit(('maxnames',), 16384, VIR_ERR_RPC, 'maxnames > REMOTE_NWFILTER_LIST_MAX'),),
+    ('remote', 188): (ArgLimit(('maxnames',), 16384, VIR_ERR_RPC, 'maxnames > REMOTE_DOMAIN_SNAPSHOT_LIST_MAX'),),
+    ('remote', 198): (ArgLimit(('nparams',), 16, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 206): (ArgLimit(('nparams',), 16, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 223): (ArgLimit(('nparams',), 16, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 227): (ArgLimit(('nparams',), 16, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 228): (ArgLimit(('nparams',), 16, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 230): (ArgLimit(('ncpumaps',), 16384, VIR_ERR_INTERNAL_ERROR, 'ncpumaps > REMOTE_VCPUINFO_MAX'), ArgLimit(('ncpumaps', 'maplen'), 8388608, VIR_ERR_INTERNAL_ERROR, 'maxinfo * maplen > REMOTE_CPUMAPS_MAX'),),
+    ('remote', 243): (ArgLimit(('nparams',), 16, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 247): (ArgLimit(('maxnames',), 16384, VIR_ERR_RPC, 'maxnames > REMOTE_DOMAIN_SNAPSHOT_LIST_MAX'),),
+    ('remote', 253): (ArgLimit(('nparams',), 32, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 255): (ArgLimit(('nparams',), 16, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 257): (ArgLimit(('nparams',), 16, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 262): (ArgLimit(('nparams',), 2048, VIR_ERR_INTERNAL_ERROR, 'nparams too large'), ArgLimit(('ncpus',), 128, VIR_ERR_INTERNAL_ERROR, 'ncpus too large'), ArgLimit(('nparams', 'ncpus'), 2048, VIR_ERR_INTERNAL_ERROR, 'nparams * ncpus too large'),),
+    ('remote', 263): (ArgLimit(('maxerrors',), 256, VIR_ERR_INTERNAL_ERROR, 'maxerrors > REMOTE_DOMAIN_DISK_ERRORS_MAX'),),
+    ('remote', 280): (ArgLimit(('maplen',), 8388608, VIR_ERR_INTERNAL_ERROR, 'maplen > REMOTE_CPUMAPS_MAX'),),
+    ('remote', 289): (ArgLimit(('nparams',), 64, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 340): (ArgLimit(('pages', 'cellCount'), 1024, VIR_ERR_INTERNAL_ERROR, "the result won't fit"),),
+    ('remote', 395): (ArgLimit(('nparams',), 64, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+    ('remote', 407): (ArgLimit(('nparams',), 16, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
+}

@@ -30,3 +30,16 @@ class Procedure(NamedTuple):
     fds_in: bool
     fds_out: bool
     readonly_deny_flags: int = 0   # read-only connections may not set these flags
+
+
+class ArgLimit(NamedTuple):
+    """A bound on sizes a client chooses and the daemon would allocate by.
+
+    The product of ``fields`` (a list-valued field counts by its length) may
+    not exceed ``limit``; every field must be zero or more.  ``code`` and
+    ``message`` are libvirt's for the same refusal.
+    """
+    fields: tuple[str, ...]
+    limit: int
+    code: int
+    message: str

@@ -13,11 +13,20 @@ from __future__ import annotations
 import struct
 from typing import Any, Callable
 
-__all__ = ["XdrError", "PAD", "decode", "encode"]
+__all__ = ["XdrError", "XdrStringError", "PAD", "decode", "encode"]
 
 
 class XdrError(ValueError):
     """The bytes are not a valid XDR encoding of the expected type (peer's fault)."""
+
+
+class XdrStringError(XdrError):
+    """A string that is not UTF-8: well-formed XDR, but no text the daemon can use.
+
+    Strings are decoded strictly so that bad bytes are refused here, once, as an
+    invalid argument, instead of failing later wherever the text is encoded
+    again (a file name, the XML parser, a log line).
+    """
 
 
 # Zero bytes needed after n bytes of data to reach a 4-byte boundary, indexed by n % 4.
@@ -37,7 +46,9 @@ def decode(unpack: Callable[[Any, int], tuple[Any, int]], buf: bytes | memoryvie
         value, end = unpack(buf, offset)
     except struct.error as exc:
         raise XdrError(f"truncated XDR data: {exc}") from None
-    except (UnicodeDecodeError, IndexError) as exc:
+    except UnicodeDecodeError as exc:
+        raise XdrStringError(f"string is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    except IndexError as exc:
         raise XdrError(f"malformed XDR data: {exc}") from None
     if exact and end != len(buf):
         raise XdrError(f"{len(buf) - end} unexpected trailing bytes")
