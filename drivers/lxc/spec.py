@@ -145,8 +145,11 @@ def build_spec(d: domxml.DomainDef, *, interfaces: list[dict], cgroup: dict[str,
         elif kind == "ram":
             usage = fs.find("source").get("usage") if fs.find("source") is not None else None
             unit = fs.find("source").get("units", "KiB") if usage else "KiB"
-            size = domxml.parse_memory(etree.fromstring(f"<u unit='{unit}'>{usage}</u>"), "usage") \
-                if usage else 65536
+            size = 65536
+            if usage:
+                scaled = etree.Element("usage", unit=unit)
+                scaled.text = usage
+                size = domxml.parse_memory(scaled, "usage")
             mounts.append({"type": "ram", "target": target, "usage_kib": size})
         else:
             raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,

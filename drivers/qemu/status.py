@@ -34,10 +34,11 @@ from pyvirtd.errors import VirError
 from pyvirtd.files import write_atomic
 from pyvirtd.paths import Paths
 from pyvirtd.xml import domain as domxml
+from pyvirtd.xml import hardened_parser
 
 log = logging.getLogger(__name__)
 
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True)
+_PARSER = hardened_parser()
 
 
 @dataclass

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from lxml import etree
 
+from pyvirtd.xml import fromstring, hardened_parser
+
 from . import domains, interfaces, networks, nodedevs, storage
 from .state import NodeInfo, TestState
 
 
 def load_node(path: Path) -> TestState:
-    root = etree.parse(str(path), etree.XMLParser(remove_blank_text=True)).getroot()
+    root = fromstring(path.read_bytes(), hardened_parser())
     state = TestState()
     state.node = _node_info(root)
     domains.load_domains(state, root.findall("domain"))

@@ -17,7 +17,7 @@ from lxml import etree
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
-from pyvirtd.xml import schema
+from pyvirtd.xml import fromstring, hardened_parser, schema
 
 from .domains import (EV_SUSPENDED, PAUSED, PAUSED_FROM_SNAPSHOT,
                       RUNNING, RUNNING_FROM_SNAPSHOT, SHUTOFF, SHUTOFF_FROM_SNAPSHOT,
@@ -76,8 +76,7 @@ class Snapshot:
 def _parse_snapshot_xml(text: str, *, validate_schema: bool = False
                         ) -> tuple[str | None, str | None]:
     try:
-        root = etree.fromstring(text.encode(), etree.XMLParser(resolve_entities=False,
-                                                                no_network=True))
+        root = fromstring(text, hardened_parser())
     except etree.XMLSyntaxError as exc:
         raise VirError(P.VIR_ERR_XML_DETAIL, domain=P.VIR_FROM_DOMAIN_SNAPSHOT,
                        message=f"(domain_snapshot):{exc.lineno}: {exc.msg}") from None

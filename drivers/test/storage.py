@@ -16,7 +16,7 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_libvirt, format_uuid
+from pyvirtd.xml import format_libvirt, format_uuid, parse_definition
 from pyvirtd.xml import storage as stxml
 
 from .networks import check_flags, filter_by_flags
@@ -176,7 +176,7 @@ class StorageMixin:
         elif pool_type == "netfs":
             host = None
             if src_spec:
-                spec = etree.fromstring(src_spec.encode())
+                spec = parse_definition(src_spec, None, what="storage_source_specification", domain=P.VIR_FROM_TEST)
                 host = spec.find("host")
             if host is None or not host.get("name"):
                 raise VirError(P.VIR_ERR_INVALID_ARG,

@@ -97,9 +97,11 @@ _NAME_PREFIX = {"domain": "domain", "network": "network", "storage_pool": "pool"
 def _xml_details(obj: str, xml: str) -> dict[str, str] | None:
     """Name and UUID from a definition about to be created (define/create XML)."""
     from lxml import etree
+
+    from pyvirtd.xml import fromstring
     try:
-        root = etree.fromstring(xml.encode())
-    except Exception:
+        root = fromstring(xml)
+    except (etree.XMLSyntaxError, VirError):
         return None                       # the driver reports the parse error
     name, uuid = root.findtext("name") or "", root.findtext("uuid") or ""
     prefix = _NAME_PREFIX.get(obj)

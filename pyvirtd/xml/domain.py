@@ -21,10 +21,9 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_uuid, new_uuid, parse_uuid, schema
+from pyvirtd.xml import format_uuid, fromstring, hardened_parser, new_uuid, parse_uuid, schema
 
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True,
-                          huge_tree=False, remove_comments=True)
+_PARSER = hardened_parser(remove_comments=True)
 
 OS_TYPES = ("hvm", "xen", "linux", "exe", "uml")
 LIFECYCLE_ACTIONS = ("destroy", "restart", "preserve", "rename-restart",
@@ -126,7 +125,7 @@ def parse(text: str, *, validate_schema: bool = False) -> DomainDef:
     document against schemas/domain.rng first, as libvirt does right after
     reading the root element."""
     try:
-        root = etree.fromstring(text.encode(), _PARSER)
+        root = fromstring(text, _PARSER)
     except etree.XMLSyntaxError as exc:
         raise _syntax_error(text, exc) from None
     if root.tag != "domain":
@@ -553,7 +552,7 @@ def set_metadata(d: DomainDef, kind: int, metadata: str | None, key: str | None,
             if not key:
                 raise VirError(P.VIR_ERR_INVALID_ARG, "key", domain=P.VIR_FROM_DOMAIN)
             try:
-                given = etree.fromstring(metadata.encode(), _PARSER)
+                given = fromstring(metadata, _PARSER)
             except etree.XMLSyntaxError:
                 raise VirError(P.VIR_ERR_XML_ERROR, "(metadata_xml)", domain=P.VIR_FROM_XML) from None
             d.metadata.append(_with_namespace(given, key, uri))

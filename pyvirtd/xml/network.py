@@ -17,7 +17,7 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_libvirt, format_uuid, new_uuid, parse_definition, schema
+from pyvirtd.xml import format_libvirt, format_uuid, fromstring, new_uuid, parse_definition, schema
 
 _FROM = P.VIR_FROM_NETWORK
 
@@ -217,7 +217,7 @@ def _parse_update(netdef: NetworkDef, xml: str, tag: str) -> etree._Element:
     except VirError as err:
         if err.domain != P.VIR_FROM_XML:
             raise
-        found = etree.fromstring(xml.encode()).tag
+        found = fromstring(xml).tag
         raise VirError(P.VIR_ERR_XML_ERROR,
                        f"unexpected element <{found}>, expecting <{tag}>, "
                        f"while updating network '{netdef.name}'", domain=_FROM) from None
