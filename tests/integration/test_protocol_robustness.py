@@ -544,6 +544,28 @@ def test_sigterm_exits_zero_and_removes_the_sockets(tmp_path: Path) -> None:
         conn.getLibVersion()
 
 
+def test_stopping_daemon_leaves_a_newer_daemons_socket(tmp_path: Path) -> None:
+    """A daemon that stops removes only its own socket files (inode check).
+
+    A newer daemon bound at the same path is simulated by a socket of the
+    test's: it replaces the old daemon's file, as a new daemon's rename does.
+    """
+    d = start_daemon(tmp_path / "pyvirtd")
+    newer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        d.sock.unlink()
+        newer.bind(str(d.sock))
+        newer.listen(1)
+        assert stop_daemon(d) == 0, d.log()
+        assert d.sock.exists()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(str(d.sock))       # still the newer socket, and it listens
+        # the sockets the old daemon still owned are gone
+        assert not d.sock_ro.exists() and not d.sock_admin.exists()
+    finally:
+        newer.close()
+
+
 def test_sighup_reloads_and_keeps_running(tmp_path: Path) -> None:
     d = start_daemon(tmp_path / "pyvirtd", config="max_clients: 50\n")
     try:
