@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from pyvirtd import logsetup
+from pyvirtd import hostinfo, logsetup
 from pyvirtd.client import TRANSPORT_TCP, TRANSPORT_TLS, TRANSPORT_UNIX, Client
 from pyvirtd.config import Config
 from pyvirtd.dispatch import Dispatcher, Program
@@ -80,7 +80,9 @@ class Daemon:
         self.config = config
         self.paths = paths
         self.started_at = time.time()
-        self.drivers = DriverRegistry(DriverContext(config, paths, privileged), default_uri)
+        self.host_uuid = hostinfo.host_uuid(config.host_uuid, config.host_uuid_source)
+        self.drivers = DriverRegistry(
+            DriverContext(config, paths, privileged, host_uuid=self.host_uuid), default_uri)
         c = config
         remote = RemoteProgram(self)
         self.libvirtd = Server(
