@@ -103,7 +103,8 @@ def _add_listeners(daemon: Daemon, paths: Paths, config: Config, listen: bool) -
     daemon.add_unix_listener(paths.sock_ro, daemon.libvirtd, readonly=True,
                              mode=int(config.unix_sock_ro_perms, 8), auth=config.auth_unix_ro)
     daemon.add_unix_listener(paths.sock_admin, daemon.admin, readonly=False,
-                             mode=int(config.unix_sock_admin_perms, 8))
+                             mode=int(config.unix_sock_admin_perms, 8),
+                             backlog=config.admin_max_queued_clients)
     if listen:
         # like libvirtd: network listeners need both --listen and listen_tls/listen_tcp
         if config.listen_tls:
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pyvirtd: {exc}", file=sys.stderr)
         return 2
+    paths = paths.with_socket_dir(config.unix_sock_dir)
     try:
         logsetup.configure(config.log_level, config.log_outputs, config.log_filters,
                            verbose=args.verbose)
@@ -196,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyvirtd: {config_path}: {exc}", file=sys.stderr)
         return 2
     daemon.verbose = args.verbose
+    if config.audit_level == 1:
+        # libvirtd's meaning of 1: audit when the host can, else go on without
+        log.info("audit_level 1: pyvirtd writes no audit records; running without auditing")
     try:
         _add_listeners(daemon, paths, config, args.listen)
     except (OSError, ValueError) as exc:

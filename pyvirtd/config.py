@@ -7,7 +7,10 @@ never ignored, because a silently ignored typo in an auth or permission knob
 is a security hole.
 
 Validation is driven by the type hints of `Config`'s fields through one
-generic checker (`_check`), so adding a knob is one line.
+generic checker (`_check`), so adding a knob is one line. A knob with a rule
+beyond its type (a range, a path that must be absolute, a feature pyvirtd
+does not have) also has an entry in `_RULES`: a knob that cannot take effect
+is refused with the reason, never accepted and ignored.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
+
+import uuid
+from typing import Callable
 
 import yaml
 
@@ -183,7 +189,63 @@ class Config:
                     f"{source}: key {key!r}: expected {exc.expected}, "
                     f"got {value!r}"
                 ) from None
+            rule = _RULES.get(key)
+            problem = rule(values[key]) if rule and values[key] != _DEFAULTS[key] else None
+            if problem:
+                raise ConfigError(f"{source}: key {key!r}: {problem}")
         return cls(**values)
+
+
+def parse_uuid(text: str) -> str:
+    """The canonical form of a host UUID, or ValueError with libvirt's reason.
+
+    Like libvirt's virUUIDParse, dashes may sit anywhere between the 32 hex
+    digits; like virUUIDIsValid, a UUID whose 16 bytes are all the same
+    (all zeros, all 0xff, as cheap firmware reports) is refused, because it
+    would not tell one host from another.
+    """
+    digits = text.strip().replace("-", "")
+    try:
+        value = uuid.UUID(hex=digits) if len(digits) == 32 else None
+    except ValueError:
+        value = None
+    if value is None or len(set(value.bytes)) == 1:
+        raise ValueError(f"invalid host UUID: {text}")
+    return str(value)
+
+
+# libvirt refuses an explicit tcp_min_ssf below this (remote_daemon_config.c,
+# SSF_WARNING_LEVEL); its default, 56 (single DES), is kept for old clients.
+MIN_TCP_SSF = 112
+
+
+def _rule_host_uuid(value: str | None) -> str | None:
+    try:
+        parse_uuid(value or "")
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+# key -> a check of a value other than the default: the reason it is refused,
+# or None. Defaults always pass, so the shipped file (which lists them) loads.
+_RULES: dict[str, Callable[[Any], str | None]] = {
+    "unix_sock_dir": lambda v: None if v is None or v.startswith("/")
+    else f"expected an absolute directory, got {v!r}",
+    "tcp_min_ssf": lambda v: None if v >= MIN_TCP_SSF
+    else f"minimum SSF levels lower than {MIN_TCP_SSF} are not supported",
+    "host_uuid": _rule_host_uuid,
+    "audit_level": lambda v: None if v != 2
+    else "pyvirtd writes no audit records, so audit_level 2 (refuse to run "
+         "without auditing) can never be met; use 0 or 1",
+    "audit_logging": lambda v: None if not v
+    else "pyvirtd writes no audit records, so there are none to copy into its log",
+    "ovs_timeout": lambda v: "pyvirtd never calls ovs-vsctl (it does not plug "
+    "Open vSwitch ports), so this timeout would change nothing; remove the key",
+}
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Config)}
 
 
 def _hints() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from pyvirtd import logsetup
+from pyvirtd import hostinfo, logsetup
 from pyvirtd.client import TRANSPORT_TCP, TRANSPORT_TLS, TRANSPORT_UNIX, Client
 from pyvirtd.config import Config
 from pyvirtd.dispatch import Dispatcher, Program
@@ -64,6 +64,9 @@ class Listener:
     auth: int
     path: Path | None     # a unix socket file we created and must remove
     transport: int = TRANSPORT_UNIX     # TCP listeners: TRANSPORT_TCP or TRANSPORT_TLS
+    # (st_dev, st_ino) of ``path`` as we bound it: on close the file is removed
+    # only while it is still this socket, never a newer daemon's at the same path
+    identity: tuple[int, int] | None = None
 
 
 class Daemon:
@@ -77,7 +80,9 @@ class Daemon:
         self.config = config
         self.paths = paths
         self.started_at = time.time()
-        self.drivers = DriverRegistry(DriverContext(config, paths, privileged), default_uri)
+        self.host_uuid = hostinfo.host_uuid(config.host_uuid, config.host_uuid_source)
+        self.drivers = DriverRegistry(
+            DriverContext(config, paths, privileged, host_uuid=self.host_uuid), default_uri)
         c = config
         remote = RemoteProgram(self)
         self.libvirtd = Server(
@@ -110,11 +115,15 @@ class Daemon:
 
     # --------------------------------------------------------------- sockets
     def add_unix_listener(self, path: Path, server: Server, *, readonly: bool,
-                          mode: int, auth: str = "none") -> None:
+                          mode: int, auth: str = "none", backlog: int | None = None) -> None:
         """Bind a unix socket: under a temporary name, chmod, then rename into place.
 
         Clients never see a socket with the wrong permissions, and a stale
-        socket file from a crashed daemon is replaced atomically.
+        socket file from a crashed daemon is replaced atomically. ``backlog``
+        (default ``max_queued_clients``) bounds the connections waiting to be
+        accepted. The file's identity is remembered so that `close_listeners`
+        removes it only while it is still ours (trio's open_unix_listeners
+        does the same).
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -126,10 +135,14 @@ class Daemon:
         if group:
             import grp
             os.chown(tmp, -1, grp.getgrnam(group).gr_gid)
-        raw.listen(self.config.max_queued_clients or socket.SOMAXCONN)
+        if backlog is None:
+            backlog = self.config.max_queued_clients
+        raw.listen(backlog or socket.SOMAXCONN)
+        st = os.stat(tmp)
         os.replace(tmp, path)
         self.listeners.append(Listener(trio.socket.from_stdlib_socket(raw), server,
-                                       readonly, AUTH_TYPES[auth], path))
+                                       readonly, AUTH_TYPES[auth], path,
+                                       identity=(st.st_dev, st.st_ino)))
 
     def add_inherited_listener(self, raw: socket.socket, server: Server, *,
                                readonly: bool, auth: str = "none",
@@ -181,13 +194,17 @@ class Daemon:
         self.network_ports[TRANSPORT_TLS if tls else TRANSPORT_TCP] = port
 
     def close_listeners(self) -> None:
+        """Close every listener and remove the socket files that are still ours.
+
+        A newer daemon may have bound its own socket at the same path (it
+        replaces ours atomically); that file has another inode and stays.
+        The check and the unlink are not atomic, as in trio: a replacement in
+        between is a race no unix API closes.
+        """
         for lst in self.listeners:
             lst.sock.close()
             if lst.path is not None:
-                try:
-                    lst.path.unlink()
-                except FileNotFoundError:
-                    pass
+                _unlink_if_ours(lst.path, lst.identity)
         self.listeners.clear()
 
     # ----------------------------------------------------------------- serve
@@ -291,3 +308,18 @@ class Daemon:
 
     def client_count(self) -> int:
         return sum(len(s.clients) for s in self.servers.values())
+
+
+def _unlink_if_ours(path: Path, identity: tuple[int, int] | None) -> None:
+    """Remove the socket file at ``path`` if it is the one we bound."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if (st.st_dev, st.st_ino) != identity:
+        log.info("not removing %s: another socket replaced ours", path)
+        return
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

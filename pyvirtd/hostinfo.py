@@ -11,19 +11,30 @@ and their units match what virsh prints against libvirtd:
     cpu_map()                   NODE_GET_CPU_MAP: (present cpu count, online cpu ids)
     free_memory()               NODE_GET_FREE_MEMORY: bytes
     cells_free_memory(start, n) NODE_GET_CELLS_FREE_MEMORY: bytes per NUMA cell
+    host_uuid(configured, src)  the host UUID of capabilities' <host><uuid> (host_uuid,
+                                host_uuid_source); resolved once at start
 
 Everything is a few small reads, cheap enough for the trio loop.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import uuid
 from pathlib import Path
 
+from pyvirtd.config import parse_uuid
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
+log = logging.getLogger(__name__)
+
 SYS_CPU = Path("/sys/devices/system/cpu")
+# host_uuid_source: smbios reads the firmware's system UUID (what dmidecode
+# shows, libvirt's source), machine-id the systemd machine id.
+DMI_PRODUCT_UUID = Path("/sys/class/dmi/id/product_uuid")
+MACHINE_ID = Path("/etc/machine-id")
 SYS_NODE = Path("/sys/devices/system/node")
 # VIR_NODE_CPU_STATS_ALL_CPUS / VIR_NODE_MEMORY_STATS_ALL_CELLS
 ALL = -1
@@ -35,6 +46,39 @@ def _read(path: Path | str, default: str = "") -> str:
             return f.read()
     except OSError:
         return default
+
+
+def host_uuid(configured: str | None = None, source: str = "smbios", *,
+              dmi: Path = DMI_PRODUCT_UUID, machine_id: Path = MACHINE_ID) -> str:
+    """The host UUID, as libvirtd's daemonSetupHostUUID chooses it.
+
+    ``configured`` (the host_uuid knob) wins. Else ``source`` says where to
+    read it: ``machine-id`` must be readable and valid, or the daemon cannot
+    start (as libvirtd); ``smbios`` falls back when the firmware gives none
+    or an invalid one (all zeros is common). libvirtd then makes up a random
+    UUID on every start; we take the machine id, else one derived from the
+    host name, so the UUID stays stable across restarts.
+
+    Raises:
+      ValueError: a configured UUID is invalid, or machine-id cannot be used;
+        the message names the knob.
+    """
+    if configured:
+        return parse_uuid(configured)
+    if source == "machine-id":
+        try:
+            return parse_uuid(machine_id.read_text())
+        except OSError as exc:
+            raise ValueError(f"host_uuid_source 'machine-id': cannot read {machine_id}: "
+                             f"{exc.strerror}") from None
+        except ValueError as exc:
+            raise ValueError(f"host_uuid_source 'machine-id': {machine_id}: {exc}") from None
+    for path in (dmi, machine_id):
+        try:
+            return parse_uuid(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.info("host UUID: not from %s: %s", path, exc)
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, os.uname().nodename))
 
 
 def parse_cpulist(text: str) -> list[int]:

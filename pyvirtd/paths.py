@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 # The socket file names libvirt's remote driver connects to; changing them
@@ -139,6 +139,19 @@ class Paths:
             sock_admin=sockets / SOCK_ADMIN_NAME,
             pid_file=sockets / PID_NAME,
         )
+
+    def with_socket_dir(self, directory: Path | str | None) -> Paths:
+        """These paths with the three sockets in ``directory`` (unix_sock_dir).
+
+        Only the sockets move, under the names clients look for; the pid file
+        and the run directory stay, as with libvirtd's unix_sock_dir.
+        ``None`` keeps the layout's own socket directory.
+        """
+        if directory is None:
+            return self
+        d = Path(directory)
+        return replace(self, sock_rw=d / SOCK_RW_NAME, sock_ro=d / SOCK_RO_NAME,
+                       sock_admin=d / SOCK_ADMIN_NAME)
 
     def directories(self) -> list[Path]:
         """Every directory the daemon needs, parents before children."""

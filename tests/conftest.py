@@ -20,18 +20,19 @@ REPO = Path(__file__).resolve().parent.parent
 class RunningDaemon:
     root: Path
     proc: subprocess.Popen
+    sock_dir: Path | None = None     # unix_sock_dir when the config sets it
 
     @property
     def sock(self) -> Path:
-        return self.root / "run" / "libvirt-sock"
+        return (self.sock_dir or self.root / "run") / "libvirt-sock"
 
     @property
     def sock_ro(self) -> Path:
-        return self.root / "run" / "libvirt-sock-ro"
+        return (self.sock_dir or self.root / "run") / "libvirt-sock-ro"
 
     @property
     def sock_admin(self) -> Path:
-        return self.root / "run" / "libvirt-admin-sock"
+        return (self.sock_dir or self.root / "run") / "libvirt-admin-sock"
 
     def uri(self, base: str = "test:///default", readonly: bool = False) -> str:
         scheme, rest = base.split(":", 1)
@@ -53,8 +54,12 @@ class RunningDaemon:
         return path.read_text() if path.exists() else ""
 
 
-def start_daemon(root: Path, *extra: str, config: str | None = None) -> RunningDaemon:
-    """Start pyvirtd --root ROOT and wait until its sockets accept connections."""
+def start_daemon(root: Path, *extra: str, config: str | None = None,
+                 sock_dir: Path | None = None) -> RunningDaemon:
+    """Start pyvirtd --root ROOT and wait until its sockets accept connections.
+
+    ``sock_dir`` tells where the sockets are when ``config`` sets unix_sock_dir.
+    """
     root.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "pyvirtd.cli", "--root", str(root), *extra]
     if config is not None:
@@ -63,7 +68,7 @@ def start_daemon(root: Path, *extra: str, config: str | None = None) -> RunningD
         args += ["--config", str(cfg)]
     logf = open(root / "daemon.log", "wb")
     proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
-    d = RunningDaemon(root, proc)
+    d = RunningDaemon(root, proc, sock_dir)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:

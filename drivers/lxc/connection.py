@@ -6,6 +6,7 @@ import os
 import socket
 from typing import Any
 
+from pyvirtd import hostinfo
 from pyvirtd.rpc import _generated as P
 
 from .domains import DomainMixin
@@ -13,6 +14,7 @@ from .driver import LxcDriverState
 
 _CAPS = """<capabilities>
   <host>
+    <uuid>{uuid}</uuid>
     <cpu>
       <arch>{arch}</arch>
     </cpu>
@@ -64,7 +66,8 @@ class HostMixin:
         return int(feature == P.VIR_DRV_FEATURE_TYPED_PARAM_STRING)
 
     def connect_get_capabilities(self) -> str:
-        return _CAPS.format(arch=os.uname().machine)
+        return _CAPS.format(arch=os.uname().machine,
+                            uuid=self.driver.ctx.host_uuid or hostinfo.host_uuid())
 
     def node_get_info(self) -> tuple:
         cpus = os.cpu_count() or 1

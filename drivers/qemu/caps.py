@@ -15,7 +15,6 @@ Contract:
         # or VIR_ERR_CONFIG_UNSUPPORTED worded as libvirt.
     await probe_binary(path)                # BinaryCaps, uncached (what probe_all calls)
     kvm_usable()                            # /dev/kvm opens read-write
-    host_uuid()                             # DMI product uuid, else /etc/machine-id as a uuid
 
 A probe starts the binary as our child (-S -nodefaults -machine none, QMP on a
 unix socket in a temp dir) once with KVM (when /dev/kvm is usable) and once
@@ -31,7 +30,6 @@ import json
 import logging
 import os
 import tempfile
-import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -348,17 +346,6 @@ async def probe_all(cache_dir: str, binaries: list[str] | None = None) -> "QemuC
 
 
 # -- host facts ---------------------------------------------------------------
-
-def host_uuid() -> str:
-    try:
-        return str(uuidlib.UUID(Path("/sys/class/dmi/id/product_uuid").read_text().strip()))
-    except (OSError, ValueError):
-        pass
-    try:
-        return str(uuidlib.UUID(Path("/etc/machine-id").read_text().strip()))
-    except (OSError, ValueError):
-        return str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, os.uname().nodename))
-
 
 def _read(path: str, default: str = "") -> str:
     try:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from pyvirtd import hostinfo
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
@@ -77,7 +78,7 @@ def _host_cpu(host: etree._Element, qcaps: "QemuCaps") -> None:
 def capabilities_xml(qcaps: "QemuCaps", host_uuid: str | None = None) -> str:
     root = etree.Element("capabilities")
     host = _sub(root, "host")
-    _sub(host, "uuid", host_uuid or C.host_uuid())
+    _sub(host, "uuid", host_uuid or hostinfo.host_uuid())
     _host_cpu(host, qcaps)
     pm = _sub(host, "power_management")
     for state in C._power_management():

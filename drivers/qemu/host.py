@@ -64,7 +64,7 @@ class HostMixin:
         return self.driver.caps
 
     def connect_get_capabilities(self) -> str:
-        return self._caps().capabilities_xml()
+        return self._caps().capabilities_xml(self.driver.ctx.host_uuid)
 
     def connect_get_domain_capabilities(self, emulatorbin: str | None, arch: str | None,
                                         machine: str | None, virttype: str | None,

@@ -10,8 +10,10 @@ sans-IO, one object per mechanism with ``step(data) -> (complete, data)``:
 - GSSAPI (RFC 4752, through ``gssapi``) with the service keys from a keytab:
   ``$KRB5_KTNAME`` if set, else CONFIG_DIR/krb5.tab (libvirt's
   /etc/libvirt/krb5.tab), else the system keytab. On plain TCP it must
-  negotiate confidentiality (libvirt's SSF >= 56), and from the reply to the
-  final step on every byte travels wrapped (`SaslChannel`).
+  negotiate confidentiality of at least ``tcp_min_ssf`` bits (the security
+  strength factor: the session key's size, 56 by default as libvirtd), and
+  from the reply to the final step on every byte travels wrapped
+  (`SaslChannel`).
 
 The flow (libvirt-rpc.md §10): AUTH_SASL_INIT lists mechanisms,
 AUTH_SASL_START picks one with the first client data, AUTH_SASL_STEP goes on
@@ -47,6 +49,11 @@ LAYER_NONE, LAYER_INTEGRITY, LAYER_CONFIDENTIALITY = 1, 2, 4
 # tell it we take (Cyrus' default maxbuf).
 MAX_BUFFER = 65536
 MAX_TOKEN = 4 * MAX_BUFFER
+# GSS_C_SEC_CONTEXT_SASL_SSF (MIT krb5): the context's SSF, i.e. its key size
+# in bits, which Cyrus' GSSAPI plugin reports too. Where a GSSAPI library
+# cannot tell, Cyrus assumes 56 (single DES, its K5_MAX_SSF), and so do we.
+SASL_SSF_OID = "1.2.840.113554.1.2.2.5.15"
+FALLBACK_SSF = 56
 
 
 def auth_failed(detail: str = "") -> VirError:
@@ -149,12 +156,14 @@ class GssapiMech:
 
     name = GSSAPI
 
-    def __init__(self, keytab: str | None, layers: int) -> None:
+    def __init__(self, keytab: str | None, layers: int, min_ssf: int = 0) -> None:
         import gssapi
         store = {"keytab": keytab} if keytab else None
         creds = gssapi.Credentials(usage="accept", store=store)
         self._ctx = gssapi.SecurityContext(creds=creds, usage="accept")
         self._layers = layers          # what this channel may use (bitmask)
+        self._min_ssf = min_ssf        # tcp_min_ssf on plain TCP, else 0
+        self.ssf = 0                   # of the layer the client chose
         self._state = "context"
         self.username = ""
         self.layer: tuple[Any, int] | None = None   # (context, client max buffer)
@@ -180,7 +189,25 @@ class GssapiMech:
             raise auth_failed() from None
         raise auth_failed("unexpected SASL step")
 
+    def _context_ssf(self) -> int:
+        """The key strength of the established context (GSS_C_SEC_CONTEXT_SASL_SSF)."""
+        import gssapi.raw as graw
+        try:
+            oid = graw.OID.from_int_seq(SASL_SSF_OID)
+            data = graw.inquire_sec_context_by_oid(self._ctx, oid)
+            return int.from_bytes(data[0][:4], "big")
+        except (graw.GSSError, IndexError, AttributeError):
+            return FALLBACK_SSF
+
     def _offer(self) -> tuple[bool, bytes]:
+        # only a layer as strong as tcp_min_ssf may be offered: with none left
+        # the exchange fails, as Cyrus SASL does under libvirtd's min_ssf
+        if self._min_ssf:
+            ssf = self._context_ssf() if self._layers & LAYER_CONFIDENTIALITY else 0
+            if ssf < self._min_ssf:
+                log.warning("GSSAPI: negotiated SSF %d was not strong enough "
+                            "(tcp_min_ssf is %d)", ssf, self._min_ssf)
+                raise auth_failed()
         self._state = "offered"
         offer = bytes([self._layers]) + MAX_BUFFER.to_bytes(3, "big")
         return False, self._ctx.wrap(offer, False).message
@@ -199,6 +226,9 @@ class GssapiMech:
         if chosen != LAYER_NONE:
             maxbuf = int.from_bytes(message[1:4], "big") or MAX_BUFFER
             self.layer = (self._ctx, chosen == LAYER_CONFIDENTIALITY, maxbuf)
+        self.ssf = {LAYER_CONFIDENTIALITY: self._context_ssf(), LAYER_INTEGRITY: 1}.get(chosen, 0)
+        if self.ssf < self._min_ssf:     # unreachable while only confidentiality is offered
+            raise auth_failed(f"negotiated SSF {self.ssf} was not strong enough")
         self._state = "done"
         return True, None
 
@@ -263,9 +293,11 @@ class SaslSession:
             self.mech = ScramMech(ScramUsers(credential_file(paths)))
         else:
             # plain TCP must be encrypted; elsewhere the channel is already secure
-            layers = LAYER_CONFIDENTIALITY if self.client.transport == TRANSPORT_TCP else LAYER_NONE
+            tcp = self.client.transport == TRANSPORT_TCP
+            layers = LAYER_CONFIDENTIALITY if tcp else LAYER_NONE
+            min_ssf = self.client.daemon.config.tcp_min_ssf if tcp else 0
             try:
-                self.mech = GssapiMech(_keytab(paths), layers)
+                self.mech = GssapiMech(_keytab(paths), layers, min_ssf)
             except Exception as exc:   # no keytab, no service key...
                 log.warning("GSSAPI: cannot accept: %s", exc)
                 raise auth_failed("GSSAPI is not available") from None

@@ -3,16 +3,25 @@
 One `TlsServer` per daemon; ``reload()`` (on SIGHUP) builds a new
 `ssl.SSLContext` from the files, and only connections accepted afterwards use
 it, as with libvirtd. A reload that fails keeps the old context.
+
+Before the files are used, `sanity_check` refuses server and CA certificates
+that no client could accept (expired, not yet valid, not issued by the CA, a
+CA that is not one), so the mistake shows at start rather than as a failed
+handshake in every client; ``tls_no_sanity_certificate`` skips it.
 """
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import logging
 import socket
 import ssl
+from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pyvirtd.certs import PkiFiles, libvirt_dn, server_files
 from pyvirtd.paths import Paths
@@ -35,6 +44,8 @@ class TlsServer:
         """(Re)read the certificates; returns False (keeping the old ones) on error."""
         files = server_files(config, self.paths)
         try:
+            if not config.tls_no_sanity_certificate:
+                sanity_check(files.cert, files.ca)
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             # No session tickets, as libvirtd (GnuTLS without a ticket key): a
@@ -82,3 +93,46 @@ class TlsServer:
             # libvirtd's wording (virNetTLSContextCheckCertDNACL)
             raise ChannelError(f"Client's x509 Distinguished Name is not on the list "
                                f"of allowed clients (tls_allowed_dn_list): {dn}")
+
+
+def _load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def sanity_check(cert_path: Path, ca_path: Path) -> None:
+    """Refuse a server certificate no libvirt client would accept (virNetTLSContextSanityCheckCert).
+
+    Raises:
+      ValueError: the reason, naming the file.
+      OSError: a file cannot be read.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert, ca = _load(cert_path), _load(ca_path)
+    for what, c, path in (("server", cert, cert_path), ("CA", ca, ca_path)):
+        if c.not_valid_after_utc < now:
+            raise ValueError(f"the {what} certificate {path} has expired")
+        if c.not_valid_before_utc > now:
+            raise ValueError(f"the {what} certificate {path} is not yet active")
+    if not _is_ca(ca):
+        raise ValueError(f"the CA certificate {ca_path} is not a CA (basic constraints)")
+    if _is_ca(cert):
+        raise ValueError(f"the server certificate {cert_path} is a CA, not a server certificate")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and ExtendedKeyUsageOID.SERVER_AUTH not in usage:
+        raise ValueError(f"the server certificate {cert_path} is not for TLS servers "
+                         "(its extended key usage lacks serverAuth)")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ValueError(f"the server certificate {cert_path} is not issued by the CA "
+                         f"certificate {ca_path}") from None
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False

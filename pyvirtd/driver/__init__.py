@@ -40,6 +40,9 @@ class DriverContext:
     config: Config
     paths: Paths
     privileged: bool        # --system: may touch the host; else --root/--session
+    # capabilities' <host><uuid>: host_uuid / host_uuid_source, resolved once
+    # at start (pyvirtd.hostinfo.host_uuid); empty: the smbios default
+    host_uuid: str = ""
     events: EventBus = field(default_factory=EventBus)
     shared: dict[str, Any] = field(default_factory=dict)
 

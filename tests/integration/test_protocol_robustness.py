@@ -310,7 +310,7 @@ def test_a_client_that_never_reads_only_stalls_itself(shared, good) -> None:
                      for s in range(n))
     sender = threading.Thread(target=c.send, args=(calls,))
     sender.start()
-    time.sleep(0.5)
+    # while it sends (the pause itself is timed in tests/unit/server), others are served
     for _ in range(5):
         assert good.getLibVersion() == LIB_VERSION
     got = 0
@@ -384,17 +384,20 @@ def keepalive_daemon(tmp_path_factory):
 
 
 def test_keepalive_drops_a_silent_client_and_keeps_a_responsive_one(keepalive_daemon) -> None:
+    """The wiring, over the daemon's real socket; the exact timing is proven on a
+    mock clock in tests/unit/server/test_client_timing.py."""
     silent, polite = RawClient(keepalive_daemon.sock), RawClient(keepalive_daemon.sock)
     for c in (silent, polite):
         assert c.result("CONNECT_SUPPORTS_FEATURE", P.VIR_DRV_FEATURE_PROGRAM_KEEPALIVE) == 1
-    t0 = time.monotonic()
+    silent_gone = threading.Event()
     outcome: dict[str, object] = {}
 
     def answer_pings() -> None:
-        # answer every PING for 4.5 s (longer than the silent client survives)
+        # answer every PING until the silent client has been dropped, and at
+        # least keepalive_count + 1 of them: more than the silent one survived
         pongs = 0
         try:
-            while time.monotonic() - t0 < 4.5:
+            while not silent_gone.is_set() or pongs < 3:
                 try:
                     pkt = polite.packet(0.2)
                 except socket.timeout:
@@ -414,25 +417,17 @@ def test_keepalive_drops_a_silent_client_and_keeps_a_responsive_one(keepalive_da
             pkt = silent.packet(10)
             pings.append(pkt)
     except (EOFError, ConnectionResetError):
-        dropped_after = time.monotonic() - t0
-    helper.join()
-    # keepalive_count PINGs, one per interval, then the drop at interval * (count + 1)
+        silent_gone.set()
+    finally:
+        silent_gone.set()
+        helper.join()
+    # keepalive_count PINGs, then the drop
     assert [p.header for p in pings] == [frame.Header(KEEPALIVE, 1, PING, frame.MESSAGE, 0, frame.OK)] * 2
     assert all(len(p.body) == 0 for p in pings)
-    assert 2.5 <= dropped_after <= 4.5
     assert "error" not in outcome, outcome
     assert outcome["pongs"] >= 3
     assert polite.result("CONNECT_GET_LIB_VERSION") == LIB_VERSION
     polite.close()
-
-
-def test_no_keepalive_without_the_feature_probe(keepalive_daemon) -> None:
-    c = RawClient(keepalive_daemon.sock)
-    assert c.result("AUTH_LIST") == [0]
-    with pytest.raises(socket.timeout):
-        c.packet(1.6)            # a PING would have come after 1 s
-    assert c.result("CONNECT_GET_LIB_VERSION") == LIB_VERSION
-    c.close()
 
 
 # ------------------------------------------------------------ read-only socket
@@ -519,8 +514,9 @@ def test_max_clients_makes_the_next_client_wait(tmp_path: Path) -> None:
             assert c.result("AUTH_LIST") == [0]
         fourth = RawClient(d.sock)             # sits in the listen backlog
         serial = fourth.call("CONNECT_GET_LIB_VERSION")
-        with pytest.raises(socket.timeout):
-            fourth.reply(serial, timeout=1.0)
+        # not accepted while three are connected (that it waits is proven on a
+        # mock clock in tests/unit/server/test_client_timing.py)
+        assert nclients(d) == 3
         first[0].close()
         pkt = fourth.reply(serial, timeout=5.0)
         assert pkt.header.status == frame.OK
@@ -542,6 +538,28 @@ def test_sigterm_exits_zero_and_removes_the_sockets(tmp_path: Path) -> None:
     assert [s for s in socks if s.exists()] == []
     with pytest.raises(libvirt.libvirtError):
         conn.getLibVersion()
+
+
+def test_stopping_daemon_leaves_a_newer_daemons_socket(tmp_path: Path) -> None:
+    """A daemon that stops removes only its own socket files (inode check).
+
+    A newer daemon bound at the same path is simulated by a socket of the
+    test's: it replaces the old daemon's file, as a new daemon's rename does.
+    """
+    d = start_daemon(tmp_path / "pyvirtd")
+    newer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        d.sock.unlink()
+        newer.bind(str(d.sock))
+        newer.listen(1)
+        assert stop_daemon(d) == 0, d.log()
+        assert d.sock.exists()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(str(d.sock))       # still the newer socket, and it listens
+        # the sockets the old daemon still owned are gone
+        assert not d.sock_ro.exists() and not d.sock_admin.exists()
+    finally:
+        newer.close()
 
 
 def test_sighup_reloads_and_keeps_running(tmp_path: Path) -> None:

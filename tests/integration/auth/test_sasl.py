@@ -221,10 +221,9 @@ def kdc(tmp_path_factory):
     k.stop()
 
 
-@pytest.fixture(scope="module")
-def gssapi_daemon(tmp_path_factory, kdc):
-    root = tmp_path_factory.mktemp("gss")
-    (root / "etc").mkdir()
+def start_gssapi_daemon(root: Path, kdc: Kdc, config: str = ""):
+    """A daemon serving GSSAPI on plain TCP (127.0.0.1) with the KDC's service key."""
+    (root / "etc").mkdir(parents=True)
     shutil.copy(kdc.keytab, root / "etc" / "krb5.tab")
     port = free_port()
     saved = dict(os.environ)
@@ -232,11 +231,18 @@ def gssapi_daemon(tmp_path_factory, kdc):
     try:
         d = listening_daemon(root, f"listen_tls: false\nlisten_tcp: true\ntcp_port: '{port}'\n"
                                    "listen_addr: 127.0.0.1\n"
-                                   f"sasl_allowed_username_list: ['alice@{REALM}']\n", port)
+                                   f"sasl_allowed_username_list: ['alice@{REALM}']\n" + config,
+                             port)
     finally:
         os.environ.clear()
         os.environ.update(saved)
     d.port = port
+    return d
+
+
+@pytest.fixture(scope="module")
+def gssapi_daemon(tmp_path_factory, kdc):
+    d = start_gssapi_daemon(tmp_path_factory.mktemp("gss"), kdc)
     yield d
     stop_daemon(d)
 
@@ -276,6 +282,25 @@ def test_gssapi_layer_large_messages(kdc, gssapi_daemon) -> None:
     r = run([sys.executable, "-c", code, f"test+tcp://localhost:{gssapi_daemon.port}/default"],
             env=env)
     assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
+
+
+@pytest.mark.parametrize(("min_ssf", "accepted"), [(256, True), (257, False)])
+def test_tcp_min_ssf_refuses_a_weaker_gssapi_layer(kdc, tmp_path: Path, min_ssf: int,
+                                                   accepted: bool) -> None:
+    """The test realm's session keys are AES-256, so the layer's SSF is 256:
+    tcp_min_ssf 256 admits the client, 257 refuses it (the default, 56, admits
+    it in every test above)."""
+    d = start_gssapi_daemon(tmp_path / "d", kdc, f"tcp_min_ssf: {min_ssf}\n")
+    try:
+        env = kdc.kinit("alice", "alicepw")
+        r = run(["virsh", "-c", f"test+tcp://localhost:{d.port}/default", "list --name"], env=env)
+        if accepted:
+            assert r.returncode == 0 and r.stdout.split() == ["test"], r.stderr + d.log()
+        else:
+            assert r.returncode != 0 and "authentication failed" in r.stderr, r.stderr
+            assert "negotiated SSF 256 was not strong enough (tcp_min_ssf is 257)" in d.log()
+    finally:
+        stop_daemon(d)
 
 
 def test_gssapi_user_not_allowed(kdc, gssapi_daemon) -> None:
