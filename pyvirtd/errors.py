@@ -35,6 +35,7 @@ _PREFIXES = {
     P.VIR_ERR_NO_NODE_DEVICE: "Node device not found",
     P.VIR_ERR_NO_INTERFACE: "Interface not found",
     P.VIR_ERR_NO_SECRET: "Secret not found",
+    P.VIR_ERR_INVALID_SECRET: "Invalid secret",
     P.VIR_ERR_NO_DOMAIN_SNAPSHOT: "Domain snapshot not found",
     P.VIR_ERR_NO_DOMAIN_METADATA: "metadata not found",
     P.VIR_ERR_NO_NETWORK_PORT: "network port not found",
@@ -108,3 +109,14 @@ def internal_error(detail: str, domain: int = P.VIR_FROM_NONE) -> VirError:
 
 def rpc_error(detail: str) -> VirError:
     return VirError(P.VIR_ERR_RPC, detail, domain=P.VIR_FROM_RPC)
+
+
+def check_flags(flags: int, allowed: int, function: str, domain: int = P.VIR_FROM_NONE) -> None:
+    """libvirt's virCheckFlags: a flag outside ``allowed`` is VIR_ERR_INVALID_ARG.
+
+    ``function`` is the name of libvirt's driver function that libvirt's
+    message names (e.g. ``secretDefineXML``).
+    """
+    if flags & ~allowed:
+        raise VirError(P.VIR_ERR_INVALID_ARG, domain=domain, message=(
+            f"unsupported flags (0x{flags & ~allowed:x}) in function {function}"))
