@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 
 from pyvirtd.driver import DriverContext, SubsystemError
+from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import parse_uuid
 from pyvirtd.xml import secret as secxml
@@ -53,7 +54,17 @@ class SecretSubsystem(SecretProcedures):
         number = secxml.USAGE_TYPES[usage_type][0]
         return self.secrets.value(self.secrets.by_usage(number, usage_id))
 
-    def value_of_uuid(self, uuid: str | bytes) -> bytes:
-        """The value of the secret with this UUID (text as in XML, or 16 bytes)."""
+    def value_of_uuid(self, uuid: str | bytes, usage_type: str | None = None) -> bytes:
+        """The value of the secret with this UUID (text as in XML, or 16 bytes).
+
+        With ``usage_type``, a secret of another usage is VIR_ERR_INVALID_ARG, as
+        libvirt's virSecretGetSecretString refuses it (a Ceph key is no CHAP password).
+        """
         raw = uuid if isinstance(uuid, bytes) else parse_uuid(uuid, domain=P.VIR_FROM_SECRET)
-        return self.secrets.value(self.secrets.get(raw))
+        secret = self.secrets.get(raw)
+        actual = secret.definition.usage_type
+        if usage_type is not None and actual != usage_type:
+            raise VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_SECRET, detail=(
+                f"secret with uuid {secret.key} is of type '{actual}' not expected "
+                f"'{usage_type}' type"))
+        return self.secrets.value(secret)
