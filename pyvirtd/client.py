@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
-from pyvirtd.errors import ProtocolError
+from pyvirtd.errors import ChannelError, PeerError
 from pyvirtd.rpc import frame
-from pyvirtd.transport import ChannelError, PlainChannel
+from pyvirtd.transport import PlainChannel
 
 if TYPE_CHECKING:
     from pyvirtd.daemon import Daemon, Server
@@ -188,9 +188,7 @@ class Client:
                     nursery.start_soon(self._auth_deadline)
                 try:
                     await self._reader()
-                except ProtocolError as exc:
-                    log.warning("client %d: protocol error, closing: %s", self.id, exc)
-                except ChannelError as exc:
+                except PeerError as exc:
                     log.warning("client %d: %s, closing", self.id, exc)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass

@@ -3,11 +3,17 @@
     Exception
      ├── VirError            an operation failed; the client gets a remote_error
      │                       reply with libvirt's code, domain and message
-     └── ProtocolError       the peer broke the wire protocol; its connection
-                             is dropped and logged, nobody else is affected
-           (XdrError, from pyvirtd.rpc.xdr, is a ProtocolError cause: a body that
-            does not decode is answered with VIR_ERR_RPC, a frame that cannot be
-            parsed drops the connection)
+     └── PeerError           the peer is at fault: its connection ends, logged,
+           │                 and nobody else is affected (the one class a
+           │                 connection loop catches for this)
+           ├── ProtocolError     it broke the wire protocol (a frame that cannot
+           │                     be parsed)
+           └── ChannelError      its channel cannot go on (pyvirtd.transport: a
+                                 failed TLS handshake, a refused certificate,
+                                 bad SASL layer data)
+
+(XdrError, from pyvirtd.rpc.xdr, is not a PeerError: a call body that does
+not decode is answered with VIR_ERR_RPC and the connection goes on.)
 
 Clients branch on the numeric code (nova checks NO_DOMAIN, NO_SECRET and
 NO_SUPPORT), so the codes and the message prefixes are libvirt's own.
@@ -80,8 +86,16 @@ class VirError(Exception):
                 self.str1, self.detail, None, -1, -1, None)
 
 
-class ProtocolError(Exception):
+class PeerError(Exception):
+    """The peer is at fault; its connection ends and nobody else is affected."""
+
+
+class ProtocolError(PeerError):
     """The peer sent something that is not the libvirt protocol; drop that connection."""
+
+
+class ChannelError(PeerError):
+    """The channel cannot go on (failed handshake, refused peer, bad layer data)."""
 
 
 # Helpers for the errors every driver raises, so their wording stays in one place.
