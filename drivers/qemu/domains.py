@@ -39,6 +39,10 @@ def check_flags(flags: int, allowed: int, function: str) -> None:
                        message=f"unsupported flags (0x{flags & ~allowed:x}) in function {function}")
 
 
+# virDomainQemuMonitorCommandFlags
+MONITOR_COMMAND_HMP = 1
+
+
 class DomainMixin(ds.DomainLookups):
     driver: QemuDriverState
     error_domain = P.VIR_FROM_QEMU
@@ -48,6 +52,17 @@ class DomainMixin(ds.DomainLookups):
         check_flags(flags, 0, "qemuDomainGetState")
         dom = self._dom(ref)
         return (dom.state, dom.reason)
+
+    async def qemu_domain_monitor_command(self, ref: Any, cmd: str, flags: int) -> str:
+        """``virsh qemu-monitor-command``: a QMP (or with flag 1, HMP) command passed
+        through to the guest's QEMU unchanged (qemuDomainQemuMonitorCommand)."""
+        check_flags(flags, MONITOR_COMMAND_HMP, "qemuDomainQemuMonitorCommand")
+        dom = self._active(ref)
+        if dom.monitor is None:
+            raise ds.not_running()
+        if flags & MONITOR_COMMAND_HMP:
+            return await dom.monitor.human_monitor_command(cmd)
+        return await dom.monitor.execute_json(cmd)
 
     def domain_get_control_info(self, ref: Any, flags: int) -> tuple:
         check_flags(flags, 0, "qemuDomainGetControlInfo")
