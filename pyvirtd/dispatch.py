@@ -17,7 +17,7 @@ import inspect
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import trio
 
@@ -100,14 +100,36 @@ class Program:
 
     @staticmethod
     def _lookup(conn: Any, method: str) -> tuple[Callable | None, bool, int]:
-        fn = getattr(type(conn), method, None)
+        return lookup_method(type(conn), [type(s) for s in getattr(conn, "subsystems", ())],
+                             method)
+
+    def answered_by(self, proc: Procedure, conn_type: type,
+                    subsystem_types: Sequence[type]) -> str | None:
+        """Who answers ``proc`` for connections of ``conn_type``: 'daemon', 'driver' or None.
+
+        The same lookup as `resolve`, on types, so that the support matrix
+        (tools/support_matrix.py) says what a client really gets.
+        """
+        if proc.method in self._own:
+            return "daemon"
+        fn, _is_async, _index = lookup_method(conn_type, subsystem_types, proc.method)
+        return None if fn is None else "driver"
+
+
+def lookup_method(conn_type: type, subsystem_types: Sequence[type],
+                  method: str) -> tuple[Callable | None, bool, int]:
+    """A driver handler: (function, is_coroutine, subsystem index or -1 for the connection).
+
+    The connection's class answers first, then its subsystems' classes in order.
+    """
+    fn = getattr(conn_type, method, None)
+    if fn is not None:
+        return fn, inspect.iscoroutinefunction(fn), -1
+    for index, sub_type in enumerate(subsystem_types):
+        fn = getattr(sub_type, method, None)
         if fn is not None:
-            return fn, inspect.iscoroutinefunction(fn), -1
-        for index, sub in enumerate(getattr(conn, "subsystems", ())):
-            fn = getattr(type(sub), method, None)
-            if fn is not None:
-                return fn, inspect.iscoroutinefunction(fn), index
-        return None, False, -1
+            return fn, inspect.iscoroutinefunction(fn), index
+    return None, False, -1
 
 
 class Dispatcher:
