@@ -29,8 +29,9 @@ from pyvirtd.xml import interface as ifxml
 _FROM = P.VIR_FROM_INTERFACE
 
 # virConnectListAllInterfacesFlags, virInterfaceXMLFlags
-LIST_INACTIVE, LIST_ACTIVE = 1, 2
-XML_INACTIVE = 1
+LIST_INACTIVE = P.ConnectListAllInterfacesFlags.VIR_CONNECT_LIST_INTERFACES_INACTIVE
+LIST_ACTIVE = P.ConnectListAllInterfacesFlags.VIR_CONNECT_LIST_INTERFACES_ACTIVE
+XML_INACTIVE = P.InterfaceXMLFlags.VIR_INTERFACE_XML_INACTIVE
 # a guest's tap on a bridge (VIR_NET_GENERATED_VNET_PREFIX + digit) is not a member
 _GUEST_TAP = re.compile(r"^vnet\d")
 # sysfs bonding/mode "balance-rr 0": libvirt's bond modes, by the kernel's number

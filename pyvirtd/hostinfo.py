@@ -26,7 +26,7 @@ from pyvirtd.rpc import _generated as P
 SYS_CPU = Path("/sys/devices/system/cpu")
 SYS_NODE = Path("/sys/devices/system/node")
 # VIR_NODE_CPU_STATS_ALL_CPUS / VIR_NODE_MEMORY_STATS_ALL_CELLS
-ALL = -1
+ALL = P.NodeGetCPUStatsAllCPUs.VIR_NODE_CPU_STATS_ALL_CPUS
 
 
 def _read(path: Path | str, default: str = "") -> str:

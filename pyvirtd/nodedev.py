@@ -28,7 +28,11 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml.nodedev import CAP_FLAGS
 
 SYS = Path("/sys")
-LIST_ALL_CAPS = (1 << 22) - 1
+# every VIR_CONNECT_LIST_NODE_DEVICES_CAP_* bit (SYSTEM = 1 << 0 ... VPD = 1 << 21)
+LIST_ALL_CAPS = (P.ConnectListAllNodeDeviceFlags.VIR_CONNECT_LIST_NODE_DEVICES_CAP_VPD << 1) - 1
+# active/inactive filters: all host devices are active, so they keep everything
+LIST_STATES = (P.ConnectListAllNodeDeviceFlags.VIR_CONNECT_LIST_NODE_DEVICES_INACTIVE
+               | P.ConnectListAllNodeDeviceFlags.VIR_CONNECT_LIST_NODE_DEVICES_ACTIVE)
 
 
 def _read(path: Path) -> str | None:
@@ -165,8 +169,7 @@ class NodeDeviceSubsystem:
         return [d.name for d in self._with_cap(cap)][:maxnames]
 
     def connect_list_all_node_devices(self, need_results: int, flags: int) -> tuple:
-        # the active/inactive filters (bits 30, 31) keep everything: all are active
-        check_flags(flags, LIST_ALL_CAPS | (1 << 30) | (1 << 31), "nodeConnectListAllNodeDevices",
+        check_flags(flags, LIST_ALL_CAPS | LIST_STATES, "nodeConnectListAllNodeDevices",
                     P.VIR_FROM_NODEDEV)
         wanted = [cap for cap, bit in CAP_FLAGS.items() if flags & bit]
         devs = [P.remote_nonnull_node_device(d.name) for d in host_devices()

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 _FROM = P.VIR_FROM_NETWORK
 
 # virNetworkPortCreateFlags
-PORT_CREATE_RECLAIM, PORT_CREATE_VALIDATE = 1, 2
+PORT_CREATE_RECLAIM = P.NetworkPortCreateFlags.VIR_NETWORK_PORT_CREATE_RECLAIM
+PORT_CREATE_VALIDATE = P.NetworkPortCreateFlags.VIR_NETWORK_PORT_CREATE_VALIDATE
 # forward modes whose ports are plugged into the network's own bridge
 _BRIDGED_MODES = (None, "nat", "route", "open", "none")
 _DIRECT_MODES = ("bridge", "private", "vepa", "passthrough")

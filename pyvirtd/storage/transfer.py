@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 _FROM = P.VIR_FROM_STORAGE
 
 # VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM == VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM
-SPARSE_STREAM = 1
+SPARSE_STREAM = P.StorageVolUploadFlags.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM
 # Bytes moved per thread call: many stream chunks, so the thread hand-off
 # costs little next to the copying.
 IO_BATCH = 16 * STREAM_CHUNK

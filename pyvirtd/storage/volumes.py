@@ -31,10 +31,11 @@ if TYPE_CHECKING:
 _FROM = P.VIR_FROM_STORAGE
 
 # virStorageVolCreateFlags' schema check (the other create flags come from the backends)
-VOL_CREATE_VALIDATE = 4
+VOL_CREATE_VALIDATE = P.StorageVolCreateFlags.VIR_STORAGE_VOL_CREATE_VALIDATE
 # virStorageVolDeleteFlags / virStorageVolInfoFlags
-DELETE_ZEROED, DELETE_WITH_SNAPSHOTS = 1, 2
-GET_PHYSICAL = 1
+DELETE_ZEROED = P.StorageVolDeleteFlags.VIR_STORAGE_VOL_DELETE_ZEROED
+DELETE_WITH_SNAPSHOTS = P.StorageVolDeleteFlags.VIR_STORAGE_VOL_DELETE_WITH_SNAPSHOTS
+GET_PHYSICAL = P.StorageVolInfoFlags.VIR_STORAGE_VOL_GET_PHYSICAL
 
 
 def no_vol(what: str, value: str) -> VirError:
