@@ -50,7 +50,7 @@ PY_HAS_ENSUREPIP = $(shell $(PYTHON) -c 'import ensurepip; print(1)' 2>/dev/null
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: deps venv run test bench gen clean
+.PHONY: deps venv run test bench gen libvirt-api support-matrix clean
 
 deps:
 	@missing=""; \
@@ -87,6 +87,15 @@ bench: deps venv
 
 gen: venv
 	$(VENV)/bin/python tools/gen_protocol.py $(PROTOCOL_JSON) pyvirtd/rpc/_generated.py
+
+# libvirt's public enums and function names (tools/libvirt_api.json, committed; `make gen`
+# reads it): refresh from the installed libvirt-dev when moving to a new libvirt
+libvirt-api:
+	$(PYTHON) tools/gen_libvirt_api.py tools/libvirt_api.json
+
+# docs/support-matrix.md: which driver answers which procedure, from the dispatch lookup
+support-matrix: venv
+	$(VENV)/bin/python tools/support_matrix.py docs/support-matrix.md
 
 clean:
 	rm -rf $(VENV) .pyvirtd build *.egg-info .pytest_cache .hypothesis

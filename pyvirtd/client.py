@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import trio
 
 from pyvirtd.errors import ChannelError, PeerError
+from pyvirtd.rpc import _generated as P
 from pyvirtd.rpc import frame
 from pyvirtd.transport import PlainChannel
 
@@ -50,7 +51,9 @@ KEEPALIVE_PING, KEEPALIVE_PONG = 1, 2
 _client_ids = itertools.count(1)
 
 # virClientTransport (include/libvirt/libvirt-admin.h), as virt-admin prints it
-TRANSPORT_UNIX, TRANSPORT_TCP, TRANSPORT_TLS = 0, 1, 2
+TRANSPORT_UNIX = P.ClientTransport.VIR_CLIENT_TRANS_UNIX
+TRANSPORT_TCP = P.ClientTransport.VIR_CLIENT_TRANS_TCP
+TRANSPORT_TLS = P.ClientTransport.VIR_CLIENT_TRANS_TLS
 
 
 @dataclass(frozen=True)

@@ -122,3 +122,24 @@ def internal_error(detail: str, domain: int = P.VIR_FROM_NONE) -> VirError:
 
 def rpc_error(detail: str) -> VirError:
     return VirError(P.VIR_ERR_RPC, detail, domain=P.VIR_FROM_RPC)
+
+
+def unsupported_flags(flags: int, function: str, domain: int) -> VirError:
+    """libvirt's virCheckFlags refusal: the message has no per-code prefix.
+
+    ``flags`` are the offending bits only; ``function`` is the driver function
+    libvirt would name (testDomainGetXMLDesc, virStorageVolDefParseXML, ...).
+    """
+    return VirError(P.VIR_ERR_INVALID_ARG, domain=domain,
+                    message=f"unsupported flags (0x{flags:x}) in function {function}")
+
+
+def check_flags(flags: int, allowed: int, function: str, domain: int) -> None:
+    """virCheckFlags: refuse any flag outside ``allowed``, in the caller's error domain.
+
+    ``allowed`` is usually a generated ``IntFlag``; its ``~`` keeps only the
+    class's own bits, so the complement is taken on plain ints.
+    """
+    unknown = int(flags) & ~int(allowed)
+    if unknown:
+        raise unsupported_flags(unknown, function, domain)

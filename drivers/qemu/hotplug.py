@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import trio
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import fromstring, hardened_parser
@@ -598,9 +598,7 @@ class HotplugMixin:
         """The frame of every device procedure (qemuDomain*DeviceFlags): flags checked,
         the guest's lock held, the config change prepared first and saved only after the
         live one succeeded, so a failed live change leaves the config as it was."""
-        from .domains import check_flags
-
-        check_flags(flags, allowed, function)
+        check_flags(flags, allowed, function, P.VIR_FROM_QEMU)
         dom = self._dom(ref)            # type: ignore[attr-defined]
         async with dom.lock:
             live, config = modification_impact(dom, flags & (AFFECT_LIVE | AFFECT_CONFIG))

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
 from pyvirtd.xml import secret as secxml
-
-from .networks import check_flags
 from .state import TestState
 
 # virConnectListAllSecretsFlags.
@@ -69,7 +67,7 @@ class SecretMixin:
         return list(self.state.secrets)[:maxuuids]
 
     def connect_list_all_secrets(self, need_results: int, flags: int) -> tuple:
-        check_flags(flags, 15, "secretConnectListAllSecrets")
+        check_flags(flags, 15, "secretConnectListAllSecrets", P.VIR_FROM_TEST)
         out = []
         for s in self.state.secrets.values():
             d = s.definition
@@ -100,7 +98,7 @@ class SecretMixin:
 
     def secret_define_xml(self, xml: str, flags: int) -> P.remote_nonnull_secret:
         # libvirt's test driver has no secrets; its secret driver takes VALIDATE
-        check_flags(flags, DEFINE_VALIDATE, "secretDefineXML")
+        check_flags(flags, DEFINE_VALIDATE, "secretDefineXML", P.VIR_FROM_TEST)
         new = secxml.parse(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         key = format_uuid(new.uuid)
         existing = self.state.secrets.get(key)
@@ -128,7 +126,7 @@ class SecretMixin:
         return secret.ref()
 
     def secret_get_xml_desc(self, ref, flags: int) -> str:
-        check_flags(flags, 0, "secretGetXMLDesc")
+        check_flags(flags, 0, "secretGetXMLDesc", P.VIR_FROM_TEST)
         return secxml.format(self._secret(ref).definition)
 
     def secret_undefine(self, ref) -> None:
@@ -139,13 +137,13 @@ class SecretMixin:
     # --- value ----------------------------------------------------------------
 
     def secret_set_value(self, ref, value: bytes, flags: int) -> None:
-        check_flags(flags, 0, "secretSetValue")
+        check_flags(flags, 0, "secretSetValue", P.VIR_FROM_TEST)
         secret = self._secret(ref)
         secret.value = bytes(value)
         self._emit_secret(secret, P.VIR_SECRET_EVENT_ID_VALUE_CHANGED)
 
     def secret_get_value(self, ref, flags: int) -> bytes:
-        check_flags(flags, 0, "secretGetValue")
+        check_flags(flags, 0, "secretGetValue", P.VIR_FROM_TEST)
         secret = self._secret(ref)
         if secret.definition.private:
             raise VirError(P.VIR_ERR_INVALID_SECRET, domain=P.VIR_FROM_SECRET,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.rpc.frame import STREAM_CHUNK
 from pyvirtd.storage.backends.dir import punch_hole, system_error
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 _FROM = P.VIR_FROM_STORAGE
 
 # VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM == VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM
-SPARSE_STREAM = 1
+SPARSE_STREAM = P.StorageVolUploadFlags.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM
 # Bytes moved per thread call: many stream chunks, so the thread hand-off
 # costs little next to the copying.
 IO_BATCH = 16 * STREAM_CHUNK
@@ -104,8 +104,7 @@ class TransferProcedures:
 
     async def storage_vol_upload(self: "StorageSubsystem", stream: Stream, ref, offset: int,
                                  length: int, flags: int) -> None:
-        from pyvirtd.storage.subsystem import check_flags
-        check_flags(flags, SPARSE_STREAM, "storageVolUpload")
+        check_flags(flags, SPARSE_STREAM, "storageVolUpload", _FROM)
         pool, vol = self._stream_vol(ref)
         fd = await self._open(pool, vol, writing=True)
         self._hold(pool, vol)
@@ -114,8 +113,7 @@ class TransferProcedures:
 
     async def storage_vol_download(self: "StorageSubsystem", stream: Stream, ref, offset: int,
                                    length: int, flags: int) -> None:
-        from pyvirtd.storage.subsystem import check_flags
-        check_flags(flags, SPARSE_STREAM, "storageVolDownload")
+        check_flags(flags, SPARSE_STREAM, "storageVolDownload", _FROM)
         pool, vol = self._stream_vol(ref)
         fd = await self._open(pool, vol, writing=False)
         self._hold(pool, vol)
