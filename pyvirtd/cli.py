@@ -1,6 +1,6 @@
 """``pyvirtd``: the command line, mirroring libvirtd's options.
 
-    pyvirtd [--root DIR | --system | --session] [-f FILE] [-l] [-t SECS]
+    pyvirtd [--root DIR [--privileged] | --system | --session] [-f FILE] [-l] [-t SECS]
             [-p FILE] [-d] [-v] [--version]
     pyvirtd cert [--dir DIR] --hostname NAME...     (pyvirtd/commands.py)
     pyvirtd sasl-user add|remove|list ...
@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="keep every path (config, state, sockets, logs) under DIR")
     mode.add_argument("--system", action="store_true", help="system paths (/etc, /var/lib, /run/libvirt)")
     mode.add_argument("--session", action="store_true", help="per-user paths (XDG directories)")
+    p.add_argument("--privileged", action="store_true",
+                   help="with --root, as root: act as the system daemon (qemu:///system, "
+                        "QEMU confined) with every path under DIR")
     p.add_argument("-f", "--config", type=Path, metavar="FILE", help="configuration file (YAML)")
     p.add_argument("-l", "--listen", action="store_true",
                    help="also listen on TCP/TLS as the configuration says")
@@ -53,14 +56,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-d", "--daemon", action="store_true", help="detach and run in the background")
     p.add_argument("-v", "--verbose", action="store_true", help="log debugging messages")
     p.add_argument("--version", action="version", version=f"pyvirtd {__version__}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.privileged and (args.root is None or os.geteuid() != 0):
+        p.error("--privileged needs --root and root's privileges")
+    return args
 
 
 def _paths(args: argparse.Namespace) -> tuple[Paths, bool]:
     if args.system:
         return Paths.system(), True
     if args.root:
-        return Paths.for_root(args.root.resolve()), False
+        # --privileged: a sandboxed system daemon, for tests of what only root may do
+        return Paths.for_root(args.root.resolve()), args.privileged
     if args.session or os.geteuid() != 0:
         return Paths.session(), False
     return Paths.system(), True

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
-from pyvirtd.errors import ProtocolError
+from pyvirtd.errors import ChannelError, PeerError
+from pyvirtd.rpc import _generated as P
 from pyvirtd.rpc import frame
-from pyvirtd.transport import ChannelError, PlainChannel
+from pyvirtd.transport import PlainChannel
 
 if TYPE_CHECKING:
     from pyvirtd.daemon import Daemon, Server
@@ -50,7 +51,9 @@ KEEPALIVE_PING, KEEPALIVE_PONG = 1, 2
 _client_ids = itertools.count(1)
 
 # virClientTransport (include/libvirt/libvirt-admin.h), as virt-admin prints it
-TRANSPORT_UNIX, TRANSPORT_TCP, TRANSPORT_TLS = 0, 1, 2
+TRANSPORT_UNIX = P.ClientTransport.VIR_CLIENT_TRANS_UNIX
+TRANSPORT_TCP = P.ClientTransport.VIR_CLIENT_TRANS_TCP
+TRANSPORT_TLS = P.ClientTransport.VIR_CLIENT_TRANS_TLS
 
 
 @dataclass(frozen=True)
@@ -188,9 +191,7 @@ class Client:
                     nursery.start_soon(self._auth_deadline)
                 try:
                     await self._reader()
-                except ProtocolError as exc:
-                    log.warning("client %d: protocol error, closing: %s", self.id, exc)
-                except ChannelError as exc:
+                except PeerError as exc:
                     log.warning("client %d: %s, closing", self.id, exc)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass

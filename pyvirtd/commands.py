@@ -1,4 +1,4 @@
-"""Administration subcommands: ``pyvirtd cert`` and ``pyvirtd sasl-user``.
+"""Administration subcommands: ``pyvirtd cert``, ``sasl-user``, ``polkit-policy``, ``qemu-user``.
 
 They run instead of the daemon when the first argument names one of them, so
 ``pyvirtd --root DIR`` and the other daemon options keep working unchanged.
@@ -8,6 +8,7 @@ They run instead of the daemon when the first argument names one of them, so
     pyvirtd sasl-user [...] remove NAME
     pyvirtd sasl-user [...] list
     pyvirtd polkit-policy > /usr/share/polkit-1/actions/org.pyvirtd.policy
+    pyvirtd qemu-user [--user NAME] [--group NAME]
 
 ``sasl-user add`` reads the password from the terminal, or from the first
 line of standard input when that is not a terminal.
@@ -21,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("cert", "sasl-user", "polkit-policy")
+SUBCOMMANDS = ("cert", "sasl-user", "polkit-policy", "qemu-user")
 
 
 def _cert(args: argparse.Namespace) -> int:
@@ -73,6 +74,36 @@ def _sasl_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _qemu_user(args: argparse.Namespace) -> int:
+    """Create the system user and group confined QEMUs run as, if missing (as a
+    package's postinst would); a member of ``kvm`` where that group exists."""
+    import grp
+    import pwd
+    import subprocess
+
+    try:
+        grp.getgrnam(args.group)
+    except KeyError:
+        subprocess.run(["groupadd", "--system", args.group], check=True)
+    try:
+        pwd.getpwnam(args.user)
+        print(f"{args.user}: exists")
+        return 0
+    except KeyError:
+        pass
+    extra = []
+    try:
+        grp.getgrnam("kvm")
+        extra = ["--groups", "kvm"]
+    except KeyError:
+        pass
+    subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                    "--shell", "/usr/sbin/nologin", "--gid", args.group, *extra,
+                    "--comment", "pyvirtd QEMU guests", args.user], check=True)
+    print(f"{args.user}: created")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="pyvirtd")
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,7 +130,13 @@ def main(argv: list[str]) -> int:
     sub.add_parser("polkit-policy",
                    help="print polkit action definitions for every permission checked")
 
+    q = sub.add_parser("qemu-user", help="create the user confined QEMU guests run as")
+    q.add_argument("--user", default="pyvirtd-qemu")
+    q.add_argument("--group", default="pyvirtd-qemu")
+
     args = p.parse_args(argv)
+    if args.command == "qemu-user":
+        return _qemu_user(args)
     if args.command == "polkit-policy":
         from pyvirtd.auth.polkit import policy_xml
         sys.stdout.write(policy_xml())

@@ -51,7 +51,8 @@ Auth = Literal["none", "sasl", "polkit"]
 
 @dataclass(frozen=True)
 class Config:
-    """The daemon's settings; every field is a libvirtd.conf knob.
+    """The daemon's settings; every field is a libvirtd.conf knob, or for the
+    QEMU driver a qemu.conf one.
 
     ``None`` means "not set": the code that uses the knob picks the default
     libvirtd would (e.g. ``key_file`` depends on system vs session mode). List
@@ -133,6 +134,14 @@ class Config:
     ovs_timeout: int = 5
     mdns_adv: bool = False
     mdns_name: str | None = None
+
+    # QEMU guests of a privileged daemon (qemu.conf's knob names; see
+    # drivers/qemu/confine.py).  A session daemon runs QEMU as its own user.
+    user: str = "pyvirtd-qemu"
+    group: str = "pyvirtd-qemu"
+    dynamic_ownership: bool = True
+    remember_owner: bool = True
+    seccomp_sandbox: Literal[-1, 0, 1] = -1
 
     @classmethod
     def load(cls, path: Path | None) -> Config:

@@ -16,7 +16,7 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import parse_definition
 
-BASELINE_EXPAND_FEATURES = 1
+BASELINE_EXPAND_FEATURES = P.ConnectBaselineCPUFlags.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES
 CPU_MAP_DIR = Path("/usr/share/libvirt/cpu_map")
 
 

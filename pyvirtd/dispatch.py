@@ -5,8 +5,10 @@ procedure, authentication, read-only, decoding, then the handler.  A handler
 is looked up by the procedure's snake_case name, first on the program object
 (procedures the daemon answers itself) and then on the client's driver
 connection; a driver that lacks the method answers VIR_ERR_NO_SUPPORT here,
-in this one place.  Handlers may be plain functions (run inline: the fast
-path) or coroutines (run as tasks, so slow calls overlap).
+in this one place, naming the libvirt function and its error domain (the
+generated table's ``api_name`` and ``error_domain`` columns).  Handlers may be
+plain functions (run inline: the fast path) or coroutines (run as tasks, so
+slow calls overlap).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import inspect
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import trio
 
@@ -32,43 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CALL_TYPES = (frame.CALL, frame.CALL_WITH_FDS)
-
-# Words that libvirt's API names keep in capitals (virDomainGetXMLDesc).
-_API_WORDS = {"XML": "XML", "UUID": "UUID", "ID": "ID", "OS": "OS", "CPU": "CPU",
-              "MAC": "MAC", "IO": "IO", "PM": "PM", "FS": "FS", "NMI": "NMI",
-              "DHCP": "DHCP", "SCSI": "SCSI", "WWN": "WWN", "NWFILTER": "NWFilter"}
-
-
-def api_name(proc: Procedure) -> str:
-    """The public libvirt function behind a procedure, for error messages."""
-    words = [_API_WORDS.get(w, w.capitalize()) for w in proc.name.split("_")]
-    return "vir" + "".join(words)
-
-
-def api_error_domain(proc: Procedure) -> int:
-    """The error domain (VIR_FROM_THIS) of the libvirt source file behind a procedure.
-
-    An unsupported call is reported by the public API wrapper (libvirt-domain.c,
-    libvirt-network.c, ...), so VIR_ERR_NO_SUPPORT carries that file's domain;
-    libvirt-host.c, libvirt-qemu.c and libvirt-domain.c all use VIR_FROM_DOMAIN.
-    """
-    name = proc.name
-    if proc.program == "admin":
-        return P.VIR_FROM_ADMIN
-    if "SNAPSHOT" in name:
-        return P.VIR_FROM_DOMAIN_SNAPSHOT
-    if "CHECKPOINT" in name:
-        return P.VIR_FROM_DOMAIN_CHECKPOINT
-    if not name.startswith("DOMAIN_"):
-        for word, domain in (("NWFILTER", P.VIR_FROM_NWFILTER), ("NETWORK", P.VIR_FROM_NETWORK),
-                             ("STORAGE", P.VIR_FROM_STORAGE), ("SECRET", P.VIR_FROM_SECRET),
-                             ("INTERFACE", P.VIR_FROM_INTERFACE), ("NODE_DEVICE", P.VIR_FROM_NODEDEV),
-                             ("NODE_NUM_OF_DEVICES", P.VIR_FROM_NODEDEV),
-                             ("NODE_LIST_DEVICES", P.VIR_FROM_NODEDEV)):
-            if word in name:
-                return domain
-    return P.VIR_FROM_DOMAIN
-
+_STREAM_TYPES = (frame.STREAM, frame.STREAM_HOLE)
 
 class ReplyFds:
     """What a handler returns to pass file descriptors back (LXC_PROC_DOMAIN_OPEN_NAMESPACE).
@@ -153,19 +119,41 @@ class Program:
             found = self._driver_cache[key] = self._lookup(conn, proc.method)
         fn, is_async, index = found
         if fn is None:
-            raise VirError(P.VIR_ERR_NO_SUPPORT, api_name(proc), domain=api_error_domain(proc))
+            raise VirError(P.VIR_ERR_NO_SUPPORT, proc.api_name, domain=proc.error_domain)
         return fn, is_async, conn if index < 0 else conn.subsystems[index]
 
     @staticmethod
     def _lookup(conn: Any, method: str) -> tuple[Callable | None, bool, int]:
-        fn = getattr(type(conn), method, None)
+        return lookup_method(type(conn), [type(s) for s in getattr(conn, "subsystems", ())],
+                             method)
+
+    def answered_by(self, proc: Procedure, conn_type: type,
+                    subsystem_types: Sequence[type]) -> str | None:
+        """Who answers ``proc`` for connections of ``conn_type``: 'daemon', 'driver' or None.
+
+        The same lookup as `resolve`, on types, so that the support matrix
+        (tools/support_matrix.py) says what a client really gets.
+        """
+        if proc.method in self._own:
+            return "daemon"
+        fn, _is_async, _index = lookup_method(conn_type, subsystem_types, proc.method)
+        return None if fn is None else "driver"
+
+
+def lookup_method(conn_type: type, subsystem_types: Sequence[type],
+                  method: str) -> tuple[Callable | None, bool, int]:
+    """A driver handler: (function, is_coroutine, subsystem index or -1 for the connection).
+
+    The connection's class answers first, then its subsystems' classes in order.
+    """
+    fn = getattr(conn_type, method, None)
+    if fn is not None:
+        return fn, inspect.iscoroutinefunction(fn), -1
+    for index, sub_type in enumerate(subsystem_types):
+        fn = getattr(sub_type, method, None)
         if fn is not None:
-            return fn, inspect.iscoroutinefunction(fn), -1
-        for index, sub in enumerate(getattr(conn, "subsystems", ())):
-            fn = getattr(type(sub), method, None)
-            if fn is not None:
-                return fn, inspect.iscoroutinefunction(fn), index
-        return None, False, -1
+            return fn, inspect.iscoroutinefunction(fn), index
+    return None, False, -1
 
 
 class Dispatcher:
@@ -189,7 +177,9 @@ class Dispatcher:
             return
         if h.type not in _CALL_TYPES:
             stream = client.program_state.get("streams", {}).get(h.serial)
-            if stream is not None:   # data for a stream that has ended is dropped
+            # data for a stream that has ended is dropped, and so is anything
+            # but STREAM / STREAM_HOLE of the stream's own call (daemonStreamFilter)
+            if stream is not None and h.type in _STREAM_TYPES and stream.matches(h):
                 stream.packet(packet)
                 await stream.wait_consumed()
             return
@@ -203,7 +193,7 @@ class Dispatcher:
                 raise rpc_error("authentication required")
             if client.readonly and not proc.readonly_ok:
                 raise VirError(P.VIR_ERR_OPERATION_DENIED,
-                               f"read only access prevents {api_name(proc)}",
+                               f"read only access prevents {proc.api_name}",
                                domain=P.VIR_FROM_NONE)
             if proc.unpack_args is not None:
                 try:
@@ -221,7 +211,7 @@ class Dispatcher:
                 check_arg_limits(args, limits)
             if client.readonly and getattr(args, "flags", 0) & proc.readonly_deny_flags:
                 raise VirError(P.VIR_ERR_OPERATION_DENIED,
-                               f"read only access prevents {api_name(proc)}",
+                               f"read only access prevents {proc.api_name}",
                                domain=P.VIR_FROM_NONE)
             if proc.stream is not None:
                 stream = Stream(client, h, proc.stream)

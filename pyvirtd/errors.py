@@ -3,11 +3,17 @@
     Exception
      ├── VirError            an operation failed; the client gets a remote_error
      │                       reply with libvirt's code, domain and message
-     └── ProtocolError       the peer broke the wire protocol; its connection
-                             is dropped and logged, nobody else is affected
-           (XdrError, from pyvirtd.rpc.xdr, is a ProtocolError cause: a body that
-            does not decode is answered with VIR_ERR_RPC, a frame that cannot be
-            parsed drops the connection)
+     └── PeerError           the peer is at fault: its connection ends, logged,
+           │                 and nobody else is affected (the one class a
+           │                 connection loop catches for this)
+           ├── ProtocolError     it broke the wire protocol (a frame that cannot
+           │                     be parsed)
+           └── ChannelError      its channel cannot go on (pyvirtd.transport: a
+                                 failed TLS handshake, a refused certificate,
+                                 bad SASL layer data)
+
+(XdrError, from pyvirtd.rpc.xdr, is not a PeerError: a call body that does
+not decode is answered with VIR_ERR_RPC and the connection goes on.)
 
 Clients branch on the numeric code (nova checks NO_DOMAIN, NO_SECRET and
 NO_SUPPORT), so the codes and the message prefixes are libvirt's own.
@@ -81,8 +87,16 @@ class VirError(Exception):
                 self.str1, self.detail, None, -1, -1, None)
 
 
-class ProtocolError(Exception):
+class PeerError(Exception):
+    """The peer is at fault; its connection ends and nobody else is affected."""
+
+
+class ProtocolError(PeerError):
     """The peer sent something that is not the libvirt protocol; drop that connection."""
+
+
+class ChannelError(PeerError):
+    """The channel cannot go on (failed handshake, refused peer, bad layer data)."""
 
 
 # Helpers for the errors every driver raises, so their wording stays in one place.
@@ -111,12 +125,22 @@ def rpc_error(detail: str) -> VirError:
     return VirError(P.VIR_ERR_RPC, detail, domain=P.VIR_FROM_RPC)
 
 
-def check_flags(flags: int, allowed: int, function: str, domain: int = P.VIR_FROM_NONE) -> None:
-    """libvirt's virCheckFlags: a flag outside ``allowed`` is VIR_ERR_INVALID_ARG.
+def unsupported_flags(flags: int, function: str, domain: int) -> VirError:
+    """libvirt's virCheckFlags refusal: the message has no per-code prefix.
 
-    ``function`` is the name of libvirt's driver function that libvirt's
-    message names (e.g. ``secretDefineXML``).
+    ``flags`` are the offending bits only; ``function`` is the driver function
+    libvirt would name (testDomainGetXMLDesc, virStorageVolDefParseXML, ...).
     """
-    if flags & ~allowed:
-        raise VirError(P.VIR_ERR_INVALID_ARG, domain=domain, message=(
-            f"unsupported flags (0x{flags & ~allowed:x}) in function {function}"))
+    return VirError(P.VIR_ERR_INVALID_ARG, domain=domain,
+                    message=f"unsupported flags (0x{flags:x}) in function {function}")
+
+
+def check_flags(flags: int, allowed: int, function: str, domain: int) -> None:
+    """virCheckFlags: refuse any flag outside ``allowed``, in the caller's error domain.
+
+    ``allowed`` is usually a generated ``IntFlag``; its ``~`` keeps only the
+    class's own bits, so the complement is taken on plain ints.
+    """
+    unknown = int(flags) & ~int(allowed)
+    if unknown:
+        raise unsupported_flags(unknown, function, domain)

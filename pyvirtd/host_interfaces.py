@@ -22,15 +22,16 @@ from dataclasses import dataclass
 import trio
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import interface as ifxml
 
 _FROM = P.VIR_FROM_INTERFACE
 
 # virConnectListAllInterfacesFlags, virInterfaceXMLFlags
-LIST_INACTIVE, LIST_ACTIVE = 1, 2
-XML_INACTIVE = 1
+LIST_INACTIVE = P.ConnectListAllInterfacesFlags.VIR_CONNECT_LIST_INTERFACES_INACTIVE
+LIST_ACTIVE = P.ConnectListAllInterfacesFlags.VIR_CONNECT_LIST_INTERFACES_ACTIVE
+XML_INACTIVE = P.InterfaceXMLFlags.VIR_INTERFACE_XML_INACTIVE
 # a guest's tap on a bridge (VIR_NET_GENERATED_VNET_PREFIX + digit) is not a member
 _GUEST_TAP = re.compile(r"^vnet\d")
 # sysfs bonding/mode "balance-rr 0": libvirt's bond modes, by the kernel's number
@@ -186,12 +187,6 @@ def _no_such(name: str) -> VirError:
                     domain=_FROM)
 
 
-def _check_flags(flags: int, allowed: int, function: str) -> None:
-    if flags & ~allowed:
-        raise VirError(P.VIR_ERR_INVALID_ARG, domain=_FROM,
-                       message=f"unsupported flags (0x{flags & ~allowed:x}) in function {function}")
-
-
 class HostInterfaceSubsystem:
     """The interface procedures of hypervisor connections (libvirt's udev backend)."""
 
@@ -223,7 +218,7 @@ class HostInterfaceSubsystem:
                 if l.operstate == "down"][:maxnames]
 
     async def connect_list_all_interfaces(self, need_results: int, flags: int) -> tuple:
-        _check_flags(flags, LIST_ACTIVE | LIST_INACTIVE, "udevConnectListAllInterfaces")
+        check_flags(flags, LIST_ACTIVE | LIST_INACTIVE, "udevConnectListAllInterfaces", _FROM)
         out = []
         for link in _listed(await self._links()):
             up = link.operstate == "up"
@@ -250,7 +245,7 @@ class HostInterfaceSubsystem:
         return P.remote_nonnull_interface(found[0].name, mac)
 
     async def interface_get_xml_desc(self, ref, flags: int) -> str:
-        _check_flags(flags, XML_INACTIVE, "udevInterfaceGetXMLDesc")
+        check_flags(flags, XML_INACTIVE, "udevInterfaceGetXMLDesc", _FROM)
         links, link = await self._link(ref.name)
         return ifxml.format(ifxml.InterfaceDef(
             await trio.to_thread.run_sync(_element, links, link, True)))

@@ -37,7 +37,7 @@ DMI_PRODUCT_UUID = Path("/sys/class/dmi/id/product_uuid")
 MACHINE_ID = Path("/etc/machine-id")
 SYS_NODE = Path("/sys/devices/system/node")
 # VIR_NODE_CPU_STATS_ALL_CPUS / VIR_NODE_MEMORY_STATS_ALL_CELLS
-ALL = -1
+ALL = P.NodeGetCPUStatsAllCPUs.VIR_NODE_CPU_STATS_ALL_CPUS
 
 
 def _read(path: Path | str, default: str = "") -> str:

@@ -23,12 +23,16 @@ import os
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml.nodedev import CAP_FLAGS
 
 SYS = Path("/sys")
-LIST_ALL_CAPS = (1 << 22) - 1
+# every VIR_CONNECT_LIST_NODE_DEVICES_CAP_* bit (SYSTEM = 1 << 0 ... VPD = 1 << 21)
+LIST_ALL_CAPS = (P.ConnectListAllNodeDeviceFlags.VIR_CONNECT_LIST_NODE_DEVICES_CAP_VPD << 1) - 1
+# active/inactive filters: all host devices are active, so they keep everything
+LIST_STATES = (P.ConnectListAllNodeDeviceFlags.VIR_CONNECT_LIST_NODE_DEVICES_INACTIVE
+               | P.ConnectListAllNodeDeviceFlags.VIR_CONNECT_LIST_NODE_DEVICES_ACTIVE)
 
 
 def _read(path: Path) -> str | None:
@@ -36,12 +40,6 @@ def _read(path: Path) -> str | None:
         return path.read_text().strip()
     except (OSError, UnicodeDecodeError):
         return None
-
-
-def _check_flags(flags: int, allowed: int, function: str) -> None:
-    if flags & ~allowed:
-        raise VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_NODEDEV,
-                       message=f"unsupported flags (0x{flags & ~allowed:x}) in function {function}")
 
 
 def pci_name(addr: str) -> str:
@@ -163,16 +161,16 @@ class NodeDeviceSubsystem:
                        domain=P.VIR_FROM_NODEDEV)
 
     def node_num_of_devices(self, cap: str | None, flags: int) -> int:
-        _check_flags(flags, 0, "nodeNumOfDevices")
+        check_flags(flags, 0, "nodeNumOfDevices", P.VIR_FROM_NODEDEV)
         return len(self._with_cap(cap))
 
     def node_list_devices(self, cap: str | None, maxnames: int, flags: int) -> list[str]:
-        _check_flags(flags, 0, "nodeListDevices")
+        check_flags(flags, 0, "nodeListDevices", P.VIR_FROM_NODEDEV)
         return [d.name for d in self._with_cap(cap)][:maxnames]
 
     def connect_list_all_node_devices(self, need_results: int, flags: int) -> tuple:
-        # the active/inactive filters (bits 30, 31) keep everything: all are active
-        _check_flags(flags, LIST_ALL_CAPS | (1 << 30) | (1 << 31), "nodeConnectListAllNodeDevices")
+        check_flags(flags, LIST_ALL_CAPS | LIST_STATES, "nodeConnectListAllNodeDevices",
+                    P.VIR_FROM_NODEDEV)
         wanted = [cap for cap, bit in CAP_FLAGS.items() if flags & bit]
         devs = [P.remote_nonnull_node_device(d.name) for d in host_devices()
                 if not wanted or any(c in d.caps for c in wanted)]
@@ -184,7 +182,7 @@ class NodeDeviceSubsystem:
         return P.remote_nonnull_node_device(self._dev(name).name)
 
     def node_device_get_xml_desc(self, name: str, flags: int) -> str:
-        _check_flags(flags, 0, "nodeDeviceGetXMLDesc")
+        check_flags(flags, 0, "nodeDeviceGetXMLDesc", P.VIR_FROM_NODEDEV)
         return self._dev(name).xml
 
     def node_device_get_parent(self, name: str) -> str | None:

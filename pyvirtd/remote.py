@@ -22,7 +22,7 @@ REMOTE_AUTH_NONE, REMOTE_AUTH_SASL, REMOTE_AUTH_POLKIT = 0, 1, 2
 
 # The libvirt version pyvirtd speaks for (virsh prints it as the daemon's).
 LIB_VERSION = 9_000_000
-VIR_CONNECT_RO = 1
+VIR_CONNECT_RO = P.ConnectFlags.VIR_CONNECT_RO
 
 # Procedures allowed before authentication (remote_daemon.c: needAuth = false).
 PRE_AUTH = frozenset({"auth_list", "auth_sasl_init", "auth_sasl_start",

@@ -27,6 +27,8 @@ from typing import Callable
 
 import trio
 
+from pyvirtd.errors import ChannelError
+
 log = logging.getLogger(__name__)
 
 # Raw bytes read from the socket at once under TLS; TLS records are <= 16 KiB.
@@ -43,10 +45,6 @@ TLS_HANDSHAKE_TIMEOUT = 15.0
 # libvirt's confirmation byte after a successful handshake and access check
 # (src/rpc/virnetserverclient.c, virNetServerClientCheckAccess).
 TLS_CONFIRM = b"\x01"
-
-
-class ChannelError(Exception):
-    """The channel cannot go on (failed handshake, refused peer, bad layer data)."""
 
 
 class PlainChannel:

@@ -9,6 +9,21 @@ has a namedtuple type plus ``pack_NAME(value, out)`` / ``unpack_NAME(buf, off)``
 functions.  Runs of fixed-size fields are folded into one precompiled
 ``struct.Struct`` so that a typical call body costs one or two C calls; limits
 (string and list maxima) are checked on decode, where the input is untrusted.
+
+Two more sections come from tools/libvirt_api.json (libvirt's public headers,
+extracted by tools/gen_libvirt_api.py and committed so every machine generates
+the same module):
+
+- every C enum of the headers as a class: ``enum.IntFlag`` for flag sets,
+  ``enum.IntEnum`` otherwise.  The class is named after the C typedef without
+  its ``vir`` prefix and its members keep their full C names, so a constant is
+  found by its libvirt name: virDomainState -> ``DomainState.VIR_DOMAIN_RUNNING``,
+  virDomainXMLFlags -> ``DomainXMLFlags.VIR_DOMAIN_XML_SECURE``.
+- each ``Procedure`` row (written with keyword fields) carries the libvirt
+  function behind it (``api_name``: the exported symbol whose name matches the
+  procedure's, ignoring case and underscores, or the one table of irregular
+  names, API_NAME_IRREGULAR) and the error domain that function reports in
+  (``error_domain``, from the header that declares it).
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ PRIMITIVE_FORMATS = {
 FORMAT_SIZES = {"i": 4, "I": 4, "q": 8, "Q": 8, "f": 4, "d": 8}
 BYTE_ELEMENTS = {"char", "unsigned char"}
 UNBOUNDED = 0xFFFFFFFF
+LIBVIRT_API_JSON = Path(__file__).with_name("libvirt_api.json")
 
 # Permissions that only look at state.  A procedure whose every ACL permission
 # is one of these is allowed on a read-only connection; libvirt refuses all
@@ -40,15 +56,25 @@ READ_ONLY_PERMISSIONS = re.compile(r"^(getattr|read|search_\w+)$")
 # applies only when the call sets that flag.  libvirt refuses a read-only
 # connection on these flags alone, in the public API (virDomainGetXMLDesc "with
 # secure flag", virDomainGetVcpusFlags with VCPU_GUEST); other flag conditions
-# (VIR_DOMAIN_XML_MIGRATABLE) are left to the ACL and pass.  The JSON carries no
-# values for these public-header flags, hence the numbers here.
-READ_ONLY_DENIED_FLAGS = {
-    "VIR_DOMAIN_XML_SECURE": 1,
-    "VIR_DOMAIN_SNAPSHOT_XML_SECURE": 1,
-    "VIR_DOMAIN_CHECKPOINT_XML_SECURE": 1,
-    "VIR_DOMAIN_SAVE_IMAGE_XML_SECURE": 1,
-    "VIR_DOMAIN_VCPU_GUEST": 8,
-}
+# (VIR_DOMAIN_XML_MIGRATABLE) are left to the ACL and pass.  Their values come
+# from the public headers (libvirt_api.json).
+READ_ONLY_DENIED_FLAGS = (
+    "VIR_DOMAIN_XML_SECURE", "VIR_DOMAIN_SNAPSHOT_XML_SECURE",
+    "VIR_DOMAIN_CHECKPOINT_XML_SECURE", "VIR_DOMAIN_SAVE_IMAGE_XML_SECURE",
+    "VIR_DOMAIN_VCPU_GUEST",
+)
+
+
+def header_constant(name: str) -> int:
+    """The value of a C enum member of libvirt's public headers."""
+    if not _HEADER_CONSTANTS:
+        api = json.loads(LIBVIRT_API_JSON.read_text())
+        for e in api["enums"].values():
+            _HEADER_CONSTANTS.update(e["members"])
+    return _HEADER_CONSTANTS[name]
+
+
+_HEADER_CONSTANTS: dict[str, int] = {}
 
 
 # ---------------------------------------------------------------- type model
@@ -382,13 +408,15 @@ def read_only_access(acl: tuple[str, ...]) -> tuple[bool, int]:
         cond = parts[2] if len(parts) == 3 else ""
         if cond and re.fullmatch(r"[A-Z0-9_]+(\|[A-Z0-9_]+)*", cond):
             for flag in cond.split("|"):
-                deny_flags |= READ_ONLY_DENIED_FLAGS.get(flag, 0)
+                if flag in READ_ONLY_DENIED_FLAGS:
+                    deny_flags |= header_constant(flag)
         else:
             allowed = False
     return allowed, deny_flags
 
 
-def gen_procedures(facts: dict) -> list[str]:
+def gen_procedures(facts: dict, api: dict) -> list[str]:
+    """The PROCEDURES table: one ``Procedure(...)`` row per procedure, keyword fields."""
     structs = facts["structs"]
     out = ["PROCEDURES = ("]
     for p in facts["procedures"]:
@@ -401,17 +429,27 @@ def gen_procedures(facts: dict) -> list[str]:
         def fn(kind: str, struct_name: str | None) -> str:
             return f"{kind}_{struct_name}" if struct_name else "None"
 
-        out.append(
-            "    Procedure("
-            f"{p['program']!r}, {p['program_number']}, {p['number']}, {p['short_name']!r}, "
-            f"{method_name(p['program'], p['short_name'])!r}, {p['kind']!r}, "
-            f"{fn('unpack', p['args'])}, {fn('pack', p['args'])}, "
-            f"{fn('pack', p['ret'])}, {fn('unpack', p['ret'])}, {ret_fields}, "
-            f"{fn('pack', p['msg'])}, {fn('unpack', p['msg'])}, "
-            f"{p.get('priority') == 'high'}, {readonly}, {acl!r}, "
-            f"{tuple(ann.get('aclfilter', ()))!r}, {p.get('stream')!r}, "
-            f"{bool(fds.get('fds_in'))}, {bool(fds.get('fds_out'))}"
-            + (f", {readonly_deny_flags}" if readonly_deny_flags else "") + "),")
+        function = api_name(p, api["functions"])
+        fields = [
+            ("program", repr(p["program"])), ("prog", str(p["program_number"])),
+            ("number", str(p["number"])), ("name", repr(p["short_name"])),
+            ("method", repr(method_name(p["program"], p["short_name"]))),
+            ("api_name", repr(function)),
+            ("error_domain", error_domain(p, function, api["functions"])),
+            ("kind", repr(p["kind"])),
+            ("unpack_args", fn("unpack", p["args"])), ("pack_args", fn("pack", p["args"])),
+            ("pack_ret", fn("pack", p["ret"])), ("unpack_ret", fn("unpack", p["ret"])),
+            ("ret_fields", str(ret_fields)),
+            ("pack_msg", fn("pack", p["msg"])), ("unpack_msg", fn("unpack", p["msg"])),
+            ("high_priority", str(p.get("priority") == "high")),
+            ("readonly_ok", str(readonly)), ("acl", repr(acl)),
+            ("aclfilter", repr(tuple(ann.get("aclfilter", ())))),
+            ("stream", repr(p.get("stream"))),
+            ("fds_in", str(bool(fds.get("fds_in")))), ("fds_out", str(bool(fds.get("fds_out")))),
+        ]
+        if readonly_deny_flags:
+            fields.append(("readonly_deny_flags", str(readonly_deny_flags)))
+        out.append("    Procedure(" + ", ".join(f"{k}={v}" for k, v in fields) + "),")
     out.append(")")
     return out
 
@@ -487,6 +525,94 @@ def gen_arg_limits(facts: dict) -> list[str]:
     return out
 
 
+# ------------------------------------------------ libvirt API names and enums
+
+# Procedures whose libvirt function is not spelt like the procedure.  Every
+# other procedure's function is the exported symbol that equals "vir" (admin:
+# "virAdm") plus its name, ignoring case and underscores (DOMAIN_GET_XML_DESC ->
+# virDomainGetXMLDesc); tests/unit/test_api_names.py checks the result against
+# the symbols libvirt.so really exports.
+API_NAME_IRREGULAR = {
+    ("remote", "CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY"): "virConnectDomainEventRegisterAny",
+    ("remote", "CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY"): "virConnectDomainEventDeregisterAny",
+    ("qemu", "DOMAIN_MONITOR_COMMAND"): "virDomainQemuMonitorCommand",
+    ("qemu", "DOMAIN_MONITOR_COMMAND_WITH_FILES"): "virDomainQemuMonitorCommandWithFiles",
+    ("qemu", "DOMAIN_ATTACH"): "virDomainQemuAttach",
+    ("qemu", "DOMAIN_AGENT_COMMAND"): "virDomainQemuAgentCommand",
+    ("qemu", "CONNECT_DOMAIN_MONITOR_EVENT_REGISTER"): "virConnectDomainQemuMonitorEventRegister",
+    ("qemu", "CONNECT_DOMAIN_MONITOR_EVENT_DEREGISTER"):
+        "virConnectDomainQemuMonitorEventDeregister",
+    ("lxc", "DOMAIN_OPEN_NAMESPACE"): "virDomainLxcOpenNamespace",
+}
+
+# Calls between two daemons (migration) and the feature probe are libvirt's
+# internal functions (libvirt_internal.h), exported only as private symbols:
+# they are not in the public headers, but are spelt by plain capitalisation.
+INTERNAL_API_PREFIXES = ("DOMAIN_MIGRATE_", "CONNECT_SUPPORTS_FEATURE")
+
+# The error domain (VIR_FROM_THIS) of the libvirt source file that implements
+# the functions of each public header; a call a driver lacks is refused there.
+HEADER_ERROR_DOMAINS = {
+    "libvirt-host": "VIR_FROM_DOMAIN", "libvirt-domain": "VIR_FROM_DOMAIN",
+    "libvirt-qemu": "VIR_FROM_DOMAIN", "libvirt-lxc": "VIR_FROM_DOMAIN",
+    "libvirt-domain-snapshot": "VIR_FROM_DOMAIN_SNAPSHOT",
+    "libvirt-domain-checkpoint": "VIR_FROM_DOMAIN_CHECKPOINT",
+    "libvirt-network": "VIR_FROM_NETWORK", "libvirt-storage": "VIR_FROM_STORAGE",
+    "libvirt-secret": "VIR_FROM_SECRET", "libvirt-interface": "VIR_FROM_INTERFACE",
+    "libvirt-nodedev": "VIR_FROM_NODEDEV", "libvirt-nwfilter": "VIR_FROM_NWFILTER",
+    "libvirt-stream": "VIR_FROM_STREAMS", "libvirt-event": "VIR_FROM_EVENT",
+    "libvirt-admin": "VIR_FROM_ADMIN",
+}
+
+
+def api_name(proc: dict, functions: dict[str, str]) -> str | None:
+    """The libvirt function a call procedure serves, or None (events, authentication).
+
+    ``functions`` are the public functions of the headers (libvirt_api.json).
+    """
+    if proc["kind"] != "call":
+        return None
+    short = proc["short_name"]
+    irregular = API_NAME_IRREGULAR.get((proc["program"], short))
+    if irregular is not None:
+        return irregular
+    prefix = "virAdm" if proc["program"] == "admin" else "vir"
+    key = (prefix + short.replace("_", "")).lower()
+    for function in functions:
+        if function.lower() == key:
+            return function
+    if proc["program"] == "remote" and short.startswith(INTERNAL_API_PREFIXES):
+        return prefix + "".join(word.capitalize() for word in short.split("_"))
+    if short.startswith("AUTH_"):
+        return None   # the daemon's own handshake: no libvirt function behind it
+    raise ValueError(f"{proc['name']}: no libvirt function found; add it to API_NAME_IRREGULAR")
+
+
+def error_domain(proc: dict, function: str | None, functions: dict[str, str]) -> str:
+    """The VIR_FROM_* a refusal of this procedure carries, as a generated constant name."""
+    header = functions.get(function or "")
+    if header is not None:
+        return HEADER_ERROR_DOMAINS[header]
+    if proc["program"] == "admin":
+        return "VIR_FROM_ADMIN"
+    if function is not None:       # the internal migration calls live in libvirt-domain.c
+        return "VIR_FROM_DOMAIN"
+    return "VIR_FROM_NONE"
+
+
+def gen_libvirt_enums(api: dict) -> list[str]:
+    """Every C enum of libvirt's public headers as an IntFlag/IntEnum class."""
+    out = [f"# ---- C enums of libvirt {api['libvirt_version']}'s public headers "
+           "(tools/libvirt_api.json)", ""]
+    for typedef, e in api["enums"].items():
+        base = "_enum.IntFlag" if e["flags"] else "_enum.IntEnum"
+        out.append(f"class {typedef.removeprefix('vir')}({base}):")
+        out.append(f"    \"\"\"{typedef} (include/libvirt/{e['header']}.h).\"\"\"")
+        out += [f"    {name} = {value}" for name, value in e["members"]]
+        out += ["", ""]
+    return out
+
+
 def gen_constants(facts: dict) -> list[str]:
     out = ["# ---- constants (XDR constants, enums, and the C enums clients see)"]
     seen: set[str] = set()
@@ -523,7 +649,7 @@ def gen_constants(facts: dict) -> list[str]:
     return out
 
 
-def generate(facts: dict) -> str:
+def generate(facts: dict, api: dict) -> str:
     model = Model(facts)
     em = Emitter()
     body: list[str] = []
@@ -541,6 +667,7 @@ def generate(facts: dict) -> str:
         '"""',
         "# fmt: off",
         "# ruff: noqa",
+        "import enum as _enum",
         "import struct",
         "from collections import namedtuple as _nt",
         "",
@@ -552,8 +679,8 @@ def generate(facts: dict) -> str:
     ]
     header += [f"{n} = struct.Struct({f!r})" for n, f in sorted(em.structs_used.items())]
     header.append("")
-    return "\n".join(header + gen_constants(facts) + [""] + body + gen_procedures(facts)
-                     + [""] + gen_arg_limits(facts)) + "\n"
+    return "\n".join(header + gen_constants(facts) + [""] + gen_libvirt_enums(api) + body
+                     + gen_procedures(facts, api) + [""] + gen_arg_limits(facts)) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -561,7 +688,8 @@ def main(argv: list[str]) -> int:
         print(__doc__.splitlines()[2], file=sys.stderr)
         return 2
     facts = json.loads(Path(argv[1]).read_text())
-    Path(argv[2]).write_text(generate(facts))
+    api = json.loads(LIBVIRT_API_JSON.read_text())
+    Path(argv[2]).write_text(generate(facts, api))
     return 0
 
 

@@ -153,6 +153,7 @@ def become_init(spec: dict[str, Any], console_fd: int) -> None:
     if not os.access(init, os.X_OK):
         raise ContainerError(f"cannot find init path '{init}' relative to container root: "
                              f"{os.strerror(2)}")
+    ns.drop_capabilities(spec.get("drop_caps", []))
     if spec.get("initdir"):
         os.chdir(spec["initdir"])
     os.setsid()

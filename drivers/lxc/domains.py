@@ -16,7 +16,7 @@ from lxml import etree
 from pyvirtd.consoles import ConsoleSession
 from pyvirtd.dispatch import ReplyFds
 from pyvirtd.driver import domains as ds
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.stream import Stream
 from pyvirtd.xml import domain as domxml
@@ -40,12 +40,6 @@ UNLIMITED = 9007199254740991
 STATS_STATE, STATS_CPU_TOTAL, STATS_BALLOON = 1, 2, 4
 
 
-def check_flags(flags: int, allowed: int, function: str) -> None:
-    if flags & ~allowed:
-        raise VirError(P.VIR_ERR_INVALID_ARG, domain=_FROM,
-                       message=f"unsupported flags (0x{flags & ~allowed:x}) in function {function}")
-
-
 def _param(name: str, kind: int, value: Any) -> Any:
     return P.remote_typed_param(name, P.remote_typed_param_value(kind, value))
 
@@ -63,7 +57,7 @@ class DomainMixin(ds.DomainLookups):
         return (dom.state, d.memory, mem, d.vcpus_current, c.get("cpu_time", 0))
 
     def domain_get_state(self, ref: Any, flags: int) -> tuple:
-        check_flags(flags, 0, "lxcDomainGetState")
+        check_flags(flags, 0, "lxcDomainGetState", _FROM)
         dom = self._dom(ref)
         return (dom.state, dom.reason)
 
@@ -74,7 +68,7 @@ class DomainMixin(ds.DomainLookups):
         return self._dom(ref).definition.memory
 
     def domain_get_xml_desc(self, ref: Any, flags: int) -> str:
-        check_flags(flags, XML_SECURE | XML_INACTIVE | 4 | 8, "lxcDomainGetXMLDesc")
+        check_flags(flags, XML_SECURE | XML_INACTIVE | 4 | 8, "lxcDomainGetXMLDesc", _FROM)
         dom = self._dom(ref)
         if flags & XML_INACTIVE or not dom.active:
             return domxml.format(dom.persistent_def if flags & XML_INACTIVE else dom.definition)
@@ -127,7 +121,7 @@ class DomainMixin(ds.DomainLookups):
         return await self.domain_define_xml_flags(xml, 0)
 
     async def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
-        check_flags(flags, DEFINE_VALIDATE, "lxcDomainDefineXMLFlags")
+        check_flags(flags, DEFINE_VALIDATE, "lxcDomainDefineXMLFlags", _FROM)
         drv = self.driver
         new = new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=False)
@@ -140,7 +134,7 @@ class DomainMixin(ds.DomainLookups):
         await self.domain_undefine_flags(ref, 0)
 
     async def domain_undefine_flags(self, ref: Any, flags: int) -> None:
-        check_flags(flags, UNDEFINE_ALL, "lxcDomainUndefineFlags")
+        check_flags(flags, UNDEFINE_ALL, "lxcDomainUndefineFlags", _FROM)
         drv = self.driver
         dom = self._dom(ref)
         if not dom.persistent:
@@ -153,14 +147,14 @@ class DomainMixin(ds.DomainLookups):
         return await self.domain_create_with_flags(ref, 0)
 
     async def domain_create_with_flags(self, ref: Any, flags: int) -> Any:
-        check_flags(flags, START_AUTODESTROY, "lxcDomainCreateWithFiles")
+        check_flags(flags, START_AUTODESTROY, "lxcDomainCreateWithFiles", _FROM)
         dom = self._dom(ref)
         async with dom.lock:
             await self.driver.start_domain(dom)
         return dom.ref()
 
     async def domain_create_xml(self, xml_desc: str, flags: int) -> Any:
-        check_flags(flags, START_AUTODESTROY | START_VALIDATE, "lxcDomainCreateXMLWithFiles")
+        check_flags(flags, START_AUTODESTROY | START_VALIDATE, "lxcDomainCreateXMLWithFiles", _FROM)
         drv = self.driver
         new = new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=True)
@@ -180,7 +174,7 @@ class DomainMixin(ds.DomainLookups):
         await self.domain_destroy_flags(ref, 0)
 
     async def domain_destroy_flags(self, ref: Any, flags: int) -> None:
-        check_flags(flags, 0, "lxcDomainDestroyFlags")
+        check_flags(flags, 0, "lxcDomainDestroyFlags", _FROM)
         dom = self._active(ref)
         async with dom.lock:
             if not dom.active:
@@ -191,7 +185,7 @@ class DomainMixin(ds.DomainLookups):
         await self.domain_shutdown_flags(ref, 0)
 
     async def domain_shutdown_flags(self, ref: Any, flags: int) -> None:
-        check_flags(flags, SHUTDOWN_INITCTL | SHUTDOWN_SIGNAL, "lxcDomainShutdownFlags")
+        check_flags(flags, SHUTDOWN_INITCTL | SHUTDOWN_SIGNAL, "lxcDomainShutdownFlags", _FROM)
         dom = self._active(ref)
         if flags == SHUTDOWN_INITCTL:
             raise VirError(P.VIR_ERR_OPERATION_UNSUPPORTED,
@@ -248,7 +242,7 @@ class DomainMixin(ds.DomainLookups):
 
     # -- console
     def domain_open_console(self, stream: Stream, ref: Any, dev_name: str | None, flags: int) -> None:
-        check_flags(flags, CONSOLE_FORCE | CONSOLE_SAFE, "lxcDomainOpenConsole")
+        check_flags(flags, CONSOLE_FORCE | CONSOLE_SAFE, "lxcDomainOpenConsole", _FROM)
         dom = self._active(ref)
         consoles = dom.definition.devices_of("console")
         chosen = None
@@ -278,7 +272,7 @@ class DomainMixin(ds.DomainLookups):
 
     # -- namespaces (virsh lxc-enter-namespace)
     def lxc_domain_open_namespace(self, ref: Any, flags: int) -> ReplyFds:
-        check_flags(flags, 0, "lxcDomainLxcOpenNamespace")
+        check_flags(flags, 0, "lxcDomainLxcOpenNamespace", _FROM)
         dom = self._active(ref)
         if not dom.init_pid:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "Init pid is not yet available",
@@ -299,7 +293,7 @@ class DomainMixin(ds.DomainLookups):
 
     # -- memory and CPU tuning from the cgroup
     def domain_get_memory_parameters(self, ref: Any, nparams: int, flags: int) -> tuple:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | 4, "lxcDomainGetMemoryParameters")
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | 4, "lxcDomainGetMemoryParameters", _FROM)
         if nparams == 0:
             return ([], 3)
         dom = self._dom(ref)
@@ -324,7 +318,7 @@ class DomainMixin(ds.DomainLookups):
         return (params[:nparams], len(params[:nparams]))
 
     async def domain_set_memory_parameters(self, ref: Any, params: list, flags: int) -> None:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainSetMemoryParameters")
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainSetMemoryParameters", _FROM)
         dom = self._dom(ref)
         values = {p.field: p.value.value for p in params}
         unknown = set(values) - {"hard_limit", "soft_limit", "swap_hard_limit"}
@@ -362,7 +356,8 @@ class DomainMixin(ds.DomainLookups):
         return self.domain_get_scheduler_parameters_flags(ref, nparams, 0)
 
     def domain_get_scheduler_parameters_flags(self, ref: Any, nparams: int, flags: int) -> list:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainGetSchedulerParametersFlags")
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainGetSchedulerParametersFlags",
+                    _FROM)
         dom = self._dom(ref)
         if dom.active and not flags & AFFECT_CONFIG and dom.cgroup:
             v2 = "unified" in dom.cgroup
@@ -389,7 +384,8 @@ class DomainMixin(ds.DomainLookups):
         await self.domain_set_scheduler_parameters_flags(ref, params, 0)
 
     async def domain_set_scheduler_parameters_flags(self, ref: Any, params: list, flags: int) -> None:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainSetSchedulerParametersFlags")
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainSetSchedulerParametersFlags",
+                    _FROM)
         dom = self._dom(ref)
         names = {"cpu_shares": "shares", "vcpu_period": "period", "vcpu_quota": "quota"}
         values = {}

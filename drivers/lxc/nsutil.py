@@ -35,6 +35,7 @@ MNT_DETACH = 2
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
 SYS_PIVOT_ROOT = 155          # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl)
 
 
@@ -80,3 +81,33 @@ def sethostname(name: str) -> None:
 def prctl(option: int, arg: int) -> None:
     _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
                        ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
+
+
+# include/uapi/linux/capability.h: _LINUX_CAPABILITY_VERSION_3, two 32-bit words per set
+_CAP_V3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capabilities(caps: list[int]) -> None:
+    """Remove ``caps`` from this process's bounding, effective, permitted and
+    inheritable sets, so neither it nor anything it execs can regain them."""
+    for cap in caps:
+        prctl(PR_CAPBSET_DROP, cap)
+    header = _CapHeader(_CAP_V3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    for cap in caps:
+        word, bit = divmod(cap, 32)
+        mask = ~(1 << bit) & 0xFFFFFFFF
+        data[word].effective &= mask
+        data[word].permitted &= mask
+        data[word].inheritable &= mask
+    _check(_libc.capset(ctypes.byref(header), data), "capset")

@@ -114,6 +114,63 @@ def idmap(d: domxml.DomainDef) -> dict[str, list] | None:
     return out
 
 
+# Linux capability numbers (include/uapi/linux/capability.h) under the names
+# libvirt's <features><capabilities> children use.
+CAPABILITIES = {
+    "chown": 0, "dac_override": 1, "dac_read_search": 2, "fowner": 3, "fsetid": 4,
+    "kill": 5, "setgid": 6, "setuid": 7, "setpcap": 8, "linux_immutable": 9,
+    "net_bind_service": 10, "net_broadcast": 11, "net_admin": 12, "net_raw": 13,
+    "ipc_lock": 14, "ipc_owner": 15, "sys_module": 16, "sys_rawio": 17, "sys_chroot": 18,
+    "sys_ptrace": 19, "sys_pacct": 20, "sys_admin": 21, "sys_boot": 22, "sys_nice": 23,
+    "sys_resource": 24, "sys_time": 25, "sys_tty_config": 26, "mknod": 27, "lease": 28,
+    "audit_write": 29, "audit_control": 30, "setfcap": 31, "mac_override": 32,
+    "mac_admin": 33, "syslog": 34, "wake_alarm": 35, "block_suspend": 36,
+    "audit_read": 37, "perfmon": 38, "bpf": 39, "checkpoint_restore": 40,
+}
+# What libvirt's LXC driver takes from every container unless the definition says
+# otherwise (lxcContainerDropCapabilities; sys_boot stays, since a reboot(2) in a
+# pid namespace only ends that namespace's init).
+DEFAULT_DROPPED = ("sys_module", "sys_time", "audit_control", "mac_admin")
+
+
+def _last_capability() -> int:
+    try:
+        return int(open("/proc/sys/kernel/cap_last_cap").read())
+    except (OSError, ValueError):
+        return max(CAPABILITIES.values())
+
+
+def dropped_capabilities(d: domxml.DomainDef) -> list[int]:
+    """The capabilities init loses before exec: libvirt's policy, then per-capability states.
+
+    ``<features><capabilities policy='default|allow|deny'>`` with children
+    ``<sys_time state='on'/>``: ``deny`` drops everything not turned on (also
+    capabilities newer than this table, up to the kernel's last), ``allow``
+    keeps everything not turned off, ``default`` drops DEFAULT_DROPPED unless
+    turned on, and anything turned off.
+    """
+    features = d.raw.get("features")
+    elem = features.find("capabilities") if features is not None else None
+    policy = elem.get("policy", "default") if elem is not None else "default"
+    states = {c.tag: c.get("state") for c in elem} if elem is not None else {}
+    unknown = sorted(set(states) - set(CAPABILITIES))
+    if unknown:
+        raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, f"unknown capability '{unknown[0]}'",
+                       domain=_FROM)
+    drop = []
+    if policy == "deny":
+        known = set(CAPABILITIES.values())
+        drop = [n for n in range(_last_capability() + 1) if n not in known]
+    for name, number in CAPABILITIES.items():
+        state = states.get(name)
+        if state == "off":
+            drop.append(number)
+        elif state != "on" and (policy == "deny" or
+                                policy == "default" and name in DEFAULT_DROPPED):
+            drop.append(number)
+    return drop
+
+
 def check_sources(d: domxml.DomainDef) -> None:
     """Sources that must exist on the host before anything starts."""
     for fs in d.devices_of("filesystem"):
@@ -160,7 +217,8 @@ def build_spec(d: domxml.DomainDef, *, interfaces: list[dict], cgroup: dict[str,
                      "readonly": root.find("readonly") is not None},
             "mounts": mounts, "init": argv, "env": env, "initdir": initdir,
             "limits": limits(d), "cgroup": cgroup, "interfaces": interfaces,
-            "idmap": idmap(d), "socket": socket, "exit_file": exit_file}
+            "idmap": idmap(d), "drop_caps": dropped_capabilities(d),
+            "socket": socket, "exit_file": exit_file}
 
 
 def interface_config(iface: etree._Element, index: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 
 from .hotplug import AFFECT_CONFIG, AFFECT_LIVE, _save_config, modification_impact
@@ -40,9 +40,8 @@ class BalloonMixin:
 
     async def domain_set_memory_flags(self, ref: Any, memory: int, flags: int) -> None:
         """``memory`` in KiB; libvirt's checks and messages (qemuDomainSetMemoryFlags)."""
-        from .domains import check_flags
-
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | MEM_MAXIMUM, "qemuDomainSetMemoryFlags")
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | MEM_MAXIMUM, "qemuDomainSetMemoryFlags",
+                    P.VIR_FROM_QEMU)
         dom = self._dom(ref)            # type: ignore[attr-defined]
         async with dom.lock:
             live, config = modification_impact(dom, flags & ~MEM_MAXIMUM)

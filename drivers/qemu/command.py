@@ -17,7 +17,9 @@ modified.  The argv:
   the guest powers off (``-no-shutdown``: a SHUTDOWN event, then the driver decides);
 * has the QMP monitor on the unix socket ``monitor_path``
   (``-chardev socket,...,server=on,wait=off`` + ``-mon ...,mode=control``);
+  (or on the daemon's listening socket ``monitor_fd``: ``-chardev socket,fd=N``);
 * daemonizes with ``-pidfile pid_path`` when ``daemonize`` (process.launch's contract);
+* runs under QEMU's seccomp filter with ``-sandbox <sandbox>`` when given (confine.py);
 * always holds ``-uuid <uuid>`` and ``-name guest=<name>,...``: either is a
   marker for process.is_running (``name_marker`` is accepted for compatibility
   and must be one of them);
@@ -223,8 +225,13 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
                   tap_fds: Mapping[int, int] | None = None, channel_dir: str | None = None,
                   machine_defaults: Mapping[str, str] | None = None,
                   resolve_volume: Callable[[str, str], VolumeSource] | None = None,
-                  daemonize: bool = True, name_marker: str | None = None) -> list[str]:
+                  daemonize: bool = True, name_marker: str | None = None,
+                  monitor_fd: int | None = None, sandbox: str | None = None) -> list[str]:
     """The argv that starts ``defn`` paused under QEMU (see the module docstring).
+
+    ``monitor_fd``: the monitor is this listening socket, bound by the daemon
+    (``monitor_path`` names it then only for the caller); ``sandbox``: the
+    ``-sandbox`` option (confine.SANDBOX), given when not None.
 
     :param machine_defaults: machine alias -> canonical name (from caps), also
         the key ``"default"`` for a definition without a machine.
@@ -254,7 +261,8 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     _iothreads(b)
     b.add("-uuid", defn.uuid_str)
     b.add("-no-user-config", "-nodefaults")
-    b.add("-chardev", opts("socket", ("id", "charmonitor"), ("path", monitor_path),
+    where = ("fd", monitor_fd) if monitor_fd is not None else ("path", monitor_path)
+    b.add("-chardev", opts("socket", ("id", "charmonitor"), where,
                            ("server", "on"), ("wait", "off")))
     b.add("-mon", "chardev=charmonitor,id=monitor,mode=control")
     _clock(b)
@@ -298,6 +306,8 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
             b.add("-device", opts("virtio-rng-pci", ("rng", f"obj{alias}"), ("id", alias),
                                   ("max-bytes", dev.rate_bytes),
                                   ("period", period if dev.rate_bytes else None), *b.pci(dev)))
+    if sandbox is not None:
+        b.add("-sandbox", sandbox)
     if pid_path is not None:
         b.add("-pidfile", pid_path)
     if daemonize:

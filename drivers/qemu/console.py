@@ -15,7 +15,7 @@ from typing import Any
 
 from pyvirtd.consoles import ConsoleSession
 from pyvirtd.driver import domains as ds
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.stream import Stream
 
@@ -32,9 +32,7 @@ class ConsoleMixin:
     driver: QemuDriverState
 
     def domain_open_console(self, stream: Stream, ref: Any, dev_name: str | None, flags: int) -> None:
-        from .domains import check_flags
-
-        check_flags(flags, CONSOLE_FORCE | CONSOLE_SAFE, "qemuDomainOpenConsole")
+        check_flags(flags, CONSOLE_FORCE | CONSOLE_SAFE, "qemuDomainOpenConsole", P.VIR_FROM_QEMU)
         dom = self._dom(ref)   # type: ignore[attr-defined]
         if not dom.active:
             raise ds.not_running()

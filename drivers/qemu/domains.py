@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from pyvirtd.driver import domains as ds
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
@@ -32,11 +32,8 @@ SHUTDOWN_DEFAULT, SHUTDOWN_ACPI, SHUTDOWN_AGENT = 0, 1, 2
 RESET_FLAGS = 0
 
 
-def check_flags(flags: int, allowed: int, function: str) -> None:
-    """virCheckFlags: unknown flags are refused, naming the driver function."""
-    if flags & ~allowed:
-        raise VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_QEMU,
-                       message=f"unsupported flags (0x{flags & ~allowed:x}) in function {function}")
+# virDomainQemuMonitorCommandFlags
+MONITOR_COMMAND_HMP = P.DomainQemuMonitorCommandFlags.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
 
 
 class DomainMixin(ds.DomainLookups):
@@ -45,12 +42,23 @@ class DomainMixin(ds.DomainLookups):
 
     # -- information ------------------------------------------------------
     def domain_get_state(self, ref: Any, flags: int) -> tuple:
-        check_flags(flags, 0, "qemuDomainGetState")
+        check_flags(flags, 0, "qemuDomainGetState", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         return (dom.state, dom.reason)
 
+    async def qemu_domain_monitor_command(self, ref: Any, cmd: str, flags: int) -> str:
+        """``virsh qemu-monitor-command``: a QMP (or with flag 1, HMP) command passed
+        through to the guest's QEMU unchanged (qemuDomainQemuMonitorCommand)."""
+        check_flags(flags, MONITOR_COMMAND_HMP, "qemuDomainQemuMonitorCommand", P.VIR_FROM_QEMU)
+        dom = self._active(ref)
+        if dom.monitor is None:
+            raise ds.not_running()
+        if flags & MONITOR_COMMAND_HMP:
+            return await dom.monitor.human_monitor_command(cmd)
+        return await dom.monitor.execute_json(cmd)
+
     def domain_get_control_info(self, ref: Any, flags: int) -> tuple:
-        check_flags(flags, 0, "qemuDomainGetControlInfo")
+        check_flags(flags, 0, "qemuDomainGetControlInfo", P.VIR_FROM_QEMU)
         self._active(ref)
         return (0, 0, 0)   # VIR_DOMAIN_CONTROL_OK: no job runs long enough to report
 
@@ -62,7 +70,7 @@ class DomainMixin(ds.DomainLookups):
 
     def domain_get_xml_desc(self, ref: Any, flags: int) -> str:
         check_flags(flags, XML_SECURE | XML_INACTIVE | XML_UPDATE_CPU | XML_MIGRATABLE,
-                    "qemuDomainGetXMLDesc")
+                    "qemuDomainGetXMLDesc", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         secure = bool(flags & XML_SECURE)
         if flags & (XML_INACTIVE | XML_MIGRATABLE) or not dom.active:
@@ -93,7 +101,7 @@ class DomainMixin(ds.DomainLookups):
         dom.autostart = bool(autostart)
 
     def domain_has_managed_save_image(self, ref: Any, flags: int) -> int:
-        check_flags(flags, 0, "qemuDomainHasManagedSaveImage")
+        check_flags(flags, 0, "qemuDomainHasManagedSaveImage", P.VIR_FROM_QEMU)
         return int(self._dom(ref).managed_save)
 
     def domain_snapshot_num(self, ref: Any, flags: int) -> int:
@@ -119,7 +127,7 @@ class DomainMixin(ds.DomainLookups):
         return await self.domain_define_xml_flags(xml, 0)
 
     async def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
-        check_flags(flags, DEFINE_VALIDATE, "qemuDomainDefineXMLFlags")
+        check_flags(flags, DEFINE_VALIDATE, "qemuDomainDefineXMLFlags", P.VIR_FROM_QEMU)
         drv = self.driver
         new = new_definition(drv, xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=False)
@@ -132,7 +140,7 @@ class DomainMixin(ds.DomainLookups):
         await self.domain_undefine_flags(ref, 0)
 
     async def domain_undefine_flags(self, ref: Any, flags: int) -> None:
-        check_flags(flags, UNDEFINE_ALL, "qemuDomainUndefineFlags")
+        check_flags(flags, UNDEFINE_ALL, "qemuDomainUndefineFlags", P.VIR_FROM_QEMU)
         drv = self.driver
         dom = self._dom(ref)
         if not dom.persistent:
@@ -146,7 +154,8 @@ class DomainMixin(ds.DomainLookups):
 
     async def domain_create_with_flags(self, ref: Any, flags: int) -> Any:
         check_flags(flags, START_PAUSED | START_AUTODESTROY | START_BYPASS_CACHE
-                    | START_FORCE_BOOT | START_RESET_NVRAM, "qemuDomainCreateWithFlags")
+                    | START_FORCE_BOOT | START_RESET_NVRAM, "qemuDomainCreateWithFlags",
+                    P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         async with dom.lock:
             if dom.active:
@@ -159,7 +168,7 @@ class DomainMixin(ds.DomainLookups):
 
     async def domain_create_xml(self, xml_desc: str, flags: int) -> Any:
         check_flags(flags, START_PAUSED | START_AUTODESTROY | START_BYPASS_CACHE
-                    | START_VALIDATE | START_RESET_NVRAM, "qemuDomainCreateXML")
+                    | START_VALIDATE | START_RESET_NVRAM, "qemuDomainCreateXML", P.VIR_FROM_QEMU)
         drv = self.driver
         new = new_definition(drv, xml_desc, validate_schema=bool(flags & START_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=True)
@@ -189,7 +198,7 @@ class DomainMixin(ds.DomainLookups):
         await self.domain_destroy_flags(ref, 0)
 
     async def domain_destroy_flags(self, ref: Any, flags: int) -> None:
-        check_flags(flags, DESTROY_GRACEFUL, "qemuDomainDestroyFlags")
+        check_flags(flags, DESTROY_GRACEFUL, "qemuDomainDestroyFlags", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         dom.being_destroyed = True   # before the lock: a pending shutdown must not win
         async with dom.lock:
@@ -201,7 +210,8 @@ class DomainMixin(ds.DomainLookups):
         await self.domain_shutdown_flags(ref, 0)
 
     async def domain_shutdown_flags(self, ref: Any, flags: int) -> None:
-        check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, "qemuDomainShutdownFlags")
+        check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, "qemuDomainShutdownFlags",
+                    P.VIR_FROM_QEMU)
         dom = self._active(ref)
         if flags == SHUTDOWN_AGENT:
             raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
@@ -213,7 +223,7 @@ class DomainMixin(ds.DomainLookups):
             await dom.monitor.system_powerdown()
 
     async def domain_reboot(self, ref: Any, flags: int) -> None:
-        check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, "qemuDomainReboot")
+        check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, "qemuDomainReboot", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         if flags == SHUTDOWN_AGENT:
             raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
@@ -227,7 +237,7 @@ class DomainMixin(ds.DomainLookups):
             await dom.monitor.system_powerdown()
 
     async def domain_reset(self, ref: Any, flags: int) -> None:
-        check_flags(flags, RESET_FLAGS, "qemuDomainReset")
+        check_flags(flags, RESET_FLAGS, "qemuDomainReset", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         async with dom.lock:
             if not dom.active or dom.monitor is None:
@@ -288,7 +298,7 @@ class DomainMixin(ds.DomainLookups):
         """virsh domifaddr: --source lease (the networks' DHCP leases) or arp; agent needs one."""
         from . import interfaces
 
-        check_flags(flags, 0, "qemuDomainInterfaceAddresses")
+        check_flags(flags, 0, "qemuDomainInterfaceAddresses", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         if source == interfaces.SRC_LEASE:
             return interfaces.interface_addresses(self.driver, dom)

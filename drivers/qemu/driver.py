@@ -44,7 +44,7 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import process
+from . import confine, dac, process
 from .status import RuntimeStatus, StatusStore
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ class QemuDomain(ds.DomainObject):
     lock: trio.Lock = field(default_factory=trio.Lock)
     # device_del sent, DEVICE_DELETED not seen yet: alias -> hotplug.Unplug
     unplugging: dict[str, Any] = field(default_factory=dict)
+    # files of the current run handed to the QEMU user, given back when it stops
+    labels: list[dac.Label] = field(default_factory=list)
 
 
 class QemuDriverState:
@@ -107,6 +109,8 @@ class QemuDriverState:
         self.domains: dict[str, QemuDomain] = {}
         self.next_id = 1
         self.caps: Any = None           # caps.QemuCaps, probed at start
+        # who QEMU runs as and how it is fenced in (qemu:///system: not root)
+        self.confinement = confine.resolve(ctx.config, ctx.privileged)
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
         self._stopping = False
@@ -194,7 +198,8 @@ class QemuDriverState:
         if not dom.active or dom.pid is None:
             return
         st = RuntimeStatus(dom.name, dom.state, dom.reason, dom.pid, dom.id,
-                           str(self.store.monitor_path(dom.name)), dom.definition, dom.persistent)
+                           str(self.store.monitor_path(dom.name)), dom.definition, dom.persistent,
+                           list(dom.labels))
         await trio.to_thread.run_sync(self.store.save_status, st)
 
     async def save_config(self, d: domxml.DomainDef) -> None:
@@ -248,11 +253,13 @@ class QemuDriverState:
         persistent definition, which comes back when the guest stops.
         """
         from . import interfaces, volumes
-        from .launch import build_argv, apply_runtime_info
+        from .launch import build_argv, apply_runtime_info, channel_dir
 
         if dom.active:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
                            domain=P.VIR_FROM_QEMU)
+        conf = self.confinement
+        conf.check()
         persistent_def = dom.definition
         live = (live_def or persistent_def).copy()
         name = dom.name
@@ -263,18 +270,39 @@ class QemuDriverState:
         volumes.set_live_formats(live)
         # taps for interfaces of type network/bridge; QEMU gets their fds
         taps, tap_fds = await interfaces.plug_all(self, dom, live)
+        labels: list[dac.Label] = []
+
+        async def undo() -> None:
+            await interfaces.unplug_all(self, taps, live.devices_of("interface"))
+            await trio.to_thread.run_sync(dac.restore_all, labels)
+
+        mon_sock = None
         try:
+            if conf.own_start:   # QEMU may not fork: it gets the daemon's monitor socket
+                mon_sock = await trio.to_thread.run_sync(process.bind_monitor, str(monitor_path))
             argv = build_argv(self, live, monitor_path=str(monitor_path), pid_path=str(pid_path),
-                              tap_fds=tap_fds, volumes=sources)
-            monitor_path.unlink(missing_ok=True)
+                              tap_fds=tap_fds, volumes=sources,
+                              monitor_fd=mon_sock.fileno() if mon_sock else None)
+            if conf.switches_user and conf.dynamic_ownership:
+                paths = {key: src.path for key, src in sources.items()}
+                chan = channel_dir(self, live)
+                wanted = dac.guest_files(live, paths, str(chan) if chan.is_dir() else None)
+                labels = await trio.to_thread.run_sync(dac.label_all, wanted, conf.uid, conf.gid,
+                                                       conf.remember_owner)
+            if mon_sock is None:
+                monitor_path.unlink(missing_ok=True)
             try:
-                pid = await process.launch(argv, log_path=str(self.store.log_path(name)),
-                                           pid_path=str(pid_path), pass_fds=tap_fds.values())
+                pid = await process.launch(
+                    argv, log_path=str(self.store.log_path(name)), pid_path=str(pid_path),
+                    pass_fds=[*tap_fds.values(), *([mon_sock.fileno()] if mon_sock else [])],
+                    monitor_path=str(monitor_path) if mon_sock else None, run_as=conf.run_as())
             finally:
                 interfaces.close_fds(tap_fds)   # QEMU holds its own copies now
+                if mon_sock is not None:
+                    mon_sock.close()
         except BaseException:
             with trio.CancelScope(shield=True):
-                await interfaces.unplug_all(self, taps, live.devices_of("interface"))
+                await undo()
             raise
         try:
             from .monitor import Monitor
@@ -282,7 +310,7 @@ class QemuDriverState:
         except BaseException:
             with trio.CancelScope(shield=True):
                 await process.terminate(pid, marker=live.uuid_str)
-                await interfaces.unplug_all(self, taps, live.devices_of("interface"))
+                await undo()
             raise
         try:
             vnc_port = None
@@ -298,10 +326,11 @@ class QemuDriverState:
             with trio.CancelScope(shield=True):
                 await mon.close()
                 await process.terminate(pid, marker=live.uuid_str)
-                await interfaces.unplug_all(self, taps, live.devices_of("interface"))
+                await undo()
             raise
         dom.run += 1
         dom.pid, dom.monitor = pid, mon
+        dom.labels = labels
         dom.got_shutdown = dom.being_destroyed = dom.fake_reboot = False
         if dom.persistent:
             dom.new_def = persistent_def
@@ -332,6 +361,9 @@ class QemuDriverState:
         dom.set_state(ds.SHUTOFF, reason)
         dom.pid, dom.monitor = None, None
         dom.volume_paths = {}
+        labels, dom.labels = dom.labels, []
+        if labels:   # QEMU is gone: its files go back to their owners
+            self.spawn(trio.to_thread.run_sync, dac.restore_all, labels)
         plugged = interfaces.plugged(dom.definition)
         if plugged or interfaces.ports(dom.definition.devices_of("interface")):
             # QEMU's exit usually took the taps already (non-persistent taps);
@@ -550,6 +582,7 @@ class QemuDriverState:
         dom.definition = st.definition
         dom.persistent = st.persistent and dom.new_def is not None
         dom.id, dom.pid = st.id, st.pid
+        dom.labels = st.labels
         dom.set_state(st.state, st.reason)
         dom.run += 1
         run = dom.run

@@ -13,7 +13,7 @@ from typing import Any
 
 from pyvirtd import hostinfo
 from pyvirtd.cpubaseline import BASELINE_EXPAND_FEATURES, cpu_baseline
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import capabilities
 
@@ -77,11 +77,9 @@ class HostMixin:
         return (models if need_results else [], len(models))
 
     def connect_baseline_cpu(self, xml_cpus: list[str], flags: int) -> str:
-        allowed = BASELINE_EXPAND_FEATURES | 2     # VIR_CONNECT_BASELINE_CPU_MIGRATABLE
-        if flags & ~allowed:
-            raise VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_QEMU,
-                           message=f"unsupported flags (0x{flags & ~allowed:x}) "
-                                   "in function qemuConnectBaselineCPU")
+        check_flags(flags, BASELINE_EXPAND_FEATURES
+                    | P.ConnectBaselineCPUFlags.VIR_CONNECT_BASELINE_CPU_MIGRATABLE,
+                    "qemuConnectBaselineCPU", P.VIR_FROM_QEMU)
         return cpu_baseline(xml_cpus, expand=bool(flags & BASELINE_EXPAND_FEATURES))
 
     # -- the host (read from /proc and /sys on every call, see pyvirtd/hostinfo.py)

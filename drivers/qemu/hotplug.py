@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import trio
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import fromstring, hardened_parser
@@ -55,7 +55,7 @@ from pyvirtd.xml.devices import Controller, Disk, Interface
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 from pyvirtd.xml.platform import platform
 
-from . import interfaces
+from . import dac, interfaces
 from .command import _SCSI_MODELS, _Builder, _disk_bus, device_alias, error_policy_props
 
 if TYPE_CHECKING:
@@ -285,7 +285,7 @@ async def attach_disk_live(state: "QemuDriverState", dom: "QemuDomain",
     alias = device_alias(disk, {}, b.q35)
     if find_by_alias(live, alias) is not None:
         raise _err(P.VIR_ERR_OPERATION_FAILED, f"target {disk.target} already exists")
-    nodes = await _add_nodes(state, mon, disk, disk.readonly)
+    nodes = await _add_nodes(state, dom, disk, disk.readonly)
     try:
         await mon.device_add(_props([*_disk_bus(b, disk), ("drive", nodes[-1]), ("id", alias),
                                      *error_policy_props(disk)]))
@@ -436,6 +436,7 @@ async def on_device_deleted(state: "QemuDriverState", dom: "QemuDomain", data: d
                 nodes = pending.nodes if pending is not None and pending.nodes else \
                     await _nodes_by_file(mon, Disk.parse(elem).path)
                 await _del_nodes(mon, nodes)
+                await _unlabel_disk(state, dom, elem)
             elif elem.tag == "interface":
                 try:
                     await mon.netdev_del(f"host{alias}")
@@ -478,26 +479,68 @@ def on_unplug_guest_error(state: "QemuDriverState", dom: "QemuDomain", data: dic
 
 # -- media change -------------------------------------------------------------------
 
-async def _add_nodes(state: "QemuDriverState", mon: Any, disk: Disk,
+async def _add_nodes(state: "QemuDriverState", dom: "QemuDomain", disk: Disk,
                      read_only: bool) -> list[str]:
-    """blockdev-add the image of ``disk``: [storage, format] node names (format last)."""
-    path, fmt = disk.path, disk.format
-    if disk.type == "volume":
-        path, vol_fmt = _resolve_volume(state, disk)
-        fmt = fmt or vol_fmt
-    n = await _next_node_index(mon)
-    storage, node = f"libvirt-{n}-storage", f"libvirt-{n}-format"
-    await mon.blockdev_add({"driver": "host_device" if disk.type == "block" else "file",
-                            "filename": path, "node-name": storage,
-                            "auto-read-only": True, "discard": "unmap"})
+    """blockdev-add the image of ``disk``: [storage, format] node names (format last).
+
+    A confined QEMU gets the image labelled first (dac.py), as at start."""
+    mon = dom.monitor
+    path, fmt = _disk_file(state, disk)
+    await _label(state, dom, path, read_only)
     try:
-        await mon.blockdev_add({"node-name": node, "read-only": read_only,
-                                "driver": fmt or "raw", "file": storage})
+        n = await _next_node_index(mon)
+        storage, node = f"libvirt-{n}-storage", f"libvirt-{n}-format"
+        await mon.blockdev_add({"driver": "host_device" if disk.type == "block" else "file",
+                                "filename": path, "node-name": storage,
+                                "auto-read-only": True, "discard": "unmap"})
+        try:
+            await mon.blockdev_add({"node-name": node, "read-only": read_only,
+                                    "driver": fmt or "raw", "file": storage})
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await _del_nodes(mon, [storage])
+            raise
     except BaseException:
         with trio.CancelScope(shield=True):
-            await _del_nodes(mon, [storage])
+            await _unlabel(dom, path)
         raise
     return [storage, node]
+
+
+def _disk_file(state: "QemuDriverState", disk: Disk) -> tuple[str | None, str | None]:
+    """The host path and format of ``disk``'s image (a volume's from its pool)."""
+    if disk.type == "volume":
+        path, vol_fmt = _resolve_volume(state, disk)
+        return path, disk.format or vol_fmt
+    return disk.path, disk.format
+
+
+async def _label(state: "QemuDriverState", dom: "QemuDomain", path: str | None,
+                 read_only: bool) -> None:
+    conf = state.confinement
+    if not path or not (conf.switches_user and conf.dynamic_ownership):
+        return
+    labels = await trio.to_thread.run_sync(dac.label_all, [dac.Wanted(path, read_only)],
+                                           conf.uid, conf.gid, conf.remember_owner)
+    dom.labels.extend(labels)
+
+
+async def _unlabel(dom: "QemuDomain", path: str | None) -> None:
+    """Give back the label of one image the guest no longer uses."""
+    for lab in dom.labels:
+        if lab.path == path:
+            dom.labels.remove(lab)
+            await trio.to_thread.run_sync(dac.restore, lab)
+            return
+
+
+async def _unlabel_disk(state: "QemuDriverState", dom: "QemuDomain", elem: etree._Element) -> None:
+    try:
+        path, _fmt = _disk_file(state, Disk.parse(elem))
+    except VirError as exc:    # its volume went away meanwhile
+        log.warning("%s: the image of a removed disk: %s", dom.name, exc)
+        return
+    await _unlabel(dom, path)
 
 
 async def _del_nodes(mon: Any, nodes: list[str]) -> None:
@@ -524,7 +567,7 @@ async def change_media_live(state: "QemuDriverState", dom: "QemuDomain",
                    f"disk device '{old.device}' does not support changing its media")
     alias = old.alias or ""
     old_nodes = await _disk_nodes(mon, alias)
-    new_nodes = await _add_nodes(state, mon, new, True) if (new.path or new.volume) else []
+    new_nodes = await _add_nodes(state, dom, new, True) if (new.path or new.volume) else []
     try:
         await mon.execute("blockdev-open-tray", {"id": alias, "force": force})
         await mon.execute("blockdev-remove-medium", {"id": alias})
@@ -537,6 +580,8 @@ async def change_media_live(state: "QemuDriverState", dom: "QemuDomain",
             await _del_nodes(mon, new_nodes)
         raise
     await _del_nodes(mon, old_nodes)
+    if old.path or old.volume:
+        await _unlabel_disk(state, dom, old_elem)
     new.alias, new.address = old.alias, old.address
     live.devices[live.devices.index(old_elem)] = new.to_element()
 
@@ -553,9 +598,7 @@ class HotplugMixin:
         """The frame of every device procedure (qemuDomain*DeviceFlags): flags checked,
         the guest's lock held, the config change prepared first and saved only after the
         live one succeeded, so a failed live change leaves the config as it was."""
-        from .domains import check_flags
-
-        check_flags(flags, allowed, function)
+        check_flags(flags, allowed, function, P.VIR_FROM_QEMU)
         dom = self._dom(ref)            # type: ignore[attr-defined]
         async with dom.lock:
             live, config = modification_impact(dom, flags & (AFFECT_LIVE | AFFECT_CONFIG))

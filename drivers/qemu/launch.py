@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from lxml import etree
@@ -24,6 +25,7 @@ from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 
 from .command import VolumeSource, assign_aliases, build_command
+from .confine import SANDBOX
 
 if TYPE_CHECKING:
     from .driver import QemuDriverState
@@ -85,15 +87,28 @@ def new_definition(state: "QemuDriverState", xml: str, *,
 
 def build_argv(state: "QemuDriverState", live: domxml.DomainDef, *, monitor_path: str,
                pid_path: str, tap_fds: dict[int, int] | None = None,
-               volumes: Mapping[tuple[str, str], VolumeSource] | None = None) -> list[str]:
+               volumes: Mapping[tuple[str, str], VolumeSource] | None = None,
+               monitor_fd: int | None = None) -> list[str]:
     """The argv of ``live``; ``volumes`` holds its volume disks, resolved beforehand
-    (volumes.resolve_all) because resolving waits for storage and argv building must not."""
+    (volumes.resolve_all) because resolving waits for storage and argv building must not.
+
+    With ``monitor_fd`` (the daemon's listening monitor socket) QEMU neither
+    daemonizes nor writes a pidfile: daemonize.py does both (confine.py).
+    """
     prepare_live(state, live)
+    own_start = monitor_fd is not None
     return build_command(live, binary=emulator_of(live) or state.emulator,
-                         monitor_path=monitor_path, pid_path=pid_path, tap_fds=tap_fds,
-                         machine_defaults=state.machine_defaults(),
+                         monitor_path=monitor_path, pid_path=None if own_start else pid_path,
+                         tap_fds=tap_fds, machine_defaults=state.machine_defaults(),
                          resolve_volume=lambda pool, vol: (volumes or {})[(pool, vol)],
-                         name_marker=live.uuid_str)
+                         name_marker=live.uuid_str, daemonize=not own_start,
+                         monitor_fd=monitor_fd,
+                         sandbox=SANDBOX if state.confinement.sandbox else None)
+
+
+def channel_dir(state: "QemuDriverState", live: domxml.DomainDef) -> Path:
+    """Where the unix channels of ``live`` that name no path get their sockets."""
+    return state.store.run_dir / "channel" / f"domain-{live.name[:20]}"
 
 
 def prepare_live(state: "QemuDriverState", live: domxml.DomainDef) -> None:
@@ -101,7 +116,7 @@ def prepare_live(state: "QemuDriverState", live: domxml.DomainDef) -> None:
     (qemuProcessPrepareDomain): a socket path for each unix channel that names
     none, under the run directory, and a free port for each SPICE display with
     autoport (QEMU, unlike for VNC, cannot pick one itself)."""
-    channel_dir = state.store.run_dir / "channel" / f"domain-{live.name[:20]}"
+    chan_dir = channel_dir(state, live)
     for dev in live.devices_of("channel"):
         src, tgt = dev.find("source"), dev.find("target")
         if dev.get("type") != "unix" or tgt is None or not tgt.get("name"):
@@ -109,8 +124,8 @@ def prepare_live(state: "QemuDriverState", live: domxml.DomainDef) -> None:
         if src is None:
             src = etree.SubElement(dev, "source", mode="bind")
         if not src.get("path"):
-            channel_dir.mkdir(parents=True, exist_ok=True)
-            src.set("path", str(channel_dir / tgt.get("name")))
+            chan_dir.mkdir(parents=True, exist_ok=True)
+            src.set("path", str(chan_dir / tgt.get("name")))
     taken = _display_ports_in_use(state)
     for gfx in live.devices_of("graphics"):
         if gfx.get("type") == "spice" and gfx.get("autoport", "yes") == "yes" \

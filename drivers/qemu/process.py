@@ -16,6 +16,10 @@ Contract:
         # A failed start raises VirError(VIR_ERR_INTERNAL_ERROR,
         #   "process exited while connecting to monitor: <QEMU's own error text>")
         # (or "QEMU unexpectedly closed the monitor" when QEMU said nothing).
+        # With monitor_path=PATH (a confined QEMU, which may not fork):
+        # QEMU is not told to daemonize; daemonize.py starts it (prefixed with
+        # run_as, e.g. setpriv), writes PID_PATH itself and reports success once
+        # the monitor at PATH greets.  Same errors.
     pid = read_pidfile(pid_path)          # int | None, for reattaching
     alive = is_running(pid, marker)       # the pid is still *that* QEMU: alive, not a
                                           # zombie, and its cmdline contains marker
@@ -37,7 +41,9 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -57,6 +63,9 @@ KILL_TIMEOUT = 5.0
 
 # Polling interval for the /proc fallback of wait_exit (no pidfd: Linux < 5.3).
 POLL_INTERVAL = 0.05
+
+# The start-up process of QEMUs that do not daemonize themselves.
+DAEMONIZE = str(Path(__file__).with_name("daemonize.py"))
 
 
 def _err(code: int, detail: str) -> VirError:
@@ -117,7 +126,8 @@ def _failure(text: str) -> VirError:
 
 async def launch(argv: Sequence[str], *, log_path: str, pid_path: str,
                  timeout: float = LAUNCH_TIMEOUT, env: dict[str, str] | None = None,
-                 cwd: str | None = None, pass_fds: Sequence[int] = ()) -> int:
+                 cwd: str | None = None, pass_fds: Sequence[int] = (),
+                 monitor_path: str | None = None, run_as: Sequence[str] = ()) -> int:
     """Start QEMU daemonized; return the guest process's pid.
 
     ``argv[0]`` is the emulator.  A stale pidfile is removed first; one whose
@@ -125,12 +135,18 @@ async def launch(argv: Sequence[str], *, log_path: str, pid_path: str,
     which is the protection we want against starting a guest twice.
     ``pass_fds`` stay open in QEMU under the same numbers (tap fds for
     ``-netdev tap,fd=N``); the caller still owns and closes its own copies.
+    With ``monitor_path`` QEMU does not daemonize itself (a sandboxed QEMU
+    may not fork): see daemonize.py; ``run_as`` prefixes its argv.
     On failure or timeout nothing is left running and VirError is raised with
     QEMU's own stderr text.  Cancellation kills the start-up process and any
     daemonized child it already produced.
     """
-    full = _with_daemonize(argv, pid_path)
-    pid_at = full[full.index("-pidfile") + 1]
+    if monitor_path is None:
+        full = _with_daemonize([*run_as, *argv], pid_path)
+        pid_at = full[full.index("-pidfile") + 1]
+    else:
+        full = [sys.executable, "-I", DAEMONIZE, pid_path, monitor_path, "--", *run_as, *argv]
+        pid_at = pid_path
     fd, offset = await trio.to_thread.run_sync(_open_log, log_path, full)
     try:
         # A pidfile whose QEMU still lives stays: the new QEMU fails to lock it
@@ -139,6 +155,8 @@ async def launch(argv: Sequence[str], *, log_path: str, pid_path: str,
         if live is None or not is_running(live):
             live = None
             await trio.to_thread.run_sync(_unlink_quiet, pid_at)
+        elif monitor_path is not None:    # nobody locks for daemonize.py: refuse here
+            raise _failure(f"Cannot lock pid file {pid_at}: guest process {live} still runs")
         rc: int | None = None
         try:
             with trio.move_on_after(timeout):
@@ -166,6 +184,26 @@ async def launch(argv: Sequence[str], *, log_path: str, pid_path: str,
         return pid
     finally:
         os.close(fd)
+
+
+def bind_monitor(path: str) -> socket.socket:
+    """A listening unix socket at ``path`` for QEMU's monitor (``-chardev socket,fd=N``).
+
+    Bound by the daemon, so a confined QEMU needs no write access to the run
+    directory; only root may connect (mode 0600).  It stays connectable for
+    as long as QEMU holds its copy, also after a daemon restart.  Blocking:
+    call it through trio.to_thread.
+    """
+    _unlink_quiet(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(8)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _unlink_quiet(path: str) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 from pyvirtd import hostinfo
 from pyvirtd.driver import domains as ds
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 
@@ -197,10 +197,8 @@ class StatsMixin:
         return (infos, bytes(maps))
 
     def domain_get_vcpus_flags(self, ref: Any, flags: int) -> int:
-        from .domains import check_flags
-
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM | VCPU_GUEST
-                    | VCPU_HOTPLUGGABLE, "qemuDomainGetVcpusFlags")
+                    | VCPU_HOTPLUGGABLE, "qemuDomainGetVcpusFlags", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         if flags & AFFECT_LIVE and flags & AFFECT_CONFIG:
             raise _err(P.VIR_ERR_INVALID_ARG,
@@ -227,9 +225,7 @@ class StatsMixin:
         return dom.definition.current_memory
 
     async def domain_memory_stats(self, ref: Any, max_stats: int, flags: int) -> list:
-        from .domains import check_flags
-
-        check_flags(flags, 0, "qemuDomainMemoryStats")
+        check_flags(flags, 0, "qemuDomainMemoryStats", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         stats = [P.remote_domain_memory_stat(MEM_ACTUAL_BALLOON, await self._balloon_kib(dom))]
         times = hostinfo.process_times(dom.pid) if dom.pid else None
@@ -291,9 +287,7 @@ class StatsMixin:
                 v.get("wr_bytes", 0), -1)
 
     async def domain_block_stats_flags(self, ref: Any, path: str, nparams: int, flags: int) -> tuple:
-        from .domains import check_flags
-
-        check_flags(flags, TYPED_PARAM_STRING_OKAY, "qemuDomainBlockStatsFlags")
+        check_flags(flags, TYPED_PARAM_STRING_OKAY, "qemuDomainBlockStatsFlags", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         if nparams == 0:
             return ([], len(_BLOCK_PARAMS))
@@ -302,9 +296,7 @@ class StatsMixin:
         return (params, len(params))
 
     async def domain_get_block_info(self, ref: Any, path: str, flags: int) -> tuple:
-        from .domains import check_flags
-
-        check_flags(flags, 0, "qemuDomainGetBlockInfo")
+        check_flags(flags, 0, "qemuDomainGetBlockInfo", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         disk = self._disk(dom, path)
         if not disk.path and disk.type == "volume":
@@ -404,10 +396,8 @@ class StatsMixin:
         return P.remote_domain_stats_record(dom.ref(), params)
 
     async def connect_get_all_domain_stats(self, doms: list, stats: int, flags: int) -> list:
-        from .domains import check_flags
-
         check_flags(flags, LIST_FLAGS | STATS_NOWAIT | STATS_BACKING | STATS_ENFORCE,
-                    "qemuConnectGetAllDomainStats")
+                    "qemuConnectGetAllDomainStats", P.VIR_FROM_QEMU)
         if not stats:
             stats = SUPPORTED_STATS
         elif flags & STATS_ENFORCE and stats & ~SUPPORTED_STATS:

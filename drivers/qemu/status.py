@@ -12,7 +12,8 @@ libvirt's /etc/libvirt/qemu and /run/libvirt/qemu):
     state_dir/cache/qemu/                probed QEMU capabilities (caps.py)
 
 The runtime status is libvirt's <domstatus> in spirit: the state and reason,
-the QEMU pid, its monitor socket and the domain id, wrapped around the *live*
+the QEMU pid, its monitor socket, the domain id and the files handed to the
+QEMU user (<dac path=...>, restored when the guest stops), wrapped around the *live*
 definition (with runtime facts such as pty paths).  It is written atomically
 (temp file, fsync, rename, fsync of the directory) every time the runtime
 state changes, so a daemon killed at any instant leaves either the old or the
@@ -25,8 +26,9 @@ Everything here is blocking file I/O: the driver calls it through
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
@@ -35,6 +37,8 @@ from pyvirtd.files import write_atomic
 from pyvirtd.paths import Paths
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import hardened_parser
+
+from .dac import Label
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ class RuntimeStatus:
     monitor: str
     definition: domxml.DomainDef      # the live definition
     persistent: bool
-
+    labels: list[Label] = field(default_factory=list)   # files handed to QEMU's user (dac.py)
 
 
 class StatusStore:
@@ -116,7 +120,7 @@ class StatusStore:
         live = domxml.format(st.definition, dom_id=st.id)
         text = (f"<domstatus state='{st.state}' reason='{st.reason}' pid='{st.pid}' id='{st.id}'"
                 f" persistent='{'yes' if st.persistent else 'no'}'>\n"
-                f"  <monitor path='{st.monitor}'/>\n{live}</domstatus>\n")
+                f"  <monitor path='{st.monitor}'/>\n{_labels_xml(st.labels)}{live}</domstatus>\n")
         write_atomic(self.run_dir / f"{st.name}.xml", text)
 
     def delete_status(self, name: str) -> None:
@@ -135,9 +139,20 @@ class StatusStore:
                     name=d.name, state=int(root.get("state")), reason=int(root.get("reason")),
                     pid=int(root.get("pid")), id=int(root.get("id")),
                     monitor=root.find("monitor").get("path"), definition=d,
-                    persistent=root.get("persistent") == "yes"))
+                    persistent=root.get("persistent") == "yes",
+                    labels=[Label(e.get("path"), e.get("readonly") == "yes", e.get("orig"))
+                            for e in root.findall("dac")]))
             except (OSError, ValueError, TypeError, AttributeError, etree.XMLSyntaxError,
                     VirError) as exc:
                 log.error("dropping unreadable runtime status %s: %s", path, exc)
                 path.unlink(missing_ok=True)
         return out
+
+
+def _labels_xml(labels: list[Label]) -> str:
+    out = []
+    for lab in labels:
+        orig = f" orig={quoteattr(lab.orig)}" if lab.orig else ""
+        out.append(f"  <dac path={quoteattr(lab.path)} readonly='{'yes' if lab.readonly else 'no'}'"
+                   f"{orig}/>\n")
+    return "".join(out)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import format_uuid
@@ -53,16 +53,6 @@ DEFAULT_ARCH = "i686"
 SAVE_MAGIC = b"pyvirtdTestGuestMagic"
 IFNAME_PREFIX = "testnet"
 SCHED_WEIGHT = 50
-
-
-def unsupported_flags(flags: int, function: str) -> VirError:
-    return VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_TEST,
-                    message=f"unsupported flags (0x{flags:x}) in function {function}")
-
-
-def check_flags(flags: int, allowed: int, function: str) -> None:
-    if flags & ~allowed:
-        raise unsupported_flags(flags & ~allowed, function)
 
 
 @dataclass(eq=False)
@@ -165,12 +155,12 @@ class DomainMixin:
         return (dom.state, d.memory, d.current_memory, d.vcpus_current, time.time_ns())
 
     def domain_get_state(self, ref: Any, flags: int) -> tuple:
-        check_flags(flags, 0, "testDomainGetState")
+        check_flags(flags, 0, "testDomainGetState", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         return (dom.state, dom.reason)
 
     def domain_get_control_info(self, ref: Any, flags: int) -> tuple:
-        check_flags(flags, 0, "testDomainGetControlInfo")
+        check_flags(flags, 0, "testDomainGetControlInfo", P.VIR_FROM_TEST)
         dom = self._active_dom(ref)
         return (0, 0, 0)
 
@@ -180,7 +170,7 @@ class DomainMixin:
 
     def domain_get_xml_desc(self, ref: Any, flags: int) -> str:
         check_flags(flags, XML_SECURE | XML_INACTIVE | XML_MIGRATABLE,
-                    "testDomainGetXMLDesc")
+                    "testDomainGetXMLDesc", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if flags & XML_INACTIVE:
             return domxml.format(dom.persistent_def, secure=bool(flags & XML_SECURE))
@@ -218,7 +208,7 @@ class DomainMixin:
         return []
 
     def domain_get_hostname(self, ref: Any, flags: int) -> str:
-        check_flags(flags, 0, "testDomainGetHostname")
+        check_flags(flags, 0, "testDomainGetHostname", P.VIR_FROM_TEST)
         self._active_dom(ref)
         return GUEST_HOSTNAME
 
@@ -247,7 +237,7 @@ class DomainMixin:
         return self.domain_define_xml_flags(xml, 0)
 
     def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
-        check_flags(flags, DEFINE_VALIDATE, "testDomainDefineXMLFlags")
+        check_flags(flags, DEFINE_VALIDATE, "testDomainDefineXMLFlags", P.VIR_FROM_TEST)
         new = new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         dom, replaced = self._add(new, live=False)
         if replaced:
@@ -264,7 +254,8 @@ class DomainMixin:
 
     def domain_undefine_flags(self, ref: Any, flags: int) -> None:
         check_flags(flags, UNDEFINE_MANAGED_SAVE | UNDEFINE_SNAPSHOTS_METADATA | UNDEFINE_NVRAM
-                    | UNDEFINE_KEEP_NVRAM | UNDEFINE_CHECKPOINTS_METADATA, "testDomainUndefineFlags")
+                    | UNDEFINE_KEEP_NVRAM | UNDEFINE_CHECKPOINTS_METADATA, "testDomainUndefineFlags",
+                    P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if dom.managed_save:
             if not flags & UNDEFINE_MANAGED_SAVE:
@@ -288,7 +279,7 @@ class DomainMixin:
             del self.state.domains[dom.name]
 
     def domain_rename(self, ref: Any, new_name: str, flags: int) -> int:
-        check_flags(flags, 0, "testDomainRename")
+        check_flags(flags, 0, "testDomainRename", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if dom.active:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot rename active domain",
@@ -326,7 +317,7 @@ class DomainMixin:
         self.domain_create_with_flags(ref, 0)
 
     def domain_create_with_flags(self, ref: Any, flags: int) -> Any:
-        check_flags(flags, START_FORCE_BOOT, "testDomainCreateWithFlags")
+        check_flags(flags, START_FORCE_BOOT, "testDomainCreateWithFlags", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if dom.active:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, f"Domain '{dom.name}' is already running",
@@ -340,7 +331,7 @@ class DomainMixin:
         return dom.ref()
 
     def domain_create_xml(self, xml_desc: str, flags: int) -> Any:
-        check_flags(flags, START_VALIDATE, "testDomainCreateXML")
+        check_flags(flags, START_VALIDATE, "testDomainCreateXML", P.VIR_FROM_TEST)
         new = new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
         dom, replaced = self._add(new, live=True)
         if replaced:
@@ -354,7 +345,8 @@ class DomainMixin:
         self.domain_destroy_flags(ref, 0)
 
     def domain_destroy_flags(self, ref: Any, flags: int) -> None:
-        check_flags(flags, 1, "testDomainDestroyFlags")  # GRACEFUL changes nothing here
+        check_flags(flags, 1, "testDomainDestroyFlags",
+                    P.VIR_FROM_TEST)  # GRACEFUL changes nothing here
         dom = self._active_dom(ref)
         self._stop(dom, SHUTOFF_DESTROYED, STOPPED_DESTROYED)
 
@@ -362,7 +354,7 @@ class DomainMixin:
         self.domain_shutdown_flags(ref, 0)
 
     def domain_shutdown_flags(self, ref: Any, flags: int) -> None:
-        check_flags(flags, 0x1f, "testDomainShutdownFlags")
+        check_flags(flags, 0x1f, "testDomainShutdownFlags", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if dom.state == SHUTOFF:
             raise VirError(P.VIR_ERR_INTERNAL_ERROR, f"domain '{dom.name}' not running",
@@ -378,7 +370,7 @@ class DomainMixin:
             dom.set_state(RUNNING, RUNNING_BOOTED)
 
     def domain_reset(self, ref: Any, flags: int) -> None:
-        check_flags(flags, 0, "testDomainReset")
+        check_flags(flags, 0, "testDomainReset", P.VIR_FROM_TEST)
         self._active_dom(ref)
 
     def domain_suspend(self, ref: Any) -> None:
@@ -400,7 +392,8 @@ class DomainMixin:
     # -- managed save / save ----------------------------------------------
 
     def domain_managed_save(self, ref: Any, flags: int) -> None:
-        check_flags(flags, 1 | 2 | 4, "testDomainManagedSave")  # BYPASS_CACHE, RUNNING, PAUSED
+        check_flags(flags, 1 | 2 | 4, "testDomainManagedSave",
+                    P.VIR_FROM_TEST)  # BYPASS_CACHE, RUNNING, PAUSED
         dom = self._active_dom(ref)
         if not dom.persistent:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot do managed save for transient domain",
@@ -409,18 +402,18 @@ class DomainMixin:
         dom.managed_save = True
 
     def domain_has_managed_save_image(self, ref: Any, flags: int) -> int:
-        check_flags(flags, 0, "testDomainHasManagedSaveImage")
+        check_flags(flags, 0, "testDomainHasManagedSaveImage", P.VIR_FROM_TEST)
         return int(self._dom(ref).managed_save)
 
     def domain_managed_save_remove(self, ref: Any, flags: int) -> None:
-        check_flags(flags, 0, "testDomainManagedSaveRemove")
+        check_flags(flags, 0, "testDomainManagedSaveRemove", P.VIR_FROM_TEST)
         self._dom(ref).managed_save = False
 
     def domain_save(self, ref: Any, to: str) -> None:
         self.domain_save_flags(ref, to, None, 0)
 
     def domain_save_flags(self, ref: Any, to: str, dxml: str | None, flags: int) -> None:
-        check_flags(flags, 0, "testDomainSaveFlags")
+        check_flags(flags, 0, "testDomainSaveFlags", P.VIR_FROM_TEST)
         dom = self._active_dom(ref)
         text = domxml.format(dom.definition)
         try:
@@ -435,7 +428,7 @@ class DomainMixin:
         self.domain_restore_flags(from_, None, 0)
 
     def domain_restore_flags(self, from_: str, dxml: str | None, flags: int) -> None:
-        check_flags(flags, 0, "testDomainRestoreFlags")
+        check_flags(flags, 0, "testDomainRestoreFlags", P.VIR_FROM_TEST)
         try:
             with open(from_, "rb") as f:
                 data = f.read()
@@ -490,7 +483,8 @@ class DomainMixin:
         self.domain_set_memory_flags(ref, memory, AFFECT_LIVE)
 
     def domain_set_memory_flags(self, ref: Any, memory: int, flags: int) -> None:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | MEM_MAXIMUM, "testDomainSetMemoryFlags")
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | MEM_MAXIMUM, "testDomainSetMemoryFlags",
+                    P.VIR_FROM_TEST)
         dom = self._dom(ref)
         defs = self._defs_for(dom, flags)
         if flags & MEM_MAXIMUM:
@@ -513,7 +507,8 @@ class DomainMixin:
         return self.domain_get_vcpus_flags(ref, AFFECT_LIVE | VCPU_MAXIMUM)
 
     def domain_get_vcpus_flags(self, ref: Any, flags: int) -> int:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM, "testDomainGetVcpusFlags")
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM, "testDomainGetVcpusFlags",
+                    P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if flags & AFFECT_LIVE and flags & AFFECT_CONFIG:
             raise VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_DOMAIN,
@@ -526,7 +521,8 @@ class DomainMixin:
         self.domain_set_vcpus_flags(ref, nvcpus, AFFECT_LIVE)
 
     def domain_set_vcpus_flags(self, ref: Any, nvcpus: int, flags: int) -> None:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM, "testDomainSetVcpusFlags")
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM, "testDomainSetVcpusFlags",
+                    P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if nvcpus == 0:
             raise VirError(P.VIR_ERR_INVALID_ARG, "argument unsupported: nvcpus",
@@ -582,7 +578,8 @@ class DomainMixin:
         return self.domain_get_scheduler_parameters_flags(ref, nparams, 0)
 
     def domain_get_scheduler_parameters_flags(self, ref: Any, nparams: int, flags: int) -> list:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainGetSchedulerParametersFlags")
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainGetSchedulerParametersFlags",
+                    P.VIR_FROM_TEST)
         dom = self._dom(ref)
         return [P.remote_typed_param("weight", P.remote_typed_param_value(
             P.VIR_TYPED_PARAM_UINT, dom.sched_weight))][:nparams]
@@ -628,7 +625,7 @@ class DomainMixin:
                 t // 20, t // 110, t // 3_000_000, t // 4_000_000)
 
     def domain_get_block_info(self, ref: Any, path: str, flags: int) -> tuple:
-        check_flags(flags, 0, "testDomainGetBlockInfo")
+        check_flags(flags, 0, "testDomainGetBlockInfo", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if self._disk(dom, path) is None:
             raise VirError(P.VIR_ERR_INVALID_ARG, f"invalid path {path} not assigned to domain",
@@ -636,7 +633,7 @@ class DomainMixin:
         return (1099511627776, 1099506450432, 1099511627776)  # allocation, capacity, physical
 
     def domain_memory_stats(self, ref: Any, max_stats: int, flags: int) -> list:
-        check_flags(flags, 0, "testDomainMemoryStats")
+        check_flags(flags, 0, "testDomainMemoryStats", P.VIR_FROM_TEST)
         dom = self._active_dom(ref)
         cur = dom.definition.current_memory
         stats = [(6, cur), (0, 0), (1, 0), (2, 0), (3, 0), (4, cur // 2), (5, cur),
@@ -647,14 +644,14 @@ class DomainMixin:
 
     def domain_set_metadata(self, ref: Any, type_: int, metadata: str | None, key: str | None,
                             uri: str | None, flags: int) -> None:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainSetMetadata")
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainSetMetadata", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         defs = self._defs_for(dom, flags)
         for d in defs:
             domxml.set_metadata(d, type_, metadata, key, uri)
 
     def domain_get_metadata(self, ref: Any, type_: int, uri: str | None, flags: int) -> str:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainGetMetadata")
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainGetMetadata", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         d = self._defs_for(dom, flags)[0]
         return domxml.get_metadata(d, type_, uri)

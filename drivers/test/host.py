@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 
 from pyvirtd.cpubaseline import BASELINE_EXPAND_FEATURES, cpu_baseline
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import capabilities
 
@@ -66,9 +66,7 @@ class HostMixin:
         return MAX_VCPUS
 
     def connect_get_sysinfo(self, flags: int) -> str:
-        if flags:
-            raise VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_TEST,
-                           message=f"unsupported flags (0x{flags:x}) in function testConnectGetSysinfo")
+        check_flags(flags, 0, "testConnectGetSysinfo", P.VIR_FROM_TEST)
         return SYSINFO
 
     def connect_get_capabilities(self) -> str:
@@ -117,8 +115,5 @@ class HostMixin:
         return (models if need_results else [], len(models))
 
     def connect_baseline_cpu(self, xml_cpus: list[str], flags: int) -> str:
-        if flags & ~BASELINE_EXPAND_FEATURES:
-            raise VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_TEST,
-                           message=f"unsupported flags (0x{flags & ~BASELINE_EXPAND_FEATURES:x}) "
-                                   "in function testConnectBaselineCPU")
+        check_flags(flags, BASELINE_EXPAND_FEATURES, "testConnectBaselineCPU", P.VIR_FROM_TEST)
         return cpu_baseline(xml_cpus, expand=bool(flags & BASELINE_EXPAND_FEATURES))

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import interface as ifxml
-
-from .networks import check_flags
 from .state import TestState
 
 # virConnectListAllInterfacesFlags.
@@ -73,7 +71,8 @@ class InterfaceMixin:
         return [i.name for i in self.state.interfaces.values() if not i.active][:maxnames]
 
     def connect_list_all_interfaces(self, need_results: int, flags: int) -> tuple:
-        check_flags(flags, LIST_INACTIVE | LIST_ACTIVE, "testConnectListAllInterfaces")
+        check_flags(flags, LIST_INACTIVE | LIST_ACTIVE, "testConnectListAllInterfaces",
+                    P.VIR_FROM_TEST)
         ifaces = [i.ref() for i in self.state.interfaces.values()
                   if not flags & (LIST_ACTIVE | LIST_INACTIVE)
                   or (flags & LIST_ACTIVE and i.active)
@@ -100,11 +99,11 @@ class InterfaceMixin:
     # --- definition -----------------------------------------------------------
 
     def interface_get_xml_desc(self, ref, flags: int) -> str:
-        check_flags(flags, 0, "testInterfaceGetXMLDesc")
+        check_flags(flags, 0, "testInterfaceGetXMLDesc", P.VIR_FROM_TEST)
         return ifxml.format(self._iface(ref).definition)
 
     def interface_define_xml(self, xml: str, flags: int) -> P.remote_nonnull_interface:
-        check_flags(flags, DEFINE_VALIDATE, "testInterfaceDefineXML")
+        check_flags(flags, DEFINE_VALIDATE, "testInterfaceDefineXML", P.VIR_FROM_TEST)
         ifdef = ifxml.parse(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         iface = self.state.interfaces.get(ifdef.name)
         if iface is None:
@@ -120,14 +119,14 @@ class InterfaceMixin:
     # --- lifecycle ------------------------------------------------------------
 
     def interface_create(self, ref, flags: int) -> None:
-        check_flags(flags, 0, "testInterfaceCreate")
+        check_flags(flags, 0, "testInterfaceCreate", P.VIR_FROM_TEST)
         iface = self._iface(ref)
         if iface.active:
             raise _invalid()
         iface.active = True
 
     def interface_destroy(self, ref, flags: int) -> None:
-        check_flags(flags, 0, "testInterfaceDestroy")
+        check_flags(flags, 0, "testInterfaceDestroy", P.VIR_FROM_TEST)
         iface = self._iface(ref)
         if not iface.active:
             raise _invalid()
@@ -139,14 +138,14 @@ class InterfaceMixin:
     # --- transactions ---------------------------------------------------------
 
     def interface_change_begin(self, flags: int) -> None:
-        check_flags(flags, 0, "testInterfaceChangeBegin")
+        check_flags(flags, 0, "testInterfaceChangeBegin", P.VIR_FROM_TEST)
         if self.state.iface_backup is not None:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "there is another transaction running.",
                            domain=P.VIR_FROM_TEST)
         self.state.iface_backup = [i.definition.copy() for i in self.state.interfaces.values()]
 
     def interface_change_commit(self, flags: int) -> None:
-        check_flags(flags, 0, "testInterfaceChangeCommit")
+        check_flags(flags, 0, "testInterfaceChangeCommit", P.VIR_FROM_TEST)
         if self.state.iface_backup is None:
             raise VirError(P.VIR_ERR_OPERATION_INVALID,
                            "no transaction running, nothing to be committed.",
@@ -154,7 +153,7 @@ class InterfaceMixin:
         self.state.iface_backup = None
 
     def interface_change_rollback(self, flags: int) -> None:
-        check_flags(flags, 0, "testInterfaceChangeRollback")
+        check_flags(flags, 0, "testInterfaceChangeRollback", P.VIR_FROM_TEST)
         backup = self.state.iface_backup
         if backup is None:
             raise VirError(P.VIR_ERR_OPERATION_INVALID,

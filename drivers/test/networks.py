@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
 from pyvirtd.xml import network as netxml
@@ -30,17 +30,6 @@ LIST_ALL = 63
 # virNetworkUpdateFlags.
 UPDATE_AFFECT_LIVE, UPDATE_AFFECT_CONFIG = 1, 2
 NETWORK_VALIDATE = 1     # VIR_NETWORK_DEFINE_VALIDATE == VIR_NETWORK_CREATE_VALIDATE
-
-
-def unsupported_flags(flags: int, function: str) -> VirError:
-    """libvirt's virCheckFlags error: the message carries no per-code prefix."""
-    return VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_TEST,
-                    message=f"unsupported flags (0x{flags:x}) in function {function}")
-
-
-def check_flags(flags: int, allowed: int, function: str) -> None:
-    if flags & ~allowed:
-        raise unsupported_flags(flags & ~allowed, function)
 
 
 def filter_by_flags(flags: int, active: bool, persistent: bool, autostart: bool | None) -> bool:
@@ -121,7 +110,7 @@ class NetworkMixin:
         return [n.name for n in self.state.networks.values() if not n.active][:maxnames]
 
     def connect_list_all_networks(self, need_results: int, flags: int) -> tuple:
-        check_flags(flags, LIST_ALL, "testConnectListAllNetworks")
+        check_flags(flags, LIST_ALL, "testConnectListAllNetworks", P.VIR_FROM_TEST)
         nets = [n.ref() for n in self.state.networks.values()
                 if filter_by_flags(flags, n.active, n.persistent, n.autostart)]
         return (nets if need_results else [], len(nets))
@@ -181,7 +170,7 @@ class NetworkMixin:
         return self.network_define_xml_flags(xml, 0)
 
     def network_define_xml_flags(self, xml: str, flags: int) -> P.remote_nonnull_network:
-        check_flags(flags, NETWORK_VALIDATE, "testNetworkDefineXMLFlags")
+        check_flags(flags, NETWORK_VALIDATE, "testNetworkDefineXMLFlags", P.VIR_FROM_TEST)
         net = self._add_network(netxml.parse(xml, validate_schema=bool(flags & NETWORK_VALIDATE)), live=False)
         self._emit_network(net, P.VIR_NETWORK_EVENT_DEFINED)
         return net.ref()
@@ -190,7 +179,7 @@ class NetworkMixin:
         return self.network_create_xml_flags(xml, 0)
 
     def network_create_xml_flags(self, xml: str, flags: int) -> P.remote_nonnull_network:
-        check_flags(flags, NETWORK_VALIDATE, "testNetworkCreateXMLFlags")
+        check_flags(flags, NETWORK_VALIDATE, "testNetworkCreateXMLFlags", P.VIR_FROM_TEST)
         net = self._add_network(netxml.parse(xml, validate_schema=bool(flags & NETWORK_VALIDATE)), live=True)
         self._emit_network(net, P.VIR_NETWORK_EVENT_STARTED)
         return net.ref()
@@ -204,7 +193,7 @@ class NetworkMixin:
         self._emit_network(net, P.VIR_NETWORK_EVENT_UNDEFINED)
 
     def network_get_xml_desc(self, ref, flags: int) -> str:
-        check_flags(flags, 0, "testNetworkGetXMLDesc")
+        check_flags(flags, 0, "testNetworkGetXMLDesc", P.VIR_FROM_TEST)
         return netxml.format(self._net(ref).definition)
 
     # --- lifecycle ------------------------------------------------------------
@@ -264,7 +253,8 @@ class NetworkMixin:
 
     def network_update(self, ref, command: int, section: int, parent_index: int, xml: str,
                        flags: int) -> None:
-        check_flags(flags, UPDATE_AFFECT_LIVE | UPDATE_AFFECT_CONFIG, "testNetworkUpdate")
+        check_flags(flags, UPDATE_AFFECT_LIVE | UPDATE_AFFECT_CONFIG, "testNetworkUpdate",
+                    P.VIR_FROM_TEST)
         net = self._net(ref)
         if not flags & (UPDATE_AFFECT_LIVE | UPDATE_AFFECT_CONFIG):
             flags |= UPDATE_AFFECT_LIVE if net.active else UPDATE_AFFECT_CONFIG

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import nodedev as ndxml
-
-from .networks import check_flags
 from .state import TestState
 
 LIST_ALL_CAPS = (1 << 22) - 1
@@ -68,15 +66,15 @@ class NodeDeviceMixin:
     # --- listing --------------------------------------------------------------
 
     def node_num_of_devices(self, cap: str | None, flags: int) -> int:
-        check_flags(flags, 0, "testNodeNumOfDevices")
+        check_flags(flags, 0, "testNodeNumOfDevices", P.VIR_FROM_TEST)
         return len(self._devices_with(cap))
 
     def node_list_devices(self, cap: str | None, maxnames: int, flags: int) -> list[str]:
-        check_flags(flags, 0, "testNodeListDevices")
+        check_flags(flags, 0, "testNodeListDevices", P.VIR_FROM_TEST)
         return [d.name for d in self._devices_with(cap)][:maxnames]
 
     def connect_list_all_node_devices(self, need_results: int, flags: int) -> tuple:
-        check_flags(flags, LIST_ALL_CAPS, "testConnectListAllNodeDevices")
+        check_flags(flags, LIST_ALL_CAPS, "testConnectListAllNodeDevices", P.VIR_FROM_TEST)
         wanted = [cap for cap, bit in ndxml.CAP_FLAGS.items() if flags & bit]
         devs = [d.ref() for d in self.state.node_devices.values()
                 if not wanted or any(d.definition.has_cap(c) for c in wanted)]
@@ -88,7 +86,7 @@ class NodeDeviceMixin:
         return self._dev(name).ref()
 
     def node_device_get_xml_desc(self, name: str, flags: int) -> str:
-        check_flags(flags, 0, "testNodeDeviceGetXMLDesc")
+        check_flags(flags, 0, "testNodeDeviceGetXMLDesc", P.VIR_FROM_TEST)
         return ndxml.format(self._dev(name).definition)
 
     def node_device_get_parent(self, name: str) -> str | None:
@@ -103,7 +101,7 @@ class NodeDeviceMixin:
     # --- vHBA create/destroy --------------------------------------------------
 
     def node_device_create_xml(self, xml: str, flags: int) -> P.remote_nonnull_node_device:
-        check_flags(flags, CREATE_VALIDATE, "testNodeDeviceCreateXML")
+        check_flags(flags, CREATE_VALIDATE, "testNodeDeviceCreateXML", P.VIR_FROM_TEST)
         devdef = ndxml.parse(xml, validate_schema=bool(flags & CREATE_VALIDATE))
         wwns = devdef.wwns()
         if wwns is None:

@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import fromstring, hardened_parser, schema
@@ -109,7 +109,8 @@ class SnapshotMixin:
 
     def domain_snapshot_create_xml(self, ref: Any, xml_desc: str, flags: int) -> Any:
         check_flags(flags, CREATE_REDEFINE | CREATE_CURRENT | CREATE_NO_METADATA | CREATE_HALT
-                    | CREATE_ATOMIC | CREATE_VALIDATE, "testDomainSnapshotCreateXML")
+                    | CREATE_ATOMIC | CREATE_VALIDATE, "testDomainSnapshotCreateXML",
+                    P.VIR_FROM_TEST)
         dom = self._dom(ref)
         name, desc = _parse_snapshot_xml(xml_desc, validate_schema=bool(flags & CREATE_VALIDATE))
         now = int(time.time())
@@ -194,20 +195,20 @@ class SnapshotMixin:
     # -- single snapshots -------------------------------------------------
 
     def domain_snapshot_lookup_by_name(self, ref: Any, name: str, flags: int) -> Any:
-        check_flags(flags, 0, "testDomainSnapshotLookupByName")
+        check_flags(flags, 0, "testDomainSnapshotLookupByName", P.VIR_FROM_TEST)
         dom, snap = self._snap(P.remote_nonnull_domain_snapshot(name, ref))
         return self._snap_ref(dom, snap)
 
     def domain_snapshot_get_xml_desc(self, snap: Any, flags: int) -> str:
-        check_flags(flags, 1, "testDomainSnapshotGetXMLDesc")
+        check_flags(flags, 1, "testDomainSnapshotGetXMLDesc", P.VIR_FROM_TEST)
         return self._snap(snap)[1].xml(secure=bool(flags & 1))
 
     def domain_has_current_snapshot(self, ref: Any, flags: int) -> int:
-        check_flags(flags, 0, "testDomainHasCurrentSnapshot")
+        check_flags(flags, 0, "testDomainHasCurrentSnapshot", P.VIR_FROM_TEST)
         return int(self._dom(ref).current_snapshot is not None)
 
     def domain_snapshot_current(self, ref: Any, flags: int) -> Any:
-        check_flags(flags, 0, "testDomainSnapshotCurrent")
+        check_flags(flags, 0, "testDomainSnapshotCurrent", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if dom.current_snapshot is None:
             raise VirError(P.VIR_ERR_NO_DOMAIN_SNAPSHOT,
@@ -215,7 +216,7 @@ class SnapshotMixin:
         return self._snap_ref(dom, dom.snapshots[dom.current_snapshot])
 
     def domain_snapshot_get_parent(self, snap: Any, flags: int) -> Any:
-        check_flags(flags, 0, "testDomainSnapshotGetParent")
+        check_flags(flags, 0, "testDomainSnapshotGetParent", P.VIR_FROM_TEST)
         dom, s = self._snap(snap)
         if s.parent is None:
             raise VirError(P.VIR_ERR_NO_DOMAIN_SNAPSHOT,
@@ -223,18 +224,18 @@ class SnapshotMixin:
         return self._snap_ref(dom, dom.snapshots[s.parent])
 
     def domain_snapshot_is_current(self, snap: Any, flags: int) -> int:
-        check_flags(flags, 0, "testDomainSnapshotIsCurrent")
+        check_flags(flags, 0, "testDomainSnapshotIsCurrent", P.VIR_FROM_TEST)
         dom, s = self._snap(snap)
         return int(dom.current_snapshot == s.name)
 
     def domain_snapshot_has_metadata(self, snap: Any, flags: int) -> int:
-        check_flags(flags, 0, "testDomainSnapshotHasMetadata")
+        check_flags(flags, 0, "testDomainSnapshotHasMetadata", P.VIR_FROM_TEST)
         self._snap(snap)
         return 1
 
     def domain_snapshot_delete(self, snap: Any, flags: int) -> None:
         check_flags(flags, DELETE_CHILDREN | DELETE_METADATA_ONLY | DELETE_CHILDREN_ONLY,
-                    "testDomainSnapshotDelete")
+                    "testDomainSnapshotDelete", P.VIR_FROM_TEST)
         dom, s = self._snap(snap)
         doomed = []
         if flags & (DELETE_CHILDREN | DELETE_CHILDREN_ONLY):
@@ -251,7 +252,7 @@ class SnapshotMixin:
 
     def domain_revert_to_snapshot(self, snap: Any, flags: int) -> None:
         check_flags(flags, REVERT_RUNNING | REVERT_PAUSED | REVERT_FORCE,
-                    "testDomainRevertToSnapshot")
+                    "testDomainRevertToSnapshot", P.VIR_FROM_TEST)
         dom, s = self._snap(snap)
         target = s.state
         if flags & REVERT_RUNNING:

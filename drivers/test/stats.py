@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 
-from .domains import Domain, _matches, check_flags
+from .domains import Domain, _matches
 from .state import TestState
 
 STATS_STATE = 1
@@ -49,7 +49,7 @@ class StatsMixin:
 
     def connect_get_all_domain_stats(self, doms: list, stats: int, flags: int) -> list:
         check_flags(flags, LIST_FLAGS | STATS_NOWAIT | STATS_BACKING | STATS_ENFORCE,
-                    "testConnectGetAllDomainStats")
+                    "testConnectGetAllDomainStats", P.VIR_FROM_TEST)
         if not stats:
             stats = SUPPORTED_STATS
         elif flags & STATS_ENFORCE and stats & ~SUPPORTED_STATS:

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_libvirt, format_uuid, parse_definition
 from pyvirtd.xml import storage as stxml
 
-from .networks import check_flags, filter_by_flags
+from .networks import filter_by_flags
 from .state import TestState
 
 # The test driver's fixed pool size (src/test/test_driver.c defaultPoolCap).
@@ -152,7 +152,7 @@ class StorageMixin:
         return [p.name for p in self.state.pools.values() if not p.active][:maxnames]
 
     def connect_list_all_storage_pools(self, need_results: int, flags: int) -> tuple:
-        check_flags(flags, LIST_ALL_POOLS, "testConnectListAllStoragePools")
+        check_flags(flags, LIST_ALL_POOLS, "testConnectListAllStoragePools", P.VIR_FROM_TEST)
         type_bits = flags >> TYPE_FLAG_BASE
         pools = []
         for p in self.state.pools.values():
@@ -165,7 +165,7 @@ class StorageMixin:
 
     def connect_find_storage_pool_sources(self, pool_type: str, src_spec: str | None,
                                           flags: int) -> str:
-        check_flags(flags, 0, "testConnectFindStoragePoolSources")
+        check_flags(flags, 0, "testConnectFindStoragePoolSources", P.VIR_FROM_TEST)
         sources = etree.Element("sources")
         if pool_type == "logical":
             for path, name in _LOGICAL_SOURCES:
@@ -252,14 +252,14 @@ class StorageMixin:
         return pool
 
     def storage_pool_define_xml(self, xml: str, flags: int) -> P.remote_nonnull_storage_pool:
-        check_flags(flags, POOL_DEFINE_VALIDATE, "testStoragePoolDefineXML")
+        check_flags(flags, POOL_DEFINE_VALIDATE, "testStoragePoolDefineXML", P.VIR_FROM_TEST)
         pool = self._add_pool(stxml.parse_pool(
             xml, validate_schema=bool(flags & POOL_DEFINE_VALIDATE)), live=False)
         self._emit_pool(pool, EV_DEFINED)
         return pool.ref()
 
     def storage_pool_create_xml(self, xml: str, flags: int) -> P.remote_nonnull_storage_pool:
-        check_flags(flags, 0, "testStoragePoolCreateXML")
+        check_flags(flags, 0, "testStoragePoolCreateXML", P.VIR_FROM_TEST)
         pool = self._add_pool(stxml.parse_pool(xml), live=True)
         self._emit_pool(pool, EV_STARTED)
         return pool.ref()
@@ -272,7 +272,7 @@ class StorageMixin:
         self._emit_pool(pool, EV_UNDEFINED)
 
     def storage_pool_get_xml_desc(self, ref, flags: int) -> str:
-        check_flags(flags, 0, "testStoragePoolGetXMLDesc")
+        check_flags(flags, 0, "testStoragePoolGetXMLDesc", P.VIR_FROM_TEST)
         return stxml.format_pool(self._pool(ref).definition)
 
     # --- pool lifecycle -------------------------------------------------------
@@ -283,7 +283,7 @@ class StorageMixin:
             raise pool.is_active_error()
 
     def storage_pool_create(self, ref, flags: int) -> None:
-        check_flags(flags, 0, "testStoragePoolCreate")
+        check_flags(flags, 0, "testStoragePoolCreate", P.VIR_FROM_TEST)
         pool = self._pool(ref)
         if pool.active:
             raise pool.is_active_error()
@@ -309,7 +309,7 @@ class StorageMixin:
         self._emit_pool(pool, EV_DELETED)
 
     def storage_pool_refresh(self, ref, flags: int) -> None:
-        check_flags(flags, 0, "testStoragePoolRefresh")
+        check_flags(flags, 0, "testStoragePoolRefresh", P.VIR_FROM_TEST)
         pool = self._active_pool(ref)
         self.state.events.emit("storage", P.VIR_STORAGE_POOL_EVENT_ID_REFRESH, pool.ref())
 
@@ -345,7 +345,7 @@ class StorageMixin:
         return list(self._active_pool(ref).volumes)[:maxnames]
 
     def storage_pool_list_all_volumes(self, ref, need_results: int, flags: int) -> tuple:
-        check_flags(flags, 0, "testStoragePoolListAllVolumes")
+        check_flags(flags, 0, "testStoragePoolListAllVolumes", P.VIR_FROM_TEST)
         pool = self._pool(ref)
         if not pool.active:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "storage pool is not active",
@@ -371,14 +371,14 @@ class StorageMixin:
         return pool.vol_ref(vol)
 
     def storage_vol_create_xml(self, ref, xml: str, flags: int) -> P.remote_nonnull_storage_vol:
-        check_flags(flags, VOL_CREATE_VALIDATE, "testStorageVolCreateXML")
+        check_flags(flags, VOL_CREATE_VALIDATE, "testStorageVolCreateXML", P.VIR_FROM_TEST)
         pool = self._active_pool(ref)
         return self._add_volume(pool, self._new_volume(
             pool, xml, validate_schema=bool(flags & VOL_CREATE_VALIDATE)))
 
     def storage_vol_create_xml_from(self, ref, xml: str, clone_ref, flags: int
                                     ) -> P.remote_nonnull_storage_vol:
-        check_flags(flags, 0, "testStorageVolCreateXMLFrom")
+        check_flags(flags, 0, "testStorageVolCreateXMLFrom", P.VIR_FROM_TEST)
         pool = self._active_pool(ref)
         vol = self._new_volume(pool, xml)
         src_pool = self.state.pools.get(clone_ref.pool)
@@ -421,11 +421,11 @@ class StorageMixin:
         return (VOL_FILE, vol.capacity, vol.allocation)
 
     def storage_vol_get_info_flags(self, ref, flags: int) -> tuple:
-        check_flags(flags, 0, "testStorageVolGetInfoFlags")
+        check_flags(flags, 0, "testStorageVolGetInfoFlags", P.VIR_FROM_TEST)
         return self.storage_vol_get_info(ref)
 
     def storage_vol_get_xml_desc(self, ref, flags: int) -> str:
-        check_flags(flags, 0, "testStorageVolGetXMLDesc")
+        check_flags(flags, 0, "testStorageVolGetXMLDesc", P.VIR_FROM_TEST)
         _, vol = self._vol(ref)
         return stxml.format_volume(vol)
 
@@ -434,7 +434,7 @@ class StorageMixin:
         return vol.path
 
     def storage_vol_delete(self, ref, flags: int) -> None:
-        check_flags(flags, 0, "testStorageVolDelete")
+        check_flags(flags, 0, "testStorageVolDelete", P.VIR_FROM_TEST)
         pool, vol = self._vol(ref)
         del pool.volumes[vol.name]
         pool.refresh_sizes()

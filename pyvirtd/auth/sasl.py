@@ -32,7 +32,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import ChannelError, VirError
 from pyvirtd.files import write_atomic
 from pyvirtd.paths import Paths
 from pyvirtd.rpc import _generated as P
@@ -366,7 +366,6 @@ class SaslChannel:
         return len(chunk)
 
     def recv(self, n: int) -> bytes:
-        from pyvirtd.transport import ChannelError
         while not self._plain:
             if self._eof:
                 return b""

@@ -24,8 +24,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pyvirtd.certs import PkiFiles, libvirt_dn, server_files
+from pyvirtd.errors import ChannelError
 from pyvirtd.paths import Paths
-from pyvirtd.transport import ChannelError, TlsChannel
+from pyvirtd.transport import TlsChannel
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ from pathlib import Path
 import trio
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.files import write_atomic
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
@@ -74,14 +74,22 @@ log = logging.getLogger(__name__)
 _FROM = P.VIR_FROM_NETWORK
 
 # virConnectListAllNetworksFlags
-LIST_INACTIVE, LIST_ACTIVE, LIST_PERSISTENT, LIST_TRANSIENT = 1, 2, 4, 8
-LIST_AUTOSTART, LIST_NO_AUTOSTART = 16, 32
-LIST_ALL = 63
+LIST_INACTIVE = P.ConnectListAllNetworksFlags.VIR_CONNECT_LIST_NETWORKS_INACTIVE
+LIST_ACTIVE = P.ConnectListAllNetworksFlags.VIR_CONNECT_LIST_NETWORKS_ACTIVE
+LIST_PERSISTENT = P.ConnectListAllNetworksFlags.VIR_CONNECT_LIST_NETWORKS_PERSISTENT
+LIST_TRANSIENT = P.ConnectListAllNetworksFlags.VIR_CONNECT_LIST_NETWORKS_TRANSIENT
+LIST_AUTOSTART = P.ConnectListAllNetworksFlags.VIR_CONNECT_LIST_NETWORKS_AUTOSTART
+LIST_NO_AUTOSTART = P.ConnectListAllNetworksFlags.VIR_CONNECT_LIST_NETWORKS_NO_AUTOSTART
+LIST_ALL = (LIST_INACTIVE | LIST_ACTIVE | LIST_PERSISTENT | LIST_TRANSIENT | LIST_AUTOSTART
+            | LIST_NO_AUTOSTART)
 # virNetworkUpdateFlags, virNetworkXMLFlags, define/create VALIDATE flags
-UPDATE_AFFECT_LIVE, UPDATE_AFFECT_CONFIG = 1, 2
-XML_INACTIVE = 1
-DEFINE_VALIDATE = CREATE_VALIDATE = 1
-IP_ADDR_TYPE_IPV4, IP_ADDR_TYPE_IPV6 = 0, 1
+UPDATE_AFFECT_LIVE = P.NetworkUpdateFlags.VIR_NETWORK_UPDATE_AFFECT_LIVE
+UPDATE_AFFECT_CONFIG = P.NetworkUpdateFlags.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+XML_INACTIVE = P.NetworkXMLFlags.VIR_NETWORK_XML_INACTIVE
+DEFINE_VALIDATE = P.NetworkDefineFlags.VIR_NETWORK_DEFINE_VALIDATE
+CREATE_VALIDATE = P.NetworkCreateFlags.VIR_NETWORK_CREATE_VALIDATE
+IP_ADDR_TYPE_IPV4 = P.IPAddrType.VIR_IP_ADDR_TYPE_IPV4
+IP_ADDR_TYPE_IPV6 = P.IPAddrType.VIR_IP_ADDR_TYPE_IPV6
 
 MANAGED_MODES = (None, "nat", "route", "open")
 DEFAULT_NETWORK = """<network>
@@ -115,13 +123,6 @@ async def plug_veth(bridge: str, mac: str, *, mtu: int | None = None) -> tuple[s
         raise VirError(P.VIR_ERR_SYSTEM_ERROR,
                        f"Failed to create veth device: {exc.strerror or exc}",
                        domain=_FROM) from None
-
-
-def _check_flags(flags: int, allowed: int, function: str) -> None:
-    if flags & ~allowed:
-        raise VirError(P.VIR_ERR_INVALID_ARG, domain=_FROM,
-                       message=f"unsupported flags (0x{flags & ~allowed:x}) in function {function}")
-
 
 
 @dataclass(eq=False)
@@ -292,7 +293,7 @@ class NetworkSubsystem(PortsMixin):
         return sorted(n.name for n in self.networks.values() if not n.active)[:maxnames]
 
     def connect_list_all_networks(self, need_results: int, flags: int) -> tuple:
-        _check_flags(flags, LIST_ALL, "networkConnectListAllNetworks")
+        check_flags(flags, LIST_ALL, "networkConnectListAllNetworks", _FROM)
         self._load()
         out = []
         for n in self.networks.values():
@@ -322,7 +323,7 @@ class NetworkSubsystem(PortsMixin):
                        f"no network with matching uuid '{format_uuid(uuid)}'", domain=_FROM)
 
     def network_get_xml_desc(self, ref, flags: int) -> str:
-        _check_flags(flags, XML_INACTIVE, "networkGetXMLDesc")
+        check_flags(flags, XML_INACTIVE, "networkGetXMLDesc", _FROM)
         net = self._net(ref)
         if flags & XML_INACTIVE or not net.active or not net.ports:
             return netxml.format(net.config() if flags & XML_INACTIVE else net.definition)
@@ -450,7 +451,7 @@ class NetworkSubsystem(PortsMixin):
         return await self.network_define_xml_flags(xml, 0)
 
     async def network_define_xml_flags(self, xml: str, flags: int) -> P.remote_nonnull_network:
-        _check_flags(flags, DEFINE_VALIDATE, "networkDefineXMLFlags")
+        check_flags(flags, DEFINE_VALIDATE, "networkDefineXMLFlags", _FROM)
         async with self._lock:
             self._load()
             netdef = netxml.parse(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
@@ -464,7 +465,7 @@ class NetworkSubsystem(PortsMixin):
         return await self.network_create_xml_flags(xml, 0)
 
     async def network_create_xml_flags(self, xml: str, flags: int) -> P.remote_nonnull_network:
-        _check_flags(flags, CREATE_VALIDATE, "networkCreateXMLFlags")
+        check_flags(flags, CREATE_VALIDATE, "networkCreateXMLFlags", _FROM)
         async with self._lock:
             self._load()
             netdef = netxml.parse(xml, validate_schema=bool(flags & CREATE_VALIDATE))
@@ -610,7 +611,7 @@ class NetworkSubsystem(PortsMixin):
     # ---------------------------------------------------------- net-update
     async def network_update(self, ref, command: int, section: int, parent_index: int,
                              xml: str, flags: int) -> None:
-        _check_flags(flags, UPDATE_AFFECT_LIVE | UPDATE_AFFECT_CONFIG, "networkUpdate")
+        check_flags(flags, UPDATE_AFFECT_LIVE | UPDATE_AFFECT_CONFIG, "networkUpdate", _FROM)
         async with self._lock:
             net = self._net(ref)
             if not flags & (UPDATE_AFFECT_LIVE | UPDATE_AFFECT_CONFIG):
@@ -656,7 +657,7 @@ class NetworkSubsystem(PortsMixin):
     # ---------------------------------------------------------- DHCP leases
     def network_get_dhcp_leases(self, ref, mac: str | None, need_results: int,
                                 flags: int) -> tuple:
-        _check_flags(flags, 0, "networkGetDHCPLeases")
+        check_flags(flags, 0, "networkGetDHCPLeases", _FROM)
         net = self._net(ref)
         out = []
         if net.active:

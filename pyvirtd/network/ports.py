@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.files import write_atomic
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 _FROM = P.VIR_FROM_NETWORK
 
 # virNetworkPortCreateFlags
-PORT_CREATE_RECLAIM, PORT_CREATE_VALIDATE = 1, 2
+PORT_CREATE_RECLAIM = P.NetworkPortCreateFlags.VIR_NETWORK_PORT_CREATE_RECLAIM
+PORT_CREATE_VALIDATE = P.NetworkPortCreateFlags.VIR_NETWORK_PORT_CREATE_VALIDATE
 # forward modes whose ports are plugged into the network's own bridge
 _BRIDGED_MODES = (None, "nat", "route", "open", "none")
 _DIRECT_MODES = ("bridge", "private", "vepa", "passthrough")
@@ -315,8 +316,8 @@ class PortsMixin:
         return net, port
 
     async def network_port_create_xml(self, ref, xml: str, flags: int) -> P.remote_nonnull_network_port:
-        from . import _check_flags
-        _check_flags(flags, PORT_CREATE_RECLAIM | PORT_CREATE_VALIDATE, "networkPortCreateXML")
+        check_flags(flags, PORT_CREATE_RECLAIM | PORT_CREATE_VALIDATE, "networkPortCreateXML",
+                    _FROM)
         async with self._lock:
             net = self._net(ref)
             port = portxml.parse(xml)
@@ -345,21 +346,18 @@ class PortsMixin:
         return P.remote_nonnull_network_port(net.ref(), bytes(uuid))
 
     def network_port_get_xml_desc(self, ref, flags: int) -> str:
-        from . import _check_flags
-        _check_flags(flags, 0, "networkPortGetXMLDesc")
+        check_flags(flags, 0, "networkPortGetXMLDesc", _FROM)
         _net, port = self._port(ref)
         return portxml.format(port)
 
     async def network_port_delete(self, ref, flags: int) -> None:
-        from . import _check_flags
-        _check_flags(flags, 0, "networkPortDelete")
+        check_flags(flags, 0, "networkPortDelete", _FROM)
         async with self._lock:
             net, port = self._port(ref)
             self._release(net, port)
 
     def network_list_all_ports(self, ref, need_results: int, flags: int) -> tuple:
-        from . import _check_flags
-        _check_flags(flags, 0, "networkListAllPorts")
+        check_flags(flags, 0, "networkListAllPorts", _FROM)
         net = self._net(ref)
         if not net.active:
             raise _not_active(net)
@@ -367,8 +365,7 @@ class PortsMixin:
         return (ports if need_results else [], len(ports))
 
     def network_port_get_parameters(self, ref, nparams: int, flags: int) -> tuple:
-        from . import _check_flags
-        _check_flags(flags, 0, "networkPortGetParameters")
+        check_flags(flags, 0, "networkPortGetParameters", _FROM)
         _net, port = self._port(ref)
         params = [P.remote_typed_param(name, P.remote_typed_param_value(P.VIR_TYPED_PARAM_UINT,
                                                                         value))
@@ -376,8 +373,7 @@ class PortsMixin:
         return params, len(params)
 
     async def network_port_set_parameters(self, ref, params: list, flags: int) -> None:
-        from . import _check_flags
-        _check_flags(flags, 0, "networkPortSetParameters")
+        check_flags(flags, 0, "networkPortSetParameters", _FROM)
         async with self._lock:
             net, port = self._port(ref)
             values = {p.field: int(p.value.value) for p in params

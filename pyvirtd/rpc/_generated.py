@@ -5,6 +5,7 @@ Regenerate with `make gen`.
 """
 # fmt: off
 # ruff: noqa
+import enum as _enum
 import struct
 from collections import namedtuple as _nt
 
@@ -481,6 +482,1738 @@ PROGRAMS = {
     'lxc': (425984, 1),
     'admin': (110102160, 1),
 }
+
+# ---- C enums of libvirt 9.0.0's public headers (tools/libvirt_api.json)
+
+class BlkioParameterType(_enum.IntEnum):
+    """virBlkioParameterType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLKIO_PARAM_INT = 1
+    VIR_DOMAIN_BLKIO_PARAM_UINT = 2
+    VIR_DOMAIN_BLKIO_PARAM_LLONG = 3
+    VIR_DOMAIN_BLKIO_PARAM_ULLONG = 4
+    VIR_DOMAIN_BLKIO_PARAM_DOUBLE = 5
+    VIR_DOMAIN_BLKIO_PARAM_BOOLEAN = 6
+
+
+class CPUCompareResult(_enum.IntEnum):
+    """virCPUCompareResult (include/libvirt/libvirt-host.h)."""
+    VIR_CPU_COMPARE_ERROR = -1
+    VIR_CPU_COMPARE_INCOMPATIBLE = 0
+    VIR_CPU_COMPARE_IDENTICAL = 1
+    VIR_CPU_COMPARE_SUPERSET = 2
+    VIR_CPU_COMPARE_LAST = 3
+
+
+class ClientTransport(_enum.IntEnum):
+    """virClientTransport (include/libvirt/libvirt-admin.h)."""
+    VIR_CLIENT_TRANS_UNIX = 0
+    VIR_CLIENT_TRANS_TCP = 1
+    VIR_CLIENT_TRANS_TLS = 2
+    VIR_CLIENT_TRANS_LAST = 3
+
+
+class ConnectBaselineCPUFlags(_enum.IntFlag):
+    """virConnectBaselineCPUFlags (include/libvirt/libvirt-host.h)."""
+    VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES = 1
+    VIR_CONNECT_BASELINE_CPU_MIGRATABLE = 2
+
+
+class ConnectCloseReason(_enum.IntEnum):
+    """virConnectCloseReason (include/libvirt/libvirt-common.h)."""
+    VIR_CONNECT_CLOSE_REASON_ERROR = 0
+    VIR_CONNECT_CLOSE_REASON_EOF = 1
+    VIR_CONNECT_CLOSE_REASON_KEEPALIVE = 2
+    VIR_CONNECT_CLOSE_REASON_CLIENT = 3
+    VIR_CONNECT_CLOSE_REASON_LAST = 4
+
+
+class ConnectCompareCPUFlags(_enum.IntFlag):
+    """virConnectCompareCPUFlags (include/libvirt/libvirt-host.h)."""
+    VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE = 1
+    VIR_CONNECT_COMPARE_CPU_VALIDATE_XML = 2
+
+
+class ConnectCredentialType(_enum.IntEnum):
+    """virConnectCredentialType (include/libvirt/libvirt-host.h)."""
+    VIR_CRED_USERNAME = 1
+    VIR_CRED_AUTHNAME = 2
+    VIR_CRED_LANGUAGE = 3
+    VIR_CRED_CNONCE = 4
+    VIR_CRED_PASSPHRASE = 5
+    VIR_CRED_ECHOPROMPT = 6
+    VIR_CRED_NOECHOPROMPT = 7
+    VIR_CRED_REALM = 8
+    VIR_CRED_EXTERNAL = 9
+    VIR_CRED_LAST = 10
+
+
+class ConnectDomainEventAgentLifecycleReason(_enum.IntEnum):
+    """virConnectDomainEventAgentLifecycleReason (include/libvirt/libvirt-domain.h)."""
+    VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_UNKNOWN = 0
+    VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED = 1
+    VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_CHANNEL = 2
+    VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_LAST = 3
+
+
+class ConnectDomainEventAgentLifecycleState(_enum.IntEnum):
+    """virConnectDomainEventAgentLifecycleState (include/libvirt/libvirt-domain.h)."""
+    VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED = 1
+    VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_DISCONNECTED = 2
+    VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_LAST = 3
+
+
+class ConnectDomainEventBlockJobStatus(_enum.IntEnum):
+    """virConnectDomainEventBlockJobStatus (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLOCK_JOB_COMPLETED = 0
+    VIR_DOMAIN_BLOCK_JOB_FAILED = 1
+    VIR_DOMAIN_BLOCK_JOB_CANCELED = 2
+    VIR_DOMAIN_BLOCK_JOB_READY = 3
+    VIR_DOMAIN_BLOCK_JOB_LAST = 4
+
+
+class ConnectDomainEventDiskChangeReason(_enum.IntEnum):
+    """virConnectDomainEventDiskChangeReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_DISK_CHANGE_MISSING_ON_START = 0
+    VIR_DOMAIN_EVENT_DISK_DROP_MISSING_ON_START = 1
+    VIR_DOMAIN_EVENT_DISK_CHANGE_LAST = 2
+
+
+class ConnectDomainQemuMonitorEventRegisterFlags(_enum.IntFlag):
+    """virConnectDomainQemuMonitorEventRegisterFlags (include/libvirt/libvirt-qemu.h)."""
+    VIR_CONNECT_DOMAIN_QEMU_MONITOR_EVENT_REGISTER_REGEX = 1
+    VIR_CONNECT_DOMAIN_QEMU_MONITOR_EVENT_REGISTER_NOCASE = 2
+
+
+class ConnectFlags(_enum.IntFlag):
+    """virConnectFlags (include/libvirt/libvirt-host.h)."""
+    VIR_CONNECT_RO = 1
+    VIR_CONNECT_NO_ALIASES = 2
+
+
+class ConnectGetAllDomainStatsFlags(_enum.IntFlag):
+    """virConnectGetAllDomainStatsFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE = 1
+    VIR_CONNECT_GET_ALL_DOMAINS_STATS_INACTIVE = 2
+    VIR_CONNECT_GET_ALL_DOMAINS_STATS_PERSISTENT = 4
+    VIR_CONNECT_GET_ALL_DOMAINS_STATS_TRANSIENT = 8
+    VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING = 16
+    VIR_CONNECT_GET_ALL_DOMAINS_STATS_PAUSED = 32
+    VIR_CONNECT_GET_ALL_DOMAINS_STATS_SHUTOFF = 64
+    VIR_CONNECT_GET_ALL_DOMAINS_STATS_OTHER = 128
+    VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT = 536870912
+    VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING = 1073741824
+    VIR_CONNECT_GET_ALL_DOMAINS_STATS_ENFORCE_STATS = 2147483648
+
+
+class ConnectListAllDomainsFlags(_enum.IntFlag):
+    """virConnectListAllDomainsFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_CONNECT_LIST_DOMAINS_ACTIVE = 1
+    VIR_CONNECT_LIST_DOMAINS_INACTIVE = 2
+    VIR_CONNECT_LIST_DOMAINS_PERSISTENT = 4
+    VIR_CONNECT_LIST_DOMAINS_TRANSIENT = 8
+    VIR_CONNECT_LIST_DOMAINS_RUNNING = 16
+    VIR_CONNECT_LIST_DOMAINS_PAUSED = 32
+    VIR_CONNECT_LIST_DOMAINS_SHUTOFF = 64
+    VIR_CONNECT_LIST_DOMAINS_OTHER = 128
+    VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE = 256
+    VIR_CONNECT_LIST_DOMAINS_NO_MANAGEDSAVE = 512
+    VIR_CONNECT_LIST_DOMAINS_AUTOSTART = 1024
+    VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART = 2048
+    VIR_CONNECT_LIST_DOMAINS_HAS_SNAPSHOT = 4096
+    VIR_CONNECT_LIST_DOMAINS_NO_SNAPSHOT = 8192
+    VIR_CONNECT_LIST_DOMAINS_HAS_CHECKPOINT = 16384
+    VIR_CONNECT_LIST_DOMAINS_NO_CHECKPOINT = 32768
+
+
+class ConnectListAllInterfacesFlags(_enum.IntFlag):
+    """virConnectListAllInterfacesFlags (include/libvirt/libvirt-interface.h)."""
+    VIR_CONNECT_LIST_INTERFACES_INACTIVE = 1
+    VIR_CONNECT_LIST_INTERFACES_ACTIVE = 2
+
+
+class ConnectListAllNetworksFlags(_enum.IntFlag):
+    """virConnectListAllNetworksFlags (include/libvirt/libvirt-network.h)."""
+    VIR_CONNECT_LIST_NETWORKS_INACTIVE = 1
+    VIR_CONNECT_LIST_NETWORKS_ACTIVE = 2
+    VIR_CONNECT_LIST_NETWORKS_PERSISTENT = 4
+    VIR_CONNECT_LIST_NETWORKS_TRANSIENT = 8
+    VIR_CONNECT_LIST_NETWORKS_AUTOSTART = 16
+    VIR_CONNECT_LIST_NETWORKS_NO_AUTOSTART = 32
+
+
+class ConnectListAllNodeDeviceFlags(_enum.IntFlag):
+    """virConnectListAllNodeDeviceFlags (include/libvirt/libvirt-nodedev.h)."""
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_SYSTEM = 1
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV = 2
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_USB_DEV = 4
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_USB_INTERFACE = 8
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET = 16
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_SCSI_HOST = 32
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_SCSI_TARGET = 64
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_SCSI = 128
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_STORAGE = 256
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_FC_HOST = 512
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_VPORTS = 1024
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_SCSI_GENERIC = 2048
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_DRM = 4096
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_MDEV_TYPES = 8192
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_MDEV = 16384
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_CCW_DEV = 32768
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_CSS_DEV = 65536
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_VDPA = 131072
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_AP_CARD = 262144
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_AP_QUEUE = 524288
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_AP_MATRIX = 1048576
+    VIR_CONNECT_LIST_NODE_DEVICES_CAP_VPD = 2097152
+    VIR_CONNECT_LIST_NODE_DEVICES_INACTIVE = 1073741824
+    VIR_CONNECT_LIST_NODE_DEVICES_ACTIVE = 2147483648
+
+
+class ConnectListAllSecretsFlags(_enum.IntFlag):
+    """virConnectListAllSecretsFlags (include/libvirt/libvirt-secret.h)."""
+    VIR_CONNECT_LIST_SECRETS_EPHEMERAL = 1
+    VIR_CONNECT_LIST_SECRETS_NO_EPHEMERAL = 2
+    VIR_CONNECT_LIST_SECRETS_PRIVATE = 4
+    VIR_CONNECT_LIST_SECRETS_NO_PRIVATE = 8
+
+
+class ConnectListAllStoragePoolsFlags(_enum.IntFlag):
+    """virConnectListAllStoragePoolsFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_CONNECT_LIST_STORAGE_POOLS_INACTIVE = 1
+    VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE = 2
+    VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT = 4
+    VIR_CONNECT_LIST_STORAGE_POOLS_TRANSIENT = 8
+    VIR_CONNECT_LIST_STORAGE_POOLS_AUTOSTART = 16
+    VIR_CONNECT_LIST_STORAGE_POOLS_NO_AUTOSTART = 32
+    VIR_CONNECT_LIST_STORAGE_POOLS_DIR = 64
+    VIR_CONNECT_LIST_STORAGE_POOLS_FS = 128
+    VIR_CONNECT_LIST_STORAGE_POOLS_NETFS = 256
+    VIR_CONNECT_LIST_STORAGE_POOLS_LOGICAL = 512
+    VIR_CONNECT_LIST_STORAGE_POOLS_DISK = 1024
+    VIR_CONNECT_LIST_STORAGE_POOLS_ISCSI = 2048
+    VIR_CONNECT_LIST_STORAGE_POOLS_SCSI = 4096
+    VIR_CONNECT_LIST_STORAGE_POOLS_MPATH = 8192
+    VIR_CONNECT_LIST_STORAGE_POOLS_RBD = 16384
+    VIR_CONNECT_LIST_STORAGE_POOLS_SHEEPDOG = 32768
+    VIR_CONNECT_LIST_STORAGE_POOLS_GLUSTER = 65536
+    VIR_CONNECT_LIST_STORAGE_POOLS_ZFS = 131072
+    VIR_CONNECT_LIST_STORAGE_POOLS_VSTORAGE = 262144
+    VIR_CONNECT_LIST_STORAGE_POOLS_ISCSI_DIRECT = 524288
+
+
+class DomainAbortJobFlagsValues(_enum.IntFlag):
+    """virDomainAbortJobFlagsValues (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_ABORT_JOB_POSTCOPY = 1
+
+
+class DomainAgentResponseTimeoutValues(_enum.IntEnum):
+    """virDomainAgentResponseTimeoutValues (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_AGENT_RESPONSE_TIMEOUT_BLOCK = -2
+    VIR_DOMAIN_AGENT_RESPONSE_TIMEOUT_DEFAULT = -1
+    VIR_DOMAIN_AGENT_RESPONSE_TIMEOUT_NOWAIT = 0
+
+
+class DomainAuthorizedSSHKeysSetFlags(_enum.IntFlag):
+    """virDomainAuthorizedSSHKeysSetFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_AUTHORIZED_SSH_KEYS_SET_APPEND = 1
+    VIR_DOMAIN_AUTHORIZED_SSH_KEYS_SET_REMOVE = 2
+
+
+class DomainBackupBeginFlags(_enum.IntFlag):
+    """virDomainBackupBeginFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL = 1
+
+
+class DomainBlockCommitFlags(_enum.IntFlag):
+    """virDomainBlockCommitFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLOCK_COMMIT_SHALLOW = 1
+    VIR_DOMAIN_BLOCK_COMMIT_DELETE = 2
+    VIR_DOMAIN_BLOCK_COMMIT_ACTIVE = 4
+    VIR_DOMAIN_BLOCK_COMMIT_RELATIVE = 8
+    VIR_DOMAIN_BLOCK_COMMIT_BANDWIDTH_BYTES = 16
+
+
+class DomainBlockCopyFlags(_enum.IntFlag):
+    """virDomainBlockCopyFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLOCK_COPY_SHALLOW = 1
+    VIR_DOMAIN_BLOCK_COPY_REUSE_EXT = 2
+    VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB = 4
+    VIR_DOMAIN_BLOCK_COPY_SYNCHRONOUS_WRITES = 8
+
+
+class DomainBlockJobAbortFlags(_enum.IntFlag):
+    """virDomainBlockJobAbortFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLOCK_JOB_ABORT_ASYNC = 1
+    VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT = 2
+
+
+class DomainBlockJobInfoFlags(_enum.IntFlag):
+    """virDomainBlockJobInfoFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES = 1
+
+
+class DomainBlockJobSetSpeedFlags(_enum.IntFlag):
+    """virDomainBlockJobSetSpeedFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES = 1
+
+
+class DomainBlockJobType(_enum.IntEnum):
+    """virDomainBlockJobType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLOCK_JOB_TYPE_UNKNOWN = 0
+    VIR_DOMAIN_BLOCK_JOB_TYPE_PULL = 1
+    VIR_DOMAIN_BLOCK_JOB_TYPE_COPY = 2
+    VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT = 3
+    VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT = 4
+    VIR_DOMAIN_BLOCK_JOB_TYPE_BACKUP = 5
+    VIR_DOMAIN_BLOCK_JOB_TYPE_LAST = 6
+
+
+class DomainBlockPullFlags(_enum.IntFlag):
+    """virDomainBlockPullFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES = 64
+
+
+class DomainBlockRebaseFlags(_enum.IntFlag):
+    """virDomainBlockRebaseFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLOCK_REBASE_SHALLOW = 1
+    VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT = 2
+    VIR_DOMAIN_BLOCK_REBASE_COPY_RAW = 4
+    VIR_DOMAIN_BLOCK_REBASE_COPY = 8
+    VIR_DOMAIN_BLOCK_REBASE_RELATIVE = 16
+    VIR_DOMAIN_BLOCK_REBASE_COPY_DEV = 32
+    VIR_DOMAIN_BLOCK_REBASE_BANDWIDTH_BYTES = 64
+
+
+class DomainBlockResizeFlags(_enum.IntFlag):
+    """virDomainBlockResizeFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLOCK_RESIZE_BYTES = 1
+
+
+class DomainBlockedReason(_enum.IntEnum):
+    """virDomainBlockedReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_BLOCKED_UNKNOWN = 0
+    VIR_DOMAIN_BLOCKED_LAST = 1
+
+
+class DomainChannelFlags(_enum.IntFlag):
+    """virDomainChannelFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_CHANNEL_FORCE = 1
+
+
+class DomainCheckpointCreateFlags(_enum.IntFlag):
+    """virDomainCheckpointCreateFlags (include/libvirt/libvirt-domain-checkpoint.h)."""
+    VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE = 1
+    VIR_DOMAIN_CHECKPOINT_CREATE_QUIESCE = 2
+    VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE = 4
+
+
+class DomainCheckpointDeleteFlags(_enum.IntFlag):
+    """virDomainCheckpointDeleteFlags (include/libvirt/libvirt-domain-checkpoint.h)."""
+    VIR_DOMAIN_CHECKPOINT_DELETE_CHILDREN = 1
+    VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY = 2
+    VIR_DOMAIN_CHECKPOINT_DELETE_CHILDREN_ONLY = 4
+
+
+class DomainCheckpointListFlags(_enum.IntFlag):
+    """virDomainCheckpointListFlags (include/libvirt/libvirt-domain-checkpoint.h)."""
+    VIR_DOMAIN_CHECKPOINT_LIST_DESCENDANTS = 1
+    VIR_DOMAIN_CHECKPOINT_LIST_ROOTS = 1
+    VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL = 2
+    VIR_DOMAIN_CHECKPOINT_LIST_LEAVES = 4
+    VIR_DOMAIN_CHECKPOINT_LIST_NO_LEAVES = 8
+
+
+class DomainCheckpointXMLFlags(_enum.IntFlag):
+    """virDomainCheckpointXMLFlags (include/libvirt/libvirt-domain-checkpoint.h)."""
+    VIR_DOMAIN_CHECKPOINT_XML_SECURE = 1
+    VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN = 2
+    VIR_DOMAIN_CHECKPOINT_XML_SIZE = 4
+
+
+class DomainConsoleFlags(_enum.IntFlag):
+    """virDomainConsoleFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_CONSOLE_FORCE = 1
+    VIR_DOMAIN_CONSOLE_SAFE = 2
+
+
+class DomainControlErrorReason(_enum.IntEnum):
+    """virDomainControlErrorReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_CONTROL_ERROR_REASON_NONE = 0
+    VIR_DOMAIN_CONTROL_ERROR_REASON_UNKNOWN = 1
+    VIR_DOMAIN_CONTROL_ERROR_REASON_MONITOR = 2
+    VIR_DOMAIN_CONTROL_ERROR_REASON_INTERNAL = 3
+    VIR_DOMAIN_CONTROL_ERROR_REASON_LAST = 4
+
+
+class DomainControlState(_enum.IntEnum):
+    """virDomainControlState (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_CONTROL_OK = 0
+    VIR_DOMAIN_CONTROL_JOB = 1
+    VIR_DOMAIN_CONTROL_OCCUPIED = 2
+    VIR_DOMAIN_CONTROL_ERROR = 3
+    VIR_DOMAIN_CONTROL_LAST = 4
+
+
+class DomainCoreDumpFlags(_enum.IntFlag):
+    """virDomainCoreDumpFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DUMP_CRASH = 1
+    VIR_DUMP_LIVE = 2
+    VIR_DUMP_BYPASS_CACHE = 4
+    VIR_DUMP_RESET = 8
+    VIR_DUMP_MEMORY_ONLY = 16
+
+
+class DomainCoreDumpFormat(_enum.IntEnum):
+    """virDomainCoreDumpFormat (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_CORE_DUMP_FORMAT_RAW = 0
+    VIR_DOMAIN_CORE_DUMP_FORMAT_KDUMP_ZLIB = 1
+    VIR_DOMAIN_CORE_DUMP_FORMAT_KDUMP_LZO = 2
+    VIR_DOMAIN_CORE_DUMP_FORMAT_KDUMP_SNAPPY = 3
+    VIR_DOMAIN_CORE_DUMP_FORMAT_WIN_DMP = 4
+    VIR_DOMAIN_CORE_DUMP_FORMAT_LAST = 5
+
+
+class DomainCrashedReason(_enum.IntEnum):
+    """virDomainCrashedReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_CRASHED_UNKNOWN = 0
+    VIR_DOMAIN_CRASHED_PANICKED = 1
+    VIR_DOMAIN_CRASHED_LAST = 2
+
+
+class DomainCreateFlags(_enum.IntFlag):
+    """virDomainCreateFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_NONE = 0
+    VIR_DOMAIN_START_PAUSED = 1
+    VIR_DOMAIN_START_AUTODESTROY = 2
+    VIR_DOMAIN_START_BYPASS_CACHE = 4
+    VIR_DOMAIN_START_FORCE_BOOT = 8
+    VIR_DOMAIN_START_VALIDATE = 16
+    VIR_DOMAIN_START_RESET_NVRAM = 32
+
+
+class DomainDefineFlags(_enum.IntFlag):
+    """virDomainDefineFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_DEFINE_VALIDATE = 1
+
+
+class DomainDestroyFlagsValues(_enum.IntFlag):
+    """virDomainDestroyFlagsValues (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_DESTROY_DEFAULT = 0
+    VIR_DOMAIN_DESTROY_GRACEFUL = 1
+    VIR_DOMAIN_DESTROY_REMOVE_LOGS = 2
+
+
+class DomainDeviceModifyFlags(_enum.IntFlag):
+    """virDomainDeviceModifyFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_DEVICE_MODIFY_CURRENT = 0
+    VIR_DOMAIN_DEVICE_MODIFY_LIVE = 1
+    VIR_DOMAIN_DEVICE_MODIFY_CONFIG = 2
+    VIR_DOMAIN_DEVICE_MODIFY_FORCE = 4
+
+
+class DomainDirtyRateCalcFlags(_enum.IntFlag):
+    """virDomainDirtyRateCalcFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING = 0
+    VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP = 1
+    VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_RING = 2
+
+
+class DomainDirtyRateStatus(_enum.IntEnum):
+    """virDomainDirtyRateStatus (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_DIRTYRATE_UNSTARTED = 0
+    VIR_DOMAIN_DIRTYRATE_MEASURING = 1
+    VIR_DOMAIN_DIRTYRATE_MEASURED = 2
+    VIR_DOMAIN_DIRTYRATE_LAST = 3
+
+
+class DomainDiskErrorCode(_enum.IntEnum):
+    """virDomainDiskErrorCode (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_DISK_ERROR_NONE = 0
+    VIR_DOMAIN_DISK_ERROR_UNSPEC = 1
+    VIR_DOMAIN_DISK_ERROR_NO_SPACE = 2
+    VIR_DOMAIN_DISK_ERROR_LAST = 3
+
+
+class DomainEventCrashedDetailType(_enum.IntEnum):
+    """virDomainEventCrashedDetailType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_CRASHED_PANICKED = 0
+    VIR_DOMAIN_EVENT_CRASHED_CRASHLOADED = 1
+    VIR_DOMAIN_EVENT_CRASHED_LAST = 2
+
+
+class DomainEventDefinedDetailType(_enum.IntEnum):
+    """virDomainEventDefinedDetailType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_DEFINED_ADDED = 0
+    VIR_DOMAIN_EVENT_DEFINED_UPDATED = 1
+    VIR_DOMAIN_EVENT_DEFINED_RENAMED = 2
+    VIR_DOMAIN_EVENT_DEFINED_FROM_SNAPSHOT = 3
+    VIR_DOMAIN_EVENT_DEFINED_LAST = 4
+
+
+class DomainEventGraphicsAddressType(_enum.IntEnum):
+    """virDomainEventGraphicsAddressType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_GRAPHICS_ADDRESS_IPV4 = 0
+    VIR_DOMAIN_EVENT_GRAPHICS_ADDRESS_IPV6 = 1
+    VIR_DOMAIN_EVENT_GRAPHICS_ADDRESS_UNIX = 2
+    VIR_DOMAIN_EVENT_GRAPHICS_ADDRESS_LAST = 3
+
+
+class DomainEventGraphicsPhase(_enum.IntEnum):
+    """virDomainEventGraphicsPhase (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_GRAPHICS_CONNECT = 0
+    VIR_DOMAIN_EVENT_GRAPHICS_INITIALIZE = 1
+    VIR_DOMAIN_EVENT_GRAPHICS_DISCONNECT = 2
+    VIR_DOMAIN_EVENT_GRAPHICS_LAST = 3
+
+
+class DomainEventID(_enum.IntEnum):
+    """virDomainEventID (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_ID_LIFECYCLE = 0
+    VIR_DOMAIN_EVENT_ID_REBOOT = 1
+    VIR_DOMAIN_EVENT_ID_RTC_CHANGE = 2
+    VIR_DOMAIN_EVENT_ID_WATCHDOG = 3
+    VIR_DOMAIN_EVENT_ID_IO_ERROR = 4
+    VIR_DOMAIN_EVENT_ID_GRAPHICS = 5
+    VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON = 6
+    VIR_DOMAIN_EVENT_ID_CONTROL_ERROR = 7
+    VIR_DOMAIN_EVENT_ID_BLOCK_JOB = 8
+    VIR_DOMAIN_EVENT_ID_DISK_CHANGE = 9
+    VIR_DOMAIN_EVENT_ID_TRAY_CHANGE = 10
+    VIR_DOMAIN_EVENT_ID_PMWAKEUP = 11
+    VIR_DOMAIN_EVENT_ID_PMSUSPEND = 12
+    VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE = 13
+    VIR_DOMAIN_EVENT_ID_PMSUSPEND_DISK = 14
+    VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED = 15
+    VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2 = 16
+    VIR_DOMAIN_EVENT_ID_TUNABLE = 17
+    VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE = 18
+    VIR_DOMAIN_EVENT_ID_DEVICE_ADDED = 19
+    VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION = 20
+    VIR_DOMAIN_EVENT_ID_JOB_COMPLETED = 21
+    VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED = 22
+    VIR_DOMAIN_EVENT_ID_METADATA_CHANGE = 23
+    VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD = 24
+    VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE = 25
+    VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE = 26
+    VIR_DOMAIN_EVENT_ID_LAST = 27
+
+
+class DomainEventIOErrorAction(_enum.IntEnum):
+    """virDomainEventIOErrorAction (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_IO_ERROR_NONE = 0
+    VIR_DOMAIN_EVENT_IO_ERROR_PAUSE = 1
+    VIR_DOMAIN_EVENT_IO_ERROR_REPORT = 2
+    VIR_DOMAIN_EVENT_IO_ERROR_LAST = 3
+
+
+class DomainEventPMSuspendedDetailType(_enum.IntEnum):
+    """virDomainEventPMSuspendedDetailType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_PMSUSPENDED_MEMORY = 0
+    VIR_DOMAIN_EVENT_PMSUSPENDED_DISK = 1
+    VIR_DOMAIN_EVENT_PMSUSPENDED_LAST = 2
+
+
+class DomainEventResumedDetailType(_enum.IntEnum):
+    """virDomainEventResumedDetailType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_RESUMED_UNPAUSED = 0
+    VIR_DOMAIN_EVENT_RESUMED_MIGRATED = 1
+    VIR_DOMAIN_EVENT_RESUMED_FROM_SNAPSHOT = 2
+    VIR_DOMAIN_EVENT_RESUMED_POSTCOPY = 3
+    VIR_DOMAIN_EVENT_RESUMED_POSTCOPY_FAILED = 4
+    VIR_DOMAIN_EVENT_RESUMED_LAST = 5
+
+
+class DomainEventShutdownDetailType(_enum.IntEnum):
+    """virDomainEventShutdownDetailType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED = 0
+    VIR_DOMAIN_EVENT_SHUTDOWN_GUEST = 1
+    VIR_DOMAIN_EVENT_SHUTDOWN_HOST = 2
+    VIR_DOMAIN_EVENT_SHUTDOWN_LAST = 3
+
+
+class DomainEventStartedDetailType(_enum.IntEnum):
+    """virDomainEventStartedDetailType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_STARTED_BOOTED = 0
+    VIR_DOMAIN_EVENT_STARTED_MIGRATED = 1
+    VIR_DOMAIN_EVENT_STARTED_RESTORED = 2
+    VIR_DOMAIN_EVENT_STARTED_FROM_SNAPSHOT = 3
+    VIR_DOMAIN_EVENT_STARTED_WAKEUP = 4
+    VIR_DOMAIN_EVENT_STARTED_LAST = 5
+
+
+class DomainEventStoppedDetailType(_enum.IntEnum):
+    """virDomainEventStoppedDetailType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN = 0
+    VIR_DOMAIN_EVENT_STOPPED_DESTROYED = 1
+    VIR_DOMAIN_EVENT_STOPPED_CRASHED = 2
+    VIR_DOMAIN_EVENT_STOPPED_MIGRATED = 3
+    VIR_DOMAIN_EVENT_STOPPED_SAVED = 4
+    VIR_DOMAIN_EVENT_STOPPED_FAILED = 5
+    VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT = 6
+    VIR_DOMAIN_EVENT_STOPPED_LAST = 7
+
+
+class DomainEventSuspendedDetailType(_enum.IntEnum):
+    """virDomainEventSuspendedDetailType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_SUSPENDED_PAUSED = 0
+    VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED = 1
+    VIR_DOMAIN_EVENT_SUSPENDED_IOERROR = 2
+    VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG = 3
+    VIR_DOMAIN_EVENT_SUSPENDED_RESTORED = 4
+    VIR_DOMAIN_EVENT_SUSPENDED_FROM_SNAPSHOT = 5
+    VIR_DOMAIN_EVENT_SUSPENDED_API_ERROR = 6
+    VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY = 7
+    VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED = 8
+    VIR_DOMAIN_EVENT_SUSPENDED_LAST = 9
+
+
+class DomainEventTrayChangeReason(_enum.IntEnum):
+    """virDomainEventTrayChangeReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_TRAY_CHANGE_OPEN = 0
+    VIR_DOMAIN_EVENT_TRAY_CHANGE_CLOSE = 1
+    VIR_DOMAIN_EVENT_TRAY_CHANGE_LAST = 2
+
+
+class DomainEventType(_enum.IntEnum):
+    """virDomainEventType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_DEFINED = 0
+    VIR_DOMAIN_EVENT_UNDEFINED = 1
+    VIR_DOMAIN_EVENT_STARTED = 2
+    VIR_DOMAIN_EVENT_SUSPENDED = 3
+    VIR_DOMAIN_EVENT_RESUMED = 4
+    VIR_DOMAIN_EVENT_STOPPED = 5
+    VIR_DOMAIN_EVENT_SHUTDOWN = 6
+    VIR_DOMAIN_EVENT_PMSUSPENDED = 7
+    VIR_DOMAIN_EVENT_CRASHED = 8
+    VIR_DOMAIN_EVENT_LAST = 9
+
+
+class DomainEventUndefinedDetailType(_enum.IntEnum):
+    """virDomainEventUndefinedDetailType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_UNDEFINED_REMOVED = 0
+    VIR_DOMAIN_EVENT_UNDEFINED_RENAMED = 1
+    VIR_DOMAIN_EVENT_UNDEFINED_LAST = 2
+
+
+class DomainEventWatchdogAction(_enum.IntEnum):
+    """virDomainEventWatchdogAction (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_WATCHDOG_NONE = 0
+    VIR_DOMAIN_EVENT_WATCHDOG_PAUSE = 1
+    VIR_DOMAIN_EVENT_WATCHDOG_RESET = 2
+    VIR_DOMAIN_EVENT_WATCHDOG_POWEROFF = 3
+    VIR_DOMAIN_EVENT_WATCHDOG_SHUTDOWN = 4
+    VIR_DOMAIN_EVENT_WATCHDOG_DEBUG = 5
+    VIR_DOMAIN_EVENT_WATCHDOG_INJECTNMI = 6
+    VIR_DOMAIN_EVENT_WATCHDOG_LAST = 7
+
+
+class DomainFDAssociateFlags(_enum.IntFlag):
+    """virDomainFDAssociateFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_FD_ASSOCIATE_SECLABEL_RESTORE = 1
+    VIR_DOMAIN_FD_ASSOCIATE_SECLABEL_WRITABLE = 2
+
+
+class DomainGetHostnameFlags(_enum.IntFlag):
+    """virDomainGetHostnameFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_GET_HOSTNAME_LEASE = 1
+    VIR_DOMAIN_GET_HOSTNAME_AGENT = 2
+
+
+class DomainGetJobStatsFlags(_enum.IntFlag):
+    """virDomainGetJobStatsFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_JOB_STATS_COMPLETED = 1
+    VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED = 2
+
+
+class DomainGuestInfoTypes(_enum.IntFlag):
+    """virDomainGuestInfoTypes (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_GUEST_INFO_USERS = 1
+    VIR_DOMAIN_GUEST_INFO_OS = 2
+    VIR_DOMAIN_GUEST_INFO_TIMEZONE = 4
+    VIR_DOMAIN_GUEST_INFO_HOSTNAME = 8
+    VIR_DOMAIN_GUEST_INFO_FILESYSTEM = 16
+    VIR_DOMAIN_GUEST_INFO_DISKS = 32
+    VIR_DOMAIN_GUEST_INFO_INTERFACES = 64
+
+
+class DomainInterfaceAddressesSource(_enum.IntEnum):
+    """virDomainInterfaceAddressesSource (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE = 0
+    VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT = 1
+    VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP = 2
+    VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LAST = 3
+
+
+class DomainJobOperation(_enum.IntEnum):
+    """virDomainJobOperation (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_JOB_OPERATION_UNKNOWN = 0
+    VIR_DOMAIN_JOB_OPERATION_START = 1
+    VIR_DOMAIN_JOB_OPERATION_SAVE = 2
+    VIR_DOMAIN_JOB_OPERATION_RESTORE = 3
+    VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN = 4
+    VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT = 5
+    VIR_DOMAIN_JOB_OPERATION_SNAPSHOT = 6
+    VIR_DOMAIN_JOB_OPERATION_SNAPSHOT_REVERT = 7
+    VIR_DOMAIN_JOB_OPERATION_DUMP = 8
+    VIR_DOMAIN_JOB_OPERATION_BACKUP = 9
+    VIR_DOMAIN_JOB_OPERATION_SNAPSHOT_DELETE = 10
+    VIR_DOMAIN_JOB_OPERATION_LAST = 11
+
+
+class DomainJobType(_enum.IntEnum):
+    """virDomainJobType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_JOB_NONE = 0
+    VIR_DOMAIN_JOB_BOUNDED = 1
+    VIR_DOMAIN_JOB_UNBOUNDED = 2
+    VIR_DOMAIN_JOB_COMPLETED = 3
+    VIR_DOMAIN_JOB_FAILED = 4
+    VIR_DOMAIN_JOB_CANCELLED = 5
+    VIR_DOMAIN_JOB_LAST = 6
+
+
+class DomainLifecycle(_enum.IntEnum):
+    """virDomainLifecycle (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_LIFECYCLE_POWEROFF = 0
+    VIR_DOMAIN_LIFECYCLE_REBOOT = 1
+    VIR_DOMAIN_LIFECYCLE_CRASH = 2
+    VIR_DOMAIN_LIFECYCLE_LAST = 3
+
+
+class DomainLifecycleAction(_enum.IntEnum):
+    """virDomainLifecycleAction (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_LIFECYCLE_ACTION_DESTROY = 0
+    VIR_DOMAIN_LIFECYCLE_ACTION_RESTART = 1
+    VIR_DOMAIN_LIFECYCLE_ACTION_RESTART_RENAME = 2
+    VIR_DOMAIN_LIFECYCLE_ACTION_PRESERVE = 3
+    VIR_DOMAIN_LIFECYCLE_ACTION_COREDUMP_DESTROY = 4
+    VIR_DOMAIN_LIFECYCLE_ACTION_COREDUMP_RESTART = 5
+    VIR_DOMAIN_LIFECYCLE_ACTION_LAST = 6
+
+
+class DomainMemoryFailureActionType(_enum.IntEnum):
+    """virDomainMemoryFailureActionType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_MEMORY_FAILURE_ACTION_IGNORE = 0
+    VIR_DOMAIN_EVENT_MEMORY_FAILURE_ACTION_INJECT = 1
+    VIR_DOMAIN_EVENT_MEMORY_FAILURE_ACTION_FATAL = 2
+    VIR_DOMAIN_EVENT_MEMORY_FAILURE_ACTION_RESET = 3
+    VIR_DOMAIN_EVENT_MEMORY_FAILURE_ACTION_LAST = 4
+
+
+class DomainMemoryFailureFlags(_enum.IntFlag):
+    """virDomainMemoryFailureFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_MEMORY_FAILURE_ACTION_REQUIRED = 1
+    VIR_DOMAIN_MEMORY_FAILURE_RECURSIVE = 2
+
+
+class DomainMemoryFailureRecipientType(_enum.IntEnum):
+    """virDomainMemoryFailureRecipientType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_EVENT_MEMORY_FAILURE_RECIPIENT_HYPERVISOR = 0
+    VIR_DOMAIN_EVENT_MEMORY_FAILURE_RECIPIENT_GUEST = 1
+    VIR_DOMAIN_EVENT_MEMORY_FAILURE_RECIPIENT_LAST = 2
+
+
+class DomainMemoryFlags(_enum.IntFlag):
+    """virDomainMemoryFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_MEMORY_VIRTUAL = 1
+    VIR_MEMORY_PHYSICAL = 2
+
+
+class DomainMemoryModFlags(_enum.IntFlag):
+    """virDomainMemoryModFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_MEM_CURRENT = 0
+    VIR_DOMAIN_MEM_LIVE = 1
+    VIR_DOMAIN_MEM_CONFIG = 2
+    VIR_DOMAIN_MEM_MAXIMUM = 4
+
+
+class DomainMemoryStatTags(_enum.IntEnum):
+    """virDomainMemoryStatTags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_MEMORY_STAT_SWAP_IN = 0
+    VIR_DOMAIN_MEMORY_STAT_SWAP_OUT = 1
+    VIR_DOMAIN_MEMORY_STAT_MAJOR_FAULT = 2
+    VIR_DOMAIN_MEMORY_STAT_MINOR_FAULT = 3
+    VIR_DOMAIN_MEMORY_STAT_UNUSED = 4
+    VIR_DOMAIN_MEMORY_STAT_AVAILABLE = 5
+    VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON = 6
+    VIR_DOMAIN_MEMORY_STAT_RSS = 7
+    VIR_DOMAIN_MEMORY_STAT_USABLE = 8
+    VIR_DOMAIN_MEMORY_STAT_LAST_UPDATE = 9
+    VIR_DOMAIN_MEMORY_STAT_DISK_CACHES = 10
+    VIR_DOMAIN_MEMORY_STAT_HUGETLB_PGALLOC = 11
+    VIR_DOMAIN_MEMORY_STAT_HUGETLB_PGFAIL = 12
+    VIR_DOMAIN_MEMORY_STAT_LAST = 13
+    VIR_DOMAIN_MEMORY_STAT_NR = 13
+
+
+class DomainMessageType(_enum.IntFlag):
+    """virDomainMessageType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_MESSAGE_DEPRECATION = 1
+    VIR_DOMAIN_MESSAGE_TAINTING = 2
+
+
+class DomainMetadataType(_enum.IntEnum):
+    """virDomainMetadataType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_METADATA_DESCRIPTION = 0
+    VIR_DOMAIN_METADATA_TITLE = 1
+    VIR_DOMAIN_METADATA_ELEMENT = 2
+    VIR_DOMAIN_METADATA_LAST = 3
+
+
+class DomainMigrateFlags(_enum.IntFlag):
+    """virDomainMigrateFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_MIGRATE_LIVE = 1
+    VIR_MIGRATE_PEER2PEER = 2
+    VIR_MIGRATE_TUNNELLED = 4
+    VIR_MIGRATE_PERSIST_DEST = 8
+    VIR_MIGRATE_UNDEFINE_SOURCE = 16
+    VIR_MIGRATE_PAUSED = 32
+    VIR_MIGRATE_NON_SHARED_DISK = 64
+    VIR_MIGRATE_NON_SHARED_INC = 128
+    VIR_MIGRATE_CHANGE_PROTECTION = 256
+    VIR_MIGRATE_UNSAFE = 512
+    VIR_MIGRATE_OFFLINE = 1024
+    VIR_MIGRATE_COMPRESSED = 2048
+    VIR_MIGRATE_ABORT_ON_ERROR = 4096
+    VIR_MIGRATE_AUTO_CONVERGE = 8192
+    VIR_MIGRATE_RDMA_PIN_ALL = 16384
+    VIR_MIGRATE_POSTCOPY = 32768
+    VIR_MIGRATE_TLS = 65536
+    VIR_MIGRATE_PARALLEL = 131072
+    VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES = 262144
+    VIR_MIGRATE_POSTCOPY_RESUME = 524288
+    VIR_MIGRATE_ZEROCOPY = 1048576
+
+
+class DomainMigrateMaxSpeedFlags(_enum.IntFlag):
+    """virDomainMigrateMaxSpeedFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY = 1
+
+
+class DomainModificationImpact(_enum.IntFlag):
+    """virDomainModificationImpact (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_AFFECT_CURRENT = 0
+    VIR_DOMAIN_AFFECT_LIVE = 1
+    VIR_DOMAIN_AFFECT_CONFIG = 2
+
+
+class DomainNostateReason(_enum.IntEnum):
+    """virDomainNostateReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_NOSTATE_UNKNOWN = 0
+    VIR_DOMAIN_NOSTATE_LAST = 1
+
+
+class DomainNumatuneMemMode(_enum.IntEnum):
+    """virDomainNumatuneMemMode (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_NUMATUNE_MEM_STRICT = 0
+    VIR_DOMAIN_NUMATUNE_MEM_PREFERRED = 1
+    VIR_DOMAIN_NUMATUNE_MEM_INTERLEAVE = 2
+    VIR_DOMAIN_NUMATUNE_MEM_RESTRICTIVE = 3
+    VIR_DOMAIN_NUMATUNE_MEM_LAST = 4
+
+
+class DomainOpenGraphicsFlags(_enum.IntFlag):
+    """virDomainOpenGraphicsFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_OPEN_GRAPHICS_SKIPAUTH = 1
+
+
+class DomainPMSuspendedDiskReason(_enum.IntEnum):
+    """virDomainPMSuspendedDiskReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_PMSUSPENDED_DISK_UNKNOWN = 0
+    VIR_DOMAIN_PMSUSPENDED_DISK_LAST = 1
+
+
+class DomainPMSuspendedReason(_enum.IntEnum):
+    """virDomainPMSuspendedReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_PMSUSPENDED_UNKNOWN = 0
+    VIR_DOMAIN_PMSUSPENDED_LAST = 1
+
+
+class DomainPausedReason(_enum.IntEnum):
+    """virDomainPausedReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_PAUSED_UNKNOWN = 0
+    VIR_DOMAIN_PAUSED_USER = 1
+    VIR_DOMAIN_PAUSED_MIGRATION = 2
+    VIR_DOMAIN_PAUSED_SAVE = 3
+    VIR_DOMAIN_PAUSED_DUMP = 4
+    VIR_DOMAIN_PAUSED_IOERROR = 5
+    VIR_DOMAIN_PAUSED_WATCHDOG = 6
+    VIR_DOMAIN_PAUSED_FROM_SNAPSHOT = 7
+    VIR_DOMAIN_PAUSED_SHUTTING_DOWN = 8
+    VIR_DOMAIN_PAUSED_SNAPSHOT = 9
+    VIR_DOMAIN_PAUSED_CRASHED = 10
+    VIR_DOMAIN_PAUSED_STARTING_UP = 11
+    VIR_DOMAIN_PAUSED_POSTCOPY = 12
+    VIR_DOMAIN_PAUSED_POSTCOPY_FAILED = 13
+    VIR_DOMAIN_PAUSED_LAST = 14
+
+
+class DomainProcessSignal(_enum.IntEnum):
+    """virDomainProcessSignal (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_PROCESS_SIGNAL_NOP = 0
+    VIR_DOMAIN_PROCESS_SIGNAL_HUP = 1
+    VIR_DOMAIN_PROCESS_SIGNAL_INT = 2
+    VIR_DOMAIN_PROCESS_SIGNAL_QUIT = 3
+    VIR_DOMAIN_PROCESS_SIGNAL_ILL = 4
+    VIR_DOMAIN_PROCESS_SIGNAL_TRAP = 5
+    VIR_DOMAIN_PROCESS_SIGNAL_ABRT = 6
+    VIR_DOMAIN_PROCESS_SIGNAL_BUS = 7
+    VIR_DOMAIN_PROCESS_SIGNAL_FPE = 8
+    VIR_DOMAIN_PROCESS_SIGNAL_KILL = 9
+    VIR_DOMAIN_PROCESS_SIGNAL_USR1 = 10
+    VIR_DOMAIN_PROCESS_SIGNAL_SEGV = 11
+    VIR_DOMAIN_PROCESS_SIGNAL_USR2 = 12
+    VIR_DOMAIN_PROCESS_SIGNAL_PIPE = 13
+    VIR_DOMAIN_PROCESS_SIGNAL_ALRM = 14
+    VIR_DOMAIN_PROCESS_SIGNAL_TERM = 15
+    VIR_DOMAIN_PROCESS_SIGNAL_STKFLT = 16
+    VIR_DOMAIN_PROCESS_SIGNAL_CHLD = 17
+    VIR_DOMAIN_PROCESS_SIGNAL_CONT = 18
+    VIR_DOMAIN_PROCESS_SIGNAL_STOP = 19
+    VIR_DOMAIN_PROCESS_SIGNAL_TSTP = 20
+    VIR_DOMAIN_PROCESS_SIGNAL_TTIN = 21
+    VIR_DOMAIN_PROCESS_SIGNAL_TTOU = 22
+    VIR_DOMAIN_PROCESS_SIGNAL_URG = 23
+    VIR_DOMAIN_PROCESS_SIGNAL_XCPU = 24
+    VIR_DOMAIN_PROCESS_SIGNAL_XFSZ = 25
+    VIR_DOMAIN_PROCESS_SIGNAL_VTALRM = 26
+    VIR_DOMAIN_PROCESS_SIGNAL_PROF = 27
+    VIR_DOMAIN_PROCESS_SIGNAL_WINCH = 28
+    VIR_DOMAIN_PROCESS_SIGNAL_POLL = 29
+    VIR_DOMAIN_PROCESS_SIGNAL_PWR = 30
+    VIR_DOMAIN_PROCESS_SIGNAL_SYS = 31
+    VIR_DOMAIN_PROCESS_SIGNAL_RT0 = 32
+    VIR_DOMAIN_PROCESS_SIGNAL_RT1 = 33
+    VIR_DOMAIN_PROCESS_SIGNAL_RT2 = 34
+    VIR_DOMAIN_PROCESS_SIGNAL_RT3 = 35
+    VIR_DOMAIN_PROCESS_SIGNAL_RT4 = 36
+    VIR_DOMAIN_PROCESS_SIGNAL_RT5 = 37
+    VIR_DOMAIN_PROCESS_SIGNAL_RT6 = 38
+    VIR_DOMAIN_PROCESS_SIGNAL_RT7 = 39
+    VIR_DOMAIN_PROCESS_SIGNAL_RT8 = 40
+    VIR_DOMAIN_PROCESS_SIGNAL_RT9 = 41
+    VIR_DOMAIN_PROCESS_SIGNAL_RT10 = 42
+    VIR_DOMAIN_PROCESS_SIGNAL_RT11 = 43
+    VIR_DOMAIN_PROCESS_SIGNAL_RT12 = 44
+    VIR_DOMAIN_PROCESS_SIGNAL_RT13 = 45
+    VIR_DOMAIN_PROCESS_SIGNAL_RT14 = 46
+    VIR_DOMAIN_PROCESS_SIGNAL_RT15 = 47
+    VIR_DOMAIN_PROCESS_SIGNAL_RT16 = 48
+    VIR_DOMAIN_PROCESS_SIGNAL_RT17 = 49
+    VIR_DOMAIN_PROCESS_SIGNAL_RT18 = 50
+    VIR_DOMAIN_PROCESS_SIGNAL_RT19 = 51
+    VIR_DOMAIN_PROCESS_SIGNAL_RT20 = 52
+    VIR_DOMAIN_PROCESS_SIGNAL_RT21 = 53
+    VIR_DOMAIN_PROCESS_SIGNAL_RT22 = 54
+    VIR_DOMAIN_PROCESS_SIGNAL_RT23 = 55
+    VIR_DOMAIN_PROCESS_SIGNAL_RT24 = 56
+    VIR_DOMAIN_PROCESS_SIGNAL_RT25 = 57
+    VIR_DOMAIN_PROCESS_SIGNAL_RT26 = 58
+    VIR_DOMAIN_PROCESS_SIGNAL_RT27 = 59
+    VIR_DOMAIN_PROCESS_SIGNAL_RT28 = 60
+    VIR_DOMAIN_PROCESS_SIGNAL_RT29 = 61
+    VIR_DOMAIN_PROCESS_SIGNAL_RT30 = 62
+    VIR_DOMAIN_PROCESS_SIGNAL_RT31 = 63
+    VIR_DOMAIN_PROCESS_SIGNAL_RT32 = 64
+    VIR_DOMAIN_PROCESS_SIGNAL_LAST = 65
+
+
+class DomainQemuAgentCommandTimeoutValues(_enum.IntEnum):
+    """virDomainQemuAgentCommandTimeoutValues (include/libvirt/libvirt-qemu.h)."""
+    VIR_DOMAIN_QEMU_AGENT_COMMAND_BLOCK = -2
+    VIR_DOMAIN_QEMU_AGENT_COMMAND_MIN = -2
+    VIR_DOMAIN_QEMU_AGENT_COMMAND_DEFAULT = -1
+    VIR_DOMAIN_QEMU_AGENT_COMMAND_NOWAIT = 0
+    VIR_DOMAIN_QEMU_AGENT_COMMAND_SHUTDOWN = 60
+
+
+class DomainQemuMonitorCommandFlags(_enum.IntFlag):
+    """virDomainQemuMonitorCommandFlags (include/libvirt/libvirt-qemu.h)."""
+    VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT = 0
+    VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP = 1
+
+
+class DomainRebootFlagValues(_enum.IntFlag):
+    """virDomainRebootFlagValues (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_REBOOT_DEFAULT = 0
+    VIR_DOMAIN_REBOOT_ACPI_POWER_BTN = 1
+    VIR_DOMAIN_REBOOT_GUEST_AGENT = 2
+    VIR_DOMAIN_REBOOT_INITCTL = 4
+    VIR_DOMAIN_REBOOT_SIGNAL = 8
+    VIR_DOMAIN_REBOOT_PARAVIRT = 16
+
+
+class DomainRunningReason(_enum.IntEnum):
+    """virDomainRunningReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_RUNNING_UNKNOWN = 0
+    VIR_DOMAIN_RUNNING_BOOTED = 1
+    VIR_DOMAIN_RUNNING_MIGRATED = 2
+    VIR_DOMAIN_RUNNING_RESTORED = 3
+    VIR_DOMAIN_RUNNING_FROM_SNAPSHOT = 4
+    VIR_DOMAIN_RUNNING_UNPAUSED = 5
+    VIR_DOMAIN_RUNNING_MIGRATION_CANCELED = 6
+    VIR_DOMAIN_RUNNING_SAVE_CANCELED = 7
+    VIR_DOMAIN_RUNNING_WAKEUP = 8
+    VIR_DOMAIN_RUNNING_CRASHED = 9
+    VIR_DOMAIN_RUNNING_POSTCOPY = 10
+    VIR_DOMAIN_RUNNING_POSTCOPY_FAILED = 11
+    VIR_DOMAIN_RUNNING_LAST = 12
+
+
+class DomainSaveImageXMLFlags(_enum.IntFlag):
+    """virDomainSaveImageXMLFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_SAVE_IMAGE_XML_SECURE = 1
+
+
+class DomainSaveRestoreFlags(_enum.IntFlag):
+    """virDomainSaveRestoreFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_SAVE_BYPASS_CACHE = 1
+    VIR_DOMAIN_SAVE_RUNNING = 2
+    VIR_DOMAIN_SAVE_PAUSED = 4
+    VIR_DOMAIN_SAVE_RESET_NVRAM = 8
+
+
+class DomainSetTimeFlags(_enum.IntFlag):
+    """virDomainSetTimeFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_TIME_SYNC = 1
+
+
+class DomainSetUserPasswordFlags(_enum.IntFlag):
+    """virDomainSetUserPasswordFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_PASSWORD_ENCRYPTED = 1
+
+
+class DomainShutdownFlagValues(_enum.IntFlag):
+    """virDomainShutdownFlagValues (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_SHUTDOWN_DEFAULT = 0
+    VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN = 1
+    VIR_DOMAIN_SHUTDOWN_GUEST_AGENT = 2
+    VIR_DOMAIN_SHUTDOWN_INITCTL = 4
+    VIR_DOMAIN_SHUTDOWN_SIGNAL = 8
+    VIR_DOMAIN_SHUTDOWN_PARAVIRT = 16
+
+
+class DomainShutdownReason(_enum.IntEnum):
+    """virDomainShutdownReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_SHUTDOWN_UNKNOWN = 0
+    VIR_DOMAIN_SHUTDOWN_USER = 1
+    VIR_DOMAIN_SHUTDOWN_LAST = 2
+
+
+class DomainShutoffReason(_enum.IntEnum):
+    """virDomainShutoffReason (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_SHUTOFF_UNKNOWN = 0
+    VIR_DOMAIN_SHUTOFF_SHUTDOWN = 1
+    VIR_DOMAIN_SHUTOFF_DESTROYED = 2
+    VIR_DOMAIN_SHUTOFF_CRASHED = 3
+    VIR_DOMAIN_SHUTOFF_MIGRATED = 4
+    VIR_DOMAIN_SHUTOFF_SAVED = 5
+    VIR_DOMAIN_SHUTOFF_FAILED = 6
+    VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT = 7
+    VIR_DOMAIN_SHUTOFF_DAEMON = 8
+    VIR_DOMAIN_SHUTOFF_LAST = 9
+
+
+class DomainSnapshotCreateFlags(_enum.IntFlag):
+    """virDomainSnapshotCreateFlags (include/libvirt/libvirt-domain-snapshot.h)."""
+    VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE = 1
+    VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT = 2
+    VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA = 4
+    VIR_DOMAIN_SNAPSHOT_CREATE_HALT = 8
+    VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY = 16
+    VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT = 32
+    VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE = 64
+    VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC = 128
+    VIR_DOMAIN_SNAPSHOT_CREATE_LIVE = 256
+    VIR_DOMAIN_SNAPSHOT_CREATE_VALIDATE = 512
+
+
+class DomainSnapshotDeleteFlags(_enum.IntFlag):
+    """virDomainSnapshotDeleteFlags (include/libvirt/libvirt-domain-snapshot.h)."""
+    VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN = 1
+    VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY = 2
+    VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN_ONLY = 4
+
+
+class DomainSnapshotListFlags(_enum.IntFlag):
+    """virDomainSnapshotListFlags (include/libvirt/libvirt-domain-snapshot.h)."""
+    VIR_DOMAIN_SNAPSHOT_LIST_DESCENDANTS = 1
+    VIR_DOMAIN_SNAPSHOT_LIST_ROOTS = 1
+    VIR_DOMAIN_SNAPSHOT_LIST_METADATA = 2
+    VIR_DOMAIN_SNAPSHOT_LIST_LEAVES = 4
+    VIR_DOMAIN_SNAPSHOT_LIST_NO_LEAVES = 8
+    VIR_DOMAIN_SNAPSHOT_LIST_NO_METADATA = 16
+    VIR_DOMAIN_SNAPSHOT_LIST_INACTIVE = 32
+    VIR_DOMAIN_SNAPSHOT_LIST_ACTIVE = 64
+    VIR_DOMAIN_SNAPSHOT_LIST_DISK_ONLY = 128
+    VIR_DOMAIN_SNAPSHOT_LIST_INTERNAL = 256
+    VIR_DOMAIN_SNAPSHOT_LIST_EXTERNAL = 512
+    VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL = 1024
+
+
+class DomainSnapshotRevertFlags(_enum.IntFlag):
+    """virDomainSnapshotRevertFlags (include/libvirt/libvirt-domain-snapshot.h)."""
+    VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING = 1
+    VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED = 2
+    VIR_DOMAIN_SNAPSHOT_REVERT_FORCE = 4
+    VIR_DOMAIN_SNAPSHOT_REVERT_RESET_NVRAM = 8
+
+
+class DomainSnapshotXMLFlags(_enum.IntFlag):
+    """virDomainSnapshotXMLFlags (include/libvirt/libvirt-domain-snapshot.h)."""
+    VIR_DOMAIN_SNAPSHOT_XML_SECURE = 1
+
+
+class DomainState(_enum.IntEnum):
+    """virDomainState (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_NOSTATE = 0
+    VIR_DOMAIN_RUNNING = 1
+    VIR_DOMAIN_BLOCKED = 2
+    VIR_DOMAIN_PAUSED = 3
+    VIR_DOMAIN_SHUTDOWN = 4
+    VIR_DOMAIN_SHUTOFF = 5
+    VIR_DOMAIN_CRASHED = 6
+    VIR_DOMAIN_PMSUSPENDED = 7
+    VIR_DOMAIN_LAST = 8
+
+
+class DomainStatsTypes(_enum.IntFlag):
+    """virDomainStatsTypes (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_STATS_STATE = 1
+    VIR_DOMAIN_STATS_CPU_TOTAL = 2
+    VIR_DOMAIN_STATS_BALLOON = 4
+    VIR_DOMAIN_STATS_VCPU = 8
+    VIR_DOMAIN_STATS_INTERFACE = 16
+    VIR_DOMAIN_STATS_BLOCK = 32
+    VIR_DOMAIN_STATS_PERF = 64
+    VIR_DOMAIN_STATS_IOTHREAD = 128
+    VIR_DOMAIN_STATS_MEMORY = 256
+    VIR_DOMAIN_STATS_DIRTYRATE = 512
+    VIR_DOMAIN_STATS_VM = 1024
+
+
+class DomainUndefineFlagsValues(_enum.IntFlag):
+    """virDomainUndefineFlagsValues (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_UNDEFINE_MANAGED_SAVE = 1
+    VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA = 2
+    VIR_DOMAIN_UNDEFINE_NVRAM = 4
+    VIR_DOMAIN_UNDEFINE_KEEP_NVRAM = 8
+    VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA = 16
+    VIR_DOMAIN_UNDEFINE_TPM = 32
+    VIR_DOMAIN_UNDEFINE_KEEP_TPM = 64
+
+
+class DomainVcpuFlags(_enum.IntFlag):
+    """virDomainVcpuFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_VCPU_CURRENT = 0
+    VIR_DOMAIN_VCPU_LIVE = 1
+    VIR_DOMAIN_VCPU_CONFIG = 2
+    VIR_DOMAIN_VCPU_MAXIMUM = 4
+    VIR_DOMAIN_VCPU_GUEST = 8
+    VIR_DOMAIN_VCPU_HOTPLUGGABLE = 16
+
+
+class DomainXMLFlags(_enum.IntFlag):
+    """virDomainXMLFlags (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_XML_SECURE = 1
+    VIR_DOMAIN_XML_INACTIVE = 2
+    VIR_DOMAIN_XML_UPDATE_CPU = 4
+    VIR_DOMAIN_XML_MIGRATABLE = 8
+
+
+class ErrorDomain(_enum.IntEnum):
+    """virErrorDomain (include/libvirt/virterror.h)."""
+    VIR_FROM_NONE = 0
+    VIR_FROM_XEN = 1
+    VIR_FROM_XEND = 2
+    VIR_FROM_XENSTORE = 3
+    VIR_FROM_SEXPR = 4
+    VIR_FROM_XML = 5
+    VIR_FROM_DOM = 6
+    VIR_FROM_RPC = 7
+    VIR_FROM_PROXY = 8
+    VIR_FROM_CONF = 9
+    VIR_FROM_QEMU = 10
+    VIR_FROM_NET = 11
+    VIR_FROM_TEST = 12
+    VIR_FROM_REMOTE = 13
+    VIR_FROM_OPENVZ = 14
+    VIR_FROM_XENXM = 15
+    VIR_FROM_STATS_LINUX = 16
+    VIR_FROM_LXC = 17
+    VIR_FROM_STORAGE = 18
+    VIR_FROM_NETWORK = 19
+    VIR_FROM_DOMAIN = 20
+    VIR_FROM_UML = 21
+    VIR_FROM_NODEDEV = 22
+    VIR_FROM_XEN_INOTIFY = 23
+    VIR_FROM_SECURITY = 24
+    VIR_FROM_VBOX = 25
+    VIR_FROM_INTERFACE = 26
+    VIR_FROM_ONE = 27
+    VIR_FROM_ESX = 28
+    VIR_FROM_PHYP = 29
+    VIR_FROM_SECRET = 30
+    VIR_FROM_CPU = 31
+    VIR_FROM_XENAPI = 32
+    VIR_FROM_NWFILTER = 33
+    VIR_FROM_HOOK = 34
+    VIR_FROM_DOMAIN_SNAPSHOT = 35
+    VIR_FROM_AUDIT = 36
+    VIR_FROM_SYSINFO = 37
+    VIR_FROM_STREAMS = 38
+    VIR_FROM_VMWARE = 39
+    VIR_FROM_EVENT = 40
+    VIR_FROM_LIBXL = 41
+    VIR_FROM_LOCKING = 42
+    VIR_FROM_HYPERV = 43
+    VIR_FROM_CAPABILITIES = 44
+    VIR_FROM_URI = 45
+    VIR_FROM_AUTH = 46
+    VIR_FROM_DBUS = 47
+    VIR_FROM_PARALLELS = 48
+    VIR_FROM_DEVICE = 49
+    VIR_FROM_SSH = 50
+    VIR_FROM_LOCKSPACE = 51
+    VIR_FROM_INITCTL = 52
+    VIR_FROM_IDENTITY = 53
+    VIR_FROM_CGROUP = 54
+    VIR_FROM_ACCESS = 55
+    VIR_FROM_SYSTEMD = 56
+    VIR_FROM_BHYVE = 57
+    VIR_FROM_CRYPTO = 58
+    VIR_FROM_FIREWALL = 59
+    VIR_FROM_POLKIT = 60
+    VIR_FROM_THREAD = 61
+    VIR_FROM_ADMIN = 62
+    VIR_FROM_LOGGING = 63
+    VIR_FROM_XENXL = 64
+    VIR_FROM_PERF = 65
+    VIR_FROM_LIBSSH = 66
+    VIR_FROM_RESCTRL = 67
+    VIR_FROM_FIREWALLD = 68
+    VIR_FROM_DOMAIN_CHECKPOINT = 69
+    VIR_FROM_TPM = 70
+    VIR_FROM_BPF = 71
+    VIR_FROM_CH = 72
+    VIR_ERR_DOMAIN_LAST = 73
+
+
+class ErrorLevel(_enum.IntEnum):
+    """virErrorLevel (include/libvirt/virterror.h)."""
+    VIR_ERR_NONE = 0
+    VIR_ERR_WARNING = 1
+    VIR_ERR_ERROR = 2
+
+
+class ErrorNumber(_enum.IntEnum):
+    """virErrorNumber (include/libvirt/virterror.h)."""
+    VIR_ERR_OK = 0
+    VIR_ERR_INTERNAL_ERROR = 1
+    VIR_ERR_NO_MEMORY = 2
+    VIR_ERR_NO_SUPPORT = 3
+    VIR_ERR_UNKNOWN_HOST = 4
+    VIR_ERR_NO_CONNECT = 5
+    VIR_ERR_INVALID_CONN = 6
+    VIR_ERR_INVALID_DOMAIN = 7
+    VIR_ERR_INVALID_ARG = 8
+    VIR_ERR_OPERATION_FAILED = 9
+    VIR_ERR_GET_FAILED = 10
+    VIR_ERR_POST_FAILED = 11
+    VIR_ERR_HTTP_ERROR = 12
+    VIR_ERR_SEXPR_SERIAL = 13
+    VIR_ERR_NO_XEN = 14
+    VIR_ERR_XEN_CALL = 15
+    VIR_ERR_OS_TYPE = 16
+    VIR_ERR_NO_KERNEL = 17
+    VIR_ERR_NO_ROOT = 18
+    VIR_ERR_NO_SOURCE = 19
+    VIR_ERR_NO_TARGET = 20
+    VIR_ERR_NO_NAME = 21
+    VIR_ERR_NO_OS = 22
+    VIR_ERR_NO_DEVICE = 23
+    VIR_ERR_NO_XENSTORE = 24
+    VIR_ERR_DRIVER_FULL = 25
+    VIR_ERR_CALL_FAILED = 26
+    VIR_ERR_XML_ERROR = 27
+    VIR_ERR_DOM_EXIST = 28
+    VIR_ERR_OPERATION_DENIED = 29
+    VIR_ERR_OPEN_FAILED = 30
+    VIR_ERR_READ_FAILED = 31
+    VIR_ERR_PARSE_FAILED = 32
+    VIR_ERR_CONF_SYNTAX = 33
+    VIR_ERR_WRITE_FAILED = 34
+    VIR_ERR_XML_DETAIL = 35
+    VIR_ERR_INVALID_NETWORK = 36
+    VIR_ERR_NETWORK_EXIST = 37
+    VIR_ERR_SYSTEM_ERROR = 38
+    VIR_ERR_RPC = 39
+    VIR_ERR_GNUTLS_ERROR = 40
+    VIR_WAR_NO_NETWORK = 41
+    VIR_ERR_NO_DOMAIN = 42
+    VIR_ERR_NO_NETWORK = 43
+    VIR_ERR_INVALID_MAC = 44
+    VIR_ERR_AUTH_FAILED = 45
+    VIR_ERR_INVALID_STORAGE_POOL = 46
+    VIR_ERR_INVALID_STORAGE_VOL = 47
+    VIR_WAR_NO_STORAGE = 48
+    VIR_ERR_NO_STORAGE_POOL = 49
+    VIR_ERR_NO_STORAGE_VOL = 50
+    VIR_WAR_NO_NODE = 51
+    VIR_ERR_INVALID_NODE_DEVICE = 52
+    VIR_ERR_NO_NODE_DEVICE = 53
+    VIR_ERR_NO_SECURITY_MODEL = 54
+    VIR_ERR_OPERATION_INVALID = 55
+    VIR_WAR_NO_INTERFACE = 56
+    VIR_ERR_NO_INTERFACE = 57
+    VIR_ERR_INVALID_INTERFACE = 58
+    VIR_ERR_MULTIPLE_INTERFACES = 59
+    VIR_WAR_NO_NWFILTER = 60
+    VIR_ERR_INVALID_NWFILTER = 61
+    VIR_ERR_NO_NWFILTER = 62
+    VIR_ERR_BUILD_FIREWALL = 63
+    VIR_WAR_NO_SECRET = 64
+    VIR_ERR_INVALID_SECRET = 65
+    VIR_ERR_NO_SECRET = 66
+    VIR_ERR_CONFIG_UNSUPPORTED = 67
+    VIR_ERR_OPERATION_TIMEOUT = 68
+    VIR_ERR_MIGRATE_PERSIST_FAILED = 69
+    VIR_ERR_HOOK_SCRIPT_FAILED = 70
+    VIR_ERR_INVALID_DOMAIN_SNAPSHOT = 71
+    VIR_ERR_NO_DOMAIN_SNAPSHOT = 72
+    VIR_ERR_INVALID_STREAM = 73
+    VIR_ERR_ARGUMENT_UNSUPPORTED = 74
+    VIR_ERR_STORAGE_PROBE_FAILED = 75
+    VIR_ERR_STORAGE_POOL_BUILT = 76
+    VIR_ERR_SNAPSHOT_REVERT_RISKY = 77
+    VIR_ERR_OPERATION_ABORTED = 78
+    VIR_ERR_AUTH_CANCELLED = 79
+    VIR_ERR_NO_DOMAIN_METADATA = 80
+    VIR_ERR_MIGRATE_UNSAFE = 81
+    VIR_ERR_OVERFLOW = 82
+    VIR_ERR_BLOCK_COPY_ACTIVE = 83
+    VIR_ERR_OPERATION_UNSUPPORTED = 84
+    VIR_ERR_SSH = 85
+    VIR_ERR_AGENT_UNRESPONSIVE = 86
+    VIR_ERR_RESOURCE_BUSY = 87
+    VIR_ERR_ACCESS_DENIED = 88
+    VIR_ERR_DBUS_SERVICE = 89
+    VIR_ERR_STORAGE_VOL_EXIST = 90
+    VIR_ERR_CPU_INCOMPATIBLE = 91
+    VIR_ERR_XML_INVALID_SCHEMA = 92
+    VIR_ERR_MIGRATE_FINISH_OK = 93
+    VIR_ERR_AUTH_UNAVAILABLE = 94
+    VIR_ERR_NO_SERVER = 95
+    VIR_ERR_NO_CLIENT = 96
+    VIR_ERR_AGENT_UNSYNCED = 97
+    VIR_ERR_LIBSSH = 98
+    VIR_ERR_DEVICE_MISSING = 99
+    VIR_ERR_INVALID_NWFILTER_BINDING = 100
+    VIR_ERR_NO_NWFILTER_BINDING = 101
+    VIR_ERR_INVALID_DOMAIN_CHECKPOINT = 102
+    VIR_ERR_NO_DOMAIN_CHECKPOINT = 103
+    VIR_ERR_NO_DOMAIN_BACKUP = 104
+    VIR_ERR_INVALID_NETWORK_PORT = 105
+    VIR_ERR_NETWORK_PORT_EXIST = 106
+    VIR_ERR_NO_NETWORK_PORT = 107
+    VIR_ERR_NO_HOSTNAME = 108
+    VIR_ERR_CHECKPOINT_INCONSISTENT = 109
+    VIR_ERR_MULTIPLE_DOMAINS = 110
+    VIR_ERR_NUMBER_LAST = 111
+
+
+class EventHandleType(_enum.IntFlag):
+    """virEventHandleType (include/libvirt/libvirt-event.h)."""
+    VIR_EVENT_HANDLE_READABLE = 1
+    VIR_EVENT_HANDLE_WRITABLE = 2
+    VIR_EVENT_HANDLE_ERROR = 4
+    VIR_EVENT_HANDLE_HANGUP = 8
+
+
+class IPAddrType(_enum.IntEnum):
+    """virIPAddrType (include/libvirt/libvirt-network.h)."""
+    VIR_IP_ADDR_TYPE_IPV4 = 0
+    VIR_IP_ADDR_TYPE_IPV6 = 1
+    VIR_IP_ADDR_TYPE_LAST = 2
+
+
+class InterfaceDefineFlags(_enum.IntFlag):
+    """virInterfaceDefineFlags (include/libvirt/libvirt-interface.h)."""
+    VIR_INTERFACE_DEFINE_VALIDATE = 1
+
+
+class InterfaceXMLFlags(_enum.IntFlag):
+    """virInterfaceXMLFlags (include/libvirt/libvirt-interface.h)."""
+    VIR_INTERFACE_XML_INACTIVE = 1
+
+
+class KeycodeSet(_enum.IntEnum):
+    """virKeycodeSet (include/libvirt/libvirt-domain.h)."""
+    VIR_KEYCODE_SET_LINUX = 0
+    VIR_KEYCODE_SET_XT = 1
+    VIR_KEYCODE_SET_ATSET1 = 2
+    VIR_KEYCODE_SET_ATSET2 = 3
+    VIR_KEYCODE_SET_ATSET3 = 4
+    VIR_KEYCODE_SET_OSX = 5
+    VIR_KEYCODE_SET_XT_KBD = 6
+    VIR_KEYCODE_SET_USB = 7
+    VIR_KEYCODE_SET_WIN32 = 8
+    VIR_KEYCODE_SET_QNUM = 9
+    VIR_KEYCODE_SET_LAST = 10
+
+
+class MemoryParameterType(_enum.IntEnum):
+    """virMemoryParameterType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_MEMORY_PARAM_INT = 1
+    VIR_DOMAIN_MEMORY_PARAM_UINT = 2
+    VIR_DOMAIN_MEMORY_PARAM_LLONG = 3
+    VIR_DOMAIN_MEMORY_PARAM_ULLONG = 4
+    VIR_DOMAIN_MEMORY_PARAM_DOUBLE = 5
+    VIR_DOMAIN_MEMORY_PARAM_BOOLEAN = 6
+
+
+class NWFilterBindingCreateFlags(_enum.IntFlag):
+    """virNWFilterBindingCreateFlags (include/libvirt/libvirt-nwfilter.h)."""
+    VIR_NWFILTER_BINDING_CREATE_VALIDATE = 1
+
+
+class NWFilterDefineFlags(_enum.IntFlag):
+    """virNWFilterDefineFlags (include/libvirt/libvirt-nwfilter.h)."""
+    VIR_NWFILTER_DEFINE_VALIDATE = 1
+
+
+class NetworkCreateFlags(_enum.IntFlag):
+    """virNetworkCreateFlags (include/libvirt/libvirt-network.h)."""
+    VIR_NETWORK_CREATE_VALIDATE = 1
+
+
+class NetworkDefineFlags(_enum.IntFlag):
+    """virNetworkDefineFlags (include/libvirt/libvirt-network.h)."""
+    VIR_NETWORK_DEFINE_VALIDATE = 1
+
+
+class NetworkEventID(_enum.IntEnum):
+    """virNetworkEventID (include/libvirt/libvirt-network.h)."""
+    VIR_NETWORK_EVENT_ID_LIFECYCLE = 0
+    VIR_NETWORK_EVENT_ID_LAST = 1
+
+
+class NetworkEventLifecycleType(_enum.IntEnum):
+    """virNetworkEventLifecycleType (include/libvirt/libvirt-network.h)."""
+    VIR_NETWORK_EVENT_DEFINED = 0
+    VIR_NETWORK_EVENT_UNDEFINED = 1
+    VIR_NETWORK_EVENT_STARTED = 2
+    VIR_NETWORK_EVENT_STOPPED = 3
+    VIR_NETWORK_EVENT_LAST = 4
+
+
+class NetworkPortCreateFlags(_enum.IntFlag):
+    """virNetworkPortCreateFlags (include/libvirt/libvirt-network.h)."""
+    VIR_NETWORK_PORT_CREATE_RECLAIM = 1
+    VIR_NETWORK_PORT_CREATE_VALIDATE = 2
+
+
+class NetworkUpdateCommand(_enum.IntEnum):
+    """virNetworkUpdateCommand (include/libvirt/libvirt-network.h)."""
+    VIR_NETWORK_UPDATE_COMMAND_NONE = 0
+    VIR_NETWORK_UPDATE_COMMAND_MODIFY = 1
+    VIR_NETWORK_UPDATE_COMMAND_DELETE = 2
+    VIR_NETWORK_UPDATE_COMMAND_ADD_LAST = 3
+    VIR_NETWORK_UPDATE_COMMAND_ADD_FIRST = 4
+    VIR_NETWORK_UPDATE_COMMAND_LAST = 5
+
+
+class NetworkUpdateFlags(_enum.IntFlag):
+    """virNetworkUpdateFlags (include/libvirt/libvirt-network.h)."""
+    VIR_NETWORK_UPDATE_AFFECT_CURRENT = 0
+    VIR_NETWORK_UPDATE_AFFECT_LIVE = 1
+    VIR_NETWORK_UPDATE_AFFECT_CONFIG = 2
+
+
+class NetworkUpdateSection(_enum.IntEnum):
+    """virNetworkUpdateSection (include/libvirt/libvirt-network.h)."""
+    VIR_NETWORK_SECTION_NONE = 0
+    VIR_NETWORK_SECTION_BRIDGE = 1
+    VIR_NETWORK_SECTION_DOMAIN = 2
+    VIR_NETWORK_SECTION_IP = 3
+    VIR_NETWORK_SECTION_IP_DHCP_HOST = 4
+    VIR_NETWORK_SECTION_IP_DHCP_RANGE = 5
+    VIR_NETWORK_SECTION_FORWARD = 6
+    VIR_NETWORK_SECTION_FORWARD_INTERFACE = 7
+    VIR_NETWORK_SECTION_FORWARD_PF = 8
+    VIR_NETWORK_SECTION_PORTGROUP = 9
+    VIR_NETWORK_SECTION_DNS_HOST = 10
+    VIR_NETWORK_SECTION_DNS_TXT = 11
+    VIR_NETWORK_SECTION_DNS_SRV = 12
+    VIR_NETWORK_SECTION_LAST = 13
+
+
+class NetworkXMLFlags(_enum.IntFlag):
+    """virNetworkXMLFlags (include/libvirt/libvirt-network.h)."""
+    VIR_NETWORK_XML_INACTIVE = 1
+
+
+class NodeAllocPagesFlags(_enum.IntFlag):
+    """virNodeAllocPagesFlags (include/libvirt/libvirt-host.h)."""
+    VIR_NODE_ALLOC_PAGES_ADD = 0
+    VIR_NODE_ALLOC_PAGES_SET = 1
+
+
+class NodeDeviceCreateXMLFlags(_enum.IntFlag):
+    """virNodeDeviceCreateXMLFlags (include/libvirt/libvirt-nodedev.h)."""
+    VIR_NODE_DEVICE_CREATE_XML_VALIDATE = 1
+
+
+class NodeDeviceDefineXMLFlags(_enum.IntFlag):
+    """virNodeDeviceDefineXMLFlags (include/libvirt/libvirt-nodedev.h)."""
+    VIR_NODE_DEVICE_DEFINE_XML_VALIDATE = 1
+
+
+class NodeDeviceEventID(_enum.IntEnum):
+    """virNodeDeviceEventID (include/libvirt/libvirt-nodedev.h)."""
+    VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE = 0
+    VIR_NODE_DEVICE_EVENT_ID_UPDATE = 1
+    VIR_NODE_DEVICE_EVENT_ID_LAST = 2
+
+
+class NodeDeviceEventLifecycleType(_enum.IntEnum):
+    """virNodeDeviceEventLifecycleType (include/libvirt/libvirt-nodedev.h)."""
+    VIR_NODE_DEVICE_EVENT_CREATED = 0
+    VIR_NODE_DEVICE_EVENT_DELETED = 1
+    VIR_NODE_DEVICE_EVENT_DEFINED = 2
+    VIR_NODE_DEVICE_EVENT_UNDEFINED = 3
+    VIR_NODE_DEVICE_EVENT_LAST = 4
+
+
+class NodeGetCPUStatsAllCPUs(_enum.IntEnum):
+    """virNodeGetCPUStatsAllCPUs (include/libvirt/libvirt-host.h)."""
+    VIR_NODE_CPU_STATS_ALL_CPUS = -1
+
+
+class NodeGetMemoryStatsAllCells(_enum.IntEnum):
+    """virNodeGetMemoryStatsAllCells (include/libvirt/libvirt-host.h)."""
+    VIR_NODE_MEMORY_STATS_ALL_CELLS = -1
+
+
+class NodeSuspendTarget(_enum.IntEnum):
+    """virNodeSuspendTarget (include/libvirt/libvirt-host.h)."""
+    VIR_NODE_SUSPEND_TARGET_MEM = 0
+    VIR_NODE_SUSPEND_TARGET_DISK = 1
+    VIR_NODE_SUSPEND_TARGET_HYBRID = 2
+    VIR_NODE_SUSPEND_TARGET_LAST = 3
+
+
+class SchedParameterType(_enum.IntEnum):
+    """virSchedParameterType (include/libvirt/libvirt-domain.h)."""
+    VIR_DOMAIN_SCHED_FIELD_INT = 1
+    VIR_DOMAIN_SCHED_FIELD_UINT = 2
+    VIR_DOMAIN_SCHED_FIELD_LLONG = 3
+    VIR_DOMAIN_SCHED_FIELD_ULLONG = 4
+    VIR_DOMAIN_SCHED_FIELD_DOUBLE = 5
+    VIR_DOMAIN_SCHED_FIELD_BOOLEAN = 6
+
+
+class SecretDefineFlags(_enum.IntFlag):
+    """virSecretDefineFlags (include/libvirt/libvirt-secret.h)."""
+    VIR_SECRET_DEFINE_VALIDATE = 1
+
+
+class SecretEventID(_enum.IntEnum):
+    """virSecretEventID (include/libvirt/libvirt-secret.h)."""
+    VIR_SECRET_EVENT_ID_LIFECYCLE = 0
+    VIR_SECRET_EVENT_ID_VALUE_CHANGED = 1
+    VIR_SECRET_EVENT_ID_LAST = 2
+
+
+class SecretEventLifecycleType(_enum.IntEnum):
+    """virSecretEventLifecycleType (include/libvirt/libvirt-secret.h)."""
+    VIR_SECRET_EVENT_DEFINED = 0
+    VIR_SECRET_EVENT_UNDEFINED = 1
+    VIR_SECRET_EVENT_LAST = 2
+
+
+class SecretUsageType(_enum.IntEnum):
+    """virSecretUsageType (include/libvirt/libvirt-secret.h)."""
+    VIR_SECRET_USAGE_TYPE_NONE = 0
+    VIR_SECRET_USAGE_TYPE_VOLUME = 1
+    VIR_SECRET_USAGE_TYPE_CEPH = 2
+    VIR_SECRET_USAGE_TYPE_ISCSI = 3
+    VIR_SECRET_USAGE_TYPE_TLS = 4
+    VIR_SECRET_USAGE_TYPE_VTPM = 5
+    VIR_SECRET_USAGE_TYPE_LAST = 6
+
+
+class StoragePoolBuildFlags(_enum.IntFlag):
+    """virStoragePoolBuildFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_POOL_BUILD_NEW = 0
+    VIR_STORAGE_POOL_BUILD_REPAIR = 1
+    VIR_STORAGE_POOL_BUILD_RESIZE = 2
+    VIR_STORAGE_POOL_BUILD_NO_OVERWRITE = 4
+    VIR_STORAGE_POOL_BUILD_OVERWRITE = 8
+
+
+class StoragePoolCreateFlags(_enum.IntFlag):
+    """virStoragePoolCreateFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_POOL_CREATE_NORMAL = 0
+    VIR_STORAGE_POOL_CREATE_WITH_BUILD = 1
+    VIR_STORAGE_POOL_CREATE_WITH_BUILD_OVERWRITE = 2
+    VIR_STORAGE_POOL_CREATE_WITH_BUILD_NO_OVERWRITE = 4
+
+
+class StoragePoolDefineFlags(_enum.IntFlag):
+    """virStoragePoolDefineFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_POOL_DEFINE_VALIDATE = 1
+
+
+class StoragePoolDeleteFlags(_enum.IntFlag):
+    """virStoragePoolDeleteFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_POOL_DELETE_NORMAL = 0
+    VIR_STORAGE_POOL_DELETE_ZEROED = 1
+
+
+class StoragePoolEventID(_enum.IntEnum):
+    """virStoragePoolEventID (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE = 0
+    VIR_STORAGE_POOL_EVENT_ID_REFRESH = 1
+    VIR_STORAGE_POOL_EVENT_ID_LAST = 2
+
+
+class StoragePoolEventLifecycleType(_enum.IntEnum):
+    """virStoragePoolEventLifecycleType (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_POOL_EVENT_DEFINED = 0
+    VIR_STORAGE_POOL_EVENT_UNDEFINED = 1
+    VIR_STORAGE_POOL_EVENT_STARTED = 2
+    VIR_STORAGE_POOL_EVENT_STOPPED = 3
+    VIR_STORAGE_POOL_EVENT_CREATED = 4
+    VIR_STORAGE_POOL_EVENT_DELETED = 5
+    VIR_STORAGE_POOL_EVENT_LAST = 6
+
+
+class StoragePoolState(_enum.IntEnum):
+    """virStoragePoolState (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_POOL_INACTIVE = 0
+    VIR_STORAGE_POOL_BUILDING = 1
+    VIR_STORAGE_POOL_RUNNING = 2
+    VIR_STORAGE_POOL_DEGRADED = 3
+    VIR_STORAGE_POOL_INACCESSIBLE = 4
+    VIR_STORAGE_POOL_STATE_LAST = 5
+
+
+class StorageVolCreateFlags(_enum.IntFlag):
+    """virStorageVolCreateFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA = 1
+    VIR_STORAGE_VOL_CREATE_REFLINK = 2
+    VIR_STORAGE_VOL_CREATE_VALIDATE = 4
+
+
+class StorageVolDeleteFlags(_enum.IntFlag):
+    """virStorageVolDeleteFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_VOL_DELETE_NORMAL = 0
+    VIR_STORAGE_VOL_DELETE_ZEROED = 1
+    VIR_STORAGE_VOL_DELETE_WITH_SNAPSHOTS = 2
+
+
+class StorageVolDownloadFlags(_enum.IntFlag):
+    """virStorageVolDownloadFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM = 1
+
+
+class StorageVolInfoFlags(_enum.IntFlag):
+    """virStorageVolInfoFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_VOL_USE_ALLOCATION = 0
+    VIR_STORAGE_VOL_GET_PHYSICAL = 1
+
+
+class StorageVolResizeFlags(_enum.IntFlag):
+    """virStorageVolResizeFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_VOL_RESIZE_ALLOCATE = 1
+    VIR_STORAGE_VOL_RESIZE_DELTA = 2
+    VIR_STORAGE_VOL_RESIZE_SHRINK = 4
+
+
+class StorageVolType(_enum.IntEnum):
+    """virStorageVolType (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_VOL_FILE = 0
+    VIR_STORAGE_VOL_BLOCK = 1
+    VIR_STORAGE_VOL_DIR = 2
+    VIR_STORAGE_VOL_NETWORK = 3
+    VIR_STORAGE_VOL_NETDIR = 4
+    VIR_STORAGE_VOL_PLOOP = 5
+    VIR_STORAGE_VOL_LAST = 6
+
+
+class StorageVolUploadFlags(_enum.IntFlag):
+    """virStorageVolUploadFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM = 1
+
+
+class StorageVolWipeAlgorithm(_enum.IntEnum):
+    """virStorageVolWipeAlgorithm (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_VOL_WIPE_ALG_ZERO = 0
+    VIR_STORAGE_VOL_WIPE_ALG_NNSA = 1
+    VIR_STORAGE_VOL_WIPE_ALG_DOD = 2
+    VIR_STORAGE_VOL_WIPE_ALG_BSI = 3
+    VIR_STORAGE_VOL_WIPE_ALG_GUTMANN = 4
+    VIR_STORAGE_VOL_WIPE_ALG_SCHNEIER = 5
+    VIR_STORAGE_VOL_WIPE_ALG_PFITZNER7 = 6
+    VIR_STORAGE_VOL_WIPE_ALG_PFITZNER33 = 7
+    VIR_STORAGE_VOL_WIPE_ALG_RANDOM = 8
+    VIR_STORAGE_VOL_WIPE_ALG_TRIM = 9
+    VIR_STORAGE_VOL_WIPE_ALG_LAST = 10
+
+
+class StorageXMLFlags(_enum.IntFlag):
+    """virStorageXMLFlags (include/libvirt/libvirt-storage.h)."""
+    VIR_STORAGE_XML_INACTIVE = 1
+
+
+class StreamEventType(_enum.IntFlag):
+    """virStreamEventType (include/libvirt/libvirt-stream.h)."""
+    VIR_STREAM_EVENT_READABLE = 1
+    VIR_STREAM_EVENT_WRITABLE = 2
+    VIR_STREAM_EVENT_ERROR = 4
+    VIR_STREAM_EVENT_HANGUP = 8
+
+
+class StreamFlags(_enum.IntFlag):
+    """virStreamFlags (include/libvirt/libvirt-stream.h)."""
+    VIR_STREAM_NONBLOCK = 1
+
+
+class StreamRecvFlagsValues(_enum.IntFlag):
+    """virStreamRecvFlagsValues (include/libvirt/libvirt-stream.h)."""
+    VIR_STREAM_RECV_STOP_AT_HOLE = 1
+
+
+class TypedParameterFlags(_enum.IntFlag):
+    """virTypedParameterFlags (include/libvirt/libvirt-common.h)."""
+    VIR_TYPED_PARAM_STRING_OKAY = 4
+
+
+class TypedParameterType(_enum.IntEnum):
+    """virTypedParameterType (include/libvirt/libvirt-common.h)."""
+    VIR_TYPED_PARAM_INT = 1
+    VIR_TYPED_PARAM_UINT = 2
+    VIR_TYPED_PARAM_LLONG = 3
+    VIR_TYPED_PARAM_ULLONG = 4
+    VIR_TYPED_PARAM_DOUBLE = 5
+    VIR_TYPED_PARAM_BOOLEAN = 6
+    VIR_TYPED_PARAM_STRING = 7
+    VIR_TYPED_PARAM_LAST = 8
+
+
+class VcpuHostCpuState(_enum.IntEnum):
+    """virVcpuHostCpuState (include/libvirt/libvirt-domain.h)."""
+    VIR_VCPU_INFO_CPU_UNAVAILABLE = -2
+    VIR_VCPU_INFO_CPU_OFFLINE = -1
+
+
+class VcpuState(_enum.IntEnum):
+    """virVcpuState (include/libvirt/libvirt-domain.h)."""
+    VIR_VCPU_OFFLINE = 0
+    VIR_VCPU_RUNNING = 1
+    VIR_VCPU_BLOCKED = 2
+    VIR_VCPU_LAST = 3
+
 
 virNetMessageHeader = _nt('virNetMessageHeader', 'prog vers proc type serial status')
 
@@ -12189,478 +13922,478 @@ def unpack_admin_connect_set_daemon_timeout_args(b, o):
     return _new(admin_connect_set_daemon_timeout_args, (f0, f1)), o
 
 PROCEDURES = (
-    Procedure('keepalive', 1801807216, 1, 'PING', 'ping', 'keepalive', None, None, None, None, 0, None, None, False, True, (), (), None, False, False),
-    Procedure('keepalive', 1801807216, 2, 'PONG', 'pong', 'keepalive', None, None, None, None, 0, None, None, False, True, (), (), None, False, False),
-    Procedure('remote', 536903814, 1, 'CONNECT_OPEN', 'connect_open', 'call', unpack_remote_connect_open_args, pack_remote_connect_open_args, None, None, 0, None, None, True, True, ('connect:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 2, 'CONNECT_CLOSE', 'connect_close', 'call', None, None, None, None, 0, None, None, True, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 3, 'CONNECT_GET_TYPE', 'connect_get_type', 'call', None, None, pack_remote_connect_get_type_ret, unpack_remote_connect_get_type_ret, 1, None, None, True, True, ('connect:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 4, 'CONNECT_GET_VERSION', 'connect_get_version', 'call', None, None, pack_remote_connect_get_version_ret, unpack_remote_connect_get_version_ret, 1, None, None, True, True, ('connect:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 5, 'CONNECT_GET_MAX_VCPUS', 'connect_get_max_vcpus', 'call', unpack_remote_connect_get_max_vcpus_args, pack_remote_connect_get_max_vcpus_args, pack_remote_connect_get_max_vcpus_ret, unpack_remote_connect_get_max_vcpus_ret, 1, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 6, 'NODE_GET_INFO', 'node_get_info', 'call', None, None, pack_remote_node_get_info_ret, unpack_remote_node_get_info_ret, 8, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 7, 'CONNECT_GET_CAPABILITIES', 'connect_get_capabilities', 'call', None, None, pack_remote_connect_get_capabilities_ret, unpack_remote_connect_get_capabilities_ret, 1, None, None, False, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 8, 'DOMAIN_ATTACH_DEVICE', 'domain_attach_device', 'call', unpack_remote_domain_attach_device_args, pack_remote_domain_attach_device_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 9, 'DOMAIN_CREATE', 'domain_create', 'call', unpack_remote_domain_create_args, pack_remote_domain_create_args, None, None, 0, None, None, False, False, ('domain:start',), (), None, False, False),
-    Procedure('remote', 536903814, 10, 'DOMAIN_CREATE_XML', 'domain_create_xml', 'call', unpack_remote_domain_create_xml_args, pack_remote_domain_create_xml_args, pack_remote_domain_create_xml_ret, unpack_remote_domain_create_xml_ret, 1, None, None, False, False, ('domain:write', 'domain:start'), (), None, False, False),
-    Procedure('remote', 536903814, 11, 'DOMAIN_DEFINE_XML', 'domain_define_xml', 'call', unpack_remote_domain_define_xml_args, pack_remote_domain_define_xml_args, pack_remote_domain_define_xml_ret, unpack_remote_domain_define_xml_ret, 1, None, None, True, False, ('domain:write', 'domain:save'), (), None, False, False),
-    Procedure('remote', 536903814, 12, 'DOMAIN_DESTROY', 'domain_destroy', 'call', unpack_remote_domain_destroy_args, pack_remote_domain_destroy_args, None, None, 0, None, None, True, False, ('domain:stop',), (), None, False, False),
-    Procedure('remote', 536903814, 13, 'DOMAIN_DETACH_DEVICE', 'domain_detach_device', 'call', unpack_remote_domain_detach_device_args, pack_remote_domain_detach_device_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 14, 'DOMAIN_GET_XML_DESC', 'domain_get_xml_desc', 'call', unpack_remote_domain_get_xml_desc_args, pack_remote_domain_get_xml_desc_args, pack_remote_domain_get_xml_desc_ret, unpack_remote_domain_get_xml_desc_ret, 1, None, None, False, True, ('domain:read', 'domain:read_secure:VIR_DOMAIN_XML_SECURE', 'domain:read_secure:VIR_DOMAIN_XML_MIGRATABLE'), (), None, False, False, 1),
-    Procedure('remote', 536903814, 15, 'DOMAIN_GET_AUTOSTART', 'domain_get_autostart', 'call', unpack_remote_domain_get_autostart_args, pack_remote_domain_get_autostart_args, pack_remote_domain_get_autostart_ret, unpack_remote_domain_get_autostart_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 16, 'DOMAIN_GET_INFO', 'domain_get_info', 'call', unpack_remote_domain_get_info_args, pack_remote_domain_get_info_args, pack_remote_domain_get_info_ret, unpack_remote_domain_get_info_ret, 5, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 17, 'DOMAIN_GET_MAX_MEMORY', 'domain_get_max_memory', 'call', unpack_remote_domain_get_max_memory_args, pack_remote_domain_get_max_memory_args, pack_remote_domain_get_max_memory_ret, unpack_remote_domain_get_max_memory_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 18, 'DOMAIN_GET_MAX_VCPUS', 'domain_get_max_vcpus', 'call', unpack_remote_domain_get_max_vcpus_args, pack_remote_domain_get_max_vcpus_args, pack_remote_domain_get_max_vcpus_ret, unpack_remote_domain_get_max_vcpus_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 19, 'DOMAIN_GET_OS_TYPE', 'domain_get_os_type', 'call', unpack_remote_domain_get_os_type_args, pack_remote_domain_get_os_type_args, pack_remote_domain_get_os_type_ret, unpack_remote_domain_get_os_type_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 20, 'DOMAIN_GET_VCPUS', 'domain_get_vcpus', 'call', unpack_remote_domain_get_vcpus_args, pack_remote_domain_get_vcpus_args, pack_remote_domain_get_vcpus_ret, unpack_remote_domain_get_vcpus_ret, 2, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 21, 'CONNECT_LIST_DEFINED_DOMAINS', 'connect_list_defined_domains', 'call', unpack_remote_connect_list_defined_domains_args, pack_remote_connect_list_defined_domains_args, pack_remote_connect_list_defined_domains_ret, unpack_remote_connect_list_defined_domains_ret, 1, None, None, True, True, ('connect:search_domains',), ('domain:getattr',), None, False, False),
-    Procedure('remote', 536903814, 22, 'DOMAIN_LOOKUP_BY_ID', 'domain_lookup_by_id', 'call', unpack_remote_domain_lookup_by_id_args, pack_remote_domain_lookup_by_id_args, pack_remote_domain_lookup_by_id_ret, unpack_remote_domain_lookup_by_id_ret, 1, None, None, True, True, ('domain:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 23, 'DOMAIN_LOOKUP_BY_NAME', 'domain_lookup_by_name', 'call', unpack_remote_domain_lookup_by_name_args, pack_remote_domain_lookup_by_name_args, pack_remote_domain_lookup_by_name_ret, unpack_remote_domain_lookup_by_name_ret, 1, None, None, True, True, ('domain:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 24, 'DOMAIN_LOOKUP_BY_UUID', 'domain_lookup_by_uuid', 'call', unpack_remote_domain_lookup_by_uuid_args, pack_remote_domain_lookup_by_uuid_args, pack_remote_domain_lookup_by_uuid_ret, unpack_remote_domain_lookup_by_uuid_ret, 1, None, None, True, True, ('domain:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 25, 'CONNECT_NUM_OF_DEFINED_DOMAINS', 'connect_num_of_defined_domains', 'call', None, None, pack_remote_connect_num_of_defined_domains_ret, unpack_remote_connect_num_of_defined_domains_ret, 1, None, None, True, True, ('connect:search_domains',), ('domain:getattr',), None, False, False),
-    Procedure('remote', 536903814, 26, 'DOMAIN_PIN_VCPU', 'domain_pin_vcpu', 'call', unpack_remote_domain_pin_vcpu_args, pack_remote_domain_pin_vcpu_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 27, 'DOMAIN_REBOOT', 'domain_reboot', 'call', unpack_remote_domain_reboot_args, pack_remote_domain_reboot_args, None, None, 0, None, None, False, False, ('domain:init_control', 'domain:write:VIR_DOMAIN_REBOOT_GUEST_AGENT'), (), None, False, False),
-    Procedure('remote', 536903814, 28, 'DOMAIN_RESUME', 'domain_resume', 'call', unpack_remote_domain_resume_args, pack_remote_domain_resume_args, None, None, 0, None, None, False, False, ('domain:suspend',), (), None, False, False),
-    Procedure('remote', 536903814, 29, 'DOMAIN_SET_AUTOSTART', 'domain_set_autostart', 'call', unpack_remote_domain_set_autostart_args, pack_remote_domain_set_autostart_args, None, None, 0, None, None, True, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 30, 'DOMAIN_SET_MAX_MEMORY', 'domain_set_max_memory', 'call', unpack_remote_domain_set_max_memory_args, pack_remote_domain_set_max_memory_args, None, None, 0, None, None, True, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 31, 'DOMAIN_SET_MEMORY', 'domain_set_memory', 'call', unpack_remote_domain_set_memory_args, pack_remote_domain_set_memory_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 32, 'DOMAIN_SET_VCPUS', 'domain_set_vcpus', 'call', unpack_remote_domain_set_vcpus_args, pack_remote_domain_set_vcpus_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 33, 'DOMAIN_SHUTDOWN', 'domain_shutdown', 'call', unpack_remote_domain_shutdown_args, pack_remote_domain_shutdown_args, None, None, 0, None, None, False, False, ('domain:init_control',), (), None, False, False),
-    Procedure('remote', 536903814, 34, 'DOMAIN_SUSPEND', 'domain_suspend', 'call', unpack_remote_domain_suspend_args, pack_remote_domain_suspend_args, None, None, 0, None, None, False, False, ('domain:suspend',), (), None, False, False),
-    Procedure('remote', 536903814, 35, 'DOMAIN_UNDEFINE', 'domain_undefine', 'call', unpack_remote_domain_undefine_args, pack_remote_domain_undefine_args, None, None, 0, None, None, True, False, ('domain:delete',), (), None, False, False),
-    Procedure('remote', 536903814, 36, 'CONNECT_LIST_DEFINED_NETWORKS', 'connect_list_defined_networks', 'call', unpack_remote_connect_list_defined_networks_args, pack_remote_connect_list_defined_networks_args, pack_remote_connect_list_defined_networks_ret, unpack_remote_connect_list_defined_networks_ret, 1, None, None, True, True, ('connect:search_networks',), ('network:getattr',), None, False, False),
-    Procedure('remote', 536903814, 37, 'CONNECT_LIST_DOMAINS', 'connect_list_domains', 'call', unpack_remote_connect_list_domains_args, pack_remote_connect_list_domains_args, pack_remote_connect_list_domains_ret, unpack_remote_connect_list_domains_ret, 1, None, None, True, True, ('connect:search_domains',), ('domain:getattr',), None, False, False),
-    Procedure('remote', 536903814, 38, 'CONNECT_LIST_NETWORKS', 'connect_list_networks', 'call', unpack_remote_connect_list_networks_args, pack_remote_connect_list_networks_args, pack_remote_connect_list_networks_ret, unpack_remote_connect_list_networks_ret, 1, None, None, True, True, ('connect:search_networks',), ('network:getattr',), None, False, False),
-    Procedure('remote', 536903814, 39, 'NETWORK_CREATE', 'network_create', 'call', unpack_remote_network_create_args, pack_remote_network_create_args, None, None, 0, None, None, False, False, ('network:start',), (), None, False, False),
-    Procedure('remote', 536903814, 40, 'NETWORK_CREATE_XML', 'network_create_xml', 'call', unpack_remote_network_create_xml_args, pack_remote_network_create_xml_args, pack_remote_network_create_xml_ret, unpack_remote_network_create_xml_ret, 1, None, None, False, False, ('network:write', 'network:start'), (), None, False, False),
-    Procedure('remote', 536903814, 41, 'NETWORK_DEFINE_XML', 'network_define_xml', 'call', unpack_remote_network_define_xml_args, pack_remote_network_define_xml_args, pack_remote_network_define_xml_ret, unpack_remote_network_define_xml_ret, 1, None, None, True, False, ('network:write', 'network:save'), (), None, False, False),
-    Procedure('remote', 536903814, 42, 'NETWORK_DESTROY', 'network_destroy', 'call', unpack_remote_network_destroy_args, pack_remote_network_destroy_args, None, None, 0, None, None, True, False, ('network:stop',), (), None, False, False),
-    Procedure('remote', 536903814, 43, 'NETWORK_GET_XML_DESC', 'network_get_xml_desc', 'call', unpack_remote_network_get_xml_desc_args, pack_remote_network_get_xml_desc_args, pack_remote_network_get_xml_desc_ret, unpack_remote_network_get_xml_desc_ret, 1, None, None, True, True, ('network:read',), (), None, False, False),
-    Procedure('remote', 536903814, 44, 'NETWORK_GET_AUTOSTART', 'network_get_autostart', 'call', unpack_remote_network_get_autostart_args, pack_remote_network_get_autostart_args, pack_remote_network_get_autostart_ret, unpack_remote_network_get_autostart_ret, 1, None, None, True, True, ('network:read',), (), None, False, False),
-    Procedure('remote', 536903814, 45, 'NETWORK_GET_BRIDGE_NAME', 'network_get_bridge_name', 'call', unpack_remote_network_get_bridge_name_args, pack_remote_network_get_bridge_name_args, pack_remote_network_get_bridge_name_ret, unpack_remote_network_get_bridge_name_ret, 1, None, None, True, True, ('network:read',), (), None, False, False),
-    Procedure('remote', 536903814, 46, 'NETWORK_LOOKUP_BY_NAME', 'network_lookup_by_name', 'call', unpack_remote_network_lookup_by_name_args, pack_remote_network_lookup_by_name_args, pack_remote_network_lookup_by_name_ret, unpack_remote_network_lookup_by_name_ret, 1, None, None, True, True, ('network:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 47, 'NETWORK_LOOKUP_BY_UUID', 'network_lookup_by_uuid', 'call', unpack_remote_network_lookup_by_uuid_args, pack_remote_network_lookup_by_uuid_args, pack_remote_network_lookup_by_uuid_ret, unpack_remote_network_lookup_by_uuid_ret, 1, None, None, True, True, ('network:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 48, 'NETWORK_SET_AUTOSTART', 'network_set_autostart', 'call', unpack_remote_network_set_autostart_args, pack_remote_network_set_autostart_args, None, None, 0, None, None, True, False, ('network:write',), (), None, False, False),
-    Procedure('remote', 536903814, 49, 'NETWORK_UNDEFINE', 'network_undefine', 'call', unpack_remote_network_undefine_args, pack_remote_network_undefine_args, None, None, 0, None, None, True, False, ('network:delete',), (), None, False, False),
-    Procedure('remote', 536903814, 50, 'CONNECT_NUM_OF_DEFINED_NETWORKS', 'connect_num_of_defined_networks', 'call', None, None, pack_remote_connect_num_of_defined_networks_ret, unpack_remote_connect_num_of_defined_networks_ret, 1, None, None, True, True, ('connect:search_networks',), ('network:getattr',), None, False, False),
-    Procedure('remote', 536903814, 51, 'CONNECT_NUM_OF_DOMAINS', 'connect_num_of_domains', 'call', None, None, pack_remote_connect_num_of_domains_ret, unpack_remote_connect_num_of_domains_ret, 1, None, None, True, True, ('connect:search_domains',), ('domain:getattr',), None, False, False),
-    Procedure('remote', 536903814, 52, 'CONNECT_NUM_OF_NETWORKS', 'connect_num_of_networks', 'call', None, None, pack_remote_connect_num_of_networks_ret, unpack_remote_connect_num_of_networks_ret, 1, None, None, True, True, ('connect:search_networks',), ('network:getattr',), None, False, False),
-    Procedure('remote', 536903814, 53, 'DOMAIN_CORE_DUMP', 'domain_core_dump', 'call', unpack_remote_domain_core_dump_args, pack_remote_domain_core_dump_args, None, None, 0, None, None, False, False, ('domain:core_dump',), (), None, False, False),
-    Procedure('remote', 536903814, 54, 'DOMAIN_RESTORE', 'domain_restore', 'call', unpack_remote_domain_restore_args, pack_remote_domain_restore_args, None, None, 0, None, None, False, False, ('domain:start', 'domain:write'), (), None, False, False),
-    Procedure('remote', 536903814, 55, 'DOMAIN_SAVE', 'domain_save', 'call', unpack_remote_domain_save_args, pack_remote_domain_save_args, None, None, 0, None, None, False, False, ('domain:hibernate',), (), None, False, False),
-    Procedure('remote', 536903814, 56, 'DOMAIN_GET_SCHEDULER_TYPE', 'domain_get_scheduler_type', 'call', unpack_remote_domain_get_scheduler_type_args, pack_remote_domain_get_scheduler_type_args, pack_remote_domain_get_scheduler_type_ret, unpack_remote_domain_get_scheduler_type_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 57, 'DOMAIN_GET_SCHEDULER_PARAMETERS', 'domain_get_scheduler_parameters', 'call', unpack_remote_domain_get_scheduler_parameters_args, pack_remote_domain_get_scheduler_parameters_args, pack_remote_domain_get_scheduler_parameters_ret, unpack_remote_domain_get_scheduler_parameters_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 58, 'DOMAIN_SET_SCHEDULER_PARAMETERS', 'domain_set_scheduler_parameters', 'call', unpack_remote_domain_set_scheduler_parameters_args, pack_remote_domain_set_scheduler_parameters_args, None, None, 0, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 59, 'CONNECT_GET_HOSTNAME', 'connect_get_hostname', 'call', None, None, pack_remote_connect_get_hostname_ret, unpack_remote_connect_get_hostname_ret, 1, None, None, True, True, ('connect:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 60, 'CONNECT_SUPPORTS_FEATURE', 'connect_supports_feature', 'call', unpack_remote_connect_supports_feature_args, pack_remote_connect_supports_feature_args, pack_remote_connect_supports_feature_ret, unpack_remote_connect_supports_feature_ret, 1, None, None, True, True, ('connect:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 61, 'DOMAIN_MIGRATE_PREPARE', 'domain_migrate_prepare', 'call', unpack_remote_domain_migrate_prepare_args, pack_remote_domain_migrate_prepare_args, pack_remote_domain_migrate_prepare_ret, unpack_remote_domain_migrate_prepare_ret, 2, None, None, False, False, ('domain:migrate', 'domain:start', 'domain:write'), (), None, False, False),
-    Procedure('remote', 536903814, 62, 'DOMAIN_MIGRATE_PERFORM', 'domain_migrate_perform', 'call', unpack_remote_domain_migrate_perform_args, pack_remote_domain_migrate_perform_args, None, None, 0, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 63, 'DOMAIN_MIGRATE_FINISH', 'domain_migrate_finish', 'call', unpack_remote_domain_migrate_finish_args, pack_remote_domain_migrate_finish_args, pack_remote_domain_migrate_finish_ret, unpack_remote_domain_migrate_finish_ret, 1, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 64, 'DOMAIN_BLOCK_STATS', 'domain_block_stats', 'call', unpack_remote_domain_block_stats_args, pack_remote_domain_block_stats_args, pack_remote_domain_block_stats_ret, unpack_remote_domain_block_stats_ret, 5, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 65, 'DOMAIN_INTERFACE_STATS', 'domain_interface_stats', 'call', unpack_remote_domain_interface_stats_args, pack_remote_domain_interface_stats_args, pack_remote_domain_interface_stats_ret, unpack_remote_domain_interface_stats_ret, 8, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 66, 'AUTH_LIST', 'auth_list', 'call', None, None, pack_remote_auth_list_ret, unpack_remote_auth_list_ret, 1, None, None, True, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 67, 'AUTH_SASL_INIT', 'auth_sasl_init', 'call', None, None, pack_remote_auth_sasl_init_ret, unpack_remote_auth_sasl_init_ret, 1, None, None, True, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 68, 'AUTH_SASL_START', 'auth_sasl_start', 'call', unpack_remote_auth_sasl_start_args, pack_remote_auth_sasl_start_args, pack_remote_auth_sasl_start_ret, unpack_remote_auth_sasl_start_ret, 3, None, None, True, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 69, 'AUTH_SASL_STEP', 'auth_sasl_step', 'call', unpack_remote_auth_sasl_step_args, pack_remote_auth_sasl_step_args, pack_remote_auth_sasl_step_ret, unpack_remote_auth_sasl_step_ret, 3, None, None, True, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 70, 'AUTH_POLKIT', 'auth_polkit', 'call', None, None, pack_remote_auth_polkit_ret, unpack_remote_auth_polkit_ret, 1, None, None, True, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 71, 'CONNECT_NUM_OF_STORAGE_POOLS', 'connect_num_of_storage_pools', 'call', None, None, pack_remote_connect_num_of_storage_pools_ret, unpack_remote_connect_num_of_storage_pools_ret, 1, None, None, True, True, ('connect:search_storage_pools',), ('storage_pool:getattr',), None, False, False),
-    Procedure('remote', 536903814, 72, 'CONNECT_LIST_STORAGE_POOLS', 'connect_list_storage_pools', 'call', unpack_remote_connect_list_storage_pools_args, pack_remote_connect_list_storage_pools_args, pack_remote_connect_list_storage_pools_ret, unpack_remote_connect_list_storage_pools_ret, 1, None, None, True, True, ('connect:search_storage_pools',), ('storage_pool:getattr',), None, False, False),
-    Procedure('remote', 536903814, 73, 'CONNECT_NUM_OF_DEFINED_STORAGE_POOLS', 'connect_num_of_defined_storage_pools', 'call', None, None, pack_remote_connect_num_of_defined_storage_pools_ret, unpack_remote_connect_num_of_defined_storage_pools_ret, 1, None, None, True, True, ('connect:search_storage_pools',), ('storage_pool:getattr',), None, False, False),
-    Procedure('remote', 536903814, 74, 'CONNECT_LIST_DEFINED_STORAGE_POOLS', 'connect_list_defined_storage_pools', 'call', unpack_remote_connect_list_defined_storage_pools_args, pack_remote_connect_list_defined_storage_pools_args, pack_remote_connect_list_defined_storage_pools_ret, unpack_remote_connect_list_defined_storage_pools_ret, 1, None, None, True, True, ('connect:search_storage_pools',), ('storage_pool:getattr',), None, False, False),
-    Procedure('remote', 536903814, 75, 'CONNECT_FIND_STORAGE_POOL_SOURCES', 'connect_find_storage_pool_sources', 'call', unpack_remote_connect_find_storage_pool_sources_args, pack_remote_connect_find_storage_pool_sources_args, pack_remote_connect_find_storage_pool_sources_ret, unpack_remote_connect_find_storage_pool_sources_ret, 1, None, None, False, False, ('connect:detect_storage_pools',), (), None, False, False),
-    Procedure('remote', 536903814, 76, 'STORAGE_POOL_CREATE_XML', 'storage_pool_create_xml', 'call', unpack_remote_storage_pool_create_xml_args, pack_remote_storage_pool_create_xml_args, pack_remote_storage_pool_create_xml_ret, unpack_remote_storage_pool_create_xml_ret, 1, None, None, False, False, ('storage_pool:start', 'storage_pool:write'), (), None, False, False),
-    Procedure('remote', 536903814, 77, 'STORAGE_POOL_DEFINE_XML', 'storage_pool_define_xml', 'call', unpack_remote_storage_pool_define_xml_args, pack_remote_storage_pool_define_xml_args, pack_remote_storage_pool_define_xml_ret, unpack_remote_storage_pool_define_xml_ret, 1, None, None, True, False, ('storage_pool:write', 'storage_pool:save'), (), None, False, False),
-    Procedure('remote', 536903814, 78, 'STORAGE_POOL_CREATE', 'storage_pool_create', 'call', unpack_remote_storage_pool_create_args, pack_remote_storage_pool_create_args, None, None, 0, None, None, False, False, ('storage_pool:start',), (), None, False, False),
-    Procedure('remote', 536903814, 79, 'STORAGE_POOL_BUILD', 'storage_pool_build', 'call', unpack_remote_storage_pool_build_args, pack_remote_storage_pool_build_args, None, None, 0, None, None, False, False, ('storage_pool:format',), (), None, False, False),
-    Procedure('remote', 536903814, 80, 'STORAGE_POOL_DESTROY', 'storage_pool_destroy', 'call', unpack_remote_storage_pool_destroy_args, pack_remote_storage_pool_destroy_args, None, None, 0, None, None, True, False, ('storage_pool:stop',), (), None, False, False),
-    Procedure('remote', 536903814, 81, 'STORAGE_POOL_DELETE', 'storage_pool_delete', 'call', unpack_remote_storage_pool_delete_args, pack_remote_storage_pool_delete_args, None, None, 0, None, None, False, False, ('storage_pool:format',), (), None, False, False),
-    Procedure('remote', 536903814, 82, 'STORAGE_POOL_UNDEFINE', 'storage_pool_undefine', 'call', unpack_remote_storage_pool_undefine_args, pack_remote_storage_pool_undefine_args, None, None, 0, None, None, True, False, ('storage_pool:delete',), (), None, False, False),
-    Procedure('remote', 536903814, 83, 'STORAGE_POOL_REFRESH', 'storage_pool_refresh', 'call', unpack_remote_storage_pool_refresh_args, pack_remote_storage_pool_refresh_args, None, None, 0, None, None, False, False, ('storage_pool:refresh',), (), None, False, False),
-    Procedure('remote', 536903814, 84, 'STORAGE_POOL_LOOKUP_BY_NAME', 'storage_pool_lookup_by_name', 'call', unpack_remote_storage_pool_lookup_by_name_args, pack_remote_storage_pool_lookup_by_name_args, pack_remote_storage_pool_lookup_by_name_ret, unpack_remote_storage_pool_lookup_by_name_ret, 1, None, None, True, True, ('storage_pool:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 85, 'STORAGE_POOL_LOOKUP_BY_UUID', 'storage_pool_lookup_by_uuid', 'call', unpack_remote_storage_pool_lookup_by_uuid_args, pack_remote_storage_pool_lookup_by_uuid_args, pack_remote_storage_pool_lookup_by_uuid_ret, unpack_remote_storage_pool_lookup_by_uuid_ret, 1, None, None, True, True, ('storage_pool:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 86, 'STORAGE_POOL_LOOKUP_BY_VOLUME', 'storage_pool_lookup_by_volume', 'call', unpack_remote_storage_pool_lookup_by_volume_args, pack_remote_storage_pool_lookup_by_volume_args, pack_remote_storage_pool_lookup_by_volume_ret, unpack_remote_storage_pool_lookup_by_volume_ret, 1, None, None, True, True, ('storage_pool:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 87, 'STORAGE_POOL_GET_INFO', 'storage_pool_get_info', 'call', unpack_remote_storage_pool_get_info_args, pack_remote_storage_pool_get_info_args, pack_remote_storage_pool_get_info_ret, unpack_remote_storage_pool_get_info_ret, 4, None, None, True, True, ('storage_pool:read',), (), None, False, False),
-    Procedure('remote', 536903814, 88, 'STORAGE_POOL_GET_XML_DESC', 'storage_pool_get_xml_desc', 'call', unpack_remote_storage_pool_get_xml_desc_args, pack_remote_storage_pool_get_xml_desc_args, pack_remote_storage_pool_get_xml_desc_ret, unpack_remote_storage_pool_get_xml_desc_ret, 1, None, None, True, True, ('storage_pool:read',), (), None, False, False),
-    Procedure('remote', 536903814, 89, 'STORAGE_POOL_GET_AUTOSTART', 'storage_pool_get_autostart', 'call', unpack_remote_storage_pool_get_autostart_args, pack_remote_storage_pool_get_autostart_args, pack_remote_storage_pool_get_autostart_ret, unpack_remote_storage_pool_get_autostart_ret, 1, None, None, True, True, ('storage_pool:read',), (), None, False, False),
-    Procedure('remote', 536903814, 90, 'STORAGE_POOL_SET_AUTOSTART', 'storage_pool_set_autostart', 'call', unpack_remote_storage_pool_set_autostart_args, pack_remote_storage_pool_set_autostart_args, None, None, 0, None, None, True, False, ('storage_pool:write',), (), None, False, False),
-    Procedure('remote', 536903814, 91, 'STORAGE_POOL_NUM_OF_VOLUMES', 'storage_pool_num_of_volumes', 'call', unpack_remote_storage_pool_num_of_volumes_args, pack_remote_storage_pool_num_of_volumes_args, pack_remote_storage_pool_num_of_volumes_ret, unpack_remote_storage_pool_num_of_volumes_ret, 1, None, None, True, True, ('storage_pool:search_storage_vols',), ('storage_vol:getattr',), None, False, False),
-    Procedure('remote', 536903814, 92, 'STORAGE_POOL_LIST_VOLUMES', 'storage_pool_list_volumes', 'call', unpack_remote_storage_pool_list_volumes_args, pack_remote_storage_pool_list_volumes_args, pack_remote_storage_pool_list_volumes_ret, unpack_remote_storage_pool_list_volumes_ret, 1, None, None, True, True, ('storage_pool:search_storage_vols',), ('storage_vol:getattr',), None, False, False),
-    Procedure('remote', 536903814, 93, 'STORAGE_VOL_CREATE_XML', 'storage_vol_create_xml', 'call', unpack_remote_storage_vol_create_xml_args, pack_remote_storage_vol_create_xml_args, pack_remote_storage_vol_create_xml_ret, unpack_remote_storage_vol_create_xml_ret, 1, None, None, False, False, ('storage_vol:create',), (), None, False, False),
-    Procedure('remote', 536903814, 94, 'STORAGE_VOL_DELETE', 'storage_vol_delete', 'call', unpack_remote_storage_vol_delete_args, pack_remote_storage_vol_delete_args, None, None, 0, None, None, False, False, ('storage_vol:delete',), (), None, False, False),
-    Procedure('remote', 536903814, 95, 'STORAGE_VOL_LOOKUP_BY_NAME', 'storage_vol_lookup_by_name', 'call', unpack_remote_storage_vol_lookup_by_name_args, pack_remote_storage_vol_lookup_by_name_args, pack_remote_storage_vol_lookup_by_name_ret, unpack_remote_storage_vol_lookup_by_name_ret, 1, None, None, True, True, ('storage_vol:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 96, 'STORAGE_VOL_LOOKUP_BY_KEY', 'storage_vol_lookup_by_key', 'call', unpack_remote_storage_vol_lookup_by_key_args, pack_remote_storage_vol_lookup_by_key_args, pack_remote_storage_vol_lookup_by_key_ret, unpack_remote_storage_vol_lookup_by_key_ret, 1, None, None, True, True, ('storage_vol:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 97, 'STORAGE_VOL_LOOKUP_BY_PATH', 'storage_vol_lookup_by_path', 'call', unpack_remote_storage_vol_lookup_by_path_args, pack_remote_storage_vol_lookup_by_path_args, pack_remote_storage_vol_lookup_by_path_ret, unpack_remote_storage_vol_lookup_by_path_ret, 1, None, None, True, True, ('storage_vol:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 98, 'STORAGE_VOL_GET_INFO', 'storage_vol_get_info', 'call', unpack_remote_storage_vol_get_info_args, pack_remote_storage_vol_get_info_args, pack_remote_storage_vol_get_info_ret, unpack_remote_storage_vol_get_info_ret, 3, None, None, True, True, ('storage_vol:read',), (), None, False, False),
-    Procedure('remote', 536903814, 99, 'STORAGE_VOL_GET_XML_DESC', 'storage_vol_get_xml_desc', 'call', unpack_remote_storage_vol_get_xml_desc_args, pack_remote_storage_vol_get_xml_desc_args, pack_remote_storage_vol_get_xml_desc_ret, unpack_remote_storage_vol_get_xml_desc_ret, 1, None, None, True, True, ('storage_vol:read',), (), None, False, False),
-    Procedure('remote', 536903814, 100, 'STORAGE_VOL_GET_PATH', 'storage_vol_get_path', 'call', unpack_remote_storage_vol_get_path_args, pack_remote_storage_vol_get_path_args, pack_remote_storage_vol_get_path_ret, unpack_remote_storage_vol_get_path_ret, 1, None, None, True, True, ('storage_vol:read',), (), None, False, False),
-    Procedure('remote', 536903814, 101, 'NODE_GET_CELLS_FREE_MEMORY', 'node_get_cells_free_memory', 'call', unpack_remote_node_get_cells_free_memory_args, pack_remote_node_get_cells_free_memory_args, pack_remote_node_get_cells_free_memory_ret, unpack_remote_node_get_cells_free_memory_ret, 1, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 102, 'NODE_GET_FREE_MEMORY', 'node_get_free_memory', 'call', None, None, pack_remote_node_get_free_memory_ret, unpack_remote_node_get_free_memory_ret, 1, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 103, 'DOMAIN_BLOCK_PEEK', 'domain_block_peek', 'call', unpack_remote_domain_block_peek_args, pack_remote_domain_block_peek_args, pack_remote_domain_block_peek_ret, unpack_remote_domain_block_peek_ret, 1, None, None, False, False, ('domain:block_read',), (), None, False, False),
-    Procedure('remote', 536903814, 104, 'DOMAIN_MEMORY_PEEK', 'domain_memory_peek', 'call', unpack_remote_domain_memory_peek_args, pack_remote_domain_memory_peek_args, pack_remote_domain_memory_peek_ret, unpack_remote_domain_memory_peek_ret, 1, None, None, False, False, ('domain:mem_read',), (), None, False, False),
-    Procedure('remote', 536903814, 105, 'CONNECT_DOMAIN_EVENT_REGISTER', 'connect_domain_event_register', 'call', None, None, pack_remote_connect_domain_event_register_ret, unpack_remote_connect_domain_event_register_ret, 1, None, None, True, True, ('connect:search_domains',), ('domain:getattr',), None, False, False),
-    Procedure('remote', 536903814, 106, 'CONNECT_DOMAIN_EVENT_DEREGISTER', 'connect_domain_event_deregister', 'call', None, None, pack_remote_connect_domain_event_deregister_ret, unpack_remote_connect_domain_event_deregister_ret, 1, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 107, 'DOMAIN_EVENT_LIFECYCLE', 'domain_event_lifecycle', 'event', None, None, None, None, 0, pack_remote_domain_event_lifecycle_msg, unpack_remote_domain_event_lifecycle_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 108, 'DOMAIN_MIGRATE_PREPARE2', 'domain_migrate_prepare2', 'call', unpack_remote_domain_migrate_prepare2_args, pack_remote_domain_migrate_prepare2_args, pack_remote_domain_migrate_prepare2_ret, unpack_remote_domain_migrate_prepare2_ret, 2, None, None, False, False, ('domain:migrate', 'domain:start', 'domain:write'), (), None, False, False),
-    Procedure('remote', 536903814, 109, 'DOMAIN_MIGRATE_FINISH2', 'domain_migrate_finish2', 'call', unpack_remote_domain_migrate_finish2_args, pack_remote_domain_migrate_finish2_args, pack_remote_domain_migrate_finish2_ret, unpack_remote_domain_migrate_finish2_ret, 1, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 110, 'CONNECT_GET_URI', 'connect_get_uri', 'call', None, None, pack_remote_connect_get_uri_ret, unpack_remote_connect_get_uri_ret, 1, None, None, True, True, ('connect:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 111, 'NODE_NUM_OF_DEVICES', 'node_num_of_devices', 'call', unpack_remote_node_num_of_devices_args, pack_remote_node_num_of_devices_args, pack_remote_node_num_of_devices_ret, unpack_remote_node_num_of_devices_ret, 1, None, None, True, True, ('connect:search_node_devices',), ('node_device:getattr',), None, False, False),
-    Procedure('remote', 536903814, 112, 'NODE_LIST_DEVICES', 'node_list_devices', 'call', unpack_remote_node_list_devices_args, pack_remote_node_list_devices_args, pack_remote_node_list_devices_ret, unpack_remote_node_list_devices_ret, 1, None, None, True, True, ('connect:search_node_devices',), ('node_device:getattr',), None, False, False),
-    Procedure('remote', 536903814, 113, 'NODE_DEVICE_LOOKUP_BY_NAME', 'node_device_lookup_by_name', 'call', unpack_remote_node_device_lookup_by_name_args, pack_remote_node_device_lookup_by_name_args, pack_remote_node_device_lookup_by_name_ret, unpack_remote_node_device_lookup_by_name_ret, 1, None, None, True, True, ('node_device:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 114, 'NODE_DEVICE_GET_XML_DESC', 'node_device_get_xml_desc', 'call', unpack_remote_node_device_get_xml_desc_args, pack_remote_node_device_get_xml_desc_args, pack_remote_node_device_get_xml_desc_ret, unpack_remote_node_device_get_xml_desc_ret, 1, None, None, False, True, ('node_device:read',), (), None, False, False),
-    Procedure('remote', 536903814, 115, 'NODE_DEVICE_GET_PARENT', 'node_device_get_parent', 'call', unpack_remote_node_device_get_parent_args, pack_remote_node_device_get_parent_args, pack_remote_node_device_get_parent_ret, unpack_remote_node_device_get_parent_ret, 1, None, None, True, True, ('node_device:read',), (), None, False, False),
-    Procedure('remote', 536903814, 116, 'NODE_DEVICE_NUM_OF_CAPS', 'node_device_num_of_caps', 'call', unpack_remote_node_device_num_of_caps_args, pack_remote_node_device_num_of_caps_args, pack_remote_node_device_num_of_caps_ret, unpack_remote_node_device_num_of_caps_ret, 1, None, None, True, True, ('node_device:read',), (), None, False, False),
-    Procedure('remote', 536903814, 117, 'NODE_DEVICE_LIST_CAPS', 'node_device_list_caps', 'call', unpack_remote_node_device_list_caps_args, pack_remote_node_device_list_caps_args, pack_remote_node_device_list_caps_ret, unpack_remote_node_device_list_caps_ret, 1, None, None, True, True, ('node_device:read',), (), None, False, False),
-    Procedure('remote', 536903814, 118, 'NODE_DEVICE_DETTACH', 'node_device_dettach', 'call', unpack_remote_node_device_dettach_args, pack_remote_node_device_dettach_args, None, None, 0, None, None, False, False, ('node_device:detach',), (), None, False, False),
-    Procedure('remote', 536903814, 119, 'NODE_DEVICE_RE_ATTACH', 'node_device_re_attach', 'call', unpack_remote_node_device_re_attach_args, pack_remote_node_device_re_attach_args, None, None, 0, None, None, False, False, ('node_device:detach',), (), None, False, False),
-    Procedure('remote', 536903814, 120, 'NODE_DEVICE_RESET', 'node_device_reset', 'call', unpack_remote_node_device_reset_args, pack_remote_node_device_reset_args, None, None, 0, None, None, False, False, ('node_device:detach',), (), None, False, False),
-    Procedure('remote', 536903814, 121, 'DOMAIN_GET_SECURITY_LABEL', 'domain_get_security_label', 'call', unpack_remote_domain_get_security_label_args, pack_remote_domain_get_security_label_args, pack_remote_domain_get_security_label_ret, unpack_remote_domain_get_security_label_ret, 2, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 122, 'NODE_GET_SECURITY_MODEL', 'node_get_security_model', 'call', None, None, pack_remote_node_get_security_model_ret, unpack_remote_node_get_security_model_ret, 2, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 123, 'NODE_DEVICE_CREATE_XML', 'node_device_create_xml', 'call', unpack_remote_node_device_create_xml_args, pack_remote_node_device_create_xml_args, pack_remote_node_device_create_xml_ret, unpack_remote_node_device_create_xml_ret, 1, None, None, False, False, ('node_device:write', 'node_device:start'), (), None, False, False),
-    Procedure('remote', 536903814, 124, 'NODE_DEVICE_DESTROY', 'node_device_destroy', 'call', unpack_remote_node_device_destroy_args, pack_remote_node_device_destroy_args, None, None, 0, None, None, True, False, ('node_device:stop',), (), None, False, False),
-    Procedure('remote', 536903814, 125, 'STORAGE_VOL_CREATE_XML_FROM', 'storage_vol_create_xml_from', 'call', unpack_remote_storage_vol_create_xml_from_args, pack_remote_storage_vol_create_xml_from_args, pack_remote_storage_vol_create_xml_from_ret, unpack_remote_storage_vol_create_xml_from_ret, 1, None, None, False, False, ('storage_vol:create',), (), None, False, False),
-    Procedure('remote', 536903814, 126, 'CONNECT_NUM_OF_INTERFACES', 'connect_num_of_interfaces', 'call', None, None, pack_remote_connect_num_of_interfaces_ret, unpack_remote_connect_num_of_interfaces_ret, 1, None, None, True, True, ('connect:search_interfaces',), ('interface:getattr',), None, False, False),
-    Procedure('remote', 536903814, 127, 'CONNECT_LIST_INTERFACES', 'connect_list_interfaces', 'call', unpack_remote_connect_list_interfaces_args, pack_remote_connect_list_interfaces_args, pack_remote_connect_list_interfaces_ret, unpack_remote_connect_list_interfaces_ret, 1, None, None, True, True, ('connect:search_interfaces',), ('interface:getattr',), None, False, False),
-    Procedure('remote', 536903814, 128, 'INTERFACE_LOOKUP_BY_NAME', 'interface_lookup_by_name', 'call', unpack_remote_interface_lookup_by_name_args, pack_remote_interface_lookup_by_name_args, pack_remote_interface_lookup_by_name_ret, unpack_remote_interface_lookup_by_name_ret, 1, None, None, True, True, ('interface:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 129, 'INTERFACE_LOOKUP_BY_MAC_STRING', 'interface_lookup_by_mac_string', 'call', unpack_remote_interface_lookup_by_mac_string_args, pack_remote_interface_lookup_by_mac_string_args, pack_remote_interface_lookup_by_mac_string_ret, unpack_remote_interface_lookup_by_mac_string_ret, 1, None, None, True, True, ('interface:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 130, 'INTERFACE_GET_XML_DESC', 'interface_get_xml_desc', 'call', unpack_remote_interface_get_xml_desc_args, pack_remote_interface_get_xml_desc_args, pack_remote_interface_get_xml_desc_ret, unpack_remote_interface_get_xml_desc_ret, 1, None, None, False, True, ('interface:read',), (), None, False, False),
-    Procedure('remote', 536903814, 131, 'INTERFACE_DEFINE_XML', 'interface_define_xml', 'call', unpack_remote_interface_define_xml_args, pack_remote_interface_define_xml_args, pack_remote_interface_define_xml_ret, unpack_remote_interface_define_xml_ret, 1, None, None, True, False, ('interface:write', 'interface:save'), (), None, False, False),
-    Procedure('remote', 536903814, 132, 'INTERFACE_UNDEFINE', 'interface_undefine', 'call', unpack_remote_interface_undefine_args, pack_remote_interface_undefine_args, None, None, 0, None, None, True, False, ('interface:delete',), (), None, False, False),
-    Procedure('remote', 536903814, 133, 'INTERFACE_CREATE', 'interface_create', 'call', unpack_remote_interface_create_args, pack_remote_interface_create_args, None, None, 0, None, None, False, False, ('interface:start',), (), None, False, False),
-    Procedure('remote', 536903814, 134, 'INTERFACE_DESTROY', 'interface_destroy', 'call', unpack_remote_interface_destroy_args, pack_remote_interface_destroy_args, None, None, 0, None, None, True, False, ('interface:stop',), (), None, False, False),
-    Procedure('remote', 536903814, 135, 'CONNECT_DOMAIN_XML_FROM_NATIVE', 'connect_domain_xml_from_native', 'call', unpack_remote_connect_domain_xml_from_native_args, pack_remote_connect_domain_xml_from_native_args, pack_remote_connect_domain_xml_from_native_ret, unpack_remote_connect_domain_xml_from_native_ret, 1, None, None, False, False, ('connect:write',), (), None, False, False),
-    Procedure('remote', 536903814, 136, 'CONNECT_DOMAIN_XML_TO_NATIVE', 'connect_domain_xml_to_native', 'call', unpack_remote_connect_domain_xml_to_native_args, pack_remote_connect_domain_xml_to_native_args, pack_remote_connect_domain_xml_to_native_ret, unpack_remote_connect_domain_xml_to_native_ret, 1, None, None, False, False, ('connect:write',), (), None, False, False),
-    Procedure('remote', 536903814, 137, 'CONNECT_NUM_OF_DEFINED_INTERFACES', 'connect_num_of_defined_interfaces', 'call', None, None, pack_remote_connect_num_of_defined_interfaces_ret, unpack_remote_connect_num_of_defined_interfaces_ret, 1, None, None, True, True, ('connect:search_interfaces',), ('interface:getattr',), None, False, False),
-    Procedure('remote', 536903814, 138, 'CONNECT_LIST_DEFINED_INTERFACES', 'connect_list_defined_interfaces', 'call', unpack_remote_connect_list_defined_interfaces_args, pack_remote_connect_list_defined_interfaces_args, pack_remote_connect_list_defined_interfaces_ret, unpack_remote_connect_list_defined_interfaces_ret, 1, None, None, True, True, ('connect:search_interfaces',), ('interface:getattr',), None, False, False),
-    Procedure('remote', 536903814, 139, 'CONNECT_NUM_OF_SECRETS', 'connect_num_of_secrets', 'call', None, None, pack_remote_connect_num_of_secrets_ret, unpack_remote_connect_num_of_secrets_ret, 1, None, None, True, True, ('connect:search_secrets',), ('secret:getattr',), None, False, False),
-    Procedure('remote', 536903814, 140, 'CONNECT_LIST_SECRETS', 'connect_list_secrets', 'call', unpack_remote_connect_list_secrets_args, pack_remote_connect_list_secrets_args, pack_remote_connect_list_secrets_ret, unpack_remote_connect_list_secrets_ret, 1, None, None, True, True, ('connect:search_secrets',), ('secret:getattr',), None, False, False),
-    Procedure('remote', 536903814, 141, 'SECRET_LOOKUP_BY_UUID', 'secret_lookup_by_uuid', 'call', unpack_remote_secret_lookup_by_uuid_args, pack_remote_secret_lookup_by_uuid_args, pack_remote_secret_lookup_by_uuid_ret, unpack_remote_secret_lookup_by_uuid_ret, 1, None, None, True, True, ('secret:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 142, 'SECRET_DEFINE_XML', 'secret_define_xml', 'call', unpack_remote_secret_define_xml_args, pack_remote_secret_define_xml_args, pack_remote_secret_define_xml_ret, unpack_remote_secret_define_xml_ret, 1, None, None, True, False, ('secret:write', 'secret:save'), (), None, False, False),
-    Procedure('remote', 536903814, 143, 'SECRET_GET_XML_DESC', 'secret_get_xml_desc', 'call', unpack_remote_secret_get_xml_desc_args, pack_remote_secret_get_xml_desc_args, pack_remote_secret_get_xml_desc_ret, unpack_remote_secret_get_xml_desc_ret, 1, None, None, True, True, ('secret:read',), (), None, False, False),
-    Procedure('remote', 536903814, 144, 'SECRET_SET_VALUE', 'secret_set_value', 'call', unpack_remote_secret_set_value_args, pack_remote_secret_set_value_args, None, None, 0, None, None, True, False, ('secret:write',), (), None, False, False),
-    Procedure('remote', 536903814, 145, 'SECRET_GET_VALUE', 'secret_get_value', 'call', unpack_remote_secret_get_value_args, pack_remote_secret_get_value_args, pack_remote_secret_get_value_ret, unpack_remote_secret_get_value_ret, 1, None, None, True, False, ('secret:read_secure',), (), None, False, False),
-    Procedure('remote', 536903814, 146, 'SECRET_UNDEFINE', 'secret_undefine', 'call', unpack_remote_secret_undefine_args, pack_remote_secret_undefine_args, None, None, 0, None, None, True, False, ('secret:delete',), (), None, False, False),
-    Procedure('remote', 536903814, 147, 'SECRET_LOOKUP_BY_USAGE', 'secret_lookup_by_usage', 'call', unpack_remote_secret_lookup_by_usage_args, pack_remote_secret_lookup_by_usage_args, pack_remote_secret_lookup_by_usage_ret, unpack_remote_secret_lookup_by_usage_ret, 1, None, None, True, True, ('secret:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 148, 'DOMAIN_MIGRATE_PREPARE_TUNNEL', 'domain_migrate_prepare_tunnel', 'call', unpack_remote_domain_migrate_prepare_tunnel_args, pack_remote_domain_migrate_prepare_tunnel_args, None, None, 0, None, None, False, False, ('domain:migrate', 'domain:start', 'domain:write'), (), 'write', False, False),
-    Procedure('remote', 536903814, 149, 'CONNECT_IS_SECURE', 'connect_is_secure', 'call', None, None, pack_remote_connect_is_secure_ret, unpack_remote_connect_is_secure_ret, 1, None, None, True, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 150, 'DOMAIN_IS_ACTIVE', 'domain_is_active', 'call', unpack_remote_domain_is_active_args, pack_remote_domain_is_active_args, pack_remote_domain_is_active_ret, unpack_remote_domain_is_active_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 151, 'DOMAIN_IS_PERSISTENT', 'domain_is_persistent', 'call', unpack_remote_domain_is_persistent_args, pack_remote_domain_is_persistent_args, pack_remote_domain_is_persistent_ret, unpack_remote_domain_is_persistent_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 152, 'NETWORK_IS_ACTIVE', 'network_is_active', 'call', unpack_remote_network_is_active_args, pack_remote_network_is_active_args, pack_remote_network_is_active_ret, unpack_remote_network_is_active_ret, 1, None, None, True, True, ('network:read',), (), None, False, False),
-    Procedure('remote', 536903814, 153, 'NETWORK_IS_PERSISTENT', 'network_is_persistent', 'call', unpack_remote_network_is_persistent_args, pack_remote_network_is_persistent_args, pack_remote_network_is_persistent_ret, unpack_remote_network_is_persistent_ret, 1, None, None, True, True, ('network:read',), (), None, False, False),
-    Procedure('remote', 536903814, 154, 'STORAGE_POOL_IS_ACTIVE', 'storage_pool_is_active', 'call', unpack_remote_storage_pool_is_active_args, pack_remote_storage_pool_is_active_args, pack_remote_storage_pool_is_active_ret, unpack_remote_storage_pool_is_active_ret, 1, None, None, True, True, ('storage_pool:read',), (), None, False, False),
-    Procedure('remote', 536903814, 155, 'STORAGE_POOL_IS_PERSISTENT', 'storage_pool_is_persistent', 'call', unpack_remote_storage_pool_is_persistent_args, pack_remote_storage_pool_is_persistent_args, pack_remote_storage_pool_is_persistent_ret, unpack_remote_storage_pool_is_persistent_ret, 1, None, None, True, True, ('storage_pool:read',), (), None, False, False),
-    Procedure('remote', 536903814, 156, 'INTERFACE_IS_ACTIVE', 'interface_is_active', 'call', unpack_remote_interface_is_active_args, pack_remote_interface_is_active_args, pack_remote_interface_is_active_ret, unpack_remote_interface_is_active_ret, 1, None, None, True, True, ('interface:read',), (), None, False, False),
-    Procedure('remote', 536903814, 157, 'CONNECT_GET_LIB_VERSION', 'connect_get_lib_version', 'call', None, None, pack_remote_connect_get_lib_version_ret, unpack_remote_connect_get_lib_version_ret, 1, None, None, True, True, ('connect:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 158, 'CONNECT_COMPARE_CPU', 'connect_compare_cpu', 'call', unpack_remote_connect_compare_cpu_args, pack_remote_connect_compare_cpu_args, pack_remote_connect_compare_cpu_ret, unpack_remote_connect_compare_cpu_ret, 1, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 159, 'DOMAIN_MEMORY_STATS', 'domain_memory_stats', 'call', unpack_remote_domain_memory_stats_args, pack_remote_domain_memory_stats_args, pack_remote_domain_memory_stats_ret, unpack_remote_domain_memory_stats_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 160, 'DOMAIN_ATTACH_DEVICE_FLAGS', 'domain_attach_device_flags', 'call', unpack_remote_domain_attach_device_flags_args, pack_remote_domain_attach_device_flags_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 161, 'DOMAIN_DETACH_DEVICE_FLAGS', 'domain_detach_device_flags', 'call', unpack_remote_domain_detach_device_flags_args, pack_remote_domain_detach_device_flags_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 162, 'CONNECT_BASELINE_CPU', 'connect_baseline_cpu', 'call', unpack_remote_connect_baseline_cpu_args, pack_remote_connect_baseline_cpu_args, pack_remote_connect_baseline_cpu_ret, unpack_remote_connect_baseline_cpu_ret, 1, None, None, False, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 163, 'DOMAIN_GET_JOB_INFO', 'domain_get_job_info', 'call', unpack_remote_domain_get_job_info_args, pack_remote_domain_get_job_info_args, pack_remote_domain_get_job_info_ret, unpack_remote_domain_get_job_info_ret, 12, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 164, 'DOMAIN_ABORT_JOB', 'domain_abort_job', 'call', unpack_remote_domain_abort_job_args, pack_remote_domain_abort_job_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 165, 'STORAGE_VOL_WIPE', 'storage_vol_wipe', 'call', unpack_remote_storage_vol_wipe_args, pack_remote_storage_vol_wipe_args, None, None, 0, None, None, False, False, ('storage_vol:format',), (), None, False, False),
-    Procedure('remote', 536903814, 166, 'DOMAIN_MIGRATE_SET_MAX_DOWNTIME', 'domain_migrate_set_max_downtime', 'call', unpack_remote_domain_migrate_set_max_downtime_args, pack_remote_domain_migrate_set_max_downtime_args, None, None, 0, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 167, 'CONNECT_DOMAIN_EVENT_REGISTER_ANY', 'connect_domain_event_register_any', 'call', unpack_remote_connect_domain_event_register_any_args, pack_remote_connect_domain_event_register_any_args, None, None, 0, None, None, True, True, ('connect:search_domains',), ('domain:getattr',), None, False, False),
-    Procedure('remote', 536903814, 168, 'CONNECT_DOMAIN_EVENT_DEREGISTER_ANY', 'connect_domain_event_deregister_any', 'call', unpack_remote_connect_domain_event_deregister_any_args, pack_remote_connect_domain_event_deregister_any_args, None, None, 0, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 169, 'DOMAIN_EVENT_REBOOT', 'domain_event_reboot', 'event', None, None, None, None, 0, pack_remote_domain_event_reboot_msg, unpack_remote_domain_event_reboot_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 170, 'DOMAIN_EVENT_RTC_CHANGE', 'domain_event_rtc_change', 'event', None, None, None, None, 0, pack_remote_domain_event_rtc_change_msg, unpack_remote_domain_event_rtc_change_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 171, 'DOMAIN_EVENT_WATCHDOG', 'domain_event_watchdog', 'event', None, None, None, None, 0, pack_remote_domain_event_watchdog_msg, unpack_remote_domain_event_watchdog_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 172, 'DOMAIN_EVENT_IO_ERROR', 'domain_event_io_error', 'event', None, None, None, None, 0, pack_remote_domain_event_io_error_msg, unpack_remote_domain_event_io_error_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 173, 'DOMAIN_EVENT_GRAPHICS', 'domain_event_graphics', 'event', None, None, None, None, 0, pack_remote_domain_event_graphics_msg, unpack_remote_domain_event_graphics_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 174, 'DOMAIN_UPDATE_DEVICE_FLAGS', 'domain_update_device_flags', 'call', unpack_remote_domain_update_device_flags_args, pack_remote_domain_update_device_flags_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 175, 'NWFILTER_LOOKUP_BY_NAME', 'nwfilter_lookup_by_name', 'call', unpack_remote_nwfilter_lookup_by_name_args, pack_remote_nwfilter_lookup_by_name_args, pack_remote_nwfilter_lookup_by_name_ret, unpack_remote_nwfilter_lookup_by_name_ret, 1, None, None, True, True, ('nwfilter:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 176, 'NWFILTER_LOOKUP_BY_UUID', 'nwfilter_lookup_by_uuid', 'call', unpack_remote_nwfilter_lookup_by_uuid_args, pack_remote_nwfilter_lookup_by_uuid_args, pack_remote_nwfilter_lookup_by_uuid_ret, unpack_remote_nwfilter_lookup_by_uuid_ret, 1, None, None, True, True, ('nwfilter:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 177, 'NWFILTER_GET_XML_DESC', 'nwfilter_get_xml_desc', 'call', unpack_remote_nwfilter_get_xml_desc_args, pack_remote_nwfilter_get_xml_desc_args, pack_remote_nwfilter_get_xml_desc_ret, unpack_remote_nwfilter_get_xml_desc_ret, 1, None, None, True, True, ('nwfilter:read',), (), None, False, False),
-    Procedure('remote', 536903814, 178, 'CONNECT_NUM_OF_NWFILTERS', 'connect_num_of_nwfilters', 'call', None, None, pack_remote_connect_num_of_nwfilters_ret, unpack_remote_connect_num_of_nwfilters_ret, 1, None, None, True, True, ('connect:search_nwfilters',), ('nwfilter:getattr',), None, False, False),
-    Procedure('remote', 536903814, 179, 'CONNECT_LIST_NWFILTERS', 'connect_list_nwfilters', 'call', unpack_remote_connect_list_nwfilters_args, pack_remote_connect_list_nwfilters_args, pack_remote_connect_list_nwfilters_ret, unpack_remote_connect_list_nwfilters_ret, 1, None, None, True, True, ('connect:search_nwfilters',), ('nwfilter:getattr',), None, False, False),
-    Procedure('remote', 536903814, 180, 'NWFILTER_DEFINE_XML', 'nwfilter_define_xml', 'call', unpack_remote_nwfilter_define_xml_args, pack_remote_nwfilter_define_xml_args, pack_remote_nwfilter_define_xml_ret, unpack_remote_nwfilter_define_xml_ret, 1, None, None, True, False, ('nwfilter:write', 'nwfilter:save'), (), None, False, False),
-    Procedure('remote', 536903814, 181, 'NWFILTER_UNDEFINE', 'nwfilter_undefine', 'call', unpack_remote_nwfilter_undefine_args, pack_remote_nwfilter_undefine_args, None, None, 0, None, None, True, False, ('nwfilter:delete',), (), None, False, False),
-    Procedure('remote', 536903814, 182, 'DOMAIN_MANAGED_SAVE', 'domain_managed_save', 'call', unpack_remote_domain_managed_save_args, pack_remote_domain_managed_save_args, None, None, 0, None, None, False, False, ('domain:hibernate',), (), None, False, False),
-    Procedure('remote', 536903814, 183, 'DOMAIN_HAS_MANAGED_SAVE_IMAGE', 'domain_has_managed_save_image', 'call', unpack_remote_domain_has_managed_save_image_args, pack_remote_domain_has_managed_save_image_args, pack_remote_domain_has_managed_save_image_ret, unpack_remote_domain_has_managed_save_image_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 184, 'DOMAIN_MANAGED_SAVE_REMOVE', 'domain_managed_save_remove', 'call', unpack_remote_domain_managed_save_remove_args, pack_remote_domain_managed_save_remove_args, None, None, 0, None, None, False, False, ('domain:hibernate',), (), None, False, False),
-    Procedure('remote', 536903814, 185, 'DOMAIN_SNAPSHOT_CREATE_XML', 'domain_snapshot_create_xml', 'call', unpack_remote_domain_snapshot_create_xml_args, pack_remote_domain_snapshot_create_xml_args, pack_remote_domain_snapshot_create_xml_ret, unpack_remote_domain_snapshot_create_xml_ret, 1, None, None, False, False, ('domain:snapshot', 'domain:fs_freeze:VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE'), (), None, False, False),
-    Procedure('remote', 536903814, 186, 'DOMAIN_SNAPSHOT_GET_XML_DESC', 'domain_snapshot_get_xml_desc', 'call', unpack_remote_domain_snapshot_get_xml_desc_args, pack_remote_domain_snapshot_get_xml_desc_args, pack_remote_domain_snapshot_get_xml_desc_ret, unpack_remote_domain_snapshot_get_xml_desc_ret, 1, None, None, True, True, ('domain:read', 'domain:read_secure:VIR_DOMAIN_SNAPSHOT_XML_SECURE'), (), None, False, False, 1),
-    Procedure('remote', 536903814, 187, 'DOMAIN_SNAPSHOT_NUM', 'domain_snapshot_num', 'call', unpack_remote_domain_snapshot_num_args, pack_remote_domain_snapshot_num_args, pack_remote_domain_snapshot_num_ret, unpack_remote_domain_snapshot_num_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 188, 'DOMAIN_SNAPSHOT_LIST_NAMES', 'domain_snapshot_list_names', 'call', unpack_remote_domain_snapshot_list_names_args, pack_remote_domain_snapshot_list_names_args, pack_remote_domain_snapshot_list_names_ret, unpack_remote_domain_snapshot_list_names_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 189, 'DOMAIN_SNAPSHOT_LOOKUP_BY_NAME', 'domain_snapshot_lookup_by_name', 'call', unpack_remote_domain_snapshot_lookup_by_name_args, pack_remote_domain_snapshot_lookup_by_name_args, pack_remote_domain_snapshot_lookup_by_name_ret, unpack_remote_domain_snapshot_lookup_by_name_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 190, 'DOMAIN_HAS_CURRENT_SNAPSHOT', 'domain_has_current_snapshot', 'call', unpack_remote_domain_has_current_snapshot_args, pack_remote_domain_has_current_snapshot_args, pack_remote_domain_has_current_snapshot_ret, unpack_remote_domain_has_current_snapshot_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 191, 'DOMAIN_SNAPSHOT_CURRENT', 'domain_snapshot_current', 'call', unpack_remote_domain_snapshot_current_args, pack_remote_domain_snapshot_current_args, pack_remote_domain_snapshot_current_ret, unpack_remote_domain_snapshot_current_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 192, 'DOMAIN_REVERT_TO_SNAPSHOT', 'domain_revert_to_snapshot', 'call', unpack_remote_domain_revert_to_snapshot_args, pack_remote_domain_revert_to_snapshot_args, None, None, 0, None, None, False, False, ('domain:snapshot',), (), None, False, False),
-    Procedure('remote', 536903814, 193, 'DOMAIN_SNAPSHOT_DELETE', 'domain_snapshot_delete', 'call', unpack_remote_domain_snapshot_delete_args, pack_remote_domain_snapshot_delete_args, None, None, 0, None, None, False, False, ('domain:snapshot',), (), None, False, False),
-    Procedure('remote', 536903814, 194, 'DOMAIN_GET_BLOCK_INFO', 'domain_get_block_info', 'call', unpack_remote_domain_get_block_info_args, pack_remote_domain_get_block_info_args, pack_remote_domain_get_block_info_ret, unpack_remote_domain_get_block_info_ret, 3, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 195, 'DOMAIN_EVENT_IO_ERROR_REASON', 'domain_event_io_error_reason', 'event', None, None, None, None, 0, pack_remote_domain_event_io_error_reason_msg, unpack_remote_domain_event_io_error_reason_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 196, 'DOMAIN_CREATE_WITH_FLAGS', 'domain_create_with_flags', 'call', unpack_remote_domain_create_with_flags_args, pack_remote_domain_create_with_flags_args, pack_remote_domain_create_with_flags_ret, unpack_remote_domain_create_with_flags_ret, 1, None, None, False, False, ('domain:start',), (), None, False, False),
-    Procedure('remote', 536903814, 197, 'DOMAIN_SET_MEMORY_PARAMETERS', 'domain_set_memory_parameters', 'call', unpack_remote_domain_set_memory_parameters_args, pack_remote_domain_set_memory_parameters_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 198, 'DOMAIN_GET_MEMORY_PARAMETERS', 'domain_get_memory_parameters', 'call', unpack_remote_domain_get_memory_parameters_args, pack_remote_domain_get_memory_parameters_args, pack_remote_domain_get_memory_parameters_ret, unpack_remote_domain_get_memory_parameters_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 199, 'DOMAIN_SET_VCPUS_FLAGS', 'domain_set_vcpus_flags', 'call', unpack_remote_domain_set_vcpus_flags_args, pack_remote_domain_set_vcpus_flags_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG', 'domain:write:VIR_DOMAIN_VCPU_GUEST'), (), None, False, False, 8),
-    Procedure('remote', 536903814, 200, 'DOMAIN_GET_VCPUS_FLAGS', 'domain_get_vcpus_flags', 'call', unpack_remote_domain_get_vcpus_flags_args, pack_remote_domain_get_vcpus_flags_args, pack_remote_domain_get_vcpus_flags_ret, unpack_remote_domain_get_vcpus_flags_ret, 1, None, None, False, True, ('domain:read', 'domain:write:VIR_DOMAIN_VCPU_GUEST'), (), None, False, False, 8),
-    Procedure('remote', 536903814, 201, 'DOMAIN_OPEN_CONSOLE', 'domain_open_console', 'call', unpack_remote_domain_open_console_args, pack_remote_domain_open_console_args, None, None, 0, None, None, False, False, ('domain:open_device',), (), 'read', False, False),
-    Procedure('remote', 536903814, 202, 'DOMAIN_IS_UPDATED', 'domain_is_updated', 'call', unpack_remote_domain_is_updated_args, pack_remote_domain_is_updated_args, pack_remote_domain_is_updated_ret, unpack_remote_domain_is_updated_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 203, 'CONNECT_GET_SYSINFO', 'connect_get_sysinfo', 'call', unpack_remote_connect_get_sysinfo_args, pack_remote_connect_get_sysinfo_args, pack_remote_connect_get_sysinfo_ret, unpack_remote_connect_get_sysinfo_ret, 1, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 204, 'DOMAIN_SET_MEMORY_FLAGS', 'domain_set_memory_flags', 'call', unpack_remote_domain_set_memory_flags_args, pack_remote_domain_set_memory_flags_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 205, 'DOMAIN_SET_BLKIO_PARAMETERS', 'domain_set_blkio_parameters', 'call', unpack_remote_domain_set_blkio_parameters_args, pack_remote_domain_set_blkio_parameters_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 206, 'DOMAIN_GET_BLKIO_PARAMETERS', 'domain_get_blkio_parameters', 'call', unpack_remote_domain_get_blkio_parameters_args, pack_remote_domain_get_blkio_parameters_args, pack_remote_domain_get_blkio_parameters_ret, unpack_remote_domain_get_blkio_parameters_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 207, 'DOMAIN_MIGRATE_SET_MAX_SPEED', 'domain_migrate_set_max_speed', 'call', unpack_remote_domain_migrate_set_max_speed_args, pack_remote_domain_migrate_set_max_speed_args, None, None, 0, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 208, 'STORAGE_VOL_UPLOAD', 'storage_vol_upload', 'call', unpack_remote_storage_vol_upload_args, pack_remote_storage_vol_upload_args, None, None, 0, None, None, False, False, ('storage_vol:data_write',), (), 'write', False, False),
-    Procedure('remote', 536903814, 209, 'STORAGE_VOL_DOWNLOAD', 'storage_vol_download', 'call', unpack_remote_storage_vol_download_args, pack_remote_storage_vol_download_args, None, None, 0, None, None, False, False, ('storage_vol:data_read',), (), 'read', False, False),
-    Procedure('remote', 536903814, 210, 'DOMAIN_INJECT_NMI', 'domain_inject_nmi', 'call', unpack_remote_domain_inject_nmi_args, pack_remote_domain_inject_nmi_args, None, None, 0, None, None, False, False, ('domain:inject_nmi',), (), None, False, False),
-    Procedure('remote', 536903814, 211, 'DOMAIN_SCREENSHOT', 'domain_screenshot', 'call', unpack_remote_domain_screenshot_args, pack_remote_domain_screenshot_args, pack_remote_domain_screenshot_ret, unpack_remote_domain_screenshot_ret, 1, None, None, False, False, ('domain:screenshot',), (), 'read', False, False),
-    Procedure('remote', 536903814, 212, 'DOMAIN_GET_STATE', 'domain_get_state', 'call', unpack_remote_domain_get_state_args, pack_remote_domain_get_state_args, pack_remote_domain_get_state_ret, unpack_remote_domain_get_state_ret, 2, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 213, 'DOMAIN_MIGRATE_BEGIN3', 'domain_migrate_begin3', 'call', unpack_remote_domain_migrate_begin3_args, pack_remote_domain_migrate_begin3_args, pack_remote_domain_migrate_begin3_ret, unpack_remote_domain_migrate_begin3_ret, 2, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 214, 'DOMAIN_MIGRATE_PREPARE3', 'domain_migrate_prepare3', 'call', unpack_remote_domain_migrate_prepare3_args, pack_remote_domain_migrate_prepare3_args, pack_remote_domain_migrate_prepare3_ret, unpack_remote_domain_migrate_prepare3_ret, 2, None, None, False, False, ('domain:migrate', 'domain:start', 'domain:write'), (), None, False, False),
-    Procedure('remote', 536903814, 215, 'DOMAIN_MIGRATE_PREPARE_TUNNEL3', 'domain_migrate_prepare_tunnel3', 'call', unpack_remote_domain_migrate_prepare_tunnel3_args, pack_remote_domain_migrate_prepare_tunnel3_args, pack_remote_domain_migrate_prepare_tunnel3_ret, unpack_remote_domain_migrate_prepare_tunnel3_ret, 1, None, None, False, False, ('domain:migrate', 'domain:start', 'domain:write'), (), 'write', False, False),
-    Procedure('remote', 536903814, 216, 'DOMAIN_MIGRATE_PERFORM3', 'domain_migrate_perform3', 'call', unpack_remote_domain_migrate_perform3_args, pack_remote_domain_migrate_perform3_args, pack_remote_domain_migrate_perform3_ret, unpack_remote_domain_migrate_perform3_ret, 1, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 217, 'DOMAIN_MIGRATE_FINISH3', 'domain_migrate_finish3', 'call', unpack_remote_domain_migrate_finish3_args, pack_remote_domain_migrate_finish3_args, pack_remote_domain_migrate_finish3_ret, unpack_remote_domain_migrate_finish3_ret, 2, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 218, 'DOMAIN_MIGRATE_CONFIRM3', 'domain_migrate_confirm3', 'call', unpack_remote_domain_migrate_confirm3_args, pack_remote_domain_migrate_confirm3_args, None, None, 0, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 219, 'DOMAIN_SET_SCHEDULER_PARAMETERS_FLAGS', 'domain_set_scheduler_parameters_flags', 'call', unpack_remote_domain_set_scheduler_parameters_flags_args, pack_remote_domain_set_scheduler_parameters_flags_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 220, 'INTERFACE_CHANGE_BEGIN', 'interface_change_begin', 'call', unpack_remote_interface_change_begin_args, pack_remote_interface_change_begin_args, None, None, 0, None, None, False, False, ('connect:interface_transaction',), (), None, False, False),
-    Procedure('remote', 536903814, 221, 'INTERFACE_CHANGE_COMMIT', 'interface_change_commit', 'call', unpack_remote_interface_change_commit_args, pack_remote_interface_change_commit_args, None, None, 0, None, None, False, False, ('connect:interface_transaction',), (), None, False, False),
-    Procedure('remote', 536903814, 222, 'INTERFACE_CHANGE_ROLLBACK', 'interface_change_rollback', 'call', unpack_remote_interface_change_rollback_args, pack_remote_interface_change_rollback_args, None, None, 0, None, None, False, False, ('connect:interface_transaction',), (), None, False, False),
-    Procedure('remote', 536903814, 223, 'DOMAIN_GET_SCHEDULER_PARAMETERS_FLAGS', 'domain_get_scheduler_parameters_flags', 'call', unpack_remote_domain_get_scheduler_parameters_flags_args, pack_remote_domain_get_scheduler_parameters_flags_args, pack_remote_domain_get_scheduler_parameters_flags_ret, unpack_remote_domain_get_scheduler_parameters_flags_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 224, 'DOMAIN_EVENT_CONTROL_ERROR', 'domain_event_control_error', 'event', None, None, None, None, 0, pack_remote_domain_event_control_error_msg, unpack_remote_domain_event_control_error_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 225, 'DOMAIN_PIN_VCPU_FLAGS', 'domain_pin_vcpu_flags', 'call', unpack_remote_domain_pin_vcpu_flags_args, pack_remote_domain_pin_vcpu_flags_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 226, 'DOMAIN_SEND_KEY', 'domain_send_key', 'call', unpack_remote_domain_send_key_args, pack_remote_domain_send_key_args, None, None, 0, None, None, False, False, ('domain:send_input',), (), None, False, False),
-    Procedure('remote', 536903814, 227, 'NODE_GET_CPU_STATS', 'node_get_cpu_stats', 'call', unpack_remote_node_get_cpu_stats_args, pack_remote_node_get_cpu_stats_args, pack_remote_node_get_cpu_stats_ret, unpack_remote_node_get_cpu_stats_ret, 2, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 228, 'NODE_GET_MEMORY_STATS', 'node_get_memory_stats', 'call', unpack_remote_node_get_memory_stats_args, pack_remote_node_get_memory_stats_args, pack_remote_node_get_memory_stats_ret, unpack_remote_node_get_memory_stats_ret, 2, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 229, 'DOMAIN_GET_CONTROL_INFO', 'domain_get_control_info', 'call', unpack_remote_domain_get_control_info_args, pack_remote_domain_get_control_info_args, pack_remote_domain_get_control_info_ret, unpack_remote_domain_get_control_info_ret, 3, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 230, 'DOMAIN_GET_VCPU_PIN_INFO', 'domain_get_vcpu_pin_info', 'call', unpack_remote_domain_get_vcpu_pin_info_args, pack_remote_domain_get_vcpu_pin_info_args, pack_remote_domain_get_vcpu_pin_info_ret, unpack_remote_domain_get_vcpu_pin_info_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 231, 'DOMAIN_UNDEFINE_FLAGS', 'domain_undefine_flags', 'call', unpack_remote_domain_undefine_flags_args, pack_remote_domain_undefine_flags_args, None, None, 0, None, None, True, False, ('domain:delete',), (), None, False, False),
-    Procedure('remote', 536903814, 232, 'DOMAIN_SAVE_FLAGS', 'domain_save_flags', 'call', unpack_remote_domain_save_flags_args, pack_remote_domain_save_flags_args, None, None, 0, None, None, False, False, ('domain:hibernate',), (), None, False, False),
-    Procedure('remote', 536903814, 233, 'DOMAIN_RESTORE_FLAGS', 'domain_restore_flags', 'call', unpack_remote_domain_restore_flags_args, pack_remote_domain_restore_flags_args, None, None, 0, None, None, False, False, ('domain:start', 'domain:write'), (), None, False, False),
-    Procedure('remote', 536903814, 234, 'DOMAIN_DESTROY_FLAGS', 'domain_destroy_flags', 'call', unpack_remote_domain_destroy_flags_args, pack_remote_domain_destroy_flags_args, None, None, 0, None, None, True, False, ('domain:stop',), (), None, False, False),
-    Procedure('remote', 536903814, 235, 'DOMAIN_SAVE_IMAGE_GET_XML_DESC', 'domain_save_image_get_xml_desc', 'call', unpack_remote_domain_save_image_get_xml_desc_args, pack_remote_domain_save_image_get_xml_desc_args, pack_remote_domain_save_image_get_xml_desc_ret, unpack_remote_domain_save_image_get_xml_desc_ret, 1, None, None, True, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 236, 'DOMAIN_SAVE_IMAGE_DEFINE_XML', 'domain_save_image_define_xml', 'call', unpack_remote_domain_save_image_define_xml_args, pack_remote_domain_save_image_define_xml_args, None, None, 0, None, None, True, False, ('domain:write', 'domain:hibernate'), (), None, False, False),
-    Procedure('remote', 536903814, 237, 'DOMAIN_BLOCK_JOB_ABORT', 'domain_block_job_abort', 'call', unpack_remote_domain_block_job_abort_args, pack_remote_domain_block_job_abort_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 238, 'DOMAIN_GET_BLOCK_JOB_INFO', 'domain_get_block_job_info', 'call', unpack_remote_domain_get_block_job_info_args, pack_remote_domain_get_block_job_info_args, pack_remote_domain_get_block_job_info_ret, unpack_remote_domain_get_block_job_info_ret, 5, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 239, 'DOMAIN_BLOCK_JOB_SET_SPEED', 'domain_block_job_set_speed', 'call', unpack_remote_domain_block_job_set_speed_args, pack_remote_domain_block_job_set_speed_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 240, 'DOMAIN_BLOCK_PULL', 'domain_block_pull', 'call', unpack_remote_domain_block_pull_args, pack_remote_domain_block_pull_args, None, None, 0, None, None, False, False, ('domain:block_write',), (), None, False, False),
-    Procedure('remote', 536903814, 241, 'DOMAIN_EVENT_BLOCK_JOB', 'domain_event_block_job', 'event', None, None, None, None, 0, pack_remote_domain_event_block_job_msg, unpack_remote_domain_event_block_job_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 242, 'DOMAIN_MIGRATE_GET_MAX_SPEED', 'domain_migrate_get_max_speed', 'call', unpack_remote_domain_migrate_get_max_speed_args, pack_remote_domain_migrate_get_max_speed_args, pack_remote_domain_migrate_get_max_speed_ret, unpack_remote_domain_migrate_get_max_speed_ret, 1, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 243, 'DOMAIN_BLOCK_STATS_FLAGS', 'domain_block_stats_flags', 'call', unpack_remote_domain_block_stats_flags_args, pack_remote_domain_block_stats_flags_args, pack_remote_domain_block_stats_flags_ret, unpack_remote_domain_block_stats_flags_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 244, 'DOMAIN_SNAPSHOT_GET_PARENT', 'domain_snapshot_get_parent', 'call', unpack_remote_domain_snapshot_get_parent_args, pack_remote_domain_snapshot_get_parent_args, pack_remote_domain_snapshot_get_parent_ret, unpack_remote_domain_snapshot_get_parent_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 245, 'DOMAIN_RESET', 'domain_reset', 'call', unpack_remote_domain_reset_args, pack_remote_domain_reset_args, None, None, 0, None, None, False, False, ('domain:reset',), (), None, False, False),
-    Procedure('remote', 536903814, 246, 'DOMAIN_SNAPSHOT_NUM_CHILDREN', 'domain_snapshot_num_children', 'call', unpack_remote_domain_snapshot_num_children_args, pack_remote_domain_snapshot_num_children_args, pack_remote_domain_snapshot_num_children_ret, unpack_remote_domain_snapshot_num_children_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 247, 'DOMAIN_SNAPSHOT_LIST_CHILDREN_NAMES', 'domain_snapshot_list_children_names', 'call', unpack_remote_domain_snapshot_list_children_names_args, pack_remote_domain_snapshot_list_children_names_args, pack_remote_domain_snapshot_list_children_names_ret, unpack_remote_domain_snapshot_list_children_names_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 248, 'DOMAIN_EVENT_DISK_CHANGE', 'domain_event_disk_change', 'event', None, None, None, None, 0, pack_remote_domain_event_disk_change_msg, unpack_remote_domain_event_disk_change_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 249, 'DOMAIN_OPEN_GRAPHICS', 'domain_open_graphics', 'call', unpack_remote_domain_open_graphics_args, pack_remote_domain_open_graphics_args, None, None, 0, None, None, False, False, ('domain:open_graphics',), (), None, True, False),
-    Procedure('remote', 536903814, 250, 'NODE_SUSPEND_FOR_DURATION', 'node_suspend_for_duration', 'call', unpack_remote_node_suspend_for_duration_args, pack_remote_node_suspend_for_duration_args, None, None, 0, None, None, False, False, ('connect:pm_control',), (), None, False, False),
-    Procedure('remote', 536903814, 251, 'DOMAIN_BLOCK_RESIZE', 'domain_block_resize', 'call', unpack_remote_domain_block_resize_args, pack_remote_domain_block_resize_args, None, None, 0, None, None, False, False, ('domain:block_write',), (), None, False, False),
-    Procedure('remote', 536903814, 252, 'DOMAIN_SET_BLOCK_IO_TUNE', 'domain_set_block_io_tune', 'call', unpack_remote_domain_set_block_io_tune_args, pack_remote_domain_set_block_io_tune_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 253, 'DOMAIN_GET_BLOCK_IO_TUNE', 'domain_get_block_io_tune', 'call', unpack_remote_domain_get_block_io_tune_args, pack_remote_domain_get_block_io_tune_args, pack_remote_domain_get_block_io_tune_ret, unpack_remote_domain_get_block_io_tune_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 254, 'DOMAIN_SET_NUMA_PARAMETERS', 'domain_set_numa_parameters', 'call', unpack_remote_domain_set_numa_parameters_args, pack_remote_domain_set_numa_parameters_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 255, 'DOMAIN_GET_NUMA_PARAMETERS', 'domain_get_numa_parameters', 'call', unpack_remote_domain_get_numa_parameters_args, pack_remote_domain_get_numa_parameters_args, pack_remote_domain_get_numa_parameters_ret, unpack_remote_domain_get_numa_parameters_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 256, 'DOMAIN_SET_INTERFACE_PARAMETERS', 'domain_set_interface_parameters', 'call', unpack_remote_domain_set_interface_parameters_args, pack_remote_domain_set_interface_parameters_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 257, 'DOMAIN_GET_INTERFACE_PARAMETERS', 'domain_get_interface_parameters', 'call', unpack_remote_domain_get_interface_parameters_args, pack_remote_domain_get_interface_parameters_args, pack_remote_domain_get_interface_parameters_ret, unpack_remote_domain_get_interface_parameters_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 258, 'DOMAIN_SHUTDOWN_FLAGS', 'domain_shutdown_flags', 'call', unpack_remote_domain_shutdown_flags_args, pack_remote_domain_shutdown_flags_args, None, None, 0, None, None, False, False, ('domain:init_control', 'domain:write:VIR_DOMAIN_SHUTDOWN_GUEST_AGENT'), (), None, False, False),
-    Procedure('remote', 536903814, 259, 'STORAGE_VOL_WIPE_PATTERN', 'storage_vol_wipe_pattern', 'call', unpack_remote_storage_vol_wipe_pattern_args, pack_remote_storage_vol_wipe_pattern_args, None, None, 0, None, None, False, False, ('storage_vol:format',), (), None, False, False),
-    Procedure('remote', 536903814, 260, 'STORAGE_VOL_RESIZE', 'storage_vol_resize', 'call', unpack_remote_storage_vol_resize_args, pack_remote_storage_vol_resize_args, None, None, 0, None, None, False, False, ('storage_vol:resize',), (), None, False, False),
-    Procedure('remote', 536903814, 261, 'DOMAIN_PM_SUSPEND_FOR_DURATION', 'domain_pm_suspend_for_duration', 'call', unpack_remote_domain_pm_suspend_for_duration_args, pack_remote_domain_pm_suspend_for_duration_args, None, None, 0, None, None, False, False, ('domain:pm_control',), (), None, False, False),
-    Procedure('remote', 536903814, 262, 'DOMAIN_GET_CPU_STATS', 'domain_get_cpu_stats', 'call', unpack_remote_domain_get_cpu_stats_args, pack_remote_domain_get_cpu_stats_args, pack_remote_domain_get_cpu_stats_ret, unpack_remote_domain_get_cpu_stats_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 263, 'DOMAIN_GET_DISK_ERRORS', 'domain_get_disk_errors', 'call', unpack_remote_domain_get_disk_errors_args, pack_remote_domain_get_disk_errors_args, pack_remote_domain_get_disk_errors_ret, unpack_remote_domain_get_disk_errors_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 264, 'DOMAIN_SET_METADATA', 'domain_set_metadata', 'call', unpack_remote_domain_set_metadata_args, pack_remote_domain_set_metadata_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 265, 'DOMAIN_GET_METADATA', 'domain_get_metadata', 'call', unpack_remote_domain_get_metadata_args, pack_remote_domain_get_metadata_args, pack_remote_domain_get_metadata_ret, unpack_remote_domain_get_metadata_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 266, 'DOMAIN_BLOCK_REBASE', 'domain_block_rebase', 'call', unpack_remote_domain_block_rebase_args, pack_remote_domain_block_rebase_args, None, None, 0, None, None, False, False, ('domain:block_write',), (), None, False, False),
-    Procedure('remote', 536903814, 267, 'DOMAIN_PM_WAKEUP', 'domain_pm_wakeup', 'call', unpack_remote_domain_pm_wakeup_args, pack_remote_domain_pm_wakeup_args, None, None, 0, None, None, False, False, ('domain:pm_control',), (), None, False, False),
-    Procedure('remote', 536903814, 268, 'DOMAIN_EVENT_TRAY_CHANGE', 'domain_event_tray_change', 'event', None, None, None, None, 0, pack_remote_domain_event_tray_change_msg, unpack_remote_domain_event_tray_change_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 269, 'DOMAIN_EVENT_PMWAKEUP', 'domain_event_pmwakeup', 'event', None, None, None, None, 0, pack_remote_domain_event_pmwakeup_msg, unpack_remote_domain_event_pmwakeup_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 270, 'DOMAIN_EVENT_PMSUSPEND', 'domain_event_pmsuspend', 'event', None, None, None, None, 0, pack_remote_domain_event_pmsuspend_msg, unpack_remote_domain_event_pmsuspend_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 271, 'DOMAIN_SNAPSHOT_IS_CURRENT', 'domain_snapshot_is_current', 'call', unpack_remote_domain_snapshot_is_current_args, pack_remote_domain_snapshot_is_current_args, pack_remote_domain_snapshot_is_current_ret, unpack_remote_domain_snapshot_is_current_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 272, 'DOMAIN_SNAPSHOT_HAS_METADATA', 'domain_snapshot_has_metadata', 'call', unpack_remote_domain_snapshot_has_metadata_args, pack_remote_domain_snapshot_has_metadata_args, pack_remote_domain_snapshot_has_metadata_ret, unpack_remote_domain_snapshot_has_metadata_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 273, 'CONNECT_LIST_ALL_DOMAINS', 'connect_list_all_domains', 'call', unpack_remote_connect_list_all_domains_args, pack_remote_connect_list_all_domains_args, pack_remote_connect_list_all_domains_ret, unpack_remote_connect_list_all_domains_ret, 2, None, None, True, True, ('connect:search_domains',), ('domain:getattr',), None, False, False),
-    Procedure('remote', 536903814, 274, 'DOMAIN_LIST_ALL_SNAPSHOTS', 'domain_list_all_snapshots', 'call', unpack_remote_domain_list_all_snapshots_args, pack_remote_domain_list_all_snapshots_args, pack_remote_domain_list_all_snapshots_ret, unpack_remote_domain_list_all_snapshots_ret, 2, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 275, 'DOMAIN_SNAPSHOT_LIST_ALL_CHILDREN', 'domain_snapshot_list_all_children', 'call', unpack_remote_domain_snapshot_list_all_children_args, pack_remote_domain_snapshot_list_all_children_args, pack_remote_domain_snapshot_list_all_children_ret, unpack_remote_domain_snapshot_list_all_children_ret, 2, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 276, 'DOMAIN_EVENT_BALLOON_CHANGE', 'domain_event_balloon_change', 'event', None, None, None, None, 0, pack_remote_domain_event_balloon_change_msg, unpack_remote_domain_event_balloon_change_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 277, 'DOMAIN_GET_HOSTNAME', 'domain_get_hostname', 'call', unpack_remote_domain_get_hostname_args, pack_remote_domain_get_hostname_args, pack_remote_domain_get_hostname_ret, unpack_remote_domain_get_hostname_ret, 1, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 278, 'DOMAIN_GET_SECURITY_LABEL_LIST', 'domain_get_security_label_list', 'call', unpack_remote_domain_get_security_label_list_args, pack_remote_domain_get_security_label_list_args, pack_remote_domain_get_security_label_list_ret, unpack_remote_domain_get_security_label_list_ret, 2, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 279, 'DOMAIN_PIN_EMULATOR', 'domain_pin_emulator', 'call', unpack_remote_domain_pin_emulator_args, pack_remote_domain_pin_emulator_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 280, 'DOMAIN_GET_EMULATOR_PIN_INFO', 'domain_get_emulator_pin_info', 'call', unpack_remote_domain_get_emulator_pin_info_args, pack_remote_domain_get_emulator_pin_info_args, pack_remote_domain_get_emulator_pin_info_ret, unpack_remote_domain_get_emulator_pin_info_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 281, 'CONNECT_LIST_ALL_STORAGE_POOLS', 'connect_list_all_storage_pools', 'call', unpack_remote_connect_list_all_storage_pools_args, pack_remote_connect_list_all_storage_pools_args, pack_remote_connect_list_all_storage_pools_ret, unpack_remote_connect_list_all_storage_pools_ret, 2, None, None, True, True, ('connect:search_storage_pools',), ('storage_pool:getattr',), None, False, False),
-    Procedure('remote', 536903814, 282, 'STORAGE_POOL_LIST_ALL_VOLUMES', 'storage_pool_list_all_volumes', 'call', unpack_remote_storage_pool_list_all_volumes_args, pack_remote_storage_pool_list_all_volumes_args, pack_remote_storage_pool_list_all_volumes_ret, unpack_remote_storage_pool_list_all_volumes_ret, 2, None, None, True, True, ('storage_pool:search_storage_vols',), ('storage_vol:getattr',), None, False, False),
-    Procedure('remote', 536903814, 283, 'CONNECT_LIST_ALL_NETWORKS', 'connect_list_all_networks', 'call', unpack_remote_connect_list_all_networks_args, pack_remote_connect_list_all_networks_args, pack_remote_connect_list_all_networks_ret, unpack_remote_connect_list_all_networks_ret, 2, None, None, True, True, ('connect:search_networks',), ('network:getattr',), None, False, False),
-    Procedure('remote', 536903814, 284, 'CONNECT_LIST_ALL_INTERFACES', 'connect_list_all_interfaces', 'call', unpack_remote_connect_list_all_interfaces_args, pack_remote_connect_list_all_interfaces_args, pack_remote_connect_list_all_interfaces_ret, unpack_remote_connect_list_all_interfaces_ret, 2, None, None, True, True, ('connect:search_interfaces',), ('interface:getattr',), None, False, False),
-    Procedure('remote', 536903814, 285, 'CONNECT_LIST_ALL_NODE_DEVICES', 'connect_list_all_node_devices', 'call', unpack_remote_connect_list_all_node_devices_args, pack_remote_connect_list_all_node_devices_args, pack_remote_connect_list_all_node_devices_ret, unpack_remote_connect_list_all_node_devices_ret, 2, None, None, True, True, ('connect:search_node_devices',), ('node_device:getattr',), None, False, False),
-    Procedure('remote', 536903814, 286, 'CONNECT_LIST_ALL_NWFILTERS', 'connect_list_all_nwfilters', 'call', unpack_remote_connect_list_all_nwfilters_args, pack_remote_connect_list_all_nwfilters_args, pack_remote_connect_list_all_nwfilters_ret, unpack_remote_connect_list_all_nwfilters_ret, 2, None, None, True, True, ('connect:search_nwfilters',), ('nwfilter:getattr',), None, False, False),
-    Procedure('remote', 536903814, 287, 'CONNECT_LIST_ALL_SECRETS', 'connect_list_all_secrets', 'call', unpack_remote_connect_list_all_secrets_args, pack_remote_connect_list_all_secrets_args, pack_remote_connect_list_all_secrets_ret, unpack_remote_connect_list_all_secrets_ret, 2, None, None, True, True, ('connect:search_secrets',), ('secret:getattr',), None, False, False),
-    Procedure('remote', 536903814, 288, 'NODE_SET_MEMORY_PARAMETERS', 'node_set_memory_parameters', 'call', unpack_remote_node_set_memory_parameters_args, pack_remote_node_set_memory_parameters_args, None, None, 0, None, None, False, False, ('connect:write',), (), None, False, False),
-    Procedure('remote', 536903814, 289, 'NODE_GET_MEMORY_PARAMETERS', 'node_get_memory_parameters', 'call', unpack_remote_node_get_memory_parameters_args, pack_remote_node_get_memory_parameters_args, pack_remote_node_get_memory_parameters_ret, unpack_remote_node_get_memory_parameters_ret, 2, None, None, False, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 290, 'DOMAIN_BLOCK_COMMIT', 'domain_block_commit', 'call', unpack_remote_domain_block_commit_args, pack_remote_domain_block_commit_args, None, None, 0, None, None, False, False, ('domain:block_write',), (), None, False, False),
-    Procedure('remote', 536903814, 291, 'NETWORK_UPDATE', 'network_update', 'call', unpack_remote_network_update_args, pack_remote_network_update_args, None, None, 0, None, None, True, False, ('network:write', 'network:save:!VIR_NETWORK_UPDATE_AFFECT_CONFIG|VIR_NETWORK_UPDATE_AFFECT_LIVE', 'network:save:VIR_NETWORK_UPDATE_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 292, 'DOMAIN_EVENT_PMSUSPEND_DISK', 'domain_event_pmsuspend_disk', 'event', None, None, None, None, 0, pack_remote_domain_event_pmsuspend_disk_msg, unpack_remote_domain_event_pmsuspend_disk_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 293, 'NODE_GET_CPU_MAP', 'node_get_cpu_map', 'call', unpack_remote_node_get_cpu_map_args, pack_remote_node_get_cpu_map_args, pack_remote_node_get_cpu_map_ret, unpack_remote_node_get_cpu_map_ret, 3, None, None, False, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 294, 'DOMAIN_FSTRIM', 'domain_fstrim', 'call', unpack_remote_domain_fstrim_args, pack_remote_domain_fstrim_args, None, None, 0, None, None, False, False, ('domain:fs_trim',), (), None, False, False),
-    Procedure('remote', 536903814, 295, 'DOMAIN_SEND_PROCESS_SIGNAL', 'domain_send_process_signal', 'call', unpack_remote_domain_send_process_signal_args, pack_remote_domain_send_process_signal_args, None, None, 0, None, None, False, False, ('domain:send_signal',), (), None, False, False),
-    Procedure('remote', 536903814, 296, 'DOMAIN_OPEN_CHANNEL', 'domain_open_channel', 'call', unpack_remote_domain_open_channel_args, pack_remote_domain_open_channel_args, None, None, 0, None, None, False, False, ('domain:open_device',), (), 'read', False, False),
-    Procedure('remote', 536903814, 297, 'NODE_DEVICE_LOOKUP_SCSI_HOST_BY_WWN', 'node_device_lookup_scsi_host_by_wwn', 'call', unpack_remote_node_device_lookup_scsi_host_by_wwn_args, pack_remote_node_device_lookup_scsi_host_by_wwn_args, pack_remote_node_device_lookup_scsi_host_by_wwn_ret, unpack_remote_node_device_lookup_scsi_host_by_wwn_ret, 1, None, None, True, True, ('node_device:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 298, 'DOMAIN_GET_JOB_STATS', 'domain_get_job_stats', 'call', unpack_remote_domain_get_job_stats_args, pack_remote_domain_get_job_stats_args, pack_remote_domain_get_job_stats_ret, unpack_remote_domain_get_job_stats_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 299, 'DOMAIN_MIGRATE_GET_COMPRESSION_CACHE', 'domain_migrate_get_compression_cache', 'call', unpack_remote_domain_migrate_get_compression_cache_args, pack_remote_domain_migrate_get_compression_cache_args, pack_remote_domain_migrate_get_compression_cache_ret, unpack_remote_domain_migrate_get_compression_cache_ret, 1, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 300, 'DOMAIN_MIGRATE_SET_COMPRESSION_CACHE', 'domain_migrate_set_compression_cache', 'call', unpack_remote_domain_migrate_set_compression_cache_args, pack_remote_domain_migrate_set_compression_cache_args, None, None, 0, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 301, 'NODE_DEVICE_DETACH_FLAGS', 'node_device_detach_flags', 'call', unpack_remote_node_device_detach_flags_args, pack_remote_node_device_detach_flags_args, None, None, 0, None, None, False, False, ('node_device:detach',), (), None, False, False),
-    Procedure('remote', 536903814, 302, 'DOMAIN_MIGRATE_BEGIN3_PARAMS', 'domain_migrate_begin3_params', 'call', unpack_remote_domain_migrate_begin3_params_args, pack_remote_domain_migrate_begin3_params_args, pack_remote_domain_migrate_begin3_params_ret, unpack_remote_domain_migrate_begin3_params_ret, 2, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 303, 'DOMAIN_MIGRATE_PREPARE3_PARAMS', 'domain_migrate_prepare3_params', 'call', unpack_remote_domain_migrate_prepare3_params_args, pack_remote_domain_migrate_prepare3_params_args, pack_remote_domain_migrate_prepare3_params_ret, unpack_remote_domain_migrate_prepare3_params_ret, 2, None, None, False, False, ('domain:migrate', 'domain:start', 'domain:write'), (), None, False, False),
-    Procedure('remote', 536903814, 304, 'DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS', 'domain_migrate_prepare_tunnel3_params', 'call', unpack_remote_domain_migrate_prepare_tunnel3_params_args, pack_remote_domain_migrate_prepare_tunnel3_params_args, pack_remote_domain_migrate_prepare_tunnel3_params_ret, unpack_remote_domain_migrate_prepare_tunnel3_params_ret, 1, None, None, False, False, ('domain:migrate', 'domain:start', 'domain:write'), (), None, False, False),
-    Procedure('remote', 536903814, 305, 'DOMAIN_MIGRATE_PERFORM3_PARAMS', 'domain_migrate_perform3_params', 'call', unpack_remote_domain_migrate_perform3_params_args, pack_remote_domain_migrate_perform3_params_args, pack_remote_domain_migrate_perform3_params_ret, unpack_remote_domain_migrate_perform3_params_ret, 1, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 306, 'DOMAIN_MIGRATE_FINISH3_PARAMS', 'domain_migrate_finish3_params', 'call', unpack_remote_domain_migrate_finish3_params_args, pack_remote_domain_migrate_finish3_params_args, pack_remote_domain_migrate_finish3_params_ret, unpack_remote_domain_migrate_finish3_params_ret, 2, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 307, 'DOMAIN_MIGRATE_CONFIRM3_PARAMS', 'domain_migrate_confirm3_params', 'call', unpack_remote_domain_migrate_confirm3_params_args, pack_remote_domain_migrate_confirm3_params_args, None, None, 0, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 308, 'DOMAIN_SET_MEMORY_STATS_PERIOD', 'domain_set_memory_stats_period', 'call', unpack_remote_domain_set_memory_stats_period_args, pack_remote_domain_set_memory_stats_period_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 309, 'DOMAIN_CREATE_XML_WITH_FILES', 'domain_create_xml_with_files', 'call', unpack_remote_domain_create_xml_with_files_args, pack_remote_domain_create_xml_with_files_args, pack_remote_domain_create_xml_with_files_ret, unpack_remote_domain_create_xml_with_files_ret, 1, None, None, False, False, ('domain:write', 'domain:start'), (), None, True, False),
-    Procedure('remote', 536903814, 310, 'DOMAIN_CREATE_WITH_FILES', 'domain_create_with_files', 'call', unpack_remote_domain_create_with_files_args, pack_remote_domain_create_with_files_args, pack_remote_domain_create_with_files_ret, unpack_remote_domain_create_with_files_ret, 1, None, None, False, False, ('domain:start',), (), None, True, False),
-    Procedure('remote', 536903814, 311, 'DOMAIN_EVENT_DEVICE_REMOVED', 'domain_event_device_removed', 'event', None, None, None, None, 0, pack_remote_domain_event_device_removed_msg, unpack_remote_domain_event_device_removed_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 312, 'CONNECT_GET_CPU_MODEL_NAMES', 'connect_get_cpu_model_names', 'call', unpack_remote_connect_get_cpu_model_names_args, pack_remote_connect_get_cpu_model_names_args, pack_remote_connect_get_cpu_model_names_ret, unpack_remote_connect_get_cpu_model_names_ret, 2, None, None, False, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 313, 'CONNECT_NETWORK_EVENT_REGISTER_ANY', 'connect_network_event_register_any', 'call', unpack_remote_connect_network_event_register_any_args, pack_remote_connect_network_event_register_any_args, pack_remote_connect_network_event_register_any_ret, unpack_remote_connect_network_event_register_any_ret, 1, None, None, True, True, ('connect:search_networks',), ('network:getattr',), None, False, False),
-    Procedure('remote', 536903814, 314, 'CONNECT_NETWORK_EVENT_DEREGISTER_ANY', 'connect_network_event_deregister_any', 'call', unpack_remote_connect_network_event_deregister_any_args, pack_remote_connect_network_event_deregister_any_args, None, None, 0, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 315, 'NETWORK_EVENT_LIFECYCLE', 'network_event_lifecycle', 'event', None, None, None, None, 0, pack_remote_network_event_lifecycle_msg, unpack_remote_network_event_lifecycle_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 316, 'CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY', 'connect_domain_event_callback_register_any', 'call', unpack_remote_connect_domain_event_callback_register_any_args, pack_remote_connect_domain_event_callback_register_any_args, pack_remote_connect_domain_event_callback_register_any_ret, unpack_remote_connect_domain_event_callback_register_any_ret, 1, None, None, True, True, ('connect:search_domains',), ('domain:getattr',), None, False, False),
-    Procedure('remote', 536903814, 317, 'CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY', 'connect_domain_event_callback_deregister_any', 'call', unpack_remote_connect_domain_event_callback_deregister_any_args, pack_remote_connect_domain_event_callback_deregister_any_args, None, None, 0, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 318, 'DOMAIN_EVENT_CALLBACK_LIFECYCLE', 'domain_event_callback_lifecycle', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_lifecycle_msg, unpack_remote_domain_event_callback_lifecycle_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 319, 'DOMAIN_EVENT_CALLBACK_REBOOT', 'domain_event_callback_reboot', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_reboot_msg, unpack_remote_domain_event_callback_reboot_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 320, 'DOMAIN_EVENT_CALLBACK_RTC_CHANGE', 'domain_event_callback_rtc_change', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_rtc_change_msg, unpack_remote_domain_event_callback_rtc_change_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 321, 'DOMAIN_EVENT_CALLBACK_WATCHDOG', 'domain_event_callback_watchdog', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_watchdog_msg, unpack_remote_domain_event_callback_watchdog_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 322, 'DOMAIN_EVENT_CALLBACK_IO_ERROR', 'domain_event_callback_io_error', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_io_error_msg, unpack_remote_domain_event_callback_io_error_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 323, 'DOMAIN_EVENT_CALLBACK_GRAPHICS', 'domain_event_callback_graphics', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_graphics_msg, unpack_remote_domain_event_callback_graphics_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 324, 'DOMAIN_EVENT_CALLBACK_IO_ERROR_REASON', 'domain_event_callback_io_error_reason', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_io_error_reason_msg, unpack_remote_domain_event_callback_io_error_reason_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 325, 'DOMAIN_EVENT_CALLBACK_CONTROL_ERROR', 'domain_event_callback_control_error', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_control_error_msg, unpack_remote_domain_event_callback_control_error_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 326, 'DOMAIN_EVENT_CALLBACK_BLOCK_JOB', 'domain_event_callback_block_job', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_block_job_msg, unpack_remote_domain_event_callback_block_job_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 327, 'DOMAIN_EVENT_CALLBACK_DISK_CHANGE', 'domain_event_callback_disk_change', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_disk_change_msg, unpack_remote_domain_event_callback_disk_change_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 328, 'DOMAIN_EVENT_CALLBACK_TRAY_CHANGE', 'domain_event_callback_tray_change', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_tray_change_msg, unpack_remote_domain_event_callback_tray_change_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 329, 'DOMAIN_EVENT_CALLBACK_PMWAKEUP', 'domain_event_callback_pmwakeup', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_pmwakeup_msg, unpack_remote_domain_event_callback_pmwakeup_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 330, 'DOMAIN_EVENT_CALLBACK_PMSUSPEND', 'domain_event_callback_pmsuspend', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_pmsuspend_msg, unpack_remote_domain_event_callback_pmsuspend_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 331, 'DOMAIN_EVENT_CALLBACK_BALLOON_CHANGE', 'domain_event_callback_balloon_change', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_balloon_change_msg, unpack_remote_domain_event_callback_balloon_change_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 332, 'DOMAIN_EVENT_CALLBACK_PMSUSPEND_DISK', 'domain_event_callback_pmsuspend_disk', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_pmsuspend_disk_msg, unpack_remote_domain_event_callback_pmsuspend_disk_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 333, 'DOMAIN_EVENT_CALLBACK_DEVICE_REMOVED', 'domain_event_callback_device_removed', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_device_removed_msg, unpack_remote_domain_event_callback_device_removed_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 334, 'DOMAIN_CORE_DUMP_WITH_FORMAT', 'domain_core_dump_with_format', 'call', unpack_remote_domain_core_dump_with_format_args, pack_remote_domain_core_dump_with_format_args, None, None, 0, None, None, False, False, ('domain:core_dump',), (), None, False, False),
-    Procedure('remote', 536903814, 335, 'DOMAIN_FSFREEZE', 'domain_fsfreeze', 'call', unpack_remote_domain_fsfreeze_args, pack_remote_domain_fsfreeze_args, pack_remote_domain_fsfreeze_ret, unpack_remote_domain_fsfreeze_ret, 1, None, None, False, False, ('domain:fs_freeze',), (), None, False, False),
-    Procedure('remote', 536903814, 336, 'DOMAIN_FSTHAW', 'domain_fsthaw', 'call', unpack_remote_domain_fsthaw_args, pack_remote_domain_fsthaw_args, pack_remote_domain_fsthaw_ret, unpack_remote_domain_fsthaw_ret, 1, None, None, False, False, ('domain:fs_freeze',), (), None, False, False),
-    Procedure('remote', 536903814, 337, 'DOMAIN_GET_TIME', 'domain_get_time', 'call', unpack_remote_domain_get_time_args, pack_remote_domain_get_time_args, pack_remote_domain_get_time_ret, unpack_remote_domain_get_time_ret, 2, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 338, 'DOMAIN_SET_TIME', 'domain_set_time', 'call', unpack_remote_domain_set_time_args, pack_remote_domain_set_time_args, None, None, 0, None, None, False, False, ('domain:set_time',), (), None, False, False),
-    Procedure('remote', 536903814, 339, 'DOMAIN_EVENT_BLOCK_JOB_2', 'domain_event_block_job_2', 'event', None, None, None, None, 0, pack_remote_domain_event_block_job_2_msg, unpack_remote_domain_event_block_job_2_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 340, 'NODE_GET_FREE_PAGES', 'node_get_free_pages', 'call', unpack_remote_node_get_free_pages_args, pack_remote_node_get_free_pages_args, pack_remote_node_get_free_pages_ret, unpack_remote_node_get_free_pages_ret, 1, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 341, 'NETWORK_GET_DHCP_LEASES', 'network_get_dhcp_leases', 'call', unpack_remote_network_get_dhcp_leases_args, pack_remote_network_get_dhcp_leases_args, pack_remote_network_get_dhcp_leases_ret, unpack_remote_network_get_dhcp_leases_ret, 2, None, None, False, True, ('network:read',), (), None, False, False),
-    Procedure('remote', 536903814, 342, 'CONNECT_GET_DOMAIN_CAPABILITIES', 'connect_get_domain_capabilities', 'call', unpack_remote_connect_get_domain_capabilities_args, pack_remote_connect_get_domain_capabilities_args, pack_remote_connect_get_domain_capabilities_ret, unpack_remote_connect_get_domain_capabilities_ret, 1, None, None, False, False, ('connect:write',), (), None, False, False),
-    Procedure('remote', 536903814, 343, 'DOMAIN_OPEN_GRAPHICS_FD', 'domain_open_graphics_fd', 'call', unpack_remote_domain_open_graphics_fd_args, pack_remote_domain_open_graphics_fd_args, None, None, 0, None, None, False, False, ('domain:open_graphics',), (), None, False, True),
-    Procedure('remote', 536903814, 344, 'CONNECT_GET_ALL_DOMAIN_STATS', 'connect_get_all_domain_stats', 'call', unpack_remote_connect_get_all_domain_stats_args, pack_remote_connect_get_all_domain_stats_args, pack_remote_connect_get_all_domain_stats_ret, unpack_remote_connect_get_all_domain_stats_ret, 1, None, None, False, True, ('connect:search_domains',), ('domain:read',), None, False, False),
-    Procedure('remote', 536903814, 345, 'DOMAIN_BLOCK_COPY', 'domain_block_copy', 'call', unpack_remote_domain_block_copy_args, pack_remote_domain_block_copy_args, None, None, 0, None, None, False, False, ('domain:block_write',), (), None, False, False),
-    Procedure('remote', 536903814, 346, 'DOMAIN_EVENT_CALLBACK_TUNABLE', 'domain_event_callback_tunable', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_tunable_msg, unpack_remote_domain_event_callback_tunable_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 347, 'NODE_ALLOC_PAGES', 'node_alloc_pages', 'call', unpack_remote_node_alloc_pages_args, pack_remote_node_alloc_pages_args, pack_remote_node_alloc_pages_ret, unpack_remote_node_alloc_pages_ret, 1, None, None, False, False, ('connect:write',), (), None, False, False),
-    Procedure('remote', 536903814, 348, 'DOMAIN_EVENT_CALLBACK_AGENT_LIFECYCLE', 'domain_event_callback_agent_lifecycle', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_agent_lifecycle_msg, unpack_remote_domain_event_callback_agent_lifecycle_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 349, 'DOMAIN_GET_FSINFO', 'domain_get_fsinfo', 'call', unpack_remote_domain_get_fsinfo_args, pack_remote_domain_get_fsinfo_args, pack_remote_domain_get_fsinfo_ret, unpack_remote_domain_get_fsinfo_ret, 2, None, None, False, False, ('domain:fs_freeze',), (), None, False, False),
-    Procedure('remote', 536903814, 350, 'DOMAIN_DEFINE_XML_FLAGS', 'domain_define_xml_flags', 'call', unpack_remote_domain_define_xml_flags_args, pack_remote_domain_define_xml_flags_args, pack_remote_domain_define_xml_flags_ret, unpack_remote_domain_define_xml_flags_ret, 1, None, None, True, False, ('domain:write', 'domain:save'), (), None, False, False),
-    Procedure('remote', 536903814, 351, 'DOMAIN_GET_IOTHREAD_INFO', 'domain_get_iothread_info', 'call', unpack_remote_domain_get_iothread_info_args, pack_remote_domain_get_iothread_info_args, pack_remote_domain_get_iothread_info_ret, unpack_remote_domain_get_iothread_info_ret, 2, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 352, 'DOMAIN_PIN_IOTHREAD', 'domain_pin_iothread', 'call', unpack_remote_domain_pin_iothread_args, pack_remote_domain_pin_iothread_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 353, 'DOMAIN_INTERFACE_ADDRESSES', 'domain_interface_addresses', 'call', unpack_remote_domain_interface_addresses_args, pack_remote_domain_interface_addresses_args, pack_remote_domain_interface_addresses_ret, unpack_remote_domain_interface_addresses_ret, 1, None, None, False, False, ('domain:read', 'domain:write::source:VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT'), (), None, False, False),
-    Procedure('remote', 536903814, 354, 'DOMAIN_EVENT_CALLBACK_DEVICE_ADDED', 'domain_event_callback_device_added', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_device_added_msg, unpack_remote_domain_event_callback_device_added_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 355, 'DOMAIN_ADD_IOTHREAD', 'domain_add_iothread', 'call', unpack_remote_domain_add_iothread_args, pack_remote_domain_add_iothread_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 356, 'DOMAIN_DEL_IOTHREAD', 'domain_del_iothread', 'call', unpack_remote_domain_del_iothread_args, pack_remote_domain_del_iothread_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 357, 'DOMAIN_SET_USER_PASSWORD', 'domain_set_user_password', 'call', unpack_remote_domain_set_user_password_args, pack_remote_domain_set_user_password_args, None, None, 0, None, None, False, False, ('domain:set_password',), (), None, False, False),
-    Procedure('remote', 536903814, 358, 'DOMAIN_RENAME', 'domain_rename', 'call', unpack_remote_domain_rename_args, pack_remote_domain_rename_args, pack_remote_domain_rename_ret, unpack_remote_domain_rename_ret, 1, None, None, False, False, ('domain:write', 'domain:save'), (), None, False, False),
-    Procedure('remote', 536903814, 359, 'DOMAIN_EVENT_CALLBACK_MIGRATION_ITERATION', 'domain_event_callback_migration_iteration', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_migration_iteration_msg, unpack_remote_domain_event_callback_migration_iteration_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 360, 'CONNECT_REGISTER_CLOSE_CALLBACK', 'connect_register_close_callback', 'call', None, None, None, None, 0, None, None, True, True, ('connect:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 361, 'CONNECT_UNREGISTER_CLOSE_CALLBACK', 'connect_unregister_close_callback', 'call', None, None, None, None, 0, None, None, True, True, ('connect:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 362, 'CONNECT_EVENT_CONNECTION_CLOSED', 'connect_event_connection_closed', 'event', None, None, None, None, 0, pack_remote_connect_event_connection_closed_msg, unpack_remote_connect_event_connection_closed_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 363, 'DOMAIN_EVENT_CALLBACK_JOB_COMPLETED', 'domain_event_callback_job_completed', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_job_completed_msg, unpack_remote_domain_event_callback_job_completed_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 364, 'DOMAIN_MIGRATE_START_POST_COPY', 'domain_migrate_start_post_copy', 'call', unpack_remote_domain_migrate_start_post_copy_args, pack_remote_domain_migrate_start_post_copy_args, None, None, 0, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 365, 'DOMAIN_GET_PERF_EVENTS', 'domain_get_perf_events', 'call', unpack_remote_domain_get_perf_events_args, pack_remote_domain_get_perf_events_args, pack_remote_domain_get_perf_events_ret, unpack_remote_domain_get_perf_events_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 366, 'DOMAIN_SET_PERF_EVENTS', 'domain_set_perf_events', 'call', unpack_remote_domain_set_perf_events_args, pack_remote_domain_set_perf_events_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 367, 'DOMAIN_EVENT_CALLBACK_DEVICE_REMOVAL_FAILED', 'domain_event_callback_device_removal_failed', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_device_removal_failed_msg, unpack_remote_domain_event_callback_device_removal_failed_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 368, 'CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY', 'connect_storage_pool_event_register_any', 'call', unpack_remote_connect_storage_pool_event_register_any_args, pack_remote_connect_storage_pool_event_register_any_args, pack_remote_connect_storage_pool_event_register_any_ret, unpack_remote_connect_storage_pool_event_register_any_ret, 1, None, None, True, True, ('connect:search_storage_pools',), ('storage_pool:getattr',), None, False, False),
-    Procedure('remote', 536903814, 369, 'CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY', 'connect_storage_pool_event_deregister_any', 'call', unpack_remote_connect_storage_pool_event_deregister_any_args, pack_remote_connect_storage_pool_event_deregister_any_args, None, None, 0, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 370, 'STORAGE_POOL_EVENT_LIFECYCLE', 'storage_pool_event_lifecycle', 'event', None, None, None, None, 0, pack_remote_storage_pool_event_lifecycle_msg, unpack_remote_storage_pool_event_lifecycle_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 371, 'DOMAIN_GET_GUEST_VCPUS', 'domain_get_guest_vcpus', 'call', unpack_remote_domain_get_guest_vcpus_args, pack_remote_domain_get_guest_vcpus_args, pack_remote_domain_get_guest_vcpus_ret, unpack_remote_domain_get_guest_vcpus_ret, 1, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 372, 'DOMAIN_SET_GUEST_VCPUS', 'domain_set_guest_vcpus', 'call', unpack_remote_domain_set_guest_vcpus_args, pack_remote_domain_set_guest_vcpus_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 373, 'STORAGE_POOL_EVENT_REFRESH', 'storage_pool_event_refresh', 'event', None, None, None, None, 0, pack_remote_storage_pool_event_refresh_msg, unpack_remote_storage_pool_event_refresh_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 374, 'CONNECT_NODE_DEVICE_EVENT_REGISTER_ANY', 'connect_node_device_event_register_any', 'call', unpack_remote_connect_node_device_event_register_any_args, pack_remote_connect_node_device_event_register_any_args, pack_remote_connect_node_device_event_register_any_ret, unpack_remote_connect_node_device_event_register_any_ret, 1, None, None, True, True, ('connect:search_node_devices',), ('node_device:getattr',), None, False, False),
-    Procedure('remote', 536903814, 375, 'CONNECT_NODE_DEVICE_EVENT_DEREGISTER_ANY', 'connect_node_device_event_deregister_any', 'call', unpack_remote_connect_node_device_event_deregister_any_args, pack_remote_connect_node_device_event_deregister_any_args, None, None, 0, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 376, 'NODE_DEVICE_EVENT_LIFECYCLE', 'node_device_event_lifecycle', 'event', None, None, None, None, 0, pack_remote_node_device_event_lifecycle_msg, unpack_remote_node_device_event_lifecycle_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 377, 'NODE_DEVICE_EVENT_UPDATE', 'node_device_event_update', 'event', None, None, None, None, 0, pack_remote_node_device_event_update_msg, unpack_remote_node_device_event_update_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 378, 'STORAGE_VOL_GET_INFO_FLAGS', 'storage_vol_get_info_flags', 'call', unpack_remote_storage_vol_get_info_flags_args, pack_remote_storage_vol_get_info_flags_args, pack_remote_storage_vol_get_info_flags_ret, unpack_remote_storage_vol_get_info_flags_ret, 3, None, None, True, True, ('storage_vol:read',), (), None, False, False),
-    Procedure('remote', 536903814, 379, 'DOMAIN_EVENT_CALLBACK_METADATA_CHANGE', 'domain_event_callback_metadata_change', 'event', None, None, None, None, 0, pack_remote_domain_event_callback_metadata_change_msg, unpack_remote_domain_event_callback_metadata_change_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 380, 'CONNECT_SECRET_EVENT_REGISTER_ANY', 'connect_secret_event_register_any', 'call', unpack_remote_connect_secret_event_register_any_args, pack_remote_connect_secret_event_register_any_args, pack_remote_connect_secret_event_register_any_ret, unpack_remote_connect_secret_event_register_any_ret, 1, None, None, True, True, ('connect:search_secrets',), ('secret:getattr',), None, False, False),
-    Procedure('remote', 536903814, 381, 'CONNECT_SECRET_EVENT_DEREGISTER_ANY', 'connect_secret_event_deregister_any', 'call', unpack_remote_connect_secret_event_deregister_any_args, pack_remote_connect_secret_event_deregister_any_args, None, None, 0, None, None, True, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 382, 'SECRET_EVENT_LIFECYCLE', 'secret_event_lifecycle', 'event', None, None, None, None, 0, pack_remote_secret_event_lifecycle_msg, unpack_remote_secret_event_lifecycle_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 383, 'SECRET_EVENT_VALUE_CHANGED', 'secret_event_value_changed', 'event', None, None, None, None, 0, pack_remote_secret_event_value_changed_msg, unpack_remote_secret_event_value_changed_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 384, 'DOMAIN_SET_VCPU', 'domain_set_vcpu', 'call', unpack_remote_domain_set_vcpu_args, pack_remote_domain_set_vcpu_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 385, 'DOMAIN_EVENT_BLOCK_THRESHOLD', 'domain_event_block_threshold', 'event', None, None, None, None, 0, pack_remote_domain_event_block_threshold_msg, unpack_remote_domain_event_block_threshold_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 386, 'DOMAIN_SET_BLOCK_THRESHOLD', 'domain_set_block_threshold', 'call', unpack_remote_domain_set_block_threshold_args, pack_remote_domain_set_block_threshold_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 387, 'DOMAIN_MIGRATE_GET_MAX_DOWNTIME', 'domain_migrate_get_max_downtime', 'call', unpack_remote_domain_migrate_get_max_downtime_args, pack_remote_domain_migrate_get_max_downtime_args, pack_remote_domain_migrate_get_max_downtime_ret, unpack_remote_domain_migrate_get_max_downtime_ret, 1, None, None, False, False, ('domain:migrate',), (), None, False, False),
-    Procedure('remote', 536903814, 388, 'DOMAIN_MANAGED_SAVE_GET_XML_DESC', 'domain_managed_save_get_xml_desc', 'call', unpack_remote_domain_managed_save_get_xml_desc_args, pack_remote_domain_managed_save_get_xml_desc_args, pack_remote_domain_managed_save_get_xml_desc_ret, unpack_remote_domain_managed_save_get_xml_desc_ret, 1, None, None, False, True, ('domain:read', 'domain:read_secure:VIR_DOMAIN_SAVE_IMAGE_XML_SECURE'), (), None, False, False, 1),
-    Procedure('remote', 536903814, 389, 'DOMAIN_MANAGED_SAVE_DEFINE_XML', 'domain_managed_save_define_xml', 'call', unpack_remote_domain_managed_save_define_xml_args, pack_remote_domain_managed_save_define_xml_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:hibernate'), (), None, False, False),
-    Procedure('remote', 536903814, 390, 'DOMAIN_SET_LIFECYCLE_ACTION', 'domain_set_lifecycle_action', 'call', unpack_remote_domain_set_lifecycle_action_args, pack_remote_domain_set_lifecycle_action_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 391, 'STORAGE_POOL_LOOKUP_BY_TARGET_PATH', 'storage_pool_lookup_by_target_path', 'call', unpack_remote_storage_pool_lookup_by_target_path_args, pack_remote_storage_pool_lookup_by_target_path_args, pack_remote_storage_pool_lookup_by_target_path_ret, unpack_remote_storage_pool_lookup_by_target_path_ret, 1, None, None, True, True, ('storage_pool:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 392, 'DOMAIN_DETACH_DEVICE_ALIAS', 'domain_detach_device_alias', 'call', unpack_remote_domain_detach_device_alias_args, pack_remote_domain_detach_device_alias_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 393, 'CONNECT_COMPARE_HYPERVISOR_CPU', 'connect_compare_hypervisor_cpu', 'call', unpack_remote_connect_compare_hypervisor_cpu_args, pack_remote_connect_compare_hypervisor_cpu_args, pack_remote_connect_compare_hypervisor_cpu_ret, unpack_remote_connect_compare_hypervisor_cpu_ret, 1, None, None, False, False, ('connect:write',), (), None, False, False),
-    Procedure('remote', 536903814, 394, 'CONNECT_BASELINE_HYPERVISOR_CPU', 'connect_baseline_hypervisor_cpu', 'call', unpack_remote_connect_baseline_hypervisor_cpu_args, pack_remote_connect_baseline_hypervisor_cpu_args, pack_remote_connect_baseline_hypervisor_cpu_ret, unpack_remote_connect_baseline_hypervisor_cpu_ret, 1, None, None, False, False, ('connect:write',), (), None, False, False),
-    Procedure('remote', 536903814, 395, 'NODE_GET_SEV_INFO', 'node_get_sev_info', 'call', unpack_remote_node_get_sev_info_args, pack_remote_node_get_sev_info_args, pack_remote_node_get_sev_info_ret, unpack_remote_node_get_sev_info_ret, 2, None, None, False, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 396, 'DOMAIN_GET_LAUNCH_SECURITY_INFO', 'domain_get_launch_security_info', 'call', unpack_remote_domain_get_launch_security_info_args, pack_remote_domain_get_launch_security_info_args, pack_remote_domain_get_launch_security_info_ret, unpack_remote_domain_get_launch_security_info_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 397, 'NWFILTER_BINDING_LOOKUP_BY_PORT_DEV', 'nwfilter_binding_lookup_by_port_dev', 'call', unpack_remote_nwfilter_binding_lookup_by_port_dev_args, pack_remote_nwfilter_binding_lookup_by_port_dev_args, pack_remote_nwfilter_binding_lookup_by_port_dev_ret, unpack_remote_nwfilter_binding_lookup_by_port_dev_ret, 1, None, None, True, True, ('nwfilter_binding:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 398, 'NWFILTER_BINDING_GET_XML_DESC', 'nwfilter_binding_get_xml_desc', 'call', unpack_remote_nwfilter_binding_get_xml_desc_args, pack_remote_nwfilter_binding_get_xml_desc_args, pack_remote_nwfilter_binding_get_xml_desc_ret, unpack_remote_nwfilter_binding_get_xml_desc_ret, 1, None, None, True, True, ('nwfilter_binding:read',), (), None, False, False),
-    Procedure('remote', 536903814, 399, 'NWFILTER_BINDING_CREATE_XML', 'nwfilter_binding_create_xml', 'call', unpack_remote_nwfilter_binding_create_xml_args, pack_remote_nwfilter_binding_create_xml_args, pack_remote_nwfilter_binding_create_xml_ret, unpack_remote_nwfilter_binding_create_xml_ret, 1, None, None, True, False, ('nwfilter_binding:create',), (), None, False, False),
-    Procedure('remote', 536903814, 400, 'NWFILTER_BINDING_DELETE', 'nwfilter_binding_delete', 'call', unpack_remote_nwfilter_binding_delete_args, pack_remote_nwfilter_binding_delete_args, None, None, 0, None, None, True, False, ('nwfilter_binding:delete',), (), None, False, False),
-    Procedure('remote', 536903814, 401, 'CONNECT_LIST_ALL_NWFILTER_BINDINGS', 'connect_list_all_nwfilter_bindings', 'call', unpack_remote_connect_list_all_nwfilter_bindings_args, pack_remote_connect_list_all_nwfilter_bindings_args, pack_remote_connect_list_all_nwfilter_bindings_ret, unpack_remote_connect_list_all_nwfilter_bindings_ret, 2, None, None, True, True, ('connect:search_nwfilter_bindings',), ('nwfilter_binding:getattr',), None, False, False),
-    Procedure('remote', 536903814, 402, 'DOMAIN_SET_IOTHREAD_PARAMS', 'domain_set_iothread_params', 'call', unpack_remote_domain_set_iothread_params_args, pack_remote_domain_set_iothread_params_args, None, None, 0, None, None, False, False, ('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), (), None, False, False),
-    Procedure('remote', 536903814, 403, 'CONNECT_GET_STORAGE_POOL_CAPABILITIES', 'connect_get_storage_pool_capabilities', 'call', unpack_remote_connect_get_storage_pool_capabilities_args, pack_remote_connect_get_storage_pool_capabilities_args, pack_remote_connect_get_storage_pool_capabilities_ret, unpack_remote_connect_get_storage_pool_capabilities_ret, 1, None, None, False, True, ('connect:read',), (), None, False, False),
-    Procedure('remote', 536903814, 404, 'NETWORK_LIST_ALL_PORTS', 'network_list_all_ports', 'call', unpack_remote_network_list_all_ports_args, pack_remote_network_list_all_ports_args, pack_remote_network_list_all_ports_ret, unpack_remote_network_list_all_ports_ret, 2, None, None, True, True, ('network:search_ports',), ('network_port:getattr',), None, False, False),
-    Procedure('remote', 536903814, 405, 'NETWORK_PORT_LOOKUP_BY_UUID', 'network_port_lookup_by_uuid', 'call', unpack_remote_network_port_lookup_by_uuid_args, pack_remote_network_port_lookup_by_uuid_args, pack_remote_network_port_lookup_by_uuid_ret, unpack_remote_network_port_lookup_by_uuid_ret, 1, None, None, True, True, ('network_port:getattr',), (), None, False, False),
-    Procedure('remote', 536903814, 406, 'NETWORK_PORT_CREATE_XML', 'network_port_create_xml', 'call', unpack_remote_network_port_create_xml_args, pack_remote_network_port_create_xml_args, pack_remote_network_port_create_xml_ret, unpack_remote_network_port_create_xml_ret, 1, None, None, False, False, ('network_port:create',), (), None, False, False),
-    Procedure('remote', 536903814, 407, 'NETWORK_PORT_GET_PARAMETERS', 'network_port_get_parameters', 'call', unpack_remote_network_port_get_parameters_args, pack_remote_network_port_get_parameters_args, pack_remote_network_port_get_parameters_ret, unpack_remote_network_port_get_parameters_ret, 2, None, None, False, True, ('network_port:read',), (), None, False, False),
-    Procedure('remote', 536903814, 408, 'NETWORK_PORT_SET_PARAMETERS', 'network_port_set_parameters', 'call', unpack_remote_network_port_set_parameters_args, pack_remote_network_port_set_parameters_args, None, None, 0, None, None, False, False, ('network_port:write',), (), None, False, False),
-    Procedure('remote', 536903814, 409, 'NETWORK_PORT_GET_XML_DESC', 'network_port_get_xml_desc', 'call', unpack_remote_network_port_get_xml_desc_args, pack_remote_network_port_get_xml_desc_args, pack_remote_network_port_get_xml_desc_ret, unpack_remote_network_port_get_xml_desc_ret, 1, None, None, False, True, ('network_port:read',), (), None, False, False),
-    Procedure('remote', 536903814, 410, 'NETWORK_PORT_DELETE', 'network_port_delete', 'call', unpack_remote_network_port_delete_args, pack_remote_network_port_delete_args, None, None, 0, None, None, False, False, ('network_port:delete',), (), None, False, False),
-    Procedure('remote', 536903814, 411, 'DOMAIN_CHECKPOINT_CREATE_XML', 'domain_checkpoint_create_xml', 'call', unpack_remote_domain_checkpoint_create_xml_args, pack_remote_domain_checkpoint_create_xml_args, pack_remote_domain_checkpoint_create_xml_ret, unpack_remote_domain_checkpoint_create_xml_ret, 1, None, None, False, False, ('domain:checkpoint', 'domain:fs_freeze:VIR_DOMAIN_CHECKPOINT_CREATE_QUIESCE'), (), None, False, False),
-    Procedure('remote', 536903814, 412, 'DOMAIN_CHECKPOINT_GET_XML_DESC', 'domain_checkpoint_get_xml_desc', 'call', unpack_remote_domain_checkpoint_get_xml_desc_args, pack_remote_domain_checkpoint_get_xml_desc_args, pack_remote_domain_checkpoint_get_xml_desc_ret, unpack_remote_domain_checkpoint_get_xml_desc_ret, 1, None, None, False, True, ('domain:read', 'domain:read_secure:VIR_DOMAIN_CHECKPOINT_XML_SECURE'), (), None, False, False, 1),
-    Procedure('remote', 536903814, 413, 'DOMAIN_LIST_ALL_CHECKPOINTS', 'domain_list_all_checkpoints', 'call', unpack_remote_domain_list_all_checkpoints_args, pack_remote_domain_list_all_checkpoints_args, pack_remote_domain_list_all_checkpoints_ret, unpack_remote_domain_list_all_checkpoints_ret, 2, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 414, 'DOMAIN_CHECKPOINT_LIST_ALL_CHILDREN', 'domain_checkpoint_list_all_children', 'call', unpack_remote_domain_checkpoint_list_all_children_args, pack_remote_domain_checkpoint_list_all_children_args, pack_remote_domain_checkpoint_list_all_children_ret, unpack_remote_domain_checkpoint_list_all_children_ret, 2, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 415, 'DOMAIN_CHECKPOINT_LOOKUP_BY_NAME', 'domain_checkpoint_lookup_by_name', 'call', unpack_remote_domain_checkpoint_lookup_by_name_args, pack_remote_domain_checkpoint_lookup_by_name_args, pack_remote_domain_checkpoint_lookup_by_name_ret, unpack_remote_domain_checkpoint_lookup_by_name_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 416, 'DOMAIN_CHECKPOINT_GET_PARENT', 'domain_checkpoint_get_parent', 'call', unpack_remote_domain_checkpoint_get_parent_args, pack_remote_domain_checkpoint_get_parent_args, pack_remote_domain_checkpoint_get_parent_ret, unpack_remote_domain_checkpoint_get_parent_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 417, 'DOMAIN_CHECKPOINT_DELETE', 'domain_checkpoint_delete', 'call', unpack_remote_domain_checkpoint_delete_args, pack_remote_domain_checkpoint_delete_args, None, None, 0, None, None, False, False, ('domain:checkpoint',), (), None, False, False),
-    Procedure('remote', 536903814, 418, 'DOMAIN_GET_GUEST_INFO', 'domain_get_guest_info', 'call', unpack_remote_domain_get_guest_info_args, pack_remote_domain_get_guest_info_args, pack_remote_domain_get_guest_info_ret, unpack_remote_domain_get_guest_info_ret, 1, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 419, 'CONNECT_SET_IDENTITY', 'connect_set_identity', 'call', unpack_remote_connect_set_identity_args, pack_remote_connect_set_identity_args, None, None, 0, None, None, False, False, ('connect:write',), (), None, False, False),
-    Procedure('remote', 536903814, 420, 'DOMAIN_AGENT_SET_RESPONSE_TIMEOUT', 'domain_agent_set_response_timeout', 'call', unpack_remote_domain_agent_set_response_timeout_args, pack_remote_domain_agent_set_response_timeout_args, pack_remote_domain_agent_set_response_timeout_ret, unpack_remote_domain_agent_set_response_timeout_ret, 1, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 421, 'DOMAIN_BACKUP_BEGIN', 'domain_backup_begin', 'call', unpack_remote_domain_backup_begin_args, pack_remote_domain_backup_begin_args, None, None, 0, None, None, False, False, ('domain:checkpoint', 'domain:block_write'), (), None, False, False),
-    Procedure('remote', 536903814, 422, 'DOMAIN_BACKUP_GET_XML_DESC', 'domain_backup_get_xml_desc', 'call', unpack_remote_domain_backup_get_xml_desc_args, pack_remote_domain_backup_get_xml_desc_args, pack_remote_domain_backup_get_xml_desc_ret, unpack_remote_domain_backup_get_xml_desc_ret, 1, None, None, True, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 423, 'DOMAIN_EVENT_MEMORY_FAILURE', 'domain_event_memory_failure', 'event', None, None, None, None, 0, pack_remote_domain_event_memory_failure_msg, unpack_remote_domain_event_memory_failure_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 424, 'DOMAIN_AUTHORIZED_SSH_KEYS_GET', 'domain_authorized_ssh_keys_get', 'call', unpack_remote_domain_authorized_ssh_keys_get_args, pack_remote_domain_authorized_ssh_keys_get_args, pack_remote_domain_authorized_ssh_keys_get_ret, unpack_remote_domain_authorized_ssh_keys_get_ret, 1, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 425, 'DOMAIN_AUTHORIZED_SSH_KEYS_SET', 'domain_authorized_ssh_keys_set', 'call', unpack_remote_domain_authorized_ssh_keys_set_args, pack_remote_domain_authorized_ssh_keys_set_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 426, 'DOMAIN_GET_MESSAGES', 'domain_get_messages', 'call', unpack_remote_domain_get_messages_args, pack_remote_domain_get_messages_args, pack_remote_domain_get_messages_ret, unpack_remote_domain_get_messages_ret, 1, None, None, False, True, ('domain:read',), (), None, False, False),
-    Procedure('remote', 536903814, 427, 'DOMAIN_START_DIRTY_RATE_CALC', 'domain_start_dirty_rate_calc', 'call', unpack_remote_domain_start_dirty_rate_calc_args, pack_remote_domain_start_dirty_rate_calc_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 428, 'NODE_DEVICE_DEFINE_XML', 'node_device_define_xml', 'call', unpack_remote_node_device_define_xml_args, pack_remote_node_device_define_xml_args, pack_remote_node_device_define_xml_ret, unpack_remote_node_device_define_xml_ret, 1, None, None, False, False, ('node_device:write',), (), None, False, False),
-    Procedure('remote', 536903814, 429, 'NODE_DEVICE_UNDEFINE', 'node_device_undefine', 'call', unpack_remote_node_device_undefine_args, pack_remote_node_device_undefine_args, None, None, 0, None, None, True, False, ('node_device:delete',), (), None, False, False),
-    Procedure('remote', 536903814, 430, 'NODE_DEVICE_CREATE', 'node_device_create', 'call', unpack_remote_node_device_create_args, pack_remote_node_device_create_args, None, None, 0, None, None, True, False, ('node_device:start',), (), None, False, False),
-    Procedure('remote', 536903814, 431, 'NWFILTER_DEFINE_XML_FLAGS', 'nwfilter_define_xml_flags', 'call', unpack_remote_nwfilter_define_xml_flags_args, pack_remote_nwfilter_define_xml_flags_args, pack_remote_nwfilter_define_xml_flags_ret, unpack_remote_nwfilter_define_xml_flags_ret, 1, None, None, True, False, ('nwfilter:write', 'nwfilter:save'), (), None, False, False),
-    Procedure('remote', 536903814, 432, 'NETWORK_DEFINE_XML_FLAGS', 'network_define_xml_flags', 'call', unpack_remote_network_define_xml_flags_args, pack_remote_network_define_xml_flags_args, pack_remote_network_define_xml_flags_ret, unpack_remote_network_define_xml_flags_ret, 1, None, None, True, False, ('network:write', 'network:save'), (), None, False, False),
-    Procedure('remote', 536903814, 433, 'NODE_DEVICE_GET_AUTOSTART', 'node_device_get_autostart', 'call', unpack_remote_node_device_get_autostart_args, pack_remote_node_device_get_autostart_args, pack_remote_node_device_get_autostart_ret, unpack_remote_node_device_get_autostart_ret, 1, None, None, True, True, ('node_device:read',), (), None, False, False),
-    Procedure('remote', 536903814, 434, 'NODE_DEVICE_SET_AUTOSTART', 'node_device_set_autostart', 'call', unpack_remote_node_device_set_autostart_args, pack_remote_node_device_set_autostart_args, None, None, 0, None, None, True, False, ('node_device:write',), (), None, False, False),
-    Procedure('remote', 536903814, 435, 'NODE_DEVICE_IS_PERSISTENT', 'node_device_is_persistent', 'call', unpack_remote_node_device_is_persistent_args, pack_remote_node_device_is_persistent_args, pack_remote_node_device_is_persistent_ret, unpack_remote_node_device_is_persistent_ret, 1, None, None, True, True, ('node_device:read',), (), None, False, False),
-    Procedure('remote', 536903814, 436, 'NODE_DEVICE_IS_ACTIVE', 'node_device_is_active', 'call', unpack_remote_node_device_is_active_args, pack_remote_node_device_is_active_args, pack_remote_node_device_is_active_ret, unpack_remote_node_device_is_active_ret, 1, None, None, True, True, ('node_device:read',), (), None, False, False),
-    Procedure('remote', 536903814, 437, 'NETWORK_CREATE_XML_FLAGS', 'network_create_xml_flags', 'call', unpack_remote_network_create_xml_flags_args, pack_remote_network_create_xml_flags_args, pack_remote_network_create_xml_flags_ret, unpack_remote_network_create_xml_flags_ret, 1, None, None, True, False, ('network:write', 'network:start'), (), None, False, False),
-    Procedure('remote', 536903814, 438, 'DOMAIN_EVENT_MEMORY_DEVICE_SIZE_CHANGE', 'domain_event_memory_device_size_change', 'event', None, None, None, None, 0, pack_remote_domain_event_memory_device_size_change_msg, unpack_remote_domain_event_memory_device_size_change_msg, False, True, ('none',), (), None, False, False),
-    Procedure('remote', 536903814, 439, 'DOMAIN_SET_LAUNCH_SECURITY_STATE', 'domain_set_launch_security_state', 'call', unpack_remote_domain_set_launch_security_state_args, pack_remote_domain_set_launch_security_state_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 440, 'DOMAIN_SAVE_PARAMS', 'domain_save_params', 'call', unpack_remote_domain_save_params_args, pack_remote_domain_save_params_args, None, None, 0, None, None, False, False, ('domain:hibernate',), (), None, False, False),
-    Procedure('remote', 536903814, 441, 'DOMAIN_RESTORE_PARAMS', 'domain_restore_params', 'call', unpack_remote_domain_restore_params_args, pack_remote_domain_restore_params_args, None, None, 0, None, None, False, False, ('domain:start', 'domain:write'), (), None, False, False),
-    Procedure('remote', 536903814, 442, 'DOMAIN_ABORT_JOB_FLAGS', 'domain_abort_job_flags', 'call', unpack_remote_domain_abort_job_flags_args, pack_remote_domain_abort_job_flags_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('remote', 536903814, 443, 'DOMAIN_FD_ASSOCIATE', 'domain_fd_associate', 'call', unpack_remote_domain_fd_associate_args, pack_remote_domain_fd_associate_args, None, None, 0, None, None, False, False, ('domain:write',), (), None, True, False),
-    Procedure('qemu', 536903815, 1, 'DOMAIN_MONITOR_COMMAND', 'qemu_domain_monitor_command', 'call', unpack_qemu_domain_monitor_command_args, pack_qemu_domain_monitor_command_args, pack_qemu_domain_monitor_command_ret, unpack_qemu_domain_monitor_command_ret, 1, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('qemu', 536903815, 2, 'DOMAIN_ATTACH', 'qemu_domain_attach', 'call', unpack_qemu_domain_attach_args, pack_qemu_domain_attach_args, pack_qemu_domain_attach_ret, unpack_qemu_domain_attach_ret, 1, None, None, False, False, ('domain:start', 'domain:write'), (), None, False, False),
-    Procedure('qemu', 536903815, 3, 'DOMAIN_AGENT_COMMAND', 'qemu_domain_agent_command', 'call', unpack_qemu_domain_agent_command_args, pack_qemu_domain_agent_command_args, pack_qemu_domain_agent_command_ret, unpack_qemu_domain_agent_command_ret, 1, None, None, False, False, ('domain:write',), (), None, False, False),
-    Procedure('qemu', 536903815, 4, 'CONNECT_DOMAIN_MONITOR_EVENT_REGISTER', 'qemu_connect_domain_monitor_event_register', 'call', unpack_qemu_connect_domain_monitor_event_register_args, pack_qemu_connect_domain_monitor_event_register_args, pack_qemu_connect_domain_monitor_event_register_ret, unpack_qemu_connect_domain_monitor_event_register_ret, 1, None, None, True, False, ('connect:search_domains', 'connect:write'), ('domain:getattr',), None, False, False),
-    Procedure('qemu', 536903815, 5, 'CONNECT_DOMAIN_MONITOR_EVENT_DEREGISTER', 'qemu_connect_domain_monitor_event_deregister', 'call', unpack_qemu_connect_domain_monitor_event_deregister_args, pack_qemu_connect_domain_monitor_event_deregister_args, None, None, 0, None, None, True, False, ('connect:write',), (), None, False, False),
-    Procedure('qemu', 536903815, 6, 'DOMAIN_MONITOR_EVENT', 'qemu_domain_monitor_event', 'event', None, None, None, None, 0, pack_qemu_domain_monitor_event_msg, unpack_qemu_domain_monitor_event_msg, False, True, ('none',), (), None, False, False),
-    Procedure('qemu', 536903815, 7, 'DOMAIN_MONITOR_COMMAND_WITH_FILES', 'qemu_domain_monitor_command_with_files', 'call', unpack_qemu_domain_monitor_command_with_files_args, pack_qemu_domain_monitor_command_with_files_args, pack_qemu_domain_monitor_command_with_files_ret, unpack_qemu_domain_monitor_command_with_files_ret, 1, None, None, False, False, ('domain:write',), (), None, True, True),
-    Procedure('lxc', 425984, 1, 'DOMAIN_OPEN_NAMESPACE', 'lxc_domain_open_namespace', 'call', unpack_lxc_domain_open_namespace_args, pack_lxc_domain_open_namespace_args, None, None, 0, None, None, False, False, ('domain:open_namespace',), (), None, False, True),
-    Procedure('admin', 110102160, 1, 'CONNECT_OPEN', 'connect_open', 'call', unpack_admin_connect_open_args, pack_admin_connect_open_args, None, None, 0, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 2, 'CONNECT_CLOSE', 'connect_close', 'call', None, None, None, None, 0, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 3, 'CONNECT_GET_LIB_VERSION', 'connect_get_lib_version', 'call', None, None, pack_admin_connect_get_lib_version_ret, unpack_admin_connect_get_lib_version_ret, 1, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 4, 'CONNECT_LIST_SERVERS', 'connect_list_servers', 'call', unpack_admin_connect_list_servers_args, pack_admin_connect_list_servers_args, pack_admin_connect_list_servers_ret, unpack_admin_connect_list_servers_ret, 2, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 5, 'CONNECT_LOOKUP_SERVER', 'connect_lookup_server', 'call', unpack_admin_connect_lookup_server_args, pack_admin_connect_lookup_server_args, pack_admin_connect_lookup_server_ret, unpack_admin_connect_lookup_server_ret, 1, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 6, 'SERVER_GET_THREADPOOL_PARAMETERS', 'server_get_threadpool_parameters', 'call', unpack_admin_server_get_threadpool_parameters_args, pack_admin_server_get_threadpool_parameters_args, pack_admin_server_get_threadpool_parameters_ret, unpack_admin_server_get_threadpool_parameters_ret, 1, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 7, 'SERVER_SET_THREADPOOL_PARAMETERS', 'server_set_threadpool_parameters', 'call', unpack_admin_server_set_threadpool_parameters_args, pack_admin_server_set_threadpool_parameters_args, None, None, 0, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 8, 'SERVER_LIST_CLIENTS', 'server_list_clients', 'call', unpack_admin_server_list_clients_args, pack_admin_server_list_clients_args, pack_admin_server_list_clients_ret, unpack_admin_server_list_clients_ret, 2, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 9, 'SERVER_LOOKUP_CLIENT', 'server_lookup_client', 'call', unpack_admin_server_lookup_client_args, pack_admin_server_lookup_client_args, pack_admin_server_lookup_client_ret, unpack_admin_server_lookup_client_ret, 1, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 10, 'CLIENT_GET_INFO', 'client_get_info', 'call', unpack_admin_client_get_info_args, pack_admin_client_get_info_args, pack_admin_client_get_info_ret, unpack_admin_client_get_info_ret, 1, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 11, 'CLIENT_CLOSE', 'client_close', 'call', unpack_admin_client_close_args, pack_admin_client_close_args, None, None, 0, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 12, 'SERVER_GET_CLIENT_LIMITS', 'server_get_client_limits', 'call', unpack_admin_server_get_client_limits_args, pack_admin_server_get_client_limits_args, pack_admin_server_get_client_limits_ret, unpack_admin_server_get_client_limits_ret, 1, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 13, 'SERVER_SET_CLIENT_LIMITS', 'server_set_client_limits', 'call', unpack_admin_server_set_client_limits_args, pack_admin_server_set_client_limits_args, None, None, 0, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 14, 'CONNECT_GET_LOGGING_OUTPUTS', 'connect_get_logging_outputs', 'call', unpack_admin_connect_get_logging_outputs_args, pack_admin_connect_get_logging_outputs_args, pack_admin_connect_get_logging_outputs_ret, unpack_admin_connect_get_logging_outputs_ret, 2, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 15, 'CONNECT_GET_LOGGING_FILTERS', 'connect_get_logging_filters', 'call', unpack_admin_connect_get_logging_filters_args, pack_admin_connect_get_logging_filters_args, pack_admin_connect_get_logging_filters_ret, unpack_admin_connect_get_logging_filters_ret, 2, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 16, 'CONNECT_SET_LOGGING_OUTPUTS', 'connect_set_logging_outputs', 'call', unpack_admin_connect_set_logging_outputs_args, pack_admin_connect_set_logging_outputs_args, None, None, 0, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 17, 'CONNECT_SET_LOGGING_FILTERS', 'connect_set_logging_filters', 'call', unpack_admin_connect_set_logging_filters_args, pack_admin_connect_set_logging_filters_args, None, None, 0, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 18, 'SERVER_UPDATE_TLS_FILES', 'server_update_tls_files', 'call', unpack_admin_server_update_tls_files_args, pack_admin_server_update_tls_files_args, None, None, 0, None, None, False, True, (), (), None, False, False),
-    Procedure('admin', 110102160, 19, 'CONNECT_SET_DAEMON_TIMEOUT', 'connect_set_daemon_timeout', 'call', unpack_admin_connect_set_daemon_timeout_args, pack_admin_connect_set_daemon_timeout_args, None, None, 0, None, None, False, True, (), (), None, False, False),
+    Procedure(program='keepalive', prog=1801807216, number=1, name='PING', method='ping', api_name=None, error_domain=VIR_FROM_NONE, kind='keepalive', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='keepalive', prog=1801807216, number=2, name='PONG', method='pong', api_name=None, error_domain=VIR_FROM_NONE, kind='keepalive', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=1, name='CONNECT_OPEN', method='connect_open', api_name='virConnectOpen', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_open_args, pack_args=pack_remote_connect_open_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=2, name='CONNECT_CLOSE', method='connect_close', api_name='virConnectClose', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=3, name='CONNECT_GET_TYPE', method='connect_get_type', api_name='virConnectGetType', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_get_type_ret, unpack_ret=unpack_remote_connect_get_type_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=4, name='CONNECT_GET_VERSION', method='connect_get_version', api_name='virConnectGetVersion', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_get_version_ret, unpack_ret=unpack_remote_connect_get_version_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=5, name='CONNECT_GET_MAX_VCPUS', method='connect_get_max_vcpus', api_name='virConnectGetMaxVcpus', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_get_max_vcpus_args, pack_args=pack_remote_connect_get_max_vcpus_args, pack_ret=pack_remote_connect_get_max_vcpus_ret, unpack_ret=unpack_remote_connect_get_max_vcpus_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=6, name='NODE_GET_INFO', method='node_get_info', api_name='virNodeGetInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_node_get_info_ret, unpack_ret=unpack_remote_node_get_info_ret, ret_fields=8, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=7, name='CONNECT_GET_CAPABILITIES', method='connect_get_capabilities', api_name='virConnectGetCapabilities', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_get_capabilities_ret, unpack_ret=unpack_remote_connect_get_capabilities_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=8, name='DOMAIN_ATTACH_DEVICE', method='domain_attach_device', api_name='virDomainAttachDevice', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_attach_device_args, pack_args=pack_remote_domain_attach_device_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=9, name='DOMAIN_CREATE', method='domain_create', api_name='virDomainCreate', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_create_args, pack_args=pack_remote_domain_create_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:start',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=10, name='DOMAIN_CREATE_XML', method='domain_create_xml', api_name='virDomainCreateXML', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_create_xml_args, pack_args=pack_remote_domain_create_xml_args, pack_ret=pack_remote_domain_create_xml_ret, unpack_ret=unpack_remote_domain_create_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:start'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=11, name='DOMAIN_DEFINE_XML', method='domain_define_xml', api_name='virDomainDefineXML', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_define_xml_args, pack_args=pack_remote_domain_define_xml_args, pack_ret=pack_remote_domain_define_xml_ret, unpack_ret=unpack_remote_domain_define_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('domain:write', 'domain:save'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=12, name='DOMAIN_DESTROY', method='domain_destroy', api_name='virDomainDestroy', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_destroy_args, pack_args=pack_remote_domain_destroy_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('domain:stop',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=13, name='DOMAIN_DETACH_DEVICE', method='domain_detach_device', api_name='virDomainDetachDevice', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_detach_device_args, pack_args=pack_remote_domain_detach_device_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=14, name='DOMAIN_GET_XML_DESC', method='domain_get_xml_desc', api_name='virDomainGetXMLDesc', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_xml_desc_args, pack_args=pack_remote_domain_get_xml_desc_args, pack_ret=pack_remote_domain_get_xml_desc_ret, unpack_ret=unpack_remote_domain_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read', 'domain:read_secure:VIR_DOMAIN_XML_SECURE', 'domain:read_secure:VIR_DOMAIN_XML_MIGRATABLE'), aclfilter=(), stream=None, fds_in=False, fds_out=False, readonly_deny_flags=1),
+    Procedure(program='remote', prog=536903814, number=15, name='DOMAIN_GET_AUTOSTART', method='domain_get_autostart', api_name='virDomainGetAutostart', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_autostart_args, pack_args=pack_remote_domain_get_autostart_args, pack_ret=pack_remote_domain_get_autostart_ret, unpack_ret=unpack_remote_domain_get_autostart_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=16, name='DOMAIN_GET_INFO', method='domain_get_info', api_name='virDomainGetInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_info_args, pack_args=pack_remote_domain_get_info_args, pack_ret=pack_remote_domain_get_info_ret, unpack_ret=unpack_remote_domain_get_info_ret, ret_fields=5, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=17, name='DOMAIN_GET_MAX_MEMORY', method='domain_get_max_memory', api_name='virDomainGetMaxMemory', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_max_memory_args, pack_args=pack_remote_domain_get_max_memory_args, pack_ret=pack_remote_domain_get_max_memory_ret, unpack_ret=unpack_remote_domain_get_max_memory_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=18, name='DOMAIN_GET_MAX_VCPUS', method='domain_get_max_vcpus', api_name='virDomainGetMaxVcpus', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_max_vcpus_args, pack_args=pack_remote_domain_get_max_vcpus_args, pack_ret=pack_remote_domain_get_max_vcpus_ret, unpack_ret=unpack_remote_domain_get_max_vcpus_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=19, name='DOMAIN_GET_OS_TYPE', method='domain_get_os_type', api_name='virDomainGetOSType', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_os_type_args, pack_args=pack_remote_domain_get_os_type_args, pack_ret=pack_remote_domain_get_os_type_ret, unpack_ret=unpack_remote_domain_get_os_type_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=20, name='DOMAIN_GET_VCPUS', method='domain_get_vcpus', api_name='virDomainGetVcpus', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_vcpus_args, pack_args=pack_remote_domain_get_vcpus_args, pack_ret=pack_remote_domain_get_vcpus_ret, unpack_ret=unpack_remote_domain_get_vcpus_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=21, name='CONNECT_LIST_DEFINED_DOMAINS', method='connect_list_defined_domains', api_name='virConnectListDefinedDomains', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_list_defined_domains_args, pack_args=pack_remote_connect_list_defined_domains_args, pack_ret=pack_remote_connect_list_defined_domains_ret, unpack_ret=unpack_remote_connect_list_defined_domains_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_domains',), aclfilter=('domain:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=22, name='DOMAIN_LOOKUP_BY_ID', method='domain_lookup_by_id', api_name='virDomainLookupByID', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_lookup_by_id_args, pack_args=pack_remote_domain_lookup_by_id_args, pack_ret=pack_remote_domain_lookup_by_id_ret, unpack_ret=unpack_remote_domain_lookup_by_id_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=23, name='DOMAIN_LOOKUP_BY_NAME', method='domain_lookup_by_name', api_name='virDomainLookupByName', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_lookup_by_name_args, pack_args=pack_remote_domain_lookup_by_name_args, pack_ret=pack_remote_domain_lookup_by_name_ret, unpack_ret=unpack_remote_domain_lookup_by_name_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=24, name='DOMAIN_LOOKUP_BY_UUID', method='domain_lookup_by_uuid', api_name='virDomainLookupByUUID', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_lookup_by_uuid_args, pack_args=pack_remote_domain_lookup_by_uuid_args, pack_ret=pack_remote_domain_lookup_by_uuid_ret, unpack_ret=unpack_remote_domain_lookup_by_uuid_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=25, name='CONNECT_NUM_OF_DEFINED_DOMAINS', method='connect_num_of_defined_domains', api_name='virConnectNumOfDefinedDomains', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_num_of_defined_domains_ret, unpack_ret=unpack_remote_connect_num_of_defined_domains_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_domains',), aclfilter=('domain:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=26, name='DOMAIN_PIN_VCPU', method='domain_pin_vcpu', api_name='virDomainPinVcpu', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_pin_vcpu_args, pack_args=pack_remote_domain_pin_vcpu_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=27, name='DOMAIN_REBOOT', method='domain_reboot', api_name='virDomainReboot', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_reboot_args, pack_args=pack_remote_domain_reboot_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:init_control', 'domain:write:VIR_DOMAIN_REBOOT_GUEST_AGENT'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=28, name='DOMAIN_RESUME', method='domain_resume', api_name='virDomainResume', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_resume_args, pack_args=pack_remote_domain_resume_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:suspend',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=29, name='DOMAIN_SET_AUTOSTART', method='domain_set_autostart', api_name='virDomainSetAutostart', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_autostart_args, pack_args=pack_remote_domain_set_autostart_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=30, name='DOMAIN_SET_MAX_MEMORY', method='domain_set_max_memory', api_name='virDomainSetMaxMemory', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_max_memory_args, pack_args=pack_remote_domain_set_max_memory_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=31, name='DOMAIN_SET_MEMORY', method='domain_set_memory', api_name='virDomainSetMemory', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_memory_args, pack_args=pack_remote_domain_set_memory_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=32, name='DOMAIN_SET_VCPUS', method='domain_set_vcpus', api_name='virDomainSetVcpus', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_vcpus_args, pack_args=pack_remote_domain_set_vcpus_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=33, name='DOMAIN_SHUTDOWN', method='domain_shutdown', api_name='virDomainShutdown', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_shutdown_args, pack_args=pack_remote_domain_shutdown_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:init_control',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=34, name='DOMAIN_SUSPEND', method='domain_suspend', api_name='virDomainSuspend', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_suspend_args, pack_args=pack_remote_domain_suspend_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:suspend',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=35, name='DOMAIN_UNDEFINE', method='domain_undefine', api_name='virDomainUndefine', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_undefine_args, pack_args=pack_remote_domain_undefine_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('domain:delete',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=36, name='CONNECT_LIST_DEFINED_NETWORKS', method='connect_list_defined_networks', api_name='virConnectListDefinedNetworks', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_connect_list_defined_networks_args, pack_args=pack_remote_connect_list_defined_networks_args, pack_ret=pack_remote_connect_list_defined_networks_ret, unpack_ret=unpack_remote_connect_list_defined_networks_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_networks',), aclfilter=('network:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=37, name='CONNECT_LIST_DOMAINS', method='connect_list_domains', api_name='virConnectListDomains', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_list_domains_args, pack_args=pack_remote_connect_list_domains_args, pack_ret=pack_remote_connect_list_domains_ret, unpack_ret=unpack_remote_connect_list_domains_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_domains',), aclfilter=('domain:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=38, name='CONNECT_LIST_NETWORKS', method='connect_list_networks', api_name='virConnectListNetworks', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_connect_list_networks_args, pack_args=pack_remote_connect_list_networks_args, pack_ret=pack_remote_connect_list_networks_ret, unpack_ret=unpack_remote_connect_list_networks_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_networks',), aclfilter=('network:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=39, name='NETWORK_CREATE', method='network_create', api_name='virNetworkCreate', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_create_args, pack_args=pack_remote_network_create_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('network:start',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=40, name='NETWORK_CREATE_XML', method='network_create_xml', api_name='virNetworkCreateXML', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_create_xml_args, pack_args=pack_remote_network_create_xml_args, pack_ret=pack_remote_network_create_xml_ret, unpack_ret=unpack_remote_network_create_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('network:write', 'network:start'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=41, name='NETWORK_DEFINE_XML', method='network_define_xml', api_name='virNetworkDefineXML', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_define_xml_args, pack_args=pack_remote_network_define_xml_args, pack_ret=pack_remote_network_define_xml_ret, unpack_ret=unpack_remote_network_define_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('network:write', 'network:save'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=42, name='NETWORK_DESTROY', method='network_destroy', api_name='virNetworkDestroy', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_destroy_args, pack_args=pack_remote_network_destroy_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('network:stop',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=43, name='NETWORK_GET_XML_DESC', method='network_get_xml_desc', api_name='virNetworkGetXMLDesc', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_get_xml_desc_args, pack_args=pack_remote_network_get_xml_desc_args, pack_ret=pack_remote_network_get_xml_desc_ret, unpack_ret=unpack_remote_network_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('network:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=44, name='NETWORK_GET_AUTOSTART', method='network_get_autostart', api_name='virNetworkGetAutostart', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_get_autostart_args, pack_args=pack_remote_network_get_autostart_args, pack_ret=pack_remote_network_get_autostart_ret, unpack_ret=unpack_remote_network_get_autostart_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('network:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=45, name='NETWORK_GET_BRIDGE_NAME', method='network_get_bridge_name', api_name='virNetworkGetBridgeName', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_get_bridge_name_args, pack_args=pack_remote_network_get_bridge_name_args, pack_ret=pack_remote_network_get_bridge_name_ret, unpack_ret=unpack_remote_network_get_bridge_name_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('network:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=46, name='NETWORK_LOOKUP_BY_NAME', method='network_lookup_by_name', api_name='virNetworkLookupByName', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_lookup_by_name_args, pack_args=pack_remote_network_lookup_by_name_args, pack_ret=pack_remote_network_lookup_by_name_ret, unpack_ret=unpack_remote_network_lookup_by_name_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('network:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=47, name='NETWORK_LOOKUP_BY_UUID', method='network_lookup_by_uuid', api_name='virNetworkLookupByUUID', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_lookup_by_uuid_args, pack_args=pack_remote_network_lookup_by_uuid_args, pack_ret=pack_remote_network_lookup_by_uuid_ret, unpack_ret=unpack_remote_network_lookup_by_uuid_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('network:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=48, name='NETWORK_SET_AUTOSTART', method='network_set_autostart', api_name='virNetworkSetAutostart', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_set_autostart_args, pack_args=pack_remote_network_set_autostart_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('network:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=49, name='NETWORK_UNDEFINE', method='network_undefine', api_name='virNetworkUndefine', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_undefine_args, pack_args=pack_remote_network_undefine_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('network:delete',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=50, name='CONNECT_NUM_OF_DEFINED_NETWORKS', method='connect_num_of_defined_networks', api_name='virConnectNumOfDefinedNetworks', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_num_of_defined_networks_ret, unpack_ret=unpack_remote_connect_num_of_defined_networks_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_networks',), aclfilter=('network:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=51, name='CONNECT_NUM_OF_DOMAINS', method='connect_num_of_domains', api_name='virConnectNumOfDomains', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_num_of_domains_ret, unpack_ret=unpack_remote_connect_num_of_domains_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_domains',), aclfilter=('domain:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=52, name='CONNECT_NUM_OF_NETWORKS', method='connect_num_of_networks', api_name='virConnectNumOfNetworks', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_num_of_networks_ret, unpack_ret=unpack_remote_connect_num_of_networks_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_networks',), aclfilter=('network:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=53, name='DOMAIN_CORE_DUMP', method='domain_core_dump', api_name='virDomainCoreDump', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_core_dump_args, pack_args=pack_remote_domain_core_dump_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:core_dump',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=54, name='DOMAIN_RESTORE', method='domain_restore', api_name='virDomainRestore', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_restore_args, pack_args=pack_remote_domain_restore_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:start', 'domain:write'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=55, name='DOMAIN_SAVE', method='domain_save', api_name='virDomainSave', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_save_args, pack_args=pack_remote_domain_save_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:hibernate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=56, name='DOMAIN_GET_SCHEDULER_TYPE', method='domain_get_scheduler_type', api_name='virDomainGetSchedulerType', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_scheduler_type_args, pack_args=pack_remote_domain_get_scheduler_type_args, pack_ret=pack_remote_domain_get_scheduler_type_ret, unpack_ret=unpack_remote_domain_get_scheduler_type_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=57, name='DOMAIN_GET_SCHEDULER_PARAMETERS', method='domain_get_scheduler_parameters', api_name='virDomainGetSchedulerParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_scheduler_parameters_args, pack_args=pack_remote_domain_get_scheduler_parameters_args, pack_ret=pack_remote_domain_get_scheduler_parameters_ret, unpack_ret=unpack_remote_domain_get_scheduler_parameters_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=58, name='DOMAIN_SET_SCHEDULER_PARAMETERS', method='domain_set_scheduler_parameters', api_name='virDomainSetSchedulerParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_scheduler_parameters_args, pack_args=pack_remote_domain_set_scheduler_parameters_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=59, name='CONNECT_GET_HOSTNAME', method='connect_get_hostname', api_name='virConnectGetHostname', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_get_hostname_ret, unpack_ret=unpack_remote_connect_get_hostname_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=60, name='CONNECT_SUPPORTS_FEATURE', method='connect_supports_feature', api_name='virConnectSupportsFeature', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_supports_feature_args, pack_args=pack_remote_connect_supports_feature_args, pack_ret=pack_remote_connect_supports_feature_ret, unpack_ret=unpack_remote_connect_supports_feature_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=61, name='DOMAIN_MIGRATE_PREPARE', method='domain_migrate_prepare', api_name='virDomainMigratePrepare', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_prepare_args, pack_args=pack_remote_domain_migrate_prepare_args, pack_ret=pack_remote_domain_migrate_prepare_ret, unpack_ret=unpack_remote_domain_migrate_prepare_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate', 'domain:start', 'domain:write'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=62, name='DOMAIN_MIGRATE_PERFORM', method='domain_migrate_perform', api_name='virDomainMigratePerform', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_perform_args, pack_args=pack_remote_domain_migrate_perform_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=63, name='DOMAIN_MIGRATE_FINISH', method='domain_migrate_finish', api_name='virDomainMigrateFinish', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_finish_args, pack_args=pack_remote_domain_migrate_finish_args, pack_ret=pack_remote_domain_migrate_finish_ret, unpack_ret=unpack_remote_domain_migrate_finish_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=64, name='DOMAIN_BLOCK_STATS', method='domain_block_stats', api_name='virDomainBlockStats', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_block_stats_args, pack_args=pack_remote_domain_block_stats_args, pack_ret=pack_remote_domain_block_stats_ret, unpack_ret=unpack_remote_domain_block_stats_ret, ret_fields=5, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=65, name='DOMAIN_INTERFACE_STATS', method='domain_interface_stats', api_name='virDomainInterfaceStats', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_interface_stats_args, pack_args=pack_remote_domain_interface_stats_args, pack_ret=pack_remote_domain_interface_stats_ret, unpack_ret=unpack_remote_domain_interface_stats_ret, ret_fields=8, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=66, name='AUTH_LIST', method='auth_list', api_name=None, error_domain=VIR_FROM_NONE, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_auth_list_ret, unpack_ret=unpack_remote_auth_list_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=67, name='AUTH_SASL_INIT', method='auth_sasl_init', api_name=None, error_domain=VIR_FROM_NONE, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_auth_sasl_init_ret, unpack_ret=unpack_remote_auth_sasl_init_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=68, name='AUTH_SASL_START', method='auth_sasl_start', api_name=None, error_domain=VIR_FROM_NONE, kind='call', unpack_args=unpack_remote_auth_sasl_start_args, pack_args=pack_remote_auth_sasl_start_args, pack_ret=pack_remote_auth_sasl_start_ret, unpack_ret=unpack_remote_auth_sasl_start_ret, ret_fields=3, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=69, name='AUTH_SASL_STEP', method='auth_sasl_step', api_name=None, error_domain=VIR_FROM_NONE, kind='call', unpack_args=unpack_remote_auth_sasl_step_args, pack_args=pack_remote_auth_sasl_step_args, pack_ret=pack_remote_auth_sasl_step_ret, unpack_ret=unpack_remote_auth_sasl_step_ret, ret_fields=3, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=70, name='AUTH_POLKIT', method='auth_polkit', api_name=None, error_domain=VIR_FROM_NONE, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_auth_polkit_ret, unpack_ret=unpack_remote_auth_polkit_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=71, name='CONNECT_NUM_OF_STORAGE_POOLS', method='connect_num_of_storage_pools', api_name='virConnectNumOfStoragePools', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_num_of_storage_pools_ret, unpack_ret=unpack_remote_connect_num_of_storage_pools_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_storage_pools',), aclfilter=('storage_pool:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=72, name='CONNECT_LIST_STORAGE_POOLS', method='connect_list_storage_pools', api_name='virConnectListStoragePools', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_connect_list_storage_pools_args, pack_args=pack_remote_connect_list_storage_pools_args, pack_ret=pack_remote_connect_list_storage_pools_ret, unpack_ret=unpack_remote_connect_list_storage_pools_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_storage_pools',), aclfilter=('storage_pool:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=73, name='CONNECT_NUM_OF_DEFINED_STORAGE_POOLS', method='connect_num_of_defined_storage_pools', api_name='virConnectNumOfDefinedStoragePools', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_num_of_defined_storage_pools_ret, unpack_ret=unpack_remote_connect_num_of_defined_storage_pools_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_storage_pools',), aclfilter=('storage_pool:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=74, name='CONNECT_LIST_DEFINED_STORAGE_POOLS', method='connect_list_defined_storage_pools', api_name='virConnectListDefinedStoragePools', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_connect_list_defined_storage_pools_args, pack_args=pack_remote_connect_list_defined_storage_pools_args, pack_ret=pack_remote_connect_list_defined_storage_pools_ret, unpack_ret=unpack_remote_connect_list_defined_storage_pools_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_storage_pools',), aclfilter=('storage_pool:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=75, name='CONNECT_FIND_STORAGE_POOL_SOURCES', method='connect_find_storage_pool_sources', api_name='virConnectFindStoragePoolSources', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_connect_find_storage_pool_sources_args, pack_args=pack_remote_connect_find_storage_pool_sources_args, pack_ret=pack_remote_connect_find_storage_pool_sources_ret, unpack_ret=unpack_remote_connect_find_storage_pool_sources_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:detect_storage_pools',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=76, name='STORAGE_POOL_CREATE_XML', method='storage_pool_create_xml', api_name='virStoragePoolCreateXML', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_create_xml_args, pack_args=pack_remote_storage_pool_create_xml_args, pack_ret=pack_remote_storage_pool_create_xml_ret, unpack_ret=unpack_remote_storage_pool_create_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_pool:start', 'storage_pool:write'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=77, name='STORAGE_POOL_DEFINE_XML', method='storage_pool_define_xml', api_name='virStoragePoolDefineXML', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_define_xml_args, pack_args=pack_remote_storage_pool_define_xml_args, pack_ret=pack_remote_storage_pool_define_xml_ret, unpack_ret=unpack_remote_storage_pool_define_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('storage_pool:write', 'storage_pool:save'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=78, name='STORAGE_POOL_CREATE', method='storage_pool_create', api_name='virStoragePoolCreate', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_create_args, pack_args=pack_remote_storage_pool_create_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_pool:start',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=79, name='STORAGE_POOL_BUILD', method='storage_pool_build', api_name='virStoragePoolBuild', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_build_args, pack_args=pack_remote_storage_pool_build_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_pool:format',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=80, name='STORAGE_POOL_DESTROY', method='storage_pool_destroy', api_name='virStoragePoolDestroy', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_destroy_args, pack_args=pack_remote_storage_pool_destroy_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('storage_pool:stop',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=81, name='STORAGE_POOL_DELETE', method='storage_pool_delete', api_name='virStoragePoolDelete', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_delete_args, pack_args=pack_remote_storage_pool_delete_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_pool:format',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=82, name='STORAGE_POOL_UNDEFINE', method='storage_pool_undefine', api_name='virStoragePoolUndefine', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_undefine_args, pack_args=pack_remote_storage_pool_undefine_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('storage_pool:delete',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=83, name='STORAGE_POOL_REFRESH', method='storage_pool_refresh', api_name='virStoragePoolRefresh', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_refresh_args, pack_args=pack_remote_storage_pool_refresh_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_pool:refresh',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=84, name='STORAGE_POOL_LOOKUP_BY_NAME', method='storage_pool_lookup_by_name', api_name='virStoragePoolLookupByName', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_lookup_by_name_args, pack_args=pack_remote_storage_pool_lookup_by_name_args, pack_ret=pack_remote_storage_pool_lookup_by_name_ret, unpack_ret=unpack_remote_storage_pool_lookup_by_name_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=85, name='STORAGE_POOL_LOOKUP_BY_UUID', method='storage_pool_lookup_by_uuid', api_name='virStoragePoolLookupByUUID', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_lookup_by_uuid_args, pack_args=pack_remote_storage_pool_lookup_by_uuid_args, pack_ret=pack_remote_storage_pool_lookup_by_uuid_ret, unpack_ret=unpack_remote_storage_pool_lookup_by_uuid_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=86, name='STORAGE_POOL_LOOKUP_BY_VOLUME', method='storage_pool_lookup_by_volume', api_name='virStoragePoolLookupByVolume', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_lookup_by_volume_args, pack_args=pack_remote_storage_pool_lookup_by_volume_args, pack_ret=pack_remote_storage_pool_lookup_by_volume_ret, unpack_ret=unpack_remote_storage_pool_lookup_by_volume_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=87, name='STORAGE_POOL_GET_INFO', method='storage_pool_get_info', api_name='virStoragePoolGetInfo', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_get_info_args, pack_args=pack_remote_storage_pool_get_info_args, pack_ret=pack_remote_storage_pool_get_info_ret, unpack_ret=unpack_remote_storage_pool_get_info_ret, ret_fields=4, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=88, name='STORAGE_POOL_GET_XML_DESC', method='storage_pool_get_xml_desc', api_name='virStoragePoolGetXMLDesc', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_get_xml_desc_args, pack_args=pack_remote_storage_pool_get_xml_desc_args, pack_ret=pack_remote_storage_pool_get_xml_desc_ret, unpack_ret=unpack_remote_storage_pool_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=89, name='STORAGE_POOL_GET_AUTOSTART', method='storage_pool_get_autostart', api_name='virStoragePoolGetAutostart', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_get_autostart_args, pack_args=pack_remote_storage_pool_get_autostart_args, pack_ret=pack_remote_storage_pool_get_autostart_ret, unpack_ret=unpack_remote_storage_pool_get_autostart_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=90, name='STORAGE_POOL_SET_AUTOSTART', method='storage_pool_set_autostart', api_name='virStoragePoolSetAutostart', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_set_autostart_args, pack_args=pack_remote_storage_pool_set_autostart_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('storage_pool:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=91, name='STORAGE_POOL_NUM_OF_VOLUMES', method='storage_pool_num_of_volumes', api_name='virStoragePoolNumOfVolumes', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_num_of_volumes_args, pack_args=pack_remote_storage_pool_num_of_volumes_args, pack_ret=pack_remote_storage_pool_num_of_volumes_ret, unpack_ret=unpack_remote_storage_pool_num_of_volumes_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:search_storage_vols',), aclfilter=('storage_vol:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=92, name='STORAGE_POOL_LIST_VOLUMES', method='storage_pool_list_volumes', api_name='virStoragePoolListVolumes', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_list_volumes_args, pack_args=pack_remote_storage_pool_list_volumes_args, pack_ret=pack_remote_storage_pool_list_volumes_ret, unpack_ret=unpack_remote_storage_pool_list_volumes_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:search_storage_vols',), aclfilter=('storage_vol:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=93, name='STORAGE_VOL_CREATE_XML', method='storage_vol_create_xml', api_name='virStorageVolCreateXML', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_create_xml_args, pack_args=pack_remote_storage_vol_create_xml_args, pack_ret=pack_remote_storage_vol_create_xml_ret, unpack_ret=unpack_remote_storage_vol_create_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_vol:create',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=94, name='STORAGE_VOL_DELETE', method='storage_vol_delete', api_name='virStorageVolDelete', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_delete_args, pack_args=pack_remote_storage_vol_delete_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_vol:delete',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=95, name='STORAGE_VOL_LOOKUP_BY_NAME', method='storage_vol_lookup_by_name', api_name='virStorageVolLookupByName', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_lookup_by_name_args, pack_args=pack_remote_storage_vol_lookup_by_name_args, pack_ret=pack_remote_storage_vol_lookup_by_name_ret, unpack_ret=unpack_remote_storage_vol_lookup_by_name_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_vol:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=96, name='STORAGE_VOL_LOOKUP_BY_KEY', method='storage_vol_lookup_by_key', api_name='virStorageVolLookupByKey', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_lookup_by_key_args, pack_args=pack_remote_storage_vol_lookup_by_key_args, pack_ret=pack_remote_storage_vol_lookup_by_key_ret, unpack_ret=unpack_remote_storage_vol_lookup_by_key_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_vol:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=97, name='STORAGE_VOL_LOOKUP_BY_PATH', method='storage_vol_lookup_by_path', api_name='virStorageVolLookupByPath', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_lookup_by_path_args, pack_args=pack_remote_storage_vol_lookup_by_path_args, pack_ret=pack_remote_storage_vol_lookup_by_path_ret, unpack_ret=unpack_remote_storage_vol_lookup_by_path_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_vol:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=98, name='STORAGE_VOL_GET_INFO', method='storage_vol_get_info', api_name='virStorageVolGetInfo', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_get_info_args, pack_args=pack_remote_storage_vol_get_info_args, pack_ret=pack_remote_storage_vol_get_info_ret, unpack_ret=unpack_remote_storage_vol_get_info_ret, ret_fields=3, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_vol:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=99, name='STORAGE_VOL_GET_XML_DESC', method='storage_vol_get_xml_desc', api_name='virStorageVolGetXMLDesc', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_get_xml_desc_args, pack_args=pack_remote_storage_vol_get_xml_desc_args, pack_ret=pack_remote_storage_vol_get_xml_desc_ret, unpack_ret=unpack_remote_storage_vol_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_vol:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=100, name='STORAGE_VOL_GET_PATH', method='storage_vol_get_path', api_name='virStorageVolGetPath', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_get_path_args, pack_args=pack_remote_storage_vol_get_path_args, pack_ret=pack_remote_storage_vol_get_path_ret, unpack_ret=unpack_remote_storage_vol_get_path_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_vol:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=101, name='NODE_GET_CELLS_FREE_MEMORY', method='node_get_cells_free_memory', api_name='virNodeGetCellsFreeMemory', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_node_get_cells_free_memory_args, pack_args=pack_remote_node_get_cells_free_memory_args, pack_ret=pack_remote_node_get_cells_free_memory_ret, unpack_ret=unpack_remote_node_get_cells_free_memory_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=102, name='NODE_GET_FREE_MEMORY', method='node_get_free_memory', api_name='virNodeGetFreeMemory', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_node_get_free_memory_ret, unpack_ret=unpack_remote_node_get_free_memory_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=103, name='DOMAIN_BLOCK_PEEK', method='domain_block_peek', api_name='virDomainBlockPeek', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_block_peek_args, pack_args=pack_remote_domain_block_peek_args, pack_ret=pack_remote_domain_block_peek_ret, unpack_ret=unpack_remote_domain_block_peek_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:block_read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=104, name='DOMAIN_MEMORY_PEEK', method='domain_memory_peek', api_name='virDomainMemoryPeek', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_memory_peek_args, pack_args=pack_remote_domain_memory_peek_args, pack_ret=pack_remote_domain_memory_peek_ret, unpack_ret=unpack_remote_domain_memory_peek_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:mem_read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=105, name='CONNECT_DOMAIN_EVENT_REGISTER', method='connect_domain_event_register', api_name='virConnectDomainEventRegister', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_domain_event_register_ret, unpack_ret=unpack_remote_connect_domain_event_register_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_domains',), aclfilter=('domain:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=106, name='CONNECT_DOMAIN_EVENT_DEREGISTER', method='connect_domain_event_deregister', api_name='virConnectDomainEventDeregister', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_domain_event_deregister_ret, unpack_ret=unpack_remote_connect_domain_event_deregister_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=107, name='DOMAIN_EVENT_LIFECYCLE', method='domain_event_lifecycle', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_lifecycle_msg, unpack_msg=unpack_remote_domain_event_lifecycle_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=108, name='DOMAIN_MIGRATE_PREPARE2', method='domain_migrate_prepare2', api_name='virDomainMigratePrepare2', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_prepare2_args, pack_args=pack_remote_domain_migrate_prepare2_args, pack_ret=pack_remote_domain_migrate_prepare2_ret, unpack_ret=unpack_remote_domain_migrate_prepare2_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate', 'domain:start', 'domain:write'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=109, name='DOMAIN_MIGRATE_FINISH2', method='domain_migrate_finish2', api_name='virDomainMigrateFinish2', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_finish2_args, pack_args=pack_remote_domain_migrate_finish2_args, pack_ret=pack_remote_domain_migrate_finish2_ret, unpack_ret=unpack_remote_domain_migrate_finish2_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=110, name='CONNECT_GET_URI', method='connect_get_uri', api_name='virConnectGetURI', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_get_uri_ret, unpack_ret=unpack_remote_connect_get_uri_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=111, name='NODE_NUM_OF_DEVICES', method='node_num_of_devices', api_name='virNodeNumOfDevices', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_num_of_devices_args, pack_args=pack_remote_node_num_of_devices_args, pack_ret=pack_remote_node_num_of_devices_ret, unpack_ret=unpack_remote_node_num_of_devices_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_node_devices',), aclfilter=('node_device:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=112, name='NODE_LIST_DEVICES', method='node_list_devices', api_name='virNodeListDevices', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_list_devices_args, pack_args=pack_remote_node_list_devices_args, pack_ret=pack_remote_node_list_devices_ret, unpack_ret=unpack_remote_node_list_devices_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_node_devices',), aclfilter=('node_device:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=113, name='NODE_DEVICE_LOOKUP_BY_NAME', method='node_device_lookup_by_name', api_name='virNodeDeviceLookupByName', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_lookup_by_name_args, pack_args=pack_remote_node_device_lookup_by_name_args, pack_ret=pack_remote_node_device_lookup_by_name_ret, unpack_ret=unpack_remote_node_device_lookup_by_name_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('node_device:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=114, name='NODE_DEVICE_GET_XML_DESC', method='node_device_get_xml_desc', api_name='virNodeDeviceGetXMLDesc', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_get_xml_desc_args, pack_args=pack_remote_node_device_get_xml_desc_args, pack_ret=pack_remote_node_device_get_xml_desc_ret, unpack_ret=unpack_remote_node_device_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('node_device:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=115, name='NODE_DEVICE_GET_PARENT', method='node_device_get_parent', api_name='virNodeDeviceGetParent', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_get_parent_args, pack_args=pack_remote_node_device_get_parent_args, pack_ret=pack_remote_node_device_get_parent_ret, unpack_ret=unpack_remote_node_device_get_parent_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('node_device:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=116, name='NODE_DEVICE_NUM_OF_CAPS', method='node_device_num_of_caps', api_name='virNodeDeviceNumOfCaps', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_num_of_caps_args, pack_args=pack_remote_node_device_num_of_caps_args, pack_ret=pack_remote_node_device_num_of_caps_ret, unpack_ret=unpack_remote_node_device_num_of_caps_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('node_device:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=117, name='NODE_DEVICE_LIST_CAPS', method='node_device_list_caps', api_name='virNodeDeviceListCaps', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_list_caps_args, pack_args=pack_remote_node_device_list_caps_args, pack_ret=pack_remote_node_device_list_caps_ret, unpack_ret=unpack_remote_node_device_list_caps_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('node_device:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=118, name='NODE_DEVICE_DETTACH', method='node_device_dettach', api_name='virNodeDeviceDettach', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_dettach_args, pack_args=pack_remote_node_device_dettach_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('node_device:detach',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=119, name='NODE_DEVICE_RE_ATTACH', method='node_device_re_attach', api_name='virNodeDeviceReAttach', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_re_attach_args, pack_args=pack_remote_node_device_re_attach_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('node_device:detach',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=120, name='NODE_DEVICE_RESET', method='node_device_reset', api_name='virNodeDeviceReset', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_reset_args, pack_args=pack_remote_node_device_reset_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('node_device:detach',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=121, name='DOMAIN_GET_SECURITY_LABEL', method='domain_get_security_label', api_name='virDomainGetSecurityLabel', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_security_label_args, pack_args=pack_remote_domain_get_security_label_args, pack_ret=pack_remote_domain_get_security_label_ret, unpack_ret=unpack_remote_domain_get_security_label_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=122, name='NODE_GET_SECURITY_MODEL', method='node_get_security_model', api_name='virNodeGetSecurityModel', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_node_get_security_model_ret, unpack_ret=unpack_remote_node_get_security_model_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=123, name='NODE_DEVICE_CREATE_XML', method='node_device_create_xml', api_name='virNodeDeviceCreateXML', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_create_xml_args, pack_args=pack_remote_node_device_create_xml_args, pack_ret=pack_remote_node_device_create_xml_ret, unpack_ret=unpack_remote_node_device_create_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('node_device:write', 'node_device:start'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=124, name='NODE_DEVICE_DESTROY', method='node_device_destroy', api_name='virNodeDeviceDestroy', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_destroy_args, pack_args=pack_remote_node_device_destroy_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('node_device:stop',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=125, name='STORAGE_VOL_CREATE_XML_FROM', method='storage_vol_create_xml_from', api_name='virStorageVolCreateXMLFrom', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_create_xml_from_args, pack_args=pack_remote_storage_vol_create_xml_from_args, pack_ret=pack_remote_storage_vol_create_xml_from_ret, unpack_ret=unpack_remote_storage_vol_create_xml_from_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_vol:create',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=126, name='CONNECT_NUM_OF_INTERFACES', method='connect_num_of_interfaces', api_name='virConnectNumOfInterfaces', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_num_of_interfaces_ret, unpack_ret=unpack_remote_connect_num_of_interfaces_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_interfaces',), aclfilter=('interface:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=127, name='CONNECT_LIST_INTERFACES', method='connect_list_interfaces', api_name='virConnectListInterfaces', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_connect_list_interfaces_args, pack_args=pack_remote_connect_list_interfaces_args, pack_ret=pack_remote_connect_list_interfaces_ret, unpack_ret=unpack_remote_connect_list_interfaces_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_interfaces',), aclfilter=('interface:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=128, name='INTERFACE_LOOKUP_BY_NAME', method='interface_lookup_by_name', api_name='virInterfaceLookupByName', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_interface_lookup_by_name_args, pack_args=pack_remote_interface_lookup_by_name_args, pack_ret=pack_remote_interface_lookup_by_name_ret, unpack_ret=unpack_remote_interface_lookup_by_name_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('interface:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=129, name='INTERFACE_LOOKUP_BY_MAC_STRING', method='interface_lookup_by_mac_string', api_name='virInterfaceLookupByMACString', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_interface_lookup_by_mac_string_args, pack_args=pack_remote_interface_lookup_by_mac_string_args, pack_ret=pack_remote_interface_lookup_by_mac_string_ret, unpack_ret=unpack_remote_interface_lookup_by_mac_string_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('interface:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=130, name='INTERFACE_GET_XML_DESC', method='interface_get_xml_desc', api_name='virInterfaceGetXMLDesc', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_interface_get_xml_desc_args, pack_args=pack_remote_interface_get_xml_desc_args, pack_ret=pack_remote_interface_get_xml_desc_ret, unpack_ret=unpack_remote_interface_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('interface:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=131, name='INTERFACE_DEFINE_XML', method='interface_define_xml', api_name='virInterfaceDefineXML', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_interface_define_xml_args, pack_args=pack_remote_interface_define_xml_args, pack_ret=pack_remote_interface_define_xml_ret, unpack_ret=unpack_remote_interface_define_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('interface:write', 'interface:save'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=132, name='INTERFACE_UNDEFINE', method='interface_undefine', api_name='virInterfaceUndefine', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_interface_undefine_args, pack_args=pack_remote_interface_undefine_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('interface:delete',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=133, name='INTERFACE_CREATE', method='interface_create', api_name='virInterfaceCreate', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_interface_create_args, pack_args=pack_remote_interface_create_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('interface:start',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=134, name='INTERFACE_DESTROY', method='interface_destroy', api_name='virInterfaceDestroy', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_interface_destroy_args, pack_args=pack_remote_interface_destroy_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('interface:stop',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=135, name='CONNECT_DOMAIN_XML_FROM_NATIVE', method='connect_domain_xml_from_native', api_name='virConnectDomainXMLFromNative', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_domain_xml_from_native_args, pack_args=pack_remote_connect_domain_xml_from_native_args, pack_ret=pack_remote_connect_domain_xml_from_native_ret, unpack_ret=unpack_remote_connect_domain_xml_from_native_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=136, name='CONNECT_DOMAIN_XML_TO_NATIVE', method='connect_domain_xml_to_native', api_name='virConnectDomainXMLToNative', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_domain_xml_to_native_args, pack_args=pack_remote_connect_domain_xml_to_native_args, pack_ret=pack_remote_connect_domain_xml_to_native_ret, unpack_ret=unpack_remote_connect_domain_xml_to_native_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=137, name='CONNECT_NUM_OF_DEFINED_INTERFACES', method='connect_num_of_defined_interfaces', api_name='virConnectNumOfDefinedInterfaces', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_num_of_defined_interfaces_ret, unpack_ret=unpack_remote_connect_num_of_defined_interfaces_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_interfaces',), aclfilter=('interface:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=138, name='CONNECT_LIST_DEFINED_INTERFACES', method='connect_list_defined_interfaces', api_name='virConnectListDefinedInterfaces', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_connect_list_defined_interfaces_args, pack_args=pack_remote_connect_list_defined_interfaces_args, pack_ret=pack_remote_connect_list_defined_interfaces_ret, unpack_ret=unpack_remote_connect_list_defined_interfaces_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_interfaces',), aclfilter=('interface:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=139, name='CONNECT_NUM_OF_SECRETS', method='connect_num_of_secrets', api_name='virConnectNumOfSecrets', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_num_of_secrets_ret, unpack_ret=unpack_remote_connect_num_of_secrets_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_secrets',), aclfilter=('secret:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=140, name='CONNECT_LIST_SECRETS', method='connect_list_secrets', api_name='virConnectListSecrets', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=unpack_remote_connect_list_secrets_args, pack_args=pack_remote_connect_list_secrets_args, pack_ret=pack_remote_connect_list_secrets_ret, unpack_ret=unpack_remote_connect_list_secrets_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_secrets',), aclfilter=('secret:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=141, name='SECRET_LOOKUP_BY_UUID', method='secret_lookup_by_uuid', api_name='virSecretLookupByUUID', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=unpack_remote_secret_lookup_by_uuid_args, pack_args=pack_remote_secret_lookup_by_uuid_args, pack_ret=pack_remote_secret_lookup_by_uuid_ret, unpack_ret=unpack_remote_secret_lookup_by_uuid_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('secret:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=142, name='SECRET_DEFINE_XML', method='secret_define_xml', api_name='virSecretDefineXML', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=unpack_remote_secret_define_xml_args, pack_args=pack_remote_secret_define_xml_args, pack_ret=pack_remote_secret_define_xml_ret, unpack_ret=unpack_remote_secret_define_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('secret:write', 'secret:save'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=143, name='SECRET_GET_XML_DESC', method='secret_get_xml_desc', api_name='virSecretGetXMLDesc', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=unpack_remote_secret_get_xml_desc_args, pack_args=pack_remote_secret_get_xml_desc_args, pack_ret=pack_remote_secret_get_xml_desc_ret, unpack_ret=unpack_remote_secret_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('secret:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=144, name='SECRET_SET_VALUE', method='secret_set_value', api_name='virSecretSetValue', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=unpack_remote_secret_set_value_args, pack_args=pack_remote_secret_set_value_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('secret:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=145, name='SECRET_GET_VALUE', method='secret_get_value', api_name='virSecretGetValue', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=unpack_remote_secret_get_value_args, pack_args=pack_remote_secret_get_value_args, pack_ret=pack_remote_secret_get_value_ret, unpack_ret=unpack_remote_secret_get_value_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('secret:read_secure',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=146, name='SECRET_UNDEFINE', method='secret_undefine', api_name='virSecretUndefine', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=unpack_remote_secret_undefine_args, pack_args=pack_remote_secret_undefine_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('secret:delete',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=147, name='SECRET_LOOKUP_BY_USAGE', method='secret_lookup_by_usage', api_name='virSecretLookupByUsage', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=unpack_remote_secret_lookup_by_usage_args, pack_args=pack_remote_secret_lookup_by_usage_args, pack_ret=pack_remote_secret_lookup_by_usage_ret, unpack_ret=unpack_remote_secret_lookup_by_usage_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('secret:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=148, name='DOMAIN_MIGRATE_PREPARE_TUNNEL', method='domain_migrate_prepare_tunnel', api_name='virDomainMigratePrepareTunnel', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_prepare_tunnel_args, pack_args=pack_remote_domain_migrate_prepare_tunnel_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate', 'domain:start', 'domain:write'), aclfilter=(), stream='write', fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=149, name='CONNECT_IS_SECURE', method='connect_is_secure', api_name='virConnectIsSecure', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_is_secure_ret, unpack_ret=unpack_remote_connect_is_secure_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=150, name='DOMAIN_IS_ACTIVE', method='domain_is_active', api_name='virDomainIsActive', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_is_active_args, pack_args=pack_remote_domain_is_active_args, pack_ret=pack_remote_domain_is_active_ret, unpack_ret=unpack_remote_domain_is_active_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=151, name='DOMAIN_IS_PERSISTENT', method='domain_is_persistent', api_name='virDomainIsPersistent', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_is_persistent_args, pack_args=pack_remote_domain_is_persistent_args, pack_ret=pack_remote_domain_is_persistent_ret, unpack_ret=unpack_remote_domain_is_persistent_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=152, name='NETWORK_IS_ACTIVE', method='network_is_active', api_name='virNetworkIsActive', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_is_active_args, pack_args=pack_remote_network_is_active_args, pack_ret=pack_remote_network_is_active_ret, unpack_ret=unpack_remote_network_is_active_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('network:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=153, name='NETWORK_IS_PERSISTENT', method='network_is_persistent', api_name='virNetworkIsPersistent', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_is_persistent_args, pack_args=pack_remote_network_is_persistent_args, pack_ret=pack_remote_network_is_persistent_ret, unpack_ret=unpack_remote_network_is_persistent_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('network:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=154, name='STORAGE_POOL_IS_ACTIVE', method='storage_pool_is_active', api_name='virStoragePoolIsActive', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_is_active_args, pack_args=pack_remote_storage_pool_is_active_args, pack_ret=pack_remote_storage_pool_is_active_ret, unpack_ret=unpack_remote_storage_pool_is_active_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=155, name='STORAGE_POOL_IS_PERSISTENT', method='storage_pool_is_persistent', api_name='virStoragePoolIsPersistent', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_is_persistent_args, pack_args=pack_remote_storage_pool_is_persistent_args, pack_ret=pack_remote_storage_pool_is_persistent_ret, unpack_ret=unpack_remote_storage_pool_is_persistent_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=156, name='INTERFACE_IS_ACTIVE', method='interface_is_active', api_name='virInterfaceIsActive', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_interface_is_active_args, pack_args=pack_remote_interface_is_active_args, pack_ret=pack_remote_interface_is_active_ret, unpack_ret=unpack_remote_interface_is_active_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('interface:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=157, name='CONNECT_GET_LIB_VERSION', method='connect_get_lib_version', api_name='virConnectGetLibVersion', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_get_lib_version_ret, unpack_ret=unpack_remote_connect_get_lib_version_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=158, name='CONNECT_COMPARE_CPU', method='connect_compare_cpu', api_name='virConnectCompareCPU', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_compare_cpu_args, pack_args=pack_remote_connect_compare_cpu_args, pack_ret=pack_remote_connect_compare_cpu_ret, unpack_ret=unpack_remote_connect_compare_cpu_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=159, name='DOMAIN_MEMORY_STATS', method='domain_memory_stats', api_name='virDomainMemoryStats', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_memory_stats_args, pack_args=pack_remote_domain_memory_stats_args, pack_ret=pack_remote_domain_memory_stats_ret, unpack_ret=unpack_remote_domain_memory_stats_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=160, name='DOMAIN_ATTACH_DEVICE_FLAGS', method='domain_attach_device_flags', api_name='virDomainAttachDeviceFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_attach_device_flags_args, pack_args=pack_remote_domain_attach_device_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=161, name='DOMAIN_DETACH_DEVICE_FLAGS', method='domain_detach_device_flags', api_name='virDomainDetachDeviceFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_detach_device_flags_args, pack_args=pack_remote_domain_detach_device_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=162, name='CONNECT_BASELINE_CPU', method='connect_baseline_cpu', api_name='virConnectBaselineCPU', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_baseline_cpu_args, pack_args=pack_remote_connect_baseline_cpu_args, pack_ret=pack_remote_connect_baseline_cpu_ret, unpack_ret=unpack_remote_connect_baseline_cpu_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=163, name='DOMAIN_GET_JOB_INFO', method='domain_get_job_info', api_name='virDomainGetJobInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_job_info_args, pack_args=pack_remote_domain_get_job_info_args, pack_ret=pack_remote_domain_get_job_info_ret, unpack_ret=unpack_remote_domain_get_job_info_ret, ret_fields=12, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=164, name='DOMAIN_ABORT_JOB', method='domain_abort_job', api_name='virDomainAbortJob', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_abort_job_args, pack_args=pack_remote_domain_abort_job_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=165, name='STORAGE_VOL_WIPE', method='storage_vol_wipe', api_name='virStorageVolWipe', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_wipe_args, pack_args=pack_remote_storage_vol_wipe_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_vol:format',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=166, name='DOMAIN_MIGRATE_SET_MAX_DOWNTIME', method='domain_migrate_set_max_downtime', api_name='virDomainMigrateSetMaxDowntime', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_set_max_downtime_args, pack_args=pack_remote_domain_migrate_set_max_downtime_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=167, name='CONNECT_DOMAIN_EVENT_REGISTER_ANY', method='connect_domain_event_register_any', api_name='virConnectDomainEventRegisterAny', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_domain_event_register_any_args, pack_args=pack_remote_connect_domain_event_register_any_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_domains',), aclfilter=('domain:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=168, name='CONNECT_DOMAIN_EVENT_DEREGISTER_ANY', method='connect_domain_event_deregister_any', api_name='virConnectDomainEventDeregisterAny', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_domain_event_deregister_any_args, pack_args=pack_remote_connect_domain_event_deregister_any_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=169, name='DOMAIN_EVENT_REBOOT', method='domain_event_reboot', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_reboot_msg, unpack_msg=unpack_remote_domain_event_reboot_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=170, name='DOMAIN_EVENT_RTC_CHANGE', method='domain_event_rtc_change', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_rtc_change_msg, unpack_msg=unpack_remote_domain_event_rtc_change_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=171, name='DOMAIN_EVENT_WATCHDOG', method='domain_event_watchdog', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_watchdog_msg, unpack_msg=unpack_remote_domain_event_watchdog_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=172, name='DOMAIN_EVENT_IO_ERROR', method='domain_event_io_error', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_io_error_msg, unpack_msg=unpack_remote_domain_event_io_error_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=173, name='DOMAIN_EVENT_GRAPHICS', method='domain_event_graphics', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_graphics_msg, unpack_msg=unpack_remote_domain_event_graphics_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=174, name='DOMAIN_UPDATE_DEVICE_FLAGS', method='domain_update_device_flags', api_name='virDomainUpdateDeviceFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_update_device_flags_args, pack_args=pack_remote_domain_update_device_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=175, name='NWFILTER_LOOKUP_BY_NAME', method='nwfilter_lookup_by_name', api_name='virNWFilterLookupByName', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_nwfilter_lookup_by_name_args, pack_args=pack_remote_nwfilter_lookup_by_name_args, pack_ret=pack_remote_nwfilter_lookup_by_name_ret, unpack_ret=unpack_remote_nwfilter_lookup_by_name_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('nwfilter:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=176, name='NWFILTER_LOOKUP_BY_UUID', method='nwfilter_lookup_by_uuid', api_name='virNWFilterLookupByUUID', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_nwfilter_lookup_by_uuid_args, pack_args=pack_remote_nwfilter_lookup_by_uuid_args, pack_ret=pack_remote_nwfilter_lookup_by_uuid_ret, unpack_ret=unpack_remote_nwfilter_lookup_by_uuid_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('nwfilter:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=177, name='NWFILTER_GET_XML_DESC', method='nwfilter_get_xml_desc', api_name='virNWFilterGetXMLDesc', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_nwfilter_get_xml_desc_args, pack_args=pack_remote_nwfilter_get_xml_desc_args, pack_ret=pack_remote_nwfilter_get_xml_desc_ret, unpack_ret=unpack_remote_nwfilter_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('nwfilter:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=178, name='CONNECT_NUM_OF_NWFILTERS', method='connect_num_of_nwfilters', api_name='virConnectNumOfNWFilters', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_remote_connect_num_of_nwfilters_ret, unpack_ret=unpack_remote_connect_num_of_nwfilters_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_nwfilters',), aclfilter=('nwfilter:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=179, name='CONNECT_LIST_NWFILTERS', method='connect_list_nwfilters', api_name='virConnectListNWFilters', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_connect_list_nwfilters_args, pack_args=pack_remote_connect_list_nwfilters_args, pack_ret=pack_remote_connect_list_nwfilters_ret, unpack_ret=unpack_remote_connect_list_nwfilters_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_nwfilters',), aclfilter=('nwfilter:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=180, name='NWFILTER_DEFINE_XML', method='nwfilter_define_xml', api_name='virNWFilterDefineXML', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_nwfilter_define_xml_args, pack_args=pack_remote_nwfilter_define_xml_args, pack_ret=pack_remote_nwfilter_define_xml_ret, unpack_ret=unpack_remote_nwfilter_define_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('nwfilter:write', 'nwfilter:save'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=181, name='NWFILTER_UNDEFINE', method='nwfilter_undefine', api_name='virNWFilterUndefine', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_nwfilter_undefine_args, pack_args=pack_remote_nwfilter_undefine_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('nwfilter:delete',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=182, name='DOMAIN_MANAGED_SAVE', method='domain_managed_save', api_name='virDomainManagedSave', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_managed_save_args, pack_args=pack_remote_domain_managed_save_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:hibernate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=183, name='DOMAIN_HAS_MANAGED_SAVE_IMAGE', method='domain_has_managed_save_image', api_name='virDomainHasManagedSaveImage', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_has_managed_save_image_args, pack_args=pack_remote_domain_has_managed_save_image_args, pack_ret=pack_remote_domain_has_managed_save_image_ret, unpack_ret=unpack_remote_domain_has_managed_save_image_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=184, name='DOMAIN_MANAGED_SAVE_REMOVE', method='domain_managed_save_remove', api_name='virDomainManagedSaveRemove', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_managed_save_remove_args, pack_args=pack_remote_domain_managed_save_remove_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:hibernate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=185, name='DOMAIN_SNAPSHOT_CREATE_XML', method='domain_snapshot_create_xml', api_name='virDomainSnapshotCreateXML', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_create_xml_args, pack_args=pack_remote_domain_snapshot_create_xml_args, pack_ret=pack_remote_domain_snapshot_create_xml_ret, unpack_ret=unpack_remote_domain_snapshot_create_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:snapshot', 'domain:fs_freeze:VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=186, name='DOMAIN_SNAPSHOT_GET_XML_DESC', method='domain_snapshot_get_xml_desc', api_name='virDomainSnapshotGetXMLDesc', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_get_xml_desc_args, pack_args=pack_remote_domain_snapshot_get_xml_desc_args, pack_ret=pack_remote_domain_snapshot_get_xml_desc_ret, unpack_ret=unpack_remote_domain_snapshot_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read', 'domain:read_secure:VIR_DOMAIN_SNAPSHOT_XML_SECURE'), aclfilter=(), stream=None, fds_in=False, fds_out=False, readonly_deny_flags=1),
+    Procedure(program='remote', prog=536903814, number=187, name='DOMAIN_SNAPSHOT_NUM', method='domain_snapshot_num', api_name='virDomainSnapshotNum', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_num_args, pack_args=pack_remote_domain_snapshot_num_args, pack_ret=pack_remote_domain_snapshot_num_ret, unpack_ret=unpack_remote_domain_snapshot_num_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=188, name='DOMAIN_SNAPSHOT_LIST_NAMES', method='domain_snapshot_list_names', api_name='virDomainSnapshotListNames', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_list_names_args, pack_args=pack_remote_domain_snapshot_list_names_args, pack_ret=pack_remote_domain_snapshot_list_names_ret, unpack_ret=unpack_remote_domain_snapshot_list_names_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=189, name='DOMAIN_SNAPSHOT_LOOKUP_BY_NAME', method='domain_snapshot_lookup_by_name', api_name='virDomainSnapshotLookupByName', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_lookup_by_name_args, pack_args=pack_remote_domain_snapshot_lookup_by_name_args, pack_ret=pack_remote_domain_snapshot_lookup_by_name_ret, unpack_ret=unpack_remote_domain_snapshot_lookup_by_name_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=190, name='DOMAIN_HAS_CURRENT_SNAPSHOT', method='domain_has_current_snapshot', api_name='virDomainHasCurrentSnapshot', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_has_current_snapshot_args, pack_args=pack_remote_domain_has_current_snapshot_args, pack_ret=pack_remote_domain_has_current_snapshot_ret, unpack_ret=unpack_remote_domain_has_current_snapshot_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=191, name='DOMAIN_SNAPSHOT_CURRENT', method='domain_snapshot_current', api_name='virDomainSnapshotCurrent', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_current_args, pack_args=pack_remote_domain_snapshot_current_args, pack_ret=pack_remote_domain_snapshot_current_ret, unpack_ret=unpack_remote_domain_snapshot_current_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=192, name='DOMAIN_REVERT_TO_SNAPSHOT', method='domain_revert_to_snapshot', api_name='virDomainRevertToSnapshot', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_revert_to_snapshot_args, pack_args=pack_remote_domain_revert_to_snapshot_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:snapshot',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=193, name='DOMAIN_SNAPSHOT_DELETE', method='domain_snapshot_delete', api_name='virDomainSnapshotDelete', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_delete_args, pack_args=pack_remote_domain_snapshot_delete_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:snapshot',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=194, name='DOMAIN_GET_BLOCK_INFO', method='domain_get_block_info', api_name='virDomainGetBlockInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_block_info_args, pack_args=pack_remote_domain_get_block_info_args, pack_ret=pack_remote_domain_get_block_info_ret, unpack_ret=unpack_remote_domain_get_block_info_ret, ret_fields=3, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=195, name='DOMAIN_EVENT_IO_ERROR_REASON', method='domain_event_io_error_reason', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_io_error_reason_msg, unpack_msg=unpack_remote_domain_event_io_error_reason_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=196, name='DOMAIN_CREATE_WITH_FLAGS', method='domain_create_with_flags', api_name='virDomainCreateWithFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_create_with_flags_args, pack_args=pack_remote_domain_create_with_flags_args, pack_ret=pack_remote_domain_create_with_flags_ret, unpack_ret=unpack_remote_domain_create_with_flags_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:start',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=197, name='DOMAIN_SET_MEMORY_PARAMETERS', method='domain_set_memory_parameters', api_name='virDomainSetMemoryParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_memory_parameters_args, pack_args=pack_remote_domain_set_memory_parameters_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=198, name='DOMAIN_GET_MEMORY_PARAMETERS', method='domain_get_memory_parameters', api_name='virDomainGetMemoryParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_memory_parameters_args, pack_args=pack_remote_domain_get_memory_parameters_args, pack_ret=pack_remote_domain_get_memory_parameters_ret, unpack_ret=unpack_remote_domain_get_memory_parameters_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=199, name='DOMAIN_SET_VCPUS_FLAGS', method='domain_set_vcpus_flags', api_name='virDomainSetVcpusFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_vcpus_flags_args, pack_args=pack_remote_domain_set_vcpus_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG', 'domain:write:VIR_DOMAIN_VCPU_GUEST'), aclfilter=(), stream=None, fds_in=False, fds_out=False, readonly_deny_flags=8),
+    Procedure(program='remote', prog=536903814, number=200, name='DOMAIN_GET_VCPUS_FLAGS', method='domain_get_vcpus_flags', api_name='virDomainGetVcpusFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_vcpus_flags_args, pack_args=pack_remote_domain_get_vcpus_flags_args, pack_ret=pack_remote_domain_get_vcpus_flags_ret, unpack_ret=unpack_remote_domain_get_vcpus_flags_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read', 'domain:write:VIR_DOMAIN_VCPU_GUEST'), aclfilter=(), stream=None, fds_in=False, fds_out=False, readonly_deny_flags=8),
+    Procedure(program='remote', prog=536903814, number=201, name='DOMAIN_OPEN_CONSOLE', method='domain_open_console', api_name='virDomainOpenConsole', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_open_console_args, pack_args=pack_remote_domain_open_console_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:open_device',), aclfilter=(), stream='read', fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=202, name='DOMAIN_IS_UPDATED', method='domain_is_updated', api_name='virDomainIsUpdated', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_is_updated_args, pack_args=pack_remote_domain_is_updated_args, pack_ret=pack_remote_domain_is_updated_ret, unpack_ret=unpack_remote_domain_is_updated_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=203, name='CONNECT_GET_SYSINFO', method='connect_get_sysinfo', api_name='virConnectGetSysinfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_get_sysinfo_args, pack_args=pack_remote_connect_get_sysinfo_args, pack_ret=pack_remote_connect_get_sysinfo_ret, unpack_ret=unpack_remote_connect_get_sysinfo_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=204, name='DOMAIN_SET_MEMORY_FLAGS', method='domain_set_memory_flags', api_name='virDomainSetMemoryFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_memory_flags_args, pack_args=pack_remote_domain_set_memory_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=205, name='DOMAIN_SET_BLKIO_PARAMETERS', method='domain_set_blkio_parameters', api_name='virDomainSetBlkioParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_blkio_parameters_args, pack_args=pack_remote_domain_set_blkio_parameters_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=206, name='DOMAIN_GET_BLKIO_PARAMETERS', method='domain_get_blkio_parameters', api_name='virDomainGetBlkioParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_blkio_parameters_args, pack_args=pack_remote_domain_get_blkio_parameters_args, pack_ret=pack_remote_domain_get_blkio_parameters_ret, unpack_ret=unpack_remote_domain_get_blkio_parameters_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=207, name='DOMAIN_MIGRATE_SET_MAX_SPEED', method='domain_migrate_set_max_speed', api_name='virDomainMigrateSetMaxSpeed', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_set_max_speed_args, pack_args=pack_remote_domain_migrate_set_max_speed_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=208, name='STORAGE_VOL_UPLOAD', method='storage_vol_upload', api_name='virStorageVolUpload', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_upload_args, pack_args=pack_remote_storage_vol_upload_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_vol:data_write',), aclfilter=(), stream='write', fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=209, name='STORAGE_VOL_DOWNLOAD', method='storage_vol_download', api_name='virStorageVolDownload', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_download_args, pack_args=pack_remote_storage_vol_download_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_vol:data_read',), aclfilter=(), stream='read', fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=210, name='DOMAIN_INJECT_NMI', method='domain_inject_nmi', api_name='virDomainInjectNMI', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_inject_nmi_args, pack_args=pack_remote_domain_inject_nmi_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:inject_nmi',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=211, name='DOMAIN_SCREENSHOT', method='domain_screenshot', api_name='virDomainScreenshot', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_screenshot_args, pack_args=pack_remote_domain_screenshot_args, pack_ret=pack_remote_domain_screenshot_ret, unpack_ret=unpack_remote_domain_screenshot_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:screenshot',), aclfilter=(), stream='read', fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=212, name='DOMAIN_GET_STATE', method='domain_get_state', api_name='virDomainGetState', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_state_args, pack_args=pack_remote_domain_get_state_args, pack_ret=pack_remote_domain_get_state_ret, unpack_ret=unpack_remote_domain_get_state_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=213, name='DOMAIN_MIGRATE_BEGIN3', method='domain_migrate_begin3', api_name='virDomainMigrateBegin3', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_begin3_args, pack_args=pack_remote_domain_migrate_begin3_args, pack_ret=pack_remote_domain_migrate_begin3_ret, unpack_ret=unpack_remote_domain_migrate_begin3_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=214, name='DOMAIN_MIGRATE_PREPARE3', method='domain_migrate_prepare3', api_name='virDomainMigratePrepare3', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_prepare3_args, pack_args=pack_remote_domain_migrate_prepare3_args, pack_ret=pack_remote_domain_migrate_prepare3_ret, unpack_ret=unpack_remote_domain_migrate_prepare3_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate', 'domain:start', 'domain:write'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=215, name='DOMAIN_MIGRATE_PREPARE_TUNNEL3', method='domain_migrate_prepare_tunnel3', api_name='virDomainMigratePrepareTunnel3', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_prepare_tunnel3_args, pack_args=pack_remote_domain_migrate_prepare_tunnel3_args, pack_ret=pack_remote_domain_migrate_prepare_tunnel3_ret, unpack_ret=unpack_remote_domain_migrate_prepare_tunnel3_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate', 'domain:start', 'domain:write'), aclfilter=(), stream='write', fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=216, name='DOMAIN_MIGRATE_PERFORM3', method='domain_migrate_perform3', api_name='virDomainMigratePerform3', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_perform3_args, pack_args=pack_remote_domain_migrate_perform3_args, pack_ret=pack_remote_domain_migrate_perform3_ret, unpack_ret=unpack_remote_domain_migrate_perform3_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=217, name='DOMAIN_MIGRATE_FINISH3', method='domain_migrate_finish3', api_name='virDomainMigrateFinish3', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_finish3_args, pack_args=pack_remote_domain_migrate_finish3_args, pack_ret=pack_remote_domain_migrate_finish3_ret, unpack_ret=unpack_remote_domain_migrate_finish3_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=218, name='DOMAIN_MIGRATE_CONFIRM3', method='domain_migrate_confirm3', api_name='virDomainMigrateConfirm3', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_confirm3_args, pack_args=pack_remote_domain_migrate_confirm3_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=219, name='DOMAIN_SET_SCHEDULER_PARAMETERS_FLAGS', method='domain_set_scheduler_parameters_flags', api_name='virDomainSetSchedulerParametersFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_scheduler_parameters_flags_args, pack_args=pack_remote_domain_set_scheduler_parameters_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=220, name='INTERFACE_CHANGE_BEGIN', method='interface_change_begin', api_name='virInterfaceChangeBegin', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_interface_change_begin_args, pack_args=pack_remote_interface_change_begin_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:interface_transaction',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=221, name='INTERFACE_CHANGE_COMMIT', method='interface_change_commit', api_name='virInterfaceChangeCommit', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_interface_change_commit_args, pack_args=pack_remote_interface_change_commit_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:interface_transaction',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=222, name='INTERFACE_CHANGE_ROLLBACK', method='interface_change_rollback', api_name='virInterfaceChangeRollback', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_interface_change_rollback_args, pack_args=pack_remote_interface_change_rollback_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:interface_transaction',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=223, name='DOMAIN_GET_SCHEDULER_PARAMETERS_FLAGS', method='domain_get_scheduler_parameters_flags', api_name='virDomainGetSchedulerParametersFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_scheduler_parameters_flags_args, pack_args=pack_remote_domain_get_scheduler_parameters_flags_args, pack_ret=pack_remote_domain_get_scheduler_parameters_flags_ret, unpack_ret=unpack_remote_domain_get_scheduler_parameters_flags_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=224, name='DOMAIN_EVENT_CONTROL_ERROR', method='domain_event_control_error', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_control_error_msg, unpack_msg=unpack_remote_domain_event_control_error_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=225, name='DOMAIN_PIN_VCPU_FLAGS', method='domain_pin_vcpu_flags', api_name='virDomainPinVcpuFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_pin_vcpu_flags_args, pack_args=pack_remote_domain_pin_vcpu_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=226, name='DOMAIN_SEND_KEY', method='domain_send_key', api_name='virDomainSendKey', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_send_key_args, pack_args=pack_remote_domain_send_key_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:send_input',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=227, name='NODE_GET_CPU_STATS', method='node_get_cpu_stats', api_name='virNodeGetCPUStats', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_node_get_cpu_stats_args, pack_args=pack_remote_node_get_cpu_stats_args, pack_ret=pack_remote_node_get_cpu_stats_ret, unpack_ret=unpack_remote_node_get_cpu_stats_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=228, name='NODE_GET_MEMORY_STATS', method='node_get_memory_stats', api_name='virNodeGetMemoryStats', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_node_get_memory_stats_args, pack_args=pack_remote_node_get_memory_stats_args, pack_ret=pack_remote_node_get_memory_stats_ret, unpack_ret=unpack_remote_node_get_memory_stats_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=229, name='DOMAIN_GET_CONTROL_INFO', method='domain_get_control_info', api_name='virDomainGetControlInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_control_info_args, pack_args=pack_remote_domain_get_control_info_args, pack_ret=pack_remote_domain_get_control_info_ret, unpack_ret=unpack_remote_domain_get_control_info_ret, ret_fields=3, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=230, name='DOMAIN_GET_VCPU_PIN_INFO', method='domain_get_vcpu_pin_info', api_name='virDomainGetVcpuPinInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_vcpu_pin_info_args, pack_args=pack_remote_domain_get_vcpu_pin_info_args, pack_ret=pack_remote_domain_get_vcpu_pin_info_ret, unpack_ret=unpack_remote_domain_get_vcpu_pin_info_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=231, name='DOMAIN_UNDEFINE_FLAGS', method='domain_undefine_flags', api_name='virDomainUndefineFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_undefine_flags_args, pack_args=pack_remote_domain_undefine_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('domain:delete',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=232, name='DOMAIN_SAVE_FLAGS', method='domain_save_flags', api_name='virDomainSaveFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_save_flags_args, pack_args=pack_remote_domain_save_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:hibernate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=233, name='DOMAIN_RESTORE_FLAGS', method='domain_restore_flags', api_name='virDomainRestoreFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_restore_flags_args, pack_args=pack_remote_domain_restore_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:start', 'domain:write'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=234, name='DOMAIN_DESTROY_FLAGS', method='domain_destroy_flags', api_name='virDomainDestroyFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_destroy_flags_args, pack_args=pack_remote_domain_destroy_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('domain:stop',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=235, name='DOMAIN_SAVE_IMAGE_GET_XML_DESC', method='domain_save_image_get_xml_desc', api_name='virDomainSaveImageGetXMLDesc', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_save_image_get_xml_desc_args, pack_args=pack_remote_domain_save_image_get_xml_desc_args, pack_ret=pack_remote_domain_save_image_get_xml_desc_ret, unpack_ret=unpack_remote_domain_save_image_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=236, name='DOMAIN_SAVE_IMAGE_DEFINE_XML', method='domain_save_image_define_xml', api_name='virDomainSaveImageDefineXML', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_save_image_define_xml_args, pack_args=pack_remote_domain_save_image_define_xml_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('domain:write', 'domain:hibernate'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=237, name='DOMAIN_BLOCK_JOB_ABORT', method='domain_block_job_abort', api_name='virDomainBlockJobAbort', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_block_job_abort_args, pack_args=pack_remote_domain_block_job_abort_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=238, name='DOMAIN_GET_BLOCK_JOB_INFO', method='domain_get_block_job_info', api_name='virDomainGetBlockJobInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_block_job_info_args, pack_args=pack_remote_domain_get_block_job_info_args, pack_ret=pack_remote_domain_get_block_job_info_ret, unpack_ret=unpack_remote_domain_get_block_job_info_ret, ret_fields=5, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=239, name='DOMAIN_BLOCK_JOB_SET_SPEED', method='domain_block_job_set_speed', api_name='virDomainBlockJobSetSpeed', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_block_job_set_speed_args, pack_args=pack_remote_domain_block_job_set_speed_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=240, name='DOMAIN_BLOCK_PULL', method='domain_block_pull', api_name='virDomainBlockPull', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_block_pull_args, pack_args=pack_remote_domain_block_pull_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:block_write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=241, name='DOMAIN_EVENT_BLOCK_JOB', method='domain_event_block_job', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_block_job_msg, unpack_msg=unpack_remote_domain_event_block_job_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=242, name='DOMAIN_MIGRATE_GET_MAX_SPEED', method='domain_migrate_get_max_speed', api_name='virDomainMigrateGetMaxSpeed', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_get_max_speed_args, pack_args=pack_remote_domain_migrate_get_max_speed_args, pack_ret=pack_remote_domain_migrate_get_max_speed_ret, unpack_ret=unpack_remote_domain_migrate_get_max_speed_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=243, name='DOMAIN_BLOCK_STATS_FLAGS', method='domain_block_stats_flags', api_name='virDomainBlockStatsFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_block_stats_flags_args, pack_args=pack_remote_domain_block_stats_flags_args, pack_ret=pack_remote_domain_block_stats_flags_ret, unpack_ret=unpack_remote_domain_block_stats_flags_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=244, name='DOMAIN_SNAPSHOT_GET_PARENT', method='domain_snapshot_get_parent', api_name='virDomainSnapshotGetParent', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_get_parent_args, pack_args=pack_remote_domain_snapshot_get_parent_args, pack_ret=pack_remote_domain_snapshot_get_parent_ret, unpack_ret=unpack_remote_domain_snapshot_get_parent_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=245, name='DOMAIN_RESET', method='domain_reset', api_name='virDomainReset', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_reset_args, pack_args=pack_remote_domain_reset_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:reset',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=246, name='DOMAIN_SNAPSHOT_NUM_CHILDREN', method='domain_snapshot_num_children', api_name='virDomainSnapshotNumChildren', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_num_children_args, pack_args=pack_remote_domain_snapshot_num_children_args, pack_ret=pack_remote_domain_snapshot_num_children_ret, unpack_ret=unpack_remote_domain_snapshot_num_children_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=247, name='DOMAIN_SNAPSHOT_LIST_CHILDREN_NAMES', method='domain_snapshot_list_children_names', api_name='virDomainSnapshotListChildrenNames', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_list_children_names_args, pack_args=pack_remote_domain_snapshot_list_children_names_args, pack_ret=pack_remote_domain_snapshot_list_children_names_ret, unpack_ret=unpack_remote_domain_snapshot_list_children_names_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=248, name='DOMAIN_EVENT_DISK_CHANGE', method='domain_event_disk_change', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_disk_change_msg, unpack_msg=unpack_remote_domain_event_disk_change_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=249, name='DOMAIN_OPEN_GRAPHICS', method='domain_open_graphics', api_name='virDomainOpenGraphics', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_open_graphics_args, pack_args=pack_remote_domain_open_graphics_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:open_graphics',), aclfilter=(), stream=None, fds_in=True, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=250, name='NODE_SUSPEND_FOR_DURATION', method='node_suspend_for_duration', api_name='virNodeSuspendForDuration', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_node_suspend_for_duration_args, pack_args=pack_remote_node_suspend_for_duration_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:pm_control',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=251, name='DOMAIN_BLOCK_RESIZE', method='domain_block_resize', api_name='virDomainBlockResize', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_block_resize_args, pack_args=pack_remote_domain_block_resize_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:block_write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=252, name='DOMAIN_SET_BLOCK_IO_TUNE', method='domain_set_block_io_tune', api_name='virDomainSetBlockIoTune', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_block_io_tune_args, pack_args=pack_remote_domain_set_block_io_tune_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=253, name='DOMAIN_GET_BLOCK_IO_TUNE', method='domain_get_block_io_tune', api_name='virDomainGetBlockIoTune', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_block_io_tune_args, pack_args=pack_remote_domain_get_block_io_tune_args, pack_ret=pack_remote_domain_get_block_io_tune_ret, unpack_ret=unpack_remote_domain_get_block_io_tune_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=254, name='DOMAIN_SET_NUMA_PARAMETERS', method='domain_set_numa_parameters', api_name='virDomainSetNumaParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_numa_parameters_args, pack_args=pack_remote_domain_set_numa_parameters_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=255, name='DOMAIN_GET_NUMA_PARAMETERS', method='domain_get_numa_parameters', api_name='virDomainGetNumaParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_numa_parameters_args, pack_args=pack_remote_domain_get_numa_parameters_args, pack_ret=pack_remote_domain_get_numa_parameters_ret, unpack_ret=unpack_remote_domain_get_numa_parameters_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=256, name='DOMAIN_SET_INTERFACE_PARAMETERS', method='domain_set_interface_parameters', api_name='virDomainSetInterfaceParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_interface_parameters_args, pack_args=pack_remote_domain_set_interface_parameters_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=257, name='DOMAIN_GET_INTERFACE_PARAMETERS', method='domain_get_interface_parameters', api_name='virDomainGetInterfaceParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_interface_parameters_args, pack_args=pack_remote_domain_get_interface_parameters_args, pack_ret=pack_remote_domain_get_interface_parameters_ret, unpack_ret=unpack_remote_domain_get_interface_parameters_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=258, name='DOMAIN_SHUTDOWN_FLAGS', method='domain_shutdown_flags', api_name='virDomainShutdownFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_shutdown_flags_args, pack_args=pack_remote_domain_shutdown_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:init_control', 'domain:write:VIR_DOMAIN_SHUTDOWN_GUEST_AGENT'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=259, name='STORAGE_VOL_WIPE_PATTERN', method='storage_vol_wipe_pattern', api_name='virStorageVolWipePattern', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_wipe_pattern_args, pack_args=pack_remote_storage_vol_wipe_pattern_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_vol:format',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=260, name='STORAGE_VOL_RESIZE', method='storage_vol_resize', api_name='virStorageVolResize', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_resize_args, pack_args=pack_remote_storage_vol_resize_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('storage_vol:resize',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=261, name='DOMAIN_PM_SUSPEND_FOR_DURATION', method='domain_pm_suspend_for_duration', api_name='virDomainPMSuspendForDuration', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_pm_suspend_for_duration_args, pack_args=pack_remote_domain_pm_suspend_for_duration_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:pm_control',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=262, name='DOMAIN_GET_CPU_STATS', method='domain_get_cpu_stats', api_name='virDomainGetCPUStats', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_cpu_stats_args, pack_args=pack_remote_domain_get_cpu_stats_args, pack_ret=pack_remote_domain_get_cpu_stats_ret, unpack_ret=unpack_remote_domain_get_cpu_stats_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=263, name='DOMAIN_GET_DISK_ERRORS', method='domain_get_disk_errors', api_name='virDomainGetDiskErrors', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_disk_errors_args, pack_args=pack_remote_domain_get_disk_errors_args, pack_ret=pack_remote_domain_get_disk_errors_ret, unpack_ret=unpack_remote_domain_get_disk_errors_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=264, name='DOMAIN_SET_METADATA', method='domain_set_metadata', api_name='virDomainSetMetadata', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_metadata_args, pack_args=pack_remote_domain_set_metadata_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=265, name='DOMAIN_GET_METADATA', method='domain_get_metadata', api_name='virDomainGetMetadata', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_metadata_args, pack_args=pack_remote_domain_get_metadata_args, pack_ret=pack_remote_domain_get_metadata_ret, unpack_ret=unpack_remote_domain_get_metadata_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=266, name='DOMAIN_BLOCK_REBASE', method='domain_block_rebase', api_name='virDomainBlockRebase', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_block_rebase_args, pack_args=pack_remote_domain_block_rebase_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:block_write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=267, name='DOMAIN_PM_WAKEUP', method='domain_pm_wakeup', api_name='virDomainPMWakeup', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_pm_wakeup_args, pack_args=pack_remote_domain_pm_wakeup_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:pm_control',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=268, name='DOMAIN_EVENT_TRAY_CHANGE', method='domain_event_tray_change', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_tray_change_msg, unpack_msg=unpack_remote_domain_event_tray_change_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=269, name='DOMAIN_EVENT_PMWAKEUP', method='domain_event_pmwakeup', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_pmwakeup_msg, unpack_msg=unpack_remote_domain_event_pmwakeup_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=270, name='DOMAIN_EVENT_PMSUSPEND', method='domain_event_pmsuspend', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_pmsuspend_msg, unpack_msg=unpack_remote_domain_event_pmsuspend_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=271, name='DOMAIN_SNAPSHOT_IS_CURRENT', method='domain_snapshot_is_current', api_name='virDomainSnapshotIsCurrent', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_is_current_args, pack_args=pack_remote_domain_snapshot_is_current_args, pack_ret=pack_remote_domain_snapshot_is_current_ret, unpack_ret=unpack_remote_domain_snapshot_is_current_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=272, name='DOMAIN_SNAPSHOT_HAS_METADATA', method='domain_snapshot_has_metadata', api_name='virDomainSnapshotHasMetadata', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_has_metadata_args, pack_args=pack_remote_domain_snapshot_has_metadata_args, pack_ret=pack_remote_domain_snapshot_has_metadata_ret, unpack_ret=unpack_remote_domain_snapshot_has_metadata_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=273, name='CONNECT_LIST_ALL_DOMAINS', method='connect_list_all_domains', api_name='virConnectListAllDomains', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_list_all_domains_args, pack_args=pack_remote_connect_list_all_domains_args, pack_ret=pack_remote_connect_list_all_domains_ret, unpack_ret=unpack_remote_connect_list_all_domains_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_domains',), aclfilter=('domain:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=274, name='DOMAIN_LIST_ALL_SNAPSHOTS', method='domain_list_all_snapshots', api_name='virDomainListAllSnapshots', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_list_all_snapshots_args, pack_args=pack_remote_domain_list_all_snapshots_args, pack_ret=pack_remote_domain_list_all_snapshots_ret, unpack_ret=unpack_remote_domain_list_all_snapshots_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=275, name='DOMAIN_SNAPSHOT_LIST_ALL_CHILDREN', method='domain_snapshot_list_all_children', api_name='virDomainSnapshotListAllChildren', error_domain=VIR_FROM_DOMAIN_SNAPSHOT, kind='call', unpack_args=unpack_remote_domain_snapshot_list_all_children_args, pack_args=pack_remote_domain_snapshot_list_all_children_args, pack_ret=pack_remote_domain_snapshot_list_all_children_ret, unpack_ret=unpack_remote_domain_snapshot_list_all_children_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=276, name='DOMAIN_EVENT_BALLOON_CHANGE', method='domain_event_balloon_change', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_balloon_change_msg, unpack_msg=unpack_remote_domain_event_balloon_change_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=277, name='DOMAIN_GET_HOSTNAME', method='domain_get_hostname', api_name='virDomainGetHostname', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_hostname_args, pack_args=pack_remote_domain_get_hostname_args, pack_ret=pack_remote_domain_get_hostname_ret, unpack_ret=unpack_remote_domain_get_hostname_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=278, name='DOMAIN_GET_SECURITY_LABEL_LIST', method='domain_get_security_label_list', api_name='virDomainGetSecurityLabelList', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_security_label_list_args, pack_args=pack_remote_domain_get_security_label_list_args, pack_ret=pack_remote_domain_get_security_label_list_ret, unpack_ret=unpack_remote_domain_get_security_label_list_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=279, name='DOMAIN_PIN_EMULATOR', method='domain_pin_emulator', api_name='virDomainPinEmulator', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_pin_emulator_args, pack_args=pack_remote_domain_pin_emulator_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=280, name='DOMAIN_GET_EMULATOR_PIN_INFO', method='domain_get_emulator_pin_info', api_name='virDomainGetEmulatorPinInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_emulator_pin_info_args, pack_args=pack_remote_domain_get_emulator_pin_info_args, pack_ret=pack_remote_domain_get_emulator_pin_info_ret, unpack_ret=unpack_remote_domain_get_emulator_pin_info_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=281, name='CONNECT_LIST_ALL_STORAGE_POOLS', method='connect_list_all_storage_pools', api_name='virConnectListAllStoragePools', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_connect_list_all_storage_pools_args, pack_args=pack_remote_connect_list_all_storage_pools_args, pack_ret=pack_remote_connect_list_all_storage_pools_ret, unpack_ret=unpack_remote_connect_list_all_storage_pools_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_storage_pools',), aclfilter=('storage_pool:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=282, name='STORAGE_POOL_LIST_ALL_VOLUMES', method='storage_pool_list_all_volumes', api_name='virStoragePoolListAllVolumes', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_list_all_volumes_args, pack_args=pack_remote_storage_pool_list_all_volumes_args, pack_ret=pack_remote_storage_pool_list_all_volumes_ret, unpack_ret=unpack_remote_storage_pool_list_all_volumes_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:search_storage_vols',), aclfilter=('storage_vol:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=283, name='CONNECT_LIST_ALL_NETWORKS', method='connect_list_all_networks', api_name='virConnectListAllNetworks', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_connect_list_all_networks_args, pack_args=pack_remote_connect_list_all_networks_args, pack_ret=pack_remote_connect_list_all_networks_ret, unpack_ret=unpack_remote_connect_list_all_networks_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_networks',), aclfilter=('network:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=284, name='CONNECT_LIST_ALL_INTERFACES', method='connect_list_all_interfaces', api_name='virConnectListAllInterfaces', error_domain=VIR_FROM_INTERFACE, kind='call', unpack_args=unpack_remote_connect_list_all_interfaces_args, pack_args=pack_remote_connect_list_all_interfaces_args, pack_ret=pack_remote_connect_list_all_interfaces_ret, unpack_ret=unpack_remote_connect_list_all_interfaces_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_interfaces',), aclfilter=('interface:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=285, name='CONNECT_LIST_ALL_NODE_DEVICES', method='connect_list_all_node_devices', api_name='virConnectListAllNodeDevices', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_connect_list_all_node_devices_args, pack_args=pack_remote_connect_list_all_node_devices_args, pack_ret=pack_remote_connect_list_all_node_devices_ret, unpack_ret=unpack_remote_connect_list_all_node_devices_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_node_devices',), aclfilter=('node_device:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=286, name='CONNECT_LIST_ALL_NWFILTERS', method='connect_list_all_nwfilters', api_name='virConnectListAllNWFilters', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_connect_list_all_nwfilters_args, pack_args=pack_remote_connect_list_all_nwfilters_args, pack_ret=pack_remote_connect_list_all_nwfilters_ret, unpack_ret=unpack_remote_connect_list_all_nwfilters_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_nwfilters',), aclfilter=('nwfilter:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=287, name='CONNECT_LIST_ALL_SECRETS', method='connect_list_all_secrets', api_name='virConnectListAllSecrets', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=unpack_remote_connect_list_all_secrets_args, pack_args=pack_remote_connect_list_all_secrets_args, pack_ret=pack_remote_connect_list_all_secrets_ret, unpack_ret=unpack_remote_connect_list_all_secrets_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_secrets',), aclfilter=('secret:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=288, name='NODE_SET_MEMORY_PARAMETERS', method='node_set_memory_parameters', api_name='virNodeSetMemoryParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_node_set_memory_parameters_args, pack_args=pack_remote_node_set_memory_parameters_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=289, name='NODE_GET_MEMORY_PARAMETERS', method='node_get_memory_parameters', api_name='virNodeGetMemoryParameters', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_node_get_memory_parameters_args, pack_args=pack_remote_node_get_memory_parameters_args, pack_ret=pack_remote_node_get_memory_parameters_ret, unpack_ret=unpack_remote_node_get_memory_parameters_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=290, name='DOMAIN_BLOCK_COMMIT', method='domain_block_commit', api_name='virDomainBlockCommit', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_block_commit_args, pack_args=pack_remote_domain_block_commit_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:block_write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=291, name='NETWORK_UPDATE', method='network_update', api_name='virNetworkUpdate', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_update_args, pack_args=pack_remote_network_update_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('network:write', 'network:save:!VIR_NETWORK_UPDATE_AFFECT_CONFIG|VIR_NETWORK_UPDATE_AFFECT_LIVE', 'network:save:VIR_NETWORK_UPDATE_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=292, name='DOMAIN_EVENT_PMSUSPEND_DISK', method='domain_event_pmsuspend_disk', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_pmsuspend_disk_msg, unpack_msg=unpack_remote_domain_event_pmsuspend_disk_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=293, name='NODE_GET_CPU_MAP', method='node_get_cpu_map', api_name='virNodeGetCPUMap', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_node_get_cpu_map_args, pack_args=pack_remote_node_get_cpu_map_args, pack_ret=pack_remote_node_get_cpu_map_ret, unpack_ret=unpack_remote_node_get_cpu_map_ret, ret_fields=3, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=294, name='DOMAIN_FSTRIM', method='domain_fstrim', api_name='virDomainFSTrim', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_fstrim_args, pack_args=pack_remote_domain_fstrim_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:fs_trim',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=295, name='DOMAIN_SEND_PROCESS_SIGNAL', method='domain_send_process_signal', api_name='virDomainSendProcessSignal', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_send_process_signal_args, pack_args=pack_remote_domain_send_process_signal_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:send_signal',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=296, name='DOMAIN_OPEN_CHANNEL', method='domain_open_channel', api_name='virDomainOpenChannel', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_open_channel_args, pack_args=pack_remote_domain_open_channel_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:open_device',), aclfilter=(), stream='read', fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=297, name='NODE_DEVICE_LOOKUP_SCSI_HOST_BY_WWN', method='node_device_lookup_scsi_host_by_wwn', api_name='virNodeDeviceLookupSCSIHostByWWN', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_lookup_scsi_host_by_wwn_args, pack_args=pack_remote_node_device_lookup_scsi_host_by_wwn_args, pack_ret=pack_remote_node_device_lookup_scsi_host_by_wwn_ret, unpack_ret=unpack_remote_node_device_lookup_scsi_host_by_wwn_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('node_device:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=298, name='DOMAIN_GET_JOB_STATS', method='domain_get_job_stats', api_name='virDomainGetJobStats', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_job_stats_args, pack_args=pack_remote_domain_get_job_stats_args, pack_ret=pack_remote_domain_get_job_stats_ret, unpack_ret=unpack_remote_domain_get_job_stats_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=299, name='DOMAIN_MIGRATE_GET_COMPRESSION_CACHE', method='domain_migrate_get_compression_cache', api_name='virDomainMigrateGetCompressionCache', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_get_compression_cache_args, pack_args=pack_remote_domain_migrate_get_compression_cache_args, pack_ret=pack_remote_domain_migrate_get_compression_cache_ret, unpack_ret=unpack_remote_domain_migrate_get_compression_cache_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=300, name='DOMAIN_MIGRATE_SET_COMPRESSION_CACHE', method='domain_migrate_set_compression_cache', api_name='virDomainMigrateSetCompressionCache', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_set_compression_cache_args, pack_args=pack_remote_domain_migrate_set_compression_cache_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=301, name='NODE_DEVICE_DETACH_FLAGS', method='node_device_detach_flags', api_name='virNodeDeviceDetachFlags', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_detach_flags_args, pack_args=pack_remote_node_device_detach_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('node_device:detach',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=302, name='DOMAIN_MIGRATE_BEGIN3_PARAMS', method='domain_migrate_begin3_params', api_name='virDomainMigrateBegin3Params', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_begin3_params_args, pack_args=pack_remote_domain_migrate_begin3_params_args, pack_ret=pack_remote_domain_migrate_begin3_params_ret, unpack_ret=unpack_remote_domain_migrate_begin3_params_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=303, name='DOMAIN_MIGRATE_PREPARE3_PARAMS', method='domain_migrate_prepare3_params', api_name='virDomainMigratePrepare3Params', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_prepare3_params_args, pack_args=pack_remote_domain_migrate_prepare3_params_args, pack_ret=pack_remote_domain_migrate_prepare3_params_ret, unpack_ret=unpack_remote_domain_migrate_prepare3_params_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate', 'domain:start', 'domain:write'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=304, name='DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS', method='domain_migrate_prepare_tunnel3_params', api_name='virDomainMigratePrepareTunnel3Params', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_prepare_tunnel3_params_args, pack_args=pack_remote_domain_migrate_prepare_tunnel3_params_args, pack_ret=pack_remote_domain_migrate_prepare_tunnel3_params_ret, unpack_ret=unpack_remote_domain_migrate_prepare_tunnel3_params_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate', 'domain:start', 'domain:write'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=305, name='DOMAIN_MIGRATE_PERFORM3_PARAMS', method='domain_migrate_perform3_params', api_name='virDomainMigratePerform3Params', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_perform3_params_args, pack_args=pack_remote_domain_migrate_perform3_params_args, pack_ret=pack_remote_domain_migrate_perform3_params_ret, unpack_ret=unpack_remote_domain_migrate_perform3_params_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=306, name='DOMAIN_MIGRATE_FINISH3_PARAMS', method='domain_migrate_finish3_params', api_name='virDomainMigrateFinish3Params', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_finish3_params_args, pack_args=pack_remote_domain_migrate_finish3_params_args, pack_ret=pack_remote_domain_migrate_finish3_params_ret, unpack_ret=unpack_remote_domain_migrate_finish3_params_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=307, name='DOMAIN_MIGRATE_CONFIRM3_PARAMS', method='domain_migrate_confirm3_params', api_name='virDomainMigrateConfirm3Params', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_confirm3_params_args, pack_args=pack_remote_domain_migrate_confirm3_params_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=308, name='DOMAIN_SET_MEMORY_STATS_PERIOD', method='domain_set_memory_stats_period', api_name='virDomainSetMemoryStatsPeriod', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_memory_stats_period_args, pack_args=pack_remote_domain_set_memory_stats_period_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=309, name='DOMAIN_CREATE_XML_WITH_FILES', method='domain_create_xml_with_files', api_name='virDomainCreateXMLWithFiles', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_create_xml_with_files_args, pack_args=pack_remote_domain_create_xml_with_files_args, pack_ret=pack_remote_domain_create_xml_with_files_ret, unpack_ret=unpack_remote_domain_create_xml_with_files_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:start'), aclfilter=(), stream=None, fds_in=True, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=310, name='DOMAIN_CREATE_WITH_FILES', method='domain_create_with_files', api_name='virDomainCreateWithFiles', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_create_with_files_args, pack_args=pack_remote_domain_create_with_files_args, pack_ret=pack_remote_domain_create_with_files_ret, unpack_ret=unpack_remote_domain_create_with_files_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:start',), aclfilter=(), stream=None, fds_in=True, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=311, name='DOMAIN_EVENT_DEVICE_REMOVED', method='domain_event_device_removed', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_device_removed_msg, unpack_msg=unpack_remote_domain_event_device_removed_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=312, name='CONNECT_GET_CPU_MODEL_NAMES', method='connect_get_cpu_model_names', api_name='virConnectGetCPUModelNames', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_get_cpu_model_names_args, pack_args=pack_remote_connect_get_cpu_model_names_args, pack_ret=pack_remote_connect_get_cpu_model_names_ret, unpack_ret=unpack_remote_connect_get_cpu_model_names_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=313, name='CONNECT_NETWORK_EVENT_REGISTER_ANY', method='connect_network_event_register_any', api_name='virConnectNetworkEventRegisterAny', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_connect_network_event_register_any_args, pack_args=pack_remote_connect_network_event_register_any_args, pack_ret=pack_remote_connect_network_event_register_any_ret, unpack_ret=unpack_remote_connect_network_event_register_any_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_networks',), aclfilter=('network:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=314, name='CONNECT_NETWORK_EVENT_DEREGISTER_ANY', method='connect_network_event_deregister_any', api_name='virConnectNetworkEventDeregisterAny', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_connect_network_event_deregister_any_args, pack_args=pack_remote_connect_network_event_deregister_any_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=315, name='NETWORK_EVENT_LIFECYCLE', method='network_event_lifecycle', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_network_event_lifecycle_msg, unpack_msg=unpack_remote_network_event_lifecycle_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=316, name='CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY', method='connect_domain_event_callback_register_any', api_name='virConnectDomainEventRegisterAny', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_domain_event_callback_register_any_args, pack_args=pack_remote_connect_domain_event_callback_register_any_args, pack_ret=pack_remote_connect_domain_event_callback_register_any_ret, unpack_ret=unpack_remote_connect_domain_event_callback_register_any_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_domains',), aclfilter=('domain:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=317, name='CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY', method='connect_domain_event_callback_deregister_any', api_name='virConnectDomainEventDeregisterAny', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_domain_event_callback_deregister_any_args, pack_args=pack_remote_connect_domain_event_callback_deregister_any_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=318, name='DOMAIN_EVENT_CALLBACK_LIFECYCLE', method='domain_event_callback_lifecycle', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_lifecycle_msg, unpack_msg=unpack_remote_domain_event_callback_lifecycle_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=319, name='DOMAIN_EVENT_CALLBACK_REBOOT', method='domain_event_callback_reboot', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_reboot_msg, unpack_msg=unpack_remote_domain_event_callback_reboot_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=320, name='DOMAIN_EVENT_CALLBACK_RTC_CHANGE', method='domain_event_callback_rtc_change', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_rtc_change_msg, unpack_msg=unpack_remote_domain_event_callback_rtc_change_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=321, name='DOMAIN_EVENT_CALLBACK_WATCHDOG', method='domain_event_callback_watchdog', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_watchdog_msg, unpack_msg=unpack_remote_domain_event_callback_watchdog_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=322, name='DOMAIN_EVENT_CALLBACK_IO_ERROR', method='domain_event_callback_io_error', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_io_error_msg, unpack_msg=unpack_remote_domain_event_callback_io_error_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=323, name='DOMAIN_EVENT_CALLBACK_GRAPHICS', method='domain_event_callback_graphics', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_graphics_msg, unpack_msg=unpack_remote_domain_event_callback_graphics_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=324, name='DOMAIN_EVENT_CALLBACK_IO_ERROR_REASON', method='domain_event_callback_io_error_reason', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_io_error_reason_msg, unpack_msg=unpack_remote_domain_event_callback_io_error_reason_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=325, name='DOMAIN_EVENT_CALLBACK_CONTROL_ERROR', method='domain_event_callback_control_error', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_control_error_msg, unpack_msg=unpack_remote_domain_event_callback_control_error_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=326, name='DOMAIN_EVENT_CALLBACK_BLOCK_JOB', method='domain_event_callback_block_job', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_block_job_msg, unpack_msg=unpack_remote_domain_event_callback_block_job_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=327, name='DOMAIN_EVENT_CALLBACK_DISK_CHANGE', method='domain_event_callback_disk_change', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_disk_change_msg, unpack_msg=unpack_remote_domain_event_callback_disk_change_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=328, name='DOMAIN_EVENT_CALLBACK_TRAY_CHANGE', method='domain_event_callback_tray_change', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_tray_change_msg, unpack_msg=unpack_remote_domain_event_callback_tray_change_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=329, name='DOMAIN_EVENT_CALLBACK_PMWAKEUP', method='domain_event_callback_pmwakeup', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_pmwakeup_msg, unpack_msg=unpack_remote_domain_event_callback_pmwakeup_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=330, name='DOMAIN_EVENT_CALLBACK_PMSUSPEND', method='domain_event_callback_pmsuspend', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_pmsuspend_msg, unpack_msg=unpack_remote_domain_event_callback_pmsuspend_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=331, name='DOMAIN_EVENT_CALLBACK_BALLOON_CHANGE', method='domain_event_callback_balloon_change', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_balloon_change_msg, unpack_msg=unpack_remote_domain_event_callback_balloon_change_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=332, name='DOMAIN_EVENT_CALLBACK_PMSUSPEND_DISK', method='domain_event_callback_pmsuspend_disk', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_pmsuspend_disk_msg, unpack_msg=unpack_remote_domain_event_callback_pmsuspend_disk_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=333, name='DOMAIN_EVENT_CALLBACK_DEVICE_REMOVED', method='domain_event_callback_device_removed', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_device_removed_msg, unpack_msg=unpack_remote_domain_event_callback_device_removed_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=334, name='DOMAIN_CORE_DUMP_WITH_FORMAT', method='domain_core_dump_with_format', api_name='virDomainCoreDumpWithFormat', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_core_dump_with_format_args, pack_args=pack_remote_domain_core_dump_with_format_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:core_dump',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=335, name='DOMAIN_FSFREEZE', method='domain_fsfreeze', api_name='virDomainFSFreeze', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_fsfreeze_args, pack_args=pack_remote_domain_fsfreeze_args, pack_ret=pack_remote_domain_fsfreeze_ret, unpack_ret=unpack_remote_domain_fsfreeze_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:fs_freeze',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=336, name='DOMAIN_FSTHAW', method='domain_fsthaw', api_name='virDomainFSThaw', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_fsthaw_args, pack_args=pack_remote_domain_fsthaw_args, pack_ret=pack_remote_domain_fsthaw_ret, unpack_ret=unpack_remote_domain_fsthaw_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:fs_freeze',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=337, name='DOMAIN_GET_TIME', method='domain_get_time', api_name='virDomainGetTime', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_time_args, pack_args=pack_remote_domain_get_time_args, pack_ret=pack_remote_domain_get_time_ret, unpack_ret=unpack_remote_domain_get_time_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=338, name='DOMAIN_SET_TIME', method='domain_set_time', api_name='virDomainSetTime', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_time_args, pack_args=pack_remote_domain_set_time_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:set_time',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=339, name='DOMAIN_EVENT_BLOCK_JOB_2', method='domain_event_block_job_2', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_block_job_2_msg, unpack_msg=unpack_remote_domain_event_block_job_2_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=340, name='NODE_GET_FREE_PAGES', method='node_get_free_pages', api_name='virNodeGetFreePages', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_node_get_free_pages_args, pack_args=pack_remote_node_get_free_pages_args, pack_ret=pack_remote_node_get_free_pages_ret, unpack_ret=unpack_remote_node_get_free_pages_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=341, name='NETWORK_GET_DHCP_LEASES', method='network_get_dhcp_leases', api_name='virNetworkGetDHCPLeases', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_get_dhcp_leases_args, pack_args=pack_remote_network_get_dhcp_leases_args, pack_ret=pack_remote_network_get_dhcp_leases_ret, unpack_ret=unpack_remote_network_get_dhcp_leases_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('network:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=342, name='CONNECT_GET_DOMAIN_CAPABILITIES', method='connect_get_domain_capabilities', api_name='virConnectGetDomainCapabilities', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_get_domain_capabilities_args, pack_args=pack_remote_connect_get_domain_capabilities_args, pack_ret=pack_remote_connect_get_domain_capabilities_ret, unpack_ret=unpack_remote_connect_get_domain_capabilities_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=343, name='DOMAIN_OPEN_GRAPHICS_FD', method='domain_open_graphics_fd', api_name='virDomainOpenGraphicsFD', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_open_graphics_fd_args, pack_args=pack_remote_domain_open_graphics_fd_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:open_graphics',), aclfilter=(), stream=None, fds_in=False, fds_out=True),
+    Procedure(program='remote', prog=536903814, number=344, name='CONNECT_GET_ALL_DOMAIN_STATS', method='connect_get_all_domain_stats', api_name='virConnectGetAllDomainStats', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_get_all_domain_stats_args, pack_args=pack_remote_connect_get_all_domain_stats_args, pack_ret=pack_remote_connect_get_all_domain_stats_ret, unpack_ret=unpack_remote_connect_get_all_domain_stats_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('connect:search_domains',), aclfilter=('domain:read',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=345, name='DOMAIN_BLOCK_COPY', method='domain_block_copy', api_name='virDomainBlockCopy', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_block_copy_args, pack_args=pack_remote_domain_block_copy_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:block_write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=346, name='DOMAIN_EVENT_CALLBACK_TUNABLE', method='domain_event_callback_tunable', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_tunable_msg, unpack_msg=unpack_remote_domain_event_callback_tunable_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=347, name='NODE_ALLOC_PAGES', method='node_alloc_pages', api_name='virNodeAllocPages', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_node_alloc_pages_args, pack_args=pack_remote_node_alloc_pages_args, pack_ret=pack_remote_node_alloc_pages_ret, unpack_ret=unpack_remote_node_alloc_pages_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=348, name='DOMAIN_EVENT_CALLBACK_AGENT_LIFECYCLE', method='domain_event_callback_agent_lifecycle', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_agent_lifecycle_msg, unpack_msg=unpack_remote_domain_event_callback_agent_lifecycle_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=349, name='DOMAIN_GET_FSINFO', method='domain_get_fsinfo', api_name='virDomainGetFSInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_fsinfo_args, pack_args=pack_remote_domain_get_fsinfo_args, pack_ret=pack_remote_domain_get_fsinfo_ret, unpack_ret=unpack_remote_domain_get_fsinfo_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:fs_freeze',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=350, name='DOMAIN_DEFINE_XML_FLAGS', method='domain_define_xml_flags', api_name='virDomainDefineXMLFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_define_xml_flags_args, pack_args=pack_remote_domain_define_xml_flags_args, pack_ret=pack_remote_domain_define_xml_flags_ret, unpack_ret=unpack_remote_domain_define_xml_flags_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('domain:write', 'domain:save'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=351, name='DOMAIN_GET_IOTHREAD_INFO', method='domain_get_iothread_info', api_name='virDomainGetIOThreadInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_iothread_info_args, pack_args=pack_remote_domain_get_iothread_info_args, pack_ret=pack_remote_domain_get_iothread_info_ret, unpack_ret=unpack_remote_domain_get_iothread_info_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=352, name='DOMAIN_PIN_IOTHREAD', method='domain_pin_iothread', api_name='virDomainPinIOThread', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_pin_iothread_args, pack_args=pack_remote_domain_pin_iothread_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=353, name='DOMAIN_INTERFACE_ADDRESSES', method='domain_interface_addresses', api_name='virDomainInterfaceAddresses', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_interface_addresses_args, pack_args=pack_remote_domain_interface_addresses_args, pack_ret=pack_remote_domain_interface_addresses_ret, unpack_ret=unpack_remote_domain_interface_addresses_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:read', 'domain:write::source:VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=354, name='DOMAIN_EVENT_CALLBACK_DEVICE_ADDED', method='domain_event_callback_device_added', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_device_added_msg, unpack_msg=unpack_remote_domain_event_callback_device_added_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=355, name='DOMAIN_ADD_IOTHREAD', method='domain_add_iothread', api_name='virDomainAddIOThread', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_add_iothread_args, pack_args=pack_remote_domain_add_iothread_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=356, name='DOMAIN_DEL_IOTHREAD', method='domain_del_iothread', api_name='virDomainDelIOThread', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_del_iothread_args, pack_args=pack_remote_domain_del_iothread_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=357, name='DOMAIN_SET_USER_PASSWORD', method='domain_set_user_password', api_name='virDomainSetUserPassword', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_user_password_args, pack_args=pack_remote_domain_set_user_password_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:set_password',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=358, name='DOMAIN_RENAME', method='domain_rename', api_name='virDomainRename', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_rename_args, pack_args=pack_remote_domain_rename_args, pack_ret=pack_remote_domain_rename_ret, unpack_ret=unpack_remote_domain_rename_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=359, name='DOMAIN_EVENT_CALLBACK_MIGRATION_ITERATION', method='domain_event_callback_migration_iteration', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_migration_iteration_msg, unpack_msg=unpack_remote_domain_event_callback_migration_iteration_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=360, name='CONNECT_REGISTER_CLOSE_CALLBACK', method='connect_register_close_callback', api_name='virConnectRegisterCloseCallback', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=361, name='CONNECT_UNREGISTER_CLOSE_CALLBACK', method='connect_unregister_close_callback', api_name='virConnectUnregisterCloseCallback', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=362, name='CONNECT_EVENT_CONNECTION_CLOSED', method='connect_event_connection_closed', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_connect_event_connection_closed_msg, unpack_msg=unpack_remote_connect_event_connection_closed_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=363, name='DOMAIN_EVENT_CALLBACK_JOB_COMPLETED', method='domain_event_callback_job_completed', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_job_completed_msg, unpack_msg=unpack_remote_domain_event_callback_job_completed_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=364, name='DOMAIN_MIGRATE_START_POST_COPY', method='domain_migrate_start_post_copy', api_name='virDomainMigrateStartPostCopy', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_start_post_copy_args, pack_args=pack_remote_domain_migrate_start_post_copy_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=365, name='DOMAIN_GET_PERF_EVENTS', method='domain_get_perf_events', api_name='virDomainGetPerfEvents', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_perf_events_args, pack_args=pack_remote_domain_get_perf_events_args, pack_ret=pack_remote_domain_get_perf_events_ret, unpack_ret=unpack_remote_domain_get_perf_events_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=366, name='DOMAIN_SET_PERF_EVENTS', method='domain_set_perf_events', api_name='virDomainSetPerfEvents', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_perf_events_args, pack_args=pack_remote_domain_set_perf_events_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=367, name='DOMAIN_EVENT_CALLBACK_DEVICE_REMOVAL_FAILED', method='domain_event_callback_device_removal_failed', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_device_removal_failed_msg, unpack_msg=unpack_remote_domain_event_callback_device_removal_failed_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=368, name='CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY', method='connect_storage_pool_event_register_any', api_name='virConnectStoragePoolEventRegisterAny', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_connect_storage_pool_event_register_any_args, pack_args=pack_remote_connect_storage_pool_event_register_any_args, pack_ret=pack_remote_connect_storage_pool_event_register_any_ret, unpack_ret=unpack_remote_connect_storage_pool_event_register_any_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_storage_pools',), aclfilter=('storage_pool:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=369, name='CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY', method='connect_storage_pool_event_deregister_any', api_name='virConnectStoragePoolEventDeregisterAny', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_connect_storage_pool_event_deregister_any_args, pack_args=pack_remote_connect_storage_pool_event_deregister_any_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=370, name='STORAGE_POOL_EVENT_LIFECYCLE', method='storage_pool_event_lifecycle', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_storage_pool_event_lifecycle_msg, unpack_msg=unpack_remote_storage_pool_event_lifecycle_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=371, name='DOMAIN_GET_GUEST_VCPUS', method='domain_get_guest_vcpus', api_name='virDomainGetGuestVcpus', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_guest_vcpus_args, pack_args=pack_remote_domain_get_guest_vcpus_args, pack_ret=pack_remote_domain_get_guest_vcpus_ret, unpack_ret=unpack_remote_domain_get_guest_vcpus_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=372, name='DOMAIN_SET_GUEST_VCPUS', method='domain_set_guest_vcpus', api_name='virDomainSetGuestVcpus', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_guest_vcpus_args, pack_args=pack_remote_domain_set_guest_vcpus_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=373, name='STORAGE_POOL_EVENT_REFRESH', method='storage_pool_event_refresh', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_storage_pool_event_refresh_msg, unpack_msg=unpack_remote_storage_pool_event_refresh_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=374, name='CONNECT_NODE_DEVICE_EVENT_REGISTER_ANY', method='connect_node_device_event_register_any', api_name='virConnectNodeDeviceEventRegisterAny', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_connect_node_device_event_register_any_args, pack_args=pack_remote_connect_node_device_event_register_any_args, pack_ret=pack_remote_connect_node_device_event_register_any_ret, unpack_ret=unpack_remote_connect_node_device_event_register_any_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_node_devices',), aclfilter=('node_device:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=375, name='CONNECT_NODE_DEVICE_EVENT_DEREGISTER_ANY', method='connect_node_device_event_deregister_any', api_name='virConnectNodeDeviceEventDeregisterAny', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_connect_node_device_event_deregister_any_args, pack_args=pack_remote_connect_node_device_event_deregister_any_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=376, name='NODE_DEVICE_EVENT_LIFECYCLE', method='node_device_event_lifecycle', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_node_device_event_lifecycle_msg, unpack_msg=unpack_remote_node_device_event_lifecycle_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=377, name='NODE_DEVICE_EVENT_UPDATE', method='node_device_event_update', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_node_device_event_update_msg, unpack_msg=unpack_remote_node_device_event_update_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=378, name='STORAGE_VOL_GET_INFO_FLAGS', method='storage_vol_get_info_flags', api_name='virStorageVolGetInfoFlags', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_vol_get_info_flags_args, pack_args=pack_remote_storage_vol_get_info_flags_args, pack_ret=pack_remote_storage_vol_get_info_flags_ret, unpack_ret=unpack_remote_storage_vol_get_info_flags_ret, ret_fields=3, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_vol:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=379, name='DOMAIN_EVENT_CALLBACK_METADATA_CHANGE', method='domain_event_callback_metadata_change', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_callback_metadata_change_msg, unpack_msg=unpack_remote_domain_event_callback_metadata_change_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=380, name='CONNECT_SECRET_EVENT_REGISTER_ANY', method='connect_secret_event_register_any', api_name='virConnectSecretEventRegisterAny', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=unpack_remote_connect_secret_event_register_any_args, pack_args=pack_remote_connect_secret_event_register_any_args, pack_ret=pack_remote_connect_secret_event_register_any_ret, unpack_ret=unpack_remote_connect_secret_event_register_any_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_secrets',), aclfilter=('secret:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=381, name='CONNECT_SECRET_EVENT_DEREGISTER_ANY', method='connect_secret_event_deregister_any', api_name='virConnectSecretEventDeregisterAny', error_domain=VIR_FROM_SECRET, kind='call', unpack_args=unpack_remote_connect_secret_event_deregister_any_args, pack_args=pack_remote_connect_secret_event_deregister_any_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=382, name='SECRET_EVENT_LIFECYCLE', method='secret_event_lifecycle', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_secret_event_lifecycle_msg, unpack_msg=unpack_remote_secret_event_lifecycle_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=383, name='SECRET_EVENT_VALUE_CHANGED', method='secret_event_value_changed', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_secret_event_value_changed_msg, unpack_msg=unpack_remote_secret_event_value_changed_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=384, name='DOMAIN_SET_VCPU', method='domain_set_vcpu', api_name='virDomainSetVcpu', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_vcpu_args, pack_args=pack_remote_domain_set_vcpu_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=385, name='DOMAIN_EVENT_BLOCK_THRESHOLD', method='domain_event_block_threshold', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_block_threshold_msg, unpack_msg=unpack_remote_domain_event_block_threshold_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=386, name='DOMAIN_SET_BLOCK_THRESHOLD', method='domain_set_block_threshold', api_name='virDomainSetBlockThreshold', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_block_threshold_args, pack_args=pack_remote_domain_set_block_threshold_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=387, name='DOMAIN_MIGRATE_GET_MAX_DOWNTIME', method='domain_migrate_get_max_downtime', api_name='virDomainMigrateGetMaxDowntime', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_migrate_get_max_downtime_args, pack_args=pack_remote_domain_migrate_get_max_downtime_args, pack_ret=pack_remote_domain_migrate_get_max_downtime_ret, unpack_ret=unpack_remote_domain_migrate_get_max_downtime_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:migrate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=388, name='DOMAIN_MANAGED_SAVE_GET_XML_DESC', method='domain_managed_save_get_xml_desc', api_name='virDomainManagedSaveGetXMLDesc', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_managed_save_get_xml_desc_args, pack_args=pack_remote_domain_managed_save_get_xml_desc_args, pack_ret=pack_remote_domain_managed_save_get_xml_desc_ret, unpack_ret=unpack_remote_domain_managed_save_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read', 'domain:read_secure:VIR_DOMAIN_SAVE_IMAGE_XML_SECURE'), aclfilter=(), stream=None, fds_in=False, fds_out=False, readonly_deny_flags=1),
+    Procedure(program='remote', prog=536903814, number=389, name='DOMAIN_MANAGED_SAVE_DEFINE_XML', method='domain_managed_save_define_xml', api_name='virDomainManagedSaveDefineXML', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_managed_save_define_xml_args, pack_args=pack_remote_domain_managed_save_define_xml_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:hibernate'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=390, name='DOMAIN_SET_LIFECYCLE_ACTION', method='domain_set_lifecycle_action', api_name='virDomainSetLifecycleAction', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_lifecycle_action_args, pack_args=pack_remote_domain_set_lifecycle_action_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=391, name='STORAGE_POOL_LOOKUP_BY_TARGET_PATH', method='storage_pool_lookup_by_target_path', api_name='virStoragePoolLookupByTargetPath', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_storage_pool_lookup_by_target_path_args, pack_args=pack_remote_storage_pool_lookup_by_target_path_args, pack_ret=pack_remote_storage_pool_lookup_by_target_path_ret, unpack_ret=unpack_remote_storage_pool_lookup_by_target_path_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('storage_pool:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=392, name='DOMAIN_DETACH_DEVICE_ALIAS', method='domain_detach_device_alias', api_name='virDomainDetachDeviceAlias', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_detach_device_alias_args, pack_args=pack_remote_domain_detach_device_alias_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=393, name='CONNECT_COMPARE_HYPERVISOR_CPU', method='connect_compare_hypervisor_cpu', api_name='virConnectCompareHypervisorCPU', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_compare_hypervisor_cpu_args, pack_args=pack_remote_connect_compare_hypervisor_cpu_args, pack_ret=pack_remote_connect_compare_hypervisor_cpu_ret, unpack_ret=unpack_remote_connect_compare_hypervisor_cpu_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=394, name='CONNECT_BASELINE_HYPERVISOR_CPU', method='connect_baseline_hypervisor_cpu', api_name='virConnectBaselineHypervisorCPU', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_baseline_hypervisor_cpu_args, pack_args=pack_remote_connect_baseline_hypervisor_cpu_args, pack_ret=pack_remote_connect_baseline_hypervisor_cpu_ret, unpack_ret=unpack_remote_connect_baseline_hypervisor_cpu_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=395, name='NODE_GET_SEV_INFO', method='node_get_sev_info', api_name='virNodeGetSEVInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_node_get_sev_info_args, pack_args=pack_remote_node_get_sev_info_args, pack_ret=pack_remote_node_get_sev_info_ret, unpack_ret=unpack_remote_node_get_sev_info_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=396, name='DOMAIN_GET_LAUNCH_SECURITY_INFO', method='domain_get_launch_security_info', api_name='virDomainGetLaunchSecurityInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_launch_security_info_args, pack_args=pack_remote_domain_get_launch_security_info_args, pack_ret=pack_remote_domain_get_launch_security_info_ret, unpack_ret=unpack_remote_domain_get_launch_security_info_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=397, name='NWFILTER_BINDING_LOOKUP_BY_PORT_DEV', method='nwfilter_binding_lookup_by_port_dev', api_name='virNWFilterBindingLookupByPortDev', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_nwfilter_binding_lookup_by_port_dev_args, pack_args=pack_remote_nwfilter_binding_lookup_by_port_dev_args, pack_ret=pack_remote_nwfilter_binding_lookup_by_port_dev_ret, unpack_ret=unpack_remote_nwfilter_binding_lookup_by_port_dev_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('nwfilter_binding:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=398, name='NWFILTER_BINDING_GET_XML_DESC', method='nwfilter_binding_get_xml_desc', api_name='virNWFilterBindingGetXMLDesc', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_nwfilter_binding_get_xml_desc_args, pack_args=pack_remote_nwfilter_binding_get_xml_desc_args, pack_ret=pack_remote_nwfilter_binding_get_xml_desc_ret, unpack_ret=unpack_remote_nwfilter_binding_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('nwfilter_binding:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=399, name='NWFILTER_BINDING_CREATE_XML', method='nwfilter_binding_create_xml', api_name='virNWFilterBindingCreateXML', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_nwfilter_binding_create_xml_args, pack_args=pack_remote_nwfilter_binding_create_xml_args, pack_ret=pack_remote_nwfilter_binding_create_xml_ret, unpack_ret=unpack_remote_nwfilter_binding_create_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('nwfilter_binding:create',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=400, name='NWFILTER_BINDING_DELETE', method='nwfilter_binding_delete', api_name='virNWFilterBindingDelete', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_nwfilter_binding_delete_args, pack_args=pack_remote_nwfilter_binding_delete_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('nwfilter_binding:delete',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=401, name='CONNECT_LIST_ALL_NWFILTER_BINDINGS', method='connect_list_all_nwfilter_bindings', api_name='virConnectListAllNWFilterBindings', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_connect_list_all_nwfilter_bindings_args, pack_args=pack_remote_connect_list_all_nwfilter_bindings_args, pack_ret=pack_remote_connect_list_all_nwfilter_bindings_ret, unpack_ret=unpack_remote_connect_list_all_nwfilter_bindings_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('connect:search_nwfilter_bindings',), aclfilter=('nwfilter_binding:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=402, name='DOMAIN_SET_IOTHREAD_PARAMS', method='domain_set_iothread_params', api_name='virDomainSetIOThreadParams', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_iothread_params_args, pack_args=pack_remote_domain_set_iothread_params_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write', 'domain:save:!VIR_DOMAIN_AFFECT_CONFIG|VIR_DOMAIN_AFFECT_LIVE', 'domain:save:VIR_DOMAIN_AFFECT_CONFIG'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=403, name='CONNECT_GET_STORAGE_POOL_CAPABILITIES', method='connect_get_storage_pool_capabilities', api_name='virConnectGetStoragePoolCapabilities', error_domain=VIR_FROM_STORAGE, kind='call', unpack_args=unpack_remote_connect_get_storage_pool_capabilities_args, pack_args=pack_remote_connect_get_storage_pool_capabilities_args, pack_ret=pack_remote_connect_get_storage_pool_capabilities_ret, unpack_ret=unpack_remote_connect_get_storage_pool_capabilities_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('connect:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=404, name='NETWORK_LIST_ALL_PORTS', method='network_list_all_ports', api_name='virNetworkListAllPorts', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_list_all_ports_args, pack_args=pack_remote_network_list_all_ports_args, pack_ret=pack_remote_network_list_all_ports_ret, unpack_ret=unpack_remote_network_list_all_ports_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('network:search_ports',), aclfilter=('network_port:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=405, name='NETWORK_PORT_LOOKUP_BY_UUID', method='network_port_lookup_by_uuid', api_name='virNetworkPortLookupByUUID', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_port_lookup_by_uuid_args, pack_args=pack_remote_network_port_lookup_by_uuid_args, pack_ret=pack_remote_network_port_lookup_by_uuid_ret, unpack_ret=unpack_remote_network_port_lookup_by_uuid_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('network_port:getattr',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=406, name='NETWORK_PORT_CREATE_XML', method='network_port_create_xml', api_name='virNetworkPortCreateXML', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_port_create_xml_args, pack_args=pack_remote_network_port_create_xml_args, pack_ret=pack_remote_network_port_create_xml_ret, unpack_ret=unpack_remote_network_port_create_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('network_port:create',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=407, name='NETWORK_PORT_GET_PARAMETERS', method='network_port_get_parameters', api_name='virNetworkPortGetParameters', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_port_get_parameters_args, pack_args=pack_remote_network_port_get_parameters_args, pack_ret=pack_remote_network_port_get_parameters_ret, unpack_ret=unpack_remote_network_port_get_parameters_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('network_port:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=408, name='NETWORK_PORT_SET_PARAMETERS', method='network_port_set_parameters', api_name='virNetworkPortSetParameters', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_port_set_parameters_args, pack_args=pack_remote_network_port_set_parameters_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('network_port:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=409, name='NETWORK_PORT_GET_XML_DESC', method='network_port_get_xml_desc', api_name='virNetworkPortGetXMLDesc', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_port_get_xml_desc_args, pack_args=pack_remote_network_port_get_xml_desc_args, pack_ret=pack_remote_network_port_get_xml_desc_ret, unpack_ret=unpack_remote_network_port_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('network_port:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=410, name='NETWORK_PORT_DELETE', method='network_port_delete', api_name='virNetworkPortDelete', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_port_delete_args, pack_args=pack_remote_network_port_delete_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('network_port:delete',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=411, name='DOMAIN_CHECKPOINT_CREATE_XML', method='domain_checkpoint_create_xml', api_name='virDomainCheckpointCreateXML', error_domain=VIR_FROM_DOMAIN_CHECKPOINT, kind='call', unpack_args=unpack_remote_domain_checkpoint_create_xml_args, pack_args=pack_remote_domain_checkpoint_create_xml_args, pack_ret=pack_remote_domain_checkpoint_create_xml_ret, unpack_ret=unpack_remote_domain_checkpoint_create_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:checkpoint', 'domain:fs_freeze:VIR_DOMAIN_CHECKPOINT_CREATE_QUIESCE'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=412, name='DOMAIN_CHECKPOINT_GET_XML_DESC', method='domain_checkpoint_get_xml_desc', api_name='virDomainCheckpointGetXMLDesc', error_domain=VIR_FROM_DOMAIN_CHECKPOINT, kind='call', unpack_args=unpack_remote_domain_checkpoint_get_xml_desc_args, pack_args=pack_remote_domain_checkpoint_get_xml_desc_args, pack_ret=pack_remote_domain_checkpoint_get_xml_desc_ret, unpack_ret=unpack_remote_domain_checkpoint_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read', 'domain:read_secure:VIR_DOMAIN_CHECKPOINT_XML_SECURE'), aclfilter=(), stream=None, fds_in=False, fds_out=False, readonly_deny_flags=1),
+    Procedure(program='remote', prog=536903814, number=413, name='DOMAIN_LIST_ALL_CHECKPOINTS', method='domain_list_all_checkpoints', api_name='virDomainListAllCheckpoints', error_domain=VIR_FROM_DOMAIN_CHECKPOINT, kind='call', unpack_args=unpack_remote_domain_list_all_checkpoints_args, pack_args=pack_remote_domain_list_all_checkpoints_args, pack_ret=pack_remote_domain_list_all_checkpoints_ret, unpack_ret=unpack_remote_domain_list_all_checkpoints_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=414, name='DOMAIN_CHECKPOINT_LIST_ALL_CHILDREN', method='domain_checkpoint_list_all_children', api_name='virDomainCheckpointListAllChildren', error_domain=VIR_FROM_DOMAIN_CHECKPOINT, kind='call', unpack_args=unpack_remote_domain_checkpoint_list_all_children_args, pack_args=pack_remote_domain_checkpoint_list_all_children_args, pack_ret=pack_remote_domain_checkpoint_list_all_children_ret, unpack_ret=unpack_remote_domain_checkpoint_list_all_children_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=415, name='DOMAIN_CHECKPOINT_LOOKUP_BY_NAME', method='domain_checkpoint_lookup_by_name', api_name='virDomainCheckpointLookupByName', error_domain=VIR_FROM_DOMAIN_CHECKPOINT, kind='call', unpack_args=unpack_remote_domain_checkpoint_lookup_by_name_args, pack_args=pack_remote_domain_checkpoint_lookup_by_name_args, pack_ret=pack_remote_domain_checkpoint_lookup_by_name_ret, unpack_ret=unpack_remote_domain_checkpoint_lookup_by_name_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=416, name='DOMAIN_CHECKPOINT_GET_PARENT', method='domain_checkpoint_get_parent', api_name='virDomainCheckpointGetParent', error_domain=VIR_FROM_DOMAIN_CHECKPOINT, kind='call', unpack_args=unpack_remote_domain_checkpoint_get_parent_args, pack_args=pack_remote_domain_checkpoint_get_parent_args, pack_ret=pack_remote_domain_checkpoint_get_parent_ret, unpack_ret=unpack_remote_domain_checkpoint_get_parent_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=417, name='DOMAIN_CHECKPOINT_DELETE', method='domain_checkpoint_delete', api_name='virDomainCheckpointDelete', error_domain=VIR_FROM_DOMAIN_CHECKPOINT, kind='call', unpack_args=unpack_remote_domain_checkpoint_delete_args, pack_args=pack_remote_domain_checkpoint_delete_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:checkpoint',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=418, name='DOMAIN_GET_GUEST_INFO', method='domain_get_guest_info', api_name='virDomainGetGuestInfo', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_guest_info_args, pack_args=pack_remote_domain_get_guest_info_args, pack_ret=pack_remote_domain_get_guest_info_ret, unpack_ret=unpack_remote_domain_get_guest_info_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=419, name='CONNECT_SET_IDENTITY', method='connect_set_identity', api_name='virConnectSetIdentity', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_connect_set_identity_args, pack_args=pack_remote_connect_set_identity_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('connect:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=420, name='DOMAIN_AGENT_SET_RESPONSE_TIMEOUT', method='domain_agent_set_response_timeout', api_name='virDomainAgentSetResponseTimeout', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_agent_set_response_timeout_args, pack_args=pack_remote_domain_agent_set_response_timeout_args, pack_ret=pack_remote_domain_agent_set_response_timeout_ret, unpack_ret=unpack_remote_domain_agent_set_response_timeout_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=421, name='DOMAIN_BACKUP_BEGIN', method='domain_backup_begin', api_name='virDomainBackupBegin', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_backup_begin_args, pack_args=pack_remote_domain_backup_begin_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:checkpoint', 'domain:block_write'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=422, name='DOMAIN_BACKUP_GET_XML_DESC', method='domain_backup_get_xml_desc', api_name='virDomainBackupGetXMLDesc', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_backup_get_xml_desc_args, pack_args=pack_remote_domain_backup_get_xml_desc_args, pack_ret=pack_remote_domain_backup_get_xml_desc_ret, unpack_ret=unpack_remote_domain_backup_get_xml_desc_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=423, name='DOMAIN_EVENT_MEMORY_FAILURE', method='domain_event_memory_failure', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_memory_failure_msg, unpack_msg=unpack_remote_domain_event_memory_failure_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=424, name='DOMAIN_AUTHORIZED_SSH_KEYS_GET', method='domain_authorized_ssh_keys_get', api_name='virDomainAuthorizedSSHKeysGet', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_authorized_ssh_keys_get_args, pack_args=pack_remote_domain_authorized_ssh_keys_get_args, pack_ret=pack_remote_domain_authorized_ssh_keys_get_ret, unpack_ret=unpack_remote_domain_authorized_ssh_keys_get_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=425, name='DOMAIN_AUTHORIZED_SSH_KEYS_SET', method='domain_authorized_ssh_keys_set', api_name='virDomainAuthorizedSSHKeysSet', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_authorized_ssh_keys_set_args, pack_args=pack_remote_domain_authorized_ssh_keys_set_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=426, name='DOMAIN_GET_MESSAGES', method='domain_get_messages', api_name='virDomainGetMessages', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_get_messages_args, pack_args=pack_remote_domain_get_messages_args, pack_ret=pack_remote_domain_get_messages_ret, unpack_ret=unpack_remote_domain_get_messages_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=('domain:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=427, name='DOMAIN_START_DIRTY_RATE_CALC', method='domain_start_dirty_rate_calc', api_name='virDomainStartDirtyRateCalc', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_start_dirty_rate_calc_args, pack_args=pack_remote_domain_start_dirty_rate_calc_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=428, name='NODE_DEVICE_DEFINE_XML', method='node_device_define_xml', api_name='virNodeDeviceDefineXML', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_define_xml_args, pack_args=pack_remote_node_device_define_xml_args, pack_ret=pack_remote_node_device_define_xml_ret, unpack_ret=unpack_remote_node_device_define_xml_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('node_device:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=429, name='NODE_DEVICE_UNDEFINE', method='node_device_undefine', api_name='virNodeDeviceUndefine', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_undefine_args, pack_args=pack_remote_node_device_undefine_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('node_device:delete',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=430, name='NODE_DEVICE_CREATE', method='node_device_create', api_name='virNodeDeviceCreate', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_create_args, pack_args=pack_remote_node_device_create_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('node_device:start',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=431, name='NWFILTER_DEFINE_XML_FLAGS', method='nwfilter_define_xml_flags', api_name='virNWFilterDefineXMLFlags', error_domain=VIR_FROM_NWFILTER, kind='call', unpack_args=unpack_remote_nwfilter_define_xml_flags_args, pack_args=pack_remote_nwfilter_define_xml_flags_args, pack_ret=pack_remote_nwfilter_define_xml_flags_ret, unpack_ret=unpack_remote_nwfilter_define_xml_flags_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('nwfilter:write', 'nwfilter:save'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=432, name='NETWORK_DEFINE_XML_FLAGS', method='network_define_xml_flags', api_name='virNetworkDefineXMLFlags', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_define_xml_flags_args, pack_args=pack_remote_network_define_xml_flags_args, pack_ret=pack_remote_network_define_xml_flags_ret, unpack_ret=unpack_remote_network_define_xml_flags_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('network:write', 'network:save'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=433, name='NODE_DEVICE_GET_AUTOSTART', method='node_device_get_autostart', api_name='virNodeDeviceGetAutostart', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_get_autostart_args, pack_args=pack_remote_node_device_get_autostart_args, pack_ret=pack_remote_node_device_get_autostart_ret, unpack_ret=unpack_remote_node_device_get_autostart_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('node_device:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=434, name='NODE_DEVICE_SET_AUTOSTART', method='node_device_set_autostart', api_name='virNodeDeviceSetAutostart', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_set_autostart_args, pack_args=pack_remote_node_device_set_autostart_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('node_device:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=435, name='NODE_DEVICE_IS_PERSISTENT', method='node_device_is_persistent', api_name='virNodeDeviceIsPersistent', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_is_persistent_args, pack_args=pack_remote_node_device_is_persistent_args, pack_ret=pack_remote_node_device_is_persistent_ret, unpack_ret=unpack_remote_node_device_is_persistent_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('node_device:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=436, name='NODE_DEVICE_IS_ACTIVE', method='node_device_is_active', api_name='virNodeDeviceIsActive', error_domain=VIR_FROM_NODEDEV, kind='call', unpack_args=unpack_remote_node_device_is_active_args, pack_args=pack_remote_node_device_is_active_args, pack_ret=pack_remote_node_device_is_active_ret, unpack_ret=unpack_remote_node_device_is_active_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=True, acl=('node_device:read',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=437, name='NETWORK_CREATE_XML_FLAGS', method='network_create_xml_flags', api_name='virNetworkCreateXMLFlags', error_domain=VIR_FROM_NETWORK, kind='call', unpack_args=unpack_remote_network_create_xml_flags_args, pack_args=pack_remote_network_create_xml_flags_args, pack_ret=pack_remote_network_create_xml_flags_ret, unpack_ret=unpack_remote_network_create_xml_flags_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('network:write', 'network:start'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=438, name='DOMAIN_EVENT_MEMORY_DEVICE_SIZE_CHANGE', method='domain_event_memory_device_size_change', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_remote_domain_event_memory_device_size_change_msg, unpack_msg=unpack_remote_domain_event_memory_device_size_change_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=439, name='DOMAIN_SET_LAUNCH_SECURITY_STATE', method='domain_set_launch_security_state', api_name='virDomainSetLaunchSecurityState', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_set_launch_security_state_args, pack_args=pack_remote_domain_set_launch_security_state_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=440, name='DOMAIN_SAVE_PARAMS', method='domain_save_params', api_name='virDomainSaveParams', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_save_params_args, pack_args=pack_remote_domain_save_params_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:hibernate',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=441, name='DOMAIN_RESTORE_PARAMS', method='domain_restore_params', api_name='virDomainRestoreParams', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_restore_params_args, pack_args=pack_remote_domain_restore_params_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:start', 'domain:write'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=442, name='DOMAIN_ABORT_JOB_FLAGS', method='domain_abort_job_flags', api_name='virDomainAbortJobFlags', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_abort_job_flags_args, pack_args=pack_remote_domain_abort_job_flags_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='remote', prog=536903814, number=443, name='DOMAIN_FD_ASSOCIATE', method='domain_fd_associate', api_name='virDomainFDAssociate', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_remote_domain_fd_associate_args, pack_args=pack_remote_domain_fd_associate_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=True, fds_out=False),
+    Procedure(program='qemu', prog=536903815, number=1, name='DOMAIN_MONITOR_COMMAND', method='qemu_domain_monitor_command', api_name='virDomainQemuMonitorCommand', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_qemu_domain_monitor_command_args, pack_args=pack_qemu_domain_monitor_command_args, pack_ret=pack_qemu_domain_monitor_command_ret, unpack_ret=unpack_qemu_domain_monitor_command_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='qemu', prog=536903815, number=2, name='DOMAIN_ATTACH', method='qemu_domain_attach', api_name='virDomainQemuAttach', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_qemu_domain_attach_args, pack_args=pack_qemu_domain_attach_args, pack_ret=pack_qemu_domain_attach_ret, unpack_ret=unpack_qemu_domain_attach_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:start', 'domain:write'), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='qemu', prog=536903815, number=3, name='DOMAIN_AGENT_COMMAND', method='qemu_domain_agent_command', api_name='virDomainQemuAgentCommand', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_qemu_domain_agent_command_args, pack_args=pack_qemu_domain_agent_command_args, pack_ret=pack_qemu_domain_agent_command_ret, unpack_ret=unpack_qemu_domain_agent_command_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='qemu', prog=536903815, number=4, name='CONNECT_DOMAIN_MONITOR_EVENT_REGISTER', method='qemu_connect_domain_monitor_event_register', api_name='virConnectDomainQemuMonitorEventRegister', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_qemu_connect_domain_monitor_event_register_args, pack_args=pack_qemu_connect_domain_monitor_event_register_args, pack_ret=pack_qemu_connect_domain_monitor_event_register_ret, unpack_ret=unpack_qemu_connect_domain_monitor_event_register_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('connect:search_domains', 'connect:write'), aclfilter=('domain:getattr',), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='qemu', prog=536903815, number=5, name='CONNECT_DOMAIN_MONITOR_EVENT_DEREGISTER', method='qemu_connect_domain_monitor_event_deregister', api_name='virConnectDomainQemuMonitorEventDeregister', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_qemu_connect_domain_monitor_event_deregister_args, pack_args=pack_qemu_connect_domain_monitor_event_deregister_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=True, readonly_ok=False, acl=('connect:write',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='qemu', prog=536903815, number=6, name='DOMAIN_MONITOR_EVENT', method='qemu_domain_monitor_event', api_name=None, error_domain=VIR_FROM_NONE, kind='event', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=pack_qemu_domain_monitor_event_msg, unpack_msg=unpack_qemu_domain_monitor_event_msg, high_priority=False, readonly_ok=True, acl=('none',), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='qemu', prog=536903815, number=7, name='DOMAIN_MONITOR_COMMAND_WITH_FILES', method='qemu_domain_monitor_command_with_files', api_name='virDomainQemuMonitorCommandWithFiles', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_qemu_domain_monitor_command_with_files_args, pack_args=pack_qemu_domain_monitor_command_with_files_args, pack_ret=pack_qemu_domain_monitor_command_with_files_ret, unpack_ret=unpack_qemu_domain_monitor_command_with_files_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:write',), aclfilter=(), stream=None, fds_in=True, fds_out=True),
+    Procedure(program='lxc', prog=425984, number=1, name='DOMAIN_OPEN_NAMESPACE', method='lxc_domain_open_namespace', api_name='virDomainLxcOpenNamespace', error_domain=VIR_FROM_DOMAIN, kind='call', unpack_args=unpack_lxc_domain_open_namespace_args, pack_args=pack_lxc_domain_open_namespace_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=False, acl=('domain:open_namespace',), aclfilter=(), stream=None, fds_in=False, fds_out=True),
+    Procedure(program='admin', prog=110102160, number=1, name='CONNECT_OPEN', method='connect_open', api_name='virAdmConnectOpen', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_connect_open_args, pack_args=pack_admin_connect_open_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=2, name='CONNECT_CLOSE', method='connect_close', api_name='virAdmConnectClose', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=None, pack_args=None, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=3, name='CONNECT_GET_LIB_VERSION', method='connect_get_lib_version', api_name='virAdmConnectGetLibVersion', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=None, pack_args=None, pack_ret=pack_admin_connect_get_lib_version_ret, unpack_ret=unpack_admin_connect_get_lib_version_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=4, name='CONNECT_LIST_SERVERS', method='connect_list_servers', api_name='virAdmConnectListServers', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_connect_list_servers_args, pack_args=pack_admin_connect_list_servers_args, pack_ret=pack_admin_connect_list_servers_ret, unpack_ret=unpack_admin_connect_list_servers_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=5, name='CONNECT_LOOKUP_SERVER', method='connect_lookup_server', api_name='virAdmConnectLookupServer', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_connect_lookup_server_args, pack_args=pack_admin_connect_lookup_server_args, pack_ret=pack_admin_connect_lookup_server_ret, unpack_ret=unpack_admin_connect_lookup_server_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=6, name='SERVER_GET_THREADPOOL_PARAMETERS', method='server_get_threadpool_parameters', api_name='virAdmServerGetThreadPoolParameters', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_server_get_threadpool_parameters_args, pack_args=pack_admin_server_get_threadpool_parameters_args, pack_ret=pack_admin_server_get_threadpool_parameters_ret, unpack_ret=unpack_admin_server_get_threadpool_parameters_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=7, name='SERVER_SET_THREADPOOL_PARAMETERS', method='server_set_threadpool_parameters', api_name='virAdmServerSetThreadPoolParameters', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_server_set_threadpool_parameters_args, pack_args=pack_admin_server_set_threadpool_parameters_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=8, name='SERVER_LIST_CLIENTS', method='server_list_clients', api_name='virAdmServerListClients', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_server_list_clients_args, pack_args=pack_admin_server_list_clients_args, pack_ret=pack_admin_server_list_clients_ret, unpack_ret=unpack_admin_server_list_clients_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=9, name='SERVER_LOOKUP_CLIENT', method='server_lookup_client', api_name='virAdmServerLookupClient', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_server_lookup_client_args, pack_args=pack_admin_server_lookup_client_args, pack_ret=pack_admin_server_lookup_client_ret, unpack_ret=unpack_admin_server_lookup_client_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=10, name='CLIENT_GET_INFO', method='client_get_info', api_name='virAdmClientGetInfo', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_client_get_info_args, pack_args=pack_admin_client_get_info_args, pack_ret=pack_admin_client_get_info_ret, unpack_ret=unpack_admin_client_get_info_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=11, name='CLIENT_CLOSE', method='client_close', api_name='virAdmClientClose', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_client_close_args, pack_args=pack_admin_client_close_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=12, name='SERVER_GET_CLIENT_LIMITS', method='server_get_client_limits', api_name='virAdmServerGetClientLimits', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_server_get_client_limits_args, pack_args=pack_admin_server_get_client_limits_args, pack_ret=pack_admin_server_get_client_limits_ret, unpack_ret=unpack_admin_server_get_client_limits_ret, ret_fields=1, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=13, name='SERVER_SET_CLIENT_LIMITS', method='server_set_client_limits', api_name='virAdmServerSetClientLimits', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_server_set_client_limits_args, pack_args=pack_admin_server_set_client_limits_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=14, name='CONNECT_GET_LOGGING_OUTPUTS', method='connect_get_logging_outputs', api_name='virAdmConnectGetLoggingOutputs', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_connect_get_logging_outputs_args, pack_args=pack_admin_connect_get_logging_outputs_args, pack_ret=pack_admin_connect_get_logging_outputs_ret, unpack_ret=unpack_admin_connect_get_logging_outputs_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=15, name='CONNECT_GET_LOGGING_FILTERS', method='connect_get_logging_filters', api_name='virAdmConnectGetLoggingFilters', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_connect_get_logging_filters_args, pack_args=pack_admin_connect_get_logging_filters_args, pack_ret=pack_admin_connect_get_logging_filters_ret, unpack_ret=unpack_admin_connect_get_logging_filters_ret, ret_fields=2, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=16, name='CONNECT_SET_LOGGING_OUTPUTS', method='connect_set_logging_outputs', api_name='virAdmConnectSetLoggingOutputs', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_connect_set_logging_outputs_args, pack_args=pack_admin_connect_set_logging_outputs_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=17, name='CONNECT_SET_LOGGING_FILTERS', method='connect_set_logging_filters', api_name='virAdmConnectSetLoggingFilters', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_connect_set_logging_filters_args, pack_args=pack_admin_connect_set_logging_filters_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=18, name='SERVER_UPDATE_TLS_FILES', method='server_update_tls_files', api_name='virAdmServerUpdateTlsFiles', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_server_update_tls_files_args, pack_args=pack_admin_server_update_tls_files_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
+    Procedure(program='admin', prog=110102160, number=19, name='CONNECT_SET_DAEMON_TIMEOUT', method='connect_set_daemon_timeout', api_name='virAdmConnectSetDaemonTimeout', error_domain=VIR_FROM_ADMIN, kind='call', unpack_args=unpack_admin_connect_set_daemon_timeout_args, pack_args=pack_admin_connect_set_daemon_timeout_args, pack_ret=None, unpack_ret=None, ret_fields=0, pack_msg=None, unpack_msg=None, high_priority=False, readonly_ok=True, acl=(), aclfilter=(), stream=None, fds_in=False, fds_out=False),
 )
 
 # Client-chosen sizes, checked before a handler runs: (program, procedure) ->

@@ -1,4 +1,8 @@
-"""The per-procedure facts that the generated table carries (one row per procedure)."""
+"""The per-procedure facts that the generated table carries (one row per procedure).
+
+Rows are written with keyword fields (tools/gen_protocol.py), so a new column
+is added here and in the generator, never by position.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ class Procedure(NamedTuple):
     number: int             # procedure number
     name: str               # 'DOMAIN_GET_INFO'
     method: str             # 'domain_get_info': the handler/driver method name
+    api_name: Optional[str]  # 'virDomainGetInfo': the libvirt function (None: events, auth)
+    error_domain: int       # VIR_FROM_* of that function's source file (refusals carry it)
     kind: str               # 'call', 'event' or 'keepalive'
     unpack_args: Optional[Unpack]
     pack_args: Optional[Pack]

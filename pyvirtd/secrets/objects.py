@@ -35,12 +35,15 @@ if TYPE_CHECKING:
 
 _FROM = P.VIR_FROM_SECRET
 
-# virConnectListAllSecretsFlags
-LIST_EPHEMERAL, LIST_NO_EPHEMERAL, LIST_PRIVATE, LIST_NO_PRIVATE = 1, 2, 4, 8
-LIST_ALL = 15
-# virSecretEventLifecycleType
-EV_DEFINED, EV_UNDEFINED = 0, 1
-DEFINE_VALIDATE = 1     # VIR_SECRET_DEFINE_VALIDATE
+_LIST = P.ConnectListAllSecretsFlags
+LIST_EPHEMERAL, LIST_NO_EPHEMERAL = (_LIST.VIR_CONNECT_LIST_SECRETS_EPHEMERAL,
+                                     _LIST.VIR_CONNECT_LIST_SECRETS_NO_EPHEMERAL)
+LIST_PRIVATE, LIST_NO_PRIVATE = (_LIST.VIR_CONNECT_LIST_SECRETS_PRIVATE,
+                                 _LIST.VIR_CONNECT_LIST_SECRETS_NO_PRIVATE)
+LIST_ALL = LIST_EPHEMERAL | LIST_NO_EPHEMERAL | LIST_PRIVATE | LIST_NO_PRIVATE
+EV_DEFINED = P.SecretEventLifecycleType.VIR_SECRET_EVENT_DEFINED
+EV_UNDEFINED = P.SecretEventLifecycleType.VIR_SECRET_EVENT_UNDEFINED
+DEFINE_VALIDATE = P.SecretDefineFlags.VIR_SECRET_DEFINE_VALIDATE
 
 
 @dataclass(eq=False)
@@ -96,7 +99,7 @@ class SecretList:
         return secret
 
     def find_usage(self, usage_type: int, usage_id: str | None) -> Secret | None:
-        if usage_type == 0:           # VIR_SECRET_USAGE_TYPE_NONE names nothing
+        if usage_type == P.SecretUsageType.VIR_SECRET_USAGE_TYPE_NONE:   # names nothing
             return None
         for s in self._by_uuid.values():
             d = s.definition

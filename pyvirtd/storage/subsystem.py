@@ -21,7 +21,7 @@ import trio
 from lxml import etree
 
 from pyvirtd.driver import DriverContext
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage.backends.base import Backend
 from pyvirtd.storage.backends.dir import DirBackend
@@ -43,32 +43,35 @@ BACKENDS: dict[str, type[Backend]] = {"dir": DirBackend, "fs": FsBackend, "netfs
                                       "logical": LogicalBackend, "iscsi": IscsiBackend}
 
 # virConnectListAllStoragePoolsFlags: six state filters, then one bit per pool type.
-LIST_INACTIVE, LIST_ACTIVE, LIST_PERSISTENT, LIST_TRANSIENT, LIST_AUTOSTART, LIST_NO_AUTOSTART = (
-    1, 2, 4, 8, 16, 32)
+LIST_INACTIVE = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_INACTIVE
+LIST_ACTIVE = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE
+LIST_PERSISTENT = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT
+LIST_TRANSIENT = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_TRANSIENT
+LIST_AUTOSTART = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_AUTOSTART
+LIST_NO_AUTOSTART = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_NO_AUTOSTART
 LIST_TYPE_BASE = 6
 LIST_ALL = (1 << (LIST_TYPE_BASE + len(stxml.POOL_TYPES))) - 1
 # virStoragePoolCreateFlags
-CREATE_WITH_BUILD, CREATE_WITH_BUILD_OVERWRITE, CREATE_WITH_BUILD_NO_OVERWRITE = 1, 2, 4
+CREATE_WITH_BUILD = P.StoragePoolCreateFlags.VIR_STORAGE_POOL_CREATE_WITH_BUILD
+CREATE_WITH_BUILD_OVERWRITE = P.StoragePoolCreateFlags.VIR_STORAGE_POOL_CREATE_WITH_BUILD_OVERWRITE
+CREATE_WITH_BUILD_NO_OVERWRITE = (
+    P.StoragePoolCreateFlags.VIR_STORAGE_POOL_CREATE_WITH_BUILD_NO_OVERWRITE)
 # virStoragePoolBuildFlags
-BUILD_REPAIR, BUILD_RESIZE, BUILD_NO_OVERWRITE, BUILD_OVERWRITE = 1, 2, 4, 8
+BUILD_REPAIR = P.StoragePoolBuildFlags.VIR_STORAGE_POOL_BUILD_REPAIR
+BUILD_RESIZE = P.StoragePoolBuildFlags.VIR_STORAGE_POOL_BUILD_RESIZE
+BUILD_NO_OVERWRITE = P.StoragePoolBuildFlags.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE
+BUILD_OVERWRITE = P.StoragePoolBuildFlags.VIR_STORAGE_POOL_BUILD_OVERWRITE
 # virStoragePoolDeleteFlags
-DELETE_ZEROED = 1
+DELETE_ZEROED = P.StoragePoolDeleteFlags.VIR_STORAGE_POOL_DELETE_ZEROED
 # virStoragePoolDefineFlags / virStorageXMLFlags
-DEFINE_VALIDATE = 1
-XML_INACTIVE = 1
+DEFINE_VALIDATE = P.StoragePoolDefineFlags.VIR_STORAGE_POOL_DEFINE_VALIDATE
+XML_INACTIVE = P.StorageXMLFlags.VIR_STORAGE_XML_INACTIVE
 
 (EV_DEFINED, EV_UNDEFINED, EV_STARTED, EV_STOPPED, EV_CREATED, EV_DELETED) = range(6)
 
 # How long daemon start waits for one pool's storage to answer before
 # leaving that pool inactive (a dead NFS server must not stop the daemon).
 STARTUP_CHECK_SECONDS = 20
-
-
-def check_flags(flags: int, allowed: int, function: str) -> None:
-    """libvirt's virCheckFlags."""
-    if flags & ~allowed:
-        raise VirError(P.VIR_ERR_INVALID_ARG, domain=_FROM, message=(
-            f"unsupported flags (0x{flags & ~allowed:x}) in function {function}"))
 
 
 def _pool_capabilities(supported: set[str]) -> str:
@@ -221,7 +224,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         return [p.name for p in self.pools.values() if not p.active][:maxnames]
 
     def connect_list_all_storage_pools(self, need_results: int, flags: int) -> tuple:
-        check_flags(flags, LIST_ALL, "virConnectListAllStoragePools")
+        check_flags(flags, LIST_ALL, "virConnectListAllStoragePools", _FROM)
         type_bits = flags >> LIST_TYPE_BASE
         out = []
         for p in self.pools.values():
@@ -249,7 +252,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         return await self._backend(pool_type).find_sources(src_spec, flags)
 
     def connect_get_storage_pool_capabilities(self, flags: int) -> str:
-        check_flags(flags, 0, "storageConnectGetStoragePoolCapabilities")
+        check_flags(flags, 0, "storageConnectGetStoragePoolCapabilities", _FROM)
         return _pool_capabilities(set(self.backends))
 
     # ---------------------------------------------------------------- lookup
@@ -306,7 +309,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         return same
 
     async def storage_pool_define_xml(self, xml: str, flags: int) -> P.remote_nonnull_storage_pool:
-        check_flags(flags, DEFINE_VALIDATE, "storagePoolDefineXML")
+        check_flags(flags, DEFINE_VALIDATE, "storagePoolDefineXML", _FROM)
         pdef = stxml.parse_pool(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         backend = self._backend(pdef.type)
         same = self._check_duplicates(pdef)
@@ -324,7 +327,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
 
     async def storage_pool_create_xml(self, xml: str, flags: int) -> P.remote_nonnull_storage_pool:
         check_flags(flags, CREATE_WITH_BUILD | CREATE_WITH_BUILD_OVERWRITE
-                    | CREATE_WITH_BUILD_NO_OVERWRITE, "storagePoolCreateXML")
+                    | CREATE_WITH_BUILD_NO_OVERWRITE, "storagePoolCreateXML", _FROM)
         pdef = stxml.parse_pool(xml)
         backend = self._backend(pdef.type)
         same = self._check_duplicates(pdef)
@@ -356,13 +359,13 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         self._emit(pool, EV_UNDEFINED)
 
     def storage_pool_get_xml_desc(self, ref, flags: int) -> str:
-        check_flags(flags, XML_INACTIVE, "storagePoolGetXMLDesc")
+        check_flags(flags, XML_INACTIVE, "storagePoolGetXMLDesc", _FROM)
         return self._pool(ref).xml(inactive=bool(flags & XML_INACTIVE))
 
     # ------------------------------------------------------------- lifecycle
     async def storage_pool_build(self, ref, flags: int) -> None:
         check_flags(flags, BUILD_REPAIR | BUILD_RESIZE | BUILD_NO_OVERWRITE | BUILD_OVERWRITE,
-                    "storagePoolBuild")
+                    "storagePoolBuild", _FROM)
         pool = self._pool(ref)
         async with pool.lock:
             if pool.active:
@@ -373,7 +376,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
 
     async def storage_pool_create(self, ref, flags: int) -> None:
         check_flags(flags, CREATE_WITH_BUILD | CREATE_WITH_BUILD_OVERWRITE
-                    | CREATE_WITH_BUILD_NO_OVERWRITE, "storagePoolCreate")
+                    | CREATE_WITH_BUILD_NO_OVERWRITE, "storagePoolCreate", _FROM)
         await self._start(self._pool(ref), flags)
 
     async def _start(self, pool: Pool, flags: int) -> None:
@@ -434,7 +437,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
             self.pools.pop(pool.name, None)
 
     async def storage_pool_delete(self, ref, flags: int) -> None:
-        check_flags(flags, DELETE_ZEROED, "storagePoolDelete")
+        check_flags(flags, DELETE_ZEROED, "storagePoolDelete", _FROM)
         pool = self._pool(ref)
         async with pool.lock:
             if pool.active:
@@ -443,7 +446,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         self._emit(pool, EV_DELETED)
 
     async def storage_pool_refresh(self, ref, flags: int) -> None:
-        check_flags(flags, 0, "storagePoolRefresh")
+        check_flags(flags, 0, "storagePoolRefresh", _FROM)
         pool = self._pool(ref)
         async with pool.lock:
             if not pool.active:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage.backends.base import VOL_DIR, VOL_FILE, VOL_TYPE_NAMES, Volume
 from pyvirtd.storage.backends.dir import (RESIZE_ALLOCATE, RESIZE_DELTA, RESIZE_SHRINK,
@@ -31,15 +31,11 @@ if TYPE_CHECKING:
 _FROM = P.VIR_FROM_STORAGE
 
 # virStorageVolCreateFlags' schema check (the other create flags come from the backends)
-VOL_CREATE_VALIDATE = 4
+VOL_CREATE_VALIDATE = P.StorageVolCreateFlags.VIR_STORAGE_VOL_CREATE_VALIDATE
 # virStorageVolDeleteFlags / virStorageVolInfoFlags
-DELETE_ZEROED, DELETE_WITH_SNAPSHOTS = 1, 2
-GET_PHYSICAL = 1
-
-
-def _check_flags(flags: int, allowed: int, function: str) -> None:
-    from pyvirtd.storage.subsystem import check_flags
-    check_flags(flags, allowed, function)
+DELETE_ZEROED = P.StorageVolDeleteFlags.VIR_STORAGE_VOL_DELETE_ZEROED
+DELETE_WITH_SNAPSHOTS = P.StorageVolDeleteFlags.VIR_STORAGE_VOL_DELETE_WITH_SNAPSHOTS
+GET_PHYSICAL = P.StorageVolInfoFlags.VIR_STORAGE_VOL_GET_PHYSICAL
 
 
 def no_vol(what: str, value: str) -> VirError:
@@ -122,7 +118,7 @@ class VolumeProcedures:
 
     def storage_pool_list_all_volumes(self: "StorageSubsystem", ref, need_results: int,
                                       flags: int) -> tuple:
-        _check_flags(flags, 0, "storagePoolListAllVolumes")
+        check_flags(flags, 0, "storagePoolListAllVolumes", _FROM)
         pool = self._active_pool(ref)
         if not need_results:
             return ([], len(pool.volumes))
@@ -213,8 +209,8 @@ class VolumeProcedures:
         return fresh
 
     async def storage_vol_create_xml(self: "StorageSubsystem", ref, xml: str, flags: int):
-        _check_flags(flags, VOL_CREATE_PREALLOC_METADATA | VOL_CREATE_REFLINK | VOL_CREATE_VALIDATE,
-                     "storageVolCreateXML")
+        check_flags(flags, VOL_CREATE_PREALLOC_METADATA | VOL_CREATE_REFLINK | VOL_CREATE_VALIDATE,
+                     "storageVolCreateXML", _FROM)
         pool = self._active_pool(ref)
         voldef, vol = self._new_volume(pool, xml, flags)
         await self._backing(pool, voldef, vol)
@@ -227,8 +223,8 @@ class VolumeProcedures:
 
     async def storage_vol_create_xml_from(self: "StorageSubsystem", ref, xml: str, clone_ref,
                                           flags: int):
-        _check_flags(flags, VOL_CREATE_PREALLOC_METADATA | VOL_CREATE_REFLINK | VOL_CREATE_VALIDATE,
-                     "storageVolCreateXMLFrom")
+        check_flags(flags, VOL_CREATE_PREALLOC_METADATA | VOL_CREATE_REFLINK | VOL_CREATE_VALIDATE,
+                     "storageVolCreateXMLFrom", _FROM)
         pool = self._active_pool(ref)
         src_pool = self.pools.get(clone_ref.pool)
         if src_pool is None:
@@ -261,7 +257,7 @@ class VolumeProcedures:
 
     # ------------------------------------------------------------- operations
     async def storage_vol_delete(self: "StorageSubsystem", ref, flags: int) -> None:
-        _check_flags(flags, DELETE_ZEROED | DELETE_WITH_SNAPSHOTS, "storageVolDelete")
+        check_flags(flags, DELETE_ZEROED | DELETE_WITH_SNAPSHOTS, "storageVolDelete", _FROM)
         pool, vol = self._ready_vol(ref)
         if in_use(vol):
             raise VirError(P.VIR_ERR_OPERATION_INVALID, domain=_FROM, message=(
@@ -280,13 +276,13 @@ class VolumeProcedures:
         return (vol.type, vol.capacity, vol.allocation)
 
     async def storage_vol_get_info_flags(self: "StorageSubsystem", ref, flags: int) -> tuple:
-        _check_flags(flags, GET_PHYSICAL, "storageVolGetInfoFlags")
+        check_flags(flags, GET_PHYSICAL, "storageVolGetInfoFlags", _FROM)
         pool, vol = self._vol(ref)
         vol = await self._refreshed(pool, vol)
         return (vol.type, vol.capacity, vol.physical if flags & GET_PHYSICAL else vol.allocation)
 
     async def storage_vol_get_xml_desc(self: "StorageSubsystem", ref, flags: int) -> str:
-        _check_flags(flags, 0, "storageVolGetXMLDesc")
+        check_flags(flags, 0, "storageVolGetXMLDesc", _FROM)
         pool, vol = self._vol(ref)
         return volume_xml(await self._refreshed(pool, vol))
 
@@ -294,7 +290,8 @@ class VolumeProcedures:
         return self._vol(ref)[1].path
 
     async def storage_vol_resize(self: "StorageSubsystem", ref, capacity: int, flags: int) -> None:
-        _check_flags(flags, RESIZE_ALLOCATE | RESIZE_DELTA | RESIZE_SHRINK, "storageVolResize")
+        check_flags(flags, RESIZE_ALLOCATE | RESIZE_DELTA | RESIZE_SHRINK, "storageVolResize",
+                    _FROM)
         pool, vol = self._ready_vol(ref)
         vol = await self._refreshed(pool, vol)
         if flags & RESIZE_DELTA:
@@ -319,12 +316,12 @@ class VolumeProcedures:
         pool.available = max(0, pool.available - (fresh.allocation - vol.allocation))
 
     async def storage_vol_wipe(self: "StorageSubsystem", ref, flags: int) -> None:
-        _check_flags(flags, 0, "storageVolWipe")
+        check_flags(flags, 0, "storageVolWipe", _FROM)
         await self._wipe(ref, WIPE_ALG_ZERO)
 
     async def storage_vol_wipe_pattern(self: "StorageSubsystem", ref, algorithm: int,
                                        flags: int) -> None:
-        _check_flags(flags, 0, "storageVolWipePattern")
+        check_flags(flags, 0, "storageVolWipePattern", _FROM)
         await self._wipe(ref, algorithm)
 
     async def _wipe(self: "StorageSubsystem", ref, algorithm: int) -> None:

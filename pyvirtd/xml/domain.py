@@ -490,7 +490,9 @@ def _libxml_dump(elem: etree._Element) -> str:
 
 # -- metadata (virDomainSetMetadata / virDomainGetMetadata) -------------------
 
-METADATA_DESCRIPTION, METADATA_TITLE, METADATA_ELEMENT = 0, 1, 2
+METADATA_DESCRIPTION = P.DomainMetadataType.VIR_DOMAIN_METADATA_DESCRIPTION
+METADATA_TITLE = P.DomainMetadataType.VIR_DOMAIN_METADATA_TITLE
+METADATA_ELEMENT = P.DomainMetadataType.VIR_DOMAIN_METADATA_ELEMENT
 
 
 def _no_metadata() -> VirError:

@@ -43,14 +43,18 @@ DHCP_CHILD_ORDER = ("range", "host", "bootp")
 # Forward modes for which libvirt manages the bridge and so writes stp/delay.
 _MANAGED_BRIDGE_MODES = (None, "nat", "route", "open", "none")
 
-# virNetworkUpdateCommand (include/libvirt/libvirt-network.h); the generated
-# codec carries only protocol constants, not the public API's enums.
-CMD_MODIFY, CMD_DELETE, CMD_ADD_LAST, CMD_ADD_FIRST = 1, 2, 3, 4
+# virNetworkUpdateCommand (include/libvirt/libvirt-network.h)
+CMD_MODIFY = P.NetworkUpdateCommand.VIR_NETWORK_UPDATE_COMMAND_MODIFY
+CMD_DELETE = P.NetworkUpdateCommand.VIR_NETWORK_UPDATE_COMMAND_DELETE
+CMD_ADD_LAST = P.NetworkUpdateCommand.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST
+CMD_ADD_FIRST = P.NetworkUpdateCommand.VIR_NETWORK_UPDATE_COMMAND_ADD_FIRST
 # virNetworkUpdateSection values, named as virsh and the error messages name them.
 SECTIONS = {1: "bridge", 2: "domain", 3: "ip", 4: "ip-dhcp-host", 5: "ip-dhcp-range",
             6: "forward", 7: "forward-interface", 8: "forward-pf", 9: "portgroup",
             10: "dns-host", 11: "dns-txt", 12: "dns-srv"}
-SECTION_IP_DHCP_HOST, SECTION_IP_DHCP_RANGE, SECTION_DNS_HOST = 4, 5, 10
+SECTION_IP_DHCP_HOST = P.NetworkUpdateSection.VIR_NETWORK_SECTION_IP_DHCP_HOST
+SECTION_IP_DHCP_RANGE = P.NetworkUpdateSection.VIR_NETWORK_SECTION_IP_DHCP_RANGE
+SECTION_DNS_HOST = P.NetworkUpdateSection.VIR_NETWORK_SECTION_DNS_HOST
 
 
 @dataclass

@@ -273,7 +273,14 @@ def test_unimplemented_procedure_is_no_support(shared) -> None:
                     "{}", 0, procs=QEMU_PROC, prog=(P.QEMU_PROGRAM, 1))
     err = c.error(c.reply(serial))
     assert err.code == P.VIR_ERR_NO_SUPPORT
-    assert err.message.startswith("this function is not supported by the connection driver: ")
+    assert err.message == ("this function is not supported by the connection driver: "
+                           "virDomainQemuMonitorCommand")
+    assert err.domain == P.VIR_FROM_DOMAIN
+    # libvirt's own spelling of the function, capitals included, and its file's error domain
+    err = c.error(c.reply(c.call("CONNECT_NUM_OF_NWFILTERS")))
+    assert (err.code, err.domain, err.message) == (
+        P.VIR_ERR_NO_SUPPORT, P.VIR_FROM_NWFILTER,
+        "this function is not supported by the connection driver: virConnectNumOfNWFilters")
     assert c.result("CONNECT_GET_LIB_VERSION") == LIB_VERSION
     c.close()
 

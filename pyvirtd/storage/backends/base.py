@@ -39,7 +39,12 @@ if TYPE_CHECKING:
     from pyvirtd.xml.storage import VolumeDef
 
 # virStorageVolType
-VOL_FILE, VOL_BLOCK, VOL_DIR, VOL_NETWORK, VOL_NETDIR, VOL_PLOOP = range(6)
+VOL_FILE = P.StorageVolType.VIR_STORAGE_VOL_FILE
+VOL_BLOCK = P.StorageVolType.VIR_STORAGE_VOL_BLOCK
+VOL_DIR = P.StorageVolType.VIR_STORAGE_VOL_DIR
+VOL_NETWORK = P.StorageVolType.VIR_STORAGE_VOL_NETWORK
+VOL_NETDIR = P.StorageVolType.VIR_STORAGE_VOL_NETDIR
+VOL_PLOOP = P.StorageVolType.VIR_STORAGE_VOL_PLOOP
 VOL_TYPE_NAMES = ("file", "block", "dir", "network", "netdir", "ploop")
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage import tools
 from pyvirtd.storage.backends.base import VOL_BLOCK, Backend, PoolScan, Volume
@@ -274,8 +274,7 @@ class IscsiBackend(Backend):
 
     # ----------------------------------------------------------------- discovery
     async def find_sources(self, spec: str | None, flags: int) -> str:
-        from pyvirtd.storage.subsystem import check_flags
-        check_flags(flags, 0, "virStorageBackendISCSIFindPoolSources")
+        check_flags(flags, 0, "virStorageBackendISCSIFindPoolSources", _FROM)
         if not spec:
             raise VirError(P.VIR_ERR_INVALID_ARG, domain=_FROM, message=(
                 "hostname must be specified for iscsi sources"))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage import tools
 from pyvirtd.storage.backends.base import VOL_BLOCK, Backend, PoolScan, Volume
@@ -229,8 +229,7 @@ class LogicalBackend(Backend):
         await tools.run(["vgchange", "-aln", self._vg(pool)])
 
     async def delete(self, pool: "Pool", flags: int) -> None:
-        from pyvirtd.storage.subsystem import check_flags
-        check_flags(flags, 0, "virStorageBackendLogicalDeletePool")
+        check_flags(flags, 0, "virStorageBackendLogicalDeletePool", _FROM)
         await tools.run(["vgremove", "-f", self._vg(pool)])
         for path in self._devices(pool):
             await tools.run(["pvremove", path], check=False)
@@ -244,8 +243,7 @@ class LogicalBackend(Backend):
 
     async def create_vol(self, pool: "Pool", voldef: "VolumeDef", vol: Volume,
                          flags: int) -> None:
-        from pyvirtd.storage.subsystem import check_flags
-        check_flags(flags, 0, "virStorageBackendLogicalCreateVol")
+        check_flags(flags, 0, "virStorageBackendLogicalCreateVol", _FROM)
         vol.type, vol.format = VOL_BLOCK, ""
         argv = ["lvcreate", "--name", vol.name, "-L"]
         if vol.capacity != vol.allocation:
@@ -304,8 +302,7 @@ class LogicalBackend(Backend):
 
     # ----------------------------------------------------------------- discovery
     async def find_sources(self, spec: str | None, flags: int) -> str:
-        from pyvirtd.storage.subsystem import check_flags
-        check_flags(flags, 0, "virStorageBackendLogicalFindPoolSources")
+        check_flags(flags, 0, "virStorageBackendLogicalFindPoolSources", _FROM)
         root = etree.Element("sources")
         for vg, pvs in (await pv_sources()).items():
             src = etree.SubElement(root, "source")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage import tools
 from pyvirtd.storage.backends.dir import DirBackend
@@ -67,8 +67,7 @@ class NetfsBackend(FsBackend):
 
     async def find_sources(self, spec: str | None, flags: int) -> str:
         """virStorageBackendFileSystemNetFindPoolSources: the exports of a host."""
-        from pyvirtd.storage.subsystem import check_flags
-        check_flags(flags, 0, "virStorageBackendFileSystemNetFindPoolSources")
+        check_flags(flags, 0, "virStorageBackendFileSystemNetFindPoolSources", _FROM)
         if not spec:
             raise VirError(P.VIR_ERR_INVALID_ARG, domain=_FROM, message=(
                 "hostname must be specified for netfs sources"))

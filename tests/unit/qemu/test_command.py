@@ -215,3 +215,16 @@ def test_usb_disk_goes_on_the_usb_bus() -> None:
         binary=QEMU, monitor_path="/m")
     assert any(a.startswith("usb-storage,bus=usb.0,drive=libvirt-1-format,id=usb-disk0")
                for a in argv)
+
+
+def test_confined_argv_takes_the_daemons_monitor_socket_and_the_sandbox():
+    """A confined QEMU (confine.py) neither daemonizes nor writes a pidfile, gets its
+    monitor as an inherited listening fd and runs under the seccomp filter."""
+    from pyvirtd.drivers.qemu.confine import SANDBOX
+
+    argv = _build((DATA / "kvm-minimal.xml").read_text(), daemonize=False, monitor_fd=7,
+                  sandbox=SANDBOX)
+    assert argv[argv.index("-chardev") + 1] == "socket,id=charmonitor,fd=7,server=on,wait=off"
+    assert argv[argv.index("-sandbox") + 1] == (
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+    assert "-daemonize" not in argv
