@@ -27,6 +27,16 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "pyvirtd.drivers"
 
 
+class SubsystemError(Exception):
+    """A shared subsystem (storage, network, secret, ...) cannot work here.
+
+    Unlike a hypervisor driver, which is left out as not operational, a
+    subsystem every hypervisor connection relies on stops the daemon, as a
+    state driver that fails to initialise stops libvirtd: otherwise its
+    procedures would answer "not supported" with no word of why.
+    """
+
+
 @dataclass(frozen=True)
 class DriverContext:
     """What a driver gets from the daemon.
@@ -88,6 +98,8 @@ class DriverRegistry:
             try:
                 driver = ep.load()(ctx)
                 reason = driver.probe()
+            except SubsystemError:
+                raise
             except Exception as exc:  # one broken driver must not stop the daemon
                 log.exception("driver %s failed to load", ep.name)
                 reason = str(exc)
@@ -146,8 +158,8 @@ SUBSYSTEMS = (
 def shared_subsystems(ctx: DriverContext) -> tuple[Any, ...]:
     """The subsystems a hypervisor connection delegates to, created on first use.
 
-    A subsystem whose module is not there yet is skipped: its procedures then
-    answer VIR_ERR_NO_SUPPORT like any other missing method.
+    Raises SubsystemError naming the subsystem when one cannot be imported or
+    created (the daemon then stops with that message); none is skipped.
     """
     import importlib
 
@@ -157,8 +169,13 @@ def shared_subsystems(ctx: DriverContext) -> tuple[Any, ...]:
         if sub is None:
             try:
                 factory = getattr(importlib.import_module(module), cls)
-            except (ImportError, AttributeError):
-                continue
-            sub = ctx.shared[key] = factory(ctx)
+                sub = factory(ctx)
+            except SubsystemError as exc:
+                raise SubsystemError(f"{key} subsystem: {exc}") from exc
+            except Exception as exc:
+                log.exception("%s subsystem (%s.%s) failed to load", key, module, cls)
+                raise SubsystemError(f"{key} subsystem ({module}.{cls}): "
+                                     f"{type(exc).__name__}: {exc}") from exc
+            ctx.shared[key] = sub
         found.append(sub)
     return tuple(found)

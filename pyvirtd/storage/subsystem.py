@@ -95,6 +95,8 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         self.files = PoolFiles(ctx.paths.state_dir, ctx.paths.run_dir)
         self.pools: dict[str, Pool] = {}
         self.backends = {name: cls() for name, cls in BACKENDS.items()}
+        # iSCSI CHAP passwords come from the secret subsystem, made after this one
+        self.backends["iscsi"].secrets = lambda: ctx.shared.get("secret")
         self._load()
 
     # --------------------------------------------------------------- helpers
