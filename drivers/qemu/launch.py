@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
@@ -101,7 +102,7 @@ def prepare_live(state: "QemuDriverState", live: domxml.DomainDef) -> None:
     (qemuProcessPrepareDomain): a socket path for each unix channel that names
     none, under the run directory, and a free port for each SPICE display with
     autoport (QEMU, unlike for VNC, cannot pick one itself)."""
-    channel_dir = state.store.run_dir / "channel" / f"domain-{live.name[:20]}"
+    channel_dir = name_path(state.store.run_dir / "channel", f"domain-{live.name[:20]}")
     for dev in live.devices_of("channel"):
         src, tgt = dev.find("source"), dev.find("target")
         if dev.get("type") != "unix" or tgt is None or not tgt.get("name"):
@@ -110,7 +111,7 @@ def prepare_live(state: "QemuDriverState", live: domxml.DomainDef) -> None:
             src = etree.SubElement(dev, "source", mode="bind")
         if not src.get("path"):
             channel_dir.mkdir(parents=True, exist_ok=True)
-            src.set("path", str(channel_dir / tgt.get("name")))
+            src.set("path", str(name_path(channel_dir, tgt.get("name"))))
     taken = _display_ports_in_use(state)
     for gfx in live.devices_of("graphics"):
         if gfx.get("type") == "spice" and gfx.get("autoport", "yes") == "yes" \

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import format_uuid
@@ -290,6 +291,7 @@ class DomainMixin:
     def domain_rename(self, ref: Any, new_name: str, flags: int) -> int:
         check_flags(flags, 0, "testDomainRename")
         dom = self._dom(ref)
+        check_name("domain", new_name, error_domain=P.VIR_FROM_TEST)
         if dom.active:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot rename active domain",
                            domain=P.VIR_FROM_TEST)

@@ -15,6 +15,7 @@ from xml.sax.saxutils import escape
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import schema
@@ -89,6 +90,8 @@ def _parse_snapshot_xml(text: str, *, validate_schema: bool = False
         schema.validate(root, "domainsnapshot")
     name = root.findtext("name")
     desc = root.findtext("description")
+    if name and name.strip():
+        check_name("snapshot", name.strip())
     return (name.strip() if name else None), desc
 
 

@@ -62,6 +62,7 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.files import write_atomic
+from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
 from pyvirtd.xml import network as netxml
@@ -208,10 +209,13 @@ class NetworkSubsystem(PortsMixin):
 
     # ------------------------------------------------------------ persistence
     def _config_path(self, name: str) -> Path:
-        return self.config_dir / f"{name}.xml"
+        return name_path(self.config_dir, name, ".xml")
+
+    def _autostart_path(self, name: str) -> Path:
+        return name_path(self.autostart_dir, name, ".xml")
 
     def _status_path(self, name: str) -> Path:
-        return self.status_dir / f"{name}.xml"
+        return name_path(self.status_dir, name, ".xml")
 
     def _files(self, name: str) -> dnsmasq.Files:
         return dnsmasq.Files(self.status_dir, name)
@@ -361,7 +365,7 @@ class NetworkSubsystem(PortsMixin):
         if not net.persistent:
             raise VirError(P.VIR_ERR_OPERATION_INVALID,
                            "cannot set autostart for transient network", domain=_FROM)
-        link = self.autostart_dir / f"{net.name}.xml"
+        link = self._autostart_path(net.name)
         if autostart:
             self.autostart_dir.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
@@ -489,7 +493,7 @@ class NetworkSubsystem(PortsMixin):
                 raise VirError(P.VIR_ERR_OPERATION_INVALID, "network is not persistent",
                                domain=_FROM)
             self._config_path(net.name).unlink(missing_ok=True)
-            (self.autostart_dir / f"{net.name}.xml").unlink(missing_ok=True)
+            self._autostart_path(net.name).unlink(missing_ok=True)
             net.autostart = False
             if net.active:   # a running network becomes transient
                 net.persistent = False
