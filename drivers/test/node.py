@@ -17,7 +17,11 @@ from .state import NodeInfo, TestState
 
 
 def load_node(path: Path) -> TestState:
-    root = etree.parse(str(path), etree.XMLParser(remove_blank_text=True)).getroot()
+    """The state a trusted node file describes (the driver's own default.xml)."""
+    return node_state(etree.parse(str(path), etree.XMLParser(remove_blank_text=True)).getroot())
+
+
+def node_state(root: etree._Element) -> TestState:
     state = TestState()
     state.node = _node_info(root)
     domains.load_domains(state, root.findall("domain"))
