@@ -393,5 +393,7 @@ class PortsMixin:
                 trial = port.copy()
                 trial.bandwidth = new
                 self._check_floor(net, trial)
+            updated = port.copy()      # the file first: memory changes only once it is written
+            updated.bandwidth = new
+            self._save_port(net, updated)
             port.bandwidth = new
-            self._save_port(net, port)
