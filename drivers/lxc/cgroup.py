@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+from pyvirtd.names import name_path
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
 PARTITION = "machine"
@@ -44,7 +46,7 @@ def own_placement(pid: int | str = "self") -> dict[str, str]:
 def machine_paths(name: str) -> dict[str, str]:
     """Where the container ``name`` goes: controller -> directory ("unified" on v2)."""
     placement = own_placement()
-    leaf = f"{PARTITION}/{name}.libvirt-lxc"
+    leaf = name_path(PARTITION, name, ".libvirt-lxc")
     if is_v2():
         return {"unified": str(CGROUP_ROOT / placement.get("", "/").lstrip("/") / leaf)}
     out = {}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
@@ -108,7 +109,7 @@ def build_argv(state: "QemuDriverState", live: domxml.DomainDef, *, monitor_path
 
 def channel_dir(state: "QemuDriverState", live: domxml.DomainDef) -> Path:
     """Where the unix channels of ``live`` that name no path get their sockets."""
-    return state.store.run_dir / "channel" / f"domain-{live.name[:20]}"
+    return name_path(state.store.run_dir / "channel", f"domain-{live.name[:20]}")
 
 
 def prepare_live(state: "QemuDriverState", live: domxml.DomainDef) -> None:
@@ -125,7 +126,7 @@ def prepare_live(state: "QemuDriverState", live: domxml.DomainDef) -> None:
             src = etree.SubElement(dev, "source", mode="bind")
         if not src.get("path"):
             chan_dir.mkdir(parents=True, exist_ok=True)
-            src.set("path", str(chan_dir / tgt.get("name")))
+            src.set("path", str(name_path(chan_dir, tgt.get("name"))))
     taken = _display_ports_in_use(state)
     for gfx in live.devices_of("graphics"):
         if gfx.get("type") == "spice" and gfx.get("autoport", "yes") == "yes" \

@@ -20,6 +20,7 @@ from xml.sax.saxutils import escape
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid, fromstring, hardened_parser, new_uuid, parse_uuid, schema
 
@@ -164,6 +165,7 @@ def parse_element(root: etree._Element) -> DomainDef:
     if not name:
         raise VirError(P.VIR_ERR_NO_NAME, message="missing name information",
                        domain=P.VIR_FROM_DOMAIN)
+    check_name("domain", name)
     uuid_text = _text(root.find("uuid"))
     uuid = parse_uuid(uuid_text, domain=P.VIR_FROM_DOMAIN) if uuid_text else new_uuid()
     d = DomainDef(name=name, uuid=uuid, type=virt_type)

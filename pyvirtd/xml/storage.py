@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import (format_libvirt, format_uuid, invalid_attr, missing_attr, new_uuid,
                          parse_definition, parse_uuid, schema)
@@ -148,8 +149,7 @@ def pool_from_element(root: etree._Element) -> PoolDef:
     name = (tree.findtext("name") or "").strip()
     if not name:
         raise VirError(P.VIR_ERR_XML_ERROR, "missing pool source name element", domain=_FROM)
-    if "/" in name:
-        raise VirError(P.VIR_ERR_XML_ERROR, f"name {name} cannot contain '/'", domain=_FROM)
+    check_name("pool", name)
     tree.find("name").text = name
     if ptype == "logical" and source.find("name") is None:
         etree.SubElement(source, "name").text = name
