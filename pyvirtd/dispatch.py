@@ -36,7 +36,8 @@ _CALL_TYPES = (frame.CALL, frame.CALL_WITH_FDS)
 # Words that libvirt's API names keep in capitals (virDomainGetXMLDesc).
 _API_WORDS = {"XML": "XML", "UUID": "UUID", "ID": "ID", "OS": "OS", "CPU": "CPU",
               "MAC": "MAC", "IO": "IO", "PM": "PM", "FS": "FS", "NMI": "NMI",
-              "DHCP": "DHCP", "SCSI": "SCSI", "WWN": "WWN", "NWFILTER": "NWFilter"}
+              "DHCP": "DHCP", "SCSI": "SCSI", "WWN": "WWN", "NWFILTER": "NWFilter",
+              "NWFILTERS": "NWFilters"}
 
 
 def api_name(proc: Procedure) -> str:

@@ -70,8 +70,10 @@ def loops(filters: dict[str, FilterDef], fdef: FilterDef) -> bool:
     return False
 
 
-def link_exists(name: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{name}")
+async def link_exists(name: str) -> bool:
+    """Through netlink: /sys/class/net shows the namespace sysfs was mounted in."""
+    from pyvirtd.network import _netlink
+    return await _netlink("link_exists", name)
 
 
 class NWFilterSubsystem:
@@ -315,7 +317,7 @@ class NWFilterSubsystem:
         """Daemon start: rebuild the rules of every binding whose port still exists."""
         async with self._lock:
             self._load()
-            for dev in [d for d in self.bindings if not link_exists(d)]:
+            for dev in [d for d in self.bindings if not await link_exists(d)]:
                 log.info("nwfilter binding of vanished port %s dropped", dev)
                 del self.bindings[dev]
                 (self.binding_dir / f"{dev}.xml").unlink(missing_ok=True)
@@ -326,9 +328,10 @@ class NWFilterSubsystem:
                     good[dev] = b
                 except VirError as exc:
                     log.error("nwfilter binding of %s not rebuilt: %s", dev, exc.message)
-            if not good and not self.privileged:
-                return
+            if not good:
+                return      # nothing to rebuild: leave the table of no one alone
             try:
                 await self._apply(self.filters, good)
+                log.info("nwfilter rules rebuilt for %s", ", ".join(sorted(good)))
             except VirError as exc:
                 log.warning("nwfilter rules not rebuilt: %s", exc.message)
