@@ -157,6 +157,7 @@ SUBSYSTEMS = (
     ("secret", "pyvirtd.secrets", "SecretSubsystem"),
     ("nodedev", "pyvirtd.nodedev", "NodeDeviceSubsystem"),
     ("interface", "pyvirtd.host_interfaces", "HostInterfaceSubsystem"),
+    ("nwfilter", "pyvirtd.nwfilter", "NWFilterSubsystem"),
 )
 
 
