@@ -41,6 +41,7 @@ _RULES: dict[str, _Rule] = {
     # libvirt 9.0 takes '/' in snapshot names; its QEMU driver then writes
     # SNAPSHOTDIR/DOMAIN/NAME.xml.  Refused here, in the domain's wording.
     "snapshot": _Rule(P.VIR_FROM_DOMAIN_SNAPSHOT, "name", newline=False),
+    "nwfilter": _Rule(P.VIR_FROM_NWFILTER, "name", newline=False),
 }
 
 
@@ -53,7 +54,7 @@ def _invalid_char(char: str) -> VirError:
 def check_name(kind: str, name: str, *, error_domain: int | None = None) -> str:
     """Refuse a ``kind`` object's ``name`` that libvirt refuses or no file can carry.
 
-    ``kind`` is one of domain, network, pool, volume, snapshot;
+    ``kind`` is one of domain, network, pool, volume, snapshot, nwfilter;
     ``error_domain`` replaces the kind's error domain where libvirt reports
     from a driver's (the test driver's rename).  Returns the name.
     """

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_libvirt, format_uuid, new_uuid, parse_definition, parse_uuid
 
@@ -376,12 +377,6 @@ def _parse_filterref(elem: etree._Element) -> FilterRef:
     return FilterRef(name, parse_params(elem))
 
 
-def check_name(name: str) -> None:
-    """A filter's name becomes a file name: no '/' (a shared validator may replace this)."""
-    if "/" in name:
-        raise _err(P.VIR_ERR_XML_ERROR, f"name {name} cannot contain '/'")
-
-
 def parse(text: str, *, validate_schema: bool = False) -> FilterDef:
     """Parse a <filter> (libvirt's errors: VIR_ERR_XML_*, _INVALID_ARG, _INTERNAL_ERROR)."""
     root = parse_definition(text, None, what="nwfilter_definition", domain=_FROM)
@@ -397,7 +392,7 @@ def from_element(root: etree._Element) -> FilterDef:
     name = root.get("name")
     if not name:
         raise _err(P.VIR_ERR_INTERNAL_ERROR, "filter has no name")
-    check_name(name)
+    check_name("nwfilter", name)
     priority = None
     prio_text = root.get("priority")
     if prio_text is not None:

@@ -27,6 +27,7 @@ import trio
 
 from pyvirtd.errors import VirError
 from pyvirtd.files import write_atomic
+from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
 
@@ -125,10 +126,10 @@ class NWFilterSubsystem:
             self.bindings[binding.portdev] = binding
 
     def _save(self, fdef: FilterDef) -> None:
-        write_atomic(self.config_dir / f"{fdef.name}.xml", model.format(fdef))
+        write_atomic(name_path(self.config_dir, fdef.name, ".xml"), model.format(fdef))
 
     def _save_binding(self, b: BindingDef) -> None:
-        write_atomic(self.binding_dir / f"{b.portdev}.xml", model.format_binding(b), sync=False)
+        write_atomic(name_path(self.binding_dir, b.portdev, ".xml"), model.format_binding(b), sync=False)
 
     # ------------------------------------------------------------ rules
     def _expand_all(self, filters: dict[str, FilterDef],
@@ -237,7 +238,7 @@ class NWFilterSubsystem:
             if self._in_use(fdef.name):
                 raise _err(P.VIR_ERR_OPERATION_INVALID, "nwfilter is in use")
             try:
-                (self.config_dir / f"{fdef.name}.xml").unlink()
+                name_path(self.config_dir, fdef.name, ".xml").unlink()
             except OSError:
                 raise _err(P.VIR_ERR_INTERNAL_ERROR,
                            f"cannot remove config for {fdef.name}") from None
@@ -309,7 +310,7 @@ class NWFilterSubsystem:
             rest = {d: b for d, b in self.bindings.items() if d != portdev}
             await self._apply(self.filters, rest)
             self.bindings = rest
-            (self.binding_dir / f"{portdev}.xml").unlink(missing_ok=True)
+            name_path(self.binding_dir, portdev, ".xml").unlink(missing_ok=True)
             return True
 
     # ------------------------------------------------------- daemon hooks
@@ -320,7 +321,7 @@ class NWFilterSubsystem:
             for dev in [d for d in self.bindings if not await link_exists(d)]:
                 log.info("nwfilter binding of vanished port %s dropped", dev)
                 del self.bindings[dev]
-                (self.binding_dir / f"{dev}.xml").unlink(missing_ok=True)
+                name_path(self.binding_dir, dev, ".xml").unlink(missing_ok=True)
             good = {}
             for dev, b in self.bindings.items():
                 try:
