@@ -109,7 +109,6 @@ def apply_defaults(defn, *, hypervisor: str = "qemu") -> None:
                 if not has_controller(kind, idx):
                     add_controller(kind, idx)
     _virtio_serial_defaults(devs, conts, add_controller)
-    _root_port_defaults(conts)
     _console_defaults(devs)
     if not any(isinstance(d, Input) and d.bus == "ps2" and d.type == "mouse" for d in devs):
         devs.append(Input(type="mouse", bus="ps2"))
@@ -128,13 +127,11 @@ def apply_defaults(defn, *, hypervisor: str = "qemu") -> None:
         primary[0].primary = True
     if hypervisor == "qemu":
         _assign_usb_ports(devs)
-    if hypervisor == "qemu" and ctx["q35"]:
-        assign_q35(devs, add_controller)
-        _root_port_defaults(conts)
-        for c in conts:
-            c.fill_defaults(ctx)
-    elif hypervisor == "qemu":
-        assign_pc(devs)
+    if hypervisor == "qemu":
+        (assign_q35 if ctx["q35"] else assign_pc)(devs, add_controller)
+    _root_port_defaults(conts)              # port numbers follow the addresses
+    for c in conts:
+        c.fill_defaults(ctx)
     defn.devices = [d if isinstance(d, etree._Element) else d.to_element() for d in devs]
 
 
@@ -226,17 +223,17 @@ def _virtio_serial_defaults(devs: list, conts: list, add_controller) -> None:
 
 
 def _root_port_defaults(conts: list) -> None:
-    """pcie-root-ports get chassis = index and port numbers from 0x10 up, in index
-    order (libvirt derives the port from the slot/function it puts the root
-    port at: 0x10 is 00:02.0, 0x11 is 00:02.1, ...)."""
-    ports = sorted((c for c in conts if c.type == "pci" and c.model == "pcie-root-port"),
-                   key=lambda c: c.index)
+    """pcie-root-ports and switch downstream ports get chassis = index and port
+    numbers from 0x10 up, in index order (libvirt derives the port from the
+    slot/function it puts the port at: 0x10 is 00:02.0, 0x11 is 00:02.1, ...)."""
+    ports = sorted((c for c in conts if c.type == "pci" and c.model in (
+        "pcie-root-port", "pcie-switch-downstream-port")), key=lambda c: c.index)
     used = {int(c.target["port"], 0) for c in ports if c.target and "port" in c.target}
     nxt = 0x10
     for c in ports:
         given = dict(c.target or {})
         a = c.address
-        if "port" not in given and a is not None and a.type == "pci" and a.int("bus") == 0:
+        if "port" not in given and a is not None and a.type == "pci":
             given["port"] = f"0x{a.int('slot') * 8 + a.int('function'):x}"
         if "port" not in given:
             while nxt in used:

@@ -124,6 +124,11 @@ class Address:
         return int(value, 16) if value.lower().startswith("0x") else int(value)
 
     def to_element(self) -> etree._Element:
+        if self.type == "pci":       # libvirt's full form: every part, in hex
+            width = {"domain": 4, "bus": 2, "slot": 2, "function": 1}
+            attrs = {k: f"0x{self.int(k):0{w}x}" for k, w in width.items()}
+            attrs.update((k, v) for k, v in self.attrs.items() if k not in width)
+            return set_attrs(etree.Element("address"), ("type", self.type), *attrs.items())
         return set_attrs(etree.Element("address"), ("type", self.type), *self.attrs.items())
 
 

@@ -42,6 +42,8 @@ INVALID = {
     "iface-no-network": (XML, "No <source> 'network' attribute specified"),
     "input-bad-bus": (XML, "unknown input bus type 'serial'"),
     "memballoon-no-model": (XML, "balloon memory model must be specified"),
+    "pc-pci-slots-exhausted": (P.VIR_ERR_INTERNAL_ERROR, "a PCI slot is needed to connect a PCI "
+                               "controller model='pci-bridge', but none is available"),
     "rng-bad-backend": (XML, "unknown RNG backend model 'lava-lamp'"),
     "sound-bad-model": (XML, "unknown sound model 'kazoo'"),
     "video-bad-model": (XML, "unknown video model 'hologram'"),
