@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from pyvirtd.xml.devices._base import Address, xml_error, unsupported
+from pyvirtd.xml.devices._base import Address, NotRunnable, not_runnable, xml_error
 from pyvirtd.xml.devices.audio import Audio
 from pyvirtd.xml.devices.chardev import GUEST_AGENT, Chardev, virtio_serial_address
 from pyvirtd.xml.devices.controller import Controller
@@ -274,20 +274,29 @@ def _console_defaults(devs: list) -> None:
         first.protocol, first.target_port = port0.protocol, port0.target_port
 
 
-def validate_devices(defn) -> None:
-    """What QEMU cannot do: unsupported kinds and values, duplicate targets, boot orders."""
+def validate_devices(defn, *, starting: bool = True) -> None:
+    """What QEMU cannot do: unsupported kinds and values, duplicate targets, boot orders.
+
+    With ``starting`` False (at define), what libvirt's schema allows but this
+    driver cannot run yet (device kinds it does not model, other disk, interface,
+    chardev or graphics types: NotRunnable) is accepted, to fail at start.
+    """
     ctx = _ctx(defn, "qemu")
     seen_targets: set[str] = set()
     orders: set[int] = set()
     for dev in parse_devices(defn):
         if isinstance(dev, etree._Element):
-            if dev.tag == "emulator":
+            if dev.tag == "emulator" or not starting:
                 continue
-            raise unsupported(f"device <{dev.tag}> is not supported by the QEMU driver")
-        if isinstance(dev, Watchdog):
-            dev.validate(ctx)
-        else:
-            dev.validate()
+            raise not_runnable(f"device <{dev.tag}> is not supported by the QEMU driver")
+        try:
+            if isinstance(dev, Watchdog):
+                dev.validate(ctx)
+            else:
+                dev.validate()
+        except NotRunnable:
+            if starting:
+                raise
         if isinstance(dev, Disk):
             if dev.target in seen_targets:
                 raise xml_error(f"target '{dev.target}' duplicated for disk sources")

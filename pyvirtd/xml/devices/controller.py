@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from pyvirtd.xml.devices._base import (DeviceBase, int_attr, set_attrs, sub,
-                                       unsupported, xml_error)
+from pyvirtd.xml.devices._base import DeviceBase, int_attr, not_runnable, set_attrs, sub, xml_error
 
 TYPES = ("ide", "fdc", "scsi", "sata", "virtio-serial", "ccid", "usb", "pci", "xenbus", "isa")
 MODELS = {
@@ -131,7 +130,7 @@ class Controller(DeviceBase):
             raise xml_error(f"The PCI controller with index='{self.index}' can't be "
                             f"model='{self.model}'")
         if self.type in ("fdc", "ccid", "xenbus", "isa"):
-            raise unsupported(f"controller type '{self.type}' is not supported")
+            raise not_runnable(f"controller type '{self.type}' is not supported")
 
     def to_element(self) -> etree._Element:
         e = set_attrs(etree.Element("controller"), ("type", self.type), ("index", self.index),

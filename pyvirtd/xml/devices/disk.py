@@ -10,7 +10,7 @@ from lxml import etree
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml.devices._base import (Address, DeviceBase, boot_order, enum_attr, int_attr,
-                                       set_attrs, sub, unsupported, xml_error)
+                                       not_runnable, set_attrs, sub, unsupported, xml_error)
 
 TYPES = ("file", "block", "dir", "network", "volume", "nvme", "vhostuser")
 DEVICES = ("disk", "cdrom", "floppy", "lun")
@@ -163,14 +163,14 @@ class Disk(DeviceBase):
 
     def validate(self) -> None:
         if self.type not in ("file", "block", "volume"):
-            raise unsupported(f"disk type '{self.type}' is not supported")
+            raise not_runnable(f"disk type '{self.type}' is not supported")
         if self.driver_name not in (None, "qemu"):
             raise unsupported(f"unsupported driver name '{self.driver_name}' for disk "
                               f"'{self.target}'")
         if self.device == "disk" and not (self.path or self.volume):
             raise xml_error(f"disk '{self.target}' has no source")
         if self.device == "floppy" or self.bus in ("fdc", "xen", "uml", "sd"):
-            raise unsupported(f"disk bus '{self.bus}' is not supported")
+            raise not_runnable(f"disk bus '{self.bus}' is not supported")
         if self.device == "cdrom" and self.bus == "virtio":
             raise unsupported("disk type of 'vda' does not support ejectable media"
                               .replace("vda", self.target))
