@@ -527,9 +527,8 @@ def format(d: DomainDef, *, dom_id: int | None = None, secure: bool = True) -> s
     for dev in sorted_devices(d.devices):
         _elem_lines(dev, 2, out)
     out.append("  </devices>")
-    for tag in _RAW_TAIL:
-        if secure or tag != "seclabel":
-            _raw_lines(d, tag, out)
+    for tag in _RAW_TAIL:        # seclabels too: libvirt hides no label without SECURE
+        _raw_lines(d, tag, out)
     for elem in d.namespaced:
         _namespaced_lines(elem, 1, out)
     out.append("</domain>")
