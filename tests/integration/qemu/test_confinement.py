@@ -432,3 +432,38 @@ def test_namespaces_off_keeps_the_hosts_dev(tmp_path_factory):
         stop_daemon(d)
         kill_guests(base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_block_device_hotplug_and_unplug_under_confinement(host, loops):
+    """A booted guest gets a host block device hotplugged: the node appears in
+    QEMU's /dev and the cgroup allows it, the guest writes to it; unplugged,
+    both are gone again while the guest runs on."""
+    guest = tiny_guest()
+    loop = loops("h1-blk.img")
+    xml = host.base / "h1.xml"
+    xml.write_text(tiny_xml("h1", guest))
+    ok(host.uri, f"define {xml}")
+    ok(host.uri, "start h1 --paused")
+    con = Console(host.uri, "h1")
+    try:
+        ok(host.uri, "resume h1")
+        con.wait("GUEST READY", timeout=90)
+        con.wait(re.escape(PROMPT))
+        con.run("dmesg -n 1", re.escape(PROMPT))
+        pid = guest_pid(host.root, "h1")
+        group, node = _devices_cgroup(pid), Path(f"/proc/{pid}/root/dev/{loop.name}")
+        assert not node.exists() and f"{loop.rule} rw" not in _rules(group)
+        ok(host.uri, f"attach-disk h1 {loop.dev} vdb --targetbus virtio")
+        assert f"{loop.rule} rw" in _rules(group)
+        assert os.stat(node).st_uid == host.qemu.pw_uid
+        # its first virtio disk: vda inside the guest
+        con.run("until [ -e /sys/block/vda ]; do sleep 0.2; done; "
+                "echo hotplugged > /dev/vda && echo WROTE-$((6*7))", "WROTE-42")
+        ok(host.uri, "detach-disk h1 vdb")
+        wait_for(lambda: f"{loop.rule} rw" not in _rules(group) and not node.exists(), timeout=30)
+        assert _rules(group) == STANDARD_RULES
+        assert _owner(Path(loop.dev))[:2] == (0, 0)
+    finally:
+        con.close()
+        virsh(host.uri, "destroy h1")
+    assert (host.images / "h1-blk.img").read_bytes().startswith(b"hotplugged\n")
