@@ -56,12 +56,8 @@ class Confinement:
     error: str | None = None            # why guests cannot start (user missing)
     # private /dev and cgroup device ACL (devacl.py); privileged daemons only
     namespaces: tuple[str, ...] = ()    # qemu.conf namespaces: ("mount",) or ()
-    device_acl: tuple[str, ...] | None = None   # cgroup_device_acl; None: no cgroups
-
-    @property
-    def cgroups(self) -> bool:
-        """Whether each QEMU gets its own cgroup (with the device ACL)."""
-        return self.device_acl is not None
+    device_acl: tuple[str, ...] = ()    # cgroup_device_acl: nodes of every QEMU's /dev and cgroup
+    cgroups: bool = False               # each QEMU in its own cgroup (cgroupfs is mounted)
 
     @property
     def switches_user(self) -> bool:
@@ -120,7 +116,7 @@ def resolve(config: Config, privileged: bool) -> Confinement:
         return Confinement(sandbox=config.seccomp_sandbox == 1)
     sandbox = config.seccomp_sandbox != 0
     fences = {"namespaces": tuple(config.namespaces),
-              "device_acl": tuple(config.cgroup_device_acl) if _has_cgroups() else None}
+              "device_acl": tuple(config.cgroup_device_acl), "cgroups": _has_cgroups()}
     if config.user in ("root", "+0"):
         return Confinement(sandbox=sandbox, **fences)
     try:

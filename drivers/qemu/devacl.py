@@ -85,7 +85,7 @@ def node_rule(path: str, perms: str) -> str | None:
 
 def acl_paths(conf: "Confinement", live: domxml.DomainDef) -> list[str]:
     """cgroup_device_acl for this guest: /dev/kvm only when it uses KVM."""
-    return [p for p in conf.device_acl or () if p != "/dev/kvm" or live.type == "kvm"]
+    return [p for p in conf.device_acl if p != "/dev/kvm" or live.type == "kvm"]
 
 
 def disk_nodes(live: domxml.DomainDef, volume_paths: Mapping[tuple[str, str], str]
@@ -119,6 +119,7 @@ def setup(conf: "Confinement", live: domxml.DomainDef,
     args: list[str] = []
     disks = disk_nodes(live, volume_paths)
     if "mount" in conf.namespaces:
+        args.append("--private-dev")
         for path in acl_paths(conf, live):
             args += ["--dev-optional", path]
         for path, _ro in disks:

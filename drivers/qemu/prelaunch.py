@@ -2,12 +2,12 @@
 
 A privileged daemon starts a guest's QEMU as
 
-    python -I prelaunch.py [--dev PATH]... [--dev-optional PATH]... [--cgroup DIR]... \\
-        -- setpriv ... -- qemu-system-x86_64 ...
+    python -I prelaunch.py [--private-dev [--dev PATH]... [--dev-optional PATH]...] \\
+        [--cgroup DIR]... -- setpriv ... -- qemu-system-x86_64 ...
 
 (behind daemonize.py when QEMU may not fork).  Still root, this process
 
-1. with any ``--dev``/``--dev-optional`` (qemu.conf ``namespaces = ["mount"]``):
+1. with ``--private-dev`` (qemu.conf ``namespaces = ["mount"]``):
    enters a new mount namespace whose mounts are slaves of the host's (host
    mounts still appear in it, nothing done in it reaches the host), mounts a
    small tmpfs over /dev and fills it with copies of exactly the device nodes
@@ -159,13 +159,18 @@ def join_cgroups(dirs: list[str]) -> None:
             raise SetupError(f"cannot join cgroup {d}: {exc.strerror}") from None
 
 
-def parse(args: list[str]) -> tuple[list[str], list[str], list[str], list[str]]:
+def parse(args: list[str]) -> tuple[bool, list[str], list[str], list[str], list[str]]:
     required: list[str] = []
     optional: list[str] = []
     cgroups: list[str] = []
+    private = False
     i = 0
     while i < len(args) and args[i] != "--":
         opt = args[i]
+        if opt == "--private-dev":
+            private = True
+            i += 1
+            continue
         if i + 1 >= len(args):
             raise SetupError(f"{opt} needs a value")
         dest = {"--dev": required, "--dev-optional": optional, "--cgroup": cgroups}.get(opt)
@@ -175,15 +180,17 @@ def parse(args: list[str]) -> tuple[list[str], list[str], list[str], list[str]]:
         i += 2
     argv = args[i + 1:]
     if not argv:
-        raise SetupError("usage: prelaunch.py [--dev PATH]... [--dev-optional PATH]... "
-                         "[--cgroup DIR]... -- ARGV...")
-    return required, optional, cgroups, argv
+        raise SetupError("usage: prelaunch.py [--private-dev [--dev PATH]... "
+                         "[--dev-optional PATH]...] [--cgroup DIR]... -- ARGV...")
+    if (required or optional) and not private:
+        raise SetupError("--dev and --dev-optional need --private-dev")
+    return private, required, optional, cgroups, argv
 
 
 def main(args: list[str]) -> int:
     try:
-        required, optional, cgroups, argv = parse(args)
-        if required or optional:
+        private, required, optional, cgroups, argv = parse(args)
+        if private:
             private_dev(required, optional)
         join_cgroups(cgroups)
     except (SetupError, OSError) as exc:
