@@ -107,3 +107,39 @@ def test_confined_guest_gets_a_lease_through_a_tap_it_holds_by_fd(lab):
         con.close()
         virsh(lab.uri, "destroy cn1; undefine cn1")
     wait_for(lambda: not set(taps) & set(lab.links()), timeout=10)
+
+
+def test_ethernet_nic_tap_is_opened_by_the_daemon(lab):
+    """<interface type='ethernet'> on a tap the admin made: QEMU, unprivileged, could
+    not attach it (ifname=); the daemon opens it and QEMU gets the fd."""
+    tap, br = "ctap0", "cbr0"
+    lab.ns(lab.host, "ip", "link", "add", br, "type", "bridge")
+    lab.ns(lab.host, "ip", "addr", "add", "10.81.0.1/24", "dev", br)
+    lab.ns(lab.host, "ip", "link", "set", br, "up")
+    lab.ns(lab.host, "ip", "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr")
+    lab.ns(lab.host, "ip", "link", "set", tap, "master", br)
+    eth = (f"<interface type='ethernet'><mac address='52:54:00:7a:00:03'/>"
+           f"<target dev='{tap}' managed='no'/><model type='virtio'/></interface>")
+    xml = lab.root.parent / "cn2.xml"
+    xml.write_text(tiny_xml("cn2", tiny_guest(),
+                            interfaces=nic("network", "iso1", "52:54:00:7a:00:04") + eth))
+    ok(lab.uri, f"define {xml}")
+    ok(lab.uri, "start cn2 --paused")
+    con = Console(lab.uri, "cn2")
+    try:
+        ok(lab.uri, "resume cn2")
+        con.wait(r"GUEST IP (10\.78\.0\.\d+)", timeout=90)
+        con.wait(re.escape(PROMPT))
+        con.run("dmesg -n 1", re.escape(PROMPT))
+        pid = guest_pid(lab.root, "cn2")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert not [a for a in argv if "ifname=" in a], argv
+        assert len([a for a in argv if a.startswith("tap,fd=")]) == 2, argv
+        assert "state UP" in lab.ns(lab.host, "ip", "link", "show", tap).stdout
+        con.run("ip addr add 10.81.0.2/24 dev eth1 && ip link set eth1 up", re.escape(PROMPT))
+        con.run("ping -c 2 -W 3 10.81.0.1", r"2 packets received", timeout=30)
+    finally:
+        con.close()
+        virsh(lab.uri, "destroy cn2; undefine cn2")
+    # the admin's tap outlives the guest
+    wait_for(lambda: tap in lab.links(), timeout=10)
