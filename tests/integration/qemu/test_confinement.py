@@ -411,7 +411,7 @@ def test_host_device_not_given_is_refused_by_the_kernel(host, loops):
         ok(host.uri, "destroy n2")
 
 
-def test_namespaces_off_keeps_the_hosts_dev(tmp_path_factory):
+def test_namespaces_off_keeps_the_hosts_dev():
     base = Path(tempfile.mkdtemp(prefix="pyvirtd-confine-nons-", dir="/var/tmp"))
     base.chmod(0o755)
     root = base / "pyvirtd"

@@ -12,6 +12,7 @@ guest arrives the same way (``getfd``) and gets a lease too.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -80,7 +81,7 @@ def test_confined_guest_gets_a_lease_through_a_tap_it_holds_by_fd(lab):
         assert ip in ok(lab.uri, "net-dhcp-leases iso1")
         pid = guest_pid(lab.root, "cn1")
         status = Path(f"/proc/{pid}/status").read_text()
-        uid = str(__import__("pwd").getpwnam("pyvirtd-qemu").pw_uid)
+        uid = str(pwd.getpwnam("pyvirtd-qemu").pw_uid)
         assert re.search(rf"^Uid:\s+{uid}\s", status, re.M), status
         assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
         # QEMU could not open a tap itself: no tun node, no ifname=, a tap fd
