@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+from pyvirtd.names import name_path
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
 PARTITION = "machine"
@@ -46,7 +48,7 @@ def machine_paths(name: str, driver: str = "lxc") -> dict[str, str]:
 
     The QEMU driver puts its guests here too (drivers/qemu/devacl.py)."""
     placement = own_placement()
-    leaf = f"{PARTITION}/{name}.libvirt-{driver}"
+    leaf = name_path(PARTITION, name, f".libvirt-{driver}")
     if is_v2():
         return {"unified": str(CGROUP_ROOT / placement.get("", "/").lstrip("/") / leaf)}
     out = {}

@@ -10,6 +10,7 @@ that is not the daemon's own: see pyvirtd/driver/api.py for the methods.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -82,7 +83,8 @@ class Driver(Protocol):
     def probe(self) -> str | None:
         """None when the driver can work here, else why not."""
 
-    def open(self, uri: SplitResult, name: str, flags: int, client: Any) -> DriverConnection: ...
+    def open(self, uri: SplitResult, name: str, flags: int, client: Any) -> DriverConnection:
+        """A connection for ``uri``; may be a coroutine function when opening reads files."""
 
 
 class DriverRegistry:
@@ -111,7 +113,7 @@ class DriverRegistry:
             for scheme in driver.schemes:
                 self.by_scheme[scheme] = driver
 
-    def open(self, name: str | None, flags: int, client: Any) -> DriverConnection:
+    async def open(self, name: str | None, flags: int, client: Any) -> DriverConnection:
         if not name:
             name = self.default_uri
         uri = urlsplit(name)
@@ -121,7 +123,10 @@ class DriverRegistry:
         if driver is None:
             raise VirError(P.VIR_ERR_NO_CONNECT, message=f"no connection driver available for {name}",
                            domain=P.VIR_FROM_NONE)
-        return driver.open(uri, name, flags, client)
+        conn = driver.open(uri, name, flags, client)
+        if inspect.isawaitable(conn):
+            conn = await conn
+        return conn
 
     async def start(self) -> None:
         """Let drivers with state start it (autostart, reattach to guests).
@@ -152,6 +157,7 @@ SUBSYSTEMS = (
     ("secret", "pyvirtd.secrets", "SecretSubsystem"),
     ("nodedev", "pyvirtd.nodedev", "NodeDeviceSubsystem"),
     ("interface", "pyvirtd.host_interfaces", "HostInterfaceSubsystem"),
+    ("nwfilter", "pyvirtd.nwfilter", "NWFilterSubsystem"),
 )
 
 
