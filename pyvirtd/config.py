@@ -142,6 +142,9 @@ class Config:
     dynamic_ownership: bool = True
     remember_owner: bool = True
     seccomp_sandbox: Literal[-1, 0, 1] = -1
+    namespaces: tuple[Literal["mount"], ...] = ("mount",)
+    cgroup_device_acl: tuple[str, ...] = ("/dev/null", "/dev/full", "/dev/zero", "/dev/random",
+                                          "/dev/urandom", "/dev/ptmx", "/dev/kvm")
 
     @classmethod
     def load(cls, path: Path | None) -> Config:
@@ -249,6 +252,9 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
          "without auditing) can never be met; use 0 or 1",
     "audit_logging": lambda v: None if not v
     else "pyvirtd writes no audit records, so there are none to copy into its log",
+    "cgroup_device_acl": lambda v: next(
+        (f"expected absolute paths under /dev, got {p!r}" for p in v
+         if not p.startswith("/dev/") or "/../" in p + "/"), None),
     "ovs_timeout": lambda v: "pyvirtd never calls ovs-vsctl (it does not plug "
     "Open vSwitch ports), so this timeout would change nothing; remove the key",
 }

@@ -43,10 +43,12 @@ def own_placement(pid: int | str = "self") -> dict[str, str]:
     return out
 
 
-def machine_paths(name: str) -> dict[str, str]:
-    """Where the container ``name`` goes: controller -> directory ("unified" on v2)."""
+def machine_paths(name: str, driver: str = "lxc") -> dict[str, str]:
+    """Where the machine ``name`` of ``driver`` goes: controller -> directory ("unified" on v2).
+
+    The QEMU driver puts its guests here too (drivers/qemu/devacl.py)."""
     placement = own_placement()
-    leaf = name_path(PARTITION, name, ".libvirt-lxc")
+    leaf = name_path(PARTITION, name, f".libvirt-{driver}")
     if is_v2():
         return {"unified": str(CGROUP_ROOT / placement.get("", "/").lstrip("/") / leaf)}
     out = {}

@@ -15,6 +15,10 @@ The privilege drop is util-linux's ``setpriv`` exec'd in front of QEMU, so no
 code runs between fork and exec in the (threaded) daemon, and the loop never
 blocks.  ``user: root`` keeps the old unconfined behaviour.  A session daemon
 runs QEMU as its own user, unchanged; ``seccomp_sandbox: 1`` sandboxes it too.
+
+A privileged daemon also gives each QEMU a private /dev (``namespaces``) and
+a cgroup whose device list is ``cgroup_device_acl`` plus the guest's disks:
+devacl.py, and prelaunch.py, the root stage exec'd in front of setpriv.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ class Confinement:
     dynamic_ownership: bool = False     # chown the guest's files to uid:gid (dac.py)
     remember_owner: bool = True         # keep the original owners in xattrs
     error: str | None = None            # why guests cannot start (user missing)
+    # private /dev and cgroup device ACL (devacl.py); privileged daemons only
+    namespaces: tuple[str, ...] = ()    # qemu.conf namespaces: ("mount",) or ()
+    device_acl: tuple[str, ...] = ()    # cgroup_device_acl: nodes of every QEMU's /dev and cgroup
+    cgroups: bool = False               # each QEMU in its own cgroup (cgroupfs is mounted)
 
     @property
     def switches_user(self) -> bool:
@@ -107,14 +115,23 @@ def resolve(config: Config, privileged: bool) -> Confinement:
     if not privileged or os.geteuid() != 0:
         return Confinement(sandbox=config.seccomp_sandbox == 1)
     sandbox = config.seccomp_sandbox != 0
+    fences = {"namespaces": tuple(config.namespaces),
+              "device_acl": tuple(config.cgroup_device_acl), "cgroups": _has_cgroups()}
     if config.user in ("root", "+0"):
-        return Confinement(sandbox=sandbox)
+        return Confinement(sandbox=sandbox, **fences)
     try:
         uid, gid, name = _uid_gid(config.user, config.group)
     except (LookupError, ValueError) as exc:
         msg = str(exc) if isinstance(exc, LookupError) else f"Failed to parse user '{config.user}'"
         log.error("%s: QEMU guests cannot start (create it with `pyvirtd qemu-user`)", msg)
-        return Confinement(sandbox=sandbox, error=msg)
+        return Confinement(sandbox=sandbox, error=msg, **fences)
     return Confinement(uid=uid, gid=gid, user=name, sandbox=sandbox,
                        dynamic_ownership=config.dynamic_ownership,
-                       remember_owner=config.remember_owner)
+                       remember_owner=config.remember_owner, **fences)
+
+
+def _has_cgroups() -> bool:
+    """Whether cgroupfs is mounted (a host without it runs QEMU in the daemon's group)."""
+    root = "/sys/fs/cgroup"
+    return os.path.isdir(os.path.join(root, "devices")) or \
+        os.path.exists(os.path.join(root, "cgroup.controllers"))

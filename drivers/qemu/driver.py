@@ -44,7 +44,7 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import confine, dac, process
+from . import confine, dac, devacl, process
 from .status import RuntimeStatus, StatusStore
 
 if TYPE_CHECKING:
@@ -275,6 +275,7 @@ class QemuDriverState:
         async def undo() -> None:
             await interfaces.unplug_all(self, taps, live.devices_of("interface"))
             await trio.to_thread.run_sync(dac.restore_all, labels)
+            await devacl.release(conf, live)    # confinement: the guest's cgroup
 
         mon_sock = None
         try:
@@ -289,13 +290,16 @@ class QemuDriverState:
                 wanted = dac.guest_files(live, paths, str(chan) if chan.is_dir() else None)
                 labels = await trio.to_thread.run_sync(dac.label_all, wanted, conf.uid, conf.gid,
                                                        conf.remember_owner)
+            # confinement: private /dev and cgroup device ACL (prelaunch.py before setpriv)
+            fence = await devacl.prepare(conf, live, {k: s.path for k, s in sources.items()})
             if mon_sock is None:
                 monitor_path.unlink(missing_ok=True)
             try:
                 pid = await process.launch(
                     argv, log_path=str(self.store.log_path(name)), pid_path=str(pid_path),
                     pass_fds=[*tap_fds.values(), *([mon_sock.fileno()] if mon_sock else [])],
-                    monitor_path=str(monitor_path) if mon_sock else None, run_as=conf.run_as())
+                    monitor_path=str(monitor_path) if mon_sock else None,
+                    run_as=[*fence, *conf.run_as()])
             finally:
                 interfaces.close_fds(tap_fds)   # QEMU holds its own copies now
                 if mon_sock is not None:
@@ -364,6 +368,8 @@ class QemuDriverState:
         labels, dom.labels = dom.labels, []
         if labels:   # QEMU is gone: its files go back to their owners
             self.spawn(trio.to_thread.run_sync, dac.restore_all, labels)
+        if self.confinement.cgroups:   # and its cgroup goes (devacl.py)
+            self.spawn(devacl.release, self.confinement, dom.definition)
         plugged = interfaces.plugged(dom.definition)
         if plugged or interfaces.ports(dom.definition.devices_of("interface")):
             # QEMU's exit usually took the taps already (non-persistent taps);

@@ -55,7 +55,7 @@ from pyvirtd.xml.devices import Controller, Disk, Interface
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 from pyvirtd.xml.platform import platform
 
-from . import dac, interfaces
+from . import dac, devacl, interfaces
 from .command import _SCSI_MODELS, _Builder, _disk_bus, device_alias, error_policy_props
 
 if TYPE_CHECKING:
@@ -292,6 +292,7 @@ async def attach_disk_live(state: "QemuDriverState", dom: "QemuDomain",
     except BaseException:
         with trio.CancelScope(shield=True):
             await _del_nodes(mon, nodes)
+            await _unlabel(state, dom, _disk_file(state, disk)[0])
         raise
     disk.alias = alias
     _insert(live, disk.to_element())
@@ -502,7 +503,7 @@ async def _add_nodes(state: "QemuDriverState", dom: "QemuDomain", disk: Disk,
             raise
     except BaseException:
         with trio.CancelScope(shield=True):
-            await _unlabel(dom, path)
+            await _unlabel(state, dom, path)
         raise
     return [storage, node]
 
@@ -517,16 +518,26 @@ def _disk_file(state: "QemuDriverState", disk: Disk) -> tuple[str | None, str | 
 
 async def _label(state: "QemuDriverState", dom: "QemuDomain", path: str | None,
                  read_only: bool) -> None:
+    """Hand one image to the confined QEMU: its owner (dac.py), then, for a device
+    node, the cgroup rule and the node in QEMU's /dev (devacl.py)."""
     conf = state.confinement
-    if not path or not (conf.switches_user and conf.dynamic_ownership):
+    if not path:
         return
-    labels = await trio.to_thread.run_sync(dac.label_all, [dac.Wanted(path, read_only)],
-                                           conf.uid, conf.gid, conf.remember_owner)
-    dom.labels.extend(labels)
+    if conf.switches_user and conf.dynamic_ownership:
+        labels = await trio.to_thread.run_sync(dac.label_all, [dac.Wanted(path, read_only)],
+                                               conf.uid, conf.gid, conf.remember_owner)
+        dom.labels.extend(labels)
+    try:
+        await devacl.grant(conf, dom.definition, dom.pid, path, read_only)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await _unlabel(state, dom, path)
+        raise
 
 
-async def _unlabel(dom: "QemuDomain", path: str | None) -> None:
-    """Give back the label of one image the guest no longer uses."""
+async def _unlabel(state: "QemuDriverState", dom: "QemuDomain", path: str | None) -> None:
+    """Take one image the guest no longer uses back: device access, then its label."""
+    await devacl.revoke(state.confinement, dom.definition, dom.pid, [path])
     for lab in dom.labels:
         if lab.path == path:
             dom.labels.remove(lab)
@@ -540,7 +551,7 @@ async def _unlabel_disk(state: "QemuDriverState", dom: "QemuDomain", elem: etree
     except VirError as exc:    # its volume went away meanwhile
         log.warning("%s: the image of a removed disk: %s", dom.name, exc)
         return
-    await _unlabel(dom, path)
+    await _unlabel(state, dom, path)
 
 
 async def _del_nodes(mon: Any, nodes: list[str]) -> None:

@@ -140,11 +140,13 @@ async def plug_one(state: "QemuDriverState", dom: "QemuDomain", iface: etree._El
     (unplug_all with the interface)."""
     kind = iface.get("type")
     where = _attachment(iface)
-    if where is None and kind != "direct":
-        return None
     mac = _mac(iface)
     mtu_elem = iface.find("mtu")
     mtu = int(mtu_elem.get("size")) if mtu_elem is not None else None
+    if kind == "ethernet" and state.confinement.switches_user:
+        return await _open_ethernet(iface, mac, mtu)
+    if where is None and kind != "direct":
+        return None
     if kind == "direct":
         src = iface.find("source")
         tap, fd = await _open_macvtap(state, iface, src.get("dev"), src.get("mode", "vepa"), mac)
@@ -180,6 +182,28 @@ async def plug_one(state: "QemuDriverState", dom: "QemuDomain", iface: etree._El
         os.close(fd)
         raise
     return made
+
+
+async def _open_ethernet(iface: etree._Element, mac: str, mtu: int | None
+                         ) -> tuple[str, str, int]:
+    """The tap of an <interface type='ethernet'> for a confined QEMU, which may
+    neither open /dev/net/tun nor attach a tap: the daemon opens (or makes) it
+    and QEMU gets the fd, as libvirt does.  It is never deleted here: one we
+    made goes with QEMU's fd, one the admin made stays."""
+    from pyvirtd.network import _netlink
+    target = iface.find("target")
+    name = target.get("dev") if target is not None and target.get("dev") else TAP_PATTERN
+    try:
+        tap, fd = await _netlink("open_tap", name, None, mac, mtu, True)
+    except OSError as exc:
+        raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                       f"Unable to create tap device {name}: {exc.strerror or exc}",
+                       domain=P.VIR_FROM_QEMU) from None
+    if target is None:
+        _show_target(iface, tap, mac, fd)
+    else:
+        target.set("dev", tap)
+    return tap, mac, fd
 
 
 def _show_target(iface: etree._Element, tap: str, mac: str, fd: int) -> tuple[str, str, int]:

@@ -147,12 +147,15 @@ def set_forwarding(version: int) -> None:
         f.write("1\n")
 
 
-def open_tap(name: str, bridge: str, mac: str, mtu: int | None = None,
+def open_tap(name: str, bridge: str | None, mac: str, mtu: int | None = None,
              vnet_hdr: bool = True) -> tuple[str, int]:
     """A tap device attached to ``bridge``; the caller owns the returned fd.
 
     The tap is not persistent: it disappears when the last fd to it closes
     (when QEMU exits), as libvirt's taps do.  ``name`` may hold ``%d``.
+    With ``bridge`` None (an <interface type='ethernet'>) the tap named
+    ``name`` is opened, made if missing, and only brought up: its MAC and
+    master stay as the admin set them.
     """
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -164,6 +167,10 @@ def open_tap(name: str, bridge: str, mac: str, mtu: int | None = None,
         tap_mac = "fe" + mac[2:]
         with IPRoute() as ipr:
             idx = _index(ipr, tap)
+            if bridge is None:
+                settings = {"mtu": mtu} if mtu else {}
+                ipr.link("set", index=idx, state="up", **settings)
+                return tap, fd
             br = _index(ipr, bridge)
             if br is None:
                 raise OSError(19, f"bridge {bridge} does not exist")

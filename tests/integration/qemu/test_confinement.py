@@ -1,4 +1,5 @@
-"""QEMU confinement under a privileged daemon (qemu:///system): user, capabilities, seccomp, DAC.
+"""QEMU confinement under a privileged daemon (qemu:///system): user, capabilities, seccomp, DAC,
+private /dev, cgroup device ACL.
 
 A root pyvirtd (``--root DIR --privileged``: the system daemon's behaviour,
 with its files under DIR) starts real TCG guests.  /proc shows each QEMU
@@ -7,7 +8,11 @@ NoNewPrivs and QEMU's seccomp filter; its disk images belong to that user
 while it runs and to their owner again afterwards (also when the guest died
 while the daemon was down); and a file that no running guest was given (root's, mode
 0600, e.g. a stopped guest's disk) is refused by the kernel when a guest
-makes QEMU open it.  A session daemon keeps running QEMU as itself.
+makes QEMU open it.  Each QEMU has its own mount namespace whose /dev holds
+only the standard nodes and its disks' nodes, and its own cgroup whose
+device list allows only those: a host device it was not given is missing
+from its /dev, and refused by the kernel even when the node is planted
+there.  A session daemon keeps running QEMU as itself.
 
 Everything lives in a directory the QEMU user may traverse (pytest's own
 temp directory is root's alone); the guests' QEMUs are found for cleanup by
@@ -25,6 +30,7 @@ import pwd
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -281,3 +287,183 @@ def test_session_daemon_runs_qemu_as_itself(tmp_path, sandbox):
     finally:
         stop_daemon(d)
         kill_guests(tmp_path)
+
+
+# -- private /dev and cgroup device ACL -----------------------------------------------
+
+# cgroup_device_acl's default nodes (less /dev/kvm: TCG guests) and every pty
+STANDARD_NODES = {"null", "full", "zero", "random", "urandom", "ptmx"}
+STANDARD_RULES = {"c 1:3 rw", "c 1:7 rw", "c 1:5 rw", "c 1:8 rw", "c 1:9 rw", "c 5:2 rw",
+                  "c 136:* rw"}
+
+
+class Loop:
+    """A loop device over a fresh image (root's, 0600), detached at the end."""
+
+    def __init__(self, image: Path) -> None:
+        _image(image)
+        self.dev = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        self.name = os.path.basename(self.dev)
+        rdev = os.stat(self.dev).st_rdev
+        self.rdev = rdev
+        self.rule = f"b {os.major(rdev)}:{os.minor(rdev)}"
+
+    def close(self) -> None:
+        subprocess.run(["losetup", "-d", self.dev], capture_output=True)
+
+
+@pytest.fixture
+def loops(host):
+    made: list[Loop] = []
+
+    def make(name: str) -> Loop:
+        made.append(Loop(host.images / name))
+        return made[-1]
+    try:
+        yield make
+    finally:
+        for loop in made:
+            loop.close()
+
+
+def _devices_cgroup(pid: int) -> Path:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if "devices" in ctrls.split(","):
+            return Path("/sys/fs/cgroup/devices") / path.lstrip("/")
+    raise AssertionError(f"QEMU {pid} is in no devices cgroup")
+
+
+def _rules(group: Path) -> set[str]:
+    return set((group / "devices.list").read_text().split("\n")) - {""}
+
+
+def _host_dev_mounts() -> set[str]:
+    return {p for p in ("pts", "shm", "mqueue", "hugepages") if os.path.ismount(f"/dev/{p}")}
+
+
+def _block_disk(dev: str, target: str, readonly: bool = False) -> str:
+    return (f"<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source dev='{dev}'/><target dev='{target}' bus='virtio'/>"
+            f"{'<readonly/>' if readonly else ''}</disk>")
+
+
+def _blockdev_add(host, name: str, node: str, path: str):
+    cmd = json.dumps({"execute": "blockdev-add", "arguments": {
+        "driver": "host_device", "node-name": node, "filename": path}})
+    return virsh(host.uri, f"qemu-monitor-command {name} '{cmd}'")
+
+
+def test_qemu_has_a_private_dev_and_a_cgroup_allowing_only_its_devices(host, loops):
+    disk = _image(host.images / "n1.img")
+    rw, ro = loops("n1-rw.img"), loops("n1-ro.img")
+    host.define("n1", disk, _block_disk(rw.dev, "vdb") + _block_disk(ro.dev, "vdc", True))
+    ok(host.uri, "start n1")
+    pid = guest_pid(host.root, "n1")
+    try:
+        # its own mount namespace, not the daemon's (which is this test's)
+        own = os.readlink("/proc/self/ns/mnt")
+        assert os.readlink(f"/proc/{host.daemon.proc.pid}/ns/mnt") == own
+        assert os.readlink(f"/proc/{pid}/ns/mnt") != own
+        dev = Path(f"/proc/{pid}/root/dev")
+        assert set(os.listdir(dev)) == STANDARD_NODES | _host_dev_mounts() | {rw.name, ro.name}
+        # the disks' nodes are copies with the guest's labels: the read-write one
+        # is the QEMU user's, the read-only one only lent to its group
+        st = os.stat(dev / rw.name)
+        assert (st.st_rdev, st.st_uid, st.st_gid) == (rw.rdev, host.qemu.pw_uid, host.qemu.pw_gid)
+        assert os.stat(dev / ro.name).st_gid == host.qemu.pw_gid
+        assert os.stat(dev / ro.name).st_uid == 0
+        # the host's own /dev is untouched (its disks, loop-control, ... are not in QEMU's)
+        assert {"loop-control", "net"} <= set(os.listdir("/dev"))
+        # its cgroup: everything denied but the standard nodes, ptys and its disks
+        group = _devices_cgroup(pid)
+        assert group.name.endswith("-n1.libvirt-qemu"), group
+        assert _rules(group) == STANDARD_RULES | {f"{rw.rule} rw", f"{ro.rule} r"}
+        # QEMU opened its block disks through them
+        assert rw.dev in ok(host.uri, "domblklist n1")
+    finally:
+        ok(host.uri, "destroy n1")
+    wait_for(lambda: not group.exists())
+    assert _owner(Path(rw.dev))[:2] == (0, 0)
+
+
+def test_host_device_not_given_is_refused_by_the_kernel(host, loops):
+    """QEMU is asked (through the monitor, as a compromised guest could ask it) to
+    open a host block device it was not given: the node is not in its /dev; and
+    planted there, with an owner QEMU may open, the devices cgroup refuses it."""
+    disk = _image(host.images / "n2.img")
+    other = loops("n2-other.img")
+    host.define("n2", disk)
+    ok(host.uri, "start n2")
+    try:
+        pid = guest_pid(host.root, "n2")
+        r = _blockdev_add(host, "n2", "stolen", other.dev)
+        # (virsh prints QEMU's error reply as it came)
+        assert "No such file or directory" in r.out + r.err, r
+        planted = f"/proc/{pid}/root/dev/{other.name}"
+        os.mknod(planted, stat.S_IFBLK | 0o600, other.rdev)
+        os.chown(planted, host.qemu.pw_uid, host.qemu.pw_gid)
+        r = _blockdev_add(host, "n2", "stolen", other.dev)
+        assert "Operation not permitted" in r.out + r.err, r
+        assert "stolen" not in ok(host.uri, "qemu-monitor-command n2 --hmp 'info block'")
+    finally:
+        ok(host.uri, "destroy n2")
+
+
+def test_namespaces_off_keeps_the_hosts_dev():
+    base = Path(tempfile.mkdtemp(prefix="pyvirtd-confine-nons-", dir="/var/tmp"))
+    base.chmod(0o755)
+    root = base / "pyvirtd"
+    (root / "lib" / "network").mkdir(parents=True)
+    d = start_daemon(root, "--privileged", config="namespaces: []\n")
+    try:
+        uri = f"qemu+unix:///system?socket={d.sock}"
+        images = base / "images"
+        images.mkdir(mode=0o755)
+        xml = base / "x.xml"
+        xml.write_text(GUEST.format(name="x", disk=_image(images / "x.img"), extra=""))
+        ok(uri, f"create {xml}")
+        pid = guest_pid(root, "x")
+        assert os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+        assert _rules(_devices_cgroup(pid)) == STANDARD_RULES   # the cgroup stays
+        ok(uri, "destroy x")
+    finally:
+        stop_daemon(d)
+        kill_guests(base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_block_device_hotplug_and_unplug_under_confinement(host, loops):
+    """A booted guest gets a host block device hotplugged: the node appears in
+    QEMU's /dev and the cgroup allows it, the guest writes to it; unplugged,
+    both are gone again while the guest runs on."""
+    guest = tiny_guest()
+    loop = loops("h1-blk.img")
+    xml = host.base / "h1.xml"
+    xml.write_text(tiny_xml("h1", guest))
+    ok(host.uri, f"define {xml}")
+    ok(host.uri, "start h1 --paused")
+    con = Console(host.uri, "h1")
+    try:
+        ok(host.uri, "resume h1")
+        con.wait("GUEST READY", timeout=90)
+        con.wait(re.escape(PROMPT))
+        con.run("dmesg -n 1", re.escape(PROMPT))
+        pid = guest_pid(host.root, "h1")
+        group, node = _devices_cgroup(pid), Path(f"/proc/{pid}/root/dev/{loop.name}")
+        assert not node.exists() and f"{loop.rule} rw" not in _rules(group)
+        ok(host.uri, f"attach-disk h1 {loop.dev} vdb --targetbus virtio")
+        assert f"{loop.rule} rw" in _rules(group)
+        assert os.stat(node).st_uid == host.qemu.pw_uid
+        # its first virtio disk: vda inside the guest
+        con.run("until [ -e /sys/block/vda ]; do sleep 0.2; done; "
+                "echo hotplugged > /dev/vda && echo WROTE-$((6*7))", "WROTE-42")
+        ok(host.uri, "detach-disk h1 vdb")
+        wait_for(lambda: f"{loop.rule} rw" not in _rules(group) and not node.exists(), timeout=30)
+        assert _rules(group) == STANDARD_RULES
+        assert _owner(Path(loop.dev))[:2] == (0, 0)
+    finally:
+        con.close()
+        virsh(host.uri, "destroy h1")
+    assert (host.images / "h1-blk.img").read_bytes().startswith(b"hotplugged\n")

@@ -84,12 +84,13 @@ class Lab:
     def ns(self, ns: str, *argv, check=True) -> subprocess.CompletedProcess:
         return sh("ip", "netns", "exec", ns, *argv, check=check)
 
-    def start_daemon(self) -> str:
-        """pyvirtd --root in the HOST namespace; returns its qemu:///session URI."""
+    def start_daemon(self, *extra: str) -> str:
+        """pyvirtd --root in the HOST namespace; returns its qemu:///session URI
+        (qemu:///system with ``--privileged`` in ``extra``)."""
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "daemon.log", "wb")
         proc = subprocess.Popen(["ip", "netns", "exec", self.host, sys.executable, "-m",
-                                 "pyvirtd.cli", "--root", str(self.root)],
+                                 "pyvirtd.cli", "--root", str(self.root), *extra],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         self.daemon = RunningDaemon(self.root, proc)
         deadline = time.monotonic() + 30
@@ -97,7 +98,8 @@ class Lab:
             if proc.poll() is not None:
                 raise RuntimeError(f"pyvirtd exited: {self.daemon.log()}")
             if self.daemon.sock.exists() and b"ready" in (self.root / "daemon.log").read_bytes():
-                return f"qemu+unix:///session?socket={self.daemon.sock}"
+                kind = "system" if "--privileged" in extra else "session"
+                return f"qemu+unix:///{kind}?socket={self.daemon.sock}"
             time.sleep(0.05)
         raise RuntimeError("pyvirtd did not start")
 
