@@ -23,7 +23,6 @@ from pyvirtd.xml import domain as domxml
 
 from . import cgroup
 from .driver import LxcDomain, LxcDriverState
-from .spec import new_definition
 
 _FROM = P.VIR_FROM_LXC
 XML_SECURE, XML_INACTIVE = 1, 2
@@ -123,7 +122,7 @@ class DomainMixin(ds.DomainLookups):
     async def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
         check_flags(flags, DEFINE_VALIDATE, "lxcDomainDefineXMLFlags", _FROM)
         drv = self.driver
-        new = new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
+        new = drv.new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=False)
         await drv.save_config(new)
         dom, replaced = ds.install_definition(drv.domains, new, existing, LxcDomain)
@@ -156,7 +155,7 @@ class DomainMixin(ds.DomainLookups):
     async def domain_create_xml(self, xml_desc: str, flags: int) -> Any:
         check_flags(flags, START_AUTODESTROY | START_VALIDATE, "lxcDomainCreateXMLWithFiles", _FROM)
         drv = self.driver
-        new = new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
+        new = drv.new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=True)
         dom = existing or LxcDomain(new, persistent=False)
         if existing is None:

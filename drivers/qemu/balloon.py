@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 
-from .hotplug import AFFECT_CONFIG, AFFECT_LIVE, _save_config, modification_impact
+from .hotplug import AFFECT_CONFIG, AFFECT_LIVE, commit_config, modification_impact
 
 if TYPE_CHECKING:
-    from .driver import QemuDriverState
+    from .guest import QemuState
 
 # virDomainMemoryModFlags
 MEM_MAXIMUM = 4
@@ -29,7 +29,7 @@ def _err(code: int, message: str) -> VirError:
 
 
 class BalloonMixin:
-    driver: "QemuDriverState"
+    driver: "QemuState"
 
     async def domain_set_memory(self, ref: Any, memory: int) -> None:
         await self.domain_set_memory_flags(ref, memory, AFFECT_LIVE)
@@ -61,7 +61,7 @@ class BalloonMixin:
                 if live:
                     await self._balloon(dom, memory)
             if new_config is not None:
-                await _save_config(self.driver, dom, new_config)
+                await commit_config(self.driver, dom, new_config)
 
     async def _balloon(self, dom: Any, memory: int) -> None:
         if memory > dom.definition.memory:

@@ -18,8 +18,8 @@ from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from .driver import QemuDomain, QemuDriverState
-from .launch import new_definition
+from .driver import QemuDriverState
+from .guest import QemuDomain
 
 # virDomainXMLFlags, virDomainCreateFlags, virDomainUndefineFlagsValues, ...
 XML_SECURE, XML_INACTIVE, XML_UPDATE_CPU, XML_MIGRATABLE = 1, 2, 4, 8
@@ -129,7 +129,7 @@ class DomainMixin(ds.DomainLookups):
     async def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
         check_flags(flags, DEFINE_VALIDATE, "qemuDomainDefineXMLFlags", P.VIR_FROM_QEMU)
         drv = self.driver
-        new = new_definition(drv, xml, validate_schema=bool(flags & DEFINE_VALIDATE))
+        new = drv.new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=False)
         await drv.save_config(new)
         dom, replaced = ds.install_definition(drv.domains, new, existing, QemuDomain)
@@ -170,7 +170,7 @@ class DomainMixin(ds.DomainLookups):
         check_flags(flags, START_PAUSED | START_AUTODESTROY | START_BYPASS_CACHE
                     | START_VALIDATE | START_RESET_NVRAM, "qemuDomainCreateXML", P.VIR_FROM_QEMU)
         drv = self.driver
-        new = new_definition(drv, xml_desc, validate_schema=bool(flags & START_VALIDATE))
+        new = drv.new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=True)
         dom = existing or QemuDomain(new, persistent=False)
         if existing is None:

@@ -37,7 +37,8 @@ from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 
-from .driver import QemuDomain, QemuDriverState
+from .driver import QemuDriverState
+from .guest import QemuDomain
 
 log = logging.getLogger(__name__)
 
