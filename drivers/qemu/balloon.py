@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 
@@ -31,14 +32,14 @@ def _err(code: int, message: str) -> VirError:
 class BalloonMixin:
     driver: "QemuState"
 
-    async def domain_set_memory(self, ref: Any, memory: int) -> None:
+    async def domain_set_memory(self, ref: Dom, memory: int) -> None:
         await self.domain_set_memory_flags(ref, memory, AFFECT_LIVE)
 
-    async def domain_set_max_memory(self, ref: Any, memory: int) -> None:
+    async def domain_set_max_memory(self, ref: Dom, memory: int) -> None:
         # --current, as qemuDomainSetMaxMemory: the config of a shut off guest
         await self.domain_set_memory_flags(ref, memory, MEM_MAXIMUM)
 
-    async def domain_set_memory_flags(self, ref: Any, memory: int, flags: int) -> None:
+    async def domain_set_memory_flags(self, ref: Dom, memory: int, flags: int) -> None:
         """``memory`` in KiB; libvirt's checks and messages (qemuDomainSetMemoryFlags)."""
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | MEM_MAXIMUM, "qemuDomainSetMemoryFlags",
                     P.VIR_FROM_QEMU)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import trio
 from lxml import etree
 
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
@@ -584,7 +585,7 @@ class HotplugMixin:
     """DOMAIN_ATTACH_DEVICE*, DOMAIN_DETACH_DEVICE*, DOMAIN_UPDATE_DEVICE_FLAGS."""
     driver: "QemuState"
 
-    async def _modify(self, ref: Any, flags: int, allowed: int, function: str,
+    async def _modify(self, ref: Dom, flags: int, allowed: int, function: str,
                       on_config: Callable[[domxml.DomainDef], None],
                       on_live: Callable[["QemuDomain"], Awaitable[None]]) -> None:
         """The frame of every device procedure (qemuDomain*DeviceFlags): flags checked,
@@ -603,10 +604,10 @@ class HotplugMixin:
             if new_config is not None:
                 await commit_config(self.driver, dom, new_config)
 
-    async def domain_attach_device(self, ref: Any, xml: str) -> None:
+    async def domain_attach_device(self, ref: Dom, xml: str) -> None:
         await self.domain_attach_device_flags(ref, xml, AFFECT_LIVE)
 
-    async def domain_attach_device_flags(self, ref: Any, xml: str, flags: int) -> None:
+    async def domain_attach_device_flags(self, ref: Dom, xml: str, flags: int) -> None:
         state = self.driver
 
         def on_config(defn: domxml.DomainDef) -> None:
@@ -626,7 +627,7 @@ class HotplugMixin:
         await self._modify(ref, flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainAttachDeviceFlags",
                            on_config, on_live)
 
-    async def domain_update_device_flags(self, ref: Any, xml: str, flags: int) -> None:
+    async def domain_update_device_flags(self, ref: Dom, xml: str, flags: int) -> None:
         """Only a CD-ROM's (or floppy's) media can change, as libvirt's QEMU driver allows."""
         state = self.driver
 
@@ -651,10 +652,10 @@ class HotplugMixin:
         await self._modify(ref, flags, AFFECT_LIVE | AFFECT_CONFIG | DEVICE_MODIFY_FORCE,
                            "qemuDomainUpdateDeviceFlags", on_config, on_live)
 
-    async def domain_detach_device(self, ref: Any, xml: str) -> None:
+    async def domain_detach_device(self, ref: Dom, xml: str) -> None:
         await self.domain_detach_device_flags(ref, xml, AFFECT_LIVE)
 
-    async def domain_detach_device_flags(self, ref: Any, xml: str, flags: int) -> None:
+    async def domain_detach_device_flags(self, ref: Dom, xml: str, flags: int) -> None:
         state = self.driver
 
         def on_config(defn: domxml.DomainDef) -> None:
@@ -667,7 +668,7 @@ class HotplugMixin:
         await self._modify(ref, flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainDetachDeviceFlags",
                            on_config, on_live)
 
-    async def domain_detach_device_alias(self, ref: Any, alias: str, flags: int) -> None:
+    async def domain_detach_device_alias(self, ref: Dom, alias: str, flags: int) -> None:
         """Asynchronous: QEMU is asked and the call returns (DEVICE_REMOVED follows)."""
         state = self.driver
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from pyvirtd import hostinfo
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
@@ -174,13 +175,13 @@ class StatsMixin:
     # _dom() and _active() come from DomainMixin
 
     # -- info and vcpus --------------------------------------------------------
-    def domain_get_info(self, ref: Any) -> tuple:
+    def domain_get_info(self, ref: Dom) -> tuple:
         dom = self._dom(ref)
         d = dom.definition
         return (dom.state, d.memory, d.current_memory, d.vcpus_current,
                 self.driver.cpu_time(dom) if dom.active else 0)
 
-    async def domain_get_vcpus(self, ref: Any, maxinfo: int, maplen: int) -> tuple:
+    async def domain_get_vcpus(self, ref: Dom, maxinfo: int, maplen: int) -> tuple:
         dom = self._active(ref)
         size, online = hostinfo.cpu_map()
         tids = dict(await vcpu_threads(dom))
@@ -197,7 +198,7 @@ class StatsMixin:
             maps += hostinfo.cpumap_bytes(affinity, maplen * 8)[:maplen].ljust(maplen, b"\0")
         return (infos, bytes(maps))
 
-    def domain_get_vcpus_flags(self, ref: Any, flags: int) -> int:
+    def domain_get_vcpus_flags(self, ref: Dom, flags: int) -> int:
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM | VCPU_GUEST
                     | VCPU_HOTPLUGGABLE, "qemuDomainGetVcpusFlags", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
@@ -225,7 +226,7 @@ class StatsMixin:
                 log.debug("%s: query-balloon: %s", dom.name, exc)
         return dom.definition.current_memory
 
-    async def domain_memory_stats(self, ref: Any, max_stats: int, flags: int) -> list:
+    async def domain_memory_stats(self, ref: Dom, max_stats: int, flags: int) -> list:
         check_flags(flags, 0, "qemuDomainMemoryStats", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         stats = [P.remote_domain_memory_stat(MEM_ACTUAL_BALLOON, await self._balloon_kib(dom))]
@@ -281,13 +282,13 @@ class StatsMixin:
                 total[key] = total.get(key, 0) + int(stats.get(key, 0))
         return total
 
-    async def domain_block_stats(self, ref: Any, path: str) -> tuple:
+    async def domain_block_stats(self, ref: Dom, path: str) -> tuple:
         dom = self._active(ref)
         v = await self._block_values(dom, path)
         return (v.get("rd_operations", 0), v.get("rd_bytes", 0), v.get("wr_operations", 0),
                 v.get("wr_bytes", 0), -1)
 
-    async def domain_block_stats_flags(self, ref: Any, path: str, nparams: int, flags: int) -> tuple:
+    async def domain_block_stats_flags(self, ref: Dom, path: str, nparams: int, flags: int) -> tuple:
         check_flags(flags, TYPED_PARAM_STRING_OKAY, "qemuDomainBlockStatsFlags", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         if nparams == 0:
@@ -296,7 +297,7 @@ class StatsMixin:
         params = [_param(name, LLONG, v.get(key, 0)) for name, key in _BLOCK_PARAMS][:nparams]
         return (params, len(params))
 
-    async def domain_get_block_info(self, ref: Any, path: str, flags: int) -> tuple:
+    async def domain_get_block_info(self, ref: Dom, path: str, flags: int) -> tuple:
         check_flags(flags, 0, "qemuDomainGetBlockInfo", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         disk = self._disk(dom, path)
@@ -315,7 +316,7 @@ class StatsMixin:
         return limits
 
     # -- interfaces -----------------------------------------------------------
-    def domain_interface_stats(self, ref: Any, device: str) -> tuple:
+    def domain_interface_stats(self, ref: Dom, device: str) -> tuple:
         dom = self._active(ref)
         for net in _interfaces(dom):
             if device and device in (net.target_dev, net.mac):
