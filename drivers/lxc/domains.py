@@ -26,18 +26,29 @@ from . import cgroup
 from .driver import LxcDomain, LxcDriverState
 
 _FROM = P.VIR_FROM_LXC
-XML_SECURE, XML_INACTIVE = 1, 2
-START_PAUSED, START_AUTODESTROY, START_VALIDATE = 1, 2, 16
-DEFINE_VALIDATE = 1
-UNDEFINE_ALL = 1 | 2 | 4 | 8 | 16 | 32 | 64
-SHUTDOWN_INITCTL, SHUTDOWN_SIGNAL = 4, 8
-AFFECT_LIVE, AFFECT_CONFIG = 1, 2
-CONSOLE_FORCE, CONSOLE_SAFE = 1, 2
+XML_SECURE = P.DomainXMLFlags.VIR_DOMAIN_XML_SECURE
+XML_INACTIVE = P.DomainXMLFlags.VIR_DOMAIN_XML_INACTIVE
+XML_FLAGS = (XML_SECURE | XML_INACTIVE | P.DomainXMLFlags.VIR_DOMAIN_XML_UPDATE_CPU
+             | P.DomainXMLFlags.VIR_DOMAIN_XML_MIGRATABLE)
+START_PAUSED = P.DomainCreateFlags.VIR_DOMAIN_START_PAUSED
+START_AUTODESTROY = P.DomainCreateFlags.VIR_DOMAIN_START_AUTODESTROY
+START_VALIDATE = P.DomainCreateFlags.VIR_DOMAIN_START_VALIDATE
+DEFINE_VALIDATE = P.DomainDefineFlags.VIR_DOMAIN_DEFINE_VALIDATE
+UNDEFINE_ALL = ~P.DomainUndefineFlagsValues(0)      # accepted; a container has none of it
+SHUTDOWN_INITCTL = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_INITCTL
+SHUTDOWN_SIGNAL = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_SIGNAL
+AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
+AFFECT_CONFIG = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CONFIG
+STRING_OKAY = P.TypedParameterFlags.VIR_TYPED_PARAM_STRING_OKAY
+CONSOLE_FORCE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_FORCE
+CONSOLE_SAFE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_SAFE
 # virProcessGetNamespaces' order: the client enters them in this order
 NAMESPACES = ("user", "ipc", "mnt", "net", "pid", "uts")
 # VIR_DOMAIN_MEMORY_PARAM_UNLIMITED
 UNLIMITED = 9007199254740991
-STATS_STATE, STATS_CPU_TOTAL, STATS_BALLOON = 1, 2, 4
+STATS_STATE = P.DomainStatsTypes.VIR_DOMAIN_STATS_STATE
+STATS_CPU_TOTAL = P.DomainStatsTypes.VIR_DOMAIN_STATS_CPU_TOTAL
+STATS_BALLOON = P.DomainStatsTypes.VIR_DOMAIN_STATS_BALLOON
 
 
 def _param(name: str, kind: int, value: Any) -> Any:
@@ -68,7 +79,7 @@ class DomainMixin(ds.DomainLookups):
         return self._dom(ref).definition.memory
 
     def domain_get_xml_desc(self, ref: Dom, flags: int) -> str:
-        check_flags(flags, XML_SECURE | XML_INACTIVE | 4 | 8, "lxcDomainGetXMLDesc", _FROM)
+        check_flags(flags, XML_FLAGS, "lxcDomainGetXMLDesc", _FROM)
         dom = self._dom(ref)
         if flags & XML_INACTIVE or not dom.active:
             return domxml.format(dom.persistent_def if flags & XML_INACTIVE else dom.definition)
@@ -293,7 +304,8 @@ class DomainMixin(ds.DomainLookups):
 
     # -- memory and CPU tuning from the cgroup
     def domain_get_memory_parameters(self, ref: Dom, nparams: int, flags: int) -> tuple:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | 4, "lxcDomainGetMemoryParameters", _FROM)
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | STRING_OKAY, "lxcDomainGetMemoryParameters",
+                    _FROM)
         if nparams == 0:
             return ([], 3)
         dom = self._dom(ref)
