@@ -356,6 +356,14 @@ class HypervisorState(Generic[DomT]):
         await self.attach(dom, dom.run, status)
 
 
+def _first_stats(stats: list[tuple[str, int]], nparams: int, make: Callable) -> tuple:
+    """(the first ``nparams`` stats as wire records, how many); with nparams 0 only
+    how many there are, as libvirt's node stats calls answer a sizing call."""
+    if nparams == 0:
+        return ([], len(stats))
+    return ([make(k, v) for k, v in stats[:nparams]], min(nparams, len(stats)))
+
+
 class HostFacts:
     """Host procedures a local driver answers from this host's /proc and /sys.
 
@@ -391,18 +399,11 @@ class HostFacts:
                 len(online) if need_online else 0, size)
 
     def node_get_cpu_stats(self, cpu_num: int, nparams: int, flags: int) -> tuple:
-        stats = hostinfo.cpu_stats(cpu_num)
-        if nparams == 0:
-            return ([], len(stats))
-        return ([P.remote_node_get_cpu_stats(k, v) for k, v in stats[:nparams]],
-                min(nparams, len(stats)))
+        return _first_stats(hostinfo.cpu_stats(cpu_num), nparams, P.remote_node_get_cpu_stats)
 
     def node_get_memory_stats(self, nparams: int, cell_num: int, flags: int) -> tuple:
-        stats = hostinfo.memory_stats(cell_num)
-        if nparams == 0:
-            return ([], len(stats))
-        return ([P.remote_node_get_memory_stats(k, v) for k, v in stats[:nparams]],
-                min(nparams, len(stats)))
+        return _first_stats(hostinfo.memory_stats(cell_num), nparams,
+                            P.remote_node_get_memory_stats)
 
     def node_get_free_pages(self, pages: list[int], start_cell: int, cell_count: int,
                             flags: int) -> list[int]:
