@@ -131,15 +131,11 @@ class DomainMixin(ds.DomainLookups):
     async def domain_define_xml(self, xml: str) -> Any:
         return await self.domain_define_xml_flags(xml, 0)
 
-    async def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
+    async def domain_define_xml_flags(self, xml: str, flags: int) -> Dom:
         check_flags(flags, DEFINE_VALIDATE, "lxcDomainDefineXMLFlags", _FROM)
         drv = self.driver
         new = drv.new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
-        existing = ds.find_for_add(drv.domains, new, live=False)
-        await drv.save_config(new)
-        dom, replaced = ds.install_definition(drv.domains, new, existing, LxcDomain)
-        drv.emit(dom, ds.EV_DEFINED, ds.DEFINED_UPDATED if replaced else ds.DEFINED_ADDED)
-        return dom.ref()
+        return (await drv.define(new)).ref()
 
     async def domain_undefine(self, ref: Dom) -> None:
         await self.domain_undefine_flags(ref, 0)

@@ -2,7 +2,7 @@
 
 Methods are named after RPC procedures (see pyvirtd/dispatch.py).  Reads
 take no lock; every operation that changes a running guest holds that
-guest's lock (driver.QemuDomain.lock), like libvirt's per-domain job, so two
+guest's lock (guest.QemuDomain.lock), like libvirt's per-domain job, so two
 guests never wait for each other.  Error codes, error domains and wording
 follow libvirt's QEMU driver (src/qemu/qemu_driver.c) as virsh prints them.
 """
@@ -127,15 +127,11 @@ class DomainMixin(ds.DomainLookups):
     async def domain_define_xml(self, xml: str) -> Any:
         return await self.domain_define_xml_flags(xml, 0)
 
-    async def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
+    async def domain_define_xml_flags(self, xml: str, flags: int) -> Dom:
         check_flags(flags, DEFINE_VALIDATE, "qemuDomainDefineXMLFlags", P.VIR_FROM_QEMU)
         drv = self.driver
         new = drv.new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
-        existing = ds.find_for_add(drv.domains, new, live=False)
-        await drv.save_config(new)
-        dom, replaced = ds.install_definition(drv.domains, new, existing, QemuDomain)
-        drv.emit(dom, ds.EV_DEFINED, ds.DEFINED_UPDATED if replaced else ds.DEFINED_ADDED)
-        return dom.ref()
+        return (await drv.define(new)).ref()
 
     async def domain_undefine(self, ref: Dom) -> None:
         await self.domain_undefine_flags(ref, 0)

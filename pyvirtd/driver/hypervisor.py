@@ -249,6 +249,15 @@ class HypervisorState(Generic[DomT]):
         self.fill_defaults(d)
         return d
 
+    async def define(self, new: domxml.DomainDef) -> DomT:
+        """Store ``new`` as a persistent definition: a new domain, or the next
+        definition of an existing one (virDomainObjListAdd); DEFINED event."""
+        existing = ds.find_for_add(self.domains, new, live=False)
+        await self.save_config(new)
+        dom, replaced = ds.install_definition(self.domains, new, existing, self.domain_class)
+        self.emit(dom, ds.EV_DEFINED, ds.DEFINED_UPDATED if replaced else ds.DEFINED_ADDED)
+        return dom
+
     def follow(self, dom: DomT, run: int, handle: Any) -> None:
         """Watch run ``run`` of ``dom`` from the service nursery."""
         self.spawn(self.watch, dom, run, handle)
