@@ -17,8 +17,6 @@ import os
 import time
 from pathlib import Path
 
-from pyvirtd.names import name_path
-
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
 PARTITION = "machine"
@@ -47,6 +45,10 @@ def machine_paths(name: str, driver: str = "lxc") -> dict[str, str]:
     """Where the machine ``name`` of ``driver`` goes: controller -> directory ("unified" on v2).
 
     The QEMU driver puts its guests here too (drivers/qemu/devacl.py)."""
+    # imported here: the controller imports this module, and pyvirtd.names brings
+    # the generated protocol (errors), which a container's controller never needs
+    from pyvirtd.names import name_path
+
     placement = own_placement()
     leaf = name_path(PARTITION, name, f".libvirt-{driver}")
     if is_v2():
