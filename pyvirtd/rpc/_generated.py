@@ -14435,6 +14435,4 @@ ARG_LIMITS = {
     ('remote', 280): (ArgLimit(('maplen',), 8388608, VIR_ERR_INTERNAL_ERROR, 'maplen > REMOTE_CPUMAPS_MAX'),),
     ('remote', 289): (ArgLimit(('nparams',), 64, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
     ('remote', 340): (ArgLimit(('pages', 'cellCount'), 1024, VIR_ERR_INTERNAL_ERROR, "the result won't fit"),),
-    ('remote', 395): (ArgLimit(('nparams',), 64, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
-    ('remote', 407): (ArgLimit(('nparams',), 16, VIR_ERR_INTERNAL_ERROR, 'nparams too large'),),
 }

@@ -68,8 +68,10 @@ def test_products_lists_and_negatives() -> None:
 
 def test_every_list_and_parameter_count_has_a_limit() -> None:
     """The generator found a bound for each client-chosen count of the protocol."""
+    # these functions size their reply themselves; the daemon never reads nparams
+    server_sized = {"NETWORK_PORT_GET_PARAMETERS", "NODE_GET_SEV_INFO"}
     for proc in PROC.values():
-        if proc.unpack_args is None:
+        if proc.unpack_args is None or proc.name in server_sized:
             continue
         fields = decode(proc.unpack_args, bytes(4096), exact=False)._fields
         counts = [f for f in fields if f.startswith("max") or f in ("nparams", "maplen", "ncpumaps")]
