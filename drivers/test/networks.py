@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from pyvirtd.driver.objects import DefinedObject
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import network as netxml
@@ -31,27 +32,12 @@ NETWORK_VALIDATE = P.NetworkDefineFlags.VIR_NETWORK_DEFINE_VALIDATE
 
 
 @dataclass(eq=False)
-class Network:
+class Network(DefinedObject):
     definition: netxml.NetworkDef
-    active: bool = False
-    persistent: bool = True
-    autostart: bool = False
     new_def: netxml.NetworkDef | None = None
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def uuid(self) -> bytes:
-        return self.definition.uuid
 
     def ref(self) -> P.remote_nonnull_network:
         return P.remote_nonnull_network(self.name, self.uuid)
-
-    def config(self) -> netxml.NetworkDef:
-        """The persistent definition (what CONFIG-flagged changes edit)."""
-        return self.new_def if self.new_def is not None else self.definition
 
 
 def load_networks(state: TestState, elements: list[etree._Element]) -> None:

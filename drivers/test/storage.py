@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
+from pyvirtd.driver.objects import DefinedObject
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_libvirt, parse_definition
@@ -40,21 +41,10 @@ _LOGICAL_SOURCES = (("/dev/sda20", "testvg1"), ("/dev/sda21", "testvg2"))
 
 
 @dataclass(eq=False)
-class Pool:
+class Pool(DefinedObject):
     definition: stxml.PoolDef
-    active: bool = False
-    persistent: bool = True
-    autostart: bool = False
     new_def: stxml.PoolDef | None = None
     volumes: dict[str, stxml.VolumeDef] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def uuid(self) -> bytes:
-        return self.definition.uuid
 
     def ref(self) -> P.remote_nonnull_storage_pool:
         return P.remote_nonnull_storage_pool(self.name, self.uuid)

@@ -179,6 +179,34 @@ NODE_DEVICE = ObjectKind("node device", P.VIR_ERR_NO_NODE_DEVICE, P.VIR_FROM_NOD
                          extra_filter=_device_cap_filter, has_uuid=False)
 
 
+@dataclass(eq=False)
+class DefinedObject:
+    """What every kind keeps per object (libvirt's virNetworkObj, virStoragePoolObj, ...).
+
+    ``definition`` is what runs (or the persistent definition while
+    inactive); ``new_def`` the persistent definition of a running object once
+    it was redefined (None otherwise).  Owners subclass it with their own
+    fields (keyword-only when they have no default) and ``ref()``.
+    """
+    definition: Any
+    active: bool = False
+    persistent: bool = True
+    autostart: bool = False
+    new_def: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def uuid(self) -> bytes:
+        return self.definition.uuid
+
+    def config(self) -> Any:
+        """The persistent definition (what CONFIG-flagged changes edit)."""
+        return self.new_def if self.new_def is not None else self.definition
+
+
 class ObjectList(Generic[T]):
     """The defined objects of one kind, by name, in definition order.
 

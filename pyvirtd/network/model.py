@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from pyvirtd.driver.objects import NETWORK, ObjectList
+from pyvirtd.driver.objects import NETWORK, DefinedObject, ObjectList
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import network as netxml
@@ -49,28 +49,14 @@ DEFAULT_NETWORK = """<network>
 
 
 @dataclass(eq=False)
-class Network:
-    definition: netxml.NetworkDef     # live while active, else the persistent one
-    active: bool = False
-    persistent: bool = True
-    autostart: bool = False
-    new_def: netxml.NetworkDef | None = None   # persistent config of a running network
+class Network(DefinedObject):
+    """One network (definition, new_def, active, persistent, autostart: `DefinedObject`)."""
+    definition: netxml.NetworkDef
+    new_def: netxml.NetworkDef | None = None
     ports: dict = field(default_factory=dict)  # uuid bytes -> networkport.PortDef (running only)
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def uuid(self) -> bytes:
-        return self.definition.uuid
 
     def ref(self) -> P.remote_nonnull_network:
         return P.remote_nonnull_network(self.name, self.uuid)
-
-    def config(self) -> netxml.NetworkDef:
-        """The persistent definition (what CONFIG-flagged changes edit)."""
-        return self.new_def if self.new_def is not None else self.definition
 
     @property
     def managed(self) -> bool:

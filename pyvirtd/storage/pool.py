@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 
 import trio
 
-from pyvirtd.driver.objects import STORAGE_POOL
+from pyvirtd.driver.objects import STORAGE_POOL, DefinedObject
 from pyvirtd.driver.store import ObjectStore
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
@@ -39,13 +39,11 @@ POOL_INACTIVE, POOL_BUILDING, POOL_RUNNING, POOL_DEGRADED, POOL_INACCESSIBLE = r
 
 
 @dataclass(eq=False)
-class Pool:
-    definition: stxml.PoolDef          # what is defined (persistent) or running (transient)
-    backend: Backend
-    persistent: bool = False
-    active: bool = False
-    autostart: bool = False
-    new_def: stxml.PoolDef | None = None   # a redefinition while active, applied on stop
+class Pool(DefinedObject):
+    """One pool (definition, new_def, active, persistent, autostart: `DefinedObject`)."""
+    definition: stxml.PoolDef
+    new_def: stxml.PoolDef | None = None
+    backend: Backend = field(kw_only=True)
     volumes: dict[str, Volume] = field(default_factory=dict)
     # sizes and target permissions found by the last refresh
     capacity: int = 0
@@ -58,14 +56,6 @@ class Pool:
     limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(POOL_THREADS))
     asyncjobs: int = 0                  # volume builds and streams in flight
     starting: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def uuid(self) -> bytes:
-        return self.definition.uuid
 
     @property
     def type(self) -> str:

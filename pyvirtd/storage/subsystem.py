@@ -133,7 +133,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
             if pdef.type not in self.backends:
                 log.error("pool '%s': no backend for type %s yet; not loaded", pdef.name, pdef.type)
                 continue
-            pool = Pool(pdef, self.backends[pdef.type], persistent=True, autostart=autostart)
+            pool = Pool(pdef, backend=self.backends[pdef.type], autostart=autostart)
             pool.definition.set_sizes(0, 0, 0)
             self.pools.add(pool)
         for live in found.statuses:
@@ -141,7 +141,8 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
             if pool is None:
                 if live.type not in self.backends:
                     continue
-                pool = self.pools.add(Pool(live, self.backends[live.type]))
+                pool = self.pools.add(Pool(live, backend=self.backends[live.type],
+                                           persistent=False))
             elif pool.uuid == live.uuid:
                 pool.new_def, pool.definition = pool.definition, live
             pool.starting = True       # was active: re-checked by start()
@@ -258,7 +259,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         pdef.set_sizes(0, 0, 0)
         await self.store.write_config(pdef)
         # the list may have changed while writing: its checks run again
-        pool = self.pools.assign(pdef, live=False, make=lambda d: Pool(d, backend))
+        pool = self.pools.assign(pdef, live=False, make=lambda d: Pool(d, backend=backend))
         self._emit(pool, EV_DEFINED)
         return pool.ref()
 
@@ -276,7 +277,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
                            f"pool '{same.name}' already exists with uuid {format_uuid(same.uuid)}",
                            domain=_FROM)
         pdef.set_sizes(0, 0, 0)
-        pool = self.pools.assign(pdef, live=True, make=lambda d: Pool(d, backend))
+        pool = self.pools.assign(pdef, live=True, make=lambda d: Pool(d, backend=backend))
         try:
             await self._start(pool, flags)
         except BaseException:

@@ -1,8 +1,8 @@
 """The generic list of defined objects (pyvirtd/driver/objects.py): lookups, listings,
 list-all filters and define/undefine/autostart rules, with libvirt's codes and wording.
 
-The objects are plain stand-ins with the attributes the list reads (the list
-knows nothing else of them); the kinds are the real ones the daemon uses.
+The objects are the shared `DefinedObject` over stand-in definitions (a name,
+a UUID, a pool type); the kinds are the real ones the daemon uses.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pyvirtd.driver.objects import (NETWORK, NODE_DEVICE, SECRET, STORAGE_POOL, FilterGroup,
-                                    ObjectKind, ObjectList)
+from pyvirtd.driver.objects import (NETWORK, NODE_DEVICE, SECRET, STORAGE_POOL, DefinedObject,
+                                    FilterGroup, ObjectKind, ObjectList)
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
@@ -32,21 +32,8 @@ class Def:
 
 
 @dataclass(eq=False)
-class Obj:
-    definition: Def
-    active: bool = False
-    persistent: bool = True
-    autostart: bool = False
-    new_def: Def | None = None
+class Obj(DefinedObject):
     id: int = -1
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def uuid(self) -> bytes:
-        return self.definition.uuid
 
 
 def networks(*objs: Obj, kind: ObjectKind = NETWORK) -> ObjectList[Obj]:
