@@ -269,3 +269,24 @@ def test_iteration_is_a_snapshot_and_remove_only_takes_the_same_object() -> None
     nets.add(a)
     nets.remove(Obj(Def("a", U1)))      # another object of that name: not removed
     assert nets.get("a") is a
+
+
+def test_the_domain_kind_filters_as_the_drivers_domain_filter_does() -> None:
+    """DOMAIN is ready for the QEMU/LXC drivers: it lists what filter_by_list_flags lists."""
+    import itertools
+
+    from pyvirtd.driver import domains as ds
+    from pyvirtd.driver.objects import DOMAIN
+
+    doms = ObjectList(DOMAIN)
+    states = (ds.RUNNING, ds.PAUSED, ds.SHUTOFF, ds.CRASHED)
+    for i, (state, persistent, autostart, saved, snaps) in enumerate(itertools.product(
+            states, (True, False), (True, False), (True, False), ({}, {"s": 1}))):
+        dom = ds.DomainObject(Def(f"d{i}", bytes([i]) * 16), persistent=persistent,
+                              state=state, autostart=autostart, managed_save=saved,
+                              snapshots=snaps)
+        doms.add(dom)
+    for bit in range(14):
+        for other in (0, 1, 2, 4, 8, 16):
+            flags = (1 << bit) | other
+            assert doms.list_all(flags) == ds.filter_by_list_flags(doms, flags), flags
