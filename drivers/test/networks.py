@@ -18,6 +18,7 @@ from lxml import etree
 
 from pyvirtd.driver.objects import DefinedObject
 from pyvirtd.errors import VirError, check_flags
+from pyvirtd.network.update import commit, edited_copies
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import network as netxml
 
@@ -182,27 +183,7 @@ class NetworkMixin:
                        flags: int) -> None:
         check_flags(flags, UPDATE_AFFECT_LIVE | UPDATE_AFFECT_CONFIG, "testNetworkUpdate",
                     P.VIR_FROM_TEST)
+        # the daemon's rules; edited copies, so a failure leaves both definitions untouched
         net = self._net(ref)
-        if not flags & (UPDATE_AFFECT_LIVE | UPDATE_AFFECT_CONFIG):
-            flags |= UPDATE_AFFECT_LIVE if net.active else UPDATE_AFFECT_CONFIG
-        if flags & UPDATE_AFFECT_LIVE and not net.active:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID, "network is not running",
-                           domain=P.VIR_FROM_NETWORK)
-        if flags & UPDATE_AFFECT_CONFIG and not net.persistent:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID,
-                           "cannot change persistent config of a transient network",
-                           domain=P.VIR_FROM_NETWORK)
-        # Edit copies so that a failure leaves both definitions untouched.
-        live = net.definition.copy() if flags & UPDATE_AFFECT_LIVE else None
-        config = None
-        if flags & UPDATE_AFFECT_CONFIG:
-            config = net.config().copy() if net.active else (live or net.definition.copy())
-        for target in {id(d): d for d in (config, live) if d is not None}.values():
-            netxml.update(target, command, section, parent_index, xml)
-        if live is not None:
-            net.definition = live
-        if config is not None:
-            if net.active:
-                net.new_def = config
-            else:
-                net.definition = config
+        live, config = edited_copies(net, command, section, parent_index, xml, flags)
+        commit(net, live, config)
