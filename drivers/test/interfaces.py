@@ -14,11 +14,10 @@ from lxml import etree
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import interface as ifxml
-from .state import TestState
+from .state import TEST_INTERFACE, TestState
 
-# virConnectListAllInterfacesFlags.
-LIST_INACTIVE, LIST_ACTIVE = 1, 2
-DEFINE_VALIDATE = 1     # VIR_INTERFACE_DEFINE_VALIDATE
+LIST_ALL = TEST_INTERFACE.list_flags     # virConnectListAllInterfacesFlags
+DEFINE_VALIDATE = P.InterfaceDefineFlags.VIR_INTERFACE_DEFINE_VALIDATE
 
 
 @dataclass(eq=False)
@@ -37,8 +36,7 @@ class Interface:
 def load_interfaces(state: TestState, elements: list[etree._Element]) -> None:
     """Interfaces of a node file start active."""
     for elem in elements:
-        ifdef = ifxml.from_element(elem)
-        state.interfaces[ifdef.name] = Interface(ifdef, active=True)
+        state.interfaces.add(Interface(ifxml.from_element(elem), active=True))
 
 
 def _invalid() -> VirError:
@@ -49,43 +47,34 @@ class InterfaceMixin:
     state: TestState
 
     def _iface(self, ref) -> Interface:
-        iface = self.state.interfaces.get(ref.name)
-        if iface is None:
-            raise VirError(P.VIR_ERR_NO_INTERFACE,
-                           f"no interface with matching name '{ref.name}'",
-                           domain=P.VIR_FROM_TEST)
-        return iface
+        return self.state.interfaces.by_ref(ref)      # by name: interfaces have no UUID
 
     # --- listing --------------------------------------------------------------
 
     def connect_num_of_interfaces(self) -> int:
-        return sum(1 for i in self.state.interfaces.values() if i.active)
+        return self.state.interfaces.count(active=True)
 
     def connect_list_interfaces(self, maxnames: int) -> list[str]:
-        return [i.name for i in self.state.interfaces.values() if i.active][:maxnames]
+        return self.state.interfaces.list_names(True, maxnames)
 
     def connect_num_of_defined_interfaces(self) -> int:
-        return sum(1 for i in self.state.interfaces.values() if not i.active)
+        return self.state.interfaces.count(active=False)
 
     def connect_list_defined_interfaces(self, maxnames: int) -> list[str]:
-        return [i.name for i in self.state.interfaces.values() if not i.active][:maxnames]
+        return self.state.interfaces.list_names(False, maxnames)
 
     def connect_list_all_interfaces(self, need_results: int, flags: int) -> tuple:
-        check_flags(flags, LIST_INACTIVE | LIST_ACTIVE, "testConnectListAllInterfaces",
-                    P.VIR_FROM_TEST)
-        ifaces = [i.ref() for i in self.state.interfaces.values()
-                  if not flags & (LIST_ACTIVE | LIST_INACTIVE)
-                  or (flags & LIST_ACTIVE and i.active)
-                  or (flags & LIST_INACTIVE and not i.active)]
+        check_flags(flags, LIST_ALL, "testConnectListAllInterfaces", P.VIR_FROM_TEST)
+        ifaces = [i.ref() for i in self.state.interfaces.list_all(flags)]
         return (ifaces if need_results else [], len(ifaces))
 
     # --- lookup ---------------------------------------------------------------
 
     def interface_lookup_by_name(self, name: str) -> P.remote_nonnull_interface:
-        return self._iface(P.remote_nonnull_interface(name, "")).ref()
+        return self.state.interfaces.by_name(name).ref()
 
     def interface_lookup_by_mac_string(self, mac: str) -> P.remote_nonnull_interface:
-        matches = [i for i in self.state.interfaces.values()
+        matches = [i for i in self.state.interfaces
                    if i.definition.mac.lower() == mac.lower()]
         if not matches:
             raise VirError(P.VIR_ERR_NO_INTERFACE, f"no interface with matching mac '{mac}'",
@@ -107,14 +96,13 @@ class InterfaceMixin:
         ifdef = ifxml.parse(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         iface = self.state.interfaces.get(ifdef.name)
         if iface is None:
-            iface = self.state.interfaces[ifdef.name] = Interface(ifdef)
+            iface = self.state.interfaces.add(Interface(ifdef))
         else:
             iface.definition = ifdef
         return iface.ref()
 
     def interface_undefine(self, ref) -> None:
-        iface = self._iface(ref)
-        del self.state.interfaces[iface.name]
+        self.state.interfaces.remove(self._iface(ref))
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -142,7 +130,7 @@ class InterfaceMixin:
         if self.state.iface_backup is not None:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "there is another transaction running.",
                            domain=P.VIR_FROM_TEST)
-        self.state.iface_backup = [i.definition.copy() for i in self.state.interfaces.values()]
+        self.state.iface_backup = [i.definition.copy() for i in self.state.interfaces]
 
     def interface_change_commit(self, flags: int) -> None:
         check_flags(flags, 0, "testInterfaceChangeCommit", P.VIR_FROM_TEST)
@@ -161,5 +149,5 @@ class InterfaceMixin:
                            domain=P.VIR_FROM_TEST)
         self.state.interfaces.clear()
         for ifdef in backup:
-            self.state.interfaces[ifdef.name] = Interface(ifdef)
+            self.state.interfaces.add(Interface(ifdef))
         self.state.iface_backup = None

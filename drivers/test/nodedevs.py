@@ -41,8 +41,7 @@ class NodeDevice:
 
 def load_node_devices(state: TestState, elements: list[etree._Element]) -> None:
     for elem in elements:
-        dev = NodeDevice(ndxml.from_element(elem))
-        state.node_devices[dev.name] = dev
+        state.node_devices.add(NodeDevice(ndxml.from_element(elem)))
 
 
 def _internal(detail: str) -> VirError:
@@ -53,14 +52,10 @@ class NodeDeviceMixin:
     state: TestState
 
     def _dev(self, name: str) -> NodeDevice:
-        dev = self.state.node_devices.get(name)
-        if dev is None:
-            raise VirError(P.VIR_ERR_NO_NODE_DEVICE,
-                           f"no node device with matching name '{name}'", domain=P.VIR_FROM_TEST)
-        return dev
+        return self.state.node_devices.by_name(name)
 
     def _devices_with(self, cap: str | None) -> list[NodeDevice]:
-        return [d for d in self.state.node_devices.values()
+        return [d for d in self.state.node_devices
                 if cap is None or d.definition.has_cap(cap)]
 
     # --- listing --------------------------------------------------------------
@@ -75,9 +70,7 @@ class NodeDeviceMixin:
 
     def connect_list_all_node_devices(self, need_results: int, flags: int) -> tuple:
         check_flags(flags, LIST_ALL_CAPS, "testConnectListAllNodeDevices", P.VIR_FROM_TEST)
-        wanted = [cap for cap, bit in ndxml.CAP_FLAGS.items() if flags & bit]
-        devs = [d.ref() for d in self.state.node_devices.values()
-                if not wanted or any(d.definition.has_cap(c) for c in wanted)]
+        devs = [d.ref() for d in self.state.node_devices.list_all(flags)]
         return (devs if need_results else [], len(devs))
 
     # --- one device -----------------------------------------------------------
@@ -119,8 +112,7 @@ class NodeDeviceMixin:
         newdef = template.definition.copy()
         newdef.name = VHBA_NAME
         newdef.set_wwns(*wwns)
-        dev = NodeDevice(newdef)
-        self.state.node_devices[dev.name] = dev
+        dev = self.state.node_devices.add(NodeDevice(newdef))
         self.state.events.emit("nodeDevice", P.VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE, dev.ref(),
                                EV_CREATED, 0)
         return dev.ref()
@@ -129,6 +121,6 @@ class NodeDeviceMixin:
         dev = self._dev(name)
         if dev.definition.wwns() is None:
             return
-        del self.state.node_devices[name]
+        self.state.node_devices.remove(dev)
         self.state.events.emit("nodeDevice", P.VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE, dev.ref(),
                                EV_DELETED, 0)

@@ -5,8 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyvirtd.driver.objects import INTERFACE, NETWORK, NODE_DEVICE, STORAGE_POOL, ObjectList
 from pyvirtd.events import EventBus
+from pyvirtd.rpc import _generated as P
 from pyvirtd.secrets.objects import SecretList
+
+# The object kinds as libvirt's test driver reports them: lookups and state
+# errors from VIR_FROM_TEST, define conflicts from the kind's own conf code,
+# names listed in definition order.
+TEST_NETWORK = NETWORK.for_driver(P.VIR_FROM_TEST, sorted_names=False,
+                                  transient_autostart=None)   # it takes autostart on any
+TEST_POOL = STORAGE_POOL.for_driver(P.VIR_FROM_TEST, transient_autostart=(
+    P.VIR_ERR_INVALID_ARG, "pool has no config file"))
+TEST_INTERFACE = INTERFACE.for_driver(P.VIR_FROM_TEST)
+TEST_NODE_DEVICE = NODE_DEVICE.for_driver(P.VIR_FROM_TEST)
 
 
 @dataclass
@@ -26,15 +38,15 @@ class NodeInfo:
 class TestState:
     """Every object of one test-driver instance, shared by its connections.
 
-    Object maps are keyed by name and keep definition order, which is the order
+    Object lists are keyed by name and keep definition order, which is the order
     libvirt's test driver lists them in.
     """
     node: NodeInfo = field(default_factory=NodeInfo)
     domains: dict[str, Any] = field(default_factory=dict)
-    networks: dict[str, Any] = field(default_factory=dict)
-    interfaces: dict[str, Any] = field(default_factory=dict)
-    pools: dict[str, Any] = field(default_factory=dict)
-    node_devices: dict[str, Any] = field(default_factory=dict)
+    networks: ObjectList[Any] = field(default_factory=lambda: ObjectList(TEST_NETWORK))
+    interfaces: ObjectList[Any] = field(default_factory=lambda: ObjectList(TEST_INTERFACE))
+    pools: ObjectList[Any] = field(default_factory=lambda: ObjectList(TEST_POOL))
+    node_devices: ObjectList[Any] = field(default_factory=lambda: ObjectList(TEST_NODE_DEVICE))
     secrets: SecretList = field(default_factory=SecretList)
     events: EventBus = field(default_factory=EventBus)
     # Interface definitions saved by INTERFACE_CHANGE_BEGIN (None: no transaction).

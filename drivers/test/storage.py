@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
+from pyvirtd.driver.objects import DefinedObject
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_libvirt, format_uuid, parse_definition
+from pyvirtd.xml import format_libvirt, parse_definition
 from pyvirtd.xml import storage as stxml
 
-from .networks import filter_by_flags
-from .state import TestState
+from .state import TEST_POOL, TestState
 
 # The test driver's fixed pool size (src/test/test_driver.c defaultPoolCap).
 POOL_CAPACITY = 100 * 1024 ** 3
@@ -31,8 +31,7 @@ VOL_FILE = 0
 POOL_DEFINE_VALIDATE = 1
 VOL_CREATE_VALIDATE = 4
 # virConnectListAllStoragePoolsFlags: the six state filters, then one bit per type.
-LIST_ALL_POOLS = (1 << 20) - 1
-TYPE_FLAG_BASE = 6
+LIST_ALL_POOLS = TEST_POOL.list_flags
 
 # virStoragePoolEventLifecycleType.
 EV_DEFINED, EV_UNDEFINED, EV_STARTED, EV_STOPPED, EV_CREATED, EV_DELETED = range(6)
@@ -42,21 +41,10 @@ _LOGICAL_SOURCES = (("/dev/sda20", "testvg1"), ("/dev/sda21", "testvg2"))
 
 
 @dataclass(eq=False)
-class Pool:
+class Pool(DefinedObject):
     definition: stxml.PoolDef
-    active: bool = False
-    persistent: bool = True
-    autostart: bool = False
     new_def: stxml.PoolDef | None = None
     volumes: dict[str, stxml.VolumeDef] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def uuid(self) -> bytes:
-        return self.definition.uuid
 
     def ref(self) -> P.remote_nonnull_storage_pool:
         return P.remote_nonnull_storage_pool(self.name, self.uuid)
@@ -93,7 +81,7 @@ def load_pools(state: TestState, elements: list[etree._Element]) -> None:
             vol.place(f"{pool.definition.target_path}/{vol.name}")
             pool.volumes[vol.name] = vol
         pool.refresh_sizes()
-        state.pools[pool.name] = pool
+        state.pools.add(pool)
 
 
 class StorageMixin:
@@ -102,15 +90,7 @@ class StorageMixin:
     # --- helpers --------------------------------------------------------------
 
     def _pool(self, ref) -> Pool:
-        pool = self.state.pools.get(ref.name)
-        if pool is None or pool.uuid != bytes(ref.uuid):
-            for pool in self.state.pools.values():
-                if pool.uuid == bytes(ref.uuid):
-                    return pool
-            raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
-                           f"no storage pool with matching uuid '{format_uuid(ref.uuid)}' "
-                           f"({ref.name})", domain=P.VIR_FROM_TEST)
-        return pool
+        return self.state.pools.by_ref(ref)
 
     def _active_pool(self, ref) -> Pool:
         pool = self._pool(ref)
@@ -119,11 +99,7 @@ class StorageMixin:
         return pool
 
     def _vol(self, ref) -> tuple[Pool, stxml.VolumeDef]:
-        pool = self.state.pools.get(ref.pool)
-        if pool is None:
-            raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
-                           f"no storage pool with matching name '{ref.pool}'",
-                           domain=P.VIR_FROM_TEST)
+        pool = self.state.pools.by_name(ref.pool)
         if not pool.active:
             raise pool.not_active()
         vol = pool.volumes.get(ref.name)
@@ -140,27 +116,20 @@ class StorageMixin:
     # --- listing --------------------------------------------------------------
 
     def connect_num_of_storage_pools(self) -> int:
-        return sum(1 for p in self.state.pools.values() if p.active)
+        return self.state.pools.count(active=True)
 
     def connect_list_storage_pools(self, maxnames: int) -> list[str]:
-        return [p.name for p in self.state.pools.values() if p.active][:maxnames]
+        return self.state.pools.list_names(True, maxnames)
 
     def connect_num_of_defined_storage_pools(self) -> int:
-        return sum(1 for p in self.state.pools.values() if not p.active)
+        return self.state.pools.count(active=False)
 
     def connect_list_defined_storage_pools(self, maxnames: int) -> list[str]:
-        return [p.name for p in self.state.pools.values() if not p.active][:maxnames]
+        return self.state.pools.list_names(False, maxnames)
 
     def connect_list_all_storage_pools(self, need_results: int, flags: int) -> tuple:
         check_flags(flags, LIST_ALL_POOLS, "testConnectListAllStoragePools", P.VIR_FROM_TEST)
-        type_bits = flags >> TYPE_FLAG_BASE
-        pools = []
-        for p in self.state.pools.values():
-            if not filter_by_flags(flags, p.active, p.persistent, p.autostart):
-                continue
-            if type_bits and not type_bits & (1 << stxml.POOL_TYPES.index(p.definition.type)):
-                continue
-            pools.append(p.ref())
+        pools = [p.ref() for p in self.state.pools.list_all(flags)]
         return (pools if need_results else [], len(pools))
 
     def connect_find_storage_pool_sources(self, pool_type: str, src_spec: str | None,
@@ -194,25 +163,16 @@ class StorageMixin:
     # --- lookup ---------------------------------------------------------------
 
     def storage_pool_lookup_by_name(self, name: str) -> P.remote_nonnull_storage_pool:
-        pool = self.state.pools.get(name)
-        if pool is None:
-            raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
-                           f"no storage pool with matching name '{name}'", domain=P.VIR_FROM_TEST)
-        return pool.ref()
+        return self.state.pools.by_name(name).ref()
 
     def storage_pool_lookup_by_uuid(self, uuid: bytes) -> P.remote_nonnull_storage_pool:
-        for pool in self.state.pools.values():
-            if pool.uuid == bytes(uuid):
-                return pool.ref()
-        raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
-                       f"no storage pool with matching uuid '{format_uuid(uuid)}'",
-                       domain=P.VIR_FROM_TEST)
+        return self.state.pools.by_uuid(uuid).ref()
 
     def storage_pool_lookup_by_volume(self, vol) -> P.remote_nonnull_storage_pool:
         return self.storage_pool_lookup_by_name(vol.pool)
 
     def storage_pool_lookup_by_target_path(self, path: str) -> P.remote_nonnull_storage_pool:
-        for pool in self.state.pools.values():
+        for pool in self.state.pools:
             if pool.definition.target_path == path:
                 return pool.ref()
         raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
@@ -222,33 +182,14 @@ class StorageMixin:
     # --- pool definition ------------------------------------------------------
 
     def _add_pool(self, pooldef: stxml.PoolDef, live: bool) -> Pool:
-        by_name = self.state.pools.get(pooldef.name)
-        for other in self.state.pools.values():
-            if other.uuid == pooldef.uuid and other.name != pooldef.name:
-                raise VirError(P.VIR_ERR_OPERATION_FAILED,
-                               f"pool '{other.name}' is already defined with uuid "
-                               f"{format_uuid(other.uuid)}", domain=P.VIR_FROM_STORAGE)
-        if by_name is not None and by_name.uuid != pooldef.uuid:
-            raise VirError(P.VIR_ERR_OPERATION_FAILED,
-                           f"pool '{by_name.name}' already exists with uuid "
-                           f"{format_uuid(by_name.uuid)}", domain=P.VIR_FROM_STORAGE)
-        if by_name is None:
-            pool = Pool(pooldef, active=live, persistent=not live)
-            self.state.pools[pool.name] = pool
-        else:
-            pool = by_name
-            if live:
-                if pool.active:
-                    raise VirError(P.VIR_ERR_OPERATION_INVALID,
-                                   f"pool is already active as '{pool.name}'",
-                                   domain=P.VIR_FROM_STORAGE)
-                pool.definition, pool.active = pooldef, True
-            elif pool.active:
-                pool.new_def, pool.persistent = pooldef, True
-                return pool
-            else:
-                pool.definition, pool.persistent = pooldef, True
-        pool.refresh_sizes()
+        """Add or replace a pool (virStoragePoolObjListAdd); created ones run."""
+        same = self.state.pools.get(pooldef.name)
+        redefined_running = not live and same is not None and same.active
+        pool = self.state.pools.assign(pooldef, live=live, make=Pool)
+        if live:
+            pool.active = True
+        if not redefined_running:       # a running pool's next definition waits unsized
+            pool.refresh_sizes()
         return pool
 
     def storage_pool_define_xml(self, xml: str, flags: int) -> P.remote_nonnull_storage_pool:
@@ -268,7 +209,7 @@ class StorageMixin:
         pool = self._pool(ref)
         if pool.active:
             raise pool.is_active_error()
-        del self.state.pools[pool.name]
+        self.state.pools.remove(pool)
         self._emit_pool(pool, EV_UNDEFINED)
 
     def storage_pool_get_xml_desc(self, ref, flags: int) -> str:
@@ -295,12 +236,8 @@ class StorageMixin:
         pool = self._pool(ref)
         if not pool.active:
             raise pool.not_active()
-        pool.active = False
-        if pool.new_def is not None:
-            pool.definition, pool.new_def = pool.new_def, None
+        self.state.pools.stopped(pool)
         self._emit_pool(pool, EV_STOPPED)
-        if not pool.persistent:
-            del self.state.pools[pool.name]
 
     def storage_pool_delete(self, ref, flags: int) -> None:
         pool = self._pool(ref)
@@ -331,9 +268,7 @@ class StorageMixin:
 
     def storage_pool_set_autostart(self, ref, autostart: int) -> None:
         pool = self._pool(ref)
-        if not pool.persistent:
-            raise VirError(P.VIR_ERR_INVALID_ARG, "pool has no config file",
-                           domain=P.VIR_FROM_TEST)
+        self.state.pools.check_autostart(pool)
         pool.autostart = bool(autostart)
 
     # --- volumes of a pool ----------------------------------------------------

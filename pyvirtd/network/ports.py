@@ -40,7 +40,7 @@ from pyvirtd.xml import format_uuid
 from pyvirtd.xml import networkport as portxml
 
 if TYPE_CHECKING:
-    from . import Network
+    from .model import Network
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _pci_key(elem) -> tuple[int, ...]:
 
 
 class PortsMixin:
-    """The port half of NetworkSubsystem (it provides _net, _lock, status_dir)."""
+    """The port half of NetworkSubsystem (it provides _net, _by_name, _lock, networks, status_dir)."""
 
     # ------------------------------------------------------------ storage
     def _ports_dir(self, net_name: str) -> Path:

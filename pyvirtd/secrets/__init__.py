@@ -61,7 +61,7 @@ class SecretSubsystem(SecretProcedures):
         libvirt's virSecretGetSecretString refuses it (a Ceph key is no CHAP password).
         """
         raw = uuid if isinstance(uuid, bytes) else parse_uuid(uuid, domain=P.VIR_FROM_SECRET)
-        secret = self.secrets.get(raw)
+        secret = self.secrets.by_uuid(raw)
         actual = secret.definition.usage_type
         if usage_type is not None and actual != usage_type:
             raise VirError(P.VIR_ERR_INVALID_ARG, domain=P.VIR_FROM_SECRET, detail=(

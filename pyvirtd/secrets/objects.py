@@ -20,10 +20,10 @@ never leaves through SECRET_GET_VALUE, although the daemon reads it
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pyvirtd.driver.objects import SECRET, ObjectList
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.events import EventBus
 from pyvirtd.rpc import _generated as P
@@ -35,12 +35,8 @@ if TYPE_CHECKING:
 
 _FROM = P.VIR_FROM_SECRET
 
-_LIST = P.ConnectListAllSecretsFlags
-LIST_EPHEMERAL, LIST_NO_EPHEMERAL = (_LIST.VIR_CONNECT_LIST_SECRETS_EPHEMERAL,
-                                     _LIST.VIR_CONNECT_LIST_SECRETS_NO_EPHEMERAL)
-LIST_PRIVATE, LIST_NO_PRIVATE = (_LIST.VIR_CONNECT_LIST_SECRETS_PRIVATE,
-                                 _LIST.VIR_CONNECT_LIST_SECRETS_NO_PRIVATE)
-LIST_ALL = LIST_EPHEMERAL | LIST_NO_EPHEMERAL | LIST_PRIVATE | LIST_NO_PRIVATE
+# virConnectListAllSecretsFlags: the ephemeral and private filter pairs
+LIST_ALL = SECRET.list_flags
 EV_DEFINED = P.SecretEventLifecycleType.VIR_SECRET_EVENT_DEFINED
 EV_UNDEFINED = P.SecretEventLifecycleType.VIR_SECRET_EVENT_UNDEFINED
 DEFINE_VALIDATE = P.SecretDefineFlags.VIR_SECRET_DEFINE_VALIDATE
@@ -56,6 +52,15 @@ class Secret:
     def key(self) -> str:
         return format_uuid(self.definition.uuid)
 
+    @property
+    def name(self) -> str:
+        """What a secret is listed and kept by: its UUID as text (it has no name)."""
+        return self.key
+
+    @property
+    def uuid(self) -> bytes:
+        return self.definition.uuid
+
     def ref(self) -> P.remote_nonnull_secret:
         d = self.definition
         return P.remote_nonnull_secret(d.uuid, d.usage_number, d.usage_id or "")
@@ -65,43 +70,28 @@ def _error(code: int, detail: str) -> VirError:
     return VirError(code, detail, domain=_FROM)
 
 
-def _matches(d: secxml.SecretDef, flags: int) -> bool:
-    """virConnectListAllSecrets' filters: each group of two flags is an "or"."""
-    if flags & (LIST_EPHEMERAL | LIST_NO_EPHEMERAL) and not (
-            (flags & LIST_EPHEMERAL and d.ephemeral)
-            or (flags & LIST_NO_EPHEMERAL and not d.ephemeral)):
-        return False
-    if flags & (LIST_PRIVATE | LIST_NO_PRIVATE) and not (
-            (flags & LIST_PRIVATE and d.private)
-            or (flags & LIST_NO_PRIVATE and not d.private)):
-        return False
-    return True
+class SecretList(ObjectList[Secret]):
+    """The defined secrets, by UUID string, in definition order.
 
-
-class SecretList:
-    """The defined secrets, by UUID string, in definition order."""
+    The generic list gives lookup by UUID (`by_uuid`: VIR_ERR_NO_SECRET),
+    listing and the ephemeral/private filters (`list_all`); what is the
+    secrets' own is the lookup by usage and the redefinition rules.
+    """
 
     def __init__(self) -> None:
-        self._by_uuid: dict[str, Secret] = {}
+        super().__init__(SECRET)
 
-    def __len__(self) -> int:
-        return len(self._by_uuid)
-
-    def __iter__(self) -> Iterator[Secret]:
-        return iter(list(self._by_uuid.values()))
-
-    def get(self, uuid: bytes) -> Secret:
-        """The secret with this UUID; VIR_ERR_NO_SECRET if none."""
-        secret = self._by_uuid.get(format_uuid(uuid))
+    def by_uuid(self, uuid: bytes) -> Secret:
+        """The secret with this UUID (kept by its text, so no scan); VIR_ERR_NO_SECRET if none."""
+        secret = self.get(format_uuid(uuid))
         if secret is None:
-            raise _error(P.VIR_ERR_NO_SECRET,
-                         f"no secret with matching uuid '{format_uuid(uuid)}'")
+            raise self.kind.not_found("uuid", f"'{format_uuid(uuid)}'")
         return secret
 
     def find_usage(self, usage_type: int, usage_id: str | None) -> Secret | None:
         if usage_type == P.SecretUsageType.VIR_SECRET_USAGE_TYPE_NONE:   # names nothing
             return None
-        for s in self._by_uuid.values():
+        for s in self:
             d = s.definition
             if d.usage_number == usage_type and d.usage_id == usage_id:
                 return s
@@ -114,13 +104,10 @@ class SecretList:
             raise _error(P.VIR_ERR_NO_SECRET, f"no secret with matching usage '{usage_id}'")
         return secret
 
-    def matching(self, flags: int) -> list[Secret]:
-        return [s for s in self._by_uuid.values() if _matches(s.definition, flags)]
-
     def check_define(self, new: secxml.SecretDef) -> Secret | None:
         """The secret ``new`` redefines (None for a new one), or libvirt's refusal."""
         key = format_uuid(new.uuid)
-        existing = self._by_uuid.get(key)
+        existing = self.get(key)
         if existing is not None:
             old = existing.definition
             if old.usage_id != new.usage_id:
@@ -137,12 +124,6 @@ class SecretList:
                          f"a secret with UUID {other.key} already defined for use with "
                          f"{new.usage_id}")
         return None
-
-    def add(self, secret: Secret) -> None:
-        self._by_uuid[secret.key] = secret
-
-    def remove(self, secret: Secret) -> None:
-        self._by_uuid.pop(secret.key, None)
 
     @staticmethod
     def value(secret: Secret) -> bytes:
@@ -182,13 +163,13 @@ class SecretProcedures:
 
     def connect_list_all_secrets(self, need_results: int, flags: int) -> tuple[list, int]:
         check_flags(flags, LIST_ALL, "secretConnectListAllSecrets", _FROM)
-        found = [s.ref() for s in self.secrets.matching(flags)]
+        found = [s.ref() for s in self.secrets.list_all(flags)]
         return (found if need_results else [], len(found))
 
     # --- lookup ---------------------------------------------------------------
 
     def secret_lookup_by_uuid(self, uuid: bytes) -> P.remote_nonnull_secret:
-        return self.secrets.get(uuid).ref()
+        return self.secrets.by_uuid(uuid).ref()
 
     def secret_lookup_by_usage(self, usage_type: int, usage_id: str) -> P.remote_nonnull_secret:
         return self.secrets.by_usage(usage_type, usage_id).ref()
@@ -215,11 +196,11 @@ class SecretProcedures:
 
     def secret_get_xml_desc(self, ref: P.remote_nonnull_secret, flags: int) -> str:
         check_flags(flags, 0, "secretGetXMLDesc", _FROM)
-        return secxml.format(self.secrets.get(ref.uuid).definition)
+        return secxml.format(self.secrets.by_uuid(ref.uuid).definition)
 
     async def secret_undefine(self, ref: P.remote_nonnull_secret) -> None:
         async with self._secret_lock():
-            secret = self.secrets.get(ref.uuid)
+            secret = self.secrets.by_uuid(ref.uuid)
             if self.secret_store is not None:
                 await self.secret_store.delete(secret.definition)
             self.secrets.remove(secret)
@@ -232,7 +213,7 @@ class SecretProcedures:
         """The wire codec already refused a value over REMOTE_SECRET_VALUE_MAX."""
         check_flags(flags, 0, "secretSetValue", _FROM)
         async with self._secret_lock():
-            secret = self.secrets.get(ref.uuid)
+            secret = self.secrets.by_uuid(ref.uuid)
             value = bytes(value)
             if self.secret_store is not None:
                 await self.secret_store.save_value(secret.definition, value)
@@ -241,7 +222,7 @@ class SecretProcedures:
 
     def secret_get_value(self, ref: P.remote_nonnull_secret, flags: int) -> bytes:
         check_flags(flags, 0, "secretGetValue", _FROM)
-        secret = self.secrets.get(ref.uuid)
+        secret = self.secrets.by_uuid(ref.uuid)
         if secret.definition.private:
             raise _error(P.VIR_ERR_INVALID_SECRET, "secret is private")
         return self.secrets.value(secret)

@@ -8,7 +8,8 @@ Files (as libvirtd's storage driver keeps them):
                                          (how a restarted daemon knows what ran)
 
 Every file is written atomically (temp file, fsync, rename, fsync of the
-directory), so a crash leaves the old definition or the new one.
+directory), so a crash leaves the old definition or the new one; the layout
+and the writing are `pyvirtd.driver.store`'s, shared with networks.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any, Callable, TypeVar
 
 import trio
 
+from pyvirtd.driver.objects import STORAGE_POOL, DefinedObject
+from pyvirtd.driver.store import ObjectStore
 from pyvirtd.errors import VirError
-from pyvirtd.files import write_atomic
-from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage.backends.base import Backend, Volume
 from pyvirtd.xml import storage as stxml
@@ -38,13 +39,11 @@ POOL_INACTIVE, POOL_BUILDING, POOL_RUNNING, POOL_DEGRADED, POOL_INACCESSIBLE = r
 
 
 @dataclass(eq=False)
-class Pool:
-    definition: stxml.PoolDef          # what is defined (persistent) or running (transient)
-    backend: Backend
-    persistent: bool = False
-    active: bool = False
-    autostart: bool = False
-    new_def: stxml.PoolDef | None = None   # a redefinition while active, applied on stop
+class Pool(DefinedObject):
+    """One pool (definition, new_def, active, persistent, autostart: `DefinedObject`)."""
+    definition: stxml.PoolDef
+    new_def: stxml.PoolDef | None = None
+    backend: Backend = field(kw_only=True)
     volumes: dict[str, Volume] = field(default_factory=dict)
     # sizes and target permissions found by the last refresh
     capacity: int = 0
@@ -57,14 +56,6 @@ class Pool:
     limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(POOL_THREADS))
     asyncjobs: int = 0                  # volume builds and streams in flight
     starting: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def uuid(self) -> bytes:
-        return self.definition.uuid
 
     @property
     def type(self) -> str:
@@ -129,76 +120,14 @@ def set_target_perms(pdef: stxml.PoolDef, perms: tuple[int, int, int]) -> None:
     stxml._sort(target, stxml.TARGET_CHILDREN)
 
 
-# --- files --------------------------------------------------------------------
+# --- the list and the files -------------------------------------------------
+
+# virConnectListAllStoragePoolsFlags: the six state filters, then one bit per pool type
+LIST_ALL = STORAGE_POOL.list_flags
 
 
-def remove_quiet(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-class PoolFiles:
-    """Where pool definitions, autostart links and live states live."""
-
-    def __init__(self, state_dir: Path, run_dir: Path) -> None:
-        self.config_dir = Path(state_dir) / "storage"
-        self.autostart_dir = self.config_dir / "autostart"
-        self.status_dir = Path(run_dir) / "storage"
-
-    def config(self, name: str) -> Path:
-        return name_path(self.config_dir, name, ".xml")
-
-    def autostart_link(self, name: str) -> Path:
-        return name_path(self.autostart_dir, name, ".xml")
-
-    def status(self, name: str) -> Path:
-        return name_path(self.status_dir, name, ".xml")
-
-    def save_config(self, pdef: stxml.PoolDef) -> None:
-        write_atomic(self.config(pdef.name), stxml.format_pool(pdef))
-
-    def remove_config(self, name: str) -> None:
-        remove_quiet(self.config(name))
-        remove_quiet(self.autostart_link(name))
-
-    def set_autostart(self, name: str, on: bool) -> None:
-        link = self.autostart_link(name)
-        if on:
-            self.autostart_dir.mkdir(parents=True, exist_ok=True)
-            if not link.is_symlink():
-                link.symlink_to(self.config(name))
-        else:
-            remove_quiet(link)
-
-    def save_status(self, pdef: stxml.PoolDef) -> None:
-        write_atomic(self.status(pdef.name), stxml.format_pool(pdef))
-
-    def remove_status(self, name: str) -> None:
-        remove_quiet(self.status(name))
-
-    def load(self) -> tuple[list[tuple[stxml.PoolDef, bool]], list[stxml.PoolDef]]:
-        """(persistent definitions with their autostart, live states)."""
-        configs = [(pdef, self.autostart_link(pdef.name).exists())
-                   for pdef in _read_all(self.config_dir)]
-        return configs, _read_all(self.status_dir)
-
-
-def _read_all(directory: Path) -> list[stxml.PoolDef]:
-    import logging
-    out = []
-    if not directory.is_dir():
-        return out
-    for path in sorted(directory.glob("*.xml")):
-        try:
-            pdef = stxml.parse_pool(path.read_text())
-        except (OSError, VirError) as exc:
-            logging.getLogger(__name__).error("ignoring pool file %s: %s", path, exc)
-            continue
-        if pdef.name != path.stem:
-            logging.getLogger(__name__).error("ignoring pool file %s: it defines '%s'",
-                                              path, pdef.name)
-            continue
-        out.append(pdef)
-    return out
+def pool_store(state_dir: Path | str, run_dir: Path | str) -> ObjectStore:
+    """Where pool definitions, autostart links and live states live (see the module doc)."""
+    return ObjectStore(Path(state_dir) / "storage", Path(run_dir) / "storage",
+                       parse=stxml.parse_pool, format=stxml.format_pool, what="pool",
+                       error_domain=P.VIR_FROM_STORAGE)

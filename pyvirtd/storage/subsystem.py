@@ -21,6 +21,7 @@ import trio
 from lxml import etree
 
 from pyvirtd.driver import DriverContext
+from pyvirtd.driver.objects import STORAGE_POOL, ObjectList
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage.backends.base import Backend
@@ -29,7 +30,7 @@ from pyvirtd.storage.backends.fs import FsBackend
 from pyvirtd.storage.backends.iscsi import IscsiBackend
 from pyvirtd.storage.backends.logical import LogicalBackend
 from pyvirtd.storage.backends.netfs import NetfsBackend
-from pyvirtd.storage.pool import Pool, PoolFiles
+from pyvirtd.storage.pool import LIST_ALL, Pool, pool_store
 from pyvirtd.storage.transfer import TransferProcedures
 from pyvirtd.storage.volumes import VolumeProcedures
 from pyvirtd.xml import format_libvirt, format_uuid
@@ -42,15 +43,6 @@ _FROM = P.VIR_FROM_STORAGE
 BACKENDS: dict[str, type[Backend]] = {"dir": DirBackend, "fs": FsBackend, "netfs": NetfsBackend,
                                       "logical": LogicalBackend, "iscsi": IscsiBackend}
 
-# virConnectListAllStoragePoolsFlags: six state filters, then one bit per pool type.
-LIST_INACTIVE = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_INACTIVE
-LIST_ACTIVE = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE
-LIST_PERSISTENT = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT
-LIST_TRANSIENT = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_TRANSIENT
-LIST_AUTOSTART = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_AUTOSTART
-LIST_NO_AUTOSTART = P.ConnectListAllStoragePoolsFlags.VIR_CONNECT_LIST_STORAGE_POOLS_NO_AUTOSTART
-LIST_TYPE_BASE = 6
-LIST_ALL = (1 << (LIST_TYPE_BASE + len(stxml.POOL_TYPES))) - 1
 # virStoragePoolCreateFlags
 CREATE_WITH_BUILD = P.StoragePoolCreateFlags.VIR_STORAGE_POOL_CREATE_WITH_BUILD
 CREATE_WITH_BUILD_OVERWRITE = P.StoragePoolCreateFlags.VIR_STORAGE_POOL_CREATE_WITH_BUILD_OVERWRITE
@@ -92,8 +84,8 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
     def __init__(self, ctx: DriverContext) -> None:
         self.ctx = ctx
         self.events = ctx.events
-        self.files = PoolFiles(ctx.paths.state_dir, ctx.paths.run_dir)
-        self.pools: dict[str, Pool] = {}
+        self.store = pool_store(ctx.paths.state_dir, ctx.paths.run_dir)
+        self.pools: ObjectList[Pool] = ObjectList(STORAGE_POOL)
         self.backends = {name: cls() for name, cls in BACKENDS.items()}
         # iSCSI CHAP passwords come from the secret subsystem, made after this one
         self.backends["iscsi"].secrets = lambda: ctx.shared.get("secret")
@@ -110,16 +102,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
 
     def _pool(self, ref) -> Pool:
         """The pool a remote_nonnull_storage_pool names (by uuid, as libvirt finds it)."""
-        uuid = bytes(ref.uuid)
-        pool = self.pools.get(ref.name)
-        if pool is not None and pool.uuid == uuid:
-            return pool
-        for pool in self.pools.values():
-            if pool.uuid == uuid:
-                return pool
-        raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
-                       f"no storage pool with matching uuid '{format_uuid(uuid)}' ({ref.name})",
-                       domain=_FROM)
+        return self.pools.by_ref(ref)
 
     def _active_pool(self, ref) -> Pool:
         pool = self._pool(ref)
@@ -141,28 +124,25 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
             raise VirError(P.VIR_ERR_INTERNAL_ERROR, domain=_FROM, message=(
                 f"internal error: pool '{pool.name}' has asynchronous jobs running."))
 
-    async def _files(self, fn, *args) -> None:
-        """Config and status files live on the daemon's own disk: the shared threads."""
-        await trio.to_thread.run_sync(fn, *args)
-
     # ------------------------------------------------------- daemon lifecycle
     def _load(self) -> None:
         """Read the definitions and live states (small local files: done at creation,
         so pools are known even before `start` runs)."""
-        configs, statuses = self.files.load()
-        for pdef, autostart in configs:
+        found = self.store.load_sync()
+        for pdef, autostart in found.configs:
             if pdef.type not in self.backends:
                 log.error("pool '%s': no backend for type %s yet; not loaded", pdef.name, pdef.type)
                 continue
-            pool = Pool(pdef, self.backends[pdef.type], persistent=True, autostart=autostart)
+            pool = Pool(pdef, backend=self.backends[pdef.type], autostart=autostart)
             pool.definition.set_sizes(0, 0, 0)
-            self.pools[pool.name] = pool
-        for live in statuses:
+            self.pools.add(pool)
+        for live in found.statuses:
             pool = self.pools.get(live.name)
             if pool is None:
                 if live.type not in self.backends:
                     continue
-                pool = self.pools[live.name] = Pool(live, self.backends[live.type])
+                pool = self.pools.add(Pool(live, backend=self.backends[live.type],
+                                           persistent=False))
             elif pool.uuid == live.uuid:
                 pool.new_def, pool.definition = pool.definition, live
             pool.starting = True       # was active: re-checked by start()
@@ -174,7 +154,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         one dead pool delays the daemon's start by that much at most.
         """
         async with trio.open_nursery() as nursery:
-            for pool in list(self.pools.values()):
+            for pool in self.pools:
                 nursery.start_soon(self._recheck, pool)
 
     async def _recheck(self, pool: Pool) -> None:
@@ -192,11 +172,9 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
             except VirError as exc:
                 log.error("pool '%s' was active but cannot be refreshed: %s", pool.name, exc)
             if was_active:
-                await self._files(self.files.remove_status, pool.name)
-                if pool.new_def is not None:
-                    pool.definition, pool.new_def = pool.new_def, None
+                await self.store.delete_status(pool.name)
+                self.pools.stopped(pool)
                 if not pool.persistent:
-                    self.pools.pop(pool.name, None)
                     return
             if pool.autostart and not pool.active:
                 try:
@@ -212,36 +190,20 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
 
     # --------------------------------------------------------------- listing
     def connect_num_of_storage_pools(self) -> int:
-        return sum(1 for p in self.pools.values() if p.active)
+        return self.pools.count(active=True)
 
     def connect_list_storage_pools(self, maxnames: int) -> list[str]:
-        return [p.name for p in self.pools.values() if p.active][:maxnames]
+        return self.pools.list_names(True, maxnames)
 
     def connect_num_of_defined_storage_pools(self) -> int:
-        return sum(1 for p in self.pools.values() if not p.active)
+        return self.pools.count(active=False)
 
     def connect_list_defined_storage_pools(self, maxnames: int) -> list[str]:
-        return [p.name for p in self.pools.values() if not p.active][:maxnames]
+        return self.pools.list_names(False, maxnames)
 
     def connect_list_all_storage_pools(self, need_results: int, flags: int) -> tuple:
         check_flags(flags, LIST_ALL, "virConnectListAllStoragePools", _FROM)
-        type_bits = flags >> LIST_TYPE_BASE
-        out = []
-        for p in self.pools.values():
-            if flags & (LIST_ACTIVE | LIST_INACTIVE) and not (
-                    flags & LIST_ACTIVE and p.active or flags & LIST_INACTIVE and not p.active):
-                continue
-            if flags & (LIST_PERSISTENT | LIST_TRANSIENT) and not (
-                    flags & LIST_PERSISTENT and p.persistent
-                    or flags & LIST_TRANSIENT and not p.persistent):
-                continue
-            if flags & (LIST_AUTOSTART | LIST_NO_AUTOSTART) and not (
-                    flags & LIST_AUTOSTART and p.autostart
-                    or flags & LIST_NO_AUTOSTART and not p.autostart):
-                continue
-            if type_bits and not type_bits & (1 << stxml.POOL_TYPES.index(p.type)):
-                continue
-            out.append(p.ref())
+        out = [p.ref() for p in self.pools.list_all(flags)]
         return (out if need_results else [], len(out))
 
     async def connect_find_storage_pool_sources(self, pool_type: str, src_spec: str | None,
@@ -257,31 +219,20 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
 
     # ---------------------------------------------------------------- lookup
     def storage_pool_lookup_by_name(self, name: str) -> P.remote_nonnull_storage_pool:
-        pool = self.pools.get(name)
-        if pool is None:
-            raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
-                           f"no storage pool with matching name '{name}'", domain=_FROM)
-        return pool.ref()
+        return self.pools.by_name(name).ref()
 
     def storage_pool_lookup_by_uuid(self, uuid: bytes) -> P.remote_nonnull_storage_pool:
-        for pool in self.pools.values():
-            if pool.uuid == bytes(uuid):
-                return pool.ref()
-        raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
-                       f"no storage pool with matching uuid '{format_uuid(uuid)}'", domain=_FROM)
+        return self.pools.by_uuid(uuid).ref()
 
     def storage_pool_lookup_by_volume(self, vol) -> P.remote_nonnull_storage_pool:
-        pool = self.pools.get(vol.pool)
-        if pool is None:
-            raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
-                           f"no storage pool with matching name '{vol.pool}'", domain=_FROM)
+        pool = self.pools.by_name(vol.pool)
         if not pool.active:
             raise pool.not_active()
         return pool.ref()
 
     def storage_pool_lookup_by_target_path(self, path: str) -> P.remote_nonnull_storage_pool:
         clean = stxml._clean_path(path)
-        for pool in self.pools.values():
+        for pool in self.pools:
             if pool.active and pool.target_path == clean:
                 return pool.ref()
         raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
@@ -290,38 +241,25 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
     # ------------------------------------------------------------ definition
     def _check_duplicates(self, pdef: stxml.PoolDef) -> Pool | None:
         """virStoragePoolObjIsDuplicate + virStoragePoolObjSourceFindDuplicate."""
-        same = self.pools.get(pdef.name)
-        if same is not None and same.uuid != pdef.uuid:
-            raise VirError(P.VIR_ERR_OPERATION_FAILED, domain=_FROM, message=(
-                f"operation failed: pool '{same.name}' already exists with uuid "
-                f"{format_uuid(same.uuid)}"))
-        for other in self.pools.values():
-            if other.uuid == pdef.uuid and other.name != pdef.name:
-                raise VirError(P.VIR_ERR_OPERATION_FAILED, domain=_FROM, message=(
-                    f"operation failed: pool '{other.name}' is already defined with uuid "
-                    f"{format_uuid(other.uuid)}"))
-        for other in self.pools.values():
+        same = self.pools.check_add(pdef, live=False)
+        for other in self.pools:
             if other is same:
                 continue
             if _same_source(other.definition, pdef):
-                raise VirError(P.VIR_ERR_OPERATION_FAILED, domain=_FROM, message=(
-                    f"operation failed: Storage source conflict with pool: '{other.name}'"))
+                raise VirError(P.VIR_ERR_OPERATION_FAILED,
+                               f"Storage source conflict with pool: '{other.name}'",
+                               domain=_FROM)
         return same
 
     async def storage_pool_define_xml(self, xml: str, flags: int) -> P.remote_nonnull_storage_pool:
         check_flags(flags, DEFINE_VALIDATE, "storagePoolDefineXML", _FROM)
         pdef = stxml.parse_pool(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
         backend = self._backend(pdef.type)
-        same = self._check_duplicates(pdef)
+        self._check_duplicates(pdef)
         pdef.set_sizes(0, 0, 0)
-        await self._files(self.files.save_config, pdef)
-        same = self.pools.get(pdef.name)      # may have changed while writing
-        if same is None:
-            pool = self.pools[pdef.name] = Pool(pdef, backend, persistent=True)
-        elif same.active:
-            same.new_def, same.persistent, pool = pdef, True, same
-        else:
-            same.definition, same.persistent, pool = pdef, True, same
+        await self.store.write_config(pdef)
+        # the list may have changed while writing: its checks run again
+        pool = self.pools.assign(pdef, live=False, make=lambda d: Pool(d, backend=backend))
         self._emit(pool, EV_DEFINED)
         return pool.ref()
 
@@ -335,16 +273,16 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
             if same.active:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID,
                                f"storage pool '{same.name}' is already active", domain=_FROM)
-            raise VirError(P.VIR_ERR_OPERATION_FAILED, domain=_FROM, message=(
-                f"operation failed: pool '{same.name}' already exists with uuid "
-                f"{format_uuid(same.uuid)}"))
+            raise VirError(P.VIR_ERR_OPERATION_FAILED,
+                           f"pool '{same.name}' already exists with uuid {format_uuid(same.uuid)}",
+                           domain=_FROM)
         pdef.set_sizes(0, 0, 0)
-        pool = self.pools[pdef.name] = Pool(pdef, backend)
+        pool = self.pools.assign(pdef, live=True, make=lambda d: Pool(d, backend=backend))
         try:
             await self._start(pool, flags)
         except BaseException:
             if not pool.active:
-                self.pools.pop(pool.name, None)
+                self.pools.remove(pool)
             raise
         return pool.ref()
 
@@ -352,10 +290,9 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         pool = self._pool(ref)
         if pool.active:
             raise self._still_active(pool)
-        if not pool.persistent:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID, "pool is not persistent", domain=_FROM)
-        await self._files(self.files.remove_config, pool.name)
-        self.pools.pop(pool.name, None)
+        self.pools.check_undefine(pool)
+        await self.store.delete_config(pool.name)
+        self.pools.undefine(pool)
         self._emit(pool, EV_UNDEFINED)
 
     def storage_pool_get_xml_desc(self, ref, flags: int) -> str:
@@ -398,7 +335,7 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
                 await self._refresh(pool)
                 # the status file before the pool is marked active: a pool that
                 # cannot record its state is stopped again, as libvirt does
-                await self._files(self.files.save_status, pool.definition.copy())
+                await self.store.write_status(pool.definition.copy())
             except BaseException:
                 with trio.CancelScope(shield=True):
                     try:
@@ -430,12 +367,9 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
     async def _deactivate(self, pool: Pool) -> None:
         pool.active = False
         pool.volumes = {}
-        await self._files(self.files.remove_status, pool.name)
-        if pool.new_def is not None:
-            pool.definition, pool.new_def = pool.new_def, None
+        await self.store.delete_status(pool.name)
+        self.pools.stopped(pool)
         self._emit(pool, EV_STOPPED)
-        if not pool.persistent:
-            self.pools.pop(pool.name, None)
 
     async def storage_pool_delete(self, ref, flags: int) -> None:
         check_flags(flags, DELETE_ZEROED, "storagePoolDelete", _FROM)
@@ -482,12 +416,10 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
 
     async def storage_pool_set_autostart(self, ref, autostart: int) -> None:
         pool = self._pool(ref)
-        if not pool.persistent:
-            raise VirError(P.VIR_ERR_INTERNAL_ERROR, domain=_FROM, message=(
-                "internal error: cannot set autostart for transient pool"))
+        self.pools.check_autostart(pool)
         on = bool(autostart)
         if on != pool.autostart:
-            await self._files(self.files.set_autostart, pool.name, on)
+            await self.store.set_autostart(pool.name, on)
             pool.autostart = on
 
 

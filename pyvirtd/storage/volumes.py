@@ -27,6 +27,7 @@ from pyvirtd.xml import storage as stxml
 
 if TYPE_CHECKING:
     from pyvirtd.storage.subsystem import StorageSubsystem
+    from pyvirtd.driver.objects import ObjectList
 
 _FROM = P.VIR_FROM_STORAGE
 
@@ -77,15 +78,12 @@ def volume_xml(vol: Volume) -> str:
 
 
 class VolumeProcedures:
-    pools: dict[str, Pool]
+    pools: "ObjectList[Pool]"
 
     # ---------------------------------------------------------------- helpers
     def _vol(self: "StorageSubsystem", ref) -> tuple[Pool, Volume]:
         """virStorageVolDefFromVol: the pool by name, active, then the volume by name."""
-        pool = self.pools.get(ref.pool)
-        if pool is None:
-            raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
-                           f"no storage pool with matching name '{ref.pool}'", domain=_FROM)
+        pool = self.pools.by_name(ref.pool)
         if not pool.active:
             raise pool.not_active()
         vol = pool.volumes.get(ref.name)
@@ -137,7 +135,7 @@ class VolumeProcedures:
         return pool.vol_ref(vol)
 
     def _find(self: "StorageSubsystem", attr: str, value: str):
-        for pool in list(self.pools.values()):
+        for pool in self.pools:
             if not pool.active:
                 continue
             for vol in pool.volumes.values():
@@ -226,10 +224,7 @@ class VolumeProcedures:
         check_flags(flags, VOL_CREATE_PREALLOC_METADATA | VOL_CREATE_REFLINK | VOL_CREATE_VALIDATE,
                      "storageVolCreateXMLFrom", _FROM)
         pool = self._active_pool(ref)
-        src_pool = self.pools.get(clone_ref.pool)
-        if src_pool is None:
-            raise VirError(P.VIR_ERR_NO_STORAGE_POOL,
-                           f"no storage pool with matching name '{clone_ref.pool}'", domain=_FROM)
+        src_pool = self.pools.by_name(clone_ref.pool)
         if not src_pool.active:
             raise src_pool.not_active()
         source = src_pool.volumes.get(clone_ref.name)

@@ -56,7 +56,7 @@ async def main(root: str, cmd: str, args: list[str]) -> object:
         if cmd == "undefine":
             return await sub.network_undefine(ref)
         if cmd == "autostart":
-            return sub.network_set_autostart(ref, 1)
+            return await sub.network_set_autostart(ref, 1)
         if cmd == "xml":
             return sub.network_get_xml_desc(ref, 0)
         if cmd == "leases":
