@@ -30,13 +30,14 @@ from .domains import DomainMixin
 from .driver import QemuDriverState
 from .host import HostMixin
 from .hotplug import HotplugMixin
+from .save import SaveMixin
 from .stats import StatsMixin
 
 log = logging.getLogger(__name__)
 
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
-                     BalloonMixin):
+                     BalloonMixin, SaveMixin):
     """One client's qemu:// connection; methods are named after RPC procedures."""
 
     def __init__(self, driver: QemuDriverState, uri: str, subsystems: tuple[Any, ...]) -> None:

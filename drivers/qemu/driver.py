@@ -84,6 +84,9 @@ class QemuDomain(ds.DomainObject):
     run: int = 0                    # generation of the current QEMU run
     got_shutdown: bool = False      # QEMU reported SHUTDOWN in this run
     being_destroyed: bool = False
+    # the shut-off reason and stopped detail the destroy in progress reports
+    # (a save's is saved/saved), whichever of destroyer and watcher ends the run
+    destroyed_as: tuple[int, int] = (ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
     fake_reboot: bool = False       # the next SHUTDOWN is a reboot (virDomainReboot)
     quiet_pause: int = 0            # STOP/RESUME events caused by us, not to be reported
     own_reset_at: float = 0.0       # when we last sent system_reset (trio clock)
@@ -131,6 +134,8 @@ class QemuDriverState:
             dom = QemuDomain(d, persistent=True)
             dom.autostart = self.store.is_autostart(d.name)
             self.domains[d.name] = dom
+        from .save import scan_managed
+        await trio.to_thread.run_sync(scan_managed, self)
         statuses = await trio.to_thread.run_sync(self.store.load_statuses)
         # ids continue after the highest one still in use, as libvirt's do
         self.next_id = max([st.id for st in statuses] + [0]) + 1
@@ -246,11 +251,16 @@ class QemuDriverState:
 
     # ------------------------------------------------------------------- start
     async def start_domain(self, dom: QemuDomain, *, paused: bool = False,
-                           live_def: domxml.DomainDef | None = None) -> None:
+                           live_def: domxml.DomainDef | None = None,
+                           incoming: Any = None) -> None:
         """Launch QEMU for ``dom`` (caller holds ``dom.lock``); qemuProcessStart.
 
         ``live_def`` (createXML over a defined guest) runs instead of the
         persistent definition, which comes back when the guest stops.
+        ``incoming`` (a restore, save.py): QEMU starts with ``-incoming defer``
+        and ``await incoming(mon)`` feeds it the saved state; the guest is then
+        left paused (migrating) with a started/restored event, and the caller
+        resumes it or not.
         """
         from . import interfaces, volumes
         from .launch import build_argv, apply_runtime_info, channel_dir
@@ -283,6 +293,8 @@ class QemuDriverState:
             argv = build_argv(self, live, monitor_path=str(monitor_path), pid_path=str(pid_path),
                               tap_fds=tap_fds, volumes=sources,
                               monitor_fd=mon_sock.fileno() if mon_sock else None)
+            if incoming is not None:
+                argv += ["-incoming", "defer"]
             if conf.switches_user and conf.dynamic_ownership:
                 paths = {key: src.path for key, src in sources.items()}
                 chan = channel_dir(self, live)
@@ -319,7 +331,9 @@ class QemuDriverState:
                 if vnc.get("service", "").isdigit():
                     vnc_port = int(vnc["service"])
             apply_runtime_info(live, await mon.query_chardev(), vnc_port)
-            if not paused:
+            if incoming is not None:
+                await incoming(mon)
+            elif not paused:
                 dom.quiet_pause += 1
                 await mon.cont()
         except BaseException:
@@ -332,16 +346,20 @@ class QemuDriverState:
         dom.pid, dom.monitor = pid, mon
         dom.labels = labels
         dom.got_shutdown = dom.being_destroyed = dom.fake_reboot = False
+        dom.destroyed_as = (ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
         if dom.persistent:
             dom.new_def = persistent_def
         dom.definition = live
         dom.volume_paths = volumes.paths_by_target(live, sources)
         dom.id = self.allocate_id()
-        dom.set_state(ds.PAUSED if paused else ds.RUNNING,
-                      ds.PAUSED_USER if paused else ds.RUNNING_BOOTED)
+        if incoming is not None:
+            dom.set_state(ds.PAUSED, ds.PAUSED_MIGRATION)
+        else:
+            dom.set_state(ds.PAUSED if paused else ds.RUNNING,
+                          ds.PAUSED_USER if paused else ds.RUNNING_BOOTED)
         await self.save_status(dom)
-        self.emit(dom, ds.EV_STARTED, ds.STARTED_BOOTED)
-        if paused:
+        self.emit(dom, ds.EV_STARTED, ds.STARTED_RESTORED if incoming else ds.STARTED_BOOTED)
+        if paused and incoming is None:
             self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
         self.spawn(self._watch, dom, dom.run, mon)
 
@@ -393,6 +411,7 @@ class QemuDriverState:
         """Kill QEMU (caller holds ``dom.lock``); qemuProcessKill + qemuProcessStop."""
         run, pid, mon = dom.run, dom.pid, dom.monitor
         dom.being_destroyed = True
+        dom.destroyed_as = (reason, detail)
         try:
             if pid is not None:
                 await process.terminate(pid, graceful, marker=self.marker(dom))
@@ -434,7 +453,7 @@ class QemuDriverState:
             log.warning("%s: QEMU monitor error: %s", dom.name, mon.error)
             self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_CONTROL_ERROR, dom.ref())
         if dom.being_destroyed:
-            self.mark_stopped(dom, run, ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
+            self.mark_stopped(dom, run, *dom.destroyed_as)
         elif dom.got_shutdown:
             self.mark_stopped(dom, run, ds.SHUTOFF_SHUTDOWN, ds.STOPPED_SHUTDOWN)
         else:
