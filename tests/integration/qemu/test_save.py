@@ -322,3 +322,66 @@ def test_python_libvirt_apis(guest, tmp_path):
         assert exc.value.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
     finally:
         conn.close()
+
+
+# -- across daemons ------------------------------------------------------------------
+
+def test_images_outlive_the_daemon(tmp_path):
+    from daemon_helpers import guest_xml, kill_guests, qemu_uri, start_daemon, stop_daemon
+
+    root, fresh = tmp_path / "a" / "pyvirtd", tmp_path / "b" / "pyvirtd"
+    xml = tmp_path / "fw1.xml"
+    xml.write_text(guest_xml("fw1"))
+    d = start_daemon(root)
+    try:
+        u = qemu_uri(d)
+        ok(u, f"define {xml}")
+        ok(u, "start fw1")
+        ok(u, "managedsave fw1")
+        stop_daemon(d)
+        d = start_daemon(root)          # the managed image is found again at start
+        u = qemu_uri(d)
+        assert re.search(r"-\s+fw1\s+saved", ok(u, "list --all --managed-save"))
+        ok(u, "start fw1")
+        assert reason(u, "fw1") == "running (restored)"
+        ok(u, f"save fw1 {tmp_path}/fw1.img")
+        ok(u, "undefine fw1")
+    finally:
+        stop_daemon(d)
+        kill_guests(root)
+    d = start_daemon(fresh)             # a daemon that never knew fw1 restores it, transient
+    try:
+        u = qemu_uri(d)
+        ok(u, f"restore {tmp_path}/fw1.img")
+        assert reason(u, "fw1") == "running (restored)"
+        assert "fw1" in ok(u, "list --transient --name")
+        ok(u, "destroy fw1")
+        assert "fw1" not in ok(u, "list --all --name")
+    finally:
+        stop_daemon(d)
+        kill_guests(fresh)
+
+
+def test_incomplete_image_is_refused_and_a_managed_one_ignored(uri, tmp_path, daemon):
+    from daemon_helpers import guest_xml
+
+    xml = tmp_path / "fw2.xml"
+    xml.write_text(guest_xml("fw2"))
+    ok(uri, f"define {xml}")
+    try:
+        ok(uri, "start fw2")
+        ok(uri, f"save fw2 {tmp_path}/fw2.img")
+        # what a save killed halfway leaves: the header still says "being written"
+        with open(tmp_path / "fw2.img", "r+b") as f:
+            f.write(b"pyvirtd-qemupart")
+        assert "operation failed: save image is incomplete" in err(uri, f"restore {tmp_path}/fw2.img")
+        ok(uri, "start fw2")
+        ok(uri, "managedsave fw2")
+        image = next(daemon.root.rglob("qemu/save/fw2.save"))
+        with open(image, "r+b") as f:
+            f.write(b"pyvirtd-qemupart")
+        ok(uri, "start fw2")            # libvirt: an incomplete managed image is dropped, the guest boots
+        assert reason(uri, "fw2") == "running (booted)"
+        assert not image.exists()
+    finally:
+        virsh(uri, "destroy fw2; undefine fw2 --managed-save")
