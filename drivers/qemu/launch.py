@@ -24,6 +24,7 @@ from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
+from pyvirtd.xml.platform import fill_cpu_defaults
 
 from .command import VolumeSource, assign_aliases, build_command
 from .confine import SANDBOX
@@ -71,18 +72,10 @@ def new_definition(state: "QemuDriverState", xml: str, *,
         target = iface.find("target")
         if target is not None and (target.get("dev") or "").startswith(GENERATED_IFNAMES):
             iface.remove(target)
-    cpu = d.raw.get("cpu")
-    if cpu is not None and cpu.get("mode") in ("host-passthrough", "maximum") \
-            and cpu.get("check") is None:
-        cpu.set("check", "none")     # nothing to check a CPU QEMU takes as it is against
-    if "cpu" not in d.raw and d.arch == HOST_ARCH:
-        # QEMU's default CPU for x86 machines, written down as libvirt does
-        # (qemuDomainDefSetDefaultCPU)
-        d.raw["cpu"] = etree.fromstring(
-            "<cpu mode='custom' match='exact' check='none'>"
-            "<model fallback='forbid'>qemu64</model></cpu>")
+    if d.arch == HOST_ARCH:
+        d.raw["cpu"] = fill_cpu_defaults(d.raw.get("cpu"), d.type)
     devmod.apply_defaults(d, hypervisor="qemu")
-    devmod.validate_devices(d)
+    devmod.validate_devices(d, starting=False)     # what cannot run yet fails at start
     return d
 
 

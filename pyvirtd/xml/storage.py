@@ -66,8 +66,11 @@ def _sort(elem: etree._Element, order: tuple[str, ...], drop_unknown: bool = Tru
 
 
 def parse_size(elem: etree._Element | None, what: str) -> int | None:
-    """A <capacity unit='G'>2</capacity>-style size in bytes (None when absent)."""
-    if elem is None:
+    """A <capacity unit='G'>2</capacity>-style size in bytes (None when absent).
+
+    An empty element counts as absent, as libvirt reads these through an XPath
+    string() that yields nothing for it."""
+    if elem is None or not (elem.text or "").strip():
         return None
     unit = (elem.get("unit") or "").lower()
     text = (elem.text or "").strip()
