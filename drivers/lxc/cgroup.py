@@ -17,8 +17,6 @@ import os
 import time
 from pathlib import Path
 
-from pyvirtd.names import name_path
-
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
 PARTITION = "machine"
@@ -45,6 +43,10 @@ def own_placement(pid: int | str = "self") -> dict[str, str]:
 
 def machine_paths(name: str) -> dict[str, str]:
     """Where the container ``name`` goes: controller -> directory ("unified" on v2)."""
+    # imported here: the controller imports this module, and pyvirtd.names brings
+    # the generated protocol (errors), which a container's controller never needs
+    from pyvirtd.names import name_path
+
     placement = own_placement()
     leaf = name_path(PARTITION, name, ".libvirt-lxc")
     if is_v2():

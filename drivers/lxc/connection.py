@@ -1,14 +1,21 @@
-"""LXC driver connection: host procedures plus the domain ones (domains.py)."""
+"""LXC driver entry point and connection: host procedures plus the domain ones (domains.py).
+
+Host facts (nodeinfo, free memory, CPU and memory stats, security model) are
+every local driver's (pyvirtd.driver.hypervisor.HostFacts); what is LXC's own
+here is the URI, the version (the kernel's) and the capabilities document.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
-from typing import Any
+from urllib.parse import SplitResult
 
 from pyvirtd import hostinfo
+from pyvirtd.driver.hypervisor import HypervisorConnection, HypervisorDriver
+from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
+from . import cgroup
 from .domains import DomainMixin
 from .driver import LxcDriverState
 
@@ -31,36 +38,16 @@ _CAPS = """<capabilities>
 """
 
 
-def _meminfo_kib(key: str) -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+class LxcConnection(DomainMixin, HypervisorConnection):
+    """One client's lxc:/// connection; methods are named after RPC procedures."""
+    driver: LxcDriverState
 
-
-class HostMixin:
     def connect_get_type(self) -> str:
         return "LXC"
 
     def connect_get_version(self) -> int:
         major, minor, *rest = (os.uname().release.split("-")[0].split(".") + ["0"])[:3]
         return int(major) * 1_000_000 + int(minor) * 1_000 + int(rest[0] or 0)
-
-    def connect_get_hostname(self) -> str:
-        return socket.gethostname()
-
-    def connect_is_secure(self) -> int:
-        return 1
-
-    def connect_is_encrypted(self) -> int:
-        return 0
-
-    def connect_is_alive(self) -> int:
-        return 1
 
     def connect_supports_feature(self, feature: int) -> int:
         return int(feature == P.VIR_DRV_FEATURE_TYPED_PARAM_STRING)
@@ -69,26 +56,29 @@ class HostMixin:
         return _CAPS.format(arch=os.uname().machine,
                             uuid=self.driver.ctx.host_uuid or hostinfo.host_uuid())
 
-    def node_get_info(self) -> tuple:
-        cpus = os.cpu_count() or 1
-        return (os.uname().machine.encode(), _meminfo_kib("MemTotal"), cpus, 0, 1, 1, cpus, 1)
 
-    def node_get_free_memory(self) -> int:
-        return _meminfo_kib("MemAvailable") * 1024
+class LxcDriver(HypervisorDriver):
+    """The ``lxc`` entry point (see the package docstring)."""
+    name = "lxc"
+    schemes = ("lxc",)
+    connection_class = LxcConnection
 
-    def node_get_security_model(self) -> tuple:
-        # no security driver: virsh lxc-enter-namespace then enters no label
-        return (b"none\0", b"0\0")
+    def unavailable(self) -> str | None:
+        if os.geteuid() != 0:
+            return "the LXC driver needs root (namespaces, cgroups, mounts)"
+        if not os.path.exists("/proc/self/ns/pid") or not os.path.exists("/proc/self/ns/user"):
+            return "the kernel lacks pid or user namespaces"
+        if not cgroup.is_v2() and not (cgroup.CGROUP_ROOT / "memory").is_dir():
+            return "no cgroup memory controller mounted under /sys/fs/cgroup"
+        return None
 
+    def make_state(self) -> LxcDriverState:
+        return LxcDriverState(self.ctx)
 
-class LxcConnection(HostMixin, DomainMixin):
-    """One client's lxc:/// connection; methods are named after RPC procedures."""
-
-    def __init__(self, driver: LxcDriverState, uri: str, subsystems: tuple[Any, ...]) -> None:
-        self.driver = driver
-        self.uri = uri
-        self.events = driver.events
-        self.subsystems = subsystems
-
-    def close(self) -> None:
-        pass
+    def connection_uri(self, uri: SplitResult) -> str:
+        path = uri.path or "/"
+        if path not in ("/", "/system", ""):
+            raise VirError(P.VIR_ERR_INTERNAL_ERROR,
+                           f"Unexpected LXC URI path '{path}', try lxc:///",
+                           domain=P.VIR_FROM_LXC)
+        return "lxc:///"

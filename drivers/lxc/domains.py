@@ -16,6 +16,7 @@ from lxml import etree
 from pyvirtd.consoles import ConsoleSession
 from pyvirtd.dispatch import ReplyFds
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.stream import Stream
@@ -23,21 +24,31 @@ from pyvirtd.xml import domain as domxml
 
 from . import cgroup
 from .driver import LxcDomain, LxcDriverState
-from .spec import new_definition
 
 _FROM = P.VIR_FROM_LXC
-XML_SECURE, XML_INACTIVE = 1, 2
-START_PAUSED, START_AUTODESTROY, START_VALIDATE = 1, 2, 16
-DEFINE_VALIDATE = 1
-UNDEFINE_ALL = 1 | 2 | 4 | 8 | 16 | 32 | 64
-SHUTDOWN_INITCTL, SHUTDOWN_SIGNAL = 4, 8
-AFFECT_LIVE, AFFECT_CONFIG = 1, 2
-CONSOLE_FORCE, CONSOLE_SAFE = 1, 2
+XML_SECURE = P.DomainXMLFlags.VIR_DOMAIN_XML_SECURE
+XML_INACTIVE = P.DomainXMLFlags.VIR_DOMAIN_XML_INACTIVE
+XML_FLAGS = (XML_SECURE | XML_INACTIVE | P.DomainXMLFlags.VIR_DOMAIN_XML_UPDATE_CPU
+             | P.DomainXMLFlags.VIR_DOMAIN_XML_MIGRATABLE)
+START_PAUSED = P.DomainCreateFlags.VIR_DOMAIN_START_PAUSED
+START_AUTODESTROY = P.DomainCreateFlags.VIR_DOMAIN_START_AUTODESTROY
+START_VALIDATE = P.DomainCreateFlags.VIR_DOMAIN_START_VALIDATE
+DEFINE_VALIDATE = P.DomainDefineFlags.VIR_DOMAIN_DEFINE_VALIDATE
+UNDEFINE_ALL = ~P.DomainUndefineFlagsValues(0)      # accepted; a container has none of it
+SHUTDOWN_INITCTL = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_INITCTL
+SHUTDOWN_SIGNAL = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_SIGNAL
+AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
+AFFECT_CONFIG = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CONFIG
+STRING_OKAY = P.TypedParameterFlags.VIR_TYPED_PARAM_STRING_OKAY
+CONSOLE_FORCE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_FORCE
+CONSOLE_SAFE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_SAFE
 # virProcessGetNamespaces' order: the client enters them in this order
 NAMESPACES = ("user", "ipc", "mnt", "net", "pid", "uts")
 # VIR_DOMAIN_MEMORY_PARAM_UNLIMITED
 UNLIMITED = 9007199254740991
-STATS_STATE, STATS_CPU_TOTAL, STATS_BALLOON = 1, 2, 4
+STATS_STATE = P.DomainStatsTypes.VIR_DOMAIN_STATS_STATE
+STATS_CPU_TOTAL = P.DomainStatsTypes.VIR_DOMAIN_STATS_CPU_TOTAL
+STATS_BALLOON = P.DomainStatsTypes.VIR_DOMAIN_STATS_BALLOON
 
 
 def _param(name: str, kind: int, value: Any) -> Any:
@@ -49,44 +60,44 @@ class DomainMixin(ds.DomainLookups):
     error_domain = _FROM
 
     # -- information
-    def domain_get_info(self, ref: Any) -> tuple:
+    def domain_get_info(self, ref: Dom) -> tuple:
         dom = self._dom(ref)
         d = dom.definition
         c = self.driver.counters(dom)
         mem = c.get("memory_usage", 0) // 1024 if dom.active else d.current_memory
         return (dom.state, d.memory, mem, d.vcpus_current, c.get("cpu_time", 0))
 
-    def domain_get_state(self, ref: Any, flags: int) -> tuple:
+    def domain_get_state(self, ref: Dom, flags: int) -> tuple:
         check_flags(flags, 0, "lxcDomainGetState", _FROM)
         dom = self._dom(ref)
         return (dom.state, dom.reason)
 
-    def domain_get_os_type(self, ref: Any) -> str:
+    def domain_get_os_type(self, ref: Dom) -> str:
         return self._dom(ref).definition.os_type
 
-    def domain_get_max_memory(self, ref: Any) -> int:
+    def domain_get_max_memory(self, ref: Dom) -> int:
         return self._dom(ref).definition.memory
 
-    def domain_get_xml_desc(self, ref: Any, flags: int) -> str:
-        check_flags(flags, XML_SECURE | XML_INACTIVE | 4 | 8, "lxcDomainGetXMLDesc", _FROM)
+    def domain_get_xml_desc(self, ref: Dom, flags: int) -> str:
+        check_flags(flags, XML_FLAGS, "lxcDomainGetXMLDesc", _FROM)
         dom = self._dom(ref)
         if flags & XML_INACTIVE or not dom.active:
             return domxml.format(dom.persistent_def if flags & XML_INACTIVE else dom.definition)
         return domxml.format(dom.definition, dom_id=dom.id)
 
-    def domain_is_active(self, ref: Any) -> int:
+    def domain_is_active(self, ref: Dom) -> int:
         return int(self._dom(ref).active)
 
-    def domain_is_persistent(self, ref: Any) -> int:
+    def domain_is_persistent(self, ref: Dom) -> int:
         return int(self._dom(ref).persistent)
 
-    def domain_is_updated(self, ref: Any) -> int:
+    def domain_is_updated(self, ref: Dom) -> int:
         return 0
 
-    def domain_get_autostart(self, ref: Any) -> int:
+    def domain_get_autostart(self, ref: Dom) -> int:
         return int(self._dom(ref).autostart)
 
-    async def domain_set_autostart(self, ref: Any, autostart: int) -> None:
+    async def domain_set_autostart(self, ref: Dom, autostart: int) -> None:
         dom = self._dom(ref)
         if not dom.persistent:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "Cannot set autostart for transient domain",
@@ -94,46 +105,42 @@ class DomainMixin(ds.DomainLookups):
         await trio.to_thread.run_sync(self.driver.store.set_autostart, dom.name, bool(autostart))
         dom.autostart = bool(autostart)
 
-    def domain_has_managed_save_image(self, ref: Any, flags: int) -> int:
+    def domain_has_managed_save_image(self, ref: Dom, flags: int) -> int:
         self._dom(ref)
         return 0
 
-    def domain_snapshot_num(self, ref: Any, flags: int) -> int:
+    def domain_snapshot_num(self, ref: Dom, flags: int) -> int:
         self._dom(ref)
         return 0
 
-    def domain_list_all_snapshots(self, ref: Any, need_results: int, flags: int) -> tuple:
+    def domain_list_all_snapshots(self, ref: Dom, need_results: int, flags: int) -> tuple:
         self._dom(ref)
         return ([], 0)
 
-    def domain_get_security_label(self, ref: Any) -> tuple:
+    def domain_get_security_label(self, ref: Dom) -> tuple:
         self._dom(ref)
         return (b"", 0)
 
-    def domain_get_security_label_list(self, ref: Any) -> tuple:
+    def domain_get_security_label_list(self, ref: Dom) -> tuple:
         return ([P.remote_domain_get_security_label_ret(*self.domain_get_security_label(ref))], 1)
 
-    def domain_get_vcpus_flags(self, ref: Any, flags: int) -> int:
+    def domain_get_vcpus_flags(self, ref: Dom, flags: int) -> int:
         return self._dom(ref).definition.vcpus_current
 
     # -- definition
     async def domain_define_xml(self, xml: str) -> Any:
         return await self.domain_define_xml_flags(xml, 0)
 
-    async def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
+    async def domain_define_xml_flags(self, xml: str, flags: int) -> Dom:
         check_flags(flags, DEFINE_VALIDATE, "lxcDomainDefineXMLFlags", _FROM)
         drv = self.driver
-        new = new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
-        existing = ds.find_for_add(drv.domains, new, live=False)
-        await drv.save_config(new)
-        dom, replaced = ds.install_definition(drv.domains, new, existing, LxcDomain)
-        drv.emit(dom, ds.EV_DEFINED, ds.DEFINED_UPDATED if replaced else ds.DEFINED_ADDED)
-        return dom.ref()
+        new = drv.new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
+        return (await drv.define(new)).ref()
 
-    async def domain_undefine(self, ref: Any) -> None:
+    async def domain_undefine(self, ref: Dom) -> None:
         await self.domain_undefine_flags(ref, 0)
 
-    async def domain_undefine_flags(self, ref: Any, flags: int) -> None:
+    async def domain_undefine_flags(self, ref: Dom, flags: int) -> None:
         check_flags(flags, UNDEFINE_ALL, "lxcDomainUndefineFlags", _FROM)
         drv = self.driver
         dom = self._dom(ref)
@@ -143,10 +150,10 @@ class DomainMixin(ds.DomainLookups):
         await ds.undefine(drv, dom)
 
     # -- lifecycle
-    async def domain_create(self, ref: Any) -> Any:
+    async def domain_create(self, ref: Dom) -> Any:
         return await self.domain_create_with_flags(ref, 0)
 
-    async def domain_create_with_flags(self, ref: Any, flags: int) -> Any:
+    async def domain_create_with_flags(self, ref: Dom, flags: int) -> Any:
         check_flags(flags, START_AUTODESTROY, "lxcDomainCreateWithFiles", _FROM)
         dom = self._dom(ref)
         async with dom.lock:
@@ -156,7 +163,7 @@ class DomainMixin(ds.DomainLookups):
     async def domain_create_xml(self, xml_desc: str, flags: int) -> Any:
         check_flags(flags, START_AUTODESTROY | START_VALIDATE, "lxcDomainCreateXMLWithFiles", _FROM)
         drv = self.driver
-        new = new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
+        new = drv.new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=True)
         dom = existing or LxcDomain(new, persistent=False)
         if existing is None:
@@ -170,10 +177,10 @@ class DomainMixin(ds.DomainLookups):
                 raise
         return dom.ref()
 
-    async def domain_destroy(self, ref: Any) -> None:
+    async def domain_destroy(self, ref: Dom) -> None:
         await self.domain_destroy_flags(ref, 0)
 
-    async def domain_destroy_flags(self, ref: Any, flags: int) -> None:
+    async def domain_destroy_flags(self, ref: Dom, flags: int) -> None:
         check_flags(flags, 0, "lxcDomainDestroyFlags", _FROM)
         dom = self._active(ref)
         async with dom.lock:
@@ -181,10 +188,10 @@ class DomainMixin(ds.DomainLookups):
                 raise ds.not_running()
             await self.driver.destroy_domain(dom)
 
-    async def domain_shutdown(self, ref: Any) -> None:
+    async def domain_shutdown(self, ref: Dom) -> None:
         await self.domain_shutdown_flags(ref, 0)
 
-    async def domain_shutdown_flags(self, ref: Any, flags: int) -> None:
+    async def domain_shutdown_flags(self, ref: Dom, flags: int) -> None:
         check_flags(flags, SHUTDOWN_INITCTL | SHUTDOWN_SIGNAL, "lxcDomainShutdownFlags", _FROM)
         dom = self._active(ref)
         if flags == SHUTDOWN_INITCTL:
@@ -195,7 +202,7 @@ class DomainMixin(ds.DomainLookups):
                 raise ds.not_running()
             await self.driver.shutdown_domain(dom)
 
-    async def domain_suspend(self, ref: Any) -> None:
+    async def domain_suspend(self, ref: Dom) -> None:
         """Freeze the container's cgroup (lxcDomainSuspend); already paused is fine."""
         dom = self._active(ref)
         async with dom.lock:
@@ -210,7 +217,7 @@ class DomainMixin(ds.DomainLookups):
             self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
             await self.driver.save_status(dom)
 
-    async def domain_resume(self, ref: Any) -> None:
+    async def domain_resume(self, ref: Dom) -> None:
         """Thaw the container's cgroup (lxcDomainResume)."""
         dom = self._active(ref)
         async with dom.lock:
@@ -241,7 +248,7 @@ class DomainMixin(ds.DomainLookups):
         return await trio.to_thread.run_sync(change)
 
     # -- console
-    def domain_open_console(self, stream: Stream, ref: Any, dev_name: str | None, flags: int) -> None:
+    def domain_open_console(self, stream: Stream, ref: Dom, dev_name: str | None, flags: int) -> None:
         check_flags(flags, CONSOLE_FORCE | CONSOLE_SAFE, "lxcDomainOpenConsole", _FROM)
         dom = self._active(ref)
         consoles = dom.definition.devices_of("console")
@@ -271,7 +278,7 @@ class DomainMixin(ds.DomainLookups):
         stream.run(session.relay)
 
     # -- namespaces (virsh lxc-enter-namespace)
-    def lxc_domain_open_namespace(self, ref: Any, flags: int) -> ReplyFds:
+    def lxc_domain_open_namespace(self, ref: Dom, flags: int) -> ReplyFds:
         check_flags(flags, 0, "lxcDomainLxcOpenNamespace", _FROM)
         dom = self._active(ref)
         if not dom.init_pid:
@@ -292,8 +299,9 @@ class DomainMixin(ds.DomainLookups):
         return ReplyFds(fds)
 
     # -- memory and CPU tuning from the cgroup
-    def domain_get_memory_parameters(self, ref: Any, nparams: int, flags: int) -> tuple:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | 4, "lxcDomainGetMemoryParameters", _FROM)
+    def domain_get_memory_parameters(self, ref: Dom, nparams: int, flags: int) -> tuple:
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | STRING_OKAY, "lxcDomainGetMemoryParameters",
+                    _FROM)
         if nparams == 0:
             return ([], 3)
         dom = self._dom(ref)
@@ -317,7 +325,7 @@ class DomainMixin(ds.DomainLookups):
                   for n in ("hard_limit", "soft_limit", "swap_hard_limit")]
         return (params[:nparams], len(params[:nparams]))
 
-    async def domain_set_memory_parameters(self, ref: Any, params: list, flags: int) -> None:
+    async def domain_set_memory_parameters(self, ref: Dom, params: list, flags: int) -> None:
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainSetMemoryParameters", _FROM)
         dom = self._dom(ref)
         values = {p.field: p.value.value for p in params}
@@ -348,14 +356,14 @@ class DomainMixin(ds.DomainLookups):
         if live:
             await self.driver.save_status(dom)
 
-    def domain_get_scheduler_type(self, ref: Any) -> tuple:
+    def domain_get_scheduler_type(self, ref: Dom) -> tuple:
         self._dom(ref)
         return ("posix", 3)
 
-    def domain_get_scheduler_parameters(self, ref: Any, nparams: int) -> list:
+    def domain_get_scheduler_parameters(self, ref: Dom, nparams: int) -> list:
         return self.domain_get_scheduler_parameters_flags(ref, nparams, 0)
 
-    def domain_get_scheduler_parameters_flags(self, ref: Any, nparams: int, flags: int) -> list:
+    def domain_get_scheduler_parameters_flags(self, ref: Dom, nparams: int, flags: int) -> list:
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainGetSchedulerParametersFlags",
                     _FROM)
         dom = self._dom(ref)
@@ -380,10 +388,10 @@ class DomainMixin(ds.DomainLookups):
                   _param("vcpu_quota", P.VIR_TYPED_PARAM_LLONG, quota)]
         return params[:nparams]
 
-    async def domain_set_scheduler_parameters(self, ref: Any, params: list) -> None:
+    async def domain_set_scheduler_parameters(self, ref: Dom, params: list) -> None:
         await self.domain_set_scheduler_parameters_flags(ref, params, 0)
 
-    async def domain_set_scheduler_parameters_flags(self, ref: Any, params: list, flags: int) -> None:
+    async def domain_set_scheduler_parameters_flags(self, ref: Dom, params: list, flags: int) -> None:
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainSetSchedulerParametersFlags",
                     _FROM)
         dom = self._dom(ref)
@@ -413,7 +421,7 @@ class DomainMixin(ds.DomainLookups):
         if live:
             await self.driver.save_status(dom)
 
-    def domain_memory_stats(self, ref: Any, max_stats: int, flags: int) -> list:
+    def domain_memory_stats(self, ref: Dom, max_stats: int, flags: int) -> list:
         dom = self._active(ref)
         c = self.driver.counters(dom)
         # VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON (6), _RSS (7)

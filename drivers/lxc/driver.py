@@ -15,7 +15,10 @@ libvirt's LXC driver (src/lxc/lxc_process.c):
 Containers outlive the daemon: the controller is detached, the runtime
 status is persisted (status.py), `stop()` only detaches, and `start()`
 reconnects to every controller still there (and reports the others' end
-from the exit file they left, or as crashed).
+from the exit file they left, or as crashed).  What every local driver does
+(start/stop, ids, mark-stopped) is pyvirtd.driver.hypervisor's; this module
+fills its template methods for containers: the worked example of
+docs/drivers.md.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from lxml import etree
 from pyvirtd import nwfilter
 from pyvirtd.driver import DriverContext
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.hypervisor import HypervisorDomain, HypervisorState
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
@@ -58,17 +62,14 @@ _EXIT_REASONS = {"shutdown": (ds.SHUTOFF_SHUTDOWN, ds.STOPPED_SHUTDOWN),
 
 
 @dataclass(eq=False)
-class LxcDomain(ds.DomainObject):
+class LxcDomain(HypervisorDomain):
     """One container (virDomainObj + virLXCDomainObjPrivate)."""
     controller_pid: int | None = None
     init_pid: int | None = None
     cgroup: dict = field(default_factory=dict)
     veths: list = field(default_factory=list)
     link: Any = None                 # ControllerLink while connected
-    run: int = 0
     stopped: trio.Event = field(default_factory=trio.Event)
-    console: Any = None
-    lock: trio.Lock = field(default_factory=trio.Lock)
 
 
 class ControllerLink:
@@ -153,74 +154,34 @@ def _pid_alive(pid: int | None) -> bool:
         return False
 
 
-class LxcDriverState:
+class LxcDriverState(HypervisorState[LxcDomain]):
+    """Every container of the daemon's LXC driver, and the tasks that watch them."""
+    name = "lxc"
+    domain_class = LxcDomain
+    error_domain = _FROM
+    already_running_message = "Domain is already running"
+
     def __init__(self, ctx: DriverContext) -> None:
-        self.ctx = ctx
-        self.events = ctx.events
-        self.store = StatusStore(ctx.paths)
-        self.domains: dict[str, LxcDomain] = {}
-        self._nursery: trio.Nursery | None = None
-        self._done = trio.Event()
-        self._stopping = False
+        super().__init__(ctx, StatusStore(ctx.paths))
+        self.store: StatusStore
 
-    # ------------------------------------------------------------ daemon start/stop
-    async def start(self) -> None:
-        await trio.to_thread.run_sync(self.store.ensure_dirs)
-        ready = trio.Event()
-        trio.lowlevel.spawn_system_task(self._service, ready, name="pyvirtd-lxc-driver")
-        await ready.wait()
-        for d in await trio.to_thread.run_sync(self.store.load_configs):
-            dom = LxcDomain(d, persistent=True)
-            dom.autostart = self.store.is_autostart(d.name)
-            self.domains[d.name] = dom
-        for st in await trio.to_thread.run_sync(self.store.load_statuses):
-            await self._reattach(st)
-        for dom in list(self.domains.values()):
-            if dom.autostart and not dom.active:
-                try:
-                    async with dom.lock:
-                        if not dom.active:
-                            await self.start_domain(dom)
-                except VirError as exc:
-                    log.error("failed to autostart container '%s': %s", dom.name, exc)
+    def fill_defaults(self, d: domxml.DomainDef) -> None:
+        spec.fill_defaults(d)
 
-    async def stop(self) -> None:
-        """Detach from every container; they keep running."""
-        self._stopping = True
-        for dom in self.domains.values():
-            if dom.link is not None:
-                await dom.link.close()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-            await self._done.wait()
+    def domain_id(self, dom: LxcDomain) -> int:
+        assert dom.controller_pid is not None
+        return dom.controller_pid        # libvirt's LXC domain id is the controller's pid
 
-    async def _service(self, ready: trio.Event) -> None:
+    def live_definition(self, st: RuntimeStatus) -> domxml.DomainDef | None:
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                ready.set()
-                await trio.sleep_forever()
-        except trio.Cancelled:
-            raise
-        except Exception:
-            log.exception("lxc driver service failed")
-        finally:
-            self._done.set()
+            return domxml.parse(st.xml)
+        except VirError as exc:
+            log.error("%s: unreadable live definition: %s", st.name, exc)
+            return None
 
-    def spawn(self, fn: Any, *args: Any) -> None:
-        assert self._nursery is not None, "driver not started"
-        self._nursery.start_soon(self._guarded, fn, *args)
-
-    @staticmethod
-    async def _guarded(fn: Any, *args: Any) -> None:
-        try:
-            await fn(*args)
-        except Exception:
-            log.exception("lxc driver task %s failed", getattr(fn, "__name__", fn))
-
-    # ------------------------------------------------------------------- helpers
-    def emit(self, dom: LxcDomain, event: int, detail: int) -> None:
-        self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_LIFECYCLE, dom.ref(), event, detail)
+    async def detach(self, dom: LxcDomain) -> None:
+        if dom.link is not None:
+            await dom.link.close()
 
     async def save_status(self, dom: LxcDomain) -> None:
         if not dom.active or dom.controller_pid is None:
@@ -229,9 +190,6 @@ class LxcDriverState:
                            dom.init_pid or 0, dom.persistent,
                            domxml.format(dom.definition, dom_id=dom.id), dom.cgroup, dom.veths)
         await trio.to_thread.run_sync(self.store.save_status, st)
-
-    async def save_config(self, d: domxml.DomainDef) -> None:
-        await trio.to_thread.run_sync(self.store.save_config, d)
 
     def counters(self, dom: LxcDomain) -> dict[str, int]:
         return cgroup.counters(dom.cgroup) if dom.active and dom.cgroup else {}
@@ -282,12 +240,9 @@ class LxcDriverState:
             except Exception:
                 pass    # gone with the container's namespace
 
-    async def start_domain(self, dom: LxcDomain, *, live_def: domxml.DomainDef | None = None) -> None:
+    async def launch(self, dom: LxcDomain, live: domxml.DomainDef, *,
+                     paused: bool) -> ControllerLink:
         """Start the container's controller (caller holds ``dom.lock``); virLXCProcessStart."""
-        if dom.active:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID, "Domain is already running", domain=_FROM)
-        persistent_def = dom.definition
-        live = (live_def or persistent_def).copy()
         spec.check_sources(live)
         name = dom.name
         store = self.store
@@ -320,38 +275,18 @@ class LxcDriverState:
                 await self._unplug(veths)
             raise
         _set_console(live, result["pty"])
-        dom.run += 1
         dom.stopped = trio.Event()
         dom.controller_pid, dom.init_pid = result["controller_pid"], result["init_pid"]
         dom.cgroup, dom.veths, dom.link = paths, veths, link
-        if dom.persistent:
-            dom.new_def = persistent_def
-        dom.definition = live
-        dom.id = dom.controller_pid        # libvirt's LXC domain id is the controller's pid
-        dom.set_state(ds.RUNNING, ds.RUNNING_BOOTED)
-        await self.save_status(dom)
-        self.emit(dom, ds.EV_STARTED, ds.STARTED_BOOTED)
-        self.spawn(self._watch, dom, dom.run, link)
+        return link
 
     # -------------------------------------------------------------------- stop
-    def mark_stopped(self, dom: LxcDomain, run: int, reason: int, detail: int) -> bool:
-        if dom.run != run or not dom.active:
-            return False
-        dom.run += 1
-        dom.set_state(ds.SHUTOFF, reason)
+    def release(self, dom: LxcDomain) -> None:
+        """The controller is gone: forget its pids and link (its cgroup and veths
+        stay recorded for `_tidy`)."""
         dom.controller_pid = dom.init_pid = None
         dom.link = None
-        if dom.console is not None:
-            dom.console.close()
-        self.store.delete_status(dom.name)
-        self.emit(dom, ds.EV_STOPPED, detail)
-        dom.id = -1
         dom.stopped.set()
-        if dom.new_def is not None:
-            dom.definition, dom.new_def = dom.new_def, None
-        if not dom.persistent:
-            self.domains.pop(dom.name, None)
-        return True
 
     async def _tidy(self, dom: LxcDomain, paths: dict, veths: list) -> None:
         """What a controller that died uncleanly left: processes, cgroup, veths."""
@@ -365,8 +300,9 @@ class LxcDriverState:
         await self._unplug(veths)
         self.store.path(dom.name, ".sock").unlink(missing_ok=True)
 
-    async def destroy_domain(self, dom: LxcDomain) -> None:
-        """SIGKILL to init through the controller (caller holds ``dom.lock``)."""
+    async def terminate(self, dom: LxcDomain, *, graceful: bool = False) -> None:
+        """SIGKILL to init through the controller (caller holds ``dom.lock``);
+        if the controller does not answer, kill it and init ourselves."""
         run, link = dom.run, dom.link
         stopped = dom.stopped
         sent = False
@@ -387,9 +323,15 @@ class LxcDriverState:
             for pid in (dom.init_pid, dom.controller_pid):
                 if _pid_alive(pid):
                     os.kill(pid, signal.SIGKILL)
-            paths, veths = dom.cgroup, dom.veths
-            self.mark_stopped(dom, run, ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
+
+    async def destroy_domain(self, dom: LxcDomain, **kwargs: Any) -> bool:
+        """As the base's; when this call marked it stopped (the controller did not
+        answer), also clear what the controller would have: cgroup, veths."""
+        paths, veths = dom.cgroup, dom.veths
+        marked = await super().destroy_domain(dom, **kwargs)
+        if marked:
             await self._tidy(dom, paths, veths)
+        return marked
 
     async def shutdown_domain(self, dom: LxcDomain) -> None:
         if dom.link is None:
@@ -397,7 +339,8 @@ class LxcDriverState:
         await dom.link.send("shutdown")
 
     # ----------------------------------------------------------------- watching
-    async def _watch(self, dom: LxcDomain, run: int, link: ControllerLink) -> None:
+    async def watch(self, dom: LxcDomain, run: int, link: ControllerLink) -> None:
+        """Follow the controller's messages until its socket closes."""
         reason = None
         while True:
             msg = await link.receive()
@@ -421,28 +364,12 @@ class LxcDriverState:
             await self._tidy(dom, paths, veths)
 
     # ---------------------------------------------------------------- reattach
-    async def _reattach(self, st: RuntimeStatus) -> None:
-        """Take a container over again after a daemon restart (virLXCProcessReconnectDomain)."""
-        try:
-            live = domxml.parse(st.xml)
-        except VirError as exc:
-            log.error("%s: unreadable live definition: %s", st.name, exc)
-            return
-        dom = self.domains.get(st.name)
-        if dom is None:
-            dom = LxcDomain(live, persistent=False)
-            self.domains[st.name] = dom
-        elif st.persistent:
-            dom.new_def = dom.definition
-        dom.definition = live
-        dom.persistent = st.persistent and dom.new_def is not None
+    async def attach(self, dom: LxcDomain, run: int, st: RuntimeStatus) -> None:
+        """Reconnect to a container's controller after a daemon restart
+        (virLXCProcessReconnectDomain); report the end of one that is gone."""
         dom.controller_pid, dom.init_pid = st.controller_pid, st.init_pid
         dom.cgroup, dom.veths = st.cgroup, st.veths
-        dom.id = st.controller_pid
-        dom.set_state(st.state, st.reason)
-        dom.run += 1
         dom.stopped = trio.Event()
-        run = dom.run
         link = None
         try:
             link = await ControllerLink.connect(str(self.store.path(st.name, ".sock")))
@@ -462,7 +389,7 @@ class LxcDriverState:
             await self._ended(dom, run, reason)
             return
         dom.link = link
-        self.spawn(self._watch, dom, run, link)
+        self.follow(dom, run, link)
 
 
 def _set_console(d: domxml.DomainDef, pty: str) -> None:

@@ -1,7 +1,8 @@
 """From a container's domain definition to what its controller needs (a plain JSON "spec").
 
-`new_definition` parses, fills in libvirt's LXC defaults and validates
-(lxcDomainDefPostParse, virLXCDomainDefValidate): os type exe, init defaults
+`fill_defaults` (the LXC driver's XML defaults hook) fills in libvirt's LXC
+defaults and validates a parsed definition (lxcDomainDefPostParse,
+virLXCDomainDefValidate): os type exe, init defaults
 to /sbin/init, a console of type pty with target type lxc.  `build_spec`
 turns the live definition into the controller's input, so the controller
 never needs the XML model.  Errors use libvirt's codes and wording where
@@ -22,8 +23,7 @@ from pyvirtd.xml import domain as domxml
 _FROM = P.VIR_FROM_LXC
 
 
-def new_definition(xml: str, *, validate_schema: bool = False) -> domxml.DomainDef:
-    d = domxml.parse(xml, validate_schema=validate_schema)
+def fill_defaults(d: domxml.DomainDef) -> None:
     if d.type != "lxc":
         raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                        f"could not find capabilities for domaintype={d.type} ",
@@ -48,7 +48,6 @@ def new_definition(xml: str, *, validate_schema: bool = False) -> domxml.DomainD
         if iface.get("type") not in ("bridge", "network", "ethernet"):
             raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                            f"Unsupported network type {iface.get('type')}", domain=_FROM)
-    return d
 
 
 def _root_filesystem(d: domxml.DomainDef) -> etree._Element:

@@ -42,6 +42,11 @@ class RuntimeStatus:
     cgroup: dict = field(default_factory=dict)
     veths: list = field(default_factory=list)   # host ends, removed when the container stops
 
+    @property
+    def id(self) -> int:
+        """The domain's id: libvirt's LXC driver uses the controller's pid."""
+        return self.controller_pid
+
 
 
 class StatusStore:

@@ -20,7 +20,9 @@ import logging
 from typing import Any
 from urllib.parse import SplitResult
 
-from pyvirtd.driver import DriverContext, shared_subsystems
+import trio
+
+from pyvirtd.driver.hypervisor import HypervisorConnection, HypervisorDriver
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
@@ -30,21 +32,19 @@ from .domains import DomainMixin
 from .driver import QemuDriverState
 from .host import HostMixin
 from .hotplug import HotplugMixin
-from .save import SaveMixin
+from .save import SaveMixin, scan_managed
 from .stats import StatsMixin
 
 log = logging.getLogger(__name__)
 
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
-                     BalloonMixin, SaveMixin):
+                     BalloonMixin, SaveMixin, HypervisorConnection):
     """One client's qemu:// connection; methods are named after RPC procedures."""
+    driver: QemuDriverState
 
     def __init__(self, driver: QemuDriverState, uri: str, subsystems: tuple[Any, ...]) -> None:
-        self.driver = driver
-        self.uri = uri
-        self.events = driver.events
-        self.subsystems = subsystems
+        super().__init__(driver, uri, subsystems)
         # guests this connection started with VIR_DOMAIN_START_AUTODESTROY: (domain, run)
         self.autodestroy: list[tuple[Any, int]] = []
 
@@ -65,36 +65,30 @@ class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMi
                 self.driver.spawn(self.driver.autodestroy_domain, dom, run)
 
 
-class QemuDriver:
+class QemuDriver(HypervisorDriver):
     name = "qemu"
     schemes = ("qemu",)
+    connection_class = QemuConnection
 
-    def __init__(self, ctx: DriverContext) -> None:
-        self.ctx = ctx
-        self.state: QemuDriverState | None = None
-
-    def probe(self) -> str | None:
+    def unavailable(self) -> str | None:
         from .caps import find_binaries
 
         binaries = find_binaries()
         if not binaries:
             return "no qemu-system-* binary found"
-        emulator = next((b for b in binaries if b.endswith("qemu-system-x86_64")), binaries[0])
-        self.state = QemuDriverState(self.ctx, emulator)
-        # created now, not at the first open, so that their start() (repair,
-        # autostart, the default network) runs when the daemon starts
-        self.subsystems = shared_subsystems(self.ctx)
+        self.emulator = next((b for b in binaries if b.endswith("qemu-system-x86_64")),
+                             binaries[0])
         return None
 
     async def start(self) -> None:
-        assert self.state is not None
-        await self.state.start()
+        await super().start()
+        # which guests have a managed save image (save.py)
+        await trio.to_thread.run_sync(scan_managed, self.state)
 
-    async def stop(self) -> None:
-        if self.state is not None:
-            await self.state.stop()
+    def make_state(self) -> QemuDriverState:
+        return QemuDriverState(self.ctx, self.emulator)
 
-    def open(self, uri: SplitResult, name: str, flags: int, client: Any) -> QemuConnection:
+    def connection_uri(self, uri: SplitResult) -> str:
         path = uri.path or "/"
         if self.ctx.privileged:
             if path not in ("/system", "/session"):
@@ -105,5 +99,4 @@ class QemuDriver:
             raise VirError(P.VIR_ERR_INTERNAL_ERROR,
                            f"unexpected QEMU URI path '{path}', try qemu:///session",
                            domain=P.VIR_FROM_QEMU)
-        assert self.state is not None
-        return QemuConnection(self.state, f"qemu://{path}", self.subsystems)
+        return f"qemu://{path}"

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 
-from .hotplug import AFFECT_CONFIG, AFFECT_LIVE, _save_config, modification_impact
+from .hotplug import AFFECT_CONFIG, AFFECT_LIVE, commit_config, modification_impact
 
 if TYPE_CHECKING:
-    from .driver import QemuDriverState
+    from .guest import QemuState
 
 # virDomainMemoryModFlags
 MEM_MAXIMUM = 4
@@ -29,16 +30,16 @@ def _err(code: int, message: str) -> VirError:
 
 
 class BalloonMixin:
-    driver: "QemuDriverState"
+    driver: "QemuState"
 
-    async def domain_set_memory(self, ref: Any, memory: int) -> None:
+    async def domain_set_memory(self, ref: Dom, memory: int) -> None:
         await self.domain_set_memory_flags(ref, memory, AFFECT_LIVE)
 
-    async def domain_set_max_memory(self, ref: Any, memory: int) -> None:
+    async def domain_set_max_memory(self, ref: Dom, memory: int) -> None:
         # --current, as qemuDomainSetMaxMemory: the config of a shut off guest
         await self.domain_set_memory_flags(ref, memory, MEM_MAXIMUM)
 
-    async def domain_set_memory_flags(self, ref: Any, memory: int, flags: int) -> None:
+    async def domain_set_memory_flags(self, ref: Dom, memory: int, flags: int) -> None:
         """``memory`` in KiB; libvirt's checks and messages (qemuDomainSetMemoryFlags)."""
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | MEM_MAXIMUM, "qemuDomainSetMemoryFlags",
                     P.VIR_FROM_QEMU)
@@ -61,7 +62,7 @@ class BalloonMixin:
                 if live:
                     await self._balloon(dom, memory)
             if new_config is not None:
-                await _save_config(self.driver, dom, new_config)
+                await commit_config(self.driver, dom, new_config)
 
     async def _balloon(self, dom: Any, memory: int) -> None:
         if memory > dom.definition.memory:

@@ -8,8 +8,9 @@ Contract:
                                             # restarted daemon does not re-probe
     caps.binaries                           # {path: BinaryCaps}
     caps.binary_for(arch)                   # BinaryCaps | None (x86_64 also serves i686)
-    caps.capabilities_xml(host_uuid=None)   # virsh capabilities (str)
-    caps.domain_capabilities_xml(emulator=None, arch=None, machine=None, virttype=None)
+    # the XML documents are caps_xml.py's (a layer above this module):
+    capabilities_xml(caps, host_uuid=None)  # virsh capabilities (str)
+    domain_capabilities_xml(caps, emulator=None, arch=None, machine=None, virttype=None)
         # virsh domcapabilities (str); None picks as libvirt does (host arch, default
         # machine, kvm when usable); a mismatch raises VirError(VIR_ERR_INVALID_ARG)
         # or VIR_ERR_CONFIG_UNSUPPORTED worded as libvirt.
@@ -479,12 +480,3 @@ class QemuCaps:
             arches["i686"] = arches["x86_64"]
         order = sorted(arches, key=lambda a: (a != "i686", a != "x86_64", a))
         return [(a, arches[a]) for a in order]
-
-    def capabilities_xml(self, host_uuid: str | None = None) -> str:
-        from .caps_xml import capabilities_xml
-        return capabilities_xml(self, host_uuid)
-
-    def domain_capabilities_xml(self, emulator: str | None = None, arch: str | None = None,
-                                machine: str | None = None, virttype: str | None = None) -> str:
-        from .caps_xml import domain_capabilities_xml
-        return domain_capabilities_xml(self, emulator, arch, machine, virttype)

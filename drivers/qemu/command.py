@@ -9,7 +9,7 @@ Contract (used by the driver)::
                          resolve_volume=None, daemonize=True)
 
 ``defn`` is a ``pyvirtd.xml.domain.DomainDef`` that already went through the
-QEMU defaults (``pyvirtd.xml.devices.apply_defaults(defn)``; build_command
+QEMU defaults (``apply_defaults(defn, defaults.DEVICE_DEFAULTS)``; build_command
 calls it on a copy itself, so a raw definition works too) — ``defn`` is never
 modified.  The argv:
 
@@ -68,6 +68,10 @@ from pyvirtd.xml.devices.video import PRIMARY as VIDEO_PRIMARY, SECONDARY as VID
 from pyvirtd.xml.devices.watchdog import QEMU_ACTIONS
 from pyvirtd.xml.platform import Platform, platform
 
+from .defaults import DEVICE_DEFAULTS
+from .devprops import SCSI_MODELS, Placement, device_alias, disk_bus, error_policy_props
+from .devprops import unsupported as _unsupported
+
 # QEMU's VNC display N listens on TCP port 5900 + N.
 VNC_PORT_BASE = 5900
 # How far QEMU may look for a free VNC display with autoport (libvirt's
@@ -79,11 +83,6 @@ _USB_MODELS = {"piix3-uhci": "piix3-usb-uhci", "piix4-uhci": "piix4-usb-uhci",
                "ich9-uhci1": "ich9-usb-uhci1", "ich9-uhci2": "ich9-usb-uhci2",
                "ich9-uhci3": "ich9-usb-uhci3", "vt82c686b-uhci": "vt82c686b-usb-uhci",
                "pci-ohci": "pci-ohci", "nec-xhci": "nec-usb-xhci", "qemu-xhci": "qemu-xhci"}
-_SCSI_MODELS = {"lsilogic": "lsi", "virtio-scsi": "virtio-scsi-pci", "lsisas1068": "mptsas1068",
-                "lsisas1078": "megasas-gen2", "vmpvscsi": "pvscsi", "auto": "lsi",
-                "am53c974": "am53c974", "dc390": "dc390",
-                "virtio-transitional": "virtio-scsi-pci-transitional",
-                "virtio-non-transitional": "virtio-scsi-pci-non-transitional"}
 # <os><boot dev> -> which device gets the bootindex
 _BOOT_DEV_MATCH = {"hd": lambda d: isinstance(d, Disk) and d.device == "disk",
                    "cdrom": lambda d: isinstance(d, Disk) and d.device == "cdrom",
@@ -97,10 +96,6 @@ class VolumeSource:
     path: str
     block: bool = False          # a block device (logical volume, iSCSI LUN): host_device
     format: str | None = None    # used when the disk's <driver> names none (then raw)
-
-
-def _unsupported(detail: str) -> VirError:
-    return VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, detail, domain=P.VIR_FROM_QEMU)
 
 
 def _internal(detail: str) -> VirError:
@@ -132,39 +127,6 @@ def _json(obj: dict) -> str:
 
 # -- aliases ----------------------------------------------------------------
 
-def device_alias(dev, counters: dict[str, int], q35: bool) -> str:
-    """libvirt's alias for a device (qemuAssignDeviceAliases); counters per kind."""
-    if dev.alias:
-        return dev.alias
-    if isinstance(dev, Disk):
-        a = dev.address
-        if dev.bus in ("ide", "sata", "scsi") and a is not None and a.type == "drive":
-            ctl, bus, unit = a.int("controller"), a.int("bus"), a.int("unit")
-            if dev.bus == "scsi":
-                return f"scsi{ctl}-{bus}-{a.int('target')}-{unit}"
-            return f"{dev.bus}{ctl}-{bus}-{unit}"
-        prefix = {"virtio": "virtio-disk", "usb": "usb-disk"}.get(dev.bus, dev.bus)
-        return f"{prefix}{dev.index}"
-    if isinstance(dev, Controller):
-        if dev.type == "sata" and dev.index == 0 and q35:
-            return "ide"
-        if dev.type == "pci" and dev.index == 0:
-            return "pcie.0" if q35 else "pci.0"
-        return dev.qemu_id
-    kind = {Interface: "net", Input: "input", Video: "video", Memballoon: "balloon",
-            Rng: "rng", Watchdog: "watchdog", Graphics: "graphics", Sound: "sound",
-            Redirdev: "redir"}.get(type(dev))
-    if isinstance(dev, Chardev):
-        kind = dev.kind
-        if kind == "console" and dev.target_type in (None, "serial"):
-            return f"serial{dev.target_port or 0}"     # the alias of serial port 0
-        if kind in ("serial", "console") and dev.target_port is not None:
-            return f"{kind}{dev.target_port}"
-    n = counters.get(kind, 0)
-    counters[kind] = n + 1
-    return f"{kind}{n}"
-
-
 def assign_aliases(defn) -> None:
     """Write libvirt's <alias name=...> into every modelled device of a live definition."""
     q35 = devmod.is_q35(defn.machine)
@@ -182,44 +144,16 @@ def assign_aliases(defn) -> None:
 
 # -- the command line ---------------------------------------------------------
 
-class _Builder:
+class _Builder(Placement):
+    """The command line being built, and where its devices go."""
+
     def __init__(self, defn, plat: Platform, q35: bool) -> None:
-        self.defn, self.plat, self.q35 = defn, plat, q35
+        super().__init__(defn, plat, q35)
         self.argv: list[str] = []
-        self.counters: dict[str, int] = {}
-        self.controllers: dict[tuple[str, int], Controller] = {}
         self.audiodev: str | None = None     # the -audiodev id displays and sound cards use
 
     def add(self, *args: str) -> None:
         self.argv.extend(args)
-
-    def alias(self, dev) -> str:
-        return device_alias(dev, self.counters, self.q35)
-
-    def usb(self, dev) -> list[tuple[str, object]]:
-        """bus=/port= for a device on a USB bus (its <address type='usb'>, or bus 0)."""
-        a = dev.address
-        if a is None or a.type != "usb":
-            return [("bus", "usb.0")]
-        bus = a.int("bus")
-        return [("bus", f"usb{bus}.0" if bus else "usb.0"), ("port", a.attrs.get("port"))]
-
-    def pci(self, dev) -> list[tuple[str, object]]:
-        """bus=/addr= for a device with a PCI <address>; nothing lets QEMU place it."""
-        a = dev.address
-        if a is None or a.type != "pci":
-            return []
-        if a.int("domain") != 0:
-            raise _unsupported("PCI domains other than 0 are not supported")
-        bus = a.int("bus")
-        busname = ("pcie.0" if self.q35 else "pci.0") if bus == 0 else f"pci.{bus}"
-        addr = f"0x{a.int('slot'):x}"
-        if a.int("function"):
-            addr += f".0x{a.int('function'):x}"
-        pairs: list[tuple[str, object]] = [("bus", busname), ("addr", addr)]
-        if a.attrs.get("multifunction") == "on":
-            pairs.insert(1, ("multifunction", "on"))
-        return pairs
 
 
 def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None = None,
@@ -246,7 +180,7 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
         raise _unsupported(f"domain type '{defn.type}' is not supported by the QEMU driver")
     machine = defn.machine or machine_defaults.get("default") or "pc"
     defn.machine = machine_defaults.get(machine, machine)
-    devmod.apply_defaults(defn, hypervisor="qemu")
+    devmod.apply_defaults(defn, DEVICE_DEFAULTS)
     devmod.validate_devices(defn)
     plat = platform(defn)
     b = _Builder(defn, plat, devmod.is_q35(defn.machine))
@@ -517,7 +451,7 @@ def _controllers(b: _Builder, conts: list[Controller]) -> None:
                 continue           # the PIIX3 IDE of the pc machine
             raise _unsupported("only a single IDE controller is supported for this machine type")
         elif c.type == "scsi":
-            b.add("-device", opts(_SCSI_MODELS[c.model or "lsilogic"], ("id", alias), *b.pci(c)))
+            b.add("-device", opts(SCSI_MODELS[c.model or "lsilogic"], ("id", alias), *b.pci(c)))
         elif c.type == "virtio-serial":
             b.add("-device", opts("virtio-serial-pci", ("id", alias),
                                   ("max_ports", c.ports), ("vectors", c.vectors), *b.pci(c)))
@@ -569,7 +503,7 @@ def _disks(b: _Builder, disks: list[Disk],
         elif disk.device != "cdrom":
             raise VirError(P.VIR_ERR_XML_ERROR, f"disk '{disk.target}' has no source",
                            domain=P.VIR_FROM_DOMAIN)
-        pairs = _disk_bus(b, disk)
+        pairs = disk_bus(b, disk)
         pairs += [("drive", node), ("id", alias), ("bootindex", disk.boot)]
         if disk.shareable:       # several guests write it: QEMU must not lock it
             pairs.append(("share-rw", "on"))
@@ -577,68 +511,6 @@ def _disks(b: _Builder, disks: list[Disk],
             pairs.append(("write-cache", "on" if write_cache else "off"))
         pairs += error_policy_props(disk)
         b.add("-device", opts(pairs[0][1], *pairs[1:]))
-
-
-def error_policy_props(disk: Disk) -> list[tuple[str, object]]:
-    """werror/rerror of a disk's device from <driver error_policy/rerror_policy>.
-
-    As qemuBuildDiskDeviceProps: libvirt's "enospace" is QEMU's "enospc",
-    which QEMU knows for writes only; otherwise rerror follows error_policy.
-    None given leaves QEMU's defaults (werror=enospc, rerror=report).
-    """
-    if disk.device == "cdrom" or disk.bus == "usb":
-        return []                  # read-only media / usb-storage have no such properties
-    werror = {"enospace": "enospc"}.get(disk.error_policy or "", disk.error_policy)
-    rerror = disk.rerror_policy
-    if rerror is None and werror not in (None, "enospc"):
-        rerror = werror
-    return [("werror", werror), ("rerror", rerror)]
-
-
-def _disk_bus(b: _Builder, disk: Disk) -> list[tuple[str, object]]:
-    """("driver", name) first, then the bus placement of the disk's device."""
-    cd = disk.device == "cdrom"
-    a = disk.address
-    if disk.bus == "virtio":
-        pairs = [("driver", "virtio-blk-pci"), *b.pci(disk)]
-        if disk.iothread is not None:
-            if disk.iothread > b.plat.iothreads:
-                raise _unsupported(f"Disk iothread '{disk.iothread}' not defined in iothreadid")
-            pairs.append(("iothread", f"iothread{disk.iothread}"))
-        extra = disk.driver_extra
-        pairs += [("ioeventfd", extra.get("ioeventfd")), ("event_idx", extra.get("event_idx")),
-                  ("num-queues", extra.get("queues")), ("queue-size", extra.get("queue_size"))]
-        return pairs
-    if disk.bus == "usb":          # no drive address: the device goes on the USB bus
-        if cd:
-            raise _unsupported("CD-ROMs on USB are not supported")
-        return [("driver", "usb-storage"), ("bus", "usb.0"), ("removable", None)]
-    ctl, bus, unit = a.int("controller"), a.int("bus"), a.int("unit")
-    if disk.bus == "ide":
-        if b.q35:
-            raise _unsupported("IDE controllers are unsupported for this QEMU binary or machine "
-                               "type")
-        if ctl != 0 or bus > 1 or unit > 1:
-            raise _unsupported(f"disk '{disk.target}': IDE address out of range")
-        return [("driver", "ide-cd" if cd else "ide-hd"), ("bus", f"ide.{bus}"), ("unit", unit)]
-    if disk.bus == "sata":
-        if unit > 5:
-            raise _unsupported(f"disk '{disk.target}': SATA port {unit} out of range")
-        ahci = "ide" if (ctl == 0 and b.q35) else f"sata{ctl}"
-        if ("sata", ctl) not in b.controllers:
-            raise _unsupported(f"disk '{disk.target}' needs a SATA controller")
-        return [("driver", "ide-cd" if cd else "ide-hd"), ("bus", f"{ahci}.{unit}")]
-    if disk.bus == "scsi":
-        cont = b.controllers.get(("scsi", ctl))
-        if cont is None:
-            raise _unsupported(f"disk '{disk.target}' needs SCSI controller {ctl}")
-        pairs = [("driver", "scsi-cd" if cd else "scsi-hd"), ("bus", f"scsi{ctl}.0")]
-        if cont.model in ("virtio-scsi", "virtio-transitional", "virtio-non-transitional"):
-            pairs += [("channel", bus), ("scsi-id", a.int("target")), ("lun", unit)]
-        else:
-            pairs += [("scsi-id", unit)]
-        return pairs
-    raise _unsupported(f"disk bus '{disk.bus}' is not supported")
 
 
 def _interfaces(b: _Builder, ifaces: list[Interface], tap_fds: Mapping[int, int]) -> None:

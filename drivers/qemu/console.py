@@ -11,10 +11,10 @@ stream (virsh's Ctrl+]), when the guest stops, or when it is forced out.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from pyvirtd.consoles import ConsoleSession
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.stream import Stream
@@ -24,14 +24,14 @@ from .launch import console_device
 
 log = logging.getLogger(__name__)
 
-# virDomainConsoleFlags
-CONSOLE_FORCE, CONSOLE_SAFE = 1, 2
+CONSOLE_FORCE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_FORCE
+CONSOLE_SAFE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_SAFE
 
 
 class ConsoleMixin:
     driver: QemuDriverState
 
-    def domain_open_console(self, stream: Stream, ref: Any, dev_name: str | None, flags: int) -> None:
+    def domain_open_console(self, stream: Stream, ref: Dom, dev_name: str | None, flags: int) -> None:
         check_flags(flags, CONSOLE_FORCE | CONSOLE_SAFE, "qemuDomainOpenConsole", P.VIR_FROM_QEMU)
         dom = self._dom(ref)   # type: ignore[attr-defined]
         if not dom.active:

@@ -2,7 +2,7 @@
 
 Methods are named after RPC procedures (see pyvirtd/dispatch.py).  Reads
 take no lock; every operation that changes a running guest holds that
-guest's lock (driver.QemuDomain.lock), like libvirt's per-domain job, so two
+guest's lock (guest.QemuDomain.lock), like libvirt's per-domain job, so two
 guests never wait for each other.  Error codes, error domains and wording
 follow libvirt's QEMU driver (src/qemu/qemu_driver.c) as virsh prints them.
 """
@@ -15,13 +15,14 @@ from typing import Any
 import trio
 
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
 from . import save
-from .driver import QemuDomain, QemuDriverState
-from .launch import new_definition
+from .driver import QemuDriverState
+from .guest import QemuDomain
 
 # virDomainXMLFlags, virDomainCreateFlags, virDomainUndefineFlagsValues, ...
 XML_SECURE, XML_INACTIVE, XML_UPDATE_CPU, XML_MIGRATABLE = 1, 2, 4, 8
@@ -44,12 +45,12 @@ class DomainMixin(ds.DomainLookups):
     error_domain = P.VIR_FROM_QEMU
 
     # -- information ------------------------------------------------------
-    def domain_get_state(self, ref: Any, flags: int) -> tuple:
+    def domain_get_state(self, ref: Dom, flags: int) -> tuple:
         check_flags(flags, 0, "qemuDomainGetState", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         return (dom.state, dom.reason)
 
-    async def qemu_domain_monitor_command(self, ref: Any, cmd: str, flags: int) -> str:
+    async def qemu_domain_monitor_command(self, ref: Dom, cmd: str, flags: int) -> str:
         """``virsh qemu-monitor-command``: a QMP (or with flag 1, HMP) command passed
         through to the guest's QEMU unchanged (qemuDomainQemuMonitorCommand)."""
         check_flags(flags, MONITOR_COMMAND_HMP, "qemuDomainQemuMonitorCommand", P.VIR_FROM_QEMU)
@@ -60,18 +61,18 @@ class DomainMixin(ds.DomainLookups):
             return await dom.monitor.human_monitor_command(cmd)
         return await dom.monitor.execute_json(cmd)
 
-    def domain_get_control_info(self, ref: Any, flags: int) -> tuple:
+    def domain_get_control_info(self, ref: Dom, flags: int) -> tuple:
         check_flags(flags, 0, "qemuDomainGetControlInfo", P.VIR_FROM_QEMU)
         self._active(ref)
         return (0, 0, 0)   # VIR_DOMAIN_CONTROL_OK: no job runs long enough to report
 
-    def domain_get_os_type(self, ref: Any) -> str:
+    def domain_get_os_type(self, ref: Dom) -> str:
         return self._dom(ref).definition.os_type
 
-    def domain_get_max_memory(self, ref: Any) -> int:
+    def domain_get_max_memory(self, ref: Dom) -> int:
         return self._dom(ref).definition.memory
 
-    def domain_get_xml_desc(self, ref: Any, flags: int) -> str:
+    def domain_get_xml_desc(self, ref: Dom, flags: int) -> str:
         check_flags(flags, XML_SECURE | XML_INACTIVE | XML_UPDATE_CPU | XML_MIGRATABLE,
                     "qemuDomainGetXMLDesc", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
@@ -81,21 +82,21 @@ class DomainMixin(ds.DomainLookups):
                                  secure=secure)
         return domxml.format(dom.definition, dom_id=dom.id, secure=secure)
 
-    def domain_is_active(self, ref: Any) -> int:
+    def domain_is_active(self, ref: Dom) -> int:
         return int(self._dom(ref).active)
 
-    def domain_is_persistent(self, ref: Any) -> int:
+    def domain_is_persistent(self, ref: Dom) -> int:
         return int(self._dom(ref).persistent)
 
-    def domain_is_updated(self, ref: Any) -> int:
+    def domain_is_updated(self, ref: Dom) -> int:
         dom = self._dom(ref)
         return int(dom.active and dom.new_def is not None
                    and domxml.format(dom.new_def) != domxml.format(dom.definition))
 
-    def domain_get_autostart(self, ref: Any) -> int:
+    def domain_get_autostart(self, ref: Dom) -> int:
         return int(self._dom(ref).autostart)
 
-    async def domain_set_autostart(self, ref: Any, autostart: int) -> None:
+    async def domain_set_autostart(self, ref: Dom, autostart: int) -> None:
         dom = self._dom(ref)
         if not dom.persistent:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot set autostart for transient domain",
@@ -103,21 +104,21 @@ class DomainMixin(ds.DomainLookups):
         await trio.to_thread.run_sync(self.driver.store.set_autostart, dom.name, bool(autostart))
         dom.autostart = bool(autostart)
 
-    def domain_snapshot_num(self, ref: Any, flags: int) -> int:
+    def domain_snapshot_num(self, ref: Dom, flags: int) -> int:
         return len(self._dom(ref).snapshots)
 
-    def domain_list_all_snapshots(self, ref: Any, need_results: int, flags: int) -> tuple:
+    def domain_list_all_snapshots(self, ref: Dom, need_results: int, flags: int) -> tuple:
         self._dom(ref)
         return ([], 0)
 
-    def domain_get_security_label(self, ref: Any) -> tuple:
+    def domain_get_security_label(self, ref: Dom) -> tuple:
         self._dom(ref)
         return (b"", 0)     # no security driver: an empty label, not enforcing
 
-    def domain_get_security_label_list(self, ref: Any) -> tuple:
+    def domain_get_security_label_list(self, ref: Dom) -> tuple:
         return ([P.remote_domain_get_security_label_ret(*self.domain_get_security_label(ref))], 1)
 
-    def domain_get_messages(self, ref: Any, flags: int) -> list[str]:
+    def domain_get_messages(self, ref: Dom, flags: int) -> list[str]:
         self._dom(ref)
         return []
 
@@ -125,20 +126,16 @@ class DomainMixin(ds.DomainLookups):
     async def domain_define_xml(self, xml: str) -> Any:
         return await self.domain_define_xml_flags(xml, 0)
 
-    async def domain_define_xml_flags(self, xml: str, flags: int) -> Any:
+    async def domain_define_xml_flags(self, xml: str, flags: int) -> Dom:
         check_flags(flags, DEFINE_VALIDATE, "qemuDomainDefineXMLFlags", P.VIR_FROM_QEMU)
         drv = self.driver
-        new = new_definition(drv, xml, validate_schema=bool(flags & DEFINE_VALIDATE))
-        existing = ds.find_for_add(drv.domains, new, live=False)
-        await drv.save_config(new)
-        dom, replaced = ds.install_definition(drv.domains, new, existing, QemuDomain)
-        drv.emit(dom, ds.EV_DEFINED, ds.DEFINED_UPDATED if replaced else ds.DEFINED_ADDED)
-        return dom.ref()
+        new = drv.new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
+        return (await drv.define(new)).ref()
 
-    async def domain_undefine(self, ref: Any) -> None:
+    async def domain_undefine(self, ref: Dom) -> None:
         await self.domain_undefine_flags(ref, 0)
 
-    async def domain_undefine_flags(self, ref: Any, flags: int) -> None:
+    async def domain_undefine_flags(self, ref: Dom, flags: int) -> None:
         check_flags(flags, UNDEFINE_ALL, "qemuDomainUndefineFlags", P.VIR_FROM_QEMU)
         drv = self.driver
         dom = self._dom(ref)
@@ -156,10 +153,10 @@ class DomainMixin(ds.DomainLookups):
         await ds.undefine(drv, dom)
 
     # -- lifecycle --------------------------------------------------------
-    async def domain_create(self, ref: Any) -> Any:
+    async def domain_create(self, ref: Dom) -> Any:
         return await self.domain_create_with_flags(ref, 0)
 
-    async def domain_create_with_flags(self, ref: Any, flags: int) -> Any:
+    async def domain_create_with_flags(self, ref: Dom, flags: int) -> Any:
         check_flags(flags, START_PAUSED | START_AUTODESTROY | START_BYPASS_CACHE
                     | START_FORCE_BOOT | START_RESET_NVRAM, "qemuDomainCreateWithFlags",
                     P.VIR_FROM_QEMU)
@@ -181,7 +178,7 @@ class DomainMixin(ds.DomainLookups):
         check_flags(flags, START_PAUSED | START_AUTODESTROY | START_BYPASS_CACHE
                     | START_VALIDATE | START_RESET_NVRAM, "qemuDomainCreateXML", P.VIR_FROM_QEMU)
         drv = self.driver
-        new = new_definition(drv, xml_desc, validate_schema=bool(flags & START_VALIDATE))
+        new = drv.new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
         existing = ds.find_for_add(drv.domains, new, live=True)
         dom = existing or QemuDomain(new, persistent=False)
         if existing is None:
@@ -205,10 +202,10 @@ class DomainMixin(ds.DomainLookups):
         (qemuProcessAutoDestroyAdd); see QemuConnection.close."""
         self.autodestroy.append((dom, dom.run))   # type: ignore[attr-defined]
 
-    async def domain_destroy(self, ref: Any) -> None:
+    async def domain_destroy(self, ref: Dom) -> None:
         await self.domain_destroy_flags(ref, 0)
 
-    async def domain_destroy_flags(self, ref: Any, flags: int) -> None:
+    async def domain_destroy_flags(self, ref: Dom, flags: int) -> None:
         check_flags(flags, DESTROY_GRACEFUL, "qemuDomainDestroyFlags", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         dom.being_destroyed = True   # before the lock: a pending shutdown must not win
@@ -217,10 +214,10 @@ class DomainMixin(ds.DomainLookups):
                 raise ds.not_running()
             await self.driver.destroy_domain(dom, graceful=bool(flags & DESTROY_GRACEFUL))
 
-    async def domain_shutdown(self, ref: Any) -> None:
+    async def domain_shutdown(self, ref: Dom) -> None:
         await self.domain_shutdown_flags(ref, 0)
 
-    async def domain_shutdown_flags(self, ref: Any, flags: int) -> None:
+    async def domain_shutdown_flags(self, ref: Dom, flags: int) -> None:
         check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, "qemuDomainShutdownFlags",
                     P.VIR_FROM_QEMU)
         dom = self._active(ref)
@@ -233,7 +230,7 @@ class DomainMixin(ds.DomainLookups):
             dom.fake_reboot = False
             await dom.monitor.system_powerdown()
 
-    async def domain_reboot(self, ref: Any, flags: int) -> None:
+    async def domain_reboot(self, ref: Dom, flags: int) -> None:
         check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, "qemuDomainReboot", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         if flags == SHUTDOWN_AGENT:
@@ -247,7 +244,7 @@ class DomainMixin(ds.DomainLookups):
             dom.fake_reboot = True
             await dom.monitor.system_powerdown()
 
-    async def domain_reset(self, ref: Any, flags: int) -> None:
+    async def domain_reset(self, ref: Dom, flags: int) -> None:
         check_flags(flags, RESET_FLAGS, "qemuDomainReset", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         async with dom.lock:
@@ -259,7 +256,7 @@ class DomainMixin(ds.DomainLookups):
                 dom.set_state(ds.PAUSED, ds.PAUSED_CRASHED)
                 await self.driver.save_status(dom)
 
-    async def domain_suspend(self, ref: Any) -> None:
+    async def domain_suspend(self, ref: Dom) -> None:
         dom = self._active(ref)
         async with dom.lock:
             if not dom.active or dom.monitor is None:
@@ -279,7 +276,7 @@ class DomainMixin(ds.DomainLookups):
             self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
             await self.driver.save_status(dom)
 
-    async def domain_resume(self, ref: Any) -> None:
+    async def domain_resume(self, ref: Dom) -> None:
         dom = self._active(ref)
         async with dom.lock:
             if not dom.active or dom.monitor is None:
@@ -299,13 +296,13 @@ class DomainMixin(ds.DomainLookups):
             self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
             await self.driver.save_status(dom)
 
-    def domain_get_time(self, ref: Any, flags: int) -> tuple:
+    def domain_get_time(self, ref: Dom, flags: int) -> tuple:
         self._active(ref)
         raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
                        domain=P.VIR_FROM_QEMU)
 
     # -- interfaces -------------------------------------------------------
-    async def domain_interface_addresses(self, ref: Any, source: int, flags: int) -> list:
+    async def domain_interface_addresses(self, ref: Dom, source: int, flags: int) -> list:
         """virsh domifaddr: --source lease (the networks' DHCP leases) or arp; agent needs one."""
         from . import interfaces
 

@@ -26,26 +26,26 @@ events follow libvirt's QEMU driver (src/qemu/qemu_process.c):
 
 Guests outlive the daemon: QEMU runs daemonized (process.py), the runtime
 status is persisted (status.py), `stop()` only detaches, and `start()`
-reattaches to every guest still running.
+reattaches to every guest still running.  What every local driver does
+(start/stop, ids, mark-stopped, held events) is pyvirtd.driver.hypervisor's;
+this module fills its template methods for QEMU.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from pyvirtd.driver import DriverContext
 from pyvirtd.driver import domains as ds
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import confine, dac, process
-from .status import RuntimeStatus, StatusStore
+from . import dac, guest_events, interfaces, launch, process, volumes
+from .guest import QemuDomain, QemuState
+from .status import RuntimeStatus
 
 if TYPE_CHECKING:
     # imported where it is used: QMP (asyncio, trio-asyncio, qemu.qmp) takes
@@ -57,8 +57,6 @@ log = logging.getLogger(__name__)
 # How long a reattaching daemon waits for a running guest's monitor: it is
 # already listening, so anything slower means QEMU is wedged.
 REATTACH_MONITOR_TIMEOUT = 5.0
-# How long the events of guests found dead at daemon start wait for a first listener.
-HELD_EVENTS_TIMEOUT = 300.0
 # After SHUTDOWN, how long QEMU gets to quit before it is killed.
 QUIT_TIMEOUT = 5.0
 
@@ -75,203 +73,27 @@ _PAUSED_REASONS = {"io-error": ds.PAUSED_IOERROR, "watchdog": ds.PAUSED_WATCHDOG
                    "prelaunch": ds.PAUSED_USER, "paused": ds.PAUSED_USER}
 
 
-@dataclass(eq=False)
-class QemuDomain(ds.DomainObject):
-    """One guest (libvirt's virDomainObj + qemuDomainObjPrivate)."""
-    # runtime, while a QEMU runs
-    pid: int | None = None
-    monitor: Monitor | None = None
-    run: int = 0                    # generation of the current QEMU run
-    got_shutdown: bool = False      # QEMU reported SHUTDOWN in this run
-    being_destroyed: bool = False
-    # the shut-off reason and stopped detail the destroy in progress reports
-    # (a save's is saved/saved), whichever of destroyer and watcher ends the run
-    destroyed_as: tuple[int, int] = (ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
-    fake_reboot: bool = False       # the next SHUTDOWN is a reboot (virDomainReboot)
-    quiet_pause: int = 0            # STOP/RESUME events caused by us, not to be reported
-    own_reset_at: float = 0.0       # when we last sent system_reset (trio clock)
-    console: Any = None             # consoles.ConsoleSession holding the console, if any
-    # host paths of the volume disks of the current run, by target (what
-    # block info and stats read; the live XML keeps only pool and volume)
-    volume_paths: dict[str, str] = field(default_factory=dict)
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    # device_del sent, DEVICE_DELETED not seen yet: alias -> hotplug.Unplug
-    unplugging: dict[str, Any] = field(default_factory=dict)
-    # files of the current run handed to the QEMU user, given back when it stops
-    labels: list[dac.Label] = field(default_factory=list)
-
-
-class QemuDriverState:
+class QemuDriverState(QemuState):
     """Every guest of the daemon's QEMU driver, and the tasks that watch them."""
 
-    def __init__(self, ctx: DriverContext, emulator: str) -> None:
-        self.ctx = ctx
-        self.events = ctx.events
-        self.emulator = emulator
-        self.store = StatusStore(ctx.paths)
-        self.domains: dict[str, QemuDomain] = {}
-        self.next_id = 1
-        self.caps: Any = None           # caps.QemuCaps, probed at start
-        # who QEMU runs as and how it is fenced in (qemu:///system: not root)
-        self.confinement = confine.resolve(ctx.config, ctx.privileged)
-        self._nursery: trio.Nursery | None = None
-        self._done = trio.Event()
-        self._stopping = False
-        # lifecycle events of guests found dead at daemon start, held for the first listener
-        self._held_events: list[tuple[Any, int, int]] = []
-
-    # ------------------------------------------------------------ daemon start/stop
-    async def start(self) -> None:
-        """Load definitions, reattach to running guests, then autostart (qemuStateInitialize)."""
+    async def prepare(self) -> None:
         from .caps import probe_all
 
-        await trio.to_thread.run_sync(self.store.ensure_dirs)
         self.caps = await probe_all(str(self.store.cache_dir))
-        ready = trio.Event()
-        trio.lowlevel.spawn_system_task(self._service, ready, name="pyvirtd-qemu-driver")
-        await ready.wait()
-        for d in await trio.to_thread.run_sync(self.store.load_configs):
-            dom = QemuDomain(d, persistent=True)
-            dom.autostart = self.store.is_autostart(d.name)
-            self.domains[d.name] = dom
-        from .save import scan_managed
-        await trio.to_thread.run_sync(scan_managed, self)
-        statuses = await trio.to_thread.run_sync(self.store.load_statuses)
-        # ids continue after the highest one still in use, as libvirt's do
-        self.next_id = max([st.id for st in statuses] + [0]) + 1
-        async with trio.open_nursery() as nursery:
-            for st in statuses:
-                nursery.start_soon(self._reattach, st)
-        if self._held_events:
-            self.spawn(self._deliver_held_events)
-        for dom in list(self.domains.values()):
-            if dom.autostart and not dom.active:
-                await self._autostart(dom)
 
-    async def stop(self) -> None:
-        """Detach from every guest, leaving them running (the next daemon reattaches)."""
-        self._stopping = True
-        for dom in self.domains.values():
-            if dom.monitor is not None:
-                await dom.monitor.close()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
-            await self._done.wait()
-
-    async def _service(self, ready: trio.Event) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                ready.set()
-                await trio.sleep_forever()
-        except trio.Cancelled:
-            raise
-        except Exception:  # a system task must never raise: it would end the daemon
-            log.exception("qemu driver service failed")
-        finally:
-            self._done.set()
-
-    def spawn(self, fn: Any, *args: Any) -> None:
-        assert self._nursery is not None, "driver not started"
-        self._nursery.start_soon(self._guarded, fn, *args)
-
-    @staticmethod
-    async def _guarded(fn: Any, *args: Any) -> None:
-        try:
-            await fn(*args)
-        except Exception:
-            log.exception("qemu driver task %s failed", getattr(fn, "__name__", fn))
-
-    async def _autostart(self, dom: QemuDomain) -> None:
-        try:
-            async with dom.lock:
-                if not dom.active:
-                    await self.start_domain(dom)
-        except VirError as exc:
-            log.error("failed to autostart VM '%s': %s", dom.name, exc)
-
-    # ------------------------------------------------------------------- helpers
-    def emit(self, dom: QemuDomain, event: int, detail: int) -> None:
-        self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_LIFECYCLE, dom.ref(), event, detail)
-
-    def allocate_id(self) -> int:
-        dom_id = self.next_id
-        self.next_id += 1
-        return dom_id
-
-    async def save_status(self, dom: QemuDomain) -> None:
-        if not dom.active or dom.pid is None:
-            return
-        st = RuntimeStatus(dom.name, dom.state, dom.reason, dom.pid, dom.id,
-                           str(self.store.monitor_path(dom.name)), dom.definition, dom.persistent,
-                           list(dom.labels))
-        await trio.to_thread.run_sync(self.store.save_status, st)
-
-    async def save_config(self, d: domxml.DomainDef) -> None:
-        await trio.to_thread.run_sync(self.store.save_config, d)
-
-    def binary_caps(self) -> Any:
-        if self.caps is None:
-            return None
-        return self.caps.binaries.get(self.emulator) or self.caps.binary_for("x86_64")
-
-    def machine_defaults(self) -> dict[str, str]:
-        """Machine alias -> canonical name, and "default" (command.py's machine_defaults)."""
-        bc = self.binary_caps()
-        if bc is None:
-            return {}
-        out = {m.alias: m.name for m in bc.machines if m.alias}
-        default = bc.default_machine()
-        if default:
-            out["default"] = default
-        return out
-
-    def canonical_machine(self, machine: str | None) -> str | None:
-        """What libvirt writes for <type machine=...>: the alias resolved ('pc' -> 'pc-i440fx-7.2')."""
-        defaults = self.machine_defaults()
-        if machine is None:
-            return defaults.get("default", machine)
-        return defaults.get(machine, machine)
-
-    def marker(self, dom: QemuDomain) -> str:
-        """What identifies this guest's QEMU in /proc/PID/cmdline (its uuid)."""
-        return dom.definition.uuid_str
-
-    def cpu_time(self, dom: QemuDomain) -> int:
-        """CPU time QEMU used, in ns (utime + stime of /proc/PID/stat)."""
-        if dom.pid is None:
-            return 0
-        try:
-            with open(f"/proc/{dom.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0
-        ticks = int(fields[11]) + int(fields[12])
-        return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    def fill_defaults(self, d: domxml.DomainDef) -> None:
+        launch.fill_defaults(self, d)
 
     # ------------------------------------------------------------------- start
-    async def start_domain(self, dom: QemuDomain, *, paused: bool = False,
-                           live_def: domxml.DomainDef | None = None,
-                           incoming: Any = None) -> None:
-        """Launch QEMU for ``dom`` (caller holds ``dom.lock``); qemuProcessStart.
+    async def launch(self, dom: QemuDomain, live: domxml.DomainDef, *, paused: bool,
+                     incoming: Any = None) -> Monitor:
+        """Launch QEMU for ``live`` (caller holds ``dom.lock``); qemuProcessStart.
 
-        ``live_def`` (createXML over a defined guest) runs instead of the
-        persistent definition, which comes back when the guest stops.
         ``incoming`` (a restore, save.py): QEMU starts with ``-incoming defer``
-        and ``await incoming(mon)`` feeds it the saved state; the guest is then
-        left paused (migrating) with a started/restored event, and the caller
-        resumes it or not.
+        and ``await incoming(mon)`` feeds it the saved state; it stays paused.
         """
-        from . import interfaces, volumes
-        from .launch import build_argv, apply_runtime_info, channel_dir
-
-        if dom.active:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
-                           domain=P.VIR_FROM_QEMU)
         conf = self.confinement
         conf.check()
-        persistent_def = dom.definition
-        live = (live_def or persistent_def).copy()
         name = dom.name
         monitor_path = self.store.monitor_path(name)
         pid_path = self.store.pid_path(name)
@@ -290,14 +112,14 @@ class QemuDriverState:
         try:
             if conf.own_start:   # QEMU may not fork: it gets the daemon's monitor socket
                 mon_sock = await trio.to_thread.run_sync(process.bind_monitor, str(monitor_path))
-            argv = build_argv(self, live, monitor_path=str(monitor_path), pid_path=str(pid_path),
-                              tap_fds=tap_fds, volumes=sources,
-                              monitor_fd=mon_sock.fileno() if mon_sock else None)
+            argv = launch.build_argv(self, live, monitor_path=str(monitor_path),
+                                     pid_path=str(pid_path), tap_fds=tap_fds, volumes=sources,
+                                     monitor_fd=mon_sock.fileno() if mon_sock else None)
             if incoming is not None:
                 argv += ["-incoming", "defer"]
             if conf.switches_user and conf.dynamic_ownership:
                 paths = {key: src.path for key, src in sources.items()}
-                chan = channel_dir(self, live)
+                chan = launch.channel_dir(self, live)
                 wanted = dac.guest_files(live, paths, str(chan) if chan.is_dir() else None)
                 labels = await trio.to_thread.run_sync(dac.label_all, wanted, conf.uid, conf.gid,
                                                        conf.remember_owner)
@@ -330,7 +152,7 @@ class QemuDriverState:
                 vnc = await mon.query_vnc()
                 if vnc.get("service", "").isdigit():
                     vnc_port = int(vnc["service"])
-            apply_runtime_info(live, await mon.query_chardev(), vnc_port)
+            launch.apply_runtime_info(live, await mon.query_chardev(), vnc_port)
             if incoming is not None:
                 await incoming(mon)
             elif not paused:
@@ -342,41 +164,16 @@ class QemuDriverState:
                 await process.terminate(pid, marker=live.uuid_str)
                 await undo()
             raise
-        dom.run += 1
         dom.pid, dom.monitor = pid, mon
         dom.labels = labels
         dom.got_shutdown = dom.being_destroyed = dom.fake_reboot = False
         dom.destroyed_as = (ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
-        if dom.persistent:
-            dom.new_def = persistent_def
-        dom.definition = live
         dom.volume_paths = volumes.paths_by_target(live, sources)
-        dom.id = self.allocate_id()
-        if incoming is not None:
-            dom.set_state(ds.PAUSED, ds.PAUSED_MIGRATION)
-        else:
-            dom.set_state(ds.PAUSED if paused else ds.RUNNING,
-                          ds.PAUSED_USER if paused else ds.RUNNING_BOOTED)
-        await self.save_status(dom)
-        self.emit(dom, ds.EV_STARTED, ds.STARTED_RESTORED if incoming else ds.STARTED_BOOTED)
-        if paused and incoming is None:
-            self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
-        self.spawn(self._watch, dom, dom.run, mon)
+        return mon
 
     # -------------------------------------------------------------------- stop
-    def mark_stopped(self, dom: QemuDomain, run: int, reason: int, detail: int,
-                     hold_event: bool = False) -> bool:
-        """Record that run ``run`` of ``dom`` ended (qemuProcessStop); False if already done.
-
-        Synchronous on purpose: whichever of the destroyer and the watcher gets
-        here first wins, and the other finds the generation moved on.
-        """
-        if dom.run != run or not dom.active:
-            return False
-        from . import interfaces
-
-        dom.run += 1
-        dom.set_state(ds.SHUTOFF, reason)
+    def release(self, dom: QemuDomain) -> None:
+        """What qemuProcessStop gives back: files, taps, ports, pending unplugs."""
         dom.pid, dom.monitor = None, None
         dom.volume_paths = {}
         labels, dom.labels = dom.labels, []
@@ -388,30 +185,14 @@ class QemuDriverState:
             # the network ports are given back here
             self.spawn(interfaces.unplug_all, self, plugged,
                        dom.definition.devices_of("interface"))
-        if dom.console is not None:
-            dom.console.close()
         for pending in dom.unplugging.values():   # no DEVICE_DELETED will come now
             pending.done.set()
         dom.unplugging.clear()
-        self.store.delete_status(dom.name)
-        if hold_event:
-            self._held_events.append((dom.ref(), ds.EV_STOPPED, detail))
-        else:
-            self.emit(dom, ds.EV_STOPPED, detail)
-        dom.id = -1
-        if dom.new_def is not None:
-            dom.definition, dom.new_def = dom.new_def, None
-        if not dom.persistent:
-            self.domains.pop(dom.name, None)
-        return True
 
-    async def destroy_domain(self, dom: QemuDomain, *, graceful: bool = False,
-                             reason: int = ds.SHUTOFF_DESTROYED,
-                             detail: int = ds.STOPPED_DESTROYED) -> None:
-        """Kill QEMU (caller holds ``dom.lock``); qemuProcessKill + qemuProcessStop."""
-        run, pid, mon = dom.run, dom.pid, dom.monitor
+    async def terminate(self, dom: QemuDomain, *, graceful: bool = False) -> None:
+        """Kill QEMU (caller holds ``dom.lock``); qemuProcessKill."""
+        pid, mon = dom.pid, dom.monitor
         dom.being_destroyed = True
-        dom.destroyed_as = (reason, detail)
         try:
             if pid is not None:
                 await process.terminate(pid, graceful, marker=self.marker(dom))
@@ -420,7 +201,18 @@ class QemuDriverState:
             raise
         if mon is not None:
             await mon.close()
-        self.mark_stopped(dom, run, reason, detail)
+
+    async def destroy_domain(self, dom: QemuDomain, *, graceful: bool = False,
+                             reason: int = ds.SHUTOFF_DESTROYED,
+                             detail: int = ds.STOPPED_DESTROYED) -> bool:
+        # what the watcher reports if it sees QEMU go first (a save: saved/saved)
+        dom.destroyed_as = (reason, detail)
+        return await super().destroy_domain(dom, graceful=graceful, reason=reason,
+                                            detail=detail)
+
+    async def detach(self, dom: QemuDomain) -> None:
+        if dom.monitor is not None:
+            await dom.monitor.close()
 
     async def autodestroy_domain(self, dom: QemuDomain, run: int) -> None:
         """Destroy run ``run`` of ``dom``: the connection that started it closed."""
@@ -433,7 +225,7 @@ class QemuDriverState:
                 await self.destroy_domain(dom)
 
     # ----------------------------------------------------------------- watching
-    async def _watch(self, dom: QemuDomain, run: int, mon: Monitor) -> None:
+    async def watch(self, dom: QemuDomain, run: int, mon: Monitor) -> None:
         """Follow one QEMU run's events until its monitor closes."""
         async for event in mon.events():
             if dom.run != run:
@@ -491,8 +283,6 @@ class QemuDriverState:
         elif name == "GUEST_PANICKED":
             await self._on_crash(dom, run, mon)
         else:   # watchdog, I/O errors, graphics, hotplug, ... (guest_events.py)
-            from . import guest_events
-
             await guest_events.handle(self, dom, name, data)
 
     async def _on_shutdown(self, dom: QemuDomain, run: int, mon: Monitor, data: dict) -> None:
@@ -536,12 +326,6 @@ class QemuDriverState:
                 return
             await process.terminate(pid, marker=self.marker(dom))
 
-    async def system_reset(self, dom: QemuDomain, mon: Monitor) -> None:
-        """QMP system_reset, remembered so that the firmware's own reset that
-        follows is not taken for the guest rebooting."""
-        dom.own_reset_at = trio.current_time()
-        await mon.system_reset()
-
     async def _on_guest_reboot_destroy(self, dom: QemuDomain, run: int) -> None:
         """The guest reset itself and on_reboot says destroy (qemuProcessHandleReset):
         shut off (destroyed).  libvirt itself queues no lifecycle event here; pyvirtd
@@ -569,42 +353,11 @@ class QemuDriverState:
         else:
             await self.save_status(dom)
 
-    async def _deliver_held_events(self) -> None:
-        """Emit the stopped/failed events of guests found dead at start, once a client listens.
-
-        libvirt emits them during its reconnect at daemon start, before any
-        client can be connected, so nobody ever receives them.  Here they are
-        held and emitted once, when the first client registers for domain
-        events (a client that reconnects after a restart, such as nova or
-        virt-manager, does that first); after HELD_EVENTS_TIMEOUT they are
-        dropped.  Clients registering later learn the state from the listing.
-        """
-        with trio.move_on_after(HELD_EVENTS_TIMEOUT):
-            while not self.events.has_listeners("domain"):
-                await trio.sleep(0.1)
-            await trio.sleep(0.2)     # let a client finish registering its callbacks
-            held, self._held_events = self._held_events, []
-            for ref, event, detail in held:
-                self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_LIFECYCLE, ref, event, detail)
-            return
-        self._held_events = []
-
     # ---------------------------------------------------------------- reattach
-    async def _reattach(self, st: RuntimeStatus) -> None:
-        """Take a guest over again after a daemon restart (qemuProcessReconnect)."""
-        dom = self.domains.get(st.name)
-        if dom is None:
-            dom = QemuDomain(st.definition, persistent=False)
-            self.domains[st.name] = dom
-        elif st.persistent:
-            dom.new_def = dom.definition
-        dom.definition = st.definition
-        dom.persistent = st.persistent and dom.new_def is not None
-        dom.id, dom.pid = st.id, st.pid
+    async def attach(self, dom: QemuDomain, run: int, st: RuntimeStatus) -> None:
+        """Reconnect to a guest's QEMU after a daemon restart (qemuProcessReconnect)."""
+        dom.pid = st.pid
         dom.labels = st.labels
-        dom.set_state(st.state, st.reason)
-        dom.run += 1
-        run = dom.run
         mon = None
         if process.is_running(st.pid, self.marker(dom)):
             try:
@@ -624,9 +377,7 @@ class QemuDriverState:
             self.mark_stopped(dom, run, ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED, hold_event=True)
             return
         dom.monitor = mon
-        from . import interfaces
         await interfaces.reclaim_ports(self, dom.definition)
-        from . import volumes
         dom.volume_paths = await volumes.paths_after_restart(self, dom.definition)
         # catch up with what happened meanwhile (qemuProcessUpdateState)
         if running and dom.state == ds.PAUSED:
@@ -636,7 +387,6 @@ class QemuDriverState:
             dom.set_state(ds.PAUSED, _PAUSED_REASONS.get(status, ds.PAUSED_UNKNOWN))
             self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
         await self.save_status(dom)
-        self.spawn(self._watch, dom, run, mon)
+        self.follow(dom, run, mon)
         if status == "shutdown":   # the guest powered off while we were away
             await self._on_shutdown(dom, run, mon, {})
-

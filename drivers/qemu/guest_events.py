@@ -32,7 +32,7 @@ from pyvirtd.rpc import _generated as P
 from . import hotplug
 
 if TYPE_CHECKING:
-    from .driver import QemuDomain, QemuDriverState
+    from .guest import QemuDomain, QemuState
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ ADDRESS_FAMILIES = {"ipv4": 0, "ipv6": 1, "unix": 2}
 TRAY_OPEN, TRAY_CLOSE = 0, 1
 
 
-async def handle(state: "QemuDriverState", dom: "QemuDomain", name: str, data: dict) -> None:
+async def handle(state: "QemuState", dom: "QemuDomain", name: str, data: dict) -> None:
     """One QMP event the lifecycle code left alone (see the module docstring)."""
     if name == "WATCHDOG":
         await _watchdog(state, dom, data)
@@ -67,11 +67,11 @@ async def handle(state: "QemuDriverState", dom: "QemuDomain", name: str, data: d
         hotplug.on_unplug_guest_error(state, dom, data)
 
 
-def _emit(state: "QemuDriverState", dom: "QemuDomain", event_id: int, *fields: Any) -> None:
+def _emit(state: "QemuState", dom: "QemuDomain", event_id: int, *fields: Any) -> None:
     state.events.emit("domain", event_id, dom.ref(), *fields)
 
 
-async def _pause_for(state: "QemuDriverState", dom: "QemuDomain", reason: int,
+async def _pause_for(state: "QemuState", dom: "QemuDomain", reason: int,
                      detail: int) -> None:
     """QEMU stopped the guest by itself: paused (reason), suspended (detail).  The STOP
     event that follows finds the guest paused already and is not reported again."""
@@ -82,7 +82,7 @@ async def _pause_for(state: "QemuDriverState", dom: "QemuDomain", reason: int,
     await state.save_status(dom)
 
 
-async def _watchdog(state: "QemuDriverState", dom: "QemuDomain", data: dict) -> None:
+async def _watchdog(state: "QemuState", dom: "QemuDomain", data: dict) -> None:
     """qemuProcessHandleWatchdog; reset and poweroff come as RESET / SHUTDOWN events."""
     action = WATCHDOG_ACTIONS.get(str(data.get("action")), 0)
     _emit(state, dom, P.VIR_DOMAIN_EVENT_ID_WATCHDOG, action)
@@ -123,7 +123,7 @@ def _alias_of_qdev(qdev: str) -> str:
     return qdev
 
 
-async def _io_error(state: "QemuDriverState", dom: "QemuDomain", data: dict) -> None:
+async def _io_error(state: "QemuState", dom: "QemuDomain", data: dict) -> None:
     """qemuProcessHandleIOError (reason as qemuMonitorJSONHandleIOError words it)."""
     action = IO_ERROR_ACTIONS.get(str(data.get("action")), 0)
     reason = "enospc" if data.get("nospace") else ""
@@ -140,7 +140,7 @@ def _address(info: dict) -> Any:
         str(info.get("service", "")))
 
 
-def _graphics(state: "QemuDriverState", dom: "QemuDomain", name: str, data: dict) -> None:
+def _graphics(state: "QemuState", dom: "QemuDomain", name: str, data: dict) -> None:
     """qemuMonitorJSONHandleGraphicsVNC + qemuProcessHandleGraphics."""
     server, client = data.get("server") or {}, data.get("client") or {}
     subject = []
@@ -153,7 +153,7 @@ def _graphics(state: "QemuDriverState", dom: "QemuDomain", name: str, data: dict
           _address(client), str(server.get("auth", "")), subject)
 
 
-async def _balloon_change(state: "QemuDriverState", dom: "QemuDomain", data: dict) -> None:
+async def _balloon_change(state: "QemuState", dom: "QemuDomain", data: dict) -> None:
     """qemuProcessHandleBalloonChange: the guest's memory now, in KiB."""
     actual = int(data.get("actual", 0)) // 1024
     dom.definition.current_memory = actual
@@ -161,7 +161,7 @@ async def _balloon_change(state: "QemuDriverState", dom: "QemuDomain", data: dic
     await state.save_status(dom)
 
 
-async def _tray_moved(state: "QemuDriverState", dom: "QemuDomain", data: dict) -> None:
+async def _tray_moved(state: "QemuState", dom: "QemuDomain", data: dict) -> None:
     """qemuProcessHandleTrayChange: the guest opened or closed a cdrom's tray."""
     alias = _alias_of_qdev(str(data.get("id") or data.get("device") or ""))
     for disk in dom.definition.devices_of("disk"):

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import trio
 from lxml import etree
 
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
@@ -53,18 +54,21 @@ from pyvirtd.xml import fromstring, hardened_parser
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.devices import Controller, Disk, Interface
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
-from pyvirtd.xml.platform import platform
 
 from . import dac, interfaces
-from .command import _SCSI_MODELS, _Builder, _disk_bus, device_alias, error_policy_props
+from .defaults import DEVICE_DEFAULTS
+from .devprops import SCSI_MODELS, Placement, device_alias, disk_bus, error_policy_props
 
 if TYPE_CHECKING:
-    from .driver import QemuDomain, QemuDriverState
+    from .guest import QemuDomain, QemuState
 
 log = logging.getLogger(__name__)
 
 # virDomainDeviceModifyFlags
-AFFECT_CURRENT, AFFECT_LIVE, AFFECT_CONFIG, DEVICE_MODIFY_FORCE = 0, 1, 2, 4
+AFFECT_CURRENT = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CURRENT
+AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
+AFFECT_CONFIG = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CONFIG
+DEVICE_MODIFY_FORCE = P.DomainDeviceModifyFlags.VIR_DOMAIN_DEVICE_MODIFY_FORCE
 # How long a detach waits for the guest to release the device
 # (qemu_hotplug.c: qemuDomainRemoveDeviceWaitTime, 5 s).
 REMOVE_WAIT = 5.0
@@ -117,8 +121,9 @@ def parse_device(xml: str, defn: domxml.DomainDef) -> etree._Element:
     if model not in (Disk, Interface):
         return elem            # refused by the caller, naming what it is
     dev = model.parse(elem)
-    dev.fill_defaults({"hypervisor": "qemu", "q35": devmod.is_q35(defn.machine),
-                       "machine": defn.machine})
+    ctx = devmod.device_ctx(defn)
+    dev.fill_defaults(ctx)
+    DEVICE_DEFAULTS.device(dev, ctx)
     dev.validate()
     return dev.to_element()
 
@@ -233,15 +238,6 @@ def _set_address(elem: etree._Element, attrs: dict[str, str]) -> None:
     etree.SubElement(elem, "address", **attrs)
 
 
-def _builder(live: domxml.DomainDef) -> _Builder:
-    """command.py's builder over the live controllers, to place one device as at start."""
-    b = _Builder(live, platform(live), devmod.is_q35(live.machine))
-    for dev in devmod.parse_devices(live):
-        if isinstance(dev, Controller):
-            b.controllers.setdefault((dev.type, dev.index), dev)
-    return b
-
-
 def _props(pairs: list[tuple[str, object]]) -> dict:
     return {k: v for k, v in pairs if v is not None}
 
@@ -253,7 +249,7 @@ async def _next_node_index(mon: Any) -> int:
     return max(used, default=0) + 1
 
 
-def _resolve_volume(state: "QemuDriverState", disk: Disk) -> tuple[str, str | None]:
+def _resolve_volume(state: "QemuState", disk: Disk) -> tuple[str, str | None]:
     """<disk type='volume'>: the volume's path and format, from the storage subsystem."""
     sub = state.ctx.shared.get("storage")
     if sub is None:
@@ -264,7 +260,7 @@ def _resolve_volume(state: "QemuDriverState", disk: Disk) -> tuple[str, str | No
     return vol.path, getattr(vol, "format", None)
 
 
-async def attach_disk_live(state: "QemuDriverState", dom: "QemuDomain",
+async def attach_disk_live(state: "QemuState", dom: "QemuDomain",
                            elem: etree._Element) -> str:
     """Hotplug one disk into the running QEMU; returns its alias."""
     live, mon = dom.definition, dom.monitor
@@ -273,12 +269,12 @@ async def attach_disk_live(state: "QemuDriverState", dom: "QemuDomain",
         raise _err(P.VIR_ERR_OPERATION_FAILED, f"target {disk.target} already exists")
     if disk.bus not in _HOTPLUG_BUSES:
         raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED, f"disk bus '{disk.bus}' cannot be hotplugged.")
-    b = _builder(live)
+    b = Placement.for_live(live)
     if disk.bus == "scsi":
         ctl = disk.address.int("controller") if disk.address is not None else 0
         if ("scsi", ctl) not in b.controllers:
             await _attach_scsi_controller(dom, ctl)
-            b = _builder(live)
+            b = Placement.for_live(live)
     if disk.bus == "virtio" and disk.address is None:
         addr = _pci_address(live)
         disk.address = devmod.Address("pci", {k: v for k, v in addr.items() if k != "type"})
@@ -287,7 +283,7 @@ async def attach_disk_live(state: "QemuDriverState", dom: "QemuDomain",
         raise _err(P.VIR_ERR_OPERATION_FAILED, f"target {disk.target} already exists")
     nodes = await _add_nodes(state, dom, disk, disk.readonly)
     try:
-        await mon.device_add(_props([*_disk_bus(b, disk), ("drive", nodes[-1]), ("id", alias),
+        await mon.device_add(_props([*disk_bus(b, disk), ("drive", nodes[-1]), ("id", alias),
                                      *error_policy_props(disk)]))
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -303,9 +299,9 @@ async def _attach_scsi_controller(dom: "QemuDomain", index: int) -> None:
     default model (qemuDomainFindOrCreateSCSIDiskController)."""
     live = dom.definition
     cont = Controller(type="scsi", index=index)
-    cont.fill_defaults({"hypervisor": "qemu", "q35": devmod.is_q35(live.machine)})
+    cont.fill_defaults(devmod.device_ctx(live))
     cont.alias = cont.qemu_id
-    props: dict = {"driver": _SCSI_MODELS[cont.model], "id": cont.alias}
+    props: dict = {"driver": SCSI_MODELS[cont.model], "id": cont.alias}
     addr = _pci_address(live)
     cont.address = devmod.Address("pci", {k: v for k, v in addr.items() if k != "type"})
     props.update(_pci_props(addr))
@@ -319,7 +315,7 @@ def _next_net_alias(live: domxml.DomainDef) -> str:
     return f"net{max(used, default=-1) + 1}"
 
 
-async def attach_interface_live(state: "QemuDriverState", dom: "QemuDomain",
+async def attach_interface_live(state: "QemuState", dom: "QemuDomain",
                                 elem: etree._Element) -> str:
     """Hotplug one NIC: tap, getfd, netdev_add, device_add; returns its alias."""
     live, mon = dom.definition, dom.monitor
@@ -395,7 +391,7 @@ async def _disk_nodes(mon: Any, alias: str) -> list[str]:
     return []
 
 
-async def request_removal(state: "QemuDriverState", dom: "QemuDomain", elem: etree._Element,
+async def request_removal(state: "QemuState", dom: "QemuDomain", elem: etree._Element,
                           wait: bool) -> None:
     """device_del, then (``wait``) up to REMOVE_WAIT s for the removal to complete."""
     mon = dom.monitor
@@ -422,7 +418,7 @@ async def request_removal(state: "QemuDriverState", dom: "QemuDomain", elem: etr
     # not done yet: the removal completes when QEMU reports it (libvirt returns 0 too)
 
 
-async def on_device_deleted(state: "QemuDriverState", dom: "QemuDomain", data: dict) -> None:
+async def on_device_deleted(state: "QemuState", dom: "QemuDomain", data: dict) -> None:
     """QEMU's DEVICE_DELETED: finish the removal (qemuDomainRemoveDevice) and tell clients."""
     alias = data.get("device")
     if not alias:
@@ -465,7 +461,7 @@ async def _nodes_by_file(mon: Any, path: str | None) -> list[str]:
             if n.get("file") == path and _NODE_RE.match(n.get("node-name", ""))]
 
 
-def on_unplug_guest_error(state: "QemuDriverState", dom: "QemuDomain", data: dict) -> None:
+def on_unplug_guest_error(state: "QemuState", dom: "QemuDomain", data: dict) -> None:
     """DEVICE_UNPLUG_GUEST_ERROR: the guest refused (qemuProcessHandleDeviceUnplugErr)."""
     alias = data.get("device")
     if not alias:
@@ -479,7 +475,7 @@ def on_unplug_guest_error(state: "QemuDriverState", dom: "QemuDomain", data: dic
 
 # -- media change -------------------------------------------------------------------
 
-async def _add_nodes(state: "QemuDriverState", dom: "QemuDomain", disk: Disk,
+async def _add_nodes(state: "QemuState", dom: "QemuDomain", disk: Disk,
                      read_only: bool) -> list[str]:
     """blockdev-add the image of ``disk``: [storage, format] node names (format last).
 
@@ -507,7 +503,7 @@ async def _add_nodes(state: "QemuDriverState", dom: "QemuDomain", disk: Disk,
     return [storage, node]
 
 
-def _disk_file(state: "QemuDriverState", disk: Disk) -> tuple[str | None, str | None]:
+def _disk_file(state: "QemuState", disk: Disk) -> tuple[str | None, str | None]:
     """The host path and format of ``disk``'s image (a volume's from its pool)."""
     if disk.type == "volume":
         path, vol_fmt = _resolve_volume(state, disk)
@@ -515,7 +511,7 @@ def _disk_file(state: "QemuDriverState", disk: Disk) -> tuple[str | None, str | 
     return disk.path, disk.format
 
 
-async def _label(state: "QemuDriverState", dom: "QemuDomain", path: str | None,
+async def _label(state: "QemuState", dom: "QemuDomain", path: str | None,
                  read_only: bool) -> None:
     conf = state.confinement
     if not path or not (conf.switches_user and conf.dynamic_ownership):
@@ -534,7 +530,7 @@ async def _unlabel(dom: "QemuDomain", path: str | None) -> None:
             return
 
 
-async def _unlabel_disk(state: "QemuDriverState", dom: "QemuDomain", elem: etree._Element) -> None:
+async def _unlabel_disk(state: "QemuState", dom: "QemuDomain", elem: etree._Element) -> None:
     try:
         path, _fmt = _disk_file(state, Disk.parse(elem))
     except VirError as exc:    # its volume went away meanwhile
@@ -552,7 +548,7 @@ async def _del_nodes(mon: Any, nodes: list[str]) -> None:
             log.warning("blockdev-del %s: %s", node, exc)
 
 
-async def change_media_live(state: "QemuDriverState", dom: "QemuDomain",
+async def change_media_live(state: "QemuState", dom: "QemuDomain",
                             elem: etree._Element, force: bool) -> None:
     """A CD-ROM's new medium, or none (eject), in the running QEMU (qemuDomainChangeDiskLive)."""
     live, mon = dom.definition, dom.monitor
@@ -590,9 +586,9 @@ async def change_media_live(state: "QemuDriverState", dom: "QemuDomain",
 
 class HotplugMixin:
     """DOMAIN_ATTACH_DEVICE*, DOMAIN_DETACH_DEVICE*, DOMAIN_UPDATE_DEVICE_FLAGS."""
-    driver: "QemuDriverState"
+    driver: "QemuState"
 
-    async def _modify(self, ref: Any, flags: int, allowed: int, function: str,
+    async def _modify(self, ref: Dom, flags: int, allowed: int, function: str,
                       on_config: Callable[[domxml.DomainDef], None],
                       on_live: Callable[["QemuDomain"], Awaitable[None]]) -> None:
         """The frame of every device procedure (qemuDomain*DeviceFlags): flags checked,
@@ -609,12 +605,12 @@ class HotplugMixin:
                 await on_live(dom)
                 await self.driver.save_status(dom)
             if new_config is not None:
-                await _save_config(self.driver, dom, new_config)
+                await commit_config(self.driver, dom, new_config)
 
-    async def domain_attach_device(self, ref: Any, xml: str) -> None:
+    async def domain_attach_device(self, ref: Dom, xml: str) -> None:
         await self.domain_attach_device_flags(ref, xml, AFFECT_LIVE)
 
-    async def domain_attach_device_flags(self, ref: Any, xml: str, flags: int) -> None:
+    async def domain_attach_device_flags(self, ref: Dom, xml: str, flags: int) -> None:
         state = self.driver
 
         def on_config(defn: domxml.DomainDef) -> None:
@@ -634,7 +630,7 @@ class HotplugMixin:
         await self._modify(ref, flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainAttachDeviceFlags",
                            on_config, on_live)
 
-    async def domain_update_device_flags(self, ref: Any, xml: str, flags: int) -> None:
+    async def domain_update_device_flags(self, ref: Dom, xml: str, flags: int) -> None:
         """Only a CD-ROM's (or floppy's) media can change, as libvirt's QEMU driver allows."""
         state = self.driver
 
@@ -659,10 +655,10 @@ class HotplugMixin:
         await self._modify(ref, flags, AFFECT_LIVE | AFFECT_CONFIG | DEVICE_MODIFY_FORCE,
                            "qemuDomainUpdateDeviceFlags", on_config, on_live)
 
-    async def domain_detach_device(self, ref: Any, xml: str) -> None:
+    async def domain_detach_device(self, ref: Dom, xml: str) -> None:
         await self.domain_detach_device_flags(ref, xml, AFFECT_LIVE)
 
-    async def domain_detach_device_flags(self, ref: Any, xml: str, flags: int) -> None:
+    async def domain_detach_device_flags(self, ref: Dom, xml: str, flags: int) -> None:
         state = self.driver
 
         def on_config(defn: domxml.DomainDef) -> None:
@@ -675,7 +671,7 @@ class HotplugMixin:
         await self._modify(ref, flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainDetachDeviceFlags",
                            on_config, on_live)
 
-    async def domain_detach_device_alias(self, ref: Any, alias: str, flags: int) -> None:
+    async def domain_detach_device_alias(self, ref: Dom, alias: str, flags: int) -> None:
         """Asynchronous: QEMU is asked and the call returns (DEVICE_REMOVED follows)."""
         state = self.driver
 
@@ -707,7 +703,7 @@ def _attach_config(defn: domxml.DomainDef, elem: etree._Element) -> None:
         raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
                    f"persistent attach of device '{_type_name(elem.tag)}' is not supported")
     _insert(defn, elem)
-    devmod.apply_defaults(defn, hypervisor="qemu")   # e.g. the SCSI controller a disk needs
+    devmod.apply_defaults(defn, DEVICE_DEFAULTS)   # e.g. the SCSI controller a disk needs
     devmod.validate_devices(defn)
 
 
@@ -750,8 +746,9 @@ def _check_detachable(elem: etree._Element) -> None:
                    f"live detach of device '{_type_name(elem.tag)}' is not supported")
 
 
-async def _save_config(state: "QemuDriverState", dom: "QemuDomain",
-                       new_config: domxml.DomainDef) -> None:
+async def commit_config(state: "QemuState", dom: "QemuDomain",
+                        new_config: domxml.DomainDef) -> None:
+    """Store ``new_config`` as the guest's persistent definition (the next one, if it runs)."""
     await state.save_config(new_config)
     if dom.active:
         dom.new_def = new_config

@@ -57,7 +57,7 @@ from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import networkport as portxml
 
 if TYPE_CHECKING:
-    from .driver import QemuDomain, QemuDriverState
+    from .guest import QemuDomain, QemuState
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ MACVTAP_PATTERN = "macvtap%d"
 _AUTO_PREFIXES = ("vnet", "macvtap")
 
 
-def _network(state: "QemuDriverState") -> Any:
+def _network(state: "QemuState") -> Any:
     sub = state.ctx.shared.get("network")
     if sub is None:
         raise VirError(P.VIR_ERR_NO_SUPPORT, "network subsystem is not available",
@@ -90,7 +90,7 @@ def _mac(iface: etree._Element) -> str:
     return mac.get("address").lower() if mac is not None and mac.get("address") else ""
 
 
-def _check_mac_unique(state: "QemuDriverState", dom: "QemuDomain", where: tuple[str, str],
+def _check_mac_unique(state: "QemuState", dom: "QemuDomain", where: tuple[str, str],
                       mac: str) -> None:
     for other in state.domains.values():
         if other is dom or not other.active:
@@ -111,7 +111,7 @@ def _tap_name(iface: etree._Element) -> str:
     return TAP_PATTERN
 
 
-async def plug_all(state: "QemuDriverState", dom: "QemuDomain",
+async def plug_all(state: "QemuState", dom: "QemuDomain",
                    live: domxml.DomainDef) -> tuple[list[tuple[str, str]], dict[int, int]]:
     """Make the taps of ``live``'s interfaces; on failure nothing is left behind."""
     taps: list[tuple[str, str]] = []
@@ -131,7 +131,7 @@ async def plug_all(state: "QemuDriverState", dom: "QemuDomain",
     return taps, fds
 
 
-async def plug_one(state: "QemuDriverState", dom: "QemuDomain", iface: etree._Element,
+async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
                    live: domxml.DomainDef) -> tuple[str, str, int] | None:
     """The tap or macvtap of one <interface> (at start or hotplug): (device, mac,
     open fd), or None when its type needs none.  A NIC on a network takes a port
@@ -199,12 +199,12 @@ def _show_target(iface: etree._Element, tap: str, mac: str, fd: int) -> tuple[st
     return tap, mac, fd
 
 
-def saved_macs(state: "QemuDriverState") -> str:
+def saved_macs(state: "QemuState") -> str:
     """Where passthrough parents' own MACs wait to be put back."""
     return str(state.store.run_dir / "netdev")
 
 
-async def _open_macvtap(state: "QemuDriverState", iface: etree._Element, dev: str, mode: str,
+async def _open_macvtap(state: "QemuState", iface: etree._Element, dev: str, mode: str,
                         mac: str) -> tuple[str, int]:
     """A macvtap on host device ``dev`` for a direct NIC (virNetDevMacVLanCreateWithVPortProfile)."""
     from pyvirtd.network import _netlink
@@ -256,7 +256,7 @@ def _show_port(iface: etree._Element, port: portxml.PortDef) -> None:
             src.set(key, value)
 
 
-async def reclaim_ports(state: "QemuDriverState", live: domxml.DomainDef) -> None:
+async def reclaim_ports(state: "QemuState", live: domxml.DomainDef) -> None:
     """After a daemon restart, make sure the network still knows each port the guest
     holds (libvirt's virDomainNetNotifyActualDevice: a port lost with a restarted
     network is created again, as plugged, with VIR_NETWORK_PORT_CREATE_RECLAIM)."""
@@ -339,7 +339,7 @@ def _delete_own_tap(tap: str, mac: str) -> None:
                 raise
 
 
-async def unplug_all(state: "QemuDriverState", taps: list[tuple[str, str]],
+async def unplug_all(state: "QemuState", taps: list[tuple[str, str]],
                      ifaces: Iterable[etree._Element] = ()) -> None:
     """Remove a guest's taps and give back the network ports of ``ifaces`` (its live
     <interface>s: all of them when it stops, one on a hot-unplug).
@@ -391,7 +391,7 @@ def arp_addresses(dom: "QemuDomain", arp_table: str) -> list:
     return out
 
 
-def interface_addresses(state: "QemuDriverState", dom: "QemuDomain") -> list:
+def interface_addresses(state: "QemuState", dom: "QemuDomain") -> list:
     """remote_domain_interface list from the networks' DHCP leases (source lease)."""
     sub = state.ctx.shared.get("network")
     out = []

@@ -1,8 +1,9 @@
 """Glue between a domain definition and a QEMU run: defaults, argv, runtime facts.
 
-`new_definition` is what DOMAIN_DEFINE_XML / DOMAIN_CREATE_XML do with the
-client's document before storing it (libvirt's parse + post-parse for the
-QEMU driver: arch, emulator, canonical machine type, implicit devices).
+`fill_defaults` is the QEMU driver's XML defaults hook: what DOMAIN_DEFINE_XML /
+DOMAIN_CREATE_XML do with the client's parsed document before storing it
+(libvirt's post-parse for the QEMU driver: arch, emulator, canonical machine
+type, implicit devices).
 `build_argv` completes a live definition with what libvirt decides at start
 (`prepare_live`: unix channel paths, SPICE ports) and hands it to
 command.py; `apply_runtime_info`
@@ -28,9 +29,10 @@ from pyvirtd.xml.platform import fill_cpu_defaults
 
 from .command import VolumeSource, assign_aliases, build_command
 from .confine import SANDBOX
+from .defaults import DEVICE_DEFAULTS
 
 if TYPE_CHECKING:
-    from .driver import QemuDriverState
+    from .guest import QemuState
 
 VIRT_TYPES = ("qemu", "kvm")
 HOST_ARCH = "x86_64"
@@ -48,10 +50,8 @@ def emulator_of(d: domxml.DomainDef) -> str | None:
     return None
 
 
-def new_definition(state: "QemuDriverState", xml: str, *,
-                   validate_schema: bool = False) -> domxml.DomainDef:
-    """Parse a client's domain XML and fill in what libvirt's QEMU driver adds."""
-    d = domxml.parse(xml, validate_schema=validate_schema)
+def fill_defaults(state: "QemuState", d: domxml.DomainDef) -> None:
+    """Check a client's parsed domain XML and fill in what libvirt's QEMU driver adds."""
     if d.type not in VIRT_TYPES:
         raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                        f"Emulator '{emulator_of(d) or state.emulator}' does not support "
@@ -74,12 +74,11 @@ def new_definition(state: "QemuDriverState", xml: str, *,
             iface.remove(target)
     if d.arch == HOST_ARCH:
         d.raw["cpu"] = fill_cpu_defaults(d.raw.get("cpu"), d.type)
-    devmod.apply_defaults(d, hypervisor="qemu")
+    devmod.apply_defaults(d, DEVICE_DEFAULTS)
     devmod.validate_devices(d, starting=False)     # what cannot run yet fails at start
-    return d
 
 
-def build_argv(state: "QemuDriverState", live: domxml.DomainDef, *, monitor_path: str,
+def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
                pid_path: str, tap_fds: dict[int, int] | None = None,
                volumes: Mapping[tuple[str, str], VolumeSource] | None = None,
                monitor_fd: int | None = None) -> list[str]:
@@ -100,12 +99,12 @@ def build_argv(state: "QemuDriverState", live: domxml.DomainDef, *, monitor_path
                          sandbox=SANDBOX if state.confinement.sandbox else None)
 
 
-def channel_dir(state: "QemuDriverState", live: domxml.DomainDef) -> Path:
+def channel_dir(state: "QemuState", live: domxml.DomainDef) -> Path:
     """Where the unix channels of ``live`` that name no path get their sockets."""
     return name_path(state.store.run_dir / "channel", f"domain-{live.name[:20]}")
 
 
-def prepare_live(state: "QemuDriverState", live: domxml.DomainDef) -> None:
+def prepare_live(state: "QemuState", live: domxml.DomainDef) -> None:
     """What libvirt writes into a live definition before QEMU starts
     (qemuProcessPrepareDomain): a socket path for each unix channel that names
     none, under the run directory, and a free port for each SPICE display with
@@ -129,7 +128,7 @@ def prepare_live(state: "QemuDriverState", live: domxml.DomainDef) -> None:
             taken.add(port)
 
 
-def _display_ports_in_use(state: "QemuDriverState") -> set[int]:
+def _display_ports_in_use(state: "QemuState") -> set[int]:
     taken = set()
     for dom in state.domains.values():
         if not dom.active:

@@ -66,7 +66,8 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import format_uuid
 
-from .driver import QemuDomain, QemuDriverState
+from .driver import QemuDriverState
+from .guest import QemuDomain
 
 if TYPE_CHECKING:
     from .monitor import Monitor
@@ -296,15 +297,13 @@ def _running_flag(flags: int) -> bool | None:
 async def save_domain(drv: QemuDriverState, dom: QemuDomain, path: str, dxml: str | None,
                       flags: int) -> None:
     """Save a running guest into ``path`` and shut it off (qemuDomainSaveInternal)."""
-    from .launch import new_definition
-
     async with dom.lock:
         if not dom.active or dom.monitor is None:
             raise ds.not_running()
         mon = dom.monitor
         xml_def = dom.definition
         if dxml is not None:
-            xml_def = new_definition(drv, dxml)
+            xml_def = drv.new_definition(dxml)
             _check_target_def(dom.definition, xml_def)
         was_running = dom.state == ds.RUNNING
         running = _running_flag(flags)
@@ -419,12 +418,10 @@ async def start_managed(drv: QemuDriverState, dom: QemuDomain, paused: bool) -> 
 
 def _image_definition(drv: QemuDriverState, head: ImageHeader,
                       dxml: str | None = None) -> domxml.DomainDef:
-    from .launch import new_definition
-
-    saved = new_definition(drv, head.xml)
+    saved = drv.new_definition(head.xml)
     if dxml is None:
         return saved
-    new = new_definition(drv, dxml)
+    new = drv.new_definition(dxml)
     _check_target_def(saved, new)
     return new
 

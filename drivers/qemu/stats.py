@@ -33,28 +33,42 @@ from typing import Any
 
 from pyvirtd import hostinfo
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 
-from .driver import QemuDomain, QemuDriverState
+from .driver import QemuDriverState
+from .guest import QemuDomain
 
 log = logging.getLogger(__name__)
 
-# virDomainStatsTypes
-STATS_STATE, STATS_CPU_TOTAL, STATS_BALLOON, STATS_VCPU = 1, 2, 4, 8
-STATS_INTERFACE, STATS_BLOCK = 16, 32
-SUPPORTED_STATS = (STATS_STATE | STATS_CPU_TOTAL | STATS_BALLOON | STATS_VCPU | STATS_INTERFACE
-                   | STATS_BLOCK)
-# virConnectGetAllDomainStatsFlags
-LIST_FLAGS = 0x3FFF
-STATS_NOWAIT, STATS_BACKING, STATS_ENFORCE = 1 << 29, 1 << 30, 1 << 31
-# virDomainMemoryStatTags
-MEM_ACTUAL_BALLOON, MEM_RSS = 6, 7
-# virDomainModificationImpact / virDomainVcpuFlags
-AFFECT_LIVE, AFFECT_CONFIG, VCPU_MAXIMUM, VCPU_GUEST, VCPU_HOTPLUGGABLE = 1, 2, 4, 8, 16
-VCPU_RUNNING = 1        # virVcpuState
-TYPED_PARAM_STRING_OKAY = 1 << 2
+_ST = P.DomainStatsTypes
+STATS_STATE, STATS_CPU_TOTAL, STATS_BALLOON = (_ST.VIR_DOMAIN_STATS_STATE,
+                                               _ST.VIR_DOMAIN_STATS_CPU_TOTAL,
+                                               _ST.VIR_DOMAIN_STATS_BALLOON)
+STATS_VCPU, STATS_INTERFACE, STATS_BLOCK = (_ST.VIR_DOMAIN_STATS_VCPU,
+                                            _ST.VIR_DOMAIN_STATS_INTERFACE,
+                                            _ST.VIR_DOMAIN_STATS_BLOCK)
+# a plain int: its complement must keep the bits no enum member names
+SUPPORTED_STATS = int(STATS_STATE | STATS_CPU_TOTAL | STATS_BALLOON | STATS_VCPU | STATS_INTERFACE
+                      | STATS_BLOCK)
+_LF = P.ConnectGetAllDomainStatsFlags
+# the listing filters it shares with virConnectListAllDomains, ACTIVE .. NO_SNAPSHOT
+# (libvirt's VIR_CONNECT_LIST_DOMAINS_FILTERS_*; no checkpoint filters there)
+LIST_FLAGS = int(P.ConnectListAllDomainsFlags.VIR_CONNECT_LIST_DOMAINS_NO_SNAPSHOT) * 2 - 1
+STATS_NOWAIT, STATS_BACKING, STATS_ENFORCE = (_LF.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+                                              _LF.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING,
+                                              _LF.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ENFORCE_STATS)
+MEM_ACTUAL_BALLOON = P.DomainMemoryStatTags.VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON
+MEM_RSS = P.DomainMemoryStatTags.VIR_DOMAIN_MEMORY_STAT_RSS
+AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
+AFFECT_CONFIG = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CONFIG
+VCPU_MAXIMUM = P.DomainVcpuFlags.VIR_DOMAIN_VCPU_MAXIMUM
+VCPU_GUEST = P.DomainVcpuFlags.VIR_DOMAIN_VCPU_GUEST
+VCPU_HOTPLUGGABLE = P.DomainVcpuFlags.VIR_DOMAIN_VCPU_HOTPLUGGABLE
+VCPU_RUNNING = P.VcpuState.VIR_VCPU_RUNNING
+TYPED_PARAM_STRING_OKAY = P.TypedParameterFlags.VIR_TYPED_PARAM_STRING_OKAY
 
 INT, UINT, LLONG, ULLONG, STRING = (P.VIR_TYPED_PARAM_INT, P.VIR_TYPED_PARAM_UINT,
                                     P.VIR_TYPED_PARAM_LLONG, P.VIR_TYPED_PARAM_ULLONG,
@@ -173,13 +187,13 @@ class StatsMixin:
     # _dom() and _active() come from DomainMixin
 
     # -- info and vcpus --------------------------------------------------------
-    def domain_get_info(self, ref: Any) -> tuple:
+    def domain_get_info(self, ref: Dom) -> tuple:
         dom = self._dom(ref)
         d = dom.definition
         return (dom.state, d.memory, d.current_memory, d.vcpus_current,
                 self.driver.cpu_time(dom) if dom.active else 0)
 
-    async def domain_get_vcpus(self, ref: Any, maxinfo: int, maplen: int) -> tuple:
+    async def domain_get_vcpus(self, ref: Dom, maxinfo: int, maplen: int) -> tuple:
         dom = self._active(ref)
         size, online = hostinfo.cpu_map()
         tids = dict(await vcpu_threads(dom))
@@ -196,7 +210,7 @@ class StatsMixin:
             maps += hostinfo.cpumap_bytes(affinity, maplen * 8)[:maplen].ljust(maplen, b"\0")
         return (infos, bytes(maps))
 
-    def domain_get_vcpus_flags(self, ref: Any, flags: int) -> int:
+    def domain_get_vcpus_flags(self, ref: Dom, flags: int) -> int:
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM | VCPU_GUEST
                     | VCPU_HOTPLUGGABLE, "qemuDomainGetVcpusFlags", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
@@ -224,7 +238,7 @@ class StatsMixin:
                 log.debug("%s: query-balloon: %s", dom.name, exc)
         return dom.definition.current_memory
 
-    async def domain_memory_stats(self, ref: Any, max_stats: int, flags: int) -> list:
+    async def domain_memory_stats(self, ref: Dom, max_stats: int, flags: int) -> list:
         check_flags(flags, 0, "qemuDomainMemoryStats", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         stats = [P.remote_domain_memory_stat(MEM_ACTUAL_BALLOON, await self._balloon_kib(dom))]
@@ -280,13 +294,13 @@ class StatsMixin:
                 total[key] = total.get(key, 0) + int(stats.get(key, 0))
         return total
 
-    async def domain_block_stats(self, ref: Any, path: str) -> tuple:
+    async def domain_block_stats(self, ref: Dom, path: str) -> tuple:
         dom = self._active(ref)
         v = await self._block_values(dom, path)
         return (v.get("rd_operations", 0), v.get("rd_bytes", 0), v.get("wr_operations", 0),
                 v.get("wr_bytes", 0), -1)
 
-    async def domain_block_stats_flags(self, ref: Any, path: str, nparams: int, flags: int) -> tuple:
+    async def domain_block_stats_flags(self, ref: Dom, path: str, nparams: int, flags: int) -> tuple:
         check_flags(flags, TYPED_PARAM_STRING_OKAY, "qemuDomainBlockStatsFlags", P.VIR_FROM_QEMU)
         dom = self._active(ref)
         if nparams == 0:
@@ -295,7 +309,7 @@ class StatsMixin:
         params = [_param(name, LLONG, v.get(key, 0)) for name, key in _BLOCK_PARAMS][:nparams]
         return (params, len(params))
 
-    async def domain_get_block_info(self, ref: Any, path: str, flags: int) -> tuple:
+    async def domain_get_block_info(self, ref: Dom, path: str, flags: int) -> tuple:
         check_flags(flags, 0, "qemuDomainGetBlockInfo", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         disk = self._disk(dom, path)
@@ -314,7 +328,7 @@ class StatsMixin:
         return limits
 
     # -- interfaces -----------------------------------------------------------
-    def domain_interface_stats(self, ref: Any, device: str) -> tuple:
+    def domain_interface_stats(self, ref: Dom, device: str) -> tuple:
         dom = self._active(ref)
         for net in _interfaces(dom):
             if device and device in (net.target_dev, net.mac):

@@ -38,7 +38,7 @@ from pyvirtd.xml import domain as domxml
 from .command import VolumeSource
 
 if TYPE_CHECKING:
-    from .driver import QemuDriverState
+    from .guest import QemuState
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _PATH_POOLS = ("dir", "fs", "netfs", "logical", "disk", "scsi", "zfs", "vstorage
 _ISCSI_POOLS = ("iscsi",)
 
 
-def _storage(state: QemuDriverState) -> Any:
+def _storage(state: QemuState) -> Any:
     sub = state.ctx.shared.get("storage")
     if sub is None:
         raise VirError(P.VIR_ERR_NO_SUPPORT, "storage subsystem is not available",
@@ -63,7 +63,7 @@ def volume_disks(defn: domxml.DomainDef) -> list[devmod.Disk]:
             if isinstance(d, devmod.Disk) and d.type == "volume" and d.pool]
 
 
-async def resolve_disk(state: QemuDriverState, disk: devmod.Disk) -> VolumeSource:
+async def resolve_disk(state: QemuState, disk: devmod.Disk) -> VolumeSource:
     """The storage behind one volume disk (virDomainDiskTranslateSourcePool).
 
     :raises VirError: see the module docstring.
@@ -101,7 +101,7 @@ async def resolve_disk(state: QemuDriverState, disk: devmod.Disk) -> VolumeSourc
         f"for storage pool type '{pool_type}'"))
 
 
-async def resolve_all(state: QemuDriverState,
+async def resolve_all(state: QemuState,
                       defn: domxml.DomainDef) -> dict[tuple[str, str], VolumeSource]:
     """Every volume disk of ``defn``, last disk first as libvirt goes (so the
     first error is the one libvirtd reports), keyed by (pool, volume)."""
@@ -133,7 +133,7 @@ def paths_by_target(defn: domxml.DomainDef,
             if (d.pool, d.volume) in sources}
 
 
-async def paths_after_restart(state: QemuDriverState, defn: domxml.DomainDef) -> dict[str, str]:
+async def paths_after_restart(state: QemuState, defn: domxml.DomainDef) -> dict[str, str]:
     """The paths again for a guest a restarted daemon reattached to (qemuProcessReconnect
     translates its volume disks once more); a volume that is gone is only logged."""
     out: dict[str, str] = {}

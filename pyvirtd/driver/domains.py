@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import trio
 
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
@@ -307,7 +308,7 @@ class DomainLookups:
     def _no_domain(self, message: str) -> VirError:
         return VirError(P.VIR_ERR_NO_DOMAIN, message, domain=self.error_domain)
 
-    def _dom(self, ref: Any) -> Any:
+    def _dom(self, ref: Dom) -> Any:
         """The domain a client's handle names, by uuid (qemuDomainObjFromDomain)."""
         uuid = bytes(ref.uuid)
         for dom in self.driver.domains.values():
@@ -315,25 +316,25 @@ class DomainLookups:
                 return dom
         raise self._no_domain(f"no domain with matching uuid '{format_uuid(uuid)}' ({ref.name})")
 
-    def _active(self, ref: Any) -> Any:
+    def _active(self, ref: Dom) -> Any:
         dom = self._dom(ref)
         if not dom.active:
             raise not_running()
         return dom
 
-    def domain_lookup_by_name(self, name: str) -> Any:
+    def domain_lookup_by_name(self, name: str) -> Dom:
         dom = self.driver.domains.get(name)
         if dom is None:
             raise self._no_domain(f"no domain with matching name '{name}'")
         return dom.ref()
 
-    def domain_lookup_by_uuid(self, uuid: bytes) -> Any:
+    def domain_lookup_by_uuid(self, uuid: bytes) -> Dom:
         for dom in self.driver.domains.values():
             if dom.uuid == bytes(uuid):
                 return dom.ref()
         raise self._no_domain(f"no domain with matching uuid '{format_uuid(uuid)}'")
 
-    def domain_lookup_by_id(self, dom_id: int) -> Any:
+    def domain_lookup_by_id(self, dom_id: int) -> Dom:
         for dom in self.driver.domains.values():
             if dom.active and dom.id == dom_id:
                 return dom.ref()

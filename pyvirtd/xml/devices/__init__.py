@@ -1,10 +1,12 @@
-"""Typed models of domain devices, one module per kind, and the QEMU defaults pass.
+"""Typed models of domain devices, one module per kind, and the device defaults pass.
 
 ``DomainDef.devices`` stays a list of lxml elements (every driver shares it and
 unknown devices round-trip).  A driver that needs types calls::
 
     devs = parse_devices(defn)                  # [Disk | Controller | ... | lxml element]
-    apply_defaults(defn, hypervisor="qemu")     # libvirt's post-parse for QEMU, in place
+    apply_defaults(defn, defaults)              # libvirt's device post-parse, in place;
+                                                # ``defaults`` (a DeviceDefaults) is the
+                                                # driver's part (drivers/qemu/defaults.py)
     validate_devices(defn)                      # VirError on what QEMU cannot do
 
 Each model: ``Model.parse(elem)``, ``m.fill_defaults(ctx)``, ``m.validate()``,
@@ -24,7 +26,6 @@ from pyvirtd.xml.devices.graphics import Graphics
 from pyvirtd.xml.devices.input import Input
 from pyvirtd.xml.devices.interface import Interface
 from pyvirtd.xml.devices.memballoon import Memballoon
-from pyvirtd.xml.devices.pci import assign_pc, assign_q35
 from pyvirtd.xml.devices.redirdev import Redirdev
 from pyvirtd.xml.devices.rng import Rng
 from pyvirtd.xml.devices.sound import Sound
@@ -40,9 +41,10 @@ MODELS = {"disk": Disk, "controller": Controller, "interface": Interface, "seria
 Device = (Disk | Controller | Interface | Chardev | Input | Graphics | Video | Memballoon | Rng
           | Watchdog | Sound | Redirdev | Audio)
 
-__all__ = ["Address", "Audio", "Chardev", "Controller", "Device", "Disk", "Graphics", "Input",
-           "Interface", "MODELS", "Memballoon", "Redirdev", "Rng", "Sound", "Video", "Watchdog",
-           "apply_defaults", "is_q35", "parse_device", "parse_devices", "validate_devices"]
+__all__ = ["Address", "Audio", "Chardev", "Controller", "Device", "DeviceDefaults", "Disk",
+           "Graphics", "Input", "Interface", "MODELS", "Memballoon", "Redirdev", "Rng", "Sound",
+           "Video", "Watchdog", "apply_defaults", "assign_usb_ports", "is_q35", "parse_device",
+           "parse_devices", "validate_devices"]
 
 
 def parse_device(elem: etree._Element):
@@ -59,22 +61,40 @@ def is_q35(machine: str | None) -> bool:
     return bool(machine) and ("q35" in machine)
 
 
-def _ctx(defn, hypervisor: str) -> dict:
-    return {"hypervisor": hypervisor, "q35": is_q35(defn.machine), "machine": defn.machine}
+def device_ctx(defn) -> dict:
+    """What a model's fill_defaults may ask about the guest: its machine."""
+    return {"q35": is_q35(defn.machine), "machine": defn.machine}
 
 
-def apply_defaults(defn, *, hypervisor: str = "qemu") -> None:
-    """libvirt's post-parse for a QEMU x86 guest, in place on ``defn.devices``.
+class DeviceDefaults:
+    """A hypervisor's part of the device post-parse (libvirt's per-driver
+    devicesPostParseCallback, then its address assignment).
 
-    Per device: the model's fill_defaults (disk bus/driver/address, MACs, NIC
-    model, serial targets, ...).  Implicit devices, kept modest: the PCI root
+    `apply_defaults` calls it; this base adds nothing, so a hypervisor's
+    values never become ``if hypervisor == ...`` branches here.  A driver
+    subclasses it (drivers/qemu/defaults.py).
+    """
+
+    def device(self, dev: "Device", ctx: dict) -> None:
+        """After the model's own fill_defaults: this hypervisor's default values."""
+
+    def addresses(self, devs: list, add_controller, ctx: dict) -> None:
+        """Put the devices on the guest's buses (USB ports, PCI slots); may add controllers."""
+
+
+def apply_defaults(defn, defaults: DeviceDefaults) -> None:
+    """libvirt's device post-parse for an x86 guest, in place on ``defn.devices``.
+
+    Per device: the model's fill_defaults (disk bus/address, MACs, serial
+    targets, ...), then the hypervisor's (``defaults.device``: disk driver,
+    NIC model, ...).  Implicit devices, kept modest: the PCI root
     (pci-root / pcie-root), USB controller 0, the q35 SATA controller, an IDE
     controller for IDE disks, SCSI and virtio-serial controllers the devices
     need, a ps2 mouse and keyboard, a virtio memballoon, the serial console
     alias and its serial port, a video device when there is graphics, an
-    audio backend.  On the pc machine, PCI addresses (pci.py).
+    audio backend.  Then ``defaults.addresses`` (QEMU: USB ports, PCI slots).
     """
-    ctx = _ctx(defn, hypervisor)
+    ctx = device_ctx(defn)
     devs = parse_devices(defn)
     conts = [d for d in devs if isinstance(d, Controller)]
 
@@ -92,6 +112,7 @@ def apply_defaults(defn, *, hypervisor: str = "qemu") -> None:
     for dev in devs:
         if not isinstance(dev, etree._Element) and not isinstance(dev, Controller):
             dev.fill_defaults(ctx)
+            defaults.device(dev, ctx)
     disks = [d for d in devs if isinstance(d, Disk)]
     # in libvirt's order: the USB controller, q35's SATA, then the PCI root
     if not has_controller("usb", 0):
@@ -125,17 +146,14 @@ def apply_defaults(defn, *, hypervisor: str = "qemu") -> None:
     primary = [d for d in devs if isinstance(d, Video) and d.model != "none"]
     if primary and not any(v.primary for v in primary):
         primary[0].primary = True
-    if hypervisor == "qemu":
-        _assign_usb_ports(devs)
-    if hypervisor == "qemu":
-        (assign_q35 if ctx["q35"] else assign_pc)(devs, add_controller)
+    defaults.addresses(devs, add_controller, ctx)
     _root_port_defaults(conts)              # port numbers follow the addresses
     for c in conts:
         c.fill_defaults(ctx)
     defn.devices = [d if isinstance(d, etree._Element) else d.to_element() for d in devs]
 
 
-def _assign_usb_ports(devs: list) -> None:
+def assign_usb_ports(devs: list) -> None:
     """USB devices without an address get the next port of USB bus 0, in libvirt's
     order (virDomainUSBDeviceDefForeach: disks, inputs, sound cards, redirected
     devices), after the ports the XML already names."""
@@ -281,7 +299,7 @@ def validate_devices(defn, *, starting: bool = True) -> None:
     driver cannot run yet (device kinds it does not model, other disk, interface,
     chardev or graphics types: NotRunnable) is accepted, to fail at start.
     """
-    ctx = _ctx(defn, "qemu")
+    ctx = device_ctx(defn)
     seen_targets: set[str] = set()
     orders: set[int] = set()
     for dev in parse_devices(defn):

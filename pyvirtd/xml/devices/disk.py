@@ -140,16 +140,13 @@ class Disk(DeviceBase):
         return disk_index(self.target) or 0
 
     def fill_defaults(self, ctx: dict | None = None) -> None:
-        """Bus from the target name, cdroms read-only, qemu raw driver, drive address."""
+        """Bus from the target name, cdroms read-only, drive address (the
+        hypervisor's <driver> defaults are its DeviceDefaults')."""
         if self.bus is None:
             self.bus = next((bus for prefix, bus in _PREFIX_BUS if self.target.startswith(prefix)),
                             "ide")
         if self.device == "cdrom":
             self.readonly = True
-        if (ctx or {}).get("hypervisor") == "qemu" and self.type in ("file", "block", "volume"):
-            self.driver_name = self.driver_name or "qemu"
-            if self.format is None and self.type != "volume":
-                self.format = "raw"
         if self.address is None and self.bus in ("ide", "sata", "scsi"):
             idx = self.index
             if self.bus == "ide":        # two buses of two units per controller

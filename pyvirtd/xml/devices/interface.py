@@ -95,11 +95,10 @@ class Interface(DeviceBase):
         return i
 
     def fill_defaults(self, ctx: dict | None = None) -> None:
-        """A generated 52:54:00 MAC, QEMU's default model (rtl8139 on x86, as libvirt)."""
+        """A generated 52:54:00 MAC, macvtap mode vepa (the hypervisor's model default
+        is its DeviceDefaults')."""
         if self.mac is None:
             self.mac = random_mac()
-        if self.model is None and (ctx or {}).get("hypervisor") == "qemu":
-            self.model = "rtl8139"
         if self.type == "direct" and self.source is not None and "mode" not in self.source:
             self.source["mode"] = "vepa"
 

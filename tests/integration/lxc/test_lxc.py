@@ -399,3 +399,21 @@ def test_suspend_resume_freezes_the_container_and_survives_restart(lab, tmp_path
                       (E.VIR_DOMAIN_EVENT_RESUMED, E.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED),
                       (E.VIR_DOMAIN_EVENT_SUSPENDED, E.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED),
                       (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)], events
+
+
+def test_host_facts_are_the_hosts(lab):
+    """lxc:/// answers the host procedures every local driver shares
+    (pyvirtd.driver.hypervisor.HostFacts), from this host's /proc and /sys."""
+    from pyvirtd import hostinfo
+
+    info = lab.virsh("nodeinfo").stdout
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    # (not the frequency nor free memory: they change from one read to the next)
+    model, _mem, cpus, _mhz, _nodes, sockets, cores, threads = hostinfo.node_info()
+    assert fields["CPU model"].strip() == model.decode()
+    assert int(fields["CPU(s)"]) == cpus
+    assert (int(fields["CPU socket(s)"]), int(fields["Core(s) per socket"]),
+            int(fields["Thread(s) per core"])) == (sockets, cores, threads)
+    assert "user:" in lab.virsh("nodecpustats").stdout
+    assert "total  :" in lab.virsh("nodememstats").stdout
+    assert "KiB" in lab.virsh("freecell").stdout

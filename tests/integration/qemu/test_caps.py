@@ -9,6 +9,7 @@ import pytest
 from lxml import etree
 
 from pyvirtd.drivers.qemu import caps as qcaps
+from pyvirtd.drivers.qemu.caps_xml import capabilities_xml, domain_capabilities_xml
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
@@ -99,7 +100,7 @@ async def test_unprobeable_binary_is_left_out(tmp_path):
 @needs_schemas
 def test_capabilities_xml(probed):
     caps, _ = probed
-    doc = validate(caps.capabilities_xml(), "capability.rng")
+    doc = validate(capabilities_xml(caps), "capability.rng")
     assert doc.findtext("host/cpu/arch") == "x86_64"
     assert doc.findtext("host/uuid")
     assert [s.findtext("model") for s in doc.findall("host/secmodel")] == ["none", "dac"]
@@ -123,7 +124,7 @@ def test_capabilities_xml(probed):
                                                   not qcaps.kvm_usable(), reason="no kvm"))])
 def test_domain_capabilities_xml(probed, virttype, machine):
     caps, _ = probed
-    doc = validate(caps.domain_capabilities_xml(None, "x86_64", machine, virttype), "domaincaps.rng")
+    doc = validate(domain_capabilities_xml(caps, None, "x86_64", machine, virttype), "domaincaps.rng")
     assert doc.findtext("path") == QEMU
     assert doc.findtext("domain") == virttype
     assert doc.findtext("machine").startswith("pc-q35-" if machine else "pc-i440fx-")
@@ -140,10 +141,10 @@ def test_domain_capabilities_xml(probed, virttype, machine):
 def test_domain_capabilities_errors(probed):
     caps, _ = probed
     with pytest.raises(VirError) as ei:
-        caps.domain_capabilities_xml(None, "x86_64", "no-such-machine", "qemu")
+        domain_capabilities_xml(caps, None, "x86_64", "no-such-machine", "qemu")
     assert ei.value.code == P.VIR_ERR_INVALID_ARG
     assert "the machine 'no-such-machine' is not supported" in ei.value.message
     with pytest.raises(VirError, match="unable to find any emulator to serve 'sparc64'"):
-        caps.domain_capabilities_xml(None, "sparc64", None, "qemu")
+        domain_capabilities_xml(caps, None, "sparc64", None, "qemu")
     with pytest.raises(VirError, match="unknown virttype"):
-        caps.domain_capabilities_xml(None, None, None, "xen")
+        domain_capabilities_xml(caps, None, None, None, "xen")

@@ -197,7 +197,8 @@ def test_assign_aliases_match_the_argv() -> None:
     d = domxml.parse((DATA / "q35-full.xml").read_text())
     from pyvirtd.xml import devices as devmod
     from pyvirtd.drivers.qemu.command import assign_aliases
-    devmod.apply_defaults(d)
+    from pyvirtd.drivers.qemu.defaults import DEVICE_DEFAULTS
+    devmod.apply_defaults(d, DEVICE_DEFAULTS)
     assign_aliases(d)
     aliases = [e.find("alias").get("name") for e in d.devices if e.find("alias") is not None]
     for name in ("virtio-disk0", "sata0-0-0", "net0", "net1", "serial0", "channel0", "input0",

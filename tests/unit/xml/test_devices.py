@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from pyvirtd.drivers.qemu.defaults import DEVICE_DEFAULTS
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices
@@ -60,7 +61,7 @@ NEWER_THAN_SCHEMA = {"ovmf"}
 def _process(text: str) -> str:
     d = domxml.parse(text)
     domxml.fill_defaults(d, default_arch="x86_64")
-    devices.apply_defaults(d, hypervisor="qemu")
+    devices.apply_defaults(d, DEVICE_DEFAULTS)
     devices.validate_devices(d, starting=False)       # as at define
     return domxml.format(d)
 
@@ -123,7 +124,7 @@ def test_not_runnable_is_kept_then_refused_at_start(dev: str, named: str) -> Non
     tag = dev[1:dev.index(" ")]
     assert f"<{tag} " in out
     d = domxml.parse(out)
-    devices.apply_defaults(d, hypervisor="qemu")
+    devices.apply_defaults(d, DEVICE_DEFAULTS)
     with pytest.raises(VirError) as info:                  # start: refused
         devices.validate_devices(d)
     assert info.value.code == P.VIR_ERR_CONFIG_UNSUPPORTED
@@ -166,7 +167,8 @@ def test_device_roundtrip(elem: etree._Element) -> None:
     again = devices.parse_device(model.to_element())
     assert domxml.format_element(again.to_element()) == once
     assert repr(_plain(again)) == repr(_plain(model))
-    model.fill_defaults({"hypervisor": "qemu", "q35": False})
+    model.fill_defaults({"q35": False})
+    DEVICE_DEFAULTS.device(model, {"q35": False})
     filled = domxml.format_element(model.to_element())
     assert domxml.format_element(devices.parse_device(model.to_element()).to_element()) == filled
 
@@ -193,6 +195,6 @@ def test_libvirt_layout_is_kept() -> None:
 def test_generated_mac_is_qemu_prefix() -> None:
     d = domxml.parse("<domain type='kvm'><name>m</name><memory>1024</memory><os><type>hvm</type>"
                      "</os><devices><interface type='user'/></devices></domain>")
-    devices.apply_defaults(d)
+    devices.apply_defaults(d, DEVICE_DEFAULTS)
     iface = devices.parse_devices(d)[0]
     assert iface.mac.startswith("52:54:00:") and iface.model == "rtl8139"

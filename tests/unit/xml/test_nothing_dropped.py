@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from pyvirtd.drivers.qemu.defaults import DEVICE_DEFAULTS
 from pyvirtd.errors import VirError
 from pyvirtd.xml import devices
 from pyvirtd.xml import domain as domxml
@@ -66,7 +67,7 @@ def _nodes(root: etree._Element) -> Counter:
 def _process(text: str) -> str:
     d = domxml.parse(text)
     domxml.fill_defaults(d, default_arch="x86_64")
-    devices.apply_defaults(d, hypervisor="qemu")
+    devices.apply_defaults(d, DEVICE_DEFAULTS)
     devices.validate_devices(d, starting=False)
     return domxml.format(d)
 
