@@ -20,6 +20,8 @@ import logging
 from typing import Any
 from urllib.parse import SplitResult
 
+import trio
+
 from pyvirtd.driver.hypervisor import HypervisorConnection, HypervisorDriver
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
@@ -30,13 +32,14 @@ from .domains import DomainMixin
 from .driver import QemuDriverState
 from .host import HostMixin
 from .hotplug import HotplugMixin
+from .save import SaveMixin, scan_managed
 from .stats import StatsMixin
 
 log = logging.getLogger(__name__)
 
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
-                     BalloonMixin, HypervisorConnection):
+                     BalloonMixin, SaveMixin, HypervisorConnection):
     """One client's qemu:// connection; methods are named after RPC procedures."""
     driver: QemuDriverState
 
@@ -76,6 +79,11 @@ class QemuDriver(HypervisorDriver):
         self.emulator = next((b for b in binaries if b.endswith("qemu-system-x86_64")),
                              binaries[0])
         return None
+
+    async def start(self) -> None:
+        await super().start()
+        # which guests have a managed save image (save.py)
+        await trio.to_thread.run_sync(scan_managed, self.state)
 
     def make_state(self) -> QemuDriverState:
         return QemuDriverState(self.ctx, self.emulator)

@@ -20,6 +20,7 @@ from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
+from . import save
 from .driver import QemuDriverState
 from .guest import QemuDomain
 
@@ -103,10 +104,6 @@ class DomainMixin(ds.DomainLookups):
         await trio.to_thread.run_sync(self.driver.store.set_autostart, dom.name, bool(autostart))
         dom.autostart = bool(autostart)
 
-    def domain_has_managed_save_image(self, ref: Dom, flags: int) -> int:
-        check_flags(flags, 0, "qemuDomainHasManagedSaveImage", P.VIR_FROM_QEMU)
-        return int(self._dom(ref).managed_save)
-
     def domain_snapshot_num(self, ref: Dom, flags: int) -> int:
         return len(self._dom(ref).snapshots)
 
@@ -145,6 +142,13 @@ class DomainMixin(ds.DomainLookups):
         if not dom.persistent:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot undefine transient domain",
                            domain=P.VIR_FROM_QEMU)
+        if dom.managed_save:
+            if not flags & save.UNDEFINE_MANAGED_SAVE:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                               "Refusing to undefine while domain managed save image exists",
+                               domain=P.VIR_FROM_QEMU)
+            async with dom.lock:
+                await save.remove_managed(drv, dom)
         await _undefine_nvram(dom.persistent_def or dom.definition, flags)
         await ds.undefine(drv, dom)
 
@@ -161,7 +165,11 @@ class DomainMixin(ds.DomainLookups):
             if dom.active:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
                                domain=P.VIR_FROM_QEMU)
-            await self.driver.start_domain(dom, paused=bool(flags & START_PAUSED))
+            if dom.managed_save and flags & START_FORCE_BOOT:
+                await save.remove_managed(self.driver, dom)
+            if not (dom.managed_save and await save.start_managed(
+                    self.driver, dom, paused=bool(flags & START_PAUSED))):
+                await self.driver.start_domain(dom, paused=bool(flags & START_PAUSED))
             if flags & START_AUTODESTROY:
                 self._autodestroy_add(dom)
         return dom.ref()

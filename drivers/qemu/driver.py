@@ -34,7 +34,7 @@ this module fills its template methods for QEMU.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -85,8 +85,13 @@ class QemuDriverState(QemuState):
         launch.fill_defaults(self, d)
 
     # ------------------------------------------------------------------- start
-    async def launch(self, dom: QemuDomain, live: domxml.DomainDef, *, paused: bool) -> Monitor:
-        """Launch QEMU for ``live`` (caller holds ``dom.lock``); qemuProcessStart."""
+    async def launch(self, dom: QemuDomain, live: domxml.DomainDef, *, paused: bool,
+                     incoming: Any = None) -> Monitor:
+        """Launch QEMU for ``live`` (caller holds ``dom.lock``); qemuProcessStart.
+
+        ``incoming`` (a restore, save.py): QEMU starts with ``-incoming defer``
+        and ``await incoming(mon)`` feeds it the saved state; it stays paused.
+        """
         conf = self.confinement
         conf.check()
         name = dom.name
@@ -111,6 +116,8 @@ class QemuDriverState(QemuState):
             argv = launch.build_argv(self, live, monitor_path=str(monitor_path),
                                      pid_path=str(pid_path), tap_fds=tap_fds, volumes=sources,
                                      monitor_fd=mon_sock.fileno() if mon_sock else None)
+            if incoming is not None:
+                argv += ["-incoming", "defer"]
             if conf.switches_user and conf.dynamic_ownership:
                 paths = {key: src.path for key, src in sources.items()}
                 chan = launch.channel_dir(self, live)
@@ -150,7 +157,9 @@ class QemuDriverState(QemuState):
                 if vnc.get("service", "").isdigit():
                     vnc_port = int(vnc["service"])
             launch.apply_runtime_info(live, await mon.query_chardev(), vnc_port)
-            if not paused:
+            if incoming is not None:
+                await incoming(mon)
+            elif not paused:
                 dom.quiet_pause += 1
                 await mon.cont()
         except BaseException:
@@ -162,6 +171,7 @@ class QemuDriverState(QemuState):
         dom.pid, dom.monitor = pid, mon
         dom.labels = labels
         dom.got_shutdown = dom.being_destroyed = dom.fake_reboot = False
+        dom.destroyed_as = (ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
         dom.volume_paths = volumes.paths_by_target(live, sources)
         return mon
 
@@ -198,6 +208,14 @@ class QemuDriverState(QemuState):
         if mon is not None:
             await mon.close()
 
+    async def destroy_domain(self, dom: QemuDomain, *, graceful: bool = False,
+                             reason: int = ds.SHUTOFF_DESTROYED,
+                             detail: int = ds.STOPPED_DESTROYED) -> bool:
+        # what the watcher reports if it sees QEMU go first (a save: saved/saved)
+        dom.destroyed_as = (reason, detail)
+        return await super().destroy_domain(dom, graceful=graceful, reason=reason,
+                                            detail=detail)
+
     async def detach(self, dom: QemuDomain) -> None:
         if dom.monitor is not None:
             await dom.monitor.close()
@@ -233,7 +251,7 @@ class QemuDriverState(QemuState):
             log.warning("%s: QEMU monitor error: %s", dom.name, mon.error)
             self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_CONTROL_ERROR, dom.ref())
         if dom.being_destroyed:
-            self.mark_stopped(dom, run, ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
+            self.mark_stopped(dom, run, *dom.destroyed_as)
         elif dom.got_shutdown:
             self.mark_stopped(dom, run, ds.SHUTOFF_SHUTDOWN, ds.STOPPED_SHUTDOWN)
         else:

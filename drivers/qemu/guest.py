@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pyvirtd.driver import DriverContext
+from pyvirtd.driver import domains as ds
 from pyvirtd.driver.hypervisor import HypervisorDomain, HypervisorState
 from pyvirtd.rpc import _generated as P
 
@@ -37,6 +38,9 @@ class QemuDomain(HypervisorDomain):
     monitor: Monitor | None = None
     got_shutdown: bool = False      # QEMU reported SHUTDOWN in this run
     being_destroyed: bool = False
+    # the shut-off reason and stopped detail the destroy in progress reports
+    # (a save's is saved/saved), whichever of destroyer and watcher ends the run
+    destroyed_as: tuple[int, int] = (ds.SHUTOFF_DESTROYED, ds.STOPPED_DESTROYED)
     fake_reboot: bool = False       # the next SHUTDOWN is a reboot (virDomainReboot)
     quiet_pause: int = 0            # STOP/RESUME events caused by us, not to be reported
     own_reset_at: float = 0.0       # when we last sent system_reset (trio clock)

@@ -263,7 +263,8 @@ class HypervisorState(Generic[DomT]):
 
     # ------------------------------------------------------------------- start
     async def start_domain(self, dom: DomT, *, paused: bool = False,
-                           live_def: domxml.DomainDef | None = None) -> None:
+                           live_def: domxml.DomainDef | None = None,
+                           incoming: Any = None) -> None:
         """Start a run of ``dom`` (caller holds ``dom.lock``); *ProcessStart.
 
         ``live_def`` (createXML over a defined guest) runs instead of the
@@ -274,17 +275,25 @@ class HypervisorState(Generic[DomT]):
                            domain=self.error_domain)
         persistent_def = dom.definition
         live = (live_def or persistent_def).copy()
-        handle = await self.launch(dom, live, paused=paused)
+        # ``incoming`` (QEMU's restore, drivers/qemu/save.py) feeds the new run a
+        # saved state: it is left paused (migrating), reported started/restored
+        if incoming is None:
+            handle = await self.launch(dom, live, paused=paused)
+        else:
+            handle = await self.launch(dom, live, paused=True, incoming=incoming)  # type: ignore[call-arg]
         dom.run += 1
         if dom.persistent:
             dom.new_def = persistent_def
         dom.definition = live
         dom.id = self.domain_id(dom)
-        dom.set_state(ds.PAUSED if paused else ds.RUNNING,
-                      ds.PAUSED_USER if paused else ds.RUNNING_BOOTED)
+        if incoming is not None:
+            dom.set_state(ds.PAUSED, ds.PAUSED_MIGRATION)
+        else:
+            dom.set_state(ds.PAUSED if paused else ds.RUNNING,
+                          ds.PAUSED_USER if paused else ds.RUNNING_BOOTED)
         await self.save_status(dom)
-        self.emit(dom, ds.EV_STARTED, ds.STARTED_BOOTED)
-        if paused:
+        self.emit(dom, ds.EV_STARTED, ds.STARTED_RESTORED if incoming else ds.STARTED_BOOTED)
+        if paused and incoming is None:
             self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
         self.follow(dom, dom.run, handle)
 

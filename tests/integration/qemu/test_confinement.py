@@ -467,3 +467,25 @@ def test_block_device_hotplug_and_unplug_under_confinement(host, loops):
         con.close()
         virsh(host.uri, "destroy h1")
     assert (host.images / "h1-blk.img").read_bytes().startswith(b"hotplugged\n")
+
+
+def test_save_and_restore_where_only_root_may_write(host):
+    """QEMU (pyvirtd-qemu) writes and reads the image through fds the daemon opened:
+    the image's directory and the image itself stay root's alone."""
+    disk = _image(host.images / "c6.img")
+    host.define("c6", disk)
+    private = host.base / "private"
+    private.mkdir(mode=0o700)
+    image = private / "c6.save"
+    ok(host.uri, "start c6")
+    ok(host.uri, f"save c6 {image}")
+    assert _owner(image) == (0, 0, 0o600)
+    assert "shut off (saved)" in ok(host.uri, "domstate c6 --reason")
+    wait_for(lambda: _owner(disk) == (0, 0, 0o600))
+    ok(host.uri, f"restore {image}")
+    assert "running (restored)" in ok(host.uri, "domstate c6 --reason")
+    assert _status(guest_pid(host.root, "c6"))["Uid"].split()[0] == str(host.qemu.pw_uid)
+    ok(host.uri, "managedsave c6")
+    ok(host.uri, "start c6")
+    assert "running (restored)" in ok(host.uri, "domstate c6 --reason")
+    ok(host.uri, "destroy c6")
