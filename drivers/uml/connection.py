@@ -109,16 +109,6 @@ class UmlConnection(DomainProcedures, HypervisorConnection):
         # VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON (6)
         return [P.remote_domain_memory_stat(6, dom.definition.current_memory)][:max_stats]
 
-    async def domain_open_console(self, stream, ref: Dom, dev_name: str | None,
-                                  flags: int) -> None:
-        """As every pty console, after asking the kernel for its current ptys: UML
-        closes a pty whose last reader left and opens a new one for the guest."""
-        dom = self._active(ref)
-        async with dom.lock:
-            if dom.active:
-                await self.driver.refresh_ptys(dom)
-        super().domain_open_console(stream, ref, dev_name, flags)
-
     # -- lifecycle through the mconsole
     async def _mconsole(self, ref: Dom, text: str) -> UmlDomain:
         dom = self._active(ref)

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tty
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,74 +152,59 @@ class UmlDriverState(HypervisorState[UmlDomain]):
             raise VirError(P.VIR_ERR_OPERATION_FAILED,
                            f"mconsole command '{text}' failed: {exc}", domain=_FROM) from None
 
-    async def _find_ptys(self, dom: UmlDomain, live: domxml.DomainDef) -> None:
-        """Put the host ptys of pty consoles and serials into the live definition
-        (mconsole ``config conN`` answers ``pts:/dev/pts/M``)."""
-        for tag, chan in (("console", "con"), ("serial", "ssl")):
-            for i, chr_ in enumerate(live.devices_of(tag)):
-                if chr_.get("type") != "pty":
-                    continue
-                port = chr_.find("target").get("port")
-                answer = await self._channel(dom, f"{chan}{port}")
-                path = answer.split(":", 1)[1] if answer.startswith("pts:") else ""
-                if not path:
-                    continue
-                chr_.set("tty", path)
-                src = chr_.find("source")
-                if src is None:
-                    src = etree.Element("source")
-                    chr_.insert(0, src)
-                src.set("path", path)
-                if chr_.find("alias") is None:
-                    etree.SubElement(chr_, "alias", name=f"{'console' if tag == 'console' else 'serial'}{i}")
-
-    async def refresh_ptys(self, dom: UmlDomain) -> None:
-        """The live ptys again (caller holds ``dom.lock``): after a console session
-        ends the kernel opens a new pty once the guest reopens its console, so
-        wait (within START_TIMEOUT) until the first one it names exists."""
-        with trio.move_on_after(START_TIMEOUT):
-            while True:
-                await self._find_ptys(dom, dom.definition)
-                srcs = [c.find("source") for c in dom.definition.devices_of("console")
-                        if c.get("type") == "pty"]
-                if all(s is not None and os.path.exists(s.get("path", "")) for s in srcs):
-                    break
-                await trio.sleep(0.05)
-        await self.save_status(dom)
-
-    async def _channel(self, dom: UmlDomain, name: str) -> str:
-        """What channel ``name`` is attached to.  The kernel's mconsole is up (and
-        notifies) before its console driver registers: until then the answer
-        is "Bad configuration option", so ask again, within START_TIMEOUT."""
-        with trio.move_on_after(START_TIMEOUT):
-            delay = 0.01
-            while True:
-                try:
-                    return (await mconsole.command(self.store.mconsole(dom.name),
-                                                   f"config {name}")).strip()
-                except mconsole.MconsoleError as exc:
-                    if "Bad configuration option" not in str(exc):
-                        raise VirError(P.VIR_ERR_OPERATION_FAILED,
-                                       f"mconsole command 'config {name}' failed: {exc}",
-                                       domain=_FROM) from None
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.2)
-        raise VirError(P.VIR_ERR_OPERATION_FAILED,
-                       f"the UML kernel did not register channel {name}", domain=_FROM)
+    @staticmethod
+    def _make_ptys(live: domxml.DomainDef) -> tuple[dict[str, int], list[int]]:
+        """A pty per pty console and serial: the kernel gets the master (conN=fd:M);
+        the launcher keeps the slave open for the kernel's life, so a console client
+        that leaves never hangs the line up, and the slave's path stays the same
+        across console sessions, reboots (the kernel re-executes with its fds) and
+        daemon restarts.  Puts the paths into ``live``; returns (masters by channel,
+        every fd to hand over)."""
+        masters: dict[str, int] = {}
+        fds: list[int] = []
+        try:
+            for tag, chan in (("console", "con"), ("serial", "ssl")):
+                for i, chr_ in enumerate(live.devices_of(tag)):
+                    if chr_.get("type") != "pty":
+                        continue
+                    master, slave = os.openpty()
+                    fds += [master, slave]
+                    tty.setraw(slave)        # no echo of the kernel's output back to it
+                    masters[f"{chan}{chr_.find('target').get('port')}"] = master
+                    path = os.ttyname(slave)
+                    chr_.set("tty", path)
+                    src = chr_.find("source")
+                    if src is None:
+                        src = etree.Element("source")
+                        chr_.insert(0, src)
+                    src.set("path", path)
+                    if chr_.find("alias") is None:
+                        etree.SubElement(chr_, "alias", name=f"{'serial' if tag == 'serial' else 'console'}{i}")
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return masters, fds
 
     # ------------------------------------------------------------------- start
     def _spawn(self, live: domxml.DomainDef, name: str) -> int:
         """Start launcher + kernel in a session of its own (blocking: run in a thread)."""
         store = self.store
-        argv = spec.kernel_argv(live, umid=name, uml_dir=str(store.run_dir),
-                                notify=str(store.path(name, ".notify")),
-                                xstate_workaround=self.xstate_workaround)
-        with open(store.path(name, ".log"), "ab") as logf:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pyvirtd.drivers.uml.launcher",
-                 str(store.path(name, ".exit")), "1" if self.xstate_workaround else "0", *argv],
-                start_new_session=True, stdin=subprocess.DEVNULL, stdout=logf,
-                stderr=subprocess.STDOUT, cwd="/")
+        masters, fds = self._make_ptys(live)
+        try:
+            argv = spec.kernel_argv(live, umid=name, uml_dir=str(store.run_dir),
+                                    notify=str(store.path(name, ".notify")),
+                                    xstate_workaround=self.xstate_workaround, pty_fds=masters)
+            with open(store.path(name, ".log"), "ab") as logf:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "pyvirtd.drivers.uml.launcher",
+                     str(store.path(name, ".exit")), "1" if self.xstate_workaround else "0",
+                     *argv],
+                    start_new_session=True, stdin=subprocess.DEVNULL, stdout=logf,
+                    stderr=subprocess.STDOUT, cwd="/", pass_fds=fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
         return proc.pid
 
     async def launch(self, dom: UmlDomain, live: domxml.DomainDef, *, paused: bool) -> Run:
@@ -238,7 +224,6 @@ class UmlDriverState(HypervisorState[UmlDomain]):
         try:
             await self._wait_ready(dom, run)
             dom.handle = run
-            await self._find_ptys(dom, live)
             if paused:
                 await self.command(dom, "stop")
         except BaseException:
@@ -354,17 +339,7 @@ class UmlDriverState(HypervisorState[UmlDomain]):
             if note is None or dom.run != run:
                 continue
             if note[0] == mconsole.NOTIFY_SOCKET:
-                # the kernel re-executed itself (reboot): new ptys
-                async with dom.lock:
-                    if dom.run != run:
-                        return
-                    try:
-                        await self._find_ptys(dom, dom.definition)
-                    except VirError as exc:
-                        log.warning("%s: after reboot: %s", dom.name, exc)
-                    if dom.console is not None:
-                        dom.console.close()
-                    await self.save_status(dom)
+                # the kernel re-executed itself (reboot); it keeps its ptys
                 self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_REBOOT, dom.ref())
             elif note[0] == mconsole.NOTIFY_PANIC:
                 log.error("%s: the UML kernel panicked: %s", dom.name, note[1])
@@ -386,8 +361,4 @@ class UmlDriverState(HypervisorState[UmlDomain]):
             return
         handle = Run(st.pid, pidfd, await _bind_notify(str(self.store.path(st.name, ".notify"))))
         dom.handle = handle
-        try:
-            await self._find_ptys(dom, dom.definition)     # a reboot while we were away
-        except VirError as exc:
-            log.warning("%s: after reattach: %s", st.name, exc)
         self.follow(dom, run, handle)

@@ -128,16 +128,18 @@ def check_sources(d: domxml.DomainDef) -> None:
 
 
 def kernel_argv(d: domxml.DomainDef, *, umid: str, uml_dir: str, notify: str,
-                xstate_workaround: bool) -> list[str]:
-    """The UML kernel's argv for the live definition ``d``."""
+                xstate_workaround: bool, pty_fds: dict[str, int]) -> list[str]:
+    """The UML kernel's argv for the live definition ``d``.
+
+    ``pty_fds`` maps channel names (con0, ssl1) of pty consoles and serials to
+    the master fd of a pty the daemon made; the kernel inherits it."""
     argv = [kernel_path(d), f"mem={d.memory}K", f"umid={umid}", f"uml_dir={uml_dir}",
             f"mconsole=notify:{notify}", "con=null", "ssl=null"]
-    for console in d.devices_of("console"):
-        port = console.find("target").get("port")
-        argv.append(f"con{port}={'pts' if console.get('type') == 'pty' else 'null'}")
-    for serial in d.devices_of("serial"):
-        port = serial.find("target").get("port")
-        argv.append(f"ssl{port}={'pts' if serial.get('type') == 'pty' else 'null'}")
+    for tag, chan in (("console", "con"), ("serial", "ssl")):
+        for chr_ in d.devices_of(tag):
+            name = f"{chan}{chr_.find('target').get('port')}"
+            fd = pty_fds.get(name)
+            argv.append(f"{name}=fd:{fd},fd:{fd}" if fd is not None else f"{name}=null")
     for disk in d.devices_of("disk"):
         unit = ord(UBD.match(disk.find("target").get("dev")).group(1)) - ord("a")
         flags = "r" if disk.find("readonly") is not None else ""

@@ -183,6 +183,9 @@ def test_lifecycle_console_suspend_reboot_shutdown(lab, tmp_path):
         (root / "etc/motd").write_text("from-the-host\n")
         out = console_expect(conn, dom, b"cat /etc/motd\n", b"from-the-host")
         assert b"from-the-host" in out, out
+        out = console_expect(conn, dom, b"echo inside > /tmp/marker; sync; echo wrote-$((1+1))\n",
+                             b"wrote-2")
+        assert b"wrote-2" in out and (root / "tmp/marker").read_text() == "inside\n", out
 
         dom.suspend()
         assert dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER]
