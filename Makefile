@@ -1,4 +1,4 @@
-# pyvirtd developer entry points: make run | test | bench | gen | clean.
+# pyvirtd developer entry points: make run | test | fuzz | bench | gen | clean.
 # Everything the tests need is installed from here, so a fresh Debian 12
 # machine (and CI) needs nothing but `make test`.
 
@@ -54,7 +54,7 @@ PY_HAS_ENSUREPIP = $(shell $(PYTHON) -c 'import ensurepip; print(1)' 2>/dev/null
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: deps venv run test bench gen libvirt-api support-matrix clean
+.PHONY: deps venv run test fuzz bench gen libvirt-api support-matrix clean
 
 deps:
 	@missing=""; \
@@ -84,6 +84,13 @@ run: venv
 
 test: deps venv
 	$(VENV)/bin/python -m pytest -q --durations=20 $(PYTEST_ARGS)
+
+# The fuzzers of tests/fuzz (mutated client frames against a real daemon, and the
+# decoder in process) run a few hundred examples in `make test`; here many more,
+# with fresh randomness each run (about 2 minutes at the default).
+FUZZ_EXAMPLES ?= 2000
+fuzz: deps venv
+	PYVIRTD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest -q tests/fuzz
 
 bench: deps venv
 	$(VENV)/bin/python bench/run.py

@@ -30,6 +30,7 @@ from pyvirtd import __version__, commands, logsetup, systemd
 from pyvirtd.config import Config, ConfigError
 from pyvirtd.client import TRANSPORT_TCP, TRANSPORT_TLS
 from pyvirtd.daemon import Daemon
+from pyvirtd.driver import SubsystemError
 from pyvirtd.paths import Paths
 
 log = logging.getLogger("pyvirtd")
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"pyvirtd: {config_path}: {exc}", file=sys.stderr)
         return 2
+    except SubsystemError as exc:
+        print(f"pyvirtd: {exc}", file=sys.stderr)
+        return 1
     daemon.verbose = args.verbose
     if config.audit_level == 1:
         # libvirtd's meaning of 1: audit when the host can, else go on without

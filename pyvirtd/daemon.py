@@ -24,6 +24,7 @@ from pyvirtd.client import TRANSPORT_TCP, TRANSPORT_TLS, TRANSPORT_UNIX, Client
 from pyvirtd.config import Config
 from pyvirtd.dispatch import Dispatcher, Program
 from pyvirtd.driver import DriverContext, DriverRegistry
+from pyvirtd.files import remove_leftovers
 from pyvirtd.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,8 @@ class Daemon:
     # ----------------------------------------------------------------- serve
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Accept clients on every listener until cancelled."""
+        p = self.paths
+        await trio.to_thread.run_sync(remove_leftovers, [p.config_dir, p.state_dir, p.run_dir])
         await self.drivers.start()
         try:
             async with trio.open_nursery() as nursery:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CALL_TYPES = (frame.CALL, frame.CALL_WITH_FDS)
+_STREAM_TYPES = (frame.STREAM, frame.STREAM_HOLE)
 
 class ReplyFds:
     """What a handler returns to pass file descriptors back (LXC_PROC_DOMAIN_OPEN_NAMESPACE).
@@ -176,7 +177,9 @@ class Dispatcher:
             return
         if h.type not in _CALL_TYPES:
             stream = client.program_state.get("streams", {}).get(h.serial)
-            if stream is not None:   # data for a stream that has ended is dropped
+            # data for a stream that has ended is dropped, and so is anything
+            # but STREAM / STREAM_HOLE of the stream's own call (daemonStreamFilter)
+            if stream is not None and h.type in _STREAM_TYPES and stream.matches(h):
                 stream.packet(packet)
                 await stream.wait_consumed()
             return

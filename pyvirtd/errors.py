@@ -41,6 +41,7 @@ _PREFIXES = {
     P.VIR_ERR_NO_NODE_DEVICE: "Node device not found",
     P.VIR_ERR_NO_INTERFACE: "Interface not found",
     P.VIR_ERR_NO_SECRET: "Secret not found",
+    P.VIR_ERR_INVALID_SECRET: "Invalid secret",
     P.VIR_ERR_NO_DOMAIN_SNAPSHOT: "Domain snapshot not found",
     P.VIR_ERR_NO_DOMAIN_METADATA: "metadata not found",
     P.VIR_ERR_NO_NETWORK_PORT: "network port not found",

@@ -114,14 +114,20 @@ class RemoteProgram:
         return (1 if complete else 0, 1 if out is None else 0, out or b"")
 
     # -------------------------------------------------------------- connection
-    def connect_open(self, client: "Client", name: str | None, flags: int) -> None:
-        if client.conn is not None:
+    async def connect_open(self, client: "Client", name: str | None, flags: int) -> None:
+        # async: a driver may read files to open (test:///PATH); "opening"
+        # keeps a second CONNECT_OPEN from racing the first one meanwhile
+        if client.conn is not None or client.program_state.get("opening"):
             raise internal_error("connection already open")
         if client.readonly:
             flags |= VIR_CONNECT_RO
         if flags & VIR_CONNECT_RO:
             client.readonly = True
-        client.conn = self.daemon.drivers.open(name, flags, client)
+        client.program_state["opening"] = True
+        try:
+            client.conn = await self.daemon.drivers.open(name, flags, client)
+        finally:
+            client.program_state.pop("opening", None)
 
     def connect_close(self, client: "Client") -> None:
         self.daemon.close_driver_connection(client)

@@ -5,13 +5,17 @@ a normal call and reply; after the reply, STREAM packets carrying the call's
 serial flow one or both ways (libvirt-rpc.md section 8):
 
 - data: STREAM / CONTINUE with raw bytes (at most STREAM_CHUNK per packet);
-- holes (sparse streams): STREAM_HOLE / CONTINUE with {hyper length; unsigned flags};
+- holes (sparse streams): STREAM_HOLE / CONTINUE with {hyper length; unsigned flags},
+  accepted from the client only on a stream opened as sparse (`Stream.sparse`),
+  with a positive length and no flags; anything else fails the stream with
+  libvirt's error ("Unexpected stream hole", daemonStreamHandleHole);
 - end of data from the daemon: an empty STREAM / CONTINUE;
 - finish: the side that is done sends an empty STREAM / OK, and the daemon
   answers (or confirms) with an empty STREAM / OK;
-- abort: STREAM / ERROR, with a remote_error body from the daemon or an empty
-  body from the client, which the daemon answers with STREAM / ERROR
-  ("stream aborted at client request") as libvirtd does.
+- abort: STREAM / ERROR.  From the daemon it carries a remote_error; from the
+  client its body is empty, and the daemon stops the work and confirms with an
+  empty STREAM / OK, as libvirtd's daemonStreamHandleAbort does (any other
+  status is refused with "stream aborted with unexpected status N").
 
 The dispatcher creates a `Stream` before calling the driver method, which
 receives it as its first argument and hands the work over with
@@ -56,6 +60,12 @@ _EOF = object()
 _HOLE = struct.Struct(">qI")   # virNetStreamHole {hyper length; unsigned flags}
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """Queued in place of a packet the client should not have sent (see Stream._refuse)."""
+    error: VirError
+
+
 class Stream:
     """One stream of one client, identified by the serial of its opening call."""
 
@@ -76,6 +86,9 @@ class Stream:
         self.aborted = False
         self.closed = False
         self.client_finished = False
+        # the client may send holes (set by the procedure: *_SPARSE_STREAM flags)
+        self.sparse = False
+        self._refused = False
 
     # ----------------------------------------------------------- to the client
     def _packet(self, typ: int, status: int, body: bytes = b"") -> bytes:
@@ -122,26 +135,38 @@ class Stream:
     async def receive(self) -> bytes | Hole | None:
         """The next data or hole the client sent; None once it finished.
 
-        :raises StreamAborted: the client aborted the stream.
+        :raises StreamAborted: the client aborted the stream, or it is closed.
         """
         while not self._queue:
-            if self.aborted:
+            if self.aborted or self.closed:
                 raise StreamAborted()
             await self._arrived.park()
         item = self._queue.popleft()
         if item is _EOF:
             return None
+        if isinstance(item, _Refused):
+            raise item.error
         if isinstance(item, bytes):
             self._queued_bytes -= len(item)
             self._consumed.unpark_all()
         return item
 
+    def matches(self, h: frame.Header) -> bool:
+        """Whether a packet with this header belongs to this stream's call."""
+        own = self.header
+        return h.prog == own.prog and h.vers == own.vers and h.proc == own.proc
+
     def packet(self, packet: frame.Packet) -> None:
         """Handle a STREAM / STREAM_HOLE packet of this stream (called by the dispatcher)."""
         h = packet.header
+        if self._refused:
+            return        # the stream is failing: the client hears why next
         if h.type == frame.STREAM_HOLE:
-            length, _flags = _HOLE.unpack_from(packet.body)
-            self._queue.append(Hole(length))
+            hole = self._hole(packet.body)
+            if isinstance(hole, VirError):
+                self._refuse(hole)
+                return
+            self._queue.append(hole)
         elif h.status == frame.CONTINUE:
             data = packet.body.obj   # the bytes FrameReader copied the body into
             if data:
@@ -154,15 +179,60 @@ class Stream:
                 self.confirm()
             elif self.direction == "read" and self._scope is not None:
                 self._scope.cancel()   # confirmed when the work unwinds
-        else:  # ERROR: the client aborted
-            self.aborted = True
-            if self._scope is not None:
-                self._scope.cancel()
-            # the client waits for an answer to its abort: libvirtd's is an
-            # error (daemonStreamHandleAbort)
-            self.abort(VirError(P.VIR_ERR_RPC, "stream aborted at client request",
-                                domain=P.VIR_FROM_STREAMS))
+        elif h.status == frame.ERROR:
+            # the client aborted: stop the work and confirm, as libvirtd does
+            self._stop()
+            self.client.send(self._packet(frame.STREAM, frame.OK))
+            self._close()
+            return
+        else:
+            self._refuse(VirError(P.VIR_ERR_RPC,
+                                  f"stream aborted with unexpected status {h.status}",
+                                  domain=P.VIR_FROM_STREAMS))
+            return
         self._arrived.unpark_all()
+
+    def _hole(self, body: memoryview) -> Hole | VirError:
+        """The client's hole, or the error that refuses it (virFDStreamSendHole's checks)."""
+        if not self.sparse:
+            return VirError(P.VIR_ERR_RPC, "Unexpected stream hole", domain=P.VIR_FROM_STREAMS)
+        if len(body) != _HOLE.size:
+            return VirError(P.VIR_ERR_RPC, "Unable to decode message payload",
+                            domain=P.VIR_FROM_STREAMS)
+        length, flags = _HOLE.unpack_from(body)
+        if flags:
+            return VirError(P.VIR_ERR_INVALID_ARG,
+                            f"unsupported flags (0x{flags:x}) in function virStreamSendHole",
+                            domain=P.VIR_FROM_STREAMS)
+        if length <= 0:
+            return VirError(P.VIR_ERR_INVALID_ARG,
+                            "length in virStreamSendHole must be greater than zero",
+                            domain=P.VIR_FROM_STREAMS)
+        return Hole(length)
+
+    def _stop(self) -> None:
+        """Cancel the work: the client broke off the stream."""
+        self.aborted = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _refuse(self, err: VirError) -> None:
+        """The client broke the stream's rules: fail the stream with ``err``.
+
+        On an upload the data the client sent before still lands first, as
+        libvirtd handles a stream's packets in order: the error is queued and
+        raised by `receive()` where the bad packet would have been, and the
+        work's failure reports it.  Later packets are dropped.
+        """
+        log.info("client %d: stream %d refused: %s", self.client.id, self.header.serial,
+                 err.message)
+        self._refused = True
+        if self.direction == "write":
+            self._queue.append(_Refused(err))
+            self._arrived.unpark_all()
+        else:
+            self._stop()
+            self.abort(err)
 
     @property
     def backlog(self) -> int:
@@ -220,3 +290,9 @@ class Stream:
     def _close(self) -> None:
         self.closed = True
         self.client.program_state.get("streams", {}).pop(self.header.serial, None)
+        # nothing will read what is still queued: free it, and wake a reader
+        # waiting for room (wait_consumed) and any receive()
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._consumed.unpark_all()
+        self._arrived.unpark_all()

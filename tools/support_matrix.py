@@ -42,7 +42,7 @@ def driver_names() -> list[str]:
 
 
 def subsystem_types() -> tuple[list[type], list[str]]:
-    """The shared subsystem classes, and the modules that are missing (skipped at run time)."""
+    """The shared subsystem classes, and the modules that are missing (a daemon stops on one)."""
     found, missing = [], []
     for _key, module, cls in SUBSYSTEMS:
         try:

@@ -43,8 +43,12 @@ def own_placement(pid: int | str = "self") -> dict[str, str]:
 
 def machine_paths(name: str) -> dict[str, str]:
     """Where the container ``name`` goes: controller -> directory ("unified" on v2)."""
+    # imported here: the controller imports this module, and pyvirtd.names brings
+    # the generated protocol (errors), which a container's controller never needs
+    from pyvirtd.names import name_path
+
     placement = own_placement()
-    leaf = f"{PARTITION}/{name}.libvirt-lxc"
+    leaf = name_path(PARTITION, name, ".libvirt-lxc")
     if is_v2():
         return {"unified": str(CGROUP_ROOT / placement.get("", "/").lstrip("/") / leaf)}
     out = {}

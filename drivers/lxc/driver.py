@@ -37,6 +37,7 @@ from typing import Any
 import trio
 from lxml import etree
 
+from pyvirtd import nwfilter
 from pyvirtd.driver import DriverContext
 from pyvirtd.driver import domains as ds
 from pyvirtd.driver.hypervisor import HypervisorDomain, HypervisorState
@@ -219,6 +220,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 if target is None:
                     target = etree.SubElement(iface, "target")
                 target.set("dev", host)
+                await nwfilter.bind_interface(self.ctx, live.name, live.uuid, iface, host)
                 cfg = spec.interface_config(iface, i)
                 cfg["peer"] = peer
                 configs.append(cfg)
@@ -232,6 +234,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         from pyvirtd.network import _netlink
 
         for veth in veths:
+            await nwfilter.unbind_interface(self.ctx, veth)
             try:
                 await _netlink("delete_link", veth)
             except Exception:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pyvirtd.errors import VirError
 from pyvirtd.files import write_atomic
+from pyvirtd.names import name_path
 from pyvirtd.paths import Paths
 from pyvirtd.xml import domain as domxml
 
@@ -60,26 +61,27 @@ class StatusStore:
             d.mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str, suffix: str) -> Path:
-        return (self.log_dir if suffix == ".log" else self.run_dir) / f"{name}{suffix}"
+        return name_path(self.log_dir if suffix == ".log" else self.run_dir, name, suffix)
 
     # -- persistent definitions
     def save_config(self, d: domxml.DomainDef) -> None:
-        write_atomic(self.config_dir / f"{d.name}.xml", domxml.format(d))
+        write_atomic(name_path(self.config_dir, d.name, ".xml"), domxml.format(d))
 
     def delete_config(self, name: str) -> None:
-        for path in (self.autostart_dir / f"{name}.xml", self.config_dir / f"{name}.xml"):
+        for path in (name_path(self.autostart_dir, name, ".xml"),
+                     name_path(self.config_dir, name, ".xml")):
             path.unlink(missing_ok=True)
 
     def set_autostart(self, name: str, on: bool) -> None:
-        link = self.autostart_dir / f"{name}.xml"
+        link = name_path(self.autostart_dir, name, ".xml")
         if not on:
             link.unlink(missing_ok=True)
         elif not link.is_symlink():
             link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(Path("..") / f"{name}.xml")
+            link.symlink_to(Path("..") / link.name)
 
     def is_autostart(self, name: str) -> bool:
-        return (self.autostart_dir / f"{name}.xml").is_symlink()
+        return name_path(self.autostart_dir, name, ".xml").is_symlink()
 
     def load_configs(self) -> list[domxml.DomainDef]:
         defs = []
@@ -92,7 +94,7 @@ class StatusStore:
 
     # -- runtime status
     def save_status(self, st: RuntimeStatus) -> None:
-        write_atomic(self.run_dir / f"{st.name}.json", json.dumps(asdict(st)))
+        write_atomic(name_path(self.run_dir, st.name, ".json"), json.dumps(asdict(st)))
 
     def delete_status(self, name: str) -> None:
         for suffix in (".json", ".spec.json", ".exit"):

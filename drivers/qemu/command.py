@@ -59,6 +59,7 @@ from lxml import etree
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
+from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.devices import (Audio, Chardev, Controller, Disk, Graphics, Input, Interface,
                                  Memballoon, Redirdev, Rng, Sound, Video, Watchdog)
 from pyvirtd.xml.devices.input import QEMU_DEVICES as INPUT_DEVICES
@@ -240,6 +241,8 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
             b.add("-device", opts("virtio-rng-pci", ("rng", f"obj{alias}"), ("id", alias),
                                   ("max-bytes", dev.rate_bytes),
                                   ("period", period if dev.rate_bytes else None), *b.pci(dev)))
+    if plat.feature_on("vmcoreinfo"):    # where a crash kernel finds the guest's notes
+        b.add("-device", "vmcoreinfo")
     if sandbox is not None:
         b.add("-sandbox", sandbox)
     if pid_path is not None:
@@ -247,7 +250,18 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     if daemonize:
         b.add("-daemonize")
     b.add("-msg", "timestamp=on")
+    b.add(*passthrough_args(defn))
     return b.argv
+
+
+def passthrough_args(defn) -> list[str]:
+    """The <qemu:commandline><qemu:arg value=...> of ``defn``, which libvirt appends
+    to QEMU's argv as they are, after its own."""
+    args = []
+    for elem in defn.namespaced:
+        if elem.tag == f"{{{domxml.QEMU_NS}}}commandline":
+            args += [a.get("value", "") for a in elem.iter(f"{{{domxml.QEMU_NS}}}arg")]
+    return args
 
 
 def _machine(b: _Builder) -> None:
@@ -479,6 +493,10 @@ def _disks(b: _Builder, disks: list[Disk],
                 fmt["cache"] = {"direct": direct, "no-flush": no_flush}
             if disk.discard == "unmap":
                 fmt["discard"] = "unmap"
+            zeroes = disk.driver_extra.get("detect_zeroes")
+            if zeroes in ("on", "unmap"):     # unmap needs discard=unmap, else it means on
+                fmt["detect-zeroes"] = "unmap" if zeroes == "unmap" and \
+                    disk.discard == "unmap" else "on"
             fmt.update({"driver": disk.format or "raw", "file": f"libvirt-{n}-storage"})
             b.add("-blockdev", _json(fmt))
             node = f"libvirt-{n}-format"
@@ -487,6 +505,8 @@ def _disks(b: _Builder, disks: list[Disk],
                            domain=P.VIR_FROM_DOMAIN)
         pairs = disk_bus(b, disk)
         pairs += [("drive", node), ("id", alias), ("bootindex", disk.boot)]
+        if disk.shareable:       # several guests write it: QEMU must not lock it
+            pairs.append(("share-rw", "on"))
         if write_cache is not None and disk.device == "disk":
             pairs.append(("write-cache", "on" if write_cache else "off"))
         pairs += error_policy_props(disk)

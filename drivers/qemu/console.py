@@ -24,8 +24,8 @@ from .launch import console_device
 
 log = logging.getLogger(__name__)
 
-# virDomainConsoleFlags
-CONSOLE_FORCE, CONSOLE_SAFE = 1, 2
+CONSOLE_FORCE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_FORCE
+CONSOLE_SAFE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_SAFE
 
 
 class ConsoleMixin:

@@ -31,10 +31,7 @@ class QemuDeviceDefaults(DeviceDefaults):
 
     def addresses(self, devs: list, add_controller, ctx: dict) -> None:
         assign_usb_ports(devs)
-        if ctx["q35"]:
-            assign_q35(devs, add_controller)
-        else:
-            assign_pc(devs)
+        (assign_q35 if ctx["q35"] else assign_pc)(devs, add_controller)
 
 
 DEVICE_DEFAULTS = QemuDeviceDefaults()

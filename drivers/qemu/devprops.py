@@ -136,6 +136,9 @@ def disk_bus(b: Placement, disk: Disk) -> list[tuple[str, object]]:
             if disk.iothread > b.plat.iothreads:
                 raise unsupported(f"Disk iothread '{disk.iothread}' not defined in iothreadid")
             pairs.append(("iothread", f"iothread{disk.iothread}"))
+        extra = disk.driver_extra
+        pairs += [("ioeventfd", extra.get("ioeventfd")), ("event_idx", extra.get("event_idx")),
+                  ("num-queues", extra.get("queues")), ("queue-size", extra.get("queue_size"))]
         return pairs
     if disk.bus == "usb":          # no drive address: the device goes on the USB bus
         if cd:

@@ -9,6 +9,7 @@ follow libvirt's QEMU driver (src/qemu/qemu_driver.c) as virsh prints them.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import trio
@@ -28,6 +29,7 @@ START_PAUSED, START_AUTODESTROY, START_BYPASS_CACHE, START_FORCE_BOOT, START_VAL
 START_RESET_NVRAM = 32
 DEFINE_VALIDATE = 1
 UNDEFINE_ALL = 1 | 2 | 4 | 8 | 16 | 32 | 64
+UNDEFINE_NVRAM, UNDEFINE_KEEP_NVRAM = 4, 8
 DESTROY_GRACEFUL = 1
 SHUTDOWN_DEFAULT, SHUTDOWN_ACPI, SHUTDOWN_AGENT = 0, 1, 2
 RESET_FLAGS = 0
@@ -143,6 +145,7 @@ class DomainMixin(ds.DomainLookups):
         if not dom.persistent:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot undefine transient domain",
                            domain=P.VIR_FROM_QEMU)
+        await _undefine_nvram(dom.persistent_def or dom.definition, flags)
         await ds.undefine(drv, dom)
 
     # -- lifecycle --------------------------------------------------------
@@ -315,3 +318,25 @@ class DomainMixin(ds.DomainLookups):
 def _read_text(path: str) -> str:
     with open(path) as f:
         return f.read()
+
+
+async def _undefine_nvram(defn: domxml.DomainDef, flags: int) -> None:
+    """A guest's NVRAM file at undefine, as libvirt 9.0 (qemuDomainUndefineFlags):
+    removed with UNDEFINE_NVRAM, kept with UNDEFINE_KEEP_NVRAM, and with neither
+    the undefine is refused while the file exists (its variables would be lost
+    or orphaned without the user saying which)."""
+    path = next(((e.text or "").strip() for e in defn.os_extra
+                 if e.tag == "nvram" and (e.text or "").strip()), None)
+    if path is None or not await trio.to_thread.run_sync(os.path.exists, path):
+        return
+    if flags & UNDEFINE_NVRAM:
+        try:
+            await trio.to_thread.run_sync(os.unlink, path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR, f"failed to remove nvram: {path}: "
+                           f"{exc.strerror}", domain=P.VIR_FROM_QEMU) from None
+    elif not flags & UNDEFINE_KEEP_NVRAM:
+        raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot undefine domain with nvram",
+                       domain=P.VIR_FROM_QEMU)

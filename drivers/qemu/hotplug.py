@@ -65,7 +65,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # virDomainDeviceModifyFlags
-AFFECT_CURRENT, AFFECT_LIVE, AFFECT_CONFIG, DEVICE_MODIFY_FORCE = 0, 1, 2, 4
+AFFECT_CURRENT = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CURRENT
+AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
+AFFECT_CONFIG = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CONFIG
+DEVICE_MODIFY_FORCE = P.DomainDeviceModifyFlags.VIR_DOMAIN_DEVICE_MODIFY_FORCE
 # How long a detach waits for the guest to release the device
 # (qemu_hotplug.c: qemuDomainRemoveDeviceWaitTime, 5 s).
 REMOVE_WAIT = 5.0

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import trio
 from lxml import etree
 
+from pyvirtd import nwfilter
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
@@ -172,7 +173,13 @@ async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
         raise VirError(P.VIR_ERR_SYSTEM_ERROR,
                        f"Unable to add bridge {bridge} port {_tap_name(iface)}: "
                        f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
-    return _show_target(iface, tap, mac, fd)
+    made = _show_target(iface, tap, mac, fd)
+    try:
+        await nwfilter.bind_interface(state.ctx, live.name, live.uuid, iface, tap)
+    except BaseException:
+        os.close(fd)
+        raise
+    return made
 
 
 def _show_target(iface: etree._Element, tap: str, mac: str, fd: int) -> tuple[str, str, int]:
@@ -343,6 +350,7 @@ async def unplug_all(state: "QemuState", taps: list[tuple[str, str]],
     from pyvirtd.network import netlink
 
     for tap, mac in taps:
+        await nwfilter.unbind_interface(state.ctx, tap)
         try:
             if await trio.to_thread.run_sync(_is_macvtap, tap):
                 await trio.to_thread.run_sync(netlink.delete_macvtap, tap, mac, saved_macs(state))

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
+from pyvirtd.xml.platform import fill_cpu_defaults
 
 from .command import VolumeSource, assign_aliases, build_command
 from .confine import SANDBOX
@@ -70,18 +72,10 @@ def fill_defaults(state: "QemuState", d: domxml.DomainDef) -> None:
         target = iface.find("target")
         if target is not None and (target.get("dev") or "").startswith(GENERATED_IFNAMES):
             iface.remove(target)
-    cpu = d.raw.get("cpu")
-    if cpu is not None and cpu.get("mode") in ("host-passthrough", "maximum") \
-            and cpu.get("check") is None:
-        cpu.set("check", "none")     # nothing to check a CPU QEMU takes as it is against
-    if "cpu" not in d.raw and d.arch == HOST_ARCH:
-        # QEMU's default CPU for x86 machines, written down as libvirt does
-        # (qemuDomainDefSetDefaultCPU)
-        d.raw["cpu"] = etree.fromstring(
-            "<cpu mode='custom' match='exact' check='none'>"
-            "<model fallback='forbid'>qemu64</model></cpu>")
+    if d.arch == HOST_ARCH:
+        d.raw["cpu"] = fill_cpu_defaults(d.raw.get("cpu"), d.type)
     devmod.apply_defaults(d, DEVICE_DEFAULTS)
-    devmod.validate_devices(d)
+    devmod.validate_devices(d, starting=False)     # what cannot run yet fails at start
 
 
 def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
@@ -107,7 +101,7 @@ def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
 
 def channel_dir(state: "QemuState", live: domxml.DomainDef) -> Path:
     """Where the unix channels of ``live`` that name no path get their sockets."""
-    return state.store.run_dir / "channel" / f"domain-{live.name[:20]}"
+    return name_path(state.store.run_dir / "channel", f"domain-{live.name[:20]}")
 
 
 def prepare_live(state: "QemuState", live: domxml.DomainDef) -> None:
@@ -124,7 +118,7 @@ def prepare_live(state: "QemuState", live: domxml.DomainDef) -> None:
             src = etree.SubElement(dev, "source", mode="bind")
         if not src.get("path"):
             chan_dir.mkdir(parents=True, exist_ok=True)
-            src.set("path", str(chan_dir / tgt.get("name")))
+            src.set("path", str(name_path(chan_dir, tgt.get("name"))))
     taken = _display_ports_in_use(state)
     for gfx in live.devices_of("graphics"):
         if gfx.get("type") == "spice" and gfx.get("autoport", "yes") == "yes" \

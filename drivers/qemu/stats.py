@@ -43,20 +43,32 @@ from .guest import QemuDomain
 
 log = logging.getLogger(__name__)
 
-# virDomainStatsTypes
-STATS_STATE, STATS_CPU_TOTAL, STATS_BALLOON, STATS_VCPU = 1, 2, 4, 8
-STATS_INTERFACE, STATS_BLOCK = 16, 32
-SUPPORTED_STATS = (STATS_STATE | STATS_CPU_TOTAL | STATS_BALLOON | STATS_VCPU | STATS_INTERFACE
-                   | STATS_BLOCK)
-# virConnectGetAllDomainStatsFlags
-LIST_FLAGS = 0x3FFF
-STATS_NOWAIT, STATS_BACKING, STATS_ENFORCE = 1 << 29, 1 << 30, 1 << 31
-# virDomainMemoryStatTags
-MEM_ACTUAL_BALLOON, MEM_RSS = 6, 7
-# virDomainModificationImpact / virDomainVcpuFlags
-AFFECT_LIVE, AFFECT_CONFIG, VCPU_MAXIMUM, VCPU_GUEST, VCPU_HOTPLUGGABLE = 1, 2, 4, 8, 16
-VCPU_RUNNING = 1        # virVcpuState
-TYPED_PARAM_STRING_OKAY = 1 << 2
+_ST = P.DomainStatsTypes
+STATS_STATE, STATS_CPU_TOTAL, STATS_BALLOON = (_ST.VIR_DOMAIN_STATS_STATE,
+                                               _ST.VIR_DOMAIN_STATS_CPU_TOTAL,
+                                               _ST.VIR_DOMAIN_STATS_BALLOON)
+STATS_VCPU, STATS_INTERFACE, STATS_BLOCK = (_ST.VIR_DOMAIN_STATS_VCPU,
+                                            _ST.VIR_DOMAIN_STATS_INTERFACE,
+                                            _ST.VIR_DOMAIN_STATS_BLOCK)
+# a plain int: its complement must keep the bits no enum member names
+SUPPORTED_STATS = int(STATS_STATE | STATS_CPU_TOTAL | STATS_BALLOON | STATS_VCPU | STATS_INTERFACE
+                      | STATS_BLOCK)
+_LF = P.ConnectGetAllDomainStatsFlags
+# the listing filters it shares with virConnectListAllDomains, ACTIVE .. NO_SNAPSHOT
+# (libvirt's VIR_CONNECT_LIST_DOMAINS_FILTERS_*; no checkpoint filters there)
+LIST_FLAGS = int(P.ConnectListAllDomainsFlags.VIR_CONNECT_LIST_DOMAINS_NO_SNAPSHOT) * 2 - 1
+STATS_NOWAIT, STATS_BACKING, STATS_ENFORCE = (_LF.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+                                              _LF.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING,
+                                              _LF.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ENFORCE_STATS)
+MEM_ACTUAL_BALLOON = P.DomainMemoryStatTags.VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON
+MEM_RSS = P.DomainMemoryStatTags.VIR_DOMAIN_MEMORY_STAT_RSS
+AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
+AFFECT_CONFIG = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CONFIG
+VCPU_MAXIMUM = P.DomainVcpuFlags.VIR_DOMAIN_VCPU_MAXIMUM
+VCPU_GUEST = P.DomainVcpuFlags.VIR_DOMAIN_VCPU_GUEST
+VCPU_HOTPLUGGABLE = P.DomainVcpuFlags.VIR_DOMAIN_VCPU_HOTPLUGGABLE
+VCPU_RUNNING = P.VcpuState.VIR_VCPU_RUNNING
+TYPED_PARAM_STRING_OKAY = P.TypedParameterFlags.VIR_TYPED_PARAM_STRING_OKAY
 
 INT, UINT, LLONG, ULLONG, STRING = (P.VIR_TYPED_PARAM_INT, P.VIR_TYPED_PARAM_UINT,
                                     P.VIR_TYPED_PARAM_LLONG, P.VIR_TYPED_PARAM_ULLONG,

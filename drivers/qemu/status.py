@@ -34,6 +34,7 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.files import write_atomic
+from pyvirtd.names import name_path
 from pyvirtd.paths import Paths
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import hardened_parser
@@ -75,33 +76,34 @@ class StatusStore:
 
     # -- per-guest runtime paths ----------------------------------------------
     def monitor_path(self, name: str) -> Path:
-        return self.run_dir / f"{name}.monitor"
+        return name_path(self.run_dir, name, ".monitor")
 
     def pid_path(self, name: str) -> Path:
-        return self.run_dir / f"{name}.pid"
+        return name_path(self.run_dir, name, ".pid")
 
     def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
+        return name_path(self.log_dir, name, ".log")
 
     # -- persistent definitions -----------------------------------------------
     def save_config(self, d: domxml.DomainDef) -> None:
-        write_atomic(self.config_dir / f"{d.name}.xml", domxml.format(d))
+        write_atomic(name_path(self.config_dir, d.name, ".xml"), domxml.format(d))
 
     def delete_config(self, name: str) -> None:
-        for path in (self.autostart_dir / f"{name}.xml", self.config_dir / f"{name}.xml"):
+        for path in (name_path(self.autostart_dir, name, ".xml"),
+                     name_path(self.config_dir, name, ".xml")):
             path.unlink(missing_ok=True)
 
     def set_autostart(self, name: str, on: bool) -> None:
-        link = self.autostart_dir / f"{name}.xml"
+        link = name_path(self.autostart_dir, name, ".xml")
         if not on:
             link.unlink(missing_ok=True)
             return
         if not link.is_symlink():
             link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(Path("..") / f"{name}.xml")
+            link.symlink_to(Path("..") / link.name)
 
     def is_autostart(self, name: str) -> bool:
-        return (self.autostart_dir / f"{name}.xml").is_symlink()
+        return name_path(self.autostart_dir, name, ".xml").is_symlink()
 
     def load_configs(self) -> list[domxml.DomainDef]:
         """Every persistent definition; an unreadable one is logged and skipped."""
@@ -121,10 +123,10 @@ class StatusStore:
         text = (f"<domstatus state='{st.state}' reason='{st.reason}' pid='{st.pid}' id='{st.id}'"
                 f" persistent='{'yes' if st.persistent else 'no'}'>\n"
                 f"  <monitor path='{st.monitor}'/>\n{_labels_xml(st.labels)}{live}</domstatus>\n")
-        write_atomic(self.run_dir / f"{st.name}.xml", text)
+        write_atomic(name_path(self.run_dir, st.name, ".xml"), text)
 
     def delete_status(self, name: str) -> None:
-        (self.run_dir / f"{name}.xml").unlink(missing_ok=True)
+        name_path(self.run_dir, name, ".xml").unlink(missing_ok=True)
 
     def load_statuses(self) -> list[RuntimeStatus]:
         """Every runtime status record; a broken one is logged and removed."""

@@ -14,7 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import trio
+
 from pyvirtd.errors import VirError, check_flags
+from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import format_uuid
@@ -51,6 +54,7 @@ GUEST_HOSTNAME = "testhost"
 DEFAULT_ARCH = "i686"
 # Header of a save image (ours: a magic, the XML length, the XML).
 SAVE_MAGIC = b"pyvirtdTestGuestMagic"
+MAX_SAVED_XML = 8192        # libvirt's test driver's bound on a save image's XML
 IFNAME_PREFIX = "testnet"
 SCHED_WEIGHT = 50
 
@@ -61,6 +65,26 @@ class Domain(DomainObject):
     sched_weight: int = SCHED_WEIGHT
     memtune: dict = field(default_factory=dict)
     blkio_weight: int = 0
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _read_save_image(path: str) -> str:
+    """The domain XML of a test driver save image: the header first, then as
+    much XML as it announces (a /dev/zero is refused, not read forever)."""
+    with open(path, "rb") as f:
+        head = f.read(len(SAVE_MAGIC) + 4)
+        if not head.startswith(SAVE_MAGIC) or len(head) < len(SAVE_MAGIC) + 4:
+            raise VirError(P.VIR_ERR_INTERNAL_ERROR, "mismatched header magic",
+                           domain=P.VIR_FROM_TEST)
+        size = int.from_bytes(head[len(SAVE_MAGIC):], "little")
+        if not 1 <= size <= MAX_SAVED_XML:
+            raise VirError(P.VIR_ERR_INTERNAL_ERROR, "length of metadata out of range",
+                           domain=P.VIR_FROM_TEST)
+        return f.read(size).decode(errors="replace")
 
 
 def new_definition(xml: str, *, validate_schema: bool = False) -> domxml.DomainDef:
@@ -281,6 +305,7 @@ class DomainMixin:
     def domain_rename(self, ref: Any, new_name: str, flags: int) -> int:
         check_flags(flags, 0, "testDomainRename", P.VIR_FROM_TEST)
         dom = self._dom(ref)
+        check_name("domain", new_name, error_domain=P.VIR_FROM_TEST)
         if dom.active:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot rename active domain",
                            domain=P.VIR_FROM_TEST)
@@ -409,37 +434,33 @@ class DomainMixin:
         check_flags(flags, 0, "testDomainManagedSaveRemove", P.VIR_FROM_TEST)
         self._dom(ref).managed_save = False
 
-    def domain_save(self, ref: Any, to: str) -> None:
-        self.domain_save_flags(ref, to, None, 0)
+    async def domain_save(self, ref: Any, to: str) -> None:
+        await self.domain_save_flags(ref, to, None, 0)
 
-    def domain_save_flags(self, ref: Any, to: str, dxml: str | None, flags: int) -> None:
+    async def domain_save_flags(self, ref: Any, to: str, dxml: str | None, flags: int) -> None:
         check_flags(flags, 0, "testDomainSaveFlags", P.VIR_FROM_TEST)
         dom = self._active_dom(ref)
-        text = domxml.format(dom.definition)
+        text = domxml.format(dom.definition).encode()
         try:
-            with open(to, "wb") as f:
-                f.write(SAVE_MAGIC + len(text.encode()).to_bytes(4, "little") + text.encode())
+            # the client names the file (a FIFO, a slow disk): never on the event loop
+            await trio.to_thread.run_sync(_write_file, to, SAVE_MAGIC + len(text).to_bytes(
+                4, "little") + text, abandon_on_cancel=True)
         except OSError as exc:
             raise VirError(P.VIR_ERR_SYSTEM_ERROR, domain=P.VIR_FROM_TEST,
                            message=f"saving domain '{dom.name}' to '{to}': {exc.strerror}") from None
+        self._active_dom(ref)       # still running after the wait?
         self._stop(dom, SHUTOFF_SAVED, STOPPED_SAVED)
 
-    def domain_restore(self, from_: str) -> None:
-        self.domain_restore_flags(from_, None, 0)
+    async def domain_restore(self, from_: str) -> None:
+        await self.domain_restore_flags(from_, None, 0)
 
-    def domain_restore_flags(self, from_: str, dxml: str | None, flags: int) -> None:
+    async def domain_restore_flags(self, from_: str, dxml: str | None, flags: int) -> None:
         check_flags(flags, 0, "testDomainRestoreFlags", P.VIR_FROM_TEST)
         try:
-            with open(from_, "rb") as f:
-                data = f.read()
+            body = await trio.to_thread.run_sync(_read_save_image, from_, abandon_on_cancel=True)
         except OSError as exc:
             raise VirError(P.VIR_ERR_SYSTEM_ERROR, domain=P.VIR_FROM_TEST,
                            message=f"cannot read domain image '{from_}': {exc.strerror}") from None
-        if not data.startswith(SAVE_MAGIC):
-            raise VirError(P.VIR_ERR_INTERNAL_ERROR, "mismatched header magic",
-                           domain=P.VIR_FROM_TEST)
-        size = int.from_bytes(data[len(SAVE_MAGIC):len(SAVE_MAGIC) + 4], "little")
-        body = data[len(SAVE_MAGIC) + 4:len(SAVE_MAGIC) + 4 + size].decode()
         new = new_definition(body)
         dom, replaced = self._add(new, live=True)
         if replaced:

@@ -19,7 +19,11 @@ from .state import NodeInfo, TestState
 
 
 def load_node(path: Path) -> TestState:
-    root = fromstring(path.read_bytes(), hardened_parser())
+    """The state a trusted node file describes (the driver's own default.xml)."""
+    return node_state(fromstring(path.read_bytes(), hardened_parser()))
+
+
+def node_state(root: etree._Element) -> TestState:
     state = TestState()
     state.node = _node_info(root)
     domains.load_domains(state, root.findall("domain"))

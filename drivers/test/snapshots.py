@@ -15,6 +15,7 @@ from xml.sax.saxutils import escape
 from lxml import etree
 
 from pyvirtd.errors import VirError, check_flags
+from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import fromstring, hardened_parser, schema
@@ -22,7 +23,7 @@ from pyvirtd.xml import fromstring, hardened_parser, schema
 from .domains import (EV_SUSPENDED, PAUSED, PAUSED_FROM_SNAPSHOT,
                       RUNNING, RUNNING_FROM_SNAPSHOT, SHUTOFF, SHUTOFF_FROM_SNAPSHOT,
                       STARTED_FROM_SNAPSHOT, STOPPED_FROM_SNAPSHOT, SUSPENDED_FROM_SNAPSHOT,
-                      Domain, check_flags)
+                      Domain)
 
 # virDomainSnapshotCreateFlags
 CREATE_REDEFINE, CREATE_CURRENT, CREATE_NO_METADATA, CREATE_HALT = 1, 2, 4, 8
@@ -88,6 +89,8 @@ def _parse_snapshot_xml(text: str, *, validate_schema: bool = False
         schema.validate(root, "domainsnapshot")
     name = root.findtext("name")
     desc = root.findtext("description")
+    if name and name.strip():
+        check_name("snapshot", name.strip())
     return (name.strip() if name else None), desc
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyvirtd.events import EventBus
+from pyvirtd.secrets.objects import SecretList
 
 
 @dataclass
@@ -34,7 +35,7 @@ class TestState:
     interfaces: dict[str, Any] = field(default_factory=dict)
     pools: dict[str, Any] = field(default_factory=dict)
     node_devices: dict[str, Any] = field(default_factory=dict)
-    secrets: dict[str, Any] = field(default_factory=dict)
+    secrets: SecretList = field(default_factory=SecretList)
     events: EventBus = field(default_factory=EventBus)
     # Interface definitions saved by INTERFACE_CHANGE_BEGIN (None: no transaction).
     iface_backup: list | None = None

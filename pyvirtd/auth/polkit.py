@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
+from types import SimpleNamespace
 from typing import Any, Iterable
 
 from pyvirtd.errors import VirError
@@ -40,6 +41,11 @@ _DRIVER_NAMES = {"test": "Test", "qemu": "QEMU", "lxc": "LXC"}
 _BY_NAME = {p.name: p for p in P.PROCEDURES if p is not None and p.program == "remote"}
 # the "max" argument of a LIST_* call made to count: above every REMOTE_*_LIST_MAX
 _LIST_ALL = 65536
+# list calls that answer keys, not objects: how to look each key's object up
+_KEY_LOOKUPS = {
+    "CONNECT_LIST_DOMAINS": ("DOMAIN_LOOKUP_BY_ID", lambda dom_id: dom_id),
+    "CONNECT_LIST_SECRETS": ("SECRET_LOOKUP_BY_UUID", lambda text: uuidlib.UUID(text).bytes),
+}
 
 # ACL object -> the remote_nonnull_* struct that carries it, and how its
 # fields become polkit details (viraccessdriverpolkit.c)
@@ -66,6 +72,12 @@ def _uuid(raw: Any) -> str:
     return str(uuidlib.UUID(bytes=bytes(raw))) if raw is not None else ""
 
 
+# virSecretUsageType -> the detail naming a secret's use (viraccessdriverpolkit.c;
+# libvirt gives none for usage "none" nor, so far, for "vtpm")
+_SECRET_USAGE_DETAIL = {1: "secret_usage_volume", 2: "secret_usage_ceph",
+                        3: "secret_usage_target", 4: "secret_usage_name"}
+
+
 def object_details(obj: str, value: Any) -> dict[str, str]:
     """Polkit details for one object value (a remote_nonnull_* struct)."""
     get = lambda name: getattr(value, name, None)  # noqa: E731
@@ -83,7 +95,11 @@ def object_details(obj: str, value: Any) -> dict[str, str]:
     if obj == "node_device":
         return {"node_device_name": get("name") or ""}
     if obj == "secret":
-        return {"secret_uuid": _uuid(get("uuid"))}
+        details = {"secret_uuid": _uuid(get("uuid"))}
+        usage = _SECRET_USAGE_DETAIL.get(get("usageType"))
+        if usage:
+            details[usage] = get("usageID") or ""
+        return details
     if obj == "nwfilter":
         return {"nwfilter_name": get("name") or "", "nwfilter_uuid": _uuid(get("uuid"))}
     return {}
@@ -103,9 +119,28 @@ def _xml_details(obj: str, xml: str) -> dict[str, str] | None:
         root = fromstring(xml)
     except (etree.XMLSyntaxError, VirError):
         return None                       # the driver reports the parse error
+    if obj == "secret":
+        return _secret_xml_details(root)
     name, uuid = root.findtext("name") or "", root.findtext("uuid") or ""
     prefix = _NAME_PREFIX.get(obj)
     return {f"{prefix}_name": name, f"{prefix}_uuid": uuid} if prefix else None
+
+
+def _secret_xml_details(root: Any) -> dict[str, str] | None:
+    """A secret about to be defined: its UUID (empty when the driver will pick
+    one) and usage, so the check comes before anything is stored."""
+    from pyvirtd.xml import secret as secxml
+
+    usage = root.find("usage")
+    utype = usage.get("type") if usage is not None else "none"
+    if utype not in secxml.USAGE_TYPES:
+        return None                       # the driver reports the error
+    number, child = secxml.USAGE_TYPES[utype]
+    ref = SimpleNamespace(uuid=None, usageType=number,
+                          usageID=usage.findtext(child) if child else "")
+    details = object_details("secret", ref)
+    details["secret_uuid"] = (root.findtext("uuid") or "").strip()
+    return details
 
 
 # The flags that ``acl`` annotations name (include/libvirt/libvirt-*.h values).
@@ -243,8 +278,8 @@ class PolkitAccess:
                                      dict(self._base(client), **object_details(obj, objs[0]))))
                 await self._require(client, reqs)
         if proc.aclfilter:
-            if program is not None and proc.name == "CONNECT_LIST_DOMAINS":
-                return await self._filter_ids(client, proc, result, program)
+            if program is not None and proc.name in _KEY_LOOKUPS:
+                return await self._filter_keys(client, proc, result, program)
             if program is not None and "_NUM_OF_" in proc.name:
                 return await self._filter_count(client, proc, args, result, program)
             return await self._filter(client, proc, result)
@@ -323,27 +358,30 @@ class PolkitAccess:
         wanted = getattr(P, f"remote_{list_proc.method}_args")._fields
         listed = await self._call(client, program, list_proc,
                                   [given.get(f, _LIST_ALL) for f in wanted])
-        if list_proc.name == "CONNECT_LIST_DOMAINS":
-            return len(await self._filter_ids(client, list_proc, listed, program))
+        if list_proc.name in _KEY_LOOKUPS:
+            return len(await self._filter_keys(client, list_proc, listed, program))
         return len(await self._filter(client, list_proc, listed))
 
-    async def _filter_ids(self, client: Any, proc: Any, ids: list[int], program: Any) -> list:
-        """The running domains' ids the client may see (the rules see name and uuid)."""
+    async def _filter_keys(self, client: Any, proc: Any, keys: list, program: Any) -> list:
+        """The running domains' ids, or the secrets' UUIDs, the client may see:
+        each is looked up first, as the rules see the whole object (a domain's
+        name and uuid, a secret's uuid and usage)."""
         ident = client.identity
-        if ident is None or not ids:
+        if ident is None or not keys:
             return []
-        lookup = _BY_NAME["DOMAIN_LOOKUP_BY_ID"]
+        lookup_name, to_arg = _KEY_LOOKUPS[proc.name]
+        lookup = _BY_NAME[lookup_name]
         found = []
-        for dom_id in ids:
+        for key in keys:
             try:
-                found.append((dom_id, await self._call(client, program, lookup, [dom_id])))
+                found.append((key, await self._call(client, program, lookup, [to_arg(key)])))
             except VirError:
                 pass                       # gone since it was listed
         obj, perm = proc.aclfilter[0].split(":")[:2]
         base = self._base(client)
         keep = await check_authorization(ident.pid, ident.uid, [
-            (action_id(obj, perm), dict(base, **object_details(obj, dom))) for _, dom in found])
-        return [dom_id for (dom_id, _), k in zip(found, keep) if k]
+            (action_id(obj, perm), dict(base, **object_details(obj, o))) for _, o in found])
+        return [key for (key, _), k in zip(found, keep) if k]
 
     async def _filter(self, client: Any, proc: Any, result: Any) -> Any:
         """Drop the objects of a list result the client may not see (aclfilter)."""

@@ -10,6 +10,7 @@ that is not the daemon's own: see pyvirtd/driver/api.py for the methods.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -25,6 +26,16 @@ from pyvirtd.rpc import _generated as P
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "pyvirtd.drivers"
+
+
+class SubsystemError(Exception):
+    """A shared subsystem (storage, network, secret, ...) cannot work here.
+
+    Unlike a hypervisor driver, which is left out as not operational, a
+    subsystem every hypervisor connection relies on stops the daemon, as a
+    state driver that fails to initialise stops libvirtd: otherwise its
+    procedures would answer "not supported" with no word of why.
+    """
 
 
 @dataclass(frozen=True)
@@ -72,7 +83,8 @@ class Driver(Protocol):
     def probe(self) -> str | None:
         """None when the driver can work here, else why not."""
 
-    def open(self, uri: SplitResult, name: str, flags: int, client: Any) -> DriverConnection: ...
+    def open(self, uri: SplitResult, name: str, flags: int, client: Any) -> DriverConnection:
+        """A connection for ``uri``; may be a coroutine function when opening reads files."""
 
 
 class DriverRegistry:
@@ -88,6 +100,8 @@ class DriverRegistry:
             try:
                 driver = ep.load()(ctx)
                 reason = driver.probe()
+            except SubsystemError:
+                raise
             except Exception as exc:  # one broken driver must not stop the daemon
                 log.exception("driver %s failed to load", ep.name)
                 reason = str(exc)
@@ -99,7 +113,7 @@ class DriverRegistry:
             for scheme in driver.schemes:
                 self.by_scheme[scheme] = driver
 
-    def open(self, name: str | None, flags: int, client: Any) -> DriverConnection:
+    async def open(self, name: str | None, flags: int, client: Any) -> DriverConnection:
         if not name:
             name = self.default_uri
         uri = urlsplit(name)
@@ -109,7 +123,10 @@ class DriverRegistry:
         if driver is None:
             raise VirError(P.VIR_ERR_NO_CONNECT, message=f"no connection driver available for {name}",
                            domain=P.VIR_FROM_NONE)
-        return driver.open(uri, name, flags, client)
+        conn = driver.open(uri, name, flags, client)
+        if inspect.isawaitable(conn):
+            conn = await conn
+        return conn
 
     async def start(self) -> None:
         """Let drivers with state start it (autostart, reattach to guests).
@@ -140,14 +157,15 @@ SUBSYSTEMS = (
     ("secret", "pyvirtd.secrets", "SecretSubsystem"),
     ("nodedev", "pyvirtd.nodedev", "NodeDeviceSubsystem"),
     ("interface", "pyvirtd.host_interfaces", "HostInterfaceSubsystem"),
+    ("nwfilter", "pyvirtd.nwfilter", "NWFilterSubsystem"),
 )
 
 
 def shared_subsystems(ctx: DriverContext) -> tuple[Any, ...]:
     """The subsystems a hypervisor connection delegates to, created on first use.
 
-    A subsystem whose module is not there yet is skipped: its procedures then
-    answer VIR_ERR_NO_SUPPORT like any other missing method.
+    Raises SubsystemError naming the subsystem when one cannot be imported or
+    created (the daemon then stops with that message); none is skipped.
     """
     import importlib
 
@@ -157,8 +175,13 @@ def shared_subsystems(ctx: DriverContext) -> tuple[Any, ...]:
         if sub is None:
             try:
                 factory = getattr(importlib.import_module(module), cls)
-            except (ImportError, AttributeError):
-                continue
-            sub = ctx.shared[key] = factory(ctx)
+                sub = factory(ctx)
+            except SubsystemError as exc:
+                raise SubsystemError(f"{key} subsystem: {exc}") from exc
+            except Exception as exc:
+                log.exception("%s subsystem (%s.%s) failed to load", key, module, cls)
+                raise SubsystemError(f"{key} subsystem ({module}.{cls}): "
+                                     f"{type(exc).__name__}: {exc}") from exc
+            ctx.shared[key] = sub
         found.append(sub)
     return tuple(found)

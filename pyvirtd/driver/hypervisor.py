@@ -8,8 +8,8 @@ once, as three base classes a driver subclasses:
 ``HypervisorState``   the daemon-wide state: guests, ids, the service nursery
                       that outlives client calls, start (load definitions ->
                       reattach to running guests -> autostart), stop (detach,
-                      guests keep running), mark-stopped, held events.  A
-                      driver fills the template methods::
+                      guests keep running), define, mark-stopped, held
+                      events.  A driver fills the template methods::
 
                           launch(dom, live, paused)   start a run, return its handle
                           attach(dom, run, status)    take a run over after a restart
@@ -29,10 +29,9 @@ awaits on the single trio thread.  ``mark_stopped`` is synchronous on purpose:
 whichever of a destroyer and a watcher gets there first wins, the other finds
 the run generation (``dom.run``) moved on.
 
-A remote, stateless driver (ESX) has no guests here: it subclasses only
-``HypervisorConnection`` (its host facts are the remote host's) and a
-`pyvirtd.driver.Driver` whose ``open`` may be a coroutine function; see
-docs/drivers.md.
+A remote, stateless driver (ESX) has no guests here and none of this: it
+implements `pyvirtd.driver.Driver` and the topics of pyvirtd/driver/api.py
+directly (docs/drivers.md, last section).
 """
 
 from __future__ import annotations

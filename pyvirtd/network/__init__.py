@@ -62,6 +62,7 @@ from lxml import etree
 
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.files import write_atomic
+from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
 from pyvirtd.xml import network as netxml
@@ -209,19 +210,31 @@ class NetworkSubsystem(PortsMixin):
 
     # ------------------------------------------------------------ persistence
     def _config_path(self, name: str) -> Path:
-        return self.config_dir / f"{name}.xml"
+        return name_path(self.config_dir, name, ".xml")
+
+    def _autostart_path(self, name: str) -> Path:
+        return name_path(self.autostart_dir, name, ".xml")
 
     def _status_path(self, name: str) -> Path:
-        return self.status_dir / f"{name}.xml"
+        return name_path(self.status_dir, name, ".xml")
 
     def _files(self, name: str) -> dnsmasq.Files:
         return dnsmasq.Files(self.status_dir, name)
 
-    def _save_config(self, netdef: netxml.NetworkDef) -> None:
-        write_atomic(self._config_path(netdef.name), netxml.format(netdef))
-
     def _save_status(self, net: Network) -> None:
         write_atomic(self._status_path(net.name), netxml.format(net.definition))
+
+    async def _write(self, path: Path, netdef: netxml.NetworkDef) -> None:
+        """Write a definition before memory changes (callers commit after it).
+
+        Off the event loop; a full or broken disk is libvirt's system error
+        (virFileRewrite's wording), the memory untouched."""
+        text = netxml.format(netdef)
+        try:
+            await trio.to_thread.run_sync(write_atomic, path, text)
+        except OSError as exc:
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR, domain=_FROM, message=(
+                f"cannot write data to file '{path}': {exc.strerror or exc}")) from None
 
     def _load(self) -> None:
         """Read persistent definitions and live status (once)."""
@@ -362,13 +375,18 @@ class NetworkSubsystem(PortsMixin):
         if not net.persistent:
             raise VirError(P.VIR_ERR_OPERATION_INVALID,
                            "cannot set autostart for transient network", domain=_FROM)
-        link = self.autostart_dir / f"{net.name}.xml"
-        if autostart:
-            self.autostart_dir.mkdir(parents=True, exist_ok=True)
-            if not link.is_symlink():
-                link.symlink_to(self._config_path(net.name))
-        else:
-            link.unlink(missing_ok=True)
+        link = self._autostart_path(net.name)
+        try:
+            if autostart:
+                self.autostart_dir.mkdir(parents=True, exist_ok=True)
+                if not link.is_symlink():
+                    link.symlink_to(self._config_path(net.name))
+            else:
+                link.unlink(missing_ok=True)
+        except OSError as exc:      # the link is the state: memory follows it only
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR, domain=_FROM, message=(
+                f"Failed to {'create' if autostart else 'delete'} symlink '{link}': "
+                f"{exc.strerror or exc}")) from None
         net.autostart = bool(autostart)
 
     # ------------------------------------------------------------ definition
@@ -417,8 +435,14 @@ class NetworkSubsystem(PortsMixin):
             elem = etree.Element("mac", address=mac)
             netxml._place(tree, elem)
 
-    def _add(self, netdef: netxml.NetworkDef, live: bool) -> Network:
-        """virNetworkObjAssignDef: add or replace, as the test driver does."""
+    def _check_add(self, netdef: netxml.NetworkDef, live: bool) -> None:
+        """What `_add` would refuse, checked before anything is written."""
+        self._add(netdef, live, dry_run=True)
+
+    def _add(self, netdef: netxml.NetworkDef, live: bool, *, dry_run: bool = False
+             ) -> Network | None:
+        """virNetworkObjAssignDef: add or replace, as the test driver does
+        (with ``dry_run``, only its refusals)."""
         by_name = self.networks.get(netdef.name)
         for other in self.networks.values():
             if other.uuid == netdef.uuid and other.name != netdef.name:
@@ -429,14 +453,16 @@ class NetworkSubsystem(PortsMixin):
             raise VirError(P.VIR_ERR_OPERATION_FAILED,
                            f"network '{by_name.name}' already exists with uuid "
                            f"{format_uuid(by_name.uuid)}", domain=_FROM)
+        if live and by_name is not None and by_name.active:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                           f"network is already active as '{by_name.name}'", domain=_FROM)
+        if dry_run:
+            return None
         if by_name is None:
             net = Network(netdef, active=False, persistent=not live)
             self.networks[netdef.name] = net
             return net
         if live:
-            if by_name.active:
-                raise VirError(P.VIR_ERR_OPERATION_INVALID,
-                               f"network is already active as '{by_name.name}'", domain=_FROM)
             by_name.new_def = by_name.definition
             by_name.definition = netdef
         elif by_name.active:
@@ -456,8 +482,9 @@ class NetworkSubsystem(PortsMixin):
             self._load()
             netdef = netxml.parse(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
             await self._fill_in(netdef)
+            self._check_add(netdef, live=False)
+            await self._write(self._config_path(netdef.name), netdef)
             net = self._add(netdef, live=False)
-            self._save_config(netdef)
         self._emit(net, P.VIR_NETWORK_EVENT_DEFINED)
         return net.ref()
 
@@ -489,9 +516,14 @@ class NetworkSubsystem(PortsMixin):
             if not net.persistent:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID, "network is not persistent",
                                domain=_FROM)
-            self._config_path(net.name).unlink(missing_ok=True)
-            (self.autostart_dir / f"{net.name}.xml").unlink(missing_ok=True)
-            net.autostart = False
+            try:
+                self._autostart_path(net.name).unlink(missing_ok=True)
+                net.autostart = False
+                self._config_path(net.name).unlink(missing_ok=True)
+            except OSError as exc:
+                raise VirError(P.VIR_ERR_SYSTEM_ERROR, domain=_FROM, message=(
+                    f"cannot remove config file of network '{net.name}': "
+                    f"{exc.strerror or exc}")) from None
             if net.active:   # a running network becomes transient
                 net.persistent = False
                 net.new_def = None
@@ -608,6 +640,15 @@ class NetworkSubsystem(PortsMixin):
         elif net.new_def is not None:
             net.definition, net.new_def = net.new_def, None
 
+    async def _restore_config(self, net: Network) -> None:
+        """Put the config file back as memory has it (a later step failed)."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self._write(self._config_path(net.name), net.config())
+            except VirError as exc:
+                log.error("network %s: its config file could not be restored: %s",
+                          net.name, exc.message)
+
     # ---------------------------------------------------------- net-update
     async def network_update(self, ref, command: int, section: int, parent_index: int,
                              xml: str, flags: int) -> None:
@@ -630,15 +671,24 @@ class NetworkSubsystem(PortsMixin):
             for target in {id(d): d for d in (config, live) if d is not None}.values():
                 netxml.update(target, command, section, parent_index, xml)
                 validate(target)
+            # files first, memory after: a failed write changes nothing; a
+            # failed status write after the config's puts the old config back
             if config is not None:
-                self._save_config(config)
+                await self._write(self._config_path(net.name), config)
+            if live is not None:
+                try:
+                    await self._write(self._status_path(net.name), live)
+                except VirError:
+                    if config is not None:
+                        await self._restore_config(net)
+                    raise
+            if config is not None:
                 if net.active:
                     net.new_def = config
                 else:
                     net.definition = config
             if live is not None:
                 net.definition = live
-                self._save_status(net)
                 await self._reload_dnsmasq(net, section)
 
     async def _reload_dnsmasq(self, net: Network, section: int) -> None:
@@ -767,8 +817,9 @@ class NetworkSubsystem(PortsMixin):
         if "virbr0" in await _netlink("link_names"):
             netdef.tree.find("bridge").set("name", "virbr%d")
         await self._fill_in(netdef)
+        self._check_add(netdef, live=False)
+        await self._write(self._config_path(netdef.name), netdef)
         net = self._add(netdef, live=False)
-        self._save_config(netdef)
         self.network_set_autostart(net.ref(), 1)
         log.info("defined the default network on 192.168.%d.0/24", n)
 

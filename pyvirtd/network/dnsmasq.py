@@ -28,6 +28,7 @@ import trio
 
 from pyvirtd.errors import VirError
 from pyvirtd.files import write_atomic
+from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 
 BINARY = "dnsmasq"
@@ -49,7 +50,7 @@ class Files:
     name: str
 
     def path(self, ext: str) -> Path:
-        return self.dir / f"{self.name}.{ext}"
+        return name_path(self.dir, self.name, f".{ext}")
 
     @property
     def conf(self) -> Path:

@@ -34,6 +34,7 @@ from lxml import etree
 
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.files import write_atomic
+from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
 from pyvirtd.xml import networkport as portxml
@@ -91,7 +92,7 @@ class PortsMixin:
 
     # ------------------------------------------------------------ storage
     def _ports_dir(self, net_name: str) -> Path:
-        return self.status_dir / net_name / "ports"
+        return name_path(self.status_dir, net_name) / "ports"
 
     def _load_ports(self, net: "Network") -> None:
         """virNetworkObjLoadAllPorts: a running network's ports from its status files."""
@@ -105,12 +106,13 @@ class PortsMixin:
             net.ports[port.uuid] = port
 
     def _save_port(self, net: "Network", port: portxml.PortDef) -> None:
-        write_atomic(self._ports_dir(net.name) / f"{port.uuid_str}.xml", portxml.format(port))
+        write_atomic(name_path(self._ports_dir(net.name), port.uuid_str, ".xml"),
+                     portxml.format(port))
 
     def _delete_all_ports(self, net: "Network") -> None:
         """virNetworkObjDeleteAllPorts: the network stopped, its ports go with it."""
         net.ports.clear()
-        shutil.rmtree(self.status_dir / net.name, ignore_errors=True)
+        shutil.rmtree(name_path(self.status_dir, net.name), ignore_errors=True)
 
     # ----------------------------------------------------------- allocation
     def _connections(self, net: "Network", dev: str | tuple | None = None) -> int:
@@ -295,7 +297,7 @@ class PortsMixin:
             raise VirError(P.VIR_ERR_INTERNAL_ERROR,
                            f"network '{net.name}' doesn't have dev='{port.plug.get('dev')}' in "
                            f"use by domain", domain=_FROM)
-        (self._ports_dir(net.name) / f"{port.uuid_str}.xml").unlink(missing_ok=True)
+        name_path(self._ports_dir(net.name), port.uuid_str, ".xml").unlink(missing_ok=True)
         del net.ports[port.uuid]
 
     def live_connections(self, net: "Network") -> dict:
@@ -387,5 +389,7 @@ class PortsMixin:
                 trial = port.copy()
                 trial.bandwidth = new
                 self._check_floor(net, trial)
+            updated = port.copy()      # the file first: memory changes only once it is written
+            updated.bandwidth = new
+            self._save_port(net, updated)
             port.bandwidth = new
-            self._save_port(net, port)

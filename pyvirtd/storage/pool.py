@@ -21,6 +21,7 @@ import trio
 
 from pyvirtd.errors import VirError
 from pyvirtd.files import write_atomic
+from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage.backends.base import Backend, Volume
 from pyvirtd.xml import storage as stxml
@@ -147,13 +148,13 @@ class PoolFiles:
         self.status_dir = Path(run_dir) / "storage"
 
     def config(self, name: str) -> Path:
-        return self.config_dir / f"{name}.xml"
+        return name_path(self.config_dir, name, ".xml")
 
     def autostart_link(self, name: str) -> Path:
-        return self.autostart_dir / f"{name}.xml"
+        return name_path(self.autostart_dir, name, ".xml")
 
     def status(self, name: str) -> Path:
-        return self.status_dir / f"{name}.xml"
+        return name_path(self.status_dir, name, ".xml")
 
     def save_config(self, pdef: stxml.PoolDef) -> None:
         write_atomic(self.config(pdef.name), stxml.format_pool(pdef))

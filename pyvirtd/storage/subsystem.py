@@ -95,6 +95,8 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         self.files = PoolFiles(ctx.paths.state_dir, ctx.paths.run_dir)
         self.pools: dict[str, Pool] = {}
         self.backends = {name: cls() for name, cls in BACKENDS.items()}
+        # iSCSI CHAP passwords come from the secret subsystem, made after this one
+        self.backends["iscsi"].secrets = lambda: ctx.shared.get("secret")
         self._load()
 
     # --------------------------------------------------------------- helpers
@@ -394,6 +396,9 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
             await pool.backend.start(pool)
             try:
                 await self._refresh(pool)
+                # the status file before the pool is marked active: a pool that
+                # cannot record its state is stopped again, as libvirt does
+                await self._files(self.files.save_status, pool.definition.copy())
             except BaseException:
                 with trio.CancelScope(shield=True):
                     try:
@@ -402,8 +407,6 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
                         log.error("pool '%s': cannot undo its start: %s", pool.name, exc)
                 raise
             pool.active = True
-            live = pool.definition.copy()
-            await self._files(self.files.save_status, live)
         self._emit(pool, EV_STARTED)
 
     async def _refresh(self, pool: Pool) -> None:

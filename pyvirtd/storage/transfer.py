@@ -7,6 +7,13 @@ them as STREAM_HOLE packets, and an upload punches the holes it receives
 (the bytes there read back as zeroes, whatever the volume held before).
 All reads, writes and seeks run on the pool's threads, a few MiB per call.
 
+An upload with a length takes exactly that many bytes: holes reaching past
+it are cut at the length, and data past it fails the stream with libvirt's
+"cannot write to stream: No space left on device" after the bytes up to the
+length are written (virFDStreamWrite), so nothing lands past the length.
+Holes from a client that did not open the upload as sparse are refused by
+the stream itself (pyvirtd/stream.py).
+
 An upload is confirmed once its data is written, not synced: libvirtd 9.0
 neither fsyncs nor fdatasyncs an uploaded volume (strace of its storage
 stream), and an fsync here cost 120-145 ms of a 0.4-0.7 s sparse 1 GiB
@@ -69,22 +76,35 @@ def _read_piece(fd: int, pos: int, end: int, sparse: bool) -> tuple[str, int | b
     return "data", os.pread(fd, min(limit, IO_BATCH), pos)
 
 
+class PastLength(Exception):
+    """The client sent data beyond the upload's declared length."""
+
+
 def _write(fd: int, pos: int, pieces: list[bytes | Hole], end: int | None) -> int:
-    """Write data and punch holes from ``pos``; returns the new position."""
+    """Write data and punch holes from ``pos``; returns the new position.
+
+    :raises PastLength: data goes past ``end``; what fits before it is written.
+    """
     for piece in pieces:
         if isinstance(piece, Hole):
+            length = piece.length if end is None else min(piece.length, end - pos)
+            if length <= 0:
+                continue
             size = os.fstat(fd).st_size
-            punch_hole(fd, pos, max(0, min(pos + piece.length, size) - pos))
-            pos += piece.length
+            punch_hole(fd, pos, max(0, min(pos + length, size) - pos))
+            pos += length
             if pos > size:
                 os.ftruncate(fd, pos)       # a trailing hole extends the file
         else:
             view = memoryview(piece)
-            if end is not None:
+            past = end is not None and pos + len(view) > end
+            if past:
                 view = view[:max(0, end - pos)]
             while view:
                 n = os.pwrite(fd, view, pos)
                 view, pos = view[n:], pos + n
+            if past:
+                raise PastLength()
     return pos
 
 
@@ -108,6 +128,7 @@ class TransferProcedures:
         pool, vol = self._stream_vol(ref)
         fd = await self._open(pool, vol, writing=True)
         self._hold(pool, vol)
+        stream.sparse = bool(flags & SPARSE_STREAM)
         stream.run(self._upload, stream, pool, vol, fd, offset,
                    offset + length if length else None)
 
@@ -158,6 +179,10 @@ class TransferProcedures:
                         batched += len(more)
                 try:
                     pos = await pool.io(_write, fd, pos, pieces, end)
+                except PastLength:
+                    raise VirError(P.VIR_ERR_SYSTEM_ERROR, domain=P.VIR_FROM_STREAMS,
+                                   message="cannot write to stream: "
+                                   + os.strerror(errno.ENOSPC)) from None
                 except OSError as e:
                     raise system_error(e, f"Unable to write to '{vol.path}'") from None
         except BaseException:
@@ -172,7 +197,7 @@ class TransferProcedures:
         try:
             size = await pool.io(_data_size, fd)
             end = min(size, pos + length) if length else size
-            while pos < end:
+            while pos < end and not stream.closed:
                 try:
                     kind, value = await pool.io(_read_piece, fd, pos, end, sparse)
                 except OSError as e:

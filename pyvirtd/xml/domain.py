@@ -20,6 +20,7 @@ from xml.sax.saxutils import escape
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid, fromstring, hardened_parser, new_uuid, parse_uuid, schema
 
@@ -46,12 +47,27 @@ DEVICE_ORDER = ("emulator", "disk", "controller", "lease", "filesystem", "interf
                 "vsock", "crypto")
 
 # Top-level elements kept verbatim, by where libvirt prints them relative to
-# the modelled ones.  Anything else unknown is dropped, as libvirt does.
+# the modelled ones (virDomainDefFormatInternal).  Elements of no namespace
+# that libvirt's schema does not know are dropped, as libvirt does.
+_RAW_AFTER_UUID = ("genid",)
 _RAW_BEFORE_VCPU = ("maxMemory", "blkiotune", "memtune", "memoryBacking")
-_RAW_AFTER_VCPU = ("iothreads", "cputune", "numatune", "resource", "sysinfo")
+_RAW_AFTER_VCPU = ("vcpus", "iothreads", "iothreadids", "defaultiothread", "cputune",
+                   "numatune", "resource", "sysinfo", "bootloader", "bootloader_args")
 _RAW_AFTER_OS = ("idmap", "features", "cpu")
-_RAW_AFTER_LIFECYCLE = ("pm", "perf")
+_RAW_AFTER_LIFECYCLE = ("on_lockfailure", "pm", "perf")
 _RAW_TAIL = ("seclabel", "keywrap", "launchSecurity")
+# top-level elements that may repeat (the first is in raw, the others in raw_more)
+_REPEATABLE = ("seclabel", "sysinfo")
+# <os> children libvirt prints before the <boot> elements, in its order
+_OS_BEFORE_BOOT = ("firmware", "loader", "nvram", "kernel", "initrd", "cmdline", "dtb",
+                   "init", "initarg", "initenv", "initdir", "inituser", "initgroup")
+# Namespaces whose top-level elements libvirt keeps (its XML namespace hooks):
+# QEMU's command-line passthrough above all.
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+KEPT_NAMESPACES = {QEMU_NS: "qemu", "http://libvirt.org/schemas/domain/lxc/1.0": "lxc",
+                   "http://libvirt.org/schemas/domain/bhyve/1.0": "bhyve",
+                   "http://libvirt.org/schemas/domain/vmware/1.0": "vmware",
+                   "http://libvirt.org/schemas/domain/xen/1.0": "xen"}
 
 
 def _xml_err(detail: str) -> VirError:
@@ -72,6 +88,8 @@ class DomainDef:
     vcpus: int = 1                                      # maximum
     vcpus_current: int = 1
     vcpu_placement: str = "static"
+    vcpu_cpuset: str | None = None                      # <vcpu cpuset=...>
+    os_attrs: dict = field(default_factory=dict)        # <os firmware=...>
     os_type: str = "hvm"
     arch: str | None = None
     machine: str | None = None
@@ -83,6 +101,8 @@ class DomainDef:
     on_crash: str = "destroy"
     devices: list = field(default_factory=list)         # device elements
     raw: dict = field(default_factory=dict)             # tag -> element, verbatim
+    raw_more: list = field(default_factory=list)        # repeats of _REPEATABLE tags
+    namespaced: list = field(default_factory=list)      # e.g. <qemu:commandline>, verbatim
 
     def copy(self) -> "DomainDef":
         return copy.deepcopy(self)
@@ -101,9 +121,10 @@ def _text(elem: etree._Element | None) -> str | None:
     return elem.text.strip()
 
 
-def parse_memory(elem: etree._Element, what: str) -> int:
-    """A scaled size element -> KiB, rounded up as libvirt does."""
-    text = _text(elem) or ""
+def parse_memory(elem: etree._Element, what: str, *, attr: str | None = None) -> int:
+    """A scaled size element (or its attribute ``attr``, as in a NUMA cell) -> KiB,
+    rounded up as libvirt does."""
+    text = (elem.get(attr) or "").strip() if attr else (_text(elem) or "")
     unit = (elem.get("unit") or "KiB").lower()
     scale = _UNITS.get(unit)
     if scale is None:
@@ -164,6 +185,7 @@ def parse_element(root: etree._Element) -> DomainDef:
     if not name:
         raise VirError(P.VIR_ERR_NO_NAME, message="missing name information",
                        domain=P.VIR_FROM_DOMAIN)
+    check_name("domain", name)
     uuid_text = _text(root.find("uuid"))
     uuid = parse_uuid(uuid_text, domain=P.VIR_FROM_DOMAIN) if uuid_text else new_uuid()
     d = DomainDef(name=name, uuid=uuid, type=virt_type)
@@ -204,6 +226,7 @@ def parse_element(root: etree._Element) -> DomainDef:
         else:
             d.vcpus_current = d.vcpus
         d.vcpu_placement = vcpu.get("placement") or "static"
+        d.vcpu_cpuset = vcpu.get("cpuset")
 
     os_elem = root.find("os")
     type_elem = os_elem.find("type") if os_elem is not None else None
@@ -214,6 +237,7 @@ def parse_element(root: etree._Element) -> DomainDef:
         raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, f"unknown OS type '{os_type}'",
                        domain=P.VIR_FROM_DOMAIN)
     d.os_type = os_type
+    d.os_attrs = dict(os_elem.attrib)
     d.arch = type_elem.get("arch")
     d.machine = type_elem.get("machine")
     for child in os_elem:
@@ -234,10 +258,15 @@ def parse_element(root: etree._Element) -> DomainDef:
     devices = root.find("devices")
     if devices is not None:
         d.devices = [copy.deepcopy(c) for c in devices if isinstance(c.tag, str)]
-    for tag in _RAW_BEFORE_VCPU + _RAW_AFTER_VCPU + _RAW_AFTER_OS + _RAW_AFTER_LIFECYCLE + _RAW_TAIL:
-        elem = root.find(tag)
-        if elem is not None:
-            d.raw[tag] = copy.deepcopy(elem)
+    for tag in (_RAW_AFTER_UUID + _RAW_BEFORE_VCPU + _RAW_AFTER_VCPU + _RAW_AFTER_OS
+                + _RAW_AFTER_LIFECYCLE + _RAW_TAIL):
+        found = root.findall(tag)
+        if found:
+            d.raw[tag] = copy.deepcopy(found[0])
+            if tag in _REPEATABLE:
+                d.raw_more.extend(copy.deepcopy(e) for e in found[1:])
+    d.namespaced = [copy.deepcopy(e) for e in root
+                    if isinstance(e.tag, str) and etree.QName(e).namespace in KEPT_NAMESPACES]
     return d
 
 
@@ -367,6 +396,28 @@ def _elem_lines(elem: etree._Element, indent: int, out: list, always_open: bool 
         out.append(f"{pad}<{tag}{attrs}/>")
 
 
+def _namespaced_lines(elem: etree._Element, indent: int, out: list) -> None:
+    """A <qemu:...> (or other kept namespace) element as libvirt writes it: with
+    the namespace's fixed prefix, declared once on <domain>."""
+    def name(qname: str) -> str:
+        q = etree.QName(qname)
+        prefix = KEPT_NAMESPACES.get(q.namespace or "")
+        return f"{prefix}:{q.localname}" if prefix else q.localname
+    pad = "  " * indent
+    attrs = "".join(f" {name(k)}='{_q(v)}'" for k, v in elem.attrib.items())
+    children = [c for c in elem if isinstance(c.tag, str)]
+    text = elem.text if elem.text and elem.text.strip() else None
+    if children:
+        out.append(f"{pad}<{name(elem.tag)}{attrs}>")
+        for child in children:
+            _namespaced_lines(child, indent + 1, out)
+        out.append(f"{pad}</{name(elem.tag)}>")
+    elif text is not None:
+        out.append(f"{pad}<{name(elem.tag)}{attrs}>{escape(text)}</{name(elem.tag)}>")
+    else:
+        out.append(f"{pad}<{name(elem.tag)}{attrs}/>")
+
+
 def _qname(elem: etree._Element) -> str:
     if elem.tag[0] != "{":
         return elem.tag
@@ -401,13 +452,27 @@ def _ns_decls(elem: etree._Element) -> str:
     return decls
 
 
+def _raw_lines(d: DomainDef, tag: str, out: list) -> None:
+    """A verbatim top-level element and its repeats."""
+    if tag in d.raw:
+        _elem_lines(d.raw[tag], 1, out)
+        for more in d.raw_more:
+            if more.tag == tag:
+                _elem_lines(more, 1, out)
+
+
 def format(d: DomainDef, *, dom_id: int | None = None, secure: bool = True) -> str:
     """The document libvirt prints for this definition (id only when running)."""
     out: list[str] = []
     id_attr = f" id='{dom_id}'" if dom_id is not None and dom_id >= 0 else ""
-    out.append(f"<domain type='{_q(d.type)}'{id_attr}>")
+    ns_decls = ""
+    for uri in dict.fromkeys(etree.QName(e).namespace for e in d.namespaced):
+        ns_decls += f" xmlns:{KEPT_NAMESPACES[uri]}='{_q(uri)}'"
+    out.append(f"<domain type='{_q(d.type)}'{id_attr}{ns_decls}>")
     out.append(f"  <name>{escape(d.name)}</name>")
     out.append(f"  <uuid>{d.uuid_str}</uuid>")
+    for tag in _RAW_AFTER_UUID:
+        _raw_lines(d, tag, out)
     if d.title is not None:
         out.append(f"  <title>{escape(d.title)}</title>")
     if d.description is not None:
@@ -430,41 +495,42 @@ def format(d: DomainDef, *, dom_id: int | None = None, secure: bool = True) -> s
             out.append(f"  <currentMemory unit='KiB'>{d.current_memory}</currentMemory>")
     if "memoryBacking" in d.raw:
         _elem_lines(d.raw["memoryBacking"], 1, out)
+    cpuset = f" cpuset='{_q(d.vcpu_cpuset)}'" if d.vcpu_cpuset is not None else ""
     current = f" current='{d.vcpus_current}'" if d.vcpus_current != d.vcpus else ""
-    out.append(f"  <vcpu placement='{_q(d.vcpu_placement)}'{current}>{d.vcpus}</vcpu>")
+    out.append(f"  <vcpu placement='{_q(d.vcpu_placement)}'{cpuset}{current}>{d.vcpus}</vcpu>")
     for tag in _RAW_AFTER_VCPU:
-        if tag in d.raw:
-            _elem_lines(d.raw[tag], 1, out)
-    out.append("  <os>")
+        _raw_lines(d, tag, out)
+    os_attrs = "".join(f" {k}='{_q(v)}'" for k, v in d.os_attrs.items())
+    out.append(f"  <os{os_attrs}>")
     attrs = "".join(f" {k}='{_q(v)}'" for k, v in (("arch", d.arch), ("machine", d.machine)) if v)
     out.append(f"    <type{attrs}>{d.os_type}</type>")
-    for elem in d.os_extra:
-        if elem.tag in ("loader", "nvram", "kernel", "initrd", "cmdline", "dtb", "init"):
-            _elem_lines(elem, 2, out)
+    for tag in _OS_BEFORE_BOOT:
+        for elem in d.os_extra:
+            if elem.tag == tag:
+                _elem_lines(elem, 2, out)
     for dev in d.boot:
         out.append(f"    <boot dev='{_q(dev)}'/>")
     for elem in d.os_extra:
-        if elem.tag not in ("loader", "nvram", "kernel", "initrd", "cmdline", "dtb", "init"):
+        if elem.tag not in _OS_BEFORE_BOOT:
             _elem_lines(elem, 2, out)
     out.append("  </os>")
     for tag in _RAW_AFTER_OS:
-        if tag in d.raw:
-            _elem_lines(d.raw[tag], 1, out)
+        _raw_lines(d, tag, out)
     if d.clock is not None:
         _elem_lines(d.clock, 1, out)
     out.append(f"  <on_poweroff>{d.on_poweroff}</on_poweroff>")
     out.append(f"  <on_reboot>{d.on_reboot}</on_reboot>")
     out.append(f"  <on_crash>{d.on_crash}</on_crash>")
     for tag in _RAW_AFTER_LIFECYCLE:
-        if tag in d.raw:
-            _elem_lines(d.raw[tag], 1, out)
+        _raw_lines(d, tag, out)
     out.append("  <devices>")
     for dev in sorted_devices(d.devices):
         _elem_lines(dev, 2, out)
     out.append("  </devices>")
-    for tag in _RAW_TAIL:
-        if tag in d.raw and (secure or tag != "seclabel"):
-            _elem_lines(d.raw[tag], 1, out)
+    for tag in _RAW_TAIL:        # seclabels too: libvirt hides no label without SECURE
+        _raw_lines(d, tag, out)
+    for elem in d.namespaced:
+        _namespaced_lines(elem, 1, out)
     out.append("</domain>")
     return "\n".join(out) + "\n"
 

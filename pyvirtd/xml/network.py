@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_libvirt, format_uuid, fromstring, new_uuid, parse_definition, schema
 
@@ -98,8 +99,7 @@ def from_element(root: etree._Element) -> NetworkDef:
     name = (root.findtext("name") or "").strip()
     if not name:
         raise VirError(P.VIR_ERR_NO_NAME, "missing name information", domain=_FROM)
-    if "/" in name:
-        raise VirError(P.VIR_ERR_XML_ERROR, f"name {name} cannot contain '/'", domain=_FROM)
+    check_name("network", name)
     uuid_text = root.findtext("uuid")
     if uuid_text is None:
         raw = new_uuid()

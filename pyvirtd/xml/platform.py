@@ -8,6 +8,7 @@ refuses (VIR_ERR_XML_ERROR / VIR_ERR_CONFIG_UNSUPPORTED naming the element).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -26,7 +27,7 @@ FEATURES_HONOURED = ("acpi", "apic", "pae", "vmport", "smm", "hap")
 FEATURES_KNOWN = FEATURES_HONOURED + (
     "viridian", "privnet", "hyperv", "kvm", "pvspinlock", "capabilities", "pmu", "gic",
     "ioapic", "hpt", "htm", "nested-hv", "msrs", "ccf-assist", "xen", "cfpc", "sbbc", "ibs",
-    "tcg", "async-teardown")
+    "tcg", "async-teardown", "vmcoreinfo")
 
 
 @dataclass
@@ -135,6 +136,12 @@ def _parse_os(defn) -> OsConfig:
                           "idmap", "acpi", "firmware"):
             if elem.tag != "acpi":
                 raise unsupported(f"<os><{elem.tag}> is not supported for hvm guests")
+    firmware = getattr(defn, "os_attrs", {}).get("firmware")
+    if firmware is not None and o.loader is None:
+        # kept in the definition; picking the image from QEMU's firmware
+        # descriptors is not done yet, and booting SeaBIOS instead would be wrong
+        raise unsupported(f"<os firmware='{firmware}'>: firmware autoselection is not "
+                          "supported yet, name the <loader> and <nvram>")
     if o.nvram and o.loader_type != "pflash":
         raise xml_error("nvram requires a pflash loader (<loader type='pflash'>)")
     if o.initrd and not o.kernel:
@@ -215,3 +222,70 @@ def _parse_iothreads(elem: etree._Element | None) -> int:
         return int((elem.text or "").strip())
     except ValueError:
         raise xml_error("invalid iothreads count") from None
+
+
+# -- libvirt's post-parse of <cpu> for QEMU x86 guests --------------------------
+
+DEFAULT_CPU_MODEL = "qemu64"      # QEMU's default x86 CPU (query-machines default-cpu-type)
+
+
+def _set_attrs_in_order(elem: etree._Element, order: tuple[str, ...], values: dict) -> None:
+    """Rewrite ``elem``'s attributes: ``order`` first (those with a value), then the rest."""
+    attrs = dict(elem.attrib)
+    attrs.update({k: v for k, v in values.items() if v is not None})
+    elem.attrib.clear()
+    for key in order:
+        if key in attrs:
+            elem.set(key, attrs.pop(key))
+    for key, value in attrs.items():
+        elem.set(key, value)
+
+
+def fill_cpu_defaults(cpu: etree._Element | None, virt_type: str) -> etree._Element:
+    """The <cpu> libvirt 9.0's QEMU driver stores for ``cpu`` (None: no <cpu> given).
+
+    No model: QEMU's default model, written as libvirt does (check none, fallback
+    forbid; qemuDomainDefSetDefaultCPU).  A custom model: match exact, fallback
+    allow, check partial under KVM and none under TCG, which cannot check.
+    host-model: check partial; host-passthrough: check none, migratable on;
+    maximum: check none.  <topology> gets dies='1' and NUMA cells their id
+    and a size in KiB.  What the user wrote is kept.
+    """
+    cpu = copy.deepcopy(cpu) if cpu is not None else etree.Element("cpu")
+    mode = cpu.get("mode", "custom")
+    model = cpu.find("model")
+    if mode == "custom" and (model is None or not (model.text or "").strip()):
+        if model is None:
+            model = etree.Element("model")
+            cpu.insert(0, model)
+        model.text = DEFAULT_CPU_MODEL
+        _set_attrs_in_order(model, ("fallback",), {"fallback": "forbid"})
+        _set_attrs_in_order(cpu, ("mode", "match", "check"),
+                            {"mode": "custom", "match": cpu.get("match", "exact"),
+                             "check": cpu.get("check", "none")})
+    elif mode == "custom":
+        _set_attrs_in_order(model, ("fallback",), {"fallback": model.get("fallback", "allow")})
+        check = "partial" if virt_type == "kvm" else "none"
+        _set_attrs_in_order(cpu, ("mode", "match", "check"),
+                            {"mode": "custom", "match": cpu.get("match", "exact"),
+                             "check": cpu.get("check", check)})
+    elif mode == "host-passthrough":
+        _set_attrs_in_order(cpu, ("mode", "check", "migratable"),
+                            {"check": cpu.get("check", "none"),
+                             "migratable": cpu.get("migratable", "on")})
+    else:
+        _set_attrs_in_order(cpu, ("mode", "match", "check"), {
+            "check": cpu.get("check", "partial" if mode == "host-model" else "none")})
+    topo = cpu.find("topology")
+    if topo is not None and topo.get("dies") is None:
+        _set_attrs_in_order(topo, ("sockets", "dies", "clusters", "cores", "threads"),
+                            {"dies": "1"})
+    numa = cpu.find("numa")
+    for n, cell in enumerate(numa.findall("cell") if numa is not None else ()):
+        values = {"id": cell.get("id", str(n))}
+        if cell.get("memory") is not None:
+            from pyvirtd.xml.domain import parse_memory
+            values["memory"] = str(parse_memory(cell, "./cpu/numa/cell/@memory", attr="memory"))
+            values["unit"] = "KiB"
+        _set_attrs_in_order(cell, ("id", "cpus", "memory", "unit"), values)
+    return cpu

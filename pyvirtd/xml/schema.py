@@ -28,7 +28,7 @@ from pyvirtd.rpc import _generated as P
 # Document kinds that have a schema, by their file name in schemas/ (capability
 # and domaincaps are output only: the tests check what the drivers print).
 SCHEMAS = ("capability", "domain", "domaincaps", "domainsnapshot", "interface", "network",
-           "nodedev", "secret", "storagepool", "storagevol")
+           "nodedev", "nwfilter", "nwfilterbinding", "secret", "storagepool", "storagevol")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 

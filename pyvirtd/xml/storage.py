@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import (format_libvirt, format_uuid, invalid_attr, missing_attr, new_uuid,
                          parse_definition, parse_uuid, schema)
@@ -65,8 +66,11 @@ def _sort(elem: etree._Element, order: tuple[str, ...], drop_unknown: bool = Tru
 
 
 def parse_size(elem: etree._Element | None, what: str) -> int | None:
-    """A <capacity unit='G'>2</capacity>-style size in bytes (None when absent)."""
-    if elem is None:
+    """A <capacity unit='G'>2</capacity>-style size in bytes (None when absent).
+
+    An empty element counts as absent, as libvirt reads these through an XPath
+    string() that yields nothing for it."""
+    if elem is None or not (elem.text or "").strip():
         return None
     unit = (elem.get("unit") or "").lower()
     text = (elem.text or "").strip()
@@ -148,8 +152,7 @@ def pool_from_element(root: etree._Element) -> PoolDef:
     name = (tree.findtext("name") or "").strip()
     if not name:
         raise VirError(P.VIR_ERR_XML_ERROR, "missing pool source name element", domain=_FROM)
-    if "/" in name:
-        raise VirError(P.VIR_ERR_XML_ERROR, f"name {name} cannot contain '/'", domain=_FROM)
+    check_name("pool", name)
     tree.find("name").text = name
     if ptype == "logical" and source.find("name") is None:
         etree.SubElement(source, "name").text = name

@@ -45,4 +45,4 @@ def test_matrix_follows_the_lookup() -> None:
     assert "| DOMAIN_GET_XML_DESC | virDomainGetXMLDesc | yes | yes | yes |" in text
     # qemu and lxc answer pools through the shared storage subsystem
     assert rows["STORAGE_POOL_LOOKUP_BY_NAME"].endswith("| yes | yes | yes |")
-    assert "| CONNECT_NUM_OF_NWFILTERS | virConnectNumOfNWFilters |  |  |  |" in text
+    assert "| CONNECT_NUM_OF_NWFILTERS | virConnectNumOfNWFilters |  | yes | yes |" in text

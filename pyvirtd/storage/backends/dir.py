@@ -18,6 +18,7 @@ import stat as stmod
 from typing import TYPE_CHECKING
 
 from pyvirtd.errors import VirError
+from pyvirtd.names import check_name, name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage import tools
 from pyvirtd.storage.backends.base import (VOL_DIR, VOL_FILE, Backend, PoolScan, Volume,
@@ -95,6 +96,11 @@ def format_of(head: bytes) -> str:
                 return "qcow"
             return fmt
     return "raw"
+
+
+def _exists(path: str) -> VirError:
+    return VirError(P.VIR_ERR_OPERATION_INVALID, f"volume target path '{path}' already exists",
+                    domain=_FROM)
 
 
 def stat_volume(name: str, path: str) -> tuple[Volume, str] | None:
@@ -219,15 +225,14 @@ class DirBackend(Backend):
     # ------------------------------------------------------------------- volumes
     def volume_path(self, pool: "Pool", name: str) -> str:
         # Volumes of a directory pool are not recursive: no escape to ../ or a subdir
-        if "/" in name:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID, f"volume name '{name}' cannot contain '/'",
-                           domain=_FROM)
-        return os.path.join(pool.target_path, name)
+        check_name("volume", name)
+        if name in (".", ".."):     # the pool's directory or its parent: always there
+            raise _exists(os.path.join(pool.target_path, name))
+        return str(name_path(pool.target_path, name))
 
     async def _check_new(self, pool: "Pool", vol: Volume) -> None:
         if await pool.io(os.path.lexists, vol.path):
-            raise VirError(P.VIR_ERR_OPERATION_INVALID,
-                           f"volume target path '{vol.path}' already exists", domain=_FROM)
+            raise _exists(vol.path)
 
     async def create_vol(self, pool: "Pool", voldef: "VolumeDef", vol: Volume,
                          flags: int) -> None:

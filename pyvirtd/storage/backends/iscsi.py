@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
@@ -111,8 +112,40 @@ def _block_size(devname: str) -> int:
         return int(f.read().strip()) * 512
 
 
+def chap_settings(tree: etree._Element, secrets: Any) -> list[tuple[str, str]]:
+    """The node settings for a pool's ``<source><auth type='chap'>`` (none without one).
+
+    As libvirt's virStorageBackendISCSISetAuth: the password is the value of
+    the secret the ``<secret usage='...'/>`` (an iscsi usage) or
+    ``<secret uuid='...'/>`` names, read by the daemon itself, private or not.
+    ``secrets`` is the daemon's secret subsystem (None: the daemon has none).
+    iscsiadm takes settings only as arguments, so the password is briefly on
+    its command line, as with libvirt.
+    """
+    auth = tree.find("source/auth")
+    if auth is None:
+        return []
+    if auth.get("type") != "chap":
+        raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, "iscsi pool only supports 'chap' auth type",
+                       domain=_FROM)
+    secret = auth.find("secret")
+    if secrets is None or secret is None:
+        raise VirError(P.VIR_ERR_INTERNAL_ERROR, domain=_FROM, message=(
+            "internal error: iscsi 'chap' authentication needs a secret"))
+    if secret.get("uuid"):
+        value = secrets.value_of_uuid(secret.get("uuid"), "iscsi")
+    else:
+        value = secrets.value_of("iscsi", secret.get("usage") or "")
+    return [("node.session.auth.authmethod", "CHAP"),
+            ("node.session.auth.username", auth.get("username") or ""),
+            ("node.session.auth.password", value.decode("utf-8", "surrogateescape"))]
+
+
 class IscsiBackend(Backend):
     type = "iscsi"
+
+    #: the daemon's secret subsystem, when it has one (set by the storage subsystem)
+    secrets: Callable[[], Any] = staticmethod(lambda: None)
 
     # ------------------------------------------------------------ helpers
     @staticmethod
@@ -148,17 +181,36 @@ class IscsiBackend(Backend):
     async def check(self, pool: "Pool") -> bool:
         return await self._session(pool) is not None
 
+    async def _record(self, portal: str, iqn: str) -> None:
+        """No node record yet: discover the portal's targets, record ours."""
+        if iqn not in await sendtargets(portal):
+            raise VirError(P.VIR_ERR_OPERATION_FAILED, domain=_FROM, message=(
+                f"operation failed: Failed to find target '{iqn}' at portal '{portal}'"))
+        await self._node(portal, iqn, "--op", "new")
+
+    async def _set_auth(self, portal: str, iqn: str, settings: list[tuple[str, str]]) -> None:
+        """Write the CHAP settings into the node record (made first if missing)."""
+        for i, (name, value) in enumerate(settings):
+            update = await self._node(portal, iqn, "--op", "update", "--name", name,
+                                      "--value", value, check=False)
+            if i == 0 and update.returncode == ISCSI_ERR_NO_OBJS_FOUND:
+                await self._record(portal, iqn)
+                update = await self._node(portal, iqn, "--op", "update", "--name", name,
+                                          "--value", value, check=False)
+            if update.returncode != 0:      # the argv holds the password: name only the setting
+                raise VirError(P.VIR_ERR_INTERNAL_ERROR, domain=_FROM, message=(
+                    f"internal error: Failed to update '{name}' of node mode for target "
+                    f"'{iqn}'"))
+
     async def start(self, pool: "Pool") -> None:
         portal, iqn = self._target(pool)
+        settings = chap_settings(pool.definition.tree, self.secrets())
         if await self._session(pool) is None:
+            if settings:
+                await self._set_auth(portal, iqn, settings)
             login = await self._node(portal, iqn, "--login", check=False)
             if login.returncode == ISCSI_ERR_NO_OBJS_FOUND:
-                # no node record yet: discover the portal's targets, record ours
-                if iqn not in await sendtargets(portal):
-                    raise VirError(P.VIR_ERR_OPERATION_FAILED, domain=_FROM, message=(
-                        f"operation failed: Failed to find target '{iqn}' at portal "
-                        f"'{portal}'"))
-                await self._node(portal, iqn, "--op", "new")
+                await self._record(portal, iqn)
                 login = await self._node(portal, iqn, "--login", check=False)
             if login.returncode != 0:
                 raise tools.tool_error([ISCSIADM, "--mode", "node", "--portal", portal,

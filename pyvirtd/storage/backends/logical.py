@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from lxml import etree
 
 from pyvirtd.errors import VirError, check_flags
+from pyvirtd.names import check_name, name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage import tools
 from pyvirtd.storage.backends.base import VOL_BLOCK, Backend, PoolScan, Volume
@@ -236,10 +237,7 @@ class LogicalBackend(Backend):
 
     # ------------------------------------------------------------------- volumes
     def volume_path(self, pool: "Pool", name: str) -> str:
-        if "/" in name:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID,
-                           f"volume name '{name}' cannot contain '/'", domain=_FROM)
-        return f"{pool.target_path}/{name}"
+        return str(name_path(pool.target_path, check_name("volume", name)))
 
     async def create_vol(self, pool: "Pool", voldef: "VolumeDef", vol: Volume,
                          flags: int) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from pyvirtd.xml.devices._base import Address, xml_error, unsupported
+from pyvirtd.xml.devices._base import Address, NotRunnable, not_runnable, xml_error
 from pyvirtd.xml.devices.audio import Audio
 from pyvirtd.xml.devices.chardev import GUEST_AGENT, Chardev, virtio_serial_address
 from pyvirtd.xml.devices.controller import Controller
@@ -130,7 +130,6 @@ def apply_defaults(defn, defaults: DeviceDefaults) -> None:
                 if not has_controller(kind, idx):
                     add_controller(kind, idx)
     _virtio_serial_defaults(devs, conts, add_controller)
-    _root_port_defaults(conts)
     _console_defaults(devs)
     if not any(isinstance(d, Input) and d.bus == "ps2" and d.type == "mouse" for d in devs):
         devs.append(Input(type="mouse", bus="ps2"))
@@ -242,17 +241,17 @@ def _virtio_serial_defaults(devs: list, conts: list, add_controller) -> None:
 
 
 def _root_port_defaults(conts: list) -> None:
-    """pcie-root-ports get chassis = index and port numbers from 0x10 up, in index
-    order (libvirt derives the port from the slot/function it puts the root
-    port at: 0x10 is 00:02.0, 0x11 is 00:02.1, ...)."""
-    ports = sorted((c for c in conts if c.type == "pci" and c.model == "pcie-root-port"),
-                   key=lambda c: c.index)
+    """pcie-root-ports and switch downstream ports get chassis = index and port
+    numbers from 0x10 up, in index order (libvirt derives the port from the
+    slot/function it puts the port at: 0x10 is 00:02.0, 0x11 is 00:02.1, ...)."""
+    ports = sorted((c for c in conts if c.type == "pci" and c.model in (
+        "pcie-root-port", "pcie-switch-downstream-port")), key=lambda c: c.index)
     used = {int(c.target["port"], 0) for c in ports if c.target and "port" in c.target}
     nxt = 0x10
     for c in ports:
         given = dict(c.target or {})
         a = c.address
-        if "port" not in given and a is not None and a.type == "pci" and a.int("bus") == 0:
+        if "port" not in given and a is not None and a.type == "pci":
             given["port"] = f"0x{a.int('slot') * 8 + a.int('function'):x}"
         if "port" not in given:
             while nxt in used:
@@ -293,20 +292,29 @@ def _console_defaults(devs: list) -> None:
         first.protocol, first.target_port = port0.protocol, port0.target_port
 
 
-def validate_devices(defn) -> None:
-    """What QEMU cannot do: unsupported kinds and values, duplicate targets, boot orders."""
+def validate_devices(defn, *, starting: bool = True) -> None:
+    """What QEMU cannot do: unsupported kinds and values, duplicate targets, boot orders.
+
+    With ``starting`` False (at define), what libvirt's schema allows but this
+    driver cannot run yet (device kinds it does not model, other disk, interface,
+    chardev or graphics types: NotRunnable) is accepted, to fail at start.
+    """
     ctx = device_ctx(defn)
     seen_targets: set[str] = set()
     orders: set[int] = set()
     for dev in parse_devices(defn):
         if isinstance(dev, etree._Element):
-            if dev.tag == "emulator":
+            if dev.tag == "emulator" or not starting:
                 continue
-            raise unsupported(f"device <{dev.tag}> is not supported by the QEMU driver")
-        if isinstance(dev, Watchdog):
-            dev.validate(ctx)
-        else:
-            dev.validate()
+            raise not_runnable(f"device <{dev.tag}> is not supported by the QEMU driver")
+        try:
+            if isinstance(dev, Watchdog):
+                dev.validate(ctx)
+            else:
+                dev.validate()
+        except NotRunnable:
+            if starting:
+                raise
         if isinstance(dev, Disk):
             if dev.target in seen_targets:
                 raise xml_error(f"target '{dev.target}' duplicated for disk sources")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 from lxml import etree
 
@@ -27,6 +27,15 @@ def xml_error(detail: str) -> VirError:
 
 def unsupported(detail: str) -> VirError:
     return VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, detail, domain=P.VIR_FROM_DOMAIN)
+
+
+class NotRunnable(VirError):
+    """A configuration libvirt's schema allows but pyvirtd's QEMU driver cannot
+    run yet: the definition is accepted and kept, starting the guest fails."""
+
+
+def not_runnable(detail: str) -> NotRunnable:
+    return NotRunnable(P.VIR_ERR_CONFIG_UNSUPPORTED, detail, domain=P.VIR_FROM_DOMAIN)
 
 
 def enum_attr(elem: etree._Element, name: str, values: Iterable[str], *,
@@ -124,6 +133,11 @@ class Address:
         return int(value, 16) if value.lower().startswith("0x") else int(value)
 
     def to_element(self) -> etree._Element:
+        if self.type == "pci":       # libvirt's full form: every part, in hex
+            width = {"domain": 4, "bus": 2, "slot": 2, "function": 1}
+            attrs = {k: f"0x{self.int(k):0{w}x}" for k, w in width.items()}
+            attrs.update((k, v) for k, v in self.attrs.items() if k not in width)
+            return set_attrs(etree.Element("address"), ("type", self.type), *attrs.items())
         return set_attrs(etree.Element("address"), ("type", self.type), *self.attrs.items())
 
 
@@ -134,15 +148,22 @@ class DeviceBase:
     alias: str | None = field(default=None, kw_only=True)
     address: Address | None = field(default=None, kw_only=True)
     extra: list = field(default_factory=list, kw_only=True)
+    # the element as parsed: what the model does not read is put back from it
+    parsed: etree._Element | None = field(default=None, kw_only=True, compare=False,
+                                          repr=False)
 
     # Children handled by DeviceBase itself.
     _COMMON = ("alias", "address")
+    # Attributes the model may drop on purpose (libvirt's defaults remove them):
+    # (child tag, or "" for the device element, attribute name)
+    _OWNED: ClassVar[frozenset] = frozenset()
 
     def fill_defaults(self, ctx: dict | None = None) -> None:
         """libvirt's post-parse defaults for this device; most kinds have none."""
 
     def _parse_common(self, elem: etree._Element, modelled: Iterable[str]) -> None:
         known = set(modelled) | set(self._COMMON)
+        self.parsed = copy.deepcopy(elem)
         for child in elem:
             if not isinstance(child.tag, str):
                 continue
@@ -162,7 +183,33 @@ class DeviceBase:
             sub(elem, "alias", ("name", self.alias))
         if self.address is not None:
             elem.append(self.address.to_element())
+        if self.parsed is not None:
+            keep_unread(elem, self.parsed, top=True, owned=self._OWNED)
         return elem
+
+
+def keep_unread(new: etree._Element, parsed: etree._Element, *, top: bool = False,
+                owned: frozenset = frozenset(), path: str = "") -> None:
+    """Put back into ``new`` what ``parsed`` had and the model did not write:
+    attributes it lacks, and below the device element, children it lacks
+    (matched by tag and rank), so that no attribute or element the user wrote
+    disappears.  The device's own children are the model's business (unknown
+    ones are kept in ``extra``)."""
+    for key, value in parsed.attrib.items():
+        if key not in new.attrib and (path, key) not in owned:
+            new.set(key, value)
+    seen: dict[str, int] = {}
+    for child in parsed:
+        if not isinstance(child.tag, str):
+            continue
+        rank = seen[child.tag] = seen.get(child.tag, -1) + 1
+        mates = [c for c in new if c.tag == child.tag]
+        if rank < len(mates):
+            keep_unread(mates[rank], child, owned=owned, path=child.tag if top else path)
+        elif not top:
+            new.append(copy.deepcopy(child))
+    if not top and not len(new) and (new.text or "").strip() == "" and (parsed.text or "").strip():
+        new.text = parsed.text
 
 
 def boot_order(elem: etree._Element) -> int | None:

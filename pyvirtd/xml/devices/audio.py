@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from pyvirtd.xml.devices._base import DeviceBase, enum_attr, int_attr, set_attrs, unsupported
+from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, not_runnable, set_attrs,
+                                       unsupported)
 
 TYPES = ("none", "alsa", "coreaudio", "jack", "oss", "pulseaudio", "sdl", "spice", "file",
          "dbus", "pipewire")
@@ -32,7 +33,7 @@ class Audio(DeviceBase):
         if self.id < 1:
             raise unsupported("audio backend id must be positive")
         if self.type not in SUPPORTED:
-            raise unsupported(f"audio type '{self.type}' is not supported")
+            raise not_runnable(f"audio type '{self.type}' is not supported")
 
     def to_element(self) -> etree._Element:
         e = set_attrs(etree.Element("audio"), ("id", self.id), ("type", self.type),

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from pyvirtd.xml.devices._base import (Address, DeviceBase, enum_attr, int_attr, set_attrs,
-                                       sub, unsupported, xml_error)
+from pyvirtd.xml.devices._base import (Address, DeviceBase, enum_attr, int_attr, not_runnable,
+                                       set_attrs, sub, xml_error)
 
 SOURCE_TYPES = ("null", "vc", "pty", "dev", "file", "pipe", "stdio", "udp", "tcp", "unix",
                 "spicevmc", "spiceport", "nmdm", "qemu-vdagent", "dbus")
@@ -98,7 +98,7 @@ class Chardev(DeviceBase):
 
     def validate(self) -> None:
         if self.type not in SUPPORTED_SOURCES:
-            raise unsupported(f"character device type '{self.type}' is not supported")
+            raise not_runnable(f"character device type '{self.type}' is not supported")
         if self.type in ("file",) and not self.path:
             raise xml_error("Missing source path attribute for char device")
         if self.type == "tcp" and not (self.sources and self.sources[0].get("service")):
@@ -107,7 +107,7 @@ class Chardev(DeviceBase):
             if self.type != "pty":
                 raise xml_error("virtio channel needs a target name")
         if self.kind == "channel" and self.target_type != "virtio":
-            raise unsupported(f"channel target type '{self.target_type}' is not supported")
+            raise not_runnable(f"channel target type '{self.target_type}' is not supported")
 
     def to_element(self) -> etree._Element:
         e = set_attrs(etree.Element(self.kind), ("type", self.type), ("tty", self.tty))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 
 from lxml import etree
 
-from pyvirtd.xml.devices._base import (DeviceBase, int_attr, set_attrs, sub,
-                                       unsupported, xml_error)
+from pyvirtd.xml.devices._base import DeviceBase, int_attr, not_runnable, set_attrs, sub, xml_error
 
 TYPES = ("ide", "fdc", "scsi", "sata", "virtio-serial", "ccid", "usb", "pci", "xenbus", "isa")
 MODELS = {
@@ -50,6 +50,7 @@ class Controller(DeviceBase):
     vectors: int | None = None            # virtio-serial
     model_name: str | None = None         # <model name=...> of pci controllers
     target: dict | None = None            # <target chassis=.. port=.. busNr=..> of pci ones
+    target_children: list = field(default_factory=list)   # e.g. <node> of expander buses
     driver: dict | None = None            # <driver queues=.. iothread=..>
 
     @classmethod
@@ -76,6 +77,7 @@ class Controller(DeviceBase):
                 if t.get(key) is not None:
                     int_attr(t, key)
             c.target = dict(t.attrib)
+            c.target_children = [copy.deepcopy(x) for x in t if isinstance(x.tag, str)]
         drv = elem.find("driver")
         if drv is not None:
             c.driver = dict(drv.attrib)
@@ -109,6 +111,9 @@ class Controller(DeviceBase):
                 self.model = "pcie-root" if q35 else "pci-root"
         if self.type == "pci" and self.model in PCI_MODEL_NAMES and self.model_name is None:
             self.model_name = PCI_MODEL_NAMES[self.model]
+        if self.type == "pci" and self.model == "pci-bridge" and self.index is not None \
+                and "chassisNr" not in (self.target or {}):
+            self.target = {"chassisNr": str(self.index), **(self.target or {})}
         if (self.type == "usb" and self.model in ("ich9-uhci1", "ich9-uhci2", "ich9-uhci3")
                 and not any(getattr(x, "tag", None) == "master" for x in self.extra)):
             # a companion of the EHCI with its index: its first port on that bus
@@ -125,7 +130,7 @@ class Controller(DeviceBase):
             raise xml_error(f"The PCI controller with index='{self.index}' can't be "
                             f"model='{self.model}'")
         if self.type in ("fdc", "ccid", "xenbus", "isa"):
-            raise unsupported(f"controller type '{self.type}' is not supported")
+            raise not_runnable(f"controller type '{self.type}' is not supported")
 
     def to_element(self) -> etree._Element:
         e = set_attrs(etree.Element("controller"), ("type", self.type), ("index", self.index),
@@ -134,6 +139,7 @@ class Controller(DeviceBase):
             sub(e, "driver", *self.driver.items())
         if self.model_name is not None:
             sub(e, "model", ("name", self.model_name))
-        if self.target is not None:
-            sub(e, "target", *self.target.items())
+        if self.target is not None or self.target_children:
+            t = sub(e, "target", *(self.target or {}).items())
+            t.extend(copy.deepcopy(x) for x in self.target_children)
         return self._format_common(e)

@@ -10,7 +10,7 @@ from lxml import etree
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml.devices._base import (Address, DeviceBase, boot_order, enum_attr, int_attr,
-                                       set_attrs, sub, unsupported, xml_error)
+                                       not_runnable, set_attrs, sub, unsupported, xml_error)
 
 TYPES = ("file", "block", "dir", "network", "volume", "nvme", "vhostuser")
 DEVICES = ("disk", "cdrom", "floppy", "lun")
@@ -24,6 +24,11 @@ RERROR_POLICIES = ("default", "stop", "report", "ignore")
 # Image formats QEMU opens with a format node of the same name.
 FORMATS = ("raw", "qcow2", "qcow", "qed", "vmdk", "vpc", "vdi", "vhdx", "cloop", "dmg",
            "parallels", "luks", "bochs")
+
+# <driver> attributes in libvirt's output order (virDomainDiskDefFormatDriver)
+DRIVER_ATTRS = ("name", "type", "cache", "error_policy", "rerror_policy", "io", "ioeventfd",
+                "event_idx", "copy_on_read", "discard", "iothread", "detect_zeroes", "queues",
+                "queue_size")
 
 # Target name prefix -> default bus (virDomainDiskDefPostParse via virDiskNameParse).
 _PREFIX_BUS = (("xvd", "xen"), ("ubd", "uml"), ("hd", "ide"), ("sd", "scsi"), ("vd", "virtio"),
@@ -70,6 +75,8 @@ class Disk(DeviceBase):
     io: str | None = None
     discard: str | None = None
     iothread: int | None = None
+    driver_extra: dict = field(default_factory=dict)   # other <driver> attributes (ioeventfd, ...)
+    driver_children: list = field(default_factory=list)  # e.g. <metadata_cache>
     path: str | None = None                 # file= or dev=
     pool: str | None = None                 # type='volume'
     volume: str | None = None
@@ -95,6 +102,10 @@ class Disk(DeviceBase):
             d.io = enum_attr(drv, "io", IO_MODES, what="disk io mode")
             d.discard = enum_attr(drv, "discard", DISCARD, what="disk discard mode")
             d.iothread = int_attr(drv, "iothread", minimum=1)
+            modelled = ("name", "type", "cache", "error_policy", "rerror_policy", "io",
+                        "discard", "iothread")
+            d.driver_extra = {k: v for k, v in drv.attrib.items() if k not in modelled}
+            d.driver_children = [copy.deepcopy(c) for c in drv if isinstance(c.tag, str)]
         src = elem.find("source")
         if src is not None:
             attrs = dict(src.attrib)
@@ -149,14 +160,14 @@ class Disk(DeviceBase):
 
     def validate(self) -> None:
         if self.type not in ("file", "block", "volume"):
-            raise unsupported(f"disk type '{self.type}' is not supported")
+            raise not_runnable(f"disk type '{self.type}' is not supported")
         if self.driver_name not in (None, "qemu"):
             raise unsupported(f"unsupported driver name '{self.driver_name}' for disk "
                               f"'{self.target}'")
         if self.device == "disk" and not (self.path or self.volume):
             raise xml_error(f"disk '{self.target}' has no source")
         if self.device == "floppy" or self.bus in ("fdc", "xen", "uml", "sd"):
-            raise unsupported(f"disk bus '{self.bus}' is not supported")
+            raise not_runnable(f"disk bus '{self.bus}' is not supported")
         if self.device == "cdrom" and self.bus == "virtio":
             raise unsupported("disk type of 'vda' does not support ejectable media"
                               .replace("vda", self.target))
@@ -167,13 +178,15 @@ class Disk(DeviceBase):
 
     def to_element(self) -> etree._Element:
         e = set_attrs(etree.Element("disk"), ("type", self.type), ("device", self.device))
-        if any(v is not None for v in (self.driver_name, self.format, self.cache, self.io,
-                                         self.discard, self.iothread, self.error_policy,
-                                         self.rerror_policy)):
-            sub(e, "driver", ("name", self.driver_name), ("type", self.format),
-                ("cache", self.cache), ("error_policy", self.error_policy),
-                ("rerror_policy", self.rerror_policy), ("io", self.io),
-                ("discard", self.discard), ("iothread", self.iothread))
+        attrs = {"name": self.driver_name, "type": self.format, "cache": self.cache,
+                 "error_policy": self.error_policy, "rerror_policy": self.rerror_policy,
+                 "io": self.io, "discard": self.discard, "iothread": self.iothread,
+                 **self.driver_extra}
+        if any(v is not None for v in attrs.values()) or self.driver_children:
+            order = [k for k in DRIVER_ATTRS if k in attrs] + \
+                [k for k in attrs if k not in DRIVER_ATTRS]
+            drv = sub(e, "driver", *((k, attrs[k]) for k in order))
+            drv.extend(copy.deepcopy(c) for c in self.driver_children)
         if (self.path is not None or self.volume is not None or self.source_extra
                 or self.source_children):
             src = etree.SubElement(e, "source")

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, set_attrs, sub,
-                                       unsupported, xml_error, yesno, yesno_attr)
+from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, not_runnable, set_attrs,
+                                       sub, unsupported, xml_error, yesno, yesno_attr)
 
 TYPES = ("sdl", "vnc", "rdp", "desktop", "spice", "egl-headless", "dbus")
 LISTEN_TYPES = ("address", "network", "socket", "none")
@@ -23,6 +23,8 @@ class Graphics(DeviceBase):
     passwd: str | None = None
     keymap: str | None = None
     listens: list = field(default_factory=list)  # attribute dicts of each <listen>
+
+    _OWNED = frozenset({("", "port"), ("", "tlsPort"), ("", "autoport"), ("", "listen")})
 
     @classmethod
     def parse(cls, elem: etree._Element) -> "Graphics":
@@ -68,10 +70,10 @@ class Graphics(DeviceBase):
 
     def validate(self) -> None:
         if self.type not in ("vnc", "spice"):
-            raise unsupported(f"unsupported graphics type '{self.type}'")
+            raise not_runnable(f"unsupported graphics type '{self.type}'")
         for lst in self.listens:
             if lst["type"] not in ("address", "none", "socket"):
-                raise unsupported(f"listen type '{lst['type']}' is not supported")
+                raise not_runnable(f"listen type '{lst['type']}' is not supported")
 
     @property
     def listen_address(self) -> str | None:

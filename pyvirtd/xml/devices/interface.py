@@ -10,8 +10,8 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml.devices._base import (DeviceBase, boot_order, enum_attr, set_attrs, sub,
-                                       unsupported, xml_error)
+from pyvirtd.xml.devices._base import (DeviceBase, boot_order, enum_attr, not_runnable, set_attrs,
+                                       sub, unsupported, xml_error)
 
 TYPES = ("user", "ethernet", "vhostuser", "server", "client", "mcast", "udp", "network",
          "bridge", "internal", "direct", "hostdev", "vdpa", "null", "vds")
@@ -104,7 +104,7 @@ class Interface(DeviceBase):
 
     def validate(self) -> None:
         if self.type not in SUPPORTED_TYPES:
-            raise unsupported(f"interface type '{self.type}' is not supported")
+            raise not_runnable(f"interface type '{self.type}' is not supported")
         if self.model is not None and self.model not in MODELS:
             raise unsupported(f"interface model '{self.model}' is not supported")
 

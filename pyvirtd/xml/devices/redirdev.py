@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, set_attrs, sub, unsupported,
+from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, not_runnable, set_attrs, sub,
                                        xml_error)
 
 TYPES = ("spicevmc", "tcp")
@@ -33,7 +33,7 @@ class Redirdev(DeviceBase):
         if self.type == "tcp" and not (self.sources and self.sources[0].get("service")):
             raise xml_error("Missing source service attribute for char device")
         if self.type not in TYPES:
-            raise unsupported(f"redirdev type '{self.type}' is not supported")
+            raise not_runnable(f"redirdev type '{self.type}' is not supported")
 
     def to_element(self) -> etree._Element:
         e = set_attrs(etree.Element("redirdev"), ("bus", self.bus), ("type", self.type))

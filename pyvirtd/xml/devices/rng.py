@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, set_attrs, sub,
-                                       unsupported, xml_error)
+from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, not_runnable, set_attrs,
+                                       sub, unsupported, xml_error)
 
 MODELS = ("virtio", "virtio-transitional", "virtio-non-transitional")
 BACKENDS = ("random", "egd", "builtin")
@@ -48,7 +48,7 @@ class Rng(DeviceBase):
 
     def validate(self) -> None:
         if self.backend == "egd":
-            raise unsupported("RNG backend 'egd' is not supported")
+            raise not_runnable("RNG backend 'egd' is not supported")
         if self.backend == "random" and self.source not in ("/dev/random", "/dev/urandom",
                                                             "/dev/hwrng"):
             raise unsupported(f"file '{self.source}' is not a supported random source")

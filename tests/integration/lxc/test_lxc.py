@@ -202,8 +202,8 @@ def _console_expect(dom, conn, send: bytes, expect: bytes, timeout: float = 10) 
     t.start()
     st.send(send)
     done.wait(timeout)
-    # finish, not abort: pyvirtd does not answer a client's abort yet, and
-    # python-libvirt's virStreamAbort waits for that answer
+    # finish ends the session as a console client does (an abort would be
+    # confirmed too, since issue #11)
     closer = threading.Thread(target=lambda: _quietly(st.finish), daemon=True)
     closer.start()
     closer.join(5)

@@ -30,10 +30,21 @@ DATA = REPO / "tests" / "data"
 # what the installed libvirt 9.0 refuses: itco (new in 9.1); a live XML whose
 # PCI addresses name buses its definition lacks
 NOT_FOR_LIBVIRTD = {"ovmf", "libvirt-live"}
-CORPUS = sorted(
-    [p for p in (DATA / "xml2argv").glob("*.xml") if p.stem not in NOT_FOR_LIBVIRTD]
-    + [p for p in (DATA / "xml2xml" / "devices" / "in").glob("*.xml")
-       if p.stem not in NOT_FOR_LIBVIRTD], key=lambda p: p.name)
+# Documents both daemons accept but store differently, and why (strict xfail:
+# the day they match, the entry must go).
+KNOWN_DIFFERENCES = {
+    "q35-not-runnable-kinds": "device kinds pyvirtd does not model yet (hostdev, filesystem, "
+                              "shmem, vsock, memory, smartcard, hub) get no PCI/USB/ccid/dimm "
+                              "address and imply no controllers; a <memory> dimm is not added "
+                              "to the total memory",
+}
+CORPUS = [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DIFFERENCES[p.stem]))
+    if p.stem in KNOWN_DIFFERENCES else p
+    for p in sorted(
+        [p for p in (DATA / "xml2argv").glob("*.xml") if p.stem not in NOT_FOR_LIBVIRTD]
+        + [p for p in (DATA / "xml2xml" / "devices" / "in").glob("*.xml")
+           if p.stem not in NOT_FOR_LIBVIRTD], key=lambda p: p.name)]
 
 pytestmark = [
     needs_qemu,

@@ -116,3 +116,53 @@ def test_policy_defines_every_action() -> None:
     for name in ("org.libvirt.unix.manage", "org.libvirt.api.domain.getattr",
                  "org.libvirt.api.domain.read-secure", "org.libvirt.api.connect.search-domains"):
         assert f'id="{name}"' in xml
+
+
+def secret(usage_type: int, usage_id: str, raw: bytes = UUID.bytes):
+    return P.remote_nonnull_secret(raw, usage_type, usage_id)
+
+
+async def test_secret_define_is_checked_before_the_call_with_its_usage(asked) -> None:
+    """libvirt checks secret:write and secret:save on the new definition, with
+    the usage detail its polkit driver names (viraccessdriverpolkit.c)."""
+    proc = PROCS["SECRET_DEFINE_XML"]
+    xml = (f"<secret><uuid>{UUID}</uuid><usage type='iscsi'><target>hidden</target></usage>"
+           "</secret>")
+    with pytest.raises(VirError):
+        await polkit.PolkitAccess().check_call(client(), proc,
+                                               P.remote_secret_define_xml_args(xml, 0))
+    details = {"connect_driver": "QEMU", "secret_uuid": str(UUID),
+               "secret_usage_target": "hidden"}
+    assert asked == [("org.libvirt.api.secret.write", details),
+                     ("org.libvirt.api.secret.save", details)]
+
+
+async def test_secret_value_needs_read_secure(asked) -> None:
+    proc = PROCS["SECRET_GET_VALUE"]
+    await polkit.PolkitAccess().check_call(client(), proc, P.remote_secret_get_value_args(
+        secret(2, "client.admin"), 0))
+    assert asked == [("org.libvirt.api.secret.read-secure",
+                      {"connect_driver": "QEMU", "secret_uuid": str(UUID),
+                       "secret_usage_ceph": "client.admin"})]
+
+
+async def test_secret_uuid_list_and_count_are_filtered(asked) -> None:
+    """CONNECT_LIST_SECRETS answers UUID strings: each is looked up, so the
+    rules see its usage, and NUM_OF_SECRETS counts what the list shows."""
+    hidden = uuid.UUID("11111111-2222-3333-4444-555555555555")
+    secrets = {UUID.bytes: secret(3, "visible"), hidden.bytes: secret(3, "hidden", hidden.bytes)}
+
+    def resolve(_client, proc):
+        if proc.name == "SECRET_LOOKUP_BY_UUID":
+            return (lambda _t, raw: secrets[bytes(raw)]), False, None
+        assert proc.name == "CONNECT_LIST_SECRETS"
+        return (lambda _t, maxuuids: [str(UUID), str(hidden)][:maxuuids]), False, None
+
+    program = SimpleNamespace(resolve=resolve)
+    access = polkit.PolkitAccess()
+    out = await access.check_result(client(), PROCS["CONNECT_LIST_SECRETS"],
+                                    P.remote_connect_list_secrets_args(10),
+                                    [str(UUID), str(hidden)], program)
+    assert out == [str(UUID)]
+    count = await access.check_result(client(), PROCS["CONNECT_NUM_OF_SECRETS"], None, 2, program)
+    assert count == 1

@@ -30,7 +30,7 @@ QEMU = "/usr/bin/qemu-system-x86_64"
 CASES = sorted(p.stem for p in DATA.glob("*.xml"))
 # Cases whose argv QEMU runs here; tcg-kernel needs a real kernel image.
 RUNNABLE = ["kvm-minimal", "q35-full", "pc-ide-scsi", "ovmf", "pc-usb2-biosserial",
-            "q35-spice-desktop", "disk-error-policy"]
+            "q35-spice-desktop", "disk-error-policy", "disk-fidelity"]
 # Per-case tap fds given to build_command in the golden tests.
 GOLDEN_TAP_FDS = {0: 40, 1: 41, 2: 42}
 

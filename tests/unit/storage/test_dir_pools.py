@@ -113,6 +113,11 @@ async def test_volumes(active) -> None:
         "v3", str(10 * MiB), "qcow2",
         f"<backingStore><path>{target}/v1</path><format type='qcow2'/></backingStore>"), 0)
     assert (await sub.storage_vol_get_info(v2)) == (0, 10 * MiB, 4 * MiB)
+    # an empty <allocation/> is no allocation, as in libvirt (tools write it so)
+    v4 = await sub.storage_vol_create_xml(
+        ref, vol_xml("v4", str(2 * MiB), extra="<allocation></allocation>"), 0)
+    assert (await sub.storage_vol_get_info(v4))[1] == 2 * MiB
+    await sub.storage_vol_delete(v4, 0)
     typ, cap, alloc = await sub.storage_vol_get_info(v1)
     assert (typ, cap) == (0, 10 * MiB) and alloc < MiB
     xml = await sub.storage_vol_get_xml_desc(v3, 0)

@@ -22,6 +22,8 @@ class FakeStream:
         self.incoming = list(incoming)
         self.sent: list[bytes | Hole] = []
         self.finished = False
+        self.closed = False
+        self.sparse = False
         self.work = None
 
     @property
@@ -127,3 +129,18 @@ async def test_volume_in_use_by_a_stream(active) -> None:
     await up.go()
     assert (target / "v").read_bytes()[:11] == b"x" * 10 + b"\0"
     await sub.storage_vol_delete(vol, 0)
+
+
+async def test_upload_past_its_length_writes_up_to_it_then_fails(active) -> None:
+    import pytest
+    from pyvirtd.errors import VirError
+    sub, ref, target = active
+    vol = await sub.storage_vol_create_xml(ref, vol_xml("v", str(MiB)), 0)
+    up = FakeStream([b"a" * 600, Hole(100), b"b" * 600, b"c" * 10])
+    await sub.storage_vol_upload(up, vol, 10, 1000, 1)
+    with pytest.raises(VirError) as info:
+        await up.go()
+    assert info.value.message == "cannot write to stream: No space left on device"
+    assert info.value.domain == P.VIR_FROM_STREAMS
+    assert (target / "v").read_bytes()[:1100] == bytes(10) + b"a" * 600 + bytes(100) \
+        + b"b" * 300 + bytes(90)
