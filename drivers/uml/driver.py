@@ -68,6 +68,7 @@ class Run:
     pid: int
     pidfd: int
     notify: trio.socket.SocketType
+    kernel_pid_file: str                # the kernel writes its pid there (uml_dir/umid/pid)
     destroying: bool = False            # terminate() killed it: the watcher reports "destroyed"
     ended: trio.Event = field(default_factory=trio.Event)   # the watcher saw it end
 
@@ -220,7 +221,7 @@ class UmlDriverState(HypervisorState[UmlDomain]):
             sock.close()
             raise VirError(P.VIR_ERR_SYSTEM_ERROR, f"cannot start the UML kernel: {exc}",
                            domain=_FROM) from None
-        run = Run(pid, os.pidfd_open(pid), sock)
+        run = Run(pid, os.pidfd_open(pid), sock, str(self.store.path(name) / "pid"))
         try:
             await self._wait_ready(dom, run)
             dom.handle = run
@@ -270,11 +271,19 @@ class UmlDriverState(HypervisorState[UmlDomain]):
     # -------------------------------------------------------------------- stop
     @staticmethod
     def _kill(run: Run) -> None:
-        """SIGKILL to the kernel's whole session (the launcher leads it)."""
+        """SIGKILL to the launcher's process group and to the kernel's: the kernel
+        leaves the launcher's session (setsid) and its processes follow it."""
+        groups = {run.pid}
         try:
-            os.killpg(run.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            with open(run.kernel_pid_file) as f:
+                groups.add(os.getpgid(int(f.read().strip())))
+        except (OSError, ValueError):
             pass
+        for group in groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     async def terminate(self, dom: UmlDomain, *, graceful: bool = False) -> None:
         """Kill the kernel; the watcher sees the end and reports it as destroyed."""
@@ -359,6 +368,7 @@ class UmlDriverState(HypervisorState[UmlDomain]):
                               else (ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED))
             self.mark_stopped(dom, run, reason, detail, hold_event=True)
             return
-        handle = Run(st.pid, pidfd, await _bind_notify(str(self.store.path(st.name, ".notify"))))
+        handle = Run(st.pid, pidfd, await _bind_notify(str(self.store.path(st.name, ".notify"))),
+                     str(self.store.path(st.name) / "pid"))
         dom.handle = handle
         self.follow(dom, run, handle)

@@ -87,19 +87,33 @@ class Lab:
         return p
 
     def kernel_pids(self) -> list[int]:
-        """The launchers (session leaders) of every guest the daemon recorded."""
+        """The launchers of every guest the daemon recorded, and the kernels
+        (each leads a process group of its own)."""
         run = self.root_dir / "run" / "uml"
-        return [json.loads(p.read_text())["pid"] for p in run.glob("*.json")] \
-            if run.is_dir() else []
+        if not run.is_dir():
+            return []
+        pids = [json.loads(p.read_text())["pid"] for p in run.glob("*.json")]
+        return pids + [int(p.read_text()) for p in run.glob("*/pid")]
+
+    def kill_all(self, pids: list[int]) -> None:
+        for pid in pids:
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def kernels_gone(self, pids: list[int]) -> bool:
+        """No process of these kernels' groups is left (zombies count as gone)."""
+        out = subprocess.run(["ps", "-e", "-o", "pgid=,stat="], capture_output=True,
+                             text=True).stdout.split("\n")
+        groups = set(pids)
+        return not any(int(l.split()[0]) in groups and not l.split()[1].startswith("Z")
+                       for l in out if l.strip())
 
     def close(self) -> None:
         pids = self.kernel_pids()
         stop_daemon(self.d)
-        for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.kill_all(pids)
 
 
 @pytest.fixture
@@ -209,7 +223,9 @@ def test_lifecycle_console_suspend_reboot_shutdown(lab, tmp_path):
     finally:
         conn.close()
     lab.virsh("start", "u1")
+    pids = lab.kernel_pids()
     lab.virsh("destroy", "u1")
+    assert wait_for(lambda: lab.kernels_gone(pids)), pids
     assert lab.virsh("domstate", "--reason", "u1").stdout.strip() == "shut off (destroyed)"
     lab.virsh("undefine", "u1")
     assert "u1" not in lab.virsh("list", "--all", "--name").stdout.split()
@@ -254,9 +270,10 @@ def test_transient_guest_and_a_guest_killed_behind_our_back(lab, tmp_path):
     xml = tmp_path / "u3.xml"
     xml.write_text(guest_xml("u3", root))
     lab.virsh("create", str(xml))
-    [pid] = lab.kernel_pids()
-    os.killpg(pid, signal.SIGKILL)
+    pids = lab.kernel_pids()
+    lab.kill_all(pids)
     assert wait_for(lambda: "u3" not in lab.virsh("list", "--all", "--name").stdout.split())
+    assert wait_for(lambda: lab.kernels_gone(pids))
 
 
 def test_bad_input_clear_errors_and_nothing_started(lab, tmp_path):
