@@ -25,6 +25,10 @@ DEB_PACKAGES += busybox-static
 # e2fsprogs: mke2fs -d makes the root image a test guest boots from a storage volume,
 # debugfs reads it back (tests/integration/qemu/test_volume_disks.py)
 DEB_PACKAGES += e2fsprogs
+# user-mode-linux: /usr/bin/linux.uml, the kernel the UML driver runs guests with
+# (drivers/uml, tests/integration/uml); uml-utilities: uml_mconsole and tunctl, to look
+# at a running guest by hand (the driver speaks the mconsole protocol itself)
+DEB_PACKAGES += user-mode-linux uml-utilities
 # debootstrap builds the lab VM's Debian image (tools/lab/build.py; tests/lab/)
 DEB_PACKAGES += debootstrap
 # remote access (tests/integration/auth): libkrb5-dev builds the gssapi module;

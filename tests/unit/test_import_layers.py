@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("qemu", "lxc")
+PACKAGES = ("qemu", "lxc", "uml")
 
 
 def _modules(pkg: str) -> dict[str, Path]:
@@ -98,7 +98,8 @@ import importlib, json, sys, traceback
 failed = {}
 for name in sys.argv[1:]:
     for loaded in [m for m in sys.modules if m.startswith(("pyvirtd.drivers.qemu",
-                                                           "pyvirtd.drivers.lxc"))]:
+                                                           "pyvirtd.drivers.lxc",
+                                                           "pyvirtd.drivers.uml"))]:
         del sys.modules[loaded]
     try:
         importlib.import_module(name)
@@ -118,10 +119,13 @@ def test_each_module_imports_alone() -> None:
     assert not failed, "\n".join(failed.values())
 
 
-def test_lxc_controller_stays_light() -> None:
-    """The controller lives as long as its container, in its memory cgroup: importing
-    it (and the package) must not pull in the daemon (drivers/lxc/__init__.py)."""
-    code = ("import sys, pyvirtd.drivers.lxc.controller; "
+@pytest.mark.parametrize("module", ("pyvirtd.drivers.lxc.controller",
+                                    "pyvirtd.drivers.uml.launcher"))
+def test_helper_processes_stay_light(module: str) -> None:
+    """The LXC controller lives as long as its container, in its memory cgroup; the
+    UML launcher runs in front of every kernel: importing them (and their package)
+    must not pull in the daemon (drivers/lxc/__init__.py, drivers/uml/__init__.py)."""
+    code = (f"import sys, {module}; "
             "print(sorted(m for m in ('trio', 'lxml', 'pyvirtd.rpc._generated', "
             "'pyvirtd.driver') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -15,12 +15,13 @@ import pytest
 
 from pyvirtd.driver import api
 from pyvirtd.drivers.lxc.connection import LxcConnection
+from pyvirtd.drivers.uml.connection import UmlConnection
 from pyvirtd.drivers.qemu import QemuConnection
 from pyvirtd.drivers.test import connection as test_connection
 from pyvirtd.rpc import _generated as P
 
 PROCEDURE_METHODS = {p.method for p in P.PROCEDURES}
-CONNECTIONS = (QemuConnection, LxcConnection, test_connection.TestConnection)
+CONNECTIONS = (QemuConnection, LxcConnection, UmlConnection, test_connection.TestConnection)
 
 
 def _methods(topic: type) -> dict[str, typing.Callable]:
@@ -52,7 +53,7 @@ def test_drivers_take_the_written_parameters(conn: type) -> None:
     assert wrong == []
 
 
-@pytest.mark.parametrize("conn", (QemuConnection, LxcConnection), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("conn", (QemuConnection, LxcConnection, UmlConnection), ids=lambda c: c.__name__)
 def test_local_hypervisors_answer_their_topics(conn: type) -> None:
     missing = [f"{topic.__name__}.{name}" for topic in api.LOCAL_HYPERVISOR
                for name in _methods(topic) if not hasattr(conn, name)]
