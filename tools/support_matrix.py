@@ -31,6 +31,7 @@ CONNECTIONS = {
     "test": ("pyvirtd.drivers.test.connection", "TestConnection", False),
     "qemu": ("pyvirtd.drivers.qemu", "QemuConnection", True),
     "lxc": ("pyvirtd.drivers.lxc.connection", "LxcConnection", True),
+    "uml": ("pyvirtd.drivers.uml.connection", "UmlConnection", True),
 }
 PROGRAMS = ("remote", "qemu", "lxc")
 
