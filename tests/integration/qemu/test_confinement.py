@@ -472,20 +472,20 @@ def test_block_device_hotplug_and_unplug_under_confinement(host, loops):
 def test_save_and_restore_where_only_root_may_write(host):
     """QEMU (pyvirtd-qemu) writes and reads the image through fds the daemon opened:
     the image's directory and the image itself stay root's alone."""
-    disk = _image(host.images / "c6.img")
-    host.define("c6", disk)
+    disk = _image(host.images / "saved.img")
+    host.define("saved", disk)
     private = host.base / "private"
     private.mkdir(mode=0o700)
-    image = private / "c6.save"
-    ok(host.uri, "start c6")
-    ok(host.uri, f"save c6 {image}")
+    image = private / "saved.save"
+    ok(host.uri, "start saved")
+    ok(host.uri, f"save saved {image}")
     assert _owner(image) == (0, 0, 0o600)
-    assert "shut off (saved)" in ok(host.uri, "domstate c6 --reason")
+    assert "shut off (saved)" in ok(host.uri, "domstate saved --reason")
     wait_for(lambda: _owner(disk) == (0, 0, 0o600))
     ok(host.uri, f"restore {image}")
-    assert "running (restored)" in ok(host.uri, "domstate c6 --reason")
-    assert _status(guest_pid(host.root, "c6"))["Uid"].split()[0] == str(host.qemu.pw_uid)
-    ok(host.uri, "managedsave c6")
-    ok(host.uri, "start c6")
-    assert "running (restored)" in ok(host.uri, "domstate c6 --reason")
-    ok(host.uri, "destroy c6")
+    assert "running (restored)" in ok(host.uri, "domstate saved --reason")
+    assert _status(guest_pid(host.root, "saved"))["Uid"].split()[0] == str(host.qemu.pw_uid)
+    ok(host.uri, "managedsave saved")
+    ok(host.uri, "start saved")
+    assert "running (restored)" in ok(host.uri, "domstate saved --reason")
+    ok(host.uri, "destroy saved")
