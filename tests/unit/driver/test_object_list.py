@@ -162,9 +162,9 @@ def test_pool_type_bits_are_the_pool_kinds_own_filter() -> None:
 
 def test_secret_filters_read_the_definition() -> None:
     secrets: ObjectList = ObjectList(SECRET)
-    for name, eph, priv in (("s1", True, False), ("s2", False, True)):
-        secrets.add(SimpleNamespace(name=name, definition=SimpleNamespace(ephemeral=eph,
-                                                                          private=priv)))
+    for n, (name, eph, priv) in enumerate((("s1", True, False), ("s2", False, True))):
+        secrets.add(SimpleNamespace(name=name, uuid=bytes([n]) * 16,
+                                    definition=SimpleNamespace(ephemeral=eph, private=priv)))
     sec = P.ConnectListAllSecretsFlags
     assert [s.name for s in secrets.list_all(sec.VIR_CONNECT_LIST_SECRETS_EPHEMERAL)] == ["s1"]
     assert [s.name for s in secrets.list_all(sec.VIR_CONNECT_LIST_SECRETS_PRIVATE)] == ["s2"]
