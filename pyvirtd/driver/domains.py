@@ -12,7 +12,7 @@ clients print them by number, so they must never drift between drivers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -125,32 +125,6 @@ CRASHED_EV_PANICKED = P.DomainEventCrashedDetailType.VIR_DOMAIN_EVENT_CRASHED_PA
 
 def not_running() -> VirError:
     return VirError(P.VIR_ERR_OPERATION_INVALID, "domain is not running", domain=P.VIR_FROM_DOMAIN)
-
-
-# Each filter group's pair of flags; a group with both (or neither) set keeps everything.
-_FILTER_PAIRS = (
-    (P.VIR_CONNECT_LIST_DOMAINS_ACTIVE, P.VIR_CONNECT_LIST_DOMAINS_INACTIVE),
-    (P.VIR_CONNECT_LIST_DOMAINS_PERSISTENT, P.VIR_CONNECT_LIST_DOMAINS_TRANSIENT),
-    (P.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE, P.VIR_CONNECT_LIST_DOMAINS_NO_MANAGEDSAVE),
-    (P.VIR_CONNECT_LIST_DOMAINS_AUTOSTART, P.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART),
-    (P.VIR_CONNECT_LIST_DOMAINS_HAS_SNAPSHOT, P.VIR_CONNECT_LIST_DOMAINS_NO_SNAPSHOT),
-    (P.VIR_CONNECT_LIST_DOMAINS_HAS_CHECKPOINT, P.VIR_CONNECT_LIST_DOMAINS_NO_CHECKPOINT),
-)
-_STATE_FLAGS = (P.VIR_CONNECT_LIST_DOMAINS_RUNNING | P.VIR_CONNECT_LIST_DOMAINS_PAUSED
-                | P.VIR_CONNECT_LIST_DOMAINS_SHUTOFF | P.VIR_CONNECT_LIST_DOMAINS_OTHER)
-
-
-def filter_by_list_flags(doms: Iterable[Any], flags: int) -> list[Any]:
-    """The domains virConnectListAllDomains returns for ``flags``.
-
-    Flags that keep every domain (`virsh list --all` sends ACTIVE|INACTIVE)
-    skip the per-domain checks: listing is a hot call (virt-manager, nova).
-    """
-    doms = list(doms)
-    if flags & _STATE_FLAGS or any(bool(flags & yes) != bool(flags & no)
-                                   for yes, no in _FILTER_PAIRS):
-        return [d for d in doms if matches_list_flags(d, flags)]
-    return doms
 
 
 def matches_list_flags(dom: Any, flags: int) -> bool:

@@ -198,8 +198,8 @@ def _domain_state_filter(flags: int) -> Callable[[Any], bool] | None:
     return lambda dom: bool(wanted & named.get(dom.state, _DOM.VIR_CONNECT_LIST_DOMAINS_OTHER))
 
 
-# Domains, for the hypervisor drivers to adopt (pyvirtd/driver/domains.py keeps its own
-# lookups and filter until they do; tests/unit/driver/test_object_list.py checks both agree).
+# Domains: the hypervisor base's and the test driver's lists (tests/unit/driver/test_object_list.py
+# checks its filter against matches_list_flags, which stats calls still use per domain).
 DOMAIN = ObjectKind(
     "domain", P.VIR_ERR_NO_DOMAIN, P.VIR_FROM_DOMAIN, owner="domain",
     filters=(*state_filters(_DOM.VIR_CONNECT_LIST_DOMAINS_ACTIVE,
