@@ -164,16 +164,16 @@ class DomainMixin(ds.DomainLookups):
         check_flags(flags, START_AUTODESTROY | START_VALIDATE, "lxcDomainCreateXMLWithFiles", _FROM)
         drv = self.driver
         new = drv.new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
-        existing = ds.find_for_add(drv.domains, new, live=True)
+        existing = drv.domains.check_add(new, live=True)
         dom = existing or LxcDomain(new, persistent=False)
         if existing is None:
-            drv.domains[new.name] = dom
+            drv.domains.add(dom)
         async with dom.lock:
             try:
                 await drv.start_domain(dom, live_def=new)
             except BaseException:
                 if existing is None and not dom.active:
-                    drv.domains.pop(new.name, None)
+                    drv.domains.remove(dom)
                 raise
         return dom.ref()
 
@@ -431,8 +431,8 @@ class DomainMixin(ds.DomainLookups):
 
     def connect_get_all_domain_stats(self, doms: list, stats: int, flags: int) -> list:
         if doms:
-            by_uuid = {d.uuid: d for d in self.driver.domains.values()}
-            selected = [by_uuid[bytes(r.uuid)] for r in doms if bytes(r.uuid) in by_uuid]
+            found = (self.driver.domains.find_uuid(r.uuid) for r in doms)
+            selected = [d for d in found if d is not None]
         else:
             selected = [d for d in self.driver.domains.values()
                         if ds.matches_list_flags(d, flags & 0x3FFF)]

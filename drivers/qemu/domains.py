@@ -179,10 +179,10 @@ class DomainMixin(ds.DomainLookups):
                     | START_VALIDATE | START_RESET_NVRAM, "qemuDomainCreateXML", P.VIR_FROM_QEMU)
         drv = self.driver
         new = drv.new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
-        existing = ds.find_for_add(drv.domains, new, live=True)
+        existing = drv.domains.check_add(new, live=True)
         dom = existing or QemuDomain(new, persistent=False)
         if existing is None:
-            drv.domains[new.name] = dom
+            drv.domains.add(dom)
         async with dom.lock:
             if dom.active:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID,
@@ -191,7 +191,7 @@ class DomainMixin(ds.DomainLookups):
                 await drv.start_domain(dom, paused=bool(flags & START_PAUSED), live_def=new)
             except BaseException:
                 if existing is None and not dom.active:
-                    drv.domains.pop(new.name, None)
+                    drv.domains.remove(dom)
                 raise
             if flags & START_AUTODESTROY:
                 self._autodestroy_add(dom)

@@ -476,10 +476,10 @@ class SaveMixin:
         fd, head = await trio.to_thread.run_sync(open_image, from_)
         try:
             live = _image_definition(drv, head, dxml)
-            existing = ds.find_for_add(drv.domains, live, live=True)
+            existing = drv.domains.check_add(live, live=True)
             dom = existing or QemuDomain(live, persistent=False)
             if existing is None:
-                drv.domains[live.name] = dom
+                drv.domains.add(dom)
             try:
                 async with dom.lock:
                     if dom.active:
@@ -489,7 +489,7 @@ class SaveMixin:
                     await restore_into(drv, dom, live, fd, head, flags)
             except BaseException:
                 if existing is None and not dom.active:
-                    drv.domains.pop(live.name, None)
+                    drv.domains.remove(dom)
                 raise
         finally:
             os.close(fd)

@@ -419,8 +419,8 @@ class StatsMixin:
                        f"Stats types bits 0x{stats & ~SUPPORTED_STATS:x} are not supported by "
                        "this daemon")
         if doms:
-            by_uuid = {d.uuid: d for d in self.driver.domains.values()}
-            selected = [by_uuid[bytes(r.uuid)] for r in doms if bytes(r.uuid) in by_uuid]
+            found = (self.driver.domains.find_uuid(r.uuid) for r in doms)
+            selected = [d for d in found if d is not None]
         else:
             selected = list(self.driver.domains.values())
         list_flags = flags & LIST_FLAGS

@@ -20,7 +20,6 @@ from pyvirtd.errors import VirError, check_flags
 from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
-from pyvirtd.xml import format_uuid
 
 from .state import TestState
 
@@ -34,8 +33,8 @@ from pyvirtd.driver.domains import (  # noqa: E402,F401  (re-exported to the tes
     SHUTOFF_FROM_SNAPSHOT, SHUTOFF_SAVED, SHUTOFF_SHUTDOWN, SHUTOFF_UNKNOWN, STARTED_BOOTED,
     STARTED_FROM_SNAPSHOT, STARTED_RESTORED, STOPPED_DESTROYED, STOPPED_FROM_SNAPSHOT,
     STOPPED_SAVED, STOPPED_SHUTDOWN, SUSPENDED_FROM_SNAPSHOT, SUSPENDED_PAUSED,
-    UNDEFINED_REMOVED, UNDEFINED_RENAMED, DomainObject, filter_by_list_flags, find_for_add,
-    matches_list_flags as _matches, not_running)
+    UNDEFINED_REMOVED, UNDEFINED_RENAMED, DomainObject, matches_list_flags as _matches,
+    not_running)
 
 # Flags (virDomainXMLFlags, virDomainModificationImpact, ...).
 XML_SECURE, XML_INACTIVE, XML_UPDATE_CPU, XML_MIGRATABLE = 1, 2, 4, 8
@@ -102,7 +101,11 @@ def load_domains(state: TestState, elements: list) -> None:
         dom.set_state(RUNNING, RUNNING_UNKNOWN)
         dom.id = state.allocate_domain_id()
         dom.new_def = d.copy()
-        state.domains[d.name] = dom
+        state.domains.add(dom)
+
+
+def _set_name(dom: Domain, name: str) -> None:
+    dom.definition.name = name
 
 
 class DomainMixin:
@@ -115,12 +118,7 @@ class DomainMixin:
 
     def _dom(self, ref: Any) -> Domain:
         """The domain a client's handle names (found by uuid, as libvirt does)."""
-        for dom in self.state.domains.values():
-            if dom.uuid == bytes(ref.uuid):
-                return dom
-        raise VirError(P.VIR_ERR_NO_DOMAIN,
-                       f"no domain with matching uuid '{format_uuid(ref.uuid)}' ({ref.name})",
-                       domain=P.VIR_FROM_TEST)
+        return self.state.domains.by_ref(ref)
 
     def _active_dom(self, ref: Any) -> Domain:
         dom = self._dom(ref)
@@ -132,23 +130,20 @@ class DomainMixin:
     def _not_found() -> VirError:
         return VirError(P.VIR_ERR_NO_DOMAIN, domain=P.VIR_FROM_TEST)
 
+    # libvirt's test driver reports these without a detail (hence not the list's by_*)
     def domain_lookup_by_name(self, name: str) -> Any:
-        dom = self.state.domains.get(name)
+        return self._found(self.state.domains.get(name))
+
+    def domain_lookup_by_uuid(self, uuid: bytes) -> Any:
+        return self._found(self.state.domains.find_uuid(uuid))
+
+    def domain_lookup_by_id(self, dom_id: int) -> Any:
+        return self._found(self.state.domains.find_id(dom_id))
+
+    def _found(self, dom: Domain | None) -> Any:
         if dom is None:
             raise self._not_found()
         return dom.ref()
-
-    def domain_lookup_by_uuid(self, uuid: bytes) -> Any:
-        for dom in self.state.domains.values():
-            if dom.uuid == bytes(uuid):
-                return dom.ref()
-        raise self._not_found()
-
-    def domain_lookup_by_id(self, dom_id: int) -> Any:
-        for dom in self.state.domains.values():
-            if dom.active and dom.id == dom_id:
-                return dom.ref()
-        raise self._not_found()
 
     # -- listing ----------------------------------------------------------
 
@@ -156,19 +151,19 @@ class DomainMixin:
         return sorted((d for d in self.state.domains.values() if d.active), key=lambda d: d.id)
 
     def connect_num_of_domains(self) -> int:
-        return len(self._sorted_active())
+        return self.state.domains.count(active=True)
 
     def connect_list_domains(self, maxids: int) -> list[int]:
         return [d.id for d in self._sorted_active()][:maxids]
 
     def connect_num_of_defined_domains(self) -> int:
-        return sum(1 for d in self.state.domains.values() if not d.active)
+        return self.state.domains.count(active=False)
 
     def connect_list_defined_domains(self, maxnames: int) -> list[str]:
         return [d.name for d in self.state.domains.values() if not d.active][:maxnames]
 
     def connect_list_all_domains(self, need_results: int, flags: int) -> tuple:
-        doms = filter_by_list_flags(self.state.domains.values(), flags)
+        doms = self.state.domains.list_all(flags)
         return ([d.ref() for d in doms] if need_results else [], len(doms))
 
     # -- information ------------------------------------------------------
@@ -250,12 +245,10 @@ class DomainMixin:
 
         Returns the domain and whether it replaced an existing one.
         """
-        existing = find_for_add(self.state.domains, new, live=live)
+        existing = self.state.domains.check_add(new, live=live)
         if existing is not None:
             return existing, True
-        dom = Domain(new)
-        self.state.domains[new.name] = dom
-        return dom, False
+        return self.state.domains.add(Domain(new)), False
 
     def domain_define_xml(self, xml: str) -> Any:
         return self.domain_define_xml_flags(xml, 0)
@@ -300,7 +293,7 @@ class DomainMixin:
             dom.persistent = False
             dom.new_def = None
         else:
-            del self.state.domains[dom.name]
+            self.state.domains.remove(dom)
 
     def domain_rename(self, ref: Any, new_name: str, flags: int) -> int:
         check_flags(flags, 0, "testDomainRename", P.VIR_FROM_TEST)
@@ -313,9 +306,7 @@ class DomainMixin:
             raise VirError(P.VIR_ERR_OPERATION_INVALID,
                            f"domain with name '{new_name}' already exists", domain=P.VIR_FROM_DOMAIN)
         self._emit(dom, EV_UNDEFINED, UNDEFINED_RENAMED)
-        del self.state.domains[dom.name]
-        dom.definition.name = new_name
-        self.state.domains[new_name] = dom
+        self.state.domains.rename(dom, new_name, _set_name)
         self._emit(dom, EV_DEFINED, DEFINED_RENAMED)
         return 0
 
@@ -324,19 +315,19 @@ class DomainMixin:
     def _start(self, dom: Domain, reason: int, detail: int) -> None:
         if dom.persistent:
             dom.new_def = dom.definition.copy()
-        dom.id = self.state.allocate_domain_id()
+        self.state.domains.set_id(dom, self.state.allocate_domain_id())
         dom.set_state(RUNNING, reason)
         self._emit(dom, EV_STARTED, detail)
 
     def _stop(self, dom: Domain, reason: int, detail: int) -> None:
         """Shut a domain off; a transient one goes away (testDomainShutdownState)."""
         dom.set_state(SHUTOFF, reason)
-        dom.id = -1
+        self.state.domains.set_id(dom, -1)
         if dom.new_def is not None:
             dom.definition, dom.new_def = dom.new_def, None
         self._emit(dom, EV_STOPPED, detail)
         if not dom.persistent:
-            self.state.domains.pop(dom.name, None)
+            self.state.domains.remove(dom)
 
     def domain_create(self, ref: Any) -> None:
         self.domain_create_with_flags(ref, 0)

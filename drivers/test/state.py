@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyvirtd.driver.objects import INTERFACE, NETWORK, NODE_DEVICE, STORAGE_POOL, ObjectList
+from pyvirtd.driver.objects import (DOMAIN, INTERFACE, NETWORK, NODE_DEVICE, STORAGE_POOL,
+                                    ObjectList)
 from pyvirtd.events import EventBus
 from pyvirtd.rpc import _generated as P
 from pyvirtd.secrets.objects import SecretList
@@ -13,6 +14,7 @@ from pyvirtd.secrets.objects import SecretList
 # The object kinds as libvirt's test driver reports them: lookups and state
 # errors from VIR_FROM_TEST, define conflicts from the kind's own conf code,
 # names listed in definition order.
+TEST_DOMAIN = DOMAIN.for_driver(P.VIR_FROM_TEST)
 TEST_NETWORK = NETWORK.for_driver(P.VIR_FROM_TEST, sorted_names=False,
                                   transient_autostart=None)   # it takes autostart on any
 TEST_POOL = STORAGE_POOL.for_driver(P.VIR_FROM_TEST, transient_autostart=(
@@ -42,7 +44,7 @@ class TestState:
     libvirt's test driver lists them in.
     """
     node: NodeInfo = field(default_factory=NodeInfo)
-    domains: dict[str, Any] = field(default_factory=dict)
+    domains: ObjectList[Any] = field(default_factory=lambda: ObjectList(TEST_DOMAIN))
     networks: ObjectList[Any] = field(default_factory=lambda: ObjectList(TEST_NETWORK))
     interfaces: ObjectList[Any] = field(default_factory=lambda: ObjectList(TEST_INTERFACE))
     pools: ObjectList[Any] = field(default_factory=lambda: ObjectList(TEST_POOL))

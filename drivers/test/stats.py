@@ -58,8 +58,8 @@ class StatsMixin:
                            "by this daemon", domain=P.VIR_FROM_TEST)
         list_flags = flags & LIST_FLAGS
         if doms:
-            by_uuid = {d.uuid: d for d in self.state.domains.values()}
-            selected = [by_uuid[bytes(ref.uuid)] for ref in doms if bytes(ref.uuid) in by_uuid]
+            found = (self.state.domains.find_uuid(ref.uuid) for ref in doms)
+            selected = [d for d in found if d is not None]
         else:
             selected = list(self.state.domains.values())
         return [self._stats_record(d, stats) for d in selected if _matches(d, list_flags)]

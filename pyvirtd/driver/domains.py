@@ -12,16 +12,16 @@ clients print them by number, so they must never drift between drivers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_uuid
 
 if TYPE_CHECKING:
+    from pyvirtd.driver.objects import ObjectList
     from pyvirtd.xml.domain import DomainDef
 
 # virDomainState
@@ -127,32 +127,6 @@ def not_running() -> VirError:
     return VirError(P.VIR_ERR_OPERATION_INVALID, "domain is not running", domain=P.VIR_FROM_DOMAIN)
 
 
-# Each filter group's pair of flags; a group with both (or neither) set keeps everything.
-_FILTER_PAIRS = (
-    (P.VIR_CONNECT_LIST_DOMAINS_ACTIVE, P.VIR_CONNECT_LIST_DOMAINS_INACTIVE),
-    (P.VIR_CONNECT_LIST_DOMAINS_PERSISTENT, P.VIR_CONNECT_LIST_DOMAINS_TRANSIENT),
-    (P.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE, P.VIR_CONNECT_LIST_DOMAINS_NO_MANAGEDSAVE),
-    (P.VIR_CONNECT_LIST_DOMAINS_AUTOSTART, P.VIR_CONNECT_LIST_DOMAINS_NO_AUTOSTART),
-    (P.VIR_CONNECT_LIST_DOMAINS_HAS_SNAPSHOT, P.VIR_CONNECT_LIST_DOMAINS_NO_SNAPSHOT),
-    (P.VIR_CONNECT_LIST_DOMAINS_HAS_CHECKPOINT, P.VIR_CONNECT_LIST_DOMAINS_NO_CHECKPOINT),
-)
-_STATE_FLAGS = (P.VIR_CONNECT_LIST_DOMAINS_RUNNING | P.VIR_CONNECT_LIST_DOMAINS_PAUSED
-                | P.VIR_CONNECT_LIST_DOMAINS_SHUTOFF | P.VIR_CONNECT_LIST_DOMAINS_OTHER)
-
-
-def filter_by_list_flags(doms: Iterable[Any], flags: int) -> list[Any]:
-    """The domains virConnectListAllDomains returns for ``flags``.
-
-    Flags that keep every domain (`virsh list --all` sends ACTIVE|INACTIVE)
-    skip the per-domain checks: listing is a hot call (virt-manager, nova).
-    """
-    doms = list(doms)
-    if flags & _STATE_FLAGS or any(bool(flags & yes) != bool(flags & no)
-                                   for yes, no in _FILTER_PAIRS):
-        return [d for d in doms if matches_list_flags(d, flags)]
-    return doms
-
-
 def matches_list_flags(dom: Any, flags: int) -> bool:
     """One domain against virConnectListAllDomains' filter groups."""
     def group(yes: int, no: int, value: bool) -> bool:
@@ -188,32 +162,6 @@ def matches_list_flags(dom: Any, flags: int) -> bool:
                  False):
         return False
     return True
-
-
-def find_for_add(domains: Any, new: Any, *, live: bool) -> Any:
-    """The domain a new definition replaces, or None when it adds one (virDomainObjListAdd).
-
-    ``domains`` maps names to objects with ``name``, ``uuid``, ``active`` and
-    ``definition``.  Raises libvirt's errors for a uuid already used under
-    another name, a name already used with another uuid, and (``live``, i.e.
-    createXML/restore) a domain that is already running.
-    """
-    by_uuid = next((d for d in domains.values() if d.uuid == new.uuid), None)
-    if by_uuid is not None:
-        if by_uuid.name != new.name:
-            raise VirError(P.VIR_ERR_OPERATION_FAILED,
-                           f"domain '{by_uuid.name}' is already defined with uuid {new.uuid_str}",
-                           domain=P.VIR_FROM_DOMAIN)
-        if live and by_uuid.active:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID,
-                           f"domain '{new.name}' is already active", domain=P.VIR_FROM_DOMAIN)
-        return by_uuid
-    existing = domains.get(new.name)
-    if existing is not None:
-        raise VirError(P.VIR_ERR_OPERATION_FAILED,
-                       f"domain '{new.name}' already exists with uuid {existing.definition.uuid_str}",
-                       domain=P.VIR_FROM_DOMAIN)
-    return None
 
 
 @dataclass(eq=False)
@@ -259,17 +207,17 @@ class DomainObject:
         self.state, self.reason = state, reason
 
 
-def install_definition(domains: dict, new: "DomainDef", existing: Any,
+def install_definition(domains: "ObjectList[Any]", new: "DomainDef", existing: Any,
                        make: Any) -> tuple[Any, bool]:
     """Make ``new`` a domain's persistent definition (the define path of virDomainObjListAdd).
 
-    ``existing`` is what `find_for_add` found (or None); ``make(defn, persistent=True)``
+    ``existing`` is what `ObjectList.check_add` found (or None); ``make(defn, persistent=True)``
     builds the driver's domain object for a new name.  A running domain keeps
     its live definition and gets ``new`` as the next one.  Returns the domain
     and whether a persistent definition was replaced (DEFINED_UPDATED).
     """
     if existing is None:
-        dom = domains[new.name] = make(new, persistent=True)
+        dom = domains.add(make(new, persistent=True))
     elif existing.active:
         dom, dom.new_def = existing, new
     else:
@@ -294,27 +242,21 @@ async def undefine(drv: Any, dom: Any) -> None:
             dom.new_def = None
             await drv.save_status(dom)
         else:
-            drv.domains.pop(dom.name, None)
+            drv.domains.remove(dom)
 
 
 class DomainLookups:
     """Lookups and listings of a driver connection whose state keeps ``domains``
-    (name -> DomainObject): the part of a domain mixin the QEMU and LXC drivers
-    share.  ``error_domain`` is the VIR_FROM_* their "no domain" errors carry.
+    (an `ObjectList` of the driver's DOMAIN kind, which carries the VIR_FROM_*
+    of its "no domain" errors): the part of a domain mixin the QEMU, LXC and
+    UML drivers share.  Every lookup is a dictionary lookup.
     """
     driver: Any
     error_domain: int = P.VIR_FROM_DOMAIN
 
-    def _no_domain(self, message: str) -> VirError:
-        return VirError(P.VIR_ERR_NO_DOMAIN, message, domain=self.error_domain)
-
     def _dom(self, ref: Dom) -> Any:
         """The domain a client's handle names, by uuid (qemuDomainObjFromDomain)."""
-        uuid = bytes(ref.uuid)
-        for dom in self.driver.domains.values():
-            if dom.uuid == uuid:
-                return dom
-        raise self._no_domain(f"no domain with matching uuid '{format_uuid(uuid)}' ({ref.name})")
+        return self.driver.domains.by_ref(ref)
 
     def _active(self, ref: Dom) -> Any:
         dom = self._dom(ref)
@@ -323,38 +265,29 @@ class DomainLookups:
         return dom
 
     def domain_lookup_by_name(self, name: str) -> Dom:
-        dom = self.driver.domains.get(name)
-        if dom is None:
-            raise self._no_domain(f"no domain with matching name '{name}'")
-        return dom.ref()
+        return self.driver.domains.by_name(name).ref()
 
     def domain_lookup_by_uuid(self, uuid: bytes) -> Dom:
-        for dom in self.driver.domains.values():
-            if dom.uuid == bytes(uuid):
-                return dom.ref()
-        raise self._no_domain(f"no domain with matching uuid '{format_uuid(uuid)}'")
+        return self.driver.domains.by_uuid(uuid).ref()
 
     def domain_lookup_by_id(self, dom_id: int) -> Dom:
-        for dom in self.driver.domains.values():
-            if dom.active and dom.id == dom_id:
-                return dom.ref()
-        raise self._no_domain(f"no domain with matching id {dom_id}")
+        return self.driver.domains.by_id(dom_id).ref()
 
     def _sorted_active(self) -> list[Any]:
         return sorted((d for d in self.driver.domains.values() if d.active), key=lambda d: d.id)
 
     def connect_num_of_domains(self) -> int:
-        return len(self._sorted_active())
+        return self.driver.domains.count(active=True)
 
     def connect_list_domains(self, maxids: int) -> list[int]:
         return [d.id for d in self._sorted_active()][:maxids]
 
     def connect_num_of_defined_domains(self) -> int:
-        return sum(1 for d in self.driver.domains.values() if not d.active)
+        return self.driver.domains.count(active=False)
 
     def connect_list_defined_domains(self, maxnames: int) -> list[str]:
         return sorted(d.name for d in self.driver.domains.values() if not d.active)[:maxnames]
 
     def connect_list_all_domains(self, need_results: int, flags: int) -> tuple:
-        doms = filter_by_list_flags(self.driver.domains.values(), flags)
+        doms = self.driver.domains.list_all(flags)
         return ([d.ref() for d in doms] if need_results else [], len(doms))

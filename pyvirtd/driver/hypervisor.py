@@ -49,6 +49,7 @@ import trio
 from pyvirtd import hostinfo
 from pyvirtd.driver import DriverContext, shared_subsystems
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.objects import DOMAIN, ObjectList
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
@@ -113,7 +114,7 @@ class HypervisorState(Generic[DomT]):
         self.ctx = ctx
         self.events = ctx.events
         self.store = store
-        self.domains: dict[str, DomT] = {}
+        self.domains: ObjectList[DomT] = ObjectList(DOMAIN.for_driver(self.error_domain))
         self.next_id = 1
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
@@ -175,7 +176,7 @@ class HypervisorState(Generic[DomT]):
         for d in await trio.to_thread.run_sync(self.store.load_configs):
             dom = self.domain_class(d, persistent=True)
             dom.autostart = self.store.is_autostart(d.name)
-            self.domains[d.name] = dom
+            self.domains.add(dom)
         statuses = await trio.to_thread.run_sync(self.store.load_statuses)
         # ids continue after the highest one still in use, as libvirt's do
         self.next_id = max([st.id for st in statuses] + [0]) + 1
@@ -251,7 +252,7 @@ class HypervisorState(Generic[DomT]):
     async def define(self, new: domxml.DomainDef) -> DomT:
         """Store ``new`` as a persistent definition: a new domain, or the next
         definition of an existing one (virDomainObjListAdd); DEFINED event."""
-        existing = ds.find_for_add(self.domains, new, live=False)
+        existing = self.domains.check_add(new, live=False)
         await self.save_config(new)
         dom, replaced = ds.install_definition(self.domains, new, existing, self.domain_class)
         self.emit(dom, ds.EV_DEFINED, ds.DEFINED_UPDATED if replaced else ds.DEFINED_ADDED)
@@ -285,7 +286,7 @@ class HypervisorState(Generic[DomT]):
         if dom.persistent:
             dom.new_def = persistent_def
         dom.definition = live
-        dom.id = self.domain_id(dom)
+        self.domains.set_id(dom, self.domain_id(dom))
         if incoming is not None:
             dom.set_state(ds.PAUSED, ds.PAUSED_MIGRATION)
         else:
@@ -317,11 +318,11 @@ class HypervisorState(Generic[DomT]):
             self._held_events.append((dom.ref(), ds.EV_STOPPED, detail))
         else:
             self.emit(dom, ds.EV_STOPPED, detail)
-        dom.id = -1
+        self.domains.set_id(dom, -1)
         if dom.new_def is not None:
             dom.definition, dom.new_def = dom.new_def, None
         if not dom.persistent:
-            self.domains.pop(dom.name, None)
+            self.domains.remove(dom)
         return True
 
     async def destroy_domain(self, dom: DomT, *, graceful: bool = False,
@@ -362,12 +363,14 @@ class HypervisorState(Generic[DomT]):
         dom = self.domains.get(status.name)
         if dom is None:
             dom = self.domain_class(live, persistent=False)
-            self.domains[status.name] = dom
-        elif status.persistent:
-            dom.new_def = dom.definition
+        else:
+            self.domains.remove(dom)    # indexed again below, under the live definition's UUID
+            if status.persistent:
+                dom.new_def = dom.definition
         dom.definition = live
         dom.persistent = status.persistent and dom.new_def is not None
         dom.id = status.id
+        self.domains.add(dom)
         dom.set_state(status.state, status.reason)
         dom.run += 1
         await self.attach(dom, dom.run, status)

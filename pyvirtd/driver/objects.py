@@ -17,6 +17,12 @@ attributes (as far as the call needs them): ``name``, ``uuid``, ``active``,
 definition of a running object, or None) and ``id``.  ``ref()`` stays with
 the owner.
 
+Lookups by name, UUID and id are dictionary lookups (a daemon may hold
+10,000 domains, and every call on a handle resolves it): the list indexes its
+objects by UUID when they are added and by id when `set_id` gives them one.
+A name and a UUID do not change while an object is in the list (a rename goes
+through `rename`), nor does an id except through `set_id`.
+
 Nothing here does I/O; files are `pyvirtd.driver.store`'s.
 """
 
@@ -192,8 +198,8 @@ def _domain_state_filter(flags: int) -> Callable[[Any], bool] | None:
     return lambda dom: bool(wanted & named.get(dom.state, _DOM.VIR_CONNECT_LIST_DOMAINS_OTHER))
 
 
-# Domains, for the hypervisor drivers to adopt (pyvirtd/driver/domains.py keeps its own
-# lookups and filter until they do; tests/unit/driver/test_object_list.py checks both agree).
+# Domains: the hypervisor base's and the test driver's lists (tests/unit/driver/test_object_list.py
+# checks its filter against matches_list_flags, which stats calls still use per domain).
 DOMAIN = ObjectKind(
     "domain", P.VIR_ERR_NO_DOMAIN, P.VIR_FROM_DOMAIN, owner="domain",
     filters=(*state_filters(_DOM.VIR_CONNECT_LIST_DOMAINS_ACTIVE,
@@ -253,12 +259,14 @@ class ObjectList(Generic[T]):
 
     Iterating yields the objects (a snapshot: callers may add or remove
     while they iterate).  Lookups raise the kind's "no X with matching ..."
-    errors; `get` and `find_uuid` return None instead.
+    errors; `get`, `find_uuid` and `find_id` return None instead.
     """
 
     def __init__(self, kind: ObjectKind) -> None:
         self.kind = kind
         self._by_name: dict[str, Any] = {}
+        self._by_uuid: dict[bytes, Any] = {}
+        self._by_id: dict[int, Any] = {}
 
     # --- the collection -------------------------------------------------------
 
@@ -283,7 +291,15 @@ class ObjectList(Generic[T]):
 
     def add(self, obj: T) -> T:
         """Add (or put in place of the object with the same name) ``obj``."""
+        old = self._by_name.get(obj.name)
+        if old is not None and old is not obj:
+            self._unindex(old)
         self._by_name[obj.name] = obj
+        if self.kind.has_uuid:
+            self._by_uuid[bytes(obj.uuid)] = obj
+        obj_id = getattr(obj, "id", -1)
+        if obj_id is not None and obj_id >= 0:
+            self._by_id[obj_id] = obj
         return obj
 
     def remove(self, obj: T) -> None:
@@ -291,18 +307,47 @@ class ObjectList(Generic[T]):
         name = obj.name
         if self._by_name.get(name) is obj:
             del self._by_name[name]
+            self._unindex(obj)
+
+    def _unindex(self, obj: Any) -> None:
+        if self.kind.has_uuid and self._by_uuid.get(bytes(obj.uuid)) is obj:
+            del self._by_uuid[bytes(obj.uuid)]
+        obj_id = getattr(obj, "id", -1)
+        if self._by_id.get(obj_id) is obj:
+            del self._by_id[obj_id]
+
+    def rename(self, obj: T, new_name: str, set_name: Callable[[T, str], None]) -> None:
+        """Give ``obj`` another name (``set_name`` changes it in its definitions);
+        it moves to the end of the definition order, as libvirt's rename re-adds it."""
+        self.remove(obj)
+        set_name(obj, new_name)
+        self.add(obj)
+
+    def set_id(self, obj: T, obj_id: int) -> None:
+        """Give ``obj`` its id as it starts (or -1 as it stops), keeping `by_id` direct."""
+        old = getattr(obj, "id", -1)
+        if self._by_id.get(old) is obj:
+            del self._by_id[old]
+        obj.id = obj_id  # type: ignore[attr-defined]
+        if obj_id >= 0 and self._by_name.get(obj.name) is obj:
+            self._by_id[obj_id] = obj
 
     def clear(self) -> None:
         self._by_name.clear()
+        self._by_uuid.clear()
+        self._by_id.clear()
 
     # --- lookups --------------------------------------------------------------
 
     def find_uuid(self, uuid: bytes) -> T | None:
-        uuid = bytes(uuid)
-        for obj in self._by_name.values():
-            if obj.uuid == uuid:
-                return obj
-        return None
+        return self._by_uuid.get(bytes(uuid))
+
+    def find_id(self, obj_id: int) -> T | None:
+        """The running object with id ``obj_id`` (domains), or None."""
+        obj = self._by_id.get(obj_id)
+        if obj is None or not obj.active or obj.id != obj_id:
+            return None
+        return obj
 
     def by_name(self, name: str) -> T:
         obj = self._by_name.get(name)
@@ -332,10 +377,10 @@ class ObjectList(Generic[T]):
 
     def by_id(self, obj_id: int) -> T:
         """A running object by its id (domains)."""
-        for obj in self._by_name.values():
-            if obj.active and obj.id == obj_id:
-                return obj
-        raise self.kind.not_found("id", str(obj_id))
+        obj = self.find_id(obj_id)
+        if obj is None:
+            raise self.kind.not_found("id", str(obj_id))
+        return obj
 
     # --- listing --------------------------------------------------------------
 

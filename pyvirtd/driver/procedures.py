@@ -142,16 +142,16 @@ class DomainProcedures(ds.DomainLookups):
                     self.error_domain)
         drv = self.driver
         new = drv.new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
-        existing = ds.find_for_add(drv.domains, new, live=True)
+        existing = drv.domains.check_add(new, live=True)
         dom = existing or drv.domain_class(new, persistent=False)
         if existing is None:
-            drv.domains[new.name] = dom
+            drv.domains.add(dom)
         async with dom.lock:
             try:
                 await drv.start_domain(dom, live_def=new, paused=bool(flags & START_PAUSED))
             except BaseException:
                 if existing is None and not dom.active:
-                    drv.domains.pop(new.name, None)
+                    drv.domains.remove(dom)
                 raise
         return dom.ref()
 

@@ -142,7 +142,7 @@ async def test_a_transient_guest_goes_with_its_run(tmp_path: Path) -> None:
     await drv.start()
     try:
         dom = ChannelDomain(drv.new_definition(XML.format(name="t")), persistent=False)
-        drv.domains["t"] = dom
+        drv.domains.add(dom)
         async with dom.lock:
             await drv.start_domain(dom)
         dom.ends.send_nowait((ds.SHUTOFF_SHUTDOWN, ds.STOPPED_SHUTDOWN))
