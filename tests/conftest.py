@@ -18,6 +18,22 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_NODE = REPO / "drivers" / "test" / "default.xml"
 
 
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = ""):
+    """Poll ``predicate`` until it is true and return its value.
+
+    Tests wait for the condition they need, never for an amount of time:
+    ``timeout`` only ends a wait that would otherwise hang, as an AssertionError.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not reached in {timeout} s: {what or predicate}")
+        time.sleep(interval)
+
+
 @dataclass
 class RunningDaemon:
     root: Path
@@ -96,7 +112,7 @@ def daemon(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def module_daemon(tmp_path_factory: pytest.TempPathFactory):
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory):
     """One pyvirtd for a whole module, for tests that each open a private state.
 
     Starting a daemon costs more than most scenarios; tests on this one must not

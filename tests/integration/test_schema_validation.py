@@ -32,10 +32,10 @@ KINDS = {"domain": "domain", "network": "network", "storagepool": "storagepool",
 
 
 @pytest.fixture
-def private(module_daemon, tmp_path: Path) -> tuple[str, str]:
+def private(shared_daemon, tmp_path: Path) -> tuple[str, str]:
     """(pyvirtd's URI, libvirt's in-process URI) of one private test:/// state."""
     node = private_test_uri(tmp_path)
-    return module_daemon.uri(node), node
+    return shared_daemon.uri(node), node
 
 
 def assert_valid(xml: str, kind: str) -> None:
@@ -276,11 +276,11 @@ def test_vol_create_validate_accepts_valid_volume(private):
         conn.close()
 
 
-def test_session_subsystems_validate(module_daemon, tmp_path):
+def test_session_subsystems_validate(shared_daemon, tmp_path):
     """qemu:///session's networks and storage (pyvirtd/network, pyvirtd/storage)
     refuse invalid documents under --validate with libvirt's message, and what
     they write validates against both schemas."""
-    uri = module_daemon.uri("qemu:///session")
+    uri = shared_daemon.uri("qemu:///session")
     target = tmp_path / "pool"
     target.mkdir()
     files = {

@@ -300,11 +300,11 @@ def normalise(text: str, uri: str) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_virsh_same_as_reference(name: str, module_daemon, tmp_path: Path) -> None:
+def test_virsh_same_as_reference(name: str, shared_daemon, tmp_path: Path) -> None:
     files = _write_files(tmp_path)
     commands = SCENARIOS[name].format(tmp=tmp_path, **files)
     reference = DEFAULT if name in DEFAULT_ONLY else private_test_uri(tmp_path)
-    ours_uri = module_daemon.uri(reference)
+    ours_uri = shared_daemon.uri(reference)
     # a virsh lost to its exit hang is simply run again: its next connection
     # starts from the node file again, on both sides
     ref = retry_on_hang(lambda: virsh(reference, commands))

@@ -357,11 +357,11 @@ def _commands(template: str, tmp_path: Path) -> tuple[str, set[str]]:
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_matches_reference(name: str, module_daemon, tmp_path: Path) -> None:
+def test_matches_reference(name: str, shared_daemon, tmp_path: Path) -> None:
     commands, known = _commands(SCENARIOS[name], tmp_path)
     reference = private_test_uri(tmp_path)
     ref = virsh(reference, commands)
-    uri = module_daemon.uri(reference)
+    uri = shared_daemon.uri(reference)
     got = virsh(uri, commands)
     assert _normalise(got.out, uri, known) == _normalise(ref.out, reference, known)
     assert _normalise(got.err, uri, known) == _normalise(ref.err, reference, known)
@@ -378,10 +378,10 @@ SECRET_XML = """<secret ephemeral='no' private='no'>
 UUID_A = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 
 
-def test_secret_lifecycle(module_daemon, tmp_path: Path) -> None:
+def test_secret_lifecycle(shared_daemon, tmp_path: Path) -> None:
     xml = tmp_path / "secret.xml"
     xml.write_text(SECRET_XML)
-    got = virsh(module_daemon.uri(private_test_uri(tmp_path)), _s(
+    got = virsh(shared_daemon.uri(private_test_uri(tmp_path)), _s(
         f"secret-define {xml}", "secret-list", f"secret-dumpxml {UUID_A}",
         f"secret-get-value {UUID_A}", f"secret-set-value {UUID_A} --base64 c2VjcmV0",
         f"secret-get-value {UUID_A}", f"secret-undefine {UUID_A}", "secret-list",
@@ -411,10 +411,10 @@ def test_secret_lifecycle(module_daemon, tmp_path: Path) -> None:
     assert got.rc == 1
 
 
-def test_secret_nova_lookups(module_daemon, tmp_path: Path) -> None:
+def test_secret_nova_lookups(shared_daemon, tmp_path: Path) -> None:
     """nova looks secrets up by usage and branches on VIR_ERR_NO_SECRET."""
     import libvirt
-    conn = libvirt.open(module_daemon.uri(private_test_uri(tmp_path)))
+    conn = libvirt.open(shared_daemon.uri(private_test_uri(tmp_path)))
     try:
         with pytest.raises(libvirt.libvirtError) as exc:
             conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_CEPH, "client.nova")
@@ -441,10 +441,10 @@ def test_secret_nova_lookups(module_daemon, tmp_path: Path) -> None:
         conn.close()
 
 
-def test_nodedev_nova_listing(module_daemon, tmp_path: Path) -> None:
+def test_nodedev_nova_listing(shared_daemon, tmp_path: Path) -> None:
     """nova lists PCI, net and vDPA devices with one flags word (131090)."""
     import libvirt
-    conn = libvirt.open(module_daemon.uri(private_test_uri(tmp_path)))
+    conn = libvirt.open(shared_daemon.uri(private_test_uri(tmp_path)))
     try:
         assert conn.listAllDevices(131090) == []
         names = [d.name() for d in conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_SCSI_HOST)]

@@ -24,9 +24,9 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def daemon(module_daemon):
+def daemon(shared_daemon):
     """The module's daemon: qemu:///session has no private state to give each test."""
-    return module_daemon
+    return shared_daemon
 
 
 def uri(daemon) -> str:
