@@ -14,6 +14,24 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The test driver's node file for test:///default (what a private state starts from).
+DEFAULT_NODE = REPO / "drivers" / "test" / "default.xml"
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = ""):
+    """Poll ``predicate`` until it is true and return its value.
+
+    Tests wait for the condition they need, never for an amount of time:
+    ``timeout`` only ends a wait that would otherwise hang, as an AssertionError.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not reached in {timeout} s: {what or predicate}")
+        time.sleep(interval)
 
 
 @dataclass
@@ -42,12 +60,6 @@ class RunningDaemon:
     @property
     def admin_uri(self) -> str:
         return f"libvirtd+unix:///system?socket={self.sock_admin}"
-
-    def restart_fresh(self) -> None:
-        """Replace this daemon by a new one with empty state (same paths)."""
-        stop_daemon(self)
-        shutil.rmtree(self.root, ignore_errors=True)
-        self.proc = start_daemon(self.root).proc
 
     def log(self) -> str:
         path = self.root / "daemon.log"
@@ -99,6 +111,30 @@ def daemon(tmp_path: Path):
     stop_daemon(d)
 
 
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory):
+    """One pyvirtd for a whole module, for tests that each open a private state.
+
+    Starting a daemon costs more than most scenarios; tests on this one must not
+    change what they share (test:///default), only their own ``private_test_uri``.
+    """
+    d = start_daemon(tmp_path_factory.mktemp("pyvirtd"))
+    yield d
+    stop_daemon(d)
+
+
+def private_test_uri(directory: Path) -> str:
+    """``test:///DIRECTORY/default.xml``: a copy of test:///default's node file.
+
+    The test driver gives every connection to a node file its own state, loaded
+    from the file, so nothing one scenario does is seen by another (libvirt's
+    in-process test driver does the same with the same URI).
+    """
+    node = directory / "default.xml"
+    shutil.copyfile(DEFAULT_NODE, node)
+    return f"test://{node}"
+
+
 @dataclass
 class VirshResult:
     rc: int
@@ -139,8 +175,9 @@ def virsh(uri: str, commands: str, *, stdin: str | None = None, timeout: float =
 def retry_on_hang(run, *, attempts: int = 5, on_hang=None) -> VirshResult:
     """Run ``run()`` (a virsh invocation) again when virsh hangs at exit.
 
-    ``on_hang`` resets what the lost attempt may have changed (for pyvirtd:
-    a fresh daemon), since the next attempt must start from the same state.
+    ``on_hang`` resets what the lost attempt may have changed, since the next
+    attempt must start from the same state (nothing to reset on a private
+    test:///PATH state: every connection loads the file again).
     """
     for attempt in range(attempts):
         try:

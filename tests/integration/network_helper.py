@@ -69,7 +69,9 @@ async def main(root: str, cmd: str, args: list[str]) -> object:
             master = Path(f"/sys/class/net/{tap}/master").resolve().name
             mac = Path(f"/sys/class/net/{tap}/address").read_text().strip()
             os.close(fd)   # the tap goes with its last fd, as when QEMU exits
-            await trio.sleep(0.1)
+            with trio.move_on_after(10):     # "gone" stays false if it never goes
+                while Path(f"/sys/class/net/{tap}").exists():
+                    await trio.sleep(0.01)
             return {"tap": tap, "master": master, "mac": mac,
                     "gone": not Path(f"/sys/class/net/{tap}").exists()}
         raise SystemExit(f"unknown command {cmd}")

@@ -8,23 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import virsh
+from tests.conftest import virsh, wait_for
 
 PYVIRTD = [sys.executable, "-m", "pyvirtd.cli"]
-
-
-def wait_for(predicate, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_version_is_printed() -> None:

@@ -13,7 +13,6 @@ import random
 import re
 import signal
 import threading
-import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import libvirt
 import pytest
 from lxml import etree
 
-from tests.conftest import RunningDaemon, start_daemon, stop_daemon
+from tests.conftest import RunningDaemon, start_daemon, stop_daemon, wait_for
 
 QEMU_DRIVER = any(ep.name == "qemu" for ep in entry_points(group="pyvirtd.drivers"))
 pytestmark = pytest.mark.skipif(not QEMU_DRIVER, reason="definitions are written by the "
@@ -94,13 +93,6 @@ class Churner(threading.Thread):
                     pass
 
 
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
-
-
 def temporaries(root: Path) -> list[Path]:
     return [p for p in root.rglob(".*") if p.is_file() and TEMPORARY.match(p.name)
             and not p.name.startswith(".libvirt")]
@@ -116,7 +108,7 @@ def test_kill9_while_defining_leaves_no_temporaries(tmp_path: Path) -> None:
         for _ in range(KILLS):
             # let the client get a few calls through, then kill wherever it is
             target = churner.done + rnd.randint(1, 6)
-            wait_for(lambda: churner.done >= target)
+            wait_for(lambda: churner.done >= target, timeout=30, interval=0.005)
             d.proc.send_signal(signal.SIGKILL)
             d.proc.wait()
             left = temporaries(root)

@@ -12,15 +12,17 @@ bonding driver: those types are exercised in the lab VM, tests/lab.)
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 from test_network_netns import Lab, _qemu_driver, _start_daemon, pytestmark, run  # noqa: F401
+from tests.conftest import wait_for
 
 pytestmark = [*pytestmark, pytest.mark.skipif(not _qemu_driver(), reason="no QEMU driver")]
 
 MAC_VE0, MAC_VE1 = "52:54:00:3a:00:01", "52:54:00:3a:00:02"
+# The links the tests see active: their operstate must be "up" before they look.
+UP = ("br0", "ve0", "ve1", "up0")
 
 
 @pytest.fixture
@@ -38,11 +40,13 @@ def lab(tmp_path):
         lab.ns(host, "ip", "link", "set", "vnet0", "master", "br0")
         lab.ns(host, "ip", "link", "set", "br0", "up")
         lab.ns(host, "ip", "link", "add", "vdown", "type", "veth", "peer", "name", "vdown1")
-        # the bridge is active (operstate up) once it has noticed its port's carrier
-        for _ in range(200):
-            if lab.ns(host, "cat", "/sys/class/net/br0/operstate").stdout.strip() == "up":
-                break
-            time.sleep(0.05)
+        # the kernel sets operstates a moment after the links go up (the bridge once
+        # it noticed its port's carrier): the tests expect them all up
+        def operstates() -> list[str]:
+            return lab.ns(host, "cat", *(f"/sys/class/net/{name}/operstate"
+                                         for name in UP)).stdout.split()
+        wait_for(lambda: operstates() == ["up"] * len(UP), timeout=10,
+                 what=f"{UP} up")
         yield lab
     finally:
         lab.close()

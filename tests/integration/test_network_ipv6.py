@@ -13,11 +13,11 @@ is never masqueraded), the outside.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 from test_network_netns import Lab, _qemu_driver, _start_daemon, pytestmark, run  # noqa: F401
+from tests.conftest import wait_for
 
 pytestmark = [*pytestmark, pytest.mark.skipif(not _qemu_driver(), reason="no QEMU driver")]
 
@@ -45,16 +45,6 @@ def lab(tmp_path):
         yield lab
     finally:
         lab.close()
-
-
-def wait_until(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 def test_nat_network_ipv6_slaac_client_pings_gateway_and_outside(lab):
@@ -94,7 +84,7 @@ def test_nat_network_ipv6_slaac_client_pings_gateway_and_outside(lab):
         m = re.search(r"inet6 (fd00:88::[0-9a-f:]+)/64", out)
         return m.group(1) if m and "tentative" not in out else None
 
-    address = wait_until(slaac_address)
+    address = wait_for(slaac_address, timeout=20, interval=0.2)
     # SLAAC from the MAC (EUI-64): 52:54:00:aa:06:01 -> 5054:ff:feaa:601
     assert address == "fd00:88::5054:ff:feaa:601"
     routes = lab.ns(lab.client, "ip", "-6", "route").stdout

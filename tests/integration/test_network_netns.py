@@ -24,11 +24,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parent.parent.parent
 HELPER = Path(__file__).with_name("network_helper.py")
@@ -303,7 +304,7 @@ def test_daemon_start_repairs_running_network_and_removes_leftovers(lab):
         os.kill(pid, signal.SIGKILL)
     lab.ns(lab.host, "nft", "flush", "chain", "inet", "pyvirtd", "n_virbr0_fwd")
     lab.ns(lab.host, "nft", "add", "chain", "inet", "pyvirtd", "n_virbr7_fwd")
-    time.sleep(0.2)
+    wait_for(lambda: not lab.dnsmasq_pids(), timeout=10)    # the killed ones are gone
     assert lab.helper("startup") == ["nat1"]
     assert len(lab.dnsmasq_pids()) == 1
     assert lab.nft() == rules
@@ -398,11 +399,8 @@ def _start_daemon(lab: Lab) -> subprocess.Popen:
     daemon = subprocess.Popen(["ip", "netns", "exec", lab.host, str(REPO / ".venv/bin/pyvirtd"),
                                "--root", str(lab.root)], stderr=subprocess.DEVNULL)
     lab.procs.append(daemon)
-    for _ in range(200):
-        if sock.exists():
-            return daemon
-        time.sleep(0.05)
-    raise AssertionError("pyvirtd did not create its socket")
+    wait_for(sock.exists, timeout=10, what="pyvirtd creates its socket")
+    return daemon
 
 
 @pytest.mark.skipif(not _qemu_driver(), reason="the QEMU driver (qemu:// URIs that delegate to "

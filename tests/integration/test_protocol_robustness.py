@@ -24,7 +24,7 @@ import pytest
 from pyvirtd.rpc import _generated as P
 from pyvirtd.rpc import frame
 from pyvirtd.rpc.xdr import decode
-from tests.conftest import RunningDaemon, start_daemon, stop_daemon, virsh
+from tests.conftest import RunningDaemon, start_daemon, stop_daemon, virsh, wait_for
 
 REMOTE = (P.REMOTE_PROGRAM, 1)
 KEEPALIVE = P.KEEPALIVE_PROGRAM
@@ -138,10 +138,10 @@ def nclients(d: RunningDaemon) -> int:
 
 
 def wait_for_no_clients(d: RunningDaemon, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (n := nclients(d)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert n == 0, admin(d, "srv-clients-list libvirtd")
+    try:
+        wait_for(lambda: nclients(d) == 0, timeout, interval=0.1)
+    except AssertionError:
+        raise AssertionError(admin(d, "srv-clients-list libvirtd")) from None
 
 
 @pytest.fixture(scope="module")
@@ -576,16 +576,15 @@ def test_sighup_reloads_and_keeps_running(tmp_path: Path) -> None:
         assert "nclients_max        : 50" in admin(d, "srv-clients-info libvirtd")
         (d.root / "test-config.yaml").write_text("max_clients: 70\n")
         d.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "nclients_max        : 70" not in admin(d, "srv-clients-info libvirtd"):
-            assert time.monotonic() < deadline, d.log()
-            time.sleep(0.1)
+        wait_for(lambda: "nclients_max        : 70" in admin(d, "srv-clients-info libvirtd"),
+                 what=d.log())
         assert d.proc.poll() is None
         assert conn.getLibVersion() == LIB_VERSION       # existing clients stay
         # a broken file is refused and the daemon keeps the old settings
         (d.root / "test-config.yaml").write_text("max_clients: [\n")
         d.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        wait_for(lambda: "reload failed, keeping the old configuration" in d.log()
+                 or d.proc.poll() is not None)
         assert d.proc.poll() is None
         assert "nclients_max        : 70" in admin(d, "srv-clients-info libvirtd")
         conn.close()

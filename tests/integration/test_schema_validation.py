@@ -2,6 +2,10 @@
 against libvirt's installed RelaxNG schemas and against pyvirtd's own, and the
 --validate options of virsh are refused or accepted as libvirt's own test
 driver (virsh -c test:///default, in-process) refuses or accepts them.
+
+All tests share one daemon; each test:/// test opens its own state, a private
+copy of test:///default's node file (``private``), and libvirt's in-process
+driver gets the same file where it is the reference.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from lxml import etree
 
 from pyvirtd.xml import schema
 
-from tests.conftest import retry_on_hang, virsh
+from tests.conftest import private_test_uri, retry_on_hang, virsh
 
 LIBVIRT_SCHEMAS = Path("/usr/share/libvirt/schemas")
 pytestmark = pytest.mark.skipif(not (LIBVIRT_SCHEMAS / "domain.rng").exists(),
@@ -25,6 +29,13 @@ pytestmark = pytest.mark.skipif(not (LIBVIRT_SCHEMAS / "domain.rng").exists(),
 KINDS = {"domain": "domain", "network": "network", "storagepool": "storagepool",
          "storagevol": "storagevol", "interface": "interface", "nodedev": "nodedev",
          "capability": "capability"}
+
+
+@pytest.fixture
+def private(shared_daemon, tmp_path: Path) -> tuple[str, str]:
+    """(pyvirtd's URI, libvirt's in-process URI) of one private test:/// state."""
+    node = private_test_uri(tmp_path)
+    return shared_daemon.uri(node), node
 
 
 def assert_valid(xml: str, kind: str) -> None:
@@ -80,9 +91,9 @@ VOLUME = """<volume>
 """
 
 
-def test_emitted_xml_validates_against_both_schemas(daemon):
+def test_emitted_xml_validates_against_both_schemas(private):
     """dumpxml of the test driver's default objects and of ones a client added."""
-    conn = libvirt.open(daemon.uri())
+    conn = libvirt.open(private[0])
     try:
         conn.networkDefineXML(RICH_NETWORK)
         conn.storagePoolDefineXML(NETFS_POOL)
@@ -205,13 +216,15 @@ def _normalise(text: str) -> str:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_validate_flag_like_libvirts_test_driver(daemon, tmp_path, case):
+def test_validate_flag_like_libvirts_test_driver(private, tmp_path, case):
     command, xml, expect = CASES[case]
     path = tmp_path / f"{case}.xml"
     path.write_text(xml)
     cmd = command.format(path=path)
-    ours = retry_on_hang(lambda: virsh(daemon.uri(), cmd), on_hang=daemon.restart_fresh)
-    reference = retry_on_hang(lambda: virsh("test:///default", cmd))
+    ours_uri, reference_uri = private
+    # a retried virsh starts from the node file again: each connection does
+    ours = retry_on_hang(lambda: virsh(ours_uri, cmd))
+    reference = retry_on_hang(lambda: virsh(reference_uri, cmd))
     if expect == "libvirt-9.0-bug":
         assert "unsupported flags (0x4) in function virStorageVolDefParseXML" in reference.err
         assert ours.rc == 0, ours
@@ -229,9 +242,9 @@ def test_validate_flag_like_libvirts_test_driver(daemon, tmp_path, case):
         assert f"against {schema.schema_dir()}/" in ours.err
 
 
-def test_validate_error_code_and_offending_element(daemon):
+def test_validate_error_code_and_offending_element(private):
     """python-libvirt sees libvirt's code and domain, and a message naming the element."""
-    conn = libvirt.open(daemon.uri())
+    conn = libvirt.open(private[0])
     try:
         with pytest.raises(libvirt.libvirtError) as exc:
             conn.defineXMLFlags(MINIMAL.format(name="x", extra="<frobnicate/>"),
@@ -252,8 +265,8 @@ def test_validate_error_code_and_offending_element(daemon):
         conn.close()
 
 
-def test_vol_create_validate_accepts_valid_volume(daemon):
-    conn = libvirt.open(daemon.uri())
+def test_vol_create_validate_accepts_valid_volume(private):
+    conn = libvirt.open(private[0])
     try:
         pool = conn.storagePoolLookupByName("default-pool")
         vol = pool.createXML(VOLUME, libvirt.VIR_STORAGE_VOL_CREATE_VALIDATE)
@@ -263,11 +276,11 @@ def test_vol_create_validate_accepts_valid_volume(daemon):
         conn.close()
 
 
-def test_session_subsystems_validate(daemon, tmp_path):
+def test_session_subsystems_validate(shared_daemon, tmp_path):
     """qemu:///session's networks and storage (pyvirtd/network, pyvirtd/storage)
     refuse invalid documents under --validate with libvirt's message, and what
     they write validates against both schemas."""
-    uri = daemon.uri("qemu:///session")
+    uri = shared_daemon.uri("qemu:///session")
     target = tmp_path / "pool"
     target.mkdir()
     files = {
@@ -304,7 +317,7 @@ def test_session_subsystems_validate(daemon, tmp_path):
         assert_valid(r.out, kind)
 
 
-def test_secret_define_validate(daemon, tmp_path):
+def test_secret_define_validate(private, tmp_path):
     """libvirt's test driver has no secrets: libvirt's secret driver is the reference
     (it takes VIR_SECRET_DEFINE_VALIDATE and checks secret.rng)."""
     bad, good = tmp_path / "bad.xml", tmp_path / "good.xml"
@@ -312,19 +325,19 @@ def test_secret_define_validate(daemon, tmp_path):
                    "</secret>\n")
     good.write_text("<secret ephemeral='no'><usage type='ceph'><name>pool</name></usage>"
                     "</secret>\n")
-    r = virsh(daemon.uri(), f"secret-define {bad} --validate")
+    r = virsh(private[0], f"secret-define {bad} --validate")
     assert r.rc == 1 and "XML document failed to validate against schema" in r.err, r
     assert "usage" in r.err
-    r = virsh(daemon.uri(), f"secret-define {good} --validate")
+    r = virsh(private[0], f"secret-define {good} --validate")
     assert r.rc == 0 and "created" in r.out, r
 
 
-def test_nodedev_create_validate_accepts_a_vhba(daemon, tmp_path):
+def test_nodedev_create_validate_accepts_a_vhba(private, tmp_path):
     """A vHBA definition without <host> (the kernel picks it): valid for pyvirtd's
     schema, which unlike libvirt 9.0's does not require <host> on creation."""
     vhba = tmp_path / "vhba.xml"
     vhba.write_text("<device><parent>scsi_host1</parent><capability type='scsi_host'>"
                     "<capability type='fc_host'><wwnn>2000000012341299</wwnn>"
                     "<wwpn>1000000012341299</wwpn></capability></capability></device>\n")
-    r = virsh(daemon.uri(), f"nodedev-create {vhba} --validate")
+    r = virsh(private[0], f"nodedev-create {vhba} --validate")
     assert r.rc == 0 and "created from" in r.out, r

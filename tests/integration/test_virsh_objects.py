@@ -2,8 +2,11 @@
 storage pools and volumes, interfaces, node devices, secrets.
 
 Each scenario is one virsh invocation of several ';'-separated commands, run
-once in-process against ``test:///default`` (the reference) and once against a
-fresh pyvirtd.  stdout, stderr and the exit code must be equal once the only
+once in-process by libvirt's own test driver (the reference) and once against
+one pyvirtd shared by the module, both on ``test:///TMP/default.xml``: a private
+copy of test:///default's node file, which the test driver loads afresh for
+every connection (for these scenarios libvirt prints the same for it as for
+test:///default).  stdout, stderr and the exit code must be equal once the only
 legitimate differences are normalised: the URI string and UUIDs generated at
 definition time (replaced by placeholders in order of first appearance).
 
@@ -19,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, virsh
+from tests.conftest import DEFAULT_NODE, private_test_uri, virsh
 
-REFERENCE_URI = "test:///default"
-DEFAULT_XML = (REPO / "drivers" / "test" / "default.xml").read_text()
+DEFAULT_XML = DEFAULT_NODE.read_text()
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 # XML files the scenarios refer to as {name}; written to tmp_path.
@@ -355,13 +357,14 @@ def _commands(template: str, tmp_path: Path) -> tuple[str, set[str]]:
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_matches_reference(name: str, daemon, tmp_path: Path) -> None:
+def test_matches_reference(name: str, shared_daemon, tmp_path: Path) -> None:
     commands, known = _commands(SCENARIOS[name], tmp_path)
-    ref = virsh(REFERENCE_URI, commands)
-    uri = daemon.uri()
+    reference = private_test_uri(tmp_path)
+    ref = virsh(reference, commands)
+    uri = shared_daemon.uri(reference)
     got = virsh(uri, commands)
-    assert _normalise(got.out, uri, known) == _normalise(ref.out, REFERENCE_URI, known)
-    assert _normalise(got.err, uri, known) == _normalise(ref.err, REFERENCE_URI, known)
+    assert _normalise(got.out, uri, known) == _normalise(ref.out, reference, known)
+    assert _normalise(got.err, uri, known) == _normalise(ref.err, reference, known)
     assert got.rc == ref.rc
 
 
@@ -375,10 +378,10 @@ SECRET_XML = """<secret ephemeral='no' private='no'>
 UUID_A = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 
 
-def test_secret_lifecycle(daemon, tmp_path: Path) -> None:
+def test_secret_lifecycle(shared_daemon, tmp_path: Path) -> None:
     xml = tmp_path / "secret.xml"
     xml.write_text(SECRET_XML)
-    got = virsh(daemon.uri(), _s(
+    got = virsh(shared_daemon.uri(private_test_uri(tmp_path)), _s(
         f"secret-define {xml}", "secret-list", f"secret-dumpxml {UUID_A}",
         f"secret-get-value {UUID_A}", f"secret-set-value {UUID_A} --base64 c2VjcmV0",
         f"secret-get-value {UUID_A}", f"secret-undefine {UUID_A}", "secret-list",
@@ -408,10 +411,10 @@ def test_secret_lifecycle(daemon, tmp_path: Path) -> None:
     assert got.rc == 1
 
 
-def test_secret_nova_lookups(daemon) -> None:
+def test_secret_nova_lookups(shared_daemon, tmp_path: Path) -> None:
     """nova looks secrets up by usage and branches on VIR_ERR_NO_SECRET."""
     import libvirt
-    conn = libvirt.open(daemon.uri())
+    conn = libvirt.open(shared_daemon.uri(private_test_uri(tmp_path)))
     try:
         with pytest.raises(libvirt.libvirtError) as exc:
             conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_CEPH, "client.nova")
@@ -438,10 +441,10 @@ def test_secret_nova_lookups(daemon) -> None:
         conn.close()
 
 
-def test_nodedev_nova_listing(daemon) -> None:
+def test_nodedev_nova_listing(shared_daemon, tmp_path: Path) -> None:
     """nova lists PCI, net and vDPA devices with one flags word (131090)."""
     import libvirt
-    conn = libvirt.open(daemon.uri())
+    conn = libvirt.open(shared_daemon.uri(private_test_uri(tmp_path)))
     try:
         assert conn.listAllDevices(131090) == []
         names = [d.name() for d in conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_SCSI_HOST)]

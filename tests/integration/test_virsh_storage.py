@@ -2,6 +2,8 @@
 qemu:///session of a `pyvirtd --root` daemon (served by pyvirtd/storage).
 
 Expected output and messages are libvirtd 9.0's for the same commands.
+Both tests share one daemon (``daemon`` below): each works on its own pool,
+named only by it, and removes it again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ QEMU_DRIVER = any(ep.name == "qemu" for ep in entry_points(group="pyvirtd.driver
 pytestmark = pytest.mark.skipif(not QEMU_DRIVER, reason="the QEMU driver (qemu:///session) "
                                 "is not there yet: storage is served through its connections")
 MiB = 1024 * 1024
+
+
+@pytest.fixture
+def daemon(shared_daemon):
+    """The module's daemon: qemu:///session has no private state to give each test."""
+    return shared_daemon
 
 
 def uri(daemon) -> str:

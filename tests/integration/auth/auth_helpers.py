@@ -6,12 +6,11 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningDaemon, start_daemon
+from tests.conftest import RunningDaemon, start_daemon, wait_for
 
 
 def free_port() -> int:
@@ -21,17 +20,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def accepts(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` (TCP)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def listening_daemon(root: Path, config: str, port: int, *extra: str) -> RunningDaemon:
     """Start pyvirtd --listen with ``config`` and wait until ``port`` accepts."""
     d = start_daemon(root, "--listen", *extra, config=config)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return d
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"pyvirtd does not listen on {port}:\n{d.log()}")
+    try:
+        wait_for(lambda: accepts(port), timeout=10)
+    except AssertionError:
+        raise RuntimeError(f"pyvirtd does not listen on {port}:\n{d.log()}") from None
+    return d
 
 
 def run(argv: list[str], *, env: dict | None = None, input: str | None = None,

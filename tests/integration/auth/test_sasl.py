@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from auth_helpers import free_port, listening_daemon, need_commands, need_module, run
-from tests.conftest import start_daemon, stop_daemon
+from auth_helpers import accepts, free_port, listening_daemon, need_commands, need_module, run
+from tests.conftest import start_daemon, stop_daemon, wait_for
 
 PYVIRTD = [sys.executable, "-m", "pyvirtd.cli"]
 REALM = "TEST.LAB"
@@ -189,7 +189,8 @@ class Kdc:
             self._run(["kadmin.local", "-q", q])
         self.proc = subprocess.Popen(["krb5kdc", "-n"], env=dict(os.environ, **self.env),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
+        wait_for(lambda: accepts(self.port) or self.proc.poll() is not None, timeout=10)
+        assert self.proc.poll() is None, (self.base / "kdc.log").read_text()
 
     def _run(self, argv: list[str]) -> None:
         r = run(argv, env=self.env)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningDaemon, start_daemon, stop_daemon, virsh
+from tests.conftest import RunningDaemon, start_daemon, stop_daemon, virsh, wait_for
 
 KVM_OK = os.access("/dev/kvm", os.R_OK | os.W_OK)
 needs_qemu = pytest.mark.skipif(not os.access("/usr/bin/qemu-system-x86_64", os.X_OK),
@@ -80,15 +79,6 @@ def ok(uri: str, commands: str) -> str:
     r = virsh(uri, commands)
     assert r.rc == 0, f"virsh {commands!r} failed: {r.err}"
     return r.out
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
 
 
 class EventCollector:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import pty
 import select
+import termios
 import time
 
 import pytest
 
-from daemon_helpers import guest_xml, module_daemon, needs_qemu, ok, qemu_uri, virsh
+from daemon_helpers import guest_xml, module_daemon, needs_qemu, ok, qemu_uri, virsh, wait_for
 
 pytestmark = needs_qemu
 
@@ -93,7 +94,8 @@ def test_virsh_console_ctrl_bracket(guest, daemon):
             if select.select([fd], [], [], 0.5)[0]:
                 out += os.read(fd, 4096)
         assert b"Connected to domain" in out
-        time.sleep(0.5)
+        # virsh reads the escape character once it made its terminal raw
+        wait_for(lambda: not termios.tcgetattr(fd)[3] & termios.ICANON, timeout=10)
         os.write(fd, b"\x1d")                # Ctrl+]
         deadline = time.monotonic() + 10
         status = None

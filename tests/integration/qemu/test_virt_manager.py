@@ -17,11 +17,12 @@ import re
 import shutil
 import signal
 import subprocess
-import time
+from pathlib import Path
 
 import pytest
 
-from daemon_helpers import guest_xml, kill_guests, needs_qemu, ok, qemu_uri, start_daemon, stop_daemon
+from daemon_helpers import (guest_xml, kill_guests, needs_qemu, ok, qemu_uri, start_daemon,
+                            stop_daemon, wait_for)
 
 pytestmark = [needs_qemu,
               pytest.mark.skipif(shutil.which("virt-manager") is None or shutil.which("Xvfb") is None
@@ -29,7 +30,10 @@ pytestmark = [needs_qemu,
                                  reason="virt-manager, Xvfb or dbus-run-session not installed "
                                         "(apt-get install virt-manager xvfb dbus-x11 imagemagick)")]
 
-RUN_SECONDS = 20
+RUN_SECONDS = 120          # at most: the test goes on once virt-manager has done it all
+# What virt-manager's debug log says once it has connected and shown the guest's console.
+SHOWN = ("changed to state=Active", "status=Running added", "Opening console stream",
+         "Showing VM details")
 PROC_GET_ALL_DOMAIN_STATS = 344
 
 
@@ -60,6 +64,17 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _polls(rpc_log: Path) -> list[str]:
+    """getAllDomainStats calls answered OK, in the client library's RPC log."""
+    rpc = rpc_log.read_text(errors="replace") if rpc_log.exists() else ""
+    return re.findall(rf"proc={PROC_GET_ALL_DOMAIN_STATS} type=1 status=0", rpc)
+
+
+def _has_shown_and_polled(debug_log: Path, rpc_log: Path) -> bool:
+    log = debug_log.read_text(errors="replace") if debug_log.exists() else ""
+    return (all(line in log for line in SHOWN) and len(_polls(rpc_log)) >= 3)
 
 
 @pytest.fixture
@@ -95,7 +110,9 @@ def test_virt_manager_connects_lists_and_polls(daemon, tmp_path):
                           env=env, stdout=open(debug_log, "wb"), stderr=subprocess.STDOUT,
                           start_new_session=True)
     try:
-        time.sleep(RUN_SECONDS)
+        # until it has shown the guest and polled its stats a few times (or died)
+        wait_for(lambda: vm.poll() is not None or _has_shown_and_polled(debug_log, rpc_log),
+                 timeout=RUN_SECONDS, interval=0.5)
         if shutil.which("import"):
             subprocess.run(["import", "-display", display, "-window", "root",
                             str(tmp_path / "virt-manager.png")], capture_output=True, timeout=30)
@@ -115,8 +132,7 @@ def test_virt_manager_connects_lists_and_polls(daemon, tmp_path):
 
     # stats polling, seen in the client library's RPC log: calls and their OK replies
     rpc = rpc_log.read_text(errors="replace") if rpc_log.exists() else ""
-    polls = re.findall(rf"proc={PROC_GET_ALL_DOMAIN_STATS} type=1 status=0", rpc)
-    assert len(polls) >= 3, rpc[-3000:]
+    assert len(_polls(rpc_log)) >= 3, rpc[-3000:]
     # and no call failed (status=1): nothing virt-manager used is missing or broken
     failed = re.findall(r"RPC_CLIENT_MSG_RX: .* proc=(\d+) type=1 status=1", rpc)
     assert not failed, f"procedures answered with an error: {sorted(set(failed))}"

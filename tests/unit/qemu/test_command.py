@@ -11,11 +11,12 @@ opened from /dev/net/tun.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 from pyvirtd.drivers.qemu.command import VolumeSource, build_command, quote
+from tests.conftest import wait_for
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "xml2argv"
 QEMU = "/usr/bin/qemu-system-x86_64"
@@ -146,6 +148,27 @@ def _prepare(name: str, tmp: Path) -> tuple[str, dict[int, int]]:
     return text, fds
 
 
+def _qmp(path: Path, command: str) -> dict:
+    """Negotiate QMP on ``path`` and run ``command``: its reply, or {} if QEMU hung up."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(str(path))
+        stream = sock.makefile("rwb")
+        if not stream.readline():                       # the greeting
+            return {}
+        for execute in ("qmp_capabilities", command):
+            stream.write(json.dumps({"execute": execute}).encode() + b"\n")
+            stream.flush()
+            while True:
+                line = stream.readline()
+                if not line:
+                    return {}
+                reply = json.loads(line)
+                if "return" in reply or "error" in reply:
+                    break                               # not an event
+        return reply
+
+
 @pytest.mark.skipif(not os.path.exists(QEMU) or not os.access("/dev/kvm", os.W_OK),
                     reason="needs qemu-system-x86_64 and /dev/kvm")
 @pytest.mark.parametrize("name", RUNNABLE)
@@ -162,12 +185,12 @@ def test_qemu_accepts_argv(name: str, tmp_path: Path) -> None:
     proc = subprocess.Popen(argv, pass_fds=list(tap_fds.values()), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 10
-        while not mon.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        rc = proc.poll()
-        assert rc is None and mon.exists(), proc.communicate()[1] if rc is not None else "timeout"
+        wait_for(lambda: mon.exists() or proc.poll() is not None, timeout=10)
+        assert proc.poll() is None, proc.communicate()[1]
+        # QEMU answers a command only from its main loop, once every device exists
+        status = _qmp(mon, "query-status")
+        assert proc.poll() is None and "status" in status.get("return", {}), (
+            status, proc.communicate()[1] if proc.poll() is not None else "")
     finally:
         proc.kill()
         proc.wait()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
@@ -98,6 +99,17 @@ def _dead_fuse_mount(path: Path) -> int:
     return fd
 
 
+def _a_thread_waits_on_fuse() -> bool:
+    """Whether a thread of this process is blocked in the kernel's FUSE client."""
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if "fuse" in (task / "wchan").read_text():
+                return True
+        except OSError:
+            pass                                      # the thread ended meanwhile
+    return False
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
                     reason="needs root and /dev/fuse")
 async def test_dead_storage_stalls_only_its_pool(active, tmp_path: Path) -> None:
@@ -118,7 +130,9 @@ async def test_dead_storage_stalls_only_its_pool(active, tmp_path: Path) -> None
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(start_dead)
-            await trio.sleep(0.5)                     # it is stuck in stat()/opendir()
+            with trio.fail_after(10):                 # it is stuck in stat()/opendir()
+                while not _a_thread_waits_on_fuse():
+                    await trio.sleep(0.01)
             assert sub.storage_pool_is_active(ref) == 0 and not failures
             with trio.fail_after(5):                  # everything else answers
                 assert len(sub.connect_list_all_storage_pools(1, 0)[0]) == 2
@@ -132,7 +146,7 @@ async def test_dead_storage_stalls_only_its_pool(active, tmp_path: Path) -> None
                 await sub.storage_pool_create(other, 1)
             # a second call on the dead pool waits behind the first, on its own
             nursery.start_soon(start_dead)
-            await trio.sleep(0.2)
+            await trio.testing.wait_all_tasks_blocked()
             os.close(fuse_fd)                         # the server "dies for good"
             fuse_fd = -1
         assert len(failures) == 2
