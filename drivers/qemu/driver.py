@@ -86,11 +86,13 @@ class QemuDriverState(QemuState):
 
     # ------------------------------------------------------------------- start
     async def launch(self, dom: QemuDomain, live: domxml.DomainDef, *, paused: bool,
-                     incoming: Any = None) -> Monitor:
+                     incoming: Any = None, loadvm: str | None = None) -> Monitor:
         """Launch QEMU for ``live`` (caller holds ``dom.lock``); qemuProcessStart.
 
         ``incoming`` (a restore, save.py): QEMU starts with ``-incoming defer``
         and ``await incoming(mon)`` feeds it the saved state; it stays paused.
+        ``loadvm`` (a snapshot revert, snapshots.py): QEMU starts in that
+        internal snapshot (``-loadvm``), paused.
         """
         conf = self.confinement
         conf.check()
@@ -118,6 +120,8 @@ class QemuDriverState(QemuState):
                                      monitor_fd=mon_sock.fileno() if mon_sock else None)
             if incoming is not None:
                 argv += ["-incoming", "defer"]
+            if loadvm is not None:
+                argv += ["-loadvm", loadvm]
             if conf.switches_user and conf.dynamic_ownership:
                 paths = {key: src.path for key, src in sources.items()}
                 chan = launch.channel_dir(self, live)
@@ -159,7 +163,7 @@ class QemuDriverState(QemuState):
             launch.apply_runtime_info(live, await mon.query_chardev(), vnc_port)
             if incoming is not None:
                 await incoming(mon)
-            elif not paused:
+            elif not paused and loadvm is None:
                 dom.quiet_pause += 1
                 await mon.cont()
         except BaseException:

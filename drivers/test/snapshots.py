@@ -38,16 +38,10 @@ def _new_snapshot(dom: Domain, name: str, desc: str | None, now: int) -> Snapsho
                        disks=disks, domain=dom.definition.copy())
 
 
-class SnapshotMixin:
-    """Methods are named after the snapshot procedures; the domain ones live in domains.py."""
-
-    def _snap(self, ref: Any) -> tuple[Domain, SnapshotDef]:
-        dom = self._dom(ref.dom)
-        return dom, dom.snapshots.get(ref.name, error_domain=FROM)
-
-    @staticmethod
-    def _snap_ref(dom: Domain, snap: SnapshotDef) -> Any:
-        return P.remote_nonnull_domain_snapshot(snap.name, dom.ref())
+class SnapshotMixin(st.SnapshotQueries):
+    """The snapshot procedures that change something; the queries are the shared ones."""
+    snapshot_from = FROM
+    snapshot_api = "test"
 
     def domain_snapshot_create_xml(self, ref: Any, xml_desc: str, flags: int) -> Any:
         check_flags(flags, st.CREATE_REDEFINE | st.CREATE_CURRENT | st.CREATE_NO_METADATA
@@ -64,68 +58,6 @@ class SnapshotMixin:
         if flags & st.CREATE_HALT and dom.active:
             self._stop(dom, SHUTOFF_FROM_SNAPSHOT, STOPPED_FROM_SNAPSHOT)
         return self._snap_ref(dom, snap)
-
-    # -- listing ----------------------------------------------------------
-
-    def domain_list_all_snapshots(self, ref: Any, need_results: int, flags: int) -> tuple:
-        dom = self._dom(ref)
-        snaps = dom.snapshots.list(flags)
-        return ([self._snap_ref(dom, s) for s in snaps] if need_results else [], len(snaps))
-
-    def domain_snapshot_num(self, ref: Any, flags: int) -> int:
-        return len(self._dom(ref).snapshots.list(flags))
-
-    def domain_snapshot_list_names(self, ref: Any, maxnames: int, flags: int) -> list[str]:
-        return [s.name for s in self._dom(ref).snapshots.list(flags)][:maxnames]
-
-    def _children(self, ref: Any, flags: int) -> tuple[Domain, list[SnapshotDef]]:
-        dom = self._dom(ref.dom)
-        return dom, dom.snapshots.children(ref.name, flags, error_domain=FROM)
-
-    def domain_snapshot_list_all_children(self, snapshot: Any, need_results: int, flags: int) -> tuple:
-        dom, kids = self._children(snapshot, flags)
-        return ([self._snap_ref(dom, s) for s in kids] if need_results else [], len(kids))
-
-    def domain_snapshot_num_children(self, snap: Any, flags: int) -> int:
-        return len(self._children(snap, flags)[1])
-
-    def domain_snapshot_list_children_names(self, snap: Any, maxnames: int, flags: int) -> list[str]:
-        return [s.name for s in self._children(snap, flags)[1]][:maxnames]
-
-    # -- single snapshots -------------------------------------------------
-
-    def domain_snapshot_lookup_by_name(self, ref: Any, name: str, flags: int) -> Any:
-        check_flags(flags, 0, "testDomainSnapshotLookupByName", FROM)
-        dom, snap = self._snap(P.remote_nonnull_domain_snapshot(name, ref))
-        return self._snap_ref(dom, snap)
-
-    def domain_snapshot_get_xml_desc(self, snap: Any, flags: int) -> str:
-        check_flags(flags, st.XML_SECURE, "testDomainSnapshotGetXMLDesc", FROM)
-        return snapxml.format(self._snap(snap)[1], secure=bool(flags & st.XML_SECURE))
-
-    def domain_has_current_snapshot(self, ref: Any, flags: int) -> int:
-        check_flags(flags, 0, "testDomainHasCurrentSnapshot", FROM)
-        return int(self._dom(ref).snapshots.current is not None)
-
-    def domain_snapshot_current(self, ref: Any, flags: int) -> Any:
-        check_flags(flags, 0, "testDomainSnapshotCurrent", FROM)
-        dom = self._dom(ref)
-        return self._snap_ref(dom, dom.snapshots.current_snapshot(error_domain=FROM))
-
-    def domain_snapshot_get_parent(self, snap: Any, flags: int) -> Any:
-        check_flags(flags, 0, "testDomainSnapshotGetParent", FROM)
-        dom = self._dom(snap.dom)
-        return self._snap_ref(dom, dom.snapshots.parent_of(snap.name, error_domain=FROM))
-
-    def domain_snapshot_is_current(self, snap: Any, flags: int) -> int:
-        check_flags(flags, 0, "testDomainSnapshotIsCurrent", FROM)
-        dom, s = self._snap(snap)
-        return int(dom.snapshots.current == s.name)
-
-    def domain_snapshot_has_metadata(self, snap: Any, flags: int) -> int:
-        check_flags(flags, 0, "testDomainSnapshotHasMetadata", FROM)
-        self._snap(snap)
-        return 1
 
     def domain_snapshot_delete(self, snap: Any, flags: int) -> None:
         check_flags(flags, st.DELETE_CHILDREN | st.DELETE_METADATA_ONLY | st.DELETE_CHILDREN_ONLY,

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
-from pyvirtd.errors import VirError
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.files import write_atomic
 from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
@@ -201,3 +202,87 @@ class SnapshotTree:
                 self.current = snap.name
         for snap in sorted(loaded, key=lambda s: (s.creation_time, s.name)):
             self.snaps[snap.name] = snap
+
+
+class SnapshotQueries:
+    """The read-only snapshot procedures, the same for every driver that keeps a
+    `SnapshotTree` in ``dom.snapshots``.  The driver class sets ``snapshot_from``
+    (its error domain) and ``snapshot_api`` (libvirt's function name prefix,
+    "test" or "qemu", for the unsupported-flags message); ``_dom`` is its lookup."""
+    snapshot_from: int
+    snapshot_api: str
+    _dom: Any
+
+    def _snap(self, ref: Any) -> tuple[Any, SnapshotDef]:
+        dom = self._dom(ref.dom)
+        return dom, dom.snapshots.get(ref.name, error_domain=self.snapshot_from)
+
+    @staticmethod
+    def _snap_ref(dom: Any, snap: SnapshotDef) -> Any:
+        return P.remote_nonnull_domain_snapshot(snap.name, dom.ref())
+
+    def _check(self, flags: int, allowed: int, api: str) -> None:
+        check_flags(flags, allowed, f"{self.snapshot_api}{api}", self.snapshot_from)
+
+    # -- listing ----------------------------------------------------------
+    def domain_list_all_snapshots(self, ref: Any, need_results: int, flags: int) -> tuple:
+        dom = self._dom(ref)
+        snaps = dom.snapshots.list(flags)
+        return ([self._snap_ref(dom, s) for s in snaps] if need_results else [], len(snaps))
+
+    def domain_snapshot_num(self, ref: Any, flags: int) -> int:
+        return len(self._dom(ref).snapshots.list(flags))
+
+    def domain_snapshot_list_names(self, ref: Any, maxnames: int, flags: int) -> list[str]:
+        return [s.name for s in self._dom(ref).snapshots.list(flags)][:maxnames]
+
+    def _children(self, ref: Any, flags: int) -> tuple[Any, list[SnapshotDef]]:
+        dom = self._dom(ref.dom)
+        return dom, dom.snapshots.children(ref.name, flags, error_domain=self.snapshot_from)
+
+    def domain_snapshot_list_all_children(self, snapshot: Any, need_results: int,
+                                          flags: int) -> tuple:
+        dom, kids = self._children(snapshot, flags)
+        return ([self._snap_ref(dom, s) for s in kids] if need_results else [], len(kids))
+
+    def domain_snapshot_num_children(self, snap: Any, flags: int) -> int:
+        return len(self._children(snap, flags)[1])
+
+    def domain_snapshot_list_children_names(self, snap: Any, maxnames: int,
+                                            flags: int) -> list[str]:
+        return [s.name for s in self._children(snap, flags)[1]][:maxnames]
+
+    # -- single snapshots -------------------------------------------------
+    def domain_snapshot_lookup_by_name(self, ref: Any, name: str, flags: int) -> Any:
+        self._check(flags, 0, "DomainSnapshotLookupByName")
+        dom, snap = self._snap(P.remote_nonnull_domain_snapshot(name, ref))
+        return self._snap_ref(dom, snap)
+
+    def domain_snapshot_get_xml_desc(self, snap: Any, flags: int) -> str:
+        self._check(flags, XML_SECURE, "DomainSnapshotGetXMLDesc")
+        return snapxml.format(self._snap(snap)[1], secure=bool(flags & XML_SECURE))
+
+    def domain_has_current_snapshot(self, ref: Any, flags: int) -> int:
+        self._check(flags, 0, "DomainHasCurrentSnapshot")
+        return int(self._dom(ref).snapshots.current is not None)
+
+    def domain_snapshot_current(self, ref: Any, flags: int) -> Any:
+        self._check(flags, 0, "DomainSnapshotCurrent")
+        dom = self._dom(ref)
+        return self._snap_ref(dom, dom.snapshots.current_snapshot(error_domain=self.snapshot_from))
+
+    def domain_snapshot_get_parent(self, snap: Any, flags: int) -> Any:
+        self._check(flags, 0, "DomainSnapshotGetParent")
+        dom = self._dom(snap.dom)
+        return self._snap_ref(dom, dom.snapshots.parent_of(snap.name,
+                                                           error_domain=self.snapshot_from))
+
+    def domain_snapshot_is_current(self, snap: Any, flags: int) -> int:
+        self._check(flags, 0, "DomainSnapshotIsCurrent")
+        dom, s = self._snap(snap)
+        return int(dom.snapshots.current == s.name)
+
+    def domain_snapshot_has_metadata(self, snap: Any, flags: int) -> int:
+        self._check(flags, 0, "DomainSnapshotHasMetadata")
+        self._snap(snap)
+        return 1
