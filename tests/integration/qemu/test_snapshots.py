@@ -245,6 +245,43 @@ def test_running_guest_snapshot_and_revert(uri, daemon, guest_files, tmp_path):
         virsh(uri, "destroy snlive; undefine snlive --snapshots-metadata")
 
 
+def test_halt_and_revert_to_shut_off_snapshot_of_a_running_guest(uri, tmp_path):
+    """--halt stops the guest after the snapshot; reverting a running guest to a
+    shut-off snapshot stops it (shut off (from snapshot)) and reverts its disk."""
+    disk = image(tmp_path / "halt.qcow2")
+    define(uri, tmp_path, "snhalt", firmware_guest("snhalt", disk))
+    events = Events(uri)
+    try:
+        assert qemu_io(disk, "write -P 0x41 0 4k").returncode == 0
+        ok(uri, "snapshot-create-as snhalt off1")
+        assert qemu_io(disk, "write -P 0x42 0 4k").returncode == 0
+        ok(uri, "start snhalt")
+        n = len(events.events)
+        ok(uri, "snapshot-revert snhalt off1")
+        assert ok(uri, "domstate snhalt --reason").strip() == "shut off (from snapshot)"
+        wait_for(lambda: (STOPPED, STOPPED_FROM_SNAPSHOT) in
+                 [e[1:] for e in events.since(n) if e[0] == "snhalt"])
+        assert "Pattern verification failed" not in qemu_io(disk, "read -P 0x41 0 4k").stdout
+
+        ok(uri, "start snhalt")
+        n = len(events.events)
+        ok(uri, "snapshot-create-as snhalt run1 --halt")
+        assert ok(uri, "domstate snhalt --reason").strip() == "shut off (from snapshot)"
+        wait_for(lambda: (STOPPED, STOPPED_FROM_SNAPSHOT) in
+                 [e[1:] for e in events.since(n) if e[0] == "snhalt"])
+        assert re.search(r"State:\s+running", ok(uri, "snapshot-info snhalt run1"))
+        assert ok(uri, "snapshot-parent snhalt run1").strip() == "off1"
+        assert ok(uri, "snapshot-list snhalt --inactive --name").split() == ["off1"]
+        assert ok(uri, "snapshot-list snhalt --active --name").split() == ["run1"]
+        assert image_snapshots(disk) == ["off1", "run1"]
+        # delete the root with its children: both go from the disk (qemu-img, shut off)
+        ok(uri, "snapshot-delete snhalt off1 --children")
+        assert image_snapshots(disk) == []
+    finally:
+        events.close()
+        virsh(uri, "destroy snhalt; undefine snhalt --snapshots-metadata")
+
+
 # -- metadata survives a restart -------------------------------------------------------------
 
 def test_metadata_survives_daemon_restart(uri, daemon, root, tmp_path):
