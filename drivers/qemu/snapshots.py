@@ -35,7 +35,6 @@ External and disk-only snapshots are not done yet: refused as unsupported.
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +57,6 @@ from .guest import QemuDomain
 
 if TYPE_CHECKING:
     from .monitor import Monitor
-
-log = logging.getLogger(__name__)
 
 FROM = P.VIR_FROM_QEMU
 QEMU_IMG = "qemu-img"
@@ -86,7 +83,7 @@ def load_snapshots(drv: QemuDriverState) -> None:
         dom.snapshots.load_sync(snapshot_dir(drv, dom.name))
 
 
-async def _persist(drv: QemuDriverState, dom: QemuDomain, removed: list[str] = ()) -> None:
+async def _persist(drv: QemuDriverState, dom: QemuDomain, removed: tuple[str, ...] | list[str] = ()) -> None:
     """Rewrite the domain's metadata files (few per guest: all, so that parent and
     current markers stay right) and remove those of ``removed``."""
     directory = snapshot_dir(drv, dom.name)

@@ -274,6 +274,23 @@ def test_halt_and_revert_to_shut_off_snapshot_of_a_running_guest(uri, tmp_path):
         assert ok(uri, "snapshot-list snhalt --inactive --name").split() == ["off1"]
         assert ok(uri, "snapshot-list snhalt --active --name").split() == ["run1"]
         assert image_snapshots(disk) == ["off1", "run1"]
+
+        # a shut-off guest reverted --paused starts inside the snapshot, paused;
+        # a paused guest reverted to a running snapshot runs (no suspend event)
+        n = len(events.events)
+        ok(uri, "snapshot-revert snhalt run1 --paused")
+        assert ok(uri, "domstate snhalt --reason").strip() == "paused (from snapshot)"
+        wait_for(lambda: len([e for e in events.since(n) if e[0] == "snhalt"]) >= 2)
+        assert [e[1:] for e in events.since(n) if e[0] == "snhalt"] == \
+            [(STARTED, STARTED_FROM_SNAPSHOT), (SUSPENDED, SUSPENDED_FROM_SNAPSHOT)]
+        n = len(events.events)
+        ok(uri, "snapshot-revert snhalt run1")
+        assert ok(uri, "domstate snhalt --reason").strip() == "running (from snapshot)"
+        wait_for(lambda: (RESUMED, RESUMED_FROM_SNAPSHOT) in
+                 [e[1:] for e in events.since(n) if e[0] == "snhalt"])
+        assert [e[1:] for e in events.since(n) if e[0] == "snhalt"] == \
+            [(RESUMED, RESUMED_FROM_SNAPSHOT)]
+        ok(uri, "destroy snhalt")
         # delete the root with its children: both go from the disk (qemu-img, shut off)
         ok(uri, "snapshot-delete snhalt off1 --children")
         assert image_snapshots(disk) == []
