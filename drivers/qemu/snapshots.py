@@ -2,11 +2,14 @@
 
 A running (or paused) guest is snapshotted by QEMU itself: the QMP job
 ``snapshot-save`` writes every writable disk's snapshot and the guest's
-memory and device state (vmstate) into the first qcow2 disk; ``snapshot-load``
-and ``snapshot-delete`` are its revert and delete.  A shut-off guest's disks
-are handled with ``qemu-img snapshot -c/-a/-d`` (a subprocess, off the event
-loop).  Jobs are polled with ``query-jobs`` from trio, as save.py polls a
-migration; no thread waits on QEMU.
+memory and device state (vmstate) into the first qcow2 disk;
+``snapshot-delete`` removes one.  A revert to such a snapshot starts a new
+QEMU with ``-loadvm NAME`` (a running guest is stopped first), as libvirt
+9.0 does since -blockdev: its events are stopped, started, then resumed or
+suspended, all from-snapshot, and the domain id changes.  A shut-off guest's
+disks are handled with ``qemu-img snapshot -c/-a/-d`` (a subprocess, off the
+event loop).  Jobs are polled with ``query-jobs`` from trio, as save.py polls
+a migration; no thread waits on QEMU.
 
 The snapshot model and tree are the shared ones (pyvirtd/xml/snapshot.py,
 pyvirtd/driver/snapshots.py).  Their metadata lives in
@@ -18,16 +21,16 @@ States and events, as libvirt 9.0's QEMU driver (src/qemu/qemu_snapshot.c):
     create, guest running   paused (save) while QEMU writes     suspended/paused
                             -> running (unpaused)               resumed/unpaused
             with --halt     -> shut off (from snapshot)         stopped/from-snapshot
-    revert to a snapshot with memory, guest running or paused:
-                            paused (from snapshot)              suspended/from-snapshot
-                            -> running (from snapshot)          resumed/from-snapshot
-                               (or stays paused: its state, or --paused)
-    revert to a snapshot with memory, guest shut off:
+    revert to a snapshot with memory (qemuSnapshotRevertActive):
+            guest running or paused: shut off (from snapshot)   stopped/from-snapshot
                             QEMU starts with -loadvm            started/from-snapshot
-                            -> running (from snapshot), or paused (from snapshot)
-                                                                suspended/from-snapshot
-    revert to a shut-off snapshot, guest running:
+                            -> running (from snapshot)          resumed/from-snapshot
+                            or, snapshot paused or --paused:
+                            -> paused (from snapshot)           suspended/from-snapshot
+    revert to a shut-off snapshot (qemuSnapshotRevertInactive), guest running:
                             -> shut off (from snapshot)         stopped/from-snapshot
+            with --running / --paused: a fresh boot             started/from-snapshot
+                            (--paused: paused (user))           suspended/from-snapshot
 
 External and disk-only snapshots are not done yet: refused as unsupported.
 """
@@ -339,44 +342,26 @@ class SnapshotMixin(st.SnapshotQueries):
         if s.external:
             raise _unsupported("reverts to external snapshots")
         async with dom.lock:
-            held = {d.name for d in s.disks if d.snapshot == "internal"}
             if s.memory == "internal":
                 paused = bool(flags & st.REVERT_PAUSED) or (
                     s.state == "paused" and not flags & st.REVERT_RUNNING)
-                if dom.active:
-                    await self._revert_live(dom, s, held, paused)
-                else:
-                    await self._revert_start(dom, s, paused)
+                if dom.active:   # libvirt restarts QEMU for this too
+                    await drv.destroy_domain(dom, reason=ds.SHUTOFF_FROM_SNAPSHOT,
+                                             detail=ds.STOPPED_FROM_SNAPSHOT)
+                await self._revert_start(dom, s, paused)
             else:
                 if dom.active:
                     await drv.destroy_domain(dom, reason=ds.SHUTOFF_FROM_SNAPSHOT,
                                              detail=ds.STOPPED_FROM_SNAPSHOT)
+                held = {d.name for d in s.disks if d.snapshot == "internal"}
                 for d in await _disks(drv, dom):
                     if d.target in held:
                         await _qemu_img("-a", s.name, d.path)
                 if flags & (st.REVERT_RUNNING | st.REVERT_PAUSED):
-                    await drv.start_domain(dom, paused=bool(flags & st.REVERT_PAUSED))
+                    await drv.start_domain(dom, paused=bool(flags & st.REVERT_PAUSED),
+                                           reverted=True)
             dom.snapshots.current = s.name
             await _persist(drv, dom)
-
-    async def _revert_live(self, dom: QemuDomain, s: SnapshotDef, held: set[str],
-                           paused: bool) -> None:
-        drv = self.driver
-        mon = dom.monitor
-        if mon is None:
-            raise ds.not_running()
-        disks = [d for d in await _disks(drv, dom) if d.target in held]
-        if not disks:
-            raise _err(P.VIR_ERR_OPERATION_INVALID,
-                       f"no disk of the guest holds snapshot '{s.name}'")
-        if not await _pause(drv, dom, mon, ds.PAUSED_FROM_SNAPSHOT, ds.SUSPENDED_FROM_SNAPSHOT):
-            dom.set_state(ds.PAUSED, ds.PAUSED_FROM_SNAPSHOT)   # was paused: no event
-        await _run_job(mon, "snapshot-load", {
-            "tag": s.name, "vmstate": disks[0].node, "devices": [d.node for d in disks]})
-        if paused:
-            await drv.save_status(dom)
-        else:
-            await _resume(drv, dom, mon, ds.RUNNING_FROM_SNAPSHOT, ds.RESUMED_FROM_SNAPSHOT)
 
     async def _revert_start(self, dom: QemuDomain, s: SnapshotDef, paused: bool) -> None:
         """Start the shut-off guest straight into the snapshot (QEMU's -loadvm)."""

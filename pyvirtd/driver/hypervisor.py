@@ -265,14 +265,16 @@ class HypervisorState(Generic[DomT]):
     # ------------------------------------------------------------------- start
     async def start_domain(self, dom: DomT, *, paused: bool = False,
                            live_def: domxml.DomainDef | None = None,
-                           incoming: Any = None, from_snapshot: str | None = None) -> None:
+                           incoming: Any = None, from_snapshot: str | None = None,
+                           reverted: bool = False) -> None:
         """Start a run of ``dom`` (caller holds ``dom.lock``); *ProcessStart.
 
         ``live_def`` (createXML over a defined guest) runs instead of the
         persistent definition, which comes back when the guest stops.
         ``from_snapshot`` (QEMU's snapshot revert, drivers/qemu/snapshots.py):
         the run starts in that internal snapshot, paused (from snapshot),
-        reported started/from-snapshot.
+        reported started/from-snapshot.  ``reverted``: a boot after a revert to a
+        shut-off snapshot, whose events say from-snapshot too.
         """
         if dom.active:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, self.already_running_message,
@@ -300,10 +302,12 @@ class HypervisorState(Generic[DomT]):
             dom.set_state(ds.PAUSED if paused else ds.RUNNING,
                           ds.PAUSED_USER if paused else ds.RUNNING_BOOTED)
         await self.save_status(dom)
+        snap = from_snapshot is not None or reverted
         self.emit(dom, ds.EV_STARTED, ds.STARTED_RESTORED if incoming else
-                  ds.STARTED_FROM_SNAPSHOT if from_snapshot is not None else ds.STARTED_BOOTED)
+                  ds.STARTED_FROM_SNAPSHOT if snap else ds.STARTED_BOOTED)
         if paused and incoming is None and from_snapshot is None:
-            self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
+            self.emit(dom, ds.EV_SUSPENDED,
+                      ds.SUSPENDED_FROM_SNAPSHOT if reverted else ds.SUSPENDED_PAUSED)
         self.follow(dom, dom.run, handle)
 
     # -------------------------------------------------------------------- stop

@@ -209,12 +209,18 @@ def test_running_guest_snapshot_and_revert(uri, daemon, guest_files, tmp_path):
         con.run("MARK=two; printf marker-two > /dev/vda; sync; echo set-$MARK", r"set-two")
         assert drop_caches_and_read(con) == "marker-two"
 
+        # as libvirt 9.0: QEMU is restarted inside the snapshot (-loadvm), a new id
         n = len(events.events)
+        old_id = ok(uri, "domid snlive").strip()
         ok(uri, "snapshot-revert snlive live1")
         assert ok(uri, "domstate snlive --reason").strip() == "running (from snapshot)"
-        wait_for(lambda: len([e for e in events.since(n) if e[0] == "snlive"]) >= 2)
+        assert ok(uri, "domid snlive").strip() != old_id
+        wait_for(lambda: len([e for e in events.since(n) if e[0] == "snlive"]) >= 3)
         assert [e[1:] for e in events.since(n) if e[0] == "snlive"] == \
-            [(SUSPENDED, SUSPENDED_FROM_SNAPSHOT), (RESUMED, RESUMED_FROM_SNAPSHOT)]
+            [(STOPPED, STOPPED_FROM_SNAPSHOT), (STARTED, STARTED_FROM_SNAPSHOT),
+             (RESUMED, RESUMED_FROM_SNAPSHOT)]
+        con.close()
+        con = Console(uri, "snlive")
         con.send("\n")
         con.run('echo "var=$MARK"', r"var=one")
         assert drop_caches_and_read(con) == "marker-one"
@@ -262,8 +268,15 @@ def test_halt_and_revert_to_shut_off_snapshot_of_a_running_guest(uri, tmp_path):
         wait_for(lambda: (STOPPED, STOPPED_FROM_SNAPSHOT) in
                  [e[1:] for e in events.since(n) if e[0] == "snhalt"])
         assert "Pattern verification failed" not in qemu_io(disk, "read -P 0x41 0 4k").stdout
+        # --paused: the reverted guest boots, paused
+        n = len(events.events)
+        ok(uri, "snapshot-revert snhalt off1 --paused")
+        assert ok(uri, "domstate snhalt").strip() == "paused"
+        wait_for(lambda: len([e for e in events.since(n) if e[0] == "snhalt"]) >= 2)
+        assert [e[1:] for e in events.since(n) if e[0] == "snhalt"] == \
+            [(STARTED, STARTED_FROM_SNAPSHOT), (SUSPENDED, SUSPENDED_FROM_SNAPSHOT)]
+        ok(uri, "resume snhalt")
 
-        ok(uri, "start snhalt")
         n = len(events.events)
         ok(uri, "snapshot-create-as snhalt run1 --halt")
         assert ok(uri, "domstate snhalt --reason").strip() == "shut off (from snapshot)"
@@ -276,7 +289,7 @@ def test_halt_and_revert_to_shut_off_snapshot_of_a_running_guest(uri, tmp_path):
         assert image_snapshots(disk) == ["off1", "run1"]
 
         # a shut-off guest reverted --paused starts inside the snapshot, paused;
-        # a paused guest reverted to a running snapshot runs (no suspend event)
+        # a paused guest reverted to a running snapshot is restarted inside it
         n = len(events.events)
         ok(uri, "snapshot-revert snhalt run1 --paused")
         assert ok(uri, "domstate snhalt --reason").strip() == "paused (from snapshot)"
@@ -289,7 +302,8 @@ def test_halt_and_revert_to_shut_off_snapshot_of_a_running_guest(uri, tmp_path):
         wait_for(lambda: (RESUMED, RESUMED_FROM_SNAPSHOT) in
                  [e[1:] for e in events.since(n) if e[0] == "snhalt"])
         assert [e[1:] for e in events.since(n) if e[0] == "snhalt"] == \
-            [(RESUMED, RESUMED_FROM_SNAPSHOT)]
+            [(STOPPED, STOPPED_FROM_SNAPSHOT), (STARTED, STARTED_FROM_SNAPSHOT),
+             (RESUMED, RESUMED_FROM_SNAPSHOT)]
         ok(uri, "destroy snhalt")
         # delete the root with its children: both go from the disk (qemu-img, shut off)
         ok(uri, "snapshot-delete snhalt off1 --children")
