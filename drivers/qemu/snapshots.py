@@ -86,7 +86,8 @@ def load_snapshots(drv: QemuDriverState) -> None:
         dom.snapshots.load_sync(snapshot_dir(drv, dom.name))
 
 
-async def _persist(drv: QemuDriverState, dom: QemuDomain, removed: tuple[str, ...] | list[str] = ()) -> None:
+async def _persist(drv: QemuDriverState, dom: QemuDomain,
+                   removed: tuple[str, ...] | list[str] = ()) -> None:
     """Rewrite the domain's metadata files (few per guest: all, so that parent and
     current markers stay right) and remove those of ``removed``."""
     directory = snapshot_dir(drv, dom.name)

@@ -11,7 +11,8 @@ from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import snapshot as snapxml
 from pyvirtd.xml.snapshot import SnapshotDef, SnapshotDisk
 
-DOMAIN = "<domain type='qemu'><name>g</name><memory>65536</memory><os><type>hvm</type></os></domain>"
+DOMAIN = ("<domain type='qemu'><name>g</name><memory>65536</memory>"
+          "<os><type>hvm</type></os></domain>")
 
 
 def test_client_xml() -> None:
