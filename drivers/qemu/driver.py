@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.snapshots import SnapshotTree
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
@@ -198,6 +199,12 @@ class QemuDriverState(QemuState):
         for pending in dom.unplugging.values():   # no DEVICE_DELETED will come now
             pending.done.set()
         dom.unplugging.clear()
+        if not dom.persistent and len(dom.snapshots):
+            # a transient guest goes away with its run, and its snapshot metadata
+            # with it (libvirt's qemuDomainRemoveInactive); the disks keep theirs
+            dom.snapshots.clear()
+            self.spawn(trio.to_thread.run_sync, SnapshotTree.remove_all_sync,
+                       self.store.snapshot_dir(dom.name))
 
     async def terminate(self, dom: QemuDomain, *, graceful: bool = False) -> None:
         """Kill QEMU (caller holds ``dom.lock``); qemuProcessKill."""

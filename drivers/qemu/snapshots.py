@@ -40,7 +40,6 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -48,7 +47,6 @@ import trio
 from pyvirtd.driver import domains as ds
 from pyvirtd.driver import snapshots as st
 from pyvirtd.errors import VirError, check_flags
-from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import snapshot as snapxml
@@ -76,21 +74,17 @@ def _unsupported(what: str) -> VirError:
     return _err(P.VIR_ERR_OPERATION_UNSUPPORTED, f"{what} are not supported by pyvirtd yet")
 
 
-def snapshot_dir(drv: QemuDriverState, dom_name: str) -> Path:
-    return name_path(drv.store.config_dir / "snapshot", dom_name)
-
-
 def load_snapshots(drv: QemuDriverState) -> None:
     """At daemon start: every guest's snapshot metadata (blocking)."""
     for dom in list(drv.domains.values()):
-        dom.snapshots.load_sync(snapshot_dir(drv, dom.name))
+        dom.snapshots.load_sync(drv.store.snapshot_dir(dom.name))
 
 
 async def _persist(drv: QemuDriverState, dom: QemuDomain,
                    removed: tuple[str, ...] | list[str] = ()) -> None:
     """Rewrite the domain's metadata files (few per guest: all, so that parent and
     current markers stay right) and remove those of ``removed``."""
-    directory = snapshot_dir(drv, dom.name)
+    directory = drv.store.snapshot_dir(dom.name)
 
     def write() -> None:
         dom.snapshots.remove_sync(directory, list(removed))
@@ -103,7 +97,8 @@ async def _persist(drv: QemuDriverState, dom: QemuDomain,
 async def remove_metadata(drv: QemuDriverState, dom: QemuDomain) -> None:
     """undefine --snapshots-metadata: forget them (the qcow2 disks keep theirs)."""
     dom.snapshots.clear()
-    await trio.to_thread.run_sync(st.SnapshotTree.remove_all_sync, snapshot_dir(drv, dom.name))
+    await trio.to_thread.run_sync(st.SnapshotTree.remove_all_sync,
+                                  drv.store.snapshot_dir(dom.name))
 
 
 # ------------------------------------------------------------------- disks

@@ -129,6 +129,14 @@ def test_shut_off_snapshots_revert_and_delete(uri, tmp_path):
     disk = image(tmp_path / "off.qcow2")
     define(uri, tmp_path, "snoff", firmware_guest("snoff", disk))
     assert qemu_io(disk, "write -P 0x41 0 4k").returncode == 0
+    # bad names and bad XML: libvirt's errors, nothing written to the disk
+    assert "name a/b cannot contain '/'" in err(uri, "snapshot-create-as snoff a/b")
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<domainsnapshot><name>x</name>")
+    assert "(domain_snapshot)" in err(uri, f"snapshot-create snoff {bad}")
+    bad.write_text("<snapshot><name>x</name></snapshot>")
+    assert "expecting root element of 'domainsnapshot'" in err(uri, f"snapshot-create snoff {bad}")
+    assert image_snapshots(disk) == []
     ok(uri, 'snapshot-create-as snoff s1 "first one"')
     assert image_snapshots(disk) == ["s1"]
     assert qemu_io(disk, "write -P 0x42 0 4k").returncode == 0
@@ -311,6 +319,21 @@ def test_halt_and_revert_to_shut_off_snapshot_of_a_running_guest(uri, tmp_path):
     finally:
         events.close()
         virsh(uri, "destroy snhalt; undefine snhalt --snapshots-metadata")
+
+
+def test_transient_guest_takes_its_metadata_along(uri, root, tmp_path):
+    disk = image(tmp_path / "trans.qcow2")
+    path = tmp_path / "sntrans.xml"
+    path.write_text(firmware_guest("sntrans", disk))
+    ok(uri, f"create {path}")
+    try:
+        ok(uri, "snapshot-create-as sntrans t1")
+        assert [p.name for p in root.rglob("sntrans/t1.xml")] == ["t1.xml"]
+        ok(uri, "destroy sntrans")
+        wait_for(lambda: not list(root.rglob("snapshot/sntrans")))
+        assert image_snapshots(disk) == ["t1"]     # the disk keeps its own
+    finally:
+        virsh(uri, "destroy sntrans")
 
 
 # -- metadata survives a restart -------------------------------------------------------------
