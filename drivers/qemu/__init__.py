@@ -33,13 +33,14 @@ from .driver import QemuDriverState
 from .host import HostMixin
 from .hotplug import HotplugMixin
 from .save import SaveMixin, scan_managed
+from .snapshots import SnapshotMixin, load_snapshots
 from .stats import StatsMixin
 
 log = logging.getLogger(__name__)
 
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
-                     BalloonMixin, SaveMixin, HypervisorConnection):
+                     BalloonMixin, SaveMixin, SnapshotMixin, HypervisorConnection):
     """One client's qemu:// connection; methods are named after RPC procedures."""
     driver: QemuDriverState
 
@@ -84,6 +85,8 @@ class QemuDriver(HypervisorDriver):
         await super().start()
         # which guests have a managed save image (save.py)
         await trio.to_thread.run_sync(scan_managed, self.state)
+        # and their snapshot metadata (snapshots.py)
+        await trio.to_thread.run_sync(load_snapshots, self.state)
 
     def make_state(self) -> QemuDriverState:
         return QemuDriverState(self.ctx, self.emulator)

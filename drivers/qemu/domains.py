@@ -20,7 +20,7 @@ from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import save
+from . import save, snapshots
 from .driver import QemuDriverState
 from .guest import QemuDomain
 
@@ -30,7 +30,7 @@ START_PAUSED, START_AUTODESTROY, START_BYPASS_CACHE, START_FORCE_BOOT, START_VAL
 START_RESET_NVRAM = 32
 DEFINE_VALIDATE = 1
 UNDEFINE_ALL = 1 | 2 | 4 | 8 | 16 | 32 | 64
-UNDEFINE_NVRAM, UNDEFINE_KEEP_NVRAM = 4, 8
+UNDEFINE_SNAPSHOTS_METADATA, UNDEFINE_NVRAM, UNDEFINE_KEEP_NVRAM = 2, 4, 8
 DESTROY_GRACEFUL = 1
 SHUTDOWN_DEFAULT, SHUTDOWN_ACPI, SHUTDOWN_AGENT = 0, 1, 2
 RESET_FLAGS = 0
@@ -104,13 +104,6 @@ class DomainMixin(ds.DomainLookups):
         await trio.to_thread.run_sync(self.driver.store.set_autostart, dom.name, bool(autostart))
         dom.autostart = bool(autostart)
 
-    def domain_snapshot_num(self, ref: Dom, flags: int) -> int:
-        return len(self._dom(ref).snapshots)
-
-    def domain_list_all_snapshots(self, ref: Dom, need_results: int, flags: int) -> tuple:
-        self._dom(ref)
-        return ([], 0)
-
     def domain_get_security_label(self, ref: Dom) -> tuple:
         self._dom(ref)
         return (b"", 0)     # no security driver: an empty label, not enforcing
@@ -149,7 +142,13 @@ class DomainMixin(ds.DomainLookups):
                                domain=P.VIR_FROM_QEMU)
             async with dom.lock:
                 await save.remove_managed(drv, dom)
+        if len(dom.snapshots) and not dom.active:
+            if not flags & UNDEFINE_SNAPSHOTS_METADATA:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot delete inactive domain "
+                               f"with {len(dom.snapshots)} snapshots", domain=P.VIR_FROM_QEMU)
         await _undefine_nvram(dom.persistent_def or dom.definition, flags)
+        if flags & UNDEFINE_SNAPSHOTS_METADATA:
+            await snapshots.remove_metadata(drv, dom)
         await ds.undefine(drv, dom)
 
     # -- lifecycle --------------------------------------------------------

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.snapshots import SnapshotTree
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
@@ -86,11 +87,13 @@ class QemuDriverState(QemuState):
 
     # ------------------------------------------------------------------- start
     async def launch(self, dom: QemuDomain, live: domxml.DomainDef, *, paused: bool,
-                     incoming: Any = None) -> Monitor:
+                     incoming: Any = None, loadvm: str | None = None) -> Monitor:
         """Launch QEMU for ``live`` (caller holds ``dom.lock``); qemuProcessStart.
 
         ``incoming`` (a restore, save.py): QEMU starts with ``-incoming defer``
         and ``await incoming(mon)`` feeds it the saved state; it stays paused.
+        ``loadvm`` (a snapshot revert, snapshots.py): QEMU starts in that
+        internal snapshot (``-loadvm``), paused.
         """
         conf = self.confinement
         conf.check()
@@ -118,6 +121,8 @@ class QemuDriverState(QemuState):
                                      monitor_fd=mon_sock.fileno() if mon_sock else None)
             if incoming is not None:
                 argv += ["-incoming", "defer"]
+            if loadvm is not None:
+                argv += ["-loadvm", loadvm]
             if conf.switches_user and conf.dynamic_ownership:
                 paths = {key: src.path for key, src in sources.items()}
                 chan = launch.channel_dir(self, live)
@@ -159,7 +164,7 @@ class QemuDriverState(QemuState):
             launch.apply_runtime_info(live, await mon.query_chardev(), vnc_port)
             if incoming is not None:
                 await incoming(mon)
-            elif not paused:
+            elif not paused and loadvm is None:
                 dom.quiet_pause += 1
                 await mon.cont()
         except BaseException:
@@ -194,6 +199,12 @@ class QemuDriverState(QemuState):
         for pending in dom.unplugging.values():   # no DEVICE_DELETED will come now
             pending.done.set()
         dom.unplugging.clear()
+        if not dom.persistent and len(dom.snapshots):
+            # a transient guest goes away with its run, and its snapshot metadata
+            # with it (libvirt's qemuDomainRemoveInactive); the disks keep theirs
+            dom.snapshots.clear()
+            self.spawn(trio.to_thread.run_sync, SnapshotTree.remove_all_sync,
+                       self.store.snapshot_dir(dom.name))
 
     async def terminate(self, dom: QemuDomain, *, graceful: bool = False) -> None:
         """Kill QEMU (caller holds ``dom.lock``); qemuProcessKill."""

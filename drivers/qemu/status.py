@@ -85,6 +85,10 @@ class StatusStore:
         return name_path(self.log_dir, name, ".log")
 
     # -- persistent definitions -----------------------------------------------
+    def snapshot_dir(self, name: str) -> Path:
+        """A guest's snapshot metadata (snapshots.py), libvirt's snapshot/DOMAIN/."""
+        return name_path(self.config_dir / "snapshot", name)
+
     def save_config(self, d: domxml.DomainDef) -> None:
         write_atomic(name_path(self.config_dir, d.name, ".xml"), domxml.format(d))
 

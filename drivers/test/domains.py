@@ -60,7 +60,6 @@ SCHED_WEIGHT = 50
 
 @dataclass(eq=False)
 class Domain(DomainObject):
-    current_snapshot: str | None = None
     sched_weight: int = SCHED_WEIGHT
     memtune: dict = field(default_factory=dict)
     blkio_weight: int = 0
@@ -286,7 +285,6 @@ class DomainMixin:
                                domain=P.VIR_FROM_TEST)
         if flags & UNDEFINE_SNAPSHOTS_METADATA:
             dom.snapshots.clear()
-            dom.current_snapshot = None
         self._emit(dom, EV_UNDEFINED, UNDEFINED_REMOVED)
         dom.autostart = False
         if dom.active:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pyvirtd.driver.api import Dom
+from pyvirtd.driver.snapshots import SnapshotTree
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
@@ -181,7 +182,7 @@ class DomainObject:
     autostart: bool = False
     # what the listing filters ask about
     managed_save: bool = False
-    snapshots: dict = field(default_factory=dict)
+    snapshots: SnapshotTree = field(default_factory=SnapshotTree)
 
     @property
     def name(self) -> str:

@@ -265,11 +265,16 @@ class HypervisorState(Generic[DomT]):
     # ------------------------------------------------------------------- start
     async def start_domain(self, dom: DomT, *, paused: bool = False,
                            live_def: domxml.DomainDef | None = None,
-                           incoming: Any = None) -> None:
+                           incoming: Any = None, from_snapshot: str | None = None,
+                           reverted: bool = False) -> None:
         """Start a run of ``dom`` (caller holds ``dom.lock``); *ProcessStart.
 
         ``live_def`` (createXML over a defined guest) runs instead of the
         persistent definition, which comes back when the guest stops.
+        ``from_snapshot`` (QEMU's snapshot revert, drivers/qemu/snapshots.py):
+        the run starts in that internal snapshot, paused (from snapshot),
+        reported started/from-snapshot.  ``reverted``: a boot after a revert to a
+        shut-off snapshot, whose events say from-snapshot too.
         """
         if dom.active:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, self.already_running_message,
@@ -278,7 +283,9 @@ class HypervisorState(Generic[DomT]):
         live = (live_def or persistent_def).copy()
         # ``incoming`` (QEMU's restore, drivers/qemu/save.py) feeds the new run a
         # saved state: it is left paused (migrating), reported started/restored
-        if incoming is None:
+        if from_snapshot is not None:
+            handle = await self.launch(dom, live, paused=True, loadvm=from_snapshot)  # type: ignore[call-arg]
+        elif incoming is None:
             handle = await self.launch(dom, live, paused=paused)
         else:
             handle = await self.launch(dom, live, paused=True, incoming=incoming)  # type: ignore[call-arg]
@@ -289,13 +296,18 @@ class HypervisorState(Generic[DomT]):
         self.domains.set_id(dom, self.domain_id(dom))
         if incoming is not None:
             dom.set_state(ds.PAUSED, ds.PAUSED_MIGRATION)
+        elif from_snapshot is not None:
+            dom.set_state(ds.PAUSED, ds.PAUSED_FROM_SNAPSHOT)
         else:
             dom.set_state(ds.PAUSED if paused else ds.RUNNING,
                           ds.PAUSED_USER if paused else ds.RUNNING_BOOTED)
         await self.save_status(dom)
-        self.emit(dom, ds.EV_STARTED, ds.STARTED_RESTORED if incoming else ds.STARTED_BOOTED)
-        if paused and incoming is None:
-            self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
+        snap = from_snapshot is not None or reverted
+        self.emit(dom, ds.EV_STARTED, ds.STARTED_RESTORED if incoming else
+                  ds.STARTED_FROM_SNAPSHOT if snap else ds.STARTED_BOOTED)
+        if paused and incoming is None and from_snapshot is None:
+            self.emit(dom, ds.EV_SUSPENDED,
+                      ds.SUSPENDED_FROM_SNAPSHOT if reverted else ds.SUSPENDED_PAUSED)
         self.follow(dom, dom.run, handle)
 
     # -------------------------------------------------------------------- stop
