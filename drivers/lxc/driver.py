@@ -283,22 +283,28 @@ class LxcDriverState(HypervisorState[LxcDomain]):
     # -------------------------------------------------------------------- stop
     def release(self, dom: LxcDomain) -> None:
         """The controller is gone: forget its pids and link (its cgroup and veths
-        stay recorded for `_tidy`)."""
+        stay recorded for `_tidy`, which ends the stop)."""
         dom.controller_pid = dom.init_pid = None
         dom.link = None
-        dom.stopped.set()
 
     async def _tidy(self, dom: LxcDomain, paths: dict, veths: list) -> None:
-        """What a controller that died uncleanly left: processes, cgroup, veths."""
+        """What a controller that died uncleanly left: processes, cgroup, veths.
+
+        Sets ``dom.stopped`` when done, so a destroy returns only once the
+        container's NICs (and their filter bindings) are gone, as libvirt's does.
+        """
         def clean() -> None:
             cgroup.kill_all(paths, signal.SIGKILL)
             try:
                 cgroup.remove(paths)
             except OSError as exc:
                 log.warning("%s: cannot remove cgroup: %s", dom.name, exc)
-        await trio.to_thread.run_sync(clean)
-        await self._unplug(veths)
-        self.store.path(dom.name, ".sock").unlink(missing_ok=True)
+        try:
+            await trio.to_thread.run_sync(clean)
+            await self._unplug(veths)
+            self.store.path(dom.name, ".sock").unlink(missing_ok=True)
+        finally:
+            dom.stopped.set()
 
     async def terminate(self, dom: LxcDomain, *, graceful: bool = False) -> None:
         """SIGKILL to init through the controller (caller holds ``dom.lock``);

@@ -95,6 +95,8 @@ class QemuDriverState(QemuState):
         ``loadvm`` (a snapshot revert, snapshots.py): QEMU starts in that
         internal snapshot (``-loadvm``), paused.
         """
+        if dom.released is not None:
+            await dom.released.wait()    # the last run's files, cgroup and ports are back
         conf = self.confinement
         conf.check()
         name = dom.name
@@ -182,20 +184,27 @@ class QemuDriverState(QemuState):
 
     # -------------------------------------------------------------------- stop
     def release(self, dom: QemuDomain) -> None:
-        """What qemuProcessStop gives back: files, taps, ports, pending unplugs."""
+        """What qemuProcessStop gives back: files, taps, ports, pending unplugs.
+
+        The giving back runs in the background, in order, and sets
+        ``dom.released`` when done; the guest's next start waits for it, so a
+        cleanup of this run never undoes what the next one set up (its labels,
+        its cgroup of the same name, its ports).
+        """
         dom.pid, dom.monitor = None, None
         dom.volume_paths = {}
+        cleanups: list[tuple[Any, ...]] = []
         labels, dom.labels = dom.labels, []
         if labels:   # QEMU is gone: its files go back to their owners
-            self.spawn(trio.to_thread.run_sync, dac.restore_all, labels)
+            cleanups.append((trio.to_thread.run_sync, dac.restore_all, labels))
         if self.confinement.cgroups:   # and its cgroup goes (devacl.py)
-            self.spawn(devacl.release, self.confinement, dom.definition)
+            cleanups.append((devacl.release, self.confinement, dom.definition))
         plugged = interfaces.plugged(dom.definition)
         if plugged or interfaces.ports(dom.definition.devices_of("interface")):
             # QEMU's exit usually took the taps already (non-persistent taps);
             # the network ports are given back here
-            self.spawn(interfaces.unplug_all, self, plugged,
-                       dom.definition.devices_of("interface"))
+            cleanups.append((interfaces.unplug_all, self, plugged,
+                             dom.definition.devices_of("interface")))
         for pending in dom.unplugging.values():   # no DEVICE_DELETED will come now
             pending.done.set()
         dom.unplugging.clear()
@@ -203,8 +212,23 @@ class QemuDriverState(QemuState):
             # a transient guest goes away with its run, and its snapshot metadata
             # with it (libvirt's qemuDomainRemoveInactive); the disks keep theirs
             dom.snapshots.clear()
-            self.spawn(trio.to_thread.run_sync, SnapshotTree.remove_all_sync,
-                       self.store.snapshot_dir(dom.name))
+            cleanups.append((trio.to_thread.run_sync, SnapshotTree.remove_all_sync,
+                             self.store.snapshot_dir(dom.name)))
+        if cleanups:
+            dom.released = trio.Event()
+            self.spawn(self._give_back, dom.name, cleanups, dom.released)
+
+    @staticmethod
+    async def _give_back(name: str, cleanups: list[tuple[Any, ...]], done: trio.Event) -> None:
+        """Run a stopped guest's cleanups one by one; one failing does not stop the rest."""
+        try:
+            for fn, *args in cleanups:
+                try:
+                    await fn(*args)
+                except Exception:
+                    log.exception("%s: giving back %s failed", name, getattr(fn, "__name__", fn))
+        finally:
+            done.set()
 
     async def terminate(self, dom: QemuDomain, *, graceful: bool = False) -> None:
         """Kill QEMU (caller holds ``dom.lock``); qemuProcessKill."""

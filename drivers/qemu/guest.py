@@ -51,6 +51,9 @@ class QemuDomain(HypervisorDomain):
     unplugging: dict[str, Any] = field(default_factory=dict)
     # files of the current run handed to the QEMU user, given back when it stops
     labels: list[dac.Label] = field(default_factory=list)
+    # set once what the last run's stop gives back (labels, cgroup, ports) is
+    # given back: the next start waits for it, or a late cleanup would undo it
+    released: Any = None
 
 
 class QemuState(HypervisorState[QemuDomain]):
