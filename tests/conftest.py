@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # The test driver's node file for test:///default (what a private state starts from).
-DEFAULT_NODE = REPO / "drivers" / "test" / "default.xml"
+DEFAULT_NODE = REPO / "drivers" / "testdrv" / "default.xml"
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = ""):

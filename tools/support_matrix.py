@@ -28,7 +28,7 @@ OUTPUT = REPO / "docs" / "support-matrix.md"
 # Each driver's connection class and whether it delegates to the shared
 # subsystems (pyvirtd.driver.shared_subsystems), as its open() wires it.
 CONNECTIONS = {
-    "test": ("pyvirtd.drivers.test.connection", "TestConnection", False),
+    "test": ("pyvirtd.drivers.testdrv.connection", "TestConnection", False),
     "qemu": ("pyvirtd.drivers.qemu", "QemuConnection", True),
     "lxc": ("pyvirtd.drivers.lxc.connection", "LxcConnection", True),
     "uml": ("pyvirtd.drivers.uml.connection", "UmlConnection", True),

@@ -5,7 +5,7 @@ One implementation for both places that serve secrets:
 - the daemon's host secret driver (`pyvirtd.secrets.SecretSubsystem`), which
   every qemu:// and lxc:// connection reaches and which keeps persistent
   secrets on disk through a `SecretStore`;
-- the test driver (drivers/test/secrets.py), which keeps them in memory per
+- the test driver (drivers/testdrv/secrets.py), which keeps them in memory per
   test state, as a test:/// connection through libvirtd sees the daemon's
   secret driver.
 

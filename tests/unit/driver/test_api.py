@@ -17,7 +17,7 @@ from pyvirtd.driver import api
 from pyvirtd.drivers.lxc.connection import LxcConnection
 from pyvirtd.drivers.uml.connection import UmlConnection
 from pyvirtd.drivers.qemu import QemuConnection
-from pyvirtd.drivers.test import connection as test_connection
+from pyvirtd.drivers.testdrv import connection as test_connection
 from pyvirtd.rpc import _generated as P
 
 PROCEDURE_METHODS = {p.method for p in P.PROCEDURES}

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from drivers.test.domains import Domain, DomainMixin
-from drivers.test import state as test_state
+from pyvirtd.drivers.testdrv.domains import Domain, DomainMixin
+from pyvirtd.drivers.testdrv import state as test_state
 from pyvirtd.driver import domains as ds
 from pyvirtd.driver.objects import DOMAIN, ObjectList
 from pyvirtd.errors import VirError
