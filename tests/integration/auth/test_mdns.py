@@ -84,12 +84,10 @@ def test_browser_in_other_namespace_finds_daemon(namespaces, tmp_path: Path) -> 
                                "--root", str(root), "--listen"], cwd=REPO,
                               stdout=log, stderr=subprocess.STDOUT)
     try:
-        t = time.monotonic()
         r = run(["ip", "netns", "exec", b, sys.executable, "-c", BROWSER, "20"], timeout=40)
         found = [line.split() for line in r.stdout.splitlines()]
         assert [f"{name}._libvirt._tcp.local.", str(port), "10.231.0.1"] in found, \
             (r.stdout, r.stderr, (tmp_path / "daemon.log").read_text())
-        assert time.monotonic() - t < 20
         # what the browser found is a working libvirt endpoint
         v = run(["ip", "netns", "exec", b, "virsh", "-c",
                  f"test+tcp://10.231.0.1:{port}/default", "list --name"])

@@ -60,6 +60,17 @@ class Lab:
         assert r.rc == 0, f"{commands}: {r.err}"
         return r.out
 
+    def answers(self, commands: str, within: float) -> str:
+        """ok(), for a call that must answer while something else stalls: one
+        that does not fails the test instead of hanging it (a bound on
+        liveness, not a measure of speed)."""
+        try:
+            r = self.virsh(commands, timeout=within)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{commands}: no answer within {within} s") from None
+        assert r.rc == 0, f"{commands}: {r.err}"
+        return r.out
+
     def fails(self, commands: str) -> str:
         r = self.virsh(commands)
         assert r.rc == 1, f"{commands} did not fail: {r.out}"
