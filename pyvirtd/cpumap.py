@@ -165,6 +165,11 @@ def features_in(data: Data, xmap: X86Map) -> list[str]:
     return names
 
 
+def feature_names(data: Data, xmap: X86Map) -> list[str]:
+    """Every feature whose bits ``data`` holds, in the map's order (for messages)."""
+    return [name for name, fdata in xmap.features if fdata and contains(data, fdata)]
+
+
 def vendor_of(data: Data, xmap: X86Map) -> str | None:
     """The vendor whose CPUID leaf 0 string the data carries."""
     leaf0 = [data.get(("cpuid", 0, 0, r), 0) for r in ("ebx", "edx", "ecx")]

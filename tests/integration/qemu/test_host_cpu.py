@@ -98,3 +98,64 @@ def test_nova_baselines_the_host_cpu(both):
     got = py_conn.baselineCPU([cpu], flags)
     assert got == want
     assert "<model fallback='forbid'>" in got
+
+
+def _compare(conn, xml: str, flags: int):
+    try:
+        return conn.compareCPU(xml, flags)
+    except libvirt.libvirtError as e:
+        return ("error", e.get_error_code(), e.get_error_domain(), e.get_error_message())
+
+
+def _without_msr(answer):
+    """An answer with the MSR features only pyvirtd (as root) can see taken out."""
+    if isinstance(answer, tuple) and ": " in answer[3]:
+        head, _, names = answer[3].rpartition(": ")
+        kept = [n for n in names.split(", ") if n not in MSR_FEATURES]
+        return answer[:3] + (f"{head}: {', '.join(kept)}",)
+    return answer
+
+
+def test_compare_cpu_as_libvirtd(both):
+    """virsh cpu-compare / compareCPU: each host's own CPU is identical to itself, and
+    models, policies, vendors and strict matching give libvirtd's answers."""
+    py_conn, lv_conn = both
+    fail = libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    for conn in (py_conn, lv_conn):
+        own = _host_cpu(conn.getCapabilities())
+        for tag in ("pages", "counter", "topology", "microcode", "signature", "maxphysaddr"):
+            for e in own.findall(tag):
+                own.remove(e)
+        host_xml = etree.tostring(own, encoding="unicode")
+        assert conn.compareCPU(host_xml, 0) == libvirt.VIR_CPU_COMPARE_IDENTICAL
+    host = _host_cpu(lv_conn.getCapabilities())
+    model, vendor = host.findtext("model"), host.findtext("vendor")
+    other_vendor = "AMD" if vendor == "Intel" else "Intel"
+    cases = [
+        f"<cpu><model>{model}</model></cpu>",
+        f"<cpu match='strict'><model>{model}</model></cpu>",
+        f"<cpu match='minimum'><model>{model}</model><feature policy='forbid' name='vme'/></cpu>",
+        f"<cpu><model>{model}</model><feature policy='require' name='svm'/></cpu>",
+        f"<cpu><model>{model}</model><feature policy='optional' name='svm'/></cpu>",
+        f"<cpu><model>{model}</model><feature policy='disable' name='sse2'/></cpu>",
+        f"<cpu><model>{model}</model><vendor>{other_vendor}</vendor></cpu>",
+        "<cpu><model>qemu64</model></cpu>",
+        "<cpu><model>NoSuchModel</model></cpu>",
+        "<cpu><model>qemu64</model><feature name='no-such-feature'/></cpu>",
+        "<cpu><feature name='sse2'/></cpu>",
+        "<cpu><arch>x86_64</arch><model>qemu64</model><feature name='svm'/></cpu>",
+        "<cpu><arch>aarch64</arch><model>qemu64</model></cpu>",
+        "<domain/>",
+        "<domain><cpu><model>qemu64</model></cpu></domain>",
+        "<cpu><model>qemu64",
+    ]
+    seen = set()
+    for xml in cases:
+        for flags in (0, fail):
+            want = _without_msr(_compare(lv_conn, xml, flags))
+            assert _without_msr(_compare(py_conn, xml, flags)) == want, (xml, flags)
+            seen.add(want[1] if isinstance(want, tuple) else want)
+    # superset, incompatible, CPU_INCOMPATIBLE errors and XML errors were all compared
+    assert {libvirt.VIR_CPU_COMPARE_SUPERSET, libvirt.VIR_CPU_COMPARE_INCOMPATIBLE,
+            libvirt.VIR_ERR_CPU_INCOMPATIBLE, libvirt.VIR_ERR_XML_ERROR} <= seen
