@@ -102,6 +102,19 @@ def _targets(xml: str) -> list[str]:
     return re.findall(r"<target dev='([^']+)'/>", xml)
 
 
+def _attached(lab: NetLab, name: str) -> list[str]:
+    """The taps the guest's kernel has open (``iff:`` in its fds' fdinfo)."""
+    pid = int((lab.root_dir / "run" / "uml" / name / "pid").read_text())
+    out = []
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except OSError:
+            continue
+        out += re.findall(r"^iff:\s*(\S+)", text, re.M)
+    return out
+
+
 def _ports(lab: Lab) -> list[str]:
     out = lab.virsh("net-port-list", NET, "--uuid").stdout.split()
     return [u for u in out if u]
@@ -181,13 +194,24 @@ def test_guest_that_ends_while_the_daemon_is_down_gives_its_nics_back(lab, tmp_p
     """Its taps go and its network port goes back at the next daemon start; a tap the
     admin made for an ethernet NIC stays."""
     lab.sh("ip", "tuntap", "add", "dev", "umladmin0", "mode", "tap")
-    root = make_root(tmp_path / "root2")
+    import libvirt
+
+    root = make_root(tmp_path / "root2", ("ifconfig",))
     xml = tmp_path / "un2.xml"
     xml.write_text(guest_xml("un2", root, extra=NICS + "<interface type='ethernet'>"
                                                 "<target dev='umladmin0'/></interface>"))
     lab.virsh("create", str(xml))
     taps = _targets(lab.virsh("dumpxml", "un2").stdout)
     assert taps[3] == "umladmin0", taps
+    # UML opens a NIC's tap when the guest brings the NIC up
+    conn = libvirt.open(lab.uri)
+    try:
+        out = console_expect(conn, conn.lookupByName("un2"), b"for i in 0 1 2 3; do "
+                             b"ifconfig eth$i up; done; echo up-$((2*4))\n", b"up-8")
+        assert b"up-8" in out, out
+    finally:
+        conn.close()
+    wait_until(lambda: sorted(_attached(lab, "un2")) == sorted(taps), what="taps attached")
     taps = taps[:3]
     assert all(lab.link(t) for t in taps)
     assert len(_ports(lab)) == 1
