@@ -21,7 +21,7 @@ from pyvirtd.driver.procedures import DomainProcedures
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 
-from . import spec
+from . import nics, spec
 from .driver import UmlDomain, UmlDriverState
 
 _FROM = P.VIR_FROM_UML
@@ -29,6 +29,7 @@ SHUTDOWN_ACPI = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
 SHUTDOWN_PARAVIRT = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_PARAVIRT
 REBOOT_ACPI = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN
 REBOOT_PARAVIRT = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_PARAVIRT
+SRC_LEASE, SRC_ARP = 0, 2       # VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_*
 
 _CAPS = """<capabilities>
   <host>
@@ -105,9 +106,27 @@ class UmlConnection(DomainProcedures, HypervisorConnection):
         return total * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
 
     def domain_memory_stats(self, ref: Dom, max_stats: int, flags: int) -> list:
+        """actual: the guest's memory (mem=, UML has no balloon); rss: what the
+        kernel process holds resident (VmRSS), as libvirt reports QEMU's."""
+        check_flags(flags, 0, "umlDomainMemoryStats", _FROM)
         dom = self._active(ref)
-        # VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON (6)
-        return [P.remote_domain_memory_stat(6, dom.definition.current_memory)][:max_stats]
+        # VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON (6), _RSS (7)
+        stats = [P.remote_domain_memory_stat(6, dom.definition.current_memory)]
+        rss = _kernel_rss(dom)
+        if rss is not None:
+            stats.append(P.remote_domain_memory_stat(7, rss))
+        return stats[:max_stats]
+
+    def domain_interface_addresses(self, ref: Dom, source: int, flags: int) -> list:
+        """virsh domifaddr: the networks' DHCP leases of the guest's MACs; a UML
+        guest has no agent, and ARP is not answered here."""
+        check_flags(flags, 0, "umlDomainInterfaceAddresses", _FROM)
+        dom = self._active(ref)
+        if source == SRC_LEASE:
+            return nics.lease_addresses(self.driver, dom)
+        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                       f"Unknown IP address data source {source}" if source > SRC_ARP
+                       else "UML guests answer only --source lease", domain=_FROM)
 
     # -- lifecycle through the mconsole
     async def _mconsole(self, ref: Dom, text: str) -> UmlDomain:
@@ -157,6 +176,22 @@ class UmlConnection(DomainProcedures, HypervisorConnection):
             dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
             self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
             await self.driver.save_status(dom)
+
+
+def _kernel_rss(dom: UmlDomain) -> int | None:
+    """KiB resident in the UML kernel's process (its pid file under uml_dir)."""
+    if dom.handle is None:
+        return None
+    try:
+        with open(dom.handle.kernel_pid_file) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _session_pids(sid: int) -> list[int]:

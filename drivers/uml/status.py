@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pyvirtd.errors import VirError
@@ -36,6 +36,7 @@ class RuntimeStatus:
     dom_id: int
     persistent: bool
     xml: str                    # the live definition
+    taps: list = field(default_factory=list)    # [tap, mac] the daemon made (nics.py)
 
     @property
     def id(self) -> int:
