@@ -37,7 +37,6 @@ from typing import Any
 import trio
 from lxml import etree
 
-from pyvirtd import nwfilter
 from pyvirtd.driver import DriverContext
 from pyvirtd.driver import domains as ds
 from pyvirtd.driver.hypervisor import HypervisorDomain, HypervisorState
@@ -206,10 +205,8 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 src = iface.find("source")
                 kind = iface.get("type")
                 if kind == "network":
-                    sub = self.ctx.shared.get("network")
-                    if sub is None:
-                        raise VirError(P.VIR_ERR_NO_SUPPORT, "no network subsystem", domain=_FROM)
-                    host, peer = await sub.plug_veth(src.get("network"), mac)
+                    host, peer = await self.ctx.services.network.plug_veth(src.get("network"),
+                                                                           mac)
                 elif kind == "bridge":
                     host, peer = await network.plug_veth(src.get("bridge"), mac)
                 else:
@@ -220,7 +217,8 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 if target is None:
                     target = etree.SubElement(iface, "target")
                 target.set("dev", host)
-                await nwfilter.bind_interface(self.ctx, live.name, live.uuid, iface, host)
+                await self.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface,
+                                                                host)
                 cfg = spec.interface_config(iface, i)
                 cfg["peer"] = peer
                 configs.append(cfg)
@@ -234,7 +232,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         from pyvirtd.network import _netlink
 
         for veth in veths:
-            await nwfilter.unbind_interface(self.ctx, veth)
+            await self.ctx.services.nwfilter.unbind_interface(veth)
             try:
                 await _netlink("delete_link", veth)
             except Exception:

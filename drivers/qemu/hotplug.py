@@ -250,14 +250,9 @@ async def _next_node_index(mon: Any) -> int:
 
 
 def _resolve_volume(state: "QemuState", disk: Disk) -> tuple[str, str | None]:
-    """<disk type='volume'>: the volume's path and format, from the storage subsystem."""
-    sub = state.ctx.shared.get("storage")
-    if sub is None:
-        raise _err(P.VIR_ERR_NO_SUPPORT, "storage subsystem is not available")
-    pool_ref = sub.storage_pool_lookup_by_name(disk.pool)
-    vol_ref = sub.storage_vol_lookup_by_name(pool_ref, disk.volume)
-    _pool, vol = sub._vol(vol_ref)
-    return vol.path, getattr(vol, "format", None)
+    """<disk type='volume'>: the volume's path and format, from the storage service."""
+    vol = state.ctx.services.storage.resolve_volume(disk.pool, disk.volume)
+    return vol.path, vol.format
 
 
 async def attach_disk_live(state: "QemuState", dom: "QemuDomain",

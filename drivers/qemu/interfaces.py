@@ -5,7 +5,7 @@ qemuInterfaceDirectConnect):
 
     taps, fds = await plug_all(state, dom, live)
         # for the i-th <interface> of type network: a port on the network
-        # (NetworkSubsystem.create_port, libvirt >= 5.5) says how to plug
+        # (ctx.services.network.create_port, libvirt >= 5.5) says how to plug
         # it: a tap on the network's bridge, or for a macvtap-mode network
         # (forward bridge/vepa/private/passthrough without a bridge) a
         # macvtap on the device of its pool the port got; of type bridge: a
@@ -45,12 +45,11 @@ import copy
 import logging
 import os
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import trio
 from lxml import etree
 
-from pyvirtd import nwfilter
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
@@ -64,14 +63,6 @@ log = logging.getLogger(__name__)
 TAP_PATTERN = "vnet%d"
 MACVTAP_PATTERN = "macvtap%d"
 _AUTO_PREFIXES = ("vnet", "macvtap")
-
-
-def _network(state: "QemuState") -> Any:
-    sub = state.ctx.shared.get("network")
-    if sub is None:
-        raise VirError(P.VIR_ERR_NO_SUPPORT, "network subsystem is not available",
-                       domain=P.VIR_FROM_QEMU)
-    return sub
 
 
 def _attachment(iface: etree._Element) -> tuple[str, str] | None:
@@ -154,7 +145,8 @@ async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
     _check_mac_unique(state, dom, where, mac)
     bridge = where[1]
     if where[0] == "network":
-        port = await _network(state).create_port(where[1], _port_request(live, iface))
+        port = await state.ctx.services.network.create_port(where[1],
+                                                           _port_request(live, iface))
         _show_port(iface, port)   # portid first: a failure below releases it
         if port.plug_type == "hostdev-pci":
             raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
@@ -177,7 +169,7 @@ async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
                        f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
     made = _show_target(iface, tap, mac, fd)
     try:
-        await nwfilter.bind_interface(state.ctx, live.name, live.uuid, iface, tap)
+        await state.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface, tap)
     except BaseException:
         os.close(fd)
         raise
@@ -284,9 +276,6 @@ async def reclaim_ports(state: "QemuState", live: domxml.DomainDef) -> None:
     """After a daemon restart, make sure the network still knows each port the guest
     holds (libvirt's virDomainNetNotifyActualDevice: a port lost with a restarted
     network is created again, as plugged, with VIR_NETWORK_PORT_CREATE_RECLAIM)."""
-    sub = state.ctx.shared.get("network")
-    if sub is None:
-        return
     for iface in live.devices_of("interface"):
         src = iface.find("source")
         if src is None or not src.get("network") or not src.get("portid"):
@@ -301,7 +290,7 @@ async def reclaim_ports(state: "QemuState", live: domxml.DomainDef) -> None:
             port.plug = etree.Element("plug", type="bridge" if kind == "bridge" else "network",
                                       bridge=src.get("bridge", ""))
         try:
-            await sub.create_port(src.get("network"), port, reclaim=True)
+            await state.ctx.services.network.create_port(src.get("network"), port, reclaim=True)
         except VirError as exc:
             log.warning("%s: port %s of network %s not reclaimed: %s", live.name,
                         src.get("portid"), src.get("network"), exc.message)
@@ -374,7 +363,7 @@ async def unplug_all(state: "QemuState", taps: list[tuple[str, str]],
     from pyvirtd.network import netlink
 
     for tap, mac in taps:
-        await nwfilter.unbind_interface(state.ctx, tap)
+        await state.ctx.services.nwfilter.unbind_interface(tap)
         try:
             if await trio.to_thread.run_sync(_is_macvtap, tap):
                 await trio.to_thread.run_sync(netlink.delete_macvtap, tap, mac, saved_macs(state))
@@ -382,10 +371,9 @@ async def unplug_all(state: "QemuState", taps: list[tuple[str, str]],
                 await trio.to_thread.run_sync(_delete_own_tap, tap, mac)
         except Exception:
             log.exception("removing tap %s", tap)
-    sub = state.ctx.shared.get("network")
-    for net_name, port_uuid in ports(ifaces) if sub is not None else ():
+    for net_name, port_uuid in ports(ifaces):
         try:
-            await sub.delete_port(net_name, port_uuid)
+            await state.ctx.services.network.delete_port(net_name, port_uuid)
         except Exception:
             log.exception("releasing port of network %s", net_name)
 
@@ -417,21 +405,19 @@ def arp_addresses(dom: "QemuDomain", arp_table: str) -> list:
 
 def interface_addresses(state: "QemuState", dom: "QemuDomain") -> list:
     """remote_domain_interface list from the networks' DHCP leases (source lease)."""
-    sub = state.ctx.shared.get("network")
     out = []
     for iface in dom.definition.devices_of("interface"):
         where = _attachment(iface)
-        if where is None or where[0] != "network" or sub is None:
+        if where is None or where[0] != "network":
             continue
         mac = _mac(iface)
         try:
-            ref = sub.network_lookup_by_name(where[1])
-            leases, _n = sub.network_get_dhcp_leases(ref, mac, 1, 0)
+            leases = state.ctx.services.network.dhcp_leases(where[1], mac)
         except VirError:
             continue
         if not leases:
             continue   # libvirt lists only the interfaces that have a lease
-        addrs = [P.remote_domain_ip_addr(l.type, l.ipaddr, l.prefix) for l in leases]
+        addrs = [P.remote_domain_ip_addr(l.type, l.ip, l.prefix) for l in leases]
         target = iface.find("target")
         name = target.get("dev") if target is not None and target.get("dev") else "-"
         out.append(P.remote_domain_interface(name, mac, addrs))

@@ -10,7 +10,7 @@ per-host key (`store`); ephemeral ones live in memory only.
 API for the daemon's own users of secrets (iSCSI CHAP, LUKS volumes, ...),
 which may read private secrets that clients may not::
 
-    secrets: SecretSubsystem = ctx.shared["secret"]
+    secrets = ctx.services.secrets                          # api.SecretService
     password = secrets.value_of("iscsi", "libvirtiscsi")     # by usage
     key = secrets.value_of_uuid("0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f")
 

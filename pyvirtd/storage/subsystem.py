@@ -87,8 +87,8 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         self.store = pool_store(ctx.paths.state_dir, ctx.paths.run_dir)
         self.pools: ObjectList[Pool] = ObjectList(STORAGE_POOL)
         self.backends = {name: cls() for name, cls in BACKENDS.items()}
-        # iSCSI CHAP passwords come from the secret subsystem, made after this one
-        self.backends["iscsi"].secrets = lambda: ctx.shared.get("secret")
+        # iSCSI CHAP passwords come from the secret service (made after this one)
+        self.backends["iscsi"].services = ctx.services
         self._load()
 
     # --------------------------------------------------------------- helpers

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from pyvirtd.driver.api import StorageVolume
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage.backends.base import VOL_DIR, VOL_FILE, VOL_TYPE_NAMES, Volume
@@ -77,18 +78,26 @@ def volume_xml(vol: Volume) -> str:
     return format_libvirt(root)
 
 
+def _service_volume(pool: Pool, vol: Volume) -> StorageVolume:
+    return StorageVolume(pool.name, vol.name, pool.type, vol.path, P.StorageVolType(vol.type),
+                         vol.format)
+
+
 class VolumeProcedures:
     pools: "ObjectList[Pool]"
 
     # ---------------------------------------------------------------- helpers
     def _vol(self: "StorageSubsystem", ref) -> tuple[Pool, Volume]:
+        return self._volume(ref.pool, ref.name)
+
+    def _volume(self: "StorageSubsystem", pool_name: str, name: str) -> tuple[Pool, Volume]:
         """virStorageVolDefFromVol: the pool by name, active, then the volume by name."""
-        pool = self.pools.by_name(ref.pool)
+        pool = self.pools.by_name(pool_name)
         if not pool.active:
             raise pool.not_active()
-        vol = pool.volumes.get(ref.name)
+        vol = pool.volumes.get(name)
         if vol is None:
-            raise no_vol("name", ref.name)
+            raise no_vol("name", name)
         return pool, vol
 
     def _ready_vol(self: "StorageSubsystem", ref) -> tuple[Pool, Volume]:
@@ -106,6 +115,17 @@ class VolumeProcedures:
         if pool.volumes.get(vol.name) is vol:
             pool.volumes[vol.name] = fresh
         return fresh
+
+    # ------------------------------------------- for drivers (api.StorageService)
+    def pool_is_active(self: "StorageSubsystem", pool: str) -> bool:
+        return self.pools.by_name(pool).active
+
+    def resolve_volume(self: "StorageSubsystem", pool: str, name: str) -> StorageVolume:
+        return _service_volume(*self._volume(pool, name))
+
+    async def refresh_volume(self: "StorageSubsystem", pool: str, name: str) -> StorageVolume:
+        found, vol = self._volume(pool, name)
+        return _service_volume(found, await self._refreshed(found, vol))
 
     # ---------------------------------------------------------------- listing
     def storage_pool_num_of_volumes(self: "StorageSubsystem", ref) -> int:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_for
+
 REPO = Path(__file__).resolve().parents[3]
 BUSYBOX = "/bin/busybox"
 
@@ -284,6 +286,36 @@ def test_veth_on_bridge_pings_host_side(lab, tmp_path):
     # a transient container is gone, and so is its veth
     assert "c2" not in lab.virsh("list", "--all", "--name").stdout.split()
     assert "veth" not in lab.ns_exec("ip", "-o", "link").stdout
+
+
+def test_veth_on_a_virtual_network(lab, tmp_path):
+    """<interface type='network'>: the network service plugs the veth into the network's
+    bridge; an inactive network refuses the start."""
+    net = tmp_path / "lxcnet.xml"
+    net.write_text("<network><name>lxcnet</name><bridge name='pvlxcbr0' stp='on' delay='0'/>"
+                   "<ip address='10.98.0.1' netmask='255.255.255.0'/></network>")
+    lab.virsh("net-define", str(net))
+    root = make_root(tmp_path / "root4")
+    iface = ("<interface type='network'><source network='lxcnet'/>"
+             "<ip address='10.98.0.2' prefix='24'/><guest dev='eth0'/></interface>")
+    xml = tmp_path / "c4.xml"
+    xml.write_text(container_xml("c4", root, extra=iface))
+    lab.virsh("define", str(xml))
+    p = lab.virsh("start", "c4", check=False)
+    assert p.returncode != 0 and "network 'lxcnet' is not active" in p.stderr
+    lab.virsh("net-start", "lxcnet")
+    lab.virsh("start", "c4")
+    veth = lab.virsh("domiflist", "c4").stdout.strip().splitlines()[-1].split()[0]
+    assert veth.startswith("veth")
+    assert "master pvlxcbr0" in lab.ns_exec("ip", "-o", "link", "show", veth).stdout
+    # a bridge with STP forwards from a new port only after its listening and learning
+    wait_for(lambda: "state forwarding" in lab.ns_exec("bridge", "link", "show", "dev", veth).stdout,
+             what=f"{veth} forwarding on pvlxcbr0")
+    p = lab.virsh("lxc-enter-namespace", "c4", "/bin/sh", "-c", "ping -c 2 -W 2 10.98.0.1")
+    assert "2 packets received" in p.stdout, p.stdout
+    lab.virsh("destroy", "c4")
+    assert "veth" not in lab.ns_exec("ip", "-o", "link").stdout
+    lab.virsh("undefine", "c4")
 
 
 def test_kill9_restart_keeps_container_running_and_controllable(lab, tmp_path):
