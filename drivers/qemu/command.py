@@ -190,6 +190,8 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     b.add(binary, "-name", opts(None, ("guest", defn.name), ("debug-threads", "on")), "-S")
     _machine(b)
     _cpu(b)
+    if plat.os.loader_secure:
+        b.add("-global", "driver=cfi.pflash01,property=secure,value=on")
     b.add("-m", f"size={defn.current_memory if defn.memory == 0 else defn.memory}k")
     b.add("-overcommit", "mem-lock=off")
     _smp(b)

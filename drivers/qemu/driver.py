@@ -44,7 +44,7 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import confine, dac, devacl, guest_events, interfaces, launch, process, volumes
+from . import confine, dac, devacl, firmware, guest_events, interfaces, launch, process, volumes
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 
@@ -105,6 +105,8 @@ class QemuDriverState(QemuState):
         # <disk type='volume'>: their pools say which files or devices they are
         sources = await volumes.resolve_all(self, live)
         volumes.set_live_formats(live)
+        # <os firmware='efi'>: the firmware QEMU's descriptors offer, and its NVRAM
+        await trio.to_thread.run_sync(firmware.prepare, live, self.store.config_dir / "nvram")
         # taps for interfaces of type network/bridge; QEMU gets their fds
         taps, tap_fds = await interfaces.plug_all(self, dom, live)
         labels: list[dac.Label] = []

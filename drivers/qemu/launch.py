@@ -27,6 +27,7 @@ from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.platform import fill_cpu_defaults
 
+from . import firmware
 from .command import VolumeSource, assign_aliases, build_command
 from .confine import SANDBOX
 from .defaults import DEVICE_DEFAULTS
@@ -72,6 +73,7 @@ def fill_defaults(state: "QemuState", d: domxml.DomainDef) -> None:
         target = iface.find("target")
         if target is not None and (target.get("dev") or "").startswith(GENERATED_IFNAMES):
             iface.remove(target)
+    firmware.check_definition(d)
     if d.arch == HOST_ARCH:
         d.raw["cpu"] = fill_cpu_defaults(d.raw.get("cpu"), d.type)
     devmod.apply_defaults(d, DEVICE_DEFAULTS)
