@@ -35,6 +35,7 @@ from .hotplug import HotplugMixin
 from .metadata import MetadataMixin
 from .passthrough import PassthroughMixin
 from .save import SaveMixin, scan_managed
+from .screenshot import ScreenshotMixin
 from .snapshots import SnapshotMixin, load_snapshots
 from .stats import StatsMixin
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
                      BalloonMixin, SaveMixin, SnapshotMixin, MetadataMixin,
-                     PassthroughMixin, HypervisorConnection):
+                     PassthroughMixin, ScreenshotMixin, HypervisorConnection):
     """One client's qemu:// connection; methods are named after RPC procedures."""
     driver: QemuDriverState
 
