@@ -38,13 +38,14 @@ from .save import SaveMixin, scan_managed
 from .screenshot import ScreenshotMixin
 from .snapshots import SnapshotMixin, load_snapshots
 from .stats import StatsMixin
+from .vcpus import VcpusMixin
 
 log = logging.getLogger(__name__)
 
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
                      BalloonMixin, SaveMixin, SnapshotMixin, MetadataMixin,
-                     PassthroughMixin, ScreenshotMixin, HypervisorConnection):
+                     PassthroughMixin, ScreenshotMixin, VcpusMixin, HypervisorConnection):
     """One client's qemu:// connection; methods are named after RPC procedures."""
     driver: QemuDriverState
 
