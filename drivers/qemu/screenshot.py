@@ -92,7 +92,8 @@ class ScreenshotMixin:
                 raise
             finally:
                 os.close(wfd)
-        stream.run(_send_file, stream, fd)
+        # a file object: should the stream never start, collecting it closes the fd
+        stream.run(_send_file, stream, os.fdopen(fd, "rb", buffering=0))
         return mime
 
 
@@ -116,11 +117,11 @@ async def _screendump(mon: Any, wfd: int, device: str | None, head: int | None) 
                 pass     # QEMU went away: its copy went with it
 
 
-async def _send_file(stream: Stream, fd: int) -> None:
+async def _send_file(stream: Stream, picture: Any) -> None:
     try:
         pos = 0
         while not stream.closed:
-            data = await trio.to_thread.run_sync(_read, fd, pos)
+            data = await trio.to_thread.run_sync(_read, picture.fileno(), pos)
             if not data:
                 break
             stream.send(data)
@@ -128,4 +129,4 @@ async def _send_file(stream: Stream, fd: int) -> None:
             await stream.drain()
         stream.finish()
     finally:
-        os.close(fd)
+        picture.close()
