@@ -36,10 +36,6 @@ SHUTDOWN_DEFAULT, SHUTDOWN_ACPI, SHUTDOWN_AGENT = 0, 1, 2
 RESET_FLAGS = 0
 
 
-# virDomainQemuMonitorCommandFlags
-MONITOR_COMMAND_HMP = P.DomainQemuMonitorCommandFlags.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
-
-
 class DomainMixin(ds.DomainLookups):
     driver: QemuDriverState
     error_domain = P.VIR_FROM_QEMU
@@ -49,17 +45,6 @@ class DomainMixin(ds.DomainLookups):
         check_flags(flags, 0, "qemuDomainGetState", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         return (dom.state, dom.reason)
-
-    async def qemu_domain_monitor_command(self, ref: Dom, cmd: str, flags: int) -> str:
-        """``virsh qemu-monitor-command``: a QMP (or with flag 1, HMP) command passed
-        through to the guest's QEMU unchanged (qemuDomainQemuMonitorCommand)."""
-        check_flags(flags, MONITOR_COMMAND_HMP, "qemuDomainQemuMonitorCommand", P.VIR_FROM_QEMU)
-        dom = self._active(ref)
-        if dom.monitor is None:
-            raise ds.not_running()
-        if flags & MONITOR_COMMAND_HMP:
-            return await dom.monitor.human_monitor_command(cmd)
-        return await dom.monitor.execute_json(cmd)
 
     def domain_get_control_info(self, ref: Dom, flags: int) -> tuple:
         check_flags(flags, 0, "qemuDomainGetControlInfo", P.VIR_FROM_QEMU)
@@ -110,10 +95,6 @@ class DomainMixin(ds.DomainLookups):
 
     def domain_get_security_label_list(self, ref: Dom) -> tuple:
         return ([P.remote_domain_get_security_label_ret(*self.domain_get_security_label(ref))], 1)
-
-    def domain_get_messages(self, ref: Dom, flags: int) -> list[str]:
-        self._dom(ref)
-        return []
 
     # -- definition -------------------------------------------------------
     async def domain_define_xml(self, xml: str) -> Any:

@@ -44,7 +44,8 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import confine, dac, devacl, firmware, guest_events, interfaces, launch, process, volumes
+from . import (confine, dac, devacl, firmware, guest_events, interfaces, launch, passthrough,
+               process, volumes)
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 
@@ -273,6 +274,7 @@ class QemuDriverState(QemuState):
         async for event in mon.events():
             if dom.run != run:
                 return
+            passthrough.forward(self, dom, event)   # virsh qemu-monitor-event
             try:
                 await self._on_event(dom, run, mon, event)
             except VirError as exc:

@@ -54,6 +54,8 @@ class QemuDomain(HypervisorDomain):
     # set once what the last run's stop gives back (labels, cgroup, ports) is
     # given back: the next start waits for it, or a late cleanup would undo it
     released: Any = None
+    # what tainted the guest (passthrough.taint) -> the run it happened in
+    taints: dict[str, int] = field(default_factory=dict)
 
 
 class QemuState(HypervisorState[QemuDomain]):
