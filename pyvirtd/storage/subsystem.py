@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import trio
 from lxml import etree
@@ -87,11 +89,19 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         self.store = pool_store(ctx.paths.state_dir, ctx.paths.run_dir)
         self.pools: ObjectList[Pool] = ObjectList(STORAGE_POOL)
         self.backends = {name: cls() for name, cls in BACKENDS.items()}
-        # iSCSI CHAP passwords come from the secret subsystem, made after this one
-        self.backends["iscsi"].secrets = lambda: ctx.shared.get("secret")
+        # iSCSI CHAP passwords and LUKS passphrases come from the secret subsystem
+        for backend in self.backends.values():
+            if hasattr(backend, "secrets"):
+                backend.secrets = self.secrets
+            if isinstance(backend, DirBackend):     # qemu-img's passphrase files
+                backend.secret_dir = Path(ctx.paths.run_dir) / "storage" / "secrets"
         self._load()
 
     # --------------------------------------------------------------- helpers
+    def secrets(self) -> Any:
+        """The daemon's secret subsystem (made after this one), or None without one."""
+        return self.ctx.shared.get("secret")
+
     def _backend(self, pool_type: str) -> Backend:
         backend = self.backends.get(pool_type)
         if backend is None:
