@@ -135,6 +135,13 @@ def test_encrypted_volumes_are_created_with_qemu_img(uri, conn, pool, daemon):
     # as libvirtd: a refresh forgets the secret unless a secret's usage names the path
     ok(uri, "pool-refresh lukspool")
     assert "<encryption format='luks'/>" in ok(uri, "vol-dumpxml --pool lukspool enc.raw")
+    usage_uuid = "1c0a5e5e-1111-4d1c-a2e5-000000000004"
+    secret = conn.secretDefineXML(secret_xml(usage_uuid, str(pool / "enc.qcow2")))
+    try:
+        assert (f"<encryption format='luks'>\n      <secret type='passphrase' "
+                f"uuid='{usage_uuid}'/>") in ok(uri, "vol-dumpxml --pool lukspool enc.qcow2")
+    finally:
+        secret.undefine()
 
 
 @pytest.mark.parametrize("name, enc, fmt, message, code, domain", [
@@ -193,6 +200,10 @@ def test_clones_of_an_encrypted_volume(uri, conn, pool, tmp_path):
     sp.createXMLFrom(clone_xml, src)
     assert "file format: luks" in img_info(pool / "clone.raw")
     assert qemu_io_read(pool / "clone.raw", "raw", 0, 64, tmp_path) == head
+    # a resize grows the payload through qemu-img (the LUKS header stays in front)
+    sp.storageVolLookupByName("clone.raw").resize(6 * MiB)
+    assert "virtual size: 6 MiB" in img_info(pool / "clone.raw")
+    assert re.search(r"Capacity:\s+6\.00 MiB", ok(uri, "vol-info --pool lukspool clone.raw"))
     plain = sp.createXMLFrom("<volume><name>plain.raw</name><capacity unit='M'>4</capacity>"
                              "<target><format type='raw'/></target></volume>", src)
     assert (pool / "plain.raw").read_bytes()[:64] == head
