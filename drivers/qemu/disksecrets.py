@@ -29,8 +29,9 @@ import base64
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import trio
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -131,14 +132,15 @@ def remove_master_key(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def prepare(state: "QemuState", name: str, live: domxml.DomainDef) -> DiskSecrets | None:
+async def prepare(state: "QemuState", name: str, live: domxml.DomainDef) -> DiskSecrets | None:
     """Every passphrase of ``live`` (errors before anything is made), then a master
-    key when there is one at all.  Blocking: call in a thread."""
+    key when there is one at all."""
     found = {disk.target: passphrase(state, enc) for disk, enc in encrypted_disks(live)}
     if not found:
         return None
     path = master_key_path(state, name)
-    return DiskSecrets(write_master_key(path), str(path), found)
+    key = await trio.to_thread.run_sync(write_master_key, path)
+    return DiskSecrets(key, str(path), found)
 
 
 # -- what QEMU gets ----------------------------------------------------------------------

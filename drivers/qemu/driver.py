@@ -107,7 +107,7 @@ class QemuDriverState(QemuState):
         sources = await volumes.resolve_all(self, live)
         volumes.set_live_formats(live)
         # encrypted disks: their secrets (or the secret driver's error), a master key
-        secrets = await trio.to_thread.run_sync(disksecrets.prepare, self, name, live)
+        secrets = await disksecrets.prepare(self, name, live)
         key_path = disksecrets.master_key_path(self, name)
         try:
             # taps for interfaces of type network/bridge; QEMU gets their fds

@@ -629,7 +629,7 @@ async def change_media_live(state: "QemuState", dom: "QemuDomain",
         with trio.CancelScope(shield=True):
             await _del_nodes(mon, new_nodes)
         raise
-    await _del_nodes(mon, old_nodes)
+    await _del_nodes(mon, old_nodes, disksecrets.disk_encryption(old) is not None)
     if old.path or old.volume:
         await _unlabel_disk(state, dom, old_elem)
     new.alias, new.address = old.alias, old.address

@@ -115,16 +115,6 @@ def image_opts(path: str, vol_format: str, alias: str) -> str:
     return f"driver={vol_format},encrypt.format=luks,encrypt.key-secret={alias},file.filename={path}"
 
 
-def source_encryption(source_enc: Encryption | None, secrets: Any) -> bytes | None:
-    """The passphrase of a clone's encrypted source (None: it is not encrypted).
-
-    A source whose secret is not known (a refreshed volume whose path no
-    secret's usage names) cannot be read: libvirt's "a single secret" error."""
-    if source_enc is None:
-        return None
-    return source_enc.passphrase(secrets)
-
-
 def known_encryption(vol: Any, secrets: Any) -> Encryption | None:
     """How ``vol`` is encrypted, with the secret that opens it when one is known.
 

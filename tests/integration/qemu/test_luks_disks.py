@@ -19,7 +19,6 @@ no timeout, rather than the virsh helper's.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import secrets as pysecrets
 import subprocess
