@@ -68,7 +68,9 @@ from pyvirtd.xml.devices.video import PRIMARY as VIDEO_PRIMARY, SECONDARY as VID
 from pyvirtd.xml.devices.watchdog import QEMU_ACTIONS
 from pyvirtd.xml.platform import Platform, platform
 
+from . import disksecrets
 from .defaults import DEVICE_DEFAULTS
+from .disksecrets import DiskSecrets
 from .devprops import SCSI_MODELS, Placement, device_alias, disk_bus, error_policy_props
 from .devprops import unsupported as _unsupported
 
@@ -161,12 +163,15 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
                   machine_defaults: Mapping[str, str] | None = None,
                   resolve_volume: Callable[[str, str], VolumeSource] | None = None,
                   daemonize: bool = True, name_marker: str | None = None,
-                  monitor_fd: int | None = None, sandbox: str | None = None) -> list[str]:
+                  monitor_fd: int | None = None, sandbox: str | None = None,
+                  disk_secrets: DiskSecrets | None = None) -> list[str]:
     """The argv that starts ``defn`` paused under QEMU (see the module docstring).
 
     ``monitor_fd``: the monitor is this listening socket, bound by the daemon
     (``monitor_path`` names it then only for the caller); ``sandbox``: the
-    ``-sandbox`` option (confine.SANDBOX), given when not None.
+    ``-sandbox`` option (confine.SANDBOX), given when not None;
+    ``disk_secrets``: the master key and passphrases of encrypted disks
+    (disksecrets.prepare), which go to QEMU encrypted.
 
     :param machine_defaults: machine alias -> canonical name (from caps), also
         the key ``"default"`` for a definition without a machine.
@@ -188,6 +193,8 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
         raise _internal("the process marker must be the domain's name or uuid")
 
     b.add(binary, "-name", opts(None, ("guest", defn.name), ("debug-threads", "on")), "-S")
+    if disk_secrets is not None:
+        b.add("-object", _json(disksecrets.master_key_object(disk_secrets.master_key_path)))
     _machine(b)
     _cpu(b)
     if plat.os.loader_secure:
@@ -214,7 +221,7 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     devs = devmod.parse_devices(defn)
     _assign_bootindex(b, devs)
     _controllers(b, [d for d in devs if isinstance(d, Controller)])
-    _disks(b, [d for d in devs if isinstance(d, Disk)], resolve_volume)
+    _disks(b, [d for d in devs if isinstance(d, Disk)], resolve_volume, disk_secrets)
     _interfaces(b, [d for d in devs if isinstance(d, Interface)], tap_fds or {})
     _chardevs(b, [d for d in devs if isinstance(d, Chardev)], channel_dir)
     for dev in devs:
@@ -467,7 +474,8 @@ _CACHE = {  # libvirt cache mode -> (cache.direct, cache.no-flush, write-cache o
 
 
 def _disks(b: _Builder, disks: list[Disk],
-           resolve_volume: Callable[[str, str], VolumeSource] | None) -> None:
+           resolve_volume: Callable[[str, str], VolumeSource] | None,
+           disk_secrets: DiskSecrets | None) -> None:
     for n, disk in enumerate(disks, start=1):
         alias = b.alias(disk)
         path = disk.path
@@ -489,6 +497,9 @@ def _disks(b: _Builder, disks: list[Disk],
             if disk.io in ("native", "threads", "io_uring"):
                 storage["aio"] = disk.io
             storage.update({"auto-read-only": True, "discard": "unmap"})
+            secret = None
+            if disksecrets.disk_encryption(disk) is not None:   # its secret object first
+                secret = _secret_object(b, disk, f"libvirt-{n}-format", disk_secrets)
             b.add("-blockdev", _json(storage))
             fmt: dict = {"node-name": f"libvirt-{n}-format", "read-only": disk.readonly}
             if direct is not None:
@@ -500,6 +511,8 @@ def _disks(b: _Builder, disks: list[Disk],
                 fmt["detect-zeroes"] = "unmap" if zeroes == "unmap" and \
                     disk.discard == "unmap" else "on"
             fmt.update({"driver": disk.format or "raw", "file": f"libvirt-{n}-storage"})
+            if secret is not None:
+                disksecrets.encrypt_format_node(fmt, secret)
             b.add("-blockdev", _json(fmt))
             node = f"libvirt-{n}-format"
         elif disk.device != "cdrom":
@@ -513,6 +526,16 @@ def _disks(b: _Builder, disks: list[Disk],
             pairs.append(("write-cache", "on" if write_cache else "off"))
         pairs += error_policy_props(disk)
         b.add("-device", opts(pairs[0][1], *pairs[1:]))
+
+
+def _secret_object(b: _Builder, disk: Disk, node: str, disk_secrets: DiskSecrets | None) -> str:
+    """The secret object an encrypted disk's format node ``node`` opens its image with."""
+    value = disk_secrets.passphrases.get(disk.target) if disk_secrets is not None else None
+    if value is None:
+        raise _internal(f"disk '{disk.target}' is encrypted but its secret was not given")
+    alias = disksecrets.secret_alias(node)
+    b.add("-object", _json(disksecrets.secret_object(alias, value, disk_secrets.master_key)))
+    return alias
 
 
 def _interfaces(b: _Builder, ifaces: list[Interface], tap_fds: Mapping[int, int]) -> None:

@@ -44,8 +44,8 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import (confine, dac, devacl, firmware, guest_events, interfaces, launch, passthrough,
-               process, volumes)
+from . import (confine, dac, devacl, disksecrets, firmware, guest_events, interfaces, launch,
+               passthrough, process, volumes)
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 
@@ -108,11 +108,20 @@ class QemuDriverState(QemuState):
         volumes.set_live_formats(live)
         # <os firmware='efi'>: the firmware QEMU's descriptors offer, and its NVRAM
         await trio.to_thread.run_sync(firmware.prepare, live, self.store.config_dir / "nvram")
-        # taps for interfaces of type network/bridge; QEMU gets their fds
-        taps, tap_fds = await interfaces.plug_all(self, dom, live)
+        # encrypted disks: their secrets (or the secret driver's error), a master key
+        secrets = await disksecrets.prepare(self, name, live)
+        key_path = disksecrets.master_key_path(self, name)
+        try:
+            # taps for interfaces of type network/bridge; QEMU gets their fds
+            taps, tap_fds = await interfaces.plug_all(self, dom, live)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(disksecrets.remove_master_key, key_path)
+            raise
         labels: list[dac.Label] = []
 
         async def undo() -> None:
+            await trio.to_thread.run_sync(disksecrets.remove_master_key, key_path)
             await interfaces.unplug_all(self, taps, live.devices_of("interface"))
             await trio.to_thread.run_sync(dac.restore_all, labels)
             await devacl.release(conf, live)    # confinement: the guest's cgroup
@@ -123,7 +132,8 @@ class QemuDriverState(QemuState):
                 mon_sock = await trio.to_thread.run_sync(process.bind_monitor, str(monitor_path))
             argv = launch.build_argv(self, live, monitor_path=str(monitor_path),
                                      pid_path=str(pid_path), tap_fds=tap_fds, volumes=sources,
-                                     monitor_fd=mon_sock.fileno() if mon_sock else None)
+                                     monitor_fd=mon_sock.fileno() if mon_sock else None,
+                                     disk_secrets=secrets)
             if incoming is not None:
                 argv += ["-incoming", "defer"]
             if loadvm is not None:
@@ -132,6 +142,8 @@ class QemuDriverState(QemuState):
                 paths = {key: src.path for key, src in sources.items()}
                 chan = launch.channel_dir(self, live)
                 wanted = dac.guest_files(live, paths, str(chan) if chan.is_dir() else None)
+                if secrets is not None:     # QEMU's user reads the master key
+                    wanted.append(dac.Wanted(secrets.master_key_path, True))
                 labels = await trio.to_thread.run_sync(dac.label_all, wanted, conf.uid, conf.gid,
                                                        conf.remember_owner)
             # confinement: private /dev and cgroup device ACL (prelaunch.py before setpriv)
@@ -202,6 +214,9 @@ class QemuDriverState(QemuState):
             cleanups.append((trio.to_thread.run_sync, dac.restore_all, labels))
         if self.confinement.cgroups:   # and its cgroup goes (devacl.py)
             cleanups.append((devacl.release, self.confinement, dom.definition))
+        # the master key of its encrypted disks (disksecrets.py), after its label
+        cleanups.append((trio.to_thread.run_sync, disksecrets.remove_master_key,
+                         disksecrets.master_key_path(self, dom.name)))
         plugged = interfaces.plugged(dom.definition)
         if plugged or interfaces.ports(dom.definition.devices_of("interface")):
             # QEMU's exit usually took the taps already (non-persistent taps);

@@ -31,6 +31,7 @@ from . import firmware
 from .command import VolumeSource, assign_aliases, build_command
 from .confine import SANDBOX
 from .defaults import DEVICE_DEFAULTS
+from .disksecrets import DiskSecrets
 
 if TYPE_CHECKING:
     from .guest import QemuState
@@ -83,7 +84,8 @@ def fill_defaults(state: "QemuState", d: domxml.DomainDef) -> None:
 def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
                pid_path: str, tap_fds: dict[int, int] | None = None,
                volumes: Mapping[tuple[str, str], VolumeSource] | None = None,
-               monitor_fd: int | None = None) -> list[str]:
+               monitor_fd: int | None = None,
+               disk_secrets: DiskSecrets | None = None) -> list[str]:
     """The argv of ``live``; ``volumes`` holds its volume disks, resolved beforehand
     (volumes.resolve_all) because resolving waits for storage and argv building must not.
 
@@ -98,7 +100,8 @@ def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
                          resolve_volume=lambda pool, vol: (volumes or {})[(pool, vol)],
                          name_marker=live.uuid_str, daemonize=not own_start,
                          monitor_fd=monitor_fd,
-                         sandbox=SANDBOX if state.confinement.sandbox else None)
+                         sandbox=SANDBOX if state.confinement.sandbox else None,
+                         disk_secrets=disk_secrets)
 
 
 def channel_dir(state: "QemuState", live: domxml.DomainDef) -> Path:

@@ -318,6 +318,8 @@ class SecretService(Protocol):
 
     def value_of(self, usage_type: str, usage_id: str) -> bytes: ...
     def value_of_uuid(self, uuid: str | bytes, usage_type: str | None = None) -> bytes: ...
+    def uuid_of_usage(self, usage_type: str, usage_id: str) -> str | None:
+        """The UUID of the secret with this usage, None without one (no error)."""
 
 
 class NWFilterService(Protocol):

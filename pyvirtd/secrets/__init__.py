@@ -54,6 +54,11 @@ class SecretSubsystem(SecretProcedures):
         number = secxml.USAGE_TYPES[usage_type][0]
         return self.secrets.value(self.secrets.by_usage(number, usage_id))
 
+    def uuid_of_usage(self, usage_type: str, usage_id: str) -> str | None:
+        """The UUID (text) of the secret for this usage, or None: no error wanted."""
+        found = self.secrets.find_usage(secxml.USAGE_TYPES[usage_type][0], usage_id)
+        return found.key if found is not None else None
+
     def value_of_uuid(self, uuid: str | bytes, usage_type: str | None = None) -> bytes:
         """The value of the secret with this UUID (text as in XML, or 16 bytes).
 

@@ -22,9 +22,11 @@ from pyvirtd.storage.backends.base import VOL_DIR, VOL_FILE, VOL_TYPE_NAMES, Vol
 from pyvirtd.storage.backends.dir import (RESIZE_ALLOCATE, RESIZE_DELTA, RESIZE_SHRINK,
                                           VOL_CREATE_PREALLOC_METADATA, VOL_CREATE_REFLINK,
                                           WIPE_ALG_ZERO, probe_format)
+from pyvirtd.storage import luks
 from pyvirtd.storage.pool import Pool
 from pyvirtd.xml import format_libvirt
 from pyvirtd.xml import storage as stxml
+from pyvirtd.xml.encryption import Encryption
 
 if TYPE_CHECKING:
     from pyvirtd.storage.subsystem import StorageSubsystem
@@ -65,14 +67,18 @@ def _file_elements(parent: etree._Element, vol: Volume) -> None:
         etree.SubElement(ts, "btime").text = "0"
 
 
-def volume_xml(vol: Volume) -> str:
+def volume_xml(vol: Volume, encryption: Encryption | None = None) -> str:
+    """A volume's XML; ``encryption``: how it is encrypted, with its secret when known."""
     root = etree.Element("volume", type=VOL_TYPE_NAMES[vol.type])
     etree.SubElement(root, "name").text = vol.name
     etree.SubElement(root, "key").text = vol.key
     for tag, value in (("capacity", vol.capacity), ("allocation", vol.allocation),
                        ("physical", vol.physical)):
         etree.SubElement(root, tag, unit="bytes").text = str(value)
-    _file_elements(etree.SubElement(root, "target"), vol)
+    target = etree.SubElement(root, "target")
+    _file_elements(target, vol)
+    if encryption is not None:
+        target.append(encryption.to_element())
     if vol.backing is not None:
         _file_elements(etree.SubElement(root, "backingStore"), vol.backing)
     return format_libvirt(root)
@@ -215,6 +221,7 @@ class VolumeProcedures:
         try:
             await work()
             fresh = await pool.backend.refresh_vol(pool, vol)
+            fresh.extra = vol.extra         # e.g. the secret it was encrypted with
         except BaseException:
             if pool.volumes.get(vol.name) is vol:
                 del pool.volumes[vol.name]
@@ -299,7 +306,8 @@ class VolumeProcedures:
     async def storage_vol_get_xml_desc(self: "StorageSubsystem", ref, flags: int) -> str:
         check_flags(flags, 0, "storageVolGetXMLDesc", _FROM)
         pool, vol = self._vol(ref)
-        return volume_xml(await self._refreshed(pool, vol))
+        fresh = await self._refreshed(pool, vol)
+        return volume_xml(fresh, luks.known_encryption(fresh, self.secrets()))
 
     def storage_vol_get_path(self: "StorageSubsystem", ref) -> str:
         return self._vol(ref)[1].path

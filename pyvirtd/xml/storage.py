@@ -19,6 +19,7 @@ from lxml import etree
 from pyvirtd.errors import VirError
 from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import encryption
 from pyvirtd.xml import (format_libvirt, format_uuid, invalid_attr, missing_attr, new_uuid,
                          parse_definition, parse_uuid, schema)
 
@@ -41,8 +42,8 @@ TARGET_CHILDREN = ("path", "permissions")
 PERM_CHILDREN = ("mode", "owner", "group", "label")
 VOLUME_CHILDREN = ("name", "key", "source", "capacity", "allocation", "physical", "target",
                    "backingStore")
-VOL_TARGET_CHILDREN = ("path", "format", "permissions", "timestamps", "compat", "nocow",
-                       "features")
+VOL_TARGET_CHILDREN = ("path", "format", "permissions", "timestamps", "encryption", "compat",
+                       "nocow", "features")
 
 # Volume formats a file-backed pool accepts (virStorageFileFormat).
 FILE_FORMATS = ("none", "raw", "dir", "bochs", "cloop", "dmg", "iso", "vpc", "vdi", "fat",
@@ -224,6 +225,11 @@ class VolumeDef:
         return int(self.tree.findtext("capacity"))
 
     @property
+    def encryption(self) -> "encryption.Encryption | None":
+        elem = self.tree.find("target/encryption")
+        return encryption.parse(elem) if elem is not None else None
+
+    @property
     def allocation(self) -> int:
         return int(self.tree.findtext("allocation"))
 
@@ -283,6 +289,9 @@ def volume_from_element(root: etree._Element, pool_type: str) -> VolumeDef:
     perms = target.find("permissions")
     if perms is not None:
         _sort(perms, PERM_CHILDREN)
+    enc = target.find("encryption")
+    if enc is not None:
+        encryption.parse(enc)          # libvirt's parse errors, at parse time
     _sort(target, VOL_TARGET_CHILDREN)
     _sort(tree, VOLUME_CHILDREN)
     return VolumeDef(tree)
