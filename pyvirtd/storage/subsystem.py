@@ -100,8 +100,12 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
 
     # --------------------------------------------------------------- helpers
     def secrets(self) -> Any:
-        """The daemon's secret service (made after this one)."""
-        return self.ctx.services.secrets
+        """The daemon's secret service (made after this one), or None where the
+        daemon has none (an encrypted volume's passphrase then fails clearly)."""
+        try:
+            return self.ctx.services.secrets
+        except VirError:
+            return None
 
     def _backend(self, pool_type: str) -> Backend:
         backend = self.backends.get(pool_type)
