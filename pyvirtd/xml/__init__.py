@@ -9,15 +9,19 @@ with the one printer in printer.py (re-exported here).
 
 from __future__ import annotations
 
+import copy
 import uuid as _uuid
+from dataclasses import dataclass
+from typing import Self
 
 from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import schema
 from pyvirtd.xml.printer import element_lines, escape, format_libvirt
 
-__all__ = ["element_lines", "escape", "format_libvirt", "format_uuid", "fromstring",
+__all__ = ["TreeDef", "element_lines", "escape", "format_libvirt", "format_uuid", "fromstring",
            "hardened_parser", "invalid_attr", "missing_attr", "new_uuid", "parse_definition",
            "parse_uuid", "parse_xml"]
 
@@ -97,11 +101,13 @@ def new_uuid() -> bytes:
 # offending line and a caret under the column (src/util/virxml.c
 # catchXMLError); a wrong root is VIR_ERR_XML_ERROR from VIR_FROM_XML.
 
-def parse_definition(text: str, root_tag: str | None, *, what: str,
-                     domain: int) -> etree._Element:
+def parse_definition(text: str, root_tag: str | None, *, what: str, domain: int,
+                     validate: str | None = None) -> etree._Element:
     """Parse a client's ``<root_tag>`` definition; ``what`` names the document
     in syntax errors (e.g. ``network_definition``).  With ``root_tag`` None the
-    caller checks the root itself (its error differs per document type)."""
+    caller checks the root itself (its error differs per document type).
+    ``validate`` names the schema (schemas/NAME.rng) to check the document
+    against: the VALIDATE flags of the define and create calls."""
     # A parser of its own: a shared one accumulates earlier documents' errors.
     parser = hardened_parser()
     try:
@@ -124,7 +130,24 @@ def parse_definition(text: str, root_tag: str | None, *, what: str,
         raise VirError(P.VIR_ERR_XML_ERROR,
                        f"expecting root element of '{root_tag}', not '{root.tag}'",
                        domain=P.VIR_FROM_XML)
+    if validate is not None:
+        schema.validate(root, validate)
     return root
+
+
+@dataclass
+class TreeDef:
+    """A definition whose model is its canonical element tree (network, pool,
+    volume, interface, node device): the modules read fields from the tree
+    and print the tree itself."""
+    tree: etree._Element
+
+    @property
+    def name(self) -> str:
+        return self.tree.findtext("name")
+
+    def copy(self) -> Self:
+        return type(self)(copy.deepcopy(self.tree))
 
 
 def missing_attr(attr: str, tag: str) -> VirError:
