@@ -20,9 +20,8 @@ class Memballoon(DeviceBase):
 
     @classmethod
     def parse(cls, elem: etree._Element) -> "Memballoon":
-        if elem.get("model") is None:
-            raise xml_error("balloon memory model must be specified")
-        b = cls(model=enum_attr(elem, "model", MODELS, what="memory balloon model"))
+        b = cls(model=enum_attr(elem, "model", MODELS, what="memory balloon model",
+                                missing="balloon memory model must be specified"))
         b.autodeflate = yesno_attr(elem, "autodeflate", onoff=True)
         stats = elem.find("stats")
         if stats is not None:
