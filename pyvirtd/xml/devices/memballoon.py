@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, set_attrs, sub,
-                                       unsupported, xml_error, yesno, yesno_attr)
+                                       unsupported, yesno, yesno_attr)
 
 MODELS = ("virtio", "xen", "none", "virtio-transitional", "virtio-non-transitional")
 
