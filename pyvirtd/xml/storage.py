@@ -12,7 +12,6 @@ numbers (capacity, allocation, available, a volume's key and path) through
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 from lxml import etree
 
@@ -20,8 +19,8 @@ from pyvirtd.errors import VirError
 from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import encryption
-from pyvirtd.xml import (format_libvirt, format_uuid, invalid_attr, missing_attr, new_uuid,
-                         parse_definition, parse_uuid, schema)
+from pyvirtd.xml import (TreeDef, format_libvirt, format_uuid, invalid_attr, missing_attr,
+                         new_uuid, parse_definition, parse_uuid)
 
 _FROM = P.VIR_FROM_STORAGE
 
@@ -98,14 +97,7 @@ def _set_size(tree: etree._Element, tag: str, value: int) -> None:
 
 # --- pools --------------------------------------------------------------------
 
-@dataclass
-class PoolDef:
-    tree: etree._Element
-
-    @property
-    def name(self) -> str:
-        return self.tree.findtext("name")
-
+class PoolDef(TreeDef):
     @property
     def uuid(self) -> bytes:
         return parse_uuid(self.tree.findtext("uuid"))
@@ -124,15 +116,11 @@ class PoolDef:
             _set_size(self.tree, tag, value)
         _sort(self.tree, POOL_CHILDREN)
 
-    def copy(self) -> "PoolDef":
-        return PoolDef(copy.deepcopy(self.tree))
-
 
 def parse_pool(text: str, *, validate_schema: bool = False) -> PoolDef:
     """A client's <pool>; ``validate_schema`` checks it against schemas/storagepool.rng."""
-    root = parse_definition(text, "pool", what="storage_pool_definition", domain=_FROM)
-    if validate_schema:
-        schema.validate(root, "storagepool")
+    root = parse_definition(text, "pool", what="storage_pool_definition", domain=_FROM,
+                            validate="storagepool" if validate_schema else None)
     return pool_from_element(root)
 
 
@@ -204,14 +192,7 @@ def format_pool(pooldef: PoolDef) -> str:
 
 # --- volumes ------------------------------------------------------------------
 
-@dataclass
-class VolumeDef:
-    tree: etree._Element
-
-    @property
-    def name(self) -> str:
-        return self.tree.findtext("name")
-
+class VolumeDef(TreeDef):
     @property
     def key(self) -> str:
         return self.tree.findtext("key")
@@ -247,15 +228,11 @@ class VolumeDef:
         _sort(target, VOL_TARGET_CHILDREN)
         _sort(self.tree, VOLUME_CHILDREN)
 
-    def copy(self) -> "VolumeDef":
-        return VolumeDef(copy.deepcopy(self.tree))
-
 
 def parse_volume(text: str, pool_type: str, *, validate_schema: bool = False) -> VolumeDef:
     """A client's <volume>; ``validate_schema`` checks it against schemas/storagevol.rng."""
-    root = parse_definition(text, "volume", what="storage_volume_definition", domain=_FROM)
-    if validate_schema:
-        schema.validate(root, "storagevol")
+    root = parse_definition(text, "volume", what="storage_volume_definition", domain=_FROM,
+                            validate="storagevol" if validate_schema else None)
     return volume_from_element(root, pool_type)
 
 
