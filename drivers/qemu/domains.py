@@ -284,7 +284,7 @@ class DomainMixin(ds.DomainLookups):
     # -- interfaces -------------------------------------------------------
     async def domain_interface_addresses(self, ref: Dom, source: int, flags: int) -> list:
         """virsh domifaddr: --source lease (the networks' DHCP leases) or arp; agent needs one."""
-        from . import interfaces
+        from pyvirtd.driver import interfaces
 
         check_flags(flags, 0, "qemuDomainInterfaceAddresses", P.VIR_FROM_QEMU)
         dom = self._active(ref)

@@ -44,8 +44,10 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import (confine, dac, devacl, disksecrets, firmware, guest_events, interfaces, launch,
-               passthrough, process, volumes)
+from pyvirtd.driver import interfaces
+
+from . import (confine, dac, devacl, disksecrets, firmware, guest_events, launch, passthrough,
+               process, volumes)
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 

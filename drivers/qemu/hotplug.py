@@ -55,7 +55,9 @@ from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.devices import Controller, Disk, Interface
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 
-from . import dac, devacl, disksecrets, interfaces
+from pyvirtd.driver import interfaces
+
+from . import dac, devacl, disksecrets
 from .defaults import DEVICE_DEFAULTS
 from .devprops import SCSI_MODELS, Placement, device_alias, disk_bus, error_policy_props
 

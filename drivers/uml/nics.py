@@ -13,10 +13,10 @@ kernel starts and deletes it when the guest stops:
                               up and on no bridge
 
 Ports, taps on bridges, MAC checks, nwfilter bindings, reclaiming ports
-after a daemon restart and the lease answer of domifaddr are the QEMU
-driver's (drivers/qemu/interfaces.py), reused here; every call into it and
-into the network subsystem is in this module, so a change of how drivers
-reach the network subsystem touches UML only here.
+after a daemon restart and the lease answer of domifaddr are the shared
+NIC plumbing of local drivers (pyvirtd/driver/interfaces.py, which the QEMU
+driver uses too); every call into it and into the network subsystem is in
+this module.
 
 The live definition shows ``<target dev='TAP'/>``, for type network the
 port's ``<source ... portid= bridge=>``, and ``<alias name='netN'/>``.
@@ -27,11 +27,11 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from typing import Any
 
 import trio
 from lxml import etree
 
+from pyvirtd.driver import interfaces
 from pyvirtd.driver.hypervisor import HypervisorDomain, HypervisorState
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
@@ -44,12 +44,6 @@ TYPES = ("network", "bridge", "ethernet")
 TUNSETPERSIST = 0x400454CB          # linux/if_tun.h: _IOW('T', 203, int)
 
 Tap = tuple[str, str]               # (tap, MAC whose 0xFE twin it carries, or "": any)
-
-
-def _qemu() -> Any:
-    """The QEMU driver's NIC plumbing (imported when a UML guest has NICs)."""
-    from pyvirtd.drivers.qemu import interfaces
-    return interfaces
 
 
 def check(d: domxml.DomainDef) -> None:
@@ -101,7 +95,7 @@ async def plug_all(state: HypervisorState, dom: HypervisorDomain,
                    live: domxml.DomainDef) -> list[Tap]:
     """Make the taps (and network ports) of ``live``'s NICs before the kernel starts;
     the taps to delete at stop.  On failure nothing is left behind."""
-    ifaces = _qemu()
+    ifaces = interfaces
     taps: list[Tap] = []
     try:
         for i, iface in enumerate(live.devices_of("interface")):
@@ -137,15 +131,15 @@ def kernel_args(live: domxml.DomainDef) -> list[str]:
 async def unplug_all(state: HypervisorState, taps: list[Tap],
                      live: domxml.DomainDef) -> None:
     """Delete the taps we made and give back the network ports; never raises."""
-    await _qemu().unplug_all(state, taps, live.devices_of("interface"))
+    await interfaces.unplug_all(state, taps, live.devices_of("interface"))
 
 
 async def reclaim(state: HypervisorState, live: domxml.DomainDef) -> None:
     """After a daemon restart: the networks know the ports of a guest still running."""
     if live.devices_of("interface"):
-        await _qemu().reclaim_ports(state, live)
+        await interfaces.reclaim_ports(state, live)
 
 
 def lease_addresses(state: HypervisorState, dom: HypervisorDomain) -> list:
     """domifaddr --source lease: the DHCP leases of the guest's MACs."""
-    return _qemu().interface_addresses(state, dom)
+    return interfaces.interface_addresses(state, dom)

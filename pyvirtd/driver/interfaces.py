@@ -1,4 +1,8 @@
-"""Guest network interfaces of the QEMU driver: taps, macvtaps, network ports, addresses.
+"""Guest network interfaces of local hypervisor drivers: taps, macvtaps, network ports, addresses.
+
+The QEMU driver hands the tap fds to QEMU; the UML driver keeps the taps
+persistent and gives the kernel their names (drivers/uml/nics.py).  Errors
+name the driver that asks (``state.error_domain``).
 
 Starting a guest (qemuProcessStart -> qemuInterfaceBridgeConnect /
 qemuInterfaceDirectConnect):
@@ -56,7 +60,8 @@ from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import networkport as portxml
 
 if TYPE_CHECKING:
-    from .guest import QemuDomain, QemuState
+    from pyvirtd.driver.hypervisor import HypervisorDomain as QemuDomain
+    from pyvirtd.driver.hypervisor import HypervisorState as QemuState
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +96,7 @@ def _check_mac_unique(state: "QemuState", dom: "QemuDomain", where: tuple[str, s
                 kind, name = where
                 raise VirError(P.VIR_ERR_OPERATION_INVALID,
                                f"MAC address '{mac}' is already in use on {kind} '{name}' "
-                               f"by domain '{other.name}'", domain=P.VIR_FROM_QEMU)
+                               f"by domain '{other.name}'", domain=state.error_domain)
 
 
 def _tap_name(iface: etree._Element) -> str:
@@ -135,7 +140,7 @@ async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
     mtu_elem = iface.find("mtu")
     mtu = int(mtu_elem.get("size")) if mtu_elem is not None else None
     if kind == "ethernet" and state.confinement.switches_user:
-        return await _open_ethernet(iface, mac, mtu)
+        return await _open_ethernet(iface, mac, mtu, state.error_domain)
     if where is None and kind != "direct":
         return None
     if kind == "direct":
@@ -151,7 +156,7 @@ async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
         if port.plug_type == "hostdev-pci":
             raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                            f"Unsupported network type hostdev-pci of network '{where[1]}'",
-                           domain=P.VIR_FROM_QEMU)
+                           domain=state.error_domain)
         if port.plug_type == "direct":
             iface.set("type", "direct")   # the live XML shows the actual type, as libvirt's
             tap, fd = await _open_macvtap(state, iface, port.plug.get("dev"),
@@ -166,7 +171,7 @@ async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
     except OSError as exc:
         raise VirError(P.VIR_ERR_SYSTEM_ERROR,
                        f"Unable to add bridge {bridge} port {_tap_name(iface)}: "
-                       f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
+                       f"{exc.strerror or exc}", domain=state.error_domain) from None
     made = _show_target(iface, tap, mac, fd)
     try:
         await state.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface, tap)
@@ -176,8 +181,8 @@ async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
     return made
 
 
-async def _open_ethernet(iface: etree._Element, mac: str, mtu: int | None
-                         ) -> tuple[str, str, int]:
+async def _open_ethernet(iface: etree._Element, mac: str, mtu: int | None,
+                         error_domain: int) -> tuple[str, str, int]:
     """The tap of an <interface type='ethernet'> for a confined QEMU, which may
     neither open /dev/net/tun nor attach a tap: the daemon opens (or makes) it
     and QEMU gets the fd, as libvirt does.  It is never deleted here: one we
@@ -190,7 +195,7 @@ async def _open_ethernet(iface: etree._Element, mac: str, mtu: int | None
     except OSError as exc:
         raise VirError(P.VIR_ERR_SYSTEM_ERROR,
                        f"Unable to create tap device {name}: {exc.strerror or exc}",
-                       domain=P.VIR_FROM_QEMU) from None
+                       domain=error_domain) from None
     if target is None:
         _show_target(iface, tap, mac, fd)
     else:
