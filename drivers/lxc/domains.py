@@ -13,6 +13,7 @@ container's lock.  Codes and wording follow libvirt's LXC driver
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -158,16 +159,7 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
         if unknown:
             raise VirError(P.VIR_ERR_INVALID_ARG, f"parameter '{unknown.pop()}' not supported",
                            domain=P.VIR_FROM_NONE)
-        live = dom.active and (flags & AFFECT_LIVE or not flags & AFFECT_CONFIG)
-        if live:
-            limits = {k: v for k, v in values.items() if v < UNLIMITED}
-            await trio.to_thread.run_sync(cgroup.apply_limits, dom.cgroup, limits)
-        targets = []
-        if live:
-            targets.append(dom.definition)
-        if flags & AFFECT_CONFIG or not dom.active:
-            targets.append(dom.persistent_def)
-        for d in targets:
+        def edit(d: domxml.DomainDef) -> None:
             memtune = d.raw.setdefault("memtune", etree.Element("memtune"))
             for name in ("hard_limit", "swap_hard_limit", "soft_limit"):
                 if name in values:
@@ -176,10 +168,7 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
                         memtune.remove(old)
                     if values[name] < UNLIMITED:
                         etree.SubElement(memtune, name, unit="KiB").text = str(values[name])
-        if flags & AFFECT_CONFIG or not dom.active:
-            await self.driver.save_config(dom.persistent_def)
-        if live:
-            await self.driver.save_status(dom)
+        await self._tune(dom, flags, {k: v for k, v in values.items() if v < UNLIMITED}, edit)
 
     def domain_get_scheduler_type(self, ref: Dom) -> tuple:
         self._dom(ref)
@@ -227,13 +216,7 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
                 raise VirError(P.VIR_ERR_INVALID_ARG, f"parameter '{p.field}' not supported",
                                domain=P.VIR_FROM_NONE)
             values[names[p.field]] = p.value.value
-        live = dom.active and (flags & AFFECT_LIVE or not flags & AFFECT_CONFIG)
-        if live:
-            await trio.to_thread.run_sync(cgroup.apply_limits, dom.cgroup, values)
-        targets = [dom.definition] if live else []
-        if flags & AFFECT_CONFIG or not dom.active:
-            targets.append(dom.persistent_def)
-        for d in targets:
+        def edit(d: domxml.DomainDef) -> None:
             cputune = d.raw.setdefault("cputune", etree.Element("cputune"))
             for tag in ("shares", "period", "quota"):
                 if tag in values:
@@ -241,7 +224,19 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
                     if old is None:
                         old = etree.SubElement(cputune, tag)
                     old.text = str(values[tag])
-        if flags & AFFECT_CONFIG or not dom.active:
+        await self._tune(dom, flags, values, edit)
+
+    async def _tune(self, dom: LxcDomain, flags: int, limits: dict[str, int],
+                    edit: Callable[[domxml.DomainDef], None]) -> None:
+        """Set ``limits`` in a running container's cgroup (AFFECT_LIVE, the default
+        while it runs) and ``edit`` the definitions the flags name, then keep them."""
+        live = dom.active and (flags & AFFECT_LIVE or not flags & AFFECT_CONFIG)
+        config = flags & AFFECT_CONFIG or not dom.active
+        if live:
+            await trio.to_thread.run_sync(cgroup.apply_limits, dom.cgroup, limits)
+            edit(dom.definition)
+        if config:
+            edit(dom.persistent_def)
             await self.driver.save_config(dom.persistent_def)
         if live:
             await self.driver.save_status(dom)

@@ -184,26 +184,15 @@ class DomainMixin(ds.DomainLookups):
                 await self.driver.save_status(dom)
 
     async def domain_suspend(self, ref: Dom) -> None:
-        dom = self._active(ref)
-        async with dom.lock:
-            if not dom.active or dom.monitor is None:
-                raise ds.not_running()
-            if dom.state == ds.PMSUSPENDED:
-                raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is pmsuspended",
-                               domain=P.VIR_FROM_QEMU)
-            if dom.state == ds.PAUSED:
-                return
-            dom.quiet_pause += 1
-            try:
-                await dom.monitor.stop()
-            except BaseException:
-                dom.quiet_pause -= 1
-                raise
-            dom.set_state(ds.PAUSED, ds.PAUSED_USER)
-            self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
-            await self.driver.save_status(dom)
+        await self._run_vcpus(ref, False)
 
     async def domain_resume(self, ref: Dom) -> None:
+        await self._run_vcpus(ref, True)
+
+    async def _run_vcpus(self, ref: Dom, run: bool) -> None:
+        """QMP ``cont`` (``run``) or ``stop``; a guest already there is left alone.
+        The STOP/RESUME event QEMU sends for it is ours (``quiet_pause``): the
+        state and event here say the user paused or resumed it."""
         dom = self._active(ref)
         async with dom.lock:
             if not dom.active or dom.monitor is None:
@@ -211,16 +200,20 @@ class DomainMixin(ds.DomainLookups):
             if dom.state == ds.PMSUSPENDED:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is pmsuspended",
                                domain=P.VIR_FROM_QEMU)
-            if dom.state != ds.PAUSED:
+            if (dom.state == ds.PAUSED) != run:
                 return
             dom.quiet_pause += 1
             try:
-                await dom.monitor.cont()
+                await (dom.monitor.cont() if run else dom.monitor.stop())
             except BaseException:
                 dom.quiet_pause -= 1
                 raise
-            dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
-            self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
+            if run:
+                dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
+                self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
+            else:
+                dom.set_state(ds.PAUSED, ds.PAUSED_USER)
+                self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
             await self.driver.save_status(dom)
 
     def domain_get_time(self, ref: Dom, flags: int) -> tuple:
