@@ -171,24 +171,16 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         assert dom.controller_pid is not None
         return dom.controller_pid        # libvirt's LXC domain id is the controller's pid
 
-    def live_definition(self, st: RuntimeStatus) -> domxml.DomainDef | None:
-        try:
-            return domxml.parse(st.xml)
-        except VirError as exc:
-            log.error("%s: unreadable live definition: %s", st.name, exc)
-            return None
-
     async def detach(self, dom: LxcDomain) -> None:
         if dom.link is not None:
             await dom.link.close()
 
-    async def save_status(self, dom: LxcDomain) -> None:
-        if not dom.active or dom.controller_pid is None:
-            return
-        st = RuntimeStatus(dom.name, dom.state, dom.reason, dom.controller_pid,
-                           dom.init_pid or 0, dom.persistent,
-                           domxml.format(dom.definition, dom_id=dom.id), dom.cgroup, dom.veths)
-        await trio.to_thread.run_sync(self.store.save_status, st)
+    def status_record(self, dom: LxcDomain) -> RuntimeStatus | None:
+        if dom.controller_pid is None:
+            return None
+        return RuntimeStatus(dom.name, dom.state, dom.reason, dom.persistent, dom.definition,
+                             controller_pid=dom.controller_pid, init_pid=dom.init_pid or 0,
+                             cgroup=dom.cgroup, veths=dom.veths)
 
     def counters(self, dom: LxcDomain) -> dict[str, int]:
         return cgroup.counters(dom.cgroup) if dom.active and dom.cgroup else {}

@@ -23,6 +23,7 @@ from urllib.parse import SplitResult
 import trio
 
 from pyvirtd.driver.hypervisor import HypervisorConnection, HypervisorDriver
+from pyvirtd.driver.procedures import DomainProcedures
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
@@ -45,8 +46,13 @@ log = logging.getLogger(__name__)
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
                      BalloonMixin, SaveMixin, SnapshotMixin, MetadataMixin,
-                     PassthroughMixin, ScreenshotMixin, VcpusMixin, HypervisorConnection):
-    """One client's qemu:// connection; methods are named after RPC procedures."""
+                     PassthroughMixin, ScreenshotMixin, VcpusMixin,
+                     DomainProcedures, HypervisorConnection):
+    """One client's qemu:// connection; methods are named after RPC procedures.
+
+    `DomainProcedures` stays last before `HypervisorConnection`: it answers only
+    what no QEMU mixin answers its own way (a mixin listed after it would lose
+    to it; tests/unit/driver/test_api.py checks)."""
     driver: QemuDriverState
 
     def __init__(self, driver: QemuDriverState, uri: str, subsystems: tuple[Any, ...]) -> None:

@@ -13,11 +13,10 @@ import shutil
 import subprocess
 from urllib.parse import SplitResult
 
-from pyvirtd import hostinfo
 from pyvirtd.driver import domains as ds
 from pyvirtd.driver.api import Dom
 from pyvirtd.driver.hypervisor import HypervisorConnection, HypervisorDriver
-from pyvirtd.driver.procedures import DomainProcedures
+from pyvirtd.driver.procedures import DomainProcedures, SuspendResume
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 
@@ -30,25 +29,6 @@ SHUTDOWN_PARAVIRT = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_PARAVIRT
 REBOOT_ACPI = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN
 REBOOT_PARAVIRT = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_PARAVIRT
 SRC_LEASE, SRC_ARP = 0, 2       # VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_*
-
-_CAPS = """<capabilities>
-  <host>
-    <uuid>{uuid}</uuid>
-    <cpu>
-      <arch>{arch}</arch>
-    </cpu>
-  </host>
-  <guest>
-    <os_type>uml</os_type>
-    <arch name='{arch}'>
-      <wordsize>64</wordsize>
-      <emulator>{kernel}</emulator>
-      <domain type='uml'/>
-    </arch>
-  </guest>
-</capabilities>
-"""
-
 
 def _kernel_version(kernel: str) -> int:
     """linux.uml --version ("6.1.176") as libvirt's number (6001176); 0 if unknown."""
@@ -65,7 +45,7 @@ def _kernel_version(kernel: str) -> int:
     return major * 1_000_000 + minor * 1_000 + micro
 
 
-class UmlConnection(DomainProcedures, HypervisorConnection):
+class UmlConnection(SuspendResume, DomainProcedures, HypervisorConnection):
     """One client's uml:/// connection; methods are named after RPC procedures."""
     driver: UmlDriverState
     error_domain = _FROM
@@ -77,12 +57,9 @@ class UmlConnection(DomainProcedures, HypervisorConnection):
     def connect_get_version(self) -> int:
         return self.driver.version
 
-    def connect_supports_feature(self, feature: int) -> int:
-        return int(feature == P.VIR_DRV_FEATURE_TYPED_PARAM_STRING)
-
     def connect_get_capabilities(self) -> str:
-        return _CAPS.format(arch=os.uname().machine, kernel=spec.DEFAULT_KERNEL,
-                            uuid=self.driver.ctx.host_uuid or hostinfo.host_uuid())
+        return self.guest_capabilities(os_type="uml", emulator=spec.DEFAULT_KERNEL,
+                                       domain_type="uml")
 
     # -- information
     def domain_get_info(self, ref: Dom) -> tuple:
@@ -151,31 +128,9 @@ class UmlConnection(DomainProcedures, HypervisorConnection):
         check_flags(flags, REBOOT_ACPI | REBOOT_PARAVIRT, "umlDomainReboot", _FROM)
         await self._mconsole(ref, "reboot")
 
-    async def domain_suspend(self, ref: Dom) -> None:
+    async def _pause(self, dom: UmlDomain, paused: bool) -> None:
         """mconsole ``stop``: the kernel only serves its mconsole until ``go``."""
-        dom = self._active(ref)
-        async with dom.lock:
-            if not dom.active:
-                raise ds.not_running()
-            if dom.state == ds.PAUSED:
-                return
-            await self.driver.command(dom, "stop")
-            dom.set_state(ds.PAUSED, ds.PAUSED_USER)
-            self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
-            await self.driver.save_status(dom)
-
-    async def domain_resume(self, ref: Dom) -> None:
-        dom = self._active(ref)
-        async with dom.lock:
-            if not dom.active:
-                raise ds.not_running()
-            if dom.state == ds.RUNNING:
-                raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
-                               domain=_FROM)
-            await self.driver.command(dom, "go")
-            dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
-            self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
-            await self.driver.save_status(dom)
+        await self.driver.command(dom, "stop" if paused else "go")
 
 
 def _kernel_rss(dom: UmlDomain) -> int | None:

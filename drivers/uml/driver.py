@@ -133,20 +133,11 @@ class UmlDriverState(HypervisorState[UmlDomain]):
     def fill_defaults(self, d: domxml.DomainDef) -> None:
         spec.fill_defaults(d)
 
-    def live_definition(self, st: RuntimeStatus) -> domxml.DomainDef | None:
-        try:
-            return domxml.parse(st.xml)
-        except VirError as exc:
-            log.error("%s: unreadable live definition: %s", st.name, exc)
+    def status_record(self, dom: UmlDomain) -> RuntimeStatus | None:
+        if dom.handle is None:
             return None
-
-    async def save_status(self, dom: UmlDomain) -> None:
-        if not dom.active or dom.handle is None:
-            return
-        st = RuntimeStatus(dom.name, dom.state, dom.reason, dom.handle.pid, dom.id,
-                           dom.persistent, domxml.format(dom.definition, dom_id=dom.id),
-                           [list(t) for t in dom.taps])
-        await trio.to_thread.run_sync(self.store.save_status, st)
+        return RuntimeStatus(dom.name, dom.state, dom.reason, dom.persistent, dom.definition,
+                             pid=dom.handle.pid, dom_id=dom.id, taps=[list(t) for t in dom.taps])
 
     async def command(self, dom: UmlDomain, text: str) -> str:
         """An mconsole command to ``dom``'s kernel; libvirt's error when it fails."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
+from tests.integration.console_helpers import console_expect
 
 REPO = Path(__file__).resolve().parents[3]
 BUSYBOX = "/bin/busybox"
@@ -181,44 +182,6 @@ def lab(tmp_path: Path):
         lab.close()
 
 
-def _console_expect(dom, conn, send: bytes, expect: bytes, timeout: float = 10) -> bytes:
-    """Write to the console through a python-libvirt stream and read until ``expect``."""
-    st = conn.newStream(0)
-    dom.openConsole(None, st, 0)
-    got = bytearray()
-    done = threading.Event()
-
-    def reader() -> None:
-        while not done.is_set():
-            try:
-                data = st.recv(4096)
-            except Exception:
-                return
-            if not isinstance(data, bytes) or not data:
-                return
-            got.extend(data)
-            if expect in got:
-                done.set()
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    st.send(send)
-    done.wait(timeout)
-    # finish ends the session as a console client does (an abort would be
-    # confirmed too, since issue #11)
-    closer = threading.Thread(target=lambda: _quietly(st.finish), daemon=True)
-    closer.start()
-    closer.join(5)
-    return bytes(got)
-
-
-def _quietly(fn) -> None:
-    try:
-        fn()
-    except Exception:
-        pass
-
-
 def test_container_lifecycle_console_enter_memory_limit(lab, tmp_path):
     import libvirt
 
@@ -234,7 +197,7 @@ def test_container_lifecycle_console_enter_memory_limit(lab, tmp_path):
     try:
         dom = conn.lookupByName("c1")
         assert dom.OSType() == "exe"
-        out = _console_expect(dom, conn, b"echo hello-$((6*7)); hostname\n", b"hello-42")
+        out = console_expect(conn, dom, b"echo hello-$((6*7)); hostname\n", b"hello-42")
         assert b"hello-42" in out, out
         # the file written inside shows up in the root on the host
         p = lab.virsh("lxc-enter-namespace", "c1", "/bin/sh", "-c",

@@ -8,12 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from tests.conftest import REPO, RunningDaemon, start_daemon, stop_daemon
 from tests.conftest import wait_for as wait_until
+from tests.integration import console_helpers
 
 KERNEL = "/usr/bin/linux.uml"
 BUSYBOX = "/bin/busybox"
@@ -40,45 +40,10 @@ def make_root(path: Path, extra_applets: tuple[str, ...] = ()) -> Path:
 
 def console_expect(conn, dom, send: bytes, expect: bytes, timeout: float = 30,
                    repeat: bool = True) -> bytes:
-    """Type into the console through a python-libvirt stream and read until ``expect``.
-
-    The line is typed again each second until its answer shows (the shell may
-    still be starting), or with ``repeat`` False once (a command with effects)."""
-    st = conn.newStream(0)
-    dom.openConsole(None, st, 0)
-    got = bytearray()
-    done = threading.Event()
-
-    def reader() -> None:
-        while not done.is_set():
-            try:
-                data = st.recv(4096)
-            except Exception:
-                return
-            if not isinstance(data, bytes) or not data:
-                return
-            got.extend(data)
-            if expect in got:
-                done.set()
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    # the shell may still be starting: repeat the line until its answer shows
-    deadline = time.monotonic() + timeout
-    while not done.is_set() and time.monotonic() < deadline:
-        st.send(send)
-        done.wait(1 if repeat else timeout)
-    closer = threading.Thread(target=lambda: _quietly(st.finish), daemon=True)
-    closer.start()
-    closer.join(5)
-    return bytes(got)
-
-
-def _quietly(fn) -> None:
-    try:
-        fn()
-    except Exception:
-        pass
+    """The shared console helper, typing the line again each second until its
+    answer shows (the shell may still be starting), or with ``repeat`` False
+    once (a command with effects)."""
+    return console_helpers.console_expect(conn, dom, send, expect, timeout, repeat=repeat)
 
 
 def wait_for(cond, timeout: float = 30) -> bool:
