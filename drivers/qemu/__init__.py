@@ -32,6 +32,7 @@ from .domains import DomainMixin
 from .driver import QemuDriverState
 from .host import HostMixin
 from .hotplug import HotplugMixin
+from .jobs import JobsMixin
 from .save import SaveMixin, scan_managed
 from .snapshots import SnapshotMixin, load_snapshots
 from .stats import StatsMixin
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
-                     BalloonMixin, SaveMixin, SnapshotMixin, HypervisorConnection):
+                     BalloonMixin, SaveMixin, SnapshotMixin, JobsMixin, HypervisorConnection):
     """One client's qemu:// connection; methods are named after RPC procedures."""
     driver: QemuDriverState
 

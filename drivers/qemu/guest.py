@@ -54,6 +54,8 @@ class QemuDomain(HypervisorDomain):
     # set once what the last run's stop gives back (labels, cgroup, ports) is
     # given back: the next start waits for it, or a late cleanup would undo it
     released: Any = None
+    # the domain job holding dom.lock, and the last completed one (jobs.py)
+    job_slots: dict = field(default_factory=dict)
 
 
 class QemuState(HypervisorState[QemuDomain]):

@@ -52,7 +52,7 @@ from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import snapshot as snapxml
 from pyvirtd.xml.snapshot import SnapshotDef, SnapshotDisk
 
-from . import volumes
+from . import jobs, volumes
 from .driver import QemuDriverState
 from .guest import QemuDomain
 
@@ -256,7 +256,8 @@ class SnapshotMixin(st.SnapshotQueries):
         drv = self.driver
         dom = self._dom(ref)
         req = snapxml.parse(xml_desc, validate_schema=bool(flags & st.CREATE_VALIDATE))
-        async with dom.lock:
+        async with jobs.async_job(drv, dom, jobs.OP.VIR_DOMAIN_JOB_OPERATION_SNAPSHOT,
+                                  "remoteDispatchDomainSnapshotCreateXML", "snapshot job"):
             now = int(time.time())
             name = req.name or str(now)
             dom.snapshots.check_new(name)
