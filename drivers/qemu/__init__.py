@@ -27,6 +27,7 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
 from .balloon import BalloonMixin
+from .blockjobs import BlockJobsMixin
 from .console import ConsoleMixin
 from .domains import DomainMixin
 from .driver import QemuDriverState
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
-                     BalloonMixin, SaveMixin, SnapshotMixin, JobsMixin, HypervisorConnection):
+                     BalloonMixin, SaveMixin, SnapshotMixin, JobsMixin,
+                     BlockJobsMixin, HypervisorConnection):
     """One client's qemu:// connection; methods are named after RPC procedures."""
     driver: QemuDriverState
 

@@ -44,7 +44,7 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import confine, dac, devacl, guest_events, interfaces, launch, process, volumes
+from . import confine, dac, devacl, diskchain, guest_events, interfaces, launch, process, volumes
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 
@@ -164,6 +164,7 @@ class QemuDriverState(QemuState):
                 if vnc.get("service", "").isdigit():
                     vnc_port = int(vnc["service"])
             launch.apply_runtime_info(live, await mon.query_chardev(), vnc_port)
+            await diskchain.describe_run(dom, mon, live)   # <source index>, <backingStore>
             if incoming is not None:
                 await incoming(mon)
             elif not paused and loadvm is None:

@@ -1,10 +1,17 @@
-"""Domain jobs of QEMU guests, with virsh and python-libvirt on the tiny TCG guest.
+"""Domain jobs and block jobs of QEMU guests, on the tiny TCG guest.
 
 Domain jobs: a save is a job that ``domjobinfo`` follows while it runs (here
 held open on a FIFO the test controls, so "while it runs" is a condition, not
 a time), that blocks a second job with libvirt's "cannot acquire state change
 lock" error, that ``domjobabort`` cancels, and whose statistics (from QEMU's
 query-migrate) stay readable with ``--completed`` and go out in JOB_COMPLETED.
+
+Block jobs: the guest writes numbered blocks to its disk with fsync while a
+block copy runs and is pivoted; the copy read back with qemu-img holds every
+block.  A commit of a backing chain, an active commit with pivot, a pull,
+each with the live XML's chain (``index``, ``<backingStore>``, ``<mirror>``)
+at each step and the BLOCK_JOB / BLOCK_JOB_2 events as python-libvirt and
+``virsh event`` receive them.  Errors are libvirt's words.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 
 import pytest
 
@@ -186,3 +194,202 @@ def test_completed_save_job_stats_and_event(uri, jobguest, tmp_path):
             con.close()
     finally:
         log.close()
+
+
+# -- block jobs ----------------------------------------------------------------------------
+
+# The guest writes block i (512 bytes) = "blk%06d" % i, each synced to the disk
+WRITER = ("(i=0; while [ $i -lt {count} ]; do printf 'blk%06d' $i | "
+          "dd of=/dev/vda bs=512 seek=$i conv=notrunc,fsync 2>/dev/null; i=$((i+1)); done; "
+          "echo WRITER-$((1000+1))) &")
+
+
+def read_blocks(path, fmt: str, count: int, tmp_path) -> list[bytes]:
+    """The first ``count`` 512-byte blocks of an image, as its guest sees them."""
+    raw = tmp_path / f"{os.path.basename(str(path))}.raw"
+    subprocess.run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path), str(raw)],
+                   check=True)
+    data = raw.read_bytes()
+    return [data[i * 512:i * 512 + 9] for i in range(count)]
+
+
+def live_disk(uri: str, name: str, dev: str = "vda") -> str:
+    """The <disk> element of ``dev`` in the live XML, as text."""
+    xml = ok(uri, f"dumpxml {name}")
+    for m in re.finditer(r"<disk .*?</disk>", xml, re.S):
+        if f"<target dev='{dev}'" in m.group(0):
+            return m.group(0)
+    raise AssertionError(f"no disk {dev} in {xml}")
+
+
+@pytest.fixture
+def blocklog(uri):
+    import libvirt
+
+    log = EventLog(uri, {"bj": libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB,
+                         "bj2": libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2})
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+def test_block_copy_pivot_while_the_guest_writes(uri, guest_files, tmp_path, blocklog):
+    count = 1500
+    disk = image(tmp_path / "orig.qcow2")
+    con = boot(uri, tmp_path, "bjcopy1", guest_files,
+               QCOW2_DISK.format(fmt="qcow2", path=disk, dev="vda"))
+    dest = tmp_path / "copy.qcow2"
+    try:
+        xml = live_disk(uri, "bjcopy1")
+        assert f"<source file='{disk}' index='1'/>\n      <backingStore/>" in xml, xml
+        # errors first: libvirt's words
+        assert "invalid argument: disk 'vdz' not found in domain" in \
+            err(uri, f"blockcopy bjcopy1 vdz {dest}")
+        assert "invalid argument: disk vda does not have an active block job" in \
+            err(uri, "blockjob bjcopy1 vda --abort")
+        assert ok(uri, "blockjob bjcopy1 vda --info").strip() == "No current block job for vda"
+        taken = tmp_path / "taken.qcow2"
+        taken.write_bytes(b"x" * 4096)
+        assert f"unsupported configuration: external destination file for disk vda already " \
+               f"exists and is not a block device: {taken}" in \
+            err(uri, f"blockcopy bjcopy1 vda {taken} --transient-job")
+        assert "missing destination file for disk vda" in \
+            err(uri, f"blockcopy bjcopy1 vda {tmp_path / 'none.qcow2'} --reuse-external "
+                     "--transient-job")
+        # the copy, while the guest writes
+        at = con.mark()
+        con.send(WRITER.format(count=count) + "\n")
+        ok(uri, f"blockcopy bjcopy1 vda {dest} --transient-job --format qcow2 "
+                "--bandwidth 1")
+        xml = live_disk(uri, "bjcopy1")
+        assert f"<mirror type='file' file='{dest}' format='qcow2' job='copy'" in xml
+        assert "block copy still active: disk 'vda' already in active block job" in \
+            err(uri, f"blockcopy bjcopy1 vda {tmp_path / 'second.qcow2'} --transient-job")
+        ok(uri, "blockjob bjcopy1 vda --bandwidth 0")      # unthrottled: it catches up
+        wait_for(lambda: "ready='yes'" in live_disk(uri, "bjcopy1"), 60)
+        assert "Block Copy: [100 %]" in virsh(uri, "blockjob bjcopy1 vda --info").err
+        ok(uri, "blockjob bjcopy1 vda --pivot")
+        xml = live_disk(uri, "bjcopy1")
+        assert "<mirror" not in xml
+        assert re.search(rf"<source file='{re.escape(str(dest))}' index='\d+'/>", xml)
+        con.wait("WRITER-1001", since=at, timeout=300)
+        con.run("sync; echo SYNCED-$((2+2))", "SYNCED-4")
+        blocks = read_blocks(dest, "qcow2", count, tmp_path)
+        assert blocks == [b"blk%06d" % i for i in range(count)]
+        # events: ready then completed, by target (BLOCK_JOB_2) and by path (BLOCK_JOB)
+        wait_for(lambda: ("vda", 2, 0) in blocklog.of("bjcopy1", "bj2"), 30)
+        assert blocklog.of("bjcopy1", "bj2") == [("vda", 2, 3), ("vda", 2, 0)]
+        assert blocklog.of("bjcopy1", "bj") == [(str(disk), 2, 3), (str(dest), 2, 0)]
+        # --finish: the copy is left as a consistent image, the guest stays where it is
+        dest2 = tmp_path / "copy2.qcow2"
+        ok(uri, f"blockcopy bjcopy1 vda {dest2} --transient-job --format qcow2 --wait --finish")
+        assert re.findall(r"<source file='([^']+)'", live_disk(uri, "bjcopy1")) == [str(dest)]
+        assert read_blocks(dest2, "qcow2", count, tmp_path) == blocks
+        wait_for(lambda: len(blocklog.of("bjcopy1", "bj2")) == 4, 30)
+        assert blocklog.of("bjcopy1", "bj2")[2:] == [("vda", 2, 3), ("vda", 2, 2)]
+    finally:
+        gone(uri, "bjcopy1", con)
+
+
+def test_block_commit_of_a_chain_and_pull(uri, guest_files, tmp_path, blocklog):
+    base = image(tmp_path / "base.qcow2")
+    mid = image(tmp_path / "mid.qcow2", backing=base)
+    top = image(tmp_path / "top.qcow2", backing=mid)
+    con = boot(uri, tmp_path, "bjcommit1", guest_files,
+               QCOW2_DISK.format(fmt="qcow2", path=top, dev="vda"))
+    try:
+        xml = live_disk(uri, "bjcommit1")
+        chain = re.findall(r"<source file='([^']+)'", xml)
+        assert chain == [str(top), str(mid), str(base)]
+        assert re.search(r"<backingStore type='file' index='\d+'>\s*<format type='qcow2'/>\s*"
+                         rf"<source file='{re.escape(str(mid))}'/>", xml)
+        con.run("printf 'COMMITTED-DATA' | dd of=/dev/vda bs=512 seek=7 conv=notrunc,fsync "
+                "2>/dev/null; echo W-$((1+1))", "W-2")
+        # the active layer needs --active
+        assert "invalid argument: commit of 'vda' active layer requires active flag" in \
+            err(uri, "blockcommit bjcommit1 vda")
+        # inactive commit: mid into base; top now sits on base
+        ok(uri, f"blockcommit bjcommit1 vda --top {mid} --base {base} --wait")
+        xml = live_disk(uri, "bjcommit1")
+        assert re.findall(r"<source file='([^']+)'", xml) == [str(top), str(base)]
+        # active commit of top into base, pivoted: the disk is the base now
+        ok(uri, "blockcommit bjcommit1 vda --active --wait --pivot")
+        xml = live_disk(uri, "bjcommit1")
+        assert re.findall(r"<source file='([^']+)'", xml) == [str(base)]
+        assert "<mirror" not in xml
+        con.run("sync; echo S-$((3+3))", "S-6")
+        data = read_blocks(base, "qcow2", 8, tmp_path)[7]
+        assert data == b"COMMITTED"
+        wait_for(lambda: ("vda", 4, 0) in blocklog.of("bjcommit1", "bj2"), 30)
+        assert blocklog.of("bjcommit1", "bj2") == [("vda", 3, 0), ("vda", 4, 3), ("vda", 4, 0)]
+        assert "top '" in err(uri, "blockcommit bjcommit1 vda --active")
+        # resize of the running guest's disk
+        ok(uri, "blockresize bjcommit1 vda 32M")
+        info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(base)],
+                              capture_output=True, text=True, check=True).stdout
+        assert '"virtual-size": 33554432' in info
+        assert "disk 'vdz' was not found in the domain config" in \
+            err(uri, "blockresize bjcommit1 vdz 32M")
+    finally:
+        gone(uri, "bjcommit1", con)
+
+
+def test_block_pull(uri, guest_files, tmp_path, blocklog):
+    base = image(tmp_path / "pbase.qcow2")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x42 0 64k", str(base)],
+                   check=True, capture_output=True)
+    top = image(tmp_path / "ptop.qcow2", backing=base)
+    con = boot(uri, tmp_path, "bjpull1", guest_files,
+               QCOW2_DISK.format(fmt="qcow2", path=top, dev="vda"))
+    watcher = subprocess.Popen(["stdbuf", "-oL", "virsh", "-c", uri, "event", "--domain",
+                                "bjpull1", "--all", "--loop"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(watcher.stdout), daemon=True)
+    reader.start()
+    try:
+        # virsh event is listening once it reports a lifecycle event we caused
+        def listening() -> bool:
+            ok(uri, "suspend bjpull1; resume bjpull1")
+            return any("lifecycle" in line for line in seen)
+        wait_for(listening, 30)
+        ok(uri, "blockpull bjpull1 vda --wait")
+        wait_for(lambda: any("event 'block-job-2' for domain 'bjpull1': Block Pull for vda "
+                             "completed" in line for line in seen), 30)
+        assert any(f"event 'block-job' for domain 'bjpull1': Block Pull for {top} completed"
+                   in line for line in seen), seen
+        # a synced write makes QEMU flush its qcow2 caches (the stream's too) to the file
+        con.run("printf x | dd of=/dev/vda bs=512 seek=4000 conv=notrunc,fsync 2>/dev/null; "
+                "echo S-$((3+4))", "S-7")
+        xml = live_disk(uri, "bjpull1")
+        assert re.findall(r"<source file='([^']+)'", xml) == [str(top)]
+        wait_for(lambda: blocklog.of("bjpull1", "bj2") == [("vda", 1, 0)], 30)
+        out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(top)],
+                             capture_output=True, text=True, check=True).stdout
+        assert "backing-filename" not in out
+        r = subprocess.run(["qemu-io", "-U", "-r", "-f", "qcow2", "-c", "read -P 0x42 0 64k",
+                            str(top)], capture_output=True, text=True)
+        assert "Pattern verification failed" not in r.stdout and r.returncode == 0
+    finally:
+        watcher.kill()
+        watcher.wait()
+        gone(uri, "bjpull1", con)
+
+
+def test_block_jobs_of_a_shut_off_guest(uri, tmp_path):
+    disk = image(tmp_path / "off.qcow2")
+    path = tmp_path / "bjoff2.xml"
+    xml = guest_xml("bjoff2").replace(
+        "<devices>", "<devices>\n    " + QCOW2_DISK.format(fmt="qcow2", path=disk, dev="vda"), 1)
+    path.write_text(xml)
+    ok(uri, f"define {path}")
+    try:
+        not_running = "Requested operation is not valid: domain is not running"
+        assert not_running in err(uri, f"blockcopy bjoff2 vda {tmp_path / 'c.qcow2'}")
+        assert not_running in err(uri, "blockcommit bjoff2 vda --active")
+        assert not_running in err(uri, "blockpull bjoff2 vda")
+        assert not_running in err(uri, "blockresize bjoff2 vda 32M")
+        assert not_running in err(uri, "blockjob bjoff2 vda --info")
+    finally:
+        virsh(uri, "undefine bjoff2")
