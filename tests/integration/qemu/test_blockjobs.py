@@ -1,4 +1,4 @@
-"""Domain jobs and block jobs of QEMU guests, on the tiny TCG guest.
+"""Domain jobs, block jobs and disk-only snapshots of QEMU guests, on the tiny TCG guest.
 
 Domain jobs: a save is a job that ``domjobinfo`` follows while it runs (here
 held open on a FIFO the test controls, so "while it runs" is a condition, not
@@ -11,11 +11,14 @@ block copy runs and is pivoted; the copy read back with qemu-img holds every
 block.  A commit of a backing chain, an active commit with pivot, a pull,
 each with the live XML's chain (``index``, ``<backingStore>``, ``<mirror>``)
 at each step and the BLOCK_JOB / BLOCK_JOB_2 events as python-libvirt and
-``virsh event`` receive them.  Errors are libvirt's words.
+``virsh event`` receive them.  Disk-only snapshots put qcow2 overlays on top
+of the disks; ``blockcommit --active --pivot`` merges them back, and the
+guest's markers are read from the base image.  Errors are libvirt's words.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -393,3 +396,77 @@ def test_block_jobs_of_a_shut_off_guest(uri, tmp_path):
         assert not_running in err(uri, "blockjob bjoff2 vda --info")
     finally:
         virsh(uri, "undefine bjoff2")
+
+
+# -- external disk-only snapshots, and committing them back ----------------------------------
+
+def chain_of(uri: str, name: str, *extra: str) -> list[str]:
+    xml = ok(uri, f"dumpxml {name} {' '.join(extra)}")
+    disk = next(m.group(0) for m in re.finditer(r"<disk .*?</disk>", xml, re.S)
+                if "<target dev='vda'" in m.group(0))
+    return re.findall(r"<source file='([^']+)'", disk)
+
+
+def write_marker(con: Console, text: str, block: int) -> None:
+    con.run(f"printf '{text}' | dd of=/dev/vda bs=512 seek={block} conv=notrunc,fsync "
+            f"2>/dev/null; echo M-$(({block}+100))", f"M-{block + 100}")
+
+
+def test_disk_only_snapshots_then_commit_into_base(uri, guest_files, tmp_path):
+    base = image(tmp_path / "base.qcow2")
+    ov1 = tmp_path / "ov1.qcow2"
+    con = boot(uri, tmp_path, "bjsnap1", guest_files,
+               QCOW2_DISK.format(fmt="qcow2", path=base, dev="vda"))
+    try:
+        write_marker(con, "MARKER-A", 3)
+        ok(uri, f"snapshot-create-as bjsnap1 s1 --disk-only --diskspec vda,file={ov1}")
+        assert chain_of(uri, "bjsnap1") == [str(ov1), str(base)]
+        assert chain_of(uri, "bjsnap1", "--inactive") == [str(ov1)]
+        dump = ok(uri, "snapshot-dumpxml bjsnap1 s1")
+        assert "<state>disk-snapshot</state>" in dump
+        assert f"<disk name='vda' snapshot='external' type='file'>\n      " \
+               f"<driver type='qcow2'/>\n      <source file='{ov1}'/>" in dump
+        write_marker(con, "MARKER-B", 4)
+        # no file given: the overlay is named after the snapshot; --no-metadata: not listed
+        ok(uri, "snapshot-create-as bjsnap1 s2 --disk-only --no-metadata")
+        ov2 = tmp_path / "ov1.s2"
+        assert chain_of(uri, "bjsnap1") == [str(ov2), str(ov1), str(base)]
+        assert ok(uri, "snapshot-list bjsnap1 --name").split() == ["s1"]
+        taken = tmp_path / "taken"
+        taken.write_bytes(b"x")
+        assert f"unsupported configuration: external snapshot file for disk vda already " \
+               f"exists and is not a block device: {taken}" in \
+            err(uri, f"snapshot-create-as bjsnap1 s3 --disk-only --diskspec vda,file={taken}")
+        assert "Operation not supported" in err(uri, "snapshot-delete bjsnap1 s1")
+        write_marker(con, "MARKER-C", 5)
+        # the whole chain back into the base, pivoted: the guest runs on base.qcow2 again
+        ok(uri, "blockcommit bjsnap1 vda --active --pivot --wait")
+        assert chain_of(uri, "bjsnap1") == [str(base)]
+        assert chain_of(uri, "bjsnap1", "--inactive") == [str(base)]
+        write_marker(con, "MARKER-D", 6)      # and its synced write flushes QEMU's caches
+        blocks = read_blocks(base, "qcow2", 7, tmp_path)
+        assert blocks[3:7] == [b"MARKER-A\0", b"MARKER-B\0", b"MARKER-C\0", b"MARKER-D\0"]
+        ok(uri, "snapshot-delete bjsnap1 s1 --metadata")
+    finally:
+        gone(uri, "bjsnap1", con)
+
+
+def test_disk_only_snapshot_of_a_shut_off_raw_guest(uri, tmp_path):
+    disk = image(tmp_path / "off.raw", "raw")
+    xml = guest_xml("bjoff3").replace(
+        "<devices>", "<devices>\n    " + QCOW2_DISK.format(fmt="raw", path=disk, dev="vda"), 1)
+    path = tmp_path / "bjoff3.xml"
+    path.write_text(xml)
+    ok(uri, f"define {path}")
+    try:
+        ok(uri, "snapshot-create-as bjoff3 s1 --disk-only")
+        overlay = tmp_path / "off.s1"
+        assert chain_of(uri, "bjoff3") == [str(overlay)]
+        assert "<driver name='qemu' type='qcow2'/>" in ok(uri, "dumpxml bjoff3")
+        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(overlay)],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert info["backing-filename"] == str(disk)
+        assert info["backing-filename-format"] == "raw"
+        assert "<state>shutoff</state>" in ok(uri, "snapshot-dumpxml bjoff3 s1")
+    finally:
+        virsh(uri, "undefine bjoff3 --snapshots-metadata")
