@@ -205,7 +205,7 @@ async def describe_run(dom: QemuDomain, mon: Monitor, live: Any) -> None:
         if el.get("device", "disk") == "disk":
             try:
                 await refresh_chain(dom, el, mon)
-            except VirError as exc:     # the guest runs all the same
+            except Exception as exc:    # the guest runs all the same (a missing chain)
                 log.warning("%s: cannot describe the chain of %s: %s", dom.name,
                             target_of(el), exc)
 
