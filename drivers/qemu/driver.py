@@ -46,8 +46,8 @@ from pyvirtd.xml import domain as domxml
 
 from pyvirtd.driver import interfaces
 
-from . import (confine, dac, devacl, disksecrets, firmware, guest_events, launch, passthrough,
-               process, volumes)
+from . import (confine, dac, devacl, diskchain, disksecrets, firmware, guest_events, launch,
+               passthrough, process, volumes)
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 
@@ -181,6 +181,7 @@ class QemuDriverState(QemuState):
                 if vnc.get("service", "").isdigit():
                     vnc_port = int(vnc["service"])
             launch.apply_runtime_info(live, await mon.query_chardev(), vnc_port)
+            await diskchain.describe_run(dom, mon, live)   # <source index>, <backingStore>
             if incoming is not None:
                 await incoming(mon)
             elif not paused and loadvm is None:

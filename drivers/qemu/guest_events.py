@@ -29,7 +29,7 @@ from pyvirtd.driver import domains as ds
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
-from . import hotplug
+from . import blockjobs, hotplug
 
 if TYPE_CHECKING:
     from .guest import QemuDomain, QemuState
@@ -65,6 +65,8 @@ async def handle(state: "QemuState", dom: "QemuDomain", name: str, data: dict) -
         await hotplug.on_device_deleted(state, dom, data)
     elif name == "DEVICE_UNPLUG_GUEST_ERROR":
         hotplug.on_unplug_guest_error(state, dom, data)
+    elif name in blockjobs.QMP_EVENTS:
+        await blockjobs.on_event(state, dom, name, data)
 
 
 def _emit(state: "QemuState", dom: "QemuDomain", event_id: int, *fields: Any) -> None:
