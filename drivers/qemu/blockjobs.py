@@ -60,7 +60,9 @@ PULL, COPY, COMMIT, ACTIVE_COMMIT = (T.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL, T.VIR_DOM
                                      T.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT,
                                      T.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT)
 # virConnectDomainEventBlockJobStatus
-COMPLETED, FAILED, CANCELED, READY = 0, 1, 2, 3
+_J = P.ConnectDomainEventBlockJobStatus
+COMPLETED, FAILED, CANCELED, READY = (_J.VIR_DOMAIN_BLOCK_JOB_COMPLETED, _J.VIR_DOMAIN_BLOCK_JOB_FAILED,
+                                      _J.VIR_DOMAIN_BLOCK_JOB_CANCELED, _J.VIR_DOMAIN_BLOCK_JOB_READY)
 JOB_NAMES = {PULL: "pull", COPY: "copy", COMMIT: "commit", ACTIVE_COMMIT: "active-commit"}
 
 _CF = P.DomainBlockCopyFlags

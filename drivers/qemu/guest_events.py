@@ -41,12 +41,13 @@ WATCHDOG_ACTIONS = {"none": 0, "pause": 1, "reset": 2, "poweroff": 3, "shutdown"
                     "inject-nmi": 6}
 # virDomainEventIOErrorAction, by QEMU's BlockErrorAction name
 IO_ERROR_ACTIONS = {"ignore": 0, "stop": 1, "report": 2}
-IO_ERROR_PAUSE = 1
+IO_ERROR_PAUSE = P.DomainEventIOErrorAction.VIR_DOMAIN_EVENT_IO_ERROR_PAUSE
 # virDomainEventGraphicsPhase / virDomainEventGraphicsAddressType
 GRAPHICS_PHASES = {"VNC_CONNECTED": 0, "VNC_INITIALIZED": 1, "VNC_DISCONNECTED": 2}
 ADDRESS_FAMILIES = {"ipv4": 0, "ipv6": 1, "unix": 2}
 # virDomainEventTrayChangeReason
-TRAY_OPEN, TRAY_CLOSE = 0, 1
+TRAY_OPEN = P.DomainEventTrayChangeReason.VIR_DOMAIN_EVENT_TRAY_CHANGE_OPEN
+TRAY_CLOSE = P.DomainEventTrayChangeReason.VIR_DOMAIN_EVENT_TRAY_CHANGE_CLOSE
 
 
 async def handle(state: "QemuState", dom: "QemuDomain", name: str, data: dict) -> None:
