@@ -42,6 +42,7 @@ import trio
 from lxml import etree
 
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 
@@ -470,7 +471,7 @@ class BlockJobsMixin:
     driver: QemuState
     _dom: Any
 
-    async def domain_block_copy(self, ref: Any, path: str, destxml: str, params: list,
+    async def domain_block_copy(self, ref: Dom, path: str, destxml: str, params: list,
                                 flags: int) -> None:
         check_flags(flags, COPY_SHALLOW | COPY_REUSE_EXT | COPY_TRANSIENT,
                     "qemuDomainBlockCopy", FROM)
@@ -484,7 +485,7 @@ class BlockJobsMixin:
         kind, dest, fmt = _parse_dest(destxml)
         await start_copy(self.driver, self._dom(ref), path, kind, dest, fmt, bandwidth, flags)
 
-    async def domain_block_rebase(self, ref: Any, path: str, base: str | None, bandwidth: int,
+    async def domain_block_rebase(self, ref: Dom, path: str, base: str | None, bandwidth: int,
                                   flags: int) -> None:
         check_flags(flags, REBASE_SHALLOW | REBASE_REUSE_EXT | REBASE_COPY_RAW | REBASE_COPY
                     | REBASE_BYTES, "qemuDomainBlockRebase", FROM)
@@ -503,13 +504,13 @@ class BlockJobsMixin:
         await start_pull(self.driver, dom, path, base or None, speed,
                          "remoteDispatchDomainBlockRebase")
 
-    async def domain_block_pull(self, ref: Any, path: str, bandwidth: int, flags: int) -> None:
+    async def domain_block_pull(self, ref: Dom, path: str, bandwidth: int, flags: int) -> None:
         check_flags(flags, PULL_BYTES, "qemuDomainBlockPull", FROM)
         speed = _bandwidth(bandwidth, bool(flags & PULL_BYTES))
         await start_pull(self.driver, self._dom(ref), path, None, speed,
                          "remoteDispatchDomainBlockPull")
 
-    async def domain_block_commit(self, ref: Any, disk: str, base: str | None, top: str | None,
+    async def domain_block_commit(self, ref: Dom, disk: str, base: str | None, top: str | None,
                                   bandwidth: int, flags: int) -> None:
         check_flags(flags, COMMIT_SHALLOW | COMMIT_ACTIVE | COMMIT_BYTES,
                     "qemuDomainBlockCommit", FROM)
@@ -517,7 +518,7 @@ class BlockJobsMixin:
         await start_commit(self.driver, self._dom(ref), disk, base or None, top or None, speed,
                            flags)
 
-    async def domain_block_job_abort(self, ref: Any, path: str, flags: int) -> None:
+    async def domain_block_job_abort(self, ref: Dom, path: str, flags: int) -> None:
         check_flags(flags, ABORT_ASYNC | ABORT_PIVOT, "qemuDomainBlockJobAbort", FROM)
         dom = self._dom(ref)
         async with jobs.locked(dom, "remoteDispatchDomainBlockJobAbort"):
@@ -551,7 +552,7 @@ class BlockJobsMixin:
         if not flags & ABORT_ASYNC:
             await _wait_done(dom, job)
 
-    async def domain_get_block_job_info(self, ref: Any, path: str, flags: int) -> tuple:
+    async def domain_get_block_job_info(self, ref: Dom, path: str, flags: int) -> tuple:
         check_flags(flags, INFO_BYTES, "qemuDomainGetBlockJobInfo", FROM)
         dom = self._dom(ref)
         mon = _active(dom)
@@ -574,7 +575,7 @@ class BlockJobsMixin:
         bandwidth = speed if flags & INFO_BYTES else speed // MIB
         return (1, job.kind, bandwidth, cur, end)
 
-    async def domain_block_job_set_speed(self, ref: Any, path: str, bandwidth: int,
+    async def domain_block_job_set_speed(self, ref: Dom, path: str, bandwidth: int,
                                          flags: int) -> None:
         check_flags(flags, SPEED_BYTES, "qemuDomainBlockJobSetSpeed", FROM)
         speed = _bandwidth(bandwidth, bool(flags & SPEED_BYTES))
@@ -588,7 +589,7 @@ class BlockJobsMixin:
                            f"disk {dc.target_of(el)} does not have an active block job")
             await mon.execute("block-job-set-speed", {"device": job.job_id, "speed": speed})
 
-    async def domain_block_resize(self, ref: Any, disk: str, size: int, flags: int) -> None:
+    async def domain_block_resize(self, ref: Dom, disk: str, size: int, flags: int) -> None:
         check_flags(flags, RESIZE_BYTES, "qemuDomainBlockResize", FROM)
         dom = self._dom(ref)
         async with jobs.locked(dom, "remoteDispatchDomainBlockResize"):

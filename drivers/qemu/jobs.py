@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 import trio
 
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 
@@ -210,7 +211,7 @@ class JobsMixin:
     driver: QemuDriverState
     _dom: Any
 
-    async def domain_get_job_info(self, ref: Any) -> tuple:
+    async def domain_get_job_info(self, ref: Dom) -> tuple:
         dom = self._dom(ref)
         if not dom.active:
             raise ds.not_running()
@@ -220,7 +221,7 @@ class JobsMixin:
         await refresh(dom, job)
         return _info_tuple(JOB_UNBOUNDED, job)
 
-    async def domain_get_job_stats(self, ref: Any, flags: int) -> tuple:
+    async def domain_get_job_stats(self, ref: Dom, flags: int) -> tuple:
         check_flags(flags, STATS_COMPLETED | STATS_KEEP_COMPLETED, "qemuDomainGetJobStats",
                     P.VIR_FROM_QEMU)
         if flags & STATS_KEEP_COMPLETED and not flags & STATS_COMPLETED:
@@ -244,10 +245,10 @@ class JobsMixin:
         await refresh(dom, job)
         return (JOB_UNBOUNDED, job.stats(False))
 
-    async def domain_abort_job(self, ref: Any) -> None:
+    async def domain_abort_job(self, ref: Dom) -> None:
         await self.domain_abort_job_flags(ref, 0)
 
-    async def domain_abort_job_flags(self, ref: Any, flags: int) -> None:
+    async def domain_abort_job_flags(self, ref: Dom, flags: int) -> None:
         check_flags(flags, 0, "qemuDomainAbortJobFlags", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         if not dom.active:

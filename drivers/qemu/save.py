@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
@@ -463,16 +464,16 @@ class SaveMixin:
     _dom: Any   # DomainLookups._dom, from the connection class
 
     # -- save / restore to a file the client names -----------------------
-    async def domain_save(self, ref: Any, to: str) -> None:
+    async def domain_save(self, ref: Dom, to: str) -> None:
         await save_domain(self.driver, self._dom(ref), to, None, 0, "remoteDispatchDomainSave")
 
-    async def domain_save_flags(self, ref: Any, to: str, dxml: str | None, flags: int) -> None:
+    async def domain_save_flags(self, ref: Dom, to: str, dxml: str | None, flags: int) -> None:
         check_flags(flags, SAVE_BYPASS_CACHE | SAVE_RUNNING | SAVE_PAUSED, "qemuDomainSaveFlags",
                     P.VIR_FROM_QEMU)
         _exclusive(flags)
         await save_domain(self.driver, self._dom(ref), to, dxml, flags)
 
-    async def domain_save_params(self, ref: Any, params: list, flags: int) -> None:
+    async def domain_save_params(self, ref: Dom, params: list, flags: int) -> None:
         check_flags(flags, SAVE_BYPASS_CACHE | SAVE_RUNNING | SAVE_PAUSED, "qemuDomainSaveParams",
                     P.VIR_FROM_QEMU)
         _exclusive(flags)
@@ -534,13 +535,13 @@ class SaveMixin:
                                       _running_flag(flags))
 
     # -- managed save --------------------------------------------------------
-    async def domain_managed_save(self, ref: Any, flags: int) -> None:
+    async def domain_managed_save(self, ref: Dom, flags: int) -> None:
         check_flags(flags, SAVE_BYPASS_CACHE | SAVE_RUNNING | SAVE_PAUSED,
                     "qemuDomainManagedSave", P.VIR_FROM_QEMU)
         _exclusive(flags)
         await self._managed_save(ref, None, flags)
 
-    async def _managed_save(self, ref: Any, dxml: str | None, flags: int) -> None:
+    async def _managed_save(self, ref: Dom, dxml: str | None, flags: int) -> None:
         drv = self.driver
         dom = self._dom(ref)
         if not dom.active:
@@ -553,29 +554,29 @@ class SaveMixin:
         await save_domain(drv, dom, str(path), dxml, flags, "remoteDispatchDomainManagedSave")
         dom.managed_save = True
 
-    def domain_has_managed_save_image(self, ref: Any, flags: int) -> int:
+    def domain_has_managed_save_image(self, ref: Dom, flags: int) -> int:
         check_flags(flags, 0, "qemuDomainHasManagedSaveImage", P.VIR_FROM_QEMU)
         return int(self._dom(ref).managed_save)
 
-    async def domain_managed_save_remove(self, ref: Any, flags: int) -> None:
+    async def domain_managed_save_remove(self, ref: Dom, flags: int) -> None:
         check_flags(flags, 0, "qemuDomainManagedSaveRemove", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         async with dom.lock:
             await remove_managed(self.driver, dom)
 
-    def _managed_image(self, ref: Any) -> tuple[QemuDomain, str]:
+    def _managed_image(self, ref: Dom) -> tuple[QemuDomain, str]:
         dom = self._dom(ref)
         if not dom.managed_save:
             raise VirError(P.VIR_ERR_OPERATION_INVALID,
                            "domain does not have managed save image", domain=P.VIR_FROM_QEMU)
         return dom, str(managed_path(self.driver, dom.name))
 
-    async def domain_managed_save_get_xml_desc(self, ref: Any, flags: int) -> str:
+    async def domain_managed_save_get_xml_desc(self, ref: Dom, flags: int) -> str:
         check_flags(flags, IMAGE_XML_SECURE, "qemuDomainManagedSaveGetXMLDesc", P.VIR_FROM_QEMU)
         _, path = self._managed_image(ref)
         return await self.domain_save_image_get_xml_desc(path, flags)
 
-    async def domain_managed_save_define_xml(self, ref: Any, dxml: str | None,
+    async def domain_managed_save_define_xml(self, ref: Dom, dxml: str | None,
                                              flags: int) -> None:
         check_flags(flags, SAVE_RUNNING | SAVE_PAUSED, "qemuDomainManagedSaveDefineXML",
                     P.VIR_FROM_QEMU)

@@ -48,6 +48,7 @@ import trio
 
 from pyvirtd.driver import domains as ds
 from pyvirtd.driver import snapshots as st
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
@@ -249,7 +250,7 @@ class SnapshotMixin(st.SnapshotQueries):
     snapshot_from = FROM
     snapshot_api = "qemu"
 
-    async def domain_snapshot_create_xml(self, ref: Any, xml_desc: str, flags: int) -> Any:
+    async def domain_snapshot_create_xml(self, ref: Dom, xml_desc: str, flags: int) -> Any:
         check_flags(flags, st.CREATE_HALT | st.CREATE_ATOMIC | st.CREATE_VALIDATE
                     | st.CREATE_NO_METADATA | st.CREATE_DISK_ONLY | st.CREATE_REUSE_EXT,
                     "qemuDomainSnapshotCreateXML", FROM)

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from pyvirtd.driver import metadata as metadata_api
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
@@ -120,11 +121,11 @@ class DomainMixin:
     def _emit(self, dom: Domain, event: int, detail: int) -> None:
         self.state.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_LIFECYCLE, dom.ref(), event, detail)
 
-    def _dom(self, ref: Any) -> Domain:
+    def _dom(self, ref: Dom) -> Domain:
         """The domain a client's handle names (found by uuid, as libvirt does)."""
         return self.state.domains.by_ref(ref)
 
-    def _active_dom(self, ref: Any) -> Domain:
+    def _active_dom(self, ref: Dom) -> Domain:
         dom = self._dom(ref)
         if not dom.active:
             raise not_running()
@@ -172,26 +173,26 @@ class DomainMixin:
 
     # -- information ------------------------------------------------------
 
-    def domain_get_info(self, ref: Any) -> tuple:
+    def domain_get_info(self, ref: Dom) -> tuple:
         dom = self._dom(ref)
         d = dom.definition
         return (dom.state, d.memory, d.current_memory, d.vcpus_current, time.time_ns())
 
-    def domain_get_state(self, ref: Any, flags: int) -> tuple:
+    def domain_get_state(self, ref: Dom, flags: int) -> tuple:
         check_flags(flags, 0, "testDomainGetState", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         return (dom.state, dom.reason)
 
-    def domain_get_control_info(self, ref: Any, flags: int) -> tuple:
+    def domain_get_control_info(self, ref: Dom, flags: int) -> tuple:
         check_flags(flags, 0, "testDomainGetControlInfo", P.VIR_FROM_TEST)
         dom = self._active_dom(ref)
         return (0, 0, 0)
 
-    def domain_get_os_type(self, ref: Any) -> str:
+    def domain_get_os_type(self, ref: Dom) -> str:
         self._dom(ref)
         return "linux"
 
-    def domain_get_xml_desc(self, ref: Any, flags: int) -> str:
+    def domain_get_xml_desc(self, ref: Dom, flags: int) -> str:
         check_flags(flags, XML_SECURE | XML_INACTIVE | XML_MIGRATABLE,
                     "testDomainGetXMLDesc", P.VIR_FROM_TEST)
         dom = self._dom(ref)
@@ -200,46 +201,46 @@ class DomainMixin:
         return domxml.format(dom.definition, dom_id=dom.id if dom.active else None,
                              secure=bool(flags & XML_SECURE))
 
-    def domain_is_active(self, ref: Any) -> int:
+    def domain_is_active(self, ref: Dom) -> int:
         return int(self._dom(ref).active)
 
-    def domain_is_persistent(self, ref: Any) -> int:
+    def domain_is_persistent(self, ref: Dom) -> int:
         return int(self._dom(ref).persistent)
 
-    def domain_is_updated(self, ref: Any) -> int:
+    def domain_is_updated(self, ref: Dom) -> int:
         self._dom(ref)
         return 0
 
-    def domain_get_autostart(self, ref: Any) -> int:
+    def domain_get_autostart(self, ref: Dom) -> int:
         return int(self._dom(ref).autostart)
 
-    def domain_set_autostart(self, ref: Any, autostart: int) -> None:
+    def domain_set_autostart(self, ref: Dom, autostart: int) -> None:
         self._dom(ref).autostart = bool(autostart)
 
-    def domain_get_security_label(self, ref: Any) -> tuple:
+    def domain_get_security_label(self, ref: Dom) -> tuple:
         dom = self._dom(ref)
         if not dom.active:
             return (b"", 0)
         return (SECURITY_LABEL.encode() + b"\0", 1)
 
-    def domain_get_security_label_list(self, ref: Any) -> tuple:
+    def domain_get_security_label_list(self, ref: Dom) -> tuple:
         label = self.domain_get_security_label(ref)
         return ([P.remote_domain_get_security_label_ret(*label)], 1)
 
-    def domain_get_messages(self, ref: Any, flags: int) -> list[str]:
+    def domain_get_messages(self, ref: Dom, flags: int) -> list[str]:
         self._dom(ref)
         return []
 
-    def domain_get_hostname(self, ref: Any, flags: int) -> str:
+    def domain_get_hostname(self, ref: Dom, flags: int) -> str:
         check_flags(flags, 0, "testDomainGetHostname", P.VIR_FROM_TEST)
         self._active_dom(ref)
         return GUEST_HOSTNAME
 
-    def domain_get_time(self, ref: Any, flags: int) -> tuple:
+    def domain_get_time(self, ref: Dom, flags: int) -> tuple:
         self._active_dom(ref)
         return (627319920, 0)
 
-    def domain_set_time(self, ref: Any, seconds: int, nseconds: int, flags: int) -> None:
+    def domain_set_time(self, ref: Dom, seconds: int, nseconds: int, flags: int) -> None:
         self._active_dom(ref)
 
     # -- definition -------------------------------------------------------
@@ -270,10 +271,10 @@ class DomainMixin:
         self._emit(dom, EV_DEFINED, DEFINED_UPDATED if replaced else DEFINED_ADDED)
         return dom.ref()
 
-    def domain_undefine(self, ref: Any) -> None:
+    def domain_undefine(self, ref: Dom) -> None:
         self.domain_undefine_flags(ref, 0)
 
-    def domain_undefine_flags(self, ref: Any, flags: int) -> None:
+    def domain_undefine_flags(self, ref: Dom, flags: int) -> None:
         check_flags(flags, UNDEFINE_MANAGED_SAVE | UNDEFINE_SNAPSHOTS_METADATA | UNDEFINE_NVRAM
                     | UNDEFINE_KEEP_NVRAM | UNDEFINE_CHECKPOINTS_METADATA, "testDomainUndefineFlags",
                     P.VIR_FROM_TEST)
@@ -298,7 +299,7 @@ class DomainMixin:
         else:
             self.state.domains.remove(dom)
 
-    def domain_rename(self, ref: Any, new_name: str, flags: int) -> int:
+    def domain_rename(self, ref: Dom, new_name: str, flags: int) -> int:
         check_flags(flags, 0, "testDomainRename", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         check_name("domain", new_name, error_domain=P.VIR_FROM_TEST)
@@ -332,10 +333,10 @@ class DomainMixin:
         if not dom.persistent:
             self.state.domains.remove(dom)
 
-    def domain_create(self, ref: Any) -> None:
+    def domain_create(self, ref: Dom) -> None:
         self.domain_create_with_flags(ref, 0)
 
-    def domain_create_with_flags(self, ref: Any, flags: int) -> Any:
+    def domain_create_with_flags(self, ref: Dom, flags: int) -> Any:
         check_flags(flags, START_FORCE_BOOT, "testDomainCreateWithFlags", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if dom.active:
@@ -360,19 +361,19 @@ class DomainMixin:
         self._start(dom, RUNNING_BOOTED, STARTED_BOOTED)
         return dom.ref()
 
-    def domain_destroy(self, ref: Any) -> None:
+    def domain_destroy(self, ref: Dom) -> None:
         self.domain_destroy_flags(ref, 0)
 
-    def domain_destroy_flags(self, ref: Any, flags: int) -> None:
+    def domain_destroy_flags(self, ref: Dom, flags: int) -> None:
         check_flags(flags, 1, "testDomainDestroyFlags",
                     P.VIR_FROM_TEST)  # GRACEFUL changes nothing here
         dom = self._active_dom(ref)
         self._stop(dom, SHUTOFF_DESTROYED, STOPPED_DESTROYED)
 
-    def domain_shutdown(self, ref: Any) -> None:
+    def domain_shutdown(self, ref: Dom) -> None:
         self.domain_shutdown_flags(ref, 0)
 
-    def domain_shutdown_flags(self, ref: Any, flags: int) -> None:
+    def domain_shutdown_flags(self, ref: Dom, flags: int) -> None:
         check_flags(flags, 0x1f, "testDomainShutdownFlags", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if dom.state == SHUTOFF:
@@ -380,7 +381,7 @@ class DomainMixin:
                            domain=P.VIR_FROM_TEST)
         self._stop(dom, SHUTOFF_SHUTDOWN, STOPPED_SHUTDOWN)
 
-    def domain_reboot(self, ref: Any, flags: int) -> None:
+    def domain_reboot(self, ref: Dom, flags: int) -> None:
         dom = self._active_dom(ref)
         action = dom.definition.on_reboot
         if action in ("destroy", "coredump-destroy"):
@@ -388,11 +389,11 @@ class DomainMixin:
         else:
             dom.set_state(RUNNING, RUNNING_BOOTED)
 
-    def domain_reset(self, ref: Any, flags: int) -> None:
+    def domain_reset(self, ref: Dom, flags: int) -> None:
         check_flags(flags, 0, "testDomainReset", P.VIR_FROM_TEST)
         self._active_dom(ref)
 
-    def domain_suspend(self, ref: Any) -> None:
+    def domain_suspend(self, ref: Dom) -> None:
         dom = self._dom(ref)
         if dom.state in (SHUTOFF, PAUSED):
             raise VirError(P.VIR_ERR_INTERNAL_ERROR, f"domain '{dom.name}' not running",
@@ -400,7 +401,7 @@ class DomainMixin:
         dom.set_state(PAUSED, PAUSED_USER)
         self._emit(dom, EV_SUSPENDED, SUSPENDED_PAUSED)
 
-    def domain_resume(self, ref: Any) -> None:
+    def domain_resume(self, ref: Dom) -> None:
         dom = self._dom(ref)
         if dom.state != PAUSED:
             raise VirError(P.VIR_ERR_INTERNAL_ERROR, f"domain '{dom.name}' not paused",
@@ -410,7 +411,7 @@ class DomainMixin:
 
     # -- managed save / save ----------------------------------------------
 
-    def domain_managed_save(self, ref: Any, flags: int) -> None:
+    def domain_managed_save(self, ref: Dom, flags: int) -> None:
         check_flags(flags, 1 | 2 | 4, "testDomainManagedSave",
                     P.VIR_FROM_TEST)  # BYPASS_CACHE, RUNNING, PAUSED
         dom = self._active_dom(ref)
@@ -420,18 +421,18 @@ class DomainMixin:
         self._stop(dom, SHUTOFF_SAVED, STOPPED_SAVED)
         dom.managed_save = True
 
-    def domain_has_managed_save_image(self, ref: Any, flags: int) -> int:
+    def domain_has_managed_save_image(self, ref: Dom, flags: int) -> int:
         check_flags(flags, 0, "testDomainHasManagedSaveImage", P.VIR_FROM_TEST)
         return int(self._dom(ref).managed_save)
 
-    def domain_managed_save_remove(self, ref: Any, flags: int) -> None:
+    def domain_managed_save_remove(self, ref: Dom, flags: int) -> None:
         check_flags(flags, 0, "testDomainManagedSaveRemove", P.VIR_FROM_TEST)
         self._dom(ref).managed_save = False
 
-    async def domain_save(self, ref: Any, to: str) -> None:
+    async def domain_save(self, ref: Dom, to: str) -> None:
         await self.domain_save_flags(ref, to, None, 0)
 
-    async def domain_save_flags(self, ref: Any, to: str, dxml: str | None, flags: int) -> None:
+    async def domain_save_flags(self, ref: Dom, to: str, dxml: str | None, flags: int) -> None:
         check_flags(flags, 0, "testDomainSaveFlags", P.VIR_FROM_TEST)
         dom = self._active_dom(ref)
         text = domxml.format(dom.definition).encode()
@@ -481,10 +482,10 @@ class DomainMixin:
             defs.append(dom.persistent_def)
         return defs
 
-    def domain_get_max_memory(self, ref: Any) -> int:
+    def domain_get_max_memory(self, ref: Dom) -> int:
         return self._dom(ref).definition.memory
 
-    def domain_set_max_memory(self, ref: Any, memory: int) -> None:
+    def domain_set_max_memory(self, ref: Dom, memory: int) -> None:
         dom = self._dom(ref)
         if dom.active:
             raise VirError(P.VIR_ERR_OPERATION_INVALID,
@@ -494,10 +495,10 @@ class DomainMixin:
         d.memory = memory
         d.current_memory = min(d.current_memory, memory)
 
-    def domain_set_memory(self, ref: Any, memory: int) -> None:
+    def domain_set_memory(self, ref: Dom, memory: int) -> None:
         self.domain_set_memory_flags(ref, memory, AFFECT_LIVE)
 
-    def domain_set_memory_flags(self, ref: Any, memory: int, flags: int) -> None:
+    def domain_set_memory_flags(self, ref: Dom, memory: int, flags: int) -> None:
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | MEM_MAXIMUM, "testDomainSetMemoryFlags",
                     P.VIR_FROM_TEST)
         dom = self._dom(ref)
@@ -518,10 +519,10 @@ class DomainMixin:
         for d in defs:
             d.current_memory = memory
 
-    def domain_get_max_vcpus(self, ref: Any) -> int:
+    def domain_get_max_vcpus(self, ref: Dom) -> int:
         return self.domain_get_vcpus_flags(ref, AFFECT_LIVE | VCPU_MAXIMUM)
 
-    def domain_get_vcpus_flags(self, ref: Any, flags: int) -> int:
+    def domain_get_vcpus_flags(self, ref: Dom, flags: int) -> int:
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM, "testDomainGetVcpusFlags",
                     P.VIR_FROM_TEST)
         dom = self._dom(ref)
@@ -532,10 +533,10 @@ class DomainMixin:
         d = self._defs_for(dom, flags)[0]
         return d.vcpus if flags & VCPU_MAXIMUM else d.vcpus_current
 
-    def domain_set_vcpus(self, ref: Any, nvcpus: int) -> None:
+    def domain_set_vcpus(self, ref: Dom, nvcpus: int) -> None:
         self.domain_set_vcpus_flags(ref, nvcpus, AFFECT_LIVE)
 
-    def domain_set_vcpus_flags(self, ref: Any, nvcpus: int, flags: int) -> None:
+    def domain_set_vcpus_flags(self, ref: Dom, nvcpus: int, flags: int) -> None:
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM, "testDomainSetVcpusFlags",
                     P.VIR_FROM_TEST)
         dom = self._dom(ref)
@@ -558,7 +559,7 @@ class DomainMixin:
             else:
                 d.vcpus_current = nvcpus
 
-    def domain_get_vcpus(self, ref: Any, maxinfo: int, maplen: int) -> tuple:
+    def domain_get_vcpus(self, ref: Dom, maxinfo: int, maplen: int) -> tuple:
         dom = self._active_dom(ref)
         ncpus = self.state.cpu_map_size
         now = time.time_ns() // 10000
@@ -571,7 +572,7 @@ class DomainMixin:
             maps += cpumap
         return (infos, bytes(maps))
 
-    def domain_get_vcpu_pin_info(self, ref: Any, ncpumaps: int, maplen: int, flags: int) -> tuple:
+    def domain_get_vcpu_pin_info(self, ref: Dom, ncpumaps: int, maplen: int, flags: int) -> tuple:
         dom = self._dom(ref)
         d = self._defs_for(dom, flags)[0]
         ncpus = self.state.cpu_map_size
@@ -585,14 +586,14 @@ class DomainMixin:
 
     # -- scheduler and tuning ---------------------------------------------
 
-    def domain_get_scheduler_type(self, ref: Any) -> tuple:
+    def domain_get_scheduler_type(self, ref: Dom) -> tuple:
         self._dom(ref)
         return ("fair", 1)
 
-    def domain_get_scheduler_parameters(self, ref: Any, nparams: int) -> list:
+    def domain_get_scheduler_parameters(self, ref: Dom, nparams: int) -> list:
         return self.domain_get_scheduler_parameters_flags(ref, nparams, 0)
 
-    def domain_get_scheduler_parameters_flags(self, ref: Any, nparams: int, flags: int) -> list:
+    def domain_get_scheduler_parameters_flags(self, ref: Dom, nparams: int, flags: int) -> list:
         check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainGetSchedulerParametersFlags",
                     P.VIR_FROM_TEST)
         dom = self._dom(ref)
@@ -610,7 +611,7 @@ class DomainMixin:
                 return disk
         return None
 
-    def domain_block_stats(self, ref: Any, path: str) -> tuple:
+    def domain_block_stats(self, ref: Dom, path: str) -> tuple:
         dom = self._dom(ref)
         if not path:
             raise VirError(P.VIR_ERR_OPERATION_UNSUPPORTED, "summary statistics are not supported yet",
@@ -622,7 +623,7 @@ class DomainMixin:
         t = time.time_ns() // 1000  # microseconds
         return (t // 10, t // 20, t // 30, t // 40, t // 2_000_000)
 
-    def domain_interface_stats(self, ref: Any, device: str) -> tuple:
+    def domain_interface_stats(self, ref: Dom, device: str) -> tuple:
         dom = self._dom(ref)
         found = False
         for iface in dom.definition.devices_of("interface"):
@@ -639,7 +640,7 @@ class DomainMixin:
         return (t // 10, t // 100, t // 1_000_000, t // 2_000_000,
                 t // 20, t // 110, t // 3_000_000, t // 4_000_000)
 
-    def domain_get_block_info(self, ref: Any, path: str, flags: int) -> tuple:
+    def domain_get_block_info(self, ref: Dom, path: str, flags: int) -> tuple:
         check_flags(flags, 0, "testDomainGetBlockInfo", P.VIR_FROM_TEST)
         dom = self._dom(ref)
         if self._disk(dom, path) is None:
@@ -647,7 +648,7 @@ class DomainMixin:
                            domain=P.VIR_FROM_TEST)
         return (1099511627776, 1099506450432, 1099511627776)  # allocation, capacity, physical
 
-    def domain_memory_stats(self, ref: Any, max_stats: int, flags: int) -> list:
+    def domain_memory_stats(self, ref: Dom, max_stats: int, flags: int) -> list:
         check_flags(flags, 0, "testDomainMemoryStats", P.VIR_FROM_TEST)
         dom = self._active_dom(ref)
         cur = dom.definition.current_memory
@@ -657,7 +658,7 @@ class DomainMixin:
 
     # -- metadata ---------------------------------------------------------
 
-    def domain_set_metadata(self, ref: Any, type_: int, metadata: str | None, key: str | None,
+    def domain_set_metadata(self, ref: Dom, type_: int, metadata: str | None, key: str | None,
                             uri: str | None, flags: int) -> None:
         check_flags(flags, metadata_api.MODIFY_FLAGS, "testDomainSetMetadata", P.VIR_FROM_TEST)
         dom = self._dom(ref)
@@ -669,6 +670,6 @@ class DomainMixin:
             metadata_api.take_metadata(target, new)
         metadata_api.emit_change(self.state.events, dom, type_, uri)
 
-    def domain_get_metadata(self, ref: Any, type_: int, uri: str | None, flags: int) -> str:
+    def domain_get_metadata(self, ref: Dom, type_: int, uri: str | None, flags: int) -> str:
         check_flags(flags, metadata_api.MODIFY_FLAGS, "testDomainGetMetadata", P.VIR_FROM_TEST)
         return metadata_api.get_metadata(self._dom(ref), type_, uri, flags)

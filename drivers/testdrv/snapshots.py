@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from pyvirtd.driver import snapshots as st
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import snapshot as snapxml
@@ -43,7 +44,7 @@ class SnapshotMixin(st.SnapshotQueries):
     snapshot_from = FROM
     snapshot_api = "test"
 
-    def domain_snapshot_create_xml(self, ref: Any, xml_desc: str, flags: int) -> Any:
+    def domain_snapshot_create_xml(self, ref: Dom, xml_desc: str, flags: int) -> Any:
         check_flags(flags, st.CREATE_REDEFINE | st.CREATE_CURRENT | st.CREATE_NO_METADATA
                     | st.CREATE_HALT | st.CREATE_ATOMIC | st.CREATE_VALIDATE,
                     "testDomainSnapshotCreateXML", FROM)

@@ -49,6 +49,8 @@ from pyvirtd.xml.networkport import PortDef
 Dom = P.remote_nonnull_domain
 # What a lookup or a define returns: the domain's handle, with its current id.
 DomRef = P.remote_nonnull_domain
+# A snapshot as the wire names it: remote_nonnull_domain_snapshot(name, domain).
+Snap = P.remote_nonnull_domain_snapshot
 
 
 class Connection(Protocol):

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pyvirtd.driver.api import Dom, Snap
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.files import write_atomic
 from pyvirtd.names import name_path
@@ -213,7 +214,7 @@ class SnapshotQueries:
     snapshot_api: str
     _dom: Any
 
-    def _snap(self, ref: Any) -> tuple[Any, SnapshotDef]:
+    def _snap(self, ref: Snap) -> tuple[Any, SnapshotDef]:
         dom = self._dom(ref.dom)
         return dom, dom.snapshots.get(ref.name, error_domain=self.snapshot_from)
 
@@ -225,18 +226,18 @@ class SnapshotQueries:
         check_flags(flags, allowed, f"{self.snapshot_api}{api}", self.snapshot_from)
 
     # -- listing ----------------------------------------------------------
-    def domain_list_all_snapshots(self, ref: Any, need_results: int, flags: int) -> tuple:
+    def domain_list_all_snapshots(self, ref: Dom, need_results: int, flags: int) -> tuple:
         dom = self._dom(ref)
         snaps = dom.snapshots.list(flags)
         return ([self._snap_ref(dom, s) for s in snaps] if need_results else [], len(snaps))
 
-    def domain_snapshot_num(self, ref: Any, flags: int) -> int:
+    def domain_snapshot_num(self, ref: Dom, flags: int) -> int:
         return len(self._dom(ref).snapshots.list(flags))
 
-    def domain_snapshot_list_names(self, ref: Any, maxnames: int, flags: int) -> list[str]:
+    def domain_snapshot_list_names(self, ref: Dom, maxnames: int, flags: int) -> list[str]:
         return [s.name for s in self._dom(ref).snapshots.list(flags)][:maxnames]
 
-    def _children(self, ref: Any, flags: int) -> tuple[Any, list[SnapshotDef]]:
+    def _children(self, ref: Snap, flags: int) -> tuple[Any, list[SnapshotDef]]:
         dom = self._dom(ref.dom)
         return dom, dom.snapshots.children(ref.name, flags, error_domain=self.snapshot_from)
 
@@ -253,7 +254,7 @@ class SnapshotQueries:
         return [s.name for s in self._children(snap, flags)[1]][:maxnames]
 
     # -- single snapshots -------------------------------------------------
-    def domain_snapshot_lookup_by_name(self, ref: Any, name: str, flags: int) -> Any:
+    def domain_snapshot_lookup_by_name(self, ref: Dom, name: str, flags: int) -> Any:
         self._check(flags, 0, "DomainSnapshotLookupByName")
         dom, snap = self._snap(P.remote_nonnull_domain_snapshot(name, ref))
         return self._snap_ref(dom, snap)
@@ -262,11 +263,11 @@ class SnapshotQueries:
         self._check(flags, XML_SECURE, "DomainSnapshotGetXMLDesc")
         return snapxml.format(self._snap(snap)[1], secure=bool(flags & XML_SECURE))
 
-    def domain_has_current_snapshot(self, ref: Any, flags: int) -> int:
+    def domain_has_current_snapshot(self, ref: Dom, flags: int) -> int:
         self._check(flags, 0, "DomainHasCurrentSnapshot")
         return int(self._dom(ref).snapshots.current is not None)
 
-    def domain_snapshot_current(self, ref: Any, flags: int) -> Any:
+    def domain_snapshot_current(self, ref: Dom, flags: int) -> Any:
         self._check(flags, 0, "DomainSnapshotCurrent")
         dom = self._dom(ref)
         return self._snap_ref(dom, dom.snapshots.current_snapshot(error_domain=self.snapshot_from))
