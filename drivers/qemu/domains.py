@@ -187,19 +187,12 @@ class DomainMixin(ds.DomainLookups):
                                domain=P.VIR_FROM_QEMU)
             if (dom.state == ds.PAUSED) != run:
                 return
-            dom.quiet_pause += 1
-            try:
-                await (dom.monitor.cont() if run else dom.monitor.stop())
-            except BaseException:
-                dom.quiet_pause -= 1
-                raise
             if run:
-                dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
-                self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
+                await self.driver.run_vcpus(dom, dom.monitor, True, ds.RUNNING_UNPAUSED,
+                                            ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
             else:
-                dom.set_state(ds.PAUSED, ds.PAUSED_USER)
-                self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
-            await self.driver.save_status(dom)
+                await self.driver.run_vcpus(dom, dom.monitor, False, ds.PAUSED_USER,
+                                            ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
 
     def domain_get_time(self, ref: Dom, flags: int) -> tuple:
         self._active(ref)

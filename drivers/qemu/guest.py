@@ -126,3 +126,18 @@ class QemuState(HypervisorState[QemuDomain]):
         follows is not taken for the guest rebooting."""
         dom.own_reset_at = trio.current_time()
         await mon.system_reset()
+
+    async def run_vcpus(self, dom: QemuDomain, mon: Monitor, run: bool, reason: int,
+                        event: int, detail: int) -> None:
+        """QMP ``cont`` (``run``) or ``stop`` on the daemon's own account: the
+        RESUME/STOP event QEMU sends for it is not reported (``quiet_pause``);
+        the state (with ``reason``), the lifecycle event and the status say why."""
+        dom.quiet_pause += 1
+        try:
+            await (mon.cont() if run else mon.stop())
+        except BaseException:
+            dom.quiet_pause -= 1
+            raise
+        dom.set_state(ds.RUNNING if run else ds.PAUSED, reason)
+        self.emit(dom, event, detail)
+        await self.save_status(dom)

@@ -331,16 +331,9 @@ async def save_domain(drv: QemuDriverState, dom: QemuDomain, path: str, dxml: st
         paused_here = False
         try:
             if dom.state == ds.RUNNING:
-                dom.quiet_pause += 1
-                try:
-                    await mon.stop()
-                except BaseException:
-                    dom.quiet_pause -= 1
-                    raise
+                await drv.run_vcpus(dom, mon, False, ds.PAUSED_SAVE, ds.EV_SUSPENDED,
+                                    ds.SUSPENDED_PAUSED)
                 paused_here = True
-                dom.set_state(ds.PAUSED, ds.PAUSED_SAVE)
-                drv.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
-                await drv.save_status(dom)
             await mon.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH})
             job.check_aborted()
             await mon.getfd(fd, FD_NAME)
@@ -368,16 +361,11 @@ async def _resume_after_failure(drv: QemuDriverState, dom: QemuDomain, mon: "Mon
         await mon.execute("migrate_cancel")
     except VirError:
         pass
-    dom.quiet_pause += 1
     try:
-        await mon.cont()
+        await drv.run_vcpus(dom, mon, True, ds.RUNNING_SAVE_CANCELED, ds.EV_RESUMED,
+                            ds.RESUMED_UNPAUSED)
     except VirError as exc:
-        dom.quiet_pause -= 1
         log.warning("%s: cannot resume after a failed save: %s", dom.name, exc)
-        return
-    dom.set_state(ds.RUNNING, ds.RUNNING_SAVE_CANCELED)
-    drv.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
-    await drv.save_status(dom)
 
 
 async def restore_into(drv: QemuDriverState, dom: QemuDomain, live: domxml.DomainDef, fd: int,
@@ -397,15 +385,8 @@ async def restore_into(drv: QemuDriverState, dom: QemuDomain, live: domxml.Domai
     if not running or mon is None:
         drv.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_RESTORED)
         return
-    dom.quiet_pause += 1
-    try:
-        await mon.cont()
-    except BaseException:
-        dom.quiet_pause -= 1
-        raise
-    dom.set_state(ds.RUNNING, ds.RUNNING_RESTORED)
-    drv.emit(dom, ds.EV_RESUMED, ds.RESUMED_FROM_SNAPSHOT)
-    await drv.save_status(dom)
+    await drv.run_vcpus(dom, mon, True, ds.RUNNING_RESTORED, ds.EV_RESUMED,
+                        ds.RESUMED_FROM_SNAPSHOT)
 
 
 async def start_managed(drv: QemuDriverState, dom: QemuDomain, paused: bool) -> bool:

@@ -214,29 +214,13 @@ async def _pause(drv: QemuDriverState, dom: QemuDomain, mon: "Monitor", reason: 
     """Pause a running guest ourselves (QEMU would, but unannounced); True if it ran."""
     if dom.state != ds.RUNNING:
         return False
-    dom.quiet_pause += 1
-    try:
-        await mon.stop()
-    except BaseException:
-        dom.quiet_pause -= 1
-        raise
-    dom.set_state(ds.PAUSED, reason)
-    drv.emit(dom, ds.EV_SUSPENDED, detail)
-    await drv.save_status(dom)
+    await drv.run_vcpus(dom, mon, False, reason, ds.EV_SUSPENDED, detail)
     return True
 
 
 async def _resume(drv: QemuDriverState, dom: QemuDomain, mon: "Monitor", reason: int,
                   detail: int) -> None:
-    dom.quiet_pause += 1
-    try:
-        await mon.cont()
-    except BaseException:
-        dom.quiet_pause -= 1
-        raise
-    dom.set_state(ds.RUNNING, reason)
-    drv.emit(dom, ds.EV_RESUMED, detail)
-    await drv.save_status(dom)
+    await drv.run_vcpus(dom, mon, True, reason, ds.EV_RESUMED, detail)
 
 
 def _state_name(dom: QemuDomain) -> str:
