@@ -60,14 +60,16 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
-from pyvirtd.xml.devices import (Audio, Chardev, Controller, Disk, Graphics, Input, Interface,
-                                 Memballoon, Redirdev, Rng, Sound, Video, Watchdog)
+from pyvirtd.xml.devices import (Audio, Chardev, Controller, Disk, Graphics, Hub, Input, Interface,
+                                 Iommu, Memballoon, Panic, Redirdev, Rng, Shmem, Sound, Video,
+                                 Vsock, Watchdog)
 from pyvirtd.xml.devices.input import QEMU_DEVICES as INPUT_DEVICES
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 from pyvirtd.xml.devices.video import PRIMARY as VIDEO_PRIMARY, SECONDARY as VIDEO_SECONDARY
 from pyvirtd.xml.devices.watchdog import QEMU_ACTIONS
 from pyvirtd.xml.platform import Platform, platform
 
+from . import devices_extra
 from .defaults import DEVICE_DEFAULTS
 from .devprops import SCSI_MODELS, Placement, device_alias, disk_bus, error_policy_props
 from .devprops import unsupported as _unsupported
@@ -136,7 +138,7 @@ def assign_aliases(defn) -> None:
         if isinstance(dev, etree._Element):
             out.append(dev)
             continue
-        if not isinstance(dev, (Graphics, Audio)):  # libvirt gives these no alias
+        if not isinstance(dev, (Graphics, Audio, Panic)):  # libvirt gives these no alias
             dev.alias = device_alias(dev, counters, q35)
         out.append(dev.to_element())
     defn.devices = out
@@ -161,12 +163,14 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
                   machine_defaults: Mapping[str, str] | None = None,
                   resolve_volume: Callable[[str, str], VolumeSource] | None = None,
                   daemonize: bool = True, name_marker: str | None = None,
-                  monitor_fd: int | None = None, sandbox: str | None = None) -> list[str]:
+                  monitor_fd: int | None = None, sandbox: str | None = None,
+                  vsock_fd: int | None = None) -> list[str]:
     """The argv that starts ``defn`` paused under QEMU (see the module docstring).
 
     ``monitor_fd``: the monitor is this listening socket, bound by the daemon
     (``monitor_path`` names it then only for the caller); ``sandbox``: the
-    ``-sandbox`` option (confine.SANDBOX), given when not None.
+    ``-sandbox`` option (confine.SANDBOX), given when not None; ``vsock_fd``: the
+    /dev/vhost-vsock fd bound to the guest's cid (devices_extra.open_vsock).
 
     :param machine_defaults: machine alias -> canonical name (from caps), also
         the key ``"default"`` for a definition without a machine.
@@ -210,6 +214,9 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     b.add("-no-shutdown")
     _boot(b)
     devs = devmod.parse_devices(defn)
+    for dev in devs:               # the IOMMU before the devices behind it
+        if isinstance(dev, Iommu):
+            b.add(*devices_extra.iommu_args(b, dev))
     _assign_bootindex(b, devs)
     _controllers(b, [d for d in devs if isinstance(d, Controller)])
     _disks(b, [d for d in devs if isinstance(d, Disk)], resolve_volume)
@@ -225,6 +232,9 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
             _sound(b, dev)
     _video(b, [d for d in devs if isinstance(d, Video)])
     for dev in devs:
+        if isinstance(dev, Hub):
+            b.add(*devices_extra.hub_args(b, dev))
+    for dev in devs:
         if isinstance(dev, Redirdev):
             _redirdev(b, dev)
     for dev in devs:
@@ -235,12 +245,26 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
                                   ("deflate-on-oom", dev.autodeflate)))
         elif isinstance(dev, Rng):
             alias = b.alias(dev)
-            b.add("-object", opts("rng-random", ("id", f"obj{alias}"), ("filename", dev.source))
-                  if dev.backend == "random" else opts("rng-builtin", ("id", f"obj{alias}")))
+            if dev.backend == "egd":
+                egd = Chardev(kind="rng", type=dev.egd_type or "tcp", sources=dev.egd_sources)
+                b.add("-chardev", _chardev_backend(egd, f"char{alias}", None))
+                b.add("-object", opts("rng-egd", ("id", f"obj{alias}"),
+                                      ("chardev", f"char{alias}")))
+            else:
+                b.add("-object", opts("rng-random", ("id", f"obj{alias}"),
+                                      ("filename", dev.source)) if dev.backend == "random"
+                      else opts("rng-builtin", ("id", f"obj{alias}")))
             period = dev.rate_period or (1000 if dev.rate_bytes else None)
             b.add("-device", opts("virtio-rng-pci", ("rng", f"obj{alias}"), ("id", alias),
                                   ("max-bytes", dev.rate_bytes),
                                   ("period", period if dev.rate_bytes else None), *b.pci(dev)))
+    for dev in devs:
+        if isinstance(dev, Panic):
+            b.add(*devices_extra.panic_args(b, dev))
+        elif isinstance(dev, Shmem):
+            b.add(*devices_extra.shmem_args(b, dev))
+        elif isinstance(dev, Vsock):
+            b.add(*devices_extra.vsock_args(b, dev, vsock_fd))
     if plat.feature_on("vmcoreinfo"):    # where a crash kernel finds the guest's notes
         b.add("-device", "vmcoreinfo")
     if sandbox is not None:
@@ -273,6 +297,9 @@ def _machine(b: _Builder) -> None:
         pairs.append(("vmport", "on" if plat.feature_on("vmport") else "off"))
     if plat.feature_on("smm") is not None:
         pairs.append(("smm", "on" if plat.feature_on("smm") else "off"))
+    ioapic = plat.features.get("ioapic")
+    if ioapic is not None and ioapic.get("driver") == "qemu":
+        pairs.append(("kernel_irqchip", "split"))
     for timer in plat.clock.timers:
         if timer.name == "hpet" and timer.present is not None:
             pairs.append(("hpet", "on" if timer.present else "off"))
@@ -544,6 +571,17 @@ def _chardev_backend(dev: Chardev, chardev_id: str, channel_dir: str | None) -> 
         return opts("null", ("id", chardev_id))
     if dev.type == "spicevmc":
         return opts("spicevmc", ("id", chardev_id), ("name", "vdagent"))
+    if dev.type == "vc":
+        return opts("vc", ("id", chardev_id))
+    if dev.type == "pipe":
+        return opts("pipe", ("id", chardev_id), ("path", src["path"]))
+    if dev.type == "dev":          # a host tty, or a host parallel port for <parallel>
+        return opts("parport" if dev.kind == "parallel" else "tty", ("id", chardev_id),
+                    ("path", src["path"]))
+    if dev.type == "spiceport":
+        return opts("spiceport", ("id", chardev_id), ("name", src.get("channel")))
+    if dev.type == "qemu-vdagent":
+        return opts("qemu-vdagent", ("id", chardev_id), ("name", "vdagent"))
     if dev.type == "file":
         return opts("file", ("id", chardev_id), ("path", src["path"]),
                     ("append", {"on": "on", "off": "off"}.get(src.get("append"))))
@@ -587,6 +625,9 @@ def _chardevs(b: _Builder, chrs: list[Chardev], channel_dir: str | None) -> None
             extra = [("index", dev.target_port)] if driver == "isa-serial" else []
             b.add("-device", opts(driver, ("chardev", chardev_id), ("id", alias), *extra,
                                   *b.pci(dev)))
+        elif dev.kind == "parallel":
+            b.add("-chardev", backend)
+            b.add("-device", opts("isa-parallel", ("chardev", chardev_id), ("id", alias)))
         elif dev.kind == "console":
             if dev.target_type != "virtio":
                 raise _unsupported(f"console target type '{dev.target_type}' is not supported")
@@ -650,7 +691,8 @@ def _graphics(b: _Builder, gfx: list[Graphics]) -> None:
 
 _SPICE_TUNING = {"image": "image-compression", "jpeg": "jpeg-wan-compression",
                  "zlib": "zlib-glz-wan-compression", "playback": "playback-compression"}
-_AUDIO_DRIVERS = {"none": "none", "spice": "spice", "file": "wav"}
+_AUDIO_DRIVERS = {"none": "none", "spice": "spice", "file": "wav", "alsa": "alsa", "oss": "oss",
+                  "pulseaudio": "pa", "sdl": "sdl", "jack": "jack", "dbus": "dbus"}
 
 
 def _audio(b: _Builder, audios: list[Audio]) -> None:

@@ -15,8 +15,9 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
-from pyvirtd.xml.devices import (Chardev, Controller, Disk, Graphics, Input, Interface,
-                                 Memballoon, Redirdev, Rng, Sound, Video, Watchdog)
+from pyvirtd.xml.devices import (Chardev, Controller, Disk, Graphics, Hub, Input, Interface,
+                                 Iommu, Memballoon, Redirdev, Rng, Shmem, Sound, Video, Vsock,
+                                 Watchdog)
 from pyvirtd.xml.platform import Platform, platform
 
 # libvirt's SCSI controller models -> QEMU device (qemuBuildControllerSCSIDevStr)
@@ -52,12 +53,13 @@ def device_alias(dev, counters: dict[str, int], q35: bool) -> str:
         return dev.qemu_id
     kind = {Interface: "net", Input: "input", Video: "video", Memballoon: "balloon",
             Rng: "rng", Watchdog: "watchdog", Graphics: "graphics", Sound: "sound",
-            Redirdev: "redir"}.get(type(dev))
+            Redirdev: "redir", Hub: "hub", Shmem: "shmem", Vsock: "vsock",
+            Iommu: "iommu"}.get(type(dev))
     if isinstance(dev, Chardev):
         kind = dev.kind
         if kind == "console" and dev.target_type in (None, "serial"):
             return f"serial{dev.target_port or 0}"     # the alias of serial port 0
-        if kind in ("serial", "console") and dev.target_port is not None:
+        if kind in ("serial", "parallel", "console") and dev.target_port is not None:
             return f"{kind}{dev.target_port}"
     n = counters.get(kind, 0)
     counters[kind] = n + 1

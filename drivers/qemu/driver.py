@@ -34,6 +34,7 @@ this module fills its template methods for QEMU.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -44,7 +45,8 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import confine, dac, devacl, guest_events, interfaces, launch, process, volumes
+from . import (confine, dac, devacl, devices_extra, guest_events, interfaces, launch, process,
+               volumes)
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 
@@ -115,12 +117,16 @@ class QemuDriverState(QemuState):
             await devacl.release(conf, live)    # confinement: the guest's cgroup
 
         mon_sock = None
+        vsock_fd = None
         try:
+            # <vsock>: /dev/vhost-vsock bound to the guest's cid, handed to QEMU
+            vsock_fd = await trio.to_thread.run_sync(devices_extra.open_vsock, live)
             if conf.own_start:   # QEMU may not fork: it gets the daemon's monitor socket
                 mon_sock = await trio.to_thread.run_sync(process.bind_monitor, str(monitor_path))
             argv = launch.build_argv(self, live, monitor_path=str(monitor_path),
                                      pid_path=str(pid_path), tap_fds=tap_fds, volumes=sources,
-                                     monitor_fd=mon_sock.fileno() if mon_sock else None)
+                                     monitor_fd=mon_sock.fileno() if mon_sock else None,
+                                     vsock_fd=vsock_fd)
             if incoming is not None:
                 argv += ["-incoming", "defer"]
             if loadvm is not None:
@@ -138,14 +144,20 @@ class QemuDriverState(QemuState):
             try:
                 pid = await process.launch(
                     argv, log_path=str(self.store.log_path(name)), pid_path=str(pid_path),
-                    pass_fds=[*tap_fds.values(), *([mon_sock.fileno()] if mon_sock else [])],
+                    pass_fds=[*tap_fds.values(), *([mon_sock.fileno()] if mon_sock else []),
+                              *([vsock_fd] if vsock_fd is not None else [])],
                     monitor_path=str(monitor_path) if mon_sock else None,
                     run_as=[*fence, *conf.run_as()])
             finally:
                 interfaces.close_fds(tap_fds)   # QEMU holds its own copies now
+                if vsock_fd is not None:
+                    os.close(vsock_fd)
+                    vsock_fd = None
                 if mon_sock is not None:
                     mon_sock.close()
         except BaseException:
+            if vsock_fd is not None:
+                os.close(vsock_fd)
             with trio.CancelScope(shield=True):
                 await undo()
             raise

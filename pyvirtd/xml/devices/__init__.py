@@ -26,6 +26,7 @@ from pyvirtd.xml.devices.graphics import Graphics
 from pyvirtd.xml.devices.input import Input
 from pyvirtd.xml.devices.interface import Interface
 from pyvirtd.xml.devices.memballoon import Memballoon
+from pyvirtd.xml.devices.misc import Hub, Iommu, Panic, Shmem, Vsock
 from pyvirtd.xml.devices.redirdev import Redirdev
 from pyvirtd.xml.devices.rng import Rng
 from pyvirtd.xml.devices.sound import Sound
@@ -36,14 +37,15 @@ from pyvirtd.xml.devices.watchdog import Watchdog
 MODELS = {"disk": Disk, "controller": Controller, "interface": Interface, "serial": Chardev,
           "console": Chardev, "channel": Chardev, "input": Input, "graphics": Graphics,
           "video": Video, "memballoon": Memballoon, "rng": Rng, "watchdog": Watchdog,
-          "sound": Sound, "redirdev": Redirdev, "audio": Audio}
+          "sound": Sound, "redirdev": Redirdev, "audio": Audio, "parallel": Chardev,
+          "panic": Panic, "vsock": Vsock, "iommu": Iommu, "hub": Hub, "shmem": Shmem}
 
 Device = (Disk | Controller | Interface | Chardev | Input | Graphics | Video | Memballoon | Rng
-          | Watchdog | Sound | Redirdev | Audio)
+          | Watchdog | Sound | Redirdev | Audio | Panic | Vsock | Iommu | Hub | Shmem)
 
 __all__ = ["Address", "Audio", "Chardev", "Controller", "Device", "DeviceDefaults", "Disk",
-           "Graphics", "Input", "Interface", "MODELS", "Memballoon", "Redirdev", "Rng", "Sound",
-           "Video", "Watchdog", "apply_defaults", "assign_usb_ports", "is_q35", "parse_device",
+           "Graphics", "Hub", "Input", "Interface", "Iommu", "MODELS", "Memballoon", "Panic",
+           "Redirdev", "Rng", "Shmem", "Sound", "Video", "Vsock", "Watchdog", "apply_defaults", "assign_usb_ports", "is_q35", "parse_device",
            "parse_devices", "validate_devices"]
 
 
@@ -155,13 +157,14 @@ def apply_defaults(defn, defaults: DeviceDefaults) -> None:
 
 def assign_usb_ports(devs: list) -> None:
     """USB devices without an address get the next port of USB bus 0, in libvirt's
-    order (virDomainUSBDeviceDefForeach: disks, inputs, sound cards, redirected
-    devices), after the ports the XML already names."""
+    order (hubs, then virDomainUSBDeviceDefForeach: disks, inputs, sound cards,
+    redirected devices), after the ports the XML already names."""
     has_usb = any(isinstance(c, Controller) and c.type == "usb" and c.model != "none"
                   for c in devs)
     if not has_usb:
         return
-    wanted = [*[d for d in devs if isinstance(d, Disk) and d.bus == "usb"],
+    wanted = [*[d for d in devs if isinstance(d, Hub)],      # hubs first, as libvirt
+              *[d for d in devs if isinstance(d, Disk) and d.bus == "usb"],
               *[d for d in devs if isinstance(d, Input) and d.bus == "usb"],
               *[d for d in devs if isinstance(d, Sound) and d.model == "usb"],
               *[d for d in devs if isinstance(d, Redirdev)]]
@@ -271,6 +274,10 @@ def _console_defaults(devs: list) -> None:
     for i, serial in enumerate(serials):
         if serial.target_port is None:
             serial.target_port = i
+    parallels = [d for d in devs if isinstance(d, Chardev) and d.kind == "parallel"]
+    for i, port in enumerate(parallels):
+        if port.target_port is None:
+            port.target_port = i
     if serials and not consoles:
         port0 = next((s for s in serials if s.target_port == 0), None)
         if port0 is not None:
@@ -308,7 +315,7 @@ def validate_devices(defn, *, starting: bool = True) -> None:
                 continue
             raise not_runnable(f"device <{dev.tag}> is not supported by the QEMU driver")
         try:
-            if isinstance(dev, Watchdog):
+            if isinstance(dev, (Watchdog, Iommu)):
                 dev.validate(ctx)
             else:
                 dev.validate()

@@ -34,9 +34,8 @@ NOT_FOR_LIBVIRTD = {"ovmf", "libvirt-live"}
 # the day they match, the entry must go).
 KNOWN_DIFFERENCES = {
     "q35-not-runnable-kinds": "device kinds pyvirtd does not model yet (hostdev, filesystem, "
-                              "shmem, vsock, memory, smartcard, hub) get no PCI/USB/ccid/dimm "
-                              "address and imply no controllers; a <memory> dimm is not added "
-                              "to the total memory",
+                              "memory, smartcard) get no PCI/ccid/dimm address and imply no "
+                              "controllers; a <memory> dimm is not added to the total memory",
 }
 CORPUS = [
     pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DIFFERENCES[p.stem]))

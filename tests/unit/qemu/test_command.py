@@ -252,3 +252,19 @@ def test_confined_argv_takes_the_daemons_monitor_socket_and_the_sandbox():
     assert argv[argv.index("-sandbox") + 1] == (
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
     assert "-daemonize" not in argv
+
+
+def test_vsock_takes_the_vhost_fd_and_the_cid_chosen_at_start() -> None:
+    from pyvirtd.xml.devices import Vsock
+
+    d = domxml.parse(_minimal("<vsock model='virtio'><cid auto='yes'/></vsock>"))
+    with pytest.raises(VirError):           # no fd: the driver did not open /dev/vhost-vsock
+        build_command(d, binary=QEMU, monitor_path="/m", daemonize=False)
+    for i, elem in enumerate(d.devices):
+        if elem.tag == "vsock":
+            v = Vsock.parse(elem)
+            v.set_cid(7)
+            d.devices[i] = v.to_element()
+    argv = build_command(d, binary=QEMU, monitor_path="/m", daemonize=False, vsock_fd=33)
+    dev = next(a for a in argv if a.startswith("vhost-vsock-pci"))
+    assert dev.startswith("vhost-vsock-pci,id=vsock0,guest-cid=7,vhostfd=33,bus=")

@@ -1,0 +1,134 @@
+"""QEMU command-line pieces for the smaller device kinds: <panic>, <vsock>, <iommu>, <hub>,
+<shmem>, and the vhost-vsock fd a guest's vsock device needs (qemuBuild*CommandLine).
+
+Each ``*_args`` returns the arguments for one device; ``b`` is command.py's
+builder (a devprops.Placement with ``add``).  Options are QEMU 7.2's.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from typing import TYPE_CHECKING
+
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import devices as devmod
+from pyvirtd.xml.devices import Hub, Iommu, Panic, Shmem, Vsock
+
+from .devprops import unsupported
+
+if TYPE_CHECKING:
+    from .command import _Builder
+
+VHOST_VSOCK = "/dev/vhost-vsock"
+# _IOW(VHOST_VIRTIO=0xAF, 0x60, __u64): VHOST_VSOCK_SET_GUEST_CID
+_VHOST_VSOCK_SET_GUEST_CID = (1 << 30) | (8 << 16) | (0xAF << 8) | 0x60
+_FIRST_GUEST_CID = 3          # 0-2 are the hypervisor's and the host's
+_MAX_AUTO_CID = 1 << 16
+
+
+def _opts(driver: str, *pairs: tuple[str, object]) -> str:
+    from .command import opts
+    return opts(driver, *pairs)
+
+
+def iommu_args(b: "_Builder", dev: Iommu) -> list[str]:
+    """-device intel-iommu with its <driver> switches; interrupt remapping under
+    KVM needs the split irqchip (<ioapic driver='qemu'/>)."""
+    drv = dev.driver
+    ioapic = b.plat.features.get("ioapic")
+    if drv.get("intremap") == "on" and b.defn.type == "kvm" and \
+            (ioapic is None or ioapic.get("driver") != "qemu"):
+        raise unsupported("IOMMU interrupt remapping requires split I/O APIC "
+                          "(ioapic driver='qemu')")
+    return ["-device", _opts("intel-iommu", ("id", b.alias(dev)),
+                             ("intremap", drv.get("intremap")),
+                             ("caching-mode", drv.get("caching_mode")),
+                             ("eim", drv.get("eim")), ("device-iotlb", drv.get("iotlb")),
+                             ("aw-bits", drv.get("aw_bits")))]
+
+
+def panic_args(b: "_Builder", dev: Panic) -> list[str]:
+    if dev.model == "pvpanic":
+        return ["-device", _opts("pvpanic-pci", *b.pci(dev))]
+    return ["-device", _opts("pvpanic", ("ioport", dev.iobase))]
+
+
+def hub_args(b: "_Builder", dev: Hub) -> list[str]:
+    return ["-device", _opts("usb-hub", ("id", b.alias(dev)), *b.usb(dev))]
+
+
+def shmem_path(dev: Shmem) -> str:
+    """The shared file ivshmem-plain maps: the same name for every guest sharing it."""
+    return f"/dev/shm/{dev.name}"
+
+
+def shmem_args(b: "_Builder", dev: Shmem) -> list[str]:
+    alias = b.alias(dev)
+    role = dev.attrs.get("role")
+    return ["-object", _opts("memory-backend-file", ("id", f"shmmem-{alias}"),
+                             ("mem-path", shmem_path(dev)), ("size", dev.size), ("share", True)),
+            "-device", _opts("ivshmem-plain", ("id", alias), ("memdev", f"shmmem-{alias}"),
+                             ("master", {"master": True, "peer": False}.get(role or "")),
+                             *b.pci(dev))]
+
+
+def vsock_args(b: "_Builder", dev: Vsock, vhostfd: int | None) -> list[str]:
+    if vhostfd is None or dev.cid is None:
+        raise VirError(P.VIR_ERR_INTERNAL_ERROR, "vsock device has no vhost fd",
+                       domain=P.VIR_FROM_QEMU)
+    driver = {"virtio-transitional": "vhost-vsock-pci-transitional",
+              "virtio-non-transitional": "vhost-vsock-pci-non-transitional"}.get(
+        dev.attrs.get("model", ""), "vhost-vsock-pci")
+    return ["-device", _opts(driver, ("id", b.alias(dev)), ("guest-cid", dev.cid),
+                             ("vhostfd", vhostfd), *b.pci(dev))]
+
+
+def _set_cid(fd: int, cid: int) -> bool:
+    try:
+        fcntl.ioctl(fd, _VHOST_VSOCK_SET_GUEST_CID, struct.pack("Q", cid))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return False
+        raise
+    return True
+
+
+def open_vsock(live) -> int | None:
+    """For a guest with a <vsock>: an fd of /dev/vhost-vsock bound to its context id
+    (the next free one from 3 with auto='yes'), written into the live
+    definition as libvirt does; None without one.  Blocking: call in a thread."""
+    devs = devmod.parse_devices(live)
+    vsock = next((d for d in devs if isinstance(d, Vsock)), None)
+    if vsock is None:
+        return None
+    devmod.validate_devices(live)      # what cannot run is refused before the host is asked
+    try:
+        fd = os.open(VHOST_VSOCK, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                       f"unable to open vhost-vsock device: {exc.strerror}",
+                       domain=P.VIR_FROM_QEMU) from None
+    try:
+        if vsock.auto_cid:
+            cid = next((c for c in range(vsock.cid or _FIRST_GUEST_CID, _MAX_AUTO_CID)
+                        if _set_cid(fd, c)), None)
+            if cid is None:
+                raise VirError(P.VIR_ERR_INTERNAL_ERROR, "unable to find a free vsock guest cid",
+                               domain=P.VIR_FROM_QEMU)
+        else:
+            cid = vsock.cid
+            if not _set_cid(fd, cid):
+                raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                               f"failed to set guest cid: {os.strerror(errno.EADDRINUSE)}",
+                               domain=P.VIR_FROM_QEMU)
+    except BaseException:
+        os.close(fd)
+        raise
+    vsock.set_cid(cid)
+    live.devices = [vsock.to_element() if getattr(e, "tag", None) == "vsock" else e
+                    for e in live.devices]
+    return fd

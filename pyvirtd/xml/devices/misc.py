@@ -1,0 +1,251 @@
+"""Small device kinds: <panic>, <vsock>, <iommu>, <hub>, <shmem> (virDomainPanicDef, ...).
+
+These kinds have few settings, so each model reads what the QEMU driver needs
+and keeps the element's body verbatim (``body``): formatting writes the
+element back as it was, plus the <alias> and <address> the driver assigns.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, not_runnable, unsupported,
+                                       xml_error)
+
+# units of <shmem><size unit=...> (libvirt's scaled integers)
+_UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024 ** 2,
+          "mib": 1024 ** 2, "mb": 1000 ** 2, "g": 1024 ** 3, "gib": 1024 ** 3,
+          "gb": 1000 ** 3, "t": 1024 ** 4, "tib": 1024 ** 4, "tb": 1000 ** 4}
+
+
+@dataclass(eq=False)
+class _Kept(DeviceBase):
+    """A device written back as it was read: its attributes and children verbatim."""
+    attrs: dict = field(default_factory=dict)
+    body: list = field(default_factory=list)
+
+    TAG = ""
+
+    def _keep(self, elem: etree._Element) -> None:
+        self.attrs = dict(elem.attrib)
+        self._parse_common(elem, [c.tag for c in elem if isinstance(c.tag, str)])
+        self.body = [copy.deepcopy(c) for c in elem
+                     if not isinstance(c.tag, str) or c.tag not in ("alias", "address")]
+        self.parsed = None          # the body is already the whole element
+
+    def to_element(self) -> etree._Element:
+        e = etree.Element(self.TAG, self.attrs)
+        for child in self.body:
+            e.append(copy.deepcopy(child))
+        return self._format_common(e)
+
+    def __eq__(self, other: object) -> bool:
+        return (type(other) is type(self) and other.attrs == self.attrs
+                and other.alias == self.alias and other.address == self.address
+                and [etree.tostring(c) for c in other.body]
+                == [etree.tostring(c) for c in self.body])
+
+    def child(self, tag: str) -> etree._Element | None:
+        return next((c for c in self.body if c.tag == tag), None)
+
+
+@dataclass(eq=False)
+class Panic(_Kept):
+    """A guest panic notifier; model isa is QEMU's pvpanic ISA device at port 0x505."""
+    TAG = "panic"
+    MODELS = ("isa", "pseries", "hyperv", "s390", "pvpanic")
+
+    @property
+    def model(self) -> str | None:
+        return self.attrs.get("model")
+
+    @classmethod
+    def parse(cls, elem: etree._Element) -> "Panic":
+        enum_attr(elem, "model", cls.MODELS, what="panic model")
+        p = cls()
+        p._keep(elem)
+        return p
+
+    def fill_defaults(self, ctx: dict | None = None) -> None:
+        if self.model is None:           # the x86 default (qemuDomainDefaultPanicModel)
+            self.attrs = {"model": "isa", **self.attrs}
+
+    def validate(self) -> None:
+        if self.model in ("pseries", "s390"):
+            raise unsupported(f"panic model '{self.model}' is not supported on this "
+                              "architecture")
+        if self.model == "isa" and self.address is not None and self.address.type != "isa":
+            raise xml_error("only ISA address is supported for panic device model 'isa'")
+        if self.model not in ("isa", "pvpanic"):
+            raise not_runnable(f"panic model '{self.model}' is not supported")
+
+    @property
+    def iobase(self) -> int | None:
+        a = self.address
+        return a.int("iobase") if a is not None and "iobase" in a.attrs else None
+
+
+@dataclass(eq=False)
+class Vsock(_Kept):
+    """A virtio socket device with the guest's context id (auto: the driver picks)."""
+    TAG = "vsock"
+
+    @classmethod
+    def parse(cls, elem: etree._Element) -> "Vsock":
+        enum_attr(elem, "model", ("virtio", "virtio-transitional", "virtio-non-transitional"),
+                  what="vsock model")
+        cid = elem.find("cid")
+        if cid is not None:
+            enum_attr(cid, "auto", ("yes", "no"), what="cid auto")
+            if cid.get("address") is not None:
+                if int_attr(cid, "address") < 3:
+                    raise xml_error("guest CID must be >= 3")
+        v = cls()
+        v._keep(elem)
+        return v
+
+    def fill_defaults(self, ctx: dict | None = None) -> None:
+        if "model" not in self.attrs:        # qemuDomainVsockDefPostParse
+            self.attrs = {"model": "virtio", **self.attrs}
+
+    @property
+    def auto_cid(self) -> bool:
+        cid = self.child("cid")
+        return cid is None or cid.get("auto") == "yes" or cid.get("address") is None
+
+    @property
+    def cid(self) -> int | None:
+        cid = self.child("cid")
+        return int(cid.get("address"), 0) if cid is not None and cid.get("address") else None
+
+    def set_cid(self, cid: int) -> None:
+        """The live definition's <cid auto=... address=N>."""
+        elem = self.child("cid")
+        if elem is None:
+            elem = etree.Element("cid", auto="yes")
+            self.body.insert(0, elem)
+        elem.set("address", str(cid))
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class Iommu(_Kept):
+    """An IOMMU; model intel is QEMU's intel-iommu (q35 only)."""
+    TAG = "iommu"
+
+    @property
+    def model(self) -> str:
+        return self.attrs.get("model", "")
+
+    @property
+    def driver(self) -> dict:
+        d = self.child("driver")
+        return dict(d.attrib) if d is not None else {}
+
+    @classmethod
+    def parse(cls, elem: etree._Element) -> "Iommu":
+        if elem.get("model") is None:
+            raise xml_error("missing model for IOMMU device")
+        enum_attr(elem, "model", ("intel", "smmuv3", "virtio"), what="iommu model")
+        drv = elem.find("driver")
+        if drv is not None:
+            for key in ("intremap", "caching_mode", "eim", "iotlb"):
+                enum_attr(drv, key, ("on", "off"), what=f"iommu {key}")
+            int_attr(drv, "aw_bits")
+        i = cls()
+        i._keep(elem)
+        return i
+
+    def validate(self, ctx: dict | None = None) -> None:
+        drv = self.driver
+        if self.model == "smmuv3":
+            raise unsupported("IOMMU device: 'smmuv3' is only supported with ARM Virt machines")
+        if self.model == "intel" and ctx is not None and not ctx.get("q35"):
+            raise unsupported("IOMMU device: 'intel' is only supported with Q35 machines")
+        if drv.get("eim") == "on" and drv.get("intremap") != "on":
+            raise unsupported("iommu: eim requires interrupt remapping to be enabled")
+        if self.model != "intel":
+            raise not_runnable(f"IOMMU model '{self.model}' is not supported")
+
+
+@dataclass(eq=False)
+class Hub(_Kept):
+    """A USB hub: more ports on a USB bus."""
+    TAG = "hub"
+
+    @classmethod
+    def parse(cls, elem: etree._Element) -> "Hub":
+        if elem.get("type") is None:
+            raise xml_error("missing hub device type")
+        enum_attr(elem, "type", ("usb",), what="hub device type")
+        h = cls()
+        h._keep(elem)
+        return h
+
+    def validate(self) -> None:
+        if self.address is not None and self.address.type != "usb":
+            raise unsupported("hub must have a USB address")
+
+
+@dataclass(eq=False)
+class Shmem(_Kept):
+    """Shared memory between guests (ivshmem); plain is a file under /dev/shm."""
+    TAG = "shmem"
+    DEFAULT_SIZE = 4 * 1024 ** 2
+
+    @property
+    def name(self) -> str:
+        return self.attrs["name"]
+
+    @property
+    def model(self) -> str:
+        m = self.child("model")
+        return m.get("type") if m is not None else "ivshmem-plain"
+
+    @property
+    def size(self) -> int:
+        s = self.child("size")
+        if s is None:
+            return self.DEFAULT_SIZE
+        return int((s.text or "0").strip()) * _UNITS[(s.get("unit") or "b").lower()]
+
+    @classmethod
+    def parse(cls, elem: etree._Element) -> "Shmem":
+        name = elem.get("name")
+        if not name:
+            raise xml_error("shmem element must contain 'name' attribute")
+        if name.startswith(".") or "/" in name:
+            raise xml_error(f"shmem name '{name}' must not contain '/' and must not start "
+                            "with '.'")
+        model = elem.find("model")
+        if model is not None:
+            if model.get("type") is None:
+                raise xml_error("shmem model must contain a 'type' attribute")
+            enum_attr(model, "type", ("ivshmem", "ivshmem-plain", "ivshmem-doorbell"),
+                      what="shmem model")
+        size = elem.find("size")
+        if size is not None:
+            unit = (size.get("unit") or "b").lower()
+            if unit not in _UNITS or not (size.text or "").strip().isdigit():
+                raise xml_error("malformed shmem size")
+        s = cls()
+        s._keep(elem)
+        return s
+
+    def fill_defaults(self, ctx: dict | None = None) -> None:
+        if self.child("model") is None:    # the QEMU driver's default model
+            self.body.insert(0, etree.Element("model", type="ivshmem-plain"))
+
+    def validate(self) -> None:
+        size = self.size
+        if size & (size - 1) or size == 0:
+            raise unsupported("shmem size must be a power of two")
+        if self.model == "ivshmem":
+            raise unsupported("shmem model 'ivshmem' is not supported by this QEMU binary")
+        if self.model == "ivshmem-doorbell":
+            raise not_runnable("shmem model 'ivshmem-doorbell' is not supported")
