@@ -61,15 +61,15 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.devices import (Audio, Chardev, Controller, Disk, Graphics, Hub, Input, Interface,
-                                 Iommu, Memballoon, Panic, Redirdev, Rng, Shmem, Sound, Video,
-                                 Vsock, Watchdog)
+                                 Iommu, Memballoon, Panic, Redirdev, Rng, Shmem, Sound, Tpm,
+                                 Video, Vsock, Watchdog)
 from pyvirtd.xml.devices.input import QEMU_DEVICES as INPUT_DEVICES
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 from pyvirtd.xml.devices.video import PRIMARY as VIDEO_PRIMARY, SECONDARY as VIDEO_SECONDARY
 from pyvirtd.xml.devices.watchdog import QEMU_ACTIONS
 from pyvirtd.xml.platform import Platform, platform
 
-from . import devices_extra
+from . import devices_extra, tpm as tpmmod
 from .defaults import DEVICE_DEFAULTS
 from .devprops import SCSI_MODELS, Placement, device_alias, disk_bus, error_policy_props
 from .devprops import unsupported as _unsupported
@@ -164,13 +164,14 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
                   resolve_volume: Callable[[str, str], VolumeSource] | None = None,
                   daemonize: bool = True, name_marker: str | None = None,
                   monitor_fd: int | None = None, sandbox: str | None = None,
-                  vsock_fd: int | None = None) -> list[str]:
+                  vsock_fd: int | None = None, tpm_socket: str | None = None) -> list[str]:
     """The argv that starts ``defn`` paused under QEMU (see the module docstring).
 
     ``monitor_fd``: the monitor is this listening socket, bound by the daemon
     (``monitor_path`` names it then only for the caller); ``sandbox``: the
     ``-sandbox`` option (confine.SANDBOX), given when not None; ``vsock_fd``: the
-    /dev/vhost-vsock fd bound to the guest's cid (devices_extra.open_vsock).
+    /dev/vhost-vsock fd bound to the guest's cid (devices_extra.open_vsock);
+    ``tpm_socket``: the control socket of the guest's swtpm (tpm.start).
 
     :param machine_defaults: machine alias -> canonical name (from caps), also
         the key ``"default"`` for a definition without a machine.
@@ -225,6 +226,9 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     for dev in devs:
         if isinstance(dev, Input):
             _input(b, dev)
+    for dev in devs:
+        if isinstance(dev, Tpm):
+            b.add(*tpmmod.qemu_args(dev, b.alias(dev), tpm_socket))
     _audio(b, [d for d in devs if isinstance(d, Audio)])
     _graphics(b, [d for d in devs if isinstance(d, Graphics)])
     for dev in devs:

@@ -46,7 +46,7 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
 from . import (confine, dac, devacl, devices_extra, guest_events, interfaces, launch, process,
-               volumes)
+               tpm, volumes)
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 
@@ -112,6 +112,7 @@ class QemuDriverState(QemuState):
         labels: list[dac.Label] = []
 
         async def undo() -> None:
+            await trio.to_thread.run_sync(tpm.stop, self, name)
             await interfaces.unplug_all(self, taps, live.devices_of("interface"))
             await trio.to_thread.run_sync(dac.restore_all, labels)
             await devacl.release(conf, live)    # confinement: the guest's cgroup
@@ -121,12 +122,13 @@ class QemuDriverState(QemuState):
         try:
             # <vsock>: /dev/vhost-vsock bound to the guest's cid, handed to QEMU
             vsock_fd = await trio.to_thread.run_sync(devices_extra.open_vsock, live)
+            tpm_socket = await tpm.start(self, live)      # swtpm, before QEMU
             if conf.own_start:   # QEMU may not fork: it gets the daemon's monitor socket
                 mon_sock = await trio.to_thread.run_sync(process.bind_monitor, str(monitor_path))
             argv = launch.build_argv(self, live, monitor_path=str(monitor_path),
                                      pid_path=str(pid_path), tap_fds=tap_fds, volumes=sources,
                                      monitor_fd=mon_sock.fileno() if mon_sock else None,
-                                     vsock_fd=vsock_fd)
+                                     vsock_fd=vsock_fd, tpm_socket=tpm_socket)
             if incoming is not None:
                 argv += ["-incoming", "defer"]
             if loadvm is not None:
@@ -209,6 +211,8 @@ class QemuDriverState(QemuState):
         labels, dom.labels = dom.labels, []
         if labels:   # QEMU is gone: its files go back to their owners
             cleanups.append((trio.to_thread.run_sync, dac.restore_all, labels))
+        if tpm.emulated(dom.definition) is not None:   # swtpm goes with QEMU
+            cleanups.append((trio.to_thread.run_sync, tpm.stop, self, dom.name))
         if self.confinement.cgroups:   # and its cgroup goes (devacl.py)
             cleanups.append((devacl.release, self.confinement, dom.definition))
         plugged = interfaces.plugged(dom.definition)

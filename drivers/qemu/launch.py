@@ -81,7 +81,8 @@ def fill_defaults(state: "QemuState", d: domxml.DomainDef) -> None:
 def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
                pid_path: str, tap_fds: dict[int, int] | None = None,
                volumes: Mapping[tuple[str, str], VolumeSource] | None = None,
-               monitor_fd: int | None = None, vsock_fd: int | None = None) -> list[str]:
+               monitor_fd: int | None = None, vsock_fd: int | None = None,
+               tpm_socket: str | None = None) -> list[str]:
     """The argv of ``live``; ``volumes`` holds its volume disks, resolved beforehand
     (volumes.resolve_all) because resolving waits for storage and argv building must not.
 
@@ -95,7 +96,7 @@ def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
                          tap_fds=tap_fds, machine_defaults=state.machine_defaults(),
                          resolve_volume=lambda pool, vol: (volumes or {})[(pool, vol)],
                          name_marker=live.uuid_str, daemonize=not own_start,
-                         monitor_fd=monitor_fd, vsock_fd=vsock_fd,
+                         monitor_fd=monitor_fd, vsock_fd=vsock_fd, tpm_socket=tpm_socket,
                          sandbox=SANDBOX if state.confinement.sandbox else None)
 
 

@@ -26,7 +26,7 @@ from pyvirtd.xml.devices.graphics import Graphics
 from pyvirtd.xml.devices.input import Input
 from pyvirtd.xml.devices.interface import Interface
 from pyvirtd.xml.devices.memballoon import Memballoon
-from pyvirtd.xml.devices.misc import Hub, Iommu, Panic, Shmem, Vsock
+from pyvirtd.xml.devices.misc import Hub, Iommu, Panic, Shmem, Tpm, Vsock
 from pyvirtd.xml.devices.redirdev import Redirdev
 from pyvirtd.xml.devices.rng import Rng
 from pyvirtd.xml.devices.sound import Sound
@@ -38,14 +38,16 @@ MODELS = {"disk": Disk, "controller": Controller, "interface": Interface, "seria
           "console": Chardev, "channel": Chardev, "input": Input, "graphics": Graphics,
           "video": Video, "memballoon": Memballoon, "rng": Rng, "watchdog": Watchdog,
           "sound": Sound, "redirdev": Redirdev, "audio": Audio, "parallel": Chardev,
-          "panic": Panic, "vsock": Vsock, "iommu": Iommu, "hub": Hub, "shmem": Shmem}
+          "panic": Panic, "vsock": Vsock, "iommu": Iommu, "hub": Hub, "shmem": Shmem,
+          "tpm": Tpm}
 
 Device = (Disk | Controller | Interface | Chardev | Input | Graphics | Video | Memballoon | Rng
-          | Watchdog | Sound | Redirdev | Audio | Panic | Vsock | Iommu | Hub | Shmem)
+          | Watchdog | Sound | Redirdev | Audio | Panic | Vsock | Iommu | Hub | Shmem
+          | Tpm)
 
 __all__ = ["Address", "Audio", "Chardev", "Controller", "Device", "DeviceDefaults", "Disk",
            "Graphics", "Hub", "Input", "Interface", "Iommu", "MODELS", "Memballoon", "Panic",
-           "Redirdev", "Rng", "Shmem", "Sound", "Video", "Vsock", "Watchdog", "apply_defaults", "assign_usb_ports", "is_q35", "parse_device",
+           "Redirdev", "Rng", "Shmem", "Sound", "Tpm", "Video", "Vsock", "Watchdog", "apply_defaults", "assign_usb_ports", "is_q35", "parse_device",
            "parse_devices", "validate_devices"]
 
 

@@ -249,3 +249,58 @@ class Shmem(_Kept):
             raise unsupported("shmem model 'ivshmem' is not supported by this QEMU binary")
         if self.model == "ivshmem-doorbell":
             raise not_runnable("shmem model 'ivshmem-doorbell' is not supported")
+
+
+@dataclass(eq=False)
+class Tpm(_Kept):
+    """A TPM; backend emulator is a swtpm process per guest, external one the user runs."""
+    TAG = "tpm"
+    MODELS = ("tpm-tis", "tpm-crb", "tpm-spapr", "spapr-tpm-proxy")
+    BACKENDS = ("passthrough", "emulator", "external")
+
+    @property
+    def model(self) -> str:
+        return self.attrs.get("model", "tpm-tis")
+
+    @property
+    def backend(self) -> dict:
+        be = self.child("backend")
+        return dict(be.attrib) if be is not None else {}
+
+    @property
+    def external_path(self) -> str | None:
+        be = self.child("backend")
+        src = be.find("source") if be is not None else None
+        return src.get("path") if src is not None else None
+
+    @classmethod
+    def parse(cls, elem: etree._Element) -> "Tpm":
+        enum_attr(elem, "model", cls.MODELS, what="TPM model")
+        be = elem.find("backend")
+        if be is None:
+            raise xml_error("missing TPM device backend")
+        if be.get("type") is None:
+            raise xml_error("missing TPM device backend type")
+        enum_attr(be, "type", cls.BACKENDS, what="TPM backend type")
+        enum_attr(be, "version", ("1.2", "2.0"), what="TPM version")
+        if be.get("type") == "external" and (be.find("source") is None
+                                             or not be.find("source").get("path")):
+            raise xml_error("missing TPM source path")
+        t = cls()
+        t._keep(elem)
+        return t
+
+    def fill_defaults(self, ctx: dict | None = None) -> None:
+        if "model" not in self.attrs:       # x86's default (qemuDomainTPMDefPostParse)
+            self.attrs = {"model": "tpm-tis", **self.attrs}
+        be = self.child("backend")
+        if be is not None and be.get("type") == "emulator" and be.get("version") is None:
+            be.set("version", "2.0" if self.model == "tpm-crb" else "1.2")   # libvirt 9.0
+
+    def validate(self) -> None:
+        if self.model in ("tpm-spapr", "spapr-tpm-proxy"):
+            raise unsupported(f"TPM model '{self.model}' is not supported on this architecture")
+        if self.model == "tpm-crb" and self.backend.get("version") == "1.2":
+            raise unsupported("TPM version '1.2' is not supported with model 'tpm-crb'")
+        if self.backend.get("type") == "passthrough":
+            raise not_runnable("TPM backend 'passthrough' is not supported")

@@ -104,7 +104,8 @@ NOT_RUNNABLE = [
      "interface type 'udp'"),
     ("<hostdev mode='subsystem' type='pci'><source><address domain='0' bus='6' slot='2' "
      "function='0'/></source></hostdev>", "device <hostdev>"),
-    ("<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>", "device <tpm>"),
+    ("<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend>"
+     "</tpm>", "TPM backend 'passthrough'"),
     ("<filesystem type='mount'><source dir='/tmp'/><target dir='s'/></filesystem>",
      "device <filesystem>"),
     ("<panic model='hyperv'/>", "panic model 'hyperv'"),

@@ -1,0 +1,129 @@
+"""<tpm> with an emulator backend: pyvirtd runs Debian's swtpm for the guest before
+QEMU, QEMU sees the TPM (QMP query-tpm), the TPM's state is kept per guest across
+runs, and swtpm goes away with QEMU."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+from pathlib import Path
+
+import pytest
+
+from daemon_helpers import KVM_OK, module_daemon, needs_qemu, ok, qemu_uri, virsh, wait_for
+
+pytestmark = [needs_qemu,
+              pytest.mark.skipif(shutil.which("swtpm") is None, reason="swtpm not installed")]
+
+daemon = module_daemon("qemu-tpm")
+
+GUEST = """<domain type='{virt}'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='{machine}'>hvm</type></os>
+  <devices>{tpm}</devices>
+</domain>
+"""
+
+
+def _swtpm_pids(name: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # a zombie is gone (this machine's PID 1 does not reap)
+            if b"swtpm\0socket" in cmdline and f"{name}-swtpm.sock".encode() in cmdline \
+                    and stat.split(")")[-1].split()[0] != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+def _query_tpm(uri: str, name: str) -> list[dict]:
+    out = ok(uri, f"qemu-monitor-command {name} '{{\"execute\":\"query-tpm\"}}'")
+    return json.loads(out)["return"]
+
+
+@pytest.mark.parametrize("machine, tpm, model, version", [
+    ("q35", "<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>",
+     "tpm-crb", "tpm2"),
+    ("pc", "<tpm><backend type='emulator'/></tpm>", "tpm-tis", "tpm1.2"),
+])
+def test_emulated_tpm_runs_and_keeps_its_state(daemon, tmp_path, machine, tpm, model, version):
+    uri = qemu_uri(daemon)
+    name, uuid = f"dk-tpm-{machine}", f"7d0c5a1e-2b3f-4e6a-9c8d-00000000000{len(machine)}"
+    xml = tmp_path / f"{name}.xml"
+    xml.write_text(GUEST.format(virt="kvm" if KVM_OK else "qemu", name=name, uuid=uuid,
+                                machine=machine, tpm=tpm))
+    ok(uri, f"define {xml}")
+    state = daemon.root / "lib" / "swtpm" / uuid / version
+    try:
+        ok(uri, f"start {name}")
+        tpms = _query_tpm(uri, name)
+        assert [(t["id"], t["model"], t["options"]["type"]) for t in tpms] == \
+            [("tpm-tpm0", model, "emulator")]      # the -tpmdev id
+        assert len(_swtpm_pids(name)) == 1
+        assert "<alias name='tpm0'/>" in ok(uri, f"dumpxml {name}")
+        made = {p.name: p.stat().st_mtime_ns for p in state.iterdir()}
+        assert made, "no TPM state was written"
+
+        ok(uri, f"destroy {name}")
+        wait_for(lambda: not _swtpm_pids(name), 10)
+        ok(uri, f"start {name}")           # the same state, not made anew
+        assert _query_tpm(uri, name)[0]["model"] == model
+        assert all((state / f).exists() for f in made)
+    finally:
+        virsh(uri, f"destroy {name}; undefine {name}")
+    wait_for(lambda: not _swtpm_pids(name), 10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="confinement needs a root daemon")
+def test_swtpm_runs_as_tss_under_a_privileged_daemon(tmp_path):
+    """As libvirt's swtpm_user: tss, with no capabilities; QEMU (pyvirtd-qemu)
+    gets the control socket."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from daemon_helpers import kill_guests, start_daemon, stop_daemon
+
+    subprocess.run([sys.executable, "-m", "pyvirtd.cli", "qemu-user"], check=True,
+                   stdout=subprocess.DEVNULL)
+    base = Path(tempfile.mkdtemp(prefix="pyvirtd-tpm-", dir="/var/tmp"))
+    base.chmod(0o755)
+    root = base / "pyvirtd"
+    (root / "lib" / "network").mkdir(parents=True)   # no 'default' network on this host
+    d = start_daemon(root, "--privileged")
+    uri = f"qemu+unix:///system?socket={d.sock}"
+    name = "dk-tpm-sys"
+    try:
+        xml = tmp_path / f"{name}.xml"
+        xml.write_text(GUEST.format(virt="qemu", name=name, machine="q35",
+                                    uuid="7d0c5a1e-2b3f-4e6a-9c8d-0000000000aa",
+                                    tpm="<tpm model='tpm-crb'>"
+                                        "<backend type='emulator' version='2.0'/></tpm>"))
+        ok(uri, f"define {xml}")
+        ok(uri, f"start {name}")
+        assert _query_tpm(uri, name)[0]["model"] == "tpm-crb"
+        tss = str(pwd.getpwnam("tss").pw_uid)
+        [pid] = _swtpm_pids(name)
+        status = dict(line.split(":\t", 1) for line in
+                      Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+        assert status["Uid"].split() == [tss] * 4
+        assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"].strip() == "1"
+        ok(uri, f"destroy {name}")
+        wait_for(lambda: not _swtpm_pids(name), 10)
+    finally:
+        virsh(uri, f"destroy {name}; undefine {name}")
+        stop_daemon(d)
+        kill_guests(base)
+        for pid in _swtpm_pids(name):
+            os.kill(pid, 9)
+        shutil.rmtree(base, ignore_errors=True)
