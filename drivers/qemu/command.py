@@ -61,15 +61,15 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.devices import (Audio, Chardev, Controller, Disk, Graphics, Hub, Input, Interface,
-                                 Iommu, Memballoon, Panic, Redirdev, Rng, Shmem, Sound, Tpm,
-                                 Video, Vsock, Watchdog)
+                                 Iommu, Memballoon, Memory, Panic, Redirdev, Rng, Shmem, Sound,
+                                 Tpm, Video, Vsock, Watchdog)
 from pyvirtd.xml.devices.input import QEMU_DEVICES as INPUT_DEVICES
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 from pyvirtd.xml.devices.video import PRIMARY as VIDEO_PRIMARY, SECONDARY as VIDEO_SECONDARY
 from pyvirtd.xml.devices.watchdog import QEMU_ACTIONS
 from pyvirtd.xml.platform import Platform, platform
 
-from . import devices_extra, tpm as tpmmod
+from . import devices_extra, memory, tpm as tpmmod
 from .defaults import DEVICE_DEFAULTS
 from .devprops import SCSI_MODELS, Placement, device_alias, disk_bus, error_policy_props
 from .devprops import unsupported as _unsupported
@@ -134,7 +134,9 @@ def assign_aliases(defn) -> None:
     q35 = devmod.is_q35(defn.machine)
     counters: dict[str, int] = {}
     out = []
-    for dev in devmod.parse_devices(defn):
+    devs = devmod.parse_devices(defn)
+    memory.assign_slots([d for d in devs if isinstance(d, Memory)])
+    for dev in devs:
         if isinstance(dev, etree._Element):
             out.append(dev)
             continue
@@ -195,10 +197,11 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     b.add(binary, "-name", opts(None, ("guest", defn.name), ("debug-threads", "on")), "-S")
     _machine(b)
     _cpu(b)
-    b.add("-m", f"size={defn.current_memory if defn.memory == 0 else defn.memory}k")
+    memory.size_args(b)
     b.add("-overcommit", "mem-lock=off")
     _smp(b)
     _iothreads(b)
+    memory.numa_args(b)
     b.add("-uuid", defn.uuid_str)
     b.add("-no-user-config", "-nodefaults")
     where = ("fd", monitor_fd) if monitor_fd is not None else ("path", monitor_path)

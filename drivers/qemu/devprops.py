@@ -16,8 +16,8 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.devices import (Chardev, Controller, Disk, Graphics, Hub, Input, Interface,
-                                 Iommu, Memballoon, Redirdev, Rng, Shmem, Sound, Tpm, Video,
-                                 Vsock, Watchdog)
+                                 Iommu, Memballoon, Memory, Redirdev, Rng, Shmem, Sound, Tpm,
+                                 Video, Vsock, Watchdog)
 from pyvirtd.xml.platform import Platform, platform
 
 # libvirt's SCSI controller models -> QEMU device (qemuBuildControllerSCSIDevStr)
@@ -54,7 +54,7 @@ def device_alias(dev, counters: dict[str, int], q35: bool) -> str:
     kind = {Interface: "net", Input: "input", Video: "video", Memballoon: "balloon",
             Rng: "rng", Watchdog: "watchdog", Graphics: "graphics", Sound: "sound",
             Redirdev: "redir", Hub: "hub", Shmem: "shmem", Vsock: "vsock",
-            Iommu: "iommu", Tpm: "tpm"}.get(type(dev))
+            Iommu: "iommu", Tpm: "tpm", Memory: "dimm"}.get(type(dev))
     if isinstance(dev, Chardev):
         kind = dev.kind
         if kind == "console" and dev.target_type in (None, "serial"):

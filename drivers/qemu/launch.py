@@ -27,6 +27,7 @@ from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.platform import fill_cpu_defaults
 
+from . import memory
 from .command import VolumeSource, assign_aliases, build_command
 from .confine import SANDBOX
 from .defaults import DEVICE_DEFAULTS
@@ -75,7 +76,9 @@ def fill_defaults(state: "QemuState", d: domxml.DomainDef) -> None:
     if d.arch == HOST_ARCH:
         d.raw["cpu"] = fill_cpu_defaults(d.raw.get("cpu"), d.type)
     devmod.apply_defaults(d, DEVICE_DEFAULTS)
+    memory.fill_defaults(d)
     devmod.validate_devices(d, starting=False)     # what cannot run yet fails at start
+    memory.validate_hotplug(d)
 
 
 def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,

@@ -304,3 +304,67 @@ class Tpm(_Kept):
             raise unsupported("TPM version '1.2' is not supported with model 'tpm-crb'")
         if self.backend.get("type") == "passthrough":
             raise not_runnable("TPM backend 'passthrough' is not supported")
+
+
+@dataclass(eq=False)
+class Memory(_Kept):
+    """A memory device: a DIMM (or nvdimm, virtio-mem, ...) plugged into a NUMA node."""
+    TAG = "memory"
+    MODELS = ("dimm", "nvdimm", "virtio-pmem", "virtio-mem", "sgx-epc")
+
+    @property
+    def model(self) -> str:
+        return self.attrs["model"]
+
+    def _target(self, tag: str) -> etree._Element | None:
+        target = self.child("target")
+        return target.find(tag) if target is not None else None
+
+    @property
+    def size(self) -> int:
+        """The size in KiB."""
+        size = self._target("size")
+        if size is None:
+            return 0
+        return int((size.text or "0").strip()) * _UNITS[(size.get("unit") or "kib").lower()] \
+            // 1024
+
+    @property
+    def node(self) -> int | None:
+        node = self._target("node")
+        return int((node.text or "").strip()) if node is not None else None
+
+    @classmethod
+    def parse(cls, elem: etree._Element) -> "Memory":
+        if elem.get("model") is None:
+            raise xml_error("missing memory model")
+        enum_attr(elem, "model", cls.MODELS, what="memory model")
+        target = elem.find("target")
+        if target is None:
+            raise xml_error("missing memory target")
+        size = target.find("size")
+        if size is not None and (not (size.text or "").strip().isdigit()
+                                 or (size.get("unit") or "kib").lower() not in _UNITS):
+            raise xml_error("malformed memory size")
+        if elem.get("model") in ("dimm", "nvdimm", "virtio-mem") and size is None:
+            raise xml_error("missing memory size")
+        node = target.find("node")
+        if node is not None and not (node.text or "").strip().isdigit():
+            raise xml_error("Invalid value of memory device node")
+        m = cls()
+        m._keep(elem)
+        return m
+
+    def fill_defaults(self, ctx: dict | None = None) -> None:
+        size = self._target("size")
+        if size is not None:           # libvirt keeps sizes in KiB
+            kib = self.size
+            size.attrib.clear()
+            size.set("unit", "KiB")
+            size.text = str(kib)
+
+    def validate(self) -> None:
+        if self.model != "dimm":
+            raise not_runnable(f"memory device model '{self.model}' is not supported")
+        if self.address is not None and self.address.type != "dimm":
+            raise unsupported("only 'dimm' addresses are supported for the pc-dimm device")

@@ -1,0 +1,164 @@
+"""Guest memory on QEMU's command line: its size and hotplug room (-m), the NUMA
+nodes of <cpu><numa> with their memory backends, and <memory model='dimm'>
+devices (qemuBuildMemCommandLine, qemuBuildNumaCommandLine,
+qemuBuildMemoryDeviceCommandLine); and libvirt's checks of memory hotplug.
+
+With NUMA cells the guest's initial memory is the cells' sum and <memory> is
+that plus the DIMMs (libvirt's virDomainDefPostParseMemory), so a definition
+with DIMMs shows the total.  Sizes are rounded up as libvirt does on x86 before
+QEMU starts: NUMA cells to 1 MiB, DIMMs to 2 MiB.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import devices as devmod
+from pyvirtd.xml.devices import Memory
+
+from .devprops import unsupported
+
+if TYPE_CHECKING:
+    from .command import _Builder
+
+CELL_ALIGN_KIB = 1024        # qemuDomainGetMemorySizeAlignment on x86
+DIMM_ALIGN_KIB = 2048        # qemuDomainGetMemoryModuleSizeAlignment on x86
+
+
+def _align(kib: int, step: int) -> int:
+    return -(-kib // step) * step
+
+
+def cells(defn) -> list[etree._Element]:
+    cpu = defn.raw.get("cpu")
+    numa = cpu.find("numa") if cpu is not None else None
+    return numa.findall("cell") if numa is not None else []
+
+
+def _cell_kib(cell: etree._Element) -> int:
+    from pyvirtd.xml.domain import parse_memory
+    return parse_memory(cell, "./cpu/numa/cell/@memory", attr="memory")
+
+
+def max_memory(defn) -> tuple[int, int] | None:
+    """(maximum KiB, slots) of <maxMemory>, if any."""
+    elem = defn.raw.get("maxMemory")
+    if elem is None:
+        return None
+    from pyvirtd.xml.domain import parse_memory
+    return parse_memory(elem, "./maxMemory[1]"), int(elem.get("slots") or 0)
+
+
+def dimms(defn) -> list[Memory]:
+    return [d for d in devmod.parse_devices(defn) if isinstance(d, Memory)]
+
+
+def fill_defaults(defn) -> None:
+    """libvirt's post-parse: DIMMs get slots; with NUMA cells, <memory> is their sum
+    plus the memory devices'; refused when memory devices need more than <memory> has."""
+    at = [i for i, e in enumerate(defn.devices) if getattr(e, "tag", None) == "memory"]
+    mems = [Memory.parse(defn.devices[i]) for i in at]
+    if mems and max_memory(defn) is not None:
+        assign_slots(mems)
+        for i, mem in zip(at, mems):
+            defn.devices[i] = mem.to_element()
+    plugged = sum(m.size for m in mems)
+    numa = cells(defn)
+    if numa:
+        total = sum(_cell_kib(c) for c in numa) + plugged
+        if defn.current_memory == defn.memory or defn.current_memory > total:
+            defn.current_memory = total
+        defn.memory = total
+    elif plugged and defn.memory <= plugged:
+        raise VirError(P.VIR_ERR_XML_ERROR, "Total size of memory devices exceeds the total "
+                       "memory size", domain=P.VIR_FROM_DOMAIN)
+
+
+def validate_hotplug(defn) -> None:
+    """libvirt's define-time checks of memory hotplug (qemuValidateDomainDefMemory)."""
+    mems = dimms(defn)
+    limit = max_memory(defn)
+    if limit is None:
+        if mems:
+            raise unsupported("cannot use/hotplug a memory device when domain 'maxMemory' "
+                              "is not defined")
+        return
+    maximum, slots = limit
+    if not cells(defn):
+        raise unsupported("At least one numa node has to be configured when enabling memory "
+                          "hotplug")
+    if slots == 0:
+        raise unsupported("memory hotplug requires at least one memory slot")
+    if len(mems) > slots:
+        raise unsupported(f"Count of memory devices requiring memory slots '{len(mems)}' "
+                          f"exceeds slots count '{slots}'")
+    if defn.memory > maximum:
+        raise unsupported("Attached memory devices exceed the maximum memory of the domain")
+    for m in mems:
+        if m.node is not None and m.node >= len(cells(defn)):
+            raise unsupported(f"can't add memory backend for guest node '{m.node}' as the "
+                              f"guest has only '{len(cells(defn))}' NUMA nodes configured")
+
+
+def _cpus(spec: str) -> list[str]:
+    """cpus='0-1,3' -> the ranges of QEMU's repeated cpus= (no exclusions: libvirt
+    expands them; a cell naming one is left to QEMU's defaults)."""
+    return [part.strip() for part in spec.split(",") if part.strip() and "^" not in part]
+
+
+def size_args(b: "_Builder") -> None:
+    """-m: the initial memory, and the room for hotplug."""
+    from .command import opts
+    defn = b.defn
+    numa = cells(defn)
+    if numa:
+        initial = sum(_align(_cell_kib(c), CELL_ALIGN_KIB) for c in numa)
+    else:
+        initial = defn.current_memory if defn.memory == 0 else defn.memory
+    pairs: list[tuple[str, object]] = []
+    limit = max_memory(defn)
+    if limit is not None:
+        pairs = [("slots", limit[1]), ("maxmem", f"{limit[0]}k")]
+    b.add("-m", opts(f"size={initial}k", *pairs))
+
+
+def numa_args(b: "_Builder") -> None:
+    """The NUMA nodes and their memory backends, then the DIMMs."""
+    from .command import opts
+    for n, cell in enumerate(cells(b.defn)):
+        node = int(cell.get("id", n))
+        shared = cell.get("memAccess") == "shared"
+        size = _align(_cell_kib(cell), CELL_ALIGN_KIB) * 1024
+        b.add("-object", opts("memory-backend-memfd" if shared else "memory-backend-ram",
+                              ("id", f"ram-node{node}"), ("size", size),
+                              ("share", True if shared else None)))
+        spec = ",".join(f"cpus={cpus}" for cpus in _cpus(cell.get("cpus", "")))
+        b.add("-numa", ",".join(filter(None, ["node", f"nodeid={node}", spec,
+                                               f"memdev=ram-node{node}"])))
+    for slot, mem in enumerate(dimms(b.defn)):
+        alias = b.alias(mem)
+        a = mem.address
+        b.add("-object", opts("memory-backend-ram", ("id", f"mem{alias}"),
+                              ("size", _align(mem.size, DIMM_ALIGN_KIB) * 1024)))
+        b.add("-device", opts("pc-dimm", ("node", mem.node), ("memdev", f"mem{alias}"),
+                              ("id", alias),
+                              ("slot", a.int("slot") if a is not None and "slot" in a.attrs
+                               else slot),
+                              ("addr", a.int("base") if a is not None and "base" in a.attrs
+                               else None)))
+
+
+def assign_slots(mems: list[Memory]) -> None:
+    """The live definition's <address type='dimm' slot=N/>: the next free slot each."""
+    used = {m.address.int("slot") for m in mems if m.address is not None}
+    slot = 0
+    for mem in mems:
+        if mem.address is None:
+            while slot in used:
+                slot += 1
+            mem.address = devmod.Address("dimm", {"slot": str(slot)})
+            used.add(slot)
