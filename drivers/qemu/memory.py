@@ -1,7 +1,8 @@
 """Guest memory on QEMU's command line: its size and hotplug room (-m), the NUMA
 nodes of <cpu><numa> with their memory backends, and <memory model='dimm'>
 devices (qemuBuildMemCommandLine, qemuBuildNumaCommandLine,
-qemuBuildMemoryDeviceCommandLine); and libvirt's checks of memory hotplug.
+qemuBuildMemoryDeviceCommandLine); libvirt's checks of memory hotplug, and the
+hotplug of a DIMM into a running guest (attach_live).
 
 With NUMA cells the guest's initial memory is the cells' sum and <memory> is
 that plus the DIMMs (libvirt's virDomainDefPostParseMemory), so a definition
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import trio
 from lxml import etree
 
 from pyvirtd.errors import VirError
@@ -162,3 +164,69 @@ def assign_slots(mems: list[Memory]) -> None:
                 slot += 1
             mem.address = devmod.Address("dimm", {"slot": str(slot)})
             used.add(slot)
+
+
+def _free_slot(mems: list[Memory], slots: int) -> int:
+    used = {m.address.int("slot") for m in mems if m.address is not None}
+    free = next((s for s in range(slots) if s not in used), None)
+    if free is None:
+        raise unsupported(f"Count of memory devices requiring memory slots '{len(mems) + 1}' "
+                          f"exceeds slots count '{slots}'")
+    return free
+
+
+async def attach_live(dom, elem: etree._Element) -> str:
+    """Hotplug a DIMM into a running guest (qemuDomainAttachMemory): its backend with
+    object-add, then the pc-dimm; the live definition gets it, with a slot and
+    alias dimmN, and its size is added to the guest's memory.  Returns the alias."""
+    live = dom.definition
+    mem = Memory.parse(elem)
+    mem.fill_defaults()
+    mem.validate()
+    limit = max_memory(live)
+    if limit is None:
+        raise unsupported("cannot use/hotplug a memory device when domain 'maxMemory' is not "
+                          "defined")
+    numa = cells(live)
+    if mem.node is not None and mem.node >= len(numa):
+        raise unsupported(f"can't add memory backend for guest node '{mem.node}' as the guest "
+                          f"has only '{len(numa)}' NUMA nodes configured")
+    size = _align(mem.size, DIMM_ALIGN_KIB)
+    if live.memory + size > limit[0]:
+        raise unsupported("Attached memory devices exceed the maximum memory of the domain")
+    slot = _free_slot(dimms(live), limit[1])
+    alias = f"dimm{slot}"
+    mon = dom.monitor
+    await mon.execute("object-add", {"qom-type": "memory-backend-ram", "id": f"mem{alias}",
+                                     "size": size * 1024})
+    props: dict = {"driver": "pc-dimm", "memdev": f"mem{alias}", "id": alias, "slot": slot}
+    if mem.node is not None:
+        props["node"] = mem.node
+    try:
+        await mon.device_add(props)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            try:
+                await mon.execute("object-del", {"id": f"mem{alias}"})
+            except VirError:
+                pass
+        raise
+    mem.alias = alias
+    mem.address = devmod.Address("dimm", {"slot": str(slot)})
+    same = [i for i, d in enumerate(live.devices) if getattr(d, "tag", None) == "memory"]
+    live.devices.insert(same[-1] + 1 if same else len(live.devices), mem.to_element())
+    live.memory += size
+    live.current_memory += size
+    return alias
+
+
+def attach_config(defn, elem: etree._Element) -> None:
+    """--config attach of a memory device: added with a slot, the total grows, and
+    libvirt's hotplug checks apply."""
+    mem = Memory.parse(elem)
+    mem.fill_defaults()
+    mem.validate()
+    same = [i for i, d in enumerate(defn.devices) if getattr(d, "tag", None) == "memory"]
+    defn.devices.insert(same[-1] + 1 if same else len(defn.devices), mem.to_element())
+    fill_defaults(defn)
+    validate_hotplug(defn)

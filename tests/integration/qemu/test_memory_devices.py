@@ -68,6 +68,34 @@ def test_dimms_in_numa_nodes_run(daemon, tmp_path):
         virsh(uri, f"destroy {name}; undefine {name}")
 
 
+def test_dimm_hotplug(daemon, tmp_path):
+    uri = qemu_uri(daemon)
+    name = "dk-dimm-hot"
+    ok(uri, "define " + _write(tmp_path, name, devices=DIMM.format(size=128, node=0)))
+    dimm = tmp_path / "dimm.xml"
+    dimm.write_text(DIMM.format(size=256, node=1))
+    try:
+        ok(uri, f"start {name}")
+        ok(uri, f"attach-device {name} {dimm} --live")
+        assert _memory_devices(uri, name) == [("dimm0", 128 << 20, 0, 0),
+                                              ("dimm1", 256 << 20, 1, 1)]
+        live = ok(uri, f"dumpxml {name}")
+        assert "<memory unit='KiB'>524288</memory>" in live  # cells 2x64, DIMMs 128 + 256 MiB
+        assert "<alias name='dimm1'/>" in live and "<address type='dimm' slot='1'/>" in live
+        # the persistent definition is unchanged; --config adds it there
+        assert "<memory unit='KiB'>262144</memory>" in ok(uri, f"dumpxml --inactive {name}")
+        ok(uri, f"attach-device {name} {dimm} --config")
+        inactive = ok(uri, f"dumpxml --inactive {name}")
+        assert "<memory unit='KiB'>524288</memory>" in inactive
+        assert "<address type='dimm' slot='1'/>" in inactive
+        big = tmp_path / "big.xml"
+        big.write_text(DIMM.format(size=768, node=0))      # 512 MiB + 768 > 1 GiB
+        r = virsh(uri, f"attach-device {name} {big} --live")
+        assert r.rc != 0 and "exceed the maximum memory" in r.err
+    finally:
+        virsh(uri, f"destroy {name}; undefine {name}")
+
+
 @pytest.mark.parametrize("max_memory, numa, devices, message", [
     ("", NUMA, DIMM.format(size=128, node=0),
      "cannot use/hotplug a memory device when domain 'maxMemory' is not defined"),
