@@ -67,11 +67,12 @@ from pyvirtd.xml.devices.input import QEMU_DEVICES as INPUT_DEVICES
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 from pyvirtd.xml.devices.video import PRIMARY as VIDEO_PRIMARY, SECONDARY as VIDEO_SECONDARY
 from pyvirtd.xml.devices.watchdog import QEMU_ACTIONS
-from pyvirtd.xml.platform import Platform, platform
+from pyvirtd.xml.platform import platform
 
-from . import devices_extra, memory, tpm as tpmmod
+from . import devices_extra, filesystems, memory, tpm as tpmmod
 from .defaults import DEVICE_DEFAULTS
-from .devprops import SCSI_MODELS, Placement, device_alias, disk_bus, error_policy_props
+from .devprops import (SCSI_MODELS, ArgvBuilder, device_alias, disk_bus, error_policy_props,
+                       opts, quote)
 from .devprops import unsupported as _unsupported
 
 # QEMU's VNC display N listens on TCP port 5900 + N.
@@ -104,25 +105,6 @@ def _internal(detail: str) -> VirError:
     return VirError(P.VIR_ERR_INTERNAL_ERROR, detail, domain=P.VIR_FROM_QEMU)
 
 
-def quote(value: object) -> str:
-    """A value inside QEMU's comma-separated option syntax: commas are doubled."""
-    return str(value).replace(",", ",,")
-
-
-def opts(driver: str | None, *pairs: tuple[str, object]) -> str:
-    """``driver,key=value,...`` with values quoted; None values are skipped."""
-    parts = [quote(driver)] if driver else []
-    for key, value in pairs:
-        if value is None:
-            continue
-        if value is True:
-            value = "on"
-        elif value is False:
-            value = "off"
-        parts.append(f"{key}={quote(value)}")
-    return ",".join(parts)
-
-
 def _json(obj: dict) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
@@ -148,16 +130,7 @@ def assign_aliases(defn) -> None:
 
 # -- the command line ---------------------------------------------------------
 
-class _Builder(Placement):
-    """The command line being built, and where its devices go."""
-
-    def __init__(self, defn, plat: Platform, q35: bool) -> None:
-        super().__init__(defn, plat, q35)
-        self.argv: list[str] = []
-        self.audiodev: str | None = None     # the -audiodev id displays and sound cards use
-
-    def add(self, *args: str) -> None:
-        self.argv.extend(args)
+_Builder = ArgvBuilder     # the builder lives in devprops, shared with the device modules
 
 
 def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None = None,
@@ -166,14 +139,16 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
                   resolve_volume: Callable[[str, str], VolumeSource] | None = None,
                   daemonize: bool = True, name_marker: str | None = None,
                   monitor_fd: int | None = None, sandbox: str | None = None,
-                  vsock_fd: int | None = None, tpm_socket: str | None = None) -> list[str]:
+                  vsock_fd: int | None = None, tpm_socket: str | None = None,
+                  fs_sockets: Mapping[str, str] | None = None) -> list[str]:
     """The argv that starts ``defn`` paused under QEMU (see the module docstring).
 
     ``monitor_fd``: the monitor is this listening socket, bound by the daemon
     (``monitor_path`` names it then only for the caller); ``sandbox``: the
     ``-sandbox`` option (confine.SANDBOX), given when not None; ``vsock_fd``: the
     /dev/vhost-vsock fd bound to the guest's cid (devices_extra.open_vsock);
-    ``tpm_socket``: the control socket of the guest's swtpm (tpm.start).
+    ``tpm_socket``: the control socket of the guest's swtpm (tpm.start);
+    ``fs_sockets``: virtiofs alias -> virtiofsd's socket (filesystems.start).
 
     :param machine_defaults: machine alias -> canonical name (from caps), also
         the key ``"default"`` for a definition without a machine.
@@ -224,6 +199,7 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     _assign_bootindex(b, devs)
     _controllers(b, [d for d in devs if isinstance(d, Controller)])
     _disks(b, [d for d in devs if isinstance(d, Disk)], resolve_volume)
+    filesystems.filesystem_args(b, dict(fs_sockets or {}))
     _interfaces(b, [d for d in devs if isinstance(d, Interface)], tap_fds or {})
     _chardevs(b, [d for d in devs if isinstance(d, Chardev)], channel_dir)
     for dev in devs:
@@ -302,6 +278,8 @@ def _machine(b: _Builder) -> None:
         pairs.append(("acpi", "off"))
     if plat.feature_on("vmport") is not None:
         pairs.append(("vmport", "on" if plat.feature_on("vmport") else "off"))
+    if memory.machine_backend(defn):
+        pairs.append(("memory-backend", memory.machine_backend(defn)))
     if plat.feature_on("smm") is not None:
         pairs.append(("smm", "on" if plat.feature_on("smm") else "off"))
     ioapic = plat.features.get("ioapic")

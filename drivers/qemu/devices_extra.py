@@ -11,17 +11,13 @@ import errno
 import fcntl
 import os
 import struct
-from typing import TYPE_CHECKING
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml.devices import Hub, Iommu, Panic, Shmem, Vsock
 
-from .devprops import unsupported
-
-if TYPE_CHECKING:
-    from .command import _Builder
+from .devprops import ArgvBuilder, opts, unsupported
 
 VHOST_VSOCK = "/dev/vhost-vsock"
 # _IOW(VHOST_VIRTIO=0xAF, 0x60, __u64): VHOST_VSOCK_SET_GUEST_CID
@@ -30,12 +26,7 @@ _FIRST_GUEST_CID = 3          # 0-2 are the hypervisor's and the host's
 _MAX_AUTO_CID = 1 << 16
 
 
-def _opts(driver: str, *pairs: tuple[str, object]) -> str:
-    from .command import opts
-    return opts(driver, *pairs)
-
-
-def iommu_args(b: "_Builder", dev: Iommu) -> list[str]:
+def iommu_args(b: ArgvBuilder, dev: Iommu) -> list[str]:
     """-device intel-iommu with its <driver> switches; interrupt remapping under
     KVM needs the split irqchip (<ioapic driver='qemu'/>)."""
     drv = dev.driver
@@ -44,21 +35,21 @@ def iommu_args(b: "_Builder", dev: Iommu) -> list[str]:
             (ioapic is None or ioapic.get("driver") != "qemu"):
         raise unsupported("IOMMU interrupt remapping requires split I/O APIC "
                           "(ioapic driver='qemu')")
-    return ["-device", _opts("intel-iommu", ("id", b.alias(dev)),
+    return ["-device", opts("intel-iommu", ("id", b.alias(dev)),
                              ("intremap", drv.get("intremap")),
                              ("caching-mode", drv.get("caching_mode")),
                              ("eim", drv.get("eim")), ("device-iotlb", drv.get("iotlb")),
                              ("aw-bits", drv.get("aw_bits")))]
 
 
-def panic_args(b: "_Builder", dev: Panic) -> list[str]:
+def panic_args(b: ArgvBuilder, dev: Panic) -> list[str]:
     if dev.model == "pvpanic":
-        return ["-device", _opts("pvpanic-pci", *b.pci(dev))]
-    return ["-device", _opts("pvpanic", ("ioport", dev.iobase))]
+        return ["-device", opts("pvpanic-pci", *b.pci(dev))]
+    return ["-device", opts("pvpanic", ("ioport", dev.iobase))]
 
 
-def hub_args(b: "_Builder", dev: Hub) -> list[str]:
-    return ["-device", _opts("usb-hub", ("id", b.alias(dev)), *b.usb(dev))]
+def hub_args(b: ArgvBuilder, dev: Hub) -> list[str]:
+    return ["-device", opts("usb-hub", ("id", b.alias(dev)), *b.usb(dev))]
 
 
 def shmem_path(dev: Shmem) -> str:
@@ -66,24 +57,24 @@ def shmem_path(dev: Shmem) -> str:
     return f"/dev/shm/{dev.name}"
 
 
-def shmem_args(b: "_Builder", dev: Shmem) -> list[str]:
+def shmem_args(b: ArgvBuilder, dev: Shmem) -> list[str]:
     alias = b.alias(dev)
     role = dev.attrs.get("role")
-    return ["-object", _opts("memory-backend-file", ("id", f"shmmem-{alias}"),
+    return ["-object", opts("memory-backend-file", ("id", f"shmmem-{alias}"),
                              ("mem-path", shmem_path(dev)), ("size", dev.size), ("share", True)),
-            "-device", _opts("ivshmem-plain", ("id", alias), ("memdev", f"shmmem-{alias}"),
+            "-device", opts("ivshmem-plain", ("id", alias), ("memdev", f"shmmem-{alias}"),
                              ("master", {"master": True, "peer": False}.get(role or "")),
                              *b.pci(dev))]
 
 
-def vsock_args(b: "_Builder", dev: Vsock, vhostfd: int | None) -> list[str]:
+def vsock_args(b: ArgvBuilder, dev: Vsock, vhostfd: int | None) -> list[str]:
     if vhostfd is None or dev.cid is None:
         raise VirError(P.VIR_ERR_INTERNAL_ERROR, "vsock device has no vhost fd",
                        domain=P.VIR_FROM_QEMU)
     driver = {"virtio-transitional": "vhost-vsock-pci-transitional",
               "virtio-non-transitional": "vhost-vsock-pci-non-transitional"}.get(
         dev.attrs.get("model", ""), "vhost-vsock-pci")
-    return ["-device", _opts(driver, ("id", b.alias(dev)), ("guest-cid", dev.cid),
+    return ["-device", opts(driver, ("id", b.alias(dev)), ("guest-cid", dev.cid),
                              ("vhostfd", vhostfd), *b.pci(dev))]
 
 

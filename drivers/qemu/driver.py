@@ -45,8 +45,8 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import (confine, dac, devacl, devices_extra, guest_events, interfaces, launch, process,
-               tpm, volumes)
+from . import (confine, dac, devacl, devices_extra, filesystems, guest_events, interfaces,
+               launch, process, tpm, volumes)
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 
@@ -113,6 +113,7 @@ class QemuDriverState(QemuState):
 
         async def undo() -> None:
             await trio.to_thread.run_sync(tpm.stop, self, name)
+            await trio.to_thread.run_sync(filesystems.stop, self, live)
             await interfaces.unplug_all(self, taps, live.devices_of("interface"))
             await trio.to_thread.run_sync(dac.restore_all, labels)
             await devacl.release(conf, live)    # confinement: the guest's cgroup
@@ -123,12 +124,14 @@ class QemuDriverState(QemuState):
             # <vsock>: /dev/vhost-vsock bound to the guest's cid, handed to QEMU
             vsock_fd = await trio.to_thread.run_sync(devices_extra.open_vsock, live)
             tpm_socket = await tpm.start(self, live)      # swtpm, before QEMU
+            fs_sockets = await filesystems.start(self, live)     # virtiofsd, likewise
             if conf.own_start:   # QEMU may not fork: it gets the daemon's monitor socket
                 mon_sock = await trio.to_thread.run_sync(process.bind_monitor, str(monitor_path))
             argv = launch.build_argv(self, live, monitor_path=str(monitor_path),
                                      pid_path=str(pid_path), tap_fds=tap_fds, volumes=sources,
                                      monitor_fd=mon_sock.fileno() if mon_sock else None,
-                                     vsock_fd=vsock_fd, tpm_socket=tpm_socket)
+                                     vsock_fd=vsock_fd, tpm_socket=tpm_socket,
+                                     fs_sockets=fs_sockets)
             if incoming is not None:
                 argv += ["-incoming", "defer"]
             if loadvm is not None:
@@ -213,6 +216,10 @@ class QemuDriverState(QemuState):
             cleanups.append((trio.to_thread.run_sync, dac.restore_all, labels))
         if tpm.emulated(dom.definition) is not None:   # swtpm goes with QEMU
             cleanups.append((trio.to_thread.run_sync, tpm.stop, self, dom.name))
+        if any(drv is not None and drv.get("type") == "virtiofs" for drv in (
+                fs.find("driver") for fs in dom.definition.devices_of("filesystem"))):
+            # and virtiofsd
+            cleanups.append((trio.to_thread.run_sync, filesystems.stop, self, dom.definition))
         if self.confinement.cgroups:   # and its cgroup goes (devacl.py)
             cleanups.append((devacl.release, self.confinement, dom.definition))
         plugged = interfaces.plugged(dom.definition)

@@ -27,7 +27,7 @@ from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.platform import fill_cpu_defaults
 
-from . import memory
+from . import filesystems, memory
 from .command import VolumeSource, assign_aliases, build_command
 from .confine import SANDBOX
 from .defaults import DEVICE_DEFAULTS
@@ -79,13 +79,15 @@ def fill_defaults(state: "QemuState", d: domxml.DomainDef) -> None:
     memory.fill_defaults(d)
     devmod.validate_devices(d, starting=False)     # what cannot run yet fails at start
     memory.validate_hotplug(d)
+    filesystems.validate(d)
 
 
 def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
                pid_path: str, tap_fds: dict[int, int] | None = None,
                volumes: Mapping[tuple[str, str], VolumeSource] | None = None,
                monitor_fd: int | None = None, vsock_fd: int | None = None,
-               tpm_socket: str | None = None) -> list[str]:
+               tpm_socket: str | None = None,
+               fs_sockets: dict[str, str] | None = None) -> list[str]:
     """The argv of ``live``; ``volumes`` holds its volume disks, resolved beforehand
     (volumes.resolve_all) because resolving waits for storage and argv building must not.
 
@@ -100,6 +102,7 @@ def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
                          resolve_volume=lambda pool, vol: (volumes or {})[(pool, vol)],
                          name_marker=live.uuid_str, daemonize=not own_start,
                          monitor_fd=monitor_fd, vsock_fd=vsock_fd, tpm_socket=tpm_socket,
+                         fs_sockets=fs_sockets,
                          sandbox=SANDBOX if state.confinement.sandbox else None)
 
 

@@ -12,8 +12,6 @@ QEMU starts: NUMA cells to 1 MiB, DIMMs to 2 MiB.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import trio
 from lxml import etree
 
@@ -22,10 +20,7 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml.devices import Memory
 
-from .devprops import unsupported
-
-if TYPE_CHECKING:
-    from .command import _Builder
+from .devprops import ArgvBuilder, opts, unsupported
 
 CELL_ALIGN_KIB = 1024        # qemuDomainGetMemorySizeAlignment on x86
 DIMM_ALIGN_KIB = 2048        # qemuDomainGetMemoryModuleSizeAlignment on x86
@@ -112,9 +107,22 @@ def _cpus(spec: str) -> list[str]:
     return [part.strip() for part in spec.split(",") if part.strip() and "^" not in part]
 
 
-def size_args(b: "_Builder") -> None:
-    """-m: the initial memory, and the room for hotplug."""
-    from .command import opts
+def shared_default(defn) -> bool:
+    """<memoryBacking><access mode='shared'/>: memory another process may map."""
+    backing = defn.raw.get("memoryBacking")
+    access = backing.find("access") if backing is not None else None
+    return access is not None and access.get("mode") == "shared"
+
+
+def machine_backend(defn) -> str | None:
+    """The -machine memory-backend: shared memory without NUMA cells is one backend
+    object, pc.ram (libvirt's qemuBuildMemCommandLine)."""
+    return "pc.ram" if shared_default(defn) and not cells(defn) else None
+
+
+def size_args(b: ArgvBuilder) -> None:
+    """-m: the initial memory, and the room for hotplug; the pc.ram backend when
+    the memory is shared (memfd: any process handed it can map it)."""
     defn = b.defn
     numa = cells(defn)
     if numa:
@@ -126,14 +134,17 @@ def size_args(b: "_Builder") -> None:
     if limit is not None:
         pairs = [("slots", limit[1]), ("maxmem", f"{limit[0]}k")]
     b.add("-m", opts(f"size={initial}k", *pairs))
+    if machine_backend(defn):
+        b.add("-object", opts("memory-backend-memfd", ("id", "pc.ram"), ("share", True),
+                              ("size", initial * 1024)))
 
 
-def numa_args(b: "_Builder") -> None:
+def numa_args(b: ArgvBuilder) -> None:
     """The NUMA nodes and their memory backends, then the DIMMs."""
-    from .command import opts
     for n, cell in enumerate(cells(b.defn)):
         node = int(cell.get("id", n))
-        shared = cell.get("memAccess") == "shared"
+        shared = (cell.get("memAccess") or ("shared" if shared_default(b.defn) else None)) \
+            == "shared"
         size = _align(_cell_kib(cell), CELL_ALIGN_KIB) * 1024
         b.add("-object", opts("memory-backend-memfd" if shared else "memory-backend-ram",
                               ("id", f"ram-node{node}"), ("size", size),

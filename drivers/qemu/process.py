@@ -307,3 +307,13 @@ def _signal(pid: int, sig: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def stop_helper(pid_path: str, marker: str) -> None:
+    """SIGTERM a guest's helper process (swtpm, virtiofsd) whose pid ``pid_path``
+    records, if it is still that program (``marker`` in its command line), and
+    remove the file.  Blocking: call in a thread."""
+    pid = read_pidfile(pid_path)
+    if pid is not None and is_running(pid, marker):
+        _signal(pid, signal.SIGTERM)
+    _unlink_quiet(pid_path)

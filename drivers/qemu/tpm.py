@@ -24,7 +24,6 @@ import dataclasses
 import os
 import pwd
 import shutil
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,8 +34,8 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml.devices import Tpm
 
-from . import confine
-from .devprops import unsupported
+from . import confine, process
+from .devprops import opts, unsupported
 
 if TYPE_CHECKING:
     from .guest import QemuState
@@ -176,14 +175,7 @@ async def start(state: "QemuState", live) -> str | None:
 
 def stop(state: "QemuState", name: str) -> None:
     """Kill the guest's swtpm if still there (blocking: call in a thread)."""
-    pid_file = _pid_path(state, name)
-    try:
-        pid = int(pid_file.read_text().strip())
-        if b"swtpm" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError):
-        pass
-    pid_file.unlink(missing_ok=True)
+    process.stop_helper(str(_pid_path(state, name)), "swtpm")
     socket_path(state, name).unlink(missing_ok=True)
 
 
@@ -194,7 +186,6 @@ def qemu_args(tpm: Tpm, alias: str, socket: str | None) -> list[str]:
     if path is None:
         raise VirError(P.VIR_ERR_INTERNAL_ERROR, "the TPM emulator was not started",
                        domain=P.VIR_FROM_QEMU)
-    from .command import opts
     return ["-chardev", opts("socket", ("id", "chrtpm"), ("path", path)),
             "-tpmdev", opts("emulator", ("id", f"tpm-{alias}"), ("chardev", "chrtpm")),
             "-device", opts(tpm.model, ("tpmdev", f"tpm-{alias}"), ("id", alias))]

@@ -26,7 +26,8 @@ from pyvirtd.xml.devices.graphics import Graphics
 from pyvirtd.xml.devices.input import Input
 from pyvirtd.xml.devices.interface import Interface
 from pyvirtd.xml.devices.memballoon import Memballoon
-from pyvirtd.xml.devices.misc import Hub, Iommu, Memory, Panic, Shmem, Tpm, Vsock
+from pyvirtd.xml.devices.misc import (Filesystem, Hub, Iommu, Memory, Panic, Shmem, Tpm,
+                                      Vsock)
 from pyvirtd.xml.devices.redirdev import Redirdev
 from pyvirtd.xml.devices.rng import Rng
 from pyvirtd.xml.devices.sound import Sound
@@ -39,16 +40,16 @@ MODELS = {"disk": Disk, "controller": Controller, "interface": Interface, "seria
           "video": Video, "memballoon": Memballoon, "rng": Rng, "watchdog": Watchdog,
           "sound": Sound, "redirdev": Redirdev, "audio": Audio, "parallel": Chardev,
           "panic": Panic, "vsock": Vsock, "iommu": Iommu, "hub": Hub, "shmem": Shmem,
-          "tpm": Tpm, "memory": Memory}
+          "tpm": Tpm, "memory": Memory, "filesystem": Filesystem}
 
 Device = (Disk | Controller | Interface | Chardev | Input | Graphics | Video | Memballoon | Rng
           | Watchdog | Sound | Redirdev | Audio | Panic | Vsock | Iommu | Hub | Shmem
-          | Tpm | Memory)
+          | Tpm | Memory | Filesystem)
 
 __all__ = ["Address", "Audio", "Chardev", "Controller", "Device", "DeviceDefaults", "Disk",
-           "Graphics", "Hub", "Input", "Interface", "Iommu", "MODELS", "Memballoon", "Memory",
-           "Panic", "Redirdev", "Rng", "Shmem", "Sound", "Tpm", "Video", "Vsock", "Watchdog",
-           "apply_defaults", "assign_usb_ports", "is_q35", "parse_device",
+           "Filesystem", "Graphics", "Hub", "Input", "Interface", "Iommu", "MODELS",
+           "Memballoon", "Memory", "Panic", "Redirdev", "Rng", "Shmem", "Sound", "Tpm", "Video",
+           "Vsock", "Watchdog", "apply_defaults", "assign_usb_ports", "is_q35", "parse_device",
            "parse_devices", "validate_devices"]
 
 

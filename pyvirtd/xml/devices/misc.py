@@ -368,3 +368,73 @@ class Memory(_Kept):
             raise not_runnable(f"memory device model '{self.model}' is not supported")
         if self.address is not None and self.address.type != "dimm":
             raise unsupported("only 'dimm' addresses are supported for the pc-dimm device")
+
+
+@dataclass(eq=False)
+class Filesystem(_Kept):
+    """A host directory shared with the guest: 9p (virtio-9p) or virtiofs."""
+    TAG = "filesystem"
+    TYPES = ("mount", "block", "file", "template", "ram", "bind", "volume")
+    ACCESS = ("passthrough", "mapped", "squash")
+
+    @property
+    def type(self) -> str:
+        return self.attrs.get("type", "mount")
+
+    @property
+    def accessmode(self) -> str:
+        return self.attrs.get("accessmode", "passthrough")
+
+    @property
+    def driver(self) -> dict:
+        d = self.child("driver")
+        return dict(d.attrib) if d is not None else {}
+
+    @property
+    def source_dir(self) -> str | None:
+        s = self.child("source")
+        return s.get("dir") if s is not None else None
+
+    @property
+    def target_dir(self) -> str | None:
+        t = self.child("target")
+        return t.get("dir") if t is not None else None
+
+    @property
+    def readonly(self) -> bool:
+        return self.child("readonly") is not None
+
+    @classmethod
+    def parse(cls, elem: etree._Element) -> "Filesystem":
+        enum_attr(elem, "type", cls.TYPES, what="filesystem type")
+        enum_attr(elem, "accessmode", cls.ACCESS, what="accessmode")
+        drv = elem.find("driver")
+        if drv is not None:
+            enum_attr(drv, "type", ("default", "path", "handle", "loop", "nbd", "ploop",
+                                    "virtiofs"), what="filesystem driver type")
+        target = elem.find("target")
+        if target is None or not target.get("dir"):
+            raise xml_error("missing target information for filesystem")
+        f = cls()
+        f._keep(elem)
+        return f
+
+    def fill_defaults(self, ctx: dict | None = None) -> None:
+        """libvirt writes the type and the access mode (mount, passthrough) first."""
+        self.attrs = {"type": self.type, "accessmode": self.accessmode,
+                      **{k: v for k, v in self.attrs.items() if k not in ("type", "accessmode")}}
+
+    @property
+    def virtiofs(self) -> bool:
+        return self.driver.get("type") == "virtiofs"
+
+    def validate(self) -> None:
+        if self.type != "mount" or self.driver.get("type") not in (None, "path", "virtiofs"):
+            raise not_runnable(f"filesystem type '{self.type}' with driver "
+                               f"'{self.driver.get('type', 'default')}' is not supported")
+        if not self.source_dir:
+            raise xml_error("missing source information for filesystem")
+        if self.virtiofs and self.accessmode != "passthrough":
+            raise unsupported("virtiofs only supports passthrough accessmode")
+        if self.virtiofs and self.readonly:
+            raise unsupported("virtiofs does not yet support read-only mode")

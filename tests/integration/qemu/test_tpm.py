@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import KVM_OK, module_daemon, needs_qemu, ok, qemu_uri, virsh, wait_for
+from daemon_helpers import (KVM_OK, helper_pids, module_daemon, needs_qemu, ok, privileged_daemon,
+                            qemu_uri, virsh, wait_for)
 
 pytestmark = [needs_qemu,
               pytest.mark.skipif(shutil.which("swtpm") is None, reason="swtpm not installed")]
@@ -31,19 +32,7 @@ GUEST = """<domain type='{virt}'>
 
 
 def _swtpm_pids(name: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            # a zombie is gone (this machine's PID 1 does not reap)
-            if b"swtpm\0socket" in cmdline and f"{name}-swtpm.sock".encode() in cmdline \
-                    and stat.split(")")[-1].split()[0] != "Z":
-                pids.append(int(entry))
-    return pids
+    return helper_pids(b"swtpm\0socket", f"{name}-swtpm.sock".encode())
 
 
 def _query_tpm(uri: str, name: str) -> list[dict]:
@@ -88,42 +77,25 @@ def test_emulated_tpm_runs_and_keeps_its_state(daemon, tmp_path, machine, tpm, m
 def test_swtpm_runs_as_tss_under_a_privileged_daemon(tmp_path):
     """As libvirt's swtpm_user: tss, with no capabilities; QEMU (pyvirtd-qemu)
     gets the control socket."""
-    import subprocess
-    import sys
-    import tempfile
-
-    from daemon_helpers import kill_guests, start_daemon, stop_daemon
-
-    subprocess.run([sys.executable, "-m", "pyvirtd.cli", "qemu-user"], check=True,
-                   stdout=subprocess.DEVNULL)
-    base = Path(tempfile.mkdtemp(prefix="pyvirtd-tpm-", dir="/var/tmp"))
-    base.chmod(0o755)
-    root = base / "pyvirtd"
-    (root / "lib" / "network").mkdir(parents=True)   # no 'default' network on this host
-    d = start_daemon(root, "--privileged")
-    uri = f"qemu+unix:///system?socket={d.sock}"
     name = "dk-tpm-sys"
-    try:
-        xml = tmp_path / f"{name}.xml"
-        xml.write_text(GUEST.format(virt="qemu", name=name, machine="q35",
-                                    uuid="7d0c5a1e-2b3f-4e6a-9c8d-0000000000aa",
-                                    tpm="<tpm model='tpm-crb'>"
-                                        "<backend type='emulator' version='2.0'/></tpm>"))
-        ok(uri, f"define {xml}")
-        ok(uri, f"start {name}")
-        assert _query_tpm(uri, name)[0]["model"] == "tpm-crb"
-        tss = str(pwd.getpwnam("tss").pw_uid)
-        [pid] = _swtpm_pids(name)
-        status = dict(line.split(":\t", 1) for line in
-                      Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
-        assert status["Uid"].split() == [tss] * 4
-        assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"].strip() == "1"
-        ok(uri, f"destroy {name}")
-        wait_for(lambda: not _swtpm_pids(name), 10)
-    finally:
-        virsh(uri, f"destroy {name}; undefine {name}")
-        stop_daemon(d)
-        kill_guests(base)
-        for pid in _swtpm_pids(name):
-            os.kill(pid, 9)
-        shutil.rmtree(base, ignore_errors=True)
+    with privileged_daemon("pyvirtd-tpm-") as (d, uri):
+        try:
+            xml = tmp_path / f"{name}.xml"
+            xml.write_text(GUEST.format(virt="qemu", name=name, machine="q35",
+                                        uuid="7d0c5a1e-2b3f-4e6a-9c8d-0000000000aa",
+                                        tpm="<tpm model='tpm-crb'>"
+                                            "<backend type='emulator' version='2.0'/></tpm>"))
+            ok(uri, f"define {xml}")
+            ok(uri, f"start {name}")
+            assert _query_tpm(uri, name)[0]["model"] == "tpm-crb"
+            [pid] = _swtpm_pids(name)
+            status = dict(line.split(":\t", 1) for line in
+                          Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+            assert status["Uid"].split() == [str(pwd.getpwnam("tss").pw_uid)] * 4
+            assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"].strip() == "1"
+            ok(uri, f"destroy {name}")
+            wait_for(lambda: not _swtpm_pids(name), 10)
+        finally:
+            virsh(uri, f"destroy {name}; undefine {name}")
+            for pid in _swtpm_pids(name):
+                os.kill(pid, 9)

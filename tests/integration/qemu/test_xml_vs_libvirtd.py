@@ -33,9 +33,8 @@ NOT_FOR_LIBVIRTD = {"ovmf", "libvirt-live"}
 # Documents both daemons accept but store differently, and why (strict xfail:
 # the day they match, the entry must go).
 KNOWN_DIFFERENCES = {
-    "q35-not-runnable-kinds": "device kinds pyvirtd does not model yet (hostdev, filesystem, "
-                              "memory, smartcard) get no PCI/ccid/dimm address and imply no "
-                              "controllers; a <memory> dimm is not added to the total memory",
+    "q35-not-runnable-kinds": "device kinds pyvirtd does not model yet (hostdev, smartcard) "
+                              "get no PCI/ccid address and imply no controllers",
 }
 CORPUS = [
     pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DIFFERENCES[p.stem]))

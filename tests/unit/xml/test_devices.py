@@ -106,8 +106,8 @@ NOT_RUNNABLE = [
      "function='0'/></source></hostdev>", "device <hostdev>"),
     ("<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend>"
      "</tpm>", "TPM backend 'passthrough'"),
-    ("<filesystem type='mount'><source dir='/tmp'/><target dir='s'/></filesystem>",
-     "device <filesystem>"),
+    ("<filesystem type='ram'><source usage='1024'/><target dir='s'/></filesystem>",
+     "filesystem type 'ram'"),
     ("<panic model='hyperv'/>", "panic model 'hyperv'"),
     ("<shmem name='s'><model type='ivshmem-doorbell'/></shmem>",
      "shmem model 'ivshmem-doorbell'"),
