@@ -27,14 +27,9 @@ _MAX_AUTO_CID = 1 << 16
 
 
 def iommu_args(b: ArgvBuilder, dev: Iommu) -> list[str]:
-    """-device intel-iommu with its <driver> switches; interrupt remapping under
-    KVM needs the split irqchip (<ioapic driver='qemu'/>)."""
+    """-device intel-iommu with its <driver> switches (interrupt remapping's split
+    irqchip, <ioapic driver='qemu'/>, is checked at define: Iommu.validate)."""
     drv = dev.driver
-    ioapic = b.plat.features.get("ioapic")
-    if drv.get("intremap") == "on" and b.defn.type == "kvm" and \
-            (ioapic is None or ioapic.get("driver") != "qemu"):
-        raise unsupported("IOMMU interrupt remapping requires split I/O APIC "
-                          "(ioapic driver='qemu')")
     return ["-device", opts("intel-iommu", ("id", b.alias(dev)),
                              ("intremap", drv.get("intremap")),
                              ("caching-mode", drv.get("caching_mode")),
@@ -58,6 +53,9 @@ def shmem_path(dev: Shmem) -> str:
 
 
 def shmem_args(b: ArgvBuilder, dev: Shmem) -> list[str]:
+    size = dev.size
+    if size == 0 or size & (size - 1):
+        raise unsupported("shmem size must be a power of two")
     alias = b.alias(dev)
     role = dev.attrs.get("role")
     return ["-object", opts("memory-backend-file", ("id", f"shmmem-{alias}"),

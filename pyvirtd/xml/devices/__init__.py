@@ -68,8 +68,12 @@ def is_q35(machine: str | None) -> bool:
 
 
 def device_ctx(defn) -> dict:
-    """What a model's fill_defaults may ask about the guest: its machine."""
-    return {"q35": is_q35(defn.machine), "machine": defn.machine}
+    """What a model's fill_defaults and validate may ask about the guest: its
+    machine, and its <ioapic driver> (an IOMMU's interrupt remapping needs 'qemu')."""
+    features = defn.raw.get("features")
+    ioapic = features.find("ioapic") if features is not None else None
+    return {"q35": is_q35(defn.machine), "machine": defn.machine,
+            "ioapic": ioapic.get("driver") if ioapic is not None else None}
 
 
 class DeviceDefaults:

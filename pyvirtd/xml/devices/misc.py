@@ -78,7 +78,7 @@ class Panic(_Kept):
             raise unsupported(f"panic model '{self.model}' is not supported on this "
                               "architecture")
         if self.model == "isa" and self.address is not None and self.address.type != "isa":
-            raise xml_error("only ISA address is supported for panic device model 'isa'")
+            raise unsupported("panic is supported only with ISA address type")
         if self.model not in ("isa", "pvpanic"):
             raise not_runnable(f"panic model '{self.model}' is not supported")
 
@@ -110,6 +110,8 @@ class Vsock(_Kept):
     def fill_defaults(self, ctx: dict | None = None) -> None:
         if "model" not in self.attrs:        # qemuDomainVsockDefPostParse
             self.attrs = {"model": "virtio", **self.attrs}
+        if self.child("cid") is None:        # no cid: the driver picks one
+            self.body.insert(0, etree.Element("cid", auto="yes"))
 
     @property
     def auto_cid(self) -> bool:
@@ -167,8 +169,11 @@ class Iommu(_Kept):
             raise unsupported("IOMMU device: 'smmuv3' is only supported with ARM Virt machines")
         if self.model == "intel" and ctx is not None and not ctx.get("q35"):
             raise unsupported("IOMMU device: 'intel' is only supported with Q35 machines")
+        if drv.get("intremap") == "on" and ctx is not None and ctx.get("ioapic") != "qemu":
+            raise unsupported("IOMMU interrupt remapping requires split I/O APIC "
+                              "(ioapic driver='qemu')")
         if drv.get("eim") == "on" and drv.get("intremap") != "on":
-            raise unsupported("iommu: eim requires interrupt remapping to be enabled")
+            raise unsupported("IOMMU eim requires interrupt remapping to be enabled")
         if self.model != "intel":
             raise not_runnable(f"IOMMU model '{self.model}' is not supported")
 
@@ -203,11 +208,6 @@ class Shmem(_Kept):
         return self.attrs["name"]
 
     @property
-    def model(self) -> str:
-        m = self.child("model")
-        return m.get("type") if m is not None else "ivshmem-plain"
-
-    @property
     def size(self) -> int:
         s = self.child("size")
         if s is None:
@@ -237,16 +237,21 @@ class Shmem(_Kept):
         s._keep(elem)
         return s
 
+    @property
+    def model(self) -> str:
+        m = self.child("model")
+        return m.get("type") if m is not None else "ivshmem"
+
     def fill_defaults(self, ctx: dict | None = None) -> None:
-        if self.child("model") is None:    # the QEMU driver's default model
-            self.body.insert(0, etree.Element("model", type="ivshmem-plain"))
+        if self.child("size") is None:      # libvirt writes its default size
+            size = etree.Element("size", unit="M")
+            size.text = str(self.DEFAULT_SIZE >> 20)
+            at = 1 if self.child("model") is not None else 0
+            self.body.insert(at, size)
 
     def validate(self) -> None:
-        size = self.size
-        if size & (size - 1) or size == 0:
-            raise unsupported("shmem size must be a power of two")
-        if self.model == "ivshmem":
-            raise unsupported("shmem model 'ivshmem' is not supported by this QEMU binary")
+        if self.model == "ivshmem":         # the legacy device QEMU 7.2 no longer has
+            raise unsupported("ivshmem device is not supported with this QEMU binary")
         if self.model == "ivshmem-doorbell":
             raise not_runnable("shmem model 'ivshmem-doorbell' is not supported")
 
@@ -301,7 +306,7 @@ class Tpm(_Kept):
         if self.model in ("tpm-spapr", "spapr-tpm-proxy"):
             raise unsupported(f"TPM model '{self.model}' is not supported on this architecture")
         if self.model == "tpm-crb" and self.backend.get("version") == "1.2":
-            raise unsupported("TPM version '1.2' is not supported with model 'tpm-crb'")
+            raise unsupported("Unsupported interface 'tpm-crb' for TPM 1.2")
         if self.backend.get("type") == "passthrough":
             raise not_runnable("TPM backend 'passthrough' is not supported")
 

@@ -42,6 +42,13 @@ INVALID = {
     "iface-multicast-mac": (XML, "expected unicast mac address, found multicast"),
     "iface-no-network": (XML, "No <source> 'network' attribute specified"),
     "input-bad-bus": (XML, "unknown input bus type 'serial'"),
+    # the small kinds, with libvirt 9.0's words (checked against libvirtd)
+    "iommu-eim-no-intremap": (UNSUP, "IOMMU eim requires interrupt remapping to be enabled"),
+    "iommu-intremap-no-split-ioapic": (UNSUP, "IOMMU interrupt remapping requires split I/O "
+                                              "APIC (ioapic driver='qemu')"),
+    "panic-pci-address": (UNSUP, "panic is supported only with ISA address type"),
+    "shmem-legacy-ivshmem": (UNSUP, "ivshmem device is not supported with this QEMU binary"),
+    "tpm-crb-version-1.2": (UNSUP, "Unsupported interface 'tpm-crb' for TPM 1.2"),
     "memballoon-no-model": (XML, "balloon memory model must be specified"),
     "pc-pci-slots-exhausted": (P.VIR_ERR_INTERNAL_ERROR, "a PCI slot is needed to connect a PCI "
                                "controller model='pci-bridge', but none is available"),
