@@ -288,7 +288,8 @@ def start_system_libvirtd(root: Path, netns: str) -> Daemon | str:
     etc = root / "etc-libvirt"
     etc.mkdir(exist_ok=True)
     # QEMU (the capabilities probe too) as root: the fenced directories are root's
-    (etc / "qemu.conf").write_text('user = "root"\ngroup = "root"\n')
+    # (guest logs written by libvirtd itself: no virtlogd runs in the fence)
+    (etc / "qemu.conf").write_text('user = "root"\ngroup = "root"\nstdio_handler = "file"\n')
     mounts = []
     for target in _SYSTEM_DIRS:
         src = root / target.strip("/").replace("/", "-")

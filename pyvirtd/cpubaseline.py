@@ -7,102 +7,86 @@ given and on /usr/share/libvirt/cpu_map, the files libvirt itself reads.
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
-from lxml import etree
-
-from pyvirtd.errors import VirError
+from pyvirtd import cpumap
+from pyvirtd.cpumap import cpu_error
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import parse_definition
 
 BASELINE_EXPAND_FEATURES = P.ConnectBaselineCPUFlags.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES
-CPU_MAP_DIR = Path("/usr/share/libvirt/cpu_map")
-
-
-def _cpu_error(code: int, detail: str) -> VirError:
-    return VirError(code, detail, domain=P.VIR_FROM_CPU)
-
-
-@functools.lru_cache(maxsize=1)
-def _x86_map() -> tuple[list[str], dict[str, tuple[str | None, set[str]]]]:
-    """libvirt's x86 CPU map (the files libvirt itself reads): feature names in
-    map order, and per model its vendor and full (inherited) feature set."""
-    try:
-        features = [f.get("name") for f in
-                    etree.parse(str(CPU_MAP_DIR / "x86_features.xml")).getroot().iter("feature")]
-        raw = {}
-        for path in sorted(CPU_MAP_DIR.glob("x86_*.xml")):
-            for m in etree.parse(str(path)).getroot().findall("model"):
-                raw[m.get("name")] = m
-    except (OSError, etree.XMLSyntaxError) as exc:
-        raise _cpu_error(P.VIR_ERR_INTERNAL_ERROR, f"cannot load the CPU map: {exc}") from None
-
-    def resolve(name: str) -> tuple[str | None, set[str]]:
-        m = raw[name]
-        base = m.find("model")
-        vendor, feats = resolve(base.get("name")) if base is not None else (None, set())
-        v = m.find("vendor")
-        return (v.get("name") if v is not None else vendor,
-                feats | {f.get("name") for f in m.findall("feature")})
-
-    return features, {name: resolve(name) for name in raw}
 
 
 def cpu_baseline(xml_cpus: list[str], *, expand: bool) -> str:
     """A baseline of host CPU definitions, as libvirt's x86 CPU driver computes it.
 
-    Implemented: the input checks and errors, and baselines whose result is the
-    model the CPUs name (one x86 model, its own vendor or none, known features;
-    the result's features are those all CPUs require beyond the model).  libvirt
-    re-decodes CPUID data into the best matching model, which can pick another
-    model (a -noTSX model comes back as its TSX twin, a vendor mismatch falls back
-    to kvm64, most AMD models get monitor disabled...): those inputs are answered
-    VIR_ERR_OPERATION_UNSUPPORTED rather than wrongly.
+    Each CPU is its model's features plus the features it lists (a policy
+    attribute is ignored: these are host CPUs); the baseline is what all of
+    them have, named again by libvirt's guest decoding (pyvirtd.cpumap).  The
+    model all CPUs name, if they name one, is kept (fallback='forbid');
+    otherwise the closest model is chosen (fallback='allow').  The vendor is
+    written only when every CPU names it.
     """
     if not xml_cpus:
-        raise _cpu_error(P.VIR_ERR_INVALID_ARG, "no CPUs given")
+        raise cpu_error(P.VIR_ERR_INVALID_ARG, "no CPUs given")
+    xmap = cpumap.x86_map()
     cpus = []
     for text in xml_cpus:
         root = parse_definition(text, "cpu", what="CPU_definition", domain=P.VIR_FROM_CPU)
         if root.get("mode") is not None:
-            raise _cpu_error(P.VIR_ERR_CONFIG_UNSUPPORTED,
-                             "Attribute mode is only allowed for guest CPU")
+            raise cpu_error(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                            "Attribute mode is only allowed for guest CPU")
         arch = root.findtext("arch")
         if not arch:
-            raise _cpu_error(P.VIR_ERR_XML_ERROR, "Missing CPU architecture")
+            raise cpu_error(P.VIR_ERR_XML_ERROR, "Missing CPU architecture")
         model = root.findtext("model")
         if not model:
-            raise _cpu_error(P.VIR_ERR_XML_ERROR, "Missing CPU model name")
-        feats = {f.get("name") for f in root.findall("feature")
-                 if f.get("policy") in (None, "require", "force")}
-        cpus.append((arch, model, root.findtext("vendor"), feats))
-    arch, model, vendor, _ = cpus[0]
-    if arch not in ("x86_64", "i686"):
-        raise _cpu_error(P.VIR_ERR_OPERATION_UNSUPPORTED,
-                         f"CPU baseline for architecture '{arch}' is not implemented")
-    map_features, models = _x86_map()
-    for _, name, v, feats in cpus:
-        if name not in models:
-            raise _cpu_error(P.VIR_ERR_INTERNAL_ERROR, f"Unknown CPU model {name}")
-        if v is not None and v not in ("Intel", "AMD", "Hygon"):
-            raise _cpu_error(P.VIR_ERR_OPERATION_FAILED, f"Unknown CPU vendor {v}")
-        unknown = sorted(feats - set(map_features))
-        if unknown:
-            raise _cpu_error(P.VIR_ERR_INTERNAL_ERROR, f"Unknown CPU feature {unknown[0]}")
-    model_vendor, model_feats = models[model]
-    if (any(c[1] != model or c[2] != vendor for c in cpus) or "noTSX" in model
-            or model.startswith("cpu64-") or vendor and model_vendor and vendor != model_vendor
-            or model_vendor in ("AMD", "Hygon") and "monitor" in model_feats):
-        raise _cpu_error(P.VIR_ERR_OPERATION_UNSUPPORTED,
-                         "this CPU baseline needs libvirt's CPU model decoding, "
-                         "which is not implemented")
-    extra = set.intersection(*(c[3] for c in cpus)) - model_feats
+            raise cpu_error(P.VIR_ERR_XML_ERROR, "Missing CPU model name")
+        cpus.append((arch, model, root.findtext("vendor"),
+                     [f.get("name") for f in root.findall("feature")]))
+    if cpus[0][0] not in ("x86_64", "i686"):
+        raise cpu_error(P.VIR_ERR_OPERATION_UNSUPPORTED,
+                        f"CPU baseline for architecture '{cpus[0][0]}' is not implemented")
+    vendor: str | None = None
+    data: cpumap.Data | None = None
+    for i, (_, name, v, feats) in enumerate(cpus):
+        model = xmap.model(name)
+        if model is None:
+            raise cpu_error(P.VIR_ERR_INTERNAL_ERROR, f"Unknown CPU model {name}")
+        if v is not None and v not in xmap.vendors:
+            raise cpu_error(P.VIR_ERR_OPERATION_FAILED, f"Unknown CPU vendor {v}")
+        if i > 0 and v and model.vendor and v != model.vendor:   # (the first CPU is not checked)
+            raise cpu_error(P.VIR_ERR_OPERATION_FAILED,
+                            f"CPU vendor {model.vendor} of model {name} differs from vendor {v}")
+        named = v if v or i == 0 else model.vendor
+        if named:
+            if vendor is None:
+                vendor = named
+            elif vendor != named:
+                raise cpu_error(P.VIR_ERR_OPERATION_FAILED, "CPU vendors do not match")
+        one = model.data
+        for f in feats:
+            fdata = xmap.feature(f)
+            if fdata is None:
+                raise cpu_error(P.VIR_ERR_INTERNAL_ERROR, f"Unknown CPU feature {f}")
+            one = cpumap.union(one, fdata)
+        data = one if data is None else {k: v & one[k] for k, v in data.items() if v & one.get(k, 0)}
+    if not data:
+        raise cpu_error(P.VIR_ERR_OPERATION_FAILED, "CPUs are incompatible")
+    names = {c[1] for c in cpus}
+    preferred = cpus[0][1] if len(names) == 1 else None
+    decoded = cpumap.decode_guest(data, vendor, preferred, xmap)
     lines = ["<cpu mode='custom' match='exact'>",
-             f"  <model fallback='forbid'>{model}</model>"]
-    if vendor:
-        lines.append(f"  <vendor>{vendor}</vendor>")
-    names = sorted(model_feats | extra) if expand else [f for f in map_features if f in extra]
-    lines += [f"  <feature policy='require' name='{f}'/>" for f in names]
+             f"  <model fallback='{'forbid' if decoded.model == preferred else 'allow'}'>"
+             f"{decoded.model}</model>"]
+    if all(c[2] for c in cpus):
+        lines.append(f"  <vendor>{cpus[0][2]}</vendor>")
+    policies = {f: "require" for f in decoded.features}
+    policies.update((f, "disable") for f in decoded.disabled)
+    if expand:
+        model = xmap.model(decoded.model)
+        policies = {**{f: "require" for f in cpumap.features_in(model.data, xmap)}, **policies}
+        order = sorted(policies)
+    else:
+        order = list(policies)
+    lines += [f"  <feature policy='{policies[f]}' name='{f}'/>" for f in order]
     lines.append("</cpu>")
     return "\n".join(lines) + "\n"

@@ -55,6 +55,7 @@ _PREFIXES = {
     P.VIR_ERR_NO_CLIENT: "Client not found",
     P.VIR_ERR_STORAGE_POOL_BUILT: "Storage pool already built",
     P.VIR_ERR_INVALID_MAC: "invalid MAC address",
+    P.VIR_ERR_CPU_INCOMPATIBLE: "the CPU is incompatible with host CPU",
 }
 
 

@@ -270,3 +270,32 @@ def sched_delay(pid: int, tid: int) -> tuple[int, int]:
     fields = _read(f"/proc/{pid}/task/{tid}/schedstat").split()
     delay = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
     return wait, delay
+
+
+_CACHE_TYPES = {"Unified": "both", "Data": "data", "Instruction": "code"}
+
+
+def cache_banks(root: str = "/sys/devices/system/cpu") -> list[dict[str, str]]:
+    """The host's level-3-and-up caches as libvirt's capabilities list them:
+    one bank per (level, id, type), its size in the largest exact unit, the CPUs
+    sharing it."""
+    banks: dict[tuple[int, int, str], dict[str, str]] = {}
+    for cpu in online_cpus():
+        base = Path(root) / f"cpu{cpu}" / "cache"
+        for index in sorted(base.glob("index*")):
+            level = int(_read(index / "level", "0").strip() or 0)
+            kind = _CACHE_TYPES.get(_read(index / "type").strip())
+            size = _read(index / "size").strip()
+            if level < 3 or kind is None or not size.endswith("K"):
+                continue
+            bank_id = int(_read(index / "id", "0").strip() or 0)
+            kib = int(size[:-1])
+            value, unit = kib, "KiB"
+            for bigger in ("MiB", "GiB"):
+                if value % 1024:
+                    break
+                value, unit = value // 1024, bigger
+            banks.setdefault((level, bank_id, kind), {
+                "id": str(bank_id), "level": str(level), "type": kind, "size": str(value),
+                "unit": unit, "cpus": _read(index / "shared_cpu_list").strip()})
+    return [banks[k] for k in sorted(banks)]

@@ -1,8 +1,9 @@
 """LXC driver entry point and connection: host procedures plus the domain ones (domains.py).
 
 Host facts (nodeinfo, free memory, CPU and memory stats, security model) are
-every local driver's (pyvirtd.driver.hypervisor.HostFacts); what is LXC's own
-here is the URI, the version (the kernel's) and the capabilities document.
+every local driver's (pyvirtd.driver.hypervisor.HostFacts), the generic
+domain procedures too (pyvirtd.driver.procedures); what is LXC's own here is
+the URI, the version (the kernel's) and what its capabilities say.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import os
 from urllib.parse import SplitResult
 
-from pyvirtd import hostinfo
 from pyvirtd.driver.hypervisor import HypervisorConnection, HypervisorDriver
+from pyvirtd.driver.procedures import DomainProcedures
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
@@ -19,27 +20,12 @@ from . import cgroup
 from .domains import DomainMixin
 from .driver import LxcDriverState
 
-_CAPS = """<capabilities>
-  <host>
-    <uuid>{uuid}</uuid>
-    <cpu>
-      <arch>{arch}</arch>
-    </cpu>
-  </host>
-  <guest>
-    <os_type>exe</os_type>
-    <arch name='{arch}'>
-      <wordsize>64</wordsize>
-      <emulator>/usr/libexec/libvirt_lxc</emulator>
-      <domain type='lxc'/>
-    </arch>
-  </guest>
-</capabilities>
-"""
 
+class LxcConnection(DomainMixin, DomainProcedures, HypervisorConnection):
+    """One client's lxc:/// connection; methods are named after RPC procedures.
 
-class LxcConnection(DomainMixin, HypervisorConnection):
-    """One client's lxc:/// connection; methods are named after RPC procedures."""
+    `DomainProcedures` comes after the driver's own mixins: it answers only
+    what they do not."""
     driver: LxcDriverState
 
     def connect_get_type(self) -> str:
@@ -49,12 +35,9 @@ class LxcConnection(DomainMixin, HypervisorConnection):
         major, minor, *rest = (os.uname().release.split("-")[0].split(".") + ["0"])[:3]
         return int(major) * 1_000_000 + int(minor) * 1_000 + int(rest[0] or 0)
 
-    def connect_supports_feature(self, feature: int) -> int:
-        return int(feature == P.VIR_DRV_FEATURE_TYPED_PARAM_STRING)
-
     def connect_get_capabilities(self) -> str:
-        return _CAPS.format(arch=os.uname().machine,
-                            uuid=self.driver.ctx.host_uuid or hostinfo.host_uuid())
+        return self.guest_capabilities(os_type="exe", emulator="/usr/libexec/libvirt_lxc",
+                                       domain_type="lxc")
 
 
 class LxcDriver(HypervisorDriver):

@@ -37,7 +37,6 @@ from typing import Any
 import trio
 from lxml import etree
 
-from pyvirtd import nwfilter
 from pyvirtd.driver import DriverContext
 from pyvirtd.driver import domains as ds
 from pyvirtd.driver.hypervisor import HypervisorDomain, HypervisorState
@@ -172,24 +171,16 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         assert dom.controller_pid is not None
         return dom.controller_pid        # libvirt's LXC domain id is the controller's pid
 
-    def live_definition(self, st: RuntimeStatus) -> domxml.DomainDef | None:
-        try:
-            return domxml.parse(st.xml)
-        except VirError as exc:
-            log.error("%s: unreadable live definition: %s", st.name, exc)
-            return None
-
     async def detach(self, dom: LxcDomain) -> None:
         if dom.link is not None:
             await dom.link.close()
 
-    async def save_status(self, dom: LxcDomain) -> None:
-        if not dom.active or dom.controller_pid is None:
-            return
-        st = RuntimeStatus(dom.name, dom.state, dom.reason, dom.controller_pid,
-                           dom.init_pid or 0, dom.persistent,
-                           domxml.format(dom.definition, dom_id=dom.id), dom.cgroup, dom.veths)
-        await trio.to_thread.run_sync(self.store.save_status, st)
+    def status_record(self, dom: LxcDomain) -> RuntimeStatus | None:
+        if dom.controller_pid is None:
+            return None
+        return RuntimeStatus(dom.name, dom.state, dom.reason, dom.persistent, dom.definition,
+                             controller_pid=dom.controller_pid, init_pid=dom.init_pid or 0,
+                             cgroup=dom.cgroup, veths=dom.veths)
 
     def counters(self, dom: LxcDomain) -> dict[str, int]:
         return cgroup.counters(dom.cgroup) if dom.active and dom.cgroup else {}
@@ -206,10 +197,8 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 src = iface.find("source")
                 kind = iface.get("type")
                 if kind == "network":
-                    sub = self.ctx.shared.get("network")
-                    if sub is None:
-                        raise VirError(P.VIR_ERR_NO_SUPPORT, "no network subsystem", domain=_FROM)
-                    host, peer = await sub.plug_veth(src.get("network"), mac)
+                    host, peer = await self.ctx.services.network.plug_veth(src.get("network"),
+                                                                           mac)
                 elif kind == "bridge":
                     host, peer = await network.plug_veth(src.get("bridge"), mac)
                 else:
@@ -220,7 +209,8 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 if target is None:
                     target = etree.SubElement(iface, "target")
                 target.set("dev", host)
-                await nwfilter.bind_interface(self.ctx, live.name, live.uuid, iface, host)
+                await self.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface,
+                                                                host)
                 cfg = spec.interface_config(iface, i)
                 cfg["peer"] = peer
                 configs.append(cfg)
@@ -234,7 +224,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         from pyvirtd.network import _netlink
 
         for veth in veths:
-            await nwfilter.unbind_interface(self.ctx, veth)
+            await self.ctx.services.nwfilter.unbind_interface(veth)
             try:
                 await _netlink("delete_link", veth)
             except Exception:

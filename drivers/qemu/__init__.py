@@ -23,6 +23,7 @@ from urllib.parse import SplitResult
 import trio
 
 from pyvirtd.driver.hypervisor import HypervisorConnection, HypervisorDriver
+from pyvirtd.driver.procedures import DomainProcedures
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
@@ -32,16 +33,26 @@ from .domains import DomainMixin
 from .driver import QemuDriverState
 from .host import HostMixin
 from .hotplug import HotplugMixin
+from .metadata import MetadataMixin
+from .passthrough import PassthroughMixin
 from .save import SaveMixin, scan_managed
+from .screenshot import ScreenshotMixin
 from .snapshots import SnapshotMixin, load_snapshots
 from .stats import StatsMixin
+from .vcpus import VcpusMixin
 
 log = logging.getLogger(__name__)
 
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
-                     BalloonMixin, SaveMixin, SnapshotMixin, HypervisorConnection):
-    """One client's qemu:// connection; methods are named after RPC procedures."""
+                     BalloonMixin, SaveMixin, SnapshotMixin, MetadataMixin,
+                     PassthroughMixin, ScreenshotMixin, VcpusMixin,
+                     DomainProcedures, HypervisorConnection):
+    """One client's qemu:// connection; methods are named after RPC procedures.
+
+    `DomainProcedures` stays last before `HypervisorConnection`: it answers only
+    what no QEMU mixin answers its own way (a mixin listed after it would lose
+    to it; tests/unit/driver/test_api.py checks)."""
     driver: QemuDriverState
 
     def __init__(self, driver: QemuDriverState, uri: str, subsystems: tuple[Any, ...]) -> None:
@@ -60,6 +71,7 @@ class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMi
         either: the connection it belonged to is gone by then, and a reattached
         guest keeps running).
         """
+        self.drop_monitor_listeners()
         marked, self.autodestroy = self.autodestroy, []
         for dom, run in marked:
             if dom.run == run and dom.active:
@@ -87,6 +99,11 @@ class QemuDriver(HypervisorDriver):
         await trio.to_thread.run_sync(scan_managed, self.state)
         # and their snapshot metadata (snapshots.py)
         await trio.to_thread.run_sync(load_snapshots, self.state)
+
+    def open(self, uri: SplitResult, name: str, flags: int, client: Any) -> QemuConnection:
+        conn = super().open(uri, name, flags, client)
+        conn.client = client    # qemu-monitor-event messages go to it (passthrough.py)
+        return conn   # type: ignore[return-value]
 
     def make_state(self) -> QemuDriverState:
         return QemuDriverState(self.ctx, self.emulator)

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from pyvirtd import hostcpu
 from pyvirtd.errors import VirError
 from pyvirtd.files import write_atomic
 from pyvirtd.rpc import _generated as P
@@ -343,7 +344,8 @@ async def probe_all(cache_dir: str, binaries: list[str] | None = None) -> "QemuC
     async with trio.open_nursery() as nursery:
         for path in paths:
             nursery.start_soon(one, path)
-    return QemuCaps({p: result[p] for p in paths if p in result})
+    host = await trio.to_thread.run_sync(hostcpu.probe)
+    return QemuCaps({p: result[p] for p in paths if p in result}, host)
 
 
 # -- host facts ---------------------------------------------------------------
@@ -465,6 +467,7 @@ def firmware_paths() -> list[str]:
 @dataclass
 class QemuCaps:
     binaries: dict[str, BinaryCaps] = field(default_factory=dict)
+    host_cpu: hostcpu.HostCpu | None = None     # libvirt's naming of the host CPU
 
     def binary_for(self, arch: str) -> BinaryCaps | None:
         for caps in self.binaries.values():

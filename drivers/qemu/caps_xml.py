@@ -16,6 +16,7 @@ from lxml import etree
 from pyvirtd import hostinfo
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import format_libvirt
 
 from . import caps as C
 
@@ -37,8 +38,7 @@ def _enum(parent: etree._Element, name: str, values: list[str]) -> None:
 
 
 def _tostring(root: etree._Element) -> str:
-    etree.indent(root, space="  ")
-    return etree.tostring(root, encoding="unicode") + "\n"
+    return format_libvirt(root)
 
 
 def host_arch() -> str:
@@ -47,29 +47,32 @@ def host_arch() -> str:
 
 
 def _host_cpu(host: etree._Element, qcaps: "QemuCaps") -> None:
+    """The host CPU in libvirt's model and feature names (pyvirtd.hostcpu)."""
     arch = host_arch()
     cpu = _sub(host, "cpu")
     _sub(cpu, "arch", arch)
+    hc = qcaps.host_cpu
+    if hc is not None:
+        _sub(cpu, "model", hc.model)
+        if hc.vendor:
+            _sub(cpu, "vendor", hc.vendor)
     info = C._cpuinfo()
-    binary = qcaps.binary_for(arch)
-    if binary and binary.host_model:
-        _sub(cpu, "model", binary.host_model["model"])
-    vendor = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD", "HygonGenuine": "Hygon"}.get(
-        info.get("vendor_id", ""))
-    if vendor:
-        _sub(cpu, "vendor", vendor)
     if info.get("microcode", "").startswith("0x") and int(info["microcode"], 16) > 0:
         _sub(cpu, "microcode", version=int(info["microcode"], 16))
-    if info.get("cpu family", "0").isdigit() and int(info["cpu family"]) > 0:
-        _sub(cpu, "signature", family=info["cpu family"], model=info.get("model", "0"),
-             stepping=info.get("stepping", "0") if info.get("stepping", "0").isdigit() else "0")
+    if hc is not None:
+        _sub(cpu, "signature", family=hc.family, model=hc.model_number, stepping=hc.stepping)
+        if hc.tsc_hz:
+            _sub(cpu, "counter", name="tsc", frequency=hc.tsc_hz,
+                 scaling="yes" if hc.tsc_scaling else "no")
     ncpu = os.cpu_count() or 1
     threads = len(C._cpulist(C._cpu_topo(0)["siblings"])) or 1
     sockets = len({C._cpu_topo(i)["socket_id"] for i in range(ncpu)}) or 1
     _sub(cpu, "topology", sockets=sockets, dies=1, cores=max(1, ncpu // sockets // threads),
          threads=threads)
-    if binary and binary.host_model:
-        for feat in binary.host_model["features"]:
+    if hc is not None:
+        if hc.phys_bits:
+            _sub(cpu, "maxphysaddr", mode="emulate", bits=hc.phys_bits)
+        for feat in hc.features:
             _sub(cpu, "feature", name=feat)
     for size in [4] + C._hugepage_sizes():
         _sub(cpu, "pages", unit="KiB", size=size)
@@ -104,6 +107,11 @@ def capabilities_xml(qcaps: "QemuCaps", host_uuid: str | None = None) -> str:
         cpus = _sub(c, "cpus", num=len(cell["cpus"]))
         for cpu in cell["cpus"]:
             _sub(cpus, "cpu", id=cpu, **C._cpu_topo(cpu))
+    banks = hostinfo.cache_banks()
+    if banks:
+        cache = _sub(host, "cache")
+        for bank in banks:
+            _sub(cache, "bank", **bank)
     sec = _sub(host, "secmodel")
     _sub(sec, "model", "none")
     _sub(sec, "doi", "0")
@@ -124,6 +132,7 @@ def capabilities_xml(qcaps: "QemuCaps", host_uuid: str | None = None) -> str:
         # the default machine first, as libvirt lists it (virt-install takes the first)
         for m in sorted(b.machines, key=lambda m: not m.default):
             if m.deprecated:
+                _sub(a, "machine", m.name, maxCpus=m.max_cpus, deprecated="yes")
                 continue
             _sub(a, "machine", m.name, maxCpus=m.max_cpus)
             if m.alias:
@@ -141,7 +150,9 @@ def capabilities_xml(qcaps: "QemuCaps", host_uuid: str | None = None) -> str:
         _sub(feats, "cpuselection")
         _sub(feats, "deviceboot")
         _sub(feats, "disksnapshot", default="on", toggle="no")
-    return _tostring(root)
+    # libvirt sets the host and each guest apart with an empty line
+    text = _tostring(root).replace("<capabilities>\n", "<capabilities>\n\n", 1)
+    return text.replace("  </host>\n", "  </host>\n\n").replace("  </guest>\n", "  </guest>\n\n")
 
 
 def _select(qcaps: "QemuCaps", emulator: str | None, arch: str | None,

@@ -69,10 +69,11 @@ from pyvirtd.xml.devices.video import PRIMARY as VIDEO_PRIMARY, SECONDARY as VID
 from pyvirtd.xml.devices.watchdog import QEMU_ACTIONS
 from pyvirtd.xml.platform import platform
 
-from . import devices_extra, filesystems, memory, tpm as tpmmod
+from . import devices_extra, disksecrets, filesystems, memory, tpm as tpmmod
 from .defaults import DEVICE_DEFAULTS
 from .devprops import (SCSI_MODELS, ArgvBuilder, device_alias, disk_bus, error_policy_props,
                        opts, quote)
+from .disksecrets import DiskSecrets
 from .devprops import unsupported as _unsupported
 
 # QEMU's VNC display N listens on TCP port 5900 + N.
@@ -139,13 +140,16 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
                   resolve_volume: Callable[[str, str], VolumeSource] | None = None,
                   daemonize: bool = True, name_marker: str | None = None,
                   monitor_fd: int | None = None, sandbox: str | None = None,
+                  disk_secrets: DiskSecrets | None = None,
                   vsock_fd: int | None = None, tpm_socket: str | None = None,
                   fs_sockets: Mapping[str, str] | None = None) -> list[str]:
     """The argv that starts ``defn`` paused under QEMU (see the module docstring).
 
     ``monitor_fd``: the monitor is this listening socket, bound by the daemon
     (``monitor_path`` names it then only for the caller); ``sandbox``: the
-    ``-sandbox`` option (confine.SANDBOX), given when not None; ``vsock_fd``: the
+    ``-sandbox`` option (confine.SANDBOX), given when not None;
+    ``disk_secrets``: the master key and passphrases of encrypted disks
+    (disksecrets.prepare), which go to QEMU encrypted; ``vsock_fd``: the
     /dev/vhost-vsock fd bound to the guest's cid (devices_extra.open_vsock);
     ``tpm_socket``: the control socket of the guest's swtpm (tpm.start);
     ``fs_sockets``: virtiofs alias -> virtiofsd's socket (filesystems.start).
@@ -170,8 +174,12 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
         raise _internal("the process marker must be the domain's name or uuid")
 
     b.add(binary, "-name", opts(None, ("guest", defn.name), ("debug-threads", "on")), "-S")
+    if disk_secrets is not None:
+        b.add("-object", _json(disksecrets.master_key_object(disk_secrets.master_key_path)))
     _machine(b)
     _cpu(b)
+    if plat.os.loader_secure:
+        b.add("-global", "driver=cfi.pflash01,property=secure,value=on")
     memory.size_args(b)
     b.add("-overcommit", "mem-lock=off")
     _smp(b)
@@ -198,7 +206,7 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
             b.add(*devices_extra.iommu_args(b, dev))
     _assign_bootindex(b, devs)
     _controllers(b, [d for d in devs if isinstance(d, Controller)])
-    _disks(b, [d for d in devs if isinstance(d, Disk)], resolve_volume)
+    _disks(b, [d for d in devs if isinstance(d, Disk)], resolve_volume, disk_secrets)
     filesystems.filesystem_args(b, dict(fs_sockets or {}))
     _interfaces(b, [d for d in devs if isinstance(d, Interface)], tap_fds or {})
     _chardevs(b, [d for d in devs if isinstance(d, Chardev)], channel_dir)
@@ -477,7 +485,8 @@ _CACHE = {  # libvirt cache mode -> (cache.direct, cache.no-flush, write-cache o
 
 
 def _disks(b: _Builder, disks: list[Disk],
-           resolve_volume: Callable[[str, str], VolumeSource] | None) -> None:
+           resolve_volume: Callable[[str, str], VolumeSource] | None,
+           disk_secrets: DiskSecrets | None) -> None:
     for n, disk in enumerate(disks, start=1):
         alias = b.alias(disk)
         path = disk.path
@@ -499,6 +508,9 @@ def _disks(b: _Builder, disks: list[Disk],
             if disk.io in ("native", "threads", "io_uring"):
                 storage["aio"] = disk.io
             storage.update({"auto-read-only": True, "discard": "unmap"})
+            secret = None
+            if disksecrets.disk_encryption(disk) is not None:   # its secret object first
+                secret = _secret_object(b, disk, f"libvirt-{n}-format", disk_secrets)
             b.add("-blockdev", _json(storage))
             fmt: dict = {"node-name": f"libvirt-{n}-format", "read-only": disk.readonly}
             if direct is not None:
@@ -510,6 +522,8 @@ def _disks(b: _Builder, disks: list[Disk],
                 fmt["detect-zeroes"] = "unmap" if zeroes == "unmap" and \
                     disk.discard == "unmap" else "on"
             fmt.update({"driver": disk.format or "raw", "file": f"libvirt-{n}-storage"})
+            if secret is not None:
+                disksecrets.encrypt_format_node(fmt, secret)
             b.add("-blockdev", _json(fmt))
             node = f"libvirt-{n}-format"
         elif disk.device != "cdrom":
@@ -523,6 +537,16 @@ def _disks(b: _Builder, disks: list[Disk],
             pairs.append(("write-cache", "on" if write_cache else "off"))
         pairs += error_policy_props(disk)
         b.add("-device", opts(pairs[0][1], *pairs[1:]))
+
+
+def _secret_object(b: _Builder, disk: Disk, node: str, disk_secrets: DiskSecrets | None) -> str:
+    """The secret object an encrypted disk's format node ``node`` opens its image with."""
+    value = disk_secrets.passphrases.get(disk.target) if disk_secrets is not None else None
+    if value is None:
+        raise _internal(f"disk '{disk.target}' is encrypted but its secret was not given")
+    alias = disksecrets.secret_alias(node)
+    b.add("-object", _json(disksecrets.secret_object(alias, value, disk_secrets.master_key)))
+    return alias
 
 
 def _interfaces(b: _Builder, ifaces: list[Interface], tap_fds: Mapping[int, int]) -> None:

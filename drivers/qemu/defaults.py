@@ -6,6 +6,7 @@ qemuDomainAssignAddresses) is here, as a DeviceDefaults hook:
 
 * a file, block or volume disk gets ``<driver name='qemu'>``, and a file or
   block one the raw format when it names none;
+* an <encryption> gets engine='qemu', and the old qcow one is refused;
 * a NIC without a model gets rtl8139 (QEMU's default on x86);
 * USB devices get ports on bus 0, and PCI devices slots (pc: one bus;
   q35: root ports and bridges, pyvirtd/xml/devices/pci.py).
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from pyvirtd.xml.devices import DeviceDefaults, Disk, Interface, assign_usb_ports
 from pyvirtd.xml.devices.pci import assign_pc, assign_q35
+
+from . import disksecrets
 
 # QEMU's NIC when the XML names none (qemuDomainDefaultNetModel on x86)
 DEFAULT_NIC_MODEL = "rtl8139"
@@ -26,6 +29,8 @@ class QemuDeviceDefaults(DeviceDefaults):
             dev.driver_name = dev.driver_name or "qemu"
             if dev.format is None and dev.type != "volume":
                 dev.format = "raw"
+            disksecrets.check(dev)
+            disksecrets.set_engine(dev)
         elif isinstance(dev, Interface) and dev.model is None:
             dev.model = DEFAULT_NIC_MODEL
 

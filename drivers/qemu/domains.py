@@ -1,8 +1,12 @@
-"""QEMU driver connection: domain procedures (lookups, listing, definitions, lifecycle).
+"""QEMU driver connection: the domain procedures QEMU answers its own way.
 
-Methods are named after RPC procedures (see pyvirtd/dispatch.py).  Reads
-take no lock; every operation that changes a running guest holds that
-guest's lock (guest.QemuDomain.lock), like libvirt's per-domain job, so two
+The generic ones (state, autostart, define/undefine, create, destroy) are
+`pyvirtd.driver.procedures.DomainProcedures`; what QEMU adds to them is here
+as its hooks (managed save, autodestroy, NVRAM at undefine), beside what only
+QEMU has (monitor commands, shutdown and reboot by the power button, reset,
+suspend through the monitor).  Methods are named after RPC procedures (see
+pyvirtd/dispatch.py).  Reads take no lock; every operation that changes a
+running guest holds that guest's lock (guest.QemuDomain.lock), like libvirt's per-domain job, so two
 guests never wait for each other.  Error codes, error domains and wording
 follow libvirt's QEMU driver (src/qemu/qemu_driver.c) as virsh prints them.
 """
@@ -10,8 +14,6 @@ follow libvirt's QEMU driver (src/qemu/qemu_driver.c) as virsh prints them.
 from __future__ import annotations
 
 import os
-from typing import Any
-
 import trio
 
 from pyvirtd.driver import domains as ds
@@ -24,57 +26,50 @@ from . import save, snapshots
 from .driver import QemuDriverState
 from .guest import QemuDomain
 
-# virDomainXMLFlags, virDomainCreateFlags, virDomainUndefineFlagsValues, ...
-XML_SECURE, XML_INACTIVE, XML_UPDATE_CPU, XML_MIGRATABLE = 1, 2, 4, 8
-START_PAUSED, START_AUTODESTROY, START_BYPASS_CACHE, START_FORCE_BOOT, START_VALIDATE = 1, 2, 4, 8, 16
-START_RESET_NVRAM = 32
-DEFINE_VALIDATE = 1
-UNDEFINE_ALL = 1 | 2 | 4 | 8 | 16 | 32 | 64
-UNDEFINE_SNAPSHOTS_METADATA, UNDEFINE_NVRAM, UNDEFINE_KEEP_NVRAM = 2, 4, 8
-DESTROY_GRACEFUL = 1
-SHUTDOWN_DEFAULT, SHUTDOWN_ACPI, SHUTDOWN_AGENT = 0, 1, 2
+_C = P.DomainCreateFlags
+START_PAUSED, START_AUTODESTROY = _C.VIR_DOMAIN_START_PAUSED, _C.VIR_DOMAIN_START_AUTODESTROY
+START_FORCE_BOOT = _C.VIR_DOMAIN_START_FORCE_BOOT
+# accepted as libvirt accepts them; nothing here acts on BYPASS_CACHE or RESET_NVRAM
+START_ACCEPTED = START_PAUSED | START_AUTODESTROY | _C.VIR_DOMAIN_START_BYPASS_CACHE \
+    | _C.VIR_DOMAIN_START_RESET_NVRAM
+_X = P.DomainXMLFlags
+XML_SECURE, XML_INACTIVE, XML_MIGRATABLE = (_X.VIR_DOMAIN_XML_SECURE, _X.VIR_DOMAIN_XML_INACTIVE,
+                                            _X.VIR_DOMAIN_XML_MIGRATABLE)
+XML_FLAGS = XML_SECURE | XML_INACTIVE | _X.VIR_DOMAIN_XML_UPDATE_CPU | XML_MIGRATABLE
+_U = P.DomainUndefineFlagsValues
+UNDEFINE_SNAPSHOTS_METADATA = _U.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+UNDEFINE_NVRAM = _U.VIR_DOMAIN_UNDEFINE_NVRAM
+UNDEFINE_KEEP_NVRAM = _U.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+DESTROY_GRACEFUL = P.DomainDestroyFlagsValues.VIR_DOMAIN_DESTROY_GRACEFUL
+# virDomainShutdownFlagValues (virDomainRebootFlagValues has the same two bits)
+SHUTDOWN_ACPI = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
+SHUTDOWN_AGENT = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT
 RESET_FLAGS = 0
 
 
-# virDomainQemuMonitorCommandFlags
-MONITOR_COMMAND_HMP = P.DomainQemuMonitorCommandFlags.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
-
-
 class DomainMixin(ds.DomainLookups):
+    """What QEMU answers its own way; the rest is `DomainProcedures` (listed last
+    in QemuConnection), set up here with QEMU's flags and wording."""
     driver: QemuDriverState
     error_domain = P.VIR_FROM_QEMU
+    api_prefix = "qemu"
+    create_flags = START_ACCEPTED | START_FORCE_BOOT
+    create_xml_flags = START_ACCEPTED | P.DomainCreateFlags.VIR_DOMAIN_START_VALIDATE
+    destroy_flags = DESTROY_GRACEFUL
+    transient_autostart_message = "cannot set autostart for transient domain"
+    transient_undefine_message = "cannot undefine transient domain"
 
     # -- information ------------------------------------------------------
-    def domain_get_state(self, ref: Dom, flags: int) -> tuple:
-        check_flags(flags, 0, "qemuDomainGetState", P.VIR_FROM_QEMU)
-        dom = self._dom(ref)
-        return (dom.state, dom.reason)
-
-    async def qemu_domain_monitor_command(self, ref: Dom, cmd: str, flags: int) -> str:
-        """``virsh qemu-monitor-command``: a QMP (or with flag 1, HMP) command passed
-        through to the guest's QEMU unchanged (qemuDomainQemuMonitorCommand)."""
-        check_flags(flags, MONITOR_COMMAND_HMP, "qemuDomainQemuMonitorCommand", P.VIR_FROM_QEMU)
-        dom = self._active(ref)
-        if dom.monitor is None:
-            raise ds.not_running()
-        if flags & MONITOR_COMMAND_HMP:
-            return await dom.monitor.human_monitor_command(cmd)
-        return await dom.monitor.execute_json(cmd)
 
     def domain_get_control_info(self, ref: Dom, flags: int) -> tuple:
         check_flags(flags, 0, "qemuDomainGetControlInfo", P.VIR_FROM_QEMU)
         self._active(ref)
         return (0, 0, 0)   # VIR_DOMAIN_CONTROL_OK: no job runs long enough to report
 
-    def domain_get_os_type(self, ref: Dom) -> str:
-        return self._dom(ref).definition.os_type
-
-    def domain_get_max_memory(self, ref: Dom) -> int:
-        return self._dom(ref).definition.memory
-
     def domain_get_xml_desc(self, ref: Dom, flags: int) -> str:
-        check_flags(flags, XML_SECURE | XML_INACTIVE | XML_UPDATE_CPU | XML_MIGRATABLE,
-                    "qemuDomainGetXMLDesc", P.VIR_FROM_QEMU)
+        """With secrets only when asked (XML_SECURE); MIGRATABLE is the live
+        definition without the runtime id."""
+        check_flags(flags, XML_FLAGS, "qemuDomainGetXMLDesc", P.VIR_FROM_QEMU)
         dom = self._dom(ref)
         secure = bool(flags & XML_SECURE)
         if flags & (XML_INACTIVE | XML_MIGRATABLE) or not dom.active:
@@ -82,155 +77,75 @@ class DomainMixin(ds.DomainLookups):
                                  secure=secure)
         return domxml.format(dom.definition, dom_id=dom.id, secure=secure)
 
-    def domain_is_active(self, ref: Dom) -> int:
-        return int(self._dom(ref).active)
-
-    def domain_is_persistent(self, ref: Dom) -> int:
-        return int(self._dom(ref).persistent)
-
     def domain_is_updated(self, ref: Dom) -> int:
         dom = self._dom(ref)
         return int(dom.active and dom.new_def is not None
                    and domxml.format(dom.new_def) != domxml.format(dom.definition))
 
-    def domain_get_autostart(self, ref: Dom) -> int:
-        return int(self._dom(ref).autostart)
-
-    async def domain_set_autostart(self, ref: Dom, autostart: int) -> None:
-        dom = self._dom(ref)
-        if not dom.persistent:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot set autostart for transient domain",
-                           domain=P.VIR_FROM_QEMU)
-        await trio.to_thread.run_sync(self.driver.store.set_autostart, dom.name, bool(autostart))
-        dom.autostart = bool(autostart)
-
-    def domain_get_security_label(self, ref: Dom) -> tuple:
-        self._dom(ref)
-        return (b"", 0)     # no security driver: an empty label, not enforcing
-
-    def domain_get_security_label_list(self, ref: Dom) -> tuple:
-        return ([P.remote_domain_get_security_label_ret(*self.domain_get_security_label(ref))], 1)
-
-    def domain_get_messages(self, ref: Dom, flags: int) -> list[str]:
-        self._dom(ref)
-        return []
 
     # -- definition -------------------------------------------------------
-    async def domain_define_xml(self, xml: str) -> Any:
-        return await self.domain_define_xml_flags(xml, 0)
-
-    async def domain_define_xml_flags(self, xml: str, flags: int) -> Dom:
-        check_flags(flags, DEFINE_VALIDATE, "qemuDomainDefineXMLFlags", P.VIR_FROM_QEMU)
-        drv = self.driver
-        new = drv.new_definition(xml, validate_schema=bool(flags & DEFINE_VALIDATE))
-        return (await drv.define(new)).ref()
-
-    async def domain_undefine(self, ref: Dom) -> None:
-        await self.domain_undefine_flags(ref, 0)
-
-    async def domain_undefine_flags(self, ref: Dom, flags: int) -> None:
-        check_flags(flags, UNDEFINE_ALL, "qemuDomainUndefineFlags", P.VIR_FROM_QEMU)
-        drv = self.driver
-        dom = self._dom(ref)
-        if not dom.persistent:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot undefine transient domain",
-                           domain=P.VIR_FROM_QEMU)
+    async def _before_undefine(self, dom: QemuDomain, flags: int) -> None:
+        """The managed save image, snapshot metadata and NVRAM go with the
+        definition only when the flags say so (qemuDomainUndefineFlags)."""
         if dom.managed_save:
             if not flags & save.UNDEFINE_MANAGED_SAVE:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID,
                                "Refusing to undefine while domain managed save image exists",
                                domain=P.VIR_FROM_QEMU)
             async with dom.lock:
-                await save.remove_managed(drv, dom)
+                await save.remove_managed(self.driver, dom)
         if len(dom.snapshots) and not dom.active:
             if not flags & UNDEFINE_SNAPSHOTS_METADATA:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot delete inactive domain "
                                f"with {len(dom.snapshots)} snapshots", domain=P.VIR_FROM_QEMU)
         await _undefine_nvram(dom.persistent_def or dom.definition, flags)
         if flags & UNDEFINE_SNAPSHOTS_METADATA:
-            await snapshots.remove_metadata(drv, dom)
-        await ds.undefine(drv, dom)
+            await snapshots.remove_metadata(self.driver, dom)
 
     # -- lifecycle --------------------------------------------------------
-    async def domain_create(self, ref: Dom) -> Any:
-        return await self.domain_create_with_flags(ref, 0)
+    async def _start_defined(self, dom: QemuDomain, flags: int) -> None:
+        """From the managed save image if there is one (FORCE_BOOT drops it first)."""
+        if dom.active:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
+                           domain=P.VIR_FROM_QEMU)
+        if dom.managed_save and flags & START_FORCE_BOOT:
+            await save.remove_managed(self.driver, dom)
+        if not (dom.managed_save and await save.start_managed(
+                self.driver, dom, paused=bool(flags & START_PAUSED))):
+            await self.driver.start_domain(dom, paused=bool(flags & START_PAUSED))
+        if flags & START_AUTODESTROY:
+            self._autodestroy_add(dom)
 
-    async def domain_create_with_flags(self, ref: Dom, flags: int) -> Any:
-        check_flags(flags, START_PAUSED | START_AUTODESTROY | START_BYPASS_CACHE
-                    | START_FORCE_BOOT | START_RESET_NVRAM, "qemuDomainCreateWithFlags",
-                    P.VIR_FROM_QEMU)
-        dom = self._dom(ref)
-        async with dom.lock:
-            if dom.active:
-                raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
-                               domain=P.VIR_FROM_QEMU)
-            if dom.managed_save and flags & START_FORCE_BOOT:
-                await save.remove_managed(self.driver, dom)
-            if not (dom.managed_save and await save.start_managed(
-                    self.driver, dom, paused=bool(flags & START_PAUSED))):
-                await self.driver.start_domain(dom, paused=bool(flags & START_PAUSED))
-            if flags & START_AUTODESTROY:
-                self._autodestroy_add(dom)
-        return dom.ref()
-
-    async def domain_create_xml(self, xml_desc: str, flags: int) -> Any:
-        check_flags(flags, START_PAUSED | START_AUTODESTROY | START_BYPASS_CACHE
-                    | START_VALIDATE | START_RESET_NVRAM, "qemuDomainCreateXML", P.VIR_FROM_QEMU)
-        drv = self.driver
-        new = drv.new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
-        existing = drv.domains.check_add(new, live=True)
-        dom = existing or QemuDomain(new, persistent=False)
-        if existing is None:
-            drv.domains.add(dom)
-        async with dom.lock:
-            if dom.active:
-                raise VirError(P.VIR_ERR_OPERATION_INVALID,
-                               f"domain '{new.name}' is already active", domain=P.VIR_FROM_DOMAIN)
-            try:
-                await drv.start_domain(dom, paused=bool(flags & START_PAUSED), live_def=new)
-            except BaseException:
-                if existing is None and not dom.active:
-                    drv.domains.remove(dom)
-                raise
-            if flags & START_AUTODESTROY:
-                self._autodestroy_add(dom)
-        return dom.ref()
+    async def _start_created(self, dom: QemuDomain, live_def: domxml.DomainDef,
+                             flags: int) -> None:
+        if dom.active:      # started by another call while this one waited for the lock
+            raise VirError(P.VIR_ERR_OPERATION_INVALID,
+                           f"domain '{live_def.name}' is already active", domain=P.VIR_FROM_DOMAIN)
+        await self.driver.start_domain(dom, paused=bool(flags & START_PAUSED), live_def=live_def)
+        if flags & START_AUTODESTROY:
+            self._autodestroy_add(dom)
 
     def _autodestroy_add(self, dom: QemuDomain) -> None:
         """VIR_DOMAIN_START_AUTODESTROY: this run of ``dom`` ends with this connection
         (qemuProcessAutoDestroyAdd); see QemuConnection.close."""
         self.autodestroy.append((dom, dom.run))   # type: ignore[attr-defined]
 
-    async def domain_destroy(self, ref: Dom) -> None:
-        await self.domain_destroy_flags(ref, 0)
-
-    async def domain_destroy_flags(self, ref: Dom, flags: int) -> None:
-        check_flags(flags, DESTROY_GRACEFUL, "qemuDomainDestroyFlags", P.VIR_FROM_QEMU)
-        dom = self._active(ref)
+    def _before_destroy(self, dom: QemuDomain) -> None:
         dom.being_destroyed = True   # before the lock: a pending shutdown must not win
-        async with dom.lock:
-            if not dom.active:
-                raise ds.not_running()
-            await self.driver.destroy_domain(dom, graceful=bool(flags & DESTROY_GRACEFUL))
 
     async def domain_shutdown(self, ref: Dom) -> None:
         await self.domain_shutdown_flags(ref, 0)
 
     async def domain_shutdown_flags(self, ref: Dom, flags: int) -> None:
-        check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, "qemuDomainShutdownFlags",
-                    P.VIR_FROM_QEMU)
-        dom = self._active(ref)
-        if flags == SHUTDOWN_AGENT:
-            raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
-                           domain=P.VIR_FROM_QEMU)
-        async with dom.lock:
-            if not dom.active or dom.monitor is None:
-                raise ds.not_running()
-            dom.fake_reboot = False
-            await dom.monitor.system_powerdown()
+        await self._power_button(ref, flags, "qemuDomainShutdownFlags", reboot=False)
 
     async def domain_reboot(self, ref: Dom, flags: int) -> None:
-        check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, "qemuDomainReboot", P.VIR_FROM_QEMU)
+        """ACPI power button, then the SHUTDOWN event turns into a reset
+        (qemuDomainRebootMonitor / qemuProcessFakeReboot)."""
+        await self._power_button(ref, flags, "qemuDomainReboot", reboot=True)
+
+    async def _power_button(self, ref: Dom, flags: int, function: str, *, reboot: bool) -> None:
+        check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, function, P.VIR_FROM_QEMU)
         dom = self._active(ref)
         if flags == SHUTDOWN_AGENT:
             raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
@@ -238,9 +153,7 @@ class DomainMixin(ds.DomainLookups):
         async with dom.lock:
             if not dom.active or dom.monitor is None:
                 raise ds.not_running()
-            # ACPI power button, then the SHUTDOWN event turns into a reset
-            # (qemuDomainRebootMonitor / qemuProcessFakeReboot)
-            dom.fake_reboot = True
+            dom.fake_reboot = reboot
             await dom.monitor.system_powerdown()
 
     async def domain_reset(self, ref: Dom, flags: int) -> None:
@@ -256,26 +169,15 @@ class DomainMixin(ds.DomainLookups):
                 await self.driver.save_status(dom)
 
     async def domain_suspend(self, ref: Dom) -> None:
-        dom = self._active(ref)
-        async with dom.lock:
-            if not dom.active or dom.monitor is None:
-                raise ds.not_running()
-            if dom.state == ds.PMSUSPENDED:
-                raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is pmsuspended",
-                               domain=P.VIR_FROM_QEMU)
-            if dom.state == ds.PAUSED:
-                return
-            dom.quiet_pause += 1
-            try:
-                await dom.monitor.stop()
-            except BaseException:
-                dom.quiet_pause -= 1
-                raise
-            dom.set_state(ds.PAUSED, ds.PAUSED_USER)
-            self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
-            await self.driver.save_status(dom)
+        await self._run_vcpus(ref, False)
 
     async def domain_resume(self, ref: Dom) -> None:
+        await self._run_vcpus(ref, True)
+
+    async def _run_vcpus(self, ref: Dom, run: bool) -> None:
+        """QMP ``cont`` (``run``) or ``stop``; a guest already there is left alone.
+        The STOP/RESUME event QEMU sends for it is ours (``quiet_pause``): the
+        state and event here say the user paused or resumed it."""
         dom = self._active(ref)
         async with dom.lock:
             if not dom.active or dom.monitor is None:
@@ -283,16 +185,20 @@ class DomainMixin(ds.DomainLookups):
             if dom.state == ds.PMSUSPENDED:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is pmsuspended",
                                domain=P.VIR_FROM_QEMU)
-            if dom.state != ds.PAUSED:
+            if (dom.state == ds.PAUSED) != run:
                 return
             dom.quiet_pause += 1
             try:
-                await dom.monitor.cont()
+                await (dom.monitor.cont() if run else dom.monitor.stop())
             except BaseException:
                 dom.quiet_pause -= 1
                 raise
-            dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
-            self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
+            if run:
+                dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
+                self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
+            else:
+                dom.set_state(ds.PAUSED, ds.PAUSED_USER)
+                self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
             await self.driver.save_status(dom)
 
     def domain_get_time(self, ref: Dom, flags: int) -> tuple:
@@ -303,7 +209,7 @@ class DomainMixin(ds.DomainLookups):
     # -- interfaces -------------------------------------------------------
     async def domain_interface_addresses(self, ref: Dom, source: int, flags: int) -> list:
         """virsh domifaddr: --source lease (the networks' DHCP leases) or arp; agent needs one."""
-        from . import interfaces
+        from pyvirtd.driver import interfaces
 
         check_flags(flags, 0, "qemuDomainInterfaceAddresses", P.VIR_FROM_QEMU)
         dom = self._active(ref)

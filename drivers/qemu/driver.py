@@ -45,8 +45,10 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import (confine, dac, devacl, devices_extra, filesystems, guest_events, interfaces,
-               launch, process, tpm, volumes)
+from pyvirtd.driver import interfaces
+
+from . import (confine, dac, devacl, devices_extra, disksecrets, filesystems, firmware,
+               guest_events, launch, passthrough, process, tpm, volumes)
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 
@@ -107,11 +109,22 @@ class QemuDriverState(QemuState):
         # <disk type='volume'>: their pools say which files or devices they are
         sources = await volumes.resolve_all(self, live)
         volumes.set_live_formats(live)
-        # taps for interfaces of type network/bridge; QEMU gets their fds
-        taps, tap_fds = await interfaces.plug_all(self, dom, live)
+        # <os firmware='efi'>: the firmware QEMU's descriptors offer, and its NVRAM
+        await trio.to_thread.run_sync(firmware.prepare, live, self.store.config_dir / "nvram")
+        # encrypted disks: their secrets (or the secret driver's error), a master key
+        secrets = await disksecrets.prepare(self, name, live)
+        key_path = disksecrets.master_key_path(self, name)
+        try:
+            # taps for interfaces of type network/bridge; QEMU gets their fds
+            taps, tap_fds = await interfaces.plug_all(self, dom, live)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(disksecrets.remove_master_key, key_path)
+            raise
         labels: list[dac.Label] = []
 
         async def undo() -> None:
+            await trio.to_thread.run_sync(disksecrets.remove_master_key, key_path)
             await trio.to_thread.run_sync(tpm.stop, self, name)
             await trio.to_thread.run_sync(filesystems.stop, self, live)
             await interfaces.unplug_all(self, taps, live.devices_of("interface"))
@@ -130,8 +143,8 @@ class QemuDriverState(QemuState):
             argv = launch.build_argv(self, live, monitor_path=str(monitor_path),
                                      pid_path=str(pid_path), tap_fds=tap_fds, volumes=sources,
                                      monitor_fd=mon_sock.fileno() if mon_sock else None,
-                                     vsock_fd=vsock_fd, tpm_socket=tpm_socket,
-                                     fs_sockets=fs_sockets)
+                                     disk_secrets=secrets, vsock_fd=vsock_fd,
+                                     tpm_socket=tpm_socket, fs_sockets=fs_sockets)
             if incoming is not None:
                 argv += ["-incoming", "defer"]
             if loadvm is not None:
@@ -140,6 +153,8 @@ class QemuDriverState(QemuState):
                 paths = {key: src.path for key, src in sources.items()}
                 chan = launch.channel_dir(self, live)
                 wanted = dac.guest_files(live, paths, str(chan) if chan.is_dir() else None)
+                if secrets is not None:     # QEMU's user reads the master key
+                    wanted.append(dac.Wanted(secrets.master_key_path, True))
                 labels = await trio.to_thread.run_sync(dac.label_all, wanted, conf.uid, conf.gid,
                                                        conf.remember_owner)
             # confinement: private /dev and cgroup device ACL (prelaunch.py before setpriv)
@@ -222,6 +237,9 @@ class QemuDriverState(QemuState):
             cleanups.append((trio.to_thread.run_sync, filesystems.stop, self, dom.definition))
         if self.confinement.cgroups:   # and its cgroup goes (devacl.py)
             cleanups.append((devacl.release, self.confinement, dom.definition))
+        # the master key of its encrypted disks (disksecrets.py), after its label
+        cleanups.append((trio.to_thread.run_sync, disksecrets.remove_master_key,
+                         disksecrets.master_key_path(self, dom.name)))
         plugged = interfaces.plugged(dom.definition)
         if plugged or interfaces.ports(dom.definition.devices_of("interface")):
             # QEMU's exit usually took the taps already (non-persistent taps);
@@ -294,6 +312,7 @@ class QemuDriverState(QemuState):
         async for event in mon.events():
             if dom.run != run:
                 return
+            passthrough.forward(self, dom, event)   # virsh qemu-monitor-event
             try:
                 await self._on_event(dom, run, mon, event)
             except VirError as exc:

@@ -54,6 +54,8 @@ class QemuDomain(HypervisorDomain):
     # set once what the last run's stop gives back (labels, cgroup, ports) is
     # given back: the next start waits for it, or a late cleanup would undo it
     released: Any = None
+    # what tainted the guest (passthrough.taint) -> the run it happened in
+    taints: dict[str, int] = field(default_factory=dict)
 
 
 class QemuState(HypervisorState[QemuDomain]):
@@ -70,13 +72,13 @@ class QemuState(HypervisorState[QemuDomain]):
         # who QEMU runs as and how it is fenced in (qemu:///system: not root)
         self.confinement = confine.resolve(ctx.config, ctx.privileged)
 
-    async def save_status(self, dom: QemuDomain) -> None:
-        if not dom.active or dom.pid is None:
-            return
-        st = RuntimeStatus(dom.name, dom.state, dom.reason, dom.pid, dom.id,
-                           str(self.store.monitor_path(dom.name)), dom.definition, dom.persistent,
-                           list(dom.labels))
-        await trio.to_thread.run_sync(self.store.save_status, st)
+    def status_record(self, dom: QemuDomain) -> RuntimeStatus | None:
+        if dom.pid is None:
+            return None
+        return RuntimeStatus(dom.name, dom.state, dom.reason, dom.persistent, dom.definition,
+                             pid=dom.pid, dom_id=dom.id,
+                             monitor=str(self.store.monitor_path(dom.name)),
+                             labels=list(dom.labels))
 
     def binary_caps(self) -> Any:
         if self.caps is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyvirtd.cpubaseline import BASELINE_EXPAND_FEATURES, cpu_baseline
+from pyvirtd.cpucompare import cpu_compare
 from pyvirtd.driver.hypervisor import HostFacts
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
@@ -60,6 +61,15 @@ class HostMixin(HostFacts):
         # virCPUGetModels: the models of libvirt's CPU map for the arch, as qemu's driver answers
         models = capabilities.cpu_models(arch)
         return (models if need_results else [], len(models))
+
+    def connect_compare_cpu(self, xml: str, flags: int) -> int:
+        check_flags(flags, P.ConnectCompareCPUFlags.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE,
+                    "qemuConnectCompareCPU", P.VIR_FROM_QEMU)
+        host = self._caps().host_cpu
+        return cpu_compare(host.model if host else None, host.vendor if host else None,
+                           host.features if host else [], xml,
+                           fail_incompatible=bool(flags & P.ConnectCompareCPUFlags
+                                                  .VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE))
 
     def connect_baseline_cpu(self, xml_cpus: list[str], flags: int) -> str:
         check_flags(flags, BASELINE_EXPAND_FEATURES

@@ -55,7 +55,9 @@ from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.devices import Controller, Disk, Interface
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 
-from . import dac, devacl, interfaces, memory
+from pyvirtd.driver import interfaces
+
+from . import dac, devacl, disksecrets, memory
 from .defaults import DEVICE_DEFAULTS
 from .devprops import SCSI_MODELS, Placement, device_alias, disk_bus, error_policy_props
 
@@ -250,14 +252,9 @@ async def _next_node_index(mon: Any) -> int:
 
 
 def _resolve_volume(state: "QemuState", disk: Disk) -> tuple[str, str | None]:
-    """<disk type='volume'>: the volume's path and format, from the storage subsystem."""
-    sub = state.ctx.shared.get("storage")
-    if sub is None:
-        raise _err(P.VIR_ERR_NO_SUPPORT, "storage subsystem is not available")
-    pool_ref = sub.storage_pool_lookup_by_name(disk.pool)
-    vol_ref = sub.storage_vol_lookup_by_name(pool_ref, disk.volume)
-    _pool, vol = sub._vol(vol_ref)
-    return vol.path, getattr(vol, "format", None)
+    """<disk type='volume'>: the volume's path and format, from the storage service."""
+    vol = state.ctx.services.storage.resolve_volume(disk.pool, disk.volume)
+    return vol.path, vol.format
 
 
 async def attach_disk_live(state: "QemuState", dom: "QemuDomain",
@@ -287,7 +284,7 @@ async def attach_disk_live(state: "QemuState", dom: "QemuDomain",
                                      *error_policy_props(disk)]))
     except BaseException:
         with trio.CancelScope(shield=True):
-            await _del_nodes(mon, nodes)
+            await _del_nodes(mon, nodes, disksecrets.disk_encryption(disk) is not None)
             await _unlabel(state, dom, _disk_file(state, disk)[0])
         raise
     disk.alias = alias
@@ -430,9 +427,10 @@ async def on_device_deleted(state: "QemuState", dom: "QemuDomain", data: dict) -
     try:
         if elem is not None and mon is not None:
             if elem.tag == "disk":
+                disk = Disk.parse(elem)
                 nodes = pending.nodes if pending is not None and pending.nodes else \
-                    await _nodes_by_file(mon, Disk.parse(elem).path)
-                await _del_nodes(mon, nodes)
+                    await _nodes_by_file(mon, disk.path)
+                await _del_nodes(mon, nodes, disksecrets.disk_encryption(disk) is not None)
                 await _unlabel_disk(state, dom, elem)
             elif elem.tag == "interface":
                 try:
@@ -483,25 +481,64 @@ async def _add_nodes(state: "QemuState", dom: "QemuDomain", disk: Disk,
     A confined QEMU gets the image labelled first (dac.py), as at start."""
     mon = dom.monitor
     path, fmt = _disk_file(state, disk)
+    enc = disksecrets.disk_encryption(disk)
+    value = disksecrets.passphrase(state, enc) if enc is not None else None
     await _label(state, dom, path, read_only)
     try:
         n = await _next_node_index(mon)
         storage, node = f"libvirt-{n}-storage", f"libvirt-{n}-format"
-        await mon.blockdev_add({"driver": "host_device" if disk.type == "block" else "file",
-                                "filename": path, "node-name": storage,
-                                "auto-read-only": True, "discard": "unmap"})
+        secret = await _add_secret(state, dom, node, value) if value is not None else None
+        props = {"node-name": node, "read-only": read_only, "driver": fmt or "raw",
+                 "file": storage}
+        if secret is not None:
+            disksecrets.encrypt_format_node(props, secret)
         try:
-            await mon.blockdev_add({"node-name": node, "read-only": read_only,
-                                    "driver": fmt or "raw", "file": storage})
+            await mon.blockdev_add({"driver": "host_device" if disk.type == "block" else "file",
+                                    "filename": path, "node-name": storage,
+                                    "auto-read-only": True, "discard": "unmap"})
+            try:
+                await mon.blockdev_add(props)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await _del_nodes(mon, [storage])
+                raise
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await _del_nodes(mon, [storage])
+            if secret is not None:
+                with trio.CancelScope(shield=True):
+                    await _del_secret(mon, secret)
             raise
     except BaseException:
         with trio.CancelScope(shield=True):
             await _unlabel(state, dom, path)
         raise
     return [storage, node]
+
+
+async def _add_secret(state: "QemuState", dom: "QemuDomain", node: str, value: bytes) -> str:
+    """object-add the passphrase of the format node ``node``, encrypted with the
+    guest's master key (made, and given to QEMU, by the first encrypted disk)."""
+    mon = dom.monitor
+    path = disksecrets.master_key_path(state, dom.name)
+    key = await trio.to_thread.run_sync(disksecrets.read_master_key, path)
+    if key is None:
+        key = await trio.to_thread.run_sync(disksecrets.write_master_key, path)
+        try:
+            await _label(state, dom, str(path), True)
+            await mon.execute("object-add", disksecrets.master_key_object(str(path)))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(disksecrets.remove_master_key, path)
+            raise
+    alias = disksecrets.secret_alias(node)
+    await mon.execute("object-add", disksecrets.secret_object(alias, value, key))
+    return alias
+
+
+async def _del_secret(mon: Any, alias: str) -> None:
+    try:
+        await mon.execute("object-del", {"id": alias})
+    except VirError as exc:
+        log.warning("object-del %s: %s", alias, exc)
 
 
 def _disk_file(state: "QemuState", disk: Disk) -> tuple[str | None, str | None]:
@@ -550,13 +587,16 @@ async def _unlabel_disk(state: "QemuState", dom: "QemuDomain", elem: etree._Elem
     await _unlabel(state, dom, path)
 
 
-async def _del_nodes(mon: Any, nodes: list[str]) -> None:
-    """blockdev-del, format nodes before the storage under them; failures only logged."""
+async def _del_nodes(mon: Any, nodes: list[str], encrypted: bool = False) -> None:
+    """blockdev-del, format nodes before the storage under them (``encrypted``: and
+    the format nodes' secret objects after them); failures only logged."""
     for node in sorted(nodes, key=lambda n: not n.endswith("-format")):
         try:
             await mon.blockdev_del(node)
         except VirError as exc:
             log.warning("blockdev-del %s: %s", node, exc)
+        if encrypted and node.endswith("-format"):
+            await _del_secret(mon, disksecrets.secret_alias(node))
 
 
 async def change_media_live(state: "QemuState", dom: "QemuDomain",
@@ -586,7 +626,7 @@ async def change_media_live(state: "QemuState", dom: "QemuDomain",
         with trio.CancelScope(shield=True):
             await _del_nodes(mon, new_nodes)
         raise
-    await _del_nodes(mon, old_nodes)
+    await _del_nodes(mon, old_nodes, disksecrets.disk_encryption(old) is not None)
     if old.path or old.volume:
         await _unlabel_disk(state, dom, old_elem)
     new.alias, new.address = old.alias, old.address

@@ -27,10 +27,11 @@ from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.platform import fill_cpu_defaults
 
-from . import filesystems, memory
+from . import filesystems, firmware, memory
 from .command import VolumeSource, assign_aliases, build_command
 from .confine import SANDBOX
 from .defaults import DEVICE_DEFAULTS
+from .disksecrets import DiskSecrets
 
 if TYPE_CHECKING:
     from .guest import QemuState
@@ -73,6 +74,7 @@ def fill_defaults(state: "QemuState", d: domxml.DomainDef) -> None:
         target = iface.find("target")
         if target is not None and (target.get("dev") or "").startswith(GENERATED_IFNAMES):
             iface.remove(target)
+    firmware.check_definition(d)
     if d.arch == HOST_ARCH:
         d.raw["cpu"] = fill_cpu_defaults(d.raw.get("cpu"), d.type)
     devmod.apply_defaults(d, DEVICE_DEFAULTS)
@@ -85,7 +87,8 @@ def fill_defaults(state: "QemuState", d: domxml.DomainDef) -> None:
 def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
                pid_path: str, tap_fds: dict[int, int] | None = None,
                volumes: Mapping[tuple[str, str], VolumeSource] | None = None,
-               monitor_fd: int | None = None, vsock_fd: int | None = None,
+               monitor_fd: int | None = None,
+               disk_secrets: DiskSecrets | None = None, vsock_fd: int | None = None,
                tpm_socket: str | None = None,
                fs_sockets: dict[str, str] | None = None) -> list[str]:
     """The argv of ``live``; ``volumes`` holds its volume disks, resolved beforehand
@@ -103,7 +106,8 @@ def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
                          name_marker=live.uuid_str, daemonize=not own_start,
                          monitor_fd=monitor_fd, vsock_fd=vsock_fd, tpm_socket=tpm_socket,
                          fs_sockets=fs_sockets,
-                         sandbox=SANDBOX if state.confinement.sandbox else None)
+                         sandbox=SANDBOX if state.confinement.sandbox else None,
+                         disk_secrets=disk_secrets)
 
 
 def channel_dir(state: "QemuState", live: domxml.DomainDef) -> Path:

@@ -28,7 +28,9 @@ Typed helpers, one per command the driver needs:
     query_balloon() -> actual bytes, balloon(bytes), query_block() -> [dict],
     query_blockstats() -> [dict], query_vnc() -> dict, human_monitor_command(cmdline) -> str,
     query_kvm() -> (present, enabled), query_version() -> (major, minor, micro, package),
-    query_name() -> str | None.
+    query_name() -> str | None, send_key(qnums, hold_time_ms), inject_nmi(),
+    screendump(path, device, head, fmt), add_fd(fd) -> fdset id, remove_fd(id),
+    query_hotpluggable_cpus() -> [dict].
 Hotplug (hotplug.py): device_add(props), device_del(id), blockdev_add(props),
     blockdev_del(node), netdev_add(props), netdev_del(id), getfd(fd, name) (passes
     an open fd over the socket, SCM_RIGHTS), query_block_nodes() -> [node names].
@@ -290,6 +292,61 @@ class Monitor:
     async def human_monitor_command(self, cmdline: str) -> str:
         """``virsh qemu-monitor-command --hmp``: the HMP command's text output."""
         return await self.execute("human-monitor-command", {"command-line": cmdline})
+
+    # -- input, display and vCPUs (passthrough.py, screenshot.py, vcpus.py) ----
+    async def send_key(self, qnums: list[int], hold_time_ms: int = 0) -> None:
+        """Press then release ``qnums`` (QEMU's qnum codes), held ``hold_time_ms`` if not 0."""
+        args: dict[str, Any] = {"keys": [{"type": "number", "data": k} for k in qnums]}
+        if hold_time_ms:
+            args["hold-time"] = hold_time_ms
+        await self.execute("send-key", args)
+
+    async def inject_nmi(self) -> None:
+        await self.execute("inject-nmi")
+
+    async def screendump(self, path: str, device: str | None = None, head: int | None = None,
+                         fmt: str | None = None) -> None:
+        """Write the display's picture to ``path``: PPM (QEMU's default) or ``fmt`` ("png")."""
+        args: dict[str, Any] = {"filename": path}
+        if fmt is not None:
+            args["format"] = fmt
+        if device is not None:
+            args["device"] = device
+            if head is not None:
+                args["head"] = head
+        await self.execute("screendump", args)
+
+    async def add_fd(self, fd: int) -> int:
+        """Put a copy of ``fd`` in a new fd set (SCM_RIGHTS, then ``add-fd``); return its id.
+
+        QEMU opens it as ``/dev/fdset/ID`` (matching the access mode it was
+        opened with); ``remove_fd(ID)`` makes QEMU close it.  The caller still owns ``fd``.
+        """
+        if self._closed:
+            raise _eof()
+        client = self._client
+
+        async def send() -> Any:     # runs on the asyncio side, fd and command back to back
+            client.send_fd_scm(fd)
+            return await client.execute("add-fd")
+
+        try:
+            reply = await self._loop.run_aio_coroutine(send())
+        except ExecuteError as exc:
+            raise _err(P.VIR_ERR_INTERNAL_ERROR,
+                       f"unable to execute QEMU command 'add-fd': {exc.error.error.desc}") from exc
+        except (ExecInterruptedError, StateError, EOFError, ConnectionError) as exc:
+            raise _eof() from exc
+        except (QMPError, OSError) as exc:
+            raise _err(P.VIR_ERR_INTERNAL_ERROR, f"unable to pass fd to QEMU: {exc}") from exc
+        return int(reply["fdset-id"])
+
+    async def remove_fd(self, fdset_id: int) -> None:
+        await self.execute("remove-fd", {"fdset-id": fdset_id})
+
+    async def query_hotpluggable_cpus(self) -> list[dict]:
+        """The CPU slots of the machine: {"type", "vcpus-count", "props", "qom-path"?}."""
+        return list(await self.execute("query-hotpluggable-cpus"))
 
     async def query_status(self) -> tuple[bool, str]:
         """(running, status) where status is QEMU's RunState ("running", "paused", "shutdown", ...)."""

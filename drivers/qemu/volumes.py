@@ -4,8 +4,8 @@ libvirt translates such a disk when the guest starts
 (virDomainDiskTranslateSourcePool, which qemuProcessPrepareDomainStorage
 calls for each disk, the last one first) through the public storage API:
 look the pool up by name, insist that it is active, look the volume up by
-name, then ask for its info and path.  The same calls here, on the daemon's
-storage subsystem, give the same errors:
+name, then ask for its info and path.  The same steps here, on the daemon's
+storage service (``ctx.services.storage``), give the same errors:
 
     unknown pool        VIR_ERR_NO_STORAGE_POOL   (from the storage driver)
     inactive pool       VIR_ERR_CONFIG_UNSUPPORTED "storage pool 'P' containing
@@ -25,7 +25,7 @@ pool whose storage hangs stalls only the start that needs it.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
@@ -49,14 +49,6 @@ _PATH_POOLS = ("dir", "fs", "netfs", "logical", "disk", "scsi", "zfs", "vstorage
 _ISCSI_POOLS = ("iscsi",)
 
 
-def _storage(state: QemuState) -> Any:
-    sub = state.ctx.shared.get("storage")
-    if sub is None:
-        raise VirError(P.VIR_ERR_NO_SUPPORT, "storage subsystem is not available",
-                       domain=P.VIR_FROM_QEMU)
-    return sub
-
-
 def volume_disks(defn: domxml.DomainDef) -> list[devmod.Disk]:
     """The volume disks that name a volume (an empty cdrom of that type has nothing to resolve)."""
     return [d for d in devmod.parse_devices(defn)
@@ -68,14 +60,13 @@ async def resolve_disk(state: QemuState, disk: devmod.Disk) -> VolumeSource:
 
     :raises VirError: see the module docstring.
     """
-    storage = _storage(state)
-    pool_ref = storage.storage_pool_lookup_by_name(disk.pool)
-    if not storage.storage_pool_is_active(pool_ref):
+    storage = state.ctx.services.storage
+    if not storage.pool_is_active(disk.pool):
         raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                        f"storage pool '{disk.pool}' containing volume '{disk.volume}' "
                        "is not active", domain=P.VIR_FROM_DOMAIN)
-    vol_ref = storage.storage_vol_lookup_by_name(pool_ref, disk.volume)
-    pool_type = storage.pools[pool_ref.name].type
+    vol = storage.resolve_volume(disk.pool, disk.volume)
+    pool_type = vol.pool_type
     mode = (disk.source_extra or {}).get("mode")
     if mode is not None and pool_type not in _ISCSI_POOLS:
         raise VirError(P.VIR_ERR_XML_ERROR, "disk source mode is only valid when storage pool "
@@ -84,20 +75,19 @@ async def resolve_disk(state: QemuState, disk: devmod.Disk) -> VolumeSource:
         if mode not in (None, "host"):   # 'direct': QEMU's own iSCSI initiator
             raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                            f"disk source mode '{mode}' is not supported", domain=P.VIR_FROM_QEMU)
-        return VolumeSource(storage.storage_vol_get_path(vol_ref), block=True)
+        return VolumeSource(vol.path, block=True)
     if pool_type not in _PATH_POOLS:
         raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                        f"using '{pool_type}' pools for backing 'volume' disks isn't yet "
                        "supported", domain=P.VIR_FROM_DOMAIN)
-    # the info call refreshes the volume from storage, on the pool's threads
-    vol_type = (await storage.storage_vol_get_info(vol_ref))[0]
-    path = storage.storage_vol_get_path(vol_ref)
-    if vol_type in (VOL_FILE, VOL_DIR):
-        return VolumeSource(path, block=False)
-    if vol_type == VOL_BLOCK:
-        return VolumeSource(path, block=True)
+    # refreshed from storage, on the pool's threads, as libvirt asks for the info
+    vol = await storage.refresh_volume(disk.pool, disk.volume)
+    if vol.type in (VOL_FILE, VOL_DIR):
+        return VolumeSource(vol.path, block=False)
+    if vol.type == VOL_BLOCK:
+        return VolumeSource(vol.path, block=True)
     raise VirError(P.VIR_ERR_INTERNAL_ERROR, domain=P.VIR_FROM_DOMAIN, message=(
-        f"internal error: unexpected storage volume type '{VOL_TYPE_NAMES[vol_type]}' "
+        f"internal error: unexpected storage volume type '{VOL_TYPE_NAMES[vol.type]}' "
         f"for storage pool type '{pool_type}'"))
 
 

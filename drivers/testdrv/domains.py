@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from pyvirtd.driver import metadata as metadata_api
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
@@ -654,14 +655,16 @@ class DomainMixin:
 
     def domain_set_metadata(self, ref: Any, type_: int, metadata: str | None, key: str | None,
                             uri: str | None, flags: int) -> None:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainSetMetadata", P.VIR_FROM_TEST)
+        check_flags(flags, metadata_api.MODIFY_FLAGS, "testDomainSetMetadata", P.VIR_FROM_TEST)
         dom = self._dom(ref)
-        defs = self._defs_for(dom, flags)
-        for d in defs:
-            domxml.set_metadata(d, type_, metadata, key, uri)
+        live, config = metadata_api.modification_impact(dom, flags)
+        targets = [d for d, wanted in ((dom.definition, live), (dom.persistent_def, config))
+                   if wanted]
+        changed = [metadata_api.with_metadata(d, type_, metadata, key, uri) for d in targets]
+        for target, new in zip(targets, changed):
+            metadata_api.take_metadata(target, new)
+        metadata_api.emit_change(self.state.events, dom, type_, uri)
 
     def domain_get_metadata(self, ref: Any, type_: int, uri: str | None, flags: int) -> str:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "testDomainGetMetadata", P.VIR_FROM_TEST)
-        dom = self._dom(ref)
-        d = self._defs_for(dom, flags)[0]
-        return domxml.get_metadata(d, type_, uri)
+        check_flags(flags, metadata_api.MODIFY_FLAGS, "testDomainGetMetadata", P.VIR_FROM_TEST)
+        return metadata_api.get_metadata(self._dom(ref), type_, uri, flags)

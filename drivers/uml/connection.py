@@ -13,15 +13,14 @@ import shutil
 import subprocess
 from urllib.parse import SplitResult
 
-from pyvirtd import hostinfo
 from pyvirtd.driver import domains as ds
 from pyvirtd.driver.api import Dom
 from pyvirtd.driver.hypervisor import HypervisorConnection, HypervisorDriver
-from pyvirtd.driver.procedures import DomainProcedures
+from pyvirtd.driver.procedures import DomainProcedures, SuspendResume
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 
-from . import spec
+from . import nics, spec
 from .driver import UmlDomain, UmlDriverState
 
 _FROM = P.VIR_FROM_UML
@@ -29,25 +28,7 @@ SHUTDOWN_ACPI = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
 SHUTDOWN_PARAVIRT = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_PARAVIRT
 REBOOT_ACPI = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN
 REBOOT_PARAVIRT = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_PARAVIRT
-
-_CAPS = """<capabilities>
-  <host>
-    <uuid>{uuid}</uuid>
-    <cpu>
-      <arch>{arch}</arch>
-    </cpu>
-  </host>
-  <guest>
-    <os_type>uml</os_type>
-    <arch name='{arch}'>
-      <wordsize>64</wordsize>
-      <emulator>{kernel}</emulator>
-      <domain type='uml'/>
-    </arch>
-  </guest>
-</capabilities>
-"""
-
+SRC_LEASE, SRC_ARP = 0, 2       # VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_*
 
 def _kernel_version(kernel: str) -> int:
     """linux.uml --version ("6.1.176") as libvirt's number (6001176); 0 if unknown."""
@@ -64,7 +45,7 @@ def _kernel_version(kernel: str) -> int:
     return major * 1_000_000 + minor * 1_000 + micro
 
 
-class UmlConnection(DomainProcedures, HypervisorConnection):
+class UmlConnection(SuspendResume, DomainProcedures, HypervisorConnection):
     """One client's uml:/// connection; methods are named after RPC procedures."""
     driver: UmlDriverState
     error_domain = _FROM
@@ -76,12 +57,9 @@ class UmlConnection(DomainProcedures, HypervisorConnection):
     def connect_get_version(self) -> int:
         return self.driver.version
 
-    def connect_supports_feature(self, feature: int) -> int:
-        return int(feature == P.VIR_DRV_FEATURE_TYPED_PARAM_STRING)
-
     def connect_get_capabilities(self) -> str:
-        return _CAPS.format(arch=os.uname().machine, kernel=spec.DEFAULT_KERNEL,
-                            uuid=self.driver.ctx.host_uuid or hostinfo.host_uuid())
+        return self.guest_capabilities(os_type="uml", emulator=spec.DEFAULT_KERNEL,
+                                       domain_type="uml")
 
     # -- information
     def domain_get_info(self, ref: Dom) -> tuple:
@@ -105,9 +83,27 @@ class UmlConnection(DomainProcedures, HypervisorConnection):
         return total * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
 
     def domain_memory_stats(self, ref: Dom, max_stats: int, flags: int) -> list:
+        """actual: the guest's memory (mem=, UML has no balloon); rss: what the
+        kernel process holds resident (VmRSS), as libvirt reports QEMU's."""
+        check_flags(flags, 0, "umlDomainMemoryStats", _FROM)
         dom = self._active(ref)
-        # VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON (6)
-        return [P.remote_domain_memory_stat(6, dom.definition.current_memory)][:max_stats]
+        # VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON (6), _RSS (7)
+        stats = [P.remote_domain_memory_stat(6, dom.definition.current_memory)]
+        rss = _kernel_rss(dom)
+        if rss is not None:
+            stats.append(P.remote_domain_memory_stat(7, rss))
+        return stats[:max_stats]
+
+    def domain_interface_addresses(self, ref: Dom, source: int, flags: int) -> list:
+        """virsh domifaddr: the networks' DHCP leases of the guest's MACs; a UML
+        guest has no agent, and ARP is not answered here."""
+        check_flags(flags, 0, "umlDomainInterfaceAddresses", _FROM)
+        dom = self._active(ref)
+        if source == SRC_LEASE:
+            return nics.lease_addresses(self.driver, dom)
+        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                       f"Unknown IP address data source {source}" if source > SRC_ARP
+                       else "UML guests answer only --source lease", domain=_FROM)
 
     # -- lifecycle through the mconsole
     async def _mconsole(self, ref: Dom, text: str) -> UmlDomain:
@@ -132,31 +128,25 @@ class UmlConnection(DomainProcedures, HypervisorConnection):
         check_flags(flags, REBOOT_ACPI | REBOOT_PARAVIRT, "umlDomainReboot", _FROM)
         await self._mconsole(ref, "reboot")
 
-    async def domain_suspend(self, ref: Dom) -> None:
+    async def _pause(self, dom: UmlDomain, paused: bool) -> None:
         """mconsole ``stop``: the kernel only serves its mconsole until ``go``."""
-        dom = self._active(ref)
-        async with dom.lock:
-            if not dom.active:
-                raise ds.not_running()
-            if dom.state == ds.PAUSED:
-                return
-            await self.driver.command(dom, "stop")
-            dom.set_state(ds.PAUSED, ds.PAUSED_USER)
-            self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
-            await self.driver.save_status(dom)
+        await self.driver.command(dom, "stop" if paused else "go")
 
-    async def domain_resume(self, ref: Dom) -> None:
-        dom = self._active(ref)
-        async with dom.lock:
-            if not dom.active:
-                raise ds.not_running()
-            if dom.state == ds.RUNNING:
-                raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
-                               domain=_FROM)
-            await self.driver.command(dom, "go")
-            dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
-            self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
-            await self.driver.save_status(dom)
+
+def _kernel_rss(dom: UmlDomain) -> int | None:
+    """KiB resident in the UML kernel's process (its pid file under uml_dir)."""
+    if dom.handle is None:
+        return None
+    try:
+        with open(dom.handle.kernel_pid_file) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _session_pids(sid: int) -> list[int]:

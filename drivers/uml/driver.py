@@ -37,7 +37,7 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import mconsole, spec
+from . import mconsole, nics, spec
 from .status import RuntimeStatus, StatusStore
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ class Run:
 class UmlDomain(HypervisorDomain):
     """One UML guest (virDomainObj and what its run needs)."""
     handle: Run | None = None
+    taps: list = field(default_factory=list)        # nics.Tap: ours to delete at stop
+    released: trio.Event | None = None              # set once a stopped run's NICs are gone
 
 
 async def _bind_notify(path: str) -> trio.socket.SocketType:
@@ -131,19 +133,11 @@ class UmlDriverState(HypervisorState[UmlDomain]):
     def fill_defaults(self, d: domxml.DomainDef) -> None:
         spec.fill_defaults(d)
 
-    def live_definition(self, st: RuntimeStatus) -> domxml.DomainDef | None:
-        try:
-            return domxml.parse(st.xml)
-        except VirError as exc:
-            log.error("%s: unreadable live definition: %s", st.name, exc)
+    def status_record(self, dom: UmlDomain) -> RuntimeStatus | None:
+        if dom.handle is None:
             return None
-
-    async def save_status(self, dom: UmlDomain) -> None:
-        if not dom.active or dom.handle is None:
-            return
-        st = RuntimeStatus(dom.name, dom.state, dom.reason, dom.handle.pid, dom.id,
-                           dom.persistent, domxml.format(dom.definition, dom_id=dom.id))
-        await trio.to_thread.run_sync(self.store.save_status, st)
+        return RuntimeStatus(dom.name, dom.state, dom.reason, dom.persistent, dom.definition,
+                             pid=dom.handle.pid, dom_id=dom.id, taps=[list(t) for t in dom.taps])
 
     async def command(self, dom: UmlDomain, text: str) -> str:
         """An mconsole command to ``dom``'s kernel; libvirt's error when it fails."""
@@ -209,8 +203,22 @@ class UmlDriverState(HypervisorState[UmlDomain]):
         return proc.pid
 
     async def launch(self, dom: UmlDomain, live: domxml.DomainDef, *, paused: bool) -> Run:
-        """Start the kernel and wait until its mconsole answers (umlStartVMDaemon)."""
+        """Make the NICs' taps, start the kernel and wait until its mconsole answers
+        (umlStartVMDaemon); on failure the taps and ports go back."""
         spec.check_sources(live)
+        if dom.released is not None:
+            await dom.released.wait()     # the last run's taps and ports are gone
+        taps = await nics.plug_all(self, dom, live)
+        try:
+            run = await self._boot(dom, live, paused=paused)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await nics.unplug_all(self, taps, live)
+            raise
+        dom.taps = taps
+        return run
+
+    async def _boot(self, dom: UmlDomain, live: domxml.DomainDef, *, paused: bool) -> Run:
         name = dom.name
         notify_path = str(self.store.path(name, ".notify"))
         await trio.to_thread.run_sync(self.store.clear_run, name)
@@ -221,6 +229,9 @@ class UmlDriverState(HypervisorState[UmlDomain]):
             sock.close()
             raise VirError(P.VIR_ERR_SYSTEM_ERROR, f"cannot start the UML kernel: {exc}",
                            domain=_FROM) from None
+        except BaseException:
+            sock.close()
+            raise
         run = Run(pid, os.pidfd_open(pid), sock, str(self.store.path(name) / "pid"))
         try:
             await self._wait_ready(dom, run)
@@ -300,10 +311,22 @@ class UmlDriverState(HypervisorState[UmlDomain]):
         if run is not None:
             run.close()
             _reap(run.pid)
+        taps, dom.taps = dom.taps, []
+        if taps or dom.definition.devices_of("interface"):
+            # the kernel is gone: its persistent taps and the network ports go back
+            dom.released = trio.Event()
+            self.spawn(self._unplug, dom.name, taps, dom.definition, dom.released)
         try:
             self.store.clear_run(dom.name)
         except OSError as exc:
             log.warning("%s: cannot clear the run directory: %s", dom.name, exc)
+
+    async def _unplug(self, name: str, taps: list, live: domxml.DomainDef,
+                      done: trio.Event) -> None:
+        try:
+            await nics.unplug_all(self, taps, live)
+        finally:
+            done.set()
 
     async def detach(self, dom: UmlDomain) -> None:
         if dom.handle is not None:
@@ -358,6 +381,7 @@ class UmlDriverState(HypervisorState[UmlDomain]):
         """Take a kernel over after a daemon restart (umlProcessAutoDestroy's opposite:
         libvirt's UML driver found its guests through the uml_dir entries)."""
         exit_file = str(self.store.path(st.name, ".exit"))
+        dom.taps = [tuple(t) for t in st.taps]
         try:
             if exit_file not in _cmdline(st.pid):
                 raise ProcessLookupError(st.pid)
@@ -371,4 +395,5 @@ class UmlDriverState(HypervisorState[UmlDomain]):
         handle = Run(st.pid, pidfd, await _bind_notify(str(self.store.path(st.name, ".notify"))),
                      str(self.store.path(st.name) / "pid"))
         dom.handle = handle
+        await nics.reclaim(self, dom.definition)
         self.follow(dom, run, handle)

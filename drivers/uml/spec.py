@@ -3,8 +3,8 @@
 `fill_defaults` is the driver's XML defaults hook: type and os type uml,
 one vCPU, a pty console (target type uml) when there is none, and nothing
 the driver cannot give a UML kernel (libvirt's UML driver took consoles,
-serials, ubd disks and NICs; this one takes a hostfs root filesystem too,
-and no NICs yet).  `kernel_argv` turns the live definition into argv.
+serials, ubd disks and NICs; this one takes a hostfs root filesystem too;
+NICs are nics.py's).  `kernel_argv` turns the live definition into argv.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
+from . import nics
+
 _FROM = P.VIR_FROM_UML
 DEFAULT_KERNEL = "/usr/bin/linux.uml"
 # Devices the definition may hold; anything else is refused at define.
-DEVICES = ("console", "serial", "disk", "filesystem")
+DEVICES = ("console", "serial", "disk", "filesystem", "interface")
 CHARDEV_TYPES = ("pty", "null")
 UBD = re.compile(r"^ubd([a-h])$")
 
@@ -105,6 +107,7 @@ def fill_defaults(d: domxml.DomainDef) -> None:
         roots += 1
     if roots > 1:
         raise unsupported("a UML guest takes one <filesystem type='mount'> with <target dir='/'/>")
+    nics.check(d)
 
 
 def _source(elem: etree._Element) -> str:
@@ -144,6 +147,7 @@ def kernel_argv(d: domxml.DomainDef, *, umid: str, uml_dir: str, notify: str,
         unit = ord(UBD.match(disk.find("target").get("dev")).group(1)) - ord("a")
         flags = "r" if disk.find("readonly") is not None else ""
         argv.append(f"ubd{unit}{flags}={_source(disk)}")
+    argv += nics.kernel_args(d)
     for fs in d.devices_of("filesystem"):
         mode = "ro" if fs.find("readonly") is not None else "rw"
         argv += ["root=/dev/root", "rootfstype=hostfs", f"hostfs={_source(fs)}", mode]

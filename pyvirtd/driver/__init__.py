@@ -14,7 +14,7 @@ import inspect
 import logging
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import SplitResult, urlsplit
 
 from pyvirtd.config import Config
@@ -22,6 +22,9 @@ from pyvirtd.errors import VirError
 from pyvirtd.events import EventBus
 from pyvirtd.paths import Paths
 from pyvirtd.rpc import _generated as P
+
+if TYPE_CHECKING:
+    from pyvirtd.driver.api import NetworkService, NWFilterService, SecretService, StorageService
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +41,57 @@ class SubsystemError(Exception):
     """
 
 
+class Services:
+    """The daemon's shared subsystems, as the typed services drivers use.
+
+    One attribute per service (``ctx.services.storage``, ``.network``,
+    ``.secrets``, ``.nwfilter``), typed with its Protocol in
+    pyvirtd/driver/api.py; the object behind it is the subsystem itself.
+    `shared_subsystems` fills this once per daemon.  A service that is not
+    there answers VIR_ERR_NO_SUPPORT "<name> subsystem is not available" in
+    the service's error domain, so a driver never checks for None.
+    """
+
+    def __init__(self) -> None:
+        self._subsystems: dict[str, Any] = {}
+
+    def _service(self, key: str, domain: int) -> Any:
+        sub = self._subsystems.get(key)
+        if sub is None:
+            raise VirError(P.VIR_ERR_NO_SUPPORT, f"{key} subsystem is not available",
+                           domain=domain)
+        return sub
+
+    @property
+    def storage(self) -> StorageService:
+        return self._service("storage", P.VIR_FROM_STORAGE)
+
+    @property
+    def network(self) -> NetworkService:
+        return self._service("network", P.VIR_FROM_NETWORK)
+
+    @property
+    def secrets(self) -> SecretService:
+        return self._service("secret", P.VIR_FROM_SECRET)
+
+    @property
+    def nwfilter(self) -> NWFilterService:
+        return self._service("nwfilter", P.VIR_FROM_NWFILTER)
+
+    def all(self) -> tuple[Any, ...]:
+        """Every subsystem, in creation order: for the daemon's start and stop."""
+        return tuple(self._subsystems.values())
+
+
 @dataclass(frozen=True)
 class DriverContext:
     """What a driver gets from the daemon.
 
     ``events`` is the daemon-wide bus that hypervisor drivers and the shared
-    subsystems (storage, network, secrets) emit on; ``shared`` holds those
-    subsystems, created once per daemon by whoever needs them first
-    (``ctx.shared.setdefault``-style, see e.g. pyvirtd/storage).  The test
-    driver keeps its own bus and objects per test state instead.
+    subsystems (storage, network, secrets) emit on; ``services`` are those
+    subsystems, created once per daemon by the first hypervisor driver
+    (`shared_subsystems`).  The test driver keeps its own bus and objects
+    per test state instead.
     """
     config: Config
     paths: Paths
@@ -55,7 +100,7 @@ class DriverContext:
     # at start (pyvirtd.hostinfo.host_uuid); empty: the smbios default
     host_uuid: str = ""
     events: EventBus = field(default_factory=EventBus)
-    shared: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
 
 
 class DriverConnection(Protocol):
@@ -135,14 +180,14 @@ class DriverRegistry:
         network, ...) start first: a driver's autostarted guest may need an
         autostarted pool.
         """
-        for obj in (*self.ctx.shared.values(), *self.drivers.values()):
+        for obj in (*self.ctx.services.all(), *self.drivers.values()):
             start = getattr(obj, "start", None)
             if start is not None:
                 await start()
 
     async def stop(self) -> None:
         """Stop the drivers, then the shared subsystems they use."""
-        for obj in (*self.drivers.values(), *self.ctx.shared.values()):
+        for obj in (*self.drivers.values(), *self.ctx.services.all()):
             stop = getattr(obj, "stop", None)
             if stop is not None:
                 await stop()
@@ -170,8 +215,9 @@ def shared_subsystems(ctx: DriverContext) -> tuple[Any, ...]:
     import importlib
 
     found = []
+    made = ctx.services._subsystems
     for key, module, cls in SUBSYSTEMS:
-        sub = ctx.shared.get(key)
+        sub = made.get(key)
         if sub is None:
             try:
                 factory = getattr(importlib.import_module(module), cls)
@@ -182,6 +228,6 @@ def shared_subsystems(ctx: DriverContext) -> tuple[Any, ...]:
                 log.exception("%s subsystem (%s.%s) failed to load", key, module, cls)
                 raise SubsystemError(f"{key} subsystem ({module}.{cls}): "
                                      f"{type(exc).__name__}: {exc}") from exc
-            ctx.shared[key] = sub
+            made[key] = sub
         found.append(sub)
     return tuple(found)

@@ -25,14 +25,25 @@ narrower ones hold what only some hypervisors have (`GuestCPU` and
 tests/unit/driver/test_api.py checks that every method here is a procedure
 and that the QEMU, LXC and test drivers implement them with these
 parameters.
+
+The second half is the other direction: what the daemon's shared subsystems
+offer drivers (`StorageService`, `NetworkService`, `SecretService`,
+`NWFilterService`), reached as ``ctx.services.storage`` and so on
+(pyvirtd.driver.Services).  They take names and typed values, never wire
+handles, and are methods of the subsystems themselves, beside (not instead
+of) the procedures clients call.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from lxml import etree
 
 from pyvirtd.events import EventBus
 from pyvirtd.rpc import _generated as P
+from pyvirtd.xml.networkport import PortDef
 
 # A domain as the wire names it: remote_nonnull_domain(name, uuid, id).
 Dom = P.remote_nonnull_domain
@@ -231,3 +242,95 @@ LOCAL_HYPERVISOR = (Host, DomainLookup, DomainInfo, DomainDefinition, DomainLife
 TOPICS = (Host, GuestCPU, DomainLookup, DomainInfo, DomainDefinition, DomainLifecycle,
           DomainReboot, DomainDevices, DomainMemory, DomainSnapshots, DomainStats,
           DomainConsole, QemuMonitor, ContainerNamespaces)
+
+
+# ---------------------------------------------------------------- services
+# What the shared subsystems offer hypervisor drivers (ctx.services.<name>).
+
+@dataclass(frozen=True)
+class StorageVolume:
+    """A volume as a guest disk needs it: where it is and what it is."""
+    pool: str
+    name: str
+    pool_type: str              # the pool's <pool type>: 'dir', 'logical', 'iscsi', ...
+    path: str
+    type: P.StorageVolType      # file, block, dir, ...
+    format: str                 # as the pool's last refresh found it: 'raw', 'qcow2', ...
+
+
+class StorageService(Protocol):
+    """Storage pools and volumes (pyvirtd/storage), for <disk type='volume'>.
+
+    Errors are the storage driver's: VIR_ERR_NO_STORAGE_POOL for an unknown
+    pool, VIR_ERR_OPERATION_INVALID for an inactive one, VIR_ERR_NO_STORAGE_VOL
+    for an unknown volume.
+    """
+
+    def pool_is_active(self, pool: str) -> bool: ...
+    def resolve_volume(self, pool: str, name: str) -> StorageVolume:
+        """The volume as its pool last saw it (no I/O)."""
+    async def refresh_volume(self, pool: str, name: str) -> StorageVolume:
+        """The volume read again from storage, on its pool's threads (a hung pool
+        stalls only the caller)."""
+
+
+@dataclass(frozen=True)
+class DhcpLease:
+    """One lease a network's DHCP server handed out."""
+    mac: str
+    ip: str
+    prefix: int
+    type: P.IPAddrType
+    expiry: int                 # seconds since the epoch, 0 for never
+    hostname: str | None = None
+    clientid: str | None = None
+
+
+class NetworkService(Protocol):
+    """Virtual networks (pyvirtd/network): ports for guest NICs, taps, veths, leases.
+
+    Unknown network: VIR_ERR_NO_NETWORK; inactive: VIR_ERR_OPERATION_INVALID.
+    """
+
+    async def create_port(self, net_name: str, port: PortDef,
+                          reclaim: bool = False) -> PortDef:
+        """Allocate ``port`` (its plug filled in), or with ``reclaim`` take back one a
+        running guest held across a daemon restart."""
+    async def delete_port(self, net_name: str, uuid: bytes) -> None:
+        """Give a port back; one already gone with its network is fine."""
+    async def plug_interface(self, net_name: str, mac: str, *, tap_name: str = "vnet%d",
+                             mtu: int | None = None, vnet_hdr: bool = True) -> tuple[str, int]:
+        """A tap on the network's bridge: (name, open fd)."""
+    async def plug_veth(self, net_name: str, mac: str, *,
+                        mtu: int | None = None) -> tuple[str, str]:
+        """A veth pair on the network's bridge for a container: (host end, peer)."""
+    async def unplug_interface(self, tap_name: str) -> None:
+        """Delete a tap or veth made by a plug; never raises for one already gone."""
+    def dhcp_leases(self, net_name: str, mac: str | None = None) -> list[DhcpLease]:
+        """The current leases of a network (of one MAC); none while it is inactive."""
+
+
+class SecretService(Protocol):
+    """Secret values for the daemon's own use (pyvirtd/secrets), private ones too.
+
+    An unknown secret or one without a value is VIR_ERR_NO_SECRET.
+    """
+
+    def value_of(self, usage_type: str, usage_id: str) -> bytes: ...
+    def value_of_uuid(self, uuid: str | bytes, usage_type: str | None = None) -> bytes: ...
+    def uuid_of_usage(self, usage_type: str, usage_id: str) -> str | None:
+        """The UUID of the secret with this usage, None without one (no error)."""
+
+
+class NWFilterService(Protocol):
+    """Network filters on guest NICs (pyvirtd/nwfilter)."""
+
+    async def bind_interface(self, owner_name: str, owner_uuid: bytes,
+                             iface: etree._Element, portdev: str) -> None:
+        """Instantiate the <filterref> of the <interface> ``iface`` on its host device
+        ``portdev`` (nothing without one); raises VirError."""
+    async def unbind_interface(self, portdev: str) -> None:
+        """Remove the rules of ``portdev`` if it had any; never raises."""
+
+
+SERVICES = (StorageService, NetworkService, SecretService, NWFilterService)

@@ -232,7 +232,7 @@ async def undefine(drv: Any, dom: Any) -> None:
     """Forget a domain's persistent definition; a running one lives on as transient.
 
     ``drv`` is a driver state with ``domains``, ``store.delete_config``,
-    ``emit`` and ``save_status`` (the QEMU and LXC drivers).
+    ``emit`` and ``save_status`` (a local driver's HypervisorState).
     """
     async with dom.lock:
         await trio.to_thread.run_sync(drv.store.delete_config, dom.name)

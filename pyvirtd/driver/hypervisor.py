@@ -1,6 +1,6 @@
 """The base of local hypervisor drivers: guests that run here, their lifecycle, the host.
 
-A local driver (QEMU, LXC, and UML next) keeps every guest of the daemon by
+A local driver (QEMU, LXC, UML) keeps every guest of the daemon by
 name, runs each one as a process it watches, and reattaches to them after a
 daemon restart.  What that takes apart from the hypervisor itself lives here
 once, as three base classes a driver subclasses:
@@ -17,7 +17,7 @@ once, as three base classes a driver subclasses:
                           terminate(dom, graceful)    end a run (destroy)
                           release(dom)                forget a run's resources
                           fill_defaults(defn)         the driver's XML post-parse
-                          save_status(dom)            persist what reattach needs
+                          status_record(dom)          what reattach needs (store.py)
 ``HypervisorDriver``  the entry point (pyvirtd.driver.Driver): probe, then
                       start/stop of the state and open of connections.
 ``HypervisorConnection``  one client's connection; with ``HostFacts``, the
@@ -41,7 +41,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, ClassVar, Generic, TypeVar
 from urllib.parse import SplitResult
 
 import trio
@@ -50,6 +50,7 @@ from pyvirtd import hostinfo
 from pyvirtd.driver import DriverContext, shared_subsystems
 from pyvirtd.driver import domains as ds
 from pyvirtd.driver.objects import DOMAIN, ObjectList
+from pyvirtd.driver.store import DomainStatus, DomainStatusStore
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
@@ -74,30 +75,6 @@ class HypervisorDomain(ds.DomainObject):
 DomT = TypeVar("DomT", bound=HypervisorDomain)
 
 
-class RuntimeStatus(Protocol):
-    """What a driver's status store keeps of a running guest (the base reads these)."""
-    name: str
-    state: int
-    reason: int
-    persistent: bool
-
-    @property
-    def id(self) -> int: ...
-
-
-class DomainStore(Protocol):
-    """A driver's definitions on disk (blocking: the base calls it through a thread)."""
-
-    def ensure_dirs(self) -> None: ...
-    def load_configs(self) -> list[domxml.DomainDef]: ...
-    def save_config(self, d: domxml.DomainDef) -> None: ...
-    def delete_config(self, name: str) -> None: ...
-    def is_autostart(self, name: str) -> bool: ...
-    def set_autostart(self, name: str, on: bool) -> None: ...
-    def load_statuses(self) -> list[Any]: ...
-    def delete_status(self, name: str) -> None: ...
-
-
 class HypervisorState(Generic[DomT]):
     """Every guest of one local driver, and the tasks that watch them.
 
@@ -110,7 +87,7 @@ class HypervisorState(Generic[DomT]):
     # libvirt's QEMU and LXC drivers word it differently
     already_running_message: ClassVar[str] = "domain is already running"
 
-    def __init__(self, ctx: DriverContext, store: DomainStore) -> None:
+    def __init__(self, ctx: DriverContext, store: DomainStatusStore) -> None:
         self.ctx = ctx
         self.events = ctx.events
         self.store = store
@@ -153,13 +130,10 @@ class HypervisorState(Generic[DomT]):
     async def detach(self, dom: DomT) -> None:
         """The daemon stops: let go of a running guest, leaving it running."""
 
-    async def save_status(self, dom: DomT) -> None:
-        """Persist what a restarted daemon needs to reattach to a running ``dom``."""
+    def status_record(self, dom: DomT) -> DomainStatus | None:
+        """What a restarted daemon needs to reattach to the running ``dom`` (the
+        driver's `DomainStatus`), or None while its run has nothing to keep yet."""
         raise NotImplementedError
-
-    def live_definition(self, status: Any) -> domxml.DomainDef | None:
-        """The live definition a status record holds; None when unreadable (logged)."""
-        return status.definition
 
     def domain_id(self, dom: DomT) -> int:
         """The id a run gets once launched (libvirt's LXC uses the controller's pid)."""
@@ -242,6 +216,15 @@ class HypervisorState(Generic[DomT]):
 
     async def save_config(self, d: domxml.DomainDef) -> None:
         await trio.to_thread.run_sync(self.store.save_config, d)
+
+    async def save_status(self, dom: DomT) -> None:
+        """Persist the status of a running ``dom``: whenever its run changes, so that a
+        daemon killed at any moment finds it again."""
+        st = self.status_record(dom) if dom.active else None
+        if st is None:
+            return
+        text = self.store.encode_status(st)     # here: the live definition may change meanwhile
+        await trio.to_thread.run_sync(self.store.write_status, dom.name, text)
 
     def new_definition(self, xml: str, *, validate_schema: bool = False) -> domxml.DomainDef:
         """A client's domain XML, parsed and completed by the driver (define, create)."""
@@ -367,11 +350,9 @@ class HypervisorState(Generic[DomT]):
         self._held_events = []
 
     # ---------------------------------------------------------------- reattach
-    async def _reattach(self, status: Any) -> None:
+    async def _reattach(self, status: DomainStatus) -> None:
         """Take a guest over again after a daemon restart (*ProcessReconnect)."""
-        live = self.live_definition(status)
-        if live is None:
-            return
+        live = status.definition
         dom = self.domains.get(status.name)
         if dom is None:
             dom = self.domain_class(live, persistent=False)
@@ -470,6 +451,26 @@ class HostFacts:
         return (SECURITY_MODEL.encode() + b"\0", SECURITY_DOI.encode() + b"\0")
 
 
+# The capabilities of a driver with one kind of guest on this host's architecture.
+_GUEST_CAPS = """<capabilities>
+  <host>
+    <uuid>{uuid}</uuid>
+    <cpu>
+      <arch>{arch}</arch>
+    </cpu>
+  </host>
+  <guest>
+    <os_type>{os_type}</os_type>
+    <arch name='{arch}'>
+      <wordsize>64</wordsize>
+      <emulator>{emulator}</emulator>
+      <domain type='{domain_type}'/>
+    </arch>
+  </guest>
+</capabilities>
+"""
+
+
 class HypervisorConnection(HostFacts):
     """One client's connection to a local driver; methods are named after RPC procedures.
 
@@ -485,6 +486,18 @@ class HypervisorConnection(HostFacts):
 
     def close(self) -> None:
         pass
+
+    def connect_supports_feature(self, feature: int) -> int:
+        """Typed parameters may carry strings; nothing else of the driver features."""
+        return int(feature == P.VIR_DRV_FEATURE_TYPED_PARAM_STRING)
+
+    def guest_capabilities(self, *, os_type: str, emulator: str, domain_type: str) -> str:
+        """The capabilities document of a driver whose guests are one ``os_type`` of
+        ``domain_type`` on this host's architecture (LXC, UML); the host's UUID is
+        the configured one or the machine's."""
+        return _GUEST_CAPS.format(uuid=self.driver.ctx.host_uuid or hostinfo.host_uuid(),
+                                  arch=os.uname().machine, os_type=os_type,
+                                  emulator=emulator, domain_type=domain_type)
 
 
 class HypervisorDriver:

@@ -3,11 +3,26 @@
 What is left to a driver after `pyvirtd.driver.hypervisor` (start, stop,
 define, mark-stopped) is mostly answering the same procedures the same way:
 info, state, XML, autostart, define/undefine, create/createXML, destroy and
-a pty console.  `DomainProcedures` holds them once; a driver's connection
-mixes it in with its ``error_domain`` and ``api_prefix`` (the prefix of the
-function names libvirt's flag errors name, e.g. ``uml`` -> umlDomainGetState)
-and adds what its hypervisor does differently (shutdown, suspend, stats).
-The UML driver is its first user; QEMU and LXC keep their own copies for now.
+a pty console.  `DomainProcedures` holds them once.  A driver's connection
+lists it after its own mixins (just before ``HypervisorConnection``), so that
+the generic answer is only the fallback for what no mixin of the driver
+answers its own way, and sets:
+
+``error_domain``   the VIR_FROM_* of its errors;
+``api_prefix``     the prefix of the function names libvirt's flag errors name
+                   (``uml`` -> umlDomainGetState); ``api_names`` for the few
+                   whose libvirt function is named otherwise (LXC's
+                   lxcDomainCreateWithFiles);
+``create_flags``, ``create_xml_flags``, ``destroy_flags``
+                   the flags its create and destroy accept;
+``console_devices``  the device kinds a console may be opened on;
+
+and fills the hooks (``_start_defined``, ``_start_created``,
+``_before_destroy``, ``_before_undefine``) where its hypervisor adds work
+(QEMU: managed save, autodestroy, NVRAM).  The QEMU, LXC and UML
+connections all answer through it.  `SuspendResume` is the suspend/resume of
+a driver that stops a guest in one step (``_pause``): LXC freezes the
+cgroup, UML asks the kernel's mconsole.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ START_PAUSED = P.DomainCreateFlags.VIR_DOMAIN_START_PAUSED
 START_VALIDATE = P.DomainCreateFlags.VIR_DOMAIN_START_VALIDATE
 DEFINE_VALIDATE = P.DomainDefineFlags.VIR_DOMAIN_DEFINE_VALIDATE
 UNDEFINE_ALL = ~P.DomainUndefineFlagsValues(0)
+DESTROY_GRACEFUL = P.DomainDestroyFlagsValues.VIR_DOMAIN_DESTROY_GRACEFUL
 CONSOLE_FORCE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_FORCE
 CONSOLE_SAFE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_SAFE
 
@@ -40,9 +56,18 @@ class DomainProcedures(ds.DomainLookups):
     """Lookups plus the generic domain procedures; ``driver`` is a HypervisorState."""
     driver: Any
     api_prefix: str = "hypervisor"
+    api_names: dict[str, str] = {}
+    create_flags: int = START_PAUSED
+    create_xml_flags: int = START_PAUSED | START_VALIDATE
+    destroy_flags: int = 0
+    console_devices: tuple[str, ...] = ("console", "serial")
+    # libvirt's QEMU driver words these in lower case
+    transient_autostart_message = "Cannot set autostart for transient domain"
+    transient_undefine_message = "Cannot undefine transient domain"
 
     def _fn(self, name: str) -> str:
-        return f"{self.api_prefix}{name}"
+        """The libvirt function a flag error names for the procedure ``name``."""
+        return self.api_names.get(name) or f"{self.api_prefix}{name}"
 
     # -- information
     def domain_get_state(self, ref: Dom, flags: int) -> tuple:
@@ -78,7 +103,7 @@ class DomainProcedures(ds.DomainLookups):
     async def domain_set_autostart(self, ref: Dom, autostart: int) -> None:
         dom = self._dom(ref)
         if not dom.persistent:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID, "Cannot set autostart for transient domain",
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, self.transient_autostart_message,
                            domain=self.error_domain)
         await trio.to_thread.run_sync(self.driver.store.set_autostart, dom.name, bool(autostart))
         dom.autostart = bool(autostart)
@@ -122,24 +147,32 @@ class DomainProcedures(ds.DomainLookups):
         check_flags(flags, UNDEFINE_ALL, self._fn("DomainUndefineFlags"), self.error_domain)
         dom = self._dom(ref)
         if not dom.persistent:
-            raise VirError(P.VIR_ERR_OPERATION_INVALID, "Cannot undefine transient domain",
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, self.transient_undefine_message,
                            domain=self.error_domain)
+        await self._before_undefine(dom, flags)
         await ds.undefine(self.driver, dom)
+
+    async def _before_undefine(self, dom: Any, flags: int) -> None:
+        """What the hypervisor keeps of a persistent guest beside its definition
+        (QEMU: managed save image, snapshots, NVRAM): check and remove it."""
 
     # -- start and destroy
     async def domain_create(self, ref: Dom) -> Any:
         return await self.domain_create_with_flags(ref, 0)
 
     async def domain_create_with_flags(self, ref: Dom, flags: int) -> Dom:
-        check_flags(flags, START_PAUSED, self._fn("DomainCreateWithFlags"), self.error_domain)
+        check_flags(flags, self.create_flags, self._fn("DomainCreateWithFlags"), self.error_domain)
         dom = self._dom(ref)
         async with dom.lock:
-            await self.driver.start_domain(dom, paused=bool(flags & START_PAUSED))
+            await self._start_defined(dom, flags)
         return dom.ref()
 
+    async def _start_defined(self, dom: Any, flags: int) -> None:
+        """Start a defined guest (caller holds ``dom.lock``) as ``flags`` ask."""
+        await self.driver.start_domain(dom, paused=bool(flags & START_PAUSED))
+
     async def domain_create_xml(self, xml_desc: str, flags: int) -> Dom:
-        check_flags(flags, START_PAUSED | START_VALIDATE, self._fn("DomainCreateXML"),
-                    self.error_domain)
+        check_flags(flags, self.create_xml_flags, self._fn("DomainCreateXML"), self.error_domain)
         drv = self.driver
         new = drv.new_definition(xml_desc, validate_schema=bool(flags & START_VALIDATE))
         existing = drv.domains.check_add(new, live=True)
@@ -148,23 +181,31 @@ class DomainProcedures(ds.DomainLookups):
             drv.domains.add(dom)
         async with dom.lock:
             try:
-                await drv.start_domain(dom, live_def=new, paused=bool(flags & START_PAUSED))
+                await self._start_created(dom, new, flags)
             except BaseException:
                 if existing is None and not dom.active:
                     drv.domains.remove(dom)
                 raise
         return dom.ref()
 
+    async def _start_created(self, dom: Any, live_def: Any, flags: int) -> None:
+        """Start ``live_def`` for a createXML guest (caller holds ``dom.lock``)."""
+        await self.driver.start_domain(dom, live_def=live_def, paused=bool(flags & START_PAUSED))
+
     async def domain_destroy(self, ref: Dom) -> None:
         await self.domain_destroy_flags(ref, 0)
 
     async def domain_destroy_flags(self, ref: Dom, flags: int) -> None:
-        check_flags(flags, 0, self._fn("DomainDestroyFlags"), self.error_domain)
+        check_flags(flags, self.destroy_flags, self._fn("DomainDestroyFlags"), self.error_domain)
         dom = self._active(ref)
+        self._before_destroy(dom)
         async with dom.lock:
             if not dom.active:
                 raise ds.not_running()
-            await self.driver.destroy_domain(dom)
+            await self.driver.destroy_domain(dom, graceful=bool(flags & DESTROY_GRACEFUL))
+
+    def _before_destroy(self, dom: Any) -> None:
+        """Before waiting for the guest's lock: mark what must not win meanwhile."""
 
     # -- console
     def domain_open_console(self, stream: Stream, ref: Dom, dev_name: str | None,
@@ -175,7 +216,8 @@ class DomainProcedures(ds.DomainLookups):
                     self.error_domain)
         dom = self._active(ref)
         chosen = None
-        for c in dom.definition.devices_of("console") + dom.definition.devices_of("serial"):
+        devices = [c for kind in self.console_devices for c in dom.definition.devices_of(kind)]
+        for c in devices:
             alias = c.find("alias")
             if dev_name is None or (alias is not None and alias.get("name") == dev_name):
                 chosen = c
@@ -199,3 +241,41 @@ class DomainProcedures(ds.DomainLookups):
         session = ConsoleSession(dom, stream, src.get("path"))
         dom.console = session
         stream.run(session.relay)
+
+
+class SuspendResume:
+    """Suspend and resume of a guest that stops in one step (``_pause``), for a
+    connection that also has `DomainProcedures`: the state, events and status
+    around it are the same for every such hypervisor."""
+    driver: Any
+    error_domain: int
+
+    async def _pause(self, dom: Any, paused: bool) -> None:
+        """Stop (``paused``) or let go on every process of the running ``dom``;
+        VirError when the hypervisor could not (caller holds ``dom.lock``)."""
+        raise NotImplementedError
+
+    async def domain_suspend(self, ref: Dom) -> None:
+        dom = self._active(ref)     # type: ignore[attr-defined]
+        async with dom.lock:
+            if not dom.active:
+                raise ds.not_running()
+            if dom.state == ds.PAUSED:
+                return
+            await self._pause(dom, True)
+            dom.set_state(ds.PAUSED, ds.PAUSED_USER)
+            self.driver.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
+            await self.driver.save_status(dom)
+
+    async def domain_resume(self, ref: Dom) -> None:
+        dom = self._active(ref)     # type: ignore[attr-defined]
+        async with dom.lock:
+            if not dom.active:
+                raise ds.not_running()
+            if dom.state == ds.RUNNING:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID, "domain is already running",
+                               domain=self.error_domain)
+            await self._pause(dom, False)
+            dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
+            self.driver.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)
+            await self.driver.save_status(dom)

@@ -1,7 +1,7 @@
 """The files that keep defined objects across daemon restarts: config, status, autostart.
 
 One layout for every kind that libvirt keeps this way (networks, storage
-pools; domains later)::
+pools)::
 
     CONFIG_DIR/NAME.xml               the persistent definition
     CONFIG_DIR/autostart/NAME.xml     a symbolic link to it while autostart is on
@@ -14,13 +14,20 @@ block and are for threads and daemon start; the async ones run them on a
 worker thread and turn an OSError into libvirt's system error, so a full or
 broken disk reaches the client in libvirt's words and the caller's memory
 stays as it was (write first, then commit to memory).
+
+The guests of a local hypervisor driver (QEMU, LXC, UML) keep the same
+definitions and autostart links, and beside them a runtime status record per
+running guest (`DomainStatus`: the live definition plus what the driver needs
+to reattach); `DomainStatusStore` is that layout, `JsonStatusStore` its JSON
+form.  A driver subclasses them with its own fields and files only.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,7 @@ from pyvirtd.errors import VirError
 from pyvirtd.files import write_atomic
 from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import domain as domxml
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +175,150 @@ class ObjectStore:
             raise self._system_error(
                 f"Failed to {'create' if on else 'delete'} symlink "
                 f"'{self.autostart_path(name)}': {exc.strerror or exc}") from None
+
+
+# --- the guests of a local hypervisor driver ------------------------------------
+
+# what reading a damaged status file raises (lxml's XMLSyntaxError is a SyntaxError)
+_BROKEN = (OSError, ValueError, TypeError, KeyError, AttributeError, SyntaxError, VirError)
+
+
+@dataclass
+class DomainStatus:
+    """What a restarted daemon needs to take a running guest over again.
+
+    Every local driver's record has these; a driver's subclass adds its own
+    fields (LXC: the controller's pid, UML: the launcher's, QEMU: its monitor).
+    """
+    name: str
+    state: int
+    reason: int
+    persistent: bool
+    definition: Any                     # the live domxml.DomainDef
+
+    @property
+    def id(self) -> int:
+        """The domain id of the run (a subclass says where it keeps it)."""
+        raise NotImplementedError
+
+
+class DomainStatusStore:
+    """A local driver's files: definitions, autostart links, runtime status of running guests::
+
+        state_dir/DRIVER/NAME.xml              persistent definition
+        state_dir/DRIVER/autostart/NAME.xml    symlink to it: start NAME with the daemon
+        run_dir/DRIVER/NAME<status_suffix>     runtime status of a running guest
+        log_dir/DRIVER/NAME.log                the guest's log
+
+    Blocking file I/O: the driver state calls it through a thread (daemon
+    start excepted).  A status file is written whole, atomically, so a daemon
+    killed at any moment leaves the old record or the new one.  A driver
+    subclasses it with its status format (``encode_status`` /
+    ``decode_status``) and its own per-guest paths.
+    """
+    status_suffix = ".xml"
+    # other per-guest files in run_dir removed with the status (load_statuses skips them)
+    run_files: tuple[str, ...] = ()
+
+    def __init__(self, paths: Any, driver: str) -> None:
+        self.driver = driver
+        self.config_dir = paths.state_dir / driver
+        self.autostart_dir = self.config_dir / "autostart"
+        self.run_dir = paths.run_dir / driver
+        self.log_dir = paths.log_dir / driver
+
+    def dirs(self) -> list[Path]:
+        return [self.config_dir, self.autostart_dir, self.run_dir, self.log_dir]
+
+    def ensure_dirs(self) -> None:
+        for d in self.dirs():
+            d.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str, suffix: str = "") -> Path:
+        """A guest's file in run_dir (its log in log_dir)."""
+        return name_path(self.log_dir if suffix == ".log" else self.run_dir, name, suffix)
+
+    def status_path(self, name: str) -> Path:
+        return self.path(name, self.status_suffix)
+
+    # -- persistent definitions
+    def save_config(self, d: Any) -> None:
+        write_atomic(name_path(self.config_dir, d.name, ".xml"), domxml.format(d))
+
+    def delete_config(self, name: str) -> None:
+        """The definition and its autostart link (the link first: never a dangling one)."""
+        for path in (name_path(self.autostart_dir, name, ".xml"),
+                     name_path(self.config_dir, name, ".xml")):
+            path.unlink(missing_ok=True)
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        link = name_path(self.autostart_dir, name, ".xml")
+        if not on:
+            link.unlink(missing_ok=True)
+        elif not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path("..") / link.name)
+
+    def is_autostart(self, name: str) -> bool:
+        return name_path(self.autostart_dir, name, ".xml").is_symlink()
+
+    def load_configs(self) -> list[Any]:
+        """Every persistent definition; an unreadable one is logged and skipped."""
+        defs: list[Any] = []
+        if not self.config_dir.is_dir():
+            return defs
+        for path in sorted(self.config_dir.glob("*.xml")):
+            try:
+                defs.append(domxml.parse(path.read_text()))
+            except (OSError, VirError) as exc:
+                log.error("skipping unreadable %s domain config %s: %s", self.driver, path, exc)
+        return defs
+
+    # -- runtime status
+    def encode_status(self, st: Any) -> str:
+        """The status file's text (called on the event loop: the live definition is
+        formatted where nothing changes it meanwhile)."""
+        raise NotImplementedError
+
+    def decode_status(self, text: str) -> Any:
+        """A status record from its file's text; ValueError (or the parser's) if broken."""
+        raise NotImplementedError
+
+    def write_status(self, name: str, text: str) -> None:
+        write_atomic(self.status_path(name), text)
+
+    def delete_status(self, name: str) -> None:
+        for suffix in (self.status_suffix, *self.run_files):
+            self.path(name, suffix).unlink(missing_ok=True)
+
+    def load_statuses(self) -> list[Any]:
+        """Every runtime status record; a broken one is logged and removed."""
+        out: list[Any] = []
+        if not self.run_dir.is_dir():
+            return out
+        for path in sorted(self.run_dir.glob(f"*{self.status_suffix}")):
+            if path.name.endswith(self.run_files):
+                continue
+            try:
+                out.append(self.decode_status(path.read_text()))
+            except _BROKEN as exc:
+                log.error("dropping unreadable runtime status %s: %s", path, exc)
+                path.unlink(missing_ok=True)
+        return out
+
+
+class JsonStatusStore(DomainStatusStore):
+    """Status records as JSON: the record's fields, the live definition as ``xml``."""
+    status_suffix = ".json"
+    status_class: type[DomainStatus]
+
+    def encode_status(self, st: DomainStatus) -> str:
+        data = {f.name: getattr(st, f.name) for f in fields(st) if f.name != "definition"}
+        data["xml"] = domxml.format(st.definition, dom_id=st.id)
+        return json.dumps(data)
+
+    def decode_status(self, text: str) -> DomainStatus:
+        data = json.loads(text)
+        data["definition"] = domxml.parse(data.pop("xml"))
+        return self.status_class(**data)
+

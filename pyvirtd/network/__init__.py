@@ -32,13 +32,20 @@ network with a status file and tears down nothing that runs; `stop()` (daemon
 stop) leaves running networks alone.  A ``--system`` daemon on a fresh host
 (no ``state_dir/network`` yet) defines and autostarts ``default``.
 
-API for hypervisor drivers (guest interfaces of type network)::
+API for hypervisor drivers (guest interfaces of type network), the
+`api.NetworkService` reached as ``ctx.services.network``::
 
-    tap, fd = await ctx.shared["network"].plug_interface(
+    port = await ctx.services.network.create_port("default", port_def)
+    # port.plug says where to plug the guest: a bridge, or a device for a macvtap
+    ...
+    await ctx.services.network.delete_port("default", port_def.uuid)  # guest gone
+    leases = ctx.services.network.dhcp_leases("default", mac)   # api.DhcpLease list
+
+    tap, fd = await ctx.services.network.plug_interface(
         "default", "52:54:00:12:34:56", tap_name="vnet%d", mtu=None)
     # attach with QEMU: -netdev tap,fd=N,vhost=on (the fd carries IFF_VNET_HDR)
     ...
-    await ctx.shared["network"].unplug_interface(tap)   # when the guest stops
+    await ctx.services.network.unplug_interface(tap)   # when the guest stops
 
 ``plug_interface`` creates a non-persistent tap on the network's bridge (the
 kernel removes it when the last fd closes, i.e. when QEMU exits), gives it

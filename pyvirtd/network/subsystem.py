@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 from lxml import etree
 
+from pyvirtd.driver.api import DhcpLease
 from pyvirtd.driver.objects import NETWORK, ObjectList
 from pyvirtd.driver.store import ObjectStore
 from pyvirtd.errors import VirError, check_flags
@@ -295,23 +296,34 @@ class NetworkSubsystem(PortsMixin, UpdateMixin):
                                 flags: int) -> tuple:
         check_flags(flags, 0, "networkGetDHCPLeases", _FROM)
         net = self._net(ref)
-        out = []
-        if net.active:
-            now = time.time()
-            by_ip = ip_elements(net.definition)
-            for lease in dnsmasq.read_leases(self._files(net.name)):
-                if lease.expiry and lease.expiry < now:
-                    continue
-                if mac and lease.mac.lower() != mac.lower():
-                    continue
-                addr = ipaddress.ip_address(lease.ip)
-                prefix = next((i.network.prefixlen for _e, i in by_ip if addr in i.network),
-                              32 if addr.version == 4 else 128)
-                out.append(P.remote_network_dhcp_lease(
-                    net.definition.bridge, lease.expiry,
-                    IP_ADDR_TYPE_IPV4 if addr.version == 4 else IP_ADDR_TYPE_IPV6,
-                    lease.mac, None, lease.ip, prefix, lease.hostname, lease.clientid))
+        out = [P.remote_network_dhcp_lease(net.definition.bridge, lease.expiry, lease.type,
+                                           lease.mac, None, lease.ip, lease.prefix,
+                                           lease.hostname, lease.clientid)
+               for lease in self._leases(net, mac)]
         return (out if need_results else [], len(out))
+
+    def dhcp_leases(self, net_name: str, mac: str | None = None) -> list[DhcpLease]:
+        """api.NetworkService: the leases of a network, for a guest's addresses."""
+        return self._leases(self._by_name(net_name), mac)
+
+    def _leases(self, net: Network, mac: str | None) -> list[DhcpLease]:
+        if not net.active:
+            return []
+        out = []
+        now = time.time()
+        by_ip = ip_elements(net.definition)
+        for lease in dnsmasq.read_leases(self._files(net.name)):
+            if lease.expiry and lease.expiry < now:
+                continue
+            if mac and lease.mac.lower() != mac.lower():
+                continue
+            addr = ipaddress.ip_address(lease.ip)
+            prefix = next((i.network.prefixlen for _e, i in by_ip if addr in i.network),
+                          32 if addr.version == 4 else 128)
+            out.append(DhcpLease(lease.mac, lease.ip, prefix,
+                                 IP_ADDR_TYPE_IPV4 if addr.version == 4 else IP_ADDR_TYPE_IPV6,
+                                 lease.expiry, lease.hostname, lease.clientid))
+        return out
 
     # -------------------------------------------------- guest interfaces
     def bridge_of(self, net_name: str) -> str:

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 import trio
+from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.files import write_atomic
@@ -282,7 +283,28 @@ class NWFilterSubsystem:
     async def nwfilter_binding_delete(self, nwfilter) -> None:
         await self.remove_binding(self._binding(nwfilter.portdev).portdev)
 
-    # ------------------------------------------------------- for drivers
+    # ------------------------------------------- for drivers (api.NWFilterService)
+    async def bind_interface(self, owner_name: str, owner_uuid: bytes,
+                             iface: etree._Element, portdev: str) -> None:
+        """Instantiate the <filterref> of a guest ``iface`` on its host device ``portdev``."""
+        ref = iface.find("filterref")
+        if ref is None:
+            return
+        mac = iface.find("mac")
+        await self.add_binding(BindingDef(
+            owner_name=owner_name, owner_uuid=bytes(owner_uuid), portdev=portdev,
+            mac=(mac.get("address") or "").lower() if mac is not None else "",
+            filter=ref.get("filter", ""), params=model.parse_params(ref)))
+
+    async def unbind_interface(self, portdev: str) -> None:
+        """Remove the rules of ``portdev``, if it had any (a guest NIC went away)."""
+        if not portdev:
+            return
+        try:
+            await self.remove_binding(portdev)
+        except Exception:
+            log.exception("removing the network filter of %s", portdev)
+
     async def add_binding(self, binding: BindingDef) -> None:
         """Instantiate ``binding``'s filter on its port (guest NIC up; raises VirError)."""
         nft.check_portdev(binding.portdev)

@@ -10,7 +10,7 @@ per-host key (`store`); ephemeral ones live in memory only.
 API for the daemon's own users of secrets (iSCSI CHAP, LUKS volumes, ...),
 which may read private secrets that clients may not::
 
-    secrets: SecretSubsystem = ctx.shared["secret"]
+    secrets = ctx.services.secrets                          # api.SecretService
     password = secrets.value_of("iscsi", "libvirtiscsi")     # by usage
     key = secrets.value_of_uuid("0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f")
 
@@ -53,6 +53,11 @@ class SecretSubsystem(SecretProcedures):
         """The value of the secret for this usage (``"iscsi"``, ``"ceph"``, ...)."""
         number = secxml.USAGE_TYPES[usage_type][0]
         return self.secrets.value(self.secrets.by_usage(number, usage_id))
+
+    def uuid_of_usage(self, usage_type: str, usage_id: str) -> str | None:
+        """The UUID (text) of the secret for this usage, or None: no error wanted."""
+        found = self.secrets.find_usage(secxml.USAGE_TYPES[usage_type][0], usage_id)
+        return found.key if found is not None else None
 
     def value_of_uuid(self, uuid: str | bytes, usage_type: str | None = None) -> bytes:
         """The value of the secret with this UUID (text as in XML, or 16 bytes).

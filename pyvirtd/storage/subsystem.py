@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import trio
 from lxml import etree
@@ -87,11 +89,24 @@ class StorageSubsystem(VolumeProcedures, TransferProcedures):
         self.store = pool_store(ctx.paths.state_dir, ctx.paths.run_dir)
         self.pools: ObjectList[Pool] = ObjectList(STORAGE_POOL)
         self.backends = {name: cls() for name, cls in BACKENDS.items()}
-        # iSCSI CHAP passwords come from the secret subsystem, made after this one
-        self.backends["iscsi"].secrets = lambda: ctx.shared.get("secret")
+        # iSCSI CHAP passwords come from the secret service (made after this one)
+        self.backends["iscsi"].services = ctx.services
+        # LUKS passphrases too (dir-like pools), through qemu-img's private files
+        for backend in self.backends.values():
+            if isinstance(backend, DirBackend):
+                backend.secrets = self.secrets
+                backend.secret_dir = Path(ctx.paths.run_dir) / "storage" / "secrets"
         self._load()
 
     # --------------------------------------------------------------- helpers
+    def secrets(self) -> Any:
+        """The daemon's secret service (made after this one), or None where the
+        daemon has none (an encrypted volume's passphrase then fails clearly)."""
+        try:
+            return self.ctx.services.secrets
+        except VirError:
+            return None
+
     def _backend(self, pool_type: str) -> Backend:
         backend = self.backends.get(pool_type)
         if backend is None:

@@ -15,15 +15,18 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from pyvirtd.driver.api import StorageVolume
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage.backends.base import VOL_DIR, VOL_FILE, VOL_TYPE_NAMES, Volume
 from pyvirtd.storage.backends.dir import (RESIZE_ALLOCATE, RESIZE_DELTA, RESIZE_SHRINK,
                                           VOL_CREATE_PREALLOC_METADATA, VOL_CREATE_REFLINK,
                                           WIPE_ALG_ZERO, probe_format)
+from pyvirtd.storage import luks
 from pyvirtd.storage.pool import Pool
 from pyvirtd.xml import format_libvirt
 from pyvirtd.xml import storage as stxml
+from pyvirtd.xml.encryption import Encryption
 
 if TYPE_CHECKING:
     from pyvirtd.storage.subsystem import StorageSubsystem
@@ -64,17 +67,26 @@ def _file_elements(parent: etree._Element, vol: Volume) -> None:
         etree.SubElement(ts, "btime").text = "0"
 
 
-def volume_xml(vol: Volume) -> str:
+def volume_xml(vol: Volume, encryption: Encryption | None = None) -> str:
+    """A volume's XML; ``encryption``: how it is encrypted, with its secret when known."""
     root = etree.Element("volume", type=VOL_TYPE_NAMES[vol.type])
     etree.SubElement(root, "name").text = vol.name
     etree.SubElement(root, "key").text = vol.key
     for tag, value in (("capacity", vol.capacity), ("allocation", vol.allocation),
                        ("physical", vol.physical)):
         etree.SubElement(root, tag, unit="bytes").text = str(value)
-    _file_elements(etree.SubElement(root, "target"), vol)
+    target = etree.SubElement(root, "target")
+    _file_elements(target, vol)
+    if encryption is not None:
+        target.append(encryption.to_element())
     if vol.backing is not None:
         _file_elements(etree.SubElement(root, "backingStore"), vol.backing)
     return format_libvirt(root)
+
+
+def _service_volume(pool: Pool, vol: Volume) -> StorageVolume:
+    return StorageVolume(pool.name, vol.name, pool.type, vol.path, P.StorageVolType(vol.type),
+                         vol.format)
 
 
 class VolumeProcedures:
@@ -82,13 +94,16 @@ class VolumeProcedures:
 
     # ---------------------------------------------------------------- helpers
     def _vol(self: "StorageSubsystem", ref) -> tuple[Pool, Volume]:
+        return self._volume(ref.pool, ref.name)
+
+    def _volume(self: "StorageSubsystem", pool_name: str, name: str) -> tuple[Pool, Volume]:
         """virStorageVolDefFromVol: the pool by name, active, then the volume by name."""
-        pool = self.pools.by_name(ref.pool)
+        pool = self.pools.by_name(pool_name)
         if not pool.active:
             raise pool.not_active()
-        vol = pool.volumes.get(ref.name)
+        vol = pool.volumes.get(name)
         if vol is None:
-            raise no_vol("name", ref.name)
+            raise no_vol("name", name)
         return pool, vol
 
     def _ready_vol(self: "StorageSubsystem", ref) -> tuple[Pool, Volume]:
@@ -106,6 +121,17 @@ class VolumeProcedures:
         if pool.volumes.get(vol.name) is vol:
             pool.volumes[vol.name] = fresh
         return fresh
+
+    # ------------------------------------------- for drivers (api.StorageService)
+    def pool_is_active(self: "StorageSubsystem", pool: str) -> bool:
+        return self.pools.by_name(pool).active
+
+    def resolve_volume(self: "StorageSubsystem", pool: str, name: str) -> StorageVolume:
+        return _service_volume(*self._volume(pool, name))
+
+    async def refresh_volume(self: "StorageSubsystem", pool: str, name: str) -> StorageVolume:
+        found, vol = self._volume(pool, name)
+        return _service_volume(found, await self._refreshed(found, vol))
 
     # ---------------------------------------------------------------- listing
     def storage_pool_num_of_volumes(self: "StorageSubsystem", ref) -> int:
@@ -195,6 +221,7 @@ class VolumeProcedures:
         try:
             await work()
             fresh = await pool.backend.refresh_vol(pool, vol)
+            fresh.extra = vol.extra         # e.g. the secret it was encrypted with
         except BaseException:
             if pool.volumes.get(vol.name) is vol:
                 del pool.volumes[vol.name]
@@ -279,7 +306,8 @@ class VolumeProcedures:
     async def storage_vol_get_xml_desc(self: "StorageSubsystem", ref, flags: int) -> str:
         check_flags(flags, 0, "storageVolGetXMLDesc", _FROM)
         pool, vol = self._vol(ref)
-        return volume_xml(await self._refreshed(pool, vol))
+        fresh = await self._refreshed(pool, vol)
+        return volume_xml(fresh, luks.known_encryption(fresh, self.secrets()))
 
     def storage_vol_get_path(self: "StorageSubsystem", ref) -> str:
         return self._vol(ref)[1].path

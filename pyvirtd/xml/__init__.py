@@ -3,17 +3,27 @@
 Each document type has its own module (domain.py, network.py, storage.py, ...)
 with ``parse`` and ``format`` functions.  These helpers keep the failure
 modes identical everywhere: malformed XML and missing required elements are
-VIR_ERR_XML_ERROR with libvirt's wording.
+VIR_ERR_XML_ERROR with libvirt's wording.  Every module writes its document
+with the one printer in printer.py (re-exported here).
 """
 
 from __future__ import annotations
 
+import copy
 import uuid as _uuid
+from dataclasses import dataclass
+from typing import Self
 
 from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import schema
+from pyvirtd.xml.printer import element_lines, escape, format_libvirt
+
+__all__ = ["TreeDef", "element_lines", "escape", "format_libvirt", "format_uuid", "fromstring",
+           "hardened_parser", "invalid_attr", "missing_attr", "new_uuid", "parse_definition",
+           "parse_uuid", "parse_xml"]
 
 
 def hardened_parser(*, remove_comments: bool = False) -> etree.XMLParser:
@@ -66,13 +76,6 @@ def parse_xml(text: str, root_tag: str, *, domain: int = P.VIR_FROM_NONE,
     return root
 
 
-def to_string(elem: etree._Element) -> str:
-    """Serialise like libvirt: two-space indentation, no XML declaration, final newline."""
-    elem = etree.fromstring(etree.tostring(elem), _PARSER)  # drop old whitespace
-    etree.indent(elem, space="  ")
-    return etree.tostring(elem, encoding="unicode") + "\n"
-
-
 def parse_uuid(text: str, *, domain: int = P.VIR_FROM_NONE) -> bytes:
     """A UUID in any form libvirt accepts (with or without dashes) -> 16 raw bytes."""
     try:
@@ -98,11 +101,13 @@ def new_uuid() -> bytes:
 # offending line and a caret under the column (src/util/virxml.c
 # catchXMLError); a wrong root is VIR_ERR_XML_ERROR from VIR_FROM_XML.
 
-def parse_definition(text: str, root_tag: str | None, *, what: str,
-                     domain: int) -> etree._Element:
+def parse_definition(text: str, root_tag: str | None, *, what: str, domain: int,
+                     validate: str | None = None) -> etree._Element:
     """Parse a client's ``<root_tag>`` definition; ``what`` names the document
     in syntax errors (e.g. ``network_definition``).  With ``root_tag`` None the
-    caller checks the root itself (its error differs per document type)."""
+    caller checks the root itself (its error differs per document type).
+    ``validate`` names the schema (schemas/NAME.rng) to check the document
+    against: the VALIDATE flags of the define and create calls."""
     # A parser of its own: a shared one accumulates earlier documents' errors.
     parser = hardened_parser()
     try:
@@ -125,7 +130,24 @@ def parse_definition(text: str, root_tag: str | None, *, what: str,
         raise VirError(P.VIR_ERR_XML_ERROR,
                        f"expecting root element of '{root_tag}', not '{root.tag}'",
                        domain=P.VIR_FROM_XML)
+    if validate is not None:
+        schema.validate(root, validate)
     return root
+
+
+@dataclass
+class TreeDef:
+    """A definition whose model is its canonical element tree (network, pool,
+    volume, interface, node device): the modules read fields from the tree
+    and print the tree itself."""
+    tree: etree._Element
+
+    @property
+    def name(self) -> str:
+        return self.tree.findtext("name")
+
+    def copy(self) -> Self:
+        return type(self)(copy.deepcopy(self.tree))
 
 
 def missing_attr(attr: str, tag: str) -> VirError:
@@ -138,57 +160,3 @@ def invalid_attr(attr: str, tag: str, value: str) -> VirError:
     return VirError(P.VIR_ERR_XML_ERROR,
                     f"Invalid value for attribute '{attr}' in element '{tag}': '{value}'.",
                     domain=P.VIR_FROM_XML)
-
-
-_ESCAPES = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", "'": "&apos;", '"': "&quot;"})
-
-
-def escape(text: str) -> str:
-    """Escape text or an attribute value as libvirt's virBufferEscapeString does."""
-    return text.translate(_ESCAPES)
-
-
-def format_libvirt(elem: etree._Element, *, open_empty: frozenset[str] = frozenset(),
-                   indent: int = 0) -> str:
-    """Serialise ``elem`` as libvirt's formatters write XML.
-
-    Single-quoted attributes, two-space indentation, ``<tag/>`` for empty
-    elements, a final newline.  Tags in ``open_empty`` are written as an
-    open/close pair even when empty (libvirt's pool ``<source>`` is).
-    Comments and processing instructions are dropped.
-    """
-    out: list[str] = []
-    _format_into(out, elem, indent, open_empty)
-    return "".join(out)
-
-
-def _format_into(out: list[str], elem: etree._Element, level: int,
-                 open_empty: frozenset[str]) -> None:
-    pad = "  " * level
-    attrs = "".join(f" {_qname(k, elem)}='{escape(v)}'" for k, v in elem.attrib.items())
-    children = [c for c in elem if isinstance(c.tag, str)]
-    tag = _qname(elem.tag, elem)
-    text = (elem.text or "").strip() if children else (elem.text or "")
-    if not children:
-        if text:
-            out.append(f"{pad}<{tag}{attrs}>{escape(text)}</{tag}>\n")
-        elif elem.tag in open_empty:
-            out.append(f"{pad}<{tag}{attrs}>\n{pad}</{tag}>\n")
-        else:
-            out.append(f"{pad}<{tag}{attrs}/>\n")
-        return
-    out.append(f"{pad}<{tag}{attrs}>\n")
-    for child in children:
-        _format_into(out, child, level + 1, open_empty)
-    out.append(f"{pad}</{tag}>\n")
-
-
-def _qname(name: str, elem: etree._Element) -> str:
-    """``{uri}local`` back to ``prefix:local`` using the element's namespace map."""
-    if not name.startswith("{"):
-        return name
-    uri, local = name[1:].split("}", 1)
-    for prefix, ns in elem.nsmap.items():
-        if ns == uri and prefix:
-            return f"{prefix}:{local}"
-    return local

@@ -15,14 +15,14 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import dataclass, field
-from xml.sax.saxutils import escape
 
 from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_uuid, fromstring, hardened_parser, new_uuid, parse_uuid, schema
+from pyvirtd.xml import (element_lines, escape, format_uuid, fromstring, hardened_parser, new_uuid,
+                         parse_uuid, schema)
 
 _PARSER = hardened_parser(remove_comments=True)
 
@@ -365,100 +365,13 @@ def _console_defaults(d: DomainDef) -> None:
 
 # -- formatting -------------------------------------------------------------
 
-def _q(value: str) -> str:
-    value = str(value)
-    if "&" in value or "<" in value or ">" in value or "'" in value:
-        return escape(value, {"'": "&apos;"})
-    return value
-
-
-def _elem_lines(elem: etree._Element, indent: int, out: list, always_open: bool = False) -> None:
-    """Serialise one element the way libvirt's virBuffer code does."""
-    pad = "  " * indent
-    tag = _qname(elem)
-    attrs = "".join(f" {_attr_name(elem, k)}='{_q(v)}'" for k, v in elem.attrib.items())
-    attrs += _ns_decls(elem)
-    children = [c for c in elem if isinstance(c.tag, str)]
-    text = elem.text if elem.text and elem.text.strip() else None
-    if children:
-        out.append(f"{pad}<{tag}{attrs}>")
-        for child in children:
-            _elem_lines(child, indent + 1, out)
-        out.append(f"{pad}</{tag}>")
-    elif text is not None:
-        if "&" in text or "<" in text or ">" in text:
-            text = escape(text)
-        out.append(f"{pad}<{tag}{attrs}>{text}</{tag}>")
-    elif always_open:
-        out.append(f"{pad}<{tag}{attrs}>")
-        out.append(f"{pad}</{tag}>")
-    else:
-        out.append(f"{pad}<{tag}{attrs}/>")
-
-
-def _namespaced_lines(elem: etree._Element, indent: int, out: list) -> None:
-    """A <qemu:...> (or other kept namespace) element as libvirt writes it: with
-    the namespace's fixed prefix, declared once on <domain>."""
-    def name(qname: str) -> str:
-        q = etree.QName(qname)
-        prefix = KEPT_NAMESPACES.get(q.namespace or "")
-        return f"{prefix}:{q.localname}" if prefix else q.localname
-    pad = "  " * indent
-    attrs = "".join(f" {name(k)}='{_q(v)}'" for k, v in elem.attrib.items())
-    children = [c for c in elem if isinstance(c.tag, str)]
-    text = elem.text if elem.text and elem.text.strip() else None
-    if children:
-        out.append(f"{pad}<{name(elem.tag)}{attrs}>")
-        for child in children:
-            _namespaced_lines(child, indent + 1, out)
-        out.append(f"{pad}</{name(elem.tag)}>")
-    elif text is not None:
-        out.append(f"{pad}<{name(elem.tag)}{attrs}>{escape(text)}</{name(elem.tag)}>")
-    else:
-        out.append(f"{pad}<{name(elem.tag)}{attrs}/>")
-
-
-def _qname(elem: etree._Element) -> str:
-    if elem.tag[0] != "{":
-        return elem.tag
-    q = etree.QName(elem)
-    if q.namespace:
-        prefix = elem.prefix
-        return f"{prefix}:{q.localname}" if prefix else q.localname
-    return q.localname
-
-
-def _attr_name(elem: etree._Element, key: str) -> str:
-    if key[0] != "{":
-        return key
-    q = etree.QName(key)
-    if q.namespace:
-        for prefix, uri in elem.nsmap.items():
-            if uri == q.namespace and prefix:
-                return f"{prefix}:{q.localname}"
-    return q.localname
-
-
-def _ns_decls(elem: etree._Element) -> str:
-    nsmap = elem.nsmap
-    if not nsmap:
-        return ""
-    parent = elem.getparent()
-    parent_map = parent.nsmap if parent is not None else {}
-    decls = ""
-    for prefix, uri in nsmap.items():
-        if parent_map.get(prefix) != uri:
-            decls += f" xmlns:{prefix}='{_q(uri)}'" if prefix else f" xmlns='{_q(uri)}'"
-    return decls
-
-
 def _raw_lines(d: DomainDef, tag: str, out: list) -> None:
     """A verbatim top-level element and its repeats."""
     if tag in d.raw:
-        _elem_lines(d.raw[tag], 1, out)
+        element_lines(d.raw[tag], 1, out)
         for more in d.raw_more:
             if more.tag == tag:
-                _elem_lines(more, 1, out)
+                element_lines(more, 1, out)
 
 
 def format(d: DomainDef, *, dom_id: int | None = None, secure: bool = True) -> str:
@@ -467,8 +380,8 @@ def format(d: DomainDef, *, dom_id: int | None = None, secure: bool = True) -> s
     id_attr = f" id='{dom_id}'" if dom_id is not None and dom_id >= 0 else ""
     ns_decls = ""
     for uri in dict.fromkeys(etree.QName(e).namespace for e in d.namespaced):
-        ns_decls += f" xmlns:{KEPT_NAMESPACES[uri]}='{_q(uri)}'"
-    out.append(f"<domain type='{_q(d.type)}'{id_attr}{ns_decls}>")
+        ns_decls += f" xmlns:{KEPT_NAMESPACES[uri]}='{escape(uri)}'"
+    out.append(f"<domain type='{escape(d.type)}'{id_attr}{ns_decls}>")
     out.append(f"  <name>{escape(d.name)}</name>")
     out.append(f"  <uuid>{d.uuid_str}</uuid>")
     for tag in _RAW_AFTER_UUID:
@@ -489,35 +402,35 @@ def format(d: DomainDef, *, dom_id: int | None = None, secure: bool = True) -> s
         if tag == "memoryBacking":
             continue
         if tag in d.raw:
-            _elem_lines(d.raw[tag], 1, out)
+            element_lines(d.raw[tag], 1, out)
         if tag == "maxMemory":
             out.append(f"  <memory unit='KiB'>{d.memory}</memory>")
             out.append(f"  <currentMemory unit='KiB'>{d.current_memory}</currentMemory>")
     if "memoryBacking" in d.raw:
-        _elem_lines(d.raw["memoryBacking"], 1, out)
-    cpuset = f" cpuset='{_q(d.vcpu_cpuset)}'" if d.vcpu_cpuset is not None else ""
+        element_lines(d.raw["memoryBacking"], 1, out)
+    cpuset = f" cpuset='{escape(d.vcpu_cpuset)}'" if d.vcpu_cpuset is not None else ""
     current = f" current='{d.vcpus_current}'" if d.vcpus_current != d.vcpus else ""
-    out.append(f"  <vcpu placement='{_q(d.vcpu_placement)}'{cpuset}{current}>{d.vcpus}</vcpu>")
+    out.append(f"  <vcpu placement='{escape(d.vcpu_placement)}'{cpuset}{current}>{d.vcpus}</vcpu>")
     for tag in _RAW_AFTER_VCPU:
         _raw_lines(d, tag, out)
-    os_attrs = "".join(f" {k}='{_q(v)}'" for k, v in d.os_attrs.items())
+    os_attrs = "".join(f" {k}='{escape(v)}'" for k, v in d.os_attrs.items())
     out.append(f"  <os{os_attrs}>")
-    attrs = "".join(f" {k}='{_q(v)}'" for k, v in (("arch", d.arch), ("machine", d.machine)) if v)
+    attrs = "".join(f" {k}='{escape(v)}'" for k, v in (("arch", d.arch), ("machine", d.machine)) if v)
     out.append(f"    <type{attrs}>{d.os_type}</type>")
     for tag in _OS_BEFORE_BOOT:
         for elem in d.os_extra:
             if elem.tag == tag:
-                _elem_lines(elem, 2, out)
+                element_lines(elem, 2, out)
     for dev in d.boot:
-        out.append(f"    <boot dev='{_q(dev)}'/>")
+        out.append(f"    <boot dev='{escape(dev)}'/>")
     for elem in d.os_extra:
         if elem.tag not in _OS_BEFORE_BOOT:
-            _elem_lines(elem, 2, out)
+            element_lines(elem, 2, out)
     out.append("  </os>")
     for tag in _RAW_AFTER_OS:
         _raw_lines(d, tag, out)
     if d.clock is not None:
-        _elem_lines(d.clock, 1, out)
+        element_lines(d.clock, 1, out)
     out.append(f"  <on_poweroff>{d.on_poweroff}</on_poweroff>")
     out.append(f"  <on_reboot>{d.on_reboot}</on_reboot>")
     out.append(f"  <on_crash>{d.on_crash}</on_crash>")
@@ -525,12 +438,12 @@ def format(d: DomainDef, *, dom_id: int | None = None, secure: bool = True) -> s
         _raw_lines(d, tag, out)
     out.append("  <devices>")
     for dev in sorted_devices(d.devices):
-        _elem_lines(dev, 2, out)
+        element_lines(dev, 2, out)
     out.append("  </devices>")
     for tag in _RAW_TAIL:        # seclabels too: libvirt hides no label without SECURE
         _raw_lines(d, tag, out)
     for elem in d.namespaced:
-        _namespaced_lines(elem, 1, out)
+        element_lines(elem, 1, out, prefixes=KEPT_NAMESPACES)
     out.append("</domain>")
     return "\n".join(out) + "\n"
 
@@ -538,13 +451,6 @@ def format(d: DomainDef, *, dom_id: int | None = None, secure: bool = True) -> s
 def sorted_devices(devices: list) -> list:
     rank = {tag: i for i, tag in enumerate(DEVICE_ORDER)}
     return sorted(devices, key=lambda e: rank.get(e.tag, len(rank)))
-
-
-def format_element(elem: etree._Element, indent: int = 0) -> str:
-    """Any element (a metadata child, a device) in libvirt's layout."""
-    out: list[str] = []
-    _elem_lines(elem, indent, out)
-    return "\n".join(out)
 
 
 def _libxml_dump(elem: etree._Element) -> str:

@@ -9,13 +9,12 @@ what the interface type carries (a MAC address for ethernet, the
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_libvirt, invalid_attr, missing_attr, parse_definition, schema
+from pyvirtd.xml import TreeDef, format_libvirt, invalid_attr, missing_attr, parse_definition
 
 _FROM = P.VIR_FROM_INTERFACE
 
@@ -27,10 +26,7 @@ _ATTR_ORDER = {"interface": ("type", "name"), "bridge": ("stp", "delay"),
                "ip": ("address", "prefix"), "bond": ("mode",), "vlan": ("tag",)}
 
 
-@dataclass
-class InterfaceDef:
-    tree: etree._Element
-
+class InterfaceDef(TreeDef):
     @property
     def name(self) -> str:
         return self.tree.get("name")
@@ -40,15 +36,11 @@ class InterfaceDef:
         mac = self.tree.find("mac")
         return "" if mac is None else mac.get("address", "")
 
-    def copy(self) -> "InterfaceDef":
-        return InterfaceDef(copy.deepcopy(self.tree))
-
 
 def parse(text: str, *, validate_schema: bool = False) -> InterfaceDef:
     """A client's <interface>; ``validate_schema`` checks it against schemas/interface.rng."""
-    root = parse_definition(text, "interface", what="interface_definition", domain=_FROM)
-    if validate_schema:
-        schema.validate(root, "interface")
+    root = parse_definition(text, "interface", what="interface_definition", domain=_FROM,
+                            validate="interface" if validate_schema else None)
     return from_element(root)
 
 

@@ -11,14 +11,14 @@ the real network driver can grow on the same model.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_libvirt, format_uuid, fromstring, new_uuid, parse_definition, schema
+from pyvirtd.xml import (TreeDef, format_libvirt, format_uuid, fromstring, new_uuid,
+                         parse_definition)
 
 _FROM = P.VIR_FROM_NETWORK
 
@@ -58,14 +58,8 @@ SECTION_IP_DHCP_RANGE = P.NetworkUpdateSection.VIR_NETWORK_SECTION_IP_DHCP_RANGE
 SECTION_DNS_HOST = P.NetworkUpdateSection.VIR_NETWORK_SECTION_DNS_HOST
 
 
-@dataclass
-class NetworkDef:
+class NetworkDef(TreeDef):
     """One network definition: its canonical element tree."""
-    tree: etree._Element
-
-    @property
-    def name(self) -> str:
-        return self.tree.findtext("name")
 
     @property
     def uuid(self) -> bytes:
@@ -81,16 +75,12 @@ class NetworkDef:
         fwd = self.tree.find("forward")
         return None if fwd is None else fwd.get("mode", "nat")
 
-    def copy(self) -> "NetworkDef":
-        return NetworkDef(copy.deepcopy(self.tree))
-
 
 def parse(text: str, *, validate_schema: bool = False) -> NetworkDef:
     """Parse a client's <network> definition (VIR_ERR_XML_* / VIR_ERR_NO_NAME on error);
     ``validate_schema`` checks it against schemas/network.rng first."""
-    root = parse_definition(text, "network", what="network_definition", domain=_FROM)
-    if validate_schema:
-        schema.validate(root, "network")
+    root = parse_definition(text, "network", what="network_definition", domain=_FROM,
+                            validate="network" if validate_schema else None)
     return from_element(root)
 
 

@@ -8,13 +8,12 @@ capabilities.  Capability contents round-trip as given.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import format_libvirt, parse_definition, schema
+from pyvirtd.xml import TreeDef, format_libvirt, parse_definition
 
 _FROM = P.VIR_FROM_NODEDEV
 
@@ -30,10 +29,7 @@ CAP_FLAGS = {"system": 1 << 0, "pci": 1 << 1, "usb_device": 1 << 2, "usb": 1 << 
              "ap_queue": 1 << 19, "ap_matrix": 1 << 20, "vpd": 1 << 21}
 
 
-@dataclass
-class NodeDeviceDef:
-    tree: etree._Element
-
+class NodeDeviceDef(TreeDef):
     @property
     def name(self) -> str:
         return self.tree.findtext("name")
@@ -76,15 +72,11 @@ class NodeDeviceDef:
         fc.find("wwnn").text = wwnn
         fc.find("wwpn").text = wwpn
 
-    def copy(self) -> "NodeDeviceDef":
-        return NodeDeviceDef(copy.deepcopy(self.tree))
-
 
 def parse(text: str, *, validate_schema: bool = False) -> NodeDeviceDef:
     """A client's <device> to create; ``validate_schema`` checks it against schemas/nodedev.rng."""
-    root = parse_definition(text, "device", what="node_device_definition", domain=_FROM)
-    if validate_schema:
-        schema.validate(root, "nodedev")
+    root = parse_definition(text, "device", what="node_device_definition", domain=_FROM,
+                            validate="nodedev" if validate_schema else None)
     return from_element(root, creating=True)
 
 

@@ -35,6 +35,7 @@ class OsConfig:
     loader: str | None = None
     loader_readonly: bool | None = None
     loader_type: str | None = None        # rom / pflash
+    loader_secure: bool | None = None     # secure='yes': pflash writable only in SMM
     nvram: str | None = None
     nvram_template: str | None = None
     kernel: str | None = None
@@ -119,6 +120,7 @@ def _parse_os(defn) -> OsConfig:
             o.loader = text
             o.loader_readonly = yesno_attr(elem, "readonly")
             o.loader_type = enum_attr(elem, "type", ("rom", "pflash"), what="loader type")
+            o.loader_secure = yesno_attr(elem, "secure")
         elif elem.tag == "nvram":
             o.nvram, o.nvram_template = text, elem.get("template")
         elif elem.tag in ("kernel", "initrd", "cmdline", "dtb"):
@@ -133,15 +135,8 @@ def _parse_os(defn) -> OsConfig:
             o.smbios_mode = enum_attr(elem, "mode", ("emulate", "host", "sysinfo"),
                                       what="smbios mode")
         elif elem.tag in ("init", "initarg", "initenv", "initdir", "inituser", "initgroup",
-                          "idmap", "acpi", "firmware"):
-            if elem.tag != "acpi":
-                raise unsupported(f"<os><{elem.tag}> is not supported for hvm guests")
-    firmware = getattr(defn, "os_attrs", {}).get("firmware")
-    if firmware is not None and o.loader is None:
-        # kept in the definition; picking the image from QEMU's firmware
-        # descriptors is not done yet, and booting SeaBIOS instead would be wrong
-        raise unsupported(f"<os firmware='{firmware}'>: firmware autoselection is not "
-                          "supported yet, name the <loader> and <nvram>")
+                          "idmap"):
+            raise unsupported(f"<os><{elem.tag}> is not supported for hvm guests")
     if o.nvram and o.loader_type != "pflash":
         raise xml_error("nvram requires a pflash loader (<loader type='pflash'>)")
     if o.initrd and not o.kernel:

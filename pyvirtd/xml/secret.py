@@ -8,8 +8,7 @@ from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import (format_libvirt, format_uuid, new_uuid, parse_definition, parse_uuid,
-                         schema)
+from pyvirtd.xml import format_libvirt, format_uuid, new_uuid, parse_definition, parse_uuid
 
 _FROM = P.VIR_FROM_SECRET
 
@@ -43,9 +42,8 @@ def _bool_attr(root: etree._Element, attr: str) -> bool:
 
 def parse(text: str, *, validate_schema: bool = False) -> SecretDef:
     """A client's <secret>; ``validate_schema`` checks it against schemas/secret.rng."""
-    root = parse_definition(text, "secret", what="secret_definition", domain=_FROM)
-    if validate_schema:
-        schema.validate(root, "secret")
+    root = parse_definition(text, "secret", what="secret_definition", domain=_FROM,
+                            validate="secret" if validate_schema else None)
     ephemeral = _bool_attr(root, "ephemeral")
     private = _bool_attr(root, "private")
     uuid_text = root.findtext("uuid")

@@ -128,7 +128,7 @@ def format(snap: SnapshotDef, *, secure: bool = False, current: bool | None = No
     text = format_libvirt(root)
     if snap.domain is None:
         return text
-    # the domain has its own printer (one per document type): nest its text
+    # the domain is written from its model, not from a tree: nest its text one level in
     dom = domxml.format(snap.domain, secure=secure)
     nested = "".join(f"  {line}\n" for line in dom.rstrip("\n").split("\n"))
     head, tail = text.rsplit("</domainsnapshot>", 1)

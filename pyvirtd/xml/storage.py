@@ -12,15 +12,15 @@ numbers (capacity, allocation, available, a volume's key and path) through
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 from lxml import etree
 
 from pyvirtd.errors import VirError
 from pyvirtd.names import check_name
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import (format_libvirt, format_uuid, invalid_attr, missing_attr, new_uuid,
-                         parse_definition, parse_uuid, schema)
+from pyvirtd.xml import encryption
+from pyvirtd.xml import (TreeDef, format_libvirt, format_uuid, invalid_attr, missing_attr,
+                         new_uuid, parse_definition, parse_uuid)
 
 _FROM = P.VIR_FROM_STORAGE
 
@@ -41,8 +41,8 @@ TARGET_CHILDREN = ("path", "permissions")
 PERM_CHILDREN = ("mode", "owner", "group", "label")
 VOLUME_CHILDREN = ("name", "key", "source", "capacity", "allocation", "physical", "target",
                    "backingStore")
-VOL_TARGET_CHILDREN = ("path", "format", "permissions", "timestamps", "compat", "nocow",
-                       "features")
+VOL_TARGET_CHILDREN = ("path", "format", "permissions", "timestamps", "encryption", "compat",
+                       "nocow", "features")
 
 # Volume formats a file-backed pool accepts (virStorageFileFormat).
 FILE_FORMATS = ("none", "raw", "dir", "bochs", "cloop", "dmg", "iso", "vpc", "vdi", "fat",
@@ -97,14 +97,7 @@ def _set_size(tree: etree._Element, tag: str, value: int) -> None:
 
 # --- pools --------------------------------------------------------------------
 
-@dataclass
-class PoolDef:
-    tree: etree._Element
-
-    @property
-    def name(self) -> str:
-        return self.tree.findtext("name")
-
+class PoolDef(TreeDef):
     @property
     def uuid(self) -> bytes:
         return parse_uuid(self.tree.findtext("uuid"))
@@ -123,15 +116,11 @@ class PoolDef:
             _set_size(self.tree, tag, value)
         _sort(self.tree, POOL_CHILDREN)
 
-    def copy(self) -> "PoolDef":
-        return PoolDef(copy.deepcopy(self.tree))
-
 
 def parse_pool(text: str, *, validate_schema: bool = False) -> PoolDef:
     """A client's <pool>; ``validate_schema`` checks it against schemas/storagepool.rng."""
-    root = parse_definition(text, "pool", what="storage_pool_definition", domain=_FROM)
-    if validate_schema:
-        schema.validate(root, "storagepool")
+    root = parse_definition(text, "pool", what="storage_pool_definition", domain=_FROM,
+                            validate="storagepool" if validate_schema else None)
     return pool_from_element(root)
 
 
@@ -203,14 +192,7 @@ def format_pool(pooldef: PoolDef) -> str:
 
 # --- volumes ------------------------------------------------------------------
 
-@dataclass
-class VolumeDef:
-    tree: etree._Element
-
-    @property
-    def name(self) -> str:
-        return self.tree.findtext("name")
-
+class VolumeDef(TreeDef):
     @property
     def key(self) -> str:
         return self.tree.findtext("key")
@@ -222,6 +204,11 @@ class VolumeDef:
     @property
     def capacity(self) -> int:
         return int(self.tree.findtext("capacity"))
+
+    @property
+    def encryption(self) -> "encryption.Encryption | None":
+        elem = self.tree.find("target/encryption")
+        return encryption.parse(elem) if elem is not None else None
 
     @property
     def allocation(self) -> int:
@@ -241,15 +228,11 @@ class VolumeDef:
         _sort(target, VOL_TARGET_CHILDREN)
         _sort(self.tree, VOLUME_CHILDREN)
 
-    def copy(self) -> "VolumeDef":
-        return VolumeDef(copy.deepcopy(self.tree))
-
 
 def parse_volume(text: str, pool_type: str, *, validate_schema: bool = False) -> VolumeDef:
     """A client's <volume>; ``validate_schema`` checks it against schemas/storagevol.rng."""
-    root = parse_definition(text, "volume", what="storage_volume_definition", domain=_FROM)
-    if validate_schema:
-        schema.validate(root, "storagevol")
+    root = parse_definition(text, "volume", what="storage_volume_definition", domain=_FROM,
+                            validate="storagevol" if validate_schema else None)
     return volume_from_element(root, pool_type)
 
 
@@ -283,6 +266,9 @@ def volume_from_element(root: etree._Element, pool_type: str) -> VolumeDef:
     perms = target.find("permissions")
     if perms is not None:
         _sort(perms, PERM_CHILDREN)
+    enc = target.find("encryption")
+    if enc is not None:
+        encryption.parse(enc)          # libvirt's parse errors, at parse time
     _sort(target, VOL_TARGET_CHILDREN)
     _sort(tree, VOLUME_CHILDREN)
     return VolumeDef(tree)

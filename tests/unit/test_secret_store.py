@@ -42,7 +42,7 @@ def test_a_subsystem_that_cannot_be_imported_stops_the_daemon(tmp_path, monkeypa
 def test_the_secret_subsystem_is_shared(tmp_path) -> None:
     c = ctx(tmp_path)
     subs = shared_subsystems(c)
-    assert c.shared["secret"] in subs and isinstance(c.shared["secret"], SecretSubsystem)
+    assert c.services.secrets in subs and isinstance(c.services.secrets, SecretSubsystem)
     assert shared_subsystems(c) == subs
 
 

@@ -36,6 +36,7 @@ from pyvirtd.rpc import _generated as P
 
 if TYPE_CHECKING:
     from pyvirtd.storage.pool import Pool
+    from pyvirtd.xml.encryption import Encryption
     from pyvirtd.xml.storage import VolumeDef
 
 # virStorageVolType
@@ -65,6 +66,7 @@ class Volume:
     # (atime, mtime, ctime) as (seconds, nanoseconds)
     times: tuple[tuple[int, int], ...] = ()
     backing: "Volume | None" = None
+    encryption: "Encryption | None" = None     # how the image is encrypted (refresh finds it)
     building: bool = False          # being created: not usable yet
     extra: dict[str, Any] = field(default_factory=dict)
 

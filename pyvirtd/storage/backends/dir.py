@@ -15,17 +15,19 @@ import ctypes
 import errno
 import os
 import stat as stmod
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from pyvirtd.errors import VirError
 from pyvirtd.names import check_name, name_path
 from pyvirtd.rpc import _generated as P
-from pyvirtd.storage import tools
+from pyvirtd.storage import luks, tools
 from pyvirtd.storage.backends.base import (VOL_DIR, VOL_FILE, Backend, PoolScan, Volume,
                                            no_support)
 
 if TYPE_CHECKING:
     from pyvirtd.storage.pool import Pool
+    from pyvirtd.xml.encryption import Encryption
     from pyvirtd.xml.storage import VolumeDef
 
 _FROM = P.VIR_FROM_STORAGE
@@ -55,7 +57,7 @@ _SCRUB = {1: "nnsa", 2: "dod", 3: "bsi", 4: "gutmann", 5: "schneier", 6: "pfitzn
 # (virStorageFileProbeFormat trusts the same few bytes).
 _MAGICS = ((0, b"QFI\xfb", "qcow2"), (0, b"QED\x00", "qed"), (0, b"KDMV", "vmdk"),
            (0, b"conectix", "vpc"), (64, b"\x7f\x10\xda\xbe", "vdi"), (0, b"WithoutFreSpacExt", "ploop"),
-           (0, b"OOOM", "cow"))
+           (0, b"OOOM", "cow"), (0, b"LUKS\xba\xbe", "luks"))
 _PROBE_BYTES = 512
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -164,6 +166,9 @@ async def describe(pool: "Pool", vol: Volume, fmt: str) -> Volume:
         return vol          # unreadable header: report it as the file it is
     vol.format = info.get("format", fmt)
     vol.capacity = int(info.get("virtual-size", vol.capacity))
+    vol.encryption = luks.probed(info)
+    if vol.format == "luks":        # a LUKS container: libvirt's raw volume, encrypted
+        vol.format = "raw"
     backing = info.get("full-backing-filename") or info.get("backing-filename")
     if backing:
         if not os.path.isabs(backing):
@@ -177,6 +182,10 @@ async def describe(pool: "Pool", vol: Volume, fmt: str) -> Volume:
 
 class DirBackend(Backend):
     type = "dir"
+    #: the daemon's secret subsystem, when it has one (LUKS volumes; set by the subsystem)
+    secrets: Callable[[], Any] = staticmethod(lambda: None)
+    #: where qemu-img's passphrase files are kept while it runs (set by the subsystem)
+    secret_dir: Path = Path("/nonexistent")
 
     # ------------------------------------------------------------ pool lifecycle
     async def check(self, pool: "Pool") -> bool:
@@ -240,7 +249,7 @@ class DirBackend(Backend):
         fmt = vol.format
         if fmt == "dir":
             await pool.io(self._create_dir, vol)
-        elif fmt in ("raw", "none") and vol.backing is None:
+        elif fmt in ("raw", "none") and vol.backing is None and voldef.encryption is None:
             await pool.io(self._create_raw, vol, voldef)
         else:
             await self._qemu_img_create(pool, vol, voldef, flags)
@@ -283,16 +292,32 @@ class DirBackend(Backend):
     async def _qemu_img_create(self, pool: "Pool", vol: Volume, voldef: "VolumeDef",
                                flags: int) -> None:
         opts = self._create_options(vol, voldef, flags)
-        argv = [tools.QEMU_IMG, "create", "-f", vol.format]
-        if opts:
-            argv += ["-o", ",".join(opts)]
-        # libvirt passes the capacity in KiB, rounded up
-        argv += [vol.path, f"{(vol.capacity + 1023) // 1024}K"]
-        try:
-            await tools.run(argv)
-        except BaseException:
-            await pool.io(_unlink_quiet, vol.path)
-            raise
+        enc = voldef.encryption
+        value = self._passphrase_for_new(vol, enc) if enc is not None else None
+        argv = [tools.QEMU_IMG, "create", "-f", luks.output_format(vol.format) if enc else vol.format]
+        async with self._secret_files(value) as secret_args:
+            if enc is not None:
+                argv += secret_args
+                opts = luks.create_options(vol.format, enc, _NEW_SECRET) + opts
+            if opts:
+                argv += ["-o", ",".join(opts)]
+            # libvirt passes the capacity in KiB, rounded up
+            argv += [vol.path, f"{(vol.capacity + 1023) // 1024}K"]
+            try:
+                await tools.run(argv)
+            except BaseException:
+                await pool.io(_unlink_quiet, vol.path)
+                raise
+        if enc is not None:     # shown in its XML until the pool is refreshed (as libvirt)
+            vol.extra["encryption"] = enc
+
+    def _passphrase_for_new(self, vol: Volume, enc: "Encryption") -> bytes:
+        luks.check_creatable(vol.format, enc)
+        return enc.passphrase(self.secrets())
+
+    def _secret_files(self, value: bytes | None, alias: str = "") -> Any:
+        """``--object`` arguments for a passphrase kept in a private file meanwhile."""
+        return luks.secret_args(self.secret_dir, value, alias or _NEW_SECRET)
 
     @staticmethod
     def _create_options(vol: Volume, voldef: "VolumeDef", flags: int) -> list[str]:
@@ -335,22 +360,55 @@ class DirBackend(Backend):
         await self._check_new(pool, vol)
         if vol.format == "dir" or source.format == "dir":
             raise no_support("cloning a directory volume")
+        # an encrypted source is decrypted with its own secret, the copy
+        # encrypted with the new volume's (storageBackendCreateQemuImg)
+        secrets = self.secrets()
+        src_enc = luks.known_encryption(source, secrets)
+        src_value = src_enc.passphrase(secrets) if src_enc is not None else None
+        enc = voldef.encryption
+        value = self._passphrase_for_new(vol, enc) if enc is not None else None
         # qemu-img convert keeps holes (it skips zeroed clusters): a sparse
         # source stays sparse in the clone, as libvirt's copy does.
-        argv = [tools.QEMU_IMG, "convert", "-U", "-f", source.format, "-O", vol.format]
-        opts = self._create_options(vol, voldef, flags) if vol.format != "raw" else []
-        if opts:
-            argv += ["-o", ",".join(opts)]
-        argv += [source.path, vol.path]
-        try:
-            await tools.run(argv)
-            if vol.capacity > source.capacity:
-                await tools.run([tools.QEMU_IMG, "resize", "-f", vol.format, vol.path,
-                                 str(vol.capacity)])
-        except BaseException:
-            await pool.io(_unlink_quiet, vol.path)
-            raise
+        async with self._secret_files(src_value, _SOURCE_SECRET) as src_args, \
+                self._secret_files(value) as new_args:
+            argv = [tools.QEMU_IMG, "convert", "-U", *src_args, *new_args]
+            if src_value is not None:
+                argv += ["--image-opts"]
+                src_arg = luks.image_opts(source.path, source.format, _SOURCE_SECRET)
+            else:
+                argv += ["-f", source.format]
+                src_arg = source.path
+            argv += ["-O", luks.output_format(vol.format) if enc else vol.format]
+            opts = self._create_options(vol, voldef, flags) if vol.format != "raw" else []
+            if enc is not None:
+                opts = luks.create_options(vol.format, enc, _NEW_SECRET) + opts
+            if opts:
+                argv += ["-o", ",".join(opts)]
+            argv += [src_arg, vol.path]
+            try:
+                await tools.run(argv)
+                if vol.capacity > source.capacity:
+                    await self._qemu_img_resize(vol, vol.capacity, 0, new_args)
+            except BaseException:
+                await pool.io(_unlink_quiet, vol.path)
+                raise
+        if enc is not None:
+            vol.extra["encryption"] = enc
         await pool.io(self._apply_perms, vol, voldef)
+
+    @staticmethod
+    async def _qemu_img_resize(vol: Volume, capacity: int, flags: int,
+                               secret_args: list[str]) -> None:
+        """qemu-img resize; an encrypted image is opened with the secret of ``secret_args``."""
+        argv = [tools.QEMU_IMG, "resize"]
+        if flags & RESIZE_SHRINK:
+            argv.append("--shrink")
+        if secret_args:
+            argv += [*secret_args, "--image-opts",
+                     luks.image_opts(vol.path, vol.format, _NEW_SECRET)]
+        else:
+            argv += ["-f", vol.format, vol.path]
+        await tools.run([*argv, str(capacity)])
 
     async def refresh_vol(self, pool: "Pool", vol: Volume) -> Volume:
         found = await pool.io(stat_volume, vol.name, vol.path)
@@ -373,16 +431,19 @@ class DirBackend(Backend):
         await pool.io(remove)
 
     async def resize_vol(self, pool: "Pool", vol: Volume, capacity: int, flags: int) -> None:
-        if vol.format == "raw":
+        if vol.format == "raw" and vol.encryption is None:
             await pool.io(self._resize_raw, vol, capacity, flags)
             return
         if flags & RESIZE_ALLOCATE:
             raise VirError(P.VIR_ERR_OPERATION_UNSUPPORTED, domain=_FROM, message=(
                 "preallocate is only supported for raw type volume"))
-        argv = [tools.QEMU_IMG, "resize"]
-        if flags & RESIZE_SHRINK:
-            argv.append("--shrink")
-        await tools.run([*argv, "-f", vol.format, vol.path, str(capacity)])
+        # an encrypted image grows through qemu-img with its secret (the LUKS
+        # header stays in front of the payload); a plain one needs none
+        secrets = self.secrets()
+        enc = luks.known_encryption(vol, secrets)
+        value = enc.passphrase(secrets) if enc is not None else None
+        async with self._secret_files(value) as secret_args:
+            await self._qemu_img_resize(vol, capacity, flags, secret_args)
 
     @staticmethod
     def _resize_raw(vol: Volume, capacity: int, flags: int) -> None:
@@ -427,6 +488,10 @@ class DirBackend(Backend):
             raise system_error(e, f"Failed to truncate volume with path '{vol.path}'") from None
         finally:
             os.close(fd)
+
+
+# the ids of qemu-img's secret objects: the new volume's passphrase, a clone source's
+_NEW_SECRET, _SOURCE_SECRET = "encrypt0", "srcencrypt0"
 
 
 def _unlink_quiet(path: str) -> None:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
+from pyvirtd.driver import Services
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.storage import tools
@@ -112,13 +112,14 @@ def _block_size(devname: str) -> int:
         return int(f.read().strip()) * 512
 
 
-def chap_settings(tree: etree._Element, secrets: Any) -> list[tuple[str, str]]:
+def chap_settings(tree: etree._Element, services: Services) -> list[tuple[str, str]]:
     """The node settings for a pool's ``<source><auth type='chap'>`` (none without one).
 
     As libvirt's virStorageBackendISCSISetAuth: the password is the value of
     the secret the ``<secret usage='...'/>`` (an iscsi usage) or
     ``<secret uuid='...'/>`` names, read by the daemon itself, private or not.
-    ``secrets`` is the daemon's secret subsystem (None: the daemon has none).
+    ``services`` are the daemon's (the secret service is asked only for a pool
+    with CHAP).
     iscsiadm takes settings only as arguments, so the password is briefly on
     its command line, as with libvirt.
     """
@@ -129,9 +130,10 @@ def chap_settings(tree: etree._Element, secrets: Any) -> list[tuple[str, str]]:
         raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, "iscsi pool only supports 'chap' auth type",
                        domain=_FROM)
     secret = auth.find("secret")
-    if secrets is None or secret is None:
+    if secret is None:
         raise VirError(P.VIR_ERR_INTERNAL_ERROR, domain=_FROM, message=(
             "internal error: iscsi 'chap' authentication needs a secret"))
+    secrets = services.secrets
     if secret.get("uuid"):
         value = secrets.value_of_uuid(secret.get("uuid"), "iscsi")
     else:
@@ -144,8 +146,8 @@ def chap_settings(tree: etree._Element, secrets: Any) -> list[tuple[str, str]]:
 class IscsiBackend(Backend):
     type = "iscsi"
 
-    #: the daemon's secret subsystem, when it has one (set by the storage subsystem)
-    secrets: Callable[[], Any] = staticmethod(lambda: None)
+    #: the daemon's services, for CHAP secrets (set by the storage subsystem)
+    services: Services = Services()
 
     # ------------------------------------------------------------ helpers
     @staticmethod
@@ -204,7 +206,7 @@ class IscsiBackend(Backend):
 
     async def start(self, pool: "Pool") -> None:
         portal, iqn = self._target(pool)
-        settings = chap_settings(pool.definition.tree, self.secrets())
+        settings = chap_settings(pool.definition.tree, self.services)
         if await self._session(pool) is None:
             if settings:
                 await self._set_auth(portal, iqn, settings)

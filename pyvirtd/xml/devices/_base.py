@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterable
+from typing import ClassVar, Iterable, Self
 
 from lxml import etree
 
@@ -39,12 +39,15 @@ def not_runnable(detail: str) -> NotRunnable:
 
 
 def enum_attr(elem: etree._Element, name: str, values: Iterable[str], *,
-              what: str, default: str | None = None) -> str | None:
+              what: str, default: str | None = None, missing: str | None = None) -> str | None:
     """An attribute restricted to ``values``; libvirt's "unknown X 'v'" otherwise.
 
-    ``what`` is libvirt's noun for the value (e.g. "disk bus type")."""
+    ``what`` is libvirt's noun for the value (e.g. "disk bus type"); ``missing``,
+    for a required attribute, libvirt's error when it is absent."""
     value = elem.get(name)
     if value is None:
+        if missing is not None:
+            raise xml_error(missing)
         return default
     if value not in values:
         raise xml_error(f"unknown {what} '{value}'")
@@ -186,6 +189,27 @@ class DeviceBase:
         if self.parsed is not None:
             keep_unread(elem, self.parsed, top=True, owned=self._OWNED)
         return elem
+
+
+@dataclass
+class AttributeDevice(DeviceBase):
+    """A device its element's attributes describe alone (<input>, <watchdog>):
+    parsed and written from ``ATTRS``, each attribute (a field of the same
+    name) with its allowed values, libvirt's noun for it and, when required,
+    libvirt's error for its absence."""
+    TAG: ClassVar[str]
+    ATTRS: ClassVar[tuple[tuple[str, tuple[str, ...], str, str | None], ...]]
+
+    @classmethod
+    def parse(cls, elem: etree._Element) -> Self:
+        dev = cls(**{name: enum_attr(elem, name, values, what=what, missing=missing)
+                     for name, values, what, missing in cls.ATTRS})
+        dev._parse_common(elem, ())
+        return dev
+
+    def to_element(self) -> etree._Element:
+        pairs = ((name, getattr(self, name)) for name, *_ in self.ATTRS)
+        return self._format_common(set_attrs(etree.Element(self.TAG), *pairs))
 
 
 def keep_unread(new: etree._Element, parsed: etree._Element, *, top: bool = False,

@@ -28,9 +28,8 @@ class Graphics(DeviceBase):
 
     @classmethod
     def parse(cls, elem: etree._Element) -> "Graphics":
-        if elem.get("type") is None:
-            raise xml_error("missing graphics device type")
-        g = cls(type=enum_attr(elem, "type", TYPES, what="graphics device type"))
+        g = cls(type=enum_attr(elem, "type", TYPES, what="graphics device type",
+                               missing="missing graphics device type"))
         g.port = int_attr(elem, "port", minimum=-1)
         g.tls_port = int_attr(elem, "tlsPort", minimum=-1)
         g.autoport = yesno_attr(elem, "autoport")
@@ -38,9 +37,8 @@ class Graphics(DeviceBase):
         g.passwd = elem.get("passwd")
         g.keymap = elem.get("keymap")
         for lst in elem.findall("listen"):
-            if lst.get("type") is None:
-                raise xml_error("graphics listen type must be specified")
-            enum_attr(lst, "type", LISTEN_TYPES, what="graphics listen type")
+            enum_attr(lst, "type", LISTEN_TYPES, what="graphics listen type",
+                      missing="graphics listen type must be specified")
             g.listens.append(dict(lst.attrib))
         if g.listen is not None and g.listens:
             first = g.listens[0]

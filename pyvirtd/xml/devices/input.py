@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lxml import etree
-
-from pyvirtd.xml.devices._base import DeviceBase, enum_attr, set_attrs, unsupported, xml_error
+from pyvirtd.xml.devices._base import AttributeDevice, unsupported
 
 TYPES = ("mouse", "tablet", "keyboard", "passthrough", "evdev")
 BUSES = ("ps2", "usb", "xen", "parallels", "virtio", "none")
@@ -19,18 +17,13 @@ QEMU_DEVICES = {("tablet", "usb"): "usb-tablet", ("mouse", "usb"): "usb-mouse",
 
 
 @dataclass
-class Input(DeviceBase):
+class Input(AttributeDevice):
     type: str = "mouse"
     bus: str | None = None
 
-    @classmethod
-    def parse(cls, elem: etree._Element) -> "Input":
-        if elem.get("type") is None:
-            raise xml_error("missing input device type")
-        i = cls(type=enum_attr(elem, "type", TYPES, what="input device type"),
-                bus=enum_attr(elem, "bus", BUSES, what="input bus type"))
-        i._parse_common(elem, ())
-        return i
+    TAG = "input"
+    ATTRS = (("type", TYPES, "input device type", "missing input device type"),
+             ("bus", BUSES, "input bus type", None))
 
     def fill_defaults(self, ctx: dict | None = None) -> None:
         """x86 guests: mouse and keyboard on ps2, a tablet on usb (virDomainInputDefPostParse)."""
@@ -42,7 +35,3 @@ class Input(DeviceBase):
             if self.type == "tablet" and self.bus == "ps2":
                 raise unsupported("ps2 bus does not support tablet input device")
             raise unsupported(f"input device '{self.type}' on bus '{self.bus}' is not supported")
-
-    def to_element(self) -> etree._Element:
-        e = set_attrs(etree.Element("input"), ("type", self.type), ("bus", self.bus))
-        return self._format_common(e)

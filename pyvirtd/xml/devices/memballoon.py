@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, set_attrs, sub,
-                                       unsupported, xml_error, yesno, yesno_attr)
+                                       unsupported, yesno, yesno_attr)
 
 MODELS = ("virtio", "xen", "none", "virtio-transitional", "virtio-non-transitional")
 
@@ -20,9 +20,8 @@ class Memballoon(DeviceBase):
 
     @classmethod
     def parse(cls, elem: etree._Element) -> "Memballoon":
-        if elem.get("model") is None:
-            raise xml_error("balloon memory model must be specified")
-        b = cls(model=enum_attr(elem, "model", MODELS, what="memory balloon model"))
+        b = cls(model=enum_attr(elem, "model", MODELS, what="memory balloon model",
+                                missing="balloon memory model must be specified"))
         b.autodeflate = yesno_attr(elem, "autodeflate", onoff=True)
         stats = elem.find("stats")
         if stats is not None:

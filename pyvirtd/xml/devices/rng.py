@@ -26,15 +26,13 @@ class Rng(DeviceBase):
 
     @classmethod
     def parse(cls, elem: etree._Element) -> "Rng":
-        if elem.get("model") is None:
-            raise xml_error("missing RNG device model")
-        r = cls(model=enum_attr(elem, "model", MODELS, what="RNG model"))
+        r = cls(model=enum_attr(elem, "model", MODELS, what="RNG model",
+                                missing="missing RNG device model"))
         be = elem.find("backend")
         if be is None:
             raise xml_error("missing RNG device backend")
-        if be.get("model") is None:
-            raise xml_error("missing RNG device backend model")
-        r.backend = enum_attr(be, "model", BACKENDS, what="RNG backend model")
+        r.backend = enum_attr(be, "model", BACKENDS, what="RNG backend model",
+                              missing="missing RNG device backend model")
         if r.backend == "random":
             r.source = (be.text or "").strip() or None
         elif r.backend == "egd":

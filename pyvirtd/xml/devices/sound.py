@@ -24,13 +24,11 @@ class Sound(DeviceBase):
 
     @classmethod
     def parse(cls, elem: etree._Element) -> "Sound":
-        if elem.get("model") is None:
-            raise xml_error("missing sound model")
-        s = cls(model=enum_attr(elem, "model", MODELS, what="sound model"))
+        s = cls(model=enum_attr(elem, "model", MODELS, what="sound model",
+                                missing="missing sound model"))
         for codec in elem.findall("codec"):
-            if codec.get("type") is None:
-                raise xml_error("missing type for sound codec")
-            s.codecs.append(enum_attr(codec, "type", CODECS, what="sound codec type"))
+            s.codecs.append(enum_attr(codec, "type", CODECS, what="sound codec type",
+                                      missing="missing type for sound codec"))
         audio = elem.find("audio")
         if audio is not None:
             s.audio_id = int_attr(audio, "id", minimum=1)

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_for
+from tests.integration.console_helpers import console_expect
+
 REPO = Path(__file__).resolve().parents[3]
 BUSYBOX = "/bin/busybox"
 
@@ -179,44 +182,6 @@ def lab(tmp_path: Path):
         lab.close()
 
 
-def _console_expect(dom, conn, send: bytes, expect: bytes, timeout: float = 10) -> bytes:
-    """Write to the console through a python-libvirt stream and read until ``expect``."""
-    st = conn.newStream(0)
-    dom.openConsole(None, st, 0)
-    got = bytearray()
-    done = threading.Event()
-
-    def reader() -> None:
-        while not done.is_set():
-            try:
-                data = st.recv(4096)
-            except Exception:
-                return
-            if not isinstance(data, bytes) or not data:
-                return
-            got.extend(data)
-            if expect in got:
-                done.set()
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    st.send(send)
-    done.wait(timeout)
-    # finish ends the session as a console client does (an abort would be
-    # confirmed too, since issue #11)
-    closer = threading.Thread(target=lambda: _quietly(st.finish), daemon=True)
-    closer.start()
-    closer.join(5)
-    return bytes(got)
-
-
-def _quietly(fn) -> None:
-    try:
-        fn()
-    except Exception:
-        pass
-
-
 def test_container_lifecycle_console_enter_memory_limit(lab, tmp_path):
     import libvirt
 
@@ -232,7 +197,7 @@ def test_container_lifecycle_console_enter_memory_limit(lab, tmp_path):
     try:
         dom = conn.lookupByName("c1")
         assert dom.OSType() == "exe"
-        out = _console_expect(dom, conn, b"echo hello-$((6*7)); hostname\n", b"hello-42")
+        out = console_expect(conn, dom, b"echo hello-$((6*7)); hostname\n", b"hello-42")
         assert b"hello-42" in out, out
         # the file written inside shows up in the root on the host
         p = lab.virsh("lxc-enter-namespace", "c1", "/bin/sh", "-c",
@@ -284,6 +249,36 @@ def test_veth_on_bridge_pings_host_side(lab, tmp_path):
     # a transient container is gone, and so is its veth
     assert "c2" not in lab.virsh("list", "--all", "--name").stdout.split()
     assert "veth" not in lab.ns_exec("ip", "-o", "link").stdout
+
+
+def test_veth_on_a_virtual_network(lab, tmp_path):
+    """<interface type='network'>: the network service plugs the veth into the network's
+    bridge; an inactive network refuses the start."""
+    net = tmp_path / "lxcnet.xml"
+    net.write_text("<network><name>lxcnet</name><bridge name='pvlxcbr0' stp='on' delay='0'/>"
+                   "<ip address='10.98.0.1' netmask='255.255.255.0'/></network>")
+    lab.virsh("net-define", str(net))
+    root = make_root(tmp_path / "root4")
+    iface = ("<interface type='network'><source network='lxcnet'/>"
+             "<ip address='10.98.0.2' prefix='24'/><guest dev='eth0'/></interface>")
+    xml = tmp_path / "c4.xml"
+    xml.write_text(container_xml("c4", root, extra=iface))
+    lab.virsh("define", str(xml))
+    p = lab.virsh("start", "c4", check=False)
+    assert p.returncode != 0 and "network 'lxcnet' is not active" in p.stderr
+    lab.virsh("net-start", "lxcnet")
+    lab.virsh("start", "c4")
+    veth = lab.virsh("domiflist", "c4").stdout.strip().splitlines()[-1].split()[0]
+    assert veth.startswith("veth")
+    assert "master pvlxcbr0" in lab.ns_exec("ip", "-o", "link", "show", veth).stdout
+    # a bridge with STP forwards from a new port only after its listening and learning
+    wait_for(lambda: "state forwarding" in lab.ns_exec("bridge", "link", "show", "dev", veth).stdout,
+             what=f"{veth} forwarding on pvlxcbr0")
+    p = lab.virsh("lxc-enter-namespace", "c4", "/bin/sh", "-c", "ping -c 2 -W 2 10.98.0.1")
+    assert "2 packets received" in p.stdout, p.stdout
+    lab.virsh("destroy", "c4")
+    assert "veth" not in lab.ns_exec("ip", "-o", "link").stdout
+    lab.virsh("undefine", "c4")
 
 
 def test_kill9_restart_keeps_container_running_and_controllable(lab, tmp_path):

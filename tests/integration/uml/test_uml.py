@@ -9,112 +9,20 @@ the daemon recorded).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_daemon, stop_daemon
-
-KERNEL = "/usr/bin/linux.uml"
-BUSYBOX = "/bin/busybox"
+from uml_helpers import KERNEL, Lab, console_expect, guest_xml, make_root, wait_for
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists(KERNEL), reason="user-mode-linux not installed"),
     pytest.mark.skipif(not shutil.which("virsh"), reason="virsh not installed"),
     pytest.mark.skipif(os.geteuid() != 0, reason="uml:///system needs a root daemon"),
 ]
-
-INITTAB = """::sysinit:/bin/mount -t proc proc /proc
-::respawn:-/bin/sh
-::ctrlaltdel:/bin/poweroff
-"""
-
-
-def make_root(path: Path) -> Path:
-    """A hostfs root: busybox-static, busybox init whose Ctrl-Alt-Del powers off."""
-    for d in ("bin", "sbin", "etc", "tmp", "proc", "sys", "dev"):
-        (path / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy(BUSYBOX, path / "bin/busybox")
-    for applet in ("sh", "echo", "cat", "mount", "poweroff", "reboot", "halt", "sleep", "sync", "ls", "touch"):
-        (path / "bin" / applet).symlink_to("busybox")
-    (path / "sbin/init").symlink_to("../bin/busybox")
-    (path / "etc/inittab").write_text(INITTAB)
-    return path
-
-
-def guest_xml(name: str, root: Path, *, kernel: str = KERNEL, extra: str = "") -> str:
-    return f"""<domain type='uml'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <os><type>uml</type><kernel>{kernel}</kernel><cmdline>quiet</cmdline></os>
-  <devices>
-    <filesystem type='mount'><source dir='{root}'/><target dir='/'/></filesystem>
-    {extra}
-    <console type='pty'/>
-  </devices>
-</domain>
-"""
-
-
-class Lab:
-    def __init__(self, tmp: Path) -> None:
-        self.root_dir = tmp / "pyvirtd"
-        self.d = start_daemon(self.root_dir)
-        self.uri = self.d.uri("uml:///system")
-
-    def restart(self, *, kill9: bool) -> None:
-        if kill9:
-            self.d.proc.send_signal(signal.SIGKILL)
-            self.d.proc.wait()
-            self.d.sock.unlink(missing_ok=True)
-            self.d.sock_ro.unlink(missing_ok=True)
-        else:
-            stop_daemon(self.d)
-        self.d = start_daemon(self.root_dir)
-
-    def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        p = subprocess.run(["virsh", "-c", self.uri, *args], capture_output=True, text=True,
-                           env=dict(os.environ, LC_ALL="C"), timeout=60)
-        if check and p.returncode != 0:
-            raise AssertionError(f"virsh {args} failed: {p.stderr}\n{self.d.log()}")
-        return p
-
-    def kernel_pids(self) -> list[int]:
-        """The launchers of every guest the daemon recorded, and the kernels
-        (each leads a process group of its own)."""
-        run = self.root_dir / "run" / "uml"
-        if not run.is_dir():
-            return []
-        pids = [json.loads(p.read_text())["pid"] for p in run.glob("*.json")]
-        return pids + [int(p.read_text()) for p in run.glob("*/pid")]
-
-    def kill_all(self, pids: list[int]) -> None:
-        for pid in pids:
-            try:
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def kernels_gone(self, pids: list[int]) -> bool:
-        """No process of these kernels' groups is left (zombies count as gone)."""
-        out = subprocess.run(["ps", "-e", "-o", "pgid=,stat="], capture_output=True,
-                             text=True).stdout.split("\n")
-        groups = set(pids)
-        return not any(int(l.split()[0]) in groups and not l.split()[1].startswith("Z")
-                       for l in out if l.strip())
-
-    def close(self) -> None:
-        pids = self.kernel_pids()
-        stop_daemon(self.d)
-        self.kill_all(pids)
-
 
 @pytest.fixture
 def lab(tmp_path: Path):
@@ -123,54 +31,6 @@ def lab(tmp_path: Path):
         yield lab
     finally:
         lab.close()
-
-
-def console_expect(conn, dom, send: bytes, expect: bytes, timeout: float = 30) -> bytes:
-    """Type into the console through a python-libvirt stream and read until ``expect``."""
-    st = conn.newStream(0)
-    dom.openConsole(None, st, 0)
-    got = bytearray()
-    done = threading.Event()
-
-    def reader() -> None:
-        while not done.is_set():
-            try:
-                data = st.recv(4096)
-            except Exception:
-                return
-            if not isinstance(data, bytes) or not data:
-                return
-            got.extend(data)
-            if expect in got:
-                done.set()
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    # the shell may still be starting: repeat the line until its answer shows
-    deadline = time.monotonic() + timeout
-    while not done.is_set() and time.monotonic() < deadline:
-        st.send(send)
-        done.wait(1)
-    closer = threading.Thread(target=lambda: _quietly(st.finish), daemon=True)
-    closer.start()
-    closer.join(5)
-    return bytes(got)
-
-
-def _quietly(fn) -> None:
-    try:
-        fn()
-    except Exception:
-        pass
-
-
-def wait_for(cond, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return cond()
 
 
 def test_lifecycle_console_suspend_reboot_shutdown(lab, tmp_path):

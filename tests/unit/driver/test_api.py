@@ -14,6 +14,7 @@ import typing
 import pytest
 
 from pyvirtd.driver import api
+from pyvirtd.driver.procedures import DomainProcedures, SuspendResume
 from pyvirtd.drivers.lxc.connection import LxcConnection
 from pyvirtd.drivers.uml.connection import UmlConnection
 from pyvirtd.drivers.qemu import QemuConnection
@@ -58,3 +59,17 @@ def test_local_hypervisors_answer_their_topics(conn: type) -> None:
     missing = [f"{topic.__name__}.{name}" for topic in api.LOCAL_HYPERVISOR
                for name in _methods(topic) if not hasattr(conn, name)]
     assert missing == []
+
+
+@pytest.mark.parametrize("conn", (QemuConnection, LxcConnection, UmlConnection), ids=lambda c: c.__name__)
+def test_the_generic_procedures_never_hide_a_drivers_own(conn: type) -> None:
+    """DomainProcedures is the fallback: a driver mixin that answers a procedure
+    its own way must win, wherever in the class list it stands."""
+    generic = (DomainProcedures, SuspendResume)
+    hidden = []
+    for name in {n for k in generic for n, v in vars(k).items() if inspect.isfunction(v)}:
+        owners = [k for k in conn.__mro__ if name in vars(k)]
+        own = [k for k in owners if k not in generic and not issubclass(DomainProcedures, k)]
+        if own and owners[0] in generic:
+            hidden.append(f"{name}: {owners[0].__name__} before {own[0].__name__}")
+    assert hidden == []

@@ -102,8 +102,8 @@ class ChannelDriver(HypervisorState[ChannelDomain]):
         else:
             self.mark_stopped(dom, run, ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED, hold_event=True)
 
-    async def save_status(self, dom) -> None:
-        pass
+    def status_record(self, dom) -> None:
+        return None             # nothing on disk: MemoryStore keeps no status
 
 
 def _driver(tmp_path: Path, store: MemoryStore) -> ChannelDriver:

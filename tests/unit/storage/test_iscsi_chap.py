@@ -36,7 +36,7 @@ def pool_tree(secret: str = "<secret usage='libvirtiscsi'/>", auth_type: str = "
 async def subsystems(tmp_path):
     ctx = DriverContext(Config(), Paths.for_root(tmp_path), privileged=False)
     shared_subsystems(ctx)
-    secrets = ctx.shared["secret"]
+    secrets = ctx.services.secrets
     ref = await secrets.secret_define_xml(
         f"<secret private='yes'><uuid>{UUID}</uuid><usage type='iscsi'>"
         "<target>libvirtiscsi</target></usage></secret>", 0)
@@ -48,14 +48,15 @@ async def subsystems(tmp_path):
 
 
 async def test_chap_settings_from_a_private_secret(subsystems) -> None:
-    secrets = subsystems.shared["secret"]
+    secrets = subsystems.services.secrets
     expected = [("node.session.auth.authmethod", "CHAP"),
                 ("node.session.auth.username", "alice"),
                 ("node.session.auth.password", "chap-s3cret")]
-    assert chap_settings(pool_tree(), secrets) == expected
-    assert chap_settings(pool_tree(f"<secret uuid='{UUID}'/>"), secrets) == expected
-    # the storage subsystem hands the backend the daemon's secret subsystem
-    assert subsystems.shared["storage"].backends["iscsi"].secrets() is secrets
+    assert chap_settings(pool_tree(), subsystems.services) == expected
+    assert chap_settings(pool_tree(f"<secret uuid='{UUID}'/>"), subsystems.services) == expected
+    # the storage subsystem hands the backend the daemon's services
+    backend = subsystems.services.storage.backends["iscsi"]
+    assert backend.services.secrets is secrets
 
 
 @pytest.mark.parametrize("secret, auth_type, code, message", [
@@ -69,7 +70,7 @@ async def test_chap_settings_from_a_private_secret(subsystems) -> None:
 ])
 async def test_chap_refusals(subsystems, secret, auth_type, code, message) -> None:
     with pytest.raises(VirError) as exc:
-        chap_settings(pool_tree(secret, auth_type), subsystems.shared["secret"])
+        chap_settings(pool_tree(secret, auth_type), subsystems.services)
     assert (exc.value.code, exc.value.message) == (code, message)
 
 
@@ -101,7 +102,7 @@ async def test_start_writes_chap_into_a_new_node_record_then_logs_in(subsystems,
     monkeypatch.setattr(IscsiBackend, "_session", session)
     monkeypatch.setattr(iscsi, "sendtargets", targets)
     monkeypatch.setattr(iscsi.tools, "run", run)
-    backend = subsystems.shared["storage"].backends["iscsi"]
+    backend = subsystems.services.storage.backends["iscsi"]
     await backend.start(SimpleNamespace(definition=SimpleNamespace(tree=pool_tree())))
     update = ("--op", "update", "--name")
     assert calls == [

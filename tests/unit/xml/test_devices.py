@@ -20,7 +20,7 @@ from lxml import etree
 from pyvirtd.drivers.qemu.defaults import DEVICE_DEFAULTS
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
-from pyvirtd.xml import devices
+from pyvirtd.xml import devices, format_libvirt
 from pyvirtd.xml import domain as domxml
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -173,14 +173,14 @@ def _all_device_elements():
 def test_device_roundtrip(elem: etree._Element) -> None:
     """parse(format(x)) == x for each model, with and without defaults."""
     model = devices.parse_device(elem)
-    once = domxml.format_element(model.to_element())
+    once = format_libvirt(model.to_element())
     again = devices.parse_device(model.to_element())
-    assert domxml.format_element(again.to_element()) == once
+    assert format_libvirt(again.to_element()) == once
     assert repr(_plain(again)) == repr(_plain(model))
     model.fill_defaults({"q35": False})
     DEVICE_DEFAULTS.device(model, {"q35": False})
-    filled = domxml.format_element(model.to_element())
-    assert domxml.format_element(devices.parse_device(model.to_element()).to_element()) == filled
+    filled = format_libvirt(model.to_element())
+    assert format_libvirt(devices.parse_device(model.to_element()).to_element()) == filled
 
 
 def _plain(model) -> dict:
@@ -198,8 +198,8 @@ def test_libvirt_layout_is_kept() -> None:
     d = domxml.parse(text)
     for elem in d.devices:
         if elem.tag in devices.MODELS:
-            assert (domxml.format_element(devices.parse_device(elem).to_element())
-                    == domxml.format_element(elem))
+            assert (format_libvirt(devices.parse_device(elem).to_element())
+                    == format_libvirt(elem))
 
 
 def test_generated_mac_is_qemu_prefix() -> None:

@@ -1,11 +1,15 @@
-"""Guest network interfaces of the QEMU driver: taps, macvtaps, network ports, addresses.
+"""Guest network interfaces of local hypervisor drivers: taps, macvtaps, network ports, addresses.
+
+The QEMU driver hands the tap fds to QEMU; the UML driver keeps the taps
+persistent and gives the kernel their names (drivers/uml/nics.py).  Errors
+name the driver that asks (``state.error_domain``).
 
 Starting a guest (qemuProcessStart -> qemuInterfaceBridgeConnect /
 qemuInterfaceDirectConnect):
 
     taps, fds = await plug_all(state, dom, live)
         # for the i-th <interface> of type network: a port on the network
-        # (NetworkSubsystem.create_port, libvirt >= 5.5) says how to plug
+        # (ctx.services.network.create_port, libvirt >= 5.5) says how to plug
         # it: a tap on the network's bridge, or for a macvtap-mode network
         # (forward bridge/vepa/private/passthrough without a bridge) a
         # macvtap on the device of its pool the port got; of type bridge: a
@@ -45,33 +49,25 @@ import copy
 import logging
 import os
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import trio
 from lxml import etree
 
-from pyvirtd import nwfilter
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import networkport as portxml
 
 if TYPE_CHECKING:
-    from .guest import QemuDomain, QemuState
+    from pyvirtd.driver.hypervisor import HypervisorDomain as QemuDomain
+    from pyvirtd.driver.hypervisor import HypervisorState as QemuState
 
 log = logging.getLogger(__name__)
 
 TAP_PATTERN = "vnet%d"
 MACVTAP_PATTERN = "macvtap%d"
 _AUTO_PREFIXES = ("vnet", "macvtap")
-
-
-def _network(state: "QemuState") -> Any:
-    sub = state.ctx.shared.get("network")
-    if sub is None:
-        raise VirError(P.VIR_ERR_NO_SUPPORT, "network subsystem is not available",
-                       domain=P.VIR_FROM_QEMU)
-    return sub
 
 
 def _attachment(iface: etree._Element) -> tuple[str, str] | None:
@@ -100,7 +96,7 @@ def _check_mac_unique(state: "QemuState", dom: "QemuDomain", where: tuple[str, s
                 kind, name = where
                 raise VirError(P.VIR_ERR_OPERATION_INVALID,
                                f"MAC address '{mac}' is already in use on {kind} '{name}' "
-                               f"by domain '{other.name}'", domain=P.VIR_FROM_QEMU)
+                               f"by domain '{other.name}'", domain=state.error_domain)
 
 
 def _tap_name(iface: etree._Element) -> str:
@@ -144,7 +140,7 @@ async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
     mtu_elem = iface.find("mtu")
     mtu = int(mtu_elem.get("size")) if mtu_elem is not None else None
     if kind == "ethernet" and state.confinement.switches_user:
-        return await _open_ethernet(iface, mac, mtu)
+        return await _open_ethernet(iface, mac, mtu, state.error_domain)
     if where is None and kind != "direct":
         return None
     if kind == "direct":
@@ -154,12 +150,13 @@ async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
     _check_mac_unique(state, dom, where, mac)
     bridge = where[1]
     if where[0] == "network":
-        port = await _network(state).create_port(where[1], _port_request(live, iface))
+        port = await state.ctx.services.network.create_port(where[1],
+                                                           _port_request(live, iface))
         _show_port(iface, port)   # portid first: a failure below releases it
         if port.plug_type == "hostdev-pci":
             raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                            f"Unsupported network type hostdev-pci of network '{where[1]}'",
-                           domain=P.VIR_FROM_QEMU)
+                           domain=state.error_domain)
         if port.plug_type == "direct":
             iface.set("type", "direct")   # the live XML shows the actual type, as libvirt's
             tap, fd = await _open_macvtap(state, iface, port.plug.get("dev"),
@@ -174,18 +171,18 @@ async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
     except OSError as exc:
         raise VirError(P.VIR_ERR_SYSTEM_ERROR,
                        f"Unable to add bridge {bridge} port {_tap_name(iface)}: "
-                       f"{exc.strerror or exc}", domain=P.VIR_FROM_QEMU) from None
+                       f"{exc.strerror or exc}", domain=state.error_domain) from None
     made = _show_target(iface, tap, mac, fd)
     try:
-        await nwfilter.bind_interface(state.ctx, live.name, live.uuid, iface, tap)
+        await state.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface, tap)
     except BaseException:
         os.close(fd)
         raise
     return made
 
 
-async def _open_ethernet(iface: etree._Element, mac: str, mtu: int | None
-                         ) -> tuple[str, str, int]:
+async def _open_ethernet(iface: etree._Element, mac: str, mtu: int | None,
+                         error_domain: int) -> tuple[str, str, int]:
     """The tap of an <interface type='ethernet'> for a confined QEMU, which may
     neither open /dev/net/tun nor attach a tap: the daemon opens (or makes) it
     and QEMU gets the fd, as libvirt does.  It is never deleted here: one we
@@ -198,7 +195,7 @@ async def _open_ethernet(iface: etree._Element, mac: str, mtu: int | None
     except OSError as exc:
         raise VirError(P.VIR_ERR_SYSTEM_ERROR,
                        f"Unable to create tap device {name}: {exc.strerror or exc}",
-                       domain=P.VIR_FROM_QEMU) from None
+                       domain=error_domain) from None
     if target is None:
         _show_target(iface, tap, mac, fd)
     else:
@@ -284,9 +281,6 @@ async def reclaim_ports(state: "QemuState", live: domxml.DomainDef) -> None:
     """After a daemon restart, make sure the network still knows each port the guest
     holds (libvirt's virDomainNetNotifyActualDevice: a port lost with a restarted
     network is created again, as plugged, with VIR_NETWORK_PORT_CREATE_RECLAIM)."""
-    sub = state.ctx.shared.get("network")
-    if sub is None:
-        return
     for iface in live.devices_of("interface"):
         src = iface.find("source")
         if src is None or not src.get("network") or not src.get("portid"):
@@ -301,7 +295,7 @@ async def reclaim_ports(state: "QemuState", live: domxml.DomainDef) -> None:
             port.plug = etree.Element("plug", type="bridge" if kind == "bridge" else "network",
                                       bridge=src.get("bridge", ""))
         try:
-            await sub.create_port(src.get("network"), port, reclaim=True)
+            await state.ctx.services.network.create_port(src.get("network"), port, reclaim=True)
         except VirError as exc:
             log.warning("%s: port %s of network %s not reclaimed: %s", live.name,
                         src.get("portid"), src.get("network"), exc.message)
@@ -374,7 +368,7 @@ async def unplug_all(state: "QemuState", taps: list[tuple[str, str]],
     from pyvirtd.network import netlink
 
     for tap, mac in taps:
-        await nwfilter.unbind_interface(state.ctx, tap)
+        await state.ctx.services.nwfilter.unbind_interface(tap)
         try:
             if await trio.to_thread.run_sync(_is_macvtap, tap):
                 await trio.to_thread.run_sync(netlink.delete_macvtap, tap, mac, saved_macs(state))
@@ -382,10 +376,9 @@ async def unplug_all(state: "QemuState", taps: list[tuple[str, str]],
                 await trio.to_thread.run_sync(_delete_own_tap, tap, mac)
         except Exception:
             log.exception("removing tap %s", tap)
-    sub = state.ctx.shared.get("network")
-    for net_name, port_uuid in ports(ifaces) if sub is not None else ():
+    for net_name, port_uuid in ports(ifaces):
         try:
-            await sub.delete_port(net_name, port_uuid)
+            await state.ctx.services.network.delete_port(net_name, port_uuid)
         except Exception:
             log.exception("releasing port of network %s", net_name)
 
@@ -417,21 +410,19 @@ def arp_addresses(dom: "QemuDomain", arp_table: str) -> list:
 
 def interface_addresses(state: "QemuState", dom: "QemuDomain") -> list:
     """remote_domain_interface list from the networks' DHCP leases (source lease)."""
-    sub = state.ctx.shared.get("network")
     out = []
     for iface in dom.definition.devices_of("interface"):
         where = _attachment(iface)
-        if where is None or where[0] != "network" or sub is None:
+        if where is None or where[0] != "network":
             continue
         mac = _mac(iface)
         try:
-            ref = sub.network_lookup_by_name(where[1])
-            leases, _n = sub.network_get_dhcp_leases(ref, mac, 1, 0)
+            leases = state.ctx.services.network.dhcp_leases(where[1], mac)
         except VirError:
             continue
         if not leases:
             continue   # libvirt lists only the interfaces that have a lease
-        addrs = [P.remote_domain_ip_addr(l.type, l.ipaddr, l.prefix) for l in leases]
+        addrs = [P.remote_domain_ip_addr(l.type, l.ip, l.prefix) for l in leases]
         target = iface.find("target")
         name = target.get("dev") if target is not None and target.get("dev") else "-"
         out.append(P.remote_domain_interface(name, mac, addrs))
