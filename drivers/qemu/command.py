@@ -118,7 +118,7 @@ def assign_aliases(defn) -> None:
     counters: dict[str, int] = {}
     out = []
     devs = devmod.parse_devices(defn)
-    memory.assign_slots([d for d in devs if isinstance(d, Memory)])
+    memory.assign_slots([d for d in devs if isinstance(d, Memory) and d.model == "dimm"])
     for dev in devs:
         if isinstance(dev, etree._Element):
             out.append(dev)
@@ -208,6 +208,7 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     _controllers(b, [d for d in devs if isinstance(d, Controller)])
     _disks(b, [d for d in devs if isinstance(d, Disk)], resolve_volume, disk_secrets)
     filesystems.filesystem_args(b, dict(fs_sockets or {}))
+    memory.virtio_mem_args(b)
     _interfaces(b, [d for d in devs if isinstance(d, Interface)], tap_fds or {})
     _chardevs(b, [d for d in devs if isinstance(d, Chardev)], channel_dir)
     for dev in devs:

@@ -45,8 +45,12 @@ def device_alias(dev, counters: dict[str, int], q35: bool) -> str:
             return f"{dev.bus}{ctl}-{bus}-{unit}"
         prefix = {"virtio": "virtio-disk", "usb": "usb-disk"}.get(dev.bus, dev.bus)
         return f"{prefix}{dev.index}"
-    if isinstance(dev, Memory) and dev.address is not None and "slot" in dev.address.attrs:
+    if isinstance(dev, Memory) and dev.address is not None and dev.address.type == "dimm":
         return f"dimm{dev.address.int('slot')}"      # by slot (qemuAssignDeviceMemoryAlias)
+    if isinstance(dev, Memory) and dev.model == "virtio-mem":
+        n = counters.get("virtiomem", 0)
+        counters["virtiomem"] = n + 1
+        return f"virtiomem{n}"
     if isinstance(dev, Controller):
         if dev.type == "sata" and dev.index == 0 and q35:
             return "ide"

@@ -50,8 +50,13 @@ def max_memory(defn) -> tuple[int, int] | None:
     return parse_memory(elem, "./maxMemory[1]"), int(elem.get("slots") or 0)
 
 
-def dimms(defn) -> list[Memory]:
+def memory_devices(defn) -> list[Memory]:
     return [d for d in devmod.parse_devices(defn) if isinstance(d, Memory)]
+
+
+def dimms(defn) -> list[Memory]:
+    """The memory devices that take a slot."""
+    return [m for m in memory_devices(defn) if m.model == "dimm"]
 
 
 def fill_defaults(defn) -> None:
@@ -59,8 +64,9 @@ def fill_defaults(defn) -> None:
     plus the memory devices'; refused when memory devices need more than <memory> has."""
     at = [i for i, e in enumerate(defn.devices) if getattr(e, "tag", None) == "memory"]
     mems = [Memory.parse(defn.devices[i]) for i in at]
-    if mems and max_memory(defn) is not None:
-        assign_slots(mems)
+    limit = max_memory(defn)
+    if mems and limit is not None:
+        assign_slots([m for m in mems if m.model == "dimm"], limit[1])
         for i, mem in zip(at, mems):
             defn.devices[i] = mem.to_element()
     plugged = sum(m.size for m in mems)
@@ -77,7 +83,7 @@ def fill_defaults(defn) -> None:
 
 def validate_hotplug(defn) -> None:
     """libvirt's define-time checks of memory hotplug (qemuValidateDomainDefMemory)."""
-    mems = dimms(defn)
+    mems = memory_devices(defn)
     limit = max_memory(defn)
     if limit is None:
         if mems:
@@ -91,14 +97,19 @@ def validate_hotplug(defn) -> None:
     if slots == 0:
         raise unsupported("memory hotplug requires at least one memory slot")
     if len(mems) > slots:
-        raise unsupported(f"Count of memory devices requiring memory slots '{len(mems)}' "
-                          f"exceeds slots count '{slots}'")
+        raise unsupported(f"memory device count '{len(mems)}' exceeds slots count '{slots}'")
     if defn.memory > maximum:
-        raise unsupported("Attached memory devices exceed the maximum memory of the domain")
+        raise VirError(P.VIR_ERR_XML_ERROR, "maximum memory size must be equal or greater than "
+                       "the actual memory size", domain=P.VIR_FROM_DOMAIN)
     for m in mems:
         if m.node is not None and m.node >= len(cells(defn)):
-            raise unsupported(f"can't add memory backend for guest node '{m.node}' as the "
-                              f"guest has only '{len(cells(defn))}' NUMA nodes configured")
+            raise _node_missing(m.node, len(cells(defn)))
+
+
+def _node_missing(node: int, count: int) -> VirError:
+    return VirError(P.VIR_ERR_XML_DETAIL, f"can't add memory backend for guest node '{node}' "
+                    f"as the guest has only '{count}' NUMA nodes configured",
+                    domain=P.VIR_FROM_DOMAIN)
 
 
 def _cpus(spec: str) -> list[str]:
@@ -140,7 +151,8 @@ def size_args(b: ArgvBuilder) -> None:
 
 
 def numa_args(b: ArgvBuilder) -> None:
-    """The NUMA nodes and their memory backends, then the DIMMs."""
+    """The NUMA nodes and their memory backends, then the DIMMs (virtio_mem_args
+    comes later: its devices sit on PCI buses)."""
     for n, cell in enumerate(cells(b.defn)):
         node = int(cell.get("id", n))
         shared = (cell.get("memAccess") or ("shared" if shared_default(b.defn) else None)) \
@@ -165,24 +177,31 @@ def numa_args(b: ArgvBuilder) -> None:
                                else None)))
 
 
-def assign_slots(mems: list[Memory]) -> None:
-    """The live definition's <address type='dimm' slot=N/>: the next free slot each."""
+def assign_slots(mems: list[Memory], slots: int | None = None) -> None:
+    """<address type='dimm' slot=N/> for each DIMM: the next free slot (below
+    ``slots`` when given, else libvirt's internal error)."""
     used = {m.address.int("slot") for m in mems if m.address is not None}
     slot = 0
     for mem in mems:
         if mem.address is None:
             while slot in used:
                 slot += 1
+            if slots is not None and slot >= slots:
+                raise _no_slot()
             mem.address = devmod.Address("dimm", {"slot": str(slot)})
             used.add(slot)
+
+
+def _no_slot() -> VirError:
+    return VirError(P.VIR_ERR_INTERNAL_ERROR, "failed to find an empty memory slot",
+                    domain=P.VIR_FROM_QEMU)
 
 
 def _free_slot(mems: list[Memory], slots: int) -> int:
     used = {m.address.int("slot") for m in mems if m.address is not None}
     free = next((s for s in range(slots) if s not in used), None)
     if free is None:
-        raise unsupported(f"Count of memory devices requiring memory slots '{len(mems) + 1}' "
-                          f"exceeds slots count '{slots}'")
+        raise _no_slot()
     return free
 
 
@@ -194,17 +213,21 @@ async def attach_live(dom, elem: etree._Element) -> str:
     mem = Memory.parse(elem)
     mem.fill_defaults()
     mem.validate()
+    if mem.model != "dimm":
+        raise VirError(P.VIR_ERR_OPERATION_UNSUPPORTED,
+                       f"live attach of memory model '{mem.model}' is not supported",
+                       domain=P.VIR_FROM_QEMU)
     limit = max_memory(live)
     if limit is None:
         raise unsupported("cannot use/hotplug a memory device when domain 'maxMemory' is not "
                           "defined")
     numa = cells(live)
     if mem.node is not None and mem.node >= len(numa):
-        raise unsupported(f"can't add memory backend for guest node '{mem.node}' as the guest "
-                          f"has only '{len(numa)}' NUMA nodes configured")
+        raise _node_missing(mem.node, len(numa))
     size = _align(mem.size, DIMM_ALIGN_KIB)
     if live.memory + size > limit[0]:
-        raise unsupported("Attached memory devices exceed the maximum memory of the domain")
+        raise unsupported(f"Attaching memory device with size '{size}KiB' would exceed "
+                          f"domain's maxMemory config size '{limit[0]}KiB'")
     slot = _free_slot(dimms(live), limit[1])
     alias = f"dimm{slot}"
     mon = dom.monitor
@@ -241,3 +264,16 @@ def attach_config(defn, elem: etree._Element) -> None:
     defn.devices.insert(same[-1] + 1 if same else len(defn.devices), mem.to_element())
     fill_defaults(defn)
     validate_hotplug(defn)
+
+
+def virtio_mem_args(b: ArgvBuilder) -> None:
+    """virtio-mem devices, with their backends: PCI devices, after the controllers."""
+    for mem in memory_devices(b.defn):
+        if mem.model == "virtio-mem":
+            alias = b.alias(mem)
+            b.add("-object", opts("memory-backend-ram", ("id", f"mem{alias}"), ("reserve", False),
+                                  ("size", mem.size * 1024)))
+            b.add("-device", opts("virtio-mem-pci", ("node", mem.node),
+                                  ("block-size", mem.block * 1024),
+                                  ("requested-size", mem.requested * 1024),
+                                  ("memdev", f"mem{alias}"), ("id", alias), *b.pci(mem)))

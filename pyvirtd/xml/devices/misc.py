@@ -12,8 +12,15 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
 from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, not_runnable, unsupported,
                                        xml_error)
+
+def xml_detail(detail: str) -> VirError:
+    """libvirt's VIR_ERR_XML_DETAIL: the message alone, no prefix."""
+    return VirError(P.VIR_ERR_XML_DETAIL, detail, domain=P.VIR_FROM_DOMAIN)
+
 
 # units of <shmem><size unit=...> (libvirt's scaled integers)
 _UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024 ** 2,
@@ -325,14 +332,27 @@ class Memory(_Kept):
         target = self.child("target")
         return target.find(tag) if target is not None else None
 
+    def _kib(self, tag: str) -> int:
+        elem = self._target(tag)
+        if elem is None:
+            return 0
+        return int((elem.text or "0").strip()) * _UNITS[(elem.get("unit") or "kib").lower()] \
+            // 1024
+
     @property
     def size(self) -> int:
         """The size in KiB."""
-        size = self._target("size")
-        if size is None:
-            return 0
-        return int((size.text or "0").strip()) * _UNITS[(size.get("unit") or "kib").lower()] \
-            // 1024
+        return self._kib("size")
+
+    @property
+    def block(self) -> int:
+        """virtio-mem: the block size in KiB."""
+        return self._kib("block")
+
+    @property
+    def requested(self) -> int:
+        """virtio-mem: how much of it the guest is asked to use, in KiB."""
+        return self._kib("requested")
 
     @property
     def node(self) -> int | None:
@@ -347,11 +367,12 @@ class Memory(_Kept):
         target = elem.find("target")
         if target is None:
             raise xml_error("missing memory target")
-        size = target.find("size")
-        if size is not None and (not (size.text or "").strip().isdigit()
-                                 or (size.get("unit") or "kib").lower() not in _UNITS):
-            raise xml_error("malformed memory size")
-        if elem.get("model") in ("dimm", "nvdimm", "virtio-mem") and size is None:
+        for tag in ("size", "block", "requested"):
+            value = target.find(tag)
+            if value is not None and (not (value.text or "").strip().isdigit()
+                                      or (value.get("unit") or "kib").lower() not in _UNITS):
+                raise xml_error(f"malformed memory {tag}")
+        if elem.get("model") in ("dimm", "nvdimm", "virtio-mem") and target.find("size") is None:
             raise xml_error("missing memory size")
         node = target.find("node")
         if node is not None and not (node.text or "").strip().isdigit():
@@ -361,18 +382,28 @@ class Memory(_Kept):
         return m
 
     def fill_defaults(self, ctx: dict | None = None) -> None:
-        size = self._target("size")
-        if size is not None:           # libvirt keeps sizes in KiB
-            kib = self.size
-            size.attrib.clear()
-            size.set("unit", "KiB")
-            size.text = str(kib)
+        for tag in ("size", "block", "requested"):    # libvirt keeps sizes in KiB
+            elem = self._target(tag)
+            if elem is not None:
+                kib = self._kib(tag)
+                elem.attrib.clear()
+                elem.set("unit", "KiB")
+                elem.text = str(kib)
 
     def validate(self) -> None:
-        if self.model != "dimm":
+        if self.model not in ("dimm", "virtio-mem"):
             raise not_runnable(f"memory device model '{self.model}' is not supported")
-        if self.address is not None and self.address.type != "dimm":
+        if self.model == "dimm" and self.address is not None and self.address.type != "dimm":
             raise unsupported("only 'dimm' addresses are supported for the pc-dimm device")
+        if self.model == "virtio-mem":      # libvirt's words (virDomainMemoryDefValidate)
+            block, requested = self.block, self.requested
+            if block == 0 or block & (block - 1):
+                raise xml_detail("block size must be a power of two")
+            if requested % block:
+                raise xml_detail("requested size must be an integer multiple of block size")
+            if requested > self.size:
+                raise xml_detail(f"requested size must be smaller than or equal to @size "
+                                 f"({self.size}KiB)")
 
 
 @dataclass(eq=False)

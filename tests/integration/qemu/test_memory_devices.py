@@ -28,6 +28,9 @@ GUEST = """<domain type='{virt}'>
 NUMA = ("<numa><cell id='0' cpus='0' memory='64' unit='MiB'/>"
         "<cell id='1' cpus='1' memory='64' unit='MiB'/></numa>")
 MAX = "<maxMemory slots='4' unit='MiB'>1024</maxMemory>"
+VMEM = ("<memory model='virtio-mem'><target><size unit='MiB'>{size}</size><node>0</node>"
+        "<block unit='KiB'>{block}</block><requested unit='KiB'>{requested}</requested>"
+        "</target></memory>")
 DIMM = ("<memory model='dimm'><target><size unit='MiB'>{size}</size><node>{node}</node>"
         "</target></memory>")
 
@@ -68,6 +71,25 @@ def test_dimms_in_numa_nodes_run(daemon, tmp_path):
         virsh(uri, f"destroy {name}; undefine {name}")
 
 
+def test_virtio_mem_runs(daemon, tmp_path):
+    uri = qemu_uri(daemon)
+    name = "dk-vmem"
+    ok(uri, "define " + _write(tmp_path, name, devices=VMEM.format(size=256, block=2048,
+                                                                    requested=131072)))
+    try:
+        assert "<memory unit='KiB'>393216</memory>" in ok(uri, f"dumpxml --inactive {name}")
+        ok(uri, f"start {name}")
+        out = ok(uri, f"qemu-monitor-command {name} '{{\"execute\":\"query-memory-devices\"}}'")
+        [dev] = json.loads(out)["return"]
+        assert dev["type"] == "virtio-mem"
+        data = dev["data"]
+        assert (data["id"], data["max-size"], data["block-size"], data["requested-size"],
+                data["node"]) == ("virtiomem0", 256 << 20, 2 << 20, 128 << 20, 0)
+        assert "<alias name='virtiomem0'/>" in ok(uri, f"dumpxml {name}")
+    finally:
+        virsh(uri, f"destroy {name}; undefine {name}")
+
+
 def test_dimm_hotplug(daemon, tmp_path):
     uri = qemu_uri(daemon)
     name = "dk-dimm-hot"
@@ -91,7 +113,7 @@ def test_dimm_hotplug(daemon, tmp_path):
         big = tmp_path / "big.xml"
         big.write_text(DIMM.format(size=768, node=0))      # 512 MiB + 768 > 1 GiB
         r = virsh(uri, f"attach-device {name} {big} --live")
-        assert r.rc != 0 and "exceed the maximum memory" in r.err
+        assert r.rc != 0 and "would exceed domain's maxMemory config size" in r.err
     finally:
         virsh(uri, f"destroy {name}; undefine {name}")
 
@@ -101,10 +123,19 @@ def test_dimm_hotplug(daemon, tmp_path):
      "cannot use/hotplug a memory device when domain 'maxMemory' is not defined"),
     (MAX, "", "", "At least one numa node has to be configured when enabling memory hotplug"),
     ("<maxMemory slots='1' unit='MiB'>1024</maxMemory>", NUMA,
-     DIMM.format(size=128, node=0) * 2,
-     "Count of memory devices requiring memory slots '2' exceeds slots count '1'"),
+     DIMM.format(size=128, node=0) * 2, "failed to find an empty memory slot"),
+    ("<maxMemory slots='1' unit='MiB'>1024</maxMemory>", NUMA,
+     DIMM.format(size=128, node=0) + VMEM.format(size=128, block=2048, requested=0),
+     "memory device count '2' exceeds slots count '1'"),
     (MAX, NUMA, DIMM.format(size=1024, node=0),
-     "Attached memory devices exceed the maximum memory of the domain"),
+     "maximum memory size must be equal or greater than the actual memory size"),
+    (MAX, NUMA, DIMM.format(size=128, node=2),
+     "can't add memory backend for guest node '2' as the guest has only '2' NUMA nodes "
+     "configured"),
+    (MAX, NUMA, VMEM.format(size=128, block=3000, requested=0),
+     "block size must be a power of two"),
+    (MAX, NUMA, VMEM.format(size=128, block=2048, requested=3000),
+     "requested size must be an integer multiple of block size"),
 ])
 def test_memory_hotplug_configurations_libvirt_refuses(daemon, tmp_path, max_memory, numa,
                                                        devices, message):
