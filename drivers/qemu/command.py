@@ -226,6 +226,7 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     for dev in devs:
         if isinstance(dev, Hub):
             b.add(*devices_extra.hub_args(b, dev))
+    devices_extra.smartcard_args(b, devs, lambda dev, chr_id: _chardev_backend(dev, chr_id, None))
     for dev in devs:
         if isinstance(dev, Redirdev):
             _redirdev(b, dev)

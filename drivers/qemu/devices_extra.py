@@ -1,5 +1,6 @@
 """QEMU command-line pieces for the smaller device kinds: <panic>, <vsock>, <iommu>, <hub>,
-<shmem>, and the vhost-vsock fd a guest's vsock device needs (qemuBuild*CommandLine).
+<shmem>, <smartcard> with its CCID controller, and the vhost-vsock fd a guest's
+vsock device needs (qemuBuild*CommandLine).
 
 Each ``*_args`` returns the arguments for one device; ``b`` is command.py's
 builder (a devprops.Placement with ``add``).  Options are QEMU 7.2's.
@@ -15,7 +16,7 @@ import struct
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
-from pyvirtd.xml.devices import Hub, Iommu, Panic, Shmem, Vsock
+from pyvirtd.xml.devices import Chardev, Controller, Hub, Iommu, Panic, Shmem, Smartcard, Vsock
 
 from .devprops import ArgvBuilder, opts, unsupported
 
@@ -45,6 +46,29 @@ def panic_args(b: ArgvBuilder, dev: Panic) -> list[str]:
 
 def hub_args(b: ArgvBuilder, dev: Hub) -> list[str]:
     return ["-device", opts("usb-hub", ("id", b.alias(dev)), *b.usb(dev))]
+
+
+def smartcard_args(b: ArgvBuilder, devs: list, chardev_backend) -> None:
+    """The CCID controllers (usb-ccid, after the USB controllers) and the cards in
+    their slots; ``chardev_backend(dev, id)`` is command.py's -chardev builder."""
+    for c in devs:
+        if isinstance(c, Controller) and c.type == "ccid":
+            b.add("-device", opts("usb-ccid", ("id", b.alias(c)), *b.usb(c)))
+    for card in devs:
+        if not isinstance(card, Smartcard):
+            continue
+        alias = b.alias(card)
+        a = card.address
+        ctl = a.int("controller") if a is not None else 0
+        if card.chardev_type == "spicevmc":          # the SPICE channel for smartcards
+            backend = opts("spicevmc", ("id", f"char{alias}"), ("name", "smartcard"))
+        else:
+            chr_dev = Chardev(kind="smartcard", type=card.chardev_type, sources=card.sources,
+                              protocol=card.protocol)
+            backend = chardev_backend(chr_dev, f"char{alias}")
+        b.add("-chardev", backend)
+        b.add("-device", opts("ccid-card-passthru", ("chardev", f"char{alias}"), ("id", alias),
+                              ("bus", f"ccid{ctl}.0")))
 
 
 def shmem_path(dev: Shmem) -> str:

@@ -17,7 +17,7 @@ from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.devices import (Chardev, Controller, Disk, Filesystem, Graphics, Hub, Input,
                                  Interface, Iommu, Memballoon, Memory, Redirdev, Rng, Shmem,
-                                 Sound, Tpm, Video, Vsock, Watchdog)
+                                 Smartcard, Sound, Tpm, Video, Vsock, Watchdog)
 from pyvirtd.xml.platform import Platform, platform
 
 # libvirt's SCSI controller models -> QEMU device (qemuBuildControllerSCSIDevStr)
@@ -60,7 +60,8 @@ def device_alias(dev, counters: dict[str, int], q35: bool) -> str:
     kind = {Interface: "net", Input: "input", Video: "video", Memballoon: "balloon",
             Rng: "rng", Watchdog: "watchdog", Graphics: "graphics", Sound: "sound",
             Redirdev: "redir", Hub: "hub", Shmem: "shmem", Vsock: "vsock",
-            Iommu: "iommu", Tpm: "tpm", Memory: "dimm", Filesystem: "fs"}.get(type(dev))
+            Iommu: "iommu", Tpm: "tpm", Memory: "dimm", Filesystem: "fs",
+            Smartcard: "smartcard"}.get(type(dev))
     if isinstance(dev, Chardev):
         kind = dev.kind
         if kind == "console" and dev.target_type in (None, "serial"):

@@ -180,16 +180,10 @@ def numa_args(b: ArgvBuilder) -> None:
 def assign_slots(mems: list[Memory], slots: int | None = None) -> None:
     """<address type='dimm' slot=N/> for each DIMM: the next free slot (below
     ``slots`` when given, else libvirt's internal error)."""
-    used = {m.address.int("slot") for m in mems if m.address is not None}
-    slot = 0
-    for mem in mems:
-        if mem.address is None:
-            while slot in used:
-                slot += 1
-            if slots is not None and slot >= slots:
-                raise _no_slot()
-            mem.address = devmod.Address("dimm", {"slot": str(slot)})
-            used.add(slot)
+    for mem, slot in list(devmod.free_slots(mems)):
+        if slots is not None and slot >= slots:
+            raise _no_slot()
+        mem.address = devmod.Address("dimm", {"slot": str(slot)})
 
 
 def _no_slot() -> VirError:

@@ -26,8 +26,8 @@ from pyvirtd.xml.devices.graphics import Graphics
 from pyvirtd.xml.devices.input import Input
 from pyvirtd.xml.devices.interface import Interface
 from pyvirtd.xml.devices.memballoon import Memballoon
-from pyvirtd.xml.devices.misc import (Filesystem, Hub, Iommu, Memory, Panic, Shmem, Tpm,
-                                      Vsock)
+from pyvirtd.xml.devices.misc import (Filesystem, Hub, Iommu, Memory, Panic, Shmem, Smartcard,
+                                      Tpm, Vsock)
 from pyvirtd.xml.devices.redirdev import Redirdev
 from pyvirtd.xml.devices.rng import Rng
 from pyvirtd.xml.devices.sound import Sound
@@ -40,17 +40,17 @@ MODELS = {"disk": Disk, "controller": Controller, "interface": Interface, "seria
           "video": Video, "memballoon": Memballoon, "rng": Rng, "watchdog": Watchdog,
           "sound": Sound, "redirdev": Redirdev, "audio": Audio, "parallel": Chardev,
           "panic": Panic, "vsock": Vsock, "iommu": Iommu, "hub": Hub, "shmem": Shmem,
-          "tpm": Tpm, "memory": Memory, "filesystem": Filesystem}
+          "tpm": Tpm, "memory": Memory, "filesystem": Filesystem, "smartcard": Smartcard}
 
 Device = (Disk | Controller | Interface | Chardev | Input | Graphics | Video | Memballoon | Rng
           | Watchdog | Sound | Redirdev | Audio | Panic | Vsock | Iommu | Hub | Shmem
-          | Tpm | Memory | Filesystem)
+          | Tpm | Memory | Filesystem | Smartcard)
 
 __all__ = ["Address", "Audio", "Chardev", "Controller", "Device", "DeviceDefaults", "Disk",
            "Filesystem", "Graphics", "Hub", "Input", "Interface", "Iommu", "MODELS",
-           "Memballoon", "Memory", "Panic", "Redirdev", "Rng", "Shmem", "Sound", "Tpm", "Video",
-           "Vsock", "Watchdog", "apply_defaults", "assign_usb_ports", "is_q35", "parse_device",
-           "parse_devices", "validate_devices"]
+           "Memballoon", "Memory", "Panic", "Redirdev", "Rng", "Shmem", "Smartcard", "Sound", "Tpm", "Video",
+           "Vsock", "Watchdog", "apply_defaults", "assign_usb_ports", "free_slots", "is_q35",
+           "parse_device", "parse_devices", "validate_devices"]
 
 
 def parse_device(elem: etree._Element):
@@ -140,6 +140,7 @@ def apply_defaults(defn, defaults: DeviceDefaults) -> None:
                 if not has_controller(kind, idx):
                     add_controller(kind, idx)
     _virtio_serial_defaults(devs, conts, add_controller)
+    _ccid_defaults(devs, has_controller, add_controller)
     _console_defaults(devs)
     if not any(isinstance(d, Input) and d.bus == "ps2" and d.type == "mouse" for d in devs):
         devs.append(Input(type="mouse", bus="ps2"))
@@ -165,14 +166,15 @@ def apply_defaults(defn, defaults: DeviceDefaults) -> None:
 
 def assign_usb_ports(devs: list) -> None:
     """USB devices without an address get the next port of USB bus 0, in libvirt's
-    order (hubs, then virDomainUSBDeviceDefForeach: disks, inputs, sound cards,
-    redirected devices), after the ports the XML already names."""
+    order (hubs, then virDomainUSBDeviceDefForeach: disks, CCID controllers, inputs,
+    sound cards, redirected devices), after the ports the XML already names."""
     has_usb = any(isinstance(c, Controller) and c.type == "usb" and c.model != "none"
                   for c in devs)
     if not has_usb:
         return
     wanted = [*[d for d in devs if isinstance(d, Hub)],      # hubs first, as libvirt
               *[d for d in devs if isinstance(d, Disk) and d.bus == "usb"],
+              *[c for c in devs if isinstance(c, Controller) and c.type == "ccid"],
               *[d for d in devs if isinstance(d, Input) and d.bus == "usb"],
               *[d for d in devs if isinstance(d, Sound) and d.model == "usb"],
               *[d for d in devs if isinstance(d, Redirdev)]]
@@ -249,6 +251,30 @@ def _virtio_serial_defaults(devs: list, conts: list, add_controller) -> None:
                 port += 1
             dev.address = virtio_serial_address(port)
             used.add(port)
+
+
+def _ccid_defaults(devs: list, has_controller, add_controller) -> None:
+    """Smartcards sit in the slots of CCID controller 0, added when missing."""
+    cards = [d for d in devs if isinstance(d, Smartcard)]
+    if not cards:
+        return
+    if not has_controller("ccid", 0):
+        add_controller("ccid", 0)
+    for card, slot in free_slots(cards):
+        card.address = Address("ccid", {"controller": "0", "slot": str(slot)})
+
+
+def free_slots(devs: list):
+    """(device, slot) for each device without an address: the lowest slot numbers
+    the others' addresses leave free, in order."""
+    used = {d.address.int("slot") for d in devs if d.address is not None}
+    slot = 0
+    for dev in devs:
+        if dev.address is None:
+            while slot in used:
+                slot += 1
+            used.add(slot)
+            yield dev, slot
 
 
 def _root_port_defaults(conts: list) -> None:

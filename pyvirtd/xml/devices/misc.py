@@ -474,3 +474,47 @@ class Filesystem(_Kept):
             raise unsupported("virtiofs only supports passthrough accessmode")
         if self.virtiofs and self.readonly:
             raise unsupported("virtiofs does not yet support read-only mode")
+
+
+@dataclass(eq=False)
+class Smartcard(_Kept):
+    """A smartcard reader on a CCID controller; passthrough forwards a character device."""
+    TAG = "smartcard"
+
+    @property
+    def mode(self) -> str:
+        return self.attrs.get("mode", "")
+
+    @property
+    def chardev_type(self) -> str:
+        return self.attrs.get("type", "")
+
+    @property
+    def sources(self) -> list[dict]:
+        return [dict(c.attrib) for c in self.body if c.tag == "source"]
+
+    @property
+    def protocol(self) -> str | None:
+        p = self.child("protocol")
+        return p.get("type") if p is not None else None
+
+    @classmethod
+    def parse(cls, elem: etree._Element) -> "Smartcard":
+        if elem.get("mode") is None:
+            raise xml_error("missing smartcard device mode")
+        enum_attr(elem, "mode", ("host", "host-certificates", "passthrough"),
+                  what="smartcard device mode")
+        if elem.get("mode") == "passthrough" and elem.get("type") is None:
+            raise xml_error("passthrough mode requires a character device type attribute")
+        c = cls()
+        c._keep(elem)
+        return c
+
+    def validate(self) -> None:
+        if self.address is not None and self.address.type != "ccid":
+            raise unsupported("Controllers must use the 'ccid' address type")
+        if self.mode != "passthrough":
+            raise not_runnable(f"smartcard mode '{self.mode}' is not supported")
+        if self.chardev_type not in ("tcp", "unix", "spicevmc", "pty", "null"):
+            raise not_runnable(f"character device type '{self.chardev_type}' is not supported "
+                               "for smartcards")

@@ -1,4 +1,5 @@
 """The smaller device kinds run in a real QEMU: <panic>, <iommu>, <hub>, <parallel>, <shmem>,
+<smartcard> (passthrough),
 audio backends, rng backends and the character device types, each seen by QEMU itself
 (HMP ``info qtree``, QMP ``query-chardev``) in a firmware-only guest; and what
 cannot run here (<vsock> without /dev/vhost-vsock, a stdio chardev) fails at start
@@ -123,6 +124,27 @@ def test_small_device_kinds_run_in_qemu(daemon, tmp_path, egd_server):
             os.unlink(f"/dev/shm/dk-shm-{os.getpid()}")
         except FileNotFoundError:
             pass
+
+
+def test_smartcard_passthrough_on_a_ccid_controller(daemon, tmp_path, egd_server):
+    uri = qemu_uri(daemon)
+    _define(uri, tmp_path, "dk-card", f"""
+    <smartcard mode='passthrough' type='tcp'>
+      <source mode='connect' host='127.0.0.1' service='{egd_server}'/><protocol type='raw'/>
+    </smartcard>""")
+    try:
+        inactive = ok(uri, "dumpxml --inactive dk-card")
+        assert "<controller type='ccid' index='0'>" in inactive
+        assert "<address type='ccid' controller='0' slot='0'/>" in inactive
+        ok(uri, "start dk-card")
+        qtree = _hmp(uri, "dk-card", "info qtree")
+        assert 'dev: usb-ccid, id "ccid0"' in qtree
+        assert 'dev: ccid-card-passthru, id "smartcard0"' in qtree
+        chardevs = {c["label"]: c["filename"]
+                    for c in _qmp(uri, "dk-card", "query-chardev")["return"]}
+        assert chardevs["charsmartcard0"].endswith(f"<-> 127.0.0.1:{egd_server}")
+    finally:
+        virsh(uri, "destroy dk-card; undefine dk-card")
 
 
 def test_intel_iommu_needs_q35(daemon, tmp_path):

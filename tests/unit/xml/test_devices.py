@@ -116,6 +116,7 @@ NOT_RUNNABLE = [
     ("<filesystem type='ram'><source usage='1024'/><target dir='s'/></filesystem>",
      "filesystem type 'ram'"),
     ("<panic model='hyperv'/>", "panic model 'hyperv'"),
+    ("<smartcard mode='host'/>", "smartcard mode 'host'"),
     ("<memory model='nvdimm'><source><path>/tmp/nv</path></source><target><size unit='MiB'>"
      "128</size><node>0</node></target></memory>", "memory device model 'nvdimm'"),
     ("<shmem name='s'><model type='ivshmem-doorbell'/></shmem>",
