@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +31,8 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml.devices import Filesystem
+
+from pyvirtd.names import name_path
 
 from . import process
 from .devprops import ArgvBuilder, opts, unsupported
@@ -109,24 +110,15 @@ def virtiofsd_binary() -> str | None:
 
 
 def _paths(state: "QemuState", name: str, alias: str) -> tuple[Path, Path]:
-    base = state.store.run_dir / "virtiofs"
-    return base / f"{name}-{alias}-fs.sock", base / f"{name}-{alias}-fs.pid"
+    """The vhost-user socket (beside the monitor's, as short) and virtiofsd's pid file."""
+    run = state.store.run_dir
+    return name_path(run, name, f"-{alias}.vfs"), name_path(run / "virtiofs", name,
+                                                            f"-{alias}.pid")
 
 
-def _bind(path: Path, uid: int | None, gid: int | None) -> socket.socket:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(str(path))
-        os.chmod(path, 0o600)
-        if uid is not None:
-            os.chown(path, uid, gid if gid is not None else -1)
-        sock.listen(1)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+def _open_log(path: Path, pid_dir: Path):
+    pid_dir.mkdir(parents=True, exist_ok=True)
+    return open(path, "ab")
 
 
 async def start(state: "QemuState", live) -> dict[str, str]:
@@ -149,9 +141,12 @@ async def start(state: "QemuState", live) -> dict[str, str]:
         if not fs.virtiofs:
             continue
         sock_path, pid_path = _paths(state, live.name, alias)
-        sock = await trio.to_thread.run_sync(_bind, sock_path, conf.uid, conf.gid)
+        sock = await trio.to_thread.run_sync(process.bind_unix, str(sock_path), conf.uid,
+                                             conf.gid)
         try:
-            log = open(state.store.log_dir / f"{live.name}-{alias}-virtiofsd.log", "ab")
+            log = await trio.to_thread.run_sync(
+                _open_log, name_path(state.store.log_dir, live.name, f"-{alias}-virtiofsd.log"),
+                pid_path.parent)
             try:
                 proc = await trio.lowlevel.open_process(
                     [binary, f"--fd={sock.fileno()}", "-o", f"source={fs.source_dir}"],
@@ -170,8 +165,9 @@ async def start(state: "QemuState", live) -> dict[str, str]:
 def stop(state: "QemuState", live) -> None:
     """Kill the guest's virtiofsd processes still running (blocking: call in a thread)."""
     base = state.store.run_dir / "virtiofs"
-    mine = re.compile(re.escape(live.name) + r"-fs\d+-fs\.pid")
-    for pid_path in [p for p in base.iterdir() if mine.fullmatch(p.name)] if base.is_dir() \
-            else []:
-        process.stop_helper(str(pid_path), "virtiofsd")
-        pid_path.with_suffix(".sock").unlink(missing_ok=True)
+    mine = re.compile(re.escape(live.name) + r"-(fs\d+)\.pid")
+    for pid_path in list(base.iterdir()) if base.is_dir() else []:
+        match = mine.fullmatch(pid_path.name)
+        if match:
+            process.stop_helper(str(pid_path), "virtiofsd")
+            _paths(state, live.name, match.group(1))[0].unlink(missing_ok=True)

@@ -34,6 +34,8 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml.devices import Tpm
 
+from pyvirtd.names import name_path
+
 from . import confine, process
 from .devprops import opts, unsupported
 
@@ -58,15 +60,17 @@ def state_dir(state: "QemuState", uuid: str) -> Path:
 
 
 def socket_path(state: "QemuState", name: str) -> Path:
-    return state.store.run_dir / "swtpm" / f"{name}-swtpm.sock"
+    """Beside the guest's monitor socket, as short (a unix socket path is short)."""
+    return name_path(state.store.run_dir, name, ".swtpm")
 
 
 def _pid_path(state: "QemuState", name: str) -> Path:
-    return state.store.run_dir / "swtpm" / f"{name}-swtpm.pid"
+    """In a directory of swtpm's user, which writes it."""
+    return name_path(state.store.run_dir / "swtpm", name, ".pid")
 
 
 def _log_path(state: "QemuState", name: str) -> Path:
-    return state.store.log_dir / f"{name}-swtpm.log"
+    return name_path(state.store.log_dir, name, "-swtpm.log")
 
 
 def _tool(name: str) -> str:
@@ -102,11 +106,6 @@ def _swtpm_confinement(conf: confine.Confinement) -> confine.Confinement:
     return dataclasses.replace(conf, uid=pw.pw_uid, gid=pw.pw_gid, user=SWTPM_USER)
 
 
-def _hand_socket(sock: Path, uid: int | None, gid: int | None) -> None:
-    if uid is not None:
-        os.chown(sock, uid, gid if gid is not None else -1)
-
-
 def _private_ca(top: Path) -> Path:
     """A swtpm_setup configuration whose certificate authority lives under ``top``:
     for swtpm run as root, which must not write into tss's /var/lib/swtpm-localca
@@ -126,8 +125,9 @@ def _private_ca(top: Path) -> Path:
     return conf
 
 
-async def _run(argv: list[str], what: str, log: Path) -> None:
-    proc = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+async def _run(argv: list[str], what: str, log: Path, pass_fds: tuple[int, ...] = ()) -> None:
+    proc = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False,
+                                  pass_fds=pass_fds)
     if proc.returncode != 0:
         detail = (proc.stderr or b"").decode(errors="replace").strip()
         raise VirError(P.VIR_ERR_OPERATION_FAILED,
@@ -148,7 +148,7 @@ async def start(state: "QemuState", live) -> str | None:
     sock, pid, log = (socket_path(state, live.name), _pid_path(state, live.name),
                       _log_path(state, live.name))
     swtpm, setup = _tool(SWTPM), _tool(SWTPM_SETUP)
-    fresh = await trio.to_thread.run_sync(_prepare_files, tpm_dir, sock.parent, log, conf.uid,
+    fresh = await trio.to_thread.run_sync(_prepare_files, tpm_dir, pid.parent, log, conf.uid,
                                           conf.gid)
     if fresh:
         config: list[str] = []
@@ -160,16 +160,16 @@ async def start(state: "QemuState", live) -> str | None:
                     "--logfile", str(log), "--createek", "--create-ek-cert",
                     "--create-platform-cert", "--lock-nvram", "--not-overwrite"],
                    "Could not run 'swtpm_setup'", log)
-    sock.unlink(missing_ok=True)
-    await _run([*conf.run_as(), swtpm, "socket", *(["--tpm2"] if v2 else []),
-                "--ctrl", f"type=unixio,path={sock},mode=0600",
-                "--tpmstate", f"dir={tpm_dir},mode=0600", "--log", f"file={log}",
-                "--terminate", "--daemon", "--pid", f"file={pid}"],
-               "Could not start 'swtpm'", log)
-    if not sock.exists():
-        raise VirError(P.VIR_ERR_INTERNAL_ERROR, f"swtpm did not create its socket {sock}",
-                       domain=P.VIR_FROM_QEMU)
-    await trio.to_thread.run_sync(_hand_socket, sock, qemu.uid, qemu.gid)
+    # the control socket: bound here for QEMU's user, handed to swtpm as an fd
+    listener = await trio.to_thread.run_sync(process.bind_unix, str(sock), qemu.uid, qemu.gid)
+    try:
+        await _run([*conf.run_as(), swtpm, "socket", *(["--tpm2"] if v2 else []),
+                    "--ctrl", f"type=unixio,fd={listener.fileno()}",
+                    "--tpmstate", f"dir={tpm_dir},mode=0600", "--log", f"file={log}",
+                    "--terminate", "--daemon", "--pid", f"file={pid}"],
+                   "Could not start 'swtpm'", log, pass_fds=(listener.fileno(),))
+    finally:
+        listener.close()                    # swtpm holds it now
     return str(sock)
 
 

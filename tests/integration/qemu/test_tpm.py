@@ -32,7 +32,7 @@ GUEST = """<domain type='{virt}'>
 
 
 def _swtpm_pids(name: str) -> list[int]:
-    return helper_pids(b"swtpm\0socket", f"{name}-swtpm.sock".encode())
+    return helper_pids(b"swtpm\0socket", f"/swtpm/{name}.pid".encode())
 
 
 def _query_tpm(uri: str, name: str) -> list[dict]:
@@ -99,3 +99,34 @@ def test_swtpm_runs_as_tss_under_a_privileged_daemon(tmp_path):
             virsh(uri, f"destroy {name}; undefine {name}")
             for pid in _swtpm_pids(name):
                 os.kill(pid, 9)
+
+
+def test_swtpm_is_stopped_by_a_restarted_daemon(tmp_path):
+    """The daemon restarts while the guest runs: destroying it afterwards still
+    takes its swtpm (found by the pid file beside the socket)."""
+    from daemon_helpers import kill_guests, start_daemon, stop_daemon
+
+    root = tmp_path / "pyvirtd"
+    name = "dk-tpm-restart"
+    d = start_daemon(root)
+    try:
+        uri = qemu_uri(d)
+        xml = tmp_path / f"{name}.xml"
+        xml.write_text(GUEST.format(virt="kvm" if KVM_OK else "qemu", name=name, machine="q35",
+                                    uuid="7d0c5a1e-2b3f-4e6a-9c8d-0000000000bb",
+                                    tpm="<tpm model='tpm-crb'>"
+                                        "<backend type='emulator' version='2.0'/></tpm>"))
+        ok(uri, f"define {xml}; start {name}")
+        assert len(_swtpm_pids(name)) == 1
+        stop_daemon(d)
+        d = start_daemon(root)
+        uri = qemu_uri(d)
+        assert _query_tpm(uri, name)[0]["model"] == "tpm-crb"     # reattached
+        ok(uri, f"destroy {name}")
+        wait_for(lambda: not _swtpm_pids(name), 10)
+        ok(uri, f"undefine {name}")
+    finally:
+        stop_daemon(d)
+        kill_guests(root)
+        for pid in _swtpm_pids(name):
+            os.kill(pid, 9)
