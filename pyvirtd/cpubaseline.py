@@ -15,7 +15,13 @@ from pyvirtd.xml import parse_definition
 BASELINE_EXPAND_FEATURES = P.ConnectBaselineCPUFlags.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES
 
 
-def cpu_baseline(xml_cpus: list[str], *, expand: bool) -> str:
+# features libvirt's QEMU driver never hands to QEMU, so its baselines drop them
+# (virQEMUCapsCPUFilterFeatures)
+QEMU_FILTERED = frozenset({"cmt", "mbm_total", "mbm_local", "osxsave", "ospke"})
+
+
+def cpu_baseline(xml_cpus: list[str], *, expand: bool,
+                 drop: frozenset[str] = frozenset()) -> str:
     """A baseline of host CPU definitions, as libvirt's x86 CPU driver computes it.
 
     Each CPU is its model's features plus the features it lists (a policy
@@ -23,7 +29,8 @@ def cpu_baseline(xml_cpus: list[str], *, expand: bool) -> str:
     them have, named again by libvirt's guest decoding (pyvirtd.cpumap).  The
     model all CPUs name, if they name one, is kept (fallback='forbid');
     otherwise the closest model is chosen (fallback='allow').  The vendor is
-    written only when every CPU names it.
+    written only when every CPU names it.  ``drop``: features a driver filters
+    out of the result before expanding it.
     """
     if not xml_cpus:
         raise cpu_error(P.VIR_ERR_INVALID_ARG, "no CPUs given")
@@ -79,8 +86,8 @@ def cpu_baseline(xml_cpus: list[str], *, expand: bool) -> str:
              f"{decoded.model}</model>"]
     if all(c[2] for c in cpus):
         lines.append(f"  <vendor>{cpus[0][2]}</vendor>")
-    policies = {f: "require" for f in decoded.features}
-    policies.update((f, "disable") for f in decoded.disabled)
+    policies = {f: "require" for f in decoded.features if f not in drop}
+    policies.update((f, "disable") for f in decoded.disabled if f not in drop)
     if expand:
         model = xmap.model(decoded.model)
         policies = {**{f: "require" for f in cpumap.features_in(model.data, xmap)}, **policies}

@@ -47,6 +47,7 @@ class X86Map:
     vendors: dict[str, str]                    # name -> the 12-byte CPUID string
     features: list[tuple[str, Data]]           # in the map's order
     models: list[Model]                        # in index.xml's order
+    qemu_names: dict[str, str] = dataclasses.field(default_factory=dict)  # QEMU's -> ours
 
     def feature(self, name: str) -> Data | None:
         for fname, data in self.features:
@@ -112,6 +113,7 @@ def x86_map() -> X86Map:
         files = [inc.get("filename") for inc in arch.findall("include")]
         vendors: dict[str, str] = {}
         features: list[tuple[str, Data]] = []
+        qemu_names: dict[str, str] = {}
         raw_models: list[etree._Element] = []
         for name in files:
             root = etree.parse(str(CPU_MAP_DIR / name)).getroot()
@@ -119,6 +121,10 @@ def x86_map() -> X86Map:
                 vendors[v.get("name")] = v.get("string")
             for f in root.findall("feature"):
                 features.append((f.get("name"), _feature_data(f)))
+                qemu_names[f.get("name")] = f.get("name")
+                for alias in f.findall("alias"):
+                    if alias.get("source") == "qemu":
+                        qemu_names[alias.get("name")] = f.get("name")
             raw_models += root.findall("model")
     except (OSError, StopIteration, etree.XMLSyntaxError, TypeError, ValueError) as exc:
         raise cpu_error(P.VIR_ERR_INTERNAL_ERROR, f"cannot load the CPU map: {exc}") from None
@@ -151,7 +157,7 @@ def x86_map() -> X86Map:
             decode_host=decode is None or decode.get("host") == "on",
             decode_guest=decode is None or decode.get("guest") == "on",
             removed=removed))
-    return X86Map(vendors, features, models)
+    return X86Map(vendors, features, models, qemu_names)
 
 
 def features_in(data: Data, xmap: X86Map) -> list[str]:
@@ -231,35 +237,76 @@ def decode_host(data: Data, xmap: X86Map | None = None) -> Decoded:
 
 
 def decode_guest(data: Data, vendor: str | None, preferred: str | None,
-                 xmap: X86Map | None = None) -> Decoded:
-    """Name guest CPU data (a baseline) as libvirt does.
+                 xmap: X86Map | None = None, *, allowed: dict[str, list[str]] | None = None,
+                 signature: tuple[int, int] | None = None, penalise: bool = True) -> Decoded:
+    """Name guest CPU data (a baseline, a hypervisor's host model) as libvirt does.
 
-    Models not meant for guest definitions (the -noTSX twins) are skipped; a
-    model may lack some of the data (its extra features are then disabled, as
-    are the features QEMU removed from it); ``preferred`` wins outright, else
-    the cheapest model: each listed feature costs one, disabled ones cost more
-    the more of them there are (ties go to the newer model).
+    Models not meant for guest definitions (the -noTSX twins) are skipped, and
+    with ``allowed`` (the hypervisor's models and the features that block each,
+    in our names) so are the models it lacks; a model may lack some of the data
+    (its extra features are then disabled, as are its blockers and the
+    features QEMU removed from it).  ``preferred`` wins outright; else a model
+    whose signature is the CPU's (family, model), else the cheapest: each
+    listed feature costs one, disabled ones (``penalise``, as libvirt 9.0's
+    baseline weighs them) more the more of them there are; ties go to the
+    newer model.  libvirt 9.0 names a hypervisor's host model by the plain
+    count (``penalise=False``): measured against libvirtd, both ways.
     """
     xmap = xmap or x86_map()
-    best: Decoded | None = None
+    best: tuple[Decoded, Model] | None = None
     for cand in reversed(xmap.models):
         if not cand.decode_guest or vendor and cand.vendor and cand.vendor != vendor:
             continue
-        required = features_in(subtract(data, cand.data), xmap)
-        disabled = features_in(subtract(cand.data, data), xmap)
+        if allowed is not None and cand.name not in allowed:
+            continue
+        extra = subtract(data, cand.data)
+        missing = subtract(cand.data, data)
+        for blocker in (allowed or {}).get(cand.name, []):
+            bdata = xmap.feature(blocker)
+            if bdata and not contains(extra, bdata):
+                missing = union(missing, bdata)
+        required = features_in(extra, xmap)
+        disabled = features_in(missing, xmap)
         disabled += [f for f in cand.removed if f not in required and f not in disabled]
         this = Decoded(cand.name, vendor, required, disabled)
         if cand.name == preferred:
             return this
-        if best is None or _guest_cost(this) < _guest_cost(best):
-            best = this
+        if best is None:
+            best = (this, cand)
+            continue
+        if signature:
+            cur_sig, cand_sig = signature in best[1].signatures, signature in cand.signatures
+            if cur_sig and not cand_sig:
+                continue
+            if cand_sig and not cur_sig:
+                best = (this, cand)
+                continue
+        if _guest_cost(this, penalise) < _guest_cost(best[0], penalise):
+            best = (this, cand)
     if best is None:
         raise cpu_error(P.VIR_ERR_INTERNAL_ERROR, "Cannot find suitable CPU model for given data")
-    return best
+    return best[0]
 
 
-def _guest_cost(d: Decoded) -> tuple[int, int]:
+def qemu_model_data(props: dict, xmap: X86Map | None = None
+                    ) -> tuple[Data, str | None, tuple[int, int] | None]:
+    """CPU data from QEMU's static expansion of a model (query-cpu-model-expansion):
+    its enabled features in our names (others ignored), its vendor and signature."""
+    xmap = xmap or x86_map()
+    data: Data = {}
+    for name, on in props.items():
+        ours = xmap.qemu_names.get(name)
+        if on is True and ours:
+            data = union(data, xmap.feature(ours) or {})
+    vendor = next((n for n, text in xmap.vendors.items() if text == props.get("vendor")), None)
+    family, model = props.get("family"), props.get("model")
+    signature = (family, model) if isinstance(family, int) and isinstance(model, int) else None
+    return data, vendor, signature
+
+
+def _guest_cost(d: Decoded, penalise: bool = True) -> tuple[int, int]:
     """libvirt's ranking of guest CPU candidates: an enabled feature costs 1,
-    the n-th disabled one n + 1; fewer disabled breaks a tie."""
-    disabled = sum(range(2, 2 + len(d.disabled)))
+    the n-th disabled one n + 1 (or 1 without ``penalise``); fewer disabled
+    breaks a tie."""
+    disabled = sum(range(2, 2 + len(d.disabled))) if penalise else len(d.disabled)
     return len(d.features) + disabled, disabled

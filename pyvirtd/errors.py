@@ -56,6 +56,10 @@ _PREFIXES = {
     P.VIR_ERR_STORAGE_POOL_BUILT: "Storage pool already built",
     P.VIR_ERR_INVALID_MAC: "invalid MAC address",
     P.VIR_ERR_CPU_INCOMPATIBLE: "the CPU is incompatible with host CPU",
+    P.VIR_ERR_OPERATION_TIMEOUT: "Timed out during operation",
+    P.VIR_ERR_OPERATION_ABORTED: "operation aborted",
+    P.VIR_ERR_BLOCK_COPY_ACTIVE: "block copy still active",
+    P.VIR_ERR_OVERFLOW: "numerical overflow",
 }
 
 

@@ -28,6 +28,7 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
 from .balloon import BalloonMixin
+from .blockjobs import BlockJobsMixin
 from .console import ConsoleMixin
 from .domains import DomainMixin
 from .driver import QemuDriverState
@@ -35,6 +36,7 @@ from .host import HostMixin
 from .hotplug import HotplugMixin
 from .metadata import MetadataMixin
 from .passthrough import PassthroughMixin
+from .jobs import JobsMixin
 from .save import SaveMixin, scan_managed
 from .screenshot import ScreenshotMixin
 from .snapshots import SnapshotMixin, load_snapshots
@@ -45,8 +47,8 @@ log = logging.getLogger(__name__)
 
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
-                     BalloonMixin, SaveMixin, SnapshotMixin, MetadataMixin,
-                     PassthroughMixin, ScreenshotMixin, VcpusMixin,
+                     BalloonMixin, SaveMixin, SnapshotMixin, JobsMixin, BlockJobsMixin,
+                     MetadataMixin, PassthroughMixin, ScreenshotMixin, VcpusMixin,
                      DomainProcedures, HypervisorConnection):
     """One client's qemu:// connection; methods are named after RPC procedures.
 

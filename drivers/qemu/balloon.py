@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .guest import QemuState
 
 # virDomainMemoryModFlags
-MEM_MAXIMUM = 4
+MEM_MAXIMUM = P.DomainMemoryModFlags.VIR_DOMAIN_MEM_MAXIMUM
 
 
 def _err(code: int, message: str) -> VirError:

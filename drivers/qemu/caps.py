@@ -43,6 +43,8 @@ from pyvirtd.files import write_atomic
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml.capabilities import X86_MODELS
 
+from .firmware import descriptors
+
 if TYPE_CHECKING:
     # imported where it is used: QMP (asyncio, trio-asyncio, qemu.qmp) takes
     # memory a daemon with no QEMU guest to talk to does not need
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bumped whenever what a probe records changes, so old cache files are ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 3
 
 PROBE_TIMEOUT = 20.0
 
@@ -98,6 +100,7 @@ class CpuDef:
     name: str
     usable: bool
     deprecated: bool = False
+    blockers: list[str] = field(default_factory=list)   # QEMU's unavailable-features
 
 
 @dataclass
@@ -110,7 +113,8 @@ class BinaryCaps:
     kvm: bool                               # QEMU ran with KVM enabled in the probe
     machines: list[Machine]
     cpu_defs: dict[str, list[CpuDef]]       # accel ("kvm"/"tcg") -> models
-    host_model: dict[str, Any] | None       # {"model": name, "features": [..]} under kvm or tcg
+    # accel ("kvm"/"tcg") -> props of QEMU's static expansion of its host model
+    host_models: dict[str, dict[str, Any]]
     commands: list[str]
     types: list[str]
 
@@ -208,14 +212,11 @@ async def _probe_accel(path: str, accel: str, tmp: str) -> dict:
                 "types": [t["name"] for t in await mon.execute("qom-list-types")],
             }
             out["cpu_defs"] = await _optional(mon, "query-cpu-definitions") or []
-            out["host"] = await _optional(mon, "query-cpu-model-expansion",
-                                          {"type": "static", "model": {"name": "host" if accel == "kvm" else "max"}})
-            out["model_props"] = {}
-            best = _best_model(out["cpu_defs"])
-            if best:
-                exp = await _optional(mon, "query-cpu-model-expansion",
-                                      {"type": "static", "model": {"name": best}})
-                out["model_props"] = {"name": best, "props": (exp or {}).get("model", {}).get("props", {})}
+            # the host model with the features that block migration (invtsc), as
+            # libvirt reports it in domcapabilities
+            out["host"] = await _optional(mon, "query-cpu-model-expansion", {
+                "type": "static", "model": {"name": "host" if accel == "kvm" else "max",
+                                            "props": {"migratable": False}}})
             await mon.quit()
         return out
     finally:
@@ -235,24 +236,11 @@ async def _optional(mon: Monitor, cmd: str, args: dict | None = None) -> Any:
         return None
 
 
-def _best_model(defs: list[dict]) -> str | None:
-    """The newest usable model of libvirt's x86 map order (libvirt's host-model base)."""
-    usable = {d["name"] for d in defs if not d.get("unavailable-features")}
-    best = None
-    for name in X86_MODELS:
-        if name in usable:
-            best = name
-    return best
-
-
 def _host_model(raw: dict) -> dict | None:
-    host = ((raw.get("host") or {}).get("model") or {}).get("props") or {}
-    base = raw.get("model_props") or {}
-    if not host or not base:
-        return None
-    have = {k for k, v in host.items() if v is True}
-    inbase = {k for k, v in base.get("props", {}).items() if v is True}
-    return {"model": base["name"], "features": sorted(have - inbase)}
+    """The props of QEMU's static expansion of its host model (``host`` under KVM,
+    ``max`` under TCG): features, vendor, family/model; caps_xml names them."""
+    props = ((raw.get("host") or {}).get("model") or {}).get("props") or {}
+    return dict(props) if props else None
 
 
 async def probe_binary(path: str) -> BinaryCaps:
@@ -281,13 +269,15 @@ async def probe_binary(path: str) -> BinaryCaps:
                         default=bool(m.get("is-default")), deprecated=bool(m.get("deprecated")))
                 for m in main["machines"] if m["name"] != "none"]
     machines.sort(key=lambda m: m.name)
-    cpu_defs = {accel: [CpuDef(d["name"], not d.get("unavailable-features"), bool(d.get("deprecated")))
+    cpu_defs = {accel: [CpuDef(d["name"], not d.get("unavailable-features"), bool(d.get("deprecated")),
+                               list(d.get("unavailable-features") or []))
                         for d in raw["cpu_defs"]]
                 for accel, raw in raws.items() if raw["cpu_defs"] and (accel == "tcg" or kvm)}
     return BinaryCaps(path=path, arch=arch, version=(int(q["major"]), int(q["minor"]), int(q["micro"])),
                       package=str(main["version"].get("package", "")).strip(), kvm=kvm,
                       machines=machines, cpu_defs=cpu_defs,
-                      host_model=_host_model(raws["kvm"] if kvm else raws["tcg"]),
+                      host_models={accel: props for accel, raw in raws.items()
+                                   if (props := _host_model(raw))},
                       commands=sorted(main["commands"]), types=sorted(main["types"]))
 
 
@@ -345,7 +335,8 @@ async def probe_all(cache_dir: str, binaries: list[str] | None = None) -> "QemuC
         for path in paths:
             nursery.start_soon(one, path)
     host = await trio.to_thread.run_sync(hostcpu.probe)
-    return QemuCaps({p: result[p] for p in paths if p in result}, host)
+    firmware = await trio.to_thread.run_sync(descriptors)
+    return QemuCaps({p: result[p] for p in paths if p in result}, host, firmware)
 
 
 # -- host facts ---------------------------------------------------------------
@@ -447,27 +438,13 @@ def _iommu() -> bool:
         return False
 
 
-# Firmware images libvirt would offer, in its preference order (Debian's ovmf package paths)
-FIRMWARE_GLOBS = ("/usr/share/OVMF/OVMF_CODE_4M*.fd", "/usr/share/OVMF/OVMF_CODE.fd",
-                  "/usr/share/OVMF/OVMF_CODE*.fd", "/usr/share/qemu/OVMF.fd")
-
-
-def firmware_paths() -> list[str]:
-    import glob
-    seen: list[str] = []
-    for pattern in FIRMWARE_GLOBS:
-        for p in sorted(glob.glob(pattern)):
-            if p not in seen:
-                seen.append(p)
-    return seen
-
-
 # -- the collection and its XML ----------------------------------------------
 
 @dataclass
 class QemuCaps:
     binaries: dict[str, BinaryCaps] = field(default_factory=dict)
     host_cpu: hostcpu.HostCpu | None = None     # libvirt's naming of the host CPU
+    firmware: list = field(default_factory=list)  # QEMU's firmware descriptors (firmware.py)
 
     def binary_for(self, arch: str) -> BinaryCaps | None:
         for caps in self.binaries.values():

@@ -7,13 +7,14 @@ src/conf/domain_capabilities.c) and validates against its RelaxNG schemas
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import platform
 from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from pyvirtd import hostinfo
+from pyvirtd import cpumap, hostinfo
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_libvirt
@@ -214,14 +215,19 @@ def domain_capabilities_xml(qcaps: "QemuCaps", emulator: str | None = None, arch
 
     x86 = arch in ("x86_64", "i686")
     os_el = _sub(root, "os", supported="yes")
-    firmware = C.firmware_paths() if x86 else []
-    _enum(os_el, "firmware", ["efi"] if firmware else [])
+    # the UEFI images QEMU's firmware descriptors offer for this machine (firmware.py)
+    fits = [d for d in qcaps.firmware
+            if x86 and m is not None and "uefi" in d.interfaces and d.executable
+            and any(a == arch and any(fnmatch.fnmatchcase(m.name, g) for g in globs)
+                    for a, globs in d.targets)]
+    _enum(os_el, "firmware", ["efi"] if fits else [])
     loader = _sub(os_el, "loader", supported="yes")
-    for path in firmware:
+    for path in dict.fromkeys(d.executable for d in fits):
         _sub(loader, "value", path)
     _enum(loader, "type", ["rom", "pflash"])
     _enum(loader, "readonly", ["yes", "no"])
-    _enum(loader, "secure", ["no"] if not (m and "q35" in m.name) else ["yes", "no"])
+    _enum(loader, "secure", (["yes"] if any("secure-boot" in d.features for d in fits) else [])
+          + ["no"])
 
     _cpu_modes(root, binary, virttype)
 
@@ -236,8 +242,10 @@ def domain_capabilities_xml(qcaps: "QemuCaps", emulator: str | None = None, arch
     _enum(disk, "bus", [b for b in buses if x86 or b not in ("fdc", "ide")])
     _enum(disk, "model", ["virtio", "virtio-transitional", "virtio-non-transitional"])
     graphics = _sub(devices, "graphics", supported="yes")
+    # sdl: libvirt 9.0 lists it for QEMU 7.2 whether or not its module is installed
     gtypes = [t for t, dev in (("sdl", None), ("vnc", None), ("spice", None),
-                               ("egl-headless", None), ("dbus", None)) if _has_display(binary, t)]
+                               ("egl-headless", None), ("dbus", None))
+              if t == "sdl" and x86 or _has_display(binary, t)]
     _enum(graphics, "type", gtypes)
     video = _sub(devices, "video", supported="yes")
     vmodels = [name for name, qtype in (("vga", "VGA"), ("cirrus", "cirrus-vga"), ("vmvga", "vmware-svga"),
@@ -260,7 +268,7 @@ def domain_capabilities_xml(qcaps: "QemuCaps", emulator: str | None = None, arch
     if tpm.get("supported") == "yes":
         _enum(tpm, "model", [n for n, t in (("tpm-tis", "tpm-tis"), ("tpm-crb", "tpm-crb"))
                              if binary.has_type(t)])
-        _enum(tpm, "backendModel", ["passthrough", "emulator"])
+        _enum(tpm, "backendModel", ["passthrough", "emulator", "external"])
         _enum(tpm, "backendVersion", ["1.2", "2.0"])
     redir = _sub(devices, "redirdev", supported="yes" if binary.has_type("usb-redir") else "no")
     if redir.get("supported") == "yes":
@@ -276,6 +284,9 @@ def domain_capabilities_xml(qcaps: "QemuCaps", emulator: str | None = None, arch
     _sub(feats, "backup", supported="yes" if "blockdev-backup" in binary.commands else "no")
     _sub(feats, "sev", supported="no")
     _sub(feats, "sgx", supported="no")
+    if x86:
+        hyperv = _sub(feats, "hyperv", supported="yes")
+        _enum(hyperv, "features", ["spinlocks", "vendor_id"])
     return _tostring(root)
 
 
@@ -297,6 +308,20 @@ def _kvm_max_vcpus() -> int:
     return 1024
 
 
+def _host_model(props: dict, defs: list) -> cpumap.Decoded | None:
+    """QEMU's host model named as libvirt names it: its features decoded with
+    libvirt's CPU map among the models QEMU offers (each with the features that
+    block it here disabled)."""
+    try:
+        xmap = cpumap.x86_map()
+        data, vendor, signature = cpumap.qemu_model_data(props, xmap)
+        allowed = {d.name: [xmap.qemu_names.get(b, b) for b in d.blockers] for d in defs}
+        return cpumap.decode_guest(data, vendor, None, xmap, allowed=allowed,
+                                   signature=signature, penalise=False)
+    except VirError:
+        return None
+
+
 def _cpu_modes(root: etree._Element, binary: "BinaryCaps", virttype: str) -> None:
     accel = "kvm" if virttype == "kvm" else "tcg"
     cpu = _sub(root, "cpu")
@@ -305,24 +330,26 @@ def _cpu_modes(root: etree._Element, binary: "BinaryCaps", virttype: str) -> Non
         _enum(hp, "hostPassthroughMigratable", ["on", "off"])
     mx = _sub(cpu, "mode", name="maximum", supported="yes")
     _enum(mx, "maximumMigratable", ["on", "off"])
-    hm_data = binary.host_model if (virttype == "kvm") == binary.kvm else None
-    hm = _sub(cpu, "mode", name="host-model", supported="yes" if hm_data else "no")
-    if hm_data:
-        _sub(hm, "model", hm_data["model"], fallback="forbid")
-        vendor = C._vendor_of(hm_data["model"])
-        if vendor != "unknown":
-            _sub(hm, "vendor", vendor)
-        for feat in hm_data["features"]:
-            _sub(hm, "feature", policy="require", name=feat)
     defs = binary.cpu_defs.get(accel) or binary.cpu_defs.get("tcg") or []
+    hm_props = binary.host_models.get(accel)
+    host_model = _host_model(hm_props, defs) if hm_props else None
+    hm = _sub(cpu, "mode", name="host-model", supported="yes" if host_model else "no")
+    if host_model:
+        _sub(hm, "model", host_model.model, fallback="forbid")
+        if host_model.vendor:
+            _sub(hm, "vendor", host_model.vendor)
+        for feat in host_model.features:
+            _sub(hm, "feature", policy="require", name=feat)
+        for feat in host_model.disabled:
+            _sub(hm, "feature", policy="disable", name=feat)
     custom = _sub(cpu, "mode", name="custom", supported="yes" if defs else "no")
-    known = {d.name: d for d in defs}
-    # libvirt lists the models of its CPU map that QEMU knows, newest last in its order
-    names = [n for n in C.X86_MODELS if n in known] if binary.arch in ("x86_64", "i686") else \
-        sorted(known)
-    for name in names:
-        d = known[name]
+    # libvirt lists the models of its CPU map that QEMU knows, in QEMU's order
+    x86 = binary.arch in ("x86_64", "i686")
+    for d in defs:
+        if x86 and d.name not in C.X86_MODELS:
+            continue
         attrs = {"usable": "yes" if d.usable else "no"}
         if d.deprecated:
             attrs["deprecated"] = "yes"
-        _sub(custom, "model", name, vendor=C._vendor_of(name), **attrs)
+        attrs["vendor"] = C._vendor_of(d.name)
+        _sub(custom, "model", d.name, **attrs)

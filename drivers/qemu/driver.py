@@ -47,8 +47,8 @@ from pyvirtd.xml import domain as domxml
 
 from pyvirtd.driver import interfaces
 
-from . import (confine, dac, devacl, devices_extra, disksecrets, filesystems, firmware,
-               guest_events, launch, passthrough, process, tpm, volumes)
+from . import (confine, dac, devacl, devices_extra, diskchain, disksecrets, filesystems,
+               firmware, guest_events, launch, passthrough, process, tpm, volumes)
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 
@@ -196,6 +196,7 @@ class QemuDriverState(QemuState):
                 if vnc.get("service", "").isdigit():
                     vnc_port = int(vnc["service"])
             launch.apply_runtime_info(live, await mon.query_chardev(), vnc_port)
+            await diskchain.describe_run(dom, mon, live)   # <source index>, <backingStore>
             if incoming is not None:
                 await incoming(mon)
             elif not paused and loadvm is None:

@@ -56,6 +56,8 @@ class QemuDomain(HypervisorDomain):
     released: Any = None
     # what tainted the guest (passthrough.taint) -> the run it happened in
     taints: dict[str, int] = field(default_factory=dict)
+    # the domain job holding dom.lock, and the last completed one (jobs.py)
+    job_slots: dict = field(default_factory=dict)
 
 
 class QemuState(HypervisorState[QemuDomain]):

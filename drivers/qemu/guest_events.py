@@ -29,7 +29,7 @@ from pyvirtd.driver import domains as ds
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
-from . import hotplug
+from . import blockjobs, hotplug
 
 if TYPE_CHECKING:
     from .guest import QemuDomain, QemuState
@@ -41,12 +41,13 @@ WATCHDOG_ACTIONS = {"none": 0, "pause": 1, "reset": 2, "poweroff": 3, "shutdown"
                     "inject-nmi": 6}
 # virDomainEventIOErrorAction, by QEMU's BlockErrorAction name
 IO_ERROR_ACTIONS = {"ignore": 0, "stop": 1, "report": 2}
-IO_ERROR_PAUSE = 1
+IO_ERROR_PAUSE = P.DomainEventIOErrorAction.VIR_DOMAIN_EVENT_IO_ERROR_PAUSE
 # virDomainEventGraphicsPhase / virDomainEventGraphicsAddressType
 GRAPHICS_PHASES = {"VNC_CONNECTED": 0, "VNC_INITIALIZED": 1, "VNC_DISCONNECTED": 2}
 ADDRESS_FAMILIES = {"ipv4": 0, "ipv6": 1, "unix": 2}
 # virDomainEventTrayChangeReason
-TRAY_OPEN, TRAY_CLOSE = 0, 1
+TRAY_OPEN = P.DomainEventTrayChangeReason.VIR_DOMAIN_EVENT_TRAY_CHANGE_OPEN
+TRAY_CLOSE = P.DomainEventTrayChangeReason.VIR_DOMAIN_EVENT_TRAY_CHANGE_CLOSE
 
 
 async def handle(state: "QemuState", dom: "QemuDomain", name: str, data: dict) -> None:
@@ -65,6 +66,8 @@ async def handle(state: "QemuState", dom: "QemuDomain", name: str, data: dict) -
         await hotplug.on_device_deleted(state, dom, data)
     elif name == "DEVICE_UNPLUG_GUEST_ERROR":
         hotplug.on_unplug_guest_error(state, dom, data)
+    elif name in blockjobs.QMP_EVENTS:
+        await blockjobs.on_event(state, dom, name, data)
 
 
 def _emit(state: "QemuState", dom: "QemuDomain", event_id: int, *fields: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyvirtd.cpubaseline import BASELINE_EXPAND_FEATURES, cpu_baseline
+from pyvirtd.cpubaseline import BASELINE_EXPAND_FEATURES, QEMU_FILTERED, cpu_baseline
 from pyvirtd.cpucompare import cpu_compare
 from pyvirtd.driver.hypervisor import HostFacts
 from pyvirtd.errors import VirError, check_flags
@@ -75,4 +75,5 @@ class HostMixin(HostFacts):
         check_flags(flags, BASELINE_EXPAND_FEATURES
                     | P.ConnectBaselineCPUFlags.VIR_CONNECT_BASELINE_CPU_MIGRATABLE,
                     "qemuConnectBaselineCPU", P.VIR_FROM_QEMU)
-        return cpu_baseline(xml_cpus, expand=bool(flags & BASELINE_EXPAND_FEATURES))
+        return cpu_baseline(xml_cpus, expand=bool(flags & BASELINE_EXPAND_FEATURES),
+                            drop=QEMU_FILTERED)

@@ -66,6 +66,7 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import format_uuid
 
+from . import jobs
 from .driver import QemuDriverState
 from .guest import QemuDomain
 
@@ -89,7 +90,7 @@ SAVE_RUNNING = P.DomainSaveRestoreFlags.VIR_DOMAIN_SAVE_RUNNING
 SAVE_PAUSED = P.DomainSaveRestoreFlags.VIR_DOMAIN_SAVE_PAUSED
 SAVE_RESET_NVRAM = P.DomainSaveRestoreFlags.VIR_DOMAIN_SAVE_RESET_NVRAM
 IMAGE_XML_SECURE = P.DomainSaveImageXMLFlags.VIR_DOMAIN_SAVE_IMAGE_XML_SECURE
-UNDEFINE_MANAGED_SAVE = 1
+UNDEFINE_MANAGED_SAVE = P.DomainUndefineFlagsValues.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
 
 # libvirt's QEMU_DOMAIN_MIG_BANDWIDTH_MAX in bytes/s: a save goes as fast as the disk
 UNLIMITED_BANDWIDTH = ((1 << 63) - 1) // (1 << 20) * (1 << 20)
@@ -141,8 +142,9 @@ def create_image(path: str, xml: str, running: bool) -> tuple[int, ImageHeader]:
         raise _open_error(path, exc) from None
     head = _new_header(xml, running)
     try:
-        os.write(fd, head.pack(MAGIC_PARTIAL))
-        os.lseek(fd, head.stream_offset, os.SEEK_SET)
+        data = head.pack(MAGIC_PARTIAL)     # ends at the stream offset: no seek needed
+        while data:
+            data = data[os.write(fd, data):]
     except OSError as exc:
         os.close(fd)
         _unlink(path)
@@ -252,14 +254,19 @@ def scan_managed(drv: QemuDriverState) -> None:
 
 # ------------------------------------------------------------------- QEMU's side
 
-async def _wait_migration(mon: "Monitor", job: str) -> None:
-    """Poll query-migrate until QEMU's migration completed; libvirt's errors otherwise."""
+async def _wait_migration(mon: "Monitor", job: str, djob: jobs.Job | None = None) -> None:
+    """Poll query-migrate until QEMU's migration completed; libvirt's errors otherwise.
+    With a domain job, its figures follow QEMU's and an abort ends the wait."""
     delay = POLL_FIRST
     while True:
         info = await mon.execute("query-migrate")
         status = info.get("status")
+        if djob is not None:
+            djob.migration = info
         if status == "completed":
             return
+        if status == "cancelled" and djob is not None:
+            djob.check_aborted()
         if status in ("failed", "cancelled"):
             why = info.get("error-desc") or status
             raise _failed(f"job '{job}' failed: {why}")
@@ -295,12 +302,21 @@ def _running_flag(flags: int) -> bool | None:
 
 
 async def save_domain(drv: QemuDriverState, dom: QemuDomain, path: str, dxml: str | None,
-                      flags: int) -> None:
-    """Save a running guest into ``path`` and shut it off (qemuDomainSaveInternal)."""
-    async with dom.lock:
+                      flags: int, owner: str = "remoteDispatchDomainSaveFlags") -> None:
+    """Save a running guest into ``path`` and shut it off (qemuDomainSaveInternal),
+    as a domain job (jobs.py) that GetJobInfo follows and AbortJob cancels."""
+    async with jobs.async_job(drv, dom, jobs.OP.VIR_DOMAIN_JOB_OPERATION_SAVE, owner,
+                              "domain save job", emit_completed=True) as job:
         if not dom.active or dom.monitor is None:
             raise ds.not_running()
         mon = dom.monitor
+
+        async def cancel() -> None:
+            try:
+                await mon.execute("migrate_cancel")
+            except VirError:
+                pass
+        job.abort = cancel
         xml_def = dom.definition
         if dxml is not None:
             xml_def = drv.new_definition(dxml)
@@ -325,9 +341,10 @@ async def save_domain(drv: QemuDriverState, dom: QemuDomain, path: str, dxml: st
                 drv.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
                 await drv.save_status(dom)
             await mon.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH})
+            job.check_aborted()
             await mon.getfd(fd, FD_NAME)
             await mon.execute("migrate", {"uri": f"fd:{FD_NAME}"})
-            await _wait_migration(mon, "save job")
+            await _wait_migration(mon, "save job", job)
             await trio.to_thread.run_sync(finish_image, fd, path, bool(flags & SAVE_BYPASS_CACHE))
             done = True
         finally:
@@ -447,7 +464,7 @@ class SaveMixin:
 
     # -- save / restore to a file the client names -----------------------
     async def domain_save(self, ref: Any, to: str) -> None:
-        await self.domain_save_flags(ref, to, None, 0)
+        await save_domain(self.driver, self._dom(ref), to, None, 0, "remoteDispatchDomainSave")
 
     async def domain_save_flags(self, ref: Any, to: str, dxml: str | None, flags: int) -> None:
         check_flags(flags, SAVE_BYPASS_CACHE | SAVE_RUNNING | SAVE_PAUSED, "qemuDomainSaveFlags",
@@ -533,7 +550,7 @@ class SaveMixin:
                            "cannot do managed save for transient domain", domain=P.VIR_FROM_QEMU)
         path = managed_path(drv, dom.name)
         await trio.to_thread.run_sync(lambda: path.parent.mkdir(parents=True, exist_ok=True))
-        await save_domain(drv, dom, str(path), dxml, flags)
+        await save_domain(drv, dom, str(path), dxml, flags, "remoteDispatchDomainManagedSave")
         dom.managed_save = True
 
     def domain_has_managed_save_image(self, ref: Any, flags: int) -> int:

@@ -14,6 +14,7 @@ import subprocess
 from urllib.parse import SplitResult
 
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver import interfaces
 from pyvirtd.driver.api import Dom
 from pyvirtd.driver.hypervisor import HypervisorConnection, HypervisorDriver
 from pyvirtd.driver.procedures import DomainProcedures, SuspendResume
@@ -28,7 +29,7 @@ SHUTDOWN_ACPI = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
 SHUTDOWN_PARAVIRT = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_PARAVIRT
 REBOOT_ACPI = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN
 REBOOT_PARAVIRT = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_PARAVIRT
-SRC_LEASE, SRC_ARP = 0, 2       # VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_*
+
 
 def _kernel_version(kernel: str) -> int:
     """linux.uml --version ("6.1.176") as libvirt's number (6001176); 0 if unknown."""
@@ -99,10 +100,10 @@ class UmlConnection(SuspendResume, DomainProcedures, HypervisorConnection):
         guest has no agent, and ARP is not answered here."""
         check_flags(flags, 0, "umlDomainInterfaceAddresses", _FROM)
         dom = self._active(ref)
-        if source == SRC_LEASE:
+        if source == interfaces.SRC_LEASE:
             return nics.lease_addresses(self.driver, dom)
         raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED,
-                       f"Unknown IP address data source {source}" if source > SRC_ARP
+                       f"Unknown IP address data source {source}" if source > interfaces.SRC_ARP
                        else "UML guests answer only --source lease", domain=_FROM)
 
     # -- lifecycle through the mconsole

@@ -384,7 +384,10 @@ async def unplug_all(state: "QemuState", taps: list[tuple[str, str]],
 
 
 # DOMAIN_INTERFACE_ADDRESSES
-SRC_LEASE, SRC_AGENT, SRC_ARP = 0, 1, 2
+_SRC = P.DomainInterfaceAddressesSource
+SRC_LEASE, SRC_AGENT, SRC_ARP = (_SRC.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+                                 _SRC.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+                                 _SRC.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP)
 IP_ADDR_TYPE_IPV4 = 0
 
 

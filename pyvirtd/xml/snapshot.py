@@ -31,9 +31,14 @@ SNAPSHOT_MODES = ("no", "internal", "external", "manual")
 
 @dataclass
 class SnapshotDisk:
-    """One <disk name='vda' snapshot='internal'/> of a snapshot."""
+    """One <disk name='vda' snapshot='internal'/> of a snapshot; an external one
+    names its overlay: <disk ... snapshot='external' type='file'><driver type='qcow2'/>
+    <source file='...'/></disk>."""
     name: str
     snapshot: str = "internal"
+    source: str | None = None              # the overlay (external), file or device
+    source_type: str = "file"
+    driver_type: str | None = None
 
 
 @dataclass(eq=False)
@@ -87,7 +92,15 @@ def parse(text: str, *, validate_schema: bool = False) -> SnapshotDef:
             continue
         if not d.get("name"):
             raise _xml_error("missing name from disk snapshot element")
-        snap.disks.append(SnapshotDisk(d.get("name"), d.get("snapshot") or ""))
+        src = d.find("source")
+        path = None if src is None else (src.get("file") or src.get("dev"))
+        drv = d.find("driver")
+        # a disk given a file and no mode is external (libvirt's parser implies it)
+        mode = d.get("snapshot") or ("external" if path else "")
+        snap.disks.append(SnapshotDisk(
+            d.get("name"), mode, path,
+            "block" if src is not None and src.get("dev") else (d.get("type") or "file"),
+            drv.get("type") if drv is not None else None))
     return snap
 
 
@@ -122,7 +135,13 @@ def format(snap: SnapshotDef, *, secure: bool = False, current: bool | None = No
     if snap.disks:
         disks = etree.SubElement(root, "disks")
         for d in snap.disks:
-            etree.SubElement(disks, "disk", name=d.name, snapshot=d.snapshot)
+            e = etree.SubElement(disks, "disk", name=d.name, snapshot=d.snapshot)
+            if d.snapshot == "external" and d.source:
+                e.set("type", d.source_type)
+                if d.driver_type:
+                    etree.SubElement(e, "driver", type=d.driver_type)
+                etree.SubElement(e, "source", {"dev" if d.source_type == "block" else "file":
+                                               d.source})
     if current is not None:
         etree.SubElement(root, "active").text = "1" if current else "0"
     text = format_libvirt(root)

@@ -179,3 +179,33 @@ def privileged_daemon(prefix: str):
         stop_daemon(d)
         kill_guests(base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fenced_libvirtd(base: Path, tag: str):
+    """Debian's libvirtd as the root system daemon, fenced off in private mount and
+    network namespaces (bench/daemons.start_system_libvirtd): the reference the
+    side-by-side tests compare pyvirtd with.  Yields its qemu:///system URI."""
+    import subprocess
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+    from daemons import kill_netns, start_system_libvirtd
+    ns = f"pv{tag}{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        lv = start_system_libvirtd(base / "libvirtd", ns)
+        if isinstance(lv, str):
+            pytest.fail(f"libvirtd did not start: {lv}")
+        try:
+            yield lv.system_uri
+        finally:
+            lv.stop()
+    finally:
+        kill_netns(ns)
+        subprocess.run(["ip", "netns", "del", ns])
+
+
+needs_root_libvirtd = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="a system libvirtd needs root"),
+    pytest.mark.skipif(not Path("/usr/sbin/libvirtd").exists(), reason="libvirtd not installed"),
+]

@@ -11,24 +11,17 @@ they run under TCG (type='qemu') on both daemons.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from daemon_helpers import KVM_OK, kill_guests, needs_qemu, qemu_uri, start_daemon, stop_daemon
-
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "bench"))
-from daemons import kill_netns, start_system_libvirtd  # noqa: E402
+from daemon_helpers import (KVM_OK, fenced_libvirtd, kill_guests, needs_qemu, needs_root_libvirtd,
+                            qemu_uri, start_daemon, stop_daemon)
 
 pytestmark = [
-    needs_qemu,
-    pytest.mark.skipif(os.geteuid() != 0, reason="a system libvirtd needs root"),
+    needs_qemu, *needs_root_libvirtd,
     pytest.mark.skipif(not Path("/usr/share/qemu/firmware").is_dir(),
                        reason="no QEMU firmware descriptors (Debian's ovmf package)"),
 ]
@@ -70,25 +63,19 @@ CASES = {
 @pytest.fixture(scope="module")
 def daemons(tmp_path_factory):
     base = tmp_path_factory.mktemp("fwpeer")
-    ns = f"pvfw{os.getpid() % 100000}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    lv = start_system_libvirtd(base / "libvirtd", ns)
-    if isinstance(lv, str):
-        subprocess.run(["ip", "netns", "del", ns])
-        pytest.fail(f"libvirtd: {lv}")
     py = start_daemon(base / "pyvirtd")
-    libvirt.registerErrorHandler(lambda *_: None, None)
-    conns = (libvirt.open(lv.system_uri), libvirt.open(qemu_uri(py)))
     try:
-        yield conns, base
+        with fenced_libvirtd(base, "fw") as lv_uri:
+            libvirt.registerErrorHandler(lambda *_: None, None)
+            conns = (libvirt.open(lv_uri), libvirt.open(qemu_uri(py)))
+            try:
+                yield conns, base
+            finally:
+                for c in conns:
+                    c.close()
     finally:
-        for c in conns:
-            c.close()
         kill_guests(py)
         stop_daemon(py)
-        lv.stop()
-        kill_netns(ns)
-        subprocess.run(["ip", "netns", "del", ns])
 
 
 def _os(xml: str) -> str:

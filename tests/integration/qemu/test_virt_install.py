@@ -165,7 +165,8 @@ def test_virt_install_creates_its_disk_in_a_pool(daemon, tmp_path):
 
     xml = ok(uri, "dumpxml vi3")
     assert re.search(r"<disk type='file' device='disk'>\s*<driver name='qemu' type='qcow2'[^>]*/>"
-                     rf"\s*<source file='{re.escape(str(path))}'/>\s*<target dev='vda' bus='virtio'/>",
+                     rf"\s*<source file='{re.escape(str(path))}' index='1'/>\s*<backingStore/>"
+                     r"\s*<target dev='vda' bus='virtio'/>",
                      xml), xml
     # the guest sees a disk of that size (restarted paused so the console sees the boot)
     ok(uri, "destroy vi3")

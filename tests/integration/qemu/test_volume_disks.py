@@ -89,9 +89,10 @@ def test_guest_boots_from_a_volume(uri, daemon, pool, tmp_path):
 
     live = ok(uri, "dumpxml vroot")
     disk = re.search(r"<disk type='volume' device='disk'>.*?</disk>", live, re.S).group(0)
-    # as libvirtd shows it: pool and volume stay, the format it runs with is filled in
+    # as libvirtd shows it: pool and volume stay, the format it runs with is filled in,
+    # the running image has an index and (raw) an empty backing chain
     assert "<driver name='qemu' type='raw'/>" in disk
-    assert "<source pool='guests' volume='root.img'/>" in disk
+    assert "<source pool='guests' volume='root.img' index='1'/>\n      <backingStore/>" in disk
     assert str(pool) not in live
     assert re.search(r"^\s*vda\s+root\.img\s*$", ok(uri, "domblklist vroot"), re.M)
     assert re.search(r"^\s*volume\s+disk\s+vda\s+root\.img\s*$",

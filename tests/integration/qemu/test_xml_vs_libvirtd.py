@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from daemon_helpers import needs_qemu, qemu_uri, start_daemon, stop_daemon
+from daemon_helpers import (fenced_libvirtd, needs_qemu, needs_root_libvirtd, qemu_uri,
+                            start_daemon, stop_daemon)
 
 REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "bench"))
-from daemons import Daemon, kill_netns, start_system_libvirtd  # noqa: E402
 
 DATA = REPO / "tests" / "data"
 # what the installed libvirt 9.0 refuses: itco (new in 9.1); a live XML whose
@@ -44,30 +41,18 @@ CORPUS = [
         + [p for p in (DATA / "xml2xml" / "devices" / "in").glob("*.xml")
            if p.stem not in NOT_FOR_LIBVIRTD], key=lambda p: p.name)]
 
-pytestmark = [
-    needs_qemu,
-    pytest.mark.skipif(os.geteuid() != 0, reason="a system libvirtd needs root"),
-    pytest.mark.skipif(not Path("/usr/sbin/libvirtd").exists(), reason="libvirtd not installed"),
-]
+pytestmark = [needs_qemu, *needs_root_libvirtd]
 
 
 @pytest.fixture(scope="module")
 def daemons(tmp_path_factory):
     base = tmp_path_factory.mktemp("xmlpeer")
-    ns = f"pvxml{os.getpid() % 100000}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    lv = start_system_libvirtd(base / "libvirtd", ns)
-    if isinstance(lv, str):
-        subprocess.run(["ip", "netns", "del", ns])
-        pytest.skip(f"libvirtd: {lv}")
     py = start_daemon(base / "pyvirtd")
     try:
-        yield lv.system_uri, qemu_uri(py)
+        with fenced_libvirtd(base, "xml") as lv_uri:
+            yield lv_uri, qemu_uri(py)
     finally:
         stop_daemon(py)
-        lv.stop()
-        kill_netns(ns)
-        subprocess.run(["ip", "netns", "del", ns])
 
 
 def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess:

@@ -54,3 +54,19 @@ def test_format_as_libvirt_and_read_back() -> None:
     assert current
     assert snapxml.format(back) == text
     assert not snapxml.parse_saved(snapxml.format(snap, current=False))[1]
+
+
+def test_external_disks_name_their_overlays() -> None:
+    """virsh --diskspec vda,file=PATH sends a source and no mode: external is implied;
+    the overlay is printed as libvirt prints it."""
+    snap = snapxml.parse("<domainsnapshot><name>s</name><disks><disk name='vda'>"
+                         "<source file='/i/ov.qcow2'/><driver type='qcow2'/></disk>"
+                         "<disk name='vdb' snapshot='no'/></disks></domainsnapshot>")
+    assert snap.disks == [SnapshotDisk("vda", "external", "/i/ov.qcow2", "file", "qcow2"),
+                          SnapshotDisk("vdb", "no")]
+    assert snap.external
+    text = snapxml.format(snap)
+    assert ("<disk name='vda' snapshot='external' type='file'>\n      <driver type='qcow2'/>\n"
+            "      <source file='/i/ov.qcow2'/>\n    </disk>\n"
+            "    <disk name='vdb' snapshot='no'/>") in text
+    assert snapxml.parse_saved(text)[0].disks == snap.disks
