@@ -46,6 +46,9 @@ DEB_PACKAGES += iproute2
 DEB_PACKAGES += virt-manager xvfb imagemagick dbus-x11
 # make bench's network section: the libvirtd it compares with writes its rules with iptables
 DEB_PACKAGES += iptables
+# emulated TPMs (<tpm><backend type='emulator'>, drivers/qemu/tpm.py): swtpm and
+# swtpm_setup with its certificate authority (swtpm-tools)
+DEB_PACKAGES += swtpm swtpm-tools
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.

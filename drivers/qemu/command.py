@@ -60,18 +60,20 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
-from pyvirtd.xml.devices import (Audio, Chardev, Controller, Disk, Graphics, Input, Interface,
-                                 Memballoon, Redirdev, Rng, Sound, Video, Watchdog)
+from pyvirtd.xml.devices import (Audio, Chardev, Controller, Disk, Graphics, Hub, Input, Interface,
+                                 Iommu, Memballoon, Memory, Panic, Redirdev, Rng, Shmem, Sound,
+                                 Tpm, Video, Vsock, Watchdog)
 from pyvirtd.xml.devices.input import QEMU_DEVICES as INPUT_DEVICES
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 from pyvirtd.xml.devices.video import PRIMARY as VIDEO_PRIMARY, SECONDARY as VIDEO_SECONDARY
 from pyvirtd.xml.devices.watchdog import QEMU_ACTIONS
-from pyvirtd.xml.platform import Platform, platform
+from pyvirtd.xml.platform import platform
 
-from . import disksecrets
+from . import devices_extra, disksecrets, filesystems, memory, tpm as tpmmod
 from .defaults import DEVICE_DEFAULTS
+from .devprops import (SCSI_MODELS, ArgvBuilder, device_alias, disk_bus, error_policy_props,
+                       opts, quote)
 from .disksecrets import DiskSecrets
-from .devprops import SCSI_MODELS, Placement, device_alias, disk_bus, error_policy_props
 from .devprops import unsupported as _unsupported
 
 # QEMU's VNC display N listens on TCP port 5900 + N.
@@ -104,25 +106,6 @@ def _internal(detail: str) -> VirError:
     return VirError(P.VIR_ERR_INTERNAL_ERROR, detail, domain=P.VIR_FROM_QEMU)
 
 
-def quote(value: object) -> str:
-    """A value inside QEMU's comma-separated option syntax: commas are doubled."""
-    return str(value).replace(",", ",,")
-
-
-def opts(driver: str | None, *pairs: tuple[str, object]) -> str:
-    """``driver,key=value,...`` with values quoted; None values are skipped."""
-    parts = [quote(driver)] if driver else []
-    for key, value in pairs:
-        if value is None:
-            continue
-        if value is True:
-            value = "on"
-        elif value is False:
-            value = "off"
-        parts.append(f"{key}={quote(value)}")
-    return ",".join(parts)
-
-
 def _json(obj: dict) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
@@ -134,11 +117,13 @@ def assign_aliases(defn) -> None:
     q35 = devmod.is_q35(defn.machine)
     counters: dict[str, int] = {}
     out = []
-    for dev in devmod.parse_devices(defn):
+    devs = devmod.parse_devices(defn)
+    memory.assign_slots([d for d in devs if isinstance(d, Memory) and d.model == "dimm"])
+    for dev in devs:
         if isinstance(dev, etree._Element):
             out.append(dev)
             continue
-        if not isinstance(dev, (Graphics, Audio)):  # libvirt gives these no alias
+        if not isinstance(dev, (Graphics, Audio, Panic)):  # libvirt gives these no alias
             dev.alias = device_alias(dev, counters, q35)
         out.append(dev.to_element())
     defn.devices = out
@@ -146,16 +131,7 @@ def assign_aliases(defn) -> None:
 
 # -- the command line ---------------------------------------------------------
 
-class _Builder(Placement):
-    """The command line being built, and where its devices go."""
-
-    def __init__(self, defn, plat: Platform, q35: bool) -> None:
-        super().__init__(defn, plat, q35)
-        self.argv: list[str] = []
-        self.audiodev: str | None = None     # the -audiodev id displays and sound cards use
-
-    def add(self, *args: str) -> None:
-        self.argv.extend(args)
+_Builder = ArgvBuilder     # the builder lives in devprops, shared with the device modules
 
 
 def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None = None,
@@ -164,14 +140,19 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
                   resolve_volume: Callable[[str, str], VolumeSource] | None = None,
                   daemonize: bool = True, name_marker: str | None = None,
                   monitor_fd: int | None = None, sandbox: str | None = None,
-                  disk_secrets: DiskSecrets | None = None) -> list[str]:
+                  disk_secrets: DiskSecrets | None = None,
+                  vsock_fd: int | None = None, tpm_socket: str | None = None,
+                  fs_sockets: Mapping[str, str] | None = None) -> list[str]:
     """The argv that starts ``defn`` paused under QEMU (see the module docstring).
 
     ``monitor_fd``: the monitor is this listening socket, bound by the daemon
     (``monitor_path`` names it then only for the caller); ``sandbox``: the
     ``-sandbox`` option (confine.SANDBOX), given when not None;
     ``disk_secrets``: the master key and passphrases of encrypted disks
-    (disksecrets.prepare), which go to QEMU encrypted.
+    (disksecrets.prepare), which go to QEMU encrypted; ``vsock_fd``: the
+    /dev/vhost-vsock fd bound to the guest's cid (devices_extra.open_vsock);
+    ``tpm_socket``: the control socket of the guest's swtpm (tpm.start);
+    ``fs_sockets``: virtiofs alias -> virtiofsd's socket (filesystems.start).
 
     :param machine_defaults: machine alias -> canonical name (from caps), also
         the key ``"default"`` for a definition without a machine.
@@ -199,10 +180,11 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     _cpu(b)
     if plat.os.loader_secure:
         b.add("-global", "driver=cfi.pflash01,property=secure,value=on")
-    b.add("-m", f"size={defn.current_memory if defn.memory == 0 else defn.memory}k")
+    memory.size_args(b)
     b.add("-overcommit", "mem-lock=off")
     _smp(b)
     _iothreads(b)
+    memory.numa_args(b)
     b.add("-uuid", defn.uuid_str)
     b.add("-no-user-config", "-nodefaults")
     where = ("fd", monitor_fd) if monitor_fd is not None else ("path", monitor_path)
@@ -219,20 +201,32 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
     b.add("-no-shutdown")
     _boot(b)
     devs = devmod.parse_devices(defn)
+    for dev in devs:               # the IOMMU before the devices behind it
+        if isinstance(dev, Iommu):
+            b.add(*devices_extra.iommu_args(b, dev))
     _assign_bootindex(b, devs)
     _controllers(b, [d for d in devs if isinstance(d, Controller)])
     _disks(b, [d for d in devs if isinstance(d, Disk)], resolve_volume, disk_secrets)
+    filesystems.filesystem_args(b, dict(fs_sockets or {}))
+    memory.virtio_mem_args(b)
     _interfaces(b, [d for d in devs if isinstance(d, Interface)], tap_fds or {})
     _chardevs(b, [d for d in devs if isinstance(d, Chardev)], channel_dir)
     for dev in devs:
         if isinstance(dev, Input):
             _input(b, dev)
+    for dev in devs:
+        if isinstance(dev, Tpm):
+            b.add(*tpmmod.qemu_args(dev, b.alias(dev), tpm_socket))
     _audio(b, [d for d in devs if isinstance(d, Audio)])
     _graphics(b, [d for d in devs if isinstance(d, Graphics)])
     for dev in devs:
         if isinstance(dev, Sound):
             _sound(b, dev)
     _video(b, [d for d in devs if isinstance(d, Video)])
+    for dev in devs:
+        if isinstance(dev, Hub):
+            b.add(*devices_extra.hub_args(b, dev))
+    devices_extra.smartcard_args(b, devs, lambda dev, chr_id: _chardev_backend(dev, chr_id, None))
     for dev in devs:
         if isinstance(dev, Redirdev):
             _redirdev(b, dev)
@@ -244,12 +238,26 @@ def build_command(defn, *, binary: str, monitor_path: str, pid_path: str | None 
                                   ("deflate-on-oom", dev.autodeflate)))
         elif isinstance(dev, Rng):
             alias = b.alias(dev)
-            b.add("-object", opts("rng-random", ("id", f"obj{alias}"), ("filename", dev.source))
-                  if dev.backend == "random" else opts("rng-builtin", ("id", f"obj{alias}")))
+            if dev.backend == "egd":
+                egd = Chardev(kind="rng", type=dev.egd_type or "tcp", sources=dev.egd_sources)
+                b.add("-chardev", _chardev_backend(egd, f"char{alias}", None))
+                b.add("-object", opts("rng-egd", ("id", f"obj{alias}"),
+                                      ("chardev", f"char{alias}")))
+            else:
+                b.add("-object", opts("rng-random", ("id", f"obj{alias}"),
+                                      ("filename", dev.source)) if dev.backend == "random"
+                      else opts("rng-builtin", ("id", f"obj{alias}")))
             period = dev.rate_period or (1000 if dev.rate_bytes else None)
             b.add("-device", opts("virtio-rng-pci", ("rng", f"obj{alias}"), ("id", alias),
                                   ("max-bytes", dev.rate_bytes),
                                   ("period", period if dev.rate_bytes else None), *b.pci(dev)))
+    for dev in devs:
+        if isinstance(dev, Panic):
+            b.add(*devices_extra.panic_args(b, dev))
+        elif isinstance(dev, Shmem):
+            b.add(*devices_extra.shmem_args(b, dev))
+        elif isinstance(dev, Vsock):
+            b.add(*devices_extra.vsock_args(b, dev, vsock_fd))
     if plat.feature_on("vmcoreinfo"):    # where a crash kernel finds the guest's notes
         b.add("-device", "vmcoreinfo")
     if sandbox is not None:
@@ -280,8 +288,13 @@ def _machine(b: _Builder) -> None:
         pairs.append(("acpi", "off"))
     if plat.feature_on("vmport") is not None:
         pairs.append(("vmport", "on" if plat.feature_on("vmport") else "off"))
+    if memory.machine_backend(defn):
+        pairs.append(("memory-backend", memory.machine_backend(defn)))
     if plat.feature_on("smm") is not None:
         pairs.append(("smm", "on" if plat.feature_on("smm") else "off"))
+    ioapic = plat.features.get("ioapic")
+    if ioapic is not None and ioapic.get("driver") == "qemu":
+        pairs.append(("kernel_irqchip", "split"))
     for timer in plat.clock.timers:
         if timer.name == "hpet" and timer.present is not None:
             pairs.append(("hpet", "on" if timer.present else "off"))
@@ -569,6 +582,17 @@ def _chardev_backend(dev: Chardev, chardev_id: str, channel_dir: str | None) -> 
         return opts("null", ("id", chardev_id))
     if dev.type == "spicevmc":
         return opts("spicevmc", ("id", chardev_id), ("name", "vdagent"))
+    if dev.type == "vc":
+        return opts("vc", ("id", chardev_id))
+    if dev.type == "pipe":
+        return opts("pipe", ("id", chardev_id), ("path", src["path"]))
+    if dev.type == "dev":          # a host tty, or a host parallel port for <parallel>
+        return opts("parport" if dev.kind == "parallel" else "tty", ("id", chardev_id),
+                    ("path", src["path"]))
+    if dev.type == "spiceport":
+        return opts("spiceport", ("id", chardev_id), ("name", src.get("channel")))
+    if dev.type == "qemu-vdagent":
+        return opts("qemu-vdagent", ("id", chardev_id), ("name", "vdagent"))
     if dev.type == "file":
         return opts("file", ("id", chardev_id), ("path", src["path"]),
                     ("append", {"on": "on", "off": "off"}.get(src.get("append"))))
@@ -612,6 +636,9 @@ def _chardevs(b: _Builder, chrs: list[Chardev], channel_dir: str | None) -> None
             extra = [("index", dev.target_port)] if driver == "isa-serial" else []
             b.add("-device", opts(driver, ("chardev", chardev_id), ("id", alias), *extra,
                                   *b.pci(dev)))
+        elif dev.kind == "parallel":
+            b.add("-chardev", backend)
+            b.add("-device", opts("isa-parallel", ("chardev", chardev_id), ("id", alias)))
         elif dev.kind == "console":
             if dev.target_type != "virtio":
                 raise _unsupported(f"console target type '{dev.target_type}' is not supported")
@@ -675,7 +702,8 @@ def _graphics(b: _Builder, gfx: list[Graphics]) -> None:
 
 _SPICE_TUNING = {"image": "image-compression", "jpeg": "jpeg-wan-compression",
                  "zlib": "zlib-glz-wan-compression", "playback": "playback-compression"}
-_AUDIO_DRIVERS = {"none": "none", "spice": "spice", "file": "wav"}
+_AUDIO_DRIVERS = {"none": "none", "spice": "spice", "file": "wav", "alsa": "alsa", "oss": "oss",
+                  "pulseaudio": "pa", "sdl": "sdl", "jack": "jack", "dbus": "dbus"}
 
 
 def _audio(b: _Builder, audios: list[Audio]) -> None:

@@ -15,8 +15,9 @@ from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
-from pyvirtd.xml.devices import (Chardev, Controller, Disk, Graphics, Input, Interface,
-                                 Memballoon, Redirdev, Rng, Sound, Video, Watchdog)
+from pyvirtd.xml.devices import (Chardev, Controller, Disk, Filesystem, Graphics, Hub, Input,
+                                 Interface, Iommu, Memballoon, Memory, Redirdev, Rng, Shmem,
+                                 Smartcard, Sound, Tpm, Video, Vsock, Watchdog)
 from pyvirtd.xml.platform import Platform, platform
 
 # libvirt's SCSI controller models -> QEMU device (qemuBuildControllerSCSIDevStr)
@@ -44,6 +45,12 @@ def device_alias(dev, counters: dict[str, int], q35: bool) -> str:
             return f"{dev.bus}{ctl}-{bus}-{unit}"
         prefix = {"virtio": "virtio-disk", "usb": "usb-disk"}.get(dev.bus, dev.bus)
         return f"{prefix}{dev.index}"
+    if isinstance(dev, Memory) and dev.address is not None and dev.address.type == "dimm":
+        return f"dimm{dev.address.int('slot')}"      # by slot (qemuAssignDeviceMemoryAlias)
+    if isinstance(dev, Memory) and dev.model == "virtio-mem":
+        n = counters.get("virtiomem", 0)
+        counters["virtiomem"] = n + 1
+        return f"virtiomem{n}"
     if isinstance(dev, Controller):
         if dev.type == "sata" and dev.index == 0 and q35:
             return "ide"
@@ -52,12 +59,14 @@ def device_alias(dev, counters: dict[str, int], q35: bool) -> str:
         return dev.qemu_id
     kind = {Interface: "net", Input: "input", Video: "video", Memballoon: "balloon",
             Rng: "rng", Watchdog: "watchdog", Graphics: "graphics", Sound: "sound",
-            Redirdev: "redir"}.get(type(dev))
+            Redirdev: "redir", Hub: "hub", Shmem: "shmem", Vsock: "vsock",
+            Iommu: "iommu", Tpm: "tpm", Memory: "dimm", Filesystem: "fs",
+            Smartcard: "smartcard"}.get(type(dev))
     if isinstance(dev, Chardev):
         kind = dev.kind
         if kind == "console" and dev.target_type in (None, "serial"):
             return f"serial{dev.target_port or 0}"     # the alias of serial port 0
-        if kind in ("serial", "console") and dev.target_port is not None:
+        if kind in ("serial", "parallel", "console") and dev.target_port is not None:
             return f"{kind}{dev.target_port}"
     n = counters.get(kind, 0)
     counters[kind] = n + 1
@@ -170,3 +179,35 @@ def disk_bus(b: Placement, disk: Disk) -> list[tuple[str, object]]:
             pairs += [("scsi-id", unit)]
         return pairs
     raise unsupported(f"disk bus '{disk.bus}' is not supported")
+
+
+def quote(value: object) -> str:
+    """A value inside QEMU's comma-separated option syntax: commas are doubled."""
+    return str(value).replace(",", ",,")
+
+
+def opts(driver: str | None, *pairs: tuple[str, object]) -> str:
+    """``driver,key=value,...`` with values quoted; None values are skipped."""
+    parts = [quote(driver)] if driver else []
+    for key, value in pairs:
+        if value is None:
+            continue
+        if value is True:
+            value = "on"
+        elif value is False:
+            value = "off"
+        parts.append(f"{key}={quote(value)}")
+    return ",".join(parts)
+
+
+class ArgvBuilder(Placement):
+    """The command line being built (command.py and the device modules it calls),
+    and where its devices go."""
+
+    def __init__(self, defn, plat: Platform, q35: bool) -> None:
+        super().__init__(defn, plat, q35)
+        self.argv: list[str] = []
+        self.audiodev: str | None = None     # the -audiodev id displays and sound cards use
+
+    def add(self, *args: str) -> None:
+        self.argv.extend(args)

@@ -34,6 +34,7 @@ this module fills its template methods for QEMU.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -46,8 +47,8 @@ from pyvirtd.xml import domain as domxml
 
 from pyvirtd.driver import interfaces
 
-from . import (confine, dac, devacl, diskchain, disksecrets, firmware, guest_events, launch,
-               passthrough, process, volumes)
+from . import (confine, dac, devacl, devices_extra, diskchain, disksecrets, filesystems,
+               firmware, guest_events, launch, passthrough, process, tpm, volumes)
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
 
@@ -124,18 +125,26 @@ class QemuDriverState(QemuState):
 
         async def undo() -> None:
             await trio.to_thread.run_sync(disksecrets.remove_master_key, key_path)
+            await trio.to_thread.run_sync(tpm.stop, self, name)
+            await trio.to_thread.run_sync(filesystems.stop, self, live)
             await interfaces.unplug_all(self, taps, live.devices_of("interface"))
             await trio.to_thread.run_sync(dac.restore_all, labels)
             await devacl.release(conf, live)    # confinement: the guest's cgroup
 
         mon_sock = None
+        vsock_fd = None
         try:
+            # <vsock>: /dev/vhost-vsock bound to the guest's cid, handed to QEMU
+            vsock_fd = await trio.to_thread.run_sync(devices_extra.open_vsock, live)
+            tpm_socket = await tpm.start(self, live)      # swtpm, before QEMU
+            fs_sockets = await filesystems.start(self, live)     # virtiofsd, likewise
             if conf.own_start:   # QEMU may not fork: it gets the daemon's monitor socket
                 mon_sock = await trio.to_thread.run_sync(process.bind_monitor, str(monitor_path))
             argv = launch.build_argv(self, live, monitor_path=str(monitor_path),
                                      pid_path=str(pid_path), tap_fds=tap_fds, volumes=sources,
                                      monitor_fd=mon_sock.fileno() if mon_sock else None,
-                                     disk_secrets=secrets)
+                                     disk_secrets=secrets, vsock_fd=vsock_fd,
+                                     tpm_socket=tpm_socket, fs_sockets=fs_sockets)
             if incoming is not None:
                 argv += ["-incoming", "defer"]
             if loadvm is not None:
@@ -155,14 +164,20 @@ class QemuDriverState(QemuState):
             try:
                 pid = await process.launch(
                     argv, log_path=str(self.store.log_path(name)), pid_path=str(pid_path),
-                    pass_fds=[*tap_fds.values(), *([mon_sock.fileno()] if mon_sock else [])],
+                    pass_fds=[*tap_fds.values(), *([mon_sock.fileno()] if mon_sock else []),
+                              *([vsock_fd] if vsock_fd is not None else [])],
                     monitor_path=str(monitor_path) if mon_sock else None,
                     run_as=[*fence, *conf.run_as()])
             finally:
                 interfaces.close_fds(tap_fds)   # QEMU holds its own copies now
+                if vsock_fd is not None:
+                    os.close(vsock_fd)
+                    vsock_fd = None
                 if mon_sock is not None:
                     mon_sock.close()
         except BaseException:
+            if vsock_fd is not None:
+                os.close(vsock_fd)
             with trio.CancelScope(shield=True):
                 await undo()
             raise
@@ -215,6 +230,12 @@ class QemuDriverState(QemuState):
         labels, dom.labels = dom.labels, []
         if labels:   # QEMU is gone: its files go back to their owners
             cleanups.append((trio.to_thread.run_sync, dac.restore_all, labels))
+        if tpm.emulated(dom.definition) is not None:   # swtpm goes with QEMU
+            cleanups.append((trio.to_thread.run_sync, tpm.stop, self, dom.name))
+        if any(drv is not None and drv.get("type") == "virtiofs" for drv in (
+                fs.find("driver") for fs in dom.definition.devices_of("filesystem"))):
+            # and virtiofsd
+            cleanups.append((trio.to_thread.run_sync, filesystems.stop, self, dom.definition))
         if self.confinement.cgroups:   # and its cgroup goes (devacl.py)
             cleanups.append((devacl.release, self.confinement, dom.definition))
         # the master key of its encrypted disks (disksecrets.py), after its label

@@ -57,7 +57,7 @@ from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
 
 from pyvirtd.driver import interfaces
 
-from . import dac, devacl, disksecrets
+from . import dac, devacl, disksecrets, memory
 from .defaults import DEVICE_DEFAULTS
 from .devprops import SCSI_MODELS, Placement, device_alias, disk_bus, error_policy_props
 
@@ -673,6 +673,8 @@ class HotplugMixin:
                 alias = await attach_disk_live(state, dom, elem)
             elif elem.tag == "interface":
                 alias = await attach_interface_live(state, dom, elem)
+            elif elem.tag == "memory":
+                alias = await memory.attach_live(dom, elem)
             else:
                 raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
                            f"live attach of device '{_type_name(elem.tag)}' is not supported")
@@ -745,11 +747,14 @@ class HotplugMixin:
 
 
 def _attach_config(defn: domxml.DomainDef, elem: etree._Element) -> None:
-    """qemuDomainAttachDeviceConfig for disks and NICs."""
+    """qemuDomainAttachDeviceConfig for disks, NICs and memory devices."""
     if elem.tag == "disk":
         target = _target(elem)
         if find_disk(defn, target) is not None:
             raise _err(P.VIR_ERR_OPERATION_INVALID, f"target {target} already exists")
+    elif elem.tag == "memory":
+        memory.attach_config(defn, elem)
+        return
     elif elem.tag != "interface":
         raise _err(P.VIR_ERR_OPERATION_UNSUPPORTED,
                    f"persistent attach of device '{_type_name(elem.tag)}' is not supported")

@@ -27,7 +27,7 @@ from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.platform import fill_cpu_defaults
 
-from . import firmware
+from . import filesystems, firmware, memory
 from .command import VolumeSource, assign_aliases, build_command
 from .confine import SANDBOX
 from .defaults import DEVICE_DEFAULTS
@@ -78,14 +78,19 @@ def fill_defaults(state: "QemuState", d: domxml.DomainDef) -> None:
     if d.arch == HOST_ARCH:
         d.raw["cpu"] = fill_cpu_defaults(d.raw.get("cpu"), d.type)
     devmod.apply_defaults(d, DEVICE_DEFAULTS)
+    memory.fill_defaults(d)
     devmod.validate_devices(d, starting=False)     # what cannot run yet fails at start
+    memory.validate_hotplug(d)
+    filesystems.validate(d)
 
 
 def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
                pid_path: str, tap_fds: dict[int, int] | None = None,
                volumes: Mapping[tuple[str, str], VolumeSource] | None = None,
                monitor_fd: int | None = None,
-               disk_secrets: DiskSecrets | None = None) -> list[str]:
+               disk_secrets: DiskSecrets | None = None, vsock_fd: int | None = None,
+               tpm_socket: str | None = None,
+               fs_sockets: dict[str, str] | None = None) -> list[str]:
     """The argv of ``live``; ``volumes`` holds its volume disks, resolved beforehand
     (volumes.resolve_all) because resolving waits for storage and argv building must not.
 
@@ -99,7 +104,8 @@ def build_argv(state: "QemuState", live: domxml.DomainDef, *, monitor_path: str,
                          tap_fds=tap_fds, machine_defaults=state.machine_defaults(),
                          resolve_volume=lambda pool, vol: (volumes or {})[(pool, vol)],
                          name_marker=live.uuid_str, daemonize=not own_start,
-                         monitor_fd=monitor_fd,
+                         monitor_fd=monitor_fd, vsock_fd=vsock_fd, tpm_socket=tpm_socket,
+                         fs_sockets=fs_sockets,
                          sandbox=SANDBOX if state.confinement.sandbox else None,
                          disk_secrets=disk_secrets)
 

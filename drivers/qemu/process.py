@@ -307,3 +307,32 @@ def _signal(pid: int, sig: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def stop_helper(pid_path: str, marker: str) -> None:
+    """SIGTERM a guest's helper process (swtpm, virtiofsd) whose pid ``pid_path``
+    records, if it is still that program (``marker`` in its command line), and
+    remove the file.  Blocking: call in a thread."""
+    pid = read_pidfile(pid_path)
+    if pid is not None and is_running(pid, marker):
+        _signal(pid, signal.SIGTERM)
+    _unlink_quiet(pid_path)
+
+
+def bind_unix(path: str, uid: int | None = None, gid: int | None = None) -> socket.socket:
+    """A listening unix socket at ``path`` (mode 0600, owned by ``uid``:``gid`` when
+    given) that the daemon binds and hands to a helper process as an fd, so the
+    helper needs no write access to the run directory.  Blocking: call it through
+    trio.to_thread."""
+    _unlink_quiet(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        if uid is not None:
+            os.chown(path, uid, gid if gid is not None else -1)
+        sock.listen(1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

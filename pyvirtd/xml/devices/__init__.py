@@ -26,6 +26,8 @@ from pyvirtd.xml.devices.graphics import Graphics
 from pyvirtd.xml.devices.input import Input
 from pyvirtd.xml.devices.interface import Interface
 from pyvirtd.xml.devices.memballoon import Memballoon
+from pyvirtd.xml.devices.misc import (Filesystem, Hub, Iommu, Memory, Panic, Shmem, Smartcard,
+                                      Tpm, Vsock)
 from pyvirtd.xml.devices.redirdev import Redirdev
 from pyvirtd.xml.devices.rng import Rng
 from pyvirtd.xml.devices.sound import Sound
@@ -36,15 +38,19 @@ from pyvirtd.xml.devices.watchdog import Watchdog
 MODELS = {"disk": Disk, "controller": Controller, "interface": Interface, "serial": Chardev,
           "console": Chardev, "channel": Chardev, "input": Input, "graphics": Graphics,
           "video": Video, "memballoon": Memballoon, "rng": Rng, "watchdog": Watchdog,
-          "sound": Sound, "redirdev": Redirdev, "audio": Audio}
+          "sound": Sound, "redirdev": Redirdev, "audio": Audio, "parallel": Chardev,
+          "panic": Panic, "vsock": Vsock, "iommu": Iommu, "hub": Hub, "shmem": Shmem,
+          "tpm": Tpm, "memory": Memory, "filesystem": Filesystem, "smartcard": Smartcard}
 
 Device = (Disk | Controller | Interface | Chardev | Input | Graphics | Video | Memballoon | Rng
-          | Watchdog | Sound | Redirdev | Audio)
+          | Watchdog | Sound | Redirdev | Audio | Panic | Vsock | Iommu | Hub | Shmem
+          | Tpm | Memory | Filesystem | Smartcard)
 
 __all__ = ["Address", "Audio", "Chardev", "Controller", "Device", "DeviceDefaults", "Disk",
-           "Graphics", "Input", "Interface", "MODELS", "Memballoon", "Redirdev", "Rng", "Sound",
-           "Video", "Watchdog", "apply_defaults", "assign_usb_ports", "is_q35", "parse_device",
-           "parse_devices", "validate_devices"]
+           "Filesystem", "Graphics", "Hub", "Input", "Interface", "Iommu", "MODELS",
+           "Memballoon", "Memory", "Panic", "Redirdev", "Rng", "Shmem", "Smartcard", "Sound", "Tpm", "Video",
+           "Vsock", "Watchdog", "apply_defaults", "assign_usb_ports", "free_slots", "is_q35",
+           "parse_device", "parse_devices", "validate_devices"]
 
 
 def parse_device(elem: etree._Element):
@@ -62,8 +68,12 @@ def is_q35(machine: str | None) -> bool:
 
 
 def device_ctx(defn) -> dict:
-    """What a model's fill_defaults may ask about the guest: its machine."""
-    return {"q35": is_q35(defn.machine), "machine": defn.machine}
+    """What a model's fill_defaults and validate may ask about the guest: its
+    machine, and its <ioapic driver> (an IOMMU's interrupt remapping needs 'qemu')."""
+    features = defn.raw.get("features")
+    ioapic = features.find("ioapic") if features is not None else None
+    return {"q35": is_q35(defn.machine), "machine": defn.machine,
+            "ioapic": ioapic.get("driver") if ioapic is not None else None}
 
 
 class DeviceDefaults:
@@ -130,6 +140,7 @@ def apply_defaults(defn, defaults: DeviceDefaults) -> None:
                 if not has_controller(kind, idx):
                     add_controller(kind, idx)
     _virtio_serial_defaults(devs, conts, add_controller)
+    _ccid_defaults(devs, has_controller, add_controller)
     _console_defaults(devs)
     if not any(isinstance(d, Input) and d.bus == "ps2" and d.type == "mouse" for d in devs):
         devs.append(Input(type="mouse", bus="ps2"))
@@ -155,13 +166,15 @@ def apply_defaults(defn, defaults: DeviceDefaults) -> None:
 
 def assign_usb_ports(devs: list) -> None:
     """USB devices without an address get the next port of USB bus 0, in libvirt's
-    order (virDomainUSBDeviceDefForeach: disks, inputs, sound cards, redirected
-    devices), after the ports the XML already names."""
+    order (hubs, then virDomainUSBDeviceDefForeach: disks, CCID controllers, inputs,
+    sound cards, redirected devices), after the ports the XML already names."""
     has_usb = any(isinstance(c, Controller) and c.type == "usb" and c.model != "none"
                   for c in devs)
     if not has_usb:
         return
-    wanted = [*[d for d in devs if isinstance(d, Disk) and d.bus == "usb"],
+    wanted = [*[d for d in devs if isinstance(d, Hub)],      # hubs first, as libvirt
+              *[d for d in devs if isinstance(d, Disk) and d.bus == "usb"],
+              *[c for c in devs if isinstance(c, Controller) and c.type == "ccid"],
               *[d for d in devs if isinstance(d, Input) and d.bus == "usb"],
               *[d for d in devs if isinstance(d, Sound) and d.model == "usb"],
               *[d for d in devs if isinstance(d, Redirdev)]]
@@ -240,6 +253,30 @@ def _virtio_serial_defaults(devs: list, conts: list, add_controller) -> None:
             used.add(port)
 
 
+def _ccid_defaults(devs: list, has_controller, add_controller) -> None:
+    """Smartcards sit in the slots of CCID controller 0, added when missing."""
+    cards = [d for d in devs if isinstance(d, Smartcard)]
+    if not cards:
+        return
+    if not has_controller("ccid", 0):
+        add_controller("ccid", 0)
+    for card, slot in free_slots(cards):
+        card.address = Address("ccid", {"controller": "0", "slot": str(slot)})
+
+
+def free_slots(devs: list):
+    """(device, slot) for each device without an address: the lowest slot numbers
+    the others' addresses leave free, in order."""
+    used = {d.address.int("slot") for d in devs if d.address is not None}
+    slot = 0
+    for dev in devs:
+        if dev.address is None:
+            while slot in used:
+                slot += 1
+            used.add(slot)
+            yield dev, slot
+
+
 def _root_port_defaults(conts: list) -> None:
     """pcie-root-ports and switch downstream ports get chassis = index and port
     numbers from 0x10 up, in index order (libvirt derives the port from the
@@ -271,6 +308,10 @@ def _console_defaults(devs: list) -> None:
     for i, serial in enumerate(serials):
         if serial.target_port is None:
             serial.target_port = i
+    parallels = [d for d in devs if isinstance(d, Chardev) and d.kind == "parallel"]
+    for i, port in enumerate(parallels):
+        if port.target_port is None:
+            port.target_port = i
     if serials and not consoles:
         port0 = next((s for s in serials if s.target_port == 0), None)
         if port0 is not None:
@@ -308,7 +349,7 @@ def validate_devices(defn, *, starting: bool = True) -> None:
                 continue
             raise not_runnable(f"device <{dev.tag}> is not supported by the QEMU driver")
         try:
-            if isinstance(dev, Watchdog):
+            if isinstance(dev, (Watchdog, Iommu)):
                 dev.validate(ctx)
             else:
                 dev.validate()

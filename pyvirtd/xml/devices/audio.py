@@ -11,8 +11,8 @@ from pyvirtd.xml.devices._base import (DeviceBase, enum_attr, int_attr, not_runn
 
 TYPES = ("none", "alsa", "coreaudio", "jack", "oss", "pulseaudio", "sdl", "spice", "file",
          "dbus", "pipewire")
-# what a daemon without a desktop session can offer
-SUPPORTED = ("none", "spice", "file")
+# the backends QEMU 7.2 has on Linux (pipewire came with QEMU 8.1)
+SUPPORTED = ("none", "spice", "file", "alsa", "oss", "pulseaudio", "sdl", "jack", "dbus")
 
 
 @dataclass

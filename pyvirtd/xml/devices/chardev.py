@@ -1,4 +1,4 @@
-"""Character devices: <serial>, <console>, <channel> (virDomainChrDef)."""
+"""Character devices: <serial>, <parallel>, <console>, <channel> (virDomainChrDef)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from pyvirtd.xml.devices._base import (Address, DeviceBase, enum_attr, int_attr,
 
 SOURCE_TYPES = ("null", "vc", "pty", "dev", "file", "pipe", "stdio", "udp", "tcp", "unix",
                 "spicevmc", "spiceport", "nmdm", "qemu-vdagent", "dbus")
-SUPPORTED_SOURCES = ("null", "pty", "file", "tcp", "unix", "udp", "spicevmc")
+SUPPORTED_SOURCES = ("null", "vc", "pty", "dev", "file", "pipe", "tcp", "unix", "udp",
+                     "spicevmc", "spiceport", "qemu-vdagent")
 TARGET_TYPES = {
     "serial": ("isa-serial", "usb-serial", "pci-serial", "spapr-vio-serial", "system-serial",
                "sclp-serial", "isa-debug"),
     "console": ("serial", "xen", "uml", "virtio", "lxc", "openvz", "sclp", "sclplm"),
     "channel": ("guestfwd", "virtio", "xen"),
+    "parallel": (),
 }
 # Serial target type -> the model libvirt fills in (and QEMU's device).
 SERIAL_MODELS = {"isa-serial": "isa-serial", "usb-serial": "usb-serial",
@@ -27,7 +29,7 @@ SPICE_AGENT = "com.redhat.spice.0"
 
 @dataclass
 class Chardev(DeviceBase):
-    kind: str = "serial"                  # the element: serial / console / channel
+    kind: str = "serial"                  # the element: serial / parallel / console / channel
     type: str = "pty"
     sources: list = field(default_factory=list)   # attribute dicts of each <source>
     protocol: str | None = None           # tcp: raw/telnet/...
@@ -99,7 +101,7 @@ class Chardev(DeviceBase):
     def validate(self) -> None:
         if self.type not in SUPPORTED_SOURCES:
             raise not_runnable(f"character device type '{self.type}' is not supported")
-        if self.type in ("file",) and not self.path:
+        if self.type in ("file", "pipe", "dev") and not self.path:
             raise xml_error("Missing source path attribute for char device")
         if self.type == "tcp" and not (self.sources and self.sources[0].get("service")):
             raise xml_error("Missing source service attribute for char device")

@@ -129,7 +129,7 @@ class Controller(DeviceBase):
         if self.type == "pci" and self.index > 0 and self.model in ("pci-root", "pcie-root"):
             raise xml_error(f"The PCI controller with index='{self.index}' can't be "
                             f"model='{self.model}'")
-        if self.type in ("fdc", "ccid", "xenbus", "isa"):
+        if self.type in ("fdc", "xenbus", "isa"):
             raise not_runnable(f"controller type '{self.type}' is not supported")
 
     def to_element(self) -> etree._Element:

@@ -49,6 +49,7 @@ from pyvirtd.xml.devices.disk import Disk
 from pyvirtd.xml.devices.input import Input
 from pyvirtd.xml.devices.interface import Interface
 from pyvirtd.xml.devices.memballoon import Memballoon
+from pyvirtd.xml.devices.misc import Filesystem, Memory, Panic, Shmem, Vsock
 from pyvirtd.xml.devices.rng import Rng
 from pyvirtd.xml.devices.sound import Sound
 from pyvirtd.xml.devices.video import Video
@@ -194,6 +195,14 @@ def _endpoint_kind(dev, q35: bool) -> str | None:
         return "pcie" if q35 and dev.model == "virtio" else "pci"
     if isinstance(dev, Input):
         return ("pcie" if q35 else "pci") if dev.bus == "virtio" else None
+    if isinstance(dev, (Vsock, Filesystem)):     # virtio-9p-pci, vhost-user-fs-pci
+        return "pcie" if q35 else "pci"
+    if isinstance(dev, Shmem):                     # ivshmem is conventional PCI
+        return "pci"
+    if isinstance(dev, Memory):
+        return ("pcie" if q35 else "pci") if dev.model == "virtio-mem" else None
+    if isinstance(dev, Panic):
+        return "pci" if dev.model == "pvpanic" else None
     return None
 
 
@@ -201,8 +210,9 @@ def _endpoints(devs: list, q35: bool) -> list:
     """Devices to place, in libvirt's order (the primary video is placed apart)."""
     of = lambda kind: [d for d in devs if isinstance(d, kind)]  # noqa: E731
     videos = [v for v in of(Video) if v.model not in ("none", "ramfb")]
-    ordered = [*of(Interface), *of(Sound), *of(Controller), *of(Disk), *of(Memballoon),
-               *of(Rng), *of(Watchdog), *videos[1:], *of(Input)]
+    ordered = [*of(Filesystem), *of(Interface), *of(Sound), *of(Controller), *of(Disk), *of(Memballoon),
+               *of(Rng), *of(Watchdog), *videos[1:], *of(Shmem), *of(Input), *of(Vsock),
+               *of(Panic), *of(Memory)]
     return [d for d in ordered if d.address is None and _endpoint_kind(d, q35) is not None]
 
 

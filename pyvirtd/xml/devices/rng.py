@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lxml import etree
 
@@ -21,6 +21,8 @@ class Rng(DeviceBase):
     source: str | None = None             # random: host device path
     rate_bytes: int | None = None
     rate_period: int | None = None
+    egd_type: str | None = None           # egd: the chardev type of its daemon (tcp, unix, ...)
+    egd_sources: list = field(default_factory=list)   # egd: attribute dicts of each <source>
 
     @classmethod
     def parse(cls, elem: etree._Element) -> "Rng":
@@ -33,6 +35,11 @@ class Rng(DeviceBase):
                               missing="missing RNG device backend model")
         if r.backend == "random":
             r.source = (be.text or "").strip() or None
+        elif r.backend == "egd":
+            if be.get("type") is None:
+                raise xml_error("missing EGD backend type")
+            r.egd_type = be.get("type")
+            r.egd_sources = [dict(src.attrib) for src in be.findall("source")]
         rate = elem.find("rate")
         if rate is not None:
             r.rate_bytes = int_attr(rate, "bytes")
@@ -45,8 +52,8 @@ class Rng(DeviceBase):
             self.source = DEFAULT_SOURCE
 
     def validate(self) -> None:
-        if self.backend == "egd":
-            raise not_runnable("RNG backend 'egd' is not supported")
+        if self.backend == "egd" and self.egd_type not in ("tcp", "unix", "udp"):
+            raise not_runnable(f"RNG egd backend type '{self.egd_type}' is not supported")
         if self.backend == "random" and self.source not in ("/dev/random", "/dev/urandom",
                                                             "/dev/hwrng"):
             raise unsupported(f"file '{self.source}' is not a supported random source")
@@ -55,5 +62,8 @@ class Rng(DeviceBase):
         e = set_attrs(etree.Element("rng"), ("model", self.model))
         if self.rate_bytes is not None:
             sub(e, "rate", ("bytes", self.rate_bytes), ("period", self.rate_period))
-        sub(e, "backend", ("model", self.backend), text=self.source)
+        be = sub(e, "backend", ("model", self.backend), ("type", self.egd_type),
+                 text=self.source)
+        for source in self.egd_sources:
+            sub(be, "source", *source.items())
         return self._format_common(e)

@@ -50,16 +50,22 @@ def qemu_uri(d: RunningDaemon) -> str:
 
 def guest_pids(root: Path) -> list[int]:
     """Every live QEMU whose command line points into ``root``."""
-    marker = str(root).encode()
+    return helper_pids(b"qemu-system", str(root).encode())
+
+
+def helper_pids(*needles: bytes) -> list[int]:
+    """Live processes (zombies count as gone) whose command line holds every needle:
+    a guest's swtpm or virtiofsd."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[-1].split()[0]
         except OSError:
             continue
-        if b"qemu-system" in cmdline and marker in cmdline:
+        if state != "Z" and all(n in cmdline for n in needles):
             pids.append(int(entry))
     return pids
 
@@ -148,6 +154,31 @@ def module_daemon(name: str):
 def module_uri(daemon) -> str:
     """qemu:///session on the module's daemon (``uri = module_uri`` in a module)."""
     return qemu_uri(daemon)
+
+
+@contextlib.contextmanager
+def privileged_daemon(prefix: str):
+    """A root pyvirtd with the system daemon's behaviour (QEMU confined to
+    pyvirtd-qemu), under a directory that user may traverse; yields (daemon,
+    qemu:///system URI), and kills its guests and removes the directory at the end."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    subprocess.run([sys.executable, "-m", "pyvirtd.cli", "qemu-user"], check=True,
+                   stdout=subprocess.DEVNULL)
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    base.chmod(0o755)
+    root = base / "pyvirtd"
+    (root / "lib" / "network").mkdir(parents=True)   # no 'default' network on this host
+    d = start_daemon(root, "--privileged")
+    try:
+        yield d, f"qemu+unix:///system?socket={d.sock}"
+    finally:
+        stop_daemon(d)
+        kill_guests(base)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextlib.contextmanager

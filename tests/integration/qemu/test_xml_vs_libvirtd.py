@@ -30,10 +30,8 @@ NOT_FOR_LIBVIRTD = {"ovmf", "libvirt-live"}
 # Documents both daemons accept but store differently, and why (strict xfail:
 # the day they match, the entry must go).
 KNOWN_DIFFERENCES = {
-    "q35-not-runnable-kinds": "device kinds pyvirtd does not model yet (hostdev, filesystem, "
-                              "shmem, vsock, memory, smartcard, hub) get no PCI/USB/ccid/dimm "
-                              "address and imply no controllers; a <memory> dimm is not added "
-                              "to the total memory",
+    "q35-not-runnable-kinds": "<hostdev>, which pyvirtd does not model yet, gets no PCI "
+                              "address, so one root port fewer is added",
 }
 CORPUS = [
     pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DIFFERENCES[p.stem]))

@@ -252,3 +252,40 @@ def test_confined_argv_takes_the_daemons_monitor_socket_and_the_sandbox():
     assert argv[argv.index("-sandbox") + 1] == (
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
     assert "-daemonize" not in argv
+
+
+def test_vsock_takes_the_vhost_fd_and_the_cid_chosen_at_start() -> None:
+    from pyvirtd.xml.devices import Vsock
+
+    d = domxml.parse(_minimal("<vsock model='virtio'><cid auto='yes'/></vsock>"))
+    with pytest.raises(VirError):           # no fd: the driver did not open /dev/vhost-vsock
+        build_command(d, binary=QEMU, monitor_path="/m", daemonize=False)
+    for i, elem in enumerate(d.devices):
+        if elem.tag == "vsock":
+            v = Vsock.parse(elem)
+            v.set_cid(7)
+            d.devices[i] = v.to_element()
+    argv = build_command(d, binary=QEMU, monitor_path="/m", daemonize=False, vsock_fd=33)
+    dev = next(a for a in argv if a.startswith("vhost-vsock-pci"))
+    assert dev.startswith("vhost-vsock-pci,id=vsock0,guest-cid=7,vhostfd=33,bus=")
+
+
+def test_emulated_tpm_connects_to_the_swtpm_socket() -> None:
+    d = domxml.parse(_minimal("<tpm model='tpm-crb'><backend type='emulator' version='2.0'/>"
+                              "</tpm>"))
+    with pytest.raises(VirError):           # swtpm was not started
+        build_command(d, binary=QEMU, monitor_path="/m", daemonize=False)
+    argv = build_command(d, binary=QEMU, monitor_path="/m", daemonize=False,
+                         tpm_socket="/run/swtpm/g-swtpm.sock")
+    i = argv.index("-tpmdev")
+    assert argv[i - 2:i + 4] == ["-chardev", "socket,id=chrtpm,path=/run/swtpm/g-swtpm.sock",
+                                 "-tpmdev", "emulator,id=tpm-tpm0,chardev=chrtpm",
+                                 "-device", "tpm-crb,tpmdev=tpm-tpm0,id=tpm0"]
+
+
+def test_external_tpm_uses_its_own_socket() -> None:
+    d = domxml.parse(_minimal("<tpm model='tpm-tis'><backend type='external'><source "
+                              "type='unix' mode='connect' path='/run/ext.sock'/></backend></tpm>"))
+    argv = build_command(d, binary=QEMU, monitor_path="/m", daemonize=False)
+    assert "socket,id=chrtpm,path=/run/ext.sock" in argv
+    assert "tpm-tis,tpmdev=tpm-tpm0,id=tpm0" in argv
