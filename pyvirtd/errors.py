@@ -31,7 +31,6 @@ _PREFIXES = {
     P.VIR_ERR_INVALID_ARG: "invalid argument",
     P.VIR_ERR_OPERATION_FAILED: "operation failed",
     P.VIR_ERR_XML_ERROR: "XML error",
-    P.VIR_ERR_XML_DETAIL: "XML error",
     P.VIR_ERR_XML_INVALID_SCHEMA: "XML document failed to validate against schema",
     P.VIR_ERR_OPERATION_DENIED: "operation forbidden",
     P.VIR_ERR_NO_DOMAIN: "Domain not found",
