@@ -31,6 +31,7 @@ from .balloon import BalloonMixin
 from .blockjobs import BlockJobsMixin
 from .console import ConsoleMixin
 from .domains import DomainMixin
+from .dump import DumpMixin
 from .driver import QemuDriverState
 from .host import HostMixin
 from .hotplug import HotplugMixin
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
                      BalloonMixin, SaveMixin, SnapshotMixin, JobsMixin, BlockJobsMixin,
-                     MetadataMixin, PassthroughMixin, ScreenshotMixin, VcpusMixin,
+                     MetadataMixin, PassthroughMixin, ScreenshotMixin, VcpusMixin, DumpMixin,
                      DomainProcedures, HypervisorConnection):
     """One client's qemu:// connection; methods are named after RPC procedures.
 

@@ -255,7 +255,7 @@ def scan_managed(drv: QemuDriverState) -> None:
 
 # ------------------------------------------------------------------- QEMU's side
 
-async def _wait_migration(mon: "Monitor", job: str, djob: jobs.Job | None = None) -> None:
+async def wait_migration(mon: "Monitor", job: str, djob: jobs.Job | None = None) -> None:
     """Poll query-migrate until QEMU's migration completed; libvirt's errors otherwise.
     With a domain job, its figures follow QEMU's and an abort ends the wait."""
     delay = POLL_FIRST
@@ -338,7 +338,7 @@ async def save_domain(drv: QemuDriverState, dom: QemuDomain, path: str, dxml: st
             job.check_aborted()
             await mon.getfd(fd, FD_NAME)
             await mon.execute("migrate", {"uri": f"fd:{FD_NAME}"})
-            await _wait_migration(mon, "save job", job)
+            await wait_migration(mon, "save job", job)
             await trio.to_thread.run_sync(finish_image, fd, path, bool(flags & SAVE_BYPASS_CACHE))
             done = True
         finally:
@@ -375,7 +375,7 @@ async def restore_into(drv: QemuDriverState, dom: QemuDomain, live: domxml.Domai
     async def incoming(mon: "Monitor") -> None:
         await mon.getfd(fd, FD_NAME)
         await mon.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
-        await _wait_migration(mon, "restore job")
+        await wait_migration(mon, "restore job")
 
     await drv.start_domain(dom, paused=True, live_def=live, incoming=incoming)
     running = _running_flag(flags)
