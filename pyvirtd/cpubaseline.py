@@ -21,7 +21,9 @@ QEMU_FILTERED = frozenset({"cmt", "mbm_total", "mbm_local", "osxsave", "ospke"})
 
 
 def cpu_baseline(xml_cpus: list[str], *, expand: bool,
-                 drop: frozenset[str] = frozenset()) -> str:
+                 drop: frozenset[str] = frozenset(),
+                 allowed: dict[str, list[str]] | None = None,
+                 within: cpumap.Data | None = None, forbid: bool = False) -> str:
     """A baseline of host CPU definitions, as libvirt's x86 CPU driver computes it.
 
     Each CPU is its model's features plus the features it lists (a policy
@@ -30,7 +32,10 @@ def cpu_baseline(xml_cpus: list[str], *, expand: bool,
     model all CPUs name, if they name one, is kept (fallback='forbid');
     otherwise the closest model is chosen (fallback='allow').  The vendor is
     written only when every CPU names it.  ``drop``: features a driver filters
-    out of the result before expanding it.
+    out of the result before expanding it.  For a hypervisor's baseline,
+    ``allowed`` are its CPU models (with the features that block each) and
+    ``within`` the features it knows at all; libvirt's QEMU driver then always
+    writes fallback='forbid' (``forbid``).
     """
     if not xml_cpus:
         raise cpu_error(P.VIR_ERR_INVALID_ARG, "no CPUs given")
@@ -76,13 +81,15 @@ def cpu_baseline(xml_cpus: list[str], *, expand: bool,
                 raise cpu_error(P.VIR_ERR_INTERNAL_ERROR, f"Unknown CPU feature {f}")
             one = cpumap.union(one, fdata)
         data = one if data is None else {k: v & one[k] for k, v in data.items() if v & one.get(k, 0)}
+    if within is not None and data:
+        data = {k: v & within[k] for k, v in data.items() if v & within.get(k, 0)}
     if not data:
         raise cpu_error(P.VIR_ERR_OPERATION_FAILED, "CPUs are incompatible")
     names = {c[1] for c in cpus}
     preferred = cpus[0][1] if len(names) == 1 else None
-    decoded = cpumap.decode_guest(data, vendor, preferred, xmap)
+    decoded = cpumap.decode_guest(data, vendor, preferred, xmap, allowed=allowed)
     lines = ["<cpu mode='custom' match='exact'>",
-             f"  <model fallback='{'forbid' if decoded.model == preferred else 'allow'}'>"
+             f"  <model fallback='{'forbid' if forbid or decoded.model == preferred else 'allow'}'>"
              f"{decoded.model}</model>"]
     if all(c[2] for c in cpus):
         lines.append(f"  <vendor>{cpus[0][2]}</vendor>")

@@ -58,7 +58,7 @@ def _data_for(model: str | None, features: list[tuple[str, str]], policy: str,
 
 
 def _compute(host_model: str | None, host_vendor: str | None, host_features: list[str],
-             xml: str, xmap: cpumap.X86Map) -> int:
+             xml: str, xmap: cpumap.X86Map, host_disabled: list[str]) -> int:
     root = parse_definition(xml, None, what="CPU_definition", domain=P.VIR_FROM_CPU)
     if root.tag != "cpu":
         raise cpu_error(P.VIR_ERR_XML_ERROR, "XML does not contain expected 'cpu' element")
@@ -79,6 +79,8 @@ def _compute(host_model: str | None, host_vendor: str | None, host_features: lis
     if vendor and vendor != host_vendor:
         raise Incompatible(f"host CPU vendor does not match required CPU vendor {vendor}")
     host = _data_for(host_model, [(f, "require") for f in host_features], "require", xmap)
+    host = cpumap.subtract(host, _data_for(None, [(f, "disable") for f in host_disabled],
+                                           "disable", xmap))
     by = {pol: _data_for(model, features, pol, xmap) for pol in POLICIES}
     forbidden = {k: v & host.get(k, 0) for k, v in by["forbid"].items() if v & host.get(k, 0)}
     if forbidden:
@@ -104,12 +106,14 @@ def _compute(host_model: str | None, host_vendor: str | None, host_features: lis
 
 
 def cpu_compare(host_model: str | None, host_vendor: str | None, host_features: list[str],
-                xml: str, *, fail_incompatible: bool) -> int:
+                xml: str, *, fail_incompatible: bool, host_disabled: list[str] = ()) -> int:
     """0 incompatible, 1 identical, 2 superset; with ``fail_incompatible`` an
-    incompatible CPU is VIR_ERR_CPU_INCOMPATIBLE with libvirt's reason."""
+    incompatible CPU is VIR_ERR_CPU_INCOMPATIBLE with libvirt's reason.  The host
+    is its model's features plus ``host_features`` less ``host_disabled`` (a
+    hypervisor's host model has some)."""
     xmap = cpumap.x86_map()
     try:
-        return _compute(host_model, host_vendor, host_features, xml, xmap)
+        return _compute(host_model, host_vendor, host_features, xml, xmap, list(host_disabled))
     except Incompatible as why:
         if fail_incompatible:
             raise VirError(P.VIR_ERR_CPU_INCOMPATIBLE, str(why), domain=P.VIR_FROM_CPU) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import platform
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lxml import etree
@@ -320,6 +321,32 @@ def _host_model(props: dict, defs: list) -> cpumap.Decoded | None:
                                    signature=signature, penalise=False)
     except VirError:
         return None
+
+
+@dataclass
+class HypervisorCpu:
+    """What QEMU offers guests of one virttype, in libvirt's names: its host
+    model (None if it has none), its CPU models with the features that block
+    each, and every feature QEMU knows (a baseline stays within them)."""
+    host_model: cpumap.Decoded | None
+    models: dict[str, list[str]]
+    features: cpumap.Data
+
+
+def hypervisor_cpu(qcaps: "QemuCaps", emulator: str | None, arch: str | None,
+                   virttype: str | None) -> HypervisorCpu:
+    """For Compare/BaselineHypervisorCPU: the binary and virttype chosen as
+    domcapabilities chooses them (libvirt's errors for a wrong one)."""
+    binary, arch, virttype = _select(qcaps, emulator, arch, virttype)
+    accel = "kvm" if virttype == "kvm" else "tcg"
+    defs = binary.cpu_defs.get(accel) or binary.cpu_defs.get("tcg") or []
+    props = binary.host_models.get(accel)
+    xmap = cpumap.x86_map()
+    return HypervisorCpu(
+        host_model=_host_model(props, defs) if props else None,
+        models={d.name: [xmap.qemu_names.get(b, b) for b in d.blockers] for d in defs},
+        features=cpumap.qemu_model_data({k: True for k, v in props.items()
+                                         if isinstance(v, bool)}, xmap)[0] if props else {})
 
 
 def _cpu_modes(root: etree._Element, binary: "BinaryCaps", virttype: str) -> None:

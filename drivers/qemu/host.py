@@ -71,6 +71,30 @@ class HostMixin(HostFacts):
                            fail_incompatible=bool(flags & P.ConnectCompareCPUFlags
                                                   .VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE))
 
+    def connect_compare_hypervisor_cpu(self, emulator: str | None, arch: str | None,
+                                       machine: str | None, virttype: str | None,
+                                       xml_cpu: str, flags: int) -> int:
+        """A CPU against what QEMU offers as its host model (not the host's CPU)."""
+        fail = P.ConnectCompareCPUFlags.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE
+        check_flags(flags, fail, "qemuConnectCompareHypervisorCPU", P.VIR_FROM_QEMU)
+        hm = caps_xml.hypervisor_cpu(self._caps(), emulator, arch, virttype).host_model
+        return cpu_compare(hm.model if hm else None, hm.vendor if hm else None,
+                           hm.features if hm else [], xml_cpu,
+                           fail_incompatible=bool(flags & fail),
+                           host_disabled=hm.disabled if hm else [])
+
+    def connect_baseline_hypervisor_cpu(self, emulator: str | None, arch: str | None,
+                                        machine: str | None, virttype: str | None,
+                                        xml_cpus: list[str], flags: int) -> str:
+        """A baseline among the CPU models QEMU offers, within the features it can give."""
+        check_flags(flags, BASELINE_EXPAND_FEATURES
+                    | P.ConnectBaselineCPUFlags.VIR_CONNECT_BASELINE_CPU_MIGRATABLE,
+                    "qemuConnectBaselineHypervisorCPU", P.VIR_FROM_QEMU)
+        hv = caps_xml.hypervisor_cpu(self._caps(), emulator, arch, virttype)
+        return cpu_baseline(xml_cpus, expand=bool(flags & BASELINE_EXPAND_FEATURES),
+                            drop=QEMU_FILTERED, allowed=hv.models, within=hv.features or None,
+                            forbid=True)
+
     def connect_baseline_cpu(self, xml_cpus: list[str], flags: int) -> str:
         check_flags(flags, BASELINE_EXPAND_FEATURES
                     | P.ConnectBaselineCPUFlags.VIR_CONNECT_BASELINE_CPU_MIGRATABLE,

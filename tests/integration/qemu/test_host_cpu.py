@@ -140,3 +140,48 @@ def test_compare_cpu_as_libvirtd(both):
     assert {libvirt.VIR_CPU_COMPARE_IDENTICAL, libvirt.VIR_CPU_COMPARE_SUPERSET,
             libvirt.VIR_CPU_COMPARE_INCOMPATIBLE, libvirt.VIR_ERR_CPU_INCOMPATIBLE,
             libvirt.VIR_ERR_XML_ERROR} <= seen
+
+
+HV_CPUS = [
+    "<cpu><arch>x86_64</arch><model>qemu64</model></cpu>",
+    "<cpu><arch>x86_64</arch><model>Haswell</model><vendor>Intel</vendor></cpu>",
+    "<cpu><arch>x86_64</arch><model>pentium3</model><feature name='sse2'/></cpu>",
+    "<cpu><arch>x86_64</arch><model>EPYC</model><vendor>AMD</vendor></cpu>",
+]
+
+
+@pytest.mark.parametrize("virttype", ["kvm", "qemu"])
+def test_hypervisor_cpu_calls_as_libvirtd(both, virttype):
+    """compareHypervisorCPU (against QEMU's host model, not the host's CPU) and
+    baselineHypervisorCPU (among QEMU's models, within what it can give)."""
+    py_conn, lv_conn = both
+    emulator, arch, machine = "/usr/bin/qemu-system-x86_64", "x86_64", "pc"
+    guest_cpus = HV_CPUS + [
+        "<cpu mode='host-model'/>",
+        "<cpu><model>pentium3</model></cpu>",
+        "<cpu><model>kvm64</model><feature policy='require' name='pni'/></cpu>",
+        "<cpu><model>Skylake-Client</model></cpu>",
+    ]
+    fail = libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE
+    seen = set()
+    for xml in guest_cpus:
+        for flags in (0, fail):
+            def compare(conn):
+                try:
+                    return conn.compareHypervisorCPU(emulator, arch, machine, virttype, xml, flags)
+                except libvirt.libvirtError as e:
+                    return ("error", e.get_error_code(), e.get_error_message())
+            want = compare(lv_conn)
+            assert compare(py_conn) == want, (virttype, xml, flags)
+            seen.add(want if isinstance(want, int) else want[1])
+    assert len(seen) >= 2        # more than one kind of answer was compared
+    expand = libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES
+    for cpus in ([HV_CPUS[0]], [HV_CPUS[1]], HV_CPUS[:3], [HV_CPUS[2], HV_CPUS[3]]):
+        for flags in (0, expand):
+            def baseline(conn):
+                try:
+                    return conn.baselineHypervisorCPU(emulator, arch, machine, virttype, cpus,
+                                                      flags)
+                except libvirt.libvirtError as e:
+                    return ("error", e.get_error_code(), e.get_error_message())
+            assert baseline(py_conn) == baseline(lv_conn), (virttype, cpus, flags)
