@@ -22,7 +22,7 @@ from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
-from . import save, snapshots
+from . import save, snapshots, tpm
 from .driver import QemuDriverState
 from .guest import QemuDomain
 
@@ -40,6 +40,7 @@ _U = P.DomainUndefineFlagsValues
 UNDEFINE_SNAPSHOTS_METADATA = _U.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 UNDEFINE_NVRAM = _U.VIR_DOMAIN_UNDEFINE_NVRAM
 UNDEFINE_KEEP_NVRAM = _U.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+UNDEFINE_KEEP_TPM = _U.VIR_DOMAIN_UNDEFINE_KEEP_TPM
 DESTROY_GRACEFUL = P.DomainDestroyFlagsValues.VIR_DOMAIN_DESTROY_GRACEFUL
 # virDomainShutdownFlagValues (virDomainRebootFlagValues has the same two bits)
 SHUTDOWN_ACPI = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
@@ -86,7 +87,8 @@ class DomainMixin(ds.DomainLookups):
     # -- definition -------------------------------------------------------
     async def _before_undefine(self, dom: QemuDomain, flags: int) -> None:
         """The managed save image, snapshot metadata and NVRAM go with the
-        definition only when the flags say so (qemuDomainUndefineFlags)."""
+        definition only when the flags say so, the TPM state unless they say
+        otherwise (qemuDomainUndefineFlags)."""
         if dom.managed_save:
             if not flags & save.UNDEFINE_MANAGED_SAVE:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID,
@@ -98,9 +100,12 @@ class DomainMixin(ds.DomainLookups):
             if not flags & UNDEFINE_SNAPSHOTS_METADATA:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID, "cannot delete inactive domain "
                                f"with {len(dom.snapshots)} snapshots", domain=P.VIR_FROM_QEMU)
-        await _undefine_nvram(dom.persistent_def or dom.definition, flags)
+        defn = dom.persistent_def or dom.definition
+        await _undefine_nvram(defn, flags)
         if flags & UNDEFINE_SNAPSHOTS_METADATA:
             await snapshots.remove_metadata(self.driver, dom)
+        if not flags & UNDEFINE_KEEP_TPM:
+            await trio.to_thread.run_sync(tpm.remove_state, self.driver, defn)
 
     # -- lifecycle --------------------------------------------------------
     async def _start_defined(self, dom: QemuDomain, flags: int) -> None:

@@ -59,6 +59,15 @@ def state_dir(state: "QemuState", uuid: str) -> Path:
     return state.store.config_dir.parent / "swtpm" / uuid
 
 
+def remove_state(state: "QemuState", defn) -> None:
+    """At undefine (blocking: call in a thread): the guest's TPM state goes with
+    its definition, as libvirt's does, unless its backend keeps persistent state."""
+    tpm = emulated(defn)
+    if tpm is None or tpm.backend.get("persistent_state") == "yes":
+        return
+    shutil.rmtree(state_dir(state, defn.uuid_str), ignore_errors=True)
+
+
 def socket_path(state: "QemuState", name: str) -> Path:
     """Beside the guest's monitor socket, as short (a unix socket path is short)."""
     return name_path(state.store.run_dir, name, ".swtpm")

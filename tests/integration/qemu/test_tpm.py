@@ -124,7 +124,13 @@ def test_swtpm_is_stopped_by_a_restarted_daemon(tmp_path):
         assert _query_tpm(uri, name)[0]["model"] == "tpm-crb"     # reattached
         ok(uri, f"destroy {name}")
         wait_for(lambda: not _swtpm_pids(name), 10)
-        ok(uri, f"undefine {name}")
+        state = root / "lib" / "swtpm" / "7d0c5a1e-2b3f-4e6a-9c8d-0000000000bb"
+        assert state.is_dir()
+        # undefine --keep-tpm leaves the TPM's state; a plain undefine removes it
+        ok(uri, f"undefine {name} --keep-tpm")
+        assert state.is_dir()
+        ok(uri, f"define {xml}; undefine {name}")
+        assert not state.exists()
     finally:
         stop_daemon(d)
         kill_guests(root)
