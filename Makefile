@@ -46,6 +46,10 @@ DEB_PACKAGES += iproute2
 DEB_PACKAGES += virt-manager xvfb imagemagick dbus-x11
 # make bench's network section: the libvirtd it compares with writes its rules with iptables
 DEB_PACKAGES += iptables
+# ESX tests (tests/integration/esx): govmomi's vSphere simulator, whose sources Debian
+# ships without a vcsim command; tests/vcsim/build.py builds one offline with Debian's Go
+# into .cache/vcsim/
+DEB_PACKAGES += golang-go golang-github-vmware-govmomi-dev
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.
