@@ -4,9 +4,9 @@ In stock libvirt the ESX driver lives in the client library, so libvirtd
 never serves it.  Here the daemon talks to the hosts named in its
 configuration (``esx_endpoints``) and any RPC client reaches them through
 it, with the daemon's authentication and access control: a client opens
-``esx+unix:///NAME?socket=...`` (or ``esx+tls://daemon-host/NAME``), whose
-transport part sends ``esx:///NAME`` to the daemon while the client's own
-ESX driver (plain ``esx://host/``) stays out of the way.
+``esx+unix:///NAME?socket=...``; the client library's own ESX driver declines
+a URI with a transport (it takes plain ``esx://host/``), so its remote driver
+brings the URI to the daemon, which finds the endpoint NAME in the path.
 
 It is a remote, stateless driver: nothing about the VMs is kept here; each
 client connection holds its own vSphere session (login at open, logout at
