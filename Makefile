@@ -49,6 +49,10 @@ DEB_PACKAGES += iptables
 # emulated TPMs (<tpm><backend type='emulator'>, drivers/qemu/tpm.py): swtpm and
 # swtpm_setup with its certificate authority (swtpm-tools)
 DEB_PACKAGES += swtpm swtpm-tools
+# ESX tests (tests/integration/esx): govmomi's vSphere simulator, whose sources Debian
+# ships without a vcsim command; tests/vcsim/build.py builds one offline with Debian's Go
+# into .cache/vcsim/
+DEB_PACKAGES += golang-go golang-github-vmware-govmomi-dev
 
 # A Python without its C headers (Debian's own python3) needs python3-dev to
 # build libvirt-python; one without ensurepip needs python3-venv.

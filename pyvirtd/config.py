@@ -29,7 +29,7 @@ from typing import Callable
 
 import yaml
 
-__all__ = ["Config", "ConfigError"]
+__all__ = ["Config", "ConfigError", "EsxEndpoint"]
 
 
 class ConfigError(Exception):
@@ -47,6 +47,26 @@ class Pattern:
 # A unix permission mode written as an octal string, as libvirtd.conf does.
 Mode = Annotated[str, Pattern(r"0?[0-7]{3}", "a quoted octal mode such as '0770'")]
 Auth = Literal["none", "sasl", "polkit"]
+
+
+@dataclass(frozen=True)
+class EsxEndpoint:
+    """A vSphere host (ESX or vCenter) the ESX driver may talk to, named by clients' URIs.
+
+    ``esx+unix:///NAME`` (drivers/esx) reaches the endpoint ``NAME``.  The
+    user name and password live in ``credentials_file`` (YAML with
+    ``username`` and ``password``, mode 0600, owned by the daemon's user),
+    never in the configuration, a URI or a log.  TLS is verified against
+    ``ca_file`` (else the system's CAs); ``insecure`` turns verification off,
+    for a lab host with a self-signed certificate.
+    """
+
+    name: str
+    host: str
+    credentials_file: str
+    port: int = 443
+    ca_file: str | None = None
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +155,9 @@ class Config:
     mdns_adv: bool = False
     mdns_name: str | None = None
 
+    # The vSphere hosts the ESX driver serves (drivers/esx): none by default.
+    esx_endpoints: tuple[EsxEndpoint, ...] = ()
+
     # QEMU guests of a privileged daemon (qemu.conf's knob names; see
     # drivers/qemu/confine.py).  A session daemon runs QEMU as its own user.
     user: str = "pyvirtd-qemu"
@@ -197,9 +220,9 @@ class Config:
             try:
                 values[key] = _check(hints[key], value)
             except _Mismatch as exc:
+                got = "" if key in _NOT_ECHOED else f", got {value!r}"
                 raise ConfigError(
-                    f"{source}: key {key!r}: expected {exc.expected}, "
-                    f"got {value!r}"
+                    f"{source}: key {key!r}: expected {exc.expected}{got}"
                 ) from None
             rule = _RULES.get(key)
             problem = rule(values[key]) if rule and values[key] != _DEFAULTS[key] else None
@@ -260,6 +283,10 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+# Keys whose wrong values are not repeated in the error: an admin may have
+# pasted a password into an endpoint by mistake, and errors reach the log.
+_NOT_ECHOED = frozenset({"esx_endpoints"})
+
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Config)}
 
 
@@ -313,10 +340,17 @@ def _check(hint: Any, value: Any) -> Any:
         if not isinstance(value, list):
             raise _Mismatch(_describe(hint))
         (item,) = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        try:
-            return tuple(_check(item, v) for v in value)
-        except _Mismatch:
-            raise _Mismatch(_describe(hint)) from None
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(_check(item, v))
+            except _Mismatch as exc:
+                # a record (an endpoint) says which of its keys is wrong
+                detail = f" (item {i}: {exc.expected})" if dataclasses.is_dataclass(item) else ""
+                raise _Mismatch(_describe(hint) + detail) from None
+        return tuple(out)
+    if dataclasses.is_dataclass(hint):
+        return _check_record(hint, value)
     if hint is type(None):
         if value is None:
             return None
@@ -331,11 +365,52 @@ def _check(hint: Any, value: Any) -> Any:
     raise _Mismatch(_describe(hint))
 
 
+def _check_record(cls: Any, value: Any) -> Any:
+    """A mapping with ``cls``'s fields (a dataclass: an endpoint) as an instance of it."""
+    if not isinstance(value, Mapping):
+        raise _Mismatch("a mapping with name, host, credentials_file and optionally port, "
+                        "ca_file, insecure")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in value if k not in fields]
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in value]
+    if unknown or missing:
+        raise _Mismatch("; ".join(
+            ([f"unknown key {', '.join(map(repr, unknown))}"] if unknown else [])
+            + ([f"missing {', '.join(map(repr, missing))}"] if missing else [])))
+    out = {}
+    for key, item in value.items():
+        try:
+            out[key] = _check(hints[key], item)
+        except _Mismatch as exc:
+            raise _Mismatch(f"{key!r} must be {exc.expected}") from None
+    return cls(**out)
+
+
+def _rule_esx_endpoints(endpoints: tuple[EsxEndpoint, ...]) -> str | None:
+    names = [e.name for e in endpoints]
+    for e in endpoints:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", e.name):
+            return f"endpoint name {e.name!r}: letters, digits, '.', '_' and '-' only"
+        for key in ("credentials_file", "ca_file"):
+            path = getattr(e, key)
+            if path is not None and not path.startswith("/"):
+                return f"endpoint {e.name!r}: {key} must be an absolute path, got {path!r}"
+        if not 0 < e.port < 65536:
+            return f"endpoint {e.name!r}: port {e.port} is out of range"
+    dup = sorted({n for n in names if names.count(n) > 1})
+    return f"endpoint names must be unique: {', '.join(dup)}" if dup else None
+
+
+_RULES["esx_endpoints"] = _rule_esx_endpoints
+
+
 _NAMES = {
     bool: "true or false",
     int: "an integer",
     str: "a string",
     type(None): "null",
+    EsxEndpoint: "a vSphere endpoint",
 }
 
 

@@ -32,6 +32,7 @@ CONNECTIONS = {
     "qemu": ("pyvirtd.drivers.qemu", "QemuConnection", True),
     "lxc": ("pyvirtd.drivers.lxc.connection", "LxcConnection", True),
     "uml": ("pyvirtd.drivers.uml.connection", "UmlConnection", True),
+    "esx": ("pyvirtd.drivers.esx.connection", "EsxConnection", False),
 }
 PROGRAMS = ("remote", "qemu", "lxc")
 

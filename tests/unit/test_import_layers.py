@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("qemu", "lxc", "uml")
+PACKAGES = ("qemu", "lxc", "uml", "esx")
 
 
 def _modules(pkg: str) -> dict[str, Path]:
@@ -99,7 +99,8 @@ failed = {}
 for name in sys.argv[1:]:
     for loaded in [m for m in sys.modules if m.startswith(("pyvirtd.drivers.qemu",
                                                            "pyvirtd.drivers.lxc",
-                                                           "pyvirtd.drivers.uml"))]:
+                                                           "pyvirtd.drivers.uml",
+                                                           "pyvirtd.drivers.esx"))]:
         del sys.modules[loaded]
     try:
         importlib.import_module(name)

@@ -15,6 +15,7 @@ import pytest
 
 from pyvirtd.driver import api
 from pyvirtd.driver.procedures import DomainProcedures, SuspendResume
+from pyvirtd.drivers.esx.connection import EsxConnection
 from pyvirtd.drivers.lxc.connection import LxcConnection
 from pyvirtd.drivers.uml.connection import UmlConnection
 from pyvirtd.drivers.qemu import QemuConnection
@@ -22,7 +23,9 @@ from pyvirtd.drivers.testdrv import connection as test_connection
 from pyvirtd.rpc import _generated as P
 
 PROCEDURE_METHODS = {p.method for p in P.PROCEDURES}
-CONNECTIONS = (QemuConnection, LxcConnection, UmlConnection, test_connection.TestConnection)
+# EsxConnection: a remote driver, checked for its parameters only (docs/drivers.md)
+CONNECTIONS = (QemuConnection, LxcConnection, UmlConnection, EsxConnection,
+               test_connection.TestConnection)
 
 
 def _methods(topic: type) -> dict[str, typing.Callable]:
