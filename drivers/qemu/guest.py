@@ -58,6 +58,8 @@ class QemuDomain(HypervisorDomain):
     taints: dict[str, int] = field(default_factory=dict)
     # the domain job holding dom.lock, and the last completed one (jobs.py)
     job_slots: dict = field(default_factory=dict)
+    # the migration of this guest under way, if any (migration.py: Migration)
+    migration: Any = None
 
 
 class QemuState(HypervisorState[QemuDomain]):
