@@ -35,10 +35,14 @@ The destination picks a free port in libvirt's migration range
 of the ``migrate_uri`` the client gave; QEMU listens on ``listen_address``
 (default every IPv4 address).
 
-Not here yet (issue 17): peer-to-peer (``--p2p``: the source daemon would
-need an RPC client), tunnelled, offline, storage copy (NBD), post-copy,
-compression, TLS for the QEMU stream, and recovery of a migration that a
-daemon restart interrupted.  The source holds the guest's job lock only
+Peer-to-peer (``--p2p``, ``migrateToURI3``): the client calls Perform3 on
+the source alone, with the destination's URI; the source daemon then runs
+the steps itself and calls Prepare3Params and Finish3Params on the
+destination daemon through pyvirtd.rpc.peer (unix sockets only so far).
+
+Not here yet (issue 17): tunnelled, offline, storage copy (NBD), post-copy,
+compression, TLS for the QEMU stream, p2p over TCP/TLS, a libvirtd peer
+(tested), and recovery of a migration that a daemon restart interrupted.  The source holds the guest's job lock only
 during Perform (libvirt keeps a migration job from Begin to Confirm).
 """
 
@@ -56,6 +60,7 @@ from lxml import etree
 from pyvirtd.driver import domains as ds
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
+from pyvirtd.rpc.peer import PeerConnection
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml import format_uuid
 
@@ -67,9 +72,10 @@ from .save import UNLIMITED_BANDWIDTH, wait_migration
 log = logging.getLogger(__name__)
 
 F = P.DomainMigrateFlags
-SUPPORTED_FLAGS = (F.VIR_MIGRATE_LIVE | F.VIR_MIGRATE_PERSIST_DEST | F.VIR_MIGRATE_UNDEFINE_SOURCE
-                   | F.VIR_MIGRATE_PAUSED | F.VIR_MIGRATE_CHANGE_PROTECTION
-                   | F.VIR_MIGRATE_ABORT_ON_ERROR | F.VIR_MIGRATE_UNSAFE)
+SUPPORTED_FLAGS = (F.VIR_MIGRATE_LIVE | F.VIR_MIGRATE_PEER2PEER | F.VIR_MIGRATE_PERSIST_DEST
+                   | F.VIR_MIGRATE_UNDEFINE_SOURCE | F.VIR_MIGRATE_PAUSED
+                   | F.VIR_MIGRATE_CHANGE_PROTECTION | F.VIR_MIGRATE_ABORT_ON_ERROR
+                   | F.VIR_MIGRATE_UNSAFE)
 # libvirt's default migration port range (qemu.conf migration_port_min/max)
 PORT_MIN, PORT_MAX = 49152, 49215
 DEFAULT_LISTEN = "0.0.0.0"
@@ -87,7 +93,7 @@ _TYPE_NAMES = {P.VIR_TYPED_PARAM_STRING: "string", P.VIR_TYPED_PARAM_ULLONG: "ul
 
 # features a qemu:// connection answers yes to for migration (ConnectSupportsFeature)
 FEATURES = (P.VIR_DRV_FEATURE_MIGRATION_V3, P.VIR_DRV_FEATURE_MIGRATION_PARAMS,
-            P.VIR_DRV_FEATURE_MIGRATE_CHANGE_PROTECTION)
+            P.VIR_DRV_FEATURE_MIGRATION_P2P, P.VIR_DRV_FEATURE_MIGRATE_CHANGE_PROTECTION)
 
 
 @dataclass
@@ -124,6 +130,12 @@ def parse_params(params: list) -> dict[str, Any]:
                            f"expected '{_TYPE_NAMES[kind]}'", domain=P.VIR_FROM_NONE)
         out[p.field] = p.value.value
     return out
+
+
+def typed_params(values: dict[str, Any]) -> list:
+    """``values`` as typed parameters again (for the peer, in p2p)."""
+    return [P.remote_typed_param(k, P.remote_typed_param_value(_PARAM_TYPES[k], v))
+            for k, v in values.items()]
 
 
 def _legacy_params(dname: str | None, uri: str | None, resource: int,
@@ -360,6 +372,48 @@ async def confirm(drv: QemuDriverState, dom: QemuDomain, flags: int, cancelled: 
         await ds.undefine(drv, dom)
 
 
+async def perform_p2p(drv: QemuDriverState, dom: QemuDomain, dconnuri: str,
+                      values: dict[str, Any], flags: int, owner: str) -> None:
+    """Peer-to-peer (VIR_MIGRATE_PEER2PEER): this daemon runs the five steps itself,
+    calling the destination daemon ``dconnuri`` for Prepare and Finish."""
+    if flags & F.VIR_MIGRATE_TUNNELLED:
+        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "tunnelled migration is not "
+                       "supported by pyvirtd yet", domain=P.VIR_FROM_QEMU)
+    cookie, xml = begin(drv, dom, values, flags)
+    if dom.state == ds.PAUSED:
+        flags |= F.VIR_MIGRATE_PAUSED
+    dest_flags = flags & ~(F.VIR_MIGRATE_ABORT_ON_ERROR | F.VIR_MIGRATE_AUTO_CONVERGE)
+    async with await PeerConnection.open(dconnuri) as peer:
+        for feature in (P.VIR_DRV_FEATURE_MIGRATION_V3, P.VIR_DRV_FEATURE_MIGRATION_PARAMS):
+            if not (await peer.call("CONNECT_SUPPORTS_FEATURE", feature)).supported:
+                raise VirError(P.VIR_ERR_OPERATION_FAILED, "Destination libvirt does not "
+                               "support migration with extensible parameters",
+                               domain=P.VIR_FROM_QEMU)
+        dest = dict(values, destination_xml=xml)
+        reply = await peer.call("DOMAIN_MIGRATE_PREPARE3_PARAMS", typed_params(dest),
+                                cookie, dest_flags)
+        if reply.uri_out:
+            dest["migrate_uri"] = reply.uri_out
+        dest.setdefault("destination_name", dom.name)
+        failure: VirError | None = None
+        cookie = b""
+        try:
+            cookie = await perform(drv, dom, dest, flags, owner)
+        except VirError as exc:
+            failure = exc
+        cancelled = int(failure is not None)
+        try:
+            await peer.call("DOMAIN_MIGRATE_FINISH3_PARAMS", typed_params(dest), cookie,
+                            dest_flags, cancelled)
+        except VirError as exc:
+            if failure is None:
+                failure, cancelled = exc, 1
+    if dom.migration is not None:
+        await confirm(drv, dom, flags, cancelled)
+    if failure is not None:
+        raise failure
+
+
 # ------------------------------------------------------------------- destination
 
 def _destination_def(drv: QemuDriverState, values: dict[str, Any]) -> domxml.DomainDef:
@@ -472,6 +526,14 @@ class MigrationMixin:
 
     async def domain_migrate_perform3_params(self, ref: Any, dconnuri: str | None, params: list,
                                              cookie_in: bytes, flags: int) -> bytes:
+        owner = "remoteDispatchDomainMigratePerform3Params"
+        if flags & F.VIR_MIGRATE_PEER2PEER:
+            if not dconnuri:
+                raise VirError(P.VIR_ERR_INVALID_ARG, "missing destination connection URI",
+                               domain=P.VIR_FROM_QEMU)
+            await perform_p2p(self.driver, self._dom(ref), dconnuri, parse_params(params),
+                              flags, owner)
+            return b""
         _no_p2p(flags)
         return await perform(self.driver, self._dom(ref), parse_params(params), flags,
                              "remoteDispatchDomainMigratePerform3Params")
@@ -479,6 +541,11 @@ class MigrationMixin:
     async def domain_migrate_perform3(self, ref: Any, xmlin: str | None, cookie_in: bytes,
                                       dconnuri: str | None, uri: str | None, flags: int,
                                       dname: str | None, resource: int) -> bytes:
+        if flags & F.VIR_MIGRATE_PEER2PEER and dconnuri:
+            await perform_p2p(self.driver, self._dom(ref), dconnuri,
+                              _legacy_params(dname, uri, resource, xmlin), flags,
+                              "remoteDispatchDomainMigratePerform3")
+            return b""
         _no_p2p(flags)
         return await perform(self.driver, self._dom(ref), _legacy_params(dname, uri, resource),
                              flags, "remoteDispatchDomainMigratePerform3")
@@ -513,5 +580,6 @@ class MigrationMixin:
 
 def _no_p2p(flags: int) -> None:
     if flags & (F.VIR_MIGRATE_PEER2PEER | F.VIR_MIGRATE_TUNNELLED):
-        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "peer-to-peer and tunnelled migration "
-                       "are not supported by pyvirtd yet", domain=P.VIR_FROM_QEMU)
+        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "peer-to-peer migration needs the "
+                       "destination URI; tunnelled migration is not supported by pyvirtd yet",
+                       domain=P.VIR_FROM_QEMU)
