@@ -122,8 +122,10 @@ def guest(uris, tmp_path_factory):
         ok(ua, "resume mig1")
         con.wait("GUEST READY", timeout=BOOT_TIMEOUT)
         con.wait(re.escape(PROMPT))
-        con.run("(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done) & "
-                "echo started-counter", r"started-counter\r?\n")
+        # written aside and renamed: a reader never sees the file empty
+        con.run("(i=0; while true; do i=$((i+1)); echo $i > /tmp/c.new; "
+                "mv /tmp/c.new /tmp/count; sleep 1; done) & echo started-counter",
+                r"started-counter\r?\n")
     finally:
         con.close()
     yield "mig1"
