@@ -314,3 +314,30 @@ def test_p2p_virsh_and_migrate_to_uri3(hosts, uris, events, firmware_guest):
     e = err(ua, f"migrate --live --p2p mig2 '{ub}'")
     assert "operation failed: domain 'mig2' already exists with uuid" in e
     assert reason(ua, "mig2") == "running (migrated)"
+
+
+def test_domjobabort_cancels_and_the_guest_stays(hosts, uris, events, guest):
+    """A migration slowed to 1 MiB/s shows as the guest's job on the source;
+    domjobabort ends it, the guest runs on where it was and nothing is left
+    on the destination."""
+    import subprocess
+
+    dst, src = uris     # the guest is on host b after the tests above
+    assert reason(src, guest) == "running (migrated)"
+    proc = subprocess.Popen(["virsh", "-c", src, "migrate", "--live", "--bandwidth", "1",
+                             guest, dst], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
+    try:
+        wait_for(lambda: "Unbounded" in virsh(src, f"domjobinfo {guest}").out, timeout=60)
+        assert re.search(r"Operation:\s+Outgoing migration", ok(src, f"domjobinfo {guest}"))
+        ok(src, f"domjobabort {guest}")
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "operation aborted" in stderr, stderr
+    assert ok(src, f"domstate {guest}").strip() == "running"
+    wait_for(lambda: guest not in ok(dst, "list --all --name"))
+    assert guest_pids(hosts[0].root) == []   # host a: the destination
+    check_session(src, guest, "mg-42", 1)
