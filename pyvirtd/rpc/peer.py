@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import os
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 import trio
 
@@ -58,7 +58,7 @@ def split_uri(uri: str) -> tuple[str, str]:
         else:
             runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
             socket_path = f"{runtime}/libvirt/libvirt-sock"
-    name = urlunsplit((driver, "", parts.path or "/", "", ""))
+    name = f"{driver}://{parts.path or '/'}"
     return socket_path, name
 
 
