@@ -429,8 +429,9 @@ def _destination_def(drv: QemuDriverState, values: dict[str, Any]) -> domxml.Dom
 
 
 async def prepare(drv: QemuDriverState, values: dict[str, Any],
-                  flags: int) -> tuple[bytes, str]:
-    """Prepare3: start QEMU waiting for the incoming stream; the URI to send it to."""
+                  flags: int) -> tuple[QemuDomain, bytes, str]:
+    """Prepare3: start QEMU waiting for the incoming stream; the guest, the cookie
+    and the URI to send the stream to."""
     check_flags(flags, SUPPORTED_FLAGS, "qemuMigrationDstPrepare", P.VIR_FROM_QEMU)
     live = _destination_def(drv, values)
     existing = drv.domains.check_add(live, live=True)
@@ -456,7 +457,21 @@ async def prepare(drv: QemuDriverState, values: dict[str, Any],
             drv.domains.remove(dom)
         raise
     shown = f"[{host}]" if ":" in host else host
-    return make_cookie(drv, live), f"tcp://{shown}:{port}"
+    return dom, make_cookie(drv, live), f"tcp://{shown}:{port}"
+
+
+async def abandon_incoming(drv: QemuDriverState, dom: QemuDomain, mig: Migration) -> None:
+    """The client that prepared an incoming migration went away before Finish: the
+    waiting QEMU is killed (shut off (failed)), as libvirt's close callback does."""
+    async with dom.lock:
+        if dom.migration is not mig:
+            return
+        dom.migration = None
+        if mig.port is not None:
+            _ports_in_use.discard(mig.port)
+        if dom.active:
+            log.warning("%s: incoming migration abandoned by its client", dom.name)
+            await drv.destroy_domain(dom, reason=ds.SHUTOFF_FAILED, detail=ds.STOPPED_FAILED)
 
 
 async def finish(drv: QemuDriverState, values: dict[str, Any], cookie: bytes | None,
@@ -562,11 +577,24 @@ class MigrationMixin:
     # -- destination
     async def domain_migrate_prepare3_params(self, params: list, cookie_in: bytes,
                                              flags: int) -> tuple:
-        return await prepare(self.driver, parse_params(params), flags)
+        return await self._prepare(parse_params(params), flags)
 
     async def domain_migrate_prepare3(self, cookie_in: bytes, uri_in: str | None, flags: int,
                                       dname: str | None, resource: int, dom_xml: str) -> tuple:
-        return await prepare(self.driver, _legacy_params(dname, uri_in, resource, dom_xml), flags)
+        return await self._prepare(_legacy_params(dname, uri_in, resource, dom_xml), flags)
+
+    async def _prepare(self, values: dict[str, Any], flags: int) -> tuple:
+        dom, cookie, uri = await prepare(self.driver, values, flags)
+        self.__dict__.setdefault("_incoming", []).append((dom, dom.migration))
+        return cookie, uri
+
+    def drop_incoming_migrations(self) -> None:
+        """The connection closes: incoming migrations it prepared and never finished
+        are abandoned (called from the connection's close())."""
+        pending, self.__dict__["_incoming"] = self.__dict__.get("_incoming", []), []
+        for dom, mig in pending:
+            if dom.migration is mig:
+                self.driver.spawn(abandon_incoming, self.driver, dom, mig)
 
     async def domain_migrate_finish3_params(self, params: list, cookie_in: bytes, flags: int,
                                             cancelled: int) -> tuple:

@@ -18,6 +18,7 @@ started/migrated then resumed/migrated, running (migrated).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,7 @@ pytestmark = needs_qemu
 DEFINED, UNDEFINED, STARTED, SUSPENDED, RESUMED, STOPPED = 0, 1, 2, 3, 4, 5
 DEFINED_ADDED, DEFINED_UPDATED, UNDEFINED_REMOVED = 0, 1, 0
 STARTED_MIGRATED, SUSPENDED_MIGRATED, RESUMED_MIGRATED, STOPPED_MIGRATED = 1, 1, 1, 3
+STOPPED_FAILED = 5
 SUSPENDED_PAUSED = 0
 BOOT_TIMEOUT = 60
 # virDomainMigrateFlags
@@ -341,3 +343,35 @@ def test_domjobabort_cancels_and_the_guest_stays(hosts, uris, events, guest):
     wait_for(lambda: guest not in ok(dst, "list --all --name"))
     assert guest_pids(hosts[0].root) == []   # host a: the destination
     check_session(src, guest, "mg-42", 1)
+
+
+def test_prepared_migration_abandoned_by_its_client(hosts, uris, events, firmware_guest):
+    """A client that prepared an incoming migration and went away before Finish
+    (here pyvirtd's own RPC client, which can call Prepare alone): the waiting
+    QEMU is killed, shut off (failed), and the transient guest is gone."""
+    import trio
+
+    from pyvirtd.rpc import _generated as P
+    from pyvirtd.rpc.peer import PeerConnection
+
+    ua, ub = uris
+    xml = firmware_guest.read_text().replace("<name>mig2</name>", "<name>mig3</name>")
+    nb = len(events[1].events)
+
+    async def prepare_and_leave() -> str:
+        async with await PeerConnection.open(ub) as peer:
+            param = P.remote_typed_param("destination_xml",
+                                         P.remote_typed_param_value(P.VIR_TYPED_PARAM_STRING, xml))
+            reply = await peer.call("DOMAIN_MIGRATE_PREPARE3_PARAMS", [param], b"", LIVE)
+            assert reason(ub, "mig3") == "paused (migrating)"
+            return reply.uri_out
+
+    uri_out = trio.run(prepare_and_leave)
+    assert re.fullmatch(r"tcp://[^:]+:(\d+)", uri_out)
+    assert 49152 <= int(uri_out.rsplit(":", 1)[1]) <= 49215
+    wait_for(lambda: "mig3" not in ok(ub, "list --all --name"))
+    wait_for(lambda: (STOPPED, STOPPED_FAILED) in lifecycle(events[1], nb, "mig3"))
+    assert lifecycle(events[1], nb, "mig3") == [(STARTED, STARTED_MIGRATED),
+                                                (STOPPED, STOPPED_FAILED)]
+    assert not [pid for pid in guest_pids(hosts[1].root)
+                if b"mig3" in Path(f"/proc/{pid}/cmdline").read_bytes()]
