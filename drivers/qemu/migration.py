@@ -40,7 +40,12 @@ the source alone, with the destination's URI; the source daemon then runs
 the steps itself and calls Prepare3Params and Finish3Params on the
 destination daemon through pyvirtd.rpc.peer (unix sockets only so far).
 
-Not here yet (issue 17): tunnelled, offline, storage copy (NBD), post-copy,
+Offline (``--offline``, with ``--persistent`` as libvirt requires): only the
+definition moves; nothing starts or stops, Perform is skipped, Finish
+defines the guest and Confirm undefines it at the source with
+``--undefinesource``.
+
+Not here yet (issue 17): tunnelled, storage copy (NBD), post-copy,
 compression, TLS for the QEMU stream, p2p over TCP/TLS, a libvirtd peer
 (tested), and recovery of a migration that a daemon restart interrupted.  The source holds the guest's job lock only
 during Perform (libvirt keeps a migration job from Begin to Confirm).
@@ -75,7 +80,7 @@ F = P.DomainMigrateFlags
 SUPPORTED_FLAGS = (F.VIR_MIGRATE_LIVE | F.VIR_MIGRATE_PEER2PEER | F.VIR_MIGRATE_PERSIST_DEST
                    | F.VIR_MIGRATE_UNDEFINE_SOURCE | F.VIR_MIGRATE_PAUSED
                    | F.VIR_MIGRATE_CHANGE_PROTECTION | F.VIR_MIGRATE_ABORT_ON_ERROR
-                   | F.VIR_MIGRATE_UNSAFE)
+                   | F.VIR_MIGRATE_UNSAFE | F.VIR_MIGRATE_OFFLINE)
 # libvirt's default migration port range (qemu.conf migration_port_min/max)
 PORT_MIN, PORT_MAX = 49152, 49215
 DEFAULT_LISTEN = "0.0.0.0"
@@ -93,7 +98,9 @@ _TYPE_NAMES = {P.VIR_TYPED_PARAM_STRING: "string", P.VIR_TYPED_PARAM_ULLONG: "ul
 
 # features a qemu:// connection answers yes to for migration (ConnectSupportsFeature)
 FEATURES = (P.VIR_DRV_FEATURE_MIGRATION_V3, P.VIR_DRV_FEATURE_MIGRATION_PARAMS,
-            P.VIR_DRV_FEATURE_MIGRATION_P2P, P.VIR_DRV_FEATURE_MIGRATE_CHANGE_PROTECTION)
+            P.VIR_DRV_FEATURE_MIGRATION_P2P, P.VIR_DRV_FEATURE_MIGRATE_CHANGE_PROTECTION,
+            P.VIR_DRV_FEATURE_MIGRATION_OFFLINE)
+OFFLINE = F.VIR_MIGRATE_OFFLINE
 
 
 @dataclass
@@ -107,6 +114,8 @@ class Migration:
 
 
 _ports_in_use: set[int] = set()
+# destination: the definitions of offline migrations between Prepare and Finish, by name
+_offline_prepared: dict[str, domxml.DomainDef] = {}
 
 
 def _failed(detail: str) -> VirError:
@@ -244,6 +253,8 @@ def begin(drv: QemuDriverState, dom: QemuDomain, values: dict[str, Any],
           flags: int) -> tuple[bytes, str]:
     """Begin3: the XML the destination starts, and the first cookie."""
     check_flags(flags, SUPPORTED_FLAGS, "qemuMigrationSrcBegin", P.VIR_FROM_QEMU)
+    if flags & OFFLINE:
+        return _begin_offline(drv, dom, flags)
     if not dom.active:
         raise _invalid("domain is not running")
     if dom.migration is not None:
@@ -261,6 +272,19 @@ def begin(drv: QemuDriverState, dom: QemuDomain, values: dict[str, Any],
         live = target
     xml = domxml.format(live, secure=True)
     return make_cookie(drv, dom.definition), xml
+
+
+def _begin_offline(drv: QemuDriverState, dom: QemuDomain, flags: int) -> tuple[bytes, str]:
+    """Offline migration: only the persistent definition moves (in the XML and the
+    cookie); the guest, running or not, is not touched here."""
+    if flags & (F.VIR_MIGRATE_NON_SHARED_DISK | F.VIR_MIGRATE_NON_SHARED_INC):
+        raise _invalid("offline migration cannot handle non-shared storage")
+    if not flags & F.VIR_MIGRATE_PERSIST_DEST:
+        raise _invalid("offline migration must be specified with the persistent flag set")
+    if flags & F.VIR_MIGRATE_TUNNELLED:
+        raise _invalid("tunnelled offline migration does not make sense")
+    config = dom.persistent_def
+    return make_cookie(drv, config, config), domxml.format(config, secure=True)
 
 
 async def perform(drv: QemuDriverState, dom: QemuDomain, values: dict[str, Any],
@@ -355,6 +379,10 @@ async def _source_recover(drv: QemuDriverState, dom: QemuDomain) -> None:
 async def confirm(drv: QemuDriverState, dom: QemuDomain, flags: int, cancelled: int) -> None:
     """Confirm3: the destination runs the guest (stop it here) or the migration failed."""
     check_flags(flags, SUPPORTED_FLAGS, "qemuMigrationSrcConfirm", P.VIR_FROM_QEMU)
+    if flags & OFFLINE:
+        if not cancelled and flags & F.VIR_MIGRATE_UNDEFINE_SOURCE and dom.persistent:
+            await ds.undefine(drv, dom)
+        return
     mig = dom.migration
     if mig is None or not mig.outgoing:
         if cancelled:     # Prepare failed: Perform never ran, the guest never stopped
@@ -398,7 +426,8 @@ async def perform_p2p(drv: QemuDriverState, dom: QemuDomain, dconnuri: str,
         failure: VirError | None = None
         cookie = b""
         try:
-            cookie = await perform(drv, dom, dest, flags, owner)
+            if not flags & OFFLINE:
+                cookie = await perform(drv, dom, dest, flags, owner)
         except VirError as exc:
             failure = exc
         cancelled = int(failure is not None)
@@ -408,7 +437,7 @@ async def perform_p2p(drv: QemuDriverState, dom: QemuDomain, dconnuri: str,
         except VirError as exc:
             if failure is None:
                 failure, cancelled = exc, 1
-    if dom.migration is not None:
+    if dom.migration is not None or flags & OFFLINE:
         await confirm(drv, dom, flags, cancelled)
     if failure is not None:
         raise failure
@@ -428,12 +457,14 @@ def _destination_def(drv: QemuDriverState, values: dict[str, Any]) -> domxml.Dom
     return live
 
 
-async def prepare(drv: QemuDriverState, values: dict[str, Any],
-                  flags: int) -> tuple[QemuDomain, bytes, str]:
+async def prepare(drv: QemuDriverState, values: dict[str, Any], cookie: bytes | None,
+                  flags: int) -> tuple[QemuDomain | None, bytes, str]:
     """Prepare3: start QEMU waiting for the incoming stream; the guest, the cookie
     and the URI to send the stream to."""
     check_flags(flags, SUPPORTED_FLAGS, "qemuMigrationDstPrepare", P.VIR_FROM_QEMU)
     live = _destination_def(drv, values)
+    if flags & OFFLINE:
+        return None, *_prepare_offline(drv, live, values, cookie)
     existing = drv.domains.check_add(live, live=True)
     dom = existing or QemuDomain(live, persistent=False)
     if existing is None:
@@ -460,6 +491,27 @@ async def prepare(drv: QemuDriverState, values: dict[str, Any],
     return dom, make_cookie(drv, live), f"tcp://{shown}:{port}"
 
 
+def _prepare_offline(drv: QemuDriverState, live: domxml.DomainDef, values: dict[str, Any],
+                     cookie: bytes | None) -> tuple[bytes, str]:
+    """Offline: nothing starts; the definition waits for Finish, which defines it."""
+    xml = values.get("persistent_xml") or cookie_persistent(cookie)
+    config = drv.new_definition(xml) if xml else live
+    config.name = live.name
+    drv.domains.check_add(config, live=False)
+    _offline_prepared[config.name] = config
+    return make_cookie(drv, config), f"tcp://{socket.gethostname()}"
+
+
+async def _finish_offline(drv: QemuDriverState, name: str | None, cancelled: int) -> Any:
+    config = _offline_prepared.pop(name or "", None)
+    if config is None:
+        raise VirError(P.VIR_ERR_NO_DOMAIN, f"no domain with matching name '{name}'",
+                       domain=P.VIR_FROM_QEMU)
+    if cancelled:
+        raise _failed(f"migration of domain {name} was cancelled")
+    return (await drv.define(config)).ref(), make_cookie(drv, config)
+
+
 async def abandon_incoming(drv: QemuDriverState, dom: QemuDomain, mig: Migration) -> None:
     """The client that prepared an incoming migration went away before Finish: the
     waiting QEMU is killed (shut off (failed)), as libvirt's close callback does."""
@@ -479,6 +531,8 @@ async def finish(drv: QemuDriverState, values: dict[str, Any], cookie: bytes | N
     """Finish3: the stream is in, the guest runs here (or, cancelled, is gone)."""
     check_flags(flags, SUPPORTED_FLAGS, "qemuMigrationDstFinish", P.VIR_FROM_QEMU)
     name = values.get("destination_name")
+    if flags & OFFLINE:
+        return await _finish_offline(drv, name, cancelled)
     dom = drv.domains.get(name) if name else None
     mig = dom.migration if dom is not None else None
     if dom is None or mig is None or mig.outgoing:
@@ -577,15 +631,17 @@ class MigrationMixin:
     # -- destination
     async def domain_migrate_prepare3_params(self, params: list, cookie_in: bytes,
                                              flags: int) -> tuple:
-        return await self._prepare(parse_params(params), flags)
+        return await self._prepare(parse_params(params), cookie_in, flags)
 
     async def domain_migrate_prepare3(self, cookie_in: bytes, uri_in: str | None, flags: int,
                                       dname: str | None, resource: int, dom_xml: str) -> tuple:
-        return await self._prepare(_legacy_params(dname, uri_in, resource, dom_xml), flags)
+        return await self._prepare(_legacy_params(dname, uri_in, resource, dom_xml), cookie_in,
+                                   flags)
 
-    async def _prepare(self, values: dict[str, Any], flags: int) -> tuple:
-        dom, cookie, uri = await prepare(self.driver, values, flags)
-        self.__dict__.setdefault("_incoming", []).append((dom, dom.migration))
+    async def _prepare(self, values: dict[str, Any], cookie_in: bytes, flags: int) -> tuple:
+        dom, cookie, uri = await prepare(self.driver, values, cookie_in, flags)
+        if dom is not None:
+            self.__dict__.setdefault("_incoming", []).append((dom, dom.migration))
         return cookie, uri
 
     def drop_incoming_migrations(self) -> None:

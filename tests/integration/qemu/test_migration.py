@@ -375,3 +375,24 @@ def test_prepared_migration_abandoned_by_its_client(hosts, uris, events, firmwar
                                                 (STOPPED, STOPPED_FAILED)]
     assert not [pid for pid in guest_pids(hosts[1].root)
                 if b"mig3" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def test_offline_migration_moves_the_definition(uris, events, firmware_guest):
+    """--offline: a shut-off guest's definition moves (with --persistent, which
+    libvirt requires), nothing runs on either side."""
+    ua, ub = uris
+    e = err(ua, f"migrate --offline mig2 '{ub}'")
+    assert ("Requested operation is not valid: offline migration must be specified with "
+            "the persistent flag set") in e
+    na, nb = len(events[0].events), len(events[1].events)
+    ok(ua, f"migrate --offline --persistent --undefinesource mig2 '{ub}'")
+    assert "mig2" not in ok(ua, "list --all --name")
+    assert reason(ub, "mig2") == "shut off (unknown)"
+    assert persistent(ub, "mig2") == "yes"
+    wait_for(lambda: (DEFINED, DEFINED_ADDED) in lifecycle(events[1], nb, "mig2"))
+    assert lifecycle(events[1], nb, "mig2") == [(DEFINED, DEFINED_ADDED)]
+    wait_for(lambda: (UNDEFINED, UNDEFINED_REMOVED) in lifecycle(events[0], na, "mig2"))
+    assert lifecycle(events[0], na, "mig2") == [(UNDEFINED, UNDEFINED_REMOVED)]
+    # and back with p2p, the source keeping its definition this time
+    ok(ub, f"migrate --offline --persistent --p2p mig2 '{ua}'")
+    assert persistent(ua, "mig2") == "yes" and persistent(ub, "mig2") == "yes"
