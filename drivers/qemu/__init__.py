@@ -76,7 +76,7 @@ class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMi
         guest keeps running).
         """
         self.drop_monitor_listeners()
-        self.drop_incoming_migrations()     # migration.py: prepared, never finished
+        self.drop_migrations()     # migration.py: prepared or performed, never ended
         marked, self.autodestroy = self.autodestroy, []
         for dom, run in marked:
             if dom.run == run and dom.active:

@@ -604,8 +604,7 @@ class MigrationMixin:
                               flags, owner)
             return b""
         _no_p2p(flags)
-        return await perform(self.driver, self._dom(ref), parse_params(params), flags,
-                             "remoteDispatchDomainMigratePerform3Params")
+        return await self._perform(ref, parse_params(params), flags, owner)
 
     async def domain_migrate_perform3(self, ref: Any, xmlin: str | None, cookie_in: bytes,
                                       dconnuri: str | None, uri: str | None, flags: int,
@@ -616,8 +615,14 @@ class MigrationMixin:
                               "remoteDispatchDomainMigratePerform3")
             return b""
         _no_p2p(flags)
-        return await perform(self.driver, self._dom(ref), _legacy_params(dname, uri, resource),
-                             flags, "remoteDispatchDomainMigratePerform3")
+        return await self._perform(ref, _legacy_params(dname, uri, resource), flags,
+                                   "remoteDispatchDomainMigratePerform3")
+
+    async def _perform(self, ref: Any, values: dict[str, Any], flags: int, owner: str) -> bytes:
+        dom = self._dom(ref)
+        cookie = await perform(self.driver, dom, values, flags, owner)
+        self.__dict__.setdefault("_migrations", []).append((dom, dom.migration))
+        return cookie
 
     async def domain_migrate_confirm3_params(self, ref: Any, params: list, cookie_in: bytes,
                                              flags: int, cancelled: int) -> None:
@@ -641,15 +646,23 @@ class MigrationMixin:
     async def _prepare(self, values: dict[str, Any], cookie_in: bytes, flags: int) -> tuple:
         dom, cookie, uri = await prepare(self.driver, values, cookie_in, flags)
         if dom is not None:
-            self.__dict__.setdefault("_incoming", []).append((dom, dom.migration))
+            self.__dict__.setdefault("_migrations", []).append((dom, dom.migration))
         return cookie, uri
 
-    def drop_incoming_migrations(self) -> None:
-        """The connection closes: incoming migrations it prepared and never finished
-        are abandoned (called from the connection's close())."""
-        pending, self.__dict__["_incoming"] = self.__dict__.get("_incoming", []), []
+    def drop_migrations(self) -> None:
+        """The connection closes (called from its close()): an incoming migration it
+        prepared and never finished is abandoned; an outgoing one it performed and
+        never confirmed is forgotten, the guest left paused here as libvirt leaves
+        it (whether the destination runs it is unknown)."""
+        pending, self.__dict__["_migrations"] = self.__dict__.get("_migrations", []), []
         for dom, mig in pending:
-            if dom.migration is mig:
+            if dom.migration is not mig:
+                continue
+            if mig.outgoing:
+                log.warning("%s: migration finished but never confirmed; the guest stays "
+                            "paused here", dom.name)
+                dom.migration = None
+            else:
                 self.driver.spawn(abandon_incoming, self.driver, dom, mig)
 
     async def domain_migrate_finish3_params(self, params: list, cookie_in: bytes, flags: int,

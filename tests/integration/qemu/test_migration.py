@@ -396,3 +396,40 @@ def test_offline_migration_moves_the_definition(uris, events, firmware_guest):
     # and back with p2p, the source keeping its definition this time
     ok(ub, f"migrate --offline --persistent --p2p mig2 '{ua}'")
     assert persistent(ua, "mig2") == "yes" and persistent(ub, "mig2") == "yes"
+
+
+def test_performed_but_never_confirmed(hosts, uris, firmware_guest):
+    """A client that ran Prepare and Perform and vanished before Finish/Confirm:
+    the source guest stays paused (migrating), as libvirt leaves it, and can be
+    resumed and migrated again; the destination's waiting QEMU is killed."""
+    import trio
+
+    from pyvirtd.rpc import _generated as P
+    from pyvirtd.rpc.peer import PeerConnection
+
+    ua, ub = uris
+    ok(ua, "start mig2")
+    ref = P.remote_nonnull_domain("mig2", bytes.fromhex(ok(ua, "domuuid mig2").strip()
+                                                        .replace("-", "")),
+                                  int(ok(ua, "domid mig2").strip()))
+
+    def param(name: str, value: str):
+        return P.remote_typed_param(name, P.remote_typed_param_value(P.VIR_TYPED_PARAM_STRING,
+                                                                     value))
+
+    async def migrate_and_leave() -> None:
+        async with await PeerConnection.open(ua) as src, \
+                await PeerConnection.open(ub) as dst:
+            begun = await src.call("DOMAIN_MIGRATE_BEGIN3_PARAMS", ref, [], LIVE)
+            prepared = await dst.call("DOMAIN_MIGRATE_PREPARE3_PARAMS",
+                                      [param("destination_xml", begun.xml)],
+                                      begun.cookie_out, LIVE)
+            await src.call("DOMAIN_MIGRATE_PERFORM3_PARAMS", ref, None,
+                           [param("migrate_uri", prepared.uri_out)], prepared.cookie_out, LIVE)
+
+    trio.run(migrate_and_leave)
+    assert reason(ua, "mig2") == "paused (migrating)"
+    wait_for(lambda: "mig2" not in ok(ub, "list --all --name"))
+    ok(ua, "resume mig2")
+    ok(ua, f"migrate --live mig2 '{ub}'")
+    assert reason(ub, "mig2") == "running (migrated)"
