@@ -60,6 +60,7 @@ class QemuDomain(HypervisorDomain):
     job_slots: dict = field(default_factory=dict)
     # the migration of this guest under way, if any (migration.py: Migration)
     migration: Any = None
+    migrate_speed: int = 0          # migrate-setspeed, MiB/s; 0: unlimited (migration.py)
 
 
 class QemuState(HypervisorState[QemuDomain]):

@@ -81,6 +81,9 @@ SUPPORTED_FLAGS = (F.VIR_MIGRATE_LIVE | F.VIR_MIGRATE_PEER2PEER | F.VIR_MIGRATE_
                    | F.VIR_MIGRATE_UNDEFINE_SOURCE | F.VIR_MIGRATE_PAUSED
                    | F.VIR_MIGRATE_CHANGE_PROTECTION | F.VIR_MIGRATE_ABORT_ON_ERROR
                    | F.VIR_MIGRATE_UNSAFE | F.VIR_MIGRATE_OFFLINE)
+# QEMU_DOMAIN_MIG_BANDWIDTH_MAX: the largest speed in MiB/s whose bytes/s fit QEMU's int64
+BANDWIDTH_MAX = ((1 << 63) - 1) >> 20
+SPEED_POSTCOPY = P.DomainMigrateMaxSpeedFlags.VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY
 # libvirt's default migration port range (qemu.conf migration_port_min/max)
 PORT_MIN, PORT_MAX = 49152, 49215
 DEFAULT_LISTEN = "0.0.0.0"
@@ -323,7 +326,7 @@ async def perform(drv: QemuDriverState, dom: QemuDomain, values: dict[str, Any],
                 dom.set_state(ds.PAUSED, ds.PAUSED_MIGRATION)
                 drv.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_MIGRATED)
                 await drv.save_status(dom)
-            bandwidth = values.get("bandwidth")
+            bandwidth = values.get("bandwidth") or dom.migrate_speed
             speed = bandwidth << 20 if bandwidth else UNLIMITED_BANDWIDTH
             await mon.execute("migrate-set-parameters", {"max-bandwidth": speed})
             job.check_aborted()
@@ -579,7 +582,46 @@ async def finish(drv: QemuDriverState, values: dict[str, Any], cookie: bytes | N
     return dom.ref(), make_cookie(drv, dom.definition)
 
 
-class MigrationMixin:
+class MigrationTuningMixin:
+    """migrate-setspeed/-getspeed and migrate-setmaxdowntime/-getmaxdowntime."""
+    driver: QemuDriverState
+    _dom: Any
+
+    async def domain_migrate_set_max_speed(self, ref: Any, bandwidth: int, flags: int) -> None:
+        check_flags(flags, 0, "qemuDomainMigrateSetMaxSpeed", P.VIR_FROM_QEMU)
+        if bandwidth > BANDWIDTH_MAX:
+            raise VirError(P.VIR_ERR_OVERFLOW, f"bandwidth must be less than {BANDWIDTH_MAX + 1}",
+                           domain=P.VIR_FROM_QEMU)
+        dom = self._dom(ref)
+        if dom.active and dom.monitor is not None:
+            await dom.monitor.execute("migrate-set-parameters",
+                                      {"max-bandwidth": (bandwidth or BANDWIDTH_MAX) << 20})
+        dom.migrate_speed = bandwidth
+
+    def domain_migrate_get_max_speed(self, ref: Any, flags: int) -> int:
+        check_flags(flags, SPEED_POSTCOPY, "qemuDomainMigrateGetMaxSpeed", P.VIR_FROM_QEMU)
+        if flags & SPEED_POSTCOPY:
+            raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "post-copy migration is not "
+                           "supported by pyvirtd yet", domain=P.VIR_FROM_QEMU)
+        return self._dom(ref).migrate_speed or BANDWIDTH_MAX
+
+    def _monitor(self, ref: Any) -> Any:
+        dom = self._dom(ref)
+        if not dom.active or dom.monitor is None:
+            raise _invalid("domain is not running")
+        return dom.monitor
+
+    async def domain_migrate_set_max_downtime(self, ref: Any, downtime: int, flags: int) -> None:
+        check_flags(flags, 0, "qemuDomainMigrateSetMaxDowntime", P.VIR_FROM_QEMU)
+        await self._monitor(ref).execute("migrate-set-parameters", {"downtime-limit": downtime})
+
+    async def domain_migrate_get_max_downtime(self, ref: Any, flags: int) -> int:
+        check_flags(flags, 0, "qemuDomainMigrateGetMaxDowntime", P.VIR_FROM_QEMU)
+        params = await self._monitor(ref).execute("query-migrate-parameters")
+        return int(params.get("downtime-limit", 0))
+
+
+class MigrationMixin(MigrationTuningMixin):
     """The migration procedures of a qemu:// connection (version 3, with and without Params)."""
     driver: QemuDriverState
     _dom: Any

@@ -433,3 +433,24 @@ def test_performed_but_never_confirmed(hosts, uris, firmware_guest):
     ok(ua, "resume mig2")
     ok(ua, f"migrate --live mig2 '{ub}'")
     assert reason(ub, "mig2") == "running (migrated)"
+
+
+def test_speed_and_downtime(uris, firmware_guest):
+    """migrate-setspeed is kept per guest, and set in QEMU when changed while it runs;
+    migrate-setmaxdowntime goes to QEMU and needs a running guest."""
+    ua, ub = uris
+    assert ok(ua, "migrate-getspeed mig2").strip() == "8796093022207"
+    e = err(ua, "migrate-setmaxdowntime mig2 500")
+    assert "Requested operation is not valid: domain is not running" in e
+    ok(ua, "migrate-setspeed mig2 64")
+    ok(ua, "start mig2")
+    assert ok(ua, "migrate-getspeed mig2").strip() == "64"
+    ok(ua, "migrate-setspeed mig2 32")
+    qmp = ok(ua, "qemu-monitor-command mig2 '{\"execute\":\"query-migrate-parameters\"}'")
+    assert f'"max-bandwidth":{32 << 20}' in qmp.replace(" ", ""), qmp
+    ok(ua, "migrate-setmaxdowntime mig2 500")
+    assert ok(ua, "migrate-getmaxdowntime mig2").strip() == "500"     # ms
+    e = err(ua, "migrate-setspeed mig2 8796093022208")
+    assert "bandwidth must be less than 8796093022208" in e
+    ok(ua, "migrate-setspeed mig2 0")
+    assert ok(ua, "migrate-getspeed mig2").strip() == "8796093022207"
