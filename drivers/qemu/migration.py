@@ -63,6 +63,7 @@ import trio
 from lxml import etree
 
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.rpc.peer import PeerConnection
@@ -317,15 +318,8 @@ async def perform(drv: QemuDriverState, dom: QemuDomain, values: dict[str, Any],
         try:
             if mig.was_running and not flags & F.VIR_MIGRATE_LIVE:
                 # offline pass of memory: libvirt pauses the guest first
-                dom.quiet_pause += 1
-                try:
-                    await mon.stop()
-                except BaseException:
-                    dom.quiet_pause -= 1
-                    raise
-                dom.set_state(ds.PAUSED, ds.PAUSED_MIGRATION)
-                drv.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_MIGRATED)
-                await drv.save_status(dom)
+                await drv.run_vcpus(dom, mon, False, ds.PAUSED_MIGRATION, ds.EV_SUSPENDED,
+                                    ds.SUSPENDED_MIGRATED)
             bandwidth = values.get("bandwidth") or dom.migrate_speed
             speed = bandwidth << 20 if bandwidth else UNLIMITED_BANDWIDTH
             await mon.execute("migrate-set-parameters", {"max-bandwidth": speed})
@@ -367,16 +361,11 @@ async def _source_recover(drv: QemuDriverState, dom: QemuDomain) -> None:
         return
     if status:      # QEMU resumed it itself (its RESUME event reports that)
         return
-    dom.quiet_pause += 1
     try:
-        await mon.cont()
+        await drv.run_vcpus(dom, mon, True, ds.RUNNING_MIGRATION_CANCELED, ds.EV_RESUMED,
+                            ds.RESUMED_MIGRATED)
     except VirError as exc:
-        dom.quiet_pause -= 1
         log.warning("%s: cannot resume after a failed migration: %s", dom.name, exc)
-        return
-    dom.set_state(ds.RUNNING, ds.RUNNING_MIGRATION_CANCELED)
-    drv.emit(dom, ds.EV_RESUMED, ds.RESUMED_MIGRATED)
-    await drv.save_status(dom)
 
 
 async def confirm(drv: QemuDriverState, dom: QemuDomain, flags: int, cancelled: int) -> None:
@@ -569,16 +558,10 @@ async def finish(drv: QemuDriverState, values: dict[str, Any], cookie: bytes | N
         if flags & F.VIR_MIGRATE_PAUSED:
             dom.set_state(ds.PAUSED, ds.PAUSED_USER)
             drv.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
+            await drv.save_status(dom)
         else:
-            dom.quiet_pause += 1
-            try:
-                await mon.cont()
-            except BaseException:
-                dom.quiet_pause -= 1
-                raise
-            dom.set_state(ds.RUNNING, ds.RUNNING_MIGRATED)
-            drv.emit(dom, ds.EV_RESUMED, ds.RESUMED_MIGRATED)
-        await drv.save_status(dom)
+            await drv.run_vcpus(dom, mon, True, ds.RUNNING_MIGRATED, ds.EV_RESUMED,
+                                ds.RESUMED_MIGRATED)
     return dom.ref(), make_cookie(drv, dom.definition)
 
 
@@ -587,7 +570,7 @@ class MigrationTuningMixin:
     driver: QemuDriverState
     _dom: Any
 
-    async def domain_migrate_set_max_speed(self, ref: Any, bandwidth: int, flags: int) -> None:
+    async def domain_migrate_set_max_speed(self, ref: Dom, bandwidth: int, flags: int) -> None:
         check_flags(flags, 0, "qemuDomainMigrateSetMaxSpeed", P.VIR_FROM_QEMU)
         if bandwidth > BANDWIDTH_MAX:
             raise VirError(P.VIR_ERR_OVERFLOW, f"bandwidth must be less than {BANDWIDTH_MAX + 1}",
@@ -598,24 +581,24 @@ class MigrationTuningMixin:
                                       {"max-bandwidth": (bandwidth or BANDWIDTH_MAX) << 20})
         dom.migrate_speed = bandwidth
 
-    def domain_migrate_get_max_speed(self, ref: Any, flags: int) -> int:
+    def domain_migrate_get_max_speed(self, ref: Dom, flags: int) -> int:
         check_flags(flags, SPEED_POSTCOPY, "qemuDomainMigrateGetMaxSpeed", P.VIR_FROM_QEMU)
         if flags & SPEED_POSTCOPY:
             raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "post-copy migration is not "
                            "supported by pyvirtd yet", domain=P.VIR_FROM_QEMU)
         return self._dom(ref).migrate_speed or BANDWIDTH_MAX
 
-    def _monitor(self, ref: Any) -> Any:
+    def _monitor(self, ref: Dom) -> Any:
         dom = self._dom(ref)
         if not dom.active or dom.monitor is None:
             raise _invalid("domain is not running")
         return dom.monitor
 
-    async def domain_migrate_set_max_downtime(self, ref: Any, downtime: int, flags: int) -> None:
+    async def domain_migrate_set_max_downtime(self, ref: Dom, downtime: int, flags: int) -> None:
         check_flags(flags, 0, "qemuDomainMigrateSetMaxDowntime", P.VIR_FROM_QEMU)
         await self._monitor(ref).execute("migrate-set-parameters", {"downtime-limit": downtime})
 
-    async def domain_migrate_get_max_downtime(self, ref: Any, flags: int) -> int:
+    async def domain_migrate_get_max_downtime(self, ref: Dom, flags: int) -> int:
         check_flags(flags, 0, "qemuDomainMigrateGetMaxDowntime", P.VIR_FROM_QEMU)
         params = await self._monitor(ref).execute("query-migrate-parameters")
         return int(params.get("downtime-limit", 0))
@@ -627,15 +610,15 @@ class MigrationMixin(MigrationTuningMixin):
     _dom: Any
 
     # -- source
-    def domain_migrate_begin3_params(self, ref: Any, params: list, flags: int) -> tuple:
+    def domain_migrate_begin3_params(self, ref: Dom, params: list, flags: int) -> tuple:
         return begin(self.driver, self._dom(ref), parse_params(params), flags)
 
-    def domain_migrate_begin3(self, ref: Any, xmlin: str | None, flags: int, dname: str | None,
+    def domain_migrate_begin3(self, ref: Dom, xmlin: str | None, flags: int, dname: str | None,
                               resource: int) -> tuple:
         return begin(self.driver, self._dom(ref),
                      _legacy_params(dname, None, resource, xmlin), flags)
 
-    async def domain_migrate_perform3_params(self, ref: Any, dconnuri: str | None, params: list,
+    async def domain_migrate_perform3_params(self, ref: Dom, dconnuri: str | None, params: list,
                                              cookie_in: bytes, flags: int) -> bytes:
         owner = "remoteDispatchDomainMigratePerform3Params"
         if flags & F.VIR_MIGRATE_PEER2PEER:
@@ -648,7 +631,7 @@ class MigrationMixin(MigrationTuningMixin):
         _no_p2p(flags)
         return await self._perform(ref, parse_params(params), flags, owner)
 
-    async def domain_migrate_perform3(self, ref: Any, xmlin: str | None, cookie_in: bytes,
+    async def domain_migrate_perform3(self, ref: Dom, xmlin: str | None, cookie_in: bytes,
                                       dconnuri: str | None, uri: str | None, flags: int,
                                       dname: str | None, resource: int) -> bytes:
         if flags & F.VIR_MIGRATE_PEER2PEER and dconnuri:
@@ -660,18 +643,18 @@ class MigrationMixin(MigrationTuningMixin):
         return await self._perform(ref, _legacy_params(dname, uri, resource), flags,
                                    "remoteDispatchDomainMigratePerform3")
 
-    async def _perform(self, ref: Any, values: dict[str, Any], flags: int, owner: str) -> bytes:
+    async def _perform(self, ref: Dom, values: dict[str, Any], flags: int, owner: str) -> bytes:
         dom = self._dom(ref)
         cookie = await perform(self.driver, dom, values, flags, owner)
         self.__dict__.setdefault("_migrations", []).append((dom, dom.migration))
         return cookie
 
-    async def domain_migrate_confirm3_params(self, ref: Any, params: list, cookie_in: bytes,
+    async def domain_migrate_confirm3_params(self, ref: Dom, params: list, cookie_in: bytes,
                                              flags: int, cancelled: int) -> None:
         parse_params(params)
         await confirm(self.driver, self._dom(ref), flags, cancelled)
 
-    async def domain_migrate_confirm3(self, ref: Any, cookie_in: bytes, flags: int,
+    async def domain_migrate_confirm3(self, ref: Dom, cookie_in: bytes, flags: int,
                                       cancelled: int) -> None:
         await confirm(self.driver, self._dom(ref), flags, cancelled)
 
