@@ -36,6 +36,7 @@ from .driver import QemuDriverState
 from .host import HostMixin
 from .hotplug import HotplugMixin
 from .metadata import MetadataMixin
+from .migration import MigrationMixin
 from .passthrough import PassthroughMixin
 from .jobs import JobsMixin
 from .save import SaveMixin, scan_managed
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
                      BalloonMixin, SaveMixin, SnapshotMixin, JobsMixin, BlockJobsMixin,
                      MetadataMixin, PassthroughMixin, ScreenshotMixin, VcpusMixin, DumpMixin,
-                     DomainProcedures, HypervisorConnection):
+                     MigrationMixin, DomainProcedures, HypervisorConnection):
     """One client's qemu:// connection; methods are named after RPC procedures.
 
     `DomainProcedures` stays last before `HypervisorConnection`: it answers only
@@ -75,6 +76,7 @@ class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMi
         guest keeps running).
         """
         self.drop_monitor_listeners()
+        self.drop_migrations()     # migration.py: prepared or performed, never ended
         marked, self.autodestroy = self.autodestroy, []
         for dom, run in marked:
             if dom.run == run and dom.active:

@@ -343,8 +343,13 @@ class QemuDriverState(QemuState):
             if dom.quiet_pause:
                 dom.quiet_pause -= 1
             elif dom.state == ds.RUNNING and not dom.got_shutdown:
-                dom.set_state(ds.PAUSED, ds.PAUSED_UNKNOWN)
-                self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
+                if dom.migration is not None and dom.migration.outgoing:
+                    # QEMU stopped the guest to finish a migration (migration.py)
+                    dom.set_state(ds.PAUSED, ds.PAUSED_MIGRATION)
+                    self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_MIGRATED)
+                else:
+                    dom.set_state(ds.PAUSED, ds.PAUSED_UNKNOWN)
+                    self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
                 await self.save_status(dom)
         elif name == "RESUME":
             if dom.quiet_pause:

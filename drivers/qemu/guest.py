@@ -58,6 +58,9 @@ class QemuDomain(HypervisorDomain):
     taints: dict[str, int] = field(default_factory=dict)
     # the domain job holding dom.lock, and the last completed one (jobs.py)
     job_slots: dict = field(default_factory=dict)
+    # the migration of this guest under way, if any (migration.py: Migration)
+    migration: Any = None
+    migrate_speed: int = 0          # migrate-setspeed, MiB/s; 0: unlimited (migration.py)
 
 
 class QemuState(HypervisorState[QemuDomain]):

@@ -18,6 +18,7 @@ from pyvirtd.xml import capabilities
 
 from . import caps_xml
 from .driver import QemuDriverState
+from .migration import FEATURES as MIGRATION_FEATURES
 
 
 class HostMixin(HostFacts):
@@ -35,9 +36,10 @@ class HostMixin(HostFacts):
 
     def connect_supports_feature(self, feature: int) -> int:
         # among what libvirt's QEMU driver answers yes to, what pyvirtd really does
-        # (no migration yet, so none of the MIGRATION_* features)
+        # (of migration: version 3 with and without Params, migration.py)
         return int(feature in (P.VIR_DRV_FEATURE_TYPED_PARAM_STRING, P.VIR_DRV_FEATURE_XML_MIGRATABLE,
-                               P.VIR_DRV_FEATURE_NETWORK_UPDATE_HAS_CORRECT_ORDER))
+                               P.VIR_DRV_FEATURE_NETWORK_UPDATE_HAS_CORRECT_ORDER)
+                   or feature in MIGRATION_FEATURES)
 
     def connect_get_max_vcpus(self, type_: str | None) -> int:
         return 255 if type_ in (None, "", "qemu", "kvm") else 1

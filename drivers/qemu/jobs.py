@@ -187,7 +187,8 @@ async def refresh(dom: QemuDomain, job: Job) -> None:
     """Bring a save's figures up to date from QEMU (query-migrate), for a reader."""
     mon = dom.monitor
     if mon is None or job.operation not in (OP.VIR_DOMAIN_JOB_OPERATION_SAVE,
-                                            OP.VIR_DOMAIN_JOB_OPERATION_DUMP):
+                                            OP.VIR_DOMAIN_JOB_OPERATION_DUMP,
+                                            OP.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT):
         return
     try:
         job.migration = await mon.execute("query-migrate") or {}

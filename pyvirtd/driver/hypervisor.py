@@ -249,7 +249,8 @@ class HypervisorState(Generic[DomT]):
     async def start_domain(self, dom: DomT, *, paused: bool = False,
                            live_def: domxml.DomainDef | None = None,
                            incoming: Any = None, from_snapshot: str | None = None,
-                           reverted: bool = False) -> None:
+                           reverted: bool = False,
+                           incoming_detail: int = ds.STARTED_RESTORED) -> None:
         """Start a run of ``dom`` (caller holds ``dom.lock``); *ProcessStart.
 
         ``live_def`` (createXML over a defined guest) runs instead of the
@@ -258,6 +259,8 @@ class HypervisorState(Generic[DomT]):
         the run starts in that internal snapshot, paused (from snapshot),
         reported started/from-snapshot.  ``reverted``: a boot after a revert to a
         shut-off snapshot, whose events say from-snapshot too.
+        ``incoming_detail``: the started event's detail of an ``incoming`` run
+        (restored; migrated for an incoming migration, drivers/qemu/migration.py).
         """
         if dom.active:
             raise VirError(P.VIR_ERR_OPERATION_INVALID, self.already_running_message,
@@ -286,7 +289,7 @@ class HypervisorState(Generic[DomT]):
                           ds.PAUSED_USER if paused else ds.RUNNING_BOOTED)
         await self.save_status(dom)
         snap = from_snapshot is not None or reverted
-        self.emit(dom, ds.EV_STARTED, ds.STARTED_RESTORED if incoming else
+        self.emit(dom, ds.EV_STARTED, incoming_detail if incoming else
                   ds.STARTED_FROM_SNAPSHOT if snap else ds.STARTED_BOOTED)
         if paused and incoming is None and from_snapshot is None:
             self.emit(dom, ds.EV_SUSPENDED,
