@@ -58,6 +58,10 @@ class QemuDomain(HypervisorDomain):
     taints: dict[str, int] = field(default_factory=dict)
     # the domain job holding dom.lock, and the last completed one (jobs.py)
     job_slots: dict = field(default_factory=dict)
+    # the guest agent's connection (agent.py); False once a restarted daemon
+    # reattached, until the watcher has looked at the channels
+    agent: Any = None
+    agent_booted: bool = True
 
 
 class QemuState(HypervisorState[QemuDomain]):
