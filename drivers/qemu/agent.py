@@ -275,7 +275,17 @@ def _emit(state: "QemuState", dom: "QemuDomain", connected: bool, reason: int) -
 
 async def begin(state: "QemuState", dom: "QemuDomain", mon: "Monitor", *, booted: bool) -> None:
     """A run started (``booted``) or was reattached: every virtio channel's state
-    from QEMU, the agent's socket connected, the AGENT_LIFECYCLE event sent."""
+    from QEMU, the agent's socket connected, the AGENT_LIFECYCLE event sent.
+
+    Called first thing by the run's watcher: a failure here is logged and
+    leaves the guest without an agent, never without its watcher."""
+    try:
+        await _begin(state, dom, mon, booted=booted)
+    except Exception:
+        log.exception("%s: setting up the guest agent channel failed", dom.name)
+
+
+async def _begin(state: "QemuState", dom: "QemuDomain", mon: "Monitor", *, booted: bool) -> None:
     old = getattr(dom, "agent", None)
     if old is not None:
         await old.close()
