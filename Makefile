@@ -25,6 +25,9 @@ DEB_PACKAGES += busybox-static
 # e2fsprogs: mke2fs -d makes the root image a test guest boots from a storage volume,
 # debugfs reads it back (tests/integration/qemu/test_volume_disks.py)
 DEB_PACKAGES += e2fsprogs
+# qemu-guest-agent: Debian's qemu-ga, packed with its libraries into the tiny guest's
+# agent variant (tests/guest/build.py ensure_agent_guest; tests/integration/qemu/test_guest_agent.py)
+DEB_PACKAGES += qemu-guest-agent
 # user-mode-linux: /usr/bin/linux.uml, the kernel the UML driver runs guests with
 # (drivers/uml, tests/integration/uml); uml-utilities: uml_mconsole and tunctl, to look
 # at a running guest by hand (the driver speaks the mconsole protocol itself)

@@ -59,6 +59,7 @@ _PREFIXES = {
     P.VIR_ERR_OPERATION_ABORTED: "operation aborted",
     P.VIR_ERR_BLOCK_COPY_ACTIVE: "block copy still active",
     P.VIR_ERR_OVERFLOW: "numerical overflow",
+    P.VIR_ERR_AGENT_UNRESPONSIVE: "Guest agent is not responding",
 }
 
 

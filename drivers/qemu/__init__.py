@@ -27,6 +27,7 @@ from pyvirtd.driver.procedures import DomainProcedures
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
+from .agent_procs import AgentMixin
 from .balloon import BalloonMixin
 from .blockjobs import BlockJobsMixin
 from .console import ConsoleMixin
@@ -48,7 +49,7 @@ from .vcpus import VcpusMixin
 log = logging.getLogger(__name__)
 
 
-class QemuConnection(HostMixin, StatsMixin, DomainMixin, ConsoleMixin, HotplugMixin,
+class QemuConnection(HostMixin, StatsMixin, AgentMixin, DomainMixin, ConsoleMixin, HotplugMixin,
                      BalloonMixin, SaveMixin, SnapshotMixin, JobsMixin, BlockJobsMixin,
                      MetadataMixin, PassthroughMixin, ScreenshotMixin, VcpusMixin, DumpMixin,
                      MigrationMixin, DomainProcedures, HypervisorConnection):

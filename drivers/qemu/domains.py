@@ -152,9 +152,6 @@ class DomainMixin(ds.DomainLookups):
     async def _power_button(self, ref: Dom, flags: int, function: str, *, reboot: bool) -> None:
         check_flags(flags, SHUTDOWN_ACPI | SHUTDOWN_AGENT, function, P.VIR_FROM_QEMU)
         dom = self._active(ref)
-        if flags == SHUTDOWN_AGENT:
-            raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
-                           domain=P.VIR_FROM_QEMU)
         async with dom.lock:
             if not dom.active or dom.monitor is None:
                 raise ds.not_running()
@@ -199,14 +196,9 @@ class DomainMixin(ds.DomainLookups):
                 await self.driver.run_vcpus(dom, dom.monitor, False, ds.PAUSED_USER,
                                             ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
 
-    def domain_get_time(self, ref: Dom, flags: int) -> tuple:
-        self._active(ref)
-        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
-                       domain=P.VIR_FROM_QEMU)
-
     # -- interfaces -------------------------------------------------------
     async def domain_interface_addresses(self, ref: Dom, source: int, flags: int) -> list:
-        """virsh domifaddr: --source lease (the networks' DHCP leases) or arp; agent needs one."""
+        """virsh domifaddr: --source lease (the networks' DHCP leases) or arp (agent: agent_procs.py)."""
         from pyvirtd.driver import interfaces
 
         check_flags(flags, 0, "qemuDomainInterfaceAddresses", P.VIR_FROM_QEMU)
@@ -219,9 +211,6 @@ class DomainMixin(ds.DomainLookups):
             except OSError:
                 table = ""
             return interfaces.arp_addresses(dom, table)
-        if source == interfaces.SRC_AGENT:
-            raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, "QEMU guest agent is not configured",
-                           domain=P.VIR_FROM_QEMU)
         raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED,
                        f"Unknown IP address data source {source}", domain=P.VIR_FROM_QEMU)
 

@@ -47,7 +47,7 @@ from pyvirtd.xml import domain as domxml
 
 from pyvirtd.driver import interfaces
 
-from . import (confine, dac, devacl, devices_extra, diskchain, disksecrets, filesystems,
+from . import (agent, confine, dac, devacl, devices_extra, diskchain, disksecrets, filesystems,
                firmware, guest_events, launch, passthrough, process, tpm, volumes)
 from .guest import QemuDomain, QemuState
 from .status import RuntimeStatus
@@ -226,6 +226,7 @@ class QemuDriverState(QemuState):
         """
         dom.pid, dom.monitor = None, None
         dom.volume_paths = {}
+        agent.end(dom, self)
         cleanups: list[tuple[Any, ...]] = []
         labels, dom.labels = dom.labels, []
         if labels:   # QEMU is gone: its files go back to their owners
@@ -310,6 +311,8 @@ class QemuDriverState(QemuState):
     # ----------------------------------------------------------------- watching
     async def watch(self, dom: QemuDomain, run: int, mon: Monitor) -> None:
         """Follow one QEMU run's events until its monitor closes."""
+        await agent.begin(self, dom, mon, booted=dom.agent_booted)   # guest agent channel
+        dom.agent_booted = True
         async for event in mon.events():
             if dom.run != run:
                 return
@@ -476,6 +479,7 @@ class QemuDriverState(QemuState):
             dom.set_state(ds.PAUSED, _PAUSED_REASONS.get(status, ds.PAUSED_UNKNOWN))
             self.emit(dom, ds.EV_SUSPENDED, ds.SUSPENDED_PAUSED)
         await self.save_status(dom)
+        dom.agent_booted = False    # the agent's state is the channel's, not the boot's
         self.follow(dom, run, mon)
         if status == "shutdown":   # the guest powered off while we were away
             await self._on_shutdown(dom, run, mon, {})

@@ -61,6 +61,10 @@ class QemuDomain(HypervisorDomain):
     # the migration of this guest under way, if any (migration.py: Migration)
     migration: Any = None
     migrate_speed: int = 0          # migrate-setspeed, MiB/s; 0: unlimited (migration.py)
+    # the guest agent's connection (agent.py); False once a restarted daemon
+    # reattached, until the watcher has looked at the channels
+    agent: Any = None
+    agent_booted: bool = True
 
 
 class QemuState(HypervisorState[QemuDomain]):

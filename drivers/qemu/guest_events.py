@@ -18,6 +18,7 @@ qemuMonitorJSONHandle*:
   DEVICE_TRAY_MOVED {id, ...}  TRAY_CHANGE (devAlias, open 0 / close 1)       <target tray=...>
   DEVICE_DELETED               DEVICE_REMOVED (hotplug.on_device_deleted)
   DEVICE_UNPLUG_GUEST_ERROR    DEVICE_REMOVAL_FAILED
+  VSERPORT_CHANGE {id, open}   AGENT_LIFECYCLE (agent.on_vserport)            <target state=...>
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pyvirtd.driver import domains as ds
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
-from . import blockjobs, hotplug
+from . import agent, blockjobs, hotplug
 
 if TYPE_CHECKING:
     from .guest import QemuDomain, QemuState
@@ -66,6 +67,8 @@ async def handle(state: "QemuState", dom: "QemuDomain", name: str, data: dict) -
         await hotplug.on_device_deleted(state, dom, data)
     elif name == "DEVICE_UNPLUG_GUEST_ERROR":
         hotplug.on_unplug_guest_error(state, dom, data)
+    elif name == "VSERPORT_CHANGE":
+        await agent.on_vserport(state, dom, data)
     elif name in blockjobs.QMP_EVENTS:
         await blockjobs.on_event(state, dom, name, data)
 

@@ -24,7 +24,8 @@ Contract (used by the driver):
 Typed helpers, one per command the driver needs:
     query_status() -> (running: bool, status: str)      cont(), stop(), system_powerdown(),
     system_reset(), quit()  (a lost connection is the expected answer to quit: not an error),
-    query_chardev() -> {label: "/dev/pts/N"} (pty backends only), query_cpus_fast() -> [Vcpu],
+    query_chardev() -> {label: "/dev/pts/N"} (pty backends only),
+    query_chardev_open() -> {label: frontend open}, query_cpus_fast() -> [Vcpu],
     query_balloon() -> actual bytes, balloon(bytes), query_block() -> [dict],
     query_blockstats() -> [dict], query_vnc() -> dict, human_monitor_command(cmdline) -> str,
     query_kvm() -> (present, enabled), query_version() -> (major, minor, micro, package),
@@ -381,6 +382,12 @@ class Monitor:
             if filename.startswith("pty:"):
                 out[chardev["label"]] = filename[4:]
         return out
+
+    async def query_chardev_open(self) -> dict[str, bool]:
+        """{chardev label: frontend-open} for the chardevs whose frontend reports it
+        (virtio ports: is the guest's side open)."""
+        return {c["label"]: bool(c["frontend-open"]) for c in await self.execute("query-chardev")
+                if "frontend-open" in c}
 
     async def query_cpus_fast(self) -> list[Vcpu]:
         return [Vcpu(index=c["cpu-index"], thread_id=c.get("thread-id"),

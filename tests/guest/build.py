@@ -435,6 +435,106 @@ def ensure_guest(cache: Path | str | None = None, force: bool = False) -> TinyGu
         return guest
 
 
+# ------------------------------------------------------- the agent variant
+
+# /bin/start-agent of the agent variant: the virtio console driver, the
+# /dev/virtio-ports/NAME links udev would make, then Debian's qemu-ga on the
+# guest agent's port, in the background; its pid is printed for tests to
+# stop or kill it.
+START_AGENT = r"""#!/bin/sh
+insmod /lib/modules/virtio_console.ko 2>/dev/null
+i=0
+while ! ls /sys/class/virtio-ports/vport* >/dev/null 2>&1 && [ $i -lt 100 ]; do
+    sleep 0.1; i=$((i+1))
+done
+mkdir -p /dev/virtio-ports /var/run
+for p in /sys/class/virtio-ports/vport*; do
+    ln -sf "/dev/${p##*/}" "/dev/virtio-ports/$(cat "$p/name")"
+done
+qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /var/run \
+    >/tmp/qemu-ga.log 2>&1 &
+echo "AGENT STARTED $!"
+"""
+
+# qemu-ga's guest-shutdown runs /sbin/shutdown, which busybox lacks
+SHUTDOWN = r"""#!/bin/sh
+echo "GUEST SHUTDOWN $*" > /dev/console
+for arg in "$@"; do
+    case "$arg" in
+      -r) reboot -f ;;
+      -H) halt -f ;;
+      -P) poweroff -f ;;
+    esac
+done
+poweroff -f
+"""
+
+QEMU_GA = "/usr/sbin/qemu-ga"
+
+
+def _shared_libs(binary: str) -> list[Path]:
+    """The shared libraries ``binary`` loads (ldd), the dynamic loader included."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    libs = []
+    for line in out.splitlines():
+        m = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+        if m:
+            libs.append(Path(m.group(1)))
+    return libs
+
+
+def ensure_agent_guest(cache: Path | str | None = None) -> TinyGuest:
+    """The tiny guest plus Debian's qemu-ga: its initramfs is the base one with a
+    second archive appended (the kernel unpacks both) holding ``/usr/sbin/qemu-ga``,
+    the libraries it needs, ``virtio_console.ko`` and ``/bin/start-agent``.
+    Needs the qemu-guest-agent package on the host (``make deps``)."""
+    if not os.path.exists(QEMU_GA):
+        raise RuntimeError(f"{QEMU_GA} is missing (apt-get install qemu-guest-agent)")
+    base = ensure_guest(cache)
+    cache = Path(cache) if cache else DEFAULT_CACHE
+    st = os.stat(QEMU_GA)
+    h = hashlib.sha256(f"{START_AGENT}{SHUTDOWN}{st.st_size}:{int(st.st_mtime)}".encode())
+    out = Path(base.initrd).parent / f"agent-{h.hexdigest()[:12]}-initrd.gz"
+    if out.exists():
+        return TinyGuest(kernel=base.kernel, initrd=str(out), cmdline=base.cmdline,
+                         version=base.version)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        host = _host_kernel()
+        tmp = Path(tempfile.mkdtemp(prefix="extract-", dir=cache))
+        try:
+            if host:
+                moddir = host[2]
+            else:
+                _, deb = _debian_kernel_deb(cache)
+                _, moddir = _extract_deb(deb, tmp)
+            c = Cpio()
+            made: set[str] = set()
+            for lib in [Path(QEMU_GA), *_shared_libs(QEMU_GA)]:
+                parts = lib.parts[1:]
+                for n in range(1, len(parts)):
+                    d = "/".join(parts[:n])
+                    if d not in made:
+                        made.add(d)
+                        c.dir(d)
+                c.file("/".join(parts), lib.read_bytes(), 0o755)
+            for d in ("bin", "sbin", "lib", "lib/modules"):
+                if d not in made:
+                    c.dir(d)
+            for name, path in _module_closure(moddir, ("virtio_console",)):
+                c.file(f"lib/modules/{name}.ko", path.read_bytes())
+            c.file("bin/start-agent", START_AGENT.encode(), 0o755)
+            c.file("sbin/shutdown", SHUTDOWN.encode(), 0o755)
+            overlay = gzip.compress(c.finish(), compresslevel=6, mtime=0)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        part = out.with_suffix(".tmp")
+        part.write_bytes(Path(base.initrd).read_bytes() + overlay)
+        os.replace(part, out)
+    return TinyGuest(kernel=base.kernel, initrd=str(out), cmdline=base.cmdline,
+                     version=base.version)
+
+
 def make_root_image(path: Path | str, files: dict[str, bytes] | None = None,
                     size_mib: int = 16) -> None:
     """An ext4 image at ``path`` that the guest boots into with ``root=/dev/vdX``.
