@@ -19,9 +19,10 @@ from pyvirtd.rpc import _generated as P
 from . import cgroup
 from .domains import DomainMixin
 from .driver import LxcDriverState
+from .tuning import TuningMixin
 
 
-class LxcConnection(DomainMixin, DomainProcedures, HypervisorConnection):
+class LxcConnection(DomainMixin, TuningMixin, DomainProcedures, HypervisorConnection):
     """One client's lxc:/// connection; methods are named after RPC procedures.
 
     `DomainProcedures` comes after the driver's own mixins: it answers only

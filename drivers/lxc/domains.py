@@ -13,6 +13,7 @@ container's lock.  Codes and wording follow libvirt's LXC driver
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,10 @@ START_AUTODESTROY = P.DomainCreateFlags.VIR_DOMAIN_START_AUTODESTROY
 START_VALIDATE = P.DomainCreateFlags.VIR_DOMAIN_START_VALIDATE
 SHUTDOWN_INITCTL = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_INITCTL
 SHUTDOWN_SIGNAL = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_SIGNAL
+REBOOT_INITCTL = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_INITCTL
+REBOOT_SIGNAL = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_SIGNAL
+SIGNAL_RT0 = P.DomainProcessSignal.VIR_DOMAIN_PROCESS_SIGNAL_RT0
+SIGNAL_LAST = P.DomainProcessSignal.VIR_DOMAIN_PROCESS_SIGNAL_LAST
 AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
 AFFECT_CONFIG = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CONFIG
 STRING_OKAY = P.TypedParameterFlags.VIR_TYPED_PARAM_STRING_OKAY
@@ -45,6 +50,45 @@ UNLIMITED = 9007199254740991
 STATS_STATE = P.DomainStatsTypes.VIR_DOMAIN_STATS_STATE
 STATS_CPU_TOTAL = P.DomainStatsTypes.VIR_DOMAIN_STATS_CPU_TOTAL
 STATS_BALLOON = P.DomainStatsTypes.VIR_DOMAIN_STATS_BALLOON
+
+
+def native_signal(signum: int) -> int | None:
+    """The host's signal for a VIR_DOMAIN_PROCESS_SIGNAL_* (virDomainProcessSignalToNative):
+    0-31 are Linux's own numbers, RTn is SIGRTMIN+n while that exists."""
+    if signum < SIGNAL_RT0:
+        return signum
+    native = signal.SIGRTMIN + signum - SIGNAL_RT0
+    return native if native <= signal.SIGRTMAX else None
+
+
+def _host_pid(init_pid: int, paths: dict[str, str], pid: int) -> int | None:
+    """The host pid of the container's process ``pid`` (blocking: /proc and cgroupfs).
+
+    Candidates are the container's cgroup members; the one in init's pid
+    namespace whose innermost NSpid is ``pid`` is it."""
+    try:
+        want = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
+    except OSError:
+        return None
+    for ctrl in ("memory", "pids", "unified"):
+        if ctrl in paths:
+            raw = cgroup.read(paths, ctrl, "cgroup.procs") or ""
+            break
+    else:
+        return None
+    for entry in raw.split():
+        try:
+            if os.stat(f"/proc/{entry}/ns/pid").st_ino != want:
+                continue
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        if int(line.split()[-1]) == pid:
+                            return int(entry)
+                        break
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _param(name: str, kind: int, value: Any) -> Any:
@@ -86,6 +130,56 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
             if not dom.active:
                 raise ds.not_running()
             await self.driver.shutdown_domain(dom)
+
+    async def domain_reboot(self, ref: Dom, flags: int) -> None:
+        """virsh reboot: SIGHUP to init (lxcDomainReboot).  An init that reboots on it
+        (reboot(2) in its pid namespace) ends "killed by SIGHUP", and the driver
+        starts the container again (driver.py).  There is no initctl pipe to ask."""
+        check_flags(flags, REBOOT_INITCTL | REBOOT_SIGNAL, "lxcDomainReboot", _FROM)
+        dom = self._active(ref)
+        if flags == REBOOT_INITCTL:
+            raise VirError(P.VIR_ERR_OPERATION_UNSUPPORTED,
+                           "Container does not provide an initctl pipe", domain=_FROM)
+        async with dom.lock:
+            if not dom.active:
+                raise ds.not_running()
+            if not dom.init_pid:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID, "Init process ID is not yet known",
+                               domain=_FROM)
+            try:
+                os.kill(dom.init_pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass        # init is ending anyway: its watcher reports how
+            except OSError as exc:
+                raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                               f"Failed to kill pid {dom.init_pid}: {exc.strerror}",
+                               domain=_FROM) from None
+
+    async def domain_send_process_signal(self, ref: Dom, pid_value: int, signum: int,
+                                         flags: int) -> None:
+        """virsh send-process-signal: a signal to the process whose pid *inside the
+        container* is ``pid_value``.  libvirt 9.0 takes only pid 1 (init); any pid of
+        the container's pid namespace is accepted here, found through NSpid."""
+        check_flags(flags, 0, "lxcDomainSendProcessSignal", _FROM)
+        if not 0 <= signum < SIGNAL_LAST or native_signal(signum) is None:
+            raise VirError(P.VIR_ERR_INVALID_ARG, f"signum value {signum} is out of range",
+                           domain=_FROM)
+        dom = self._active(ref)
+        if not dom.init_pid:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "Init pid is not yet available",
+                           domain=_FROM)
+        if pid_value == 1:
+            host_pid: int | None = dom.init_pid
+        else:
+            host_pid = await trio.to_thread.run_sync(_host_pid, dom.init_pid, dom.cgroup,
+                                                     pid_value)
+        try:
+            if host_pid is None:
+                raise ProcessLookupError(3, os.strerror(3))
+            os.kill(host_pid, native_signal(signum))
+        except OSError as exc:
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR, f"Unable to send {signum} signal to process "
+                           f"{pid_value}: {exc.strerror}", domain=_FROM) from None
 
     async def _pause(self, dom: LxcDomain, paused: bool) -> None:
         """Freeze or thaw the container's cgroup (lxcDomainSuspend / lxcDomainResume);
@@ -178,8 +272,8 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
         return self.domain_get_scheduler_parameters_flags(ref, nparams, 0)
 
     def domain_get_scheduler_parameters_flags(self, ref: Dom, nparams: int, flags: int) -> list:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainGetSchedulerParametersFlags",
-                    _FROM)
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | STRING_OKAY,
+                    "lxcDomainGetSchedulerParametersFlags", _FROM)
         dom = self._dom(ref)
         if dom.active and not flags & AFFECT_CONFIG and dom.cgroup:
             v2 = "unified" in dom.cgroup

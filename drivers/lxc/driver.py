@@ -9,6 +9,7 @@ libvirt's LXC driver (src/lxc/lxc_process.c):
   fact                                 state (reason)          event
   started                              running (booted)        started/booted
   init exited (shutdown or by itself)  shut off (shutdown)     stopped/shutdown
+  init rebooted (reboot(2), SIGHUP)    running (booted) again  reboot (a new run)
   destroy                              shut off (destroyed)    stopped/destroyed
   init killed, controller gone         shut off (crashed)      stopped/failed
 
@@ -353,11 +354,45 @@ class LxcDriverState(HypervisorState[LxcDomain]):
 
     async def _ended(self, dom: LxcDomain, run: int, reason: str | None) -> None:
         paths, veths = dom.cgroup, dom.veths
+        if reason == "reboot":
+            await self._tidy(dom, paths, veths)
+            await self._reboot(dom, run)
+            return
         if reason is None:
             log.warning("%s: the container's controller went away", dom.name)
         state_reason, detail = _EXIT_REASONS.get(reason or "crashed", _EXIT_REASONS["crashed"])
         if self.mark_stopped(dom, run, state_reason, detail):
             await self._tidy(dom, paths, veths)
+
+    async def _reboot(self, dom: LxcDomain, run: int) -> None:
+        """Start run ``run`` of ``dom`` again after its init rebooted (virLXCProcessReboot).
+
+        The old run's cgroup and veths are gone (`_tidy`, which also lets a
+        destroy that raced with the reboot finish first: then the run has
+        changed and nothing restarts).  As libvirt's, the new run takes the
+        persistent definition, gets a new id, and the only event is REBOOT;
+        if the start fails the container is reported stopped (shutdown).
+        """
+        async with dom.lock:
+            if dom.run != run or not dom.active:
+                return
+            self.release(dom)
+            if dom.console is not None:
+                dom.console.close()
+            live = (dom.new_def or dom.definition).copy()
+            try:
+                link = await self.launch(dom, live, paused=False)
+            except VirError as exc:
+                log.error("%s: restart after reboot failed: %s", dom.name, exc)
+                self.mark_stopped(dom, run, ds.SHUTOFF_SHUTDOWN, ds.STOPPED_SHUTDOWN)
+                return
+            dom.run += 1
+            dom.definition = live
+            self.domains.set_id(dom, self.domain_id(dom))
+            dom.set_state(ds.RUNNING, ds.RUNNING_BOOTED)
+            await self.save_status(dom)
+            self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_REBOOT, dom.ref())
+            self.follow(dom, dom.run, link)
 
     # ---------------------------------------------------------------- reattach
     async def attach(self, dom: LxcDomain, run: int, st: RuntimeStatus) -> None:

@@ -1,0 +1,204 @@
+"""The rest of the LXC domain API end to end, against real containers (test_lxc.py's Lab):
+reboot, setmem/setmaxmem, send-process-signal, blkiotune, schedinfo --config.
+
+Container names here start with ``api`` (other LXC test modules use others).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from tests.conftest import wait_for
+from tests.integration.lxc.test_lxc import container_xml, lab, make_root  # noqa: F401 (fixture)
+
+# init: counts its boots, reboots on SIGHUP, notes SIGUSR1, and starts a child
+# that notes SIGUSR2 and tells its pid (inside the container)
+INIT = """#!/bin/sh
+trap 'reboot -f' HUP
+trap 'echo init-usr1 > /tmp/usr1' USR1
+echo boot >> /tmp/boots
+sh -c 'trap "echo child-usr2 > /tmp/usr2; exit 0" USR2; echo $$ > /tmp/child.pid
+       while true; do sleep 1000 & wait $!; done' &
+while true; do sleep 1000 & wait $!; done
+"""
+
+
+def api_root(path: Path) -> Path:
+    root = make_root(path)
+    (root / "bin/reboot").symlink_to("busybox")
+    (root / "sbin/init").write_text(INIT)
+    return root
+
+
+def define(lab, tmp_path: Path, name: str, *, extra: str = "", memory_mib: int = 64) -> Path:
+    root = api_root(tmp_path / f"root-{name}")
+    xml = tmp_path / f"{name}.xml"
+    xml.write_text(container_xml(name, root, memory_mib=memory_mib, extra=extra))
+    lab.virsh("define", str(xml))
+    return root
+
+
+class Events:
+    """Domain events of one python-libvirt connection, gathered by a thread."""
+
+    def __init__(self, uri: str, event_id: int) -> None:
+        libvirt.virEventRegisterDefaultImpl()
+        self.conn = libvirt.open(uri)
+        self.seen: list[tuple] = []
+        self._stop = threading.Event()
+        self.cb = self.conn.domainEventRegisterAny(
+            None, event_id, lambda _c, dom, *args: self.seen.append((dom.name(), *args[:-1])),
+            None)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            libvirt.virEventRunDefaultImpl()
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self.conn.domainEventDeregisterAny(self.cb)
+        except libvirt.libvirtError:
+            pass
+        self.conn.close()
+
+
+def test_reboot_restarts_init_with_a_reboot_event(lab, tmp_path):
+    root = define(lab, tmp_path, "apireboot")
+    lab.virsh("start", "apireboot")
+    wait_for(lambda: (root / "tmp/boots").exists(), what="first boot")
+    old_id = lab.virsh("domid", "apireboot").stdout.strip()
+    events = Events(lab.uri, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT)
+    try:
+        p = lab.virsh("reboot", "apireboot", "--mode", "initctl", check=False)
+        assert p.returncode != 0 and "Container does not provide an initctl pipe" in p.stderr
+        lab.virsh("reboot", "apireboot")
+        # init's reboot(2) ends the pid namespace; the driver starts it again
+        wait_for(lambda: (root / "tmp/boots").read_text().count("boot") == 2, what="second boot")
+        wait_for(lambda: events.seen, what="REBOOT event")
+        assert events.seen == [("apireboot",)]
+    finally:
+        events.close()
+    assert lab.virsh("domstate", "--reason", "apireboot").stdout.strip() == "running (booted)"
+    new_id = lab.virsh("domid", "apireboot").stdout.strip()
+    assert new_id != old_id
+    # the new run is controllable as the first one was
+    p = lab.virsh("lxc-enter-namespace", "apireboot", "/bin/sh", "-c", "echo in-new-run")
+    assert p.stdout.strip() == "in-new-run"
+    lab.virsh("reboot", "apireboot", "--mode", "signal")
+    wait_for(lambda: (root / "tmp/boots").read_text().count("boot") == 3, what="third boot")
+    lab.virsh("destroy", "apireboot")
+    assert lab.virsh("domstate", "--reason", "apireboot").stdout.strip() == "shut off (destroyed)"
+    p = lab.virsh("reboot", "apireboot", check=False)
+    assert p.returncode != 0 and "domain is not running" in p.stderr
+
+
+def test_setmem_moves_the_cgroup_limit_and_setmaxmem_the_config(lab, tmp_path):
+    define(lab, tmp_path, "apimem", memory_mib=128)
+    # shut off: --current is the config
+    lab.virsh("setmem", "apimem", "100M", "--config")
+    lab.virsh("setmaxmem", "apimem", "96M")
+    xml = lab.virsh("dumpxml", "apimem").stdout
+    assert "<memory unit='KiB'>98304</memory>" in xml
+    assert "<currentMemory unit='KiB'>98304</currentMemory>" in xml     # capped by the maximum
+    lab.virsh("start", "apimem")
+    p = lab.virsh("setmaxmem", "apimem", "200M", check=False)
+    assert p.returncode != 0 and "Cannot resize the max memory on an active domain" in p.stderr
+    p = lab.virsh("setmem", "apimem", "200M", check=False)
+    assert p.returncode != 0 and "Cannot set memory higher than max memory" in p.stderr
+    lab.virsh("setmem", "apimem", "32M", "--live")
+    assert "hard_limit     : 32768" in lab.virsh("memtune", "apimem").stdout
+    assert "<currentMemory unit='KiB'>32768</currentMemory>" in lab.virsh("dumpxml",
+                                                                          "apimem").stdout
+    # the limit holds inside: 48 MiB in one buffer is more than the container may have
+    p = lab.virsh("lxc-enter-namespace", "apimem", "/bin/sh", "-c",
+                  "echo 1000 > /proc/self/oom_score_adj; "
+                  "dd if=/dev/zero of=/dev/null bs=48M count=1; echo rc=$?")
+    assert "rc=137" in p.stdout, p.stdout + p.stderr
+    # the config was not touched by --live; --config while running changes only it
+    lab.virsh("setmaxmem", "apimem", "80M", "--config")
+    inactive = lab.virsh("dumpxml", "--inactive", "apimem").stdout
+    assert "<memory unit='KiB'>81920</memory>" in inactive
+    assert "<memory unit='KiB'>98304</memory>" in lab.virsh("dumpxml", "apimem").stdout
+    lab.virsh("destroy", "apimem")
+    assert "<memory unit='KiB'>81920</memory>" in lab.virsh("dumpxml", "apimem").stdout
+
+
+def test_send_process_signal_by_pid_inside_the_container(lab, tmp_path):
+    root = define(lab, tmp_path, "apisig")
+    lab.virsh("start", "apisig")
+    wait_for(lambda: (root / "tmp/child.pid").exists(), what="child started")
+    lab.virsh("send-process-signal", "apisig", "1", "sigusr1")
+    wait_for(lambda: (root / "tmp/usr1").exists(), what="init got SIGUSR1")
+    child = (root / "tmp/child.pid").read_text().strip()
+    assert child != "1"
+    lab.virsh("send-process-signal", "apisig", child, "usr2")
+    wait_for(lambda: (root / "tmp/usr2").exists(), what="child got SIGUSR2")
+    p = lab.virsh("send-process-signal", "apisig", "4000000", "usr2", check=False)
+    assert p.returncode != 0 and "No such process" in p.stderr, p.stderr
+    conn = libvirt.open(lab.uri)
+    try:
+        with pytest.raises(libvirt.libvirtError, match="signum value 70 is out of range"):
+            conn.lookupByName("apisig").sendProcessSignal(1, 70)
+    finally:
+        conn.close()
+    lab.virsh("destroy", "apisig")
+
+
+def _block_device() -> tuple[str, str]:
+    """A block device of this host: its /dev path and major:minor."""
+    for sys_dev in sorted(Path("/sys/block").iterdir()):
+        path = Path("/dev", sys_dev.name)
+        if path.is_block_device():
+            return str(path), (sys_dev / "dev").read_text().strip()
+    pytest.skip("no block device on this host")
+
+
+def test_blkiotune_live_throttle_and_config(lab, tmp_path):
+    dev, numbers = _block_device()
+    define(lab, tmp_path, "apiblk")
+    lab.virsh("blkiotune", "apiblk", "--device-read-bytes-sec", f"{dev},1048576",
+              "--weight", "500", "--config")
+    out = lab.virsh("blkiotune", "apiblk", "--config").stdout
+    assert "weight         : 500" in out
+    assert f"device_read_bytes_sec: {dev},1048576" in out
+    lab.virsh("start", "apiblk")
+    lab.virsh("blkiotune", "apiblk", "--device-write-iops-sec", f"{dev},200", "--live")
+    # in the container's own blkio cgroup
+    conn = libvirt.open(lab.uri)
+    try:
+        pid = conn.lookupByName("apiblk").ID()
+    finally:
+        conn.close()
+    cg = next(line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+              if line.split(":")[1] == "blkio")
+    throttle = Path("/sys/fs/cgroup/blkio", cg.lstrip("/"), "blkio.throttle.write_iops_device")
+    assert f"{numbers} 200" in throttle.read_text()
+    live = lab.virsh("dumpxml", "apiblk").stdout
+    assert "<write_iops_sec>200</write_iops_sec>" in live
+    p = lab.virsh("blkiotune", "apiblk", "--device-read-iops-sec", "/dev/null,5", check=False)
+    assert p.returncode != 0 and "Path '/dev/null' must be a block device" in p.stderr
+    if not Path(throttle.parent, "blkio.weight").exists() and \
+            not Path(throttle.parent, "blkio.bfq.weight").exists():
+        # no bfq/cfq scheduler on this host: libvirt's refusal, live only
+        p = lab.virsh("blkiotune", "apiblk", "--weight", "300", check=False)
+        assert p.returncode != 0 and "blkio weight is valid only for bfq or cfq" in p.stderr
+    lab.virsh("destroy", "apiblk")
+
+
+def test_schedinfo_config_and_live(lab, tmp_path):
+    define(lab, tmp_path, "apisched")
+    lab.virsh("schedinfo", "apisched", "--config", "cpu_shares=512")
+    assert "cpu_shares     : 512" in lab.virsh("schedinfo", "apisched", "--config").stdout
+    lab.virsh("start", "apisched")
+    assert "cpu_shares     : 512" in lab.virsh("schedinfo", "apisched").stdout
+    lab.virsh("schedinfo", "apisched", "--live", "cpu_shares=300")
+    assert "cpu_shares     : 300" in lab.virsh("schedinfo", "apisched").stdout
+    assert "cpu_shares     : 512" in lab.virsh("schedinfo", "apisched", "--config").stdout
+    lab.virsh("destroy", "apisched")
