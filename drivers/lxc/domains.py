@@ -22,6 +22,7 @@ from lxml import etree
 
 from pyvirtd.dispatch import ReplyFds
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver import interfaces
 from pyvirtd.driver.api import Dom
 from pyvirtd.driver.procedures import SuspendResume
 from pyvirtd.errors import VirError, check_flags
@@ -38,6 +39,7 @@ SHUTDOWN_INITCTL = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_INITCTL
 SHUTDOWN_SIGNAL = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_SIGNAL
 REBOOT_INITCTL = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_INITCTL
 REBOOT_SIGNAL = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_SIGNAL
+HOSTNAME_LEASE = P.DomainGetHostnameFlags.VIR_DOMAIN_GET_HOSTNAME_LEASE
 SIGNAL_RT0 = P.DomainProcessSignal.VIR_DOMAIN_PROCESS_SIGNAL_RT0
 SIGNAL_LAST = P.DomainProcessSignal.VIR_DOMAIN_PROCESS_SIGNAL_LAST
 AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
@@ -89,6 +91,11 @@ def _host_pid(init_pid: int, paths: dict[str, str], pid: int) -> int | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def _param(name: str, kind: int, value: Any) -> Any:
@@ -180,6 +187,39 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
         except OSError as exc:
             raise VirError(P.VIR_ERR_SYSTEM_ERROR, f"Unable to send {signum} signal to process "
                            f"{pid_value}: {exc.strerror}", domain=_FROM) from None
+
+    # -- addresses and hostname from the networks' DHCP leases
+    def domain_get_hostname(self, ref: Dom, flags: int) -> str:
+        """virsh domhostname: the hostname a container's DHCP client gave a virtual
+        network's dnsmasq (lxcDomainGetHostname: the first lease that has one)."""
+        check_flags(flags, HOSTNAME_LEASE, "lxcDomainGetHostname", _FROM)
+        dom = self._active(ref)
+        for iface in dom.definition.devices_of("interface"):
+            src = iface.find("source")
+            if iface.get("type") != "network" or src is None:
+                continue
+            mac = iface.find("mac").get("address")
+            for lease in self.driver.ctx.services.network.dhcp_leases(src.get("network"), mac):
+                if lease.hostname:
+                    return lease.hostname
+        raise VirError(P.VIR_ERR_NO_HOSTNAME, f"no hostname found for domain {dom.name}",
+                       domain=_FROM)
+
+    async def domain_interface_addresses(self, ref: Dom, source: int, flags: int) -> list:
+        """virsh domifaddr: --source lease (the networks' DHCP leases) or arp; a
+        container has no guest agent (lxcDomainInterfaceAddresses)."""
+        check_flags(flags, 0, "lxcDomainInterfaceAddresses", _FROM)
+        dom = self._active(ref)
+        if source == interfaces.SRC_LEASE:
+            return interfaces.interface_addresses(self.driver, dom)
+        if source == interfaces.SRC_ARP:
+            try:
+                table = await trio.to_thread.run_sync(_read_text, "/proc/net/arp")
+            except OSError:
+                table = ""
+            return interfaces.arp_addresses(dom, table)
+        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                       f"Unknown IP address data source {source}", domain=_FROM)
 
     async def _pause(self, dom: LxcDomain, paused: bool) -> None:
         """Freeze or thaw the container's cgroup (lxcDomainSuspend / lxcDomainResume);

@@ -202,3 +202,51 @@ def test_schedinfo_config_and_live(lab, tmp_path):
     assert "cpu_shares     : 300" in lab.virsh("schedinfo", "apisched").stdout
     assert "cpu_shares     : 512" in lab.virsh("schedinfo", "apisched", "--config").stdout
     lab.virsh("destroy", "apisched")
+
+
+DHCP_NET = """<network><name>{name}</name><bridge name='{bridge}' stp='off'/>
+  <ip address='10.{n}.0.1' netmask='255.255.255.0'>
+    <dhcp><range start='10.{n}.0.10' end='10.{n}.0.20'/></dhcp>
+  </ip></network>"""
+
+
+def test_net_update_on_an_lxc_connection(lab, tmp_path):
+    """virsh net-update through lxc:// reaches the right section: the connection
+    tells the client that NETWORK_UPDATE's arguments come in their documented order."""
+    net = tmp_path / "n.xml"
+    net.write_text(DHCP_NET.format(name="apiupd", bridge="pvapiupd0", n=96))
+    lab.virsh("net-define", str(net))
+    lab.virsh("net-update", "apiupd", "add", "ip-dhcp-host",
+              "<host mac='52:54:00:00:00:01' name='h1' ip='10.96.0.11'/>", "--config")
+    assert "<host mac='52:54:00:00:00:01' name='h1' ip='10.96.0.11'/>" in \
+        lab.virsh("net-dumpxml", "apiupd").stdout
+    lab.virsh("net-start", "apiupd")
+    lab.virsh("net-update", "apiupd", "delete", "ip-dhcp-host",
+              "<host mac='52:54:00:00:00:01' name='h1' ip='10.96.0.11'/>", "--live", "--config")
+    assert "52:54:00:00:00:01" not in lab.virsh("net-dumpxml", "apiupd").stdout
+    lab.virsh("net-destroy", "apiupd")
+    lab.virsh("net-undefine", "apiupd")
+
+
+def test_domhostname_and_domifaddr_from_the_dhcp_lease(lab, tmp_path):
+    net = tmp_path / "n.xml"
+    net.write_text(DHCP_NET.format(name="apidhcp", bridge="pvapidhcp0", n=95))
+    lab.virsh("net-define", str(net))
+    lab.virsh("net-start", "apidhcp")
+    iface = ("<interface type='network'><source network='apidhcp'/>"
+             "<mac address='52:54:00:95:00:02'/><guest dev='eth0'/></interface>")
+    root = define(lab, tmp_path, "apihost", extra=iface)
+    lab.virsh("start", "apihost")
+    p = lab.virsh("domhostname", "apihost", check=False)
+    assert p.returncode != 0 and "no hostname found for domain apihost" in p.stderr
+    (root / "bin/udhcpc").symlink_to("busybox")
+    (root / "bin/true").symlink_to("busybox")
+    p = lab.virsh("lxc-enter-namespace", "apihost", "/bin/udhcpc", "-i", "eth0", "-q", "-n",
+                  "-s", "/bin/true", "-x", "hostname:api-leased", timeout=60)
+    assert lab.virsh("domhostname", "apihost").stdout.strip() == "api-leased"
+    out = lab.virsh("domifaddr", "apihost").stdout
+    assert "52:54:00:95:00:02" in out and "10.95.0." in out, out
+    p = lab.virsh("domifaddr", "apihost", "--source", "agent", check=False)
+    assert p.returncode != 0 and "Unknown IP address data source 1" in p.stderr
+    lab.virsh("destroy", "apihost")
+    lab.virsh("net-destroy", "apidhcp")
