@@ -19,10 +19,11 @@ from pyvirtd.rpc import _generated as P
 from . import cgroup
 from .domains import DomainMixin
 from .driver import LxcDriverState
+from .metadata import MetadataMixin
 from .tuning import TuningMixin
 
 
-class LxcConnection(DomainMixin, TuningMixin, DomainProcedures, HypervisorConnection):
+class LxcConnection(DomainMixin, TuningMixin, MetadataMixin, DomainProcedures, HypervisorConnection):
     """One client's lxc:/// connection; methods are named after RPC procedures.
 
     `DomainProcedures` comes after the driver's own mixins: it answers only

@@ -250,3 +250,62 @@ def test_domhostname_and_domifaddr_from_the_dhcp_lease(lab, tmp_path):
     assert p.returncode != 0 and "Unknown IP address data source 1" in p.stderr
     lab.virsh("destroy", "apihost")
     lab.virsh("net-destroy", "apidhcp")
+
+
+def test_metadata_live_and_config_with_events(lab, tmp_path):
+    ns = "http://example.org/pyvirtd-lxc/1"
+    define(lab, tmp_path, "apimeta")
+    lab.virsh("desc", "apimeta", "--title", "--new-desc", "Config title")
+    lab.virsh("start", "apimeta")
+    assert lab.virsh("desc", "apimeta", "--title").stdout.strip() == "Config title"
+    events = Events(lab.uri, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE)
+    try:
+        lab.virsh("desc", "apimeta", "--live", "--new-desc", "only while it runs")
+        lab.virsh("metadata", "apimeta", ns, "--key", "app", "--set", "<item n='1'/>",
+                  "--live", "--config")
+        wait_for(lambda: len(events.seen) == 2, what="two METADATA_CHANGE events")
+    finally:
+        events.close()
+    assert events.seen == [("apimeta", libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, None),
+                           ("apimeta", libvirt.VIR_DOMAIN_METADATA_ELEMENT, ns)]
+    assert lab.virsh("desc", "apimeta").stdout.strip() == "only while it runs"
+    p = lab.virsh("desc", "apimeta", "--config", check=False)
+    assert "No description for domain" in p.stdout + p.stderr
+    assert lab.virsh("metadata", "apimeta", ns, "--config").stdout.strip() == "<item n=\"1\"/>"
+    # the live metadata survives the daemon's restart (runtime status)
+    lab.kill9()
+    lab.start_daemon()
+    assert lab.virsh("desc", "apimeta").stdout.strip() == "only while it runs"
+    p = lab.virsh("metadata", "apimeta", ns, "--live", "--config", check=False)
+    assert p.returncode != 0 and "mutually exclusive" in p.stderr
+    lab.virsh("destroy", "apimeta")
+    # the live description went with the run; the config's element stays
+    p = lab.virsh("desc", "apimeta", check=False)
+    assert "No description for domain" in p.stdout + p.stderr
+    assert "<item n=\"1\"/>" in lab.virsh("metadata", "apimeta", ns).stdout
+
+
+def test_rename_a_shut_off_container(lab, tmp_path):
+    define(lab, tmp_path, "apiren")
+    lab.virsh("autostart", "apiren")
+    lab.virsh("start", "apiren")
+    p = lab.virsh("domrename", "apiren", "apiren2", check=False)
+    assert p.returncode != 0 and "cannot rename active domain" in p.stderr
+    lab.virsh("destroy", "apiren")
+    define(lab, tmp_path, "apiother")
+    p = lab.virsh("domrename", "apiren", "apiother", check=False)
+    assert p.returncode != 0 and "domain with name 'apiother' already exists" in p.stderr
+    lab.virsh("domrename", "apiren", "apiren2")
+    names = lab.virsh("list", "--all", "--name").stdout.split()
+    assert "apiren2" in names and "apiren" not in names
+    cfg = lab.root_dir / "lib" / "lxc"
+    assert (cfg / "apiren2.xml").exists() and not (cfg / "apiren.xml").exists()
+    assert (cfg / "autostart" / "apiren2.xml").is_symlink()
+    assert not (cfg / "autostart" / "apiren.xml").exists()
+    # the autostart link moved with it: a restarted daemon starts it under its new name
+    lab.kill9()
+    lab.start_daemon()
+    wait_for(lambda: lab.virsh("domstate", "apiren2").stdout.strip() == "running",
+             what="apiren2 autostarted")
+    assert "apiren2" in lab.virsh("dumpxml", "apiren2").stdout
+    lab.virsh("destroy", "apiren2")
