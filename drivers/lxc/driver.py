@@ -197,7 +197,16 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 mac = iface.find("mac").get("address")
                 src = iface.find("source")
                 kind = iface.get("type")
-                if kind == "network":
+                if iface.find("script") is not None:
+                    raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                                   "scripts are not supported on LXC network interfaces",
+                                   domain=_FROM)
+                if kind == "ethernet":
+                    # a veth with no bridge, its host end named as <target dev> asks
+                    target = iface.find("target")
+                    name = target.get("dev") if target is not None else None
+                    host, peer = await network.plug_veth(None, mac, host_name=name or None)
+                elif kind == "network":
                     host, peer = await self.ctx.services.network.plug_veth(src.get("network"),
                                                                            mac)
                 elif kind == "bridge":

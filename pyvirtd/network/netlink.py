@@ -189,33 +189,42 @@ def open_tap(name: str, bridge: str | None, mac: str, mtu: int | None = None,
         raise
 
 
-def create_veth(bridge: str, mac: str, mtu: int | None = None,
-                host_pattern: str = "veth%d") -> tuple[str, str]:
-    """A veth pair for a container: the host end on ``bridge`` and up, the peer left for the container.
+def create_veth(bridge: str | None, mac: str, mtu: int | None = None,
+                host_pattern: str = "veth%d", host_name: str | None = None) -> tuple[str, str]:
+    """A veth pair for a container: the host end on ``bridge`` (if any) and up, the peer
+    left for the container.
 
-    Returns (host end, peer).  The host end gets the first free name of
-    ``host_pattern`` (libvirt's vethN) and the guest MAC with first byte 0xFE;
-    the peer gets the guest MAC and a temporary name (vpeerN) that the
-    container renames once it has been moved into its namespace.  Deleting
-    either end, or the container's namespace going away, removes both.
+    Returns (host end, peer).  The host end is named ``host_name`` (a
+    container's <interface type='ethernet'> with <target dev>) or gets the
+    first free name of ``host_pattern`` (libvirt's vethN), and the guest MAC
+    with first byte 0xFE; the peer gets the guest MAC and a temporary name
+    (vpeerN) that the container renames once it has been moved into its
+    namespace.  Deleting either end, or the container's namespace going
+    away, removes both.
     """
     with IPRoute() as ipr:
-        br = _index(ipr, bridge)
-        if br is None:
-            raise OSError(19, f"bridge {bridge} does not exist")
+        br = None
+        if bridge is not None:
+            br = _index(ipr, bridge)
+            if br is None:
+                raise OSError(19, f"bridge {bridge} does not exist")
         names = {link.get("ifname") for link in ipr.get_links()}
+        if host_name is not None and host_name in names:
+            raise OSError(17, f"{host_name}: {os.strerror(17)}")
         n = 0
-        while host_pattern % n in names or f"vpeer{n}" in names:
+        while (host_name is None and host_pattern % n in names) or f"vpeer{n}" in names:
             n += 1
-        host, peer = host_pattern % n, f"vpeer{n}"
+        host, peer = host_name or host_pattern % n, f"vpeer{n}"
         ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "address": mac})
         try:
             idx = _index(ipr, host)
-            settings = {"address": "fe" + mac[2:], "master": br}
-            brmtu = mtu or ipr.get_links(br)[0].get("mtu")
-            if brmtu:
-                settings["mtu"] = brmtu
-                ipr.link("set", index=_index(ipr, peer), mtu=brmtu)
+            settings: dict = {"address": "fe" + mac[2:]}
+            if br is not None:
+                settings["master"] = br
+            link_mtu = mtu or (ipr.get_links(br)[0].get("mtu") if br is not None else None)
+            if link_mtu:
+                settings["mtu"] = link_mtu
+                ipr.link("set", index=_index(ipr, peer), mtu=link_mtu)
             ipr.link("set", index=idx, **settings)
             ipr.link("set", index=idx, state="up")
         except BaseException:

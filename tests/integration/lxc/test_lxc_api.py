@@ -309,3 +309,32 @@ def test_rename_a_shut_off_container(lab, tmp_path):
              what="apiren2 autostarted")
     assert "apiren2" in lab.virsh("dumpxml", "apiren2").stdout
     lab.virsh("destroy", "apiren2")
+
+
+def test_ethernet_interface_is_a_named_veth_without_bridge(lab, tmp_path):
+    iface = ("<interface type='ethernet'><target dev='pvapieth0'/>"
+             "<ip address='10.94.0.2' prefix='24'/><guest dev='eth0'/></interface>")
+    define(lab, tmp_path, "apieth", extra=iface)
+    lab.virsh("start", "apieth")
+    link = lab.ns_exec("ip", "-o", "link", "show", "pvapieth0").stdout
+    assert "master" not in link, link
+    assert "UP" in link.split("<", 1)[1].split(">")[0].split(","), link
+    assert "<target dev='pvapieth0'/>" in lab.virsh("dumpxml", "apieth").stdout
+    # the host end is the host's to address: then host and container talk over it
+    lab.ns_exec("ip", "addr", "add", "10.94.0.1/24", "dev", "pvapieth0")
+    p = lab.virsh("lxc-enter-namespace", "apieth", "/bin/sh", "-c",
+                  "ip -o addr show eth0; ping -c 2 -W 2 10.94.0.1")
+    assert "10.94.0.2/24" in p.stdout and "2 packets received" in p.stdout, p.stdout
+    # a second container cannot take the same host name
+    define(lab, tmp_path, "apieth2", extra=iface)
+    p = lab.virsh("start", "apieth2", check=False)
+    assert p.returncode != 0 and "File exists" in p.stderr, p.stderr
+    lab.virsh("destroy", "apieth")
+    assert lab.ns_exec("ip", "link", "show", "pvapieth0", check=False).returncode != 0
+    # <script> is QEMU's, not a container's
+    script = tmp_path / "script.xml"
+    script.write_text(container_xml("apiscript", tmp_path / "root-apieth", extra=(
+        "<interface type='ethernet'><script path='/bin/true'/></interface>")))
+    lab.virsh("define", str(script))
+    p = lab.virsh("start", "apiscript", check=False)
+    assert p.returncode != 0 and "scripts are not supported on LXC network interfaces" in p.stderr
