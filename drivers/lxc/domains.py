@@ -98,8 +98,14 @@ def _read_text(path: str) -> str:
         return f.read()
 
 
-def _param(name: str, kind: int, value: Any) -> Any:
+def param(name: str, kind: int, value: Any) -> Any:
+    """One typed parameter of a reply."""
     return P.remote_typed_param(name, P.remote_typed_param_value(kind, value))
+
+
+def error(code: int, message: str) -> VirError:
+    """A VirError of the LXC driver."""
+    return VirError(code, message, domain=_FROM)
 
 
 class DomainMixin(SuspendResume, ds.DomainLookups):
@@ -281,7 +287,7 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
             for name in ("hard_limit", "soft_limit", "swap_hard_limit"):
                 elem = memtune.find(name) if memtune is not None else None
                 values[name] = domxml.parse_memory(elem, name) if elem is not None else UNLIMITED
-        params = [_param(n, P.VIR_TYPED_PARAM_ULLONG, values[n])
+        params = [param(n, P.VIR_TYPED_PARAM_ULLONG, values[n])
                   for n in ("hard_limit", "soft_limit", "swap_hard_limit")]
         return (params[:nparams], len(params[:nparams]))
 
@@ -331,9 +337,9 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
             from .spec import limits
             lim = limits(dom.persistent_def)
             shares, period, quota = lim.get("shares", 0), lim.get("period", 0), lim.get("quota", 0)
-        params = [_param("cpu_shares", P.VIR_TYPED_PARAM_ULLONG, shares),
-                  _param("vcpu_period", P.VIR_TYPED_PARAM_ULLONG, period),
-                  _param("vcpu_quota", P.VIR_TYPED_PARAM_LLONG, quota)]
+        params = [param("cpu_shares", P.VIR_TYPED_PARAM_ULLONG, shares),
+                  param("vcpu_period", P.VIR_TYPED_PARAM_ULLONG, period),
+                  param("vcpu_quota", P.VIR_TYPED_PARAM_LLONG, quota)]
         return params[:nparams]
 
     async def domain_set_scheduler_parameters(self, ref: Dom, params: list) -> None:
@@ -396,16 +402,16 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
             params = []
             c = self.driver.counters(dom)
             if stats & STATS_STATE:
-                params += [_param("state.state", P.VIR_TYPED_PARAM_INT, dom.state),
-                           _param("state.reason", P.VIR_TYPED_PARAM_INT, dom.reason)]
+                params += [param("state.state", P.VIR_TYPED_PARAM_INT, dom.state),
+                           param("state.reason", P.VIR_TYPED_PARAM_INT, dom.reason)]
             if stats & STATS_CPU_TOTAL and dom.active:
-                params += [_param("cpu.time", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_time", 0)),
-                           _param("cpu.user", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_user", 0)),
-                           _param("cpu.system", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_system", 0))]
+                params += [param("cpu.time", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_time", 0)),
+                           param("cpu.user", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_user", 0)),
+                           param("cpu.system", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_system", 0))]
             if stats & STATS_BALLOON:
                 cur = c.get("memory_usage", 0) // 1024 if dom.active else dom.definition.current_memory
-                params += [_param("balloon.current", P.VIR_TYPED_PARAM_ULLONG, cur),
-                           _param("balloon.maximum", P.VIR_TYPED_PARAM_ULLONG,
+                params += [param("balloon.current", P.VIR_TYPED_PARAM_ULLONG, cur),
+                           param("balloon.maximum", P.VIR_TYPED_PARAM_ULLONG,
                                   dom.definition.memory)]
             out.append(P.remote_domain_stats_record(dom.ref(), params))
         return out

@@ -164,6 +164,9 @@ class LxcDriverState(HypervisorState[LxcDomain]):
     def __init__(self, ctx: DriverContext) -> None:
         super().__init__(ctx, StatusStore(ctx.paths))
         self.store: StatusStore
+        # the host's <sysinfo>, read at the first request (None: the host has none)
+        self.sysinfo: str | None = None
+        self.sysinfo_read = False
 
     def fill_defaults(self, d: domxml.DomainDef) -> None:
         spec.fill_defaults(d)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
-
 import trio
 from lxml import etree
 
@@ -26,6 +24,7 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
 from . import cgroup
+from .domains import error, param
 from .driver import LxcDomain, LxcDriverState
 
 _FROM = P.VIR_FROM_LXC
@@ -45,14 +44,6 @@ DEVICE_FILES = {"weight": "blkio.weight_device", "read_iops_sec": "blkio.throttl
                 "read_bytes_sec": "blkio.throttle.read_bps_device",
                 "write_bytes_sec": "blkio.throttle.write_bps_device"}
 WEIGHT_FILES = ("blkio.bfq.weight", "blkio.weight")
-
-
-def _err(code: int, message: str) -> VirError:
-    return VirError(code, message, domain=_FROM)
-
-
-def _param(name: str, kind: int, value: Any) -> Any:
-    return P.remote_typed_param(name, P.remote_typed_param_value(kind, value))
 
 
 class TuningMixin:
@@ -76,7 +67,7 @@ class TuningMixin:
             live, config = md.modification_impact(dom, flags & ~MEM_MAXIMUM)
             if flags & MEM_MAXIMUM:
                 if live:
-                    raise _err(P.VIR_ERR_OPERATION_INVALID,
+                    raise error(P.VIR_ERR_OPERATION_INVALID,
                                "Cannot resize the max memory on an active domain")
                 new = dom.persistent_def.copy()
                 new.memory = memory
@@ -91,12 +82,12 @@ class TuningMixin:
             if config:
                 limits.append(dom.persistent_def.memory)
             if memory > min(limits):
-                raise _err(P.VIR_ERR_INVALID_ARG, "Cannot set memory higher than max memory")
+                raise error(P.VIR_ERR_INVALID_ARG, "Cannot set memory higher than max memory")
             if live:
                 try:
                     await trio.to_thread.run_sync(cgroup.set_memory_limit, dom.cgroup, memory)
                 except OSError:
-                    raise _err(P.VIR_ERR_OPERATION_FAILED,
+                    raise error(P.VIR_ERR_OPERATION_FAILED,
                                "Failed to set memory for domain") from None
                 dom.definition.current_memory = memory
                 await self.driver.save_status(dom)
@@ -120,12 +111,12 @@ class TuningMixin:
             weight = _read_weight(dom.cgroup)
         else:
             weight = blkio_weight(d)
-        params = [_param("weight", P.VIR_TYPED_PARAM_UINT, weight)]
+        params = [param("weight", P.VIR_TYPED_PARAM_UINT, weight)]
         devices = blkio_devices(d)
         for name, key in DEVICE_PARAMS.items():
             value = ",".join(f"{path},{vals[key]}" for path, vals in devices.items()
                              if vals.get(key))
-            params.append(_param(name, P.VIR_TYPED_PARAM_STRING, value))
+            params.append(param(name, P.VIR_TYPED_PARAM_STRING, value))
         return (params[:nparams], len(params[:nparams]))
 
     async def domain_set_blkio_parameters(self, ref: Dom, params: list, flags: int) -> None:
@@ -149,7 +140,7 @@ class TuningMixin:
 
 def _check_blkio(dom: LxcDomain) -> None:
     if "blkio" not in dom.cgroup:
-        raise _err(P.VIR_ERR_OPERATION_INVALID, "blkio cgroup isn't mounted")
+        raise error(P.VIR_ERR_OPERATION_INVALID, "blkio cgroup isn't mounted")
 
 
 def _read_weight(paths: dict[str, str]) -> int:
@@ -158,7 +149,7 @@ def _read_weight(paths: dict[str, str]) -> int:
         if raw is not None:
             # bfq prints "default 100" (and per-device lines after it)
             return int(raw.split()[-1] if raw.startswith("default") else raw.split()[0])
-    raise _err(P.VIR_ERR_OPERATION_INVALID, "blkio weight is valid only for bfq or cfq scheduler")
+    raise error(P.VIR_ERR_OPERATION_INVALID, "blkio weight is valid only for bfq or cfq scheduler")
 
 
 def blkio_weight(d: domxml.DomainDef) -> int:
@@ -230,14 +221,14 @@ def _write_blkio(paths: dict[str, str], weight: int | None,
     if weight is not None:
         name = next((n for n in WEIGHT_FILES if os.path.exists(os.path.join(base, n))), None)
         if name is None:
-            raise _err(P.VIR_ERR_OPERATION_INVALID,
+            raise error(P.VIR_ERR_OPERATION_INVALID,
                        "blkio weight is valid only for bfq or cfq scheduler")
         _write_cgroup(os.path.join(base, name), str(weight))
     for path, values in changes.items():
         for key, value in values.items():
             target = os.path.join(base, DEVICE_FILES[key])
             if key == "weight" and not os.path.exists(target):
-                raise _err(P.VIR_ERR_OPERATION_INVALID,
+                raise error(P.VIR_ERR_OPERATION_INVALID,
                            "blkio device weight is valid only for bfq or cfq scheduler")
             _write_cgroup(target, f"{numbers[path]} {value}")
 

@@ -427,3 +427,22 @@ def interface_addresses(state: "QemuState", dom: "QemuDomain") -> list:
         name = target.get("dev") if target is not None and target.get("dev") else "-"
         out.append(P.remote_domain_interface(name, mac, addrs))
     return out
+
+
+# DOMAIN_INTERFACE_STATS
+COUNTERS = ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
+            "tx_bytes", "tx_packets", "tx_errors", "tx_dropped")
+
+
+def guest_view(counters: dict[str, int], kind: str | None) -> tuple[int, ...]:
+    """(rx_bytes, rx_packets, rx_errs, rx_drop, tx_bytes, ...) of a guest NIC from the
+    ``COUNTERS`` of its host device (a tap, macvtap or a container's veth end).
+
+    For NICs of type network and bridge they are swapped to the guest's view
+    (what the host end receives, the guest sent); type ethernet and direct
+    keep the host's view (virDomainNetTypeSharesHostView), as libvirt
+    reports them.
+    """
+    rx = tuple(counters[k] for k in COUNTERS[:4])
+    tx = tuple(counters[k] for k in COUNTERS[4:])
+    return rx + tx if kind in ("ethernet", "direct") else tx + rx

@@ -43,6 +43,21 @@ def link_kind(ifname: str) -> str | None:
         return ipr.get_links(idx)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
 
 
+def link_counters(ifname: str) -> dict[str, int] | None:
+    """The kernel's packet and byte counters of link ``ifname`` in this process's network
+    namespace (IFLA_STATS64; /sys/class/net shows sysfs' mounter's namespace), or None."""
+    with IPRoute() as ipr:
+        idx = _index(ipr, ifname)
+        if idx is None:
+            return None
+        stats = ipr.get_links(idx)[0].get_attr("IFLA_STATS64")
+    if stats is None:
+        return None
+    return {key: int(stats.get(key, 0))
+            for key in ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
+                        "tx_bytes", "tx_packets", "tx_errors", "tx_dropped")}
+
+
 def create_bridge(name: str, *, mac: str | None, stp: bool, delay: int, mtu: int | None,
                   addresses: list[tuple[str, int]]) -> None:
     """Create (or complete) a bridge with its addresses and bring it up.

@@ -6,6 +6,7 @@ Container names here start with ``api`` (other LXC test modules use others).
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -158,6 +159,19 @@ def _block_device() -> tuple[str, str]:
         if path.is_block_device():
             return str(path), (sys_dev / "dev").read_text().strip()
     pytest.skip("no block device on this host")
+
+
+def _disk_of(path: Path) -> str | None:
+    """The /dev path of the whole disk that holds ``path`` (None on a filesystem without one)."""
+    st = path.stat()
+    sys_dev = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    if not sys_dev.exists():
+        return None
+    sys_dev = sys_dev.resolve()
+    if (sys_dev / "partition").exists():
+        sys_dev = sys_dev.parent
+    dev = Path("/dev", sys_dev.name)
+    return str(dev) if dev.is_block_device() else None
 
 
 def test_blkiotune_live_throttle_and_config(lab, tmp_path):
@@ -338,3 +352,57 @@ def test_ethernet_interface_is_a_named_veth_without_bridge(lab, tmp_path):
     lab.virsh("define", str(script))
     p = lab.virsh("start", "apiscript", check=False)
     assert p.returncode != 0 and "scripts are not supported on LXC network interfaces" in p.stderr
+
+
+def test_cpu_interface_and_block_counters(lab, tmp_path):
+    lab.ns_exec("ip", "link", "add", "pvapibr0", "type", "bridge")
+    lab.ns_exec("ip", "addr", "add", "10.93.0.1/24", "dev", "pvapibr0")
+    lab.ns_exec("ip", "link", "set", "pvapibr0", "up")
+    iface = ("<interface type='bridge'><source bridge='pvapibr0'/>"
+             "<mac address='52:54:00:93:00:02'/>"
+             "<ip address='10.93.0.2' prefix='24'/><guest dev='eth0'/></interface>")
+    define(lab, tmp_path, "apistats", extra=iface)
+    p = lab.virsh("cpu-stats", "apistats", "--total", check=False)
+    assert p.returncode != 0 and "domain is not running" in p.stderr
+    lab.virsh("start", "apistats")
+    # the kernel counts a group's block I/O only on a device with a throttle rule
+    disk = _disk_of(tmp_path)
+    if disk is not None:
+        lab.virsh("blkiotune", "apistats", "--device-write-bytes-sec", f"{disk},1000000000")
+    # some CPU, network and disk I/O inside (O_DIRECT: the container's own writes)
+    lab.virsh("lxc-enter-namespace", "apistats", "/bin/sh", "-c",
+              "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; "
+              "ping -c 3 -W 2 10.93.0.1 >/dev/null; "
+              "dd if=/dev/zero of=/tmp/blk bs=64k count=16 oflag=direct 2>/dev/null")
+    total = lab.virsh("cpu-stats", "apistats", "--total").stdout
+    fields = dict(line.split()[:2] for line in total.splitlines()[1:] if line.strip())
+    assert set(fields) == {"cpu_time", "user_time", "system_time"}, total
+    assert float(fields["cpu_time"]) > 0
+    per_cpu = lab.virsh("cpu-stats", "apistats", "--start", "0", "--count", "1").stdout
+    assert per_cpu.startswith("CPU0:") and "cpu_time" in per_cpu, per_cpu
+    veth = lab.virsh("domiflist", "apistats").stdout.strip().splitlines()[-1].split()[0]
+    stats = dict(line.split()[1:3] for line in
+                 lab.virsh("domifstat", "apistats", veth).stdout.splitlines() if line.strip())
+    # the guest's view: its three pings went out (tx), their replies came in (rx)
+    assert int(stats["tx_packets"]) >= 3 and int(stats["rx_packets"]) >= 3, stats
+    assert lab.virsh("domifstat", "apistats", "52:54:00:93:00:02").returncode == 0
+    p = lab.virsh("domifstat", "apistats", "nosuchdev", check=False)
+    assert p.returncode != 0 and "'nosuchdev' is not a known interface" in p.stderr
+    blk = dict(line.split() for line in
+               lab.virsh("domblkstat", "apistats").stdout.splitlines() if line.strip())
+    assert set(blk) == {"rd_req", "rd_bytes", "wr_req", "wr_bytes"}, blk
+    if disk is not None:
+        assert int(blk["wr_bytes"]) >= 16 * 65536 and int(blk["wr_req"]) >= 1, blk
+    p = lab.virsh("domblkstat", "apistats", "vda", check=False)
+    assert p.returncode != 0 and "invalid path: vda" in p.stderr
+    lab.virsh("destroy", "apistats")
+
+
+def test_sysinfo_is_the_hosts_smbios(lab):
+    p = lab.virsh("sysinfo", check=False)
+    if Path("/sys/firmware/dmi/tables").exists():
+        assert p.returncode == 0 and p.stdout.startswith("<sysinfo type='smbios'>"), p.stderr
+    else:
+        # as libvirtd 9.0 answers on this host (no SMBIOS tables)
+        assert p.returncode != 0
+        assert "unsupported configuration: Host SMBIOS information is not available" in p.stderr
