@@ -22,12 +22,13 @@ from pyvirtd.rpc import _generated as P
 from . import cgroup
 from .domains import DomainMixin
 from .driver import LxcDriverState
+from .hotplug import HotplugMixin
 from .metadata import MetadataMixin
 from .stats import StatsMixin
 from .tuning import TuningMixin
 
 
-class LxcConnection(DomainMixin, TuningMixin, MetadataMixin, StatsMixin,
+class LxcConnection(DomainMixin, TuningMixin, MetadataMixin, StatsMixin, HotplugMixin,
                     DomainProcedures, HypervisorConnection):
     """One client's lxc:/// connection; methods are named after RPC procedures.
 

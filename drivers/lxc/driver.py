@@ -191,49 +191,60 @@ class LxcDriverState(HypervisorState[LxcDomain]):
 
     # ------------------------------------------------------------------- start
     async def _plug(self, live: domxml.DomainDef) -> tuple[list[str], list[dict]]:
-        from pyvirtd import network
-
         veths: list[str] = []
         configs: list[dict] = []
         try:
             for i, iface in enumerate(live.devices_of("interface")):
-                mac = iface.find("mac").get("address")
-                src = iface.find("source")
-                kind = iface.get("type")
-                if iface.find("script") is not None:
-                    raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
-                                   "scripts are not supported on LXC network interfaces",
-                                   domain=_FROM)
-                if kind == "ethernet":
-                    # a veth with no bridge, its host end named as <target dev> asks
-                    target = iface.find("target")
-                    name = target.get("dev") if target is not None else None
-                    host, peer = await network.plug_veth(None, mac, host_name=name or None)
-                elif kind == "network":
-                    host, peer = await self.ctx.services.network.plug_veth(src.get("network"),
-                                                                           mac)
-                elif kind == "bridge":
-                    host, peer = await network.plug_veth(src.get("bridge"), mac)
-                else:
-                    raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
-                                   f"Unsupported network type {kind}", domain=_FROM)
+                host, cfg = await self.plug_interface(live, iface, i)
                 veths.append(host)
-                target = iface.find("target")
-                if target is None:
-                    target = etree.SubElement(iface, "target")
-                target.set("dev", host)
-                await self.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface,
-                                                                host)
-                cfg = spec.interface_config(iface, i)
-                cfg["peer"] = peer
                 configs.append(cfg)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._unplug(veths)
+                await self.unplug(veths)
             raise
         return veths, configs
 
-    async def _unplug(self, veths: list[str]) -> None:
+    async def plug_interface(self, live: domxml.DomainDef, iface: etree._Element,
+                             index: int) -> tuple[str, dict]:
+        """The veth pair of the ``index``-th <interface> of ``live`` (virLXCProcessSetupInterfaceTap):
+        (host end, the container side's config for the controller).  The live
+        <interface> gets <target dev> (the host end); its filter is bound."""
+        from pyvirtd import network
+
+        mac = iface.find("mac").get("address")
+        src = iface.find("source")
+        kind = iface.get("type")
+        if iface.find("script") is not None:
+            raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                           "scripts are not supported on LXC network interfaces", domain=_FROM)
+        if kind == "ethernet":
+            # a veth with no bridge, its host end named as <target dev> asks
+            target = iface.find("target")
+            name = target.get("dev") if target is not None else None
+            host, peer = await network.plug_veth(None, mac, host_name=name or None)
+        elif kind == "network":
+            host, peer = await self.ctx.services.network.plug_veth(src.get("network"), mac)
+        elif kind == "bridge":
+            host, peer = await network.plug_veth(src.get("bridge"), mac)
+        else:
+            raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, f"Unsupported network type {kind}",
+                           domain=_FROM)
+        try:
+            target = iface.find("target")
+            if target is None:
+                target = etree.SubElement(iface, "target")
+            target.set("dev", host)
+            await self.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface, host)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.unplug([host])
+            raise
+        cfg = spec.interface_config(iface, index)
+        cfg["peer"] = peer
+        return host, cfg
+
+    async def unplug(self, veths: list[str]) -> None:
+        """Remove the host ends ``veths`` (their peers go with them) and their filter bindings."""
         from pyvirtd.network import _netlink
 
         for veth in veths:
@@ -275,7 +286,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                                domain=_FROM) from None
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._unplug(veths)
+                await self.unplug(veths)
             raise
         _set_console(live, result["pty"])
         dom.stopped = trio.Event()
@@ -304,7 +315,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 log.warning("%s: cannot remove cgroup: %s", dom.name, exc)
         try:
             await trio.to_thread.run_sync(clean)
-            await self._unplug(veths)
+            await self.unplug(veths)
             self.store.path(dom.name, ".sock").unlink(missing_ok=True)
         finally:
             dom.stopped.set()

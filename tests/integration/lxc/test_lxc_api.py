@@ -406,3 +406,82 @@ def test_sysinfo_is_the_hosts_smbios(lab):
         # as libvirtd 9.0 answers on this host (no SMBIOS tables)
         assert p.returncode != 0
         assert "unsupported configuration: Host SMBIOS information is not available" in p.stderr
+
+
+def test_nic_hotplug_live_and_config(lab, tmp_path):
+    lab.ns_exec("ip", "link", "add", "pvapihp0", "type", "bridge")
+    lab.ns_exec("ip", "addr", "add", "10.92.0.1/24", "dev", "pvapihp0")
+    lab.ns_exec("ip", "link", "set", "pvapihp0", "up")
+    define(lab, tmp_path, "apinic")
+    lab.virsh("start", "apinic")
+    nic = tmp_path / "nic.xml"
+    nic.write_text("<interface type='bridge'><source bridge='pvapihp0'/>"
+                   "<mac address='52:54:00:92:00:02'/>"
+                   "<ip address='10.92.0.2' prefix='24'/><guest dev='eth1'/></interface>")
+    lab.virsh("attach-device", "apinic", str(nic))
+    veth = lab.virsh("domiflist", "apinic").stdout.strip().splitlines()[-1].split()[0]
+    assert "master pvapihp0" in lab.ns_exec("ip", "-o", "link", "show", veth).stdout
+    p = lab.virsh("lxc-enter-namespace", "apinic", "/bin/sh", "-c",
+                  "ip -o addr show eth1; ping -c 2 -W 2 10.92.0.1")
+    assert "10.92.0.2/24" in p.stdout and "2 packets received" in p.stdout, p.stdout
+    p = lab.virsh("attach-device", "apinic", str(nic), check=False)
+    assert p.returncode != 0 and "52:54:00:92:00:02" in p.stderr
+    # --live only: the config has no such NIC
+    assert "52:54:00:92:00:02" not in lab.virsh("dumpxml", "--inactive", "apinic").stdout
+    lab.virsh("detach-device", "apinic", str(nic))
+    assert lab.ns_exec("ip", "link", "show", veth, check=False).returncode != 0
+    p = lab.virsh("lxc-enter-namespace", "apinic", "/bin/sh", "-c", "ip -o link")
+    assert "eth1" not in p.stdout
+    assert "52:54:00:92:00:02" not in lab.virsh("dumpxml", "apinic").stdout
+    p = lab.virsh("detach-device", "apinic", str(nic), check=False)
+    assert p.returncode != 0 and "no device matching MAC address 52:54:00:92:00:02" in p.stderr
+    # --config: the next start has it
+    lab.virsh("attach-device", "apinic", str(nic), "--config")
+    assert "52:54:00:92:00:02" not in lab.virsh("dumpxml", "apinic").stdout
+    lab.virsh("destroy", "apinic")
+    lab.virsh("start", "apinic")
+    p = lab.virsh("lxc-enter-namespace", "apinic", "/bin/sh", "-c", "ping -c 1 -W 2 10.92.0.1")
+    assert "1 packets received" in p.stdout, p.stdout
+    lab.virsh("detach-device", "apinic", str(nic), "--config")
+    lab.virsh("destroy", "apinic")
+    assert "52:54:00:92:00:02" not in lab.virsh("dumpxml", "apinic").stdout
+
+
+def test_filesystem_hotplug_binds_a_host_directory(lab, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "hello").write_text("from-the-host\n")
+    define(lab, tmp_path, "apifs")
+    lab.virsh("start", "apifs")
+    fs = tmp_path / "fs.xml"
+    fs.write_text(f"<filesystem type='mount'><source dir='{shared}'/>"
+                  "<target dir='/mnt/shared'/><readonly/></filesystem>")
+    lab.virsh("attach-device", "apifs", str(fs))
+    p = lab.virsh("lxc-enter-namespace", "apifs", "/bin/sh", "-c",
+                  "cat /mnt/shared/hello; echo x > /mnt/shared/new; echo rc=$?")
+    assert "from-the-host" in p.stdout and "rc=1" in p.stdout, p.stdout + p.stderr
+    assert not (shared / "new").exists()
+    assert "<target dir='/mnt/shared'/>" in lab.virsh("dumpxml", "apifs").stdout
+    p = lab.virsh("attach-device", "apifs", str(fs), check=False)
+    assert p.returncode != 0 and "target /mnt/shared already exists" in p.stderr
+    # the host does not see the container's mount
+    assert not os.path.ismount(tmp_path / "root-apifs" / "mnt" / "shared")
+    lab.virsh("detach-device", "apifs", str(fs))
+    p = lab.virsh("lxc-enter-namespace", "apifs", "/bin/sh", "-c", "ls /mnt/shared | wc -l")
+    assert p.stdout.strip() == "0", p.stdout
+    missing = tmp_path / "missing.xml"
+    missing.write_text(f"<filesystem type='mount'><source dir='{tmp_path}/nope'/>"
+                       "<target dir='/mnt/nope'/></filesystem>")
+    p = lab.virsh("attach-device", "apifs", str(missing), check=False)
+    assert p.returncode != 0 and f"Failed to access '{tmp_path}/nope'" in p.stderr
+    # a writable one, and one added to the config for the next start
+    fs.write_text(f"<filesystem type='mount'><source dir='{shared}'/>"
+                  "<target dir='/mnt/rw'/></filesystem>")
+    lab.virsh("attach-device", "apifs", str(fs), "--live", "--config")
+    lab.virsh("lxc-enter-namespace", "apifs", "/bin/sh", "-c", "echo inside > /mnt/rw/new")
+    assert (shared / "new").read_text() == "inside\n"
+    lab.virsh("destroy", "apifs")
+    lab.virsh("start", "apifs")
+    p = lab.virsh("lxc-enter-namespace", "apifs", "/bin/cat", "/mnt/rw/hello")
+    assert p.stdout.strip() == "from-the-host"
+    lab.virsh("destroy", "apifs")
