@@ -20,6 +20,7 @@ unmounts it.  In the config a filesystem is added or removed like a NIC.
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -31,7 +32,6 @@ from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
-from pyvirtd.xml import fromstring, hardened_parser
 
 from .domains import error
 from .driver import LxcDomain, LxcDriverState
@@ -39,7 +39,6 @@ from .driver import LxcDomain, LxcDriverState
 _FROM = P.VIR_FROM_LXC
 AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
 AFFECT_CONFIG = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CONFIG
-_PARSER = hardened_parser()
 # libvirt's device type names (virDomainDeviceType) in its errors
 _TYPE_NAMES = {"interface": "net"}
 
@@ -50,11 +49,7 @@ def _type_name(tag: str) -> str:
 
 def parse_device(xml: str, defn: domxml.DomainDef) -> etree._Element:
     """A client's device XML; a NIC gets its defaults (a generated MAC)."""
-    try:
-        elem = fromstring(xml, _PARSER)
-    except etree.XMLSyntaxError as exc:
-        raise VirError(P.VIR_ERR_XML_DETAIL, f"(device_definition):{exc.lineno or 1}: {exc.msg}",
-                       domain=P.VIR_FROM_DOMAIN) from None
+    elem = devmod.parse_device_xml(xml)
     if elem.tag == "interface":
         dev = devmod.MODELS["interface"].parse(elem)
         dev.fill_defaults(devmod.device_ctx(defn))
@@ -128,61 +123,62 @@ def _attach_config(defn: domxml.DomainDef, elem: etree._Element) -> None:
 class HotplugMixin:
     driver: LxcDriverState
 
-    async def domain_attach_device(self, ref: Dom, xml: str) -> None:
-        await self.domain_attach_device_flags(ref, xml, AFFECT_LIVE)
-
-    async def domain_attach_device_flags(self, ref: Dom, xml: str, flags: int) -> None:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainAttachDeviceFlags", _FROM)
+    async def _modify(self, ref: Dom, xml: str, flags: int, function: str,
+                      on_config: Callable[[domxml.DomainDef, etree._Element], None],
+                      on_live: Callable[[LxcDomain, etree._Element], Awaitable[None]]) -> None:
+        """The frame of attach and detach: flags checked, the container's lock held,
+        the config change prepared first and saved only after the live one succeeded."""
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, function, _FROM)
         dom: LxcDomain = self._dom(ref)  # type: ignore[attr-defined]
         async with dom.lock:
             live, config = md.modification_impact(dom, flags)
             new_config = None
             if config:
                 new_config = dom.persistent_def.copy()
-                _attach_config(new_config, parse_device(xml, new_config))
+                on_config(new_config, parse_device(xml, new_config))
             if live:
-                elem = parse_device(xml, dom.definition)
-                if elem.tag == "interface":
-                    await self._attach_nic(dom, elem)
-                elif elem.tag == "filesystem":
-                    await self._attach_filesystem(dom, elem)
-                else:
-                    raise error(P.VIR_ERR_CONFIG_UNSUPPORTED,
-                                f"device type '{_type_name(elem.tag)}' cannot be attached")
+                await on_live(dom, parse_device(xml, dom.definition))
                 await self.driver.save_status(dom)
             if new_config is not None:
                 await self._commit_config(dom, new_config)
+
+    async def domain_attach_device(self, ref: Dom, xml: str) -> None:
+        await self.domain_attach_device_flags(ref, xml, AFFECT_LIVE)
+
+    async def domain_attach_device_flags(self, ref: Dom, xml: str, flags: int) -> None:
+        async def on_live(dom: LxcDomain, elem: etree._Element) -> None:
+            if elem.tag == "interface":
+                await self._attach_nic(dom, elem)
+            elif elem.tag == "filesystem":
+                await self._attach_filesystem(dom, elem)
+            else:
+                raise error(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                            f"device type '{_type_name(elem.tag)}' cannot be attached")
+
+        await self._modify(ref, xml, flags, "lxcDomainAttachDeviceFlags", _attach_config, on_live)
 
     async def domain_detach_device(self, ref: Dom, xml: str) -> None:
         await self.domain_detach_device_flags(ref, xml, AFFECT_LIVE)
 
     async def domain_detach_device_flags(self, ref: Dom, xml: str, flags: int) -> None:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainDetachDeviceFlags", _FROM)
-        dom: LxcDomain = self._dom(ref)  # type: ignore[attr-defined]
-        async with dom.lock:
-            live, config = md.modification_impact(dom, flags)
-            new_config = None
-            if config:
-                new_config = dom.persistent_def.copy()
-                match = parse_device(xml, new_config)
-                if match.tag not in ("interface", "filesystem"):
-                    raise error(P.VIR_ERR_CONFIG_UNSUPPORTED,
-                                "persistent detach of device is not supported")
-                new_config.devices.remove(find_device(new_config, match))
-            if live:
-                match = parse_device(xml, dom.definition)
-                if match.tag not in ("interface", "filesystem"):
-                    raise error(P.VIR_ERR_CONFIG_UNSUPPORTED,
-                                f"device type '{_type_name(match.tag)}' cannot be detached")
-                elem = find_device(dom.definition, match)
-                if elem.tag == "interface":
-                    await self._detach_nic(dom, elem)
-                else:
-                    await self._detach_filesystem(dom, elem)
-                dom.definition.devices.remove(elem)
-                await self.driver.save_status(dom)
-            if new_config is not None:
-                await self._commit_config(dom, new_config)
+        def on_config(defn: domxml.DomainDef, match: etree._Element) -> None:
+            if match.tag not in ("interface", "filesystem"):
+                raise error(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                            "persistent detach of device is not supported")
+            defn.devices.remove(find_device(defn, match))
+
+        async def on_live(dom: LxcDomain, match: etree._Element) -> None:
+            if match.tag not in ("interface", "filesystem"):
+                raise error(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                            f"device type '{_type_name(match.tag)}' cannot be detached")
+            elem = find_device(dom.definition, match)
+            if elem.tag == "interface":
+                await self._detach_nic(dom, elem)
+            else:
+                await self._detach_filesystem(dom, elem)
+            dom.definition.devices.remove(elem)
+
+        await self._modify(ref, xml, flags, "lxcDomainDetachDeviceFlags", on_config, on_live)
 
     async def _commit_config(self, dom: LxcDomain, new_config: domxml.DomainDef) -> None:
         await self.driver.save_config(new_config)
