@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -40,6 +41,7 @@ from lxml import etree
 
 from pyvirtd.driver import DriverContext
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver import interfaces
 from pyvirtd.driver.hypervisor import HypervisorDomain, HypervisorState
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
@@ -200,7 +202,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 configs.append(cfg)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self.unplug(veths)
+                await self.unplug(veths, live.devices_of("interface"))
             raise
         return veths, configs
 
@@ -217,19 +219,27 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         if iface.find("script") is not None:
             raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                            "scripts are not supported on LXC network interfaces", domain=_FROM)
-        if kind == "ethernet":
-            # a veth with no bridge, its host end named as <target dev> asks
-            target = iface.find("target")
-            name = target.get("dev") if target is not None else None
-            host, peer = await network.plug_veth(None, mac, host_name=name or None)
-        elif kind == "network":
-            host, peer = await self.ctx.services.network.plug_veth(src.get("network"), mac)
-        elif kind == "bridge":
-            host, peer = await network.plug_veth(src.get("bridge"), mac)
-        else:
-            raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, f"Unsupported network type {kind}",
-                           domain=_FROM)
+        host = None
         try:
+            if kind == "ethernet":
+                # a veth with no bridge, its host end named as <target dev> asks
+                target = iface.find("target")
+                name = target.get("dev") if target is not None else None
+                host, peer = await network.plug_veth(None, mac, host_name=name or None)
+            elif kind == "network":
+                # a port on the network first, as a QEMU guest's NIC takes one; it says
+                # where to plug (the live <source> shows it, and the stop gives it back)
+                port = await interfaces.take_port(self, live, iface, src.get("network"))
+                if port.plug_type not in ("network", "bridge"):
+                    raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                                   f"Unsupported network type {port.plug_type} of network "
+                                   f"'{src.get('network')}'", domain=_FROM)
+                host, peer = await network.plug_veth(port.plug.get("bridge"), mac)
+            elif kind == "bridge":
+                host, peer = await network.plug_veth(src.get("bridge"), mac)
+            else:
+                raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, f"Unsupported network type {kind}",
+                               domain=_FROM)
             target = iface.find("target")
             if target is None:
                 target = etree.SubElement(iface, "target")
@@ -237,14 +247,15 @@ class LxcDriverState(HypervisorState[LxcDomain]):
             await self.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface, host)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self.unplug([host])
+                await self.unplug([host] if host else [], [iface])
             raise
         cfg = spec.interface_config(iface, index)
         cfg["peer"] = peer
         return host, cfg
 
-    async def unplug(self, veths: list[str]) -> None:
-        """Remove the host ends ``veths`` (their peers go with them) and their filter bindings."""
+    async def unplug(self, veths: list[str], ifaces: Iterable[etree._Element] = ()) -> None:
+        """Remove the host ends ``veths`` (their peers go with them) and their filter
+        bindings, and give back the network ports the live <interface>s ``ifaces`` hold."""
         from pyvirtd.network import _netlink
 
         for veth in veths:
@@ -253,6 +264,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 await _netlink("delete_link", veth)
             except Exception:
                 pass    # gone with the container's namespace
+        await interfaces.release_ports(self, ifaces)
 
     async def launch(self, dom: LxcDomain, live: domxml.DomainDef, *,
                      paused: bool) -> ControllerLink:
@@ -286,7 +298,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                                domain=_FROM) from None
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self.unplug(veths)
+                await self.unplug(veths, live.devices_of("interface"))
             raise
         _set_console(live, result["pty"])
         dom.stopped = trio.Event()
@@ -301,8 +313,10 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         dom.controller_pid = dom.init_pid = None
         dom.link = None
 
-    async def _tidy(self, dom: LxcDomain, paths: dict, veths: list) -> None:
-        """What a controller that died uncleanly left: processes, cgroup, veths.
+    async def _tidy(self, dom: LxcDomain, paths: dict, veths: list,
+                    ifaces: list[etree._Element]) -> None:
+        """What a controller that died uncleanly left: processes, cgroup, veths; and the
+        network ports of the run's live <interface>s ``ifaces``.
 
         Sets ``dom.stopped`` when done, so a destroy returns only once the
         container's NICs (and their filter bindings) are gone, as libvirt's does.
@@ -315,7 +329,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 log.warning("%s: cannot remove cgroup: %s", dom.name, exc)
         try:
             await trio.to_thread.run_sync(clean)
-            await self.unplug(veths)
+            await self.unplug(veths, ifaces)
             self.store.path(dom.name, ".sock").unlink(missing_ok=True)
         finally:
             dom.stopped.set()
@@ -347,10 +361,10 @@ class LxcDriverState(HypervisorState[LxcDomain]):
     async def destroy_domain(self, dom: LxcDomain, **kwargs: Any) -> bool:
         """As the base's; when this call marked it stopped (the controller did not
         answer), also clear what the controller would have: cgroup, veths."""
-        paths, veths = dom.cgroup, dom.veths
+        paths, veths, ifaces = dom.cgroup, dom.veths, dom.definition.devices_of("interface")
         marked = await super().destroy_domain(dom, **kwargs)
         if marked:
-            await self._tidy(dom, paths, veths)
+            await self._tidy(dom, paths, veths, ifaces)
         return marked
 
     async def shutdown_domain(self, dom: LxcDomain) -> None:
@@ -376,16 +390,16 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         await self._ended(dom, run, reason)
 
     async def _ended(self, dom: LxcDomain, run: int, reason: str | None) -> None:
-        paths, veths = dom.cgroup, dom.veths
+        paths, veths, ifaces = dom.cgroup, dom.veths, dom.definition.devices_of("interface")
         if reason == "reboot":
-            await self._tidy(dom, paths, veths)
+            await self._tidy(dom, paths, veths, ifaces)
             await self._reboot(dom, run)
             return
         if reason is None:
             log.warning("%s: the container's controller went away", dom.name)
         state_reason, detail = _EXIT_REASONS.get(reason or "crashed", _EXIT_REASONS["crashed"])
         if self.mark_stopped(dom, run, state_reason, detail):
-            await self._tidy(dom, paths, veths)
+            await self._tidy(dom, paths, veths, ifaces)
 
     async def _reboot(self, dom: LxcDomain, run: int) -> None:
         """Start run ``run`` of ``dom`` again after its init rebooted (virLXCProcessReboot).
@@ -442,6 +456,8 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 os.kill(st.controller_pid, signal.SIGKILL)
             await self._ended(dom, run, reason)
             return
+        # the networks may have restarted with the daemon: they learn the ports again
+        await interfaces.reclaim_ports(self, dom.definition)
         dom.link = link
         self.follow(dom, run, link)
 

@@ -201,7 +201,7 @@ class HotplugMixin:
             await trio.to_thread.run_sync(_move_in, dom.init_pid, cfg)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self.driver.unplug([host])
+                await self.driver.unplug([host], [elem])
             raise
         _insert(dom.definition, elem)
         dom.veths.append(host)
@@ -211,10 +211,9 @@ class HotplugMixin:
             raise error(P.VIR_ERR_CONFIG_UNSUPPORTED, "Only bridged veth devices can be detached")
         target = elem.find("target")
         host = target.get("dev") if target is not None else None
-        if host:
-            await self.driver.unplug([host])
-            if host in dom.veths:
-                dom.veths.remove(host)
+        await self.driver.unplug([host] if host else [], [elem])
+        if host in dom.veths:
+            dom.veths.remove(host)
 
     # -- bind mounts
     async def _attach_filesystem(self, dom: LxcDomain, elem: etree._Element) -> None:

@@ -262,7 +262,17 @@ def test_domhostname_and_domifaddr_from_the_dhcp_lease(lab, tmp_path):
     assert "52:54:00:95:00:02" in out and "10.95.0." in out, out
     p = lab.virsh("domifaddr", "apihost", "--source", "agent", check=False)
     assert p.returncode != 0 and "Unknown IP address data source 1" in p.stderr
+    # the NIC holds a port of the network, as a QEMU guest's does, kept across a
+    # daemon restart and given back when the container stops
+    port = lab.virsh("net-port-list", "apidhcp", "--uuid").stdout.split()
+    assert len(port) == 1, port
+    assert f"portid='{port[0]}'" in lab.virsh("dumpxml", "apihost").stdout
+    assert "<name>apihost</name>" in lab.virsh("net-port-dumpxml", "apidhcp", port[0]).stdout
+    lab.kill9()
+    lab.start_daemon()
+    assert lab.virsh("net-port-list", "apidhcp", "--uuid").stdout.split() == port
     lab.virsh("destroy", "apihost")
+    assert lab.virsh("net-port-list", "apidhcp", "--uuid").stdout.split() == []
     lab.virsh("net-destroy", "apidhcp")
 
 
