@@ -237,6 +237,9 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 host, peer = await network.plug_veth(port.plug.get("bridge"), mac)
             elif kind == "bridge":
                 host, peer = await network.plug_veth(src.get("bridge"), mac)
+            elif kind == "direct":
+                # a macvlan on the host device, moved whole into the container: no host end
+                host = peer = await _macvlan(src.get("dev"), src.get("mode", "vepa"), mac)
             else:
                 raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, f"Unsupported network type {kind}",
                                domain=_FROM)
@@ -244,7 +247,9 @@ class LxcDriverState(HypervisorState[LxcDomain]):
             if target is None:
                 target = etree.SubElement(iface, "target")
             target.set("dev", host)
-            await self.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface, host)
+            if kind != "direct":    # a macvlan leaves the host: nothing to filter here
+                await self.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface,
+                                                                host)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.unplug([host] if host else [], [iface])
@@ -460,6 +465,22 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         await interfaces.reclaim_ports(self, dom.definition)
         dom.link = link
         self.follow(dom, run, link)
+
+
+async def _macvlan(parent: str | None, mode: str, mac: str) -> str:
+    from pyvirtd.network import netlink_call
+
+    if mode not in ("vepa", "bridge", "private", "passthrough"):
+        raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, f"Unsupported macvlan mode {mode}",
+                       domain=_FROM)
+    try:
+        return await netlink_call("create_macvlan", parent or "", mode, mac)
+    except OSError as exc:
+        if exc.errno == 19 and exc.strerror and exc.strerror.startswith("Unable"):
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR, exc.strerror, domain=P.VIR_FROM_NET) from None
+        raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                       f"error creating macvlan interface {exc.filename or 'macvlan0'}@"
+                       f"{parent} ({mac}): {exc.strerror or exc}", domain=P.VIR_FROM_NET) from None
 
 
 def _set_console(d: domxml.DomainDef, pty: str) -> None:

@@ -327,6 +327,28 @@ def open_macvtap(name: str, parent: str, mode: str, mac: str, saved_macs: str,
             raise
 
 
+def create_macvlan(parent: str, mode: str, mac: str, pattern: str = "macvlan%d") -> str:
+    """A macvlan on ``parent`` in ``mode`` with the guest's MAC, down, for a container
+    (<interface type='direct'>, virLXCProcessSetupInterfaceDirect): its name, the first
+    free of ``pattern``.  It is moved into the container, and ends with its namespace.
+    Raises OSError: ENODEV for a missing parent, the kernel's errno otherwise."""
+    with IPRoute() as ipr:
+        pidx = _index(ipr, parent)
+        if pidx is None:
+            raise OSError(19, f"Unable to get index for interface {parent}: No such device")
+        names = {link.get("ifname") for link in ipr.get_links()}
+        n = 0
+        while pattern % n in names:
+            n += 1
+        name = pattern % n
+        try:
+            ipr.link("add", ifname=name, kind="macvlan", link=pidx,
+                     macvlan_mode=MACVTAP_MODES[mode], address=mac)
+        except NetlinkError as exc:
+            raise OSError(exc.code, os.strerror(exc.code), name) from None
+        return name
+
+
 def delete_macvtap(name: str, mac: str, saved_macs: str) -> None:
     """Delete a guest's macvtap if it still is the one made for ``mac``; give a
     passthrough parent its own MAC back."""

@@ -495,3 +495,32 @@ def test_filesystem_hotplug_binds_a_host_directory(lab, tmp_path):
     p = lab.virsh("lxc-enter-namespace", "apifs", "/bin/cat", "/mnt/rw/hello")
     assert p.stdout.strip() == "from-the-host"
     lab.virsh("destroy", "apifs")
+
+
+def test_direct_interface_is_a_macvlan_moved_into_the_container(lab, tmp_path):
+    # a parent device of the lab's own, and a bridge-mode macvlan of the host's on it
+    lab.ns_exec("ip", "link", "add", "pvapiv0", "type", "veth", "peer", "name", "pvapiv1")
+    lab.ns_exec("ip", "link", "set", "pvapiv0", "up")
+    lab.ns_exec("ip", "link", "set", "pvapiv1", "up")      # a carrier for the parent
+    lab.ns_exec("ip", "link", "add", "pvapimv0", "link", "pvapiv0", "type", "macvlan",
+                "mode", "bridge")
+    lab.ns_exec("ip", "addr", "add", "10.91.0.1/24", "dev", "pvapimv0")
+    lab.ns_exec("ip", "link", "set", "pvapimv0", "up")
+    iface = ("<interface type='direct'><source dev='pvapiv0' mode='bridge'/>"
+             "<mac address='52:54:00:91:00:02'/>"
+             "<ip address='10.91.0.2' prefix='24'/><guest dev='eth0'/></interface>")
+    define(lab, tmp_path, "apidirect", extra=iface)
+    lab.virsh("start", "apidirect")
+    assert "<target dev='macvlan0'/>" in lab.virsh("dumpxml", "apidirect").stdout
+    p = lab.virsh("lxc-enter-namespace", "apidirect", "/bin/sh", "-c",
+                  "ip -o link show eth0; ping -c 2 -W 2 10.91.0.1")
+    assert "52:54:00:91:00:02" in p.stdout and "2 packets received" in p.stdout, p.stdout
+    # it left the host's namespace
+    assert lab.ns_exec("ip", "link", "show", "macvlan0", check=False).returncode != 0
+    lab.virsh("destroy", "apidirect")
+    bad = tmp_path / "bad.xml"
+    bad.write_text(container_xml("apinodev", tmp_path / "root-apidirect", extra=(
+        "<interface type='direct'><source dev='pvapinone' mode='vepa'/></interface>")))
+    lab.virsh("define", str(bad))
+    p = lab.virsh("start", "apinodev", check=False)
+    assert p.returncode != 0 and "pvapinone" in p.stderr, p.stderr
