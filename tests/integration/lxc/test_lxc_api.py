@@ -517,6 +517,15 @@ def test_direct_interface_is_a_macvlan_moved_into_the_container(lab, tmp_path):
     assert "52:54:00:91:00:02" in p.stdout and "2 packets received" in p.stdout, p.stdout
     # it left the host's namespace
     assert lab.ns_exec("ip", "link", "show", "macvlan0", check=False).returncode != 0
+    # one more, attached live; a macvlan cannot come back out (libvirt refuses too)
+    nic = tmp_path / "direct.xml"
+    nic.write_text("<interface type='direct'><source dev='pvapiv0' mode='bridge'/>"
+                   "<mac address='52:54:00:91:00:03'/><guest dev='eth1'/></interface>")
+    lab.virsh("attach-device", "apidirect", str(nic))
+    p = lab.virsh("lxc-enter-namespace", "apidirect", "/bin/sh", "-c", "ip -o link show eth1")
+    assert "52:54:00:91:00:03" in p.stdout, p.stdout
+    p = lab.virsh("detach-device", "apidirect", str(nic), check=False)
+    assert p.returncode != 0 and "Only bridged veth devices can be detached" in p.stderr
     lab.virsh("destroy", "apidirect")
     bad = tmp_path / "bad.xml"
     bad.write_text(container_xml("apinodev", tmp_path / "root-apidirect", extra=(
