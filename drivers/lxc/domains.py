@@ -30,7 +30,8 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
 from . import cgroup
-from .driver import LxcDomain, LxcDriverState
+from .driver import LxcDomain, LxcDriverState, run_in_container
+from .mountin import NO_FIFO
 
 _FROM = P.VIR_FROM_LXC
 START_AUTODESTROY = P.DomainCreateFlags.VIR_DOMAIN_START_AUTODESTROY
@@ -134,28 +135,43 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
         await self.domain_shutdown_flags(ref, 0)
 
     async def domain_shutdown_flags(self, ref: Dom, flags: int) -> None:
+        """Runlevel 0 through the container's initctl FIFO, else SIGTERM to init
+        (lxcDomainShutdownFlags: flags 0 tries both in that order)."""
         check_flags(flags, SHUTDOWN_INITCTL | SHUTDOWN_SIGNAL, "lxcDomainShutdownFlags", _FROM)
         dom = self._active(ref)
-        if flags == SHUTDOWN_INITCTL:
-            raise VirError(P.VIR_ERR_OPERATION_UNSUPPORTED,
-                           "Container does not provide an initctl pipe", domain=_FROM)
         async with dom.lock:
             if not dom.active:
                 raise ds.not_running()
+            if await self._initctl(dom, flags, "0", SHUTDOWN_INITCTL):
+                return
             await self.driver.shutdown_domain(dom)
 
-    async def domain_reboot(self, ref: Dom, flags: int) -> None:
-        """virsh reboot: SIGHUP to init (lxcDomainReboot).  An init that reboots on it
-        (reboot(2) in its pid namespace) ends "killed by SIGHUP", and the driver
-        starts the container again (driver.py).  There is no initctl pipe to ask."""
-        check_flags(flags, REBOOT_INITCTL | REBOOT_SIGNAL, "lxcDomainReboot", _FROM)
-        dom = self._active(ref)
-        if flags == REBOOT_INITCTL:
+    async def _initctl(self, dom: LxcDomain, flags: int, level: str, initctl_flag: int) -> bool:
+        """Ask for ``level`` through initctl where ``flags`` allow it (0 or the INITCTL
+        flag); whether it was sent.  INITCTL alone and no FIFO is libvirt's error."""
+        if flags and not flags & initctl_flag:
+            return False
+        if not dom.init_pid:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "Init process ID is not yet known",
+                           domain=_FROM)
+        rc = await run_in_container(dom, "initctl", level, "-", "-", ok=(0, NO_FIFO))
+        if rc == NO_FIFO and flags == initctl_flag:
             raise VirError(P.VIR_ERR_OPERATION_UNSUPPORTED,
                            "Container does not provide an initctl pipe", domain=_FROM)
+        return rc == 0
+
+    async def domain_reboot(self, ref: Dom, flags: int) -> None:
+        """virsh reboot (lxcDomainReboot): runlevel 6 through the container's initctl
+        FIFO, else SIGHUP to init.  An init that reboots (reboot(2) in its pid
+        namespace) ends "killed by SIGHUP", and the driver starts the container
+        again (driver.py)."""
+        check_flags(flags, REBOOT_INITCTL | REBOOT_SIGNAL, "lxcDomainReboot", _FROM)
+        dom = self._active(ref)
         async with dom.lock:
             if not dom.active:
                 raise ds.not_running()
+            if await self._initctl(dom, flags, "6", REBOOT_INITCTL):
+                return
             if not dom.init_pid:
                 raise VirError(P.VIR_ERR_OPERATION_INVALID, "Init process ID is not yet known",
                                domain=_FROM)

@@ -467,6 +467,22 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         self.follow(dom, run, link)
 
 
+async def run_in_container(dom: LxcDomain, action: str, *args: str,
+                           ok: tuple[int, ...] = (0,)) -> int:
+    """Run mountin.py's ``action`` in ``dom``'s mount namespace; its exit status, which
+    must be one of ``ok`` (else its word becomes libvirt's system error)."""
+    if not dom.init_pid:
+        raise VirError(P.VIR_ERR_OPERATION_INVALID, "Init pid is not yet available",
+                       domain=_FROM)
+    proc = await trio.run_process(
+        [sys.executable, "-m", "pyvirtd.drivers.lxc.mountin", action, str(dom.init_pid),
+         *args], capture_stdout=True, capture_stderr=True, check=False)
+    if proc.returncode not in ok:
+        raise VirError(P.VIR_ERR_SYSTEM_ERROR, proc.stderr.decode(errors="replace").strip()
+                       or f"{action} in the container failed", domain=_FROM)
+    return proc.returncode
+
+
 async def _macvlan(parent: str | None, mode: str, mac: str) -> str:
     from pyvirtd.network import netlink_call
 

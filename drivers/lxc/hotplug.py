@@ -19,7 +19,6 @@ unmounts it.  In the config a filesystem is added or removed like a NIC.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +33,7 @@ from pyvirtd.xml import devices as devmod
 from pyvirtd.xml import domain as domxml
 
 from .domains import error
-from .driver import LxcDomain, LxcDriverState
+from .driver import LxcDomain, LxcDriverState, run_in_container
 
 _FROM = P.VIR_FROM_LXC
 AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
@@ -222,14 +221,14 @@ class HotplugMixin:
             raise error(P.VIR_ERR_OPERATION_INVALID, f"target {target} already exists")
         source = elem.find("source").get("dir")
         readonly = elem.find("readonly") is not None
-        await _mount_helper(dom, "mount", source, target, "ro" if readonly else "rw")
+        await run_in_container(dom, "mount", source, target, "ro" if readonly else "rw")
         _insert(dom.definition, elem)
 
     async def _detach_filesystem(self, dom: LxcDomain, elem: etree._Element) -> None:
         target = _fs_target(elem)
         if target == "/":
             raise error(P.VIR_ERR_OPERATION_INVALID, "the root filesystem cannot be changed")
-        await _mount_helper(dom, "umount", "-", target, "-")
+        await run_in_container(dom, "umount", "-", target, "-")
 
 
 def _move_in(init_pid: int, cfg: dict[str, Any]) -> None:
@@ -249,16 +248,3 @@ def _move_in(init_pid: int, cfg: dict[str, Any]) -> None:
     except (ContainerError, OSError) as exc:
         raise error(P.VIR_ERR_SYSTEM_ERROR,
                     f"Unable to set up interface {cfg['guest']} in the container: {exc}") from None
-
-
-async def _mount_helper(dom: LxcDomain, action: str, source: str, target: str,
-                        mode: str) -> None:
-    """Run mountin.py for ``dom``'s mount namespace; its error becomes libvirt's system error."""
-    if not dom.init_pid:
-        raise error(P.VIR_ERR_OPERATION_INVALID, "Init pid is not yet available")
-    proc = await trio.run_process(
-        [sys.executable, "-m", "pyvirtd.drivers.lxc.mountin", action, str(dom.init_pid),
-         source, target, mode], capture_stdout=True, capture_stderr=True, check=False)
-    if proc.returncode != 0:
-        raise error(P.VIR_ERR_SYSTEM_ERROR, proc.stderr.decode(errors="replace").strip()
-                    or f"{action} of {target} in the container failed")

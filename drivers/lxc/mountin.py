@@ -1,7 +1,12 @@
-"""Bind a host directory into a running container, or take it away (filesystem hotplug).
+"""Work inside a running container's mount namespace: bind mounts and initctl requests.
 
 ``python -m pyvirtd.drivers.lxc.mountin mount|umount INIT_PID SOURCE TARGET ro|rw``,
-run by the driver (hotplug.py).  A process can enter another mount namespace
+run by the driver (hotplug.py), binds a host directory into the container or
+takes it away (filesystem hotplug); ``... initctl INIT_PID LEVEL - -`` asks
+the container's sysvinit-style init for runlevel LEVEL through its initctl
+FIFO (shutdown and reboot, virInitctlSetRunLevel), exiting with NO_FIFO when
+the container has none.  Paths, symlinks included, resolve in the
+container's own tree, never the host's.  A process can enter another mount namespace
 only while it is single-threaded, which the daemon never is; this helper is.
 For ``mount`` it takes a detached copy of SOURCE's mount tree on the host
 (open_tree with OPEN_TREE_CLONE), enters the mount namespace of the
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
+import struct
 import sys
 
 from . import nsutil as ns
@@ -68,6 +75,37 @@ def umount(init_pid: int, target: str) -> None:
     ns.umount2(target, ns.MNT_DETACH)
 
 
+# virInitctlFifos: where an init listens, in libvirt's order
+INITCTL_FIFOS = ("/run/initctl", "/dev/initctl", "/etc/.initctl")
+INIT_MAGIC = 0x03091969         # sysvinit's initreq.h: INIT_MAGIC, INIT_CMD_RUNLVL
+INIT_CMD_RUNLVL = 1
+NO_FIFO = 3
+
+
+def initctl(init_pid: int, level: str) -> bool:
+    """Write a runlevel request to the container's initctl FIFO; False if it has none."""
+    _enter(init_pid)
+    for path in INITCTL_FIFOS:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            if exc.errno == 6:      # ENXIO: a FIFO nobody reads
+                continue
+            raise OSError(exc.errno, f"Cannot open init control {path}: {exc.strerror}")
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue
+            # struct init_request: magic, cmd, runlevel, sleeptime, then 368 bytes of data
+            request = struct.pack("=iiii368s", INIT_MAGIC, INIT_CMD_RUNLVL, ord(level), 0, b"")
+            os.write(fd, request)
+            return True
+        finally:
+            os.close(fd)
+    return False
+
+
 def main(argv: list[str]) -> int:
     action, init_pid, source, target, mode = argv
     try:
@@ -75,6 +113,9 @@ def main(argv: list[str]) -> int:
             mount(int(init_pid), source, target, mode == "ro")
         elif action == "umount":
             umount(int(init_pid), target)
+        elif action == "initctl":
+            if not initctl(int(init_pid), source):
+                return NO_FIFO
         else:
             raise ValueError(f"unknown action {action}")
     except (OSError, ValueError) as exc:

@@ -533,3 +533,54 @@ def test_direct_interface_is_a_macvlan_moved_into_the_container(lab, tmp_path):
     lab.virsh("define", str(bad))
     p = lab.virsh("start", "apinodev", check=False)
     assert p.returncode != 0 and "pvapinone" in p.stderr, p.stderr
+
+
+INITCTL_INIT = """#!/bin/sh
+trap 'echo got-term > /tmp/term' TERM
+mkdir -p /run
+mkfifo /run/initctl
+(n=0; while true; do n=$((n+1)); dd if=/run/initctl of=/tmp/req.$n bs=384 count=1 2>/dev/null
+ done) &
+echo ready > /tmp/ready
+while true; do sleep 1000 & wait $!; done
+"""
+
+
+def _initreq(path: Path) -> tuple[int, int, int]:
+    import struct
+    data = path.read_bytes()
+    assert len(data) == 384, len(data)
+    magic, cmd, runlevel = struct.unpack("=iii", data[:12])
+    return magic, cmd, runlevel
+
+
+def test_shutdown_and_reboot_through_the_initctl_fifo(lab, tmp_path):
+    root = define(lab, tmp_path, "apiinitctl")
+    for applet in ("mkfifo", "mkdir"):
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "sbin/init").write_text(INITCTL_INIT)
+    lab.virsh("start", "apiinitctl")
+    wait_for(lambda: (root / "tmp/ready").exists(), what="init's FIFO")
+    lab.virsh("shutdown", "apiinitctl")
+    wait_for(lambda: (root / "tmp/req.1").exists() and (root / "tmp/req.1").stat().st_size == 384,
+             what="the shutdown request")
+    # sysvinit's request: INIT_MAGIC, INIT_CMD_RUNLVL, runlevel '0'
+    assert _initreq(root / "tmp/req.1") == (0x03091969, 1, ord("0"))
+    assert not (root / "tmp/term").exists()       # the FIFO took it: no SIGTERM
+    lab.virsh("reboot", "apiinitctl", "--mode", "initctl")
+    wait_for(lambda: (root / "tmp/req.2").exists() and (root / "tmp/req.2").stat().st_size == 384,
+             what="the reboot request")
+    assert _initreq(root / "tmp/req.2") == (0x03091969, 1, ord("6"))
+    # --mode signal skips the FIFO
+    lab.virsh("shutdown", "apiinitctl", "--mode", "signal")
+    wait_for(lambda: (root / "tmp/term").exists(), what="SIGTERM to init")
+    assert not (root / "tmp/req.3").exists()
+    # a FIFO that is a symlink out of the container resolves inside it, never on the host
+    outside = tmp_path / "host-file"
+    outside.write_text("untouched")
+    (root / "run/initctl").unlink()
+    (root / "run/initctl").symlink_to(outside)
+    p = lab.virsh("shutdown", "apiinitctl", "--mode", "initctl", check=False)
+    assert p.returncode != 0 and "does not provide an initctl pipe" in p.stderr, p.stderr
+    assert outside.read_text() == "untouched"
+    lab.virsh("destroy", "apiinitctl")
