@@ -584,3 +584,19 @@ def test_shutdown_and_reboot_through_the_initctl_fifo(lab, tmp_path):
     assert p.returncode != 0 and "does not provide an initctl pipe" in p.stderr, p.stderr
     assert outside.read_text() == "untouched"
     lab.virsh("destroy", "apiinitctl")
+
+
+def test_vcpucount_of_live_and_config_definitions(lab, tmp_path):
+    root = api_root(tmp_path / "root-apivcpu")
+    xml = tmp_path / "apivcpu.xml"
+    xml.write_text(container_xml("apivcpu", root).replace(
+        "<memory unit='MiB'>", "<vcpu current='2'>4</vcpu><memory unit='MiB'>"))
+    lab.virsh("define", str(xml))
+    out = lab.virsh("vcpucount", "apivcpu").stdout
+    assert "maximum      config         4" in out and "current      config         2" in out, out
+    p = lab.virsh("vcpucount", "apivcpu", "--live", check=False)
+    assert p.returncode != 0 and "domain is not running" in p.stderr
+    lab.virsh("start", "apivcpu")
+    assert lab.virsh("vcpucount", "apivcpu", "--maximum", "--live").stdout.strip() == "4"
+    assert lab.virsh("vcpucount", "apivcpu", "--current", "--live").stdout.strip() == "2"
+    lab.virsh("destroy", "apivcpu")
