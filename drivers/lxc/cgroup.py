@@ -127,6 +127,14 @@ def apply_limits(paths: dict[str, str], limits: dict) -> None:
             _write(d / "devices.allow", rule)
 
 
+def set_memory_limit(paths: dict[str, str], kib: int) -> None:
+    """The container's memory limit (virsh setmem on a running container)."""
+    if "unified" in paths:
+        _write(Path(paths["unified"]) / "memory.max", str(kib * 1024))
+    else:
+        _write(Path(paths["memory"]) / "memory.limit_in_bytes", str(kib * 1024))
+
+
 def read(paths: dict[str, str], ctrl: str, key: str) -> str | None:
     d = paths.get(ctrl) or paths.get("unified")
     if d is None:

@@ -11,17 +11,25 @@ from __future__ import annotations
 import os
 from urllib.parse import SplitResult
 
+import trio
+
 from pyvirtd.driver.hypervisor import HypervisorConnection, HypervisorDriver
 from pyvirtd.driver.procedures import DomainProcedures
-from pyvirtd.errors import VirError
+from pyvirtd import sysinfo
+from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 
 from . import cgroup
 from .domains import DomainMixin
 from .driver import LxcDriverState
+from .hotplug import HotplugMixin
+from .metadata import MetadataMixin
+from .stats import StatsMixin
+from .tuning import TuningMixin
 
 
-class LxcConnection(DomainMixin, DomainProcedures, HypervisorConnection):
+class LxcConnection(DomainMixin, TuningMixin, MetadataMixin, StatsMixin, HotplugMixin,
+                    DomainProcedures, HypervisorConnection):
     """One client's lxc:/// connection; methods are named after RPC procedures.
 
     `DomainProcedures` comes after the driver's own mixins: it answers only
@@ -34,6 +42,17 @@ class LxcConnection(DomainMixin, DomainProcedures, HypervisorConnection):
     def connect_get_version(self) -> int:
         major, minor, *rest = (os.uname().release.split("-")[0].split(".") + ["0"])[:3]
         return int(major) * 1_000_000 + int(minor) * 1_000 + int(rest[0] or 0)
+
+    async def connect_get_sysinfo(self, flags: int) -> str:
+        """The host's SMBIOS tables (dmidecode), read once (lxcConnectGetSysinfo)."""
+        check_flags(flags, 0, "lxcConnectGetSysinfo", P.VIR_FROM_LXC)
+        drv = self.driver
+        if not drv.sysinfo_read:
+            drv.sysinfo = await trio.to_thread.run_sync(sysinfo.read_host)
+            drv.sysinfo_read = True
+        if drv.sysinfo is None:
+            raise sysinfo.not_available(P.VIR_FROM_LXC)
+        return drv.sysinfo
 
     def connect_get_capabilities(self) -> str:
         return self.guest_capabilities(os_type="exe", emulator="/usr/libexec/libvirt_lxc",

@@ -117,19 +117,26 @@ def setup_network(interfaces: list[dict]) -> None:
         if lo:
             ipr.link("set", index=lo[0], state="up")
         for iface in interfaces:
-            idx = ipr.link_lookup(ifname=iface["peer"])
-            if not idx:
-                raise ContainerError(f"interface {iface['peer']} did not reach the container")
-            idx = idx[0]
-            ipr.link("set", index=idx, ifname=iface["guest"])
-            if iface.get("mac"):
-                ipr.link("set", index=idx, address=iface["mac"])
-            for addr in iface.get("ips", []):
-                ip, prefix = addr.split("/")
-                ipr.addr("add", index=idx, address=ip, prefixlen=int(prefix))
-            ipr.link("set", index=idx, state="up")
-            for route in iface.get("routes", []):
-                ipr.route("add", dst=route["dest"], gateway=route["gateway"])
+            configure_interface(ipr, iface)
+
+
+def configure_interface(ipr: Any, iface: dict) -> None:
+    """One moved-in veth (``iface`` as spec.interface_config gives it), through ``ipr``
+    (a pyroute2 IPRoute in the container's network namespace): also for a NIC
+    attached to a running container."""
+    idx = ipr.link_lookup(ifname=iface["peer"])
+    if not idx:
+        raise ContainerError(f"interface {iface['peer']} did not reach the container")
+    idx = idx[0]
+    ipr.link("set", index=idx, ifname=iface["guest"])
+    if iface.get("mac"):
+        ipr.link("set", index=idx, address=iface["mac"])
+    for addr in iface.get("ips", []):
+        ip, prefix = addr.split("/")
+        ipr.addr("add", index=idx, address=ip, prefixlen=int(prefix))
+    ipr.link("set", index=idx, state="up")
+    for route in iface.get("routes", []):
+        ipr.route("add", dst=route["dest"], gateway=route["gateway"])
 
 
 def environment(spec: dict[str, Any]) -> dict[str, str]:

@@ -22,7 +22,7 @@ controller sends ``{"event": "hello", "init_pid", "controller_pid", "pty"}``;
 the daemon sends ``{"cmd": "shutdown"}`` (SIGTERM to init, libvirt's
 VIR_DOMAIN_SHUTDOWN_SIGNAL) or ``{"cmd": "destroy"}`` (SIGKILL to init: the
 kernel then kills the whole pid namespace).  When init is gone the
-controller writes ``{"event": "exit", "reason": "shutdown"|"destroyed"|
+controller writes ``{"event": "exit", "reason": "shutdown"|"reboot"|"destroyed"|
 "crashed"}`` to every client and into SPEC["exit_file"] (for a daemon that
 was away), removes the cgroup and exits.  This module must not import trio:
 it is a plain select() loop, and small.
@@ -327,8 +327,14 @@ class Controller:
 
     def _finish(self, status: int) -> None:
         reason = self.reason
-        if reason != "destroyed" and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-            reason = "crashed"
+        if reason != "destroyed" and os.WIFSIGNALED(status):
+            # reboot(2) inside a pid namespace ends its init "killed by SIGHUP"
+            # (restart) or SIGINT (halt, power off): libvirt_lxc's reboot and shutdown
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGKILL:
+                reason = "crashed"
+            elif sig == signal.SIGHUP:
+                reason = "reboot"
         log.info("init exited (status %#x): %s", status, reason)
         msg = {"event": "exit", "reason": reason, "status": status}
         with open(self.spec["exit_file"] + ".tmp", "w") as f:

@@ -13,6 +13,7 @@ container's lock.  Codes and wording follow libvirt's LXC driver
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from lxml import etree
 
 from pyvirtd.dispatch import ReplyFds
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver import interfaces
 from pyvirtd.driver.api import Dom
 from pyvirtd.driver.procedures import SuspendResume
 from pyvirtd.errors import VirError, check_flags
@@ -28,13 +30,19 @@ from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import domain as domxml
 
 from . import cgroup
-from .driver import LxcDomain, LxcDriverState
+from .driver import LxcDomain, LxcDriverState, run_in_container
+from .mountin import NO_FIFO
 
 _FROM = P.VIR_FROM_LXC
 START_AUTODESTROY = P.DomainCreateFlags.VIR_DOMAIN_START_AUTODESTROY
 START_VALIDATE = P.DomainCreateFlags.VIR_DOMAIN_START_VALIDATE
 SHUTDOWN_INITCTL = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_INITCTL
 SHUTDOWN_SIGNAL = P.DomainShutdownFlagValues.VIR_DOMAIN_SHUTDOWN_SIGNAL
+REBOOT_INITCTL = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_INITCTL
+REBOOT_SIGNAL = P.DomainRebootFlagValues.VIR_DOMAIN_REBOOT_SIGNAL
+HOSTNAME_LEASE = P.DomainGetHostnameFlags.VIR_DOMAIN_GET_HOSTNAME_LEASE
+SIGNAL_RT0 = P.DomainProcessSignal.VIR_DOMAIN_PROCESS_SIGNAL_RT0
+SIGNAL_LAST = P.DomainProcessSignal.VIR_DOMAIN_PROCESS_SIGNAL_LAST
 AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
 AFFECT_CONFIG = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CONFIG
 STRING_OKAY = P.TypedParameterFlags.VIR_TYPED_PARAM_STRING_OKAY
@@ -47,8 +55,58 @@ STATS_CPU_TOTAL = P.DomainStatsTypes.VIR_DOMAIN_STATS_CPU_TOTAL
 STATS_BALLOON = P.DomainStatsTypes.VIR_DOMAIN_STATS_BALLOON
 
 
-def _param(name: str, kind: int, value: Any) -> Any:
+def native_signal(signum: int) -> int | None:
+    """The host's signal for a VIR_DOMAIN_PROCESS_SIGNAL_* (virDomainProcessSignalToNative):
+    0-31 are Linux's own numbers, RTn is SIGRTMIN+n while that exists."""
+    if signum < SIGNAL_RT0:
+        return signum
+    native = signal.SIGRTMIN + signum - SIGNAL_RT0
+    return native if native <= signal.SIGRTMAX else None
+
+
+def _host_pid(init_pid: int, paths: dict[str, str], pid: int) -> int | None:
+    """The host pid of the container's process ``pid`` (blocking: /proc and cgroupfs).
+
+    Candidates are the container's cgroup members; the one in init's pid
+    namespace whose innermost NSpid is ``pid`` is it."""
+    try:
+        want = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
+    except OSError:
+        return None
+    for ctrl in ("memory", "pids", "unified"):
+        if ctrl in paths:
+            raw = cgroup.read(paths, ctrl, "cgroup.procs") or ""
+            break
+    else:
+        return None
+    for entry in raw.split():
+        try:
+            if os.stat(f"/proc/{entry}/ns/pid").st_ino != want:
+                continue
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        if int(line.split()[-1]) == pid:
+                            return int(entry)
+                        break
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def param(name: str, kind: int, value: Any) -> Any:
+    """One typed parameter of a reply."""
     return P.remote_typed_param(name, P.remote_typed_param_value(kind, value))
+
+
+def error(code: int, message: str) -> VirError:
+    """A VirError of the LXC driver."""
+    return VirError(code, message, domain=_FROM)
 
 
 class DomainMixin(SuspendResume, ds.DomainLookups):
@@ -77,15 +135,113 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
         await self.domain_shutdown_flags(ref, 0)
 
     async def domain_shutdown_flags(self, ref: Dom, flags: int) -> None:
+        """Runlevel 0 through the container's initctl FIFO, else SIGTERM to init
+        (lxcDomainShutdownFlags: flags 0 tries both in that order)."""
         check_flags(flags, SHUTDOWN_INITCTL | SHUTDOWN_SIGNAL, "lxcDomainShutdownFlags", _FROM)
         dom = self._active(ref)
-        if flags == SHUTDOWN_INITCTL:
-            raise VirError(P.VIR_ERR_OPERATION_UNSUPPORTED,
-                           "Container does not provide an initctl pipe", domain=_FROM)
         async with dom.lock:
             if not dom.active:
                 raise ds.not_running()
+            if await self._initctl(dom, flags, "0", SHUTDOWN_INITCTL):
+                return
             await self.driver.shutdown_domain(dom)
+
+    async def _initctl(self, dom: LxcDomain, flags: int, level: str, initctl_flag: int) -> bool:
+        """Ask for ``level`` through initctl where ``flags`` allow it (0 or the INITCTL
+        flag); whether it was sent.  INITCTL alone and no FIFO is libvirt's error."""
+        if flags and not flags & initctl_flag:
+            return False
+        if not dom.init_pid:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "Init process ID is not yet known",
+                           domain=_FROM)
+        rc = await run_in_container(dom, "initctl", level, "-", "-", ok=(0, NO_FIFO))
+        if rc == NO_FIFO and flags == initctl_flag:
+            raise VirError(P.VIR_ERR_OPERATION_UNSUPPORTED,
+                           "Container does not provide an initctl pipe", domain=_FROM)
+        return rc == 0
+
+    async def domain_reboot(self, ref: Dom, flags: int) -> None:
+        """virsh reboot (lxcDomainReboot): runlevel 6 through the container's initctl
+        FIFO, else SIGHUP to init.  An init that reboots (reboot(2) in its pid
+        namespace) ends "killed by SIGHUP", and the driver starts the container
+        again (driver.py)."""
+        check_flags(flags, REBOOT_INITCTL | REBOOT_SIGNAL, "lxcDomainReboot", _FROM)
+        dom = self._active(ref)
+        async with dom.lock:
+            if not dom.active:
+                raise ds.not_running()
+            if await self._initctl(dom, flags, "6", REBOOT_INITCTL):
+                return
+            if not dom.init_pid:
+                raise VirError(P.VIR_ERR_OPERATION_INVALID, "Init process ID is not yet known",
+                               domain=_FROM)
+            try:
+                os.kill(dom.init_pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass        # init is ending anyway: its watcher reports how
+            except OSError as exc:
+                raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                               f"Failed to kill pid {dom.init_pid}: {exc.strerror}",
+                               domain=_FROM) from None
+
+    async def domain_send_process_signal(self, ref: Dom, pid_value: int, signum: int,
+                                         flags: int) -> None:
+        """virsh send-process-signal: a signal to the process whose pid *inside the
+        container* is ``pid_value``.  libvirt 9.0 takes only pid 1 (init); any pid of
+        the container's pid namespace is accepted here, found through NSpid."""
+        check_flags(flags, 0, "lxcDomainSendProcessSignal", _FROM)
+        if not 0 <= signum < SIGNAL_LAST or native_signal(signum) is None:
+            raise VirError(P.VIR_ERR_INVALID_ARG, f"signum value {signum} is out of range",
+                           domain=_FROM)
+        dom = self._active(ref)
+        if not dom.init_pid:
+            raise VirError(P.VIR_ERR_OPERATION_INVALID, "Init pid is not yet available",
+                           domain=_FROM)
+        if pid_value == 1:
+            host_pid: int | None = dom.init_pid
+        else:
+            host_pid = await trio.to_thread.run_sync(_host_pid, dom.init_pid, dom.cgroup,
+                                                     pid_value)
+        try:
+            if host_pid is None:
+                raise ProcessLookupError(3, os.strerror(3))
+            os.kill(host_pid, native_signal(signum))
+        except OSError as exc:
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR, f"Unable to send {signum} signal to process "
+                           f"{pid_value}: {exc.strerror}", domain=_FROM) from None
+
+    # -- addresses and hostname from the networks' DHCP leases
+    def domain_get_hostname(self, ref: Dom, flags: int) -> str:
+        """virsh domhostname: the hostname a container's DHCP client gave a virtual
+        network's dnsmasq (lxcDomainGetHostname: the first lease that has one)."""
+        check_flags(flags, HOSTNAME_LEASE, "lxcDomainGetHostname", _FROM)
+        dom = self._active(ref)
+        for iface in dom.definition.devices_of("interface"):
+            src = iface.find("source")
+            if iface.get("type") != "network" or src is None:
+                continue
+            mac = iface.find("mac").get("address")
+            for lease in self.driver.ctx.services.network.dhcp_leases(src.get("network"), mac):
+                if lease.hostname:
+                    return lease.hostname
+        raise VirError(P.VIR_ERR_NO_HOSTNAME, f"no hostname found for domain {dom.name}",
+                       domain=_FROM)
+
+    async def domain_interface_addresses(self, ref: Dom, source: int, flags: int) -> list:
+        """virsh domifaddr: --source lease (the networks' DHCP leases) or arp; a
+        container has no guest agent (lxcDomainInterfaceAddresses)."""
+        check_flags(flags, 0, "lxcDomainInterfaceAddresses", _FROM)
+        dom = self._active(ref)
+        if source == interfaces.SRC_LEASE:
+            return interfaces.interface_addresses(self.driver, dom)
+        if source == interfaces.SRC_ARP:
+            try:
+                table = await trio.to_thread.run_sync(_read_text, "/proc/net/arp")
+            except OSError:
+                table = ""
+            return interfaces.arp_addresses(dom, table)
+        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                       f"Unknown IP address data source {source}", domain=_FROM)
 
     async def _pause(self, dom: LxcDomain, paused: bool) -> None:
         """Freeze or thaw the container's cgroup (lxcDomainSuspend / lxcDomainResume);
@@ -147,7 +303,7 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
             for name in ("hard_limit", "soft_limit", "swap_hard_limit"):
                 elem = memtune.find(name) if memtune is not None else None
                 values[name] = domxml.parse_memory(elem, name) if elem is not None else UNLIMITED
-        params = [_param(n, P.VIR_TYPED_PARAM_ULLONG, values[n])
+        params = [param(n, P.VIR_TYPED_PARAM_ULLONG, values[n])
                   for n in ("hard_limit", "soft_limit", "swap_hard_limit")]
         return (params[:nparams], len(params[:nparams]))
 
@@ -178,8 +334,8 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
         return self.domain_get_scheduler_parameters_flags(ref, nparams, 0)
 
     def domain_get_scheduler_parameters_flags(self, ref: Dom, nparams: int, flags: int) -> list:
-        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "lxcDomainGetSchedulerParametersFlags",
-                    _FROM)
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | STRING_OKAY,
+                    "lxcDomainGetSchedulerParametersFlags", _FROM)
         dom = self._dom(ref)
         if dom.active and not flags & AFFECT_CONFIG and dom.cgroup:
             v2 = "unified" in dom.cgroup
@@ -197,9 +353,9 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
             from .spec import limits
             lim = limits(dom.persistent_def)
             shares, period, quota = lim.get("shares", 0), lim.get("period", 0), lim.get("quota", 0)
-        params = [_param("cpu_shares", P.VIR_TYPED_PARAM_ULLONG, shares),
-                  _param("vcpu_period", P.VIR_TYPED_PARAM_ULLONG, period),
-                  _param("vcpu_quota", P.VIR_TYPED_PARAM_LLONG, quota)]
+        params = [param("cpu_shares", P.VIR_TYPED_PARAM_ULLONG, shares),
+                  param("vcpu_period", P.VIR_TYPED_PARAM_ULLONG, period),
+                  param("vcpu_quota", P.VIR_TYPED_PARAM_LLONG, quota)]
         return params[:nparams]
 
     async def domain_set_scheduler_parameters(self, ref: Dom, params: list) -> None:
@@ -262,16 +418,16 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
             params = []
             c = self.driver.counters(dom)
             if stats & STATS_STATE:
-                params += [_param("state.state", P.VIR_TYPED_PARAM_INT, dom.state),
-                           _param("state.reason", P.VIR_TYPED_PARAM_INT, dom.reason)]
+                params += [param("state.state", P.VIR_TYPED_PARAM_INT, dom.state),
+                           param("state.reason", P.VIR_TYPED_PARAM_INT, dom.reason)]
             if stats & STATS_CPU_TOTAL and dom.active:
-                params += [_param("cpu.time", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_time", 0)),
-                           _param("cpu.user", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_user", 0)),
-                           _param("cpu.system", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_system", 0))]
+                params += [param("cpu.time", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_time", 0)),
+                           param("cpu.user", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_user", 0)),
+                           param("cpu.system", P.VIR_TYPED_PARAM_ULLONG, c.get("cpu_system", 0))]
             if stats & STATS_BALLOON:
                 cur = c.get("memory_usage", 0) // 1024 if dom.active else dom.definition.current_memory
-                params += [_param("balloon.current", P.VIR_TYPED_PARAM_ULLONG, cur),
-                           _param("balloon.maximum", P.VIR_TYPED_PARAM_ULLONG,
+                params += [param("balloon.current", P.VIR_TYPED_PARAM_ULLONG, cur),
+                           param("balloon.maximum", P.VIR_TYPED_PARAM_ULLONG,
                                   dom.definition.memory)]
             out.append(P.remote_domain_stats_record(dom.ref(), params))
         return out

@@ -9,6 +9,7 @@ libvirt's LXC driver (src/lxc/lxc_process.c):
   fact                                 state (reason)          event
   started                              running (booted)        started/booted
   init exited (shutdown or by itself)  shut off (shutdown)     stopped/shutdown
+  init rebooted (reboot(2), SIGHUP)    running (booted) again  reboot (a new run)
   destroy                              shut off (destroyed)    stopped/destroyed
   init killed, controller gone         shut off (crashed)      stopped/failed
 
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -39,6 +41,7 @@ from lxml import etree
 
 from pyvirtd.driver import DriverContext
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver import interfaces
 from pyvirtd.driver.hypervisor import HypervisorDomain, HypervisorState
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
@@ -163,6 +166,9 @@ class LxcDriverState(HypervisorState[LxcDomain]):
     def __init__(self, ctx: DriverContext) -> None:
         super().__init__(ctx, StatusStore(ctx.paths))
         self.store: StatusStore
+        # the host's <sysinfo>, read at the first request (None: the host has none)
+        self.sysinfo: str | None = None
+        self.sysinfo_read = False
 
     def fill_defaults(self, d: domxml.DomainDef) -> None:
         spec.fill_defaults(d)
@@ -187,40 +193,74 @@ class LxcDriverState(HypervisorState[LxcDomain]):
 
     # ------------------------------------------------------------------- start
     async def _plug(self, live: domxml.DomainDef) -> tuple[list[str], list[dict]]:
-        from pyvirtd import network
-
         veths: list[str] = []
         configs: list[dict] = []
         try:
             for i, iface in enumerate(live.devices_of("interface")):
-                mac = iface.find("mac").get("address")
-                src = iface.find("source")
-                kind = iface.get("type")
-                if kind == "network":
-                    host, peer = await self.ctx.services.network.plug_veth(src.get("network"),
-                                                                           mac)
-                elif kind == "bridge":
-                    host, peer = await network.plug_veth(src.get("bridge"), mac)
-                else:
-                    raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
-                                   f"Unsupported network type {kind}", domain=_FROM)
+                host, cfg = await self.plug_interface(live, iface, i)
                 veths.append(host)
-                target = iface.find("target")
-                if target is None:
-                    target = etree.SubElement(iface, "target")
-                target.set("dev", host)
-                await self.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface,
-                                                                host)
-                cfg = spec.interface_config(iface, i)
-                cfg["peer"] = peer
                 configs.append(cfg)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._unplug(veths)
+                await self.unplug(veths, live.devices_of("interface"))
             raise
         return veths, configs
 
-    async def _unplug(self, veths: list[str]) -> None:
+    async def plug_interface(self, live: domxml.DomainDef, iface: etree._Element,
+                             index: int) -> tuple[str, dict]:
+        """The veth pair of the ``index``-th <interface> of ``live`` (virLXCProcessSetupInterfaceTap):
+        (host end, the container side's config for the controller).  The live
+        <interface> gets <target dev> (the host end); its filter is bound."""
+        from pyvirtd import network
+
+        mac = iface.find("mac").get("address")
+        src = iface.find("source")
+        kind = iface.get("type")
+        if iface.find("script") is not None:
+            raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                           "scripts are not supported on LXC network interfaces", domain=_FROM)
+        host = None
+        try:
+            if kind == "ethernet":
+                # a veth with no bridge, its host end named as <target dev> asks
+                target = iface.find("target")
+                name = target.get("dev") if target is not None else None
+                host, peer = await network.plug_veth(None, mac, host_name=name or None)
+            elif kind == "network":
+                # a port on the network first, as a QEMU guest's NIC takes one; it says
+                # where to plug (the live <source> shows it, and the stop gives it back)
+                port = await interfaces.take_port(self, live, iface, src.get("network"))
+                if port.plug_type not in ("network", "bridge"):
+                    raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
+                                   f"Unsupported network type {port.plug_type} of network "
+                                   f"'{src.get('network')}'", domain=_FROM)
+                host, peer = await network.plug_veth(port.plug.get("bridge"), mac)
+            elif kind == "bridge":
+                host, peer = await network.plug_veth(src.get("bridge"), mac)
+            elif kind == "direct":
+                # a macvlan on the host device, moved whole into the container: no host end
+                host = peer = await _macvlan(src.get("dev"), src.get("mode", "vepa"), mac)
+            else:
+                raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, f"Unsupported network type {kind}",
+                               domain=_FROM)
+            target = iface.find("target")
+            if target is None:
+                target = etree.SubElement(iface, "target")
+            target.set("dev", host)
+            if kind != "direct":    # a macvlan leaves the host: nothing to filter here
+                await self.ctx.services.nwfilter.bind_interface(live.name, live.uuid, iface,
+                                                                host)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.unplug([host] if host else [], [iface])
+            raise
+        cfg = spec.interface_config(iface, index)
+        cfg["peer"] = peer
+        return host, cfg
+
+    async def unplug(self, veths: list[str], ifaces: Iterable[etree._Element] = ()) -> None:
+        """Remove the host ends ``veths`` (their peers go with them) and their filter
+        bindings, and give back the network ports the live <interface>s ``ifaces`` hold."""
         from pyvirtd.network import _netlink
 
         for veth in veths:
@@ -229,6 +269,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 await _netlink("delete_link", veth)
             except Exception:
                 pass    # gone with the container's namespace
+        await interfaces.release_ports(self, ifaces)
 
     async def launch(self, dom: LxcDomain, live: domxml.DomainDef, *,
                      paused: bool) -> ControllerLink:
@@ -262,7 +303,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                                domain=_FROM) from None
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._unplug(veths)
+                await self.unplug(veths, live.devices_of("interface"))
             raise
         _set_console(live, result["pty"])
         dom.stopped = trio.Event()
@@ -277,8 +318,10 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         dom.controller_pid = dom.init_pid = None
         dom.link = None
 
-    async def _tidy(self, dom: LxcDomain, paths: dict, veths: list) -> None:
-        """What a controller that died uncleanly left: processes, cgroup, veths.
+    async def _tidy(self, dom: LxcDomain, paths: dict, veths: list,
+                    ifaces: list[etree._Element]) -> None:
+        """What a controller that died uncleanly left: processes, cgroup, veths; and the
+        network ports of the run's live <interface>s ``ifaces``.
 
         Sets ``dom.stopped`` when done, so a destroy returns only once the
         container's NICs (and their filter bindings) are gone, as libvirt's does.
@@ -291,7 +334,7 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 log.warning("%s: cannot remove cgroup: %s", dom.name, exc)
         try:
             await trio.to_thread.run_sync(clean)
-            await self._unplug(veths)
+            await self.unplug(veths, ifaces)
             self.store.path(dom.name, ".sock").unlink(missing_ok=True)
         finally:
             dom.stopped.set()
@@ -323,10 +366,10 @@ class LxcDriverState(HypervisorState[LxcDomain]):
     async def destroy_domain(self, dom: LxcDomain, **kwargs: Any) -> bool:
         """As the base's; when this call marked it stopped (the controller did not
         answer), also clear what the controller would have: cgroup, veths."""
-        paths, veths = dom.cgroup, dom.veths
+        paths, veths, ifaces = dom.cgroup, dom.veths, dom.definition.devices_of("interface")
         marked = await super().destroy_domain(dom, **kwargs)
         if marked:
-            await self._tidy(dom, paths, veths)
+            await self._tidy(dom, paths, veths, ifaces)
         return marked
 
     async def shutdown_domain(self, dom: LxcDomain) -> None:
@@ -352,12 +395,46 @@ class LxcDriverState(HypervisorState[LxcDomain]):
         await self._ended(dom, run, reason)
 
     async def _ended(self, dom: LxcDomain, run: int, reason: str | None) -> None:
-        paths, veths = dom.cgroup, dom.veths
+        paths, veths, ifaces = dom.cgroup, dom.veths, dom.definition.devices_of("interface")
+        if reason == "reboot":
+            await self._tidy(dom, paths, veths, ifaces)
+            await self._reboot(dom, run)
+            return
         if reason is None:
             log.warning("%s: the container's controller went away", dom.name)
         state_reason, detail = _EXIT_REASONS.get(reason or "crashed", _EXIT_REASONS["crashed"])
         if self.mark_stopped(dom, run, state_reason, detail):
-            await self._tidy(dom, paths, veths)
+            await self._tidy(dom, paths, veths, ifaces)
+
+    async def _reboot(self, dom: LxcDomain, run: int) -> None:
+        """Start run ``run`` of ``dom`` again after its init rebooted (virLXCProcessReboot).
+
+        The old run's cgroup and veths are gone (`_tidy`, which also lets a
+        destroy that raced with the reboot finish first: then the run has
+        changed and nothing restarts).  As libvirt's, the new run takes the
+        persistent definition, gets a new id, and the only event is REBOOT;
+        if the start fails the container is reported stopped (shutdown).
+        """
+        async with dom.lock:
+            if dom.run != run or not dom.active:
+                return
+            self.release(dom)
+            if dom.console is not None:
+                dom.console.close()
+            live = (dom.new_def or dom.definition).copy()
+            try:
+                link = await self.launch(dom, live, paused=False)
+            except VirError as exc:
+                log.error("%s: restart after reboot failed: %s", dom.name, exc)
+                self.mark_stopped(dom, run, ds.SHUTOFF_SHUTDOWN, ds.STOPPED_SHUTDOWN)
+                return
+            dom.run += 1
+            dom.definition = live
+            self.domains.set_id(dom, self.domain_id(dom))
+            dom.set_state(ds.RUNNING, ds.RUNNING_BOOTED)
+            await self.save_status(dom)
+            self.events.emit("domain", P.VIR_DOMAIN_EVENT_ID_REBOOT, dom.ref())
+            self.follow(dom, dom.run, link)
 
     # ---------------------------------------------------------------- reattach
     async def attach(self, dom: LxcDomain, run: int, st: RuntimeStatus) -> None:
@@ -384,8 +461,42 @@ class LxcDriverState(HypervisorState[LxcDomain]):
                 os.kill(st.controller_pid, signal.SIGKILL)
             await self._ended(dom, run, reason)
             return
+        # the networks may have restarted with the daemon: they learn the ports again
+        await interfaces.reclaim_ports(self, dom.definition)
         dom.link = link
         self.follow(dom, run, link)
+
+
+async def run_in_container(dom: LxcDomain, action: str, *args: str,
+                           ok: tuple[int, ...] = (0,)) -> int:
+    """Run mountin.py's ``action`` in ``dom``'s mount namespace; its exit status, which
+    must be one of ``ok`` (else its word becomes libvirt's system error)."""
+    if not dom.init_pid:
+        raise VirError(P.VIR_ERR_OPERATION_INVALID, "Init pid is not yet available",
+                       domain=_FROM)
+    proc = await trio.run_process(
+        [sys.executable, "-m", "pyvirtd.drivers.lxc.mountin", action, str(dom.init_pid),
+         *args], capture_stdout=True, capture_stderr=True, check=False)
+    if proc.returncode not in ok:
+        raise VirError(P.VIR_ERR_SYSTEM_ERROR, proc.stderr.decode(errors="replace").strip()
+                       or f"{action} in the container failed", domain=_FROM)
+    return proc.returncode
+
+
+async def _macvlan(parent: str | None, mode: str, mac: str) -> str:
+    from pyvirtd.network import netlink_call
+
+    if mode not in ("vepa", "bridge", "private", "passthrough"):
+        raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED, f"Unsupported macvlan mode {mode}",
+                       domain=_FROM)
+    try:
+        return await netlink_call("create_macvlan", parent or "", mode, mac)
+    except OSError as exc:
+        if exc.errno == 19 and exc.strerror and exc.strerror.startswith("Unable"):
+            raise VirError(P.VIR_ERR_SYSTEM_ERROR, exc.strerror, domain=P.VIR_FROM_NET) from None
+        raise VirError(P.VIR_ERR_SYSTEM_ERROR,
+                       f"error creating macvlan interface {exc.filename or 'macvlan0'}@"
+                       f"{parent} ({mac}): {exc.strerror or exc}", domain=P.VIR_FROM_NET) from None
 
 
 def _set_console(d: domxml.DomainDef, pty: str) -> None:

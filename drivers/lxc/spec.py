@@ -45,7 +45,7 @@ def fill_defaults(d: domxml.DomainDef) -> None:
             etree.SubElement(console, "target", type="lxc", port=str(port))
     _root_filesystem(d)     # validates there is one
     for i, iface in enumerate(d.devices_of("interface")):
-        if iface.get("type") not in ("bridge", "network", "ethernet"):
+        if iface.get("type") not in ("bridge", "network", "ethernet", "direct"):
             raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                            f"Unsupported network type {iface.get('type')}", domain=_FROM)
 

@@ -50,7 +50,6 @@ from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
-from pyvirtd.xml import fromstring, hardened_parser
 from pyvirtd.xml import domain as domxml
 from pyvirtd.xml.devices import Controller, Disk, Interface
 from pyvirtd.xml.devices.interface import MODELS as NIC_MODELS
@@ -80,7 +79,6 @@ _TYPE_NAMES = {"interface": "net", "serial": "chr", "console": "chr", "channel":
 # disk buses QEMU can hot(un)plug (qemuDomainAttachDeviceDiskLiveInternal)
 _HOTPLUG_BUSES = ("virtio", "scsi", "usb")
 _NODE_RE = re.compile(r"^libvirt-(\d+)-")
-_PARSER = hardened_parser()
 
 
 @dataclass
@@ -114,11 +112,7 @@ def _type_name(tag: str) -> str:
 
 def parse_device(xml: str, defn: domxml.DomainDef) -> etree._Element:
     """A client's device XML with libvirt's QEMU defaults filled in (disk or interface)."""
-    try:
-        elem = fromstring(xml, _PARSER)
-    except etree.XMLSyntaxError as exc:
-        raise VirError(P.VIR_ERR_XML_DETAIL, f"(device_definition):{exc.lineno or 1}: {exc.msg}",
-                       domain=P.VIR_FROM_DOMAIN) from None
+    elem = devmod.parse_device_xml(xml)
     model = devmod.MODELS.get(elem.tag)
     if model not in (Disk, Interface):
         return elem            # refused by the caller, naming what it is

@@ -33,6 +33,7 @@ from typing import Any
 
 from pyvirtd import hostinfo
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver import interfaces
 from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
@@ -127,27 +128,17 @@ def _interfaces(dom: QemuDomain) -> list:
 
 
 def _tap_stats(net: Any) -> tuple[int, ...] | None:
-    """(rx_bytes, rx_packets, rx_errs, rx_drop, tx_bytes, ...) of an interface's host device.
-
-    For network and bridge interfaces they are swapped to the guest's view (what
-    the tap receives, the guest sent); type ethernet and direct keep the host's
-    view (virDomainNetTypeSharesHostView), as libvirt reports them.
-    """
+    """An interface's counters in the guest's view (pyvirtd.driver.interfaces.guest_view),
+    from its host device's sysfs statistics."""
     ifname = net.target_dev
     if not ifname:
         return None
     base = Path("/sys/class/net") / ifname / "statistics"
     try:
-        v = {k: int((base / k).read_text()) for k in
-             ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
-              "tx_bytes", "tx_packets", "tx_errors", "tx_dropped")}
+        v = {k: int((base / k).read_text()) for k in interfaces.COUNTERS}
     except (OSError, ValueError):
         return None
-    if net.type in ("ethernet", "direct"):
-        return (v["rx_bytes"], v["rx_packets"], v["rx_errors"], v["rx_dropped"],
-                v["tx_bytes"], v["tx_packets"], v["tx_errors"], v["tx_dropped"])
-    return (v["tx_bytes"], v["tx_packets"], v["tx_errors"], v["tx_dropped"],
-            v["rx_bytes"], v["rx_packets"], v["rx_errors"], v["rx_dropped"])
+    return interfaces.guest_view(v, net.type)
 
 
 def _qcow2_virtual_size(path: str) -> int | None:

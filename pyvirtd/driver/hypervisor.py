@@ -491,8 +491,16 @@ class HypervisorConnection(HostFacts):
         pass
 
     def connect_supports_feature(self, feature: int) -> int:
-        """Typed parameters may carry strings; nothing else of the driver features."""
-        return int(feature == P.VIR_DRV_FEATURE_TYPED_PARAM_STRING)
+        """Typed parameters may carry strings, and virNetworkUpdate's arguments come in
+        their documented order; nothing else of the driver features.
+
+        The second matters to every driver's connection: a client asks the
+        connection it opened (lxc://, uml://), not the network subsystem, and
+        without the feature libvirt's client library swaps NETWORK_UPDATE's
+        command and section for old servers, which the shared network
+        subsystem would then read as the wrong section."""
+        return int(feature in (P.VIR_DRV_FEATURE_TYPED_PARAM_STRING,
+                               P.VIR_DRV_FEATURE_NETWORK_UPDATE_HAS_CORRECT_ORDER))
 
     def guest_capabilities(self, *, os_type: str, emulator: str, domain_type: str) -> str:
         """The capabilities document of a driver whose guests are one ``os_type`` of

@@ -61,6 +61,7 @@ from pyvirtd.xml import networkport as portxml
 
 if TYPE_CHECKING:
     from pyvirtd.driver.hypervisor import HypervisorDomain as QemuDomain
+    from pyvirtd.driver.hypervisor import HypervisorState
     from pyvirtd.driver.hypervisor import HypervisorState as QemuState
 
 log = logging.getLogger(__name__)
@@ -150,9 +151,7 @@ async def plug_one(state: "QemuState", dom: "QemuDomain", iface: etree._Element,
     _check_mac_unique(state, dom, where, mac)
     bridge = where[1]
     if where[0] == "network":
-        port = await state.ctx.services.network.create_port(where[1],
-                                                           _port_request(live, iface))
-        _show_port(iface, port)   # portid first: a failure below releases it
+        port = await take_port(state, live, iface, where[1])   # a failure below releases it
         if port.plug_type == "hostdev-pci":
             raise VirError(P.VIR_ERR_CONFIG_UNSUPPORTED,
                            f"Unsupported network type hostdev-pci of network '{where[1]}'",
@@ -243,6 +242,26 @@ async def _open_macvtap(state: "QemuState", iface: etree._Element, dev: str, mod
         raise VirError(P.VIR_ERR_SYSTEM_ERROR,
                        f"error creating macvtap interface {tried}@{dev} ({mac}): "
                        f"{exc.strerror or exc}", domain=P.VIR_FROM_NET) from None
+
+
+async def take_port(state: "HypervisorState", live: domxml.DomainDef, iface: etree._Element,
+                    net_name: str) -> portxml.PortDef:
+    """A port on network ``net_name`` for the NIC ``iface`` of ``live`` (QEMU taps and
+    LXC veths alike); the live <source> shows it (portid, and where it is plugged),
+    so `release_ports` gives it back whatever happens next."""
+    port = await state.ctx.services.network.create_port(net_name, _port_request(live, iface))
+    _show_port(iface, port)
+    return port
+
+
+async def release_ports(state: "HypervisorState", ifaces: Iterable[etree._Element]) -> None:
+    """Give back the network ports these live <interface>s hold; never raises (a port
+    gone with its network is fine)."""
+    for net_name, port_uuid in ports(ifaces):
+        try:
+            await state.ctx.services.network.delete_port(net_name, port_uuid)
+        except Exception:
+            log.exception("releasing port of network %s", net_name)
 
 
 def _port_request(live: domxml.DomainDef, iface: etree._Element) -> portxml.PortDef:
@@ -376,11 +395,7 @@ async def unplug_all(state: "QemuState", taps: list[tuple[str, str]],
                 await trio.to_thread.run_sync(_delete_own_tap, tap, mac)
         except Exception:
             log.exception("removing tap %s", tap)
-    for net_name, port_uuid in ports(ifaces):
-        try:
-            await state.ctx.services.network.delete_port(net_name, port_uuid)
-        except Exception:
-            log.exception("releasing port of network %s", net_name)
+    await release_ports(state, ifaces)
 
 
 # DOMAIN_INTERFACE_ADDRESSES
@@ -430,3 +445,22 @@ def interface_addresses(state: "QemuState", dom: "QemuDomain") -> list:
         name = target.get("dev") if target is not None and target.get("dev") else "-"
         out.append(P.remote_domain_interface(name, mac, addrs))
     return out
+
+
+# DOMAIN_INTERFACE_STATS
+COUNTERS = ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
+            "tx_bytes", "tx_packets", "tx_errors", "tx_dropped")
+
+
+def guest_view(counters: dict[str, int], kind: str | None) -> tuple[int, ...]:
+    """(rx_bytes, rx_packets, rx_errs, rx_drop, tx_bytes, ...) of a guest NIC from the
+    ``COUNTERS`` of its host device (a tap, macvtap or a container's veth end).
+
+    For NICs of type network and bridge they are swapped to the guest's view
+    (what the host end receives, the guest sent); type ethernet and direct
+    keep the host's view (virDomainNetTypeSharesHostView), as libvirt
+    reports them.
+    """
+    rx = tuple(counters[k] for k in COUNTERS[:4])
+    tx = tuple(counters[k] for k in COUNTERS[4:])
+    return rx + tx if kind in ("ethernet", "direct") else tx + rx

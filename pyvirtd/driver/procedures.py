@@ -33,6 +33,7 @@ import trio
 
 from pyvirtd.consoles import ConsoleSession
 from pyvirtd.driver import domains as ds
+from pyvirtd.driver import metadata as md
 from pyvirtd.driver.api import Dom
 from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
@@ -50,6 +51,9 @@ UNDEFINE_ALL = ~P.DomainUndefineFlagsValues(0)
 DESTROY_GRACEFUL = P.DomainDestroyFlagsValues.VIR_DOMAIN_DESTROY_GRACEFUL
 CONSOLE_FORCE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_FORCE
 CONSOLE_SAFE = P.DomainConsoleFlags.VIR_DOMAIN_CONSOLE_SAFE
+AFFECT_LIVE = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_LIVE
+AFFECT_CONFIG = P.DomainModificationImpact.VIR_DOMAIN_AFFECT_CONFIG
+VCPU_MAXIMUM = P.DomainVcpuFlags.VIR_DOMAIN_VCPU_MAXIMUM
 
 
 class DomainProcedures(ds.DomainLookups):
@@ -128,7 +132,12 @@ class DomainProcedures(ds.DomainLookups):
         return ([P.remote_domain_get_security_label_ret(*self.domain_get_security_label(ref))], 1)
 
     def domain_get_vcpus_flags(self, ref: Dom, flags: int) -> int:
-        return self._dom(ref).definition.vcpus_current
+        """virsh vcpucount: the maximum (VIR_DOMAIN_VCPU_MAXIMUM) or current vCPUs of the
+        live or the persistent definition, as the flags name it (virDomainObjGetOneDef)."""
+        check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG | VCPU_MAXIMUM,
+                    self._fn("DomainGetVcpusFlags"), self.error_domain)
+        d = md.one_definition(self._dom(ref), flags & (AFFECT_LIVE | AFFECT_CONFIG))
+        return d.vcpus if flags & VCPU_MAXIMUM else d.vcpus_current
 
     # -- definition
     async def domain_define_xml(self, xml: str) -> Dom:

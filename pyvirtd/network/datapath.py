@@ -43,15 +43,18 @@ def files_of(status_dir: Path, name: str) -> dnsmasq.Files:
     return dnsmasq.Files(status_dir, name)
 
 
-async def plug_veth(bridge: str, mac: str, *, mtu: int | None = None) -> tuple[str, str]:
+async def plug_veth(bridge: str | None, mac: str, *, mtu: int | None = None,
+                    host_name: str | None = None) -> tuple[str, str]:
     """A veth pair for a container: (host end on ``bridge``, peer to move into the container).
 
     For container interfaces of type bridge (and, through
-    ``NetworkSubsystem.plug_veth``, of type network); ``unplug_interface``
-    removes it like a tap.  Raises VirError (VIR_ERR_SYSTEM_ERROR).
+    ``NetworkSubsystem.plug_veth``, of type network), and without a bridge
+    for type ethernet, whose host end may have a name of the definition's
+    (``host_name``); ``unplug_interface`` removes it like a tap.  Raises
+    VirError (VIR_ERR_SYSTEM_ERROR).
     """
     try:
-        return await netlink_call("create_veth", bridge, mac, mtu)
+        return await netlink_call("create_veth", bridge, mac, mtu, "veth%d", host_name)
     except OSError as exc:
         raise VirError(P.VIR_ERR_SYSTEM_ERROR,
                        f"Failed to create veth device: {exc.strerror or exc}",

@@ -43,6 +43,21 @@ def link_kind(ifname: str) -> str | None:
         return ipr.get_links(idx)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
 
 
+def link_counters(ifname: str) -> dict[str, int] | None:
+    """The kernel's packet and byte counters of link ``ifname`` in this process's network
+    namespace (IFLA_STATS64; /sys/class/net shows sysfs' mounter's namespace), or None."""
+    with IPRoute() as ipr:
+        idx = _index(ipr, ifname)
+        if idx is None:
+            return None
+        stats = ipr.get_links(idx)[0].get_attr("IFLA_STATS64")
+    if stats is None:
+        return None
+    return {key: int(stats.get(key, 0))
+            for key in ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
+                        "tx_bytes", "tx_packets", "tx_errors", "tx_dropped")}
+
+
 def create_bridge(name: str, *, mac: str | None, stp: bool, delay: int, mtu: int | None,
                   addresses: list[tuple[str, int]]) -> None:
     """Create (or complete) a bridge with its addresses and bring it up.
@@ -189,33 +204,42 @@ def open_tap(name: str, bridge: str | None, mac: str, mtu: int | None = None,
         raise
 
 
-def create_veth(bridge: str, mac: str, mtu: int | None = None,
-                host_pattern: str = "veth%d") -> tuple[str, str]:
-    """A veth pair for a container: the host end on ``bridge`` and up, the peer left for the container.
+def create_veth(bridge: str | None, mac: str, mtu: int | None = None,
+                host_pattern: str = "veth%d", host_name: str | None = None) -> tuple[str, str]:
+    """A veth pair for a container: the host end on ``bridge`` (if any) and up, the peer
+    left for the container.
 
-    Returns (host end, peer).  The host end gets the first free name of
-    ``host_pattern`` (libvirt's vethN) and the guest MAC with first byte 0xFE;
-    the peer gets the guest MAC and a temporary name (vpeerN) that the
-    container renames once it has been moved into its namespace.  Deleting
-    either end, or the container's namespace going away, removes both.
+    Returns (host end, peer).  The host end is named ``host_name`` (a
+    container's <interface type='ethernet'> with <target dev>) or gets the
+    first free name of ``host_pattern`` (libvirt's vethN), and the guest MAC
+    with first byte 0xFE; the peer gets the guest MAC and a temporary name
+    (vpeerN) that the container renames once it has been moved into its
+    namespace.  Deleting either end, or the container's namespace going
+    away, removes both.
     """
     with IPRoute() as ipr:
-        br = _index(ipr, bridge)
-        if br is None:
-            raise OSError(19, f"bridge {bridge} does not exist")
+        br = None
+        if bridge is not None:
+            br = _index(ipr, bridge)
+            if br is None:
+                raise OSError(19, f"bridge {bridge} does not exist")
         names = {link.get("ifname") for link in ipr.get_links()}
+        if host_name is not None and host_name in names:
+            raise OSError(17, f"{host_name}: {os.strerror(17)}")
         n = 0
-        while host_pattern % n in names or f"vpeer{n}" in names:
+        while (host_name is None and host_pattern % n in names) or f"vpeer{n}" in names:
             n += 1
-        host, peer = host_pattern % n, f"vpeer{n}"
+        host, peer = host_name or host_pattern % n, f"vpeer{n}"
         ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "address": mac})
         try:
             idx = _index(ipr, host)
-            settings = {"address": "fe" + mac[2:], "master": br}
-            brmtu = mtu or ipr.get_links(br)[0].get("mtu")
-            if brmtu:
-                settings["mtu"] = brmtu
-                ipr.link("set", index=_index(ipr, peer), mtu=brmtu)
+            settings: dict = {"address": "fe" + mac[2:]}
+            if br is not None:
+                settings["master"] = br
+            link_mtu = mtu or (ipr.get_links(br)[0].get("mtu") if br is not None else None)
+            if link_mtu:
+                settings["mtu"] = link_mtu
+                ipr.link("set", index=_index(ipr, peer), mtu=link_mtu)
             ipr.link("set", index=idx, **settings)
             ipr.link("set", index=idx, state="up")
         except BaseException:
@@ -301,6 +325,28 @@ def open_macvtap(name: str, parent: str, mode: str, mac: str, saved_macs: str,
         except BaseException:
             ipr.link("del", index=_index(ipr, name))
             raise
+
+
+def create_macvlan(parent: str, mode: str, mac: str, pattern: str = "macvlan%d") -> str:
+    """A macvlan on ``parent`` in ``mode`` with the guest's MAC, down, for a container
+    (<interface type='direct'>, virLXCProcessSetupInterfaceDirect): its name, the first
+    free of ``pattern``.  It is moved into the container, and ends with its namespace.
+    Raises OSError: ENODEV for a missing parent, the kernel's errno otherwise."""
+    with IPRoute() as ipr:
+        pidx = _index(ipr, parent)
+        if pidx is None:
+            raise OSError(19, f"Unable to get index for interface {parent}: No such device")
+        names = {link.get("ifname") for link in ipr.get_links()}
+        n = 0
+        while pattern % n in names:
+            n += 1
+        name = pattern % n
+        try:
+            ipr.link("add", ifname=name, kind="macvlan", link=pidx,
+                     macvlan_mode=MACVTAP_MODES[mode], address=mac)
+        except NetlinkError as exc:
+            raise OSError(exc.code, os.strerror(exc.code), name) from None
+        return name
 
 
 def delete_macvtap(name: str, mac: str, saved_macs: str) -> None:

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from lxml import etree
 
+from pyvirtd.errors import VirError
+from pyvirtd.rpc import _generated as P
+from pyvirtd.xml import fromstring, hardened_parser
 from pyvirtd.xml.devices._base import Address, NotRunnable, not_runnable, xml_error
 from pyvirtd.xml.devices.audio import Audio
 from pyvirtd.xml.devices.chardev import GUEST_AGENT, Chardev, virtio_serial_address
@@ -65,6 +68,19 @@ def parse_devices(defn) -> list:
 
 def is_q35(machine: str | None) -> bool:
     return bool(machine) and ("q35" in machine)
+
+
+_DEVICE_PARSER = hardened_parser()
+
+
+def parse_device_xml(xml: str) -> etree._Element:
+    """The element of a client's device XML (attach-device and its kin), with
+    libvirt's syntax error for a document that does not parse."""
+    try:
+        return fromstring(xml, _DEVICE_PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise VirError(P.VIR_ERR_XML_DETAIL, f"(device_definition):{exc.lineno or 1}: {exc.msg}",
+                       domain=P.VIR_FROM_DOMAIN) from None
 
 
 def device_ctx(defn) -> dict:
