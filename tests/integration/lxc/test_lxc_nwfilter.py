@@ -214,6 +214,33 @@ def test_clean_traffic_stops_ip_and_mac_spoofing_between_containers(lab, tmp_pat
     assert "pyvirtd_nwfilter" not in lab.ns_exec("nft", "list", "ruleset").stdout
 
 
+def test_first_packets_teach_the_address_then_it_is_enforced(lab, tmp_path):
+    """clean-traffic without IP: CTRL_IP_LEARNING 'any' (libvirt's default) learns the
+    container's static address from its first packets; then only that one works."""
+    lab.ns_exec("ip", "link", "add", "br0", "type", "bridge")
+    lab.ns_exec("ip", "addr", "add", "10.98.0.1/24", "dev", "br0")
+    lab.ns_exec("ip", "link", "set", "br0", "up")
+    _container(lab, tmp_path, "c4", "10.98.0.4", "52:54:00:00:98:04",
+               "<filterref filter='clean-traffic'/>")
+    veth = _veth(lab, "c4")
+    binding = lab.virsh("nwfilter-binding-dumpxml", veth).stdout
+    assert "<parameter name='IP'" not in binding        # nothing sent yet, nothing known
+    assert "2 packets received" in _ping(lab, "c4", "10.98.0.1")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "name='IP'" not in \
+            lab.virsh("nwfilter-binding-dumpxml", veth).stdout:
+        time.sleep(0.1)
+    assert "<parameter name='IP' value='10.98.0.4'/>" in \
+        lab.virsh("nwfilter-binding-dumpxml", veth).stdout
+    assert "ip saddr 10.98.0.4 return" in lab.ns_exec("nft", "list", "ruleset").stdout
+    spoof_ip = "ip addr flush dev eth0; ip addr add 10.98.0.9/24 dev eth0;"
+    assert " 0 packets received" in _ping(lab, "c4", "10.98.0.1", spoof_ip)
+    restore = "ip addr flush dev eth0; ip addr add 10.98.0.4/24 dev eth0;"
+    assert "2 packets received" in _ping(lab, "c4", "10.98.0.1", restore)
+    lab.virsh("destroy", "c4")
+    assert "pyvirtd_nwfilter" not in lab.ns_exec("nft", "list", "ruleset").stdout
+
+
 def test_container_with_unknown_filter_does_not_start(lab, tmp_path):
     lab.ns_exec("ip", "link", "add", "br0", "type", "bridge")
     lab.ns_exec("ip", "link", "set", "br0", "up")

@@ -154,7 +154,85 @@ def test_clean_traffic_on_a_qemu_tap_drops_spoofed_frames(lab, neighbour):
         assert received(con, f"ping -c 2 -W 2 {ip_b}") == 2
     finally:
         stop(lab, "nwfq-a", con)
-    # the binding and its rules went with the guest
-    assert tap not in ok(lab.uri, "nwfilter-binding-list")
+    # the binding and its rules went with the guest (its NIC is torn down as QEMU ends)
+    wait_for(lambda: tap not in ok(lab.uri, "nwfilter-binding-list"), timeout=10)
     wait_for(lambda: tap not in ruleset(lab), timeout=10)
     assert "pyvirtd_nwfilter" not in ruleset(lab)
+
+
+def binding_ips(lab, tap: str) -> list[str]:
+    xml = ok(lab.uri, f"nwfilter-binding-dumpxml {tap}")
+    return re.findall(r"<parameter name='IP' value='([\d.]+)'/>", xml)
+
+
+def test_ip_learned_with_the_default_method_then_enforced(lab, neighbour):
+    """No IP parameter: the binding learns the guest's address (CTRL_IP_LEARNING
+    'any', libvirt's default), shows it as its IP parameter and enforces it."""
+    con_b, ip_b = neighbour
+    con, ip = boot(lab, "nwfq-c", nic("52:54:00:86:00:0c", "<filterref filter='clean-traffic'/>"))
+    try:
+        tap = tap_of(lab, "nwfq-c")
+        wait_for(lambda: binding_ips(lab, tap) == [ip], timeout=30)
+        wait_for(lambda: f"ip saddr {ip} return" in ruleset(lab), timeout=10)
+        assert received(con, f"ping -c 2 -W 2 {ip_b}") == 2
+        assert received(con_b, f"ping -c 2 -W 2 {ip}") == 2
+        # locked to that address: another one is spoofing
+        con.run("ip addr add 10.86.0.79/24 dev eth0", re.escape(PROMPT))
+        assert received(con, f"ping -c 2 -W 2 -I 10.86.0.79 {ip_b}") == 0
+        assert received(con, "arping -c 2 -w 4 -I eth0 -s 10.86.0.79 10.86.0.1") == 0
+        assert binding_ips(lab, tap) == [ip]
+    finally:
+        stop(lab, "nwfq-c", con)
+    wait_for(lambda: "pyvirtd_nwfilter" not in ruleset(lab), timeout=10)
+
+
+def test_dhcp_learning_trusts_only_dhcpserver(lab, neighbour):
+    """CTRL_IP_LEARNING=dhcp: the address comes from a DHCPACK of a server listed in
+    DHCPSERVER; until then only DHCP passes."""
+    con_b, ip_b = neighbour
+    flt = ("<filterref filter='clean-traffic'>"
+           "<parameter name='CTRL_IP_LEARNING' value='dhcp'/>"
+           "<parameter name='DHCPSERVER' value='10.86.0.1'/></filterref>")
+    con, ip = boot(lab, "nwfq-d", nic("52:54:00:86:00:0d", flt))
+    try:
+        tap = tap_of(lab, "nwfq-d")
+        wait_for(lambda: binding_ips(lab, tap) == [ip], timeout=30)
+        assert received(con, f"ping -c 2 -W 2 {ip_b}") == 2
+        con.run("ip addr add 10.86.0.80/24 dev eth0", re.escape(PROMPT))
+        assert received(con, f"ping -c 2 -W 2 -I 10.86.0.80 {ip_b}") == 0
+    finally:
+        stop(lab, "nwfq-d", con)
+
+    # a server nobody runs: the guest's DHCP goes out, the real server's answer is
+    # not let in, nothing is learned and the guest has no address
+    flt = flt.replace("10.86.0.1'", "10.86.0.254'")
+    xml = lab.root.parent / "nwfq-e.xml"
+    xml.write_text(tiny_xml("nwfq-e", tiny_guest(), interfaces=nic("52:54:00:86:00:0e", flt)))
+    ok(lab.uri, f"define {xml}")
+    ok(lab.uri, "start nwfq-e --paused")
+    con = Console(lab.uri, "nwfq-e")
+    try:
+        ok(lab.uri, "resume nwfq-e")
+        con.wait("no lease, forking to background", timeout=120)
+        tap = tap_of(lab, "nwfq-e")
+        assert binding_ips(lab, tap) == []
+        assert "udp sport 67 udp dport 68 accept" in ruleset(lab)
+    finally:
+        stop(lab, "nwfq-e", con)
+
+
+def test_no_learning_without_ip_is_refused(lab, tmp_path):
+    binding = ("<filterbinding><owner><name>x</name>"
+               "<uuid>d54df46f-1ab5-4a22-8618-4560ef5fac2d</uuid></owner>"
+               "<portdev name='nwfqx0'/><mac address='52:54:00:86:00:0f'/>"
+               "<filterref filter='clean-traffic'>"
+               "<parameter name='CTRL_IP_LEARNING' value='{}'/></filterref></filterbinding>")
+    for value, message in (
+            ("none", "internal error: Cannot instantiate filter due to unresolvable "
+                     "variables or unavailable list elements: IP"),
+            ("sometimes", "learning value 'sometimes' invalid.")):
+        path = tmp_path / f"{value}.xml"
+        path.write_text(binding.format(value))
+        r = virsh(lab.uri, f"nwfilter-binding-create {path}")
+        assert r.rc != 0 and message in r.err, r.err
+    assert "nwfqx0" not in ok(lab.uri, "nwfilter-binding-list")
