@@ -149,6 +149,26 @@ def test_python_libvirt_every_nwfilter_call(lab):
         conn.close()
 
 
+def test_reject_rules_drop_and_the_log_says_so(lab, tmp_path):
+    """No nftables reject in the bridge family on this kernel: reject drops, and the
+    daemon's log names the port and the reason once."""
+    (tmp_path / "rej.xml").write_text(
+        "<filter name='reject-ssh' chain='root'><rule action='reject' direction='in' "
+        "priority='500'><tcp dstportstart='22'/></rule></filter>")
+    lab.virsh("nwfilter-define", str(tmp_path / "rej.xml"))
+    (tmp_path / "bind.xml").write_text(BINDING.format(dev="nwft3", filter="reject-ssh"))
+    lab.virsh("nwfilter-binding-create", str(tmp_path / "bind.xml"))
+    ruleset = lab.ns_exec("nft", "list", "table", "bridge", "pyvirtd_nwfilter").stdout
+    assert "tcp dport 22 drop" in ruleset and "reject" not in ruleset
+    (tmp_path / "bind4.xml").write_text(BINDING.format(dev="nwft4", filter="reject-ssh"))
+    lab.virsh("nwfilter-binding-create", str(tmp_path / "bind4.xml"))
+    log = lab.log()
+    assert log.count("the filter of nwft3 has 1 reject rule(s): they drop the frames") == 1
+    assert "the filter of nwft4 has 1 reject rule(s)" in log
+    lab.virsh("nwfilter-binding-delete", "nwft3")
+    lab.virsh("nwfilter-binding-delete", "nwft4")
+
+
 def _ping(lab, dom: str, target: str, setup: str = "") -> str:
     return lab.virsh("lxc-enter-namespace", dom, "/bin/sh", "-c",
                      f"{setup} ping -c 2 -W 1 {target}", check=False).stdout
