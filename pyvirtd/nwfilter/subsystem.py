@@ -143,13 +143,13 @@ class NWFilterSubsystem:
     def _learning(binding: BindingDef, filters: dict[str, FilterDef]) -> bool:
         """Does ``binding`` wait for its IP to be learned (its filter needs $IP, it has
         none, and CTRL_IP_LEARNING allows learning)?  Raises VirError otherwise."""
-        how = learn.method(binding)
-        if how not in learn.METHODS:
-            raise _err(P.VIR_ERR_INVALID_ARG, f"learning value '{how}' invalid.")
         try:
             nft.instantiate(binding, filters)
             return False
         except nft.Unresolved as exc:
+            how = learn.method(binding)
+            if exc.names == ["IP"] and how not in learn.METHODS:
+                raise _err(P.VIR_ERR_INVALID_ARG, f"learning value '{how}' invalid.") from None
             if exc.names != ["IP"] or how == "none":
                 raise
             return True
