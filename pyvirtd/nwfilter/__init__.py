@@ -3,6 +3,7 @@
     model.py      <filter> and <filterbinding> XML: parse, check, format
     standard/     the filters pyvirtd ships, with libvirt's names and behaviour
     nft.py        filters expanded per guest NIC into pyvirtd's nftables table
+    learn.py      IP learning (CTRL_IP_LEARNING any/dhcp) for bindings without $IP
     subsystem.py  the 14 nwfilter procedures, persistence, daemon start
 
 For hypervisor drivers, where a guest NIC's host device comes up and goes

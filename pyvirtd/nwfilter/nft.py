@@ -22,8 +22,15 @@ priority order.  Rules with direction 'out' filter what the guest sends,
 other direction with source and destination swapped (libvirt does the same
 so that replies pass); this kernel has no connection tracking for bridged
 frames (nf_conntrack_bridge), so statematch cannot narrow the companion to
-ESTABLISHED replies and a rule's explicit ``state`` is refused.  ``reject``
-drops (no reject on the postrouting hook).
+ESTABLISHED replies and a rule's explicit ``state`` is refused.
+
+``reject`` drops, and the daemon's log says so for each port it applies to:
+nftables rejects in the bridge family only on kernels built with
+CONFIG_NFT_BRIDGE_REJECT (not this project's test kernel: ``nft`` answers "No
+such file or directory" for a bridge ``reject`` on any hook) and never on the
+postrouting hook where the rules towards the guest live.  (The netdev
+family's ingress hook can reject frames from a port on such kernels, its
+egress hook cannot: a route for rules from the guest, not taken yet.)
 
 The whole table is rebuilt in one nft transaction whenever a binding or a
 filter it uses changes: atomic, and a failure leaves the previous rules.
@@ -93,6 +100,16 @@ def chain_id(text: str) -> str:
 
 
 # ------------------------------------------------------------------ variables
+class Unresolved(VirError):
+    """A filter needs variables the binding has no values for (``names``)."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(P.VIR_ERR_INTERNAL_ERROR,
+                         "Cannot instantiate filter due to unresolvable variables or "
+                         f"unavailable list elements: {', '.join(names)}", domain=_FROM)
+        self.names = names
+
+
 class MissingVariables(Exception):
     def __init__(self, names: list[str]) -> None:
         super().__init__(", ".join(names))
@@ -344,6 +361,7 @@ class Chains:
     l3: dict[str, list] = field(default_factory=lambda: {"FI": [], "FO": []})
     seq: itertools.count = field(default_factory=itertools.count)
     used: set[str] = field(default_factory=set)                      # filters instantiated
+    rejects: int = 0                                                 # reject rules (drop)
 
 
 def instantiate(binding: BindingDef, filters: dict[str, FilterDef],
@@ -385,15 +403,22 @@ def _expand(name: str, env: dict[str, list[str]], filters: dict[str, FilterDef],
         try:
             bound = bind_variables(entry, env)
         except MissingVariables as exc:
-            raise _err(P.VIR_ERR_INTERNAL_ERROR,
-                       "Cannot instantiate filter due to unresolvable variables or "
-                       f"unavailable list elements: {', '.join(exc.names)}") from None
+            raise Unresolved(exc.names) from None
         for attrs in bound:
             _place(fdef, entry, _checked(entry, attrs), chains)
 
 
+def learning_chains(from_guest: list[str], to_guest: list[str]) -> Chains:
+    """The chains of a port whose address is being learned (rules from learn.py)."""
+    chains = Chains()
+    for side, rules in (("I", from_guest), ("O", to_guest)):
+        chains.root[side] = [(0, next(chains.seq), text) for text in rules]
+    return chains
+
+
 def _place(fdef: FilterDef, rule: Rule, attrs: dict, chains: Chains) -> None:
     verdict = _VERDICT[rule.action]
+    chains.rejects += rule.action == "reject"
     seq = next(chains.seq)
     if rule.protocol is not None and rule.protocol not in model.L2_PROTOCOLS:
         sides = {"out": [("FI", False), ("FO", True)], "in": [("FO", False), ("FI", True)],

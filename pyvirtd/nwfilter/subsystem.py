@@ -15,6 +15,10 @@ use redefined or undefined) first expands all bindings with the new set of
 filters; a failure refuses the change with libvirt's error and touches
 nothing.  Then the nft table is replaced in one transaction, then the file
 is written.
+
+A binding whose filter needs ``$IP`` without a value gets restricted rules
+and a learning task (learn.py, in trio's system nursery, cancelled with the
+binding); each address learned is added to the binding's parameters.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pyvirtd.names import name_path
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import format_uuid
 
-from . import model, nft
+from . import learn, model, nft
 from .model import BindingDef, FilterDef, FilterRef
 
 log = logging.getLogger(__name__)
@@ -89,6 +93,8 @@ class NWFilterSubsystem:
         self.bindings: dict[str, BindingDef] = {}
         self._lock = trio.Lock()
         self._loaded = False
+        self._learners: dict[str, trio.CancelScope] = {}    # portdev -> its learning task
+        self._rejecting: set[str] = set()     # ports told about their reject rules
 
     @property
     def privileged(self) -> bool:
@@ -133,23 +139,110 @@ class NWFilterSubsystem:
         write_atomic(name_path(self.binding_dir, b.portdev, ".xml"), model.format_binding(b), sync=False)
 
     # ------------------------------------------------------------ rules
+    @staticmethod
+    def _learning(binding: BindingDef, filters: dict[str, FilterDef]) -> bool:
+        """Does ``binding`` wait for its IP to be learned (its filter needs $IP, it has
+        none, and CTRL_IP_LEARNING allows learning)?  Raises VirError otherwise."""
+        try:
+            nft.instantiate(binding, filters)
+            return False
+        except nft.Unresolved as exc:
+            how = learn.method(binding)
+            if exc.names == ["IP"] and how not in learn.METHODS:
+                raise _err(P.VIR_ERR_INVALID_ARG, f"learning value '{how}' invalid.") from None
+            if exc.names != ["IP"] or how == "none":
+                raise
+            return True
+
+    def _chains(self, binding: BindingDef, filters: dict[str, FilterDef]) -> nft.Chains:
+        if self._learning(binding, filters):
+            return nft.learning_chains(*learn.learning_rules(binding))
+        return nft.instantiate(binding, filters)
+
     def _expand_all(self, filters: dict[str, FilterDef],
                     bindings: dict[str, BindingDef]) -> dict[str, nft.Chains]:
-        return {dev: nft.instantiate(b, filters) for dev, b in bindings.items()}
+        return {dev: self._chains(b, filters) for dev, b in bindings.items()}
+
+    # ------------------------------------------------------------ IP learning
+    def _start_learners(self) -> None:
+        """A learning task for every binding that waits for its address (and keeps one
+        for dhcp snooping), in trio's system nursery: it lives as long as the port."""
+        for dev, b in self.bindings.items():
+            if dev in self._learners:
+                continue
+            try:
+                wanted = self._learning(b, self.filters)
+            except VirError:
+                continue
+            if wanted:
+                self._learners[dev] = scope = trio.CancelScope()
+                trio.lowlevel.spawn_system_task(self._learn, dev, scope,
+                                                name=f"nwfilter-learn-{dev}")
+
+    def _stop_learner(self, portdev: str) -> None:
+        scope = self._learners.pop(portdev, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _learn(self, portdev: str, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                binding = self.bindings.get(portdev)
+                if binding is not None:
+                    await learn.watch(binding, lambda ip: self._learned(portdev, ip))
+        except Exception:
+            log.exception("IP address learning on %s failed", portdev)
+        finally:
+            if self._learners.get(portdev) is scope:
+                del self._learners[portdev]
+
+    async def _learned(self, portdev: str, ip: str) -> bool:
+        """Instantiate the filter of ``portdev`` with ``ip`` added to its IP values, as
+        a parameter of the binding (libvirt adds learned addresses there too).
+        True while the binding wants more addresses (dhcp snooping)."""
+        async with self._lock:
+            b = self.bindings.get(portdev)
+            if b is None:
+                return False
+            if ("IP", ip) in b.params:
+                return learn.method(b) == "dhcp"
+            new_b = BindingDef(b.owner_name, b.owner_uuid, b.portdev, b.mac, b.filter,
+                               [*b.params, ("IP", ip)], b.linkdev)
+            new = {**self.bindings, portdev: new_b}
+            try:
+                await self._apply(self.filters, new)
+            except VirError as exc:
+                log.error("filter of %s not instantiated with learned IP %s: %s",
+                          portdev, ip, exc.message)
+                return True
+            self.bindings = new
+            await trio.to_thread.run_sync(self._save_binding, new_b)
+            return learn.method(new_b) == "dhcp"
 
     async def _apply(self, filters: dict[str, FilterDef], bindings: dict[str, BindingDef]) -> None:
         """Expand every binding with ``filters`` (raises before touching anything), then
         replace the rules."""
         expanded = self._expand_all(filters, bindings)
         await nft.apply(nft.table_script(expanded))
+        self._rejecting &= set(expanded)
+        for dev, chains in sorted(expanded.items()):
+            if chains.rejects and dev not in self._rejecting:
+                self._rejecting.add(dev)
+                log.warning("the filter of %s has %d reject rule(s): they drop the frames "
+                            "(no nftables reject in the bridge family here)", dev, chains.rejects)
 
     def _in_use(self, name: str) -> bool:
         for b in self.bindings.values():
-            try:
-                if name in nft.instantiate(b, self.filters).used:
+            seen: set[str] = set()
+            todo = [b.filter]
+            while todo:
+                current = todo.pop()
+                if current == name:
                     return True
-            except VirError:
-                continue
+                if current in seen or current not in self.filters:
+                    continue
+                seen.add(current)
+                todo += self.filters[current].refs()
         return False
 
     # ------------------------------------------------------------ filters
@@ -322,6 +415,7 @@ class NWFilterSubsystem:
                     await self._apply(self.filters, self.bindings)
                 raise
             self.bindings = new
+            self._start_learners()
 
     async def remove_binding(self, portdev: str) -> bool:
         """Tear down a port's rules (guest NIC gone); False when it had none."""
@@ -329,6 +423,7 @@ class NWFilterSubsystem:
             self._load()
             if portdev not in self.bindings:
                 return False
+            self._stop_learner(portdev)
             rest = {d: b for d, b in self.bindings.items() if d != portdev}
             await self._apply(self.filters, rest)
             self.bindings = rest
@@ -347,7 +442,7 @@ class NWFilterSubsystem:
             good = {}
             for dev, b in self.bindings.items():
                 try:
-                    nft.instantiate(b, self.filters)
+                    self._chains(b, self.filters)
                     good[dev] = b
                 except VirError as exc:
                     log.error("nwfilter binding of %s not rebuilt: %s", dev, exc.message)
@@ -356,5 +451,6 @@ class NWFilterSubsystem:
             try:
                 await self._apply(self.filters, good)
                 log.info("nwfilter rules rebuilt for %s", ", ".join(sorted(good)))
+                self._start_learners()
             except VirError as exc:
                 log.warning("nwfilter rules not rebuilt: %s", exc.message)

@@ -149,6 +149,26 @@ def test_python_libvirt_every_nwfilter_call(lab):
         conn.close()
 
 
+def test_reject_rules_drop_and_the_log_says_so(lab, tmp_path):
+    """No nftables reject in the bridge family on this kernel: reject drops, and the
+    daemon's log names the port and the reason once."""
+    (tmp_path / "rej.xml").write_text(
+        "<filter name='reject-ssh' chain='root'><rule action='reject' direction='in' "
+        "priority='500'><tcp dstportstart='22'/></rule></filter>")
+    lab.virsh("nwfilter-define", str(tmp_path / "rej.xml"))
+    (tmp_path / "bind.xml").write_text(BINDING.format(dev="nwft3", filter="reject-ssh"))
+    lab.virsh("nwfilter-binding-create", str(tmp_path / "bind.xml"))
+    ruleset = lab.ns_exec("nft", "list", "table", "bridge", "pyvirtd_nwfilter").stdout
+    assert "tcp dport 22 drop" in ruleset and "reject" not in ruleset
+    (tmp_path / "bind4.xml").write_text(BINDING.format(dev="nwft4", filter="reject-ssh"))
+    lab.virsh("nwfilter-binding-create", str(tmp_path / "bind4.xml"))
+    log = lab.log()
+    assert log.count("the filter of nwft3 has 1 reject rule(s): they drop the frames") == 1
+    assert "the filter of nwft4 has 1 reject rule(s)" in log
+    lab.virsh("nwfilter-binding-delete", "nwft3")
+    lab.virsh("nwfilter-binding-delete", "nwft4")
+
+
 def _ping(lab, dom: str, target: str, setup: str = "") -> str:
     return lab.virsh("lxc-enter-namespace", dom, "/bin/sh", "-c",
                      f"{setup} ping -c 2 -W 1 {target}", check=False).stdout
@@ -211,6 +231,33 @@ def test_clean_traffic_stops_ip_and_mac_spoofing_between_containers(lab, tmp_pat
     # the NIC goes with the container, and so do its rules
     lab.virsh("destroy", "c1")
     assert veth not in lab.virsh("nwfilter-binding-list").stdout
+    assert "pyvirtd_nwfilter" not in lab.ns_exec("nft", "list", "ruleset").stdout
+
+
+def test_first_packets_teach_the_address_then_it_is_enforced(lab, tmp_path):
+    """clean-traffic without IP: CTRL_IP_LEARNING 'any' (libvirt's default) learns the
+    container's static address from its first packets; then only that one works."""
+    lab.ns_exec("ip", "link", "add", "br0", "type", "bridge")
+    lab.ns_exec("ip", "addr", "add", "10.98.0.1/24", "dev", "br0")
+    lab.ns_exec("ip", "link", "set", "br0", "up")
+    _container(lab, tmp_path, "c4", "10.98.0.4", "52:54:00:00:98:04",
+               "<filterref filter='clean-traffic'/>")
+    veth = _veth(lab, "c4")
+    binding = lab.virsh("nwfilter-binding-dumpxml", veth).stdout
+    assert "<parameter name='IP'" not in binding        # nothing sent yet, nothing known
+    assert "2 packets received" in _ping(lab, "c4", "10.98.0.1")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "name='IP'" not in \
+            lab.virsh("nwfilter-binding-dumpxml", veth).stdout:
+        time.sleep(0.1)
+    assert "<parameter name='IP' value='10.98.0.4'/>" in \
+        lab.virsh("nwfilter-binding-dumpxml", veth).stdout
+    assert "ip saddr 10.98.0.4 return" in lab.ns_exec("nft", "list", "ruleset").stdout
+    spoof_ip = "ip addr flush dev eth0; ip addr add 10.98.0.9/24 dev eth0;"
+    assert " 0 packets received" in _ping(lab, "c4", "10.98.0.1", spoof_ip)
+    restore = "ip addr flush dev eth0; ip addr add 10.98.0.4/24 dev eth0;"
+    assert "2 packets received" in _ping(lab, "c4", "10.98.0.1", restore)
+    lab.virsh("destroy", "c4")
     assert "pyvirtd_nwfilter" not in lab.ns_exec("nft", "list", "ruleset").stdout
 
 
