@@ -203,10 +203,23 @@ class Monitor:
         daemon lists its guests at once and reconnects to them in the background."""
         return cls(path, deadline)
 
-    async def establish(self, timeout: float = 30.0) -> None:
-        """Connect a `pending` monitor (see `connect`); on failure it is closed."""
+    async def establish(self, timeout: float = 30.0,
+                        keep_trying: Callable[[], bool] | None = None) -> None:
+        """Connect a `pending` monitor (see `connect`); on failure it is closed.
+
+        ``keep_trying``: asked after each ``timeout`` without success; while it
+        says True, connecting starts over (a restarted daemon waits for a stopped
+        QEMU to be continued rather than giving it up).
+        """
         try:
-            await self._establish(timeout)
+            while True:
+                try:
+                    await self._establish(timeout)
+                    break
+                except VirError as exc:
+                    if self._closed or keep_trying is None or not keep_trying():
+                        raise
+                    log.info("QMP %s: %s; trying again", self.path, exc.detail)
         except BaseException:
             self._closed = True
             self._send.close()

@@ -50,6 +50,7 @@ from typing import Sequence
 
 import trio
 
+from pyvirtd import hostinfo
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
@@ -248,6 +249,13 @@ def is_running(pid: int, marker: str | None = None) -> bool:
     if not cmdline:
         return False
     return marker is None or marker.encode() in cmdline
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP, a debugger): its monitor cannot answer
+    until it is continued.  One small /proc read, fine on the loop."""
+    fields = hostinfo.task_stat(pid) if pid > 0 else None
+    return fields is not None and fields[0] in ("T", "t")
 
 
 async def wait_exit(pid: int) -> None:
