@@ -60,8 +60,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # How long a reattaching daemon waits for a running guest's monitor: it is
-# already listening, so anything slower means QEMU is wedged (unless it is
-# stopped: then the daemon waits for it to be continued).
+# already listening, so anything slower means QEMU is stopped or wedged: the
+# daemon then tries again for as long as the process and its socket are there.
 REATTACH_MONITOR_TIMEOUT = 5.0
 # After SHUTDOWN, how long QEMU gets to quit before it is killed.
 QUIT_TIMEOUT = 5.0
@@ -476,9 +476,13 @@ class QemuDriverState(QemuState):
         pid = dom.pid
         assert pid is not None
         try:
-            # a stopped QEMU (SIGSTOP) cannot greet: wait for it to be continued
+            # a QEMU that is alive with its socket there but does not greet (stopped
+            # with SIGSTOP, or hung) is waited for, as libvirt does, not killed;
+            # calls meanwhile fail at the monitor deadline and destroy still works
+            marker = self.marker(dom)
             await mon.establish(REATTACH_MONITOR_TIMEOUT, keep_trying=lambda: (
-                dom.run == run and process.is_stopped(pid)))
+                dom.run == run and process.is_running(pid, marker)
+                and os.path.exists(mon.path)))
             running, status = await mon.query_status()
         except VirError as exc:
             await mon.close()
