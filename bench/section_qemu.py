@@ -212,32 +212,29 @@ def stuck_guest(d: Daemon, conn, n_calls: int, log) -> dict:
             samples.append(time.perf_counter() - t)
         return statistics.median(samples) * 1000
 
-    def measure() -> tuple[float, float]:
-        return (p50_ms(lambda: conn.listAllDomains(0)),
-                p50_ms(lambda: conn.getAllDomainStats(0, nowait)))
-
-    normal = measure()
+    calls = {"list": lambda: conn.listAllDomains(0),
+             "stats": lambda: conn.getAllDomainStats(0, nowait)}
+    normal = {k: p50_ms(fn) for k, fn in calls.items()}
     pid = _qemu_pid(d, "parked-07")
-    out: dict = {"stuck_normal_ms": [round(x, 2) for x in normal]}
+    out: dict = {}
     pool = ThreadPoolExecutor(1)
     os.kill(pid, signal.SIGSTOP)
     try:
-        fut = pool.submit(measure)
-        try:
-            frozen = fut.result(timeout=STUCK_WAIT)
-        except FutureTimeout:
-            frozen = None
+        for k, fn in calls.items():
+            fut = pool.submit(p50_ms, fn)
+            try:
+                frozen = fut.result(timeout=STUCK_WAIT)
+            except FutureTimeout:
+                out[f"stuck_{k}_x"] = f"blocked > {STUCK_WAIT:g} s"
+                break       # this connection is stuck until the guest is continued
+            out[f"stuck_{k}_x"] = frozen / normal[k]
+            out[f"stuck_{k}_ms"] = (round(frozen, 2), round(normal[k], 2))
     finally:
         os.kill(pid, signal.SIGCONT)
         pool.shutdown(wait=True)
-    if frozen is None:
-        out["stuck_list_x"] = out["stuck_stats_x"] = f"blocked > {STUCK_WAIT:g} s"
-    else:
-        out["stuck_frozen_ms"] = [round(x, 2) for x in frozen]
-        out["stuck_list_x"] = frozen[0] / normal[0]
-        out["stuck_stats_x"] = frozen[1] / normal[1]
-    log(f"  {d.name:<8} one QEMU frozen: listAllDomains / getAllDomainStats(NOWAIT) p50 "
-        f"{out.get('stuck_frozen_ms', 'blocked')} ms vs {out['stuck_normal_ms']} ms normally")
+    log(f"  {d.name:<8} one QEMU frozen, p50 ms (frozen, normal): listAllDomains "
+        f"{out.get('stuck_list_ms', out.get('stuck_list_x'))}, getAllDomainStats(NOWAIT) "
+        f"{out.get('stuck_stats_ms', out.get('stuck_stats_x', '-'))}")
     return out
 
 
@@ -359,7 +356,8 @@ def run(tmp: Path, quick: bool, with_libvirtd: bool, log=print) -> dict:
                     val("libvirtd", "ready_s"), max_abs=READY_TARGET, abs_unit=" s"))
 
     def stuck(key):     # frozen / normal of each daemon; a "blocked" text stays as it is
-        return tuple(data.get(n, {}).get(key, val(n, key)) for n in ("pyvirtd", "libvirtd"))
+        return tuple(data[n][key] if key in data.get(n, {}) else val(n, key)
+                     for n in ("pyvirtd", "libvirtd"))
     rows.append(row(f"1 of {N_PARKED} frozen: listAllDomains, x normal", *stuck("stuck_list_x"),
                     max_abs=STUCK_TARGET, abs_unit="x"))
     rows.append(row(f"1 of {N_PARKED} frozen: getAllDomainStats NOWAIT, x normal",

@@ -26,6 +26,8 @@ Contract (used by the driver):
     mon.busy                                              # not connected yet, or a command is
                                                           # still waiting for QEMU's answer
     mon.deadline                                          # seconds a command may take
+    mon.waiting_since                                     # trio time the oldest unanswered
+                                                          # command was sent, or None
 
 Typed helpers, one per command the driver needs:
     query_status() -> (running: bool, status: str)      cont(), stop(), system_powerdown(),
@@ -174,8 +176,8 @@ class Monitor:
         self._send, self._recv = trio.open_memory_channel(EVENT_BUFFER)
         self._pump: asyncio.Task | None = None
         self._closed = False
-        # commands sent and not answered yet, oldest first: {asyncio task: command}
-        self._inflight: dict[asyncio.Future, str] = {}
+        # commands sent and not answered yet, oldest first: {asyncio task: (command, sent at)}
+        self._inflight: dict[asyncio.Future, tuple[str, float]] = {}
         # why the connection broke, when it was not QEMU hanging up (a garbled
         # stream, a socket error): libvirt's monitor error (qemuProcessHandleMonitorError)
         self.error: Exception | None = None
@@ -273,6 +275,11 @@ class Monitor:
         that must not wait (all-domain stats with NOWAIT) leaves it alone."""
         return not self._closed and (self._client is None or bool(self._inflight))
 
+    @property
+    def waiting_since(self) -> float | None:
+        """When (trio.current_time()) the oldest command still unanswered was sent."""
+        return next(iter(self._inflight.values()), (None, None))[1]
+
     async def close(self) -> None:
         """Disconnect; idempotent and never raises (QEMU may already be gone)."""
         if self._closed:
@@ -348,7 +355,7 @@ class Monitor:
                 raise _eof()
             try:
                 task = self._loop.create_task(make(client))
-                self._inflight[task] = cmd
+                self._inflight[task] = (cmd, trio.current_time())
                 task.add_done_callback(self._answered)
                 return await self._loop.run_aio_coroutine(_aio_wait(task))
             except ExecuteError as exc:
@@ -357,7 +364,8 @@ class Monitor:
                            ) from exc
             except (ExecInterruptedError, StateError, EOFError, ConnectionError) as exc:
                 raise _eof() from exc
-        held = next(iter(self._inflight.values()), "reconnect" if self._client is None else cmd)
+        held = next(iter(self._inflight.values()),
+                    ("reconnect" if self._client is None else cmd, 0.0))[0]
         log.warning("QMP %s: no answer to '%s' within %gs (waiting for '%s')",
                     self.path, cmd, self.deadline, held)
         raise _timed_out(held)

@@ -175,6 +175,7 @@ async def test_deadline_on_a_stopped_qemu_then_usable_after_sigcont(qemu_guard):
             assert ei.value.message == ("Timed out during operation: cannot acquire state change "
                                         "lock (held by monitor=query-name)")
             assert mon.busy      # query-name is still in flight
+            assert mon.waiting_since is not None
             # a second command names the one that holds the monitor
             with pytest.raises(VirError) as ei:
                 await mon.query_status()
@@ -186,7 +187,7 @@ async def test_deadline_on_a_stopped_qemu_then_usable_after_sigcont(qemu_guard):
         with trio.fail_after(10):
             while mon.busy:           # the late answers arrived and were dropped
                 await trio.sleep(0.01)
-        assert not mon.closed
+        assert not mon.closed and mon.waiting_since is None
 
 
 @needs_kvm

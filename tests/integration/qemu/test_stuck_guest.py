@@ -95,6 +95,10 @@ def test_frozen_guest_times_out_and_never_slows_the_others(root, tmp_path):
         assert a.state()[0] == libvirt.VIR_DOMAIN_PAUSED
         a.resume()
         ok(uri, "dominfo stk-b")
+        # libvirt's control info tells an operator that the monitor is occupied
+        wait_for(lambda: ok(uri, "domcontrol stk-frozen").startswith("occupied ("),
+                 DEADLINE / 2, what="domcontrol occupied")
+        assert ok(uri, "domcontrol stk-a").strip() == "ok"
         # NOWAIT: the frozen guest is reported with what is known without its monitor
         nowait = _stats_by_name(other.getAllDomainStats(
             0, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT))
@@ -134,6 +138,8 @@ def test_frozen_guest_times_out_and_never_slows_the_others(root, tmp_path):
         f.resume()
         assert f.state() == [libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_UNPAUSED]
         ok(uri, "suspend stk-frozen; resume stk-frozen")
+        wait_for(lambda: ok(uri, "domcontrol stk-frozen").strip() == "ok", DEADLINE,
+                 what="domcontrol ok after the thaw")
         # and NOWAIT asks its monitor again once it has nothing in flight
         wait_for(lambda: _stats_by_name(other.getAllDomainStats(
             0, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT))["stk-frozen"].get(
