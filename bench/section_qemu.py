@@ -204,24 +204,25 @@ def stuck_guest(d: Daemon, conn, n_calls: int, log) -> dict:
     libvirt = _libvirt()
     nowait = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 
-    def p50_ms(fn) -> float:
+    def p50_ms(fn, n: int) -> float:
         samples = []
-        for _ in range(n_calls):
+        for _ in range(n):
             t = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - t)
         return statistics.median(samples) * 1000
 
-    calls = {"list": lambda: conn.listAllDomains(0),
-             "stats": lambda: conn.getAllDomainStats(0, nowait)}
-    normal = {k: p50_ms(fn) for k, fn in calls.items()}
+    # (call, how many: a listing takes ~0.3 ms, so many more of them for a stable median)
+    calls = {"list": (lambda: conn.listAllDomains(0), n_calls * 10),
+             "stats": (lambda: conn.getAllDomainStats(0, nowait), n_calls)}
+    normal = {k: p50_ms(fn, n) for k, (fn, n) in calls.items()}
     pid = _qemu_pid(d, "parked-07")
     out: dict = {}
     pool = ThreadPoolExecutor(1)
     os.kill(pid, signal.SIGSTOP)
     try:
-        for k, fn in calls.items():
-            fut = pool.submit(p50_ms, fn)
+        for k, (fn, n) in calls.items():
+            fut = pool.submit(p50_ms, fn, n)
             try:
                 frozen = fut.result(timeout=STUCK_WAIT)
             except FutureTimeout:
