@@ -475,18 +475,26 @@ class QemuDriverState(QemuState):
         up with what happened meanwhile (qemuProcessUpdateState) and watch it."""
         pid = dom.pid
         assert pid is not None
+        marker = self.marker(dom)
+
+        def alive() -> bool:
+            return dom.run == run and process.is_running(pid, marker) and os.path.exists(mon.path)
+
         try:
-            # a QEMU that is alive with its socket there but does not greet (stopped
+            # a QEMU that is alive with its socket there but does not answer (stopped
             # with SIGSTOP, or hung) is waited for, as libvirt does, not killed;
             # calls meanwhile fail at the monitor deadline and destroy still works
-            marker = self.marker(dom)
-            await mon.establish(REATTACH_MONITOR_TIMEOUT, keep_trying=lambda: (
-                dom.run == run and process.is_running(pid, marker)
-                and os.path.exists(mon.path)))
-            running, status = await mon.query_status()
+            await mon.establish(REATTACH_MONITOR_TIMEOUT, keep_trying=alive)
+            while True:
+                try:
+                    running, status = await mon.query_status()
+                    break
+                except VirError as exc:
+                    if exc.code != P.VIR_ERR_OPERATION_TIMEOUT or not alive():
+                        raise
         except VirError as exc:
             await mon.close()
-            if dom.run != run:   # destroyed meanwhile
+            if dom.run != run or dom.being_destroyed:   # destroyed meanwhile: destroy reports it
                 return
             log.warning("%s: cannot reconnect to QEMU: %s", dom.name, exc)
             await self._lost(dom, run, pid)

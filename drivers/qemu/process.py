@@ -292,6 +292,8 @@ async def terminate(pid: int, graceful: bool = False, *, marker: str | None = No
         return
     if not _signal(pid, signal.SIGTERM):
         return
+    if is_stopped(pid):     # a frozen QEMU (SIGSTOP) handles the SIGTERM once continued
+        _signal(pid, signal.SIGCONT)
     with trio.move_on_after(timeout):
         await wait_exit(pid)
         return

@@ -157,6 +157,8 @@ def test_restart_lists_at_once_and_calls_wait_for_the_monitor(root, tmp_path):
     d = start_daemon(root, config=CONFIG)
     uri = qemu_uri(d)
     _start_guests(uri, tmp_path, ["stk-r1", "stk-r2", "stk-r3"])
+    (tmp_path / "stk-r4.xml").write_text(guest_xml("stk-r4"))
+    ok(uri, f"define {tmp_path / 'stk-r4.xml'}; start stk-r4")
     ok(uri, "suspend stk-r2")
     ids = {n: ok(uri, f"domid {n}").strip() for n in ("stk-r1", "stk-r2", "stk-r3")}
     d.proc.send_signal(signal.SIGKILL)
@@ -164,6 +166,7 @@ def test_restart_lists_at_once_and_calls_wait_for_the_monitor(root, tmp_path):
     # stk-r3's QEMU cannot answer its monitor when the daemon comes back
     r3_pid = guest_pid(root, "stk-r3")
     os.kill(r3_pid, signal.SIGSTOP)
+    os.kill(guest_pid(root, "stk-r4"), signal.SIGSTOP)
 
     d = start_daemon(root, config=CONFIG)
     uri = qemu_uri(d)
@@ -185,6 +188,9 @@ def test_restart_lists_at_once_and_calls_wait_for_the_monitor(root, tmp_path):
         r1.resume()
         other.lookupByName("stk-r2").resume()
         assert ok(uri, "domstate stk-r2").strip() == "running"
+        # a guest whose monitor is not back can still be destroyed, and is reported so
+        ok(uri, "destroy stk-r4")
+        assert ok(uri, "domstate stk-r4 --reason").strip() == "shut off (destroyed)"
         assert not suspend.done()
         # QEMU continues: the monitor comes back and the waiting call goes through
         os.kill(r3_pid, signal.SIGCONT)
@@ -198,3 +204,22 @@ def test_restart_lists_at_once_and_calls_wait_for_the_monitor(root, tmp_path):
             c.close()
         stop_daemon(d)
 
+
+
+def test_frozen_guest_can_be_destroyed(root, tmp_path):
+    d = start_daemon(root, config=CONFIG)
+    uri = qemu_uri(d)
+    try:
+        _start_guests(uri, tmp_path, ["stk-gone"])
+        (tmp_path / "stk-kept.xml").write_text(guest_xml("stk-kept"))
+        ok(uri, f"define {tmp_path / 'stk-kept.xml'}; start stk-kept")
+        pids = {n: guest_pid(root, n) for n in ("stk-gone", "stk-kept")}
+        for pid in pids.values():
+            os.kill(pid, signal.SIGSTOP)
+        ok(uri, "destroy stk-gone; destroy stk-kept")
+        assert ok(uri, "domstate stk-kept --reason").strip() == "shut off (destroyed)"
+        assert re.search(r"stk-kept\s+shut off", ok(uri, "list --all"))
+        assert "stk-gone" not in ok(uri, "list --all")      # transient: gone with its run
+        assert not set(pids.values()) & set(guest_pids(root))
+    finally:
+        stop_daemon(d)
