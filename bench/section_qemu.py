@@ -12,6 +12,11 @@ its own temp dir; the client is python-libvirt.  Measured:
                  CONNECT_GET_ALL_DOMAIN_STATS (getAllDomainStats(), every group), N calls;
                  kill -9 of the daemon, start again, time until listAllDomains(ACTIVE)
                  answers with all 20 running (the guests keep running meanwhile).
+  stuck guest  one of the 20 QEMUs frozen (SIGSTOP): listAllDomains and
+                 getAllDomainStats(NOWAIT) medians against the same calls with none
+                 frozen (reported as frozen / normal, per daemon); a daemon whose
+                 call is still blocked after STUCK_WAIT s is reported "blocked" (the
+                 guest is then continued so that the call ends).
 
 The 20 parked guests run a 64 KiB firmware of `cli; hlt` (<loader type='rom'>) instead of
 SeaBIOS: on this nested-KVM host each SeaBIOS guest burns about 6 CPU-seconds before it
@@ -26,8 +31,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,6 +45,8 @@ QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
 N_PARKED = 20
 START_TARGET = 0.5        # pyvirtd's start at most half of libvirtd's
 READY_TARGET = 1.0        # ready after restart with 20 guests, seconds
+STUCK_TARGET = 1.2        # calls with one QEMU frozen, at most this many times their normal time
+STUCK_WAIT = 15.0         # a call blocked longer than this behind a frozen QEMU is "blocked"
 
 GUEST_XML = """<domain type='kvm'>
   <name>{name}</name>
@@ -153,6 +162,7 @@ def parked_guests(d: Daemon, rom: Path, n_stats: int, n_restarts: int, log) -> d
                 raise RuntimeError(f"getAllDomainStats returned {len(recs)} records, not {N_PARKED}")
         out["stats_ms"] = statistics.median(samples) * 1000
         out["stats_runs_ms"] = [round(s * 1000, 1) for s in samples]
+        out.update(stuck_guest(d, conn, n_stats, log))
         conn.close()
         conn = None
         ready = []
@@ -168,6 +178,64 @@ def parked_guests(d: Daemon, rom: Path, n_stats: int, n_restarts: int, log) -> d
         if conn is not None:
             conn.close()
         destroy_all(d)
+    return out
+
+
+def _qemu_pid(d: Daemon, name: str) -> int:
+    """The pid of ``d``'s QEMU for guest ``name`` (its temp dir in the command line or
+    the environment, as kill_marked finds them)."""
+    mark, needle = str(d.root).encode(), f"guest={name},".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if b"qemu-system" not in cmdline or needle not in cmdline.replace(b"\0", b","):
+                continue
+            if mark in cmdline or mark in Path(f"/proc/{entry}/environ").read_bytes():
+                return int(entry)
+        except OSError:
+            continue
+    raise RuntimeError(f"{d.name}: no QEMU found for {name}")
+
+
+def stuck_guest(d: Daemon, conn, n_calls: int, log) -> dict:
+    """listAllDomains and getAllDomainStats(NOWAIT) with one QEMU frozen, against normal."""
+    libvirt = _libvirt()
+    nowait = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+
+    def p50_ms(fn, n: int) -> float:
+        samples = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t)
+        return statistics.median(samples) * 1000
+
+    # (call, how many: a listing takes ~0.3 ms, so many more of them for a stable median)
+    calls = {"list": (lambda: conn.listAllDomains(0), n_calls * 10),
+             "stats": (lambda: conn.getAllDomainStats(0, nowait), n_calls)}
+    normal = {k: p50_ms(fn, n) for k, (fn, n) in calls.items()}
+    pid = _qemu_pid(d, "parked-07")
+    out: dict = {}
+    pool = ThreadPoolExecutor(1)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for k, (fn, n) in calls.items():
+            fut = pool.submit(p50_ms, fn, n)
+            try:
+                frozen = fut.result(timeout=STUCK_WAIT)
+            except FutureTimeout:
+                out[f"stuck_{k}_x"] = f"blocked > {STUCK_WAIT:g} s"
+                break       # this connection is stuck until the guest is continued
+            out[f"stuck_{k}_x"] = frozen / normal[k]
+            out[f"stuck_{k}_ms"] = (round(frozen, 2), round(normal[k], 2))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        pool.shutdown(wait=True)
+    log(f"  {d.name:<8} one QEMU frozen, p50 ms (frozen, normal): listAllDomains "
+        f"{out.get('stuck_list_ms', out.get('stuck_list_x'))}, getAllDomainStats(NOWAIT) "
+        f"{out.get('stuck_stats_ms', out.get('stuck_stats_x', '-'))}")
     return out
 
 
@@ -287,4 +355,12 @@ def run(tmp: Path, quick: bool, with_libvirtd: bool, log=print) -> dict:
                     val("libvirtd", "stats_ms")))
     rows.append(row(f"kill -9, restart, list {N_PARKED} running, s", val("pyvirtd", "ready_s"),
                     val("libvirtd", "ready_s"), max_abs=READY_TARGET, abs_unit=" s"))
+
+    def stuck(key):     # frozen / normal of each daemon; a "blocked" text stays as it is
+        return tuple(data[n][key] if key in data.get(n, {}) else val(n, key)
+                     for n in ("pyvirtd", "libvirtd"))
+    rows.append(row(f"1 of {N_PARKED} frozen: listAllDomains, x normal", *stuck("stuck_list_x"),
+                    max_abs=STUCK_TARGET, abs_unit="x"))
+    rows.append(row(f"1 of {N_PARKED} frozen: getAllDomainStats NOWAIT, x normal",
+                    *stuck("stuck_stats_x"), max_abs=STUCK_TARGET, abs_unit="x"))
     return res

@@ -168,6 +168,9 @@ class Config:
     namespaces: tuple[Literal["mount"], ...] = ("mount",)
     cgroup_device_acl: tuple[str, ...] = ("/dev/null", "/dev/full", "/dev/zero", "/dev/random",
                                           "/dev/urandom", "/dev/ptmx", "/dev/kvm")
+    # Seconds a QEMU monitor command may go unanswered before the call fails
+    # (pyvirtd's own knob: libvirt waits for a stuck monitor without limit).
+    qemu_monitor_timeout: int = 30
 
     @classmethod
     def load(cls, path: Path | None) -> Config:
@@ -278,6 +281,8 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "cgroup_device_acl": lambda v: next(
         (f"expected absolute paths under /dev, got {p!r}" for p in v
          if not p.startswith("/dev/") or "/../" in p + "/"), None),
+    "qemu_monitor_timeout": lambda v: None if v >= 1
+    else f"expected at least 1 second, got {v}",
     "ovs_timeout": lambda v: "pyvirtd never calls ovs-vsctl (it does not plug "
     "Open vSwitch ports), so this timeout would change nothing; remove the key",
 }

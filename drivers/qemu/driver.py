@@ -60,7 +60,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # How long a reattaching daemon waits for a running guest's monitor: it is
-# already listening, so anything slower means QEMU is wedged.
+# already listening, so anything slower means QEMU is stopped or wedged: the
+# daemon then tries again for as long as the process and its socket are there.
 REATTACH_MONITOR_TIMEOUT = 5.0
 # After SHUTDOWN, how long QEMU gets to quit before it is killed.
 QUIT_TIMEOUT = 5.0
@@ -183,7 +184,7 @@ class QemuDriverState(QemuState):
             raise
         try:
             from .monitor import Monitor
-            mon = await Monitor.connect(str(monitor_path))
+            mon = await Monitor.connect(str(monitor_path), deadline=self.monitor_timeout)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await process.terminate(pid, marker=live.uuid_str)
@@ -447,31 +448,64 @@ class QemuDriverState(QemuState):
 
     # ---------------------------------------------------------------- reattach
     async def attach(self, dom: QemuDomain, run: int, st: RuntimeStatus) -> None:
-        """Reconnect to a guest's QEMU after a daemon restart (qemuProcessReconnect)."""
+        """Take a guest over after a daemon restart (qemuProcessReconnect).
+
+        The guest is listed at once in its last known state; its monitor
+        reconnects in the background (`_reconnect`), and a call meanwhile waits
+        for it (a pending Monitor), bounded by the monitor deadline.
+        """
         dom.pid = st.pid
         dom.labels = st.labels
-        mon = None
-        if process.is_running(st.pid, self.marker(dom)):
-            try:
-                from .monitor import Monitor
-                mon = await Monitor.connect(st.monitor, timeout=REATTACH_MONITOR_TIMEOUT)
-                running, status = await mon.query_status()
-            except VirError as exc:
-                log.warning("%s: cannot reconnect to QEMU: %s", dom.name, exc)
-                if mon is not None:
-                    await mon.close()
-                mon = None
-        if mon is None:
-            # QEMU died while we were away (or cannot be talked to): kill any
-            # remains so it can never run twice, and report it crashed.
-            await process.terminate(st.pid, marker=self.marker(dom))
-            log.warning("%s: QEMU is gone; marking the guest shut off (crashed)", dom.name)
-            self.mark_stopped(dom, run, ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED, hold_event=True)
+        if not process.is_running(st.pid, self.marker(dom)):
+            await self._lost(dom, run, st.pid)
             return
+        from .monitor import Monitor
+        mon = Monitor.pending(st.monitor, deadline=self.monitor_timeout)
         dom.monitor = mon
         await interfaces.reclaim_ports(self, dom.definition)
         dom.volume_paths = await volumes.paths_after_restart(self, dom.definition)
-        # catch up with what happened meanwhile (qemuProcessUpdateState)
+        self.spawn(self._reconnect, dom, run, mon)
+
+    async def _lost(self, dom: QemuDomain, run: int, pid: int) -> None:
+        """QEMU died while we were away (or cannot be talked to): kill any remains
+        so it can never run twice, and report it crashed."""
+        await process.terminate(pid, marker=self.marker(dom))
+        log.warning("%s: QEMU is gone; marking the guest shut off (crashed)", dom.name)
+        self.mark_stopped(dom, run, ds.SHUTOFF_CRASHED, ds.STOPPED_FAILED, hold_event=True)
+
+    async def _reconnect(self, dom: QemuDomain, run: int, mon: Monitor) -> None:
+        """The monitor of a reattached guest, connected in the background; then catch
+        up with what happened meanwhile (qemuProcessUpdateState) and watch it."""
+        pid = dom.pid
+        assert pid is not None
+        marker = self.marker(dom)
+
+        def alive() -> bool:
+            return dom.run == run and process.is_running(pid, marker) and os.path.exists(mon.path)
+
+        try:
+            # a QEMU that is alive with its socket there but does not answer (stopped
+            # with SIGSTOP, or hung) is waited for, as libvirt does, not killed;
+            # calls meanwhile fail at the monitor deadline and destroy still works
+            await mon.establish(REATTACH_MONITOR_TIMEOUT, keep_trying=alive)
+            while True:
+                try:
+                    running, status = await mon.query_status()
+                    break
+                except VirError as exc:
+                    if exc.code != P.VIR_ERR_OPERATION_TIMEOUT or not alive():
+                        raise
+        except VirError as exc:
+            await mon.close()
+            if dom.run != run or dom.being_destroyed:   # destroyed meanwhile: destroy reports it
+                return
+            log.warning("%s: cannot reconnect to QEMU: %s", dom.name, exc)
+            await self._lost(dom, run, pid)
+            self.spawn(self._deliver_held_events)
+            return
+        if dom.run != run:
+            await mon.close()
+            return
         if running and dom.state == ds.PAUSED:
             dom.set_state(ds.RUNNING, ds.RUNNING_UNPAUSED)
             self.emit(dom, ds.EV_RESUMED, ds.RESUMED_UNPAUSED)

@@ -80,6 +80,8 @@ class QemuState(HypervisorState[QemuDomain]):
         self.caps: Any = None           # caps.QemuCaps, probed at start
         # who QEMU runs as and how it is fenced in (qemu:///system: not root)
         self.confinement = confine.resolve(ctx.config, ctx.privileged)
+        # seconds a monitor command may go unanswered (monitor.py's deadline)
+        self.monitor_timeout = float(ctx.config.qemu_monitor_timeout)
 
     def status_record(self, dom: QemuDomain) -> RuntimeStatus | None:
         if dom.pid is None:

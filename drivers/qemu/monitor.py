@@ -8,7 +8,10 @@ monitor call is on a hot path, so the bridge stays.
 
 Contract (used by the driver):
 
-    mon = await Monitor.connect(socket_path, timeout=30)  # greeting + qmp_capabilities
+    mon = await Monitor.connect(socket_path, timeout=30, deadline=30)  # greeting + qmp_capabilities
+    mon = Monitor.pending(socket_path, deadline=30)       # after a daemon restart: not connected
+    await mon.establish(timeout=5)                        # yet; commands wait for this (in the
+                                                          # background), bounded by the deadline
     value = await mon.execute("query-status")             # -> the "return" value (Any)
     value = await mon.execute("balloon", {"value": 1 << 30})
     text = await mon.execute_json('{"execute": "query-kvm"}')   # qemu-monitor-command passthrough:
@@ -20,6 +23,11 @@ Contract (used by the driver):
     mon.closed                                            # True once the connection is gone
     mon.error                                             # after close: what broke the stream,
                                                           # None when QEMU just hung up
+    mon.busy                                              # not connected yet, or a command is
+                                                          # still waiting for QEMU's answer
+    mon.deadline                                          # seconds a command may take
+    mon.waiting_since                                     # trio time the oldest unanswered
+                                                          # command was sent, or None
 
 Typed helpers, one per command the driver needs:
     query_status() -> (running: bool, status: str)      cont(), stop(), system_powerdown(),
@@ -42,8 +50,14 @@ Errors (all VirError, domain VIR_FROM_QEMU), worded as libvirt's qemu_monitor_js
                            -> VIR_ERR_OPERATION_FAILED "End of file from qemu monitor"
     cannot connect in time -> VIR_ERR_INTERNAL_ERROR "failed to connect to monitor socket PATH: ..."
     a broken greeting/negotiation -> VIR_ERR_INTERNAL_ERROR "QEMU monitor: ..."
-Cancellation is honoured everywhere (an in-flight command is abandoned; its
-late reply is dropped by qemu.qmp).
+    no answer within ``deadline`` seconds (QEMU stopped with SIGSTOP, its main loop hung,
+    or a pending monitor not back yet)
+                           -> VIR_ERR_OPERATION_TIMEOUT "cannot acquire state change lock
+                              (held by monitor=CMD)", CMD the oldest command QEMU has not
+                              answered; what libvirt's callers get behind a stuck monitor
+A command QEMU was sent stays in flight after its caller gave up (deadline or
+cancellation): QEMU still runs it when it wakes, and its answer is awaited and
+dropped, so the connection stays in step and usable; ``busy`` is True until then.
 
 How the bridge is kept out of the caller's way: the first Monitor of a trio
 run starts one trio-asyncio loop in a trio *system task* (held in a RunVar),
@@ -60,7 +74,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Coroutine
 
 import trio
 import trio_asyncio
@@ -80,6 +94,10 @@ EVENT_BUFFER = 1024
 # Between connect attempts while the socket file is not there yet or refuses:
 # QEMU creates and listens on it during start-up.
 CONNECT_RETRY = 0.05
+
+# Seconds a monitor command may go unanswered before its caller gets an error
+# (configuration: qemu_monitor_timeout).
+DEFAULT_DEADLINE = 30.0
 
 _EOF_MSG = "End of file from qemu monitor"   # src/qemu/qemu_monitor.c
 
@@ -125,6 +143,18 @@ def _eof() -> VirError:
     return _err(P.VIR_ERR_OPERATION_FAILED, _EOF_MSG)
 
 
+def _timed_out(held_by: str) -> VirError:
+    # libvirt's wording when a call cannot get a guest whose monitor is held
+    # (qemuDomainObjBeginJobInternal); its clients match the code
+    return _err(P.VIR_ERR_OPERATION_TIMEOUT,
+                f"cannot acquire state change lock (held by monitor={held_by})")
+
+
+async def _aio_wait(fut: "asyncio.Future[Any]") -> Any:
+    # the caller may give up; the command itself goes on until QEMU answers
+    return await asyncio.shield(fut)
+
+
 @dataclass(frozen=True)
 class Vcpu:
     """One entry of query-cpus-fast."""
@@ -135,34 +165,77 @@ class Vcpu:
 
 
 class Monitor:
-    """A connected QMP monitor.  Build it with ``await Monitor.connect(path)``."""
+    """A QMP monitor.  Build it with ``await Monitor.connect(path)``, or
+    ``Monitor.pending(path)`` then ``await mon.establish()``."""
 
-    def __init__(self, path: str, loop: Any, client: QMPClient) -> None:
+    def __init__(self, path: str, deadline: float = DEFAULT_DEADLINE) -> None:
         self.path = path
-        self._loop = loop
-        self._client = client
+        self.deadline = deadline
+        self._loop: Any = None
+        self._client: QMPClient | None = None
+        self._ready = trio.Event()     # set once connected, or once that failed / closed
         self._send, self._recv = trio.open_memory_channel(EVENT_BUFFER)
         self._pump: asyncio.Task | None = None
         self._closed = False
+        # commands sent and not answered yet, oldest first: {asyncio task: (command, sent at)}
+        self._inflight: dict[asyncio.Future, tuple[str, float]] = {}
         # why the connection broke, when it was not QEMU hanging up (a garbled
         # stream, a socket error): libvirt's monitor error (qemuProcessHandleMonitorError)
         self.error: Exception | None = None
         # the greeting as QEMU sent it: {"QMP": {"version": {...}, "capabilities": [...]}}
-        self.greeting: dict = dict(client.greeting._raw) if client.greeting else {}
+        self.greeting: dict = {}
 
     # -- lifecycle -----------------------------------------------------------
 
     @classmethod
-    async def connect(cls, path: str, timeout: float = 30.0) -> "Monitor":
+    async def connect(cls, path: str, timeout: float = 30.0,
+                      deadline: float = DEFAULT_DEADLINE) -> "Monitor":
         """Connect to QEMU's QMP socket at ``path``, retrying until ``timeout``.
 
         Does the greeting and ``qmp_capabilities``.  Raises VirError (INTERNAL_ERROR)
         when the socket does not accept within ``timeout`` seconds.
         """
+        mon = cls.pending(path, deadline)
+        await mon.establish(timeout)
+        return mon
+
+    @classmethod
+    def pending(cls, path: str, deadline: float = DEFAULT_DEADLINE) -> "Monitor":
+        """A monitor not connected yet: commands wait (up to ``deadline``) until
+        `establish` connects it, and fail with EOF if that fails.  A restarted
+        daemon lists its guests at once and reconnects to them in the background."""
+        return cls(path, deadline)
+
+    async def establish(self, timeout: float = 30.0,
+                        keep_trying: Callable[[], bool] | None = None) -> None:
+        """Connect a `pending` monitor (see `connect`); on failure it is closed.
+
+        ``keep_trying``: asked after each ``timeout`` without success; while it
+        says True, connecting starts over (a restarted daemon waits for a stopped
+        QEMU to be continued rather than giving it up).
+        """
+        try:
+            while True:
+                try:
+                    await self._establish(timeout)
+                    break
+                except VirError as exc:
+                    if self._closed or keep_trying is None or not keep_trying():
+                        raise
+                    log.info("QMP %s: %s; trying again", self.path, exc.detail)
+        except BaseException:
+            self._closed = True
+            self._send.close()
+            raise
+        finally:
+            self._ready.set()
+
+    async def _establish(self, timeout: float) -> None:
+        path = self.path
         loop = await _aio_loop()
         last: Exception | None = None
         with trio.move_on_after(timeout):
-            while True:
+            while not self._closed:
                 # wait for the socket file quietly (qemu.qmp logs every failed attempt)
                 if not os.path.exists(path):
                     last = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
@@ -183,28 +256,45 @@ class Monitor:
                     last = exc
                     await trio.sleep(CONNECT_RETRY)
                     continue
-                mon = cls(path, loop, client)
-                mon._pump = loop.create_task(mon._pump_events())
-                return mon
+                self._loop, self._client = loop, client
+                self.greeting = dict(client.greeting._raw) if client.greeting else {}
+                self._pump = loop.create_task(self._pump_events())
+                return
+        if self._closed:
+            raise _eof()
         why = f": {last.strerror or last}" if isinstance(last, OSError) else ""
         raise _err(P.VIR_ERR_INTERNAL_ERROR, f"failed to connect to monitor socket {path}{why}")
 
     @property
     def closed(self) -> bool:
-        return self._closed or self._client.runstate != Runstate.RUNNING
+        return self._closed or (self._client is not None
+                                and self._client.runstate != Runstate.RUNNING)
+
+    @property
+    def busy(self) -> bool:
+        """Not connected yet, or a command still waits for QEMU's answer: a caller
+        that must not wait (all-domain stats with NOWAIT) leaves it alone."""
+        return not self._closed and (self._client is None or bool(self._inflight))
+
+    @property
+    def waiting_since(self) -> float | None:
+        """When (trio.current_time()) the oldest command still unanswered was sent."""
+        return next(iter(self._inflight.values()), (None, None))[1]
 
     async def close(self) -> None:
         """Disconnect; idempotent and never raises (QEMU may already be gone)."""
         if self._closed:
             return
         self._closed = True
-        try:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._loop.run_aio_coroutine(_aio_disconnect(self._client))
-        except Exception as exc:  # EOFError after quit, ECONNRESET: the peer is gone anyway
-            log.debug("QMP %s: disconnect: %r", self.path, exc)
-            if not isinstance(exc, (EOFError, ConnectionResetError, BrokenPipeError)):
-                self.error = exc
+        self._ready.set()
+        if self._client is not None:
+            try:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._loop.run_aio_coroutine(_aio_disconnect(self._client))
+            except Exception as exc:  # EOFError after quit, ECONNRESET: the peer is gone anyway
+                log.debug("QMP %s: disconnect: %r", self.path, exc)
+                if not isinstance(exc, (EOFError, ConnectionResetError, BrokenPipeError)):
+                    self.error = exc
         self._send.close()
 
     async def __aenter__(self) -> "Monitor":
@@ -254,17 +344,42 @@ class Monitor:
 
     # -- commands ------------------------------------------------------------
 
-    async def execute(self, cmd: str, arguments: dict | None = None) -> Any:
-        """Run one QMP command; return its ``return`` value.  See module docstring for errors."""
+    async def _run(self, cmd: str, make: Callable[[QMPClient], Coroutine[Any, Any, Any]]) -> Any:
+        """Send ``make(client)`` (an asyncio coroutine) and await its result, within
+        the deadline; map qemu.qmp's errors.  See the module docstring."""
         if self._closed:
             raise _eof()
-        try:
-            return await self._loop.run_aio_coroutine(self._client.execute(cmd, arguments))
-        except ExecuteError as exc:
-            raise _err(P.VIR_ERR_INTERNAL_ERROR,
-                       f"unable to execute QEMU command '{cmd}': {exc.error.error.desc}") from exc
-        except (ExecInterruptedError, StateError, EOFError, ConnectionError) as exc:
-            raise _eof() from exc
+        with trio.move_on_after(self.deadline):
+            await self._ready.wait()
+            client = self._client
+            if self._closed or client is None:
+                raise _eof()
+            try:
+                task = self._loop.create_task(make(client))
+                self._inflight[task] = (cmd, trio.current_time())
+                task.add_done_callback(self._answered)
+                return await self._loop.run_aio_coroutine(_aio_wait(task))
+            except ExecuteError as exc:
+                raise _err(P.VIR_ERR_INTERNAL_ERROR,
+                           f"unable to execute QEMU command '{cmd}': {exc.error.error.desc}"
+                           ) from exc
+            except (ExecInterruptedError, StateError, EOFError, ConnectionError) as exc:
+                raise _eof() from exc
+        held = next(iter(self._inflight.values()),
+                    ("reconnect" if self._client is None else cmd, 0.0))[0]
+        log.warning("QMP %s: no answer to '%s' within %gs (waiting for '%s')",
+                    self.path, cmd, self.deadline, held)
+        raise _timed_out(held)
+
+    def _answered(self, task: "asyncio.Future[Any]") -> None:
+        """asyncio done-callback: QEMU answered (or the connection went)."""
+        self._inflight.pop(task, None)
+        if not task.cancelled():
+            task.exception()     # retrieved here, whoever still waits for it
+
+    async def execute(self, cmd: str, arguments: dict | None = None) -> Any:
+        """Run one QMP command; return its ``return`` value.  See module docstring for errors."""
+        return await self._run(cmd, lambda client: client.execute(cmd, arguments))
 
     async def execute_json(self, text: str) -> str:
         """``virsh qemu-monitor-command`` passthrough: QEMU's reply, as JSON text.
@@ -280,14 +395,10 @@ class Monitor:
         if not isinstance(msg, dict):
             raise VirError(P.VIR_ERR_INTERNAL_ERROR,
                            f"cannot parse json {text}: not an object", domain=P.VIR_FROM_QEMU)
-        if self._closed:
-            raise _eof()
-        try:
-            # _raw: qemu.qmp's documented passthrough (qmp-shell uses it): the reply
-            # comes back whole, an error reply included, without raising.
-            reply = await self._loop.run_aio_coroutine(self._client._raw(Message(msg), assign_id=True))
-        except (ExecInterruptedError, StateError, EOFError, ConnectionError) as exc:
-            raise _eof() from exc
+        # _raw: qemu.qmp's documented passthrough (qmp-shell uses it): the reply
+        # comes back whole, an error reply included, without raising.
+        reply = await self._run(str(msg.get("execute", "")),
+                                lambda client: client._raw(Message(msg), assign_id=True))
         return json.dumps(dict(reply), separators=(",", ":"))
 
     async def human_monitor_command(self, cmdline: str) -> str:
@@ -323,21 +434,12 @@ class Monitor:
         QEMU opens it as ``/dev/fdset/ID`` (matching the access mode it was
         opened with); ``remove_fd(ID)`` makes QEMU close it.  The caller still owns ``fd``.
         """
-        if self._closed:
-            raise _eof()
-        client = self._client
-
-        async def send() -> Any:     # runs on the asyncio side, fd and command back to back
+        async def send(client: QMPClient) -> Any:   # asyncio side: fd and command back to back
             client.send_fd_scm(fd)
             return await client.execute("add-fd")
 
         try:
-            reply = await self._loop.run_aio_coroutine(send())
-        except ExecuteError as exc:
-            raise _err(P.VIR_ERR_INTERNAL_ERROR,
-                       f"unable to execute QEMU command 'add-fd': {exc.error.error.desc}") from exc
-        except (ExecInterruptedError, StateError, EOFError, ConnectionError) as exc:
-            raise _eof() from exc
+            reply = await self._run("add-fd", send)
         except (QMPError, OSError) as exc:
             raise _err(P.VIR_ERR_INTERNAL_ERROR, f"unable to pass fd to QEMU: {exc}") from exc
         return int(reply["fdset-id"])
@@ -453,15 +555,8 @@ class Monitor:
         The fd rides on a byte sent just before the command, so both go out
         from the asyncio side back to back; the caller still owns ``fd``.
         """
-        if self._closed:
-            raise _eof()
         try:
-            await self._loop.run_aio_coroutine(_aio_getfd(self._client, fd, name))
-        except ExecuteError as exc:
-            raise _err(P.VIR_ERR_INTERNAL_ERROR,
-                       f"unable to execute QEMU command 'getfd': {exc.error.error.desc}") from exc
-        except (ExecInterruptedError, StateError, EOFError, ConnectionError) as exc:
-            raise _eof() from exc
+            await self._run("getfd", lambda client: _aio_getfd(client, fd, name))
         except (QMPError, OSError) as exc:
             raise _err(P.VIR_ERR_INTERNAL_ERROR, f"unable to pass fd to QEMU: {exc}") from exc
 

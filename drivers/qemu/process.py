@@ -50,6 +50,7 @@ from typing import Sequence
 
 import trio
 
+from pyvirtd import hostinfo
 from pyvirtd.errors import VirError
 from pyvirtd.rpc import _generated as P
 
@@ -250,6 +251,13 @@ def is_running(pid: int, marker: str | None = None) -> bool:
     return marker is None or marker.encode() in cmdline
 
 
+def is_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP, a debugger): its monitor cannot answer
+    until it is continued.  One small /proc read, fine on the loop."""
+    fields = hostinfo.task_stat(pid) if pid > 0 else None
+    return fields is not None and fields[0] in ("T", "t")
+
+
 async def wait_exit(pid: int) -> None:
     """Return once ``pid`` has exited (or was never there).  Cancellable.
 
@@ -284,6 +292,8 @@ async def terminate(pid: int, graceful: bool = False, *, marker: str | None = No
         return
     if not _signal(pid, signal.SIGTERM):
         return
+    if is_stopped(pid):     # a frozen QEMU (SIGSTOP) handles the SIGTERM once continued
+        _signal(pid, signal.SIGCONT)
     with trio.move_on_after(timeout):
         await wait_exit(pid)
         return

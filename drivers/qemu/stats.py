@@ -19,7 +19,10 @@ interface and block, in libvirt's order and with libvirt's field names and
 types (virsh domstats prints them as they come).  Other groups are left out
 silently unless VIR_CONNECT_GET_ALL_DOMAINS_STATS_ENFORCE_STATS is given.
 A guest whose monitor does not answer still gets the groups that do not
-need it.
+need it.  Every guest's monitor is asked at once, each within one monitor
+deadline (qemu_monitor_timeout), so one stuck guest delays the reply by at most
+that; with VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT a guest whose monitor is
+busy or whose QEMU is stopped is not asked at all (libvirt's NOWAIT).
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ import logging
 import os
 import struct
 import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import trio
 
 from pyvirtd import hostinfo
 from pyvirtd.driver import domains as ds
@@ -39,6 +45,7 @@ from pyvirtd.errors import VirError, check_flags
 from pyvirtd.rpc import _generated as P
 from pyvirtd.xml import devices as devmod
 
+from . import process
 from .driver import QemuDriverState
 from .guest import QemuDomain
 
@@ -93,6 +100,20 @@ def _param(name: str, kind: int, value: Any) -> Any:
 
 def _err(code: int, detail: str, domain: int = P.VIR_FROM_QEMU) -> VirError:
     return VirError(code, detail, domain=domain)
+
+
+@dataclass
+class _MonitorFacts:
+    """What a guest's monitor told an all-domain stats call (None: not known)."""
+    balloon_kib: int | None = None
+    vcpu_tids: dict[int, int] | None = None
+    blockstats: list[dict] = field(default_factory=list)
+
+
+def cached_vcpu_threads(dom: QemuDomain) -> dict[int, int]:
+    """{vcpu index: thread id} as last read from QEMU in this run; {} if never read."""
+    cached = _VCPU_TIDS.get(dom)
+    return dict(cached[1]) if cached is not None and cached[0] == dom.run else {}
 
 
 async def vcpu_threads(dom: QemuDomain) -> list[tuple[int, int]]:
@@ -330,10 +351,42 @@ class StatsMixin:
         raise _err(P.VIR_ERR_INVALID_ARG, f"invalid path, '{device}' is not a known interface")
 
     # -- bulk stats -------------------------------------------------------------
-    async def _record(self, dom: QemuDomain, stats: int) -> Any:
+    @staticmethod
+    def _stats_monitor(dom: QemuDomain, stats: int, nowait: bool) -> Any:
+        """The monitor to ask for ``dom``'s monitor-backed groups, or None.
+
+        With NOWAIT a guest whose monitor is busy (a command unanswered, not
+        reconnected yet) or whose QEMU is stopped is left alone: it gets the
+        groups that need no monitor, as libvirt's NOWAIT does for a guest whose
+        job it cannot take at once."""
+        mon = dom.monitor
+        if (mon is None or not dom.active or dom.pid is None
+                or not stats & (STATS_BALLOON | STATS_VCPU | STATS_BLOCK)):
+            return None
+        if nowait and (mon.busy or process.is_stopped(dom.pid)):
+            return None
+        return mon
+
+    async def _ask_monitor(self, dom: QemuDomain, mon: Any, stats: int,
+                           facts: dict[QemuDomain, _MonitorFacts]) -> None:
+        """``dom``'s monitor-backed figures into ``facts``: all within one monitor
+        deadline, so a stuck guest costs the call one deadline, not one per query."""
+        got = _MonitorFacts()
+        facts[dom] = got
+        with trio.move_on_after(mon.deadline):
+            if stats & STATS_BALLOON:
+                got.balloon_kib = await self._balloon_kib(dom)
+            if stats & STATS_VCPU:
+                got.vcpu_tids = dict(await vcpu_threads(dom))
+            if stats & STATS_BLOCK:
+                got.blockstats = await self._blockstats(dom)
+
+    def _record(self, dom: QemuDomain, stats: int, facts: _MonitorFacts | None) -> Any:
+        """One guest's record; ``facts``: what its monitor said (None: not asked)."""
         params: list = []
         d = dom.definition
         active = dom.active and dom.pid is not None
+        facts = facts or _MonitorFacts()
         if stats & STATS_STATE:
             params += [_param("state.state", INT, dom.state), _param("state.reason", INT, dom.reason)]
         if stats & STATS_CPU_TOTAL and active:
@@ -343,7 +396,7 @@ class StatsMixin:
                            _param("cpu.user", ULLONG, times[0]),
                            _param("cpu.system", ULLONG, times[1])]
         if stats & STATS_BALLOON:
-            cur = await self._balloon_kib(dom) if active else d.current_memory
+            cur = facts.balloon_kib if facts.balloon_kib is not None else d.current_memory
             params += [_param("balloon.current", ULLONG, cur),
                        _param("balloon.maximum", ULLONG, d.memory)]
             if active:
@@ -354,7 +407,7 @@ class StatsMixin:
             params += [_param("vcpu.current", UINT, d.vcpus_current),
                        _param("vcpu.maximum", UINT, d.vcpus)]
             if active:
-                tids = dict(await vcpu_threads(dom))
+                tids = facts.vcpu_tids if facts.vcpu_tids is not None else cached_vcpu_threads(dom)
                 for n in range(d.vcpus_current):
                     tid = tids.get(n)
                     times = hostinfo.process_times(dom.pid, tid) if tid else None
@@ -378,7 +431,7 @@ class StatsMixin:
                     params.append(_param(f"net.{n}.{key}", ULLONG, value))
         if stats & STATS_BLOCK:
             disks = _disks(dom)
-            entries = await self._blockstats(dom) if active else []
+            entries = facts.blockstats if active else []
             params.append(_param("block.count", UINT, len(disks)))
             for n, disk in enumerate(disks):
                 params.append(_param(f"block.{n}.name", STRING, disk.target))
@@ -417,4 +470,13 @@ class StatsMixin:
         list_flags = flags & LIST_FLAGS
         if list_flags:
             selected = [d for d in selected if ds.matches_list_flags(d, list_flags)]
-        return [await self._record(d, stats) for d in selected]
+        # every guest's monitor at once: a stuck one delays the reply by at most
+        # its deadline, never the others' queries
+        facts: dict[QemuDomain, _MonitorFacts] = {}
+        nowait = bool(flags & STATS_NOWAIT)
+        async with trio.open_nursery() as nursery:
+            for d in selected:
+                mon = self._stats_monitor(d, stats, nowait)
+                if mon is not None:
+                    nursery.start_soon(self._ask_monitor, d, mon, stats, facts)
+        return [self._record(d, stats, facts.get(d)) for d in selected]

@@ -16,7 +16,8 @@ from pyvirtd.config import Config, ConfigError
 REPO = Path(__file__).resolve().parents[2]
 INT_KEYS = [f.name for f in dataclasses.fields(Config) if f.type == "int"]
 # integer knobs whose values are bounded beyond their type (see _RULES)
-FREE_INT_KEYS = [k for k in INT_KEYS if k not in ("tcp_min_ssf", "ovs_timeout")]
+FREE_INT_KEYS = [k for k in INT_KEYS if k not in ("tcp_min_ssf", "ovs_timeout",
+                                                  "qemu_monitor_timeout")]
 
 
 def test_defaults_match_libvirtd() -> None:
@@ -94,6 +95,7 @@ def test_load_values(tmp_path: Path) -> None:
         ("audit_level: 2", "key 'audit_level': pyvirtd writes no audit records"),
         ("audit_logging: true", "key 'audit_logging': pyvirtd writes no audit records"),
         ("ovs_timeout: 30", "key 'ovs_timeout': pyvirtd never calls ovs-vsctl"),
+        ("qemu_monitor_timeout: 0", "key 'qemu_monitor_timeout': expected at least 1 second"),
     ],
 )
 def test_errors_name_file_key_and_expectation(
@@ -149,6 +151,8 @@ def test_shipped_default_file_documents_every_key_with_its_default() -> None:
 def test_bounded_knobs_accept_what_works() -> None:
     c = Config.from_mapping({"tcp_min_ssf": 256, "host_uuid": "1234567812341234123412345678abcd",
                              "unix_sock_dir": "/run/elsewhere", "audit_level": 0,
-                             "audit_logging": False, "ovs_timeout": 5}, "t")
+                             "audit_logging": False, "ovs_timeout": 5,
+                             "qemu_monitor_timeout": 1}, "t")
     assert (c.tcp_min_ssf, c.unix_sock_dir, c.audit_level) == (256, "/run/elsewhere", 0)
+    assert c.qemu_monitor_timeout == 1
     assert c.host_uuid == "1234567812341234123412345678abcd"    # canonical form comes at start

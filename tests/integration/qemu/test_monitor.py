@@ -158,3 +158,79 @@ async def test_two_monitors_concurrently(qemu_guard):
                 for _ in range(20):
                     nursery.start_soon(ask, m)
         assert results == [(False, "prelaunch")] * 40
+
+
+@needs_kvm
+async def test_deadline_on_a_stopped_qemu_then_usable_after_sigcont(qemu_guard):
+    """A SIGSTOPped QEMU: the call fails at the deadline with libvirt's timeout error,
+    the monitor is busy until QEMU answers, and works again once QEMU runs."""
+    g, pid, mon = await start(qemu_guard, "kvm")
+    mon.deadline = 0.5
+    async with mon:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(VirError) as ei:
+                await mon.execute("query-name")
+            assert ei.value.code == P.VIR_ERR_OPERATION_TIMEOUT
+            assert ei.value.message == ("Timed out during operation: cannot acquire state change "
+                                        "lock (held by monitor=query-name)")
+            assert mon.busy      # query-name is still in flight
+            assert mon.waiting_since is not None
+            # a second command names the one that holds the monitor
+            with pytest.raises(VirError) as ei:
+                await mon.query_status()
+            assert "(held by monitor=query-name)" in ei.value.message
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        mon.deadline = 10
+        assert await mon.query_status() == (False, "prelaunch")
+        with trio.fail_after(10):
+            while mon.busy:           # the late answers arrived and were dropped
+                await trio.sleep(0.01)
+        assert not mon.closed and mon.waiting_since is None
+
+
+@needs_kvm
+async def test_pending_monitor_commands_wait_for_establish(qemu_guard):
+    """Monitor.pending: a command issued before the connection exists waits for it."""
+    g = qemu_guard.guest()
+    mon = Monitor.pending(g.qmp, deadline=10)
+    assert mon.busy and not mon.closed
+    results = []
+    async with trio.open_nursery() as nursery:
+        async def ask():
+            results.append(await mon.query_status())
+        nursery.start_soon(ask)
+        await trio.sleep(0)
+        assert results == []
+        await process.launch(g.argv("kvm"), log_path=g.log, pid_path=g.pidfile)
+        await mon.establish(timeout=10)
+    assert results == [(False, "prelaunch")]
+    assert not mon.busy
+    await mon.close()
+
+
+async def test_pending_monitor_that_cannot_connect_fails_its_waiters(tmp_path):
+    mon = Monitor.pending(str(tmp_path / "nothing.sock"), deadline=10)
+    errors = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            async def ask():
+                with pytest.raises(VirError) as ei:
+                    await mon.query_status()
+                errors.append(ei.value)
+            nursery.start_soon(ask)
+            with pytest.raises(VirError):
+                await mon.establish(timeout=0.3)
+    assert [e.code for e in errors] == [P.VIR_ERR_OPERATION_FAILED]
+    assert mon.closed
+
+
+async def test_pending_monitor_times_out_like_a_stuck_one(tmp_path):
+    mon = Monitor.pending(str(tmp_path / "later.sock"), deadline=0.3)
+    with trio.fail_after(5):
+        with pytest.raises(VirError) as ei:
+            await mon.query_status()
+    assert ei.value.code == P.VIR_ERR_OPERATION_TIMEOUT
+    assert "(held by monitor=reconnect)" in ei.value.message
+    await mon.close()
