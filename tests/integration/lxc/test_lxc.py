@@ -143,6 +143,10 @@ class Lab:
                 out = self.virsh("list", "--name", check=False, timeout=20).stdout.split()
                 for name in out:
                     self.virsh("destroy", name, check=False, timeout=20)
+                # networks outlive the daemon (as libvirtd's do): their dnsmasq too
+                nets = self.virsh("net-list", "--name", check=False, timeout=20).stdout.split()
+                for name in nets:
+                    self.virsh("net-destroy", name, check=False, timeout=20)
             except subprocess.TimeoutExpired:
                 pass
             self.proc.send_signal(signal.SIGTERM)

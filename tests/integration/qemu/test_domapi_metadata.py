@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon_helpers import (guest_xml, module_daemon, module_uri, needs_qemu, ok, start_daemon,
-                            stop_daemon, virsh, wait_for)
+from daemon_helpers import (guest_xml, kill_guests, module_daemon, module_uri, needs_qemu, ok,
+                            start_daemon, stop_daemon, virsh, wait_for)
 from guest_helpers import EventLog
 
 pytestmark = needs_qemu
@@ -187,9 +187,12 @@ def test_rename_survives_a_daemon_restart(tmp_path):
         out = ok(u, "list --all --name")
         assert "dren-b" in out.split() and "dren-a" not in out.split()
         assert "Autostart:      enable" in ok(u, "dominfo dren-b")
-        ok(u, "autostart dren-b --disable; undefine dren-b")
+        # the restarted daemon autostarted it under its new name
+        wait_for(lambda: "running" in ok(u, "domstate dren-b"), what="dren-b autostarted")
+        ok(u, "autostart dren-b --disable; destroy dren-b; undefine dren-b")
     finally:
         stop_daemon(d)
+        kill_guests(root)
 
 
 @pytest.mark.parametrize("new_name, code, message", [
