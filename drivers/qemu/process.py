@@ -292,7 +292,9 @@ async def terminate(pid: int, graceful: bool = False, *, marker: str | None = No
         return
     if not _signal(pid, signal.SIGTERM):
         return
-    if is_stopped(pid):     # a frozen QEMU (SIGSTOP) handles the SIGTERM once continued
+    if not graceful and is_stopped(pid):
+        # destroy: a frozen QEMU (SIGSTOP) handles the SIGTERM once continued; a
+        # graceful one stays as libvirt leaves it (and fails below)
         _signal(pid, signal.SIGCONT)
     with trio.move_on_after(timeout):
         await wait_exit(pid)

@@ -12,6 +12,7 @@ import re
 
 import pytest
 
+from tests.conftest import wait_for
 from tests.lab.inside.conftest import sh
 
 MAC = "52:54:00:1a:b0:01"
@@ -86,11 +87,10 @@ def test_host_interfaces_vlan_and_bond(lab, links):
     bv0_mac = sh("cat", "/sys/class/net/bv0/address").strip()
     # a slave's link as libvirt reads it (virNetDevGetLinkInfo): sysfs operstate,
     # and the speed only when it is up
-    state = sh("cat", "/sys/class/net/bv0/operstate").strip()
-    speed = (f" speed='{sh('cat', '/sys/class/net/bv0/speed').strip()}'" if state == "up"
-             else "")
-    actual = lab.ok("iface-dumpxml labbond")
-    assert actual == f"""<interface type='bond' name='labbond'>
+    def expected(state: str) -> str:
+        speed = (f" speed='{sh('cat', '/sys/class/net/bv0/speed').strip()}'" if state == "up"
+                 else "")
+        return f"""<interface type='bond' name='labbond'>
   <mtu size='1500'/>
   <link state='down'/>
   <bond mode='active-backup'>
@@ -102,7 +102,18 @@ def test_host_interfaces_vlan_and_bond(lab, links):
   </bond>
 </interface>
 
-""", actual
+"""
+
+    def settled_and_matching() -> bool:
+        # the kernel moves a new slave's operstate on by itself (down, then
+        # lowerlayerdown): compare only a reading that did not change around the call
+        before = sh("cat", "/sys/class/net/bv0/operstate").strip()
+        seen.append(lab.ok("iface-dumpxml labbond"))
+        after = sh("cat", "/sys/class/net/bv0/operstate").strip()
+        return before == after and seen[-1] == expected(before)
+
+    seen: list[str] = []
+    wait_for(settled_and_matching, timeout=30, what="iface-dumpxml labbond on a settled slave")
     listed = lab.ok("iface-list --all")
     assert re.search(r"^ lab1\.10\s+inactive", listed, re.M), listed
     assert re.search(r"^ labbond\s+inactive", listed, re.M), listed

@@ -52,7 +52,7 @@ def test_iscsi_lun_as_a_volume_disk(lab, tmp_path) -> None:
 
         live = lab.ok("dumpxml blkguest")
         assert "<driver name='qemu' type='raw'/>" in live
-        assert "<source pool='blk' volume='unit:0:0:2'/>" in live
+        assert "<source pool='blk' volume='unit:0:0:2' index='1'/>" in live
         assert "vda      unit:0:0:2" in lab.ok("domblklist blkguest")
         assert f"Capacity:       {LUN2_BYTES}" in lab.ok("domblkinfo blkguest vda")
     finally:
