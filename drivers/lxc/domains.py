@@ -94,11 +94,6 @@ def _host_pid(init_pid: int, paths: dict[str, str], pid: int) -> int | None:
     return None
 
 
-def _read_text(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
 def param(name: str, kind: int, value: Any) -> Any:
     """One typed parameter of a reply."""
     return P.remote_typed_param(name, P.remote_typed_param_value(kind, value))
@@ -231,17 +226,7 @@ class DomainMixin(SuspendResume, ds.DomainLookups):
         """virsh domifaddr: --source lease (the networks' DHCP leases) or arp; a
         container has no guest agent (lxcDomainInterfaceAddresses)."""
         check_flags(flags, 0, "lxcDomainInterfaceAddresses", _FROM)
-        dom = self._active(ref)
-        if source == interfaces.SRC_LEASE:
-            return interfaces.interface_addresses(self.driver, dom)
-        if source == interfaces.SRC_ARP:
-            try:
-                table = await trio.to_thread.run_sync(_read_text, "/proc/net/arp")
-            except OSError:
-                table = ""
-            return interfaces.arp_addresses(dom, table)
-        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED,
-                       f"Unknown IP address data source {source}", domain=_FROM)
+        return await interfaces.addresses(self.driver, self._active(ref), source)
 
     async def _pause(self, dom: LxcDomain, paused: bool) -> None:
         """Freeze or thaw the container's cgroup (lxcDomainSuspend / lxcDomainResume);

@@ -208,22 +208,7 @@ class DomainMixin(ds.DomainLookups):
         from pyvirtd.driver import interfaces
 
         check_flags(flags, 0, "qemuDomainInterfaceAddresses", P.VIR_FROM_QEMU)
-        dom = self._active(ref)
-        if source == interfaces.SRC_LEASE:
-            return interfaces.interface_addresses(self.driver, dom)
-        if source == interfaces.SRC_ARP:
-            try:
-                table = await trio.to_thread.run_sync(_read_text, "/proc/net/arp")
-            except OSError:
-                table = ""
-            return interfaces.arp_addresses(dom, table)
-        raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED,
-                       f"Unknown IP address data source {source}", domain=P.VIR_FROM_QEMU)
-
-
-def _read_text(path: str) -> str:
-    with open(path) as f:
-        return f.read()
+        return await interfaces.addresses(self.driver, self._active(ref), source)
 
 
 async def _undefine_nvram(defn: domxml.DomainDef, flags: int) -> None:

@@ -406,6 +406,23 @@ SRC_LEASE, SRC_AGENT, SRC_ARP = (_SRC.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
 IP_ADDR_TYPE_IPV4 = 0
 
 
+async def addresses(state: "QemuState", dom: "QemuDomain", source: int) -> list:
+    """DOMAIN_INTERFACE_ADDRESSES from the networks' DHCP leases or the host's ARP
+    table; any other source is the driver's own (or libvirt's refusal)."""
+    if source == SRC_LEASE:
+        return interface_addresses(state, dom)
+    if source == SRC_ARP:
+        def read() -> str:
+            try:
+                with open("/proc/net/arp") as f:
+                    return f.read()
+            except OSError:
+                return ""
+        return arp_addresses(dom, await trio.to_thread.run_sync(read))
+    raise VirError(P.VIR_ERR_ARGUMENT_UNSUPPORTED, f"Unknown IP address data source {source}",
+                   domain=state.error_domain)
+
+
 def arp_addresses(dom: "QemuDomain", arp_table: str) -> list:
     """remote_domain_interface list from the host's ARP table (source arp, virArpTableGet)."""
     by_mac: dict[str, list[str]] = {}
